@@ -1,0 +1,93 @@
+# kvforge — one static library (everything but cli/), one binary per cli/*.c, one test binary per tests/test_*.c
+CC      ?= cc
+BUILD   ?= build
+CFLAGS  ?= -O2
+CFLAGS  += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -I. -MMD -MP
+LDLIBS  := -lcjson -lzstd -larchive -lopenblas -lpthread -lm
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+ifeq ($(SAN),1)
+CFLAGS  += $(SAN_FLAGS) -O1 -g
+LDFLAGS += $(SAN_FLAGS)
+endif
+
+# CUDA joins the build when nvcc is on PATH; CUDA=0 forces it off
+NVCC    ?= $(shell command -v nvcc 2>/dev/null)
+CUDA    ?= $(if $(NVCC),1,0)
+ifeq ($(SAN),1)
+CUDA    := 0
+endif
+LIB_SRC := $(sort $(wildcard formats/*.c transform/*.c kernels/cpu/*.c runtime/*.c verify/*.c))
+CU_SRC  := $(sort $(wildcard kernels/cuda/*.cu))
+ifeq ($(CUDA),1)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CFLAGS  += -DKV_CUDA=1
+NVFLAGS ?= -O2 -std=c++17 -I. -DKV_CUDA=1 -arch=sm_90 -Xcompiler -Wall,-Wextra,-Werror
+LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
+else
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+endif
+
+TOOLS   := $(patsubst cli/%.c,$(BUILD)/bin/%,$(wildcard cli/*.c))
+TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+BENCHES := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
+LIB     := $(BUILD)/libkvforge.a
+
+.PHONY: all test asan bench demo setup clean cuda-note
+all: cuda-note $(TOOLS) $(TESTS) $(BENCHES)
+
+cuda-note:
+ifeq ($(CUDA),0)
+	@echo "kvforge: CUDA sources skipped (no nvcc or CUDA=0); CPU-only build"
+endif
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/bin/%: $(BUILD)/cli/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+test: all
+	@BUILD=$(BUILD) sh tests/run.sh
+
+asan:
+	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 CUDA=0 test
+
+bench: all
+	@BUILD=$(BUILD) sh bench/run.sh
+
+demo: all
+	@BUILD=$(BUILD) sh cli/demo.sh
+
+# idempotent: installs only what is missing (Debian packages)
+SETUP_PKGS := libcjson-dev libzstd-dev libarchive-dev libopenblas-dev zstd
+setup:
+	@missing=""; for p in $(SETUP_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "kvforge: installing$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	else echo "kvforge: build dependencies present"; fi
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,41 @@
+#include "formats/error.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+int kv_fail(kv_error *err, int code, const char *fmt, ...) {
+    if (!err) return code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+    va_end(ap);
+    err->code = code;
+    return code;
+}
+
+int kv_wrap(kv_error *err, const char *fmt, ...) {
+    if (!err) return KV_EINVAL;
+    char prefix[512], old[sizeof err->msg];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, err->msg, sizeof old);
+    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    return err->code;
+}
+
+const char *kv_code_name(int code) {
+    switch (code) {
+    case KV_OK: return "ok";
+    case KV_EIO: return "io";
+    case KV_EFORMAT: return "format";
+    case KV_EINVAL: return "invalid";
+    case KV_ENOMEM: return "nomem";
+    case KV_ECHECKSUM: return "checksum";
+    case KV_EUNSUPPORTED: return "unsupported";
+    case KV_EMISMATCH: return "mismatch";
+    default: return "unknown";
+    }
+}

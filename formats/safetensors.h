@@ -1,0 +1,101 @@
+/* safetensors: zero-copy reader (mmap, validated at the door) and deterministic atomic writer.
+ * File = u64 little-endian header length N | N bytes JSON header | data buffer. */
+#ifndef KV_SAFETENSORS_H
+#define KV_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "formats/dtype.h"
+#include "formats/error.h"
+
+#define ST_MAX_DIMS 8
+#define ST_MAX_HEADER (100u * 1000u * 1000u) /* spec: header at most 100 MB */
+
+typedef struct {
+    char *name;
+    kv_dtype dtype;
+    int n_dims;
+    int64_t shape[ST_MAX_DIMS];
+    size_t n_elements;
+    size_t n_bytes;
+    size_t offset;      /* into the file's data buffer */
+    const void *data;   /* points into the mapping (read-only) */
+    int file_index;     /* which shard (st_checkpoint) */
+} st_tensor;
+
+typedef struct {
+    char *path;
+    void *map;          /* whole file, PROT_READ; NULL for an in-memory parse */
+    size_t map_size;
+    size_t header_len;
+    const uint8_t *data;
+    size_t data_size;
+    int n_tensors;
+    st_tensor *tensors;  /* sorted by name */
+    int n_meta;
+    char **meta_keys, **meta_values; /* __metadata__, sorted by key */
+} st_file;
+
+/* mmaps and validates; on error nothing is left open */
+int st_open(st_file *f, const char *path, kv_error *err);
+/* validates a buffer in memory (not copied: it must outlive f); label names it in errors */
+int st_parse(st_file *f, const void *buf, size_t size, const char *label, kv_error *err);
+void st_close(st_file *f);
+const st_tensor *st_find(const st_file *f, const char *name);
+const char *st_meta(const st_file *f, const char *key);
+
+/* A checkpoint directory: model.safetensors, or model.safetensors.index.json + shards
+ * (or a lone *.safetensors file). Tensors of all shards, sorted by name. */
+typedef struct {
+    char *dir;
+    int n_files;
+    st_file *files;
+    int n_tensors;
+    const st_tensor **tensors; /* sorted by name, pointing into files[] */
+    int sharded;
+} st_checkpoint;
+
+int st_checkpoint_open(st_checkpoint *c, const char *dir, kv_error *err);
+void st_checkpoint_close(st_checkpoint *c);
+const st_tensor *st_checkpoint_find(const st_checkpoint *c, const char *name);
+
+/* ---- writer ---- */
+
+typedef struct {
+    const char *name;
+    kv_dtype dtype;
+    int n_dims;
+    int64_t shape[ST_MAX_DIMS];
+} st_spec;
+
+/* Streaming writer: the header is fixed up front from the specs (sorted by name inside),
+ * then the data of each tensor is appended in sorted-name order with st_writer_put (any
+ * number of calls per tensor). Data goes to PATH.tmp-XXXXXX beside PATH; finish checks every
+ * byte arrived, fsyncs, renames, fsyncs the folder. abort (or a failed finish) removes it. */
+typedef struct st_writer st_writer;
+
+int st_writer_open(st_writer **w, const char *path, const st_spec *specs, int n_specs,
+                   const char *const *meta_kv, int n_meta, kv_error *err);
+/* name of the tensor whose bytes are expected next (NULL when all written) */
+const char *st_writer_next(const st_writer *w);
+int st_writer_put(st_writer *w, const void *bytes, size_t n, kv_error *err);
+int st_writer_finish(st_writer *w, kv_error *err); /* frees w */
+void st_writer_abort(st_writer *w);                /* frees w, removes the temp file */
+
+/* One-shot: writes n tensors (data[i] holds specs[i]'s bytes). meta_kv = {k0,v0,k1,v1...} */
+int st_write_file(const char *path, const st_spec *specs, const void *const *data, int n,
+                  const char *const *meta_kv, int n_meta, kv_error *err);
+
+size_t st_spec_bytes(const st_spec *s); /* 0 on overflow */
+
+/* Sharded output: tensors in sorted order packed into files of at most shard_bytes
+ * (a larger tensor gets a shard of its own) named model-0000i-of-0000n.safetensors, plus
+ * model.safetensors.index.json. shard_bytes = 0: one model.safetensors. Source of the bytes is
+ * a callback so the data can stream (fill is called once per tensor, with its spec index). */
+typedef int (*st_fill_fn)(void *ctx, int index, st_writer *w, kv_error *err);
+int st_write_checkpoint(const char *dir, const st_spec *specs, int n, size_t shard_bytes,
+                        const char *const *meta_kv, int n_meta, st_fill_fn fill, void *ctx,
+                        kv_error *err);
+
+#endif
