@@ -1,4 +1,5 @@
-# kvforge — one static library (everything but cli/), one binary per cli/*.c, one test binary per tests/test_*.c
+# kvforge — one static library (everything but cli/), one binary per cli/kv*.c (linked with the
+# other cli/*.c helpers), one test binary per tests/test_*.c
 CC      ?= cc
 BUILD   ?= build
 CFLAGS  ?= -O2
@@ -28,7 +29,8 @@ else
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 endif
 
-TOOLS   := $(patsubst cli/%.c,$(BUILD)/bin/%,$(wildcard cli/*.c))
+TOOLS   := $(patsubst cli/%.c,$(BUILD)/bin/%,$(wildcard cli/kv*.c))
+CLI_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(filter-out cli/kv%.c,$(wildcard cli/*.c)))
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCHES := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
 LIB     := $(BUILD)/libkvforge.a
@@ -53,7 +55,7 @@ $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/bin/%: $(BUILD)/cli/%.o $(LIB)
+$(BUILD)/bin/%: $(BUILD)/cli/%.o $(CLI_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
