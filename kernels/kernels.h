@@ -1,5 +1,6 @@
 /* The math of a Llama forward and backward pass: small plain-C reference kernels (the oracle).
- * kernels/cuda/ holds CUDA twins of some of them (kv_cuda.h, included at the end under KV_CUDA).
+ * kernels/cuda/ holds CUDA twins of the forward kernels (kv_cuda.h, included at the end when
+ * KV_CUDA is set; verify/kernel_parity.h checks them against these).
  *
  * Conventions (every function below follows them unless its comment says otherwise)
  *  - float32, dense, row-major. A shape [A, B, C] means element (a, b, c) is at (a*B + b)*C + c.
@@ -21,6 +22,10 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 #include "formats/error.h"
 
@@ -160,6 +165,10 @@ double kv_distill_kl(float *dstudent, const float *student, const float *teacher
  * dstudent[n] += grad_scale * 2 * (student - teacher) / n when not NULL. Returns loss. */
 double kv_mse(float *dstudent, const float *student, const float *teacher, size_t n,
               float grad_scale);
+
+#ifdef __cplusplus
+}
+#endif
 
 #if KV_CUDA
 #include "kernels/cuda/kv_cuda.h"
