@@ -104,9 +104,11 @@ void kv_rope(float *x, int T, int n_heads, const int32_t *pos, const kv_rope_tab
  *   KV_MASK_CAUSAL: s <= p (diagonal included);
  *   KV_MASK_STRICT: s <  p (diagonal masked: METHODS.md "upward" layers) — at p = 0 nothing is
  *                   visible and the output row is the zero vector.
- * Blocked online softmax (flash style), threads over (head, block of queries). A query's result
- * is bit-identical whether it runs in a prefill of T tokens or alone as a decode step.
- * 0, or KV_ENOMEM when scratch memory cannot be allocated. */
+ * Blocked online softmax (flash style); threads over (kv head, block of tokens), every query
+ * head of a GQA group in the same work item so K/V are read once per group. A query's result is
+ * bit-identical whether it runs in a prefill of T tokens, a chunk of one, or alone as a decode
+ * step, with any thread count. Allocates a small scratch per call (about 16*(hd+2)+64 floats
+ * per thread). 0, or KV_ENOMEM when that allocation fails. */
 typedef enum { KV_MASK_CAUSAL = 0, KV_MASK_STRICT = 1 } kv_attn_mask;
 int kv_attention(float *out, const float *q, const float *k, const float *v,
                  int T, int pos0, int S, int n_heads, int n_kv_heads, int head_dim,

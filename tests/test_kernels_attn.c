@@ -85,6 +85,8 @@ static void test_reference(void) {
         check_case(37, 100, 137, 6, 3, 12, mask, 2.0f); /* spans key blocks, odd hd */
         check_case(70, 0, 70, 2, 1, 32, mask, 1.0f);    /* spans query blocks, MQA */
         check_case(3, 0, 3, 2, 2, 4, mask, 300.0f);     /* huge logits: stable softmax */
+        check_case(5, 2, 7, 32, 1, 8, mask, 1.0f);      /* group wider than a work item */
+        check_case(21, 0, 21, 12, 4, 8, mask, 1.0f);    /* group 3: rows not a power of 2 */
     }
     /* strict mask only needs positions < p: a cache one row short is enough */
     check_case(4, 2, 5, 4, 2, 8, KV_MASK_STRICT, 1.0f);

@@ -1,7 +1,7 @@
 /* Causal / diagonal-masked GQA attention over a KV cache, forward and backward.
- * Forward: blocked online softmax (flash style).
- * Work item = (query head, block of QB queries); keys are visited in blocks of KB, the same
- * blocks in the same order for every query, so a row's result does not depend on T or threads. */
+ * Forward: blocked online softmax (flash style). Keys are visited in blocks of KB, the same
+ * blocks in the same order for every query row, so a row's result does not depend on T, on how
+ * rows are grouped into work items, or on threads. */
 #include "kernels/kernels.h"
 
 #include <math.h>
@@ -25,39 +25,44 @@ static inline float attn_dot(const float *a, const float *b, int n) {
     return s;
 }
 
-enum { QB = 16, KB = 64 }; /* queries per work item, keys per block */
+enum { ROWS = 16, KB = 64 }; /* about ROWS query rows per work item, KB keys per block */
 
 typedef struct {
     float *out;
     const float *q, *k, *v;
     int T, pos0, S, nh, nkv, hd;
     kv_attn_mask mask;
-    int n_qblocks;
+    int group;        /* query heads per kv head */
+    int tokens;       /* tokens per work item; rows per item = tokens * group */
+    int n_tblocks;
     float scale;
-    float *scratch; /* per worker: acc [QB, hd], scores [KB] */
+    size_t scratch_per_worker;
+    float *scratch;   /* per worker: acc [rows, hd], m [rows], l [rows], scores [KB] */
 } attn_job;
 
+/* item = (token block, kv head g): the rows are every query head reading g for every token of
+ * the block, so each K/V block is loaded once for all of them */
 static void attn_item(void *ctx, int item, int worker) {
     const attn_job *j = ctx;
-    const int hd = j->hd, h = item % j->nh, qb = item / j->nh, g = h / (j->nh / j->nkv);
-    const int t0 = qb * QB, t1 = t0 + QB < j->T ? t0 + QB : j->T;
+    const int hd = j->hd, g = item % j->nkv, tb = item / j->nkv, group = j->group;
+    const int t0 = tb * j->tokens, t1 = t0 + j->tokens < j->T ? t0 + j->tokens : j->T;
+    const int rows = (t1 - t0) * group;
     const size_t q_stride = (size_t)j->nh * hd, kv_stride = (size_t)j->nkv * hd;
-    float *acc = j->scratch + (size_t)worker * (QB * hd + KB);
-    float *score = acc + (size_t)QB * hd;
-    float m[QB], l[QB];
-    int n_vis[QB];
-    for (int r = 0; r < t1 - t0; r++) {
+    float *acc = j->scratch + (size_t)worker * j->scratch_per_worker;
+    float *m = acc + (size_t)rows * hd, *l = m + rows, *score = l + rows;
+    for (int r = 0; r < rows; r++) {
         m[r] = -INFINITY;
         l[r] = 0.0f;
-        n_vis[r] = attn_visible(j->pos0 + t0 + r, j->S, j->mask);
-        for (int d = 0; d < hd; d++) acc[(size_t)r * hd + d] = 0.0f;
     }
+    for (size_t i = 0; i < (size_t)rows * hd; i++) acc[i] = 0.0f;
     const int s_end = attn_visible(j->pos0 + t1 - 1, j->S, j->mask); /* the last sees most */
     for (int s0 = 0; s0 < s_end; s0 += KB) {
-        for (int r = 0; r < t1 - t0; r++) {
-            const int e = s0 + KB < n_vis[r] ? s0 + KB : n_vis[r];
+        for (int r = 0; r < rows; r++) {
+            const int t = t0 + r / group, h = g * group + r % group;
+            const int n_vis = attn_visible(j->pos0 + t, j->S, j->mask);
+            const int e = s0 + KB < n_vis ? s0 + KB : n_vis;
             if (e <= s0) continue;
-            const float *qr = j->q + (size_t)(t0 + r) * q_stride + (size_t)h * hd;
+            const float *qr = j->q + (size_t)t * q_stride + (size_t)h * hd;
             float mb = m[r];
             for (int s = s0; s < e; s++) {
                 float x = attn_dot(qr, j->k + (size_t)s * kv_stride + (size_t)g * hd, hd) *
@@ -79,8 +84,9 @@ static void attn_item(void *ctx, int item, int worker) {
             m[r] = mb;
         }
     }
-    for (int r = 0; r < t1 - t0; r++) {
-        float *o = j->out + (size_t)(t0 + r) * q_stride + (size_t)h * hd;
+    for (int r = 0; r < rows; r++) {
+        const int t = t0 + r / group, h = g * group + r % group;
+        float *o = j->out + (size_t)t * q_stride + (size_t)h * hd;
         const float *ar = acc + (size_t)r * hd;
         const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f; /* nothing visible: zero row */
         for (int d = 0; d < hd; d++) o[d] = ar[d] * inv;
@@ -91,12 +97,16 @@ int kv_attention(float *out, const float *q, const float *k, const float *v, int
                  int S, int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask) {
     attn_job j = {.out = out, .q = q, .k = k, .v = v, .T = T, .pos0 = pos0, .S = S,
                   .nh = n_heads, .nkv = n_kv_heads, .hd = head_dim, .mask = mask,
-                  .n_qblocks = (T + QB - 1) / QB,
+                  .group = n_heads / n_kv_heads,
                   .scale = (float)(1.0 / sqrt((double)head_dim))};
-    const int n_items = j.n_qblocks * n_heads;
+    j.tokens = ROWS / j.group > 0 ? ROWS / j.group : 1;
+    j.n_tblocks = (T + j.tokens - 1) / j.tokens;
+    const size_t rows = (size_t)j.tokens * j.group;
+    j.scratch_per_worker = rows * (head_dim + 2) + KB;
+    const int n_items = j.n_tblocks * n_kv_heads;
     const double flops = 4.0 * n_heads * (double)T * (S < pos0 + T ? S : pos0 + T) * head_dim;
     const int workers = kv_parallel_workers(n_items, flops);
-    j.scratch = malloc(sizeof(float) * (size_t)workers * ((size_t)QB * head_dim + KB));
+    j.scratch = malloc(sizeof(float) * workers * j.scratch_per_worker);
     if (!j.scratch) return KV_ENOMEM;
     kv_parallel_for(n_items, workers, attn_item, &j);
     free(j.scratch);
