@@ -4,7 +4,8 @@
  *   -> ids; decoding runs the decoder chain (Replace, ByteFallback, Fuse, Strip, Metaspace).
  * Semantics follow the HF `tokenizers` library; unsupported components (ByteLevel, Regex
  * patterns, NFC...) fail at load with KV_EUNSUPPORTED naming the field.
- * Text input is bytes: invalid UTF-8 bytes are treated as one-byte characters (byte fallback). */
+ * Text input is bytes: invalid UTF-8 bytes are treated as one-byte characters (byte fallback).
+ * A loaded tokenizer is read-only: encode/decode/piece may run concurrently on it. */
 #ifndef KV_TOKENIZER_H
 #define KV_TOKENIZER_H
 

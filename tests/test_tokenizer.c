@@ -231,6 +231,23 @@ static void test_metaspace(const kv_tokenizer *ref) {
     }
     kv_tokenizer_free(t);
     t = NULL;
+    /* Metaspace decoder: replacement -> space, the first token's dropped */
+    cJSON_ReplaceItemInObject(root, "decoder", cJSON_Parse("{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\","
+                                                           "\"prepend_scheme\":\"always\",\"split\":false}"));
+    free(json);
+    json = cJSON_PrintUnformatted(root);
+    rc = kv_tokenizer_load_json(&t, json, strlen(json), "metaspace.json", &err);
+    CHECK(rc == 0, "metaspace decoder: %s", err.msg);
+    if (t) {
+        int *ids;
+        int nids = encode(t, "Once upon a time", &ids);
+        char *back = nids > 0 ? decode(t, ids, nids) : NULL;
+        CHECK(back && !strcmp(back, "Once upon a time"), "metaspace decode '%s'", back ? back : "");
+        free(back);
+        free(ids);
+    }
+    kv_tokenizer_free(t);
+    t = NULL;
     /* prepend_scheme "first": no "▁" after an added token; split: words start at each "▁" */
     cJSON_ReplaceItemInObject(meta, "prepend_scheme", cJSON_CreateString("first"));
     free(json);
@@ -277,6 +294,29 @@ static void test_small_model(void) {
     n = encode(t, "xyab\xC3\xA9z", &ids);
     int want_unk[] = {3, 2, 3};
     CHECK(n == 3 && !memcmp(ids, want_unk, sizeof want_unk), "unknown runs fuse into one unk");
+    free(ids);
+    kv_tokenizer_free(t);
+
+    /* added tokens: lstrip/rstrip swallow the whitespace beside a raw match; a normalized token
+     * is matched in the normalized text with its content normalized the same way */
+    json = "{\"model\":{\"type\":\"BPE\",\"unk_token\":\"<u>\",\"fuse_unk\":true,"
+           "\"vocab\":{\"a\":0,\"b\":1,\"ab\":2,\"<u>\":3,\"_\":4},\"merges\":[\"a b\"]},"
+           "\"normalizer\":{\"type\":\"Replace\",\"pattern\":{\"String\":\" \"},\"content\":\"_\"},"
+           "\"added_tokens\":[{\"id\":5,\"content\":\"<x>\",\"lstrip\":true,\"rstrip\":true,\"normalized\":false},"
+           "{\"id\":6,\"content\":\"<y>\",\"normalized\":false},{\"id\":7,\"content\":\"p q\",\"normalized\":true}]}";
+    CHECK(kv_tokenizer_load_json(&t, json, strlen(json), "added.json", &err) == 0, "added: %s", err.msg);
+    if (!t) return;
+    n = encode(t, "a \t<x>  b", &ids);
+    int want_strip[] = {0, 5, 1};
+    CHECK(n == 3 && !memcmp(ids, want_strip, sizeof want_strip), "lstrip/rstrip");
+    free(ids);
+    n = encode(t, "a <y> b", &ids);
+    int want_plain[] = {0, 4, 6, 4, 1};
+    CHECK(n == 5 && !memcmp(ids, want_plain, sizeof want_plain), "no strip: spaces stay (normalized to _)");
+    free(ids);
+    n = encode(t, "ap qb", &ids);
+    int want_norm[] = {0, 7, 1};
+    CHECK(n == 3 && !memcmp(ids, want_norm, sizeof want_norm), "normalized added token 'p q' matches 'p_q'");
     free(ids);
     kv_tokenizer_free(t);
 }
