@@ -7,7 +7,7 @@ rm -rf "$OUT"
 mkdir -p "$OUT"
 step() { printf '\n== %s\n' "$*"; }
 
-step "1. generate a synthetic Llama (4 layers, GQA 8/4 heads, vocab 512)"
+step "1. generate a synthetic Llama (8 layers, GQA 8/4 heads, vocab 512)"
 "$BIN/kvsynth" --preset tiny --layers 8 "$OUT/base"
 [ -x "$BIN/kvconvert" ] || { echo "(kvconvert not built yet: demo stops here)"; exit 0; }
 
