@@ -446,6 +446,31 @@ static void check_bias_model(kv_dtype dt, int misalign) {
     st_checkpoint_close(&src);
 }
 
+/* the source file removed after it was opened: an error naming it, nothing left behind */
+static void check_vanished_source(void) {
+    char src_dir[512], dst[512], path[700];
+    tmp_path(src_dir, sizeof src_dir, "vanish-src");
+    tmp_path(dst, sizeof dst, "vanish-out");
+    if (write_bias_model(src_dir, KV_BF16, 1)) return;
+    convert_options o;
+    parse_map(&o, "pizza-middle:2", 4);
+    kv_error err = {0};
+    convert_source s;
+    if (convert_source_open(&s, src_dir, &err)) { CHECK(0, "vanish: %s", err.msg); return; }
+    snprintf(path, sizeof path, "%s/model.safetensors", src_dir);
+    unlink(path);
+    convert_plan p;
+    int rc = convert_plan_build(&p, &s, &o, &err);
+    CHECK(rc == 0, "vanish plan: %s", err.msg);
+    if (!rc) {
+        rc = convert_run(&p, dst, NULL, &err);
+        convert_plan_free(&p);
+        CHECK(rc == KV_EIO && strstr(err.msg, "model.safetensors"), "vanished source: rc %d '%s'", rc, err.msg);
+        CHECK(!kv_path_exists(dst), "a failed conversion left %s", dst);
+    }
+    convert_source_close(&s);
+}
+
 /* ---- sharded F16 source (kvsynth), sharded output, --force, determinism ---- */
 
 static int read_all(const char *path, char **buf, size_t *n) {
@@ -634,6 +659,7 @@ int main(void) {
     }
     check_bias_model(KV_BF16, 0);
     check_bias_model(KV_F16, 1);
+    check_vanished_source();
     check_sharded();
     rm_tree(tmp_root);
     return check_done("test_convert");

@@ -6,10 +6,10 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -108,15 +108,44 @@ typedef struct {
     const char *dir;
     convert_file_hash *files;
     int n, rc;
+    atomic_int stop;     /* set by the writer when it failed: hashing is pointless then */
     kv_error err;
 } hash_job;
+
+#define HASH_READ ((size_t)1 << 20)
+
+static int hash_file(hash_job *j, const char *path, char hex[65]) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return kv_fail(&j->err, KV_EIO, "%s: cannot open: %s", path, strerror(errno));
+    uint8_t *buf = malloc(HASH_READ), digest[32];
+    if (!buf) { close(fd); return kv_fail(&j->err, KV_ENOMEM, "out of memory"); }
+    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    kv_sha256_ctx ctx;
+    kv_sha256_init(&ctx);
+    int rc = 0;
+    for (;;) {
+        if (atomic_load(&j->stop)) { rc = KV_EINVAL; break; }
+        ssize_t r = read(fd, buf, HASH_READ);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) { rc = kv_fail(&j->err, KV_EIO, "%s: read failed: %s", path, strerror(errno)); break; }
+        if (r == 0) break;
+        kv_sha256_update(&ctx, buf, (size_t)r);
+    }
+    close(fd);
+    free(buf);
+    if (!rc) {
+        kv_sha256_final(&ctx, digest);
+        kv_sha256_hex(digest, hex);
+    }
+    return rc;
+}
 
 static void *hash_main(void *arg) {
     hash_job *j = arg;
     for (int i = 0; i < j->n && !j->rc; i++) {
         char path[4096];
         j->rc = kv_join(path, sizeof path, j->dir, j->files[i].name, &j->err);
-        if (!j->rc) j->rc = kv_sha256_file(path, j->files[i].sha256, &j->err);
+        if (!j->rc) j->rc = hash_file(j, path, j->files[i].sha256);
     }
     return NULL;
 }
@@ -124,48 +153,31 @@ static void *hash_main(void *arg) {
 /* ---- streaming the tensors ---- */
 
 /* Tensor bytes are read with pread from the source files (reopened by path, size checked
- * against the validated mapping) rather than by touching the mapping: on the benchmark VM that
- * cuts the kernel time by more than half (no page faults) and keeps RSS flat. If a file cannot
- * be reopened, the mapping is read instead and its pages released after each chunk. */
+ * against the validated mapping) rather than through the mapping: on the benchmark VM that
+ * cuts the kernel time by more than half (no page faults) and keeps RSS flat. */
 typedef struct {
     const convert_plan *p;
     uint64_t done;
-    int *fds;          /* [n_files] source descriptors, -1 until opened, -2 = use the mapping */
+    int *fds;          /* [n_files] source descriptors, -1 until opened */
     float *f32;        /* [CHUNK_ELEMS] one source chunk widened */
     double *acc;       /* [CHUNK_ELEMS] mean accumulator */
     void *out;         /* [CHUNK_ELEMS * 4] output chunk */
     void *in;          /* [max(CHUNK_BYTES, CHUNK_ELEMS * 4)] source chunk as stored */
-    size_t page;
 } fill_ctx;
-
-static void release_mapped(const fill_ctx *c, const st_file *f, const uint8_t *from, size_t n) {
-    uintptr_t lo = (uintptr_t)from & ~(uintptr_t)(c->page - 1);
-    uintptr_t hi = ((uintptr_t)from + n) & ~(uintptr_t)(c->page - 1);
-    if (hi > lo && lo >= (uintptr_t)f->map) madvise((void *)lo, hi - lo, MADV_DONTNEED);
-}
 
 /* bytes [off, off+n) of tensor t into dst */
 static int read_source(fill_ctx *c, const st_tensor *t, size_t off, size_t n, void *dst, kv_error *err) {
     const st_file *f = &c->p->source->ckpt.files[t->file_index];
     int *fd = &c->fds[t->file_index];
-    if (*fd == -1) {
-        *fd = open(f->path, O_RDONLY | O_CLOEXEC);
+    if (*fd < 0) {
+        if ((*fd = open(f->path, O_RDONLY | O_CLOEXEC)) < 0)
+            return kv_fail(err, KV_EIO, "%s: cannot reopen: %s", f->path, strerror(errno));
         struct stat st;
-        if (*fd >= 0 && (fstat(*fd, &st) != 0 || (size_t)st.st_size != f->map_size)) {
-            close(*fd);
-            *fd = -2;
+        if (fstat(*fd, &st) != 0 || (size_t)st.st_size != f->map_size)
             return kv_fail(err, KV_EIO, "%s: changed while being converted", f->path);
-        }
-        if (*fd >= 0) posix_fadvise(*fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-        else *fd = -2;
+        posix_fadvise(*fd, 0, 0, POSIX_FADV_SEQUENTIAL);
     }
-    const uint8_t *src = (const uint8_t *)t->data + off;
-    if (*fd == -2) {
-        memcpy(dst, src, n);
-        release_mapped(c, f, src, n);
-        return 0;
-    }
-    off_t pos = (off_t)(src - (const uint8_t *)f->map);
+    off_t pos = (off_t)((const uint8_t *)t->data - (const uint8_t *)f->map) + (off_t)off;
     for (size_t got = 0; got < n;) {
         ssize_t r = pread(*fd, (uint8_t *)dst + got, n - got, pos + (off_t)got);
         if (r < 0 && errno == EINTR) continue;
@@ -242,7 +254,7 @@ static int fill_tensor(void *ctx, int index, st_writer *w, kv_error *err) {
 
 static int write_weights(const convert_plan *p, const char *dir, kv_error *err) {
     const int n_files = p->source->ckpt.n_files;
-    fill_ctx c = {.p = p, .page = (size_t)sysconf(_SC_PAGESIZE)};
+    fill_ctx c = {.p = p};
     st_spec *specs = malloc(((size_t)p->n_out + 1) * sizeof *specs);
     c.fds = malloc(((size_t)n_files + 1) * sizeof *c.fds);
     c.f32 = malloc(CHUNK_ELEMS * sizeof *c.f32);
@@ -444,6 +456,7 @@ int convert_run(const convert_plan *p, const char *dst_in, char **manifest_out, 
         else hash_main(&job); /* no thread: hash first, then write */
     }
     if (!rc) rc = write_weights(p, stage, err);
+    if (rc) atomic_store(&job.stop, 1);
     if (!rc) {
         char *cfg;
         char label[4200];

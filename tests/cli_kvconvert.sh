@@ -1,0 +1,88 @@
+#!/bin/sh
+# kvconvert CLI: usage and exit codes, --plan, info, conversion on stories260K: determinism,
+# source untouched, non-empty destination refused, --json outputs that parse
+. tests/lib.sh
+C="$BIN/kvconvert"
+S=$SHARED/models/stories260K
+json_ok() { # FILE DESC: the file is one JSON document (python3 when present, else a shape check)
+    if command -v python3 >/dev/null 2>&1; then
+        python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$1" 2>/dev/null && ok || bad "$2: not JSON: $(head -c 300 "$1")"
+    else
+        head -c 1 "$1" | grep -q '{' && tail -c 2 "$1" | grep -q '}' && ok || bad "$2: not JSON"
+    fi
+}
+[ -f "$S/model.safetensors" ] || bad "missing fixture $S/model.safetensors"
+
+expect_rc 0 "help" -- "$C" --help
+expect_grep "--swiftkv" "$TMP/out" "help lists --swiftkv"
+expect_rc 0 "version" -- "$C" --version
+expect_grep "kvconvert (kvforge)" "$TMP/out" "version line"
+expect_rc 2 "no arguments" -- "$C"
+expect_grep "Try 'kvconvert --help'" "$TMP/err" "usage hint"
+expect_rc 2 "no transform" -- "$C" "$S" "$TMP/o1"
+expect_rc 2 "two transforms" -- "$C" "$S" "$TMP/o1" --map cla:2 --swiftkv 3
+expect_rc 2 "bad --kv-init" -- "$C" "$S" "$TMP/o1" --map cla:2 --kv-init median
+expect_rc 2 "bad --dtype" -- "$C" "$S" "$TMP/o1" --map cla:2 --dtype f8
+expect_rc 2 "bad --shard-size" -- "$C" "$S" "$TMP/o1" --map cla:2 --shard-size lots
+expect_rc 2 "layout on a cross map" -- "$C" "$S" "$TMP/o1" --map cla:2 --layout hf-swiftkv
+expect_rc 2 "unknown option" -- "$C" "$S" "$TMP/o1" --map cla:2 --frobnicate
+expect_rc 2 "info without folder" -- "$C" info
+expect_rc 1 "bad spec" -- "$C" --plan "$S" --map pizza-sideways:3
+expect_grep "kvconvert: error: KV map 'pizza-sideways:3'" "$TMP/err" "bad spec message"
+expect_rc 1 "too many KV layers" -- "$C" --plan "$S" --map sandwich-top:9
+expect_grep "only 5 layers" "$TMP/err" "l > L message"
+expect_rc 1 "bad swiftkv" -- "$C" --plan "$S" --swiftkv 5
+expect_rc 1 "missing source" -- "$C" --plan "$TMP/nothing" --map cla:2
+expect_grep "nothing/config.json" "$TMP/err" "missing source named"
+[ -d "$TMP/o1" ] && bad "a refused command created its destination" || ok
+
+# --plan: diagram and savings, nothing written
+expect_rc 0 "plan" -- "$C" --plan "$S" --map sandwich-middle:3
+expect_grep "layer 1  -> 2" "$TMP/out" "plan diagram"
+expect_grep "KV cache per token (F32): 1280 -> 768 bytes (saving 40.0%)" "$TMP/out" "plan KV saving"
+expect_grep "4 dropped" "$TMP/out" "plan dropped count"
+expect_rc 0 "plan swiftkv json" -- "$C" --plan "$S" --swiftkv 1,2 --json
+cp "$TMP/out" "$TMP/plan.json"
+json_ok "$TMP/plan.json" "plan --json"
+expect_grep '"num_key_value_layers":	1' "$TMP/plan.json" "plan json swiftkv l"
+expect_grep '"norm_swiftkv.weight"\|model.norm_swiftkv.weight' "$TMP/plan.json" "plan json added tensors"
+
+# info
+expect_rc 0 "info" -- "$C" info "$S"
+expect_grep "parameters: 260032" "$TMP/out" "info params"
+expect_grep "KV cache per token (F32): 1280 bytes" "$TMP/out" "info KV bytes"
+expect_rc 0 "info json" -- "$C" --info "$S" --json
+cp "$TMP/out" "$TMP/info.json"
+json_ok "$TMP/info.json" "info --json"
+expect_grep '"kv_cache_bytes_per_token":	1280' "$TMP/info.json" "info json KV bytes"
+
+# conversion: twice, byte-identical; the source untouched
+before=$(cat "$S"/* | sha256sum)
+expect_rc 0 "convert 1" -- "$C" -q "$S" "$TMP/a" --map pizza-top:3 --dtype bf16
+[ -s "$TMP/err" ] && bad "--quiet printed: $(head -c 200 "$TMP/err")" || ok
+expect_rc 0 "convert 2" -- "$C" "$S" "$TMP/b/" --map pizza-top:3 --dtype bf16 --json
+cp "$TMP/out" "$TMP/convert.json"
+json_ok "$TMP/convert.json" "convert --json"
+expect_grep '"sha256":	"407a7c581bdd66972383ce9ad24857713fb98786d06ea564a2fe9b34ebe77dfd"' "$TMP/convert.json" "manifest source hash"
+expect_grep "kvconvert: 100%" "$TMP/err" "progress on stderr"
+for f in model.safetensors config.json kvforge.json tokenizer.json tokenizer.model; do
+    cmp -s "$TMP/a/$f" "$TMP/b/$f" && ok || bad "$f differs between two identical runs"
+done
+cmp -s "$TMP/b/kvforge.json" "$TMP/convert.json" && ok || bad "--json output is not kvforge.json"
+after=$(cat "$S"/* | sha256sum)
+[ "$before" = "$after" ] && ok || bad "the source folder changed"
+expect_grep '"layer_types":	"0_1_4_4_4"' "$TMP/a/config.json" "layer_types in config"
+expect_grep '"torch_dtype":	"bfloat16"' "$TMP/a/config.json" "torch_dtype in config"
+expect_rc 0 "info of the output" -- "$C" info "$TMP/a"
+expect_grep "KV cache per token (BF16): 384 bytes, 3 of 5 layer slots" "$TMP/out" "output KV bytes"
+
+# destination rules
+expect_rc 1 "non-empty destination" -- "$C" -q "$S" "$TMP/a" --map pizza-top:3
+expect_grep "not empty (use --force" "$TMP/err" "non-empty message"
+expect_rc 0 "--force" -- "$C" -q "$S" "$TMP/a" --swiftkv 3 --force
+expect_grep '"model_type":	"llama_swiftkv"' "$TMP/a/config.json" "--force replaced the config"
+expect_rc 1 "destination = source" -- "$C" -q "$S" "$S" --map cla:2 --force
+expect_grep "source folder" "$TMP/err" "dst = src message"
+expect_rc 1 "convert a converted model" -- "$C" -q "$TMP/a" "$TMP/c" --map cla:2
+ls -a "$TMP" | grep -q 'tmp-' && bad "staging folder left in $TMP" || ok
+done_tests cli_kvconvert
