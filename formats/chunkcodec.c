@@ -215,7 +215,7 @@ typedef struct {
     const uint8_t *src;
     size_t n, chunk_size;
     kv_chunk_transform transform;
-    int level;
+    int level, hash_log;
     kv_chunk *chunks;
     uint8_t **frames;      /* per chunk: its stored bytes (NULL for raw) */
     uint8_t **scratch;     /* per worker: chunk_size transformed bytes */
@@ -235,7 +235,12 @@ static int encode_chunk(void *ctx, int i, int worker, kv_error *err) {
     size_t cap = ZSTD_compressBound(rs);
     uint8_t *frame = malloc(cap);
     if (!frame) return kv_fail(err, KV_ENOMEM, "chunk %d: no memory for %zu bytes", i, cap);
-    size_t got = ZSTD_compressCCtx(j->cctx[worker], frame, cap, input, rs, j->level);
+    ZSTD_CCtx *cc = j->cctx[worker];
+    size_t got = ZSTD_CCtx_reset(cc, ZSTD_reset_session_and_parameters);
+    if (!ZSTD_isError(got)) got = ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, j->level);
+    if (!ZSTD_isError(got) && j->hash_log) got = ZSTD_CCtx_setParameter(cc, ZSTD_c_hashLog, j->hash_log);
+    if (!ZSTD_isError(got)) got = ZSTD_CCtx_setParameter(cc, ZSTD_c_contentSizeFlag, 1);
+    if (!ZSTD_isError(got)) got = ZSTD_compress2(cc, frame, cap, input, rs);
     if (ZSTD_isError(got)) {
         free(frame);
         return kv_fail(err, KV_EIO, "chunk %d: zstd: %s", i, ZSTD_getErrorName(got));
@@ -280,16 +285,23 @@ int kv_chunk_encode(const void *buf, size_t n, kv_dtype dtype, const kv_codec_op
     cs -= cs % esize;
     if (cs == 0) cs = esize;
     int level = opts && opts->level ? opts->level : KV_CHUNK_DEFAULT_LEVEL;
+    int hash_log = opts && opts->hash_log ? opts->hash_log
+                   : opts && opts->level ? 0 : KV_CHUNK_DEFAULT_HASH_LOG;
     if (level < 1 || level > ZSTD_maxCLevel())
         return kv_fail(err, KV_EINVAL, "chunk encode: zstd level %d outside 1..%d", level,
                        ZSTD_maxCLevel());
+    ZSTD_bounds hb = ZSTD_cParam_getBounds(ZSTD_c_hashLog);
+    if (hash_log && (hash_log < hb.lowerBound || hash_log > hb.upperBound))
+        return kv_fail(err, KV_EINVAL, "chunk encode: zstd hash log %d outside %d..%d", hash_log,
+                       hb.lowerBound, hb.upperBound);
     if (n == 0) return 0;
     size_t n_chunks = n / cs + (n % cs != 0);
     if (n_chunks > (size_t)1 << 30)
         return kv_fail(err, KV_EINVAL, "chunk encode: %zu chunks is too many", n_chunks);
     int threads = kv_resolve_threads(opts ? opts->threads : 0, (int)n_chunks);
 
-    encode_job j = {.src = buf, .n = n, .chunk_size = cs, .transform = transform, .level = level};
+    encode_job j = {.src = buf, .n = n, .chunk_size = cs, .transform = transform, .level = level,
+                    .hash_log = hash_log};
     int rc = 0;
     j.chunks = calloc(n_chunks, sizeof *j.chunks);
     j.frames = calloc(n_chunks, sizeof *j.frames);

@@ -19,7 +19,11 @@
 
 #define KV_CHUNK_DEFAULT_SIZE ((size_t)2 << 20) /* raw bytes per chunk */
 #define KV_CHUNK_MAX_SIZE ((size_t)64 << 20)    /* bound accepted when decoding */
-#define KV_CHUNK_DEFAULT_LEVEL 3
+/* Default profile: zstd level 1 with a 2^8-entry match table. Measured (docs/BUNDLE.md) on
+ * transformed weights, few and short matches are found, almost everything is entropy-coded
+ * literals: level-19 ratios (0.670 of raw BF16) at level-1 speed. */
+#define KV_CHUNK_DEFAULT_LEVEL 1
+#define KV_CHUNK_DEFAULT_HASH_LOG 8
 #define KV_CHUNK_RAW_PERCENT 95                 /* stored raw unless frame < 95% of raw */
 
 typedef enum { KV_CODEC_RAW = 0, KV_CODEC_ZSTD = 1 } kv_chunk_codec;
@@ -41,7 +45,8 @@ typedef struct {
 
 typedef struct {
     size_t chunk_size; /* raw bytes per chunk, rounded down to whole elements; 0 = default */
-    int level;         /* zstd level 1..22; 0 = KV_CHUNK_DEFAULT_LEVEL */
+    int level;         /* zstd level 1..22; 0 = the default profile (level and hash log) */
+    int hash_log;      /* zstd hashLog 6..30 override; 0 = the level's own (default profile: 8) */
     int threads;       /* 0 = online CPUs */
 } kv_codec_opts;
 
