@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 #ifdef __SSE2__
 #include <emmintrin.h>
@@ -222,6 +223,27 @@ typedef struct {
     ZSTD_CCtx **cctx;      /* per worker */
 } encode_job;
 
+/* One frame (content size in its header) in which every byte plane starts a new block:
+ * zstd gives each block its own literal statistics, so a plane of exponents is not coded
+ * with the statistics of a plane of mantissa bytes even when planes are small. */
+static size_t compress_planes(ZSTD_CCtx *cc, uint8_t *dst, size_t cap, const uint8_t *src, size_t n,
+                              size_t n_planes) {
+    ZSTD_outBuffer out = {dst, cap, 0};
+    size_t plane = n / n_planes;
+    for (size_t p = 0; p < n_planes; p++) {
+        size_t len = p + 1 == n_planes ? n - p * plane : plane;
+        ZSTD_inBuffer in = {src + p * plane, len, 0};
+        ZSTD_EndDirective mode = p + 1 == n_planes ? ZSTD_e_end : ZSTD_e_flush;
+        size_t left;
+        do {
+            left = ZSTD_compressStream2(cc, &out, &in, mode);
+            if (ZSTD_isError(left)) return left;
+            if (left && out.pos == out.size) return (size_t)-ZSTD_error_dstSize_tooSmall;
+        } while (left != 0 || in.pos < in.size);
+    }
+    return out.pos;
+}
+
 static int encode_chunk(void *ctx, int i, int worker, kv_error *err) {
     encode_job *j = ctx;
     kv_chunk *c = &j->chunks[i];
@@ -240,7 +262,8 @@ static int encode_chunk(void *ctx, int i, int worker, kv_error *err) {
     if (!ZSTD_isError(got)) got = ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, j->level);
     if (!ZSTD_isError(got) && j->hash_log) got = ZSTD_CCtx_setParameter(cc, ZSTD_c_hashLog, j->hash_log);
     if (!ZSTD_isError(got)) got = ZSTD_CCtx_setParameter(cc, ZSTD_c_contentSizeFlag, 1);
-    if (!ZSTD_isError(got)) got = ZSTD_compress2(cc, frame, cap, input, rs);
+    if (!ZSTD_isError(got)) got = ZSTD_CCtx_setPledgedSrcSize(cc, rs);
+    if (!ZSTD_isError(got)) got = compress_planes(cc, frame, cap, input, rs, kv_transform_elem_size(j->transform));
     if (ZSTD_isError(got)) {
         free(frame);
         return kv_fail(err, KV_EIO, "chunk %d: zstd: %s", i, ZSTD_getErrorName(got));
