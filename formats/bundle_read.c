@@ -34,6 +34,19 @@ static int zero_bytes(const uint8_t *p, size_t n) {
     return 1;
 }
 
+/* the checksum field of a tar header as this writer makes it: six octal digits, NUL, space
+ * (its terminators are the only header bytes the checksum itself does not cover) */
+static int check_header_chksum(walker *w, uint64_t pos, const char *name, kv_error *err) {
+    if (pos + 512 > w->b->map_size) return 0;
+    const uint8_t *h = w->b->map + pos + 148;
+    int ok = h[6] == 0 && h[7] == ' ';
+    for (int i = 0; i < 6; i++) ok &= h[i] >= '0' && h[i] <= '7';
+    if (!ok)
+        return kv_fail(err, KV_ECHECKSUM, "%s: entry '%s': tar header checksum field altered (corrupted archive)",
+                       w->b->path, name);
+    return 0;
+}
+
 /* everything between the previous entry's data and `until` must be zero (tar padding) */
 static int check_gap(walker *w, uint64_t until, const char *what, kv_error *err) {
     if (w->data_end == UINT64_MAX || until < w->data_end || until > w->b->map_size) return 0;
@@ -78,7 +91,9 @@ static int next_entry(walker *w, const char *want, uint64_t max, int exact, cons
     if (size > b->map_size)
         return kv_fail(err, KV_EFORMAT, "%s: entry '%s' claims %llu bytes, more than the file (truncated bundle?)",
                        b->path, name, (unsigned long long)size);
-    if ((rc = check_gap(w, (uint64_t)archive_read_header_position(w->a), name, err))) return rc;
+    uint64_t header_pos = (uint64_t)archive_read_header_position(w->a);
+    if ((rc = check_gap(w, header_pos, name, err))) return rc;
+    if ((rc = check_header_chksum(w, header_pos, name, err))) return rc;
     w->index++;
 
     /* data blocks: expected to be one contiguous run inside the map */
@@ -124,6 +139,9 @@ static int next_entry(walker *w, const char *want, uint64_t max, int exact, cons
         return kv_fail(err, KV_EFORMAT, "%s: entry '%s': %llu of %llu bytes (truncated bundle?)", b->path, name,
                        (unsigned long long)got, (unsigned long long)size);
     }
+    if (start && (uint64_t)(start - b->map) >= header_pos + 1024) { /* pax extended header before */
+        if ((rc = check_header_chksum(w, (uint64_t)(start - b->map) - 512, name, err))) return rc;
+    }
     static const uint8_t empty[1];
     *data = *copy ? *copy : start ? start : empty;
     *size_out = size;
@@ -141,7 +159,13 @@ static int expect_end(walker *w, kv_error *err) {
     if (rc != ARCHIVE_EOF)
         return kv_fail(err, KV_EFORMAT, "%s: damaged archive end: %s", w->b->path,
                        archive_error_string(w->a) ? archive_error_string(w->a) : "unreadable");
-    return check_gap(w, w->b->map_size, "the end of the file", err);
+    int rc2 = check_gap(w, w->b->map_size, "the end of the file", err);
+    if (rc2) return rc2;
+    /* the end marker: two zero blocks right after the last entry's padded data */
+    if (w->data_end != UINT64_MAX && w->b->map_size != (w->data_end + 511) / 512 * 512 + 1024)
+        return kv_fail(err, KV_EFORMAT, "%s: the archive does not end with exactly its two end blocks (truncated or padded bundle)",
+                       w->b->path);
+    return 0;
 }
 
 /* manifest.json, then manifest.json.sha256 ("<hex>  manifest.json\n") which must match it */
