@@ -128,7 +128,7 @@ int kv_bundle_load_tensors(kv_bundle *b, void *buf, size_t cap, int threads, kv_
         map_size = raw ? (raw + huge - 1) / huge * huge : huge;
         void *p = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (p == MAP_FAILED) return kv_fail(err, KV_ENOMEM, "%s: cannot allocate %zu bytes for the tensors", b->path, raw);
-        madvise(p, map_size, MADV_HUGEPAGE); /* fewer page faults; a hint only */
+        if (map_size >= ((size_t)64 << 20)) madvise(p, map_size, MADV_HUGEPAGE); /* fewer page faults; a hint only */
         dst = p;
     }
     int rc = kvb_decode_tensors(b, 0, b->m.n_tensors, dst, threads, err);

@@ -152,6 +152,7 @@ char *kvb_manifest_print(const kvb_manifest *m, const cJSON *config, const int *
             cJSON_AddItemToArray(a, u64_number(k->stored_offset));
             cJSON_AddItemToArray(a, u64_number(k->stored_size));
             cJSON_AddItemToArray(a, cJSON_CreateString(kv_codec_name(k->codec)));
+            cJSON_AddItemToArray(a, u64_number(k->stored_crc32c));
             cJSON_AddItemToArray(chunks, a);
         }
     }
@@ -214,13 +215,14 @@ static int parse_chunks(kvb_manifest *m, kvb_tensor *t, const cJSON *chunks, int
     const cJSON *c;
     int k = 0;
     cJSON_ArrayForEach(c, chunks) {
-        uint64_t raw_size, stored_offset, stored_size;
+        uint64_t raw_size, stored_offset, stored_size, crc;
         const cJSON *codec = cJSON_GetArrayItem(c, 3);
         kv_chunk_codec cc;
-        if (!cJSON_IsArray(c) || cJSON_GetArraySize(c) != 4 || json_u64(cJSON_GetArrayItem(c, 0), &raw_size) ||
+        if (!cJSON_IsArray(c) || cJSON_GetArraySize(c) != 5 || json_u64(cJSON_GetArrayItem(c, 0), &raw_size) ||
             json_u64(cJSON_GetArrayItem(c, 1), &stored_offset) || json_u64(cJSON_GetArrayItem(c, 2), &stored_size) ||
-            !cJSON_IsString(codec) || kv_codec_parse(codec->valuestring, &cc))
-            return kv_fail(err, KV_EFORMAT, "%s: manifest: tensor '%s': chunk %d is not [raw_size, stored_offset, stored_size, \"zstd\"|\"raw\"]",
+            !cJSON_IsString(codec) || kv_codec_parse(codec->valuestring, &cc) ||
+            json_u64(cJSON_GetArrayItem(c, 4), &crc) || crc > UINT32_MAX)
+            return kv_fail(err, KV_EFORMAT, "%s: manifest: tensor '%s': chunk %d is not [raw_size, stored_offset, stored_size, \"zstd\"|\"raw\", crc32c]",
                            label, t->name, k);
         if (raw_size == 0 || raw_size > KV_CHUNK_MAX_SIZE || raw_size % esize || raw_size % tsize)
             return kv_fail(err, KV_EFORMAT, "%s: manifest: tensor '%s': chunk %d: raw size %llu is not 1..%zu bytes of whole %s elements",
@@ -246,7 +248,7 @@ static int parse_chunks(kvb_manifest *m, kvb_tensor *t, const cJSON *chunks, int
         m->chunks[m->n_chunks++] = (kv_chunk){
             .raw_offset = t->offset + raw_pos, .raw_size = raw_size,
             .stored_offset = stored_offset, .stored_size = stored_size, .codec = cc,
-            .transform = cc == KV_CODEC_ZSTD ? t->transform : KV_XFORM_NONE};
+            .transform = cc == KV_CODEC_ZSTD ? t->transform : KV_XFORM_NONE, .stored_crc32c = (uint32_t)crc};
         raw_pos += raw_size;
         m->stored_size += stored_size; /* running total; checked against the declared one after */
         if (m->stored_size > 9007199254740992ULL)

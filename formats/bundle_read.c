@@ -190,21 +190,15 @@ static int read_manifest(walker *w, kv_error *err) {
         return kv_fail(err, KV_EFORMAT, "%s: %s contains a NUL byte", b->path, KVB_MANIFEST);
 
     if ((rc = next_entry(w, KVB_MANIFEST_SHA, 256, 0, &data, &n, &copy, err))) return rc;
-    uint8_t want[32], have[32];
-    char line[257];
-    memcpy(line, data, (size_t)n);
-    line[n] = 0;
+    /* exactly the line the writer makes: lower-case hex of the manifest bytes */
+    uint8_t d[32];
+    char hex[65], want[128];
+    kv_sha256(b->manifest_text, manifest_len, d);
+    kv_sha256_hex(d, hex);
+    int want_len = snprintf(want, sizeof want, "%s  %s\n", hex, KVB_MANIFEST);
+    int same = n == (uint64_t)want_len && memcmp(data, want, (size_t)n) == 0;
     free(copy);
-    char expect_tail[64];
-    snprintf(expect_tail, sizeof expect_tail, "  %s\n", KVB_MANIFEST);
-    if (n != 64 + strlen(expect_tail) || strcmp(line + 64, expect_tail) != 0) rc = -1;
-    if (!rc) {
-        line[64] = 0;
-        rc = kv_sha256_parse_hex(line, want);
-    }
-    if (rc) return kv_fail(err, KV_EFORMAT, "%s: %s is not '<sha256>  %s'", b->path, KVB_MANIFEST_SHA, KVB_MANIFEST);
-    kv_sha256(b->manifest_text, manifest_len, have);
-    if (memcmp(want, have, 32) != 0)
+    if (!same)
         return kv_fail(err, KV_ECHECKSUM, "%s: %s: sha256 mismatch: the manifest is corrupted", b->path, KVB_MANIFEST);
     return kvb_manifest_parse(&b->m, b->manifest_text, manifest_len, b->path, err);
 }

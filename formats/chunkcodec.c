@@ -129,6 +129,86 @@ void kv_transform_undo(kv_chunk_transform t, uint8_t *dst, const uint8_t *src, s
     else if (n) memcpy(dst, src, n);
 }
 
+/* ---------------- CRC-32C ---------------- */
+
+static uint32_t crc_table[8][256]; /* slicing-by-8 */
+
+static void crc_tables_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++) crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xFF];
+}
+
+static uint32_t crc32c_tables(uint32_t crc, const uint8_t *p, size_t n) {
+    for (; n && ((uintptr_t)p & 7); n--) crc = (crc >> 8) ^ crc_table[0][(crc ^ *p++) & 0xFF];
+    for (; n >= 8; n -= 8, p += 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        v ^= crc; /* little-endian: the low 4 bytes absorb the running crc */
+        crc = crc_table[7][v & 0xFF] ^ crc_table[6][(v >> 8) & 0xFF] ^ crc_table[5][(v >> 16) & 0xFF] ^
+              crc_table[4][(v >> 24) & 0xFF] ^ crc_table[3][(v >> 32) & 0xFF] ^ crc_table[2][(v >> 40) & 0xFF] ^
+              crc_table[1][(v >> 48) & 0xFF] ^ crc_table[0][v >> 56];
+    }
+    for (; n; n--) crc = (crc >> 8) ^ crc_table[0][(crc ^ *p++) & 0xFF];
+    return crc;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#include <nmmintrin.h>
+#define KV_CRC_X86 1
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_sse42(uint32_t crc, const uint8_t *p, size_t n) {
+    for (; n && ((uintptr_t)p & 7); n--) crc = _mm_crc32_u8(crc, *p++);
+    uint64_t c = crc;
+    for (; n >= 8; n -= 8, p += 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        c = _mm_crc32_u64(c, v);
+    }
+    crc = (uint32_t)c;
+    for (; n; n--) crc = _mm_crc32_u8(crc, *p++);
+    return crc;
+}
+
+static int cpu_has_sse42(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c >> 20) & 1;
+}
+#endif
+
+typedef uint32_t (*crc_fn)(uint32_t crc, const uint8_t *p, size_t n);
+static crc_fn crc_impl = crc32c_tables;
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+
+static void crc_pick(void) {
+    crc_tables_init();
+#ifdef KV_CRC_X86
+    if (cpu_has_sse42()) crc_impl = crc32c_sse42;
+#endif
+}
+
+int kv_crc32c_use_hw(int enable) {
+    pthread_once(&crc_once, crc_pick);
+    crc_impl = crc32c_tables;
+#ifdef KV_CRC_X86
+    if (enable && cpu_has_sse42()) crc_impl = crc32c_sse42;
+    return crc_impl == crc32c_sse42;
+#else
+    (void)enable;
+    return 0;
+#endif
+}
+
+uint32_t kv_crc32c(const void *data, size_t n) {
+    pthread_once(&crc_once, crc_pick);
+    return ~crc_impl(~0u, data, n);
+}
+
 /* ---------------- thread pool ---------------- */
 
 int kv_resolve_threads(int threads, int n_tasks) {
@@ -273,6 +353,7 @@ static int encode_chunk(void *ctx, int i, int worker, kv_error *err) {
         c->codec = KV_CODEC_RAW;
         c->transform = KV_XFORM_NONE;
         c->stored_size = rs;
+        c->stored_crc32c = kv_crc32c(raw, rs);
         return 0;
     }
     uint8_t *fit = realloc(frame, got);
@@ -280,6 +361,7 @@ static int encode_chunk(void *ctx, int i, int worker, kv_error *err) {
     c->codec = KV_CODEC_ZSTD;
     c->transform = j->transform;
     c->stored_size = got;
+    c->stored_crc32c = kv_crc32c(j->frames[i], got);
     return 0;
 }
 
@@ -437,6 +519,8 @@ static int decode_chunk(void *ctx, int i, int worker, kv_error *err) {
     const uint8_t *src = j->stored + c->stored_offset;
     uint8_t *dst = j->dst + c->raw_offset;
     size_t rs = (size_t)c->raw_size, ss = (size_t)c->stored_size;
+    if (kv_crc32c(src, ss) != c->stored_crc32c)
+        return kv_fail(err, KV_ECHECKSUM, "%s: chunk %d: stored bytes fail their crc32c (corrupted)", j->label, i);
     if (c->codec == KV_CODEC_RAW) {
         memcpy(dst, src, rs);
         return 0;

@@ -41,6 +41,8 @@ typedef struct {
     uint64_t stored_size;
     kv_chunk_codec codec;
     kv_chunk_transform transform; /* KV_XFORM_NONE for raw chunks */
+    uint32_t stored_crc32c;       /* of the stored bytes: zstd does not promise to notice a
+                                   * flipped bit, so decode checks this first */
 } kv_chunk;
 
 typedef struct {
@@ -83,11 +85,18 @@ int kv_chunk_table_check(const kv_chunk *chunks, int n_chunks, size_t stored_siz
 
 /* Decodes every chunk into dst + raw_offset, in parallel (threads 0 = online CPUs). Each zstd
  * chunk must be exactly one frame that declares and yields exactly raw_size bytes; the
- * decompressor is never given more room than that. On failure *bad_chunk (if non-NULL) is the
+ * decompressor is never given more room than that; the stored bytes must match stored_crc32c
+ * before any decoding. On failure *bad_chunk (if non-NULL) is the
  * index of the first failing chunk, else -1. Bytes of dst outside the chunks are untouched. */
 int kv_chunk_decode(const kv_chunk *chunks, int n_chunks, const uint8_t *stored,
                     size_t stored_size, void *dst, size_t dst_size, int threads,
                     int *bad_chunk, const char *label, kv_error *err);
+
+/* CRC-32C (Castagnoli, reflected 0x82F63B78, init and final xor ~0): "123456789" -> 0xE3069283.
+ * SSE4.2 instruction where the CPU has it, else tables. */
+uint32_t kv_crc32c(const void *data, size_t n);
+/* 1 if the SSE4.2 path is in use; enable = 0 forces the table path (tests compare both) */
+int kv_crc32c_use_hw(int enable);
 
 /* ---- small thread pool: fn(ctx, i, worker, err) for i in [0, n) on min(threads, n) threads ----
  * threads must be >= 1 (see kv_resolve_threads); worker is in [0, threads) for per-thread

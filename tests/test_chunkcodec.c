@@ -192,8 +192,8 @@ static void check_corruption(void) {
     CHECK(rc == KV_ECHECKSUM && bad == 2, "broken magic: rc %d bad %d (%s)", rc, bad, err.msg);
     CHECK(strstr(err.msg, "chunk 2") != NULL, "message names the chunk: %s", err.msg);
 
-    /* 300 random single-byte flips anywhere: an error or exactly-sized output, never a crash
-     * or a write outside the destination (ASan watches) */
+    /* 300 random single-bit flips anywhere: always an error (the crc32c), never a crash or a
+     * write outside the destination (ASan watches) */
     int errors = 0, trials = 300;
     for (int k = 0; k < trials; k++) {
         memcpy(stored, e.stored, e.stored_size);
@@ -206,7 +206,7 @@ static void check_corruption(void) {
         for (int i = 0; i < 64; i++) tail_ok &= dst[n + i] == 0x5A;
         CHECK(tail_ok, "flip at %zu wrote past the destination", at);
     }
-    CHECK(errors > 0, "no flip was detected by the decoder (%d trials)", trials);
+    CHECK(errors == trials, "%d of %d flips went unnoticed", trials - errors, trials);
 
     /* table says fewer raw bytes than the frame holds: refused before writing */
     kv_chunk t[4];
@@ -265,7 +265,8 @@ static void check_corruption(void) {
     CHECK(left == 0, "streaming compress");
     ZSTD_freeCCtx(cc);
     kv_chunk one = {.raw_offset = 0, .raw_size = 500, .stored_offset = 0, .stored_size = out.pos,
-                    .codec = KV_CODEC_ZSTD, .transform = KV_XFORM_NONE};
+                    .codec = KV_CODEC_ZSTD, .transform = KV_XFORM_NONE,
+                    .stored_crc32c = kv_crc32c(frame, out.pos)};
     rc = kv_chunk_decode(&one, 1, frame, out.pos, dst, 500, 1, &bad, "t", &err);
     CHECK(rc == KV_ECHECKSUM && strstr(err.msg, "unknown") != NULL, "unknown content size: %s", err.msg);
     free(frame);
@@ -285,6 +286,26 @@ static void check_bad_args(void) {
     CHECK(kv_chunk_encode(b, 16, KV_F32, &o, &e, &err) == KV_EINVAL, "bad level");
     kv_codec_opts big = {.chunk_size = KV_CHUNK_MAX_SIZE + 1};
     CHECK(kv_chunk_encode(b, 16, KV_F32, &big, &e, &err) == KV_EINVAL, "chunk too big");
+}
+
+static void check_crc32c(void) {
+    const char *check = "123456789"; /* the catalogue check value of CRC-32C */
+    int have_hw = kv_crc32c_use_hw(1);
+    CHECK(kv_crc32c(check, 9) == 0xE3069283u, "crc32c check value (hw=%d): %08x", have_hw, kv_crc32c(check, 9));
+    CHECK(kv_crc32c("", 0) == 0, "crc32c of nothing");
+    kv_crc32c_use_hw(0);
+    CHECK(kv_crc32c(check, 9) == 0xE3069283u, "crc32c check value (tables)");
+    static uint8_t buf[5000];
+    for (size_t i = 0; i < sizeof buf; i++) buf[i] = (uint8_t)next_u64();
+    int bad = 0;
+    for (size_t off = 0; off < 9; off++)
+        for (size_t n = 0; n + off <= sizeof buf; n += n < 80 ? 1 : 397) {
+            kv_crc32c_use_hw(0);
+            uint32_t a = kv_crc32c(buf + off, n);
+            kv_crc32c_use_hw(1);
+            bad += a != kv_crc32c(buf + off, n);
+        }
+    CHECK(bad == 0, "%d lengths where the crc32c paths differ", bad);
 }
 
 static int fail_at(void *ctx, int i, int worker, kv_error *err) {
@@ -311,6 +332,7 @@ static void check_pool(void) {
 
 int main(void) {
     check_transform_layout();
+    check_crc32c();
     check_round_trips();
     check_determinism();
     check_raw_fallback();
