@@ -22,7 +22,7 @@ CU_SRC  := $(sort $(wildcard kernels/cuda/*.cu))
 ifeq ($(CUDA),1)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CFLAGS  += -DKV_CUDA=1
-NVFLAGS ?= -O2 -std=c++17 -I. -DKV_CUDA=1 -arch=sm_90 -Xcompiler -Wall,-Wextra,-Werror
+NVFLAGS ?= -O2 -std=c++17 -I. -DKV_CUDA=1 -arch=sm_90 -MMD -MP -Xcompiler -Wall,-Wextra,-Werror
 LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
 else
@@ -36,6 +36,7 @@ BENCHES := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
 LIB     := $(BUILD)/libkvforge.a
 
 .PHONY: all test asan bench demo setup clean cuda-note
+.SECONDARY:
 all: cuda-note $(TOOLS) $(TESTS) $(BENCHES)
 
 cuda-note:
@@ -43,11 +44,16 @@ ifeq ($(CUDA),0)
 	@echo "kvforge: CUDA sources skipped (no nvcc or CUDA=0); CPU-only build"
 endif
 
-$(BUILD)/%.o: %.c
+# objects remember the CUDA/SAN mode they were built in: switching modes rebuilds them
+FLAGS_STAMP := $(BUILD)/.mode-cuda$(CUDA)-san$(SAN)
+$(FLAGS_STAMP):
+	@mkdir -p $(BUILD) && rm -f $(BUILD)/.mode-* && touch $@
+
+$(BUILD)/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/%.cu.o: %.cu
+$(BUILD)/%.cu.o: %.cu $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
