@@ -58,7 +58,17 @@ int kvb_kv_map(const cJSON *config, int **map_out, int *n_out, const char *label
     const cJSON *types = cJSON_GetObjectItemCaseSensitive(config, "layer_types");
     const cJSON *swift = cJSON_GetObjectItemCaseSensitive(config, "swiftkv");
     int rc = 0;
-    if (cJSON_IsString(types)) { /* LCKV: "0_0_2_2_4" */
+    if (cJSON_IsTrue(swift)) { /* SwiftKV (wins over layer_types): layers >= l read their group leader's slot */
+        long long l = 0, g = 1;
+        const cJSON *gv = cJSON_GetObjectItemCaseSensitive(config, "key_value_group_size");
+        if (json_int(cJSON_GetObjectItemCaseSensitive(config, "num_key_value_layers"), 1, L - 1, &l))
+            rc = kv_fail(err, KV_EFORMAT, "%s: swiftkv needs num_key_value_layers in 1..%d", label, L - 1);
+        else if (gv && json_int(gv, 1, L, &g))
+            rc = kv_fail(err, KV_EFORMAT, "%s: key_value_group_size is not a positive integer", label);
+        else if ((L - l) % g)
+            rc = kv_fail(err, KV_EFORMAT, "%s: key_value_group_size %lld does not divide the %lld SwiftKV layers", label, g, L - l);
+        for (int j = (int)l; j < L && !rc; j++) map[j] = (int)(l + (j - l) / g * g);
+    } else if (cJSON_IsString(types)) { /* LCKV: "0_0_2_2_4" */
         const char *p = types->valuestring;
         int i = 0;
         while (!rc && *p) {
@@ -80,16 +90,6 @@ int kvb_kv_map(const cJSON *config, int **map_out, int *n_out, const char *label
                 rc = kv_fail(err, KV_EFORMAT, "%s: layer_types[%d] is not a layer index", label, i);
             else map[i] = (int)v;
         }
-    } else if (cJSON_IsTrue(swift)) { /* SwiftKV: layers >= l read their group leader's slot */
-        long long l = 0, g = 1;
-        const cJSON *gv = cJSON_GetObjectItemCaseSensitive(config, "key_value_group_size");
-        if (json_int(cJSON_GetObjectItemCaseSensitive(config, "num_key_value_layers"), 1, L - 1, &l))
-            rc = kv_fail(err, KV_EFORMAT, "%s: swiftkv needs num_key_value_layers in 1..%d", label, L - 1);
-        else if (gv && json_int(gv, 1, L, &g))
-            rc = kv_fail(err, KV_EFORMAT, "%s: key_value_group_size is not a positive integer", label);
-        else if ((L - l) % g)
-            rc = kv_fail(err, KV_EFORMAT, "%s: key_value_group_size %lld does not divide the %lld SwiftKV layers", label, g, L - l);
-        for (int j = (int)l; j < L && !rc; j++) map[j] = (int)(l + (j - l) / g * g);
     }
     for (int i = 0; i < L && !rc; i++)
         if (map[i] < 0 || map[i] >= L || map[map[i]] != map[i])
