@@ -24,15 +24,22 @@ typedef struct {
     uint64_t base;      /* raw offset of dst[0] */
 } hash_job;
 
-static int hash_tensor(void *ctx, int i, int worker, kv_error *err) {
+/* task i hashes tensors order[2i] and order[2i+1] (neighbours in size) together */
+static int hash_tensor_pair(void *ctx, int i, int worker, kv_error *err) {
     const hash_job *j = ctx;
     (void)worker;
-    const kvb_tensor *t = &j->b->m.tensors[j->order[i]];
-    uint8_t d[32];
-    kv_sha256(j->dst + (t->offset - j->base), (size_t)t->size, d);
-    if (memcmp(d, t->sha256, 32) != 0)
-        return kv_fail(err, KV_ECHECKSUM, "%s: tensor '%s': sha256 mismatch: the tensor data are corrupted",
-                       j->b->path, t->name);
+    const kvb_tensor *t[2] = {&j->b->m.tensors[j->order[2 * i]], NULL};
+    if (j->order[2 * i + 1] >= 0) t[1] = &j->b->m.tensors[j->order[2 * i + 1]];
+    uint8_t d[2][32];
+    if (t[1])
+        kv_sha256_x2(j->dst + (t[0]->offset - j->base), (size_t)t[0]->size, d[0],
+                     j->dst + (t[1]->offset - j->base), (size_t)t[1]->size, d[1]);
+    else
+        kv_sha256(j->dst + (t[0]->offset - j->base), (size_t)t[0]->size, d[0]);
+    for (int k = 0; k < 2 && t[k]; k++)
+        if (memcmp(d[k], t[k]->sha256, 32) != 0)
+            return kv_fail(err, KV_ECHECKSUM, "%s: tensor '%s': sha256 mismatch: the tensor data are corrupted",
+                           j->b->path, t[k]->name);
     return 0;
 }
 
@@ -65,7 +72,7 @@ int kvb_decode_tensors(kv_bundle *b, int t0, int t1, uint8_t *dst, int threads, 
         if (m->tensors[i].n_chunks && m->tensors[i].first_chunk < c0) c0 = m->tensors[i].first_chunk;
     int n_chunks = c1 - c0;
     kv_chunk *chunks = malloc(((size_t)n_chunks + 1) * sizeof *chunks);
-    int *order = malloc(((size_t)(t1 - t0) + 1) * sizeof *order);
+    int *order = malloc(((size_t)(t1 - t0) + 2) * sizeof *order);
     if (!chunks || !order) {
         free(chunks);
         free(order);
@@ -100,8 +107,10 @@ int kvb_decode_tensors(kv_bundle *b, int t0, int t1, uint8_t *dst, int threads, 
     if (!rc) {
         for (int i = 0; i < t1 - t0; i++) order[i] = t0 + i;
         qsort_r(order, (size_t)(t1 - t0), sizeof *order, by_size_desc, m->tensors);
+        order[t1 - t0] = -1; /* an odd count leaves the last one alone */
         hash_job j = {.b = b, .order = order, .dst = dst, .base = base};
-        rc = kv_parallel_for(t1 - t0, threads, hash_tensor, &j, NULL, err);
+        int n_pairs = (t1 - t0 + 1) / 2;
+        rc = kv_parallel_for(n_pairs, kv_resolve_threads(threads, n_pairs), hash_tensor_pair, &j, NULL, err);
     }
     free(chunks);
     free(order);
