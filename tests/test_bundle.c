@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "formats/bundle.h"
+#include "formats/bundle_internal.h"
 #include "formats/dtype.h"
 #include "formats/fileio.h"
 #include "formats/safetensors.h"
@@ -374,6 +375,41 @@ static void check_stories(void) {
     CHECK(files_equal(x, y), "extracted tokenizer.json");
 }
 
+/* KV maps from config.json; expected maps derived by hand from METHODS.md */
+static void check_kv_maps(void) {
+    struct { const char *config; int n; int want[8]; } ok[] = {
+        {"{\"num_hidden_layers\":4}", 4, {0, 1, 2, 3}},
+        {"{\"num_hidden_layers\":5,\"layer_types\":\"0_0_2_2_4\"}", 5, {0, 0, 2, 2, 4}},
+        {"{\"num_hidden_layers\":4,\"layer_types\":[1,1,3,3]}", 4, {1, 1, 3, 3}},
+        {"{\"num_hidden_layers\":3,\"layer_types\":[\"full_attention\",\"full_attention\",\"full_attention\"]}", 3, {0, 1, 2}},
+        {"{\"num_hidden_layers\":8,\"swiftkv\":true,\"num_key_value_layers\":4,\"key_value_group_size\":2}", 8, {0, 1, 2, 3, 4, 4, 6, 6}},
+        {"{\"num_hidden_layers\":4,\"swiftkv\":true,\"num_key_value_layers\":2,\"layer_types\":\"0_0_2_2\"}", 4, {0, 1, 2, 3}},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        cJSON *c = cJSON_Parse(ok[i].config);
+        int *map = NULL, n = 0;
+        kv_error err = {0};
+        int rc = kvb_kv_map(c, &map, &n, "config.json", &err);
+        CHECK(rc == 0 && n == ok[i].n && memcmp(map, ok[i].want, (size_t)n * sizeof *map) == 0, "kv map %zu: %s", i, err.msg);
+        free(map);
+        cJSON_Delete(c);
+    }
+    const char *bad[] = {
+        "{}", "{\"num_hidden_layers\":4,\"layer_types\":\"0_1_1\"}", "{\"num_hidden_layers\":3,\"layer_types\":\"0_2_1\"}",
+        "{\"num_hidden_layers\":3,\"layer_types\":\"0_0_\"}", "{\"num_hidden_layers\":3,\"layer_types\":[0,0,7]}",
+        "{\"num_hidden_layers\":6,\"swiftkv\":true,\"num_key_value_layers\":2,\"key_value_group_size\":3}",
+        "{\"num_hidden_layers\":4,\"swiftkv\":true,\"num_key_value_layers\":4}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cJSON *c = cJSON_Parse(bad[i]);
+        int *map = NULL, n = 0;
+        kv_error err = {0};
+        CHECK(kvb_kv_map(c, &map, &n, "config.json", &err) == KV_EFORMAT && map == NULL && strstr(err.msg, "config.json"),
+              "bad kv map %zu accepted", i);
+        cJSON_Delete(c);
+    }
+}
+
 static void remove_tree(const char *dir) {
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
@@ -385,6 +421,7 @@ int main(void) {
         perror("mkdtemp");
         return 1;
     }
+    check_kv_maps();
     check_stories();
     check_synthetic(KV_F32);
     check_synthetic(KV_F16);
