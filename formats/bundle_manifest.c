@@ -115,11 +115,21 @@ char *kvb_manifest_print(const kvb_manifest *m, const cJSON *config, const int *
     cJSON_AddItemToObject(root, "config", cJSON_Duplicate(config, 1));
     cJSON *map = cJSON_AddArrayToObject(root, "kv_map");
     for (int i = 0; i < n_layers; i++) cJSON_AddItemToArray(map, cJSON_CreateNumber(kv_map[i]));
-    if (kvforge) {
-        const char *keys[] = {"recipe", "provenance"};
-        for (int k = 0; k < 2; k++) {
-            const cJSON *v = cJSON_GetObjectItemCaseSensitive(kvforge, keys[k]);
-            if (v) cJSON_AddItemToObject(root, keys[k], cJSON_Duplicate(v, 1));
+    if (kvforge) { /* recipe as is; provenance as is, else kvconvert's tool, version and source */
+        const cJSON *recipe = cJSON_GetObjectItemCaseSensitive(kvforge, "recipe");
+        if (recipe) cJSON_AddItemToObject(root, "recipe", cJSON_Duplicate(recipe, 1));
+        const cJSON *prov = cJSON_GetObjectItemCaseSensitive(kvforge, "provenance");
+        if (prov) {
+            cJSON_AddItemToObject(root, "provenance", cJSON_Duplicate(prov, 1));
+        } else {
+            const char *keys[] = {"tool", "kvforge_version", "source"};
+            cJSON *p = NULL;
+            for (int k = 0; k < 3; k++) {
+                const cJSON *v = cJSON_GetObjectItemCaseSensitive(kvforge, keys[k]);
+                if (!v) continue;
+                if (!p) p = cJSON_AddObjectToObject(root, "provenance");
+                cJSON_AddItemToObject(p, keys[k], cJSON_Duplicate(v, 1));
+            }
         }
         cJSON_AddItemToObject(root, "kvforge", cJSON_Duplicate(kvforge, 1));
     }

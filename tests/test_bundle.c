@@ -16,8 +16,10 @@
 #include "formats/bundle_internal.h"
 #include "formats/dtype.h"
 #include "formats/fileio.h"
+#include "formats/hfconfig.h"
 #include "formats/safetensors.h"
 #include "tests/check.h"
+#include "transform/kvmap.h"
 
 static char tmp_root[] = "/tmp/kv_test_bundle_XXXXXX";
 
@@ -410,6 +412,39 @@ static void check_kv_maps(void) {
     }
 }
 
+/* the bundle's KV map agrees with transform/kvmap's reading of the same config.json */
+static void check_kv_maps_agree(void) {
+    char *text = NULL;
+    size_t n = 0;
+    if (read_all(SHARED_DIR "/models/stories260K/config.json", &text, &n)) {
+        CHECK(0, "fixture " SHARED_DIR "/models/stories260K/config.json not found");
+        return;
+    }
+    const char *extra[] = {"", "\"layer_types\":\"0_2_2_2_4\"", "\"layer_types\":[0,0,0,3,3]",
+                           "\"swiftkv\":true,\"num_key_value_layers\":2,\"key_value_group_size\":3",
+                           "\"swiftkv\":true,\"num_key_value_layers\":3"};
+    for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++) {
+        char *config = malloc(n + 256);
+        const char *brace = strrchr(text, '}');
+        int head = (int)(brace - text);
+        snprintf(config, n + 256, "%.*s%s%s}", head, text, extra[i][0] ? "," : "", extra[i]);
+        kv_error err = {0};
+        hf_config hc;
+        kv_map lead;
+        cJSON *c = cJSON_Parse(config);
+        int *mine = NULL, L = 0;
+        int rc = hf_config_parse(&hc, config, "config.json", &err);
+        if (!rc) rc = kvmap_from_config(&lead, &hc, &err);
+        if (!rc) rc = kvb_kv_map(c, &mine, &L, "config.json", &err);
+        CHECK(rc == 0 && L == lead.n_layers && memcmp(mine, lead.kv_layer_of, (size_t)L * sizeof *mine) == 0,
+              "config %zu: bundle and kvmap disagree (%s)", i, err.msg);
+        free(mine);
+        cJSON_Delete(c);
+        free(config);
+    }
+    free(text);
+}
+
 static void remove_tree(const char *dir) {
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
@@ -422,6 +457,7 @@ int main(void) {
         return 1;
     }
     check_kv_maps();
+    check_kv_maps_agree();
     check_stories();
     check_synthetic(KV_F32);
     check_synthetic(KV_F16);
