@@ -1,4 +1,5 @@
-# kvforge — one static library (everything but cli/), one binary per cli/*.c, one test binary per tests/test_*.c
+# kvforge — one static library (everything but cli/), one binary per cli/kv*.c (linked with the
+# other cli/*.c helpers), one test binary per tests/test_*.c
 CC      ?= cc
 BUILD   ?= build
 CFLAGS  ?= -O2
@@ -21,19 +22,21 @@ CU_SRC  := $(sort $(wildcard kernels/cuda/*.cu))
 ifeq ($(CUDA),1)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CFLAGS  += -DKV_CUDA=1
-NVFLAGS ?= -O2 -std=c++17 -I. -DKV_CUDA=1 -arch=sm_90 -Xcompiler -Wall,-Wextra,-Werror
+NVFLAGS ?= -O2 -std=c++17 -I. -DKV_CUDA=1 -arch=sm_90 -MMD -MP -Xcompiler -Wall,-Wextra,-Werror
 LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
 else
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 endif
 
-TOOLS   := $(patsubst cli/%.c,$(BUILD)/bin/%,$(wildcard cli/*.c))
+TOOLS   := $(patsubst cli/%.c,$(BUILD)/bin/%,$(wildcard cli/kv*.c))
+CLI_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(filter-out cli/kv%.c,$(wildcard cli/*.c)))
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCHES := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
 LIB     := $(BUILD)/libkvforge.a
 
 .PHONY: all test asan bench demo setup clean cuda-note
+.SECONDARY:
 all: cuda-note $(TOOLS) $(TESTS) $(BENCHES)
 
 cuda-note:
@@ -41,11 +44,16 @@ ifeq ($(CUDA),0)
 	@echo "kvforge: CUDA sources skipped (no nvcc or CUDA=0); CPU-only build"
 endif
 
-$(BUILD)/%.o: %.c
+# objects remember the CUDA/SAN mode they were built in: switching modes rebuilds them
+FLAGS_STAMP := $(BUILD)/.mode-cuda$(CUDA)-san$(SAN)
+$(FLAGS_STAMP):
+	@mkdir -p $(BUILD) && rm -f $(BUILD)/.mode-* && touch $@
+
+$(BUILD)/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/%.cu.o: %.cu
+$(BUILD)/%.cu.o: %.cu $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
@@ -53,7 +61,7 @@ $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/bin/%: $(BUILD)/cli/%.o $(LIB)
+$(BUILD)/bin/%: $(BUILD)/cli/%.o $(CLI_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 

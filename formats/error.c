@@ -22,7 +22,14 @@ int kv_wrap(kv_error *err, const char *fmt, ...) {
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    size_t n_prefix = strlen(prefix), cap = sizeof err->msg;
+    if (n_prefix + 2 >= cap) n_prefix = cap - 3;
+    memcpy(err->msg, prefix, n_prefix);
+    memcpy(err->msg + n_prefix, ": ", 2);
+    size_t n_old = strnlen(old, sizeof old - 1);
+    if (n_prefix + 2 + n_old >= cap) n_old = cap - n_prefix - 3;
+    memcpy(err->msg + n_prefix + 2, old, n_old);
+    err->msg[n_prefix + 2 + n_old] = 0;
     return err->code;
 }
 

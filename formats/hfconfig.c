@@ -1,13 +1,13 @@
 #include "formats/hfconfig.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+
+#include "formats/fileio.h"
 
 #define ARCH_LLAMA "LlamaForCausalLM"
 #define ARCH_SWIFTKV "LlamaSwiftKVForCausalLM"
@@ -276,6 +276,17 @@ static int parse_token_ids(const cJSON *root, const char *label, const char *nam
     return 0;
 }
 
+/* the MLP is SwiGLU: only SiLU gates */
+static int parse_activation(const cJSON *root, const char *label, kv_error *err) {
+    const char *act = NULL;
+    int rc = get_string(root, label, "hidden_act", 64, &act, err);
+    if (rc) return rc;
+    if (act && strcmp(act, "silu") != 0)
+        return kv_fail(err, KV_EUNSUPPORTED, "%s: field 'hidden_act' is '%s', only 'silu' is supported",
+                       label, act);
+    return 0;
+}
+
 static int parse_dtype(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
     const char *name = NULL, *key = "torch_dtype";
     int rc = get_string(root, label, key, 64, &name, err);
@@ -380,15 +391,15 @@ static int parse_layer_map(hf_config *c, const cJSON *root, const char *label, k
 }
 
 static int parse_swiftkv(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
-    int rc = get_bool(root, label, "swiftkv", 0, &c->swiftkv, err);
-    if (rc) return rc;
     int arch_swiftkv = strcmp(c->architecture, ARCH_SWIFTKV) == 0;
+    int rc = get_bool(root, label, "swiftkv", arch_swiftkv, &c->swiftkv, err);
+    if (rc) return rc;
     if (!c->swiftkv) {
         c->swiftkv_layers = c->n_layers;
         c->swiftkv_group = 1;
         if (arch_swiftkv)
             return kv_fail(err, KV_EFORMAT,
-                           "%s: architecture '%s' needs field 'swiftkv' set to true", label,
+                           "%s: architecture '%s' contradicts field 'swiftkv' = false", label,
                            c->architecture);
         return 0;
     }
@@ -436,7 +447,7 @@ int hf_config_parse(hf_config *c, const char *json, const char *label, kv_error 
     if ((rc = check_no_duplicate_keys(root, label, "", err)) ||
         (rc = parse_architecture(c, root, label, err)) ||
         (rc = parse_sizes(c, root, label, err)) ||
-        (rc = get_positive(root, label, "rms_norm_eps", 1, 0, &eps, err)) ||
+        (rc = get_positive(root, label, "rms_norm_eps", 0, 1e-6, &eps, err)) ||
         (rc = parse_rope(c, root, label, err)) ||
         (rc = get_bool(root, label, "tie_word_embeddings", 0, &c->tie_word_embeddings, err)) ||
         (rc = get_bool(root, label, "attention_bias", 0, &c->attention_bias, err)) ||
@@ -444,21 +455,18 @@ int hf_config_parse(hf_config *c, const char *json, const char *label, kv_error 
         (rc = parse_token_ids(root, label, "bos_token_id", c->vocab_size, &bos, 1, &n_bos, err)) ||
         (rc = parse_token_ids(root, label, "eos_token_id", c->vocab_size, c->eos_token_ids,
                               HF_MAX_EOS, &c->n_eos, err)) ||
+        (rc = parse_activation(root, label, err)) ||
         (rc = parse_dtype(c, root, label, err)) ||
         (rc = parse_layer_map(c, root, label, err)) ||
         (rc = parse_swiftkv(c, root, label, err)))
         goto done;
-    if ((float)eps <= 0.0f || !isfinite((float)eps)) {
-        rc = kv_fail(err, KV_EFORMAT, "%s: field 'rms_norm_eps' (%g) is not a usable float", label,
-                     eps);
+    if ((float)eps <= 0.0f || eps > 1.0) {
+        rc = kv_fail(err, KV_EFORMAT, "%s: field 'rms_norm_eps' is %g, outside the float range (0, 1]",
+                     label, eps);
         goto done;
     }
     c->rms_norm_eps = (float)eps;
     c->bos_token_id = n_bos ? bos : -1;
-    if (c->n_eos == 0) {
-        rc = kv_fail(err, KV_EFORMAT, "%s: missing field 'eos_token_id'", label);
-        goto done;
-    }
     if (hf_config_param_count(c) < 0)
         rc = kv_fail(err, KV_ENOMEM,
                      "%s: fields 'hidden_size', 'intermediate_size', 'vocab_size', "
@@ -470,48 +478,15 @@ done:
     return rc;
 }
 
-static int read_text(const char *path, char **out, kv_error *err) {
-    *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return kv_fail(err, KV_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fclose(f);
-        return kv_fail(err, KV_EIO, "%s: not a regular file", path);
-    }
-    if ((unsigned long long)st.st_size > HF_MAX_CONFIG_BYTES) {
-        fclose(f);
-        return kv_fail(err, KV_EFORMAT, "%s: %lld bytes, more than the %u allowed for a config",
-                       path, (long long)st.st_size, HF_MAX_CONFIG_BYTES);
-    }
-    size_t n = (size_t)st.st_size;
-    char *buf = malloc(n + 1);
-    if (!buf) {
-        fclose(f);
-        return kv_fail(err, KV_ENOMEM, "%s: out of memory", path);
-    }
-    size_t got = fread(buf, 1, n, f);
-    int bad = ferror(f) || got != n;
-    fclose(f);
-    if (bad) {
-        free(buf);
-        return kv_fail(err, KV_EIO, "%s: short read", path);
-    }
-    buf[n] = '\0';
-    if (memchr(buf, '\0', n)) {
-        free(buf);
-        return kv_fail(err, KV_EFORMAT, "%s: contains a NUL byte", path);
-    }
-    *out = buf;
-    return 0;
-}
-
 int hf_config_load(hf_config *c, const char *path, kv_error *err) {
     char *text;
-    int rc = read_text(path, &text, err);
-    if (rc) {
-        memset(c, 0, sizeof *c);
-        return rc;
+    size_t n;
+    memset(c, 0, sizeof *c);
+    int rc = kv_read_file(path, &text, &n, HF_MAX_CONFIG_BYTES, err);
+    if (rc) return rc;
+    if (memchr(text, '\0', n)) {
+        free(text);
+        return kv_fail(err, KV_EFORMAT, "%s: contains a NUL byte", path);
     }
     rc = hf_config_parse(c, text, path, err);
     free(text);

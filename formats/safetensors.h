@@ -87,7 +87,7 @@ void st_writer_abort(st_writer *w);                /* frees w, removes the temp 
 int st_write_file(const char *path, const st_spec *specs, const void *const *data, int n,
                   const char *const *meta_kv, int n_meta, kv_error *err);
 
-size_t st_spec_bytes(const st_spec *s); /* 0 on overflow */
+size_t st_spec_bytes(const st_spec *s); /* SIZE_MAX on overflow or a bad dtype/rank */
 
 /* Sharded output: tensors in sorted order packed into files of at most shard_bytes
  * (a larger tensor gets a shard of its own) named model-0000i-of-0000n.safetensors, plus

@@ -1,4 +1,4 @@
-/* config.json parsing: the stories260K fixture, HF defaults, KV-map fields, ~40 malformed
+/* config.json parsing: the stories260K fixture, HF defaults, KV-map fields, ~75 malformed
  * configs (each must fail naming the field), parameter counts derived by hand, and the
  * config writer used by kvconvert. */
 #include <cjson/cJSON.h>
@@ -68,8 +68,6 @@ static const bad_case BAD[] = {
     {"{\"hidden_size\": \"__DELETE__\"}", NULL, "missing field 'hidden_size'"},
     {"{\"intermediate_size\": \"__DELETE__\"}", NULL, "'intermediate_size'"},
     {"{\"vocab_size\": \"__DELETE__\"}", NULL, "'vocab_size'"},
-    {"{\"rms_norm_eps\": \"__DELETE__\"}", NULL, "'rms_norm_eps'"},
-    {"{\"eos_token_id\": \"__DELETE__\"}", NULL, "'eos_token_id'"},
     {"{\"hidden_size\": null}", NULL, "'hidden_size'"},
     {"{\"hidden_size\": \"64\"}", NULL, "'hidden_size' is a string"},
     {"{\"hidden_size\": 64.5}", NULL, "'hidden_size' is 64.5"},
@@ -91,6 +89,13 @@ static const bad_case BAD[] = {
      "'architectures'"},
     {"{\"model_type\": \"llama_swiftkv\"}", NULL, "model_type 'llama_swiftkv'"},
     {"{\"rms_norm_eps\": 0}", NULL, "'rms_norm_eps'"},
+    {"{\"rms_norm_eps\": 2}", NULL, "'rms_norm_eps'"},
+    {"{\"rms_norm_eps\": \"1e-5\"}", NULL, "'rms_norm_eps' is a string"},
+    {"{\"hidden_act\": \"gelu\"}", NULL, "'hidden_act' is 'gelu'"},
+    {"{\"hidden_act\": 1}", NULL, "'hidden_act'"},
+    {"{\"rope_scaling\": 7}", NULL, "'rope_scaling' is a number"},
+    {"{\"layer_types\": \"0-0-2-2-4\"}", NULL, "'layer_types'"},
+    {"{\"layer_types\": \"0_0_2_2_-4\"}", NULL, "'layer_types'"},
     {"{\"rms_norm_eps\": 1e-300}", NULL, "'rms_norm_eps'"},
     {"{\"rope_theta\": -1}", NULL, "'rope_theta'"},
     {"{\"tie_word_embeddings\": \"true\"}", NULL, "'tie_word_embeddings'"},
@@ -134,8 +139,11 @@ static const bad_case BAD[] = {
     {"{\"layer_types\": [0, \"full_attention\", 2, 2, 4]}", NULL, "'layer_types' mixes"},
     {"{\"layer_types\": 5}", NULL, "'layer_types' is a number"},
     {"{\"swiftkv\": true, \"num_key_value_layers\": 2}", NULL, "'swiftkv' is true"},
+    {"{\"architectures\": [\"LlamaSwiftKVForCausalLM\"], \"model_type\": \"llama_swiftkv\","
+     " \"swiftkv\": false, \"num_key_value_layers\": 2}",
+     NULL, "'swiftkv' = false"},
     {"{\"architectures\": [\"LlamaSwiftKVForCausalLM\"], \"model_type\": \"llama_swiftkv\"}",
-     NULL, "'swiftkv'"},
+     NULL, "missing field 'num_key_value_layers'"},
     {"{\"architectures\": [\"LlamaSwiftKVForCausalLM\"], \"model_type\": \"llama_swiftkv\","
      " \"swiftkv\": true}",
      NULL, "missing field 'num_key_value_layers'"},
@@ -223,6 +231,8 @@ static void test_stories260K(void) {
     CHECK(hf_config_kv_slots(&c) == 5, "kv slots %d", hf_config_kv_slots(&c));
     CHECK(hf_config_param_count(&c) == STORIES_PARAMS, "params %lld",
           (long long)hf_config_param_count(&c));
+    /* independent: model.safetensors holds 1,040,128 bytes of F32 data */
+    CHECK(STORIES_PARAMS == 1040128 / 4, "hand count matches the fixture's data bytes");
 
     hf_config b;
     CHECK(hf_config_parse(&b, BASE, NULL, &err) == 0, "base: %s", err.msg);
@@ -271,13 +281,16 @@ static void test_defaults_and_variants(void) {
                           " \"rope_theta\": \"__DELETE__\", \"tie_word_embeddings\": \"__DELETE__\","
                           " \"torch_dtype\": \"__DELETE__\", \"bos_token_id\": \"__DELETE__\","
                           " \"max_position_embeddings\": \"__DELETE__\", \"rope_scaling\": \"__DELETE__\","
-                          " \"attention_bias\": \"__DELETE__\", \"mlp_bias\": \"__DELETE__\"}",
+                          " \"attention_bias\": \"__DELETE__\", \"mlp_bias\": \"__DELETE__\","
+                          " \"rms_norm_eps\": \"__DELETE__\", \"eos_token_id\": \"__DELETE__\","
+                          " \"hidden_act\": \"__DELETE__\"}",
                           &err);
     CHECK(rc == 0, "defaults: %s", err.msg);
     CHECK(c.n_kv_heads == 8 && c.head_dim == 8, "nkv %d hd %d", c.n_kv_heads, c.head_dim);
     CHECK(c.rope_theta == 10000.0 && c.tie_word_embeddings == 0, "theta/tie");
     CHECK(c.torch_dtype == KV_F32 && c.bos_token_id == -1, "dtype/bos");
     CHECK(c.max_position_embeddings == 2048, "maxpos default %d", c.max_position_embeddings);
+    CHECK(c.rms_norm_eps == 1e-6f && c.n_eos == 0, "eps default %g, no eos", c.rms_norm_eps);
     /* nkv = 8: k, v are 64x64 now; untied: + lm_head 512*64 */
     CHECK(hf_config_param_count(&c) == STORIES_PARAMS + 5 * 4096 + 32768, "params %lld",
           (long long)hf_config_param_count(&c));

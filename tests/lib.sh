@@ -1,4 +1,4 @@
-# sourced by tests/cli_*.sh: check helpers with the same RESULT protocol as tests/check.h
+# sourced by tests/cli_*.sh (. tests/lib.sh): check helpers with the same RESULT protocol as tests/check.h
 pass=0; fail=0
 BIN=${KV_BIN:-$PWD/build/bin}
 SHARED=../shared

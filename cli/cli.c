@@ -1,0 +1,116 @@
+#include "cli/cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+void cli_error(const char *tool, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: error: ", tool);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+int cli_fail(const char *tool, const kv_error *err) {
+    cli_error(tool, "%s", err->msg[0] ? err->msg : "failed");
+    return EXIT_FAIL;
+}
+
+int cli_usage_error(const char *tool, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: error: ", tool);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\nTry '%s --help'.\n", tool);
+    va_end(ap);
+    return EXIT_USAGE;
+}
+
+void cli_version(const char *tool) { printf("%s (kvforge) %s\n", tool, KVFORGE_VERSION); }
+
+int cli_parse_int(const char *s, long min, long max, long *out) {
+    if (!s || !*s) return -1;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < min || v > max) return -1;
+    *out = v;
+    return 0;
+}
+
+int cli_parse_double(const char *s, double *out) {
+    if (!s || !*s) return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || !isfinite(v)) return -1;
+    *out = v;
+    return 0;
+}
+
+int cli_parse_size(const char *s, uint64_t *out) {
+    if (!s || !*s) return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || v < 0 || end == s) return -1;
+    double mult = 1;
+    if (*end == 'K' || *end == 'k') mult = 1e3, end++;
+    else if (*end == 'M' || *end == 'm') mult = 1e6, end++;
+    else if (*end == 'G' || *end == 'g') mult = 1e9, end++;
+    if (*end == 'B') end++;
+    if (*end || v * mult > 1.8e19) return -1;
+    *out = (uint64_t)(v * mult);
+    return 0;
+}
+
+double cli_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void cli_progress_start(cli_progress *p, const char *label, uint64_t total, int quiet) {
+    memset(p, 0, sizeof *p);
+    p->label = label;
+    p->total = total ? total : 1;
+    p->quiet = quiet;
+    p->tty = isatty(STDERR_FILENO);
+    p->start = p->last_draw = cli_now();
+    p->last_decile = -1;
+}
+
+void cli_progress_update(cli_progress *p, uint64_t done, const char *extra) {
+    p->done = done;
+    if (p->quiet) return;
+    double now = cli_now(), frac = (double)done / (double)p->total, elapsed = now - p->start;
+    if (frac > 1) frac = 1;
+    double eta = frac > 0 ? elapsed * (1 - frac) / frac : 0;
+    if (p->tty) {
+        if (now - p->last_draw < 0.1 && done < p->total) return;
+        p->last_draw = now;
+        char bar[31];
+        int fill = (int)(frac * 30);
+        for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '.';
+        bar[30] = 0;
+        fprintf(stderr, "\r%s [%s] %5.1f%% %s ETA %.0fs\033[K", p->label, bar, 100 * frac, extra ? extra : "", eta);
+        fflush(stderr);
+    } else {
+        int decile = (int)(frac * 10);
+        if (decile == p->last_decile || elapsed < 1.0) return; /* short runs stay quiet */
+        p->last_decile = decile;
+        fprintf(stderr, "%s: %3.0f%% %s (%.1fs elapsed)\n", p->label, 100 * frac, extra ? extra : "", elapsed);
+    }
+}
+
+void cli_progress_finish(cli_progress *p) {
+    if (p->quiet) return;
+    if (p->tty) fprintf(stderr, "\r%s: done in %.1fs\033[K\n", p->label, cli_now() - p->start);
+}

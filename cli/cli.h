@@ -1,0 +1,42 @@
+/* Shared by the tools in cli/: error printing, exit codes, progress bar, small parsers.
+ * Only cli/ prints; library code returns kv_error values. */
+#ifndef KV_CLI_H
+#define KV_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "formats/error.h"
+
+#include "formats/version.h"
+#define KVFORGE_VERSION KVFORGE_VERSION_STRING
+
+enum { EXIT_FAIL = 1, EXIT_USAGE = 2 };
+
+/* "TOOL: error: msg" on stderr */
+void cli_error(const char *tool, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* prints err->msg and returns EXIT_FAIL */
+int cli_fail(const char *tool, const kv_error *err);
+/* usage error: message + "Try 'TOOL --help'." ; returns EXIT_USAGE */
+int cli_usage_error(const char *tool, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void cli_version(const char *tool);
+
+/* strict number parsing: whole string must be a number in range; 0 or -1 */
+int cli_parse_int(const char *s, long min, long max, long *out);
+int cli_parse_double(const char *s, double *out);
+/* sizes like 500M, 2G, 4096 (bytes) */
+int cli_parse_size(const char *s, uint64_t *out);
+
+/* progress bar on stderr when it is a terminal; plain lines every ~10% otherwise (or never if quiet) */
+typedef struct {
+    const char *label;
+    uint64_t total, done;
+    double start, last_draw;
+    int tty, quiet, last_decile;
+} cli_progress;
+void cli_progress_start(cli_progress *p, const char *label, uint64_t total, int quiet);
+void cli_progress_update(cli_progress *p, uint64_t done, const char *extra);
+void cli_progress_finish(cli_progress *p);
+double cli_now(void); /* monotonic seconds */
+
+#endif

@@ -1,0 +1,36 @@
+/* SHA-256 (FIPS 180-4): streaming, one-shot, hex, whole file.
+ * The compression function has a portable definition and, on x86-64 CPUs with the SHA
+ * extensions, an accelerated twin chosen at run time; both give the same digests. */
+#ifndef KV_SHA256_H
+#define KV_SHA256_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "formats/error.h"
+
+typedef struct {
+    uint32_t h[8];       /* chaining state H0..H7 */
+    uint64_t n_bytes;    /* message length so far */
+    uint8_t block[64];   /* pending partial block */
+    size_t n_block;      /* bytes in block (< 64) */
+} kv_sha256_ctx;
+
+void kv_sha256_init(kv_sha256_ctx *c);
+void kv_sha256_update(kv_sha256_ctx *c, const void *data, size_t n);
+void kv_sha256_final(kv_sha256_ctx *c, uint8_t out[32]); /* c must be re-initialised after */
+
+void kv_sha256(const void *data, size_t n, uint8_t out[32]);
+void kv_sha256_hex(const uint8_t d[32], char out[65]);   /* lower-case, NUL-terminated */
+/* 64 hex digits (either case) -> 32 bytes; 0 or -1 if malformed */
+int kv_sha256_parse_hex(const char *hex, uint8_t out[32]);
+
+/* digest of a whole file (buffered reads) as hex */
+int kv_sha256_file(const char *path, char hex[65], kv_error *err);
+
+/* 1 if the accelerated compression function is in use. enable = 0 forces the portable one
+ * (tests compare both), 1 picks the accelerated one where the CPU has it. Not thread-safe:
+ * call before hashing starts. */
+int kv_sha256_use_hw(int enable);
+
+#endif

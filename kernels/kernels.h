@@ -1,0 +1,179 @@
+/* The math of a Llama forward and backward pass: small plain-C reference kernels (the oracle).
+ * kernels/cuda/ holds CUDA twins of the forward kernels (kv_cuda.h, included at the end when
+ * KV_CUDA is set; verify/kernel_parity.h checks them against these).
+ *
+ * Conventions (every function below follows them unless its comment says otherwise)
+ *  - float32, dense, row-major. A shape [A, B, C] means element (a, b, c) is at (a*B + b)*C + c.
+ *    Names: T query tokens, S cached key positions, H hidden size, nh query heads, nkv key/value
+ *    heads (nh % nkv == 0), hd head size, FFN intermediate size, V vocabulary.
+ *  - Forward kernels overwrite their output; *_acc variants add into it.
+ *  - Backward kernels ADD into every gradient buffer (dx += ...), so gradients from several uses
+ *    of one tensor (GQA heads, layers sharing K/V) accumulate; the caller zeroes them once.
+ *    A NULL gradient pointer means "not wanted" and that part of the work is skipped.
+ *  - Buffers must not overlap unless a comment says "in place" or "may alias".
+ *  - Kernels trust their sizes and indices (positive sizes, indices in range): they are checked
+ *    once where the data enters (config, tokenizer). Functions taking a kv_error validate.
+ *  - Reductions (norms, softmax sums, losses) accumulate in double; dot products inside matmul
+ *    and attention are float (OpenBLAS / plain loops).
+ *  - Results do not depend on the thread count: every output element is computed by one
+ *    thread in a fixed order. */
+#ifndef KV_KERNELS_H
+#define KV_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "formats/error.h"
+
+/* ---- threads ---------------------------------------------------------------------------- */
+
+/* Worker threads for the kernels here (attention) and for OpenBLAS; n < 1 means 1.
+ * Default: the number of online CPUs. Not thread-safe: call it before running kernels. */
+void kv_kernels_set_threads(int n);
+int kv_kernels_threads(void);
+
+/* fn(ctx, item, worker) for every item in [0, n_items), items handed out dynamically to
+ * min(n_workers, n_items) workers; worker is in [0, n_workers) and indexes per-worker scratch.
+ * The calling thread is worker 0; if a thread cannot be started the others do its share. */
+typedef void (*kv_task_fn)(void *ctx, int item, int worker);
+void kv_parallel_for(int n_items, int n_workers, kv_task_fn fn, void *ctx);
+/* how many workers are worth starting for n_items items costing about `flops` in all
+ * (1 for small work; never more than kv_kernels_threads() or n_items) */
+int kv_parallel_workers(int n_items, double flops);
+
+/* ---- forward ------------------------------------------------------------------------------ */
+
+/* out[T, n_out] = x[T, n_in] @ W[n_out, n_in]^T + bias[n_out] (bias may be NULL).
+ * W in HF layout ([out, in]). OpenBLAS sgemv for T == 1, sgemm otherwise. */
+void kv_matmul(float *out, const float *x, const float *W, const float *bias,
+               int T, int n_in, int n_out);
+/* out[T, n_out] += x @ W^T + bias (bias may be NULL): e.g. o_proj/down_proj into the residual */
+void kv_matmul_acc(float *out, const float *x, const float *W, const float *bias,
+                   int T, int n_in, int n_out);
+
+/* HF LlamaRMSNorm: out[t] = w * (x[t] * rsqrt(mean(x[t]^2) + eps)); x, out [T, dim], w [dim].
+ * In place allowed (out == x). */
+void kv_rmsnorm(float *out, const float *x, const float *w, int T, int dim, float eps);
+
+/* out[t, :] = table[ids[t], :]; table [vocab, dim], out [T, dim].
+ * KV_EINVAL (naming the position and id) if an id is outside [0, vocab). */
+int kv_embedding(float *out, const float *table, int vocab, int dim, const int32_t *ids, int T,
+                 kv_error *err);
+
+/* RoPE, HF rotate-half layout: for a head vector x[hd] at position p, with h = hd/2 and
+ * i < h: x'[i] = x[i]*cos(p*f_i) - x[i+h]*sin(p*f_i); x'[i+h] = x[i+h]*cos(p*f_i) + x[i]*sin(p*f_i).
+ * Inverse frequencies f_i = theta^(-2i/hd) in double; with HF "llama3" scaling
+ * (c = original_max_position, wl_i = 2*pi/f_i, lo = c/low_freq_factor, hi = c/high_freq_factor):
+ * wl_i < hi: f_i;  wl_i > lo: f_i/factor;  otherwise, with
+ * s = (c/wl_i - low_freq_factor)/(high_freq_factor - low_freq_factor): (1-s)*f_i/factor + s*f_i.
+ * Angles p*f_i are computed in double, then cos/sin rounded to float. */
+typedef enum { KV_ROPE_PLAIN = 0, KV_ROPE_LLAMA3 = 1 } kv_rope_scaling;
+typedef struct {
+    double theta;                     /* rope_theta */
+    kv_rope_scaling scaling;
+    double factor;                    /* llama3 only */
+    double low_freq_factor;           /* llama3 only */
+    double high_freq_factor;          /* llama3 only */
+    int original_max_position;        /* llama3: original_max_position_embeddings */
+} kv_rope_config;
+
+/* inv_freq[hd/2] (double). KV_EINVAL for an odd or non-positive hd or bad parameters. */
+int kv_rope_inv_freq(double *inv_freq, int head_dim, const kv_rope_config *c, kv_error *err);
+
+typedef struct {
+    int head_dim;   /* hd */
+    int max_pos;    /* positions 0 .. max_pos-1 */
+    float *cos;     /* [max_pos, hd/2] */
+    float *sin;     /* [max_pos, hd/2] */
+} kv_rope_table;
+int kv_rope_table_init(kv_rope_table *t, int head_dim, int max_pos, const kv_rope_config *c,
+                       kv_error *err);
+void kv_rope_table_free(kv_rope_table *t);
+
+/* in place: x [T, n_heads, hd], token t at position pos[t] (0 <= pos[t] < table->max_pos) */
+void kv_rope(float *x, int T, int n_heads, const int32_t *pos, const kv_rope_table *table);
+
+/* Attention with GQA. q [T, nh, hd] for query positions pos0 .. pos0+T-1; k, v [S, nkv, hd] hold
+ * positions 0 .. S-1 (the cache, RoPE already applied to k); query head h reads kv head
+ * h / (nh/nkv). Scores q.k / sqrt(hd), stable softmax over the visible keys, out [T, nh*hd].
+ * Visible keys of the query at position p (only s < S are ever read):
+ *   KV_MASK_CAUSAL: s <= p (diagonal included);
+ *   KV_MASK_STRICT: s <  p (diagonal masked: METHODS.md "upward" layers) — at p = 0 nothing is
+ *                   visible and the output row is the zero vector.
+ * Blocked online softmax (flash style); threads over (kv head, block of tokens), every query
+ * head of a GQA group in the same work item so K/V are read once per group. A query's result is
+ * bit-identical whether it runs in a prefill of T tokens, a chunk of one, or alone as a decode
+ * step, with any thread count. Allocates a small scratch per call (about 16*(hd+2)+64 floats
+ * per thread). 0, or KV_ENOMEM when that allocation fails. */
+typedef enum { KV_MASK_CAUSAL = 0, KV_MASK_STRICT = 1 } kv_attn_mask;
+int kv_attention(float *out, const float *q, const float *k, const float *v,
+                 int T, int pos0, int S, int n_heads, int n_kv_heads, int head_dim,
+                 kv_attn_mask mask);
+
+/* h[n] = silu(gate[n]) * up[n], silu(g) = g / (1 + exp(-g)). h may alias gate or up. */
+void kv_swiglu(float *h, const float *gate, const float *up, size_t n);
+
+/* in place: each row of x [rows, n] becomes softmax(row) (max subtracted, sum in double) */
+void kv_softmax(float *x, int rows, int n);
+/* out[n] = x - logsumexp(x); out may alias x */
+void kv_log_softmax(float *out, const float *x, int n);
+/* cross-entropy of one logits row at `target`: -log softmax(logits)[target], in nats */
+double kv_cross_entropy(const float *logits, int vocab, int target);
+
+/* ---- backward (frozen embedding: no embedding gradient) ------------------------------------ */
+
+/* for out = x @ W^T + bias: dx[T, n_in] += dout[T, n_out] @ W; dW[n_out, n_in] += dout^T @ x;
+ * dbias[n_out] += sum over t of dout[t]. Any of dx, dW, dbias may be NULL. */
+void kv_matmul_backward(float *dx, float *dW, float *dbias, const float *dout, const float *x,
+                        const float *W, int T, int n_in, int n_out);
+
+/* for out = kv_rmsnorm(x, w): dx[T, dim] +=, dw[dim] += (either may be NULL) */
+void kv_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                         int T, int dim, float eps);
+
+/* in place: turns d(loss)/d(rope(x)) into d(loss)/d(x) — the inverse rotation (the rotation is
+ * orthogonal). Same shapes and positions as kv_rope. The one backward that does not add. */
+void kv_rope_backward(float *dx, int T, int n_heads, const int32_t *pos,
+                      const kv_rope_table *table);
+
+/* for out = kv_attention(q, k, v, ...) with the same sizes and mask:
+ * dq[T, nh, hd] +=, dk[S, nkv, hd] +=, dv[S, nkv, hd] += (each may be NULL; dk/dv sum over the
+ * query heads sharing a kv head). Nothing is saved by the forward: the probabilities are
+ * recomputed from q and k, so q, k, v must be the forward's inputs (k after RoPE).
+ * Threads over kv heads. 0, or KV_ENOMEM. */
+int kv_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                          const float *q, const float *k, const float *v,
+                          int T, int pos0, int S, int n_heads, int n_kv_heads, int head_dim,
+                          kv_attn_mask mask);
+
+/* for h = silu(gate) * up: dgate[n] += dh * up * silu'(gate); dup[n] += dh * silu(gate) */
+void kv_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate,
+                        const float *up, size_t n);
+
+/* ---- losses ----------------------------------------------------------------------------- */
+
+/* Distillation loss, averaged over the T tokens:
+ *   loss = (1/T) sum_t temp^2 * KL(softmax(teacher[t]/temp) || softmax(student[t]/temp))
+ * student, teacher [T, V] logits. Returns loss (nats). If dstudent [T, V] is not NULL it gets
+ * dstudent += grad_scale * d(loss)/d(student) = grad_scale * temp * (q - p) / T. */
+double kv_distill_kl(float *dstudent, const float *student, const float *teacher, int T, int V,
+                     float temp, float grad_scale);
+
+/* loss = mean over all n elements of (student - teacher)^2 (torch MSELoss "mean");
+ * dstudent[n] += grad_scale * 2 * (student - teacher) / n when not NULL. Returns loss. */
+double kv_mse(float *dstudent, const float *student, const float *teacher, size_t n,
+              float grad_scale);
+
+#ifdef __cplusplus
+}
+#endif
+
+#if KV_CUDA
+#include "kernels/cuda/kv_cuda.h"
+#endif
+
+#endif

@@ -1,0 +1,186 @@
+/* Attention: against a naive double-precision reference (both masks, GQA, cache offsets),
+ * zero output at t = 0 under the diagonal mask, GQA head grouping, numerical stability,
+ * prefill == decode bit for bit, and results independent of the thread count. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "tests/check.h"
+
+static uint64_t rng_state = 0x2545f4914f6cdd1dull;
+static float frand(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 40) * (2.0 / 16777216.0) - 1.0);
+}
+static float *rand_buf(size_t n, float scale) {
+    float *p = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) p[i] = scale * frand();
+    return p;
+}
+
+/* the definition, in double: out [T, nh*hd] */
+static void attention_ref(double *out, const float *q, const float *k, const float *v, int T,
+                          int pos0, int S, int nh, int nkv, int hd, kv_attn_mask mask) {
+    double *w = malloc(sizeof(double) * (S > 0 ? S : 1));
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < nh; h++) {
+            const int g = h / (nh / nkv), p = pos0 + t;
+            double m = -INFINITY, z = 0;
+            int n = 0;
+            for (int s = 0; s < S; s++) {
+                int visible = mask == KV_MASK_CAUSAL ? s <= p : s < p;
+                if (!visible) break;
+                double d = 0;
+                for (int i = 0; i < hd; i++)
+                    d += (double)q[(t * nh + h) * hd + i] * k[(s * nkv + g) * hd + i];
+                w[s] = d / sqrt((double)hd);
+                m = fmax(m, w[s]);
+                n = s + 1;
+            }
+            for (int s = 0; s < n; s++) z += (w[s] = exp(w[s] - m));
+            for (int i = 0; i < hd; i++) {
+                double o = 0;
+                for (int s = 0; s < n; s++) o += w[s] / z * v[(s * nkv + g) * hd + i];
+                out[(t * nh + h) * hd + i] = o; /* n == 0: 0 */
+            }
+        }
+    free(w);
+}
+
+static double worst(const float *a, const double *b, size_t n, double atol, double rtol) {
+    double w = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - b[i]) / (atol + rtol * fabs(b[i]));
+        if (!(e <= w)) w = e;
+    }
+    return w;
+}
+
+/* K/V buffers hold exactly S rows, so ASan catches any read past the cache */
+static void check_case(int T, int pos0, int S, int nh, int nkv, int hd, kv_attn_mask mask,
+                       float qscale) {
+    float *q = rand_buf((size_t)T * nh * hd, qscale);
+    float *k = rand_buf((size_t)(S ? S : 1) * nkv * hd, 1.0f);
+    float *v = rand_buf((size_t)(S ? S : 1) * nkv * hd, 1.0f);
+    float *out = rand_buf((size_t)T * nh * hd, 1e3f); /* garbage to be overwritten */
+    double *ref = malloc(sizeof(double) * T * nh * hd);
+    attention_ref(ref, q, k, v, T, pos0, S, nh, nkv, hd, mask);
+    CHECK(kv_attention(out, q, k, v, T, pos0, S, nh, nkv, hd, mask) == 0, "attention rc");
+    double w = worst(out, ref, (size_t)T * nh * hd, 2e-6, 2e-5);
+    CHECK(w <= 1, "attention T=%d pos0=%d S=%d nh=%d nkv=%d hd=%d mask=%d qscale=%g: %.3g x tol",
+          T, pos0, S, nh, nkv, hd, (int)mask, qscale, w);
+    free(q), free(k), free(v), free(out), free(ref);
+}
+
+static void test_reference(void) {
+    for (int mask = 0; mask < 2; mask++) {
+        check_case(1, 0, 1, 4, 2, 8, mask, 1.0f);       /* first decode step */
+        check_case(1, 9, 10, 4, 2, 8, mask, 1.0f);      /* decode */
+        check_case(6, 0, 6, 4, 4, 8, mask, 1.0f);       /* prefill, MHA */
+        check_case(5, 3, 8, 8, 2, 16, mask, 1.0f);      /* prefill after a cached prefix */
+        check_case(37, 100, 137, 6, 3, 12, mask, 2.0f); /* spans key blocks, odd hd */
+        check_case(70, 0, 70, 2, 1, 32, mask, 1.0f);    /* spans query blocks, MQA */
+        check_case(3, 0, 3, 2, 2, 4, mask, 300.0f);     /* huge logits: stable softmax */
+        check_case(5, 2, 7, 32, 1, 8, mask, 1.0f);      /* group wider than a work item */
+        check_case(21, 0, 21, 12, 4, 8, mask, 1.0f);    /* group 3: rows not a power of 2 */
+    }
+    /* strict mask only needs positions < p: a cache one row short is enough */
+    check_case(4, 2, 5, 4, 2, 8, KV_MASK_STRICT, 1.0f);
+    /* a cache longer than the queries' positions: later keys stay invisible */
+    check_case(3, 1, 9, 4, 2, 8, KV_MASK_CAUSAL, 1.0f);
+}
+
+static void test_masks(void) {
+    enum { T = 4, NH = 2, NKV = 1, HD = 4 };
+    float *q = rand_buf(T * NH * HD, 1.0f), *k = rand_buf(T * NKV * HD, 1.0f);
+    float v[T * NKV * HD], out[T * NH * HD];
+    for (int s = 0; s < T; s++)
+        for (int i = 0; i < HD; i++) v[s * HD + i] = (float)(s + 1); /* v_s = s+1 everywhere */
+    /* causal: t = 0 sees only itself -> exactly v_0 */
+    kv_attention(out, q, k, v, T, 0, T, NH, NKV, HD, KV_MASK_CAUSAL);
+    CHECK(out[0] == 1.0f && out[HD] == 1.0f, "causal t=0 must equal v_0: %g %g", out[0], out[HD]);
+    int in_range = 1;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < NH * HD; i++) in_range &= out[t * NH * HD + i] <= t + 1 + 1e-6f;
+    CHECK(in_range, "causal output mixes in future values");
+    /* strict: t = 0 is the zero vector, t = 1 is exactly v_0 */
+    kv_attention(out, q, k, v, T, 0, T, NH, NKV, HD, KV_MASK_STRICT);
+    int zero = 1, first = 1;
+    for (int i = 0; i < NH * HD; i++) zero &= out[i] == 0.0f;
+    for (int i = 0; i < NH * HD; i++) first &= out[NH * HD + i] == 1.0f;
+    CHECK(zero, "strict mask: t=0 is not the zero vector");
+    CHECK(first, "strict mask: t=1 must equal v_0");
+    in_range = 1;
+    for (int t = 1; t < T; t++)
+        for (int i = 0; i < NH * HD; i++) in_range &= out[t * NH * HD + i] <= t + 1e-6f;
+    CHECK(in_range, "strict mask lets a query see its own position");
+    /* strict decode at position 0 with an empty cache */
+    float o1[NH * HD];
+    for (int i = 0; i < NH * HD; i++) o1[i] = 7.0f;
+    kv_attention(o1, q, k, v, 1, 0, 0, NH, NKV, HD, KV_MASK_STRICT);
+    zero = 1;
+    for (int i = 0; i < NH * HD; i++) zero &= o1[i] == 0.0f;
+    CHECK(zero, "strict mask, empty cache: output not zero");
+    free(q), free(k);
+}
+
+/* query heads 0,1 read kv head 0; heads 2,3 read kv head 1 (nh=4, nkv=2) */
+static void test_gqa_grouping(void) {
+    enum { T = 3, NH = 4, NKV = 2, HD = 8, N = T * NH * HD };
+    float *q = rand_buf(N, 1.0f), *k = rand_buf(T * NKV * HD, 1.0f), *v = rand_buf(T * NKV * HD, 1.0f);
+    float a[N], b[N];
+    kv_attention(a, q, k, v, T, 0, T, NH, NKV, HD, KV_MASK_CAUSAL);
+    for (int s = 0; s < T; s++)
+        for (int i = 0; i < HD; i++) {
+            k[(s * NKV + 1) * HD + i] = frand();
+            v[(s * NKV + 1) * HD + i] = frand() + 5.0f;
+        }
+    kv_attention(b, q, k, v, T, 0, T, NH, NKV, HD, KV_MASK_CAUSAL);
+    int same01 = 1, changed23 = 1;
+    for (int t = 0; t < T; t++) {
+        same01 &= memcmp(a + t * NH * HD, b + t * NH * HD, sizeof(float) * 2 * HD) == 0;
+        for (int i = 2 * HD; i < 4 * HD; i++) changed23 &= a[t * NH * HD + i] != b[t * NH * HD + i];
+    }
+    CHECK(same01, "heads 0,1 changed when kv head 1 changed");
+    CHECK(changed23, "heads 2,3 did not follow kv head 1");
+    free(q), free(k), free(v);
+}
+
+/* one prefill of T tokens == T decode steps over a growing cache, bit for bit; and the
+ * thread count does not change a bit */
+static void test_prefill_decode_threads(void) {
+    enum { T = 150, NH = 4, NKV = 2, HD = 16, W = NH * HD };
+    float *q = rand_buf(T * W, 1.0f), *k = rand_buf(T * NKV * HD, 1.0f), *v = rand_buf(T * NKV * HD, 1.0f);
+    float *pre = malloc(sizeof(float) * T * W), *dec = malloc(sizeof(float) * T * W);
+    float *one = malloc(sizeof(float) * T * W);
+    for (int mask = 0; mask < 2; mask++) {
+        kv_kernels_set_threads(4);
+        kv_attention(pre, q, k, v, T, 0, T, NH, NKV, HD, mask);
+        for (int t = 0; t < T; t++)
+            kv_attention(dec + t * W, q + t * W, k, v, 1, t, mask ? t : t + 1, NH, NKV, HD, mask);
+        kv_kernels_set_threads(1);
+        kv_attention(one, q, k, v, T, 0, T, NH, NKV, HD, mask);
+        CHECK(memcmp(pre, dec, sizeof(float) * T * W) == 0, "mask %d: prefill != decode", mask);
+        CHECK(memcmp(pre, one, sizeof(float) * T * W) == 0, "mask %d: 4 threads != 1", mask);
+        /* a chunked prefill (two calls) matches too */
+        kv_kernels_set_threads(3);
+        kv_attention(one, q, k, v, 61, 0, mask ? 60 : 61, NH, NKV, HD, mask);
+        kv_attention(one + 61 * W, q + 61 * W, k, v, T - 61, 61, T, NH, NKV, HD, mask);
+        CHECK(memcmp(pre, one, sizeof(float) * T * W) == 0, "mask %d: chunked prefill", mask);
+    }
+    kv_kernels_set_threads(2);
+    free(q), free(k), free(v), free(pre), free(dec), free(one);
+}
+
+int main(void) {
+    kv_kernels_set_threads(2);
+    test_reference();
+    test_masks();
+    test_gqa_grouping();
+    test_prefill_decode_threads();
+    return check_done("test_kernels_attn");
+}
