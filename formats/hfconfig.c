@@ -566,7 +566,7 @@ const char *hf_torch_dtype_name(kv_dtype t) {
 static int set_key(cJSON *obj, const char *key, cJSON *val) {
     if (!val) return 0;
     cJSON *old = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (old) return cJSON_ReplaceItemViaPointer(obj, old, val) ? 1 : (cJSON_Delete(val), 0);
+    if (old) return cJSON_ReplaceItemInObjectCaseSensitive(obj, key, val) ? 1 : (cJSON_Delete(val), 0);
     if (cJSON_AddItemToObject(obj, key, val)) return 1;
     cJSON_Delete(val);
     return 0;
