@@ -403,10 +403,7 @@ static int parse_swiftkv(hf_config *c, const cJSON *root, const char *label, kv_
                            c->architecture);
         return 0;
     }
-    if (!arch_swiftkv)
-        return kv_fail(err, KV_EFORMAT,
-                       "%s: field 'swiftkv' is true but the architecture is '%s', not '%s'", label,
-                       c->architecture, ARCH_SWIFTKV);
+    /* swiftkv true under LlamaForCausalLM: the explicit fields win (as in kvmap_from_config) */
     if (c->has_layer_map)
         return kv_fail(err, KV_EUNSUPPORTED,
                        "%s: fields 'swiftkv' and an integer 'layer_types' cannot be combined",

@@ -52,7 +52,7 @@ typedef struct {
  * (max_position_embeddings 2048, rms_norm_eps 1e-6, rope_theta 10000, no biases, untied); an
  * absent eos_token_id gives n_eos = 0, an absent bos -1. hidden_act, when given, must be silu.
  * SwiftKV: the LlamaSwiftKV architecture implies swiftkv unless it says false (refused); swiftkv
- * true under LlamaForCausalLM is refused. JSON null counts as absent. Integers may be written
+ * true under LlamaForCausalLM is read as SwiftKV (architecture/model_type kept as written). JSON null counts as absent. Integers may be written
  * 64.0 but not 64.5. Duplicate keys are refused (Python keeps the last, cJSON the first).
  * Errors name LABEL and the field; on failure *c is zeroed. */
 int hf_config_load(hf_config *c, const char *path, kv_error *err);  /* path to config.json */

@@ -138,7 +138,7 @@ static const bad_case BAD[] = {
     {"{\"layer_types\": [0, 0, 2, 2]}", NULL, "'layer_types' has 4 entries"},
     {"{\"layer_types\": [0, \"full_attention\", 2, 2, 4]}", NULL, "'layer_types' mixes"},
     {"{\"layer_types\": 5}", NULL, "'layer_types' is a number"},
-    {"{\"swiftkv\": true, \"num_key_value_layers\": 2}", NULL, "'swiftkv' is true"},
+    {"{\"swiftkv\": true}", NULL, "missing field 'num_key_value_layers'"},
     {"{\"architectures\": [\"LlamaSwiftKVForCausalLM\"], \"model_type\": \"llama_swiftkv\","
      " \"swiftkv\": false, \"num_key_value_layers\": 2}",
      NULL, "'swiftkv' = false"},
@@ -383,6 +383,17 @@ static void test_kv_maps(void) {
                           " \"num_key_value_layers\": 2}",
                       &err);
     CHECK(rc == 0 && c.swiftkv_group == 1 && hf_config_kv_slots(&c) == 5, "group default 1");
+    rc = parse_edited(&c, "{\"architectures\": [\"LlamaSwiftKVForCausalLM\"],"
+                          " \"model_type\": \"llama_swiftkv\", \"num_key_value_layers\": 3}",
+                      &err);
+    CHECK(rc == 0 && c.swiftkv == 1 && c.swiftkv_layers == 3, "architecture implies swiftkv: %s",
+          err.msg);
+    rc = parse_edited(&c, "{\"swiftkv\": true, \"num_key_value_layers\": 2,"
+                          " \"key_value_group_size\": 3}",
+                      &err);
+    CHECK(rc == 0 && c.swiftkv == 1 && hf_config_kv_slots(&c) == 3 &&
+              strcmp(c.architecture, "LlamaForCausalLM") == 0,
+          "explicit swiftkv fields under LlamaForCausalLM: %s", err.msg);
 }
 
 static int count_occurrences(const char *hay, const char *needle) {
