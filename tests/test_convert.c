@@ -17,8 +17,8 @@
 #include "formats/sha256.h"
 #include "formats/synth.h"
 #include "tests/check.h"
+#include "formats/model_info.h"
 #include "transform/convert.h"
-#include "transform/convert_info.h"
 
 #define STORIES SHARED_DIR "/models/stories260K"
 
@@ -109,34 +109,36 @@ static void check_copy(const st_tensor *s, const st_tensor *o, const char *what)
     free(b);
 }
 
-static int convert_with(const char *src_dir, const char *dst, const convert_options *o, char **manifest, kv_error *err) {
+static int convert_with(const char *src_dir, const char *dst, const kv_convert_opts *o, char **manifest, kv_error *err) {
     convert_source s;
     int rc = convert_source_open(&s, src_dir, err);
     if (rc) return rc;
     convert_plan p;
     rc = convert_plan_build(&p, &s, o, err);
     if (!rc) {
-        rc = convert_run(&p, dst, manifest, err);
+        rc = convert_run(&p, dst, NULL, NULL, manifest, err);
         convert_plan_free(&p);
     }
     convert_source_close(&s);
     return rc;
 }
 
-static int parse_map(convert_options *o, const char *spec, int L) {
-    convert_options_init(o);
-    o->version = "test";
+static int parse_map(kv_convert_opts *o, const char *spec, int L) {
+    memset(o, 0, sizeof *o);
+    o->out_dtype = KV_CONVERT_KEEP_DTYPE;
     kv_error err = {0};
     int rc = strncmp(spec, "swiftkv:", 8) == 0 ? kvmap_parse_swiftkv(&o->map, spec + 8, L, &err) : kvmap_parse(&o->map, spec, L, &err);
     CHECK(rc == 0, "map '%s': %s", spec, err.msg);
     return rc;
 }
 
+static int same_file(const char *a, const char *b);
+
 /* ---- cross-layer maps on stories260K ---- */
 
-static void check_cross(const st_checkpoint *src, const char *spec, const int *want_map, int L, convert_kv_init init,
+static void check_cross(const st_checkpoint *src, const char *spec, const int *want_map, int L, kv_init_mode init,
                         int out_dtype) {
-    convert_options o;
+    kv_convert_opts o;
     if (parse_map(&o, spec, L)) return;
     o.kv_init = init;
     o.out_dtype = out_dtype;
@@ -173,7 +175,7 @@ static void check_cross(const st_checkpoint *src, const char *spec, const int *w
             int readers[64], n = 0;
             for (int i = 0; i < L; i++)
                 if (want_map[i] == layer) readers[n++] = i;
-            if (init == CONVERT_INIT_TARGET) { readers[0] = layer; n = 1; }
+            if (init == KV_INIT_TARGET) { readers[0] = layer; n = 1; }
             char suffix[32];
             snprintf(suffix, sizeof suffix, "%c_proj.weight", proj);
             if (n > 1) check_mean(src, &out, s->name, readers, n, suffix, spec);
@@ -196,7 +198,7 @@ static void check_cross(const st_checkpoint *src, const char *spec, const int *w
         CHECK(cfg.has_layer_map == !all_self, "%s: layer_types presence", spec);
         for (int i = 0; i < L && cfg.has_layer_map; i++) CHECK(cfg.kv_layer_of[i] == want_map[i], "%s: config kv(%d)", spec, i);
         CHECK(!cfg.swiftkv && !strcmp(cfg.model_type, "llama"), "%s: model_type %s", spec, cfg.model_type);
-        CHECK(cfg.torch_dtype == (out_dtype == CONVERT_KEEP_DTYPE ? KV_F32 : (kv_dtype)out_dtype), "%s: torch_dtype", spec);
+        CHECK(cfg.torch_dtype == (out_dtype == KV_CONVERT_KEEP_DTYPE ? KV_F32 : (kv_dtype)out_dtype), "%s: torch_dtype", spec);
         CHECK(hf_config_kv_slots(&cfg) == n_kv_layers, "%s: %d slots", spec, hf_config_kv_slots(&cfg));
     }
     /* tokenizer copied */
@@ -225,7 +227,7 @@ static void check_cross(const st_checkpoint *src, const char *spec, const int *w
         const cJSON *kv = cJSON_GetObjectItem(m, "kv_cache");
         double want_saving = 1.0 - (double)n_kv_layers / L;
         CHECK_NEAR(cJSON_GetNumberValue(cJSON_GetObjectItem(kv, "saving")), want_saving, 1e-6, "KV saving");
-        size_t elem = out_dtype == CONVERT_KEEP_DTYPE ? 4 : kv_dtype_size((kv_dtype)out_dtype);
+        size_t elem = out_dtype == KV_CONVERT_KEEP_DTYPE ? 4 : kv_dtype_size((kv_dtype)out_dtype);
         CHECK_NEAR(cJSON_GetNumberValue(cJSON_GetObjectItem(kv, "bytes_per_token_output")), 2.0 * n_kv_layers * 4 * 8 * elem, 0,
                    "KV bytes per token");
         cJSON_Delete(m);
@@ -235,15 +237,28 @@ static void check_cross(const st_checkpoint *src, const char *spec, const int *w
     st_checkpoint_close(&out);
 }
 
+/* identity map, source dtype, one file: the weights file is the source's, byte for byte */
+static void check_identity_file(void) {
+    kv_convert_opts o;
+    if (parse_map(&o, "0_1_2_3_4", 5)) return;
+    char dst[512], a[700], b[700];
+    tmp_path(dst, sizeof dst, "identity-file");
+    kv_error err = {0};
+    CHECK(convert_with(STORIES, dst, &o, NULL, &err) == 0, "identity: %s", err.msg);
+    snprintf(a, sizeof a, "%s/model.safetensors", STORIES);
+    snprintf(b, sizeof b, "%s/model.safetensors", dst);
+    CHECK(same_file(a, b), "identity map: model.safetensors differs from the source");
+}
+
 /* ---- SwiftKV on stories260K ---- */
 
-static void check_swiftkv(const st_checkpoint *src, int l, int g, convert_layout layout, convert_kv_init init) {
+static void check_swiftkv(const st_checkpoint *src, int l, int g, kv_swiftkv_layout layout, kv_init_mode init) {
     const int L = 5;
     char spec[32], what[96];
     snprintf(spec, sizeof spec, "swiftkv:%d,%d", l, g);
-    snprintf(what, sizeof what, "%s %s %s", spec, layout == CONVERT_LAYOUT_DEPLOY ? "deploy" : "hf-swiftkv",
-             init == CONVERT_INIT_MEAN ? "mean" : "target");
-    convert_options o;
+    snprintf(what, sizeof what, "%s %s %s", spec, layout == KV_LAYOUT_DEPLOY ? "deploy" : "hf-swiftkv",
+             init == KV_INIT_MEAN ? "mean" : "target");
+    kv_convert_opts o;
     if (parse_map(&o, spec, L)) return;
     o.layout = layout;
     o.kv_init = init;
@@ -264,7 +279,7 @@ static void check_swiftkv(const st_checkpoint *src, int l, int g, convert_layout
         int layer = -1;
         char proj = 0;
         int attn = sscanf(s->name, "model.layers.%d.self_attn.%c_proj.weight", &layer, &proj) == 2 && proj != 'o';
-        if (attn && layer >= l && layout == CONVERT_LAYOUT_DEPLOY) {
+        if (attn && layer >= l && layout == KV_LAYOUT_DEPLOY) {
             CHECK(st_checkpoint_find(&out, s->name) == NULL, "%s: '%s' should be dropped", what, s->name);
             continue;
         }
@@ -296,7 +311,7 @@ static void check_swiftkv(const st_checkpoint *src, int l, int g, convert_layout
             }
             int group[8], n = 0;
             for (int m = j; m < j + g; m++) group[n++] = m;
-            if (init == CONVERT_INIT_TARGET) n = 1;
+            if (init == KV_INIT_TARGET) n = 1;
             check_mean(src, &out, on, group, n, suffix, what);
             n_expected++;
         }
@@ -314,7 +329,7 @@ static void check_swiftkv(const st_checkpoint *src, int l, int g, convert_layout
         CHECK(!cfg.has_layer_map, "%s: layer_types on a SwiftKV model", what);
     }
     /* a converted model is refused as a source */
-    convert_options again;
+    kv_convert_opts again;
     parse_map(&again, "cla:2", L);
     char dst2[512];
     tmp_path(dst2, sizeof dst2, "swift-again");
@@ -332,8 +347,8 @@ static const char *bias_config =
     " \"vocab_size\": 32, \"rms_norm_eps\": 1e-5, \"eos_token_id\": 2, \"attention_bias\": true,"
     " \"tie_word_embeddings\": false, \"torch_dtype\": \"%s\"}";
 
-/* L=4, H=16, 4 heads, 2 KV heads (hd 4), with q/k/v biases; values i*0.01 + tensor index */
-static int write_bias_model(const char *dir, kv_dtype dt, int misalign) {
+/* L=4, H=16, 4 heads, 2 KV heads (hd 4), with q/k/v/o biases (HF attention_bias); values i*0.01 + tensor index */
+static int write_bias_model(const char *dir, kv_dtype dt) {
     const int L = 4, H = 16, F = 24, V = 32;
     st_spec specs[64];
     void *data[64];
@@ -358,20 +373,15 @@ static int write_bias_model(const char *dir, kv_dtype dt, int misalign) {
         ADD("model.layers.%d.self_attn.v_proj.weight", i, 8, H);
         ADD("model.layers.%d.self_attn.v_proj.bias", i, 8, 0);
         ADD("model.layers.%d.self_attn.o_proj.weight", i, H, 16);
+        ADD("model.layers.%d.self_attn.o_proj.bias", i, H, 0);
         ADD("model.layers.%d.mlp.gate_proj.weight", i, F, H);
         ADD("model.layers.%d.mlp.up_proj.weight", i, F, H);
         ADD("model.layers.%d.mlp.down_proj.weight", i, H, F);
-    }
-    if (misalign) { /* an odd-sized U8 tensor sorted first shifts every offset by one byte */
-        snprintf(names[n], sizeof names[n], "a.misalign");
-        specs[n] = (st_spec){.name = names[n], .dtype = KV_U8, .n_dims = 1, .shape = {3}};
-        n++;
     }
 #undef ADD
     for (int k = 0; k < n; k++) {
         size_t bytes = st_spec_bytes(&specs[k]), count = bytes / kv_dtype_size(specs[k].dtype);
         data[k] = malloc(bytes);
-        if (specs[k].dtype == KV_U8) { memset(data[k], 7, bytes); continue; }
         float *f = malloc(count * sizeof *f);
         for (size_t e = 0; e < count; e++) f[e] = (float)((double)((e * 37 + (size_t)k * 11) % 101) * 0.013 - 0.6);
         kv_convert(data[k], dt, f, KV_F32, count);
@@ -390,18 +400,18 @@ static int write_bias_model(const char *dir, kv_dtype dt, int misalign) {
     return rc;
 }
 
-static void check_bias_model(kv_dtype dt, int misalign) {
+static void check_bias_model(kv_dtype dt) {
     char src_dir[512], dst[512];
     tmp_path(src_dir, sizeof src_dir, "bias-src");
     tmp_path(dst, sizeof dst, "bias-out");
     rm_tree(src_dir);
-    if (write_bias_model(src_dir, dt, misalign)) return;
+    if (write_bias_model(src_dir, dt)) return;
     const char *what = dt == KV_F16 ? "bias F16" : "bias BF16";
     kv_error err = {0};
     st_checkpoint src;
     if (st_checkpoint_open(&src, src_dir, &err)) { CHECK(0, "%s: %s", what, err.msg); return; }
     /* cross-layer lasagna-top:2 (kv = 1 1 3 3): biases dropped and averaged like weights */
-    convert_options o;
+    kv_convert_opts o;
     parse_map(&o, "lasagna-top:2", 4);
     rm_tree(dst);
     int rc = convert_with(src_dir, dst, &o, NULL, &err);
@@ -420,8 +430,6 @@ static void check_bias_model(kv_dtype dt, int misalign) {
                     check_mean(&src, &out, name, pairs[gi], 2, suffix, what);
                 }
         CHECK(out.n_tensors == src.n_tensors - 8, "%s: %d tensors", what, out.n_tensors);
-        const st_tensor *mis = st_checkpoint_find(&out, "a.misalign");
-        CHECK(!misalign || (mis && mis->dtype == KV_U8 && ((const uint8_t *)mis->data)[2] == 7), "%s: U8 tensor", what);
         st_checkpoint_close(&out);
     }
     /* SwiftKV 2,2 with biases, F32 output: q_proj_swiftkv.bias copied, k/v biases averaged */
@@ -451,8 +459,8 @@ static void check_vanished_source(void) {
     char src_dir[512], dst[512], path[700];
     tmp_path(src_dir, sizeof src_dir, "vanish-src");
     tmp_path(dst, sizeof dst, "vanish-out");
-    if (write_bias_model(src_dir, KV_BF16, 1)) return;
-    convert_options o;
+    if (write_bias_model(src_dir, KV_BF16)) return;
+    kv_convert_opts o;
     parse_map(&o, "pizza-middle:2", 4);
     kv_error err = {0};
     convert_source s;
@@ -463,7 +471,7 @@ static void check_vanished_source(void) {
     int rc = convert_plan_build(&p, &s, &o, &err);
     CHECK(rc == 0, "vanish plan: %s", err.msg);
     if (!rc) {
-        rc = convert_run(&p, dst, NULL, &err);
+        rc = convert_run(&p, dst, NULL, NULL, NULL, &err);
         convert_plan_free(&p);
         CHECK(rc == KV_EIO && strstr(err.msg, "model.safetensors"), "vanished source: rc %d '%s'", rc, err.msg);
         CHECK(!kv_path_exists(dst), "a failed conversion left %s", dst);
@@ -503,7 +511,7 @@ static void check_sharded(void) {
     st_checkpoint src;
     if (st_checkpoint_open(&src, src_dir, &err)) { CHECK(0, "synth open: %s", err.msg); return; }
     CHECK(src.sharded && src.n_files > 2, "synth source not sharded (%d files)", src.n_files);
-    convert_options o;
+    kv_convert_opts o;
     parse_map(&o, "sandwich-top:2", 4); /* kv = 0 3 3 3 */
     o.out_dtype = KV_BF16;
     o.shard_bytes = 40000;
@@ -578,12 +586,12 @@ static void check_refusals(void) {
     convert_source s;
     kv_error err = {0};
     if (convert_source_open(&s, STORIES, &err)) return;
-    convert_options o;
+    kv_convert_opts o;
     convert_plan p;
     parse_map(&o, "cla:2", 4); /* wrong layer count */
     CHECK(convert_plan_build(&p, &s, &o, &err) == KV_EINVAL && strstr(err.msg, "4 layers"), "L mismatch: '%s'", err.msg);
     parse_map(&o, "cla:2", 5);
-    o.layout = CONVERT_LAYOUT_HF_SWIFTKV;
+    o.layout = KV_LAYOUT_HF_SWIFTKV;
     CHECK(convert_plan_build(&p, &s, &o, &err) == KV_EINVAL, "hf-swiftkv with a cross map accepted");
     parse_map(&o, "yoco", 6);
     kv_map yoco;
@@ -607,17 +615,26 @@ static void check_refusals(void) {
         CHECK(0, "plan: %s", err.msg);
     }
     convert_source_close(&s);
-    convert_info info;
-    int rc = convert_info_load(&info, STORIES, &err);
-    CHECK(rc == 0, "info: %s", err.msg);
+    /* the one-call API: report, and the output bound by llama_view with the same numbers */
+    kv_convert_opts one;
+    parse_map(&one, "lasagna-bottom:3", 5);
+    one.out_dtype = KV_F16;
+    kv_convert_report rep, planned;
+    char dst[512];
+    tmp_path(dst, sizeof dst, "one-call");
+    CHECK(kv_convert_plan(STORIES, &one, &planned, &err) == 0, "kv_convert_plan: %s", err.msg);
+    int rc = kv_convert_run(STORIES, dst, &one, &rep, NULL, NULL, &err);
+    CHECK(rc == 0, "kv_convert_run: %s", err.msg);
     if (!rc) {
-        CHECK(info.params == 260032 && info.params_config == 260032, "info params %llu", (unsigned long long)info.params);
-        CHECK(info.kv_bytes_per_token == 1280 && info.bytes_per_dtype[KV_F32] == 1040128, "info kv bytes %zu", info.kv_bytes_per_token);
-        char *j = convert_info_json(&info);
-        cJSON *root = j ? cJSON_Parse(j) : NULL;
-        CHECK(root && cJSON_GetNumberValue(cJSON_GetObjectItem(root, "layers")) == 5, "info json");
-        cJSON_Delete(root);
-        free(j);
+        CHECK(!memcmp(&rep, &planned, sizeof rep), "plan and run reports differ");
+        CHECK(rep.n_dropped == 4 && rep.n_averaged == 4 && rep.n_added == 0 && rep.n_tensors_out == 43, "report counts");
+        CHECK(rep.kv_bytes_before == 2u * 5 * 4 * 8 * 2 && rep.kv_bytes_after == 2u * 3 * 4 * 8 * 2, "report KV bytes");
+        model_info mi;
+        rc = model_info_load_dir(&mi, dst, &err);
+        CHECK(rc == 0, "model_info of the output: %s", err.msg);
+        CHECK(rc || (mi.n_params == rep.params_after && mi.kv_bytes_per_token == rep.kv_bytes_after &&
+                     mi.bytes_total == rep.bytes_written),
+              "model_info disagrees with the report");
     }
 }
 
@@ -644,21 +661,23 @@ int main(void) {
             {"2_2_2_3_3", {2, 2, 2, 3, 3}},
         };
         for (size_t i = 0; i < sizeof cross / sizeof *cross; i++)
-            check_cross(&src, cross[i].spec, cross[i].map, 5, CONVERT_INIT_MEAN, CONVERT_KEEP_DTYPE);
-        check_cross(&src, "sandwich-middle:3", cross[5].map, 5, CONVERT_INIT_TARGET, CONVERT_KEEP_DTYPE);
-        check_cross(&src, "pizza-top:3", cross[1].map, 5, CONVERT_INIT_MEAN, KV_BF16);
-        check_cross(&src, "lasagna-top:3", cross[7].map, 5, CONVERT_INIT_MEAN, KV_F16);
-        check_swiftkv(&src, 3, 1, CONVERT_LAYOUT_DEPLOY, CONVERT_INIT_MEAN);
-        check_swiftkv(&src, 1, 2, CONVERT_LAYOUT_DEPLOY, CONVERT_INIT_MEAN);
-        check_swiftkv(&src, 1, 2, CONVERT_LAYOUT_HF_SWIFTKV, CONVERT_INIT_MEAN);
-        check_swiftkv(&src, 1, 2, CONVERT_LAYOUT_DEPLOY, CONVERT_INIT_TARGET);
+            check_cross(&src, cross[i].spec, cross[i].map, 5, KV_INIT_MEAN, KV_CONVERT_KEEP_DTYPE);
+        check_cross(&src, "sandwich-middle:3", cross[5].map, 5, KV_INIT_TARGET, KV_CONVERT_KEEP_DTYPE);
+        check_cross(&src, "pizza-top:3", cross[1].map, 5, KV_INIT_MEAN, KV_BF16);
+        check_cross(&src, "lasagna-top:3", cross[7].map, 5, KV_INIT_MEAN, KV_F16);
+        check_identity_file();
+        check_swiftkv(&src, 3, 1, KV_LAYOUT_DEPLOY, KV_INIT_MEAN);
+        check_swiftkv(&src, 3, 2, KV_LAYOUT_DEPLOY, KV_INIT_MEAN);
+        check_swiftkv(&src, 1, 2, KV_LAYOUT_DEPLOY, KV_INIT_MEAN);
+        check_swiftkv(&src, 1, 2, KV_LAYOUT_HF_SWIFTKV, KV_INIT_MEAN);
+        check_swiftkv(&src, 1, 2, KV_LAYOUT_DEPLOY, KV_INIT_TARGET);
         check_refusals();
         kv_sha256_file(model, after, &err);
         CHECK(!strcmp(src_hash, after), "the source changed");
         st_checkpoint_close(&src);
     }
-    check_bias_model(KV_BF16, 0);
-    check_bias_model(KV_F16, 1);
+    check_bias_model(KV_BF16);
+    check_bias_model(KV_F16);
     check_vanished_source();
     check_sharded();
     rm_tree(tmp_root);

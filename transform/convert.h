@@ -1,10 +1,15 @@
 /* kvconvert's library: HF Llama checkpoint -> cross-layer-KV or SwiftKV checkpoint
  * (METHODS.md s1 "Converting a pretrained model", s2 "Tensors", "Initialisation").
  *
- * Three steps: open the source (config.json + safetensors, mmap'd), build a plan (the list of
- * output tensors, each a copy or an element-wise mean of source tensors, plus what is dropped),
- * run the plan into a destination folder. Running streams: one chunk of one tensor in memory at
- * a time; mapped source pages are released as they are consumed.
+ * Three steps: open the source (config.json parsed, safetensors validated and mmap'd), build a
+ * plan (the output tensors, each a copy or an element-wise mean of source tensors, and the
+ * dropped ones), run the plan into a destination folder. kv_convert_plan / kv_convert_run do
+ * all three in one call.
+ *
+ * Running streams: one chunk of one tensor in memory at a time (about 20 MB of buffers whatever
+ * the model size); the source files are hashed on a second thread meanwhile. Output is
+ * deterministic. The source is never written. DST is built in a sibling folder DST.tmp-XXXXXX
+ * (every file fsync'd) and renamed into place.
  *
  * Mean initialisation: every element is summed in double over the reading layers in ascending
  * layer order (each source value first widened to F32), divided by their count, rounded to F32,
@@ -15,37 +20,49 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "formats/dtype.h"
 #include "formats/error.h"
 #include "formats/hfconfig.h"
 #include "formats/safetensors.h"
 #include "transform/kvmap.h"
 
-typedef enum { CONVERT_INIT_MEAN, CONVERT_INIT_TARGET } convert_kv_init;
-typedef enum { CONVERT_LAYOUT_DEPLOY, CONVERT_LAYOUT_HF_SWIFTKV } convert_layout;
+typedef enum { KV_INIT_MEAN = 0, KV_INIT_TARGET = 1 } kv_init_mode;
+typedef enum { KV_LAYOUT_DEPLOY = 0, KV_LAYOUT_HF_SWIFTKV = 1 } kv_swiftkv_layout;
 
-#define CONVERT_KEEP_DTYPE (-1)
-#define CONVERT_DEFAULT_SHARD ((size_t)5000000000u) /* 5 GB, as HF save_pretrained */
-
-typedef void (*convert_progress_fn)(void *ctx, uint64_t done_bytes, uint64_t total_bytes);
+#define KV_CONVERT_KEEP_DTYPE (-1)
+#define KV_CONVERT_DEFAULT_SHARD ((size_t)5000000000u) /* kvconvert's default: 5 GB, as HF */
 
 typedef struct {
-    kv_map map;             /* n_layers must equal the source's num_hidden_layers */
-    convert_kv_init kv_init; /* served KV layers: mean of their readers (default) or their own */
-    convert_layout layout;  /* SwiftKV only: drop (deploy) or keep (hf-swiftkv) q/k/v of j >= l */
-    int out_dtype;          /* KV_F32/KV_F16/KV_BF16, or CONVERT_KEEP_DTYPE (each tensor's own) */
-    size_t shard_bytes;     /* 0: one model.safetensors */
-    int force;              /* write into a non-empty destination */
-    const char *tool, *version; /* recorded in kvforge.json */
-    convert_progress_fn progress;
-    void *progress_ctx;
-} convert_options;
+    kv_map map;                /* the transform (identity allowed); n_layers = the model's */
+    kv_init_mode kv_init;      /* served K/V: mean over readers (default) or the target's own */
+    kv_swiftkv_layout layout;  /* SwiftKV: drop replaced q/k/v of layers >= l (deploy) or keep */
+    int out_dtype;             /* KV_CONVERT_KEEP_DTYPE (each tensor's own) or KV_F32/F16/BF16 */
+    size_t shard_bytes;        /* 0: one model.safetensors */
+    int force;                 /* allow a non-empty destination */
+} kv_convert_opts;
 
-void convert_options_init(convert_options *o); /* mean, deploy, keep dtype, 5 GB shards */
+typedef struct {
+    int64_t params_before, params_after;    /* elements of all tensors */
+    size_t kv_bytes_before, kv_bytes_after; /* KV-cache bytes per token, both in the output's
+                                               element type (torch_dtype after conversion) */
+    int n_tensors_in, n_tensors_out, n_dropped, n_added, n_averaged;
+    size_t bytes_written;                   /* tensor bytes of the output */
+} kv_convert_report;
 
-/* the source checkpoint: config.json parsed (and its text kept), tensors mmap'd */
+/* called after every chunk with (output tensor bytes done, total) */
+typedef void (*kv_convert_progress_fn)(void *ctx, size_t done, size_t total);
+
+/* what a conversion would do (nothing written); rep may be NULL */
+int kv_convert_plan(const char *src_dir, const kv_convert_opts *o, kv_convert_report *rep, kv_error *err);
+/* converts SRC_DIR into DST_DIR; rep and progress may be NULL */
+int kv_convert_run(const char *src_dir, const char *dst_dir, const kv_convert_opts *o, kv_convert_report *rep,
+                   kv_convert_progress_fn progress, void *progress_ctx, kv_error *err);
+
+/* ---- step by step ---- */
+
 typedef struct {
     char *dir;
-    char *config_text;
+    char *config_text;         /* config.json as read */
     hf_config cfg;
     st_checkpoint ckpt;
 } convert_source;
@@ -54,8 +71,8 @@ int convert_source_open(convert_source *s, const char *dir, kv_error *err);
 void convert_source_close(convert_source *s);
 
 typedef enum {
-    CONVERT_COPY,  /* one source tensor, converted to the output dtype */
-    CONVERT_MEAN,  /* element-wise mean of n_src source tensors of one shape */
+    CONVERT_COPY, /* one source tensor, rounded to the output dtype */
+    CONVERT_MEAN, /* element-wise mean of n_src source tensors of one shape */
 } convert_op;
 
 typedef struct {
@@ -69,26 +86,26 @@ typedef struct {
 
 typedef struct {
     const convert_source *source;
-    convert_options opt;
-    hf_config out_cfg;          /* the source config with the KV fields and dtype of the output */
+    kv_convert_opts opt;
+    hf_config out_cfg;          /* the source config with the output's KV fields and dtype */
     int n_out;
     convert_tensor *out;        /* sorted by name */
     int n_dropped;
-    const st_tensor **dropped;  /* source tensors with no place in the output, sorted by name */
+    const st_tensor **dropped;  /* source tensors left out, sorted by name */
     uint64_t src_params, out_params, src_bytes, out_bytes; /* elements and bytes of all tensors */
-    kv_dtype cache_dtype;       /* element type the KV-cache figures assume (the output's) */
+    kv_dtype cache_dtype;       /* element type of the KV-cache figures (the output's) */
     size_t kv_bytes_src, kv_bytes_out; /* KV-cache bytes per token */
     int slots_src, slots_out;
 } convert_plan;
 
-/* Checks the map against the config, the tensors against the config (names, shapes, float
- * types of the projections it touches), and lists the output. Refuses an already transformed
- * source (swiftkv config, integer layer_types map or *_swiftkv tensors). */
-int convert_plan_build(convert_plan *p, const convert_source *s, const convert_options *o,
-                       kv_error *err);
+/* Checks the map against the config and the tensors against the config (names, shapes, float
+ * types of every q/k/v projection and bias), then lists the output. Refuses a source that is
+ * transformed already (swiftkv config, integer layer_types map, *_swiftkv tensors). */
+int convert_plan_build(convert_plan *p, const convert_source *s, const kv_convert_opts *o, kv_error *err);
 void convert_plan_free(convert_plan *p);
+void convert_plan_report(const convert_plan *p, kv_convert_report *rep);
 
-/* the kvmap diagram, then parameter, KV-cache and tensor savings; malloc'd, NULL if no memory */
+/* the kvmap diagram, then KV-cache, parameter and tensor savings; malloc'd, NULL if no memory */
 char *convert_plan_text(const convert_plan *p);
 
 typedef struct {
@@ -97,20 +114,22 @@ typedef struct {
     char sha256[65];
 } convert_file_hash;
 
-/* the plan as JSON (kvforge.json layout): tool, recipe, source files (with sha256 when hashes
- * are given), tensors dropped/added/mean-initialised, parameter and KV-cache savings.
- * malloc'd, NULL if no memory. */
+/* The plan as JSON, the layout of kvforge.json: tool, kvforge_version, recipe (kind, map,
+ * layer_types, SwiftKV fields, kv_init, dtype, shard_size), source (dir, architecture, files
+ * with sha256 when hashes are given), tensors (dropped, added, mean_of), parameters, weight
+ * bytes, kv_cache. malloc'd, NULL if no memory. */
 char *convert_plan_json(const convert_plan *p, const convert_file_hash *hashes, int n_hashes);
 
-/* Writes DST: the output tensors (model.safetensors or shards + index), config.json with the KV
- * fields, the tokenizer/generation files of the source, and kvforge.json (whose text is
- * returned in *manifest_out when non-NULL; free it). Built in a sibling folder DST.tmp-XXXXXX and
- * renamed into place; with opt.force and a non-empty DST the files are moved in one by one and
- * stale checkpoint files (*.safetensors, the index) removed. Refuses DST = the source, DST inside
- * the source or the source inside DST, and a non-empty DST without force. */
-int convert_run(const convert_plan *p, const char *dst, char **manifest_out, kv_error *err);
+/* Writes DST: the output tensors (model.safetensors, or shards + index), config.json with the KV
+ * fields, the side files of the source (convert_side_files) and kvforge.json (its text returned
+ * in *manifest_out when non-NULL; free it). Built in a sibling folder DST.tmp-XXXXXX and renamed
+ * over an absent or empty DST; with force and a non-empty DST the files are moved in one by one
+ * and stale *.safetensors / index files removed, other files left alone. Refuses DST = the
+ * source, DST inside the source or containing it, and a non-empty DST without force. */
+int convert_run(const convert_plan *p, const char *dst, kv_convert_progress_fn progress, void *progress_ctx,
+                char **manifest_out, kv_error *err);
 
-/* source file names copied beside the weights when present */
+/* source file names copied beside the weights when present, NULL-terminated */
 extern const char *const convert_side_files[];
 
 #endif

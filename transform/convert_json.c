@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "formats/version.h"
 #include "transform/convert.h"
 
 static double fraction(uint64_t before, uint64_t after) {
@@ -19,17 +20,17 @@ static const char *dtype_arg(int t) {
 static cJSON *recipe_json(const convert_plan *p) {
     const kv_map *m = &p->opt.map;
     cJSON *r = cJSON_CreateObject();
-    cJSON_AddStringToObject(r, "transform", m->kind == KVMAP_SWIFTKV ? "swiftkv" : m->kind == KVMAP_CROSS ? "cross-layer" : "identity");
+    cJSON_AddStringToObject(r, "kind", m->kind == KVMAP_SWIFTKV ? "swiftkv" : m->kind == KVMAP_CROSS ? "cross-layer" : "identity");
     cJSON_AddStringToObject(r, "map", m->name);
     char lt[HF_MAX_LAYERS * 5 + 1];
     if (kvmap_layer_types(m, lt, sizeof lt) >= 0) cJSON_AddStringToObject(r, "layer_types", lt);
     if (m->kind == KVMAP_SWIFTKV) {
         cJSON_AddNumberToObject(r, "num_key_value_layers", m->swiftkv_l);
         cJSON_AddNumberToObject(r, "key_value_group_size", m->swiftkv_g);
-        cJSON_AddStringToObject(r, "layout", p->opt.layout == CONVERT_LAYOUT_DEPLOY ? "deploy" : "hf-swiftkv");
+        cJSON_AddStringToObject(r, "layout", p->opt.layout == KV_LAYOUT_DEPLOY ? "deploy" : "hf-swiftkv");
     }
-    cJSON_AddStringToObject(r, "kv_init", p->opt.kv_init == CONVERT_INIT_MEAN ? "mean" : "target");
-    if (p->opt.kv_init == CONVERT_INIT_MEAN)
+    cJSON_AddStringToObject(r, "kv_init", p->opt.kv_init == KV_INIT_MEAN ? "mean" : "target");
+    if (p->opt.kv_init == KV_INIT_MEAN)
         cJSON_AddStringToObject(r, "mean_rule", "sum in double over the reading layers in ascending order, / count, rounded to F32, then to the output dtype");
     cJSON_AddStringToObject(r, "dtype", dtype_arg(p->opt.out_dtype));
     cJSON_AddNumberToObject(r, "shard_size", (double)p->opt.shard_bytes);
@@ -68,8 +69,8 @@ static cJSON *tensors_json(const convert_plan *p) {
 
 char *convert_plan_json(const convert_plan *p, const convert_file_hash *hashes, int n_hashes) {
     cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "tool", p->opt.tool ? p->opt.tool : "kvconvert");
-    cJSON_AddStringToObject(root, "version", p->opt.version ? p->opt.version : "?");
+    cJSON_AddStringToObject(root, "tool", "kvconvert");
+    cJSON_AddStringToObject(root, "kvforge_version", KVFORGE_VERSION_STRING);
     cJSON_AddItemToObject(root, "recipe", recipe_json(p));
 
     cJSON *src = cJSON_AddObjectToObject(root, "source");

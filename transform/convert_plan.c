@@ -5,17 +5,8 @@
 #include <string.h>
 
 #include "formats/fileio.h"
+#include "formats/llama_view.h"
 #include "transform/convert.h"
-
-void convert_options_init(convert_options *o) {
-    memset(o, 0, sizeof *o);
-    o->kv_init = CONVERT_INIT_MEAN;
-    o->layout = CONVERT_LAYOUT_DEPLOY;
-    o->out_dtype = CONVERT_KEEP_DTYPE;
-    o->shard_bytes = CONVERT_DEFAULT_SHARD;
-    o->tool = "kvconvert";
-    o->version = "?";
-}
 
 void convert_source_close(convert_source *s) {
     st_checkpoint_close(&s->ckpt);
@@ -101,7 +92,7 @@ static int add_out(builder *b, const char *name, const st_tensor *const *src, in
     t->spec.name = t->name;
     t->spec.n_dims = s0->n_dims;
     memcpy(t->spec.shape, s0->shape, sizeof t->spec.shape);
-    t->spec.dtype = is_float(s0->dtype) && p->opt.out_dtype != CONVERT_KEEP_DTYPE ? (kv_dtype)p->opt.out_dtype : s0->dtype;
+    t->spec.dtype = is_float(s0->dtype) && p->opt.out_dtype != KV_CONVERT_KEEP_DTYPE ? (kv_dtype)p->opt.out_dtype : s0->dtype;
     return 0;
 }
 
@@ -140,11 +131,11 @@ static int need_tensor(const convert_source *s, const char *name, int64_t rows, 
 static int check_source(const convert_source *s, kv_error *err) {
     const hf_config *c = &s->cfg;
     if (c->swiftkv)
-        return kv_fail(err, KV_EUNSUPPORTED, "%s: config.json describes a SwiftKV model already; convert the original", s->dir);
+        return kv_fail(err, KV_EUNSUPPORTED, "%s: already transformed (config.json describes a SwiftKV model); convert the original", s->dir);
     if (c->has_layer_map)
         for (int i = 0; i < c->n_layers; i++)
             if (c->kv_layer_of[i] != i)
-                return kv_fail(err, KV_EUNSUPPORTED, "%s: config.json carries a cross-layer KV map already (layer_types); convert the original", s->dir);
+                return kv_fail(err, KV_EUNSUPPORTED, "%s: already transformed (config.json has a layer_types KV map); convert the original", s->dir);
     const int64_t H = c->hidden_size, q_rows = (int64_t)c->n_heads * c->head_dim, kv_rows = (int64_t)c->n_kv_heads * c->head_dim;
     for (int i = 0; i < c->n_layers; i++)
         for (int pj = 0; pj < 3; pj++) {
@@ -165,7 +156,7 @@ static int check_source(const convert_source *s, kv_error *err) {
         if (layer >= c->n_layers)
             return kv_fail(err, KV_EFORMAT, "%s: tensor '%s' belongs to layer %d but config.json has %d layers", s->dir, name, layer, c->n_layers);
         if (strstr(name, "_swiftkv"))
-            return kv_fail(err, KV_EUNSUPPORTED, "%s: tensor '%s': the checkpoint holds SwiftKV tensors already", s->dir, name);
+            return kv_fail(err, KV_EUNSUPPORTED, "%s: tensor '%s': already transformed (SwiftKV tensors); convert the original", s->dir, name);
     }
     return 0;
 }
@@ -184,7 +175,7 @@ static int gather_group(const convert_source *s, const int *layers, int n, char 
 
 /* the layers whose K/V `target` serves: all of them for mean, the target alone otherwise */
 static int init_group(const convert_plan *p, int target, int *layers) {
-    if (p->opt.kv_init == CONVERT_INIT_TARGET) { layers[0] = target; return 1; }
+    if (p->opt.kv_init == KV_INIT_TARGET) { layers[0] = target; return 1; }
     int n = kvmap_readers(&p->opt.map, target, layers, HF_MAX_LAYERS);
     if (n < 1) { layers[0] = target; return 1; }
     return n;
@@ -210,7 +201,7 @@ static int plan_tensors(builder *b) {
         char proj = layer >= 0 ? attn_proj(rest, &is_bias) : 0;
         if (!proj) { rc = add_out(b, t->name, &t, 1, 0); continue; }
         if (swift) {
-            if (layer >= l && p->opt.layout == CONVERT_LAYOUT_DEPLOY) rc = add_dropped(b, t);
+            if (layer >= l && p->opt.layout == KV_LAYOUT_DEPLOY) rc = add_dropped(b, t);
             else rc = add_out(b, t->name, &t, 1, 0);
         } else if (proj == 'q') {
             rc = add_out(b, t->name, &t, 1, 0);
@@ -259,7 +250,7 @@ void convert_plan_free(convert_plan *p) {
     memset(p, 0, sizeof *p);
 }
 
-int convert_plan_build(convert_plan *p, const convert_source *s, const convert_options *o, kv_error *err) {
+int convert_plan_build(convert_plan *p, const convert_source *s, const kv_convert_opts *o, kv_error *err) {
     memset(p, 0, sizeof *p);
     p->source = s;
     p->opt = *o;
@@ -267,13 +258,16 @@ int convert_plan_build(convert_plan *p, const convert_source *s, const convert_o
     int rc = kvmap_validate(&o->map, err);
     if (rc) return rc;
     if (o->map.n_layers != c->n_layers)
-        return kv_fail(err, KV_EINVAL, "KV map '%s' has %d layers but %s/config.json has %d", o->map.name,
+        return kv_fail(err, KV_EINVAL, "KV map '%s' is for %d layers but %s/config.json has %d", o->map.name,
                        o->map.n_layers, s->dir, c->n_layers);
-    if (o->out_dtype != CONVERT_KEEP_DTYPE && !is_float((kv_dtype)o->out_dtype))
+    if (o->out_dtype != KV_CONVERT_KEEP_DTYPE && !is_float((kv_dtype)o->out_dtype))
         return kv_fail(err, KV_EINVAL, "output dtype must be F32, F16 or BF16");
-    if (o->layout == CONVERT_LAYOUT_HF_SWIFTKV && o->map.kind != KVMAP_SWIFTKV)
+    if (o->layout == KV_LAYOUT_HF_SWIFTKV && o->map.kind != KVMAP_SWIFTKV)
         return kv_fail(err, KV_EINVAL, "layout hf-swiftkv needs a SwiftKV transform, not KV map '%s'", o->map.name);
     if ((rc = check_source(s, err))) return rc;
+    llama_view view; /* every tensor named, shaped and typed as the config implies */
+    if ((rc = llama_view_bind(&view, c, &s->ckpt, err))) return rc;
+    llama_view_free(&view);
     builder b = {.p = p, .err = err};
     if ((rc = plan_tensors(&b))) { convert_plan_free(p); return rc; }
 
@@ -284,7 +278,7 @@ int convert_plan_build(convert_plan *p, const convert_source *s, const convert_o
     oc->swiftkv = o->map.kind == KVMAP_SWIFTKV;
     oc->swiftkv_layers = oc->swiftkv ? o->map.swiftkv_l : 0;
     oc->swiftkv_group = oc->swiftkv ? o->map.swiftkv_g : 0;
-    if (o->out_dtype != CONVERT_KEEP_DTYPE) oc->torch_dtype = (kv_dtype)o->out_dtype;
+    if (o->out_dtype != KV_CONVERT_KEEP_DTYPE) oc->torch_dtype = (kv_dtype)o->out_dtype;
 
     for (int k = 0; k < s->ckpt.n_tensors; k++) {
         p->src_params += s->ckpt.tensors[k]->n_elements;
@@ -303,6 +297,22 @@ int convert_plan_build(convert_plan *p, const convert_source *s, const convert_o
     p->slots_src = c->n_layers;
     p->slots_out = kvmap_n_slots(&o->map);
     return 0;
+}
+
+void convert_plan_report(const convert_plan *p, kv_convert_report *rep) {
+    memset(rep, 0, sizeof *rep);
+    rep->params_before = (int64_t)p->src_params;
+    rep->params_after = (int64_t)p->out_params;
+    rep->kv_bytes_before = p->kv_bytes_src;
+    rep->kv_bytes_after = p->kv_bytes_out;
+    rep->n_tensors_in = p->source->ckpt.n_tensors;
+    rep->n_tensors_out = p->n_out;
+    rep->n_dropped = p->n_dropped;
+    for (int k = 0; k < p->n_out; k++) {
+        rep->n_added += p->out[k].added;
+        rep->n_averaged += p->out[k].op == CONVERT_MEAN;
+    }
+    rep->bytes_written = (size_t)p->out_bytes;
 }
 
 /* ---- text ---- */

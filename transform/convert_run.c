@@ -157,7 +157,9 @@ static void *hash_main(void *arg) {
  * cuts the kernel time by more than half (no page faults) and keeps RSS flat. */
 typedef struct {
     const convert_plan *p;
-    uint64_t done;
+    kv_convert_progress_fn progress;
+    void *progress_ctx;
+    size_t done;
     int *fds;          /* [n_files] source descriptors, -1 until opened */
     float *f32;        /* [CHUNK_ELEMS] one source chunk widened */
     double *acc;       /* [CHUNK_ELEMS] mean accumulator */
@@ -189,7 +191,7 @@ static int read_source(fill_ctx *c, const st_tensor *t, size_t off, size_t n, vo
 
 static void report(fill_ctx *c, size_t bytes) {
     c->done += bytes;
-    if (c->p->opt.progress) c->p->opt.progress(c->p->opt.progress_ctx, c->done, c->p->out_bytes);
+    if (c->progress) c->progress(c->progress_ctx, c->done, (size_t)c->p->out_bytes);
 }
 
 /* elements [first, first+n) of t (n <= CHUNK_ELEMS) as F32 into c->f32 */
@@ -252,9 +254,10 @@ static int fill_tensor(void *ctx, int index, st_writer *w, kv_error *err) {
     return ct->op == CONVERT_MEAN ? fill_mean(c, ct, w, err) : fill_copy(c, ct, w, err);
 }
 
-static int write_weights(const convert_plan *p, const char *dir, kv_error *err) {
+static int write_weights(const convert_plan *p, const char *dir, kv_convert_progress_fn progress, void *progress_ctx,
+                         kv_error *err) {
     const int n_files = p->source->ckpt.n_files;
-    fill_ctx c = {.p = p};
+    fill_ctx c = {.p = p, .progress = progress, .progress_ctx = progress_ctx};
     st_spec *specs = malloc(((size_t)p->n_out + 1) * sizeof *specs);
     c.fds = malloc(((size_t)n_files + 1) * sizeof *c.fds);
     c.f32 = malloc(CHUNK_ELEMS * sizeof *c.f32);
@@ -426,7 +429,8 @@ static int check_destination(const convert_plan *p, const char *dst, kv_error *e
     return 0;
 }
 
-int convert_run(const convert_plan *p, const char *dst_in, char **manifest_out, kv_error *err) {
+int convert_run(const convert_plan *p, const char *dst_in, kv_convert_progress_fn progress, void *progress_ctx,
+                char **manifest_out, kv_error *err) {
     if (manifest_out) *manifest_out = NULL;
     char dst[4096], stage[4200];
     int n = snprintf(dst, sizeof dst, "%s", dst_in);
@@ -455,7 +459,7 @@ int convert_run(const convert_plan *p, const char *dst_in, char **manifest_out, 
         if (pthread_create(&hasher, NULL, hash_main, &job) == 0) hashing = 1;
         else hash_main(&job); /* no thread: hash first, then write */
     }
-    if (!rc) rc = write_weights(p, stage, err);
+    if (!rc) rc = write_weights(p, stage, progress, progress_ctx, err);
     if (rc) atomic_store(&job.stop, 1);
     if (!rc) {
         char *cfg;
@@ -489,4 +493,36 @@ int convert_run(const convert_plan *p, const char *dst_in, char **manifest_out, 
     if (manifest_out) *manifest_out = manifest;
     else free(manifest);
     return 0;
+}
+
+/* ---- one-call API ---- */
+
+int kv_convert_plan(const char *src_dir, const kv_convert_opts *o, kv_convert_report *rep, kv_error *err) {
+    convert_source s;
+    int rc = convert_source_open(&s, src_dir, err);
+    if (rc) return rc;
+    convert_plan p;
+    rc = convert_plan_build(&p, &s, o, err);
+    if (!rc) {
+        if (rep) convert_plan_report(&p, rep);
+        convert_plan_free(&p);
+    }
+    convert_source_close(&s);
+    return rc;
+}
+
+int kv_convert_run(const char *src_dir, const char *dst_dir, const kv_convert_opts *o, kv_convert_report *rep,
+                   kv_convert_progress_fn progress, void *progress_ctx, kv_error *err) {
+    convert_source s;
+    int rc = convert_source_open(&s, src_dir, err);
+    if (rc) return rc;
+    convert_plan p;
+    rc = convert_plan_build(&p, &s, o, err);
+    if (!rc) {
+        rc = convert_run(&p, dst_dir, progress, progress_ctx, NULL, err);
+        if (!rc && rep) convert_plan_report(&p, rep);
+        convert_plan_free(&p);
+    }
+    convert_source_close(&s);
+    return rc;
 }
