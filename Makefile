@@ -36,6 +36,7 @@ BENCHES := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
 LIB     := $(BUILD)/libkvforge.a
 
 .PHONY: all test asan bench demo setup clean cuda-note
+.SECONDARY:
 all: cuda-note $(TOOLS) $(TESTS) $(BENCHES)
 
 cuda-note:

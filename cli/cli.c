@@ -104,7 +104,7 @@ void cli_progress_update(cli_progress *p, uint64_t done, const char *extra) {
         fflush(stderr);
     } else {
         int decile = (int)(frac * 10);
-        if (decile == p->last_decile) return;
+        if (decile == p->last_decile || elapsed < 1.0) return; /* short runs stay quiet */
         p->last_decile = decile;
         fprintf(stderr, "%s: %3.0f%% %s (%.1fs elapsed)\n", p->label, 100 * frac, extra ? extra : "", elapsed);
     }

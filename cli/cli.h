@@ -8,7 +8,8 @@
 
 #include "formats/error.h"
 
-#define KVFORGE_VERSION "0.1.0"
+#include "formats/version.h"
+#define KVFORGE_VERSION KVFORGE_VERSION_STRING
 
 enum { EXIT_FAIL = 1, EXIT_USAGE = 2 };
 

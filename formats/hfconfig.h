@@ -3,6 +3,7 @@
 #ifndef KV_HFCONFIG_H
 #define KV_HFCONFIG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "formats/dtype.h"
@@ -44,8 +45,38 @@ typedef struct {
     int swiftkv_group;       /* g = key_value_group_size */
 } hf_config;
 
+#define HF_MAX_CONFIG_BYTES (16u * 1024u * 1024u)
+
+/* Required: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, vocab_size,
+ * rms_norm_eps, eos_token_id, and architectures or model_type. Everything else takes the HF
+ * LlamaConfig default (max_position_embeddings 2048, rope_theta 10000, no biases, untied).
+ * JSON null counts as absent. Duplicate keys are refused (Python keeps the last, cJSON the first).
+ * Errors name LABEL and the field. */
 int hf_config_load(hf_config *c, const char *path, kv_error *err);  /* path to config.json */
 int hf_config_parse(hf_config *c, const char *json, const char *label, kv_error *err);
-int64_t hf_config_param_count(const hf_config *c); /* of the model the config describes */
+/* of the model the config describes (deploy layout: no k/v on non-KV layers, no teacher q/k/v
+ * on SwiftKV layers >= l); -1 if it overflows int64 */
+int64_t hf_config_param_count(const hf_config *c);
+
+/* layer i owns K/V projections and a KV-cache slot (kv(i) == i; SwiftKV: i < l or group leader) */
+int hf_config_is_kv_layer(const hf_config *c, int layer);
+/* KV-cache slots per token and layer kind: L, number of KV layers, or l + (L - l)/g */
+int hf_config_kv_slots(const hf_config *c);
+/* SwiftKV: layer j >= l leads its AcrossKV group ((j - l) % g == 0) */
+int hf_config_swiftkv_leader(const hf_config *c, int layer);
+/* "0_0_2_2_4" (identity map when has_layer_map is 0); 0, or KV_EINVAL if it does not fit */
+int hf_config_layer_map_string(const hf_config *c, char *out, size_t cap, kv_error *err);
+/* "float32" / "float16" / "bfloat16"; NULL for other dtypes */
+const char *hf_torch_dtype_name(kv_dtype t);
+
+/* Takes the ORIGINAL config.json text and returns it (malloc'd, cJSON_Print layout) with the
+ * KV fields of C written in: layer_types = LCKV string when has_layer_map (an integer
+ * layer_types is removed when not); swiftkv / num_key_value_layers / key_value_group_size +
+ * model_type "llama_swiftkv" + architectures ["LlamaSwiftKVForCausalLM"] when swiftkv (removed,
+ * and llama / LlamaForCausalLM restored, when not); torch_dtype (and dtype, if present) from
+ * C->torch_dtype. Other keys keep their values and order; new keys are appended. The result is
+ * re-parsed and must yield C's KV settings. */
+int hf_config_write_json(const hf_config *c, const char *src_json, const char *label,
+                         char **out_json, kv_error *err);
 
 #endif

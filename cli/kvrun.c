@@ -1,0 +1,515 @@
+/* kvrun: run a Llama model (original, cross-layer KV sharing or SwiftKV) on the CPU: generate,
+ * perplexity, speed, logits dump, tokenize. Data on stdout; statistics and errors on stderr. */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli/cli.h"
+#include "formats/fileio.h"
+#include "formats/safetensors.h"
+#include "formats/tokenizer.h"
+#include "runtime/forward.h"
+#include "runtime/generate.h"
+#include "runtime/ppl.h"
+
+static const char *TOOL = "kvrun";
+
+static void usage(void) {
+    printf("Usage: kvrun [OPTIONS] MODEL\n"
+           "Run a Llama model on the CPU. MODEL is a HuggingFace directory (config.json,\n"
+           "*.safetensors, tokenizer.json): an original model or one converted for cross-layer\n"
+           "KV sharing or SwiftKV; the KV map in config.json is honoured exactly.\n\n"
+           "Modes (exactly one):\n"
+           "  --prompt TEXT          generate: print TEXT and its continuation on stdout\n"
+           "  --ppl FILE             perplexity of a text file (nats/token, bits/byte)\n"
+           "  --bench                prefill and decode tokens/s and KV-cache bytes\n"
+           "  --logits-out FILE      write every position's logits [T, vocab] (F32) and the token\n"
+           "                         ids to FILE.safetensors; input from --text or --tokens\n"
+           "  --tokenize TEXT        print the token ids of TEXT (no BOS); MODEL may hold only\n"
+           "                         tokenizer files\n\n"
+           "Generation:\n"
+           "  -n, --max-tokens N     tokens to generate (default 256; bench: decode steps, 64)\n"
+           "  --temperature T        0 = greedy (default 1.0)\n"
+           "  --top-p P              nucleus sampling in (0, 1); 0 or 1 = off (default 0.9)\n"
+           "  --seed N               random seed (default: the time)\n"
+           "  Generation stops at an EOS token (config.json eos_token_id) or BOS, as llama2.c's\n"
+           "  run does. The prompt gets a BOS first.\n"
+           "Perplexity:\n"
+           "  --ctx N                window in positions: BOS + N-1 tokens (default min(512,\n"
+           "                         max_position_embeddings))\n"
+           "  --max-windows N        score only the first N windows\n"
+           "Bench:\n"
+           "  --prompt-len N         prompt tokens (default 128)\n"
+           "  --repeat N             runs; the fastest counts (default 3)\n"
+           "Logits:\n"
+           "  --text TEXT            input text (BOS prepended)\n"
+           "  --tokens IDS           input ids, comma-separated, used as given\n"
+           "Common:\n"
+           "  --threads N            worker threads (default: all online CPUs)\n"
+           "  --prefill MODE         sequential | iterative[:N], for maps with upward layers\n"
+           "                         (default iterative:9)\n"
+           "  --batch N              tokens per forward pass (default 512)\n"
+           "  --json                 --ppl and --bench print JSON\n"
+           "  -h, --help             this help\n"
+           "  --version              print the version\n");
+}
+
+typedef enum { MODE_NONE, MODE_PROMPT, MODE_PPL, MODE_BENCH, MODE_LOGITS, MODE_TOKENIZE } run_mode;
+
+typedef struct {
+    run_mode mode;
+    const char *model_dir, *text, *ppl_file, *logits_out, *logits_text, *logits_ids;
+    long max_tokens, ctx, max_windows, prompt_len, repeat, threads, batch;
+    int max_tokens_set, seed_set, json;
+    double temperature, top_p;
+    unsigned long seed;
+    kv_prefill prefill;
+} run_args;
+
+/* ---- shared setup ------------------------------------------------------------------------- */
+
+static int load_tokenizer(const char *dir, const kv_model *m, kv_tokenizer **tk, kv_error *err) {
+    char path[4096];
+    int rc = kv_join(path, sizeof path, dir, "tokenizer.json", err);
+    if (rc || (rc = kv_tokenizer_load(tk, path, err))) return rc;
+    if (m && kv_tokenizer_vocab_size(*tk) > m->vocab)
+        return kv_fail(err, KV_EFORMAT, "%s: %d tokens but the model's vocab_size is %d", path,
+                       kv_tokenizer_vocab_size(*tk), m->vocab);
+    if (m && (m->cfg.bos_token_id >= 0 || m->cfg.n_eos > 0)) {
+        const int bos = m->cfg.bos_token_id >= 0 ? m->cfg.bos_token_id : kv_tokenizer_bos(*tk);
+        const int eos = m->cfg.n_eos > 0 ? m->cfg.eos_token_ids[0] : kv_tokenizer_eos(*tk);
+        if (bos < kv_tokenizer_vocab_size(*tk) && eos < kv_tokenizer_vocab_size(*tk) &&
+            (rc = kv_tokenizer_set_bos_eos(*tk, bos, eos, err)))
+            return rc;
+    }
+    return 0;
+}
+
+static int open_model(const run_args *a, kv_model *m, kv_error *err) {
+    int rc = kv_model_load(m, a->model_dir, NULL, err);
+    if (rc) return rc;
+    if (a->threads > 0) kv_kernels_set_threads((int)a->threads);
+    return 0;
+}
+
+/* ---- --tokenize --------------------------------------------------------------------------- */
+
+static int run_tokenize(const run_args *a) {
+    kv_error err = {0};
+    kv_tokenizer *tk = NULL;
+    int *ids = NULL, n = 0;
+    if (load_tokenizer(a->model_dir, NULL, &tk, &err) ||
+        kv_tokenizer_encode(tk, a->text, strlen(a->text), 0, &ids, &n, &err)) {
+        kv_tokenizer_free(tk);
+        return cli_fail(TOOL, &err);
+    }
+    for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+    printf("\n");
+    free(ids);
+    kv_tokenizer_free(tk);
+    return 0;
+}
+
+/* ---- --prompt ----------------------------------------------------------------------------- */
+
+typedef struct {
+    const kv_tokenizer *tk;
+} stream_ctx;
+
+static void print_piece(const kv_tokenizer *tk, int prev, int id) {
+    char buf[256];
+    fputs(kv_tokenizer_piece_runc(tk, prev, id, buf, sizeof buf), stdout);
+    fflush(stdout);
+}
+
+static int on_token(void *ctx, int prev, int token) {
+    print_piece(((stream_ctx *)ctx)->tk, prev, token);
+    return 0;
+}
+
+static int run_prompt(const run_args *a) {
+    kv_error err = {0};
+    kv_model m;
+    kv_tokenizer *tk = NULL;
+    kv_state s = {0};
+    kv_sampler smp = {0};
+    int *ids = NULL, n_ids = 0, status = EXIT_FAIL;
+    if (open_model(a, &m, &err)) return cli_fail(TOOL, &err);
+    const int bos = m.cfg.bos_token_id;
+    if (load_tokenizer(a->model_dir, &m, &tk, &err) ||
+        kv_tokenizer_encode(tk, a->text, strlen(a->text), bos >= 0, &ids, &n_ids, &err))
+        goto fail;
+    if (bos >= 0 && ids[0] != bos) ids[0] = bos; /* config's BOS wins over the tokenizer's */
+    if (n_ids < 1) {
+        kv_fail(&err, KV_EINVAL, "the prompt is empty and the model has no BOS token");
+        goto fail;
+    }
+    if (n_ids > m.max_pos) {
+        kv_fail(&err, KV_EINVAL, "the prompt has %d tokens; the model's context is %d", n_ids,
+                m.max_pos);
+        goto fail;
+    }
+    long max_new = a->max_tokens_set ? a->max_tokens : 256;
+    if (max_new > m.max_pos - n_ids + 1) max_new = m.max_pos - n_ids + 1;
+    const int max_seq = n_ids + (int)max_new > m.max_pos ? m.max_pos : n_ids + (int)max_new;
+    const uint64_t seed = a->seed_set ? a->seed : (uint64_t)time(NULL);
+    if (kv_state_init(&s, &m, max_seq, (int)a->batch, &err) ||
+        kv_sampler_init(&smp, m.vocab, (float)a->temperature, (float)a->top_p, seed, &err))
+        goto fail;
+    int stops[HF_MAX_EOS + 1], n_stop = 0;
+    for (int i = 0; i < m.cfg.n_eos; i++) stops[n_stop++] = m.cfg.eos_token_ids[i];
+    if (bos >= 0) stops[n_stop++] = bos;
+    /* the prompt as llama2.c's run prints it: every token after the first, then the rest */
+    if (bos < 0) print_piece(tk, -1, ids[0]);
+    for (int i = 1; i < n_ids; i++) print_piece(tk, ids[i - 1], ids[i]);
+    stream_ctx sc = {tk};
+    kv_generate_opts go = {.max_new_tokens = (int)max_new, .prefill = a->prefill,
+                           .stop_ids = stops, .n_stop = n_stop};
+    kv_generate_stats st;
+    if (kv_generate(&s, &smp, ids, n_ids, &go, on_token, &sc, NULL, &st, &err)) {
+        printf("\n");
+        goto fail;
+    }
+    printf("\n");
+    fflush(stdout);
+    fprintf(stderr, "kvrun: prompt %d tokens in %.3f s (%.1f tok/s); generated %d tokens in %.3f s "
+            "(%.1f tok/s)%s\n", st.n_prompt, st.prefill_s, st.n_prompt / (st.prefill_s + 1e-12),
+            st.n_generated, st.decode_s,
+            st.n_generated > 1 ? (st.n_generated - 1) / (st.decode_s + 1e-12) : 0.0,
+            st.stopped_on >= 0 ? "; stopped at EOS" : "");
+    status = 0;
+fail:
+    if (status) cli_fail(TOOL, &err);
+    free(ids);
+    kv_sampler_free(&smp);
+    if (s.model) kv_state_free(&s);
+    kv_tokenizer_free(tk);
+    kv_model_free(&m);
+    return status;
+}
+
+/* ---- --ppl -------------------------------------------------------------------------------- */
+
+static void ppl_progress(void *ctx, int done, int total) {
+    cli_progress *p = ctx;
+    (void)total;
+    cli_progress_update(p, (uint64_t)done, NULL);
+}
+
+static int run_ppl(const run_args *a) {
+    kv_error err = {0};
+    kv_model m;
+    kv_tokenizer *tk = NULL;
+    kv_state s = {0};
+    char *text = NULL, *decoded = NULL;
+    size_t n_text = 0, n_decoded = 0;
+    int *ids = NULL, n_ids = 0, status = EXIT_FAIL;
+    if (open_model(a, &m, &err)) return cli_fail(TOOL, &err);
+    const int ctx = a->ctx > 0 ? (int)a->ctx : (m.max_pos < 512 ? m.max_pos : 512);
+    if (ctx < 2 || ctx > m.max_pos) {
+        kv_fail(&err, KV_EINVAL, "--ctx %d: the model allows 2..%d", ctx, m.max_pos);
+        goto fail;
+    }
+    if (load_tokenizer(a->model_dir, &m, &tk, &err) ||
+        kv_read_file(a->ppl_file, &text, &n_text, (size_t)1 << 31, &err) ||
+        kv_tokenizer_encode(tk, text, n_text, 0, &ids, &n_ids, &err) ||
+        kv_state_init(&s, &m, ctx, (int)a->batch, &err))
+        goto fail;
+    kv_ppl_opts o = {.ctx = ctx, .bos = m.cfg.bos_token_id, .max_windows = (int)a->max_windows,
+                     .prefill = a->prefill};
+    cli_progress prog;
+    const long stride = ctx - 1;
+    long windows = (n_ids + stride - 1) / stride;
+    if (a->max_windows > 0 && windows > a->max_windows) windows = a->max_windows;
+    cli_progress_start(&prog, "perplexity", (uint64_t)windows, a->json);
+    kv_ppl_result r;
+    const double t0 = cli_now();
+    int rc = kv_perplexity(&s, ids, n_ids, &o, ppl_progress, &prog, &r, &err);
+    const double secs = cli_now() - t0;
+    cli_progress_finish(&prog);
+    if (rc) goto fail;
+    /* bytes of the text the scored tokens stand for */
+    if (kv_tokenizer_decode_ex(tk, ids, (int)r.n_ids_used, 1, &decoded, &n_decoded, &err)) goto fail;
+    const double nats = r.nats / (double)r.n_scored;
+    const double bpb = r.nats / log(2.0) / (double)(n_decoded ? n_decoded : 1);
+    if (a->json)
+        printf("{\"file\": \"%s\", \"ctx\": %d, \"windows\": %d, \"tokens\": %ld, \"bytes\": %zu, "
+               "\"nats_per_token\": %.6f, \"perplexity\": %.6f, \"bits_per_byte\": %.6f, "
+               "\"seconds\": %.3f}\n", a->ppl_file, ctx, r.n_windows, r.n_scored, n_decoded, nats,
+               exp(nats), bpb, secs);
+    else
+        printf("%s: %ld tokens (%zu bytes) in %d windows of %d: %.6f nats/token, perplexity %.4f, "
+               "%.6f bits/byte\n", a->ppl_file, r.n_scored, n_decoded, r.n_windows, ctx, nats,
+               exp(nats), bpb);
+    status = 0;
+fail:
+    if (status) cli_fail(TOOL, &err);
+    free(ids);
+    free(text);
+    free(decoded);
+    if (s.model) kv_state_free(&s);
+    kv_tokenizer_free(tk);
+    kv_model_free(&m);
+    return status;
+}
+
+/* ---- --bench ------------------------------------------------------------------------------ */
+
+static int run_bench(const run_args *a) {
+    kv_error err = {0};
+    kv_model m;
+    kv_state s = {0};
+    int status = EXIT_FAIL;
+    int32_t *prompt = NULL;
+    if (open_model(a, &m, &err)) return cli_fail(TOOL, &err);
+    const int P = (int)a->prompt_len, G = a->max_tokens_set ? (int)a->max_tokens : 64;
+    if (P + G > m.max_pos) {
+        kv_fail(&err, KV_EINVAL, "--prompt-len %d + %d decode steps exceed the context of %d", P,
+                G, m.max_pos);
+        goto fail;
+    }
+    prompt = malloc(sizeof *prompt * (size_t)(P + G));
+    if (!prompt || kv_state_init(&s, &m, P + G, (int)a->batch, &err)) {
+        if (!prompt) kv_fail(&err, KV_ENOMEM, "out of memory");
+        goto fail;
+    }
+    uint64_t x = 12345; /* fixed pseudo-random prompt: ids in [3, vocab) */
+    for (int i = 0; i < P + G; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        prompt[i] = m.vocab > 3 ? 3 + (int32_t)((x >> 33) % (uint64_t)(m.vocab - 3)) : 0;
+    }
+    double best_prefill = 1e30, best_decode = 1e30;
+    const kv_forward_opts fo = {.logits = KV_LOGITS_LAST, .prefill = a->prefill};
+    for (long r = 0; r < a->repeat; r++) {
+        kv_state_reset(&s);
+        double t = cli_now();
+        if (kv_forward(&s, prompt, P, &fo, NULL, &err)) goto fail;
+        double dt = cli_now() - t;
+        if (dt < best_prefill) best_prefill = dt;
+        t = cli_now();
+        for (int i = 0; i < G; i++)
+            if (kv_forward(&s, prompt + P + i, 1, &fo, NULL, &err)) goto fail;
+        dt = cli_now() - t;
+        if (dt < best_decode) best_decode = dt;
+    }
+    const double prefill_tps = P / best_prefill, decode_tps = G / best_decode;
+    const size_t per_token = s.cache.bytes / (size_t)s.max_seq;
+    if (a->json)
+        printf("{\"model\": \"%s\", \"kv_map\": \"%s\", \"threads\": %d, \"prompt_tokens\": %d, "
+               "\"decode_tokens\": %d, \"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": "
+               "%.2f, \"kv_cache_bytes\": %zu, \"kv_cache_bytes_per_token\": %zu, "
+               "\"weight_bytes_per_token\": %zu, \"decode_weight_gb_per_s\": %.3f}\n",
+               a->model_dir, m.map.name, kv_kernels_threads(), P, G, prefill_tps, decode_tps,
+               s.cache.bytes, per_token, m.step_bytes, m.step_bytes * decode_tps / 1e9);
+    else
+        printf("%s (%s, %d threads): prefill %d tokens %.1f tok/s; decode %d tokens %.1f tok/s "
+               "(%.2f GB/s of weights); KV cache %zu bytes (%zu per token)\n",
+               a->model_dir, m.map.name, kv_kernels_threads(), P, prefill_tps, G, decode_tps,
+               m.step_bytes * decode_tps / 1e9, s.cache.bytes, per_token);
+    status = 0;
+fail:
+    if (status) cli_fail(TOOL, &err);
+    free(prompt);
+    if (s.model) kv_state_free(&s);
+    kv_model_free(&m);
+    return status;
+}
+
+/* ---- --logits-out ------------------------------------------------------------------------- */
+
+/* "1,2,3" -> ids (malloc'd) */
+static int parse_ids(const char *s, int **out, int *n_out) {
+    int cap = 16, n = 0;
+    int *ids = malloc(sizeof *ids * (size_t)cap);
+    if (!ids) return -1;
+    const char *p = s;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char num[32];
+        long v;
+        if (len == 0 || len >= sizeof num) break;
+        memcpy(num, p, len);
+        num[len] = 0;
+        if (cli_parse_int(num, 0, 0x7fffffff, &v)) break;
+        if (n == cap) {
+            int *q = realloc(ids, sizeof *ids * (size_t)(cap *= 2));
+            if (!q) break;
+            ids = q;
+        }
+        ids[n++] = (int)v;
+        if (!comma) {
+            *out = ids;
+            *n_out = n;
+            return 0;
+        }
+        p = comma + 1;
+    }
+    free(ids);
+    return -1;
+}
+
+static int run_logits(const run_args *a) {
+    kv_error err = {0};
+    kv_model m;
+    kv_tokenizer *tk = NULL;
+    kv_state s = {0};
+    int *ids = NULL, n = 0, status = EXIT_FAIL;
+    float *logits = NULL;
+    if (open_model(a, &m, &err)) return cli_fail(TOOL, &err);
+    if (a->logits_ids) {
+        if (parse_ids(a->logits_ids, &ids, &n)) {
+            kv_fail(&err, KV_EINVAL, "--tokens '%s': expected comma-separated ids", a->logits_ids);
+            goto fail;
+        }
+    } else {
+        const int bos = m.cfg.bos_token_id;
+        if (load_tokenizer(a->model_dir, &m, &tk, &err) ||
+            kv_tokenizer_encode(tk, a->logits_text, strlen(a->logits_text), bos >= 0, &ids, &n, &err))
+            goto fail;
+        if (bos >= 0) ids[0] = bos;
+    }
+    if (n < 1 || n > m.max_pos) {
+        kv_fail(&err, KV_EINVAL, "%d tokens: the model takes 1..%d", n, m.max_pos);
+        goto fail;
+    }
+    for (int i = 0; i < n; i++)
+        if (ids[i] >= m.vocab) {
+            kv_fail(&err, KV_EINVAL, "token %d at position %d is outside the vocabulary of %d",
+                    ids[i], i, m.vocab);
+            goto fail;
+        }
+    logits = malloc(sizeof *logits * (size_t)n * (size_t)m.vocab);
+    if (!logits) {
+        kv_fail(&err, KV_ENOMEM, "out of memory for %d x %d logits", n, m.vocab);
+        goto fail;
+    }
+    const kv_forward_opts fo = {.logits = KV_LOGITS_ALL, .prefill = a->prefill};
+    if (kv_state_init(&s, &m, n, (int)a->batch, &err) || kv_forward(&s, ids, n, &fo, logits, &err))
+        goto fail;
+    const st_spec specs[2] = {
+        {.name = "logits", .dtype = KV_F32, .n_dims = 2, .shape = {n, m.vocab}},
+        {.name = "tokens", .dtype = KV_I32, .n_dims = 1, .shape = {n}}};
+    const void *data[2] = {logits, ids};
+    const char *meta[] = {"format", "pt", "producer", "kvrun", "kv_map", m.map.name};
+    if (st_write_file(a->logits_out, specs, data, 2, meta, 3, &err)) goto fail;
+    fprintf(stderr, "kvrun: wrote logits [%d, %d] to %s\n", n, m.vocab, a->logits_out);
+    status = 0;
+fail:
+    if (status) cli_fail(TOOL, &err);
+    free(ids);
+    free(logits);
+    if (s.model) kv_state_free(&s);
+    kv_tokenizer_free(tk);
+    kv_model_free(&m);
+    return status;
+}
+
+/* ---- options ------------------------------------------------------------------------------ */
+
+int main(int argc, char **argv) {
+    enum { O_PROMPT = 256, O_PPL, O_BENCH, O_LOGITS, O_TOKENIZE, O_TEMP, O_TOPP, O_SEED, O_CTX,
+           O_WINDOWS, O_PLEN, O_REPEAT, O_TEXT, O_TOKENS, O_THREADS, O_PREFILL, O_BATCH, O_JSON,
+           O_VERSION };
+    static const struct option opts[] = {
+        {"prompt", 1, 0, O_PROMPT}, {"ppl", 1, 0, O_PPL}, {"bench", 0, 0, O_BENCH},
+        {"logits-out", 1, 0, O_LOGITS}, {"tokenize", 1, 0, O_TOKENIZE},
+        {"max-tokens", 1, 0, 'n'}, {"temperature", 1, 0, O_TEMP}, {"top-p", 1, 0, O_TOPP},
+        {"seed", 1, 0, O_SEED}, {"ctx", 1, 0, O_CTX}, {"max-windows", 1, 0, O_WINDOWS},
+        {"prompt-len", 1, 0, O_PLEN}, {"repeat", 1, 0, O_REPEAT}, {"text", 1, 0, O_TEXT},
+        {"tokens", 1, 0, O_TOKENS}, {"threads", 1, 0, O_THREADS}, {"prefill", 1, 0, O_PREFILL},
+        {"batch", 1, 0, O_BATCH}, {"json", 0, 0, O_JSON}, {"help", 0, 0, 'h'},
+        {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
+    run_args a = {.temperature = 1.0, .top_p = 0.9, .prompt_len = 128, .repeat = 3, .batch = 512,
+                  .prefill = {KV_PREFILL_ITERATIVE, KV_PREFILL_DEFAULT_PASSES}};
+    int c, n_modes = 0;
+    long v;
+    double d;
+    kv_error err = {0};
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":hn:", opts, NULL)) != -1) {
+        switch (c) {
+        case 'h': usage(); return 0;
+        case O_VERSION: cli_version(TOOL); return 0;
+        case O_PROMPT: a.mode = MODE_PROMPT; a.text = optarg; n_modes++; break;
+        case O_PPL: a.mode = MODE_PPL; a.ppl_file = optarg; n_modes++; break;
+        case O_BENCH: a.mode = MODE_BENCH; n_modes++; break;
+        case O_LOGITS: a.mode = MODE_LOGITS; a.logits_out = optarg; n_modes++; break;
+        case O_TOKENIZE: a.mode = MODE_TOKENIZE; a.text = optarg; n_modes++; break;
+        case O_TEXT: a.logits_text = optarg; break;
+        case O_TOKENS: a.logits_ids = optarg; break;
+        case O_JSON: a.json = 1; break;
+        case 'n':
+            if (cli_parse_int(optarg, 0, 1L << 30, &a.max_tokens))
+                return cli_usage_error(TOOL, "bad --max-tokens '%s'", optarg);
+            a.max_tokens_set = 1;
+            break;
+        case O_TEMP:
+            if (cli_parse_double(optarg, &d) || d < 0)
+                return cli_usage_error(TOOL, "bad --temperature '%s' (>= 0)", optarg);
+            a.temperature = d;
+            break;
+        case O_TOPP:
+            if (cli_parse_double(optarg, &d) || d < 0 || d > 1)
+                return cli_usage_error(TOOL, "bad --top-p '%s' (0..1)", optarg);
+            a.top_p = d;
+            break;
+        case O_SEED:
+            if (cli_parse_int(optarg, 0, 0x7fffffffffffffffL, &v))
+                return cli_usage_error(TOOL, "bad --seed '%s'", optarg);
+            a.seed = (unsigned long)v;
+            a.seed_set = 1;
+            break;
+        case O_CTX:
+            if (cli_parse_int(optarg, 2, 1L << 24, &a.ctx))
+                return cli_usage_error(TOOL, "bad --ctx '%s' (>= 2)", optarg);
+            break;
+        case O_WINDOWS:
+            if (cli_parse_int(optarg, 1, 1L << 30, &a.max_windows))
+                return cli_usage_error(TOOL, "bad --max-windows '%s'", optarg);
+            break;
+        case O_PLEN:
+            if (cli_parse_int(optarg, 1, 1L << 24, &a.prompt_len))
+                return cli_usage_error(TOOL, "bad --prompt-len '%s'", optarg);
+            break;
+        case O_REPEAT:
+            if (cli_parse_int(optarg, 1, 1000, &a.repeat))
+                return cli_usage_error(TOOL, "bad --repeat '%s'", optarg);
+            break;
+        case O_THREADS:
+            if (cli_parse_int(optarg, 1, 256, &a.threads))
+                return cli_usage_error(TOOL, "bad --threads '%s' (1..256)", optarg);
+            break;
+        case O_BATCH:
+            if (cli_parse_int(optarg, 1, 1L << 20, &a.batch))
+                return cli_usage_error(TOOL, "bad --batch '%s'", optarg);
+            break;
+        case O_PREFILL:
+            if (kv_prefill_parse(&a.prefill, optarg, &err))
+                return cli_usage_error(TOOL, "--prefill: %s", err.msg);
+            break;
+        case ':': return cli_usage_error(TOOL, "option '%s' needs a value", argv[optind - 1]);
+        default: return cli_usage_error(TOOL, "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind != argc - 1) return cli_usage_error(TOOL, "expected one MODEL directory");
+    if (n_modes != 1)
+        return cli_usage_error(TOOL, "give exactly one of --prompt, --ppl, --bench, --logits-out, "
+                                     "--tokenize");
+    if (a.mode == MODE_LOGITS && !a.logits_text == !a.logits_ids)
+        return cli_usage_error(TOOL, "--logits-out needs exactly one of --text and --tokens");
+    if (a.mode != MODE_LOGITS && (a.logits_text || a.logits_ids))
+        return cli_usage_error(TOOL, "--text and --tokens go with --logits-out");
+    a.model_dir = argv[optind];
+    switch (a.mode) {
+    case MODE_PROMPT: return run_prompt(&a);
+    case MODE_PPL: return run_ppl(&a);
+    case MODE_BENCH: return run_bench(&a);
+    case MODE_LOGITS: return run_logits(&a);
+    case MODE_TOKENIZE: return run_tokenize(&a);
+    default: return EXIT_USAGE;
+    }
+}

@@ -1,0 +1,124 @@
+/* kvverify: parity and integrity checks. Exit 0 = verified, 1 = a check failed or could not run,
+ * 2 = usage error. */
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "verify/kernel_parity.h"
+#include "verify/logits_parity.h"
+
+static const char *TOOL = "kvverify";
+
+static void usage(void) {
+    printf("Usage: kvverify COMMAND [OPTIONS] ...\n"
+           "Parity and integrity checks for kvforge artifacts; exit 0 when verified.\n\n"
+           "Commands:\n"
+           "  kernels                 run every CUDA kernel against its CPU reference\n"
+           "      --seed N            random inputs seed (default 1)\n"
+           "      --allow-no-device   exit 0 (status no-device) when there is no GPU\n"
+           "  logits A.st B.st        compare two logits dumps (kvrun --logits-out, goldens)\n"
+           "      --atol X            max |a-b| allowed (default 1e-4)\n"
+           "      --batch-a N, --batch-b N   row of a [B, T, V] file\n"
+           "Common options:\n"
+           "  --json                  machine-readable report on stdout\n"
+           "  -h, --help              this help\n"
+           "  --version               print the version\n");
+}
+
+enum { O_JSON = 256, O_SEED, O_ALLOW, O_ATOL, O_BA, O_BB, O_VERSION };
+static const struct option opts[] = {
+    {"json", 0, 0, O_JSON}, {"seed", 1, 0, O_SEED}, {"allow-no-device", 0, 0, O_ALLOW},
+    {"atol", 1, 0, O_ATOL}, {"batch-a", 1, 0, O_BA}, {"batch-b", 1, 0, O_BB},
+    {"help", 0, 0, 'h'}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
+
+typedef struct {
+    int json, allow_no_device, batch_a, batch_b;
+    long seed;
+    double atol;
+} verify_opts;
+
+static int cmd_kernels(const verify_opts *o) {
+    kv_parity_report rep;
+    kv_error err = {0};
+    int rc = kv_kernel_parity(&rep, (uint64_t)o->seed, &err);
+    const char *status = kv_parity_status_name(rep.status);
+    if (o->json) {
+        printf("{\"command\":\"kernels\",\"status\":\"%s\",\"device\":\"%s\",\"kernels\":[", status, rep.device);
+        for (int i = 0; i < rep.n; i++)
+            printf("%s{\"name\":\"%s\",\"n\":%zu,\"max_abs\":%.6g,\"max_rel\":%.6g,\"atol\":%g,\"rtol\":%g,\"pass\":%s}", i ? "," : "",
+                   rep.r[i].name, rep.r[i].n, rep.r[i].max_abs, rep.r[i].max_rel, rep.r[i].atol, rep.r[i].rtol, rep.r[i].pass ? "true" : "false");
+        printf("]}\n");
+    } else {
+        if (rep.device[0]) printf("device: %s\n", rep.device);
+        for (int i = 0; i < rep.n; i++)
+            printf("%-22s %s  max_abs %.3g  max_rel %.3g  (n=%zu)\n", rep.r[i].name, rep.r[i].pass ? "ok  " : "FAIL", rep.r[i].max_abs, rep.r[i].max_rel, rep.r[i].n);
+        printf("kernels: %s\n", status);
+    }
+    if (rc == 0) return 0;
+    if ((rep.status == KV_PARITY_NO_DEVICE || rep.status == KV_PARITY_NOT_BUILT) && o->allow_no_device) {
+        fprintf(stderr, "%s: note: %s (not verified)\n", TOOL, err.msg);
+        return 0;
+    }
+    return cli_fail(TOOL, &err);
+}
+
+static int cmd_logits(const verify_opts *o, const char *a, const char *b) {
+    kv_logits_report r;
+    kv_error err = {0};
+    if (kv_logits_compare(&r, a, o->batch_a, b, o->batch_b, &err)) return cli_fail(TOOL, &err);
+    int pass = r.max_abs <= o->atol;
+    if (o->json)
+        printf("{\"command\":\"logits\",\"positions\":%d,\"vocab\":%d,\"max_abs\":%.6g,\"worst_position\":%d,"
+               "\"mean_kl\":%.6g,\"max_kl\":%.6g,\"argmax_agree\":%d,\"tokens_checked\":%s,\"atol\":%g,\"pass\":%s}\n",
+               r.n_positions, r.vocab, r.max_abs, r.worst_position, r.mean_kl, r.max_kl, r.argmax_agree,
+               r.tokens_checked ? "true" : "false", o->atol, pass ? "true" : "false");
+    else
+        printf("positions %d  vocab %d  max|a-b| %.3g (position %d)  KL mean %.3g max %.3g  argmax agree %d/%d%s\nlogits: %s\n",
+               r.n_positions, r.vocab, r.max_abs, r.worst_position, r.mean_kl, r.max_kl, r.argmax_agree, r.n_positions,
+               r.tokens_checked ? "  tokens equal" : "", pass ? "match" : "MISMATCH");
+    if (!pass) {
+        cli_error(TOOL, "%s vs %s: max |a-b| %.3g exceeds --atol %g", a, b, r.max_abs, o->atol);
+        return EXIT_FAIL;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    verify_opts o = {.seed = 1, .atol = 1e-4, .batch_a = -1, .batch_b = -1};
+    int c;
+    long v;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'h': usage(); return 0;
+        case O_VERSION: cli_version(TOOL); return 0;
+        case O_JSON: o.json = 1; break;
+        case O_ALLOW: o.allow_no_device = 1; break;
+        case O_SEED:
+            if (cli_parse_int(optarg, 0, 0x7fffffffL, &o.seed)) return cli_usage_error(TOOL, "bad --seed '%s'", optarg);
+            break;
+        case O_ATOL:
+            if (cli_parse_double(optarg, &o.atol) || o.atol < 0) return cli_usage_error(TOOL, "bad --atol '%s'", optarg);
+            break;
+        case O_BA: case O_BB:
+            if (cli_parse_int(optarg, 0, 1 << 30, &v)) return cli_usage_error(TOOL, "bad batch row '%s'", optarg);
+            *(c == O_BA ? &o.batch_a : &o.batch_b) = (int)v;
+            break;
+        default: return cli_usage_error(TOOL, "unknown option");
+        }
+    }
+    int n_args = argc - optind;
+    if (n_args < 1) return cli_usage_error(TOOL, "missing COMMAND");
+    const char *cmd = argv[optind];
+    char **args = argv + optind + 1;
+    n_args--;
+    if (strcmp(cmd, "kernels") == 0) {
+        if (n_args) return cli_usage_error(TOOL, "kernels takes no arguments");
+        return cmd_kernels(&o);
+    }
+    if (strcmp(cmd, "logits") == 0) {
+        if (n_args != 2) return cli_usage_error(TOOL, "logits needs two files");
+        return cmd_logits(&o, args[0], args[1]);
+    }
+    return cli_usage_error(TOOL, "unknown command '%s'", cmd);
+}

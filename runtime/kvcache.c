@@ -1,0 +1,54 @@
+#include "runtime/kvcache.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int kv_cache_init(kv_cache *c, const kv_map *map, int n_kv_heads, int head_dim, int max_seq,
+                  kv_error *err) {
+    *c = (kv_cache){0};
+    if (n_kv_heads < 1 || head_dim < 1 || max_seq < 1)
+        return kv_fail(err, KV_EINVAL, "KV cache: kv heads %d, head_dim %d, positions %d",
+                       n_kv_heads, head_dim, max_seq);
+    int rc = kvmap_validate(map, err);
+    if (rc) return rc;
+    const size_t per_token = kvmap_cache_bytes_per_token(map, n_kv_heads, head_dim, sizeof(float));
+    size_t bytes, stride;
+    if (per_token == 0 || __builtin_mul_overflow(per_token, (size_t)max_seq, &bytes) ||
+        __builtin_mul_overflow((size_t)max_seq * (size_t)n_kv_heads, (size_t)head_dim, &stride))
+        return kv_fail(err, KV_ENOMEM, "KV cache: size overflows (%d positions)", max_seq);
+    c->n_slots = kvmap_n_slots(map);
+    c->max_seq = max_seq;
+    c->n_kv_heads = n_kv_heads;
+    c->head_dim = head_dim;
+    c->slot_stride = stride;
+    for (int i = 0; i < map->n_layers; i++) c->slot_of[i] = kvmap_slot_of(map, i);
+    /* K and V halves: bytes / 2 each (per_token counts both) */
+    c->k = calloc(1, bytes / 2);
+    c->v = calloc(1, bytes / 2);
+    if (!c->k || !c->v) {
+        kv_cache_free(c);
+        return kv_fail(err, KV_ENOMEM, "KV cache: cannot allocate %zu bytes", bytes);
+    }
+    c->bytes = bytes;
+    return 0;
+}
+
+void kv_cache_free(kv_cache *c) {
+    free(c->k);
+    free(c->v);
+    *c = (kv_cache){0};
+}
+
+float *kv_cache_k(const kv_cache *c, int layer) {
+    return c->k + (size_t)c->slot_of[layer] * c->slot_stride;
+}
+
+float *kv_cache_v(const kv_cache *c, int layer) {
+    return c->v + (size_t)c->slot_of[layer] * c->slot_stride;
+}
+
+void kv_cache_zero(kv_cache *c, int layer, int pos0, int n) {
+    const size_t row = (size_t)c->n_kv_heads * c->head_dim;
+    memset(kv_cache_k(c, layer) + (size_t)pos0 * row, 0, sizeof(float) * row * (size_t)n);
+    memset(kv_cache_v(c, layer) + (size_t)pos0 * row, 0, sizeof(float) * row * (size_t)n);
+}
