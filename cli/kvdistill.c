@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "formats/fileio.h"
@@ -234,40 +235,73 @@ static void extra_positionals_are_data(cli_args *a, int expected) {
 
 /* ---- train ---- */
 
+/* Training progress on stderr: a redrawn bar on a terminal; otherwise a plain line at every
+ * tenth of the run and at the last step. Both show step, tokens/s, loss, lr and ETA. */
 typedef struct {
-    cli_progress bar, eval;
-    int quiet, bar_on, eval_on;
+    cli_progress eval;
+    int quiet, tty, eval_on, bar_on, last_decile;
+    double last_draw;
     distill_phase phase;
 } train_ui;
+
+static void fmt_eta(char *out, size_t cap, double s) {
+    if (!(s >= 0) || s > 1e8) snprintf(out, cap, "?");
+    else if (s < 90) snprintf(out, cap, "%.0fs", s);
+    else if (s < 5400) snprintf(out, cap, "%.0fm%02.0fs", floor(s / 60), fmod(s, 60));
+    else snprintf(out, cap, "%.0fh%02.0fm", floor(s / 3600), fmod(floor(s / 60), 60));
+}
+
+static void train_line(train_ui *ui, const distill_progress *p) {
+    const double frac = p->total_steps ? (double)p->step / (double)p->total_steps : 1;
+    const int done = p->step >= p->total_steps;
+    char eta[32];
+    const long left_tokens = p->step < p->total_steps && p->step > 0
+                                 ? (long)((double)p->tokens / (double)p->step *
+                                          (double)(p->total_steps - p->step))
+                                 : 0;
+    fmt_eta(eta, sizeof eta, p->tokens_per_s > 0 ? (double)left_tokens / p->tokens_per_s : -1);
+    if (done) snprintf(eta, sizeof eta, "0s");
+    if (ui->tty) {
+        const double now = cli_now();
+        if (!done && now - ui->last_draw < 0.1) return;
+        ui->last_draw = now;
+        char bar[26];
+        const int fill = (int)(frac * 25);
+        for (int i = 0; i < 25; i++) bar[i] = i < fill ? '#' : '.';
+        bar[25] = 0;
+        fprintf(stderr, "\rtrain [%s] step %ld/%ld %.0f tok/s loss %.4f lr %.3g ETA %s\033[K", bar,
+                p->step, p->total_steps, p->tokens_per_s, p->loss, p->lr, eta);
+        ui->bar_on = 1;
+        fflush(stderr);
+        return;
+    }
+    const int decile = (int)(frac * 10);
+    if (p->step == 0 || (decile == ui->last_decile && !done)) return;
+    ui->last_decile = decile;
+    fprintf(stderr, "%s: step %ld/%ld (%3.0f%%) %.0f tok/s loss %.4f lr %.3g ETA %s\n", TOOL,
+            p->step, p->total_steps, 100 * frac, p->tokens_per_s, p->loss, p->lr, eta);
+}
 
 static void on_progress(void *ctx, const distill_progress *p) {
     train_ui *ui = ctx;
     if (ui->quiet) return;
     if (p->phase != DISTILL_TRAIN && ui->bar_on) {
-        cli_progress_finish(&ui->bar);
+        fputc('\n', stderr);
         ui->bar_on = 0;
     }
     if (p->phase == DISTILL_EVAL_BEFORE || p->phase == DISTILL_EVAL_AFTER) {
         const char *label = p->phase == DISTILL_EVAL_BEFORE ? "eval (before)" : "eval (after)";
         if (!ui->eval_on || ui->phase != p->phase) {
-            if (ui->eval_on) cli_progress_finish(&ui->eval);
             cli_progress_start(&ui->eval, label, (uint64_t)p->eval_total, 0);
             ui->eval_on = 1;
         }
-        cli_progress_update(&ui->eval, (uint64_t)p->eval_done, "sequences");
+        cli_progress_update(&ui->eval, (uint64_t)p->eval_done, "held-out sequences");
         if (p->eval_done >= p->eval_total) {
             cli_progress_finish(&ui->eval);
             ui->eval_on = 0;
         }
     } else if (p->phase == DISTILL_TRAIN) {
-        if (!ui->bar_on) {
-            cli_progress_start(&ui->bar, "train", (uint64_t)p->total_steps, 0);
-            ui->bar_on = 1;
-        }
-        char extra[160];
-        snprintf(extra, sizeof extra, "step %ld/%ld %.0f tok/s loss %.4f lr %.3g", p->step,
-                 p->total_steps, p->tokens_per_s, p->loss, p->lr);
-        cli_progress_update(&ui->bar, (uint64_t)p->step, extra);
+        train_line(ui, p);
     } else if (p->phase == DISTILL_SAVE) {
         fprintf(stderr, "%s: writing the model\n", TOOL);
     }
@@ -288,11 +322,11 @@ static int cmd_train(cli_args *a) {
     a->d.n_data = a->n_data;
     a->d.eval_data = a->eval_data;
     a->d.n_eval_data = a->n_eval_data;
-    train_ui ui = {.quiet = a->quiet};
+    train_ui ui = {.quiet = a->quiet, .tty = isatty(STDERR_FILENO), .last_decile = -1};
     distill_report rep;
     kv_error err = {0};
     int rc = distill_train(&a->d, on_progress, &ui, &rep, &err);
-    if (ui.bar_on) cli_progress_finish(&ui.bar);
+    if (ui.bar_on) fputc('\n', stderr);
     if (rc) return cli_fail(TOOL, &err);
     printf("map %s: %ld steps, %ld tokens in %.1f s (%.0f tokens/s)\n", rep.map_name, rep.steps,
            rep.tokens_trained, rep.seconds, rep.tokens_per_s);

@@ -25,8 +25,13 @@ expect_rc 2 "unknown option" -- "$KD" train --bogus
 expect_rc 2 "student bad map" -- "$KD" student "$M" "$TMP/s" --map pizza-bottom:9
 expect_rc 2 "calibrate bad range" -- "$KD" calibrate "$M" --data "$TMP/data.txt" --swiftkv 4-2
 
-expect_rc 0 "student swiftkv:3" -- "$KD" student "$M" "$TMP/skv" --map swiftkv:3 --quiet
-expect_rc 0 "student lasagna-bottom:3" -- "$KD" student "$M" "$TMP/cla" --map lasagna-bottom:3 --quiet
+# students from kvconvert (either family); kvdistill's own zero-shot writer works too
+expect_rc 0 "kvconvert swiftkv:3" -- "$BIN/kvconvert" "$M" "$TMP/skv" --swiftkv 3 --quiet
+expect_rc 0 "kvconvert lasagna-bottom:3" -- "$BIN/kvconvert" "$M" "$TMP/cla" --map lasagna-bottom:3 --quiet
+expect_rc 0 "student pizza-top:3" -- "$KD" student "$M" "$TMP/ptop" --map pizza-top:3 --quiet
+expect_grep '"layer_types":	"0_1_4_4_4"' "$TMP/ptop/config.json" "student config has the map"
+expect_rc 0 "kvdistill student trains" -- "$KD" train "$M" "$TMP/ptop" "$TMP/ptop_out" --data "$TMP/data.txt" \
+    --steps 2 --seq-len 32 --batch 2 --passes 3 --eval-seqs 2 --quiet --threads 1
 expect_rc 1 "identity student refused" -- "$KD" train "$M" "$M" "$TMP/x" --data "$TMP/data.txt" --steps 2 --seq-len 32
 expect_rc 1 "missing data file" -- "$KD" train "$M" "$TMP/skv" "$TMP/x" --data "$TMP/nope.txt" --steps 2
 
@@ -34,7 +39,7 @@ expect_rc 1 "missing data file" -- "$KD" train "$M" "$TMP/skv" "$TMP/x" --data "
 expect_rc 0 "train swiftkv" -- "$KD" train "$M" "$TMP/skv" "$TMP/out1" --data "$TMP/data.txt" \
     --steps 6 --seq-len 32 --batch 2 --lr 3e-3 --eval-seqs 4 --threads 1
 expect_grep "held-out perplexity" "$TMP/out" "summary on stdout"
-expect_grep "^train: .*step 6/6.*tok/s.*loss.*lr" "$TMP/err" "plain progress lines on a non-terminal"
+expect_grep "^kvdistill: step 6/6 (100%) .* tok/s loss .* lr .* ETA" "$TMP/err" "plain progress lines on a non-terminal"
 for k in teacher_ppl student_before_ppl student_after_ppl kl_before kl_after tokens_trained seconds; do
     expect_grep "\"$k\":" "$TMP/out1/report.json" "report.json key $k"
 done
@@ -44,7 +49,8 @@ for f in config.json model.safetensors tokenizer.json checkpoint/state.safetenso
     [ -s "$TMP/out1/$f" ] && ok || bad "output has $f"
 done
 expect_rc 1 "non-empty OUT_DIR refused" -- "$KD" train "$M" "$TMP/skv" "$TMP/out1" --data "$TMP/data.txt" --steps 6 --seq-len 32
-# the output is a student again (a second distillation starts from it)
+# the output is a model kvrun runs, and a student again (a second distillation starts from it)
+expect_rc 0 "kvrun runs the output" -- "$BIN/kvrun" "$TMP/out1" --prompt "Once upon a time" --max-tokens 8
 expect_rc 0 "output trains again" -- "$KD" train "$M" "$TMP/out1" "$TMP/out1b" --data "$TMP/data.txt" \
     --steps 1 --seq-len 32 --batch 2 --eval-seqs 2 --quiet --threads 1
 

@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "transform/train_config.h"
 
 /* is teacher tensor `name` dropped by the transform? (k/v of non-KV layers; SwiftKV: q/k/v of
  * layers >= l) */
@@ -163,7 +162,8 @@ int distill_student_init(kvt_model *s, const kvt_model *t, const kv_map *map,
     }
     param_list l = {0};
     if ((rc = kvt_model_dims(s, err))) goto fail;
-    if (t->config_json && (rc = kvt_config_student_json(t->config_json, map, &s->config_json, err)))
+    if (t->config_json && (rc = hf_config_write_json(&s->cfg, t->config_json, "student config.json",
+                                                     &s->config_json, err)))
         goto fail;
     if (t->dir && !(s->dir = strdup(t->dir))) {
         rc = kv_fail(err, KV_ENOMEM, "student: out of memory");

@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include "formats/fileio.h"
-#include "transform/train_config.h"
 
 static int cmp_param(const void *a, const void *b) {
     return strcmp(((const kvt_param *)a)->name, ((const kvt_param *)b)->name);
@@ -174,8 +173,8 @@ int kvt_model_load(kvt_model *m, const char *dir, kv_error *err) {
     size_t len = 0;
     int rc = path_in(path, sizeof path, dir, "config.json", err);
     if (rc) return rc;
-    if ((rc = kv_read_file(path, &m->config_json, &len, 16u << 20, err)) ||
-        (rc = kvt_config_parse(&m->cfg, m->config_json, path, err)) ||
+    if ((rc = kv_read_file(path, &m->config_json, &len, HF_MAX_CONFIG_BYTES, err)) ||
+        (rc = hf_config_parse(&m->cfg, m->config_json, path, err)) ||
         (rc = kvmap_from_config(&m->map, &m->cfg, err)) || (rc = kvt_model_dims(m, err)))
         goto fail;
     if (!(m->dir = strdup(dir)) || !(m->ckpt = calloc(1, sizeof *m->ckpt))) {
