@@ -256,6 +256,7 @@ int main(void) {
 
     /* an identity "student" has nothing to train */
     base_opts(&o, "st_skv", "d", data);
+    free((char *)o.student_dir);
     o.student_dir = strdup(MODEL);
     rc = distill_train(&o, NULL, NULL, &rep, &err);
     CHECK(rc != 0 && strstr(err.msg, "identity"), "identity student refused: %s", err.msg);

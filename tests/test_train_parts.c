@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "formats/safetensors.h"
 #include "tests/check.h"
@@ -107,6 +108,31 @@ static void test_data(void) {
         free(buf);
         distill_tokens_free(&v);
         st_close(&g);
+    }
+    /* pre-tokenised .bin: little-endian uint16 ids for a 512-id vocabulary; ids checked */
+    {
+        const unsigned char bin[] = {1, 0, 0x93, 1, 0xff, 1, 2, 0};
+        const unsigned char bad[] = {1, 0, 0, 2};
+        char p1[] = "/tmp/kvtbinXXXXXX.bin", p2[] = "/tmp/kvtbadXXXXXX.bin";
+        int f1 = mkstemps(p1, 4), f2 = mkstemps(p2, 4);
+        CHECK(f1 >= 0 && f2 >= 0, "temp files");
+        if (f1 >= 0 && f2 >= 0) {
+            CHECK(write(f1, bin, sizeof bin) == sizeof bin && write(f2, bad, sizeof bad) == sizeof bad,
+                  "write");
+            close(f1), close(f2);
+            distill_tokens b = {0};
+            CHECK(distill_tokens_load(&b, p1, NULL, 512, &err) == 0 && b.n == 4 && b.ids[0] == 1 &&
+                      b.ids[1] == 0x193 && b.ids[2] == 0x1ff && b.ids[3] == 2,
+                  ".bin ids: %s", err.msg);
+            CHECK(distill_tokens_load(&b, p2, NULL, 512, &err) != 0 && strstr(err.msg, "512"),
+                  "id 512 refused: %s", err.msg);
+            CHECK(distill_tokens_load(&b, p1, NULL, 300, &err) != 0, "id 511 >= vocab 300 refused");
+            CHECK(distill_tokens_load(&b, p1, NULL, 70000, &err) != 0 &&
+                      strstr(err.msg, "26411009"),
+                  "vocab > 65536: read as uint32 (first id 0x01930001): %s", err.msg);
+            distill_tokens_free(&b);
+            unlink(p1), unlink(p2);
+        }
     }
     /* packing and the held-out split */
     distill_tokens s = {0};

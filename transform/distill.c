@@ -82,6 +82,26 @@ int distill_evaluate(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_
     return 0;
 }
 
+/* a named configuration equal to the map ("pizza-bottom:3"), else the map's own name */
+static void map_display_name(const kv_map *m, char *out, size_t cap) {
+    snprintf(out, cap, "%s", m->name);
+    if (m->kind != KVMAP_CROSS) return;
+    static const char *const cfgs[] = {"pizza", "sandwich", "lasagna"};
+    static const char *const tgts[] = {"bottom", "top", "middle"};
+    const int l = kvmap_n_slots(m);
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) {
+            char spec[64];
+            kv_map c;
+            snprintf(spec, sizeof spec, "%s-%s:%d", cfgs[i], tgts[j], l);
+            if (!kvmap_parse(&c, spec, m->n_layers, NULL) &&
+                !memcmp(c.kv_layer_of, m->kv_layer_of, sizeof(int) * (size_t)m->n_layers)) {
+                snprintf(out, cap, "%s", spec);
+                return;
+            }
+        }
+}
+
 /* ---- the state of a run ---- */
 
 typedef struct {
@@ -358,6 +378,10 @@ static int write_report(const run_state *r, const distill_report *rep, kv_error 
     cJSON_AddStringToObject(j, "teacher", r->o->teacher_dir);
     cJSON_AddStringToObject(j, "student", r->o->student_dir);
     cJSON_AddStringToObject(j, "map", rep->map_name);
+    if (r->student.map.kind == KVMAP_CROSS)
+        cJSON_AddStringToObject(j, "layer_types", rep->layer_types);
+    cJSON_AddNumberToObject(j, "kv_slots", kvmap_n_slots(&r->student.map));
+    cJSON_AddNumberToObject(j, "layers", r->student.L);
     cJSON_AddNumberToObject(j, "teacher_ppl", rep->teacher_ppl);
     cJSON_AddNumberToObject(j, "student_before_ppl", rep->student_before_ppl);
     cJSON_AddNumberToObject(j, "student_after_ppl", rep->student_after_ppl);
@@ -497,7 +521,8 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
         (rc = kvt_run_init(&r.rt, &r.teacher, o->batch, o->seq_len, 1, 0, err)))
         goto out;
     compute_fingerprint(&r);
-    snprintf(rep->map_name, sizeof rep->map_name, "%s", r.student.map.name);
+    map_display_name(&r.student.map, rep->map_name, sizeof rep->map_name);
+    kvmap_layer_types(&r.student.map, rep->layer_types, sizeof rep->layer_types);
     for (int i = 0; i < r.n_train; i++) rep->trainable_params += (long)r.n[i];
     rep->train_tokens_available = r.train.n * r.train.T;
 

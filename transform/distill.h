@@ -67,7 +67,8 @@ typedef struct {
     long tokens_trained, steps, resumed_from_step, eval_tokens, trainable_params;
     long train_tokens_available;
     double seconds, train_seconds, tokens_per_s;
-    char map_name[96];
+    char map_name[96];             /* "pizza-bottom:3" when the map is a named configuration */
+    char layer_types[HF_MAX_LAYERS * 6];
 } distill_report;
 
 /* the whole run; progress may be NULL. rep is also written as OUT_DIR/report.json. */
