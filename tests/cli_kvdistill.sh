@@ -64,7 +64,7 @@ run_cross "$TMP/full" >/dev/null 2>&1 && ok || bad "uninterrupted run"
 run_cross "$TMP/killed" >/dev/null 2>&1 &
 pid=$!
 i=0
-while [ ! -f "$TMP/killed/checkpoint/state.safetensors" ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i + 1)); done
+while [ ! -f "$TMP/killed/checkpoint/state.safetensors" ] && [ $i -lt 20000 ]; do sleep 0.01; i=$((i + 1)); done
 kill -9 $pid 2>/dev/null
 wait $pid 2>/dev/null
 if [ -f "$TMP/killed/model.safetensors" ]; then
