@@ -2,6 +2,7 @@
 # bundles through the tools: convert --bundle, kvverify bundle, kvrun on the bundle (same logits
 # as the directory), unbundle byte-identical, a flipped byte reported
 . tests/lib.sh
+require_shared cli_bundle
 S=$SHARED/models/stories260K
 expect_rc 0 "convert + bundle" -- "$BIN/kvconvert" "$S" "$TMP/m" --map sandwich-top:3 --bundle "$TMP/m.kvb" -q
 expect_rc 0 "verify" -- "$BIN/kvverify" bundle "$TMP/m.kvb" --json

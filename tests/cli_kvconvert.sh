@@ -2,6 +2,7 @@
 # kvconvert CLI: usage and exit codes, --plan, info, conversion on stories260K: determinism,
 # source untouched, non-empty destination refused, --json outputs that parse
 . tests/lib.sh
+require_shared cli_kvconvert
 C="$BIN/kvconvert"
 S=$SHARED/models/stories260K
 json_ok() { # FILE DESC: the file is one JSON document (python3 when present, else a shape check)
