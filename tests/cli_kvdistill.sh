@@ -3,6 +3,7 @@
 # log, model directory, plain progress lines when stderr is not a terminal), SIGKILL + --resume
 # giving the same weights as an uninterrupted run, calibrate --json and --svg.
 . tests/lib.sh
+require_shared cli_kvdistill
 KD="$BIN/kvdistill"
 M=$SHARED/models/stories260K
 head -c 30000 "$SHARED/data/tinystories_val.txt" >"$TMP/data.txt"
@@ -64,7 +65,7 @@ run_cross "$TMP/full" >/dev/null 2>&1 && ok || bad "uninterrupted run"
 run_cross "$TMP/killed" >/dev/null 2>&1 &
 pid=$!
 i=0
-while [ ! -f "$TMP/killed/checkpoint/state.safetensors" ] && [ $i -lt 20000 ]; do sleep 0.01; i=$((i + 1)); done
+while [ ! -f "$TMP/killed/checkpoint/state.safetensors" ] && [ $i -lt 20000 ] && kill -0 $pid 2>/dev/null; do sleep 0.01; i=$((i + 1)); done
 kill -9 $pid 2>/dev/null
 wait $pid 2>/dev/null
 if [ -f "$TMP/killed/model.safetensors" ]; then
