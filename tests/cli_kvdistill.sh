@@ -62,7 +62,9 @@ run_cross() { # OUT_DIR [extra...]
         --lr 3e-3 --save-every 10 --eval-seqs 2 --seed 5 --quiet --threads 1 "$@"
 }
 run_cross "$TMP/full" >/dev/null 2>&1 && ok || bad "uninterrupted run"
-run_cross "$TMP/killed" >/dev/null 2>&1 &
+# exec: $! must be kvdistill itself, not a subshell around it, or SIGKILL misses it
+(exec "$KD" train "$M" "$TMP/cla" "$TMP/killed" --data "$TMP/data.txt" --steps 150 --seq-len 32 --batch 2 \
+    --lr 3e-3 --save-every 10 --eval-seqs 2 --seed 5 --quiet --threads 1) >/dev/null 2>&1 &
 pid=$!
 i=0
 while [ ! -f "$TMP/killed/checkpoint/state.safetensors" ] && [ $i -lt 20000 ] && kill -0 $pid 2>/dev/null; do sleep 0.01; i=$((i + 1)); done
