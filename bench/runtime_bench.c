@@ -10,6 +10,7 @@
  *  - KV-cache bytes of every model against METHODS.md's formula (must be equal).
  * Usage: runtime_bench [--threads N] [--repeat N] [--keep DIR (reuse/keep the 110M model)]
  *                      [--copy-weights (F32 weights copied into the arena, not mapped)] */
+#include <cblas.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -357,6 +358,8 @@ int main(int argc, char **argv) {
     const double bw1 = read_bandwidth(buf, n, 1), bwn = read_bandwidth(buf, n, threads);
     free(buf);
     const double bw = bw1 > bwn ? bw1 : bwn;
+    printf("OpenBLAS core: %s (OPENBLAS_CORETYPE %s)\n", openblas_get_corename(),
+           getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "unset");
     printf("read loop over 1 GiB: %.2f GB/s with 1 thread, %.2f GB/s with %d threads (baseline "
            "%.2f)\n", bw1, bwn, threads, bw);
 

@@ -7,6 +7,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <cblas.h>
+
 #include "cli/cli.h"
 #include "formats/fileio.h"
 #include "formats/safetensors.h"
@@ -298,16 +300,17 @@ static int run_bench(const run_args *a) {
     const double prefill_tps = P / best_prefill, decode_tps = G / best_decode;
     const size_t per_token = s.cache.bytes / (size_t)s.max_seq;
     if (a->json)
-        printf("{\"model\": \"%s\", \"kv_map\": \"%s\", \"threads\": %d, \"prompt_tokens\": %d, "
+        printf("{\"model\": \"%s\", \"kv_map\": \"%s\", \"threads\": %d, \"blas_core\": \"%s\", "
+               "\"prompt_tokens\": %d, "
                "\"decode_tokens\": %d, \"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": "
                "%.2f, \"kv_cache_bytes\": %zu, \"kv_cache_bytes_per_token\": %zu, "
                "\"weight_bytes_per_token\": %zu, \"decode_weight_gb_per_s\": %.3f}\n",
-               a->model_dir, m.map.name, kv_kernels_threads(), P, G, prefill_tps, decode_tps,
-               s.cache.bytes, per_token, m.step_bytes, m.step_bytes * decode_tps / 1e9);
+               a->model_dir, m.map.name, kv_kernels_threads(), openblas_get_corename(), P, G, prefill_tps,
+               decode_tps, s.cache.bytes, per_token, m.step_bytes, m.step_bytes * decode_tps / 1e9);
     else
-        printf("%s (%s, %d threads): prefill %d tokens %.1f tok/s; decode %d tokens %.1f tok/s "
+        printf("%s (%s, %d threads, OpenBLAS %s): prefill %d tokens %.1f tok/s; decode %d tokens %.1f tok/s "
                "(%.2f GB/s of weights); KV cache %zu bytes (%zu per token)\n",
-               a->model_dir, m.map.name, kv_kernels_threads(), P, prefill_tps, G, decode_tps,
+               a->model_dir, m.map.name, kv_kernels_threads(), openblas_get_corename(), P, prefill_tps, G, decode_tps,
                m.step_bytes * decode_tps / 1e9, s.cache.bytes, per_token);
     status = 0;
 fail:
