@@ -21,6 +21,9 @@ void kv_sha256_update(kv_sha256_ctx *c, const void *data, size_t n);
 void kv_sha256_final(kv_sha256_ctx *c, uint8_t out[32]); /* c must be re-initialised after */
 
 void kv_sha256(const void *data, size_t n, uint8_t out[32]);
+/* digests of two independent messages, as two kv_sha256 calls would give; with the SHA
+ * extensions their rounds are interleaved, nearly doubling the throughput of one core */
+void kv_sha256_x2(const void *a, size_t na, uint8_t out_a[32], const void *b, size_t nb, uint8_t out_b[32]);
 void kv_sha256_hex(const uint8_t d[32], char out[65]);   /* lower-case, NUL-terminated */
 /* 64 hex digits (either case) -> 32 bytes; 0 or -1 if malformed */
 int kv_sha256_parse_hex(const char *hex, uint8_t out[32]);
