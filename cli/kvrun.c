@@ -19,6 +19,8 @@
 
 static const char *TOOL = "kvrun";
 
+#define SMALL_MODEL_BYTES ((size_t)16 << 20) /* default to one thread below this (weights/token) */
+
 static void usage(void) {
     printf("Usage: kvrun [OPTIONS] MODEL\n"
            "Run a Llama model on the CPU. MODEL is a HuggingFace directory (config.json,\n"
@@ -50,7 +52,8 @@ static void usage(void) {
            "  --text TEXT            input text (BOS prepended)\n"
            "  --tokens IDS           input ids, comma-separated, used as given\n"
            "Common:\n"
-           "  --threads N            worker threads (default: all online CPUs)\n"
+           "  --threads N            worker threads (default: all online CPUs; 1 for models\n"
+           "                         under 16 MB of weights)\n"
            "  --prefill MODE         sequential | iterative[:N], for maps with upward layers\n"
            "                         (default iterative:9)\n"
            "  --batch N              tokens per forward pass (default 512)\n"
@@ -93,7 +96,9 @@ static int load_tokenizer(const char *dir, const kv_model *m, kv_tokenizer **tk,
 static int open_model(const run_args *a, kv_model *m, kv_error *err) {
     int rc = kv_model_load(m, a->model_dir, NULL, err);
     if (rc) return rc;
+    /* a model whose weights fit in cache runs faster on one thread than waking others */
     if (a->threads > 0) kv_kernels_set_threads((int)a->threads);
+    else if (m->step_bytes < SMALL_MODEL_BYTES) kv_kernels_set_threads(1);
     return 0;
 }
 
