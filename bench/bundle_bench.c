@@ -81,7 +81,7 @@ static int gauss_block(void *ctx, int i, int worker, kv_error *err) {
 static void gaussian_bf16(uint16_t *out, size_t n, uint64_t seed, int threads) {
     gauss_job j = {out, n, seed};
     int blocks = (int)((n + GAUSS_BLOCK - 1) / GAUSS_BLOCK);
-    kv_parallel_for(blocks, kv_resolve_threads(threads, blocks), gauss_block, &j, NULL, NULL);
+    kv_pool_run(blocks, kv_resolve_threads(threads, blocks), gauss_block, &j, NULL, NULL);
 }
 
 /* a Llama-shaped BF16 model of about target_bytes: H=2048, FFN=5632, vocab 32000 (or a

@@ -32,8 +32,10 @@ if have kvdistill; then
 fi
 
 if "$BIN/kvconvert" --help | grep -q "bundle"; then
-    step "6. bundle it (zstd chunks in a pax tar) and verify every checksum"
-    "$BIN/kvconvert" bundle "$OUT/swiftkv" "$OUT/swiftkv.kvb"
+    MODEL_DIR="$OUT/swiftkv"
+    [ -f "$OUT/swiftkv-distilled/model.safetensors" ] && MODEL_DIR="$OUT/swiftkv-distilled"
+    step "6. bundle $MODEL_DIR (zstd chunks in a pax tar) and verify every checksum"
+    "$BIN/kvconvert" bundle "$MODEL_DIR" "$OUT/swiftkv.kvb"
     ls -l "$OUT/swiftkv.kvb"
     "$BIN/kvverify" bundle "$OUT/swiftkv.kvb"
 fi
@@ -41,7 +43,7 @@ fi
 if have kvrun; then
     step "7. run the bundle (random weights: the text is noise, the machinery is real)"
     MODEL="$OUT/swiftkv"
-    [ -f "$OUT/swiftkv.kvb" ] && "$BIN/kvrun" "$OUT/swiftkv.kvb" --help >/dev/null 2>&1 && MODEL="$OUT/swiftkv.kvb"
+    [ -f "$OUT/swiftkv.kvb" ] && MODEL="$OUT/swiftkv.kvb"
     "$BIN/kvrun" "$MODEL" --prompt "Once upon a time" --max-tokens 24 --seed 1
     echo
     "$BIN/kvrun" "$MODEL" --bench --prompt-len 64 --max-tokens 16 --json || true

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "formats/bundle.h"
 #include "formats/fileio.h"
 #include "formats/hfconfig.h"
 #include "formats/safetensors.h"
@@ -17,6 +18,8 @@ static void usage(void) {
     printf("Usage: kvconvert SRC_DIR DST_DIR (--map SPEC | --swiftkv L[,G]) [OPTIONS]\n"
            "       kvconvert plan SRC_DIR (--map SPEC | --swiftkv L[,G])   (also: --plan SRC_DIR)\n"
            "       kvconvert info DIR                                      (also: --info DIR)\n"
+           "       kvconvert bundle MODEL_DIR OUT.kvb                      pack a deployable bundle\n"
+           "       kvconvert unbundle IN.kvb DIR                           back to an HF directory\n"
            "Rewrite an HF Llama checkpoint for cross-layer KV sharing or SwiftKV.\n\n"
            "Maps (--map):\n"
            "  pizza|sandwich|lasagna-bottom|top|middle:L   e.g. sandwich-middle:3, pizza-top:6\n"
@@ -31,6 +34,8 @@ static void usage(void) {
            "  --dtype f32|f16|bf16      output dtype (default: as the source)\n"
            "  --shard-size SIZE         shard the output (e.g. 2G)\n"
            "  --force                   replace the model files of a non-empty DST_DIR\n"
+           "  --bundle OUT.kvb          also pack the converted model into a bundle\n"
+           "  --level N                 bundle: zstd level (default: the codec's profile)\n"
            "  --json                    machine-readable summary on stdout\n"
            "  -q, --quiet               no progress on stderr\n"
            "  -h, --help                this help\n"
@@ -38,7 +43,8 @@ static void usage(void) {
 }
 
 typedef struct {
-    int json, quiet, have_map;
+    int json, quiet, have_map, level;
+    const char *bundle_out;
     const char *map_spec, *swiftkv_spec;
     kv_convert_opts conv;
 } cli_opts;
@@ -52,6 +58,8 @@ static int parse_map(const cli_opts *o, const char *src, kv_map *m, kv_error *er
     if (o->swiftkv_spec) return kvmap_parse_swiftkv(m, o->swiftkv_spec, cfg.n_layers, err);
     return kvmap_parse(m, o->map_spec, cfg.n_layers, err);
 }
+
+static int cmd_bundle(const cli_opts *o, const char *dir, const char *out);
 
 static void print_report_json(const char *cmd, const kv_convert_opts *c, const kv_convert_report *r, const char *dst) {
     char layer_types[HF_MAX_LAYERS * 5 + 1];
@@ -110,6 +118,31 @@ static int cmd_convert(cli_opts *o, const char *src, const char *dst) {
     if (rc) return cli_fail(TOOL, &err);
     if (o->json) print_report_json("convert", &o->conv, &rep, dst);
     else { printf("wrote %s (map %s)\n", dst, o->conv.map.name); print_report_text(&rep); }
+    return o->bundle_out ? cmd_bundle(o, dst, o->bundle_out) : 0;
+}
+
+static int cmd_bundle(const cli_opts *o, const char *dir, const char *out) {
+    kv_error err = {0};
+    kv_bundle_opts bo = {.level = o->level};
+    if (kv_bundle_write(dir, out, &bo, &err)) return cli_fail(TOOL, &err);
+    kv_bundle_report rep;
+    if (kv_bundle_verify(out, &rep, &err)) return cli_fail(TOOL, &err);
+    if (o->json)
+        printf("{\"command\":\"bundle\",\"output\":\"%s\",\"tensors\":%d,\"chunks\":%d,\"raw_bytes\":%llu,\"bundle_bytes\":%llu,\"ratio\":%.4f}\n",
+               out, rep.n_tensors, rep.n_chunks, (unsigned long long)rep.raw_bytes, (unsigned long long)rep.file_bytes,
+               rep.raw_bytes ? (double)rep.file_bytes / (double)rep.raw_bytes : 0.0);
+    else
+        printf("bundled %s -> %s: %d tensors, %llu -> %llu bytes (%.1f%%), verified\n", dir, out, rep.n_tensors,
+               (unsigned long long)rep.raw_bytes, (unsigned long long)rep.file_bytes,
+               rep.raw_bytes ? 100.0 * (double)rep.file_bytes / (double)rep.raw_bytes : 0.0);
+    return 0;
+}
+
+static int cmd_unbundle(const cli_opts *o, const char *in, const char *dir) {
+    kv_error err = {0};
+    if (kv_bundle_unbundle(in, dir, &err)) return cli_fail(TOOL, &err);
+    if (o->json) printf("{\"command\":\"unbundle\",\"input\":\"%s\",\"output\":\"%s\"}\n", in, dir);
+    else printf("unbundled %s -> %s\n", in, dir);
     return 0;
 }
 
@@ -159,12 +192,12 @@ static int cmd_info(const cli_opts *o, const char *dir) {
 }
 
 int main(int argc, char **argv) {
-    enum { O_MAP = 256, O_SWIFT, O_INIT, O_LAYOUT, O_DTYPE, O_SHARD, O_FORCE, O_JSON, O_PLAN, O_INFO, O_VERSION };
+    enum { O_MAP = 256, O_SWIFT, O_INIT, O_LAYOUT, O_DTYPE, O_SHARD, O_FORCE, O_JSON, O_PLAN, O_INFO, O_VERSION, O_BUNDLE, O_LEVEL };
     static const struct option opts[] = {
         {"map", 1, 0, O_MAP}, {"swiftkv", 1, 0, O_SWIFT}, {"kv-init", 1, 0, O_INIT}, {"layout", 1, 0, O_LAYOUT},
         {"dtype", 1, 0, O_DTYPE}, {"shard-size", 1, 0, O_SHARD}, {"force", 0, 0, O_FORCE}, {"json", 0, 0, O_JSON},
         {"plan", 1, 0, O_PLAN}, {"info", 1, 0, O_INFO}, {"quiet", 0, 0, 'q'}, {"help", 0, 0, 'h'},
-        {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
+        {"version", 0, 0, O_VERSION}, {"bundle", 1, 0, O_BUNDLE}, {"level", 1, 0, O_LEVEL}, {0, 0, 0, 0}};
     cli_opts o = {0};
     o.conv.out_dtype = -1;
     const char *plan_dir = NULL, *info_dir = NULL;
@@ -177,6 +210,13 @@ int main(int argc, char **argv) {
         case O_JSON: o.json = 1; break;
         case O_FORCE: o.conv.force = 1; break;
         case O_PLAN: plan_dir = optarg; break;
+        case O_BUNDLE: o.bundle_out = optarg; break;
+        case O_LEVEL: {
+            long level;
+            if (cli_parse_int(optarg, 1, 22, &level)) return cli_usage_error(TOOL, "--level must be 1..22");
+            o.level = (int)level;
+            break;
+        }
         case O_INFO: info_dir = optarg; break;
         case O_MAP: o.map_spec = optarg; o.have_map++; break;
         case O_SWIFT: o.swiftkv_spec = optarg; o.have_map++; break;
@@ -212,6 +252,8 @@ int main(int argc, char **argv) {
     if (plan_dir) return n ? cli_usage_error(TOOL, "--plan takes one SRC_DIR") : cmd_plan(&o, plan_dir);
     if (n >= 1 && strcmp(args[0], "info") == 0) return n == 2 ? cmd_info(&o, args[1]) : cli_usage_error(TOOL, "info takes one DIR");
     if (n >= 1 && strcmp(args[0], "plan") == 0) return n == 2 ? cmd_plan(&o, args[1]) : cli_usage_error(TOOL, "plan takes one SRC_DIR");
+    if (n >= 1 && strcmp(args[0], "bundle") == 0) return n == 3 ? cmd_bundle(&o, args[1], args[2]) : cli_usage_error(TOOL, "bundle takes MODEL_DIR OUT.kvb");
+    if (n >= 1 && strcmp(args[0], "unbundle") == 0) return n == 3 ? cmd_unbundle(&o, args[1], args[2]) : cli_usage_error(TOOL, "unbundle takes IN.kvb DIR");
     if (n != 2) return cli_usage_error(TOOL, "expected SRC_DIR DST_DIR");
     return cmd_convert(&o, args[0], args[1]);
 }

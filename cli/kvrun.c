@@ -10,6 +10,7 @@
 #include <cblas.h>
 
 #include "cli/cli.h"
+#include "runtime/model_source.h"
 #include "formats/fileio.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
@@ -24,8 +25,8 @@ static const char *TOOL = "kvrun";
 static void usage(void) {
     printf("Usage: kvrun [OPTIONS] MODEL\n"
            "Run a Llama model on the CPU. MODEL is a HuggingFace directory (config.json,\n"
-           "*.safetensors, tokenizer.json): an original model or one converted for cross-layer\n"
-           "KV sharing or SwiftKV; the KV map in config.json is honoured exactly.\n\n"
+           "*.safetensors, tokenizer.json) or a kvforge bundle (.kvb): an original model or one\n"
+           "converted for cross-layer KV sharing or SwiftKV; the KV map is honoured exactly.\n\n"
            "Modes (exactly one):\n"
            "  --prompt TEXT          generate: print TEXT and its continuation on stdout\n"
            "  --ppl FILE             perplexity of a text file (nats/token, bits/byte)\n"
@@ -76,10 +77,14 @@ typedef struct {
 
 /* ---- shared setup ------------------------------------------------------------------------- */
 
+/* set when MODEL is a bundle: it owns the weights, so it lives until exit */
+static kv_bundle *g_bundle;
+
 static int load_tokenizer(const char *dir, const kv_model *m, kv_tokenizer **tk, kv_error *err) {
-    char path[4096];
-    int rc = kv_join(path, sizeof path, dir, "tokenizer.json", err);
-    if (rc || (rc = kv_tokenizer_load(tk, path, err))) return rc;
+    const char *path = dir;
+    int rc;
+    if (!g_bundle && kv_path_is_bundle(dir) && (rc = kv_bundle_open(&g_bundle, dir, err))) return rc;
+    if ((rc = kv_tokenizer_open_path(tk, g_bundle, dir, err))) return rc;
     if (m && kv_tokenizer_vocab_size(*tk) > m->vocab)
         return kv_fail(err, KV_EFORMAT, "%s: %d tokens but the model's vocab_size is %d", path,
                        kv_tokenizer_vocab_size(*tk), m->vocab);
@@ -94,11 +99,11 @@ static int load_tokenizer(const char *dir, const kv_model *m, kv_tokenizer **tk,
 }
 
 static int open_model(const run_args *a, kv_model *m, kv_error *err) {
-    int rc = kv_model_load(m, a->model_dir, NULL, err);
+    if (a->threads > 0) kv_kernels_set_threads((int)a->threads);
+    int rc = kv_model_open_path(m, &g_bundle, a->model_dir, (int)(a->threads > 0 ? a->threads : 0), err);
     if (rc) return rc;
     /* a model whose weights fit in cache runs faster on one thread than waking others */
-    if (a->threads > 0) kv_kernels_set_threads((int)a->threads);
-    else if (m->step_bytes < SMALL_MODEL_BYTES) kv_kernels_set_threads(1);
+    if (a->threads <= 0 && m->step_bytes < SMALL_MODEL_BYTES) kv_kernels_set_threads(1);
     return 0;
 }
 
@@ -512,12 +517,15 @@ int main(int argc, char **argv) {
     if (a.mode != MODE_LOGITS && (a.logits_text || a.logits_ids))
         return cli_usage_error(TOOL, "--text and --tokens go with --logits-out");
     a.model_dir = argv[optind];
+    int rc;
     switch (a.mode) {
-    case MODE_PROMPT: return run_prompt(&a);
-    case MODE_PPL: return run_ppl(&a);
-    case MODE_BENCH: return run_bench(&a);
-    case MODE_LOGITS: return run_logits(&a);
-    case MODE_TOKENIZE: return run_tokenize(&a);
+    case MODE_PROMPT: rc = run_prompt(&a); break;
+    case MODE_PPL: rc = run_ppl(&a); break;
+    case MODE_BENCH: rc = run_bench(&a); break;
+    case MODE_LOGITS: rc = run_logits(&a); break;
+    case MODE_TOKENIZE: rc = run_tokenize(&a); break;
     default: return EXIT_USAGE;
     }
+    kv_bundle_close(g_bundle); /* after the model that read from it is freed */
+    return rc;
 }

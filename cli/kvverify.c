@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "formats/bundle.h"
 #include "verify/kernel_parity.h"
 #include "verify/logits_parity.h"
 
@@ -17,6 +18,7 @@ static void usage(void) {
            "  kernels                 run every CUDA kernel against its CPU reference\n"
            "      --seed N            random inputs seed (default 1)\n"
            "      --allow-no-device   exit 0 (status no-device) when there is no GPU\n"
+           "  bundle FILE.kvb         structure, manifest and every tensor/file checksum\n"
            "  logits A.st B.st        compare two logits dumps (kvrun --logits-out, goldens)\n"
            "      --atol X            max |a-b| allowed (default 1e-4)\n"
            "      --batch-a N, --batch-b N   row of a [B, T, V] file\n"
@@ -61,6 +63,23 @@ static int cmd_kernels(const verify_opts *o) {
         return 0;
     }
     return cli_fail(TOOL, &err);
+}
+
+static int cmd_bundle(const verify_opts *o, const char *path) {
+    kv_bundle_report r;
+    kv_error err = {0};
+    int rc = kv_bundle_verify(path, &r, &err);
+    if (o->json) {
+        printf("{\"command\":\"bundle\",\"file\":\"%s\",\"ok\":%s", path, rc ? "false" : "true");
+        if (!rc) printf(",\"tensors\":%d,\"chunks\":%d,\"zstd_chunks\":%d,\"files\":%d,\"raw_bytes\":%llu,\"bundle_bytes\":%llu",
+                        r.n_tensors, r.n_chunks, r.n_zstd_chunks, r.n_files, (unsigned long long)r.raw_bytes, (unsigned long long)r.file_bytes);
+        else printf(",\"error\":\"%s\"", kv_code_name(rc));
+        printf("}\n");
+    } else if (!rc) {
+        printf("%s: ok: %d tensors in %d chunks (%d zstd), %d files; %llu raw bytes in %llu\n", path, r.n_tensors, r.n_chunks,
+               r.n_zstd_chunks, r.n_files, (unsigned long long)r.raw_bytes, (unsigned long long)r.file_bytes);
+    }
+    return rc ? cli_fail(TOOL, &err) : 0;
 }
 
 static int cmd_logits(const verify_opts *o, const char *a, const char *b) {
@@ -115,6 +134,10 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "kernels") == 0) {
         if (n_args) return cli_usage_error(TOOL, "kernels takes no arguments");
         return cmd_kernels(&o);
+    }
+    if (strcmp(cmd, "bundle") == 0) {
+        if (n_args != 1) return cli_usage_error(TOOL, "bundle needs one FILE.kvb");
+        return cmd_bundle(&o, args[0]);
     }
     if (strcmp(cmd, "logits") == 0) {
         if (n_args != 2) return cli_usage_error(TOOL, "logits needs two files");

@@ -110,7 +110,7 @@ int kvb_decode_tensors(kv_bundle *b, int t0, int t1, uint8_t *dst, int threads, 
         order[t1 - t0] = -1; /* an odd count leaves the last one alone */
         hash_job j = {.b = b, .order = order, .dst = dst, .base = base};
         int n_pairs = (t1 - t0 + 1) / 2;
-        rc = kv_parallel_for(n_pairs, kv_resolve_threads(threads, n_pairs), hash_tensor_pair, &j, NULL, err);
+        rc = kv_pool_run(n_pairs, kv_resolve_threads(threads, n_pairs), hash_tensor_pair, &j, NULL, err);
     }
     free(chunks);
     free(order);

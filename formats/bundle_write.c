@@ -91,18 +91,6 @@ static int read_model_files(kvb_manifest *m, model_files *f, const char *dir, kv
     return 0;
 }
 
-static int write_all(int fd, const void *bytes, size_t n) {
-    const uint8_t *p = bytes;
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* encodes every tensor into data_fd (tensors.bin) and fills the manifest's tensor table */
 static int encode_tensors(kvb_manifest *m, const st_checkpoint *ck, int data_fd,
                           const kv_bundle_opts *opts, const char *out_path, kv_error *err) {
@@ -130,7 +118,7 @@ static int encode_tensors(kvb_manifest *m, const st_checkpoint *ck, int data_fd,
         kv_encoded e;
         int rc = kv_chunk_encode(s->data, s->n_bytes, s->dtype, &co, &e, err);
         if (rc) return kv_wrap(err, "%s: tensor '%s'", out_path, s->name);
-        if (write_all(data_fd, e.stored, e.stored_size) != 0) {
+        if (kv_write_all(data_fd, e.stored, e.stored_size) != 0) {
             kv_encoded_free(&e);
             return kv_fail(err, KV_EIO, "%s: cannot write tensor data to a temporary file: %s", out_path, strerror(errno));
         }

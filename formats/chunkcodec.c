@@ -222,7 +222,7 @@ int kv_resolve_threads(int threads, int n_tasks) {
 
 typedef struct {
     int n;
-    kv_task_fn fn;
+    kv_pool_fn fn;
     void *ctx;
     pthread_mutex_t lock;
     int next;          /* next index to hand out */
@@ -263,7 +263,7 @@ static void *pool_run(void *arg) {
     return NULL;
 }
 
-int kv_parallel_for(int n, int threads, kv_task_fn fn, void *ctx, int *failed, kv_error *err) {
+int kv_pool_run(int n, int threads, kv_pool_fn fn, void *ctx, int *failed, kv_error *err) {
     if (failed) *failed = -1;
     if (n <= 0) return 0;
     if (threads < 1) threads = 1;
@@ -428,7 +428,7 @@ int kv_chunk_encode(const void *buf, size_t n, kv_dtype dtype, const kv_codec_op
         j.chunks[i].raw_offset = i * cs;
         j.chunks[i].raw_size = n - i * cs < cs ? n - i * cs : cs;
     }
-    rc = kv_parallel_for((int)n_chunks, threads, encode_chunk, &j, NULL, err);
+    rc = kv_pool_run((int)n_chunks, threads, encode_chunk, &j, NULL, err);
     if (rc) goto done;
 
     size_t total = 0;
@@ -574,7 +574,7 @@ int kv_chunk_decode(const kv_chunk *chunks, int n_chunks, const uint8_t *stored,
             goto done;
         }
     }
-    rc = kv_parallel_for(n_chunks, threads, decode_chunk, &j, bad_chunk, err);
+    rc = kv_pool_run(n_chunks, threads, decode_chunk, &j, bad_chunk, err);
 done:
     if (j.dctx)
         for (int t = 0; t < threads; t++) ZSTD_freeDCtx(j.dctx[t]);

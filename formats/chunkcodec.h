@@ -103,8 +103,8 @@ int kv_crc32c_use_hw(int enable);
  * scratch and err is that worker's own. Tasks are handed out in index order and none after
  * the first failure, so the failure reported (its code returned, its message in *err, its
  * index in *failed if non-NULL) is that of the lowest failing index. */
-typedef int (*kv_task_fn)(void *ctx, int i, int worker, kv_error *err);
-int kv_parallel_for(int n, int threads, kv_task_fn fn, void *ctx, int *failed, kv_error *err);
+typedef int (*kv_pool_fn)(void *ctx, int i, int worker, kv_error *err);
+int kv_pool_run(int n, int threads, kv_pool_fn fn, void *ctx, int *failed, kv_error *err);
 /* threads <= 0: online CPUs; never more than n_tasks, never less than 1 */
 int kv_resolve_threads(int threads, int n_tasks);
 

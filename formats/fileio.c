@@ -85,7 +85,7 @@ int kv_commit_tmpfile(int fd, const char *tmp, const char *path, kv_error *err) 
     return 0;
 }
 
-static int write_all(int fd, const void *bytes, size_t n) {
+int kv_write_all(int fd, const void *bytes, size_t n) {
     const char *p = bytes;
     while (n > 0) {
         ssize_t w = write(fd, p, n);
@@ -101,7 +101,7 @@ int kv_write_file_atomic(const char *path, const void *bytes, size_t n, kv_error
     char tmp[4096];
     int fd, rc = kv_tmpfile_beside(path, tmp, sizeof tmp, &fd, err);
     if (rc) return rc;
-    if (write_all(fd, bytes, n) != 0) {
+    if (kv_write_all(fd, bytes, n) != 0) {
         int e = errno;
         close(fd);
         unlink(tmp);
@@ -121,7 +121,7 @@ int kv_copy_file_atomic(const char *src, const char *dst, kv_error *err) {
         ssize_t r = read(in, buf, sizeof buf);
         if (r < 0 && errno == EINTR) continue;
         if (r == 0) break;
-        if (r < 0 || write_all(fd, buf, (size_t)r) != 0) {
+        if (r < 0 || kv_write_all(fd, buf, (size_t)r) != 0) {
             int e = errno;
             close(in);
             close(fd);

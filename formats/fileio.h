@@ -14,6 +14,8 @@ int kv_write_file_atomic(const char *path, const void *bytes, size_t n, kv_error
 int kv_tmpfile_beside(const char *path, char *tmp_out, size_t tmp_cap, int *fd_out, kv_error *err);
 /* fsync fd, close, rename tmp -> path, fsync the folder; on failure unlinks tmp */
 int kv_commit_tmpfile(int fd, const char *tmp, const char *path, kv_error *err);
+/* write(2) until all n bytes are out (EINTR retried); 0 or -1 with errno set */
+int kv_write_all(int fd, const void *bytes, size_t n);
 int kv_copy_file_atomic(const char *src, const char *dst, kv_error *err);
 int kv_mkdir_p(const char *dir, kv_error *err);
 int kv_path_exists(const char *path);

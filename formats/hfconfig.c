@@ -1,7 +1,7 @@
-/* config.json -> hf_config: every field type-checked, sizes range-checked, errors name the field */
 #include "formats/hfconfig.h"
 
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,246 +9,497 @@
 
 #include "formats/fileio.h"
 
-#define MAX_DIM (1 << 24)
+#define ARCH_LLAMA "LlamaForCausalLM"
+#define ARCH_SWIFTKV "LlamaSwiftKVForCausalLM"
+#define TYPE_LLAMA "llama"
+#define TYPE_SWIFTKV "llama_swiftkv"
 
-static const cJSON *field(const cJSON *root, const char *name) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
-    return cJSON_IsNull(v) ? NULL : v;
+/* ---- small JSON accessors: every one names LABEL and the field on failure ---- */
+
+/* NULL when absent or JSON null */
+static const cJSON *field(const cJSON *obj, const char *name) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, name);
+    return (it && !cJSON_IsNull(it)) ? it : NULL;
 }
 
-/* whole number in [lo, hi]; absent -> *out = dflt unless required */
-static int get_int(const cJSON *root, const char *name, int required, long lo, long hi, int dflt, int *out,
-                   const char *label, kv_error *err) {
-    const cJSON *v = field(root, name);
-    if (!v) {
-        if (required) return kv_fail(err, KV_EFORMAT, "%s: missing required field '%s'", label, name);
-        *out = dflt;
-        return 0;
-    }
-    if (!cJSON_IsNumber(v)) return kv_fail(err, KV_EFORMAT, "%s: field '%s' must be an integer", label, name);
-    double d = v->valuedouble;
-    if (floor(d) != d) return kv_fail(err, KV_EFORMAT, "%s: field '%s' = %g is not a whole number", label, name, d);
-    if (d < (double)lo || d > (double)hi) return kv_fail(err, KV_EFORMAT, "%s: field '%s' = %g outside [%ld, %ld]", label, name, d, lo, hi);
+static const char *json_kind(const cJSON *it) {
+    if (cJSON_IsBool(it)) return "a boolean";
+    if (cJSON_IsNumber(it)) return "a number";
+    if (cJSON_IsString(it)) return "a string";
+    if (cJSON_IsArray(it)) return "a list";
+    if (cJSON_IsObject(it)) return "an object";
+    if (cJSON_IsNull(it)) return "null";
+    return "invalid";
+}
+
+/* an integral JSON number within [lo, hi] */
+static int number_to_int(const cJSON *it, const char *label, const char *name, long lo, long hi,
+                         int *out, kv_error *err) {
+    if (!cJSON_IsNumber(it))
+        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %s, expected an integer", label, name,
+                       json_kind(it));
+    double d = it->valuedouble;
+    if (!isfinite(d) || d != floor(d))
+        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %g, expected an integer", label, name,
+                       d);
+    if (d < (double)lo || d > (double)hi)
+        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %.17g, outside [%ld, %ld]", label,
+                       name, d, lo, hi);
     *out = (int)d;
     return 0;
 }
 
-static int get_double(const cJSON *root, const char *name, int required, double dflt, double *out, const char *label, kv_error *err) {
-    const cJSON *v = field(root, name);
-    if (!v) {
-        if (required) return kv_fail(err, KV_EFORMAT, "%s: missing required field '%s'", label, name);
+static int get_int(const cJSON *obj, const char *label, const char *name, int required, int dflt,
+                   long lo, long hi, int *out, kv_error *err) {
+    const cJSON *it = field(obj, name);
+    if (!it) {
+        if (required) return kv_fail(err, KV_EFORMAT, "%s: missing field '%s'", label, name);
         *out = dflt;
         return 0;
     }
-    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble)) return kv_fail(err, KV_EFORMAT, "%s: field '%s' must be a number", label, name);
-    *out = v->valuedouble;
+    return number_to_int(it, label, name, lo, hi, out, err);
+}
+
+/* a finite number > 0 */
+static int number_positive(const cJSON *it, const char *label, const char *name, double *out,
+                           kv_error *err) {
+    if (!cJSON_IsNumber(it))
+        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %s, expected a number", label, name,
+                       json_kind(it));
+    if (!isfinite(it->valuedouble) || it->valuedouble <= 0)
+        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %g, expected a positive number", label,
+                       name, it->valuedouble);
+    *out = it->valuedouble;
     return 0;
 }
 
-static int get_bool(const cJSON *root, const char *name, int dflt, int *out, const char *label, kv_error *err) {
-    const cJSON *v = field(root, name);
-    if (!v) { *out = dflt; return 0; }
-    if (!cJSON_IsBool(v)) return kv_fail(err, KV_EFORMAT, "%s: field '%s' must be true or false", label, name);
-    *out = cJSON_IsTrue(v);
+static int get_positive(const cJSON *obj, const char *label, const char *name, int required,
+                        double dflt, double *out, kv_error *err) {
+    const cJSON *it = field(obj, name);
+    if (!it) {
+        if (required) return kv_fail(err, KV_EFORMAT, "%s: missing field '%s'", label, name);
+        *out = dflt;
+        return 0;
+    }
+    return number_positive(it, label, name, out, err);
+}
+
+static int get_bool(const cJSON *obj, const char *label, const char *name, int dflt, int *out,
+                    kv_error *err) {
+    const cJSON *it = field(obj, name);
+    if (!it) {
+        *out = dflt;
+        return 0;
+    }
+    if (!cJSON_IsBool(it))
+        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %s, expected true or false", label,
+                       name, json_kind(it));
+    *out = cJSON_IsTrue(it) ? 1 : 0;
     return 0;
 }
 
-static int parse_rope_scaling(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
-    const cJSON *rs = field(root, "rope_scaling");
-    c->rope_type = HF_ROPE_NONE;
-    if (!rs) return 0;
-    if (!cJSON_IsObject(rs)) return kv_fail(err, KV_EFORMAT, "%s: field 'rope_scaling' must be null or an object", label);
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
-    if (!type) type = cJSON_GetObjectItemCaseSensitive(rs, "type");
-    if (!cJSON_IsString(type)) return kv_fail(err, KV_EFORMAT, "%s: rope_scaling.rope_type missing or not a string", label);
-    if (strcmp(type->valuestring, "default") == 0) return 0;
-    if (strcmp(type->valuestring, "llama3") != 0)
-        return kv_fail(err, KV_EUNSUPPORTED, "%s: rope_scaling.rope_type '%s' is not supported (only llama3)", label, type->valuestring);
-    c->rope_type = HF_ROPE_LLAMA3;
+/* a string that fits in cap (NUL included); NULL *out when absent */
+static int get_string(const cJSON *obj, const char *label, const char *name, size_t cap,
+                      const char **out, kv_error *err) {
+    const cJSON *it = field(obj, name);
+    *out = NULL;
+    if (!it) return 0;
+    if (!cJSON_IsString(it))
+        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %s, expected a string", label, name,
+                       json_kind(it));
+    if (strlen(it->valuestring) >= cap)
+        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is longer than %zu bytes", label, name,
+                       cap - 1);
+    *out = it->valuestring;
+    return 0;
+}
+
+static int check_no_duplicate_keys(const cJSON *obj, const char *label, const char *where,
+                                   kv_error *err) {
+    for (const cJSON *a = obj->child; a; a = a->next)
+        for (const cJSON *b = a->next; b; b = b->next)
+            if (a->string && b->string && strcmp(a->string, b->string) == 0)
+                return kv_fail(err, KV_EFORMAT, "%s: %skey '%s' appears twice", label, where,
+                               a->string);
+    return 0;
+}
+
+/* ---- sections ---- */
+
+static int parse_architecture(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
+    const char *arch = NULL, *type = NULL;
+    const cJSON *archs = field(root, "architectures");
+    if (archs) {
+        if (!cJSON_IsArray(archs) || cJSON_GetArraySize(archs) < 1)
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: field 'architectures' is %s, expected a non-empty list of strings",
+                           label, cJSON_IsArray(archs) ? "an empty list" : json_kind(archs));
+        const cJSON *first = cJSON_GetArrayItem(archs, 0);
+        if (!cJSON_IsString(first))
+            return kv_fail(err, KV_EFORMAT, "%s: field 'architectures[0]' is %s, expected a string",
+                           label, json_kind(first));
+        arch = first->valuestring;
+        if (strcmp(arch, ARCH_LLAMA) != 0 && strcmp(arch, ARCH_SWIFTKV) != 0)
+            return kv_fail(err, KV_EUNSUPPORTED, "%s: architecture '%.200s' is not supported", label,
+                           arch);
+    }
+    int rc = get_string(root, label, "model_type", sizeof c->model_type, &type, err);
+    if (rc) return rc;
+    if (type && strcmp(type, TYPE_LLAMA) != 0 && strcmp(type, TYPE_SWIFTKV) != 0)
+        return kv_fail(err, KV_EUNSUPPORTED, "%s: model_type '%s' is not supported", label, type);
+    if (!arch && !type)
+        return kv_fail(err, KV_EFORMAT, "%s: missing field 'architectures' (and 'model_type')",
+                       label);
+    int arch_swiftkv = arch ? strcmp(arch, ARCH_SWIFTKV) == 0 : strcmp(type, TYPE_SWIFTKV) == 0;
+    if (!type) type = arch_swiftkv ? TYPE_SWIFTKV : TYPE_LLAMA;
+    if (!arch) arch = arch_swiftkv ? ARCH_SWIFTKV : ARCH_LLAMA;
+    if (arch_swiftkv != (strcmp(type, TYPE_SWIFTKV) == 0))
+        return kv_fail(err, KV_EFORMAT, "%s: architecture '%s' does not match model_type '%s'",
+                       label, arch, type);
+    snprintf(c->architecture, sizeof c->architecture, "%s", arch);
+    snprintf(c->model_type, sizeof c->model_type, "%s", type);
+    return 0;
+}
+
+static int parse_sizes(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
     int rc;
-    if ((rc = get_double(rs, "factor", 1, 0, &c->rope_factor, label, err)) ||
-        (rc = get_double(rs, "low_freq_factor", 1, 0, &c->rope_low_freq_factor, label, err)) ||
-        (rc = get_double(rs, "high_freq_factor", 1, 0, &c->rope_high_freq_factor, label, err)) ||
-        (rc = get_int(rs, "original_max_position_embeddings", 1, 1, 1 << 30, 0, &c->rope_original_max_position, label, err)))
-        return kv_wrap(err, "rope_scaling");
-    if (!(c->rope_factor > 0) || !(c->rope_low_freq_factor > 0) || !(c->rope_high_freq_factor > c->rope_low_freq_factor))
-        return kv_fail(err, KV_EFORMAT, "%s: rope_scaling: need factor > 0 and high_freq_factor > low_freq_factor > 0", label);
-    return 0;
-}
-
-static int parse_token_ids(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
-    const cJSON *bos = field(root, "bos_token_id"), *eos = field(root, "eos_token_id");
-    c->bos_token_id = -1;
-    if (bos) {
-        if (cJSON_IsArray(bos)) bos = cJSON_GetArrayItem(bos, 0);
-        if (!cJSON_IsNumber(bos) || floor(bos->valuedouble) != bos->valuedouble || bos->valuedouble < 0 || bos->valuedouble >= c->vocab_size)
-            return kv_fail(err, KV_EFORMAT, "%s: field 'bos_token_id' must be a token id below vocab_size %d", label, c->vocab_size);
-        c->bos_token_id = (int)bos->valuedouble;
-    }
-    c->n_eos = 0;
-    if (!eos) return 0;
-    int n = cJSON_IsArray(eos) ? cJSON_GetArraySize(eos) : 1;
-    if (n > HF_MAX_EOS) return kv_fail(err, KV_EFORMAT, "%s: field 'eos_token_id' lists more than %d ids", label, HF_MAX_EOS);
-    for (int i = 0; i < n; i++) {
-        const cJSON *e = cJSON_IsArray(eos) ? cJSON_GetArrayItem(eos, i) : eos;
-        if (!cJSON_IsNumber(e) || floor(e->valuedouble) != e->valuedouble || e->valuedouble < 0 || e->valuedouble >= c->vocab_size)
-            return kv_fail(err, KV_EFORMAT, "%s: field 'eos_token_id' must be token ids below vocab_size %d", label, c->vocab_size);
-        c->eos_token_ids[c->n_eos++] = (int)e->valuedouble;
-    }
-    return 0;
-}
-
-/* layer_types: "0_0_2_2_4" or [0, 0, 2, 2, 4]; a list of strings ("full_attention") carries no map */
-static int parse_layer_map(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
-    const cJSON *lt = field(root, "layer_types");
-    c->has_layer_map = 0;
-    for (int i = 0; i < c->n_layers; i++) c->kv_layer_of[i] = i;
-    if (!lt) return 0;
-    int n = 0;
-    if (cJSON_IsString(lt)) {
-        const char *p = lt->valuestring;
-        while (*p) {
-            char *end;
-            if (*p < '0' || *p > '9') return kv_fail(err, KV_EFORMAT, "%s: layer_types '%s' is not integers joined by '_'", label, lt->valuestring);
-            long v = strtol(p, &end, 10);
-            if (n >= c->n_layers) return kv_fail(err, KV_EFORMAT, "%s: layer_types has more than num_hidden_layers=%d entries", label, c->n_layers);
-            if (v >= c->n_layers) return kv_fail(err, KV_EFORMAT, "%s: layer_types entry %d = %ld is not a layer (L=%d)", label, n, v, c->n_layers);
-            c->kv_layer_of[n++] = (int)v;
-            p = end;
-            if (*p == '_') { p++; if (!*p) return kv_fail(err, KV_EFORMAT, "%s: layer_types ends with '_'", label); }
-            else if (*p) return kv_fail(err, KV_EFORMAT, "%s: layer_types '%s' is not integers joined by '_'", label, lt->valuestring);
-        }
-    } else if (cJSON_IsArray(lt)) {
-        const cJSON *first = cJSON_GetArrayItem(lt, 0);
-        if (cJSON_IsString(first)) return 0; /* attention kinds, not a KV map */
-        const cJSON *e;
-        cJSON_ArrayForEach(e, lt) {
-            if (!cJSON_IsNumber(e) || floor(e->valuedouble) != e->valuedouble || e->valuedouble < 0 || e->valuedouble >= c->n_layers)
-                return kv_fail(err, KV_EFORMAT, "%s: layer_types entry %d is not a layer index below %d", label, n, c->n_layers);
-            if (n >= c->n_layers) return kv_fail(err, KV_EFORMAT, "%s: layer_types has more than num_hidden_layers=%d entries", label, c->n_layers);
-            c->kv_layer_of[n++] = (int)e->valuedouble;
-        }
+    if ((rc = get_int(root, label, "hidden_size", 1, 0, 1, INT_MAX, &c->hidden_size, err)) ||
+        (rc = get_int(root, label, "intermediate_size", 1, 0, 1, INT_MAX, &c->intermediate_size,
+                      err)) ||
+        (rc = get_int(root, label, "num_hidden_layers", 1, 0, 1, INT_MAX, &c->n_layers, err)) ||
+        (rc = get_int(root, label, "num_attention_heads", 1, 0, 1, INT_MAX, &c->n_heads, err)) ||
+        (rc = get_int(root, label, "num_key_value_heads", 0, c->n_heads, 1, INT_MAX,
+                      &c->n_kv_heads, err)) ||
+        (rc = get_int(root, label, "vocab_size", 1, 0, 1, INT_MAX, &c->vocab_size, err)) ||
+        (rc = get_int(root, label, "max_position_embeddings", 0, 2048, 1, INT_MAX,
+                      &c->max_position_embeddings, err)))
+        return rc;
+    if (c->n_layers > HF_MAX_LAYERS)
+        return kv_fail(err, KV_EUNSUPPORTED,
+                       "%s: field 'num_hidden_layers' is %d, more than the %d supported", label,
+                       c->n_layers, HF_MAX_LAYERS);
+    if (c->n_heads % c->n_kv_heads != 0)
+        return kv_fail(err, KV_EFORMAT,
+                       "%s: field 'num_attention_heads' (%d) is not a multiple of "
+                       "'num_key_value_heads' (%d)",
+                       label, c->n_heads, c->n_kv_heads);
+    if (field(root, "head_dim")) {
+        if ((rc = get_int(root, label, "head_dim", 1, 0, 1, INT_MAX, &c->head_dim, err))) return rc;
     } else {
-        return kv_fail(err, KV_EFORMAT, "%s: field 'layer_types' must be a string or a list", label);
+        if (c->hidden_size % c->n_heads != 0)
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: field 'hidden_size' (%d) is not a multiple of "
+                           "'num_attention_heads' (%d) and 'head_dim' is absent",
+                           label, c->hidden_size, c->n_heads);
+        c->head_dim = c->hidden_size / c->n_heads;
     }
-    if (n != c->n_layers) return kv_fail(err, KV_EFORMAT, "%s: layer_types has %d entries but num_hidden_layers is %d", label, n, c->n_layers);
-    for (int i = 0; i < n; i++)
-        if (c->kv_layer_of[c->kv_layer_of[i]] != c->kv_layer_of[i])
-            return kv_fail(err, KV_EFORMAT, "%s: layer_types: layer %d reads layer %d, which is not a KV layer", label, i, c->kv_layer_of[i]);
+    if (c->head_dim % 2 != 0)
+        return kv_fail(err, KV_EFORMAT, "%s: field 'head_dim' is %d, RoPE needs an even size",
+                       label, c->head_dim);
+    int q_rows;
+    if (__builtin_mul_overflow(c->n_heads, c->head_dim, &q_rows))
+        return kv_fail(err, KV_ENOMEM,
+                       "%s: fields 'num_attention_heads' x 'head_dim' (%d x %d) overflow", label,
+                       c->n_heads, c->head_dim);
+    return 0;
+}
+
+static int parse_rope(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
+    int rc = get_positive(root, label, "rope_theta", 0, 10000.0, &c->rope_theta, err);
+    if (rc) return rc;
+    c->rope_type = HF_ROPE_NONE;
+    const cJSON *rs = field(root, "rope_scaling");
+    if (!rs) return 0;
+    if (!cJSON_IsObject(rs))
+        return kv_fail(err, KV_EFORMAT, "%s: field 'rope_scaling' is %s, expected an object or null",
+                       label, json_kind(rs));
+    if ((rc = check_no_duplicate_keys(rs, label, "rope_scaling: ", err))) return rc;
+    const char *type = NULL, *type_key = "rope_scaling.rope_type";
+    if ((rc = get_string(rs, label, "rope_type", 64, &type, err))) return rc;
+    if (!type) {
+        type_key = "rope_scaling.type";
+        if ((rc = get_string(rs, label, "type", 64, &type, err))) return rc;
+    }
+    if (!type) return kv_fail(err, KV_EFORMAT, "%s: missing field 'rope_scaling.rope_type'", label);
+    if (strcmp(type, "default") == 0) return 0;
+    if (strcmp(type, "llama3") != 0)
+        return kv_fail(err, KV_EUNSUPPORTED, "%s: field '%s' is '%s', only 'llama3' is supported",
+                       label, type_key, type);
+    static const char *const names[] = {"factor", "low_freq_factor", "high_freq_factor"};
+    double *dst[] = {&c->rope_factor, &c->rope_low_freq_factor, &c->rope_high_freq_factor};
+    for (int i = 0; i < 3; i++) {
+        char full[64];
+        snprintf(full, sizeof full, "rope_scaling.%s", names[i]);
+        const cJSON *it = field(rs, names[i]);
+        if (!it) return kv_fail(err, KV_EFORMAT, "%s: missing field '%s'", label, full);
+        if ((rc = number_positive(it, label, full, dst[i], err))) return rc;
+    }
+    const cJSON *orig = field(rs, "original_max_position_embeddings");
+    if (!orig)
+        return kv_fail(err, KV_EFORMAT,
+                       "%s: missing field 'rope_scaling.original_max_position_embeddings'", label);
+    if ((rc = number_to_int(orig, label, "rope_scaling.original_max_position_embeddings", 1,
+                            INT_MAX, &c->rope_original_max_position, err)))
+        return rc;
+    if (c->rope_high_freq_factor <= c->rope_low_freq_factor)
+        return kv_fail(err, KV_EFORMAT,
+                       "%s: field 'rope_scaling.high_freq_factor' (%g) must exceed "
+                       "'rope_scaling.low_freq_factor' (%g)",
+                       label, c->rope_high_freq_factor, c->rope_low_freq_factor);
+    c->rope_type = HF_ROPE_LLAMA3;
+    return 0;
+}
+
+/* "bos_token_id" / "eos_token_id": an integer or a list of integers, each in [0, vocab) */
+static int parse_token_ids(const cJSON *root, const char *label, const char *name, int vocab,
+                           int *ids, int cap, int *n_out, kv_error *err) {
+    const cJSON *it = field(root, name);
+    *n_out = 0;
+    if (!it) return 0;
+    const cJSON *one = it;
+    int n = 1;
+    if (cJSON_IsArray(it)) {
+        n = cJSON_GetArraySize(it);
+        if (n < 1 || n > cap)
+            return kv_fail(err, KV_EFORMAT, "%s: field '%s' lists %d ids, expected 1 to %d", label,
+                           name, n, cap);
+        one = it->child;
+    } else if (!cJSON_IsNumber(it)) {
+        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %s, expected an integer or a list",
+                       label, name, json_kind(it));
+    }
+    for (int i = 0; i < n; i++, one = one->next) {
+        int rc = number_to_int(one, label, name, 0, (long)vocab - 1, &ids[i], err);
+        if (rc) return rc;
+    }
+    *n_out = n;
+    return 0;
+}
+
+/* the MLP is SwiGLU: only SiLU gates */
+static int parse_activation(const cJSON *root, const char *label, kv_error *err) {
+    const char *act = NULL;
+    int rc = get_string(root, label, "hidden_act", 64, &act, err);
+    if (rc) return rc;
+    if (act && strcmp(act, "silu") != 0)
+        return kv_fail(err, KV_EUNSUPPORTED, "%s: field 'hidden_act' is '%s', only 'silu' is supported",
+                       label, act);
+    return 0;
+}
+
+static int parse_dtype(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
+    const char *name = NULL, *key = "torch_dtype";
+    int rc = get_string(root, label, key, 64, &name, err);
+    if (rc) return rc;
+    if (!name) {
+        key = "dtype"; /* newer transformers releases write this instead */
+        if ((rc = get_string(root, label, key, 64, &name, err))) return rc;
+    }
+    if (!name || strcmp(name, "float32") == 0) c->torch_dtype = KV_F32;
+    else if (strcmp(name, "float16") == 0) c->torch_dtype = KV_F16;
+    else if (strcmp(name, "bfloat16") == 0) c->torch_dtype = KV_BF16;
+    else
+        return kv_fail(err, KV_EUNSUPPORTED,
+                       "%s: field '%s' is '%s', expected float32, float16 or bfloat16", label, key,
+                       name);
+    return 0;
+}
+
+/* LCKV "0_0_2_2_4" */
+static int parse_map_string(hf_config *c, const char *s, const char *label, kv_error *err) {
+    int n = 0;
+    const char *p = s;
+    for (;;) {
+        if (*p < '0' || *p > '9')
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: field 'layer_types' is '%.200s', expected layer indices joined by "
+                           "'_' like \"0_0_2_2_4\"",
+                           label, s);
+        long v = 0;
+        while (*p >= '0' && *p <= '9') {
+            v = v * 10 + (*p++ - '0');
+            if (v > INT_MAX)
+                return kv_fail(err, KV_EFORMAT, "%s: field 'layer_types': entry %d is too large",
+                               label, n);
+        }
+        if (n >= c->n_layers)
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: field 'layer_types' has more than num_hidden_layers=%d entries",
+                           label, c->n_layers);
+        c->kv_layer_of[n++] = (int)v;
+        if (*p == '\0') break;
+        if (*p != '_')
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: field 'layer_types' is '%.200s', unexpected character '%c'", label,
+                           s, *p);
+        p++;
+    }
+    if (n != c->n_layers)
+        return kv_fail(err, KV_EFORMAT,
+                       "%s: field 'layer_types' has %d entries but num_hidden_layers=%d", label, n,
+                       c->n_layers);
+    return 0;
+}
+
+static int parse_layer_map(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
+    for (int i = 0; i < c->n_layers; i++) c->kv_layer_of[i] = i;
+    c->has_layer_map = 0;
+    const cJSON *lt = field(root, "layer_types");
+    if (!lt) return 0;
+    int rc;
+    if (cJSON_IsString(lt)) {
+        if ((rc = parse_map_string(c, lt->valuestring, label, err))) return rc;
+    } else if (cJSON_IsArray(lt)) {
+        int n = cJSON_GetArraySize(lt), n_str = 0;
+        for (const cJSON *e = lt->child; e; e = e->next) n_str += cJSON_IsString(e) ? 1 : 0;
+        if (n > 0 && n_str == n) return 0; /* HF attention kinds ("full_attention"): no KV map */
+        if (n_str > 0)
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: field 'layer_types' mixes strings and other values", label);
+        if (n != c->n_layers)
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: field 'layer_types' has %d entries but num_hidden_layers=%d",
+                           label, n, c->n_layers);
+        int i = 0;
+        for (const cJSON *e = lt->child; e; e = e->next, i++)
+            if ((rc = number_to_int(e, label, "layer_types", 0, INT_MAX, &c->kv_layer_of[i], err)))
+                return rc;
+    } else {
+        return kv_fail(err, KV_EFORMAT,
+                       "%s: field 'layer_types' is %s, expected a string like \"0_0_2_2_4\" or a "
+                       "list",
+                       label, json_kind(lt));
+    }
+    for (int i = 0; i < c->n_layers; i++) {
+        int t = c->kv_layer_of[i];
+        if (t >= c->n_layers)
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: field 'layer_types': layer %d reads layer %d, but there are only "
+                           "%d layers",
+                           label, i, t, c->n_layers);
+    }
+    for (int i = 0; i < c->n_layers; i++) {
+        int t = c->kv_layer_of[i];
+        if (c->kv_layer_of[t] != t)
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: field 'layer_types': layer %d reads layer %d, which is not a KV "
+                           "layer (it reads layer %d)",
+                           label, i, t, c->kv_layer_of[t]);
+    }
     c->has_layer_map = 1;
     return 0;
 }
 
+static int parse_swiftkv(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
+    int arch_swiftkv = strcmp(c->architecture, ARCH_SWIFTKV) == 0;
+    int rc = get_bool(root, label, "swiftkv", arch_swiftkv, &c->swiftkv, err);
+    if (rc) return rc;
+    if (!c->swiftkv) {
+        c->swiftkv_layers = c->n_layers;
+        c->swiftkv_group = 1;
+        if (arch_swiftkv)
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: architecture '%s' contradicts field 'swiftkv' = false", label,
+                           c->architecture);
+        return 0;
+    }
+    /* swiftkv true under LlamaForCausalLM: the explicit fields win (as in kvmap_from_config) */
+    if (c->has_layer_map)
+        return kv_fail(err, KV_EUNSUPPORTED,
+                       "%s: fields 'swiftkv' and an integer 'layer_types' cannot be combined",
+                       label);
+    if ((rc = get_int(root, label, "num_key_value_layers", 1, 0, 1, (long)c->n_layers - 1,
+                      &c->swiftkv_layers, err)) ||
+        (rc = get_int(root, label, "key_value_group_size", 0, 1, 1, INT_MAX, &c->swiftkv_group,
+                      err)))
+        return rc;
+    if ((c->n_layers - c->swiftkv_layers) % c->swiftkv_group != 0)
+        return kv_fail(err, KV_EFORMAT,
+                       "%s: field 'key_value_group_size' (%d) does not divide num_hidden_layers - "
+                       "num_key_value_layers (%d - %d)",
+                       label, c->swiftkv_group, c->n_layers, c->swiftkv_layers);
+    return 0;
+}
+
+/* ---- public ---- */
+
 int hf_config_parse(hf_config *c, const char *json, const char *label, kv_error *err) {
     memset(c, 0, sizeof *c);
-    cJSON *root = cJSON_Parse(json);
-    if (!root) return kv_fail(err, KV_EFORMAT, "%s: not valid JSON", label);
+    if (!label) label = "config.json";
+    if (!json) return kv_fail(err, KV_EINVAL, "%s: no text given", label);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithOpts(json, &end, 1);
+    if (!root) {
+        long at = end ? (long)(end - json) : -1;
+        return kv_fail(err, KV_EFORMAT, "%s: not valid JSON (near byte %ld)", label, at);
+    }
     int rc = 0;
-    if (!cJSON_IsObject(root)) { rc = kv_fail(err, KV_EFORMAT, "%s: not a JSON object", label); goto done; }
-    for (const cJSON *a = root->child; a; a = a->next)
-        for (const cJSON *b = root->child; b != a; b = b->next)
-            if (strcmp(a->string, b->string) == 0) { rc = kv_fail(err, KV_EFORMAT, "%s: field '%s' appears twice", label, a->string); goto done; }
-    const cJSON *arch = field(root, "architectures"), *mt = field(root, "model_type");
-    if (arch) {
-        const cJSON *a0 = cJSON_IsArray(arch) ? cJSON_GetArrayItem(arch, 0) : NULL;
-        if (!cJSON_IsString(a0)) { rc = kv_fail(err, KV_EFORMAT, "%s: field 'architectures' must be a list of names", label); goto done; }
-        snprintf(c->architecture, sizeof c->architecture, "%s", a0->valuestring);
-    }
-    if (mt) {
-        if (!cJSON_IsString(mt)) { rc = kv_fail(err, KV_EFORMAT, "%s: field 'model_type' must be a string", label); goto done; }
-        snprintf(c->model_type, sizeof c->model_type, "%s", mt->valuestring);
-    }
-    if (!arch && !mt) { rc = kv_fail(err, KV_EFORMAT, "%s: missing required field 'architectures' (or 'model_type')", label); goto done; }
-    if (!c->architecture[0]) snprintf(c->architecture, sizeof c->architecture, "%s", strcmp(c->model_type, "llama_swiftkv") == 0 ? "LlamaSwiftKVForCausalLM" : strcmp(c->model_type, "llama") == 0 ? "LlamaForCausalLM" : c->model_type);
-    if (strcmp(c->architecture, "LlamaForCausalLM") != 0 && strcmp(c->architecture, "LlamaSwiftKVForCausalLM") != 0) {
-        rc = kv_fail(err, KV_EUNSUPPORTED, "%s: architecture '%s' is not supported (LlamaForCausalLM, LlamaSwiftKVForCausalLM)", label, c->architecture);
+    if (!cJSON_IsObject(root)) {
+        rc = kv_fail(err, KV_EFORMAT, "%s: top level is %s, expected an object", label,
+                     json_kind(root));
         goto done;
     }
-    if (!c->model_type[0]) snprintf(c->model_type, sizeof c->model_type, "%s", strcmp(c->architecture, "LlamaForCausalLM") == 0 ? "llama" : "llama_swiftkv");
-    if (strcmp(c->model_type, "llama") != 0 && strcmp(c->model_type, "llama_swiftkv") != 0) {
-        rc = kv_fail(err, KV_EUNSUPPORTED, "%s: model_type '%s' is not supported (llama, llama_swiftkv)", label, c->model_type);
+    double eps = 0;
+    int n_bos = 0, bos = -1;
+    if ((rc = check_no_duplicate_keys(root, label, "", err)) ||
+        (rc = parse_architecture(c, root, label, err)) ||
+        (rc = parse_sizes(c, root, label, err)) ||
+        (rc = get_positive(root, label, "rms_norm_eps", 0, 1e-6, &eps, err)) ||
+        (rc = parse_rope(c, root, label, err)) ||
+        (rc = get_bool(root, label, "tie_word_embeddings", 0, &c->tie_word_embeddings, err)) ||
+        (rc = get_bool(root, label, "attention_bias", 0, &c->attention_bias, err)) ||
+        (rc = get_bool(root, label, "mlp_bias", 0, &c->mlp_bias, err)) ||
+        (rc = parse_token_ids(root, label, "bos_token_id", c->vocab_size, &bos, 1, &n_bos, err)) ||
+        (rc = parse_token_ids(root, label, "eos_token_id", c->vocab_size, c->eos_token_ids,
+                              HF_MAX_EOS, &c->n_eos, err)) ||
+        (rc = parse_activation(root, label, err)) ||
+        (rc = parse_dtype(c, root, label, err)) ||
+        (rc = parse_layer_map(c, root, label, err)) ||
+        (rc = parse_swiftkv(c, root, label, err)))
+        goto done;
+    if ((float)eps <= 0.0f || eps > 1.0) {
+        rc = kv_fail(err, KV_EFORMAT, "%s: field 'rms_norm_eps' is %g, outside the float range (0, 1]",
+                     label, eps);
         goto done;
     }
-    if ((rc = get_int(root, "hidden_size", 1, 1, MAX_DIM, 0, &c->hidden_size, label, err)) ||
-        (rc = get_int(root, "intermediate_size", 1, 1, MAX_DIM, 0, &c->intermediate_size, label, err)) ||
-        (rc = get_int(root, "num_hidden_layers", 1, 1, HF_MAX_LAYERS, 0, &c->n_layers, label, err)) ||
-        (rc = get_int(root, "num_attention_heads", 1, 1, 65536, 0, &c->n_heads, label, err)) ||
-        (rc = get_int(root, "num_key_value_heads", 0, 1, 65536, c->n_heads, &c->n_kv_heads, label, err)) ||
-        (rc = get_int(root, "vocab_size", 1, 1, 1 << 28, 0, &c->vocab_size, label, err)) ||
-        (rc = get_int(root, "max_position_embeddings", 0, 1, 1 << 30, 2048, &c->max_position_embeddings, label, err)))
-        goto done;
-    if (c->n_heads % c->n_kv_heads) {
-        rc = kv_fail(err, KV_EFORMAT, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", label, c->n_heads, c->n_kv_heads);
-        goto done;
-    }
-    int dflt_hd = c->hidden_size / c->n_heads;
-    if ((rc = get_int(root, "head_dim", 0, 1, 65536, dflt_hd, &c->head_dim, label, err))) goto done;
-    if (c->head_dim < 2 || c->head_dim % 2) { rc = kv_fail(err, KV_EFORMAT, "%s: head_dim %d must be even and at least 2", label, c->head_dim); goto done; }
-    if ((long long)c->n_heads * c->head_dim > MAX_DIM) { rc = kv_fail(err, KV_EFORMAT, "%s: num_attention_heads x head_dim too large", label); goto done; }
-    double eps, theta;
-    if ((rc = get_double(root, "rms_norm_eps", 0, 1e-6, &eps, label, err)) ||
-        (rc = get_double(root, "rope_theta", 0, 10000.0, &theta, label, err)))
-        goto done;
-    if (!(eps > 0) || eps > 1) { rc = kv_fail(err, KV_EFORMAT, "%s: field 'rms_norm_eps' = %g must be in (0, 1]", label, eps); goto done; }
-    if (!(theta > 0)) { rc = kv_fail(err, KV_EFORMAT, "%s: field 'rope_theta' must be positive", label); goto done; }
     c->rms_norm_eps = (float)eps;
-    c->rope_theta = theta;
-    if ((rc = parse_rope_scaling(c, root, label, err)) ||
-        (rc = get_bool(root, "tie_word_embeddings", 0, &c->tie_word_embeddings, label, err)) ||
-        (rc = get_bool(root, "attention_bias", 0, &c->attention_bias, label, err)) ||
-        (rc = get_bool(root, "mlp_bias", 0, &c->mlp_bias, label, err)) ||
-        (rc = parse_token_ids(c, root, label, err)))
-        goto done;
-    const cJSON *hidden_act = field(root, "hidden_act");
-    if (hidden_act && (!cJSON_IsString(hidden_act) || strcmp(hidden_act->valuestring, "silu") != 0)) {
-        rc = kv_fail(err, KV_EUNSUPPORTED, "%s: hidden_act must be \"silu\"", label);
-        goto done;
-    }
-    const cJSON *td = field(root, "torch_dtype");
-    if (!td) td = field(root, "dtype");
-    c->torch_dtype = KV_F32;
-    if (td) {
-        if (!cJSON_IsString(td)) { rc = kv_fail(err, KV_EFORMAT, "%s: field 'torch_dtype' must be a string", label); goto done; }
-        if (strcmp(td->valuestring, "float32") == 0) c->torch_dtype = KV_F32;
-        else if (strcmp(td->valuestring, "float16") == 0) c->torch_dtype = KV_F16;
-        else if (strcmp(td->valuestring, "bfloat16") == 0) c->torch_dtype = KV_BF16;
-        else { rc = kv_fail(err, KV_EUNSUPPORTED, "%s: torch_dtype '%s' is not supported (float32, float16, bfloat16)", label, td->valuestring); goto done; }
-    }
-    if ((rc = parse_layer_map(c, root, label, err))) goto done;
-    if ((rc = get_bool(root, "swiftkv", 0, &c->swiftkv, label, err))) goto done;
-    if (strcmp(c->model_type, "llama_swiftkv") == 0 && !field(root, "swiftkv")) c->swiftkv = 1;
-    if (c->swiftkv) {
-        if (c->has_layer_map) { rc = kv_fail(err, KV_EFORMAT, "%s: both swiftkv and an integer layer_types map", label); goto done; }
-        if ((rc = get_int(root, "num_key_value_layers", 1, 1, c->n_layers - 1, 0, &c->swiftkv_layers, label, err)) ||
-            (rc = get_int(root, "key_value_group_size", 0, 1, c->n_layers, 1, &c->swiftkv_group, label, err)))
-            goto done;
-        if ((c->n_layers - c->swiftkv_layers) % c->swiftkv_group) {
-            rc = kv_fail(err, KV_EFORMAT, "%s: (num_hidden_layers %d - num_key_value_layers %d) is not a multiple of key_value_group_size %d",
-                         label, c->n_layers, c->swiftkv_layers, c->swiftkv_group);
-            goto done;
-        }
-    }
+    c->bos_token_id = n_bos ? bos : -1;
+    if (hf_config_param_count(c) < 0)
+        rc = kv_fail(err, KV_ENOMEM,
+                     "%s: fields 'hidden_size', 'intermediate_size', 'vocab_size', "
+                     "'num_hidden_layers' give a parameter count that overflows",
+                     label);
 done:
     cJSON_Delete(root);
+    if (rc) memset(c, 0, sizeof *c);
     return rc;
 }
 
 int hf_config_load(hf_config *c, const char *path, kv_error *err) {
     char *text;
-    int rc = kv_read_file(path, &text, NULL, HF_MAX_CONFIG_BYTES, err);
+    size_t n;
+    memset(c, 0, sizeof *c);
+    int rc = kv_read_file(path, &text, &n, HF_MAX_CONFIG_BYTES, err);
     if (rc) return rc;
+    if (memchr(text, '\0', n)) {
+        free(text);
+        return kv_fail(err, KV_EFORMAT, "%s: contains a NUL byte", path);
+    }
     rc = hf_config_parse(c, text, path, err);
     free(text);
     return rc;
 }
 
 int hf_config_swiftkv_leader(const hf_config *c, int layer) {
-    return c->swiftkv && layer >= c->swiftkv_layers && (layer - c->swiftkv_layers) % c->swiftkv_group == 0;
+    return c->swiftkv && layer >= c->swiftkv_layers &&
+           (layer - c->swiftkv_layers) % c->swiftkv_group == 0;
 }
 
 int hf_config_is_kv_layer(const hf_config *c, int layer) {
+    if (layer < 0 || layer >= c->n_layers) return 0;
     if (c->swiftkv) return layer < c->swiftkv_layers || hf_config_swiftkv_leader(c, layer);
-    return !c->has_layer_map || c->kv_layer_of[layer] == layer;
+    if (c->has_layer_map) return c->kv_layer_of[layer] == layer;
+    return 1;
 }
 
 int hf_config_kv_slots(const hf_config *c) {
@@ -257,76 +508,171 @@ int hf_config_kv_slots(const hf_config *c) {
     return n;
 }
 
+/* acc += a * b (+ extra); returns 0 on overflow */
+static int add_mul(int64_t *acc, int64_t a, int64_t b) {
+    int64_t p;
+    return !__builtin_mul_overflow(a, b, &p) && !__builtin_add_overflow(*acc, p, acc);
+}
+
 int64_t hf_config_param_count(const hf_config *c) {
-    int64_t H = c->hidden_size, F = c->intermediate_size, q = (int64_t)c->n_heads * c->head_dim,
-            kv = (int64_t)c->n_kv_heads * c->head_dim, V = c->vocab_size;
-    int64_t total = V * H + H + (c->tie_word_embeddings ? 0 : V * H);
-    if (c->swiftkv) total += H; /* norm_swiftkv */
-    for (int i = 0; i < c->n_layers; i++) {
-        total += 2 * H + q * H + H * q + 3 * H * F + (c->attention_bias ? q + H : 0) + (c->mlp_bias ? 2 * F + H : 0);
-        if (hf_config_is_kv_layer(c, i)) total += 2 * kv * H + (c->attention_bias ? 2 * kv : 0);
+    const int64_t H = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+    const int64_t q_rows = (int64_t)c->n_heads * c->head_dim;
+    const int64_t kv_rows = (int64_t)c->n_kv_heads * c->head_dim;
+    const int ab = c->attention_bias, mb = c->mlp_bias;
+    int64_t n = 0;
+    int ok = add_mul(&n, V, H);                                   /* embed_tokens [V, H] */
+    for (int i = 0; ok && i < c->n_layers; i++) {
+        ok = ok && add_mul(&n, 2, H);                             /* two RMSNorms [H] */
+        ok = ok && add_mul(&n, q_rows, H + ab);                   /* q (or q_proj_swiftkv) */
+        if (hf_config_is_kv_layer(c, i))
+            ok = ok && add_mul(&n, 2 * kv_rows, H + ab);          /* k, v (or *_swiftkv) */
+        ok = ok && add_mul(&n, H, q_rows + ab);                   /* o [H, nh*hd] */
+        ok = ok && add_mul(&n, 2 * F, H + mb);                    /* gate, up [F, H] */
+        ok = ok && add_mul(&n, H, F + mb);                        /* down [H, F] */
     }
-    return total;
+    ok = ok && add_mul(&n, 1, H);                                 /* model.norm */
+    if (c->swiftkv) ok = ok && add_mul(&n, 1, H);                 /* norm_swiftkv */
+    if (!c->tie_word_embeddings) ok = ok && add_mul(&n, V, H);    /* lm_head */
+    return ok ? n : -1;
 }
 
 int hf_config_layer_map_string(const hf_config *c, char *out, size_t cap, kv_error *err) {
-    size_t len = 0;
+    size_t at = 0;
+    if (cap == 0) return kv_fail(err, KV_EINVAL, "layer map: no room");
+    out[0] = '\0';
     for (int i = 0; i < c->n_layers; i++) {
-        int n = snprintf(out + len, cap > len ? cap - len : 0, i ? "_%d" : "%d", c->has_layer_map ? c->kv_layer_of[i] : i);
-        if (n < 0 || len + (size_t)n >= cap) return kv_fail(err, KV_EINVAL, "layer map string does not fit %zu bytes", cap);
-        len += (size_t)n;
+        int w = snprintf(out + at, cap - at, i ? "_%d" : "%d", c->kv_layer_of[i]);
+        if (w < 0 || (size_t)w >= cap - at)
+            return kv_fail(err, KV_EINVAL, "layer map: %d layers do not fit in %zu bytes",
+                           c->n_layers, cap);
+        at += (size_t)w;
     }
     return 0;
 }
 
 const char *hf_torch_dtype_name(kv_dtype t) {
-    return t == KV_F32 ? "float32" : t == KV_F16 ? "float16" : t == KV_BF16 ? "bfloat16" : NULL;
+    switch (t) {
+    case KV_F32: return "float32";
+    case KV_F16: return "float16";
+    case KV_BF16: return "bfloat16";
+    default: return NULL;
+    }
 }
 
-static void set_item(cJSON *root, const char *name, cJSON *value) {
-    if (cJSON_GetObjectItemCaseSensitive(root, name)) cJSON_ReplaceItemInObjectCaseSensitive(root, name, value);
-    else cJSON_AddItemToObject(root, name, value);
+/* replaces obj[key] in place (keeping its position) or appends it; takes ownership of val */
+static int set_key(cJSON *obj, const char *key, cJSON *val) {
+    if (!val) return 0;
+    cJSON *old = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (old) return cJSON_ReplaceItemInObjectCaseSensitive(obj, key, val) ? 1 : (cJSON_Delete(val), 0);
+    if (cJSON_AddItemToObject(obj, key, val)) return 1;
+    cJSON_Delete(val);
+    return 0;
 }
 
-int hf_config_write_json(const hf_config *c, const char *src_json, const char *label, char **out_json, kv_error *err) {
+static void drop_key(cJSON *obj, const char *key) {
+    cJSON_DeleteItemFromObjectCaseSensitive(obj, key);
+}
+
+/* layer_types holding integers (a string, or a list without strings) */
+static int is_integer_layer_types(const cJSON *lt) {
+    if (!lt) return 0;
+    if (cJSON_IsString(lt)) return 1;
+    if (!cJSON_IsArray(lt)) return 0;
+    for (const cJSON *e = lt->child; e; e = e->next)
+        if (cJSON_IsString(e)) return 0;
+    return 1;
+}
+
+static int kv_settings_equal(const hf_config *a, const hf_config *b) {
+    if (a->has_layer_map != b->has_layer_map || a->swiftkv != b->swiftkv ||
+        a->torch_dtype != b->torch_dtype || a->n_layers != b->n_layers)
+        return 0;
+    if (a->swiftkv && (a->swiftkv_layers != b->swiftkv_layers ||
+                       a->swiftkv_group != b->swiftkv_group))
+        return 0;
+    for (int i = 0; a->has_layer_map && i < a->n_layers; i++)
+        if (a->kv_layer_of[i] != b->kv_layer_of[i]) return 0;
+    return 1;
+}
+
+int hf_config_write_json(const hf_config *c, const char *src_json, const char *label,
+                         char **out_json, kv_error *err) {
     *out_json = NULL;
-    cJSON *root = cJSON_Parse(src_json);
-    if (!cJSON_IsObject(root)) { cJSON_Delete(root); return kv_fail(err, KV_EFORMAT, "%s: not a JSON object", label); }
-    char map[HF_MAX_LAYERS * 5 + 1];
-    int rc = 0;
-    const cJSON *lt = cJSON_GetObjectItemCaseSensitive(root, "layer_types");
-    int lt_is_kinds = cJSON_IsArray(lt) && cJSON_IsString(cJSON_GetArrayItem(lt, 0));
+    if (!label) label = "config.json";
+    const char *dtype = hf_torch_dtype_name(c->torch_dtype);
+    if (!dtype)
+        return kv_fail(err, KV_EINVAL, "%s: torch_dtype %s cannot be written", label,
+                       kv_dtype_name(c->torch_dtype));
+    if (c->swiftkv && c->has_layer_map)
+        return kv_fail(err, KV_EINVAL, "%s: a config cannot hold both swiftkv and layer_types",
+                       label);
+    cJSON *root = cJSON_Parse(src_json ? src_json : "");
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return kv_fail(err, KV_EFORMAT, "%s: source text is not a JSON object", label);
+    }
+    int ok = 1, rc = 0;
+    char *map = NULL;
     if (c->has_layer_map) {
-        if ((rc = hf_config_layer_map_string(c, map, sizeof map, err))) goto done;
-        set_item(root, "layer_types", cJSON_CreateString(map));
-    } else if (lt && !lt_is_kinds) {
-        cJSON_DeleteItemFromObjectCaseSensitive(root, "layer_types");
+        size_t cap = (size_t)c->n_layers * 12 + 1;
+        map = malloc(cap);
+        if (!map) {
+            rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
+            goto done;
+        }
+        if ((rc = hf_config_layer_map_string(c, map, cap, err))) goto done;
+        ok = ok && set_key(root, "layer_types", cJSON_CreateString(map));
+    } else if (is_integer_layer_types(cJSON_GetObjectItemCaseSensitive(root, "layer_types"))) {
+        drop_key(root, "layer_types");
     }
+    const char *arch_name = c->swiftkv ? ARCH_SWIFTKV : ARCH_LLAMA;
+    cJSON *archs = cJSON_CreateStringArray(&arch_name, 1);
+    ok = ok && set_key(root, "architectures", archs);
+    ok = ok && set_key(root, "model_type", cJSON_CreateString(c->swiftkv ? TYPE_SWIFTKV : TYPE_LLAMA));
     if (c->swiftkv) {
-        set_item(root, "model_type", cJSON_CreateString("llama_swiftkv"));
-        const char *arch[] = {"LlamaSwiftKVForCausalLM"};
-        set_item(root, "architectures", cJSON_CreateStringArray(arch, 1));
-        set_item(root, "swiftkv", cJSON_CreateTrue());
-        set_item(root, "num_key_value_layers", cJSON_CreateNumber(c->swiftkv_layers));
-        set_item(root, "key_value_group_size", cJSON_CreateNumber(c->swiftkv_group));
+        ok = ok && set_key(root, "swiftkv", cJSON_CreateTrue());
+        ok = ok && set_key(root, "num_key_value_layers", cJSON_CreateNumber(c->swiftkv_layers));
+        ok = ok && set_key(root, "key_value_group_size", cJSON_CreateNumber(c->swiftkv_group));
     } else {
-        if (cJSON_GetObjectItemCaseSensitive(root, "model_type")) set_item(root, "model_type", cJSON_CreateString("llama"));
-        const char *arch[] = {"LlamaForCausalLM"};
-        set_item(root, "architectures", cJSON_CreateStringArray(arch, 1));
-        cJSON_DeleteItemFromObjectCaseSensitive(root, "swiftkv");
-        cJSON_DeleteItemFromObjectCaseSensitive(root, "num_key_value_layers");
-        cJSON_DeleteItemFromObjectCaseSensitive(root, "key_value_group_size");
+        drop_key(root, "swiftkv");
+        drop_key(root, "num_key_value_layers");
+        drop_key(root, "key_value_group_size");
     }
-    const char *dt = hf_torch_dtype_name(c->torch_dtype);
-    if (!dt) { rc = kv_fail(err, KV_EINVAL, "%s: output dtype must be F32, F16 or BF16", label); goto done; }
-    set_item(root, "torch_dtype", cJSON_CreateString(dt));
-    if (cJSON_GetObjectItemCaseSensitive(root, "dtype")) set_item(root, "dtype", cJSON_CreateString(dt));
+    ok = ok && set_key(root, "torch_dtype", cJSON_CreateString(dtype));
+    if (cJSON_GetObjectItemCaseSensitive(root, "dtype"))
+        ok = ok && set_key(root, "dtype", cJSON_CreateString(dtype));
+    if (!ok) {
+        rc = kv_fail(err, KV_ENOMEM, "%s: out of memory while editing", label);
+        goto done;
+    }
     char *text = cJSON_Print(root);
-    if (!text) { rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", label); goto done; }
-    hf_config check;
-    if ((rc = hf_config_parse(&check, text, label, err))) { free(text); goto done; }
-    *out_json = text;
+    if (!text) {
+        rc = kv_fail(err, KV_ENOMEM, "%s: out of memory while printing", label);
+        goto done;
+    }
+    hf_config *check = malloc(sizeof *check);
+    if (!check) {
+        cJSON_free(text);
+        rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
+        goto done;
+    }
+    rc = hf_config_parse(check, text, label, err);
+    if (rc) {
+        kv_wrap(err, "%s: written config does not parse", label);
+    } else if (!kv_settings_equal(c, check)) {
+        rc = kv_fail(err, KV_EINVAL, "%s: written config does not carry the requested KV settings",
+                     label);
+    }
+    free(check);
+    if (rc) {
+        cJSON_free(text);
+        goto done;
+    }
+    *out_json = strdup(text);
+    cJSON_free(text);
+    if (!*out_json) rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
 done:
+    free(map);
     cJSON_Delete(root);
     return rc;
 }

@@ -48,10 +48,13 @@ typedef struct {
 #define HF_MAX_CONFIG_BYTES (16u * 1024u * 1024u)
 
 /* Required: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, vocab_size,
- * rms_norm_eps, eos_token_id, and architectures or model_type. Everything else takes the HF
- * LlamaConfig default (max_position_embeddings 2048, rope_theta 10000, no biases, untied).
- * JSON null counts as absent. Duplicate keys are refused (Python keeps the last, cJSON the first).
- * Errors name LABEL and the field. */
+ * and architectures or model_type. Everything else takes the HF LlamaConfig default
+ * (max_position_embeddings 2048, rms_norm_eps 1e-6, rope_theta 10000, no biases, untied); an
+ * absent eos_token_id gives n_eos = 0, an absent bos -1. hidden_act, when given, must be silu.
+ * SwiftKV: the LlamaSwiftKV architecture implies swiftkv unless it says false (refused); swiftkv
+ * true under LlamaForCausalLM is read as SwiftKV (architecture/model_type kept as written). JSON null counts as absent. Integers may be written
+ * 64.0 but not 64.5. Duplicate keys are refused (Python keeps the last, cJSON the first).
+ * Errors name LABEL and the field; on failure *c is zeroed. */
 int hf_config_load(hf_config *c, const char *path, kv_error *err);  /* path to config.json */
 int hf_config_parse(hf_config *c, const char *json, const char *label, kv_error *err);
 /* of the model the config describes (deploy layout: no k/v on non-KV layers, no teacher q/k/v

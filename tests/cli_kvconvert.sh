@@ -1,6 +1,7 @@
 #!/bin/sh
 # kvconvert CLI: usage, plan, convert (deterministic, source untouched, refusals), info
 . tests/lib.sh
+require_shared cli_kvconvert
 C="$BIN/kvconvert"
 S=$SHARED/models/stories260K
 expect_rc 0 "help" -- "$C" --help

@@ -3,6 +3,7 @@
 # logits dump read back by kvverify against run.c's golden logits, perplexity, bench JSON,
 # usage errors.
 . tests/lib.sh
+require_shared cli_kvrun
 R="$BIN/kvrun"
 M=$SHARED/models/stories260K
 G=$SHARED/golden

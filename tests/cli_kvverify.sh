@@ -1,6 +1,7 @@
 #!/bin/sh
 # kvverify CLI: usage, kernel parity status without a GPU, logits comparison on the golden file
 . tests/lib.sh
+require_shared cli_kvverify
 V="$BIN/kvverify"
 G=$SHARED/golden/stories260K_logits.safetensors
 expect_rc 0 "help" -- "$V" --help

@@ -15,3 +15,12 @@ expect_rc() {
 # expect_grep PATTERN FILE DESC
 expect_grep() { if grep -q -- "$1" "$2"; then ok; else bad "$3: '$1' not in $2: $(head -c 400 "$2")"; fi; }
 done_tests() { echo "RESULT $1 $pass $fail"; [ "$fail" = 0 ]; }
+# require_shared NAME: suites that need the real fixtures stop here (reported as skipped by
+# tests/run.sh) when ../shared is absent
+require_shared() {
+    if [ ! -d "$SHARED/models" ]; then
+        echo "FAIL: $SHARED fixtures not found (../shared/models)" >&2
+        echo "RESULT $1 0 1"
+        exit 1
+    fi
+}

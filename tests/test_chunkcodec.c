@@ -320,7 +320,7 @@ static void check_pool(void) {
     for (int threads = 1; threads <= 4; threads++) {
         int ran = 0, failed = -2;
         kv_error err = {0};
-        int rc = kv_parallel_for(100, threads, fail_at, &ran, &failed, &err);
+        int rc = kv_pool_run(100, threads, fail_at, &ran, &failed, &err);
         CHECK(rc == KV_EIO && failed == 5 && strcmp(err.msg, "task 5 failed") == 0,
               "threads %d: rc %d failed %d msg %s", threads, rc, failed, err.msg);
         CHECK(ran < 100, "threads %d: kept going after the failure (%d ran)", threads, ran);

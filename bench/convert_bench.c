@@ -1,0 +1,139 @@
+/* convert_bench: kvconvert on a synthetic TinyLlama-1.1B BF16 checkpoint (kvsynth) against cp of
+ * the same bytes, measured in the same run: medians of 3 alternating rounds after a warm-up,
+ * ratios, and kvconvert's peak RSS. kvconvert fsyncs its output before renaming it into place
+ * (durable, atomic), cp does not: both baselines are shown, cp alone and cp + fsync. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ROUNDS 3
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* runs argv, waits; returns the exit status (-1 if it could not run), peak RSS in KB */
+static int run(char *const argv[], long *maxrss_kb) {
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    int status;
+    struct rusage ru;
+    if (wait4(pid, &status, 0, &ru) != pid) return -1;
+    if (maxrss_kb) *maxrss_kb = ru.ru_maxrss;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void remove_tree(const char *path) {
+    char *argv[] = {"rm", "-rf", (char *)path, NULL};
+    run(argv, NULL);
+}
+
+static int fsync_file(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return v[n / 2];
+}
+
+typedef struct {
+    const char *label;
+    const char *args[3]; /* transform options for kvconvert */
+    double secs[ROUNDS];
+    long rss_kb;
+} convert_case;
+
+int main(void) {
+    const char *bin = getenv("KV_BIN") ? getenv("KV_BIN") : "build/bin";
+    const char *tmpdir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    char work[4096], src[4200], model[4300], cp_dir[4200], cp_file[4300], out[4200], synth[4200], conv[4200];
+    snprintf(work, sizeof work, "%s/kvforge-convert-bench-XXXXXX", tmpdir);
+    if (!mkdtemp(work)) { fprintf(stderr, "convert_bench: cannot create a folder in %s: %s\n", tmpdir, strerror(errno)); return 1; }
+    snprintf(src, sizeof src, "%s/src", work);
+    snprintf(model, sizeof model, "%s/model.safetensors", src);
+    snprintf(cp_dir, sizeof cp_dir, "%s/cp", work);
+    snprintf(cp_file, sizeof cp_file, "%s/model.safetensors", cp_dir);
+    snprintf(out, sizeof out, "%s/out", work);
+    snprintf(synth, sizeof synth, "%s/kvsynth", bin);
+    snprintf(conv, sizeof conv, "%s/kvconvert", bin);
+
+    int status = 1;
+    printf("convert_bench: writing a synthetic TinyLlama-1.1B BF16 checkpoint (kvsynth)...\n");
+    fflush(stdout);
+    char *synth_argv[] = {synth, "--preset", "tinyllama-1.1b", src, NULL};
+    if (run(synth_argv, NULL) != 0) { fprintf(stderr, "convert_bench: kvsynth failed\n"); goto done; }
+    struct stat st;
+    if (stat(model, &st) != 0) { fprintf(stderr, "convert_bench: %s missing\n", model); goto done; }
+
+    convert_case cases[] = {
+        {"swiftkv:11", {"--swiftkv", "11", NULL}, {0}, 0},
+        {"lasagna-bottom:11 (mean init)", {"--map", "lasagna-bottom:11", NULL}, {0}, 0},
+    };
+    const int n_cases = (int)(sizeof cases / sizeof cases[0]);
+    double cp_secs[ROUNDS], cp_sync_secs[ROUNDS];
+    char *cp_argv[] = {"cp", model, cp_dir, NULL};
+    mkdir(cp_dir, 0755);
+    if (run(cp_argv, NULL) != 0) { fprintf(stderr, "convert_bench: cp failed\n"); goto done; } /* warm-up */
+    for (int r = 0; r < ROUNDS; r++) {
+        remove_tree(cp_dir);
+        mkdir(cp_dir, 0755);
+        sync();
+        double t = now();
+        if (run(cp_argv, NULL) != 0) { fprintf(stderr, "convert_bench: cp failed\n"); goto done; }
+        cp_secs[r] = now() - t;
+        remove_tree(cp_dir);
+        mkdir(cp_dir, 0755);
+        sync();
+        t = now();
+        if (run(cp_argv, NULL) != 0 || fsync_file(cp_file) != 0) { fprintf(stderr, "convert_bench: cp failed\n"); goto done; }
+        cp_sync_secs[r] = now() - t;
+        remove_tree(cp_dir);
+        for (int c = 0; c < n_cases; c++) {
+            remove_tree(out);
+            sync();
+            char *argv[] = {conv, "-q", src, out, (char *)cases[c].args[0], (char *)cases[c].args[1], NULL};
+            long rss;
+            t = now();
+            if (run(argv, &rss) != 0) { fprintf(stderr, "convert_bench: kvconvert %s failed\n", cases[c].label); goto done; }
+            cases[c].secs[r] = now() - t;
+            if (rss > cases[c].rss_kb) cases[c].rss_kb = rss;
+        }
+        remove_tree(out);
+    }
+    double cp = median(cp_secs, ROUNDS), cp_sync = median(cp_sync_secs, ROUNDS);
+    printf("source: %.2f GB BF16 (22 layers); medians of %d rounds\n", st.st_size / 1e9, ROUNDS);
+    printf("cp same bytes: %.2f s   cp + fsync: %.2f s\n", cp, cp_sync);
+    for (int c = 0; c < n_cases; c++) {
+        double s = median(cases[c].secs, ROUNDS);
+        printf("convert 1.1B bf16 %s: %.2f s   ratio vs cp %.2f   vs cp+fsync %.2f   peak RSS %.0f MB\n", cases[c].label, s,
+               s / cp, s / cp_sync, cases[c].rss_kb / 1024.0);
+    }
+    printf("goal: ratio <= 1.3 and peak RSS < 300 MB (kvconvert also hashes the source and fsyncs; see docs/CONVERT.md)\n");
+    status = 0;
+done:
+    remove_tree(work);
+    return status;
+}

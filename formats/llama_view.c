@@ -1,0 +1,333 @@
+#include "formats/llama_view.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/fileio.h"
+
+#define NAME_CAP 160
+#define WHY_CAP 160
+
+typedef enum { NEED_REQUIRED, NEED_OPTIONAL } need_kind;
+
+/* one tensor the config implies */
+typedef struct {
+    char name[NAME_CAP];
+    int n_dims;
+    int64_t shape[2];
+    char why[WHY_CAP];         /* config fields behind the shape */
+    need_kind need;
+    const st_tensor **slot;    /* NULL: checked if present, then ignored */
+} expect;
+
+typedef struct {
+    expect *items;
+    int n, cap;
+} expect_list;
+
+/* problems found while binding: the first message is kept, the rest counted */
+typedef struct {
+    kv_error first;
+    int n;
+} problems;
+
+static void problem(problems *p, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void problem(problems *p, int code, const char *fmt, ...) {
+    if (p->n++ > 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->first.msg, sizeof p->first.msg, fmt, ap);
+    va_end(ap);
+    p->first.code = code;
+}
+
+static expect *add(expect_list *l, need_kind need, const st_tensor **slot, int n_dims, int64_t d0,
+                   int64_t d1) {
+    if (l->n == l->cap) return NULL; /* sized up front; see expect_capacity */
+    expect *e = &l->items[l->n++];
+    memset(e, 0, sizeof *e);
+    e->need = need;
+    e->slot = slot;
+    e->n_dims = n_dims;
+    e->shape[0] = d0;
+    e->shape[1] = d1;
+    return e;
+}
+
+/* every entry that add_layer/add_model can create */
+static int expect_capacity(int n_layers) { return 32 * n_layers + 8; }
+
+/* name/why setters kept out of add() so the format strings stay checkable */
+#define SET_NAME(e, ...) snprintf((e)->name, NAME_CAP, __VA_ARGS__)
+#define SET_WHY(e, ...) snprintf((e)->why, WHY_CAP, __VA_ARGS__)
+
+/* a projection weight [rows, cols] and, when with_bias, its bias [rows] */
+static void add_proj(expect_list *l, need_kind need, int layer, const char *block,
+                     const char *proj, const st_tensor **w_slot, const st_tensor **b_slot,
+                     int64_t rows, int64_t cols, const char *why, int with_bias) {
+    expect *e = add(l, need, w_slot, 2, rows, cols);
+    if (e) {
+        SET_NAME(e, "model.layers.%d.%s.%s.weight", layer, block, proj);
+        SET_WHY(e, "%s", why);
+    }
+    if (!with_bias) return;
+    e = add(l, need, b_slot, 1, rows, 0);
+    if (e) {
+        SET_NAME(e, "model.layers.%d.%s.%s.bias", layer, block, proj);
+        SET_WHY(e, "%s", why);
+    }
+}
+
+static void add_norm(expect_list *l, const st_tensor **slot, const char *name, int64_t H,
+                     const char *why) {
+    expect *e = add(l, NEED_REQUIRED, slot, 1, H, 0);
+    if (!e) return;
+    SET_NAME(e, "%s", name);
+    SET_WHY(e, "%s", why);
+}
+
+static void add_layer(expect_list *l, const hf_config *c, int i, llama_layer_view *lv) {
+    const int64_t H = c->hidden_size, F = c->intermediate_size;
+    const int64_t q_rows = (int64_t)c->n_heads * c->head_dim;
+    const int64_t kv_rows = (int64_t)c->n_kv_heads * c->head_dim;
+    char why_h[WHY_CAP], why_q[WHY_CAP], why_kv[WHY_CAP], why_o[WHY_CAP], why_f[WHY_CAP];
+    snprintf(why_h, sizeof why_h, "hidden_size=%d", c->hidden_size);
+    snprintf(why_q, sizeof why_q, "num_attention_heads=%d, head_dim=%d, hidden_size=%d",
+             c->n_heads, c->head_dim, c->hidden_size);
+    snprintf(why_kv, sizeof why_kv, "num_key_value_heads=%d, head_dim=%d, hidden_size=%d",
+             c->n_kv_heads, c->head_dim, c->hidden_size);
+    snprintf(why_o, sizeof why_o, "hidden_size=%d, num_attention_heads=%d, head_dim=%d",
+             c->hidden_size, c->n_heads, c->head_dim);
+    snprintf(why_f, sizeof why_f, "intermediate_size=%d, hidden_size=%d", c->intermediate_size,
+             c->hidden_size);
+    const int ab = c->attention_bias, mb = c->mlp_bias;
+
+    char name[NAME_CAP];
+    snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", i);
+    add_norm(l, &lv->input_norm, name, H, why_h);
+    snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", i);
+    add_norm(l, &lv->post_norm, name, H, why_h);
+
+    /* attention projections */
+    const int swift = c->swiftkv && i >= c->swiftkv_layers;
+    const int kv_layer = hf_config_is_kv_layer(c, i);
+    need_kind q_need = swift ? NEED_OPTIONAL : NEED_REQUIRED;
+    add_proj(l, q_need, i, "self_attn", "q_proj", &lv->q, &lv->q_bias, q_rows, H, why_q, ab);
+    if (swift) {
+        /* the teacher's k/v (interop layout): bound when present */
+        add_proj(l, NEED_OPTIONAL, i, "self_attn", "k_proj", &lv->k, &lv->k_bias, kv_rows, H,
+                 why_kv, ab);
+        add_proj(l, NEED_OPTIONAL, i, "self_attn", "v_proj", &lv->v, &lv->v_bias, kv_rows, H,
+                 why_kv, ab);
+    } else if (kv_layer) {
+        add_proj(l, NEED_REQUIRED, i, "self_attn", "k_proj", &lv->k, &lv->k_bias, kv_rows, H,
+                 why_kv, ab);
+        add_proj(l, NEED_REQUIRED, i, "self_attn", "v_proj", &lv->v, &lv->v_bias, kv_rows, H,
+                 why_kv, ab);
+    } else {
+        /* non-KV layer of a cross-layer map: checked if present, never bound */
+        add_proj(l, NEED_OPTIONAL, i, "self_attn", "k_proj", NULL, NULL, kv_rows, H, why_kv, ab);
+        add_proj(l, NEED_OPTIONAL, i, "self_attn", "v_proj", NULL, NULL, kv_rows, H, why_kv, ab);
+    }
+    add_proj(l, NEED_REQUIRED, i, "self_attn", "o_proj", &lv->o, &lv->o_bias, H, q_rows, why_o, ab);
+    if (swift) {
+        add_proj(l, NEED_REQUIRED, i, "self_attn", "q_proj_swiftkv", &lv->q_swiftkv,
+                 &lv->q_swiftkv_bias, q_rows, H, why_q, ab);
+        if (hf_config_swiftkv_leader(c, i)) {
+            add_proj(l, NEED_REQUIRED, i, "self_attn", "k_proj_swiftkv", &lv->k_swiftkv,
+                     &lv->k_swiftkv_bias, kv_rows, H, why_kv, ab);
+            add_proj(l, NEED_REQUIRED, i, "self_attn", "v_proj_swiftkv", &lv->v_swiftkv,
+                     &lv->v_swiftkv_bias, kv_rows, H, why_kv, ab);
+        }
+    }
+    /* MLP */
+    add_proj(l, NEED_REQUIRED, i, "mlp", "gate_proj", &lv->gate, &lv->gate_bias, F, H, why_f, mb);
+    add_proj(l, NEED_REQUIRED, i, "mlp", "up_proj", &lv->up, &lv->up_bias, F, H, why_f, mb);
+    char why_d[WHY_CAP];
+    snprintf(why_d, sizeof why_d, "hidden_size=%d, intermediate_size=%d", c->hidden_size,
+             c->intermediate_size);
+    add_proj(l, NEED_REQUIRED, i, "mlp", "down_proj", &lv->down, &lv->down_bias, H, F, why_d, mb);
+}
+
+static void add_model(expect_list *l, const hf_config *c, llama_view *v) {
+    const int64_t H = c->hidden_size, V = c->vocab_size;
+    char why_vh[WHY_CAP], why_h[WHY_CAP];
+    snprintf(why_vh, sizeof why_vh, "vocab_size=%d, hidden_size=%d", c->vocab_size,
+             c->hidden_size);
+    snprintf(why_h, sizeof why_h, "hidden_size=%d", c->hidden_size);
+    expect *e = add(l, NEED_REQUIRED, &v->embed, 2, V, H);
+    if (e) SET_NAME(e, "model.embed_tokens.weight"), SET_WHY(e, "%s", why_vh);
+    add_norm(l, &v->norm, "model.norm.weight", H, why_h);
+    if (c->swiftkv) add_norm(l, &v->norm_swiftkv, "model.norm_swiftkv.weight", H, why_h);
+    e = add(l, c->tie_word_embeddings ? NEED_OPTIONAL : NEED_REQUIRED,
+            c->tie_word_embeddings ? NULL : &v->lm_head, 2, V, H);
+    if (e) SET_NAME(e, "lm_head.weight"), SET_WHY(e, "%s", why_vh);
+    for (int i = 0; i < c->n_layers; i++) add_layer(l, c, i, &v->layers[i]);
+}
+
+static const char *base_name(const char *path) {
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+static const char *file_of(const st_checkpoint *ck, const st_tensor *t) {
+    if (t->file_index >= 0 && t->file_index < ck->n_files) return base_name(ck->files[t->file_index].path);
+    return "checkpoint";
+}
+
+/* where a missing tensor should have been */
+static void missing_label(const st_checkpoint *ck, char *out, size_t cap) {
+    if (ck->n_files == 1) snprintf(out, cap, "%s", base_name(ck->files[0].path));
+    else if (ck->sharded) snprintf(out, cap, "model.safetensors.index.json");
+    else snprintf(out, cap, "%s", ck->dir ? ck->dir : "checkpoint");
+}
+
+static void shape_text(char *out, size_t cap, int n_dims, const int64_t *shape) {
+    size_t at = 0;
+    at += (size_t)snprintf(out, cap, "[");
+    for (int d = 0; d < n_dims && at < cap; d++)
+        at += (size_t)snprintf(out + at, cap - at, d ? ", %lld" : "%lld", (long long)shape[d]);
+    if (at < cap) snprintf(out + at, cap - at, "]");
+}
+
+static int cmp_index_by_name(const void *a, const void *b, void *ctx) {
+    const st_checkpoint *ck = ctx;
+    return strcmp(ck->tensors[*(const int *)a]->name, ck->tensors[*(const int *)b]->name);
+}
+
+/* index of NAME in the checkpoint (sorted by name: binary search), or -1 */
+static int find_index(const st_checkpoint *ck, const int *order, const char *name) {
+    int lo = 0, hi = ck->n_tensors - 1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2;
+        int c = strcmp(ck->tensors[order[mid]]->name, name);
+        if (c == 0) return order[mid];
+        if (c < 0) lo = mid + 1;
+        else hi = mid - 1;
+    }
+    return -1;
+}
+
+static int float_dtype(kv_dtype t) { return t == KV_F32 || t == KV_F16 || t == KV_BF16; }
+
+static void check_one(const expect *e, const st_tensor *t, const st_checkpoint *ck, problems *p) {
+    if (!float_dtype(t->dtype)) {
+        problem(p, KV_EUNSUPPORTED, "%s: tensor '%s': dtype %s, expected F32, F16 or BF16",
+                file_of(ck, t), t->name, kv_dtype_name(t->dtype));
+        return;
+    }
+    int same = t->n_dims == e->n_dims;
+    for (int d = 0; same && d < e->n_dims; d++) same = t->shape[d] == e->shape[d];
+    if (same) return;
+    char have[128], want[64];
+    shape_text(have, sizeof have, t->n_dims, t->shape);
+    shape_text(want, sizeof want, e->n_dims, e->shape);
+    problem(p, KV_EFORMAT, "%s: tensor '%s': shape %s but config.json implies %s (%s)",
+            file_of(ck, t), t->name, have, want, e->why);
+}
+
+void llama_view_free(llama_view *v) {
+    free(v->layers);
+    memset(v, 0, sizeof *v);
+}
+
+const st_tensor *llama_view_output(const llama_view *v) { return v->lm_head ? v->lm_head : v->embed; }
+
+int llama_view_bind(llama_view *v, const hf_config *c, const st_checkpoint *ck, kv_error *err) {
+    memset(v, 0, sizeof *v);
+    if (c->n_layers < 1 || c->n_layers > HF_MAX_LAYERS)
+        return kv_fail(err, KV_EINVAL, "config.json: num_hidden_layers=%d out of range",
+                       c->n_layers);
+    v->layers = calloc((size_t)c->n_layers, sizeof *v->layers);
+    expect_list l = {.cap = expect_capacity(c->n_layers)};
+    l.items = malloc((size_t)l.cap * sizeof *l.items);
+    int *order = malloc((size_t)(ck->n_tensors > 0 ? ck->n_tensors : 1) * sizeof *order);
+    unsigned char *seen = calloc((size_t)(ck->n_tensors > 0 ? ck->n_tensors : 1), 1);
+    int rc = 0;
+    if (!v->layers || !l.items || !order || !seen) {
+        rc = kv_fail(err, KV_ENOMEM, "%s: out of memory binding tensors", ck->dir ? ck->dir : "checkpoint");
+        goto done;
+    }
+    v->cfg = c;
+    v->ckpt = ck;
+    v->n_layers = c->n_layers;
+    for (int i = 0; i < ck->n_tensors; i++) order[i] = i;
+    qsort_r(order, (size_t)ck->n_tensors, sizeof *order, cmp_index_by_name, (void *)ck);
+    add_model(&l, c, v);
+    if (l.n == l.cap) { /* add() refused an entry: expect_capacity is wrong */
+        rc = kv_fail(err, KV_EINVAL, "llama_view: internal: more than %d expected tensors", l.cap);
+        goto done;
+    }
+
+    problems p = {0};
+    char where[256];
+    missing_label(ck, where, sizeof where);
+    for (int k = 0; k < l.n; k++) {
+        const expect *e = &l.items[k];
+        int idx = find_index(ck, order, e->name);
+        if (idx < 0) {
+            if (e->need == NEED_REQUIRED) problem(&p, KV_EFORMAT, "%s: missing tensor '%s'", where, e->name);
+            continue;
+        }
+        seen[idx] = 1;
+        const st_tensor *t = ck->tensors[idx];
+        int before = p.n;
+        check_one(e, t, ck, &p);
+        if (p.n != before) continue;
+        if (e->slot) {
+            *e->slot = t;
+            v->n_bound++;
+            v->n_params_bound += (int64_t)t->n_elements;
+        } else {
+            v->n_ignored++;
+        }
+    }
+    for (int i = 0; i < ck->n_tensors; i++) {
+        const st_tensor *t = ck->tensors[order[i]];
+        v->n_params += (int64_t)t->n_elements;
+        if ((int)t->dtype >= 0 && t->dtype < KV_DTYPE_COUNT) v->bytes_by_dtype[t->dtype] += t->n_bytes;
+        if (!seen[order[i]])
+            problem(&p, KV_EFORMAT,
+                    "%s: unexpected tensor '%s' (not part of the %s model config.json describes)",
+                    file_of(ck, t), t->name, c->architecture);
+    }
+    if (p.n) {
+        rc = p.first.code;
+        if (p.n > 1)
+            kv_fail(err, rc, "%s (and %d more problem%s)", p.first.msg, p.n - 1, p.n > 2 ? "s" : "");
+        else
+            kv_fail(err, rc, "%s", p.first.msg);
+    }
+done:
+    free(l.items);
+    free(order);
+    free(seen);
+    if (rc) llama_view_free(v);
+    return rc;
+}
+
+int llama_view_open_dir(llama_model_dir *m, const char *dir, kv_error *err) {
+    memset(m, 0, sizeof *m);
+    char path[4096];
+    int rc = kv_join(path, sizeof path, dir, "config.json", err);
+    if (!rc) rc = hf_config_load(&m->config, path, err);
+    if (rc) return rc;
+    rc = st_checkpoint_open(&m->ckpt, dir, err);
+    if (rc) return rc;
+    rc = llama_view_bind(&m->view, &m->config, &m->ckpt, err);
+    if (rc) {
+        kv_wrap(err, "%s", dir);
+        st_checkpoint_close(&m->ckpt);
+    }
+    return rc;
+}
+
+void llama_view_close_dir(llama_model_dir *m) {
+    llama_view_free(&m->view);
+    st_checkpoint_close(&m->ckpt);
+    memset(m, 0, sizeof *m);
+}

@@ -1,0 +1,28 @@
+#!/bin/sh
+# bundles through the tools: convert --bundle, kvverify bundle, kvrun on the bundle (same logits
+# as the directory), unbundle byte-identical, a flipped byte reported
+. tests/lib.sh
+require_shared cli_bundle
+S=$SHARED/models/stories260K
+expect_rc 0 "convert + bundle" -- "$BIN/kvconvert" "$S" "$TMP/m" --map sandwich-top:3 --bundle "$TMP/m.kvb" -q
+expect_rc 0 "verify" -- "$BIN/kvverify" bundle "$TMP/m.kvb" --json
+expect_grep '"ok":true' "$TMP/out" "verify ok"
+expect_rc 0 "logits from dir" -- "$BIN/kvrun" "$TMP/m" --logits-out "$TMP/dir.st" --text "Once upon a time, there was a cat."
+expect_rc 0 "logits from bundle" -- "$BIN/kvrun" "$TMP/m.kvb" --logits-out "$TMP/kvb.st" --text "Once upon a time, there was a cat."
+expect_rc 0 "bundle logits identical" -- "$BIN/kvverify" logits "$TMP/dir.st" "$TMP/kvb.st" --atol 0
+expect_rc 0 "tokenize from bundle" -- "$BIN/kvrun" "$TMP/m.kvb" --tokenize "Once upon a time"
+expect_grep "^403 407 261 378$" "$TMP/out" "bundle tokenizer ids"
+expect_rc 0 "unbundle" -- "$BIN/kvconvert" unbundle "$TMP/m.kvb" "$TMP/back"
+cmp -s "$TMP/m/model.safetensors" "$TMP/back/model.safetensors" && ok || bad "unbundled tensors differ"
+cmp -s "$TMP/m/config.json" "$TMP/back/config.json" && ok || bad "unbundled config differs"
+expect_rc 0 "bundle again" -- "$BIN/kvconvert" bundle "$TMP/m" "$TMP/m2.kvb"
+cmp -s "$TMP/m.kvb" "$TMP/m2.kvb" && ok || bad "bundles of the same model differ"
+# flip one byte in the middle of the tensor data
+size=$(wc -c < "$TMP/m.kvb")
+cp "$TMP/m.kvb" "$TMP/bad.kvb"
+printf '\377' | dd of="$TMP/bad.kvb" bs=1 seek=$((size / 2)) conv=notrunc 2>/dev/null
+expect_rc 1 "corrupt bundle" -- "$BIN/kvverify" bundle "$TMP/bad.kvb"
+expect_grep "kvverify: error:" "$TMP/err" "corruption reported"
+expect_rc 1 "kvrun refuses corrupt" -- "$BIN/kvrun" "$TMP/bad.kvb" --prompt hi -n 2
+expect_rc 1 "unbundle into non-empty" -- "$BIN/kvconvert" unbundle "$TMP/m.kvb" "$TMP/m"
+done_tests cli_bundle
