@@ -656,6 +656,20 @@ static void test_dtypes_and_layouts(void) {
         CHECK(kv_model_load(&m, dir, NULL, &err) != 0 && strstr(err.msg, "lm_head.weight"),
               "missing lm_head: '%s'", err.msg);
     }
+    /* a tensor the config does not account for is refused, named (formats/llama_view.h) */
+    {
+        cJSON *cfg = orig_config();
+        w.n = 0;
+        wset_add_all_orig(&w, NULL, NULL);
+        wset_add_orig(&w, "model.layers.1.self_attn.rotary.weight", "model.norm.weight");
+        const char *dir = write_model("stray-tensor", cfg, &w);
+        wset_free(&w);
+        cJSON_Delete(cfg);
+        kv_model m;
+        kv_error err = {0};
+        CHECK(kv_model_load(&m, dir, NULL, &err) != 0 && strstr(err.msg, "self_attn.rotary.weight"),
+              "stray tensor: '%s'", err.msg);
+    }
     /* attention_bias / mlp_bias with zero biases: same logits; the names are bound */
     {
         cJSON *cfg = orig_config();
