@@ -504,6 +504,20 @@ static void check_consistency(runner *r, const char *what, int upward, int swift
         double d = max_abs_diff(it, full, (size_t)T * V);
         CHECK(d == 0.0, "%s: prefill mode changed a map without upward layers (%g)", what, d);
     }
+    if (!swiftkv) {
+        /* the last token's logits with the tail skip (layers above the highest K/V writer only
+         * for the last token) = every token through every layer */
+        float last_skip[V], last_all[V];
+        kv_error err = {0};
+        kv_forward_opts o = {.logits = KV_LOGITS_LAST, .prefill = SEQUENTIAL};
+        kv_state_reset(&r->s);
+        CHECK(kv_forward(&r->s, tok, T, &o, last_skip, &err) == 0, "%s", err.msg);
+        o.no_tail_skip = 1;
+        kv_state_reset(&r->s);
+        CHECK(kv_forward(&r->s, tok, T, &o, last_all, &err) == 0, "%s", err.msg);
+        double d = max_abs_diff(last_skip, last_all, V);
+        CHECK(d <= 2e-5, "%s: tail skip vs all layers for the last token: %g", what, d);
+    }
     if (swiftkv) {
         /* the last prompt token: skipping layers >= l for the others changes nothing */
         float last_skip[V], last_all[V];
