@@ -239,7 +239,7 @@ static int run_pass(kv_state *s, const int32_t *tokens, int T, const kv_forward_
             const int run = o->no_swiftkv_skip ? T : rows;
             if (run > 0)
                 rc = kv_layers_run(s, l, m->n_layers, x + (size_t)(T - run) * H, run,
-                               pos0 + T - run);
+                                   pos0 + T - run);
         }
     } else if (s->has_upward && T > 1) {
         const int passes = o->prefill.passes > 0 ? o->prefill.passes : KV_PREFILL_DEFAULT_PASSES;
