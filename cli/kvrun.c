@@ -7,6 +7,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <cblas.h>
+
 #include "cli/cli.h"
 #include "runtime/model_source.h"
 #include "formats/fileio.h"
@@ -17,6 +19,8 @@
 #include "runtime/ppl.h"
 
 static const char *TOOL = "kvrun";
+
+#define SMALL_MODEL_BYTES ((size_t)16 << 20) /* default to one thread below this (weights/token) */
 
 static void usage(void) {
     printf("Usage: kvrun [OPTIONS] MODEL\n"
@@ -49,7 +53,8 @@ static void usage(void) {
            "  --text TEXT            input text (BOS prepended)\n"
            "  --tokens IDS           input ids, comma-separated, used as given\n"
            "Common:\n"
-           "  --threads N            worker threads (default: all online CPUs)\n"
+           "  --threads N            worker threads (default: all online CPUs; 1 for models\n"
+           "                         under 16 MB of weights)\n"
            "  --prefill MODE         sequential | iterative[:N], for maps with upward layers\n"
            "                         (default iterative:9)\n"
            "  --batch N              tokens per forward pass (default 512)\n"
@@ -97,6 +102,8 @@ static int open_model(const run_args *a, kv_model *m, kv_error *err) {
     if (a->threads > 0) kv_kernels_set_threads((int)a->threads);
     int rc = kv_model_open_path(m, &g_bundle, a->model_dir, (int)(a->threads > 0 ? a->threads : 0), err);
     if (rc) return rc;
+    /* a model whose weights fit in cache runs faster on one thread than waking others */
+    if (a->threads <= 0 && m->step_bytes < SMALL_MODEL_BYTES) kv_kernels_set_threads(1);
     return 0;
 }
 
@@ -303,16 +310,17 @@ static int run_bench(const run_args *a) {
     const double prefill_tps = P / best_prefill, decode_tps = G / best_decode;
     const size_t per_token = s.cache.bytes / (size_t)s.max_seq;
     if (a->json)
-        printf("{\"model\": \"%s\", \"kv_map\": \"%s\", \"threads\": %d, \"prompt_tokens\": %d, "
+        printf("{\"model\": \"%s\", \"kv_map\": \"%s\", \"threads\": %d, \"blas_core\": \"%s\", "
+               "\"prompt_tokens\": %d, "
                "\"decode_tokens\": %d, \"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": "
                "%.2f, \"kv_cache_bytes\": %zu, \"kv_cache_bytes_per_token\": %zu, "
                "\"weight_bytes_per_token\": %zu, \"decode_weight_gb_per_s\": %.3f}\n",
-               a->model_dir, m.map.name, kv_kernels_threads(), P, G, prefill_tps, decode_tps,
-               s.cache.bytes, per_token, m.step_bytes, m.step_bytes * decode_tps / 1e9);
+               a->model_dir, m.map.name, kv_kernels_threads(), openblas_get_corename(), P, G, prefill_tps,
+               decode_tps, s.cache.bytes, per_token, m.step_bytes, m.step_bytes * decode_tps / 1e9);
     else
-        printf("%s (%s, %d threads): prefill %d tokens %.1f tok/s; decode %d tokens %.1f tok/s "
+        printf("%s (%s, %d threads, OpenBLAS %s): prefill %d tokens %.1f tok/s; decode %d tokens %.1f tok/s "
                "(%.2f GB/s of weights); KV cache %zu bytes (%zu per token)\n",
-               a->model_dir, m.map.name, kv_kernels_threads(), P, prefill_tps, G, decode_tps,
+               a->model_dir, m.map.name, kv_kernels_threads(), openblas_get_corename(), P, prefill_tps, G, decode_tps,
                m.step_bytes * decode_tps / 1e9, s.cache.bytes, per_token);
     status = 0;
 fail:

@@ -44,6 +44,9 @@ int kv_state_init(kv_state *s, const kv_model *m, int max_seq, int max_batch, kv
     s->max_seq = max_seq;
     s->max_batch = max_batch;
     s->has_upward = kvmap_cyclic_block(&m->map, &s->block_lo, &s->block_hi) > 0;
+    s->top_kv_writer = -1;
+    for (int i = 0; i < m->n_layers; i++)
+        if (kv_model_writes_own_kv(m, i)) s->top_kv_writer = i;
     const size_t B = (size_t)max_batch, H = (size_t)m->hidden, Q = (size_t)m->q_dim,
                  F = (size_t)m->ffn;
     /* the arena's table of sizes: every activation, in the order they are carved below */
@@ -110,22 +113,33 @@ static void write_kv(kv_state *s, int layer, const float *wk, const float *bk, c
     rows_rope(k, T, m->n_kv_heads, positions(s, pos0, T), &s->rope);
 }
 
-int kv_layer_attention(kv_state *s, int layer, float *x, int T, int pos0) {
+/* xb = rmsnorm(x, input_layernorm); K/V of the rows when `layer` writes its own */
+static void attention_input(kv_state *s, int layer, const float *x, int T, int pos0, int write) {
     const kv_model *m = s->model;
     const kv_layer_weights *w = &m->layers[layer];
-    const int H = m->hidden;
-    rows_rmsnorm(s->xb, x, w->attn_norm, T, H, m->eps);
-    if (kv_model_writes_own_kv(m, layer))
+    rows_rmsnorm(s->xb, x, w->attn_norm, T, m->hidden, m->eps);
+    if (write && kv_model_writes_own_kv(m, layer))
         write_kv(s, layer, w->wk, w->bk, w->wv, w->bv, s->xb, T, pos0);
-    kv_matmul(s->q, s->xb, w->wq, w->bq, T, H, m->q_dim);
+}
+
+/* the rest of the attention block, from xb: queries, attention over slot(kv(layer)), o_proj */
+static int attention_output(kv_state *s, int layer, float *x, int T, int pos0) {
+    const kv_model *m = s->model;
+    const kv_layer_weights *w = &m->layers[layer];
+    kv_matmul(s->q, s->xb, w->wq, w->bq, T, m->hidden, m->q_dim);
     rows_rope(s->q, T, m->n_heads, positions(s, pos0, T), &s->rope);
     const int src = m->map.kv_layer_of[layer]; /* the layer whose K/V these queries read */
     const kv_attn_mask mask = src > layer ? KV_MASK_STRICT : KV_MASK_CAUSAL;
     int rc = kv_attention(s->att, s->q, kv_cache_k(&s->cache, layer), kv_cache_v(&s->cache, layer),
                           T, pos0, pos0 + T, m->n_heads, m->n_kv_heads, m->head_dim, mask);
     if (rc) return rc;
-    kv_matmul_acc(x, s->att, w->wo, w->bo, T, m->q_dim, H);
+    kv_matmul_acc(x, s->att, w->wo, w->bo, T, m->q_dim, m->hidden);
     return 0;
+}
+
+int kv_layer_attention(kv_state *s, int layer, float *x, int T, int pos0) {
+    attention_input(s, layer, x, T, pos0, 1);
+    return attention_output(s, layer, x, T, pos0);
 }
 
 void kv_layer_mlp(kv_state *s, int layer, float *x, int T) {
@@ -165,8 +179,31 @@ void kv_lm_head(kv_state *s, const float *x, int T, float *logits) {
 
 /* ---- a pass over T <= max_batch tokens ---------------------------------------------------- */
 
+/* Layers [from, L) for T rows of which only the last `rows` need an output (logits). Every
+ * layer up to the highest one that writes K/V runs for all rows (the cache needs them); above
+ * it a row's hidden state feeds nothing but its own logits, so only the wanted rows go on
+ * (exact: the same values, fewer rows). prune = 0 runs every row through every layer. */
+static int run_tail(kv_state *s, int from, float *x, int T, int pos0, int rows, int prune) {
+    const kv_model *m = s->model;
+    const int L = m->n_layers, top = s->top_kv_writer;
+    if (!prune || rows == T) return kv_layers_run(s, from, L, x, T, pos0);
+    float *xr = x + (size_t)(T - rows) * m->hidden;
+    const int pr = pos0 + T - rows;
+    int rc = 0;
+    if (top >= from) {
+        if ((rc = kv_layers_run(s, from, top, x, T, pos0))) return rc;
+        attention_input(s, top, x, T, pos0, 1); /* K/V of every row */
+        if (rows == 0) return 0;
+        attention_input(s, top, xr, rows, pr, 0);
+        if ((rc = attention_output(s, top, xr, rows, pr))) return rc;
+        kv_layer_mlp(s, top, xr, rows);
+        from = top + 1;
+    }
+    return rows ? kv_layers_run(s, from, L, xr, rows, pr) : 0;
+}
+
 /* iterative prefill over a map with upward layers: the cyclic block `passes` times */
-static int run_iterative(kv_state *s, float *x, int T, int pos0, int passes) {
+static int run_iterative(kv_state *s, float *x, int T, int pos0, int passes, int rows, int prune) {
     const kv_model *m = s->model;
     const int lo = s->block_lo, hi = s->block_hi;
     const size_t bytes = sizeof(float) * (size_t)T * (size_t)m->hidden;
@@ -181,7 +218,7 @@ static int run_iterative(kv_state *s, float *x, int T, int pos0, int passes) {
         if (pass) memcpy(x, s->x_block, bytes);
         if ((rc = kv_layers_run(s, lo, hi + 1, x, T, pos0))) return rc;
     }
-    return kv_layers_run(s, hi + 1, m->n_layers, x, T, pos0);
+    return run_tail(s, hi + 1, x, T, pos0, rows, prune);
 }
 
 /* tokens at pos0 = n_past; logits rows for the wanted tokens into out */
@@ -202,13 +239,13 @@ static int run_pass(kv_state *s, const int32_t *tokens, int T, const kv_forward_
             const int run = o->no_swiftkv_skip ? T : rows;
             if (run > 0)
                 rc = kv_layers_run(s, l, m->n_layers, x + (size_t)(T - run) * H, run,
-                               pos0 + T - run);
+                                   pos0 + T - run);
         }
     } else if (s->has_upward && T > 1) {
         const int passes = o->prefill.passes > 0 ? o->prefill.passes : KV_PREFILL_DEFAULT_PASSES;
-        rc = run_iterative(s, x, T, pos0, passes);
+        rc = run_iterative(s, x, T, pos0, passes, rows, !o->no_tail_skip);
     } else {
-        rc = kv_layers_run(s, 0, m->n_layers, x, T, pos0);
+        rc = run_tail(s, 0, x, T, pos0, rows, !o->no_tail_skip);
     }
     if (rc) return kv_fail(err, rc, "forward: out of memory in attention");
     s->n_past += T;

@@ -23,7 +23,10 @@
  *                 tokens, each pass from the same hidden states entering it and reading the
  *                 target K/V of the previous pass (zeros before the first); layers above once.
  * SwiftKV prefill: every token runs layers < l (and so all K/V); only tokens whose logits are
- * wanted run layers >= l (the last, or none) unless no_swiftkv_skip. */
+ * wanted run layers >= l (the last, or none) unless no_swiftkv_skip. Other maps, likewise
+ * exact: above the highest layer that writes K/V (its K/V still for every token) only the tokens
+ * whose logits are wanted run (original: the last layer's attention output and MLP; pizza-
+ * bottom/YOCO: every layer above the last KV layer), unless no_tail_skip. */
 #ifndef KV_FORWARD_H
 #define KV_FORWARD_H
 
@@ -45,9 +48,11 @@ int kv_prefill_parse(kv_prefill *p, const char *spec, kv_error *err);
 
 typedef enum { KV_LOGITS_LAST = 0, KV_LOGITS_ALL = 1, KV_LOGITS_NONE = 2 } kv_logits_want;
 
-typedef struct {          /* all-zero = last-token logits, SwiftKV skip on, iterative:9 */
+typedef struct {          /* all-zero = last-token logits, both skips on, iterative:9 */
     kv_logits_want logits;
     int no_swiftkv_skip;  /* SwiftKV: run layers >= l for every token */
+    int no_tail_skip;     /* other maps: run the layers above the highest K/V-writing layer for
+                             every token, not only those whose logits are wanted */
     kv_prefill prefill;   /* multi-token passes over maps with upward layers */
 } kv_forward_opts;
 
@@ -59,6 +64,7 @@ typedef struct {
     int max_batch;        /* tokens per internal pass (longer inputs run in chunks) */
     int n_past;           /* positions already in the cache */
     int has_upward;       /* the map has layers with kv(i) > i */
+    int top_kv_writer;    /* highest layer writing K/V from its own input (-1: none) */
     int block_lo, block_hi; /* their cyclic block */
     kv_arena arena;       /* every buffer below */
     float *x;             /* [B, H] residual stream */

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "formats/fileio.h"
+#include "formats/llama_view.h"
 
 /* one weight to bind: where the pointer goes, what the source holds */
 typedef struct {
@@ -249,9 +250,13 @@ int kv_model_load(kv_model *m, const char *dir, const kv_model_opts *o, kv_error
         free(ck);
         return rc;
     }
+    /* every tensor of the checkpoint accounted for and checked against the config, as every
+     * kvforge tool sees it (formats/llama_view.h); then bound from it */
+    llama_view view;
+    if ((rc = llama_view_bind(&view, &cfg, ck, err)) == 0) llama_view_free(&view);
     kv_tensor_source src;
     kv_tensor_source_checkpoint(&src, ck);
-    if ((rc = kv_model_from_source(m, &cfg, &src, o, err))) {
+    if (rc || (rc = kv_model_from_source(m, &cfg, &src, o, err))) {
         st_checkpoint_close(ck);
         free(ck);
         return rc;

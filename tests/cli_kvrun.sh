@@ -81,4 +81,28 @@ expect_rc 0 "bench" -- "$R" "$M" --bench --prompt-len 32 -n 8 --repeat 1 --json 
 expect_grep '"kv_cache_bytes": 51200,' "$TMP/out" "KV bytes = formula"
 expect_grep '"decode_tokens_per_s": ' "$TMP/out" "decode speed"
 expect_grep '"prefill_tokens_per_s": ' "$TMP/out" "prefill speed"
+# checkpoints converted by kvconvert: identity = original bit for bit; SwiftKV deploy layout =
+# interop layout (teacher q/k/v ignored); a cross-layer map generates and has the formula's cache
+C="$BIN/kvconvert"
+T=1,403,407,261,378,432,383,286,261,376
+"$C" "$M" "$TMP/id" --map identity -q >/dev/null 2>&1 && ok || bad "kvconvert identity"
+"$C" "$M" "$TMP/skv" --swiftkv 3,2 -q >/dev/null 2>&1 && ok || bad "kvconvert swiftkv"
+"$C" "$M" "$TMP/skvi" --swiftkv 3,2 --layout hf-swiftkv -q >/dev/null 2>&1 && ok || bad "kvconvert swiftkv interop"
+"$C" "$M" "$TMP/sm" --map sandwich-middle:3 -q >/dev/null 2>&1 && ok || bad "kvconvert sandwich-middle:3"
+for d in id skv skvi; do
+    expect_rc 0 "logits of $d" -- "$R" "$TMP/$d" --logits-out "$TMP/$d.safetensors" --tokens "$T"
+done
+expect_rc 0 "logits of original" -- "$R" "$M" --logits-out "$TMP/orig.safetensors" --tokens "$T"
+expect_rc 0 "identity vs original" -- "$BIN/kvverify" logits "$TMP/orig.safetensors" "$TMP/id.safetensors" --json
+expect_grep '"max_abs":0,' "$TMP/out" "identity map bit-identical"
+expect_rc 0 "swiftkv deploy vs interop" -- "$BIN/kvverify" logits "$TMP/skv.safetensors" "$TMP/skvi.safetensors" --json
+expect_grep '"max_abs":0,' "$TMP/out" "interop layout ignored"
+expect_rc 0 "cross-layer generates" -- "$R" "$TMP/sm" --prompt "Once upon a time" -n 20 --temperature 0
+expect_grep "^Once upon a time" "$TMP/out" "prompt echoed"
+# sandwich-middle:3 keeps 3 of 5 KV layers: 2 * 3 * 4 * 8 * 4 bytes * 40 positions
+expect_rc 0 "cross-layer bench" -- "$R" "$TMP/sm" --bench --prompt-len 32 -n 8 --repeat 1 --json --prefill sequential
+expect_grep '"kv_cache_bytes": 30720,' "$TMP/out" "cross-layer KV bytes = formula"
+# SwiftKV 3,2: 3 + (5 - 3) / 2 = 4 slots
+expect_rc 0 "swiftkv bench" -- "$R" "$TMP/skv" --bench --prompt-len 32 -n 8 --repeat 1 --json
+expect_grep '"kv_cache_bytes": 40960,' "$TMP/out" "SwiftKV KV bytes = formula"
 done_tests cli_kvrun

@@ -504,6 +504,20 @@ static void check_consistency(runner *r, const char *what, int upward, int swift
         double d = max_abs_diff(it, full, (size_t)T * V);
         CHECK(d == 0.0, "%s: prefill mode changed a map without upward layers (%g)", what, d);
     }
+    if (!swiftkv) {
+        /* the last token's logits with the tail skip (layers above the highest K/V writer only
+         * for the last token) = every token through every layer */
+        float last_skip[V], last_all[V];
+        kv_error err = {0};
+        kv_forward_opts o = {.logits = KV_LOGITS_LAST, .prefill = SEQUENTIAL};
+        kv_state_reset(&r->s);
+        CHECK(kv_forward(&r->s, tok, T, &o, last_skip, &err) == 0, "%s", err.msg);
+        o.no_tail_skip = 1;
+        kv_state_reset(&r->s);
+        CHECK(kv_forward(&r->s, tok, T, &o, last_all, &err) == 0, "%s", err.msg);
+        double d = max_abs_diff(last_skip, last_all, V);
+        CHECK(d <= 2e-5, "%s: tail skip vs all layers for the last token: %g", what, d);
+    }
     if (swiftkv) {
         /* the last prompt token: skipping layers >= l for the others changes nothing */
         float last_skip[V], last_all[V];
@@ -655,6 +669,20 @@ static void test_dtypes_and_layouts(void) {
         kv_error err = {0};
         CHECK(kv_model_load(&m, dir, NULL, &err) != 0 && strstr(err.msg, "lm_head.weight"),
               "missing lm_head: '%s'", err.msg);
+    }
+    /* a tensor the config does not account for is refused, named (formats/llama_view.h) */
+    {
+        cJSON *cfg = orig_config();
+        w.n = 0;
+        wset_add_all_orig(&w, NULL, NULL);
+        wset_add_orig(&w, "model.layers.1.self_attn.rotary.weight", "model.norm.weight");
+        const char *dir = write_model("stray-tensor", cfg, &w);
+        wset_free(&w);
+        cJSON_Delete(cfg);
+        kv_model m;
+        kv_error err = {0};
+        CHECK(kv_model_load(&m, dir, NULL, &err) != 0 && strstr(err.msg, "self_attn.rotary.weight"),
+              "stray tensor: '%s'", err.msg);
     }
     /* attention_bias / mlp_bias with zero biases: same logits; the names are bound */
     {
