@@ -39,6 +39,10 @@ static void usage(void) {
            "  --shard-size SIZE         shard the weights (e.g. 2G; default 5G; 0 = one file)\n"
            "  --force                   write into a non-empty DST_DIR (its *.safetensors and\n"
            "                            index are replaced or removed; other files stay)\n"
+           "  --no-sync                 skip fsync: for scratch output (still appears atomically,\n"
+           "                            but a crash may lose it)\n"
+           "  --no-hash-cache           hash every source file for kvforge.json even when an\n"
+           "                            unchanged file's digest is cached (see docs/CONVERT.md)\n"
            "  --bundle OUT.kvb          also pack the converted model into a bundle\n"
            "  --level N                 bundle: zstd level (default: the codec's profile)\n"
            "  --json                    machine-readable summary on stdout (plan, convert, info)\n"
@@ -152,12 +156,13 @@ static int cmd_transform(cli_opts *o, const char *src_dir, const char *dst) {
 }
 
 int main(int argc, char **argv) {
-    enum { O_MAP = 256, O_SWIFT, O_INIT, O_LAYOUT, O_DTYPE, O_SHARD, O_FORCE, O_JSON, O_PLAN, O_INFO, O_VERSION, O_BUNDLE, O_LEVEL };
+    enum { O_MAP = 256, O_SWIFT, O_INIT, O_LAYOUT, O_DTYPE, O_SHARD, O_FORCE, O_JSON, O_PLAN, O_INFO, O_VERSION, O_BUNDLE, O_LEVEL, O_NO_SYNC, O_NO_CACHE };
     static const struct option opts[] = {
         {"map", 1, 0, O_MAP}, {"swiftkv", 1, 0, O_SWIFT}, {"kv-init", 1, 0, O_INIT}, {"layout", 1, 0, O_LAYOUT},
         {"dtype", 1, 0, O_DTYPE}, {"shard-size", 1, 0, O_SHARD}, {"force", 0, 0, O_FORCE}, {"json", 0, 0, O_JSON},
         {"plan", 1, 0, O_PLAN}, {"info", 1, 0, O_INFO}, {"quiet", 0, 0, 'q'}, {"help", 0, 0, 'h'},
-        {"version", 0, 0, O_VERSION}, {"bundle", 1, 0, O_BUNDLE}, {"level", 1, 0, O_LEVEL}, {0, 0, 0, 0}};
+        {"version", 0, 0, O_VERSION}, {"bundle", 1, 0, O_BUNDLE}, {"level", 1, 0, O_LEVEL},
+        {"no-sync", 0, 0, O_NO_SYNC}, {"no-hash-cache", 0, 0, O_NO_CACHE}, {0, 0, 0, 0}};
     cli_opts o = {0};
     o.conv.out_dtype = KV_CONVERT_KEEP_DTYPE;
     o.conv.shard_bytes = KV_CONVERT_DEFAULT_SHARD;
@@ -170,6 +175,8 @@ int main(int argc, char **argv) {
         case 'q': o.quiet = 1; break;
         case O_JSON: o.json = 1; break;
         case O_FORCE: o.conv.force = 1; break;
+        case O_NO_SYNC: o.conv.no_sync = 1; break;
+        case O_NO_CACHE: o.conv.no_hash_cache = 1; break;
         case O_PLAN: plan_dir = optarg; break;
         case O_INFO: info_dir = optarg; break;
         case O_BUNDLE: o.bundle_out = optarg; break;

@@ -70,7 +70,11 @@ int kv_tmpfile_beside(const char *path, char *tmp_out, size_t tmp_cap, int *fd_o
 }
 
 int kv_commit_tmpfile(int fd, const char *tmp, const char *path, kv_error *err) {
-    if (fsync(fd) != 0) {
+    return kv_commit_tmpfile_ex(fd, tmp, path, 1, err);
+}
+
+int kv_commit_tmpfile_ex(int fd, const char *tmp, const char *path, int durable, kv_error *err) {
+    if (durable && fsync(fd) != 0) {
         int e = errno;
         close(fd);
         unlink(tmp);
@@ -81,7 +85,7 @@ int kv_commit_tmpfile(int fd, const char *tmp, const char *path, kv_error *err) 
         unlink(tmp);
         return kv_fail(err, KV_EIO, "%s: cannot rename temporary file into place: %s", path, strerror(e));
     }
-    fsync_dir_of(path);
+    if (durable) fsync_dir_of(path);
     return 0;
 }
 
@@ -98,6 +102,10 @@ int kv_write_all(int fd, const void *bytes, size_t n) {
 }
 
 int kv_write_file_atomic(const char *path, const void *bytes, size_t n, kv_error *err) {
+    return kv_write_file_atomic_ex(path, bytes, n, 1, err);
+}
+
+int kv_write_file_atomic_ex(const char *path, const void *bytes, size_t n, int durable, kv_error *err) {
     char tmp[4096];
     int fd, rc = kv_tmpfile_beside(path, tmp, sizeof tmp, &fd, err);
     if (rc) return rc;
@@ -107,10 +115,14 @@ int kv_write_file_atomic(const char *path, const void *bytes, size_t n, kv_error
         unlink(tmp);
         return kv_fail(err, KV_EIO, "%s: write failed: %s", path, strerror(e));
     }
-    return kv_commit_tmpfile(fd, tmp, path, err);
+    return kv_commit_tmpfile_ex(fd, tmp, path, durable, err);
 }
 
 int kv_copy_file_atomic(const char *src, const char *dst, kv_error *err) {
+    return kv_copy_file_atomic_ex(src, dst, 1, err);
+}
+
+int kv_copy_file_atomic_ex(const char *src, const char *dst, int durable, kv_error *err) {
     int in = open(src, O_RDONLY | O_CLOEXEC);
     if (in < 0) return kv_fail(err, KV_EIO, "%s: cannot open: %s", src, strerror(errno));
     char tmp[4096];
@@ -130,7 +142,7 @@ int kv_copy_file_atomic(const char *src, const char *dst, kv_error *err) {
         }
     }
     close(in);
-    return kv_commit_tmpfile(fd, tmp, dst, err);
+    return kv_commit_tmpfile_ex(fd, tmp, dst, durable, err);
 }
 
 int kv_mkdir_p(const char *dir, kv_error *err) {

@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "formats/dtype.h"
 #include "formats/error.h"
@@ -80,6 +81,11 @@ int st_writer_open(st_writer **w, const char *path, const st_spec *specs, int n_
 /* name of the tensor whose bytes are expected next (NULL when all written) */
 const char *st_writer_next(const st_writer *w);
 int st_writer_put(st_writer *w, const void *bytes, size_t n, kv_error *err);
+/* appends n bytes read from src_fd at src_off (copy_file_range: the bytes stay in the kernel;
+ * plain reads where the filesystems do not allow it) */
+int st_writer_copy(st_writer *w, int src_fd, off_t src_off, size_t n, kv_error *err);
+/* durable = 0: no fsync at finish (scratch output); set before the first put */
+void st_writer_set_durable(st_writer *w, int durable);
 int st_writer_finish(st_writer *w, kv_error *err); /* frees w */
 void st_writer_abort(st_writer *w);                /* frees w, removes the temp file */
 
@@ -97,5 +103,9 @@ typedef int (*st_fill_fn)(void *ctx, int index, st_writer *w, kv_error *err);
 int st_write_checkpoint(const char *dir, const st_spec *specs, int n, size_t shard_bytes,
                         const char *const *meta_kv, int n_meta, st_fill_fn fill, void *ctx,
                         kv_error *err);
+#define ST_WRITE_NO_SYNC 1u /* flags: skip the fsyncs (scratch output) */
+int st_write_checkpoint_ex(const char *dir, const st_spec *specs, int n, size_t shard_bytes, unsigned flags,
+                           const char *const *meta_kv, int n_meta, st_fill_fn fill, void *ctx,
+                           kv_error *err);
 
 #endif

@@ -1,5 +1,9 @@
 /* safetensors writer: deterministic header (metadata first, tensors sorted by name, compact
- * JSON, space-padded to a multiple of 8), data streamed to a temp file, fsync, rename. */
+ * JSON, space-padded to a multiple of 8), data streamed to a temp file, fsync, rename. While a
+ * durable file is written, writeback of every finished WRITEBACK_STEP is started at once, so
+ * the fsync at the end waits for the last step only, not the whole file. */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,9 +21,13 @@ struct st_writer {
     size_t written;      /* data bytes written so far */
     char *buf;           /* staging buffer for small puts */
     size_t buf_len;
+    int durable;         /* fsync before the rename (default) */
+    off_t file_pos;      /* bytes in the file (header included) */
+    off_t kicked;        /* writeback started for [0, kicked) */
 };
 
 #define WRITER_BUF (1u << 20)
+#define WRITEBACK_STEP ((off_t)32 << 20)
 
 typedef struct { char *s; size_t len, cap; int oom; } strbuf;
 
@@ -53,13 +61,24 @@ static int cmp_spec_name(const void *a, const void *b) {
     return strcmp(((const st_spec *)a)->name, ((const st_spec *)b)->name);
 }
 
+/* starts writeback of the complete WRITEBACK_STEPs written since the last call */
+static void kick_writeback(st_writer *w) {
+    if (!w->durable) return;
+    off_t end = w->file_pos / WRITEBACK_STEP * WRITEBACK_STEP;
+    if (end <= w->kicked) return;
+    sync_file_range(w->fd, w->kicked, end - w->kicked, SYNC_FILE_RANGE_WRITE);
+    w->kicked = end;
+}
+
+static int write_out(st_writer *w, const void *bytes, size_t n) {
+    if (kv_write_all(w->fd, bytes, n) != 0) return -1;
+    w->file_pos += (off_t)n;
+    kick_writeback(w);
+    return 0;
+}
+
 static int flush_buf(st_writer *w) {
-    size_t off = 0;
-    while (off < w->buf_len) {
-        ssize_t r = write(w->fd, w->buf + off, w->buf_len - off);
-        if (r <= 0) return -1;
-        off += (size_t)r;
-    }
+    if (w->buf_len && write_out(w, w->buf, w->buf_len) != 0) return -1;
     w->buf_len = 0;
     return 0;
 }
@@ -79,6 +98,7 @@ int st_writer_open(st_writer **out, const char *path, const st_spec *specs, int 
     st_writer *w = calloc(1, sizeof *w);
     if (!w) return kv_fail(err, KV_ENOMEM, "%s: out of memory", path);
     w->fd = -1;
+    w->durable = 1;
     snprintf(w->path, sizeof w->path, "%s", path);
     w->n = n_specs;
     w->specs = malloc(((size_t)n_specs + 1) * sizeof *w->specs);
@@ -130,7 +150,7 @@ int st_writer_open(st_writer **out, const char *path, const st_spec *specs, int 
         for (int i = 0; i < 8; i++) len_le[i] = (uint8_t)((uint64_t)h.len >> (8 * i));
         memcpy(w->buf, len_le, 8);
         w->buf_len = 8;
-        if (flush_buf(w) != 0 || write(w->fd, h.s, h.len) != (ssize_t)h.len)
+        if (flush_buf(w) != 0 || write_out(w, h.s, h.len) != 0)
             rc = kv_fail(err, KV_EIO, "%s: cannot write header", path);
     }
     free(h.s);
@@ -145,10 +165,18 @@ const char *st_writer_next(const st_writer *w) {
     return NULL;
 }
 
-int st_writer_put(st_writer *w, const void *bytes, size_t n, kv_error *err) {
+void st_writer_set_durable(st_writer *w, int durable) { w->durable = durable; }
+
+static int check_room(const st_writer *w, size_t n, kv_error *err) {
     size_t total = w->n ? w->ends[w->n - 1] : 0;
     if (n > total - w->written)
         return kv_fail(err, KV_EINVAL, "%s: %zu more data bytes than the header declares", w->path, n - (total - w->written));
+    return 0;
+}
+
+int st_writer_put(st_writer *w, const void *bytes, size_t n, kv_error *err) {
+    int rc = check_room(w, n, err);
+    if (rc) return rc;
     w->written += n;
     if (w->buf_len + n <= WRITER_BUF) {
         memcpy(w->buf + w->buf_len, bytes, n);
@@ -157,12 +185,41 @@ int st_writer_put(st_writer *w, const void *bytes, size_t n, kv_error *err) {
     }
     if (flush_buf(w) != 0) return kv_fail(err, KV_EIO, "%s: write failed", w->path);
     if (n <= WRITER_BUF / 2) { memcpy(w->buf, bytes, n); w->buf_len = n; return 0; }
-    const char *p = bytes;
-    while (n > 0) {
-        ssize_t r = write(w->fd, p, n);
-        if (r <= 0) return kv_fail(err, KV_EIO, "%s: write failed", w->path);
-        p += r;
+    if (write_out(w, bytes, n) != 0) return kv_fail(err, KV_EIO, "%s: write failed: %s", w->path, strerror(errno));
+    return 0;
+}
+
+/* pread + put, for files copy_file_range cannot serve */
+static int copy_by_reading(st_writer *w, int src_fd, off_t src_off, size_t n, kv_error *err) {
+    int rc = 0;
+    while (n > 0 && !rc) {
+        size_t step = n < WRITER_BUF ? n : WRITER_BUF;
+        ssize_t r = pread(src_fd, w->buf, step, src_off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return kv_fail(err, KV_EIO, "%s: reading the source failed: %s", w->path, r ? strerror(errno) : "file shrank");
+        w->buf_len = (size_t)r;
+        if (flush_buf(w) != 0) rc = kv_fail(err, KV_EIO, "%s: write failed: %s", w->path, strerror(errno));
+        src_off += r;
         n -= (size_t)r;
+    }
+    return rc;
+}
+
+int st_writer_copy(st_writer *w, int src_fd, off_t src_off, size_t n, kv_error *err) {
+    int rc = check_room(w, n, err);
+    if (rc) return rc;
+    w->written += n;
+    if (flush_buf(w) != 0) return kv_fail(err, KV_EIO, "%s: write failed: %s", w->path, strerror(errno));
+    while (n > 0) {
+        size_t step = n < WRITEBACK_STEP ? n : (size_t)WRITEBACK_STEP;
+        ssize_t r = copy_file_range(src_fd, &src_off, w->fd, NULL, step, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP || errno == EBADF))
+            return copy_by_reading(w, src_fd, src_off, n, err);
+        if (r <= 0) return kv_fail(err, KV_EIO, "%s: copy failed: %s", w->path, r ? strerror(errno) : "source shrank");
+        w->file_pos += r;
+        n -= (size_t)r;
+        kick_writeback(w);
     }
     return 0;
 }
@@ -176,7 +233,7 @@ int st_writer_finish(st_writer *w, kv_error *err) {
     } else if (flush_buf(w) != 0) {
         rc = kv_fail(err, KV_EIO, "%s: write failed", w->path);
     } else {
-        rc = kv_commit_tmpfile(w->fd, w->tmp, w->path, err);
+        rc = kv_commit_tmpfile_ex(w->fd, w->tmp, w->path, w->durable, err);
         w->fd = -1; /* commit closed (and on failure removed) it */
     }
     st_writer_abort(w);

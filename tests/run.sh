@@ -4,7 +4,10 @@
 BUILD=${BUILD:-build}
 export BUILD KV_BIN="$PWD/$BUILD/bin"
 log=$(mktemp) || exit 1
-trap 'rm -f "$log"' EXIT
+# digests kvconvert caches (formats/hashcache.h) go to a scratch folder, not the user's cache
+KVFORGE_CACHE_DIR=$(mktemp -d) || exit 1
+export KVFORGE_CACHE_DIR
+trap 'rm -f "$log"; rm -rf "$KVFORGE_CACHE_DIR"' EXIT
 failed_suites=""
 skipped_suites=""
 # The real-model fixtures live beside the checkout (../shared). A clone without them still runs

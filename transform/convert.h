@@ -39,6 +39,8 @@ typedef struct {
     int out_dtype;             /* KV_CONVERT_KEEP_DTYPE (each tensor's own) or KV_F32/F16/BF16 */
     size_t shard_bytes;        /* 0: one model.safetensors */
     int force;                 /* allow a non-empty destination */
+    int no_sync;               /* skip the fsyncs: scratch output, atomic but not crash-durable */
+    int no_hash_cache;         /* hash every source file, ignoring formats/hashcache entries */
 } kv_convert_opts;
 
 typedef struct {

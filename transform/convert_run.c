@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "formats/fileio.h"
+#include "formats/hashcache.h"
 #include "formats/sha256.h"
 #include "transform/convert.h"
 
@@ -22,7 +23,6 @@ const char *const convert_side_files[] = {
     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", NULL};
 
 #define CHUNK_ELEMS ((size_t)1 << 20)      /* elements per converted chunk */
-#define CHUNK_BYTES ((size_t)8 << 20)      /* bytes per verbatim chunk */
 
 /* ---- paths ---- */
 
@@ -107,6 +107,7 @@ static int list_source_files(const convert_source *s, convert_file_hash **out, i
 typedef struct {
     const char *dir;
     convert_file_hash *files;
+    int use_cache;       /* formats/hashcache: reuse digests of unchanged files */
     int n, rc;
     atomic_int stop;     /* set by the writer when it failed: hashing is pointless then */
     kv_error err;
@@ -144,8 +145,13 @@ static void *hash_main(void *arg) {
     hash_job *j = arg;
     for (int i = 0; i < j->n && !j->rc; i++) {
         char path[4096];
+        struct stat st;
         j->rc = kv_join(path, sizeof path, j->dir, j->files[i].name, &j->err);
-        if (!j->rc) j->rc = hash_file(j, path, j->files[i].sha256);
+        if (j->rc) break;
+        int cached = j->use_cache && stat(path, &st) == 0;
+        if (cached && kv_hash_cache_lookup(path, &st, j->files[i].sha256)) continue;
+        j->rc = hash_file(j, path, j->files[i].sha256);
+        if (!j->rc && cached) kv_hash_cache_store(path, &st, j->files[i].sha256);
     }
     return NULL;
 }
@@ -164,11 +170,11 @@ typedef struct {
     float *f32;        /* [CHUNK_ELEMS] one source chunk widened */
     double *acc;       /* [CHUNK_ELEMS] mean accumulator */
     void *out;         /* [CHUNK_ELEMS * 4] output chunk */
-    void *in;          /* [max(CHUNK_BYTES, CHUNK_ELEMS * 4)] source chunk as stored */
+    void *in;          /* [CHUNK_ELEMS * 4] source chunk as stored */
 } fill_ctx;
 
-/* bytes [off, off+n) of tensor t into dst */
-static int read_source(fill_ctx *c, const st_tensor *t, size_t off, size_t n, void *dst, kv_error *err) {
+/* the descriptor of t's source file, opened on first use */
+static int source_fd(fill_ctx *c, const st_tensor *t, kv_error *err) {
     const st_file *f = &c->p->source->ckpt.files[t->file_index];
     int *fd = &c->fds[t->file_index];
     if (*fd < 0) {
@@ -179,7 +185,22 @@ static int read_source(fill_ctx *c, const st_tensor *t, size_t off, size_t n, vo
             return kv_fail(err, KV_EIO, "%s: changed while being converted", f->path);
         posix_fadvise(*fd, 0, 0, POSIX_FADV_SEQUENTIAL);
     }
-    off_t pos = (off_t)((const uint8_t *)t->data - (const uint8_t *)f->map) + (off_t)off;
+    return 0;
+}
+
+/* t's first byte in its source file */
+static off_t source_pos(fill_ctx *c, const st_tensor *t) {
+    const st_file *f = &c->p->source->ckpt.files[t->file_index];
+    return (off_t)((const uint8_t *)t->data - (const uint8_t *)f->map);
+}
+
+/* bytes [off, off+n) of tensor t into dst */
+static int read_source(fill_ctx *c, const st_tensor *t, size_t off, size_t n, void *dst, kv_error *err) {
+    const st_file *f = &c->p->source->ckpt.files[t->file_index];
+    int *fd = &c->fds[t->file_index];
+    int rc = source_fd(c, t, err);
+    if (rc) return rc;
+    off_t pos = source_pos(c, t) + (off_t)off;
     for (size_t got = 0; got < n;) {
         ssize_t r = pread(*fd, (uint8_t *)dst + got, n - got, pos + (off_t)got);
         if (r < 0 && errno == EINTR) continue;
@@ -206,13 +227,10 @@ static int widen(fill_ctx *c, const st_tensor *t, size_t first, size_t n, kv_err
 static int fill_copy(fill_ctx *c, const convert_tensor *ct, st_writer *w, kv_error *err) {
     const st_tensor *t = ct->src[0];
     int rc = 0;
-    if (t->dtype == ct->spec.dtype) {
-        for (size_t off = 0; off < t->n_bytes && !rc; off += CHUNK_BYTES) {
-            size_t n = t->n_bytes - off < CHUNK_BYTES ? t->n_bytes - off : CHUNK_BYTES;
-            rc = read_source(c, t, off, n, c->in, err);
-            if (!rc) rc = st_writer_put(w, c->in, n, err);
-            report(c, n);
-        }
+    if (t->dtype == ct->spec.dtype) { /* verbatim: copied inside the kernel */
+        if ((rc = source_fd(c, t, err))) return rc;
+        rc = st_writer_copy(w, c->fds[t->file_index], source_pos(c, t), t->n_bytes, err);
+        report(c, t->n_bytes);
         return rc;
     }
     size_t os = kv_dtype_size(ct->spec.dtype);
@@ -263,13 +281,15 @@ static int write_weights(const convert_plan *p, const char *dir, kv_convert_prog
     c.f32 = malloc(CHUNK_ELEMS * sizeof *c.f32);
     c.acc = malloc(CHUNK_ELEMS * sizeof *c.acc);
     c.out = malloc(CHUNK_ELEMS * 4);
-    c.in = malloc(CHUNK_BYTES > CHUNK_ELEMS * 4 ? CHUNK_BYTES : CHUNK_ELEMS * 4);
+    c.in = malloc(CHUNK_ELEMS * 4);
     int rc = 0;
     if (!specs || !c.fds || !c.f32 || !c.acc || !c.out || !c.in) rc = kv_fail(err, KV_ENOMEM, "out of memory");
     for (int i = 0; i < n_files && c.fds; i++) c.fds[i] = -1;
     for (int i = 0; i < p->n_out && !rc; i++) specs[i] = p->out[i].spec;
     static const char *const meta[] = {"format", "pt"};
-    if (!rc) rc = st_write_checkpoint(dir, specs, p->n_out, p->opt.shard_bytes, meta, 1, fill_tensor, &c, err);
+    if (!rc)
+        rc = st_write_checkpoint_ex(dir, specs, p->n_out, p->opt.shard_bytes, p->opt.no_sync ? ST_WRITE_NO_SYNC : 0, meta, 1,
+                                    fill_tensor, &c, err);
     for (int i = 0; i < n_files && c.fds; i++)
         if (c.fds[i] >= 0) close(c.fds[i]);
     free(specs);
@@ -303,7 +323,7 @@ static void fsync_path(const char *path) {
     closedir(d);
 }
 
-static int write_text(const char *dir, const char *name, const char *text, kv_error *err) {
+static int write_text(const char *dir, const char *name, const char *text, int durable, kv_error *err) {
     char path[4096];
     int rc = kv_join(path, sizeof path, dir, name, err);
     if (rc) return rc;
@@ -312,7 +332,7 @@ static int write_text(const char *dir, const char *name, const char *text, kv_er
     if (!buf) return kv_fail(err, KV_ENOMEM, "out of memory");
     memcpy(buf, text, n);
     buf[n] = '\n';
-    rc = kv_write_file_atomic(path, buf, n + 1, err);
+    rc = kv_write_file_atomic_ex(path, buf, n + 1, durable, err);
     free(buf);
     return rc;
 }
@@ -386,7 +406,7 @@ static int remove_stale(const char *dst, char **keep, int n_keep, kv_error *err)
     return rc;
 }
 
-static int commit_stage(const char *stage, const char *dst, kv_error *err) {
+static int commit_stage(const char *stage, const char *dst, int durable, kv_error *err) {
     struct stat st;
     if (stat(dst, &st) != 0 || (S_ISDIR(st.st_mode) && kv_dir_is_empty(dst))) {
         /* rename replaces an empty folder in one step */
@@ -396,14 +416,14 @@ static int commit_stage(const char *stage, const char *dst, kv_error *err) {
         char *slash = strrchr(parent, '/');
         if (slash && slash != parent) *slash = 0;
         else snprintf(parent, sizeof parent, "%s", slash ? "/" : ".");
-        fsync_path(parent);
+        if (durable) fsync_path(parent);
         return 0;
     }
     char **names = NULL;
     int n = 0, rc = collect_names(stage, &names, &n, err);
     if (!rc) rc = move_files_into(stage, dst, err);
     if (!rc) rc = remove_stale(dst, names, n, err);
-    if (!rc) fsync_path(dst);
+    if (!rc && durable) fsync_path(dst);
     if (!rc) rmdir(stage);
     free_names(names, n);
     return rc;
@@ -452,7 +472,7 @@ int convert_run(const convert_plan *p, const char *dst_in, kv_convert_progress_f
     convert_file_hash *files = NULL;
     int n_files = 0;
     rc = list_source_files(p->source, &files, &n_files, err);
-    hash_job job = {.dir = p->source->dir, .files = files, .n = n_files};
+    hash_job job = {.dir = p->source->dir, .files = files, .n = n_files, .use_cache = !p->opt.no_hash_cache};
     pthread_t hasher;
     int hashing = 0;
     if (!rc) {
@@ -466,14 +486,14 @@ int convert_run(const convert_plan *p, const char *dst_in, kv_convert_progress_f
         char label[4200];
         snprintf(label, sizeof label, "%s/config.json", dst);
         rc = hf_config_write_json(&p->out_cfg, p->source->config_text, label, &cfg, err);
-        if (!rc) rc = write_text(stage, "config.json", cfg, err);
+        if (!rc) rc = write_text(stage, "config.json", cfg, !p->opt.no_sync, err);
         free(cfg);
     }
     for (int i = 0; convert_side_files[i] && !rc; i++) {
         char from[4096], to[4096];
         rc = kv_join(from, sizeof from, p->source->dir, convert_side_files[i], err);
         if (!rc) rc = kv_join(to, sizeof to, stage, convert_side_files[i], err);
-        if (!rc && kv_path_exists(from)) rc = kv_copy_file_atomic(from, to, err);
+        if (!rc && kv_path_exists(from)) rc = kv_copy_file_atomic_ex(from, to, !p->opt.no_sync, err);
     }
     if (hashing) pthread_join(hasher, NULL);
     if (!rc && job.rc) {
@@ -482,9 +502,9 @@ int convert_run(const convert_plan *p, const char *dst_in, kv_convert_progress_f
     }
     char *manifest = NULL;
     if (!rc && !(manifest = convert_plan_json(p, files, n_files))) rc = kv_fail(err, KV_ENOMEM, "out of memory");
-    if (!rc) rc = write_text(stage, "kvforge.json", manifest, err);
+    if (!rc) rc = write_text(stage, "kvforge.json", manifest, !p->opt.no_sync, err);
     free(files);
-    if (!rc) rc = commit_stage(stage, dst, err);
+    if (!rc) rc = commit_stage(stage, dst, !p->opt.no_sync, err);
     if (rc) {
         remove_stage(stage);
         free(manifest);
