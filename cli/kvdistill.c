@@ -43,6 +43,8 @@ static void usage(void) {
            "  --mse-weight X        weight of the hidden-state MSE (1.0)\n"
            "  --passes N            iterative plan for top/middle targets: N passes, the last\n"
            "                        with gradient (9, as kvrun's iterative prefill)\n"
+           "  --grad-passes B       differentiate the last B passes (LCKV's b): the K/V upward\n"
+           "                        layers read then train through them (1, as METHODS.md)\n"
            "  --seed N              data order (0)\n"
            "  --save-every N        checkpoint every N steps (0: at the end only)\n"
            "  --resume              continue from OUT_DIR/checkpoint (same options and data)\n"
@@ -73,7 +75,7 @@ static void usage(void) {
 enum {
     O_DATA = 256, O_EVAL_DATA, O_HOLDOUT, O_EVAL_SEQS, O_SEQ_LEN, O_BATCH, O_ACCUM, O_STEPS,
     O_TOKENS, O_LR, O_WARMUP, O_SCHEDULE, O_BETA1, O_BETA2, O_ADAM_EPS, O_WD, O_CLIP, O_TEMP,
-    O_MSE, O_PASSES, O_SEED, O_SAVE_EVERY, O_RESUME, O_FORCE, O_THREADS, O_QUIET, O_VERSION,
+    O_MSE, O_PASSES, O_GRAD_PASSES, O_SEED, O_SAVE_EVERY, O_RESUME, O_FORCE, O_THREADS, O_QUIET, O_VERSION,
     O_SWIFTKV, O_GROUPS, O_CROSS, O_MAP, O_BUDGET, O_JSON, O_SVG, O_INIT
 };
 
@@ -85,6 +87,7 @@ static const struct option long_opts[] = {
     {"beta1", 1, 0, O_BETA1}, {"beta2", 1, 0, O_BETA2}, {"adam-eps", 1, 0, O_ADAM_EPS},
     {"weight-decay", 1, 0, O_WD}, {"clip", 1, 0, O_CLIP}, {"temperature", 1, 0, O_TEMP},
     {"mse-weight", 1, 0, O_MSE}, {"passes", 1, 0, O_PASSES}, {"seed", 1, 0, O_SEED},
+    {"grad-passes", 1, 0, O_GRAD_PASSES},
     {"save-every", 1, 0, O_SAVE_EVERY}, {"resume", 0, 0, O_RESUME}, {"force", 0, 0, O_FORCE},
     {"threads", 1, 0, O_THREADS}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, 'h'},
     {"version", 0, 0, O_VERSION}, {"swiftkv", 1, 0, O_SWIFTKV}, {"groups", 1, 0, O_GROUPS},
@@ -187,6 +190,9 @@ static int parse_args(int argc, char **argv, cli_args *a) {
         case O_MSE: rc = parse_double_opt("mse-weight", optarg, 0, 1e6, &a->d.mse_weight); break;
         case O_PASSES:
             if (!(rc = parse_long_opt("passes", optarg, 1, 1000, &v))) a->d.passes = (int)v;
+            break;
+        case O_GRAD_PASSES:
+            if (!(rc = parse_long_opt("grad-passes", optarg, 1, 1000, &v))) a->d.grad_passes = (int)v;
             break;
         case O_SEED:
             if (!(rc = parse_long_opt("seed", optarg, 0, 0x7fffffffffffffffL, &v)))

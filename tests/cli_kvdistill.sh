@@ -33,6 +33,12 @@ expect_rc 0 "student pizza-top:3" -- "$KD" student "$M" "$TMP/ptop" --map pizza-
 expect_grep '"layer_types":	"0_1_4_4_4"' "$TMP/ptop/config.json" "student config has the map"
 expect_rc 0 "kvdistill student trains" -- "$KD" train "$M" "$TMP/ptop" "$TMP/ptop_out" --data "$TMP/data.txt" \
     --steps 2 --seq-len 32 --batch 2 --passes 3 --eval-seqs 2 --quiet --threads 1
+expect_rc 0 "pizza-top with gradient through 2 passes" -- "$KD" train "$M" "$TMP/ptop" "$TMP/ptop_b2" --data "$TMP/data.txt" \
+    --steps 2 --seq-len 32 --batch 2 --passes 3 --grad-passes 2 --eval-seqs 2 --quiet --threads 1
+expect_grep '"grad_passes":	2' "$TMP/ptop_b2/report.json" "report.json records grad_passes"
+expect_rc 1 "grad-passes above passes refused" -- "$KD" train "$M" "$TMP/ptop" "$TMP/x" --data "$TMP/data.txt" \
+    --steps 2 --seq-len 32 --passes 3 --grad-passes 4 --quiet
+expect_grep "grad-passes 4 must be 1 .. passes (3)" "$TMP/err" "grad-passes message"
 expect_rc 1 "identity student refused" -- "$KD" train "$M" "$M" "$TMP/x" --data "$TMP/data.txt" --steps 2 --seq-len 32
 expect_rc 1 "missing data file" -- "$KD" train "$M" "$TMP/skv" "$TMP/x" --data "$TMP/nope.txt" --steps 2
 

@@ -115,10 +115,11 @@ static int write_tiny(const char *dir, const tiny_shape *t) {
 typedef struct {
     const kvt_model *m;
     double **w;           /* [n_params] double copy of every bound tensor, else NULL */
-    int B, T, N, passes;
+    int B, T, N, passes, grad_passes;
     const int32_t *tokens;
     double **k, **v;      /* [slots] this pass, [N, KV] */
-    double **kp, **vp;    /* [slots] previous pass (constants) */
+    double **kp, **vp;    /* [slots] previous pass */
+    double **kc, **vc;    /* [slots] entering the first differentiated pass (constants) */
     double *t_logits, *t_h; /* teacher outputs */
     double temp, mse_w;
     /* scratch */
@@ -237,8 +238,10 @@ static void r_layer(ref_ctx *c, int i) {
     free(tmp);
 }
 
-/* full forward; with set_prev, the previous-pass K/V are (re)computed from the current weights
- * first (iterative plan), otherwise the stored ones are used. Fills c->logits and c->xin. */
+/* full forward; with set_prev, the K/V entering the first differentiated pass are (re)computed
+ * from the current weights first (passes - grad_passes block passes of the iterative plan),
+ * otherwise the stored ones are used; the grad_passes passes run from them. Fills c->logits and
+ * c->xin. */
 static void r_forward(ref_ctx *c, int set_prev) {
     const kvt_model *m = c->m;
     const int N = c->N, H = m->H, L = m->L;
@@ -248,19 +251,20 @@ static void r_forward(ref_ctx *c, int set_prev) {
     int lo, hi;
     if (kvmap_cyclic_block(&m->map, &lo, &hi) > 0 && m->map.kind != KVMAP_SWIFTKV) {
         for (int i = 0; i < lo; i++) r_layer(c, i);
+        const int S = kvmap_n_slots(&m->map);
+        const size_t kvb = sizeof(double) * N * m->kv_dim;
         if (set_prev) {
-            const int S = kvmap_n_slots(&m->map);
-            for (int s = 0; s < S; s++) {
-                memset(c->kp[s], 0, sizeof(double) * N * m->kv_dim);
-                memset(c->vp[s], 0, sizeof(double) * N * m->kv_dim);
-            }
-            for (int p = 1; p < c->passes; p++) {
+            for (int s = 0; s < S; s++) memset(c->kp[s], 0, kvb), memset(c->vp[s], 0, kvb);
+            for (int p = 1; p <= c->passes - c->grad_passes; p++) {
                 for (int i = lo; i <= hi; i++) r_layer(c, i);
-                for (int s = 0; s < S; s++) {
-                    memcpy(c->kp[s], c->k[s], sizeof(double) * N * m->kv_dim);
-                    memcpy(c->vp[s], c->v[s], sizeof(double) * N * m->kv_dim);
-                }
+                for (int s = 0; s < S; s++) memcpy(c->kp[s], c->k[s], kvb), memcpy(c->vp[s], c->v[s], kvb);
             }
+            for (int s = 0; s < S; s++) memcpy(c->kc[s], c->kp[s], kvb), memcpy(c->vc[s], c->vp[s], kvb);
+        }
+        for (int s = 0; s < S; s++) memcpy(c->kp[s], c->kc[s], kvb), memcpy(c->vp[s], c->vc[s], kvb);
+        for (int p = 1; p < c->grad_passes; p++) {
+            for (int i = lo; i <= hi; i++) r_layer(c, i);
+            for (int s = 0; s < S; s++) memcpy(c->kp[s], c->k[s], kvb), memcpy(c->vp[s], c->v[s], kvb);
         }
         for (int i = lo; i < L; i++) r_layer(c, i);
     } else {
@@ -306,11 +310,12 @@ static void free_rows(double **p, int n) {
     free(p);
 }
 
-static void ref_init(ref_ctx *c, const kvt_model *m, int B, int T, int passes,
+static void ref_init(ref_ctx *c, const kvt_model *m, int B, int T, int passes, int grad_passes,
                      const int32_t *tokens) {
     memset(c, 0, sizeof *c);
     c->m = m;
     c->B = B, c->T = T, c->N = B * T, c->passes = passes, c->tokens = tokens;
+    c->grad_passes = grad_passes;
     c->w = calloc((size_t)m->n_params, sizeof *c->w);
     for (int i = 0; i < m->n_params; i++) {
         const kvt_param *p = &m->params[i];
@@ -325,6 +330,8 @@ static void ref_init(ref_ctx *c, const kvt_model *m, int B, int T, int passes,
     c->v = alloc_rows(S, (size_t)N * m->kv_dim);
     c->kp = alloc_rows(S, (size_t)N * m->kv_dim);
     c->vp = alloc_rows(S, (size_t)N * m->kv_dim);
+    c->kc = alloc_rows(S, (size_t)N * m->kv_dim);
+    c->vc = alloc_rows(S, (size_t)N * m->kv_dim);
     c->xin = alloc_rows(m->L + 1, (size_t)N * m->H);
     c->xn = calloc(big, sizeof(double));
     c->q = calloc(big, sizeof(double));
@@ -340,6 +347,7 @@ static void ref_free(ref_ctx *c) {
     for (int i = 0; i < c->m->n_params; i++) free(c->w[i]);
     free(c->w);
     free_rows(c->k, S), free_rows(c->v, S), free_rows(c->kp, S), free_rows(c->vp, S);
+    free_rows(c->kc, S), free_rows(c->vc, S);
     free_rows(c->xin, c->m->L + 1);
     free(c->xn), free(c->q), free(c->att), free(c->g), free(c->u), free(c->s), free(c->logits);
     free(c->t_logits), free(c->t_h);
@@ -350,7 +358,7 @@ static void ref_free(ref_ctx *c) {
 static const char *tmpdir;
 
 static void run_case(const char *label, const tiny_shape *shape, const char *map_spec,
-                     int passes, int all_trainable) {
+                     int passes, int grad_passes, int all_trainable) {
     kv_error err = {0};
     char dir[512];
     snprintf(dir, sizeof dir, "%s/%s", tmpdir, label);
@@ -382,7 +390,8 @@ static void run_case(const char *label, const tiny_shape *shape, const char *map
     int32_t tokens[16];
     for (int i = 0; i < N; i++) tokens[i] = (int32_t)((urand() + 1) * 0.5 * shape->V);
     kvt_run rs, rt;
-    CHECK(kvt_run_init(&rs, &student, B, T, passes, 1, &err) == 0, "%s: run: %s", label, err.msg);
+    CHECK(kvt_run_init_grad(&rs, &student, B, T, passes, grad_passes, 1, &err) == 0, "%s: run: %s",
+          label, err.msg);
     CHECK(kvt_run_init(&rt, &teacher, B, T, passes, 0, &err) == 0, "%s: run: %s", label, err.msg);
     kvt_loss loss;
     const float temp = 2.0f, mse_w = 0.7f;
@@ -391,9 +400,10 @@ static void run_case(const char *label, const tiny_shape *shape, const char *map
 
     /* the reference: teacher outputs, then the student loss and its finite differences */
     ref_ctx tc, sc;
-    ref_init(&tc, &teacher, B, T, 1, tokens);
+    ref_init(&tc, &teacher, B, T, 1, 1, tokens);
     r_forward(&tc, 1);
-    ref_init(&sc, &student, B, T, passes, tokens);
+    ref_init(&sc, &student, B, T, passes, kvmap_cyclic_block(&map, &(int){0}, &(int){0}) > 0 ? grad_passes : 1,
+             tokens);
     sc.temp = temp, sc.mse_w = mse_w;
     sc.t_logits = malloc(sizeof(double) * N * shape->V);
     sc.t_h = malloc(sizeof(double) * N * shape->H);
@@ -458,17 +468,24 @@ int main(void) {
     const tiny_shape biased = {.L = 5, .H = 8, .nh = 4, .nkv = 2, .hd = 2, .F = 10, .V = 12,
                                .bias = 1, .tied = 1};
     /* every op's backward in the composition (all tensors but the embedding trainable) */
-    run_case("all-pizza-bottom", &plain, "pizza-bottom:2", 1, 1);
-    run_case("all-lasagna-top", &plain, "lasagna-top:2", 3, 1);
-    run_case("all-swiftkv", &biased, "swiftkv:2", 1, 1);
-    run_case("all-sandwich-middle-bias", &biased, "sandwich-middle:3", 2, 1);
+    run_case("all-pizza-bottom", &plain, "pizza-bottom:2", 1, 1, 1);
+    run_case("all-lasagna-top", &plain, "lasagna-top:2", 3, 1, 1);
+    run_case("all-swiftkv", &biased, "swiftkv:2", 1, 1, 1);
+    run_case("all-sandwich-middle-bias", &biased, "sandwich-middle:3", 2, 1, 1);
     /* the distillation set of METHODS.md s3 */
-    run_case("cla", &plain, "cla:2", 1, 0);
-    run_case("pizza-top", &plain, "pizza-top:2", 4, 0);
-    run_case("lasagna-middle-bias", &biased, "lasagna-middle:2", 3, 0);
-    run_case("swiftkv-acrosskv", &plain, "swiftkv:2,2", 1, 0);
-    run_case("swiftkv-acrosskv-bias", &biased, "swiftkv:1,2", 1, 0);
-    run_case("sandwich-top-2pass", &biased, "sandwich-top:3", 2, 0);
+    run_case("cla", &plain, "cla:2", 1, 1, 0);
+    run_case("pizza-top", &plain, "pizza-top:2", 4, 1, 0);
+    run_case("lasagna-middle-bias", &biased, "lasagna-middle:2", 3, 1, 0);
+    run_case("swiftkv-acrosskv", &plain, "swiftkv:2,2", 1, 1, 0);
+    run_case("swiftkv-acrosskv-bias", &biased, "swiftkv:1,2", 1, 1, 0);
+    run_case("sandwich-top-2pass", &biased, "sandwich-top:3", 2, 1, 0);
+    /* gradient through the earlier passes too (LCKV's b): the K/V upward layers read carry it */
+    run_case("pizza-top-b2", &plain, "pizza-top:2", 4, 2, 0);
+    run_case("all-lasagna-top-b3", &plain, "lasagna-top:2", 3, 3, 1);
+    run_case("lasagna-middle-bias-b2", &biased, "lasagna-middle:2", 3, 2, 0);
+    run_case("all-sandwich-middle-b2", &biased, "sandwich-middle:3", 4, 2, 1);
+    run_case("literal-inner-kv-b2", &biased, "0_3_2_3_4", 3, 2, 1);
+    run_case("bottom-map-b2-ignored", &plain, "cla:2", 2, 2, 0);
 
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

@@ -31,6 +31,7 @@ void distill_opts_default(distill_opts *o) {
     o->temperature = 2.0;
     o->mse_weight = 1.0;
     o->passes = 9;
+    o->grad_passes = 1;
 }
 
 static double now_s(void) {
@@ -232,6 +233,8 @@ static void compute_fingerprint(run_state *r) {
                        (unsigned long long)o->seed, o->lr, (int)o->decay, o->adam.beta1,
                        o->adam.beta2, o->adam.eps, o->adam.weight_decay, o->clip, o->temperature,
                        o->mse_weight, o->passes, r->student.map.name, r->train.n);
+    if (o->grad_passes > 1 && len > 0 && (size_t)len < sizeof buf) /* default runs keep their old fingerprint */
+        len += snprintf(buf + len, sizeof buf - (size_t)len, " grad_passes=%d", o->grad_passes);
     kv_sha256_ctx c;
     kv_sha256_init(&c);
     kv_sha256_update(&c, buf, (size_t)len);
@@ -413,6 +416,7 @@ static int write_report(const run_state *r, const distill_report *rep, kv_error 
     cJSON_AddNumberToObject(opt, "temperature", o->temperature);
     cJSON_AddNumberToObject(opt, "mse_weight", o->mse_weight);
     cJSON_AddNumberToObject(opt, "passes", o->passes);
+    cJSON_AddNumberToObject(opt, "grad_passes", o->grad_passes);
     cJSON_AddNumberToObject(opt, "seed", (double)o->seed);
     char *text = cJSON_Print(j);
     cJSON_Delete(j);
@@ -482,6 +486,8 @@ static int check_opts(const distill_opts *o, kv_error *err) {
         return kv_fail(err, KV_EINVAL, "distill: teacher, student, output and data are required");
     if (o->seq_len < 2 || o->batch < 1 || o->accum < 1 || o->passes < 1)
         return kv_fail(err, KV_EINVAL, "distill: seq-len >= 2, batch, accum, passes >= 1");
+    if (o->grad_passes < 1 || o->grad_passes > o->passes)
+        return kv_fail(err, KV_EINVAL, "distill: grad-passes %d must be 1 .. passes (%d)", o->grad_passes, o->passes);
     if (o->steps < 0 || o->tokens < 0 || (o->steps == 0 && o->tokens == 0))
         return kv_fail(err, KV_EINVAL, "distill: give a number of steps or of tokens");
     if (!(o->lr > 0) || !(o->warmup_frac >= 0 && o->warmup_frac <= 1) || !(o->clip >= 0) ||
@@ -517,7 +523,7 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
     r.total_steps = o->steps ? o->steps : (o->tokens + per_step - 1) / per_step;
     r.warmup = (long)llround(o->warmup_frac * (double)r.total_steps);
     if ((rc = distill_sampler_init(&r.sampler, r.train.n, o->seed, err)) ||
-        (rc = kvt_run_init(&r.rs, &r.student, o->batch, o->seq_len, o->passes, 1, err)) ||
+        (rc = kvt_run_init_grad(&r.rs, &r.student, o->batch, o->seq_len, o->passes, o->grad_passes, 1, err)) ||
         (rc = kvt_run_init(&r.rt, &r.teacher, o->batch, o->seq_len, 1, 0, err)))
         goto out;
     compute_fingerprint(&r);

@@ -38,6 +38,7 @@ typedef struct {
     double temperature;            /* 2 */
     double mse_weight;             /* 1 */
     int passes;                    /* iterative plan for upward maps, train and eval: 9 */
+    int grad_passes;               /* trailing passes with gradient (LCKV's b): 1, as METHODS.md */
     long save_every;               /* checkpoint every this many steps, 0: only at the end */
     int resume;                    /* continue from OUT_DIR/checkpoint when it exists */
     int force;                     /* write into a non-empty OUT_DIR without resuming */

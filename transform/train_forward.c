@@ -34,12 +34,27 @@ static int lowest_grad_layer(const kvt_model *m) {
     return lo;
 }
 
+/* 1 when slot s is written by a layer of the cyclic block [lo, hi] */
+static int slot_made_in_block(const kvt_model *m, int s, int lo, int hi) {
+    for (int i = lo; i <= hi; i++)
+        if (kvmap_is_kv_layer(&m->map, i) && kvmap_slot_of(&m->map, i) == s) return 1;
+    return 0;
+}
+
 int kvt_run_init(kvt_run *r, const kvt_model *m, int B, int T, int passes, int want_grad,
                  kv_error *err) {
+    return kvt_run_init_grad(r, m, B, T, passes, 1, want_grad, err);
+}
+
+int kvt_run_init_grad(kvt_run *r, const kvt_model *m, int B, int T, int passes, int grad_passes,
+                      int want_grad, kv_error *err) {
     memset(r, 0, sizeof *r);
     if (B < 1 || T < 1 || passes < 1)
         return kv_fail(err, KV_EINVAL, "train: batch %d, seq-len %d, passes %d must be >= 1", B, T,
                        passes);
+    if (grad_passes < 1 || grad_passes > passes)
+        return kv_fail(err, KV_EINVAL, "train: grad-passes %d must be 1 .. passes (%d)",
+                       grad_passes, passes);
     if (T > m->cfg.max_position_embeddings)
         return kv_fail(err, KV_EINVAL, "train: seq-len %d exceeds max_position_embeddings %d", T,
                        m->cfg.max_position_embeddings);
@@ -55,7 +70,10 @@ int kvt_run_init(kvt_run *r, const kvt_model *m, int B, int T, int passes, int w
     r->n_slots = kvmap_n_slots(&m->map);
     r->has_upward = kvmap_cyclic_block(&m->map, &r->block_lo, &r->block_hi) > 0;
     r->grad_lo = want_grad ? lowest_grad_layer(m) : m->L;
+    r->grad_passes = r->has_upward && want_grad ? grad_passes : 1;
+    if (r->grad_passes > 1 && r->grad_lo > r->block_lo) r->grad_lo = r->block_lo;
     const int L = m->L, H = m->H, Q = m->q_dim, KV = m->kv_dim, F = m->ffn, S = r->n_slots;
+    const int E = r->grad_passes - 1; /* earlier differentiated passes */
 
     /* sizes in floats, then one allocation */
     size_t per_layer = 4 * rows(r, H) + 2 * rows(r, Q) + 3 * rows(r, F);
@@ -67,7 +85,26 @@ int kvt_run_init(kvt_run *r, const kvt_model *m, int B, int T, int passes, int w
     if (want_grad)
         total += rows(r, m->V) + 4 * rows(r, H) + 2 * rows(r, Q) + 3 * rows(r, F) +
                  2 * (size_t)S * rows(r, KV);
+    if (E > 0) {
+        const size_t block = (size_t)(r->block_hi - r->block_lo + 1);
+        total += (size_t)E * (block * per_layer + 2 * (size_t)(S + n_prev) * rows(r, KV));
+        total += 2 * (size_t)n_prev * rows(r, KV) + 2 * rows(r, H);
+    }
     r->arena = calloc(total, sizeof(float));
+    if (E > 0) {
+        r->acts_early = calloc((size_t)E * L, sizeof *r->acts_early);
+        r->k_read = calloc((size_t)E * S, sizeof(float *));
+        r->v_read = calloc((size_t)E * S, sizeof(float *));
+        r->k_made = calloc((size_t)E * S, sizeof(float *));
+        r->v_made = calloc((size_t)E * S, sizeof(float *));
+        r->dk_prev = calloc((size_t)S, sizeof(float *));
+        r->dv_prev = calloc((size_t)S, sizeof(float *));
+        if (!r->acts_early || !r->k_read || !r->v_read || !r->k_made || !r->v_made || !r->dk_prev ||
+            !r->dv_prev) {
+            kvt_run_free(r);
+            return kv_fail(err, KV_ENOMEM, "train: out of memory");
+        }
+    }
     r->pos = malloc(sizeof(int32_t) * N);
     r->acts = calloc((size_t)L, sizeof *r->acts);
     r->k = calloc((size_t)S, sizeof(float *));
@@ -124,6 +161,41 @@ int kvt_run_init(kvt_run *r, const kvt_model *m, int B, int T, int passes, int w
             CARVE(r->dv[s], rows(r, KV));
         }
     }
+    for (int e = 0; e < E; e++) {
+        kvt_layer_acts *set = r->acts_early + (size_t)e * L;
+        for (int i = r->block_lo; i <= r->block_hi; i++) {
+            kvt_layer_acts *a = &set[i];
+            CARVE(a->x_in, rows(r, H));
+            CARVE(a->xn1, rows(r, H));
+            CARVE(a->q, rows(r, Q));
+            CARVE(a->att, rows(r, Q));
+            CARVE(a->x_mid, rows(r, H));
+            CARVE(a->xn2, rows(r, H));
+            CARVE(a->gate, rows(r, F));
+            CARVE(a->up, rows(r, F));
+            CARVE(a->act, rows(r, F));
+        }
+        set[r->block_lo].x_in = r->acts[r->block_lo].x_in; /* every pass starts from it */
+        for (int s = 0; s < S; s++) {
+            CARVE(r->k_made[e * S + s], rows(r, KV));
+            CARVE(r->v_made[e * S + s], rows(r, KV));
+            if (r->k_prev[s]) {
+                CARVE(r->k_read[e * S + s], rows(r, KV));
+                CARVE(r->v_read[e * S + s], rows(r, KV));
+            }
+        }
+    }
+    if (E > 0) {
+        for (int s = 0; s < S; s++)
+            if (r->k_prev[s]) {
+                CARVE(r->dk_prev[s], rows(r, KV));
+                CARVE(r->dv_prev[s], rows(r, KV));
+            }
+        CARVE(r->x_spill, rows(r, H));
+        CARVE(r->dx_block, rows(r, H));
+        if (r->block_hi + 1 < L)
+            for (int e = 0; e < E; e++) r->acts_early[(size_t)e * L + r->block_hi + 1].x_in = r->x_spill;
+    }
 #undef CARVE
     for (size_t i = 0; i < N; i++) r->pos[i] = (int32_t)(i % (size_t)T);
     int rc = kv_rope_table_init(&r->rope, m->hd, T, &m->rope, err);
@@ -146,6 +218,13 @@ void kvt_run_free(kvt_run *r) {
     free(r->v_prev);
     free(r->dk);
     free(r->dv);
+    free(r->acts_early);
+    free(r->k_read);
+    free(r->v_read);
+    free(r->k_made);
+    free(r->v_made);
+    free(r->dk_prev);
+    free(r->dv_prev);
     memset(r, 0, sizeof *r);
 }
 
@@ -222,9 +301,25 @@ int kvt_forward(kvt_run *r, const int32_t *tokens, kv_error *err) {
         for (int s = 0; s < r->n_slots; s++)
             if (r->k_prev[s]) memset(r->k_prev[s], 0, kv_bytes), memset(r->v_prev[s], 0, kv_bytes);
         rc = layers_forward(r, 0, r->block_lo - 1);
+        const int S = r->n_slots, first_early = r->passes - r->grad_passes + 1;
         for (int p = 1; p < r->passes && !rc; p++) {
+            const int e = p - first_early; /* >= 0: a differentiated pass before the last */
+            kvt_layer_acts *acts = r->acts;
+            if (e >= 0) {
+                for (int s = 0; s < S; s++)
+                    if (r->k_prev[s]) {
+                        memcpy(r->k_read[e * S + s], r->k_prev[s], kv_bytes);
+                        memcpy(r->v_read[e * S + s], r->v_prev[s], kv_bytes);
+                    }
+                r->acts = r->acts_early + (size_t)e * m->L;
+            }
             rc = layers_forward(r, r->block_lo, r->block_hi);
-            for (int s = 0; s < r->n_slots && !rc; s++)
+            r->acts = acts;
+            for (int s = 0; s < S && e >= 0; s++) {
+                memcpy(r->k_made[e * S + s], r->k[s], kv_bytes);
+                memcpy(r->v_made[e * S + s], r->v[s], kv_bytes);
+            }
+            for (int s = 0; s < S && !rc; s++)
                 if (r->k_prev[s]) {
                     memcpy(r->k_prev[s], r->k[s], kv_bytes);
                     memcpy(r->v_prev[s], r->v[s], kv_bytes);
@@ -270,11 +365,13 @@ static int layer_backward(kvt_run *r, int i) {
     zero(r->dq, rows(r, Q));
     const int slot = kvmap_slot_of(&m->map, i), up = kvmap_is_upward(&m->map, i);
     const float *K = up ? r->k_prev[slot] : r->k[slot], *V = up ? r->v_prev[slot] : r->v[slot];
+    /* the previous pass's K/V: constants, unless that pass is differentiated too */
+    float *dK = up ? (r->read_grad ? r->dk_prev[slot] : NULL) : r->dk[slot];
+    float *dV = up ? (r->read_grad ? r->dv_prev[slot] : NULL) : r->dv[slot];
     for (int b = 0; b < r->B; b++) {
         const size_t qo = (size_t)b * T * Q, ko = (size_t)b * T * KV;
-        /* the previous pass's K/V are constants: no gradient for them */
-        int rc = kv_attention_backward(r->dq + qo, up ? NULL : r->dk[slot] + ko,
-                                       up ? NULL : r->dv[slot] + ko, r->datt + qo, a->q + qo,
+        int rc = kv_attention_backward(r->dq + qo, dK ? dK + ko : NULL,
+                                       dV ? dV + ko : NULL, r->datt + qo, a->q + qo,
                                        K + ko, V + ko, T, 0, T, m->nh, m->nkv, m->hd,
                                        up ? KV_MASK_STRICT : KV_MASK_CAUSAL);
         if (rc) return rc;
@@ -309,6 +406,47 @@ static void swiftkv_backward(kvt_run *r) {
                         m->norm_swiftkv->w, N, H, m->eps);
 }
 
+/* After the last pass's backward reached the block's lowest layer (r->dx = d loss / d block
+ * input from that pass): the earlier differentiated passes, last to first. Pass e's output
+ * hidden state is unused, so only the K/V it wrote carry gradient in: what pass e+1's upward
+ * layers read. Their gradients on the block input add up in r->dx. */
+static int early_passes_backward(kvt_run *r) {
+    const kvt_model *m = r->m;
+    const int S = r->n_slots, E = r->grad_passes - 1, lo = r->block_lo, hi = r->block_hi;
+    const size_t nkv = rows(r, m->kv_dim), nh = rows(r, m->H);
+    kvt_layer_acts *acts = r->acts;
+    float **k = r->k, **v = r->v, **kp = r->k_prev, **vp = r->v_prev;
+    memcpy(r->dx_block, r->dx, sizeof(float) * nh);
+    int rc = 0;
+    for (int e = E - 1; e >= 0 && !rc; e--) {
+        for (int s = 0; s < S; s++) {
+            if (!slot_made_in_block(m, s, lo, hi)) continue; /* written once, below: accumulates */
+            if (r->dk_prev[s]) {
+                memcpy(r->dk[s], r->dk_prev[s], sizeof(float) * nkv);
+                memcpy(r->dv[s], r->dv_prev[s], sizeof(float) * nkv);
+                zero(r->dk_prev[s], nkv);
+                zero(r->dv_prev[s], nkv);
+            } else {
+                zero(r->dk[s], nkv);
+                zero(r->dv[s], nkv);
+            }
+        }
+        r->acts = r->acts_early + (size_t)e * m->L;
+        r->k = r->k_made + (size_t)e * S;
+        r->v = r->v_made + (size_t)e * S;
+        r->k_prev = r->k_read + (size_t)e * S;
+        r->v_prev = r->v_read + (size_t)e * S;
+        r->read_grad = e > 0;
+        zero(r->dx, nh);
+        for (int i = hi; i >= lo && !rc; i--) rc = layer_backward(r, i);
+        for (size_t j = 0; j < nh; j++) r->dx_block[j] += r->dx[j];
+    }
+    r->acts = acts;
+    r->k = k, r->v = v, r->k_prev = kp, r->v_prev = vp;
+    memcpy(r->dx, r->dx_block, sizeof(float) * nh);
+    return rc;
+}
+
 int kvt_backward(kvt_run *r, kv_error *err) {
     if (!r->want_grad) return kv_fail(err, KV_EINVAL, "train: run has no gradient buffers");
     const kvt_model *m = r->m;
@@ -316,7 +454,12 @@ int kvt_backward(kvt_run *r, kv_error *err) {
     for (int s = 0; s < r->n_slots; s++) {
         zero(r->dk[s], rows(r, m->kv_dim));
         zero(r->dv[s], rows(r, m->kv_dim));
+        if (r->dk_prev && r->dk_prev[s]) {
+            zero(r->dk_prev[s], rows(r, m->kv_dim));
+            zero(r->dv_prev[s], rows(r, m->kv_dim));
+        }
     }
+    r->read_grad = r->grad_passes > 1;
     zero(r->dxn, rows(r, H));
     zero(r->dx, rows(r, H));
     kv_matmul_backward(r->dxn, m->lm_head == m->embed ? NULL : G(m->lm_head), NULL, r->dlogits,
@@ -329,6 +472,8 @@ int kvt_backward(kvt_run *r, kv_error *err) {
         if (i == m->L - 1)
             for (size_t k = 0; k < rows(r, H); k++) r->dx[k] += r->dh_last[k];
         if (m->map.kind == KVMAP_SWIFTKV && i == m->map.swiftkv_l) swiftkv_backward(r);
+        if (r->grad_passes > 1 && i == r->block_lo && (rc = early_passes_backward(r)))
+            return kv_fail(err, rc, "train: attention backward: out of memory");
     }
     return 0;
 }

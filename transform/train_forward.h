@@ -15,7 +15,10 @@
  * Upward layers (kv(i) > i): the iterative plan. Layers below the cyclic block [lo, hi] once;
  * the block `passes` times from the same hidden state, upward layers reading the target K/V of
  * the previous pass (zeros before the first); the last pass (with the layers above the block)
- * is the one saved and differentiated, the previous pass's K/V being constants.
+ * is saved and differentiated. With grad_passes = b (LCKV's b; METHODS.md's plan is b = 1) the
+ * last b passes are saved and differentiated: the gradient of the K/V an upward layer reads
+ * flows into the pass that wrote them; the K/V entering the first of those b passes are
+ * constants.
  * Head: logits = rmsnorm(x_out, norm) lm_head^T. */
 #ifndef KV_TRAIN_FORWARD_H
 #define KV_TRAIN_FORWARD_H
@@ -41,6 +44,7 @@ typedef struct {
     const kvt_model *m;
     int B, T, N;              /* sequences, tokens per sequence, rows N = B*T */
     int passes;               /* iterative plan (upward maps), >= 1 */
+    int grad_passes;          /* trailing passes differentiated, 1..passes (1 without upward) */
     int has_upward, block_lo, block_hi;
     int n_slots;
     int want_grad;
@@ -62,6 +66,14 @@ typedef struct {
     float *dgate, *dup, *dact;/* [N, FFN] */
     float **dk, **dv;         /* [slots] -> [N, nkv*hd] */
     float *ds;                /* [N, H] SwiftKV */
+    /* grad_passes > 1 (want_grad): earlier differentiated passes e = 0 .. grad_passes-2 */
+    kvt_layer_acts *acts_early; /* [(grad_passes-1) * L] block layers' activations of pass e */
+    float **k_read, **v_read;   /* [(grad_passes-1) * slots] K/V pass e's upward layers read */
+    float **k_made, **v_made;   /* [(grad_passes-1) * slots] K/V pass e wrote */
+    float **dk_prev, **dv_prev; /* [slots] d loss / d (K/V read by upward layers), per pass */
+    float *x_spill;             /* [N, H] output of the block's top layer in pass e (unused) */
+    float *dx_block;            /* [N, H] d loss / d block input, summed over the passes */
+    int read_grad;              /* backward: upward layers add into dk_prev/dv_prev */
     float *arena;
 } kvt_run;
 
@@ -69,6 +81,9 @@ typedef struct {
  * T <= max_position_embeddings. want_grad: allocate the backward buffers. */
 int kvt_run_init(kvt_run *r, const kvt_model *m, int B, int T, int passes, int want_grad,
                  kv_error *err);
+/* the same with the last grad_passes (1..passes) passes differentiated */
+int kvt_run_init_grad(kvt_run *r, const kvt_model *m, int B, int T, int passes, int grad_passes,
+                      int want_grad, kv_error *err);
 void kvt_run_free(kvt_run *r);
 
 /* tokens [N] (ids checked against the vocabulary); fills every activation and logits */
