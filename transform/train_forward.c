@@ -41,6 +41,18 @@ static int slot_made_in_block(const kvt_model *m, int s, int lo, int hi) {
     return 0;
 }
 
+/* one layer's activations (per_layer floats) from p; returns the first float after them */
+static float *carve_layer(kvt_layer_acts *a, float *p, const kvt_run *r) {
+    const kvt_model *m = r->m;
+    float **fields[] = {&a->x_in, &a->xn1, &a->q, &a->att, &a->x_mid, &a->xn2, &a->gate, &a->up, &a->act};
+    const int width[] = {m->H, m->H, m->q_dim, m->q_dim, m->H, m->H, m->ffn, m->ffn, m->ffn};
+    for (size_t f = 0; f < sizeof width / sizeof *width; f++) {
+        *fields[f] = p;
+        p += rows(r, width[f]);
+    }
+    return p;
+}
+
 int kvt_run_init(kvt_run *r, const kvt_model *m, int B, int T, int passes, int want_grad,
                  kv_error *err) {
     return kvt_run_init_grad(r, m, B, T, passes, 1, want_grad, err);
@@ -121,18 +133,7 @@ int kvt_run_init_grad(kvt_run *r, const kvt_model *m, int B, int T, int passes, 
     }
     float *p = r->arena;
 #define CARVE(dst, n) (dst = p, p += (n))
-    for (int i = 0; i < L; i++) {
-        kvt_layer_acts *a = &r->acts[i];
-        CARVE(a->x_in, rows(r, H));
-        CARVE(a->xn1, rows(r, H));
-        CARVE(a->q, rows(r, Q));
-        CARVE(a->att, rows(r, Q));
-        CARVE(a->x_mid, rows(r, H));
-        CARVE(a->xn2, rows(r, H));
-        CARVE(a->gate, rows(r, F));
-        CARVE(a->up, rows(r, F));
-        CARVE(a->act, rows(r, F));
-    }
+    for (int i = 0; i < L; i++) p = carve_layer(&r->acts[i], p, r);
     for (int s = 0; s < S; s++) {
         CARVE(r->k[s], rows(r, KV));
         CARVE(r->v[s], rows(r, KV));
@@ -163,18 +164,7 @@ int kvt_run_init_grad(kvt_run *r, const kvt_model *m, int B, int T, int passes, 
     }
     for (int e = 0; e < E; e++) {
         kvt_layer_acts *set = r->acts_early + (size_t)e * L;
-        for (int i = r->block_lo; i <= r->block_hi; i++) {
-            kvt_layer_acts *a = &set[i];
-            CARVE(a->x_in, rows(r, H));
-            CARVE(a->xn1, rows(r, H));
-            CARVE(a->q, rows(r, Q));
-            CARVE(a->att, rows(r, Q));
-            CARVE(a->x_mid, rows(r, H));
-            CARVE(a->xn2, rows(r, H));
-            CARVE(a->gate, rows(r, F));
-            CARVE(a->up, rows(r, F));
-            CARVE(a->act, rows(r, F));
-        }
+        for (int i = r->block_lo; i <= r->block_hi; i++) p = carve_layer(&set[i], p, r);
         set[r->block_lo].x_in = r->acts[r->block_lo].x_in; /* every pass starts from it */
         for (int s = 0; s < S; s++) {
             CARVE(r->k_made[e * S + s], rows(r, KV));
