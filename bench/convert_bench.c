@@ -1,5 +1,5 @@
 /* convert_bench: kvconvert on a synthetic TinyLlama-1.1B BF16 checkpoint (kvsynth) against cp of
- * the same bytes, measured in the same run: medians of 3 alternating rounds after a warm-up,
+ * the same bytes, measured in the same run: medians of 5 alternating rounds after a warm-up,
  * ratios, and kvconvert's peak RSS. Like is compared with like: kvconvert --no-sync against
  * cp, and kvconvert's default (fsync before the rename: durable, atomic) against cp + fsync.
  * kvconvert also records the source's sha256 in kvforge.json: "cold" runs start from an empty
@@ -18,7 +18,7 @@
 
 #include "formats/sha256.h"
 
-#define ROUNDS 3
+#define ROUNDS 5
 
 static double now(void) {
     struct timespec ts;

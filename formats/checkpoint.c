@@ -158,12 +158,12 @@ static int cmp_index_by_name(const void *a, const void *b, void *specs) {
 }
 
 static int write_shard(const char *path, const st_spec *specs, const int *order, int n, unsigned flags,
-                       const char *const *meta_kv, int n_meta, st_fill_fn fill, void *ctx, kv_error *err) {
+                       long data_residue, const char *const *meta_kv, int n_meta, st_fill_fn fill, void *ctx, kv_error *err) {
     st_spec *subset = calloc((size_t)n + 1, sizeof *subset);
     if (!subset) return kv_fail(err, KV_ENOMEM, "%s: out of memory", path);
     for (int i = 0; i < n; i++) subset[i] = specs[order[i]];
     st_writer *w;
-    int rc = st_writer_open(&w, path, subset, n, meta_kv, n_meta, err);
+    int rc = st_writer_open_aligned(&w, path, subset, n, meta_kv, n_meta, data_residue, err);
     free(subset);
     if (rc) return rc;
     st_writer_set_durable(w, !(flags & ST_WRITE_NO_SYNC));
@@ -174,11 +174,12 @@ static int write_shard(const char *path, const st_spec *specs, const int *order,
 
 int st_write_checkpoint(const char *dir, const st_spec *specs, int n, size_t shard_bytes,
                         const char *const *meta_kv, int n_meta, st_fill_fn fill, void *ctx, kv_error *err) {
-    return st_write_checkpoint_ex(dir, specs, n, shard_bytes, 0, meta_kv, n_meta, fill, ctx, err);
+    return st_write_checkpoint_ex(dir, specs, n, shard_bytes, 0, -1, meta_kv, n_meta, fill, ctx, err);
 }
 
 int st_write_checkpoint_ex(const char *dir, const st_spec *specs, int n, size_t shard_bytes, unsigned flags,
-                           const char *const *meta_kv, int n_meta, st_fill_fn fill, void *ctx, kv_error *err) {
+                           long data_residue, const char *const *meta_kv, int n_meta, st_fill_fn fill, void *ctx,
+                           kv_error *err) {
     int *order = malloc(((size_t)n + 1) * sizeof *order), *shard_of = malloc(((size_t)n + 1) * sizeof *shard_of);
     if (!order || !shard_of) { free(order); free(shard_of); return kv_fail(err, KV_ENOMEM, "%s: out of memory", dir); }
     for (int i = 0; i < n; i++) order[i] = i;
@@ -196,7 +197,7 @@ int st_write_checkpoint_ex(const char *dir, const st_spec *specs, int n, size_t 
     char path[4096], name[64];
     if (!rc && (shard_bytes == 0 || n_shards == 1) ) {
         rc = kv_join(path, sizeof path, dir, "model.safetensors", err);
-        if (!rc) rc = write_shard(path, specs, order, n, flags, meta_kv, n_meta, fill, ctx, err);
+        if (!rc) rc = write_shard(path, specs, order, n, flags, data_residue, meta_kv, n_meta, fill, ctx, err);
     } else if (!rc) {
         cJSON *root = cJSON_CreateObject(), *meta = cJSON_AddObjectToObject(root, "metadata");
         cJSON_AddNumberToObject(meta, "total_size", (double)total);
@@ -206,7 +207,7 @@ int st_write_checkpoint_ex(const char *dir, const st_spec *specs, int n, size_t 
             while (first + count < n && shard_of[first + count] == s) count++;
             snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", s + 1, n_shards);
             rc = kv_join(path, sizeof path, dir, name, err);
-            if (!rc) rc = write_shard(path, specs, order + first, count, flags, meta_kv, n_meta, fill, ctx, err);
+            if (!rc) rc = write_shard(path, specs, order + first, count, flags, data_residue, meta_kv, n_meta, fill, ctx, err);
             for (int i = first; i < first + count; i++) cJSON_AddStringToObject(map, specs[order[i]].name, name);
             first += count;
         }

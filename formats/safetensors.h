@@ -78,6 +78,10 @@ typedef struct st_writer st_writer;
 
 int st_writer_open(st_writer **w, const char *path, const st_spec *specs, int n_specs,
                    const char *const *meta_kv, int n_meta, kv_error *err);
+/* the same, the header padded with spaces so the data starts at data_residue mod 4096 (a
+ * multiple of 8; -1: no padding beyond 8) */
+int st_writer_open_aligned(st_writer **w, const char *path, const st_spec *specs, int n_specs,
+                           const char *const *meta_kv, int n_meta, long data_residue, kv_error *err);
 /* name of the tensor whose bytes are expected next (NULL when all written) */
 const char *st_writer_next(const st_writer *w);
 int st_writer_put(st_writer *w, const void *bytes, size_t n, kv_error *err);
@@ -104,8 +108,9 @@ int st_write_checkpoint(const char *dir, const st_spec *specs, int n, size_t sha
                         const char *const *meta_kv, int n_meta, st_fill_fn fill, void *ctx,
                         kv_error *err);
 #define ST_WRITE_NO_SYNC 1u /* flags: skip the fsyncs (scratch output) */
+/* data_residue: as st_writer_open_aligned, for every file written */
 int st_write_checkpoint_ex(const char *dir, const st_spec *specs, int n, size_t shard_bytes, unsigned flags,
-                           const char *const *meta_kv, int n_meta, st_fill_fn fill, void *ctx,
-                           kv_error *err);
+                           long data_residue, const char *const *meta_kv, int n_meta, st_fill_fn fill,
+                           void *ctx, kv_error *err);
 
 #endif

@@ -4,6 +4,7 @@
  * the fsync at the end waits for the last step only, not the whole file. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,9 @@ struct st_writer {
 
 #define WRITER_BUF (1u << 20)
 #define WRITEBACK_STEP ((off_t)32 << 20)
+#define COPY_STEP ((size_t)32 << 20)       /* bytes per copy_file_range call */
+#define COPY_THREADS 1
+#define COPY_MIN_PART ((size_t)4 << 20)    /* smaller copies are not split */
 
 typedef struct { char *s; size_t len, cap; int oom; } strbuf;
 
@@ -94,6 +98,11 @@ void st_writer_abort(st_writer *w) {
 
 int st_writer_open(st_writer **out, const char *path, const st_spec *specs, int n_specs,
                    const char *const *meta_kv, int n_meta, kv_error *err) {
+    return st_writer_open_aligned(out, path, specs, n_specs, meta_kv, n_meta, -1, err);
+}
+
+int st_writer_open_aligned(st_writer **out, const char *path, const st_spec *specs, int n_specs,
+                           const char *const *meta_kv, int n_meta, long data_residue, kv_error *err) {
     *out = NULL;
     st_writer *w = calloc(1, sizeof *w);
     if (!w) return kv_fail(err, KV_ENOMEM, "%s: out of memory", path);
@@ -142,6 +151,10 @@ int st_writer_open(st_writer **out, const char *path, const st_spec *specs, int 
     }
     sb_str(&h, "}");
     while (!h.oom && h.len % 8) sb_str(&h, " ");
+    /* data start (8 + header) on the requested page residue: tensors copied from a source whose
+     * data starts there keep their page offsets, and the kernel copies whole pages */
+    if (data_residue >= 0 && data_residue % 8 == 0)
+        while (!h.oom && (8 + h.len) % 4096 != (size_t)data_residue % 4096) sb_str(&h, "        ");
     if (!rc && h.oom) rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", path);
     if (!rc && h.len > ST_MAX_HEADER) rc = kv_fail(err, KV_EINVAL, "%s: header of %zu bytes exceeds 100 MB", path, h.len);
     if (!rc) rc = kv_tmpfile_beside(path, w->tmp, sizeof w->tmp, &w->fd, err);
@@ -189,20 +202,61 @@ int st_writer_put(st_writer *w, const void *bytes, size_t n, kv_error *err) {
     return 0;
 }
 
-/* pread + put, for files copy_file_range cannot serve */
-static int copy_by_reading(st_writer *w, int src_fd, off_t src_off, size_t n, kv_error *err) {
-    int rc = 0;
-    while (n > 0 && !rc) {
-        size_t step = n < WRITER_BUF ? n : WRITER_BUF;
-        ssize_t r = pread(src_fd, w->buf, step, src_off);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return kv_fail(err, KV_EIO, "%s: reading the source failed: %s", w->path, r ? strerror(errno) : "file shrank");
-        w->buf_len = (size_t)r;
-        if (flush_buf(w) != 0) rc = kv_fail(err, KV_EIO, "%s: write failed: %s", w->path, strerror(errno));
-        src_off += r;
+/* ---- in-kernel copy ---- */
+
+/* [src_off, +n) of src_fd to [dst_off, +n) of dst_fd: copy_file_range, or pread + pwrite where
+ * the filesystems refuse it. 0, or an errno value. */
+static int copy_range(int src_fd, off_t src_off, int dst_fd, off_t dst_off, size_t n) {
+    char *buf = NULL;
+    while (n > 0) {
+        ssize_t r = -1;
+        if (!buf) {
+            r = copy_file_range(src_fd, &src_off, dst_fd, &dst_off, n < COPY_STEP ? n : COPY_STEP, 0);
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP || errno == EBADF)) {
+                if (!(buf = malloc(WRITER_BUF))) return ENOMEM;
+                continue;
+            }
+            if (r <= 0) { free(buf); return r ? errno : EIO; }
+        } else {
+            r = pread(src_fd, buf, n < WRITER_BUF ? n : WRITER_BUF, src_off);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) { int e = r ? errno : EIO; free(buf); return e; }
+            for (ssize_t done = 0; done < r;) {
+                ssize_t w = pwrite(dst_fd, buf + done, (size_t)(r - done), dst_off + done);
+                if (w < 0 && errno == EINTR) continue;
+                if (w <= 0) { int e = w ? errno : EIO; free(buf); return e; }
+                done += w;
+            }
+            src_off += r;
+            dst_off += r;
+        }
         n -= (size_t)r;
     }
-    return rc;
+    free(buf);
+    return 0;
+}
+
+typedef struct {
+    int src_fd, dst_fd;
+    off_t src_off, dst_off;
+    size_t n;
+    int rc;
+} copy_part;
+
+static void *copy_part_main(void *arg) {
+    copy_part *c = arg;
+    c->rc = copy_range(c->src_fd, c->src_off, c->dst_fd, c->dst_off, c->n);
+    return NULL;
+}
+
+/* how many threads share one copy of n bytes: the page-cache copy is a memcpy in the kernel, one
+ * core's worth each, so large tensors are split across the CPUs (at most COPY_THREADS) */
+static int copy_threads(size_t n) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int k = cpus < 1 ? 1 : cpus > COPY_THREADS ? COPY_THREADS : (int)cpus;
+    while (k > 1 && n / (size_t)k < COPY_MIN_PART) k--;
+    return k;
 }
 
 int st_writer_copy(st_writer *w, int src_fd, off_t src_off, size_t n, kv_error *err) {
@@ -210,17 +264,29 @@ int st_writer_copy(st_writer *w, int src_fd, off_t src_off, size_t n, kv_error *
     if (rc) return rc;
     w->written += n;
     if (flush_buf(w) != 0) return kv_fail(err, KV_EIO, "%s: write failed: %s", w->path, strerror(errno));
-    while (n > 0) {
-        size_t step = n < WRITEBACK_STEP ? n : (size_t)WRITEBACK_STEP;
-        ssize_t r = copy_file_range(src_fd, &src_off, w->fd, NULL, step, 0);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP || errno == EBADF))
-            return copy_by_reading(w, src_fd, src_off, n, err);
-        if (r <= 0) return kv_fail(err, KV_EIO, "%s: copy failed: %s", w->path, r ? strerror(errno) : "source shrank");
-        w->file_pos += r;
-        n -= (size_t)r;
-        kick_writeback(w);
+    copy_part parts[COPY_THREADS];
+    pthread_t tid[COPY_THREADS];
+    int started[COPY_THREADS] = {0};
+    const int k = copy_threads(n);
+    const size_t each = (n / (size_t)k + 4095) / 4096 * 4096;
+    for (int i = 0; i < k; i++) {
+        size_t first = (size_t)i * each < n ? (size_t)i * each : n;
+        size_t len = n - first < each ? n - first : each;
+        parts[i] = (copy_part){src_fd, w->fd, src_off + (off_t)first, w->file_pos + (off_t)first, len, 0};
+        if (i > 0 && len > 0) started[i] = pthread_create(&tid[i], NULL, copy_part_main, &parts[i]) == 0;
     }
+    copy_part_main(&parts[0]);
+    for (int i = 1; i < k; i++) {
+        if (started[i]) pthread_join(tid[i], NULL);
+        else if (parts[i].n) copy_part_main(&parts[i]); /* no thread: this one copies it */
+    }
+    for (int i = 0; i < k && !rc; i++)
+        if (parts[i].rc) rc = kv_fail(err, KV_EIO, "%s: copy failed: %s", w->path, strerror(parts[i].rc));
+    if (rc) return rc;
+    w->file_pos += (off_t)n;
+    if (lseek(w->fd, w->file_pos, SEEK_SET) != w->file_pos)
+        return kv_fail(err, KV_EIO, "%s: seek failed: %s", w->path, strerror(errno));
+    kick_writeback(w);
     return 0;
 }
 

@@ -29,6 +29,11 @@ for d in b c d; do
     done
 done
 
+# the output's tensor data starts on the source's page offset (verbatim tensors copy page onto page)
+data_residue() { echo $(( ($(head -c 8 "$1" | od -An -tu8) + 8) % 4096 )); }
+[ "$(data_residue "$TMP/a/model.safetensors")" = "$(data_residue "$S/model.safetensors")" ] && ok ||
+    bad "data start residue $(data_residue "$TMP/a/model.safetensors"), source's $(data_residue "$S/model.safetensors")"
+
 # the source rewritten (other weights, same shape and size): the cache must not answer
 expect_rc 0 "kvsynth again, another seed" -- "$BIN/kvsynth" --preset tiny --vocab 4096 --seed 2 --force "$S"
 [ "$(wc -c <"$S/model.safetensors")" = "$size" ] && ok || bad "the rewritten source changed size"

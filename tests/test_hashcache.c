@@ -103,12 +103,13 @@ static void test_cache(void) {
     setenv("KVFORGE_CACHE_DIR", cache, 1);
 }
 
-/* a safetensors file whose tensors are copied from ranges of another file */
-static void test_writer_copy(int durable) {
+/* a safetensors file whose tensors are copied from ranges of another file (in src_dir: another
+ * filesystem makes copy_file_range refuse, so the pread/pwrite path runs) */
+static void test_writer_copy(const char *src_dir, int durable) {
     char src[200], out[200];
-    snprintf(src, sizeof src, "%s/src.bin", dir);
+    snprintf(src, sizeof src, "%s/kvforge-copy-src-%d.bin", src_dir, (int)getpid());
     snprintf(out, sizeof out, "%s/copy%d.safetensors", dir, durable);
-    const size_t n_a = 5u << 20, n_b = 1000; /* bytes: a crosses several copy steps */
+    const size_t n_a = (37u << 20) + 4099, n_b = 1000; /* a: split across threads, several steps each */
     write_bytes(src, n_a + n_b + 333, 7);
     st_spec specs[2] = {{.name = "a", .dtype = KV_U8, .n_dims = 1, .shape = {(int64_t)n_a}},
                         {.name = "b", .dtype = KV_U8, .n_dims = 1, .shape = {(int64_t)n_b}}};
@@ -139,13 +140,17 @@ static void test_writer_copy(int durable) {
           "tensor b = 'x' + source bytes");
     free(raw);
     st_close(&f);
+    unlink(src);
 }
 
 int main(void) {
     if (!mkdtemp(dir)) { perror("mkdtemp"); return 1; }
     test_cache();
-    test_writer_copy(1);
-    test_writer_copy(0);
+    test_writer_copy(dir, 1);
+    test_writer_copy(dir, 0);
+    struct stat shm;
+    if (stat("/dev/shm", &shm) == 0 && S_ISDIR(shm.st_mode) && access("/dev/shm", W_OK) == 0)
+        test_writer_copy("/dev/shm", 1); /* tmpfs -> the temp folder's filesystem */
     char cmd[200];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);

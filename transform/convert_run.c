@@ -287,9 +287,13 @@ static int write_weights(const convert_plan *p, const char *dir, kv_convert_prog
     for (int i = 0; i < n_files && c.fds; i++) c.fds[i] = -1;
     for (int i = 0; i < p->n_out && !rc; i++) specs[i] = p->out[i].spec;
     static const char *const meta[] = {"format", "pt"};
+    /* the output's data on the page offset of the (first) source file's: verbatim tensors then
+     * copy page onto page */
+    const st_file *first = &p->source->ckpt.files[0];
+    const long residue = (long)((size_t)(first->data - (const uint8_t *)first->map) % 4096);
     if (!rc)
-        rc = st_write_checkpoint_ex(dir, specs, p->n_out, p->opt.shard_bytes, p->opt.no_sync ? ST_WRITE_NO_SYNC : 0, meta, 1,
-                                    fill_tensor, &c, err);
+        rc = st_write_checkpoint_ex(dir, specs, p->n_out, p->opt.shard_bytes, p->opt.no_sync ? ST_WRITE_NO_SYNC : 0,
+                                    residue, meta, 1, fill_tensor, &c, err);
     for (int i = 0; i < n_files && c.fds; i++)
         if (c.fds[i] >= 0) close(c.fds[i]);
     free(specs);
