@@ -4,7 +4,6 @@
  * the fsync at the end waits for the last step only, not the whole file. */
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,8 +29,6 @@ struct st_writer {
 #define WRITER_BUF (1u << 20)
 #define WRITEBACK_STEP ((off_t)32 << 20)
 #define COPY_STEP ((size_t)32 << 20)       /* bytes per copy_file_range call */
-#define COPY_THREADS 1
-#define COPY_MIN_PART ((size_t)4 << 20)    /* smaller copies are not split */
 
 typedef struct { char *s; size_t len, cap; int oom; } strbuf;
 
@@ -237,52 +234,15 @@ static int copy_range(int src_fd, off_t src_off, int dst_fd, off_t dst_off, size
     return 0;
 }
 
-typedef struct {
-    int src_fd, dst_fd;
-    off_t src_off, dst_off;
-    size_t n;
-    int rc;
-} copy_part;
-
-static void *copy_part_main(void *arg) {
-    copy_part *c = arg;
-    c->rc = copy_range(c->src_fd, c->src_off, c->dst_fd, c->dst_off, c->n);
-    return NULL;
-}
-
-/* how many threads share one copy of n bytes: the page-cache copy is a memcpy in the kernel, one
- * core's worth each, so large tensors are split across the CPUs (at most COPY_THREADS) */
-static int copy_threads(size_t n) {
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    int k = cpus < 1 ? 1 : cpus > COPY_THREADS ? COPY_THREADS : (int)cpus;
-    while (k > 1 && n / (size_t)k < COPY_MIN_PART) k--;
-    return k;
-}
-
+/* One thread: buffered writes to one file serialise on its inode lock in the kernel, so copies
+ * split across threads measured slower (lock contention), not faster. */
 int st_writer_copy(st_writer *w, int src_fd, off_t src_off, size_t n, kv_error *err) {
     int rc = check_room(w, n, err);
     if (rc) return rc;
     w->written += n;
     if (flush_buf(w) != 0) return kv_fail(err, KV_EIO, "%s: write failed: %s", w->path, strerror(errno));
-    copy_part parts[COPY_THREADS];
-    pthread_t tid[COPY_THREADS];
-    int started[COPY_THREADS] = {0};
-    const int k = copy_threads(n);
-    const size_t each = (n / (size_t)k + 4095) / 4096 * 4096;
-    for (int i = 0; i < k; i++) {
-        size_t first = (size_t)i * each < n ? (size_t)i * each : n;
-        size_t len = n - first < each ? n - first : each;
-        parts[i] = (copy_part){src_fd, w->fd, src_off + (off_t)first, w->file_pos + (off_t)first, len, 0};
-        if (i > 0 && len > 0) started[i] = pthread_create(&tid[i], NULL, copy_part_main, &parts[i]) == 0;
-    }
-    copy_part_main(&parts[0]);
-    for (int i = 1; i < k; i++) {
-        if (started[i]) pthread_join(tid[i], NULL);
-        else if (parts[i].n) copy_part_main(&parts[i]); /* no thread: this one copies it */
-    }
-    for (int i = 0; i < k && !rc; i++)
-        if (parts[i].rc) rc = kv_fail(err, KV_EIO, "%s: copy failed: %s", w->path, strerror(parts[i].rc));
-    if (rc) return rc;
+    int e = copy_range(src_fd, src_off, w->fd, w->file_pos, n);
+    if (e) return kv_fail(err, KV_EIO, "%s: copy failed: %s", w->path, strerror(e));
     w->file_pos += (off_t)n;
     if (lseek(w->fd, w->file_pos, SEEK_SET) != w->file_pos)
         return kv_fail(err, KV_EIO, "%s: seek failed: %s", w->path, strerror(errno));

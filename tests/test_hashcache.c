@@ -109,7 +109,7 @@ static void test_writer_copy(const char *src_dir, int durable) {
     char src[200], out[200];
     snprintf(src, sizeof src, "%s/kvforge-copy-src-%d.bin", src_dir, (int)getpid());
     snprintf(out, sizeof out, "%s/copy%d.safetensors", dir, durable);
-    const size_t n_a = (37u << 20) + 4099, n_b = 1000; /* a: split across threads, several steps each */
+    const size_t n_a = (37u << 20) + 4099, n_b = 1000; /* a: several copy_file_range steps */
     write_bytes(src, n_a + n_b + 333, 7);
     st_spec specs[2] = {{.name = "a", .dtype = KV_U8, .n_dims = 1, .shape = {(int64_t)n_a}},
                         {.name = "b", .dtype = KV_U8, .n_dims = 1, .shape = {(int64_t)n_b}}};
