@@ -99,7 +99,7 @@ int kvt_run_init_grad(kvt_run *r, const kvt_model *m, int B, int T, int passes, 
                  2 * (size_t)S * rows(r, KV);
     if (E > 0) {
         const size_t block = (size_t)(r->block_hi - r->block_lo + 1);
-        total += (size_t)E * (block * per_layer + 2 * (size_t)(S + n_prev) * rows(r, KV));
+        total += (size_t)E * (block * per_layer + 2 * (size_t)S * rows(r, KV)) + 2 * (size_t)n_prev * rows(r, KV);
         total += 2 * (size_t)n_prev * rows(r, KV) + 2 * rows(r, H);
     }
     r->arena = calloc(total, sizeof(float));
@@ -169,9 +169,12 @@ int kvt_run_init_grad(kvt_run *r, const kvt_model *m, int B, int T, int passes, 
         for (int s = 0; s < S; s++) {
             CARVE(r->k_made[e * S + s], rows(r, KV));
             CARVE(r->v_made[e * S + s], rows(r, KV));
-            if (r->k_prev[s]) {
-                CARVE(r->k_read[e * S + s], rows(r, KV));
-                CARVE(r->v_read[e * S + s], rows(r, KV));
+            if (r->k_prev[s] && e == 0) {
+                CARVE(r->k_read[s], rows(r, KV));
+                CARVE(r->v_read[s], rows(r, KV));
+            } else if (r->k_prev[s]) { /* pass e reads what pass e-1 wrote */
+                r->k_read[e * S + s] = r->k_made[(e - 1) * S + s];
+                r->v_read[e * S + s] = r->v_made[(e - 1) * S + s];
             }
         }
     }
@@ -296,10 +299,10 @@ int kvt_forward(kvt_run *r, const int32_t *tokens, kv_error *err) {
             const int e = p - first_early; /* >= 0: a differentiated pass before the last */
             kvt_layer_acts *acts = r->acts;
             if (e >= 0) {
-                for (int s = 0; s < S; s++)
+                for (int s = 0; s < S && e == 0; s++) /* later passes' inputs are k_made[e-1] */
                     if (r->k_prev[s]) {
-                        memcpy(r->k_read[e * S + s], r->k_prev[s], kv_bytes);
-                        memcpy(r->v_read[e * S + s], r->v_prev[s], kv_bytes);
+                        memcpy(r->k_read[s], r->k_prev[s], kv_bytes);
+                        memcpy(r->v_read[s], r->v_prev[s], kv_bytes);
                     }
                 r->acts = r->acts_early + (size_t)e * m->L;
             }

@@ -68,7 +68,8 @@ typedef struct {
     float *ds;                /* [N, H] SwiftKV */
     /* grad_passes > 1 (want_grad): earlier differentiated passes e = 0 .. grad_passes-2 */
     kvt_layer_acts *acts_early; /* [(grad_passes-1) * L] block layers' activations of pass e */
-    float **k_read, **v_read;   /* [(grad_passes-1) * slots] K/V pass e's upward layers read */
+    float **k_read, **v_read;   /* [(grad_passes-1) * slots] K/V pass e's upward layers read
+                                   (for e > 0 the same buffers as pass e-1's k_made/v_made) */
     float **k_made, **v_made;   /* [(grad_passes-1) * slots] K/V pass e wrote */
     float **dk_prev, **dv_prev; /* [slots] d loss / d (K/V read by upward layers), per pass */
     float *x_spill;             /* [N, H] output of the block's top layer in pass e (unused) */
