@@ -41,6 +41,8 @@ static void usage(void) {
            "  --clip X              global gradient-norm clip, 0 off (1.0)\n"
            "  --temperature X       KL temperature T (2)\n"
            "  --mse-weight X        weight of the hidden-state MSE (1.0)\n"
+           "  --ce-weight X         weight of the next-token cross-entropy on the data (0: the\n"
+           "                        loss of METHODS.md; hard labels beside the teacher's)\n"
            "  --passes N            iterative plan for top/middle targets: N passes, the last\n"
            "                        with gradient (9, as kvrun's iterative prefill)\n"
            "  --grad-passes B       differentiate the last B passes (LCKV's b): the K/V upward\n"
@@ -75,7 +77,7 @@ static void usage(void) {
 enum {
     O_DATA = 256, O_EVAL_DATA, O_HOLDOUT, O_EVAL_SEQS, O_SEQ_LEN, O_BATCH, O_ACCUM, O_STEPS,
     O_TOKENS, O_LR, O_WARMUP, O_SCHEDULE, O_BETA1, O_BETA2, O_ADAM_EPS, O_WD, O_CLIP, O_TEMP,
-    O_MSE, O_PASSES, O_GRAD_PASSES, O_SEED, O_SAVE_EVERY, O_RESUME, O_FORCE, O_THREADS, O_QUIET, O_VERSION,
+    O_MSE, O_CE, O_PASSES, O_GRAD_PASSES, O_SEED, O_SAVE_EVERY, O_RESUME, O_FORCE, O_THREADS, O_QUIET, O_VERSION,
     O_SWIFTKV, O_GROUPS, O_CROSS, O_MAP, O_BUDGET, O_JSON, O_SVG, O_INIT
 };
 
@@ -86,7 +88,7 @@ static const struct option long_opts[] = {
     {"lr", 1, 0, O_LR}, {"warmup", 1, 0, O_WARMUP}, {"schedule", 1, 0, O_SCHEDULE},
     {"beta1", 1, 0, O_BETA1}, {"beta2", 1, 0, O_BETA2}, {"adam-eps", 1, 0, O_ADAM_EPS},
     {"weight-decay", 1, 0, O_WD}, {"clip", 1, 0, O_CLIP}, {"temperature", 1, 0, O_TEMP},
-    {"mse-weight", 1, 0, O_MSE}, {"passes", 1, 0, O_PASSES}, {"seed", 1, 0, O_SEED},
+    {"mse-weight", 1, 0, O_MSE}, {"ce-weight", 1, 0, O_CE}, {"passes", 1, 0, O_PASSES}, {"seed", 1, 0, O_SEED},
     {"grad-passes", 1, 0, O_GRAD_PASSES},
     {"save-every", 1, 0, O_SAVE_EVERY}, {"resume", 0, 0, O_RESUME}, {"force", 0, 0, O_FORCE},
     {"threads", 1, 0, O_THREADS}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, 'h'},
@@ -188,6 +190,7 @@ static int parse_args(int argc, char **argv, cli_args *a) {
         case O_CLIP: rc = parse_double_opt("clip", optarg, 0, 1e12, &a->d.clip); break;
         case O_TEMP: rc = parse_double_opt("temperature", optarg, 1e-3, 1e3, &a->d.temperature); break;
         case O_MSE: rc = parse_double_opt("mse-weight", optarg, 0, 1e6, &a->d.mse_weight); break;
+        case O_CE: rc = parse_double_opt("ce-weight", optarg, 0, 1e6, &a->d.ce_weight); break;
         case O_PASSES:
             if (!(rc = parse_long_opt("passes", optarg, 1, 1000, &v))) a->d.passes = (int)v;
             break;

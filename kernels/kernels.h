@@ -163,6 +163,13 @@ void kv_swiglu_backward(float *dgate, float *dup, const float *dh, const float *
 double kv_distill_kl(float *dstudent, const float *student, const float *teacher, int T, int V,
                      float temp, float grad_scale);
 
+/* Next-token cross-entropy on the data (the hard labels), for B sequences of T tokens:
+ *   loss = mean over the B*(T-1) positions t < T-1 of -log softmax(logits[b,t])[tokens[b,t+1]]
+ * logits [B*T, V], tokens [B*T]; the last position of each sequence has no target. Returns loss
+ * (nats). If dlogits [B*T, V] is not NULL it gets += grad_scale * (softmax - onehot) / (B*(T-1)). */
+double kv_next_token_ce(float *dlogits, const float *logits, const int32_t *tokens, int B, int T,
+                        int V, float grad_scale);
+
 /* loss = mean over all n elements of (student - teacher)^2 (torch MSELoss "mean");
  * dstudent[n] += grad_scale * 2 * (student - teacher) / n when not NULL. Returns loss. */
 double kv_mse(float *dstudent, const float *student, const float *teacher, size_t n,

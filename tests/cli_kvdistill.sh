@@ -39,6 +39,11 @@ expect_grep '"grad_passes":	2' "$TMP/ptop_b2/report.json" "report.json records g
 expect_rc 1 "grad-passes above passes refused" -- "$KD" train "$M" "$TMP/ptop" "$TMP/x" --data "$TMP/data.txt" \
     --steps 2 --seq-len 32 --passes 3 --grad-passes 4 --quiet
 expect_grep "grad-passes 4 must be 1 .. passes (3)" "$TMP/err" "grad-passes message"
+expect_rc 0 "hard labels beside the teacher (--ce-weight)" -- "$KD" train "$M" "$TMP/skv" "$TMP/skv_ce" --data "$TMP/data.txt" \
+    --steps 2 --seq-len 32 --batch 2 --ce-weight 0.5 --eval-seqs 2 --quiet --threads 1
+expect_grep '"ce_weight":	0.5' "$TMP/skv_ce/report.json" "report.json records ce_weight"
+grep -q '"ce": [1-9]' "$TMP/skv_ce/train_log.jsonl" && ok || bad "the step log carries the cross-entropy"
+expect_rc 2 "negative ce-weight refused" -- "$KD" train "$M" "$TMP/skv" "$TMP/x" --data "$TMP/data.txt" --steps 2 --ce-weight -1
 expect_rc 1 "identity student refused" -- "$KD" train "$M" "$M" "$TMP/x" --data "$TMP/data.txt" --steps 2 --seq-len 32
 expect_rc 1 "missing data file" -- "$KD" train "$M" "$TMP/skv" "$TMP/x" --data "$TMP/nope.txt" --steps 2
 

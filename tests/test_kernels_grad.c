@@ -308,6 +308,48 @@ static void test_kl_grad(void) {
 }
 
 typedef struct {
+    int B, T, V;
+    double scale, *z;
+    const int32_t *tok;
+} ce_ctx;
+
+/* scale * mean over b, t < T-1 of -log softmax(z[b,t])[tok[b,t+1]], in double */
+static double ce_loss(void *p) {
+    ce_ctx *c = p;
+    double L = 0;
+    for (int b = 0; b < c->B; b++)
+        for (int t = 0; t + 1 < c->T; t++) {
+            const double *z = c->z + ((size_t)b * c->T + t) * c->V;
+            double sum = 0;
+            for (int i = 0; i < c->V; i++) sum += exp(z[i]);
+            L += log(sum) - z[c->tok[b * c->T + t + 1]];
+        }
+    return c->scale * L / (c->B * (c->T - 1));
+}
+
+static void test_ce_grad(void) {
+    enum { B = 2, T = 4, V = 11, N = B * T * V };
+    const int32_t tok[B * T] = {3, 0, 10, 7, 7, 2, 2, 5};
+    float *z = rand_buf(N, 3), *g = rand_buf(N, 1);
+    double *g0 = to_double(g, N);
+    const float scale = 0.6f;
+    double loss = kv_next_token_ce(g, z, tok, B, T, V, scale);
+    ce_ctx c = {B, T, V, scale, to_double(z, N), tok};
+    CHECK_NEAR(loss * scale, ce_loss(&c), 1e-12, "next-token CE value");
+    check_grad("next-token CE dlogits", c.z, N, g, g0, ce_loss, &c, 1e-5);
+    /* the last position of each sequence has no target: its gradient stays as it was */
+    int untouched = 1;
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < V; i++) {
+            size_t k = ((size_t)b * T + T - 1) * V + i;
+            untouched &= g[k] == (float)g0[k];
+        }
+    CHECK(untouched, "next-token CE: the last position of a sequence got a gradient");
+    CHECK_NEAR(kv_next_token_ce(NULL, z, tok, B, 1, V, 1.0f), 0.0, 0, "next-token CE, T = 1: nothing scored");
+    free(z), free(g), free(g0), free(c.z);
+}
+
+typedef struct {
     size_t n;
     double scale, *s, *t;
 } mse_ctx;
@@ -455,6 +497,7 @@ int main(void) {
     test_attention_grad(2, 3, 4, 4, 2, 4, KV_MASK_STRICT); /* cache one short: strict needs < p */
     test_swiglu_grad();
     test_kl_grad();
+    test_ce_grad();
     test_mse_grad();
     test_chain(KV_MASK_CAUSAL);
     test_chain(KV_MASK_STRICT);

@@ -121,7 +121,7 @@ typedef struct {
     double **kp, **vp;    /* [slots] previous pass */
     double **kc, **vc;    /* [slots] entering the first differentiated pass (constants) */
     double *t_logits, *t_h; /* teacher outputs */
-    double temp, mse_w;
+    double temp, mse_w, ce_w;
     /* scratch */
     double **xin;         /* [L+1] residual entering each layer, [L] = after the last */
     double *xn, *q, *att, *g, *u, *s, *logits;
@@ -297,7 +297,17 @@ static double r_loss(ref_ctx *c) {
     const double *h = c->xin[m->L - 1];
     for (int k = 0; k < N * m->H; k++) mse += (h[k] - c->t_h[k]) * (h[k] - c->t_h[k]);
     mse /= (double)N * m->H;
-    return kl + c->mse_w * mse;
+    double ce = 0;
+    for (int b = 0; b < c->B; b++)
+        for (int t = 0; t + 1 < c->T; t++) {
+            const double *zs = c->logits + ((size_t)b * c->T + t) * V;
+            double mz = -1e300, sum = 0;
+            for (int i = 0; i < V; i++) mz = zs[i] > mz ? zs[i] : mz;
+            for (int i = 0; i < V; i++) sum += exp(zs[i] - mz);
+            ce += mz + log(sum) - zs[c->tokens[b * c->T + t + 1]];
+        }
+    ce /= (double)c->B * (c->T - 1);
+    return kl + c->mse_w * mse + c->ce_w * ce;
 }
 
 static double **alloc_rows(int n, size_t each) {
@@ -394,8 +404,8 @@ static void run_case(const char *label, const tiny_shape *shape, const char *map
           label, err.msg);
     CHECK(kvt_run_init(&rt, &teacher, B, T, passes, 0, &err) == 0, "%s: run: %s", label, err.msg);
     kvt_loss loss;
-    const float temp = 2.0f, mse_w = 0.7f;
-    rc = kvt_distill_microbatch(&rs, &rt, tokens, temp, mse_w, 1.0f, &loss, &err);
+    const kvt_loss_weights lw = {2.0f, 0.7f, 0.3f};
+    rc = kvt_distill_microbatch(&rs, &rt, tokens, &lw, 1.0f, &loss, &err);
     CHECK(rc == 0, "%s: step: %s", label, err.msg);
 
     /* the reference: teacher outputs, then the student loss and its finite differences */
@@ -404,7 +414,7 @@ static void run_case(const char *label, const tiny_shape *shape, const char *map
     r_forward(&tc, 1);
     ref_init(&sc, &student, B, T, passes, kvmap_cyclic_block(&map, &(int){0}, &(int){0}) > 0 ? grad_passes : 1,
              tokens);
-    sc.temp = temp, sc.mse_w = mse_w;
+    sc.temp = lw.temp, sc.mse_w = lw.mse_weight, sc.ce_w = lw.ce_weight;
     sc.t_logits = malloc(sizeof(double) * N * shape->V);
     sc.t_h = malloc(sizeof(double) * N * shape->H);
     memcpy(sc.t_logits, tc.logits, sizeof(double) * N * shape->V);
@@ -413,8 +423,8 @@ static void run_case(const char *label, const tiny_shape *shape, const char *map
     const double ref = r_loss(&sc);
     CHECK(fabs(ref - loss.loss) <= 1e-4 * fabs(ref) + 1e-6, "%s: loss %.9g vs double %.9g", label,
           loss.loss, ref);
-    CHECK(loss.kl > 1e-4 && loss.mse > 1e-5, "%s: degenerate loss kl %g mse %g", label, loss.kl,
-          loss.mse);
+    CHECK(loss.kl > 1e-4 && loss.mse > 1e-5 && loss.ce > 1e-2, "%s: degenerate loss kl %g mse %g ce %g",
+          label, loss.kl, loss.mse, loss.ce);
 
     int n_checked = 0;
     for (int i = 0; i < student.n_params; i++) {

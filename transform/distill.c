@@ -235,6 +235,8 @@ static void compute_fingerprint(run_state *r) {
                        o->mse_weight, o->passes, r->student.map.name, r->train.n);
     if (o->grad_passes > 1 && len > 0 && (size_t)len < sizeof buf) /* default runs keep their old fingerprint */
         len += snprintf(buf + len, sizeof buf - (size_t)len, " grad_passes=%d", o->grad_passes);
+    if (o->ce_weight != 0 && len > 0 && (size_t)len < sizeof buf)
+        len += snprintf(buf + len, sizeof buf - (size_t)len, " ce=%.17g", o->ce_weight);
     kv_sha256_ctx c;
     kv_sha256_init(&c);
     kv_sha256_update(&c, buf, (size_t)len);
@@ -415,6 +417,7 @@ static int write_report(const run_state *r, const distill_report *rep, kv_error 
     cJSON_AddNumberToObject(opt, "clip", o->clip);
     cJSON_AddNumberToObject(opt, "temperature", o->temperature);
     cJSON_AddNumberToObject(opt, "mse_weight", o->mse_weight);
+    cJSON_AddNumberToObject(opt, "ce_weight", o->ce_weight);
     cJSON_AddNumberToObject(opt, "passes", o->passes);
     cJSON_AddNumberToObject(opt, "grad_passes", o->grad_passes);
     cJSON_AddNumberToObject(opt, "seed", (double)o->seed);
@@ -447,12 +450,13 @@ static int train_step(run_state *r, int32_t *tokens, FILE *log, kv_error *err) {
                    sizeof(int32_t) * (size_t)T);
         }
         kvt_loss l;
-        int rc = kvt_distill_microbatch(&r->rs, &r->rt, tokens, (float)o->temperature,
-                                        (float)o->mse_weight, 1.0f / (float)o->accum, &l, err);
+        const kvt_loss_weights w = {(float)o->temperature, (float)o->mse_weight, (float)o->ce_weight};
+        int rc = kvt_distill_microbatch(&r->rs, &r->rt, tokens, &w, 1.0f / (float)o->accum, &l, err);
         if (rc) return rc;
         sum.loss += l.loss / o->accum;
         sum.kl += l.kl / o->accum;
         sum.mse += l.mse / o->accum;
+        sum.ce += l.ce / o->accum;
     }
     const double norm = grad_global_norm(r->g, r->n, r->n_train);
     if (!isfinite(norm))
@@ -469,12 +473,14 @@ static int train_step(run_state *r, int32_t *tokens, FILE *log, kv_error *err) {
     r->pr.loss = sum.loss;
     r->pr.kl = sum.kl;
     r->pr.mse = sum.mse;
+    r->pr.ce = sum.ce;
     r->pr.lr = lr;
     r->pr.grad_norm = norm;
     if (log) {
-        fprintf(log, "{\"step\": %ld, \"loss\": %.9g, \"kl\": %.9g, \"mse\": %.9g, \"lr\": %.9g, "
-                "\"grad_norm\": %.9g, \"tokens\": %ld, \"seconds\": %.3f}\n", r->step, sum.loss,
-                sum.kl, sum.mse, lr, norm, r->tokens_trained, r->prior_seconds + now_s() - r->t0);
+        fprintf(log, "{\"step\": %ld, \"loss\": %.9g, \"kl\": %.9g, \"mse\": %.9g, \"ce\": %.9g, "
+                "\"lr\": %.9g, \"grad_norm\": %.9g, \"tokens\": %ld, \"seconds\": %.3f}\n", r->step,
+                sum.loss, sum.kl, sum.mse, sum.ce, lr, norm, r->tokens_trained,
+                r->prior_seconds + now_s() - r->t0);
         if (fflush(log))
             return kv_fail(err, KV_EIO, "%s: write failed", r->log_path);
     }
@@ -491,9 +497,9 @@ static int check_opts(const distill_opts *o, kv_error *err) {
     if (o->steps < 0 || o->tokens < 0 || (o->steps == 0 && o->tokens == 0))
         return kv_fail(err, KV_EINVAL, "distill: give a number of steps or of tokens");
     if (!(o->lr > 0) || !(o->warmup_frac >= 0 && o->warmup_frac <= 1) || !(o->clip >= 0) ||
-        !(o->temperature > 0) || !(o->mse_weight >= 0) || !(o->eval_frac >= 0 && o->eval_frac < 1))
+        !(o->temperature > 0) || !(o->mse_weight >= 0) || !(o->ce_weight >= 0) || !(o->eval_frac >= 0 && o->eval_frac < 1))
         return kv_fail(err, KV_EINVAL, "distill: lr, temperature > 0; warm-up in [0, 1]; clip, "
-                       "mse-weight >= 0; held-out fraction in [0, 1)");
+                       "mse-weight, ce-weight >= 0; held-out fraction in [0, 1)");
     return 0;
 }
 

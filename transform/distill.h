@@ -37,6 +37,7 @@ typedef struct {
     double clip;                   /* global gradient norm limit, 1.0; 0: none */
     double temperature;            /* 2 */
     double mse_weight;             /* 1 */
+    double ce_weight;              /* next-token cross-entropy on the data; 0 (METHODS.md's loss) */
     int passes;                    /* iterative plan for upward maps, train and eval: 9 */
     int grad_passes;               /* trailing passes with gradient (LCKV's b): 1, as METHODS.md */
     long save_every;               /* checkpoint every this many steps, 0: only at the end */
@@ -54,7 +55,7 @@ typedef struct {
     distill_phase phase;
     long step, total_steps;        /* step = steps done */
     long tokens;                   /* trained so far */
-    double loss, kl, mse, lr, grad_norm;
+    double loss, kl, mse, ce, lr, grad_norm;
     double seconds;                /* wall time of this process so far */
     double tokens_per_s;           /* over this process's steps */
     long eval_done, eval_total;    /* evaluation progress (sequences) */

@@ -472,7 +472,7 @@ int kvt_backward(kvt_run *r, kv_error *err) {
 }
 
 int kvt_distill_microbatch(kvt_run *student, kvt_run *teacher, const int32_t *tokens,
-                           float temp, float mse_weight, float grad_scale, kvt_loss *out,
+                           const kvt_loss_weights *w, float grad_scale, kvt_loss *out,
                            kv_error *err) {
     const kvt_model *m = student->m;
     if (teacher->N != student->N || teacher->T != student->T || teacher->m->V != m->V ||
@@ -484,10 +484,13 @@ int kvt_distill_microbatch(kvt_run *student, kvt_run *teacher, const int32_t *to
     const int backward = grad_scale > 0 && student->want_grad;
     const size_t nh = (size_t)student->N * (size_t)m->H;
     out->kl = kv_distill_kl(backward ? student->dlogits : NULL, student->logits, teacher->logits,
-                            student->N, m->V, temp, grad_scale);
-    out->mse = kv_mse(backward && mse_weight != 0 ? student->dh_last : NULL,
+                            student->N, m->V, w->temp, grad_scale);
+    out->mse = kv_mse(backward && w->mse_weight != 0 ? student->dh_last : NULL,
                       kvt_last_layer_input(student), kvt_last_layer_input(teacher), nh,
-                      grad_scale * mse_weight);
-    out->loss = out->kl + (double)mse_weight * out->mse;
+                      grad_scale * w->mse_weight);
+    out->ce = w->ce_weight == 0 ? 0.0
+              : kv_next_token_ce(backward ? student->dlogits : NULL, student->logits, tokens,
+                                 student->B, student->T, m->V, grad_scale * w->ce_weight);
+    out->loss = out->kl + (double)w->mse_weight * out->mse + (double)w->ce_weight * out->ce;
     return backward ? kvt_backward(student, err) : 0;
 }

@@ -97,16 +97,23 @@ const float *kvt_last_layer_input(const kvt_run *r);
 int kvt_backward(kvt_run *r, kv_error *err);
 
 typedef struct {
-    double loss;  /* kl + mse_weight * mse */
+    double loss;  /* kl + mse_weight * mse + ce_weight * ce */
     double kl;    /* temp^2 * KL(teacher || student) averaged over the N tokens */
     double mse;   /* mean squared difference of the inputs of layer L-1 */
+    double ce;    /* next-token cross-entropy on the data (0 when ce_weight is 0: not computed) */
 } kvt_loss;
+
+typedef struct {
+    float temp;       /* KL temperature (METHODS.md: 2) */
+    float mse_weight; /* METHODS.md: 1 */
+    float ce_weight;  /* hard-label term, not in METHODS.md: 0 leaves the loss as specified */
+} kvt_loss_weights;
 
 /* One distillation micro-batch: teacher and student forward on tokens [N] (runs of the same
  * B, T), the loss, and (when grad_scale > 0 and the student run has gradients) the backward,
  * adding grad_scale * d loss / d w into the student's gradients. */
 int kvt_distill_microbatch(kvt_run *student, kvt_run *teacher, const int32_t *tokens,
-                           float temp, float mse_weight, float grad_scale, kvt_loss *out,
+                           const kvt_loss_weights *w, float grad_scale, kvt_loss *out,
                            kv_error *err);
 
 #endif

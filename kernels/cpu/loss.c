@@ -1,4 +1,5 @@
-/* Distillation losses: temperature-scaled KL(teacher || student) on logits, MSE on hidden states. */
+/* Distillation losses: temperature-scaled KL(teacher || student) on logits, next-token
+ * cross-entropy on the data, MSE on hidden states. */
 #include "kernels/kernels.h"
 
 #include <math.h>
@@ -34,6 +35,27 @@ double kv_distill_kl(float *dstudent, const float *student, const float *teacher
         total += tt * kl;
     }
     return total / T;
+}
+
+double kv_next_token_ce(float *dlogits, const float *logits, const int32_t *tokens, int B, int T,
+                        int V, float grad_scale) {
+    const long n_pred = (long)B * (T - 1);
+    if (n_pred <= 0) return 0.0;
+    const double gscale = (double)grad_scale / (double)n_pred;
+    double total = 0.0;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t + 1 < T; t++) {
+            const size_t row = (size_t)b * T + t;
+            const float *z = logits + row * V;
+            const int target = tokens[row + 1];
+            const double lse = scaled_lse(z, V, 1.0);
+            total += lse - (double)z[target];
+            if (!dlogits) continue;
+            float *g = dlogits + row * V;
+            for (int i = 0; i < V; i++) g[i] += (float)(gscale * exp((double)z[i] - lse));
+            g[target] -= (float)gscale;
+        }
+    return total / (double)n_pred;
 }
 
 double kv_mse(float *dstudent, const float *student, const float *teacher, size_t n,
