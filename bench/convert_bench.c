@@ -1,6 +1,7 @@
 /* convert_bench: kvconvert on a synthetic TinyLlama-1.1B BF16 checkpoint (kvsynth) against cp of
- * the same bytes, measured in the same run: medians of 5 alternating rounds after a warm-up,
- * ratios, and kvconvert's peak RSS. Like is compared with like: kvconvert --no-sync against
+ * the same bytes, measured in the same run: every kvconvert run is paired with a cp run just
+ * before it (both after a sync), 5 rounds after a warm-up; medians of the times and of the paired
+ * ratios (pairing keeps the drift of a shared VM out of the ratio), and kvconvert's peak RSS. Like is compared with like: kvconvert --no-sync against
  * cp, and kvconvert's default (fsync before the rename: durable, atomic) against cp + fsync.
  * kvconvert also records the source's sha256 in kvforge.json: "cold" runs start from an empty
  * digest cache (formats/hashcache.h) and hash all 2.2 GB, "warm" ones reuse the digest of the
@@ -71,9 +72,22 @@ typedef struct {
     const char *args[4]; /* transform options for kvconvert */
     int cold;            /* empty digest cache first */
     baseline vs;
-    double secs[ROUNDS];
+    double secs[ROUNDS], base_secs[ROUNDS], ratio[ROUNDS];
     long rss_kb;
 } convert_case;
+
+/* cp of the model into an empty cp_dir after a sync, plus its fsync when durable; seconds or -1 */
+static double time_cp(const char *model, const char *cp_dir, const char *cp_file, int durable) {
+    char *argv[] = {"cp", (char *)model, (char *)cp_dir, NULL};
+    remove_tree(cp_dir);
+    mkdir(cp_dir, 0755);
+    sync();
+    double t = now();
+    if (run(argv, NULL) != 0 || (durable && fsync_file(cp_file) != 0)) return -1;
+    t = now() - t;
+    remove_tree(cp_dir);
+    return t;
+}
 
 int main(void) {
     const char *bin = getenv("KV_BIN") ? getenv("KV_BIN") : "build/bin";
@@ -101,37 +115,31 @@ int main(void) {
     if (stat(model, &st) != 0) { fprintf(stderr, "convert_bench: %s missing\n", model); goto done; }
 
     convert_case cases[] = {
-        {"swiftkv:11 --no-sync, warm", {"--swiftkv", "11", "--no-sync", NULL}, 0, VS_CP, {0}, 0},
-        {"lasagna-bottom:11 --no-sync, warm", {"--map", "lasagna-bottom:11", "--no-sync", NULL}, 0, VS_CP, {0}, 0},
-        {"swiftkv:11 (fsync), warm", {"--swiftkv", "11", NULL, NULL}, 0, VS_CP_SYNC, {0}, 0},
-        {"lasagna-bottom:11 (fsync), warm", {"--map", "lasagna-bottom:11", NULL, NULL}, 0, VS_CP_SYNC, {0}, 0},
-        {"swiftkv:11 (fsync), cold", {"--swiftkv", "11", NULL, NULL}, 1, VS_CP_SYNC, {0}, 0},
+        {.label = "swiftkv:11 --no-sync, warm", .args = {"--swiftkv", "11", "--no-sync", NULL}, .cold = 0, .vs = VS_CP},
+        {.label = "lasagna-bottom:11 --no-sync, warm", .args = {"--map", "lasagna-bottom:11", "--no-sync", NULL}, .cold = 0, .vs = VS_CP},
+        {.label = "swiftkv:11 (fsync), warm", .args = {"--swiftkv", "11", NULL, NULL}, .cold = 0, .vs = VS_CP_SYNC},
+        {.label = "lasagna-bottom:11 (fsync), warm", .args = {"--map", "lasagna-bottom:11", NULL, NULL}, .cold = 0, .vs = VS_CP_SYNC},
+        {.label = "swiftkv:11 (fsync), cold", .args = {"--swiftkv", "11", NULL, NULL}, .cold = 1, .vs = VS_CP_SYNC},
     };
     const int n_cases = (int)(sizeof cases / sizeof cases[0]);
-    double cp_secs[ROUNDS], cp_sync_secs[ROUNDS], hash_secs[ROUNDS];
-    char *cp_argv[] = {"cp", model, cp_dir, NULL};
-    mkdir(cp_dir, 0755);
-    if (run(cp_argv, NULL) != 0) { fprintf(stderr, "convert_bench: cp failed\n"); goto done; } /* warm-up */
+    double hash_secs[ROUNDS], cp_secs[ROUNDS * 5], cp_sync_secs[ROUNDS * 5];
+    int n_cp = 0, n_cp_sync = 0;
+    if (time_cp(model, cp_dir, cp_file, 0) < 0) { fprintf(stderr, "convert_bench: cp failed\n"); goto done; } /* warm-up */
+    char *prime_argv[] = {conv, "-q", src, out, "--swiftkv", "11", "--no-sync", NULL}; /* fills the digest cache */
+    if (run(prime_argv, NULL) != 0) { fprintf(stderr, "convert_bench: kvconvert failed\n"); goto done; }
+    remove_tree(out);
     for (int r = 0; r < ROUNDS; r++) {
-        remove_tree(cp_dir);
-        mkdir(cp_dir, 0755);
-        sync();
-        double t = now();
-        if (run(cp_argv, NULL) != 0) { fprintf(stderr, "convert_bench: cp failed\n"); goto done; }
-        cp_secs[r] = now() - t;
-        remove_tree(cp_dir);
-        mkdir(cp_dir, 0755);
-        sync();
-        t = now();
-        if (run(cp_argv, NULL) != 0 || fsync_file(cp_file) != 0) { fprintf(stderr, "convert_bench: cp failed\n"); goto done; }
-        cp_sync_secs[r] = now() - t;
-        remove_tree(cp_dir);
         char hex[65];
         kv_error err;
-        t = now();
+        double t = now();
         if (kv_sha256_file(model, hex, &err) != 0) { fprintf(stderr, "convert_bench: %s\n", err.msg); goto done; }
         hash_secs[r] = now() - t;
         for (int c = 0; c < n_cases; c++) {
+            const int durable = cases[c].vs == VS_CP_SYNC;
+            const double base = time_cp(model, cp_dir, cp_file, durable);
+            if (base < 0) { fprintf(stderr, "convert_bench: cp failed\n"); goto done; }
+            if (durable) cp_sync_secs[n_cp_sync++] = base;
+            else cp_secs[n_cp++] = base;
             remove_tree(out);
             if (cases[c].cold) remove_tree(cache);
             sync();
@@ -140,19 +148,28 @@ int main(void) {
             t = now();
             if (run(argv, &rss) != 0) { fprintf(stderr, "convert_bench: kvconvert %s failed\n", cases[c].label); goto done; }
             cases[c].secs[r] = now() - t;
+            cases[c].base_secs[r] = base;
+            cases[c].ratio[r] = cases[c].secs[r] / base;
             if (rss > cases[c].rss_kb) cases[c].rss_kb = rss;
+            remove_tree(out);
         }
-        remove_tree(out);
     }
-    double cp = median(cp_secs, ROUNDS), cp_sync = median(cp_sync_secs, ROUNDS), hash = median(hash_secs, ROUNDS);
-    printf("source: %.2f GB BF16 (22 layers); medians of %d rounds; %ld CPUs online\n", st.st_size / 1e9, ROUNDS,
-           sysconf(_SC_NPROCESSORS_ONLN));
-    printf("cp same bytes: %.2f s   cp + fsync: %.2f s   sha256 of the source: %.2f s\n", cp, cp_sync, hash);
+    printf("source: %.2f GB BF16 (22 layers); %d rounds, each kvconvert run paired with a cp run; %ld CPUs online\n",
+           st.st_size / 1e9, ROUNDS, sysconf(_SC_NPROCESSORS_ONLN));
+    printf("medians: cp same bytes %.2f s   cp + fsync %.2f s   sha256 of the source %.2f s\n",
+           median(cp_secs, n_cp), median(cp_sync_secs, n_cp_sync), median(hash_secs, ROUNDS));
     for (int c = 0; c < n_cases; c++) {
-        double s = median(cases[c].secs, ROUNDS), base = cases[c].vs == VS_CP ? cp : cp_sync;
-        printf("convert 1.1B bf16 %-34s %.2f s   ratio vs %-9s %.2f   peak RSS %.0f MB\n", cases[c].label, s,
-               cases[c].vs == VS_CP ? "cp" : "cp+fsync", s / base, cases[c].rss_kb / 1024.0);
+        const char *vs = cases[c].vs == VS_CP ? "cp" : "cp+fsync";
+        double secs = median(cases[c].secs, ROUNDS), base = median(cases[c].base_secs, ROUNDS);
+        double lo = 1e30, hi = 0;
+        for (int r = 0; r < ROUNDS; r++) {
+            if (cases[c].ratio[r] < lo) lo = cases[c].ratio[r];
+            if (cases[c].ratio[r] > hi) hi = cases[c].ratio[r];
+        }
+        printf("convert 1.1B bf16 %-34s %.2f s (%-8s %.2f s)   ratio %.2f [%.2f-%.2f]   peak RSS %.0f MB\n",
+               cases[c].label, secs, vs, base, median(cases[c].ratio, ROUNDS), lo, hi, cases[c].rss_kb / 1024.0);
     }
+    printf("ratio: median of the paired ratios [lowest-highest]\n");
     printf("goal: ratio <= 1.3 and peak RSS < 300 MB (cold runs also hash the 2.2 GB source; see docs/CONVERT.md)\n");
     status = 0;
 done:

@@ -80,6 +80,14 @@ int kv_convert(void *dst, kv_dtype dst_t, const void *src, kv_dtype src_t, size_
     const float *s32 = src;
     uint16_t *d16 = dst;
     float *d32 = dst;
+    if (src_t == KV_BF16 && dst_t == KV_F32) { /* the common pairs without a per-element dispatch */
+        for (size_t i = 0; i < n; i++) d32[i] = kv_bf16_to_f32(s16[i]);
+        return 0;
+    }
+    if (src_t == KV_F32 && dst_t == KV_BF16) {
+        for (size_t i = 0; i < n; i++) d16[i] = kv_f32_to_bf16(s32[i]);
+        return 0;
+    }
     for (size_t i = 0; i < n; i++) {
         float v = src_t == KV_F32 ? s32[i] : src_t == KV_F16 ? kv_f16_to_f32(s16[i]) : kv_bf16_to_f32(s16[i]);
         if (dst_t == KV_F32) d32[i] = v;

@@ -86,5 +86,16 @@ int main(void) {
     CHECK(back[0] == 1.0f && back[1] == -2.5f && back[3] == 65504.0f, "exact values survive");
     CHECK(fabsf(back[2] - 0.1f) < 1e-4f, "0.1 approx");
     CHECK(kv_convert(half, KV_I8, src, KV_F32, 5) == KV_EUNSUPPORTED, "int conversion refused");
+    /* the BF16 <-> F32 array paths agree with the element functions on every BF16 pattern */
+    static uint16_t all_bf[65536], again[65536];
+    static float wide[65536];
+    for (int i = 0; i < 65536; i++) all_bf[i] = (uint16_t)i;
+    int bad_array = kv_to_f32(wide, all_bf, KV_BF16, 65536) != 0 ||
+                    kv_convert(again, KV_BF16, wide, KV_F32, 65536) != 0;
+    for (int i = 0; i < 65536 && !bad_array; i++) {
+        float w = kv_bf16_to_f32(all_bf[i]);
+        bad_array = memcmp(&wide[i], &w, 4) != 0 || again[i] != kv_f32_to_bf16(w);
+    }
+    CHECK(!bad_array, "bf16 <-> f32 arrays match the element functions");
     return check_done("test_dtype");
 }
