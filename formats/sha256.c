@@ -80,6 +80,7 @@ static void compress_shani(uint32_t h[8], const uint8_t *p, size_t n_blocks) {
         __m128i m[4];                                         /* W[4i..4i+3], rotating */
         for (int i = 0; i < 4; i++)
             m[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), bswap);
+#pragma GCC unroll 16 /* m[] then lives in registers, the branch on g folds away */
         for (int g = 0; g < 16; g++) {
             __m128i wk = _mm_add_epi32(m[g & 3], _mm_loadu_si128((const __m128i *)&K256[4 * g]));
             cdgh = _mm_sha256rnds2_epu32(cdgh, abef, wk);     /* rounds 4g, 4g+1: cdgh := new abef */
@@ -122,6 +123,7 @@ static void compress_shani_x2(uint32_t ha[8], const uint8_t *pa, uint32_t hb[8],
             ma[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(pa + 16 * i)), bswap);
             mb[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(pb + 16 * i)), bswap);
         }
+#pragma GCC unroll 16
         for (int g = 0; g < 16; g++) {
             __m128i k = _mm_loadu_si128((const __m128i *)&K256[4 * g]);
             __m128i wa = _mm_add_epi32(ma[g & 3], k), wb = _mm_add_epi32(mb[g & 3], k);
