@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -102,8 +103,8 @@ static void compress_shani(uint32_t h[8], const uint8_t *p, size_t n_blocks) {
     _mm_storeu_si128((__m128i *)&h[4], _mm_alignr_epi8(ghcd, abfe, 8));   /* E F G H */
 }
 
-/* two independent messages, n_blocks each, rounds interleaved: one stream leaves the SHA units
- * waiting on their latency, two keep them nearly twice as busy */
+/* two independent messages, n_blocks each, rounds interleaved: the second stream fills the SHA
+ * units while the first waits on their latency (1.05-1.25x one unrolled stream here) */
 __attribute__((target("sha,sse4.1,ssse3")))
 static void compress_shani_x2(uint32_t ha[8], const uint8_t *pa, uint32_t hb[8], const uint8_t *pb,
                               size_t n_blocks) {
@@ -246,23 +247,28 @@ void kv_sha256(const void *data, size_t n, uint8_t out[32]) {
     kv_sha256_final(&c, out);
 }
 
+void kv_sha256_update_x2(kv_sha256_ctx *a, const void *pa, kv_sha256_ctx *b, const void *pb, size_t n) {
+    size_t joint = 0;
+#ifdef KV_SHA_X86
+    if (compress == compress_shani && a->n_block == 0 && b->n_block == 0 && a != b) {
+        joint = n / 64;
+        if (joint) compress_shani_x2(a->h, pa, b->h, pb, joint);
+        a->n_bytes += (uint64_t)joint * 64;
+        b->n_bytes += (uint64_t)joint * 64;
+    }
+#endif
+    kv_sha256_update(a, (const uint8_t *)pa + joint * 64, n - joint * 64);
+    kv_sha256_update(b, (const uint8_t *)pb + joint * 64, n - joint * 64);
+}
+
 void kv_sha256_x2(const void *a, size_t na, uint8_t out_a[32], const void *b, size_t nb, uint8_t out_b[32]) {
     kv_sha256_ctx ca, cb;
     kv_sha256_init(&ca);
     kv_sha256_init(&cb);
-    size_t joint = (na < nb ? na : nb) / 64; /* whole blocks both messages have */
-#ifdef KV_SHA_X86
-    if (joint && compress == compress_shani) {
-        compress_shani_x2(ca.h, a, cb.h, b, joint);
-        ca.n_bytes = cb.n_bytes = (uint64_t)joint * 64;
-    } else {
-        joint = 0;
-    }
-#else
-    joint = 0;
-#endif
-    kv_sha256_update(&ca, (const uint8_t *)a + joint * 64, na - joint * 64);
-    kv_sha256_update(&cb, (const uint8_t *)b + joint * 64, nb - joint * 64);
+    const size_t joint = na < nb ? na : nb;
+    kv_sha256_update_x2(&ca, a, &cb, b, joint);
+    kv_sha256_update(&ca, (const uint8_t *)a + joint, na - joint);
+    kv_sha256_update(&cb, (const uint8_t *)b + joint, nb - joint);
     kv_sha256_final(&ca, out_a);
     kv_sha256_final(&cb, out_b);
 }
@@ -295,35 +301,91 @@ int kv_sha256_parse_hex(const char *hex, uint8_t out[32]) {
     return hex[64] == 0 ? 0 : -1;
 }
 
-/* buffered reads rather than mmap: a file truncated under us gives an error, not SIGBUS */
-int kv_sha256_file(const char *path, char hex[65], kv_error *err) {
-    enum { BUF = 1 << 20 };
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return kv_fail(err, KV_EIO, "%s: cannot open: %s", path, strerror(errno));
-    uint8_t *buf = malloc(BUF);
-    if (!buf) {
-        close(fd);
-        return kv_fail(err, KV_ENOMEM, "%s: no memory for a read buffer", path);
-    }
-    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-    kv_sha256_ctx c;
-    kv_sha256_init(&c);
-    int rc = 0;
-    for (;;) {
-        ssize_t got = read(fd, buf, BUF);
-        if (got < 0) {
-            if (errno == EINTR) continue;
-            rc = kv_fail(err, KV_EIO, "%s: read failed: %s", path, strerror(errno));
-            break;
-        }
-        if (got == 0) break;
-        kv_sha256_update(&c, buf, (size_t)got);
-    }
-    free(buf);
-    close(fd);
-    if (rc) return rc;
-    uint8_t d[32];
-    kv_sha256_final(&c, d);
-    kv_sha256_hex(d, hex);
+/* ---- files: buffered reads rather than mmap (a file truncated under us gives an error, not
+ * SIGBUS), two files at a time through the interleaved compression ---- */
+
+enum { FILE_BUF = 1 << 20 };
+
+typedef struct {
+    const char *path;
+    int fd, eof;
+    kv_sha256_ctx ctx;
+    uint8_t *buf;     /* [FILE_BUF] */
+    size_t n;         /* bytes in buf */
+} file_lane;
+
+static int lane_open(file_lane *l, const char *path, kv_error *err) {
+    l->path = path;
+    l->eof = 0;
+    l->n = 0;
+    kv_sha256_init(&l->ctx);
+    if ((l->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return kv_fail(err, KV_EIO, "%s: cannot open: %s", path, strerror(errno));
+    posix_fadvise(l->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
     return 0;
+}
+
+/* fills buf (whole, unless the file ends) */
+static int lane_fill(file_lane *l, kv_error *err) {
+    l->n = 0;
+    while (!l->eof && l->n < FILE_BUF) {
+        ssize_t got = read(l->fd, l->buf + l->n, FILE_BUF - l->n);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) return kv_fail(err, KV_EIO, "%s: read failed: %s", l->path, strerror(errno));
+        if (got == 0) l->eof = 1;
+        l->n += (size_t)got;
+    }
+    return 0;
+}
+
+static void lane_finish(file_lane *l, char hex[65]) {
+    uint8_t d[32];
+    kv_sha256_final(&l->ctx, d);
+    kv_sha256_hex(d, hex);
+}
+
+/* paths[0] alone (n_lanes 1) or paths[0..1] side by side */
+static int hash_lanes(const char *const *paths, int n_lanes, char (*hex)[65], const atomic_int *stop,
+                      uint8_t *bufs, kv_error *err) {
+    file_lane lane[2];
+    int opened = 0, rc = 0;
+    for (; opened < n_lanes && !rc; opened++) {
+        lane[opened].buf = bufs + (size_t)opened * FILE_BUF;
+        rc = lane_open(&lane[opened], paths[opened], err);
+    }
+    if (rc) opened--; /* the failed one holds no descriptor */
+    while (!rc) {
+        if (stop && atomic_load(stop)) { rc = kv_fail(err, KV_EINVAL, "hashing stopped"); break; }
+        int live = 0;
+        for (int i = 0; i < n_lanes && !rc; i++) {
+            if (lane[i].eof) lane[i].n = 0; /* ended in an earlier round: nothing new */
+            else rc = lane_fill(&lane[i], err), live++;
+        }
+        if (rc || !live) break;
+        size_t joint = 0;
+        if (n_lanes == 2) {
+            joint = lane[0].n < lane[1].n ? lane[0].n : lane[1].n;
+            kv_sha256_update_x2(&lane[0].ctx, lane[0].buf, &lane[1].ctx, lane[1].buf, joint);
+        }
+        for (int i = 0; i < n_lanes; i++) kv_sha256_update(&lane[i].ctx, lane[i].buf + joint, lane[i].n - joint);
+    }
+    for (int i = 0; i < opened; i++) close(lane[i].fd);
+    if (!rc)
+        for (int i = 0; i < n_lanes; i++) lane_finish(&lane[i], hex[i]);
+    return rc;
+}
+
+int kv_sha256_files(const char *const *paths, int n, char (*hex)[65], const atomic_int *stop, kv_error *err) {
+    if (n <= 0) return 0;
+    uint8_t *bufs = malloc(2 * (size_t)FILE_BUF);
+    if (!bufs) return kv_fail(err, KV_ENOMEM, "%s: no memory for read buffers", paths[0]);
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i += 2)
+        rc = hash_lanes(paths + i, n - i >= 2 ? 2 : 1, hex + i, stop, bufs, err);
+    free(bufs);
+    return rc;
+}
+
+int kv_sha256_file(const char *path, char hex[65], kv_error *err) {
+    return kv_sha256_files(&path, 1, (char(*)[65])hex, NULL, err);
 }

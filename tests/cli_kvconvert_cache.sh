@@ -44,4 +44,14 @@ expect_rc 0 "conversion of the rewritten source" -- "$C" -q "$S" "$TMP/e" --swif
 # an unusable cache folder only costs the hashing
 expect_rc 0 "unwritable cache" -- env KVFORGE_CACHE_DIR=/proc/kvforge-no-cache "$C" -q "$S" "$TMP/f" --map cla:2
 [ "$(manifest_digest "$TMP/f")" = "$(digest_of "$S/model.safetensors")" ] && ok || bad "digest with no cache"
+# a sharded source: its shards are hashed two at a time (interleaved); every digest recorded
+expect_rc 0 "sharded copy of the source" -- "$C" -q "$S" "$TMP/sh" --map 0_1_2_3 --shard-size 400K --no-hash-cache
+n_shards=$(ls "$TMP/sh"/model-*-of-*.safetensors | wc -l)
+[ "$n_shards" -ge 3 ] && ok || bad "wanted at least 3 shards, got $n_shards"
+expect_rc 0 "conversion of the sharded source" -- "$C" -q "$TMP/sh" "$TMP/sh2" --swiftkv 2 --no-hash-cache
+for f in "$TMP/sh"/model-*-of-*.safetensors "$TMP/sh/model.safetensors.index.json" "$TMP/sh/config.json"; do
+    name=$(basename "$f")
+    got=$(grep -A3 "\"$name\"" "$TMP/sh2/kvforge.json" | sed -n 's/.*"sha256":[[:space:]]*"\([0-9a-f]*\)".*/\1/p')
+    [ "$got" = "$(digest_of "$f")" ] && ok || bad "sharded source: digest of $name is '$got'"
+done
 done_tests cli_kvconvert_cache

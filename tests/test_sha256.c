@@ -126,6 +126,45 @@ static void check_hex_parse(void) {
     CHECK(kv_sha256_parse_hex("abcd", back) == -1, "short hex accepted");
 }
 
+/* kv_sha256_files, two at a time: files of unlike sizes (one ending in a buffer, the other going
+ * on alone, sizes off the block grid, an empty one, an odd count) against one-shot digests */
+static void check_files_in_pairs(void) {
+    const size_t sizes[] = {(1u << 20) * 2 + 100, 70, 0, (1u << 20) + 63, 3 * (1u << 20) + 5};
+    enum { N = 5 };
+    char paths[N][64], hex[N][65], want[N][65];
+    const char *path_ptrs[N];
+    int ok_files = 1;
+    for (int i = 0; i < N; i++) {
+        snprintf(paths[i], sizeof paths[i], "/tmp/kv_sha256_files_XXXXXX");
+        int fd = mkstemp(paths[i]);
+        uint8_t *buf = malloc(sizes[i] + 1), d[32];
+        for (size_t k = 0; k < sizes[i]; k++) buf[k] = rnd8();
+        ok_files &= fd >= 0 && write(fd, buf, sizes[i]) == (ssize_t)sizes[i];
+        if (fd >= 0) close(fd);
+        kv_sha256(buf, sizes[i], d);
+        kv_sha256_hex(d, want[i]);
+        free(buf);
+        path_ptrs[i] = paths[i];
+    }
+    CHECK(ok_files, "writing the test files");
+    kv_error err = {0};
+    for (int hw = 0; hw < 2; hw++) {
+        kv_sha256_use_hw(hw);
+        memset(hex, 0, sizeof hex);
+        CHECK(kv_sha256_files(path_ptrs, N, hex, NULL, &err) == 0, "kv_sha256_files: %s", err.msg);
+        int bad = 0;
+        for (int i = 0; i < N; i++) bad += strcmp(hex[i], want[i]) != 0;
+        CHECK(bad == 0, "kv_sha256_files (hw %d): %d of %d digests differ", hw, bad, N);
+    }
+    kv_sha256_use_hw(1);
+    atomic_int stop = 1;
+    CHECK(kv_sha256_files(path_ptrs, 2, hex, &stop, &err) != 0, "a raised stop flag ends the hashing");
+    const char *with_missing[2] = {paths[0], "/nonexistent/kv_sha256_pair"};
+    CHECK(kv_sha256_files(with_missing, 2, hex, NULL, &err) == KV_EIO &&
+          strstr(err.msg, "/nonexistent/kv_sha256_pair") != NULL, "missing second file named: %s", err.msg);
+    for (int i = 0; i < N; i++) unlink(paths[i]);
+}
+
 /* a 3 MB file of pseudo-random bytes: ours vs the system tool */
 static void check_file_vs_sha256sum(void) {
     char path[] = "/tmp/kv_sha256_test_XXXXXX";
@@ -168,6 +207,7 @@ int main(void) {
     check_x2();
     check_hex_parse();
     check_file_vs_sha256sum();
+    check_files_in_pairs();
     printf("sha256 accelerated path: %s\n", have_hw ? "yes" : "no (portable only)");
     return check_done("test_sha256");
 }

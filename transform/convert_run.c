@@ -113,46 +113,46 @@ typedef struct {
     kv_error err;
 } hash_job;
 
-#define HASH_READ ((size_t)1 << 20)
+typedef struct {
+    char path[4096];
+    struct stat st;
+    int has_stat;   /* st is valid (the cache is in use and stat worked) */
+    int todo;       /* index among the files to hash, -1 when the cache had the digest */
+} hash_item;
 
-static int hash_file(hash_job *j, const char *path, char hex[65]) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return kv_fail(&j->err, KV_EIO, "%s: cannot open: %s", path, strerror(errno));
-    uint8_t *buf = malloc(HASH_READ), digest[32];
-    if (!buf) { close(fd); return kv_fail(&j->err, KV_ENOMEM, "out of memory"); }
-    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-    kv_sha256_ctx ctx;
-    kv_sha256_init(&ctx);
-    int rc = 0;
-    for (;;) {
-        if (atomic_load(&j->stop)) { rc = KV_EINVAL; break; }
-        ssize_t r = read(fd, buf, HASH_READ);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) { rc = kv_fail(&j->err, KV_EIO, "%s: read failed: %s", path, strerror(errno)); break; }
-        if (r == 0) break;
-        kv_sha256_update(&ctx, buf, (size_t)r);
-    }
-    close(fd);
-    free(buf);
-    if (!rc) {
-        kv_sha256_final(&ctx, digest);
-        kv_sha256_hex(digest, hex);
-    }
-    return rc;
-}
-
+/* the digests of the source files: from the cache where a file is unchanged, else hashed (two
+ * files at a time, see kv_sha256_files) and remembered */
 static void *hash_main(void *arg) {
     hash_job *j = arg;
-    for (int i = 0; i < j->n && !j->rc; i++) {
-        char path[4096];
-        struct stat st;
-        j->rc = kv_join(path, sizeof path, j->dir, j->files[i].name, &j->err);
-        if (j->rc) break;
-        int cached = j->use_cache && stat(path, &st) == 0;
-        if (cached && kv_hash_cache_lookup(path, &st, j->files[i].sha256)) continue;
-        j->rc = hash_file(j, path, j->files[i].sha256);
-        if (!j->rc && cached) kv_hash_cache_store(path, &st, j->files[i].sha256);
+    const size_t n = (size_t)(j->n > 0 ? j->n : 1);
+    hash_item *items = calloc(n, sizeof *items);
+    const char **todo = calloc(n, sizeof *todo);
+    char (*hex)[65] = calloc(n, sizeof *hex);
+    if (!items || !todo || !hex) {
+        j->rc = kv_fail(&j->err, KV_ENOMEM, "out of memory");
+        goto done;
     }
+    int n_todo = 0;
+    for (int i = 0; i < j->n && !j->rc; i++) {
+        hash_item *it = &items[i];
+        if ((j->rc = kv_join(it->path, sizeof it->path, j->dir, j->files[i].name, &j->err))) break;
+        it->has_stat = j->use_cache && stat(it->path, &it->st) == 0;
+        it->todo = -1;
+        if (it->has_stat && kv_hash_cache_lookup(it->path, &it->st, j->files[i].sha256)) continue;
+        it->todo = n_todo;
+        todo[n_todo++] = it->path;
+    }
+    if (!j->rc) j->rc = kv_sha256_files(todo, n_todo, hex, &j->stop, &j->err);
+    for (int i = 0; i < j->n && !j->rc; i++) {
+        const hash_item *it = &items[i];
+        if (it->todo < 0) continue;
+        memcpy(j->files[i].sha256, hex[it->todo], sizeof hex[0]);
+        if (it->has_stat) kv_hash_cache_store(it->path, &it->st, j->files[i].sha256);
+    }
+done:
+    free(items);
+    free(todo);
+    free(hex);
     return NULL;
 }
 
