@@ -42,17 +42,20 @@ train() { # STUDENT OUT [extra...]
 
 name_of() { echo "$1" | tr ':,' '__'; }
 
+extra_of() { # SPEC: the training options beyond METHODS.md's
+    case "$1" in
+        *-top:*|*-middle:*) echo "--grad-passes $GRAD_PASSES" ;;
+        swiftkv:*) echo "--ce-weight $SWIFTKV_CE" ;;
+    esac
+}
+
 # ---- distil every configuration, JOBS at a time ----
 running=0
 for spec in $SPECS; do
     n=$(name_of "$spec")
     convert "$spec" "$OUT/student_$n" || { echo "kvconvert $spec failed" >&2; exit 1; }
     rm -rf "$OUT/distilled_$n"
-    case "$spec" in
-        *-top:*|*-middle:*) extra="--grad-passes $GRAD_PASSES" ;;
-        swiftkv:*) extra="--ce-weight $SWIFTKV_CE" ;;
-        *) extra="" ;;
-    esac
+    extra=$(extra_of "$spec")
     ( train "$OUT/student_$n" "$OUT/distilled_$n" $extra >"$OUT/$n.log" 2>&1 || echo "FAILED" >>"$OUT/$n.log" ) &
     running=$((running + 1))
     if [ "$running" -ge "$JOBS" ]; then wait; running=0; fi
@@ -87,7 +90,7 @@ spec=$(echo $SPECS | cut -d' ' -f1)
 n=$(name_of "$spec")
 k="$OUT/killed_$n"
 rm -rf "$k"
-train "$OUT/student_$n" "$k" --save-every 100 >/dev/null 2>&1 &
+train "$OUT/student_$n" "$k" --save-every 100 $(extra_of "$spec") >/dev/null 2>&1 &
 pid=$!
 while :; do
     lines=$(cat "$k/train_log.jsonl" 2>/dev/null | wc -l)
@@ -98,7 +101,7 @@ done
 kill -9 $pid 2>/dev/null
 wait $pid 2>/dev/null
 killed_at=$(cat "$k/train_log.jsonl" | wc -l)
-train "$OUT/student_$n" "$k" --resume --save-every 100 >/dev/null 2>&1
+train "$OUT/student_$n" "$k" --resume --save-every 100 $(extra_of "$spec") >/dev/null 2>&1
 echo
 echo "SIGKILL at step $killed_at of $STEPS ($spec), resumed from step $(num resumed_from_step "$k/report.json"):"
 if cmp -s "$k/model.safetensors" "$OUT/distilled_$n/model.safetensors"; then
