@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -344,14 +345,14 @@ static void lane_finish(file_lane *l, char hex[65]) {
     kv_sha256_hex(d, hex);
 }
 
-/* paths[0] alone (n_lanes 1) or paths[0..1] side by side */
-static int hash_lanes(const char *const *paths, int n_lanes, char (*hex)[65], const atomic_int *stop,
+/* path[0] alone (n_lanes 1) or path[0..1] side by side; digests into hex[0..n_lanes-1] */
+static int hash_lanes(const char *const path[2], char *const hex[2], int n_lanes, const atomic_int *stop,
                       uint8_t *bufs, kv_error *err) {
     file_lane lane[2];
     int opened = 0, rc = 0;
     for (; opened < n_lanes && !rc; opened++) {
         lane[opened].buf = bufs + (size_t)opened * FILE_BUF;
-        rc = lane_open(&lane[opened], paths[opened], err);
+        rc = lane_open(&lane[opened], path[opened], err);
     }
     if (rc) opened--; /* the failed one holds no descriptor */
     while (!rc) {
@@ -377,11 +378,27 @@ static int hash_lanes(const char *const *paths, int n_lanes, char (*hex)[65], co
 
 int kv_sha256_files(const char *const *paths, int n, char (*hex)[65], const atomic_int *stop, kv_error *err) {
     if (n <= 0) return 0;
+    /* largest first, so that files of like size share the interleaved rounds */
+    int *order = malloc(sizeof *order * (size_t)n);
+    off_t *size = malloc(sizeof *size * (size_t)n);
     uint8_t *bufs = malloc(2 * (size_t)FILE_BUF);
-    if (!bufs) return kv_fail(err, KV_ENOMEM, "%s: no memory for read buffers", paths[0]);
     int rc = 0;
-    for (int i = 0; i < n && !rc; i += 2)
-        rc = hash_lanes(paths + i, n - i >= 2 ? 2 : 1, hex + i, stop, bufs, err);
+    if (!order || !size || !bufs) rc = kv_fail(err, KV_ENOMEM, "%s: no memory for read buffers", paths[0]);
+    for (int i = 0; i < n && !rc; i++) {
+        struct stat st;
+        size[i] = stat(paths[i], &st) == 0 ? st.st_size : 0; /* a failed stat shows at open */
+        int k = i;
+        for (; k > 0 && size[order[k - 1]] < size[i]; k--) order[k] = order[k - 1];
+        order[k] = i;
+    }
+    for (int i = 0; i < n && !rc; i += 2) {
+        const int n_lanes = n - i >= 2 ? 2 : 1, a = order[i], b = order[i + n_lanes - 1];
+        const char *const path[2] = {paths[a], paths[b]};
+        char *const out[2] = {hex[a], hex[b]};
+        rc = hash_lanes(path, out, n_lanes, stop, bufs, err);
+    }
+    free(order);
+    free(size);
     free(bufs);
     return rc;
 }
