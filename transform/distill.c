@@ -497,7 +497,8 @@ static int check_opts(const distill_opts *o, kv_error *err) {
     if (o->steps < 0 || o->tokens < 0 || (o->steps == 0 && o->tokens == 0))
         return kv_fail(err, KV_EINVAL, "distill: give a number of steps or of tokens");
     if (!(o->lr > 0) || !(o->warmup_frac >= 0 && o->warmup_frac <= 1) || !(o->clip >= 0) ||
-        !(o->temperature > 0) || !(o->mse_weight >= 0) || !(o->ce_weight >= 0) || !(o->eval_frac >= 0 && o->eval_frac < 1))
+        !(o->temperature > 0) || !(o->mse_weight >= 0) || !(o->ce_weight >= 0) ||
+        !(o->eval_frac >= 0 && o->eval_frac < 1))
         return kv_fail(err, KV_EINVAL, "distill: lr, temperature > 0; warm-up in [0, 1]; clip, "
                        "mse-weight, ce-weight >= 0; held-out fraction in [0, 1)");
     return 0;

@@ -48,9 +48,10 @@ double kv_next_token_ce(float *dlogits, const float *logits, const int32_t *toke
             const size_t row = (size_t)b * T + t;
             const float *z = logits + row * V;
             const int target = tokens[row + 1];
-            const double lse = scaled_lse(z, V, 1.0);
-            total += lse - (double)z[target];
+            const double ce = kv_cross_entropy(z, V, target);
+            total += ce;
             if (!dlogits) continue;
+            const double lse = ce + (double)z[target];
             float *g = dlogits + row * V;
             for (int i = 0; i < V; i++) g[i] += (float)(gscale * exp((double)z[i] - lse));
             g[target] -= (float)gscale;
