@@ -1,5 +1,7 @@
 #include "formats/hashcache.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,16 +13,24 @@
 
 #define ENTRY_MAX 8192
 
-/* the cache folder, created on demand; 0 or -1 when there is none */
+/* 1 if st is ours and nobody else can write it: what another user could write is not trusted */
+static int trusted(const struct stat *st) {
+    return st->st_uid == geteuid() && (st->st_mode & (S_IWGRP | S_IWOTH)) == 0;
+}
+
+/* the cache folder (a trusted real folder, created 0700 on demand); 0 or -1 when there is none */
 static int cache_dir(char *out, size_t cap) {
     const char *dir = getenv("KVFORGE_CACHE_DIR"), *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
     int n;
-    if (dir && *dir) n = snprintf(out, cap, "%s/sha256", dir);
-    else if (xdg && *xdg) n = snprintf(out, cap, "%s/kvforge/sha256", xdg);
-    else if (home && *home) n = snprintf(out, cap, "%s/.cache/kvforge/sha256", home);
+    if (dir && *dir) n = snprintf(out, cap, "%s", dir);
+    else if (xdg && *xdg) n = snprintf(out, cap, "%s/kvforge", xdg);
+    else if (home && *home) n = snprintf(out, cap, "%s/.cache/kvforge", home);
     else return -1;
-    if (n < 0 || (size_t)n >= cap) return -1;
-    return kv_mkdir_p(out, NULL) == 0 ? 0 : -1;
+    if (n < 0 || (size_t)n + sizeof "/sha256" > cap || kv_mkdir_p(out, NULL) != 0) return -1;
+    strcat(out, "/sha256");
+    if (mkdir(out, 0700) != 0 && errno != EEXIST) return -1;
+    struct stat st;
+    return lstat(out, &st) == 0 && S_ISDIR(st.st_mode) && trusted(&st) ? 0 : -1;
 }
 
 /* the entry's path (named by the sha256 of the file's canonical path) and the key it must hold */
@@ -41,18 +51,27 @@ static int entry_of(const char *path, const struct stat *st, char *entry, size_t
 int kv_hash_cache_lookup(const char *path, const struct stat *st, char hex[65]) {
     char entry[4200], key[ENTRY_MAX];
     if (st->st_size < KV_HASH_CACHE_MIN_BYTES || entry_of(path, st, entry, sizeof entry, key, sizeof key) != 0) return 0;
-    char *text;
-    size_t n;
-    if (kv_read_file(entry, &text, &n, ENTRY_MAX, NULL) != 0) return 0;
-    size_t kl = strlen(key);
+    int fd = open(entry, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return 0;
+    char text[ENTRY_MAX];
+    struct stat est;
+    size_t kl = strlen(key), n = 0;
+    int hit = fstat(fd, &est) == 0 && S_ISREG(est.st_mode) && trusted(&est) && kl + 65 <= sizeof text &&
+              (size_t)est.st_size == kl + 65;
+    while (hit && n < kl + 65) {
+        ssize_t got = read(fd, text + n, kl + 65 - n);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) hit = 0;
+        else n += (size_t)got;
+    }
+    close(fd);
     uint8_t d[32];
-    int hit = n == kl + 65 && memcmp(text, key, kl) == 0 && text[kl + 64] == '\n';
+    hit = hit && memcmp(text, key, kl) == 0 && text[kl + 64] == '\n';
     if (hit) {
         text[kl + 64] = 0;
         hit = kv_sha256_parse_hex(text + kl, d) == 0;
     }
     if (hit) kv_sha256_hex(d, hex);
-    free(text);
     return hit;
 }
 

@@ -3,6 +3,9 @@
  * fields). ctime cannot be set by a user program, so a file changed after it was hashed no
  * longer matches and is hashed again. One small entry per path under the cache folder:
  * $KVFORGE_CACHE_DIR, else $XDG_CACHE_HOME/kvforge, else $HOME/.cache/kvforge; plus /sha256.
+ * Only what the user alone can write is trusted: the sha256/ folder (created 0700) and each
+ * entry must be owned by the effective user and not writable by group or others, and an entry
+ * must be a regular file (not a link); anything else is a miss.
  * Best-effort: a cache that cannot be read or written only means hashing. */
 #ifndef KV_HASHCACHE_H
 #define KV_HASHCACHE_H

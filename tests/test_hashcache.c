@@ -96,6 +96,28 @@ static void test_cache(void) {
     CHECK(system(cmd) == 0, "corrupting entries");
     CHECK(lookup(big, got) == 0, "entry with a malformed digest: miss");
 
+    /* what others could write is not trusted: a group-writable entry, a link, an open folder */
+    store(big);
+    CHECK(lookup(big, got) == 1, "fresh entry: hit");
+    snprintf(cmd, sizeof cmd, "chmod g+w %s/sha256/*", cache);
+    CHECK(system(cmd) == 0, "chmod entries");
+    CHECK(lookup(big, got) == 0, "group-writable entry: miss");
+    snprintf(cmd, sizeof cmd, "cd %s/sha256 && for f in *; do chmod 600 \"$f\" && mv \"$f\" \"../$f\" && ln -s \"../$f\" \"$f\"; done", cache);
+    CHECK(system(cmd) == 0, "entries replaced by links");
+    CHECK(lookup(big, got) == 0, "entry that is a symbolic link: miss");
+    snprintf(cmd, sizeof cmd, "rm -f %s/sha256/*", cache);
+    CHECK(system(cmd) == 0, "clearing entries");
+    store(big);
+    CHECK(lookup(big, got) == 1, "stored again: hit");
+    struct stat folder;
+    snprintf(cmd, sizeof cmd, "%s/sha256", cache);
+    CHECK(stat(cmd, &folder) == 0 && (folder.st_mode & 077) == 0, "cache folder created 0700 (mode %o)",
+          (unsigned)(folder.st_mode & 0777));
+    chmod(cmd, 0777);
+    CHECK(lookup(big, got) == 0, "world-writable cache folder: miss");
+    chmod(cmd, 0700);
+    CHECK(lookup(big, got) == 1, "folder closed again: hit");
+
     /* no usable cache folder: lookups miss and stores are silent */
     setenv("KVFORGE_CACHE_DIR", "/proc/kvforge-no-such-cache", 1);
     store(big);
