@@ -132,7 +132,7 @@ static int bm_open(bench_model *b, const kv_model *m, int max_seq) {
     kv_error err = {0};
     *b = (bench_model){.m = m, .cache_formula = formula_bytes(m, max_seq)};
     b->ids = malloc(sizeof *b->ids * (size_t)max_seq);
-    if (!b->ids || kv_state_init(&b->s, m, max_seq, max_seq, &err)) {
+    if (!b->ids || kv_state_init(&b->s, m, max_seq, max_seq, KV_F32, &err)) {
         fprintf(stderr, "runtime_bench: %s\n", b->ids ? err.msg : "out of memory");
         free(b->ids);
         return -1;

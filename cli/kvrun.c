@@ -58,6 +58,8 @@ static void usage(void) {
            "  --prefill MODE         sequential | iterative[:N], for maps with upward layers\n"
            "                         (default iterative:9)\n"
            "  --batch N              tokens per forward pass (default 512)\n"
+           "  --kv-dtype T           KV-cache element type: f32 (default, the reference) or bf16\n"
+           "                         (half the bytes; K/V rounded as they are cached)\n"
            "  --json                 --ppl and --bench print JSON\n"
            "  -h, --help             this help\n"
            "  --version              print the version\n");
@@ -73,6 +75,7 @@ typedef struct {
     double temperature, top_p;
     unsigned long seed;
     kv_prefill prefill;
+    kv_dtype kv_dtype;   /* KV-cache elements: KV_F32 or KV_BF16 */
 } run_args;
 
 /* ---- shared setup ------------------------------------------------------------------------- */
@@ -168,7 +171,7 @@ static int run_prompt(const run_args *a) {
     if (max_new > m.max_pos - n_ids + 1) max_new = m.max_pos - n_ids + 1;
     const int max_seq = n_ids + (int)max_new > m.max_pos ? m.max_pos : n_ids + (int)max_new;
     const uint64_t seed = a->seed_set ? a->seed : (uint64_t)time(NULL);
-    if (kv_state_init(&s, &m, max_seq, (int)a->batch, &err) ||
+    if (kv_state_init(&s, &m, max_seq, (int)a->batch, a->kv_dtype, &err) ||
         kv_sampler_init(&smp, m.vocab, (float)a->temperature, (float)a->top_p, seed, &err))
         goto fail;
     int stops[HF_MAX_EOS + 1], n_stop = 0;
@@ -228,7 +231,7 @@ static int run_ppl(const run_args *a) {
     if (load_tokenizer(a->model_dir, &m, &tk, &err) ||
         kv_read_file(a->ppl_file, &text, &n_text, (size_t)1 << 31, &err) ||
         kv_tokenizer_encode(tk, text, n_text, 0, &ids, &n_ids, &err) ||
-        kv_state_init(&s, &m, ctx, (int)a->batch, &err))
+        kv_state_init(&s, &m, ctx, (int)a->batch, a->kv_dtype, &err))
         goto fail;
     kv_ppl_opts o = {.ctx = ctx, .bos = m.cfg.bos_token_id, .max_windows = (int)a->max_windows,
                      .prefill = a->prefill};
@@ -250,8 +253,8 @@ static int run_ppl(const run_args *a) {
     if (a->json)
         printf("{\"file\": \"%s\", \"ctx\": %d, \"windows\": %d, \"tokens\": %ld, \"bytes\": %zu, "
                "\"nats_per_token\": %.6f, \"perplexity\": %.6f, \"bits_per_byte\": %.6f, "
-               "\"seconds\": %.3f}\n", a->ppl_file, ctx, r.n_windows, r.n_scored, n_decoded, nats,
-               exp(nats), bpb, secs);
+               "\"kv_cache_dtype\": \"%s\", \"seconds\": %.3f}\n", a->ppl_file, ctx, r.n_windows,
+               r.n_scored, n_decoded, nats, exp(nats), bpb, kv_dtype_name(s.cache.dtype), secs);
     else
         printf("%s: %ld tokens (%zu bytes) in %d windows of %d: %.6f nats/token, perplexity %.4f, "
                "%.6f bits/byte\n", a->ppl_file, r.n_scored, n_decoded, r.n_windows, ctx, nats,
@@ -284,7 +287,7 @@ static int run_bench(const run_args *a) {
         goto fail;
     }
     prompt = malloc(sizeof *prompt * (size_t)(P + G));
-    if (!prompt || kv_state_init(&s, &m, P + G, (int)a->batch, &err)) {
+    if (!prompt || kv_state_init(&s, &m, P + G, (int)a->batch, a->kv_dtype, &err)) {
         if (!prompt) kv_fail(&err, KV_ENOMEM, "out of memory");
         goto fail;
     }
@@ -313,15 +316,16 @@ static int run_bench(const run_args *a) {
         printf("{\"model\": \"%s\", \"kv_map\": \"%s\", \"threads\": %d, \"blas_core\": \"%s\", "
                "\"prompt_tokens\": %d, "
                "\"decode_tokens\": %d, \"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": "
-               "%.2f, \"kv_cache_bytes\": %zu, \"kv_cache_bytes_per_token\": %zu, "
+               "%.2f, \"kv_cache_dtype\": \"%s\", \"kv_cache_bytes\": %zu, \"kv_cache_bytes_per_token\": %zu, "
                "\"weight_bytes_per_token\": %zu, \"decode_weight_gb_per_s\": %.3f}\n",
                a->model_dir, m.map.name, kv_kernels_threads(), openblas_get_corename(), P, G, prefill_tps,
-               decode_tps, s.cache.bytes, per_token, m.step_bytes, m.step_bytes * decode_tps / 1e9);
+               decode_tps, kv_dtype_name(s.cache.dtype), s.cache.bytes, per_token, m.step_bytes,
+               m.step_bytes * decode_tps / 1e9);
     else
         printf("%s (%s, %d threads, OpenBLAS %s): prefill %d tokens %.1f tok/s; decode %d tokens %.1f tok/s "
-               "(%.2f GB/s of weights); KV cache %zu bytes (%zu per token)\n",
+               "(%.2f GB/s of weights); KV cache %s %zu bytes (%zu per token)\n",
                a->model_dir, m.map.name, kv_kernels_threads(), openblas_get_corename(), P, prefill_tps, G, decode_tps,
-               m.step_bytes * decode_tps / 1e9, s.cache.bytes, per_token);
+               m.step_bytes * decode_tps / 1e9, kv_dtype_name(s.cache.dtype), s.cache.bytes, per_token);
     status = 0;
 fail:
     if (status) cli_fail(TOOL, &err);
@@ -401,7 +405,7 @@ static int run_logits(const run_args *a) {
         goto fail;
     }
     const kv_forward_opts fo = {.logits = KV_LOGITS_ALL, .prefill = a->prefill};
-    if (kv_state_init(&s, &m, n, (int)a->batch, &err) || kv_forward(&s, ids, n, &fo, logits, &err))
+    if (kv_state_init(&s, &m, n, (int)a->batch, a->kv_dtype, &err) || kv_forward(&s, ids, n, &fo, logits, &err))
         goto fail;
     const st_spec specs[2] = {
         {.name = "logits", .dtype = KV_F32, .n_dims = 2, .shape = {n, m.vocab}},
@@ -426,7 +430,7 @@ fail:
 int main(int argc, char **argv) {
     enum { O_PROMPT = 256, O_PPL, O_BENCH, O_LOGITS, O_TOKENIZE, O_TEMP, O_TOPP, O_SEED, O_CTX,
            O_WINDOWS, O_PLEN, O_REPEAT, O_TEXT, O_TOKENS, O_THREADS, O_PREFILL, O_BATCH, O_JSON,
-           O_VERSION };
+           O_VERSION, O_KV_DTYPE };
     static const struct option opts[] = {
         {"prompt", 1, 0, O_PROMPT}, {"ppl", 1, 0, O_PPL}, {"bench", 0, 0, O_BENCH},
         {"logits-out", 1, 0, O_LOGITS}, {"tokenize", 1, 0, O_TOKENIZE},
@@ -435,9 +439,10 @@ int main(int argc, char **argv) {
         {"prompt-len", 1, 0, O_PLEN}, {"repeat", 1, 0, O_REPEAT}, {"text", 1, 0, O_TEXT},
         {"tokens", 1, 0, O_TOKENS}, {"threads", 1, 0, O_THREADS}, {"prefill", 1, 0, O_PREFILL},
         {"batch", 1, 0, O_BATCH}, {"json", 0, 0, O_JSON}, {"help", 0, 0, 'h'},
+        {"kv-dtype", 1, 0, O_KV_DTYPE},
         {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
     run_args a = {.temperature = 1.0, .top_p = 0.9, .prompt_len = 128, .repeat = 3, .batch = 512,
-                  .prefill = {KV_PREFILL_ITERATIVE, KV_PREFILL_DEFAULT_PASSES}};
+                  .prefill = {KV_PREFILL_ITERATIVE, KV_PREFILL_DEFAULT_PASSES}, .kv_dtype = KV_F32};
     int c, n_modes = 0;
     long v;
     double d;
@@ -503,6 +508,11 @@ int main(int argc, char **argv) {
         case O_PREFILL:
             if (kv_prefill_parse(&a.prefill, optarg, &err))
                 return cli_usage_error(TOOL, "--prefill: %s", err.msg);
+            break;
+        case O_KV_DTYPE:
+            if (!strcmp(optarg, "f32")) a.kv_dtype = KV_F32;
+            else if (!strcmp(optarg, "bf16")) a.kv_dtype = KV_BF16;
+            else return cli_usage_error(TOOL, "bad --kv-dtype '%s' (f32 or bf16)", optarg);
             break;
         case ':': return cli_usage_error(TOOL, "option '%s' needs a value", argv[optind - 1]);
         default: return cli_usage_error(TOOL, "unknown option '%s'", argv[optind - 1]);

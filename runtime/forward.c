@@ -33,7 +33,8 @@ int kv_prefill_parse(kv_prefill *p, const char *spec, kv_error *err) {
                    "(1 <= N <= 1000000)", spec);
 }
 
-int kv_state_init(kv_state *s, const kv_model *m, int max_seq, int max_batch, kv_error *err) {
+int kv_state_init(kv_state *s, const kv_model *m, int max_seq, int max_batch, kv_dtype cache_dtype,
+                  kv_error *err) {
     *s = (kv_state){0};
     if (max_seq < 1 || max_seq > m->max_pos)
         return kv_fail(err, KV_EINVAL, "context of %d positions: the model allows 1..%d "
@@ -51,9 +52,10 @@ int kv_state_init(kv_state *s, const kv_model *m, int max_seq, int max_batch, kv
                  F = (size_t)m->ffn;
     /* the arena's table of sizes: every activation, in the order they are carved below */
     const size_t counts[] = {B * H, B * H, B * Q, B * Q, B * F, B * F,
-                             s->has_upward ? B * H : 0, B, (size_t)m->vocab};
-    const size_t elem[] = {4, 4, 4, 4, 4, 4, 4, sizeof(int32_t), 4};
-    void *slots[9];
+                             s->has_upward ? B * H : 0, B, (size_t)m->vocab,
+                             cache_dtype == KV_F32 ? 0 : 2 * B * (size_t)m->kv_dim};
+    const size_t elem[] = {4, 4, 4, 4, 4, 4, 4, sizeof(int32_t), 4, 4};
+    void *slots[10];
     const int n_buf = (int)(sizeof counts / sizeof counts[0]);
     size_t total = 0;
     for (int i = 0; i < n_buf; i++)
@@ -71,7 +73,9 @@ int kv_state_init(kv_state *s, const kv_model *m, int max_seq, int max_batch, kv
     s->x_block = s->has_upward ? slots[6] : NULL;
     s->pos = slots[7];
     s->logits = slots[8];
-    if ((rc = kv_cache_init(&s->cache, &m->map, m->n_kv_heads, m->head_dim, max_seq, err)) ||
+    s->kv_rows = cache_dtype == KV_F32 ? NULL : slots[9];
+    if ((rc = kv_cache_init(&s->cache, &m->map, m->n_kv_heads, m->head_dim, max_seq, cache_dtype,
+                            err)) ||
         (rc = kv_rope_table_init(&s->rope, m->head_dim, max_seq, &m->rope, err))) {
         kv_state_free(s);
         return rc;
@@ -101,16 +105,23 @@ static const int32_t *positions(kv_state *s, int pos0, int T) {
 }
 
 /* K/V of T tokens from their normed input xb[T, H] into the rows pos0.. of the slot `layer`
- * reads (K rotated before it is cached) */
+ * reads (K rotated before it is cached; a BF16 cache gets them rounded to nearest even from F32
+ * rows computed in kv_rows) */
 static void write_kv(kv_state *s, int layer, const float *wk, const float *bk, const float *wv,
                      const float *bv, const float *xb, int T, int pos0) {
     const kv_model *m = s->model;
-    const size_t row = (size_t)m->kv_dim;
-    float *k = kv_cache_k(&s->cache, layer) + (size_t)pos0 * row;
-    float *v = kv_cache_v(&s->cache, layer) + (size_t)pos0 * row;
+    const size_t row = (size_t)m->kv_dim, offset = (size_t)pos0 * row * s->cache.elem;
+    char *k_dst = (char *)kv_cache_k(&s->cache, layer) + offset;
+    char *v_dst = (char *)kv_cache_v(&s->cache, layer) + offset;
+    float *k = s->kv_rows ? s->kv_rows : (float *)k_dst;
+    float *v = s->kv_rows ? s->kv_rows + (size_t)T * row : (float *)v_dst;
     kv_matmul(k, xb, wk, bk, T, m->hidden, m->kv_dim);
     kv_matmul(v, xb, wv, bv, T, m->hidden, m->kv_dim);
     rows_rope(k, T, m->n_kv_heads, positions(s, pos0, T), &s->rope);
+    if (s->kv_rows) { /* F32 -> BF16 cannot fail */
+        kv_convert(k_dst, s->cache.dtype, k, KV_F32, (size_t)T * row);
+        kv_convert(v_dst, s->cache.dtype, v, KV_F32, (size_t)T * row);
+    }
 }
 
 /* xb = rmsnorm(x, input_layernorm); K/V of the rows when `layer` writes its own */
@@ -130,8 +141,12 @@ static int attention_output(kv_state *s, int layer, float *x, int T, int pos0) {
     rows_rope(s->q, T, m->n_heads, positions(s, pos0, T), &s->rope);
     const int src = m->map.kv_layer_of[layer]; /* the layer whose K/V these queries read */
     const kv_attn_mask mask = src > layer ? KV_MASK_STRICT : KV_MASK_CAUSAL;
-    int rc = kv_attention(s->att, s->q, kv_cache_k(&s->cache, layer), kv_cache_v(&s->cache, layer),
-                          T, pos0, pos0 + T, m->n_heads, m->n_kv_heads, m->head_dim, mask);
+    const void *k = kv_cache_k(&s->cache, layer), *v = kv_cache_v(&s->cache, layer);
+    int rc = s->cache.dtype == KV_BF16
+                 ? kv_attention_bf16(s->att, s->q, k, v, T, pos0, pos0 + T, m->n_heads,
+                                     m->n_kv_heads, m->head_dim, mask)
+                 : kv_attention(s->att, s->q, k, v, T, pos0, pos0 + T, m->n_heads, m->n_kv_heads,
+                                m->head_dim, mask);
     if (rc) return rc;
     kv_matmul_acc(x, s->att, w->wo, w->bo, T, m->q_dim, m->hidden);
     return 0;

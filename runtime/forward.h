@@ -75,10 +75,15 @@ typedef struct {
     float *x_block;       /* [B, H] hidden entering the cyclic block (upward maps only) */
     int32_t *pos;         /* [B] positions of the rows in flight */
     float *logits;        /* [V] last-token logits when kv_forward gets no output buffer */
+    float *kv_rows;       /* [2 * B * kv_dim]: K [T, kv_dim] then V [T, kv_dim] of the rows in
+                             flight before rounding (BF16 cache only, else NULL) */
 } kv_state;
 
-/* max_seq <= max_position_embeddings; max_batch >= 1 (capped at max_seq) */
-int kv_state_init(kv_state *s, const kv_model *m, int max_seq, int max_batch, kv_error *err);
+/* max_seq <= max_position_embeddings; max_batch >= 1 (capped at max_seq); cache_dtype KV_F32
+ * (the reference) or KV_BF16 (half the KV bytes; K/V rounded to nearest even as they are cached,
+ * all arithmetic still F32) */
+int kv_state_init(kv_state *s, const kv_model *m, int max_seq, int max_batch, kv_dtype cache_dtype,
+                  kv_error *err);
 void kv_state_free(kv_state *s);
 void kv_state_reset(kv_state *s);  /* forget the context (n_past = 0) */
 /* bytes of activations + KV cache + RoPE table */

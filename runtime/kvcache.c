@@ -4,14 +4,17 @@
 #include <string.h>
 
 int kv_cache_init(kv_cache *c, const kv_map *map, int n_kv_heads, int head_dim, int max_seq,
-                  kv_error *err) {
+                  kv_dtype dtype, kv_error *err) {
     *c = (kv_cache){0};
     if (n_kv_heads < 1 || head_dim < 1 || max_seq < 1)
         return kv_fail(err, KV_EINVAL, "KV cache: kv heads %d, head_dim %d, positions %d",
                        n_kv_heads, head_dim, max_seq);
+    if (dtype != KV_F32 && dtype != KV_BF16)
+        return kv_fail(err, KV_EINVAL, "KV cache: dtype %s (F32 or BF16)", kv_dtype_name(dtype));
     int rc = kvmap_validate(map, err);
     if (rc) return rc;
-    const size_t per_token = kvmap_cache_bytes_per_token(map, n_kv_heads, head_dim, sizeof(float));
+    const size_t elem = kv_dtype_size(dtype);
+    const size_t per_token = kvmap_cache_bytes_per_token(map, n_kv_heads, head_dim, elem);
     size_t bytes, stride;
     if (per_token == 0 || __builtin_mul_overflow(per_token, (size_t)max_seq, &bytes) ||
         __builtin_mul_overflow((size_t)max_seq * (size_t)n_kv_heads, (size_t)head_dim, &stride))
@@ -20,6 +23,8 @@ int kv_cache_init(kv_cache *c, const kv_map *map, int n_kv_heads, int head_dim, 
     c->max_seq = max_seq;
     c->n_kv_heads = n_kv_heads;
     c->head_dim = head_dim;
+    c->dtype = dtype;
+    c->elem = elem;
     c->slot_stride = stride;
     for (int i = 0; i < map->n_layers; i++) c->slot_of[i] = kvmap_slot_of(map, i);
     /* K and V halves: bytes / 2 each (per_token counts both) */
@@ -39,16 +44,16 @@ void kv_cache_free(kv_cache *c) {
     *c = (kv_cache){0};
 }
 
-float *kv_cache_k(const kv_cache *c, int layer) {
-    return c->k + (size_t)c->slot_of[layer] * c->slot_stride;
+void *kv_cache_k(const kv_cache *c, int layer) {
+    return (char *)c->k + (size_t)c->slot_of[layer] * c->slot_stride * c->elem;
 }
 
-float *kv_cache_v(const kv_cache *c, int layer) {
-    return c->v + (size_t)c->slot_of[layer] * c->slot_stride;
+void *kv_cache_v(const kv_cache *c, int layer) {
+    return (char *)c->v + (size_t)c->slot_of[layer] * c->slot_stride * c->elem;
 }
 
 void kv_cache_zero(kv_cache *c, int layer, int pos0, int n) {
-    const size_t row = (size_t)c->n_kv_heads * c->head_dim;
-    memset(kv_cache_k(c, layer) + (size_t)pos0 * row, 0, sizeof(float) * row * (size_t)n);
-    memset(kv_cache_v(c, layer) + (size_t)pos0 * row, 0, sizeof(float) * row * (size_t)n);
+    const size_t row_bytes = (size_t)c->n_kv_heads * c->head_dim * c->elem; /* 0 is +0.0 in both */
+    memset((char *)kv_cache_k(c, layer) + (size_t)pos0 * row_bytes, 0, row_bytes * (size_t)n);
+    memset((char *)kv_cache_v(c, layer) + (size_t)pos0 * row_bytes, 0, row_bytes * (size_t)n);
 }

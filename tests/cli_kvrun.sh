@@ -79,8 +79,14 @@ expect_grep '"nats_per_token": ' "$TMP/out" "ppl json"
 # bench: KV-cache bytes = 2 * 5 layers * 4 kv heads * 8 * 4 bytes * (32 + 8) positions
 expect_rc 0 "bench" -- "$R" "$M" --bench --prompt-len 32 -n 8 --repeat 1 --json --threads 1
 expect_grep '"kv_cache_bytes": 51200,' "$TMP/out" "KV bytes = formula"
+expect_grep '"kv_cache_dtype": "F32",' "$TMP/out" "F32 cache by default"
 expect_grep '"decode_tokens_per_s": ' "$TMP/out" "decode speed"
 expect_grep '"prefill_tokens_per_s": ' "$TMP/out" "prefill speed"
+expect_rc 0 "bench, BF16 cache" -- "$R" "$M" --bench --prompt-len 32 -n 8 --repeat 1 --json --threads 1 --kv-dtype bf16
+expect_grep '"kv_cache_bytes": 25600,' "$TMP/out" "BF16 cache: half the bytes"
+expect_grep '"kv_cache_dtype": "BF16",' "$TMP/out" "BF16 cache named"
+expect_rc 2 "bad --kv-dtype" -- "$R" "$M" --bench --kv-dtype f16
+expect_grep "kv-dtype" "$TMP/err" "bad --kv-dtype named"
 # checkpoints converted by kvconvert: identity = original bit for bit; SwiftKV deploy layout =
 # interop layout (teacher q/k/v ignored); a cross-layer map generates and has the formula's cache
 C="$BIN/kvconvert"

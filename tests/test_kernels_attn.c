@@ -1,6 +1,7 @@
 /* Attention: against a naive double-precision reference (both masks, GQA, cache offsets),
  * zero output at t = 0 under the diagonal mask, GQA head grouping, numerical stability,
- * prefill == decode bit for bit, and results independent of the thread count. */
+ * prefill == decode bit for bit, results independent of the thread count, and the BF16-cache
+ * variant equal to the F32 kernel on the same values. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -176,8 +177,46 @@ static void test_prefill_decode_threads(void) {
     free(q), free(k), free(v), free(pre), free(dec), free(one);
 }
 
+/* BF16 cache: equal bit for bit to the F32 kernel on the widened values (shapes across the
+ * 64-key block edge, both masks, GQA groups of 1, 4 and 8, offsets, threads); prefill == decode */
+static void test_bf16_cache(void) {
+    const int shapes[][5] = {/* T, pos0, nh, nkv, hd */
+                             {1, 0, 4, 4, 8}, {70, 0, 8, 2, 16}, {1, 129, 8, 1, 64},
+                             {33, 100, 4, 1, 32}, {130, 0, 16, 2, 8}};
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        const int T = shapes[c][0], pos0 = shapes[c][1], nh = shapes[c][2], nkv = shapes[c][3],
+                  hd = shapes[c][4], S = pos0 + T, W = nh * hd;
+        const size_t n_kv = (size_t)S * nkv * hd;
+        float *q = rand_buf((size_t)T * W, 2.0f), *k = rand_buf(n_kv, 2.0f), *v = rand_buf(n_kv, 1.0f);
+        uint16_t *k16 = malloc(sizeof *k16 * n_kv), *v16 = malloc(sizeof *v16 * n_kv);
+        for (size_t i = 0; i < n_kv; i++) { /* truncate to BF16; k, v keep the widened values */
+            uint32_t bk, bv;
+            memcpy(&bk, &k[i], 4), memcpy(&bv, &v[i], 4);
+            k16[i] = (uint16_t)(bk >> 16), v16[i] = (uint16_t)(bv >> 16);
+            bk &= 0xffff0000u, bv &= 0xffff0000u;
+            memcpy(&k[i], &bk, 4), memcpy(&v[i], &bv, 4);
+        }
+        float *want = malloc(sizeof(float) * T * W), *got = malloc(sizeof(float) * T * W);
+        for (int mask = 0; mask < 2; mask++) {
+            kv_kernels_set_threads(1 + (int)c % 3);
+            kv_attention(want, q, k, v, T, pos0, S, nh, nkv, hd, mask);
+            memset(got, 0xff, sizeof(float) * T * W);
+            CHECK(kv_attention_bf16(got, q, k16, v16, T, pos0, S, nh, nkv, hd, mask) == 0, "bf16 rc");
+            CHECK(memcmp(want, got, sizeof(float) * T * W) == 0,
+                  "shape %zu mask %d: BF16 cache != F32 kernel on the same values", c, mask);
+            for (int t = 0; t < T; t++) /* decode steps over the BF16 cache */
+                kv_attention_bf16(got + (size_t)t * W, q + (size_t)t * W, k16, v16, 1, pos0 + t,
+                                  pos0 + t + 1, nh, nkv, hd, mask);
+            CHECK(memcmp(want, got, sizeof(float) * T * W) == 0, "shape %zu mask %d: BF16 prefill != decode", c, mask);
+        }
+        free(q), free(k), free(v), free(k16), free(v16), free(want), free(got);
+    }
+    kv_kernels_set_threads(2);
+}
+
 int main(void) {
     kv_kernels_set_threads(2);
+    test_bf16_cache();
     test_reference();
     test_masks();
     test_gqa_grouping();

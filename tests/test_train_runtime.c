@@ -71,7 +71,7 @@ static void compare(const char *spec, kv_swiftkv_layout layout, const kvt_model 
         return;
     }
     kv_state st;
-    rc = kv_state_init(&st, &rm, T, T, &err);
+    rc = kv_state_init(&st, &rm, T, T, KV_F32, &err);
     CHECK(rc == 0, "%s: state: %s", spec, err.msg);
     kvt_run run;
     rc |= kvt_run_init(&run, &s, n_seq, T, 9, 0, &err);

@@ -6,6 +6,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* number of keys 0 .. n-1 visible to the query at position p in a cache of S positions */
 static int attn_visible(int p, int S, kv_attn_mask mask) {
@@ -30,6 +31,7 @@ enum { ROWS = 16, KB = 64 }; /* about ROWS query rows per work item, KB keys per
 typedef struct {
     float *out;
     const float *q, *k, *v;
+    const uint16_t *k16, *v16; /* BF16 cache instead of k, v (both NULL for F32) */
     int T, pos0, S, nh, nkv, hd;
     kv_attn_mask mask;
     int group;        /* query heads per kv head */
@@ -37,8 +39,29 @@ typedef struct {
     int n_tblocks;
     float scale;
     size_t scratch_per_worker;
-    float *scratch;   /* per worker: acc [rows, hd], m [rows], l [rows], scores [KB] */
+    float *scratch;   /* per worker: acc [rows, hd], m [rows], l [rows], scores [KB];
+                         BF16: then K, V of one block of head g as F32 [KB, hd] each */
 } attn_job;
+
+/* rows s0 .. e-1 of kv head g as F32: straight from an F32 cache (stride nkv*hd), or widened
+ * from BF16 into blk [e-s0, hd] (exact, so results equal the F32 path on the same values) */
+static const float *attn_block(const float *f32, const uint16_t *bf16, float *blk, int s0, int e,
+                               int g, size_t kv_stride, int hd, size_t *stride) {
+    if (!bf16) {
+        *stride = kv_stride;
+        return f32 + (size_t)s0 * kv_stride + (size_t)g * hd;
+    }
+    for (int s = s0; s < e; s++) {
+        const uint16_t *src = bf16 + (size_t)s * kv_stride + (size_t)g * hd;
+        float *dst = blk + (size_t)(s - s0) * hd;
+        for (int d = 0; d < hd; d++) {
+            const uint32_t bits = (uint32_t)src[d] << 16;
+            memcpy(&dst[d], &bits, sizeof bits);
+        }
+    }
+    *stride = (size_t)hd;
+    return blk;
+}
 
 /* item = (token block, kv head g): the rows are every query head reading g for every token of
  * the block, so each K/V block is loaded once for all of them */
@@ -50,6 +73,7 @@ static void attn_item(void *ctx, int item, int worker) {
     const size_t q_stride = (size_t)j->nh * hd, kv_stride = (size_t)j->nkv * hd;
     float *acc = j->scratch + (size_t)worker * j->scratch_per_worker;
     float *m = acc + (size_t)rows * hd, *l = m + rows, *score = l + rows;
+    float *k_blk = score + KB, *v_blk = k_blk + (size_t)KB * hd;
     for (int r = 0; r < rows; r++) {
         m[r] = -INFINITY;
         l[r] = 0.0f;
@@ -57,6 +81,10 @@ static void attn_item(void *ctx, int item, int worker) {
     for (size_t i = 0; i < (size_t)rows * hd; i++) acc[i] = 0.0f;
     const int s_end = attn_visible(j->pos0 + t1 - 1, j->S, j->mask); /* the last sees most */
     for (int s0 = 0; s0 < s_end; s0 += KB) {
+        const int blk_end = s0 + KB < s_end ? s0 + KB : s_end;
+        size_t ks, vst; /* row strides of kb, vb */
+        const float *kb = attn_block(j->k, j->k16, k_blk, s0, blk_end, g, kv_stride, hd, &ks);
+        const float *vb = attn_block(j->v, j->v16, v_blk, s0, blk_end, g, kv_stride, hd, &vst);
         for (int r = 0; r < rows; r++) {
             const int t = t0 + r / group, h = g * group + r % group;
             const int n_vis = attn_visible(j->pos0 + t, j->S, j->mask);
@@ -65,8 +93,7 @@ static void attn_item(void *ctx, int item, int worker) {
             const float *qr = j->q + (size_t)t * q_stride + (size_t)h * hd;
             float mb = m[r];
             for (int s = s0; s < e; s++) {
-                float x = attn_dot(qr, j->k + (size_t)s * kv_stride + (size_t)g * hd, hd) *
-                          j->scale;
+                float x = attn_dot(qr, kb + (size_t)(s - s0) * ks, hd) * j->scale;
                 score[s - s0] = x;
                 if (x > mb) mb = x;
             }
@@ -77,7 +104,7 @@ static void attn_item(void *ctx, int item, int worker) {
             for (int s = s0; s < e; s++) {
                 const float p = expf(score[s - s0] - mb);
                 lsum += p;
-                const float *vs = j->v + (size_t)s * kv_stride + (size_t)g * hd;
+                const float *vs = vb + (size_t)(s - s0) * vst;
                 for (int d = 0; d < hd; d++) ar[d] += p * vs[d];
             }
             l[r] = l[r] * corr + lsum;
@@ -93,16 +120,15 @@ static void attn_item(void *ctx, int item, int worker) {
     }
 }
 
-int kv_attention(float *out, const float *q, const float *k, const float *v, int T, int pos0,
-                 int S, int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask) {
-    attn_job j = {.out = out, .q = q, .k = k, .v = v, .T = T, .pos0 = pos0, .S = S,
-                  .nh = n_heads, .nkv = n_kv_heads, .hd = head_dim, .mask = mask,
-                  .group = n_heads / n_kv_heads,
-                  .scale = (float)(1.0 / sqrt((double)head_dim))};
+static int attention_run(attn_job j, int T, int pos0, int S, int n_heads, int n_kv_heads,
+                         int head_dim) {
+    j.T = T, j.pos0 = pos0, j.S = S, j.nh = n_heads, j.nkv = n_kv_heads, j.hd = head_dim;
+    j.group = n_heads / n_kv_heads;
+    j.scale = (float)(1.0 / sqrt((double)head_dim));
     j.tokens = ROWS / j.group > 0 ? ROWS / j.group : 1;
     j.n_tblocks = (T + j.tokens - 1) / j.tokens;
     const size_t rows = (size_t)j.tokens * j.group;
-    j.scratch_per_worker = rows * (head_dim + 2) + KB;
+    j.scratch_per_worker = rows * (head_dim + 2) + KB + (j.k16 ? 2 * (size_t)KB * head_dim : 0);
     const int n_items = j.n_tblocks * n_kv_heads;
     const double flops = 4.0 * n_heads * (double)T * (S < pos0 + T ? S : pos0 + T) * head_dim;
     const int workers = kv_parallel_workers(n_items, flops);
@@ -111,6 +137,19 @@ int kv_attention(float *out, const float *q, const float *k, const float *v, int
     kv_parallel_for(n_items, workers, attn_item, &j);
     free(j.scratch);
     return 0;
+}
+
+int kv_attention(float *out, const float *q, const float *k, const float *v, int T, int pos0,
+                 int S, int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask) {
+    const attn_job j = {.out = out, .q = q, .k = k, .v = v, .mask = mask};
+    return attention_run(j, T, pos0, S, n_heads, n_kv_heads, head_dim);
+}
+
+int kv_attention_bf16(float *out, const float *q, const uint16_t *k, const uint16_t *v, int T,
+                      int pos0, int S, int n_heads, int n_kv_heads, int head_dim,
+                      kv_attn_mask mask) {
+    const attn_job j = {.out = out, .q = q, .k16 = k, .v16 = v, .mask = mask};
+    return attention_run(j, T, pos0, S, n_heads, n_kv_heads, head_dim);
 }
 
 /* ---- backward ---------------------------------------------------------------------------
