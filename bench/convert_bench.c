@@ -5,7 +5,8 @@
  * Like is compared with like: kvconvert --no-sync against cp, and kvconvert's default (fsync before the rename: durable, atomic) against cp + fsync.
  * kvconvert also records the source's sha256 in kvforge.json: "cold" runs start from an empty
  * digest cache (formats/hashcache.h) and hash all 2.2 GB, "warm" ones reuse the digest of the
- * unchanged source, as every conversion after the first of a checkpoint does. The last row times
+ * unchanged source, as every conversion after the first of a checkpoint does. One cold row
+ * converts the same model in 4 shards (hashed on parallel threads). The last row times
  * that hash alone in this process, paired with cp like the others: no cold conversion can be
  * faster than it. */
 #include <errno.h>
@@ -74,14 +75,16 @@ typedef struct {
     const char *args[4]; /* transform options for kvconvert */
     int cold;            /* empty digest cache first */
     int hash_only;       /* no kvforge run: the sha256 of the source alone, in this process */
+    int sharded;         /* the source in 4 shards of about 600 MB (cp copies their folder) */
     baseline vs;
     double secs[ROUNDS], base_secs[ROUNDS], ratio[ROUNDS];
     long rss_kb;
 } convert_case;
 
-/* cp of the model into an empty cp_dir after a sync, plus its fsync when durable; seconds or -1 */
+/* cp of the model (a file, or a folder of shards) into an empty cp_dir after a sync, plus the
+ * fsync of cp_file when durable; seconds or -1 */
 static double time_cp(const char *model, const char *cp_dir, const char *cp_file, int durable) {
-    char *argv[] = {"cp", (char *)model, (char *)cp_dir, NULL};
+    char *argv[] = {"cp", "-r", (char *)model, (char *)cp_dir, NULL};
     remove_tree(cp_dir);
     mkdir(cp_dir, 0755);
     sync();
@@ -105,8 +108,9 @@ int main(void) {
     snprintf(out, sizeof out, "%s/out", work);
     snprintf(synth, sizeof synth, "%s/kvsynth", bin);
     snprintf(conv, sizeof conv, "%s/kvconvert", bin);
-    char cache[4200];
+    char cache[4200], sharded[4200];
     snprintf(cache, sizeof cache, "%s/cache", work);
+    snprintf(sharded, sizeof sharded, "%s/sharded", work);
     setenv("KVFORGE_CACHE_DIR", cache, 1);
 
     int status = 1;
@@ -116,12 +120,18 @@ int main(void) {
     if (run(synth_argv, NULL) != 0) { fprintf(stderr, "convert_bench: kvsynth failed\n"); goto done; }
     struct stat st;
     if (stat(model, &st) != 0) { fprintf(stderr, "convert_bench: %s missing\n", model); goto done; }
+    char *shard_argv[] = {conv, "-q", src, sharded, "--map", "identity", "--shard-size", "600M", "--no-sync", NULL};
+    if (run(shard_argv, NULL) != 0) { fprintf(stderr, "convert_bench: sharding the source failed\n"); goto done; }
 
     convert_case cases[] = {
         {.label = "swiftkv:11 --no-sync, warm", .args = {"--swiftkv", "11", "--no-sync", NULL}, .cold = 0, .vs = VS_CP},
         {.label = "lasagna-bottom:11 --no-sync, warm", .args = {"--map", "lasagna-bottom:11", "--no-sync", NULL}, .cold = 0, .vs = VS_CP},
         {.label = "swiftkv:11 (fsync), warm", .args = {"--swiftkv", "11", NULL, NULL}, .cold = 0, .vs = VS_CP_SYNC},
         {.label = "lasagna-bottom:11 (fsync), warm", .args = {"--map", "lasagna-bottom:11", NULL, NULL}, .cold = 0, .vs = VS_CP_SYNC},
+        /* the sharded cold run leaves only the shards' digests in the cache; the cold runs after it
+         * put the single file's back before the next round's warm runs */
+        {.label = "4 shards, swiftkv:11 --no-sync, cold", .args = {"--swiftkv", "11", "--no-sync", NULL}, .cold = 1,
+         .vs = VS_CP, .sharded = 1},
         {.label = "swiftkv:11 --no-sync, cold", .args = {"--swiftkv", "11", "--no-sync", NULL}, .cold = 1, .vs = VS_CP},
         {.label = "swiftkv:11 (fsync), cold", .args = {"--swiftkv", "11", NULL, NULL}, .cold = 1, .vs = VS_CP_SYNC},
         {.label = "sha256 of the source alone", .hash_only = 1, .vs = VS_CP},
@@ -137,14 +147,15 @@ int main(void) {
     for (int r = 0; r < ROUNDS; r++) {
         for (int c = 0; c < n_cases; c++) {
             const int durable = cases[c].vs == VS_CP_SYNC;
-            const double base = time_cp(model, cp_dir, cp_file, durable);
+            const double base = time_cp(cases[c].sharded ? sharded : model, cp_dir, cp_file, durable);
             if (base < 0) { fprintf(stderr, "convert_bench: cp failed\n"); goto done; }
             if (durable) cp_sync_secs[n_cp_sync++] = base;
             else cp_secs[n_cp++] = base;
             remove_tree(out);
             if (cases[c].cold) remove_tree(cache);
             sync();
-            char *argv[] = {conv, "-q", src, out, (char *)cases[c].args[0], (char *)cases[c].args[1], (char *)cases[c].args[2], NULL};
+            char *argv[] = {conv, "-q", cases[c].sharded ? sharded : src, out, (char *)cases[c].args[0],
+                            (char *)cases[c].args[1], (char *)cases[c].args[2], NULL};
             long rss = 0;
             char hex[65];
             kv_error err;
@@ -175,7 +186,7 @@ int main(void) {
             if (cases[c].ratio[r] < lo) lo = cases[c].ratio[r];
             if (cases[c].ratio[r] > hi) hi = cases[c].ratio[r];
         }
-        printf("%-17s %-34s %.2f s (%-8s %.2f s)   ratio %.2f [%.2f-%.2f]", cases[c].hash_only ? "floor (no copy)" : "convert 1.1B bf16",
+        printf("%-17s %-36s %.2f s (%-8s %.2f s)   ratio %.2f [%.2f-%.2f]", cases[c].hash_only ? "floor (no copy)" : "convert 1.1B bf16",
                cases[c].label, secs, vs, base, median(cases[c].ratio, ROUNDS), lo, hi);
         if (cases[c].hash_only) printf("\n");
         else printf("   peak RSS %.0f MB\n", cases[c].rss_kb / 1024.0);

@@ -34,10 +34,13 @@ int kv_sha256_parse_hex(const char *hex, uint8_t out[32]);
 
 /* digest of a whole file (buffered reads) as hex */
 int kv_sha256_file(const char *path, char hex[65], kv_error *err);
-/* digests of n files into hex[n], hashed two at a time through kv_sha256_update_x2 (shards of
- * a checkpoint are alike in size). stop (may be NULL): when it becomes non-zero the hashing
- * gives up with an error. */
-int kv_sha256_files(const char *const *paths, int n, char (*hex)[65], const atomic_int *stop, kv_error *err);
+/* digests of n files into hex[n], largest first, on up to n_threads threads (the caller's
+ * among them). On one thread, or with at least two files per thread, each thread hashes two
+ * files at a time through kv_sha256_update_x2 (shards of a checkpoint are alike in size); else
+ * one file per thread at a time. stop (may be NULL): when it becomes non-zero the hashing gives
+ * up with an error. The first failure is returned, naming its file; the others then stop. */
+int kv_sha256_files(const char *const *paths, int n, char (*hex)[65], int n_threads, const atomic_int *stop,
+                    kv_error *err);
 
 /* 1 if the accelerated compression function is in use. enable = 0 forces the portable one
  * (tests compare both), 1 picks the accelerated one where the CPU has it. Not thread-safe:

