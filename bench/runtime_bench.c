@@ -7,6 +7,7 @@
  *    tokens/s at 1024 tokens;
  *  - SwiftKV l = L/2 (g = 1 and 2) built from the same weights: prefill time at a 1024-token
  *    prompt over the original's (goal <= 0.55);
+ *  - decode tokens/s after a 960-token prompt with a BF16 KV cache over the F32 cache;
  *  - KV-cache bytes of every model against METHODS.md's formula (must be equal).
  * Usage: runtime_bench [--threads N] [--repeat N] [--keep DIR (reuse/keep the 110M model)]
  *                      [--copy-weights (F32 weights copied into the arena, not mapped)] */
@@ -26,6 +27,7 @@
 
 #define STORIES260K "../shared/models/stories260K"
 #define PREFILL_LONG 1024
+#define LONG_CONTEXT (PREFILL_LONG - 64) /* prompt before 64 decode steps at a long context */
 
 static int repeat = 3;
 static kv_model_opts load_opts; /* --copy-weights: F32 weights copied into the arena */
@@ -117,22 +119,22 @@ typedef struct {
     size_t cache_formula;    /* METHODS.md bytes for max_seq positions */
 } bench_model;
 
-/* KV-cache bytes by METHODS.md: 2 * (KV layers) * nkv * hd * 4 per position; SwiftKV l + (L-l)/g */
-static size_t formula_bytes(const kv_model *m, int max_seq) {
+/* KV-cache bytes by METHODS.md: 2 * (KV layers) * nkv * hd * elem per position; SwiftKV l + (L-l)/g */
+static size_t formula_bytes(const kv_model *m, int max_seq, kv_dtype cache) {
     int slots = 0;
     if (m->map.kind == KVMAP_SWIFTKV) {
         slots = m->map.swiftkv_l + (m->n_layers - m->map.swiftkv_l) / m->map.swiftkv_g;
     } else {
         for (int i = 0; i < m->n_layers; i++) slots += m->map.kv_layer_of[i] == i;
     }
-    return (size_t)2 * slots * m->n_kv_heads * m->head_dim * sizeof(float) * (size_t)max_seq;
+    return (size_t)2 * slots * m->n_kv_heads * m->head_dim * kv_dtype_size(cache) * (size_t)max_seq;
 }
 
-static int bm_open(bench_model *b, const kv_model *m, int max_seq) {
+static int bm_open(bench_model *b, const kv_model *m, int max_seq, kv_dtype cache) {
     kv_error err = {0};
-    *b = (bench_model){.m = m, .cache_formula = formula_bytes(m, max_seq)};
+    *b = (bench_model){.m = m, .cache_formula = formula_bytes(m, max_seq, cache)};
     b->ids = malloc(sizeof *b->ids * (size_t)max_seq);
-    if (!b->ids || kv_state_init(&b->s, m, max_seq, max_seq, KV_F32, &err)) {
+    if (!b->ids || kv_state_init(&b->s, m, max_seq, max_seq, cache, &err)) {
         fprintf(stderr, "runtime_bench: %s\n", b->ids ? err.msg : "out of memory");
         free(b->ids);
         return -1;
@@ -241,7 +243,7 @@ static void run_stories260k(void) {
     bench_model b;
     const int threads = kv_kernels_threads();
     kv_kernels_set_threads(1); /* as kvrun runs a model this small by default */
-    if (bm_open(&b, &m, 128 + 256) == 0) {
+    if (bm_open(&b, &m, 128 + 256, KV_F32) == 0) {
         double prefill = 1e30, decode = 0.0;
         for (int r = 0; r <= repeat; r++) { /* the first run warms up */
             const double p = bm_prefill(&b, 128), d = bm_decode(&b, 128, 256);
@@ -304,22 +306,29 @@ static void run_110m(const char *dir) {
         }
     }
     /* b[0] original, b[1] b[2] SwiftKV g = 1, 2, b[3] original with every token through every
-     * layer (no tail skip: how HF transformers or vLLM prefill) */
-    enum { NB = 4 };
+     * layer (no tail skip: how HF transformers or vLLM prefill), b[4] original, BF16 KV cache */
+    enum { NB = 5 };
     bench_model b[NB];
     const int max_seq = PREFILL_LONG;
     int opened = 0;
     for (; opened < NB; opened++)
-        if (bm_open(&b[opened], opened == 1 || opened == 2 ? &sm[opened - 1] : &m, max_seq)) break;
+        if (bm_open(&b[opened], opened == 1 || opened == 2 ? &sm[opened - 1] : &m, max_seq,
+                    opened == 4 ? KV_BF16 : KV_F32))
+            break;
     if (opened == NB) {
         b[3].opts.no_tail_skip = 1;
-        double prefill[NB] = {1e30, 1e30, 1e30, 1e30}, decode = 0.0;
+        double prefill[NB] = {1e30, 1e30, 1e30, 1e30, 1e30}, decode = 0.0, long_decode[2] = {0, 0};
         for (int r = 0; r <= repeat; r++) { /* the first round warms up */
             bandwidth_sample(1);
             const double d = bm_decode(&b[0], 16, 64);
             if (d < 0) failures++;
             if (r > 0) decode = maximum(decode, d);
-            for (int k = 0; k < NB; k++) {
+            for (int c = 0; c < 2; c++) { /* decode at a long context: F32 cache, BF16 cache */
+                const double dl = bm_decode(&b[c ? 4 : 0], LONG_CONTEXT, 64);
+                if (dl < 0) failures++;
+                if (r > 0) long_decode[c] = maximum(long_decode[c], dl);
+            }
+            for (int k = 0; k < 4; k++) {
                 const double p = bm_prefill(&b[k], PREFILL_LONG);
                 if (p < 0) failures++;
                 if (r > 0) prefill[k] = minimum(prefill[k], p);
@@ -338,6 +347,10 @@ static void run_110m(const char *dir) {
         printf("  prefill %d tokens: %.3f s = %.1f tok/s (every token through every layer: "
                "%.3f s)\n", PREFILL_LONG, prefill[0], PREFILL_LONG / prefill[0], prefill[3]);
         report_cache("original", &b[0]);
+        printf("  decode after %d tokens: BF16 KV cache %.1f tok/s / F32 cache %.1f tok/s = %.2f "
+               "(cache bytes %.2f)\n", LONG_CONTEXT, long_decode[1], long_decode[0],
+               long_decode[1] / long_decode[0], (double)b[4].s.cache.bytes / (double)b[0].s.cache.bytes);
+        report_cache("original, BF16 KV cache", &b[4]);
         for (int g = 1; g <= n_swift; g++) {
             printf("  SwiftKV l=%d g=%d: prefill %d tokens %.3f s; / original = %.3f (goal <= 0.55); "
                    "/ original without the tail skip = %.3f\n", l, g, PREFILL_LONG, prefill[g],
