@@ -113,9 +113,10 @@ typedef enum { KV_MASK_CAUSAL = 0, KV_MASK_STRICT = 1 } kv_attn_mask;
 int kv_attention(float *out, const float *q, const float *k, const float *v,
                  int T, int pos0, int S, int n_heads, int n_kv_heads, int head_dim,
                  kv_attn_mask mask);
-/* The same over a BF16 cache (k, v [S, nkv, hd] as BF16 bits): each block of 64 keys is widened
- * to F32 (exact) and goes through the same arithmetic, so the result equals kv_attention's on
- * the widened values bit for bit. Scratch grows by 2*64*hd floats per thread. */
+/* The same over a BF16 cache (k, v [S, nkv, hd] as BF16 bits): keys and values are widened to
+ * F32 (exact) and go through the same arithmetic, so the result equals kv_attention's on the
+ * widened values bit for bit. Work items with 4 or more query rows widen each block of 64 keys
+ * once into scratch (2*64*hd more floats per thread); smaller ones widen as they read. */
 int kv_attention_bf16(float *out, const float *q, const uint16_t *k, const uint16_t *v,
                       int T, int pos0, int S, int n_heads, int n_kv_heads, int head_dim,
                       kv_attn_mask mask);

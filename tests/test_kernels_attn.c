@@ -178,11 +178,14 @@ static void test_prefill_decode_threads(void) {
 }
 
 /* BF16 cache: equal bit for bit to the F32 kernel on the widened values (shapes across the
- * 64-key block edge, both masks, GQA groups of 1, 4 and 8, offsets, threads); prefill == decode */
+ * 64-key block edge, both masks, GQA groups of 1, 2, 4 and 8, offsets, threads; blocks staged
+ * and rows widened as read); prefill == decode */
 static void test_bf16_cache(void) {
     const int shapes[][5] = {/* T, pos0, nh, nkv, hd */
                              {1, 0, 4, 4, 8}, {70, 0, 8, 2, 16}, {1, 129, 8, 1, 64},
-                             {33, 100, 4, 1, 32}, {130, 0, 16, 2, 8}};
+                             {33, 100, 4, 1, 32}, {130, 0, 16, 2, 8},
+                             {3, 50, 4, 4, 16}, {1, 70, 4, 2, 16}}; /* the last two: < 4 rows per
+                                                                       item, widened as read */
     for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
         const int T = shapes[c][0], pos0 = shapes[c][1], nh = shapes[c][2], nkv = shapes[c][3],
                   hd = shapes[c][4], S = pos0 + T, W = nh * hd;
