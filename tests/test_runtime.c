@@ -884,16 +884,18 @@ static void test_bf16_cache(void) {
     free(ids);
     runner_close(&b);
     runner_close(&f);
-    /* transformed maps: half the bytes, consistent prefill/decode */
-    static const char *specs[] = {"pizza-top:3", "lasagna-bottom:3"};
-    for (size_t i = 0; i < 2; i++) {
+    /* transformed maps (the last: SwiftKV l=3 g=1, 3 + 2 slots): half the bytes, consistent
+     * prefill/decode */
+    static const char *specs[] = {"pizza-top:3", "lasagna-bottom:3", "swiftkv l=3 g=1"};
+    for (size_t i = 0; i < 3; i++) {
         kv_map m;
-        const char *dir = make_cross(specs[i], &m);
+        const int swift = i == 2;
+        const char *dir = swift ? make_swiftkv(3, 1, 0) : make_cross(specs[i], &m);
         if (runner_open_cache(&b, dir, 128, 64, KV_BF16)) continue;
-        const size_t want = (size_t)2 * n_kv_layers(&m) * 4 * 8 * 2 * 128;
+        const size_t want = (size_t)2 * (swift ? 5 : n_kv_layers(&m)) * 4 * 8 * 2 * 128;
         CHECK(b.s.cache.bytes == want, "%s BF16: %zu bytes, formula %zu", specs[i], b.s.cache.bytes, want);
         kv_prefill pf = {KV_PREFILL_ITERATIVE, SEQ};
-        full_logits(&b, golden_tokens, SEQ, pf, 0, out);
+        full_logits(&b, golden_tokens, SEQ, pf, swift, out);
         prefill_decode_logits(&b, golden_tokens, SEQ, 24, SEQUENTIAL, pd);
         double d = max_abs_diff(pd, out + (size_t)23 * V, (size_t)(SEQ - 23) * V);
         printf("bf16 cache %s: prefill+decode vs iterative:T %.2g\n", specs[i], d);
