@@ -356,7 +356,10 @@ static int hash_lanes(const char *const path[2], char *const hex[2], int n_lanes
     }
     if (rc) opened--; /* the failed one holds no descriptor */
     while (!rc) {
-        if ((stop && atomic_load(stop)) || atomic_load(failed)) { rc = kv_fail(err, KV_EINVAL, "hashing stopped"); break; }
+        if ((stop && atomic_load(stop)) || atomic_load(failed)) {
+            rc = kv_fail(err, KV_EINVAL, "hashing stopped");
+            break;
+        }
         int live = 0;
         for (int i = 0; i < n_lanes && !rc; i++) {
             if (lane[i].eof) lane[i].n = 0; /* ended in an earlier round: nothing new */
