@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "formats/chunkcodec.h" /* kv_pool_run */
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define KV_SHA_X86 1
 #include <cpuid.h>
@@ -347,7 +349,7 @@ static void lane_finish(file_lane *l, char hex[65]) {
 
 /* path[0] alone (n_lanes 1) or path[0..1] side by side; digests into hex[0..n_lanes-1] */
 static int hash_lanes(const char *const path[2], char *const hex[2], int n_lanes, const atomic_int *stop,
-                      const atomic_int *failed, uint8_t *bufs, kv_error *err) {
+                      uint8_t *bufs, kv_error *err) {
     file_lane lane[2];
     int opened = 0, rc = 0;
     for (; opened < n_lanes && !rc; opened++) {
@@ -356,10 +358,7 @@ static int hash_lanes(const char *const path[2], char *const hex[2], int n_lanes
     }
     if (rc) opened--; /* the failed one holds no descriptor */
     while (!rc) {
-        if ((stop && atomic_load(stop)) || atomic_load(failed)) {
-            rc = kv_fail(err, KV_EINVAL, "hashing stopped");
-            break;
-        }
+        if (stop && atomic_load(stop)) { rc = kv_fail(err, KV_EINVAL, "hashing stopped"); break; }
         int live = 0;
         for (int i = 0; i < n_lanes && !rc; i++) {
             if (lane[i].eof) lane[i].n = 0; /* ended in an earlier round: nothing new */
@@ -379,47 +378,23 @@ static int hash_lanes(const char *const path[2], char *const hex[2], int n_lanes
     return rc;
 }
 
-/* files in tasks of `lanes` (largest first), pulled by n_workers threads */
+/* files in tasks of `lanes` (largest first), on kv_pool_run's threads */
 typedef struct {
     const char *const *paths;
     char (*hex)[65];
-    const int *order; /* indices of paths, largest file first */
+    const int *order;  /* indices of paths, largest file first */
     int n, lanes;
-    atomic_int next;  /* first file of the next task */
-    atomic_int failed; /* a worker failed: the others stop */
     const atomic_int *stop;
-    pthread_mutex_t lock; /* guards rc, err */
-    int rc;
-    kv_error err;
+    uint8_t *bufs;     /* [threads, 2 * FILE_BUF] */
 } files_job;
 
-typedef struct {
-    files_job *job;
-    uint8_t *bufs; /* [2 * FILE_BUF] */
-} files_worker;
-
-static void *files_worker_main(void *arg) {
-    files_worker *w = arg;
-    files_job *j = w->job;
-    kv_error err = {0};
-    for (;;) {
-        const int i = atomic_fetch_add(&j->next, j->lanes);
-        if (i >= j->n || atomic_load(&j->failed) || (j->stop && atomic_load(j->stop))) break;
-        const int n_lanes = j->n - i >= j->lanes ? j->lanes : j->n - i;
-        const int a = j->order[i], b = j->order[i + n_lanes - 1];
-        const char *const path[2] = {j->paths[a], j->paths[b]};
-        char *const out[2] = {j->hex[a], j->hex[b]};
-        if (hash_lanes(path, out, n_lanes, j->stop, &j->failed, w->bufs, &err) == 0) continue;
-        pthread_mutex_lock(&j->lock);
-        if (!j->rc && !atomic_load(&j->failed)) { /* the first failure, not one it caused */
-            j->rc = err.code ? err.code : KV_EIO;
-            j->err = err;
-        }
-        atomic_store(&j->failed, 1);
-        pthread_mutex_unlock(&j->lock);
-        break;
-    }
-    return NULL;
+static int hash_task(void *ctx, int task, int worker, kv_error *err) {
+    const files_job *j = ctx;
+    const int i = task * j->lanes, n_lanes = j->n - i >= j->lanes ? j->lanes : j->n - i;
+    const int a = j->order[i], b = j->order[i + n_lanes - 1];
+    const char *const path[2] = {j->paths[a], j->paths[b]};
+    char *const out[2] = {j->hex[a], j->hex[b]};
+    return hash_lanes(path, out, n_lanes, j->stop, j->bufs + (size_t)worker * 2 * FILE_BUF, err);
 }
 
 int kv_sha256_files(const char *const *paths, int n, char (*hex)[65], int n_threads, const atomic_int *stop,
@@ -430,36 +405,26 @@ int kv_sha256_files(const char *const *paths, int n, char (*hex)[65], int n_thre
      * there are files enough to pair them on every thread */
     const int lanes = n_threads == 1 || n >= 2 * n_threads ? 2 : 1;
     const int n_tasks = (n + lanes - 1) / lanes;
-    const int n_workers = n_threads < n_tasks ? n_threads : n_tasks;
+    const int threads = kv_resolve_threads(n_threads, n_tasks);
     int *order = malloc(sizeof *order * (size_t)n);
     off_t *size = malloc(sizeof *size * (size_t)n);
-    uint8_t *bufs = malloc(2 * (size_t)FILE_BUF * (size_t)n_workers);
-    files_worker *workers = malloc(sizeof *workers * (size_t)n_workers);
-    pthread_t *threads = malloc(sizeof *threads * (size_t)n_workers);
-    if (!order || !size || !bufs || !workers || !threads) {
-        free(order), free(size), free(bufs), free(workers), free(threads);
-        return kv_fail(err, KV_ENOMEM, "%s: no memory for read buffers", paths[0]);
-    }
-    for (int i = 0; i < n; i++) { /* largest first, so that files of like size share a task */
+    uint8_t *bufs = malloc(2 * (size_t)FILE_BUF * (size_t)threads);
+    int rc = 0;
+    if (!order || !size || !bufs) rc = kv_fail(err, KV_ENOMEM, "%s: no memory for read buffers", paths[0]);
+    for (int i = 0; i < n && !rc; i++) { /* largest first, so that files of like size share a task */
         struct stat st;
         size[i] = stat(paths[i], &st) == 0 ? st.st_size : 0; /* a failed stat shows at open */
         int k = i;
         for (; k > 0 && size[order[k - 1]] < size[i]; k--) order[k] = order[k - 1];
         order[k] = i;
     }
-    files_job job = {.paths = paths, .hex = hex, .order = order, .n = n, .lanes = lanes, .stop = stop};
-    pthread_mutex_init(&job.lock, NULL);
-    int started = 1; /* worker 0 runs on this thread */
-    for (int t = 0; t < n_workers; t++) workers[t] = (files_worker){&job, bufs + (size_t)t * 2 * FILE_BUF};
-    for (; started < n_workers; started++)
-        if (pthread_create(&threads[started], NULL, files_worker_main, &workers[started]) != 0) break;
-    files_worker_main(&workers[0]);
-    for (int t = 1; t < started; t++) pthread_join(threads[t], NULL);
-    pthread_mutex_destroy(&job.lock);
-    int rc = job.rc;
+    files_job job = {.paths = paths, .hex = hex, .order = order, .n = n, .lanes = lanes, .stop = stop,
+                     .bufs = bufs};
+    if (!rc) rc = kv_pool_run(n_tasks, threads, hash_task, &job, NULL, err);
     if (!rc && stop && atomic_load(stop)) rc = kv_fail(err, KV_EINVAL, "hashing stopped");
-    else if (rc && err) *err = job.err;
-    free(order), free(size), free(bufs), free(workers), free(threads);
+    free(order);
+    free(size);
+    free(bufs);
     return rc;
 }
 

@@ -37,8 +37,9 @@ int kv_sha256_file(const char *path, char hex[65], kv_error *err);
 /* digests of n files into hex[n], largest first, on up to n_threads threads (the caller's
  * among them). On one thread, or with at least two files per thread, each thread hashes two
  * files at a time through kv_sha256_update_x2 (shards of a checkpoint are alike in size); else
- * one file per thread at a time. stop (may be NULL): when it becomes non-zero the hashing gives
- * up with an error. The first failure is returned, naming its file; the others then stop. */
+ * one file per thread at a time (threads from kv_pool_run). stop (may be NULL): when it becomes
+ * non-zero the hashing gives up with an error. No file starts after a failure; the one returned,
+ * naming its file, is that of the first failing task in that order. */
 int kv_sha256_files(const char *const *paths, int n, char (*hex)[65], int n_threads, const atomic_int *stop,
                     kv_error *err);
 

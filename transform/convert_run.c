@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "formats/fileio.h"
+#include "formats/chunkcodec.h"
 #include "formats/hashcache.h"
 #include "formats/sha256.h"
 #include "transform/convert.h"
@@ -145,9 +146,7 @@ static void *hash_main(void *arg) {
     /* the shards of a sharded source in parallel, one thread per CPU (up to 8) beside the
      * writer: on the 2-vCPU dev VM a 4-shard 2.2 GB cold conversion took 1.8-1.95 s this way
      * against 2.1-2.3 s with one hashing thread */
-    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    const int n_threads = cpus > 1 ? (cpus < 8 ? (int)cpus : 8) : 1;
-    if (!j->rc) j->rc = kv_sha256_files(todo, n_todo, hex, n_threads, &j->stop, &j->err);
+    if (!j->rc) j->rc = kv_sha256_files(todo, n_todo, hex, kv_resolve_threads(0, 8), &j->stop, &j->err);
     for (int i = 0; i < j->n && !j->rc; i++) {
         const hash_item *it = &items[i];
         if (it->todo < 0) continue;
