@@ -109,7 +109,8 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
             float mb = m[r];
             for (int s = s0; s < e; s++) {
                 const size_t at = (size_t)(s - base) * st;
-                float x = attn_dot_row(qr, kf + at, kh + at, bf16, hd) * j->scale;
+                float x = attn_dot_row(qr, bf16 ? NULL : kf + at, bf16 ? kh + at : NULL, bf16, hd) *
+                          j->scale; /* only the row in use is offset: the other pointer is NULL */
                 score[s - s0] = x;
                 if (x > mb) mb = x;
             }
@@ -121,7 +122,9 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
                 const float p = expf(score[s - s0] - mb);
                 lsum += p;
                 const size_t at = (size_t)(s - base) * st;
-                for (int d = 0; d < hd; d++) ar[d] += p * ATTN_AT(bf16, vf + at, vh + at, d);
+                const float *vs = bf16 ? NULL : vf + at;
+                const uint16_t *vsh = bf16 ? vh + at : NULL;
+                for (int d = 0; d < hd; d++) ar[d] += p * ATTN_AT(bf16, vs, vsh, d);
             }
             l[r] = l[r] * corr + lsum;
             m[r] = mb;
