@@ -55,6 +55,17 @@ int cli_parse_double(const char *s, double *out) {
     return 0;
 }
 
+int cli_parse_float_dtype(const char *s, kv_dtype *out) {
+    static const struct { const char *name; kv_dtype type; } types[] = {
+        {"f32", KV_F32}, {"f16", KV_F16}, {"bf16", KV_BF16}};
+    for (size_t i = 0; s && i < sizeof types / sizeof types[0]; i++)
+        if (strcmp(s, types[i].name) == 0) {
+            *out = types[i].type;
+            return 0;
+        }
+    return -1;
+}
+
 int cli_parse_size(const char *s, uint64_t *out) {
     if (!s || !*s) return -1;
     char *end;

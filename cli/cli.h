@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "formats/dtype.h"
 #include "formats/error.h"
 
 #include "formats/version.h"
@@ -26,6 +27,8 @@ int cli_parse_int(const char *s, long min, long max, long *out);
 int cli_parse_double(const char *s, double *out);
 /* sizes like 500M, 2G, 4096 (bytes) */
 int cli_parse_size(const char *s, uint64_t *out);
+/* a float type as options spell it: f32, f16 or bf16; 0 or -1 */
+int cli_parse_float_dtype(const char *s, kv_dtype *out);
 
 /* progress bar on stderr when it is a terminal; plain lines every ~10% otherwise (or never if quiet) */
 typedef struct {

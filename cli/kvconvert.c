@@ -205,12 +205,13 @@ int main(int argc, char **argv) {
             else return cli_usage_error(TOOL, "--layout must be deploy or hf-swiftkv, not '%s'", optarg);
             o.layout_set = 1;
             break;
-        case O_DTYPE:
-            if (strcmp(optarg, "f32") == 0) o.conv.out_dtype = KV_F32;
-            else if (strcmp(optarg, "f16") == 0) o.conv.out_dtype = KV_F16;
-            else if (strcmp(optarg, "bf16") == 0) o.conv.out_dtype = KV_BF16;
-            else return cli_usage_error(TOOL, "--dtype must be f32, f16 or bf16, not '%s'", optarg);
+        case O_DTYPE: {
+            kv_dtype out_dtype;
+            if (cli_parse_float_dtype(optarg, &out_dtype))
+                return cli_usage_error(TOOL, "--dtype must be f32, f16 or bf16, not '%s'", optarg);
+            o.conv.out_dtype = (int)out_dtype;
             break;
+        }
         case O_SHARD: {
             uint64_t b;
             if (cli_parse_size(optarg, &b)) return cli_usage_error(TOOL, "bad --shard-size '%s' (e.g. 2G, 500M, 0)", optarg);

@@ -510,9 +510,8 @@ int main(int argc, char **argv) {
                 return cli_usage_error(TOOL, "--prefill: %s", err.msg);
             break;
         case O_KV_DTYPE:
-            if (!strcmp(optarg, "f32")) a.kv_dtype = KV_F32;
-            else if (!strcmp(optarg, "bf16")) a.kv_dtype = KV_BF16;
-            else return cli_usage_error(TOOL, "bad --kv-dtype '%s' (f32 or bf16)", optarg);
+            if (cli_parse_float_dtype(optarg, &a.kv_dtype) || a.kv_dtype == KV_F16)
+                return cli_usage_error(TOOL, "bad --kv-dtype '%s' (f32 or bf16)", optarg);
             break;
         case ':': return cli_usage_error(TOOL, "option '%s' needs a value", argv[optind - 1]);
         default: return cli_usage_error(TOOL, "unknown option '%s'", argv[optind - 1]);
