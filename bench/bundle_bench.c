@@ -22,10 +22,10 @@
 
 #include "formats/bundle.h"
 #include "formats/chunkcodec.h"
-#include "formats/dtype.h"
-#include "formats/fileio.h"
+#include "base/dtype.h"
+#include "base/fileio.h"
 #include "formats/safetensors.h"
-#include "formats/sha256.h"
+#include "base/sha256.h"
 
 #define STORIES "../shared/models/stories260K"
 

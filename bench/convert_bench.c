@@ -4,7 +4,7 @@
  * ratios (pairing keeps the drift of a shared VM out of the ratio), and kvconvert's peak RSS.
  * Like is compared with like: kvconvert --no-sync against cp, and kvconvert's default (fsync before the rename: durable, atomic) against cp + fsync.
  * kvconvert also records the source's sha256 in kvforge.json: "cold" runs start from an empty
- * digest cache (formats/hashcache.h) and hash all 2.2 GB, "warm" ones reuse the digest of the
+ * digest cache (transform/convert/hashcache.h) and hash all 2.2 GB, "warm" ones reuse the digest of the
  * unchanged source, as every conversion after the first of a checkpoint does. One cold row
  * converts the same model in 4 shards (hashed on parallel threads). The last row times
  * that hash alone in this process, paired with cp like the others: no cold conversion can be
@@ -20,7 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "formats/sha256.h"
+#include "base/sha256.h"
 
 #define ROUNDS 5
 

@@ -9,12 +9,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "formats/synth.h"
+#include "transform/synth/synth.h"
 #include "kernels/kernels.h"
-#include "transform/adamw.h"
-#include "transform/distill_init.h"
-#include "transform/train_forward.h"
-#include "transform/train_model.h"
+#include "transform/train/adamw.h"
+#include "transform/train/distill_init.h"
+#include "transform/train/train_forward.h"
+#include "transform/train/train_model.h"
 
 static double now_s(void) {
     struct timespec ts;

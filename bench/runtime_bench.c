@@ -20,9 +20,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "formats/fileio.h"
+#include "base/fileio.h"
 #include "formats/hfconfig.h"
-#include "formats/synth.h"
+#include "transform/synth/synth.h"
 #include "runtime/forward.h"
 
 #define STORIES260K "../shared/models/stories260K"

@@ -6,10 +6,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "formats/dtype.h"
-#include "formats/error.h"
+#include "base/dtype.h"
+#include "base/error.h"
 
-#include "formats/version.h"
+#include "base/version.h"
 #define KVFORGE_VERSION KVFORGE_VERSION_STRING
 
 enum { EXIT_FAIL = 1, EXIT_USAGE = 2 };

@@ -6,9 +6,9 @@
 
 #include "cli/cli.h"
 #include "formats/bundle.h"
-#include "formats/model_info.h"
-#include "transform/convert.h"
-#include "transform/kvmap.h"
+#include "transform/convert/model_info.h"
+#include "transform/convert/convert.h"
+#include "formats/kvmap.h"
 
 static const char *TOOL = "kvconvert";
 

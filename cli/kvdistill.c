@@ -7,12 +7,12 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "formats/fileio.h"
+#include "base/fileio.h"
 #include "kernels/kernels.h"
-#include "transform/calibrate.h"
-#include "transform/distill.h"
-#include "transform/distill_init.h"
-#include "transform/train_model.h"
+#include "transform/train/calibrate.h"
+#include "transform/train/distill.h"
+#include "transform/train/distill_init.h"
+#include "transform/train/train_model.h"
 
 static const char *TOOL = "kvdistill";
 

@@ -11,7 +11,7 @@
 
 #include "cli/cli.h"
 #include "runtime/model_source.h"
-#include "formats/fileio.h"
+#include "base/fileio.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 #include "runtime/forward.h"

@@ -4,8 +4,8 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "formats/fileio.h"
-#include "formats/synth.h"
+#include "base/fileio.h"
+#include "transform/synth/synth.h"
 
 static const char *TOOL = "kvsynth";
 

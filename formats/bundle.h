@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "formats/error.h"
+#include "base/error.h"
 #include "formats/safetensors.h"
 
 #define KV_BUNDLE_FORMAT "kvforge-bundle"

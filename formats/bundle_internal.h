@@ -8,7 +8,7 @@
 
 #include "formats/bundle.h"
 #include "formats/chunkcodec.h"
-#include "formats/dtype.h"
+#include "base/dtype.h"
 
 #define KVB_MANIFEST "manifest.json"
 #define KVB_MANIFEST_SHA "manifest.json.sha256"

@@ -12,8 +12,8 @@
 #include <unistd.h>
 
 #include "formats/bundle_internal.h"
-#include "formats/fileio.h"
-#include "formats/sha256.h"
+#include "base/fileio.h"
+#include "base/sha256.h"
 
 #define KVB_VERIFY_BATCH ((size_t)256 << 20) /* raw bytes decoded at a time by verify */
 

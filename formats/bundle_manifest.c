@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "formats/bundle_internal.h"
-#include "formats/sha256.h"
+#include "base/sha256.h"
 
 const char *const kvb_file_names[] = {
     "config.json",      "generation_config.json", "kvforge.json",         "special_tokens_map.json",

@@ -15,8 +15,8 @@
 #include <zstd.h>
 
 #include "formats/bundle_internal.h"
-#include "formats/fileio.h"
-#include "formats/sha256.h"
+#include "base/fileio.h"
+#include "base/sha256.h"
 
 
 /* ---------------- archive walk ---------------- */

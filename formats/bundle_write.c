@@ -9,8 +9,8 @@
 #include <zstd.h>
 
 #include "formats/bundle_internal.h"
-#include "formats/fileio.h"
-#include "formats/sha256.h"
+#include "base/fileio.h"
+#include "base/sha256.h"
 
 #define KVB_FILE_LEVEL 19 /* config / tokenizer files: small, compressed hard */
 

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "formats/fileio.h"
+#include "base/fileio.h"
 #include "formats/safetensors.h"
 
 #define INDEX_NAME "model.safetensors.index.json"

@@ -14,8 +14,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "formats/dtype.h"
-#include "formats/error.h"
+#include "base/dtype.h"
+#include "base/error.h"
+#include "base/pool.h" /* kv_pool_run: the codec's threads */
 
 #define KV_CHUNK_DEFAULT_SIZE ((size_t)2 << 20) /* raw bytes per chunk */
 #define KV_CHUNK_MAX_SIZE ((size_t)64 << 20)    /* bound accepted when decoding */
@@ -97,15 +98,5 @@ int kv_chunk_decode(const kv_chunk *chunks, int n_chunks, const uint8_t *stored,
 uint32_t kv_crc32c(const void *data, size_t n);
 /* 1 if the SSE4.2 path is in use; enable = 0 forces the table path (tests compare both) */
 int kv_crc32c_use_hw(int enable);
-
-/* ---- small thread pool: fn(ctx, i, worker, err) for i in [0, n) on min(threads, n) threads ----
- * threads must be >= 1 (see kv_resolve_threads); worker is in [0, threads) for per-thread
- * scratch and err is that worker's own. Tasks are handed out in index order and none after
- * the first failure, so the failure reported (its code returned, its message in *err, its
- * index in *failed if non-NULL) is that of the lowest failing index. */
-typedef int (*kv_pool_fn)(void *ctx, int i, int worker, kv_error *err);
-int kv_pool_run(int n, int threads, kv_pool_fn fn, void *ctx, int *failed, kv_error *err);
-/* threads <= 0: online CPUs; never more than n_tasks, never less than 1 */
-int kv_resolve_threads(int threads, int n_tasks);
 
 #endif

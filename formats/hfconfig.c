@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "formats/fileio.h"
+#include "base/fileio.h"
 
 #define ARCH_LLAMA "LlamaForCausalLM"
 #define ARCH_SWIFTKV "LlamaSwiftKVForCausalLM"

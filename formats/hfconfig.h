@@ -6,8 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "formats/dtype.h"
-#include "formats/error.h"
+#include "base/dtype.h"
+#include "base/error.h"
 
 #define HF_MAX_LAYERS 1024
 #define HF_MAX_EOS 8

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "formats/fileio.h"
+#include "base/fileio.h"
 
 #define NAME_CAP 160
 #define WHY_CAP 160

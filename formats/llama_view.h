@@ -28,8 +28,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "formats/dtype.h"
-#include "formats/error.h"
+#include "base/dtype.h"
+#include "base/error.h"
 #include "formats/hfconfig.h"
 #include "formats/safetensors.h"
 

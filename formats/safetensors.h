@@ -7,8 +7,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "formats/dtype.h"
-#include "formats/error.h"
+#include "base/dtype.h"
+#include "base/error.h"
 
 #define ST_MAX_DIMS 8
 #define ST_MAX_HEADER (100u * 1000u * 1000u) /* spec: header at most 100 MB */

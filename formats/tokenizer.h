@@ -11,7 +11,7 @@
 
 #include <stddef.h>
 
-#include "formats/error.h"
+#include "base/error.h"
 
 typedef struct kv_tokenizer kv_tokenizer;
 

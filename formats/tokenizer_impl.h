@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "formats/error.h"
+#include "base/error.h"
 #include "formats/tokenizer.h"
 
 typedef enum { KV_TOK_MODEL_BPE } kv_tok_model_kind;

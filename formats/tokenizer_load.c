@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "formats/fileio.h"
+#include "base/fileio.h"
 #include "formats/tokenizer_impl.h"
 
 #define MAX_JSON_BYTES ((size_t)1 << 30)

@@ -27,7 +27,8 @@
 extern "C" {
 #endif
 
-#include "formats/error.h"
+#include "base/error.h"
+#include "base/pool.h"
 
 /* ---- threads ---------------------------------------------------------------------------- */
 
@@ -36,11 +37,6 @@ extern "C" {
 void kv_kernels_set_threads(int n);
 int kv_kernels_threads(void);
 
-/* fn(ctx, item, worker) for every item in [0, n_items), items handed out dynamically to
- * min(n_workers, n_items) workers; worker is in [0, n_workers) and indexes per-worker scratch.
- * The calling thread is worker 0; if a thread cannot be started the others do its share. */
-typedef void (*kv_task_fn)(void *ctx, int item, int worker);
-void kv_parallel_for(int n_items, int n_workers, kv_task_fn fn, void *ctx);
 /* how many workers are worth starting for n_items items costing about `flops` in all
  * (1 for small work; never more than kv_kernels_threads() or n_items) */
 int kv_parallel_workers(int n_items, double flops);
@@ -184,10 +180,6 @@ double kv_mse(float *dstudent, const float *student, const float *teacher, size_
 
 #ifdef __cplusplus
 }
-#endif
-
-#if KV_CUDA
-#include "kernels/cuda/kv_cuda.h"
 #endif
 
 #endif

@@ -119,8 +119,8 @@ static void write_kv(kv_state *s, int layer, const float *wk, const float *bk, c
     kv_matmul(v, xb, wv, bv, T, m->hidden, m->kv_dim);
     rows_rope(k, T, m->n_kv_heads, positions(s, pos0, T), &s->rope);
     if (s->kv_rows) { /* F32 -> BF16 cannot fail */
-        kv_convert(k_dst, s->cache.dtype, k, KV_F32, (size_t)T * row);
-        kv_convert(v_dst, s->cache.dtype, v, KV_F32, (size_t)T * row);
+        kv_dtype_cast(k_dst, s->cache.dtype, k, KV_F32, (size_t)T * row);
+        kv_dtype_cast(v_dst, s->cache.dtype, v, KV_F32, (size_t)T * row);
     }
 }
 

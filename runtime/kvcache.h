@@ -8,9 +8,9 @@
 
 #include <stddef.h>
 
-#include "formats/dtype.h"
-#include "formats/error.h"
-#include "transform/kvmap.h"
+#include "base/dtype.h"
+#include "base/error.h"
+#include "formats/kvmap.h"
 
 typedef struct {
     int n_slots, max_seq, n_kv_heads, head_dim;

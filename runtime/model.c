@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "formats/fileio.h"
+#include "base/fileio.h"
 #include "formats/llama_view.h"
 
 /* one weight to bind: where the pointer goes, what the source holds */

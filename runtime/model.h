@@ -15,9 +15,9 @@
 
 #include "formats/hfconfig.h"
 #include "kernels/kernels.h"
-#include "runtime/arena.h"
+#include "base/arena.h"
 #include "runtime/weights.h"
-#include "transform/kvmap.h"
+#include "formats/kvmap.h"
 
 typedef struct {
     const float *attn_norm;          /* [H] input_layernorm */

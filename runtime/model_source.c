@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
-#include "formats/fileio.h"
+#include "base/fileio.h"
 #include "formats/llama_view.h"
 
 int kv_path_is_bundle(const char *path) {

@@ -4,7 +4,7 @@ BIN=${KV_BIN:-$PWD/build/bin}
 SHARED=../shared
 TMP=$(mktemp -d) || exit 1
 trap 'rm -rf "$TMP"' EXIT
-KVFORGE_CACHE_DIR="$TMP/cache"   # kvconvert's digest cache (formats/hashcache.h), per suite
+KVFORGE_CACHE_DIR="$TMP/cache"   # kvconvert's digest cache (transform/convert/hashcache.h), per suite
 export KVFORGE_CACHE_DIR
 ok() { pass=$((pass + 1)); }
 bad() { fail=$((fail + 1)); echo "FAIL: $*" >&2; }

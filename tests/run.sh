@@ -4,7 +4,7 @@
 BUILD=${BUILD:-build}
 export BUILD KV_BIN="$PWD/$BUILD/bin"
 log=$(mktemp) || exit 1
-# digests kvconvert caches (formats/hashcache.h) go to a scratch folder, not the user's cache
+# digests kvconvert caches (transform/convert/hashcache.h) go to a scratch folder, not the user's cache
 KVFORGE_CACHE_DIR=$(mktemp -d) || exit 1
 export KVFORGE_CACHE_DIR
 trap 'rm -f "$log"; rm -rf "$KVFORGE_CACHE_DIR"' EXIT

@@ -14,12 +14,12 @@
 
 #include "formats/bundle.h"
 #include "formats/bundle_internal.h"
-#include "formats/dtype.h"
-#include "formats/fileio.h"
+#include "base/dtype.h"
+#include "base/fileio.h"
 #include "formats/hfconfig.h"
 #include "formats/safetensors.h"
 #include "tests/check.h"
-#include "transform/kvmap.h"
+#include "formats/kvmap.h"
 
 static char tmp_root[] = "/tmp/kv_test_bundle_XXXXXX";
 

@@ -12,10 +12,10 @@
 #include <unistd.h>
 
 #include "formats/bundle.h"
-#include "formats/dtype.h"
-#include "formats/fileio.h"
+#include "base/dtype.h"
+#include "base/fileio.h"
 #include "formats/safetensors.h"
-#include "formats/sha256.h"
+#include "base/sha256.h"
 #include "tests/check.h"
 
 #ifdef __SANITIZE_ADDRESS__

@@ -8,7 +8,7 @@
 #include <zstd.h>
 
 #include "formats/chunkcodec.h"
-#include "formats/dtype.h"
+#include "base/dtype.h"
 #include "tests/check.h"
 
 static uint64_t rng = 0x243F6A8885A308D3ULL;

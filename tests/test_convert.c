@@ -10,15 +10,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "formats/dtype.h"
-#include "formats/fileio.h"
+#include "base/dtype.h"
+#include "base/fileio.h"
 #include "formats/hfconfig.h"
 #include "formats/safetensors.h"
-#include "formats/sha256.h"
-#include "formats/synth.h"
+#include "base/sha256.h"
+#include "transform/synth/synth.h"
 #include "tests/check.h"
-#include "formats/model_info.h"
-#include "transform/convert.h"
+#include "transform/convert/model_info.h"
+#include "transform/convert/convert.h"
 
 #define STORIES SHARED_DIR "/models/stories260K"
 
@@ -384,7 +384,7 @@ static int write_bias_model(const char *dir, kv_dtype dt) {
         data[k] = malloc(bytes);
         float *f = malloc(count * sizeof *f);
         for (size_t e = 0; e < count; e++) f[e] = (float)((double)((e * 37 + (size_t)k * 11) % 101) * 0.013 - 0.6);
-        kv_convert(data[k], dt, f, KV_F32, count);
+        kv_dtype_cast(data[k], dt, f, KV_F32, count);
         free(f);
     }
     kv_error err = {0};

@@ -8,13 +8,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "formats/fileio.h"
+#include "base/fileio.h"
 #include "formats/safetensors.h"
 #include "kernels/kernels.h"
 #include "tests/check.h"
-#include "transform/distill.h"
-#include "transform/distill_init.h"
-#include "transform/train_model.h"
+#include "transform/train/distill.h"
+#include "transform/train/distill_init.h"
+#include "transform/train/train_model.h"
 
 #define MODEL SHARED_DIR "/models/stories260K"
 

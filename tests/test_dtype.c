@@ -2,8 +2,8 @@
  * exhaustive midpoint/neighbour check for BF16 */
 #include <string.h>
 
-#include "formats/dtype.h"
-#include "formats/error.h"
+#include "base/dtype.h"
+#include "base/error.h"
 #include "tests/check.h"
 
 static uint32_t bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
@@ -78,20 +78,20 @@ int main(void) {
     CHECK(kv_f32_to_bf16(INFINITY) == 0x7f80, "bf16 Inf");
     CHECK(kv_f32_to_bf16(3.4028235e38f) == 0x7f80, "bf16 max float rounds to Inf");
 
-    /* kv_convert over arrays */
+    /* kv_dtype_cast over arrays */
     float src[5] = {1.0f, -2.5f, 0.1f, 65504.0f, 1e-8f}, back[5];
     uint16_t half[5];
-    CHECK(kv_convert(half, KV_F16, src, KV_F32, 5) == 0, "convert f32->f16");
+    CHECK(kv_dtype_cast(half, KV_F16, src, KV_F32, 5) == 0, "convert f32->f16");
     CHECK(kv_to_f32(back, half, KV_F16, 5) == 0, "convert f16->f32");
     CHECK(back[0] == 1.0f && back[1] == -2.5f && back[3] == 65504.0f, "exact values survive");
     CHECK(fabsf(back[2] - 0.1f) < 1e-4f, "0.1 approx");
-    CHECK(kv_convert(half, KV_I8, src, KV_F32, 5) == KV_EUNSUPPORTED, "int conversion refused");
+    CHECK(kv_dtype_cast(half, KV_I8, src, KV_F32, 5) == KV_EUNSUPPORTED, "int conversion refused");
     /* the BF16 <-> F32 array paths agree with the element functions on every BF16 pattern */
     static uint16_t all_bf[65536], again[65536];
     static float wide[65536];
     for (int i = 0; i < 65536; i++) all_bf[i] = (uint16_t)i;
     int bad_array = kv_to_f32(wide, all_bf, KV_BF16, 65536) != 0 ||
-                    kv_convert(again, KV_BF16, wide, KV_F32, 65536) != 0;
+                    kv_dtype_cast(again, KV_BF16, wide, KV_F32, 65536) != 0;
     for (int i = 0; i < 65536 && !bad_array; i++) {
         float w = kv_bf16_to_f32(all_bf[i]);
         bad_array = memcmp(&wide[i], &w, 4) != 0 || again[i] != kv_f32_to_bf16(w);

@@ -8,10 +8,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "formats/fileio.h"
-#include "formats/hashcache.h"
+#include "base/fileio.h"
+#include "transform/convert/hashcache.h"
 #include "formats/safetensors.h"
-#include "formats/sha256.h"
+#include "base/sha256.h"
 #include "tests/check.h"
 
 static char dir[] = "/tmp/kvforge-test-hashcache-XXXXXX";

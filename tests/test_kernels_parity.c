@@ -3,6 +3,9 @@
 #include <string.h>
 
 #include "kernels/kernels.h"
+#if KV_CUDA
+#include "kernels/cuda/kv_cuda.h"
+#endif
 #include "tests/check.h"
 #include "verify/kernel_parity.h"
 

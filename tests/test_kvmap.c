@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "tests/check.h"
-#include "transform/kvmap.h"
+#include "formats/kvmap.h"
 
 static kv_map map; /* ~4 KB: keep off the stack */
 

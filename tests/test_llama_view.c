@@ -7,14 +7,14 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "formats/fileio.h"
+#include "base/fileio.h"
 #include "formats/hfconfig.h"
 #include "formats/llama_view.h"
-#include "formats/model_info.h"
+#include "transform/convert/model_info.h"
 #include "formats/safetensors.h"
-#include "formats/synth.h"
-#include "transform/convert.h"
-#include "transform/kvmap.h"
+#include "transform/synth/synth.h"
+#include "transform/convert/convert.h"
+#include "formats/kvmap.h"
 #include "tests/check.h"
 
 #define SRC SHARED_DIR "/models/stories260K"

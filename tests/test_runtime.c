@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "formats/fileio.h"
+#include "base/fileio.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 #include "runtime/forward.h"
@@ -95,7 +95,7 @@ static void wset_to_dtype(wset *w, kv_dtype dt) {
         wtensor *t = &w->t[i];
         size_t n = (size_t)t->shape[0] * (size_t)(t->n_dims == 2 ? t->shape[1] : 1);
         uint16_t *h = malloc(n * 2);
-        kv_convert(h, dt, t->data, KV_F32, n);
+        kv_dtype_cast(h, dt, t->data, KV_F32, n);
         free(t->data);
         t->data = h;
         t->dtype = dt;
@@ -108,7 +108,7 @@ static void wset_round_through(wset *w, kv_dtype dt) {
         wtensor *t = &w->t[i];
         size_t n = (size_t)t->shape[0] * (size_t)(t->n_dims == 2 ? t->shape[1] : 1);
         uint16_t *h = malloc(n * 2);
-        kv_convert(h, dt, t->data, KV_F32, n);
+        kv_dtype_cast(h, dt, t->data, KV_F32, n);
         kv_to_f32(t->data, h, dt, n);
         free(h);
     }

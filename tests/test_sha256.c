@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "formats/sha256.h"
+#include "base/sha256.h"
 #include "tests/check.h"
 
 static void digest_hex(const void *p, size_t n, char hex[65]) {

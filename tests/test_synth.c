@@ -2,7 +2,7 @@
 #include <string.h>
 
 #include "formats/safetensors.h"
-#include "formats/synth.h"
+#include "transform/synth/synth.h"
 #include "formats/tokenizer.h"
 #include "tests/check.h"
 

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "formats/fileio.h"
+#include "base/fileio.h"
 #include "formats/tokenizer.h"
 #include "formats/tokenizer_impl.h" /* whitebox: can_split switch */
 #include "tests/check.h"

@@ -9,11 +9,11 @@
 
 #include "formats/safetensors.h"
 #include "tests/check.h"
-#include "transform/adamw.h"
-#include "transform/distill_data.h"
-#include "transform/distill_init.h"
-#include "transform/train_forward.h"
-#include "transform/train_model.h"
+#include "transform/train/adamw.h"
+#include "transform/train/distill_data.h"
+#include "transform/train/distill_init.h"
+#include "transform/train/train_forward.h"
+#include "transform/train/train_model.h"
 
 #define MODEL SHARED_DIR "/models/stories260K"
 

@@ -12,10 +12,10 @@
 #include "formats/safetensors.h"
 #include "runtime/forward.h"
 #include "tests/check.h"
-#include "transform/convert.h"
-#include "transform/distill_init.h"
-#include "transform/train_forward.h"
-#include "transform/train_model.h"
+#include "transform/convert/convert.h"
+#include "transform/train/distill_init.h"
+#include "transform/train/train_forward.h"
+#include "transform/train/train_model.h"
 
 #define MODEL SHARED_DIR "/models/stories260K"
 

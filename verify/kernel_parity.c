@@ -6,6 +6,9 @@
 #include <string.h>
 
 #include "kernels/kernels.h"
+#if KV_CUDA
+#include "kernels/cuda/kv_cuda.h"
+#endif
 
 const char *kv_parity_status_name(kv_parity_status s) {
     switch (s) {

@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "formats/error.h"
+#include "base/error.h"
 
 #define KV_PARITY_MAX 16
 

@@ -3,7 +3,7 @@
 #ifndef KV_LOGITS_PARITY_H
 #define KV_LOGITS_PARITY_H
 
-#include "formats/error.h"
+#include "base/error.h"
 
 typedef struct {
     int n_positions, vocab;

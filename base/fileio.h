@@ -1,0 +1,30 @@
+/* Whole-file reads and atomic writes (temp file in the destination folder, fsync, rename,
+ * fsync the folder): a killed process leaves the old state or the new, never half. */
+#ifndef KV_FILEIO_H
+#define KV_FILEIO_H
+
+#include <stddef.h>
+
+#include "base/error.h"
+
+/* reads at most max_bytes (error if larger); *out is NUL-terminated, free() it */
+int kv_read_file(const char *path, char **out, size_t *n_out, size_t max_bytes, kv_error *err);
+int kv_write_file_atomic(const char *path, const void *bytes, size_t n, kv_error *err);
+int kv_write_file_atomic_ex(const char *path, const void *bytes, size_t n, int durable, kv_error *err);
+/* creates "<path>.tmp-XXXXXX" beside path; fd and temp name returned */
+int kv_tmpfile_beside(const char *path, char *tmp_out, size_t tmp_cap, int *fd_out, kv_error *err);
+/* fsync fd, close, rename tmp -> path, fsync the folder; on failure unlinks tmp */
+int kv_commit_tmpfile(int fd, const char *tmp, const char *path, kv_error *err);
+/* durable = 0: no fsync (scratch output: atomic for readers, not across a crash) */
+int kv_commit_tmpfile_ex(int fd, const char *tmp, const char *path, int durable, kv_error *err);
+/* write(2) until all n bytes are out (EINTR retried); 0 or -1 with errno set */
+int kv_write_all(int fd, const void *bytes, size_t n);
+int kv_copy_file_atomic(const char *src, const char *dst, kv_error *err);
+int kv_copy_file_atomic_ex(const char *src, const char *dst, int durable, kv_error *err);
+int kv_mkdir_p(const char *dir, kv_error *err);
+int kv_path_exists(const char *path);
+int kv_dir_is_empty(const char *dir); /* 1 empty or absent, 0 has entries */
+/* dir + "/" + name into out (error if it does not fit) */
+int kv_join(char *out, size_t cap, const char *dir, const char *name, kv_error *err);
+
+#endif

@@ -1,0 +1,509 @@
+/* KV maps: building from specs, validation, slots, readers, diagram (METHODS.md s1, s2). */
+#include "formats/kvmap.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#define SPEC_HELP                                                                      \
+    "expected {pizza|sandwich|lasagna}-{bottom|top|middle}:l, cla:F, yoco, lckv:W, " \
+    "swiftkv:l[,g], identity, or a layer_types literal such as 0_0_2_2"
+
+typedef enum { CFG_PIZZA, CFG_SANDWICH, CFG_LASAGNA } cross_config;
+typedef enum { TGT_BOTTOM, TGT_TOP, TGT_MIDDLE } group_target;
+
+static const char *const config_names[] = {"pizza", "sandwich", "lasagna"};
+static const char *const target_names[] = {"bottom", "top", "middle"};
+
+static void map_reset(kv_map *m, kvmap_kind kind, int n_layers) {
+    memset(m, 0, sizeof *m);
+    m->kind = kind;
+    m->n_layers = n_layers;
+    for (int i = 0; i < n_layers && i < HF_MAX_LAYERS; i++) m->kv_layer_of[i] = i;
+}
+
+static int check_n_layers(int n_layers, const char *what, kv_error *err) {
+    if (n_layers < 1 || n_layers > HF_MAX_LAYERS)
+        return kv_fail(err, KV_EINVAL, "KV map '%s': %d layers, expected 1..%d", what, n_layers,
+                       HF_MAX_LAYERS);
+    return 0;
+}
+
+int kvmap_identity(kv_map *m, int n_layers) {
+    if (!m || n_layers < 1 || n_layers > HF_MAX_LAYERS) return KV_EINVAL;
+    map_reset(m, KVMAP_IDENTITY, n_layers);
+    snprintf(m->name, sizeof m->name, "identity");
+    return 0;
+}
+
+/* every layer of [start, end] reads the group's chosen target */
+static void fill_group(kv_map *m, int start, int end, group_target t) {
+    int target = t == TGT_BOTTOM ? start : t == TGT_TOP ? end : (start + end) / 2;
+    for (int i = start; i <= end; i++) m->kv_layer_of[i] = target;
+}
+
+/* l KV layers out of L = m->n_layers, 1 <= l <= L checked by the caller */
+static void build_cross(kv_map *m, cross_config cfg, group_target t, int l) {
+    const int L = m->n_layers;
+    for (int i = 0; i < L; i++) m->kv_layer_of[i] = i;
+    if (cfg == CFG_PIZZA) {
+        fill_group(m, l - 1, L - 1, t); /* layers 0..l-2 stay KV layers */
+    } else if (cfg == CFG_SANDWICH) {
+        int bottom = l / 2;      /* ceil((l-1)/2) */
+        int top = (l - 1) / 2;   /* floor((l-1)/2) */
+        fill_group(m, bottom, L - 1 - top, t);
+    } else {
+        int base = L / l, larger = L % l, start = 0;
+        for (int g = 0; g < l; g++) {
+            int size = base + (g < larger);
+            fill_group(m, start, start + size - 1, t);
+            start += size;
+        }
+    }
+}
+
+/* whole string a decimal number 0..1000000, no sign, no spaces */
+static int parse_count(const char *s, int *out) {
+    long v = 0;
+    if (!s || !*s) return -1;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9') return -1;
+        v = v * 10 + (*s - '0');
+        if (v > 1000000) return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int write_layer_types(const kv_map *m, char *buf, size_t cap);
+
+/* the literal itself when it fits in name, else "custom"; needs 1 <= n_layers <= max */
+static void set_literal_name(kv_map *m) {
+    char buf[sizeof m->name];
+    int n = write_layer_types(m, buf, sizeof buf);
+    if (n >= 0 && (size_t)n < sizeof buf)
+        memcpy(m->name, buf, sizeof buf);
+    else
+        snprintf(m->name, sizeof m->name, "custom");
+}
+
+static int parse_literal(kv_map *m, const char *spec, int L, kv_error *err) {
+    map_reset(m, KVMAP_CROSS, L);
+    int count = 0;
+    const char *p = spec;
+    for (;;) {
+        const char *start = p;
+        long v = 0;
+        while (*p >= '0' && *p <= '9') {
+            if (p - start >= 7)
+                return kv_fail(err, KV_EINVAL, "KV map '%.200s': entry %d is too long", spec,
+                               count);
+            v = v * 10 + (*p - '0');
+            p++;
+        }
+        if (p == start)
+            return kv_fail(err, KV_EINVAL,
+                           "KV map '%.200s': entry %d is %s, expected a layer number "
+                           "(layer_types is kv(0)_kv(1)_..._kv(L-1))",
+                           spec, count, (*p == '_' || !*p) ? "empty" : "not a number");
+        if (*p != '_' && *p != '\0')
+            return kv_fail(err, KV_EINVAL,
+                           "KV map '%.200s': unexpected character '%c' in entry %d "
+                           "(entries are decimal numbers joined by '_')",
+                           spec, *p, count);
+        if (count < L) {
+            if (v >= L)
+                return kv_fail(err, KV_EINVAL,
+                               "KV map '%.200s': layer %d reads layer %ld, outside 0..%d", spec,
+                               count, v, L - 1);
+            m->kv_layer_of[count] = (int)v;
+        }
+        count++;
+        if (*p == '\0') break;
+        p++;
+    }
+    if (count != L)
+        return kv_fail(err, KV_EINVAL,
+                       "KV map '%.200s': %d entries but the model has %d layers", spec, count, L);
+    int all_self = 1;
+    for (int i = 0; i < L; i++) all_self &= m->kv_layer_of[i] == i;
+    m->kind = all_self ? KVMAP_IDENTITY : KVMAP_CROSS;
+    set_literal_name(m);
+    return kvmap_validate(m, err);
+}
+
+static int parse_named_cross(kv_map *m, const char *spec, const char *colon, int L,
+                             kv_error *err) {
+    size_t head = (size_t)(colon - spec);
+    int cfg = -1, tgt = -1;
+    for (int c = 0; c < 3 && cfg < 0; c++) {
+        size_t n = strlen(config_names[c]);
+        if (head > n + 1 && !strncmp(spec, config_names[c], n) && spec[n] == '-') {
+            for (int t = 0; t < 3; t++) {
+                size_t tn = strlen(target_names[t]);
+                if (head == n + 1 + tn && !strncmp(spec + n + 1, target_names[t], tn)) {
+                    cfg = c;
+                    tgt = t;
+                }
+            }
+        }
+    }
+    if (cfg < 0) return kv_fail(err, KV_EINVAL, "KV map '%.200s': unknown kind; " SPEC_HELP, spec);
+    int l;
+    if (parse_count(colon + 1, &l))
+        return kv_fail(err, KV_EINVAL,
+                       "KV map '%.200s': '%.40s' is not a number of KV layers", spec, colon + 1);
+    if (l < 1)
+        return kv_fail(err, KV_EINVAL, "KV map '%.200s': l = %d KV layers, need at least 1", spec,
+                       l);
+    if (l > L)
+        return kv_fail(err, KV_EINVAL,
+                       "KV map '%.200s': l = %d KV layers but the model has only %d layers", spec,
+                       l, L);
+    map_reset(m, KVMAP_CROSS, L);
+    build_cross(m, (cross_config)cfg, (group_target)tgt, l);
+    snprintf(m->name, sizeof m->name, "%s-%s:%d", config_names[cfg], target_names[tgt], l);
+    return kvmap_validate(m, err);
+}
+
+static int parse_cla(kv_map *m, const char *spec, const char *arg, int L, kv_error *err) {
+    int f;
+    if (parse_count(arg, &f))
+        return kv_fail(err, KV_EINVAL, "KV map '%.200s': '%.40s' is not a sharing factor", spec,
+                       arg);
+    if (f < 1 || f > L)
+        return kv_fail(err, KV_EINVAL,
+                       "KV map '%.200s': CLA factor %d outside 1..%d (the number of layers)", spec,
+                       f, L);
+    map_reset(m, KVMAP_CROSS, L);
+    for (int start = 0; start < L; start += f) {
+        int end = start + f - 1 < L - 1 ? start + f - 1 : L - 1;
+        fill_group(m, start, end, TGT_BOTTOM);
+    }
+    snprintf(m->name, sizeof m->name, "cla:%d", f);
+    return kvmap_validate(m, err);
+}
+
+static int parse_yoco(kv_map *m, int L, kv_error *err) {
+    if (L < 2 || L % 2)
+        return kv_fail(err, KV_EINVAL,
+                       "KV map 'yoco': needs an even number of layers (two equal halves), "
+                       "the model has %d; use pizza-bottom:l instead",
+                       L);
+    map_reset(m, KVMAP_CROSS, L);
+    build_cross(m, CFG_PIZZA, TGT_BOTTOM, L / 2 + 1);
+    snprintf(m->name, sizeof m->name, "yoco");
+    return kvmap_validate(m, err);
+}
+
+static int parse_lckv(kv_map *m, const char *spec, const char *arg, int L, kv_error *err) {
+    int w;
+    if (parse_count(arg, &w))
+        return kv_fail(err, KV_EINVAL,
+                       "KV map '%.200s': '%.40s' is not a number of warm-up layers", spec, arg);
+    if (w + 1 > L)
+        return kv_fail(err, KV_EINVAL,
+                       "KV map '%.200s': %d warm-up layers need at least %d layers, the model "
+                       "has %d",
+                       spec, w, w + 1, L);
+    map_reset(m, KVMAP_CROSS, L);
+    build_cross(m, CFG_SANDWICH, TGT_TOP, w + 1);
+    snprintf(m->name, sizeof m->name, "lckv:%d", w);
+    return kvmap_validate(m, err);
+}
+
+int kvmap_parse(kv_map *m, const char *spec, int n_layers, kv_error *err) {
+    if (!m) return kv_fail(err, KV_EINVAL, "KV map: no output map");
+    if (!spec || !*spec) return kv_fail(err, KV_EINVAL, "KV map: empty spec; " SPEC_HELP);
+    int rc = check_n_layers(n_layers, spec, err);
+    if (rc) return rc;
+    if (spec[0] >= '0' && spec[0] <= '9') return parse_literal(m, spec, n_layers, err);
+    if (!strcmp(spec, "identity")) return kvmap_identity(m, n_layers);
+    if (!strcmp(spec, "yoco")) return parse_yoco(m, n_layers, err);
+    const char *colon = strchr(spec, ':');
+    if (!colon) return kv_fail(err, KV_EINVAL, "KV map '%.200s': unknown kind; " SPEC_HELP, spec);
+    size_t head = (size_t)(colon - spec);
+    if (head == 3 && !strncmp(spec, "cla", 3)) return parse_cla(m, spec, colon + 1, n_layers, err);
+    if (head == 4 && !strncmp(spec, "lckv", 4))
+        return parse_lckv(m, spec, colon + 1, n_layers, err);
+    if (head == 7 && !strncmp(spec, "swiftkv", 7))
+        return kvmap_parse_swiftkv(m, colon + 1, n_layers, err);
+    return parse_named_cross(m, spec, colon, n_layers, err);
+}
+
+int kvmap_swiftkv(kv_map *m, int n_layers, int l, int g, kv_error *err) {
+    if (!m) return kv_fail(err, KV_EINVAL, "SwiftKV map: no output map");
+    int rc = check_n_layers(n_layers, "swiftkv", err);
+    if (rc) return rc;
+    const int L = n_layers;
+    if (l < 1 || l >= L)
+        return kv_fail(err, KV_EINVAL,
+                       "SwiftKV: num_key_value_layers = %d, expected 1..%d (%d layers; l = L "
+                       "changes nothing)",
+                       l, L - 1, L);
+    if (g < 1)
+        return kv_fail(err, KV_EINVAL, "SwiftKV: key_value_group_size = %d, expected >= 1", g);
+    if ((L - l) % g)
+        return kv_fail(err, KV_EINVAL,
+                       "SwiftKV: key_value_group_size = %d does not divide the %d layers from "
+                       "num_key_value_layers = %d to the last (L = %d)",
+                       g, L - l, l, L);
+    map_reset(m, KVMAP_SWIFTKV, L);
+    for (int j = l; j < L; j++) m->kv_layer_of[j] = l + ((j - l) / g) * g;
+    m->swiftkv_l = l;
+    m->swiftkv_g = g;
+    snprintf(m->name, sizeof m->name, "swiftkv:%d,%d", l, g);
+    return kvmap_validate(m, err);
+}
+
+int kvmap_parse_swiftkv(kv_map *m, const char *spec, int n_layers, kv_error *err) {
+    if (!spec || !*spec)
+        return kv_fail(err, KV_EINVAL, "SwiftKV: empty spec, expected \"l\" or \"l,g\"");
+    char first[32];
+    const char *comma = strchr(spec, ',');
+    size_t n = comma ? (size_t)(comma - spec) : strlen(spec);
+    int l, g = 1;
+    if (n >= sizeof first)
+        return kv_fail(err, KV_EINVAL, "SwiftKV '%.200s': expected \"l\" or \"l,g\"", spec);
+    memcpy(first, spec, n);
+    first[n] = '\0';
+    if (parse_count(first, &l) || (comma && parse_count(comma + 1, &g)))
+        return kv_fail(err, KV_EINVAL,
+                       "SwiftKV '%.200s': expected \"l\" or \"l,g\" with decimal numbers", spec);
+    return kvmap_swiftkv(m, n_layers, l, g, err);
+}
+
+int kvmap_validate(const kv_map *m, kv_error *err) {
+    if (!m) return kv_fail(err, KV_EINVAL, "KV map: none given");
+    const char *name = memchr(m->name, '\0', sizeof m->name) ? m->name : "?";
+    const int L = m->n_layers;
+    if (L < 1 || L > HF_MAX_LAYERS)
+        return kv_fail(err, KV_EINVAL, "KV map '%s': %d layers, expected 1..%d", name, L,
+                       HF_MAX_LAYERS);
+    if (m->kind != KVMAP_IDENTITY && m->kind != KVMAP_CROSS && m->kind != KVMAP_SWIFTKV)
+        return kv_fail(err, KV_EINVAL, "KV map '%s': unknown kind %d", name, (int)m->kind);
+    for (int i = 0; i < L; i++) {
+        int t = m->kv_layer_of[i];
+        if (t < 0 || t >= L)
+            return kv_fail(err, KV_EINVAL, "KV map '%s': layer %d reads layer %d, outside 0..%d",
+                           name, i, t, L - 1);
+    }
+    for (int i = 0; i < L; i++) {
+        int t = m->kv_layer_of[i];
+        if (m->kv_layer_of[t] != t)
+            return kv_fail(err, KV_EINVAL,
+                           "KV map '%s': layer %d reads layer %d, which is not a KV layer (it "
+                           "reads layer %d); a target must read itself, kv(kv(i)) = kv(i)",
+                           name, i, t, m->kv_layer_of[t]);
+    }
+    if (m->kind == KVMAP_IDENTITY) {
+        for (int i = 0; i < L; i++)
+            if (m->kv_layer_of[i] != i)
+                return kv_fail(err, KV_EINVAL,
+                               "KV map '%s': marked identity but layer %d reads layer %d", name,
+                               i, m->kv_layer_of[i]);
+    }
+    if (m->kind == KVMAP_SWIFTKV) {
+        const int l = m->swiftkv_l, g = m->swiftkv_g;
+        if (l < 1 || l >= L || g < 1 || (L - l) % g)
+            return kv_fail(err, KV_EINVAL,
+                           "KV map '%s': SwiftKV l = %d, g = %d invalid for %d layers (need "
+                           "1 <= l < L, g >= 1, (L - l) %% g = 0)",
+                           name, l, g, L);
+        for (int j = 0; j < L; j++) {
+            int want = j < l ? j : l + ((j - l) / g) * g;
+            if (m->kv_layer_of[j] != want)
+                return kv_fail(err, KV_EINVAL,
+                               "KV map '%s': SwiftKV layer %d reads layer %d, expected %d", name,
+                               j, m->kv_layer_of[j], want);
+        }
+    }
+    return 0;
+}
+
+int kvmap_from_config(kv_map *m, const hf_config *c, kv_error *err) {
+    if (!m || !c) return kv_fail(err, KV_EINVAL, "config.json: no config or map");
+    const int L = c->n_layers;
+    if (L < 1 || L > HF_MAX_LAYERS)
+        return kv_fail(err, KV_EINVAL, "config.json: num_hidden_layers = %d, expected 1..%d", L,
+                       HF_MAX_LAYERS);
+    if (c->swiftkv && c->has_layer_map)
+        return kv_fail(err, KV_EINVAL,
+                       "config.json: both swiftkv and an integer layer_types KV map are set; "
+                       "kvforge handles one transform at a time");
+    int rc;
+    if (c->swiftkv) {
+        /* key_value_group_size absent (0) means no AcrossKV: g = 1 */
+        int g = c->swiftkv_group == 0 ? 1 : c->swiftkv_group;
+        rc = kvmap_swiftkv(m, L, c->swiftkv_layers, g, err);
+        if (rc) kv_wrap(err, "config.json");
+        return rc;
+    }
+    if (!c->has_layer_map) return kvmap_identity(m, L);
+    map_reset(m, KVMAP_CROSS, L);
+    int all_self = 1;
+    for (int i = 0; i < L; i++) {
+        m->kv_layer_of[i] = c->kv_layer_of[i];
+        all_self &= c->kv_layer_of[i] == i;
+    }
+    m->kind = all_self ? KVMAP_IDENTITY : KVMAP_CROSS;
+    set_literal_name(m);
+    rc = kvmap_validate(m, err);
+    if (rc) kv_wrap(err, "config.json: layer_types");
+    return rc;
+}
+
+static int layer_ok(const kv_map *m, int layer) {
+    return m && m->n_layers >= 1 && m->n_layers <= HF_MAX_LAYERS && layer >= 0 &&
+           layer < m->n_layers;
+}
+
+int kvmap_is_identity(const kv_map *m) {
+    if (!m || m->kind == KVMAP_SWIFTKV || m->n_layers < 1 || m->n_layers > HF_MAX_LAYERS) return 0;
+    for (int i = 0; i < m->n_layers; i++)
+        if (m->kv_layer_of[i] != i) return 0;
+    return 1;
+}
+
+int kvmap_is_kv_layer(const kv_map *m, int layer) {
+    return layer_ok(m, layer) && m->kv_layer_of[layer] == layer;
+}
+
+int kvmap_n_slots(const kv_map *m) {
+    if (!m || m->n_layers < 1 || m->n_layers > HF_MAX_LAYERS) return 0;
+    int n = 0;
+    for (int i = 0; i < m->n_layers; i++) n += m->kv_layer_of[i] == i;
+    return n;
+}
+
+int kvmap_slot_of(const kv_map *m, int layer) {
+    if (!layer_ok(m, layer)) return -1;
+    int t = m->kv_layer_of[layer];
+    if (t < 0 || t >= m->n_layers) return -1;
+    int slot = 0;
+    for (int i = 0; i < t; i++) slot += m->kv_layer_of[i] == i;
+    return slot;
+}
+
+int kvmap_is_upward(const kv_map *m, int layer) {
+    return layer_ok(m, layer) && m->kv_layer_of[layer] > layer;
+}
+
+double kvmap_cache_saving(const kv_map *m) {
+    if (!m || m->n_layers < 1 || m->n_layers > HF_MAX_LAYERS) return 0.0;
+    return 1.0 - (double)kvmap_n_slots(m) / (double)m->n_layers;
+}
+
+int kvmap_cyclic_block(const kv_map *m, int *lo, int *hi) {
+    int a = -1, b = -1;
+    if (m && m->n_layers >= 1 && m->n_layers <= HF_MAX_LAYERS) {
+        for (int i = 0; i < m->n_layers; i++) {
+            if (m->kv_layer_of[i] <= i) continue;
+            if (a < 0) a = i;
+            if (m->kv_layer_of[i] > b) b = m->kv_layer_of[i];
+        }
+    }
+    if (lo) *lo = a;
+    if (hi) *hi = b;
+    return a < 0 ? 0 : b - a + 1;
+}
+
+int kvmap_readers(const kv_map *m, int target, int *out, int cap) {
+    if (!layer_ok(m, target) || cap < 0 || (cap > 0 && !out)) return KV_EINVAL;
+    int n = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        if (m->kv_layer_of[i] != target) continue;
+        if (n < cap) out[n] = i;
+        n++;
+    }
+    return n;
+}
+
+/* snprintf-style accumulator: len counts everything, buf holds what fits */
+typedef struct {
+    char *buf;
+    size_t cap, len;
+} text_out;
+
+__attribute__((format(printf, 2, 3))) static void out_printf(text_out *o, const char *fmt, ...) {
+    char *dst = o->len < o->cap ? o->buf + o->len : NULL;
+    size_t room = o->len < o->cap ? o->cap - o->len : 0;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(dst, room, fmt, ap);
+    va_end(ap);
+    if (n > 0) o->len += (size_t)n;
+}
+
+static int out_finish(text_out *o) {
+    if (o->cap > 0) o->buf[o->len < o->cap ? o->len : o->cap - 1] = '\0';
+    return o->len > (size_t)0x7fffffff ? KV_ENOMEM : (int)o->len;
+}
+
+static int write_layer_types(const kv_map *m, char *buf, size_t cap) {
+    text_out o = {buf, cap, 0};
+    for (int i = 0; i < m->n_layers; i++) out_printf(&o, i ? "_%d" : "%d", m->kv_layer_of[i]);
+    return out_finish(&o);
+}
+
+int kvmap_layer_types(const kv_map *m, char *buf, size_t cap) {
+    if (kvmap_validate(m, NULL) || (cap > 0 && !buf)) return KV_EINVAL;
+    return write_layer_types(m, buf, cap);
+}
+
+size_t kvmap_cache_bytes_per_token(const kv_map *m, int n_kv_heads, int head_dim,
+                                   size_t elem_bytes) {
+    if (kvmap_validate(m, NULL) || n_kv_heads < 1 || head_dim < 1 || elem_bytes < 1) return 0;
+    size_t n = 2 * (size_t)kvmap_n_slots(m);
+    if (__builtin_mul_overflow(n, (size_t)n_kv_heads, &n) ||
+        __builtin_mul_overflow(n, (size_t)head_dim, &n) ||
+        __builtin_mul_overflow(n, elem_bytes, &n))
+        return 0;
+    return n;
+}
+
+static int digits(int v) {
+    int d = 1;
+    while (v >= 10) {
+        v /= 10;
+        d++;
+    }
+    return d;
+}
+
+int kvmap_diagram(const kv_map *m, char *buf, size_t cap) {
+    if (kvmap_validate(m, NULL) || (cap > 0 && !buf)) return KV_EINVAL;
+    text_out o = {buf, cap, 0};
+    const int L = m->n_layers, slots = kvmap_n_slots(m);
+    const int w = digits(L - 1), sw = digits(slots - 1);
+    if (m->kind == KVMAP_SWIFTKV)
+        out_printf(&o,
+                   "KV map %s: %d layers; layers 0..%d unchanged; layers %d..%d take K/V from "
+                   "norm_swiftkv(input of layer %d), one slot per group of %d\n",
+                   m->name, L, m->swiftkv_l - 1, m->swiftkv_l, L - 1, m->swiftkv_l,
+                   m->swiftkv_g);
+    else
+        out_printf(&o, "KV map %s: %d layers, %d KV layers\n", m->name, L, slots);
+    for (int i = 0; i < L; i++) {
+        const int t = m->kv_layer_of[i];
+        const int swift = m->kind == KVMAP_SWIFTKV && i >= m->swiftkv_l;
+        char col[32];
+        if (t == i)
+            snprintf(col, sizeof col, "%s", swift ? "KV swiftkv" : "KV");
+        else
+            snprintf(col, sizeof col, "-> %*d", w, t);
+        out_printf(&o, "layer %*d  %-10s  slot %*d", w, i, col, sw, kvmap_slot_of(m, i));
+        if (t > i) out_printf(&o, "  upward (diagonal masked)");
+        if (t == i) {
+            int readers = kvmap_readers(m, i, NULL, 0);
+            if (readers > 1) out_printf(&o, "  shared by %d layers", readers);
+        }
+        out_printf(&o, "\n");
+    }
+    int lo, hi;
+    if (kvmap_cyclic_block(m, &lo, &hi))
+        out_printf(&o, "iterative prefill cyclic block: layers %d..%d\n", lo, hi);
+    out_printf(&o, "KV cache: %d of %d slots (saving %.1f%%)\n", slots, L,
+               100.0 * kvmap_cache_saving(m));
+    return out_finish(&o);
+}

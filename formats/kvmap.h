@@ -1,0 +1,74 @@
+/* KV maps: for every layer i, kv(i) = the layer whose K/V layer i attends to (METHODS.md s1, s2).
+ * Built from a spec string, a SwiftKV (l, g) pair or a config; validated; described.
+ *
+ * Spec strings accepted by kvmap_parse (L = n_layers):
+ *   "identity"                        every layer is a KV layer
+ *   "{pizza|sandwich|lasagna}-{bottom|top|middle}:l"   1 <= l <= L KV layers
+ *   "cla:F"        CLA factor F, 1 <= F <= L: consecutive groups of exactly F layers from the
+ *                  bottom, each reading its first layer; when F does not divide L the last group
+ *                  holds the remaining L mod F layers (so l = ceil(L/F)). This equals
+ *                  lasagna-bottom:ceil(L/F) only when F divides L (lasagna puts the larger groups
+ *                  first, CLA keeps every group but the last at size F).
+ *   "yoco"         pizza-bottom with l = L/2 + 1; L must be even and >= 2 (YOCO splits the stack
+ *                  into two equal halves; an odd L is refused - use "pizza-bottom:l" instead).
+ *   "lckv:W"       W >= 0 warm-up layers: sandwich-top with l = W + 1; requires W + 1 <= L.
+ *   "swiftkv:l" or "swiftkv:l,g"       same as kvmap_parse_swiftkv
+ *   literal        LCKV layer_types "kv(0)_kv(1)_..._kv(L-1)", decimal, exactly L entries.
+ * Every map built here is validated before it is returned. */
+#ifndef KV_KVMAP_H
+#define KV_KVMAP_H
+
+#include <stddef.h>
+
+#include "base/error.h"
+#include "formats/hfconfig.h"
+
+typedef enum { KVMAP_IDENTITY, KVMAP_CROSS, KVMAP_SWIFTKV } kvmap_kind;
+
+typedef struct {
+    kvmap_kind kind;
+    int n_layers;                   /* L, 1..HF_MAX_LAYERS */
+    int kv_layer_of[HF_MAX_LAYERS]; /* cross-layer: kv(i). SwiftKV: i for i < l, else the group
+                                       leader l + ((j-l)/g)*g whose swiftkv K/V layer j reads */
+    int swiftkv_l, swiftkv_g;       /* SwiftKV only (0 otherwise) */
+    char name[96];                  /* canonical spec: "sandwich-middle:3", "cla:2", "yoco",
+                                       "swiftkv:3,1", "identity", a literal when it fits, else
+                                       "custom" */
+} kv_map;
+
+int kvmap_identity(kv_map *m, int n_layers);
+int kvmap_parse(kv_map *m, const char *spec, int n_layers, kv_error *err);
+/* SwiftKV: 1 <= l < L, g >= 1, (L - l) % g == 0 */
+int kvmap_swiftkv(kv_map *m, int n_layers, int l, int g, kv_error *err);
+int kvmap_parse_swiftkv(kv_map *m, const char *spec /* "l" or "l,g" (g = 1) */, int n_layers,
+                        kv_error *err);
+/* ranges, kv(kv(i)) = kv(i), kind-specific consistency (SwiftKV leaders, identity) */
+int kvmap_validate(const kv_map *m, kv_error *err);
+/* swiftkv fields win; else integer layer_types; else identity */
+int kvmap_from_config(kv_map *m, const hf_config *c, kv_error *err);
+
+int kvmap_is_identity(const kv_map *m);            /* no sharing and not SwiftKV */
+int kvmap_is_kv_layer(const kv_map *m, int layer); /* owns K/V projections and a cache slot */
+int kvmap_n_slots(const kv_map *m);                /* KV-cache slots: KV layers, l + (L-l)/g */
+int kvmap_slot_of(const kv_map *m, int layer);     /* slot of the K/V `layer` reads; -1 if bad */
+int kvmap_is_upward(const kv_map *m, int layer);   /* kv(i) > i: diagonal-masked attention */
+double kvmap_cache_saving(const kv_map *m);        /* 1 - slots / L, a fraction in [0, 1) */
+
+/* iterative prefill cyclic block [lo, hi]: lo = lowest upward layer, hi = highest target of any
+ * upward layer. Returns the block's layer count hi-lo+1, or 0 with lo = hi = -1 when no layer is
+ * upward. */
+int kvmap_cyclic_block(const kv_map *m, int *lo, int *hi);
+/* layers i with kv(i) = target (target itself included when it is a KV layer), ascending: writes
+ * up to cap of them into out and returns how many there are in all; KV_EINVAL on a bad layer */
+int kvmap_readers(const kv_map *m, int target, int *out, int cap);
+/* "0_0_2_2_4". snprintf-like: returns the full length, truncates (NUL-terminated) when it is
+ * >= cap; KV_EINVAL on a bad map */
+int kvmap_layer_types(const kv_map *m, char *buf, size_t cap);
+/* 2 * slots * nkv * hd * elem_bytes; 0 on bad arguments or overflow */
+size_t kvmap_cache_bytes_per_token(const kv_map *m, int n_kv_heads, int head_dim,
+                                   size_t elem_bytes);
+/* per-layer diagram, one line per layer, then "KV cache: X of L slots (saving Y%)".
+ * snprintf-like return and truncation, as kvmap_layer_types. */
+int kvmap_diagram(const kv_map *m, char *buf, size_t cap);
+
+#endif

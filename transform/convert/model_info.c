@@ -1,0 +1,181 @@
+#include "transform/convert/model_info.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *model_kv_kind_name(model_kv_kind k) {
+    switch (k) {
+    case MODEL_KV_CROSS: return "cross-layer";
+    case MODEL_KV_SWIFTKV: return "swiftkv";
+    default: return "identity";
+    }
+}
+
+/* 2 * slots * nkv * hd * elem; 0 on overflow */
+static size_t kv_bytes(int slots, int n_kv_heads, int head_dim, size_t elem) {
+    size_t n = 2;
+    if (__builtin_mul_overflow(n, (size_t)slots, &n) ||
+        __builtin_mul_overflow(n, (size_t)n_kv_heads, &n) ||
+        __builtin_mul_overflow(n, (size_t)head_dim, &n) || __builtin_mul_overflow(n, elem, &n))
+        return 0;
+    return n;
+}
+
+int model_info_fill(model_info *mi, const llama_view *v, kv_error *err) {
+    memset(mi, 0, sizeof *mi);
+    const hf_config *c = v->cfg;
+    const st_checkpoint *ck = v->ckpt;
+    if (!c || !ck) return kv_fail(err, KV_EINVAL, "model info: view is not bound");
+    snprintf(mi->architecture, sizeof mi->architecture, "%s", c->architecture);
+    snprintf(mi->model_type, sizeof mi->model_type, "%s", c->model_type);
+    mi->n_layers = c->n_layers;
+    mi->n_heads = c->n_heads;
+    mi->n_kv_heads = c->n_kv_heads;
+    mi->head_dim = c->head_dim;
+    mi->hidden_size = c->hidden_size;
+    mi->ffn_size = c->intermediate_size;
+    mi->vocab_size = c->vocab_size;
+    mi->max_position = c->max_position_embeddings;
+    mi->tied = c->tie_word_embeddings;
+    mi->dtype = c->torch_dtype;
+    mi->n_params = v->n_params;
+    mi->n_params_config = hf_config_param_count(c);
+    mi->n_tensors = ck->n_tensors;
+    mi->n_files = ck->n_files;
+    for (int t = 0; t < KV_DTYPE_COUNT; t++) {
+        mi->bytes_by_dtype[t] = v->bytes_by_dtype[t];
+        mi->bytes_total += v->bytes_by_dtype[t];
+    }
+    mi->kv_slots = hf_config_kv_slots(c);
+    size_t elem = kv_dtype_size(c->torch_dtype);
+    mi->kv_bytes_per_token = kv_bytes(mi->kv_slots, c->n_kv_heads, c->head_dim, elem);
+    mi->kv_bytes_per_token_full = kv_bytes(c->n_layers, c->n_kv_heads, c->head_dim, elem);
+    if (!mi->kv_bytes_per_token || !mi->kv_bytes_per_token_full)
+        return kv_fail(err, KV_ENOMEM, "model info: KV-cache bytes per token overflow");
+    if (c->swiftkv) {
+        mi->kv_kind = MODEL_KV_SWIFTKV;
+        mi->swiftkv_layers = c->swiftkv_layers;
+        mi->swiftkv_group = c->swiftkv_group;
+        snprintf(mi->kv_map, sizeof mi->kv_map, "l=%d,g=%d", c->swiftkv_layers, c->swiftkv_group);
+        return 0;
+    }
+    int shared = 0;
+    for (int i = 0; c->has_layer_map && i < c->n_layers; i++) shared |= c->kv_layer_of[i] != i;
+    mi->kv_kind = shared ? MODEL_KV_CROSS : MODEL_KV_IDENTITY;
+    return hf_config_layer_map_string(c, mi->kv_map, sizeof mi->kv_map, err);
+}
+
+int model_info_load_dir(model_info *mi, const char *dir, kv_error *err) {
+    llama_model_dir *m = malloc(sizeof *m);
+    if (!m) return kv_fail(err, KV_ENOMEM, "%s: out of memory", dir);
+    int rc = llama_view_open_dir(m, dir, err);
+    if (!rc) {
+        rc = model_info_fill(mi, &m->view, err);
+        llama_view_close_dir(m);
+    }
+    free(m);
+    return rc;
+}
+
+/* "1.23 M"-style helper for the text form */
+static void human(char *out, size_t cap, double x) {
+    if (x >= 1e9) snprintf(out, cap, "%.2f G", x / 1e9);
+    else if (x >= 1e6) snprintf(out, cap, "%.2f M", x / 1e6);
+    else if (x >= 1e3) snprintf(out, cap, "%.2f K", x / 1e3);
+    else snprintf(out, cap, "%.0f", x);
+}
+
+int model_info_text(const model_info *mi, const char *label, char **out, kv_error *err) {
+    *out = NULL;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return kv_fail(err, KV_ENOMEM, "model info: out of memory");
+    char h[32];
+    if (label) fprintf(f, "%s\n", label);
+    fprintf(f, "  architecture   %s (%s)\n", mi->architecture, mi->model_type);
+    fprintf(f, "  layers         %d\n", mi->n_layers);
+    fprintf(f, "  hidden         %d (ffn %d)\n", mi->hidden_size, mi->ffn_size);
+    fprintf(f, "  heads          %d query, %d key/value, head_dim %d\n", mi->n_heads,
+            mi->n_kv_heads, mi->head_dim);
+    fprintf(f, "  vocab          %d%s\n", mi->vocab_size, mi->tied ? " (tied embeddings)" : "");
+    fprintf(f, "  context        %d positions\n", mi->max_position);
+    human(h, sizeof h, (double)mi->n_params);
+    fprintf(f, "  parameters     %lld (%s) in %d tensors, %d file%s\n", (long long)mi->n_params,
+            h, mi->n_tensors, mi->n_files, mi->n_files == 1 ? "" : "s");
+    if (mi->n_params_config != mi->n_params)
+        fprintf(f, "                 %lld in the deploy layout the config describes\n",
+                (long long)mi->n_params_config);
+    for (int t = 0; t < KV_DTYPE_COUNT; t++) {
+        if (!mi->bytes_by_dtype[t]) continue;
+        human(h, sizeof h, (double)mi->bytes_by_dtype[t]);
+        fprintf(f, "  bytes %-8s %zu (%sB)\n", kv_dtype_name((kv_dtype)t), mi->bytes_by_dtype[t], h);
+    }
+    fprintf(f, "  KV map         %s %s\n", model_kv_kind_name(mi->kv_kind), mi->kv_map);
+    double saving = 100.0 * (1.0 - (double)mi->kv_slots / mi->n_layers);
+    fprintf(f, "  KV cache       %zu bytes/token (%d of %d slots, %s; %zu without sharing, "
+               "saving %.1f%%)\n",
+            mi->kv_bytes_per_token, mi->kv_slots, mi->n_layers, kv_dtype_name(mi->dtype),
+            mi->kv_bytes_per_token_full, saving);
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad || !buf) {
+        free(buf);
+        return kv_fail(err, KV_ENOMEM, "model info: out of memory");
+    }
+    *out = buf;
+    return 0;
+}
+
+int model_info_json(const model_info *mi, char **out, kv_error *err) {
+    *out = NULL;
+    cJSON *o = cJSON_CreateObject(), *bytes = cJSON_CreateObject();
+    int ok = o && bytes;
+#define NUM(key, val) ok = ok && cJSON_AddNumberToObject(o, key, (double)(val))
+#define STR(key, val) ok = ok && cJSON_AddStringToObject(o, key, val)
+    STR("architecture", mi->architecture);
+    STR("model_type", mi->model_type);
+    NUM("layers", mi->n_layers);
+    NUM("hidden_size", mi->hidden_size);
+    NUM("intermediate_size", mi->ffn_size);
+    NUM("heads", mi->n_heads);
+    NUM("kv_heads", mi->n_kv_heads);
+    NUM("head_dim", mi->head_dim);
+    NUM("vocab_size", mi->vocab_size);
+    NUM("max_position_embeddings", mi->max_position);
+    ok = ok && cJSON_AddBoolToObject(o, "tied", mi->tied);
+    STR("dtype", kv_dtype_name(mi->dtype));
+    NUM("parameters", mi->n_params);
+    NUM("parameters_config", mi->n_params_config);
+    NUM("tensors", mi->n_tensors);
+    NUM("files", mi->n_files);
+    NUM("bytes_total", mi->bytes_total);
+    for (int t = 0; ok && t < KV_DTYPE_COUNT; t++)
+        if (mi->bytes_by_dtype[t])
+            ok = cJSON_AddNumberToObject(bytes, kv_dtype_name((kv_dtype)t),
+                                         (double)mi->bytes_by_dtype[t]) != NULL;
+    if (ok) {
+        ok = cJSON_AddItemToObject(o, "bytes_per_dtype", bytes);
+        if (ok) bytes = NULL;
+    }
+    STR("kv_map_kind", model_kv_kind_name(mi->kv_kind));
+    STR("kv_map", mi->kv_map);
+    if (mi->kv_kind == MODEL_KV_SWIFTKV) {
+        NUM("swiftkv_layers", mi->swiftkv_layers);
+        NUM("swiftkv_group", mi->swiftkv_group);
+    }
+    NUM("kv_slots", mi->kv_slots);
+    NUM("kv_cache_bytes_per_token", mi->kv_bytes_per_token);
+    NUM("kv_cache_bytes_per_token_full", mi->kv_bytes_per_token_full);
+#undef NUM
+#undef STR
+    char *text = ok ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(bytes);
+    cJSON_Delete(o);
+    if (!text) return kv_fail(err, KV_ENOMEM, "model info: out of memory building JSON");
+    *out = strdup(text);
+    cJSON_free(text);
+    if (!*out) return kv_fail(err, KV_ENOMEM, "model info: out of memory");
+    return 0;
+}

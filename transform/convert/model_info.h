@@ -1,0 +1,53 @@
+/* What `kvforge info` reports about a bound model: shapes from config.json, parameter count and
+ * bytes from the actual tensors, the KV map and the KV-cache cost per token. */
+#ifndef KV_MODEL_INFO_H
+#define KV_MODEL_INFO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/dtype.h"
+#include "base/error.h"
+#include "formats/hfconfig.h"
+#include "formats/llama_view.h"
+
+typedef enum { MODEL_KV_IDENTITY, MODEL_KV_CROSS, MODEL_KV_SWIFTKV } model_kv_kind;
+
+typedef struct {
+    char architecture[64];
+    char model_type[32];
+    int n_layers, n_heads, n_kv_heads, head_dim;
+    int hidden_size, ffn_size, vocab_size, max_position;
+    int tied;
+    kv_dtype dtype;                        /* config torch_dtype: the KV-cache element type */
+    int64_t n_params;                      /* elements of every tensor in the checkpoint */
+    int64_t n_params_config;               /* hf_config_param_count (deploy layout) */
+    int n_tensors, n_files;
+    size_t bytes_by_dtype[KV_DTYPE_COUNT]; /* tensor data bytes per dtype */
+    size_t bytes_total;
+    model_kv_kind kv_kind;
+    int kv_slots;                          /* L, KV layers, or l + (L - l)/g */
+    int swiftkv_layers, swiftkv_group;     /* SwiftKV l, g (0 otherwise) */
+    size_t kv_bytes_per_token;             /* 2 * kv_slots * nkv * hd * sizeof(dtype) */
+    size_t kv_bytes_per_token_full;        /* the same with L slots */
+    char kv_map[HF_MAX_LAYERS * 5 + 32];   /* "0_0_2_2_4"; identity "0_1_2_3_4"; SwiftKV "l=2,g=3" */
+} model_info;
+
+/* from a bound view (its config and checkpoint) */
+int model_info_fill(model_info *mi, const llama_view *v, kv_error *err);
+/* DIR/config.json + checkpoint, bound (every tensor checked), then filled */
+int model_info_load_dir(model_info *mi, const char *dir, kv_error *err);
+
+const char *model_kv_kind_name(model_kv_kind k); /* "identity", "cross-layer", "swiftkv" */
+
+/* malloc'd text: a heading line with LABEL (may be NULL), then "  key   value" lines */
+int model_info_text(const model_info *mi, const char *label, char **out, kv_error *err);
+/* malloc'd JSON object, one line (cJSON_PrintUnformatted); keys: architecture, model_type,
+ * layers, hidden_size, intermediate_size, heads, kv_heads, head_dim, vocab_size,
+ * max_position_embeddings, tied, dtype, parameters, parameters_config, tensors, files,
+ * bytes_total, bytes_per_dtype {DTYPE: bytes}, kv_map_kind, kv_map, kv_slots,
+ * kv_cache_bytes_per_token, kv_cache_bytes_per_token_full (+ swiftkv_layers,
+ * swiftkv_group for SwiftKV) */
+int model_info_json(const model_info *mi, char **out, kv_error *err);
+
+#endif

@@ -1,0 +1,31 @@
+/* Synthetic HF Llama checkpoints of any shape: reproducible Gaussian weights (std 0.02, norms
+ * 1.0), config.json, and a small byte-fallback tokenizer.json. For the demo, tests, benches. */
+#ifndef KV_SYNTH_H
+#define KV_SYNTH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/dtype.h"
+#include "base/error.h"
+
+typedef struct {
+    int n_layers, hidden, n_heads, n_kv_heads, head_dim, ffn, vocab, max_pos;
+    int tied;             /* tie_word_embeddings */
+    kv_dtype dtype;       /* F32, F16 or BF16 */
+    double rope_theta;
+    uint64_t seed;
+    size_t shard_bytes;   /* 0: one model.safetensors */
+    float std;            /* 0.02 */
+} synth_spec;
+
+/* named shapes: "tiny" (L=4,H=64,8/4 heads,FFN 172,V 512), "stories260k", "stories110m",
+ * "tinyllama-1.1b", "llama-3.2-1b"; 0 or -1 if unknown */
+int synth_preset(synth_spec *s, const char *name);
+const char *synth_preset_names(void); /* "a|b|c" for help texts */
+/* writes DIR/{config.json, model.safetensors or shards + index, tokenizer.json} */
+int synth_write(const char *dir, const synth_spec *s, kv_error *err);
+/* fills n values of tensor `name` exactly as synth_write does (same seed -> same numbers) */
+void synth_gaussian(float *out, size_t n, size_t first, uint64_t seed, const char *name, float std);
+
+#endif

@@ -1,0 +1,323 @@
+/* Calibration: layer similarity, zero-shot candidates, ranking, JSON and SVG. */
+#include "transform/train/calibrate.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/fileio.h"
+#include "transform/train/distill.h"
+#include "transform/train/distill_data.h"
+#include "transform/train/distill_init.h"
+#include "transform/train/train_forward.h"
+#include "transform/train/train_model.h"
+
+void calib_opts_default(calib_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->seq_len = 128;
+    o->batch = 8;
+    o->passes = 9;
+    o->max_seqs = 64;
+    o->budget_pct = 5;
+}
+
+void calib_result_free(calib_result *r) {
+    free(r->hidden_sim);
+    free(r->k_sim);
+    free(r->v_sim);
+    free(r->cand);
+    memset(r, 0, sizeof *r);
+}
+
+/* sum over rows of cos(a[row], b[row]) */
+static double cos_rows(const float *a, const float *b, int rows, int dim) {
+    double total = 0;
+    for (int r = 0; r < rows; r++) {
+        const float *x = a + (size_t)r * dim, *y = b + (size_t)r * dim;
+        double xy = 0, xx = 0, yy = 0;
+        for (int i = 0; i < dim; i++) {
+            xy += (double)x[i] * y[i];
+            xx += (double)x[i] * x[i];
+            yy += (double)y[i] * y[i];
+        }
+        total += xx > 0 && yy > 0 ? xy / sqrt(xx * yy) : (xx == yy ? 1.0 : 0.0);
+    }
+    return total;
+}
+
+static const float *state_of(const kvt_run *r, int i) {
+    return i < r->m->L ? r->acts[i].x_in : r->x_out;
+}
+
+/* teacher similarity over the calibration batches */
+static int similarity(calib_result *res, kvt_run *t, const distill_seqs *seqs, long n_seqs,
+                      kv_error *err) {
+    const int L = t->m->L, B = t->B, T = t->T, H = t->m->H, KV = t->m->kv_dim;
+    int32_t *tokens = malloc(sizeof(int32_t) * (size_t)B * T);
+    if (!tokens) return kv_fail(err, KV_ENOMEM, "calibrate: out of memory");
+    long rows = 0;
+    int rc = 0;
+    for (long s = 0; s < n_seqs && !rc; s += B) {
+        const int real = (int)(n_seqs - s < B ? n_seqs - s : B);
+        for (int b = 0; b < B; b++)
+            memcpy(tokens + (size_t)b * T, seqs->ids + (size_t)(s + (b < real ? b : 0)) * T,
+                   sizeof(int32_t) * (size_t)T);
+        if ((rc = kvt_forward(t, tokens, err))) break;
+        const int n = real * T;
+        rows += n;
+        for (int i = 0; i <= L; i++)
+            for (int j = i; j <= L; j++) {
+                double c = cos_rows(state_of(t, i), state_of(t, j), n, H);
+                res->hidden_sim[i * (L + 1) + j] += c;
+                if (i != j) res->hidden_sim[j * (L + 1) + i] += c;
+            }
+        for (int i = 0; i < L; i++)
+            for (int j = i; j < L; j++) {
+                double ck = cos_rows(t->k[i], t->k[j], n, KV), cv = cos_rows(t->v[i], t->v[j], n, KV);
+                res->k_sim[i * L + j] += ck, res->v_sim[i * L + j] += cv;
+                if (i != j) res->k_sim[j * L + i] += ck, res->v_sim[j * L + i] += cv;
+            }
+    }
+    free(tokens);
+    if (rc) return rc;
+    for (int i = 0; i < (L + 1) * (L + 1); i++) res->hidden_sim[i] /= (double)rows;
+    for (int i = 0; i < L * L; i++) res->k_sim[i] /= (double)rows, res->v_sim[i] /= (double)rows;
+    return 0;
+}
+
+static int cmp_kl(const void *a, const void *b) {
+    const calib_candidate *x = a, *y = b;
+    return (x->kl > y->kl) - (x->kl < y->kl);
+}
+
+int calib_run(const calib_opts *o, const kv_map *maps, int n_maps,
+              void (*tick)(void *, int, int), void *tick_ctx, calib_result *res, kv_error *err) {
+    memset(res, 0, sizeof *res);
+    res->recommended = -1;
+    res->budget_pct = o->budget_pct;
+    kvt_model teacher;
+    int rc = kvt_model_load(&teacher, o->teacher_dir, err);
+    if (rc) return rc;
+    kv_tokenizer *tok = NULL;
+    distill_tokens d = {0};
+    distill_seqs seqs = {0};
+    kvt_run rt = {0};
+    const int L = teacher.L;
+    if (!kvmap_is_identity(&teacher.map)) {
+        rc = kv_fail(err, KV_EINVAL, "%s: calibrate needs the original model (KV map %s)",
+                     o->teacher_dir, teacher.map.name);
+        goto out;
+    }
+    const char *dirs[] = {o->teacher_dir};
+    if ((rc = distill_tokenizer_load(&tok, dirs, 1, &teacher.cfg, err))) goto out;
+    for (int i = 0; i < o->n_data && !rc; i++)
+        rc = distill_tokens_load(&d, o->data[i], tok, teacher.V, err);
+    if (rc || (rc = distill_pack(&seqs, &d, 0, d.n, o->seq_len, err))) goto out;
+    if (seqs.n < 1) {
+        rc = kv_fail(err, KV_EINVAL, "calibrate: fewer than %d tokens of data", o->seq_len);
+        goto out;
+    }
+    if (o->max_seqs > 0 && seqs.n > o->max_seqs) seqs.n = o->max_seqs;
+    res->L = L;
+    res->hidden_sim = calloc((size_t)(L + 1) * (L + 1), sizeof(double));
+    res->k_sim = calloc((size_t)L * L, sizeof(double));
+    res->v_sim = calloc((size_t)L * L, sizeof(double));
+    res->cand = calloc((size_t)(n_maps ? n_maps : 1), sizeof *res->cand);
+    if (!res->hidden_sim || !res->k_sim || !res->v_sim || !res->cand) {
+        rc = kv_fail(err, KV_ENOMEM, "calibrate: out of memory");
+        goto out;
+    }
+    if ((rc = kvt_run_init(&rt, &teacher, o->batch, o->seq_len, 1, 0, err)) ||
+        (rc = similarity(res, &rt, &seqs, seqs.n, err)))
+        goto out;
+    for (int c = 0; c < n_maps && !rc; c++) {
+        kvt_model student;
+        kvt_run rs;
+        distill_eval_result ev;
+        if ((rc = distill_student_init(&student, &teacher, &maps[c], DISTILL_INIT_MEAN, err)))
+            break;
+        rc = kvt_run_init(&rs, &student, o->batch, o->seq_len, o->passes, 0, err);
+        if (!rc) {
+            rc = distill_evaluate(&rs, &rt, &seqs, 0, &ev, NULL, NULL, err);
+            kvt_run_free(&rs);
+        }
+        kvt_model_free(&student);
+        if (rc) break;
+        calib_candidate *cd = &res->cand[res->n_cand++];
+        cd->map = maps[c];
+        cd->slots = kvmap_n_slots(&maps[c]);
+        cd->cache_saving = kvmap_cache_saving(&maps[c]);
+        cd->ppl = ev.student_ppl;
+        cd->kl = ev.kl;
+        res->teacher_ppl = ev.teacher_ppl;
+        res->tokens = ev.tokens;
+        if (tick) tick(tick_ctx, c + 1, n_maps);
+    }
+    if (rc) goto out;
+    qsort(res->cand, (size_t)res->n_cand, sizeof *res->cand, cmp_kl);
+    for (int c = 0; c < res->n_cand; c++) {
+        calib_candidate *cd = &res->cand[c];
+        cd->ppl_increase_pct = 100.0 * (cd->ppl / res->teacher_ppl - 1.0);
+        cd->within_budget = cd->ppl_increase_pct <= o->budget_pct;
+        if (!cd->within_budget) continue;
+        const calib_candidate *best = res->recommended >= 0 ? &res->cand[res->recommended] : NULL;
+        if (!best || cd->slots < best->slots) res->recommended = c; /* sorted by KL: ties keep
+                                                                       the lower KL */
+    }
+out:
+    kvt_run_free(&rt);
+    distill_seqs_free(&seqs);
+    distill_tokens_free(&d);
+    kv_tokenizer_free(tok);
+    kvt_model_free(&teacher);
+    if (rc) calib_result_free(res);
+    return rc;
+}
+
+static cJSON *matrix_json(const double *m, int n) {
+    cJSON *rows = cJSON_CreateArray();
+    for (int i = 0; i < n; i++) cJSON_AddItemToArray(rows, cJSON_CreateDoubleArray(m + i * n, n));
+    return rows;
+}
+
+char *calib_json(const calib_result *r) {
+    cJSON *j = cJSON_CreateObject();
+    if (!j) return NULL;
+    cJSON_AddNumberToObject(j, "layers", r->L);
+    cJSON_AddNumberToObject(j, "tokens", (double)r->tokens);
+    cJSON_AddNumberToObject(j, "teacher_ppl", r->teacher_ppl);
+    cJSON_AddNumberToObject(j, "budget_pct", r->budget_pct);
+    cJSON_AddItemToObject(j, "hidden_similarity", matrix_json(r->hidden_sim, r->L + 1));
+    cJSON_AddItemToObject(j, "k_similarity", matrix_json(r->k_sim, r->L));
+    cJSON_AddItemToObject(j, "v_similarity", matrix_json(r->v_sim, r->L));
+    cJSON *cands = cJSON_AddArrayToObject(j, "candidates");
+    for (int c = 0; c < r->n_cand; c++) {
+        const calib_candidate *cd = &r->cand[c];
+        cJSON *o = cJSON_CreateObject();
+        char types[HF_MAX_LAYERS * 6];
+        kvmap_layer_types(&cd->map, types, sizeof types);
+        cJSON_AddNumberToObject(o, "rank", c + 1);
+        cJSON_AddStringToObject(o, "map", cd->map.name);
+        cJSON_AddStringToObject(o, "kind", cd->map.kind == KVMAP_SWIFTKV ? "swiftkv" : "cross");
+        cJSON_AddStringToObject(o, "layer_types", types);
+        cJSON_AddNumberToObject(o, "kv_slots", cd->slots);
+        cJSON_AddNumberToObject(o, "cache_saving", cd->cache_saving);
+        cJSON_AddNumberToObject(o, "ppl", cd->ppl);
+        cJSON_AddNumberToObject(o, "kl", cd->kl);
+        cJSON_AddNumberToObject(o, "ppl_increase_pct", cd->ppl_increase_pct);
+        cJSON_AddBoolToObject(o, "within_budget", cd->within_budget);
+        cJSON_AddItemToArray(cands, o);
+    }
+    if (r->recommended >= 0)
+        cJSON_AddStringToObject(j, "recommended", r->cand[r->recommended].map.name);
+    else
+        cJSON_AddNullToObject(j, "recommended");
+    char *text = cJSON_Print(j);
+    cJSON_Delete(j);
+    return text;
+}
+
+/* ---- SVG ---- */
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+    int oom;
+} sbuf;
+
+static void sb_printf(sbuf *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(sbuf *s, const char *fmt, ...) {
+    if (s->oom) return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(s->buf ? s->buf + s->len : NULL, s->buf ? s->cap - s->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            s->oom = 1;
+            return;
+        }
+        if (s->buf && s->len + (size_t)n < s->cap) {
+            s->len += (size_t)n;
+            return;
+        }
+        size_t cap = s->cap ? s->cap * 2 : 4096;
+        while (cap < s->len + (size_t)n + 1) cap *= 2;
+        char *p = realloc(s->buf, cap);
+        if (!p) {
+            s->oom = 1;
+            return;
+        }
+        s->buf = p;
+        s->cap = cap;
+    }
+}
+
+/* cosine in [lo, 1] -> white .. dark blue */
+static void color_of(double v, double lo, int *r, int *g, int *b) {
+    double t = lo < 1 ? (v - lo) / (1 - lo) : 1;
+    if (t < 0) t = 0;
+    if (t > 1) t = 1;
+    *r = (int)lround(255 - t * (255 - 8));
+    *g = (int)lround(255 - t * (255 - 48));
+    *b = (int)lround(255 - t * (255 - 107));
+}
+
+static void svg_panel(sbuf *s, const char *title, const double *m, int n, double x0, double y0,
+                      double cell, const char *last_label) {
+    double lo = 1;
+    for (int i = 0; i < n * n; i++)
+        if (m[i] < lo) lo = m[i];
+    sb_printf(s, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"14\" font-weight=\"bold\">%s</text>\n",
+              x0, y0 - 28, title);
+    sb_printf(s, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\">colour: cosine %.3f (white) .. "
+              "1 (blue)</text>\n", x0, y0 - 14, lo);
+    for (int i = 0; i < n; i++) {
+        char label[32];
+        if (i == n - 1 && last_label) snprintf(label, sizeof label, "%s", last_label);
+        else snprintf(label, sizeof label, "%d", i);
+        sb_printf(s, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\" text-anchor=\"end\">%s</text>\n",
+                  x0 - 4, y0 + (i + 0.65) * cell, label);
+        sb_printf(s, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\" text-anchor=\"middle\">%s</text>\n",
+                  x0 + (i + 0.5) * cell, y0 + n * cell + 12, label);
+        for (int j = 0; j < n; j++) {
+            int r, g, b;
+            const double v = m[i * n + j];
+            color_of(v, lo, &r, &g, &b);
+            sb_printf(s, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" "
+                      "fill=\"rgb(%d,%d,%d)\"><title>%d,%d: %.4f</title></rect>\n",
+                      x0 + j * cell, y0 + i * cell, cell, cell, r, g, b, i, j, v);
+            if (n <= 16)
+                sb_printf(s, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"%.0f\" text-anchor=\"middle\" "
+                          "fill=\"%s\">%.2f</text>\n", x0 + (j + 0.5) * cell,
+                          y0 + (i + 0.6) * cell, cell / 4 > 12 ? 12 : cell / 4,
+                          g < 140 ? "white" : "black", v);
+        }
+    }
+}
+
+int calib_write_svg(const calib_result *r, const char *path, kv_error *err) {
+    const int L = r->L;
+    const double cell = L <= 8 ? 40 : L <= 16 ? 24 : L <= 40 ? 10 : 4;
+    const double pw = (L + 1) * cell, margin = 40, top = 60;
+    const double width = margin + 3 * (pw + margin), height = top + pw + 40;
+    sbuf s = {0};
+    sb_printf(&s, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
+              "font-family=\"sans-serif\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
+              width, height);
+    svg_panel(&s, "hidden states (cosine, entering layer i; last = output)", r->hidden_sim, L + 1,
+              margin, top, cell, "out");
+    svg_panel(&s, "K between layers", r->k_sim, L, margin + pw + margin, top, cell, NULL);
+    svg_panel(&s, "V between layers", r->v_sim, L, margin + 2 * (pw + margin), top, cell, NULL);
+    sb_printf(&s, "</svg>\n");
+    if (s.oom) {
+        free(s.buf);
+        return kv_fail(err, KV_ENOMEM, "%s: out of memory", path);
+    }
+    int rc = kv_write_file_atomic(path, s.buf, s.len, err);
+    free(s.buf);
+    return rc;
+}

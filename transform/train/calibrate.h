@@ -1,0 +1,58 @@
+/* Calibration (METHODS.md s3): measure before training which transform to apply.
+ *  - the teacher's per-layer cosine similarity of hidden states (the residual entering each layer
+ *    and leaving the last), and of K and V between layers, averaged over calibration tokens;
+ *  - for every candidate KV map: the zero-shot student (distill_init.h, mean initialisation), its
+ *    perplexity and mean per-token KL(teacher || student) on the same text;
+ *  - candidates ranked by KL; the recommendation is the cheapest (fewest KV-cache slots, then the
+ *    lowest KL) whose perplexity is within budget_pct percent of the teacher's. */
+#ifndef KV_CALIBRATE_H
+#define KV_CALIBRATE_H
+
+#include "base/error.h"
+#include "formats/kvmap.h"
+
+typedef struct {
+    const char *teacher_dir;
+    const char *const *data;
+    int n_data;
+    int seq_len;            /* 128 */
+    int batch;              /* 8 */
+    int passes;             /* iterative plan for upward maps, 9 */
+    long max_seqs;          /* calibration sequences used, 64 */
+    double budget_pct;      /* 5 */
+} calib_opts;
+
+void calib_opts_default(calib_opts *o);
+
+typedef struct {
+    kv_map map;
+    int slots;              /* KV-cache slots */
+    double cache_saving;    /* 1 - slots / L */
+    double ppl, kl;
+    double ppl_increase_pct;
+    int within_budget;
+} calib_candidate;
+
+typedef struct {
+    int L;
+    double *hidden_sim;     /* [(L+1) * (L+1)]: states 0..L-1 enter layers, L leaves the last */
+    double *k_sim, *v_sim;  /* [L * L] */
+    double teacher_ppl;
+    long tokens;            /* calibration tokens */
+    int n_cand;
+    calib_candidate *cand;  /* ranked, lowest KL first */
+    int recommended;        /* index into cand, -1 when none is within budget */
+    double budget_pct;
+} calib_result;
+
+/* tick(ctx, done, total) after each candidate (may be NULL) */
+int calib_run(const calib_opts *o, const kv_map *maps, int n_maps,
+              void (*tick)(void *, int, int), void *tick_ctx, calib_result *r, kv_error *err);
+void calib_result_free(calib_result *r);
+
+/* JSON text (malloc'd, NULL on allocation failure) */
+char *calib_json(const calib_result *r);
+/* SVG heat maps (hidden states, K, V) of layer similarity, written atomically */
+int calib_write_svg(const calib_result *r, const char *path, kv_error *err);
+
+#endif

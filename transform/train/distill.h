@@ -1,0 +1,93 @@
+/* Distillation of a kvconvert student against its teacher (METHODS.md s3): the training loop,
+ * held-out evaluation, checkpoints and resume, the output model directory and report.json.
+ *
+ * OUT_DIR receives: config.json, model.safetensors (every tensor of the student, the trained ones
+ * updated), the tokenizer files, report.json, train_log.jsonl (one JSON object per step) and
+ * checkpoint/state.safetensors (trainable tensors, AdamW moments, step; written atomically).
+ * A resumed run restores the checkpoint and reproduces the uninterrupted run bit for bit: the
+ * data order is a pure function of (seed, sequence counter) and nothing else is random. */
+#ifndef KV_DISTILL_H
+#define KV_DISTILL_H
+
+#include <stdint.h>
+
+#include "base/error.h"
+#include "transform/train/adamw.h"
+#include "transform/train/distill_data.h"
+#include "transform/train/train_forward.h"
+
+typedef struct {
+    const char *teacher_dir, *student_dir, *out_dir;
+    const char *const *data;       /* training files */
+    int n_data;
+    const char *const *eval_data;  /* held-out files; none: the last eval_frac of data */
+    int n_eval_data;
+    double eval_frac;              /* 0.1 */
+    long eval_max_seqs;            /* 0: every held-out sequence */
+    int seq_len;                   /* 128 */
+    int batch;                     /* sequences per micro-batch, 8 */
+    int accum;                     /* micro-batches per optimiser step, 1 */
+    long steps;                    /* optimiser steps; 0: from tokens */
+    long tokens;                   /* training tokens when steps is 0 */
+    uint64_t seed;                 /* 0 */
+    double lr;                     /* 2e-4 */
+    double warmup_frac;            /* 0.05 of the steps */
+    lr_decay decay;                /* linear */
+    adamw_hparams adam;            /* 0.9, 0.999, 1e-8, 0 */
+    double clip;                   /* global gradient norm limit, 1.0; 0: none */
+    double temperature;            /* 2 */
+    double mse_weight;             /* 1 */
+    double ce_weight;              /* next-token cross-entropy on the data; 0 (METHODS.md's loss) */
+    int passes;                    /* iterative plan for upward maps, train and eval: 9 */
+    int grad_passes;               /* trailing passes with gradient (LCKV's b): 1, as METHODS.md */
+    long save_every;               /* checkpoint every this many steps, 0: only at the end */
+    int resume;                    /* continue from OUT_DIR/checkpoint when it exists */
+    int force;                     /* write into a non-empty OUT_DIR without resuming */
+    long stop_after;               /* test hook: return after this many steps of this run, as a
+                                      killed process would (no final checkpoint/output); 0 off */
+} distill_opts;
+
+void distill_opts_default(distill_opts *o);
+
+typedef enum { DISTILL_EVAL_BEFORE, DISTILL_TRAIN, DISTILL_EVAL_AFTER, DISTILL_SAVE } distill_phase;
+
+typedef struct {
+    distill_phase phase;
+    long step, total_steps;        /* step = steps done */
+    long tokens;                   /* trained so far */
+    double loss, kl, mse, ce, lr, grad_norm;
+    double seconds;                /* wall time of this process so far */
+    double tokens_per_s;           /* over this process's steps */
+    long eval_done, eval_total;    /* evaluation progress (sequences) */
+} distill_progress;
+
+typedef void (*distill_progress_fn)(void *ctx, const distill_progress *p);
+
+typedef struct {
+    double teacher_ppl, student_before_ppl, student_after_ppl;
+    double kl_before, kl_after;    /* mean per-token KL(teacher || student), T = 1, nats */
+    long tokens_trained, steps, resumed_from_step, eval_tokens, trainable_params;
+    long train_tokens_available;
+    double seconds, train_seconds, tokens_per_s;
+    char map_name[96];             /* "pizza-bottom:3" when the map is a named configuration */
+    char layer_types[HF_MAX_LAYERS * 6];
+} distill_report;
+
+/* the whole run; progress may be NULL. rep is also written as OUT_DIR/report.json. */
+int distill_train(const distill_opts *o, distill_progress_fn progress, void *progress_ctx,
+                  distill_report *rep, kv_error *err);
+
+/* Held-out evaluation of a student (and teacher, when t is not NULL) on seqs: perplexity of
+ * next-token prediction within each sequence (positions 1 .. T-1 scored), and the mean
+ * per-token KL(teacher || student) at temperature 1 over all positions. Runs must have
+ * the same B and T = seqs->T; a short last batch is padded and not counted. Outputs may be
+ * NULL. progress is called with phase set by the caller's context. */
+typedef struct {
+    double student_ppl, teacher_ppl, kl;
+    long tokens;                   /* positions scored for perplexity */
+} distill_eval_result;
+int distill_evaluate(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_seqs,
+                     distill_eval_result *out, void (*tick)(void *, long, long), void *tick_ctx,
+                     kv_error *err);
+
+#endif

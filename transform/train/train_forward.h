@@ -1,0 +1,119 @@
+/* Full-sequence forward with saved activations, and its backward, for training and evaluation
+ * of original, cross-layer and SwiftKV models (METHODS.md s1-s3). Not the runtime's KV-cache
+ * forward: here B whole sequences of T tokens run at once as N = B*T rows, every activation a
+ * backward needs is kept, and gradients land in the model's trainable tensors (kvt_param.g).
+ *
+ * Layer i on rows x [N, H] (sequence b = rows b*T .. b*T+T-1, positions 0 .. T-1):
+ *   xn1 = rmsnorm(x, input_layernorm); q = RoPE(xn1 Wq^T + bq)
+ *   layer computes K/V:  K[slot] = RoPE(xn1 Wk^T + bk), V[slot] = xn1 Wv^T + bv
+ *   att = attention(q, K/V of slot(kv(i))), causal, or diagonal-masked when kv(i) > i
+ *   x_mid = x + att Wo^T;  xn2 = rmsnorm(x_mid, post_attention_layernorm)
+ *   x_out = x_mid + (silu(xn2 Wg^T) * (xn2 Wu^T)) Wd^T
+ * SwiftKV (l, g): entering layer l, s = rmsnorm(h_l, norm_swiftkv) and every group leader j
+ * writes K[slot j] = RoPE(s Wk_swiftkv_j^T), V = s Wv_swiftkv_j^T; layers >= l use
+ * q_proj_swiftkv and read their leader's K/V (causal).
+ * Upward layers (kv(i) > i): the iterative plan. Layers below the cyclic block [lo, hi] once;
+ * the block `passes` times from the same hidden state, upward layers reading the target K/V of
+ * the previous pass (zeros before the first); the last pass (with the layers above the block)
+ * is saved and differentiated. With grad_passes = b (LCKV's b; METHODS.md's plan is b = 1) the
+ * last b passes are saved and differentiated: the gradient of the K/V an upward layer reads
+ * flows into the pass that wrote them; the K/V entering the first of those b passes are
+ * constants.
+ * Head: logits = rmsnorm(x_out, norm) lm_head^T. */
+#ifndef KV_TRAIN_FORWARD_H
+#define KV_TRAIN_FORWARD_H
+
+#include <stdint.h>
+
+#include "base/error.h"
+#include "kernels/kernels.h"
+#include "transform/train/train_model.h"
+
+typedef struct {
+    float *x_in;      /* [N, H] residual entering the layer */
+    float *xn1;       /* [N, H] input_layernorm(x_in) */
+    float *q;         /* [N, nh*hd] queries after RoPE */
+    float *att;       /* [N, nh*hd] attention output */
+    float *x_mid;     /* [N, H] residual after attention */
+    float *xn2;       /* [N, H] post_attention_layernorm(x_mid) */
+    float *gate, *up; /* [N, FFN] */
+    float *act;       /* [N, FFN] silu(gate) * up */
+} kvt_layer_acts;
+
+typedef struct {
+    const kvt_model *m;
+    int B, T, N;              /* sequences, tokens per sequence, rows N = B*T */
+    int passes;               /* iterative plan (upward maps), >= 1 */
+    int grad_passes;          /* trailing passes differentiated, 1..passes (1 without upward) */
+    int has_upward, block_lo, block_hi;
+    int n_slots;
+    int want_grad;
+    int grad_lo;              /* lowest layer the backward visits (L: none) */
+    kv_rope_table rope;       /* positions 0 .. T-1 */
+    int32_t *pos;             /* [N] row r is at position r % T */
+    kvt_layer_acts *acts;     /* [L] */
+    float **k, **v;           /* [slots] -> [N, nkv*hd] this pass (K after RoPE) */
+    float **k_prev, **v_prev; /* [slots] previous pass; only targets of upward layers */
+    float *s_norm;            /* [N, H] SwiftKV norm_swiftkv(h_l) */
+    float *x_out;             /* [N, H] residual after the last layer */
+    float *xn_out;            /* [N, H] model.norm(x_out) */
+    float *logits;            /* [N, V] */
+    /* backward (want_grad) */
+    float *dlogits;           /* [N, V] d loss / d logits, filled by the caller */
+    float *dh_last;           /* [N, H] d loss / d (input of layer L-1), added by the caller */
+    float *dx, *dxn;          /* [N, H] */
+    float *dq, *datt;         /* [N, nh*hd] */
+    float *dgate, *dup, *dact;/* [N, FFN] */
+    float **dk, **dv;         /* [slots] -> [N, nkv*hd] */
+    float *ds;                /* [N, H] SwiftKV */
+    /* grad_passes > 1 (want_grad): earlier differentiated passes e = 0 .. grad_passes-2 */
+    kvt_layer_acts *acts_early; /* [(grad_passes-1) * L] block layers' activations of pass e */
+    float **k_read, **v_read;   /* [(grad_passes-1) * slots] K/V pass e's upward layers read
+                                   (for e > 0 the same buffers as pass e-1's k_made/v_made) */
+    float **k_made, **v_made;   /* [(grad_passes-1) * slots] K/V pass e wrote */
+    float **dk_prev, **dv_prev; /* [slots] d loss / d (K/V read by upward layers), per pass */
+    float *x_spill;             /* [N, H] output of the block's top layer in pass e (unused) */
+    float *dx_block;            /* [N, H] d loss / d block input, summed over the passes */
+    int read_grad;              /* backward: upward layers add into dk_prev/dv_prev */
+    float *arena;
+} kvt_run;
+
+/* passes: iterative prefill passes for maps with upward layers (ignored otherwise), >= 1.
+ * T <= max_position_embeddings. want_grad: allocate the backward buffers. */
+int kvt_run_init(kvt_run *r, const kvt_model *m, int B, int T, int passes, int want_grad,
+                 kv_error *err);
+/* the same with the last grad_passes (1..passes) passes differentiated */
+int kvt_run_init_grad(kvt_run *r, const kvt_model *m, int B, int T, int passes, int grad_passes,
+                      int want_grad, kv_error *err);
+void kvt_run_free(kvt_run *r);
+
+/* tokens [N] (ids checked against the vocabulary); fills every activation and logits */
+int kvt_forward(kvt_run *r, const int32_t *tokens, kv_error *err);
+/* [N, H] the residual entering layer L-1 (what the MSE term compares) */
+const float *kvt_last_layer_input(const kvt_run *r);
+
+/* After kvt_forward: adds d loss / d w into every trainable tensor's g, given r->dlogits and
+ * r->dh_last (both zeroed by kvt_forward and filled by the caller). */
+int kvt_backward(kvt_run *r, kv_error *err);
+
+typedef struct {
+    double loss;  /* kl + mse_weight * mse + ce_weight * ce */
+    double kl;    /* temp^2 * KL(teacher || student) averaged over the N tokens */
+    double mse;   /* mean squared difference of the inputs of layer L-1 */
+    double ce;    /* next-token cross-entropy on the data (0 when ce_weight is 0: not computed) */
+} kvt_loss;
+
+typedef struct {
+    float temp;       /* KL temperature (METHODS.md: 2) */
+    float mse_weight; /* METHODS.md: 1 */
+    float ce_weight;  /* hard-label term, not in METHODS.md: 0 leaves the loss as specified */
+} kvt_loss_weights;
+
+/* One distillation micro-batch: teacher and student forward on tokens [N] (runs of the same
+ * B, T), the loss, and (when grad_scale > 0 and the student run has gradients) the backward,
+ * adding grad_scale * d loss / d w into the student's gradients. */
+int kvt_distill_microbatch(kvt_run *student, kvt_run *teacher, const int32_t *tokens,
+                           const kvt_loss_weights *w, float grad_scale, kvt_loss *out,
+                           kv_error *err);
+
+#endif
