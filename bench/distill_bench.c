@@ -28,7 +28,7 @@ static int bench(const char *label, const char *dir, const char *spec, int B, in
     kvt_model t, s;
     kv_map map;
     if (kvt_model_load(&t, dir, &err)) return fprintf(stderr, "%s: %s\n", label, err.msg), 1;
-    if (kvmap_parse(&map, spec, t.L, &err) ||
+    if (kvmap_parse(&map, spec, t.dims.n_layers, &err) ||
         distill_student_init(&s, &t, &map, DISTILL_INIT_MEAN, &err) ||
         kvt_model_set_trainable_distill(&s, &err) < 0) {
         fprintf(stderr, "%s: %s\n", label, err.msg);
@@ -59,7 +59,7 @@ static int bench(const char *label, const char *dir, const char *spec, int B, in
     uint64_t x = 0x2545f4914f6cdd1dull;
     for (int i = 0; i < B * T; i++) {
         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-        tokens[i] = (int32_t)(x % (uint64_t)t.V);
+        tokens[i] = (int32_t)(x % (uint64_t)t.dims.vocab);
     }
     const adamw_hparams h = {0.9, 0.999, 1e-8, 0};
     /* baseline: the teacher forward alone */

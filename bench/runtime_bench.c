@@ -123,11 +123,11 @@ typedef struct {
 static size_t formula_bytes(const kv_model *m, int max_seq, kv_dtype cache) {
     int slots = 0;
     if (m->map.kind == KVMAP_SWIFTKV) {
-        slots = m->map.swiftkv_l + (m->n_layers - m->map.swiftkv_l) / m->map.swiftkv_g;
+        slots = m->map.swiftkv_l + (m->dims.n_layers - m->map.swiftkv_l) / m->map.swiftkv_g;
     } else {
-        for (int i = 0; i < m->n_layers; i++) slots += m->map.kv_layer_of[i] == i;
+        for (int i = 0; i < m->dims.n_layers; i++) slots += m->map.kv_layer_of[i] == i;
     }
-    return (size_t)2 * slots * m->n_kv_heads * m->head_dim * kv_dtype_size(cache) * (size_t)max_seq;
+    return (size_t)2 * slots * m->dims.n_kv_heads * m->dims.head_dim * kv_dtype_size(cache) * (size_t)max_seq;
 }
 
 static int bm_open(bench_model *b, const kv_model *m, int max_seq, kv_dtype cache) {
@@ -142,7 +142,7 @@ static int bm_open(bench_model *b, const kv_model *m, int max_seq, kv_dtype cach
     uint64_t x = 12345;
     for (int i = 0; i < max_seq; i++) {
         x = x * 6364136223846793005ull + 1442695040888963407ull;
-        b->ids[i] = 3 + (int32_t)((x >> 33) % (uint64_t)(m->vocab - 3));
+        b->ids[i] = 3 + (int32_t)((x >> 33) % (uint64_t)(m->dims.vocab - 3));
     }
     return 0;
 }
@@ -289,7 +289,7 @@ static void run_110m(const char *dir) {
     }
     kv_tensor_source base;
     kv_tensor_source_checkpoint(&base, m.ckpt);
-    const int L = m.n_layers, l = L / 2, n_swift = 2;
+    const int L = m.dims.n_layers, l = L / 2, n_swift = 2;
     static swift_overlay ov[2];
     for (int g = 1; g <= n_swift; g++) {
         hf_config sc = cfg;
@@ -336,8 +336,8 @@ static void run_110m(const char *dir) {
         }
         bandwidth_sample(1);
         const double gbs = (double)m.step_bytes * decode / 1e9, base = bandwidth();
-        printf("110M shape (L=%d H=%d heads %d FFN %d vocab %d, F32%s, %d threads):\n", m.n_layers,
-               m.hidden, m.n_heads, m.ffn, m.vocab, load_opts.copy_f32 ? " copied" : " mapped",
+        printf("110M shape (L=%d H=%d heads %d FFN %d vocab %d, F32%s, %d threads):\n", m.dims.n_layers,
+               m.dims.hidden, m.dims.n_heads, m.dims.ffn, m.dims.vocab, load_opts.copy_f32 ? " copied" : " mapped",
                kv_kernels_threads());
         printf("  decode batch 1: %.1f tok/s x %.1f MB of weights per token = %.2f GB/s = %.2f of "
                "the read loop's %.2f GB/s (goal >= 0.60)\n", decode, m.step_bytes / 1e6, gbs,

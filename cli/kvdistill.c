@@ -356,7 +356,7 @@ static int cmd_student(cli_args *a) {
     int rc = kvt_model_load(&t, a->pos[0], &err);
     if (rc) return cli_fail(TOOL, &err);
     kv_map map;
-    if ((rc = kvmap_parse(&map, a->maps[0], t.L, &err))) {
+    if ((rc = kvmap_parse(&map, a->maps[0], t.dims.n_layers, &err))) {
         kvt_model_free(&t);
         return cli_usage_error(TOOL, "%s", err.msg);
     }
@@ -519,7 +519,7 @@ static int cmd_calibrate(cli_args *a) {
     kvt_model t;
     int rc = kvt_model_load(&t, co.teacher_dir, &err);
     if (rc) return cli_fail(TOOL, &err);
-    const int L = t.L;
+    const int L = t.dims.n_layers;
     kvt_model_free(&t);
     static kv_map maps[MAX_MAPS];
     int n_maps = 0;

@@ -88,9 +88,9 @@ static int load_tokenizer(const char *dir, const kv_model *m, kv_tokenizer **tk,
     int rc;
     if (!g_bundle && kv_path_is_bundle(dir) && (rc = kv_bundle_open(&g_bundle, dir, err))) return rc;
     if ((rc = kv_tokenizer_open_path(tk, g_bundle, dir, err))) return rc;
-    if (m && kv_tokenizer_vocab_size(*tk) > m->vocab)
+    if (m && kv_tokenizer_vocab_size(*tk) > m->dims.vocab)
         return kv_fail(err, KV_EFORMAT, "%s: %d tokens but the model's vocab_size is %d", path,
-                       kv_tokenizer_vocab_size(*tk), m->vocab);
+                       kv_tokenizer_vocab_size(*tk), m->dims.vocab);
     if (m && (m->cfg.bos_token_id >= 0 || m->cfg.n_eos > 0)) {
         const int bos = m->cfg.bos_token_id >= 0 ? m->cfg.bos_token_id : kv_tokenizer_bos(*tk);
         const int eos = m->cfg.n_eos > 0 ? m->cfg.eos_token_ids[0] : kv_tokenizer_eos(*tk);
@@ -162,17 +162,17 @@ static int run_prompt(const run_args *a) {
         kv_fail(&err, KV_EINVAL, "the prompt is empty and the model has no BOS token");
         goto fail;
     }
-    if (n_ids > m.max_pos) {
+    if (n_ids > m.dims.max_pos) {
         kv_fail(&err, KV_EINVAL, "the prompt has %d tokens; the model's context is %d", n_ids,
-                m.max_pos);
+                m.dims.max_pos);
         goto fail;
     }
     long max_new = a->max_tokens_set ? a->max_tokens : 256;
-    if (max_new > m.max_pos - n_ids + 1) max_new = m.max_pos - n_ids + 1;
-    const int max_seq = n_ids + (int)max_new > m.max_pos ? m.max_pos : n_ids + (int)max_new;
+    if (max_new > m.dims.max_pos - n_ids + 1) max_new = m.dims.max_pos - n_ids + 1;
+    const int max_seq = n_ids + (int)max_new > m.dims.max_pos ? m.dims.max_pos : n_ids + (int)max_new;
     const uint64_t seed = a->seed_set ? a->seed : (uint64_t)time(NULL);
     if (kv_state_init(&s, &m, max_seq, (int)a->batch, a->kv_dtype, &err) ||
-        kv_sampler_init(&smp, m.vocab, (float)a->temperature, (float)a->top_p, seed, &err))
+        kv_sampler_init(&smp, m.dims.vocab, (float)a->temperature, (float)a->top_p, seed, &err))
         goto fail;
     int stops[HF_MAX_EOS + 1], n_stop = 0;
     for (int i = 0; i < m.cfg.n_eos; i++) stops[n_stop++] = m.cfg.eos_token_ids[i];
@@ -223,9 +223,9 @@ static int run_ppl(const run_args *a) {
     size_t n_text = 0, n_decoded = 0;
     int *ids = NULL, n_ids = 0, status = EXIT_FAIL;
     if (open_model(a, &m, &err)) return cli_fail(TOOL, &err);
-    const int ctx = a->ctx > 0 ? (int)a->ctx : (m.max_pos < 512 ? m.max_pos : 512);
-    if (ctx < 2 || ctx > m.max_pos) {
-        kv_fail(&err, KV_EINVAL, "--ctx %d: the model allows 2..%d", ctx, m.max_pos);
+    const int ctx = a->ctx > 0 ? (int)a->ctx : (m.dims.max_pos < 512 ? m.dims.max_pos : 512);
+    if (ctx < 2 || ctx > m.dims.max_pos) {
+        kv_fail(&err, KV_EINVAL, "--ctx %d: the model allows 2..%d", ctx, m.dims.max_pos);
         goto fail;
     }
     if (load_tokenizer(a->model_dir, &m, &tk, &err) ||
@@ -281,9 +281,9 @@ static int run_bench(const run_args *a) {
     int32_t *prompt = NULL;
     if (open_model(a, &m, &err)) return cli_fail(TOOL, &err);
     const int P = (int)a->prompt_len, G = a->max_tokens_set ? (int)a->max_tokens : 64;
-    if (P + G > m.max_pos) {
+    if (P + G > m.dims.max_pos) {
         kv_fail(&err, KV_EINVAL, "--prompt-len %d + %d decode steps exceed the context of %d", P,
-                G, m.max_pos);
+                G, m.dims.max_pos);
         goto fail;
     }
     prompt = malloc(sizeof *prompt * (size_t)(P + G));
@@ -294,7 +294,7 @@ static int run_bench(const run_args *a) {
     uint64_t x = 12345; /* fixed pseudo-random prompt: ids in [3, vocab) */
     for (int i = 0; i < P + G; i++) {
         x = x * 6364136223846793005ull + 1442695040888963407ull;
-        prompt[i] = m.vocab > 3 ? 3 + (int32_t)((x >> 33) % (uint64_t)(m.vocab - 3)) : 0;
+        prompt[i] = m.dims.vocab > 3 ? 3 + (int32_t)((x >> 33) % (uint64_t)(m.dims.vocab - 3)) : 0;
     }
     double best_prefill = 1e30, best_decode = 1e30;
     const kv_forward_opts fo = {.logits = KV_LOGITS_LAST, .prefill = a->prefill};
@@ -389,31 +389,31 @@ static int run_logits(const run_args *a) {
             goto fail;
         if (bos >= 0) ids[0] = bos;
     }
-    if (n < 1 || n > m.max_pos) {
-        kv_fail(&err, KV_EINVAL, "%d tokens: the model takes 1..%d", n, m.max_pos);
+    if (n < 1 || n > m.dims.max_pos) {
+        kv_fail(&err, KV_EINVAL, "%d tokens: the model takes 1..%d", n, m.dims.max_pos);
         goto fail;
     }
     for (int i = 0; i < n; i++)
-        if (ids[i] >= m.vocab) {
+        if (ids[i] >= m.dims.vocab) {
             kv_fail(&err, KV_EINVAL, "token %d at position %d is outside the vocabulary of %d",
-                    ids[i], i, m.vocab);
+                    ids[i], i, m.dims.vocab);
             goto fail;
         }
-    logits = malloc(sizeof *logits * (size_t)n * (size_t)m.vocab);
+    logits = malloc(sizeof *logits * (size_t)n * (size_t)m.dims.vocab);
     if (!logits) {
-        kv_fail(&err, KV_ENOMEM, "out of memory for %d x %d logits", n, m.vocab);
+        kv_fail(&err, KV_ENOMEM, "out of memory for %d x %d logits", n, m.dims.vocab);
         goto fail;
     }
     const kv_forward_opts fo = {.logits = KV_LOGITS_ALL, .prefill = a->prefill};
     if (kv_state_init(&s, &m, n, (int)a->batch, a->kv_dtype, &err) || kv_forward(&s, ids, n, &fo, logits, &err))
         goto fail;
     const st_spec specs[2] = {
-        {.name = "logits", .dtype = KV_F32, .n_dims = 2, .shape = {n, m.vocab}},
+        {.name = "logits", .dtype = KV_F32, .n_dims = 2, .shape = {n, m.dims.vocab}},
         {.name = "tokens", .dtype = KV_I32, .n_dims = 1, .shape = {n}}};
     const void *data[2] = {logits, ids};
     const char *meta[] = {"format", "pt", "producer", "kvrun", "kv_map", m.map.name};
     if (st_write_file(a->logits_out, specs, data, 2, meta, 3, &err)) goto fail;
-    fprintf(stderr, "kvrun: wrote logits [%d, %d] to %s\n", n, m.vocab, a->logits_out);
+    fprintf(stderr, "kvrun: wrote logits [%d, %d] to %s\n", n, m.dims.vocab, a->logits_out);
     status = 0;
 fail:
     if (status) cli_fail(TOOL, &err);

@@ -32,6 +32,19 @@
 #include "base/error.h"
 #include "formats/hfconfig.h"
 #include "formats/safetensors.h"
+#include "base/rope_config.h"
+
+/* The sizes every stage derives from config.json, derived once (llama_dims_init). */
+typedef struct {
+    int n_layers, hidden, n_heads, n_kv_heads, head_dim, ffn, vocab;  /* L, H, nh, nkv, hd, F, V */
+    int q_dim, kv_dim;               /* nh*hd, nkv*hd */
+    int max_pos;                     /* max_position_embeddings */
+    float eps;                       /* rms_norm_eps */
+    kv_rope_config rope;             /* rope_theta, rope_scaling */
+} llama_dims;
+
+/* from a parsed (validated) config */
+void llama_dims_init(llama_dims *d, const hf_config *c);
 
 typedef struct {
     const st_tensor *input_norm;            /* [H] */

@@ -29,6 +29,7 @@ extern "C" {
 
 #include "base/error.h"
 #include "base/pool.h"
+#include "base/rope_config.h"
 
 /* ---- threads ---------------------------------------------------------------------------- */
 
@@ -67,15 +68,6 @@ int kv_embedding(float *out, const float *table, int vocab, int dim, const int32
  * wl_i < hi: f_i;  wl_i > lo: f_i/factor;  otherwise, with
  * s = (c/wl_i - low_freq_factor)/(high_freq_factor - low_freq_factor): (1-s)*f_i/factor + s*f_i.
  * Angles p*f_i are computed in double, then cos/sin rounded to float. */
-typedef enum { KV_ROPE_PLAIN = 0, KV_ROPE_LLAMA3 = 1 } kv_rope_scaling;
-typedef struct {
-    double theta;                     /* rope_theta */
-    kv_rope_scaling scaling;
-    double factor;                    /* llama3 only */
-    double low_freq_factor;           /* llama3 only */
-    double high_freq_factor;          /* llama3 only */
-    int original_max_position;        /* llama3: original_max_position_embeddings */
-} kv_rope_config;
 
 /* inv_freq[hd/2] (double). KV_EINVAL for an odd or non-positive hd or bad parameters. */
 int kv_rope_inv_freq(double *inv_freq, int head_dim, const kv_rope_config *c, kv_error *err);

@@ -36,9 +36,9 @@ int kv_prefill_parse(kv_prefill *p, const char *spec, kv_error *err) {
 int kv_state_init(kv_state *s, const kv_model *m, int max_seq, int max_batch, kv_dtype cache_dtype,
                   kv_error *err) {
     *s = (kv_state){0};
-    if (max_seq < 1 || max_seq > m->max_pos)
+    if (max_seq < 1 || max_seq > m->dims.max_pos)
         return kv_fail(err, KV_EINVAL, "context of %d positions: the model allows 1..%d "
-                       "(max_position_embeddings)", max_seq, m->max_pos);
+                       "(max_position_embeddings)", max_seq, m->dims.max_pos);
     if (max_batch < 1) return kv_fail(err, KV_EINVAL, "batch of %d tokens", max_batch);
     if (max_batch > max_seq) max_batch = max_seq;
     s->model = m;
@@ -46,14 +46,14 @@ int kv_state_init(kv_state *s, const kv_model *m, int max_seq, int max_batch, kv
     s->max_batch = max_batch;
     s->has_upward = kvmap_cyclic_block(&m->map, &s->block_lo, &s->block_hi) > 0;
     s->top_kv_writer = -1;
-    for (int i = 0; i < m->n_layers; i++)
+    for (int i = 0; i < m->dims.n_layers; i++)
         if (kv_model_writes_own_kv(m, i)) s->top_kv_writer = i;
-    const size_t B = (size_t)max_batch, H = (size_t)m->hidden, Q = (size_t)m->q_dim,
-                 F = (size_t)m->ffn;
+    const size_t B = (size_t)max_batch, H = (size_t)m->dims.hidden, Q = (size_t)m->dims.q_dim,
+                 F = (size_t)m->dims.ffn;
     /* the arena's table of sizes: every activation, in the order they are carved below */
     const size_t counts[] = {B * H, B * H, B * Q, B * Q, B * F, B * F,
-                             s->has_upward ? B * H : 0, B, (size_t)m->vocab,
-                             cache_dtype == KV_F32 ? 0 : 2 * B * (size_t)m->kv_dim};
+                             s->has_upward ? B * H : 0, B, (size_t)m->dims.vocab,
+                             cache_dtype == KV_F32 ? 0 : 2 * B * (size_t)m->dims.kv_dim};
     const size_t elem[] = {4, 4, 4, 4, 4, 4, 4, sizeof(int32_t), 4, 4};
     void *slots[10];
     const int n_buf = (int)(sizeof counts / sizeof counts[0]);
@@ -74,9 +74,9 @@ int kv_state_init(kv_state *s, const kv_model *m, int max_seq, int max_batch, kv
     s->pos = slots[7];
     s->logits = slots[8];
     s->kv_rows = cache_dtype == KV_F32 ? NULL : slots[9];
-    if ((rc = kv_cache_init(&s->cache, &m->map, m->n_kv_heads, m->head_dim, max_seq, cache_dtype,
+    if ((rc = kv_cache_init(&s->cache, &m->map, m->dims.n_kv_heads, m->dims.head_dim, max_seq, cache_dtype,
                             err)) ||
-        (rc = kv_rope_table_init(&s->rope, m->head_dim, max_seq, &m->rope, err))) {
+        (rc = kv_rope_table_init(&s->rope, m->dims.head_dim, max_seq, &m->dims.rope, err))) {
         kv_state_free(s);
         return rc;
     }
@@ -94,7 +94,7 @@ void kv_state_reset(kv_state *s) { s->n_past = 0; }
 
 size_t kv_state_bytes(const kv_state *s) {
     return s->arena.size + s->cache.bytes +
-           2 * sizeof(float) * (size_t)s->max_seq * (size_t)(s->model->head_dim / 2);
+           2 * sizeof(float) * (size_t)s->max_seq * (size_t)(s->model->dims.head_dim / 2);
 }
 
 /* ---- the steps of one layer ------------------------------------------------------------- */
@@ -110,14 +110,14 @@ static const int32_t *positions(kv_state *s, int pos0, int T) {
 static void write_kv(kv_state *s, int layer, const float *wk, const float *bk, const float *wv,
                      const float *bv, const float *xb, int T, int pos0) {
     const kv_model *m = s->model;
-    const size_t row = (size_t)m->kv_dim, offset = (size_t)pos0 * row * s->cache.elem;
+    const size_t row = (size_t)m->dims.kv_dim, offset = (size_t)pos0 * row * s->cache.elem;
     char *k_dst = (char *)kv_cache_k(&s->cache, layer) + offset;
     char *v_dst = (char *)kv_cache_v(&s->cache, layer) + offset;
     float *k = s->kv_rows ? s->kv_rows : (float *)k_dst;
     float *v = s->kv_rows ? s->kv_rows + (size_t)T * row : (float *)v_dst;
-    kv_matmul(k, xb, wk, bk, T, m->hidden, m->kv_dim);
-    kv_matmul(v, xb, wv, bv, T, m->hidden, m->kv_dim);
-    rows_rope(k, T, m->n_kv_heads, positions(s, pos0, T), &s->rope);
+    kv_matmul(k, xb, wk, bk, T, m->dims.hidden, m->dims.kv_dim);
+    kv_matmul(v, xb, wv, bv, T, m->dims.hidden, m->dims.kv_dim);
+    rows_rope(k, T, m->dims.n_kv_heads, positions(s, pos0, T), &s->rope);
     if (s->kv_rows) { /* F32 -> BF16 cannot fail */
         kv_dtype_cast(k_dst, s->cache.dtype, k, KV_F32, (size_t)T * row);
         kv_dtype_cast(v_dst, s->cache.dtype, v, KV_F32, (size_t)T * row);
@@ -128,7 +128,7 @@ static void write_kv(kv_state *s, int layer, const float *wk, const float *bk, c
 static void attention_input(kv_state *s, int layer, const float *x, int T, int pos0, int write) {
     const kv_model *m = s->model;
     const kv_layer_weights *w = &m->layers[layer];
-    rows_rmsnorm(s->xb, x, w->attn_norm, T, m->hidden, m->eps);
+    rows_rmsnorm(s->xb, x, w->attn_norm, T, m->dims.hidden, m->dims.eps);
     if (write && kv_model_writes_own_kv(m, layer))
         write_kv(s, layer, w->wk, w->bk, w->wv, w->bv, s->xb, T, pos0);
 }
@@ -137,18 +137,18 @@ static void attention_input(kv_state *s, int layer, const float *x, int T, int p
 static int attention_output(kv_state *s, int layer, float *x, int T, int pos0) {
     const kv_model *m = s->model;
     const kv_layer_weights *w = &m->layers[layer];
-    kv_matmul(s->q, s->xb, w->wq, w->bq, T, m->hidden, m->q_dim);
-    rows_rope(s->q, T, m->n_heads, positions(s, pos0, T), &s->rope);
+    kv_matmul(s->q, s->xb, w->wq, w->bq, T, m->dims.hidden, m->dims.q_dim);
+    rows_rope(s->q, T, m->dims.n_heads, positions(s, pos0, T), &s->rope);
     const int src = m->map.kv_layer_of[layer]; /* the layer whose K/V these queries read */
     const kv_attn_mask mask = src > layer ? KV_MASK_STRICT : KV_MASK_CAUSAL;
     const void *k = kv_cache_k(&s->cache, layer), *v = kv_cache_v(&s->cache, layer);
     int rc = s->cache.dtype == KV_BF16
-                 ? kv_attention_bf16(s->att, s->q, k, v, T, pos0, pos0 + T, m->n_heads,
-                                     m->n_kv_heads, m->head_dim, mask)
-                 : kv_attention(s->att, s->q, k, v, T, pos0, pos0 + T, m->n_heads, m->n_kv_heads,
-                                m->head_dim, mask);
+                 ? kv_attention_bf16(s->att, s->q, k, v, T, pos0, pos0 + T, m->dims.n_heads,
+                                     m->dims.n_kv_heads, m->dims.head_dim, mask)
+                 : kv_attention(s->att, s->q, k, v, T, pos0, pos0 + T, m->dims.n_heads, m->dims.n_kv_heads,
+                                m->dims.head_dim, mask);
     if (rc) return rc;
-    kv_matmul_acc(x, s->att, w->wo, w->bo, T, m->q_dim, m->hidden);
+    kv_matmul_acc(x, s->att, w->wo, w->bo, T, m->dims.q_dim, m->dims.hidden);
     return 0;
 }
 
@@ -160,8 +160,8 @@ int kv_layer_attention(kv_state *s, int layer, float *x, int T, int pos0) {
 void kv_layer_mlp(kv_state *s, int layer, float *x, int T) {
     const kv_model *m = s->model;
     const kv_layer_weights *w = &m->layers[layer];
-    const int H = m->hidden, F = m->ffn;
-    rows_rmsnorm(s->xb, x, w->mlp_norm, T, H, m->eps);
+    const int H = m->dims.hidden, F = m->dims.ffn;
+    rows_rmsnorm(s->xb, x, w->mlp_norm, T, H, m->dims.eps);
     kv_matmul(s->gate, s->xb, w->w_gate, w->b_gate, T, H, F);
     kv_matmul(s->up, s->xb, w->w_up, w->b_up, T, H, F);
     rows_swiglu(s->gate, s->gate, s->up, T, F);
@@ -179,8 +179,8 @@ int kv_layers_run(kv_state *s, int from, int to, float *x, int T, int pos0) {
 
 void kv_swiftkv_write_kv(kv_state *s, const float *x, int T, int pos0) {
     const kv_model *m = s->model;
-    rows_rmsnorm(s->xb, x, m->norm_swiftkv, T, m->hidden, m->eps);
-    for (int j = m->map.swiftkv_l; j < m->n_layers; j += m->map.swiftkv_g) {
+    rows_rmsnorm(s->xb, x, m->norm_swiftkv, T, m->dims.hidden, m->dims.eps);
+    for (int j = m->map.swiftkv_l; j < m->dims.n_layers; j += m->map.swiftkv_g) {
         const kv_layer_weights *w = &m->layers[j]; /* group leader: k/v_proj_swiftkv */
         write_kv(s, j, w->wk, w->bk, w->wv, w->bv, s->xb, T, pos0);
     }
@@ -188,8 +188,8 @@ void kv_swiftkv_write_kv(kv_state *s, const float *x, int T, int pos0) {
 
 void kv_lm_head(kv_state *s, const float *x, int T, float *logits) {
     const kv_model *m = s->model;
-    rows_rmsnorm(s->xb, x, m->final_norm, T, m->hidden, m->eps);
-    kv_matmul(logits, s->xb, m->lm_head, NULL, T, m->hidden, m->vocab);
+    rows_rmsnorm(s->xb, x, m->final_norm, T, m->dims.hidden, m->dims.eps);
+    kv_matmul(logits, s->xb, m->lm_head, NULL, T, m->dims.hidden, m->dims.vocab);
 }
 
 /* ---- a pass over T <= max_batch tokens ---------------------------------------------------- */
@@ -200,9 +200,9 @@ void kv_lm_head(kv_state *s, const float *x, int T, float *logits) {
  * (exact: the same values, fewer rows). prune = 0 runs every row through every layer. */
 static int run_tail(kv_state *s, int from, float *x, int T, int pos0, int rows, int prune) {
     const kv_model *m = s->model;
-    const int L = m->n_layers, top = s->top_kv_writer;
+    const int L = m->dims.n_layers, top = s->top_kv_writer;
     if (!prune || rows == T) return kv_layers_run(s, from, L, x, T, pos0);
-    float *xr = x + (size_t)(T - rows) * m->hidden;
+    float *xr = x + (size_t)(T - rows) * m->dims.hidden;
     const int pr = pos0 + T - rows;
     int rc = 0;
     if (top >= from) {
@@ -221,7 +221,7 @@ static int run_tail(kv_state *s, int from, float *x, int T, int pos0, int rows, 
 static int run_iterative(kv_state *s, float *x, int T, int pos0, int passes, int rows, int prune) {
     const kv_model *m = s->model;
     const int lo = s->block_lo, hi = s->block_hi;
-    const size_t bytes = sizeof(float) * (size_t)T * (size_t)m->hidden;
+    const size_t bytes = sizeof(float) * (size_t)T * (size_t)m->dims.hidden;
     int rc = kv_layers_run(s, 0, lo, x, T, pos0);
     if (rc) return rc;
     memcpy(s->x_block, x, bytes);
@@ -240,9 +240,9 @@ static int run_iterative(kv_state *s, float *x, int T, int pos0, int passes, int
 static int run_pass(kv_state *s, const int32_t *tokens, int T, const kv_forward_opts *o,
                     float *out, kv_error *err) {
     const kv_model *m = s->model;
-    const int H = m->hidden, pos0 = s->n_past;
+    const int H = m->dims.hidden, pos0 = s->n_past;
     float *x = s->x;
-    int rc = kv_embedding(x, m->embed, m->vocab, H, tokens, T, err);
+    int rc = kv_embedding(x, m->embed, m->dims.vocab, H, tokens, T, err);
     if (rc) return rc;
     int rows = o->logits == KV_LOGITS_ALL ? T : o->logits == KV_LOGITS_LAST ? 1 : 0;
     if (m->map.kind == KVMAP_SWIFTKV) {
@@ -253,7 +253,7 @@ static int run_pass(kv_state *s, const int32_t *tokens, int T, const kv_forward_
             /* layers >= l only for the rows whose logits are wanted (all with no skip) */
             const int run = o->no_swiftkv_skip ? T : rows;
             if (run > 0)
-                rc = kv_layers_run(s, l, m->n_layers, x + (size_t)(T - run) * H, run,
+                rc = kv_layers_run(s, l, m->dims.n_layers, x + (size_t)(T - run) * H, run,
                                    pos0 + T - run);
         }
     } else if (s->has_upward && T > 1) {
@@ -281,7 +281,7 @@ int kv_forward(kv_state *s, const int32_t *tokens, int T, const kv_forward_opts 
             return kv_fail(err, KV_EINVAL, "forward: all-position logits need an output buffer");
         logits = s->logits;
     }
-    const size_t V = (size_t)s->model->vocab;
+    const size_t V = (size_t)s->model->dims.vocab;
     /* exact prefill over upward layers: the prompt as a sequence of decode steps */
     const int one_by_one = s->has_upward && o->prefill.mode == KV_PREFILL_SEQUENTIAL;
     const int chunk = one_by_one ? 1 : s->max_batch;

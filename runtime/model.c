@@ -91,7 +91,7 @@ static int bind(binder *bd, const float **dst, int required, int64_t d0, int64_t
 static int bind_all(binder *bd) {
     kv_model *m = bd->m;
     const hf_config *c = &m->cfg;
-    const int H = m->hidden, Q = m->q_dim, KV = m->kv_dim, F = m->ffn, V = m->vocab;
+    const int H = m->dims.hidden, Q = m->dims.q_dim, KV = m->dims.kv_dim, F = m->dims.ffn, V = m->dims.vocab;
     const int ab = c->attention_bias, mb = c->mlp_bias;
     int rc;
 #define B(dst, req, d0, d1, ...) \
@@ -100,7 +100,7 @@ static int bind_all(binder *bd) {
     B(&m->final_norm, 1, H, 0, "model.norm.weight");
     if (!c->tie_word_embeddings) B(&m->lm_head, 1, V, H, "lm_head.weight");
     if (m->map.kind == KVMAP_SWIFTKV) B(&m->norm_swiftkv, 1, H, 0, "model.norm_swiftkv.weight");
-    for (int i = 0; i < m->n_layers; i++) {
+    for (int i = 0; i < m->dims.n_layers; i++) {
         kv_layer_weights *w = &m->layers[i];
         const char *p = "model.layers";
         const int swift = kv_model_swiftkv_layer(m, i);
@@ -165,11 +165,11 @@ int kv_model_writes_own_kv(const kv_model *m, int layer) {
 }
 
 static size_t count_step_bytes(const kv_model *m) {
-    const size_t H = (size_t)m->hidden, Q = (size_t)m->q_dim, KV = (size_t)m->kv_dim,
-                 F = (size_t)m->ffn;
-    size_t n = H + (size_t)m->vocab * H + H; /* embedding row, LM head, final norm */
+    const size_t H = (size_t)m->dims.hidden, Q = (size_t)m->dims.q_dim, KV = (size_t)m->dims.kv_dim,
+                 F = (size_t)m->dims.ffn;
+    size_t n = H + (size_t)m->dims.vocab * H + H; /* embedding row, LM head, final norm */
     if (m->norm_swiftkv) n += H;
-    for (int i = 0; i < m->n_layers; i++) {
+    for (int i = 0; i < m->dims.n_layers; i++) {
         const kv_layer_weights *w = &m->layers[i];
         n += 2 * H + Q * H + H * Q + 3 * F * H;
         if (w->wk) n += 2 * KV * H;
@@ -186,30 +186,13 @@ int kv_model_from_source(kv_model *m, const hf_config *cfg, const kv_tensor_sour
     if (rc) return rc;
     m->cfg = *cfg;
     if ((rc = kvmap_from_config(&m->map, cfg, err))) return rc;
-    m->n_layers = cfg->n_layers;
-    m->hidden = cfg->hidden_size;
-    m->n_heads = cfg->n_heads;
-    m->n_kv_heads = cfg->n_kv_heads;
-    m->head_dim = cfg->head_dim;
-    m->ffn = cfg->intermediate_size;
-    m->vocab = cfg->vocab_size;
-    m->q_dim = cfg->n_heads * cfg->head_dim;
-    m->kv_dim = cfg->n_kv_heads * cfg->head_dim;
-    m->max_pos = cfg->max_position_embeddings;
-    m->eps = cfg->rms_norm_eps;
-    m->rope = (kv_rope_config){
-        .theta = cfg->rope_theta,
-        .scaling = cfg->rope_type == HF_ROPE_LLAMA3 ? KV_ROPE_LLAMA3 : KV_ROPE_PLAIN,
-        .factor = cfg->rope_factor,
-        .low_freq_factor = cfg->rope_low_freq_factor,
-        .high_freq_factor = cfg->rope_high_freq_factor,
-        .original_max_position = cfg->rope_original_max_position};
+    llama_dims_init(&m->dims, cfg);
     {   /* RoPE parameters are checked here, once, rather than at the first forward */
         double probe[1];
-        kv_rope_config one = m->rope;
+        kv_rope_config one = m->dims.rope;
         if ((rc = kv_rope_inv_freq(probe, 2, &one, err))) return kv_wrap(err, "config.json");
     }
-    m->layers = calloc((size_t)m->n_layers, sizeof *m->layers);
+    m->layers = calloc((size_t)m->dims.n_layers, sizeof *m->layers);
     if (!m->layers) return kv_fail(err, KV_ENOMEM, "model: out of memory");
 
     binder bd = {.m = m, .src = src, .copy_f32 = o && o->copy_f32, .err = err};

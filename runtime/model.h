@@ -14,6 +14,7 @@
 #include <stddef.h>
 
 #include "formats/hfconfig.h"
+#include "formats/llama_view.h"
 #include "kernels/kernels.h"
 #include "base/arena.h"
 #include "runtime/weights.h"
@@ -34,11 +35,7 @@ typedef struct {
 typedef struct {
     hf_config cfg;
     kv_map map;
-    int n_layers, hidden, n_heads, n_kv_heads, head_dim, ffn, vocab;  /* L, H, nh, nkv, hd */
-    int q_dim, kv_dim;               /* nh*hd, nkv*hd */
-    int max_pos;                     /* max_position_embeddings */
-    float eps;                       /* rms_norm_eps */
-    kv_rope_config rope;
+    llama_dims dims;                 /* L, H, nh, nkv, hd, F, V, RoPE (formats/llama_view.h) */
     const float *embed;              /* [V, H] model.embed_tokens */
     const float *final_norm;         /* [H] model.norm */
     const float *lm_head;            /* [V, H] lm_head, or embed when tied */

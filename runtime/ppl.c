@@ -6,7 +6,7 @@
 int kv_perplexity(kv_state *s, const int32_t *ids, long n_ids, const kv_ppl_opts *o,
                   kv_ppl_progress progress, void *progress_ctx, kv_ppl_result *r, kv_error *err) {
     *r = (kv_ppl_result){0};
-    const int V = s->model->vocab, ctx = o->ctx, has_bos = o->bos >= 0;
+    const int V = s->model->dims.vocab, ctx = o->ctx, has_bos = o->bos >= 0;
     if (ctx < 2 || ctx > s->max_seq)
         return kv_fail(err, KV_EINVAL, "perplexity: window of %d positions (2..%d)", ctx, s->max_seq);
     if (n_ids < (has_bos ? 1 : 2))

@@ -29,7 +29,7 @@ static int make_student(const char *spec, const char *name) {
     char dir[512];
     path(dir, sizeof dir, name);
     int rc = kvt_model_load(&t, MODEL, &err);
-    if (!rc && !(rc = kvmap_parse(&map, spec, t.L, &err)) &&
+    if (!rc && !(rc = kvmap_parse(&map, spec, t.dims.n_layers, &err)) &&
         !(rc = distill_student_init(&s, &t, &map, DISTILL_INIT_MEAN, &err))) {
         rc = kvt_model_save(&s, dir, NULL, &err);
         kvt_model_free(&s);

@@ -106,7 +106,7 @@ int main(void) {
             distill_seqs seqs;
             kvt_run rs, rt;
             distill_tokenizer_load(&tok, dirs, 1, &t.cfg, &err);
-            distill_tokens_load(&d, data_path, tok, t.V, &err);
+            distill_tokens_load(&d, data_path, tok, t.dims.vocab, &err);
             distill_pack(&seqs, &d, 0, d.n, 64, &err);
             seqs.n = 8;
             kvt_run_init(&rs, &s2, 4, 64, 4, 0, &err);

@@ -740,7 +740,7 @@ static void test_dtypes_and_layouts(void) {
         compare_dirs(MODEL_DIR, dir1, 1e-5, "llama3 rope factor 1");
         runner a, b;
         if (runner_open(&a, MODEL_DIR, 64, 64) == 0 && runner_open(&b, dir8, 64, 64) == 0) {
-            CHECK(b.m.rope.scaling == KV_ROPE_LLAMA3 && b.m.rope.factor == 8.0, "llama3 config not bound");
+            CHECK(b.m.dims.rope.scaling == KV_ROPE_LLAMA3 && b.m.dims.rope.factor == 8.0, "llama3 config not bound");
             float *x = malloc(sizeof(float) * SEQ * V), *y = malloc(sizeof(float) * SEQ * V);
             full_logits(&a, golden_tokens, SEQ, ITER9, 0, x);
             full_logits(&b, golden_tokens, SEQ, ITER9, 0, y);

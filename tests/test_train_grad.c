@@ -198,37 +198,37 @@ static void r_attention(double *out, const double *q, const double *K, const dou
 static void r_layer(ref_ctx *c, int i) {
     const kvt_model *m = c->m;
     const kvt_layer *ly = &m->layers[i];
-    const int N = c->N, H = m->H, Q = m->q_dim, KV = m->kv_dim, F = m->ffn;
+    const int N = c->N, H = m->dims.hidden, Q = m->dims.q_dim, KV = m->dims.kv_dim, F = m->dims.ffn;
     const double *x = c->xin[i];
     double *y = c->xin[i + 1];
     if (m->map.kind == KVMAP_SWIFTKV && i == m->map.swiftkv_l) {
-        r_rmsnorm(c->s, x, W_of(c, m->norm_swiftkv), N, H, m->eps);
-        for (int j = i; j < m->L; j++) {
+        r_rmsnorm(c->s, x, W_of(c, m->norm_swiftkv), N, H, m->dims.eps);
+        for (int j = i; j < m->dims.n_layers; j++) {
             if (!kvmap_is_kv_layer(&m->map, j)) continue;
             const int sl = kvmap_slot_of(&m->map, j);
             r_matmul(c->k[sl], c->s, W_of(c, m->layers[j].k), W_of(c, m->layers[j].k_b), N, H, KV);
-            r_rope(c->k[sl], N, c->T, m->nkv, m->hd, m->rope.theta);
+            r_rope(c->k[sl], N, c->T, m->dims.n_kv_heads, m->dims.head_dim, m->dims.rope.theta);
             r_matmul(c->v[sl], c->s, W_of(c, m->layers[j].v), W_of(c, m->layers[j].v_b), N, H, KV);
         }
     }
-    r_rmsnorm(c->xn, x, W_of(c, ly->attn_norm), N, H, m->eps);
+    r_rmsnorm(c->xn, x, W_of(c, ly->attn_norm), N, H, m->dims.eps);
     r_matmul(c->q, c->xn, W_of(c, ly->q), W_of(c, ly->q_b), N, H, Q);
-    r_rope(c->q, N, c->T, m->nh, m->hd, m->rope.theta);
+    r_rope(c->q, N, c->T, m->dims.n_heads, m->dims.head_dim, m->dims.rope.theta);
     const int sl = kvmap_slot_of(&m->map, i);
     const int own = kvmap_is_kv_layer(&m->map, i) &&
                     !(m->map.kind == KVMAP_SWIFTKV && i >= m->map.swiftkv_l);
     if (own) {
         r_matmul(c->k[sl], c->xn, W_of(c, ly->k), W_of(c, ly->k_b), N, H, KV);
-        r_rope(c->k[sl], N, c->T, m->nkv, m->hd, m->rope.theta);
+        r_rope(c->k[sl], N, c->T, m->dims.n_kv_heads, m->dims.head_dim, m->dims.rope.theta);
         r_matmul(c->v[sl], c->xn, W_of(c, ly->v), W_of(c, ly->v_b), N, H, KV);
     }
     const int up = m->map.kv_layer_of[i] > i && m->map.kind != KVMAP_SWIFTKV;
     r_attention(c->att, c->q, up ? c->kp[sl] : c->k[sl], up ? c->vp[sl] : c->v[sl], c->B, c->T,
-                m->nh, m->nkv, m->hd, up);
+                m->dims.n_heads, m->dims.n_kv_heads, m->dims.head_dim, up);
     double *mid = malloc(sizeof(double) * N * H), *tmp = malloc(sizeof(double) * N * H);
     r_matmul(tmp, c->att, W_of(c, ly->o), W_of(c, ly->o_b), N, Q, H);
     for (int k = 0; k < N * H; k++) mid[k] = x[k] + tmp[k];
-    r_rmsnorm(c->xn, mid, W_of(c, ly->mlp_norm), N, H, m->eps);
+    r_rmsnorm(c->xn, mid, W_of(c, ly->mlp_norm), N, H, m->dims.eps);
     r_matmul(c->g, c->xn, W_of(c, ly->gate), W_of(c, ly->gate_b), N, H, F);
     r_matmul(c->u, c->xn, W_of(c, ly->up), W_of(c, ly->up_b), N, H, F);
     for (int k = 0; k < N * F; k++) c->g[k] = c->g[k] / (1 + exp(-c->g[k])) * c->u[k];
@@ -244,7 +244,7 @@ static void r_layer(ref_ctx *c, int i) {
  * c->xin. */
 static void r_forward(ref_ctx *c, int set_prev) {
     const kvt_model *m = c->m;
-    const int N = c->N, H = m->H, L = m->L;
+    const int N = c->N, H = m->dims.hidden, L = m->dims.n_layers;
     const double *E = W_of(c, m->embed);
     for (int r = 0; r < N; r++)
         for (int k = 0; k < H; k++) c->xin[0][r * H + k] = E[(size_t)c->tokens[r] * H + k];
@@ -252,7 +252,7 @@ static void r_forward(ref_ctx *c, int set_prev) {
     if (kvmap_cyclic_block(&m->map, &lo, &hi) > 0 && m->map.kind != KVMAP_SWIFTKV) {
         for (int i = 0; i < lo; i++) r_layer(c, i);
         const int S = kvmap_n_slots(&m->map);
-        const size_t kvb = sizeof(double) * N * m->kv_dim;
+        const size_t kvb = sizeof(double) * N * m->dims.kv_dim;
         if (set_prev) {
             for (int s = 0; s < S; s++) memset(c->kp[s], 0, kvb), memset(c->vp[s], 0, kvb);
             for (int p = 1; p <= c->passes - c->grad_passes; p++) {
@@ -270,14 +270,14 @@ static void r_forward(ref_ctx *c, int set_prev) {
     } else {
         for (int i = 0; i < L; i++) r_layer(c, i);
     }
-    r_rmsnorm(c->xn, c->xin[L], W_of(c, m->final_norm), N, H, m->eps);
-    r_matmul(c->logits, c->xn, W_of(c, m->lm_head), NULL, N, H, m->V);
+    r_rmsnorm(c->xn, c->xin[L], W_of(c, m->final_norm), N, H, m->dims.eps);
+    r_matmul(c->logits, c->xn, W_of(c, m->lm_head), NULL, N, H, m->dims.vocab);
 }
 
 static double r_loss(ref_ctx *c) {
     r_forward(c, 0);
     const kvt_model *m = c->m;
-    const int N = c->N, V = m->V;
+    const int N = c->N, V = m->dims.vocab;
     double kl = 0;
     for (int r = 0; r < N; r++) {
         const double *zs = c->logits + (size_t)r * V, *zt = c->t_logits + (size_t)r * V;
@@ -294,9 +294,9 @@ static double r_loss(ref_ctx *c) {
     }
     kl = c->temp * c->temp * kl / N;
     double mse = 0;
-    const double *h = c->xin[m->L - 1];
-    for (int k = 0; k < N * m->H; k++) mse += (h[k] - c->t_h[k]) * (h[k] - c->t_h[k]);
-    mse /= (double)N * m->H;
+    const double *h = c->xin[m->dims.n_layers - 1];
+    for (int k = 0; k < N * m->dims.hidden; k++) mse += (h[k] - c->t_h[k]) * (h[k] - c->t_h[k]);
+    mse /= (double)N * m->dims.hidden;
     double ce = 0;
     for (int b = 0; b < c->B; b++)
         for (int t = 0; t + 1 < c->T; t++) {
@@ -334,15 +334,15 @@ static void ref_init(ref_ctx *c, const kvt_model *m, int B, int T, int passes, i
         for (size_t k = 0; k < p->n; k++) c->w[i][k] = p->w[k];
     }
     const int S = kvmap_n_slots(&m->map), N = c->N;
-    const size_t big = (size_t)N * (size_t)(m->ffn > m->V ? m->ffn : m->V) +
-                       (size_t)N * (m->q_dim > m->H ? m->q_dim : m->H);
-    c->k = alloc_rows(S, (size_t)N * m->kv_dim);
-    c->v = alloc_rows(S, (size_t)N * m->kv_dim);
-    c->kp = alloc_rows(S, (size_t)N * m->kv_dim);
-    c->vp = alloc_rows(S, (size_t)N * m->kv_dim);
-    c->kc = alloc_rows(S, (size_t)N * m->kv_dim);
-    c->vc = alloc_rows(S, (size_t)N * m->kv_dim);
-    c->xin = alloc_rows(m->L + 1, (size_t)N * m->H);
+    const size_t big = (size_t)N * (size_t)(m->dims.ffn > m->dims.vocab ? m->dims.ffn : m->dims.vocab) +
+                       (size_t)N * (m->dims.q_dim > m->dims.hidden ? m->dims.q_dim : m->dims.hidden);
+    c->k = alloc_rows(S, (size_t)N * m->dims.kv_dim);
+    c->v = alloc_rows(S, (size_t)N * m->dims.kv_dim);
+    c->kp = alloc_rows(S, (size_t)N * m->dims.kv_dim);
+    c->vp = alloc_rows(S, (size_t)N * m->dims.kv_dim);
+    c->kc = alloc_rows(S, (size_t)N * m->dims.kv_dim);
+    c->vc = alloc_rows(S, (size_t)N * m->dims.kv_dim);
+    c->xin = alloc_rows(m->dims.n_layers + 1, (size_t)N * m->dims.hidden);
     c->xn = calloc(big, sizeof(double));
     c->q = calloc(big, sizeof(double));
     c->att = calloc(big, sizeof(double));
@@ -358,7 +358,7 @@ static void ref_free(ref_ctx *c) {
     free(c->w);
     free_rows(c->k, S), free_rows(c->v, S), free_rows(c->kp, S), free_rows(c->vp, S);
     free_rows(c->kc, S), free_rows(c->vc, S);
-    free_rows(c->xin, c->m->L + 1);
+    free_rows(c->xin, c->m->dims.n_layers + 1);
     free(c->xn), free(c->q), free(c->att), free(c->g), free(c->u), free(c->s), free(c->logits);
     free(c->t_logits), free(c->t_h);
 }

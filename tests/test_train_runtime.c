@@ -75,7 +75,7 @@ static void compare(const char *spec, kv_swiftkv_layout layout, const kvt_model 
     CHECK(rc == 0, "%s: state: %s", spec, err.msg);
     kvt_run run;
     rc |= kvt_run_init(&run, &s, n_seq, T, 9, 0, &err);
-    float *logits = malloc(sizeof(float) * (size_t)T * s.V);
+    float *logits = malloc(sizeof(float) * (size_t)T * s.dims.vocab);
     if (!rc && !(rc = kvt_forward(&run, tokens, &err))) {
         double worst = 0;
         for (int b = 0; b < n_seq && !rc; b++) {
@@ -85,7 +85,7 @@ static void compare(const char *spec, kv_swiftkv_layout layout, const kvt_model 
             rc = kv_forward(&st, tokens + (size_t)b * T, T, &fo, logits, &err);
             CHECK(rc == 0, "%s: runtime forward: %s", spec, err.msg);
             if (!rc) {
-                double d = max_diff(run.logits + (size_t)b * T * s.V, logits, (size_t)T * s.V);
+                double d = max_diff(run.logits + (size_t)b * T * s.dims.vocab, logits, (size_t)T * s.dims.vocab);
                 if (d > worst) worst = d;
             }
         }

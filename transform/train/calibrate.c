@@ -49,13 +49,13 @@ static double cos_rows(const float *a, const float *b, int rows, int dim) {
 }
 
 static const float *state_of(const kvt_run *r, int i) {
-    return i < r->m->L ? r->acts[i].x_in : r->x_out;
+    return i < r->m->dims.n_layers ? r->acts[i].x_in : r->x_out;
 }
 
 /* teacher similarity over the calibration batches */
 static int similarity(calib_result *res, kvt_run *t, const distill_seqs *seqs, long n_seqs,
                       kv_error *err) {
-    const int L = t->m->L, B = t->B, T = t->T, H = t->m->H, KV = t->m->kv_dim;
+    const int L = t->m->dims.n_layers, B = t->B, T = t->T, H = t->m->dims.hidden, KV = t->m->dims.kv_dim;
     int32_t *tokens = malloc(sizeof(int32_t) * (size_t)B * T);
     if (!tokens) return kv_fail(err, KV_ENOMEM, "calibrate: out of memory");
     long rows = 0;
@@ -105,7 +105,7 @@ int calib_run(const calib_opts *o, const kv_map *maps, int n_maps,
     distill_tokens d = {0};
     distill_seqs seqs = {0};
     kvt_run rt = {0};
-    const int L = teacher.L;
+    const int L = teacher.dims.n_layers;
     if (!kvmap_is_identity(&teacher.map)) {
         rc = kv_fail(err, KV_EINVAL, "%s: calibrate needs the original model (KV map %s)",
                      o->teacher_dir, teacher.map.name);
@@ -114,7 +114,7 @@ int calib_run(const calib_opts *o, const kv_map *maps, int n_maps,
     const char *dirs[] = {o->teacher_dir};
     if ((rc = distill_tokenizer_load(&tok, dirs, 1, &teacher.cfg, err))) goto out;
     for (int i = 0; i < o->n_data && !rc; i++)
-        rc = distill_tokens_load(&d, o->data[i], tok, teacher.V, err);
+        rc = distill_tokens_load(&d, o->data[i], tok, teacher.dims.vocab, err);
     if (rc || (rc = distill_pack(&seqs, &d, 0, d.n, o->seq_len, err))) goto out;
     if (seqs.n < 1) {
         rc = kv_fail(err, KV_EINVAL, "calibrate: fewer than %d tokens of data", o->seq_len);

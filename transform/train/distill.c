@@ -46,8 +46,8 @@ int distill_evaluate(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_
                      distill_eval_result *out, void (*tick)(void *, long, long), void *tick_ctx,
                      kv_error *err) {
     memset(out, 0, sizeof *out);
-    const int B = s->B, T = s->T, V = s->m->V;
-    if (seqs->T != T || (t && (t->B != B || t->T != T || t->m->V != V)))
+    const int B = s->B, T = s->T, V = s->m->dims.vocab;
+    if (seqs->T != T || (t && (t->B != B || t->T != T || t->m->dims.vocab != V)))
         return kv_fail(err, KV_EINVAL, "evaluate: runs and sequences differ in shape");
     long n = seqs->n;
     if (max_seqs > 0 && n > max_seqs) n = max_seqs;
@@ -147,11 +147,11 @@ static int check_pair(const kvt_model *t, const kvt_model *s, kv_error *err) {
     if (!kvmap_is_identity(&t->map))
         return kv_fail(err, KV_EINVAL, "%s: the teacher must be an original model (its KV map "
                        "is %s)", t->dir, t->map.name);
-    if (t->L != s->L || t->H != s->H || t->nh != s->nh || t->nkv != s->nkv || t->hd != s->hd ||
-        t->ffn != s->ffn || t->V != s->V)
+    if (t->dims.n_layers != s->dims.n_layers || t->dims.hidden != s->dims.hidden || t->dims.n_heads != s->dims.n_heads || t->dims.n_kv_heads != s->dims.n_kv_heads || t->dims.head_dim != s->dims.head_dim ||
+        t->dims.ffn != s->dims.ffn || t->dims.vocab != s->dims.vocab)
         return kv_fail(err, KV_EINVAL, "%s and %s: teacher and student shapes differ (layers "
-                       "%d/%d, hidden %d/%d, vocab %d/%d)", t->dir, s->dir, t->L, s->L, t->H,
-                       s->H, t->V, s->V);
+                       "%d/%d, hidden %d/%d, vocab %d/%d)", t->dir, s->dir, t->dims.n_layers, s->dims.n_layers, t->dims.hidden,
+                       s->dims.hidden, t->dims.vocab, s->dims.vocab);
     return 0;
 }
 
@@ -163,7 +163,7 @@ static int load_tokenizer(run_state *r, kv_error *err) {
 static int load_files(distill_tokens *d, const char *const *files, int n, const run_state *r,
                       kv_error *err) {
     for (int i = 0; i < n; i++) {
-        int rc = distill_tokens_load(d, files[i], r->tok, r->teacher.V, err);
+        int rc = distill_tokens_load(d, files[i], r->tok, r->teacher.dims.vocab, err);
         if (rc) return rc;
     }
     return 0;
@@ -386,7 +386,7 @@ static int write_report(const run_state *r, const distill_report *rep, kv_error 
     if (r->student.map.kind == KVMAP_CROSS)
         cJSON_AddStringToObject(j, "layer_types", rep->layer_types);
     cJSON_AddNumberToObject(j, "kv_slots", kvmap_n_slots(&r->student.map));
-    cJSON_AddNumberToObject(j, "layers", r->student.L);
+    cJSON_AddNumberToObject(j, "layers", r->student.dims.n_layers);
     cJSON_AddNumberToObject(j, "teacher_ppl", rep->teacher_ppl);
     cJSON_AddNumberToObject(j, "student_before_ppl", rep->student_before_ppl);
     cJSON_AddNumberToObject(j, "student_after_ppl", rep->student_after_ppl);

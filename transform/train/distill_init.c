@@ -141,9 +141,9 @@ int distill_student_init(kvt_model *s, const kvt_model *t, const kv_map *map,
     memset(s, 0, sizeof *s);
     if (!kvmap_is_identity(&t->map))
         return kv_fail(err, KV_EINVAL, "teacher: already transformed (KV map %s)", t->map.name);
-    if (map->n_layers != t->L)
+    if (map->n_layers != t->dims.n_layers)
         return kv_fail(err, KV_EINVAL, "KV map %s has %d layers, the teacher %d", map->name,
-                       map->n_layers, t->L);
+                       map->n_layers, t->dims.n_layers);
     int rc = kvmap_validate(map, err);
     if (rc) return rc;
     if (map->kind == KVMAP_IDENTITY)
@@ -201,7 +201,7 @@ int distill_student_init(kvt_model *s, const kvt_model *t, const kv_map *map,
                          "SwiftKV tensors?)", s->params[i].name);
             goto fail;
         }
-    if (!(s->layers = calloc((size_t)s->L, sizeof *s->layers))) {
+    if (!(s->layers = calloc((size_t)s->dims.n_layers, sizeof *s->layers))) {
         rc = kv_fail(err, KV_ENOMEM, "student: out of memory");
         goto fail;
     }

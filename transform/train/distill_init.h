@@ -15,7 +15,7 @@
 
 typedef enum { DISTILL_INIT_MEAN = 0, DISTILL_INIT_TARGET = 1 } distill_init_mode;
 
-/* teacher: an original model (identity map); map: cross-layer or SwiftKV with teacher->L layers */
+/* teacher: an original model (identity map); map: cross-layer or SwiftKV with teacher->dims.n_layers layers */
 int distill_student_init(kvt_model *student, const kvt_model *teacher, const kv_map *map,
                          distill_init_mode mode, kv_error *err);
 

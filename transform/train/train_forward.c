@@ -11,7 +11,7 @@ static size_t rows(const kvt_run *r, int width) { return (size_t)r->N * (size_t)
 
 /* the slots whose K/V an upward layer reads: they need a previous-pass copy */
 static int slot_has_upward_reader(const kvt_model *m, int slot) {
-    for (int i = 0; i < m->L; i++)
+    for (int i = 0; i < m->dims.n_layers; i++)
         if (kvmap_is_upward(&m->map, i) && kvmap_slot_of(&m->map, i) == slot) return 1;
     return 0;
 }
@@ -26,8 +26,8 @@ static int any_trainable_in_layer(const kvt_layer *ly) {
 }
 
 static int lowest_grad_layer(const kvt_model *m) {
-    int lo = m->L;
-    for (int i = m->L - 1; i >= 0; i--)
+    int lo = m->dims.n_layers;
+    for (int i = m->dims.n_layers - 1; i >= 0; i--)
         if (any_trainable_in_layer(&m->layers[i])) lo = i;
     if (m->norm_swiftkv && m->norm_swiftkv->trainable && m->map.swiftkv_l < lo)
         lo = m->map.swiftkv_l;
@@ -45,7 +45,7 @@ static int slot_made_in_block(const kvt_model *m, int s, int lo, int hi) {
 static float *carve_layer(kvt_layer_acts *a, float *p, const kvt_run *r) {
     const kvt_model *m = r->m;
     float **fields[] = {&a->x_in, &a->xn1, &a->q, &a->att, &a->x_mid, &a->xn2, &a->gate, &a->up, &a->act};
-    const int width[] = {m->H, m->H, m->q_dim, m->q_dim, m->H, m->H, m->ffn, m->ffn, m->ffn};
+    const int width[] = {m->dims.hidden, m->dims.hidden, m->dims.q_dim, m->dims.q_dim, m->dims.hidden, m->dims.hidden, m->dims.ffn, m->dims.ffn, m->dims.ffn};
     for (size_t f = 0; f < sizeof width / sizeof *width; f++) {
         *fields[f] = p;
         p += rows(r, width[f]);
@@ -81,21 +81,21 @@ int kvt_run_init_grad(kvt_run *r, const kvt_model *m, int B, int T, int passes, 
     r->want_grad = want_grad;
     r->n_slots = kvmap_n_slots(&m->map);
     r->has_upward = kvmap_cyclic_block(&m->map, &r->block_lo, &r->block_hi) > 0;
-    r->grad_lo = want_grad ? lowest_grad_layer(m) : m->L;
+    r->grad_lo = want_grad ? lowest_grad_layer(m) : m->dims.n_layers;
     r->grad_passes = r->has_upward && want_grad ? grad_passes : 1;
     if (r->grad_passes > 1 && r->grad_lo > r->block_lo) r->grad_lo = r->block_lo;
-    const int L = m->L, H = m->H, Q = m->q_dim, KV = m->kv_dim, F = m->ffn, S = r->n_slots;
+    const int L = m->dims.n_layers, H = m->dims.hidden, Q = m->dims.q_dim, KV = m->dims.kv_dim, F = m->dims.ffn, S = r->n_slots;
     const int E = r->grad_passes - 1; /* earlier differentiated passes */
 
     /* sizes in floats, then one allocation */
     size_t per_layer = 4 * rows(r, H) + 2 * rows(r, Q) + 3 * rows(r, F);
     size_t total = (size_t)L * per_layer + 2 * (size_t)S * rows(r, KV) + 3 * rows(r, H) +
-                   rows(r, m->V);
+                   rows(r, m->dims.vocab);
     int n_prev = 0;
     for (int s = 0; s < S; s++) n_prev += r->has_upward && slot_has_upward_reader(m, s);
     total += 2 * (size_t)n_prev * rows(r, KV);
     if (want_grad)
-        total += rows(r, m->V) + 4 * rows(r, H) + 2 * rows(r, Q) + 3 * rows(r, F) +
+        total += rows(r, m->dims.vocab) + 4 * rows(r, H) + 2 * rows(r, Q) + 3 * rows(r, F) +
                  2 * (size_t)S * rows(r, KV);
     if (E > 0) {
         const size_t block = (size_t)(r->block_hi - r->block_lo + 1);
@@ -145,9 +145,9 @@ int kvt_run_init_grad(kvt_run *r, const kvt_model *m, int B, int T, int passes, 
     CARVE(r->s_norm, rows(r, H));
     CARVE(r->x_out, rows(r, H));
     CARVE(r->xn_out, rows(r, H));
-    CARVE(r->logits, rows(r, m->V));
+    CARVE(r->logits, rows(r, m->dims.vocab));
     if (want_grad) {
-        CARVE(r->dlogits, rows(r, m->V));
+        CARVE(r->dlogits, rows(r, m->dims.vocab));
         CARVE(r->dh_last, rows(r, H));
         CARVE(r->dx, rows(r, H));
         CARVE(r->dxn, rows(r, H));
@@ -191,7 +191,7 @@ int kvt_run_init_grad(kvt_run *r, const kvt_model *m, int B, int T, int passes, 
     }
 #undef CARVE
     for (size_t i = 0; i < N; i++) r->pos[i] = (int32_t)(i % (size_t)T);
-    int rc = kv_rope_table_init(&r->rope, m->hd, T, &m->rope, err);
+    int rc = kv_rope_table_init(&r->rope, m->dims.head_dim, T, &m->dims.rope, err);
     if (rc) {
         kvt_run_free(r);
         return rc;
@@ -221,20 +221,20 @@ void kvt_run_free(kvt_run *r) {
     memset(r, 0, sizeof *r);
 }
 
-const float *kvt_last_layer_input(const kvt_run *r) { return r->acts[r->m->L - 1].x_in; }
+const float *kvt_last_layer_input(const kvt_run *r) { return r->acts[r->m->dims.n_layers - 1].x_in; }
 
 /* ---- forward ---- */
 
 static void swiftkv_write_kv(kvt_run *r, const float *h_l) {
     const kvt_model *m = r->m;
-    kv_rmsnorm(r->s_norm, h_l, m->norm_swiftkv->w, r->N, m->H, m->eps);
-    for (int j = m->map.swiftkv_l; j < m->L; j++) {
+    kv_rmsnorm(r->s_norm, h_l, m->norm_swiftkv->w, r->N, m->dims.hidden, m->dims.eps);
+    for (int j = m->map.swiftkv_l; j < m->dims.n_layers; j++) {
         if (!kvmap_is_kv_layer(&m->map, j)) continue;
         const kvt_layer *ly = &m->layers[j];
         const int s = kvmap_slot_of(&m->map, j);
-        kv_matmul(r->k[s], r->s_norm, ly->k->w, W(ly->k_b), r->N, m->H, m->kv_dim);
-        kv_rope(r->k[s], r->N, m->nkv, r->pos, &r->rope);
-        kv_matmul(r->v[s], r->s_norm, ly->v->w, W(ly->v_b), r->N, m->H, m->kv_dim);
+        kv_matmul(r->k[s], r->s_norm, ly->k->w, W(ly->k_b), r->N, m->dims.hidden, m->dims.kv_dim);
+        kv_rope(r->k[s], r->N, m->dims.n_kv_heads, r->pos, &r->rope);
+        kv_matmul(r->v[s], r->s_norm, ly->v->w, W(ly->v_b), r->N, m->dims.hidden, m->dims.kv_dim);
     }
 }
 
@@ -242,31 +242,31 @@ static int layer_forward(kvt_run *r, int i) {
     const kvt_model *m = r->m;
     const kvt_layer *ly = &m->layers[i];
     kvt_layer_acts *a = &r->acts[i];
-    const int N = r->N, H = m->H, Q = m->q_dim, KV = m->kv_dim, F = m->ffn, T = r->T;
-    float *x_out = i + 1 < m->L ? r->acts[i + 1].x_in : r->x_out;
+    const int N = r->N, H = m->dims.hidden, Q = m->dims.q_dim, KV = m->dims.kv_dim, F = m->dims.ffn, T = r->T;
+    float *x_out = i + 1 < m->dims.n_layers ? r->acts[i + 1].x_in : r->x_out;
     if (m->map.kind == KVMAP_SWIFTKV && i == m->map.swiftkv_l) swiftkv_write_kv(r, a->x_in);
 
-    kv_rmsnorm(a->xn1, a->x_in, ly->attn_norm->w, N, H, m->eps);
+    kv_rmsnorm(a->xn1, a->x_in, ly->attn_norm->w, N, H, m->dims.eps);
     kv_matmul(a->q, a->xn1, ly->q->w, W(ly->q_b), N, H, Q);
-    kv_rope(a->q, N, m->nh, r->pos, &r->rope);
+    kv_rope(a->q, N, m->dims.n_heads, r->pos, &r->rope);
     const int slot = kvmap_slot_of(&m->map, i);
     if (kvt_layer_writes_own_kv(m, i)) {
         kv_matmul(r->k[slot], a->xn1, ly->k->w, W(ly->k_b), N, H, KV);
-        kv_rope(r->k[slot], N, m->nkv, r->pos, &r->rope);
+        kv_rope(r->k[slot], N, m->dims.n_kv_heads, r->pos, &r->rope);
         kv_matmul(r->v[slot], a->xn1, ly->v->w, W(ly->v_b), N, H, KV);
     }
     const int up = kvmap_is_upward(&m->map, i);
     const float *K = up ? r->k_prev[slot] : r->k[slot], *V = up ? r->v_prev[slot] : r->v[slot];
     for (int b = 0; b < r->B; b++) {
         const size_t qo = (size_t)b * T * Q, ko = (size_t)b * T * KV;
-        int rc = kv_attention(a->att + qo, a->q + qo, K + ko, V + ko, T, 0, T, m->nh, m->nkv,
-                              m->hd, up ? KV_MASK_STRICT : KV_MASK_CAUSAL);
+        int rc = kv_attention(a->att + qo, a->q + qo, K + ko, V + ko, T, 0, T, m->dims.n_heads, m->dims.n_kv_heads,
+                              m->dims.head_dim, up ? KV_MASK_STRICT : KV_MASK_CAUSAL);
         if (rc) return rc;
     }
     memcpy(a->x_mid, a->x_in, sizeof(float) * rows(r, H));
     kv_matmul_acc(a->x_mid, a->att, ly->o->w, W(ly->o_b), N, Q, H);
 
-    kv_rmsnorm(a->xn2, a->x_mid, ly->mlp_norm->w, N, H, m->eps);
+    kv_rmsnorm(a->xn2, a->x_mid, ly->mlp_norm->w, N, H, m->dims.eps);
     kv_matmul(a->gate, a->xn2, ly->gate->w, W(ly->gate_b), N, H, F);
     kv_matmul(a->up, a->xn2, ly->up->w, W(ly->up_b), N, H, F);
     kv_swiglu(a->act, a->gate, a->up, rows(r, F));
@@ -285,12 +285,12 @@ static int layers_forward(kvt_run *r, int from, int to) {
 
 int kvt_forward(kvt_run *r, const int32_t *tokens, kv_error *err) {
     const kvt_model *m = r->m;
-    int rc = kv_embedding(r->acts[0].x_in, m->embed->w, m->V, m->H, tokens, r->N, err);
+    int rc = kv_embedding(r->acts[0].x_in, m->embed->w, m->dims.vocab, m->dims.hidden, tokens, r->N, err);
     if (rc) return rc;
     if (!r->has_upward) {
-        rc = layers_forward(r, 0, m->L - 1);
+        rc = layers_forward(r, 0, m->dims.n_layers - 1);
     } else {
-        const size_t kv_bytes = sizeof(float) * rows(r, m->kv_dim);
+        const size_t kv_bytes = sizeof(float) * rows(r, m->dims.kv_dim);
         for (int s = 0; s < r->n_slots; s++)
             if (r->k_prev[s]) memset(r->k_prev[s], 0, kv_bytes), memset(r->v_prev[s], 0, kv_bytes);
         rc = layers_forward(r, 0, r->block_lo - 1);
@@ -304,7 +304,7 @@ int kvt_forward(kvt_run *r, const int32_t *tokens, kv_error *err) {
                         memcpy(r->k_read[s], r->k_prev[s], kv_bytes);
                         memcpy(r->v_read[s], r->v_prev[s], kv_bytes);
                     }
-                r->acts = r->acts_early + (size_t)e * m->L;
+                r->acts = r->acts_early + (size_t)e * m->dims.n_layers;
             }
             rc = layers_forward(r, r->block_lo, r->block_hi);
             r->acts = acts;
@@ -318,14 +318,14 @@ int kvt_forward(kvt_run *r, const int32_t *tokens, kv_error *err) {
                     memcpy(r->v_prev[s], r->v[s], kv_bytes);
                 }
         }
-        if (!rc) rc = layers_forward(r, r->block_lo, m->L - 1);
+        if (!rc) rc = layers_forward(r, r->block_lo, m->dims.n_layers - 1);
     }
     if (rc) return kv_fail(err, rc, "train: attention scratch: out of memory");
-    kv_rmsnorm(r->xn_out, r->x_out, m->final_norm->w, r->N, m->H, m->eps);
-    kv_matmul(r->logits, r->xn_out, m->lm_head->w, NULL, r->N, m->H, m->V);
+    kv_rmsnorm(r->xn_out, r->x_out, m->final_norm->w, r->N, m->dims.hidden, m->dims.eps);
+    kv_matmul(r->logits, r->xn_out, m->lm_head->w, NULL, r->N, m->dims.hidden, m->dims.vocab);
     if (r->want_grad) {
-        memset(r->dlogits, 0, sizeof(float) * rows(r, m->V));
-        memset(r->dh_last, 0, sizeof(float) * rows(r, m->H));
+        memset(r->dlogits, 0, sizeof(float) * rows(r, m->dims.vocab));
+        memset(r->dh_last, 0, sizeof(float) * rows(r, m->dims.hidden));
     }
     return 0;
 }
@@ -339,7 +339,7 @@ static int layer_backward(kvt_run *r, int i) {
     const kvt_model *m = r->m;
     const kvt_layer *ly = &m->layers[i];
     const kvt_layer_acts *a = &r->acts[i];
-    const int N = r->N, H = m->H, Q = m->q_dim, KV = m->kv_dim, F = m->ffn, T = r->T;
+    const int N = r->N, H = m->dims.hidden, Q = m->dims.q_dim, KV = m->dims.kv_dim, F = m->dims.ffn, T = r->T;
 
     /* MLP: x_out = x_mid + act Wd^T */
     zero(r->dact, rows(r, F));
@@ -350,7 +350,7 @@ static int layer_backward(kvt_run *r, int i) {
     zero(r->dxn, rows(r, H));
     kv_matmul_backward(r->dxn, G(ly->gate), G(ly->gate_b), r->dgate, a->xn2, ly->gate->w, N, H, F);
     kv_matmul_backward(r->dxn, G(ly->up), G(ly->up_b), r->dup, a->xn2, ly->up->w, N, H, F);
-    kv_rmsnorm_backward(r->dx, G(ly->mlp_norm), r->dxn, a->x_mid, ly->mlp_norm->w, N, H, m->eps);
+    kv_rmsnorm_backward(r->dx, G(ly->mlp_norm), r->dxn, a->x_mid, ly->mlp_norm->w, N, H, m->dims.eps);
 
     /* attention: x_mid = x_in + att Wo^T */
     zero(r->datt, rows(r, Q));
@@ -365,38 +365,38 @@ static int layer_backward(kvt_run *r, int i) {
         const size_t qo = (size_t)b * T * Q, ko = (size_t)b * T * KV;
         int rc = kv_attention_backward(r->dq + qo, dK ? dK + ko : NULL,
                                        dV ? dV + ko : NULL, r->datt + qo, a->q + qo,
-                                       K + ko, V + ko, T, 0, T, m->nh, m->nkv, m->hd,
+                                       K + ko, V + ko, T, 0, T, m->dims.n_heads, m->dims.n_kv_heads, m->dims.head_dim,
                                        up ? KV_MASK_STRICT : KV_MASK_CAUSAL);
         if (rc) return rc;
     }
-    kv_rope_backward(r->dq, N, m->nh, r->pos, &r->rope);
+    kv_rope_backward(r->dq, N, m->dims.n_heads, r->pos, &r->rope);
     zero(r->dxn, rows(r, H));
     kv_matmul_backward(r->dxn, G(ly->q), G(ly->q_b), r->dq, a->xn1, ly->q->w, N, H, Q);
     if (kvt_layer_writes_own_kv(m, i)) {
         /* every reader with a gradient sits at or above i: dK/dV are complete here */
-        kv_rope_backward(r->dk[slot], N, m->nkv, r->pos, &r->rope);
+        kv_rope_backward(r->dk[slot], N, m->dims.n_kv_heads, r->pos, &r->rope);
         kv_matmul_backward(r->dxn, G(ly->k), G(ly->k_b), r->dk[slot], a->xn1, ly->k->w, N, H, KV);
         kv_matmul_backward(r->dxn, G(ly->v), G(ly->v_b), r->dv[slot], a->xn1, ly->v->w, N, H, KV);
     }
-    kv_rmsnorm_backward(r->dx, G(ly->attn_norm), r->dxn, a->x_in, ly->attn_norm->w, N, H, m->eps);
+    kv_rmsnorm_backward(r->dx, G(ly->attn_norm), r->dxn, a->x_in, ly->attn_norm->w, N, H, m->dims.eps);
     return 0;
 }
 
 /* SwiftKV K/V of layers >= l come from norm_swiftkv(h_l): add their gradient into r->dx */
 static void swiftkv_backward(kvt_run *r) {
     const kvt_model *m = r->m;
-    const int N = r->N, H = m->H, KV = m->kv_dim;
+    const int N = r->N, H = m->dims.hidden, KV = m->dims.kv_dim;
     zero(r->ds, rows(r, H));
-    for (int j = m->map.swiftkv_l; j < m->L; j++) {
+    for (int j = m->map.swiftkv_l; j < m->dims.n_layers; j++) {
         if (!kvmap_is_kv_layer(&m->map, j)) continue;
         const kvt_layer *ly = &m->layers[j];
         const int s = kvmap_slot_of(&m->map, j);
-        kv_rope_backward(r->dk[s], N, m->nkv, r->pos, &r->rope);
+        kv_rope_backward(r->dk[s], N, m->dims.n_kv_heads, r->pos, &r->rope);
         kv_matmul_backward(r->ds, G(ly->k), G(ly->k_b), r->dk[s], r->s_norm, ly->k->w, N, H, KV);
         kv_matmul_backward(r->ds, G(ly->v), G(ly->v_b), r->dv[s], r->s_norm, ly->v->w, N, H, KV);
     }
     kv_rmsnorm_backward(r->dx, G(m->norm_swiftkv), r->ds, r->acts[m->map.swiftkv_l].x_in,
-                        m->norm_swiftkv->w, N, H, m->eps);
+                        m->norm_swiftkv->w, N, H, m->dims.eps);
 }
 
 /* After the last pass's backward reached the block's lowest layer (r->dx = d loss / d block
@@ -406,7 +406,7 @@ static void swiftkv_backward(kvt_run *r) {
 static int early_passes_backward(kvt_run *r) {
     const kvt_model *m = r->m;
     const int S = r->n_slots, E = r->grad_passes - 1, lo = r->block_lo, hi = r->block_hi;
-    const size_t nkv = rows(r, m->kv_dim), nh = rows(r, m->H);
+    const size_t nkv = rows(r, m->dims.kv_dim), nh = rows(r, m->dims.hidden);
     kvt_layer_acts *acts = r->acts;
     float **k = r->k, **v = r->v, **kp = r->k_prev, **vp = r->v_prev;
     memcpy(r->dx_block, r->dx, sizeof(float) * nh);
@@ -424,7 +424,7 @@ static int early_passes_backward(kvt_run *r) {
                 zero(r->dv[s], nkv);
             }
         }
-        r->acts = r->acts_early + (size_t)e * m->L;
+        r->acts = r->acts_early + (size_t)e * m->dims.n_layers;
         r->k = r->k_made + (size_t)e * S;
         r->v = r->v_made + (size_t)e * S;
         r->k_prev = r->k_read + (size_t)e * S;
@@ -443,26 +443,26 @@ static int early_passes_backward(kvt_run *r) {
 int kvt_backward(kvt_run *r, kv_error *err) {
     if (!r->want_grad) return kv_fail(err, KV_EINVAL, "train: run has no gradient buffers");
     const kvt_model *m = r->m;
-    const int N = r->N, H = m->H;
+    const int N = r->N, H = m->dims.hidden;
     for (int s = 0; s < r->n_slots; s++) {
-        zero(r->dk[s], rows(r, m->kv_dim));
-        zero(r->dv[s], rows(r, m->kv_dim));
+        zero(r->dk[s], rows(r, m->dims.kv_dim));
+        zero(r->dv[s], rows(r, m->dims.kv_dim));
         if (r->dk_prev && r->dk_prev[s]) {
-            zero(r->dk_prev[s], rows(r, m->kv_dim));
-            zero(r->dv_prev[s], rows(r, m->kv_dim));
+            zero(r->dk_prev[s], rows(r, m->dims.kv_dim));
+            zero(r->dv_prev[s], rows(r, m->dims.kv_dim));
         }
     }
     r->read_grad = r->grad_passes > 1;
     zero(r->dxn, rows(r, H));
     zero(r->dx, rows(r, H));
     kv_matmul_backward(r->dxn, m->lm_head == m->embed ? NULL : G(m->lm_head), NULL, r->dlogits,
-                       r->xn_out, m->lm_head->w, N, H, m->V);
+                       r->xn_out, m->lm_head->w, N, H, m->dims.vocab);
     kv_rmsnorm_backward(r->dx, G(m->final_norm), r->dxn, r->x_out, m->final_norm->w, N, H,
-                        m->eps);
-    for (int i = m->L - 1; i >= r->grad_lo; i--) {
+                        m->dims.eps);
+    for (int i = m->dims.n_layers - 1; i >= r->grad_lo; i--) {
         int rc = layer_backward(r, i);
         if (rc) return kv_fail(err, rc, "train: attention backward: out of memory");
-        if (i == m->L - 1)
+        if (i == m->dims.n_layers - 1)
             for (size_t k = 0; k < rows(r, H); k++) r->dx[k] += r->dh_last[k];
         if (m->map.kind == KVMAP_SWIFTKV && i == m->map.swiftkv_l) swiftkv_backward(r);
         if (r->grad_passes > 1 && i == r->block_lo && (rc = early_passes_backward(r)))
@@ -475,22 +475,22 @@ int kvt_distill_microbatch(kvt_run *student, kvt_run *teacher, const int32_t *to
                            const kvt_loss_weights *w, float grad_scale, kvt_loss *out,
                            kv_error *err) {
     const kvt_model *m = student->m;
-    if (teacher->N != student->N || teacher->T != student->T || teacher->m->V != m->V ||
-        teacher->m->H != m->H || teacher->m->L != m->L)
+    if (teacher->N != student->N || teacher->T != student->T || teacher->m->dims.vocab != m->dims.vocab ||
+        teacher->m->dims.hidden != m->dims.hidden || teacher->m->dims.n_layers != m->dims.n_layers)
         return kv_fail(err, KV_EINVAL, "train: teacher and student runs do not match");
     int rc = kvt_forward(teacher, tokens, err);
     if (!rc) rc = kvt_forward(student, tokens, err);
     if (rc) return rc;
     const int backward = grad_scale > 0 && student->want_grad;
-    const size_t nh = (size_t)student->N * (size_t)m->H;
+    const size_t nh = (size_t)student->N * (size_t)m->dims.hidden;
     out->kl = kv_distill_kl(backward ? student->dlogits : NULL, student->logits, teacher->logits,
-                            student->N, m->V, w->temp, grad_scale);
+                            student->N, m->dims.vocab, w->temp, grad_scale);
     out->mse = kv_mse(backward && w->mse_weight != 0 ? student->dh_last : NULL,
                       kvt_last_layer_input(student), kvt_last_layer_input(teacher), nh,
                       grad_scale * w->mse_weight);
     out->ce = w->ce_weight == 0 ? 0.0
               : kv_next_token_ce(backward ? student->dlogits : NULL, student->logits, tokens,
-                                 student->B, student->T, m->V, grad_scale * w->ce_weight);
+                                 student->B, student->T, m->dims.vocab, grad_scale * w->ce_weight);
     out->loss = out->kl + (double)w->mse_weight * out->mse + (double)w->ce_weight * out->ce;
     return backward ? kvt_backward(student, err) : 0;
 }

@@ -28,27 +28,9 @@ int kvt_layer_writes_own_kv(const kvt_model *m, int layer) {
 
 int kvt_model_dims(kvt_model *m, kv_error *err) {
     const hf_config *c = &m->cfg;
-    m->L = c->n_layers;
-    m->H = c->hidden_size;
-    m->nh = c->n_heads;
-    m->nkv = c->n_kv_heads;
-    m->hd = c->head_dim;
-    m->ffn = c->intermediate_size;
-    m->V = c->vocab_size;
-    m->q_dim = m->nh * m->hd;
-    m->kv_dim = m->nkv * m->hd;
-    m->eps = c->rms_norm_eps;
-    memset(&m->rope, 0, sizeof m->rope);
-    m->rope.theta = c->rope_theta;
-    if (c->rope_type == HF_ROPE_LLAMA3) {
-        m->rope.scaling = KV_ROPE_LLAMA3;
-        m->rope.factor = c->rope_factor;
-        m->rope.low_freq_factor = c->rope_low_freq_factor;
-        m->rope.high_freq_factor = c->rope_high_freq_factor;
-        m->rope.original_max_position = c->rope_original_max_position;
-    }
-    if (m->map.n_layers != m->L)
-        return kv_fail(err, KV_EINVAL, "KV map has %d layers, config %d", m->map.n_layers, m->L);
+    llama_dims_init(&m->dims, c);
+    if (m->map.n_layers != m->dims.n_layers)
+        return kv_fail(err, KV_EINVAL, "KV map has %d layers, config %d", m->map.n_layers, m->dims.n_layers);
     return 0;
 }
 
@@ -103,21 +85,21 @@ static int bind_opt_bias(kvt_model *m, kvt_param **out, int want, const char *na
 }
 
 int kvt_model_bind(kvt_model *m, const char *label, kv_error *err) {
-    const int H = m->H, Q = m->q_dim, KV = m->kv_dim, F = m->ffn;
+    const int H = m->dims.hidden, Q = m->dims.q_dim, KV = m->dims.kv_dim, F = m->dims.ffn;
     const int ab = m->cfg.attention_bias, mb = m->cfg.mlp_bias;
     char n[KVT_NAME_MAX + 32];
     int rc;
     for (int i = 0; i < m->n_params; i++) m->params[i].used = 0;
-    if ((rc = bind(m, &m->embed, "model.embed_tokens.weight", m->V, H, label, err)) ||
+    if ((rc = bind(m, &m->embed, "model.embed_tokens.weight", m->dims.vocab, H, label, err)) ||
         (rc = bind(m, &m->final_norm, "model.norm.weight", H, 0, label, err)))
         return rc;
     if (m->cfg.tie_word_embeddings) m->lm_head = m->embed;
-    else if ((rc = bind(m, &m->lm_head, "lm_head.weight", m->V, H, label, err))) return rc;
+    else if ((rc = bind(m, &m->lm_head, "lm_head.weight", m->dims.vocab, H, label, err))) return rc;
     m->norm_swiftkv = NULL;
     if (m->map.kind == KVMAP_SWIFTKV &&
         (rc = bind(m, &m->norm_swiftkv, "model.norm_swiftkv.weight", H, 0, label, err)))
         return rc;
-    for (int i = 0; i < m->L; i++) {
+    for (int i = 0; i < m->dims.n_layers; i++) {
         kvt_layer *ly = &m->layers[i];
         memset(ly, 0, sizeof *ly);
         const int skv = kvt_layer_is_swiftkv(m, i);
@@ -188,7 +170,7 @@ int kvt_model_load(kvt_model *m, const char *dir, kv_error *err) {
     }
     m->n_params = m->ckpt->n_tensors;
     m->params = calloc((size_t)(m->n_params ? m->n_params : 1), sizeof *m->params);
-    m->layers = calloc((size_t)m->L, sizeof *m->layers);
+    m->layers = calloc((size_t)m->dims.n_layers, sizeof *m->layers);
     if (!m->params || !m->layers) {
         rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", dir);
         goto fail;
@@ -253,14 +235,14 @@ long kvt_model_set_trainable_distill(kvt_model *m, kv_error *err) {
     int rc = 0;
     if (m->map.kind == KVMAP_SWIFTKV) {
         rc = make_trainable(m->norm_swiftkv, &count, err);
-        for (int i = m->map.swiftkv_l; i < m->L && !rc; i++) {
+        for (int i = m->map.swiftkv_l; i < m->dims.n_layers && !rc; i++) {
             kvt_layer *ly = &m->layers[i];
             kvt_param *ps[] = {ly->q, ly->q_b, ly->k, ly->k_b, ly->v, ly->v_b};
             for (size_t j = 0; j < sizeof ps / sizeof *ps && !rc; j++)
                 rc = make_trainable(ps[j], &count, err);
         }
     } else if (m->map.kind == KVMAP_CROSS) {
-        for (int i = 0; i < m->L && !rc; i++) {
+        for (int i = 0; i < m->dims.n_layers && !rc; i++) {
             kvt_layer *ly = &m->layers[i];
             if (m->map.kv_layer_of[i] != i) {
                 if (!(rc = make_trainable(ly->q, &count, err))) rc = make_trainable(ly->q_b, &count, err);

@@ -16,6 +16,7 @@
 #include "base/dtype.h"
 #include "base/error.h"
 #include "formats/hfconfig.h"
+#include "formats/llama_view.h"
 #include "formats/safetensors.h"
 #include "kernels/kernels.h"
 #include "formats/kvmap.h"
@@ -49,9 +50,7 @@ typedef struct {
 typedef struct {
     hf_config cfg;
     kv_map map;
-    int L, H, nh, nkv, hd, ffn, V, q_dim, kv_dim;
-    float eps;
-    kv_rope_config rope;
+    llama_dims dims;               /* L, H, nh, nkv, hd, F, V, RoPE (formats/llama_view.h) */
     int n_params;
     kvt_param *params;             /* sorted by name */
     kvt_param *embed;              /* [V, H] frozen always */
