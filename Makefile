@@ -17,7 +17,7 @@ CUDA    ?= $(if $(NVCC),1,0)
 ifeq ($(SAN),1)
 CUDA    := 0
 endif
-LIB_SRC := $(sort $(wildcard base/*.c formats/*.c transform/*/*.c kernels/cpu/*.c runtime/*.c verify/*.c))
+LIB_SRC := $(sort $(wildcard base/*.c formats/*.c transform/*/*.c kernels/*.c kernels/cpu/*.c runtime/*.c verify/*.c))
 CU_SRC  := $(sort $(wildcard kernels/cuda/*.cu))
 ifeq ($(CUDA),1)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))

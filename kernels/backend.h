@@ -63,6 +63,8 @@ typedef struct {
     int (*convert)(kv_backend *b, void *dst, kv_dtype dst_type, const void *src,
                    kv_dtype src_type, size_t n, kv_error *err);
     int (*sync)(kv_backend *b, kv_error *err);
+    /* tears down the backend's context (kv_backend_free calls it); NULL when there is none */
+    void (*release)(kv_backend *b);
 
     /* ---- forward ---- */
     /* out[T, n_out] (+)= x[T, n_in] @ W[n_out, n_in]^T + bias; W is F32 or BF16 (w_type) */

@@ -170,6 +170,19 @@ double kv_next_token_ce(float *dlogits, const float *logits, const int32_t *toke
 double kv_mse(float *dstudent, const float *student, const float *teacher, size_t n,
               float grad_scale);
 
+/* ---- optimiser ------------------------------------------------------------------------- */
+
+/* AdamW (decoupled weight decay, as torch.optim.AdamW), step t (1-based), learning rate lr:
+ *   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+ *   w -= lr * wd * w;  w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+ * Moments are float; the arithmetic of one element is double. */
+void kv_adamw(float *w, const float *g, float *m, float *v, size_t n, double beta1, double beta2,
+              double eps, double weight_decay, long t, double lr);
+/* returns acc + the sum of x[i]^2, accumulated in double in index order from acc */
+double kv_sumsq(double acc, const float *x, size_t n);
+/* x[i] *= k */
+void kv_scale(float *x, float k, size_t n);
+
 #ifdef __cplusplus
 }
 #endif

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/rows.h"
+#include "kernels/cpu/rows.h"
 
 /* ---- setup ------------------------------------------------------------------------------ */
 

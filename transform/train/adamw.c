@@ -3,19 +3,11 @@
 
 #include <math.h>
 
+#include "kernels/kernels.h"
+
 void adamw_update(float *w, const float *g, float *m, float *v, size_t n,
                   const adamw_hparams *h, long t, double lr) {
-    const double c1 = 1.0 - pow(h->beta1, (double)t), c2 = 1.0 - pow(h->beta2, (double)t);
-    const double decay = 1.0 - lr * h->weight_decay;
-    for (size_t i = 0; i < n; i++) {
-        const double gi = g[i];
-        const double mi = h->beta1 * m[i] + (1.0 - h->beta1) * gi;
-        const double vi = h->beta2 * v[i] + (1.0 - h->beta2) * gi * gi;
-        m[i] = (float)mi;
-        v[i] = (float)vi;
-        const double wi = (double)w[i] * decay;
-        w[i] = (float)(wi - lr * (mi / c1) / (sqrt(vi / c2) + h->eps));
-    }
+    kv_adamw(w, g, m, v, n, h->beta1, h->beta2, h->eps, h->weight_decay, t, lr);
 }
 
 double lr_at(long s, long total, long warmup, double lr, lr_decay decay) {
@@ -28,12 +20,10 @@ double lr_at(long s, long total, long warmup, double lr, lr_decay decay) {
 
 double grad_global_norm(float *const *g, const size_t *n, int parts) {
     double s = 0;
-    for (int p = 0; p < parts; p++)
-        for (size_t i = 0; i < n[p]; i++) s += (double)g[p][i] * g[p][i];
+    for (int p = 0; p < parts; p++) s = kv_sumsq(s, g[p], n[p]);
     return sqrt(s);
 }
 
 void grad_scale_all(float *const *g, const size_t *n, int parts, float k) {
-    for (int p = 0; p < parts; p++)
-        for (size_t i = 0; i < n[p]; i++) g[p][i] *= k;
+    for (int p = 0; p < parts; p++) kv_scale(g[p], k, n[p]);
 }

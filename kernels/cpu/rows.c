@@ -1,4 +1,4 @@
-#include "runtime/rows.h"
+#include "kernels/cpu/rows.h"
 
 #include <stddef.h>
 

@@ -1,8 +1,8 @@
 /* Row-wise kernels (rmsnorm, SwiGLU, RoPE) split over threads by blocks of rows when there is
  * enough work (kv_parallel_workers); each row is computed by the kernels/ function, so results
- * do not depend on the split. Used by the forward pass. */
-#ifndef KV_ROWS_H
-#define KV_ROWS_H
+ * do not depend on the split. Used by the CPU backend (backend_cpu.c). */
+#ifndef KV_CPU_ROWS_H
+#define KV_CPU_ROWS_H
 
 #include <stdint.h>
 

@@ -1,0 +1,268 @@
+/* The CPU backend (kernels/backend.h): host memory, the reference kernels of kernels.h, row-wise
+ * kernels threaded over blocks of rows (rows.h). Device pointers are host pointers. */
+#include "kernels/backend.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cpu/rows.h"
+
+static int cpu_alloc(kv_backend *b, void **dptr, size_t bytes, kv_error *err) {
+    (void)b;
+    *dptr = calloc(1, bytes ? bytes : 1);
+    if (!*dptr) return kv_fail(err, KV_ENOMEM, "cpu: cannot allocate %zu bytes", bytes);
+    return 0;
+}
+
+static void cpu_free(kv_backend *b, void *dptr) {
+    (void)b;
+    free(dptr);
+}
+
+static int cpu_map(kv_backend *b, const void **dptr, const void *host_src, size_t bytes,
+                   kv_error *err) {
+    (void)b, (void)bytes, (void)err;
+    *dptr = host_src;
+    return 0;
+}
+
+static void cpu_unmap(kv_backend *b, const void *dptr) { (void)b, (void)dptr; }
+
+static int cpu_copy(kv_backend *b, void *dst, const void *src, size_t bytes, kv_error *err) {
+    (void)b, (void)err;
+    if (bytes && dst != src) memcpy(dst, src, bytes);
+    return 0;
+}
+
+static int cpu_zero(kv_backend *b, void *dst, size_t bytes, kv_error *err) {
+    (void)b, (void)err;
+    if (bytes) memset(dst, 0, bytes);
+    return 0;
+}
+
+static int cpu_convert(kv_backend *b, void *dst, kv_dtype dst_type, const void *src,
+                       kv_dtype src_type, size_t n, kv_error *err) {
+    (void)b;
+    if (kv_dtype_cast(dst, dst_type, src, src_type, n))
+        return kv_fail(err, KV_EUNSUPPORTED, "cpu: convert %s -> %s is not supported",
+                       kv_dtype_name(src_type), kv_dtype_name(dst_type));
+    return 0;
+}
+
+static int cpu_sync(kv_backend *b, kv_error *err) {
+    (void)b, (void)err;
+    return 0;
+}
+
+/* BF16 weights: rows of W widened into scratch, a block at a time, then the F32 product of the
+ * block's outputs. The F32 path is kv_matmul itself. */
+enum { BF16_BLOCK_ROWS = 256 };
+
+static int matmul_bf16(float *out, const float *x, const uint16_t *W, const float *bias, int T,
+                       int n_in, int n_out, int accumulate, kv_error *err) {
+    const int rows = n_out < BF16_BLOCK_ROWS ? n_out : BF16_BLOCK_ROWS;
+    float *wide = malloc(sizeof(float) * (size_t)rows * (size_t)n_in);
+    float *part = malloc(sizeof(float) * (size_t)T * (size_t)rows);
+    if (!wide || !part) {
+        free(wide);
+        free(part);
+        return kv_fail(err, KV_ENOMEM, "cpu: matmul bf16 [%d x %d]: out of memory", n_out, n_in);
+    }
+    for (int o0 = 0; o0 < n_out; o0 += rows) {
+        const int nr = n_out - o0 < rows ? n_out - o0 : rows;
+        kv_dtype_cast(wide, KV_F32, W + (size_t)o0 * n_in, KV_BF16, (size_t)nr * n_in);
+        kv_matmul(part, x, wide, bias ? bias + o0 : NULL, T, n_in, nr);
+        for (int t = 0; t < T; t++) {
+            float *dst = out + (size_t)t * n_out + o0;
+            const float *src = part + (size_t)t * nr;
+            for (int o = 0; o < nr; o++) dst[o] = accumulate ? dst[o] + src[o] : src[o];
+        }
+    }
+    free(wide);
+    free(part);
+    return 0;
+}
+
+static int cpu_matmul(kv_backend *b, float *out, const float *x, const void *W, kv_dtype w_type,
+                      const float *bias, int T, int n_in, int n_out, int accumulate,
+                      kv_error *err) {
+    (void)b;
+    if (w_type == KV_BF16) return matmul_bf16(out, x, W, bias, T, n_in, n_out, accumulate, err);
+    if (w_type != KV_F32)
+        return kv_fail(err, KV_EUNSUPPORTED, "cpu: matmul with %s weights (F32 or BF16)",
+                       kv_dtype_name(w_type));
+    if (accumulate) kv_matmul_acc(out, x, W, bias, T, n_in, n_out);
+    else kv_matmul(out, x, W, bias, T, n_in, n_out);
+    return 0;
+}
+
+static int cpu_rmsnorm(kv_backend *b, float *out, const float *x, const float *w, int T, int dim,
+                       float eps, kv_error *err) {
+    (void)b, (void)err;
+    rows_rmsnorm(out, x, w, T, dim, eps);
+    return 0;
+}
+
+static int cpu_rope(kv_backend *b, float *x, int T, int n_heads, const int32_t *pos,
+                    const kv_rope_table *table, kv_error *err) {
+    (void)b, (void)err;
+    rows_rope(x, T, n_heads, pos, table);
+    return 0;
+}
+
+static int cpu_attention(kv_backend *b, float *out, const float *q, const void *k, const void *v,
+                         kv_dtype cache_type, int T, int pos0, int S, int n_heads, int n_kv_heads,
+                         int head_dim, kv_attn_mask mask, kv_error *err) {
+    (void)b;
+    int rc;
+    if (cache_type == KV_F32)
+        rc = kv_attention(out, q, k, v, T, pos0, S, n_heads, n_kv_heads, head_dim, mask);
+    else if (cache_type == KV_BF16)
+        rc = kv_attention_bf16(out, q, k, v, T, pos0, S, n_heads, n_kv_heads, head_dim, mask);
+    else
+        return kv_fail(err, KV_EUNSUPPORTED, "cpu: attention over a %s cache (F32 or BF16)",
+                       kv_dtype_name(cache_type));
+    if (rc) return kv_fail(err, rc, "cpu: attention (T %d, S %d): out of memory", T, S);
+    return 0;
+}
+
+static int cpu_swiglu(kv_backend *b, float *h, const float *gate, const float *up, int T, int n,
+                      kv_error *err) {
+    (void)b, (void)err;
+    rows_swiglu(h, gate, up, T, n);
+    return 0;
+}
+
+static int cpu_embedding(kv_backend *b, float *out, const float *table, int vocab, int dim,
+                         const int32_t *host_ids, int T, kv_error *err) {
+    (void)b;
+    return kv_embedding(out, table, vocab, dim, host_ids, T, err);
+}
+
+static int cpu_distill_kl(kv_backend *b, double *host_loss, float *dstudent,
+                          const float *student, const float *teacher, int T, int V, float temp,
+                          float grad_scale, kv_error *err) {
+    (void)b, (void)err;
+    double loss = kv_distill_kl(dstudent, student, teacher, T, V, temp, grad_scale);
+    if (host_loss) *host_loss = loss;
+    return 0;
+}
+
+static int cpu_next_token_ce(kv_backend *b, double *host_loss, float *dlogits,
+                             const float *logits, const int32_t *tokens, int B, int T, int V,
+                             float grad_scale, kv_error *err) {
+    (void)b, (void)err;
+    double loss = kv_next_token_ce(dlogits, logits, tokens, B, T, V, grad_scale);
+    if (host_loss) *host_loss = loss;
+    return 0;
+}
+
+static int cpu_mse(kv_backend *b, double *host_loss, float *dstudent, const float *student,
+                   const float *teacher, size_t n, float grad_scale, kv_error *err) {
+    (void)b, (void)err;
+    double loss = kv_mse(dstudent, student, teacher, n, grad_scale);
+    if (host_loss) *host_loss = loss;
+    return 0;
+}
+
+static int cpu_matmul_backward(kv_backend *b, float *dx, float *dW, float *dbias,
+                               const float *dout, const float *x, const float *W, int T, int n_in,
+                               int n_out, kv_error *err) {
+    (void)b, (void)err;
+    kv_matmul_backward(dx, dW, dbias, dout, x, W, T, n_in, n_out);
+    return 0;
+}
+
+static int cpu_rmsnorm_backward(kv_backend *b, float *dx, float *dw, const float *dout,
+                                const float *x, const float *w, int T, int dim, float eps,
+                                kv_error *err) {
+    (void)b, (void)err;
+    kv_rmsnorm_backward(dx, dw, dout, x, w, T, dim, eps);
+    return 0;
+}
+
+static int cpu_rope_backward(kv_backend *b, float *dx, int T, int n_heads, const int32_t *pos,
+                             const kv_rope_table *table, kv_error *err) {
+    (void)b, (void)err;
+    kv_rope_backward(dx, T, n_heads, pos, table);
+    return 0;
+}
+
+static int cpu_attention_backward(kv_backend *b, float *dq, float *dk, float *dv,
+                                  const float *dout, const float *q, const float *k,
+                                  const float *v, int T, int pos0, int S, int n_heads,
+                                  int n_kv_heads, int head_dim, kv_attn_mask mask,
+                                  kv_error *err) {
+    (void)b;
+    int rc = kv_attention_backward(dq, dk, dv, dout, q, k, v, T, pos0, S, n_heads, n_kv_heads,
+                                   head_dim, mask);
+    if (rc) return kv_fail(err, rc, "cpu: attention backward (T %d, S %d): out of memory", T, S);
+    return 0;
+}
+
+static int cpu_swiglu_backward(kv_backend *b, float *dgate, float *dup, const float *dh,
+                               const float *gate, const float *up, size_t n, kv_error *err) {
+    (void)b, (void)err;
+    kv_swiglu_backward(dgate, dup, dh, gate, up, n);
+    return 0;
+}
+
+static int cpu_sumsq(kv_backend *b, double *host_sumsq, const float *x, size_t n,
+                     kv_error *err) {
+    (void)b, (void)err;
+    *host_sumsq = kv_sumsq(*host_sumsq, x, n);
+    return 0;
+}
+
+static int cpu_scale(kv_backend *b, float *x, float k, size_t n, kv_error *err) {
+    (void)b, (void)err;
+    kv_scale(x, k, n);
+    return 0;
+}
+
+static int cpu_adamw(kv_backend *b, float *w, const float *g, float *m, float *v, size_t n,
+                     const kv_adamw_step *s, kv_error *err) {
+    (void)b, (void)err;
+    kv_adamw(w, g, m, v, n, s->beta1, s->beta2, s->eps, s->weight_decay, s->t, s->lr);
+    return 0;
+}
+
+static const kv_backend_ops cpu_ops = {
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .map = cpu_map,
+    .unmap = cpu_unmap,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .zero = cpu_zero,
+    .copy = cpu_copy,
+    .convert = cpu_convert,
+    .sync = cpu_sync,
+    .matmul = cpu_matmul,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .attention = cpu_attention,
+    .swiglu = cpu_swiglu,
+    .embedding = cpu_embedding,
+    .distill_kl = cpu_distill_kl,
+    .next_token_ce = cpu_next_token_ce,
+    .mse = cpu_mse,
+    .matmul_backward = cpu_matmul_backward,
+    .rmsnorm_backward = cpu_rmsnorm_backward,
+    .rope_backward = cpu_rope_backward,
+    .attention_backward = cpu_attention_backward,
+    .swiglu_backward = cpu_swiglu_backward,
+    .sumsq = cpu_sumsq,
+    .scale = cpu_scale,
+    .adamw = cpu_adamw,
+};
+
+int kv_backend_cpu_init(kv_backend *b, int threads, kv_error *err) {
+    (void)err;
+    if (threads >= 1) kv_kernels_set_threads(threads);
+    *b = (kv_backend){.ops = &cpu_ops, .device = KV_DEVICE_CPU, .unified = 1,
+                      .threads = kv_kernels_threads()};
+    snprintf(b->name, sizeof b->name, "cpu (%d thread%s)", b->threads, b->threads == 1 ? "" : "s");
+    return 0;
+}
