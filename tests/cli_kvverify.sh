@@ -11,11 +11,19 @@ expect_rc 2 "no command" -- "$V"
 expect_rc 2 "unknown command" -- "$V" frobnicate
 expect_rc 2 "bad atol" -- "$V" logits a b --atol -1
 expect_grep "Try 'kvverify --help'" "$TMP/err" "usage hint"
-# kernels: verified on a GPU; here "no device" must fail unless explicitly allowed
+# kernels: verified on a GPU; without one (or without a CUDA build) it says that no CUDA device
+# was found and exits 1, unless explicitly allowed
 "$V" kernels --json >"$TMP/k.json" 2>"$TMP/k.err"; rc=$?
-if grep -q '"status":"passed"' "$TMP/k.json"; then [ $rc = 0 ] && ok || bad "passed but exit $rc"
-else [ $rc = 1 ] && ok || bad "kernels without a device must exit 1, got $rc"; fi
-expect_rc 0 "allow no device" -- "$V" kernels --allow-no-device
+if grep -q '"status":"passed"' "$TMP/k.json"; then
+    [ $rc = 0 ] && ok || bad "passed but exit $rc"
+    expect_rc 0 "allow no device, with a device" -- "$V" kernels --allow-no-device
+else
+    [ $rc = 1 ] && ok || bad "kernels without a device must exit 1, got $rc"
+    expect_grep '"status":"no CUDA device"' "$TMP/k.json" "no-device status"
+    expect_grep "no CUDA device found" "$TMP/k.err" "no device said plainly"
+    expect_rc 0 "allow no device" -- "$V" kernels --allow-no-device
+    expect_grep "no CUDA device found" "$TMP/err" "allowed, but said"
+fi
 # logits: a file against itself matches; different rows differ in tokens; a missing file fails
 expect_rc 0 "self compare" -- "$V" logits "$G" "$G" --batch-a 2 --batch-b 2 --json
 expect_grep '"max_abs":0,' "$TMP/out" "zero difference"
