@@ -19,7 +19,11 @@ static void usage(void) {
            "  kernels                 every case of the parity table: each op of the CUDA\n"
            "                          backend against the CPU reference (needs a GPU)\n"
            "      --seed N            random inputs seed (default 1)\n"
+           "      --filter TEXT       only the cases whose name contains TEXT\n"
            "      --allow-no-device   exit 0 (status no CUDA device) when there is no GPU\n"
+           "      --device cpu        check the table itself without a GPU: the CPU backend\n"
+           "                          at --threads N (default 2) against 1 thread\n"
+           "      --exact             pass only on equal bits (tolerances ignored)\n"
            "  bundle FILE.kvb         structure, manifest and every tensor/file checksum\n"
            "  logits A.st B.st        compare two logits dumps (kvrun --logits-out, goldens)\n"
            "      --atol X            max |a-b| allowed (default 1e-4)\n"
@@ -30,14 +34,19 @@ static void usage(void) {
            "  --version               print the version\n");
 }
 
-enum { O_JSON = 256, O_SEED, O_ALLOW, O_ATOL, O_BA, O_BB, O_VERSION };
+enum { O_JSON = 256, O_SEED, O_ALLOW, O_ATOL, O_BA, O_BB, O_VERSION, O_FILTER, O_DEVICE,
+       O_THREADS, O_EXACT };
 static const struct option opts[] = {
     {"json", 0, 0, O_JSON}, {"seed", 1, 0, O_SEED}, {"allow-no-device", 0, 0, O_ALLOW},
     {"atol", 1, 0, O_ATOL}, {"batch-a", 1, 0, O_BA}, {"batch-b", 1, 0, O_BB},
+    {"filter", 1, 0, O_FILTER}, {"device", 1, 0, O_DEVICE}, {"threads", 1, 0, O_THREADS},
+    {"exact", 0, 0, O_EXACT},
     {"help", 0, 0, 'h'}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
 
 typedef struct {
     int json, allow_no_device, batch_a, batch_b;
+    int cpu, threads, exact; /* kernels --device cpu --threads N --exact */
+    const char *filter;
     long seed;
     double atol;
 } verify_opts;
@@ -54,7 +63,8 @@ static void json_str(const char *s) {
 static int cmd_kernels(const verify_opts *o) {
     kv_backend dev = {0}, ref = {0};
     kv_error err = {0};
-    int rc = kv_backend_cuda_init(&dev, 0, &err);
+    int rc = o->cpu ? kv_backend_cpu_init(&dev, o->threads, &err)
+                    : kv_backend_cuda_init(&dev, 0, &err);
     if (rc) {
         const char *status = rc == KV_EUNSUPPORTED ? "no CUDA device" : "error";
         if (o->json) {
@@ -75,17 +85,21 @@ static int cmd_kernels(const verify_opts *o) {
             cli_error(TOOL, "kernels: %s", err.msg);
         return EXIT_FAIL;
     }
-    kv_backend_cpu_init(&ref, 0, &err); /* every core */
+    /* the CUDA run compares with the CPU on every core; the CPU self-check with 1 thread */
+    kv_backend_cpu_init(&ref, o->cpu ? 1 : 0, &err);
     kv_parity_report rep;
-    const kv_parity_opts po = {.seed = (uint64_t)o->seed};
+    const kv_parity_opts po = {.seed = (uint64_t)o->seed, .filter = o->filter,
+                               .flags = o->exact ? KV_PARITY_EXACT : 0};
     rc = kv_parity_run(&rep, &dev, &ref, &po, &err);
     const char *status = rc == 0 ? "passed" : rc == KV_EMISMATCH ? "failed" : "error";
+    if (rep.cases == 0 && rc == 0) status = "no cases";
     if (o->json) {
         printf("{\"command\":\"kernels\",\"status\":\"%s\",\"device\":\"", status);
         json_str(rep.device);
         printf("\",\"reference\":\"");
         json_str(rep.reference);
-        printf("\",\"cases\":%d,\"failed\":%d,\"kernels\":[", rep.cases, rep.failed);
+        printf("\",\"exact\":%s,\"cases\":%d,\"failed\":%d,\"kernels\":[", o->exact ? "true" : "false",
+               rep.cases, rep.failed);
         for (int i = 0; i < rep.n; i++) {
             const kv_parity_result *r = &rep.r[i];
             printf("%s{\"name\":\"", i ? "," : "");
@@ -102,7 +116,8 @@ static int cmd_kernels(const verify_opts *o) {
         }
         printf("]}\n");
     } else {
-        printf("device: %s\nreference: %s\n", rep.device, rep.reference);
+        printf("device: %s\nreference: %s%s\n", rep.device, rep.reference,
+               o->exact ? " (bit for bit)" : "");
         for (int i = 0; i < rep.n; i++) {
             const kv_parity_result *r = &rep.r[i];
             printf("%-62s %s  max_abs %.3g  max_rel %.3g  (n=%zu)%s%s\n", r->name,
@@ -115,7 +130,12 @@ static int cmd_kernels(const verify_opts *o) {
     kv_parity_report_free(&rep);
     kv_backend_free(&dev);
     kv_backend_free(&ref);
-    return rc ? cli_fail(TOOL, &err) : 0;
+    if (rc) return cli_fail(TOOL, &err);
+    if (!strcmp(status, "no cases")) {
+        cli_error(TOOL, "kernels: no case matches --filter '%s'", o->filter ? o->filter : "");
+        return EXIT_FAIL;
+    }
+    return 0;
 }
 
 static int cmd_bundle(const verify_opts *o, const char *path) {
@@ -157,7 +177,7 @@ static int cmd_logits(const verify_opts *o, const char *a, const char *b) {
 }
 
 int main(int argc, char **argv) {
-    verify_opts o = {.seed = 1, .atol = 1e-4, .batch_a = -1, .batch_b = -1};
+    verify_opts o = {.seed = 1, .atol = 1e-4, .batch_a = -1, .batch_b = -1, .threads = 2};
     int c;
     long v;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -166,6 +186,19 @@ int main(int argc, char **argv) {
         case O_VERSION: cli_version(TOOL); return 0;
         case O_JSON: o.json = 1; break;
         case O_ALLOW: o.allow_no_device = 1; break;
+        case O_FILTER: o.filter = optarg; break;
+        case O_EXACT: o.exact = 1; break;
+        case O_DEVICE: {
+            kv_device d;
+            kv_error e = {0};
+            if (kv_device_parse(&d, optarg, &e)) return cli_usage_error(TOOL, "%s", e.msg);
+            o.cpu = d == KV_DEVICE_CPU;
+            break;
+        }
+        case O_THREADS:
+            if (cli_parse_int(optarg, 1, 256, &v)) return cli_usage_error(TOOL, "bad --threads '%s'", optarg);
+            o.threads = (int)v;
+            break;
         case O_SEED:
             if (cli_parse_int(optarg, 0, 0x7fffffffL, &o.seed)) return cli_usage_error(TOOL, "bad --seed '%s'", optarg);
             break;
