@@ -233,7 +233,7 @@ static void cuda_release(kv_backend *b) {
 }
 
 // by name: several members share a signature, so a positional table could swap them unseen
-static kv_backend_ops cuda_ops_table(void) {
+static constexpr kv_backend_ops cuda_ops_table(void) {
     kv_backend_ops o = {};
     o.alloc = cuda_alloc;
     o.free = cuda_free;
@@ -265,7 +265,7 @@ static kv_backend_ops cuda_ops_table(void) {
     o.adamw = kv_cuda_adamw;
     return o;
 }
-static const kv_backend_ops cuda_ops = cuda_ops_table();
+static constexpr kv_backend_ops cuda_ops = cuda_ops_table(); // constant-initialised
 // every member set above: a member added to kv_backend_ops must be added here (and a case to
 // kernels/parity.c); the size check is the reminder
 static_assert(sizeof(kv_backend_ops) == 28 * sizeof(void (*)(void)),
