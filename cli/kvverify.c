@@ -6,7 +6,8 @@
 
 #include "cli/cli.h"
 #include "formats/bundle.h"
-#include "verify/kernel_parity.h"
+#include "kernels/backend.h"
+#include "kernels/parity.h"
 #include "verify/logits_parity.h"
 
 static const char *TOOL = "kvverify";
@@ -15,9 +16,14 @@ static void usage(void) {
     printf("Usage: kvverify COMMAND [OPTIONS] ...\n"
            "Parity and integrity checks for kvforge artifacts; exit 0 when verified.\n\n"
            "Commands:\n"
-           "  kernels                 run every CUDA kernel against its CPU reference\n"
+           "  kernels                 every case of the parity table: each op of the CUDA\n"
+           "                          backend against the CPU reference (needs a GPU)\n"
            "      --seed N            random inputs seed (default 1)\n"
-           "      --allow-no-device   exit 0 (status no-device) when there is no GPU\n"
+           "      --filter TEXT       only the cases whose name contains TEXT\n"
+           "      --allow-no-device   exit 0 (status no CUDA device) when there is no GPU\n"
+           "      --device cpu        check the table itself without a GPU: the CPU backend\n"
+           "                          at --threads N (default 2) against 1 thread\n"
+           "      --exact             pass only on equal bits (tolerances ignored)\n"
            "  bundle FILE.kvb         structure, manifest and every tensor/file checksum\n"
            "  logits A.st B.st        compare two logits dumps (kvrun --logits-out, goldens)\n"
            "      --atol X            max |a-b| allowed (default 1e-4)\n"
@@ -28,41 +34,108 @@ static void usage(void) {
            "  --version               print the version\n");
 }
 
-enum { O_JSON = 256, O_SEED, O_ALLOW, O_ATOL, O_BA, O_BB, O_VERSION };
+enum { O_JSON = 256, O_SEED, O_ALLOW, O_ATOL, O_BA, O_BB, O_VERSION, O_FILTER, O_DEVICE,
+       O_THREADS, O_EXACT };
 static const struct option opts[] = {
     {"json", 0, 0, O_JSON}, {"seed", 1, 0, O_SEED}, {"allow-no-device", 0, 0, O_ALLOW},
     {"atol", 1, 0, O_ATOL}, {"batch-a", 1, 0, O_BA}, {"batch-b", 1, 0, O_BB},
+    {"filter", 1, 0, O_FILTER}, {"device", 1, 0, O_DEVICE}, {"threads", 1, 0, O_THREADS},
+    {"exact", 0, 0, O_EXACT},
     {"help", 0, 0, 'h'}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
 
 typedef struct {
     int json, allow_no_device, batch_a, batch_b;
+    int cpu, threads, exact; /* kernels --device cpu --threads N --exact */
+    const char *filter;
     long seed;
     double atol;
 } verify_opts;
 
+/* JSON string body: the names and messages here are plain text, but quote and escape anyway */
+static void json_str(const char *s) {
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') printf("\\%c", *s);
+        else if ((unsigned char)*s < 0x20) printf("\\u%04x", (unsigned char)*s);
+        else putchar(*s);
+    }
+}
+
 static int cmd_kernels(const verify_opts *o) {
-    kv_parity_report rep;
+    kv_backend dev = {0}, ref = {0};
     kv_error err = {0};
-    int rc = kv_kernel_parity(&rep, (uint64_t)o->seed, &err);
-    const char *status = kv_parity_status_name(rep.status);
+    int rc = o->cpu ? kv_backend_cpu_init(&dev, o->threads, &err)
+                    : kv_backend_cuda_init(&dev, 0, &err);
+    if (rc) {
+        const char *status = rc == KV_EUNSUPPORTED ? "no CUDA device" : "error";
+        if (o->json) {
+            printf("{\"command\":\"kernels\",\"status\":\"%s\",\"device\":\"\",\"error\":\"", status);
+            json_str(err.msg);
+            printf("\",\"kernels\":[]}\n");
+        } else {
+            printf("kernels: %s\n", status);
+        }
+        if (rc == KV_EUNSUPPORTED && o->allow_no_device) {
+            fprintf(stderr, "%s: note: %s%s (not verified)\n", TOOL,
+                    strstr(err.msg, "no CUDA device found") ? "" : "no CUDA device found: ", err.msg);
+            return 0;
+        }
+        if (rc == KV_EUNSUPPORTED && !strstr(err.msg, "no CUDA device found"))
+            cli_error(TOOL, "kernels: no CUDA device found: %s", err.msg);
+        else
+            cli_error(TOOL, "kernels: %s", err.msg);
+        return EXIT_FAIL;
+    }
+    /* the CUDA run compares with the CPU on every core; the CPU self-check with 1 thread */
+    kv_backend_cpu_init(&ref, o->cpu ? 1 : 0, &err);
+    kv_parity_report rep;
+    const kv_parity_opts po = {.seed = (uint64_t)o->seed, .filter = o->filter,
+                               .flags = o->exact ? KV_PARITY_EXACT : 0};
+    rc = kv_parity_run(&rep, &dev, &ref, &po, &err);
+    const char *status = rc == 0 ? "passed" : rc == KV_EMISMATCH ? "failed" : "error";
+    if (rep.cases == 0 && rc == 0) status = "no cases";
     if (o->json) {
-        printf("{\"command\":\"kernels\",\"status\":\"%s\",\"device\":\"%s\",\"kernels\":[", status, rep.device);
-        for (int i = 0; i < rep.n; i++)
-            printf("%s{\"name\":\"%s\",\"n\":%zu,\"max_abs\":%.6g,\"max_rel\":%.6g,\"atol\":%g,\"rtol\":%g,\"pass\":%s}", i ? "," : "",
-                   rep.r[i].name, rep.r[i].n, rep.r[i].max_abs, rep.r[i].max_rel, rep.r[i].atol, rep.r[i].rtol, rep.r[i].pass ? "true" : "false");
+        printf("{\"command\":\"kernels\",\"status\":\"%s\",\"device\":\"", status);
+        json_str(rep.device);
+        printf("\",\"reference\":\"");
+        json_str(rep.reference);
+        printf("\",\"exact\":%s,\"cases\":%d,\"failed\":%d,\"kernels\":[", o->exact ? "true" : "false",
+               rep.cases, rep.failed);
+        for (int i = 0; i < rep.n; i++) {
+            const kv_parity_result *r = &rep.r[i];
+            printf("%s{\"name\":\"", i ? "," : "");
+            json_str(r->name);
+            printf("\",\"op\":\"%s\",\"n\":%zu,\"bad\":%zu,\"max_abs\":%.6g,\"max_rel\":%.6g,"
+                   "\"atol\":%g,\"rtol\":%g,\"pass\":%s", r->op, r->n, r->bad, r->max_abs,
+                   r->max_rel, r->atol, r->rtol, r->pass ? "true" : "false");
+            if (r->note[0]) {
+                printf(",\"note\":\"");
+                json_str(r->note);
+                printf("\"");
+            }
+            printf("}");
+        }
         printf("]}\n");
     } else {
-        if (rep.device[0]) printf("device: %s\n", rep.device);
-        for (int i = 0; i < rep.n; i++)
-            printf("%-22s %s  max_abs %.3g  max_rel %.3g  (n=%zu)\n", rep.r[i].name, rep.r[i].pass ? "ok  " : "FAIL", rep.r[i].max_abs, rep.r[i].max_rel, rep.r[i].n);
-        printf("kernels: %s\n", status);
+        printf("device: %s\nreference: %s%s\n", rep.device, rep.reference,
+               o->exact ? " (bit for bit)" : "");
+        for (int i = 0; i < rep.n; i++) {
+            const kv_parity_result *r = &rep.r[i];
+            printf("%-62s %s  max_abs %.3g  max_rel %.3g  (n=%zu)%s%s\n", r->name,
+                   r->pass ? "ok  " : "FAIL", r->max_abs, r->max_rel, r->n, r->note[0] ? "  " : "",
+                   r->note);
+        }
+        printf("kernels: %s (%d cases, %d of %d results failed)\n", status, rep.cases, rep.failed,
+               rep.n);
     }
-    if (rc == 0) return 0;
-    if ((rep.status == KV_PARITY_NO_DEVICE || rep.status == KV_PARITY_NOT_BUILT) && o->allow_no_device) {
-        fprintf(stderr, "%s: note: %s (not verified)\n", TOOL, err.msg);
-        return 0;
+    kv_parity_report_free(&rep);
+    kv_backend_free(&dev);
+    kv_backend_free(&ref);
+    if (rc) return cli_fail(TOOL, &err);
+    if (!strcmp(status, "no cases")) {
+        cli_error(TOOL, "kernels: no case matches --filter '%s'", o->filter ? o->filter : "");
+        return EXIT_FAIL;
     }
-    return cli_fail(TOOL, &err);
+    return 0;
 }
 
 static int cmd_bundle(const verify_opts *o, const char *path) {
@@ -104,7 +177,7 @@ static int cmd_logits(const verify_opts *o, const char *a, const char *b) {
 }
 
 int main(int argc, char **argv) {
-    verify_opts o = {.seed = 1, .atol = 1e-4, .batch_a = -1, .batch_b = -1};
+    verify_opts o = {.seed = 1, .atol = 1e-4, .batch_a = -1, .batch_b = -1, .threads = 2};
     int c;
     long v;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -113,6 +186,19 @@ int main(int argc, char **argv) {
         case O_VERSION: cli_version(TOOL); return 0;
         case O_JSON: o.json = 1; break;
         case O_ALLOW: o.allow_no_device = 1; break;
+        case O_FILTER: o.filter = optarg; break;
+        case O_EXACT: o.exact = 1; break;
+        case O_DEVICE: {
+            kv_device d;
+            kv_error e = {0};
+            if (kv_device_parse(&d, optarg, &e)) return cli_usage_error(TOOL, "%s", e.msg);
+            o.cpu = d == KV_DEVICE_CPU;
+            break;
+        }
+        case O_THREADS:
+            if (cli_parse_int(optarg, 1, 256, &v)) return cli_usage_error(TOOL, "bad --threads '%s'", optarg);
+            o.threads = (int)v;
+            break;
         case O_SEED:
             if (cli_parse_int(optarg, 0, 0x7fffffffL, &o.seed)) return cli_usage_error(TOOL, "bad --seed '%s'", optarg);
             break;

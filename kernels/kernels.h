@@ -1,6 +1,6 @@
 /* The math of a Llama forward and backward pass: small plain-C reference kernels (the oracle).
- * kernels/cuda/ holds CUDA twins of the forward kernels (kv_cuda.h, included at the end when
- * KV_CUDA is set; verify/kernel_parity.h checks them against these).
+ * kernels/cpu/X.c holds them; kernels/cuda/X.cu the CUDA twins of the same ops behind the backend
+ * seam (kernels/backend.h), checked against these by the parity table (kernels/parity.h).
  *
  * Conventions (every function below follows them unless its comment says otherwise)
  *  - float32, dense, row-major. A shape [A, B, C] means element (a, b, c) is at (a*B + b)*C + c.

@@ -11,11 +11,35 @@ expect_rc 2 "no command" -- "$V"
 expect_rc 2 "unknown command" -- "$V" frobnicate
 expect_rc 2 "bad atol" -- "$V" logits a b --atol -1
 expect_grep "Try 'kvverify --help'" "$TMP/err" "usage hint"
-# kernels: verified on a GPU; here "no device" must fail unless explicitly allowed
+# kernels: verified on a GPU; without one (or without a CUDA build) it says that no CUDA device
+# was found and exits 1, unless explicitly allowed
 "$V" kernels --json >"$TMP/k.json" 2>"$TMP/k.err"; rc=$?
-if grep -q '"status":"passed"' "$TMP/k.json"; then [ $rc = 0 ] && ok || bad "passed but exit $rc"
-else [ $rc = 1 ] && ok || bad "kernels without a device must exit 1, got $rc"; fi
-expect_rc 0 "allow no device" -- "$V" kernels --allow-no-device
+if grep -q '"status":"passed"' "$TMP/k.json"; then
+    [ $rc = 0 ] && ok || bad "passed but exit $rc"
+    expect_rc 0 "allow no device, with a device" -- "$V" kernels --allow-no-device
+else
+    [ $rc = 1 ] && ok || bad "kernels without a device must exit 1, got $rc"
+    expect_grep '"status":"no CUDA device"' "$TMP/k.json" "no-device status"
+    expect_grep "no CUDA device found" "$TMP/k.err" "no device said plainly"
+    expect_rc 0 "allow no device" -- "$V" kernels --allow-no-device
+    expect_grep "no CUDA device found" "$TMP/err" "allowed, but said"
+fi
+# the parity table itself, on the CPU backend at 2 threads against 1 thread
+expect_rc 0 "table on the cpu" -- "$V" kernels --device cpu --threads 2 --json
+expect_grep '"status":"passed"' "$TMP/out" "table passes"
+expect_grep '"device":"cpu (2 threads)","reference":"cpu (1 thread)"' "$TMP/out" "backends named"
+expect_grep '"name":"attention bf16 gqa8 strict T=5 S=1030: out"' "$TMP/out" "bf16 strict case listed"
+expect_grep '"name":"attention_backward gqa4 strict T=32 S=1032: dk"' "$TMP/out" "backward case listed"
+expect_grep '"name":"embedding id = vocab refused: refused (KV_EINVAL)"' "$TMP/out" "refusal case listed"
+cases=$(sed 's/.*"cases":\([0-9]*\).*/\1/' "$TMP/out")
+[ "${cases:-0}" -gt 16 ] && ok || bad "only '$cases' cases"
+expect_rc 0 "bit for bit where the kernels promise it" -- "$V" kernels --device cpu --exact --filter attention
+expect_grep "kernels: passed" "$TMP/out" "exact attention passes"
+expect_grep "(bit for bit)" "$TMP/out" "exact said"
+expect_rc 1 "a filter matching nothing" -- "$V" kernels --device cpu --filter no-such-case
+expect_grep "no case matches" "$TMP/err" "empty filter named"
+expect_rc 2 "unknown device" -- "$V" kernels --device tpu
+expect_rc 2 "bad threads" -- "$V" kernels --device cpu --threads 0
 # logits: a file against itself matches; different rows differ in tokens; a missing file fails
 expect_rc 0 "self compare" -- "$V" logits "$G" "$G" --batch-a 2 --batch-b 2 --json
 expect_grep '"max_abs":0,' "$TMP/out" "zero difference"

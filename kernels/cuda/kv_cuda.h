@@ -1,61 +1,174 @@
-/* CUDA twins of the forward kernels in kernels/kernels.h, callable from C (built when KV_CUDA).
+/* Internal to kernels/cuda (C++/CUDA only): the CUDA backend's state, its helpers, and the ops
+ * each kernels/cuda/X.cu defines for the table in backend_cuda.cu.
  *
- * Every float/int pointer passed to a kv_cuda_* kernel is a DEVICE pointer with exactly the
- * shape and layout of the CPU kernel of the same name, and the same overwrite/accumulate
- * behaviour. Kernels are queued on the default stream in call order; kv_cuda_download and
- * kv_cuda_sync wait for them. Each returns 0, or a negative KV_E* code with err filled
- * (KV_EUNSUPPORTED: no usable device or an unsupported size; KV_EIO: a CUDA/cuBLAS failure;
- * KV_ENOMEM: device allocation failed). One host thread at a time (a shared cuBLAS handle). */
+ * Every op here has exactly the signature of its member of kv_backend_ops (kernels/backend.h)
+ * and the semantics of the CPU reference of the same name in kernels/cpu/X.c (kernels.h):
+ * kernels/cuda/X.cu pairs with kernels/cpu/X.c. Work is queued on the backend's stream in call
+ * order; ops returning values to the host (losses, sumsq, download) wait for it. */
 #ifndef KV_CUDA_H
 #define KV_CUDA_H
 
-#include <stddef.h>
-#include <stdint.h>
-
-#include "kernels/kernels.h"
-
-#ifdef __cplusplus
-extern "C" {
+#ifndef __CUDACC__
+#error "kernels/cuda/kv_cuda.h is internal to the .cu files"
 #endif
 
-/* number of CUDA devices; 0 when there is none, no driver, or the query fails */
-int kv_cuda_device_count(void);
-/* name of device 0 into buf[n]; 0 or KV_EUNSUPPORTED */
-int kv_cuda_device_name(char *buf, size_t n, kv_error *err);
-/* selects device 0 and creates the cuBLAS handle (kernels call it themselves when needed) */
-int kv_cuda_init(kv_error *err);
-/* destroys the cuBLAS handle; device buffers stay valid */
-void kv_cuda_shutdown(void);
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
 
-/* device buffers */
-int kv_cuda_alloc(void **dptr, size_t bytes, kv_error *err);
-void kv_cuda_free(void *dptr); /* NULL is fine */
-int kv_cuda_upload(void *dst_dev, const void *src_host, size_t bytes, kv_error *err);
-int kv_cuda_download(void *dst_host, const void *src_dev, size_t bytes, kv_error *err);
-int kv_cuda_sync(kv_error *err);
+/* base/ headers have no extern "C" of their own and backend.h includes them before its block:
+ * included first here, inside one, they declare the C library's functions with C linkage */
+extern "C" {
+#include "base/dtype.h"
+#include "base/error.h"
+}
+#include "kernels/backend.h"
 
-/* kv_matmul (accumulate = 0) or kv_matmul_acc (accumulate = 1): cublasSgemm, FP32 math */
-int kv_cuda_matmul(float *out, const float *x, const float *W, const float *bias, int T,
-                   int n_in, int n_out, int accumulate, kv_error *err);
-int kv_cuda_rmsnorm(float *out, const float *x, const float *w, int T, int dim, float eps,
-                    kv_error *err);
-/* kv_rope: pos [T] int32, cos/sin [max_pos, hd/2] = a kv_rope_table's arrays, uploaded */
-int kv_cuda_rope(float *x, int T, int n_heads, int head_dim, const int32_t *pos,
-                 const float *cos, const float *sin, kv_error *err);
-/* kv_attention: one warp per (query, head), online softmax; head_dim <= 256 */
-int kv_cuda_attention(float *out, const float *q, const float *k, const float *v, int T,
-                      int pos0, int S, int n_heads, int n_kv_heads, int head_dim,
-                      kv_attn_mask mask, kv_error *err);
-int kv_cuda_swiglu(float *h, const float *gate, const float *up, size_t n, kv_error *err);
-int kv_cuda_softmax(float *x, int rows, int n, kv_error *err);
-/* kv_distill_kl: *loss (HOST double, may be NULL) = the averaged loss; dstudent (device, may be
- * NULL) += grad_scale * d(loss)/d(student). Synchronizes when loss is wanted. */
-int kv_cuda_distill_kl(double *loss, float *dstudent, const float *student,
+/* b->impl of a CUDA backend */
+struct kv_cuda_impl {
+    int ordinal;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void *scratch; /* device scratch shared by the ops (they run in stream order) */
+    size_t scratch_bytes;
+};
+
+static inline kv_cuda_impl *kv_cuda(kv_backend *b) { return (kv_cuda_impl *)b->impl; }
+static inline cudaStream_t kv_cuda_stream(kv_backend *b) { return kv_cuda(b)->stream; }
+
+/* A device scratch of at least `bytes` (backend_cuda.cu), valid until the next call; growing it
+ * waits for the stream first. 0 or KV_ENOMEM/KV_EIO naming `what`. */
+int kv_cuda_scratch(kv_backend *b, void **p, size_t bytes, const char *what, kv_error *err);
+
+/* 0, or KV_EIO naming `what` and the CUDA error (e.g. of the last launch) */
+static inline int kv_cuda_status(cudaError_t e, const char *what, kv_error *err) {
+    if (e == cudaSuccess) return 0;
+    return kv_fail(err, e == cudaErrorMemoryAllocation ? KV_ENOMEM : KV_EIO, "cuda %s: %s", what,
+                   cudaGetErrorString(e));
+}
+static inline int kv_cuda_launched(const char *what, kv_error *err) {
+    return kv_cuda_status(cudaGetLastError(), what, err);
+}
+static inline int kv_cublas_status(cublasStatus_t s, const char *what, kv_error *err) {
+    if (s == CUBLAS_STATUS_SUCCESS) return 0;
+    return kv_fail(err, s == CUBLAS_STATUS_ALLOC_FAILED ? KV_ENOMEM : KV_EIO, "cublas %s: %s",
+                   what, cublasGetStatusString(s));
+}
+
+/* threads per block of the element-wise and row kernels (a multiple of 32, at most 1024) */
+#define KV_CUDA_BLOCK 256
+
+/* blocks for a grid-stride loop over n elements */
+static inline unsigned kv_cuda_grid(size_t n) {
+    size_t blocks = (n + KV_CUDA_BLOCK - 1) / KV_CUDA_BLOCK;
+    return (unsigned)(blocks < 1 ? 1 : blocks > 65535 ? 65535 : blocks);
+}
+
+#define KV_CUDA_FOR(i, n)                                                                      \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);                   \
+         i += (size_t)gridDim.x * blockDim.x)
+
+/* BF16 bits -> float (exact) */
+__device__ __forceinline__ float kv_bf16_widen(uint16_t h) {
+    return __uint_as_float((uint32_t)h << 16);
+}
+
+/* ---- warp and block reductions (blockDim.x a multiple of 32; call from every thread) ---- */
+
+template <typename F> __device__ __forceinline__ F kv_warp_sum(F x) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+template <typename F> __device__ __forceinline__ F kv_warp_max(F x) {
+    for (int o = 16; o > 0; o >>= 1) x = fmax(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+
+/* every thread gets the block's sum / max; 32 values of shared memory, two barriers */
+template <typename F> __device__ __forceinline__ F kv_block_sum(F x) {
+    __shared__ F part[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    x = kv_warp_sum(x);
+    __syncthreads(); /* part may still be read by a previous reduction */
+    if (lane == 0) part[warp] = x;
+    __syncthreads();
+    x = lane < nwarps ? part[lane] : (F)0;
+    return kv_warp_sum(x);
+}
+
+template <typename F> __device__ __forceinline__ F kv_block_max(F x) {
+    __shared__ F part[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    x = kv_warp_max(x);
+    __syncthreads();
+    if (lane == 0) part[warp] = x;
+    __syncthreads();
+    x = lane < nwarps ? part[lane] : (F)-INFINITY;
+    return kv_warp_max(x);
+}
+
+/* ---- the ops (kv_backend_ops signatures), by file ------------------------------------------ */
+
+/* backend_cuda.cu <-> cpu/backend_cpu.c: memory, convert, sync, release (static there) */
+
+/* matmul.cu <-> cpu/matmul.c */
+int kv_cuda_matmul(kv_backend *b, float *out, const float *x, const void *W, kv_dtype w_type,
+                   const float *bias, int T, int n_in, int n_out, int accumulate, kv_error *err);
+int kv_cuda_matmul_backward(kv_backend *b, float *dx, float *dW, float *dbias, const float *dout,
+                            const float *x, const float *W, int T, int n_in, int n_out,
+                            kv_error *err);
+
+/* norm.cu <-> cpu/norm.c */
+int kv_cuda_rmsnorm(kv_backend *b, float *out, const float *x, const float *w, int T, int dim,
+                    float eps, kv_error *err);
+int kv_cuda_rmsnorm_backward(kv_backend *b, float *dx, float *dw, const float *dout,
+                             const float *x, const float *w, int T, int dim, float eps,
+                             kv_error *err);
+int kv_cuda_embedding(kv_backend *b, float *out, const float *table, int vocab, int dim,
+                      const int32_t *host_ids, int T, kv_error *err);
+
+/* rope.cu <-> cpu/rope.c */
+int kv_cuda_rope(kv_backend *b, float *x, int T, int n_heads, const int32_t *pos,
+                 const kv_rope_table *table, kv_error *err);
+int kv_cuda_rope_backward(kv_backend *b, float *dx, int T, int n_heads, const int32_t *pos,
+                          const kv_rope_table *table, kv_error *err);
+
+/* attention.cu <-> cpu/attention.c */
+int kv_cuda_attention(kv_backend *b, float *out, const float *q, const void *k, const void *v,
+                      kv_dtype cache_type, int T, int pos0, int S, int n_heads, int n_kv_heads,
+                      int head_dim, kv_attn_mask mask, kv_error *err);
+int kv_cuda_attention_backward(kv_backend *b, float *dq, float *dk, float *dv, const float *dout,
+                               const float *q, const float *k, const float *v, int T, int pos0,
+                               int S, int n_heads, int n_kv_heads, int head_dim,
+                               kv_attn_mask mask, kv_error *err);
+
+/* activation.cu <-> cpu/activation.c */
+int kv_cuda_swiglu(kv_backend *b, float *h, const float *gate, const float *up, int T, int n,
+                   kv_error *err);
+int kv_cuda_swiglu_backward(kv_backend *b, float *dgate, float *dup, const float *dh,
+                            const float *gate, const float *up, size_t n, kv_error *err);
+
+/* loss.cu <-> cpu/loss.c */
+int kv_cuda_distill_kl(kv_backend *b, double *host_loss, float *dstudent, const float *student,
                        const float *teacher, int T, int V, float temp, float grad_scale,
                        kv_error *err);
+int kv_cuda_next_token_ce(kv_backend *b, double *host_loss, float *dlogits, const float *logits,
+                          const int32_t *tokens, int B, int T, int V, float grad_scale,
+                          kv_error *err);
+int kv_cuda_mse(kv_backend *b, double *host_loss, float *dstudent, const float *student,
+                const float *teacher, size_t n, float grad_scale, kv_error *err);
 
-#ifdef __cplusplus
-}
-#endif
+/* optim.cu <-> cpu/optim.c */
+int kv_cuda_sumsq(kv_backend *b, double *host_sumsq, const float *x, size_t n, kv_error *err);
+int kv_cuda_scale(kv_backend *b, float *x, float k, size_t n, kv_error *err);
+int kv_cuda_adamw(kv_backend *b, float *w, const float *g, float *m, float *v, size_t n,
+                  const kv_adamw_step *step, kv_error *err);
+
+/* Deterministic sums of per-block partials: a grid of kv_cuda_partial_blocks(n) blocks writes
+ * one double per block; kv_cuda_partials_sum downloads them (waiting for the stream) and adds
+ * them on the host in block order. */
+unsigned kv_cuda_partial_blocks(size_t n);
+int kv_cuda_partials_sum(kv_backend *b, double *sum, const double *dev_partials, unsigned n,
+                         const char *what, kv_error *err);
 
 #endif

@@ -1,54 +1,173 @@
-// Linear layer on cuBLAS (the shared handle lives here) plus a bias kernel.
-#include <cublas_v2.h>
+// Linear layers, twin of kernels/cpu/matmul.c (and of the BF16-weight matmul in backend_cpu.c):
+// out[T, n_out] (+)= x[T, n_in] @ W[n_out, n_in]^T + bias, and its gradients.
+//
+//  T == 1 (decode): matvec_kernel, one warp per output row, W read once (F32 or BF16, widened in
+//    registers), x stays F32, F32 sums.
+//  T > 1, F32 W: cublasGemmEx, all types CUDA_R_32F, CUBLAS_COMPUTE_32F (true FP32: the handle's
+//    math mode is CUBLAS_DEFAULT_MATH, so no TF32).
+//  T > 1, BF16 W: cublasGemmEx takes A and B of one type, so x is rounded to BF16 (nearest even)
+//    into scratch: A = W CUDA_R_16BF, B = x CUDA_R_16BF, C = out CUDA_R_32F, CUBLAS_COMPUTE_32F
+//    (tensor cores, FP32 accumulation). Rounding x costs about 2^-9 relative per product: the
+//    parity cases allow for it (the CPU widens W and keeps x F32).
+//  Backward (W is F32): two FP32 GemmEx with beta = 1 (the gradients add), dbias by a column-sum
+//    kernel in double.
+#include <stdio.h>
 
-#include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/kv_cuda.h"
 
-static cublasHandle_t blas;
+// Row-major out[T, n_out] = x[T, n_in] W[n_out, n_in]^T read column-major is
+// out^T (n_out x T) = W^T' (W as stored is n_in x n_out, ld n_in; op T) * x^T (n_in x T, ld n_in).
 
-extern "C" int kv_cuda_init(kv_error *err) {
-    if (blas) return 0;
-    if (kv_cuda_device_count() <= 0) return kv_fail(err, KV_EUNSUPPORTED, "cuda: no CUDA device");
-    cudaError_t e = cudaSetDevice(0);
-    if (e != cudaSuccess)
-        return kv_fail(err, KV_EUNSUPPORTED, "cuda: device 0: %s", cudaGetErrorString(e));
-    cublasStatus_t s = cublasCreate(&blas);
-    if (s != CUBLAS_STATUS_SUCCESS) {
-        blas = NULL;
-        return kv_fail(err, KV_EIO, "cublas: creating a handle: %s", cublasGetStatusString(s));
+#define MV_WARPS 8
+
+__device__ __forceinline__ float mv_ld(const float *w, size_t i) { return w[i]; }
+__device__ __forceinline__ float mv_ld(const uint16_t *w, size_t i) { return kv_bf16_widen(w[i]); }
+
+// vec: rows start 16-byte aligned and n_in is a multiple of 8 (BF16) / 4 (F32)
+template <typename WT, bool vec>
+__global__ void matvec_kernel(float *out, const float *x, const WT *W, const float *bias, int n_in,
+                              int n_out, int accumulate) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row = blockIdx.x * MV_WARPS + warp;
+    if (row >= n_out) return; // warp-uniform
+    const WT *w = W + (size_t)row * n_in;
+    float s = 0.0f;
+    if (vec && sizeof(WT) == 2) {
+        const uint4 *w8 = (const uint4 *)w;
+        const float4 *x4 = (const float4 *)x;
+        for (int i = lane; i < n_in / 8; i += 32) {
+            const uint4 p = w8[i];
+            const float4 a = x4[2 * i], c = x4[2 * i + 1];
+            s += a.x * __uint_as_float(p.x << 16) + a.y * __uint_as_float(p.x & 0xffff0000u) +
+                 a.z * __uint_as_float(p.y << 16) + a.w * __uint_as_float(p.y & 0xffff0000u) +
+                 c.x * __uint_as_float(p.z << 16) + c.y * __uint_as_float(p.z & 0xffff0000u) +
+                 c.z * __uint_as_float(p.w << 16) + c.w * __uint_as_float(p.w & 0xffff0000u);
+        }
+    } else if (vec) {
+        const float4 *w4 = (const float4 *)w, *x4 = (const float4 *)x;
+        for (int i = lane; i < n_in / 4; i += 32) {
+            const float4 p = w4[i], a = x4[i];
+            s += a.x * p.x + a.y * p.y + a.z * p.z + a.w * p.w;
+        }
+    } else {
+        for (int i = lane; i < n_in; i += 32) s += x[i] * mv_ld(w, i);
     }
-    cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH); // plain FP32, no TF32
-    return 0;
+    s = kv_warp_sum(s);
+    if (lane == 0) {
+        float y = accumulate ? out[row] + s : s;
+        if (bias) y += bias[row];
+        out[row] = y;
+    }
 }
 
-extern "C" void kv_cuda_shutdown(void) {
-    if (blas) cublasDestroy(blas);
-    blas = NULL;
+template <typename WT>
+static void matvec(cudaStream_t st, float *out, const float *x, const WT *W, const float *bias,
+                   int n_in, int n_out, int accumulate) {
+    const unsigned blocks = (unsigned)((n_out + MV_WARPS - 1) / MV_WARPS);
+    const int per16 = 16 / (int)sizeof(WT);
+    const bool vec = n_in % per16 == 0 && ((uintptr_t)W % 16) == 0 && ((uintptr_t)x % 16) == 0;
+    if (vec)
+        matvec_kernel<WT, true><<<blocks, 32 * MV_WARPS, 0, st>>>(out, x, W, bias, n_in, n_out,
+                                                                  accumulate);
+    else
+        matvec_kernel<WT, false><<<blocks, 32 * MV_WARPS, 0, st>>>(out, x, W, bias, n_in, n_out,
+                                                                   accumulate);
 }
 
 __global__ void add_bias_kernel(float *out, const float *bias, size_t n, int n_out) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        out[i] += bias[i % n_out];
+    KV_CUDA_FOR(i, n) out[i] += bias[i % n_out];
 }
 
-// Row-major out[T, n_out] = x[T, n_in] W[n_out, n_in]^T is, read column-major,
-// out^T (n_out x T) = op(W^T as stored: n_in x n_out)^T * x^T (n_in x T): gemm(T, N).
-extern "C" int kv_cuda_matmul(float *out, const float *x, const float *W, const float *bias,
-                              int T, int n_in, int n_out, int accumulate, kv_error *err) {
-    int rc = kv_cuda_init(err);
-    if (rc) return rc;
-    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    cublasStatus_t s = cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, n_out, T, n_in, &one, W, n_in,
-                                   x, n_in, &beta, out, n_out);
-    if (s != CUBLAS_STATUS_SUCCESS)
-        return kv_fail(err, KV_EIO, "cublas: sgemm %dx%d by %dx%d: %s", T, n_in, n_out, n_in,
-                       cublasGetStatusString(s));
-    if (bias) {
-        const size_t n = (size_t)T * n_out;
-        size_t blocks = (n + KV_CUDA_BLOCK - 1) / KV_CUDA_BLOCK;
-        add_bias_kernel<<<(unsigned)(blocks < 65535 ? blocks : 65535), KV_CUDA_BLOCK>>>(out, bias,
-                                                                                       n, n_out);
-        return kv_cuda_check_launch("matmul bias", err);
+// x rounded to BF16, nearest even (base/dtype.c's rule; x is finite in practice, NaN stays NaN)
+__global__ void to_bf16_kernel(uint16_t *dst, const float *src, size_t n) {
+    KV_CUDA_FOR(i, n) {
+        const uint32_t u = __float_as_uint(src[i]);
+        dst[i] = (u & 0x7fffffffu) > 0x7f800000u
+                     ? (uint16_t)((u >> 16) | 0x0040u)
+                     : (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
     }
-    return 0;
+}
+
+int kv_cuda_matmul(kv_backend *b, float *out, const float *x, const void *W, kv_dtype w_type,
+                   const float *bias, int T, int n_in, int n_out, int accumulate, kv_error *err) {
+    char what[96];
+    snprintf(what, sizeof what, "matmul %s [%d x %d] x [%d x %d]^T", kv_dtype_name(w_type), T,
+             n_in, n_out, n_in);
+    if (w_type != KV_F32 && w_type != KV_BF16)
+        return kv_fail(err, KV_EUNSUPPORTED, "cuda %s: weights must be F32 or BF16", what);
+    if (T <= 0 || n_out <= 0) return 0;
+    if (n_in <= 0) return kv_fail(err, KV_EINVAL, "cuda %s: n_in must be positive", what);
+    cudaStream_t st = kv_cuda_stream(b);
+    if (T == 1) {
+        if (w_type == KV_F32)
+            matvec(st, out, x, (const float *)W, bias, n_in, n_out, accumulate);
+        else
+            matvec(st, out, x, (const uint16_t *)W, bias, n_in, n_out, accumulate);
+        return kv_cuda_launched(what, err);
+    }
+    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    const void *B = x;
+    cudaDataType ab_type = CUDA_R_32F;
+    if (w_type == KV_BF16) {
+        void *xb = NULL;
+        const size_t n = (size_t)T * n_in;
+        int rc = kv_cuda_scratch(b, &xb, n * sizeof(uint16_t), what, err);
+        if (rc) return rc;
+        to_bf16_kernel<<<kv_cuda_grid(n), KV_CUDA_BLOCK, 0, st>>>((uint16_t *)xb, x, n);
+        rc = kv_cuda_launched(what, err);
+        if (rc) return rc;
+        B = xb;
+        ab_type = CUDA_R_16BF;
+    }
+    int rc = kv_cublas_status(cublasGemmEx(kv_cuda(b)->blas, CUBLAS_OP_T, CUBLAS_OP_N, n_out, T,
+                                           n_in, &one, W, ab_type, n_in, B, ab_type, n_in, &beta,
+                                           out, CUDA_R_32F, n_out, CUBLAS_COMPUTE_32F,
+                                           CUBLAS_GEMM_DEFAULT),
+                              what, err);
+    if (rc || !bias) return rc;
+    const size_t n = (size_t)T * n_out;
+    add_bias_kernel<<<kv_cuda_grid(n), KV_CUDA_BLOCK, 0, st>>>(out, bias, n, n_out);
+    return kv_cuda_launched(what, err);
+}
+
+// dbias[o] += sum over t of dout[t, o], summed in double in t order (the CPU's order)
+__global__ void bias_grad_kernel(float *dbias, const float *dout, int T, int n_out) {
+    const int o = blockIdx.x * blockDim.x + threadIdx.x;
+    if (o >= n_out) return;
+    double s = 0.0;
+    for (int t = 0; t < T; t++) s += dout[(size_t)t * n_out + o];
+    dbias[o] += (float)s;
+}
+
+int kv_cuda_matmul_backward(kv_backend *b, float *dx, float *dW, float *dbias, const float *dout,
+                            const float *x, const float *W, int T, int n_in, int n_out,
+                            kv_error *err) {
+    char what[112];
+    snprintf(what, sizeof what, "matmul_backward [%d x %d] x [%d x %d]^T", T, n_in, n_out, n_in);
+    if (T <= 0 || n_in <= 0 || n_out <= 0) return 0;
+    cublasHandle_t h = kv_cuda(b)->blas;
+    const float one = 1.0f;
+    int rc = 0;
+    // dx[T, n_in] += dout[T, n_out] @ W[n_out, n_in]: column-major dx^T (n_in x T) +=
+    // W^T' (n_in x n_out, ld n_in) * dout^T (n_out x T, ld n_out)
+    if (dx)
+        rc = kv_cublas_status(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, n_in, T, n_out, &one, W,
+                                           CUDA_R_32F, n_in, dout, CUDA_R_32F, n_out, &one, dx,
+                                           CUDA_R_32F, n_in, CUBLAS_COMPUTE_32F,
+                                           CUBLAS_GEMM_DEFAULT),
+                              what, err);
+    // dW[n_out, n_in] += dout^T @ x: column-major dW^T (n_in x n_out, ld n_in) +=
+    // x^T (n_in x T, ld n_in) * dout (as stored n_out x T, ld n_out; op T)
+    if (!rc && dW)
+        rc = kv_cublas_status(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_T, n_in, n_out, T, &one, x,
+                                           CUDA_R_32F, n_in, dout, CUDA_R_32F, n_out, &one, dW,
+                                           CUDA_R_32F, n_in, CUBLAS_COMPUTE_32F,
+                                           CUBLAS_GEMM_DEFAULT),
+                              what, err);
+    if (!rc && dbias) {
+        bias_grad_kernel<<<(unsigned)((n_out + KV_CUDA_BLOCK - 1) / KV_CUDA_BLOCK), KV_CUDA_BLOCK,
+                           0, kv_cuda_stream(b)>>>(dbias, dout, T, n_out);
+        rc = kv_cuda_launched(what, err);
+    }
+    return rc;
 }
