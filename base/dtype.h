@@ -6,6 +6,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum {
     KV_F32, KV_F16, KV_BF16, KV_F64,
     KV_I64, KV_I32, KV_I16, KV_I8, KV_U8, KV_BOOL,
@@ -27,5 +31,9 @@ uint16_t kv_f32_to_bf16(float f);
 int kv_dtype_cast(void *dst, kv_dtype dst_t, const void *src, kv_dtype src_t, size_t n);
 /* convenience: n elements of a float tensor (F32/F16/BF16) to float */
 int kv_to_f32(float *dst, const void *src, kv_dtype src_t, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -3,6 +3,10 @@
 #ifndef KV_ERROR_H
 #define KV_ERROR_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum {
     KV_OK = 0,
     KV_EIO = -1,          /* open/read/write/rename failed */
@@ -24,5 +28,9 @@ int kv_fail(kv_error *err, int code, const char *fmt, ...) __attribute__((format
 /* prefixes an existing message: "context: old message" */
 int kv_wrap(kv_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *kv_code_name(int code);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

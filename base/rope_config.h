@@ -3,6 +3,10 @@
 #ifndef KV_ROPE_CONFIG_H
 #define KV_ROPE_CONFIG_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { KV_ROPE_PLAIN = 0, KV_ROPE_LLAMA3 = 1 } kv_rope_scaling;
 typedef struct {
     double theta;                     /* rope_theta */
@@ -12,5 +16,9 @@ typedef struct {
     double high_freq_factor;          /* llama3 only */
     int original_max_position;        /* llama3: original_max_position_embeddings */
 } kv_rope_config;
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -15,12 +15,6 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-/* base/ headers have no extern "C" of their own and backend.h includes them before its block:
- * included first here, inside one, they declare the C library's functions with C linkage */
-extern "C" {
-#include "base/dtype.h"
-#include "base/error.h"
-}
 #include "kernels/backend.h"
 
 /* b->impl of a CUDA backend */
