@@ -11,6 +11,7 @@
 
 #include "transform/synth/synth.h"
 #include "kernels/kernels.h"
+#include "kernels/backend.h"
 #include "transform/train/adamw.h"
 #include "transform/train/distill_init.h"
 #include "transform/train/train_forward.h"
@@ -35,8 +36,10 @@ static int bench(const char *label, const char *dir, const char *spec, int B, in
         kvt_model_free(&t);
         return 1;
     }
+    kv_backend cpu;
     kvt_run rs, rt;
-    if (kvt_run_init(&rs, &s, B, T, passes, 1, &err) || kvt_run_init(&rt, &t, B, T, 1, 0, &err)) {
+    if (kv_backend_cpu_init(&cpu, 0, &err) || kvt_run_init(&rs, &cpu, &s, B, T, passes, 1, &err) ||
+        kvt_run_init(&rt, &cpu, &t, B, T, 1, 0, &err)) {
         fprintf(stderr, "%s: %s\n", label, err.msg);
         return 1;
     }
@@ -95,6 +98,7 @@ static int bench(const char *label, const char *dir, const char *spec, int B, in
     free(g), free(m), free(v), free(n), free(tp), free(tokens);
     kvt_run_free(&rs);
     kvt_run_free(&rt);
+    kv_backend_free(&cpu);
     kvt_model_free(&s);
     kvt_model_free(&t);
     return 0;

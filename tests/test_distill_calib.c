@@ -109,8 +109,10 @@ int main(void) {
             distill_tokens_load(&d, data_path, tok, t.dims.vocab, &err);
             distill_pack(&seqs, &d, 0, d.n, 64, &err);
             seqs.n = 8;
-            kvt_run_init(&rs, &s2, 4, 64, 4, 0, &err);
-            kvt_run_init(&rt, &t, 4, 64, 1, 0, &err);
+            kv_backend cpu;
+            kv_backend_cpu_init(&cpu, 0, &err);
+            kvt_run_init(&rs, &cpu, &s2, 4, 64, 4, 0, &err);
+            kvt_run_init(&rt, &cpu, &t, 4, 64, 1, 0, &err);
             distill_eval_result ev;
             rc = distill_evaluate(&rs, &rt, &seqs, 0, &ev, NULL, NULL, &err);
             CHECK(rc == 0, "evaluate: %s", err.msg);
@@ -119,6 +121,7 @@ int main(void) {
                   ev.kl, r.cand[idx].ppl, r.cand[idx].kl);
             CHECK(ev.teacher_ppl == r.teacher_ppl, "teacher ppl agrees");
             kvt_run_free(&rs), kvt_run_free(&rt);
+            kv_backend_free(&cpu);
             distill_seqs_free(&seqs), distill_tokens_free(&d);
             kv_tokenizer_free(tok);
             kvt_model_free(&s2);

@@ -400,9 +400,12 @@ static void run_case(const char *label, const tiny_shape *shape, const char *map
     int32_t tokens[16];
     for (int i = 0; i < N; i++) tokens[i] = (int32_t)((urand() + 1) * 0.5 * shape->V);
     kvt_run rs, rt;
-    CHECK(kvt_run_init_grad(&rs, &student, B, T, passes, grad_passes, 1, &err) == 0, "%s: run: %s",
-          label, err.msg);
-    CHECK(kvt_run_init(&rt, &teacher, B, T, passes, 0, &err) == 0, "%s: run: %s", label, err.msg);
+    kv_backend cpu;
+    CHECK(kv_backend_cpu_init(&cpu, 0, &err) == 0, "%s: backend: %s", label, err.msg);
+    CHECK(kvt_run_init_grad(&rs, &cpu, &student, B, T, passes, grad_passes, 1, &err) == 0,
+          "%s: run: %s", label, err.msg);
+    CHECK(kvt_run_init(&rt, &cpu, &teacher, B, T, passes, 0, &err) == 0, "%s: run: %s", label,
+          err.msg);
     kvt_loss loss;
     const kvt_loss_weights lw = {2.0f, 0.7f, 0.3f};
     rc = kvt_distill_microbatch(&rs, &rt, tokens, &lw, 1.0f, &loss, &err);
@@ -444,13 +447,14 @@ static void run_case(const char *label, const tiny_shape *shape, const char *map
             fd[k] = (lp - lm) / (2 * h);
             if (fabs(fd[k]) > scale) scale = fabs(fd[k]);
         }
+        const float *g = kvt_run_param(&rs, p)->g; /* the CPU backend: a host array */
         for (size_t k = 0; k < p->n; k++) {
-            double e = fabs(fd[k] - p->g[k]);
+            double e = fabs(fd[k] - g[k]);
             if (e > worst) worst = e, worst_k = k;
         }
         CHECK(scale > 1e-6, "%s: %s: finite differences all ~0 (%g)", label, p->name, scale);
         CHECK(worst <= 2e-3 * scale + 1e-7, "%s: %s[%zu]: backward %.9g vs finite difference %.9g"
-              " (scale %.3g)", label, p->name, worst_k, (double)p->g[worst_k], fd[worst_k], scale);
+              " (scale %.3g)", label, p->name, worst_k, (double)g[worst_k], fd[worst_k], scale);
         free(fd);
         n_checked++;
     }
@@ -464,6 +468,7 @@ static void run_case(const char *label, const tiny_shape *shape, const char *map
     ref_free(&sc);
     kvt_run_free(&rs);
     kvt_run_free(&rt);
+    kv_backend_free(&cpu);
     kvt_model_free(&student);
     kvt_model_free(&teacher);
 }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "formats/safetensors.h"
+#include "kernels/backend.h"
 #include "tests/check.h"
 #include "transform/train/adamw.h"
 #include "transform/train/distill_data.h"
@@ -16,6 +17,8 @@
 #include "transform/train/train_model.h"
 
 #define MODEL SHARED_DIR "/models/stories260K"
+
+static kv_backend cpu; /* the CPU backend: device pointers are host pointers */
 
 static void test_adamw(void) {
     const adamw_hparams h = {.beta1 = 0.9, .beta2 = 0.999, .eps = 0, .weight_decay = 0};
@@ -260,7 +263,7 @@ static void test_golden_forward(const kvt_model *t) {
     if (rc) return;
     const st_tensor *tok = st_find(&g, "tokens"), *lg = st_find(&g, "logits");
     kvt_run r;
-    rc = kvt_run_init(&r, t, 3, 64, 1, 0, &err);
+    rc = kvt_run_init(&r, &cpu, t, 3, 64, 1, 0, &err);
     CHECK(rc == 0, "run: %s", err.msg);
     if (!rc && kvt_forward(&r, (const int32_t *)tok->data, &err) == 0) {
         double e = max_diff(r.logits, (const float *)lg->data, lg->n_elements);
@@ -271,6 +274,8 @@ static void test_golden_forward(const kvt_model *t) {
 }
 
 int main(void) {
+    kv_error berr = {0};
+    CHECK(kv_backend_cpu_init(&cpu, 0, &berr) == 0, "cpu backend: %s", berr.msg);
     test_adamw();
     test_schedule();
     test_data();
@@ -283,5 +288,6 @@ int main(void) {
         test_golden_forward(&t);
         kvt_model_free(&t);
     }
+    kv_backend_free(&cpu);
     return check_done("test_train_parts");
 }

@@ -47,34 +47,53 @@ int distill_evaluate(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_
                      kv_error *err) {
     memset(out, 0, sizeof *out);
     const int B = s->B, T = s->T, V = s->m->dims.vocab;
-    if (seqs->T != T || (t && (t->B != B || t->T != T || t->m->dims.vocab != V)))
+    kv_backend *b = s->b;
+    if (seqs->T != T || (t && (t->B != B || t->T != T || t->m->dims.vocab != V || t->b != b)))
         return kv_fail(err, KV_EINVAL, "evaluate: runs and sequences differ in shape");
     long n = seqs->n;
     if (max_seqs > 0 && n > max_seqs) n = max_seqs;
     if (n < 1) return kv_fail(err, KV_EINVAL, "evaluate: no held-out sequences");
+    const size_t nv = (size_t)B * T * V; /* logits [B*T, V] */
     int32_t *tokens = malloc(sizeof(int32_t) * (size_t)B * T);
-    if (!tokens) return kv_fail(err, KV_ENOMEM, "evaluate: out of memory");
+    float *scratch = b->unified ? NULL : malloc(sizeof(float) * 2 * nv); /* host logits */
+    if (!tokens || (!b->unified && !scratch)) {
+        free(tokens);
+        free(scratch);
+        return kv_fail(err, KV_ENOMEM, "evaluate: out of memory");
+    }
     double nll_s = 0, nll_t = 0, kl = 0;
     long n_pred = 0;
     int rc = 0;
     for (long i = 0; i < n && !rc; i += B) {
         const int real = (int)(n - i < B ? n - i : B);
-        for (int b = 0; b < B; b++)
-            memcpy(tokens + (size_t)b * T, seqs->ids + (size_t)(i + (b < real ? b : 0)) * T,
+        for (int k = 0; k < B; k++)
+            memcpy(tokens + (size_t)k * T, seqs->ids + (size_t)(i + (k < real ? k : 0)) * T,
                    sizeof(int32_t) * (size_t)T);
         if ((rc = kvt_forward(s, tokens, err)) || (t && (rc = kvt_forward(t, tokens, err)))) break;
-        for (int b = 0; b < real; b++)
+        const float *ls = NULL, *lt = NULL;
+        if ((rc = kvt_run_host_view(s, &ls, s->logits, scratch, nv, err)) ||
+            (t && (rc = kvt_run_host_view(t, &lt, t->logits, scratch ? scratch + nv : NULL, nv,
+                                          err))))
+            break;
+        for (int k = 0; k < real; k++)
             for (int p = 0; p + 1 < T; p++) {
-                const size_t row = (size_t)b * T + p;
+                const size_t row = (size_t)k * T + p;
                 const int32_t next = tokens[row + 1];
-                nll_s += kv_cross_entropy(s->logits + row * V, V, next);
-                if (t) nll_t += kv_cross_entropy(t->logits + row * V, V, next);
+                nll_s += kv_cross_entropy(ls + row * V, V, next);
+                if (t) nll_t += kv_cross_entropy(lt + row * V, V, next);
                 n_pred++;
             }
-        if (t) kl += kv_distill_kl(NULL, s->logits, t->logits, real * T, V, 1.0f, 0.0f) * real * T;
+        if (t) {
+            double kl_batch = 0; /* mean over the real rows, temperature 1, no gradient */
+            if ((rc = b->ops->distill_kl(b, &kl_batch, NULL, s->logits, t->logits, real * T, V,
+                                         1.0f, 0.0f, err)))
+                break;
+            kl += kl_batch * real * T;
+        }
         if (tick) tick(tick_ctx, i + real, n);
     }
     free(tokens);
+    free(scratch);
     if (rc) return rc;
     out->tokens = n_pred;
     out->student_ppl = exp(nll_s / (double)n_pred);
@@ -107,6 +126,8 @@ static void map_display_name(const kv_map *m, char *out, size_t cap) {
 
 typedef struct {
     const distill_opts *o;
+    kv_backend cpu;           /* the runs' backend; the optimiser below reads its arrays on the
+                                 host, which only a unified backend allows */
     kvt_model teacher, student;
     kv_tokenizer *tok;
     distill_seqs train, eval;
@@ -141,6 +162,7 @@ static void run_free(run_state *r) {
     kv_tokenizer_free(r->tok);
     kvt_model_free(&r->student);
     kvt_model_free(&r->teacher);
+    kv_backend_free(&r->cpu);
 }
 
 static int check_pair(const kvt_model *t, const kvt_model *s, kv_error *err) {
@@ -521,7 +543,8 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
         return kv_fail(err, KV_EINVAL, "%s: not empty; use --resume to continue a run there or "
                        "--force to overwrite", o->out_dir);
 
-    if ((rc = kvt_model_load(&r.teacher, o->teacher_dir, err)) ||
+    if ((rc = kv_backend_cpu_init(&r.cpu, 0, err)) ||
+        (rc = kvt_model_load(&r.teacher, o->teacher_dir, err)) ||
         (rc = kvt_model_load(&r.student, o->student_dir, err)) ||
         (rc = check_pair(&r.teacher, &r.student, err)) || (rc = load_tokenizer(&r, err)) ||
         (rc = load_data(&r, err)) || (rc = setup_optimizer(&r, err)))
@@ -530,8 +553,9 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
     r.total_steps = o->steps ? o->steps : (o->tokens + per_step - 1) / per_step;
     r.warmup = (long)llround(o->warmup_frac * (double)r.total_steps);
     if ((rc = distill_sampler_init(&r.sampler, r.train.n, o->seed, err)) ||
-        (rc = kvt_run_init_grad(&r.rs, &r.student, o->batch, o->seq_len, o->passes, o->grad_passes, 1, err)) ||
-        (rc = kvt_run_init(&r.rt, &r.teacher, o->batch, o->seq_len, 1, 0, err)))
+        (rc = kvt_run_init_grad(&r.rs, &r.cpu, &r.student, o->batch, o->seq_len, o->passes,
+                                o->grad_passes, 1, err)) ||
+        (rc = kvt_run_init(&r.rt, &r.cpu, &r.teacher, o->batch, o->seq_len, 1, 0, err)))
         goto out;
     compute_fingerprint(&r);
     map_display_name(&r.student.map, rep->map_name, sizeof rep->map_name);

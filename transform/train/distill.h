@@ -80,8 +80,8 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
 /* Held-out evaluation of a student (and teacher, when t is not NULL) on seqs: perplexity of
  * next-token prediction within each sequence (positions 1 .. T-1 scored), and the mean
  * per-token KL(teacher || student) at temperature 1 over all positions. Runs must have
- * the same B and T = seqs->T; a short last batch is padded and not counted. Outputs may be
- * NULL. progress is called with phase set by the caller's context. */
+ * the same B, backend and T = seqs->T; a short last batch is padded and not counted. Outputs
+ * may be NULL. progress is called with phase set by the caller's context. */
 typedef struct {
     double student_ppl, teacher_ppl, kl;
     long tokens;                   /* positions scored for perplexity */
