@@ -12,6 +12,7 @@
 #include "formats/safetensors.h"
 #include "base/sha256.h"
 #include "formats/tokenizer.h"
+#include "transform/train/optim.h"
 
 #define STATE_FORMAT "kvforge-distill-state-1"
 
@@ -133,11 +134,7 @@ typedef struct {
     distill_seqs train, eval;
     distill_sampler sampler;
     kvt_run rs, rt;
-    int n_train;              /* trainable tensors */
-    kvt_param **tp;           /* [n_train] */
-    float **m, **v;           /* [n_train] AdamW moments */
-    float **g;                /* [n_train] gradients (views) */
-    size_t *n;                /* [n_train] elements */
+    kvt_optim opt;            /* the student run's trainable tensors, moments on the device */
     long total_steps, warmup, step, tokens_trained;
     double prior_seconds;     /* from the checkpoint */
     char fingerprint[65];
@@ -149,11 +146,7 @@ typedef struct {
 } run_state;
 
 static void run_free(run_state *r) {
-    for (int i = 0; i < r->n_train; i++) {
-        if (r->m) free(r->m[i]);
-        if (r->v) free(r->v[i]);
-    }
-    free(r->tp), free(r->m), free(r->v), free(r->g), free(r->n);
+    kvt_optim_free(&r->opt);
     kvt_run_free(&r->rs);
     kvt_run_free(&r->rt);
     distill_sampler_free(&r->sampler);
@@ -217,32 +210,6 @@ out:
     return rc;
 }
 
-static int setup_optimizer(run_state *r, kv_error *err) {
-    long count = kvt_model_set_trainable_distill(&r->student, err);
-    if (count < 0) return (int)count;
-    for (int i = 0; i < r->student.n_params; i++) r->n_train += r->student.params[i].trainable;
-    const size_t k = (size_t)r->n_train;
-    r->tp = calloc(k, sizeof *r->tp);
-    r->m = calloc(k, sizeof *r->m);
-    r->v = calloc(k, sizeof *r->v);
-    r->g = calloc(k, sizeof *r->g);
-    r->n = calloc(k, sizeof *r->n);
-    if (!r->tp || !r->m || !r->v || !r->g || !r->n)
-        return kv_fail(err, KV_ENOMEM, "optimiser: out of memory");
-    for (int i = 0, j = 0; i < r->student.n_params; i++) {
-        kvt_param *p = &r->student.params[i];
-        if (!p->trainable) continue;
-        r->tp[j] = p;
-        r->g[j] = p->g;
-        r->n[j] = p->n;
-        r->m[j] = calloc(p->n ? p->n : 1, sizeof(float));
-        r->v[j] = calloc(p->n ? p->n : 1, sizeof(float));
-        if (!r->m[j] || !r->v[j]) return kv_fail(err, KV_ENOMEM, "optimiser: out of memory");
-        j++;
-    }
-    return 0;
-}
-
 /* everything the trajectory depends on: a resumed run must match it */
 static void compute_fingerprint(run_state *r) {
     const distill_opts *o = r->o;
@@ -263,9 +230,9 @@ static void compute_fingerprint(run_state *r) {
     kv_sha256_init(&c);
     kv_sha256_update(&c, buf, (size_t)len);
     kv_sha256_update(&c, r->train.ids, sizeof(int32_t) * (size_t)(r->train.n * r->train.T));
-    for (int i = 0; i < r->n_train; i++) {
-        kv_sha256_update(&c, r->tp[i]->name, strlen(r->tp[i]->name));
-        kv_sha256_update(&c, r->tp[i]->w, sizeof(float) * r->tp[i]->n);
+    for (int i = 0; i < r->opt.n; i++) {
+        kv_sha256_update(&c, r->opt.p[i]->name, strlen(r->opt.p[i]->name));
+        kv_sha256_update(&c, r->opt.p[i]->w, sizeof(float) * r->opt.p[i]->n);
     }
     uint8_t d[32];
     kv_sha256_final(&c, d);
@@ -275,7 +242,7 @@ static void compute_fingerprint(run_state *r) {
 /* ---- checkpoint ---- */
 
 static int save_checkpoint(run_state *r, kv_error *err) {
-    const int n = 3 * r->n_train;
+    const int n = 3 * r->opt.n;
     st_spec *specs = calloc((size_t)n, sizeof *specs);
     const void **data = calloc((size_t)n, sizeof *data);
     char (*names)[KVT_NAME_MAX + 16] = calloc((size_t)n, sizeof *names);
@@ -285,15 +252,16 @@ static int save_checkpoint(run_state *r, kv_error *err) {
         goto out;
     }
     static const char *const kinds[] = {"param.", "adam_m.", "adam_v."};
-    for (int i = 0; i < r->n_train; i++)
+    for (int i = 0; i < r->opt.n; i++)
         for (int k = 0; k < 3; k++) {
             const int j = 3 * i + k;
-            snprintf(names[j], sizeof names[j], "%s%s", kinds[k], r->tp[i]->name);
+            snprintf(names[j], sizeof names[j], "%s%s", kinds[k], r->opt.p[i]->name);
             specs[j].name = names[j];
             specs[j].dtype = KV_F32;
             specs[j].n_dims = 1;
-            specs[j].shape[0] = (int64_t)r->tp[i]->n;
-            data[j] = k == 0 ? (const void *)r->tp[i]->w : k == 1 ? r->m[i] : r->v[i];
+            specs[j].shape[0] = (int64_t)r->opt.p[i]->n;
+            /* the CPU backend's arrays, read on the host */
+            data[j] = k == 0 ? r->opt.w[i] : k == 1 ? r->opt.m[i] : r->opt.v[i];
         }
     char step[32], tokens[32], secs[64];
     snprintf(step, sizeof step, "%ld", r->step);
@@ -343,17 +311,17 @@ static int load_checkpoint(run_state *r, kv_error *err) {
     }
     r->prior_seconds = secs ? atof(secs) : 0;
     static const char *const kinds[] = {"param.", "adam_m.", "adam_v."};
-    for (int i = 0; i < r->n_train && !rc; i++)
+    for (int i = 0; i < r->opt.n && !rc; i++)
         for (int k = 0; k < 3; k++) {
             char name[KVT_NAME_MAX + 16];
-            snprintf(name, sizeof name, "%s%s", kinds[k], r->tp[i]->name);
+            snprintf(name, sizeof name, "%s%s", kinds[k], r->opt.p[i]->name);
             const st_tensor *t = st_find(&f, name);
-            if (!t || t->dtype != KV_F32 || t->n_elements != r->tp[i]->n) {
+            if (!t || t->dtype != KV_F32 || t->n_elements != r->opt.p[i]->n) {
                 rc = kv_fail(err, KV_EFORMAT, "%s: tensor '%s' missing or of the wrong shape",
                              r->ckpt_path, name);
                 break;
             }
-            float *dst = k == 0 ? r->tp[i]->w : k == 1 ? r->m[i] : r->v[i];
+            float *dst = k == 0 ? r->opt.w[i] : k == 1 ? r->opt.m[i] : r->opt.v[i];
             memcpy(dst, t->data, t->n_bytes);
         }
 out:
@@ -462,7 +430,8 @@ static int write_report(const run_state *r, const distill_report *rep, kv_error 
 static int train_step(run_state *r, int32_t *tokens, FILE *log, kv_error *err) {
     const distill_opts *o = r->o;
     const int B = o->batch, T = o->seq_len;
-    kvt_model_zero_grads(&r->student);
+    int rc = kvt_optim_zero_grads(&r->opt, err);
+    if (rc) return rc;
     kvt_loss sum = {0};
     for (int a = 0; a < o->accum; a++) {
         for (int b = 0; b < B; b++) {
@@ -473,21 +442,23 @@ static int train_step(run_state *r, int32_t *tokens, FILE *log, kv_error *err) {
         }
         kvt_loss l;
         const kvt_loss_weights w = {(float)o->temperature, (float)o->mse_weight, (float)o->ce_weight};
-        int rc = kvt_distill_microbatch(&r->rs, &r->rt, tokens, &w, 1.0f / (float)o->accum, &l, err);
+        rc = kvt_distill_microbatch(&r->rs, &r->rt, tokens, &w, 1.0f / (float)o->accum, &l, err);
         if (rc) return rc;
         sum.loss += l.loss / o->accum;
         sum.kl += l.kl / o->accum;
         sum.mse += l.mse / o->accum;
         sum.ce += l.ce / o->accum;
     }
-    const double norm = grad_global_norm(r->g, r->n, r->n_train);
+    double norm;
+    if ((rc = kvt_optim_grad_norm(&r->opt, &norm, err))) return rc;
     if (!isfinite(norm))
         return kv_fail(err, KV_EINVAL, "step %ld: the gradient is not finite (loss %g); lower "
                        "--lr", r->step + 1, sum.loss);
-    if (o->clip > 0 && norm > o->clip) grad_scale_all(r->g, r->n, r->n_train, (float)(o->clip / norm));
+    if (o->clip > 0 && norm > o->clip &&
+        (rc = kvt_optim_scale_grads(&r->opt, (float)(o->clip / norm), err)))
+        return rc;
     const double lr = lr_at(r->step, r->total_steps, r->warmup, o->lr, o->decay);
-    for (int i = 0; i < r->n_train; i++)
-        adamw_update(r->tp[i]->w, r->g[i], r->m[i], r->v[i], r->n[i], &o->adam, r->step + 1, lr);
+    if ((rc = kvt_optim_adamw(&r->opt, &o->adam, r->step + 1, lr, err))) return rc;
     r->step++;
     r->tokens_trained += (long)o->accum * B * T;
     r->pr.step = r->step;
@@ -547,20 +518,26 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
         (rc = kvt_model_load(&r.teacher, o->teacher_dir, err)) ||
         (rc = kvt_model_load(&r.student, o->student_dir, err)) ||
         (rc = check_pair(&r.teacher, &r.student, err)) || (rc = load_tokenizer(&r, err)) ||
-        (rc = load_data(&r, err)) || (rc = setup_optimizer(&r, err)))
+        (rc = load_data(&r, err)))
         goto out;
+    long count = kvt_model_set_trainable_distill(&r.student, err);
+    if (count < 0) {
+        rc = (int)count;
+        goto out;
+    }
     const long per_step = (long)o->accum * o->batch * o->seq_len;
     r.total_steps = o->steps ? o->steps : (o->tokens + per_step - 1) / per_step;
     r.warmup = (long)llround(o->warmup_frac * (double)r.total_steps);
     if ((rc = distill_sampler_init(&r.sampler, r.train.n, o->seed, err)) ||
         (rc = kvt_run_init_grad(&r.rs, &r.cpu, &r.student, o->batch, o->seq_len, o->passes,
                                 o->grad_passes, 1, err)) ||
-        (rc = kvt_run_init(&r.rt, &r.cpu, &r.teacher, o->batch, o->seq_len, 1, 0, err)))
+        (rc = kvt_run_init(&r.rt, &r.cpu, &r.teacher, o->batch, o->seq_len, 1, 0, err)) ||
+        (rc = kvt_optim_init(&r.opt, &r.rs, err)))
         goto out;
     compute_fingerprint(&r);
     map_display_name(&r.student.map, rep->map_name, sizeof rep->map_name);
     kvmap_layer_types(&r.student.map, rep->layer_types, sizeof rep->layer_types);
-    for (int i = 0; i < r.n_train; i++) rep->trainable_params += (long)r.n[i];
+    rep->trainable_params = (long)r.opt.count;
     rep->train_tokens_available = r.train.n * r.train.T;
 
     /* before */
@@ -623,7 +600,9 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
     const char *aux = NULL;
     if ((rc = kv_join(tok_src, sizeof tok_src, o->student_dir, "tokenizer.json", err))) goto out;
     if (!kv_path_exists(tok_src)) aux = o->teacher_dir;
-    if ((rc = kvt_model_save(&r.student, o->out_dir, aux, err))) goto out;
+    if ((rc = kvt_run_params_to_host(&r.rs, err)) ||
+        (rc = kvt_model_save(&r.student, o->out_dir, aux, err)))
+        goto out;
     rep->tokens_trained = r.tokens_trained;
     rep->steps = r.step;
     rep->seconds = r.prior_seconds + now_s() - r.t0;
