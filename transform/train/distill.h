@@ -5,7 +5,11 @@
  * updated), the tokenizer files, report.json, train_log.jsonl (one JSON object per step) and
  * checkpoint/state.safetensors (trainable tensors, AdamW moments, step; written atomically).
  * A resumed run restores the checkpoint and reproduces the uninterrupted run bit for bit: the
- * data order is a pure function of (seed, sequence counter) and nothing else is random. */
+ * data order is a pure function of (seed, sequence counter) and nothing else is random.
+ *
+ * The pieces: distill.c the run and its loop; distill_eval.c held-out evaluation;
+ * distill_ckpt.h checkpoint save/resume and the fingerprint; distill_log.h the JSONL step log;
+ * distill_report.h report.json; optim.h the optimiser step on the backend. */
 #ifndef KV_DISTILL_H
 #define KV_DISTILL_H
 
@@ -81,7 +85,7 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
  * next-token prediction within each sequence (positions 1 .. T-1 scored), and the mean
  * per-token KL(teacher || student) at temperature 1 over all positions. Runs must have
  * the same B, backend and T = seqs->T; a short last batch is padded and not counted. Outputs
- * may be NULL. progress is called with phase set by the caller's context. */
+ * may be NULL. progress is called with phase set by the caller's context. (distill_eval.c) */
 typedef struct {
     double student_ppl, teacher_ppl, kl;
     long tokens;                   /* positions scored for perplexity */
