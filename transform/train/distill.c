@@ -45,7 +45,7 @@ static double now_s(void) {
 
 typedef struct {
     const distill_opts *o;
-    kv_backend own_backend;   /* a CPU backend at the kernels' thread count */
+    kv_backend own_backend;   /* when o->backend is NULL */
     kv_backend *b;
     kvt_model teacher, student;
     kv_tokenizer *tok;
@@ -250,8 +250,11 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
     if (!o->resume && !o->force && !kv_dir_is_empty(o->out_dir))
         return kv_fail(err, KV_EINVAL, "%s: not empty; use --resume to continue a run there or "
                        "--force to overwrite", o->out_dir);
-    if ((rc = kv_backend_cpu_init(&r.own_backend, 0, err))) return rc;
-    r.b = &r.own_backend;
+    r.b = o->backend;
+    if (!r.b) {
+        if ((rc = kv_backend_cpu_init(&r.own_backend, 0, err))) return rc;
+        r.b = &r.own_backend;
+    }
 
     if ((rc = kvt_model_load(&r.teacher, o->teacher_dir, err)) ||
         (rc = kvt_model_load(&r.student, o->student_dir, err)) ||

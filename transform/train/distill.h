@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "base/error.h"
+#include "kernels/backend.h"
 #include "transform/train/adamw.h"
 #include "transform/train/distill_data.h"
 #include "transform/train/train_forward.h"
@@ -49,6 +50,8 @@ typedef struct {
     int force;                     /* write into a non-empty OUT_DIR without resuming */
     long stop_after;               /* test hook: return after this many steps of this run, as a
                                       killed process would (no final checkpoint/output); 0 off */
+    kv_backend *backend;           /* where the runs and the optimiser live (not owned); NULL: a
+                                      CPU backend at the kernels' current thread count */
 } distill_opts;
 
 void distill_opts_default(distill_opts *o);
