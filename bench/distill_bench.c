@@ -11,8 +11,10 @@
 
 #include "transform/synth/synth.h"
 #include "kernels/kernels.h"
+#include "kernels/backend.h"
 #include "transform/train/adamw.h"
 #include "transform/train/distill_init.h"
+#include "transform/train/optim.h"
 #include "transform/train/train_forward.h"
 #include "transform/train/train_model.h"
 
@@ -35,26 +37,14 @@ static int bench(const char *label, const char *dir, const char *spec, int B, in
         kvt_model_free(&t);
         return 1;
     }
+    kv_backend cpu;
     kvt_run rs, rt;
-    if (kvt_run_init(&rs, &s, B, T, passes, 1, &err) || kvt_run_init(&rt, &t, B, T, 1, 0, &err)) {
+    kvt_optim opt;
+    if (kv_backend_cpu_init(&cpu, 0, &err) || kvt_run_init(&rs, &cpu, &s, B, T, passes, 1, &err) ||
+        kvt_run_init(&rt, &cpu, &t, B, T, 1, 0, &err) || kvt_optim_init(&opt, &rs, &err)) {
         fprintf(stderr, "%s: %s\n", label, err.msg);
         return 1;
     }
-    int n_train = 0;
-    for (int i = 0; i < s.n_params; i++) n_train += s.params[i].trainable;
-    float **g = calloc((size_t)n_train, sizeof *g), **m = calloc((size_t)n_train, sizeof *m),
-          **v = calloc((size_t)n_train, sizeof *v);
-    size_t *n = calloc((size_t)n_train, sizeof *n);
-    kvt_param **tp = calloc((size_t)n_train, sizeof *tp);
-    for (int i = 0, j = 0; i < s.n_params; i++)
-        if (s.params[i].trainable) {
-            tp[j] = &s.params[i];
-            g[j] = tp[j]->g;
-            n[j] = tp[j]->n;
-            m[j] = calloc(n[j], sizeof(float));
-            v[j] = calloc(n[j], sizeof(float));
-            j++;
-        }
     int32_t *tokens = malloc(sizeof(int32_t) * (size_t)B * T);
     uint64_t x = 0x2545f4914f6cdd1dull;
     for (int i = 0; i < B * T; i++) {
@@ -70,31 +60,32 @@ static int bench(const char *label, const char *dir, const char *spec, int B, in
     /* whole steps: METHODS.md's loss */
     kvt_loss loss;
     const kvt_loss_weights weights = {2.0f, 1.0f, 0.0f};
-    kvt_model_zero_grads(&s);
+    kvt_optim_zero_grads(&opt, &err);
     kvt_distill_microbatch(&rs, &rt, tokens, &weights, 1.0f, &loss, &err); /* warm-up */
     t0 = now_s();
     for (int k = 0; k < steps; k++) {
-        kvt_model_zero_grads(&s);
-        if (kvt_distill_microbatch(&rs, &rt, tokens, &weights, 1.0f, &loss, &err)) {
+        double norm = 0;
+        if (kvt_optim_zero_grads(&opt, &err) ||
+            kvt_distill_microbatch(&rs, &rt, tokens, &weights, 1.0f, &loss, &err) ||
+            kvt_optim_grad_norm(&opt, &norm, &err) ||
+            (norm > 1.0 && kvt_optim_scale_grads(&opt, (float)(1.0 / norm), &err)) ||
+            kvt_optim_adamw(&opt, &h, k + 1, 1e-4, &err)) {
             fprintf(stderr, "%s: %s\n", label, err.msg);
             return 1;
         }
-        double norm = grad_global_norm(g, n, n_train);
-        if (norm > 1.0) grad_scale_all(g, n, n_train, (float)(1.0 / norm));
-        for (int j = 0; j < n_train; j++) adamw_update(tp[j]->w, g[j], m[j], v[j], n[j], &h, k + 1, 1e-4);
     }
     const double step = (now_s() - t0) / steps;
-    long trainable = 0, all = 0;
-    for (int j = 0; j < n_train; j++) trainable += (long)n[j];
+    long trainable = (long)opt.count, all = 0;
     for (int i = 0; i < s.n_params; i++) all += (long)s.params[i].n;
     printf("distill %-18s %-18s T=%d B=%d: %8.0f tokens/s (step %.3f s)   teacher forward %8.0f "
            "tokens/s   ratio %.2f   trainable %ld of %ld params\n",
            label, map.name, T, B, B * T / step, step, B * T / fwd, step / fwd, trainable, all);
     fflush(stdout);
-    for (int j = 0; j < n_train; j++) free(m[j]), free(v[j]);
-    free(g), free(m), free(v), free(n), free(tp), free(tokens);
+    free(tokens);
+    kvt_optim_free(&opt);
     kvt_run_free(&rs);
     kvt_run_free(&rt);
+    kv_backend_free(&cpu);
     kvt_model_free(&s);
     kvt_model_free(&t);
     return 0;

@@ -8,6 +8,7 @@
 
 #include "cli/cli.h"
 #include "base/fileio.h"
+#include "kernels/backend.h"
 #include "kernels/kernels.h"
 #include "transform/train/calibrate.h"
 #include "transform/train/distill.h"
@@ -70,7 +71,8 @@ static void usage(void) {
            "student: write the zero-shot student of one KV map (the initialisation of\n"
            "docs/METHODS.md s1/s2, as calibration evaluates it).\n"
            "\n"
-           "Common: --threads N (all CPUs), --quiet (no progress), -h/--help, --version.\n"
+           "Common: --device cpu|cuda  where train and calibrate run (cpu; cuda needs a CUDA\n"
+           "        build), --threads N (all CPUs), --quiet (no progress), -h/--help, --version.\n"
            "Exit status: 0 ok, 1 failure, 2 usage error.\n");
 }
 
@@ -78,7 +80,7 @@ enum {
     O_DATA = 256, O_EVAL_DATA, O_HOLDOUT, O_EVAL_SEQS, O_SEQ_LEN, O_BATCH, O_ACCUM, O_STEPS,
     O_TOKENS, O_LR, O_WARMUP, O_SCHEDULE, O_BETA1, O_BETA2, O_ADAM_EPS, O_WD, O_CLIP, O_TEMP,
     O_MSE, O_CE, O_PASSES, O_GRAD_PASSES, O_SEED, O_SAVE_EVERY, O_RESUME, O_FORCE, O_THREADS, O_QUIET, O_VERSION,
-    O_SWIFTKV, O_GROUPS, O_CROSS, O_MAP, O_BUDGET, O_JSON, O_SVG, O_INIT
+    O_SWIFTKV, O_GROUPS, O_CROSS, O_MAP, O_BUDGET, O_JSON, O_SVG, O_INIT, O_DEVICE
 };
 
 static const struct option long_opts[] = {
@@ -94,7 +96,8 @@ static const struct option long_opts[] = {
     {"threads", 1, 0, O_THREADS}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, 'h'},
     {"version", 0, 0, O_VERSION}, {"swiftkv", 1, 0, O_SWIFTKV}, {"groups", 1, 0, O_GROUPS},
     {"cross", 1, 0, O_CROSS}, {"map", 1, 0, O_MAP}, {"budget", 1, 0, O_BUDGET},
-    {"json", 0, 0, O_JSON}, {"svg", 1, 0, O_SVG}, {"init", 1, 0, O_INIT}, {0, 0, 0, 0}};
+    {"json", 0, 0, O_JSON}, {"svg", 1, 0, O_SVG}, {"init", 1, 0, O_INIT},
+    {"device", 1, 0, O_DEVICE}, {0, 0, 0, 0}};
 
 #define MAX_FILES 256
 #define MAX_MAPS 256
@@ -105,6 +108,7 @@ typedef struct {
     int n_data, n_eval_data;
     int threads, quiet, json, eval_seqs_set;
     const char *swiftkv_range, *groups, *svg, *init;
+    const char *device;     /* "cpu" (default) or "cuda" */
     int cross_l;
     const char *maps[MAX_MAPS];
     int n_maps;
@@ -208,6 +212,13 @@ static int parse_args(int argc, char **argv, cli_args *a) {
             if (!(rc = parse_long_opt("threads", optarg, 1, 4096, &v))) a->threads = (int)v;
             break;
         case O_QUIET: a->quiet = 1; break;
+        case O_DEVICE: {
+            kv_device d;
+            kv_error derr = {0};
+            if (kv_device_parse(&d, optarg, &derr)) return cli_usage_error(TOOL, "%s", derr.msg);
+            a->device = optarg;
+            break;
+        }
         case O_SWIFTKV: a->swiftkv_range = optarg; break;
         case O_GROUPS: a->groups = optarg; break;
         case O_CROSS:
@@ -240,6 +251,14 @@ static int parse_args(int argc, char **argv, cli_args *a) {
 static void extra_positionals_are_data(cli_args *a, int expected) {
     for (int i = expected; i < a->n_pos && a->n_data < MAX_FILES; i++) a->data[a->n_data++] = a->pos[i];
     if (a->n_pos > expected) a->n_pos = expected;
+}
+
+/* the backend of --device (cpu by default) at --threads; EXIT_FAIL with its message */
+static int open_backend(const cli_args *a, kv_backend *b) {
+    kv_error err = {0};
+    if (kv_backend_init(b, a->device ? a->device : "cpu", a->threads, &err))
+        return cli_fail(TOOL, &err);
+    return 0;
 }
 
 /* ---- train ---- */
@@ -331,10 +350,15 @@ static int cmd_train(cli_args *a) {
     a->d.n_data = a->n_data;
     a->d.eval_data = a->eval_data;
     a->d.n_eval_data = a->n_eval_data;
+    kv_backend backend;
+    int rc = open_backend(a, &backend);
+    if (rc) return rc;
+    a->d.backend = &backend;
     train_ui ui = {.quiet = a->quiet, .tty = isatty(STDERR_FILENO), .last_decile = -1};
     distill_report rep;
     kv_error err = {0};
-    int rc = distill_train(&a->d, on_progress, &ui, &rep, &err);
+    rc = distill_train(&a->d, on_progress, &ui, &rep, &err);
+    kv_backend_free(&backend);
     if (ui.bar_on) fputc('\n', stderr);
     if (rc) return cli_fail(TOOL, &err);
     printf("map %s: %ld steps, %ld tokens in %.1f s (%.0f tokens/s)\n", rep.map_name, rep.steps,
@@ -524,11 +548,15 @@ static int cmd_calibrate(cli_args *a) {
     static kv_map maps[MAX_MAPS];
     int n_maps = 0;
     if ((rc = build_candidates(a, L, maps, &n_maps))) return rc;
+    kv_backend backend;
+    if ((rc = open_backend(a, &backend))) return rc;
+    co.backend = &backend;
     cli_progress bar;
     cli_progress_start(&bar, "calibrate", (uint64_t)n_maps, a->quiet);
     calib_result res;
     rc = calib_run(&co, maps, n_maps, calib_tick, &bar, &res, &err);
     cli_progress_finish(&bar);
+    kv_backend_free(&backend);
     if (rc) return cli_fail(TOOL, &err);
     if (a->svg && (rc = calib_write_svg(&res, a->svg, &err))) {
         calib_result_free(&res);

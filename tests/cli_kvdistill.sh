@@ -1,7 +1,8 @@
 #!/bin/sh
-# kvdistill: help/version, usage errors (exit 2), a tiny train run on stories260K (report.json,
-# log, model directory, plain progress lines when stderr is not a terminal), SIGKILL + --resume
-# giving the same weights as an uninterrupted run, calibrate --json and --svg.
+# kvdistill: help/version, usage errors (exit 2), --device (cuda in a build without CUDA: exit 1),
+# a tiny train run on stories260K (report.json, log, model directory, plain progress lines when
+# stderr is not a terminal), SIGKILL + --resume giving the same weights as an uninterrupted run,
+# calibrate --json and --svg.
 . tests/lib.sh
 require_shared cli_kvdistill
 KD="$BIN/kvdistill"
@@ -46,6 +47,24 @@ grep -q '"ce": [1-9]' "$TMP/skv_ce/train_log.jsonl" && ok || bad "the step log c
 expect_rc 2 "negative ce-weight refused" -- "$KD" train "$M" "$TMP/skv" "$TMP/x" --data "$TMP/data.txt" --steps 2 --ce-weight -1
 expect_rc 1 "identity student refused" -- "$KD" train "$M" "$M" "$TMP/x" --data "$TMP/data.txt" --steps 2 --seq-len 32
 expect_rc 1 "missing data file" -- "$KD" train "$M" "$TMP/skv" "$TMP/x" --data "$TMP/nope.txt" --steps 2
+
+# --device: cpu (the default) by name; another name is a usage error; cuda in a build without
+# CUDA fails (exit 1) with the backend's message before anything is written
+expect_rc 0 "--help" -- "$KD" --help
+expect_grep "device cpu|cuda" "$TMP/out" "--help documents --device"
+expect_rc 0 "train --device cpu" -- "$KD" train "$M" "$TMP/skv" "$TMP/dev_cpu" --data "$TMP/data.txt" \
+    --steps 1 --seq-len 32 --batch 2 --eval-seqs 2 --quiet --threads 1 --device cpu
+expect_rc 2 "bad --device" -- "$KD" train "$M" "$TMP/skv" "$TMP/x" --data "$TMP/data.txt" --steps 1 --device tpu
+expect_grep "device 'tpu': expected 'cpu' or 'cuda'" "$TMP/err" "bad --device names the string"
+if ls "${BUILD:-build}"/.mode-cuda0-* >/dev/null 2>&1; then
+    expect_rc 1 "--device cuda without CUDA" -- "$KD" train "$M" "$TMP/skv" "$TMP/dev_cuda" \
+        --data "$TMP/data.txt" --steps 1 --seq-len 32 --batch 2 --quiet --device cuda
+    expect_grep "kvdistill: error: cuda: this build has no CUDA support" "$TMP/err" "--device cuda: the backend's message"
+    [ ! -e "$TMP/dev_cuda" ] && ok || bad "--device cuda without CUDA wrote its output directory"
+    expect_rc 1 "calibrate --device cuda without CUDA" -- "$KD" calibrate "$M" --data "$TMP/data.txt" \
+        --map swiftkv:3 --quiet --device cuda
+    expect_grep "no CUDA support" "$TMP/err" "calibrate --device cuda: the backend's message"
+fi
 
 # a tiny run
 expect_rc 0 "train swiftkv" -- "$KD" train "$M" "$TMP/skv" "$TMP/out1" --data "$TMP/data.txt" \

@@ -1,7 +1,8 @@
 /* Short distillation runs on stories260K: the loss goes down, only the tensors METHODS.md s3
  * lists change (every other byte of the output equals the student's), report.json has its keys,
  * the output loads again, and a run stopped after its checkpoint and resumed ends with exactly
- * the weights (and per-step losses) of an uninterrupted run. */
+ * the weights (and per-step losses) of an uninterrupted run. The same runs on a backend that is
+ * not unified (split_backend.h) end bit for bit where the CPU backend's do. */
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include "formats/safetensors.h"
 #include "kernels/kernels.h"
 #include "tests/check.h"
+#include "tests/split_backend.h"
 #include "transform/train/distill.h"
 #include "transform/train/distill_init.h"
 #include "transform/train/train_model.h"
@@ -253,6 +255,57 @@ int main(void) {
         "model.layers.4.self_attn.v_proj_swiftkv.weight", NULL};
     check_only_listed("st_skv", "c", skv_trainable);
     free_opts(&o);
+
+    /* a non-unified backend: gradient through 2 passes and the cross-entropy term on, so every
+     * path of the step runs; weights, optimiser state, logs and report numbers equal the CPU
+     * backend's bit for bit, and so do they after a stop and a resume on it */
+    kv_backend split;
+    rc = split_backend_init(&split, 1, &err);
+    CHECK(rc == 0, "split backend: %s", err.msg);
+    const char *outs[] = {"e_cpu", "e_split", "e_resumed"};
+    distill_report reps[3];
+    for (int k = 0; k < 3 && !rc; k++) {
+        base_opts(&o, "st_cross", outs[k], data);
+        o.steps = 8;
+        o.grad_passes = 2;
+        o.ce_weight = 0.3;
+        o.save_every = 4;
+        o.backend = k ? &split : NULL;
+        if (k == 2) { /* stopped after step 6, resumed from the checkpoint of step 4 */
+            o.stop_after = 6;
+            rc = distill_train(&o, NULL, NULL, &reps[k], &err);
+            CHECK(rc == 0, "split run (stopped): %s", err.msg);
+            o.stop_after = 0;
+            o.resume = 1;
+        }
+        if (!rc) rc = distill_train(&o, NULL, NULL, &reps[k], &err);
+        CHECK(rc == 0, "run %s: %s", outs[k], err.msg);
+        free_opts(&o);
+    }
+    for (int k = 1; k < 3 && !rc; k++) {
+        static const char *const files[] = {"model.safetensors", "checkpoint/state.safetensors"};
+        for (int f = 0; f < 2; f++) {
+            snprintf(fa, sizeof fa, "%s/%s/%s", tmp, outs[0], files[f]);
+            snprintf(fb, sizeof fb, "%s/%s/%s", tmp, outs[k], files[f]);
+            CHECK(diff_tensors(fa, fb, changed, 4) == 0, "%s: %s differs from the CPU run's",
+                  outs[k], files[f]);
+        }
+        snprintf(file, sizeof file, "%s/%s/train_log.jsonl", tmp, outs[0]);
+        log_losses(file, lines_a, 32);
+        snprintf(file, sizeof file, "%s/%s/train_log.jsonl", tmp, outs[k]);
+        nb = log_losses(file, lines_b, 32), same = nb == 8;
+        for (int i = 0; i < 8 && same; i++) same = !strcmp(lines_a[i], lines_b[i]);
+        CHECK(same, "%s: step log == the CPU run's (%d lines)", outs[k], nb);
+        CHECK(reps[k].student_before_ppl == reps[0].student_before_ppl &&
+              reps[k].student_after_ppl == reps[0].student_after_ppl &&
+              reps[k].teacher_ppl == reps[0].teacher_ppl && reps[k].kl_before == reps[0].kl_before &&
+              reps[k].kl_after == reps[0].kl_after,
+              "%s: report numbers == the CPU run's (ppl after %.9g vs %.9g)", outs[k],
+              reps[k].student_after_ppl, reps[0].student_after_ppl);
+    }
+    CHECK(reps[2].resumed_from_step == 4, "split run resumed from step %ld", reps[2].resumed_from_step);
+    kv_backend_free(&split);
+    CHECK(split_allocations() == 0, "%d device allocations left behind", split_allocations());
 
     /* an identity "student" has nothing to train */
     base_opts(&o, "st_skv", "d", data);

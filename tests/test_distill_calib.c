@@ -11,6 +11,7 @@
 #include "base/fileio.h"
 #include "kernels/kernels.h"
 #include "tests/check.h"
+#include "tests/split_backend.h"
 #include "transform/train/calibrate.h"
 #include "transform/train/distill.h"
 #include "transform/train/distill_data.h"
@@ -80,6 +81,29 @@ int main(void) {
     /* budget 1e6 %: the cheapest is recommended (swiftkv:1,2 has 1 + 4/2 = 3 slots; pizza-bottom:3
      * and lasagna-top:3 also 3; the lowest KL of those wins) */
     CHECK(r.recommended >= 0 && r.cand[r.recommended].slots == 3, "recommended has 3 slots");
+    /* on a backend that is not unified (split_backend.h: states, K/V and logits downloaded)
+     * every number is the same */
+    {
+        kv_backend split;
+        calib_result rs;
+        calib_opts os = o;
+        os.backend = &split;
+        rc = split_backend_init(&split, 1, &err);
+        if (!rc) rc = calib_run(&os, maps, 4, NULL, NULL, &rs, &err);
+        CHECK(rc == 0, "calibrate on the split backend: %s", err.msg);
+        if (!rc) {
+            const size_t l1 = (size_t)(L + 1) * (L + 1) * sizeof(double), l2 = (size_t)L * L * sizeof(double);
+            int same = rs.n_cand == r.n_cand && rs.teacher_ppl == r.teacher_ppl &&
+                       !memcmp(rs.hidden_sim, r.hidden_sim, l1) && !memcmp(rs.k_sim, r.k_sim, l2) &&
+                       !memcmp(rs.v_sim, r.v_sim, l2);
+            for (int c = 0; c < r.n_cand && same; c++)
+                same = rs.cand[c].kl == r.cand[c].kl && rs.cand[c].ppl == r.cand[c].ppl;
+            CHECK(same, "split backend: the same similarities, ranking, KL and perplexities");
+            calib_result_free(&rs);
+        }
+        kv_backend_free(&split);
+        CHECK(split_allocations() == 0, "%d device allocations left behind", split_allocations());
+    }
     for (int c = 0; c < r.recommended; c++)
         CHECK(r.cand[c].slots > 3, "a cheaper or equal candidate ranked above the recommendation");
     /* the same numbers from a student written to disk and read back */
@@ -109,8 +133,10 @@ int main(void) {
             distill_tokens_load(&d, data_path, tok, t.dims.vocab, &err);
             distill_pack(&seqs, &d, 0, d.n, 64, &err);
             seqs.n = 8;
-            kvt_run_init(&rs, &s2, 4, 64, 4, 0, &err);
-            kvt_run_init(&rt, &t, 4, 64, 1, 0, &err);
+            kv_backend cpu;
+            kv_backend_cpu_init(&cpu, 0, &err);
+            kvt_run_init(&rs, &cpu, &s2, 4, 64, 4, 0, &err);
+            kvt_run_init(&rt, &cpu, &t, 4, 64, 1, 0, &err);
             distill_eval_result ev;
             rc = distill_evaluate(&rs, &rt, &seqs, 0, &ev, NULL, NULL, &err);
             CHECK(rc == 0, "evaluate: %s", err.msg);
@@ -119,6 +145,7 @@ int main(void) {
                   ev.kl, r.cand[idx].ppl, r.cand[idx].kl);
             CHECK(ev.teacher_ppl == r.teacher_ppl, "teacher ppl agrees");
             kvt_run_free(&rs), kvt_run_free(&rt);
+            kv_backend_free(&cpu);
             distill_seqs_free(&seqs), distill_tokens_free(&d);
             kv_tokenizer_free(tok);
             kvt_model_free(&s2);

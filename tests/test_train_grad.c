@@ -6,7 +6,8 @@
  * that kvt_distill_microbatch leaves in every trainable tensor must equal d loss / d w of the
  * double forward, and the float loss must equal the double loss. The previous iterative pass's
  * K/V are constants (METHODS.md s3): the double forward computes them once at the unperturbed
- * weights and holds them fixed while differencing. */
+ * weights and holds them fixed while differencing. The same step on a backend that is not
+ * unified (split_backend.h) leaves bit-identical losses and gradients. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@
 #include "formats/safetensors.h"
 #include "kernels/kernels.h"
 #include "tests/check.h"
+#include "tests/split_backend.h"
 #include "transform/train/distill_init.h"
 #include "transform/train/train_forward.h"
 #include "transform/train/train_model.h"
@@ -400,13 +402,40 @@ static void run_case(const char *label, const tiny_shape *shape, const char *map
     int32_t tokens[16];
     for (int i = 0; i < N; i++) tokens[i] = (int32_t)((urand() + 1) * 0.5 * shape->V);
     kvt_run rs, rt;
-    CHECK(kvt_run_init_grad(&rs, &student, B, T, passes, grad_passes, 1, &err) == 0, "%s: run: %s",
-          label, err.msg);
-    CHECK(kvt_run_init(&rt, &teacher, B, T, passes, 0, &err) == 0, "%s: run: %s", label, err.msg);
-    kvt_loss loss;
+    kv_backend cpu;
+    CHECK(kv_backend_cpu_init(&cpu, 0, &err) == 0, "%s: backend: %s", label, err.msg);
+    CHECK(kvt_run_init_grad(&rs, &cpu, &student, B, T, passes, grad_passes, 1, &err) == 0,
+          "%s: run: %s", label, err.msg);
+    CHECK(kvt_run_init(&rt, &cpu, &teacher, B, T, passes, 0, &err) == 0, "%s: run: %s", label,
+          err.msg);
+    /* the same runs on the split backend, made while the gradients are still zero */
+    kv_backend split;
+    kvt_run rs2, rt2;
+    CHECK(split_backend_init(&split, 0, &err) == 0, "%s: split backend: %s", label, err.msg);
+    CHECK(kvt_run_init_grad(&rs2, &split, &student, B, T, passes, grad_passes, 1, &err) == 0 &&
+          kvt_run_init(&rt2, &split, &teacher, B, T, passes, 0, &err) == 0,
+          "%s: split runs: %s", label, err.msg);
+    kvt_loss loss, loss2;
     const kvt_loss_weights lw = {2.0f, 0.7f, 0.3f};
     rc = kvt_distill_microbatch(&rs, &rt, tokens, &lw, 1.0f, &loss, &err);
     CHECK(rc == 0, "%s: step: %s", label, err.msg);
+    rc = kvt_distill_microbatch(&rs2, &rt2, tokens, &lw, 1.0f, &loss2, &err);
+    CHECK(rc == 0 && !memcmp(&loss, &loss2, sizeof loss), "%s: split backend: loss %.9g vs %.9g %s",
+          label, loss2.loss, loss.loss, err.msg);
+    for (int i = 0; i < student.n_params && !rc; i++) {
+        const kvt_param *p = &student.params[i];
+        if (!p->trainable) continue;
+        float *host = malloc(sizeof(float) * p->n);
+        const float *g2 = NULL;
+        rc = kvt_run_host_view(&rs2, &g2, kvt_run_param(&rs2, p)->g, host, p->n, &err);
+        CHECK(rc == 0 && !memcmp(g2, kvt_run_param(&rs, p)->g, sizeof(float) * p->n),
+              "%s: split backend: %s gradient differs %s", label, p->name, err.msg);
+        free(host);
+    }
+    kvt_run_free(&rs2);
+    kvt_run_free(&rt2);
+    kv_backend_free(&split);
+    CHECK(split_allocations() == 0, "%s: device allocations left behind", label);
 
     /* the reference: teacher outputs, then the student loss and its finite differences */
     ref_ctx tc, sc;
@@ -444,13 +473,14 @@ static void run_case(const char *label, const tiny_shape *shape, const char *map
             fd[k] = (lp - lm) / (2 * h);
             if (fabs(fd[k]) > scale) scale = fabs(fd[k]);
         }
+        const float *g = kvt_run_param(&rs, p)->g; /* the CPU backend: a host array */
         for (size_t k = 0; k < p->n; k++) {
-            double e = fabs(fd[k] - p->g[k]);
+            double e = fabs(fd[k] - g[k]);
             if (e > worst) worst = e, worst_k = k;
         }
         CHECK(scale > 1e-6, "%s: %s: finite differences all ~0 (%g)", label, p->name, scale);
         CHECK(worst <= 2e-3 * scale + 1e-7, "%s: %s[%zu]: backward %.9g vs finite difference %.9g"
-              " (scale %.3g)", label, p->name, worst_k, (double)p->g[worst_k], fd[worst_k], scale);
+              " (scale %.3g)", label, p->name, worst_k, (double)g[worst_k], fd[worst_k], scale);
         free(fd);
         n_checked++;
     }
@@ -464,6 +494,7 @@ static void run_case(const char *label, const tiny_shape *shape, const char *map
     ref_free(&sc);
     kvt_run_free(&rs);
     kvt_run_free(&rt);
+    kv_backend_free(&cpu);
     kvt_model_free(&student);
     kvt_model_free(&teacher);
 }

@@ -1,4 +1,5 @@
-/* Pieces of the trainer: AdamW and the schedule against hand-derived values, data blocks,
+/* Pieces of the trainer: AdamW (the backend's op), the gradient norm and scaling, and the
+ * schedule against hand-derived values, data blocks,
  * packing, split and sampling, the in-memory student initialisation (METHODS.md s1/s2), the
  * training forward against the fixture's golden logits (llama2.c run.c), and the trainable set. */
 #include <math.h>
@@ -8,6 +9,7 @@
 #include <unistd.h>
 
 #include "formats/safetensors.h"
+#include "kernels/backend.h"
 #include "tests/check.h"
 #include "transform/train/adamw.h"
 #include "transform/train/distill_data.h"
@@ -16,6 +18,17 @@
 #include "transform/train/train_model.h"
 
 #define MODEL SHARED_DIR "/models/stories260K"
+
+static kv_backend cpu; /* the CPU backend: device pointers are host pointers */
+
+/* one backend AdamW update (the math of adamw.h) */
+static void adamw_update(float *w, const float *g, float *m, float *v, size_t n,
+                         const adamw_hparams *h, long t, double lr) {
+    kv_error err = {0};
+    const kv_adamw_step step = {.beta1 = h->beta1, .beta2 = h->beta2, .eps = h->eps,
+                                .weight_decay = h->weight_decay, .lr = lr, .t = t};
+    CHECK(cpu.ops->adamw(&cpu, w, g, m, v, n, &step, &err) == 0, "adamw: %s", err.msg);
+}
 
 static void test_adamw(void) {
     const adamw_hparams h = {.beta1 = 0.9, .beta2 = 0.999, .eps = 0, .weight_decay = 0};
@@ -52,12 +65,18 @@ static void test_schedule(void) {
                1e-12, "cosine middle");
     CHECK_NEAR(lr_at(60, 100, 5, 0.3, LR_CONSTANT), 0.3, 1e-12, "constant");
     CHECK_NEAR(lr_at(0, 10, 0, 0.3, LR_LINEAR), 0.3, 1e-12, "no warm-up");
+    /* the global norm: sumsq continues one running sum over the parts; clipping scales each */
     float a[2] = {3, 0}, b[1] = {4};
     float *parts[2] = {a, b};
     size_t n[2] = {2, 1};
-    CHECK_NEAR(grad_global_norm(parts, n, 2), 5.0, 1e-12, "global norm 3-4-5");
-    grad_scale_all(parts, n, 2, 0.5f);
-    CHECK(a[0] == 1.5f && b[0] == 2.0f, "scaled");
+    kv_error err = {0};
+    double ss = 0;
+    int rc = 0;
+    for (int p = 0; p < 2; p++) rc |= cpu.ops->sumsq(&cpu, &ss, parts[p], n[p], &err);
+    CHECK(rc == 0, "sumsq: %s", err.msg);
+    CHECK_NEAR(sqrt(ss), 5.0, 1e-12, "global norm 3-4-5");
+    for (int p = 0; p < 2; p++) rc |= cpu.ops->scale(&cpu, parts[p], 0.5f, n[p], &err);
+    CHECK(rc == 0 && a[0] == 1.5f && b[0] == 2.0f, "scaled");
 }
 
 static void test_data(void) {
@@ -260,7 +279,7 @@ static void test_golden_forward(const kvt_model *t) {
     if (rc) return;
     const st_tensor *tok = st_find(&g, "tokens"), *lg = st_find(&g, "logits");
     kvt_run r;
-    rc = kvt_run_init(&r, t, 3, 64, 1, 0, &err);
+    rc = kvt_run_init(&r, &cpu, t, 3, 64, 1, 0, &err);
     CHECK(rc == 0, "run: %s", err.msg);
     if (!rc && kvt_forward(&r, (const int32_t *)tok->data, &err) == 0) {
         double e = max_diff(r.logits, (const float *)lg->data, lg->n_elements);
@@ -271,6 +290,8 @@ static void test_golden_forward(const kvt_model *t) {
 }
 
 int main(void) {
+    kv_error berr = {0};
+    CHECK(kv_backend_cpu_init(&cpu, 0, &berr) == 0, "cpu backend: %s", berr.msg);
     test_adamw();
     test_schedule();
     test_data();
@@ -283,5 +304,6 @@ int main(void) {
         test_golden_forward(&t);
         kvt_model_free(&t);
     }
+    kv_backend_free(&cpu);
     return check_done("test_train_parts");
 }

@@ -52,12 +52,23 @@ static const float *state_of(const kvt_run *r, int i) {
     return i < r->m->dims.n_layers ? r->acts[i].x_in : r->x_out;
 }
 
-/* teacher similarity over the calibration batches */
+/* teacher similarity over the calibration batches; states and K/V are read on the host
+ * (downloaded first when the backend is not unified) */
 static int similarity(calib_result *res, kvt_run *t, const distill_seqs *seqs, long n_seqs,
                       kv_error *err) {
-    const int L = t->m->dims.n_layers, B = t->B, T = t->T, H = t->m->dims.hidden, KV = t->m->dims.kv_dim;
-    int32_t *tokens = malloc(sizeof(int32_t) * (size_t)B * T);
-    if (!tokens) return kv_fail(err, KV_ENOMEM, "calibrate: out of memory");
+    const int L = t->m->dims.n_layers, B = t->B, T = t->T;
+    const int H = t->m->dims.hidden, KV = t->m->dims.kv_dim;
+    const size_t N = (size_t)B * T;
+    int32_t *tokens = malloc(sizeof(int32_t) * N);
+    const float **hs = calloc((size_t)L + 1, sizeof *hs), **ks = calloc((size_t)L, sizeof *ks),
+                **vs = calloc((size_t)L, sizeof *vs);
+    /* host copies: L + 1 states [N, H], L keys and values [N, KV] */
+    const size_t per_row = (size_t)(L + 1) * H + 2 * (size_t)L * KV;
+    float *scratch = t->b->unified ? NULL : malloc(sizeof(float) * N * per_row);
+    if (!tokens || !hs || !ks || !vs || (!t->b->unified && !scratch)) {
+        free(tokens), free(hs), free(ks), free(vs), free(scratch);
+        return kv_fail(err, KV_ENOMEM, "calibrate: out of memory");
+    }
     long rows = 0;
     int rc = 0;
     for (long s = 0; s < n_seqs && !rc; s += B) {
@@ -67,21 +78,31 @@ static int similarity(calib_result *res, kvt_run *t, const distill_seqs *seqs, l
                    sizeof(int32_t) * (size_t)T);
         if ((rc = kvt_forward(t, tokens, err))) break;
         const int n = real * T;
+        float *next = scratch;
+        for (int i = 0; i <= L && !rc; i++, next = next ? next + (size_t)n * H : NULL)
+            rc = kvt_run_host_view(t, &hs[i], state_of(t, i), next, (size_t)n * H, err);
+        for (int i = 0; i < L && !rc; i++) {
+            rc = kvt_run_host_view(t, &ks[i], t->k[i], next, (size_t)n * KV, err);
+            next = next ? next + (size_t)n * KV : NULL;
+            if (!rc) rc = kvt_run_host_view(t, &vs[i], t->v[i], next, (size_t)n * KV, err);
+            next = next ? next + (size_t)n * KV : NULL;
+        }
+        if (rc) break;
         rows += n;
         for (int i = 0; i <= L; i++)
             for (int j = i; j <= L; j++) {
-                double c = cos_rows(state_of(t, i), state_of(t, j), n, H);
+                double c = cos_rows(hs[i], hs[j], n, H);
                 res->hidden_sim[i * (L + 1) + j] += c;
                 if (i != j) res->hidden_sim[j * (L + 1) + i] += c;
             }
         for (int i = 0; i < L; i++)
             for (int j = i; j < L; j++) {
-                double ck = cos_rows(t->k[i], t->k[j], n, KV), cv = cos_rows(t->v[i], t->v[j], n, KV);
+                double ck = cos_rows(ks[i], ks[j], n, KV), cv = cos_rows(vs[i], vs[j], n, KV);
                 res->k_sim[i * L + j] += ck, res->v_sim[i * L + j] += cv;
                 if (i != j) res->k_sim[j * L + i] += ck, res->v_sim[j * L + i] += cv;
             }
     }
-    free(tokens);
+    free(tokens), free(hs), free(ks), free(vs), free(scratch);
     if (rc) return rc;
     for (int i = 0; i < (L + 1) * (L + 1); i++) res->hidden_sim[i] /= (double)rows;
     for (int i = 0; i < L * L; i++) res->k_sim[i] /= (double)rows, res->v_sim[i] /= (double)rows;
@@ -98,9 +119,18 @@ int calib_run(const calib_opts *o, const kv_map *maps, int n_maps,
     memset(res, 0, sizeof *res);
     res->recommended = -1;
     res->budget_pct = o->budget_pct;
+    kv_backend own, *b = o->backend;
+    if (!b) {
+        int rc = kv_backend_cpu_init(&own, 0, err);
+        if (rc) return rc;
+        b = &own;
+    }
     kvt_model teacher;
     int rc = kvt_model_load(&teacher, o->teacher_dir, err);
-    if (rc) return rc;
+    if (rc) {
+        if (b == &own) kv_backend_free(&own);
+        return rc;
+    }
     kv_tokenizer *tok = NULL;
     distill_tokens d = {0};
     distill_seqs seqs = {0};
@@ -130,7 +160,7 @@ int calib_run(const calib_opts *o, const kv_map *maps, int n_maps,
         rc = kv_fail(err, KV_ENOMEM, "calibrate: out of memory");
         goto out;
     }
-    if ((rc = kvt_run_init(&rt, &teacher, o->batch, o->seq_len, 1, 0, err)) ||
+    if ((rc = kvt_run_init(&rt, b, &teacher, o->batch, o->seq_len, 1, 0, err)) ||
         (rc = similarity(res, &rt, &seqs, seqs.n, err)))
         goto out;
     for (int c = 0; c < n_maps && !rc; c++) {
@@ -139,7 +169,7 @@ int calib_run(const calib_opts *o, const kv_map *maps, int n_maps,
         distill_eval_result ev;
         if ((rc = distill_student_init(&student, &teacher, &maps[c], DISTILL_INIT_MEAN, err)))
             break;
-        rc = kvt_run_init(&rs, &student, o->batch, o->seq_len, o->passes, 0, err);
+        rc = kvt_run_init(&rs, b, &student, o->batch, o->seq_len, o->passes, 0, err);
         if (!rc) {
             rc = distill_evaluate(&rs, &rt, &seqs, 0, &ev, NULL, NULL, err);
             kvt_run_free(&rs);
@@ -173,6 +203,7 @@ out:
     distill_tokens_free(&d);
     kv_tokenizer_free(tok);
     kvt_model_free(&teacher);
+    if (b == &own) kv_backend_free(&own);
     if (rc) calib_result_free(res);
     return rc;
 }

@@ -10,6 +10,7 @@
 
 #include "base/error.h"
 #include "formats/kvmap.h"
+#include "kernels/backend.h"
 
 typedef struct {
     const char *teacher_dir;
@@ -20,6 +21,8 @@ typedef struct {
     int passes;             /* iterative plan for upward maps, 9 */
     long max_seqs;          /* calibration sequences used, 64 */
     double budget_pct;      /* 5 */
+    kv_backend *backend;    /* where the runs live (not owned); NULL: a CPU backend at the
+                               kernels' current thread count */
 } calib_opts;
 
 void calib_opts_default(calib_opts *o);

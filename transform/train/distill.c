@@ -1,7 +1,8 @@
-/* The distillation run: data, evaluation, AdamW loop, checkpoints, resume, output, report. */
+/* The distillation run: set-up, the training loop and its step, resume, output. Evaluation,
+ * checkpoints, the step log and the report are in distill_eval.c, distill_ckpt.c, distill_log.c
+ * and distill_report.c; the optimiser step runs on the backend (optim.h). */
 #include "transform/train/distill.h"
 
-#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,11 +10,11 @@
 #include <time.h>
 
 #include "base/fileio.h"
-#include "formats/safetensors.h"
-#include "base/sha256.h"
 #include "formats/tokenizer.h"
-
-#define STATE_FORMAT "kvforge-distill-state-1"
+#include "transform/train/distill_ckpt.h"
+#include "transform/train/distill_log.h"
+#include "transform/train/distill_report.h"
+#include "transform/train/optim.h"
 
 void distill_opts_default(distill_opts *o) {
     memset(o, 0, sizeof *o);
@@ -40,87 +41,23 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* ---- evaluation ---- */
-
-int distill_evaluate(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_seqs,
-                     distill_eval_result *out, void (*tick)(void *, long, long), void *tick_ctx,
-                     kv_error *err) {
-    memset(out, 0, sizeof *out);
-    const int B = s->B, T = s->T, V = s->m->dims.vocab;
-    if (seqs->T != T || (t && (t->B != B || t->T != T || t->m->dims.vocab != V)))
-        return kv_fail(err, KV_EINVAL, "evaluate: runs and sequences differ in shape");
-    long n = seqs->n;
-    if (max_seqs > 0 && n > max_seqs) n = max_seqs;
-    if (n < 1) return kv_fail(err, KV_EINVAL, "evaluate: no held-out sequences");
-    int32_t *tokens = malloc(sizeof(int32_t) * (size_t)B * T);
-    if (!tokens) return kv_fail(err, KV_ENOMEM, "evaluate: out of memory");
-    double nll_s = 0, nll_t = 0, kl = 0;
-    long n_pred = 0;
-    int rc = 0;
-    for (long i = 0; i < n && !rc; i += B) {
-        const int real = (int)(n - i < B ? n - i : B);
-        for (int b = 0; b < B; b++)
-            memcpy(tokens + (size_t)b * T, seqs->ids + (size_t)(i + (b < real ? b : 0)) * T,
-                   sizeof(int32_t) * (size_t)T);
-        if ((rc = kvt_forward(s, tokens, err)) || (t && (rc = kvt_forward(t, tokens, err)))) break;
-        for (int b = 0; b < real; b++)
-            for (int p = 0; p + 1 < T; p++) {
-                const size_t row = (size_t)b * T + p;
-                const int32_t next = tokens[row + 1];
-                nll_s += kv_cross_entropy(s->logits + row * V, V, next);
-                if (t) nll_t += kv_cross_entropy(t->logits + row * V, V, next);
-                n_pred++;
-            }
-        if (t) kl += kv_distill_kl(NULL, s->logits, t->logits, real * T, V, 1.0f, 0.0f) * real * T;
-        if (tick) tick(tick_ctx, i + real, n);
-    }
-    free(tokens);
-    if (rc) return rc;
-    out->tokens = n_pred;
-    out->student_ppl = exp(nll_s / (double)n_pred);
-    out->teacher_ppl = t ? exp(nll_t / (double)n_pred) : NAN;
-    out->kl = t ? kl / ((double)n * T) : NAN;
-    return 0;
-}
-
-/* a named configuration equal to the map ("pizza-bottom:3"), else the map's own name */
-static void map_display_name(const kv_map *m, char *out, size_t cap) {
-    snprintf(out, cap, "%s", m->name);
-    if (m->kind != KVMAP_CROSS) return;
-    static const char *const cfgs[] = {"pizza", "sandwich", "lasagna"};
-    static const char *const tgts[] = {"bottom", "top", "middle"};
-    const int l = kvmap_n_slots(m);
-    for (int i = 0; i < 3; i++)
-        for (int j = 0; j < 3; j++) {
-            char spec[64];
-            kv_map c;
-            snprintf(spec, sizeof spec, "%s-%s:%d", cfgs[i], tgts[j], l);
-            if (!kvmap_parse(&c, spec, m->n_layers, NULL) &&
-                !memcmp(c.kv_layer_of, m->kv_layer_of, sizeof(int) * (size_t)m->n_layers)) {
-                snprintf(out, cap, "%s", spec);
-                return;
-            }
-        }
-}
-
 /* ---- the state of a run ---- */
 
 typedef struct {
     const distill_opts *o;
+    kv_backend own_backend;   /* when o->backend is NULL */
+    kv_backend *b;
     kvt_model teacher, student;
     kv_tokenizer *tok;
     distill_seqs train, eval;
     distill_sampler sampler;
     kvt_run rs, rt;
-    int n_train;              /* trainable tensors */
-    kvt_param **tp;           /* [n_train] */
-    float **m, **v;           /* [n_train] AdamW moments */
-    float **g;                /* [n_train] gradients (views) */
-    size_t *n;                /* [n_train] elements */
+    kvt_optim opt;
     long total_steps, warmup, step, tokens_trained;
     double prior_seconds;     /* from the checkpoint */
     char fingerprint[65];
     char ckpt_dir[4096], ckpt_path[4096], log_path[4096];
+    distill_log log;
     distill_progress_fn progress;
     void *progress_ctx;
     double t0;
@@ -128,11 +65,7 @@ typedef struct {
 } run_state;
 
 static void run_free(run_state *r) {
-    for (int i = 0; i < r->n_train; i++) {
-        if (r->m) free(r->m[i]);
-        if (r->v) free(r->v[i]);
-    }
-    free(r->tp), free(r->m), free(r->v), free(r->g), free(r->n);
+    kvt_optim_free(&r->opt);
     kvt_run_free(&r->rs);
     kvt_run_free(&r->rt);
     distill_sampler_free(&r->sampler);
@@ -141,17 +74,20 @@ static void run_free(run_state *r) {
     kv_tokenizer_free(r->tok);
     kvt_model_free(&r->student);
     kvt_model_free(&r->teacher);
+    if (r->b == &r->own_backend) kv_backend_free(&r->own_backend);
 }
 
 static int check_pair(const kvt_model *t, const kvt_model *s, kv_error *err) {
     if (!kvmap_is_identity(&t->map))
         return kv_fail(err, KV_EINVAL, "%s: the teacher must be an original model (its KV map "
                        "is %s)", t->dir, t->map.name);
-    if (t->dims.n_layers != s->dims.n_layers || t->dims.hidden != s->dims.hidden || t->dims.n_heads != s->dims.n_heads || t->dims.n_kv_heads != s->dims.n_kv_heads || t->dims.head_dim != s->dims.head_dim ||
-        t->dims.ffn != s->dims.ffn || t->dims.vocab != s->dims.vocab)
+    const llama_dims *a = &t->dims, *b = &s->dims;
+    if (a->n_layers != b->n_layers || a->hidden != b->hidden || a->n_heads != b->n_heads ||
+        a->n_kv_heads != b->n_kv_heads || a->head_dim != b->head_dim || a->ffn != b->ffn ||
+        a->vocab != b->vocab)
         return kv_fail(err, KV_EINVAL, "%s and %s: teacher and student shapes differ (layers "
-                       "%d/%d, hidden %d/%d, vocab %d/%d)", t->dir, s->dir, t->dims.n_layers, s->dims.n_layers, t->dims.hidden,
-                       s->dims.hidden, t->dims.vocab, s->dims.vocab);
+                       "%d/%d, hidden %d/%d, vocab %d/%d)", t->dir, s->dir, a->n_layers,
+                       b->n_layers, a->hidden, b->hidden, a->vocab, b->vocab);
     return 0;
 }
 
@@ -195,169 +131,20 @@ out:
     return rc;
 }
 
-static int setup_optimizer(run_state *r, kv_error *err) {
-    long count = kvt_model_set_trainable_distill(&r->student, err);
-    if (count < 0) return (int)count;
-    for (int i = 0; i < r->student.n_params; i++) r->n_train += r->student.params[i].trainable;
-    const size_t k = (size_t)r->n_train;
-    r->tp = calloc(k, sizeof *r->tp);
-    r->m = calloc(k, sizeof *r->m);
-    r->v = calloc(k, sizeof *r->v);
-    r->g = calloc(k, sizeof *r->g);
-    r->n = calloc(k, sizeof *r->n);
-    if (!r->tp || !r->m || !r->v || !r->g || !r->n)
-        return kv_fail(err, KV_ENOMEM, "optimiser: out of memory");
-    for (int i = 0, j = 0; i < r->student.n_params; i++) {
-        kvt_param *p = &r->student.params[i];
-        if (!p->trainable) continue;
-        r->tp[j] = p;
-        r->g[j] = p->g;
-        r->n[j] = p->n;
-        r->m[j] = calloc(p->n ? p->n : 1, sizeof(float));
-        r->v[j] = calloc(p->n ? p->n : 1, sizeof(float));
-        if (!r->m[j] || !r->v[j]) return kv_fail(err, KV_ENOMEM, "optimiser: out of memory");
-        j++;
-    }
-    return 0;
-}
-
-/* everything the trajectory depends on: a resumed run must match it */
-static void compute_fingerprint(run_state *r) {
-    const distill_opts *o = r->o;
-    char buf[1024];
-    int len = snprintf(buf, sizeof buf,
-                       "T=%d B=%d accum=%d steps=%ld warmup=%ld seed=%llu lr=%.17g decay=%d "
-                       "b1=%.17g b2=%.17g eps=%.17g wd=%.17g clip=%.17g temp=%.17g mse=%.17g "
-                       "passes=%d map=%s n_train=%ld",
-                       o->seq_len, o->batch, o->accum, r->total_steps, r->warmup,
-                       (unsigned long long)o->seed, o->lr, (int)o->decay, o->adam.beta1,
-                       o->adam.beta2, o->adam.eps, o->adam.weight_decay, o->clip, o->temperature,
-                       o->mse_weight, o->passes, r->student.map.name, r->train.n);
-    if (o->grad_passes > 1 && len > 0 && (size_t)len < sizeof buf) /* default runs keep their old fingerprint */
-        len += snprintf(buf + len, sizeof buf - (size_t)len, " grad_passes=%d", o->grad_passes);
-    if (o->ce_weight != 0 && len > 0 && (size_t)len < sizeof buf)
-        len += snprintf(buf + len, sizeof buf - (size_t)len, " ce=%.17g", o->ce_weight);
-    kv_sha256_ctx c;
-    kv_sha256_init(&c);
-    kv_sha256_update(&c, buf, (size_t)len);
-    kv_sha256_update(&c, r->train.ids, sizeof(int32_t) * (size_t)(r->train.n * r->train.T));
-    for (int i = 0; i < r->n_train; i++) {
-        kv_sha256_update(&c, r->tp[i]->name, strlen(r->tp[i]->name));
-        kv_sha256_update(&c, r->tp[i]->w, sizeof(float) * r->tp[i]->n);
-    }
-    uint8_t d[32];
-    kv_sha256_final(&c, d);
-    kv_sha256_hex(d, r->fingerprint);
-}
-
-/* ---- checkpoint ---- */
-
 static int save_checkpoint(run_state *r, kv_error *err) {
-    const int n = 3 * r->n_train;
-    st_spec *specs = calloc((size_t)n, sizeof *specs);
-    const void **data = calloc((size_t)n, sizeof *data);
-    char (*names)[KVT_NAME_MAX + 16] = calloc((size_t)n, sizeof *names);
-    int rc = 0;
-    if (!specs || !data || !names) {
-        rc = kv_fail(err, KV_ENOMEM, "checkpoint: out of memory");
-        goto out;
-    }
-    static const char *const kinds[] = {"param.", "adam_m.", "adam_v."};
-    for (int i = 0; i < r->n_train; i++)
-        for (int k = 0; k < 3; k++) {
-            const int j = 3 * i + k;
-            snprintf(names[j], sizeof names[j], "%s%s", kinds[k], r->tp[i]->name);
-            specs[j].name = names[j];
-            specs[j].dtype = KV_F32;
-            specs[j].n_dims = 1;
-            specs[j].shape[0] = (int64_t)r->tp[i]->n;
-            data[j] = k == 0 ? (const void *)r->tp[i]->w : k == 1 ? r->m[i] : r->v[i];
-        }
-    char step[32], tokens[32], secs[64];
-    snprintf(step, sizeof step, "%ld", r->step);
-    snprintf(tokens, sizeof tokens, "%ld", r->tokens_trained);
-    snprintf(secs, sizeof secs, "%.17g", r->prior_seconds + now_s() - r->t0);
-    const char *meta[] = {"format", STATE_FORMAT, "step", step, "tokens_trained", tokens,
-                          "seconds", secs, "fingerprint", r->fingerprint};
-    if (!(rc = kv_mkdir_p(r->ckpt_dir, err)))
-        rc = st_write_file(r->ckpt_path, specs, data, n, meta, 5, err);
-out:
-    free(specs);
-    free(data);
-    free(names);
-    return rc;
-}
-
-static int meta_long(const st_file *f, const char *key, long *out, kv_error *err) {
-    const char *v = st_meta(f, key);
-    char *end;
-    if (!v || (*out = strtol(v, &end, 10), *end) || *out < 0)
-        return kv_fail(err, KV_EFORMAT, "%s: metadata '%s' missing or bad", f->path, key);
-    return 0;
+    const distill_ckpt_meta meta = {.step = r->step, .tokens_trained = r->tokens_trained,
+                                    .seconds = r->prior_seconds + now_s() - r->t0};
+    return distill_ckpt_save(r->ckpt_dir, r->ckpt_path, r->fingerprint, &r->opt, &meta, err);
 }
 
 static int load_checkpoint(run_state *r, kv_error *err) {
-    st_file f;
-    int rc = st_open(&f, r->ckpt_path, err);
+    distill_ckpt_meta meta = {0};
+    int rc = distill_ckpt_load(r->ckpt_path, r->fingerprint, r->total_steps, &r->opt, &meta, err);
     if (rc) return rc;
-    const char *fmt = st_meta(&f, "format"), *fp = st_meta(&f, "fingerprint");
-    const char *secs = st_meta(&f, "seconds");
-    if (!fmt || strcmp(fmt, STATE_FORMAT)) {
-        rc = kv_fail(err, KV_EFORMAT, "%s: not a kvdistill checkpoint", r->ckpt_path);
-        goto out;
-    }
-    if (!fp || strcmp(fp, r->fingerprint)) {
-        rc = kv_fail(err, KV_EINVAL, "%s: made with other options, data or student; resume with "
-                     "the same command line as the interrupted run", r->ckpt_path);
-        goto out;
-    }
-    if ((rc = meta_long(&f, "step", &r->step, err)) ||
-        (rc = meta_long(&f, "tokens_trained", &r->tokens_trained, err)))
-        goto out;
-    if (r->step > r->total_steps) {
-        rc = kv_fail(err, KV_EFORMAT, "%s: step %ld beyond %ld", r->ckpt_path, r->step,
-                     r->total_steps);
-        goto out;
-    }
-    r->prior_seconds = secs ? atof(secs) : 0;
-    static const char *const kinds[] = {"param.", "adam_m.", "adam_v."};
-    for (int i = 0; i < r->n_train && !rc; i++)
-        for (int k = 0; k < 3; k++) {
-            char name[KVT_NAME_MAX + 16];
-            snprintf(name, sizeof name, "%s%s", kinds[k], r->tp[i]->name);
-            const st_tensor *t = st_find(&f, name);
-            if (!t || t->dtype != KV_F32 || t->n_elements != r->tp[i]->n) {
-                rc = kv_fail(err, KV_EFORMAT, "%s: tensor '%s' missing or of the wrong shape",
-                             r->ckpt_path, name);
-                break;
-            }
-            float *dst = k == 0 ? r->tp[i]->w : k == 1 ? r->m[i] : r->v[i];
-            memcpy(dst, t->data, t->n_bytes);
-        }
-out:
-    st_close(&f);
-    return rc;
-}
-
-/* the log keeps the lines of steps <= step (those of a killed run past its checkpoint go) */
-static int trim_log(const char *path, long step, kv_error *err) {
-    if (!kv_path_exists(path)) return 0;
-    char *text = NULL;
-    size_t len = 0;
-    int rc = kv_read_file(path, &text, &len, (size_t)1 << 32, err);
-    if (rc) return rc;
-    size_t keep = 0;
-    for (char *line = text; *line;) {
-        char *nl = strchr(line, '\n');
-        if (!nl) break; /* a torn last line goes */
-        long s = -1;
-        if (sscanf(line, "{\"step\": %ld", &s) != 1 || s > step) break;
-        keep = (size_t)(nl + 1 - text);
-        line = nl + 1;
-    }
-    rc = kv_write_file_atomic(path, text, keep, err);
-    free(text);
-    return rc;
+    r->step = meta.step;
+    r->tokens_trained = meta.tokens_trained;
+    r->prior_seconds = meta.seconds;
+    return 0;
 }
 
 /* ---- progress ---- */
@@ -375,72 +162,15 @@ static void eval_tick(void *ctx, long done, long total) {
     report_progress(r);
 }
 
-/* ---- report ---- */
-
-static int write_report(const run_state *r, const distill_report *rep, kv_error *err) {
-    cJSON *j = cJSON_CreateObject();
-    if (!j) return kv_fail(err, KV_ENOMEM, "report: out of memory");
-    cJSON_AddStringToObject(j, "teacher", r->o->teacher_dir);
-    cJSON_AddStringToObject(j, "student", r->o->student_dir);
-    cJSON_AddStringToObject(j, "map", rep->map_name);
-    if (r->student.map.kind == KVMAP_CROSS)
-        cJSON_AddStringToObject(j, "layer_types", rep->layer_types);
-    cJSON_AddNumberToObject(j, "kv_slots", kvmap_n_slots(&r->student.map));
-    cJSON_AddNumberToObject(j, "layers", r->student.dims.n_layers);
-    cJSON_AddNumberToObject(j, "teacher_ppl", rep->teacher_ppl);
-    cJSON_AddNumberToObject(j, "student_before_ppl", rep->student_before_ppl);
-    cJSON_AddNumberToObject(j, "student_after_ppl", rep->student_after_ppl);
-    cJSON_AddNumberToObject(j, "kl_before", rep->kl_before);
-    cJSON_AddNumberToObject(j, "kl_after", rep->kl_after);
-    const double gap = rep->student_before_ppl - rep->teacher_ppl;
-    cJSON_AddNumberToObject(j, "gap_closed",
-                            gap != 0 ? (rep->student_before_ppl - rep->student_after_ppl) / gap : 0);
-    cJSON_AddNumberToObject(j, "ppl_ratio_after", rep->student_after_ppl / rep->teacher_ppl);
-    cJSON_AddNumberToObject(j, "tokens_trained", (double)rep->tokens_trained);
-    cJSON_AddNumberToObject(j, "steps", (double)rep->steps);
-    cJSON_AddNumberToObject(j, "seconds", rep->seconds);
-    cJSON_AddNumberToObject(j, "train_seconds", rep->train_seconds);
-    cJSON_AddNumberToObject(j, "tokens_per_second", rep->tokens_per_s);
-    cJSON_AddNumberToObject(j, "resumed_from_step", (double)rep->resumed_from_step);
-    cJSON_AddNumberToObject(j, "eval_tokens", (double)rep->eval_tokens);
-    cJSON_AddNumberToObject(j, "train_tokens_available", (double)rep->train_tokens_available);
-    cJSON_AddNumberToObject(j, "trainable_params", (double)rep->trainable_params);
-    cJSON *opt = cJSON_AddObjectToObject(j, "options");
-    const distill_opts *o = r->o;
-    cJSON_AddNumberToObject(opt, "seq_len", o->seq_len);
-    cJSON_AddNumberToObject(opt, "batch", o->batch);
-    cJSON_AddNumberToObject(opt, "accum", o->accum);
-    cJSON_AddNumberToObject(opt, "lr", o->lr);
-    cJSON_AddNumberToObject(opt, "warmup_steps", (double)r->warmup);
-    cJSON_AddStringToObject(opt, "decay", o->decay == LR_COSINE ? "cosine"
-                                          : o->decay == LR_CONSTANT ? "constant" : "linear");
-    cJSON_AddNumberToObject(opt, "clip", o->clip);
-    cJSON_AddNumberToObject(opt, "temperature", o->temperature);
-    cJSON_AddNumberToObject(opt, "mse_weight", o->mse_weight);
-    cJSON_AddNumberToObject(opt, "ce_weight", o->ce_weight);
-    cJSON_AddNumberToObject(opt, "passes", o->passes);
-    cJSON_AddNumberToObject(opt, "grad_passes", o->grad_passes);
-    cJSON_AddNumberToObject(opt, "seed", (double)o->seed);
-    char *text = cJSON_Print(j);
-    cJSON_Delete(j);
-    if (!text) return kv_fail(err, KV_ENOMEM, "report: out of memory");
-    char path[4096];
-    int rc = kv_join(path, sizeof path, o->out_dir, "report.json", err);
-    if (!rc) {
-        size_t len = strlen(text);
-        text[len] = '\n';
-        rc = kv_write_file_atomic(path, text, len + 1, err);
-    }
-    free(text);
-    return rc;
-}
-
 /* ---- the loop ---- */
 
-static int train_step(run_state *r, int32_t *tokens, FILE *log, kv_error *err) {
+/* accum micro-batches into the gradients, the norm, clipping, AdamW; only the losses and the
+ * norm come back to the host */
+static int train_step(run_state *r, int32_t *tokens, kv_error *err) {
     const distill_opts *o = r->o;
     const int B = o->batch, T = o->seq_len;
-    kvt_model_zero_grads(&r->student);
+    int rc = kvt_optim_zero_grads(&r->opt, err);
+    if (rc) return rc;
     kvt_loss sum = {0};
     for (int a = 0; a < o->accum; a++) {
         for (int b = 0; b < B; b++) {
@@ -450,22 +180,26 @@ static int train_step(run_state *r, int32_t *tokens, FILE *log, kv_error *err) {
                    sizeof(int32_t) * (size_t)T);
         }
         kvt_loss l;
-        const kvt_loss_weights w = {(float)o->temperature, (float)o->mse_weight, (float)o->ce_weight};
-        int rc = kvt_distill_microbatch(&r->rs, &r->rt, tokens, &w, 1.0f / (float)o->accum, &l, err);
-        if (rc) return rc;
+        const kvt_loss_weights w = {(float)o->temperature, (float)o->mse_weight,
+                                    (float)o->ce_weight};
+        if ((rc = kvt_distill_microbatch(&r->rs, &r->rt, tokens, &w, 1.0f / (float)o->accum, &l,
+                                         err)))
+            return rc;
         sum.loss += l.loss / o->accum;
         sum.kl += l.kl / o->accum;
         sum.mse += l.mse / o->accum;
         sum.ce += l.ce / o->accum;
     }
-    const double norm = grad_global_norm(r->g, r->n, r->n_train);
+    double norm;
+    if ((rc = kvt_optim_grad_norm(&r->opt, &norm, err))) return rc;
     if (!isfinite(norm))
         return kv_fail(err, KV_EINVAL, "step %ld: the gradient is not finite (loss %g); lower "
                        "--lr", r->step + 1, sum.loss);
-    if (o->clip > 0 && norm > o->clip) grad_scale_all(r->g, r->n, r->n_train, (float)(o->clip / norm));
+    if (o->clip > 0 && norm > o->clip &&
+        (rc = kvt_optim_scale_grads(&r->opt, (float)(o->clip / norm), err)))
+        return rc;
     const double lr = lr_at(r->step, r->total_steps, r->warmup, o->lr, o->decay);
-    for (int i = 0; i < r->n_train; i++)
-        adamw_update(r->tp[i]->w, r->g[i], r->m[i], r->v[i], r->n[i], &o->adam, r->step + 1, lr);
+    if ((rc = kvt_optim_adamw(&r->opt, &o->adam, r->step + 1, lr, err))) return rc;
     r->step++;
     r->tokens_trained += (long)o->accum * B * T;
     r->pr.step = r->step;
@@ -476,15 +210,11 @@ static int train_step(run_state *r, int32_t *tokens, FILE *log, kv_error *err) {
     r->pr.ce = sum.ce;
     r->pr.lr = lr;
     r->pr.grad_norm = norm;
-    if (log) {
-        fprintf(log, "{\"step\": %ld, \"loss\": %.9g, \"kl\": %.9g, \"mse\": %.9g, \"ce\": %.9g, "
-                "\"lr\": %.9g, \"grad_norm\": %.9g, \"tokens\": %ld, \"seconds\": %.3f}\n", r->step,
-                sum.loss, sum.kl, sum.mse, sum.ce, lr, norm, r->tokens_trained,
-                r->prior_seconds + now_s() - r->t0);
-        if (fflush(log))
-            return kv_fail(err, KV_EIO, "%s: write failed", r->log_path);
-    }
-    return 0;
+    const distill_log_entry e = {.step = r->step, .loss = sum.loss, .kl = sum.kl, .mse = sum.mse,
+                                 .ce = sum.ce, .lr = lr, .grad_norm = norm,
+                                 .tokens = r->tokens_trained,
+                                 .seconds = r->prior_seconds + now_s() - r->t0};
+    return distill_log_append(&r->log, &e, err);
 }
 
 static int check_opts(const distill_opts *o, kv_error *err) {
@@ -493,7 +223,8 @@ static int check_opts(const distill_opts *o, kv_error *err) {
     if (o->seq_len < 2 || o->batch < 1 || o->accum < 1 || o->passes < 1)
         return kv_fail(err, KV_EINVAL, "distill: seq-len >= 2, batch, accum, passes >= 1");
     if (o->grad_passes < 1 || o->grad_passes > o->passes)
-        return kv_fail(err, KV_EINVAL, "distill: grad-passes %d must be 1 .. passes (%d)", o->grad_passes, o->passes);
+        return kv_fail(err, KV_EINVAL, "distill: grad-passes %d must be 1 .. passes (%d)",
+                       o->grad_passes, o->passes);
     if (o->steps < 0 || o->tokens < 0 || (o->steps == 0 && o->tokens == 0))
         return kv_fail(err, KV_EINVAL, "distill: give a number of steps or of tokens");
     if (!(o->lr > 0) || !(o->warmup_frac >= 0 && o->warmup_frac <= 1) || !(o->clip >= 0) ||
@@ -509,7 +240,6 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
     memset(rep, 0, sizeof *rep);
     run_state r = {.o = o, .progress = progress, .progress_ctx = progress_ctx, .t0 = now_s()};
     int32_t *tokens = NULL;
-    FILE *log = NULL;
     int rc = check_opts(o, err);
     if (rc) return rc;
     if ((rc = kv_join(r.ckpt_dir, sizeof r.ckpt_dir, o->out_dir, "checkpoint", err)) ||
@@ -520,23 +250,36 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
     if (!o->resume && !o->force && !kv_dir_is_empty(o->out_dir))
         return kv_fail(err, KV_EINVAL, "%s: not empty; use --resume to continue a run there or "
                        "--force to overwrite", o->out_dir);
+    r.b = o->backend;
+    if (!r.b) {
+        if ((rc = kv_backend_cpu_init(&r.own_backend, 0, err))) return rc;
+        r.b = &r.own_backend;
+    }
 
     if ((rc = kvt_model_load(&r.teacher, o->teacher_dir, err)) ||
         (rc = kvt_model_load(&r.student, o->student_dir, err)) ||
         (rc = check_pair(&r.teacher, &r.student, err)) || (rc = load_tokenizer(&r, err)) ||
-        (rc = load_data(&r, err)) || (rc = setup_optimizer(&r, err)))
+        (rc = load_data(&r, err)))
         goto out;
+    long count = kvt_model_set_trainable_distill(&r.student, err);
+    if (count < 0) {
+        rc = (int)count;
+        goto out;
+    }
     const long per_step = (long)o->accum * o->batch * o->seq_len;
     r.total_steps = o->steps ? o->steps : (o->tokens + per_step - 1) / per_step;
     r.warmup = (long)llround(o->warmup_frac * (double)r.total_steps);
     if ((rc = distill_sampler_init(&r.sampler, r.train.n, o->seed, err)) ||
-        (rc = kvt_run_init_grad(&r.rs, &r.student, o->batch, o->seq_len, o->passes, o->grad_passes, 1, err)) ||
-        (rc = kvt_run_init(&r.rt, &r.teacher, o->batch, o->seq_len, 1, 0, err)))
+        (rc = kvt_run_init_grad(&r.rs, r.b, &r.student, o->batch, o->seq_len, o->passes,
+                                o->grad_passes, 1, err)) ||
+        (rc = kvt_run_init(&r.rt, r.b, &r.teacher, o->batch, o->seq_len, 1, 0, err)) ||
+        (rc = kvt_optim_init(&r.opt, &r.rs, err)))
         goto out;
-    compute_fingerprint(&r);
-    map_display_name(&r.student.map, rep->map_name, sizeof rep->map_name);
+    distill_fingerprint(r.fingerprint, o, r.total_steps, r.warmup, r.student.map.name, &r.train,
+                        &r.opt);
+    distill_map_name(&r.student.map, rep->map_name, sizeof rep->map_name);
     kvmap_layer_types(&r.student.map, rep->layer_types, sizeof rep->layer_types);
-    for (int i = 0; i < r.n_train; i++) rep->trainable_params += (long)r.n[i];
+    rep->trainable_params = (long)r.opt.count;
     rep->train_tokens_available = r.train.n * r.train.T;
 
     /* before */
@@ -553,13 +296,11 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
     /* resume or start */
     if ((rc = kv_mkdir_p(o->out_dir, err))) goto out;
     if (resuming) {
-        if ((rc = load_checkpoint(&r, err)) || (rc = trim_log(r.log_path, r.step, err))) goto out;
+        if ((rc = load_checkpoint(&r, err)) || (rc = distill_log_trim(r.log_path, r.step, err)))
+            goto out;
     }
     rep->resumed_from_step = r.step;
-    if (!(log = fopen(r.log_path, resuming ? "a" : "w"))) {
-        rc = kv_fail(err, KV_EIO, "%s: cannot open for writing", r.log_path);
-        goto out;
-    }
+    if ((rc = distill_log_open(&r.log, r.log_path, resuming, err))) goto out;
     tokens = malloc(sizeof(int32_t) * (size_t)o->batch * o->seq_len);
     if (!tokens) {
         rc = kv_fail(err, KV_ENOMEM, "out of memory");
@@ -572,7 +313,7 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
     const double train_t0 = now_s();
     const long first_step = r.step;
     while (r.step < r.total_steps) {
-        if ((rc = train_step(&r, tokens, log, err))) goto out;
+        if ((rc = train_step(&r, tokens, err))) goto out;
         const double dt = now_s() - train_t0;
         r.pr.tokens_per_s = dt > 0 ? (double)(r.step - first_step) * per_step / dt : 0;
         report_progress(&r);
@@ -599,13 +340,17 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
     const char *aux = NULL;
     if ((rc = kv_join(tok_src, sizeof tok_src, o->student_dir, "tokenizer.json", err))) goto out;
     if (!kv_path_exists(tok_src)) aux = o->teacher_dir;
-    if ((rc = kvt_model_save(&r.student, o->out_dir, aux, err))) goto out;
+    if ((rc = kvt_run_params_to_host(&r.rs, err)) ||
+        (rc = kvt_model_save(&r.student, o->out_dir, aux, err)))
+        goto out;
     rep->tokens_trained = r.tokens_trained;
     rep->steps = r.step;
     rep->seconds = r.prior_seconds + now_s() - r.t0;
-    rc = write_report(&r, rep, err);
-out:
-    if (log && fclose(log) && !rc) rc = kv_fail(err, KV_EIO, "%s: write failed", r.log_path);
+    rc = distill_report_write(o, r.warmup, &r.student.map, r.student.dims.n_layers, rep, err);
+out:;
+    kv_error close_err = {0};
+    const int crc = distill_log_close(&r.log, rc ? &close_err : err);
+    if (!rc) rc = crc;
     free(tokens);
     run_free(&r);
     return rc;

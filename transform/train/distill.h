@@ -5,13 +5,18 @@
  * updated), the tokenizer files, report.json, train_log.jsonl (one JSON object per step) and
  * checkpoint/state.safetensors (trainable tensors, AdamW moments, step; written atomically).
  * A resumed run restores the checkpoint and reproduces the uninterrupted run bit for bit: the
- * data order is a pure function of (seed, sequence counter) and nothing else is random. */
+ * data order is a pure function of (seed, sequence counter) and nothing else is random.
+ *
+ * The pieces: distill.c the run and its loop; distill_eval.c held-out evaluation;
+ * distill_ckpt.h checkpoint save/resume and the fingerprint; distill_log.h the JSONL step log;
+ * distill_report.h report.json; optim.h the optimiser step on the backend. */
 #ifndef KV_DISTILL_H
 #define KV_DISTILL_H
 
 #include <stdint.h>
 
 #include "base/error.h"
+#include "kernels/backend.h"
 #include "transform/train/adamw.h"
 #include "transform/train/distill_data.h"
 #include "transform/train/train_forward.h"
@@ -45,6 +50,8 @@ typedef struct {
     int force;                     /* write into a non-empty OUT_DIR without resuming */
     long stop_after;               /* test hook: return after this many steps of this run, as a
                                       killed process would (no final checkpoint/output); 0 off */
+    kv_backend *backend;           /* where the runs and the optimiser live (not owned); NULL: a
+                                      CPU backend at the kernels' current thread count */
 } distill_opts;
 
 void distill_opts_default(distill_opts *o);
@@ -80,8 +87,8 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
 /* Held-out evaluation of a student (and teacher, when t is not NULL) on seqs: perplexity of
  * next-token prediction within each sequence (positions 1 .. T-1 scored), and the mean
  * per-token KL(teacher || student) at temperature 1 over all positions. Runs must have
- * the same B and T = seqs->T; a short last batch is padded and not counted. Outputs may be
- * NULL. progress is called with phase set by the caller's context. */
+ * the same B, backend and T = seqs->T; a short last batch is padded and not counted. Outputs
+ * may be NULL. progress is called with phase set by the caller's context. (distill_eval.c) */
 typedef struct {
     double student_ppl, teacher_ppl, kl;
     long tokens;                   /* positions scored for perplexity */

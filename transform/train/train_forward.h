@@ -19,16 +19,26 @@
  * last b passes are saved and differentiated: the gradient of the K/V an upward layer reads
  * flows into the pass that wrote them; the K/V entering the first of those b passes are
  * constants.
- * Head: logits = rmsnorm(x_out, norm) lm_head^T. */
+ * Head: logits = rmsnorm(x_out, norm) lm_head^T.
+ *
+ * Device: a run lives on one backend (kernels/backend.h). Every buffer below is device memory
+ * carved from one backend allocation (the table of sizes in train_forward.c), every op goes
+ * through the backend's table, and the model's tensors are reached through device views (dp):
+ * a map of the host values for frozen tensors; for the trainable tensors of a run with gradients
+ * a writable copy and a gradient buffer (on a unified backend, the host arrays p->w and p->g
+ * themselves). kvt_run_params_to_host brings trained values back to p->w. */
 #ifndef KV_TRAIN_FORWARD_H
 #define KV_TRAIN_FORWARD_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "base/error.h"
+#include "kernels/backend.h"
 #include "kernels/kernels.h"
 #include "transform/train/train_model.h"
 
+/* one layer's saved activations (device) */
 typedef struct {
     float *x_in;      /* [N, H] residual entering the layer */
     float *xn1;       /* [N, H] input_layernorm(x_in) */
@@ -40,8 +50,17 @@ typedef struct {
     float *act;       /* [N, FFN] silu(gate) * up */
 } kvt_layer_acts;
 
+/* device views of one model tensor (kvt_param), all [p->n] floats */
 typedef struct {
+    const float *w;   /* what the ops read; NULL when the forward does not use the tensor */
+    float *wt;        /* the same array, writable: trainable tensors of a run with gradients */
+    float *g;         /* gradient (trainable, run with gradients), else NULL */
+} kvt_dparam;
+
+typedef struct {
+    kv_backend *b;            /* not owned */
     const kvt_model *m;
+    kvt_dparam *dp;           /* [m->n_params] device views, indexed like m->params */
     int B, T, N;              /* sequences, tokens per sequence, rows N = B*T */
     int passes;               /* iterative plan (upward maps), >= 1 */
     int grad_passes;          /* trailing passes differentiated, 1..passes (1 without upward) */
@@ -49,8 +68,10 @@ typedef struct {
     int n_slots;
     int want_grad;
     int grad_lo;              /* lowest layer the backward visits (L: none) */
-    kv_rope_table rope;       /* positions 0 .. T-1 */
-    int32_t *pos;             /* [N] row r is at position r % T */
+    kv_rope_table rope_host;  /* positions 0 .. T-1, host arrays */
+    kv_rope_table rope;       /* the same on the device (kv_backend_rope_table) */
+    int32_t *pos;             /* [N] device: row r is at position r % T */
+    int32_t *tokens;          /* [N] device token ids (next-token cross-entropy) */
     kvt_layer_acts *acts;     /* [L] */
     float **k, **v;           /* [slots] -> [N, nkv*hd] this pass (K after RoPE) */
     float **k_prev, **v_prev; /* [slots] previous pass; only targets of upward layers */
@@ -75,26 +96,38 @@ typedef struct {
     float *x_spill;             /* [N, H] output of the block's top layer in pass e (unused) */
     float *dx_block;            /* [N, H] d loss / d block input, summed over the passes */
     int read_grad;              /* backward: upward layers add into dk_prev/dv_prev */
-    float *arena;
+    void *arena;                /* the one backend allocation every device buffer is carved from */
+    size_t arena_bytes;
 } kvt_run;
 
 /* passes: iterative prefill passes for maps with upward layers (ignored otherwise), >= 1.
- * T <= max_position_embeddings. want_grad: allocate the backward buffers. */
-int kvt_run_init(kvt_run *r, const kvt_model *m, int B, int T, int passes, int want_grad,
-                 kv_error *err);
+ * T <= max_position_embeddings. want_grad: allocate the backward buffers and device copies of
+ * the trainable tensors (kvt_model_set_trainable_* first). b outlives the run. */
+int kvt_run_init(kvt_run *r, kv_backend *b, const kvt_model *m, int B, int T, int passes,
+                 int want_grad, kv_error *err);
 /* the same with the last grad_passes (1..passes) passes differentiated */
-int kvt_run_init_grad(kvt_run *r, const kvt_model *m, int B, int T, int passes, int grad_passes,
-                      int want_grad, kv_error *err);
+int kvt_run_init_grad(kvt_run *r, kv_backend *b, const kvt_model *m, int B, int T, int passes,
+                      int grad_passes, int want_grad, kv_error *err);
 void kvt_run_free(kvt_run *r);
 
-/* tokens [N] (ids checked against the vocabulary); fills every activation and logits */
+/* tokens: host ids [N] (checked against the vocabulary); fills every activation and logits */
 int kvt_forward(kvt_run *r, const int32_t *tokens, kv_error *err);
-/* [N, H] the residual entering layer L-1 (what the MSE term compares) */
+/* [N, H] device: the residual entering layer L-1 (what the MSE term compares) */
 const float *kvt_last_layer_input(const kvt_run *r);
 
-/* After kvt_forward: adds d loss / d w into every trainable tensor's g, given r->dlogits and
- * r->dh_last (both zeroed by kvt_forward and filled by the caller). */
+/* After kvt_forward: adds d loss / d w into every trainable tensor's device gradient (dp[i].g),
+ * given r->dlogits and r->dh_last (both zeroed by kvt_forward and filled by the caller). */
 int kvt_backward(kvt_run *r, kv_error *err);
+
+/* the device views of tensor p of r's model */
+const kvt_dparam *kvt_run_param(const kvt_run *r, const kvt_param *p);
+/* trained values of the run's writable tensors back into the host arrays p->w (no copy on a
+ * unified backend: they are the same arrays) */
+int kvt_run_params_to_host(const kvt_run *r, kv_error *err);
+/* n floats of device buffer src readable on the host: *out = src on a unified backend, else
+ * src downloaded into host_scratch[n] and *out = host_scratch */
+int kvt_run_host_view(const kvt_run *r, const float **out, const float *src, float *host_scratch,
+                      size_t n, kv_error *err);
 
 typedef struct {
     double loss;  /* kl + mse_weight * mse + ce_weight * ce */
@@ -109,9 +142,9 @@ typedef struct {
     float ce_weight;  /* hard-label term, not in METHODS.md: 0 leaves the loss as specified */
 } kvt_loss_weights;
 
-/* One distillation micro-batch: teacher and student forward on tokens [N] (runs of the same
- * B, T), the loss, and (when grad_scale > 0 and the student run has gradients) the backward,
- * adding grad_scale * d loss / d w into the student's gradients. */
+/* One distillation micro-batch: teacher and student forward on host tokens [N] (runs of the same
+ * B, T and backend), the loss, and (when grad_scale > 0 and the student run has gradients) the
+ * backward, adding grad_scale * d loss / d w into the student's gradients. */
 int kvt_distill_microbatch(kvt_run *student, kvt_run *teacher, const int32_t *tokens,
                            const kvt_loss_weights *w, float grad_scale, kvt_loss *out,
                            kv_error *err);
