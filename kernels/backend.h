@@ -37,7 +37,7 @@ extern "C" {
 
 typedef struct kv_backend kv_backend;
 
-/* One AdamW step for every element (kernels.h conventions; the math of adamw_update):
+/* One AdamW step for every element (kernels.h conventions; kv_adamw in kernels.h):
  *   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  w -= lr*wd*w;
  *   w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps), per element in double. */
 typedef struct {
@@ -118,6 +118,8 @@ typedef struct {
     /* *host_sumsq += sum of x[i]^2 in double (gradient norms) */
     int (*sumsq)(kv_backend *b, double *host_sumsq, const float *x, size_t n, kv_error *err);
     int (*scale)(kv_backend *b, float *x, float k, size_t n, kv_error *err);
+    /* dst[i] += src[i] (gradients from several paths) */
+    int (*add)(kv_backend *b, float *dst, const float *src, size_t n, kv_error *err);
     int (*adamw)(kv_backend *b, float *w, const float *g, float *m, float *v, size_t n,
                  const kv_adamw_step *step, kv_error *err);
 } kv_backend_ops;

@@ -182,6 +182,8 @@ void kv_adamw(float *w, const float *g, float *m, float *v, size_t n, double bet
 double kv_sumsq(double acc, const float *x, size_t n);
 /* x[i] *= k */
 void kv_scale(float *x, float k, size_t n);
+/* dst[i] += src[i] */
+void kv_add(float *dst, const float *src, size_t n);
 
 #ifdef __cplusplus
 }

@@ -18,7 +18,7 @@ static const struct {
     OP(convert), OP(sync), OP(release), OP(matmul), OP(rmsnorm), OP(rope), OP(attention),
     OP(swiglu), OP(embedding), OP(distill_kl), OP(next_token_ce), OP(mse), OP(matmul_backward),
     OP(rmsnorm_backward), OP(rope_backward), OP(attention_backward), OP(swiglu_backward),
-    OP(sumsq), OP(scale), OP(adamw),
+    OP(sumsq), OP(scale), OP(add), OP(adamw),
 };
 #undef OP
 enum { N_OPS = sizeof op_list / sizeof op_list[0] };
@@ -614,6 +614,16 @@ static int case_scale(prun *p, const pcase *c) {
     return cmp_f32(p, "x", X, c->n);
 }
 
+static int case_add(prun *p, const pcase *c) {
+    float *dst = hrand(p, c->n, 3.0f), *src = hrand(p, c->n, 1.0f);
+    if (!dst || !src) return oom(p, "inputs");
+    pbuf *D, *S;
+    TRY(dbuf(p, &D, dst, sizeof(float) * c->n));
+    TRY(dbuf(p, &S, src, sizeof(float) * c->n));
+    BOTH("add", add(b, F(D), F(S), c->n, p->err));
+    return cmp_f32(p, "dst", D, c->n);
+}
+
 static int case_adamw(prun *p, const pcase *c) {
     const size_t n = c->n;
     float *w = hrand(p, n, 1.0f), *g = hrand(p, n, 0.1f), *m = hrand(p, n, 0.01f);
@@ -840,6 +850,8 @@ static const pcase cases[] = {
      .f1 = 0.01f, .f2 = 1000.0f, .atol = 0, .rtol = 1e-12},
     {.name = "scale odd 10007 by .5", .ops = "scale", .run = case_scale, .n = 10007, .f1 = 0.5f},
     {.name = "scale 1 by -3", .ops = "scale", .run = case_scale, .n = 1, .f1 = -3.0f},
+    {.name = "add odd 10007", .ops = "add", .run = case_add, .n = 10007},
+    {.name = "add 1", .ops = "add", .run = case_add, .n = 1},
     {.name = "adamw odd 10007 step 1 wd .1", .ops = "adamw", .run = case_adamw, .n = 10007,
      .f1 = 1e-3f, .f2 = 0.1f, .step = 1, .atol = 2e-7, .rtol = 1e-6},
     {.name = "adamw 257 step 1000", .ops = "adamw", .run = case_adamw, .n = 257, .f1 = 3e-4f,

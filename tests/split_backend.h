@@ -132,6 +132,7 @@ SPLIT_OP(swiglu_backward, (kv_backend *b, float *dg, float *du, const float *dh,
                            const float *u, size_t n, kv_error *e), (b, dg, du, dh, g, u, n, e))
 SPLIT_OP(sumsq, (kv_backend *b, double *s, const float *x, size_t n, kv_error *e), (b, s, x, n, e))
 SPLIT_OP(scale, (kv_backend *b, float *x, float k, size_t n, kv_error *e), (b, x, k, n, e))
+SPLIT_OP(add, (kv_backend *b, float *d, const float *s, size_t n, kv_error *e), (b, d, s, n, e))
 SPLIT_OP(adamw, (kv_backend *b, float *w, const float *g, float *m, float *v, size_t n,
                  const kv_adamw_step *s, kv_error *e), (b, w, g, m, v, n, s, e))
 #undef SPLIT_OP
@@ -152,7 +153,7 @@ static int split_backend_init(kv_backend *b, int threads, kv_error *err) {
     SET(upload), SET(download), SET(zero), SET(copy), SET(convert), SET(matmul), SET(rmsnorm);
     SET(rope), SET(attention), SET(swiglu), SET(embedding), SET(distill_kl), SET(next_token_ce);
     SET(mse), SET(matmul_backward), SET(rmsnorm_backward), SET(rope_backward);
-    SET(attention_backward), SET(swiglu_backward), SET(sumsq), SET(scale), SET(adamw);
+    SET(attention_backward), SET(swiglu_backward), SET(sumsq), SET(scale), SET(add), SET(adamw);
 #undef SET
     b->ops = &split_ops;
     b->unified = 0;

@@ -221,6 +221,12 @@ static int cpu_scale(kv_backend *b, float *x, float k, size_t n, kv_error *err) 
     return 0;
 }
 
+static int cpu_add(kv_backend *b, float *dst, const float *src, size_t n, kv_error *err) {
+    (void)b, (void)err;
+    kv_add(dst, src, n);
+    return 0;
+}
+
 static int cpu_adamw(kv_backend *b, float *w, const float *g, float *m, float *v, size_t n,
                      const kv_adamw_step *s, kv_error *err) {
     (void)b, (void)err;
@@ -255,6 +261,7 @@ static const kv_backend_ops cpu_ops = {
     .swiglu_backward = cpu_swiglu_backward,
     .sumsq = cpu_sumsq,
     .scale = cpu_scale,
+    .add = cpu_add,
     .adamw = cpu_adamw,
 };
 

@@ -26,3 +26,7 @@ double kv_sumsq(double acc, const float *x, size_t n) {
 void kv_scale(float *x, float k, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] *= k;
 }
+
+void kv_add(float *dst, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] += src[i];
+}

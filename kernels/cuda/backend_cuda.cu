@@ -262,13 +262,14 @@ static constexpr kv_backend_ops cuda_ops_table(void) {
     o.swiglu_backward = kv_cuda_swiglu_backward;
     o.sumsq = kv_cuda_sumsq;
     o.scale = kv_cuda_scale;
+    o.add = kv_cuda_add;
     o.adamw = kv_cuda_adamw;
     return o;
 }
 static constexpr kv_backend_ops cuda_ops = cuda_ops_table(); // constant-initialised
 // every member set above: a member added to kv_backend_ops must be added here (and a case to
 // kernels/parity.c); the size check is the reminder
-static_assert(sizeof(kv_backend_ops) == 28 * sizeof(void (*)(void)),
+static_assert(sizeof(kv_backend_ops) == 29 * sizeof(void (*)(void)),
               "kv_backend_ops changed: update cuda_ops_table (and kernels/parity.c)");
 
 int kv_backend_cuda_init(kv_backend *b, int ordinal, kv_error *err) {

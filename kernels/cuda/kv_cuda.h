@@ -155,6 +155,7 @@ int kv_cuda_mse(kv_backend *b, double *host_loss, float *dstudent, const float *
 /* optim.cu <-> cpu/optim.c */
 int kv_cuda_sumsq(kv_backend *b, double *host_sumsq, const float *x, size_t n, kv_error *err);
 int kv_cuda_scale(kv_backend *b, float *x, float k, size_t n, kv_error *err);
+int kv_cuda_add(kv_backend *b, float *dst, const float *src, size_t n, kv_error *err);
 int kv_cuda_adamw(kv_backend *b, float *w, const float *g, float *m, float *v, size_t n,
                   const kv_adamw_step *step, kv_error *err);
 

@@ -38,6 +38,18 @@ int kv_cuda_scale(kv_backend *b, float *x, float k, size_t n, kv_error *err) {
     return kv_cuda_launched(what, err);
 }
 
+__global__ void add_kernel(float *dst, const float *src, size_t n) {
+    KV_CUDA_FOR(i, n) dst[i] += src[i];
+}
+
+int kv_cuda_add(kv_backend *b, float *dst, const float *src, size_t n, kv_error *err) {
+    if (n == 0) return 0;
+    add_kernel<<<kv_cuda_grid(n), KV_CUDA_BLOCK, 0, kv_cuda_stream(b)>>>(dst, src, n);
+    char what[48];
+    snprintf(what, sizeof what, "add [%zu]", n);
+    return kv_cuda_launched(what, err);
+}
+
 // kv_adamw's arithmetic per element, in double; c1, c2, decay computed once on the host
 __global__ void adamw_kernel(float *w, const float *g, float *m, float *v, size_t n, double beta1,
                              double beta2, double eps, double lr, double c1, double c2,

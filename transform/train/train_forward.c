@@ -394,16 +394,9 @@ int kvt_run_host_view(const kvt_run *r, const float **out, const float *src, flo
     return OP(download, host_scratch, src, sizeof(float) * n, err);
 }
 
-/* dst[n] += src[n], device arrays. The table has no add op: the bias gradient of a one-row
- * matmul_backward (dx and dW not wanted, x and W unused) is dst[o] += (float)(0.0 + src[o]),
- * which is dst[o] + src[o] for every src[o] but -0 (added as +0). n_out is an int: chunks. */
+/* dst[n] += src[n], device arrays */
 static int dev_add(kvt_run *r, float *dst, const float *src, size_t n, kv_error *err) {
-    const size_t chunk = (size_t)1 << 30;
-    for (size_t o = 0; o < n; o += chunk) {
-        const int k = (int)(n - o < chunk ? n - o : chunk);
-        TRY(OP(matmul_backward, NULL, NULL, dst + o, src + o, NULL, NULL, 1, 1, k, err));
-    }
-    return 0;
+    return OP(add, dst, src, n, err);
 }
 
 /* ---- forward ---- */
