@@ -293,11 +293,7 @@ static void run_110m(const char *dir) {
     static swift_overlay ov[2];
     for (int g = 1; g <= n_swift; g++) {
         hf_config sc = cfg;
-        sc.swiftkv = 1;
-        sc.swiftkv_layers = l;
-        sc.swiftkv_group = g;
-        sc.has_layer_map = 0;
-        if (swift_overlay_init(&ov[g - 1], &base, L, l, g) ||
+        if (kvmap_swiftkv(&sc.map, L, l, g, &err) || swift_overlay_init(&ov[g - 1], &base, L, l, g) ||
             kv_model_from_source(&sm[g - 1], &sc, &ov[g - 1].src, &load_opts, &err)) {
             fprintf(stderr, "runtime_bench: swiftkv l=%d g=%d: %s\n", l, g, err.msg);
             failures++;

@@ -113,8 +113,8 @@ static void add_layer(expect_list *l, const hf_config *c, int i, llama_layer_vie
     add_norm(l, &lv->post_norm, name, H, why_h);
 
     /* attention projections */
-    const int swift = c->swiftkv && i >= c->swiftkv_layers;
-    const int kv_layer = hf_config_is_kv_layer(c, i);
+    const int swift = kvmap_is_swiftkv_layer(&c->map, i);
+    const int kv_layer = kvmap_is_kv_layer(&c->map, i);
     need_kind q_need = swift ? NEED_OPTIONAL : NEED_REQUIRED;
     add_proj(l, q_need, i, "self_attn", "q_proj", &lv->q, &lv->q_bias, q_rows, H, why_q, ab);
     if (swift) {
@@ -137,7 +137,7 @@ static void add_layer(expect_list *l, const hf_config *c, int i, llama_layer_vie
     if (swift) {
         add_proj(l, NEED_REQUIRED, i, "self_attn", "q_proj_swiftkv", &lv->q_swiftkv,
                  &lv->q_swiftkv_bias, q_rows, H, why_q, ab);
-        if (hf_config_swiftkv_leader(c, i)) {
+        if (kv_layer) { /* group leader */
             add_proj(l, NEED_REQUIRED, i, "self_attn", "k_proj_swiftkv", &lv->k_swiftkv,
                      &lv->k_swiftkv_bias, kv_rows, H, why_kv, ab);
             add_proj(l, NEED_REQUIRED, i, "self_attn", "v_proj_swiftkv", &lv->v_swiftkv,
@@ -162,7 +162,7 @@ static void add_model(expect_list *l, const hf_config *c, llama_view *v) {
     expect *e = add(l, NEED_REQUIRED, &v->embed, 2, V, H);
     if (e) SET_NAME(e, "model.embed_tokens.weight"), SET_WHY(e, "%s", why_vh);
     add_norm(l, &v->norm, "model.norm.weight", H, why_h);
-    if (c->swiftkv) add_norm(l, &v->norm_swiftkv, "model.norm_swiftkv.weight", H, why_h);
+    if (c->map.kind == KVMAP_SWIFTKV) add_norm(l, &v->norm_swiftkv, "model.norm_swiftkv.weight", H, why_h);
     e = add(l, c->tie_word_embeddings ? NEED_OPTIONAL : NEED_REQUIRED,
             c->tie_word_embeddings ? NULL : &v->lm_head, 2, V, H);
     if (e) SET_NAME(e, "lm_head.weight"), SET_WHY(e, "%s", why_vh);

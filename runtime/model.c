@@ -185,7 +185,7 @@ int kv_model_from_source(kv_model *m, const hf_config *cfg, const kv_tensor_sour
     int rc = check_config(cfg, err);
     if (rc) return rc;
     m->cfg = *cfg;
-    if ((rc = kvmap_from_config(&m->map, cfg, err))) return rc;
+    m->map = cfg->map;
     llama_dims_init(&m->dims, cfg);
     {   /* RoPE parameters are checked here, once, rather than at the first forward */
         double probe[1];

@@ -352,9 +352,8 @@ static void test_broken_checkpoints(void) {
 }
 
 static void set_lasagna(hf_config *c) {
-    static const int map[5] = {0, 0, 2, 2, 4};
-    c->has_layer_map = 1;
-    memcpy(c->kv_layer_of, map, sizeof map);
+    kv_error err = {0};
+    CHECK(kvmap_parse(&c->map, "0_0_2_2_4", 5, &err) == 0, "map: %s", err.msg);
 }
 
 static void test_cross_layer(void) {
@@ -407,9 +406,8 @@ static void test_cross_layer(void) {
 }
 
 static void set_swiftkv(hf_config *c) {
-    c->swiftkv = 1;
-    c->swiftkv_layers = 2;
-    c->swiftkv_group = 3;
+    kv_error err = {0};
+    CHECK(kvmap_swiftkv(&c->map, 5, 2, 3, &err) == 0, "map: %s", err.msg);
 }
 
 static void test_swiftkv_hand_built(void) {

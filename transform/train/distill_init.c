@@ -150,15 +150,10 @@ int distill_student_init(kvt_model *s, const kvt_model *t, const kv_map *map,
         return kv_fail(err, KV_EINVAL, "KV map %s changes nothing", map->name);
     s->cfg = t->cfg;
     s->map = *map;
+    s->cfg.map = *map;
     if (map->kind == KVMAP_SWIFTKV) {
-        s->cfg.swiftkv = 1;
-        s->cfg.swiftkv_layers = map->swiftkv_l;
-        s->cfg.swiftkv_group = map->swiftkv_g;
         snprintf(s->cfg.architecture, sizeof s->cfg.architecture, "LlamaSwiftKVForCausalLM");
         snprintf(s->cfg.model_type, sizeof s->cfg.model_type, "llama_swiftkv");
-    } else {
-        s->cfg.has_layer_map = 1;
-        memcpy(s->cfg.kv_layer_of, map->kv_layer_of, sizeof(int) * (size_t)map->n_layers);
     }
     param_list l = {0};
     if ((rc = kvt_model_dims(s, err))) goto fail;

@@ -157,7 +157,7 @@ int kvt_model_load(kvt_model *m, const char *dir, kv_error *err) {
     if (rc) return rc;
     if ((rc = kv_read_file(path, &m->config_json, &len, HF_MAX_CONFIG_BYTES, err)) ||
         (rc = hf_config_parse(&m->cfg, m->config_json, path, err)) ||
-        (rc = kvmap_from_config(&m->map, &m->cfg, err)) || (rc = kvt_model_dims(m, err)))
+        (m->map = m->cfg.map, 0) || (rc = kvt_model_dims(m, err)))
         goto fail;
     if (!(m->dir = strdup(dir)) || !(m->ckpt = calloc(1, sizeof *m->ckpt))) {
         rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", dir);
