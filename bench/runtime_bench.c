@@ -122,10 +122,10 @@ typedef struct {
 /* KV-cache bytes by METHODS.md: 2 * (KV layers) * nkv * hd * elem per position; SwiftKV l + (L-l)/g */
 static size_t formula_bytes(const kv_model *m, int max_seq, kv_dtype cache) {
     int slots = 0;
-    if (m->map.kind == KVMAP_SWIFTKV) {
-        slots = m->map.swiftkv_l + (m->dims.n_layers - m->map.swiftkv_l) / m->map.swiftkv_g;
+    if (m->cfg.map.kind == KVMAP_SWIFTKV) {
+        slots = m->cfg.map.swiftkv_l + (m->dims.n_layers - m->cfg.map.swiftkv_l) / m->cfg.map.swiftkv_g;
     } else {
-        for (int i = 0; i < m->dims.n_layers; i++) slots += m->map.kv_layer_of[i] == i;
+        for (int i = 0; i < m->dims.n_layers; i++) slots += m->cfg.map.kv_layer_of[i] == i;
     }
     return (size_t)2 * slots * m->dims.n_kv_heads * m->dims.head_dim * kv_dtype_size(cache) * (size_t)max_seq;
 }

@@ -99,7 +99,7 @@ static int bind_all(binder *bd) {
     B(&m->embed, 1, V, H, "model.embed_tokens.weight");
     B(&m->final_norm, 1, H, 0, "model.norm.weight");
     if (!c->tie_word_embeddings) B(&m->lm_head, 1, V, H, "lm_head.weight");
-    if (m->map.kind == KVMAP_SWIFTKV) B(&m->norm_swiftkv, 1, H, 0, "model.norm_swiftkv.weight");
+    if (m->cfg.map.kind == KVMAP_SWIFTKV) B(&m->norm_swiftkv, 1, H, 0, "model.norm_swiftkv.weight");
     for (int i = 0; i < m->dims.n_layers; i++) {
         kv_layer_weights *w = &m->layers[i];
         const char *p = "model.layers";
@@ -108,7 +108,7 @@ static int bind_all(binder *bd) {
         B(&w->attn_norm, 1, H, 0, "%s.%d.input_layernorm.weight", p, i);
         B(&w->wq, 1, Q, H, "%s.%d.self_attn.q_proj%s.weight", p, i, sfx);
         B(&w->bq, ab, Q, 0, "%s.%d.self_attn.q_proj%s.bias", p, i, sfx);
-        if (kvmap_is_kv_layer(&m->map, i)) {
+        if (kvmap_is_kv_layer(&m->cfg.map, i)) {
             B(&w->wk, 1, KV, H, "%s.%d.self_attn.k_proj%s.weight", p, i, sfx);
             B(&w->bk, ab, KV, 0, "%s.%d.self_attn.k_proj%s.bias", p, i, sfx);
             B(&w->wv, 1, KV, H, "%s.%d.self_attn.v_proj%s.weight", p, i, sfx);
@@ -157,11 +157,11 @@ static int check_config(const hf_config *c, kv_error *err) {
 }
 
 int kv_model_swiftkv_layer(const kv_model *m, int layer) {
-    return m->map.kind == KVMAP_SWIFTKV && layer >= m->map.swiftkv_l;
+    return kvmap_is_swiftkv_layer(&m->cfg.map, layer);
 }
 
 int kv_model_writes_own_kv(const kv_model *m, int layer) {
-    return kvmap_is_kv_layer(&m->map, layer) && !kv_model_swiftkv_layer(m, layer);
+    return kvmap_is_kv_layer(&m->cfg.map, layer) && !kv_model_swiftkv_layer(m, layer);
 }
 
 static size_t count_step_bytes(const kv_model *m) {
@@ -185,7 +185,6 @@ int kv_model_from_source(kv_model *m, const hf_config *cfg, const kv_tensor_sour
     int rc = check_config(cfg, err);
     if (rc) return rc;
     m->cfg = *cfg;
-    m->map = cfg->map;
     llama_dims_init(&m->dims, cfg);
     {   /* RoPE parameters are checked here, once, rather than at the first forward */
         double probe[1];

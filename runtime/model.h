@@ -33,8 +33,7 @@ typedef struct {
 } kv_layer_weights;                  /* biases NULL unless attention_bias / mlp_bias */
 
 typedef struct {
-    hf_config cfg;
-    kv_map map;
+    hf_config cfg;                   /* cfg.map: the KV map */
     llama_dims dims;                 /* L, H, nh, nkv, hd, F, V, RoPE (formats/llama_view.h) */
     const float *embed;              /* [V, H] model.embed_tokens */
     const float *final_norm;         /* [H] model.norm */

@@ -144,9 +144,9 @@ static void run_free(run_state *r) {
 }
 
 static int check_pair(const kvt_model *t, const kvt_model *s, kv_error *err) {
-    if (!kvmap_is_identity(&t->map))
+    if (!kvmap_is_identity(&t->cfg.map))
         return kv_fail(err, KV_EINVAL, "%s: the teacher must be an original model (its KV map "
-                       "is %s)", t->dir, t->map.name);
+                       "is %s)", t->dir, t->cfg.map.name);
     if (t->dims.n_layers != s->dims.n_layers || t->dims.hidden != s->dims.hidden || t->dims.n_heads != s->dims.n_heads || t->dims.n_kv_heads != s->dims.n_kv_heads || t->dims.head_dim != s->dims.head_dim ||
         t->dims.ffn != s->dims.ffn || t->dims.vocab != s->dims.vocab)
         return kv_fail(err, KV_EINVAL, "%s and %s: teacher and student shapes differ (layers "
@@ -232,7 +232,7 @@ static void compute_fingerprint(run_state *r) {
                        o->seq_len, o->batch, o->accum, r->total_steps, r->warmup,
                        (unsigned long long)o->seed, o->lr, (int)o->decay, o->adam.beta1,
                        o->adam.beta2, o->adam.eps, o->adam.weight_decay, o->clip, o->temperature,
-                       o->mse_weight, o->passes, r->student.map.name, r->train.n);
+                       o->mse_weight, o->passes, r->student.cfg.map.name, r->train.n);
     if (o->grad_passes > 1 && len > 0 && (size_t)len < sizeof buf) /* default runs keep their old fingerprint */
         len += snprintf(buf + len, sizeof buf - (size_t)len, " grad_passes=%d", o->grad_passes);
     if (o->ce_weight != 0 && len > 0 && (size_t)len < sizeof buf)
@@ -383,9 +383,9 @@ static int write_report(const run_state *r, const distill_report *rep, kv_error 
     cJSON_AddStringToObject(j, "teacher", r->o->teacher_dir);
     cJSON_AddStringToObject(j, "student", r->o->student_dir);
     cJSON_AddStringToObject(j, "map", rep->map_name);
-    if (r->student.map.kind == KVMAP_CROSS)
+    if (r->student.cfg.map.kind == KVMAP_CROSS)
         cJSON_AddStringToObject(j, "layer_types", rep->layer_types);
-    cJSON_AddNumberToObject(j, "kv_slots", kvmap_n_slots(&r->student.map));
+    cJSON_AddNumberToObject(j, "kv_slots", kvmap_n_slots(&r->student.cfg.map));
     cJSON_AddNumberToObject(j, "layers", r->student.dims.n_layers);
     cJSON_AddNumberToObject(j, "teacher_ppl", rep->teacher_ppl);
     cJSON_AddNumberToObject(j, "student_before_ppl", rep->student_before_ppl);
@@ -534,8 +534,8 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
         (rc = kvt_run_init(&r.rt, &r.teacher, o->batch, o->seq_len, 1, 0, err)))
         goto out;
     compute_fingerprint(&r);
-    map_display_name(&r.student.map, rep->map_name, sizeof rep->map_name);
-    kvmap_layer_types(&r.student.map, rep->layer_types, sizeof rep->layer_types);
+    map_display_name(&r.student.cfg.map, rep->map_name, sizeof rep->map_name);
+    kvmap_layer_types(&r.student.cfg.map, rep->layer_types, sizeof rep->layer_types);
     for (int i = 0; i < r.n_train; i++) rep->trainable_params += (long)r.n[i];
     rep->train_tokens_available = r.train.n * r.train.T;
 

@@ -12,7 +12,7 @@ static size_t rows(const kvt_run *r, int width) { return (size_t)r->N * (size_t)
 /* the slots whose K/V an upward layer reads: they need a previous-pass copy */
 static int slot_has_upward_reader(const kvt_model *m, int slot) {
     for (int i = 0; i < m->dims.n_layers; i++)
-        if (kvmap_is_upward(&m->map, i) && kvmap_slot_of(&m->map, i) == slot) return 1;
+        if (kvmap_is_upward(&m->cfg.map, i) && kvmap_slot_of(&m->cfg.map, i) == slot) return 1;
     return 0;
 }
 
@@ -29,15 +29,15 @@ static int lowest_grad_layer(const kvt_model *m) {
     int lo = m->dims.n_layers;
     for (int i = m->dims.n_layers - 1; i >= 0; i--)
         if (any_trainable_in_layer(&m->layers[i])) lo = i;
-    if (m->norm_swiftkv && m->norm_swiftkv->trainable && m->map.swiftkv_l < lo)
-        lo = m->map.swiftkv_l;
+    if (m->norm_swiftkv && m->norm_swiftkv->trainable && m->cfg.map.swiftkv_l < lo)
+        lo = m->cfg.map.swiftkv_l;
     return lo;
 }
 
 /* 1 when slot s is written by a layer of the cyclic block [lo, hi] */
 static int slot_made_in_block(const kvt_model *m, int s, int lo, int hi) {
     for (int i = lo; i <= hi; i++)
-        if (kvmap_is_kv_layer(&m->map, i) && kvmap_slot_of(&m->map, i) == s) return 1;
+        if (kvmap_is_kv_layer(&m->cfg.map, i) && kvmap_slot_of(&m->cfg.map, i) == s) return 1;
     return 0;
 }
 
@@ -79,8 +79,8 @@ int kvt_run_init_grad(kvt_run *r, const kvt_model *m, int B, int T, int passes, 
     r->N = (int)N;
     r->passes = passes;
     r->want_grad = want_grad;
-    r->n_slots = kvmap_n_slots(&m->map);
-    r->has_upward = kvmap_cyclic_block(&m->map, &r->block_lo, &r->block_hi) > 0;
+    r->n_slots = kvmap_n_slots(&m->cfg.map);
+    r->has_upward = kvmap_cyclic_block(&m->cfg.map, &r->block_lo, &r->block_hi) > 0;
     r->grad_lo = want_grad ? lowest_grad_layer(m) : m->dims.n_layers;
     r->grad_passes = r->has_upward && want_grad ? grad_passes : 1;
     if (r->grad_passes > 1 && r->grad_lo > r->block_lo) r->grad_lo = r->block_lo;
@@ -228,10 +228,10 @@ const float *kvt_last_layer_input(const kvt_run *r) { return r->acts[r->m->dims.
 static void swiftkv_write_kv(kvt_run *r, const float *h_l) {
     const kvt_model *m = r->m;
     kv_rmsnorm(r->s_norm, h_l, m->norm_swiftkv->w, r->N, m->dims.hidden, m->dims.eps);
-    for (int j = m->map.swiftkv_l; j < m->dims.n_layers; j++) {
-        if (!kvmap_is_kv_layer(&m->map, j)) continue;
+    for (int j = m->cfg.map.swiftkv_l; j < m->dims.n_layers; j++) {
+        if (!kvmap_is_kv_layer(&m->cfg.map, j)) continue;
         const kvt_layer *ly = &m->layers[j];
-        const int s = kvmap_slot_of(&m->map, j);
+        const int s = kvmap_slot_of(&m->cfg.map, j);
         kv_matmul(r->k[s], r->s_norm, ly->k->w, W(ly->k_b), r->N, m->dims.hidden, m->dims.kv_dim);
         kv_rope(r->k[s], r->N, m->dims.n_kv_heads, r->pos, &r->rope);
         kv_matmul(r->v[s], r->s_norm, ly->v->w, W(ly->v_b), r->N, m->dims.hidden, m->dims.kv_dim);
@@ -244,18 +244,18 @@ static int layer_forward(kvt_run *r, int i) {
     kvt_layer_acts *a = &r->acts[i];
     const int N = r->N, H = m->dims.hidden, Q = m->dims.q_dim, KV = m->dims.kv_dim, F = m->dims.ffn, T = r->T;
     float *x_out = i + 1 < m->dims.n_layers ? r->acts[i + 1].x_in : r->x_out;
-    if (m->map.kind == KVMAP_SWIFTKV && i == m->map.swiftkv_l) swiftkv_write_kv(r, a->x_in);
+    if (m->cfg.map.kind == KVMAP_SWIFTKV && i == m->cfg.map.swiftkv_l) swiftkv_write_kv(r, a->x_in);
 
     kv_rmsnorm(a->xn1, a->x_in, ly->attn_norm->w, N, H, m->dims.eps);
     kv_matmul(a->q, a->xn1, ly->q->w, W(ly->q_b), N, H, Q);
     kv_rope(a->q, N, m->dims.n_heads, r->pos, &r->rope);
-    const int slot = kvmap_slot_of(&m->map, i);
+    const int slot = kvmap_slot_of(&m->cfg.map, i);
     if (kvt_layer_writes_own_kv(m, i)) {
         kv_matmul(r->k[slot], a->xn1, ly->k->w, W(ly->k_b), N, H, KV);
         kv_rope(r->k[slot], N, m->dims.n_kv_heads, r->pos, &r->rope);
         kv_matmul(r->v[slot], a->xn1, ly->v->w, W(ly->v_b), N, H, KV);
     }
-    const int up = kvmap_is_upward(&m->map, i);
+    const int up = kvmap_is_upward(&m->cfg.map, i);
     const float *K = up ? r->k_prev[slot] : r->k[slot], *V = up ? r->v_prev[slot] : r->v[slot];
     for (int b = 0; b < r->B; b++) {
         const size_t qo = (size_t)b * T * Q, ko = (size_t)b * T * KV;
@@ -356,7 +356,7 @@ static int layer_backward(kvt_run *r, int i) {
     zero(r->datt, rows(r, Q));
     kv_matmul_backward(r->datt, G(ly->o), G(ly->o_b), r->dx, a->att, ly->o->w, N, Q, H);
     zero(r->dq, rows(r, Q));
-    const int slot = kvmap_slot_of(&m->map, i), up = kvmap_is_upward(&m->map, i);
+    const int slot = kvmap_slot_of(&m->cfg.map, i), up = kvmap_is_upward(&m->cfg.map, i);
     const float *K = up ? r->k_prev[slot] : r->k[slot], *V = up ? r->v_prev[slot] : r->v[slot];
     /* the previous pass's K/V: constants, unless that pass is differentiated too */
     float *dK = up ? (r->read_grad ? r->dk_prev[slot] : NULL) : r->dk[slot];
@@ -387,15 +387,15 @@ static void swiftkv_backward(kvt_run *r) {
     const kvt_model *m = r->m;
     const int N = r->N, H = m->dims.hidden, KV = m->dims.kv_dim;
     zero(r->ds, rows(r, H));
-    for (int j = m->map.swiftkv_l; j < m->dims.n_layers; j++) {
-        if (!kvmap_is_kv_layer(&m->map, j)) continue;
+    for (int j = m->cfg.map.swiftkv_l; j < m->dims.n_layers; j++) {
+        if (!kvmap_is_kv_layer(&m->cfg.map, j)) continue;
         const kvt_layer *ly = &m->layers[j];
-        const int s = kvmap_slot_of(&m->map, j);
+        const int s = kvmap_slot_of(&m->cfg.map, j);
         kv_rope_backward(r->dk[s], N, m->dims.n_kv_heads, r->pos, &r->rope);
         kv_matmul_backward(r->ds, G(ly->k), G(ly->k_b), r->dk[s], r->s_norm, ly->k->w, N, H, KV);
         kv_matmul_backward(r->ds, G(ly->v), G(ly->v_b), r->dv[s], r->s_norm, ly->v->w, N, H, KV);
     }
-    kv_rmsnorm_backward(r->dx, G(m->norm_swiftkv), r->ds, r->acts[m->map.swiftkv_l].x_in,
+    kv_rmsnorm_backward(r->dx, G(m->norm_swiftkv), r->ds, r->acts[m->cfg.map.swiftkv_l].x_in,
                         m->norm_swiftkv->w, N, H, m->dims.eps);
 }
 
@@ -464,7 +464,7 @@ int kvt_backward(kvt_run *r, kv_error *err) {
         if (rc) return kv_fail(err, rc, "train: attention backward: out of memory");
         if (i == m->dims.n_layers - 1)
             for (size_t k = 0; k < rows(r, H); k++) r->dx[k] += r->dh_last[k];
-        if (m->map.kind == KVMAP_SWIFTKV && i == m->map.swiftkv_l) swiftkv_backward(r);
+        if (m->cfg.map.kind == KVMAP_SWIFTKV && i == m->cfg.map.swiftkv_l) swiftkv_backward(r);
         if (r->grad_passes > 1 && i == r->block_lo && (rc = early_passes_backward(r)))
             return kv_fail(err, rc, "train: attention backward: out of memory");
     }

@@ -19,18 +19,18 @@ kvt_param *kvt_model_find(const kvt_model *m, const char *name) {
 }
 
 int kvt_layer_is_swiftkv(const kvt_model *m, int layer) {
-    return m->map.kind == KVMAP_SWIFTKV && layer >= m->map.swiftkv_l;
+    return kvmap_is_swiftkv_layer(&m->cfg.map, layer);
 }
 
 int kvt_layer_writes_own_kv(const kvt_model *m, int layer) {
-    return kvmap_is_kv_layer(&m->map, layer) && !kvt_layer_is_swiftkv(m, layer);
+    return kvmap_is_kv_layer(&m->cfg.map, layer) && !kvt_layer_is_swiftkv(m, layer);
 }
 
 int kvt_model_dims(kvt_model *m, kv_error *err) {
     const hf_config *c = &m->cfg;
     llama_dims_init(&m->dims, c);
-    if (m->map.n_layers != m->dims.n_layers)
-        return kv_fail(err, KV_EINVAL, "KV map has %d layers, config %d", m->map.n_layers, m->dims.n_layers);
+    if (m->cfg.map.n_layers != m->dims.n_layers)
+        return kv_fail(err, KV_EINVAL, "KV map has %d layers, config %d", m->cfg.map.n_layers, m->dims.n_layers);
     return 0;
 }
 
@@ -96,7 +96,7 @@ int kvt_model_bind(kvt_model *m, const char *label, kv_error *err) {
     if (m->cfg.tie_word_embeddings) m->lm_head = m->embed;
     else if ((rc = bind(m, &m->lm_head, "lm_head.weight", m->dims.vocab, H, label, err))) return rc;
     m->norm_swiftkv = NULL;
-    if (m->map.kind == KVMAP_SWIFTKV &&
+    if (m->cfg.map.kind == KVMAP_SWIFTKV &&
         (rc = bind(m, &m->norm_swiftkv, "model.norm_swiftkv.weight", H, 0, label, err)))
         return rc;
     for (int i = 0; i < m->dims.n_layers; i++) {
@@ -122,7 +122,7 @@ int kvt_model_bind(kvt_model *m, const char *label, kv_error *err) {
         P(attn_norm, "input_layernorm.weight", H, 0);
         PS(q, "self_attn.q_proj%s.weight", Q, H);
         B(q_b, ab, "self_attn.q_proj%s.bias", Q);
-        if (kvmap_is_kv_layer(&m->map, i)) {
+        if (kvmap_is_kv_layer(&m->cfg.map, i)) {
             PS(k, "self_attn.k_proj%s.weight", KV, H);
             PS(v, "self_attn.v_proj%s.weight", KV, H);
             B(k_b, ab, "self_attn.k_proj%s.bias", KV);
@@ -157,7 +157,7 @@ int kvt_model_load(kvt_model *m, const char *dir, kv_error *err) {
     if (rc) return rc;
     if ((rc = kv_read_file(path, &m->config_json, &len, HF_MAX_CONFIG_BYTES, err)) ||
         (rc = hf_config_parse(&m->cfg, m->config_json, path, err)) ||
-        (m->map = m->cfg.map, 0) || (rc = kvt_model_dims(m, err)))
+        (rc = kvt_model_dims(m, err)))
         goto fail;
     if (!(m->dir = strdup(dir)) || !(m->ckpt = calloc(1, sizeof *m->ckpt))) {
         rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", dir);
@@ -233,23 +233,23 @@ static int make_trainable(kvt_param *p, long *count, kv_error *err) {
 long kvt_model_set_trainable_distill(kvt_model *m, kv_error *err) {
     long count = 0;
     int rc = 0;
-    if (m->map.kind == KVMAP_SWIFTKV) {
+    if (m->cfg.map.kind == KVMAP_SWIFTKV) {
         rc = make_trainable(m->norm_swiftkv, &count, err);
-        for (int i = m->map.swiftkv_l; i < m->dims.n_layers && !rc; i++) {
+        for (int i = m->cfg.map.swiftkv_l; i < m->dims.n_layers && !rc; i++) {
             kvt_layer *ly = &m->layers[i];
             kvt_param *ps[] = {ly->q, ly->q_b, ly->k, ly->k_b, ly->v, ly->v_b};
             for (size_t j = 0; j < sizeof ps / sizeof *ps && !rc; j++)
                 rc = make_trainable(ps[j], &count, err);
         }
-    } else if (m->map.kind == KVMAP_CROSS) {
+    } else if (m->cfg.map.kind == KVMAP_CROSS) {
         for (int i = 0; i < m->dims.n_layers && !rc; i++) {
             kvt_layer *ly = &m->layers[i];
-            if (m->map.kv_layer_of[i] != i) {
+            if (!kvmap_is_kv_layer(&m->cfg.map, i)) {
                 if (!(rc = make_trainable(ly->q, &count, err))) rc = make_trainable(ly->q_b, &count, err);
                 continue;
             }
             int readers[HF_MAX_LAYERS];
-            if (kvmap_readers(&m->map, i, readers, HF_MAX_LAYERS) < 2) continue;
+            if (kvmap_readers(&m->cfg.map, i, readers, HF_MAX_LAYERS) < 2) continue;
             kvt_param *ps[] = {ly->k, ly->k_b, ly->v, ly->v_b};
             for (size_t j = 0; j < sizeof ps / sizeof *ps && !rc; j++)
                 rc = make_trainable(ps[j], &count, err);

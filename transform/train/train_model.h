@@ -48,8 +48,7 @@ typedef struct {
 } kvt_layer;                                 /* biases NULL unless attention_bias / mlp_bias */
 
 typedef struct {
-    hf_config cfg;
-    kv_map map;
+    hf_config cfg;                 /* cfg.map: the KV map */
     llama_dims dims;               /* L, H, nh, nkv, hd, F, V, RoPE (formats/llama_view.h) */
     int n_params;
     kvt_param *params;             /* sorted by name */
@@ -88,7 +87,7 @@ void kvt_model_zero_grads(kvt_model *m);
  * aux_dir when given) when present. Atomic per file; DIR is created. */
 int kvt_model_save(const kvt_model *m, const char *dir, const char *aux_dir, kv_error *err);
 
-/* internal to the transform/ files: fills the derived sizes from cfg and map */
+/* internal to the transform/ files: fills the derived sizes from cfg (checks cfg.map's layers) */
 int kvt_model_dims(kvt_model *m, kv_error *err);
 /* binds the per-layer pointers by name (after params are filled); checks shapes */
 int kvt_model_bind(kvt_model *m, const char *label, kv_error *err);
