@@ -321,18 +321,18 @@ int kvmap_parse_swiftkv(kv_map *m, const char *spec, int n_layers, kv_error *err
 }
 
 static int validate_as(const kv_map *m, const report *r, kv_error *err) {
-    const char *name = r->prefix;
+    const char *who = r->prefix;
     const int L = m->n_layers;
     if (L < 1 || L > KVMAP_MAX_LAYERS)
-        return kv_fail(err, r->code, "%s: %d layers, expected 1..%d", name, L,
+        return kv_fail(err, r->code, "%s: %d layers, expected 1..%d", who, L,
                        KVMAP_MAX_LAYERS);
     if (m->kind != KVMAP_IDENTITY && m->kind != KVMAP_CROSS && m->kind != KVMAP_SWIFTKV)
-        return kv_fail(err, r->code, "%s: unknown kind %d", name, (int)m->kind);
+        return kv_fail(err, r->code, "%s: unknown kind %d", who, (int)m->kind);
     for (int i = 0; i < L; i++) {
         int t = m->kv_layer_of[i];
         if (t < 0 || t >= L)
             return kv_fail(err, r->code, "%s: layer %d reads layer %d, outside 0..%d",
-                           name, i, t, L - 1);
+                           who, i, t, L - 1);
     }
     for (int i = 0; i < L; i++) {
         int t = m->kv_layer_of[i];
@@ -340,13 +340,13 @@ static int validate_as(const kv_map *m, const report *r, kv_error *err) {
             return kv_fail(err, r->code,
                            "%s: layer %d reads layer %d, which is not a KV layer (it "
                            "reads layer %d); a target must read itself, kv(kv(i)) = kv(i)",
-                           name, i, t, m->kv_layer_of[t]);
+                           who, i, t, m->kv_layer_of[t]);
     }
     if (m->kind == KVMAP_IDENTITY) {
         for (int i = 0; i < L; i++)
             if (m->kv_layer_of[i] != i)
                 return kv_fail(err, r->code,
-                               "%s: marked identity but layer %d reads layer %d", name,
+                               "%s: marked identity but layer %d reads layer %d", who,
                                i, m->kv_layer_of[i]);
     }
     if (m->kind == KVMAP_SWIFTKV) {
@@ -355,12 +355,12 @@ static int validate_as(const kv_map *m, const report *r, kv_error *err) {
             return kv_fail(err, r->code,
                            "%s: SwiftKV l = %d, g = %d invalid for %d layers (need "
                            "1 <= l < L, g >= 1, (L - l) %% g = 0)",
-                           name, l, g, L);
+                           who, l, g, L);
         for (int j = 0; j < L; j++) {
             int want = j < l ? j : l + ((j - l) / g) * g;
             if (m->kv_layer_of[j] != want)
                 return kv_fail(err, r->code,
-                               "%s: SwiftKV layer %d reads layer %d, expected %d", name,
+                               "%s: SwiftKV layer %d reads layer %d, expected %d", who,
                                j, m->kv_layer_of[j], want);
         }
     }
