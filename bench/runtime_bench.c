@@ -122,10 +122,10 @@ typedef struct {
 /* KV-cache bytes by METHODS.md: 2 * (KV layers) * nkv * hd * elem per position; SwiftKV l + (L-l)/g */
 static size_t formula_bytes(const kv_model *m, int max_seq, kv_dtype cache) {
     int slots = 0;
-    if (m->map.kind == KVMAP_SWIFTKV) {
-        slots = m->map.swiftkv_l + (m->dims.n_layers - m->map.swiftkv_l) / m->map.swiftkv_g;
+    if (m->cfg.map.kind == KVMAP_SWIFTKV) {
+        slots = m->cfg.map.swiftkv_l + (m->dims.n_layers - m->cfg.map.swiftkv_l) / m->cfg.map.swiftkv_g;
     } else {
-        for (int i = 0; i < m->dims.n_layers; i++) slots += m->map.kv_layer_of[i] == i;
+        for (int i = 0; i < m->dims.n_layers; i++) slots += m->cfg.map.kv_layer_of[i] == i;
     }
     return (size_t)2 * slots * m->dims.n_kv_heads * m->dims.head_dim * kv_dtype_size(cache) * (size_t)max_seq;
 }
@@ -192,23 +192,27 @@ static void report_cache(const char *what, const bench_model *b) {
  * average the group; the timing does not depend on the values). No copies: views only. */
 typedef struct {
     char names[3 * 1024 + 1][96];
-    kv_named_tensor items[3 * 1024 + 1];
+    st_tensor items[3 * 1024 + 1];
     kv_tensor_table table;
     kv_tensor_source src;
 } swift_overlay;
 
-static int ref_of(const kv_tensor_source *base, const char *name, kv_tensor_ref *out) {
-    kv_error err;
-    return base->find(base->ctx, name, out, &err) == 1 ? 0 : -1;
+/* ck's tensor `from` under another name */
+static int alias(st_tensor *out, char *name, const st_checkpoint *ck, const char *from) {
+    const st_tensor *t = st_checkpoint_find(ck, from);
+    if (!t) return -1;
+    *out = *t;
+    out->name = name;
+    return 0;
 }
 
-static int swift_overlay_init(swift_overlay *o, const kv_tensor_source *base, int L, int l, int g) {
+static int swift_overlay_init(swift_overlay *o, const st_checkpoint *ck, const kv_tensor_source *base,
+                              int L, int l, int g) {
     int n = 0;
     char from[96];
     snprintf(o->names[n], sizeof o->names[n], "model.norm_swiftkv.weight");
     snprintf(from, sizeof from, "model.layers.%d.input_layernorm.weight", l);
-    if (ref_of(base, from, &o->items[n].ref)) return -1;
-    o->items[n].name = o->names[n];
+    if (alias(&o->items[n], o->names[n], ck, from)) return -1;
     n++;
     for (int j = l; j < L; j++) {
         static const char *proj[] = {"q", "k", "v"};
@@ -216,13 +220,12 @@ static int swift_overlay_init(swift_overlay *o, const kv_tensor_source *base, in
             if (p && (j - l) % g) continue;
             snprintf(o->names[n], sizeof o->names[n], "model.layers.%d.self_attn.%s_proj_swiftkv.weight", j, proj[p]);
             snprintf(from, sizeof from, "model.layers.%d.self_attn.%s_proj.weight", j, proj[p]);
-            if (ref_of(base, from, &o->items[n].ref)) return -1;
-            o->items[n].name = o->names[n];
+            if (alias(&o->items[n], o->names[n], ck, from)) return -1;
             n++;
         }
     }
-    o->table = (kv_tensor_table){.items = o->items, .n_items = n, .fallback = base};
-    kv_tensor_source_table(&o->src, &o->table, "swiftkv overlay");
+    o->table = (kv_tensor_table){.items = o->items, .n_items = n, .base = base, .label = "swiftkv overlay"};
+    kv_tensor_source_table(&o->src, &o->table);
     return 0;
 }
 
@@ -293,11 +296,7 @@ static void run_110m(const char *dir) {
     static swift_overlay ov[2];
     for (int g = 1; g <= n_swift; g++) {
         hf_config sc = cfg;
-        sc.swiftkv = 1;
-        sc.swiftkv_layers = l;
-        sc.swiftkv_group = g;
-        sc.has_layer_map = 0;
-        if (swift_overlay_init(&ov[g - 1], &base, L, l, g) ||
+        if (kvmap_swiftkv(&sc.map, L, l, g, &err) || swift_overlay_init(&ov[g - 1], m.ckpt, &base, L, l, g) ||
             kv_model_from_source(&sm[g - 1], &sc, &ov[g - 1].src, &load_opts, &err)) {
             fprintf(stderr, "runtime_bench: swiftkv l=%d g=%d: %s\n", l, g, err.msg);
             failures++;

@@ -405,10 +405,7 @@ static int cmd_student(cli_args *a) {
 
 static int add_map(kv_map *maps, int *n, const kv_map *m) {
     for (int i = 0; i < *n; i++)
-        if (!memcmp(maps[i].kv_layer_of, m->kv_layer_of, sizeof(int) * (size_t)m->n_layers) &&
-            maps[i].kind == m->kind && maps[i].swiftkv_l == m->swiftkv_l &&
-            maps[i].swiftkv_g == m->swiftkv_g)
-            return 0;
+        if (kvmap_equal(&maps[i], m)) return 0;
     if (*n >= MAX_MAPS) return -1;
     maps[(*n)++] = *m;
     return 0;

@@ -318,13 +318,13 @@ static int run_bench(const run_args *a) {
                "\"decode_tokens\": %d, \"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": "
                "%.2f, \"kv_cache_dtype\": \"%s\", \"kv_cache_bytes\": %zu, \"kv_cache_bytes_per_token\": %zu, "
                "\"weight_bytes_per_token\": %zu, \"decode_weight_gb_per_s\": %.3f}\n",
-               a->model_dir, m.map.name, kv_kernels_threads(), openblas_get_corename(), P, G, prefill_tps,
+               a->model_dir, m.cfg.map.name, kv_kernels_threads(), openblas_get_corename(), P, G, prefill_tps,
                decode_tps, kv_dtype_name(s.cache.dtype), s.cache.bytes, per_token, m.step_bytes,
                m.step_bytes * decode_tps / 1e9);
     else
         printf("%s (%s, %d threads, OpenBLAS %s): prefill %d tokens %.1f tok/s; decode %d tokens %.1f tok/s "
                "(%.2f GB/s of weights); KV cache %s %zu bytes (%zu per token)\n",
-               a->model_dir, m.map.name, kv_kernels_threads(), openblas_get_corename(), P, prefill_tps, G, decode_tps,
+               a->model_dir, m.cfg.map.name, kv_kernels_threads(), openblas_get_corename(), P, prefill_tps, G, decode_tps,
                m.step_bytes * decode_tps / 1e9, kv_dtype_name(s.cache.dtype), s.cache.bytes, per_token);
     status = 0;
 fail:
@@ -411,7 +411,7 @@ static int run_logits(const run_args *a) {
         {.name = "logits", .dtype = KV_F32, .n_dims = 2, .shape = {n, m.dims.vocab}},
         {.name = "tokens", .dtype = KV_I32, .n_dims = 1, .shape = {n}}};
     const void *data[2] = {logits, ids};
-    const char *meta[] = {"format", "pt", "producer", "kvrun", "kv_map", m.map.name};
+    const char *meta[] = {"format", "pt", "producer", "kvrun", "kv_map", m.cfg.map.name};
     if (st_write_file(a->logits_out, specs, data, 2, meta, 3, &err)) goto fail;
     fprintf(stderr, "kvrun: wrote logits [%d, %d] to %s\n", n, m.dims.vocab, a->logits_out);
     status = 0;

@@ -8,6 +8,7 @@
 
 #include "formats/bundle.h"
 #include "formats/chunkcodec.h"
+#include "formats/kvmap.h"
 #include "base/dtype.h"
 
 #define KVB_MANIFEST "manifest.json"
@@ -81,12 +82,12 @@ int kvb_decode_tensors(kv_bundle *b, int t0, int t1, uint8_t *dst, int threads, 
 int kvb_manifest_parse(kvb_manifest *m, const char *text, size_t n, const char *label, kv_error *err);
 void kvb_manifest_free(kvb_manifest *m);
 /* manifest JSON text (malloc'd). config, kvforge: the parsed files (kvforge may be NULL). */
-char *kvb_manifest_print(const kvb_manifest *m, const cJSON *config, const int *kv_map,
-                         int n_layers, const cJSON *kvforge);
+char *kvb_manifest_print(const kvb_manifest *m, const cJSON *config, const kv_map *map,
+                         const cJSON *kvforge);
 
-/* KV map kv(i) of a config.json: layer_types (LCKV string or integer list), SwiftKV groups,
- * else identity; validated (in range, kv(kv(i)) = kv(i)). *map malloc'd. */
-int kvb_kv_map(const cJSON *config, int **map, int *n_layers, const char *label, kv_error *err);
+/* the KV map of a config.json: num_hidden_layers, then kvmap_read_config (the swiftkv field
+ * decides SwiftKV) */
+int kvb_kv_map(const cJSON *config, kv_map *map, const char *label, kv_error *err);
 
 /* a relative path without "..", empty or "." components, control characters or a leading '/' */
 int kvb_entry_name_safe(const char *name);

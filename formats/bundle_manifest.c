@@ -44,77 +44,28 @@ static int json_int(const cJSON *v, long long lo, long long hi, long long *out) 
     return 0;
 }
 
-int kvb_kv_map(const cJSON *config, int **map_out, int *n_out, const char *label, kv_error *err) {
-    *map_out = NULL;
-    *n_out = 0;
+int kvb_kv_map(const cJSON *config, kv_map *map, const char *label, kv_error *err) {
     long long n_layers;
     if (json_int(cJSON_GetObjectItemCaseSensitive(config, "num_hidden_layers"), 1, 1 << 20, &n_layers))
         return kv_fail(err, KV_EFORMAT, "%s: 'num_hidden_layers' missing or not a positive integer", label);
-    int L = (int)n_layers;
-    int *map = malloc((size_t)L * sizeof *map);
-    if (!map) return kv_fail(err, KV_ENOMEM, "%s: no memory for a %d-layer KV map", label, L);
-    for (int i = 0; i < L; i++) map[i] = i;
-
-    const cJSON *types = cJSON_GetObjectItemCaseSensitive(config, "layer_types");
-    const cJSON *swift = cJSON_GetObjectItemCaseSensitive(config, "swiftkv");
-    int rc = 0;
-    if (cJSON_IsTrue(swift)) { /* SwiftKV (wins over layer_types): layers >= l read their group leader's slot */
-        long long l = 0, g = 1;
-        const cJSON *gv = cJSON_GetObjectItemCaseSensitive(config, "key_value_group_size");
-        if (json_int(cJSON_GetObjectItemCaseSensitive(config, "num_key_value_layers"), 1, L - 1, &l))
-            rc = kv_fail(err, KV_EFORMAT, "%s: swiftkv needs num_key_value_layers in 1..%d", label, L - 1);
-        else if (gv && json_int(gv, 1, L, &g))
-            rc = kv_fail(err, KV_EFORMAT, "%s: key_value_group_size is not a positive integer", label);
-        else if ((L - l) % g)
-            rc = kv_fail(err, KV_EFORMAT, "%s: key_value_group_size %lld does not divide the %lld SwiftKV layers", label, g, L - l);
-        for (int j = (int)l; j < L && !rc; j++) map[j] = (int)(l + (j - l) / g * g);
-    } else if (cJSON_IsString(types)) { /* LCKV: "0_0_2_2_4" */
-        const char *p = types->valuestring;
-        int i = 0;
-        while (!rc && *p) {
-            if (i >= L) { rc = kv_fail(err, KV_EFORMAT, "%s: layer_types names more than %d layers", label, L); break; }
-            if (!isdigit((unsigned char)*p)) { rc = kv_fail(err, KV_EFORMAT, "%s: layer_types '%s' is not integers joined by '_'", label, types->valuestring); break; }
-            long v = 0;
-            while (isdigit((unsigned char)*p) && v <= L) v = v * 10 + (*p++ - '0');
-            map[i++] = v > L ? L : (int)v;
-            if (*p == '_' && p[1]) p++;
-            else if (*p) { rc = kv_fail(err, KV_EFORMAT, "%s: layer_types '%s' is not integers joined by '_'", label, types->valuestring); break; }
-        }
-        if (!rc && i != L) rc = kv_fail(err, KV_EFORMAT, "%s: layer_types names %d layers, num_hidden_layers is %d", label, i, L);
-    } else if (cJSON_IsArray(types) && cJSON_IsNumber(cJSON_GetArrayItem(types, 0))) {
-        if (cJSON_GetArraySize(types) != L)
-            rc = kv_fail(err, KV_EFORMAT, "%s: layer_types has %d entries, num_hidden_layers is %d", label, cJSON_GetArraySize(types), L);
-        for (int i = 0; i < L && !rc; i++) {
-            long long v;
-            if (json_int(cJSON_GetArrayItem(types, i), 0, L, &v))
-                rc = kv_fail(err, KV_EFORMAT, "%s: layer_types[%d] is not a layer index", label, i);
-            else map[i] = (int)v;
-        }
-    }
-    for (int i = 0; i < L && !rc; i++)
-        if (map[i] < 0 || map[i] >= L || map[map[i]] != map[i])
-            rc = kv_fail(err, KV_EFORMAT, "%s: KV map: layer %d reads layer %d, which is not a KV layer of this %d-layer model",
-                         label, i, map[i], L);
-    if (rc) { free(map); return rc; }
-    *map_out = map;
-    *n_out = L;
-    return 0;
+    return kvmap_read_config(map, config, (int)n_layers, 0, label, err);
 }
 
 /* ---------------- printing ---------------- */
 
 static cJSON *u64_number(uint64_t v) { return cJSON_CreateNumber((double)v); }
 
-char *kvb_manifest_print(const kvb_manifest *m, const cJSON *config, const int *kv_map,
-                         int n_layers, const cJSON *kvforge) {
+char *kvb_manifest_print(const kvb_manifest *m, const cJSON *config, const kv_map *map,
+                         const cJSON *kvforge) {
     cJSON *root = cJSON_CreateObject();
     if (!root) return NULL;
     cJSON_AddStringToObject(root, "format", KV_BUNDLE_FORMAT);
     cJSON_AddNumberToObject(root, "format_version", KV_BUNDLE_VERSION);
     cJSON_AddStringToObject(root, "architecture", m->architecture ? m->architecture : "");
     cJSON_AddItemToObject(root, "config", cJSON_Duplicate(config, 1));
-    cJSON *map = cJSON_AddArrayToObject(root, "kv_map");
-    for (int i = 0; i < n_layers; i++) cJSON_AddItemToArray(map, cJSON_CreateNumber(kv_map[i]));
+    cJSON *targets = cJSON_AddArrayToObject(root, "kv_map");
+    for (int i = 0; i < map->n_layers; i++)
+        cJSON_AddItemToArray(targets, cJSON_CreateNumber(kvmap_target(map, i)));
     if (kvforge) { /* recipe as is; provenance as is, else kvconvert's tool, version and source */
         const cJSON *recipe = cJSON_GetObjectItemCaseSensitive(kvforge, "recipe");
         if (recipe) cJSON_AddItemToObject(root, "recipe", cJSON_Duplicate(recipe, 1));
@@ -350,18 +301,20 @@ static int parse_root(kvb_manifest *m, const cJSON *root, const char *label, kv_
     if (!(m->architecture = strdup(arch->valuestring))) return kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
     const cJSON *config = field(root, "config");
     if (!cJSON_IsObject(config)) return kv_fail(err, KV_EFORMAT, "%s: manifest: 'config' is not an object", label);
-    int *map = NULL, n_layers = 0;
+    kv_map *map = malloc(sizeof *map);
+    if (!map) return kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
     char config_label[512];
     snprintf(config_label, sizeof config_label, "%s: manifest config", label);
-    int rc = kvb_kv_map(config, &map, &n_layers, config_label, err);
-    if (rc) return rc;
-    const cJSON *kv_map = field(root, "kv_map");
-    int same = cJSON_IsArray(kv_map) && cJSON_GetArraySize(kv_map) == n_layers;
-    for (int i = 0; same && i < n_layers; i++) {
+    int rc = kvb_kv_map(config, map, config_label, err);
+    const cJSON *targets = field(root, "kv_map");
+    const int L = map->n_layers;
+    int same = !rc && cJSON_IsArray(targets) && cJSON_GetArraySize(targets) == L;
+    for (int i = 0; same && i < L; i++) {
         long long v;
-        same = json_int(cJSON_GetArrayItem(kv_map, i), 0, n_layers, &v) == 0 && v == map[i];
+        same = json_int(cJSON_GetArrayItem(targets, i), 0, L, &v) == 0 && v == kvmap_target(map, i);
     }
     free(map);
+    if (rc) return rc;
     if (!same) return kv_fail(err, KV_EFORMAT, "%s: manifest: 'kv_map' does not match the config's KV map", label);
 
     const cJSON *meta = field(root, "safetensors_metadata");

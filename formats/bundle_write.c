@@ -18,7 +18,7 @@ typedef struct {
     char *bytes[KVB_MAX_FILES];   /* original contents, by position in the manifest file table */
     uint8_t *stored[KVB_MAX_FILES]; /* zstd frame when codec is zstd */
     cJSON *config, *kvforge;
-    int *kv_map, n_layers;
+    kv_map map;
 } model_files;
 
 static void model_files_free(model_files *f) {
@@ -28,7 +28,6 @@ static void model_files_free(model_files *f) {
     }
     cJSON_Delete(f->config);
     cJSON_Delete(f->kvforge);
-    free(f->kv_map);
 }
 
 static int parse_json_file(cJSON **out, const char *text, size_t n, const char *path, kv_error *err) {
@@ -78,7 +77,7 @@ static int read_model_files(kvb_manifest *m, model_files *f, const char *dir, kv
         snprintf(e->entry, sizeof e->entry, "%s%s", name, e->codec == KV_CODEC_ZSTD ? ".zst" : "");
         if (k == 0) {
             if ((rc = parse_json_file(&f->config, f->bytes[i], n, path, err))) return rc;
-            if ((rc = kvb_kv_map(f->config, &f->kv_map, &f->n_layers, path, err))) return rc;
+            if ((rc = kvb_kv_map(f->config, &f->map, path, err))) return rc;
         } else if (strcmp(name, "kvforge.json") == 0) {
             if ((rc = parse_json_file(&f->kvforge, f->bytes[i], n, path, err))) return rc;
         }
@@ -274,7 +273,7 @@ int kv_bundle_write(const char *model_dir, const char *out_path, const kv_bundle
     if (!rc) unlink(data_tmp); /* anonymous from here: gone with the descriptor whatever happens */
     if (!rc) rc = encode_tensors(&m, &ck, data_fd, opts, out_path, err);
     if (!rc) {
-        manifest = kvb_manifest_print(&m, f.config, f.kv_map, f.n_layers, f.kvforge);
+        manifest = kvb_manifest_print(&m, f.config, &f.map, f.kvforge);
         if (!manifest) rc = kv_fail(err, KV_ENOMEM, "%s: cannot build the manifest", out_path);
         else if (strlen(manifest) > KV_BUNDLE_MAX_MANIFEST)
             rc = kv_fail(err, KV_EUNSUPPORTED, "%s: manifest of %zu bytes exceeds the %zu limit (use larger chunks)",

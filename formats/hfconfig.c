@@ -8,127 +8,18 @@
 #include <string.h>
 
 #include "base/fileio.h"
+#include "formats/json_field.h"
 
 #define ARCH_LLAMA "LlamaForCausalLM"
 #define ARCH_SWIFTKV "LlamaSwiftKVForCausalLM"
 #define TYPE_LLAMA "llama"
 #define TYPE_SWIFTKV "llama_swiftkv"
 
-/* ---- small JSON accessors: every one names LABEL and the field on failure ---- */
-
-/* NULL when absent or JSON null */
-static const cJSON *field(const cJSON *obj, const char *name) {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, name);
-    return (it && !cJSON_IsNull(it)) ? it : NULL;
-}
-
-static const char *json_kind(const cJSON *it) {
-    if (cJSON_IsBool(it)) return "a boolean";
-    if (cJSON_IsNumber(it)) return "a number";
-    if (cJSON_IsString(it)) return "a string";
-    if (cJSON_IsArray(it)) return "a list";
-    if (cJSON_IsObject(it)) return "an object";
-    if (cJSON_IsNull(it)) return "null";
-    return "invalid";
-}
-
-/* an integral JSON number within [lo, hi] */
-static int number_to_int(const cJSON *it, const char *label, const char *name, long lo, long hi,
-                         int *out, kv_error *err) {
-    if (!cJSON_IsNumber(it))
-        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %s, expected an integer", label, name,
-                       json_kind(it));
-    double d = it->valuedouble;
-    if (!isfinite(d) || d != floor(d))
-        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %g, expected an integer", label, name,
-                       d);
-    if (d < (double)lo || d > (double)hi)
-        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %.17g, outside [%ld, %ld]", label,
-                       name, d, lo, hi);
-    *out = (int)d;
-    return 0;
-}
-
-static int get_int(const cJSON *obj, const char *label, const char *name, int required, int dflt,
-                   long lo, long hi, int *out, kv_error *err) {
-    const cJSON *it = field(obj, name);
-    if (!it) {
-        if (required) return kv_fail(err, KV_EFORMAT, "%s: missing field '%s'", label, name);
-        *out = dflt;
-        return 0;
-    }
-    return number_to_int(it, label, name, lo, hi, out, err);
-}
-
-/* a finite number > 0 */
-static int number_positive(const cJSON *it, const char *label, const char *name, double *out,
-                           kv_error *err) {
-    if (!cJSON_IsNumber(it))
-        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %s, expected a number", label, name,
-                       json_kind(it));
-    if (!isfinite(it->valuedouble) || it->valuedouble <= 0)
-        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %g, expected a positive number", label,
-                       name, it->valuedouble);
-    *out = it->valuedouble;
-    return 0;
-}
-
-static int get_positive(const cJSON *obj, const char *label, const char *name, int required,
-                        double dflt, double *out, kv_error *err) {
-    const cJSON *it = field(obj, name);
-    if (!it) {
-        if (required) return kv_fail(err, KV_EFORMAT, "%s: missing field '%s'", label, name);
-        *out = dflt;
-        return 0;
-    }
-    return number_positive(it, label, name, out, err);
-}
-
-static int get_bool(const cJSON *obj, const char *label, const char *name, int dflt, int *out,
-                    kv_error *err) {
-    const cJSON *it = field(obj, name);
-    if (!it) {
-        *out = dflt;
-        return 0;
-    }
-    if (!cJSON_IsBool(it))
-        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %s, expected true or false", label,
-                       name, json_kind(it));
-    *out = cJSON_IsTrue(it) ? 1 : 0;
-    return 0;
-}
-
-/* a string that fits in cap (NUL included); NULL *out when absent */
-static int get_string(const cJSON *obj, const char *label, const char *name, size_t cap,
-                      const char **out, kv_error *err) {
-    const cJSON *it = field(obj, name);
-    *out = NULL;
-    if (!it) return 0;
-    if (!cJSON_IsString(it))
-        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %s, expected a string", label, name,
-                       json_kind(it));
-    if (strlen(it->valuestring) >= cap)
-        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is longer than %zu bytes", label, name,
-                       cap - 1);
-    *out = it->valuestring;
-    return 0;
-}
-
-static int check_no_duplicate_keys(const cJSON *obj, const char *label, const char *where,
-                                   kv_error *err) {
-    for (const cJSON *a = obj->child; a; a = a->next)
-        for (const cJSON *b = a->next; b; b = b->next)
-            if (a->string && b->string && strcmp(a->string, b->string) == 0)
-                return kv_fail(err, KV_EFORMAT, "%s: %skey '%s' appears twice", label, where,
-                               a->string);
-    return 0;
-}
-
 /* ---- sections ---- */
 
 static int parse_architecture(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
     const char *arch = NULL, *type = NULL;
-    const cJSON *archs = field(root, "architectures");
+    const cJSON *archs = json_field(root, "architectures");
     if (archs) {
         if (!cJSON_IsArray(archs) || cJSON_GetArraySize(archs) < 1)
             return kv_fail(err, KV_EFORMAT,
@@ -143,7 +34,7 @@ static int parse_architecture(hf_config *c, const cJSON *root, const char *label
             return kv_fail(err, KV_EUNSUPPORTED, "%s: architecture '%.200s' is not supported", label,
                            arch);
     }
-    int rc = get_string(root, label, "model_type", sizeof c->model_type, &type, err);
+    int rc = json_get_string(root, label, "model_type", sizeof c->model_type, &type, err);
     if (rc) return rc;
     if (type && strcmp(type, TYPE_LLAMA) != 0 && strcmp(type, TYPE_SWIFTKV) != 0)
         return kv_fail(err, KV_EUNSUPPORTED, "%s: model_type '%s' is not supported", label, type);
@@ -163,15 +54,15 @@ static int parse_architecture(hf_config *c, const cJSON *root, const char *label
 
 static int parse_sizes(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
     int rc;
-    if ((rc = get_int(root, label, "hidden_size", 1, 0, 1, INT_MAX, &c->hidden_size, err)) ||
-        (rc = get_int(root, label, "intermediate_size", 1, 0, 1, INT_MAX, &c->intermediate_size,
+    if ((rc = json_get_int(root, label, "hidden_size", 1, 0, 1, INT_MAX, &c->hidden_size, err)) ||
+        (rc = json_get_int(root, label, "intermediate_size", 1, 0, 1, INT_MAX, &c->intermediate_size,
                       err)) ||
-        (rc = get_int(root, label, "num_hidden_layers", 1, 0, 1, INT_MAX, &c->n_layers, err)) ||
-        (rc = get_int(root, label, "num_attention_heads", 1, 0, 1, INT_MAX, &c->n_heads, err)) ||
-        (rc = get_int(root, label, "num_key_value_heads", 0, c->n_heads, 1, INT_MAX,
+        (rc = json_get_int(root, label, "num_hidden_layers", 1, 0, 1, INT_MAX, &c->n_layers, err)) ||
+        (rc = json_get_int(root, label, "num_attention_heads", 1, 0, 1, INT_MAX, &c->n_heads, err)) ||
+        (rc = json_get_int(root, label, "num_key_value_heads", 0, c->n_heads, 1, INT_MAX,
                       &c->n_kv_heads, err)) ||
-        (rc = get_int(root, label, "vocab_size", 1, 0, 1, INT_MAX, &c->vocab_size, err)) ||
-        (rc = get_int(root, label, "max_position_embeddings", 0, 2048, 1, INT_MAX,
+        (rc = json_get_int(root, label, "vocab_size", 1, 0, 1, INT_MAX, &c->vocab_size, err)) ||
+        (rc = json_get_int(root, label, "max_position_embeddings", 0, 2048, 1, INT_MAX,
                       &c->max_position_embeddings, err)))
         return rc;
     if (c->n_layers > HF_MAX_LAYERS)
@@ -183,8 +74,8 @@ static int parse_sizes(hf_config *c, const cJSON *root, const char *label, kv_er
                        "%s: field 'num_attention_heads' (%d) is not a multiple of "
                        "'num_key_value_heads' (%d)",
                        label, c->n_heads, c->n_kv_heads);
-    if (field(root, "head_dim")) {
-        if ((rc = get_int(root, label, "head_dim", 1, 0, 1, INT_MAX, &c->head_dim, err))) return rc;
+    if (json_field(root, "head_dim")) {
+        if ((rc = json_get_int(root, label, "head_dim", 1, 0, 1, INT_MAX, &c->head_dim, err))) return rc;
     } else {
         if (c->hidden_size % c->n_heads != 0)
             return kv_fail(err, KV_EFORMAT,
@@ -205,20 +96,20 @@ static int parse_sizes(hf_config *c, const cJSON *root, const char *label, kv_er
 }
 
 static int parse_rope(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
-    int rc = get_positive(root, label, "rope_theta", 0, 10000.0, &c->rope_theta, err);
+    int rc = json_get_positive(root, label, "rope_theta", 0, 10000.0, &c->rope_theta, err);
     if (rc) return rc;
     c->rope_type = HF_ROPE_NONE;
-    const cJSON *rs = field(root, "rope_scaling");
+    const cJSON *rs = json_field(root, "rope_scaling");
     if (!rs) return 0;
     if (!cJSON_IsObject(rs))
         return kv_fail(err, KV_EFORMAT, "%s: field 'rope_scaling' is %s, expected an object or null",
                        label, json_kind(rs));
-    if ((rc = check_no_duplicate_keys(rs, label, "rope_scaling: ", err))) return rc;
+    if ((rc = json_unique_keys(rs, label, "rope_scaling: ", err))) return rc;
     const char *type = NULL, *type_key = "rope_scaling.rope_type";
-    if ((rc = get_string(rs, label, "rope_type", 64, &type, err))) return rc;
+    if ((rc = json_get_string(rs, label, "rope_type", 64, &type, err))) return rc;
     if (!type) {
         type_key = "rope_scaling.type";
-        if ((rc = get_string(rs, label, "type", 64, &type, err))) return rc;
+        if ((rc = json_get_string(rs, label, "type", 64, &type, err))) return rc;
     }
     if (!type) return kv_fail(err, KV_EFORMAT, "%s: missing field 'rope_scaling.rope_type'", label);
     if (strcmp(type, "default") == 0) return 0;
@@ -230,15 +121,15 @@ static int parse_rope(hf_config *c, const cJSON *root, const char *label, kv_err
     for (int i = 0; i < 3; i++) {
         char full[64];
         snprintf(full, sizeof full, "rope_scaling.%s", names[i]);
-        const cJSON *it = field(rs, names[i]);
+        const cJSON *it = json_field(rs, names[i]);
         if (!it) return kv_fail(err, KV_EFORMAT, "%s: missing field '%s'", label, full);
-        if ((rc = number_positive(it, label, full, dst[i], err))) return rc;
+        if ((rc = json_number_positive(it, label, full, dst[i], err))) return rc;
     }
-    const cJSON *orig = field(rs, "original_max_position_embeddings");
+    const cJSON *orig = json_field(rs, "original_max_position_embeddings");
     if (!orig)
         return kv_fail(err, KV_EFORMAT,
                        "%s: missing field 'rope_scaling.original_max_position_embeddings'", label);
-    if ((rc = number_to_int(orig, label, "rope_scaling.original_max_position_embeddings", 1,
+    if ((rc = json_number_int(orig, label, "rope_scaling.original_max_position_embeddings", 1,
                             INT_MAX, &c->rope_original_max_position, err)))
         return rc;
     if (c->rope_high_freq_factor <= c->rope_low_freq_factor)
@@ -253,7 +144,7 @@ static int parse_rope(hf_config *c, const cJSON *root, const char *label, kv_err
 /* "bos_token_id" / "eos_token_id": an integer or a list of integers, each in [0, vocab) */
 static int parse_token_ids(const cJSON *root, const char *label, const char *name, int vocab,
                            int *ids, int cap, int *n_out, kv_error *err) {
-    const cJSON *it = field(root, name);
+    const cJSON *it = json_field(root, name);
     *n_out = 0;
     if (!it) return 0;
     const cJSON *one = it;
@@ -269,7 +160,7 @@ static int parse_token_ids(const cJSON *root, const char *label, const char *nam
                        label, name, json_kind(it));
     }
     for (int i = 0; i < n; i++, one = one->next) {
-        int rc = number_to_int(one, label, name, 0, (long)vocab - 1, &ids[i], err);
+        int rc = json_number_int(one, label, name, 0, (long)vocab - 1, &ids[i], err);
         if (rc) return rc;
     }
     *n_out = n;
@@ -279,7 +170,7 @@ static int parse_token_ids(const cJSON *root, const char *label, const char *nam
 /* the MLP is SwiGLU: only SiLU gates */
 static int parse_activation(const cJSON *root, const char *label, kv_error *err) {
     const char *act = NULL;
-    int rc = get_string(root, label, "hidden_act", 64, &act, err);
+    int rc = json_get_string(root, label, "hidden_act", 64, &act, err);
     if (rc) return rc;
     if (act && strcmp(act, "silu") != 0)
         return kv_fail(err, KV_EUNSUPPORTED, "%s: field 'hidden_act' is '%s', only 'silu' is supported",
@@ -289,11 +180,11 @@ static int parse_activation(const cJSON *root, const char *label, kv_error *err)
 
 static int parse_dtype(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
     const char *name = NULL, *key = "torch_dtype";
-    int rc = get_string(root, label, key, 64, &name, err);
+    int rc = json_get_string(root, label, key, 64, &name, err);
     if (rc) return rc;
     if (!name) {
         key = "dtype"; /* newer transformers releases write this instead */
-        if ((rc = get_string(root, label, key, 64, &name, err))) return rc;
+        if ((rc = json_get_string(root, label, key, 64, &name, err))) return rc;
     }
     if (!name || strcmp(name, "float32") == 0) c->torch_dtype = KV_F32;
     else if (strcmp(name, "float16") == 0) c->torch_dtype = KV_F16;
@@ -305,119 +196,15 @@ static int parse_dtype(hf_config *c, const cJSON *root, const char *label, kv_er
     return 0;
 }
 
-/* LCKV "0_0_2_2_4" */
-static int parse_map_string(hf_config *c, const char *s, const char *label, kv_error *err) {
-    int n = 0;
-    const char *p = s;
-    for (;;) {
-        if (*p < '0' || *p > '9')
-            return kv_fail(err, KV_EFORMAT,
-                           "%s: field 'layer_types' is '%.200s', expected layer indices joined by "
-                           "'_' like \"0_0_2_2_4\"",
-                           label, s);
-        long v = 0;
-        while (*p >= '0' && *p <= '9') {
-            v = v * 10 + (*p++ - '0');
-            if (v > INT_MAX)
-                return kv_fail(err, KV_EFORMAT, "%s: field 'layer_types': entry %d is too large",
-                               label, n);
-        }
-        if (n >= c->n_layers)
-            return kv_fail(err, KV_EFORMAT,
-                           "%s: field 'layer_types' has more than num_hidden_layers=%d entries",
-                           label, c->n_layers);
-        c->kv_layer_of[n++] = (int)v;
-        if (*p == '\0') break;
-        if (*p != '_')
-            return kv_fail(err, KV_EFORMAT,
-                           "%s: field 'layer_types' is '%.200s', unexpected character '%c'", label,
-                           s, *p);
-        p++;
-    }
-    if (n != c->n_layers)
-        return kv_fail(err, KV_EFORMAT,
-                       "%s: field 'layer_types' has %d entries but num_hidden_layers=%d", label, n,
-                       c->n_layers);
-    return 0;
-}
-
-static int parse_layer_map(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
-    for (int i = 0; i < c->n_layers; i++) c->kv_layer_of[i] = i;
-    c->has_layer_map = 0;
-    const cJSON *lt = field(root, "layer_types");
-    if (!lt) return 0;
-    int rc;
-    if (cJSON_IsString(lt)) {
-        if ((rc = parse_map_string(c, lt->valuestring, label, err))) return rc;
-    } else if (cJSON_IsArray(lt)) {
-        int n = cJSON_GetArraySize(lt), n_str = 0;
-        for (const cJSON *e = lt->child; e; e = e->next) n_str += cJSON_IsString(e) ? 1 : 0;
-        if (n > 0 && n_str == n) return 0; /* HF attention kinds ("full_attention"): no KV map */
-        if (n_str > 0)
-            return kv_fail(err, KV_EFORMAT,
-                           "%s: field 'layer_types' mixes strings and other values", label);
-        if (n != c->n_layers)
-            return kv_fail(err, KV_EFORMAT,
-                           "%s: field 'layer_types' has %d entries but num_hidden_layers=%d",
-                           label, n, c->n_layers);
-        int i = 0;
-        for (const cJSON *e = lt->child; e; e = e->next, i++)
-            if ((rc = number_to_int(e, label, "layer_types", 0, INT_MAX, &c->kv_layer_of[i], err)))
-                return rc;
-    } else {
-        return kv_fail(err, KV_EFORMAT,
-                       "%s: field 'layer_types' is %s, expected a string like \"0_0_2_2_4\" or a "
-                       "list",
-                       label, json_kind(lt));
-    }
-    for (int i = 0; i < c->n_layers; i++) {
-        int t = c->kv_layer_of[i];
-        if (t >= c->n_layers)
-            return kv_fail(err, KV_EFORMAT,
-                           "%s: field 'layer_types': layer %d reads layer %d, but there are only "
-                           "%d layers",
-                           label, i, t, c->n_layers);
-    }
-    for (int i = 0; i < c->n_layers; i++) {
-        int t = c->kv_layer_of[i];
-        if (c->kv_layer_of[t] != t)
-            return kv_fail(err, KV_EFORMAT,
-                           "%s: field 'layer_types': layer %d reads layer %d, which is not a KV "
-                           "layer (it reads layer %d)",
-                           label, i, t, c->kv_layer_of[t]);
-    }
-    c->has_layer_map = 1;
-    return 0;
-}
-
-static int parse_swiftkv(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
-    int arch_swiftkv = strcmp(c->architecture, ARCH_SWIFTKV) == 0;
-    int rc = get_bool(root, label, "swiftkv", arch_swiftkv, &c->swiftkv, err);
+/* layer_types / SwiftKV fields (kvmap_read_config); a SwiftKV architecture implies swiftkv */
+static int parse_kv_map(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
+    const int arch_swiftkv = strcmp(c->architecture, ARCH_SWIFTKV) == 0;
+    int rc = kvmap_read_config(&c->map, root, c->n_layers, arch_swiftkv, label, err);
     if (rc) return rc;
-    if (!c->swiftkv) {
-        c->swiftkv_layers = c->n_layers;
-        c->swiftkv_group = 1;
-        if (arch_swiftkv)
-            return kv_fail(err, KV_EFORMAT,
-                           "%s: architecture '%s' contradicts field 'swiftkv' = false", label,
-                           c->architecture);
-        return 0;
-    }
-    /* swiftkv true under LlamaForCausalLM: the explicit fields win (as in kvmap_from_config) */
-    if (c->has_layer_map)
-        return kv_fail(err, KV_EUNSUPPORTED,
-                       "%s: fields 'swiftkv' and an integer 'layer_types' cannot be combined",
-                       label);
-    if ((rc = get_int(root, label, "num_key_value_layers", 1, 0, 1, (long)c->n_layers - 1,
-                      &c->swiftkv_layers, err)) ||
-        (rc = get_int(root, label, "key_value_group_size", 0, 1, 1, INT_MAX, &c->swiftkv_group,
-                      err)))
-        return rc;
-    if ((c->n_layers - c->swiftkv_layers) % c->swiftkv_group != 0)
+    if (arch_swiftkv && c->map.kind != KVMAP_SWIFTKV)
         return kv_fail(err, KV_EFORMAT,
-                       "%s: field 'key_value_group_size' (%d) does not divide num_hidden_layers - "
-                       "num_key_value_layers (%d - %d)",
-                       label, c->swiftkv_group, c->n_layers, c->swiftkv_layers);
+                       "%s: architecture '%s' contradicts field 'swiftkv' = false", label,
+                       c->architecture);
     return 0;
 }
 
@@ -441,21 +228,20 @@ int hf_config_parse(hf_config *c, const char *json, const char *label, kv_error 
     }
     double eps = 0;
     int n_bos = 0, bos = -1;
-    if ((rc = check_no_duplicate_keys(root, label, "", err)) ||
+    if ((rc = json_unique_keys(root, label, "", err)) ||
         (rc = parse_architecture(c, root, label, err)) ||
         (rc = parse_sizes(c, root, label, err)) ||
-        (rc = get_positive(root, label, "rms_norm_eps", 0, 1e-6, &eps, err)) ||
+        (rc = json_get_positive(root, label, "rms_norm_eps", 0, 1e-6, &eps, err)) ||
         (rc = parse_rope(c, root, label, err)) ||
-        (rc = get_bool(root, label, "tie_word_embeddings", 0, &c->tie_word_embeddings, err)) ||
-        (rc = get_bool(root, label, "attention_bias", 0, &c->attention_bias, err)) ||
-        (rc = get_bool(root, label, "mlp_bias", 0, &c->mlp_bias, err)) ||
+        (rc = json_get_bool(root, label, "tie_word_embeddings", 0, &c->tie_word_embeddings, err)) ||
+        (rc = json_get_bool(root, label, "attention_bias", 0, &c->attention_bias, err)) ||
+        (rc = json_get_bool(root, label, "mlp_bias", 0, &c->mlp_bias, err)) ||
         (rc = parse_token_ids(root, label, "bos_token_id", c->vocab_size, &bos, 1, &n_bos, err)) ||
         (rc = parse_token_ids(root, label, "eos_token_id", c->vocab_size, c->eos_token_ids,
                               HF_MAX_EOS, &c->n_eos, err)) ||
         (rc = parse_activation(root, label, err)) ||
         (rc = parse_dtype(c, root, label, err)) ||
-        (rc = parse_layer_map(c, root, label, err)) ||
-        (rc = parse_swiftkv(c, root, label, err)))
+        (rc = parse_kv_map(c, root, label, err)))
         goto done;
     if ((float)eps <= 0.0f || eps > 1.0) {
         rc = kv_fail(err, KV_EFORMAT, "%s: field 'rms_norm_eps' is %g, outside the float range (0, 1]",
@@ -490,24 +276,6 @@ int hf_config_load(hf_config *c, const char *path, kv_error *err) {
     return rc;
 }
 
-int hf_config_swiftkv_leader(const hf_config *c, int layer) {
-    return c->swiftkv && layer >= c->swiftkv_layers &&
-           (layer - c->swiftkv_layers) % c->swiftkv_group == 0;
-}
-
-int hf_config_is_kv_layer(const hf_config *c, int layer) {
-    if (layer < 0 || layer >= c->n_layers) return 0;
-    if (c->swiftkv) return layer < c->swiftkv_layers || hf_config_swiftkv_leader(c, layer);
-    if (c->has_layer_map) return c->kv_layer_of[layer] == layer;
-    return 1;
-}
-
-int hf_config_kv_slots(const hf_config *c) {
-    int n = 0;
-    for (int i = 0; i < c->n_layers; i++) n += hf_config_is_kv_layer(c, i);
-    return n;
-}
-
 /* acc += a * b (+ extra); returns 0 on overflow */
 static int add_mul(int64_t *acc, int64_t a, int64_t b) {
     int64_t p;
@@ -524,30 +292,16 @@ int64_t hf_config_param_count(const hf_config *c) {
     for (int i = 0; ok && i < c->n_layers; i++) {
         ok = ok && add_mul(&n, 2, H);                             /* two RMSNorms [H] */
         ok = ok && add_mul(&n, q_rows, H + ab);                   /* q (or q_proj_swiftkv) */
-        if (hf_config_is_kv_layer(c, i))
+        if (kvmap_is_kv_layer(&c->map, i))
             ok = ok && add_mul(&n, 2 * kv_rows, H + ab);          /* k, v (or *_swiftkv) */
         ok = ok && add_mul(&n, H, q_rows + ab);                   /* o [H, nh*hd] */
         ok = ok && add_mul(&n, 2 * F, H + mb);                    /* gate, up [F, H] */
         ok = ok && add_mul(&n, H, F + mb);                        /* down [H, F] */
     }
     ok = ok && add_mul(&n, 1, H);                                 /* model.norm */
-    if (c->swiftkv) ok = ok && add_mul(&n, 1, H);                 /* norm_swiftkv */
+    if (c->map.kind == KVMAP_SWIFTKV) ok = ok && add_mul(&n, 1, H); /* norm_swiftkv */
     if (!c->tie_word_embeddings) ok = ok && add_mul(&n, V, H);    /* lm_head */
     return ok ? n : -1;
-}
-
-int hf_config_layer_map_string(const hf_config *c, char *out, size_t cap, kv_error *err) {
-    size_t at = 0;
-    if (cap == 0) return kv_fail(err, KV_EINVAL, "layer map: no room");
-    out[0] = '\0';
-    for (int i = 0; i < c->n_layers; i++) {
-        int w = snprintf(out + at, cap - at, i ? "_%d" : "%d", c->kv_layer_of[i]);
-        if (w < 0 || (size_t)w >= cap - at)
-            return kv_fail(err, KV_EINVAL, "layer map: %d layers do not fit in %zu bytes",
-                           c->n_layers, cap);
-        at += (size_t)w;
-    }
-    return 0;
 }
 
 const char *hf_torch_dtype_name(kv_dtype t) {
@@ -583,18 +337,6 @@ static int is_integer_layer_types(const cJSON *lt) {
     return 1;
 }
 
-static int kv_settings_equal(const hf_config *a, const hf_config *b) {
-    if (a->has_layer_map != b->has_layer_map || a->swiftkv != b->swiftkv ||
-        a->torch_dtype != b->torch_dtype || a->n_layers != b->n_layers)
-        return 0;
-    if (a->swiftkv && (a->swiftkv_layers != b->swiftkv_layers ||
-                       a->swiftkv_group != b->swiftkv_group))
-        return 0;
-    for (int i = 0; a->has_layer_map && i < a->n_layers; i++)
-        if (a->kv_layer_of[i] != b->kv_layer_of[i]) return 0;
-    return 1;
-}
-
 int hf_config_write_json(const hf_config *c, const char *src_json, const char *label,
                          char **out_json, kv_error *err) {
     *out_json = NULL;
@@ -603,36 +345,35 @@ int hf_config_write_json(const hf_config *c, const char *src_json, const char *l
     if (!dtype)
         return kv_fail(err, KV_EINVAL, "%s: torch_dtype %s cannot be written", label,
                        kv_dtype_name(c->torch_dtype));
-    if (c->swiftkv && c->has_layer_map)
-        return kv_fail(err, KV_EINVAL, "%s: a config cannot hold both swiftkv and layer_types",
-                       label);
+    int rc = kvmap_validate(&c->map, err);
+    if (rc) return kv_wrap(err, "%s: KV map to write as layer_types / swiftkv", label);
     cJSON *root = cJSON_Parse(src_json ? src_json : "");
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return kv_fail(err, KV_EFORMAT, "%s: source text is not a JSON object", label);
     }
-    int ok = 1, rc = 0;
+    int ok = 1;
     char *map = NULL;
-    if (c->has_layer_map) {
-        size_t cap = (size_t)c->n_layers * 12 + 1;
-        map = malloc(cap);
-        if (!map) {
+    const int swift = c->map.kind == KVMAP_SWIFTKV;
+    if (c->map.kind == KVMAP_CROSS) {
+        int n = kvmap_layer_types(&c->map, NULL, 0);
+        if (n < 0 || !(map = malloc((size_t)n + 1))) {
             rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
             goto done;
         }
-        if ((rc = hf_config_layer_map_string(c, map, cap, err))) goto done;
+        kvmap_layer_types(&c->map, map, (size_t)n + 1);
         ok = ok && set_key(root, "layer_types", cJSON_CreateString(map));
     } else if (is_integer_layer_types(cJSON_GetObjectItemCaseSensitive(root, "layer_types"))) {
         drop_key(root, "layer_types");
     }
-    const char *arch_name = c->swiftkv ? ARCH_SWIFTKV : ARCH_LLAMA;
+    const char *arch_name = swift ? ARCH_SWIFTKV : ARCH_LLAMA;
     cJSON *archs = cJSON_CreateStringArray(&arch_name, 1);
     ok = ok && set_key(root, "architectures", archs);
-    ok = ok && set_key(root, "model_type", cJSON_CreateString(c->swiftkv ? TYPE_SWIFTKV : TYPE_LLAMA));
-    if (c->swiftkv) {
+    ok = ok && set_key(root, "model_type", cJSON_CreateString(swift ? TYPE_SWIFTKV : TYPE_LLAMA));
+    if (swift) {
         ok = ok && set_key(root, "swiftkv", cJSON_CreateTrue());
-        ok = ok && set_key(root, "num_key_value_layers", cJSON_CreateNumber(c->swiftkv_layers));
-        ok = ok && set_key(root, "key_value_group_size", cJSON_CreateNumber(c->swiftkv_group));
+        ok = ok && set_key(root, "num_key_value_layers", cJSON_CreateNumber(c->map.swiftkv_l));
+        ok = ok && set_key(root, "key_value_group_size", cJSON_CreateNumber(c->map.swiftkv_g));
     } else {
         drop_key(root, "swiftkv");
         drop_key(root, "num_key_value_layers");
@@ -659,7 +400,7 @@ int hf_config_write_json(const hf_config *c, const char *src_json, const char *l
     rc = hf_config_parse(check, text, label, err);
     if (rc) {
         kv_wrap(err, "%s: written config does not parse", label);
-    } else if (!kv_settings_equal(c, check)) {
+    } else if (!kvmap_equal(&c->map, &check->map) || c->torch_dtype != check->torch_dtype) {
         rc = kv_fail(err, KV_EINVAL, "%s: written config does not carry the requested KV settings",
                      label);
     }

@@ -1,5 +1,6 @@
 /* HF Llama config.json -> struct, validated; plus the KV-sharing fields kvforge writes
- * (layer_types for cross-layer maps; swiftkv/num_key_value_layers/key_value_group_size). */
+ * (layer_types for cross-layer maps; swiftkv/num_key_value_layers/key_value_group_size), held
+ * as the parsed KV map (formats/kvmap.h). */
 #ifndef KV_HFCONFIG_H
 #define KV_HFCONFIG_H
 
@@ -8,8 +9,9 @@
 
 #include "base/dtype.h"
 #include "base/error.h"
+#include "formats/kvmap.h"
 
-#define HF_MAX_LAYERS 1024
+#define HF_MAX_LAYERS KVMAP_MAX_LAYERS /* 1024 */
 #define HF_MAX_EOS 8
 
 typedef enum { HF_ROPE_NONE = 0, HF_ROPE_LLAMA3 = 1 } hf_rope_type;
@@ -36,13 +38,8 @@ typedef struct {
     int n_eos;
     int eos_token_ids[HF_MAX_EOS];
     kv_dtype torch_dtype;    /* F32 when absent */
-    /* KV map: kv_layer_of[i] = layer whose K/V layer i reads (identity when absent) */
-    int has_layer_map;       /* layer_types present as integers */
-    int kv_layer_of[HF_MAX_LAYERS];
-    /* SwiftKV */
-    int swiftkv;             /* 0/1 */
-    int swiftkv_layers;      /* l = num_key_value_layers */
-    int swiftkv_group;       /* g = key_value_group_size */
+    kv_map map;              /* KV sharing from layer_types / the SwiftKV fields, validated
+                                (kvmap_read_config); the identity when absent */
 } hf_config;
 
 #define HF_MAX_CONFIG_BYTES (16u * 1024u * 1024u)
@@ -61,24 +58,17 @@ int hf_config_parse(hf_config *c, const char *json, const char *label, kv_error 
  * on SwiftKV layers >= l); -1 if it overflows int64 */
 int64_t hf_config_param_count(const hf_config *c);
 
-/* layer i owns K/V projections and a KV-cache slot (kv(i) == i; SwiftKV: i < l or group leader) */
-int hf_config_is_kv_layer(const hf_config *c, int layer);
-/* KV-cache slots per token and layer kind: L, number of KV layers, or l + (L - l)/g */
-int hf_config_kv_slots(const hf_config *c);
-/* SwiftKV: layer j >= l leads its AcrossKV group ((j - l) % g == 0) */
-int hf_config_swiftkv_leader(const hf_config *c, int layer);
-/* "0_0_2_2_4" (identity map when has_layer_map is 0); 0, or KV_EINVAL if it does not fit */
-int hf_config_layer_map_string(const hf_config *c, char *out, size_t cap, kv_error *err);
 /* "float32" / "float16" / "bfloat16"; NULL for other dtypes */
 const char *hf_torch_dtype_name(kv_dtype t);
 
 /* Takes the ORIGINAL config.json text and returns it (malloc'd, cJSON_Print layout) with the
- * KV fields of C written in: layer_types = LCKV string when has_layer_map (an integer
- * layer_types is removed when not); swiftkv / num_key_value_layers / key_value_group_size +
- * model_type "llama_swiftkv" + architectures ["LlamaSwiftKVForCausalLM"] when swiftkv (removed,
- * and llama / LlamaForCausalLM restored, when not); torch_dtype (and dtype, if present) from
- * C->torch_dtype. Other keys keep their values and order; new keys are appended. The result is
- * re-parsed and must yield C's KV settings. */
+ * KV map of C (validated first) written in: layer_types = LCKV string (kvmap_layer_types) for a
+ * cross-layer map (an integer layer_types is removed otherwise); swiftkv / num_key_value_layers
+ * / key_value_group_size + model_type "llama_swiftkv" + architectures
+ * ["LlamaSwiftKVForCausalLM"] for a SwiftKV map (removed, and llama / LlamaForCausalLM
+ * restored, when not); torch_dtype (and dtype, if present) from C->torch_dtype. Other keys keep
+ * their values and order; new keys are appended. The result is re-parsed and must yield C's KV
+ * map (kvmap_equal). */
 int hf_config_write_json(const hf_config *c, const char *src_json, const char *label,
                          char **out_json, kv_error *err);
 

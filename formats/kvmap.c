@@ -1,9 +1,13 @@
-/* KV maps: building from specs, validation, slots, readers, diagram (METHODS.md s1, s2). */
+/* KV maps: building from specs and config.json fields, validation, slots, readers, diagram
+ * (METHODS.md s1, s2). */
 #include "formats/kvmap.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+
+#include "formats/json_field.h"
 
 #define SPEC_HELP                                                                      \
     "expected {pizza|sandwich|lasagna}-{bottom|top|middle}:l, cla:F, yoco, lckv:W, " \
@@ -15,22 +19,33 @@ typedef enum { TGT_BOTTOM, TGT_TOP, TGT_MIDDLE } group_target;
 static const char *const config_names[] = {"pizza", "sandwich", "lasagna"};
 static const char *const target_names[] = {"bottom", "top", "middle"};
 
+/* How a parse or check words its errors: prefix opens every message ("KV map '0_0_2'",
+ * "SwiftKV", "config.json: field 'layer_types'"), code is returned, config names the SwiftKV
+ * values as config.json fields rather than as spec arguments. */
+typedef struct {
+    char prefix[256];
+    int code;
+    int config;
+} report;
+
+static int validate_as(const kv_map *m, const report *r, kv_error *err);
+
 static void map_reset(kv_map *m, kvmap_kind kind, int n_layers) {
     memset(m, 0, sizeof *m);
     m->kind = kind;
     m->n_layers = n_layers;
-    for (int i = 0; i < n_layers && i < HF_MAX_LAYERS; i++) m->kv_layer_of[i] = i;
+    for (int i = 0; i < n_layers && i < KVMAP_MAX_LAYERS; i++) m->kv_layer_of[i] = i;
 }
 
 static int check_n_layers(int n_layers, const char *what, kv_error *err) {
-    if (n_layers < 1 || n_layers > HF_MAX_LAYERS)
+    if (n_layers < 1 || n_layers > KVMAP_MAX_LAYERS)
         return kv_fail(err, KV_EINVAL, "KV map '%s': %d layers, expected 1..%d", what, n_layers,
-                       HF_MAX_LAYERS);
+                       KVMAP_MAX_LAYERS);
     return 0;
 }
 
 int kvmap_identity(kv_map *m, int n_layers) {
-    if (!m || n_layers < 1 || n_layers > HF_MAX_LAYERS) return KV_EINVAL;
+    if (!m || n_layers < 1 || n_layers > KVMAP_MAX_LAYERS) return KV_EINVAL;
     map_reset(m, KVMAP_IDENTITY, n_layers);
     snprintf(m->name, sizeof m->name, "identity");
     return 0;
@@ -87,49 +102,66 @@ static void set_literal_name(kv_map *m) {
         snprintf(m->name, sizeof m->name, "custom");
 }
 
-static int parse_literal(kv_map *m, const char *spec, int L, kv_error *err) {
+/* kind from the targets (all kv(i) = i: identity), name from the literal */
+static void finish_literal(kv_map *m) {
+    int all_self = 1;
+    for (int i = 0; i < m->n_layers; i++) all_self &= m->kv_layer_of[i] == i;
+    m->kind = all_self ? KVMAP_IDENTITY : KVMAP_CROSS;
+    set_literal_name(m);
+}
+
+static int check_count(int count, int L, const report *r, kv_error *err) {
+    if (count > L)
+        return kv_fail(err, r->code,
+                       "%s has more than %d entries (%d entries but the model has %d layers)",
+                       r->prefix, L, count, L);
+    if (count < L)
+        return kv_fail(err, r->code, "%s has %d entries but the model has %d layers", r->prefix,
+                       count, L);
+    return 0;
+}
+
+/* layer_types "kv(0)_kv(1)_..._kv(L-1)" into m: entries of at most 7 decimal digits, exactly L
+ * of them; kind and name set, targets not yet validated */
+static int parse_layer_types(kv_map *m, const char *text, int L, const report *r,
+                             kv_error *err) {
     map_reset(m, KVMAP_CROSS, L);
     int count = 0;
-    const char *p = spec;
+    const char *p = text;
     for (;;) {
         const char *start = p;
-        long v = 0;
+        int v = 0;
         while (*p >= '0' && *p <= '9') {
             if (p - start >= 7)
-                return kv_fail(err, KV_EINVAL, "KV map '%.200s': entry %d is too long", spec,
-                               count);
+                return kv_fail(err, r->code, "%s: entry %d is too long", r->prefix, count);
             v = v * 10 + (*p - '0');
             p++;
         }
         if (p == start)
-            return kv_fail(err, KV_EINVAL,
-                           "KV map '%.200s': entry %d is %s, expected a layer number "
+            return kv_fail(err, r->code,
+                           "%s: entry %d is %s, expected a layer number "
                            "(layer_types is kv(0)_kv(1)_..._kv(L-1))",
-                           spec, count, (*p == '_' || !*p) ? "empty" : "not a number");
+                           r->prefix, count, (*p == '_' || !*p) ? "empty" : "not a number");
         if (*p != '_' && *p != '\0')
-            return kv_fail(err, KV_EINVAL,
-                           "KV map '%.200s': unexpected character '%c' in entry %d "
+            return kv_fail(err, r->code,
+                           "%s: unexpected character '%c' in entry %d "
                            "(entries are decimal numbers joined by '_')",
-                           spec, *p, count);
-        if (count < L) {
-            if (v >= L)
-                return kv_fail(err, KV_EINVAL,
-                               "KV map '%.200s': layer %d reads layer %ld, outside 0..%d", spec,
-                               count, v, L - 1);
-            m->kv_layer_of[count] = (int)v;
-        }
+                           r->prefix, *p, count);
+        if (count < L) m->kv_layer_of[count] = v;
         count++;
         if (*p == '\0') break;
         p++;
     }
-    if (count != L)
-        return kv_fail(err, KV_EINVAL,
-                       "KV map '%.200s': %d entries but the model has %d layers", spec, count, L);
-    int all_self = 1;
-    for (int i = 0; i < L; i++) all_self &= m->kv_layer_of[i] == i;
-    m->kind = all_self ? KVMAP_IDENTITY : KVMAP_CROSS;
-    set_literal_name(m);
-    return kvmap_validate(m, err);
+    int rc = check_count(count, L, r, err);
+    if (!rc) finish_literal(m);
+    return rc;
+}
+
+static int parse_literal(kv_map *m, const char *spec, int L, kv_error *err) {
+    report r = {.code = KV_EINVAL};
+    snprintf(r.prefix, sizeof r.prefix, "KV map '%.200s'", spec);
+    int rc = parse_layer_types(m, spec, L, &r, err);
+    return rc ? rc : kvmap_validate(m, err);
 }
 
 static int parse_named_cross(kv_map *m, const char *spec, const char *colon, int L,
@@ -231,29 +263,44 @@ int kvmap_parse(kv_map *m, const char *spec, int n_layers, kv_error *err) {
     return parse_named_cross(m, spec, colon, n_layers, err);
 }
 
-int kvmap_swiftkv(kv_map *m, int n_layers, int l, int g, kv_error *err) {
-    if (!m) return kv_fail(err, KV_EINVAL, "SwiftKV map: no output map");
-    int rc = check_n_layers(n_layers, "swiftkv", err);
-    if (rc) return rc;
-    const int L = n_layers;
+/* "NAME = V" in a spec's messages; "field 'NAME' is V" (paren: "field 'NAME' (V)") in a
+ * config's */
+static const char *value_text(char *buf, size_t cap, const report *r, const char *name, int v,
+                              int paren) {
+    if (!r->config) snprintf(buf, cap, "%s = %d", name, v);
+    else if (paren) snprintf(buf, cap, "field '%s' (%d)", name, v);
+    else snprintf(buf, cap, "field '%s' is %d", name, v);
+    return buf;
+}
+
+/* SwiftKV (l, g) over L layers, 1 <= L <= max checked by the caller */
+static int build_swiftkv(kv_map *m, int L, int l, int g, const report *r, kv_error *err) {
+    char lt[96], gt[96];
     if (l < 1 || l >= L)
-        return kv_fail(err, KV_EINVAL,
-                       "SwiftKV: num_key_value_layers = %d, expected 1..%d (%d layers; l = L "
-                       "changes nothing)",
-                       l, L - 1, L);
+        return kv_fail(err, r->code, "%s: %s, expected 1..%d (%d layers; l = L changes nothing)",
+                       r->prefix, value_text(lt, sizeof lt, r, "num_key_value_layers", l, 0),
+                       L - 1, L);
     if (g < 1)
-        return kv_fail(err, KV_EINVAL, "SwiftKV: key_value_group_size = %d, expected >= 1", g);
+        return kv_fail(err, r->code, "%s: %s, expected >= 1", r->prefix,
+                       value_text(gt, sizeof gt, r, "key_value_group_size", g, 0));
     if ((L - l) % g)
-        return kv_fail(err, KV_EINVAL,
-                       "SwiftKV: key_value_group_size = %d does not divide the %d layers from "
-                       "num_key_value_layers = %d to the last (L = %d)",
-                       g, L - l, l, L);
+        return kv_fail(err, r->code, "%s: %s does not divide the %d layers from %s to the last (L = %d)",
+                       r->prefix, value_text(gt, sizeof gt, r, "key_value_group_size", g, 1), L - l,
+                       value_text(lt, sizeof lt, r, "num_key_value_layers", l, 1), L);
     map_reset(m, KVMAP_SWIFTKV, L);
     for (int j = l; j < L; j++) m->kv_layer_of[j] = l + ((j - l) / g) * g;
     m->swiftkv_l = l;
     m->swiftkv_g = g;
     snprintf(m->name, sizeof m->name, "swiftkv:%d,%d", l, g);
-    return kvmap_validate(m, err);
+    return validate_as(m, r, err);
+}
+
+int kvmap_swiftkv(kv_map *m, int n_layers, int l, int g, kv_error *err) {
+    if (!m) return kv_fail(err, KV_EINVAL, "SwiftKV map: no output map");
+    int rc = check_n_layers(n_layers, "swiftkv", err);
+    if (rc) return rc;
+    const report r = {.prefix = "SwiftKV", .code = KV_EINVAL};
+    return build_swiftkv(m, n_layers, l, g, &r, err);
 }
 
 int kvmap_parse_swiftkv(kv_map *m, const char *spec, int n_layers, kv_error *err) {
@@ -273,104 +320,147 @@ int kvmap_parse_swiftkv(kv_map *m, const char *spec, int n_layers, kv_error *err
     return kvmap_swiftkv(m, n_layers, l, g, err);
 }
 
-int kvmap_validate(const kv_map *m, kv_error *err) {
-    if (!m) return kv_fail(err, KV_EINVAL, "KV map: none given");
-    const char *name = memchr(m->name, '\0', sizeof m->name) ? m->name : "?";
+static int validate_as(const kv_map *m, const report *r, kv_error *err) {
+    const char *who = r->prefix;
     const int L = m->n_layers;
-    if (L < 1 || L > HF_MAX_LAYERS)
-        return kv_fail(err, KV_EINVAL, "KV map '%s': %d layers, expected 1..%d", name, L,
-                       HF_MAX_LAYERS);
+    if (L < 1 || L > KVMAP_MAX_LAYERS)
+        return kv_fail(err, r->code, "%s: %d layers, expected 1..%d", who, L,
+                       KVMAP_MAX_LAYERS);
     if (m->kind != KVMAP_IDENTITY && m->kind != KVMAP_CROSS && m->kind != KVMAP_SWIFTKV)
-        return kv_fail(err, KV_EINVAL, "KV map '%s': unknown kind %d", name, (int)m->kind);
+        return kv_fail(err, r->code, "%s: unknown kind %d", who, (int)m->kind);
     for (int i = 0; i < L; i++) {
         int t = m->kv_layer_of[i];
         if (t < 0 || t >= L)
-            return kv_fail(err, KV_EINVAL, "KV map '%s': layer %d reads layer %d, outside 0..%d",
-                           name, i, t, L - 1);
+            return kv_fail(err, r->code, "%s: layer %d reads layer %d, outside 0..%d",
+                           who, i, t, L - 1);
     }
     for (int i = 0; i < L; i++) {
         int t = m->kv_layer_of[i];
         if (m->kv_layer_of[t] != t)
-            return kv_fail(err, KV_EINVAL,
-                           "KV map '%s': layer %d reads layer %d, which is not a KV layer (it "
+            return kv_fail(err, r->code,
+                           "%s: layer %d reads layer %d, which is not a KV layer (it "
                            "reads layer %d); a target must read itself, kv(kv(i)) = kv(i)",
-                           name, i, t, m->kv_layer_of[t]);
+                           who, i, t, m->kv_layer_of[t]);
     }
     if (m->kind == KVMAP_IDENTITY) {
         for (int i = 0; i < L; i++)
             if (m->kv_layer_of[i] != i)
-                return kv_fail(err, KV_EINVAL,
-                               "KV map '%s': marked identity but layer %d reads layer %d", name,
+                return kv_fail(err, r->code,
+                               "%s: marked identity but layer %d reads layer %d", who,
                                i, m->kv_layer_of[i]);
     }
     if (m->kind == KVMAP_SWIFTKV) {
         const int l = m->swiftkv_l, g = m->swiftkv_g;
         if (l < 1 || l >= L || g < 1 || (L - l) % g)
-            return kv_fail(err, KV_EINVAL,
-                           "KV map '%s': SwiftKV l = %d, g = %d invalid for %d layers (need "
+            return kv_fail(err, r->code,
+                           "%s: SwiftKV l = %d, g = %d invalid for %d layers (need "
                            "1 <= l < L, g >= 1, (L - l) %% g = 0)",
-                           name, l, g, L);
+                           who, l, g, L);
         for (int j = 0; j < L; j++) {
             int want = j < l ? j : l + ((j - l) / g) * g;
             if (m->kv_layer_of[j] != want)
-                return kv_fail(err, KV_EINVAL,
-                               "KV map '%s': SwiftKV layer %d reads layer %d, expected %d", name,
+                return kv_fail(err, r->code,
+                               "%s: SwiftKV layer %d reads layer %d, expected %d", who,
                                j, m->kv_layer_of[j], want);
         }
     }
     return 0;
 }
 
-int kvmap_from_config(kv_map *m, const hf_config *c, kv_error *err) {
-    if (!m || !c) return kv_fail(err, KV_EINVAL, "config.json: no config or map");
-    const int L = c->n_layers;
-    if (L < 1 || L > HF_MAX_LAYERS)
-        return kv_fail(err, KV_EINVAL, "config.json: num_hidden_layers = %d, expected 1..%d", L,
-                       HF_MAX_LAYERS);
-    if (c->swiftkv && c->has_layer_map)
-        return kv_fail(err, KV_EINVAL,
-                       "config.json: both swiftkv and an integer layer_types KV map are set; "
-                       "kvforge handles one transform at a time");
+int kvmap_validate(const kv_map *m, kv_error *err) {
+    if (!m) return kv_fail(err, KV_EINVAL, "KV map: none given");
+    report r = {.code = KV_EINVAL};
+    snprintf(r.prefix, sizeof r.prefix, "KV map '%s'",
+             memchr(m->name, '\0', sizeof m->name) ? m->name : "?");
+    return validate_as(m, &r, err);
+}
+
+/* layer_types of a config: a string "0_0_2_2_4" or a list of integers is a map (*found = 1);
+ * absent, or a list of strings (HF's attention kinds), leaves the identity */
+static int read_layer_types(kv_map *m, const cJSON *config, int L, const char *label,
+                            int *found, kv_error *err) {
+    *found = 0;
+    kvmap_identity(m, L);
+    const cJSON *lt = json_field(config, "layer_types");
+    if (!lt) return 0;
+    report r = {.code = KV_EFORMAT, .config = 1};
+    snprintf(r.prefix, sizeof r.prefix, "%s: field 'layer_types'", label);
     int rc;
-    if (c->swiftkv) {
-        /* key_value_group_size absent (0) means no AcrossKV: g = 1 */
-        int g = c->swiftkv_group == 0 ? 1 : c->swiftkv_group;
-        rc = kvmap_swiftkv(m, L, c->swiftkv_layers, g, err);
-        if (rc) kv_wrap(err, "config.json");
+    if (cJSON_IsString(lt)) {
+        if ((rc = parse_layer_types(m, lt->valuestring, L, &r, err))) return rc;
+    } else if (cJSON_IsArray(lt)) {
+        int n = cJSON_GetArraySize(lt), n_str = 0;
+        for (const cJSON *e = lt->child; e; e = e->next) n_str += cJSON_IsString(e) ? 1 : 0;
+        if (n > 0 && n_str == n) return 0;
+        if (n_str > 0) return kv_fail(err, r.code, "%s mixes strings and other values", r.prefix);
+        if ((rc = check_count(n, L, &r, err))) return rc;
+        map_reset(m, KVMAP_CROSS, L);
+        int i = 0;
+        for (const cJSON *e = lt->child; e; e = e->next, i++)
+            if ((rc = json_number_int(e, label, "layer_types", 0, INT_MAX, &m->kv_layer_of[i], err)))
+                return rc;
+        finish_literal(m);
+    } else {
+        return kv_fail(err, r.code, "%s is %s, expected a string like \"0_0_2_2_4\" or a list",
+                       r.prefix, json_kind(lt));
+    }
+    *found = 1;
+    return validate_as(m, &r, err);
+}
+
+int kvmap_read_config(kv_map *m, const cJSON *config, int n_layers, int swiftkv_default,
+                      const char *label, kv_error *err) {
+    if (!label) label = "config.json";
+    if (!m || !cJSON_IsObject(config))
+        return kv_fail(err, KV_EINVAL, "%s: no config object or no output map", label);
+    if (n_layers < 1 || n_layers > KVMAP_MAX_LAYERS)
+        return kv_fail(err, KV_EFORMAT, "%s: field 'num_hidden_layers' is %d, expected 1..%d",
+                       label, n_layers, KVMAP_MAX_LAYERS);
+    int has_map, swift, rc;
+    if ((rc = read_layer_types(m, config, n_layers, label, &has_map, err)) ||
+        (rc = json_get_bool(config, label, "swiftkv", swiftkv_default, &swift, err)))
         return rc;
-    }
-    if (!c->has_layer_map) return kvmap_identity(m, L);
-    map_reset(m, KVMAP_CROSS, L);
-    int all_self = 1;
-    for (int i = 0; i < L; i++) {
-        m->kv_layer_of[i] = c->kv_layer_of[i];
-        all_self &= c->kv_layer_of[i] == i;
-    }
-    m->kind = all_self ? KVMAP_IDENTITY : KVMAP_CROSS;
-    set_literal_name(m);
-    rc = kvmap_validate(m, err);
-    if (rc) kv_wrap(err, "config.json: layer_types");
-    return rc;
+    if (!swift) return 0;
+    if (has_map)
+        return kv_fail(err, KV_EUNSUPPORTED,
+                       "%s: fields 'swiftkv' and an integer 'layer_types' are both set; kvforge "
+                       "handles one transform at a time",
+                       label);
+    int l, g;
+    if ((rc = json_get_int(config, label, "num_key_value_layers", 1, 0, INT_MIN, INT_MAX, &l, err)) ||
+        (rc = json_get_int(config, label, "key_value_group_size", 0, 1, INT_MIN, INT_MAX, &g, err)))
+        return rc;
+    report r = {.code = KV_EFORMAT, .config = 1};
+    snprintf(r.prefix, sizeof r.prefix, "%s", label);
+    return build_swiftkv(m, n_layers, l, g, &r, err);
 }
 
 static int layer_ok(const kv_map *m, int layer) {
-    return m && m->n_layers >= 1 && m->n_layers <= HF_MAX_LAYERS && layer >= 0 &&
+    return m && m->n_layers >= 1 && m->n_layers <= KVMAP_MAX_LAYERS && layer >= 0 &&
            layer < m->n_layers;
 }
 
 int kvmap_is_identity(const kv_map *m) {
-    if (!m || m->kind == KVMAP_SWIFTKV || m->n_layers < 1 || m->n_layers > HF_MAX_LAYERS) return 0;
+    if (!m || m->kind == KVMAP_SWIFTKV || m->n_layers < 1 || m->n_layers > KVMAP_MAX_LAYERS) return 0;
     for (int i = 0; i < m->n_layers; i++)
         if (m->kv_layer_of[i] != i) return 0;
     return 1;
+}
+
+int kvmap_target(const kv_map *m, int layer) {
+    return layer_ok(m, layer) ? m->kv_layer_of[layer] : -1;
 }
 
 int kvmap_is_kv_layer(const kv_map *m, int layer) {
     return layer_ok(m, layer) && m->kv_layer_of[layer] == layer;
 }
 
+int kvmap_is_swiftkv_layer(const kv_map *m, int layer) {
+    return layer_ok(m, layer) && m->kind == KVMAP_SWIFTKV && layer >= m->swiftkv_l;
+}
+
 int kvmap_n_slots(const kv_map *m) {
-    if (!m || m->n_layers < 1 || m->n_layers > HF_MAX_LAYERS) return 0;
+    if (!m || m->n_layers < 1 || m->n_layers > KVMAP_MAX_LAYERS) return 0;
     int n = 0;
     for (int i = 0; i < m->n_layers; i++) n += m->kv_layer_of[i] == i;
     return n;
@@ -390,13 +480,24 @@ int kvmap_is_upward(const kv_map *m, int layer) {
 }
 
 double kvmap_cache_saving(const kv_map *m) {
-    if (!m || m->n_layers < 1 || m->n_layers > HF_MAX_LAYERS) return 0.0;
+    if (!m || m->n_layers < 1 || m->n_layers > KVMAP_MAX_LAYERS) return 0.0;
     return 1.0 - (double)kvmap_n_slots(m) / (double)m->n_layers;
+}
+
+int kvmap_equal(const kv_map *a, const kv_map *b) {
+    if (!a || !b || a->n_layers != b->n_layers || a->n_layers < 1 ||
+        a->n_layers > KVMAP_MAX_LAYERS)
+        return 0;
+    const int swift = a->kind == KVMAP_SWIFTKV;
+    if (swift != (b->kind == KVMAP_SWIFTKV) ||
+        (swift && (a->swiftkv_l != b->swiftkv_l || a->swiftkv_g != b->swiftkv_g)))
+        return 0;
+    return memcmp(a->kv_layer_of, b->kv_layer_of, sizeof(int) * (size_t)a->n_layers) == 0;
 }
 
 int kvmap_cyclic_block(const kv_map *m, int *lo, int *hi) {
     int a = -1, b = -1;
-    if (m && m->n_layers >= 1 && m->n_layers <= HF_MAX_LAYERS) {
+    if (m && m->n_layers >= 1 && m->n_layers <= KVMAP_MAX_LAYERS) {
         for (int i = 0; i < m->n_layers; i++) {
             if (m->kv_layer_of[i] <= i) continue;
             if (a < 0) a = i;

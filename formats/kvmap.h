@@ -14,21 +14,26 @@
  *   "lckv:W"       W >= 0 warm-up layers: sandwich-top with l = W + 1; requires W + 1 <= L.
  *   "swiftkv:l" or "swiftkv:l,g"       same as kvmap_parse_swiftkv
  *   literal        LCKV layer_types "kv(0)_kv(1)_..._kv(L-1)", decimal, exactly L entries.
- * Every map built here is validated before it is returned. */
+ * A config.json describes its map with the same layer_types literal (or a list of integers) or
+ * the SwiftKV fields; kvmap_read_config reads them. Every map built here is validated before it
+ * is returned. */
 #ifndef KV_KVMAP_H
 #define KV_KVMAP_H
 
 #include <stddef.h>
 
 #include "base/error.h"
-#include "formats/hfconfig.h"
+
+#define KVMAP_MAX_LAYERS 1024
+
+struct cJSON;
 
 typedef enum { KVMAP_IDENTITY, KVMAP_CROSS, KVMAP_SWIFTKV } kvmap_kind;
 
 typedef struct {
     kvmap_kind kind;
-    int n_layers;                   /* L, 1..HF_MAX_LAYERS */
-    int kv_layer_of[HF_MAX_LAYERS]; /* cross-layer: kv(i). SwiftKV: i for i < l, else the group
+    int n_layers;                   /* L, 1..KVMAP_MAX_LAYERS */
+    int kv_layer_of[KVMAP_MAX_LAYERS]; /* cross-layer: kv(i). SwiftKV: i for i < l, else the group
                                        leader l + ((j-l)/g)*g whose swiftkv K/V layer j reads */
     int swiftkv_l, swiftkv_g;       /* SwiftKV only (0 otherwise) */
     char name[96];                  /* canonical spec: "sandwich-middle:3", "cla:2", "yoco",
@@ -44,15 +49,28 @@ int kvmap_parse_swiftkv(kv_map *m, const char *spec /* "l" or "l,g" (g = 1) */, 
                         kv_error *err);
 /* ranges, kv(kv(i)) = kv(i), kind-specific consistency (SwiftKV leaders, identity) */
 int kvmap_validate(const kv_map *m, kv_error *err);
-/* swiftkv fields win; else integer layer_types; else identity */
-int kvmap_from_config(kv_map *m, const hf_config *c, kv_error *err);
+/* The map a config.json object describes for its n_layers = num_hidden_layers:
+ *   "swiftkv": true (absent: swiftkv_default, set when the architecture implies SwiftKV) ->
+ *     SwiftKV with l = num_key_value_layers (required), g = key_value_group_size (default 1);
+ *   else an integer "layer_types", "0_0_2_2_4" or [0, 0, 2, 2, 4] -> that map (named by its
+ *     literal); a list of strings (HF's attention kinds) is no KV map;
+ *   else the identity.
+ * SwiftKV together with an integer layer_types is refused (KV_EUNSUPPORTED); other errors are
+ * KV_EFORMAT and name LABEL and the field. JSON null counts as absent. */
+int kvmap_read_config(kv_map *m, const struct cJSON *config, int n_layers, int swiftkv_default,
+                      const char *label, kv_error *err);
 
 int kvmap_is_identity(const kv_map *m);            /* no sharing and not SwiftKV */
+int kvmap_target(const kv_map *m, int layer);      /* kv(layer); -1 if bad */
 int kvmap_is_kv_layer(const kv_map *m, int layer); /* owns K/V projections and a cache slot */
+int kvmap_is_swiftkv_layer(const kv_map *m, int layer); /* SwiftKV and layer >= l */
 int kvmap_n_slots(const kv_map *m);                /* KV-cache slots: KV layers, l + (L-l)/g */
 int kvmap_slot_of(const kv_map *m, int layer);     /* slot of the K/V `layer` reads; -1 if bad */
 int kvmap_is_upward(const kv_map *m, int layer);   /* kv(i) > i: diagonal-masked attention */
 double kvmap_cache_saving(const kv_map *m);        /* 1 - slots / L, a fraction in [0, 1) */
+/* same layers, same kv(i) and, for SwiftKV, the same l and g (names and the identity/cross
+ * label aside) */
+int kvmap_equal(const kv_map *a, const kv_map *b);
 
 /* iterative prefill cyclic block [lo, hi]: lo = lowest upward layer, hi = highest target of any
  * upward layer. Returns the block's layer count hi-lo+1, or 0 with lo = hi = -1 when no layer is

@@ -113,8 +113,8 @@ static void add_layer(expect_list *l, const hf_config *c, int i, llama_layer_vie
     add_norm(l, &lv->post_norm, name, H, why_h);
 
     /* attention projections */
-    const int swift = c->swiftkv && i >= c->swiftkv_layers;
-    const int kv_layer = hf_config_is_kv_layer(c, i);
+    const int swift = kvmap_is_swiftkv_layer(&c->map, i);
+    const int kv_layer = kvmap_is_kv_layer(&c->map, i);
     need_kind q_need = swift ? NEED_OPTIONAL : NEED_REQUIRED;
     add_proj(l, q_need, i, "self_attn", "q_proj", &lv->q, &lv->q_bias, q_rows, H, why_q, ab);
     if (swift) {
@@ -137,7 +137,7 @@ static void add_layer(expect_list *l, const hf_config *c, int i, llama_layer_vie
     if (swift) {
         add_proj(l, NEED_REQUIRED, i, "self_attn", "q_proj_swiftkv", &lv->q_swiftkv,
                  &lv->q_swiftkv_bias, q_rows, H, why_q, ab);
-        if (hf_config_swiftkv_leader(c, i)) {
+        if (kv_layer) { /* group leader */
             add_proj(l, NEED_REQUIRED, i, "self_attn", "k_proj_swiftkv", &lv->k_swiftkv,
                      &lv->k_swiftkv_bias, kv_rows, H, why_kv, ab);
             add_proj(l, NEED_REQUIRED, i, "self_attn", "v_proj_swiftkv", &lv->v_swiftkv,
@@ -162,28 +162,19 @@ static void add_model(expect_list *l, const hf_config *c, llama_view *v) {
     expect *e = add(l, NEED_REQUIRED, &v->embed, 2, V, H);
     if (e) SET_NAME(e, "model.embed_tokens.weight"), SET_WHY(e, "%s", why_vh);
     add_norm(l, &v->norm, "model.norm.weight", H, why_h);
-    if (c->swiftkv) add_norm(l, &v->norm_swiftkv, "model.norm_swiftkv.weight", H, why_h);
+    if (c->map.kind == KVMAP_SWIFTKV) add_norm(l, &v->norm_swiftkv, "model.norm_swiftkv.weight", H, why_h);
     e = add(l, c->tie_word_embeddings ? NEED_OPTIONAL : NEED_REQUIRED,
             c->tie_word_embeddings ? NULL : &v->lm_head, 2, V, H);
     if (e) SET_NAME(e, "lm_head.weight"), SET_WHY(e, "%s", why_vh);
     for (int i = 0; i < c->n_layers; i++) add_layer(l, c, i, &v->layers[i]);
 }
 
-static const char *base_name(const char *path) {
-    const char *s = strrchr(path, '/');
-    return s ? s + 1 : path;
+static const st_tensor *tensor_at(const kv_tensor_source *src, int i) {
+    return src->tensor(src->ctx, i);
 }
 
-static const char *file_of(const st_checkpoint *ck, const st_tensor *t) {
-    if (t->file_index >= 0 && t->file_index < ck->n_files) return base_name(ck->files[t->file_index].path);
-    return "checkpoint";
-}
-
-/* where a missing tensor should have been */
-static void missing_label(const st_checkpoint *ck, char *out, size_t cap) {
-    if (ck->n_files == 1) snprintf(out, cap, "%s", base_name(ck->files[0].path));
-    else if (ck->sharded) snprintf(out, cap, "model.safetensors.index.json");
-    else snprintf(out, cap, "%s", ck->dir ? ck->dir : "checkpoint");
+static const char *where(const kv_tensor_source *src, const st_tensor *t) {
+    return src->where(src->ctx, t);
 }
 
 static void shape_text(char *out, size_t cap, int n_dims, const int64_t *shape) {
@@ -195,16 +186,16 @@ static void shape_text(char *out, size_t cap, int n_dims, const int64_t *shape) 
 }
 
 static int cmp_index_by_name(const void *a, const void *b, void *ctx) {
-    const st_checkpoint *ck = ctx;
-    return strcmp(ck->tensors[*(const int *)a]->name, ck->tensors[*(const int *)b]->name);
+    const kv_tensor_source *src = ctx;
+    return strcmp(tensor_at(src, *(const int *)a)->name, tensor_at(src, *(const int *)b)->name);
 }
 
-/* index of NAME in the checkpoint (sorted by name: binary search), or -1 */
-static int find_index(const st_checkpoint *ck, const int *order, const char *name) {
-    int lo = 0, hi = ck->n_tensors - 1;
+/* index of NAME in the source (order: sorted by name, binary search), or -1 */
+static int find_index(const kv_tensor_source *src, const int *order, const char *name) {
+    int lo = 0, hi = src->n_tensors - 1;
     while (lo <= hi) {
         int mid = lo + (hi - lo) / 2;
-        int c = strcmp(ck->tensors[order[mid]]->name, name);
+        int c = strcmp(tensor_at(src, order[mid])->name, name);
         if (c == 0) return order[mid];
         if (c < 0) lo = mid + 1;
         else hi = mid - 1;
@@ -214,10 +205,11 @@ static int find_index(const st_checkpoint *ck, const int *order, const char *nam
 
 static int float_dtype(kv_dtype t) { return t == KV_F32 || t == KV_F16 || t == KV_BF16; }
 
-static void check_one(const expect *e, const st_tensor *t, const st_checkpoint *ck, problems *p) {
+static void check_one(const expect *e, const st_tensor *t, const kv_tensor_source *src,
+                      problems *p) {
     if (!float_dtype(t->dtype)) {
         problem(p, KV_EUNSUPPORTED, "%s: tensor '%s': dtype %s, expected F32, F16 or BF16",
-                file_of(ck, t), t->name, kv_dtype_name(t->dtype));
+                where(src, t), t->name, kv_dtype_name(t->dtype));
         return;
     }
     int same = t->n_dims == e->n_dims;
@@ -227,7 +219,7 @@ static void check_one(const expect *e, const st_tensor *t, const st_checkpoint *
     shape_text(have, sizeof have, t->n_dims, t->shape);
     shape_text(want, sizeof want, e->n_dims, e->shape);
     problem(p, KV_EFORMAT, "%s: tensor '%s': shape %s but config.json implies %s (%s)",
-            file_of(ck, t), t->name, have, want, e->why);
+            where(src, t), t->name, have, want, e->why);
 }
 
 void llama_view_free(llama_view *v) {
@@ -237,26 +229,27 @@ void llama_view_free(llama_view *v) {
 
 const st_tensor *llama_view_output(const llama_view *v) { return v->lm_head ? v->lm_head : v->embed; }
 
-int llama_view_bind(llama_view *v, const hf_config *c, const st_checkpoint *ck, kv_error *err) {
+int llama_view_bind_source(llama_view *v, const hf_config *c, const kv_tensor_source *src,
+                           kv_error *err) {
     memset(v, 0, sizeof *v);
     if (c->n_layers < 1 || c->n_layers > HF_MAX_LAYERS)
         return kv_fail(err, KV_EINVAL, "config.json: num_hidden_layers=%d out of range",
                        c->n_layers);
+    const int n = src->n_tensors;
     v->layers = calloc((size_t)c->n_layers, sizeof *v->layers);
     expect_list l = {.cap = expect_capacity(c->n_layers)};
     l.items = malloc((size_t)l.cap * sizeof *l.items);
-    int *order = malloc((size_t)(ck->n_tensors > 0 ? ck->n_tensors : 1) * sizeof *order);
-    unsigned char *seen = calloc((size_t)(ck->n_tensors > 0 ? ck->n_tensors : 1), 1);
+    int *order = malloc((size_t)(n > 0 ? n : 1) * sizeof *order);
+    unsigned char *seen = calloc((size_t)(n > 0 ? n : 1), 1);
     int rc = 0;
     if (!v->layers || !l.items || !order || !seen) {
-        rc = kv_fail(err, KV_ENOMEM, "%s: out of memory binding tensors", ck->dir ? ck->dir : "checkpoint");
+        rc = kv_fail(err, KV_ENOMEM, "%s: out of memory binding tensors", where(src, NULL));
         goto done;
     }
     v->cfg = c;
-    v->ckpt = ck;
     v->n_layers = c->n_layers;
-    for (int i = 0; i < ck->n_tensors; i++) order[i] = i;
-    qsort_r(order, (size_t)ck->n_tensors, sizeof *order, cmp_index_by_name, (void *)ck);
+    for (int i = 0; i < n; i++) order[i] = i;
+    qsort_r(order, (size_t)n, sizeof *order, cmp_index_by_name, (void *)src);
     add_model(&l, c, v);
     if (l.n == l.cap) { /* add() refused an entry: expect_capacity is wrong */
         rc = kv_fail(err, KV_EINVAL, "llama_view: internal: more than %d expected tensors", l.cap);
@@ -264,19 +257,23 @@ int llama_view_bind(llama_view *v, const hf_config *c, const st_checkpoint *ck, 
     }
 
     problems p = {0};
-    char where[256];
-    missing_label(ck, where, sizeof where);
+    for (int i = 1; i < n; i++) {
+        const st_tensor *t = tensor_at(src, order[i]);
+        if (strcmp(tensor_at(src, order[i - 1])->name, t->name) == 0)
+            problem(&p, KV_EFORMAT, "%s: tensor '%s' appears twice", where(src, t), t->name);
+    }
     for (int k = 0; k < l.n; k++) {
         const expect *e = &l.items[k];
-        int idx = find_index(ck, order, e->name);
+        int idx = find_index(src, order, e->name);
         if (idx < 0) {
-            if (e->need == NEED_REQUIRED) problem(&p, KV_EFORMAT, "%s: missing tensor '%s'", where, e->name);
+            if (e->need == NEED_REQUIRED)
+                problem(&p, KV_EFORMAT, "%s: missing tensor '%s'", where(src, NULL), e->name);
             continue;
         }
         seen[idx] = 1;
-        const st_tensor *t = ck->tensors[idx];
+        const st_tensor *t = tensor_at(src, idx);
         int before = p.n;
-        check_one(e, t, ck, &p);
+        check_one(e, t, src, &p);
         if (p.n != before) continue;
         if (e->slot) {
             *e->slot = t;
@@ -286,14 +283,14 @@ int llama_view_bind(llama_view *v, const hf_config *c, const st_checkpoint *ck, 
             v->n_ignored++;
         }
     }
-    for (int i = 0; i < ck->n_tensors; i++) {
-        const st_tensor *t = ck->tensors[order[i]];
+    for (int i = 0; i < n; i++) {
+        const st_tensor *t = tensor_at(src, order[i]);
         v->n_params += (int64_t)t->n_elements;
         if ((int)t->dtype >= 0 && t->dtype < KV_DTYPE_COUNT) v->bytes_by_dtype[t->dtype] += t->n_bytes;
         if (!seen[order[i]])
             problem(&p, KV_EFORMAT,
                     "%s: unexpected tensor '%s' (not part of the %s model config.json describes)",
-                    file_of(ck, t), t->name, c->architecture);
+                    where(src, t), t->name, c->architecture);
     }
     if (p.n) {
         rc = p.first.code;
@@ -308,6 +305,39 @@ done:
     free(seen);
     if (rc) llama_view_free(v);
     return rc;
+}
+
+int llama_view_bind(llama_view *v, const hf_config *c, const st_checkpoint *ck, kv_error *err) {
+    kv_tensor_source src;
+    kv_tensor_source_checkpoint(&src, ck);
+    int rc = llama_view_bind_source(v, c, &src, err);
+    if (!rc) v->ckpt = ck;
+    return rc;
+}
+
+const st_tensor *llama_view_used(const llama_view *v, int layer, llama_role role) {
+    if (!v->layers || layer < 0 || layer >= v->n_layers) return NULL;
+    const llama_layer_view *l = &v->layers[layer];
+    const int swift = kvmap_is_swiftkv_layer(&v->cfg->map, layer);
+    switch (role) {
+    case LLAMA_ATTN_NORM: return l->input_norm;
+    case LLAMA_Q: return swift ? l->q_swiftkv : l->q;
+    case LLAMA_Q_BIAS: return swift ? l->q_swiftkv_bias : l->q_bias;
+    case LLAMA_K: return swift ? l->k_swiftkv : l->k;
+    case LLAMA_K_BIAS: return swift ? l->k_swiftkv_bias : l->k_bias;
+    case LLAMA_V: return swift ? l->v_swiftkv : l->v;
+    case LLAMA_V_BIAS: return swift ? l->v_swiftkv_bias : l->v_bias;
+    case LLAMA_O: return l->o;
+    case LLAMA_O_BIAS: return l->o_bias;
+    case LLAMA_MLP_NORM: return l->post_norm;
+    case LLAMA_GATE: return l->gate;
+    case LLAMA_GATE_BIAS: return l->gate_bias;
+    case LLAMA_UP: return l->up;
+    case LLAMA_UP_BIAS: return l->up_bias;
+    case LLAMA_DOWN: return l->down;
+    case LLAMA_DOWN_BIAS: return l->down_bias;
+    default: return NULL;
+    }
 }
 
 int llama_view_open_dir(llama_model_dir *m, const char *dir, kv_error *err) {

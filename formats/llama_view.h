@@ -1,5 +1,8 @@
 /* A Llama checkpoint seen through its config.json: every tensor the config implies, bound by HF
  * name to a slot, shape- and dtype-checked, and every tensor of the checkpoint accounted for.
+ * The one place that knows HF tensor names and shapes: the runtime model and the trainer take
+ * their tensors from a bound view, over a checkpoint, a bundle or tensors in memory
+ * (formats/tensor_source.h).
  *
  * Shapes (H hidden, F intermediate, V vocab, nh/nkv heads, hd head_dim):
  *   model.embed_tokens.weight [V, H]; model.norm.weight [H]; lm_head.weight [V, H] unless tied
@@ -21,7 +24,7 @@
  *     the *_swiftkv slots for those layers.
  *   - tied embeddings: a stored lm_head.weight is IGNORED (HF ties it to embed_tokens).
  * Any other tensor in the checkpoint is an error naming it. Every tensor must be F32, F16 or
- * BF16. */
+ * BF16. Messages name the file holding the tensor (kv_tensor_source.where). */
 #ifndef KV_LLAMA_VIEW_H
 #define KV_LLAMA_VIEW_H
 
@@ -32,6 +35,7 @@
 #include "base/error.h"
 #include "formats/hfconfig.h"
 #include "formats/safetensors.h"
+#include "formats/tensor_source.h"
 #include "base/rope_config.h"
 
 /* The sizes every stage derives from config.json, derived once (llama_dims_init). */
@@ -60,7 +64,7 @@ typedef struct {
 
 typedef struct {
     const hf_config *cfg;          /* borrowed: must outlive the view */
-    const st_checkpoint *ckpt;     /* borrowed: must outlive the view */
+    const st_checkpoint *ckpt;     /* borrowed, llama_view_bind only (NULL for another source) */
     const st_tensor *embed;        /* [V, H] */
     const st_tensor *norm;         /* [H] */
     const st_tensor *lm_head;      /* [V, H]; NULL when tied: use llama_view_output() */
@@ -74,13 +78,28 @@ typedef struct {
     size_t bytes_by_dtype[KV_DTYPE_COUNT]; /* data bytes of every tensor, per dtype */
 } llama_view;
 
-/* Binds every tensor; on failure the message names the first problem (file and tensor, the
- * shape the config implies and the config fields behind it) and how many more there are, and
- * the view is left empty. */
+/* Binds every tensor of src (which must outlive the view); on failure the message names the
+ * first problem (file and tensor, the shape the config implies and the config fields behind it)
+ * and how many more there are, and the view is left empty. */
+int llama_view_bind_source(llama_view *v, const hf_config *c, const kv_tensor_source *src,
+                           kv_error *err);
+/* llama_view_bind_source over the checkpoint's tensors; sets v->ckpt */
 int llama_view_bind(llama_view *v, const hf_config *c, const st_checkpoint *ck, kv_error *err);
 void llama_view_free(llama_view *v);
 /* the output projection: lm_head, or embed_tokens when tied */
 const st_tensor *llama_view_output(const llama_view *v);
+
+/* A layer's tensors as a forward pass uses them, in this order. */
+typedef enum {
+    LLAMA_ATTN_NORM, LLAMA_Q, LLAMA_Q_BIAS, LLAMA_K, LLAMA_K_BIAS, LLAMA_V, LLAMA_V_BIAS,
+    LLAMA_O, LLAMA_O_BIAS, LLAMA_MLP_NORM, LLAMA_GATE, LLAMA_GATE_BIAS, LLAMA_UP, LLAMA_UP_BIAS,
+    LLAMA_DOWN, LLAMA_DOWN_BIAS,
+    LLAMA_N_ROLES
+} llama_role;
+/* the tensor layer `layer` runs with in `role`: q/k/v (and biases) are the *_swiftkv ones on
+ * SwiftKV layers j >= l, the plain ones elsewhere; NULL when the layer has none (k/v of a
+ * non-KV layer or a SwiftKV non-leader, a bias without attention_bias / mlp_bias) */
+const st_tensor *llama_view_used(const llama_view *v, int layer, llama_role role);
 
 /* DIR/config.json + the checkpoint in DIR, bound. The struct holds the config the view points
  * to: do not copy or move it while open. */

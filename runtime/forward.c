@@ -44,7 +44,7 @@ int kv_state_init(kv_state *s, const kv_model *m, int max_seq, int max_batch, kv
     s->model = m;
     s->max_seq = max_seq;
     s->max_batch = max_batch;
-    s->has_upward = kvmap_cyclic_block(&m->map, &s->block_lo, &s->block_hi) > 0;
+    s->has_upward = kvmap_cyclic_block(&m->cfg.map, &s->block_lo, &s->block_hi) > 0;
     s->top_kv_writer = -1;
     for (int i = 0; i < m->dims.n_layers; i++)
         if (kv_model_writes_own_kv(m, i)) s->top_kv_writer = i;
@@ -74,7 +74,7 @@ int kv_state_init(kv_state *s, const kv_model *m, int max_seq, int max_batch, kv
     s->pos = slots[7];
     s->logits = slots[8];
     s->kv_rows = cache_dtype == KV_F32 ? NULL : slots[9];
-    if ((rc = kv_cache_init(&s->cache, &m->map, m->dims.n_kv_heads, m->dims.head_dim, max_seq, cache_dtype,
+    if ((rc = kv_cache_init(&s->cache, &m->cfg.map, m->dims.n_kv_heads, m->dims.head_dim, max_seq, cache_dtype,
                             err)) ||
         (rc = kv_rope_table_init(&s->rope, m->dims.head_dim, max_seq, &m->dims.rope, err))) {
         kv_state_free(s);
@@ -139,7 +139,7 @@ static int attention_output(kv_state *s, int layer, float *x, int T, int pos0) {
     const kv_layer_weights *w = &m->layers[layer];
     kv_matmul(s->q, s->xb, w->wq, w->bq, T, m->dims.hidden, m->dims.q_dim);
     rows_rope(s->q, T, m->dims.n_heads, positions(s, pos0, T), &s->rope);
-    const int src = m->map.kv_layer_of[layer]; /* the layer whose K/V these queries read */
+    const int src = kvmap_target(&m->cfg.map, layer); /* the layer whose K/V these queries read */
     const kv_attn_mask mask = src > layer ? KV_MASK_STRICT : KV_MASK_CAUSAL;
     const void *k = kv_cache_k(&s->cache, layer), *v = kv_cache_v(&s->cache, layer);
     int rc = s->cache.dtype == KV_BF16
@@ -180,7 +180,7 @@ int kv_layers_run(kv_state *s, int from, int to, float *x, int T, int pos0) {
 void kv_swiftkv_write_kv(kv_state *s, const float *x, int T, int pos0) {
     const kv_model *m = s->model;
     rows_rmsnorm(s->xb, x, m->norm_swiftkv, T, m->dims.hidden, m->dims.eps);
-    for (int j = m->map.swiftkv_l; j < m->dims.n_layers; j += m->map.swiftkv_g) {
+    for (int j = m->cfg.map.swiftkv_l; j < m->dims.n_layers; j += m->cfg.map.swiftkv_g) {
         const kv_layer_weights *w = &m->layers[j]; /* group leader: k/v_proj_swiftkv */
         write_kv(s, j, w->wk, w->bk, w->wv, w->bv, s->xb, T, pos0);
     }
@@ -228,7 +228,7 @@ static int run_iterative(kv_state *s, float *x, int T, int pos0, int passes, int
     /* upward layers read their targets' K/V of these positions from the previous pass: zeros
      * before the first */
     for (int i = lo; i <= hi; i++)
-        if (kvmap_is_upward(&m->map, i)) kv_cache_zero(&s->cache, i, pos0, T);
+        if (kvmap_is_upward(&m->cfg.map, i)) kv_cache_zero(&s->cache, i, pos0, T);
     for (int pass = 0; pass < passes; pass++) {
         if (pass) memcpy(x, s->x_block, bytes);
         if ((rc = kv_layers_run(s, lo, hi + 1, x, T, pos0))) return rc;
@@ -245,8 +245,8 @@ static int run_pass(kv_state *s, const int32_t *tokens, int T, const kv_forward_
     int rc = kv_embedding(x, m->embed, m->dims.vocab, H, tokens, T, err);
     if (rc) return rc;
     int rows = o->logits == KV_LOGITS_ALL ? T : o->logits == KV_LOGITS_LAST ? 1 : 0;
-    if (m->map.kind == KVMAP_SWIFTKV) {
-        const int l = m->map.swiftkv_l;
+    if (m->cfg.map.kind == KVMAP_SWIFTKV) {
+        const int l = m->cfg.map.swiftkv_l;
         rc = kv_layers_run(s, 0, l, x, T, pos0);
         if (!rc) {
             kv_swiftkv_write_kv(s, x, T, pos0);

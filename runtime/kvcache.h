@@ -14,7 +14,7 @@
 
 typedef struct {
     int n_slots, max_seq, n_kv_heads, head_dim;
-    int slot_of[HF_MAX_LAYERS];  /* layer -> slot of the K/V it reads (kvmap_slot_of) */
+    int slot_of[KVMAP_MAX_LAYERS]; /* layer -> slot of the K/V it reads (kvmap_slot_of) */
     kv_dtype dtype;              /* KV_F32 or KV_BF16 */
     size_t elem;                 /* bytes per element: 4 or 2 */
     size_t slot_stride;          /* elements per slot: max_seq * nkv * hd */

@@ -1,6 +1,7 @@
-/* A Llama model ready to run: the config, its KV map and every weight as F32, bound by HF name
- * from a tensor source (runtime/weights.h). F16/BF16 tensors are converted to F32 once, into one
- * arena; F32 tensors are used in place (zero-copy from the checkpoint's mapping) unless asked.
+/* A Llama model ready to run: the config, its KV map and every weight as F32, taken from a
+ * llama_view bound over a tensor source (formats/llama_view.h, formats/tensor_source.h).
+ * F16/BF16 tensors are converted to F32 once, into one arena; F32 tensors are used in place
+ * (zero-copy from the checkpoint's mapping) unless asked.
  *
  * Which projections a layer has depends on the map (METHODS.md):
  *  - original / cross-layer: q, o on every layer; k, v only on KV layers (kv(i) = i). A k/v left
@@ -17,7 +18,6 @@
 #include "formats/llama_view.h"
 #include "kernels/kernels.h"
 #include "base/arena.h"
-#include "runtime/weights.h"
 #include "formats/kvmap.h"
 
 typedef struct {
@@ -33,8 +33,7 @@ typedef struct {
 } kv_layer_weights;                  /* biases NULL unless attention_bias / mlp_bias */
 
 typedef struct {
-    hf_config cfg;
-    kv_map map;
+    hf_config cfg;                   /* cfg.map: the KV map */
     llama_dims dims;                 /* L, H, nh, nkv, hd, F, V, RoPE (formats/llama_view.h) */
     const float *embed;              /* [V, H] model.embed_tokens */
     const float *final_norm;         /* [H] model.norm */
@@ -54,7 +53,8 @@ typedef struct {
 
 /* HF directory: config.json + model.safetensors (or shards). o may be NULL. */
 int kv_model_load(kv_model *m, const char *dir, const kv_model_opts *o, kv_error *err);
-/* from a parsed config and any tensor source (the source must outlive m unless copy_f32) */
+/* from a parsed config and any tensor source, checked whole by llama_view (every tensor
+ * accounted for); the source must outlive m unless copy_f32 */
 int kv_model_from_source(kv_model *m, const hf_config *cfg, const kv_tensor_source *src,
                          const kv_model_opts *o, kv_error *err);
 void kv_model_free(kv_model *m);

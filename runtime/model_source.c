@@ -4,7 +4,6 @@
 #include <sys/stat.h>
 
 #include "base/fileio.h"
-#include "formats/llama_view.h"
 
 int kv_path_is_bundle(const char *path) {
     struct stat st;
@@ -24,14 +23,8 @@ int kv_model_open_path(kv_model *m, kv_bundle **bundle, const char *path, int th
     if (!config) rc = kv_fail(err, KV_EFORMAT, "%s: bundle holds no config.json", path);
     if (!rc) rc = kv_bundle_load_tensors(b, NULL, 0, threads, err);
     if (!rc) rc = hf_config_parse(&cfg, config, path, err);
-    if (!rc) { /* every tensor accounted for, as for a directory (runtime/model.c) */
-        llama_view view;
-        if ((rc = llama_view_bind(&view, &cfg, kv_bundle_checkpoint(b), err)) == 0)
-            llama_view_free(&view);
-    }
     if (!rc) {
         kv_tensor_source_checkpoint(&src, kv_bundle_checkpoint(b));
-        src.label = path;
         rc = kv_model_from_source(m, &cfg, &src, NULL, err);
     }
     if (rc) { kv_bundle_close(b); return rc; }

@@ -385,17 +385,23 @@ static void check_kv_maps(void) {
         {"{\"num_hidden_layers\":4,\"layer_types\":[1,1,3,3]}", 4, {1, 1, 3, 3}},
         {"{\"num_hidden_layers\":3,\"layer_types\":[\"full_attention\",\"full_attention\",\"full_attention\"]}", 3, {0, 1, 2}},
         {"{\"num_hidden_layers\":8,\"swiftkv\":true,\"num_key_value_layers\":4,\"key_value_group_size\":2}", 8, {0, 1, 2, 3, 4, 4, 6, 6}},
-        {"{\"num_hidden_layers\":4,\"swiftkv\":true,\"num_key_value_layers\":2,\"layer_types\":\"0_0_2_2\"}", 4, {0, 1, 2, 3}},
     };
+    static kv_map map; /* ~4 KB: keep off the stack */
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         cJSON *c = cJSON_Parse(ok[i].config);
-        int *map = NULL, n = 0;
         kv_error err = {0};
-        int rc = kvb_kv_map(c, &map, &n, "config.json", &err);
-        CHECK(rc == 0 && n == ok[i].n && memcmp(map, ok[i].want, (size_t)n * sizeof *map) == 0, "kv map %zu: %s", i, err.msg);
-        free(map);
+        int rc = kvb_kv_map(c, &map, "config.json", &err);
+        CHECK(rc == 0 && map.n_layers == ok[i].n && memcmp(map.kv_layer_of, ok[i].want, (size_t)ok[i].n * sizeof(int)) == 0,
+              "kv map %zu: %s", i, err.msg);
         cJSON_Delete(c);
     }
+    /* SwiftKV beside an integer layer_types: refused, as config.json's reader refuses it */
+    cJSON *both = cJSON_Parse("{\"num_hidden_layers\":4,\"swiftkv\":true,\"num_key_value_layers\":2,\"layer_types\":\"0_0_2_2\"}");
+    kv_error err = {0};
+    CHECK(kvb_kv_map(both, &map, "config.json", &err) == KV_EUNSUPPORTED && strstr(err.msg, "config.json") &&
+              strstr(err.msg, "layer_types"),
+          "swiftkv + layer_types: %s", err.msg);
+    cJSON_Delete(both);
     const char *bad[] = {
         "{}", "{\"num_hidden_layers\":4,\"layer_types\":\"0_1_1\"}", "{\"num_hidden_layers\":3,\"layer_types\":\"0_2_1\"}",
         "{\"num_hidden_layers\":3,\"layer_types\":\"0_0_\"}", "{\"num_hidden_layers\":3,\"layer_types\":[0,0,7]}",
@@ -404,15 +410,14 @@ static void check_kv_maps(void) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         cJSON *c = cJSON_Parse(bad[i]);
-        int *map = NULL, n = 0;
-        kv_error err = {0};
-        CHECK(kvb_kv_map(c, &map, &n, "config.json", &err) == KV_EFORMAT && map == NULL && strstr(err.msg, "config.json"),
+        kv_error e = {0};
+        CHECK(kvb_kv_map(c, &map, "config.json", &e) == KV_EFORMAT && strstr(e.msg, "config.json"),
               "bad kv map %zu accepted", i);
         cJSON_Delete(c);
     }
 }
 
-/* the bundle's KV map agrees with transform/kvmap's reading of the same config.json */
+/* the bundle's KV map agrees with hf_config_parse's reading of the same config.json */
 static void check_kv_maps_agree(void) {
     char *text = NULL;
     size_t n = 0;
@@ -429,16 +434,12 @@ static void check_kv_maps_agree(void) {
         int head = (int)(brace - text);
         snprintf(config, n + 256, "%.*s%s%s}", head, text, extra[i][0] ? "," : "", extra[i]);
         kv_error err = {0};
-        hf_config hc;
-        kv_map lead;
+        static hf_config hc;
+        static kv_map mine;
         cJSON *c = cJSON_Parse(config);
-        int *mine = NULL, L = 0;
         int rc = hf_config_parse(&hc, config, "config.json", &err);
-        if (!rc) rc = kvmap_from_config(&lead, &hc, &err);
-        if (!rc) rc = kvb_kv_map(c, &mine, &L, "config.json", &err);
-        CHECK(rc == 0 && L == lead.n_layers && memcmp(mine, lead.kv_layer_of, (size_t)L * sizeof *mine) == 0,
-              "config %zu: bundle and kvmap disagree (%s)", i, err.msg);
-        free(mine);
+        if (!rc) rc = kvb_kv_map(c, &mine, "config.json", &err);
+        CHECK(rc == 0 && kvmap_equal(&mine, &hc.map), "config %zu: bundle and config.json disagree (%s)", i, err.msg);
         cJSON_Delete(c);
         free(config);
     }

@@ -195,11 +195,11 @@ static void check_cross(const st_checkpoint *src, const char *spec, const int *w
     if (!rc) {
         int all_self = 1;
         for (int i = 0; i < L; i++) all_self &= want_map[i] == i;
-        CHECK(cfg.has_layer_map == !all_self, "%s: layer_types presence", spec);
-        for (int i = 0; i < L && cfg.has_layer_map; i++) CHECK(cfg.kv_layer_of[i] == want_map[i], "%s: config kv(%d)", spec, i);
-        CHECK(!cfg.swiftkv && !strcmp(cfg.model_type, "llama"), "%s: model_type %s", spec, cfg.model_type);
+        CHECK((cfg.map.kind == KVMAP_CROSS) == !all_self, "%s: layer_types presence", spec);
+        for (int i = 0; i < L && cfg.map.kind == KVMAP_CROSS; i++) CHECK(cfg.map.kv_layer_of[i] == want_map[i], "%s: config kv(%d)", spec, i);
+        CHECK(cfg.map.kind != KVMAP_SWIFTKV && !strcmp(cfg.model_type, "llama"), "%s: model_type %s", spec, cfg.model_type);
         CHECK(cfg.torch_dtype == (out_dtype == KV_CONVERT_KEEP_DTYPE ? KV_F32 : (kv_dtype)out_dtype), "%s: torch_dtype", spec);
-        CHECK(hf_config_kv_slots(&cfg) == n_kv_layers, "%s: %d slots", spec, hf_config_kv_slots(&cfg));
+        CHECK(kvmap_n_slots(&cfg.map) == n_kv_layers, "%s: %d slots", spec, kvmap_n_slots(&cfg.map));
     }
     /* tokenizer copied */
     char a[600], b[600], ha[65], hb[65];
@@ -323,10 +323,11 @@ static void check_swiftkv(const st_checkpoint *src, int l, int g, kv_swiftkv_lay
     rc = hf_config_load(&cfg, path, &err);
     CHECK(rc == 0, "%s: config: %s", what, err.msg);
     if (!rc) {
-        CHECK(cfg.swiftkv && cfg.swiftkv_layers == l && cfg.swiftkv_group == g, "%s: swiftkv fields", what);
+        CHECK(cfg.map.kind == KVMAP_SWIFTKV && cfg.map.swiftkv_l == l && cfg.map.swiftkv_g == g, "%s: swiftkv fields", what);
         CHECK(!strcmp(cfg.model_type, "llama_swiftkv") && !strcmp(cfg.architecture, "LlamaSwiftKVForCausalLM"), "%s: model_type",
               what);
-        CHECK(!cfg.has_layer_map, "%s: layer_types on a SwiftKV model", what);
+        /* the parse refuses swiftkv beside an integer layer_types */
+        CHECK(cfg.map.kind == KVMAP_SWIFTKV, "%s: layer_types on a SwiftKV model", what);
     }
     /* a converted model is refused as a source */
     kv_convert_opts again;

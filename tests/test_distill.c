@@ -189,8 +189,8 @@ int main(void) {
     rc = kvt_model_load(&back, file, &err);
     CHECK(rc == 0, "output loads: %s", err.msg);
     if (!rc) {
-        CHECK(!strcmp(back.map.name, "lasagna-top:2") || back.map.kind == KVMAP_CROSS,
-              "output keeps the map (%s)", back.map.name);
+        CHECK(!strcmp(back.cfg.map.name, "lasagna-top:2") || back.cfg.map.kind == KVMAP_CROSS,
+              "output keeps the map (%s)", back.cfg.map.name);
         kvt_model_free(&back);
     }
     snprintf(file, sizeof file, "%s/a/tokenizer.json", tmp);

@@ -226,9 +226,9 @@ static void test_stories260K(void) {
     CHECK(c.torch_dtype == KV_F32, "dtype %d", c.torch_dtype);
     CHECK(c.bos_token_id == 1, "bos %d", c.bos_token_id);
     CHECK(c.n_eos == 1 && c.eos_token_ids[0] == 2, "eos %d %d", c.n_eos, c.eos_token_ids[0]);
-    CHECK(c.has_layer_map == 0 && c.swiftkv == 0, "plain model");
-    for (int i = 0; i < 5; i++) CHECK(c.kv_layer_of[i] == i, "identity map at %d", i);
-    CHECK(hf_config_kv_slots(&c) == 5, "kv slots %d", hf_config_kv_slots(&c));
+    CHECK(c.map.kind == KVMAP_IDENTITY, "plain model");
+    for (int i = 0; i < 5; i++) CHECK(c.map.kv_layer_of[i] == i, "identity map at %d", i);
+    CHECK(kvmap_n_slots(&c.map) == 5, "kv slots %d", kvmap_n_slots(&c.map));
     CHECK(hf_config_param_count(&c) == STORIES_PARAMS, "params %lld",
           (long long)hf_config_param_count(&c));
     /* independent: model.safetensors holds 1,040,128 bytes of F32 data */
@@ -343,36 +343,37 @@ static void test_kv_maps(void) {
     for (int f = 0; f < 2; f++) {
         int rc = parse_edited(&c, forms[f], &err);
         CHECK(rc == 0, "%s: %s", forms[f], err.msg);
-        CHECK(c.has_layer_map == 1, "has map");
-        for (int i = 0; i < 5; i++) CHECK(c.kv_layer_of[i] == lasagna[i], "kv(%d)", i);
-        CHECK(hf_config_kv_slots(&c) == 3, "3 KV layers");
-        CHECK(hf_config_is_kv_layer(&c, 2) && !hf_config_is_kv_layer(&c, 3), "kv layer test");
+        CHECK(c.map.kind == KVMAP_CROSS, "has map");
+        for (int i = 0; i < 5; i++) CHECK(c.map.kv_layer_of[i] == lasagna[i], "kv(%d)", i);
+        CHECK(kvmap_n_slots(&c.map) == 3, "3 KV layers");
+        CHECK(kvmap_is_kv_layer(&c.map, 2) && !kvmap_is_kv_layer(&c.map, 3), "kv layer test");
         /* layers 1 and 3 lose k and v (2 * 32*64 each) */
         CHECK(hf_config_param_count(&c) == STORIES_PARAMS - 2 * 4096, "params %lld",
               (long long)hf_config_param_count(&c));
         char s[64];
-        CHECK(hf_config_layer_map_string(&c, s, sizeof s, &err) == 0 && strcmp(s, "0_0_2_2_4") == 0,
+        CHECK(kvmap_layer_types(&c.map, s, sizeof s) == 9 && strcmp(s, "0_0_2_2_4") == 0,
               "map string %s", s);
-        CHECK(hf_config_layer_map_string(&c, s, 5, &err) == KV_EINVAL, "small buffer refused");
+        CHECK(kvmap_layer_types(&c.map, s, 5) >= 5, "small buffer: does not fit");
     }
     int rc = parse_edited(&c, "{\"layer_types\": \"1_1_3_3_4\"}", &err);
-    CHECK(rc == 0 && c.kv_layer_of[0] == 1 && hf_config_kv_slots(&c) == 3, "upward map: %s",
+    CHECK(rc == 0 && c.map.kv_layer_of[0] == 1 && kvmap_n_slots(&c.map) == 3, "upward map: %s",
           err.msg);
     rc = parse_edited(&c, "{\"layer_types\": [\"full_attention\", \"full_attention\","
                           " \"full_attention\", \"full_attention\", \"full_attention\"]}",
                       &err);
-    CHECK(rc == 0 && c.has_layer_map == 0 && hf_config_kv_slots(&c) == 5, "HF kinds: no map");
+    CHECK(rc == 0 && c.map.kind == KVMAP_IDENTITY && kvmap_n_slots(&c.map) == 5, "HF kinds: no map");
 
     const char *swift = "{\"architectures\": [\"LlamaSwiftKVForCausalLM\"],"
                         " \"model_type\": \"llama_swiftkv\", \"swiftkv\": true,"
                         " \"num_key_value_layers\": 2, \"key_value_group_size\": 3}";
     rc = parse_edited(&c, swift, &err);
     CHECK(rc == 0, "swiftkv: %s", err.msg);
-    CHECK(c.swiftkv == 1 && c.swiftkv_layers == 2 && c.swiftkv_group == 3, "swiftkv fields");
+    CHECK(c.map.kind == KVMAP_SWIFTKV && c.map.swiftkv_l == 2 && c.map.swiftkv_g == 3, "swiftkv fields");
     CHECK(strcmp(c.model_type, "llama_swiftkv") == 0, "model type");
-    CHECK(hf_config_kv_slots(&c) == 2 + 3 / 3, "slots %d", hf_config_kv_slots(&c));
-    CHECK(hf_config_swiftkv_leader(&c, 2) && !hf_config_swiftkv_leader(&c, 3) &&
-              !hf_config_swiftkv_leader(&c, 1),
+    CHECK(kvmap_n_slots(&c.map) == 2 + 3 / 3, "slots %d", kvmap_n_slots(&c.map));
+    CHECK(kvmap_is_swiftkv_layer(&c.map, 2) && kvmap_is_kv_layer(&c.map, 2) &&
+              kvmap_is_swiftkv_layer(&c.map, 3) && !kvmap_is_kv_layer(&c.map, 3) &&
+              !kvmap_is_swiftkv_layer(&c.map, 1),
           "leaders");
     /* layers 0,1 unchanged; 2..4 trade q for q_proj_swiftkv (same size); only layer 2 keeps
      * k/v (as k/v_proj_swiftkv): layers 3,4 lose 4096 each; + norm_swiftkv 64 */
@@ -382,16 +383,16 @@ static void test_kv_maps(void) {
                           " \"model_type\": \"llama_swiftkv\", \"swiftkv\": true,"
                           " \"num_key_value_layers\": 2}",
                       &err);
-    CHECK(rc == 0 && c.swiftkv_group == 1 && hf_config_kv_slots(&c) == 5, "group default 1");
+    CHECK(rc == 0 && c.map.swiftkv_g == 1 && kvmap_n_slots(&c.map) == 5, "group default 1");
     rc = parse_edited(&c, "{\"architectures\": [\"LlamaSwiftKVForCausalLM\"],"
                           " \"model_type\": \"llama_swiftkv\", \"num_key_value_layers\": 3}",
                       &err);
-    CHECK(rc == 0 && c.swiftkv == 1 && c.swiftkv_layers == 3, "architecture implies swiftkv: %s",
+    CHECK(rc == 0 && c.map.kind == KVMAP_SWIFTKV && c.map.swiftkv_l == 3, "architecture implies swiftkv: %s",
           err.msg);
     rc = parse_edited(&c, "{\"swiftkv\": true, \"num_key_value_layers\": 2,"
                           " \"key_value_group_size\": 3}",
                       &err);
-    CHECK(rc == 0 && c.swiftkv == 1 && hf_config_kv_slots(&c) == 3 &&
+    CHECK(rc == 0 && c.map.kind == KVMAP_SWIFTKV && kvmap_n_slots(&c.map) == 3 &&
               strcmp(c.architecture, "LlamaForCausalLM") == 0,
           "explicit swiftkv fields under LlamaForCausalLM: %s", err.msg);
 }
@@ -406,16 +407,14 @@ static void test_write_json(void) {
     hf_config c, back;
     kv_error err = {0};
     CHECK(hf_config_parse(&c, BASE, NULL, &err) == 0, "base");
-    static const int map[5] = {0, 0, 2, 2, 4};
-    c.has_layer_map = 1;
-    memcpy(c.kv_layer_of, map, sizeof map);
+    CHECK(kvmap_parse(&c.map, "0_0_2_2_4", 5, &err) == 0, "map: %s", err.msg);
     c.torch_dtype = KV_BF16;
     char *out = NULL, *again = NULL;
     int rc = hf_config_write_json(&c, BASE, "config.json", &out, &err);
     CHECK(rc == 0 && out, "write map: %s", err.msg);
     if (!out) return;
     CHECK(hf_config_parse(&back, out, "out", &err) == 0, "reparse: %s", err.msg);
-    CHECK(back.has_layer_map && back.kv_layer_of[1] == 0 && back.torch_dtype == KV_BF16,
+    CHECK(back.map.kind == KVMAP_CROSS && back.map.kv_layer_of[1] == 0 && back.torch_dtype == KV_BF16,
           "map and dtype written");
     CHECK(strstr(out, "\"layer_types\":\t\"0_0_2_2_4\""), "LCKV string in: %s", out);
     CHECK(strstr(out, "\"torch_dtype\":\t\"bfloat16\""), "dtype string");
@@ -431,17 +430,13 @@ static void test_write_json(void) {
 
     /* SwiftKV from the cross-layer text: the integer layer_types goes away */
     hf_config s = c;
-    s.has_layer_map = 0;
-    for (int i = 0; i < 5; i++) s.kv_layer_of[i] = i;
-    s.swiftkv = 1;
-    s.swiftkv_layers = 2;
-    s.swiftkv_group = 3;
+    CHECK(kvmap_swiftkv(&s.map, 5, 2, 3, &err) == 0, "swiftkv map: %s", err.msg);
     char *sw = NULL;
     rc = hf_config_write_json(&s, out, "config.json", &sw, &err);
     CHECK(rc == 0 && sw, "write swiftkv: %s", err.msg);
     if (sw) {
-        CHECK(hf_config_parse(&back, sw, "out", &err) == 0 && back.swiftkv &&
-                  back.swiftkv_layers == 2 && back.swiftkv_group == 3 && !back.has_layer_map,
+        CHECK(hf_config_parse(&back, sw, "out", &err) == 0 && back.map.kind == KVMAP_SWIFTKV &&
+                  back.map.swiftkv_l == 2 && back.map.swiftkv_g == 3,
               "swiftkv reparse: %s", err.msg);
         CHECK(strcmp(back.architecture, "LlamaSwiftKVForCausalLM") == 0 &&
                   strcmp(back.model_type, "llama_swiftkv") == 0,
@@ -450,7 +445,7 @@ static void test_write_json(void) {
         CHECK(count_occurrences(sw, "\"architectures\"") == 1, "one architectures key");
         /* and back to plain llama */
         hf_config p = s;
-        p.swiftkv = 0;
+        kvmap_identity(&p.map, 5);
         p.torch_dtype = KV_F32;
         char *plain = NULL;
         rc = hf_config_write_json(&p, sw, "config.json", &plain, &err);
@@ -474,14 +469,14 @@ static void test_write_json(void) {
 
     /* an invalid map is refused by the re-parse */
     hf_config bad = c;
-    bad.kv_layer_of[3] = 1; /* layer 1 is not a KV layer */
+    bad.map.kv_layer_of[3] = 1; /* layer 1 is not a KV layer */
     out = NULL;
     rc = hf_config_write_json(&bad, BASE, "config.json", &out, &err);
     CHECK(rc < 0 && out == NULL && strstr(err.msg, "layer_types"), "invalid map: %s", err.msg);
     bad = c;
-    bad.swiftkv = 1;
-    bad.swiftkv_layers = 2;
-    bad.swiftkv_group = 1;
+    bad.map.kind = KVMAP_SWIFTKV; /* SwiftKV marked over the cross-layer targets */
+    bad.map.swiftkv_l = 2;
+    bad.map.swiftkv_g = 1;
     rc = hf_config_write_json(&bad, BASE, "config.json", &out, &err);
     CHECK(rc == KV_EINVAL && out == NULL, "map + swiftkv refused");
     bad = c;

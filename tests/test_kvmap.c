@@ -1,5 +1,6 @@
 /* KV maps: every configuration against arrays derived by hand from METHODS.md s1 (the worked
  * examples verbatim), presets, literals, SwiftKV, refusals, slots, cyclic block, diagram. */
+#include <cjson/cJSON.h>
 #include <string.h>
 
 #include "tests/check.h"
@@ -238,7 +239,7 @@ static void test_refusals(void) {
     expect_refused("pizza-bottom:-3", 12, "not a number of KV layers");
     expect_refused("", 12, "empty spec");
     expect_refused("pizza-bottom:3", 0, "0 layers");
-    expect_refused("pizza-bottom:3", HF_MAX_LAYERS + 1, "1025 layers");
+    expect_refused("pizza-bottom:3", KVMAP_MAX_LAYERS + 1, "1025 layers");
     expect_refused("swiftkv:12", 12, "num_key_value_layers = 12");
     expect_refused("swiftkv:6,", 12, "expected \"l\" or \"l,g\"");
     kv_error err = {0};
@@ -375,52 +376,59 @@ static void test_queries(void) {
     CHECK(kvmap_cache_bytes_per_token(&map, 4, 8, 2) == 1536, "identity cache bytes");
 }
 
+/* kvmap_read_config of a config.json text for L layers */
+static int from_config(const char *json, int L, int swiftkv_default, kv_error *err) {
+    cJSON *c = cJSON_Parse(json);
+    int rc = kvmap_read_config(&map, c, L, swiftkv_default, "config.json", err);
+    cJSON_Delete(c);
+    return rc;
+}
+
 static void test_from_config(void) {
-    static hf_config c;
     kv_error err = {0};
-    memset(&c, 0, sizeof c);
-    c.n_layers = 12;
-    CHECK(kvmap_from_config(&map, &c, &err) == 0 && map.kind == KVMAP_IDENTITY &&
+    CHECK(from_config("{}", 12, 0, &err) == 0 && map.kind == KVMAP_IDENTITY &&
               kvmap_n_slots(&map) == 12,
           "no map -> identity: %s", err.msg);
 
     static const int lb[12] = {0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10};
-    c.has_layer_map = 1;
-    memcpy(c.kv_layer_of, lb, sizeof lb);
-    CHECK(kvmap_from_config(&map, &c, &err) == 0 && map.kind == KVMAP_CROSS &&
-              same_array(map.kv_layer_of, lb, 12) && !strcmp(map.name, "0_0_2_2_4_4_6_6_8_8_10_10"),
+    CHECK(from_config("{\"layer_types\": \"0_0_2_2_4_4_6_6_8_8_10_10\"}", 12, 0, &err) == 0 &&
+              map.kind == KVMAP_CROSS && same_array(map.kv_layer_of, lb, 12) &&
+              !strcmp(map.name, "0_0_2_2_4_4_6_6_8_8_10_10"),
           "layer_types: %s (name %s)", err.msg, map.name);
-    c.kv_layer_of[3] = 1; /* layer 3 -> 1, which reads 0 */
-    CHECK(kvmap_from_config(&map, &c, &err) == KV_EINVAL && strstr(err.msg, "config.json") &&
-              strstr(err.msg, "not a KV layer"),
+    CHECK(from_config("{\"layer_types\": [0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10]}", 12, 0, &err) == 0 &&
+              map.kind == KVMAP_CROSS && same_array(map.kv_layer_of, lb, 12),
+          "layer_types list: %s", err.msg);
+    /* layer 3 -> 1, which reads 0 */
+    CHECK(from_config("{\"layer_types\": \"0_0_2_1_4_4_6_6_8_8_10_10\"}", 12, 0, &err) == KV_EFORMAT &&
+              strstr(err.msg, "config.json") && strstr(err.msg, "not a KV layer"),
           "bad layer_types: %s", err.msg);
-    c.kv_layer_of[3] = 40;
-    CHECK(kvmap_from_config(&map, &c, &err) == KV_EINVAL && strstr(err.msg, "outside 0..11"),
+    CHECK(from_config("{\"layer_types\": \"0_0_2_40_4_4_6_6_8_8_10_10\"}", 12, 0, &err) == KV_EFORMAT &&
+              strstr(err.msg, "outside 0..11"),
           "layer_types out of range: %s", err.msg);
-    c.kv_layer_of[3] = 2;
 
-    c.swiftkv = 1;
-    c.swiftkv_layers = 6;
-    c.swiftkv_group = 3;
-    CHECK(kvmap_from_config(&map, &c, &err) == KV_EINVAL && strstr(err.msg, "both"),
+    CHECK(from_config("{\"layer_types\": \"0_0_2_2_4_4_6_6_8_8_10_10\", \"swiftkv\": true,"
+                      " \"num_key_value_layers\": 6, \"key_value_group_size\": 3}",
+                      12, 0, &err) == KV_EUNSUPPORTED &&
+              strstr(err.msg, "both"),
           "swiftkv + layer_types accepted: %s", err.msg);
-    c.has_layer_map = 0;
     static const int s12[12] = {0, 1, 2, 3, 4, 5, 6, 6, 6, 9, 9, 9};
-    CHECK(kvmap_from_config(&map, &c, &err) == 0 && map.kind == KVMAP_SWIFTKV &&
-              same_array(map.kv_layer_of, s12, 12),
+    CHECK(from_config("{\"swiftkv\": true, \"num_key_value_layers\": 6, \"key_value_group_size\": 3}",
+                      12, 0, &err) == 0 &&
+              map.kind == KVMAP_SWIFTKV && same_array(map.kv_layer_of, s12, 12),
           "swiftkv config: %s", err.msg);
-    c.swiftkv_group = 0;
-    CHECK(kvmap_from_config(&map, &c, &err) == 0 && map.swiftkv_g == 1, "absent group -> 1: %s",
-          err.msg);
-    c.swiftkv_group = 4;
-    CHECK(kvmap_from_config(&map, &c, &err) == KV_EINVAL && strstr(err.msg, "config.json") &&
-              strstr(err.msg, "key_value_group_size = 4"),
+    CHECK(from_config("{\"num_key_value_layers\": 6, \"key_value_group_size\": 3}", 12, 1, &err) == 0 &&
+              map.kind == KVMAP_SWIFTKV && same_array(map.kv_layer_of, s12, 12),
+          "swiftkv implied by the architecture: %s", err.msg);
+    CHECK(from_config("{\"swiftkv\": true, \"num_key_value_layers\": 6}", 12, 0, &err) == 0 &&
+              map.swiftkv_g == 1,
+          "absent group -> 1: %s", err.msg);
+    CHECK(from_config("{\"swiftkv\": true, \"num_key_value_layers\": 6, \"key_value_group_size\": 4}",
+                      12, 0, &err) == KV_EFORMAT &&
+              strstr(err.msg, "config.json") && strstr(err.msg, "'key_value_group_size' (4)"),
           "swiftkv 12/6/4: %s", err.msg);
-    c.swiftkv_group = 1;
-    c.swiftkv_layers = 12;
-    CHECK(kvmap_from_config(&map, &c, &err) == KV_EINVAL, "swiftkv l = L accepted");
-    c.n_layers = 0;
-    CHECK(kvmap_from_config(&map, &c, &err) == KV_EINVAL && strstr(err.msg, "num_hidden_layers"),
+    CHECK(from_config("{\"swiftkv\": true, \"num_key_value_layers\": 12}", 12, 0, &err) == KV_EFORMAT,
+          "swiftkv l = L accepted");
+    CHECK(from_config("{}", 0, 0, &err) == KV_EFORMAT && strstr(err.msg, "num_hidden_layers"),
           "0 layers: %s", err.msg);
 }
 

@@ -352,9 +352,8 @@ static void test_broken_checkpoints(void) {
 }
 
 static void set_lasagna(hf_config *c) {
-    static const int map[5] = {0, 0, 2, 2, 4};
-    c->has_layer_map = 1;
-    memcpy(c->kv_layer_of, map, sizeof map);
+    kv_error err = {0};
+    CHECK(kvmap_parse(&c->map, "0_0_2_2_4", 5, &err) == 0, "map: %s", err.msg);
 }
 
 static void test_cross_layer(void) {
@@ -370,6 +369,11 @@ static void test_cross_layer(void) {
             CHECK(v->n_bound == 43 && v->n_ignored == 4, "bound %d ignored %d", v->n_bound, v->n_ignored);
             CHECK(v->layers[1].k == NULL && v->layers[1].v == NULL && v->layers[3].k == NULL, "non-KV k/v unbound");
             CHECK(v->layers[2].k && v->layers[2].v && v->layers[0].k, "KV layers bound");
+            CHECK(llama_view_used(v, 1, LLAMA_K) == NULL && llama_view_used(v, 3, LLAMA_V_BIAS) == NULL &&
+                      llama_view_used(v, 2, LLAMA_K) == v->layers[2].k &&
+                      llama_view_used(v, 1, LLAMA_Q) == v->layers[1].q &&
+                      llama_view_used(v, 4, LLAMA_DOWN) == v->layers[4].down,
+                  "a forward runs k/v of KV layers only");
             model_info mi;
             kv_error err = {0};
             CHECK(model_info_fill(&mi, v, &err) == 0, "info");
@@ -407,9 +411,8 @@ static void test_cross_layer(void) {
 }
 
 static void set_swiftkv(hf_config *c) {
-    c->swiftkv = 1;
-    c->swiftkv_layers = 2;
-    c->swiftkv_group = 3;
+    kv_error err = {0};
+    CHECK(kvmap_swiftkv(&c->map, 5, 2, 3, &err) == 0, "map: %s", err.msg);
 }
 
 static void test_swiftkv_hand_built(void) {
@@ -462,6 +465,14 @@ static void test_swiftkv_hand_built(void) {
                       !v->layers[3].k_swiftkv,
                   "teacher bound beside swiftkv");
             CHECK(v->n_ignored == 0 && v->n_bound == 47 + 6, "bound %d", v->n_bound);
+            CHECK(llama_view_used(v, 3, LLAMA_Q) == v->layers[3].q_swiftkv &&
+                      llama_view_used(v, 3, LLAMA_K) == NULL && llama_view_used(v, 4, LLAMA_V) == NULL &&
+                      llama_view_used(v, 2, LLAMA_K) == v->layers[2].k_swiftkv &&
+                      llama_view_used(v, 2, LLAMA_V) == v->layers[2].v_swiftkv &&
+                      llama_view_used(v, 1, LLAMA_K) == v->layers[1].k &&
+                      llama_view_used(v, 1, LLAMA_ATTN_NORM) == v->layers[1].input_norm &&
+                      llama_view_used(v, 5, LLAMA_Q) == NULL,
+                  "a forward runs the *_swiftkv q/k/v on layers >= l, leaders' k/v only");
         }
         close_dir(m);
     }
@@ -532,6 +543,41 @@ static void test_converter_outputs(void) {
     }
 }
 
+/* one binder over any source: a table in memory (over the checkpoint, or alone) */
+static void test_table_source(void) {
+    static hf_config c;
+    kv_error err = {0};
+    CHECK(hf_config_parse(&c, stories_config, "config.json", &err) == 0, "config: %s", err.msg);
+    kv_tensor_source base, src;
+    kv_tensor_source_checkpoint(&base, &stories);
+    kv_tensor_table table = {.base = &base, .label = "table"};
+    kv_tensor_source_table(&src, &table);
+    llama_view v;
+    CHECK(llama_view_bind_source(&v, &c, &src, &err) == 0 && v.n_bound == 47 &&
+              v.n_params == STORIES_PARAMS && v.ckpt == NULL &&
+              v.embed == st_checkpoint_find(&stories, "model.embed_tokens.weight"),
+          "empty table over the checkpoint: %s", err.msg);
+    llama_view_free(&v);
+    /* the tensors in memory alone: what is missing is named by the table's label */
+    st_tensor items[2] = {*st_checkpoint_find(&stories, "model.norm.weight"),
+                          *st_checkpoint_find(&stories, "model.embed_tokens.weight")};
+    table = (kv_tensor_table){.items = items, .n_items = 2, .label = "table"};
+    kv_tensor_source_table(&src, &table);
+    CHECK(llama_view_bind_source(&v, &c, &src, &err) == KV_EFORMAT &&
+              strstr(err.msg, "table: missing tensor 'model.layers.0.input_layernorm.weight'") == err.msg,
+          "table alone: %s", err.msg);
+    /* a mis-shaped item is named with the table's label too */
+    items[0].shape[0] = 32;
+    table.base = &base;
+    items[0].name = "model.norm_swiftkv.weight";
+    CHECK(kvmap_swiftkv(&c.map, 5, 4, 1, &err) == 0, "swiftkv: %s", err.msg);
+    table.n_items = 1;
+    kv_tensor_source_table(&src, &table);
+    CHECK(llama_view_bind_source(&v, &c, &src, &err) == KV_EFORMAT &&
+              strstr(err.msg, "table: tensor 'model.norm_swiftkv.weight': shape [32]"),
+          "mis-shaped item: %s", err.msg);
+}
+
 /* a sharded BF16 synthetic model binds across files */
 static void test_synth_sharded(void) {
     synth_spec s;
@@ -585,6 +631,7 @@ int main(void) {
     test_cross_layer();
     test_swiftkv_hand_built();
     test_converter_outputs();
+    test_table_source();
     test_synth_sharded();
     remove_tree(tmp);
     st_checkpoint_close(&stories);

@@ -203,11 +203,11 @@ static void r_layer(ref_ctx *c, int i) {
     const int N = c->N, H = m->dims.hidden, Q = m->dims.q_dim, KV = m->dims.kv_dim, F = m->dims.ffn;
     const double *x = c->xin[i];
     double *y = c->xin[i + 1];
-    if (m->map.kind == KVMAP_SWIFTKV && i == m->map.swiftkv_l) {
+    if (m->cfg.map.kind == KVMAP_SWIFTKV && i == m->cfg.map.swiftkv_l) {
         r_rmsnorm(c->s, x, W_of(c, m->norm_swiftkv), N, H, m->dims.eps);
         for (int j = i; j < m->dims.n_layers; j++) {
-            if (!kvmap_is_kv_layer(&m->map, j)) continue;
-            const int sl = kvmap_slot_of(&m->map, j);
+            if (!kvmap_is_kv_layer(&m->cfg.map, j)) continue;
+            const int sl = kvmap_slot_of(&m->cfg.map, j);
             r_matmul(c->k[sl], c->s, W_of(c, m->layers[j].k), W_of(c, m->layers[j].k_b), N, H, KV);
             r_rope(c->k[sl], N, c->T, m->dims.n_kv_heads, m->dims.head_dim, m->dims.rope.theta);
             r_matmul(c->v[sl], c->s, W_of(c, m->layers[j].v), W_of(c, m->layers[j].v_b), N, H, KV);
@@ -216,15 +216,15 @@ static void r_layer(ref_ctx *c, int i) {
     r_rmsnorm(c->xn, x, W_of(c, ly->attn_norm), N, H, m->dims.eps);
     r_matmul(c->q, c->xn, W_of(c, ly->q), W_of(c, ly->q_b), N, H, Q);
     r_rope(c->q, N, c->T, m->dims.n_heads, m->dims.head_dim, m->dims.rope.theta);
-    const int sl = kvmap_slot_of(&m->map, i);
-    const int own = kvmap_is_kv_layer(&m->map, i) &&
-                    !(m->map.kind == KVMAP_SWIFTKV && i >= m->map.swiftkv_l);
+    const int sl = kvmap_slot_of(&m->cfg.map, i);
+    const int own = kvmap_is_kv_layer(&m->cfg.map, i) &&
+                    !(m->cfg.map.kind == KVMAP_SWIFTKV && i >= m->cfg.map.swiftkv_l);
     if (own) {
         r_matmul(c->k[sl], c->xn, W_of(c, ly->k), W_of(c, ly->k_b), N, H, KV);
         r_rope(c->k[sl], N, c->T, m->dims.n_kv_heads, m->dims.head_dim, m->dims.rope.theta);
         r_matmul(c->v[sl], c->xn, W_of(c, ly->v), W_of(c, ly->v_b), N, H, KV);
     }
-    const int up = m->map.kv_layer_of[i] > i && m->map.kind != KVMAP_SWIFTKV;
+    const int up = m->cfg.map.kv_layer_of[i] > i && m->cfg.map.kind != KVMAP_SWIFTKV;
     r_attention(c->att, c->q, up ? c->kp[sl] : c->k[sl], up ? c->vp[sl] : c->v[sl], c->B, c->T,
                 m->dims.n_heads, m->dims.n_kv_heads, m->dims.head_dim, up);
     double *mid = malloc(sizeof(double) * N * H), *tmp = malloc(sizeof(double) * N * H);
@@ -251,9 +251,9 @@ static void r_forward(ref_ctx *c, int set_prev) {
     for (int r = 0; r < N; r++)
         for (int k = 0; k < H; k++) c->xin[0][r * H + k] = E[(size_t)c->tokens[r] * H + k];
     int lo, hi;
-    if (kvmap_cyclic_block(&m->map, &lo, &hi) > 0 && m->map.kind != KVMAP_SWIFTKV) {
+    if (kvmap_cyclic_block(&m->cfg.map, &lo, &hi) > 0 && m->cfg.map.kind != KVMAP_SWIFTKV) {
         for (int i = 0; i < lo; i++) r_layer(c, i);
-        const int S = kvmap_n_slots(&m->map);
+        const int S = kvmap_n_slots(&m->cfg.map);
         const size_t kvb = sizeof(double) * N * m->dims.kv_dim;
         if (set_prev) {
             for (int s = 0; s < S; s++) memset(c->kp[s], 0, kvb), memset(c->vp[s], 0, kvb);
@@ -335,7 +335,7 @@ static void ref_init(ref_ctx *c, const kvt_model *m, int B, int T, int passes, i
         c->w[i] = malloc(sizeof(double) * p->n);
         for (size_t k = 0; k < p->n; k++) c->w[i][k] = p->w[k];
     }
-    const int S = kvmap_n_slots(&m->map), N = c->N;
+    const int S = kvmap_n_slots(&m->cfg.map), N = c->N;
     const size_t big = (size_t)N * (size_t)(m->dims.ffn > m->dims.vocab ? m->dims.ffn : m->dims.vocab) +
                        (size_t)N * (m->dims.q_dim > m->dims.hidden ? m->dims.q_dim : m->dims.hidden);
     c->k = alloc_rows(S, (size_t)N * m->dims.kv_dim);
@@ -355,7 +355,7 @@ static void ref_init(ref_ctx *c, const kvt_model *m, int B, int T, int passes, i
 }
 
 static void ref_free(ref_ctx *c) {
-    const int S = kvmap_n_slots(&c->m->map);
+    const int S = kvmap_n_slots(&c->m->cfg.map);
     for (int i = 0; i < c->m->n_params; i++) free(c->w[i]);
     free(c->w);
     free_rows(c->k, S), free_rows(c->v, S), free_rows(c->kp, S), free_rows(c->vp, S);

@@ -130,12 +130,10 @@ static int need_tensor(const convert_source *s, const char *name, int64_t rows, 
  * shapes; no layer index beyond the config; nothing already SwiftKV */
 static int check_source(const convert_source *s, kv_error *err) {
     const hf_config *c = &s->cfg;
-    if (c->swiftkv)
+    if (c->map.kind == KVMAP_SWIFTKV)
         return kv_fail(err, KV_EUNSUPPORTED, "%s: already transformed (config.json describes a SwiftKV model); convert the original", s->dir);
-    if (c->has_layer_map)
-        for (int i = 0; i < c->n_layers; i++)
-            if (c->kv_layer_of[i] != i)
-                return kv_fail(err, KV_EUNSUPPORTED, "%s: already transformed (config.json has a layer_types KV map); convert the original", s->dir);
+    if (c->map.kind == KVMAP_CROSS)
+        return kv_fail(err, KV_EUNSUPPORTED, "%s: already transformed (config.json has a layer_types KV map); convert the original", s->dir);
     const int64_t H = c->hidden_size, q_rows = (int64_t)c->n_heads * c->head_dim, kv_rows = (int64_t)c->n_kv_heads * c->head_dim;
     for (int i = 0; i < c->n_layers; i++)
         for (int pj = 0; pj < 3; pj++) {
@@ -273,11 +271,7 @@ int convert_plan_build(convert_plan *p, const convert_source *s, const kv_conver
 
     p->out_cfg = *c;
     hf_config *oc = &p->out_cfg;
-    oc->has_layer_map = o->map.kind == KVMAP_CROSS;
-    memcpy(oc->kv_layer_of, o->map.kv_layer_of, sizeof oc->kv_layer_of);
-    oc->swiftkv = o->map.kind == KVMAP_SWIFTKV;
-    oc->swiftkv_layers = oc->swiftkv ? o->map.swiftkv_l : 0;
-    oc->swiftkv_group = oc->swiftkv ? o->map.swiftkv_g : 0;
+    oc->map = o->map;
     if (o->out_dtype != KV_CONVERT_KEEP_DTYPE) oc->torch_dtype = (kv_dtype)o->out_dtype;
 
     for (int k = 0; k < s->ckpt.n_tensors; k++) {

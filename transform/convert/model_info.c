@@ -48,23 +48,25 @@ int model_info_fill(model_info *mi, const llama_view *v, kv_error *err) {
         mi->bytes_by_dtype[t] = v->bytes_by_dtype[t];
         mi->bytes_total += v->bytes_by_dtype[t];
     }
-    mi->kv_slots = hf_config_kv_slots(c);
+    mi->kv_slots = kvmap_n_slots(&c->map);
     size_t elem = kv_dtype_size(c->torch_dtype);
     mi->kv_bytes_per_token = kv_bytes(mi->kv_slots, c->n_kv_heads, c->head_dim, elem);
     mi->kv_bytes_per_token_full = kv_bytes(c->n_layers, c->n_kv_heads, c->head_dim, elem);
     if (!mi->kv_bytes_per_token || !mi->kv_bytes_per_token_full)
         return kv_fail(err, KV_ENOMEM, "model info: KV-cache bytes per token overflow");
-    if (c->swiftkv) {
+    if (c->map.kind == KVMAP_SWIFTKV) {
         mi->kv_kind = MODEL_KV_SWIFTKV;
-        mi->swiftkv_layers = c->swiftkv_layers;
-        mi->swiftkv_group = c->swiftkv_group;
-        snprintf(mi->kv_map, sizeof mi->kv_map, "l=%d,g=%d", c->swiftkv_layers, c->swiftkv_group);
+        mi->swiftkv_layers = c->map.swiftkv_l;
+        mi->swiftkv_group = c->map.swiftkv_g;
+        snprintf(mi->kv_map, sizeof mi->kv_map, "l=%d,g=%d", c->map.swiftkv_l, c->map.swiftkv_g);
         return 0;
     }
-    int shared = 0;
-    for (int i = 0; c->has_layer_map && i < c->n_layers; i++) shared |= c->kv_layer_of[i] != i;
-    mi->kv_kind = shared ? MODEL_KV_CROSS : MODEL_KV_IDENTITY;
-    return hf_config_layer_map_string(c, mi->kv_map, sizeof mi->kv_map, err);
+    mi->kv_kind = c->map.kind == KVMAP_CROSS ? MODEL_KV_CROSS : MODEL_KV_IDENTITY;
+    int n = kvmap_layer_types(&c->map, mi->kv_map, sizeof mi->kv_map);
+    if (n < 0 || (size_t)n >= sizeof mi->kv_map)
+        return kv_fail(err, KV_EINVAL, "layer map: %d layers do not fit in %zu bytes", c->n_layers,
+                       sizeof mi->kv_map);
+    return 0;
 }
 
 int model_info_load_dir(model_info *mi, const char *dir, kv_error *err) {

@@ -136,9 +136,9 @@ int calib_run(const calib_opts *o, const kv_map *maps, int n_maps,
     distill_seqs seqs = {0};
     kvt_run rt = {0};
     const int L = teacher.dims.n_layers;
-    if (!kvmap_is_identity(&teacher.map)) {
+    if (!kvmap_is_identity(&teacher.cfg.map)) {
         rc = kv_fail(err, KV_EINVAL, "%s: calibrate needs the original model (KV map %s)",
-                     o->teacher_dir, teacher.map.name);
+                     o->teacher_dir, teacher.cfg.map.name);
         goto out;
     }
     const char *dirs[] = {o->teacher_dir};

@@ -78,9 +78,9 @@ static void run_free(run_state *r) {
 }
 
 static int check_pair(const kvt_model *t, const kvt_model *s, kv_error *err) {
-    if (!kvmap_is_identity(&t->map))
+    if (!kvmap_is_identity(&t->cfg.map))
         return kv_fail(err, KV_EINVAL, "%s: the teacher must be an original model (its KV map "
-                       "is %s)", t->dir, t->map.name);
+                       "is %s)", t->dir, t->cfg.map.name);
     const llama_dims *a = &t->dims, *b = &s->dims;
     if (a->n_layers != b->n_layers || a->hidden != b->hidden || a->n_heads != b->n_heads ||
         a->n_kv_heads != b->n_kv_heads || a->head_dim != b->head_dim || a->ffn != b->ffn ||
@@ -275,10 +275,10 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
         (rc = kvt_run_init(&r.rt, r.b, &r.teacher, o->batch, o->seq_len, 1, 0, err)) ||
         (rc = kvt_optim_init(&r.opt, &r.rs, err)))
         goto out;
-    distill_fingerprint(r.fingerprint, o, r.total_steps, r.warmup, r.student.map.name, &r.train,
+    distill_fingerprint(r.fingerprint, o, r.total_steps, r.warmup, r.student.cfg.map.name, &r.train,
                         &r.opt);
-    distill_map_name(&r.student.map, rep->map_name, sizeof rep->map_name);
-    kvmap_layer_types(&r.student.map, rep->layer_types, sizeof rep->layer_types);
+    distill_map_name(&r.student.cfg.map, rep->map_name, sizeof rep->map_name);
+    kvmap_layer_types(&r.student.cfg.map, rep->layer_types, sizeof rep->layer_types);
     rep->trainable_params = (long)r.opt.count;
     rep->train_tokens_available = r.train.n * r.train.T;
 
@@ -346,7 +346,7 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
     rep->tokens_trained = r.tokens_trained;
     rep->steps = r.step;
     rep->seconds = r.prior_seconds + now_s() - r.t0;
-    rc = distill_report_write(o, r.warmup, &r.student.map, r.student.dims.n_layers, rep, err);
+    rc = distill_report_write(o, r.warmup, &r.student.cfg.map, r.student.dims.n_layers, rep, err);
 out:;
     kv_error close_err = {0};
     const int crc = distill_log_close(&r.log, rc ? &close_err : err);

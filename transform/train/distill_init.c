@@ -16,7 +16,7 @@ static int dropped(const kv_map *map, const char *name) {
     int is_kv = !strncmp(rest, "k_proj.", 7) || !strncmp(rest, "v_proj.", 7);
     int is_q = !strncmp(rest, "q_proj.", 7);
     if (map->kind == KVMAP_SWIFTKV) return layer >= map->swiftkv_l && (is_kv || is_q);
-    return is_kv && map->kv_layer_of[layer] != layer;
+    return is_kv && !kvmap_is_kv_layer(map, layer);
 }
 
 typedef struct {
@@ -88,7 +88,7 @@ static int add_cross(param_list *l, const kvt_model *t, const kv_map *map,
                                            "self_attn.k_proj.bias", "self_attn.v_proj.bias"};
     const int n_kv = t->cfg.attention_bias ? 4 : 2;
     for (int i = 0; i < map->n_layers; i++) {
-        if (map->kv_layer_of[i] != i) continue;
+        if (!kvmap_is_kv_layer(map, i)) continue;
         int readers[HF_MAX_LAYERS];
         int nr = kvmap_readers(map, i, readers, HF_MAX_LAYERS);
         if (nr < 0) return kv_fail(err, KV_EINVAL, "student: bad KV map");
@@ -139,8 +139,8 @@ static int cmp_param(const void *a, const void *b) {
 int distill_student_init(kvt_model *s, const kvt_model *t, const kv_map *map,
                          distill_init_mode mode, kv_error *err) {
     memset(s, 0, sizeof *s);
-    if (!kvmap_is_identity(&t->map))
-        return kv_fail(err, KV_EINVAL, "teacher: already transformed (KV map %s)", t->map.name);
+    if (!kvmap_is_identity(&t->cfg.map))
+        return kv_fail(err, KV_EINVAL, "teacher: already transformed (KV map %s)", t->cfg.map.name);
     if (map->n_layers != t->dims.n_layers)
         return kv_fail(err, KV_EINVAL, "KV map %s has %d layers, the teacher %d", map->name,
                        map->n_layers, t->dims.n_layers);
@@ -149,16 +149,10 @@ int distill_student_init(kvt_model *s, const kvt_model *t, const kv_map *map,
     if (map->kind == KVMAP_IDENTITY)
         return kv_fail(err, KV_EINVAL, "KV map %s changes nothing", map->name);
     s->cfg = t->cfg;
-    s->map = *map;
+    s->cfg.map = *map;
     if (map->kind == KVMAP_SWIFTKV) {
-        s->cfg.swiftkv = 1;
-        s->cfg.swiftkv_layers = map->swiftkv_l;
-        s->cfg.swiftkv_group = map->swiftkv_g;
         snprintf(s->cfg.architecture, sizeof s->cfg.architecture, "LlamaSwiftKVForCausalLM");
         snprintf(s->cfg.model_type, sizeof s->cfg.model_type, "llama_swiftkv");
-    } else {
-        s->cfg.has_layer_map = 1;
-        memcpy(s->cfg.kv_layer_of, map->kv_layer_of, sizeof(int) * (size_t)map->n_layers);
     }
     param_list l = {0};
     if ((rc = kvt_model_dims(s, err))) goto fail;

@@ -22,7 +22,7 @@ static size_t rows_bytes(const kvt_run *r, int width) { return sizeof(float) * r
 /* the slots whose K/V an upward layer reads: they need a previous-pass copy */
 static int slot_has_upward_reader(const kvt_model *m, int slot) {
     for (int i = 0; i < m->dims.n_layers; i++)
-        if (kvmap_is_upward(&m->map, i) && kvmap_slot_of(&m->map, i) == slot) return 1;
+        if (kvmap_is_upward(&m->cfg.map, i) && kvmap_slot_of(&m->cfg.map, i) == slot) return 1;
     return 0;
 }
 
@@ -39,15 +39,15 @@ static int lowest_grad_layer(const kvt_model *m) {
     int lo = m->dims.n_layers;
     for (int i = m->dims.n_layers - 1; i >= 0; i--)
         if (any_trainable_in_layer(&m->layers[i])) lo = i;
-    if (m->norm_swiftkv && m->norm_swiftkv->trainable && m->map.swiftkv_l < lo)
-        lo = m->map.swiftkv_l;
+    if (m->norm_swiftkv && m->norm_swiftkv->trainable && m->cfg.map.swiftkv_l < lo)
+        lo = m->cfg.map.swiftkv_l;
     return lo;
 }
 
 /* 1 when slot s is written by a layer of the cyclic block [lo, hi] */
 static int slot_made_in_block(const kvt_model *m, int s, int lo, int hi) {
     for (int i = lo; i <= hi; i++)
-        if (kvmap_is_kv_layer(&m->map, i) && kvmap_slot_of(&m->map, i) == s) return 1;
+        if (kvmap_is_kv_layer(&m->cfg.map, i) && kvmap_slot_of(&m->cfg.map, i) == s) return 1;
     return 0;
 }
 
@@ -323,8 +323,8 @@ int kvt_run_init_grad(kvt_run *r, kv_backend *b, const kvt_model *m, int B, int 
     r->N = (int)N;
     r->passes = passes;
     r->want_grad = want_grad;
-    r->n_slots = kvmap_n_slots(&m->map);
-    r->has_upward = kvmap_cyclic_block(&m->map, &r->block_lo, &r->block_hi) > 0;
+    r->n_slots = kvmap_n_slots(&m->cfg.map);
+    r->has_upward = kvmap_cyclic_block(&m->cfg.map, &r->block_lo, &r->block_hi) > 0;
     r->grad_lo = want_grad ? lowest_grad_layer(m) : m->dims.n_layers;
     r->grad_passes = r->has_upward && want_grad ? grad_passes : 1;
     if (r->grad_passes > 1 && r->grad_lo > r->block_lo) r->grad_lo = r->block_lo;
@@ -406,10 +406,10 @@ static int swiftkv_write_kv(kvt_run *r, const float *h_l, kv_error *err) {
     const llama_dims *d = &m->dims;
     const int N = r->N, H = d->hidden, KV = d->kv_dim;
     TRY(OP(rmsnorm, r->s_norm, h_l, W(m->norm_swiftkv), N, H, d->eps, err));
-    for (int j = m->map.swiftkv_l; j < d->n_layers; j++) {
-        if (!kvmap_is_kv_layer(&m->map, j)) continue;
+    for (int j = m->cfg.map.swiftkv_l; j < d->n_layers; j++) {
+        if (!kvmap_is_kv_layer(&m->cfg.map, j)) continue;
         const kvt_layer *ly = &m->layers[j];
-        const int s = kvmap_slot_of(&m->map, j);
+        const int s = kvmap_slot_of(&m->cfg.map, j);
         TRY(OP(matmul, r->k[s], r->s_norm, W(ly->k), KV_F32, W(ly->k_b), N, H, KV, 0, err));
         TRY(OP(rope, r->k[s], N, d->n_kv_heads, r->pos, &r->rope, err));
         TRY(OP(matmul, r->v[s], r->s_norm, W(ly->v), KV_F32, W(ly->v_b), N, H, KV, 0, err));
@@ -424,19 +424,19 @@ static int layer_forward(kvt_run *r, int i, kv_error *err) {
     kvt_layer_acts *a = &r->acts[i];
     const int N = r->N, H = d->hidden, Q = d->q_dim, KV = d->kv_dim, F = d->ffn, T = r->T;
     float *x_out = i + 1 < d->n_layers ? r->acts[i + 1].x_in : r->x_out;
-    if (m->map.kind == KVMAP_SWIFTKV && i == m->map.swiftkv_l)
+    if (m->cfg.map.kind == KVMAP_SWIFTKV && i == m->cfg.map.swiftkv_l)
         TRY(swiftkv_write_kv(r, a->x_in, err));
 
     TRY(OP(rmsnorm, a->xn1, a->x_in, W(ly->attn_norm), N, H, d->eps, err));
     TRY(OP(matmul, a->q, a->xn1, W(ly->q), KV_F32, W(ly->q_b), N, H, Q, 0, err));
     TRY(OP(rope, a->q, N, d->n_heads, r->pos, &r->rope, err));
-    const int slot = kvmap_slot_of(&m->map, i);
+    const int slot = kvmap_slot_of(&m->cfg.map, i);
     if (kvt_layer_writes_own_kv(m, i)) {
         TRY(OP(matmul, r->k[slot], a->xn1, W(ly->k), KV_F32, W(ly->k_b), N, H, KV, 0, err));
         TRY(OP(rope, r->k[slot], N, d->n_kv_heads, r->pos, &r->rope, err));
         TRY(OP(matmul, r->v[slot], a->xn1, W(ly->v), KV_F32, W(ly->v_b), N, H, KV, 0, err));
     }
-    const int up = kvmap_is_upward(&m->map, i);
+    const int up = kvmap_is_upward(&m->cfg.map, i);
     const float *K = up ? r->k_prev[slot] : r->k[slot], *V = up ? r->v_prev[slot] : r->v[slot];
     for (int b = 0; b < r->B; b++) {
         const size_t qo = (size_t)b * T * Q, ko = (size_t)b * T * KV;
@@ -549,7 +549,7 @@ static int layer_backward(kvt_run *r, int i, kv_error *err) {
     TRY(zero(r, r->datt, Q, err));
     TRY(OP(matmul_backward, r->datt, G(ly->o), G(ly->o_b), r->dx, a->att, W(ly->o), N, Q, H, err));
     TRY(zero(r, r->dq, Q, err));
-    const int slot = kvmap_slot_of(&m->map, i), up = kvmap_is_upward(&m->map, i);
+    const int slot = kvmap_slot_of(&m->cfg.map, i), up = kvmap_is_upward(&m->cfg.map, i);
     const float *K = up ? r->k_prev[slot] : r->k[slot], *V = up ? r->v_prev[slot] : r->v[slot];
     /* the previous pass's K/V: constants, unless that pass is differentiated too */
     float *dK = up ? (r->read_grad ? r->dk_prev[slot] : NULL) : r->dk[slot];
@@ -581,17 +581,17 @@ static int swiftkv_backward(kvt_run *r, kv_error *err) {
     const llama_dims *d = &m->dims;
     const int N = r->N, H = d->hidden, KV = d->kv_dim;
     TRY(zero(r, r->ds, H, err));
-    for (int j = m->map.swiftkv_l; j < d->n_layers; j++) {
-        if (!kvmap_is_kv_layer(&m->map, j)) continue;
+    for (int j = m->cfg.map.swiftkv_l; j < d->n_layers; j++) {
+        if (!kvmap_is_kv_layer(&m->cfg.map, j)) continue;
         const kvt_layer *ly = &m->layers[j];
-        const int s = kvmap_slot_of(&m->map, j);
+        const int s = kvmap_slot_of(&m->cfg.map, j);
         TRY(OP(rope_backward, r->dk[s], N, d->n_kv_heads, r->pos, &r->rope, err));
         TRY(OP(matmul_backward, r->ds, G(ly->k), G(ly->k_b), r->dk[s], r->s_norm, W(ly->k), N, H,
                KV, err));
         TRY(OP(matmul_backward, r->ds, G(ly->v), G(ly->v_b), r->dv[s], r->s_norm, W(ly->v), N, H,
                KV, err));
     }
-    return OP(rmsnorm_backward, r->dx, G(m->norm_swiftkv), r->ds, r->acts[m->map.swiftkv_l].x_in,
+    return OP(rmsnorm_backward, r->dx, G(m->norm_swiftkv), r->ds, r->acts[m->cfg.map.swiftkv_l].x_in,
               W(m->norm_swiftkv), N, H, d->eps, err);
 }
 
@@ -667,7 +667,7 @@ int kvt_backward(kvt_run *r, kv_error *err) {
         TRY(layer_backward(r, i, err));
         /* dh_last is never -0 (zeroed, then added into): dev_add is exactly dx + dh_last */
         if (i == d->n_layers - 1) TRY(dev_add(r, r->dx, r->dh_last, rows(r, H), err));
-        if (m->map.kind == KVMAP_SWIFTKV && i == m->map.swiftkv_l) TRY(swiftkv_backward(r, err));
+        if (m->cfg.map.kind == KVMAP_SWIFTKV && i == m->cfg.map.swiftkv_l) TRY(swiftkv_backward(r, err));
         if (r->grad_passes > 1 && i == r->block_lo) TRY(early_passes_backward(r, err));
     }
     return 0;

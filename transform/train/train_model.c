@@ -1,4 +1,5 @@
-/* Training model: load from a checkpoint, bind by HF name with shape checks, trainable set, save. */
+/* Training model: load from a checkpoint, tensors taken from a llama_view of the params,
+ * trainable set, save. */
 #include "transform/train/train_model.h"
 
 #include <stdio.h>
@@ -19,18 +20,18 @@ kvt_param *kvt_model_find(const kvt_model *m, const char *name) {
 }
 
 int kvt_layer_is_swiftkv(const kvt_model *m, int layer) {
-    return m->map.kind == KVMAP_SWIFTKV && layer >= m->map.swiftkv_l;
+    return kvmap_is_swiftkv_layer(&m->cfg.map, layer);
 }
 
 int kvt_layer_writes_own_kv(const kvt_model *m, int layer) {
-    return kvmap_is_kv_layer(&m->map, layer) && !kvt_layer_is_swiftkv(m, layer);
+    return kvmap_is_kv_layer(&m->cfg.map, layer) && !kvt_layer_is_swiftkv(m, layer);
 }
 
 int kvt_model_dims(kvt_model *m, kv_error *err) {
     const hf_config *c = &m->cfg;
     llama_dims_init(&m->dims, c);
-    if (m->map.n_layers != m->dims.n_layers)
-        return kv_fail(err, KV_EINVAL, "KV map has %d layers, config %d", m->map.n_layers, m->dims.n_layers);
+    if (m->cfg.map.n_layers != m->dims.n_layers)
+        return kv_fail(err, KV_EINVAL, "KV map has %d layers, config %d", m->cfg.map.n_layers, m->dims.n_layers);
     return 0;
 }
 
@@ -55,22 +56,13 @@ static int load_values(kvt_param *p, const char *label, kv_error *err) {
     return 0;
 }
 
-/* finds `name`, checks its shape [d0] or [d0, d1] (d1 = 0: one dimension), loads it */
-static int bind(kvt_model *m, kvt_param **out, const char *name, int64_t d0, int64_t d1,
-                const char *label, kv_error *err) {
-    kvt_param *p = kvt_model_find(m, name);
-    if (!p) return kv_fail(err, KV_EFORMAT, "%s: tensor '%s' is missing", label, name);
-    int nd = d1 ? 2 : 1;
-    if (p->n_dims != nd || p->shape[0] != d0 || (nd == 2 && p->shape[1] != d1)) {
-        char got[64] = "", want[64];
-        for (int i = 0, o = 0; i < p->n_dims && o < 60; i++)
-            o += snprintf(got + o, sizeof got - (size_t)o, "%s%lld", i ? ", " : "",
-                          (long long)p->shape[i]);
-        if (d1) snprintf(want, sizeof want, "%lld, %lld", (long long)d0, (long long)d1);
-        else snprintf(want, sizeof want, "%lld", (long long)d0);
-        return kv_fail(err, KV_EFORMAT, "%s: tensor '%s': shape [%s] but config.json implies [%s]",
-                       label, name, got, want);
-    }
+/* the param behind view slot t (NULL: none), its values loaded, marked used */
+static int use(kvt_model *m, kvt_param **out, const st_tensor *t, const char *label,
+               kv_error *err) {
+    *out = NULL;
+    if (!t) return 0;
+    kvt_param *p = kvt_model_find(m, t->name);
+    if (!p) return kv_fail(err, KV_EINVAL, "%s: tensor '%s' is not one of the model's", label, t->name);
     int rc = load_values(p, label, err);
     if (rc) return rc;
     p->used = 1;
@@ -78,71 +70,48 @@ static int bind(kvt_model *m, kvt_param **out, const char *name, int64_t d0, int
     return 0;
 }
 
-static int bind_opt_bias(kvt_model *m, kvt_param **out, int want, const char *name, int64_t d0,
-                         const char *label, kv_error *err) {
-    *out = NULL;
-    return want ? bind(m, out, name, d0, 0, label, err) : 0;
-}
-
-int kvt_model_bind(kvt_model *m, const char *label, kv_error *err) {
-    const int H = m->dims.hidden, Q = m->dims.q_dim, KV = m->dims.kv_dim, F = m->dims.ffn;
-    const int ab = m->cfg.attention_bias, mb = m->cfg.mlp_bias;
-    char n[KVT_NAME_MAX + 32];
+/* every tensor the forward pass runs with, from a view of the params */
+static int use_all(kvt_model *m, const llama_view *v, const char *label, kv_error *err) {
     int rc;
-    for (int i = 0; i < m->n_params; i++) m->params[i].used = 0;
-    if ((rc = bind(m, &m->embed, "model.embed_tokens.weight", m->dims.vocab, H, label, err)) ||
-        (rc = bind(m, &m->final_norm, "model.norm.weight", H, 0, label, err)))
-        return rc;
-    if (m->cfg.tie_word_embeddings) m->lm_head = m->embed;
-    else if ((rc = bind(m, &m->lm_head, "lm_head.weight", m->dims.vocab, H, label, err))) return rc;
-    m->norm_swiftkv = NULL;
-    if (m->map.kind == KVMAP_SWIFTKV &&
-        (rc = bind(m, &m->norm_swiftkv, "model.norm_swiftkv.weight", H, 0, label, err)))
+    if ((rc = use(m, &m->embed, v->embed, label, err)) ||
+        (rc = use(m, &m->final_norm, v->norm, label, err)) ||
+        (rc = use(m, &m->lm_head, llama_view_output(v), label, err)) ||
+        (rc = use(m, &m->norm_swiftkv, v->norm_swiftkv, label, err)))
         return rc;
     for (int i = 0; i < m->dims.n_layers; i++) {
         kvt_layer *ly = &m->layers[i];
-        memset(ly, 0, sizeof *ly);
-        const int skv = kvt_layer_is_swiftkv(m, i);
-        const char *sfx = skv ? "_swiftkv" : "";
-#define P(field, fmt, d0, d1)                                                  \
-    do {                                                                       \
-        snprintf(n, sizeof n, "model.layers.%d." fmt, i);                      \
-        if ((rc = bind(m, &ly->field, n, d0, d1, label, err))) return rc;      \
-    } while (0)
-#define PS(field, fmt, d0, d1)                                                 \
-    do {                                                                       \
-        snprintf(n, sizeof n, "model.layers.%d." fmt, i, sfx);                 \
-        if ((rc = bind(m, &ly->field, n, d0, d1, label, err))) return rc;      \
-    } while (0)
-#define B(field, want, fmt, d0)                                                \
-    do {                                                                       \
-        snprintf(n, sizeof n, "model.layers.%d." fmt, i, sfx);                 \
-        if ((rc = bind_opt_bias(m, &ly->field, want, n, d0, label, err))) return rc; \
-    } while (0)
-        P(attn_norm, "input_layernorm.weight", H, 0);
-        PS(q, "self_attn.q_proj%s.weight", Q, H);
-        B(q_b, ab, "self_attn.q_proj%s.bias", Q);
-        if (kvmap_is_kv_layer(&m->map, i)) {
-            PS(k, "self_attn.k_proj%s.weight", KV, H);
-            PS(v, "self_attn.v_proj%s.weight", KV, H);
-            B(k_b, ab, "self_attn.k_proj%s.bias", KV);
-            B(v_b, ab, "self_attn.v_proj%s.bias", KV);
-        }
-        sfx = "";
-        P(o, "self_attn.o_proj.weight", H, Q);
-        B(o_b, ab, "self_attn.o_proj.bias%s", H);
-        P(mlp_norm, "post_attention_layernorm.weight", H, 0);
-        P(gate, "mlp.gate_proj.weight", F, H);
-        P(up, "mlp.up_proj.weight", F, H);
-        P(down, "mlp.down_proj.weight", H, F);
-        B(gate_b, mb, "mlp.gate_proj.bias%s", F);
-        B(up_b, mb, "mlp.up_proj.bias%s", F);
-        B(down_b, mb, "mlp.down_proj.bias%s", H);
-#undef P
-#undef PS
-#undef B
+        kvt_param **dst[LLAMA_N_ROLES] = { /* llama_role order */
+            &ly->attn_norm, &ly->q, &ly->q_b, &ly->k, &ly->k_b, &ly->v, &ly->v_b, &ly->o, &ly->o_b,
+            &ly->mlp_norm, &ly->gate, &ly->gate_b, &ly->up, &ly->up_b, &ly->down, &ly->down_b};
+        for (int r = 0; r < LLAMA_N_ROLES; r++)
+            if ((rc = use(m, dst[r], llama_view_used(v, i, (llama_role)r), label, err))) return rc;
     }
     return 0;
+}
+
+int kvt_model_bind(kvt_model *m, const char *label, kv_error *err) {
+    /* the params as st_tensor records: the source's bytes, or the F32 values built in memory */
+    st_tensor *recs = calloc((size_t)(m->n_params ? m->n_params : 1), sizeof *recs);
+    if (!recs) return kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
+    for (int i = 0; i < m->n_params; i++) {
+        kvt_param *p = &m->params[i];
+        recs[i] = p->src ? *p->src
+                         : (st_tensor){.dtype = KV_F32, .n_elements = p->n, .data = p->w,
+                                       .n_bytes = p->n * sizeof(float), .file_index = -1};
+        recs[i].name = p->name;
+        recs[i].n_dims = p->n_dims;
+        memcpy(recs[i].shape, p->shape, sizeof recs[i].shape);
+    }
+    kv_tensor_table table = {.items = recs, .n_items = m->n_params, .label = label};
+    kv_tensor_source src;
+    kv_tensor_source_table(&src, &table);
+    llama_view v;
+    int rc = llama_view_bind_source(&v, &m->cfg, &src, err);
+    for (int i = 0; i < m->n_params; i++) m->params[i].used = 0;
+    if (!rc) rc = use_all(m, &v, label, err);
+    llama_view_free(&v);
+    free(recs);
+    return rc;
 }
 
 static int path_in(char *out, size_t cap, const char *dir, const char *name, kv_error *err) {
@@ -157,7 +126,7 @@ int kvt_model_load(kvt_model *m, const char *dir, kv_error *err) {
     if (rc) return rc;
     if ((rc = kv_read_file(path, &m->config_json, &len, HF_MAX_CONFIG_BYTES, err)) ||
         (rc = hf_config_parse(&m->cfg, m->config_json, path, err)) ||
-        (rc = kvmap_from_config(&m->map, &m->cfg, err)) || (rc = kvt_model_dims(m, err)))
+        (rc = kvt_model_dims(m, err)))
         goto fail;
     if (!(m->dir = strdup(dir)) || !(m->ckpt = calloc(1, sizeof *m->ckpt))) {
         rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", dir);
@@ -233,23 +202,23 @@ static int make_trainable(kvt_param *p, long *count, kv_error *err) {
 long kvt_model_set_trainable_distill(kvt_model *m, kv_error *err) {
     long count = 0;
     int rc = 0;
-    if (m->map.kind == KVMAP_SWIFTKV) {
+    if (m->cfg.map.kind == KVMAP_SWIFTKV) {
         rc = make_trainable(m->norm_swiftkv, &count, err);
-        for (int i = m->map.swiftkv_l; i < m->dims.n_layers && !rc; i++) {
+        for (int i = m->cfg.map.swiftkv_l; i < m->dims.n_layers && !rc; i++) {
             kvt_layer *ly = &m->layers[i];
             kvt_param *ps[] = {ly->q, ly->q_b, ly->k, ly->k_b, ly->v, ly->v_b};
             for (size_t j = 0; j < sizeof ps / sizeof *ps && !rc; j++)
                 rc = make_trainable(ps[j], &count, err);
         }
-    } else if (m->map.kind == KVMAP_CROSS) {
+    } else if (m->cfg.map.kind == KVMAP_CROSS) {
         for (int i = 0; i < m->dims.n_layers && !rc; i++) {
             kvt_layer *ly = &m->layers[i];
-            if (m->map.kv_layer_of[i] != i) {
+            if (!kvmap_is_kv_layer(&m->cfg.map, i)) {
                 if (!(rc = make_trainable(ly->q, &count, err))) rc = make_trainable(ly->q_b, &count, err);
                 continue;
             }
             int readers[HF_MAX_LAYERS];
-            if (kvmap_readers(&m->map, i, readers, HF_MAX_LAYERS) < 2) continue;
+            if (kvmap_readers(&m->cfg.map, i, readers, HF_MAX_LAYERS) < 2) continue;
             kvt_param *ps[] = {ly->k, ly->k_b, ly->v, ly->v_b};
             for (size_t j = 0; j < sizeof ps / sizeof *ps && !rc; j++)
                 rc = make_trainable(ps[j], &count, err);

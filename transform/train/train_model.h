@@ -1,10 +1,11 @@
 /* A Llama model held for training: every tensor of the checkpoint by HF name, the ones the
  * forward pass uses as F32, a trainable flag and a gradient buffer per tensor.
  *
- * Binding follows METHODS.md: original and cross-layer layers use q/o always and k/v on KV layers
- * (a k/v left on a non-KV layer is kept in the file but unused); SwiftKV layers j >= l use
- * q_proj_swiftkv and, on group leaders, k/v_proj_swiftkv (the teacher's q/k/v of those layers,
- * interop layout, are kept in the file but unused).
+ * The tensors come from a llama_view of the params (formats/llama_view.h), as METHODS.md binds
+ * them: original and cross-layer layers use q/o always and k/v on KV layers (a k/v left on a
+ * non-KV layer is kept in the file but unused); SwiftKV layers j >= l use q_proj_swiftkv and, on
+ * group leaders, k/v_proj_swiftkv (the teacher's q/k/v of those layers, interop layout, are kept
+ * in the file but unused).
  * Frozen F32 tensors point into the checkpoint's mapping (or into another model, for a student
  * built in memory); trainable ones are always private copies. */
 #ifndef KV_TRAIN_MODEL_H
@@ -48,8 +49,7 @@ typedef struct {
 } kvt_layer;                                 /* biases NULL unless attention_bias / mlp_bias */
 
 typedef struct {
-    hf_config cfg;
-    kv_map map;
+    hf_config cfg;                 /* cfg.map: the KV map */
     llama_dims dims;               /* L, H, nh, nkv, hd, F, V, RoPE (formats/llama_view.h) */
     int n_params;
     kvt_param *params;             /* sorted by name */
@@ -63,7 +63,7 @@ typedef struct {
     st_checkpoint *ckpt;           /* owned when loaded from a directory */
 } kvt_model;
 
-/* HF directory: config.json + safetensors. Validates every bound tensor's shape. */
+/* HF directory: config.json + safetensors, every tensor checked against the config. */
 int kvt_model_load(kvt_model *m, const char *dir, kv_error *err);
 void kvt_model_free(kvt_model *m);
 kvt_param *kvt_model_find(const kvt_model *m, const char *name);
@@ -88,9 +88,11 @@ void kvt_model_zero_grads(kvt_model *m);
  * aux_dir when given) when present. Atomic per file; DIR is created. */
 int kvt_model_save(const kvt_model *m, const char *dir, const char *aux_dir, kv_error *err);
 
-/* internal to the transform/ files: fills the derived sizes from cfg and map */
+/* internal to the transform/ files: fills the derived sizes from cfg (checks cfg.map's layers) */
 int kvt_model_dims(kvt_model *m, kv_error *err);
-/* binds the per-layer pointers by name (after params are filled); checks shapes */
+/* binds the per-layer pointers (after params are filled) from a llama_view of the params:
+ * names, shapes and dtypes checked there, every param accounted for; LABEL names the model in
+ * errors */
 int kvt_model_bind(kvt_model *m, const char *label, kv_error *err);
 
 #endif
