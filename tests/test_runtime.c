@@ -25,6 +25,7 @@
 enum { L = 5, H = 64, V = 512, KVD = 32, SEQ = 64 };
 
 static char tmp_root[256];
+static kv_backend cpu;            /* every state runs on it (kernels/backend.h) */
 static st_checkpoint orig;        /* the original checkpoint, source of every variant */
 static st_file golden;
 static const int32_t *golden_tokens; /* [3, 64] */
@@ -184,7 +185,7 @@ static int runner_open_cache(runner *r, const char *dir, int max_seq, int max_ba
     int rc = kv_model_load(&r->m, dir, NULL, &err);
     CHECK(rc == 0, "load %s: %s", dir, err.msg);
     if (rc) return rc;
-    rc = kv_state_init(&r->s, &r->m, max_seq, max_batch, cache, &err);
+    rc = kv_state_init(&r->s, &cpu, &r->m, max_seq, max_batch, cache, &err);
     CHECK(rc == 0, "state %s: %s", dir, err.msg);
     if (rc) {
         kv_model_free(&r->m);
@@ -905,7 +906,7 @@ static void test_bf16_cache(void) {
     kv_model mm;
     if (kv_model_load(&mm, MODEL_DIR, NULL, &err) == 0) {
         kv_state s2;
-        CHECK(kv_state_init(&s2, &mm, 16, 8, KV_F16, &err) == KV_EINVAL && strstr(err.msg, "F16"),
+        CHECK(kv_state_init(&s2, &cpu, &mm, 16, 8, KV_F16, &err) == KV_EINVAL && strstr(err.msg, "F16"),
               "an F16 cache is refused: '%s'", err.msg);
         kv_model_free(&mm);
     }
@@ -936,7 +937,7 @@ static void test_errors(void) {
     kv_forward_opts all = {.logits = KV_LOGITS_ALL};
     CHECK(kv_forward(&r.s, tok, 1, &all, NULL, &err) == KV_EINVAL, "all logits without a buffer");
     kv_state s2;
-    CHECK(kv_state_init(&s2, &r.m, 513, 8, KV_F32, &err) == KV_EINVAL, "context beyond max_position_embeddings");
+    CHECK(kv_state_init(&s2, &cpu, &r.m, 513, 8, KV_F32, &err) == KV_EINVAL, "context beyond max_position_embeddings");
     runner_close(&r);
     kv_model m;
     CHECK(kv_model_load(&m, SHARED_DIR "/models/llama2-tokenizer", NULL, &err) != 0, "tokenizer-only dir loads");
@@ -944,7 +945,7 @@ static void test_errors(void) {
 
 int main(void) {
     kv_error err = {0};
-    kv_kernels_set_threads(2);
+    kv_backend_cpu_init(&cpu, 2, &err);
     snprintf(tmp_root, sizeof tmp_root, "/tmp/kvforge-test-runtime-XXXXXX");
     if (!mkdtemp(tmp_root)) {
         CHECK(0, "mkdtemp");
@@ -970,6 +971,7 @@ int main(void) {
 
     st_close(&golden);
     st_checkpoint_close(&orig);
+    kv_backend_free(&cpu);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_root);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp_root);

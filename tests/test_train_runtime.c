@@ -71,7 +71,9 @@ static void compare(const char *spec, kv_swiftkv_layout layout, const kvt_model 
         return;
     }
     kv_state st;
-    rc = kv_state_init(&st, &rm, T, T, KV_F32, &err);
+    kv_backend cpu;
+    kv_backend_cpu_init(&cpu, 1, &err);
+    rc = kv_state_init(&st, &cpu, &rm, T, T, KV_F32, &err);
     CHECK(rc == 0, "%s: state: %s", spec, err.msg);
     kvt_run run;
     rc |= kvt_run_init(&run, &s, n_seq, T, 9, 0, &err);
@@ -99,6 +101,7 @@ static void compare(const char *spec, kv_swiftkv_layout layout, const kvt_model 
     free(logits);
     kvt_run_free(&run);
     kv_state_free(&st);
+    kv_backend_free(&cpu);
     kv_model_free(&rm);
     kvt_model_free(&s);
 }
