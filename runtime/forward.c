@@ -81,9 +81,11 @@ static int map_weights(kv_state *s, const kv_model *m, kv_error *err) {
             {&v->wv, h->wv, KV * H, "v_proj"}, {&v->bv, h->bv, KV, "v_proj bias"},
             {&v->wo, h->wo, H * Q, "o_proj"}, {&v->bo, h->bo, H, "o_proj bias"},
             {&v->mlp_norm, h->mlp_norm, H, "post_attention_layernorm"},
-            {&v->w_gate, h->w_gate, F * H, "gate_proj"}, {&v->b_gate, h->b_gate, F, "gate_proj bias"},
+            {&v->w_gate, h->w_gate, F * H, "gate_proj"},
+            {&v->b_gate, h->b_gate, F, "gate_proj bias"},
             {&v->w_up, h->w_up, F * H, "up_proj"}, {&v->b_up, h->b_up, F, "up_proj bias"},
-            {&v->w_down, h->w_down, H * F, "down_proj"}, {&v->b_down, h->b_down, H, "down_proj bias"},
+            {&v->w_down, h->w_down, H * F, "down_proj"},
+            {&v->b_down, h->b_down, H, "down_proj bias"},
         };
         for (int j = 0; !rc && j < PER_LAYER; j++)
             rc = map_weight(s, t[j].dev, t[j].host, t[j].count, t[j].what, i, err);
