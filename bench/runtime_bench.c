@@ -110,6 +110,9 @@ static double bandwidth(void) { return maximum(bw.best1, bw.bestn); }
 
 /* ---- model timings ---------------------------------------------------------------------------- */
 
+/* the CPU backend every state runs on (its ops follow kv_kernels_set_threads as it changes) */
+static kv_backend cpu;
+
 /* a model with its state and a fixed pseudo-random prompt */
 typedef struct {
     const kv_model *m;
@@ -134,7 +137,7 @@ static int bm_open(bench_model *b, const kv_model *m, int max_seq, kv_dtype cach
     kv_error err = {0};
     *b = (bench_model){.m = m, .cache_formula = formula_bytes(m, max_seq, cache)};
     b->ids = malloc(sizeof *b->ids * (size_t)max_seq);
-    if (!b->ids || kv_state_init(&b->s, m, max_seq, max_seq, cache, &err)) {
+    if (!b->ids || kv_state_init(&b->s, &cpu, m, max_seq, max_seq, cache, &err)) {
         fprintf(stderr, "runtime_bench: %s\n", b->ids ? err.msg : "out of memory");
         free(b->ids);
         return -1;
@@ -383,6 +386,8 @@ int main(int argc, char **argv) {
     if (threads > 0) kv_kernels_set_threads(threads);
     threads = kv_kernels_threads();
     kv_kernels_set_threads(threads);
+    kv_error berr = {0};
+    kv_backend_cpu_init(&cpu, threads, &berr); /* cannot fail */
 
     /* 1 GiB read loop */
     bw.n = ((size_t)1 << 30) / sizeof(uint64_t);

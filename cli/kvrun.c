@@ -1,5 +1,6 @@
-/* kvrun: run a Llama model (original, cross-layer KV sharing or SwiftKV) on the CPU: generate,
- * perplexity, speed, logits dump, tokenize. Data on stdout; statistics and errors on stderr. */
+/* kvrun: run a Llama model (original, cross-layer KV sharing or SwiftKV) on the CPU or a CUDA
+ * GPU (kernels/backend.h): generate, perplexity, speed, logits dump, tokenize. Data on stdout;
+ * statistics and errors on stderr. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include <cblas.h>
 
 #include "cli/cli.h"
+#include "kernels/backend.h"
 #include "runtime/model_source.h"
 #include "base/fileio.h"
 #include "formats/safetensors.h"
@@ -24,7 +26,7 @@ static const char *TOOL = "kvrun";
 
 static void usage(void) {
     printf("Usage: kvrun [OPTIONS] MODEL\n"
-           "Run a Llama model on the CPU. MODEL is a HuggingFace directory (config.json,\n"
+           "Run a Llama model on the CPU or a GPU. MODEL is a HuggingFace directory (config.json,\n"
            "*.safetensors, tokenizer.json) or a kvforge bundle (.kvb): an original model or one\n"
            "converted for cross-layer KV sharing or SwiftKV; the KV map is honoured exactly.\n\n"
            "Modes (exactly one):\n"
@@ -53,7 +55,9 @@ static void usage(void) {
            "  --text TEXT            input text (BOS prepended)\n"
            "  --tokens IDS           input ids, comma-separated, used as given\n"
            "Common:\n"
-           "  --threads N            worker threads (default: all online CPUs; 1 for models\n"
+           "  --device D             cpu (default) or cuda (the first GPU; needs a build with\n"
+           "                         CUDA and a GPU)\n"
+           "  --threads N            CPU worker threads (default: all online CPUs; 1 for models\n"
            "                         under 16 MB of weights)\n"
            "  --prefill MODE         sequential | iterative[:N], for maps with upward layers\n"
            "                         (default iterative:9)\n"
@@ -76,6 +80,7 @@ typedef struct {
     unsigned long seed;
     kv_prefill prefill;
     kv_dtype kv_dtype;   /* KV-cache elements: KV_F32 or KV_BF16 */
+    const char *device;  /* "cpu" or "cuda" (checked by kv_device_parse) */
 } run_args;
 
 /* ---- shared setup ------------------------------------------------------------------------- */
@@ -101,13 +106,23 @@ static int load_tokenizer(const char *dir, const kv_model *m, kv_tokenizer **tk,
     return 0;
 }
 
-static int open_model(const run_args *a, kv_model *m, kv_error *err) {
-    if (a->threads > 0) kv_kernels_set_threads((int)a->threads);
-    int rc = kv_model_open_path(m, &g_bundle, a->model_dir, (int)(a->threads > 0 ? a->threads : 0), err);
+/* The backend first (a device this build or machine lacks fails before the model is read),
+ * then the model. On failure neither is left open. */
+static int open_model(const run_args *a, kv_backend *b, kv_model *m, kv_error *err) {
+    const int threads = (int)(a->threads > 0 ? a->threads : 0); /* 0: every online CPU */
+    int rc = kv_backend_init(b, a->device, threads, err);
     if (rc) return rc;
+    if ((rc = kv_model_open_path(m, &g_bundle, a->model_dir, threads, err))) {
+        kv_backend_free(b);
+        return rc;
+    }
     /* a model whose weights fit in cache runs faster on one thread than waking others */
-    if (a->threads <= 0 && m->step_bytes < SMALL_MODEL_BYTES) kv_kernels_set_threads(1);
-    return 0;
+    if (a->threads <= 0 && b->device == KV_DEVICE_CPU && m->step_bytes < SMALL_MODEL_BYTES) {
+        kv_backend_free(b);
+        rc = kv_backend_cpu_init(b, 1, err);
+    }
+    if (rc) kv_model_free(m);
+    return rc;
 }
 
 /* ---- --tokenize --------------------------------------------------------------------------- */
@@ -147,12 +162,13 @@ static int on_token(void *ctx, int prev, int token) {
 
 static int run_prompt(const run_args *a) {
     kv_error err = {0};
+    kv_backend b;
     kv_model m;
     kv_tokenizer *tk = NULL;
     kv_state s = {0};
     kv_sampler smp = {0};
     int *ids = NULL, n_ids = 0, status = EXIT_FAIL;
-    if (open_model(a, &m, &err)) return cli_fail(TOOL, &err);
+    if (open_model(a, &b, &m, &err)) return cli_fail(TOOL, &err);
     const int bos = m.cfg.bos_token_id;
     if (load_tokenizer(a->model_dir, &m, &tk, &err) ||
         kv_tokenizer_encode(tk, a->text, strlen(a->text), bos >= 0, &ids, &n_ids, &err))
@@ -171,7 +187,7 @@ static int run_prompt(const run_args *a) {
     if (max_new > m.dims.max_pos - n_ids + 1) max_new = m.dims.max_pos - n_ids + 1;
     const int max_seq = n_ids + (int)max_new > m.dims.max_pos ? m.dims.max_pos : n_ids + (int)max_new;
     const uint64_t seed = a->seed_set ? a->seed : (uint64_t)time(NULL);
-    if (kv_state_init(&s, &m, max_seq, (int)a->batch, a->kv_dtype, &err) ||
+    if (kv_state_init(&s, &b, &m, max_seq, (int)a->batch, a->kv_dtype, &err) ||
         kv_sampler_init(&smp, m.dims.vocab, (float)a->temperature, (float)a->top_p, seed, &err))
         goto fail;
     int stops[HF_MAX_EOS + 1], n_stop = 0;
@@ -203,6 +219,7 @@ fail:
     if (s.model) kv_state_free(&s);
     kv_tokenizer_free(tk);
     kv_model_free(&m);
+    kv_backend_free(&b);
     return status;
 }
 
@@ -216,13 +233,14 @@ static void ppl_progress(void *ctx, int done, int total) {
 
 static int run_ppl(const run_args *a) {
     kv_error err = {0};
+    kv_backend b;
     kv_model m;
     kv_tokenizer *tk = NULL;
     kv_state s = {0};
     char *text = NULL, *decoded = NULL;
     size_t n_text = 0, n_decoded = 0;
     int *ids = NULL, n_ids = 0, status = EXIT_FAIL;
-    if (open_model(a, &m, &err)) return cli_fail(TOOL, &err);
+    if (open_model(a, &b, &m, &err)) return cli_fail(TOOL, &err);
     const int ctx = a->ctx > 0 ? (int)a->ctx : (m.dims.max_pos < 512 ? m.dims.max_pos : 512);
     if (ctx < 2 || ctx > m.dims.max_pos) {
         kv_fail(&err, KV_EINVAL, "--ctx %d: the model allows 2..%d", ctx, m.dims.max_pos);
@@ -231,7 +249,7 @@ static int run_ppl(const run_args *a) {
     if (load_tokenizer(a->model_dir, &m, &tk, &err) ||
         kv_read_file(a->ppl_file, &text, &n_text, (size_t)1 << 31, &err) ||
         kv_tokenizer_encode(tk, text, n_text, 0, &ids, &n_ids, &err) ||
-        kv_state_init(&s, &m, ctx, (int)a->batch, a->kv_dtype, &err))
+        kv_state_init(&s, &b, &m, ctx, (int)a->batch, a->kv_dtype, &err))
         goto fail;
     kv_ppl_opts o = {.ctx = ctx, .bos = m.cfg.bos_token_id, .max_windows = (int)a->max_windows,
                      .prefill = a->prefill};
@@ -268,6 +286,7 @@ fail:
     if (s.model) kv_state_free(&s);
     kv_tokenizer_free(tk);
     kv_model_free(&m);
+    kv_backend_free(&b);
     return status;
 }
 
@@ -275,11 +294,12 @@ fail:
 
 static int run_bench(const run_args *a) {
     kv_error err = {0};
+    kv_backend b;
     kv_model m;
     kv_state s = {0};
     int status = EXIT_FAIL;
     int32_t *prompt = NULL;
-    if (open_model(a, &m, &err)) return cli_fail(TOOL, &err);
+    if (open_model(a, &b, &m, &err)) return cli_fail(TOOL, &err);
     const int P = (int)a->prompt_len, G = a->max_tokens_set ? (int)a->max_tokens : 64;
     if (P + G > m.dims.max_pos) {
         kv_fail(&err, KV_EINVAL, "--prompt-len %d + %d decode steps exceed the context of %d", P,
@@ -287,7 +307,7 @@ static int run_bench(const run_args *a) {
         goto fail;
     }
     prompt = malloc(sizeof *prompt * (size_t)(P + G));
-    if (!prompt || kv_state_init(&s, &m, P + G, (int)a->batch, a->kv_dtype, &err)) {
+    if (!prompt || kv_state_init(&s, &b, &m, P + G, (int)a->batch, a->kv_dtype, &err)) {
         if (!prompt) kv_fail(&err, KV_ENOMEM, "out of memory");
         goto fail;
     }
@@ -313,18 +333,18 @@ static int run_bench(const run_args *a) {
     const double prefill_tps = P / best_prefill, decode_tps = G / best_decode;
     const size_t per_token = s.cache.bytes / (size_t)s.max_seq;
     if (a->json)
-        printf("{\"model\": \"%s\", \"kv_map\": \"%s\", \"threads\": %d, \"blas_core\": \"%s\", "
-               "\"prompt_tokens\": %d, "
+        printf("{\"model\": \"%s\", \"kv_map\": \"%s\", \"device\": \"%s\", \"threads\": %d, "
+               "\"blas_core\": \"%s\", \"prompt_tokens\": %d, "
                "\"decode_tokens\": %d, \"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": "
                "%.2f, \"kv_cache_dtype\": \"%s\", \"kv_cache_bytes\": %zu, \"kv_cache_bytes_per_token\": %zu, "
                "\"weight_bytes_per_token\": %zu, \"decode_weight_gb_per_s\": %.3f}\n",
-               a->model_dir, m.cfg.map.name, kv_kernels_threads(), openblas_get_corename(), P, G, prefill_tps,
-               decode_tps, kv_dtype_name(s.cache.dtype), s.cache.bytes, per_token, m.step_bytes,
-               m.step_bytes * decode_tps / 1e9);
+               a->model_dir, m.cfg.map.name, b.name, kv_kernels_threads(), openblas_get_corename(), P,
+               G, prefill_tps, decode_tps, kv_dtype_name(s.cache.dtype), s.cache.bytes, per_token,
+               m.step_bytes, m.step_bytes * decode_tps / 1e9);
     else
-        printf("%s (%s, %d threads, OpenBLAS %s): prefill %d tokens %.1f tok/s; decode %d tokens %.1f tok/s "
+        printf("%s (%s, %s, OpenBLAS %s): prefill %d tokens %.1f tok/s; decode %d tokens %.1f tok/s "
                "(%.2f GB/s of weights); KV cache %s %zu bytes (%zu per token)\n",
-               a->model_dir, m.cfg.map.name, kv_kernels_threads(), openblas_get_corename(), P, prefill_tps, G, decode_tps,
+               a->model_dir, m.cfg.map.name, b.name, openblas_get_corename(), P, prefill_tps, G, decode_tps,
                m.step_bytes * decode_tps / 1e9, kv_dtype_name(s.cache.dtype), s.cache.bytes, per_token);
     status = 0;
 fail:
@@ -332,6 +352,7 @@ fail:
     free(prompt);
     if (s.model) kv_state_free(&s);
     kv_model_free(&m);
+    kv_backend_free(&b);
     return status;
 }
 
@@ -371,12 +392,13 @@ static int parse_ids(const char *s, int **out, int *n_out) {
 
 static int run_logits(const run_args *a) {
     kv_error err = {0};
+    kv_backend b;
     kv_model m;
     kv_tokenizer *tk = NULL;
     kv_state s = {0};
     int *ids = NULL, n = 0, status = EXIT_FAIL;
     float *logits = NULL;
-    if (open_model(a, &m, &err)) return cli_fail(TOOL, &err);
+    if (open_model(a, &b, &m, &err)) return cli_fail(TOOL, &err);
     if (a->logits_ids) {
         if (parse_ids(a->logits_ids, &ids, &n)) {
             kv_fail(&err, KV_EINVAL, "--tokens '%s': expected comma-separated ids", a->logits_ids);
@@ -405,7 +427,7 @@ static int run_logits(const run_args *a) {
         goto fail;
     }
     const kv_forward_opts fo = {.logits = KV_LOGITS_ALL, .prefill = a->prefill};
-    if (kv_state_init(&s, &m, n, (int)a->batch, a->kv_dtype, &err) || kv_forward(&s, ids, n, &fo, logits, &err))
+    if (kv_state_init(&s, &b, &m, n, (int)a->batch, a->kv_dtype, &err) || kv_forward(&s, ids, n, &fo, logits, &err))
         goto fail;
     const st_spec specs[2] = {
         {.name = "logits", .dtype = KV_F32, .n_dims = 2, .shape = {n, m.dims.vocab}},
@@ -422,6 +444,7 @@ fail:
     if (s.model) kv_state_free(&s);
     kv_tokenizer_free(tk);
     kv_model_free(&m);
+    kv_backend_free(&b);
     return status;
 }
 
@@ -430,7 +453,7 @@ fail:
 int main(int argc, char **argv) {
     enum { O_PROMPT = 256, O_PPL, O_BENCH, O_LOGITS, O_TOKENIZE, O_TEMP, O_TOPP, O_SEED, O_CTX,
            O_WINDOWS, O_PLEN, O_REPEAT, O_TEXT, O_TOKENS, O_THREADS, O_PREFILL, O_BATCH, O_JSON,
-           O_VERSION, O_KV_DTYPE };
+           O_VERSION, O_KV_DTYPE, O_DEVICE };
     static const struct option opts[] = {
         {"prompt", 1, 0, O_PROMPT}, {"ppl", 1, 0, O_PPL}, {"bench", 0, 0, O_BENCH},
         {"logits-out", 1, 0, O_LOGITS}, {"tokenize", 1, 0, O_TOKENIZE},
@@ -439,10 +462,11 @@ int main(int argc, char **argv) {
         {"prompt-len", 1, 0, O_PLEN}, {"repeat", 1, 0, O_REPEAT}, {"text", 1, 0, O_TEXT},
         {"tokens", 1, 0, O_TOKENS}, {"threads", 1, 0, O_THREADS}, {"prefill", 1, 0, O_PREFILL},
         {"batch", 1, 0, O_BATCH}, {"json", 0, 0, O_JSON}, {"help", 0, 0, 'h'},
-        {"kv-dtype", 1, 0, O_KV_DTYPE},
+        {"kv-dtype", 1, 0, O_KV_DTYPE}, {"device", 1, 0, O_DEVICE},
         {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
     run_args a = {.temperature = 1.0, .top_p = 0.9, .prompt_len = 128, .repeat = 3, .batch = 512,
-                  .prefill = {KV_PREFILL_ITERATIVE, KV_PREFILL_DEFAULT_PASSES}, .kv_dtype = KV_F32};
+                  .prefill = {KV_PREFILL_ITERATIVE, KV_PREFILL_DEFAULT_PASSES}, .kv_dtype = KV_F32,
+                  .device = "cpu"};
     int c, n_modes = 0;
     long v;
     double d;
@@ -513,6 +537,13 @@ int main(int argc, char **argv) {
             if (cli_parse_float_dtype(optarg, &a.kv_dtype) || a.kv_dtype == KV_F16)
                 return cli_usage_error(TOOL, "bad --kv-dtype '%s' (f32 or bf16)", optarg);
             break;
+        case O_DEVICE: {
+            kv_device dev;
+            if (kv_device_parse(&dev, optarg, &err))
+                return cli_usage_error(TOOL, "--device: %s", err.msg);
+            a.device = optarg;
+            break;
+        }
         case ':': return cli_usage_error(TOOL, "option '%s' needs a value", argv[optind - 1]);
         default: return cli_usage_error(TOOL, "unknown option '%s'", argv[optind - 1]);
         }

@@ -4,8 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/cpu/rows.h"
-
 /* ---- setup ------------------------------------------------------------------------------ */
 
 int kv_prefill_parse(kv_prefill *p, const char *spec, kv_error *err) {
@@ -33,37 +31,95 @@ int kv_prefill_parse(kv_prefill *p, const char *spec, kv_error *err) {
                    "(1 <= N <= 1000000)", spec);
 }
 
-int kv_state_init(kv_state *s, const kv_model *m, int max_seq, int max_batch, kv_dtype cache_dtype,
-                  kv_error *err) {
-    *s = (kv_state){0};
-    if (max_seq < 1 || max_seq > m->dims.max_pos)
-        return kv_fail(err, KV_EINVAL, "context of %d positions: the model allows 1..%d "
-                       "(max_position_embeddings)", max_seq, m->dims.max_pos);
-    if (max_batch < 1) return kv_fail(err, KV_EINVAL, "batch of %d tokens", max_batch);
-    if (max_batch > max_seq) max_batch = max_seq;
-    s->model = m;
-    s->max_seq = max_seq;
-    s->max_batch = max_batch;
-    s->has_upward = kvmap_cyclic_block(&m->cfg.map, &s->block_lo, &s->block_hi) > 0;
-    s->top_kv_writer = -1;
-    for (int i = 0; i < m->dims.n_layers; i++)
-        if (kv_model_writes_own_kv(m, i)) s->top_kv_writer = i;
-    const size_t B = (size_t)max_batch, H = (size_t)m->dims.hidden, Q = (size_t)m->dims.q_dim,
-                 F = (size_t)m->dims.ffn;
-    /* the arena's table of sizes: every activation, in the order they are carved below */
+/* A device view of `count` floats of host weights (NULL stays NULL). A tensor mapped already
+ * (the tied LM head is the embedding) gets its first view. */
+static int map_weight(kv_state *s, const float **dev, const float *host, size_t count,
+                      const char *what, int layer, kv_error *err) {
+    *dev = NULL;
+    if (!host) return 0;
+    const size_t bytes = sizeof(float) * count;
+    for (int i = 0; i < s->n_maps; i++)
+        if (s->maps[i].host == host && s->maps[i].bytes == bytes) {
+            *dev = s->maps[i].dev;
+            return 0;
+        }
+    kv_backend *b = s->backend;
+    const void *d = NULL;
+    int rc = b->ops->map(b, &d, host, bytes, err);
+    if (rc) return layer < 0 ? kv_wrap(err, "weights: %s", what)
+                             : kv_wrap(err, "weights: layer %d %s", layer, what);
+    s->maps[s->n_maps++] = (kv_weight_map){.host = host, .dev = d, .bytes = bytes};
+    *dev = d;
+    return 0;
+}
+
+/* s->w: every tensor of m the forward reads */
+static int map_weights(kv_state *s, const kv_model *m, kv_error *err) {
+    const llama_dims *d = &m->dims;
+    const size_t L = (size_t)d->n_layers, H = (size_t)d->hidden, Q = (size_t)d->q_dim,
+                 KV = (size_t)d->kv_dim, F = (size_t)d->ffn, V = (size_t)d->vocab;
+    enum { PER_LAYER = 16, GLOBAL = 4 };
+    s->w.layers = calloc(L ? L : 1, sizeof *s->w.layers);
+    s->maps = calloc(L * PER_LAYER + GLOBAL, sizeof *s->maps);
+    if (!s->w.layers || !s->maps)
+        return kv_fail(err, KV_ENOMEM, "weights: out of memory for %zu layer views", L);
+    int rc = map_weight(s, &s->w.embed, m->embed, V * H, "embed_tokens", -1, err);
+    if (!rc) rc = map_weight(s, &s->w.final_norm, m->final_norm, H, "norm", -1, err);
+    if (!rc) rc = map_weight(s, &s->w.lm_head, m->lm_head, V * H, "lm_head", -1, err);
+    if (!rc) rc = map_weight(s, &s->w.norm_swiftkv, m->norm_swiftkv, H, "norm_swiftkv", -1, err);
+    for (int i = 0; !rc && i < (int)L; i++) {
+        const kv_layer_weights *h = &m->layers[i];
+        kv_layer_weights *v = &s->w.layers[i];
+        const struct {
+            const float **dev, *host;
+            size_t count;
+            const char *what;
+        } t[PER_LAYER] = {
+            {&v->attn_norm, h->attn_norm, H, "input_layernorm"},
+            {&v->wq, h->wq, Q * H, "q_proj"}, {&v->bq, h->bq, Q, "q_proj bias"},
+            {&v->wk, h->wk, KV * H, "k_proj"}, {&v->bk, h->bk, KV, "k_proj bias"},
+            {&v->wv, h->wv, KV * H, "v_proj"}, {&v->bv, h->bv, KV, "v_proj bias"},
+            {&v->wo, h->wo, H * Q, "o_proj"}, {&v->bo, h->bo, H, "o_proj bias"},
+            {&v->mlp_norm, h->mlp_norm, H, "post_attention_layernorm"},
+            {&v->w_gate, h->w_gate, F * H, "gate_proj"},
+            {&v->b_gate, h->b_gate, F, "gate_proj bias"},
+            {&v->w_up, h->w_up, F * H, "up_proj"}, {&v->b_up, h->b_up, F, "up_proj bias"},
+            {&v->w_down, h->w_down, H * F, "down_proj"},
+            {&v->b_down, h->b_down, H, "down_proj bias"},
+        };
+        for (int j = 0; !rc && j < PER_LAYER; j++)
+            rc = map_weight(s, t[j].dev, t[j].host, t[j].count, t[j].what, i, err);
+    }
+    return rc;
+}
+
+/* the activations: one backend allocation carved into 64-byte aligned buffers (kv_arena's
+ * rules) in this order */
+static int alloc_activations(kv_state *s, kv_dtype cache_dtype, kv_error *err) {
+    const kv_model *m = s->model;
+    kv_backend *b = s->backend;
+    const size_t B = (size_t)s->max_batch, H = (size_t)m->dims.hidden, Q = (size_t)m->dims.q_dim,
+                 F = (size_t)m->dims.ffn, V = (size_t)m->dims.vocab;
+    const int unified = b->unified, bf16 = cache_dtype != KV_F32;
     const size_t counts[] = {B * H, B * H, B * Q, B * Q, B * F, B * F,
-                             s->has_upward ? B * H : 0, B, (size_t)m->dims.vocab,
-                             cache_dtype == KV_F32 ? 0 : 2 * B * (size_t)m->dims.kv_dim};
-    const size_t elem[] = {4, 4, 4, 4, 4, 4, 4, sizeof(int32_t), 4, 4};
-    void *slots[10];
+                             s->has_upward ? B * H : 0, (size_t)s->max_seq,
+                             bf16 ? 2 * B * (size_t)m->dims.kv_dim : 0,
+                             unified ? 0 : B * V, unified ? V : 0};
+    const size_t elem[] = {4, 4, 4, 4, 4, 4, 4, sizeof(int32_t), 4, 4, 4};
+    void *slots[11];
     const int n_buf = (int)(sizeof counts / sizeof counts[0]);
-    size_t total = 0;
+    size_t total = KV_ARENA_ALIGN; /* room to align the start */
     for (int i = 0; i < n_buf; i++)
         if (kv_arena_reserve(&total, counts[i], elem[i]))
-            return kv_fail(err, KV_ENOMEM, "activations for %d tokens overflow", max_batch);
-    int rc = kv_arena_init(&s->arena, total, "activations", err);
-    for (int i = 0; !rc && i < n_buf; i++) slots[i] = kv_arena_take(&s->arena, counts[i], elem[i]);
-    if (rc) return rc;
+            return kv_fail(err, KV_ENOMEM, "activations for %d tokens overflow", s->max_batch);
+    int rc = b->ops->alloc(b, &s->block, total, err);
+    if (rc) return kv_wrap(err, "activations for %d tokens", s->max_batch);
+    s->block_bytes = total;
+    const uintptr_t start = ((uintptr_t)s->block + KV_ARENA_ALIGN - 1) &
+                            ~(uintptr_t)(KV_ARENA_ALIGN - 1);
+    kv_arena carve = {.base = (unsigned char *)start,
+                      .size = total - (size_t)(start - (uintptr_t)s->block)};
+    for (int i = 0; i < n_buf; i++) slots[i] = kv_arena_take(&carve, counts[i], elem[i]);
     s->x = slots[0];
     s->xb = slots[1];
     s->q = slots[2];
@@ -72,11 +128,42 @@ int kv_state_init(kv_state *s, const kv_model *m, int max_seq, int max_batch, kv
     s->up = slots[5];
     s->x_block = s->has_upward ? slots[6] : NULL;
     s->pos = slots[7];
-    s->logits = slots[8];
-    s->kv_rows = cache_dtype == KV_F32 ? NULL : slots[9];
-    if ((rc = kv_cache_init(&s->cache, &m->cfg.map, m->dims.n_kv_heads, m->dims.head_dim, max_seq, cache_dtype,
-                            err)) ||
-        (rc = kv_rope_table_init(&s->rope, m->dims.head_dim, max_seq, &m->dims.rope, err))) {
+    s->kv_rows = bf16 ? slots[8] : NULL;
+    s->dev_logits = unified ? NULL : slots[9];
+    s->logits = unified ? slots[10] : calloc((size_t)V, sizeof(float));
+    if (!s->logits) return kv_fail(err, KV_ENOMEM, "logits: out of memory for %zu floats", V);
+    /* the positions table 0 .. max_seq-1, once */
+    int32_t *host_pos = malloc(sizeof(int32_t) * (size_t)s->max_seq);
+    if (!host_pos) return kv_fail(err, KV_ENOMEM, "positions: out of memory");
+    for (int t = 0; t < s->max_seq; t++) host_pos[t] = t;
+    rc = b->ops->upload(b, s->pos, host_pos, sizeof(int32_t) * (size_t)s->max_seq, err);
+    free(host_pos);
+    return rc;
+}
+
+int kv_state_init(kv_state *s, kv_backend *b, const kv_model *m, int max_seq, int max_batch,
+                  kv_dtype cache_dtype, kv_error *err) {
+    *s = (kv_state){0};
+    if (max_seq < 1 || max_seq > m->dims.max_pos)
+        return kv_fail(err, KV_EINVAL, "context of %d positions: the model allows 1..%d "
+                       "(max_position_embeddings)", max_seq, m->dims.max_pos);
+    if (max_batch < 1) return kv_fail(err, KV_EINVAL, "batch of %d tokens", max_batch);
+    if (max_batch > max_seq) max_batch = max_seq;
+    s->backend = b;
+    s->model = m;
+    s->max_seq = max_seq;
+    s->max_batch = max_batch;
+    s->has_upward = kvmap_cyclic_block(&m->cfg.map, &s->block_lo, &s->block_hi) > 0;
+    s->top_kv_writer = -1;
+    for (int i = 0; i < m->dims.n_layers; i++)
+        if (kv_model_writes_own_kv(m, i)) s->top_kv_writer = i;
+    int rc;
+    if ((rc = alloc_activations(s, cache_dtype, err)) ||
+        (rc = kv_cache_init(&s->cache, b, &m->cfg.map, m->dims.n_kv_heads, m->dims.head_dim, max_seq,
+                            cache_dtype, err)) ||
+        (rc = kv_rope_table_init(&s->rope_host, m->dims.head_dim, max_seq, &m->dims.rope, err)) ||
+        (rc = kv_backend_rope_table(b, &s->rope, &s->rope_host, err)) ||
+        (rc = map_weights(s, m, err))) {
         kv_state_free(s);
         return rc;
     }
@@ -84,112 +171,126 @@ int kv_state_init(kv_state *s, const kv_model *m, int max_seq, int max_batch, kv
 }
 
 void kv_state_free(kv_state *s) {
-    kv_cache_free(&s->cache);
-    kv_rope_table_free(&s->rope);
-    kv_arena_free(&s->arena);
+    kv_backend *b = s->backend;
+    if (b) {
+        for (int i = 0; i < s->n_maps; i++) b->ops->unmap(b, s->maps[i].dev);
+        kv_cache_free(&s->cache);
+        if (s->rope.cos) kv_backend_rope_table_free(b, &s->rope);
+        if (!b->unified) free(s->logits);
+        b->ops->free(b, s->block);
+    }
+    kv_rope_table_free(&s->rope_host);
+    free(s->maps);
+    free(s->w.layers);
     *s = (kv_state){0};
 }
 
 void kv_state_reset(kv_state *s) { s->n_past = 0; }
 
 size_t kv_state_bytes(const kv_state *s) {
-    return s->arena.size + s->cache.bytes +
+    return s->block_bytes + s->cache.bytes +
            2 * sizeof(float) * (size_t)s->max_seq * (size_t)(s->model->dims.head_dim / 2);
 }
 
 /* ---- the steps of one layer ------------------------------------------------------------- */
 
-static const int32_t *positions(kv_state *s, int pos0, int T) {
-    for (int t = 0; t < T; t++) s->pos[t] = pos0 + t;
-    return s->pos;
-}
-
 /* K/V of T tokens from their normed input xb[T, H] into the rows pos0.. of the slot `layer`
  * reads (K rotated before it is cached; a BF16 cache gets them rounded to nearest even from F32
  * rows computed in kv_rows) */
-static void write_kv(kv_state *s, int layer, const float *wk, const float *bk, const float *wv,
-                     const float *bv, const float *xb, int T, int pos0) {
-    const kv_model *m = s->model;
-    const size_t row = (size_t)m->dims.kv_dim, offset = (size_t)pos0 * row * s->cache.elem;
+static int write_kv(kv_state *s, int layer, const kv_layer_weights *w, const float *xb, int T,
+                    int pos0, kv_error *err) {
+    kv_backend *b = s->backend;
+    const llama_dims *d = &s->model->dims;
+    const size_t row = (size_t)d->kv_dim, offset = (size_t)pos0 * row * s->cache.elem;
     char *k_dst = (char *)kv_cache_k(&s->cache, layer) + offset;
     char *v_dst = (char *)kv_cache_v(&s->cache, layer) + offset;
     float *k = s->kv_rows ? s->kv_rows : (float *)k_dst;
     float *v = s->kv_rows ? s->kv_rows + (size_t)T * row : (float *)v_dst;
-    kv_matmul(k, xb, wk, bk, T, m->dims.hidden, m->dims.kv_dim);
-    kv_matmul(v, xb, wv, bv, T, m->dims.hidden, m->dims.kv_dim);
-    rows_rope(k, T, m->dims.n_kv_heads, positions(s, pos0, T), &s->rope);
-    if (s->kv_rows) { /* F32 -> BF16 cannot fail */
-        kv_dtype_cast(k_dst, s->cache.dtype, k, KV_F32, (size_t)T * row);
-        kv_dtype_cast(v_dst, s->cache.dtype, v, KV_F32, (size_t)T * row);
+    int rc = b->ops->matmul(b, k, xb, w->wk, KV_F32, w->bk, T, d->hidden, d->kv_dim, 0, err);
+    if (!rc) rc = b->ops->matmul(b, v, xb, w->wv, KV_F32, w->bv, T, d->hidden, d->kv_dim, 0, err);
+    if (!rc) rc = b->ops->rope(b, k, T, d->n_kv_heads, s->pos + pos0, &s->rope, err);
+    if (!rc && s->kv_rows) {
+        rc = b->ops->convert(b, k_dst, s->cache.dtype, k, KV_F32, (size_t)T * row, err);
+        if (!rc) rc = b->ops->convert(b, v_dst, s->cache.dtype, v, KV_F32, (size_t)T * row, err);
     }
+    return rc;
 }
 
 /* xb = rmsnorm(x, input_layernorm); K/V of the rows when `layer` writes its own */
-static void attention_input(kv_state *s, int layer, const float *x, int T, int pos0, int write) {
+static int attention_input(kv_state *s, int layer, const float *x, int T, int pos0, int write,
+                           kv_error *err) {
+    kv_backend *b = s->backend;
     const kv_model *m = s->model;
-    const kv_layer_weights *w = &m->layers[layer];
-    rows_rmsnorm(s->xb, x, w->attn_norm, T, m->dims.hidden, m->dims.eps);
-    if (write && kv_model_writes_own_kv(m, layer))
-        write_kv(s, layer, w->wk, w->bk, w->wv, w->bv, s->xb, T, pos0);
+    const kv_layer_weights *w = &s->w.layers[layer];
+    int rc = b->ops->rmsnorm(b, s->xb, x, w->attn_norm, T, m->dims.hidden, m->dims.eps, err);
+    if (!rc && write && kv_model_writes_own_kv(m, layer))
+        rc = write_kv(s, layer, w, s->xb, T, pos0, err);
+    return rc;
 }
 
 /* the rest of the attention block, from xb: queries, attention over slot(kv(layer)), o_proj */
-static int attention_output(kv_state *s, int layer, float *x, int T, int pos0) {
+static int attention_output(kv_state *s, int layer, float *x, int T, int pos0, kv_error *err) {
+    kv_backend *b = s->backend;
     const kv_model *m = s->model;
-    const kv_layer_weights *w = &m->layers[layer];
-    kv_matmul(s->q, s->xb, w->wq, w->bq, T, m->dims.hidden, m->dims.q_dim);
-    rows_rope(s->q, T, m->dims.n_heads, positions(s, pos0, T), &s->rope);
+    const llama_dims *d = &m->dims;
+    const kv_layer_weights *w = &s->w.layers[layer];
+    int rc = b->ops->matmul(b, s->q, s->xb, w->wq, KV_F32, w->bq, T, d->hidden, d->q_dim, 0, err);
+    if (!rc) rc = b->ops->rope(b, s->q, T, d->n_heads, s->pos + pos0, &s->rope, err);
     const int src = kvmap_target(&m->cfg.map, layer); /* the layer whose K/V these queries read */
     const kv_attn_mask mask = src > layer ? KV_MASK_STRICT : KV_MASK_CAUSAL;
     const void *k = kv_cache_k(&s->cache, layer), *v = kv_cache_v(&s->cache, layer);
-    int rc = s->cache.dtype == KV_BF16
-                 ? kv_attention_bf16(s->att, s->q, k, v, T, pos0, pos0 + T, m->dims.n_heads,
-                                     m->dims.n_kv_heads, m->dims.head_dim, mask)
-                 : kv_attention(s->att, s->q, k, v, T, pos0, pos0 + T, m->dims.n_heads, m->dims.n_kv_heads,
-                                m->dims.head_dim, mask);
-    if (rc) return rc;
-    kv_matmul_acc(x, s->att, w->wo, w->bo, T, m->dims.q_dim, m->dims.hidden);
-    return 0;
+    if (!rc)
+        rc = b->ops->attention(b, s->att, s->q, k, v, s->cache.dtype, T, pos0, pos0 + T,
+                               d->n_heads, d->n_kv_heads, d->head_dim, mask, err);
+    if (!rc)
+        rc = b->ops->matmul(b, x, s->att, w->wo, KV_F32, w->bo, T, d->q_dim, d->hidden, 1, err);
+    return rc;
 }
 
-int kv_layer_attention(kv_state *s, int layer, float *x, int T, int pos0) {
-    attention_input(s, layer, x, T, pos0, 1);
-    return attention_output(s, layer, x, T, pos0);
+int kv_layer_attention(kv_state *s, int layer, float *x, int T, int pos0, kv_error *err) {
+    int rc = attention_input(s, layer, x, T, pos0, 1, err);
+    return rc ? rc : attention_output(s, layer, x, T, pos0, err);
 }
 
-void kv_layer_mlp(kv_state *s, int layer, float *x, int T) {
+int kv_layer_mlp(kv_state *s, int layer, float *x, int T, kv_error *err) {
+    kv_backend *b = s->backend;
     const kv_model *m = s->model;
-    const kv_layer_weights *w = &m->layers[layer];
+    const kv_layer_weights *w = &s->w.layers[layer];
     const int H = m->dims.hidden, F = m->dims.ffn;
-    rows_rmsnorm(s->xb, x, w->mlp_norm, T, H, m->dims.eps);
-    kv_matmul(s->gate, s->xb, w->w_gate, w->b_gate, T, H, F);
-    kv_matmul(s->up, s->xb, w->w_up, w->b_up, T, H, F);
-    rows_swiglu(s->gate, s->gate, s->up, T, F);
-    kv_matmul_acc(x, s->gate, w->w_down, w->b_down, T, F, H);
+    int rc = b->ops->rmsnorm(b, s->xb, x, w->mlp_norm, T, H, m->dims.eps, err);
+    if (!rc) rc = b->ops->matmul(b, s->gate, s->xb, w->w_gate, KV_F32, w->b_gate, T, H, F, 0, err);
+    if (!rc) rc = b->ops->matmul(b, s->up, s->xb, w->w_up, KV_F32, w->b_up, T, H, F, 0, err);
+    if (!rc) rc = b->ops->swiglu(b, s->gate, s->gate, s->up, T, F, err);
+    if (!rc) rc = b->ops->matmul(b, x, s->gate, w->w_down, KV_F32, w->b_down, T, F, H, 1, err);
+    return rc;
 }
 
-int kv_layers_run(kv_state *s, int from, int to, float *x, int T, int pos0) {
+int kv_layers_run(kv_state *s, int from, int to, float *x, int T, int pos0, kv_error *err) {
     for (int layer = from; layer < to; layer++) {
-        int rc = kv_layer_attention(s, layer, x, T, pos0);
+        int rc = kv_layer_attention(s, layer, x, T, pos0, err);
+        if (!rc) rc = kv_layer_mlp(s, layer, x, T, err);
         if (rc) return rc;
-        kv_layer_mlp(s, layer, x, T);
     }
     return 0;
 }
 
-void kv_swiftkv_write_kv(kv_state *s, const float *x, int T, int pos0) {
+int kv_swiftkv_write_kv(kv_state *s, const float *x, int T, int pos0, kv_error *err) {
+    kv_backend *b = s->backend;
     const kv_model *m = s->model;
-    rows_rmsnorm(s->xb, x, m->norm_swiftkv, T, m->dims.hidden, m->dims.eps);
-    for (int j = m->cfg.map.swiftkv_l; j < m->dims.n_layers; j += m->cfg.map.swiftkv_g) {
-        const kv_layer_weights *w = &m->layers[j]; /* group leader: k/v_proj_swiftkv */
-        write_kv(s, j, w->wk, w->bk, w->wv, w->bv, s->xb, T, pos0);
-    }
+    int rc = b->ops->rmsnorm(b, s->xb, x, s->w.norm_swiftkv, T, m->dims.hidden, m->dims.eps, err);
+    for (int j = m->cfg.map.swiftkv_l; !rc && j < m->dims.n_layers; j += m->cfg.map.swiftkv_g)
+        rc = write_kv(s, j, &s->w.layers[j], s->xb, T, pos0, err); /* leader: k/v_proj_swiftkv */
+    return rc;
 }
 
-void kv_lm_head(kv_state *s, const float *x, int T, float *logits) {
-    const kv_model *m = s->model;
-    rows_rmsnorm(s->xb, x, m->final_norm, T, m->dims.hidden, m->dims.eps);
-    kv_matmul(logits, s->xb, m->lm_head, NULL, T, m->dims.hidden, m->dims.vocab);
+int kv_lm_head(kv_state *s, const float *x, int T, float *logits, kv_error *err) {
+    kv_backend *b = s->backend;
+    const llama_dims *d = &s->model->dims;
+    int rc = b->ops->rmsnorm(b, s->xb, x, s->w.final_norm, T, d->hidden, d->eps, err);
+    if (!rc)
+        rc = b->ops->matmul(b, logits, s->xb, s->w.lm_head, KV_F32, NULL, T, d->hidden, d->vocab,
+                            0, err);
+    return rc;
 }
 
 /* ---- a pass over T <= max_batch tokens ---------------------------------------------------- */
@@ -198,73 +299,82 @@ void kv_lm_head(kv_state *s, const float *x, int T, float *logits) {
  * layer up to the highest one that writes K/V runs for all rows (the cache needs them); above
  * it a row's hidden state feeds nothing but its own logits, so only the wanted rows go on
  * (exact: the same values, fewer rows). prune = 0 runs every row through every layer. */
-static int run_tail(kv_state *s, int from, float *x, int T, int pos0, int rows, int prune) {
+static int run_tail(kv_state *s, int from, float *x, int T, int pos0, int rows, int prune,
+                    kv_error *err) {
     const kv_model *m = s->model;
     const int L = m->dims.n_layers, top = s->top_kv_writer;
-    if (!prune || rows == T) return kv_layers_run(s, from, L, x, T, pos0);
+    if (!prune || rows == T) return kv_layers_run(s, from, L, x, T, pos0, err);
     float *xr = x + (size_t)(T - rows) * m->dims.hidden;
     const int pr = pos0 + T - rows;
     int rc = 0;
     if (top >= from) {
-        if ((rc = kv_layers_run(s, from, top, x, T, pos0))) return rc;
-        attention_input(s, top, x, T, pos0, 1); /* K/V of every row */
+        if ((rc = kv_layers_run(s, from, top, x, T, pos0, err)) ||
+            (rc = attention_input(s, top, x, T, pos0, 1, err))) /* K/V of every row */
+            return rc;
         if (rows == 0) return 0;
-        attention_input(s, top, xr, rows, pr, 0);
-        if ((rc = attention_output(s, top, xr, rows, pr))) return rc;
-        kv_layer_mlp(s, top, xr, rows);
+        if ((rc = attention_input(s, top, xr, rows, pr, 0, err)) ||
+            (rc = attention_output(s, top, xr, rows, pr, err)) ||
+            (rc = kv_layer_mlp(s, top, xr, rows, err)))
+            return rc;
         from = top + 1;
     }
-    return rows ? kv_layers_run(s, from, L, xr, rows, pr) : 0;
+    return rows ? kv_layers_run(s, from, L, xr, rows, pr, err) : 0;
 }
 
 /* iterative prefill over a map with upward layers: the cyclic block `passes` times */
-static int run_iterative(kv_state *s, float *x, int T, int pos0, int passes, int rows, int prune) {
+static int run_iterative(kv_state *s, float *x, int T, int pos0, int passes, int rows, int prune,
+                         kv_error *err) {
+    kv_backend *b = s->backend;
     const kv_model *m = s->model;
     const int lo = s->block_lo, hi = s->block_hi;
     const size_t bytes = sizeof(float) * (size_t)T * (size_t)m->dims.hidden;
-    int rc = kv_layers_run(s, 0, lo, x, T, pos0);
-    if (rc) return rc;
-    memcpy(s->x_block, x, bytes);
+    int rc = kv_layers_run(s, 0, lo, x, T, pos0, err);
+    if (!rc) rc = b->ops->copy(b, s->x_block, x, bytes, err);
     /* upward layers read their targets' K/V of these positions from the previous pass: zeros
      * before the first */
-    for (int i = lo; i <= hi; i++)
-        if (kvmap_is_upward(&m->cfg.map, i)) kv_cache_zero(&s->cache, i, pos0, T);
-    for (int pass = 0; pass < passes; pass++) {
-        if (pass) memcpy(x, s->x_block, bytes);
-        if ((rc = kv_layers_run(s, lo, hi + 1, x, T, pos0))) return rc;
+    for (int i = lo; !rc && i <= hi; i++)
+        if (kvmap_is_upward(&m->cfg.map, i)) rc = kv_cache_zero(&s->cache, i, pos0, T, err);
+    for (int pass = 0; !rc && pass < passes; pass++) {
+        if (pass) rc = b->ops->copy(b, x, s->x_block, bytes, err);
+        if (!rc) rc = kv_layers_run(s, lo, hi + 1, x, T, pos0, err);
     }
-    return run_tail(s, hi + 1, x, T, pos0, rows, prune);
+    return rc ? rc : run_tail(s, hi + 1, x, T, pos0, rows, prune, err);
 }
 
-/* tokens at pos0 = n_past; logits rows for the wanted tokens into out */
+/* tokens at pos0 = n_past; logits rows for the wanted tokens into out (host) */
 static int run_pass(kv_state *s, const int32_t *tokens, int T, const kv_forward_opts *o,
                     float *out, kv_error *err) {
+    kv_backend *b = s->backend;
     const kv_model *m = s->model;
     const int H = m->dims.hidden, pos0 = s->n_past;
     float *x = s->x;
-    int rc = kv_embedding(x, m->embed, m->dims.vocab, H, tokens, T, err);
+    int rc = b->ops->embedding(b, x, s->w.embed, m->dims.vocab, H, tokens, T, err);
     if (rc) return rc;
     int rows = o->logits == KV_LOGITS_ALL ? T : o->logits == KV_LOGITS_LAST ? 1 : 0;
     if (m->cfg.map.kind == KVMAP_SWIFTKV) {
         const int l = m->cfg.map.swiftkv_l;
-        rc = kv_layers_run(s, 0, l, x, T, pos0);
-        if (!rc) {
-            kv_swiftkv_write_kv(s, x, T, pos0);
-            /* layers >= l only for the rows whose logits are wanted (all with no skip) */
-            const int run = o->no_swiftkv_skip ? T : rows;
-            if (run > 0)
-                rc = kv_layers_run(s, l, m->dims.n_layers, x + (size_t)(T - run) * H, run,
-                                   pos0 + T - run);
-        }
+        rc = kv_layers_run(s, 0, l, x, T, pos0, err);
+        if (!rc) rc = kv_swiftkv_write_kv(s, x, T, pos0, err);
+        /* layers >= l only for the rows whose logits are wanted (all with no skip) */
+        const int run = o->no_swiftkv_skip ? T : rows;
+        if (!rc && run > 0)
+            rc = kv_layers_run(s, l, m->dims.n_layers, x + (size_t)(T - run) * H, run,
+                               pos0 + T - run, err);
     } else if (s->has_upward && T > 1) {
         const int passes = o->prefill.passes > 0 ? o->prefill.passes : KV_PREFILL_DEFAULT_PASSES;
-        rc = run_iterative(s, x, T, pos0, passes, rows, !o->no_tail_skip);
+        rc = run_iterative(s, x, T, pos0, passes, rows, !o->no_tail_skip, err);
     } else {
-        rc = run_tail(s, 0, x, T, pos0, rows, !o->no_tail_skip);
+        rc = run_tail(s, 0, x, T, pos0, rows, !o->no_tail_skip, err);
     }
-    if (rc) return kv_fail(err, rc, "forward: out of memory in attention");
+    if (!rc && rows) {
+        /* unified: straight into the caller's buffer; else the device buffer, then down */
+        float *dst = b->unified ? out : s->dev_logits;
+        rc = kv_lm_head(s, x + (size_t)(T - rows) * H, rows, dst, err);
+        if (!rc && dst != out)
+            rc = b->ops->download(b, out, dst, sizeof(float) * (size_t)rows * m->dims.vocab, err);
+    }
+    if (rc) return kv_wrap(err, "forward");
     s->n_past += T;
-    if (rows) kv_lm_head(s, x + (size_t)(T - rows) * H, rows, out);
     return 0;
 }
 

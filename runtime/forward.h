@@ -1,8 +1,12 @@
-/* The Llama forward pass on CPU, for original, cross-layer and SwiftKV models.
+/* The Llama forward pass, for original, cross-layer and SwiftKV models, written once against the
+ * backend table (kernels/backend.h): CPU or CUDA, the same code.
  *
- * A kv_state holds a model's KV cache, RoPE table and every activation (one arena, sized at
- * init for max_batch tokens per pass). kv_forward runs T tokens at positions n_past .. n_past+T-1,
- * writes their K/V into the cache and advances n_past; decoding is kv_forward with T = 1.
+ * A kv_state holds a model's KV cache, RoPE table, device views of its weights and every
+ * activation, all from its backend (the activations one allocation, sized at init for max_batch
+ * tokens per pass). Every op on them is a b->ops call; the host only fills op arguments, uploads
+ * the positions table once and downloads logits (on a non-unified backend). kv_forward runs T
+ * tokens at positions n_past .. n_past+T-1, writes their K/V into the cache and advances n_past;
+ * decoding is kv_forward with T = 1.
  *
  * One layer i, on the rows x[T, H] (the residual stream):
  *   attention block   xb = rmsnorm(x, input_layernorm_i)
@@ -32,6 +36,7 @@
 
 #include <stdint.h>
 
+#include "kernels/backend.h"
 #include "runtime/kvcache.h"
 #include "runtime/model.h"
 
@@ -56,58 +61,85 @@ typedef struct {          /* all-zero = last-token logits, both skips on, iterat
     kv_prefill prefill;   /* multi-token passes over maps with upward layers */
 } kv_forward_opts;
 
+/* Device views of a kv_model's weights (b->ops->map of each host tensor, once at init; on a
+ * unified backend the host pointers themselves): the model's fields, shapes and NULLs. */
 typedef struct {
+    const float *embed;        /* [V, H] */
+    const float *final_norm;   /* [H] */
+    const float *lm_head;      /* [V, H] (the embed view when tied) */
+    const float *norm_swiftkv; /* [H] SwiftKV only, else NULL */
+    kv_layer_weights *layers;  /* [L] (host array of device pointers) */
+} kv_weight_views;
+
+typedef struct {              /* one b->ops->map, unmapped at kv_state_free */
+    const void *host, *dev;
+    size_t bytes;
+} kv_weight_map;
+
+/* Unless noted, every pointer below is device memory of `backend` ("B" = max_batch rows). */
+typedef struct {
+    kv_backend *backend;  /* runs every op and owns every buffer (not owned: outlives the state) */
     const kv_model *model;
+    kv_weight_views w;    /* the weights the ops read */
+    kv_weight_map *maps;  /* [n_maps] host array: the distinct tensors mapped */
+    int n_maps;
     kv_cache cache;
-    kv_rope_table rope;   /* positions 0 .. max_seq-1 */
+    kv_rope_table rope;   /* device table (kv_backend_rope_table), positions 0 .. max_seq-1 */
+    kv_rope_table rope_host; /* the host table it was made from */
     int max_seq;          /* positions the cache holds */
     int max_batch;        /* tokens per internal pass (longer inputs run in chunks) */
     int n_past;           /* positions already in the cache */
     int has_upward;       /* the map has layers with kv(i) > i */
     int top_kv_writer;    /* highest layer writing K/V from its own input (-1: none) */
     int block_lo, block_hi; /* their cyclic block */
-    kv_arena arena;       /* every buffer below */
+    void *block;          /* the one backend allocation every buffer below is carved from */
+    size_t block_bytes;   /* its size */
     float *x;             /* [B, H] residual stream */
     float *xb;            /* [B, H] normed input of the current block */
     float *q;             /* [B, nh*hd] queries */
     float *att;           /* [B, nh*hd] attention output */
     float *gate, *up;     /* [B, FFN] MLP hidden */
     float *x_block;       /* [B, H] hidden entering the cyclic block (upward maps only) */
-    int32_t *pos;         /* [B] positions of the rows in flight */
-    float *logits;        /* [V] last-token logits when kv_forward gets no output buffer */
+    int32_t *pos;         /* [max_seq] 0, 1, .., max_seq-1 (uploaded at init): the rows at
+                             pos0.. read pos + pos0 */
     float *kv_rows;       /* [2 * B * kv_dim]: K [T, kv_dim] then V [T, kv_dim] of the rows in
                              flight before rounding (BF16 cache only, else NULL) */
+    float *dev_logits;    /* [B, V] the LM head's output before download (non-unified backends
+                             only, else NULL: logits go straight to the caller's buffer) */
+    float *logits;        /* HOST [V]: last-token logits when kv_forward gets no output buffer
+                             (on a unified backend carved from the block, else malloc'd) */
 } kv_state;
 
-/* max_seq <= max_position_embeddings; max_batch >= 1 (capped at max_seq); cache_dtype KV_F32
- * (the reference) or KV_BF16 (half the KV bytes; K/V rounded to nearest even as they are cached,
- * all arithmetic still F32) */
-int kv_state_init(kv_state *s, const kv_model *m, int max_seq, int max_batch, kv_dtype cache_dtype,
-                  kv_error *err);
+/* b runs the forward (kernels/backend.h; it must outlive s). max_seq <= max_position_embeddings;
+ * max_batch >= 1 (capped at max_seq); cache_dtype KV_F32 (the reference) or KV_BF16 (half the
+ * KV bytes; K/V rounded to nearest even as they are cached, all arithmetic still F32) */
+int kv_state_init(kv_state *s, kv_backend *b, const kv_model *m, int max_seq, int max_batch,
+                  kv_dtype cache_dtype, kv_error *err);
 void kv_state_free(kv_state *s);
 void kv_state_reset(kv_state *s);  /* forget the context (n_past = 0) */
-/* bytes of activations + KV cache + RoPE table */
+/* bytes of activations + KV cache + RoPE table (the backend's memory, not the weights) */
 size_t kv_state_bytes(const kv_state *s);
 
-/* Runs tokens[T] at positions n_past.. and advances n_past. logits (may be NULL: s->logits is
- * used for LAST): [T, V] for KV_LOGITS_ALL, [V] for KV_LOGITS_LAST. o may be NULL (defaults).
- * On error the context is undefined: kv_state_reset before reuse. */
+/* Runs tokens[T] (host ids) at positions n_past.. and advances n_past. logits: HOST memory (may
+ * be NULL: s->logits is used for LAST): [T, V] for KV_LOGITS_ALL, [V] for KV_LOGITS_LAST.
+ * o may be NULL (defaults). On error the context is undefined: kv_state_reset before reuse. */
 int kv_forward(kv_state *s, const int32_t *tokens, int T, const kv_forward_opts *o,
                float *logits, kv_error *err);
 
-/* ---- the steps kv_forward is made of (also used by the distillation trainer) ----
- * x [T, H] are rows at positions pos0 .. pos0+T-1 (pos0 + T <= max_seq, T <= max_batch); the
- * attention reads cache positions 0 .. pos0+T-1. */
+/* ---- the steps kv_forward is made of ----
+ * x [T, H] are device rows at positions pos0 .. pos0+T-1 (pos0 + T <= max_seq, T <= max_batch);
+ * the attention reads cache positions 0 .. pos0+T-1. Each returns 0 or the failing op's code
+ * with err filled by the backend. */
 
 /* attention block of `layer`: writes its K/V when it is a KV layer (not SwiftKV j >= l) */
-int kv_layer_attention(kv_state *s, int layer, float *x, int T, int pos0);
+int kv_layer_attention(kv_state *s, int layer, float *x, int T, int pos0, kv_error *err);
 /* MLP block of `layer` */
-void kv_layer_mlp(kv_state *s, int layer, float *x, int T);
+int kv_layer_mlp(kv_state *s, int layer, float *x, int T, kv_error *err);
 /* layers [from, to) in order, each attention then MLP */
-int kv_layers_run(kv_state *s, int from, int to, float *x, int T, int pos0);
+int kv_layers_run(kv_state *s, int from, int to, float *x, int T, int pos0, kv_error *err);
 /* SwiftKV: x = h_l; writes K/V of every group leader j >= l from norm_swiftkv(x) */
-void kv_swiftkv_write_kv(kv_state *s, const float *x, int T, int pos0);
-/* logits[T, V] = rmsnorm(x, norm) lm_head^T (x is not modified) */
-void kv_lm_head(kv_state *s, const float *x, int T, float *logits);
+int kv_swiftkv_write_kv(kv_state *s, const float *x, int T, int pos0, kv_error *err);
+/* logits[T, V] (device) = rmsnorm(x, norm) lm_head^T (x is not modified) */
+int kv_lm_head(kv_state *s, const float *x, int T, float *logits, kv_error *err);
 
 #endif

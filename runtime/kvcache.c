@@ -1,10 +1,7 @@
 #include "runtime/kvcache.h"
 
-#include <stdlib.h>
-#include <string.h>
-
-int kv_cache_init(kv_cache *c, const kv_map *map, int n_kv_heads, int head_dim, int max_seq,
-                  kv_dtype dtype, kv_error *err) {
+int kv_cache_init(kv_cache *c, kv_backend *b, const kv_map *map, int n_kv_heads, int head_dim,
+                  int max_seq, kv_dtype dtype, kv_error *err) {
     *c = (kv_cache){0};
     if (n_kv_heads < 1 || head_dim < 1 || max_seq < 1)
         return kv_fail(err, KV_EINVAL, "KV cache: kv heads %d, head_dim %d, positions %d",
@@ -19,6 +16,7 @@ int kv_cache_init(kv_cache *c, const kv_map *map, int n_kv_heads, int head_dim, 
     if (per_token == 0 || __builtin_mul_overflow(per_token, (size_t)max_seq, &bytes) ||
         __builtin_mul_overflow((size_t)max_seq * (size_t)n_kv_heads, (size_t)head_dim, &stride))
         return kv_fail(err, KV_ENOMEM, "KV cache: size overflows (%d positions)", max_seq);
+    c->backend = b;
     c->n_slots = kvmap_n_slots(map);
     c->max_seq = max_seq;
     c->n_kv_heads = n_kv_heads;
@@ -28,19 +26,21 @@ int kv_cache_init(kv_cache *c, const kv_map *map, int n_kv_heads, int head_dim, 
     c->slot_stride = stride;
     for (int i = 0; i < map->n_layers; i++) c->slot_of[i] = kvmap_slot_of(map, i);
     /* K and V halves: bytes / 2 each (per_token counts both) */
-    c->k = calloc(1, bytes / 2);
-    c->v = calloc(1, bytes / 2);
-    if (!c->k || !c->v) {
+    if ((rc = b->ops->alloc(b, &c->k, bytes / 2, err)) ||
+        (rc = b->ops->alloc(b, &c->v, bytes / 2, err))) {
         kv_cache_free(c);
-        return kv_fail(err, KV_ENOMEM, "KV cache: cannot allocate %zu bytes", bytes);
+        return rc == KV_ENOMEM ? kv_fail(err, rc, "KV cache: cannot allocate %zu bytes", bytes)
+                               : kv_wrap(err, "KV cache");
     }
     c->bytes = bytes;
     return 0;
 }
 
 void kv_cache_free(kv_cache *c) {
-    free(c->k);
-    free(c->v);
+    if (c->backend) {
+        c->backend->ops->free(c->backend, c->k);
+        c->backend->ops->free(c->backend, c->v);
+    }
     *c = (kv_cache){0};
 }
 
@@ -52,8 +52,11 @@ void *kv_cache_v(const kv_cache *c, int layer) {
     return (char *)c->v + (size_t)c->slot_of[layer] * c->slot_stride * c->elem;
 }
 
-void kv_cache_zero(kv_cache *c, int layer, int pos0, int n) {
+int kv_cache_zero(kv_cache *c, int layer, int pos0, int n, kv_error *err) {
     const size_t row_bytes = (size_t)c->n_kv_heads * c->head_dim * c->elem; /* 0 is +0.0 in both */
-    memset((char *)kv_cache_k(c, layer) + (size_t)pos0 * row_bytes, 0, row_bytes * (size_t)n);
-    memset((char *)kv_cache_v(c, layer) + (size_t)pos0 * row_bytes, 0, row_bytes * (size_t)n);
+    const size_t offset = (size_t)pos0 * row_bytes, bytes = row_bytes * (size_t)n;
+    kv_backend *b = c->backend;
+    int rc = b->ops->zero(b, (char *)kv_cache_k(c, layer) + offset, bytes, err);
+    if (!rc) rc = b->ops->zero(b, (char *)kv_cache_v(c, layer) + offset, bytes, err);
+    return rc;
 }

@@ -10,6 +10,7 @@ G=$SHARED/golden
 
 expect_rc 0 "help" -- "$R" --help
 expect_grep "--logits-out" "$TMP/out" "help lists --logits-out"
+expect_grep "--device D" "$TMP/out" "help lists --device"
 expect_rc 0 "version" -- "$R" --version
 expect_grep "kvrun" "$TMP/out" "version names the tool"
 
@@ -87,6 +88,19 @@ expect_grep '"kv_cache_bytes": 25600,' "$TMP/out" "BF16 cache: half the bytes"
 expect_grep '"kv_cache_dtype": "BF16",' "$TMP/out" "BF16 cache named"
 expect_rc 2 "bad --kv-dtype" -- "$R" "$M" --bench --kv-dtype f16
 expect_grep "kv-dtype" "$TMP/err" "bad --kv-dtype named"
+# --device: cpu is the default; cuda without CUDA support or a GPU fails cleanly (exit 1 and the
+# backend's reason, no crash); with a GPU it runs and names it in the bench JSON
+expect_rc 0 "--device cpu" -- "$R" "$M" --bench --prompt-len 8 -n 2 --repeat 1 --json --device cpu --threads 1
+expect_grep '"device": "cpu (1 thread)"' "$TMP/out" "bench names the CPU backend"
+expect_rc 2 "bad --device" -- "$R" "$M" --bench --device tpu
+expect_grep "tpu" "$TMP/err" "bad --device named"
+"$R" "$M" --bench --prompt-len 8 -n 2 --repeat 1 --json --device cuda >"$TMP/out" 2>"$TMP/err"
+rc=$?
+case $rc in
+    0) grep -q '"device": "' "$TMP/out" && ok || bad "--device cuda ran but named no device" ;;
+    1) if grep -q "kvrun: .*cuda" "$TMP/err"; then ok; else bad "--device cuda: no reason: $(head -c 300 "$TMP/err")"; fi ;;
+    *) bad "--device cuda: exit $rc (a crash?): $(head -c 300 "$TMP/err")" ;;
+esac
 # checkpoints converted by kvconvert: identity = original bit for bit; SwiftKV deploy layout =
 # interop layout (teacher q/k/v ignored); a cross-layer map generates and has the formula's cache
 C="$BIN/kvconvert"

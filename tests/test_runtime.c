@@ -3,10 +3,14 @@
  * with g = 1 and 2) for the invariants METHODS.md states: identity map = original bit for bit,
  * prefill + decode = one full forward, SwiftKV skip = no skip for the last token, iterative:T =
  * sequential, iterative:9 close to sequential at T = 64, KV-cache bytes = the formula;
- * F16/BF16 loading, untied heads, biases, llama3 RoPE plumbing; perplexity. */
+ * F16/BF16 loading, untied heads, biases, llama3 RoPE plumbing; perplexity; the forward reaches
+ * memory and compute only through its backend (an instrumented second backend). */
 #include <cjson/cJSON.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "base/fileio.h"
@@ -25,6 +29,7 @@
 enum { L = 5, H = 64, V = 512, KVD = 32, SEQ = 64 };
 
 static char tmp_root[256];
+static kv_backend cpu;            /* every state runs on it (kernels/backend.h) */
 static st_checkpoint orig;        /* the original checkpoint, source of every variant */
 static st_file golden;
 static const int32_t *golden_tokens; /* [3, 64] */
@@ -184,7 +189,7 @@ static int runner_open_cache(runner *r, const char *dir, int max_seq, int max_ba
     int rc = kv_model_load(&r->m, dir, NULL, &err);
     CHECK(rc == 0, "load %s: %s", dir, err.msg);
     if (rc) return rc;
-    rc = kv_state_init(&r->s, &r->m, max_seq, max_batch, cache, &err);
+    rc = kv_state_init(&r->s, &cpu, &r->m, max_seq, max_batch, cache, &err);
     CHECK(rc == 0, "state %s: %s", dir, err.msg);
     if (rc) {
         kv_model_free(&r->m);
@@ -625,7 +630,7 @@ static void test_table_source(void) {
     CHECK(a.m.layers[4].wq == items[4].data && a.m.layers[3].wk == items[2].data &&
               a.m.layers[2].wq == st_checkpoint_find(&orig, "model.layers.2.self_attn.q_proj.weight")->data,
           "weights in place from the table and the checkpoint");
-    if (kv_state_init(&a.s, &a.m, 128, 64, KV_F32, &err) == 0) a.ok = 1;
+    if (kv_state_init(&a.s, &cpu, &a.m, 128, 64, KV_F32, &err) == 0) a.ok = 1;
     CHECK(a.ok, "state: %s", err.msg);
     if (a.ok && runner_open(&b, make_swiftkv(SL, 1, 1), 128, 64) == 0) {
         float *x = malloc(sizeof(float) * SEQ * V), *y = malloc(sizeof(float) * SEQ * V);
@@ -966,7 +971,7 @@ static void test_bf16_cache(void) {
     kv_model mm;
     if (kv_model_load(&mm, MODEL_DIR, NULL, &err) == 0) {
         kv_state s2;
-        CHECK(kv_state_init(&s2, &mm, 16, 8, KV_F16, &err) == KV_EINVAL && strstr(err.msg, "F16"),
+        CHECK(kv_state_init(&s2, &cpu, &mm, 16, 8, KV_F16, &err) == KV_EINVAL && strstr(err.msg, "F16"),
               "an F16 cache is refused: '%s'", err.msg);
         kv_model_free(&mm);
     }
@@ -997,15 +1002,393 @@ static void test_errors(void) {
     kv_forward_opts all = {.logits = KV_LOGITS_ALL};
     CHECK(kv_forward(&r.s, tok, 1, &all, NULL, &err) == KV_EINVAL, "all logits without a buffer");
     kv_state s2;
-    CHECK(kv_state_init(&s2, &r.m, 513, 8, KV_F32, &err) == KV_EINVAL, "context beyond max_position_embeddings");
+    CHECK(kv_state_init(&s2, &cpu, &r.m, 513, 8, KV_F32, &err) == KV_EINVAL, "context beyond max_position_embeddings");
     runner_close(&r);
     kv_model m;
     CHECK(kv_model_load(&m, SHARED_DIR "/models/llama2-tokenizer", NULL, &err) != 0, "tokenizer-only dir loads");
 }
 
+
+/* ---- 6. the backend seam -------------------------------------------------------------------- */
+
+/* A second backend: the CPU's ops behind a table that counts every call and checks every device
+ * pointer it is given (with the bytes the op touches) against the regions it handed out. alloc
+ * and map are its own: page-aligned regions of one mmap'd pool, map a copy (so a weight read
+ * from the model rather than through its view is caught). With unified = 0 the pool is
+ * PROT_NONE between ops, so any host read or write of device memory outside an op faults, as it
+ * would on a GPU; logits then come back by download and the RoPE table is uploaded. With
+ * unified = 1 the forward may hand an op host memory the backend did not allocate only where
+ * backend.h says so: the caller's logits buffer and the RoPE table kv_backend_rope_table
+ * returns (the host table itself). */
+enum { TR_ALLOC, TR_FREE, TR_MAP, TR_UNMAP, TR_UPLOAD, TR_DOWNLOAD, TR_ZERO, TR_COPY, TR_CONVERT,
+       TR_SYNC, TR_MATMUL, TR_RMSNORM, TR_ROPE, TR_ATTENTION, TR_SWIGLU, TR_EMBEDDING, TR_N };
+static const char *const tr_names[TR_N] = {
+    "alloc", "free", "map", "unmap", "upload", "download", "zero", "copy", "convert", "sync",
+    "matmul", "rmsnorm", "rope", "attention", "swiglu", "embedding"};
+
+enum { TR_REGIONS = 512, TR_LENT = 4 };
+#define TR_POOL ((size_t)16 << 20) /* stories260K's state and weight copies take about 2 MB */
+
+typedef struct {
+    const kv_backend_ops *cpu;  /* what runs each op */
+    unsigned char *pool;        /* [TR_POOL], handed out page by page, never reused */
+    size_t used;
+    struct {
+        unsigned char *p;
+        size_t bytes;
+    } r[TR_REGIONS];            /* live regions */
+    int n;
+    struct {
+        const char *p;
+        size_t bytes;
+    } lent[TR_LENT];            /* unified only: host memory the forward may pass (see above) */
+    int n_lent;
+    long calls[TR_N];
+    long outside;               /* pointers in no region */
+    char first[200];            /* the first of them */
+} tracker;
+
+static tracker *tr_of(kv_backend *b) { return b->impl; }
+
+/* the pool readable and writable (an op runs) or not (between ops; non-unified only) */
+static void tr_access(kv_backend *b, int open) {
+    tracker *t = tr_of(b);
+    if (!b->unified && mprotect(t->pool, TR_POOL, open ? PROT_READ | PROT_WRITE : PROT_NONE))
+        CHECK(0, "mprotect");
+}
+
+/* p[0 .. bytes) must lie inside one region (or, unified, one lent buffer) */
+static void tr_need(kv_backend *b, int op, const char *arg, const void *p, size_t bytes) {
+    tracker *t = tr_of(b);
+    const unsigned char *q = p;
+    for (int i = 0; i < t->n; i++)
+        if (q >= t->r[i].p && q + bytes <= t->r[i].p + t->r[i].bytes) return;
+    for (int i = 0; b->unified && i < t->n_lent; i++) {
+        const char *c = p, *l = t->lent[i].p;
+        if (c >= l && c + bytes <= l + t->lent[i].bytes) return;
+    }
+    if (!t->outside++)
+        snprintf(t->first, sizeof t->first, "%s: %s = %p (%zu bytes) is not the backend's",
+                 tr_names[op], arg, p, bytes);
+}
+
+static void tr_lend(kv_backend *b, const void *p, size_t bytes) {
+    tracker *t = tr_of(b);
+    if (t->n_lent < TR_LENT) {
+        t->lent[t->n_lent].p = p;
+        t->lent[t->n_lent++].bytes = bytes;
+    }
+}
+
+/* a fresh, zeroed region (called with the pool open) */
+static int tr_new(kv_backend *b, void **dptr, size_t bytes, kv_error *err) {
+    tracker *t = tr_of(b);
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE), len = (bytes + page) / page * page;
+    if (t->n == TR_REGIONS || len > TR_POOL - t->used)
+        return kv_fail(err, KV_ENOMEM, "tracked: no room for %zu bytes", bytes);
+    unsigned char *p = t->pool + t->used;
+    t->used += len;
+    memset(p, 0, bytes);
+    t->r[t->n].p = p;
+    t->r[t->n++].bytes = bytes;
+    *dptr = p;
+    return 0;
+}
+
+static void tr_drop(kv_backend *b, int op, const void *dptr) {
+    tracker *t = tr_of(b);
+    t->calls[op]++;
+    if (!dptr) return;
+    for (int i = 0; i < t->n; i++)
+        if (t->r[i].p == dptr) {
+            t->r[i] = t->r[--t->n];
+            return;
+        }
+    tr_need(b, op, "dptr", dptr, 1); /* not one of ours: counted as outside */
+}
+
+static int tr_alloc(kv_backend *b, void **dptr, size_t bytes, kv_error *err) {
+    tr_of(b)->calls[TR_ALLOC]++;
+    tr_access(b, 1);
+    int rc = tr_new(b, dptr, bytes, err);
+    tr_access(b, 0);
+    return rc;
+}
+
+static void tr_free(kv_backend *b, void *dptr) { tr_drop(b, TR_FREE, dptr); }
+
+static int tr_map(kv_backend *b, const void **dptr, const void *host_src, size_t bytes,
+                  kv_error *err) {
+    tr_of(b)->calls[TR_MAP]++;
+    void *p;
+    tr_access(b, 1);
+    int rc = tr_new(b, &p, bytes, err);
+    if (!rc) memcpy(p, host_src, bytes), *dptr = p;
+    tr_access(b, 0);
+    return rc;
+}
+
+static void tr_unmap(kv_backend *b, const void *dptr) { tr_drop(b, TR_UNMAP, dptr); }
+
+#define TR_RUN(b, call)               \
+    do {                              \
+        tr_access(b, 1);              \
+        int rc_ = tr_of(b)->cpu->call; \
+        tr_access(b, 0);              \
+        return rc_;                   \
+    } while (0)
+
+static int tr_upload(kv_backend *b, void *dst, const void *host_src, size_t bytes, kv_error *err) {
+    tr_of(b)->calls[TR_UPLOAD]++;
+    tr_need(b, TR_UPLOAD, "dst", dst, bytes);
+    TR_RUN(b, upload(b, dst, host_src, bytes, err));
+}
+
+static int tr_download(kv_backend *b, void *host_dst, const void *src, size_t bytes,
+                       kv_error *err) {
+    tr_of(b)->calls[TR_DOWNLOAD]++;
+    tr_need(b, TR_DOWNLOAD, "src", src, bytes);
+    TR_RUN(b, download(b, host_dst, src, bytes, err));
+}
+
+static int tr_zero(kv_backend *b, void *dst, size_t bytes, kv_error *err) {
+    tr_of(b)->calls[TR_ZERO]++;
+    tr_need(b, TR_ZERO, "dst", dst, bytes);
+    TR_RUN(b, zero(b, dst, bytes, err));
+}
+
+static int tr_copy(kv_backend *b, void *dst, const void *src, size_t bytes, kv_error *err) {
+    tr_of(b)->calls[TR_COPY]++;
+    tr_need(b, TR_COPY, "dst", dst, bytes);
+    tr_need(b, TR_COPY, "src", src, bytes);
+    TR_RUN(b, copy(b, dst, src, bytes, err));
+}
+
+static int tr_convert(kv_backend *b, void *dst, kv_dtype dst_type, const void *src,
+                      kv_dtype src_type, size_t n, kv_error *err) {
+    tr_of(b)->calls[TR_CONVERT]++;
+    tr_need(b, TR_CONVERT, "dst", dst, n * kv_dtype_size(dst_type));
+    tr_need(b, TR_CONVERT, "src", src, n * kv_dtype_size(src_type));
+    TR_RUN(b, convert(b, dst, dst_type, src, src_type, n, err));
+}
+
+static int tr_sync(kv_backend *b, kv_error *err) {
+    tr_of(b)->calls[TR_SYNC]++;
+    return tr_of(b)->cpu->sync(b, err);
+}
+
+static int tr_matmul(kv_backend *b, float *out, const float *x, const void *W, kv_dtype w_type,
+                     const float *bias, int T, int n_in, int n_out, int accumulate,
+                     kv_error *err) {
+    tr_of(b)->calls[TR_MATMUL]++;
+    const size_t rows = (size_t)T, in = (size_t)n_in, o = (size_t)n_out;
+    tr_need(b, TR_MATMUL, "out", out, 4 * rows * o);
+    tr_need(b, TR_MATMUL, "x", x, 4 * rows * in);
+    tr_need(b, TR_MATMUL, "W", W, kv_dtype_size(w_type) * o * in);
+    if (bias) tr_need(b, TR_MATMUL, "bias", bias, 4 * o);
+    TR_RUN(b, matmul(b, out, x, W, w_type, bias, T, n_in, n_out, accumulate, err));
+}
+
+static int tr_rmsnorm(kv_backend *b, float *out, const float *x, const float *w, int T, int dim,
+                      float eps, kv_error *err) {
+    tr_of(b)->calls[TR_RMSNORM]++;
+    tr_need(b, TR_RMSNORM, "out", out, 4 * (size_t)T * dim);
+    tr_need(b, TR_RMSNORM, "x", x, 4 * (size_t)T * dim);
+    tr_need(b, TR_RMSNORM, "w", w, 4 * (size_t)dim);
+    TR_RUN(b, rmsnorm(b, out, x, w, T, dim, eps, err));
+}
+
+static int tr_rope(kv_backend *b, float *x, int T, int n_heads, const int32_t *pos,
+                   const kv_rope_table *table, kv_error *err) {
+    tr_of(b)->calls[TR_ROPE]++;
+    const size_t half = (size_t)table->max_pos * (size_t)(table->head_dim / 2);
+    tr_need(b, TR_ROPE, "x", x, 4 * (size_t)T * n_heads * table->head_dim);
+    tr_need(b, TR_ROPE, "pos", pos, 4 * (size_t)T);
+    tr_need(b, TR_ROPE, "table->cos", table->cos, 4 * half);
+    tr_need(b, TR_ROPE, "table->sin", table->sin, 4 * half);
+    TR_RUN(b, rope(b, x, T, n_heads, pos, table, err));
+}
+
+static int tr_attention(kv_backend *b, float *out, const float *q, const void *k, const void *v,
+                        kv_dtype cache_type, int T, int pos0, int S, int n_heads, int n_kv_heads,
+                        int head_dim, kv_attn_mask mask, kv_error *err) {
+    tr_of(b)->calls[TR_ATTENTION]++;
+    const size_t qb = 4 * (size_t)T * n_heads * head_dim;
+    const size_t kb = kv_dtype_size(cache_type) * (size_t)S * n_kv_heads * head_dim;
+    tr_need(b, TR_ATTENTION, "out", out, qb);
+    tr_need(b, TR_ATTENTION, "q", q, qb);
+    tr_need(b, TR_ATTENTION, "k", k, kb);
+    tr_need(b, TR_ATTENTION, "v", v, kb);
+    TR_RUN(b, attention(b, out, q, k, v, cache_type, T, pos0, S, n_heads, n_kv_heads, head_dim,
+                        mask, err));
+}
+
+static int tr_swiglu(kv_backend *b, float *h, const float *gate, const float *up, int T, int n,
+                     kv_error *err) {
+    tr_of(b)->calls[TR_SWIGLU]++;
+    const size_t bytes = 4 * (size_t)T * n;
+    tr_need(b, TR_SWIGLU, "h", h, bytes);
+    tr_need(b, TR_SWIGLU, "gate", gate, bytes);
+    tr_need(b, TR_SWIGLU, "up", up, bytes);
+    TR_RUN(b, swiglu(b, h, gate, up, T, n, err));
+}
+
+static int tr_embedding(kv_backend *b, float *out, const float *table, int vocab, int dim,
+                        const int32_t *host_ids, int T, kv_error *err) {
+    tr_of(b)->calls[TR_EMBEDDING]++;
+    tr_need(b, TR_EMBEDDING, "out", out, 4 * (size_t)T * dim);
+    tr_need(b, TR_EMBEDDING, "table", table, 4 * (size_t)vocab * dim);
+    TR_RUN(b, embedding(b, out, table, vocab, dim, host_ids, T, err));
+}
+
+/* the forward's ops only: a loss, backward or optimiser call would be a NULL call (a crash) */
+static const kv_backend_ops tracked_ops = {
+    .alloc = tr_alloc, .free = tr_free, .map = tr_map, .unmap = tr_unmap, .upload = tr_upload,
+    .download = tr_download, .zero = tr_zero, .copy = tr_copy, .convert = tr_convert,
+    .sync = tr_sync, .matmul = tr_matmul, .rmsnorm = tr_rmsnorm, .rope = tr_rope,
+    .attention = tr_attention, .swiglu = tr_swiglu, .embedding = tr_embedding};
+
+/* SIGSEGV while the guard is on: a probe (faults()) jumps back; anything else is the host
+ * touching device memory outside an op, a failure named before the test stops */
+static sigjmp_buf fault_jmp;
+static volatile sig_atomic_t probing;
+static void on_fault(int sig) {
+    (void)sig;
+    if (probing) siglongjmp(fault_jmp, 1);
+    static const char msg[] = "FAIL test_runtime: backend seam: the host touched device memory "
+                              "outside an op (SIGSEGV)\n";
+    if (write(2, msg, sizeof msg - 1) < 0) _exit(1);
+    _exit(1);
+}
+
+static void guard_signal(int on) {
+    static struct sigaction old;
+    struct sigaction sa = {.sa_handler = on_fault};
+    sigemptyset(&sa.sa_mask);
+    if (on) sigaction(SIGSEGV, &sa, &old);
+    else sigaction(SIGSEGV, &old, NULL);
+}
+
+/* 1 when reading *p faults (the guard between ops is on) */
+static int faults(const volatile float *p) {
+    int faulted = 1;
+    probing = 1;
+    if (!sigsetjmp(fault_jmp, 1)) {
+        (void)*p;
+        faulted = 0;
+    }
+    probing = 0;
+    return faulted;
+}
+
+/* the same forwards on the CPU backend and the tracked one: logits bit-identical, every pointer
+ * the backend's, every buffer given back at kv_state_free */
+static void seam_check(const char *what, const char *dir, kv_dtype cache, int unified) {
+    static tracker t;
+    t = (tracker){.cpu = cpu.ops};
+    t.pool = mmap(NULL, TR_POOL, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (t.pool == MAP_FAILED) {
+        CHECK(0, "%s: cannot map the tracked pool", what);
+        return;
+    }
+    kv_backend tb = {.ops = &tracked_ops, .device = KV_DEVICE_CPU, .unified = unified,
+                     .threads = cpu.threads, .name = "tracked", .impl = &t};
+    kv_error err = {0};
+    const char *mode = unified ? "unified" : "discrete";
+    runner r;
+    if (runner_open_cache(&r, dir, 128, 16, cache)) { /* 16-token passes: SEQ in chunks */
+        munmap(t.pool, TR_POOL);
+        return;
+    }
+    runner tr = {0}; /* the same model on the tracked backend */
+    int rc = kv_state_init(&tr.s, &tb, &r.m, 128, 16, cache, &err);
+    CHECK(rc == 0, "%s: tracked state: %s", what, err.msg);
+    if (rc) {
+        runner_close(&r);
+        munmap(t.pool, TR_POOL);
+        return;
+    }
+    const long maps = t.calls[TR_MAP];
+    CHECK(maps > 0 && t.calls[TR_UPLOAD] >= 1 + !unified, "%s: %ld maps, %ld uploads", what, maps,
+          t.calls[TR_UPLOAD]);
+    if (!unified) CHECK(faults(tr.s.x), "%s: the guard is off: the host read device memory", what);
+    const size_t bytes = sizeof(float) * SEQ * V;
+    float *want = malloc(bytes), *got = malloc(bytes);
+    if (unified) {
+        const size_t half = sizeof(float) * 128 * (size_t)(r.m.dims.head_dim / 2); /* max_seq */
+        tr_lend(&tb, tr.s.rope.cos, half);
+        tr_lend(&tb, tr.s.rope.sin, half);
+        tr_lend(&tb, got, bytes);
+    }
+    /* all positions in 16-token passes; a prefill in such passes then 8 decode steps. The
+     * guard costs two mprotect calls an op (about 70 us here), so the discrete run is shorter:
+     * iterative:2 (the same ops as :9, fewer times), no sequential prefill (its ops are the
+     * decode steps') */
+    const kv_prefill pfs[2] = {unified ? ITER9 : (kv_prefill){KV_PREFILL_ITERATIVE, 2}, SEQUENTIAL};
+    const int T = unified ? SEQ : 32, P = T - 8;
+    for (int k = 0; k < (r.s.has_upward && unified ? 2 : 1); k++) {
+        const char *how = k ? "sequential" : unified ? "iterative:9" : "iterative:2";
+        full_logits(&r, golden_tokens + SEQ, T, pfs[k], 0, want);
+        full_logits(&tr, golden_tokens + SEQ, T, pfs[k], 0, got);
+        CHECK(memcmp(want, got, sizeof(float) * T * V) == 0,
+              "%s (%s, %s): all-position logits differ by %g", what, mode, how,
+              max_abs_diff(want, got, (size_t)T * V));
+        prefill_decode_logits(&r, golden_tokens + SEQ, T, P, pfs[k], want);
+        prefill_decode_logits(&tr, golden_tokens + SEQ, T, P, pfs[k], got);
+        CHECK(memcmp(want, got, sizeof(float) * (T - P + 1) * V) == 0,
+              "%s (%s, %s): prefill+decode logits differ", what, mode, how);
+    }
+    /* no output buffer: the state's host logits */
+    kv_forward_opts last = {.logits = KV_LOGITS_LAST, .prefill = pfs[0]};
+    kv_state_reset(&r.s);
+    kv_state_reset(&tr.s);
+    CHECK(kv_forward(&r.s, golden_tokens, 20, &last, NULL, &err) == 0 &&
+          kv_forward(&tr.s, golden_tokens, 20, &last, NULL, &err) == 0, "%s", err.msg);
+    CHECK(memcmp(r.s.logits, tr.s.logits, sizeof(float) * V) == 0, "%s: s->logits differ", what);
+    /* one 16-token pass, all logits: the ops a layer is made of, counted */
+    memset(t.calls, 0, sizeof t.calls);
+    kv_forward_opts all = {.logits = KV_LOGITS_ALL, .prefill = pfs[0]};
+    kv_state_reset(&tr.s);
+    CHECK(kv_forward(&tr.s, golden_tokens, 16, &all, got, &err) == 0, "%s", err.msg);
+    printf("seam %s (%s): one pass:", what, mode);
+    for (int i = 0; i < TR_N; i++)
+        if (t.calls[i]) printf(" %s %ld", tr_names[i], t.calls[i]);
+    printf("\n");
+    if (!strcmp(what, "original")) {
+        CHECK(t.calls[TR_MATMUL] == 7 * L + 1 && t.calls[TR_RMSNORM] == 2 * L + 1 &&
+              t.calls[TR_ROPE] == 2 * L && t.calls[TR_ATTENTION] == L &&
+              t.calls[TR_SWIGLU] == L && t.calls[TR_EMBEDDING] == 1 &&
+              t.calls[TR_DOWNLOAD] == !unified && t.calls[TR_ALLOC] == 0,
+              "original: op counts of one pass");
+    }
+    CHECK(t.outside == 0, "%s (%s): %ld pointers from outside the backend; first: %s", what,
+          mode, t.outside, t.first);
+    kv_state_free(&tr.s);
+    CHECK(t.n == 0, "%s: %d regions left after kv_state_free", what, t.n);
+    CHECK(t.calls[TR_UNMAP] == maps, "%s: %ld maps, %ld unmaps", what, maps, t.calls[TR_UNMAP]);
+    free(want);
+    free(got);
+    runner_close(&r);
+    munmap(t.pool, TR_POOL);
+}
+
+static void test_backend_seam(void) {
+    kv_map m;
+    for (int unified = 1; unified >= 0; unified--) {
+        if (!unified) guard_signal(1);
+        seam_check("original", MODEL_DIR, KV_F32, unified);
+        seam_check("original, BF16 cache", MODEL_DIR, KV_BF16, unified);
+        seam_check("pizza-top:3", make_cross("pizza-top:3", &m), KV_F32, unified);
+        seam_check("lasagna-top:2, BF16 cache", make_cross("lasagna-top:2", &m), KV_BF16, unified);
+        seam_check("swiftkv l=3 g=2", make_swiftkv(3, 2, 0), KV_F32, unified);
+    }
+    guard_signal(0);
+}
+
 int main(void) {
     kv_error err = {0};
-    kv_kernels_set_threads(2);
+    kv_backend_cpu_init(&cpu, 2, &err);
     snprintf(tmp_root, sizeof tmp_root, "/tmp/kvforge-test-runtime-XXXXXX");
     if (!mkdtemp(tmp_root)) {
         CHECK(0, "mkdtemp");
@@ -1029,9 +1412,11 @@ int main(void) {
     test_perplexity();
     test_bf16_cache();
     test_errors();
+    test_backend_seam();
 
     st_close(&golden);
     st_checkpoint_close(&orig);
+    kv_backend_free(&cpu);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_root);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp_root);

@@ -71,11 +71,11 @@ static void compare(const char *spec, kv_swiftkv_layout layout, const kvt_model 
         return;
     }
     kv_state st;
-    rc = kv_state_init(&st, &rm, T, T, KV_F32, &err);
+    kv_backend cpu;
+    kv_backend_cpu_init(&cpu, 1, &err);
+    rc = kv_state_init(&st, &cpu, &rm, T, T, KV_F32, &err);
     CHECK(rc == 0, "%s: state: %s", spec, err.msg);
     kvt_run run;
-    kv_backend cpu;
-    rc |= kv_backend_cpu_init(&cpu, 0, &err);
     rc |= kvt_run_init(&run, &cpu, &s, n_seq, T, 9, 0, &err);
     float *logits = malloc(sizeof(float) * (size_t)T * s.dims.vocab);
     if (!rc && !(rc = kvt_forward(&run, tokens, &err))) {
@@ -100,8 +100,8 @@ static void compare(const char *spec, kv_swiftkv_layout layout, const kvt_model 
     }
     free(logits);
     kvt_run_free(&run);
-    kv_backend_free(&cpu);
     kv_state_free(&st);
+    kv_backend_free(&cpu);
     kv_model_free(&rm);
     kvt_model_free(&s);
 }
