@@ -39,7 +39,7 @@ TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCHES := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
 LIB     := $(BUILD)/libkvforge.a
 
-.PHONY: all test test-gpu asan bench demo setup clean cuda-note
+.PHONY: all test test-gpu asan bench demo setup clean cuda-note format lint
 .SECONDARY:
 all: cuda-note $(TOOLS) $(TESTS) $(BENCHES)
 
@@ -96,7 +96,7 @@ demo: all
 	@BUILD=$(BUILD) sh cli/demo.sh
 
 # idempotent: installs only what is missing (Debian packages)
-SETUP_PKGS := libcjson-dev libzstd-dev libarchive-dev libopenblas-dev zstd
+SETUP_PKGS := libcjson-dev libzstd-dev libarchive-dev libopenblas-dev zstd clang-format
 setup:
 	@missing=""; for p in $(SETUP_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -104,6 +104,13 @@ setup:
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	else echo "kvforge: build dependencies present"; fi
+
+# the tree follows .clang-format: `make format` rewrites in place, `make lint` fails on a difference
+FORMAT_SRC = $(shell git ls-files '*.c' '*.h' '*.cu' 2>/dev/null)
+format:
+	@clang-format -i $(FORMAT_SRC)
+lint:
+	@clang-format --dry-run -Werror $(FORMAT_SRC) && echo "kvforge: every file follows .clang-format"
 
 clean:
 	rm -rf build build-asan
