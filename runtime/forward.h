@@ -61,8 +61,8 @@ typedef struct {          /* all-zero = last-token logits, both skips on, iterat
     kv_prefill prefill;   /* multi-token passes over maps with upward layers */
 } kv_forward_opts;
 
-/* Device views of a kv_model's weights (b->ops->map of each host tensor, once at init; on a
- * unified backend the host pointers themselves): the model's fields, shapes and NULLs. */
+/* Device views of a kv_model's weights (b->ops->map of each host tensor, once at init; the CPU
+ * backend's map returns the host pointers themselves): the model's fields, shapes and NULLs. */
 typedef struct {
     const float *embed;        /* [V, H] */
     const float *final_norm;   /* [H] */
@@ -78,21 +78,22 @@ typedef struct {              /* one b->ops->map, unmapped at kv_state_free */
 
 /* Unless noted, every pointer below is device memory of `backend` ("B" = max_batch rows). */
 typedef struct {
-    kv_backend *backend;  /* runs every op and owns every buffer (not owned: outlives the state) */
+    kv_backend *backend;  /* runs every op; the buffers below are its memory (the backend is not
+                             the state's: it must outlive it) */
     const kv_model *model;
     kv_weight_views w;    /* the weights the ops read */
     kv_weight_map *maps;  /* [n_maps] host array: the distinct tensors mapped */
     int n_maps;
     kv_cache cache;
     kv_rope_table rope;   /* device table (kv_backend_rope_table), positions 0 .. max_seq-1 */
-    kv_rope_table rope_host; /* the host table it was made from */
+    kv_rope_table rope_host; /* HOST: the table it was made from */
     int max_seq;          /* positions the cache holds */
     int max_batch;        /* tokens per internal pass (longer inputs run in chunks) */
     int n_past;           /* positions already in the cache */
     int has_upward;       /* the map has layers with kv(i) > i */
     int top_kv_writer;    /* highest layer writing K/V from its own input (-1: none) */
     int block_lo, block_hi; /* their cyclic block */
-    void *block;          /* the one backend allocation every buffer below is carved from */
+    void *block;          /* the one backend allocation the buffers below are carved from */
     size_t block_bytes;   /* its size */
     float *x;             /* [B, H] residual stream */
     float *xb;            /* [B, H] normed input of the current block */

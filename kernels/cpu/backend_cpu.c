@@ -6,13 +6,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/arena.h"
 #include "kernels/cpu/rows.h"
 
+/* kv_arena's block: 64-byte aligned, zeroed; from 4 MiB on 2 MiB aligned with transparent huge
+ * pages advised (the forward's activation block: prefill ran about 10% slower on 4 KiB pages) */
 static int cpu_alloc(kv_backend *b, void **dptr, size_t bytes, kv_error *err) {
     (void)b;
-    *dptr = calloc(1, bytes ? bytes : 1);
-    if (!*dptr) return kv_fail(err, KV_ENOMEM, "cpu: cannot allocate %zu bytes", bytes);
-    return 0;
+    kv_arena a;
+    int rc = kv_arena_init(&a, bytes ? bytes : 1, "cpu", err);
+    *dptr = rc ? NULL : a.base;
+    return rc;
 }
 
 static void cpu_free(kv_backend *b, void *dptr) {
