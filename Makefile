@@ -33,6 +33,27 @@ else
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 endif
 
+# MPI (data-parallel kvdistill train, transform/train/dist.h) joins the build when mpicc is on
+# PATH; MPI=0 forces it off. Its flags come from Open MPI's wrapper (--showme); with another MPI
+# give MPI_CFLAGS and MPI_LDLIBS yourself. Only dist_mpi.c includes mpi.h.
+MPICC   ?= $(shell command -v mpicc 2>/dev/null)
+MPI     ?= $(if $(MPICC),1,0)
+ifeq ($(MPI),1)
+ifndef MPI_LDLIBS
+MPI_CFLAGS := $(shell $(MPICC) --showme:compile 2>/dev/null)
+MPI_LDLIBS := $(shell $(MPICC) --showme:link 2>/dev/null)
+endif
+ifeq ($(strip $(MPI_LDLIBS)),)
+$(warning kvforge: '$(MPICC) --showme:link' gave no flags (not Open MPI?): building without MPI; set MPI_CFLAGS and MPI_LDLIBS to use it)
+override MPI := 0
+endif
+endif
+ifeq ($(MPI),1)
+CFLAGS  += -DKV_MPI=1
+LDLIBS  += $(MPI_LDLIBS)
+$(BUILD)/transform/train/dist_mpi.o: CFLAGS += $(MPI_CFLAGS)
+endif
+
 TOOLS   := $(patsubst cli/%.c,$(BUILD)/bin/%,$(wildcard cli/kv*.c))
 CLI_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(filter-out cli/kv%.c,$(wildcard cli/*.c)))
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
@@ -47,9 +68,12 @@ cuda-note:
 ifeq ($(CUDA),0)
 	@echo "kvforge: CUDA sources skipped (no nvcc or CUDA=0); CPU-only build"
 endif
+ifeq ($(MPI),0)
+	@echo "kvforge: MPI skipped (no mpicc or MPI=0); kvdistill train runs single-process only"
+endif
 
-# objects remember the CUDA/SAN mode they were built in: switching modes rebuilds them
-FLAGS_STAMP := $(BUILD)/.mode-cuda$(CUDA)-san$(SAN)
+# objects remember the CUDA/SAN/MPI mode they were built in: switching modes rebuilds them
+FLAGS_STAMP := $(BUILD)/.mode-cuda$(CUDA)-san$(SAN)-mpi$(MPI)
 $(FLAGS_STAMP):
 	@mkdir -p $(BUILD) && rm -f $(BUILD)/.mode-* && touch $@
 
@@ -96,7 +120,7 @@ demo: all
 	@BUILD=$(BUILD) sh cli/demo.sh
 
 # idempotent: installs only what is missing (Debian packages)
-SETUP_PKGS := libcjson-dev libzstd-dev libarchive-dev libopenblas-dev zstd
+SETUP_PKGS := libcjson-dev libzstd-dev libarchive-dev libopenblas-dev zstd libopenmpi-dev openmpi-bin
 setup:
 	@missing=""; for p in $(SETUP_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
