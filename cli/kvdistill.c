@@ -11,6 +11,7 @@
 #include "kernels/backend.h"
 #include "kernels/kernels.h"
 #include "transform/train/calibrate.h"
+#include "transform/train/dist.h"
 #include "transform/train/distill.h"
 #include "transform/train/distill_init.h"
 #include "transform/train/train_model.h"
@@ -52,6 +53,12 @@ static void usage(void) {
            "  --save-every N        checkpoint every N steps (0: at the end only)\n"
            "  --resume              continue from OUT_DIR/checkpoint (same options and data)\n"
            "  --force               write into a non-empty OUT_DIR without resuming\n"
+           "Data parallel: mpirun -np N kvdistill train ... runs one process per rank, each\n"
+           "  with batch/N sequences of every micro-batch (N must divide --batch); gradients are\n"
+           "  summed with MPI_Allreduce, so the run equals the single-process one with the same\n"
+           "  options (to float rounding). Rank 0 writes OUT_DIR and prints; --threads defaults\n"
+           "  to the CPUs over the ranks on a host; --device cuda uses GPU local-rank. --resume\n"
+           "  works with any N that divides --batch. (%s)\n"
            "\n"
            "calibrate: on calibration text, per-layer cosine similarity of the teacher's hidden\n"
            "states and of K/V between layers, and for every candidate transform the zero-shot\n"
@@ -73,7 +80,9 @@ static void usage(void) {
            "\n"
            "Common: --device cpu|cuda  where train and calibrate run (cpu; cuda needs a CUDA\n"
            "        build), --threads N (all CPUs), --quiet (no progress), -h/--help, --version.\n"
-           "Exit status: 0 ok, 1 failure, 2 usage error.\n");
+           "Exit status: 0 ok, 1 failure, 2 usage error.\n",
+           kv_dist_have_mpi() ? "this build has MPI support"
+                              : "this build has no MPI support: rebuild with mpicc on PATH");
 }
 
 enum {
@@ -336,6 +345,36 @@ static void on_progress(void *ctx, const distill_progress *p) {
     ui->phase = p->phase;
 }
 
+/* "kvdistill: error: rank R of N: msg" when several processes run */
+static int train_fail(const kv_dist *d, const kv_error *err) {
+    if (d->size > 1) {
+        cli_error(TOOL, "rank %d of %d: %s", d->rank, d->size, err->msg[0] ? err->msg : "failed");
+        return EXIT_FAIL;
+    }
+    return cli_fail(TOOL, err);
+}
+
+/* KVDISTILL_TEST_FAIL=RANK:STEP (STEP a step number or "setup"): the test hook of
+ * distill_opts.test_fail_*, for tests/cli_kvdistill_mpi.sh; ignored when unset */
+static int test_fail_from_env(distill_opts *o) {
+    const char *s = getenv("KVDISTILL_TEST_FAIL");
+    if (!s || !*s) return 0;
+    const char *colon = strchr(s, ':');
+    char rank[32];
+    long r, step = -1;
+    if (!colon || (size_t)(colon - s) >= sizeof rank) goto bad;
+    memcpy(rank, s, (size_t)(colon - s));
+    rank[colon - s] = 0;
+    if (cli_parse_int(rank, 0, 1 << 24, &r) ||
+        (strcmp(colon + 1, "setup") && cli_parse_int(colon + 1, 1, 1L << 40, &step)))
+        goto bad;
+    o->test_fail_rank = (int)r;
+    o->test_fail_step = step;
+    return 0;
+bad:
+    return cli_usage_error(TOOL, "bad KVDISTILL_TEST_FAIL '%s' (RANK:STEP or RANK:setup)", s);
+}
+
 static int cmd_train(cli_args *a) {
     extra_positionals_are_data(a, 3);
     if (a->n_pos != 3)
@@ -350,17 +389,47 @@ static int cmd_train(cli_args *a) {
     a->d.n_data = a->n_data;
     a->d.eval_data = a->eval_data;
     a->d.n_eval_data = a->n_eval_data;
-    kv_backend backend;
-    int rc = open_backend(a, &backend);
+    int rc = test_fail_from_env(&a->d);
     if (rc) return rc;
+    /* the processes of this job: several under mpirun (MPI_Init only then), else one */
+    kv_dist dist;
+    kv_error err = {0};
+    if (kv_dist_init(&dist, &err)) {
+        rc = train_fail(&dist, &err);
+        kv_dist_free(&dist);
+        return rc;
+    }
+    a->d.dist = &dist;
+    if (!a->threads && dist.local_size > 1) { /* the host's CPUs shared by its ranks */
+        const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        a->threads = cpus > dist.local_size ? (int)(cpus / dist.local_size) : 1;
+        kv_kernels_set_threads(a->threads);
+    }
+    kv_backend backend;
+    if (dist.size > 1 && a->device && !strcmp(a->device, "cuda")) { /* one GPU per rank */
+        if (kv_backend_cuda_init(&backend, dist.local_rank, &err)) {
+            rc = train_fail(&dist, &err);
+            kv_dist_free(&dist);
+            return rc;
+        }
+    } else if ((rc = open_backend(a, &backend))) {
+        kv_dist_free(&dist);
+        return rc;
+    }
     a->d.backend = &backend;
     train_ui ui = {.quiet = a->quiet, .tty = isatty(STDERR_FILENO), .last_decile = -1};
     distill_report rep;
-    kv_error err = {0};
     rc = distill_train(&a->d, on_progress, &ui, &rep, &err);
     kv_backend_free(&backend);
     if (ui.bar_on) fputc('\n', stderr);
-    if (rc) return cli_fail(TOOL, &err);
+    const int root = dist.rank == 0, failed = rc != 0;
+    if (failed) rc = train_fail(&dist, &err);
+    kv_dist_free(&dist);
+    if (failed) return rc;
+    if (!root) return 0;
+    if (rep.processes > 1)
+        printf("data parallel: %d processes, %d sequences each per micro-batch\n", rep.processes,
+               a->d.batch / rep.processes);
     printf("map %s: %ld steps, %ld tokens in %.1f s (%.0f tokens/s)\n", rep.map_name, rep.steps,
            rep.tokens_trained, rep.seconds, rep.tokens_per_s);
     printf("held-out perplexity: teacher %.4f, student %.4f -> %.4f (KL %.4f -> %.4f)\n",
