@@ -54,6 +54,20 @@ LDLIBS  += $(MPI_LDLIBS)
 $(BUILD)/transform/train/dist_mpi.o: CFLAGS += $(MPI_CFLAGS)
 endif
 
+# NCCL (GPU gradient sums of data-parallel runs on CUDA, transform/train/dist_nccl.c) joins when
+# CUDA and MPI are both in and nccl.h is found; NCCL=0 forces it off
+ifeq ($(CUDA)$(MPI),11)
+NCCL_H  := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h))
+NCCL    ?= $(if $(NCCL_H),1,0)
+else
+override NCCL := 0
+endif
+ifeq ($(NCCL),1)
+CFLAGS  += -DKV_NCCL=1
+LDLIBS  += -lnccl
+$(BUILD)/transform/train/dist_nccl.o: CFLAGS += -I$(CUDA_HOME)/include
+endif
+
 TOOLS   := $(patsubst cli/%.c,$(BUILD)/bin/%,$(wildcard cli/kv*.c))
 CLI_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(filter-out cli/kv%.c,$(wildcard cli/*.c)))
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
@@ -72,8 +86,8 @@ ifeq ($(MPI),0)
 	@echo "kvforge: MPI skipped (no mpicc or MPI=0); kvdistill train runs single-process only"
 endif
 
-# objects remember the CUDA/SAN/MPI mode they were built in: switching modes rebuilds them
-FLAGS_STAMP := $(BUILD)/.mode-cuda$(CUDA)-san$(SAN)-mpi$(MPI)
+# objects remember the CUDA/SAN/MPI/NCCL mode they were built in: switching modes rebuilds them
+FLAGS_STAMP := $(BUILD)/.mode-cuda$(CUDA)-san$(SAN)-mpi$(MPI)-nccl$(NCCL)
 $(FLAGS_STAMP):
 	@mkdir -p $(BUILD) && rm -f $(BUILD)/.mode-* && touch $@
 

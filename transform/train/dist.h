@@ -7,11 +7,12 @@
  *  - MPI (dist_mpi.c, built with -DKV_MPI=1 when mpicc is found; Makefile): MPI_COMM_WORLD.
  *    Buffers are host memory; the trainer stages device gradients through the host when the
  *    backend is not unified (kvt_optim_allreduce_grads).
- *  - NCCL (TODO, not written): gradients summed on the GPU with ncclAllReduce over device
- *    pointers (device_buffers = 1), one GPU per rank (the CUDA backend opened on local_rank), the
- *    communicator set up through this MPI implementation (rank 0's ncclUniqueId broadcast with
- *    bcast); the scalar collectives (f64, fail_any, bcast) stay on MPI. It plugs in as another
- *    kv_dist_ops table with device_buffers set; nothing else in the trainer changes.
+ *  - NCCL (dist_nccl.c, built with -DKV_NCCL=1 when CUDA, MPI and nccl.h are all found):
+ *    gradients summed on the GPU with ncclAllReduce over device pointers (device_buffers = 1),
+ *    one GPU per process (the CUDA backend opened on local_rank), the communicator set up
+ *    through an MPI group (rank 0's ncclUniqueId broadcast); the scalar collectives (f64,
+ *    fail_any, bcast, barrier) go through that MPI group. Compiled here but never run yet (no
+ *    GPUs where it was written): TODO run it on a multi-GPU host against the MPI path.
  *
  * Conventions
  *  - Every op is collective: every rank calls it, in the same order, with the same sizes. An op
@@ -80,11 +81,18 @@ int kv_dist_init_mpi(kv_dist *d, kv_error *err);
  * the processes would otherwise each train alone and write the same files. */
 int kv_dist_init(kv_dist *d, kv_error *err);
 
-/* MPI_Finalize when MPI was initialised here and the group is not broken */
+/* NCCL over the MPI group mpi (which it uses for everything but the gradient sums; mpi must
+ * outlive d): one communicator of mpi->size GPUs, this process's on CUDA device `device` (the
+ * one its CUDA backend uses). Collective over mpi. KV_EUNSUPPORTED when built without NCCL. */
+int kv_dist_init_nccl(kv_dist *d, kv_dist *mpi, int device, kv_error *err);
+
+/* MPI_Finalize when MPI was initialised here and the group is not broken; NCCL: the
+ * communicator destroyed (aborted when broken), the MPI group left to its owner */
 void kv_dist_free(kv_dist *d);
 
-/* 1 when the build has an MPI implementation (-DKV_MPI=1) */
+/* 1 when the build has an MPI implementation (-DKV_MPI=1), an NCCL one (-DKV_NCCL=1) */
 int kv_dist_have_mpi(void);
+int kv_dist_have_nccl(void);
 
 /* the processes a launcher asked for according to the environment; 0 when none started this one */
 int kv_dist_launcher_size(void);

@@ -143,8 +143,15 @@ static int need_host(const kvt_optim *o, kv_error *err) {
 
 int kvt_optim_allreduce_grads(kvt_optim *o, kv_dist *d, kv_error *err) {
     if (d->size == 1) return 0;
-    if (o->b->unified || d->device_buffers)
-        return kv_dist_allreduce_f32(d, o->g, o->counts, o->n, err);
+    if (o->b->unified) return kv_dist_allreduce_f32(d, o->g, o->counts, o->n, err);
+    if (d->device_buffers) { /* the backward queued on the backend must be done first */
+        kv_error local = {0};
+        const int lrc = o->b->ops->sync(o->b, &local);
+        const int rc = kv_dist_allreduce_f32(d, o->g, o->counts, o->n, err);
+        if (rc) return rc;
+        if (lrc) *err = local;
+        return lrc;
+    }
     int rc = need_host(o, err);
     if (rc) return rc;
     kv_error local = {0};
