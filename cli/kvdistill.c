@@ -59,6 +59,8 @@ static void usage(void) {
            "  options (to float rounding). Rank 0 writes OUT_DIR and prints; --threads defaults\n"
            "  to the CPUs over the ranks on a host; --device cuda uses GPU local-rank. --resume\n"
            "  works with any N that divides --batch. (%s)\n"
+           "  --allreduce mpi|nccl  how gradients are summed: nccl (GPU to GPU) for --device\n"
+           "                        cuda in a build with NCCL, else mpi (through host memory)\n"
            "\n"
            "calibrate: on calibration text, per-layer cosine similarity of the teacher's hidden\n"
            "states and of K/V between layers, and for every candidate transform the zero-shot\n"
@@ -81,7 +83,8 @@ static void usage(void) {
            "Common: --device cpu|cuda  where train and calibrate run (cpu; cuda needs a CUDA\n"
            "        build), --threads N (all CPUs), --quiet (no progress), -h/--help, --version.\n"
            "Exit status: 0 ok, 1 failure, 2 usage error.\n",
-           kv_dist_have_mpi() ? "this build has MPI support"
+           kv_dist_have_mpi() ? (kv_dist_have_nccl() ? "this build has MPI support and NCCL"
+                                                     : "this build has MPI support")
                               : "this build has no MPI support: rebuild with mpicc on PATH");
 }
 
@@ -89,7 +92,7 @@ enum {
     O_DATA = 256, O_EVAL_DATA, O_HOLDOUT, O_EVAL_SEQS, O_SEQ_LEN, O_BATCH, O_ACCUM, O_STEPS,
     O_TOKENS, O_LR, O_WARMUP, O_SCHEDULE, O_BETA1, O_BETA2, O_ADAM_EPS, O_WD, O_CLIP, O_TEMP,
     O_MSE, O_CE, O_PASSES, O_GRAD_PASSES, O_SEED, O_SAVE_EVERY, O_RESUME, O_FORCE, O_THREADS, O_QUIET, O_VERSION,
-    O_SWIFTKV, O_GROUPS, O_CROSS, O_MAP, O_BUDGET, O_JSON, O_SVG, O_INIT, O_DEVICE
+    O_SWIFTKV, O_GROUPS, O_CROSS, O_MAP, O_BUDGET, O_JSON, O_SVG, O_INIT, O_DEVICE, O_ALLREDUCE
 };
 
 static const struct option long_opts[] = {
@@ -106,7 +109,7 @@ static const struct option long_opts[] = {
     {"version", 0, 0, O_VERSION}, {"swiftkv", 1, 0, O_SWIFTKV}, {"groups", 1, 0, O_GROUPS},
     {"cross", 1, 0, O_CROSS}, {"map", 1, 0, O_MAP}, {"budget", 1, 0, O_BUDGET},
     {"json", 0, 0, O_JSON}, {"svg", 1, 0, O_SVG}, {"init", 1, 0, O_INIT},
-    {"device", 1, 0, O_DEVICE}, {0, 0, 0, 0}};
+    {"device", 1, 0, O_DEVICE}, {"allreduce", 1, 0, O_ALLREDUCE}, {0, 0, 0, 0}};
 
 #define MAX_FILES 256
 #define MAX_MAPS 256
@@ -118,6 +121,7 @@ typedef struct {
     int threads, quiet, json, eval_seqs_set;
     const char *swiftkv_range, *groups, *svg, *init;
     const char *device;     /* "cpu" (default) or "cuda" */
+    const char *allreduce;  /* "mpi" | "nccl"; NULL: nccl on cuda when built with it */
     int cross_l;
     const char *maps[MAX_MAPS];
     int n_maps;
@@ -228,6 +232,11 @@ static int parse_args(int argc, char **argv, cli_args *a) {
             a->device = optarg;
             break;
         }
+        case O_ALLREDUCE:
+            if (strcmp(optarg, "mpi") && strcmp(optarg, "nccl"))
+                return cli_usage_error(TOOL, "--allreduce must be mpi or nccl");
+            a->allreduce = optarg;
+            break;
         case O_SWIFTKV: a->swiftkv_range = optarg; break;
         case O_GROUPS: a->groups = optarg; break;
         case O_CROSS:
@@ -405,10 +414,26 @@ static int cmd_train(cli_args *a) {
         a->threads = cpus > dist.local_size ? (int)(cpus / dist.local_size) : 1;
         kv_kernels_set_threads(a->threads);
     }
-    kv_backend backend;
-    if (dist.size > 1 && a->device && !strcmp(a->device, "cuda")) { /* one GPU per rank */
-        if (kv_backend_cuda_init(&backend, dist.local_rank, &err)) {
+    kv_backend backend = {0};
+    if (dist.size > 1) {
+        /* one GPU per rank (local rank); every rank learns whether all opened their backend, so
+         * that none waits for one that has left */
+        rc = a->device && !strcmp(a->device, "cuda")
+                 ? kv_backend_cuda_init(&backend, dist.local_rank, &err)
+                 : kv_backend_init(&backend, a->device ? a->device : "cpu", a->threads, &err);
+        int first = -1;
+        kv_error derr = {0};
+        const int drc = kv_dist_fail_any(&dist, rc != 0, &first, &derr);
+        if (!rc && drc) {
+            err = derr;
+            rc = drc;
+        } else if (!rc && first >= 0) {
+            rc = kv_fail(&err, KV_EIO, "stopped: process %d of %d could not open its device",
+                         first, dist.size);
+        }
+        if (rc) {
             rc = train_fail(&dist, &err);
+            if (backend.ops) kv_backend_free(&backend);
             kv_dist_free(&dist);
             return rc;
         }
@@ -417,9 +442,28 @@ static int cmd_train(cli_args *a) {
         return rc;
     }
     a->d.backend = &backend;
+    /* GPU-to-GPU gradient sums over the MPI group: NCCL (collective; every rank decides alike) */
+    const int on_cuda = a->device && !strcmp(a->device, "cuda");
+    const int want_nccl = a->allreduce ? !strcmp(a->allreduce, "nccl")
+                                       : on_cuda && kv_dist_have_nccl();
+    kv_dist nccl = {0};
+    if (dist.size > 1 && want_nccl) {
+        if (!on_cuda)
+            rc = kv_fail(&err, KV_EINVAL, "--allreduce nccl needs --device cuda");
+        else
+            rc = kv_dist_init_nccl(&nccl, &dist, dist.local_rank, &err);
+        if (rc) { /* every rank fails alike: the option is the same, init is collective */
+            rc = train_fail(&dist, &err);
+            kv_backend_free(&backend);
+            kv_dist_free(&dist);
+            return rc;
+        }
+        a->d.dist = &nccl;
+    }
     train_ui ui = {.quiet = a->quiet, .tty = isatty(STDERR_FILENO), .last_decile = -1};
     distill_report rep;
     rc = distill_train(&a->d, on_progress, &ui, &rep, &err);
+    if (nccl.ops) kv_dist_free(&nccl);
     kv_backend_free(&backend);
     if (ui.bar_on) fputc('\n', stderr);
     const int root = dist.rank == 0, failed = rc != 0;
