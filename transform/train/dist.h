@@ -94,7 +94,8 @@ void kv_dist_free(kv_dist *d);
 int kv_dist_have_mpi(void);
 int kv_dist_have_nccl(void);
 
-/* the processes a launcher asked for according to the environment; 0 when none started this one */
+/* the processes a launcher asked for according to the environment; 0 when none started this
+ * one, -1 when one did without saying how many (PMIx without a size) */
 int kv_dist_launcher_size(void);
 
 /* wrappers: d->ops->..., with broken set on failure; trivially 0 on a group of one */
