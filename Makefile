@@ -33,6 +33,41 @@ else
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 endif
 
+# MPI (data-parallel kvdistill train, transform/train/dist.h) joins the build when mpicc is on
+# PATH; MPI=0 forces it off. Its flags come from Open MPI's wrapper (--showme); with another MPI
+# give MPI_CFLAGS and MPI_LDLIBS yourself. Only dist_mpi.c includes mpi.h.
+MPICC   ?= $(shell command -v mpicc 2>/dev/null)
+MPI     ?= $(if $(MPICC),1,0)
+ifeq ($(MPI),1)
+ifndef MPI_LDLIBS
+MPI_CFLAGS := $(shell $(MPICC) --showme:compile 2>/dev/null)
+MPI_LDLIBS := $(shell $(MPICC) --showme:link 2>/dev/null)
+endif
+ifeq ($(strip $(MPI_LDLIBS)),)
+$(warning kvforge: '$(MPICC) --showme:link' gave no flags (not Open MPI?): building without MPI; set MPI_CFLAGS and MPI_LDLIBS to use it)
+override MPI := 0
+endif
+endif
+ifeq ($(MPI),1)
+CFLAGS  += -DKV_MPI=1
+LDLIBS  += $(MPI_LDLIBS)
+$(BUILD)/transform/train/dist_mpi.o: CFLAGS += $(MPI_CFLAGS)
+endif
+
+# NCCL (GPU gradient sums of data-parallel runs on CUDA, transform/train/dist_nccl.c) joins when
+# CUDA and MPI are both in and nccl.h is found; NCCL=0 forces it off
+ifeq ($(CUDA)$(MPI),11)
+NCCL_H  := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h))
+NCCL    ?= $(if $(NCCL_H),1,0)
+else
+override NCCL := 0
+endif
+ifeq ($(NCCL),1)
+CFLAGS  += -DKV_NCCL=1
+LDLIBS  += -lnccl
+$(BUILD)/transform/train/dist_nccl.o: CFLAGS += -I$(CUDA_HOME)/include
+endif
+
 TOOLS   := $(patsubst cli/%.c,$(BUILD)/bin/%,$(wildcard cli/kv*.c))
 CLI_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(filter-out cli/kv%.c,$(wildcard cli/*.c)))
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
@@ -47,9 +82,12 @@ cuda-note:
 ifeq ($(CUDA),0)
 	@echo "kvforge: CUDA sources skipped (no nvcc or CUDA=0); CPU-only build"
 endif
+ifeq ($(MPI),0)
+	@echo "kvforge: MPI skipped (no mpicc or MPI=0); kvdistill train runs single-process only"
+endif
 
-# objects remember the CUDA/SAN mode they were built in: switching modes rebuilds them
-FLAGS_STAMP := $(BUILD)/.mode-cuda$(CUDA)-san$(SAN)
+# objects remember the CUDA/SAN/MPI/NCCL mode they were built in: switching modes rebuilds them
+FLAGS_STAMP := $(BUILD)/.mode-cuda$(CUDA)-san$(SAN)-mpi$(MPI)-nccl$(NCCL)
 $(FLAGS_STAMP):
 	@mkdir -p $(BUILD) && rm -f $(BUILD)/.mode-* && touch $@
 
@@ -96,7 +134,7 @@ demo: all
 	@BUILD=$(BUILD) sh cli/demo.sh
 
 # idempotent: installs only what is missing (Debian packages)
-SETUP_PKGS := libcjson-dev libzstd-dev libarchive-dev libopenblas-dev zstd clang-format
+SETUP_PKGS := libcjson-dev libzstd-dev libarchive-dev libopenblas-dev zstd clang-format libopenmpi-dev openmpi-bin
 setup:
 	@missing=""; for p in $(SETUP_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

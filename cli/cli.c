@@ -10,12 +10,18 @@
 #include <unistd.h>
 
 void cli_error(const char *tool, const char *fmt, ...) {
+    /* one write of the whole line: the lines of processes sharing stderr (mpirun) do not mix */
+    char line[2048];
+    int n = snprintf(line, sizeof line, "%s: error: ", tool);
+    if (n < 0 || (size_t)n >= sizeof line) n = 0;
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "%s: error: ", tool);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    const int m = vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
     va_end(ap);
+    size_t len = m < 0 ? (size_t)n : (size_t)n + (size_t)m;
+    if (len > sizeof line - 2) len = sizeof line - 2; /* truncated: keep the newline */
+    line[len++] = '\n';
+    fwrite(line, 1, len, stderr);
 }
 
 int cli_fail(const char *tool, const kv_error *err) {

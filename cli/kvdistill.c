@@ -11,6 +11,7 @@
 #include "kernels/backend.h"
 #include "kernels/kernels.h"
 #include "transform/train/calibrate.h"
+#include "transform/train/dist.h"
 #include "transform/train/distill.h"
 #include "transform/train/distill_init.h"
 #include "transform/train/train_model.h"
@@ -52,6 +53,14 @@ static void usage(void) {
            "  --save-every N        checkpoint every N steps (0: at the end only)\n"
            "  --resume              continue from OUT_DIR/checkpoint (same options and data)\n"
            "  --force               write into a non-empty OUT_DIR without resuming\n"
+           "Data parallel: mpirun -np N kvdistill train ... runs one process per rank, each\n"
+           "  with batch/N sequences of every micro-batch (N must divide --batch); gradients are\n"
+           "  summed with MPI_Allreduce, so the run equals the single-process one with the same\n"
+           "  options (to float rounding). Rank 0 writes OUT_DIR and prints; --threads defaults\n"
+           "  to the CPUs over the ranks on a host; --device cuda uses GPU local-rank. --resume\n"
+           "  works with any N that divides --batch. (%s)\n"
+           "  --allreduce mpi|nccl  how gradients are summed: nccl (GPU to GPU) for --device\n"
+           "                        cuda in a build with NCCL, else mpi (through host memory)\n"
            "\n"
            "calibrate: on calibration text, per-layer cosine similarity of the teacher's hidden\n"
            "states and of K/V between layers, and for every candidate transform the zero-shot\n"
@@ -73,14 +82,17 @@ static void usage(void) {
            "\n"
            "Common: --device cpu|cuda  where train and calibrate run (cpu; cuda needs a CUDA\n"
            "        build), --threads N (all CPUs), --quiet (no progress), -h/--help, --version.\n"
-           "Exit status: 0 ok, 1 failure, 2 usage error.\n");
+           "Exit status: 0 ok, 1 failure, 2 usage error.\n",
+           kv_dist_have_mpi() ? (kv_dist_have_nccl() ? "this build has MPI support and NCCL"
+                                                     : "this build has MPI support")
+                              : "this build has no MPI support: rebuild with mpicc on PATH");
 }
 
 enum {
     O_DATA = 256, O_EVAL_DATA, O_HOLDOUT, O_EVAL_SEQS, O_SEQ_LEN, O_BATCH, O_ACCUM, O_STEPS,
     O_TOKENS, O_LR, O_WARMUP, O_SCHEDULE, O_BETA1, O_BETA2, O_ADAM_EPS, O_WD, O_CLIP, O_TEMP,
     O_MSE, O_CE, O_PASSES, O_GRAD_PASSES, O_SEED, O_SAVE_EVERY, O_RESUME, O_FORCE, O_THREADS, O_QUIET, O_VERSION,
-    O_SWIFTKV, O_GROUPS, O_CROSS, O_MAP, O_BUDGET, O_JSON, O_SVG, O_INIT, O_DEVICE
+    O_SWIFTKV, O_GROUPS, O_CROSS, O_MAP, O_BUDGET, O_JSON, O_SVG, O_INIT, O_DEVICE, O_ALLREDUCE
 };
 
 static const struct option long_opts[] = {
@@ -97,7 +109,7 @@ static const struct option long_opts[] = {
     {"version", 0, 0, O_VERSION}, {"swiftkv", 1, 0, O_SWIFTKV}, {"groups", 1, 0, O_GROUPS},
     {"cross", 1, 0, O_CROSS}, {"map", 1, 0, O_MAP}, {"budget", 1, 0, O_BUDGET},
     {"json", 0, 0, O_JSON}, {"svg", 1, 0, O_SVG}, {"init", 1, 0, O_INIT},
-    {"device", 1, 0, O_DEVICE}, {0, 0, 0, 0}};
+    {"device", 1, 0, O_DEVICE}, {"allreduce", 1, 0, O_ALLREDUCE}, {0, 0, 0, 0}};
 
 #define MAX_FILES 256
 #define MAX_MAPS 256
@@ -109,6 +121,7 @@ typedef struct {
     int threads, quiet, json, eval_seqs_set;
     const char *swiftkv_range, *groups, *svg, *init;
     const char *device;     /* "cpu" (default) or "cuda" */
+    const char *allreduce;  /* "mpi" | "nccl"; NULL: nccl on cuda when built with it */
     int cross_l;
     const char *maps[MAX_MAPS];
     int n_maps;
@@ -219,6 +232,11 @@ static int parse_args(int argc, char **argv, cli_args *a) {
             a->device = optarg;
             break;
         }
+        case O_ALLREDUCE:
+            if (strcmp(optarg, "mpi") && strcmp(optarg, "nccl"))
+                return cli_usage_error(TOOL, "--allreduce must be mpi or nccl");
+            a->allreduce = optarg;
+            break;
         case O_SWIFTKV: a->swiftkv_range = optarg; break;
         case O_GROUPS: a->groups = optarg; break;
         case O_CROSS:
@@ -336,6 +354,36 @@ static void on_progress(void *ctx, const distill_progress *p) {
     ui->phase = p->phase;
 }
 
+/* "kvdistill: error: rank R of N: msg" when several processes run */
+static int train_fail(const kv_dist *d, const kv_error *err) {
+    if (d->size > 1) {
+        cli_error(TOOL, "rank %d of %d: %s", d->rank, d->size, err->msg[0] ? err->msg : "failed");
+        return EXIT_FAIL;
+    }
+    return cli_fail(TOOL, err);
+}
+
+/* KVDISTILL_TEST_FAIL=RANK:STEP (STEP a step number or "setup"): the test hook of
+ * distill_opts.test_fail_*, for tests/cli_kvdistill_mpi.sh; ignored when unset */
+static int test_fail_from_env(distill_opts *o) {
+    const char *s = getenv("KVDISTILL_TEST_FAIL");
+    if (!s || !*s) return 0;
+    const char *colon = strchr(s, ':');
+    char rank[32];
+    long r, step = -1;
+    if (!colon || (size_t)(colon - s) >= sizeof rank) goto bad;
+    memcpy(rank, s, (size_t)(colon - s));
+    rank[colon - s] = 0;
+    if (cli_parse_int(rank, 0, 1 << 24, &r) ||
+        (strcmp(colon + 1, "setup") && cli_parse_int(colon + 1, 1, 1L << 40, &step)))
+        goto bad;
+    o->test_fail_rank = (int)r;
+    o->test_fail_step = step;
+    return 0;
+bad:
+    return cli_usage_error(TOOL, "bad KVDISTILL_TEST_FAIL '%s' (RANK:STEP or RANK:setup)", s);
+}
+
 static int cmd_train(cli_args *a) {
     extra_positionals_are_data(a, 3);
     if (a->n_pos != 3)
@@ -350,17 +398,82 @@ static int cmd_train(cli_args *a) {
     a->d.n_data = a->n_data;
     a->d.eval_data = a->eval_data;
     a->d.n_eval_data = a->n_eval_data;
-    kv_backend backend;
-    int rc = open_backend(a, &backend);
+    int rc = test_fail_from_env(&a->d);
     if (rc) return rc;
+    /* the processes of this job: several under mpirun (MPI_Init only then), else one */
+    kv_dist dist;
+    kv_error err = {0};
+    if (kv_dist_init(&dist, &err)) {
+        rc = train_fail(&dist, &err);
+        kv_dist_free(&dist);
+        return rc;
+    }
+    a->d.dist = &dist;
+    if (!a->threads && dist.local_size > 1) { /* the host's CPUs shared by its ranks */
+        const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        a->threads = cpus > dist.local_size ? (int)(cpus / dist.local_size) : 1;
+        kv_kernels_set_threads(a->threads);
+    }
+    kv_backend backend = {0};
+    if (dist.size > 1) {
+        /* one GPU per rank (local rank); every rank learns whether all opened their backend, so
+         * that none waits for one that has left */
+        rc = a->device && !strcmp(a->device, "cuda")
+                 ? kv_backend_cuda_init(&backend, dist.local_rank, &err)
+                 : kv_backend_init(&backend, a->device ? a->device : "cpu", a->threads, &err);
+        int first = -1;
+        kv_error derr = {0};
+        const int drc = kv_dist_fail_any(&dist, rc != 0, &first, &derr);
+        if (!rc && drc) {
+            err = derr;
+            rc = drc;
+        } else if (!rc && first >= 0) {
+            rc = kv_fail(&err, KV_EIO, "stopped: process %d of %d could not open its device",
+                         first, dist.size);
+        }
+        if (rc) {
+            rc = train_fail(&dist, &err);
+            if (backend.ops) kv_backend_free(&backend);
+            kv_dist_free(&dist);
+            return rc;
+        }
+    } else if ((rc = open_backend(a, &backend))) {
+        kv_dist_free(&dist);
+        return rc;
+    }
     a->d.backend = &backend;
+    /* GPU-to-GPU gradient sums over the MPI group: NCCL (collective; every rank decides alike) */
+    const int on_cuda = a->device && !strcmp(a->device, "cuda");
+    const int want_nccl = a->allreduce ? !strcmp(a->allreduce, "nccl")
+                                       : on_cuda && kv_dist_have_nccl();
+    kv_dist nccl = {0};
+    if (dist.size > 1 && want_nccl) {
+        if (!on_cuda)
+            rc = kv_fail(&err, KV_EINVAL, "--allreduce nccl needs --device cuda");
+        else
+            rc = kv_dist_init_nccl(&nccl, &dist, dist.local_rank, &err);
+        if (rc) { /* every rank fails alike: the option is the same, init is collective */
+            rc = train_fail(&dist, &err);
+            kv_backend_free(&backend);
+            kv_dist_free(&dist);
+            return rc;
+        }
+        a->d.dist = &nccl;
+    }
     train_ui ui = {.quiet = a->quiet, .tty = isatty(STDERR_FILENO), .last_decile = -1};
     distill_report rep;
-    kv_error err = {0};
     rc = distill_train(&a->d, on_progress, &ui, &rep, &err);
+    if (nccl.ops) kv_dist_free(&nccl);
     kv_backend_free(&backend);
     if (ui.bar_on) fputc('\n', stderr);
-    if (rc) return cli_fail(TOOL, &err);
+    const int root = dist.rank == 0, failed = rc != 0;
+    if (failed) rc = train_fail(&dist, &err);
+    kv_dist_free(&dist);
+    if (failed) return rc;
+    if (!root) return 0;
+    if (rep.processes > 1)
+        printf("data parallel: %d processes, %d sequences each per micro-batch\n", rep.processes,
+               a->d.batch / rep.processes);
     printf("map %s: %ld steps, %ld tokens in %.1f s (%.0f tokens/s)\n", rep.map_name, rep.steps,
            rep.tokens_trained, rep.seconds, rep.tokens_per_s);
     printf("held-out perplexity: teacher %.4f, student %.4f -> %.4f (KL %.4f -> %.4f)\n",

@@ -9,6 +9,7 @@
 #include "kernels/backend.h"
 #include "kernels/parity.h"
 #include "verify/logits_parity.h"
+#include "verify/tensor_compare.h"
 
 static const char *TOOL = "kvverify";
 
@@ -28,6 +29,10 @@ static void usage(void) {
            "  logits A.st B.st        compare two logits dumps (kvrun --logits-out, goldens)\n"
            "      --atol X            max |a-b| allowed (default 1e-4)\n"
            "      --batch-a N, --batch-b N   row of a [B, T, V] file\n"
+           "  tensors A B             compare two checkpoints tensor by tensor (model\n"
+           "                          directories or .safetensors files): same names and\n"
+           "                          shapes; per tensor max|a-b| / max|b| within --rtol\n"
+           "      --rtol X            relative difference allowed (default 1e-5; 0: equal)\n"
            "Common options:\n"
            "  --json                  machine-readable report on stdout\n"
            "  -h, --help              this help\n"
@@ -35,12 +40,12 @@ static void usage(void) {
 }
 
 enum { O_JSON = 256, O_SEED, O_ALLOW, O_ATOL, O_BA, O_BB, O_VERSION, O_FILTER, O_DEVICE,
-       O_THREADS, O_EXACT };
+       O_THREADS, O_EXACT, O_RTOL };
 static const struct option opts[] = {
     {"json", 0, 0, O_JSON}, {"seed", 1, 0, O_SEED}, {"allow-no-device", 0, 0, O_ALLOW},
     {"atol", 1, 0, O_ATOL}, {"batch-a", 1, 0, O_BA}, {"batch-b", 1, 0, O_BB},
     {"filter", 1, 0, O_FILTER}, {"device", 1, 0, O_DEVICE}, {"threads", 1, 0, O_THREADS},
-    {"exact", 0, 0, O_EXACT},
+    {"exact", 0, 0, O_EXACT}, {"rtol", 1, 0, O_RTOL},
     {"help", 0, 0, 'h'}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
 
 typedef struct {
@@ -49,6 +54,7 @@ typedef struct {
     const char *filter;
     long seed;
     double atol;
+    double rtol; /* tensors */
 } verify_opts;
 
 /* JSON string body: the names and messages here are plain text, but quote and escape anyway */
@@ -176,8 +182,33 @@ static int cmd_logits(const verify_opts *o, const char *a, const char *b) {
     return 0;
 }
 
+static int cmd_tensors(const verify_opts *o, const char *a, const char *b) {
+    kv_tensor_report r;
+    kv_error err = {0};
+    if (kv_tensor_compare(&r, a, b, &err)) return cli_fail(TOOL, &err);
+    const int pass = r.max_rel <= o->rtol;
+    if (o->json) {
+        printf("{\"command\":\"tensors\",\"tensors\":%d,\"differing\":%d,\"values\":%zu,"
+               "\"max_abs\":%.6g,\"max_rel\":%.6g,\"worst\":\"", r.n_tensors, r.n_differing,
+               r.n_values, r.max_abs, r.max_rel);
+        json_str(r.worst);
+        printf("\",\"rtol\":%g,\"pass\":%s}\n", o->rtol, pass ? "true" : "false");
+    } else {
+        printf("tensors %d (%zu values), %d differ; max|a-b| %.3g; max relative %.3g%s%s\n"
+               "tensors: %s\n", r.n_tensors, r.n_values, r.n_differing, r.max_abs, r.max_rel,
+               r.worst[0] ? " in " : "", r.worst, pass ? "match" : "MISMATCH");
+    }
+    if (!pass) {
+        cli_error(TOOL, "%s vs %s: tensor '%s' differs by %.3g relative, over --rtol %g", a, b,
+                  r.worst, r.max_rel, o->rtol);
+        return EXIT_FAIL;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    verify_opts o = {.seed = 1, .atol = 1e-4, .batch_a = -1, .batch_b = -1, .threads = 2};
+    verify_opts o = {.seed = 1, .atol = 1e-4, .batch_a = -1, .batch_b = -1, .threads = 2,
+                     .rtol = 1e-5};
     int c;
     long v;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -205,6 +236,9 @@ int main(int argc, char **argv) {
         case O_ATOL:
             if (cli_parse_double(optarg, &o.atol) || o.atol < 0) return cli_usage_error(TOOL, "bad --atol '%s'", optarg);
             break;
+        case O_RTOL:
+            if (cli_parse_double(optarg, &o.rtol) || !(o.rtol >= 0)) return cli_usage_error(TOOL, "bad --rtol '%s'", optarg);
+            break;
         case O_BA: case O_BB:
             if (cli_parse_int(optarg, 0, 1 << 30, &v)) return cli_usage_error(TOOL, "bad batch row '%s'", optarg);
             *(c == O_BA ? &o.batch_a : &o.batch_b) = (int)v;
@@ -228,6 +262,10 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "logits") == 0) {
         if (n_args != 2) return cli_usage_error(TOOL, "logits needs two files");
         return cmd_logits(&o, args[0], args[1]);
+    }
+    if (strcmp(cmd, "tensors") == 0) {
+        if (n_args != 2) return cli_usage_error(TOOL, "tensors needs two checkpoints");
+        return cmd_tensors(&o, args[0], args[1]);
     }
     return cli_usage_error(TOOL, "unknown command '%s'", cmd);
 }

@@ -62,9 +62,16 @@ typedef struct {
     void *progress_ctx;
     double t0;
     distill_progress pr;
+    kv_dist *d;               /* the processes (o->dist, or a group of one) */
+    int root;                 /* rank 0: reads and writes OUT_DIR, reports progress */
+    int stopped;              /* a status check saw a failure: no more collectives */
+    int local_batch;          /* sequences of each micro-batch this process runs: batch / P */
+    int resuming;
+    int32_t *tokens;          /* [local_batch * seq_len] host ids of a micro-batch */
 } run_state;
 
 static void run_free(run_state *r) {
+    free(r->tokens);
     kvt_optim_free(&r->opt);
     kvt_run_free(&r->rs);
     kvt_run_free(&r->rt);
@@ -162,33 +169,116 @@ static void eval_tick(void *ctx, long done, long total) {
     report_progress(r);
 }
 
+/* ---- data parallel (dist.h) ---- */
+
+/* The status check every process makes at the same points: rc is this process's outcome since
+ * the last one. Returns rc, or an error when another process failed; after a failure seen here
+ * no process makes another collective call. A group of one returns rc. */
+static int status_check(run_state *r, int rc, kv_error *err) {
+    if (r->d->size == 1) return rc;
+    int first = -1;
+    kv_error derr = {0};
+    const int drc = kv_dist_fail_any(r->d, rc != 0, &first, &derr);
+    if (rc || drc || first >= 0) r->stopped = 1;
+    if (rc) return rc;
+    if (drc) {
+        *err = derr;
+        return drc;
+    }
+    if (first >= 0)
+        return kv_fail(err, KV_EIO, "stopped: process %d of %d failed (its own error says why)",
+                       first, r->d->size);
+    return 0;
+}
+
+/* held-out evaluation, split over the processes (distill_evaluate_part), the sums reduced */
+static int evaluate(run_state *r, distill_eval_result *ev, kv_error *err) {
+    const distill_opts *o = r->o;
+    distill_eval_sums sums;
+    int rc = distill_evaluate_part(&r->rs, &r->rt, &r->eval, o->eval_max_seqs, r->d->rank,
+                                   r->d->size, &sums, eval_tick, r, err);
+    if ((rc = status_check(r, rc, err))) return rc;
+    if (r->d->size > 1) {
+        double v[4] = {sums.nll_s, sums.nll_t, sums.kl, (double)sums.tokens};
+        if ((rc = kv_dist_allreduce_f64(r->d, v, 4, err))) return rc;
+        sums = (distill_eval_sums){.nll_s = v[0], .nll_t = v[1], .kl = v[2],
+                                   .tokens = (long)llround(v[3])};
+    }
+    distill_evaluate_finish(&sums, distill_eval_count(&r->eval, o->eval_max_seqs), r->rs.T, 1,
+                            ev);
+    return 0;
+}
+
+/* rank 0's resume decision, step counters and (when resuming) trained state to every process */
+static int share_start(run_state *r, kv_error *err) {
+    if (r->d->size == 1) return 0;
+    struct {
+        long resuming, step, tokens;
+        double seconds;
+    } m = {r->resuming, r->step, r->tokens_trained, r->prior_seconds};
+    int rc = kv_dist_bcast(r->d, &m, sizeof m, 0, err);
+    if (rc) return rc;
+    r->resuming = (int)m.resuming;
+    r->step = m.step;
+    r->tokens_trained = m.tokens;
+    r->prior_seconds = m.seconds;
+    return r->resuming ? kvt_optim_bcast_state(&r->opt, r->d, 0, err) : 0;
+}
+
+/* every process holds the same trained values (the replicas take identical steps when every
+ * process gets the same sums; this checks it) */
+static int check_replicas(run_state *r, kv_error *err) {
+    unsigned char mine[32], root[32];
+    int rc = kvt_optim_digest(&r->opt, mine, err);
+    if ((rc = status_check(r, rc, err))) return rc;
+    memcpy(root, mine, sizeof root);
+    if ((rc = kv_dist_bcast(r->d, root, sizeof root, 0, err))) return rc;
+    if (memcmp(root, mine, sizeof root))
+        return kv_fail(err, KV_EMISMATCH, "process %d of %d: its trained weights differ from "
+                       "process 0's after step %ld (the replicas diverged: the gradient sums "
+                       "were not the same bits on every process)", r->d->rank, r->d->size,
+                       r->step);
+    return 0;
+}
+
 /* ---- the loop ---- */
 
-/* accum micro-batches into the gradients, the norm, clipping, AdamW; only the losses and the
- * norm come back to the host */
-static int train_step(run_state *r, int32_t *tokens, kv_error *err) {
+/* accum micro-batches into the gradients (this process's share of each; data parallel: the sum
+ * over the processes), the norm, clipping, AdamW; only the losses and the norm come back to the
+ * host */
+static int train_step(run_state *r, kv_error *err) {
     const distill_opts *o = r->o;
-    const int B = o->batch, T = o->seq_len;
+    const int B = o->batch, b = r->local_batch, T = o->seq_len, P = r->d->size, rank = r->d->rank;
     int rc = kvt_optim_zero_grads(&r->opt, err);
-    if (rc) return rc;
     kvt_loss sum = {0};
-    for (int a = 0; a < o->accum; a++) {
-        for (int b = 0; b < B; b++) {
-            const long k = (r->step * o->accum + a) * B + b;
+    for (int a = 0; a < o->accum && !rc; a++) {
+        for (int i = 0; i < b; i++) {
+            const long k = (r->step * o->accum + a) * B + (long)rank * b + i;
             const long seq = distill_sampler_get(&r->sampler, k);
-            memcpy(tokens + (size_t)b * T, r->train.ids + (size_t)seq * T,
+            memcpy(r->tokens + (size_t)i * T, r->train.ids + (size_t)seq * T,
                    sizeof(int32_t) * (size_t)T);
         }
         kvt_loss l;
         const kvt_loss_weights w = {(float)o->temperature, (float)o->mse_weight,
                                     (float)o->ce_weight};
-        if ((rc = kvt_distill_microbatch(&r->rs, &r->rt, tokens, &w, 1.0f / (float)o->accum, &l,
-                                         err)))
-            return rc;
+        /* a mean over this process's b*T tokens: 1/P of it is its part of the global mean */
+        if ((rc = kvt_distill_microbatch(&r->rs, &r->rt, r->tokens, &w,
+                                         1.0f / (float)(o->accum * P), &l, err)))
+            break;
         sum.loss += l.loss / o->accum;
         sum.kl += l.kl / o->accum;
         sum.mse += l.mse / o->accum;
         sum.ce += l.ce / o->accum;
+    }
+    if (!rc && o->test_fail_step == r->step + 1 && rank == o->test_fail_rank)
+        rc = kv_fail(err, KV_EIO, "test hook: process %d fails at step %ld", rank, r->step + 1);
+    if ((rc = status_check(r, rc, err))) return rc;
+    if (P > 1) {
+        double v[4] = {sum.loss, sum.kl, sum.mse, sum.ce};
+        if ((rc = kv_dist_allreduce_f64(r->d, v, 4, err)) ||
+            (rc = kvt_optim_allreduce_grads(&r->opt, r->d, err)))
+            return rc;
+        sum = (kvt_loss){.loss = v[0] / P, .kl = v[1] / P, .mse = v[2] / P, .ce = v[3] / P};
     }
     double norm;
     if ((rc = kvt_optim_grad_norm(&r->opt, &norm, err))) return rc;
@@ -210,6 +300,7 @@ static int train_step(run_state *r, int32_t *tokens, kv_error *err) {
     r->pr.ce = sum.ce;
     r->pr.lr = lr;
     r->pr.grad_norm = norm;
+    if (!r->root) return 0;
     const distill_log_entry e = {.step = r->step, .loss = sum.loss, .kl = sum.kl, .mse = sum.mse,
                                  .ce = sum.ce, .lr = lr, .grad_norm = norm,
                                  .tokens = r->tokens_trained,
@@ -235,123 +326,148 @@ static int check_opts(const distill_opts *o, kv_error *err) {
     return 0;
 }
 
-int distill_train(const distill_opts *o, distill_progress_fn progress, void *progress_ctx,
-                  distill_report *rep, kv_error *err) {
-    memset(rep, 0, sizeof *rep);
-    run_state r = {.o = o, .progress = progress, .progress_ctx = progress_ctx, .t0 = now_s()};
-    int32_t *tokens = NULL;
+/* the run on every process; any return goes to distill_train's final status check */
+static int run(run_state *r, distill_report *rep, kv_error *err) {
+    const distill_opts *o = r->o;
+    const int P = r->d->size;
     int rc = check_opts(o, err);
     if (rc) return rc;
-    if ((rc = kv_join(r.ckpt_dir, sizeof r.ckpt_dir, o->out_dir, "checkpoint", err)) ||
-        (rc = kv_join(r.ckpt_path, sizeof r.ckpt_path, r.ckpt_dir, "state.safetensors", err)) ||
-        (rc = kv_join(r.log_path, sizeof r.log_path, o->out_dir, "train_log.jsonl", err)))
+    if (o->batch % P)
+        return kv_fail(err, KV_EINVAL, "distill: --batch %d does not split over %d processes: "
+                       "each runs batch/%d sequences of every micro-batch, so the batch must be "
+                       "a multiple of %d (e.g. --batch %d)", o->batch, P, P, P,
+                       (o->batch / P + 1) * P);
+    r->local_batch = o->batch / P;
+    if ((rc = kv_join(r->ckpt_dir, sizeof r->ckpt_dir, o->out_dir, "checkpoint", err)) ||
+        (rc = kv_join(r->ckpt_path, sizeof r->ckpt_path, r->ckpt_dir, "state.safetensors", err)) ||
+        (rc = kv_join(r->log_path, sizeof r->log_path, o->out_dir, "train_log.jsonl", err)))
         return rc;
-    const int resuming = o->resume && kv_path_exists(r.ckpt_path);
-    if (!o->resume && !o->force && !kv_dir_is_empty(o->out_dir))
-        return kv_fail(err, KV_EINVAL, "%s: not empty; use --resume to continue a run there or "
-                       "--force to overwrite", o->out_dir);
-    r.b = o->backend;
-    if (!r.b) {
-        if ((rc = kv_backend_cpu_init(&r.own_backend, 0, err))) return rc;
-        r.b = &r.own_backend;
+    if (r->root) { /* OUT_DIR is rank 0's */
+        r->resuming = o->resume && kv_path_exists(r->ckpt_path);
+        if (!o->resume && !o->force && !kv_dir_is_empty(o->out_dir))
+            return kv_fail(err, KV_EINVAL, "%s: not empty; use --resume to continue a run there "
+                           "or --force to overwrite", o->out_dir);
+    }
+    r->b = o->backend;
+    if (!r->b) {
+        if ((rc = kv_backend_cpu_init(&r->own_backend, 0, err))) return rc;
+        r->b = &r->own_backend;
     }
 
-    if ((rc = kvt_model_load(&r.teacher, o->teacher_dir, err)) ||
-        (rc = kvt_model_load(&r.student, o->student_dir, err)) ||
-        (rc = check_pair(&r.teacher, &r.student, err)) || (rc = load_tokenizer(&r, err)) ||
-        (rc = load_data(&r, err)))
-        goto out;
-    long count = kvt_model_set_trainable_distill(&r.student, err);
-    if (count < 0) {
-        rc = (int)count;
-        goto out;
-    }
+    if ((rc = kvt_model_load(&r->teacher, o->teacher_dir, err)) ||
+        (rc = kvt_model_load(&r->student, o->student_dir, err)) ||
+        (rc = check_pair(&r->teacher, &r->student, err)) || (rc = load_tokenizer(r, err)) ||
+        (rc = load_data(r, err)))
+        return rc;
+    long count = kvt_model_set_trainable_distill(&r->student, err);
+    if (count < 0) return (int)count;
     const long per_step = (long)o->accum * o->batch * o->seq_len;
-    r.total_steps = o->steps ? o->steps : (o->tokens + per_step - 1) / per_step;
-    r.warmup = (long)llround(o->warmup_frac * (double)r.total_steps);
-    if ((rc = distill_sampler_init(&r.sampler, r.train.n, o->seed, err)) ||
-        (rc = kvt_run_init_grad(&r.rs, r.b, &r.student, o->batch, o->seq_len, o->passes,
+    r->total_steps = o->steps ? o->steps : (o->tokens + per_step - 1) / per_step;
+    r->warmup = (long)llround(o->warmup_frac * (double)r->total_steps);
+    if ((rc = distill_sampler_init(&r->sampler, r->train.n, o->seed, err)) ||
+        (rc = kvt_run_init_grad(&r->rs, r->b, &r->student, r->local_batch, o->seq_len, o->passes,
                                 o->grad_passes, 1, err)) ||
-        (rc = kvt_run_init(&r.rt, r.b, &r.teacher, o->batch, o->seq_len, 1, 0, err)) ||
-        (rc = kvt_optim_init(&r.opt, &r.rs, err)))
-        goto out;
-    distill_fingerprint(r.fingerprint, o, r.total_steps, r.warmup, r.student.cfg.map.name, &r.train,
-                        &r.opt);
-    distill_map_name(&r.student.cfg.map, rep->map_name, sizeof rep->map_name);
-    kvmap_layer_types(&r.student.cfg.map, rep->layer_types, sizeof rep->layer_types);
-    rep->trainable_params = (long)r.opt.count;
-    rep->train_tokens_available = r.train.n * r.train.T;
+        (rc = kvt_run_init(&r->rt, r->b, &r->teacher, r->local_batch, o->seq_len, 1, 0, err)) ||
+        (rc = kvt_optim_init(&r->opt, &r->rs, err)) ||
+        (rc = kvt_optim_dist_prepare(&r->opt, r->d, err)))
+        return rc;
+    distill_fingerprint(r->fingerprint, o, r->total_steps, r->warmup, r->student.cfg.map.name,
+                        &r->train, &r->opt);
+    distill_map_name(&r->student.cfg.map, rep->map_name, sizeof rep->map_name);
+    kvmap_layer_types(&r->student.cfg.map, rep->layer_types, sizeof rep->layer_types);
+    rep->trainable_params = (long)r->opt.count;
+    rep->train_tokens_available = r->train.n * r->train.T;
+    rep->processes = P;
+    if (o->test_fail_step == -1 && r->d->rank == o->test_fail_rank)
+        return kv_fail(err, KV_EIO, "test hook: process %d fails at set-up", r->d->rank);
 
     /* before */
     distill_eval_result ev;
-    r.pr.phase = DISTILL_EVAL_BEFORE;
-    r.pr.total_steps = r.total_steps;
-    if ((rc = distill_evaluate(&r.rs, &r.rt, &r.eval, o->eval_max_seqs, &ev, eval_tick, &r, err)))
-        goto out;
+    r->pr.phase = DISTILL_EVAL_BEFORE;
+    r->pr.total_steps = r->total_steps;
+    if ((rc = evaluate(r, &ev, err))) return rc;
     rep->teacher_ppl = ev.teacher_ppl;
     rep->student_before_ppl = ev.student_ppl;
     rep->kl_before = ev.kl;
     rep->eval_tokens = ev.tokens;
 
     /* resume or start */
-    if ((rc = kv_mkdir_p(o->out_dir, err))) goto out;
-    if (resuming) {
-        if ((rc = load_checkpoint(&r, err)) || (rc = distill_log_trim(r.log_path, r.step, err)))
-            goto out;
+    if (r->root) {
+        if ((rc = kv_mkdir_p(o->out_dir, err))) return rc;
+        if (r->resuming) {
+            if ((rc = load_checkpoint(r, err)) ||
+                (rc = distill_log_trim(r->log_path, r->step, err)))
+                return rc;
+        }
+        if ((rc = distill_log_open(&r->log, r->log_path, r->resuming, err))) return rc;
     }
-    rep->resumed_from_step = r.step;
-    if ((rc = distill_log_open(&r.log, r.log_path, resuming, err))) goto out;
-    tokens = malloc(sizeof(int32_t) * (size_t)o->batch * o->seq_len);
-    if (!tokens) {
-        rc = kv_fail(err, KV_ENOMEM, "out of memory");
-        goto out;
-    }
-    r.pr.phase = DISTILL_TRAIN;
-    r.pr.step = r.step;
-    r.pr.tokens = r.tokens_trained;
-    report_progress(&r);
+    if ((rc = status_check(r, 0, err)) || (rc = share_start(r, err))) return rc;
+    rep->resumed_from_step = r->step;
+    if (!(r->tokens = malloc(sizeof(int32_t) * (size_t)r->local_batch * o->seq_len)))
+        return kv_fail(err, KV_ENOMEM, "out of memory");
+    r->pr.phase = DISTILL_TRAIN;
+    r->pr.step = r->step;
+    r->pr.tokens = r->tokens_trained;
+    report_progress(r);
     const double train_t0 = now_s();
-    const long first_step = r.step;
-    while (r.step < r.total_steps) {
-        if ((rc = train_step(&r, tokens, err))) goto out;
+    const long first_step = r->step;
+    while (r->step < r->total_steps) {
+        if ((rc = train_step(r, err))) return rc;
         const double dt = now_s() - train_t0;
-        r.pr.tokens_per_s = dt > 0 ? (double)(r.step - first_step) * per_step / dt : 0;
-        report_progress(&r);
-        if (o->save_every > 0 && r.step % o->save_every == 0 && r.step < r.total_steps &&
-            (rc = save_checkpoint(&r, err)))
-            goto out;
-        if (o->stop_after > 0 && r.step - first_step >= o->stop_after) goto out; /* "killed" */
+        r->pr.tokens_per_s = dt > 0 ? (double)(r->step - first_step) * per_step / dt : 0;
+        report_progress(r);
+        if (r->root && o->save_every > 0 && r->step % o->save_every == 0 &&
+            r->step < r->total_steps && (rc = save_checkpoint(r, err)))
+            return rc;
+        if (o->stop_after > 0 && r->step - first_step >= o->stop_after) return 0; /* "killed" */
     }
     rep->train_seconds = now_s() - train_t0;
     rep->tokens_per_s = rep->train_seconds > 0
-                            ? (double)(r.step - first_step) * per_step / rep->train_seconds : 0;
-    if ((rc = save_checkpoint(&r, err))) goto out;
+                            ? (double)(r->step - first_step) * per_step / rep->train_seconds : 0;
+    if (P > 1 && (rc = check_replicas(r, err))) return rc;
+    if (r->root && (rc = save_checkpoint(r, err))) return rc;
 
     /* after */
-    r.pr.phase = DISTILL_EVAL_AFTER;
-    r.pr.eval_done = 0;
-    if ((rc = distill_evaluate(&r.rs, &r.rt, &r.eval, o->eval_max_seqs, &ev, eval_tick, &r, err)))
-        goto out;
+    r->pr.phase = DISTILL_EVAL_AFTER;
+    r->pr.eval_done = 0;
+    if ((rc = evaluate(r, &ev, err))) return rc;
     rep->student_after_ppl = ev.student_ppl;
     rep->kl_after = ev.kl;
-    r.pr.phase = DISTILL_SAVE;
-    report_progress(&r);
+    rep->tokens_trained = r->tokens_trained;
+    rep->steps = r->step;
+    if (!r->root) return 0;
+    r->pr.phase = DISTILL_SAVE;
+    report_progress(r);
     char tok_src[4096];
     const char *aux = NULL;
-    if ((rc = kv_join(tok_src, sizeof tok_src, o->student_dir, "tokenizer.json", err))) goto out;
+    if ((rc = kv_join(tok_src, sizeof tok_src, o->student_dir, "tokenizer.json", err))) return rc;
     if (!kv_path_exists(tok_src)) aux = o->teacher_dir;
-    if ((rc = kvt_run_params_to_host(&r.rs, err)) ||
-        (rc = kvt_model_save(&r.student, o->out_dir, aux, err)))
-        goto out;
-    rep->tokens_trained = r.tokens_trained;
-    rep->steps = r.step;
-    rep->seconds = r.prior_seconds + now_s() - r.t0;
-    rc = distill_report_write(o, r.warmup, &r.student.cfg.map, r.student.dims.n_layers, rep, err);
-out:;
+    if ((rc = kvt_run_params_to_host(&r->rs, err)) ||
+        (rc = kvt_model_save(&r->student, o->out_dir, aux, err)))
+        return rc;
+    rep->seconds = r->prior_seconds + now_s() - r->t0;
+    return distill_report_write(o, r->warmup, &r->student.cfg.map, r->student.dims.n_layers, rep,
+                                err);
+}
+
+int distill_train(const distill_opts *o, distill_progress_fn progress, void *progress_ctx,
+                  distill_report *rep, kv_error *err) {
+    memset(rep, 0, sizeof *rep);
+    kv_dist single;
+    kv_dist *d = o->dist;
+    if (!d) {
+        kv_dist_init_single(&single);
+        d = &single;
+    }
+    run_state r = {.o = o, .d = d, .root = d->rank == 0, .progress = d->rank == 0 ? progress : NULL,
+                   .progress_ctx = progress_ctx, .t0 = now_s()};
+    int rc = run(&r, rep, err);
     kv_error close_err = {0};
     const int crc = distill_log_close(&r.log, rc ? &close_err : err);
     if (!rc) rc = crc;
-    free(tokens);
+    /* the final check: every process leaves with the same verdict (unless one was already
+     * given or the group is broken) */
+    if (!r.stopped && !d->broken) rc = status_check(&r, rc, err);
     run_free(&r);
     return rc;
 }

@@ -18,6 +18,7 @@
 #include "base/error.h"
 #include "kernels/backend.h"
 #include "transform/train/adamw.h"
+#include "transform/train/dist.h"
 #include "transform/train/distill_data.h"
 #include "transform/train/train_forward.h"
 
@@ -52,6 +53,10 @@ typedef struct {
                                       killed process would (no final checkpoint/output); 0 off */
     kv_backend *backend;           /* where the runs and the optimiser live (not owned); NULL: a
                                       CPU backend at the kernels' current thread count */
+    kv_dist *dist;                 /* the processes of a data-parallel run (not owned; see
+                                      "Data parallel" below); NULL: this process alone */
+    int test_fail_rank;            /* test hook: the process of this rank fails with an error */
+    long test_fail_step;           /* ... at this step (1-based), -1 at set-up; 0 off */
 } distill_opts;
 
 void distill_opts_default(distill_opts *o);
@@ -76,11 +81,27 @@ typedef struct {
     long tokens_trained, steps, resumed_from_step, eval_tokens, trainable_params;
     long train_tokens_available;
     double seconds, train_seconds, tokens_per_s;
+    int processes;                 /* data-parallel processes (1: a single process) */
     char map_name[96];             /* "pizza-bottom:3" when the map is a named configuration */
     char layer_types[HF_MAX_LAYERS * 6];
 } distill_report;
 
-/* the whole run; progress may be NULL. rep is also written as OUT_DIR/report.json. */
+/* the whole run; progress may be NULL. rep is also written as OUT_DIR/report.json.
+ *
+ * Data parallel (o->dist with P > 1 processes, e.g. under mpirun): every process runs this
+ * with the same options. The global batch is the single-process one (batch sequences per
+ * micro-batch, accum micro-batches per step, the same sequence counter k); P must divide batch,
+ * and rank r runs the contiguous share batch/P: sequences k = (step*accum + a)*batch + r*batch/P
+ * + i, i < batch/P, of every micro-batch a. The losses are means over the process's own tokens,
+ * so each backward is scaled by 1/(accum*P) and the gradients summed over the processes
+ * (kvt_optim_allreduce_grads) are the single-process mean; every process then takes the same
+ * norm, clip and AdamW step on identical replicas (checked by a digest at the end). The logged
+ * losses are averaged over the processes. Held-out evaluation is split (batch j of batch/P
+ * sequences to rank j mod P) and its sums reduced. Rank 0 alone reports progress, reads and
+ * writes OUT_DIR (checkpoint, train_log.jsonl, report.json, the model) and broadcasts a resumed
+ * state; the others only need the inputs. A process that fails makes every process stop with an
+ * error at the next status check (one per step and phase; dist.h). The trajectory does not depend
+ * on P beyond float summation order, so a checkpoint resumes with any P that divides batch. */
 int distill_train(const distill_opts *o, distill_progress_fn progress, void *progress_ctx,
                   distill_report *rep, kv_error *err);
 
@@ -96,5 +117,22 @@ typedef struct {
 int distill_evaluate(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_seqs,
                      distill_eval_result *out, void (*tick)(void *, long, long), void *tick_ctx,
                      kv_error *err);
+
+/* The same split in parts (data parallel): part `part` of `parts` evaluates batches j with
+ * j mod parts = part (batch j: held-out sequences j*B ..) and returns its sums; the parts' sums
+ * added (in any order) and finished give distill_evaluate's result up to summation order. tick
+ * gets the sequences all parts have done, assuming they go at one pace. */
+typedef struct {
+    double nll_s, nll_t;           /* summed next-token negative log-likelihoods */
+    double kl;                     /* summed per-token KL (mean of a batch times its tokens) */
+    long tokens;                   /* positions scored */
+} distill_eval_sums;
+/* the held-out sequences evaluated: all, or max_seqs when that is fewer */
+long distill_eval_count(const distill_seqs *seqs, long max_seqs);
+int distill_evaluate_part(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_seqs,
+                          int part, int parts, distill_eval_sums *sums,
+                          void (*tick)(void *, long, long), void *tick_ctx, kv_error *err);
+void distill_evaluate_finish(const distill_eval_sums *sums, long n_seqs, int T, int teacher,
+                             distill_eval_result *out);
 
 #endif

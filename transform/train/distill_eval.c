@@ -7,16 +7,23 @@
 
 #include "transform/train/distill.h"
 
-int distill_evaluate(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_seqs,
-                     distill_eval_result *out, void (*tick)(void *, long, long), void *tick_ctx,
-                     kv_error *err) {
-    memset(out, 0, sizeof *out);
+long distill_eval_count(const distill_seqs *seqs, long max_seqs) {
+    long n = seqs->n;
+    if (max_seqs > 0 && n > max_seqs) n = max_seqs;
+    return n;
+}
+
+int distill_evaluate_part(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_seqs,
+                          int part, int parts, distill_eval_sums *sums,
+                          void (*tick)(void *, long, long), void *tick_ctx, kv_error *err) {
+    memset(sums, 0, sizeof *sums);
     const int B = s->B, T = s->T, V = s->m->dims.vocab;
     kv_backend *b = s->b;
     if (seqs->T != T || (t && (t->B != B || t->T != T || t->m->dims.vocab != V || t->b != b)))
         return kv_fail(err, KV_EINVAL, "evaluate: runs and sequences differ in shape");
-    long n = seqs->n;
-    if (max_seqs > 0 && n > max_seqs) n = max_seqs;
+    if (parts < 1 || part < 0 || part >= parts)
+        return kv_fail(err, KV_EINVAL, "evaluate: part %d of %d", part, parts);
+    const long n = distill_eval_count(seqs, max_seqs);
     if (n < 1) return kv_fail(err, KV_EINVAL, "evaluate: no held-out sequences");
     const size_t nv = (size_t)B * T * V; /* logits [B*T, V] */
     int32_t *tokens = malloc(sizeof(int32_t) * (size_t)B * T);
@@ -29,7 +36,8 @@ int distill_evaluate(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_
     double nll_s = 0, nll_t = 0, kl = 0;
     long n_pred = 0;
     int rc = 0;
-    for (long i = 0; i < n && !rc; i += B) {
+    /* batch j (sequences j*B ..) is part j % parts's */
+    for (long i = (long)part * B; i < n && !rc; i += (long)parts * B) {
         const int real = (int)(n - i < B ? n - i : B);
         for (int k = 0; k < B; k++)
             memcpy(tokens + (size_t)k * T, seqs->ids + (size_t)(i + (k < real ? k : 0)) * T,
@@ -55,14 +63,37 @@ int distill_evaluate(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_
                 break;
             kl += kl_batch * real * T;
         }
-        if (tick) tick(tick_ctx, i + real, n);
+        /* the sequences every part has done when this part has done this batch (the parts go
+         * at one pace): all batches up to the end of this round */
+        const long round_end = i - (long)part * B + (long)parts * B;
+        if (tick) tick(tick_ctx, round_end < n ? round_end : n, n);
     }
     free(tokens);
     free(scratch);
     if (rc) return rc;
-    out->tokens = n_pred;
-    out->student_ppl = exp(nll_s / (double)n_pred);
-    out->teacher_ppl = t ? exp(nll_t / (double)n_pred) : NAN;
-    out->kl = t ? kl / ((double)n * T) : NAN;
+    sums->nll_s = nll_s;
+    sums->nll_t = nll_t;
+    sums->kl = kl;
+    sums->tokens = n_pred;
+    return 0;
+}
+
+void distill_evaluate_finish(const distill_eval_sums *sums, long n_seqs, int T, int teacher,
+                             distill_eval_result *out) {
+    memset(out, 0, sizeof *out);
+    out->tokens = sums->tokens;
+    out->student_ppl = exp(sums->nll_s / (double)sums->tokens);
+    out->teacher_ppl = teacher ? exp(sums->nll_t / (double)sums->tokens) : NAN;
+    out->kl = teacher ? sums->kl / ((double)n_seqs * T) : NAN;
+}
+
+int distill_evaluate(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_seqs,
+                     distill_eval_result *out, void (*tick)(void *, long, long), void *tick_ctx,
+                     kv_error *err) {
+    memset(out, 0, sizeof *out);
+    distill_eval_sums sums;
+    int rc = distill_evaluate_part(s, t, seqs, max_seqs, 0, 1, &sums, tick, tick_ctx, err);
+    if (rc) return rc;
+    distill_evaluate_finish(&sums, distill_eval_count(seqs, max_seqs), s->T, t != NULL, out);
     return 0;
 }

@@ -71,6 +71,8 @@ int distill_report_write(const distill_opts *o, long warmup_steps, const kv_map 
     cJSON_AddNumberToObject(opt, "passes", o->passes);
     cJSON_AddNumberToObject(opt, "grad_passes", o->grad_passes);
     cJSON_AddNumberToObject(opt, "seed", (double)o->seed);
+    if (rep->processes > 1) /* data parallel: the same run, split over this many processes */
+        cJSON_AddNumberToObject(opt, "processes", rep->processes);
     char *text = cJSON_Print(j);
     cJSON_Delete(j);
     if (!text) return kv_fail(err, KV_ENOMEM, "report: out of memory");
