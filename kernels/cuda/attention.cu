@@ -26,6 +26,17 @@ __device__ __forceinline__ int kv_attn_visible(int p, int S, int strict) {
     return n < S ? n : S;
 }
 
+// the two dot products attention backward needs per key s: q.k_s and dO.v_s
+__device__ __forceinline__ void qk_and_dov(const float *q, const float *dout, const float *ks,
+                                           const float *vs, int hd, float *qk, float *dov) {
+    float a = 0.0f, b = 0.0f;
+    for (int d = 0; d < hd; d++) {
+        a += q[d] * ks[d];
+        b += dout[d] * vs[d];
+    }
+    *qk = a;
+    *dov = b;
+}
 __device__ __forceinline__ float att_ld(const float *p, size_t i) { return p[i]; }
 __device__ __forceinline__ float att_ld(const uint16_t *p, size_t i) {
     return kv_bf16_widen(p[i]);
@@ -148,12 +159,9 @@ __global__ void attn_dq_kernel(float *dq, float *stats, const float *dout, const
         const int s = s0 + lane;
         float x = -INFINITY, dp = 0.0f;
         if (s < n) {
-            const float *ks = kg + (size_t)s * kv_stride, *vs = vg + (size_t)s * kv_stride;
-            float dk = 0.0f, dv = 0.0f;
-            for (int d = 0; d < hd; d++) {
-                dk += qs[warp][d] * ks[d];
-                dv += os[warp][d] * vs[d];
-            }
+            float dk, dv;
+            qk_and_dov(qs[warp], os[warp], kg + (size_t)s * kv_stride, vg + (size_t)s * kv_stride,
+                       hd, &dk, &dv);
             x = dk * scale;
             dp = dv;
         }
@@ -179,12 +187,9 @@ __global__ void attn_dq_kernel(float *dq, float *stats, const float *dout, const
         const int s = s0 + lane;
         float ds = 0.0f;
         if (s < n) {
-            const float *ks = kg + (size_t)s * kv_stride, *vs = vg + (size_t)s * kv_stride;
-            float dk = 0.0f, dv = 0.0f;
-            for (int d = 0; d < hd; d++) {
-                dk += qs[warp][d] * ks[d];
-                dv += os[warp][d] * vs[d];
-            }
+            float dk, dv;
+            qk_and_dov(qs[warp], os[warp], kg + (size_t)s * kv_stride, vg + (size_t)s * kv_stride,
+                       hd, &dk, &dv);
             const float p = expf(dk * scale - m) * inv_l;
             ds = p * (dv - D) * scale;
         }
