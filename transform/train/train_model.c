@@ -241,11 +241,6 @@ long kvt_model_set_trainable_all(kvt_model *m, kv_error *err) {
     return count;
 }
 
-void kvt_model_zero_grads(kvt_model *m) {
-    for (int i = 0; i < m->n_params; i++)
-        if (m->params[i].g) memset(m->params[i].g, 0, sizeof(float) * m->params[i].n);
-}
-
 /* ---- save ---- */
 
 typedef struct {

@@ -80,7 +80,6 @@ int kvt_layer_is_swiftkv(const kvt_model *m, int layer);
 long kvt_model_set_trainable_distill(kvt_model *m, kv_error *err);
 /* every bound tensor but the embedding (tests: checks every backward) */
 long kvt_model_set_trainable_all(kvt_model *m, kv_error *err);
-void kvt_model_zero_grads(kvt_model *m);
 
 /* Writes DIR/config.json and DIR/model.safetensors (every tensor of the model, in its file
  * dtype, trained values where trainable), and copies tokenizer.json, tokenizer.model,
