@@ -1,0 +1,208 @@
+/* Hostile inputs built here, each parsed in a child process under a time and memory cap
+ * (tests/bounded.h): the parsers must answer with a clear error (or succeed) in time and space
+ * proportional to the input. Regression tests for the resource bugs of the hardening issue and
+ * for the inputs the fuzz targets (tests/fuzz/) found. */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/tokenizer.h"
+#include "tests/bounded.h"
+#include "tests/check.h"
+
+static char tmpdir[] = "/tmp/kvhostile-XXXXXX";
+
+/* in a child: prints why and fails the child */
+#define EXPECT(cond, ...)                                                           \
+    do {                                                                            \
+        if (!(cond)) {                                                              \
+            fprintf(stderr, "FAIL(child) %s:%d: %s: ", __FILE__, __LINE__, #cond);  \
+            fprintf(stderr, __VA_ARGS__);                                           \
+            fputc('\n', stderr);                                                    \
+            return 1;                                                               \
+        }                                                                           \
+    } while (0)
+
+/* runs fn under the caps and counts one CHECK for it */
+static void bounded(const char *what, int (*fn)(void *), void *arg, size_t mem_mb, int max_secs) {
+    char why[256];
+    double secs = 0;
+    int rc = bounded_run(fn, arg, mem_mb, max_secs, &secs, why, sizeof why);
+    CHECK(rc == 0, "%s: %s after %.2f s (caps %zu MB, %d s)", what, why, secs, mem_mb, max_secs);
+    printf("  %-52s %.3f s\n", what, secs);
+}
+
+/* growable string */
+typedef struct {
+    char *s;
+    size_t n, cap;
+} sbuf;
+
+__attribute__((format(printf, 2, 3))) static void sb_printf(sbuf *b, const char *fmt, ...) {
+    va_list ap;
+    for (;;) {
+        va_start(ap, fmt);
+        int k = vsnprintf(b->s ? b->s + b->n : NULL, b->s ? b->cap - b->n : 0, fmt, ap);
+        va_end(ap);
+        if (k < 0) abort();
+        if (b->s && b->n + (size_t)k < b->cap) {
+            b->n += (size_t)k;
+            return;
+        }
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap <= b->n + (size_t)k) cap *= 2;
+        char *p = realloc(b->s, cap);
+        if (!p) abort();
+        b->s = p;
+        b->cap = cap;
+    }
+}
+
+/* ---- tokenizer: normalizer and decoder chains that double the text ---- */
+
+/* {"model": BPE over vocab a=0 b=1} with `steps` Replace a->aa steps in the normalizer or the
+ * decoder, and optionally a normalized added token "ab" */
+static char *doubling_tokenizer(int steps, int in_decoder, int added) {
+    sbuf b = {0};
+    sb_printf(&b, "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1},\"merges\":[]}");
+    if (added) sb_printf(&b, ",\"added_tokens\":[{\"id\":2,\"content\":\"ab\",\"normalized\":true}]");
+    sb_printf(&b, in_decoder ? ",\"decoder\":{\"type\":\"Sequence\",\"decoders\":["
+                             : ",\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[");
+    for (int i = 0; i < steps; i++)
+        sb_printf(&b, "%s{\"type\":\"Replace\",\"pattern\":{\"String\":\"a\"},\"content\":\"aa\"}", i ? "," : "");
+    sb_printf(&b, "]}}");
+    return b.s;
+}
+
+static int normalizer_growth(void *arg) {
+    (void)arg;
+    kv_error err = {0};
+    kv_tokenizer *t = NULL;
+    int *ids = NULL, n = 0;
+    /* 40 doublings: 2^40 bytes from one 'a' before the cap */
+    char *json = doubling_tokenizer(40, 0, 0);
+    int rc = kv_tokenizer_load_json(&t, json, strlen(json), "double.json", &err);
+    free(json);
+    EXPECT(rc == 0, "a doubling normalizer with no normalized added token loads: %s", err.msg);
+    rc = kv_tokenizer_encode(t, "ba", 2, 0, &ids, &n, &err);
+    EXPECT(rc == KV_EUNSUPPORTED && ids == NULL && strstr(err.msg, "normalizer") && strstr(err.msg, "16 x"),
+           "encode through 40 doublings: rc %d '%s'", rc, err.msg);
+    /* text the chain does not grow still encodes */
+    static char bs[1 << 16];
+    memset(bs, 'b', sizeof bs);
+    rc = kv_tokenizer_encode(t, bs, sizeof bs, 0, &ids, &n, &err);
+    EXPECT(rc == 0 && n == (int)sizeof bs, "64 KiB of 'b': rc %d, %d ids '%s'", rc, n, err.msg);
+    free(ids);
+    kv_tokenizer_free(t);
+
+    /* the same chain over a normalized added token fails at load, naming the token */
+    json = doubling_tokenizer(40, 0, 1);
+    rc = kv_tokenizer_load_json(&t, json, strlen(json), "double.json", &err);
+    free(json);
+    EXPECT(rc == KV_EUNSUPPORTED && !t && strstr(err.msg, "double.json") && strstr(err.msg, "added_tokens[0]"),
+           "normalized added token through 40 doublings: rc %d '%s'", rc, err.msg);
+
+    /* within the cap (16 x + 4096 bytes) a growing chain works as before: 3 doublings */
+    json = doubling_tokenizer(3, 0, 1);
+    rc = kv_tokenizer_load_json(&t, json, strlen(json), "double3.json", &err);
+    free(json);
+    EXPECT(rc == 0, "3 doublings load: %s", err.msg);
+    rc = kv_tokenizer_encode(t, "abb", 3, 0, &ids, &n, &err); /* "aaaaaaaab" "b": the added token, then b */
+    EXPECT(rc == 0 && n == 2 && ids[0] == 2 && ids[1] == 1, "3 doublings: 'abb' -> [2 1], rc %d n %d '%s'", rc, n,
+           err.msg);
+    free(ids);
+    kv_tokenizer_free(t);
+
+    /* more steps than any real pipeline: refused at load */
+    json = doubling_tokenizer(300, 0, 0);
+    rc = kv_tokenizer_load_json(&t, json, strlen(json), "long.json", &err);
+    free(json);
+    EXPECT(rc == KV_EUNSUPPORTED && !t && strstr(err.msg, "'normalizer'") && strstr(err.msg, "steps"),
+           "300 normalizer steps: rc %d '%s'", rc, err.msg);
+    return 0;
+}
+
+static int decoder_growth(void *arg) {
+    (void)arg;
+    kv_error err = {0};
+    kv_tokenizer *t = NULL;
+    char *json = doubling_tokenizer(40, 1, 0), *text = NULL;
+    int rc = kv_tokenizer_load_json(&t, json, strlen(json), "ddouble.json", &err);
+    free(json);
+    EXPECT(rc == 0, "doubling decoder loads: %s", err.msg);
+    int ids[] = {1, 0, 1};
+    rc = kv_tokenizer_decode(t, ids, 3, &text, &err);
+    EXPECT(rc == KV_EUNSUPPORTED && !text && strstr(err.msg, "decoder"), "decode through 40 doublings: rc %d '%s'",
+           rc, err.msg);
+    rc = kv_tokenizer_decode(t, ids, 1, &text, &err);
+    EXPECT(rc == 0 && text && !strcmp(text, "b"), "decode of 'b': rc %d '%s'", rc, err.msg);
+    free(text);
+    kv_tokenizer_free(t);
+
+    json = doubling_tokenizer(300, 1, 0);
+    rc = kv_tokenizer_load_json(&t, json, strlen(json), "long.json", &err);
+    free(json);
+    EXPECT(rc == KV_EUNSUPPORTED && !t && strstr(err.msg, "'decoder'") && strstr(err.msg, "steps"),
+           "300 decoder steps: rc %d '%s'", rc, err.msg);
+    return 0;
+}
+
+/* ---- tokenizer: tables sized by the largest id / by the vocab's bytes ---- */
+
+static int sparse_ids(void *arg) {
+    (void)arg;
+    kv_error err = {0};
+    kv_tokenizer *t = NULL;
+    /* 66 bytes that used to allocate tables for 2^24 ids (262 MB) before finding the gap */
+    static const char json[] = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":16777215},\"merges\":[]}}";
+    int rc = kv_tokenizer_load_json(&t, json, strlen(json), "sparse.json", &err);
+    EXPECT(rc == KV_EFORMAT && !t && strstr(err.msg, "no token has id 0"), "one huge id: rc %d '%s'", rc, err.msg);
+    /* the largest id in an added token */
+    static const char json2[] = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1},\"merges\":[]},"
+                                "\"added_tokens\":[{\"id\":16000000,\"content\":\"x\"}]}";
+    rc = kv_tokenizer_load_json(&t, json2, strlen(json2), "sparse2.json", &err);
+    EXPECT(rc == KV_EFORMAT && !t && strstr(err.msg, "no token has id 2"), "huge added id: rc %d '%s'", rc, err.msg);
+    return 0;
+}
+
+/* 4000 tokens "a", "aa", ... (8 MB of token bytes, one distinct character pair): the pair table
+ * used to be sized by the bytes (16 M slots, 256 MB) */
+static int char_pairs(void *arg) {
+    (void)arg;
+    enum { N = 4000 };
+    sbuf b = {0};
+    char *tok = malloc(N + 1);
+    EXPECT(tok != NULL, "malloc");
+    sb_printf(&b, "{\"model\":{\"type\":\"BPE\",\"vocab\":{");
+    for (int i = 0; i < N; i++) {
+        memset(tok, 'a', (size_t)i + 1);
+        tok[i + 1] = 0;
+        sb_printf(&b, "%s\"%s\":%d", i ? "," : "", tok, i);
+    }
+    sb_printf(&b, "},\"merges\":[]}}");
+    free(tok);
+    kv_error err = {0};
+    kv_tokenizer *t = NULL;
+    int rc = kv_tokenizer_load_json(&t, b.s, b.n, "long_tokens.json", &err);
+    free(b.s);
+    EXPECT(rc == 0 && t, "long tokens load: rc %d '%s'", rc, err.msg);
+    int *ids = NULL, n = 0;
+    rc = kv_tokenizer_encode(t, "aaaa", 4, 0, &ids, &n, &err);
+    EXPECT(rc == 0 && n == 4, "encode 'aaaa' (no merges: 4 ids): rc %d n %d", rc, n);
+    free(ids);
+    kv_tokenizer_free(t);
+    return 0;
+}
+
+int main(void) {
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    bounded("tokenizer: doubling normalizer chain", normalizer_growth, NULL, 256, 20);
+    bounded("tokenizer: doubling decoder chain", decoder_growth, NULL, 256, 20);
+    bounded("tokenizer: one huge id (66 bytes)", sparse_ids, NULL, 64, 20);
+    bounded("tokenizer: 8 MB of token bytes, one char pair", char_pairs, NULL, 160, 20);
+    rmdir(tmpdir);
+    return check_done("test_hostile");
+}
