@@ -58,6 +58,25 @@ typedef struct {
 } st_checkpoint;
 
 int st_checkpoint_open(st_checkpoint *c, const char *dir, kv_error *err);
+
+/* model.safetensors.index.json, parsed and checked on its own (st_checkpoint_open then checks
+ * it against the shards): every weight_map value a plain *.safetensors name, at least one
+ * entry, no tensor listed twice. Time O(n log n) in the entries. label (NULL: the index's file
+ * name) names it in errors; on error nothing is left allocated. */
+typedef struct {
+    char *tensor;
+    int shard;      /* into st_index.shards */
+} st_index_entry;
+
+typedef struct {
+    int n_entries;
+    st_index_entry *entries; /* weight_map, sorted by tensor name, names distinct */
+    int n_shards;
+    char **shards;           /* the distinct shard file names, sorted */
+} st_index;
+
+int st_index_parse(st_index *ix, const char *json, size_t len, const char *label, kv_error *err);
+void st_index_free(st_index *ix);
 void st_checkpoint_close(st_checkpoint *c);
 const st_tensor *st_checkpoint_find(const st_checkpoint *c, const char *name);
 

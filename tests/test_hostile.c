@@ -5,7 +5,10 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "base/fileio.h"
+#include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 #include "tests/bounded.h"
 #include "tests/check.h"
@@ -194,15 +197,103 @@ static int char_pairs(void *arg) {
     return 0;
 }
 
+/* ---- sharded index ---- */
+
+static char idx_dir[300];
+
+/* 40k entries, each in a shard of its own, in reverse name order, none of the shards there:
+ * used to take 43 s in a pairwise duplicate scan and an insertion sort */
+static int index_many_shards(void *arg) {
+    (void)arg;
+    enum { N = 40000 };
+    sbuf b = {0};
+    sb_printf(&b, "{\"metadata\":{},\"weight_map\":{");
+    for (int i = N - 1; i >= 0; i--) sb_printf(&b, "\"t.%06d\":\"model-%06d.safetensors\"%s", i, i, i ? "," : "");
+    sb_printf(&b, "}}");
+    st_index ix;
+    kv_error err = {0};
+    int rc = st_index_parse(&ix, b.s, b.n, "many.json", &err);
+    EXPECT(rc == 0 && ix.n_entries == N && ix.n_shards == N, "parse: rc %d '%s'", rc, err.msg);
+    EXPECT(!strcmp(ix.shards[0], "model-000000.safetensors") && !strcmp(ix.entries[N - 1].tensor, "t.039999") &&
+               ix.entries[N - 1].shard == N - 1,
+           "sorted");
+    st_index_free(&ix);
+    char path[400];
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", idx_dir);
+    EXPECT(kv_write_file_atomic(path, b.s, b.n, &err) == 0, "%s", err.msg);
+    free(b.s);
+    st_checkpoint c;
+    rc = st_checkpoint_open(&c, idx_dir, &err);
+    EXPECT(rc == KV_EIO && strstr(err.msg, "model-000000.safetensors") && strstr(err.msg, "cannot open"),
+           "missing first shard: rc %d '%s'", rc, err.msg);
+    /* the same tensor listed twice (cJSON keeps both) */
+    static const char dup[] = "{\"weight_map\":{\"x\":\"a.safetensors\",\"y\":\"a.safetensors\",\"x\":\"b.safetensors\"}}";
+    rc = st_index_parse(&ix, dup, strlen(dup), "dup.json", &err);
+    EXPECT(rc == KV_EFORMAT && strstr(err.msg, "dup.json") && strstr(err.msg, "twice") && strstr(err.msg, "'x'"),
+           "duplicate: rc %d '%s'", rc, err.msg);
+    unlink(path);
+    return 0;
+}
+
+static int fill_zero(void *ctx, int index, st_writer *w, kv_error *err) {
+    (void)ctx, (void)index;
+    static const float z = 0;
+    return st_writer_put(w, &z, sizeof z, err);
+}
+
+/* one shard holding N + 1 tensors, the index listing N of them: finding the unlisted one used
+ * to cost a linear weight_map lookup per tensor */
+static int index_unlisted(void *arg) {
+    (void)arg;
+    enum { N = 100000 };
+    st_spec *specs = calloc(N + 1, sizeof *specs);
+    char (*names)[16] = calloc(N + 1, sizeof *names);
+    EXPECT(specs && names, "calloc");
+    for (int i = 0; i <= N; i++) {
+        snprintf(names[i], sizeof names[i], "t.%06d", i);
+        specs[i] = (st_spec){.name = names[i], .dtype = KV_F32, .n_dims = 1, .shape = {1}};
+    }
+    kv_error err = {0};
+    char path[400];
+    snprintf(path, sizeof path, "%s/model-1.safetensors", idx_dir);
+    st_writer *w;
+    int rc = st_writer_open(&w, path, specs, N + 1, NULL, 0, &err);
+    for (int i = 0; i <= N && !rc; i++) rc = fill_zero(NULL, i, w, &err);
+    if (!rc) rc = st_writer_finish(w, &err);
+    EXPECT(rc == 0, "shard: %s", err.msg);
+    sbuf b = {0};
+    sb_printf(&b, "{\"weight_map\":{");
+    for (int i = 0; i < N; i++) sb_printf(&b, "%s\"t.%06d\":\"model-1.safetensors\"", i ? "," : "", i);
+    sb_printf(&b, "}}");
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", idx_dir);
+    EXPECT(kv_write_file_atomic(path, b.s, b.n, &err) == 0, "%s", err.msg);
+    free(b.s);
+    st_checkpoint c;
+    rc = st_checkpoint_open(&c, idx_dir, &err);
+    EXPECT(rc == KV_EFORMAT && strstr(err.msg, "'t.100000'") && strstr(err.msg, "not listed"),
+           "unlisted tensor: rc %d '%s'", rc, err.msg);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/model-1.safetensors", idx_dir);
+    unlink(path);
+    free(specs);
+    free(names);
+    return 0;
+}
+
 int main(void) {
     if (!mkdtemp(tmpdir)) {
         perror("mkdtemp");
         return 1;
     }
+    snprintf(idx_dir, sizeof idx_dir, "%s/index", tmpdir);
+    mkdir(idx_dir, 0700);
     bounded("tokenizer: doubling normalizer chain", normalizer_growth, NULL, 256, 20);
     bounded("tokenizer: doubling decoder chain", decoder_growth, NULL, 256, 20);
     bounded("tokenizer: one huge id (66 bytes)", sparse_ids, NULL, 64, 20);
     bounded("tokenizer: 8 MB of token bytes, one char pair", char_pairs, NULL, 160, 20);
+    bounded("index: 40k entries in 40k missing shards", index_many_shards, NULL, 256, 8);
+    bounded("index: 100k tensors, one not listed", index_unlisted, NULL, 256, 10);
+    rmdir(idx_dir);
     rmdir(tmpdir);
     return check_done("test_hostile");
 }
