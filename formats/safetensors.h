@@ -26,7 +26,8 @@ typedef struct {
 } st_tensor;
 
 typedef struct {
-    char *path;
+    char *path;         /* st_open: the path; st_parse: its label (ST_MEMORY_LABEL when NULL).
+                           Never NULL in a file that opened or parsed */
     void *map;          /* whole file, PROT_READ; NULL for an in-memory parse */
     size_t map_size;
     size_t header_len;
@@ -40,7 +41,10 @@ typedef struct {
 
 /* mmaps and validates; on error nothing is left open */
 int st_open(st_file *f, const char *path, kv_error *err);
-/* validates a buffer in memory (not copied: it must outlive f); label names it in errors */
+/* validates a buffer in memory (not copied: it must outlive f); label (NULL: ST_MEMORY_LABEL)
+ * names it in errors and becomes f->path, so readers of path need not know where f came from.
+ * On error nothing is left allocated; on success st_close frees it. */
+#define ST_MEMORY_LABEL "<memory>"
 int st_parse(st_file *f, const void *buf, size_t size, const char *label, kv_error *err);
 void st_close(st_file *f);
 const st_tensor *st_find(const st_file *f, const char *name);

@@ -3,11 +3,14 @@
  * proportional to the input. Regression tests for the resource bugs of the hardening issue and
  * for the inputs the fuzz targets (tests/fuzz/) found. */
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "base/fileio.h"
+#include "formats/hfconfig.h"
+#include "formats/llama_view.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 #include "tests/bounded.h"
@@ -280,6 +283,81 @@ static int index_unlisted(void *arg) {
     return 0;
 }
 
+/* ---- safetensors ---- */
+
+/* "u64 len | header | data" */
+static uint8_t *st_bytes(const char *header, size_t n_data, size_t *size) {
+    size_t h = strlen(header);
+    uint8_t *buf = calloc(8 + h + n_data + 1, 1);
+    if (!buf) abort();
+    for (int i = 0; i < 8; i++) buf[i] = (uint8_t)((uint64_t)h >> (8 * i));
+    memcpy(buf + 8, header, h);
+    *size = 8 + h + n_data;
+    return buf;
+}
+
+/* 200k __metadata__ keys in reverse order: used to be a pairwise duplicate scan and an
+ * insertion sort */
+static int st_many_meta(void *arg) {
+    (void)arg;
+    enum { N = 200000 };
+    sbuf b = {0};
+    sb_printf(&b, "{\"__metadata__\":{");
+    for (int i = N - 1; i >= 0; i--) sb_printf(&b, "\"k%06d\":\"v\"%s", i, i ? "," : "");
+    sb_printf(&b, "},\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}");
+    size_t size;
+    uint8_t *buf = st_bytes(b.s, 4, &size);
+    st_file f;
+    kv_error err = {0};
+    int rc = st_parse(&f, buf, size, "meta.safetensors", &err);
+    EXPECT(rc == 0 && f.n_meta == N && !strcmp(f.meta_keys[0], "k000000") && st_meta(&f, "k199999"),
+           "many keys: rc %d '%s'", rc, err.msg);
+    st_close(&f);
+    /* a repeated key among them */
+    char *dup = strstr(b.s, "\"k000001\"");
+    EXPECT(dup != NULL, "k000001 in the header");
+    dup[7] = '2'; /* k000001 -> k000002, now there twice */
+    free(buf);
+    buf = st_bytes(b.s, 4, &size);
+    rc = st_parse(&f, buf, size, "meta.safetensors", &err);
+    EXPECT(rc == KV_EFORMAT && strstr(err.msg, "'k000002' appears twice"), "repeated key: rc %d '%s'", rc, err.msg);
+    free(buf);
+    free(b.s);
+    return 0;
+}
+
+/* a file parsed from memory carries its label as path; llama_view reads it when it names the
+ * file in an error (it used to read a NULL path: a crash) */
+static int st_parse_label(void *arg) {
+    (void)arg;
+    static const char header[] = "{\"junk\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
+    size_t size;
+    uint8_t *buf = st_bytes(header, 4, &size);
+    st_file f;
+    kv_error err = {0};
+    EXPECT(st_parse(&f, buf, size, "mem.safetensors", &err) == 0 && f.path && !strcmp(f.path, "mem.safetensors"),
+           "labelled parse: path '%s' (%s)", f.path ? f.path : "(null)", err.msg);
+    st_close(&f);
+    EXPECT(st_parse(&f, buf, size, NULL, &err) == 0 && f.path && !strcmp(f.path, ST_MEMORY_LABEL),
+           "unlabelled parse: path '%s' (%s)", f.path ? f.path : "(null)", err.msg);
+    /* bound to a config: every tensor is missing and 'junk' is extra; the error names the file */
+    hf_config cfg;
+    static const char config[] = "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":8,\"intermediate_size\":16,"
+                                 "\"num_hidden_layers\":1,\"num_attention_heads\":2,\"vocab_size\":4}";
+    EXPECT(hf_config_parse(&cfg, config, "config.json", &err) == 0, "config: %s", err.msg);
+    const st_tensor *sorted[1] = {&f.tensors[0]};
+    st_checkpoint ck = {.dir = NULL, .n_files = 1, .files = &f, .n_tensors = 1, .tensors = sorted};
+    llama_view v;
+    int rc = llama_view_bind(&v, &cfg, &ck, &err);
+    EXPECT(rc != 0 && strstr(err.msg, ST_MEMORY_LABEL), "bind names the memory file: rc %d '%s'", rc, err.msg);
+    st_close(&f);
+    /* a failed parse leaves nothing behind */
+    EXPECT(st_parse(&f, buf, size - 1, "short.safetensors", &err) == KV_EFORMAT && f.path == NULL && f.tensors == NULL,
+           "failed parse: %s", err.msg);
+    free(buf);
+    return 0;
+}
+
 int main(void) {
     if (!mkdtemp(tmpdir)) {
         perror("mkdtemp");
@@ -293,6 +371,8 @@ int main(void) {
     bounded("tokenizer: 8 MB of token bytes, one char pair", char_pairs, NULL, 160, 20);
     bounded("index: 40k entries in 40k missing shards", index_many_shards, NULL, 256, 8);
     bounded("index: 100k tensors, one not listed", index_unlisted, NULL, 256, 10);
+    bounded("safetensors: 200k metadata keys", st_many_meta, NULL, 256, 10);
+    bounded("safetensors: parsed from memory, bound to a config", st_parse_label, NULL, 64, 20);
     rmdir(idx_dir);
     rmdir(tmpdir);
     return check_done("test_hostile");
