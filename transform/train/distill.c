@@ -12,8 +12,8 @@
 #include "formats/safetensors.h"
 #include "base/sha256.h"
 #include "formats/tokenizer.h"
+#include "transform/train/distill_state.h"
 
-#define STATE_FORMAT "kvforge-distill-state-1"
 
 void distill_opts_default(distill_opts *o) {
     memset(o, 0, sizeof *o);
@@ -277,7 +277,7 @@ static int save_checkpoint(run_state *r, kv_error *err) {
     snprintf(step, sizeof step, "%ld", r->step);
     snprintf(tokens, sizeof tokens, "%ld", r->tokens_trained);
     snprintf(secs, sizeof secs, "%.17g", r->prior_seconds + now_s() - r->t0);
-    const char *meta[] = {"format", STATE_FORMAT, "step", step, "tokens_trained", tokens,
+    const char *meta[] = {"format", DISTILL_STATE_FORMAT, "step", step, "tokens_trained", tokens,
                           "seconds", secs, "fingerprint", r->fingerprint};
     if (!(rc = kv_mkdir_p(r->ckpt_dir, err)))
         rc = st_write_file(r->ckpt_path, specs, data, n, meta, 5, err);
@@ -288,47 +288,22 @@ out:
     return rc;
 }
 
-static int meta_long(const st_file *f, const char *key, long *out, kv_error *err) {
-    const char *v = st_meta(f, key);
-    char *end;
-    if (!v || (*out = strtol(v, &end, 10), *end) || *out < 0)
-        return kv_fail(err, KV_EFORMAT, "%s: metadata '%s' missing or bad", f->path, key);
-    return 0;
-}
-
 static int load_checkpoint(run_state *r, kv_error *err) {
     st_file f;
+    distill_state st;
     int rc = st_open(&f, r->ckpt_path, err);
     if (rc) return rc;
-    const char *fmt = st_meta(&f, "format"), *fp = st_meta(&f, "fingerprint");
-    const char *secs = st_meta(&f, "seconds");
-    if (!fmt || strcmp(fmt, STATE_FORMAT)) {
-        rc = kv_fail(err, KV_EFORMAT, "%s: not a kvdistill checkpoint", r->ckpt_path);
-        goto out;
-    }
-    if (!fp || strcmp(fp, r->fingerprint)) {
-        rc = kv_fail(err, KV_EINVAL, "%s: made with other options, data or student; resume with "
-                     "the same command line as the interrupted run", r->ckpt_path);
-        goto out;
-    }
-    if ((rc = meta_long(&f, "step", &r->step, err)) ||
-        (rc = meta_long(&f, "tokens_trained", &r->tokens_trained, err)))
-        goto out;
-    if (r->step > r->total_steps) {
-        rc = kv_fail(err, KV_EFORMAT, "%s: step %ld beyond %ld", r->ckpt_path, r->step,
-                     r->total_steps);
-        goto out;
-    }
-    r->prior_seconds = secs ? atof(secs) : 0;
+    if ((rc = distill_state_read(&f, r->fingerprint, r->total_steps, &st, err))) goto out;
+    r->step = st.step;
+    r->tokens_trained = st.tokens_trained;
+    r->prior_seconds = st.seconds;
     static const char *const kinds[] = {"param.", "adam_m.", "adam_v."};
     for (int i = 0; i < r->n_train && !rc; i++)
         for (int k = 0; k < 3; k++) {
-            char name[KVT_NAME_MAX + 16];
-            snprintf(name, sizeof name, "%s%s", kinds[k], r->tp[i]->name);
-            const st_tensor *t = st_find(&f, name);
-            if (!t || t->dtype != KV_F32 || t->n_elements != r->tp[i]->n) {
-                rc = kv_fail(err, KV_EFORMAT, "%s: tensor '%s' missing or of the wrong shape",
-                             r->ckpt_path, name);
+            const st_tensor *t = distill_state_tensor(&f, kinds[k], r->tp[i]->name, r->tp[i]->n);
+            if (!t) {
+                rc = kv_fail(err, KV_EFORMAT, "%s: tensor '%s%s' missing or of the wrong shape",
+                             r->ckpt_path, kinds[k], r->tp[i]->name);
                 break;
             }
             float *dst = k == 0 ? r->tp[i]->w : k == 1 ? r->m[i] : r->v[i];
@@ -346,16 +321,7 @@ static int trim_log(const char *path, long step, kv_error *err) {
     size_t len = 0;
     int rc = kv_read_file(path, &text, &len, (size_t)1 << 32, err);
     if (rc) return rc;
-    size_t keep = 0;
-    for (char *line = text; *line;) {
-        char *nl = strchr(line, '\n');
-        if (!nl) break; /* a torn last line goes */
-        long s = -1;
-        if (sscanf(line, "{\"step\": %ld", &s) != 1 || s > step) break;
-        keep = (size_t)(nl + 1 - text);
-        line = nl + 1;
-    }
-    rc = kv_write_file_atomic(path, text, keep, err);
+    rc = kv_write_file_atomic(path, text, distill_log_keep(text, step), err);
     free(text);
     return rc;
 }
