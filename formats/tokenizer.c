@@ -31,8 +31,10 @@ void kv_tokenizer_free(kv_tokenizer *t) {
     free(t->dec);
     for (int i = 0; i < t->n_added; i++) free(t->added[i].match.s);
     free(t->added);
-    free(t->match_raw.order);
-    free(t->match_norm.order);
+    kv_tok_mergemap_free(&t->match_raw.edges);
+    kv_tok_mergemap_free(&t->match_norm.edges);
+    free(t->match_raw.term);
+    free(t->match_norm.term);
     free(t);
 }
 
@@ -107,26 +109,34 @@ int kv_tok_normalize(const kv_tokenizer *t, const char *s, size_t n, kv_tok_buf 
 
 /* ---- added tokens ---- */
 
-static int cmp_added(const void *a, const void *b, void *ctx) {
-    const kv_tok_added *added = ctx;
-    const kv_tok_added *x = &added[*(const int *)a], *y = &added[*(const int *)b];
-    unsigned char fx = (unsigned char)x->match.s[0], fy = (unsigned char)y->match.s[0];
-    if (fx != fy) return fx < fy ? -1 : 1;
-    if (x->match.n != y->match.n) return x->match.n > y->match.n ? -1 : 1; /* longest first */
-    return x->id < y->id ? -1 : x->id > y->id;
-}
-
 int kv_tok_matcher_build(kv_tokenizer *t, kv_tok_matcher *m, int normalized) {
-    m->n = 0;
-    m->order = malloc(((size_t)t->n_added + 1) * sizeof *m->order);
-    if (!m->order) return KV_ENOMEM;
+    size_t bytes = 0;
+    m->n = m->n_nodes = 0;
     for (int i = 0; i < t->n_added; i++)
-        if (t->added[i].normalized == normalized && t->added[i].match.n) m->order[m->n++] = i;
-    qsort_r(m->order, (size_t)m->n, sizeof *m->order, cmp_added, t->added);
-    int k = 0;
-    for (int b = 0; b <= 256; b++) {
-        while (k < m->n && (unsigned char)t->added[m->order[k]].match.s[0] < b) k++;
-        m->first[b] = k;
+        if (t->added[i].normalized == normalized) bytes += t->added[i].match.n;
+    if (bytes > (size_t)INT32_MAX - 1) return KV_ENOMEM;
+    m->term = malloc((bytes + 1) * sizeof *m->term);
+    if (!m->term || kv_tok_mergemap_init(&m->edges, 0)) return KV_ENOMEM;
+    m->term[m->n_nodes++] = -1;
+    for (int i = 0; i < t->n_added; i++) {
+        const kv_tok_added *a = &t->added[i];
+        if (a->normalized != normalized || a->match.n == 0) continue;
+        int node = 0;
+        for (size_t k = 0; k < a->match.n; k++) {
+            int byte = (unsigned char)a->match.s[k];
+            const kv_tok_merge_slot *e = kv_tok_mergemap_get(&m->edges, node, byte);
+            if (e) {
+                node = e->new_id;
+                continue;
+            }
+            int child = m->n_nodes++;
+            m->term[child] = -1;
+            if (kv_tok_mergemap_add(&m->edges, node, byte, 0, child)) return KV_ENOMEM;
+            node = child;
+        }
+        /* the same text twice (two normalized tokens normalizing alike): the lower id wins */
+        if (m->term[node] < 0 || a->id < t->added[m->term[node]].id) m->term[node] = i;
+        m->n++;
     }
     return 0;
 }
@@ -137,20 +147,25 @@ static int find_added(const kv_tokenizer *t, const kv_tok_matcher *m, const char
     if (m->n == 0) return 0;
     const unsigned char *u = (const unsigned char *)s;
     for (size_t i = from; i < n; i++) {
-        int lo = m->first[u[i]], hi = m->first[u[i] + 1];
-        for (int k = lo; k < hi; k++) {
-            const kv_tok_added *a = &t->added[m->order[k]];
-            if (a->match.n > n - i || memcmp(s + i, a->match.s, a->match.n)) continue;
-            size_t start = i, end = i + a->match.n, w;
-            if (a->lstrip)
-                while (start > from && (w = kv_tok_space_len_before(u + from, start - from))) start -= w;
-            if (a->rstrip)
-                while (end < n && (w = kv_tok_space_len(u + end, n - end))) end += w;
-            *ms = start;
-            *me = end;
-            *id = a->id;
-            return 1;
+        int node = 0, best = -1;
+        size_t best_end = i;
+        for (size_t j = i; j < n; j++) {
+            const kv_tok_merge_slot *e = kv_tok_mergemap_get(&m->edges, node, u[j]);
+            if (!e) break;
+            node = e->new_id;
+            if (m->term[node] >= 0) best = m->term[node], best_end = j + 1;
         }
+        if (best < 0) continue;
+        const kv_tok_added *a = &t->added[best];
+        size_t start = i, end = best_end, w;
+        if (a->lstrip)
+            while (start > from && (w = kv_tok_space_len_before(u + from, start - from))) start -= w;
+        if (a->rstrip)
+            while (end < n && (w = kv_tok_space_len(u + end, n - end))) end += w;
+        *ms = start;
+        *me = end;
+        *id = a->id;
+        return 1;
     }
     return 0;
 }

@@ -12,7 +12,10 @@
  * grows text further (Replace "a" -> "aa" repeated doubles it each step) fails with
  * KV_EUNSUPPORTED: at load when it is a normalized added token that grows, else in encode or
  * decode, without building the oversized text. Each chain has at most 256 steps (refused at
- * load). Ids must be dense; this is checked before any table is sized by the largest id. */
+ * load). An added token may be at most 1024 bytes (after normalization; refused at load), and
+ * added tokens are matched through a byte trie: finding them costs at most 1024 steps per text
+ * position however many there are. Ids must be dense; this is checked before any table is sized
+ * by the largest id. */
 #ifndef KV_TOKENIZER_H
 #define KV_TOKENIZER_H
 

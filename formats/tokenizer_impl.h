@@ -58,13 +58,6 @@ typedef struct {
     unsigned char lstrip, rstrip, normalized, special;
 } kv_tok_added;
 
-/* added tokens of one class (raw or normalized), grouped by first byte, longest first */
-typedef struct {
-    int *order;       /* [n] indices into kv_tokenizer.added */
-    int first[257];   /* order[first[b] .. first[b+1]) start with byte b */
-    int n;
-} kv_tok_matcher;
-
 /* string -> id, open addressing; slots hold ids whose text is piece[id] (-1 empty) */
 typedef struct {
     int *slots;
@@ -82,6 +75,21 @@ typedef struct {
     size_t mask;
     size_t count; /* distinct keys (kv_tok_mergemap_add keeps the table at most half full) */
 } kv_tok_mergemap;
+
+/* added tokens of one class (raw or normalized) as a byte trie: node 0 is the root, edge
+ * (node, byte) -> child in `edges` (key node:byte, new_id the child), term[node] the added token
+ * (index into kv_tokenizer.added) whose text ends there, -1 if none. The leftmost-longest match
+ * at a position walks the text down the trie: at most KV_TOK_MAX_ADDED_BYTES steps, however
+ * many added tokens share a prefix. */
+typedef struct {
+    kv_tok_mergemap edges;
+    int *term;   /* [n_nodes] */
+    int n_nodes;
+    int n;       /* tokens in the trie */
+} kv_tok_matcher;
+
+/* longest added-token text (after normalization) accepted at load */
+#define KV_TOK_MAX_ADDED_BYTES 1024
 
 struct kv_tokenizer {
     kv_tok_model_kind model;

@@ -547,6 +547,11 @@ static int build_added(const load_ctx *c, kv_tokenizer *t, const added_entry *a,
         } else if (str_dup(&d->match, a[i].content, strlen(a[i].content))) {
             return oom(c);
         }
+        if (d->match.n > KV_TOK_MAX_ADDED_BYTES) {
+            char f[64];
+            return bad(c, KV_EUNSUPPORTED, idx(f, sizeof f, "added_tokens", i), "%zu bytes%s, more than %d", d->match.n,
+                       d->normalized ? " once normalized" : "", KV_TOK_MAX_ADDED_BYTES);
+        }
     }
     if (kv_tok_matcher_build(t, &t->match_raw, 0) || kv_tok_matcher_build(t, &t->match_norm, 1)) return oom(c);
     return 0;

@@ -201,6 +201,55 @@ static int char_pairs(void *arg) {
     return 0;
 }
 
+/* 100k added tokens all starting with 'e' ("eqqqq".."e" + 4 of q-z): each 'e' of the text was
+ * compared with every one of them (seconds for 200 KB of prose); the trie walks one or two bytes */
+static int added_prefix(void *arg) {
+    (void)arg;
+    enum { N = 100000 };
+    sbuf b = {0};
+    sb_printf(&b, "{\"model\":{\"type\":\"BPE\",\"byte_fallback\":true,\"vocab\":{");
+    for (int i = 0; i < 256; i++) sb_printf(&b, "%s\"<0x%02X>\":%d", i ? "," : "", i, i);
+    sb_printf(&b, "},\"merges\":[]},\"added_tokens\":[");
+    for (int i = 0; i < N; i++) {
+        int v = i;
+        char tok[8] = "e";
+        for (int k = 1; k <= 5; k++, v /= 10) tok[k] = (char)('q' + v % 10);
+        sb_printf(&b, "%s{\"id\":%d,\"content\":\"%s\"}", i ? "," : "", 256 + i, tok);
+    }
+    sb_printf(&b, "]}");
+    kv_error err = {0};
+    kv_tokenizer *t = NULL;
+    int rc = kv_tokenizer_load_json(&t, b.s, b.n, "added.json", &err);
+    free(b.s);
+    EXPECT(rc == 0, "load: %s", err.msg);
+    static const char line[] = "the seven sleepy elephants needed seventeen green trees ";
+    size_t n = 200000, k = sizeof line - 1;
+    char *text = malloc(n);
+    EXPECT(text != NULL, "malloc");
+    for (size_t i = 0; i < n; i++) text[i] = line[i % k];
+    int *ids = NULL, n_ids = 0;
+    rc = kv_tokenizer_encode(t, text, n, 0, &ids, &n_ids, &err);
+    EXPECT(rc == 0 && n_ids == (int)n, "encode: rc %d, %d ids for %zu bytes (byte fallback) '%s'", rc, n_ids, n, err.msg);
+    free(ids);
+    /* an added token that is there still matches: "eqqqqq" is token 256 */
+    rc = kv_tokenizer_encode(t, "xeqqqqqx", 8, 0, &ids, &n_ids, &err);
+    EXPECT(rc == 0 && n_ids == 3 && ids[1] == 256, "match: rc %d n %d", rc, n_ids);
+    free(ids);
+    free(text);
+    kv_tokenizer_free(t);
+    /* an added token longer than 1024 bytes is refused at load */
+    sbuf c = {0};
+    sb_printf(&c, "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"added_tokens\":[{\"id\":1,"
+                  "\"content\":\"");
+    for (int i = 0; i < 1025; i++) sb_printf(&c, "x");
+    sb_printf(&c, "\"}]}");
+    rc = kv_tokenizer_load_json(&t, c.s, c.n, "long_added.json", &err);
+    free(c.s);
+    EXPECT(rc == KV_EUNSUPPORTED && !t && strstr(err.msg, "added_tokens[0]") && strstr(err.msg, "1024"),
+           "1025-byte added token: rc %d '%s'", rc, err.msg);
+    return 0;
+}
+
 /* ---- sharded index ---- */
 
 static char idx_dir[300];
@@ -433,6 +482,7 @@ int main(void) {
     bounded("tokenizer: doubling decoder chain", decoder_growth, NULL, 256, 20);
     bounded("tokenizer: one huge id (66 bytes)", sparse_ids, NULL, 64, 20);
     bounded("tokenizer: 8 MB of token bytes, one char pair", char_pairs, NULL, 160, 20);
+    bounded("tokenizer: 100k added tokens sharing a first byte", added_prefix, NULL, 256, 5);
     bounded("index: 40k entries in 40k missing shards", index_many_shards, NULL, 256, 8);
     bounded("index: 100k tensors, one not listed", index_unlisted, NULL, 256, 10);
     bounded("safetensors: 200k metadata keys", st_many_meta, NULL, 256, 10);
