@@ -4,7 +4,8 @@
 # $FUZZ_BUILD/corpus/T (new inputs go there), the committed seeds tests/fuzz/corpus/T and the
 # generated seeds $FUZZ_BUILD/seeds/T. A crash, sanitizer report, leak, timeout (FUZZ_TIMEOUT s
 # for one input, default 10) or out-of-memory (FUZZ_RSS_MB, 2048) fails the run; the input is
-# kept in $FUZZ_BUILD/artifacts/T/. Prints one line per target: executions, coverage, corpus.
+# kept in $FUZZ_BUILD/artifacts/T/. Mutations use the dictionary tests/fuzz/T.dict (plus
+# json.dict for JSON inputs). Prints one line per target: executions, coverage, corpus.
 FUZZ_BUILD=${FUZZ_BUILD:-build-fuzz}
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 FUZZ_TIMEOUT=${FUZZ_TIMEOUT:-10}
@@ -20,9 +21,15 @@ for t in "$@"; do
     mkdir -p "$corpus" "$art" "$FUZZ_BUILD/logs"
     dirs="$corpus"
     for d in "tests/fuzz/corpus/$t" "$FUZZ_BUILD/seeds/$t"; do [ -d "$d" ] && dirs="$dirs $d"; done
+    # dictionary: tests/fuzz/T.dict, plus json.dict for the targets that read JSON
+    dict="$FUZZ_BUILD/dicts/$t.dict"
+    mkdir -p "$FUZZ_BUILD/dicts"
+    : >"$dict"
+    [ -f "tests/fuzz/$t.dict" ] && cat "tests/fuzz/$t.dict" >>"$dict"
+    case "$t" in kvmap|tokenizer_encode) ;; *) cat tests/fuzz/json.dict >>"$dict" ;; esac
     start=$(date +%s)
     "$bin" -max_total_time="$FUZZ_SECONDS" -timeout="$FUZZ_TIMEOUT" -rss_limit_mb="$FUZZ_RSS_MB" \
-        -print_final_stats=1 -artifact_prefix="$art/" $dirs >"$log" 2>&1
+        -dict="$dict" -print_final_stats=1 -artifact_prefix="$art/" $dirs >"$log" 2>&1
     rc=$?
     secs=$(( $(date +%s) - start ))
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
