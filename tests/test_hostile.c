@@ -6,13 +6,16 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ftw.h>
 #include <sys/stat.h>
 
 #include "base/fileio.h"
+#include "formats/bundle.h"
 #include "formats/hfconfig.h"
 #include "formats/llama_view.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
+#include "transform/synth/synth.h"
 #include "transform/train/distill_state.h"
 #include "tests/bounded.h"
 #include "tests/check.h"
@@ -408,6 +411,51 @@ static int st_parse_label(void *arg) {
     return 0;
 }
 
+/* ---- bundle writer ---- */
+
+/* A kvforge.json (or config.json) nested 999 levels is a JSON object the writer accepted, but
+ * manifest.json holds it one level deeper, past cJSON's 1000-level limit: the bundle it wrote
+ * could not be opened (found by tests/fuzz/fuzz_kvforge_json). Refused when bundling now. */
+static void test_bundle_deep_json(void) {
+    char dir[400], path[500], out[500];
+    snprintf(dir, sizeof dir, "%s/deep", tmpdir);
+    synth_spec s;
+    kv_error err = {0};
+    synth_preset(&s, "tiny");
+    s.n_layers = 1, s.hidden = 16, s.n_heads = 2, s.n_kv_heads = 1, s.head_dim = 8, s.ffn = 32, s.vocab = 300;
+    CHECK(kv_mkdir_p(dir, &err) == 0 && synth_write(dir, &s, &err) == 0, "synthetic model: %s", err.msg);
+    enum { DEPTH = 999 };
+    sbuf b = {0};
+    sb_printf(&b, "{\"recipe\":");
+    for (int i = 0; i < DEPTH; i++) sb_printf(&b, "[");
+    for (int i = 0; i < DEPTH; i++) sb_printf(&b, "]");
+    sb_printf(&b, "}");
+    snprintf(path, sizeof path, "%s/kvforge.json", dir);
+    snprintf(out, sizeof out, "%s/deep.kvb", tmpdir);
+    CHECK(kv_write_file_atomic(path, b.s, b.n, &err) == 0, "%s", err.msg);
+    int rc = kv_bundle_write(dir, out, NULL, &err);
+    CHECK(rc == KV_EFORMAT && strstr(err.msg, "kvforge.json") && strstr(err.msg, "nested"),
+          "deep kvforge.json: rc %d '%s'", rc, err.msg);
+    kv_bundle *bundle = NULL;
+    if (rc == 0) { /* what used to happen: written, then unreadable */
+        CHECK(kv_bundle_open(&bundle, out, &err) == 0, "the bundle written opens: %s", err.msg);
+        kv_bundle_close(bundle);
+    }
+    /* a kvforge.json a few levels deep still bundles, and the bundle opens */
+    static const char ok[] = "{\"recipe\":{\"method\":\"identity\",\"a\":[[[1]]]}}";
+    CHECK(kv_write_file_atomic(path, ok, strlen(ok), &err) == 0, "%s", err.msg);
+    CHECK(kv_bundle_write(dir, out, NULL, &err) == 0 && kv_bundle_open(&bundle, out, &err) == 0, "shallow: %s", err.msg);
+    kv_bundle_close(bundle);
+    free(b.s);
+    unlink(out);
+    static const char *const names[] = {"config.json", "model.safetensors", "tokenizer.json", "kvforge.json"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
 /* ---- distillation resume state ---- */
 
 /* a 400k-line train_log.jsonl: trimming it used sscanf per line, which takes the strlen of the
@@ -471,6 +519,11 @@ static void test_distill_state(void) {
     }
 }
 
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
 int main(void) {
     if (!mkdtemp(tmpdir)) {
         perror("mkdtemp");
@@ -489,7 +542,8 @@ int main(void) {
     bounded("safetensors: parsed from memory, bound to a config", st_parse_label, NULL, 64, 20);
     bounded("distill: 400k-line train log trimmed", distill_log, NULL, 256, 5);
     test_distill_state();
-    rmdir(idx_dir);
-    rmdir(tmpdir);
+    test_bundle_deep_json();
+    /* whatever a child killed at its cap left behind goes too */
+    nftw(tmpdir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
     return check_done("test_hostile");
 }

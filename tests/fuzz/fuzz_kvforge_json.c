@@ -5,9 +5,21 @@
 #include "formats/bundle_internal.h"
 #include "tests/fuzz/fuzz.h"
 
+/* bundle_write.c's rule (KVB_MAX_JSON_DEPTH): deeper files are refused when bundling, since
+ * the manifest holds them one level down and cJSON reads at most 1000 levels (this target found
+ * that: a kvforge.json 999 levels deep made a bundle no reader could open) */
+#define MAX_DEPTH 64
+
+static int depth_ok(const cJSON *v, int depth) {
+    if (depth > MAX_DEPTH) return 0;
+    for (const cJSON *c = v->child; c; c = c->next)
+        if (!depth_ok(c, depth + 1)) return 0;
+    return 1;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     cJSON *kvforge = cJSON_ParseWithLength((const char *)data, size);
-    if (!cJSON_IsObject(kvforge)) { /* bundle_write refuses it: "not a JSON object" */
+    if (!cJSON_IsObject(kvforge) || !depth_ok(kvforge, 1)) { /* bundle_write refuses these */
         cJSON_Delete(kvforge);
         return 0;
     }
