@@ -74,7 +74,7 @@ TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCHES := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
 LIB     := $(BUILD)/libkvforge.a
 
-.PHONY: all test test-gpu asan bench demo setup clean cuda-note format lint
+.PHONY: all test test-gpu asan bench demo setup clean cuda-note format lint fuzz fuzz-build
 .SECONDARY:
 all: cuda-note $(TOOLS) $(TESTS) $(BENCHES)
 
@@ -133,8 +133,49 @@ bench: all
 demo: all
 	@BUILD=$(BUILD) sh cli/demo.sh
 
-# idempotent: installs only what is missing (Debian packages)
-SETUP_PKGS := libcjson-dev libzstd-dev libarchive-dev libopenblas-dev zstd clang-format libopenmpi-dev openmpi-bin
+# ---- fuzzing: libFuzzer targets tests/fuzz/fuzz_*.c (clang; see tests/fuzz/README.md) ----
+# make fuzz-build: the targets and their generated seeds in $(FUZZ_BUILD)/
+# make fuzz: runs each target, one at a time, for FUZZ_SECONDS (default 60);
+#            FUZZ_TARGETS="safetensors index" runs some of them
+FUZZ_CC      ?= clang
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS  := -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -I. -g -O1 -MMD -MP $(FUZZ_SAN)
+FUZZ_LDLIBS  := -lcjson -lzstd -larchive -lpthread -lm
+# only what the targets reach (no kernels, runtime or trainer)
+FUZZ_LIB_SRC := $(sort $(wildcard base/*.c formats/*.c transform/synth/*.c)) transform/train/distill_state.c
+FUZZ_LIB     := $(FUZZ_BUILD)/libkvforge-fuzz.a
+FUZZ_ALL     := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_TARGETS ?= $(FUZZ_ALL)
+FUZZ_BINS    := $(FUZZ_ALL:%=$(FUZZ_BUILD)/fuzz_%)
+
+$(FUZZ_BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_LIB): $(FUZZ_LIB_SRC:%.c=$(FUZZ_BUILD)/obj/%.o)
+	rm -f $@ && ar rcs $@ $^
+
+$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_LIB)
+	$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer $^ $(FUZZ_LDLIBS) -o $@
+
+$(FUZZ_BUILD)/fuzz_seeds: $(FUZZ_BUILD)/obj/tests/fuzz/seeds.o $(FUZZ_LIB)
+	$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer-no-link $^ $(FUZZ_LDLIBS) -o $@
+
+# seeds made by the project's own writers (tests/fuzz/seeds.c), remade when it changes
+$(FUZZ_BUILD)/seeds/.done: $(FUZZ_BUILD)/fuzz_seeds
+	rm -rf $(FUZZ_BUILD)/seeds && $(FUZZ_BUILD)/fuzz_seeds $(FUZZ_BUILD)/seeds && touch $@
+
+fuzz-build: $(FUZZ_BINS) $(FUZZ_BUILD)/seeds/.done
+
+fuzz: fuzz-build
+	@FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_SECONDS=$(FUZZ_SECONDS) sh tests/fuzz/run.sh $(FUZZ_TARGETS)
+
+# idempotent: installs only what is missing (Debian packages); clang-format is for make format/lint,
+# clang and libclang-rt-14-dev (libFuzzer and the sanitizer runtimes) for make fuzz
+SETUP_PKGS := libcjson-dev libzstd-dev libarchive-dev libopenblas-dev zstd clang-format libopenmpi-dev openmpi-bin \
+              clang libclang-rt-14-dev
 setup:
 	@missing=""; for p in $(SETUP_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -151,6 +192,9 @@ lint:
 	@clang-format --dry-run -Werror $(FORMAT_SRC) && echo "kvforge: every file follows .clang-format"
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan $(FUZZ_BUILD)
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+ifneq ($(filter fuzz fuzz-build $(FUZZ_BUILD)/%,$(MAKECMDGOALS)),)
+-include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
+endif

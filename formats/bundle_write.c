@@ -30,12 +30,29 @@ static void model_files_free(model_files *f) {
     cJSON_Delete(f->kvforge);
 }
 
+/* config.json and kvforge.json are copied into manifest.json one level down; cJSON refuses to
+ * read text nested over 1000 levels, so a file nested near that would make a bundle no reader
+ * opens. Real ones are a few levels deep. */
+#define KVB_MAX_JSON_DEPTH 64
+
+static int json_depth_ok(const cJSON *v, int depth) {
+    if (depth > KVB_MAX_JSON_DEPTH) return 0;
+    for (const cJSON *c = v->child; c; c = c->next)
+        if (!json_depth_ok(c, depth + 1)) return 0;
+    return 1;
+}
+
 static int parse_json_file(cJSON **out, const char *text, size_t n, const char *path, kv_error *err) {
     *out = cJSON_ParseWithLength(text, n);
     if (!*out || !cJSON_IsObject(*out)) {
         cJSON_Delete(*out);
         *out = NULL;
         return kv_fail(err, KV_EFORMAT, "%s: not a JSON object", path);
+    }
+    if (!json_depth_ok(*out, 1)) {
+        cJSON_Delete(*out);
+        *out = NULL;
+        return kv_fail(err, KV_EFORMAT, "%s: nested deeper than %d levels", path, KVB_MAX_JSON_DEPTH);
     }
     return 0;
 }

@@ -56,64 +56,122 @@ static int gather_tensors(st_checkpoint *c, kv_error *err) {
     return 0;
 }
 
-static int open_index(st_checkpoint *c, const char *index_path, kv_error *err) {
-    char *text;
-    int rc = kv_read_file(index_path, &text, NULL, INDEX_MAX_BYTES, err);
-    if (rc) return rc;
-    cJSON *root = cJSON_Parse(text);
-    free(text);
-    const cJSON *map = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
-    if (!cJSON_IsObject(root)) rc = kv_fail(err, KV_EFORMAT, "%s: not a JSON object", index_path);
-    else if (!cJSON_IsObject(map)) rc = kv_fail(err, KV_EFORMAT, "%s: missing or non-object 'weight_map'", index_path);
-    char **names = NULL;
-    int n_names = 0;
-    const cJSON *e;
+static int cmp_str_ptr(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int cmp_entry(const void *a, const void *b) {
+    return strcmp(((const st_index_entry *)a)->tensor, ((const st_index_entry *)b)->tensor);
+}
+
+void st_index_free(st_index *ix) {
+    for (int i = 0; i < ix->n_entries; i++) free(ix->entries[i].tensor);
+    free(ix->entries);
+    for (int i = 0; i < ix->n_shards; i++) free(ix->shards[i]);
+    free(ix->shards);
+    memset(ix, 0, sizeof *ix);
+}
+
+/* Every step is a sort or a linear scan (no pairwise comparisons): an index of n entries costs
+ * O(n log n) however its names repeat. */
+int st_index_parse(st_index *ix, const char *json, size_t len, const char *label, kv_error *err) {
+    memset(ix, 0, sizeof *ix);
+    if (!label) label = INDEX_NAME;
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
+    const cJSON *map = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL, *e;
+    int rc = 0, n = 0;
+    char **names = NULL; /* shard names of the entries, borrowed from the tree, then sorted */
+    if (!root) rc = kv_fail(err, KV_EFORMAT, "%s: not valid JSON", label);
+    else if (!cJSON_IsObject(root)) rc = kv_fail(err, KV_EFORMAT, "%s: not a JSON object", label);
+    else if (!cJSON_IsObject(map)) rc = kv_fail(err, KV_EFORMAT, "%s: missing or non-object 'weight_map'", label);
     if (!rc) {
-        names = calloc((size_t)cJSON_GetArraySize(map) + 1, sizeof *names);
-        if (!names) rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", index_path);
+        n = cJSON_GetArraySize(map);
+        ix->entries = calloc((size_t)n + 1, sizeof *ix->entries);
+        names = calloc((size_t)n + 1, sizeof *names);
+        if (!ix->entries || !names) rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
     }
     if (!rc) cJSON_ArrayForEach(e, map) {
         if (!cJSON_IsString(e) || !shard_name_ok(e->valuestring)) {
-            rc = kv_fail(err, KV_EFORMAT, "%s: weight_map['%s'] is not a plain *.safetensors file name", index_path, e->string);
+            rc = kv_fail(err, KV_EFORMAT, "%s: weight_map['%s'] is not a plain *.safetensors file name", label, e->string);
             break;
         }
-        int k = 0;
-        while (k < n_names && strcmp(names[k], e->valuestring) != 0) k++;
-        if (k == n_names) names[n_names++] = e->valuestring;
+        if (!(ix->entries[ix->n_entries].tensor = strdup(e->string))) {
+            rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
+            break;
+        }
+        names[ix->n_entries++] = e->valuestring;
     }
-    /* shards opened in name order so the result does not depend on JSON order */
-    for (int i = 1; i < n_names; i++)
-        for (int j = i; j > 0 && strcmp(names[j - 1], names[j]) > 0; j--) { char *t = names[j]; names[j] = names[j - 1]; names[j - 1] = t; }
-    if (!rc && n_names == 0) rc = kv_fail(err, KV_EFORMAT, "%s: weight_map is empty", index_path);
-    if (!rc && !(c->files = calloc((size_t)n_names, sizeof *c->files))) rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", index_path);
-    for (int i = 0; i < n_names && !rc; i++) {
+    if (!rc && ix->n_entries == 0) rc = kv_fail(err, KV_EFORMAT, "%s: weight_map is empty", label);
+    /* the distinct shard names, sorted: the shards are opened in name order, so the result does
+     * not depend on JSON order */
+    if (!rc) {
+        qsort(names, (size_t)ix->n_entries, sizeof *names, cmp_str_ptr);
+        ix->shards = calloc((size_t)ix->n_entries + 1, sizeof *ix->shards);
+        if (!ix->shards) rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
+        for (int i = 0; i < ix->n_entries && !rc; i++) {
+            if (i > 0 && strcmp(names[i - 1], names[i]) == 0) continue;
+            if (!(ix->shards[ix->n_shards] = strdup(names[i]))) rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
+            else ix->n_shards++;
+        }
+    }
+    /* each entry's shard by binary search among the distinct names (entries still in JSON order) */
+    if (!rc) {
+        int i = 0;
+        cJSON_ArrayForEach(e, map) {
+            char *const *hit = bsearch(&e->valuestring, ix->shards, (size_t)ix->n_shards, sizeof *ix->shards, cmp_str_ptr);
+            ix->entries[i++].shard = (int)(hit - ix->shards); /* always found: it was collected above */
+        }
+        qsort(ix->entries, (size_t)ix->n_entries, sizeof *ix->entries, cmp_entry);
+        for (i = 1; i < ix->n_entries && !rc; i++)
+            if (strcmp(ix->entries[i - 1].tensor, ix->entries[i].tensor) == 0)
+                rc = kv_fail(err, KV_EFORMAT, "%s: weight_map lists a tensor twice ('%s')", label, ix->entries[i].tensor);
+    }
+    free(names);
+    cJSON_Delete(root);
+    if (rc) st_index_free(ix);
+    return rc;
+}
+
+static int open_index(st_checkpoint *c, const char *index_path, kv_error *err) {
+    char *text;
+    size_t len;
+    st_index ix;
+    int rc = kv_read_file(index_path, &text, &len, INDEX_MAX_BYTES, err);
+    if (rc) return rc;
+    rc = st_index_parse(&ix, text, len, index_path, err);
+    free(text);
+    if (rc) return rc;
+    c->sharded = 1;
+    if (!(c->files = calloc((size_t)ix.n_shards, sizeof *c->files))) rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", index_path);
+    for (int i = 0; i < ix.n_shards && !rc; i++) {
         char path[4096];
-        rc = kv_join(path, sizeof path, c->dir, names[i], err);
-        if (!rc) rc = st_open(&c->files[i], path, err);
+        rc = kv_join(path, sizeof path, c->dir, ix.shards[i], err);
+        if (!rc) rc = st_open(&c->files[i], path, err); /* files[i] is shard i */
         if (!rc) c->n_files++;
     }
     if (!rc) rc = gather_tensors(c, err);
-    /* every listed tensor is in the shard the index names, and nothing else is anywhere */
-    if (!rc) cJSON_ArrayForEach(e, map) {
-        const st_tensor *t = st_checkpoint_find(c, e->string);
-        if (!t) { rc = kv_fail(err, KV_EFORMAT, "%s: tensor '%s' is listed in weight_map but missing from %s", index_path, e->string, e->valuestring); break; }
-        const char *file = strrchr(c->files[t->file_index].path, '/');
-        if (strcmp(file ? file + 1 : c->files[t->file_index].path, e->valuestring) != 0) {
-            rc = kv_fail(err, KV_EFORMAT, "%s: tensor '%s' is listed in %s but stored in %s", index_path, e->string, e->valuestring, c->files[t->file_index].path);
-            break;
-        }
+    /* every listed tensor is in the shard the index names, and nothing else is anywhere: both
+     * lists are sorted by name, so one merge-like walk per check */
+    for (int i = 0, j = 0; i < ix.n_entries && !rc; i++) {
+        const st_index_entry *x = &ix.entries[i];
+        int cmp = -1;
+        while (j < c->n_tensors && (cmp = strcmp(c->tensors[j]->name, x->tensor)) < 0) j++;
+        if (j == c->n_tensors || cmp != 0)
+            rc = kv_fail(err, KV_EFORMAT, "%s: tensor '%s' is listed in weight_map but missing from %s", index_path,
+                         x->tensor, ix.shards[x->shard]);
+        else if (c->tensors[j]->file_index != x->shard)
+            rc = kv_fail(err, KV_EFORMAT, "%s: tensor '%s' is listed in %s but stored in %s", index_path, x->tensor,
+                         ix.shards[x->shard], c->files[c->tensors[j]->file_index].path);
     }
-    if (!rc && c->n_tensors != cJSON_GetArraySize(map))
-        for (int i = 0; i < c->n_tensors; i++)
-            if (!cJSON_GetObjectItemCaseSensitive(map, c->tensors[i]->name)) {
-                rc = kv_fail(err, KV_EFORMAT, "%s: tensor '%s' in %s is not listed in weight_map", index_path, c->tensors[i]->name, c->files[c->tensors[i]->file_index].path);
-                break;
-            }
-    if (!rc && c->n_tensors != cJSON_GetArraySize(map))
-        rc = kv_fail(err, KV_EFORMAT, "%s: weight_map lists a tensor twice", index_path);
-    free(names);
-    cJSON_Delete(root);
-    c->sharded = 1;
+    for (int i = 0, j = 0; i < c->n_tensors && !rc && c->n_tensors != ix.n_entries; i++) {
+        int cmp = -1;
+        while (j < ix.n_entries && (cmp = strcmp(ix.entries[j].tensor, c->tensors[i]->name)) < 0) j++;
+        if (j == ix.n_entries || cmp != 0)
+            rc = kv_fail(err, KV_EFORMAT, "%s: tensor '%s' in %s is not listed in weight_map", index_path,
+                         c->tensors[i]->name, c->files[c->tensors[i]->file_index].path);
+    }
+    st_index_free(&ix);
     return rc;
 }
 

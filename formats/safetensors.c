@@ -24,6 +24,13 @@ static int cmp_tensor_offset(const void *a, const void *b) {
     return x->n_bytes < y->n_bytes ? -1 : x->n_bytes > y->n_bytes;
 }
 
+/* metadata entries by key, ties by position (a stable order: the first of a repeated key first) */
+static int cmp_meta_index(const void *a, const void *b, void *ctx) {
+    char *const *keys = ctx;
+    int x = *(const int *)a, y = *(const int *)b, c = strcmp(keys[x], keys[y]);
+    return c ? c : (x > y) - (x < y);
+}
+
 /* a JSON number that is a whole, non-negative value below 2^53 */
 static int json_whole(const cJSON *v, uint64_t *out) {
     if (!cJSON_IsNumber(v)) return -1;
@@ -54,15 +61,31 @@ static int parse_metadata(st_file *f, const cJSON *meta, const char *label, kv_e
     cJSON_ArrayForEach(e, meta) {
         if (!cJSON_IsString(e))
             return kv_fail(err, KV_EFORMAT, "%s: __metadata__ value of '%s' is not a string", label, e->string);
-        for (int i = 0; i < f->n_meta; i++)
-            if (strcmp(f->meta_keys[i], e->string) == 0)
-                return kv_fail(err, KV_EFORMAT, "%s: __metadata__ key '%s' appears twice", label, e->string);
         f->meta_keys[f->n_meta] = strdup(e->string);
         f->meta_values[f->n_meta] = strdup(e->valuestring);
         f->n_meta++;
         if (!f->meta_keys[f->n_meta - 1] || !f->meta_values[f->n_meta - 1])
             return kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
     }
+    /* sorted by key for deterministic iteration; a repeated key
+     * then sits next to itself (sort once and scan: linear-logarithmic, never quadratic) */
+    int *order = malloc(((size_t)f->n_meta + 1) * sizeof *order);
+    char **keys = malloc(((size_t)f->n_meta + 1) * sizeof *keys), **values = malloc(((size_t)f->n_meta + 1) * sizeof *values);
+    if (!order || !keys || !values) {
+        free(order), free(keys), free(values);
+        return kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
+    }
+    for (int i = 0; i < f->n_meta; i++) order[i] = i;
+    qsort_r(order, (size_t)f->n_meta, sizeof *order, cmp_meta_index, f->meta_keys);
+    for (int i = 0; i < f->n_meta; i++) keys[i] = f->meta_keys[order[i]], values[i] = f->meta_values[order[i]];
+    free(order);
+    free(f->meta_keys);
+    free(f->meta_values);
+    f->meta_keys = keys;
+    f->meta_values = values;
+    for (int i = 1; i < f->n_meta; i++)
+        if (strcmp(f->meta_keys[i - 1], f->meta_keys[i]) == 0)
+            return kv_fail(err, KV_EFORMAT, "%s: __metadata__ key '%s' appears twice", label, f->meta_keys[i]);
     return 0;
 }
 
@@ -136,6 +159,7 @@ static int check_layout(st_file *f, const char *label, kv_error *err) {
 
 int st_parse(st_file *f, const void *buf, size_t size, const char *label, kv_error *err) {
     memset(f, 0, sizeof *f);
+    if (!label) label = ST_MEMORY_LABEL;
     const uint8_t *bytes = buf;
     if (size < 8) return kv_fail(err, KV_EFORMAT, "%s: %zu bytes, too short for the 8-byte header length", label, size);
     uint64_t n = 0;
@@ -179,15 +203,10 @@ int st_parse(st_file *f, const void *buf, size_t size, const char *label, kv_err
                 rc = kv_fail(err, KV_EFORMAT, "%s: tensor '%s' appears twice", label, f->tensors[i].name);
     }
     if (!rc) rc = check_layout(f, label, err);
+    /* path: the label, so that whoever names the file (errors, llama_view) has a string */
+    if (!rc && !(f->path = strdup(label))) rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
     if (rc) { free_tensors(f); return rc; }
     for (int i = 0; i < f->n_tensors; i++) f->tensors[i].data = f->data + f->tensors[i].offset;
-    /* sort metadata by key for deterministic iteration */
-    for (int i = 1; i < f->n_meta; i++)
-        for (int j = i; j > 0 && strcmp(f->meta_keys[j - 1], f->meta_keys[j]) > 0; j--) {
-            char *k = f->meta_keys[j], *v = f->meta_values[j];
-            f->meta_keys[j] = f->meta_keys[j - 1]; f->meta_values[j] = f->meta_values[j - 1];
-            f->meta_keys[j - 1] = k; f->meta_values[j - 1] = v;
-        }
     return 0;
 }
 
@@ -205,12 +224,10 @@ int st_open(st_file *f, const char *path, kv_error *err) {
     }
     close(fd);
     static const uint8_t empty[1];
-    int rc = st_parse(f, map ? map : empty, size, path, err);
+    int rc = st_parse(f, map ? map : empty, size, path, err); /* sets f->path */
     if (rc) { if (map) munmap(map, size); return rc; }
     f->map = map;
     f->map_size = size;
-    f->path = strdup(path);
-    if (!f->path) { st_close(f); return kv_fail(err, KV_ENOMEM, "%s: out of memory", path); }
     return 0;
 }
 

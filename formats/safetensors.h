@@ -26,7 +26,8 @@ typedef struct {
 } st_tensor;
 
 typedef struct {
-    char *path;
+    char *path;         /* st_open: the path; st_parse: its label (ST_MEMORY_LABEL when NULL).
+                           Never NULL in a file that opened or parsed */
     void *map;          /* whole file, PROT_READ; NULL for an in-memory parse */
     size_t map_size;
     size_t header_len;
@@ -40,7 +41,10 @@ typedef struct {
 
 /* mmaps and validates; on error nothing is left open */
 int st_open(st_file *f, const char *path, kv_error *err);
-/* validates a buffer in memory (not copied: it must outlive f); label names it in errors */
+/* validates a buffer in memory (not copied: it must outlive f); label (NULL: ST_MEMORY_LABEL)
+ * names it in errors and becomes f->path, so readers of path need not know where f came from.
+ * On error nothing is left allocated; on success st_close frees it. */
+#define ST_MEMORY_LABEL "<memory>"
 int st_parse(st_file *f, const void *buf, size_t size, const char *label, kv_error *err);
 void st_close(st_file *f);
 const st_tensor *st_find(const st_file *f, const char *name);
@@ -58,6 +62,25 @@ typedef struct {
 } st_checkpoint;
 
 int st_checkpoint_open(st_checkpoint *c, const char *dir, kv_error *err);
+
+/* model.safetensors.index.json, parsed and checked on its own (st_checkpoint_open then checks
+ * it against the shards): every weight_map value a plain *.safetensors name, at least one
+ * entry, no tensor listed twice. Time O(n log n) in the entries. label (NULL: the index's file
+ * name) names it in errors; on error nothing is left allocated. */
+typedef struct {
+    char *tensor;
+    int shard;      /* into st_index.shards */
+} st_index_entry;
+
+typedef struct {
+    int n_entries;
+    st_index_entry *entries; /* weight_map, sorted by tensor name, names distinct */
+    int n_shards;
+    char **shards;           /* the distinct shard file names, sorted */
+} st_index;
+
+int st_index_parse(st_index *ix, const char *json, size_t len, const char *label, kv_error *err);
+void st_index_free(st_index *ix);
 void st_checkpoint_close(st_checkpoint *c);
 const st_tensor *st_checkpoint_find(const st_checkpoint *c, const char *name);
 

@@ -31,8 +31,10 @@ void kv_tokenizer_free(kv_tokenizer *t) {
     free(t->dec);
     for (int i = 0; i < t->n_added; i++) free(t->added[i].match.s);
     free(t->added);
-    free(t->match_raw.order);
-    free(t->match_norm.order);
+    kv_tok_mergemap_free(&t->match_raw.edges);
+    kv_tok_mergemap_free(&t->match_norm.edges);
+    free(t->match_raw.term);
+    free(t->match_norm.term);
     free(t);
 }
 
@@ -62,23 +64,27 @@ int kv_tokenizer_is_special(const kv_tokenizer *t, int id) {
 
 /* ---- normalizer ---- */
 
-/* appends s[0..n) to out with every occurrence of pat replaced by with (left to right) */
-static int replace_all(kv_tok_buf *out, const char *s, size_t n, const kv_tok_str *pat, const kv_tok_str *with) {
-    size_t i = 0, run = 0;
+/* appends s[0..n) to out with every occurrence of pat replaced by with (left to right), in time
+ * linear in n (memmem); KV_EUNSUPPORTED, with out left short, once out would pass limit bytes */
+static int replace_all(kv_tok_buf *out, const char *s, size_t n, const kv_tok_str *pat, const kv_tok_str *with,
+                       size_t limit) {
+    size_t i = 0;
+    if (n == 0) return kv_tok_buf_add(out, "", 0); /* out->s is non-NULL afterwards, as always */
     while (i < n) {
-        if (n - i >= pat->n && memcmp(s + i, pat->s, pat->n) == 0) {
-            if (kv_tok_buf_add(out, s + run, i - run) || kv_tok_buf_add(out, with->s, with->n)) return KV_ENOMEM;
-            i += pat->n;
-            run = i;
-        } else {
-            i++;
-        }
+        const char *hit = pat->n ? memmem(s + i, n - i, pat->s, pat->n) : NULL;
+        size_t keep = hit ? (size_t)(hit - (s + i)) : n - i, add = keep + (hit ? with->n : 0);
+        if (add > limit || out->n > limit - add) return KV_EUNSUPPORTED;
+        if (kv_tok_buf_add(out, s + i, keep)) return KV_ENOMEM;
+        if (!hit) break;
+        if (kv_tok_buf_add(out, with->s, with->n)) return KV_ENOMEM;
+        i += keep + pat->n;
     }
-    return kv_tok_buf_add(out, s + run, n - run);
+    return 0;
 }
 
 int kv_tok_normalize(const kv_tokenizer *t, const char *s, size_t n, kv_tok_buf *out) {
     kv_tok_buf tmp = {0};
+    const size_t cap = kv_tok_growth_cap(n);
     out->n = 0;
     int rc = kv_tok_buf_add(out, s, n);
     for (int i = 0; i < t->n_norm && !rc; i++) {
@@ -86,10 +92,11 @@ int kv_tok_normalize(const kv_tokenizer *t, const char *s, size_t n, kv_tok_buf 
         tmp.n = 0;
         if (st->kind == KV_TOK_NORM_PREPEND) {
             if (out->n == 0) continue; /* HF prepends only to non-empty text */
-            rc = kv_tok_buf_add(&tmp, st->with.s, st->with.n);
+            if (st->with.n > cap || out->n > cap - st->with.n) rc = KV_EUNSUPPORTED;
+            if (!rc) rc = kv_tok_buf_add(&tmp, st->with.s, st->with.n);
             if (!rc) rc = kv_tok_buf_add(&tmp, out->s, out->n);
         } else {
-            rc = replace_all(&tmp, out->s, out->n, &st->pat, &st->with);
+            rc = replace_all(&tmp, out->s, out->n, &st->pat, &st->with, cap);
         }
         kv_tok_buf swap = *out;
         *out = tmp;
@@ -102,26 +109,34 @@ int kv_tok_normalize(const kv_tokenizer *t, const char *s, size_t n, kv_tok_buf 
 
 /* ---- added tokens ---- */
 
-static int cmp_added(const void *a, const void *b, void *ctx) {
-    const kv_tok_added *added = ctx;
-    const kv_tok_added *x = &added[*(const int *)a], *y = &added[*(const int *)b];
-    unsigned char fx = (unsigned char)x->match.s[0], fy = (unsigned char)y->match.s[0];
-    if (fx != fy) return fx < fy ? -1 : 1;
-    if (x->match.n != y->match.n) return x->match.n > y->match.n ? -1 : 1; /* longest first */
-    return x->id < y->id ? -1 : x->id > y->id;
-}
-
 int kv_tok_matcher_build(kv_tokenizer *t, kv_tok_matcher *m, int normalized) {
-    m->n = 0;
-    m->order = malloc(((size_t)t->n_added + 1) * sizeof *m->order);
-    if (!m->order) return KV_ENOMEM;
+    size_t bytes = 0;
+    m->n = m->n_nodes = 0;
     for (int i = 0; i < t->n_added; i++)
-        if (t->added[i].normalized == normalized && t->added[i].match.n) m->order[m->n++] = i;
-    qsort_r(m->order, (size_t)m->n, sizeof *m->order, cmp_added, t->added);
-    int k = 0;
-    for (int b = 0; b <= 256; b++) {
-        while (k < m->n && (unsigned char)t->added[m->order[k]].match.s[0] < b) k++;
-        m->first[b] = k;
+        if (t->added[i].normalized == normalized) bytes += t->added[i].match.n;
+    if (bytes > (size_t)INT32_MAX - 1) return KV_ENOMEM;
+    m->term = malloc((bytes + 1) * sizeof *m->term);
+    if (!m->term || kv_tok_mergemap_init(&m->edges, 0)) return KV_ENOMEM;
+    m->term[m->n_nodes++] = -1;
+    for (int i = 0; i < t->n_added; i++) {
+        const kv_tok_added *a = &t->added[i];
+        if (a->normalized != normalized || a->match.n == 0) continue;
+        int node = 0;
+        for (size_t k = 0; k < a->match.n; k++) {
+            int byte = (unsigned char)a->match.s[k];
+            const kv_tok_merge_slot *e = kv_tok_mergemap_get(&m->edges, node, byte);
+            if (e) {
+                node = e->new_id;
+                continue;
+            }
+            int child = m->n_nodes++;
+            m->term[child] = -1;
+            if (kv_tok_mergemap_add(&m->edges, node, byte, 0, child)) return KV_ENOMEM;
+            node = child;
+        }
+        /* the same text twice (two normalized tokens normalizing alike): the lower id wins */
+        if (m->term[node] < 0 || a->id < t->added[m->term[node]].id) m->term[node] = i;
+        m->n++;
     }
     return 0;
 }
@@ -132,20 +147,25 @@ static int find_added(const kv_tokenizer *t, const kv_tok_matcher *m, const char
     if (m->n == 0) return 0;
     const unsigned char *u = (const unsigned char *)s;
     for (size_t i = from; i < n; i++) {
-        int lo = m->first[u[i]], hi = m->first[u[i] + 1];
-        for (int k = lo; k < hi; k++) {
-            const kv_tok_added *a = &t->added[m->order[k]];
-            if (a->match.n > n - i || memcmp(s + i, a->match.s, a->match.n)) continue;
-            size_t start = i, end = i + a->match.n, w;
-            if (a->lstrip)
-                while (start > from && (w = kv_tok_space_len_before(u + from, start - from))) start -= w;
-            if (a->rstrip)
-                while (end < n && (w = kv_tok_space_len(u + end, n - end))) end += w;
-            *ms = start;
-            *me = end;
-            *id = a->id;
-            return 1;
+        int node = 0, best = -1;
+        size_t best_end = i;
+        for (size_t j = i; j < n; j++) {
+            const kv_tok_merge_slot *e = kv_tok_mergemap_get(&m->edges, node, u[j]);
+            if (!e) break;
+            node = e->new_id;
+            if (m->term[node] >= 0) best = m->term[node], best_end = j + 1;
         }
+        if (best < 0) continue;
+        const kv_tok_added *a = &t->added[best];
+        size_t start = i, end = best_end, w;
+        if (a->lstrip)
+            while (start > from && (w = kv_tok_space_len_before(u + from, start - from))) start -= w;
+        if (a->rstrip)
+            while (end < n && (w = kv_tok_space_len(u + end, n - end))) end += w;
+        *ms = start;
+        *me = end;
+        *id = a->id;
+        return 1;
     }
     return 0;
 }
@@ -162,6 +182,14 @@ typedef struct {
 
 static int oom(kv_error *err) { return kv_fail(err, KV_ENOMEM, "tokenizer: out of memory"); }
 
+/* a kv_tok_normalize / replace_all failure: out of memory or past the growth cap */
+static int grow_fail(kv_error *err, int rc, const char *what, size_t n) {
+    if (rc != KV_EUNSUPPORTED) return oom(err);
+    return kv_fail(err, KV_EUNSUPPORTED,
+                   "tokenizer: the %s chain grows %zu bytes of text past %d x + %d bytes; such a chain is not "
+                   "supported", what, n, KV_TOK_GROWTH, KV_TOK_GROWTH_SLACK);
+}
+
 /* pre-tokenizer then BPE on one normalized piece; at_start: it begins the original text */
 static int encode_pretok(enc_ctx *c, const char *s, size_t n, int at_start) {
     const kv_tokenizer *t = c->t;
@@ -172,7 +200,7 @@ static int encode_pretok(enc_ctx *c, const char *s, size_t n, int at_start) {
     kv_tok_buf *b = &c->pre;
     static const kv_tok_str space = {.s = " ", .n = 1};
     b->n = 0;
-    if (replace_all(b, s, n, &space, rep)) return oom(c->err);
+    if (replace_all(b, s, n, &space, rep, SIZE_MAX)) return oom(c->err);
     int starts_rep = b->n >= rep->n && memcmp(b->s, rep->s, rep->n) == 0;
     int prepend = t->pre.scheme == KV_TOK_PREPEND_ALWAYS || (t->pre.scheme == KV_TOK_PREPEND_FIRST && at_start);
     if (prepend && !starts_rep) {
@@ -198,10 +226,11 @@ static int encode_section(enc_ctx *c, const char *s, size_t n, int at_start) {
     const kv_tokenizer *t = c->t;
     if (n == 0) return 0;
     if (t->n_norm == 0 && t->match_norm.n == 0) return encode_pretok(c, s, n, at_start);
-    if (kv_tok_normalize(t, s, n, &c->norm)) return oom(c->err);
+    int rc = kv_tok_normalize(t, s, n, &c->norm);
+    if (rc) return grow_fail(c->err, rc, "normalizer", n);
     const char *ns = c->norm.s;
     size_t nn = c->norm.n, pos = 0, ms, me;
-    int id, rc;
+    int id;
     if (t->match_norm.n == 0) return encode_pretok(c, ns, nn, at_start);
     /* encode_pretok reuses c->pre, not c->norm, so ns stays valid */
     while (pos < nn && find_added(t, &t->match_norm, ns, pos, nn, &ms, &me, &id)) {
@@ -300,7 +329,8 @@ static int flush_bytes(tok_list *dst, const unsigned char *bytes, size_t n) {
     return 0;
 }
 
-static int apply_step(const kv_tok_dec_step *st, const tok_list *src, tok_list *dst, kv_tok_buf *bytes) {
+/* one decoder step; limit: the most bytes dst may hold (KV_EUNSUPPORTED past it) */
+static int apply_step(const kv_tok_dec_step *st, const tok_list *src, tok_list *dst, kv_tok_buf *bytes, size_t limit) {
     list_clear(dst);
     if (st->kind == KV_TOK_DEC_FUSE) {
         if (kv_tok_buf_add(&dst->text, src->text.s ? src->text.s : "", src->text.n)) return KV_ENOMEM;
@@ -313,7 +343,8 @@ static int apply_step(const kv_tok_dec_step *st, const tok_list *src, tok_list *
         int rc = 0;
         switch (st->kind) {
         case KV_TOK_DEC_REPLACE:
-            rc = replace_all(&dst->text, s, n, &st->pat, &st->with) || list_end_token(dst);
+            rc = replace_all(&dst->text, s, n, &st->pat, &st->with, limit);
+            if (!rc) rc = list_end_token(dst);
             break;
         case KV_TOK_DEC_BYTE_FALLBACK: {
             unsigned char b;
@@ -337,13 +368,14 @@ static int apply_step(const kv_tok_dec_step *st, const tok_list *src, tok_list *
             /* HF: replacement -> ' ', except that the first token drops all of them when prepending */
             static const kv_tok_str none = {.s = "", .n = 0}, space = {.s = " ", .n = 1};
             const kv_tok_str *with = i == 0 && st->prepend ? &none : &space;
-            rc = replace_all(&dst->text, s, n, &st->pat, with) || list_end_token(dst);
+            rc = replace_all(&dst->text, s, n, &st->pat, with, SIZE_MAX); /* never grows: pat is one character */
+            if (!rc) rc = list_end_token(dst);
             break;
         }
         case KV_TOK_DEC_FUSE:
             break;
         }
-        if (rc) return KV_ENOMEM;
+        if (rc) return rc == KV_EUNSUPPORTED ? rc : KV_ENOMEM;
     }
     if (st->kind == KV_TOK_DEC_BYTE_FALLBACK && flush_bytes(dst, (const unsigned char *)bytes->s, bytes->n)) return KV_ENOMEM;
     return 0;
@@ -370,8 +402,9 @@ int kv_tokenizer_decode_ex(const kv_tokenizer *t, const int *ids, int n, int ski
                  kv_tok_buf_add(&out, a.text.s + a.off[i], a.off[i + 1] - a.off[i]);
     } else {
         tok_list *src = &a, *dst = &b;
+        const size_t limit = kv_tok_growth_cap(a.text.n);
         for (int s = 0; s < t->n_dec && !rc; s++) {
-            rc = apply_step(&t->dec[s], src, dst, &bytes);
+            rc = apply_step(&t->dec[s], src, dst, &bytes, limit);
             tok_list *swap = src;
             src = dst;
             dst = swap;
@@ -386,7 +419,7 @@ int kv_tokenizer_decode_ex(const kv_tokenizer *t, const int *ids, int n, int ski
     free(bytes.s);
     if (rc) {
         free(out.s);
-        return oom(err);
+        return grow_fail(err, rc, "decoder", a.text.n);
     }
     *text = out.s;
     if (text_len) *text_len = out.n;
@@ -413,7 +446,7 @@ const char *kv_tokenizer_piece_runc(const kv_tokenizer *t, int prev, int id, cha
     int rc;
     if (id == t->bos) rc = kv_tok_buf_add(&p, "\n<s>\n", 5);
     else if (id == t->eos) rc = kv_tok_buf_add(&p, "\n</s>\n", 6);
-    else rc = replace_all(&p, t->piece[id].s, t->piece[id].n, &meta, &space);
+    else rc = replace_all(&p, t->piece[id].s, t->piece[id].n, &meta, &space, SIZE_MAX);
     if (rc || !p.s) {
         free(p.s);
         return buf;

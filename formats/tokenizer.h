@@ -5,7 +5,17 @@
  * Semantics follow the HF `tokenizers` library; unsupported components (ByteLevel, Regex
  * patterns, NFC...) fail at load with KV_EUNSUPPORTED naming the field.
  * Text input is bytes: invalid UTF-8 bytes are treated as one-byte characters (byte fallback).
- * A loaded tokenizer is read-only: encode/decode/piece may run concurrently on it. */
+ * A loaded tokenizer is read-only: encode/decode/piece may run concurrently on it.
+ * Resource limits (tokenizer.json is untrusted; HF has none of these, no real Llama pipeline is
+ * near them): the normalizer, and the decoder, may turn n bytes of text into at most
+ * 16 n + 4096 bytes (Llama's Replace " " -> "▁" and Prepend "▁" need 3 n + 3); a chain that
+ * grows text further (Replace "a" -> "aa" repeated doubles it each step) fails with
+ * KV_EUNSUPPORTED: at load when it is a normalized added token that grows, else in encode or
+ * decode, without building the oversized text. Each chain has at most 256 steps (refused at
+ * load). An added token may be at most 1024 bytes (after normalization; refused at load), and
+ * added tokens are matched through a byte trie: finding them costs at most 1024 steps per text
+ * position however many there are. Ids must be dense; this is checked before any table is sized
+ * by the largest id. */
 #ifndef KV_TOKENIZER_H
 #define KV_TOKENIZER_H
 

@@ -124,17 +124,15 @@ static uint32_t pack_char(const unsigned char *s, size_t len) {
 }
 
 int kv_tok_build_char_pairs(kv_tokenizer *t) {
-    size_t n_pairs = 0;
     t->can_split = 0;
-    for (int id = 0; id < t->n_ids; id++) {
-        const unsigned char *p = (const unsigned char *)t->piece[id].s;
-        size_t n = t->piece[id].n;
-        if (!kv_tok_utf8_valid(p, n)) return 0; /* no cutting: still correct, only slower */
-        if (t->flags[id] & KV_TOK_F_MODEL) n_pairs += n;
-    }
+    for (int id = 0; id < t->n_ids; id++)
+        if (!kv_tok_utf8_valid((const unsigned char *)t->piece[id].s, t->piece[id].n))
+            return 0; /* no cutting: still correct, only slower */
     t->first_char = malloc((size_t)t->n_ids * sizeof *t->first_char);
     t->last_char = malloc((size_t)t->n_ids * sizeof *t->last_char);
-    if (!t->first_char || !t->last_char || kv_tok_mergemap_init(&t->char_pairs, n_pairs)) return KV_ENOMEM;
+    /* sized by the distinct pairs there are (a few thousand in a real vocab), not by the
+     * vocab's bytes: the table grows as pairs arrive */
+    if (!t->first_char || !t->last_char || kv_tok_mergemap_init(&t->char_pairs, 0)) return KV_ENOMEM;
     for (int id = 0; id < t->n_ids; id++) {
         const unsigned char *p = (const unsigned char *)t->piece[id].s;
         size_t n = t->piece[id].n, len = kv_tok_utf8_len(p, n);
@@ -143,7 +141,8 @@ int kv_tok_build_char_pairs(kv_tokenizer *t) {
         for (size_t i = len; i < n; i += len) {
             len = kv_tok_utf8_len(p + i, n - i);
             uint32_t cur = pack_char(p + i, len);
-            if (t->flags[id] & KV_TOK_F_MODEL) kv_tok_mergemap_put(&t->char_pairs, (int)prev, (int)cur, 0, 0);
+            if ((t->flags[id] & KV_TOK_F_MODEL) && kv_tok_mergemap_add(&t->char_pairs, (int)prev, (int)cur, 0, 0))
+                return KV_ENOMEM;
             prev = cur;
         }
         t->last_char[id] = prev;

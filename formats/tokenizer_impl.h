@@ -58,13 +58,6 @@ typedef struct {
     unsigned char lstrip, rstrip, normalized, special;
 } kv_tok_added;
 
-/* added tokens of one class (raw or normalized), grouped by first byte, longest first */
-typedef struct {
-    int *order;       /* [n] indices into kv_tokenizer.added */
-    int first[257];   /* order[first[b] .. first[b+1]) start with byte b */
-    int n;
-} kv_tok_matcher;
-
 /* string -> id, open addressing; slots hold ids whose text is piece[id] (-1 empty) */
 typedef struct {
     int *slots;
@@ -80,7 +73,23 @@ typedef struct {
 typedef struct {
     kv_tok_merge_slot *slots;
     size_t mask;
+    size_t count; /* distinct keys (kv_tok_mergemap_add keeps the table at most half full) */
 } kv_tok_mergemap;
+
+/* added tokens of one class (raw or normalized) as a byte trie: node 0 is the root, edge
+ * (node, byte) -> child in `edges` (key node:byte, new_id the child), term[node] the added token
+ * (index into kv_tokenizer.added) whose text ends there, -1 if none. The leftmost-longest match
+ * at a position walks the text down the trie: at most KV_TOK_MAX_ADDED_BYTES steps, however
+ * many added tokens share a prefix. */
+typedef struct {
+    kv_tok_mergemap edges;
+    int *term;   /* [n_nodes] */
+    int n_nodes;
+    int n;       /* tokens in the trie */
+} kv_tok_matcher;
+
+/* longest added-token text (after normalization) accepted at load */
+#define KV_TOK_MAX_ADDED_BYTES 1024
 
 struct kv_tokenizer {
     kv_tok_model_kind model;
@@ -133,7 +142,17 @@ typedef struct {
 /* per-encode scratch for BPE words */
 typedef struct kv_tok_scratch kv_tok_scratch;
 
-/* tokenizer_maps.c */
+/* Text a normalizer or decoder chain produces from n bytes may be at most
+ * KV_TOK_GROWTH * n + KV_TOK_GROWTH_SLACK bytes (see tokenizer.h); chains longer than
+ * KV_TOK_MAX_STEPS steps are refused at load. */
+#define KV_TOK_GROWTH 16
+#define KV_TOK_GROWTH_SLACK 4096
+#define KV_TOK_MAX_STEPS 256
+static inline size_t kv_tok_growth_cap(size_t n) {
+    return n > (SIZE_MAX - KV_TOK_GROWTH_SLACK) / KV_TOK_GROWTH ? SIZE_MAX : KV_TOK_GROWTH * n + KV_TOK_GROWTH_SLACK;
+}
+
+/* tokenizer_util.c */
 uint64_t kv_tok_hash(const char *s, size_t n);
 int kv_tok_idmap_init(kv_tok_idmap *m, size_t n_entries);
 void kv_tok_idmap_free(kv_tok_idmap *m);
@@ -142,8 +161,11 @@ int kv_tok_idmap_put(kv_tok_idmap *m, const kv_tok_str *piece, int id);
 int kv_tok_idmap_get(const kv_tok_idmap *m, const kv_tok_str *piece, const char *s, size_t n);
 int kv_tok_mergemap_init(kv_tok_mergemap *m, size_t n_entries);
 void kv_tok_mergemap_free(kv_tok_mergemap *m);
-/* a later merge of the same pair replaces the earlier one (HF behaviour) */
+/* a later merge of the same pair replaces the earlier one (HF behaviour); the table must have
+ * been sized (init) for every key put */
 void kv_tok_mergemap_put(kv_tok_mergemap *m, int left, int right, int rank, int new_id);
+/* the same into a table that grows as keys arrive (0 or KV_ENOMEM) */
+int kv_tok_mergemap_add(kv_tok_mergemap *m, int left, int right, int rank, int new_id);
 const kv_tok_merge_slot *kv_tok_mergemap_get(const kv_tok_mergemap *m, int left, int right);
 
 int kv_tok_ids_push(kv_tok_ids *v, int id);
@@ -166,7 +188,8 @@ int kv_tok_bpe_word(const kv_tokenizer *t, const char *w, size_t n, kv_tok_scrat
                     kv_error *err);
 
 /* tokenizer.c */
-/* runs the normalizer over s[0..n) into a new buffer */
+/* runs the normalizer over s[0..n) into out: 0, KV_ENOMEM, or KV_EUNSUPPORTED when the text
+ * would grow past kv_tok_growth_cap(n) (nothing that large is built) */
 int kv_tok_normalize(const kv_tokenizer *t, const char *s, size_t n, kv_tok_buf *out);
 int kv_tok_matcher_build(kv_tokenizer *t, kv_tok_matcher *m, int normalized);
 

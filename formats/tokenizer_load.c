@@ -145,6 +145,11 @@ static int get_prepend_scheme(const load_ctx *c, const cJSON *obj, const char *f
 }
 
 static int push_norm(const load_ctx *c, kv_tokenizer *t, kv_tok_norm_step step) {
+    if (t->n_norm >= KV_TOK_MAX_STEPS) {
+        free(step.pat.s);
+        free(step.with.s);
+        return bad(c, KV_EUNSUPPORTED, "normalizer", "more than %d steps", KV_TOK_MAX_STEPS);
+    }
     kv_tok_norm_step *p = realloc(t->norm, (size_t)(t->n_norm + 1) * sizeof *p);
     if (!p) {
         free(step.pat.s);
@@ -224,6 +229,11 @@ static int parse_pre_tokenizer(const load_ctx *c, kv_tokenizer *t, const cJSON *
 }
 
 static int push_dec(const load_ctx *c, kv_tokenizer *t, kv_tok_dec_step step) {
+    if (t->n_dec >= KV_TOK_MAX_STEPS) {
+        free(step.pat.s);
+        free(step.with.s);
+        return bad(c, KV_EUNSUPPORTED, "decoder", "more than %d steps", KV_TOK_MAX_STEPS);
+    }
     kv_tok_dec_step *p = realloc(t->dec, (size_t)(t->n_dec + 1) * sizeof *p);
     if (!p) {
         free(step.pat.s);
@@ -286,7 +296,7 @@ static int parse_decoder(const load_ctx *c, kv_tokenizer *t, const cJSON *d, con
 }
 
 /* model.vocab -> piece[] (ids dense over vocab and added tokens; checked by the caller) */
-static int parse_vocab(const load_ctx *c, const cJSON *vocab, int *max_id) {
+static int parse_vocab(const load_ctx *c, const cJSON *vocab, int *max_id, int *n_entries) {
     int i = 0;
     char f[300];
     if (!cJSON_IsObject(vocab)) return bad(c, KV_EFORMAT, "model.vocab", vocab ? "not an object" : "missing");
@@ -299,6 +309,7 @@ static int parse_vocab(const load_ctx *c, const cJSON *vocab, int *max_id) {
         if (id > *max_id) *max_id = id;
     }
     if (i == 0) return bad(c, KV_EFORMAT, "model.vocab", "empty");
+    *n_entries = i;
     return 0;
 }
 
@@ -520,9 +531,15 @@ static int build_added(const load_ctx *c, kv_tokenizer *t, const added_entry *a,
         d->special = (unsigned char)a[i].special;
         if (d->normalized) {
             kv_tok_buf b = {0};
-            if (kv_tok_normalize(t, a[i].content, strlen(a[i].content), &b)) {
+            size_t n = strlen(a[i].content);
+            int rc = kv_tok_normalize(t, a[i].content, n, &b);
+            if (rc) {
+                char f[64];
                 free(b.s);
-                return oom(c);
+                if (rc != KV_EUNSUPPORTED) return oom(c);
+                return bad(c, KV_EUNSUPPORTED, idx(f, sizeof f, "added_tokens", i),
+                           "the normalizer grows its %zu bytes past %d x + %d bytes; such a normalizer is not "
+                           "supported", n, KV_TOK_GROWTH, KV_TOK_GROWTH_SLACK);
             }
             d->match.s = b.s ? b.s : calloc(1, 1);
             d->match.n = b.n;
@@ -530,13 +547,37 @@ static int build_added(const load_ctx *c, kv_tokenizer *t, const added_entry *a,
         } else if (str_dup(&d->match, a[i].content, strlen(a[i].content))) {
             return oom(c);
         }
+        if (d->match.n > KV_TOK_MAX_ADDED_BYTES) {
+            char f[64];
+            return bad(c, KV_EUNSUPPORTED, idx(f, sizeof f, "added_tokens", i), "%zu bytes%s, more than %d", d->match.n,
+                       d->normalized ? " once normalized" : "", KV_TOK_MAX_ADDED_BYTES);
+        }
     }
     if (kv_tok_matcher_build(t, &t->match_raw, 0) || kv_tok_matcher_build(t, &t->match_norm, 1)) return oom(c);
     return 0;
 }
 
+/* Dense ids 0..max_id need at least max_id + 1 entries. When there are fewer, names the
+ * smallest missing id (one below the entry count is missing) using a bitmap sized by the
+ * entries: nothing is sized by the ids themselves. */
+static int check_dense(const load_ctx *c, const cJSON *vocab, const added_entry *a, int n_added, int max_id,
+                       int n_vocab) {
+    size_t n_entries = (size_t)n_vocab + (size_t)n_added;
+    if ((size_t)max_id < n_entries) return 0;
+    unsigned char *seen = calloc(n_entries + 1, 1);
+    if (!seen) return oom(c);
+    for (const cJSON *e = vocab->child; e; e = e->next)
+        if ((size_t)e->valuedouble < n_entries) seen[(size_t)e->valuedouble] = 1;
+    for (int i = 0; i < n_added; i++)
+        if ((size_t)a[i].id < n_entries) seen[a[i].id] = 1;
+    size_t missing = 0;
+    while (seen[missing]) missing++;
+    free(seen);
+    return bad(c, KV_EFORMAT, "model.vocab", "no token has id %zu (ids must be 0..%d)", missing, max_id);
+}
+
 static int load_tree(const load_ctx *c, kv_tokenizer *t, const cJSON *root) {
-    int rc, max_id = -1, n_added = 0;
+    int rc, max_id = -1, n_added = 0, n_vocab = 0;
     added_entry *added = NULL;
     if (!cJSON_IsObject(root)) return kv_fail(c->err, KV_EFORMAT, "%s: top level is not a JSON object", c->file);
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
@@ -546,8 +587,10 @@ static int load_tree(const load_ctx *c, kv_tokenizer *t, const cJSON *root) {
     if (strcmp(type, "BPE")) return bad(c, KV_EUNSUPPORTED, "model.type", "model '%s' is not supported (only BPE)", type);
     t->model = KV_TOK_MODEL_BPE;
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
-    if ((rc = parse_vocab(c, vocab, &max_id))) return rc;
+    if ((rc = parse_vocab(c, vocab, &max_id, &n_vocab))) return rc;
     if ((rc = parse_added(c, cJSON_GetObjectItemCaseSensitive(root, "added_tokens"), &added, &n_added, &max_id))) return rc;
+    /* ids must be dense: checked here, before any table is sized by the largest id */
+    if ((rc = check_dense(c, vocab, added, n_added, max_id, n_vocab))) goto done;
     t->n_ids = max_id + 1;
     t->piece = calloc((size_t)t->n_ids, sizeof *t->piece);
     t->flags = calloc((size_t)t->n_ids, 1);

@@ -68,10 +68,11 @@ static size_t pair_hash(uint64_t key) {
 
 int kv_tok_mergemap_init(kv_tok_mergemap *m, size_t n_entries) {
     size_t cap = table_size(n_entries);
-    m->slots = cap ? malloc(cap * sizeof *m->slots) : NULL;
+    m->slots = cap && cap <= SIZE_MAX / sizeof *m->slots ? malloc(cap * sizeof *m->slots) : NULL;
     if (!m->slots) return KV_ENOMEM;
     for (size_t i = 0; i < cap; i++) m->slots[i].key = UINT64_MAX;
     m->mask = cap - 1;
+    m->count = 0;
     return 0;
 }
 
@@ -85,12 +86,29 @@ void kv_tok_mergemap_put(kv_tok_mergemap *m, int left, int right, int rank, int 
     for (size_t i = pair_hash(key) & m->mask;; i = (i + 1) & m->mask) {
         kv_tok_merge_slot *s = &m->slots[i];
         if (s->key == UINT64_MAX || s->key == key) {
+            if (s->key == UINT64_MAX) m->count++;
             s->key = key;
             s->rank = rank;
             s->new_id = new_id;
             return;
         }
     }
+}
+
+int kv_tok_mergemap_add(kv_tok_mergemap *m, int left, int right, int rank, int new_id) {
+    if (2 * (m->count + 1) > m->mask + 1) { /* keep it at most half full: double and rehash */
+        kv_tok_mergemap bigger;
+        if (m->mask + 1 > SIZE_MAX / 4 || kv_tok_mergemap_init(&bigger, m->mask + 1)) return KV_ENOMEM;
+        for (size_t i = 0; i <= m->mask; i++) {
+            const kv_tok_merge_slot *s = &m->slots[i];
+            if (s->key != UINT64_MAX)
+                kv_tok_mergemap_put(&bigger, (int)(uint32_t)(s->key >> 32), (int)(uint32_t)s->key, s->rank, s->new_id);
+        }
+        free(m->slots);
+        *m = bigger;
+    }
+    kv_tok_mergemap_put(m, left, right, rank, new_id);
+    return 0;
 }
 
 const kv_tok_merge_slot *kv_tok_mergemap_get(const kv_tok_mergemap *m, int left, int right) {

@@ -8,8 +8,7 @@
 #include "base/fileio.h"
 #include "base/sha256.h"
 #include "formats/safetensors.h"
-
-#define STATE_FORMAT "kvforge-distill-state-1"
+#include "transform/train/distill_state.h"
 
 static const char *const KINDS[3] = {"param.", "adam_m.", "adam_v."};
 
@@ -83,7 +82,7 @@ int distill_ckpt_save(const char *dir, const char *path, const char *fingerprint
     snprintf(step, sizeof step, "%ld", meta->step);
     snprintf(tokens, sizeof tokens, "%ld", meta->tokens_trained);
     snprintf(secs, sizeof secs, "%.17g", meta->seconds);
-    const char *kv[] = {"format", STATE_FORMAT, "step", step, "tokens_trained", tokens,
+    const char *kv[] = {"format", DISTILL_STATE_FORMAT, "step", step, "tokens_trained", tokens,
                         "seconds", secs, "fingerprint", fingerprint};
     if (!(rc = kv_mkdir_p(dir, err))) rc = st_write_file(path, specs, data, n, kv, 5, err);
 out:
@@ -94,46 +93,22 @@ out:
     return rc;
 }
 
-static int meta_long(const st_file *f, const char *key, long *out, kv_error *err) {
-    const char *v = st_meta(f, key);
-    char *end;
-    if (!v || (*out = strtol(v, &end, 10), *end) || *out < 0)
-        return kv_fail(err, KV_EFORMAT, "%s: metadata '%s' missing or bad", f->path, key);
-    return 0;
-}
-
 int distill_ckpt_load(const char *path, const char *fingerprint, long total_steps,
                       const kvt_optim *o, distill_ckpt_meta *meta, kv_error *err) {
     st_file f;
     int rc = st_open(&f, path, err);
     if (rc) return rc;
-    const char *fmt = st_meta(&f, "format"), *fp = st_meta(&f, "fingerprint");
-    const char *secs = st_meta(&f, "seconds");
-    if (!fmt || strcmp(fmt, STATE_FORMAT)) {
-        rc = kv_fail(err, KV_EFORMAT, "%s: not a kvdistill checkpoint", path);
-        goto out;
-    }
-    if (!fp || strcmp(fp, fingerprint)) {
-        rc = kv_fail(err, KV_EINVAL, "%s: made with other options, data or student; resume with "
-                     "the same command line as the interrupted run", path);
-        goto out;
-    }
-    if ((rc = meta_long(&f, "step", &meta->step, err)) ||
-        (rc = meta_long(&f, "tokens_trained", &meta->tokens_trained, err)))
-        goto out;
-    if (meta->step > total_steps) {
-        rc = kv_fail(err, KV_EFORMAT, "%s: step %ld beyond %ld", path, meta->step, total_steps);
-        goto out;
-    }
-    meta->seconds = secs ? atof(secs) : 0;
+    distill_state st;
+    if ((rc = distill_state_read(&f, fingerprint, total_steps, &st, err))) goto out;
+    meta->step = st.step;
+    meta->tokens_trained = st.tokens_trained;
+    meta->seconds = st.seconds;
     for (int i = 0; i < o->n && !rc; i++)
         for (int k = 0; k < 3; k++) {
-            char name[KVT_NAME_MAX + 16];
-            snprintf(name, sizeof name, "%s%s", KINDS[k], o->p[i]->name);
-            const st_tensor *t = st_find(&f, name);
-            if (!t || t->dtype != KV_F32 || t->n_elements != o->p[i]->n) {
-                rc = kv_fail(err, KV_EFORMAT, "%s: tensor '%s' missing or of the wrong shape",
-                             path, name);
+            const st_tensor *t = distill_state_tensor(&f, KINDS[k], o->p[i]->name, o->p[i]->n);
+            if (!t) {
+                rc = kv_fail(err, KV_EFORMAT, "%s: tensor '%s%s' missing or of the wrong shape",
+                             path, KINDS[k], o->p[i]->name);
                 break;
             }
             if ((rc = o->b->ops->upload(o->b, state_array(o, i, k), t->data, t->n_bytes, err)))

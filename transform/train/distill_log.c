@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "base/fileio.h"
+#include "transform/train/distill_state.h"
 
 int distill_log_open(distill_log *l, const char *path, int append, kv_error *err) {
     snprintf(l->path, sizeof l->path, "%s", path);
@@ -34,16 +35,7 @@ int distill_log_trim(const char *path, long step, kv_error *err) {
     size_t len = 0;
     int rc = kv_read_file(path, &text, &len, (size_t)1 << 32, err);
     if (rc) return rc;
-    size_t keep = 0;
-    for (char *line = text; *line;) {
-        char *nl = strchr(line, '\n');
-        if (!nl) break; /* a torn last line goes */
-        long s = -1;
-        if (sscanf(line, "{\"step\": %ld", &s) != 1 || s > step) break;
-        keep = (size_t)(nl + 1 - text);
-        line = nl + 1;
-    }
-    rc = kv_write_file_atomic(path, text, keep, err);
+    rc = kv_write_file_atomic(path, text, distill_log_keep(text, step), err);
     free(text);
     return rc;
 }
