@@ -55,6 +55,7 @@ typedef struct {
     kvb_file files[KVB_MAX_FILES];
     int n_meta;
     char **meta_keys, **meta_values; /* the source's safetensors __metadata__ */
+    kv_map *map;                    /* the KV map of the manifest's config (equal to its kv_map) */
 } kvb_manifest;
 
 /* an open bundle (formats/bundle_read.c opens it, bundle_load.c decodes it) */

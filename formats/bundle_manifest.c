@@ -150,6 +150,7 @@ void kvb_manifest_free(kvb_manifest *m) {
     }
     free(m->meta_keys);
     free(m->meta_values);
+    free(m->map);
     memset(m, 0, sizeof *m);
 }
 
@@ -301,21 +302,22 @@ static int parse_root(kvb_manifest *m, const cJSON *root, const char *label, kv_
     if (!(m->architecture = strdup(arch->valuestring))) return kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
     const cJSON *config = field(root, "config");
     if (!cJSON_IsObject(config)) return kv_fail(err, KV_EFORMAT, "%s: manifest: 'config' is not an object", label);
-    kv_map *map = malloc(sizeof *map);
+    kv_map *map = m->map = malloc(sizeof *map);
     if (!map) return kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
     char config_label[512];
     snprintf(config_label, sizeof config_label, "%s: manifest config", label);
     int rc = kvb_kv_map(config, map, config_label, err);
-    const cJSON *targets = field(root, "kv_map");
-    const int L = map->n_layers;
-    int same = !rc && cJSON_IsArray(targets) && cJSON_GetArraySize(targets) == L;
-    for (int i = 0; same && i < L; i++) {
-        long long v;
-        same = json_int(cJSON_GetArrayItem(targets, i), 0, L, &v) == 0 && v == kvmap_target(map, i);
-    }
-    free(map);
     if (rc) return rc;
-    if (!same) return kv_fail(err, KV_EFORMAT, "%s: manifest: 'kv_map' does not match the config's KV map", label);
+    const cJSON *targets = field(root, "kv_map"), *t;
+    int same = cJSON_IsArray(targets), i = 0;
+    cJSON_ArrayForEach(t, targets) { /* one pass: indexing a cJSON array is linear per item */
+        long long v;
+        same = same && i < map->n_layers && json_int(t, 0, map->n_layers, &v) == 0 &&
+               v == kvmap_target(map, i);
+        i++;
+    }
+    if (!same || i != map->n_layers)
+        return kv_fail(err, KV_EFORMAT, "%s: manifest: 'kv_map' does not match the config's KV map", label);
 
     const cJSON *meta = field(root, "safetensors_metadata");
     if (!cJSON_IsObject(meta)) return kv_fail(err, KV_EFORMAT, "%s: manifest: 'safetensors_metadata' is not an object", label);
@@ -346,7 +348,8 @@ static int parse_root(kvb_manifest *m, const cJSON *root, const char *label, kv_
     int n = cJSON_GetArraySize(tensors);
     if (!(m->tensors = calloc((size_t)n + 1, sizeof *m->tensors))) return kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
     uint64_t raw_end = 0;
-    int chunk_cap = 0, i = 0;
+    int chunk_cap = 0;
+    i = 0;
     cJSON_ArrayForEach(e, tensors) {
         m->n_tensors = i + 1; /* so free() sees the name */
         if ((rc = parse_tensor(m, i, e, &raw_end, &chunk_cap, label, err))) return rc;

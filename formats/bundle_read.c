@@ -251,6 +251,32 @@ static int read_files(walker *w, kv_error *err) {
     return 0;
 }
 
+/* The JSON files hold no NUL byte (readers take them as C strings: text after one would be
+ * ignored, unseen by the digest's meaning), and the embedded config.json describes the same KV
+ * map as the manifest that lists the bundle's tensors. */
+static int check_embedded_json(kv_bundle *b, kv_error *err) {
+    for (int i = 0; i < b->m.n_files; i++) {
+        const kvb_file *f = &b->m.files[i];
+        const size_t n = strlen(f->name);
+        const char *nul = memchr(b->file_data[i], 0, (size_t)f->size);
+        if (n >= 5 && strcmp(f->name + n - 5, ".json") == 0 && nul)
+            return kv_fail(err, KV_EFORMAT, "%s: file '%s': NUL byte at offset %zu (not JSON text)", b->path,
+                           f->name, (size_t)(nul - b->file_data[i]));
+    }
+    size_t n_config = 0;
+    const char *text = kv_bundle_file(b, "config.json", &n_config);
+    cJSON *config = text ? cJSON_ParseWithLength(text, n_config) : NULL;
+    if (!config) return kv_fail(err, KV_EFORMAT, "%s: file 'config.json' is not JSON", b->path);
+    kv_map map;
+    char label[600];
+    snprintf(label, sizeof label, "%s: file 'config.json'", b->path);
+    int rc = kvb_kv_map(config, &map, label, err);
+    cJSON_Delete(config);
+    if (!rc && !kvmap_equal(&map, b->m.map))
+        rc = kv_fail(err, KV_EFORMAT, "%s: file 'config.json' describes another KV map than the manifest", b->path);
+    return rc;
+}
+
 /* the tensor table as st_file / st_checkpoint (data pointers set by a load) */
 static int build_view(kv_bundle *b, kv_error *err) {
     const kvb_manifest *m = &b->m;
@@ -357,6 +383,7 @@ int kv_bundle_open(kv_bundle **out, const char *path, kv_error *err) {
     if (!rc) rc = read_tensor_data(&w, err);
     if (!rc) rc = read_files(&w, err);
     if (!rc) rc = expect_end(&w, err);
+    if (!rc) rc = check_embedded_json(b, err);
     if (w.a) archive_read_free(w.a);
     if (!rc) rc = build_view(b, err);
     if (rc) {

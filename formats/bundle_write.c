@@ -71,6 +71,11 @@ static int read_model_files(kvb_manifest *m, model_files *f, const char *dir, kv
         int i = m->n_files;
         size_t n = 0;
         if ((rc = kv_read_file(path, &f->bytes[i], &n, KV_BUNDLE_MAX_FILE, err))) return rc;
+        const size_t name_len = strlen(name);
+        const char *nul = memchr(f->bytes[i], 0, n);
+        if (nul && name_len >= 5 && strcmp(name + name_len - 5, ".json") == 0)
+            return kv_fail(err, KV_EFORMAT, "%s: NUL byte at offset %zu (not JSON text)", path,
+                           (size_t)(nul - f->bytes[i]));
         kvb_file *e = &m->files[i];
         m->n_files++;
         e->name = name;

@@ -2,6 +2,7 @@
 #include "formats/json_field.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* NULL when absent or JSON null */
@@ -102,11 +103,25 @@ int json_get_string(const cJSON *obj, const char *label, const char *name, size_
     return 0;
 }
 
+static int key_order(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 int json_unique_keys(const cJSON *obj, const char *label, const char *where, kv_error *err) {
+    size_t n = 0;
+    for (const cJSON *a = obj->child; a; a = a->next) n += a->string != NULL;
+    if (n < 2) return 0;
+    /* sorted once, then neighbours compared: O(n log n) for objects of any size */
+    const char **keys = malloc(n * sizeof *keys);
+    if (!keys) return kv_fail(err, KV_ENOMEM, "%s: out of memory checking %skeys", label, where);
+    n = 0;
     for (const cJSON *a = obj->child; a; a = a->next)
-        for (const cJSON *b = a->next; b; b = b->next)
-            if (a->string && b->string && strcmp(a->string, b->string) == 0)
-                return kv_fail(err, KV_EFORMAT, "%s: %skey '%s' appears twice", label, where,
-                               a->string);
-    return 0;
+        if (a->string) keys[n++] = a->string;
+    qsort(keys, n, sizeof *keys, key_order);
+    int rc = 0;
+    for (size_t i = 1; i < n && !rc; i++)
+        if (strcmp(keys[i - 1], keys[i]) == 0)
+            rc = kv_fail(err, KV_EFORMAT, "%s: %skey '%s' appears twice", label, where, keys[i]);
+    free(keys);
+    return rc;
 }

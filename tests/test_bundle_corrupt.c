@@ -324,6 +324,11 @@ static void m_bomb(cJSON *m) { /* a chunk claiming more than the 64 MiB chunk bo
     cJSON_SetNumberValue(cJSON_GetArrayItem(cJSON_GetArrayItem(cJSON_GetObjectItem(t, "chunks"), 0), 0), 1e12);
 }
 static void m_kv_map(cJSON *m) { cJSON_SetNumberValue(cJSON_GetArrayItem(cJSON_GetObjectItem(m, "kv_map"), 1), 0); }
+/* the manifest's config says layer 1 reads layer 0, its kv_map agrees; config.json does not */
+static void m_config_map(cJSON *m) {
+    cJSON_AddStringToObject(cJSON_GetObjectItem(m, "config"), "layer_types", "0_0");
+    cJSON_SetNumberValue(cJSON_GetArrayItem(cJSON_GetObjectItem(m, "kv_map"), 1), 0);
+}
 static void m_sha(cJSON *m) {
     cJSON *t = cJSON_GetArrayItem(cJSON_GetObjectItem(m, "tensors"), 2);
     char hex[65];
@@ -345,6 +350,7 @@ static void check_manifest_rewrites(void) {
         {m_file_name, KV_EFORMAT, "may carry", "file name with a path"},
         {m_bomb, KV_EFORMAT, "raw size", "chunk size above the bound"},
         {m_kv_map, KV_EFORMAT, "kv_map", "kv_map inconsistent with the config"},
+        {m_config_map, KV_EFORMAT, "another KV map than the manifest", "config.json's map not the manifest's"},
         {m_sha, KV_ECHECKSUM, "tensor 'c.weight': sha256 mismatch", "tensor digest changed"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -375,6 +381,63 @@ static void check_manifest_rewrites(void) {
     r[0].size = strlen(text);
     expect_error(r, 5, KV_ECHECKSUM, "manifest is corrupted", "manifest edited, digest kept");
     free(text);
+}
+
+/* config.json replaced by `bytes` (stored raw), the manifest's entry and digests updated */
+static void expect_config_refused(const char *bytes, size_t n, const char *want_text, const char *what) {
+    entry e[16];
+    if (good_entries(e, 16) != 5) return;
+    int at = -1;
+    for (int i = 0; i < 5; i++)
+        if (strncmp(e[i].name, "config.json", 11) == 0) at = i;
+    CHECK(at >= 0, "%s: config.json entry", what);
+    if (at < 0) return;
+    cJSON *m = cJSON_ParseWithLength(e[0].bytes, e[0].size);
+    cJSON *f = cJSON_GetArrayItem(cJSON_GetObjectItem(m, "files"), 0);
+    uint8_t d[32];
+    char hex[65], line[128];
+    kv_sha256(bytes, n, d);
+    kv_sha256_hex(d, hex);
+    cJSON_ReplaceItemInObject(f, "codec", cJSON_CreateString("raw"));
+    cJSON_ReplaceItemInObject(f, "entry", cJSON_CreateString("config.json"));
+    cJSON_ReplaceItemInObject(f, "size", cJSON_CreateNumber((double)n));
+    cJSON_ReplaceItemInObject(f, "stored_size", cJSON_CreateNumber((double)n));
+    cJSON_ReplaceItemInObject(f, "sha256", cJSON_CreateString(hex));
+    char *text = cJSON_PrintUnformatted(m);
+    cJSON_Delete(m);
+    kv_sha256(text, strlen(text), d);
+    kv_sha256_hex(d, hex);
+    snprintf(line, sizeof line, "%s  manifest.json\n", hex);
+    entry r[5] = {e[0], e[1], e[2], e[3], e[4]};
+    r[0].bytes = text;
+    r[0].size = strlen(text);
+    r[1].bytes = line;
+    r[1].size = strlen(line);
+    r[at] = (entry){.name = "config.json", .bytes = bytes, .size = n};
+    expect_error(r, 5, KV_EFORMAT, want_text, what);
+    free(text);
+}
+
+/* the embedded config.json is read as text by the runtime: it must say what the manifest says */
+static void check_embedded_config(void) {
+    static const char with_nul[] = "{\"architectures\":[\"LlamaForCausalLM\"],\"num_hidden_layers\":2,"
+                                   "\"hidden_size\":16}\0{\"layer_types\":\"0_0\"}";
+    expect_config_refused(with_nul, sizeof with_nul - 1, "NUL byte at offset 77", "config.json with a NUL byte");
+    static const char other_map[] = "{\"architectures\":[\"LlamaForCausalLM\"],\"num_hidden_layers\":2,"
+                                    "\"hidden_size\":16,\"layer_types\":\"0_0\"}";
+    expect_config_refused(other_map, sizeof other_map - 1, "another KV map than the manifest",
+                          "config.json with another map than the manifest");
+    /* the writer refuses such a config.json in the first place */
+    char dir[700], path[800];
+    kv_error err = {0};
+    snprintf(dir, sizeof dir, "%s/nul_model", root);
+    CHECK(make_model(dir) == 0, "nul model");
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    CHECK(kv_write_file_atomic(path, with_nul, sizeof with_nul - 1, &err) == 0, "write config: %s", err.msg);
+    snprintf(path, sizeof path, "%s/nul.kvb", root);
+    kv_bundle_opts o = {.chunk_size = 4096, .threads = 1};
+    CHECK(kv_bundle_write(dir, path, &o, &err) == KV_EFORMAT && strstr(err.msg, "NUL byte"),
+          "writer took a config.json with a NUL byte: %s", err.msg);
 }
 
 static int dir_entries(const char *dir) {
@@ -438,6 +501,7 @@ int main(void) {
     check_truncated_and_padded();
     check_entries();
     check_manifest_rewrites();
+    check_embedded_config();
     check_nothing_left_behind();
 
     free(good);

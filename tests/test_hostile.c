@@ -379,6 +379,28 @@ static int st_many_meta(void *arg) {
     return 0;
 }
 
+/* config.json with 200k keys: the duplicate-key check sorts once instead of comparing pairs */
+static int config_many_keys(void *arg) {
+    (void)arg;
+    enum { N = 200000 };
+    sbuf b = {0};
+    sb_printf(&b, "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":8,\"intermediate_size\":16,"
+                  "\"num_hidden_layers\":2,\"num_attention_heads\":2,\"vocab_size\":32");
+    for (int i = 0; i < N; i++) sb_printf(&b, ",\"x%06d\":0", i);
+    sb_printf(&b, "}");
+    hf_config c;
+    kv_error err = {0};
+    int rc = hf_config_parse(&c, b.s, "config.json", &err);
+    EXPECT(rc == 0 && c.n_layers == 2, "many keys: rc %d '%s'", rc, err.msg);
+    char *dup = strstr(b.s, "\"x100001\"");
+    EXPECT(dup != NULL, "x100001 in the text");
+    dup[7] = '2'; /* x100001 -> x100002, now there twice */
+    rc = hf_config_parse(&c, b.s, "config.json", &err);
+    EXPECT(rc == KV_EFORMAT && strstr(err.msg, "'x100002' appears twice"), "repeated key: rc %d '%s'", rc, err.msg);
+    free(b.s);
+    return 0;
+}
+
 /* a file parsed from memory carries its label as path; llama_view reads it when it names the
  * file in an error (it used to read a NULL path: a crash) */
 static int st_parse_label(void *arg) {
@@ -540,6 +562,7 @@ int main(void) {
     bounded("index: 100k tensors, one not listed", index_unlisted, NULL, 256, 10);
     bounded("safetensors: 200k metadata keys", st_many_meta, NULL, 256, 10);
     bounded("safetensors: parsed from memory, bound to a config", st_parse_label, NULL, 64, 20);
+    bounded("config.json: 200k keys", config_many_keys, NULL, 256, 5);
     bounded("distill: 400k-line train log trimmed", distill_log, NULL, 256, 5);
     test_distill_state();
     test_bundle_deep_json();
