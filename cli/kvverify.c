@@ -1,14 +1,20 @@
 /* kvverify: parity and integrity checks. Exit 0 = verified, 1 = a check failed or could not run,
  * 2 = usage error. */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
+#include "base/fileio.h"
 #include "formats/bundle.h"
+#include "formats/tokenizer.h"
 #include "kernels/backend.h"
 #include "kernels/parity.h"
+#include "runtime/model_source.h"
 #include "verify/logits_parity.h"
+#include "verify/model_parity.h"
 #include "verify/tensor_compare.h"
 
 static const char *TOOL = "kvverify";
@@ -29,6 +35,20 @@ static void usage(void) {
            "  logits A.st B.st        compare two logits dumps (kvrun --logits-out, goldens)\n"
            "      --atol X            max |a-b| allowed (default 1e-4)\n"
            "      --batch-a N, --batch-b N   row of a [B, T, V] file\n"
+           "  model A [B]             logits of model A on the CPU against A on --device cuda\n"
+           "                          (one model), or teacher A against student B on --device\n"
+           "                          (cpu by default): max|a-b|, KL, top-1 agreement, ppl\n"
+           "      --text FILE         text to run (default: a built-in paragraph), tokenized\n"
+           "                          with A's tokenizer, split into windows\n"
+           "      --ctx N             window length in tokens (default 128)\n"
+           "      --max-windows N     at most N windows (default 8; 0: all)\n"
+           "      --kv-dtype f32|bf16 KV-cache element type (default f32)\n"
+           "      --prefill MODE      iterative[:N] or sequential (maps with upward layers)\n"
+           "      --atol X            fail when max|a-b| > X (one model: default 1e-3)\n"
+           "      --max-kl X          fail when the mean KL(A || B) per position > X nats\n"
+           "      --min-top1 F        fail when top-1 agreement < F (a fraction, 0..1)\n"
+           "      --max-ppl-delta F   fail when ppl(B) / ppl(A) - 1 > F\n"
+           "      --threads N         CPU threads (default 2)\n"
            "  tensors A B             compare two checkpoints tensor by tensor (model\n"
            "                          directories or .safetensors files): same names and\n"
            "                          shapes; per tensor max|a-b| / max|b| within --rtol\n"
@@ -40,12 +60,16 @@ static void usage(void) {
 }
 
 enum { O_JSON = 256, O_SEED, O_ALLOW, O_ATOL, O_BA, O_BB, O_VERSION, O_FILTER, O_DEVICE,
-       O_THREADS, O_EXACT, O_RTOL };
+       O_THREADS, O_EXACT, O_RTOL, O_TEXT, O_CTX, O_WINDOWS, O_KVDTYPE, O_PREFILL, O_MAXKL,
+       O_MINTOP1, O_MAXPPL };
 static const struct option opts[] = {
     {"json", 0, 0, O_JSON}, {"seed", 1, 0, O_SEED}, {"allow-no-device", 0, 0, O_ALLOW},
     {"atol", 1, 0, O_ATOL}, {"batch-a", 1, 0, O_BA}, {"batch-b", 1, 0, O_BB},
     {"filter", 1, 0, O_FILTER}, {"device", 1, 0, O_DEVICE}, {"threads", 1, 0, O_THREADS},
-    {"exact", 0, 0, O_EXACT}, {"rtol", 1, 0, O_RTOL},
+    {"exact", 0, 0, O_EXACT}, {"rtol", 1, 0, O_RTOL}, {"text", 1, 0, O_TEXT},
+    {"ctx", 1, 0, O_CTX}, {"max-windows", 1, 0, O_WINDOWS}, {"kv-dtype", 1, 0, O_KVDTYPE},
+    {"prefill", 1, 0, O_PREFILL}, {"max-kl", 1, 0, O_MAXKL}, {"min-top1", 1, 0, O_MINTOP1},
+    {"max-ppl-delta", 1, 0, O_MAXPPL},
     {"help", 0, 0, 'h'}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
 
 typedef struct {
@@ -55,6 +79,12 @@ typedef struct {
     long seed;
     double atol;
     double rtol; /* tensors */
+    /* model */
+    const char *device, *text_path;
+    int atol_set, ctx, max_windows;
+    kv_dtype kv_dtype;
+    kv_prefill prefill;
+    double max_kl, min_top1, max_ppl_delta; /* < 0: no gate */
 } verify_opts;
 
 /* JSON string body: the names and messages here are plain text, but quote and escape anyway */
@@ -206,9 +236,141 @@ static int cmd_tensors(const verify_opts *o, const char *a, const char *b) {
     return 0;
 }
 
+/* ---- model ------------------------------------------------------------------------------- */
+
+static const char DEFAULT_TEXT[] =
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun "
+    "with her dog, Max. One day, Lily and Max went to the park. They saw a big tree with red "
+    "apples. Lily wanted an apple, but the tree was too tall. Max barked and ran around the tree. "
+    "Then a kind old man came and picked an apple for Lily. She said thank you and shared the "
+    "apple with Max. They were very happy and went home to tell Mom about their fun day.";
+
+typedef struct {
+    kv_model m;
+    kv_bundle *bundle;
+    int open;
+} opened_model;
+
+static int open_one(opened_model *om, const char *path, int threads, kv_error *err) {
+    int rc = kv_model_open_path(&om->m, &om->bundle, path, threads, err);
+    om->open = rc == 0;
+    return rc;
+}
+
+static void close_one(opened_model *om) {
+    if (!om->open) return;
+    kv_model_free(&om->m);
+    if (om->bundle) kv_bundle_close(om->bundle);
+    om->open = 0;
+}
+
+/* the text's ids, without BOS (the windows open with it) */
+static int model_tokens(const verify_opts *o, const char *path, const opened_model *a, int **ids,
+                        int *n, kv_error *err) {
+    char *text = NULL;
+    size_t len = 0;
+    int rc = 0;
+    if (o->text_path && (rc = kv_read_file(o->text_path, &text, &len, (size_t)1 << 30, err)))
+        return rc;
+    kv_tokenizer *tk = NULL;
+    if (!(rc = kv_tokenizer_open_path(&tk, a->bundle, path, err)))
+        rc = kv_tokenizer_encode(tk, text ? text : DEFAULT_TEXT, text ? len : strlen(DEFAULT_TEXT),
+                                 0, ids, n, err);
+    kv_tokenizer_free(tk);
+    free(text);
+    return rc;
+}
+
+static int cmd_model(const verify_opts *o, const char *path_a, const char *path_b) {
+    kv_error err = {0};
+    const char *device = o->device ? o->device : path_b ? "cpu" : "cuda";
+    kv_device dev_kind;
+    kv_device_parse(&dev_kind, device, &err);
+    if (!path_b && dev_kind == KV_DEVICE_CPU)
+        return cli_usage_error(TOOL, "model with one model compares the CPU with --device cuda; "
+                                     "give a second model to compare two models on the CPU");
+    kv_backend ref = {0}, dev = {0};
+    opened_model a = {0}, b = {0};
+    int *ids = NULL, n = 0, rc, status = EXIT_FAIL;
+    /* one model: A on the CPU (reference) and A on the device; two: both on the device */
+    if ((rc = kv_backend_init(&dev, device, o->threads, &err))) {
+        if (rc == KV_EUNSUPPORTED)
+            cli_error(TOOL, "model: %s%s (not verified)",
+                      strstr(err.msg, "no CUDA device found") ? "" : "no CUDA device found: ", err.msg);
+        else
+            cli_fail(TOOL, &err);
+        return EXIT_FAIL;
+    }
+    if (!path_b && (rc = kv_backend_cpu_init(&ref, o->threads, &err))) goto out;
+    if ((rc = open_one(&a, path_a, o->threads, &err))) goto out;
+    if (path_b && (rc = open_one(&b, path_b, o->threads, &err))) goto out;
+    if ((rc = model_tokens(o, path_a, &a, &ids, &n, &err))) goto out;
+    const kv_model_parity_opts po = {.ctx = o->ctx, .bos = a.m.cfg.bos_token_id, .max_windows = o->max_windows,
+                                     .kv_cache_dtype = o->kv_dtype, .prefill = o->prefill};
+    kv_model_parity r;
+    if (path_b)
+        rc = kv_model_parity_run(&r, &dev, &a.m, &dev, &b.m, ids, n, &po, &err);
+    else
+        rc = kv_model_parity_run(&r, &ref, &a.m, &dev, &a.m, ids, n, &po, &err);
+    if (rc) goto out;
+    const kv_logits_report *l = &r.logits;
+    const double atol = o->atol_set ? o->atol : path_b ? -1 : 1e-3;
+    const double top1 = l->n_positions ? (double)l->argmax_agree / l->n_positions : 0;
+    const double ppl_a = exp(r.nll_a), ppl_b = exp(r.nll_b), ppl_delta = ppl_b / ppl_a - 1;
+    const int fail_abs = atol >= 0 && !(l->max_abs <= atol);
+    const int fail_kl = o->max_kl >= 0 && !(l->mean_kl <= o->max_kl);
+    const int fail_top1 = o->min_top1 >= 0 && !(top1 >= o->min_top1);
+    const int fail_ppl = o->max_ppl_delta >= 0 && !(ppl_delta <= o->max_ppl_delta);
+    const int gated = atol >= 0 || o->max_kl >= 0 || o->min_top1 >= 0 || o->max_ppl_delta >= 0;
+    const int pass = !(fail_abs || fail_kl || fail_top1 || fail_ppl);
+    const char *name_a = path_b ? "cpu" : ref.name, *name_b = dev.name;
+    if (path_b) name_a = dev.name;
+    if (o->json) {
+        printf("{\"command\":\"model\",\"a\":\"");
+        json_str(path_a);
+        printf("\",\"b\":\"");
+        json_str(path_b ? path_b : path_a);
+        printf("\",\"device_a\":\"");
+        json_str(name_a);
+        printf("\",\"device_b\":\"");
+        json_str(name_b);
+        printf("\",\"windows\":%d,\"ctx\":%d,\"positions\":%d,\"vocab\":%d,\"max_abs\":%.6g,"
+               "\"worst_position\":%d,\"mean_kl\":%.6g,\"max_kl\":%.6g,\"top1_agree\":%d,"
+               "\"top1\":%.6f,\"ppl_a\":%.6g,\"ppl_b\":%.6g,\"ppl_delta\":%.6g,\"gated\":%s,"
+               "\"pass\":%s}\n",
+               r.windows, l->n_positions / (r.windows ? r.windows : 1), l->n_positions, l->vocab,
+               l->max_abs, l->worst_position, l->mean_kl, l->max_kl, l->argmax_agree, top1, ppl_a,
+               ppl_b, ppl_delta, gated ? "true" : "false", pass ? "true" : "false");
+    } else {
+        printf("A %s (%s)\nB %s (%s)\n", path_a, name_a, path_b ? path_b : path_a, name_b);
+        printf("windows     %d x %d tokens (%d positions)\n", r.windows,
+               l->n_positions / (r.windows ? r.windows : 1), l->n_positions);
+        printf("max|a-b|    %.4g (position %d)%s\n", l->max_abs, l->worst_position,
+               fail_abs ? "  over --atol" : "");
+        printf("KL(A||B)    mean %.4g  max %.4g nats%s\n", l->mean_kl, l->max_kl,
+               fail_kl ? "  over --max-kl" : "");
+        printf("top-1       %.2f%% (%d/%d)%s\n", 100 * top1, l->argmax_agree, l->n_positions,
+               fail_top1 ? "  under --min-top1" : "");
+        printf("ppl         A %.4f  B %.4f  (%+.2f%%)%s\n", ppl_a, ppl_b, 100 * ppl_delta,
+               fail_ppl ? "  over --max-ppl-delta" : "");
+        printf("model: %s\n", !gated ? "reported (no tolerance given)" : pass ? "PASS" : "FAIL");
+    }
+    status = pass ? 0 : EXIT_FAIL;
+    if (!pass) cli_error(TOOL, "model: %s vs %s out of tolerance", path_a, path_b ? path_b : device);
+out:
+    if (rc) cli_fail(TOOL, &err);
+    free(ids);
+    close_one(&a);
+    close_one(&b);
+    kv_backend_free(&dev);
+    if (!path_b) kv_backend_free(&ref);
+    return status;
+}
+
 int main(int argc, char **argv) {
     verify_opts o = {.seed = 1, .atol = 1e-4, .batch_a = -1, .batch_b = -1, .threads = 2,
-                     .rtol = 1e-5};
+                     .rtol = 1e-5, .ctx = 128, .max_windows = 8, .kv_dtype = KV_F32,
+                     .max_kl = -1, .min_top1 = -1, .max_ppl_delta = -1};
     int c;
     long v;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -224,6 +386,7 @@ int main(int argc, char **argv) {
             kv_error e = {0};
             if (kv_device_parse(&d, optarg, &e)) return cli_usage_error(TOOL, "%s", e.msg);
             o.cpu = d == KV_DEVICE_CPU;
+            o.device = optarg;
             break;
         }
         case O_THREADS:
@@ -235,7 +398,33 @@ int main(int argc, char **argv) {
             break;
         case O_ATOL:
             if (cli_parse_double(optarg, &o.atol) || o.atol < 0) return cli_usage_error(TOOL, "bad --atol '%s'", optarg);
+            o.atol_set = 1;
             break;
+        case O_TEXT: o.text_path = optarg; break;
+        case O_CTX:
+            if (cli_parse_int(optarg, 2, 1 << 20, &v)) return cli_usage_error(TOOL, "bad --ctx '%s' (2..1048576)", optarg);
+            o.ctx = (int)v;
+            break;
+        case O_WINDOWS:
+            if (cli_parse_int(optarg, 0, 1 << 20, &v)) return cli_usage_error(TOOL, "bad --max-windows '%s'", optarg);
+            o.max_windows = (int)v;
+            break;
+        case O_KVDTYPE:
+            if (cli_parse_float_dtype(optarg, &o.kv_dtype) || o.kv_dtype == KV_F16)
+                return cli_usage_error(TOOL, "bad --kv-dtype '%s' (f32 or bf16)", optarg);
+            break;
+        case O_PREFILL: {
+            kv_error e = {0};
+            if (kv_prefill_parse(&o.prefill, optarg, &e)) return cli_usage_error(TOOL, "%s", e.msg);
+            break;
+        }
+        case O_MAXKL: case O_MINTOP1: case O_MAXPPL: {
+            double *dst = c == O_MAXKL ? &o.max_kl : c == O_MINTOP1 ? &o.min_top1 : &o.max_ppl_delta;
+            if (cli_parse_double(optarg, dst) || !(*dst >= 0) || (c == O_MINTOP1 && *dst > 1))
+                return cli_usage_error(TOOL, "bad value '%s' for --%s", optarg,
+                                       c == O_MAXKL ? "max-kl" : c == O_MINTOP1 ? "min-top1" : "max-ppl-delta");
+            break;
+        }
         case O_RTOL:
             if (cli_parse_double(optarg, &o.rtol) || !(o.rtol >= 0)) return cli_usage_error(TOOL, "bad --rtol '%s'", optarg);
             break;
@@ -262,6 +451,10 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "logits") == 0) {
         if (n_args != 2) return cli_usage_error(TOOL, "logits needs two files");
         return cmd_logits(&o, args[0], args[1]);
+    }
+    if (strcmp(cmd, "model") == 0) {
+        if (n_args < 1 || n_args > 2) return cli_usage_error(TOOL, "model needs one or two models");
+        return cmd_model(&o, args[0], n_args == 2 ? args[1] : NULL);
     }
     if (strcmp(cmd, "tensors") == 0) {
         if (n_args != 2) return cli_usage_error(TOOL, "tensors needs two checkpoints");

@@ -24,6 +24,11 @@ typedef struct {
     long n_ids_used;         /* ids[0 .. n_ids_used) took part (for a byte count) */
 } kv_ppl_result;
 
+/* The windows above: how many there are for n_ids ids (before any max_windows), and window w
+ * (< that count) written to win[ctx]; returns its length, *end = the index after its last id. */
+long kv_ppl_window_count(long n_ids, int ctx, int bos);
+int kv_ppl_window(const int32_t *ids, long n_ids, int ctx, int bos, long w, int32_t *win, long *end);
+
 /* progress (may be NULL) is called after every window with (windows done, windows in all) */
 typedef void (*kv_ppl_progress)(void *ctx, int done, int total);
 int kv_perplexity(kv_state *s, const int32_t *ids, long n_ids, const kv_ppl_opts *o,

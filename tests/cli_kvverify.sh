@@ -49,4 +49,35 @@ expect_grep "token ids differ" "$TMP/err" "token mismatch named"
 expect_rc 1 "row out of range" -- "$V" logits "$G" "$G" --batch-a 5
 expect_rc 1 "missing file" -- "$V" logits "$TMP/nope.safetensors" "$G"
 expect_grep "nope.safetensors" "$TMP/err" "missing file named"
+# model: a student against its teacher on the CPU; ppl as kvrun --ppl computes it
+M=$SHARED/models/stories260K
+D=$SHARED/data/tinystories_val.txt
+"$BIN/kvconvert" "$M" "$TMP/pt3" --map pizza-top:3 -q --no-sync >/dev/null 2>&1 || bad "convert pizza-top:3"
+expect_rc 0 "model: a model against itself" -- "$V" model "$M" "$M" --atol 0 --max-kl 0 --min-top1 1 --json
+expect_grep '"max_abs":0,' "$TMP/out" "itself: zero difference"
+expect_grep '"pass":true' "$TMP/out" "itself: pass"
+expect_rc 0 "model: student vs teacher, report only" -- "$V" model "$M" "$TMP/pt3" --text "$D" --ctx 64 --max-windows 4 --json
+expect_grep '"gated":false' "$TMP/out" "no gate given"
+expect_grep '"windows":4,"ctx":64,"positions":256' "$TMP/out" "4 windows of 64"
+ppl_b=$(sed 's/.*"ppl_b":\([0-9.]*\).*/\1/' "$TMP/out")
+"$BIN/kvrun" "$TMP/pt3" --ppl "$D" --ctx 64 --max-windows 4 --json >"$TMP/ppl.json" 2>/dev/null
+ppl_run=$(sed 's/.*"perplexity": \([0-9.]*\).*/\1/' "$TMP/ppl.json")
+awk -v a="$ppl_b" -v b="$ppl_run" 'BEGIN { d = a - b; exit !(a > 0 && d < 1e-4 && d > -1e-4) }' && ok || bad "ppl $ppl_b vs kvrun --ppl $ppl_run"
+expect_rc 1 "model: gate on top-1" -- "$V" model "$M" "$TMP/pt3" --text "$D" --ctx 64 --max-windows 4 --min-top1 1
+expect_grep "under --min-top1" "$TMP/out" "failed gate named"
+expect_grep "model: FAIL" "$TMP/out" "fail said"
+expect_rc 1 "model: gate on ppl" -- "$V" model "$M" "$TMP/pt3" --max-ppl-delta 0
+expect_rc 0 "model: generous gates pass" -- "$V" model "$M" "$TMP/pt3" --max-ppl-delta 10 --max-kl 100 --min-top1 0
+expect_grep "model: PASS" "$TMP/out" "pass said"
+expect_rc 2 "model: one model on the cpu is a usage error" -- "$V" model "$M" --device cpu
+expect_rc 2 "model: bad --min-top1" -- "$V" model "$M" "$M" --min-top1 2
+expect_rc 1 "model: missing model" -- "$V" model "$M" "$TMP/nope"
+expect_grep "nope" "$TMP/err" "missing model named"
+# one model: CPU against the GPU; without one it says so and fails
+"$V" model "$M" >"$TMP/m.out" 2>"$TMP/m.err"; rc=$?
+if grep -q "no CUDA device found" "$TMP/m.err"; then
+    [ $rc = 1 ] && ok || bad "model without a device must exit 1, got $rc"
+else
+    [ $rc = 0 ] && ok || bad "model on the GPU: exit $rc: $(cat "$TMP/m.err")"
+fi
 done_tests cli_kvverify

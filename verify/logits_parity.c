@@ -51,6 +51,28 @@ static int argmax(const float *x, int n) {
     return best;
 }
 
+void kv_logits_report_add(kv_logits_report *r, const float *a, const float *b, int T, int V) {
+    const int first = r->n_positions;
+    double kl_sum = r->mean_kl * first;
+    r->vocab = V;
+    for (int t = 0; t < T; t++) {
+        const float *x = a + (size_t)t * V, *y = b + (size_t)t * V;
+        for (int i = 0; i < V; i++) {
+            double d = fabs((double)x[i] - y[i]);
+            if (d > r->max_abs || isnan(d)) {
+                r->max_abs = isnan(d) ? INFINITY : d;
+                r->worst_position = first + t;
+            }
+        }
+        double kl = kl_row(x, y, V);
+        kl_sum += kl;
+        if (kl > r->max_kl) r->max_kl = kl;
+        r->argmax_agree += argmax(x, V) == argmax(y, V);
+    }
+    r->n_positions = first + T;
+    r->mean_kl = r->n_positions ? kl_sum / r->n_positions : 0;
+}
+
 int kv_logits_compare(kv_logits_report *r, const char *path_a, int batch_a, const char *path_b,
                       int batch_b, kv_error *err) {
     memset(r, 0, sizeof *r);
@@ -70,21 +92,7 @@ int kv_logits_compare(kv_logits_report *r, const char *path_a, int batch_a, cons
                 rc = kv_fail(err, KV_EMISMATCH, "%s and %s: token ids differ at position %d (%d vs %d)", path_a, path_b, t, a.tokens[t], b.tokens[t]);
         r->tokens_checked = 1;
     }
-    if (!rc) {
-        r->n_positions = a.T;
-        r->vocab = a.V;
-        for (int t = 0; t < a.T; t++) {
-            const float *x = a.logits + (size_t)t * a.V, *y = b.logits + (size_t)t * b.V;
-            for (int i = 0; i < a.V; i++) {
-                double d = fabs((double)x[i] - y[i]);
-                if (d > r->max_abs || isnan(d)) { r->max_abs = isnan(d) ? INFINITY : d; r->worst_position = t; }
-            }
-            double kl = kl_row(x, y, a.V);
-            r->mean_kl += kl / a.T;
-            if (kl > r->max_kl) r->max_kl = kl;
-            r->argmax_agree += argmax(x, a.V) == argmax(y, a.V);
-        }
-    }
+    if (!rc) kv_logits_report_add(r, a.logits, b.logits, a.T, a.V);
     st_close(&fa);
     st_close(&fb);
     return rc;

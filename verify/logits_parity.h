@@ -14,6 +14,10 @@ typedef struct {
     int tokens_checked;      /* 1 when both files carry token ids and they were compared */
 } kv_logits_report;
 
+/* adds T more positions of a and b [T, V] (host) to r: max_abs, worst_position (counted from
+ * r's first position), mean/max KL, argmax agreement; r starts zeroed */
+void kv_logits_report_add(kv_logits_report *r, const float *a, const float *b, int T, int V);
+
 /* a, b: safetensors files with 'logits' F32 [T, V] or [B, T, V] and optional 'tokens'
  * I32 [T] / [B, T]; batch selects the row of a 3-D file (-1: the file must be 2-D, or B = 1).
  * Differing shapes or token ids are an error (KV_EMISMATCH) naming both files. */
