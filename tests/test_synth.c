@@ -1,6 +1,7 @@
 /* kvsynth's generator: valid checkpoints of any shape/dtype, sharded or not, reproducible */
 #include <string.h>
 
+#include "formats/hfconfig.h"
 #include "formats/safetensors.h"
 #include "transform/synth/synth.h"
 #include "formats/tokenizer.h"
@@ -86,6 +87,23 @@ int main(void) {
     synth_write(b, &s, &err);
     snprintf(cmd, sizeof cmd, "cmp -s %s/model-00001-of-00005.safetensors %s/model-00001-of-00005.safetensors", a, b);
     CHECK(system(cmd) != 0, "another seed, other weights");
+    /* the 8B shape for GPU benches: its config as Llama 3.1 has it (here with 2 small layers) */
+    CHECK(synth_preset(&s, "llama-3.1-8b") == 0, "8b preset");
+    CHECK(s.n_layers == 32 && s.hidden == 4096 && s.n_heads == 32 && s.n_kv_heads == 8 && s.head_dim == 128 &&
+              s.ffn == 14336 && s.vocab == 128256 && s.dtype == KV_BF16 && s.rope_llama3 && !s.tied,
+          "8b shape");
+    s.n_layers = 2, s.hidden = 64, s.n_heads = 4, s.n_kv_heads = 1, s.head_dim = 16, s.ffn = 96, s.vocab = 400;
+    snprintf(b, sizeof b, "%s/s8", tmp);
+    CHECK(synth_write(b, &s, &err) == 0, "small 8b-like: %s", err.msg);
+    check_model(b, &s, 0);
+    char cfg_path[300];
+    snprintf(cfg_path, sizeof cfg_path, "%s/config.json", b);
+    hf_config cfg;
+    CHECK(hf_config_load(&cfg, cfg_path, &err) == 0, "8b config: %s", err.msg);
+    CHECK(cfg.rope_type == HF_ROPE_LLAMA3 && cfg.rope_factor == 8 && cfg.rope_low_freq_factor == 1 &&
+              cfg.rope_high_freq_factor == 4 && cfg.rope_original_max_position == 8192 && cfg.rope_theta == 500000,
+          "llama3 rope scaling read back");
+    synth_preset(&s, "tiny");
     s.n_heads = 7;
     CHECK(synth_write(b, &s, &err) != 0 && strstr(err.msg, "invalid shape"), "bad shape refused: %s", err.msg);
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);

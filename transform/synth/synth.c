@@ -12,11 +12,12 @@
 #define CHUNK_ELEMS (1u << 20)
 
 static const struct { const char *name; synth_spec s; } presets[] = {
-    {"tiny", {4, 64, 8, 4, 8, 172, 512, 512, 1, KV_F32, 10000.0, 1, 0, 0.02f}},
-    {"stories260k", {5, 64, 8, 4, 8, 172, 512, 512, 1, KV_F32, 10000.0, 1, 0, 0.02f}},
-    {"stories110m", {12, 768, 12, 12, 64, 2048, 32000, 1024, 0, KV_F32, 10000.0, 1, 0, 0.02f}},
-    {"tinyllama-1.1b", {22, 2048, 32, 4, 64, 5632, 32000, 2048, 0, KV_BF16, 10000.0, 1, 0, 0.02f}},
-    {"llama-3.2-1b", {16, 2048, 32, 8, 64, 8192, 128256, 2048, 1, KV_BF16, 500000.0, 1, 0, 0.02f}},
+    {"tiny", {4, 64, 8, 4, 8, 172, 512, 512, 1, KV_F32, 10000.0, 1, 0, 0.02f, 0}},
+    {"stories260k", {5, 64, 8, 4, 8, 172, 512, 512, 1, KV_F32, 10000.0, 1, 0, 0.02f, 0}},
+    {"stories110m", {12, 768, 12, 12, 64, 2048, 32000, 1024, 0, KV_F32, 10000.0, 1, 0, 0.02f, 0}},
+    {"tinyllama-1.1b", {22, 2048, 32, 4, 64, 5632, 32000, 2048, 0, KV_BF16, 10000.0, 1, 0, 0.02f, 0}},
+    {"llama-3.2-1b", {16, 2048, 32, 8, 64, 8192, 128256, 2048, 1, KV_BF16, 500000.0, 1, 0, 0.02f, 0}},
+    {"llama-3.1-8b", {32, 4096, 32, 8, 128, 14336, 128256, 131072, 0, KV_BF16, 500000.0, 1, 0, 0.02f, 1}},
 };
 
 int synth_preset(synth_spec *s, const char *name) {
@@ -25,7 +26,7 @@ int synth_preset(synth_spec *s, const char *name) {
     return -1;
 }
 
-const char *synth_preset_names(void) { return "tiny|stories260k|stories110m|tinyllama-1.1b|llama-3.2-1b"; }
+const char *synth_preset_names(void) { return "tiny|stories260k|stories110m|tinyllama-1.1b|llama-3.2-1b|llama-3.1-8b"; }
 
 /* splitmix64: a counter-based stream, so any element can be generated independently */
 static uint64_t splitmix64(uint64_t x) {
@@ -93,12 +94,16 @@ static int write_config(const char *dir, const synth_spec *s, kv_error *err) {
         "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n"
         "  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n  \"head_dim\": %d,\n"
         "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": 1e-05,\n"
-        "  \"rope_theta\": %.1f,\n  \"rope_scaling\": null,\n  \"tie_word_embeddings\": %s,\n"
+        "  \"rope_theta\": %.1f,\n  \"rope_scaling\": %s,\n  \"tie_word_embeddings\": %s,\n"
         "  \"hidden_act\": \"silu\",\n  \"attention_bias\": false,\n  \"mlp_bias\": false,\n"
         "  \"torch_dtype\": \"%s\",\n  \"bos_token_id\": 1,\n  \"eos_token_id\": 2,\n"
         "  \"kvforge_synthetic\": {\"seed\": %llu, \"std\": %g}\n}\n",
         s->hidden, s->ffn, s->n_layers, s->n_heads, s->n_kv_heads, s->head_dim, s->vocab, s->max_pos,
-        s->rope_theta, s->tied ? "true" : "false", dtype, (unsigned long long)s->seed, (double)s->std);
+        s->rope_theta,
+        s->rope_llama3 ? "{\"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+                         "\"original_max_position_embeddings\": 8192, \"rope_type\": \"llama3\"}"
+                       : "null",
+        s->tied ? "true" : "false", dtype, (unsigned long long)s->seed, (double)s->std);
     if (n < 0 || (size_t)n >= sizeof text) return kv_fail(err, KV_EINVAL, "config.json too long");
     int rc = kv_join(path, sizeof path, dir, "config.json", err);
     return rc ? rc : kv_write_file_atomic(path, text, (size_t)n, err);

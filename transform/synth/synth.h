@@ -17,10 +17,12 @@ typedef struct {
     uint64_t seed;
     size_t shard_bytes;   /* 0: one model.safetensors */
     float std;            /* 0.02 */
+    int rope_llama3;      /* rope_scaling llama3 (factor 8, low 1, high 4, original 8192) */
 } synth_spec;
 
 /* named shapes: "tiny" (L=4,H=64,8/4 heads,FFN 172,V 512), "stories260k", "stories110m",
- * "tinyllama-1.1b", "llama-3.2-1b"; 0 or -1 if unknown */
+ * "tinyllama-1.1b", "llama-3.2-1b", "llama-3.1-8b" (BF16, GQA 32/8, vocab 128256, llama3 RoPE);
+ * 0 or -1 if unknown */
 int synth_preset(synth_spec *s, const char *name);
 const char *synth_preset_names(void); /* "a|b|c" for help texts */
 /* writes DIR/{config.json, model.safetensors or shards + index, tokenizer.json} */
