@@ -32,7 +32,8 @@ static void usage(void) {
            "Modes (exactly one):\n"
            "  --prompt TEXT          generate: print TEXT and its continuation on stdout\n"
            "  --ppl FILE             perplexity of a text file (nats/token, bits/byte)\n"
-           "  --bench                prefill and decode tokens/s and KV-cache bytes\n"
+           "  --bench                prefill and decode tokens/s, decode GB/s of weights, prefill\n"
+           "                         model TFLOP/s (every token through every layer) and KV bytes\n"
            "  --logits-out FILE      write every position's logits [T, vocab] (F32) and the token\n"
            "                         ids to FILE.safetensors; input from --text or --tokens\n"
            "  --tokenize TEXT        print the token ids of TEXT (no BOS); MODEL may hold only\n"
@@ -331,20 +332,22 @@ static int run_bench(const run_args *a) {
         if (dt < best_decode) best_decode = dt;
     }
     const double prefill_tps = P / best_prefill, decode_tps = G / best_decode;
+    const double prefill_tflops = kv_model_prefill_flops(&m, P) / best_prefill / 1e12;
     const size_t per_token = s.cache.bytes / (size_t)s.max_seq;
     if (a->json)
         printf("{\"model\": \"%s\", \"kv_map\": \"%s\", \"device\": \"%s\", \"threads\": %d, "
                "\"blas_core\": \"%s\", \"prompt_tokens\": %d, "
                "\"decode_tokens\": %d, \"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": "
                "%.2f, \"kv_cache_dtype\": \"%s\", \"kv_cache_bytes\": %zu, \"kv_cache_bytes_per_token\": %zu, "
-               "\"weight_bytes_per_token\": %zu, \"decode_weight_gb_per_s\": %.3f}\n",
+               "\"weight_bytes_per_token\": %zu, \"decode_weight_gb_per_s\": %.3f, "
+               "\"prefill_model_tflop_per_s\": %.4f}\n",
                a->model_dir, m.cfg.map.name, b.name, kv_kernels_threads(), openblas_get_corename(), P,
                G, prefill_tps, decode_tps, kv_dtype_name(s.cache.dtype), s.cache.bytes, per_token,
-               m.step_bytes, m.step_bytes * decode_tps / 1e9);
+               m.step_bytes, m.step_bytes * decode_tps / 1e9, prefill_tflops);
     else
-        printf("%s (%s, %s, OpenBLAS %s): prefill %d tokens %.1f tok/s; decode %d tokens %.1f tok/s "
+        printf("%s (%s, %s, OpenBLAS %s): prefill %d tokens %.1f tok/s (%.3g model TFLOP/s); decode %d tokens %.1f tok/s "
                "(%.2f GB/s of weights); KV cache %s %zu bytes (%zu per token)\n",
-               a->model_dir, m.cfg.map.name, b.name, openblas_get_corename(), P, prefill_tps, G, decode_tps,
+               a->model_dir, m.cfg.map.name, b.name, openblas_get_corename(), P, prefill_tps, prefill_tflops, G, decode_tps,
                m.step_bytes * decode_tps / 1e9, kv_dtype_name(s.cache.dtype), s.cache.bytes, per_token);
     status = 0;
 fail:

@@ -200,3 +200,18 @@ void kv_model_free(kv_model *m) {
     }
     *m = (kv_model){0};
 }
+
+double kv_model_prefill_flops(const kv_model *m, int T) {
+    const llama_dims *d = &m->dims;
+    const kv_map *map = &m->cfg.map;
+    const double kv_proj = 2.0 * d->hidden * d->kv_dim; /* K and V */
+    double per_token = 0;
+    for (int i = 0; i < d->n_layers; i++) {
+        per_token += 2.0 * d->hidden * d->q_dim + 3.0 * d->hidden * d->ffn;
+        if (kvmap_is_kv_layer(map, i)) per_token += kv_proj;
+    }
+    /* attention: token t sees t + 1 positions, QK^T and PV each 2 nh hd per position */
+    const double visible = (double)T * (T + 1) / 2;
+    return 2.0 * per_token * T + 4.0 * d->q_dim * visible * d->n_layers +
+           2.0 * d->hidden * d->vocab;
+}

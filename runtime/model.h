@@ -55,6 +55,12 @@ typedef struct {
 int kv_model_load(kv_model *m, const char *dir, const kv_model_opts *o, kv_error *err);
 /* from a parsed config and any tensor source, checked whole by llama_view (every tensor
  * accounted for); the source must outlive m unless copy_f32 */
+/* Model FLOPs of a T-token prefill: every token through every layer (2 per weight of the Q, O,
+ * MLP and the K/V projections the map keeps; SwiftKV's K/V from norm_swiftkv for each group
+ * leader), causal attention (4 nh hd per visible position), and the head for the last token.
+ * The skips kv_forward takes (SwiftKV's prefill skip, tail layers) do less work than this. */
+double kv_model_prefill_flops(const kv_model *m, int T);
+
 int kv_model_from_source(kv_model *m, const hf_config *cfg, const kv_tensor_source *src,
                          const kv_model_opts *o, kv_error *err);
 void kv_model_free(kv_model *m);

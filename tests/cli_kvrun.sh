@@ -83,6 +83,8 @@ expect_grep '"kv_cache_bytes": 51200,' "$TMP/out" "KV bytes = formula"
 expect_grep '"kv_cache_dtype": "F32",' "$TMP/out" "F32 cache by default"
 expect_grep '"decode_tokens_per_s": ' "$TMP/out" "decode speed"
 expect_grep '"prefill_tokens_per_s": ' "$TMP/out" "prefill speed"
+expect_grep '"prefill_model_tflop_per_s": 0\.[0-9]*[1-9]' "$TMP/out" "prefill TFLOP/s, not zero"
+expect_grep '"decode_weight_gb_per_s": [0-9]' "$TMP/out" "decode GB/s"
 expect_rc 0 "bench, BF16 cache" -- "$R" "$M" --bench --prompt-len 32 -n 8 --repeat 1 --json --threads 1 --kv-dtype bf16
 expect_grep '"kv_cache_bytes": 25600,' "$TMP/out" "BF16 cache: half the bytes"
 expect_grep '"kv_cache_dtype": "BF16",' "$TMP/out" "BF16 cache named"

@@ -449,6 +449,17 @@ static void check_cache_bytes(const runner *r, int kv_layers, const char *what) 
     CHECK(r->s.cache.n_slots == kv_layers, "%s: %d slots, want %d", what, r->s.cache.n_slots, kv_layers);
 }
 
+/* model FLOPs of a prefill, by hand for stories260K (L 5, H 64, nh 8, nkv 4, hd 8, F 172, V 512):
+ * per token and layer 2 (64*64 Q+O + 3*64*172 MLP + 64*32*2 K,V) = 90624; T = 2: 2 * 5 * 45312 * 2
+ * tokens, attention 4 * 64 * (1 + 2) positions * 5 layers, head 2 * 64 * 512 once */
+static void test_prefill_flops(void) {
+    runner r;
+    if (runner_open(&r, MODEL_DIR, 8, 8)) return;
+    const double want = 2.0 * 5 * 45312 * 2 + 4.0 * 64 * 3 * 5 + 2.0 * 64 * 512;
+    CHECK(kv_model_prefill_flops(&r.m, 2) == want, "prefill flops %.0f, want %.0f", kv_model_prefill_flops(&r.m, 2), want);
+    runner_close(&r);
+}
+
 static void test_identity_map(void) {
     static wset w;
     w.n = 0;
@@ -1403,6 +1414,7 @@ int main(void) {
 
     test_golden_logits();
     test_golden_greedy();
+    test_prefill_flops();
     test_identity_map();
     test_cross_maps();
     test_swiftkv();
