@@ -123,6 +123,7 @@ test: all
 # found and this fails. `make test` never needs a GPU.
 test-gpu: all
 	$(BUILD)/bin/kvverify kernels
+	KV_BIN=$(CURDIR)/$(BUILD)/bin sh tests/gpu/models.sh
 
 asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 CUDA=0 test
