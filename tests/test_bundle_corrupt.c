@@ -337,6 +337,24 @@ static void m_sha(cJSON *m) {
     cJSON_ReplaceItemInObject(t, "sha256", cJSON_CreateString(hex));
 }
 
+/* r = the 5 entries e with manifest m (deleted here) and its digest line (in line[128]); returns
+ * the manifest text, which r[0] points into (free it after use) */
+static char *with_manifest(entry r[5], const entry e[5], cJSON *m, char line[128]) {
+    char *text = cJSON_PrintUnformatted(m);
+    cJSON_Delete(m);
+    uint8_t d[32];
+    char hex[65];
+    kv_sha256(text, strlen(text), d);
+    kv_sha256_hex(d, hex);
+    snprintf(line, 128, "%s  manifest.json\n", hex);
+    for (int i = 0; i < 5; i++) r[i] = e[i];
+    r[0].bytes = text;
+    r[0].size = strlen(text);
+    r[1].bytes = line;
+    r[1].size = strlen(line);
+    return text;
+}
+
 static void check_manifest_rewrites(void) {
     entry e[16];
     int n = good_entries(e, 16);
@@ -356,18 +374,9 @@ static void check_manifest_rewrites(void) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         cJSON *m = cJSON_ParseWithLength(e[0].bytes, e[0].size);
         cases[i].fn(m);
-        char *text = cJSON_PrintUnformatted(m);
-        cJSON_Delete(m);
-        uint8_t d[32];
-        char hex[65], line[128];
-        kv_sha256(text, strlen(text), d);
-        kv_sha256_hex(d, hex);
-        snprintf(line, sizeof line, "%s  manifest.json\n", hex);
-        entry r[5] = {e[0], e[1], e[2], e[3], e[4]};
-        r[0].bytes = text;
-        r[0].size = strlen(text);
-        r[1].bytes = line;
-        r[1].size = strlen(line);
+        char line[128];
+        entry r[5];
+        char *text = with_manifest(r, e, m, line);
         expect_error(r, 5, cases[i].code, cases[i].text, cases[i].what);
         free(text);
     }
@@ -403,16 +412,8 @@ static void expect_config_refused(const char *bytes, size_t n, const char *want_
     cJSON_ReplaceItemInObject(f, "size", cJSON_CreateNumber((double)n));
     cJSON_ReplaceItemInObject(f, "stored_size", cJSON_CreateNumber((double)n));
     cJSON_ReplaceItemInObject(f, "sha256", cJSON_CreateString(hex));
-    char *text = cJSON_PrintUnformatted(m);
-    cJSON_Delete(m);
-    kv_sha256(text, strlen(text), d);
-    kv_sha256_hex(d, hex);
-    snprintf(line, sizeof line, "%s  manifest.json\n", hex);
-    entry r[5] = {e[0], e[1], e[2], e[3], e[4]};
-    r[0].bytes = text;
-    r[0].size = strlen(text);
-    r[1].bytes = line;
-    r[1].size = strlen(line);
+    entry r[5];
+    char *text = with_manifest(r, e, m, line);
     r[at] = (entry){.name = "config.json", .bytes = bytes, .size = n};
     expect_error(r, 5, KV_EFORMAT, want_text, what);
     free(text);
