@@ -408,7 +408,9 @@ int hf_config_write_json(const hf_config *c, const char *src_json, const char *l
     }
     int ok = 1;
     char *map = NULL;
-    const int swift = c->map.kind == KVMAP_SWIFTKV, cross = c->map.kind == KVMAP_CROSS;
+    /* a "cross-layer" map in which every layer reads itself is the plain model */
+    const int swift = c->map.kind == KVMAP_SWIFTKV;
+    const int cross = c->map.kind == KVMAP_CROSS && !kvmap_is_identity(&c->map);
     const cJSON *src_type = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     const int src_lckv = cJSON_IsString(src_type) && strcmp(src_type->valuestring, TYPE_LCKV) == 0;
     const int b = c->lckv_backward_passes >= 1 ? c->lckv_backward_passes : LCKV_DEFAULT_BACKWARD;
@@ -486,5 +488,29 @@ int hf_config_write_json(const hf_config *c, const char *src_json, const char *l
 done:
     free(map);
     cJSON_Delete(root);
+    return rc;
+}
+
+int hf_config_set_lckv_plan(char **json, int passes, int grad_passes, const char *label,
+                            kv_error *err) {
+    if (!label) label = "config.json";
+    if (!json || !*json) return kv_fail(err, KV_EINVAL, "%s: no config text", label);
+    if (grad_passes < 1 || grad_passes > passes)
+        return kv_fail(err, KV_EINVAL, "%s: %d passes with gradient of %d is not a plan", label,
+                       grad_passes, passes);
+    hf_config *c = malloc(sizeof *c);
+    if (!c) return kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
+    char *out = NULL;
+    int rc = hf_config_parse(c, *json, label, err);
+    if (!rc && c->map.kind == KVMAP_CROSS) {
+        c->lckv_forward_passes = passes - grad_passes;
+        c->lckv_backward_passes = grad_passes;
+        rc = hf_config_write_json(c, *json, label, &out, err);
+        if (!rc) {
+            free(*json);
+            *json = out;
+        }
+    }
+    free(c);
     return rc;
 }

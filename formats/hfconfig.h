@@ -100,4 +100,11 @@ const char *hf_torch_dtype_name(kv_dtype t);
 int hf_config_write_json(const hf_config *c, const char *src_json, const char *label,
                          char **out_json, kv_error *err);
 
+/* Records the iterative plan a cross-layer model was run or trained with in its config text:
+ * *JSON (malloc'd; replaced on success) gets forward_passes = passes - grad_passes and
+ * backward_passes = grad_passes (LCKV's m and b; 1 <= grad_passes <= passes). A config that is
+ * not cross-layer is left as it is. */
+int hf_config_set_lckv_plan(char **json, int passes, int grad_passes, const char *label,
+                            kv_error *err);
+
 #endif
