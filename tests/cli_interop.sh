@@ -32,6 +32,15 @@ expect_grep '"schema":"lckv-llama"' "$TMP/out" "info --json schema"
 expect_rc 0 "info plain" -- "$C" info "$S" --json
 expect_grep '"schema":"llama"' "$TMP/out" "info --json plain llama"
 
+# --- the form kvforge wrote before LCKV's schema is still read, and named as such ---
+mkdir -p "$TMP/legacy"
+cp "$TMP/ptop/model.safetensors" "$TMP/ptop/tokenizer.json" "$TMP/legacy/"
+sed 's/"LCKVLlamaForCausalLM"/"LlamaForCausalLM"/; s/"lckv-llama"/"llama"/; s/"0_1_4_4_4",/"0_1_4_4_4"/' "$P" |
+    grep -v 'passes\|use_sequential\|force_nodiag' >"$TMP/legacy/config.json"
+expect_rc 0 "info legacy" -- "$C" info "$TMP/legacy" --json
+expect_grep '"schema":"llama+layer_types"' "$TMP/out" "legacy schema named"
+expect_rc 0 "kvrun legacy" -- "$R" "$TMP/legacy" --logits-out "$TMP/legacy.st" --text "$TEXT"
+
 # --- a checkpoint as LCKV's code saves it (sorted keys, its own fields) ---
 mkdir -p "$TMP/lckv"
 cp "$TMP/ptop/model.safetensors" "$TMP/ptop/tokenizer.json" "$TMP/lckv/"
@@ -78,6 +87,7 @@ lckv_config 0_1_4_4_4 >"$TMP/lckv/config.json"
 expect_rc 0 "kvrun kvforge output" -- "$R" "$TMP/ptop" --logits-out "$TMP/ptop.st" --text "$TEXT"
 expect_rc 0 "kvrun LCKV-written" -- "$R" "$TMP/lckv" --logits-out "$TMP/lckv.st" --text "$TEXT"
 expect_rc 0 "same logits" -- "$V" logits "$TMP/ptop.st" "$TMP/lckv.st" --atol 0
+expect_rc 0 "legacy same logits" -- "$V" logits "$TMP/ptop.st" "$TMP/legacy.st" --atol 0
 expect_rc 0 "info LCKV-written" -- "$C" info "$TMP/lckv"
 expect_grep "KV map         cross-layer 0_1_4_4_4" "$TMP/out" "LCKV map read"
 expect_rc 0 "bundle LCKV-written" -- "$C" bundle "$TMP/lckv" "$TMP/lckv.kvb" -q
