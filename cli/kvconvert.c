@@ -78,7 +78,7 @@ static int cmd_info(const cli_opts *o, const char *dir) {
 
 static int cmd_bundle(const cli_opts *o, const char *dir, const char *out) {
     kv_error err = {0};
-    kv_bundle_opts bo = {.level = o->level};
+    kv_bundle_opts bo = {.level = o->level, .check_model = 1};
     if (kv_bundle_write(dir, out, &bo, &err)) return cli_fail(TOOL, &err);
     kv_bundle_report rep;
     if (kv_bundle_verify(out, &rep, &err)) return cli_fail(TOOL, &err);

@@ -26,6 +26,9 @@ typedef struct {
     size_t chunk_size; /* raw bytes per chunk; 0 = KV_CHUNK_DEFAULT_SIZE (2 MiB) */
     int level;         /* zstd level; 0 = the codec's default profile */
     int threads;       /* 0 = online CPUs */
+    int check_model;   /* refuse a model kvforge does not run (unsupported config.json schema or
+                          fields, tensors the config does not describe: hf_config, llama_view)
+                          before writing anything; kvconvert bundle sets it */
 } kv_bundle_opts;
 
 /* Reads MODEL_DIR (config.json, model.safetensors or a sharded index, optional tokenizer.json,

@@ -48,7 +48,13 @@ int kvb_kv_map(const cJSON *config, kv_map *map, const char *label, kv_error *er
     long long n_layers;
     if (json_int(cJSON_GetObjectItemCaseSensitive(config, "num_hidden_layers"), 1, 1 << 20, &n_layers))
         return kv_fail(err, KV_EFORMAT, "%s: 'num_hidden_layers' missing or not a positive integer", label);
-    return kvmap_read_config(map, config, (int)n_layers, 0, label, err);
+    /* Snowflake's configs may leave "swiftkv" out: its architecture implies it (hf_config) */
+    const cJSON *archs = cJSON_GetObjectItemCaseSensitive(config, "architectures");
+    const cJSON *arch = cJSON_IsArray(archs) ? cJSON_GetArrayItem(archs, 0) : NULL;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(config, "model_type");
+    const int swiftkv = cJSON_IsString(arch) ? strcmp(arch->valuestring, "LlamaSwiftKVForCausalLM") == 0
+                                             : cJSON_IsString(type) && strcmp(type->valuestring, "llama_swiftkv") == 0;
+    return kvmap_read_config(map, config, (int)n_layers, swiftkv, label, err);
 }
 
 /* ---------------- printing ---------------- */

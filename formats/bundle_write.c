@@ -11,6 +11,8 @@
 #include "formats/bundle_internal.h"
 #include "base/fileio.h"
 #include "base/sha256.h"
+#include "formats/hfconfig.h"
+#include "formats/llama_view.h"
 
 #define KVB_FILE_LEVEL 19 /* config / tokenizer files: small, compressed hard */
 
@@ -110,6 +112,24 @@ static int read_model_files(kvb_manifest *m, model_files *f, const char *dir, kv
     m->architecture = strdup(cJSON_IsString(arch) ? arch->valuestring : "");
     if (!m->architecture) return kv_fail(err, KV_ENOMEM, "%s: out of memory", dir);
     return 0;
+}
+
+/* the model is one kvforge runs: config.json parses (hf_config: a supported schema) and every
+ * tensor binds (llama_view), so an unsupported model is refused before anything is written */
+static int check_model(const model_files *f, const st_checkpoint *ck, const char *dir, kv_error *err) {
+    char label[4096];
+    snprintf(label, sizeof label, "%s/config.json", dir);
+    hf_config *c = malloc(sizeof *c);
+    if (!c) return kv_fail(err, KV_ENOMEM, "%s: out of memory", dir);
+    int rc = hf_config_parse(c, f->bytes[0], label, err);
+    if (!rc) {
+        llama_view v;
+        rc = llama_view_bind(&v, c, ck, err);
+        if (rc) kv_wrap(err, "%s", dir);
+        else llama_view_free(&v);
+    }
+    free(c);
+    return rc;
 }
 
 /* encodes every tensor into data_fd (tensors.bin) and fills the manifest's tensor table */
@@ -288,6 +308,7 @@ int kv_bundle_write(const char *model_dir, const char *out_path, const kv_bundle
 
     int rc = read_model_files(&m, &f, model_dir, err);
     if (!rc) rc = st_checkpoint_open(&ck, model_dir, err);
+    if (!rc && opts && opts->check_model) rc = check_model(&f, &ck, model_dir, err);
     if (!rc) rc = copy_meta(&m, &ck, out_path, err);
     if (!rc && snprintf(data_base, sizeof data_base, "%s.data", out_path) >= (int)sizeof data_base)
         rc = kv_fail(err, KV_EINVAL, "%s: path too long", out_path);

@@ -12,8 +12,22 @@
 
 #define ARCH_LLAMA "LlamaForCausalLM"
 #define ARCH_SWIFTKV "LlamaSwiftKVForCausalLM"
+#define ARCH_LCKV "LCKVLlamaForCausalLM"
 #define TYPE_LLAMA "llama"
 #define TYPE_SWIFTKV "llama_swiftkv"
+#define TYPE_LCKV "lckv-llama"
+#define LCKV_DEFAULT_FORWARD 7  /* LCKV's m */
+#define LCKV_DEFAULT_BACKWARD 2 /* LCKV's b */
+
+/* the three schemas kvforge reads: 0 Llama, 1 SwiftKV (Snowflake), 2 LCKV (whyNLP) */
+static const char *const arch_names[] = {ARCH_LLAMA, ARCH_SWIFTKV, ARCH_LCKV};
+static const char *const type_names[] = {TYPE_LLAMA, TYPE_SWIFTKV, TYPE_LCKV};
+
+static int schema_of(const char *name, const char *const *names) {
+    for (int k = 0; k < 3; k++)
+        if (strcmp(name, names[k]) == 0) return k;
+    return -1;
+}
 
 /* ---- sections ---- */
 
@@ -30,21 +44,26 @@ static int parse_architecture(hf_config *c, const cJSON *root, const char *label
             return kv_fail(err, KV_EFORMAT, "%s: field 'architectures[0]' is %s, expected a string",
                            label, json_kind(first));
         arch = first->valuestring;
-        if (strcmp(arch, ARCH_LLAMA) != 0 && strcmp(arch, ARCH_SWIFTKV) != 0)
-            return kv_fail(err, KV_EUNSUPPORTED, "%s: architecture '%.200s' is not supported", label,
-                           arch);
+        if (schema_of(arch, arch_names) < 0)
+            return kv_fail(err, KV_EUNSUPPORTED,
+                           "%s: architecture '%.200s' is not supported (kvforge reads "
+                           ARCH_LLAMA ", " ARCH_LCKV " and " ARCH_SWIFTKV ")",
+                           label, arch);
     }
     int rc = json_get_string(root, label, "model_type", sizeof c->model_type, &type, err);
     if (rc) return rc;
-    if (type && strcmp(type, TYPE_LLAMA) != 0 && strcmp(type, TYPE_SWIFTKV) != 0)
-        return kv_fail(err, KV_EUNSUPPORTED, "%s: model_type '%s' is not supported", label, type);
+    if (type && schema_of(type, type_names) < 0)
+        return kv_fail(err, KV_EUNSUPPORTED,
+                       "%s: model_type '%s' is not supported (kvforge reads " TYPE_LLAMA ", "
+                       TYPE_LCKV " and " TYPE_SWIFTKV ")",
+                       label, type);
     if (!arch && !type)
         return kv_fail(err, KV_EFORMAT, "%s: missing field 'architectures' (and 'model_type')",
                        label);
-    int arch_swiftkv = arch ? strcmp(arch, ARCH_SWIFTKV) == 0 : strcmp(type, TYPE_SWIFTKV) == 0;
-    if (!type) type = arch_swiftkv ? TYPE_SWIFTKV : TYPE_LLAMA;
-    if (!arch) arch = arch_swiftkv ? ARCH_SWIFTKV : ARCH_LLAMA;
-    if (arch_swiftkv != (strcmp(type, TYPE_SWIFTKV) == 0))
+    int kind = arch ? schema_of(arch, arch_names) : schema_of(type, type_names);
+    if (!type) type = type_names[kind];
+    if (!arch) arch = arch_names[kind];
+    if (kind != schema_of(type, type_names))
         return kv_fail(err, KV_EFORMAT, "%s: architecture '%s' does not match model_type '%s'",
                        label, arch, type);
     snprintf(c->architecture, sizeof c->architecture, "%s", arch);
@@ -205,6 +224,31 @@ static int parse_kv_map(hf_config *c, const cJSON *root, const char *label, kv_e
         return kv_fail(err, KV_EFORMAT,
                        "%s: architecture '%s' contradicts field 'swiftkv' = false", label,
                        c->architecture);
+    if (strcmp(c->model_type, TYPE_LCKV) == 0 && c->map.kind == KVMAP_SWIFTKV)
+        return kv_fail(err, KV_EFORMAT, "%s: model_type '%s' contradicts field 'swiftkv' = true",
+                       label, c->model_type);
+    return 0;
+}
+
+/* LCKV's iteration plan and attention switches (configuration_lckv.py): forward_passes m >= 0,
+ * backward_passes b >= 1 (LCKV's defaults for an absent one when the other is given; both 0
+ * when neither is), use_sequential kept; force_nodiag true (every layer masks its diagonal) is
+ * not kvforge's attention and is refused */
+static int parse_lckv(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
+    int rc, nodiag = 0;
+    const int given = json_field(root, "forward_passes") || json_field(root, "backward_passes");
+    if ((rc = json_get_int(root, label, "forward_passes", 0, given ? LCKV_DEFAULT_FORWARD : 0, 0,
+                           1000000, &c->lckv_forward_passes, err)) ||
+        (rc = json_get_int(root, label, "backward_passes", 0, given ? LCKV_DEFAULT_BACKWARD : 0, 1,
+                           1000000, &c->lckv_backward_passes, err)) ||
+        (rc = json_get_bool(root, label, "use_sequential", 0, &c->lckv_use_sequential, err)) ||
+        (rc = json_get_bool(root, label, "force_nodiag", 0, &nodiag, err)))
+        return rc;
+    if (nodiag)
+        return kv_fail(err, KV_EUNSUPPORTED,
+                       "%s: field 'force_nodiag' is true (every layer masks the diagonal); kvforge "
+                       "masks it only on layers that read K/V from above (LCKV's default)",
+                       label);
     return 0;
 }
 
@@ -241,7 +285,8 @@ int hf_config_parse(hf_config *c, const char *json, const char *label, kv_error 
                               HF_MAX_EOS, &c->n_eos, err)) ||
         (rc = parse_activation(root, label, err)) ||
         (rc = parse_dtype(c, root, label, err)) ||
-        (rc = parse_kv_map(c, root, label, err)))
+        (rc = parse_kv_map(c, root, label, err)) ||
+        (rc = parse_lckv(c, root, label, err)))
         goto done;
     if ((float)eps <= 0.0f || eps > 1.0) {
         rc = kv_fail(err, KV_EFORMAT, "%s: field 'rms_norm_eps' is %g, outside the float range (0, 1]",
@@ -313,6 +358,15 @@ const char *hf_torch_dtype_name(kv_dtype t) {
     }
 }
 
+const char *hf_config_schema(const hf_config *c) {
+    const int lckv = strcmp(c->model_type, TYPE_LCKV) == 0;
+    switch (c->map.kind) {
+    case KVMAP_SWIFTKV: return strcmp(c->model_type, TYPE_SWIFTKV) == 0 ? "llama_swiftkv" : "llama+swiftkv";
+    case KVMAP_CROSS: return lckv ? "lckv-llama" : "llama+layer_types";
+    default: return lckv ? "lckv-llama" : "llama";
+    }
+}
+
 /* replaces obj[key] in place (keeping its position) or appends it; takes ownership of val */
 static int set_key(cJSON *obj, const char *key, cJSON *val) {
     if (!val) return 0;
@@ -354,8 +408,14 @@ int hf_config_write_json(const hf_config *c, const char *src_json, const char *l
     }
     int ok = 1;
     char *map = NULL;
+    /* a "cross-layer" map in which every layer reads itself is the plain model */
     const int swift = c->map.kind == KVMAP_SWIFTKV;
-    if (c->map.kind == KVMAP_CROSS) {
+    const int cross = c->map.kind == KVMAP_CROSS && !kvmap_is_identity(&c->map);
+    const cJSON *src_type = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    const int src_lckv = cJSON_IsString(src_type) && strcmp(src_type->valuestring, TYPE_LCKV) == 0;
+    const int b = c->lckv_backward_passes >= 1 ? c->lckv_backward_passes : LCKV_DEFAULT_BACKWARD;
+    const int m = c->lckv_backward_passes >= 1 ? c->lckv_forward_passes : LCKV_DEFAULT_FORWARD;
+    if (cross) {
         int n = kvmap_layer_types(&c->map, NULL, 0);
         if (n < 0 || !(map = malloc((size_t)n + 1))) {
             rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
@@ -366,10 +426,22 @@ int hf_config_write_json(const hf_config *c, const char *src_json, const char *l
     } else if (is_integer_layer_types(cJSON_GetObjectItemCaseSensitive(root, "layer_types"))) {
         drop_key(root, "layer_types");
     }
-    const char *arch_name = swift ? ARCH_SWIFTKV : ARCH_LLAMA;
+    const int kind = swift ? 1 : cross ? 2 : 0;
+    const char *arch_name = arch_names[kind];
     cJSON *archs = cJSON_CreateStringArray(&arch_name, 1);
     ok = ok && set_key(root, "architectures", archs);
-    ok = ok && set_key(root, "model_type", cJSON_CreateString(swift ? TYPE_SWIFTKV : TYPE_LLAMA));
+    ok = ok && set_key(root, "model_type", cJSON_CreateString(type_names[kind]));
+    if (cross) { /* LCKV's fields (configuration_lckv.py) */
+        ok = ok && set_key(root, "forward_passes", cJSON_CreateNumber(m));
+        ok = ok && set_key(root, "backward_passes", cJSON_CreateNumber(b));
+        ok = ok && set_key(root, "use_sequential", cJSON_CreateBool(c->lckv_use_sequential));
+        ok = ok && set_key(root, "force_nodiag", cJSON_CreateFalse());
+    } else {
+        static const char *const lckv_keys[] = {"forward_passes", "backward_passes",
+                                                "use_sequential", "force_nodiag"};
+        for (int k = 0; k < 4; k++) drop_key(root, lckv_keys[k]);
+        if (src_lckv) drop_key(root, "sliding_window"); /* LCKV's, for its 's' layers */
+    }
     if (swift) {
         ok = ok && set_key(root, "swiftkv", cJSON_CreateTrue());
         ok = ok && set_key(root, "num_key_value_layers", cJSON_CreateNumber(c->map.swiftkv_l));
@@ -400,7 +472,8 @@ int hf_config_write_json(const hf_config *c, const char *src_json, const char *l
     rc = hf_config_parse(check, text, label, err);
     if (rc) {
         kv_wrap(err, "%s: written config does not parse", label);
-    } else if (!kvmap_equal(&c->map, &check->map) || c->torch_dtype != check->torch_dtype) {
+    } else if (!kvmap_equal(&c->map, &check->map) || c->torch_dtype != check->torch_dtype ||
+               (cross && (check->lckv_forward_passes != m || check->lckv_backward_passes != b))) {
         rc = kv_fail(err, KV_EINVAL, "%s: written config does not carry the requested KV settings",
                      label);
     }
@@ -415,5 +488,29 @@ int hf_config_write_json(const hf_config *c, const char *src_json, const char *l
 done:
     free(map);
     cJSON_Delete(root);
+    return rc;
+}
+
+int hf_config_set_lckv_plan(char **json, int passes, int grad_passes, const char *label,
+                            kv_error *err) {
+    if (!label) label = "config.json";
+    if (!json || !*json) return kv_fail(err, KV_EINVAL, "%s: no config text", label);
+    if (grad_passes < 1 || grad_passes > passes)
+        return kv_fail(err, KV_EINVAL, "%s: %d passes with gradient of %d is not a plan", label,
+                       grad_passes, passes);
+    hf_config *c = malloc(sizeof *c);
+    if (!c) return kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
+    char *out = NULL;
+    int rc = hf_config_parse(c, *json, label, err);
+    if (!rc && c->map.kind == KVMAP_CROSS) {
+        c->lckv_forward_passes = passes - grad_passes;
+        c->lckv_backward_passes = grad_passes;
+        rc = hf_config_write_json(c, *json, label, &out, err);
+        if (!rc) {
+            free(*json);
+            *json = out;
+        }
+    }
+    free(c);
     return rc;
 }

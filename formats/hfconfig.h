@@ -1,6 +1,9 @@
 /* HF Llama config.json -> struct, validated; plus the KV-sharing fields kvforge writes
  * (layer_types for cross-layer maps; swiftkv/num_key_value_layers/key_value_group_size), held
- * as the parsed KV map (formats/kvmap.h). */
+ * as the parsed KV map (formats/kvmap.h). Three schemas are read and written (docs/INTEROP.md):
+ * plain Llama (LlamaForCausalLM / "llama"), LCKV's cross-layer Llama (LCKVLlamaForCausalLM /
+ * "lckv-llama": layer_types, forward_passes, backward_passes, use_sequential, force_nodiag) and
+ * Snowflake's SwiftKV (LlamaSwiftKVForCausalLM / "llama_swiftkv"). */
 #ifndef KV_HFCONFIG_H
 #define KV_HFCONFIG_H
 
@@ -17,8 +20,9 @@
 typedef enum { HF_ROPE_NONE = 0, HF_ROPE_LLAMA3 = 1 } hf_rope_type;
 
 typedef struct {
-    char architecture[64];   /* "LlamaForCausalLM" or "LlamaSwiftKVForCausalLM" */
-    char model_type[32];     /* "llama" or "llama_swiftkv" */
+    char architecture[64];   /* "LlamaForCausalLM", "LCKVLlamaForCausalLM" or
+                                "LlamaSwiftKVForCausalLM" */
+    char model_type[32];     /* "llama", "lckv-llama" or "llama_swiftkv" */
     int hidden_size;         /* H */
     int intermediate_size;   /* FFN */
     int n_layers;            /* L */
@@ -40,6 +44,11 @@ typedef struct {
     kv_dtype torch_dtype;    /* F32 when absent */
     kv_map map;              /* KV sharing from layer_types / the SwiftKV fields, validated
                                 (kvmap_read_config); the identity when absent */
+    /* LCKV's iteration plan: forward_passes m (>= 0) without gradient, then backward_passes b
+     * (>= 1) with it, m + b passes in all (kvforge's --passes N = m + b, --grad-passes = b).
+     * Both 0 when the config has neither; hf_config_write_json then writes LCKV's defaults. */
+    int lckv_forward_passes, lckv_backward_passes;
+    int lckv_use_sequential; /* LCKV's use_sequential (token-by-token prefill), kept as read */
 } hf_config;
 
 #define HF_MAX_CONFIG_BYTES (16u * 1024u * 1024u)
@@ -49,7 +58,14 @@ typedef struct {
  * (max_position_embeddings 2048, rms_norm_eps 1e-6, rope_theta 10000, no biases, untied); an
  * absent eos_token_id gives n_eos = 0, an absent bos -1. hidden_act, when given, must be silu.
  * SwiftKV: the LlamaSwiftKV architecture implies swiftkv unless it says false (refused); swiftkv
- * true under LlamaForCausalLM is read as SwiftKV (architecture/model_type kept as written). JSON null counts as absent. Integers may be written
+ * true under LlamaForCausalLM is read as SwiftKV (architecture/model_type kept as written).
+ * LCKV: "lckv-llama" / LCKVLlamaForCausalLM with its layer_types (absent: the identity, as
+ * LCKV); forward_passes / backward_passes / use_sequential read into the lckv_* fields;
+ * force_nodiag true and layer_types with LCKV's 's' (sliding window) suffix are refused
+ * (KV_EUNSUPPORTED, naming the field or layer), as are other architectures and model_types
+ * (Mistral, Qwen2, Mixtral, ...: KV_EUNSUPPORTED naming them), rope_scaling types other than
+ * llama3/default and layer_types lists of HF attention kinds other than "full_attention".
+ * JSON null counts as absent. Integers may be written
  * 64.0 but not 64.5. Duplicate keys are refused (Python keeps the last, cJSON the first).
  * Errors name LABEL and the field; on failure *c is zeroed. */
 int hf_config_load(hf_config *c, const char *path, kv_error *err);  /* path to config.json */
@@ -58,18 +74,37 @@ int hf_config_parse(hf_config *c, const char *json, const char *label, kv_error 
  * on SwiftKV layers >= l); -1 if it overflows int64 */
 int64_t hf_config_param_count(const hf_config *c);
 
+/* which schema the config follows: "llama" (plain HF Llama), "lckv-llama" (LCKV's, whatever
+ * the map), "llama_swiftkv" (Snowflake's), or the two forms no reference loader reads right:
+ * "llama+layer_types" (a cross-layer map under model_type "llama", as kvforge wrote before it
+ * used LCKV's schema) and "llama+swiftkv" (swiftkv true under LlamaForCausalLM) */
+const char *hf_config_schema(const hf_config *c);
+
 /* "float32" / "float16" / "bfloat16"; NULL for other dtypes */
 const char *hf_torch_dtype_name(kv_dtype t);
 
 /* Takes the ORIGINAL config.json text and returns it (malloc'd, cJSON_Print layout) with the
- * KV map of C (validated first) written in: layer_types = LCKV string (kvmap_layer_types) for a
- * cross-layer map (an integer layer_types is removed otherwise); swiftkv / num_key_value_layers
- * / key_value_group_size + model_type "llama_swiftkv" + architectures
- * ["LlamaSwiftKVForCausalLM"] for a SwiftKV map (removed, and llama / LlamaForCausalLM
- * restored, when not); torch_dtype (and dtype, if present) from C->torch_dtype. Other keys keep
- * their values and order; new keys are appended. The result is re-parsed and must yield C's KV
- * map (kvmap_equal). */
+ * KV map of C (validated first) written in:
+ *   - a cross-layer map: LCKV's schema, model_type "lckv-llama", architectures
+ *     ["LCKVLlamaForCausalLM"], layer_types = LCKV string (kvmap_layer_types), forward_passes /
+ *     backward_passes from C->lckv_* (LCKV's 7 / 2 when unset), use_sequential from C,
+ *     force_nodiag false;
+ *   - a SwiftKV map: swiftkv / num_key_value_layers / key_value_group_size + model_type
+ *     "llama_swiftkv" + architectures ["LlamaSwiftKVForCausalLM"];
+ *   - the identity: a plain Llama, "llama" / ["LlamaForCausalLM"];
+ * the fields of the other schemas are removed (an integer layer_types, the SwiftKV fields, the
+ * LCKV fields; sliding_window too when the source was "lckv-llama"); torch_dtype (and dtype, if
+ * present) from C->torch_dtype. Other keys keep their values and order; new keys are appended.
+ * The result is re-parsed and must yield C's KV map (kvmap_equal) and passes. Writing the
+ * re-parsed config again gives the same text. */
 int hf_config_write_json(const hf_config *c, const char *src_json, const char *label,
                          char **out_json, kv_error *err);
+
+/* Records the iterative plan a cross-layer model was run or trained with in its config text:
+ * *JSON (malloc'd; replaced on success) gets forward_passes = passes - grad_passes and
+ * backward_passes = grad_passes (LCKV's m and b; 1 <= grad_passes <= passes). A config that is
+ * not cross-layer is left as it is. */
+int hf_config_set_lckv_plan(char **json, int passes, int grad_passes, const char *label,
+                            kv_error *err);
 
 #endif

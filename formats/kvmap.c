@@ -142,6 +142,11 @@ static int parse_layer_types(kv_map *m, const char *text, int L, const report *r
                            "%s: entry %d is %s, expected a layer number "
                            "(layer_types is kv(0)_kv(1)_..._kv(L-1))",
                            r->prefix, count, (*p == '_' || !*p) ? "empty" : "not a number");
+        if (*p == 's' && (p[1] == '_' || p[1] == '\0'))
+            return kv_fail(err, KV_EUNSUPPORTED,
+                           "%s: layer %d is '%.*s': LCKV's 's' suffix asks for sliding-window "
+                           "attention, which kvforge does not support (docs/INTEROP.md)",
+                           r->prefix, count, (int)(p + 1 - start), start);
         if (*p != '_' && *p != '\0')
             return kv_fail(err, r->code,
                            "%s: unexpected character '%c' in entry %d "
@@ -376,7 +381,8 @@ int kvmap_validate(const kv_map *m, kv_error *err) {
 }
 
 /* layer_types of a config: a string "0_0_2_2_4" or a list of integers is a map (*found = 1);
- * absent, or a list of strings (HF's attention kinds), leaves the identity */
+ * absent, or a list of strings that are all "full_attention" (HF's attention kinds), leaves the
+ * identity; other attention kinds are refused */
 static int read_layer_types(kv_map *m, const cJSON *config, int L, const char *label,
                             int *found, kv_error *err) {
     *found = 0;
@@ -391,7 +397,18 @@ static int read_layer_types(kv_map *m, const cJSON *config, int L, const char *l
     } else if (cJSON_IsArray(lt)) {
         int n = cJSON_GetArraySize(lt), n_str = 0;
         for (const cJSON *e = lt->child; e; e = e->next) n_str += cJSON_IsString(e) ? 1 : 0;
-        if (n > 0 && n_str == n) return 0;
+        if (n > 0 && n_str == n) { /* HF's attention kinds, not a KV map */
+            int i = 0;
+            for (const cJSON *e = lt->child; e; e = e->next, i++)
+                if (strcmp(e->valuestring, "full_attention") != 0)
+                    return kv_fail(err, KV_EUNSUPPORTED,
+                                   "%s is a list of strings, Hugging Face's per-layer attention "
+                                   "kinds (a different meaning from LCKV's KV map string); layer "
+                                   "%d is '%.64s', which kvforge does not support (only "
+                                   "'full_attention' everywhere, i.e. no sharing)",
+                                   r.prefix, i, e->valuestring);
+            return 0;
+        }
         if (n_str > 0) return kv_fail(err, r.code, "%s mixes strings and other values", r.prefix);
         if ((rc = check_count(n, L, &r, err))) return rc;
         map_reset(m, KVMAP_CROSS, L);

@@ -53,7 +53,9 @@ int kvmap_validate(const kv_map *m, kv_error *err);
  *   "swiftkv": true (absent: swiftkv_default, set when the architecture implies SwiftKV) ->
  *     SwiftKV with l = num_key_value_layers (required), g = key_value_group_size (default 1);
  *   else an integer "layer_types", "0_0_2_2_4" or [0, 0, 2, 2, 4] -> that map (named by its
- *     literal); a list of strings (HF's attention kinds) is no KV map;
+ *     literal); a list of strings (HF's attention kinds) is no KV map: all "full_attention"
+ *     is the identity, any other kind ("sliding_attention") is refused (KV_EUNSUPPORTED,
+ *     naming the layer); LCKV's 's' suffix (sliding window, "0_1s_2") likewise;
  *   else the identity.
  * SwiftKV together with an integer layer_types is refused (KV_EUNSUPPORTED); other errors are
  * KV_EFORMAT and name LABEL and the field. JSON null counts as absent. */

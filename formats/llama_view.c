@@ -266,7 +266,17 @@ int llama_view_bind_source(llama_view *v, const hf_config *c, const kv_tensor_so
         const expect *e = &l.items[k];
         int idx = find_index(src, order, e->name);
         if (idx < 0) {
-            if (e->need == NEED_REQUIRED)
+            int layer, off = 0;
+            if (e->need == NEED_REQUIRED && c->map.kind == KVMAP_IDENTITY &&
+                sscanf(e->name, "model.layers.%d.self_attn.%n", &layer, &off) == 1 && off &&
+                (!strncmp(e->name + off, "k_proj.", 7) || !strncmp(e->name + off, "v_proj.", 7)))
+                problem(&p, KV_EFORMAT,
+                        "%s: missing tensor '%s': layer %d has no %.6s, but config.json "
+                        "(model_type '%s', no layer_types map) describes a model in which every "
+                        "layer computes its own K/V; a checkpoint whose layers share K/V must say "
+                        "so (model_type 'lckv-llama' with layer_types, docs/INTEROP.md)",
+                        where(src, NULL), e->name, layer, e->name + off, c->model_type);
+            else if (e->need == NEED_REQUIRED)
                 problem(&p, KV_EFORMAT, "%s: missing tensor '%s'", where(src, NULL), e->name);
             continue;
         }

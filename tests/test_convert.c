@@ -197,7 +197,12 @@ static void check_cross(const st_checkpoint *src, const char *spec, const int *w
         for (int i = 0; i < L; i++) all_self &= want_map[i] == i;
         CHECK((cfg.map.kind == KVMAP_CROSS) == !all_self, "%s: layer_types presence", spec);
         for (int i = 0; i < L && cfg.map.kind == KVMAP_CROSS; i++) CHECK(cfg.map.kv_layer_of[i] == want_map[i], "%s: config kv(%d)", spec, i);
-        CHECK(cfg.map.kind != KVMAP_SWIFTKV && !strcmp(cfg.model_type, "llama"), "%s: model_type %s", spec, cfg.model_type);
+        /* LCKV's schema for a cross-layer map, a plain Llama for the identity (docs/INTEROP.md) */
+        CHECK(cfg.map.kind != KVMAP_SWIFTKV && !strcmp(cfg.model_type, all_self ? "llama" : "lckv-llama") &&
+                  !strcmp(cfg.architecture, all_self ? "LlamaForCausalLM" : "LCKVLlamaForCausalLM"),
+              "%s: model_type %s", spec, cfg.model_type);
+        CHECK(all_self || (cfg.lckv_forward_passes == 7 && cfg.lckv_backward_passes == 2), "%s: LCKV passes %d/%d", spec,
+              cfg.lckv_forward_passes, cfg.lckv_backward_passes);
         CHECK(cfg.torch_dtype == (out_dtype == KV_CONVERT_KEEP_DTYPE ? KV_F32 : (kv_dtype)out_dtype), "%s: torch_dtype", spec);
         CHECK(kvmap_n_slots(&cfg.map) == n_kv_layers, "%s: %d slots", spec, kvmap_n_slots(&cfg.map));
     }

@@ -198,7 +198,9 @@ static void test_bad_cases(void) {
     CHECK(parse_edited(&c, "{\"architectures\": [\"MistralForCausalLM\"]}", &err) ==
               KV_EUNSUPPORTED,
           "unsupported architecture gives KV_EUNSUPPORTED");
-    CHECK(strcmp(err.msg, "config.json: architecture 'MistralForCausalLM' is not supported") == 0,
+    CHECK(strcmp(err.msg, "config.json: architecture 'MistralForCausalLM' is not supported "
+                          "(kvforge reads LlamaForCausalLM, LCKVLlamaForCausalLM and "
+                          "LlamaSwiftKVForCausalLM)") == 0,
           "exact message: %s", err.msg);
 }
 

@@ -142,6 +142,13 @@ static int check_source(const convert_source *s, kv_error *err) {
             const st_tensor *t;
             int rc;
             layer_tensor_name(name, sizeof name, i, proj, "", 0);
+            if (pj > 0 && !st_checkpoint_find(&s->ckpt, name)) /* a cross-layer model posing as plain */
+                return kv_fail(err, KV_EFORMAT,
+                               "%s: tensor '%s' is missing: layer %d has no %c_proj, but config.json (model_type '%s', "
+                               "no layer_types map) describes a model in which every layer computes its own K/V; a "
+                               "checkpoint whose layers share K/V must say so (model_type 'lckv-llama' with "
+                               "layer_types, docs/INTEROP.md)",
+                               s->dir, name, i, proj, c->model_type);
             if ((rc = need_tensor(s, name, rows, H, &t, err))) return rc;
             layer_tensor_name(name, sizeof name, i, proj, "", 1);
             if (c->attention_bias && (rc = need_tensor(s, name, rows, 0, &t, err))) return rc;

@@ -13,6 +13,16 @@ const char *model_kv_kind_name(model_kv_kind k) {
     }
 }
 
+const char *model_info_schema_note(const char *schema) {
+    if (!strcmp(schema, "llama")) return "plain Hugging Face Llama: every Llama loader and kvforge";
+    if (!strcmp(schema, "lckv-llama")) return "LCKV's cross-layer Llama: whyNLP/LCKV's code and kvforge";
+    if (!strcmp(schema, "llama_swiftkv")) return "Snowflake's SwiftKV: ArcticInference (vLLM) and kvforge";
+    if (!strcmp(schema, "llama+layer_types"))
+        return "non-standard (kvforge before LCKV's schema): only kvforge reads it right, a plain Llama "
+               "loader would ignore layer_types";
+    return "non-standard (swiftkv under LlamaForCausalLM): only kvforge reads it right";
+}
+
 /* 2 * slots * nkv * hd * elem; 0 on overflow */
 static size_t kv_bytes(int slots, int n_kv_heads, int head_dim, size_t elem) {
     size_t n = 2;
@@ -30,6 +40,9 @@ int model_info_fill(model_info *mi, const llama_view *v, kv_error *err) {
     if (!c || !ck) return kv_fail(err, KV_EINVAL, "model info: view is not bound");
     snprintf(mi->architecture, sizeof mi->architecture, "%s", c->architecture);
     snprintf(mi->model_type, sizeof mi->model_type, "%s", c->model_type);
+    mi->schema = hf_config_schema(c);
+    if (c->map.kind == KVMAP_SWIFTKV)
+        mi->swiftkv_layout = v->layers && v->layers[c->map.swiftkv_l].q ? "hf-swiftkv" : "deploy";
     mi->n_layers = c->n_layers;
     mi->n_heads = c->n_heads;
     mi->n_kv_heads = c->n_kv_heads;
@@ -98,6 +111,8 @@ int model_info_text(const model_info *mi, const char *label, char **out, kv_erro
     char h[32];
     if (label) fprintf(f, "%s\n", label);
     fprintf(f, "  architecture   %s (%s)\n", mi->architecture, mi->model_type);
+    fprintf(f, "  schema         %s%s%s (%s)\n", mi->schema, mi->swiftkv_layout ? ", layout " : "",
+            mi->swiftkv_layout ? mi->swiftkv_layout : "", model_info_schema_note(mi->schema));
     fprintf(f, "  layers         %d\n", mi->n_layers);
     fprintf(f, "  hidden         %d (ffn %d)\n", mi->hidden_size, mi->ffn_size);
     fprintf(f, "  heads          %d query, %d key/value, head_dim %d\n", mi->n_heads,
@@ -138,6 +153,9 @@ int model_info_json(const model_info *mi, char **out, kv_error *err) {
 #define STR(key, val) ok = ok && cJSON_AddStringToObject(o, key, val)
     STR("architecture", mi->architecture);
     STR("model_type", mi->model_type);
+    STR("schema", mi->schema);
+    STR("schema_note", model_info_schema_note(mi->schema));
+    if (mi->swiftkv_layout) STR("swiftkv_layout", mi->swiftkv_layout);
     NUM("layers", mi->n_layers);
     NUM("hidden_size", mi->hidden_size);
     NUM("intermediate_size", mi->ffn_size);

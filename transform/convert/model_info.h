@@ -16,6 +16,9 @@ typedef enum { MODEL_KV_IDENTITY, MODEL_KV_CROSS, MODEL_KV_SWIFTKV } model_kv_ki
 typedef struct {
     char architecture[64];
     char model_type[32];
+    const char *schema;                    /* hf_config_schema: "llama", "lckv-llama", ... */
+    const char *swiftkv_layout;            /* SwiftKV: "deploy" or "hf-swiftkv" (teacher's q/k/v
+                                              kept on layers >= l); NULL otherwise */
     int n_layers, n_heads, n_kv_heads, head_dim;
     int hidden_size, ffn_size, vocab_size, max_position;
     int tied;
@@ -42,8 +45,11 @@ const char *model_kv_kind_name(model_kv_kind k); /* "identity", "cross-layer", "
 
 /* malloc'd text: a heading line with LABEL (may be NULL), then "  key   value" lines */
 int model_info_text(const model_info *mi, const char *label, char **out, kv_error *err);
+/* who loads a checkpoint of SCHEMA (docs/INTEROP.md), one line */
+const char *model_info_schema_note(const char *schema);
+
 /* malloc'd JSON object, one line (cJSON_PrintUnformatted); keys: architecture, model_type,
- * layers, hidden_size, intermediate_size, heads, kv_heads, head_dim, vocab_size,
+ * schema, schema_note (+ swiftkv_layout for SwiftKV), layers, hidden_size, intermediate_size, heads, kv_heads, head_dim, vocab_size,
  * max_position_embeddings, tied, dtype, parameters, parameters_config, tensors, files,
  * bytes_total, bytes_per_dtype {DTYPE: bytes}, kv_map_kind, kv_map, kv_slots,
  * kv_cache_bytes_per_token, kv_cache_bytes_per_token_full (+ swiftkv_layers,

@@ -443,6 +443,9 @@ static int run(run_state *r, distill_report *rep, kv_error *err) {
     if ((rc = kv_join(tok_src, sizeof tok_src, o->student_dir, "tokenizer.json", err))) return rc;
     if (!kv_path_exists(tok_src)) aux = o->teacher_dir;
     if ((rc = kvt_run_params_to_host(&r->rs, err)) ||
+        /* LCKV's forward/backward_passes = the plan this run trained with (docs/INTEROP.md) */
+        (rc = hf_config_set_lckv_plan(&r->student.config_json, o->passes, o->grad_passes,
+                                      "student config.json", err)) ||
         (rc = kvt_model_save(&r->student, o->out_dir, aux, err)))
         return rc;
     rep->seconds = r->prior_seconds + now_s() - r->t0;
