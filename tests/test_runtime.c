@@ -656,8 +656,8 @@ static void test_table_source(void) {
 /* METHODS.md: on stories260K at T = 64, iterative:9 stays within about 0.05 of sequential,
  * iterative:2 is far off. Measured here on the unconverged (not distilled) pizza-top:3 model:
  * N=9 within 0.003 .. 0.013 on the three golden sequences, N=2 off by 3.8 .. 4.6. How fast the
- * passes converge depends on the map: longer chains of upward layers need more (lasagna-top:2
- * is still ~2 off at N=9); iterative:T is always exact (check_consistency). */
+ * passes converge depends on the map: maps with several cyclic groups are further off
+ * (test_group_plan); iterative:T is always exact (check_consistency). */
 static void test_iterative_close(void) {
     kv_map m;
     const char *dir = make_cross("pizza-top:3", &m);
