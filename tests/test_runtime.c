@@ -1044,6 +1044,15 @@ static void test_errors(void) {
     CHECK(kv_prefill_parse(&p, "iterative:0", &err) != 0, "iterative:0 accepted");
     CHECK(kv_prefill_parse(&p, "iterative:x", &err) != 0, "iterative:x accepted");
     CHECK(kv_prefill_parse(&p, "parallel", &err) != 0, "parallel accepted");
+    CHECK(kv_prefill_parse(&p, "iterative:4", &err) == 0 && !p.block, "iterative: per group");
+    CHECK(kv_prefill_parse(&p, "iterative-block:5", &err) == 0 && p.block && p.passes == 5 &&
+              p.mode == KV_PREFILL_ITERATIVE,
+          "iterative-block:5");
+    CHECK(kv_prefill_parse(&p, "iterative-block", &err) == 0 && p.block && p.passes == 9,
+          "iterative-block");
+    CHECK(kv_prefill_parse(&p, "iterative-block:0", &err) != 0, "iterative-block:0 accepted");
+    CHECK(kv_prefill_parse(&p, "iterative-blocks", &err) != 0, "iterative-blocks accepted");
+    CHECK(kv_prefill_parse(&p, "iterativex", &err) != 0, "iterativex accepted");
     runner r;
     if (runner_open(&r, MODEL_DIR, 16, 8)) return;
     int32_t tok[20] = {1, 2, 3};
