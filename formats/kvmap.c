@@ -526,6 +526,66 @@ int kvmap_cyclic_block(const kv_map *m, int *lo, int *hi) {
     return a < 0 ? 0 : b - a + 1;
 }
 
+int kvmap_cyclic_group(const kv_map *m, int from, int *lo, int *hi) {
+    int a = -1, b = -1;
+    if (m && m->n_layers >= 1 && m->n_layers <= KVMAP_MAX_LAYERS) {
+        int i = from < 0 ? 0 : from;
+        while (i < m->n_layers && m->kv_layer_of[i] <= i) i++;
+        if (i < m->n_layers) {
+            a = i;
+            b = m->kv_layer_of[i];
+            /* a layer inside the run whose own run reaches higher extends it */
+            for (int j = i + 1; j < b; j++)
+                if (m->kv_layer_of[j] > b) b = m->kv_layer_of[j];
+        }
+    }
+    if (lo) *lo = a;
+    if (hi) *hi = b;
+    return a < 0 ? 0 : b - a + 1;
+}
+
+int kvmap_n_cyclic_groups(const kv_map *m) {
+    int n = 0, hi = -1;
+    while (kvmap_cyclic_group(m, hi + 1, NULL, &hi) > 0) n++;
+    return n;
+}
+
+static int add_plan_step(cJSON *steps, int first, int last, int passes, int cyclic) {
+    cJSON *st = cJSON_CreateObject(), *layers = cJSON_CreateArray();
+    if (!st || !layers || !cJSON_AddItemToObject(st, "layers", layers)) {
+        cJSON_Delete(st);
+        cJSON_Delete(layers);
+        return 0;
+    }
+    cJSON_AddItemToArray(layers, cJSON_CreateNumber(first));
+    cJSON_AddItemToArray(layers, cJSON_CreateNumber(last));
+    cJSON_AddNumberToObject(st, "passes", passes);
+    cJSON_AddBoolToObject(st, "cyclic", cyclic);
+    return cJSON_AddItemToArray(steps, st);
+}
+
+cJSON *kvmap_plan_json(const kv_map *m) {
+    const int groups = kvmap_n_cyclic_groups(m);
+    if (groups == 0) return NULL;
+    cJSON *plan = cJSON_CreateObject();
+    if (!plan) return NULL;
+    cJSON_AddNumberToObject(plan, "passes", KVMAP_DEFAULT_PASSES);
+    cJSON_AddNumberToObject(plan, "cyclic_groups", groups);
+    cJSON *steps = cJSON_AddArrayToObject(plan, "steps");
+    int ok = steps != NULL, next = 0, lo, hi;
+    while (ok && kvmap_cyclic_group(m, next, &lo, &hi) > 0) {
+        if (lo > next) ok = add_plan_step(steps, next, lo - 1, 1, 0);
+        if (ok) ok = add_plan_step(steps, lo, hi, KVMAP_DEFAULT_PASSES, 1);
+        next = hi + 1;
+    }
+    if (ok && next < m->n_layers) ok = add_plan_step(steps, next, m->n_layers - 1, 1, 0);
+    if (!ok) {
+        cJSON_Delete(plan);
+        return NULL;
+    }
+    return plan;
+}
+
 int kvmap_readers(const kv_map *m, int target, int *out, int cap) {
     if (!layer_ok(m, target) || cap < 0 || (cap > 0 && !out)) return KV_EINVAL;
     int n = 0;
@@ -618,9 +678,21 @@ int kvmap_diagram(const kv_map *m, char *buf, size_t cap) {
         }
         out_printf(&o, "\n");
     }
-    int lo, hi;
-    if (kvmap_cyclic_block(m, &lo, &hi))
-        out_printf(&o, "iterative prefill cyclic block: layers %d..%d\n", lo, hi);
+    const int groups = kvmap_n_cyclic_groups(m);
+    if (groups > 0) {
+        /* LCKV's iteration plan, in order: plain layers once, each cyclic group N times */
+        out_printf(&o, "iterative prefill: %d cyclic group%s, N passes each (N = %d unless "
+                   "kvrun --prefill iterative:N / kvdistill --passes N)\n",
+                   groups, groups == 1 ? "" : "s", KVMAP_DEFAULT_PASSES);
+        int next = 0, lo, hi, g = 0;
+        while (kvmap_cyclic_group(m, next, &lo, &hi) > 0) {
+            if (lo > next) out_printf(&o, "  layers %*d..%*d  once\n", w, next, w, lo - 1);
+            out_printf(&o, "  layers %*d..%*d  cyclic group %d: %d passes\n", w, lo, w, hi, ++g,
+                       KVMAP_DEFAULT_PASSES);
+            next = hi + 1;
+        }
+        if (next < L) out_printf(&o, "  layers %*d..%*d  once\n", w, next, w, L - 1);
+    }
     out_printf(&o, "KV cache: %d of %d slots (saving %.1f%%)\n", slots, L,
                100.0 * kvmap_cache_saving(m));
     return out_finish(&o);

@@ -25,6 +25,8 @@
 #include "base/error.h"
 
 #define KVMAP_MAX_LAYERS 1024
+/* passes of the iterative plan per cyclic group (LCKV's m + b = 7 + 2) unless told otherwise */
+#define KVMAP_DEFAULT_PASSES 9
 
 struct cJSON;
 
@@ -78,6 +80,19 @@ int kvmap_equal(const kv_map *a, const kv_map *b);
  * upward layer. Returns the block's layer count hi-lo+1, or 0 with lo = hi = -1 when no layer is
  * upward. */
 int kvmap_cyclic_block(const kv_map *m, int *lo, int *hi);
+/* LCKV's iteration plan (METHODS.md s1): the cyclic groups. A group starts at an upward layer
+ * lo and ends at hi, the highest target read by any layer of lo..hi (the runs [i, kv(i)] of the
+ * upward layers merged while they overlap). kvmap_cyclic_group gives the lowest group whose first
+ * layer is >= from (from: 0 or the layer after a group): returns its layer count hi-lo+1, or 0
+ * with lo = hi = -1 when there is none. Groups are disjoint and ascending: the next one is
+ * kvmap_cyclic_group(m, hi + 1, ..). With one
+ * group, it is the cyclic block. */
+int kvmap_cyclic_group(const kv_map *m, int from, int *lo, int *hi);
+int kvmap_n_cyclic_groups(const kv_map *m);
+/* the plan as JSON, {"passes": N, "cyclic_groups": G, "steps": [{"layers": [first, last],
+ * "passes": 1 or N, "cyclic": false/true}, ..]} in layer order, N = KVMAP_DEFAULT_PASSES; NULL
+ * when no layer is upward (or out of memory). The caller owns it. */
+struct cJSON *kvmap_plan_json(const kv_map *m);
 /* layers i with kv(i) = target (target itself included when it is a KV layer), ascending: writes
  * up to cap of them into out and returns how many there are in all; KV_EINVAL on a bad layer */
 int kvmap_readers(const kv_map *m, int target, int *out, int cap);
@@ -87,7 +102,9 @@ int kvmap_layer_types(const kv_map *m, char *buf, size_t cap);
 /* 2 * slots * nkv * hd * elem_bytes; 0 on bad arguments or overflow */
 size_t kvmap_cache_bytes_per_token(const kv_map *m, int n_kv_heads, int head_dim,
                                    size_t elem_bytes);
-/* per-layer diagram, one line per layer, then "KV cache: X of L slots (saving Y%)".
+/* per-layer diagram, one line per layer, the iterative prefill plan of a map with upward layers
+ * (its steps: layers run once, cyclic groups run N times), then "KV cache: X of L slots
+ * (saving Y%)".
  * snprintf-like return and truncation, as kvmap_layer_types. */
 int kvmap_diagram(const kv_map *m, char *buf, size_t cap);
 

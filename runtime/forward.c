@@ -12,23 +12,26 @@ int kv_prefill_parse(kv_prefill *p, const char *spec, kv_error *err) {
         *p = (kv_prefill){.mode = KV_PREFILL_SEQUENTIAL};
         return 0;
     }
-    if (strcmp(spec, "iterative") == 0) {
-        *p = (kv_prefill){.mode = KV_PREFILL_ITERATIVE, .passes = KV_PREFILL_DEFAULT_PASSES};
+    const int block = strncmp(spec, "iterative-block", 15) == 0;
+    const char *rest = block ? spec + 15 : strncmp(spec, "iterative", 9) == 0 ? spec + 9 : NULL;
+    if (rest && !*rest) {
+        *p = (kv_prefill){.mode = KV_PREFILL_ITERATIVE, .passes = KV_PREFILL_DEFAULT_PASSES,
+                          .block = block};
         return 0;
     }
-    if (strncmp(spec, "iterative:", 10) == 0) {
-        const char *s = spec + 10;
+    if (rest && *rest == ':') {
+        const char *s = rest + 1;
         long n = 0;
         int digits = 0;
         for (; *s >= '0' && *s <= '9' && n <= 1000000; s++, digits++) n = n * 10 + (*s - '0');
         if (digits && !*s && n >= 1 && n <= 1000000) {
-            *p = (kv_prefill){.mode = KV_PREFILL_ITERATIVE, .passes = (int)n};
+            *p = (kv_prefill){.mode = KV_PREFILL_ITERATIVE, .passes = (int)n, .block = block};
             return 0;
         }
     }
     return kv_fail(err, KV_EINVAL,
-                   "prefill mode '%s': expected 'sequential', 'iterative' or 'iterative:N' "
-                   "(1 <= N <= 1000000)", spec);
+                   "prefill mode '%s': expected 'sequential', 'iterative', 'iterative:N', "
+                   "'iterative-block' or 'iterative-block:N' (1 <= N <= 1000000)", spec);
 }
 
 /* A device view of `count` floats of host weights (NULL stays NULL). A tensor mapped already
@@ -321,15 +324,14 @@ static int run_tail(kv_state *s, int from, float *x, int T, int pos0, int rows, 
     return rows ? kv_layers_run(s, from, L, xr, rows, pr, err) : 0;
 }
 
-/* iterative prefill over a map with upward layers: the cyclic block `passes` times */
-static int run_iterative(kv_state *s, float *x, int T, int pos0, int passes, int rows, int prune,
-                         kv_error *err) {
+/* one cyclic group [lo, hi] `passes` times over the rows x, each pass from the hidden states
+ * entering it */
+static int run_group(kv_state *s, int lo, int hi, float *x, int T, int pos0, int passes,
+                     kv_error *err) {
     kv_backend *b = s->backend;
     const kv_model *m = s->model;
-    const int lo = s->block_lo, hi = s->block_hi;
     const size_t bytes = sizeof(float) * (size_t)T * (size_t)m->dims.hidden;
-    int rc = kv_layers_run(s, 0, lo, x, T, pos0, err);
-    if (!rc) rc = b->ops->copy(b, s->x_block, x, bytes, err);
+    int rc = b->ops->copy(b, s->x_block, x, bytes, err);
     /* upward layers read their targets' K/V of these positions from the previous pass: zeros
      * before the first */
     for (int i = lo; !rc && i <= hi; i++)
@@ -338,7 +340,21 @@ static int run_iterative(kv_state *s, float *x, int T, int pos0, int passes, int
         if (pass) rc = b->ops->copy(b, x, s->x_block, bytes, err);
         if (!rc) rc = kv_layers_run(s, lo, hi + 1, x, T, pos0, err);
     }
-    return rc ? rc : run_tail(s, hi + 1, x, T, pos0, rows, prune, err);
+    return rc;
+}
+
+/* iterative prefill over a map with upward layers (METHODS.md s1): in layer order, the layers
+ * outside the cyclic groups once and each group `passes` times (block: the one cyclic block) */
+static int run_iterative(kv_state *s, float *x, int T, int pos0, int passes, int block, int rows,
+                         int prune, kv_error *err) {
+    const kv_map *map = &s->model->cfg.map;
+    int rc = 0, next = 0, lo = s->block_lo, hi = s->block_hi;
+    while (!rc && (block ? next == 0 : kvmap_cyclic_group(map, next, &lo, &hi) > 0)) {
+        rc = kv_layers_run(s, next, lo, x, T, pos0, err);
+        if (!rc) rc = run_group(s, lo, hi, x, T, pos0, passes, err);
+        next = hi + 1;
+    }
+    return rc ? rc : run_tail(s, next, x, T, pos0, rows, prune, err);
 }
 
 /* tokens at pos0 = n_past; logits rows for the wanted tokens into out (host) */
@@ -362,7 +378,7 @@ static int run_pass(kv_state *s, const int32_t *tokens, int T, const kv_forward_
                                pos0 + T - run, err);
     } else if (s->has_upward && T > 1) {
         const int passes = o->prefill.passes > 0 ? o->prefill.passes : KV_PREFILL_DEFAULT_PASSES;
-        rc = run_iterative(s, x, T, pos0, passes, rows, !o->no_tail_skip, err);
+        rc = run_iterative(s, x, T, pos0, passes, o->prefill.block, rows, !o->no_tail_skip, err);
     } else {
         rc = run_tail(s, 0, x, T, pos0, rows, !o->no_tail_skip, err);
     }

@@ -23,9 +23,12 @@
  *
  * Multi-token passes over a map with upward layers (prefill), METHODS.md s1:
  *   sequential    one token at a time through all layers (exact, = decoding the prompt);
- *   iterative:N   layers below the cyclic block [lo, hi] once; the block N times over all T
- *                 tokens, each pass from the same hidden states entering it and reading the
- *                 target K/V of the previous pass (zeros before the first); layers above once.
+ *   iterative:N   LCKV's plan: in layer order, layers outside the cyclic groups once, each
+ *                 cyclic group [lo, hi] (kvmap_cyclic_group) N times over all T tokens, after
+ *                 the groups below it: each pass from the same hidden states entering the group
+ *                 and reading the target K/V of the previous pass (zeros before the first).
+ *                 iterative-block:N iterates the one block from the lowest upward layer to the
+ *                 highest target instead (the same with a single group).
  * SwiftKV prefill: every token runs layers < l (and so all K/V); only tokens whose logits are
  * wanted run layers >= l (the last, or none) unless no_swiftkv_skip. Other maps, likewise
  * exact: above the highest layer that writes K/V (its K/V still for every token) only the tokens
@@ -41,14 +44,17 @@
 #include "runtime/model.h"
 
 typedef enum { KV_PREFILL_ITERATIVE = 0, KV_PREFILL_SEQUENTIAL = 1 } kv_prefill_mode;
-#define KV_PREFILL_DEFAULT_PASSES 9 /* m + b = 7 + 2 in LCKV */
+#define KV_PREFILL_DEFAULT_PASSES KVMAP_DEFAULT_PASSES /* m + b = 7 + 2 in LCKV */
 
 typedef struct {
     kv_prefill_mode mode;
     int passes;          /* iterative: N (0 means KV_PREFILL_DEFAULT_PASSES) */
+    int block;           /* iterative: 1 = the single cyclic block instead of one cyclic group at
+                            a time (the plan before LCKV's; kept for comparison) */
 } kv_prefill;
 
-/* "sequential", "iterative" (N = 9) or "iterative:N" (1 <= N <= 1000000) */
+/* "sequential", "iterative" (N = 9), "iterative:N" (1 <= N <= 1000000), or "iterative-block"
+ * / "iterative-block:N" (the single-block plan) */
 int kv_prefill_parse(kv_prefill *p, const char *spec, kv_error *err);
 
 typedef enum { KV_LOGITS_LAST = 0, KV_LOGITS_ALL = 1, KV_LOGITS_NONE = 2 } kv_logits_want;
@@ -92,7 +98,7 @@ typedef struct {
     int n_past;           /* positions already in the cache */
     int has_upward;       /* the map has layers with kv(i) > i */
     int top_kv_writer;    /* highest layer writing K/V from its own input (-1: none) */
-    int block_lo, block_hi; /* their cyclic block */
+    int block_lo, block_hi; /* their cyclic block (the span of all cyclic groups) */
     void *block;          /* the one backend allocation the buffers below are carved from */
     size_t block_bytes;   /* its size */
     float *x;             /* [B, H] residual stream */
@@ -100,7 +106,7 @@ typedef struct {
     float *q;             /* [B, nh*hd] queries */
     float *att;           /* [B, nh*hd] attention output */
     float *gate, *up;     /* [B, FFN] MLP hidden */
-    float *x_block;       /* [B, H] hidden entering the cyclic block (upward maps only) */
+    float *x_block;       /* [B, H] hidden entering the cyclic group (upward maps only) */
     int32_t *pos;         /* [max_seq] 0, 1, .., max_seq-1 (uploaded at init): the rows at
                              pos0.. read pos + pos0 */
     float *kv_rows;       /* [2 * B * kv_dim]: K [T, kv_dim] then V [T, kv_dim] of the rows in

@@ -45,6 +45,14 @@ expect_grep "4 dropped" "$TMP/out" "plan dropped count"
 expect_rc 0 "plan subcommand" -- "$C" plan "$S" --map lasagna-bottom:3
 expect_grep "layer 1  -> 0" "$TMP/out" "plan subcommand diagram"
 expect_rc 2 "plan without folder" -- "$C" plan
+# LCKV's iteration plan: the cyclic groups and their passes (text and --json)
+expect_rc 0 "plan lasagna-top:2" -- "$C" plan "$S" --map lasagna-top:2
+expect_grep "iterative prefill: 2 cyclic groups" "$TMP/out" "plan counts the cyclic groups"
+expect_grep "  layers 3..4  cyclic group 2: 9 passes" "$TMP/out" "plan lists the second group"
+expect_rc 0 "plan pizza-top:3 json" -- "$C" plan "$S" --map pizza-top:3 --json
+tr -d ' \t\n' <"$TMP/out" >"$TMP/flat.json"
+expect_grep '"prefill_plan":{"passes":9,"cyclic_groups":1,"steps":\[{"layers":\[0,1\],"passes":1,"cyclic":false},{"layers":\[2,4\],"passes":9,"cyclic":true}\]}' \
+    "$TMP/flat.json" "plan --json gives the prefill plan"
 expect_rc 0 "plan swiftkv json" -- "$C" --plan "$S" --swiftkv 1,2 --json
 cp "$TMP/out" "$TMP/plan.json"
 json_ok "$TMP/plan.json" "plan --json"

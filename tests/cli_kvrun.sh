@@ -22,6 +22,8 @@ expect_rc 2 "two modes" -- "$R" "$M" --bench --prompt hi
 expect_rc 2 "bad temperature" -- "$R" "$M" --prompt hi --temperature -1
 expect_rc 2 "bad top-p" -- "$R" "$M" --prompt hi --top-p 1.5
 expect_rc 2 "bad prefill" -- "$R" "$M" --prompt hi --prefill iterative:0
+expect_rc 2 "bad block prefill" -- "$R" "$M" --prompt hi --prefill iterative-block:0
+expect_grep "iterative-block:N" "$TMP/err" "prefill error lists iterative-block"
 expect_rc 2 "logits without input" -- "$R" "$M" --logits-out "$TMP/x.safetensors"
 expect_rc 2 "logits with both inputs" -- "$R" "$M" --logits-out "$TMP/x.safetensors" --text a --tokens 1
 expect_rc 2 "text without logits" -- "$R" "$M" --prompt hi --text a

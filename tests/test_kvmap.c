@@ -1,6 +1,7 @@
 /* KV maps: every configuration against arrays derived by hand from METHODS.md s1 (the worked
  * examples verbatim), presets, literals, SwiftKV, refusals, slots, cyclic block, diagram. */
 #include <cjson/cJSON.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "tests/check.h"
@@ -369,8 +370,45 @@ static void test_queries(void) {
     CHECK(kvmap_cyclic_block(&map, &lo, &hi) == 10 && lo == 1 && hi == 10, "lckv:2 block");
     kvmap_parse(&map, "1_1_2_4_4", 5, NULL);
     CHECK(kvmap_cyclic_block(&map, &lo, &hi) == 5 && lo == 0 && hi == 4, "two upward groups");
+    /* LCKV's cyclic groups: runs [i, kv(i)] of upward layers, merged while they overlap */
+    CHECK(kvmap_cyclic_group(&map, 0, &lo, &hi) == 2 && lo == 0 && hi == 1 &&
+              kvmap_cyclic_group(&map, 2, &lo, &hi) == 2 && lo == 3 && hi == 4 &&
+              kvmap_cyclic_group(&map, 5, &lo, &hi) == 0 && lo == -1 && hi == -1 &&
+              kvmap_n_cyclic_groups(&map) == 2,
+          "1_1_2_4_4 groups");
+    kvmap_parse(&map, "lasagna-top:6", 12, NULL);
+    CHECK(kvmap_n_cyclic_groups(&map) == 6, "lasagna-top:6: 6 groups");
+    for (int g = 0, from = 0; g < 6; g++, from = hi + 1)
+        CHECK(kvmap_cyclic_group(&map, from, &lo, &hi) == 2 && lo == 2 * g && hi == 2 * g + 1,
+              "lasagna-top:6 group %d: %d..%d", g, lo, hi);
+    kvmap_parse(&map, "lckv:2", 12, NULL);
+    CHECK(kvmap_n_cyclic_groups(&map) == 1 && kvmap_cyclic_group(&map, 0, &lo, &hi) == 10 &&
+              lo == 1 && hi == 10 && kvmap_cyclic_group(&map, 1, NULL, NULL) == 10 &&
+              kvmap_cyclic_group(&map, 11, NULL, NULL) == 0,
+          "lckv:2: one group = the block");
+    kvmap_parse(&map, "0_3_5_3_5_5_6", 7, NULL); /* [1,3] and [2,5] overlap: one group 1..5 */
+    CHECK(kvmap_n_cyclic_groups(&map) == 1 && kvmap_cyclic_group(&map, 0, &lo, &hi) == 5 &&
+              lo == 1 && hi == 5,
+          "overlapping runs merge: %d..%d", lo, hi);
+    kvmap_parse(&map, "2_1_2_4_4", 5, NULL); /* touching runs [0,2] [3,4] stay apart */
+    CHECK(kvmap_n_cyclic_groups(&map) == 2, "touching runs: two groups");
+    kvmap_parse(&map, "0_3_3_3_4_6_6", 7, NULL);
+    cJSON *plan = kvmap_plan_json(&map);
+    char *text = plan ? cJSON_PrintUnformatted(plan) : NULL;
+    const char *want = "{\"passes\":9,\"cyclic_groups\":2,\"steps\":["
+                       "{\"layers\":[0,0],\"passes\":1,\"cyclic\":false},"
+                       "{\"layers\":[1,3],\"passes\":9,\"cyclic\":true},"
+                       "{\"layers\":[4,4],\"passes\":1,\"cyclic\":false},"
+                       "{\"layers\":[5,6],\"passes\":9,\"cyclic\":true}]}";
+    CHECK(text && !strcmp(text, want), "plan json: %s", text ? text : "(null)");
+    free(text);
+    cJSON_Delete(plan);
     kvmap_parse(&map, "sandwich-bottom:6", 12, NULL);
     CHECK(kvmap_cyclic_block(&map, &lo, &hi) == 0 && lo == -1 && hi == -1, "bottom: no block");
+    CHECK(kvmap_n_cyclic_groups(&map) == 0 && kvmap_cyclic_group(&map, 0, &lo, &hi) == 0 &&
+              lo == -1 && hi == -1,
+          "bottom: no group");
+    CHECK(kvmap_plan_json(&map) == NULL, "bottom: no plan json");
     kvmap_identity(&map, 12);
     CHECK(kvmap_cyclic_block(&map, &lo, &hi) == 0 && lo == -1, "identity: no block");
     CHECK(kvmap_cache_bytes_per_token(&map, 4, 8, 2) == 1536, "identity cache bytes");
@@ -439,7 +477,10 @@ static void test_diagram(void) {
                        "layer 0  KV          slot 0\n"
                        "layer 1  -> 2        slot 1  upward (diagonal masked)\n"
                        "layer 2  KV          slot 1  shared by 2 layers\n"
-                       "iterative prefill cyclic block: layers 1..2\n"
+                       "iterative prefill: 1 cyclic group, N passes each (N = 9 unless kvrun "
+                       "--prefill iterative:N / kvdistill --passes N)\n"
+                       "  layers 0..0  once\n"
+                       "  layers 1..2  cyclic group 1: 9 passes\n"
                        "KV cache: 2 of 3 slots (saving 33.3%)\n";
     int n = kvmap_diagram(&map, buf, sizeof buf);
     CHECK(n == (int)strlen(want) && !strcmp(buf, want), "diagram:\n%s\nwant:\n%s", buf, want);
@@ -457,7 +498,16 @@ static void test_diagram(void) {
     CHECK(strstr(buf, "layer  8  ->  6       slot 3\n") != NULL, "sandwich layer 8 line");
     CHECK(strstr(buf, "layer  6  KV          slot 3  shared by 7 layers\n") != NULL,
           "sandwich layer 6 line");
-    CHECK(strstr(buf, "cyclic block: layers 3..6\n") != NULL, "sandwich block line");
+    CHECK(strstr(buf, "  layers  3.. 6  cyclic group 1: 9 passes\n") != NULL &&
+              strstr(buf, "  layers  7..11  once\n") != NULL,
+          "sandwich plan lines:\n%s", buf);
+    kvmap_parse(&map, "lasagna-top:2", 5, NULL);
+    kvmap_diagram(&map, buf, sizeof buf);
+    CHECK(strstr(buf, "iterative prefill: 2 cyclic groups") != NULL &&
+              strstr(buf, "  layers 0..2  cyclic group 1: 9 passes\n"
+                          "  layers 3..4  cyclic group 2: 9 passes\n") != NULL &&
+              strstr(buf, "once") == NULL,
+          "lasagna-top:2 plan:\n%s", buf);
 
     kvmap_swiftkv(&map, 32, 16, 4, NULL);
     kvmap_diagram(&map, buf, sizeof buf);

@@ -252,23 +252,31 @@ static void r_forward(ref_ctx *c, int set_prev) {
         for (int k = 0; k < H; k++) c->xin[0][r * H + k] = E[(size_t)c->tokens[r] * H + k];
     int lo, hi;
     if (kvmap_cyclic_block(&m->cfg.map, &lo, &hi) > 0 && m->cfg.map.kind != KVMAP_SWIFTKV) {
-        for (int i = 0; i < lo; i++) r_layer(c, i);
-        const int S = kvmap_n_slots(&m->cfg.map);
+        /* LCKV's plan: each cyclic group in turn, after the layers below it */
         const size_t kvb = sizeof(double) * N * m->dims.kv_dim;
-        if (set_prev) {
-            for (int s = 0; s < S; s++) memset(c->kp[s], 0, kvb), memset(c->vp[s], 0, kvb);
-            for (int p = 1; p <= c->passes - c->grad_passes; p++) {
-                for (int i = lo; i <= hi; i++) r_layer(c, i);
-                for (int s = 0; s < S; s++) memcpy(c->kp[s], c->k[s], kvb), memcpy(c->vp[s], c->v[s], kvb);
+        int next = 0;
+        while (kvmap_cyclic_group(&m->cfg.map, next, &lo, &hi) > 0) {
+            for (int i = next; i < lo; i++) r_layer(c, i);
+            int s0 = 0, s1 = 0; /* the group's slots */
+            for (int i = 0; i <= hi; i++)
+                if (kvmap_is_kv_layer(&m->cfg.map, i)) s0 += i < lo, s1++;
+            if (set_prev) {
+                for (int s = s0; s < s1; s++) memset(c->kp[s], 0, kvb), memset(c->vp[s], 0, kvb);
+                for (int p = 1; p <= c->passes - c->grad_passes; p++) {
+                    for (int i = lo; i <= hi; i++) r_layer(c, i);
+                    for (int s = s0; s < s1; s++) memcpy(c->kp[s], c->k[s], kvb), memcpy(c->vp[s], c->v[s], kvb);
+                }
+                for (int s = s0; s < s1; s++) memcpy(c->kc[s], c->kp[s], kvb), memcpy(c->vc[s], c->vp[s], kvb);
             }
-            for (int s = 0; s < S; s++) memcpy(c->kc[s], c->kp[s], kvb), memcpy(c->vc[s], c->vp[s], kvb);
-        }
-        for (int s = 0; s < S; s++) memcpy(c->kp[s], c->kc[s], kvb), memcpy(c->vp[s], c->vc[s], kvb);
-        for (int p = 1; p < c->grad_passes; p++) {
+            for (int s = s0; s < s1; s++) memcpy(c->kp[s], c->kc[s], kvb), memcpy(c->vp[s], c->vc[s], kvb);
+            for (int p = 1; p < c->grad_passes; p++) {
+                for (int i = lo; i <= hi; i++) r_layer(c, i);
+                for (int s = s0; s < s1; s++) memcpy(c->kp[s], c->k[s], kvb), memcpy(c->vp[s], c->v[s], kvb);
+            }
             for (int i = lo; i <= hi; i++) r_layer(c, i);
-            for (int s = 0; s < S; s++) memcpy(c->kp[s], c->k[s], kvb), memcpy(c->vp[s], c->v[s], kvb);
+            next = hi + 1;
         }
-        for (int i = lo; i < L; i++) r_layer(c, i);
+        for (int i = next; i < L; i++) r_layer(c, i);
     } else {
         for (int i = 0; i < L; i++) r_layer(c, i);
     }
@@ -436,6 +444,22 @@ static void run_case(const char *label, const tiny_shape *shape, const char *map
     kvt_run_free(&rt2);
     kv_backend_free(&split);
     CHECK(split_allocations() == 0, "%s: device allocations left behind", label);
+    /* the single-block plan (kvt_run_init_plan, block = 1): the same loss, bit for bit, when the
+     * map has one cyclic group; another loss when it has several (a different plan) */
+    if (kvmap_n_cyclic_groups(&map) > 0) {
+        kvt_run rb;
+        kvt_loss lb;
+        rc = kvt_run_init_plan(&rb, &cpu, &student, B, T, passes, 1, 1, 0, &err);
+        if (!rc) rc = kvt_distill_microbatch(&rb, &rt, tokens, &lw, 0.0f, &lb, &err);
+        CHECK(rc == 0, "%s: block plan: %s", label, err.msg);
+        if (kvmap_n_cyclic_groups(&map) == 1)
+            CHECK(rc == 0 && !memcmp(&lb, &loss, sizeof lb), "%s: block plan loss %.9g vs %.9g",
+                  label, lb.loss, loss.loss);
+        else
+            CHECK(rc == 0 && lb.loss != loss.loss, "%s: block plan, %d groups: same loss", label,
+                  kvmap_n_cyclic_groups(&map));
+        kvt_run_free(&rb);
+    }
 
     /* the reference: teacher outputs, then the student loss and its finite differences */
     ref_ctx tc, sc;

@@ -87,6 +87,8 @@ char *convert_plan_json(const convert_plan *p, const convert_file_hash *hashes, 
             cJSON_AddItemToArray(files, f);
         }
     }
+    cJSON *prefill = kvmap_plan_json(&p->opt.map); /* upward maps: LCKV's iteration plan */
+    if (prefill) cJSON_AddItemToObject(root, "prefill_plan", prefill);
     cJSON *tensors = tensors_json(p);
     if (tensors) cJSON_AddItemToObject(root, "tensors", tensors);
 

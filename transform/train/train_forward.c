@@ -44,7 +44,16 @@ static int lowest_grad_layer(const kvt_model *m) {
     return lo;
 }
 
-/* 1 when slot s is written by a layer of the cyclic block [lo, hi] */
+/* slots [*s0, *s1) are those KV layers of [lo, hi] write (slots are numbered in layer order) */
+static void group_slots(const kvt_model *m, int lo, int hi, int *s0, int *s1) {
+    int a = 0, b = 0;
+    for (int i = 0; i <= hi; i++)
+        if (kvmap_is_kv_layer(&m->cfg.map, i)) a += i < lo, b++;
+    *s0 = a;
+    *s1 = b;
+}
+
+/* 1 when slot s is written by a layer of the cyclic group [lo, hi] */
 static int slot_made_in_block(const kvt_model *m, int s, int lo, int hi) {
     for (int i = lo; i <= hi; i++)
         if (kvmap_is_kv_layer(&m->cfg.map, i) && kvmap_slot_of(&m->cfg.map, i) == s) return 1;
@@ -68,7 +77,7 @@ static int act_width(const llama_dims *d, int f) {
 
 /* Every device buffer of a run, in carving order. Elements are 4 bytes (float, or int32 for
  * POS/TOKENS). S slots, P of them read by upward layers, E = grad_passes - 1 earlier
- * differentiated passes over the nb = hi - lo + 1 layers of the cyclic block. */
+ * differentiated passes over the nb layers of the cyclic groups (all groups together). */
 enum {
     BUF_ACT,                              /* N_ACT arrays [L, N, width]: layer i at i*N*width */
     BUF_K = BUF_ACT + N_ACT, BUF_V,       /* [S, N, KV] this pass */
@@ -83,8 +92,9 @@ enum {
     BUF_DGATE, BUF_DUP, BUF_DACT,         /* [N, F] */
     BUF_DK, BUF_DV,                       /* [S, N, KV] */
     /* E > 0 */
-    BUF_EACT,                             /* N_ACT arrays [E, nb, N, width] (x_in: nb - 1
-                                             layers, the block's first input is shared) */
+    BUF_EACT,                             /* N_ACT arrays [E, nb, N, width] (x_in: nb - G
+                                             layers, each of the G groups' first input is
+                                             shared) */
     BUF_K_MADE = BUF_EACT + N_ACT, BUF_V_MADE, /* [E, S, N, KV] */
     BUF_K_READ, BUF_V_READ,               /* [P, N, KV] what pass 0 reads */
     BUF_DK_PREV, BUF_DV_PREV,             /* [P, N, KV] */
@@ -99,13 +109,17 @@ static void run_sizes(size_t size[N_BUF], const kvt_run *r, int n_prev) {
     const llama_dims *d = &r->m->dims;
     const size_t L = (size_t)d->n_layers, S = (size_t)r->n_slots, P = (size_t)n_prev;
     const size_t E = (size_t)(r->grad_passes - 1);
-    const size_t nb = E ? (size_t)(r->block_hi - r->block_lo + 1) : 0;
+    size_t nb = 0, nx = 0; /* layers in the groups; those but each group's first */
+    for (int g = 0; E && g < r->n_groups; g++) {
+        nb += (size_t)(r->group_hi[g] - r->group_lo[g] + 1);
+        nx += (size_t)(r->group_hi[g] - r->group_lo[g]);
+    }
     const size_t nh = rows(r, d->hidden), nkv = rows(r, d->kv_dim), nq = rows(r, d->q_dim);
     const size_t nf = rows(r, d->ffn), nv = rows(r, d->vocab), g = r->want_grad ? 1 : 0;
     memset(size, 0, sizeof(size_t) * N_BUF);
     for (int f = 0; f < N_ACT; f++) {
         size[BUF_ACT + f] = L * rows(r, act_width(d, f));
-        size[BUF_EACT + f] = E * (f == 0 ? nb - 1 : nb) * rows(r, act_width(d, f));
+        size[BUF_EACT + f] = E * (f == 0 ? nx : nb) * rows(r, act_width(d, f));
     }
     size[BUF_K] = size[BUF_V] = S * nkv;
     size[BUF_K_PREV] = size[BUF_V_PREV] = P * nkv;
@@ -159,6 +173,8 @@ static int alloc_tables(kvt_run *r, kv_error *err) {
         ok &= (r->acts_early = calloc(E * L, sizeof *r->acts_early)) != NULL;
         ok &= (r->dk_prev = calloc(S, sizeof(float *))) != NULL;
         ok &= (r->dv_prev = calloc(S, sizeof(float *))) != NULL;
+        ok &= (r->k_mix = calloc(S, sizeof(float *))) != NULL;
+        ok &= (r->v_mix = calloc(S, sizeof(float *))) != NULL;
     }
     return ok ? 0 : kv_fail(err, KV_ENOMEM, "train: out of memory");
 }
@@ -168,8 +184,12 @@ static int alloc_tables(kvt_run *r, kv_error *err) {
 static void point_tables(kvt_run *r, float *const base[N_BUF], const int *prev) {
     const llama_dims *d = &r->m->dims;
     const int L = d->n_layers, S = r->n_slots, E = r->grad_passes - 1;
-    const int lo = r->block_lo, hi = r->block_hi, nb = hi - lo + 1;
     const size_t nkv = rows(r, d->kv_dim);
+    size_t nb = 0, nx = 0; /* as run_sizes */
+    for (int g = 0; E && g < r->n_groups; g++) {
+        nb += (size_t)(r->group_hi[g] - r->group_lo[g] + 1);
+        nx += (size_t)(r->group_hi[g] - r->group_lo[g]);
+    }
     for (int f = 0; f < N_ACT; f++)
         for (int i = 0; i < L; i++)
             *act_field(&r->acts[i], f) = base[BUF_ACT + f] + (size_t)i * rows(r, act_width(d, f));
@@ -203,14 +223,24 @@ static void point_tables(kvt_run *r, float *const base[N_BUF], const int *prev) 
     r->dact = base[BUF_DACT];
     for (int e = 0; e < E; e++) {
         kvt_layer_acts *set = r->acts_early + (size_t)e * L;
-        for (int f = 0; f < N_ACT; f++)
-            for (int i = lo + (f == 0); i <= hi; i++) {
-                const size_t per_pass = (size_t)(f == 0 ? nb - 1 : nb);
-                const size_t k = (size_t)e * per_pass + (size_t)(i - lo - (f == 0));
-                *act_field(&set[i], f) = base[BUF_EACT + f] + k * rows(r, act_width(d, f));
-            }
-        set[lo].x_in = r->acts[lo].x_in; /* every pass starts from it */
-        if (hi + 1 < L) set[hi + 1].x_in = base[BUF_X_SPILL];
+        size_t at = 0, at_x = 0; /* the group's first layer among the nb (nx for x_in) */
+        for (int g = 0; g < r->n_groups; g++) {
+            const int lo = r->group_lo[g], hi = r->group_hi[g];
+            for (int f = 0; f < N_ACT; f++)
+                for (int i = lo + (f == 0); i <= hi; i++) {
+                    const size_t k = f == 0 ? (size_t)e * nx + at_x + (size_t)(i - lo - 1)
+                                            : (size_t)e * nb + at + (size_t)(i - lo);
+                    *act_field(&set[i], f) = base[BUF_EACT + f] + k * rows(r, act_width(d, f));
+                }
+            set[lo].x_in = r->acts[lo].x_in; /* every pass starts from it */
+            at += (size_t)(hi - lo + 1);
+            at_x += (size_t)(hi - lo);
+        }
+        /* a group's top layer writes its pass-e output where nothing reads it: the spill, or
+         * the next group's input, which the group's last pass then overwrites */
+        for (int g = 0; g < r->n_groups; g++)
+            if (r->group_hi[g] + 1 < L && !set[r->group_hi[g] + 1].x_in)
+                set[r->group_hi[g] + 1].x_in = base[BUF_X_SPILL];
         for (int s = 0; s < S; s++) {
             r->k_made[e * S + s] = base[BUF_K_MADE] + (size_t)(e * S + s) * nkv;
             r->v_made[e * S + s] = base[BUF_V_MADE] + (size_t)(e * S + s) * nkv;
@@ -303,6 +333,32 @@ int kvt_run_init(kvt_run *r, kv_backend *b, const kvt_model *m, int B, int T, in
 
 int kvt_run_init_grad(kvt_run *r, kv_backend *b, const kvt_model *m, int B, int T, int passes,
                       int grad_passes, int want_grad, kv_error *err) {
+    return kvt_run_init_plan(r, b, m, B, T, passes, grad_passes, 0, want_grad, err);
+}
+
+/* r->group_lo/hi: the cyclic groups of the plan (block: the one cyclic block) */
+static int plan_groups(kvt_run *r, int block, kv_error *err) {
+    const kv_map *map = &r->m->cfg.map;
+    const int n = !r->has_upward ? 0 : block ? 1 : kvmap_n_cyclic_groups(map);
+    r->group_lo = calloc((size_t)n + 1, sizeof(int));
+    r->group_hi = calloc((size_t)n + 1, sizeof(int));
+    if (!r->group_lo || !r->group_hi) return kv_fail(err, KV_ENOMEM, "train: out of memory");
+    r->n_groups = n;
+    if (block && n) {
+        r->group_lo[0] = r->block_lo;
+        r->group_hi[0] = r->block_hi;
+        return 0;
+    }
+    int next = 0;
+    for (int g = 0; g < n; g++) {
+        kvmap_cyclic_group(map, next, &r->group_lo[g], &r->group_hi[g]);
+        next = r->group_hi[g] + 1;
+    }
+    return 0;
+}
+
+int kvt_run_init_plan(kvt_run *r, kv_backend *b, const kvt_model *m, int B, int T, int passes,
+                      int grad_passes, int block, int want_grad, kv_error *err) {
     memset(r, 0, sizeof *r);
     if (B < 1 || T < 1 || passes < 1)
         return kv_fail(err, KV_EINVAL, "train: batch %d, seq-len %d, passes %d must be >= 1", B, T,
@@ -334,8 +390,13 @@ int kvt_run_init_grad(kvt_run *r, kv_backend *b, const kvt_model *m, int B, int 
         prev[s] = r->has_upward && slot_has_upward_reader(m, s) ? n_prev++ : -1;
     size_t size[N_BUF];
     float *base[N_BUF];
+    int rc = plan_groups(r, block, err);
+    if (rc) {
+        kvt_run_free(r);
+        return rc;
+    }
     run_sizes(size, r, n_prev);
-    int rc = alloc_tables(r, err);
+    rc = alloc_tables(r, err);
     if (!rc && !(rc = carve(r, size, base, err))) {
         point_tables(r, base, prev);
         if (!(rc = map_params(r, err))) rc = upload_positions(r, err);
@@ -367,6 +428,10 @@ void kvt_run_free(kvt_run *r) {
     free(r->v_made);
     free(r->dk_prev);
     free(r->dv_prev);
+    free(r->k_mix);
+    free(r->v_mix);
+    free(r->group_lo);
+    free(r->group_hi);
     memset(r, 0, sizeof *r);
 }
 
@@ -460,45 +525,59 @@ static int layers_forward(kvt_run *r, int from, int to, kv_error *err) {
     return 0;
 }
 
-/* dst[s] = src[s] for the slots of `which` that are set (NULL: every slot) */
-static int copy_slots(kvt_run *r, float **dst, float **src, float *const *which, kv_error *err) {
+/* dst[s] = src[s] for the slots s0 <= s < s1 of `which` that are set (NULL: every slot) */
+static int copy_slots(kvt_run *r, float **dst, float **src, float *const *which, int s0, int s1,
+                      kv_error *err) {
     const size_t kv_bytes = rows_bytes(r, r->m->dims.kv_dim);
-    for (int s = 0; s < r->n_slots; s++)
+    for (int s = s0; s < s1; s++)
         if (!which || which[s]) TRY(OP(copy, dst[s], src[s], kv_bytes, err));
     return 0;
 }
 
-/* the iterative plan: layers below the block, passes - 1 passes of the block (the earlier
- * differentiated ones saved into acts_early / k_made), then the last pass and the layers above */
-static int iterative_forward(kvt_run *r, kv_error *err) {
+/* one cyclic group [lo, hi]: passes - 1 passes (the earlier differentiated ones saved into
+ * acts_early / k_made), then the last pass. Only the group's slots [s0, s1) change. */
+static int group_forward(kvt_run *r, int lo, int hi, kv_error *err) {
     const kvt_model *m = r->m;
     const int S = r->n_slots, first_early = r->passes - r->grad_passes + 1;
-    const size_t kv_bytes = rows_bytes(r, m->dims.kv_dim);
-    for (int s = 0; s < S; s++)
-        if (r->k_prev[s]) {
-            TRY(OP(zero, r->k_prev[s], kv_bytes, err));
-            TRY(OP(zero, r->v_prev[s], kv_bytes, err));
-        }
-    TRY(layers_forward(r, 0, r->block_lo - 1, err));
+    int s0, s1;
+    group_slots(m, lo, hi, &s0, &s1);
     for (int p = 1; p < r->passes; p++) {
         const int e = p - first_early; /* >= 0: a differentiated pass before the last */
         kvt_layer_acts *acts = r->acts;
         if (e == 0) { /* later passes' inputs are k_made[e-1] */
-            TRY(copy_slots(r, r->k_read, r->k_prev, r->k_prev, err));
-            TRY(copy_slots(r, r->v_read, r->v_prev, r->k_prev, err));
+            TRY(copy_slots(r, r->k_read, r->k_prev, r->k_prev, s0, s1, err));
+            TRY(copy_slots(r, r->v_read, r->v_prev, r->k_prev, s0, s1, err));
         }
         if (e >= 0) r->acts = r->acts_early + (size_t)e * m->dims.n_layers;
-        int rc = layers_forward(r, r->block_lo, r->block_hi, err);
+        int rc = layers_forward(r, lo, hi, err);
         r->acts = acts;
         if (rc) return rc;
         if (e >= 0) {
-            TRY(copy_slots(r, r->k_made + (size_t)e * S, r->k, NULL, err));
-            TRY(copy_slots(r, r->v_made + (size_t)e * S, r->v, NULL, err));
+            TRY(copy_slots(r, r->k_made + (size_t)e * S, r->k, NULL, s0, s1, err));
+            TRY(copy_slots(r, r->v_made + (size_t)e * S, r->v, NULL, s0, s1, err));
         }
-        TRY(copy_slots(r, r->k_prev, r->k, r->k_prev, err));
-        TRY(copy_slots(r, r->v_prev, r->v, r->k_prev, err));
+        TRY(copy_slots(r, r->k_prev, r->k, r->k_prev, s0, s1, err));
+        TRY(copy_slots(r, r->v_prev, r->v, r->k_prev, s0, s1, err));
     }
-    return layers_forward(r, r->block_lo, m->dims.n_layers - 1, err);
+    return layers_forward(r, lo, hi, err);
+}
+
+/* the iterative plan: in layer order, layers outside the groups once, each group's passes */
+static int iterative_forward(kvt_run *r, kv_error *err) {
+    const kvt_model *m = r->m;
+    const size_t kv_bytes = rows_bytes(r, m->dims.kv_dim);
+    for (int s = 0; s < r->n_slots; s++)
+        if (r->k_prev[s]) {
+            TRY(OP(zero, r->k_prev[s], kv_bytes, err));
+            TRY(OP(zero, r->v_prev[s], kv_bytes, err));
+        }
+    int next = 0;
+    for (int g = 0; g < r->n_groups; g++) {
+        TRY(layers_forward(r, next, r->group_lo[g] - 1, err));
+        TRY(group_forward(r, r->group_lo[g], r->group_hi[g], err));
+        next = r->group_hi[g] + 1;
+    }
+    return layers_forward(r, next, m->dims.n_layers - 1, err);
 }
 
 int kvt_forward(kvt_run *r, const int32_t *tokens, kv_error *err) {
@@ -595,10 +674,9 @@ static int swiftkv_backward(kvt_run *r, kv_error *err) {
               W(m->norm_swiftkv), N, H, d->eps, err);
 }
 
-/* one earlier pass e's block backward (r's tables already pointing at pass e) */
-static int early_pass_backward(kvt_run *r, int e, kv_error *err) {
+/* one earlier pass e's backward of the group [lo, hi] (r's tables already pointing at pass e) */
+static int early_pass_backward(kvt_run *r, int lo, int hi, int e, kv_error *err) {
     const kvt_model *m = r->m;
-    const int lo = r->block_lo, hi = r->block_hi;
     const size_t kv_bytes = rows_bytes(r, m->dims.kv_dim);
     for (int s = 0; s < r->n_slots; s++) {
         if (!slot_made_in_block(m, s, lo, hi)) continue; /* written once, below: accumulates */
@@ -618,28 +696,38 @@ static int early_pass_backward(kvt_run *r, int e, kv_error *err) {
     return dev_add(r, r->dx_block, r->dx, rows(r, m->dims.hidden), err);
 }
 
-/* After the last pass's backward reached the block's lowest layer (r->dx = d loss / d block
- * input from that pass): the earlier differentiated passes, last to first. Pass e's output
- * hidden state is unused, so only the K/V it wrote carry gradient in: what pass e+1's upward
- * layers read. Their gradients on the block input add up in r->dx. */
-static int early_passes_backward(kvt_run *r, kv_error *err) {
+/* After the last pass's backward reached the lowest layer of the group [lo, hi] (r->dx = d loss
+ * / d group input from that pass): the group's earlier differentiated passes, last to first.
+ * Pass e's output hidden state is unused, so only the K/V it wrote carry gradient in: what pass
+ * e+1's upward layers read. Their gradients on the group input add up in r->dx. In pass e the
+ * group's layers read pass e's K/V for the group's own slots and the final K/V for the slots
+ * written below it (k_mix). */
+static int early_passes_backward(kvt_run *r, int lo, int hi, kv_error *err) {
     const kvt_model *m = r->m;
     const int S = r->n_slots;
     const size_t nh_bytes = rows_bytes(r, m->dims.hidden);
     kvt_layer_acts *acts = r->acts;
     float **k = r->k, **v = r->v, **kp = r->k_prev, **vp = r->v_prev;
+    int s0, s1;
+    group_slots(m, lo, hi, &s0, &s1);
     TRY(OP(copy, r->dx_block, r->dx, nh_bytes, err));
     int rc = 0;
     for (int e = r->grad_passes - 2; e >= 0 && !rc; e--) {
+        for (int s = 0; s < S; s++) {
+            const int own = s >= s0 && s < s1;
+            r->k_mix[s] = own ? r->k_made[(size_t)e * S + s] : k[s];
+            r->v_mix[s] = own ? r->v_made[(size_t)e * S + s] : v[s];
+        }
         r->acts = r->acts_early + (size_t)e * m->dims.n_layers;
-        r->k = r->k_made + (size_t)e * S;
-        r->v = r->v_made + (size_t)e * S;
+        r->k = r->k_mix;
+        r->v = r->v_mix;
         r->k_prev = r->k_read + (size_t)e * S;
         r->v_prev = r->v_read + (size_t)e * S;
-        rc = early_pass_backward(r, e, err);
+        rc = early_pass_backward(r, lo, hi, e, err);
     }
     r->acts = acts;
     r->k = k, r->v = v, r->k_prev = kp, r->v_prev = vp;
+    r->read_grad = 1; /* the last passes of the groups below read with gradient again */
     return rc ? rc : OP(copy, r->dx, r->dx_block, nh_bytes, err);
 }
 
@@ -668,7 +756,8 @@ int kvt_backward(kvt_run *r, kv_error *err) {
         /* dh_last is never -0 (zeroed, then added into): dev_add is exactly dx + dh_last */
         if (i == d->n_layers - 1) TRY(dev_add(r, r->dx, r->dh_last, rows(r, H), err));
         if (m->cfg.map.kind == KVMAP_SWIFTKV && i == m->cfg.map.swiftkv_l) TRY(swiftkv_backward(r, err));
-        if (r->grad_passes > 1 && i == r->block_lo) TRY(early_passes_backward(r, err));
+        for (int g = 0; r->grad_passes > 1 && g < r->n_groups; g++)
+            if (i == r->group_lo[g]) TRY(early_passes_backward(r, i, r->group_hi[g], err));
     }
     return 0;
 }

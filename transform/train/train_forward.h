@@ -12,13 +12,15 @@
  * SwiftKV (l, g): entering layer l, s = rmsnorm(h_l, norm_swiftkv) and every group leader j
  * writes K[slot j] = RoPE(s Wk_swiftkv_j^T), V = s Wv_swiftkv_j^T; layers >= l use
  * q_proj_swiftkv and read their leader's K/V (causal).
- * Upward layers (kv(i) > i): the iterative plan. Layers below the cyclic block [lo, hi] once;
- * the block `passes` times from the same hidden state, upward layers reading the target K/V of
- * the previous pass (zeros before the first); the last pass (with the layers above the block)
- * is saved and differentiated. With grad_passes = b (LCKV's b; METHODS.md's plan is b = 1) the
- * last b passes are saved and differentiated: the gradient of the K/V an upward layer reads
- * flows into the pass that wrote them; the K/V entering the first of those b passes are
- * constants.
+ * Upward layers (kv(i) > i): LCKV's iterative plan. In layer order, layers outside the cyclic
+ * groups once; each cyclic group [lo, hi] `passes` times, after the groups below it, from the
+ * same hidden state entering it, upward layers reading the target K/V of the previous pass
+ * (zeros before the first); each group's last pass is saved and differentiated. With
+ * grad_passes = b (LCKV's b; METHODS.md's plan is b = 1) the last b passes of every group are
+ * saved and differentiated: the gradient of the K/V an upward layer reads flows into the pass
+ * that wrote them; the K/V entering the first of those b passes are constants. With one group
+ * this is the single cyclic block; kvt_run_init_plan(.., block = 1, ..) iterates the whole
+ * block [lo, hi] as one group whatever the map.
  * Head: logits = rmsnorm(x_out, norm) lm_head^T.
  *
  * Device: a run lives on one backend (kernels/backend.h). Every buffer below is device memory
@@ -64,7 +66,10 @@ typedef struct {
     int B, T, N;              /* sequences, tokens per sequence, rows N = B*T */
     int passes;               /* iterative plan (upward maps), >= 1 */
     int grad_passes;          /* trailing passes differentiated, 1..passes (1 without upward) */
-    int has_upward, block_lo, block_hi;
+    int has_upward, block_lo, block_hi; /* block: the span of all cyclic groups */
+    int n_groups;             /* the iterative plan's cyclic groups (kvmap_cyclic_group), or the
+                                 single block (kvt_run_init_plan with block = 1) */
+    int *group_lo, *group_hi; /* [n_groups] host: their layers, ascending */
     int n_slots;
     int want_grad;
     int grad_lo;              /* lowest layer the backward visits (L: none) */
@@ -88,13 +93,15 @@ typedef struct {
     float **dk, **dv;         /* [slots] -> [N, nkv*hd] */
     float *ds;                /* [N, H] SwiftKV */
     /* grad_passes > 1 (want_grad): earlier differentiated passes e = 0 .. grad_passes-2 */
-    kvt_layer_acts *acts_early; /* [(grad_passes-1) * L] block layers' activations of pass e */
+    kvt_layer_acts *acts_early; /* [(grad_passes-1) * L] group layers' activations of pass e */
     float **k_read, **v_read;   /* [(grad_passes-1) * slots] K/V pass e's upward layers read
                                    (for e > 0 the same buffers as pass e-1's k_made/v_made) */
     float **k_made, **v_made;   /* [(grad_passes-1) * slots] K/V pass e wrote */
     float **dk_prev, **dv_prev; /* [slots] d loss / d (K/V read by upward layers), per pass */
-    float *x_spill;             /* [N, H] output of the block's top layer in pass e (unused) */
-    float *dx_block;            /* [N, H] d loss / d block input, summed over the passes */
+    float *x_spill;             /* [N, H] output of a group's top layer in pass e (unused) */
+    float *dx_block;            /* [N, H] d loss / d group input, summed over the passes */
+    float **k_mix, **v_mix;     /* [slots] backward of pass e: pass e's K/V for the group's
+                                   slots, the final ones for the others */
     int read_grad;              /* backward: upward layers add into dk_prev/dv_prev */
     void *arena;                /* the one backend allocation every device buffer is carved from */
     size_t arena_bytes;
@@ -108,6 +115,10 @@ int kvt_run_init(kvt_run *r, kv_backend *b, const kvt_model *m, int B, int T, in
 /* the same with the last grad_passes (1..passes) passes differentiated */
 int kvt_run_init_grad(kvt_run *r, kv_backend *b, const kvt_model *m, int B, int T, int passes,
                       int grad_passes, int want_grad, kv_error *err);
+/* the same; block = 1 iterates the single cyclic block (lowest upward layer .. highest target)
+ * instead of one cyclic group at a time (the plan before LCKV's; the same with one group) */
+int kvt_run_init_plan(kvt_run *r, kv_backend *b, const kvt_model *m, int B, int T, int passes,
+                      int grad_passes, int block, int want_grad, kv_error *err);
 void kvt_run_free(kvt_run *r);
 
 /* tokens: host ids [N] (checked against the vocabulary); fills every activation and logits */
