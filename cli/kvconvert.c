@@ -38,7 +38,8 @@ static void usage(void) {
            "  --dtype f32|f16|bf16      output type of float tensors (default: as in the source)\n"
            "  --shard-size SIZE         shard the weights (e.g. 2G; default 5G; 0 = one file)\n"
            "  --force                   write into a non-empty DST_DIR (its *.safetensors and\n"
-           "                            index are replaced or removed; other files stay)\n"
+           "                            index are replaced or removed; other files stay) and\n"
+           "                            replace an existing bundle file (never a model's own file)\n"
            "  --no-sync                 skip fsync: for scratch output (still appears atomically,\n"
            "                            but a crash may lose it)\n"
            "  --no-hash-cache           hash every source file for kvforge.json even when an\n"
@@ -76,9 +77,18 @@ static int cmd_info(const cli_opts *o, const char *dir) {
     return 0;
 }
 
+/* --bundle OUT / bundle MODEL OUT: checked before any work (kv_bundle_check_output) */
+static int check_bundle_out(const cli_opts *o, const char *out, const char *src, const char *dst) {
+    kv_error err = {0};
+    const char *dirs[2] = {src, dst};
+    if (kv_bundle_check_output(out, dirs, dst ? 2 : 1, o->conv.force, &err)) return cli_fail(TOOL, &err);
+    return 0;
+}
+
 static int cmd_bundle(const cli_opts *o, const char *dir, const char *out) {
     kv_error err = {0};
     kv_bundle_opts bo = {.level = o->level};
+    if (check_bundle_out(o, out, dir, NULL)) return EXIT_FAIL;
     if (kv_bundle_write(dir, out, &bo, &err)) return cli_fail(TOOL, &err);
     kv_bundle_report rep;
     if (kv_bundle_verify(out, &rep, &err)) return cli_fail(TOOL, &err);
@@ -105,6 +115,7 @@ static int cmd_unbundle(const cli_opts *o, const char *in, const char *dir) {
 static int cmd_transform(cli_opts *o, const char *src_dir, const char *dst) {
     if (!o->map_spec == !o->swiftkv_spec) return cli_usage_error(TOOL, "give exactly one of --map SPEC and --swiftkv l[,g]");
     kv_error err = {0};
+    if (dst && o->bundle_out && check_bundle_out(o, o->bundle_out, src_dir, dst)) return EXIT_FAIL;
     convert_source src;
     if (convert_source_open(&src, src_dir, &err)) return cli_fail(TOOL, &err);
     int rc = o->map_spec ? kvmap_parse(&o->conv.map, o->map_spec, src.cfg.n_layers, &err)
