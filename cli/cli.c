@@ -1,6 +1,7 @@
 #include "cli/cli.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -37,6 +38,13 @@ int cli_usage_error(const char *tool, const char *fmt, ...) {
     fprintf(stderr, "\nTry '%s --help'.\n", tool);
     va_end(ap);
     return EXIT_USAGE;
+}
+
+int cli_bad_option(const char *tool, int c, char **argv) {
+    const char *arg = optind > 0 ? argv[optind - 1] : "?";
+    if (c == ':') return cli_usage_error(tool, "option '%s' needs a value", arg);
+    if (optopt > 0 && optopt < 256) return cli_usage_error(tool, "unknown option '-%c'", optopt);
+    return cli_usage_error(tool, "unknown option '%s'", arg);
 }
 
 void cli_version(const char *tool) { printf("%s (kvforge) %s\n", tool, KVFORGE_VERSION); }

@@ -120,9 +120,9 @@ static int cmd_transform(cli_opts *o, const char *src_dir, const char *dst) {
     if (convert_source_open(&src, src_dir, &err)) return cli_fail(TOOL, &err);
     int rc = o->map_spec ? kvmap_parse(&o->conv.map, o->map_spec, src.cfg.n_layers, &err)
                          : kvmap_parse_swiftkv(&o->conv.map, o->swiftkv_spec, src.cfg.n_layers, &err);
-    if (rc) {
+    if (rc) { /* a spec this model cannot take is a usage error (exit 2) */
         convert_source_close(&src);
-        return cli_fail(TOOL, &err);
+        return cli_usage_error(TOOL, "%s", err.msg);
     }
     if (o->layout_set && o->conv.map.kind != KVMAP_SWIFTKV) {
         convert_source_close(&src);
@@ -179,7 +179,8 @@ int main(int argc, char **argv) {
     o.conv.shard_bytes = KV_CONVERT_DEFAULT_SHARD;
     const char *plan_dir = NULL, *info_dir = NULL;
     int c;
-    while ((c = getopt_long(argc, argv, "hq", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":hq", opts, NULL)) != -1) {
         switch (c) {
         case 'h': usage(); return 0;
         case O_VERSION: cli_version(TOOL); return 0;
@@ -229,7 +230,7 @@ int main(int argc, char **argv) {
             o.conv.shard_bytes = (size_t)b;
             break;
         }
-        default: return cli_usage_error(TOOL, "unknown option");
+        default: return cli_bad_option(TOOL, c, argv);
         }
     }
     char **args = argv + optind;

@@ -156,7 +156,8 @@ static int parse_args(int argc, char **argv, cli_args *a) {
     double x;
     int rc = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", long_opts, NULL)) != -1 && !rc) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", long_opts, NULL)) != -1 && !rc) {
         switch (c) {
         case 'h': usage(); return 1;
         case O_VERSION: cli_version(TOOL); return 1;
@@ -254,7 +255,7 @@ static int parse_args(int argc, char **argv, cli_args *a) {
                 return cli_usage_error(TOOL, "--init must be mean or target");
             a->init = optarg;
             break;
-        default: return cli_usage_error(TOOL, "unknown option");
+        default: return cli_bad_option(TOOL, c, argv);
         }
     }
     if (rc) return rc;

@@ -34,7 +34,8 @@ static void usage(void) {
            "  --ppl FILE             perplexity of a text file (nats/token, bits/byte)\n"
            "  --bench                prefill and decode tokens/s and KV-cache bytes\n"
            "  --logits-out FILE      write every position's logits [T, vocab] (F32) and the token\n"
-           "                         ids to FILE.safetensors; input from --text or --tokens\n"
+           "                         ids to FILE, a safetensors file (the name is used as given,\n"
+           "                         e.g. out.safetensors); input from --text or --tokens\n"
            "  --tokenize TEXT        print the token ids of TEXT (no BOS); MODEL may hold only\n"
            "                         tokenizer files\n\n"
            "Generation:\n"
@@ -43,7 +44,8 @@ static void usage(void) {
            "  --top-p P              nucleus sampling in (0, 1); 0 or 1 = off (default 0.9)\n"
            "  --seed N               random seed (default: the time)\n"
            "  Generation stops at an EOS token (config.json eos_token_id) or BOS, as llama2.c's\n"
-           "  run does. The prompt gets a BOS first.\n"
+           "  run does, or at the end of the model's context; stderr says which. The prompt gets\n"
+           "  a BOS first.\n"
            "Perplexity:\n"
            "  --ctx N                window in positions: BOS + N-1 tokens (default min(512,\n"
            "                         max_position_embeddings))\n"
@@ -184,7 +186,8 @@ static int run_prompt(const run_args *a) {
         goto fail;
     }
     long max_new = a->max_tokens_set ? a->max_tokens : 256;
-    if (max_new > m.dims.max_pos - n_ids + 1) max_new = m.dims.max_pos - n_ids + 1;
+    const int ctx_capped = max_new > m.dims.max_pos - n_ids + 1; /* the context ends it first */
+    if (ctx_capped) max_new = m.dims.max_pos - n_ids + 1;
     const int max_seq = n_ids + (int)max_new > m.dims.max_pos ? m.dims.max_pos : n_ids + (int)max_new;
     const uint64_t seed = a->seed_set ? a->seed : (uint64_t)time(NULL);
     if (kv_state_init(&s, &b, &m, max_seq, (int)a->batch, a->kv_dtype, &err) ||
@@ -206,11 +209,17 @@ static int run_prompt(const run_args *a) {
     }
     printf("\n");
     fflush(stdout);
-    fprintf(stderr, "kvrun: prompt %d tokens in %.3f s (%.1f tok/s); generated %d tokens in %.3f s "
-            "(%.1f tok/s)%s\n", st.n_prompt, st.prefill_s, st.n_prompt / (st.prefill_s + 1e-12),
-            st.n_generated, st.decode_s,
-            st.n_generated > 1 ? (st.n_generated - 1) / (st.decode_s + 1e-12) : 0.0,
-            st.stopped_on >= 0 ? "; stopped at EOS" : "");
+    char why[128] = "";
+    if (st.stopped_on >= 0)
+        snprintf(why, sizeof why, "; stopped at %s", st.stopped_on == bos ? "BOS" : "EOS");
+    else if (ctx_capped && st.n_generated == (int)max_new)
+        snprintf(why, sizeof why, "; stopped at the context limit (%d positions)", m.dims.max_pos);
+    char decode_rate[64] = "";
+    if (st.n_generated > 1)
+        snprintf(decode_rate, sizeof decode_rate, " (%.1f tok/s)", (st.n_generated - 1) / (st.decode_s + 1e-12));
+    fprintf(stderr, "kvrun: prompt %d tokens in %.3f s (%.1f tok/s); generated %d tokens in %.3f s"
+            "%s%s\n", st.n_prompt, st.prefill_s, st.n_prompt / (st.prefill_s + 1e-12),
+            st.n_generated, st.decode_s, decode_rate, why);
     status = 0;
 fail:
     if (status) cli_fail(TOOL, &err);
@@ -544,8 +553,7 @@ int main(int argc, char **argv) {
             a.device = optarg;
             break;
         }
-        case ':': return cli_usage_error(TOOL, "option '%s' needs a value", argv[optind - 1]);
-        default: return cli_usage_error(TOOL, "unknown option '%s'", argv[optind - 1]);
+        default: return cli_bad_option(TOOL, c, argv);
         }
     }
     if (optind != argc - 1) return cli_usage_error(TOOL, "expected one MODEL directory");

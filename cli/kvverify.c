@@ -211,7 +211,8 @@ int main(int argc, char **argv) {
                      .rtol = 1e-5};
     int c;
     long v;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case 'h': usage(); return 0;
         case O_VERSION: cli_version(TOOL); return 0;
@@ -243,7 +244,7 @@ int main(int argc, char **argv) {
             if (cli_parse_int(optarg, 0, 1 << 30, &v)) return cli_usage_error(TOOL, "bad batch row '%s'", optarg);
             *(c == O_BA ? &o.batch_a : &o.batch_b) = (int)v;
             break;
-        default: return cli_usage_error(TOOL, "unknown option");
+        default: return cli_bad_option(TOOL, c, argv);
         }
     }
     int n_args = argc - optind;

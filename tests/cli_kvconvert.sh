@@ -28,11 +28,11 @@ expect_rc 2 "bad --shard-size" -- "$C" "$S" "$TMP/o1" --map cla:2 --shard-size l
 expect_rc 2 "layout on a cross map" -- "$C" "$S" "$TMP/o1" --map cla:2 --layout hf-swiftkv
 expect_rc 2 "unknown option" -- "$C" "$S" "$TMP/o1" --map cla:2 --frobnicate
 expect_rc 2 "info without folder" -- "$C" info
-expect_rc 1 "bad spec" -- "$C" --plan "$S" --map pizza-sideways:3
+expect_rc 2 "bad spec" -- "$C" --plan "$S" --map pizza-sideways:3
 expect_grep "kvconvert: error: KV map 'pizza-sideways:3'" "$TMP/err" "bad spec message"
-expect_rc 1 "too many KV layers" -- "$C" --plan "$S" --map sandwich-top:9
+expect_rc 2 "too many KV layers" -- "$C" --plan "$S" --map sandwich-top:9
 expect_grep "only 5 layers" "$TMP/err" "l > L message"
-expect_rc 1 "bad swiftkv" -- "$C" --plan "$S" --swiftkv 5
+expect_rc 2 "bad swiftkv" -- "$C" --plan "$S" --swiftkv 5
 expect_rc 1 "missing source" -- "$C" --plan "$TMP/nothing" --map cla:2
 expect_grep "nothing/config.json" "$TMP/err" "missing source named"
 [ -d "$TMP/o1" ] && bad "a refused command created its destination" || ok
