@@ -15,9 +15,10 @@ static const char *TOOL = "kvconvert";
 static void usage(void) {
     printf("Usage: kvconvert SRC_DIR DST_DIR (--map SPEC | --swiftkv l[,g]) [OPTIONS]\n"
            "       kvconvert plan SRC_DIR (--map SPEC | --swiftkv l[,g])   (also: --plan SRC_DIR)\n"
-           "       kvconvert info DIR                                      (also: --info DIR)\n"
+           "       kvconvert info MODEL                                    (also: --info MODEL)\n"
            "       kvconvert bundle MODEL_DIR OUT.kvb                      pack a deployable bundle\n"
            "       kvconvert unbundle IN.kvb DIR                           back to an HF directory\n"
+           "SRC_DIR / MODEL: a model directory, a .kvb bundle or its model.safetensors file.\n"
            "Rewrite an HF Llama checkpoint (safetensors, single or sharded, F32/F16/BF16) for\n"
            "cross-layer KV sharing or SwiftKV. The source is only read; DST_DIR is built in a\n"
            "staging folder beside it and moved into place. It holds the weights, config.json with\n"
@@ -64,12 +65,14 @@ static void on_progress(void *ctx, size_t done, size_t total) {
     cli_progress_update(ctx, done, extra);
 }
 
-static int cmd_info(const cli_opts *o, const char *dir) {
+static int cmd_info(const cli_opts *o, const char *path) {
     kv_error err = {0};
+    const char *dir = cli_model_arg(TOOL, path, 0);
+    if (!dir) return EXIT_FAIL;
     model_info mi;
     char *text = NULL;
     if (model_info_load_dir(&mi, dir, &err) ||
-        (o->json ? model_info_json(&mi, &text, &err) : model_info_text(&mi, dir, &text, &err)))
+        (o->json ? model_info_json(&mi, &text, &err) : model_info_text(&mi, path, &text, &err)))
         return cli_fail(TOOL, &err);
     fputs(text, stdout);
     if (o->json) fputc('\n', stdout);
@@ -88,6 +91,7 @@ static int check_bundle_out(const cli_opts *o, const char *out, const char *src,
 static int cmd_bundle(const cli_opts *o, const char *dir, const char *out) {
     kv_error err = {0};
     kv_bundle_opts bo = {.level = o->level};
+    if (!(dir = cli_model_arg(TOOL, dir, 0))) return EXIT_FAIL;
     if (check_bundle_out(o, out, dir, NULL)) return EXIT_FAIL;
     if (kv_bundle_write(dir, out, &bo, &err)) return cli_fail(TOOL, &err);
     kv_bundle_report rep;
@@ -115,6 +119,7 @@ static int cmd_unbundle(const cli_opts *o, const char *in, const char *dir) {
 static int cmd_transform(cli_opts *o, const char *src_dir, const char *dst) {
     if (!o->map_spec == !o->swiftkv_spec) return cli_usage_error(TOOL, "give exactly one of --map SPEC and --swiftkv l[,g]");
     kv_error err = {0};
+    if (!(src_dir = cli_model_arg(TOOL, src_dir, 0))) return EXIT_FAIL;
     if (dst && o->bundle_out && check_bundle_out(o, o->bundle_out, src_dir, dst)) return EXIT_FAIL;
     convert_source src;
     if (convert_source_open(&src, src_dir, &err)) return cli_fail(TOOL, &err);

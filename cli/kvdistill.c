@@ -392,6 +392,9 @@ static int cmd_train(cli_args *a) {
     if (a->n_data < 1) return cli_usage_error(TOOL, "train needs --data FILE");
     if (!a->d.steps && !a->d.tokens) return cli_usage_error(TOOL, "give --steps N or --tokens N");
     if (a->d.steps && a->d.tokens) return cli_usage_error(TOOL, "give --steps or --tokens, not both");
+    if (!(a->pos[0] = cli_model_arg(TOOL, a->pos[0], 0)) ||
+        !(a->pos[1] = cli_model_arg(TOOL, a->pos[1], 0)))
+        return EXIT_FAIL;
     a->d.teacher_dir = a->pos[0];
     a->d.student_dir = a->pos[1];
     a->d.out_dir = a->pos[2];
@@ -491,6 +494,7 @@ static int cmd_student(cli_args *a) {
     if (a->n_maps != 1) return cli_usage_error(TOOL, "student needs exactly one --map SPEC");
     kv_error err = {0};
     kvt_model t, s;
+    if (!(a->pos[0] = cli_model_arg(TOOL, a->pos[0], 0))) return EXIT_FAIL;
     int rc = kvt_model_load(&t, a->pos[0], &err);
     if (rc) return cli_fail(TOOL, &err);
     kv_map map;
@@ -640,6 +644,7 @@ static int cmd_calibrate(cli_args *a) {
     if (a->n_pos != 1) return cli_usage_error(TOOL, "calibrate needs TEACHER_DIR");
     if (a->n_data < 1) return cli_usage_error(TOOL, "calibrate needs --data FILE");
     kv_error err = {0};
+    if (!(a->pos[0] = cli_model_arg(TOOL, a->pos[0], 0))) return EXIT_FAIL;
     calib_opts co;
     calib_opts_default(&co);
     co.teacher_dir = a->pos[0];

@@ -27,7 +27,8 @@ static const char *TOOL = "kvrun";
 static void usage(void) {
     printf("Usage: kvrun [OPTIONS] MODEL\n"
            "Run a Llama model on the CPU or a GPU. MODEL is a HuggingFace directory (config.json,\n"
-           "*.safetensors, tokenizer.json) or a kvforge bundle (.kvb): an original model or one\n"
+           "*.safetensors, tokenizer.json; or its model.safetensors file) or a kvforge bundle\n"
+           "(.kvb): an original model or one\n"
            "converted for cross-layer KV sharing or SwiftKV; the KV map is honoured exactly.\n\n"
            "Modes (exactly one):\n"
            "  --prompt TEXT          generate: print TEXT and its continuation on stdout\n"
@@ -564,7 +565,7 @@ int main(int argc, char **argv) {
         return cli_usage_error(TOOL, "--logits-out needs exactly one of --text and --tokens");
     if (a.mode != MODE_LOGITS && (a.logits_text || a.logits_ids))
         return cli_usage_error(TOOL, "--text and --tokens go with --logits-out");
-    a.model_dir = argv[optind];
+    if (!(a.model_dir = cli_model_arg(TOOL, argv[optind], 1))) return EXIT_FAIL;
     int rc;
     switch (a.mode) {
     case MODE_PROMPT: rc = run_prompt(&a); break;

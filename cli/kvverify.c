@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "runtime/model_source.h"
 #include "formats/bundle.h"
 #include "kernels/backend.h"
 #include "kernels/parity.h"
@@ -185,6 +186,13 @@ static int cmd_logits(const verify_opts *o, const char *a, const char *b) {
 static int cmd_tensors(const verify_opts *o, const char *a, const char *b) {
     kv_tensor_report r;
     kv_error err = {0};
+    /* a bundle is compared as its unpacked directory */
+    char dir[4096];
+    int is_bundle = 0;
+    if (!kv_model_path_resolve(a, dir, sizeof dir, &is_bundle, NULL) && is_bundle && !(a = cli_model_arg(TOOL, a, 0)))
+        return EXIT_FAIL;
+    if (!kv_model_path_resolve(b, dir, sizeof dir, &is_bundle, NULL) && is_bundle && !(b = cli_model_arg(TOOL, b, 0)))
+        return EXIT_FAIL;
     if (kv_tensor_compare(&r, a, b, &err)) return cli_fail(TOOL, &err);
     const int pass = r.max_rel <= o->rtol;
     if (o->json) {

@@ -34,7 +34,7 @@ expect_rc 2 "too many KV layers" -- "$C" --plan "$S" --map sandwich-top:9
 expect_grep "only 5 layers" "$TMP/err" "l > L message"
 expect_rc 2 "bad swiftkv" -- "$C" --plan "$S" --swiftkv 5
 expect_rc 1 "missing source" -- "$C" --plan "$TMP/nothing" --map cla:2
-expect_grep "nothing/config.json" "$TMP/err" "missing source named"
+expect_grep "nothing: not a model (No such file or directory)" "$TMP/err" "missing source named"
 [ -d "$TMP/o1" ] && bad "a refused command created its destination" || ok
 
 # --plan: diagram and savings, nothing written
