@@ -1,4 +1,5 @@
 /* kvconvert: inspect a checkpoint, plan and apply a KV map or SwiftKV, bundle / unbundle */
+#include <cjson/cJSON.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,6 +142,14 @@ static int cmd_transform(cli_opts *o, const char *src_dir, const char *dst) {
     int status = 0;
     if (!dst) {
         char *text = o->json ? convert_plan_json(&plan, NULL, 0) : convert_plan_text(&plan);
+        if (text && o->json) { /* one line, as info --json prints */
+            cJSON *j = cJSON_Parse(text);
+            char *line = j ? cJSON_PrintUnformatted(j) : NULL;
+            cJSON_Delete(j);
+            free(text);
+            text = line ? strdup(line) : NULL;
+            cJSON_free(line);
+        }
         if (text) {
             fputs(text, stdout);
             if (o->json) fputc('\n', stdout);
@@ -159,8 +168,9 @@ static int cmd_transform(cli_opts *o, const char *src_dir, const char *dst) {
             cli_progress_finish(&bar);
             if (o->json) printf("%s\n", manifest);
             else if (!o->quiet)
-                printf("wrote %s (map %s): %d tensors, %llu bytes; KV cache %zu -> %zu bytes/token; parameters %llu -> %llu\n", dst,
-                       plan.opt.map.name, plan.n_out, (unsigned long long)plan.out_bytes, plan.kv_bytes_src, plan.kv_bytes_out,
+                printf("wrote %s (map %s): %d tensors, %llu bytes; KV cache (%s) %zu -> %zu bytes/token; parameters %llu -> %llu\n", dst,
+                       plan.opt.map.name, plan.n_out, (unsigned long long)plan.out_bytes, kv_dtype_name(plan.cache_dtype),
+                       plan.kv_bytes_src, plan.kv_bytes_out,
                        (unsigned long long)plan.src_params, (unsigned long long)plan.out_params);
         }
         free(manifest);

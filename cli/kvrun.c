@@ -65,8 +65,10 @@ static void usage(void) {
            "  --prefill MODE         sequential | iterative[:N], for maps with upward layers\n"
            "                         (default iterative:9)\n"
            "  --batch N              tokens per forward pass (default 512)\n"
-           "  --kv-dtype T           KV-cache element type: f32 (default, the reference) or bf16\n"
-           "                         (half the bytes; K/V rounded as they are cached)\n"
+           "  --kv-dtype T           KV-cache element type: f32 (the reference) or bf16 (half the\n"
+           "                         bytes; K/V rounded as they are cached). Default: the model's\n"
+           "                         weight type (config.json torch_dtype): bf16 for a BF16 model,\n"
+           "                         else f32 -- the type kvconvert info/plan count KV bytes in\n"
            "  --json                 --ppl and --bench print JSON\n"
            "  -h, --help             this help\n"
            "  --version              print the version\n");
@@ -82,11 +84,18 @@ typedef struct {
     double temperature, top_p;
     unsigned long seed;
     kv_prefill prefill;
-    kv_dtype kv_dtype;   /* KV-cache elements: KV_F32 or KV_BF16 */
+    kv_dtype kv_dtype;   /* KV-cache elements: KV_F32 or KV_BF16; KV_DTYPE_COUNT: as the weights */
     const char *device;  /* "cpu" or "cuda" (checked by kv_device_parse) */
 } run_args;
 
 /* ---- shared setup ------------------------------------------------------------------------- */
+
+/* the KV cache's element type: --kv-dtype, else the model's weight type (config.json
+ * torch_dtype) where the cache has it: BF16 for a BF16 model, F32 otherwise (F16 included) */
+static kv_dtype cache_dtype(const run_args *a, const kv_model *m) {
+    if (a->kv_dtype != KV_DTYPE_COUNT) return a->kv_dtype;
+    return m->cfg.torch_dtype == KV_BF16 ? KV_BF16 : KV_F32;
+}
 
 /* set when MODEL is a bundle: it owns the weights, so it lives until exit */
 static kv_bundle *g_bundle;
@@ -191,7 +200,7 @@ static int run_prompt(const run_args *a) {
     if (ctx_capped) max_new = m.dims.max_pos - n_ids + 1;
     const int max_seq = n_ids + (int)max_new > m.dims.max_pos ? m.dims.max_pos : n_ids + (int)max_new;
     const uint64_t seed = a->seed_set ? a->seed : (uint64_t)time(NULL);
-    if (kv_state_init(&s, &b, &m, max_seq, (int)a->batch, a->kv_dtype, &err) ||
+    if (kv_state_init(&s, &b, &m, max_seq, (int)a->batch, cache_dtype(a, &m), &err) ||
         kv_sampler_init(&smp, m.dims.vocab, (float)a->temperature, (float)a->top_p, seed, &err))
         goto fail;
     int stops[HF_MAX_EOS + 1], n_stop = 0;
@@ -259,7 +268,7 @@ static int run_ppl(const run_args *a) {
     if (load_tokenizer(a->model_dir, &m, &tk, &err) ||
         kv_read_file(a->ppl_file, &text, &n_text, (size_t)1 << 31, &err) ||
         kv_tokenizer_encode(tk, text, n_text, 0, &ids, &n_ids, &err) ||
-        kv_state_init(&s, &b, &m, ctx, (int)a->batch, a->kv_dtype, &err))
+        kv_state_init(&s, &b, &m, ctx, (int)a->batch, cache_dtype(a, &m), &err))
         goto fail;
     kv_ppl_opts o = {.ctx = ctx, .bos = m.cfg.bos_token_id, .max_windows = (int)a->max_windows,
                      .prefill = a->prefill};
@@ -317,7 +326,7 @@ static int run_bench(const run_args *a) {
         goto fail;
     }
     prompt = malloc(sizeof *prompt * (size_t)(P + G));
-    if (!prompt || kv_state_init(&s, &b, &m, P + G, (int)a->batch, a->kv_dtype, &err)) {
+    if (!prompt || kv_state_init(&s, &b, &m, P + G, (int)a->batch, cache_dtype(a, &m), &err)) {
         if (!prompt) kv_fail(&err, KV_ENOMEM, "out of memory");
         goto fail;
     }
@@ -437,7 +446,7 @@ static int run_logits(const run_args *a) {
         goto fail;
     }
     const kv_forward_opts fo = {.logits = KV_LOGITS_ALL, .prefill = a->prefill};
-    if (kv_state_init(&s, &b, &m, n, (int)a->batch, a->kv_dtype, &err) || kv_forward(&s, ids, n, &fo, logits, &err))
+    if (kv_state_init(&s, &b, &m, n, (int)a->batch, cache_dtype(a, &m), &err) || kv_forward(&s, ids, n, &fo, logits, &err))
         goto fail;
     const st_spec specs[2] = {
         {.name = "logits", .dtype = KV_F32, .n_dims = 2, .shape = {n, m.dims.vocab}},
@@ -475,7 +484,7 @@ int main(int argc, char **argv) {
         {"kv-dtype", 1, 0, O_KV_DTYPE}, {"device", 1, 0, O_DEVICE},
         {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
     run_args a = {.temperature = 1.0, .top_p = 0.9, .prompt_len = 128, .repeat = 3, .batch = 512,
-                  .prefill = {KV_PREFILL_ITERATIVE, KV_PREFILL_DEFAULT_PASSES}, .kv_dtype = KV_F32,
+                  .prefill = {KV_PREFILL_ITERATIVE, KV_PREFILL_DEFAULT_PASSES}, .kv_dtype = KV_DTYPE_COUNT,
                   .device = "cpu"};
     int c, n_modes = 0;
     long v;
