@@ -29,8 +29,10 @@ double model_swiftkv_prefill_saving(const hf_config *c, int l, int g) {
     const double H = c->hidden_size, q = H * c->n_heads * c->head_dim, kv = 2.0 * H * c->n_kv_heads * c->head_dim,
                  o = (double)c->n_heads * c->head_dim * H, mlp = 3.0 * H * c->intermediate_size;
     const double layer = q + kv + o + mlp, leaders = (double)((L - l + g - 1) / g);
-    const double full = L * layer, prefill = l * layer + leaders * kv;
-    return full > 0 ? 1.0 - prefill / full : 0.0;
+    /* the original as kvrun runs it: a prompt token's last layer computes only its K/V (the rest
+     * feeds nothing but logits; METHODS.md, tail skip) */
+    const double full = (L - 1) * layer + kv, prefill = l * layer + leaders * kv;
+    return full > 0 && prefill < full ? 1.0 - prefill / full : 0.0;
 }
 
 const char *model_change_text(double before, double after, char *buf, size_t cap) {

@@ -39,9 +39,11 @@ typedef struct {
 } model_info;
 
 /* SwiftKV (l, g) on the model C describes: the share of a prompt token's layer FLOPs (the weight
- * matmuls of every layer: q, k, v, o, MLP; attention scores, which grow with the context, and the
- * LM head, which a prompt token does not run, excluded) that prefill skips: layers l..L-1 run
- * only the K/V projections of the (L - l)/g group leaders. 0 when l >= L. */
+ * matmuls: q, k, v, o, MLP; attention scores, which grow with the context, and the LM head,
+ * which a prompt token does not run, excluded) that prefill skips: layers l..L-1 run only the
+ * K/V projections of the (L - l)/g group leaders. The baseline is the original model as kvrun
+ * runs it, whose last layer already computes only K/V for a prompt token, so l = L-1, g = 1
+ * saves nothing. 0 when l >= L. */
 double model_swiftkv_prefill_saving(const hf_config *c, int l, int g);
 /* "saving 40.0%", "growth 0.1%" or "no change" (never "-0.0%") */
 const char *model_change_text(double before, double after, char *buf, size_t cap);

@@ -1,5 +1,6 @@
 /* Calibration: layer similarity, zero-shot candidates, ranking, JSON and SVG. */
 #include "transform/train/calibrate.h"
+#include "transform/convert/model_info.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -118,6 +119,7 @@ int calib_run(const calib_opts *o, const kv_map *maps, int n_maps,
               void (*tick)(void *, int, int), void *tick_ctx, calib_result *res, kv_error *err) {
     memset(res, 0, sizeof *res);
     res->recommended = -1;
+    res->best_saving = -1;
     res->budget_pct = o->budget_pct;
     kv_backend own, *b = o->backend;
     if (!b) {
@@ -180,6 +182,10 @@ int calib_run(const calib_opts *o, const kv_map *maps, int n_maps,
         cd->map = maps[c];
         cd->slots = kvmap_n_slots(&maps[c]);
         cd->cache_saving = kvmap_cache_saving(&maps[c]);
+        cd->prefill_saving = maps[c].kind == KVMAP_SWIFTKV
+                                 ? model_swiftkv_prefill_saving(&teacher.cfg, maps[c].swiftkv_l, maps[c].swiftkv_g)
+                                 : 0.0;
+        cd->saves = cd->slots < L || cd->prefill_saving > 0;
         cd->ppl = ev.student_ppl;
         cd->kl = ev.kl;
         res->teacher_ppl = ev.teacher_ppl;
@@ -192,6 +198,8 @@ int calib_run(const calib_opts *o, const kv_map *maps, int n_maps,
         calib_candidate *cd = &res->cand[c];
         cd->ppl_increase_pct = 100.0 * (cd->ppl / res->teacher_ppl - 1.0);
         cd->within_budget = cd->ppl_increase_pct <= o->budget_pct;
+        if (!cd->saves) continue; /* a no-op is never recommended */
+        if (res->best_saving < 0) res->best_saving = c; /* sorted by KL */
         if (!cd->within_budget) continue;
         const calib_candidate *best = res->recommended >= 0 ? &res->cand[res->recommended] : NULL;
         if (!best || cd->slots < best->slots) res->recommended = c; /* sorted by KL: ties keep
@@ -236,6 +244,8 @@ char *calib_json(const calib_result *r) {
         cJSON_AddStringToObject(o, "layer_types", types);
         cJSON_AddNumberToObject(o, "kv_slots", cd->slots);
         cJSON_AddNumberToObject(o, "cache_saving", cd->cache_saving);
+        cJSON_AddNumberToObject(o, "prefill_compute_saving", cd->prefill_saving);
+        cJSON_AddBoolToObject(o, "saves", cd->saves);
         cJSON_AddNumberToObject(o, "ppl", cd->ppl);
         cJSON_AddNumberToObject(o, "kl", cd->kl);
         cJSON_AddNumberToObject(o, "ppl_increase_pct", cd->ppl_increase_pct);
@@ -246,6 +256,8 @@ char *calib_json(const calib_result *r) {
         cJSON_AddStringToObject(j, "recommended", r->cand[r->recommended].map.name);
     else
         cJSON_AddNullToObject(j, "recommended");
+    if (r->recommended < 0 && r->best_saving >= 0) /* nothing saving fits the budget */
+        cJSON_AddStringToObject(j, "best_saving_over_budget", r->cand[r->best_saving].map.name);
     char *text = cJSON_Print(j);
     cJSON_Delete(j);
     return text;
