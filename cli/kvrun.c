@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cblas.h>
 
@@ -276,7 +277,9 @@ static int run_ppl(const run_args *a) {
     const long stride = ctx - 1;
     long windows = (n_ids + stride - 1) / stride;
     if (a->max_windows > 0 && windows > a->max_windows) windows = a->max_windows;
-    cli_progress_start(&prog, "perplexity", (uint64_t)windows, a->json);
+    /* progress on a terminal whatever --json says (the JSON goes to stdout); piped stderr gets
+     * plain lines unless --json */
+    cli_progress_start(&prog, "perplexity", (uint64_t)windows, a->json && !isatty(STDERR_FILENO));
     kv_ppl_result r;
     const double t0 = cli_now();
     int rc = kv_perplexity(&s, ids, n_ids, &o, ppl_progress, &prog, &r, &err);
