@@ -82,18 +82,19 @@ static int cmd_info(const cli_opts *o, const char *path) {
 }
 
 /* --bundle OUT / bundle MODEL OUT: checked before any work (kv_bundle_check_output) */
-static int check_bundle_out(const cli_opts *o, const char *out, const char *src, const char *dst) {
+static int check_bundle_out(const cli_opts *o, const char *out, const char *given, const char *src, const char *dst) {
     kv_error err = {0};
-    const char *dirs[2] = {src, dst};
-    if (kv_bundle_check_output(out, dirs, dst ? 2 : 1, o->conv.force, &err)) return cli_fail(TOOL, &err);
+    const char *dirs[3] = {src, given, dst}; /* given: the source as named (a .kvb, a file) */
+    if (kv_bundle_check_output(out, dirs, 3, o->conv.force, &err)) return cli_fail(TOOL, &err);
     return 0;
 }
 
 static int cmd_bundle(const cli_opts *o, const char *dir, const char *out) {
     kv_error err = {0};
     kv_bundle_opts bo = {.level = o->level};
+    const char *given = dir;
     if (!(dir = cli_model_arg(TOOL, dir, 0))) return EXIT_FAIL;
-    if (check_bundle_out(o, out, dir, NULL)) return EXIT_FAIL;
+    if (check_bundle_out(o, out, given, dir, NULL)) return EXIT_FAIL;
     if (kv_bundle_write(dir, out, &bo, &err)) return cli_fail(TOOL, &err);
     kv_bundle_report rep;
     if (kv_bundle_verify(out, &rep, &err)) return cli_fail(TOOL, &err);
@@ -120,8 +121,9 @@ static int cmd_unbundle(const cli_opts *o, const char *in, const char *dir) {
 static int cmd_transform(cli_opts *o, const char *src_dir, const char *dst) {
     if (!o->map_spec == !o->swiftkv_spec) return cli_usage_error(TOOL, "give exactly one of --map SPEC and --swiftkv l[,g]");
     kv_error err = {0};
+    const char *given = src_dir;
     if (!(src_dir = cli_model_arg(TOOL, src_dir, 0))) return EXIT_FAIL;
-    if (dst && o->bundle_out && check_bundle_out(o, o->bundle_out, src_dir, dst)) return EXIT_FAIL;
+    if (dst && o->bundle_out && check_bundle_out(o, o->bundle_out, given, src_dir, dst)) return EXIT_FAIL;
     convert_source src;
     if (convert_source_open(&src, src_dir, &err)) return cli_fail(TOOL, &err);
     int rc = o->map_spec ? kvmap_parse(&o->conv.map, o->map_spec, src.cfg.n_layers, &err)

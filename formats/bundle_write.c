@@ -263,9 +263,9 @@ int kv_bundle_check_output(const char *out_path, const char *const *dirs, int n_
         struct stat ds;
         if (!dirs[d] || stat(dirs[d], &ds) != 0) continue;
         if (ds.st_dev == os.st_dev && ds.st_ino == os.st_ino)
-            return kv_fail(err, KV_EINVAL, "%s: is the model directory %s itself; give a new file name for the bundle",
+            return kv_fail(err, KV_EINVAL, "%s: is the model %s itself; give a new file name for the bundle",
                            out_path, dirs[d]);
-        DIR *dh = opendir(dirs[d]);
+        DIR *dh = S_ISDIR(ds.st_mode) ? opendir(dirs[d]) : NULL;
         if (!dh) continue;
         struct dirent *e;
         int clash = 0;

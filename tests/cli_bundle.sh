@@ -46,11 +46,14 @@ expect_rc 0 "replaced bundle verifies" -- "$BIN/kvverify" bundle "$TMP/m.kvb" --
 expect_rc 1 "bundle into a directory" -- "$BIN/kvconvert" bundle "$TMP/m" "$TMP/back" --force
 expect_grep "is a directory" "$TMP/err" "directory output named"
 expect_rc 1 "bundle onto the model directory" -- "$BIN/kvconvert" bundle "$TMP/m" "$TMP/m" --force
-expect_grep "model directory .* itself" "$TMP/err" "source output named"
+expect_grep "is the model .* itself" "$TMP/err" "source output named"
 cp "$TMP/m/config.json" "$TMP/config.before"
 expect_rc 1 "bundle onto an input file" -- "$BIN/kvconvert" bundle "$TMP/m" "$TMP/m/config.json" --force
 expect_grep "a file of the model directory" "$TMP/err" "input output named"
 cmp -s "$TMP/m/config.json" "$TMP/config.before" && ok || bad "input file changed"
 expect_rc 1 "--bundle onto a source file" -- "$BIN/kvconvert" "$S" "$TMP/m4" --map cla:2 --bundle "$S/model.safetensors" --force -q
 expect_grep "a file of the model directory" "$TMP/err" "--bundle source file named"
+expect_rc 1 "bundle a bundle onto itself" -- "$BIN/kvconvert" bundle "$TMP/m.kvb" "$TMP/m.kvb" --force
+expect_grep "m.kvb: is the model .*m.kvb itself" "$TMP/err" "bundle onto its source bundle named"
+expect_rc 0 "bundle a bundle" -- "$BIN/kvconvert" bundle "$TMP/m.kvb" "$TMP/again.kvb" -q
 done_tests cli_bundle
