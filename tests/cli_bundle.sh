@@ -51,7 +51,9 @@ cp "$TMP/m/config.json" "$TMP/config.before"
 expect_rc 1 "bundle onto an input file" -- "$BIN/kvconvert" bundle "$TMP/m" "$TMP/m/config.json" --force
 expect_grep "a file of the model directory" "$TMP/err" "input output named"
 cmp -s "$TMP/m/config.json" "$TMP/config.before" && ok || bad "input file changed"
-expect_rc 1 "--bundle onto a source file" -- "$BIN/kvconvert" "$S" "$TMP/m4" --map cla:2 --bundle "$S/model.safetensors" --force -q
+# on a copy of the source: a regressed check must never overwrite the shared fixture
+mkdir -p "$TMP/src" && cp "$S"/* "$TMP/src/"
+expect_rc 1 "--bundle onto a source file" -- "$BIN/kvconvert" "$TMP/src" "$TMP/m4" --map cla:2 --bundle "$TMP/src/model.safetensors" --force -q
 expect_grep "a file of the model directory" "$TMP/err" "--bundle source file named"
 expect_rc 1 "bundle a bundle onto itself" -- "$BIN/kvconvert" bundle "$TMP/m.kvb" "$TMP/m.kvb" --force
 expect_grep "m.kvb: is the model .*m.kvb itself" "$TMP/err" "bundle onto its source bundle named"
