@@ -27,7 +27,10 @@ CFLAGS  += -DKV_CUDA=1
 NVARCH  ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
 NVFLAGS ?= -O2 -std=c++17 -I. -DKV_CUDA=1 $(NVARCH) -MMD -MP -Werror all-warnings \
            -Xcompiler -Wall,-Wextra,-Werror
-LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+# cuBLAS is not linked: kernels/cuda/cublas_load.cu dlopens it when a CUDA backend starts (its
+# start-up code would otherwise run before main in every tool, --help included)
+NVFLAGS += -DKV_CUBLAS_DIR='"$(CUDA_HOME)/lib64"'
+LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lstdc++
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
 else
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)

@@ -271,8 +271,9 @@ static void load_report(const char *dir, double gb, int threads) {
         t_read_sha = b < t_read_sha ? b : t_read_sha;
         t_load = c < t_load ? c : t_load;
     }
-    printf("load %.2f GB BF16 (%d threads): generate %.1f s, bundle %.1f s (%.0f MB/s), bundle %.3f of raw\n",
-           (double)raw / 1e9, kv_resolve_threads(threads, 1 << 20), t_gen, t_write, (double)raw / t_write / 1e6,
+    const int n_threads = kv_resolve_threads(threads, 1 << 20);
+    printf("load %.2f GB BF16 (%d thread%s): generate %.1f s, bundle %.1f s (%.0f MB/s), bundle %.3f of raw\n",
+           (double)raw / 1e9, n_threads, n_threads == 1 ? "" : "s", t_gen, t_write, (double)raw / t_write / 1e6,
            (double)file_size(kvb) / (double)raw);
     printf("load: read safetensors %.3f s (%.2f GB/s)   read+sha256 %.3f s   bundle open+decompress+verify %.3f s (%.2f GB/s)   ratio %.2f (vs read+sha256 %.2f)\n",
            t_read, (double)file_size(st_path) / t_read / 1e9, t_read_sha, t_load, (double)loaded / t_load / 1e9,

@@ -338,9 +338,9 @@ static void run_110m(const char *dir) {
         }
         bandwidth_sample(1);
         const double gbs = (double)m.step_bytes * decode / 1e9, base = bandwidth();
-        printf("110M shape (L=%d H=%d heads %d FFN %d vocab %d, F32%s, %d threads):\n", m.dims.n_layers,
+        printf("110M shape (L=%d H=%d heads %d FFN %d vocab %d, F32%s, %d thread%s):\n", m.dims.n_layers,
                m.dims.hidden, m.dims.n_heads, m.dims.ffn, m.dims.vocab, load_opts.copy_f32 ? " copied" : " mapped",
-               kv_kernels_threads());
+               kv_kernels_threads(), kv_kernels_threads() == 1 ? "" : "s");
         printf("  decode batch 1: %.1f tok/s x %.1f MB of weights per token = %.2f GB/s = %.2f of "
                "the read loop's %.2f GB/s (goal >= 0.60)\n", decode, m.step_bytes / 1e6, gbs,
                gbs / base, base);

@@ -1,6 +1,9 @@
 #include "cli/cli.h"
 
+#include <dirent.h>
+
 #include <errno.h>
+#include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -8,6 +11,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "formats/bundle.h"
+#include "runtime/model_source.h"
 
 void cli_error(const char *tool, const char *fmt, ...) {
     /* one write of the whole line: the lines of processes sharing stderr (mpirun) do not mix */
@@ -24,8 +30,17 @@ void cli_error(const char *tool, const char *fmt, ...) {
     fwrite(line, 1, len, stderr);
 }
 
+/* a bundle unpacked for reading (cli_model_arg, below): its temporary folder and the name the
+ * user gave; NULL when msg names none */
+static const char *unpacked_name(const char *msg, const char **at, size_t *len);
+
 int cli_fail(const char *tool, const kv_error *err) {
-    cli_error(tool, "%s", err->msg[0] ? err->msg : "failed");
+    const char *msg = err->msg[0] ? err->msg : "failed";
+    const char *at = NULL;
+    size_t len = 0;
+    const char *orig = unpacked_name(msg, &at, &len);
+    if (orig) cli_error(tool, "%.*s%s%s", (int)(at - msg), msg, orig, at + len);
+    else cli_error(tool, "%s", msg);
     return EXIT_FAIL;
 }
 
@@ -37,6 +52,13 @@ int cli_usage_error(const char *tool, const char *fmt, ...) {
     fprintf(stderr, "\nTry '%s --help'.\n", tool);
     va_end(ap);
     return EXIT_USAGE;
+}
+
+int cli_bad_option(const char *tool, int c, char **argv) {
+    const char *arg = optind > 0 ? argv[optind - 1] : "?";
+    if (c == ':') return cli_usage_error(tool, "option '%s' needs a value", arg);
+    if (optopt > 0 && optopt < 256) return cli_usage_error(tool, "unknown option '-%c'", optopt);
+    return cli_usage_error(tool, "unknown option '%s'", arg);
 }
 
 void cli_version(const char *tool) { printf("%s (kvforge) %s\n", tool, KVFORGE_VERSION); }
@@ -130,4 +152,90 @@ void cli_progress_update(cli_progress *p, uint64_t done, const char *extra) {
 void cli_progress_finish(cli_progress *p) {
     if (p->quiet) return;
     if (p->tty) fprintf(stderr, "\r%s: done in %.1fs\033[K\n", p->label, cli_now() - p->start);
+}
+
+/* ---- model arguments ---- */
+
+#define CLI_MAX_MODEL_ARGS 8
+static char *model_args[CLI_MAX_MODEL_ARGS];  /* resolved paths (freed at exit) */
+static char *model_tmp[CLI_MAX_MODEL_ARGS];   /* temporary folders holding an unpacked bundle */
+static char *model_orig[CLI_MAX_MODEL_ARGS];  /* the bundle's path as given */
+static int n_model_args;
+
+static const char *unpacked_name(const char *msg, const char **at, size_t *len) {
+    for (int i = 0; i < n_model_args; i++) {
+        const char *p;
+        if (model_tmp[i] && model_args[i] && model_orig[i] && (p = strstr(msg, model_args[i]))) {
+            *at = p;
+            *len = strlen(model_args[i]);
+            return model_orig[i];
+        }
+    }
+    return NULL;
+}
+
+static void remove_flat_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        char path[4096];
+        while ((e = readdir(d)))
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
+                snprintf(path, sizeof path, "%s/%s", dir, e->d_name) < (int)sizeof path)
+                unlink(path);
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+static void model_args_cleanup(void) {
+    for (int i = 0; i < n_model_args; i++) {
+        if (model_tmp[i]) {
+            char inner[4200];
+            snprintf(inner, sizeof inner, "%s/model", model_tmp[i]);
+            remove_flat_dir(inner);
+            rmdir(model_tmp[i]);
+        }
+        free(model_tmp[i]);
+        free(model_orig[i]);
+        free(model_args[i]);
+    }
+    n_model_args = 0;
+}
+
+const char *cli_model_arg(const char *tool, const char *path, int keep_bundle) {
+    kv_error err = {0};
+    char dir[4096];
+    int is_bundle = 0;
+    if (kv_model_path_resolve(path, dir, sizeof dir, &is_bundle, &err)) {
+        cli_fail(tool, &err);
+        return NULL;
+    }
+    if (n_model_args == CLI_MAX_MODEL_ARGS) {
+        cli_error(tool, "%s: too many model arguments", path);
+        return NULL;
+    }
+    if (n_model_args == 0) atexit(model_args_cleanup);
+    const int i = n_model_args++;
+    if (is_bundle && !keep_bundle) {
+        const char *base = getenv("TMPDIR");
+        char tmpl[4096];
+        snprintf(tmpl, sizeof tmpl, "%s/kvforge-bundle-XXXXXX", base && *base ? base : "/tmp");
+        if (!mkdtemp(tmpl)) {
+            cli_error(tool, "%s: cannot make a temporary folder to unpack the bundle: %s", tmpl, strerror(errno));
+            return NULL;
+        }
+        model_tmp[i] = strdup(tmpl);
+        model_orig[i] = strdup(path);
+        if (snprintf(dir, sizeof dir, "%.4000s/model", tmpl) >= (int)sizeof dir) return NULL;
+        model_args[i] = strdup(dir);
+        if (kv_bundle_unbundle(path, dir, &err)) {
+            cli_fail(tool, &err);
+            return NULL;
+        }
+        return model_args[i];
+    }
+    model_args[i] = strdup(dir);
+    if (!model_args[i]) cli_error(tool, "out of memory");
+    return model_args[i];
 }

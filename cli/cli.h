@@ -21,6 +21,15 @@ int cli_fail(const char *tool, const kv_error *err);
 /* usage error: message + "Try 'TOOL --help'." ; returns EXIT_USAGE */
 int cli_usage_error(const char *tool, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void cli_version(const char *tool);
+/* the one usage error for what getopt_long returned as '?' or ':' (call with opterr = 0 and an
+ * optstring that starts with ':'): "unknown option 'X'" or "option 'X' needs a value" */
+int cli_bad_option(const char *tool, int c, char **argv);
+
+/* A MODEL argument as every tool takes it (runtime/model_source.h): a model directory, a .kvb
+ * bundle or a file of a model directory (model.safetensors: its folder). Returns the directory
+ * to read; a bundle is returned as given when keep_bundle, else unpacked into a temporary
+ * directory removed at exit. NULL after printing the error ("TOOL: error: PATH: not a model..."). */
+const char *cli_model_arg(const char *tool, const char *path, int keep_bundle);
 
 /* strict number parsing: whole string must be a number in range; 0 or -1 */
 int cli_parse_int(const char *s, long min, long max, long *out);

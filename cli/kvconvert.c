@@ -1,4 +1,5 @@
 /* kvconvert: inspect a checkpoint, plan and apply a KV map or SwiftKV, bundle / unbundle */
+#include <cjson/cJSON.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,9 +16,10 @@ static const char *TOOL = "kvconvert";
 static void usage(void) {
     printf("Usage: kvconvert SRC_DIR DST_DIR (--map SPEC | --swiftkv l[,g]) [OPTIONS]\n"
            "       kvconvert plan SRC_DIR (--map SPEC | --swiftkv l[,g])   (also: --plan SRC_DIR)\n"
-           "       kvconvert info DIR                                      (also: --info DIR)\n"
+           "       kvconvert info MODEL                                    (also: --info MODEL)\n"
            "       kvconvert bundle MODEL_DIR OUT.kvb                      pack a deployable bundle\n"
            "       kvconvert unbundle IN.kvb DIR                           back to an HF directory\n"
+           "SRC_DIR / MODEL: a model directory, a .kvb bundle or its model.safetensors file.\n"
            "Rewrite an HF Llama checkpoint (safetensors, single or sharded, F32/F16/BF16) for\n"
            "cross-layer KV sharing or SwiftKV. The source is only read; DST_DIR is built in a\n"
            "staging folder beside it and moved into place. It holds the weights, config.json with\n"
@@ -38,7 +40,8 @@ static void usage(void) {
            "  --dtype f32|f16|bf16      output type of float tensors (default: as in the source)\n"
            "  --shard-size SIZE         shard the weights (e.g. 2G; default 5G; 0 = one file)\n"
            "  --force                   write into a non-empty DST_DIR (its *.safetensors and\n"
-           "                            index are replaced or removed; other files stay)\n"
+           "                            index are replaced or removed; other files stay) and\n"
+           "                            replace an existing bundle file (never a model's own file)\n"
            "  --no-sync                 skip fsync: for scratch output (still appears atomically,\n"
            "                            but a crash may lose it)\n"
            "  --no-hash-cache           hash every source file for kvforge.json even when an\n"
@@ -63,12 +66,14 @@ static void on_progress(void *ctx, size_t done, size_t total) {
     cli_progress_update(ctx, done, extra);
 }
 
-static int cmd_info(const cli_opts *o, const char *dir) {
+static int cmd_info(const cli_opts *o, const char *path) {
     kv_error err = {0};
+    const char *dir = cli_model_arg(TOOL, path, 0);
+    if (!dir) return EXIT_FAIL;
     model_info mi;
     char *text = NULL;
     if (model_info_load_dir(&mi, dir, &err) ||
-        (o->json ? model_info_json(&mi, &text, &err) : model_info_text(&mi, dir, &text, &err)))
+        (o->json ? model_info_json(&mi, &text, &err) : model_info_text(&mi, path, &text, &err)))
         return cli_fail(TOOL, &err);
     fputs(text, stdout);
     if (o->json) fputc('\n', stdout);
@@ -76,9 +81,20 @@ static int cmd_info(const cli_opts *o, const char *dir) {
     return 0;
 }
 
+/* --bundle OUT / bundle MODEL OUT: checked before any work (kv_bundle_check_output) */
+static int check_bundle_out(const cli_opts *o, const char *out, const char *given, const char *src, const char *dst) {
+    kv_error err = {0};
+    const char *dirs[3] = {src, given, dst}; /* given: the source as named (a .kvb, a file) */
+    if (kv_bundle_check_output(out, dirs, 3, o->conv.force, &err)) return cli_fail(TOOL, &err);
+    return 0;
+}
+
 static int cmd_bundle(const cli_opts *o, const char *dir, const char *out) {
     kv_error err = {0};
     kv_bundle_opts bo = {.level = o->level, .check_model = 1};
+    const char *given = dir;
+    if (!(dir = cli_model_arg(TOOL, dir, 0))) return EXIT_FAIL;
+    if (check_bundle_out(o, out, given, dir, NULL)) return EXIT_FAIL;
     if (kv_bundle_write(dir, out, &bo, &err)) return cli_fail(TOOL, &err);
     kv_bundle_report rep;
     if (kv_bundle_verify(out, &rep, &err)) return cli_fail(TOOL, &err);
@@ -105,13 +121,16 @@ static int cmd_unbundle(const cli_opts *o, const char *in, const char *dir) {
 static int cmd_transform(cli_opts *o, const char *src_dir, const char *dst) {
     if (!o->map_spec == !o->swiftkv_spec) return cli_usage_error(TOOL, "give exactly one of --map SPEC and --swiftkv l[,g]");
     kv_error err = {0};
+    const char *given = src_dir;
+    if (!(src_dir = cli_model_arg(TOOL, src_dir, 0))) return EXIT_FAIL;
+    if (dst && o->bundle_out && check_bundle_out(o, o->bundle_out, given, src_dir, dst)) return EXIT_FAIL;
     convert_source src;
     if (convert_source_open(&src, src_dir, &err)) return cli_fail(TOOL, &err);
     int rc = o->map_spec ? kvmap_parse(&o->conv.map, o->map_spec, src.cfg.n_layers, &err)
                          : kvmap_parse_swiftkv(&o->conv.map, o->swiftkv_spec, src.cfg.n_layers, &err);
-    if (rc) {
+    if (rc) { /* a spec this model cannot take is a usage error (exit 2) */
         convert_source_close(&src);
-        return cli_fail(TOOL, &err);
+        return cli_usage_error(TOOL, "%s", err.msg);
     }
     if (o->layout_set && o->conv.map.kind != KVMAP_SWIFTKV) {
         convert_source_close(&src);
@@ -125,6 +144,14 @@ static int cmd_transform(cli_opts *o, const char *src_dir, const char *dst) {
     int status = 0;
     if (!dst) {
         char *text = o->json ? convert_plan_json(&plan, NULL, 0) : convert_plan_text(&plan);
+        if (text && o->json) { /* one line, as info --json prints */
+            cJSON *j = cJSON_Parse(text);
+            char *line = j ? cJSON_PrintUnformatted(j) : NULL;
+            cJSON_Delete(j);
+            free(text);
+            text = line ? strdup(line) : NULL;
+            cJSON_free(line);
+        }
         if (text) {
             fputs(text, stdout);
             if (o->json) fputc('\n', stdout);
@@ -143,8 +170,9 @@ static int cmd_transform(cli_opts *o, const char *src_dir, const char *dst) {
             cli_progress_finish(&bar);
             if (o->json) printf("%s\n", manifest);
             else if (!o->quiet)
-                printf("wrote %s (map %s): %d tensors, %llu bytes; KV cache %zu -> %zu bytes/token; parameters %llu -> %llu\n", dst,
-                       plan.opt.map.name, plan.n_out, (unsigned long long)plan.out_bytes, plan.kv_bytes_src, plan.kv_bytes_out,
+                printf("wrote %s (map %s): %d tensors, %llu bytes; KV cache (%s) %zu -> %zu bytes/token; parameters %llu -> %llu\n", dst,
+                       plan.opt.map.name, plan.n_out, (unsigned long long)plan.out_bytes, kv_dtype_name(plan.cache_dtype),
+                       plan.kv_bytes_src, plan.kv_bytes_out,
                        (unsigned long long)plan.src_params, (unsigned long long)plan.out_params);
         }
         free(manifest);
@@ -168,7 +196,8 @@ int main(int argc, char **argv) {
     o.conv.shard_bytes = KV_CONVERT_DEFAULT_SHARD;
     const char *plan_dir = NULL, *info_dir = NULL;
     int c;
-    while ((c = getopt_long(argc, argv, "hq", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":hq", opts, NULL)) != -1) {
         switch (c) {
         case 'h': usage(); return 0;
         case O_VERSION: cli_version(TOOL); return 0;
@@ -218,7 +247,7 @@ int main(int argc, char **argv) {
             o.conv.shard_bytes = (size_t)b;
             break;
         }
-        default: return cli_usage_error(TOOL, "unknown option");
+        default: return cli_bad_option(TOOL, c, argv);
         }
     }
     char **args = argv + optind;

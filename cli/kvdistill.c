@@ -1,4 +1,5 @@
 /* kvdistill: distil a kvconvert student against its teacher; calibrate candidate transforms. */
+#include <cjson/cJSON.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -74,7 +75,7 @@ static void usage(void) {
            "  --budget PCT          quality budget for the recommendation: perplexity at most\n"
            "                        PCT %% above the teacher's (5)\n"
            "  --seq-len N --batch N --eval-seqs N --passes N   as for train (eval-seqs 64)\n"
-           "  --json                JSON on stdout instead of the table\n"
+           "  --json                JSON on stdout instead of the table (train: the report)\n"
            "  --svg FILE            heat map of hidden-state and K/V similarity between layers\n"
            "\n"
            "student: write the zero-shot student of one KV map (the initialisation of\n"
@@ -156,7 +157,8 @@ static int parse_args(int argc, char **argv, cli_args *a) {
     double x;
     int rc = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", long_opts, NULL)) != -1 && !rc) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", long_opts, NULL)) != -1 && !rc) {
         switch (c) {
         case 'h': usage(); return 1;
         case O_VERSION: cli_version(TOOL); return 1;
@@ -254,7 +256,7 @@ static int parse_args(int argc, char **argv, cli_args *a) {
                 return cli_usage_error(TOOL, "--init must be mean or target");
             a->init = optarg;
             break;
-        default: return cli_usage_error(TOOL, "unknown option");
+        default: return cli_bad_option(TOOL, c, argv);
         }
     }
     if (rc) return rc;
@@ -307,6 +309,13 @@ static void train_line(train_ui *ui, const distill_progress *p) {
                                  : 0;
     fmt_eta(eta, sizeof eta, p->tokens_per_s > 0 ? (double)left_tokens / p->tokens_per_s : -1);
     if (done) snprintf(eta, sizeof eta, "0s");
+    /* no rate yet (the first steps of a run or of a resumed one): say so, not "0 tok/s ETA ?" */
+    char rate[48];
+    if (p->tokens_per_s > 0) snprintf(rate, sizeof rate, "%.0f tok/s", p->tokens_per_s);
+    else snprintf(rate, sizeof rate, "measuring speed");
+    char eta_part[48];
+    if (p->tokens_per_s > 0 || done) snprintf(eta_part, sizeof eta_part, " ETA %s", eta);
+    else eta_part[0] = 0;
     if (ui->tty) {
         const double now = cli_now();
         if (!done && now - ui->last_draw < 0.1) return;
@@ -315,8 +324,11 @@ static void train_line(train_ui *ui, const distill_progress *p) {
         const int fill = (int)(frac * 25);
         for (int i = 0; i < 25; i++) bar[i] = i < fill ? '#' : '.';
         bar[25] = 0;
-        fprintf(stderr, "\rtrain [%s] step %ld/%ld %.0f tok/s loss %.4f lr %.3g ETA %s\033[K", bar,
-                p->step, p->total_steps, p->tokens_per_s, p->loss, p->lr, eta);
+        if (p->tokens_per_s > 0 || done)
+            fprintf(stderr, "\rtrain [%s] step %ld/%ld %s loss %.4f lr %.3g%s\033[K", bar,
+                    p->step, p->total_steps, rate, p->loss, p->lr, eta_part);
+        else /* nothing measured yet: no loss, rate or ETA to show */
+            fprintf(stderr, "\rtrain [%s] step %ld/%ld %s\033[K", bar, p->step, p->total_steps, rate);
         ui->bar_on = 1;
         fflush(stderr);
         return;
@@ -324,8 +336,12 @@ static void train_line(train_ui *ui, const distill_progress *p) {
     const int decile = (int)(frac * 10);
     if (p->step == 0 || (decile == ui->last_decile && !done)) return;
     ui->last_decile = decile;
-    fprintf(stderr, "%s: step %ld/%ld (%3.0f%%) %.0f tok/s loss %.4f lr %.3g ETA %s\n", TOOL,
-            p->step, p->total_steps, 100 * frac, p->tokens_per_s, p->loss, p->lr, eta);
+    if (p->tokens_per_s > 0 || done)
+        fprintf(stderr, "%s: step %ld/%ld (%3.0f%%) %s loss %.4f lr %.3g%s\n", TOOL,
+                p->step, p->total_steps, 100 * frac, rate, p->loss, p->lr, eta_part);
+    else
+        fprintf(stderr, "%s: step %ld/%ld (%3.0f%%) resumed; %s\n", TOOL, p->step, p->total_steps,
+                100 * frac, rate);
 }
 
 static void on_progress(void *ctx, const distill_progress *p) {
@@ -391,6 +407,9 @@ static int cmd_train(cli_args *a) {
     if (a->n_data < 1) return cli_usage_error(TOOL, "train needs --data FILE");
     if (!a->d.steps && !a->d.tokens) return cli_usage_error(TOOL, "give --steps N or --tokens N");
     if (a->d.steps && a->d.tokens) return cli_usage_error(TOOL, "give --steps or --tokens, not both");
+    if (!(a->pos[0] = cli_model_arg(TOOL, a->pos[0], 0)) ||
+        !(a->pos[1] = cli_model_arg(TOOL, a->pos[1], 0)))
+        return EXIT_FAIL;
     a->d.teacher_dir = a->pos[0];
     a->d.student_dir = a->pos[1];
     a->d.out_dir = a->pos[2];
@@ -474,8 +493,28 @@ static int cmd_train(cli_args *a) {
     if (rep.processes > 1)
         printf("data parallel: %d processes, %d sequences each per micro-batch\n", rep.processes,
                a->d.batch / rep.processes);
-    printf("map %s: %ld steps, %ld tokens in %.1f s (%.0f tokens/s)\n", rep.map_name, rep.steps,
-           rep.tokens_trained, rep.seconds, rep.tokens_per_s);
+    if (a->json) { /* the report (OUT_DIR/report.json) as one line */
+        char path[4096], *text = NULL;
+        size_t n = 0;
+        cJSON *j = NULL;
+        char *line = NULL;
+        if (snprintf(path, sizeof path, "%s/report.json", a->d.out_dir) < (int)sizeof path &&
+            !kv_read_file(path, &text, &n, (size_t)64 << 20, &err))
+            j = cJSON_ParseWithLength(text, n);
+        if (j) line = cJSON_PrintUnformatted(j);
+        if (line) printf("%s\n", line);
+        else cli_error(TOOL, "%s: cannot print the report as JSON%s%s", path, err.msg[0] ? ": " : "", err.msg);
+        cJSON_free(line);
+        cJSON_Delete(j);
+        free(text);
+        return line ? 0 : EXIT_FAIL;
+    }
+    if (rep.tokens_per_s > 0)
+        printf("map %s: %ld steps, %ld tokens in %.1f s (%.0f tokens/s)\n", rep.map_name, rep.steps,
+               rep.tokens_trained, rep.seconds, rep.tokens_per_s);
+    else
+        printf("map %s: %ld steps, %ld tokens (no step left to train in this run)\n", rep.map_name,
+               rep.steps, rep.tokens_trained);
     printf("held-out perplexity: teacher %.4f, student %.4f -> %.4f (KL %.4f -> %.4f)\n",
            rep.teacher_ppl, rep.student_before_ppl, rep.student_after_ppl, rep.kl_before,
            rep.kl_after);
@@ -490,6 +529,7 @@ static int cmd_student(cli_args *a) {
     if (a->n_maps != 1) return cli_usage_error(TOOL, "student needs exactly one --map SPEC");
     kv_error err = {0};
     kvt_model t, s;
+    if (!(a->pos[0] = cli_model_arg(TOOL, a->pos[0], 0))) return EXIT_FAIL;
     int rc = kvt_model_load(&t, a->pos[0], &err);
     if (rc) return cli_fail(TOOL, &err);
     kv_map map;
@@ -602,16 +642,20 @@ static void calib_tick(void *ctx, int done, int total) {
 static void print_table(const calib_result *r) {
     printf("teacher perplexity %.4f on %ld calibration tokens; budget +%.1f%%\n", r->teacher_ppl,
            r->tokens, r->budget_pct);
-    printf("%4s  %-22s %-8s %8s %8s %10s %10s %8s  %s\n", "rank", "map", "kind", "slots",
-           "saving", "KL", "ppl", "ppl +%", "layer_types");
+    printf("savings: KV = KV-cache bytes saved; prefill = share of a prompt token's layer FLOPs "
+           "skipped (SwiftKV). Quality cost: KL and perplexity vs the teacher, zero-shot "
+           "(! = over budget)\n");
+    printf("%4s  %-22s %-8s %8s %7s %8s %10s %10s %8s  %s\n", "rank", "map", "kind", "slots",
+           "KV", "prefill", "KL", "ppl", "ppl +%", "layer_types");
     for (int c = 0; c < r->n_cand; c++) {
         const calib_candidate *cd = &r->cand[c];
         char types[HF_MAX_LAYERS * 6];
         kvmap_layer_types(&cd->map, types, sizeof types);
-        printf("%4d  %-22s %-8s %5d/%-2d %7.1f%% %10.5f %10.4f %7.2f%%%s %s\n", c + 1,
+        printf("%4d  %-22s %-8s %5d/%-2d %6.1f%% %7.1f%% %10.5f %10.4f %+7.2f%%%s %s\n", c + 1,
                cd->map.name, cd->map.kind == KVMAP_SWIFTKV ? "swiftkv" : "cross", cd->slots,
-               r->L, 100 * cd->cache_saving, cd->kl, cd->ppl, cd->ppl_increase_pct,
-               cd->within_budget ? " " : "!", cd->map.kind == KVMAP_SWIFTKV ? "-" : types);
+               r->L, 100 * cd->cache_saving, 100 * cd->prefill_saving, cd->kl, cd->ppl,
+               cd->ppl_increase_pct + 0.0, cd->within_budget ? " " : "!",
+               !cd->saves ? "(saves nothing: never recommended)" : cd->map.kind == KVMAP_SWIFTKV ? "-" : types);
     }
     printf("\nhidden-state cosine similarity (row i, column j: states entering layers i and j; "
            "last: output)\n     ");
@@ -625,12 +669,21 @@ static void print_table(const calib_result *r) {
     }
     if (r->recommended >= 0) {
         const calib_candidate *cd = &r->cand[r->recommended];
-        printf("\nrecommended: %s (%d of %d KV slots, saving %.1f%%; zero-shot ppl +%.2f%%, "
-               "KL %.5f; distil it to recover the rest)\n", cd->map.name, cd->slots, r->L,
-               100 * cd->cache_saving, cd->ppl_increase_pct, cd->kl);
+        printf("\nrecommended: %s (%d of %d KV slots: KV cache saving %.1f%%", cd->map.name, cd->slots,
+               r->L, 100 * cd->cache_saving);
+        if (cd->map.kind == KVMAP_SWIFTKV) printf(", prefill compute saving %.1f%%", 100 * cd->prefill_saving);
+        printf("; zero-shot ppl %+.2f%%, KL %.5f; distil it to recover the rest)\n", cd->ppl_increase_pct + 0.0,
+               cd->kl);
+    } else if (r->best_saving >= 0) {
+        const calib_candidate *cd = &r->cand[r->best_saving];
+        printf("\nrecommended: none: no candidate that saves anything is within +%.1f%% zero-shot. "
+               "The one that costs least quality is %s (KV cache saving %.1f%%", r->budget_pct, cd->map.name,
+               100 * cd->cache_saving);
+        if (cd->map.kind == KVMAP_SWIFTKV) printf(", prefill compute saving %.1f%%", 100 * cd->prefill_saving);
+        printf("; zero-shot ppl %+.2f%%, KL %.5f): distil it, or raise --budget\n", cd->ppl_increase_pct + 0.0,
+               cd->kl);
     } else {
-        printf("\nrecommended: none within +%.1f%% zero-shot; distil the best-ranked candidate or "
-               "raise --budget\n", r->budget_pct);
+        printf("\nrecommended: none: no candidate saves KV-cache memory or prefill compute\n");
     }
 }
 
@@ -639,6 +692,7 @@ static int cmd_calibrate(cli_args *a) {
     if (a->n_pos != 1) return cli_usage_error(TOOL, "calibrate needs TEACHER_DIR");
     if (a->n_data < 1) return cli_usage_error(TOOL, "calibrate needs --data FILE");
     kv_error err = {0};
+    if (!(a->pos[0] = cli_model_arg(TOOL, a->pos[0], 0))) return EXIT_FAIL;
     calib_opts co;
     calib_opts_default(&co);
     co.teacher_dir = a->pos[0];

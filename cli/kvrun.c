@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cblas.h>
 
@@ -27,15 +28,17 @@ static const char *TOOL = "kvrun";
 static void usage(void) {
     printf("Usage: kvrun [OPTIONS] MODEL\n"
            "Run a Llama model on the CPU or a GPU. MODEL is a HuggingFace directory (config.json,\n"
-           "*.safetensors, tokenizer.json) or a kvforge bundle (.kvb): an original model or one\n"
-           "converted for cross-layer KV sharing or SwiftKV; the KV map is honoured exactly.\n\n"
+           "*.safetensors, tokenizer.json; or its model.safetensors file) or a kvforge bundle\n"
+           "(.kvb): an original model or one converted for cross-layer KV sharing or SwiftKV;\n"
+           "the KV map is honoured exactly.\n\n"
            "Modes (exactly one):\n"
            "  --prompt TEXT          generate: print TEXT and its continuation on stdout\n"
            "  --ppl FILE             perplexity of a text file (nats/token, bits/byte)\n"
            "  --bench                prefill and decode tokens/s, decode GB/s of weights, prefill\n"
            "                         model TFLOP/s (every token through every layer) and KV bytes\n"
            "  --logits-out FILE      write every position's logits [T, vocab] (F32) and the token\n"
-           "                         ids to FILE.safetensors; input from --text or --tokens\n"
+           "                         ids to FILE, a safetensors file (the name is used as given,\n"
+           "                         e.g. out.safetensors); input from --text or --tokens\n"
            "  --tokenize TEXT        print the token ids of TEXT (no BOS); MODEL may hold only\n"
            "                         tokenizer files\n\n"
            "Generation:\n"
@@ -44,7 +47,8 @@ static void usage(void) {
            "  --top-p P              nucleus sampling in (0, 1); 0 or 1 = off (default 0.9)\n"
            "  --seed N               random seed (default: the time)\n"
            "  Generation stops at an EOS token (config.json eos_token_id) or BOS, as llama2.c's\n"
-           "  run does. The prompt gets a BOS first.\n"
+           "  run does, or at the end of the model's context; stderr says which. The prompt gets\n"
+           "  a BOS first.\n"
            "Perplexity:\n"
            "  --ctx N                window in positions: BOS + N-1 tokens (default min(512,\n"
            "                         max_position_embeddings))\n"
@@ -63,8 +67,11 @@ static void usage(void) {
            "  --prefill MODE         sequential | iterative[:N], for maps with upward layers\n"
            "                         (default iterative:9)\n"
            "  --batch N              tokens per forward pass (default 512)\n"
-           "  --kv-dtype T           KV-cache element type: f32 (default, the reference) or bf16\n"
-           "                         (half the bytes; K/V rounded as they are cached)\n"
+           "  --kv-dtype T           KV-cache element type: f32 (the reference) or bf16 (half the\n"
+           "                         bytes; K/V rounded as they are cached). Default: the model's\n"
+           "                         weight type (config.json torch_dtype), as kvconvert info and\n"
+           "                         plan count KV bytes: bf16 for a BF16 model, else f32 (there\n"
+           "                         is no f16 cache: an F16 model's cache takes twice its count)\n"
            "  --json                 --ppl and --bench print JSON\n"
            "  -h, --help             this help\n"
            "  --version              print the version\n");
@@ -80,11 +87,18 @@ typedef struct {
     double temperature, top_p;
     unsigned long seed;
     kv_prefill prefill;
-    kv_dtype kv_dtype;   /* KV-cache elements: KV_F32 or KV_BF16 */
+    kv_dtype kv_dtype;   /* KV-cache elements: KV_F32 or KV_BF16; KV_DTYPE_COUNT: as the weights */
     const char *device;  /* "cpu" or "cuda" (checked by kv_device_parse) */
 } run_args;
 
 /* ---- shared setup ------------------------------------------------------------------------- */
+
+/* the KV cache's element type: --kv-dtype, else the model's weight type (config.json
+ * torch_dtype) where the cache has it: BF16 for a BF16 model, F32 otherwise (F16 included) */
+static kv_dtype cache_dtype(const run_args *a, const kv_model *m) {
+    if (a->kv_dtype != KV_DTYPE_COUNT) return a->kv_dtype;
+    return m->cfg.torch_dtype == KV_BF16 ? KV_BF16 : KV_F32;
+}
 
 /* set when MODEL is a bundle: it owns the weights, so it lives until exit */
 static kv_bundle *g_bundle;
@@ -185,10 +199,11 @@ static int run_prompt(const run_args *a) {
         goto fail;
     }
     long max_new = a->max_tokens_set ? a->max_tokens : 256;
-    if (max_new > m.dims.max_pos - n_ids + 1) max_new = m.dims.max_pos - n_ids + 1;
+    const int ctx_capped = max_new > m.dims.max_pos - n_ids + 1; /* the context ends it first */
+    if (ctx_capped) max_new = m.dims.max_pos - n_ids + 1;
     const int max_seq = n_ids + (int)max_new > m.dims.max_pos ? m.dims.max_pos : n_ids + (int)max_new;
     const uint64_t seed = a->seed_set ? a->seed : (uint64_t)time(NULL);
-    if (kv_state_init(&s, &b, &m, max_seq, (int)a->batch, a->kv_dtype, &err) ||
+    if (kv_state_init(&s, &b, &m, max_seq, (int)a->batch, cache_dtype(a, &m), &err) ||
         kv_sampler_init(&smp, m.dims.vocab, (float)a->temperature, (float)a->top_p, seed, &err))
         goto fail;
     int stops[HF_MAX_EOS + 1], n_stop = 0;
@@ -207,11 +222,17 @@ static int run_prompt(const run_args *a) {
     }
     printf("\n");
     fflush(stdout);
-    fprintf(stderr, "kvrun: prompt %d tokens in %.3f s (%.1f tok/s); generated %d tokens in %.3f s "
-            "(%.1f tok/s)%s\n", st.n_prompt, st.prefill_s, st.n_prompt / (st.prefill_s + 1e-12),
-            st.n_generated, st.decode_s,
-            st.n_generated > 1 ? (st.n_generated - 1) / (st.decode_s + 1e-12) : 0.0,
-            st.stopped_on >= 0 ? "; stopped at EOS" : "");
+    char why[128] = "";
+    if (st.stopped_on >= 0)
+        snprintf(why, sizeof why, "; stopped at %s", st.stopped_on == bos ? "BOS" : "EOS");
+    else if (ctx_capped && st.n_generated == (int)max_new)
+        snprintf(why, sizeof why, "; stopped at the context limit (%d positions)", m.dims.max_pos);
+    char decode_rate[64] = "";
+    if (st.n_generated > 1)
+        snprintf(decode_rate, sizeof decode_rate, " (%.1f tok/s)", (st.n_generated - 1) / (st.decode_s + 1e-12));
+    fprintf(stderr, "kvrun: prompt %d tokens in %.3f s (%.1f tok/s); generated %d tokens in %.3f s"
+            "%s%s\n", st.n_prompt, st.prefill_s, st.n_prompt / (st.prefill_s + 1e-12),
+            st.n_generated, st.decode_s, decode_rate, why);
     status = 0;
 fail:
     if (status) cli_fail(TOOL, &err);
@@ -250,7 +271,7 @@ static int run_ppl(const run_args *a) {
     if (load_tokenizer(a->model_dir, &m, &tk, &err) ||
         kv_read_file(a->ppl_file, &text, &n_text, (size_t)1 << 31, &err) ||
         kv_tokenizer_encode(tk, text, n_text, 0, &ids, &n_ids, &err) ||
-        kv_state_init(&s, &b, &m, ctx, (int)a->batch, a->kv_dtype, &err))
+        kv_state_init(&s, &b, &m, ctx, (int)a->batch, cache_dtype(a, &m), &err))
         goto fail;
     kv_ppl_opts o = {.ctx = ctx, .bos = m.cfg.bos_token_id, .max_windows = (int)a->max_windows,
                      .prefill = a->prefill};
@@ -258,7 +279,9 @@ static int run_ppl(const run_args *a) {
     const long stride = ctx - 1;
     long windows = (n_ids + stride - 1) / stride;
     if (a->max_windows > 0 && windows > a->max_windows) windows = a->max_windows;
-    cli_progress_start(&prog, "perplexity", (uint64_t)windows, a->json);
+    /* progress on a terminal whatever --json says (the JSON goes to stdout); piped stderr gets
+     * plain lines unless --json */
+    cli_progress_start(&prog, "perplexity", (uint64_t)windows, a->json && !isatty(STDERR_FILENO));
     kv_ppl_result r;
     const double t0 = cli_now();
     int rc = kv_perplexity(&s, ids, n_ids, &o, ppl_progress, &prog, &r, &err);
@@ -308,7 +331,7 @@ static int run_bench(const run_args *a) {
         goto fail;
     }
     prompt = malloc(sizeof *prompt * (size_t)(P + G));
-    if (!prompt || kv_state_init(&s, &b, &m, P + G, (int)a->batch, a->kv_dtype, &err)) {
+    if (!prompt || kv_state_init(&s, &b, &m, P + G, (int)a->batch, cache_dtype(a, &m), &err)) {
         if (!prompt) kv_fail(&err, KV_ENOMEM, "out of memory");
         goto fail;
     }
@@ -430,7 +453,7 @@ static int run_logits(const run_args *a) {
         goto fail;
     }
     const kv_forward_opts fo = {.logits = KV_LOGITS_ALL, .prefill = a->prefill};
-    if (kv_state_init(&s, &b, &m, n, (int)a->batch, a->kv_dtype, &err) || kv_forward(&s, ids, n, &fo, logits, &err))
+    if (kv_state_init(&s, &b, &m, n, (int)a->batch, cache_dtype(a, &m), &err) || kv_forward(&s, ids, n, &fo, logits, &err))
         goto fail;
     const st_spec specs[2] = {
         {.name = "logits", .dtype = KV_F32, .n_dims = 2, .shape = {n, m.dims.vocab}},
@@ -468,7 +491,7 @@ int main(int argc, char **argv) {
         {"kv-dtype", 1, 0, O_KV_DTYPE}, {"device", 1, 0, O_DEVICE},
         {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
     run_args a = {.temperature = 1.0, .top_p = 0.9, .prompt_len = 128, .repeat = 3, .batch = 512,
-                  .prefill = {KV_PREFILL_ITERATIVE, KV_PREFILL_DEFAULT_PASSES}, .kv_dtype = KV_F32,
+                  .prefill = {KV_PREFILL_ITERATIVE, KV_PREFILL_DEFAULT_PASSES}, .kv_dtype = KV_DTYPE_COUNT,
                   .device = "cpu"};
     int c, n_modes = 0;
     long v;
@@ -547,8 +570,7 @@ int main(int argc, char **argv) {
             a.device = optarg;
             break;
         }
-        case ':': return cli_usage_error(TOOL, "option '%s' needs a value", argv[optind - 1]);
-        default: return cli_usage_error(TOOL, "unknown option '%s'", argv[optind - 1]);
+        default: return cli_bad_option(TOOL, c, argv);
         }
     }
     if (optind != argc - 1) return cli_usage_error(TOOL, "expected one MODEL directory");
@@ -559,7 +581,7 @@ int main(int argc, char **argv) {
         return cli_usage_error(TOOL, "--logits-out needs exactly one of --text and --tokens");
     if (a.mode != MODE_LOGITS && (a.logits_text || a.logits_ids))
         return cli_usage_error(TOOL, "--text and --tokens go with --logits-out");
-    a.model_dir = argv[optind];
+    if (!(a.model_dir = cli_model_arg(TOOL, argv[optind], 1))) return EXIT_FAIL;
     int rc;
     switch (a.mode) {
     case MODE_PROMPT: rc = run_prompt(&a); break;

@@ -44,7 +44,8 @@ int main(int argc, char **argv) {
     synth_preset(&s, "tiny");
     int force = 0, head_dim_set = 0, shape_set = 0, c;
     long v;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         int *field = NULL;
         long lo = 1, hi = 1 << 30;
         switch (c) {
@@ -80,7 +81,7 @@ int main(int argc, char **argv) {
             if (cli_parse_int(optarg, 0, 0x7fffffffL, &v)) return cli_usage_error(TOOL, "bad --seed '%s'", optarg);
             s.seed = (uint64_t)v;
             continue;
-        default: return cli_usage_error(TOOL, "unknown option");
+        default: return cli_bad_option(TOOL, c, argv);
         }
         if (cli_parse_int(optarg, lo, hi, &v)) return cli_usage_error(TOOL, "bad value '%s' for --%s", optarg, opts[c - O_PRESET].name);
         *field = (int)v;

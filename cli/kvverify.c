@@ -215,6 +215,13 @@ static int cmd_logits(const verify_opts *o, const char *a, const char *b) {
 static int cmd_tensors(const verify_opts *o, const char *a, const char *b) {
     kv_tensor_report r;
     kv_error err = {0};
+    /* a bundle is compared as its unpacked directory */
+    char dir[4096];
+    int is_bundle = 0;
+    if (!kv_model_path_resolve(a, dir, sizeof dir, &is_bundle, NULL) && is_bundle && !(a = cli_model_arg(TOOL, a, 0)))
+        return EXIT_FAIL;
+    if (!kv_model_path_resolve(b, dir, sizeof dir, &is_bundle, NULL) && is_bundle && !(b = cli_model_arg(TOOL, b, 0)))
+        return EXIT_FAIL;
     if (kv_tensor_compare(&r, a, b, &err)) return cli_fail(TOOL, &err);
     const int pass = r.max_rel <= o->rtol;
     if (o->json) {
@@ -283,6 +290,8 @@ static int model_tokens(const verify_opts *o, const char *path, const opened_mod
 
 static int cmd_model(const verify_opts *o, const char *path_a, const char *path_b) {
     kv_error err = {0};
+    if (!(path_a = cli_model_arg(TOOL, path_a, 1)) || (path_b && !(path_b = cli_model_arg(TOOL, path_b, 1))))
+        return EXIT_FAIL;
     const char *device = o->device ? o->device : path_b ? "cpu" : "cuda";
     kv_device dev_kind;
     kv_device_parse(&dev_kind, device, &err);
@@ -373,7 +382,8 @@ int main(int argc, char **argv) {
                      .max_kl = -1, .min_top1 = -1, .max_ppl_delta = -1};
     int c;
     long v;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case 'h': usage(); return 0;
         case O_VERSION: cli_version(TOOL); return 0;
@@ -432,7 +442,7 @@ int main(int argc, char **argv) {
             if (cli_parse_int(optarg, 0, 1 << 30, &v)) return cli_usage_error(TOOL, "bad batch row '%s'", optarg);
             *(c == O_BA ? &o.batch_a : &o.batch_b) = (int)v;
             break;
-        default: return cli_usage_error(TOOL, "unknown option");
+        default: return cli_bad_option(TOOL, c, argv);
         }
     }
     int n_args = argc - optind;

@@ -36,6 +36,12 @@ typedef struct {
  * kvforge.json) and writes OUT atomically. opts may be NULL. */
 int kv_bundle_write(const char *model_dir, const char *out_path, const kv_bundle_opts *opts,
                     kv_error *err);
+/* Checks OUT before a bundle is written: never a directory, never one of the n_dirs model paths
+ * (a directory, or a source bundle file) nor a file in one of the directories (an input), and,
+ * unless force, not an existing file. NULL entries and paths that do not exist (yet) are
+ * skipped. kv_bundle_write applies it with force = 1. */
+int kv_bundle_check_output(const char *out_path, const char *const *dirs, int n_dirs, int force,
+                           kv_error *err);
 
 typedef struct kv_bundle kv_bundle;
 

@@ -1,10 +1,12 @@
 /* Bundle writer: model directory -> deterministic pax tar, written beside OUT and renamed. */
 #include <archive.h>
 #include <archive_entry.h>
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zstd.h>
 
@@ -295,7 +297,46 @@ static int write_archive(int fd, const char *manifest, const kvb_manifest *m, co
     return rc;
 }
 
+int kv_bundle_check_output(const char *out_path, const char *const *dirs, int n_dirs, int force,
+                           kv_error *err) {
+    struct stat os;
+    if (stat(out_path, &os) != 0) return 0; /* nothing there: a new file */
+    for (int d = 0; d < n_dirs; d++) {
+        struct stat ds;
+        if (!dirs[d] || stat(dirs[d], &ds) != 0) continue;
+        if (ds.st_dev == os.st_dev && ds.st_ino == os.st_ino)
+            return kv_fail(err, KV_EINVAL, "%s: is the model %s itself; give a new file name for the bundle",
+                           out_path, dirs[d]);
+        DIR *dh = S_ISDIR(ds.st_mode) ? opendir(dirs[d]) : NULL;
+        if (!dh) continue;
+        struct dirent *e;
+        int clash = 0;
+        char path[4096];
+        while (!clash && (e = readdir(dh))) {
+            struct stat fs;
+            if (snprintf(path, sizeof path, "%s/%s", dirs[d], e->d_name) >= (int)sizeof path) continue;
+            if (stat(path, &fs) == 0 && S_ISREG(fs.st_mode) && fs.st_dev == os.st_dev && fs.st_ino == os.st_ino)
+                clash = 1;
+        }
+        closedir(dh);
+        if (clash)
+            return kv_fail(err, KV_EINVAL, "%s: is %s, a file of the model directory %s; give a new file name for the bundle",
+                           out_path, path, dirs[d]);
+    }
+    if (S_ISDIR(os.st_mode))
+        return kv_fail(err, KV_EINVAL, "%s: is a directory; the bundle is one file (e.g. %s/model.kvb)", out_path,
+                       out_path);
+    if (!force)
+        return kv_fail(err, KV_EINVAL, "%s: already exists; --force replaces it", out_path);
+    return 0;
+}
+
 int kv_bundle_write(const char *model_dir, const char *out_path, const kv_bundle_opts *opts, kv_error *err) {
+    {
+        const char *dirs[1] = {model_dir};
+        const int rc = kv_bundle_check_output(out_path, dirs, 1, 1, err);
+        if (rc) return rc;
+    }
     kvb_manifest m;
     model_files f;
     st_checkpoint ck;

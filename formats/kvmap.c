@@ -258,7 +258,25 @@ int kvmap_parse(kv_map *m, const char *spec, int n_layers, kv_error *err) {
     if (!strcmp(spec, "identity")) return kvmap_identity(m, n_layers);
     if (!strcmp(spec, "yoco")) return parse_yoco(m, n_layers, err);
     const char *colon = strchr(spec, ':');
-    if (!colon) return kv_fail(err, KV_EINVAL, "KV map '%.200s': unknown kind; " SPEC_HELP, spec);
+    if (!colon) {
+        /* a known kind without its number: say what is missing */
+        static const char *const needs[][2] = {{"cla", "cla:F (F layers per group)"},
+                                               {"lckv", "lckv:W (W warm-up layers)"},
+                                               {"swiftkv", "swiftkv:l[,g]"}};
+        for (size_t i = 0; i < sizeof needs / sizeof needs[0]; i++)
+            if (!strcmp(spec, needs[i][0]))
+                return kv_fail(err, KV_EINVAL, "KV map '%.200s': missing the number: %s", spec, needs[i][1]);
+        for (int c = 0; c < 3; c++)
+            for (int t = 0; t < 3; t++) {
+                char name[64];
+                snprintf(name, sizeof name, "%s-%s", config_names[c], target_names[t]);
+                if (!strcmp(spec, name))
+                    return kv_fail(err, KV_EINVAL,
+                                   "KV map '%.200s': missing the number of KV layers: %s:l, e.g. %s:%d", spec,
+                                   name, name, n_layers > 2 ? n_layers / 2 : 1);
+            }
+        return kv_fail(err, KV_EINVAL, "KV map '%.200s': unknown kind; " SPEC_HELP, spec);
+    }
     size_t head = (size_t)(colon - spec);
     if (head == 3 && !strncmp(spec, "cla", 3)) return parse_cla(m, spec, colon + 1, n_layers, err);
     if (head == 4 && !strncmp(spec, "lckv", 4))

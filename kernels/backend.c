@@ -25,6 +25,9 @@ int kv_backend_cuda_init(kv_backend *b, int ordinal, kv_error *err) {
     return kv_fail(err, KV_EUNSUPPORTED, "cuda: this build has no CUDA support (nvcc was not "
                    "found when it was built; rebuild with CUDA=1)");
 }
+int kv_cuda_blas_load(kv_error *err) {
+    return kv_fail(err, KV_EUNSUPPORTED, "cuda: this build has no CUDA support");
+}
 #endif
 
 void kv_backend_free(kv_backend *b) {

@@ -139,6 +139,10 @@ struct kv_backend {
 int kv_backend_cpu_init(kv_backend *b, int threads, kv_error *err);
 /* CUDA device `ordinal`; KV_EUNSUPPORTED when built without CUDA or no device is found */
 int kv_backend_cuda_init(kv_backend *b, int ordinal, kv_error *err);
+/* cuBLAS is loaded (dlopen) when a CUDA backend first starts, so tools that never use the GPU
+ * never pay for it; this loads it now. 0, or KV_EUNSUPPORTED naming the library (and always in
+ * builds without CUDA). */
+int kv_cuda_blas_load(kv_error *err);
 /* "cpu" or "cuda" (KV_EINVAL naming anything else) */
 int kv_backend_init(kv_backend *b, const char *device, int threads, kv_error *err);
 void kv_backend_free(kv_backend *b);

@@ -1,6 +1,9 @@
 #include "runtime/model_source.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 
 #include "base/fileio.h"
@@ -10,9 +13,57 @@ int kv_path_is_bundle(const char *path) {
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+static int ends_with(const char *s, const char *suffix) {
+    const size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+#define KV_MODEL_PATH_HINT "give a model directory, a .kvb bundle or its model.safetensors"
+
+int kv_model_path_resolve(const char *path, char *dir, size_t cap, int *is_bundle, kv_error *err) {
+    struct stat st;
+    *is_bundle = 0;
+    if (!path || !*path) return kv_fail(err, KV_EINVAL, "empty model path: " KV_MODEL_PATH_HINT);
+    if (stat(path, &st) != 0)
+        return kv_fail(err, KV_EIO, "%s: not a model (%s): " KV_MODEL_PATH_HINT, path, strerror(errno));
+    if (strlen(path) >= cap) return kv_fail(err, KV_EINVAL, "%s: path too long", path);
+    if (S_ISDIR(st.st_mode)) {
+        strcpy(dir, path);
+        return 0;
+    }
+    if (!S_ISREG(st.st_mode))
+        return kv_fail(err, KV_EINVAL, "%s: not a model (not a file or directory): " KV_MODEL_PATH_HINT, path);
+    if (ends_with(path, ".safetensors") || ends_with(path, ".safetensors.index.json") ||
+        ends_with(path, "/config.json") || strcmp(path, "config.json") == 0) {
+        const char *slash = strrchr(path, '/');
+        if (!slash) strcpy(dir, ".");
+        else if (slash == path) strcpy(dir, "/");
+        else {
+            memcpy(dir, path, (size_t)(slash - path));
+            dir[slash - path] = 0;
+        }
+        return 0;
+    }
+    /* a bundle is a pax archive: "ustar" at offset 257 of its first header */
+    char magic[6] = {0};
+    FILE *f = fopen(path, "rb");
+    const int ok = f && fseek(f, 257, SEEK_SET) == 0 && fread(magic, 1, 5, f) == 5 && !memcmp(magic, "ustar", 5);
+    if (f) fclose(f);
+    if (!ok)
+        return kv_fail(err, KV_EFORMAT, "%s: not a model (a file that is neither a .kvb bundle nor a "
+                       "safetensors file): " KV_MODEL_PATH_HINT, path);
+    strcpy(dir, path);
+    *is_bundle = 1;
+    return 0;
+}
+
 int kv_model_open_path(kv_model *m, kv_bundle **bundle, const char *path, int threads, kv_error *err) {
     *bundle = NULL;
-    if (!kv_path_is_bundle(path)) return kv_model_load(m, path, NULL, err);
+    char dir[4096];
+    int is_bundle = 0;
+    int rc0 = kv_model_path_resolve(path, dir, sizeof dir, &is_bundle, err);
+    if (rc0) return rc0;
+    if (!is_bundle) return kv_model_load(m, dir, NULL, err);
     kv_bundle *b;
     int rc = kv_bundle_open(&b, path, err);
     if (rc) return rc;

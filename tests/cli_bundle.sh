@@ -31,4 +31,31 @@ expect_rc 1 "corrupt bundle" -- "$BIN/kvverify" bundle "$TMP/bad.kvb"
 expect_grep "kvverify: error:" "$TMP/err" "corruption reported"
 expect_rc 1 "kvrun refuses corrupt" -- "$BIN/kvrun" "$TMP/bad.kvb" --prompt hi -n 2
 expect_rc 1 "unbundle into non-empty" -- "$BIN/kvconvert" unbundle "$TMP/m.kvb" "$TMP/m"
+# bundle outputs never overwrite silently (issue 17, item 1)
+printf 'my notes\n' > "$TMP/notes.txt"
+expect_rc 1 "bundle over an existing file" -- "$BIN/kvconvert" bundle "$TMP/m" "$TMP/notes.txt"
+expect_grep "already exists; --force" "$TMP/err" "existing file named"
+expect_grep "^my notes$" "$TMP/notes.txt" "existing file untouched"
+expect_rc 0 "bundle over an existing file with --force" -- "$BIN/kvconvert" bundle "$TMP/m" "$TMP/notes.txt" --force -q
+cmp -s "$TMP/m.kvb" "$TMP/notes.txt" && ok || bad "--force did not write the bundle"
+expect_rc 1 "--bundle over an existing bundle" -- "$BIN/kvconvert" "$S" "$TMP/m3" --map cla:2 --bundle "$TMP/m.kvb" -q
+expect_grep "m.kvb: already exists" "$TMP/err" "--bundle existing named"
+[ ! -e "$TMP/m3" ] && ok || bad "--bundle refusal still converted"
+expect_rc 0 "--bundle --force over an existing bundle" -- "$BIN/kvconvert" "$S" "$TMP/m3" --map cla:2 --bundle "$TMP/m.kvb" --force -q
+expect_rc 0 "replaced bundle verifies" -- "$BIN/kvverify" bundle "$TMP/m.kvb" --json
+expect_rc 1 "bundle into a directory" -- "$BIN/kvconvert" bundle "$TMP/m" "$TMP/back" --force
+expect_grep "is a directory" "$TMP/err" "directory output named"
+expect_rc 1 "bundle onto the model directory" -- "$BIN/kvconvert" bundle "$TMP/m" "$TMP/m" --force
+expect_grep "is the model .* itself" "$TMP/err" "source output named"
+cp "$TMP/m/config.json" "$TMP/config.before"
+expect_rc 1 "bundle onto an input file" -- "$BIN/kvconvert" bundle "$TMP/m" "$TMP/m/config.json" --force
+expect_grep "a file of the model directory" "$TMP/err" "input output named"
+cmp -s "$TMP/m/config.json" "$TMP/config.before" && ok || bad "input file changed"
+# on a copy of the source: a regressed check must never overwrite the shared fixture
+mkdir -p "$TMP/src" && cp "$S"/* "$TMP/src/"
+expect_rc 1 "--bundle onto a source file" -- "$BIN/kvconvert" "$TMP/src" "$TMP/m4" --map cla:2 --bundle "$TMP/src/model.safetensors" --force -q
+expect_grep "a file of the model directory" "$TMP/err" "--bundle source file named"
+expect_rc 1 "bundle a bundle onto itself" -- "$BIN/kvconvert" bundle "$TMP/m.kvb" "$TMP/m.kvb" --force
+expect_grep "m.kvb: is the model .*m.kvb itself" "$TMP/err" "bundle onto its source bundle named"
+expect_rc 0 "bundle a bundle" -- "$BIN/kvconvert" bundle "$TMP/m.kvb" "$TMP/again.kvb" -q
 done_tests cli_bundle

@@ -28,13 +28,13 @@ expect_rc 2 "bad --shard-size" -- "$C" "$S" "$TMP/o1" --map cla:2 --shard-size l
 expect_rc 2 "layout on a cross map" -- "$C" "$S" "$TMP/o1" --map cla:2 --layout hf-swiftkv
 expect_rc 2 "unknown option" -- "$C" "$S" "$TMP/o1" --map cla:2 --frobnicate
 expect_rc 2 "info without folder" -- "$C" info
-expect_rc 1 "bad spec" -- "$C" --plan "$S" --map pizza-sideways:3
+expect_rc 2 "bad spec" -- "$C" --plan "$S" --map pizza-sideways:3
 expect_grep "kvconvert: error: KV map 'pizza-sideways:3'" "$TMP/err" "bad spec message"
-expect_rc 1 "too many KV layers" -- "$C" --plan "$S" --map sandwich-top:9
+expect_rc 2 "too many KV layers" -- "$C" --plan "$S" --map sandwich-top:9
 expect_grep "only 5 layers" "$TMP/err" "l > L message"
-expect_rc 1 "bad swiftkv" -- "$C" --plan "$S" --swiftkv 5
+expect_rc 2 "bad swiftkv" -- "$C" --plan "$S" --swiftkv 5
 expect_rc 1 "missing source" -- "$C" --plan "$TMP/nothing" --map cla:2
-expect_grep "nothing/config.json" "$TMP/err" "missing source named"
+expect_grep "nothing: not a model (No such file or directory)" "$TMP/err" "missing source named"
 [ -d "$TMP/o1" ] && bad "a refused command created its destination" || ok
 
 # --plan: diagram and savings, nothing written
@@ -56,13 +56,13 @@ expect_grep '"prefill_plan":{"passes":9,"cyclic_groups":1,"steps":\[{"layers":\[
 expect_rc 0 "plan swiftkv json" -- "$C" --plan "$S" --swiftkv 1,2 --json
 cp "$TMP/out" "$TMP/plan.json"
 json_ok "$TMP/plan.json" "plan --json"
-expect_grep '"num_key_value_layers":	1' "$TMP/plan.json" "plan json swiftkv l"
+expect_grep '"num_key_value_layers":1' "$TMP/plan.json" "plan json swiftkv l"
 expect_grep '"norm_swiftkv.weight"\|model.norm_swiftkv.weight' "$TMP/plan.json" "plan json added tensors"
 
 # info
 expect_rc 0 "info" -- "$C" info "$S"
 expect_grep "parameters     260032" "$TMP/out" "info params"
-expect_grep "KV cache       1280 bytes/token (5 of 5 slots, F32" "$TMP/out" "info KV bytes"
+expect_grep "KV cache       1280 bytes/token in F32 (5 of 5 slots" "$TMP/out" "info KV bytes"
 expect_rc 0 "info json" -- "$C" --info "$S" --json
 cp "$TMP/out" "$TMP/info.json"
 json_ok "$TMP/info.json" "info --json"
@@ -86,7 +86,7 @@ after=$(cat "$S"/* | sha256sum)
 expect_grep '"layer_types":	"0_1_4_4_4"' "$TMP/a/config.json" "layer_types in config"
 expect_grep '"torch_dtype":	"bfloat16"' "$TMP/a/config.json" "torch_dtype in config"
 expect_rc 0 "info of the output" -- "$C" info "$TMP/a"
-expect_grep "KV cache       384 bytes/token (3 of 5 slots, BF16" "$TMP/out" "output KV bytes"
+expect_grep "KV cache       384 bytes/token in BF16 (3 of 5 slots" "$TMP/out" "output KV bytes"
 
 # destination rules
 expect_rc 1 "non-empty destination" -- "$C" -q "$S" "$TMP/a" --map pizza-top:3

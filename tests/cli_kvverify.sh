@@ -7,6 +7,15 @@ G=$SHARED/golden/stories260K_logits.safetensors
 expect_rc 0 "help" -- "$V" --help
 expect_grep "kernels" "$TMP/out" "help lists kernels"
 expect_rc 0 "version" -- "$V" --version
+# help and usage errors never touch the GPU libraries: cuBLAS (whose start-up code cost most of a
+# second before main) is loaded only when a CUDA backend starts (ld.so's LD_DEBUG lists loads)
+for args in --help "--bogus" "logits onlyone"; do
+    LD_DEBUG=libs "$V" $args >/dev/null 2>"$TMP/ld.err"
+    if grep -q "libcublas" "$TMP/ld.err"; then bad "kvverify $args loaded cuBLAS"; else ok; fi
+done
+if command -v ldd >/dev/null; then
+    if ldd "$V" | grep -q libcublas; then bad "kvverify links libcublas"; else ok; fi
+fi
 expect_rc 2 "no command" -- "$V"
 expect_rc 2 "unknown command" -- "$V" frobnicate
 expect_rc 2 "bad atol" -- "$V" logits a b --atol -1

@@ -224,8 +224,13 @@ int main(void) {
         kv_parity_report_free(&rep);
         kv_backend_free(&gpu);
     }
+    /* cuBLAS is dlopen'ed, not linked: the loader finds the library and every entry point
+     * (needs no GPU) */
+    rc = kv_cuda_blas_load(&err);
+    CHECK(rc == 0, "loading cuBLAS: %s", err.msg);
 #else
     CHECK(rc == KV_EUNSUPPORTED && strstr(err.msg, "no CUDA support"), "rc %d: %s", rc, err.msg);
+    CHECK(kv_cuda_blas_load(&err) == KV_EUNSUPPORTED, "cuBLAS without CUDA");
 #endif
     kv_backend_free(&dev);
     kv_backend_free(&ref);

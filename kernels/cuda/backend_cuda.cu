@@ -226,7 +226,7 @@ static void cuda_release(kv_backend *b) {
     cudaSetDevice(c->ordinal);
     if (c->stream) cudaStreamSynchronize(c->stream);
     cudaFree(c->scratch);
-    if (c->blas) cublasDestroy(c->blas);
+    if (c->blas) kv_cublas.destroy(c->blas);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c);
     b->impl = NULL;
@@ -300,10 +300,11 @@ int kv_backend_cuda_init(kv_backend *b, int ordinal, kv_error *err) {
     b->ops = &cuda_ops;
     int rc = kv_cuda_status(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking),
                             "creating a stream", err);
-    if (!rc) rc = kv_cublas_status(cublasCreate(&c->blas), "creating a handle", err);
-    if (!rc) rc = kv_cublas_status(cublasSetStream(c->blas, c->stream), "set stream", err);
+    if (!rc) rc = kv_cublas_load(err);
+    if (!rc) rc = kv_cublas_status(kv_cublas.create(&c->blas), "creating a handle", err);
+    if (!rc) rc = kv_cublas_status(kv_cublas.set_stream(c->blas, c->stream), "set stream", err);
     // FP32 GEMMs stay FP32 (no TF32); BF16 GEMMs use tensor cores with FP32 accumulation
-    if (!rc) rc = kv_cublas_status(cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH), "math mode",
+    if (!rc) rc = kv_cublas_status(kv_cublas.set_math_mode(c->blas, CUBLAS_DEFAULT_MATH), "math mode",
                                    err);
     if (rc) {
         cuda_release(b);

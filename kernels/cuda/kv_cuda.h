@@ -42,10 +42,33 @@ static inline int kv_cuda_status(cudaError_t e, const char *what, kv_error *err)
 static inline int kv_cuda_launched(const char *what, kv_error *err) {
     return kv_cuda_status(cudaGetLastError(), what, err);
 }
+/* The cuBLAS entry points the backend uses, resolved by kv_cublas_load (cublas_load.cu: cuBLAS
+ * is dlopen'ed on first use, not linked) */
+struct kv_cublas_api {
+    typedef cublasStatus_t (*create_fn)(cublasHandle_t *);
+    typedef cublasStatus_t (*destroy_fn)(cublasHandle_t);
+    typedef cublasStatus_t (*set_stream_fn)(cublasHandle_t, cudaStream_t);
+    typedef cublasStatus_t (*set_math_mode_fn)(cublasHandle_t, cublasMath_t);
+    typedef const char *(*status_string_fn)(cublasStatus_t);
+    typedef cublasStatus_t (*gemm_ex_fn)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int,
+                                         int, int, const void *, const void *, cudaDataType, int,
+                                         const void *, cudaDataType, int, const void *, void *,
+                                         cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
+    create_fn create;
+    destroy_fn destroy;
+    set_stream_fn set_stream;
+    set_math_mode_fn set_math_mode;
+    status_string_fn status_string;
+    gemm_ex_fn gemm_ex;
+};
+extern kv_cublas_api kv_cublas;
+/* once per process; 0 or KV_EUNSUPPORTED naming the library or the missing symbol */
+int kv_cublas_load(kv_error *err);
+
 static inline int kv_cublas_status(cublasStatus_t s, const char *what, kv_error *err) {
     if (s == CUBLAS_STATUS_SUCCESS) return 0;
     return kv_fail(err, s == CUBLAS_STATUS_ALLOC_FAILED ? KV_ENOMEM : KV_EIO, "cublas %s: %s",
-                   what, cublasGetStatusString(s));
+                   what, kv_cublas.status_string ? kv_cublas.status_string(s) : "error");
 }
 
 /* threads per block of the element-wise and row kernels (a multiple of 32, at most 1024) */

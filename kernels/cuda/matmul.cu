@@ -119,7 +119,7 @@ int kv_cuda_matmul(kv_backend *b, float *out, const float *x, const void *W, kv_
         B = xb;
         ab_type = CUDA_R_16BF;
     }
-    int rc = kv_cublas_status(cublasGemmEx(kv_cuda(b)->blas, CUBLAS_OP_T, CUBLAS_OP_N, n_out, T,
+    int rc = kv_cublas_status(kv_cublas.gemm_ex(kv_cuda(b)->blas, CUBLAS_OP_T, CUBLAS_OP_N, n_out, T,
                                            n_in, &one, W, ab_type, n_in, B, ab_type, n_in, &beta,
                                            out, CUDA_R_32F, n_out, CUBLAS_COMPUTE_32F,
                                            CUBLAS_GEMM_DEFAULT),
@@ -151,7 +151,7 @@ int kv_cuda_matmul_backward(kv_backend *b, float *dx, float *dW, float *dbias, c
     // dx[T, n_in] += dout[T, n_out] @ W[n_out, n_in]: column-major dx^T (n_in x T) +=
     // W^T' (n_in x n_out, ld n_in) * dout^T (n_out x T, ld n_out)
     if (dx)
-        rc = kv_cublas_status(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, n_in, T, n_out, &one, W,
+        rc = kv_cublas_status(kv_cublas.gemm_ex(h, CUBLAS_OP_N, CUBLAS_OP_N, n_in, T, n_out, &one, W,
                                            CUDA_R_32F, n_in, dout, CUDA_R_32F, n_out, &one, dx,
                                            CUDA_R_32F, n_in, CUBLAS_COMPUTE_32F,
                                            CUBLAS_GEMM_DEFAULT),
@@ -159,7 +159,7 @@ int kv_cuda_matmul_backward(kv_backend *b, float *dx, float *dW, float *dbias, c
     // dW[n_out, n_in] += dout^T @ x: column-major dW^T (n_in x n_out, ld n_in) +=
     // x^T (n_in x T, ld n_in) * dout (as stored n_out x T, ld n_out; op T)
     if (!rc && dW)
-        rc = kv_cublas_status(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_T, n_in, n_out, T, &one, x,
+        rc = kv_cublas_status(kv_cublas.gemm_ex(h, CUBLAS_OP_N, CUBLAS_OP_T, n_in, n_out, T, &one, x,
                                            CUDA_R_32F, n_in, dout, CUDA_R_32F, n_out, &one, dW,
                                            CUDA_R_32F, n_in, CUBLAS_COMPUTE_32F,
                                            CUBLAS_GEMM_DEFAULT),

@@ -7,6 +7,7 @@
 
 #include "base/version.h"
 #include "transform/convert/convert.h"
+#include "transform/convert/model_info.h"
 
 static double fraction(uint64_t before, uint64_t after) {
     if (!before) return 0;
@@ -107,6 +108,9 @@ char *convert_plan_json(const convert_plan *p, const convert_file_hash *hashes, 
     cJSON_AddNumberToObject(kv, "bytes_per_token_source", (double)p->kv_bytes_src);
     cJSON_AddNumberToObject(kv, "bytes_per_token_output", (double)p->kv_bytes_out);
     cJSON_AddNumberToObject(kv, "saving", fraction(p->kv_bytes_src, p->kv_bytes_out));
+    if (p->opt.map.kind == KVMAP_SWIFTKV) /* share of a prompt token's layer FLOPs prefill skips */
+        cJSON_AddNumberToObject(root, "prefill_compute_saving",
+                                model_swiftkv_prefill_saving(&p->source->cfg, p->opt.map.swiftkv_l, p->opt.map.swiftkv_g));
 
     char *text = tensors ? cJSON_Print(root) : NULL;
     cJSON_Delete(root);

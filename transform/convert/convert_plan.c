@@ -7,6 +7,7 @@
 #include "base/fileio.h"
 #include "formats/llama_view.h"
 #include "transform/convert/convert.h"
+#include "transform/convert/model_info.h"
 
 void convert_source_close(convert_source *s) {
     st_checkpoint_close(&s->ckpt);
@@ -338,11 +339,9 @@ __attribute__((format(printf, 2, 3))) static void tb_printf(text_buf *t, const c
     }
 }
 
-/* "saving 40.0%" or "growth 0.1%" */
+/* "saving 40.0%", "growth 0.1%" or "no change" (model_change_text) */
 static const char *change(uint64_t before, uint64_t after, char *buf, size_t cap) {
-    double pct = before ? 100.0 * ((double)after - (double)before) / (double)before : 0.0;
-    snprintf(buf, cap, "%s %.1f%%", pct > 0 ? "growth" : "saving", pct > 0 ? pct : -pct);
-    return buf;
+    return model_change_text((double)before, (double)after, buf, cap);
 }
 
 char *convert_plan_text(const convert_plan *p) {
@@ -359,9 +358,21 @@ char *convert_plan_text(const convert_plan *p) {
         n_added += p->out[k].added;
         n_mean += p->out[k].op == CONVERT_MEAN;
     }
-    char c1[32], c2[32];
+    char c1[48], c2[48];
     tb_printf(&t, "KV cache per token (%s): %zu -> %zu bytes (%s)\n", kv_dtype_name(p->cache_dtype),
               p->kv_bytes_src, p->kv_bytes_out, change(p->kv_bytes_src, p->kv_bytes_out, c1, sizeof c1));
+    if (p->opt.map.kind == KVMAP_SWIFTKV) {
+        const kv_map *m = &p->opt.map;
+        const int L = p->source->cfg.n_layers;
+        tb_printf(&t, "SwiftKV prefill: skips %.1f%% of a prompt token's layer FLOPs (layers %d..%d run only "
+                      "the K/V projections of %d group leader%s)\n",
+                  100.0 * model_swiftkv_prefill_saving(&p->source->cfg, m->swiftkv_l, m->swiftkv_g), m->swiftkv_l,
+                  L - 1, (L - m->swiftkv_l + m->swiftkv_g - 1) / m->swiftkv_g,
+                  (L - m->swiftkv_l + m->swiftkv_g - 1) / m->swiftkv_g == 1 ? "" : "s");
+        tb_printf(&t, "AcrossKV (g=%d): saves %.1f%% of the KV cache%s\n", m->swiftkv_g,
+                  100.0 * (1.0 - (double)p->slots_out / L),
+                  m->swiftkv_g == 1 ? " (g = 1: SingleInputKV saves compute, not memory)" : "");
+    }
     tb_printf(&t, "parameters: %llu -> %llu (%s)\n", (unsigned long long)p->src_params,
               (unsigned long long)p->out_params, change(p->src_params, p->out_params, c2, sizeof c2));
     tb_printf(&t, "weights: %llu -> %llu bytes\n", (unsigned long long)p->src_bytes, (unsigned long long)p->out_bytes);

@@ -33,6 +33,31 @@ static size_t kv_bytes(int slots, int n_kv_heads, int head_dim, size_t elem) {
     return n;
 }
 
+double model_swiftkv_prefill_saving(const hf_config *c, int l, int g) {
+    const int L = c->n_layers;
+    if (l >= L || l < 0 || g < 1 || L < 1) return 0.0;
+    const double H = c->hidden_size, q = H * c->n_heads * c->head_dim, kv = 2.0 * H * c->n_kv_heads * c->head_dim,
+                 o = (double)c->n_heads * c->head_dim * H, mlp = 3.0 * H * c->intermediate_size;
+    const double layer = q + kv + o + mlp, leaders = (double)((L - l + g - 1) / g);
+    /* the original as kvrun runs it: a prompt token's last layer computes only its K/V (the rest
+     * feeds nothing but logits; METHODS.md, tail skip) */
+    const double full = (L - 1) * layer + kv, prefill = l * layer + leaders * kv;
+    return full > 0 && prefill < full ? 1.0 - prefill / full : 0.0;
+}
+
+const char *model_change_text(double before, double after, char *buf, size_t cap) {
+    const double pct = before != 0 ? 100.0 * (after - before) / before : 0.0;
+    if (pct >= 0.05) snprintf(buf, cap, "growth %.1f%%", pct);
+    else if (pct <= -0.05) snprintf(buf, cap, "saving %.1f%%", -pct);
+    else if (after != before) snprintf(buf, cap, "%s under 0.1%%", after < before ? "saving" : "growth");
+    else snprintf(buf, cap, "no change");
+    return buf;
+}
+
+kv_dtype model_info_cache_dtype(const model_info *mi) {
+    return mi->dtype == KV_F32 || mi->dtype == KV_F16 || mi->dtype == KV_BF16 ? mi->dtype : KV_F32;
+}
+
 int model_info_fill(model_info *mi, const llama_view *v, kv_error *err) {
     memset(mi, 0, sizeof *mi);
     const hf_config *c = v->cfg;
@@ -62,13 +87,20 @@ int model_info_fill(model_info *mi, const llama_view *v, kv_error *err) {
         mi->bytes_total += v->bytes_by_dtype[t];
     }
     mi->kv_slots = kvmap_n_slots(&c->map);
-    size_t elem = kv_dtype_size(c->torch_dtype);
+    size_t elem = kv_dtype_size(model_info_cache_dtype(mi));
     mi->kv_bytes_per_token = kv_bytes(mi->kv_slots, c->n_kv_heads, c->head_dim, elem);
     mi->kv_bytes_per_token_full = kv_bytes(c->n_layers, c->n_kv_heads, c->head_dim, elem);
     if (!mi->kv_bytes_per_token || !mi->kv_bytes_per_token_full)
         return kv_fail(err, KV_ENOMEM, "model info: KV-cache bytes per token overflow");
+    mi->rope_theta = c->rope_theta;
+    mi->rope_type = c->rope_type;
+    mi->rope_factor = c->rope_factor;
+    mi->rope_low_freq_factor = c->rope_low_freq_factor;
+    mi->rope_high_freq_factor = c->rope_high_freq_factor;
+    mi->rope_original_max_position = c->rope_original_max_position;
     if (c->map.kind == KVMAP_SWIFTKV) {
         mi->kv_kind = MODEL_KV_SWIFTKV;
+        mi->prefill_saving = model_swiftkv_prefill_saving(c, c->map.swiftkv_l, c->map.swiftkv_g);
         mi->swiftkv_layers = c->map.swiftkv_l;
         mi->swiftkv_group = c->map.swiftkv_g;
         snprintf(mi->kv_map, sizeof mi->kv_map, "l=%d,g=%d", c->map.swiftkv_l, c->map.swiftkv_g);
@@ -119,6 +151,13 @@ int model_info_text(const model_info *mi, const char *label, char **out, kv_erro
             mi->n_kv_heads, mi->head_dim);
     fprintf(f, "  vocab          %d%s\n", mi->vocab_size, mi->tied ? " (tied embeddings)" : "");
     fprintf(f, "  context        %d positions\n", mi->max_position);
+    if (mi->rope_type == HF_ROPE_LLAMA3)
+        fprintf(f, "  RoPE           theta %g; rope_scaling llama3 (factor %g, low_freq_factor %g, "
+                   "high_freq_factor %g, original_max_position_embeddings %d)\n",
+                mi->rope_theta, mi->rope_factor, mi->rope_low_freq_factor, mi->rope_high_freq_factor,
+                mi->rope_original_max_position);
+    else
+        fprintf(f, "  RoPE           theta %g; rope_scaling none\n", mi->rope_theta);
     human(h, sizeof h, (double)mi->n_params);
     fprintf(f, "  parameters     %lld (%s) in %d tensors, %d file%s\n", (long long)mi->n_params,
             h, mi->n_tensors, mi->n_files, mi->n_files == 1 ? "" : "s");
@@ -131,11 +170,19 @@ int model_info_text(const model_info *mi, const char *label, char **out, kv_erro
         fprintf(f, "  bytes %-8s %zu (%sB)\n", kv_dtype_name((kv_dtype)t), mi->bytes_by_dtype[t], h);
     }
     fprintf(f, "  KV map         %s %s\n", model_kv_kind_name(mi->kv_kind), mi->kv_map);
-    double saving = 100.0 * (1.0 - (double)mi->kv_slots / mi->n_layers);
-    fprintf(f, "  KV cache       %zu bytes/token (%d of %d slots, %s; %zu without sharing, "
-               "saving %.1f%%)\n",
-            mi->kv_bytes_per_token, mi->kv_slots, mi->n_layers, kv_dtype_name(mi->dtype),
-            mi->kv_bytes_per_token_full, saving);
+    char ch[48];
+    model_change_text((double)mi->kv_bytes_per_token_full, (double)mi->kv_bytes_per_token, ch, sizeof ch);
+    fprintf(f, "  KV cache       %zu bytes/token in %s (%d of %d slots; the original's %d in %s: %zu, "
+               "%s)\n",
+            mi->kv_bytes_per_token, kv_dtype_name(model_info_cache_dtype(mi)), mi->kv_slots, mi->n_layers,
+            mi->n_layers, kv_dtype_name(model_info_cache_dtype(mi)), mi->kv_bytes_per_token_full, ch);
+    if (mi->kv_kind == MODEL_KV_SWIFTKV) {
+        fprintf(f, "  SwiftKV        prefill skips %.1f%% of a prompt token's layer FLOPs (layers %d..%d run "
+                   "only K/V projections); AcrossKV (g=%d) saves %.1f%% of the KV cache%s\n",
+                100.0 * mi->prefill_saving, mi->swiftkv_layers, mi->n_layers - 1, mi->swiftkv_group,
+                100.0 * (1.0 - (double)mi->kv_slots / mi->n_layers),
+                mi->swiftkv_group == 1 ? " (g = 1: SingleInputKV saves compute, not memory)" : "");
+    }
     int bad = ferror(f);
     if (fclose(f) != 0 || bad || !buf) {
         free(buf);
@@ -184,10 +231,27 @@ int model_info_json(const model_info *mi, char **out, kv_error *err) {
     if (mi->kv_kind == MODEL_KV_SWIFTKV) {
         NUM("swiftkv_layers", mi->swiftkv_layers);
         NUM("swiftkv_group", mi->swiftkv_group);
+        NUM("across_kv_saving", (double)(mi->n_layers - mi->kv_slots) / mi->n_layers);
+        NUM("prefill_compute_saving", mi->prefill_saving);
+    }
+    NUM("rope_theta", mi->rope_theta);
+    if (mi->rope_type == HF_ROPE_LLAMA3) {
+        cJSON *rs = cJSON_CreateObject();
+        ok = ok && rs && cJSON_AddStringToObject(rs, "rope_type", "llama3") &&
+             cJSON_AddNumberToObject(rs, "factor", mi->rope_factor) &&
+             cJSON_AddNumberToObject(rs, "low_freq_factor", mi->rope_low_freq_factor) &&
+             cJSON_AddNumberToObject(rs, "high_freq_factor", mi->rope_high_freq_factor) &&
+             cJSON_AddNumberToObject(rs, "original_max_position_embeddings", mi->rope_original_max_position);
+        if (ok) ok = cJSON_AddItemToObject(o, "rope_scaling", rs);
+        else cJSON_Delete(rs);
+    } else {
+        ok = ok && cJSON_AddNullToObject(o, "rope_scaling");
     }
     NUM("kv_slots", mi->kv_slots);
+    STR("kv_cache_dtype", kv_dtype_name(model_info_cache_dtype(mi)));
     NUM("kv_cache_bytes_per_token", mi->kv_bytes_per_token);
     NUM("kv_cache_bytes_per_token_full", mi->kv_bytes_per_token_full);
+    NUM("kv_cache_saving", ((double)mi->kv_bytes_per_token_full - (double)mi->kv_bytes_per_token) / (double)mi->kv_bytes_per_token_full);
 #undef NUM
 #undef STR
     char *text = ok ? cJSON_PrintUnformatted(o) : NULL;

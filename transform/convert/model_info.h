@@ -34,13 +34,32 @@ typedef struct {
     size_t kv_bytes_per_token;             /* 2 * kv_slots * nkv * hd * sizeof(dtype) */
     size_t kv_bytes_per_token_full;        /* the same with L slots */
     char kv_map[HF_MAX_LAYERS * 5 + 32];   /* "0_0_2_2_4"; identity "0_1_2_3_4"; SwiftKV "l=2,g=3" */
+    double prefill_saving;                 /* SwiftKV: model_swiftkv_prefill_saving; else 0 */
+    double rope_theta;
+    hf_rope_type rope_type;                /* rope_scaling: none or llama3 (+ its factors) */
+    double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_original_max_position;
 } model_info;
+
+/* SwiftKV (l, g) on the model C describes: the share of a prompt token's layer FLOPs (the weight
+ * matmuls: q, k, v, o, MLP; attention scores, which grow with the context, and the LM head,
+ * which a prompt token does not run, excluded) that prefill skips: layers l..L-1 run only the
+ * K/V projections of the (L - l)/g group leaders. The baseline is the original model as kvrun
+ * runs it, whose last layer already computes only K/V for a prompt token, so l = L-1, g = 1
+ * saves nothing. 0 when l >= L. */
+double model_swiftkv_prefill_saving(const hf_config *c, int l, int g);
+/* "saving 40.0%", "growth 0.1%" or "no change" (never "-0.0%") */
+const char *model_change_text(double before, double after, char *buf, size_t cap);
 
 /* from a bound view (its config and checkpoint) */
 int model_info_fill(model_info *mi, const llama_view *v, kv_error *err);
 /* DIR/config.json + checkpoint, bound (every tensor checked), then filled */
 int model_info_load_dir(model_info *mi, const char *dir, kv_error *err);
 
+/* The element type every KV-cache count assumes (info, plan, kvconvert's summary, kvrun's
+ * default cache): the model's weight type, config.json torch_dtype (F32 when not a float type).
+ * The baseline is the original model (every layer its own K/V) in that same type. */
+kv_dtype model_info_cache_dtype(const model_info *mi);
 const char *model_kv_kind_name(model_kv_kind k); /* "identity", "cross-layer", "swiftkv" */
 
 /* malloc'd text: a heading line with LABEL (may be NULL), then "  key   value" lines */
@@ -52,8 +71,9 @@ const char *model_info_schema_note(const char *schema);
  * schema, schema_note (+ swiftkv_layout for SwiftKV), layers, hidden_size, intermediate_size, heads, kv_heads, head_dim, vocab_size,
  * max_position_embeddings, tied, dtype, parameters, parameters_config, tensors, files,
  * bytes_total, bytes_per_dtype {DTYPE: bytes}, kv_map_kind, kv_map, kv_slots,
- * kv_cache_bytes_per_token, kv_cache_bytes_per_token_full (+ swiftkv_layers,
- * swiftkv_group for SwiftKV) */
+ * kv_cache_dtype, kv_cache_bytes_per_token, kv_cache_bytes_per_token_full, kv_cache_saving,
+ * rope_theta, rope_scaling (null or {rope_type, factor, ...}) (+ swiftkv_layers, swiftkv_group,
+ * across_kv_saving, prefill_compute_saving for SwiftKV) */
 int model_info_json(const model_info *mi, char **out, kv_error *err);
 
 #endif

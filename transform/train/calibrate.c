@@ -1,5 +1,6 @@
 /* Calibration: layer similarity, zero-shot candidates, ranking, JSON and SVG. */
 #include "transform/train/calibrate.h"
+#include "transform/convert/model_info.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -118,6 +119,7 @@ int calib_run(const calib_opts *o, const kv_map *maps, int n_maps,
               void (*tick)(void *, int, int), void *tick_ctx, calib_result *res, kv_error *err) {
     memset(res, 0, sizeof *res);
     res->recommended = -1;
+    res->best_saving = -1;
     res->budget_pct = o->budget_pct;
     kv_backend own, *b = o->backend;
     if (!b) {
@@ -180,6 +182,10 @@ int calib_run(const calib_opts *o, const kv_map *maps, int n_maps,
         cd->map = maps[c];
         cd->slots = kvmap_n_slots(&maps[c]);
         cd->cache_saving = kvmap_cache_saving(&maps[c]);
+        cd->prefill_saving = maps[c].kind == KVMAP_SWIFTKV
+                                 ? model_swiftkv_prefill_saving(&teacher.cfg, maps[c].swiftkv_l, maps[c].swiftkv_g)
+                                 : 0.0;
+        cd->saves = cd->slots < L || cd->prefill_saving > 0;
         cd->ppl = ev.student_ppl;
         cd->kl = ev.kl;
         res->teacher_ppl = ev.teacher_ppl;
@@ -192,6 +198,8 @@ int calib_run(const calib_opts *o, const kv_map *maps, int n_maps,
         calib_candidate *cd = &res->cand[c];
         cd->ppl_increase_pct = 100.0 * (cd->ppl / res->teacher_ppl - 1.0);
         cd->within_budget = cd->ppl_increase_pct <= o->budget_pct;
+        if (!cd->saves) continue; /* a no-op is never recommended */
+        if (res->best_saving < 0) res->best_saving = c; /* sorted by KL */
         if (!cd->within_budget) continue;
         const calib_candidate *best = res->recommended >= 0 ? &res->cand[res->recommended] : NULL;
         if (!best || cd->slots < best->slots) res->recommended = c; /* sorted by KL: ties keep
@@ -236,6 +244,8 @@ char *calib_json(const calib_result *r) {
         cJSON_AddStringToObject(o, "layer_types", types);
         cJSON_AddNumberToObject(o, "kv_slots", cd->slots);
         cJSON_AddNumberToObject(o, "cache_saving", cd->cache_saving);
+        cJSON_AddNumberToObject(o, "prefill_compute_saving", cd->prefill_saving);
+        cJSON_AddBoolToObject(o, "saves", cd->saves);
         cJSON_AddNumberToObject(o, "ppl", cd->ppl);
         cJSON_AddNumberToObject(o, "kl", cd->kl);
         cJSON_AddNumberToObject(o, "ppl_increase_pct", cd->ppl_increase_pct);
@@ -246,6 +256,8 @@ char *calib_json(const calib_result *r) {
         cJSON_AddStringToObject(j, "recommended", r->cand[r->recommended].map.name);
     else
         cJSON_AddNullToObject(j, "recommended");
+    if (r->recommended < 0 && r->best_saving >= 0) /* nothing saving fits the budget */
+        cJSON_AddStringToObject(j, "best_saving_over_budget", r->cand[r->best_saving].map.name);
     char *text = cJSON_Print(j);
     cJSON_Delete(j);
     return text;
@@ -297,23 +309,28 @@ static void color_of(double v, double lo, int *r, int *g, int *b) {
     *b = (int)lround(255 - t * (255 - 107));
 }
 
-static void svg_panel(sbuf *s, const char *title, const double *m, int n, double x0, double y0,
-                      double cell, const char *last_label) {
-    double lo = 1;
-    for (int i = 0; i < n * n; i++)
-        if (m[i] < lo) lo = m[i];
-    sb_printf(s, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"14\" font-weight=\"bold\">%s</text>\n",
-              x0, y0 - 28, title);
-    sb_printf(s, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\">colour: cosine %.3f (white) .. "
-              "1 (blue)</text>\n", x0, y0 - 14, lo);
+#define SVG_CHAR_W 0.62 /* average sans-serif advance, in font sizes: for laying out titles */
+
+/* one heat map: title (and subtitle) above, layer numbers on both axes (every `step`-th when the
+ * cells are small), "layer" axis names; colours on the shared scale [lo, 1] */
+static void svg_panel(sbuf *s, const char *title, const char *subtitle, const double *m, int n,
+                      double x0, double y0, double cell, const char *last_label, double lo) {
+    sb_printf(s, "<g class=\"panel\">\n");
+    sb_printf(s, "<text class=\"title\" x=\"%.1f\" y=\"%.1f\" font-size=\"14\" font-weight=\"bold\">%s</text>\n",
+              x0, y0 - 34, title);
+    sb_printf(s, "<text class=\"subtitle\" x=\"%.1f\" y=\"%.1f\" font-size=\"11\" fill=\"#444\">%s</text>\n",
+              x0, y0 - 18, subtitle);
+    const int step = cell >= 14 ? 1 : (int)ceil(14.0 / cell);
     for (int i = 0; i < n; i++) {
         char label[32];
         if (i == n - 1 && last_label) snprintf(label, sizeof label, "%s", last_label);
         else snprintf(label, sizeof label, "%d", i);
-        sb_printf(s, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\" text-anchor=\"end\">%s</text>\n",
-                  x0 - 4, y0 + (i + 0.65) * cell, label);
-        sb_printf(s, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\" text-anchor=\"middle\">%s</text>\n",
-                  x0 + (i + 0.5) * cell, y0 + n * cell + 12, label);
+        if (i % step == 0 || (i == n - 1 && last_label)) {
+            sb_printf(s, "<text class=\"ylabel\" x=\"%.1f\" y=\"%.1f\" font-size=\"10\" text-anchor=\"end\">%s</text>\n",
+                      x0 - 4, y0 + (i + 0.5) * cell + 3.5, label);
+            sb_printf(s, "<text class=\"xlabel\" x=\"%.1f\" y=\"%.1f\" font-size=\"10\" text-anchor=\"middle\">%s</text>\n",
+                      x0 + (i + 0.5) * cell, y0 + n * cell + 13, label);
+        }
         for (int j = 0; j < n; j++) {
             int r, g, b;
             const double v = m[i * n + j];
@@ -321,28 +338,78 @@ static void svg_panel(sbuf *s, const char *title, const double *m, int n, double
             sb_printf(s, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" "
                       "fill=\"rgb(%d,%d,%d)\"><title>%d,%d: %.4f</title></rect>\n",
                       x0 + j * cell, y0 + i * cell, cell, cell, r, g, b, i, j, v);
-            if (n <= 16)
-                sb_printf(s, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"%.0f\" text-anchor=\"middle\" "
+            if (n <= 16 && cell >= 24)
+                sb_printf(s, "<text class=\"value\" x=\"%.1f\" y=\"%.1f\" font-size=\"%.0f\" text-anchor=\"middle\" "
                           "fill=\"%s\">%.2f</text>\n", x0 + (j + 0.5) * cell,
                           y0 + (i + 0.6) * cell, cell / 4 > 12 ? 12 : cell / 4,
                           g < 140 ? "white" : "black", v);
         }
     }
+    sb_printf(s, "<text class=\"axis\" x=\"%.1f\" y=\"%.1f\" font-size=\"11\" text-anchor=\"middle\">layer j</text>\n",
+              x0 + n * cell / 2, y0 + n * cell + 28);
+    sb_printf(s, "<text class=\"axis\" x=\"%.1f\" y=\"%.1f\" font-size=\"11\" text-anchor=\"middle\" "
+              "transform=\"rotate(-90 %.1f %.1f)\">layer i</text>\n",
+              x0 - 26, y0 + n * cell / 2, x0 - 26, y0 + n * cell / 2);
+    sb_printf(s, "</g>\n");
+}
+
+/* the shared colour scale: a vertical bar from lo (white) to 1 (blue) with ticks */
+static void svg_colorbar(sbuf *s, double x0, double y0, double h, double lo) {
+    const int steps = 50;
+    sb_printf(s, "<g class=\"colorbar\">\n<text x=\"%.1f\" y=\"%.1f\" font-size=\"11\">cosine</text>\n", x0,
+              y0 - 8);
+    for (int k = 0; k < steps; k++) {
+        const double v = 1 - (1 - lo) * (k + 0.5) / steps;
+        int r, g, b;
+        color_of(v, lo, &r, &g, &b);
+        sb_printf(s, "<rect class=\"bar\" x=\"%.1f\" y=\"%.2f\" width=\"16\" height=\"%.2f\" fill=\"rgb(%d,%d,%d)\"/>\n",
+                  x0, y0 + h * k / steps, h / steps + 0.05, r, g, b);
+    }
+    sb_printf(s, "<rect class=\"frame\" x=\"%.1f\" y=\"%.1f\" width=\"16\" height=\"%.1f\" fill=\"none\" "
+              "stroke=\"#888\"/>\n", x0, y0, h);
+    for (int k = 0; k <= 4; k++) {
+        const double v = 1 - (1 - lo) * k / 4.0;
+        sb_printf(s, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" font-size=\"10\">%.3f</text>\n", x0 + 20,
+                  y0 + h * k / 4.0 + 3.5, v);
+    }
+    sb_printf(s, "</g>\n");
 }
 
 int calib_write_svg(const calib_result *r, const char *path, kv_error *err) {
     const int L = r->L;
-    const double cell = L <= 8 ? 40 : L <= 16 ? 24 : L <= 40 ? 10 : 4;
-    const double pw = (L + 1) * cell, margin = 40, top = 60;
-    const double width = margin + 3 * (pw + margin), height = top + pw + 40;
+    const double cell = L <= 8 ? 40 : L <= 16 ? 24 : L <= 40 ? 12 : 6;
+    /* one colour scale for the three panels: the lowest cosine anywhere .. 1 */
+    double lo = 1;
+    for (int i = 0; i < (L + 1) * (L + 1); i++) lo = r->hidden_sim[i] < lo ? r->hidden_sim[i] : lo;
+    for (int i = 0; i < L * L; i++) {
+        lo = r->k_sim[i] < lo ? r->k_sim[i] : lo;
+        lo = r->v_sim[i] < lo ? r->v_sim[i] : lo;
+    }
+    if (lo > 0.999) lo = 0.999;
+    static const char *const titles[3] = {"Hidden states", "Keys (K)", "Values (V)"};
+    static const char *const subtitles[3] = {"entering layer i vs j; out = final", "layer i vs layer j",
+                                             "layer i vs layer j"};
+    const int sizes[3] = {L + 1, L, L};
+    /* each panel as wide as its grid or its title, whichever is wider, so titles never overlap */
+    double x[3], w[3], xpos = 56;
+    for (int p = 0; p < 3; p++) {
+        const double tw = fmax(strlen(titles[p]) * 14 * SVG_CHAR_W, strlen(subtitles[p]) * 11 * SVG_CHAR_W);
+        w[p] = fmax(sizes[p] * cell, tw);
+        x[p] = xpos;
+        xpos += w[p] + 64;
+    }
+    const double top = 84, grid = (L + 1) * cell;
+    const double width = xpos + 40, height = top + grid + 48;
     sbuf s = {0};
     sb_printf(&s, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
               "font-family=\"sans-serif\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
               width, height);
-    svg_panel(&s, "hidden states (cosine, entering layer i; last = output)", r->hidden_sim, L + 1,
-              margin, top, cell, "out");
-    svg_panel(&s, "K between layers", r->k_sim, L, margin + pw + margin, top, cell, NULL);
-    svg_panel(&s, "V between layers", r->v_sim, L, margin + 2 * (pw + margin), top, cell, NULL);
+    sb_printf(&s, "<text class=\"heading\" x=\"%.1f\" y=\"22\" font-size=\"15\" font-weight=\"bold\">"
+              "Teacher layer similarity (cosine), %ld calibration tokens</text>\n", x[0], r->tokens);
+    svg_panel(&s, titles[0], subtitles[0], r->hidden_sim, L + 1, x[0], top, cell, "out", lo);
+    svg_panel(&s, titles[1], subtitles[1], r->k_sim, L, x[1], top, cell, NULL, lo);
+    svg_panel(&s, titles[2], subtitles[2], r->v_sim, L, x[2], top, cell, NULL, lo);
+    svg_colorbar(&s, xpos - 40, top, grid, lo);
     sb_printf(&s, "</svg>\n");
     if (s.oom) {
         free(s.buf);

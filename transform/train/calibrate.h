@@ -4,7 +4,8 @@
  *  - for every candidate KV map: the zero-shot student (distill_init.h, mean initialisation), its
  *    perplexity and mean per-token KL(teacher || student) on the same text;
  *  - candidates ranked by KL; the recommendation is the cheapest (fewest KV-cache slots, then the
- *    lowest KL) whose perplexity is within budget_pct percent of the teacher's. */
+ *    lowest KL) whose perplexity is within budget_pct percent of the teacher's. A candidate that
+ *    saves nothing (no KV-cache slot, no prefill compute) is never recommended. */
 #ifndef KV_CALIBRATE_H
 #define KV_CALIBRATE_H
 
@@ -31,6 +32,9 @@ typedef struct {
     kv_map map;
     int slots;              /* KV-cache slots */
     double cache_saving;    /* 1 - slots / L */
+    double prefill_saving;  /* SwiftKV: share of a prompt token's layer FLOPs prefill skips
+                               (model_swiftkv_prefill_saving); 0 for cross-layer maps */
+    int saves;              /* cache_saving > 0 or prefill_saving > 0 */
     double ppl, kl;
     double ppl_increase_pct;
     int within_budget;
@@ -44,7 +48,8 @@ typedef struct {
     long tokens;            /* calibration tokens */
     int n_cand;
     calib_candidate *cand;  /* ranked, lowest KL first */
-    int recommended;        /* index into cand, -1 when none is within budget */
+    int recommended;        /* index into cand, -1 when no saving candidate is within budget */
+    int best_saving;        /* the saving candidate of lowest KL (budget or not), -1 if none */
     double budget_pct;
 } calib_result;
 
