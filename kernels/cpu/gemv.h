@@ -23,8 +23,9 @@ int kv_gemv_isa_parse(kv_gemv_isa *isa, const char *s);
 /* 1 when this CPU runs the variant (C: always) */
 int kv_gemv_isa_supported(kv_gemv_isa isa);
 /* The variant kv_gemv uses: kv_gemv_force's choice, else the environment's KV_CPU_ISA
- * (c | avx2 | avx512), else the best this CPU runs. A choice the CPU does not run (or a name not
- * known) falls back to the best supported variant not above it. */
+ * (c | avx2 | avx512), else AVX2 where the CPU has it (AVX-512 measured slower for this
+ * bandwidth-bound loop on Zen 5: opt in with KV_CPU_ISA=avx512), else C. A choice the CPU does
+ * not run falls back to the best supported variant below it; an unknown name counts as unset. */
 kv_gemv_isa kv_gemv_isa_active(void);
 /* forces a variant for later calls (tests, benches); KV_GEMV_N_ISA clears the choice. Returns
  * the variant now active. Not thread-safe against running kernels. */
