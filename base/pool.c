@@ -1,9 +1,11 @@
 /* The thread pool (pool.h): items handed out by an atomic counter, a stop flag after the first
- * failure, the lowest failing index recorded under a lock. */
+ * failure, the lowest failing index recorded under a lock. kv_parallel_for runs on helpers that
+ * stay parked between calls. */
 #include "base/pool.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <unistd.h>
 
 int kv_resolve_threads(int threads, int n_tasks) {
@@ -98,7 +100,99 @@ static int run_infallible(void *ctx, int i, int worker, kv_error *err) {
     return 0;
 }
 
+/* kv_parallel_for's helpers: started on first need, kept parked on a condition variable between
+ * calls (a decode step runs hundreds of short kernels: no thread start per call). One call at a
+ * time uses them; a call that finds them busy (nested, or from another thread) runs on
+ * kv_pool_run's threads instead. Helper h (1-based) is worker h of every job it joins. */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake, done;
+    int started;         /* helpers running */
+    unsigned gen;        /* bumped for every job */
+    kv_task_fn fn;       /* the job: items [0, n) to helpers 1..helpers and the caller */
+    void *ctx;
+    int n, helpers;
+    int active;          /* helpers of this job not finished */
+    atomic_int next;
+} park = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER,
+          .done = PTHREAD_COND_INITIALIZER};
+static atomic_flag park_busy = ATOMIC_FLAG_INIT;
+static pthread_once_t park_atfork_once = PTHREAD_ONCE_INIT;
+
+static void park_run_items(kv_task_fn fn, void *ctx, int n, int worker) {
+    for (;;) {
+        int i = atomic_fetch_add_explicit(&park.next, 1, memory_order_relaxed);
+        if (i >= n) break;
+        fn(ctx, i, worker);
+    }
+}
+
+static void *park_helper_main(void *arg) {
+    const int me = (int)(intptr_t)arg;
+    pthread_mutex_lock(&park.lock);
+    /* none seen yet (gen skips 0): the job that started this helper is its first, and no job
+     * it belongs to can finish before it joins */
+    unsigned seen = 0;
+    for (;;) {
+        while (park.gen == seen) pthread_cond_wait(&park.wake, &park.lock);
+        seen = park.gen;
+        if (me > park.helpers) continue;
+        kv_task_fn fn = park.fn;
+        void *ctx = park.ctx;
+        int n = park.n;
+        pthread_mutex_unlock(&park.lock);
+        park_run_items(fn, ctx, n, me);
+        pthread_mutex_lock(&park.lock);
+        if (--park.active == 0) pthread_cond_signal(&park.done);
+    }
+    return NULL;
+}
+
+/* a forked child has none of the parent's helpers: start again from none */
+static void park_atfork_child(void) {
+    pthread_mutex_init(&park.lock, NULL);
+    pthread_cond_init(&park.wake, NULL);
+    pthread_cond_init(&park.done, NULL);
+    park.started = 0;
+    atomic_flag_clear(&park_busy);
+}
+
+static void park_register_atfork(void) { pthread_atfork(NULL, NULL, park_atfork_child); }
+
 void kv_parallel_for(int n_items, int n_workers, kv_task_fn fn, void *ctx) {
-    infallible_task t = {fn, ctx};
-    kv_pool_run(n_items, n_workers, run_infallible, &t, NULL, NULL);
+    if (n_workers > n_items) n_workers = n_items;
+    if (n_workers > KV_POOL_MAX_THREADS) n_workers = KV_POOL_MAX_THREADS;
+    if (n_workers <= 1) {
+        for (int i = 0; i < n_items; i++) fn(ctx, i, 0);
+        return;
+    }
+    if (atomic_flag_test_and_set(&park_busy)) { /* in use: threads of this call's own */
+        infallible_task t = {fn, ctx};
+        kv_pool_run(n_items, n_workers, run_infallible, &t, NULL, NULL);
+        return;
+    }
+    pthread_once(&park_atfork_once, park_register_atfork);
+    pthread_mutex_lock(&park.lock);
+    while (park.started < n_workers - 1) {
+        pthread_t tid;
+        if (pthread_create(&tid, NULL, park_helper_main, (void *)(intptr_t)(park.started + 1)))
+            break;
+        pthread_detach(tid);
+        park.started++;
+    }
+    const int helpers = park.started < n_workers - 1 ? park.started : n_workers - 1;
+    park.fn = fn;
+    park.ctx = ctx;
+    park.n = n_items;
+    park.helpers = helpers;
+    park.active = helpers;
+    atomic_store_explicit(&park.next, 0, memory_order_relaxed);
+    if (++park.gen == 0) park.gen = 1;
+    if (helpers) pthread_cond_broadcast(&park.wake);
+    pthread_mutex_unlock(&park.lock);
+    park_run_items(fn, ctx, n_items, 0);
+    pthread_mutex_lock(&park.lock);
+    while (park.active) pthread_cond_wait(&park.done, &park.lock);
+    pthread_mutex_unlock(&park.lock);
+    atomic_flag_clear(&park_busy);
 }

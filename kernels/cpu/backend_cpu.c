@@ -1,5 +1,6 @@
 /* The CPU backend (kernels/backend.h): host memory, the reference kernels of kernels.h, row-wise
- * kernels threaded over blocks of rows (rows.h). Device pointers are host pointers. */
+ * kernels threaded over blocks of rows (rows.h), matrix-vector products for one token (gemv.h).
+ * Device pointers are host pointers. */
 #include "kernels/backend.h"
 
 #include <stdio.h>
@@ -7,6 +8,7 @@
 #include <string.h>
 
 #include "base/arena.h"
+#include "kernels/cpu/gemv.h"
 #include "kernels/cpu/rows.h"
 
 /* kv_arena's block: 64-byte aligned, zeroed; from 4 MiB on 2 MiB aligned with transparent huge
@@ -92,6 +94,11 @@ static int cpu_matmul(kv_backend *b, float *out, const float *x, const void *W, 
                       const float *bias, int T, int n_in, int n_out, int accumulate,
                       kv_error *err) {
     (void)b;
+    /* decode: own matrix-vector kernels (gemv.h) for F32 and BF16 weights */
+    if (T == 1 && (w_type == KV_F32 || w_type == KV_BF16)) {
+        kv_gemv(out, x, W, w_type, bias, n_in, n_out, accumulate);
+        return 0;
+    }
     if (w_type == KV_BF16) return matmul_bf16(out, x, W, bias, T, n_in, n_out, accumulate, err);
     if (w_type != KV_F32)
         return kv_fail(err, KV_EUNSUPPORTED, "cpu: matmul with %s weights (F32 or BF16)",

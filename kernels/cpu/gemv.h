@@ -1,0 +1,44 @@
+/* Matrix-vector products for decode (one token): y[n_out] (+)= W[n_out, n_in] x[n_in] (+ bias),
+ * W in HF layout ([out, in]), F32 or BF16, x and y F32.
+ *
+ * Variants: portable C (the reference), AVX2+FMA and AVX-512F, each compiled for its ISA with
+ * target attributes and chosen at run time from the CPU's features (the build stays portable).
+ * BF16 weights are widened in registers (exact: a 16-bit shift) and multiplied in F32; x is
+ * never rounded. Each output row is one dot product computed by one thread in a fixed order, so
+ * results do not depend on the thread count or on how rows are split. Variants differ from each
+ * other only in the order of the F32 additions (and FMA's single rounding): for every variant
+ * |y - exact| <= 1e-6 * (sum_i |W[o,i] x[i]| + |bias[o]| + |y0[o]|) on the sizes tests/test_gemv.c
+ * covers (n_in up to 1001); in general the bound grows like n_in / lanes * 2^-24. */
+#ifndef KV_CPU_GEMV_H
+#define KV_CPU_GEMV_H
+
+#include "base/dtype.h"
+
+typedef enum { KV_GEMV_C = 0, KV_GEMV_AVX2 = 1, KV_GEMV_AVX512 = 2, KV_GEMV_N_ISA = 3 } kv_gemv_isa;
+
+/* "c", "avx2", "avx512" */
+const char *kv_gemv_isa_name(kv_gemv_isa isa);
+/* 0 and *isa set for one of the names above; -1 otherwise */
+int kv_gemv_isa_parse(kv_gemv_isa *isa, const char *s);
+/* 1 when this CPU runs the variant (C: always) */
+int kv_gemv_isa_supported(kv_gemv_isa isa);
+/* The variant kv_gemv uses: kv_gemv_force's choice, else the environment's KV_CPU_ISA
+ * (c | avx2 | avx512), else AVX2 where the CPU has it (AVX-512 measured slower for this
+ * bandwidth-bound loop on Zen 5: opt in with KV_CPU_ISA=avx512), else C. A choice the CPU does
+ * not run falls back to the best supported variant below it; an unknown name counts as unset. */
+kv_gemv_isa kv_gemv_isa_active(void);
+/* forces a variant for later calls (tests, benches); KV_GEMV_N_ISA clears the choice. Returns
+ * the variant now active. Not thread-safe against running kernels. */
+kv_gemv_isa kv_gemv_force(kv_gemv_isa isa);
+
+/* rows [o0, o1) of y = W x (+ bias) with one variant, on the calling thread; accumulate: y +=.
+ * w_type KV_F32 or KV_BF16 (W then points to uint16_t bf16 bits); isa must be supported. */
+void kv_gemv_rows(kv_gemv_isa isa, float *y, const float *x, const void *W, kv_dtype w_type,
+                  const float *bias, int n_in, int o0, int o1, int accumulate);
+
+/* all n_out rows with the active variant, rows split over the kernel threads (kernels.h's
+ * kv_parallel_workers / kv_parallel_for). 0, or -1 for a w_type other than F32/BF16. */
+int kv_gemv(float *y, const float *x, const void *W, kv_dtype w_type, const float *bias, int n_in,
+            int n_out, int accumulate);
+
+#endif

@@ -1,0 +1,178 @@
+/* kernels/cpu/gemv.h: every variant the CPU runs against an exact (double) sum and against the C
+ * reference, on odd sizes, F32 and BF16 weights, with and without bias and accumulate; results
+ * independent of the thread count; the CPU backend's T == 1 matmul on this path. */
+#include "tests/check.h"
+
+#include <stdint.h>
+#include <string.h>
+
+#include "base/dtype.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/gemv.h"
+#include "kernels/kernels.h"
+
+/* the documented bound (gemv.h): |y - exact| <= REL * (sum |w x| + |bias| + |y0|) */
+#define REL 1e-6
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static float urand(void) { /* [-1, 1) */
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((double)(rng >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
+}
+
+static double weight(const void *W, kv_dtype t, size_t i) {
+    return t == KV_BF16 ? (double)kv_bf16_to_f32(((const uint16_t *)W)[i]) : ((const float *)W)[i];
+}
+
+/* W [n_out, n_in] as t, random; returns malloc'd storage */
+static void *make_w(kv_dtype t, int n_out, int n_in) {
+    size_t n = (size_t)n_out * n_in;
+    if (t == KV_BF16) {
+        uint16_t *w = malloc(sizeof *w * n);
+        for (size_t i = 0; w && i < n; i++) w[i] = kv_f32_to_bf16(urand());
+        return w;
+    }
+    float *w = malloc(sizeof *w * n);
+    for (size_t i = 0; w && i < n; i++) w[i] = urand();
+    return w;
+}
+
+static double max_rel_seen;
+
+static void check_sizes(kv_dtype t, int n_in, int n_out) {
+    void *W = make_w(t, n_out, n_in);
+    float *x = malloc(sizeof(float) * n_in), *y0 = malloc(sizeof(float) * n_out),
+          *bias = malloc(sizeof(float) * n_out), *y = malloc(sizeof(float) * n_out),
+          *yc = malloc(sizeof(float) * n_out);
+    if (!W || !x || !y0 || !bias || !y || !yc) {
+        CHECK(0, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < n_in; i++) x[i] = urand();
+    for (int o = 0; o < n_out; o++) y0[o] = urand(), bias[o] = urand();
+    for (int with_bias = 0; with_bias < 2; with_bias++)
+        for (int acc = 0; acc < 2; acc++) {
+            const float *b = with_bias ? bias : NULL;
+            memcpy(yc, y0, sizeof(float) * n_out);
+            kv_gemv_rows(KV_GEMV_C, yc, x, W, t, b, n_in, 0, n_out, acc);
+            for (int isa = 0; isa < KV_GEMV_N_ISA; isa++) {
+                if (!kv_gemv_isa_supported((kv_gemv_isa)isa)) continue;
+                memcpy(y, y0, sizeof(float) * n_out);
+                kv_gemv_rows((kv_gemv_isa)isa, y, x, W, t, b, n_in, 0, n_out, acc);
+                double worst = 0, worst_c = 0;
+                for (int o = 0; o < n_out; o++) {
+                    double exact = 0, scale = 0;
+                    for (int i = 0; i < n_in; i++) {
+                        double p = weight(W, t, (size_t)o * n_in + i) * x[i];
+                        exact += p;
+                        scale += fabs(p);
+                    }
+                    if (b) exact += b[o], scale += fabs(b[o]);
+                    if (acc) exact += y0[o], scale += fabs(y0[o]);
+                    double e = fabs(y[o] - exact) / scale, ec = fabs((double)y[o] - yc[o]) / scale;
+                    if (e > worst) worst = e;
+                    if (ec > worst_c) worst_c = ec;
+                }
+                if (worst > max_rel_seen) max_rel_seen = worst;
+                CHECK(worst <= REL, "%s %s n_in %d n_out %d bias %d acc %d: rel error %.3g",
+                      kv_gemv_isa_name((kv_gemv_isa)isa), kv_dtype_name(t), n_in, n_out,
+                      with_bias, acc, worst);
+                CHECK(worst_c <= 2 * REL, "%s vs c, %s n_in %d n_out %d: rel diff %.3g",
+                      kv_gemv_isa_name((kv_gemv_isa)isa), kv_dtype_name(t), n_in, n_out, worst_c);
+            }
+        }
+out:
+    free(W), free(x), free(y0), free(bias), free(y), free(yc);
+}
+
+/* the same rows whatever the thread count and split: 1 vs 2 threads vs one call, bit for bit */
+static void check_threads(kv_dtype t) {
+    const int n_in = 1001, n_out = 1037;
+    void *W = make_w(t, n_out, n_in);
+    float *x = malloc(sizeof(float) * n_in), *bias = malloc(sizeof(float) * n_out),
+          *y1 = malloc(sizeof(float) * n_out), *y2 = malloc(sizeof(float) * n_out),
+          *yr = malloc(sizeof(float) * n_out);
+    if (!W || !x || !bias || !y1 || !y2 || !yr) {
+        CHECK(0, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < n_in; i++) x[i] = urand();
+    for (int o = 0; o < n_out; o++) bias[o] = urand();
+    for (int isa = 0; isa < KV_GEMV_N_ISA; isa++) {
+        if (!kv_gemv_isa_supported((kv_gemv_isa)isa)) continue;
+        CHECK((int)kv_gemv_force((kv_gemv_isa)isa) == isa, "force %d", isa);
+        kv_kernels_set_threads(1);
+        CHECK(kv_gemv(y1, x, W, t, bias, n_in, n_out, 0) == 0, "gemv 1 thread");
+        kv_kernels_set_threads(2);
+        CHECK(kv_parallel_workers((n_out + 15) / 16, 2.0 * n_in * n_out) == 2, "2 workers");
+        CHECK(kv_gemv(y2, x, W, t, bias, n_in, n_out, 0) == 0, "gemv 2 threads");
+        kv_gemv_rows((kv_gemv_isa)isa, yr, x, W, t, bias, n_in, 0, n_out, 0);
+        CHECK(!memcmp(y1, y2, sizeof(float) * n_out), "%s %s: 1 vs 2 threads differ",
+              kv_gemv_isa_name((kv_gemv_isa)isa), kv_dtype_name(t));
+        CHECK(!memcmp(y1, yr, sizeof(float) * n_out), "%s %s: threaded vs one call differ",
+              kv_gemv_isa_name((kv_gemv_isa)isa), kv_dtype_name(t));
+        /* accumulate on top of the first result, threaded vs one call */
+        memcpy(y2, y1, sizeof(float) * n_out);
+        memcpy(yr, y1, sizeof(float) * n_out);
+        CHECK(kv_gemv(y2, x, W, t, bias, n_in, n_out, 1) == 0, "gemv acc");
+        kv_gemv_rows((kv_gemv_isa)isa, yr, x, W, t, bias, n_in, 0, n_out, 1);
+        CHECK(!memcmp(y2, yr, sizeof(float) * n_out), "%s %s: accumulate threaded vs one call",
+              kv_gemv_isa_name((kv_gemv_isa)isa), kv_dtype_name(t));
+    }
+    kv_gemv_force(KV_GEMV_N_ISA);
+out:
+    free(W), free(x), free(bias), free(y1), free(y2), free(yr);
+}
+
+/* the backend's T == 1 matmul is the active variant's gemv; T == 2 rows agree within the bound */
+static void check_backend(kv_dtype t) {
+    const int n_in = 100, n_out = 257;
+    kv_backend b;
+    kv_error err = {0};
+    CHECK(kv_backend_cpu_init(&b, 2, &err) == 0, "cpu init: %s", err.msg);
+    void *W = make_w(t, n_out, n_in);
+    float x[2 * 100], y[257], yr[257], y2[2 * 257];
+    for (int i = 0; i < 2 * n_in; i++) x[i] = urand();
+    CHECK(W != NULL, "out of memory");
+    if (!W) return;
+    CHECK(b.ops->matmul(&b, y, x, W, t, NULL, 1, n_in, n_out, 0, &err) == 0, "%s", err.msg);
+    kv_gemv_rows(kv_gemv_isa_active(), yr, x, W, t, NULL, n_in, 0, n_out, 0);
+    CHECK(!memcmp(y, yr, sizeof y), "%s: backend T=1 is not the gemv path", kv_dtype_name(t));
+    CHECK(b.ops->matmul(&b, y2, x, W, t, NULL, 2, n_in, n_out, 0, &err) == 0, "%s", err.msg);
+    double worst = 0;
+    for (int o = 0; o < n_out; o++) {
+        double scale = 0;
+        for (int i = 0; i < n_in; i++) scale += fabs(weight(W, t, (size_t)o * n_in + i) * x[i]);
+        double e = fabs((double)y2[o] - y[o]) / scale;
+        if (e > worst) worst = e;
+    }
+    CHECK(worst <= 2 * REL, "%s: T=1 vs T=2 row 0 rel diff %.3g", kv_dtype_name(t), worst);
+    free(W);
+    kv_backend_free(&b);
+}
+
+int main(void) {
+    static const int n_ins[] = {1, 7, 15, 16, 17, 33, 100, 1001};
+    static const int n_outs[] = {1, 3, 64, 257};
+    kv_gemv_isa p;
+    CHECK(kv_gemv_isa_parse(&p, "avx2") == 0 && p == KV_GEMV_AVX2, "parse avx2");
+    CHECK(kv_gemv_isa_parse(&p, "sse") == -1, "parse sse");
+    CHECK(kv_gemv_isa_supported(KV_GEMV_C), "c always runs");
+    CHECK(kv_gemv_force(KV_GEMV_C) == KV_GEMV_C, "force c");
+    CHECK(kv_gemv(NULL, NULL, NULL, KV_F16, NULL, 1, 1, 0) == -1, "F16 refused");
+    kv_gemv_force(KV_GEMV_N_ISA);
+    printf("gemv: active variant %s; this CPU runs:", kv_gemv_isa_name(kv_gemv_isa_active()));
+    for (int i = 0; i < KV_GEMV_N_ISA; i++)
+        if (kv_gemv_isa_supported((kv_gemv_isa)i)) printf(" %s", kv_gemv_isa_name((kv_gemv_isa)i));
+    printf("\n");
+    for (int d = 0; d < 2; d++) {
+        kv_dtype t = d ? KV_BF16 : KV_F32;
+        for (size_t a = 0; a < sizeof n_ins / sizeof *n_ins; a++)
+            for (size_t c = 0; c < sizeof n_outs / sizeof *n_outs; c++)
+                check_sizes(t, n_ins[a], n_outs[c]);
+        check_threads(t);
+        check_backend(t);
+    }
+    printf("gemv: max relative error against the exact sum %.3g (bound %g)\n", max_rel_seen, REL);
+    return check_done("test_gemv");
+}

@@ -1,0 +1,68 @@
+/* base/pool.h's kv_parallel_for on its parked helpers: every item once, worker ids in range,
+ * many calls in a row with changing worker counts, a call nested inside another (and from a
+ * thread of kv_pool_run) falling back to threads of its own. */
+#include "tests/check.h"
+
+#include <stdatomic.h>
+#include <string.h>
+
+#include "base/pool.h"
+
+enum { N_ITEMS = 1000, MAX_W = 4 };
+
+typedef struct {
+    atomic_int hits[N_ITEMS];
+    atomic_int bad_worker;
+    int n_workers;
+    int nested;            /* items run a kv_parallel_for of their own */
+    atomic_int inner_hits;
+} job;
+
+static void inner_item(void *ctx, int item, int worker) {
+    (void)item, (void)worker;
+    job *j = ctx;
+    atomic_fetch_add(&j->inner_hits, 1);
+}
+
+static void item_fn(void *ctx, int item, int worker) {
+    job *j = ctx;
+    atomic_fetch_add(&j->hits[item], 1);
+    if (worker < 0 || worker >= j->n_workers) atomic_fetch_add(&j->bad_worker, 1);
+    if (j->nested && item % 100 == 0) kv_parallel_for(10, 2, inner_item, j);
+}
+
+static int run(int n_items, int n_workers, int nested) {
+    job j; /* its own per call: two threads run this at once below */
+    memset(&j, 0, sizeof j);
+    j.n_workers = n_workers;
+    j.nested = nested;
+    kv_parallel_for(n_items, n_workers, item_fn, &j);
+    int ok = atomic_load(&j.bad_worker) == 0;
+    for (int i = 0; i < N_ITEMS; i++) ok &= atomic_load(&j.hits[i]) == (i < n_items);
+    if (nested) ok &= atomic_load(&j.inner_hits) == 10 * ((n_items + 99) / 100);
+    return ok;
+}
+
+static int from_pool_task(void *ctx, int i, int worker, kv_error *err) {
+    (void)worker, (void)err;
+    int *ok = ctx;
+    ok[i] = run(100 + i, 2, 0);
+    return 0;
+}
+
+int main(void) {
+    int all = 1;
+    for (int round = 0; round < 300; round++) {
+        int w = 1 + round % MAX_W, n = round % 7 == 0 ? round % 5 : N_ITEMS - round;
+        all &= run(n, w, 0);
+    }
+    CHECK(all, "300 calls with 1..%d workers: every item once, worker ids in range", MAX_W);
+    CHECK(run(N_ITEMS, 2, 1), "nested kv_parallel_for");
+    CHECK(run(N_ITEMS, 3, 1), "nested kv_parallel_for, 3 workers");
+    int ok[2] = {0, 0};
+    kv_error err = {0};
+    CHECK(kv_pool_run(2, 2, from_pool_task, ok, NULL, &err) == 0, "kv_pool_run");
+    CHECK(ok[0] && ok[1], "kv_parallel_for from two kv_pool_run threads at once");
+    CHECK(run(N_ITEMS, 2, 0), "after the concurrent calls");
+    return check_done("test_pool");
+}
