@@ -131,7 +131,7 @@ mkdir -p "$TMP/swa"
 cp "$TMP/ptop/model.safetensors" "$TMP/ptop/tokenizer.json" "$TMP/swa/"
 lckv_config 0_1s_4_4_4 >"$TMP/swa/config.json"
 refused "$TMP/swa" "LCKV 's' suffix" "layer 1 is '1s'.*sliding-window"
-expect_rc 1 "'s' in a --map literal" -- "$C" --plan "$S" --map 0_0s_2_2_4
+expect_rc 2 "'s' in a --map literal" -- "$C" --plan "$S" --map 0_0s_2_2_4
 expect_grep "sliding-window" "$TMP/err" "literal 's' message"
 mkdir -p "$TMP/nodiag"
 cp "$TMP/ptop/model.safetensors" "$TMP/nodiag/"
