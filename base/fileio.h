@@ -27,4 +27,8 @@ int kv_dir_is_empty(const char *dir); /* 1 empty or absent, 0 has entries */
 /* dir + "/" + name into out (error if it does not fit) */
 int kv_join(char *out, size_t cap, const char *dir, const char *name, kv_error *err);
 
+/* removes dir and the entries directly in it (a flat temporary directory this process made and
+ * filled: no recursion); errors are ignored */
+void kv_remove_flat_dir(const char *dir);
+
 #endif

@@ -1,6 +1,5 @@
 #include "cli/cli.h"
 
-#include <dirent.h>
 
 #include <errno.h>
 #include <getopt.h>
@@ -12,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/fileio.h"
 #include "formats/bundle.h"
 #include "runtime/model_source.h"
 
@@ -174,26 +174,13 @@ static const char *unpacked_name(const char *msg, const char **at, size_t *len) 
     return NULL;
 }
 
-static void remove_flat_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        char path[4096];
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
-                snprintf(path, sizeof path, "%s/%s", dir, e->d_name) < (int)sizeof path)
-                unlink(path);
-        closedir(d);
-    }
-    rmdir(dir);
-}
 
 static void model_args_cleanup(void) {
     for (int i = 0; i < n_model_args; i++) {
         if (model_tmp[i]) {
             char inner[4200];
             snprintf(inner, sizeof inner, "%s/model", model_tmp[i]);
-            remove_flat_dir(inner);
+            kv_remove_flat_dir(inner);
             rmdir(model_tmp[i]);
         }
         free(model_tmp[i]);

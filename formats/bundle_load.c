@@ -1,6 +1,5 @@
 /* Bundle tensors: parallel decode straight into place + per-tensor sha256; load, verify,
  * unbundle back to an HF directory. */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -186,20 +185,6 @@ int kv_bundle_verify(const char *path, kv_bundle_report *report, kv_error *err) 
 
 /* ---------------- unbundle ---------------- */
 
-/* removes a temporary directory this process created and filled (regular files only) */
-static void remove_tmp_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        char path[4096];
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
-                snprintf(path, sizeof path, "%s/%s", dir, e->d_name) < (int)sizeof path)
-                unlink(path);
-        closedir(d);
-    }
-    rmdir(dir);
-}
 
 static int write_hf_dir(kv_bundle *b, const char *dir, kv_error *err) {
     const kvb_manifest *m = &b->m;
@@ -249,7 +234,7 @@ int kv_bundle_unbundle(const char *path, const char *dir, kv_error *err) {
         rc = write_hf_dir(b, tmp, err);
         if (!rc && rename(tmp, dir) != 0)
             rc = kv_fail(err, KV_EIO, "%s: cannot move the unbundled directory into place: %s", dir, strerror(errno));
-        if (rc) remove_tmp_dir(tmp);
+        if (rc) kv_remove_flat_dir(tmp);
     }
     kv_bundle_close(b);
     if (!rc) { /* make the rename durable */
