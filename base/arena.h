@@ -12,8 +12,8 @@
 
 typedef struct {
     unsigned char *base;
-    size_t size;   /* bytes allocated */
-    size_t used;   /* bytes handed out */
+    size_t size; /* bytes allocated */
+    size_t used; /* bytes handed out */
 } kv_arena;
 
 /* *total += count * elem_size rounded up to KV_ARENA_ALIGN; -1 (total unchanged) on overflow */

@@ -9,13 +9,13 @@ extern "C" {
 
 enum {
     KV_OK = 0,
-    KV_EIO = -1,          /* open/read/write/rename failed */
-    KV_EFORMAT = -2,      /* malformed input file */
-    KV_EINVAL = -3,       /* bad argument or impossible request */
-    KV_ENOMEM = -4,       /* allocation failed or size overflow */
-    KV_ECHECKSUM = -5,    /* integrity check failed */
+    KV_EIO = -1, /* open/read/write/rename failed */
+    KV_EFORMAT = -2, /* malformed input file */
+    KV_EINVAL = -3, /* bad argument or impossible request */
+    KV_ENOMEM = -4, /* allocation failed or size overflow */
+    KV_ECHECKSUM = -5, /* integrity check failed */
     KV_EUNSUPPORTED = -6, /* valid but not handled (architecture, dtype...) */
-    KV_EMISMATCH = -7,    /* parity check failed */
+    KV_EMISMATCH = -7, /* parity check failed */
 };
 
 typedef struct {

@@ -12,7 +12,8 @@
 
 int kv_join(char *out, size_t cap, const char *dir, const char *name, kv_error *err) {
     int n = snprintf(out, cap, "%s/%s", dir, name);
-    if (n < 0 || (size_t)n >= cap) return kv_fail(err, KV_EINVAL, "%s/%s: path too long", dir, name);
+    if (n < 0 || (size_t)n >= cap)
+        return kv_fail(err, KV_EINVAL, "%s/%s: path too long", dir, name);
     return 0;
 }
 
@@ -27,18 +28,23 @@ int kv_read_file(const char *path, char **out, size_t *n_out, size_t max_bytes, 
     }
     if ((unsigned long long)st.st_size > max_bytes) {
         close(fd);
-        return kv_fail(err, KV_EFORMAT, "%s: %lld bytes, more than the %zu allowed", path, (long long)st.st_size, max_bytes);
+        return kv_fail(err, KV_EFORMAT, "%s: %lld bytes, more than the %zu allowed", path,
+                       (long long)st.st_size, max_bytes);
     }
     size_t n = (size_t)st.st_size, got = 0;
     char *buf = malloc(n + 1);
-    if (!buf) { close(fd); return kv_fail(err, KV_ENOMEM, "%s: out of memory", path); }
+    if (!buf) {
+        close(fd);
+        return kv_fail(err, KV_ENOMEM, "%s: out of memory", path);
+    }
     while (got < n) {
         ssize_t r = read(fd, buf + got, n - got);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) {
             free(buf);
             close(fd);
-            return kv_fail(err, KV_EIO, "%s: read failed: %s", path, r ? strerror(errno) : "file shrank");
+            return kv_fail(err, KV_EIO, "%s: read failed: %s", path,
+                           r ? strerror(errno) : "file shrank");
         }
         got += (size_t)r;
     }
@@ -63,7 +69,8 @@ int kv_tmpfile_beside(const char *path, char *tmp_out, size_t tmp_cap, int *fd_o
     int n = snprintf(tmp_out, tmp_cap, "%s.tmp-XXXXXX", path);
     if (n < 0 || (size_t)n >= tmp_cap) return kv_fail(err, KV_EINVAL, "%s: path too long", path);
     int fd = mkostemp(tmp_out, O_CLOEXEC);
-    if (fd < 0) return kv_fail(err, KV_EIO, "%s: cannot create temporary file: %s", path, strerror(errno));
+    if (fd < 0)
+        return kv_fail(err, KV_EIO, "%s: cannot create temporary file: %s", path, strerror(errno));
     fchmod(fd, 0644);
     *fd_out = fd;
     return 0;
@@ -83,7 +90,8 @@ int kv_commit_tmpfile_ex(int fd, const char *tmp, const char *path, int durable,
     if (close(fd) != 0 || rename(tmp, path) != 0) {
         int e = errno;
         unlink(tmp);
-        return kv_fail(err, KV_EIO, "%s: cannot rename temporary file into place: %s", path, strerror(e));
+        return kv_fail(err, KV_EIO, "%s: cannot rename temporary file into place: %s", path,
+                       strerror(e));
     }
     if (durable) fsync_dir_of(path);
     return 0;
@@ -105,7 +113,8 @@ int kv_write_file_atomic(const char *path, const void *bytes, size_t n, kv_error
     return kv_write_file_atomic_ex(path, bytes, n, 1, err);
 }
 
-int kv_write_file_atomic_ex(const char *path, const void *bytes, size_t n, int durable, kv_error *err) {
+int kv_write_file_atomic_ex(const char *path, const void *bytes, size_t n, int durable,
+                            kv_error *err) {
     char tmp[4096];
     int fd, rc = kv_tmpfile_beside(path, tmp, sizeof tmp, &fd, err);
     if (rc) return rc;
@@ -127,7 +136,10 @@ int kv_copy_file_atomic_ex(const char *src, const char *dst, int durable, kv_err
     if (in < 0) return kv_fail(err, KV_EIO, "%s: cannot open: %s", src, strerror(errno));
     char tmp[4096];
     int fd, rc = kv_tmpfile_beside(dst, tmp, sizeof tmp, &fd, err);
-    if (rc) { close(in); return rc; }
+    if (rc) {
+        close(in);
+        return rc;
+    }
     char buf[1 << 16];
     for (;;) {
         ssize_t r = read(in, buf, sizeof buf);
@@ -152,12 +164,15 @@ int kv_mkdir_p(const char *dir, kv_error *err) {
     for (char *p = path + 1; *p; p++) {
         if (*p != '/') continue;
         *p = 0;
-        if (mkdir(path, 0755) != 0 && errno != EEXIST) return kv_fail(err, KV_EIO, "%s: cannot create: %s", path, strerror(errno));
+        if (mkdir(path, 0755) != 0 && errno != EEXIST)
+            return kv_fail(err, KV_EIO, "%s: cannot create: %s", path, strerror(errno));
         *p = '/';
     }
-    if (mkdir(path, 0755) != 0 && errno != EEXIST) return kv_fail(err, KV_EIO, "%s: cannot create: %s", path, strerror(errno));
+    if (mkdir(path, 0755) != 0 && errno != EEXIST)
+        return kv_fail(err, KV_EIO, "%s: cannot create: %s", path, strerror(errno));
     struct stat st;
-    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) return kv_fail(err, KV_EIO, "%s: not a directory", path);
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+        return kv_fail(err, KV_EIO, "%s: not a directory", path);
     return 0;
 }
 
@@ -172,7 +187,10 @@ int kv_dir_is_empty(const char *dir) {
     struct dirent *e;
     int empty = 1;
     while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) { empty = 0; break; }
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            empty = 0;
+            break;
+        }
     closedir(d);
     return empty;
 }

@@ -10,7 +10,8 @@
 /* reads at most max_bytes (error if larger); *out is NUL-terminated, free() it */
 int kv_read_file(const char *path, char **out, size_t *n_out, size_t max_bytes, kv_error *err);
 int kv_write_file_atomic(const char *path, const void *bytes, size_t n, kv_error *err);
-int kv_write_file_atomic_ex(const char *path, const void *bytes, size_t n, int durable, kv_error *err);
+int kv_write_file_atomic_ex(const char *path, const void *bytes, size_t n, int durable,
+                            kv_error *err);
 /* creates "<path>.tmp-XXXXXX" beside path; fd and temp name returned */
 int kv_tmpfile_beside(const char *path, char *tmp_out, size_t tmp_cap, int *fd_out, kv_error *err);
 /* fsync fd, close, rename tmp -> path, fsync the folder; on failure unlinks tmp */

@@ -22,10 +22,10 @@ typedef struct {
     int n;
     kv_pool_fn fn;
     void *ctx;
-    atomic_int next;      /* next index to hand out */
-    atomic_int stop;      /* set on the first failure */
+    atomic_int next; /* next index to hand out */
+    atomic_int stop; /* set on the first failure */
     pthread_mutex_t lock; /* guards the failure record */
-    int failed_index;     /* lowest failing index, n when none */
+    int failed_index; /* lowest failing index, n when none */
     int failed_code;
     kv_error *failed_err;
 } pool;
@@ -107,14 +107,15 @@ static int run_infallible(void *ctx, int i, int worker, kv_error *err) {
 static struct {
     pthread_mutex_t lock;
     pthread_cond_t wake, done;
-    int started;         /* helpers running */
-    unsigned gen;        /* bumped for every job */
-    kv_task_fn fn;       /* the job: items [0, n) to helpers 1..helpers and the caller */
+    int started; /* helpers running */
+    unsigned gen; /* bumped for every job */
+    kv_task_fn fn; /* the job: items [0, n) to helpers 1..helpers and the caller */
     void *ctx;
     int n, helpers;
-    int active;          /* helpers of this job not finished */
+    int active; /* helpers of this job not finished */
     atomic_int next;
-} park = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER,
+} park = {.lock = PTHREAD_MUTEX_INITIALIZER,
+          .wake = PTHREAD_COND_INITIALIZER,
           .done = PTHREAD_COND_INITIALIZER};
 static atomic_flag park_busy = ATOMIC_FLAG_INIT;
 static pthread_once_t park_atfork_once = PTHREAD_ONCE_INIT;

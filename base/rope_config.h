@@ -9,12 +9,12 @@ extern "C" {
 
 typedef enum { KV_ROPE_PLAIN = 0, KV_ROPE_LLAMA3 = 1 } kv_rope_scaling;
 typedef struct {
-    double theta;                     /* rope_theta */
+    double theta; /* rope_theta */
     kv_rope_scaling scaling;
-    double factor;                    /* llama3 only */
-    double low_freq_factor;           /* llama3 only */
-    double high_freq_factor;          /* llama3 only */
-    int original_max_position;        /* llama3: original_max_position_embeddings */
+    double factor; /* llama3 only */
+    double low_freq_factor; /* llama3 only */
+    double high_freq_factor; /* llama3 only */
+    int original_max_position; /* llama3: original_max_position_embeddings */
 } kv_rope_config;
 
 #ifdef __cplusplus

@@ -40,7 +40,9 @@ static inline uint32_t big_sigma1(uint32_t x) { return rotr(x, 6) ^ rotr(x, 11) 
 static inline uint32_t small_sigma0(uint32_t x) { return rotr(x, 7) ^ rotr(x, 18) ^ (x >> 3); }
 static inline uint32_t small_sigma1(uint32_t x) { return rotr(x, 17) ^ rotr(x, 19) ^ (x >> 10); }
 static inline uint32_t ch(uint32_t x, uint32_t y, uint32_t z) { return (x & y) ^ (~x & z); }
-static inline uint32_t maj(uint32_t x, uint32_t y, uint32_t z) { return (x & y) ^ (x & z) ^ (y & z); }
+static inline uint32_t maj(uint32_t x, uint32_t y, uint32_t z) {
+    return (x & y) ^ (x & z) ^ (y & z);
+}
 
 static inline uint32_t load_be32(const uint8_t *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
@@ -57,11 +59,23 @@ static void compress_portable(uint32_t h[8], const uint8_t *p, size_t n_blocks) 
         for (int t = 0; t < 64; t++) {
             uint32_t t1 = hh + big_sigma1(e) + ch(e, f, g) + K256[t] + w[t];
             uint32_t t2 = big_sigma0(a) + maj(a, b, c);
-            hh = g; g = f; f = e; e = d + t1;
-            d = c; c = b; b = a; a = t1 + t2;
+            hh = g;
+            g = f;
+            f = e;
+            e = d + t1;
+            d = c;
+            c = b;
+            b = a;
+            a = t1 + t2;
         }
-        h[0] += a; h[1] += b; h[2] += c; h[3] += d;
-        h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
+        h[0] += a;
+        h[1] += b;
+        h[2] += c;
+        h[3] += d;
+        h[4] += e;
+        h[5] += f;
+        h[6] += g;
+        h[7] += hh;
     }
 }
 
@@ -69,28 +83,29 @@ static void compress_portable(uint32_t h[8], const uint8_t *p, size_t n_blocks) 
 /* Same function with the SHA extensions. The state lives in two registers as the
  * instructions want it: abef = lanes (3..0) A,B,E,F and cdgh = C,D,G,H. Each
  * sha256rnds2 does two rounds; message words 16..63 come from sha256msg1/msg2. */
-__attribute__((target("sha,sse4.1,ssse3")))
-static void compress_shani(uint32_t h[8], const uint8_t *p, size_t n_blocks) {
+__attribute__((target("sha,sse4.1,ssse3"))) static void compress_shani(uint32_t h[8],
+                                                                       const uint8_t *p,
+                                                                       size_t n_blocks) {
     const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
-    __m128i abcd = _mm_loadu_si128((const __m128i *)&h[0]);  /* lanes 0..3: A B C D */
-    __m128i efgh = _mm_loadu_si128((const __m128i *)&h[4]);  /* lanes 0..3: E F G H */
-    __m128i badc = _mm_shuffle_epi32(abcd, 0xB1);            /* B A D C */
-    __m128i hgfe = _mm_shuffle_epi32(efgh, 0x1B);            /* H G F E */
-    __m128i abef = _mm_alignr_epi8(badc, hgfe, 8);           /* F E B A */
-    __m128i cdgh = _mm_blend_epi16(hgfe, badc, 0xF0);        /* H G D C */
+    __m128i abcd = _mm_loadu_si128((const __m128i *)&h[0]); /* lanes 0..3: A B C D */
+    __m128i efgh = _mm_loadu_si128((const __m128i *)&h[4]); /* lanes 0..3: E F G H */
+    __m128i badc = _mm_shuffle_epi32(abcd, 0xB1); /* B A D C */
+    __m128i hgfe = _mm_shuffle_epi32(efgh, 0x1B); /* H G F E */
+    __m128i abef = _mm_alignr_epi8(badc, hgfe, 8); /* F E B A */
+    __m128i cdgh = _mm_blend_epi16(hgfe, badc, 0xF0); /* H G D C */
 
     for (; n_blocks; n_blocks--, p += 64) {
         const __m128i abef_in = abef, cdgh_in = cdgh;
-        __m128i m[4];                                         /* W[4i..4i+3], rotating */
+        __m128i m[4]; /* W[4i..4i+3], rotating */
         for (int i = 0; i < 4; i++)
             m[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), bswap);
 #pragma GCC unroll 16 /* m[] then lives in registers, the branch on g folds away */
         for (int g = 0; g < 16; g++) {
             __m128i wk = _mm_add_epi32(m[g & 3], _mm_loadu_si128((const __m128i *)&K256[4 * g]));
-            cdgh = _mm_sha256rnds2_epu32(cdgh, abef, wk);     /* rounds 4g, 4g+1: cdgh := new abef */
+            cdgh = _mm_sha256rnds2_epu32(cdgh, abef, wk); /* rounds 4g, 4g+1: cdgh := new abef */
             wk = _mm_shuffle_epi32(wk, 0x0E);
-            abef = _mm_sha256rnds2_epu32(abef, cdgh, wk);     /* rounds 4g+2, 4g+3 */
-            if (g < 12) {                                     /* W[4g+16..4g+19] */
+            abef = _mm_sha256rnds2_epu32(abef, cdgh, wk); /* rounds 4g+2, 4g+3 */
+            if (g < 12) { /* W[4g+16..4g+19] */
                 __m128i s = _mm_sha256msg1_epu32(m[g & 3], m[(g + 1) & 3]);
                 s = _mm_add_epi32(s, _mm_alignr_epi8(m[(g + 3) & 3], m[(g + 2) & 3], 4));
                 m[g & 3] = _mm_sha256msg2_epu32(s, m[(g + 3) & 3]);
@@ -100,17 +115,16 @@ static void compress_shani(uint32_t h[8], const uint8_t *p, size_t n_blocks) {
         cdgh = _mm_add_epi32(cdgh, cdgh_in);
     }
 
-    __m128i abfe = _mm_shuffle_epi32(abef, 0x1B);            /* lanes 0..3: A B E F */
-    __m128i ghcd = _mm_shuffle_epi32(cdgh, 0xB1);            /* G H C D */
+    __m128i abfe = _mm_shuffle_epi32(abef, 0x1B); /* lanes 0..3: A B E F */
+    __m128i ghcd = _mm_shuffle_epi32(cdgh, 0xB1); /* G H C D */
     _mm_storeu_si128((__m128i *)&h[0], _mm_blend_epi16(abfe, ghcd, 0xF0)); /* A B C D */
-    _mm_storeu_si128((__m128i *)&h[4], _mm_alignr_epi8(ghcd, abfe, 8));   /* E F G H */
+    _mm_storeu_si128((__m128i *)&h[4], _mm_alignr_epi8(ghcd, abfe, 8)); /* E F G H */
 }
 
 /* two independent messages, n_blocks each, rounds interleaved: the second stream fills the SHA
  * units while the first waits on their latency (1.05-1.25x one unrolled stream here) */
-__attribute__((target("sha,sse4.1,ssse3")))
-static void compress_shani_x2(uint32_t ha[8], const uint8_t *pa, uint32_t hb[8], const uint8_t *pb,
-                              size_t n_blocks) {
+__attribute__((target("sha,sse4.1,ssse3"))) static void compress_shani_x2(
+    uint32_t ha[8], const uint8_t *pa, uint32_t hb[8], const uint8_t *pb, size_t n_blocks) {
     const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
     __m128i abef[2], cdgh[2];
     uint32_t *h[2] = {ha, hb};
@@ -162,10 +176,10 @@ static void compress_shani_x2(uint32_t ha[8], const uint8_t *pa, uint32_t hb[8],
 static int cpu_has_sha(void) {
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
-    if (!(c & (1u << 9)) || !(c & (1u << 19))) return 0;       /* SSSE3, SSE4.1 */
+    if (!(c & (1u << 9)) || !(c & (1u << 19))) return 0; /* SSSE3, SSE4.1 */
     if (__get_cpuid_max(0, NULL) < 7) return 0;
     __cpuid_count(7, 0, a, b, c, d);
-    return (b >> 29) & 1;                                      /* SHA */
+    return (b >> 29) & 1; /* SHA */
 }
 #endif
 
@@ -250,7 +264,8 @@ void kv_sha256(const void *data, size_t n, uint8_t out[32]) {
     kv_sha256_final(&c, out);
 }
 
-void kv_sha256_update_x2(kv_sha256_ctx *a, const void *pa, kv_sha256_ctx *b, const void *pb, size_t n) {
+void kv_sha256_update_x2(kv_sha256_ctx *a, const void *pa, kv_sha256_ctx *b, const void *pb,
+                         size_t n) {
     size_t joint = 0;
 #ifdef KV_SHA_X86
     if (compress == compress_shani && a->n_block == 0 && b->n_block == 0 && a != b) {
@@ -264,7 +279,8 @@ void kv_sha256_update_x2(kv_sha256_ctx *a, const void *pa, kv_sha256_ctx *b, con
     kv_sha256_update(b, (const uint8_t *)pb + joint * 64, n - joint * 64);
 }
 
-void kv_sha256_x2(const void *a, size_t na, uint8_t out_a[32], const void *b, size_t nb, uint8_t out_b[32]) {
+void kv_sha256_x2(const void *a, size_t na, uint8_t out_a[32], const void *b, size_t nb,
+                  uint8_t out_b[32]) {
     kv_sha256_ctx ca, cb;
     kv_sha256_init(&ca);
     kv_sha256_init(&cb);
@@ -313,8 +329,8 @@ typedef struct {
     const char *path;
     int fd, eof;
     kv_sha256_ctx ctx;
-    uint8_t *buf;     /* [FILE_BUF] */
-    size_t n;         /* bytes in buf */
+    uint8_t *buf; /* [FILE_BUF] */
+    size_t n; /* bytes in buf */
 } file_lane;
 
 static int lane_open(file_lane *l, const char *path, kv_error *err) {
@@ -348,8 +364,8 @@ static void lane_finish(file_lane *l, char hex[65]) {
 }
 
 /* path[0] alone (n_lanes 1) or path[0..1] side by side; digests into hex[0..n_lanes-1] */
-static int hash_lanes(const char *const path[2], char *const hex[2], int n_lanes, const atomic_int *stop,
-                      uint8_t *bufs, kv_error *err) {
+static int hash_lanes(const char *const path[2], char *const hex[2], int n_lanes,
+                      const atomic_int *stop, uint8_t *bufs, kv_error *err) {
     file_lane lane[2];
     int opened = 0, rc = 0;
     for (; opened < n_lanes && !rc; opened++) {
@@ -358,7 +374,10 @@ static int hash_lanes(const char *const path[2], char *const hex[2], int n_lanes
     }
     if (rc) opened--; /* the failed one holds no descriptor */
     while (!rc) {
-        if (stop && atomic_load(stop)) { rc = kv_fail(err, KV_EINVAL, "hashing stopped"); break; }
+        if (stop && atomic_load(stop)) {
+            rc = kv_fail(err, KV_EINVAL, "hashing stopped");
+            break;
+        }
         int live = 0;
         for (int i = 0; i < n_lanes && !rc; i++) {
             if (lane[i].eof) lane[i].n = 0; /* ended in an earlier round: nothing new */
@@ -370,7 +389,8 @@ static int hash_lanes(const char *const path[2], char *const hex[2], int n_lanes
             joint = lane[0].n < lane[1].n ? lane[0].n : lane[1].n;
             kv_sha256_update_x2(&lane[0].ctx, lane[0].buf, &lane[1].ctx, lane[1].buf, joint);
         }
-        for (int i = 0; i < n_lanes; i++) kv_sha256_update(&lane[i].ctx, lane[i].buf + joint, lane[i].n - joint);
+        for (int i = 0; i < n_lanes; i++)
+            kv_sha256_update(&lane[i].ctx, lane[i].buf + joint, lane[i].n - joint);
     }
     for (int i = 0; i < opened; i++) close(lane[i].fd);
     if (!rc)
@@ -382,10 +402,10 @@ static int hash_lanes(const char *const path[2], char *const hex[2], int n_lanes
 typedef struct {
     const char *const *paths;
     char (*hex)[65];
-    const int *order;  /* indices of paths, largest file first */
+    const int *order; /* indices of paths, largest file first */
     int n, lanes;
     const atomic_int *stop;
-    uint8_t *bufs;     /* [threads, 2 * FILE_BUF] */
+    uint8_t *bufs; /* [threads, 2 * FILE_BUF] */
 } files_job;
 
 static int hash_task(void *ctx, int task, int worker, kv_error *err) {
@@ -397,8 +417,8 @@ static int hash_task(void *ctx, int task, int worker, kv_error *err) {
     return hash_lanes(path, out, n_lanes, j->stop, j->bufs + (size_t)worker * 2 * FILE_BUF, err);
 }
 
-int kv_sha256_files(const char *const *paths, int n, char (*hex)[65], int n_threads, const atomic_int *stop,
-                    kv_error *err) {
+int kv_sha256_files(const char *const *paths, int n, char (*hex)[65], int n_threads,
+                    const atomic_int *stop, kv_error *err) {
     if (n <= 0) return 0;
     if (n_threads < 1) n_threads = 1;
     /* one thread: two files at a time (interleaved rounds); more: one file per thread unless
@@ -410,15 +430,22 @@ int kv_sha256_files(const char *const *paths, int n, char (*hex)[65], int n_thre
     off_t *size = malloc(sizeof *size * (size_t)n);
     uint8_t *bufs = malloc(2 * (size_t)FILE_BUF * (size_t)threads);
     int rc = 0;
-    if (!order || !size || !bufs) rc = kv_fail(err, KV_ENOMEM, "%s: no memory for read buffers", paths[0]);
-    for (int i = 0; i < n && !rc; i++) { /* largest first, so that files of like size share a task */
+    if (!order || !size || !bufs)
+        rc = kv_fail(err, KV_ENOMEM, "%s: no memory for read buffers", paths[0]);
+    for (int i = 0; i < n && !rc;
+         i++) { /* largest first, so that files of like size share a task */
         struct stat st;
         size[i] = stat(paths[i], &st) == 0 ? st.st_size : 0; /* a failed stat shows at open */
         int k = i;
         for (; k > 0 && size[order[k - 1]] < size[i]; k--) order[k] = order[k - 1];
         order[k] = i;
     }
-    files_job job = {.paths = paths, .hex = hex, .order = order, .n = n, .lanes = lanes, .stop = stop,
+    files_job job = {.paths = paths,
+                     .hex = hex,
+                     .order = order,
+                     .n = n,
+                     .lanes = lanes,
+                     .stop = stop,
                      .bufs = bufs};
     if (!rc) rc = kv_pool_run(n_tasks, threads, hash_task, &job, NULL, err);
     if (!rc && stop && atomic_load(stop)) rc = kv_fail(err, KV_EINVAL, "hashing stopped");

@@ -11,10 +11,10 @@
 #include "base/error.h"
 
 typedef struct {
-    uint32_t h[8];       /* chaining state H0..H7 */
-    uint64_t n_bytes;    /* message length so far */
-    uint8_t block[64];   /* pending partial block */
-    size_t n_block;      /* bytes in block (< 64) */
+    uint32_t h[8]; /* chaining state H0..H7 */
+    uint64_t n_bytes; /* message length so far */
+    uint8_t block[64]; /* pending partial block */
+    size_t n_block; /* bytes in block (< 64) */
 } kv_sha256_ctx;
 
 void kv_sha256_init(kv_sha256_ctx *c);
@@ -26,9 +26,11 @@ void kv_sha256(const void *data, size_t n, uint8_t out[32]);
  * extensions their rounds are interleaved (1.05-1.25x one stream's throughput on the dev VM) */
 /* as kv_sha256_update(a, pa, n) then kv_sha256_update(b, pb, n); with the SHA extensions and
  * both contexts on a block boundary the two messages' rounds are interleaved */
-void kv_sha256_update_x2(kv_sha256_ctx *a, const void *pa, kv_sha256_ctx *b, const void *pb, size_t n);
-void kv_sha256_x2(const void *a, size_t na, uint8_t out_a[32], const void *b, size_t nb, uint8_t out_b[32]);
-void kv_sha256_hex(const uint8_t d[32], char out[65]);   /* lower-case, NUL-terminated */
+void kv_sha256_update_x2(kv_sha256_ctx *a, const void *pa, kv_sha256_ctx *b, const void *pb,
+                         size_t n);
+void kv_sha256_x2(const void *a, size_t na, uint8_t out_a[32], const void *b, size_t nb,
+                  uint8_t out_b[32]);
+void kv_sha256_hex(const uint8_t d[32], char out[65]); /* lower-case, NUL-terminated */
 /* 64 hex digits (either case) -> 32 bytes; 0 or -1 if malformed */
 int kv_sha256_parse_hex(const char *hex, uint8_t out[32]);
 
@@ -40,8 +42,8 @@ int kv_sha256_file(const char *path, char hex[65], kv_error *err);
  * one file per thread at a time (threads from kv_pool_run). stop (may be NULL): when it becomes
  * non-zero the hashing gives up with an error. No file starts after a failure; the one returned,
  * naming its file, is that of the first failing task in that order. */
-int kv_sha256_files(const char *const *paths, int n, char (*hex)[65], int n_threads, const atomic_int *stop,
-                    kv_error *err);
+int kv_sha256_files(const char *const *paths, int n, char (*hex)[65], int n_threads,
+                    const atomic_int *stop, kv_error *err);
 
 /* 1 if the accelerated compression function is in use. enable = 0 forces the portable one
  * (tests compare both), 1 picks the accelerated one where the CPU has it. Not thread-safe:

@@ -96,8 +96,8 @@ typedef struct {
 
 static void add_spec(synth_model *m, const char *name, int64_t rows, int64_t cols) {
     snprintf(m->names[m->n], sizeof m->names[0], "%s", name);
-    m->specs[m->n] = (st_spec){.name = m->names[m->n], .dtype = KV_BF16, .n_dims = cols ? 2 : 1,
-                               .shape = {rows, cols}};
+    m->specs[m->n] = (st_spec){
+        .name = m->names[m->n], .dtype = KV_BF16, .n_dims = cols ? 2 : 1, .shape = {rows, cols}};
     m->n++;
 }
 
@@ -112,19 +112,22 @@ static uint64_t write_synth(const char *dir, double target_bytes, int threads) {
     kv_error err = {0};
     if (kv_mkdir_p(dir, &err)) die(dir, &err);
     const int small = target_bytes < 5e8; /* small: Llama-like shapes at a quarter of the width */
-    const int H = small ? 1024 : 2048, FFN = small ? 2816 : 5632, V = small ? 8000 : 32000, KV = 256;
+    const int H = small ? 1024 : 2048, FFN = small ? 2816 : 5632, V = small ? 8000 : 32000,
+              KV = 256;
     static synth_model m;
     memset(&m, 0, sizeof m);
     m.threads = threads;
     add_spec(&m, "model.embed_tokens.weight", V, H);
     add_spec(&m, "model.norm.weight", H, 0);
-    double per_layer = 2.0 * ((double)H * H * 2 + (double)KV * H * 2 + (double)FFN * H * 3 + 2.0 * H);
+    double per_layer =
+        2.0 * ((double)H * H * 2 + (double)KV * H * 2 + (double)FFN * H * 3 + 2.0 * H);
     int layers = (int)((target_bytes - 2.0 * V * H) / per_layer + 0.5);
     if (layers < 1) layers = 1;
     if (layers > 100) layers = 100;
     for (int l = 0; l < layers; l++) {
         char name[80];
-        const char *sq[] = {"self_attn.q_proj", "self_attn.o_proj"}, *skv[] = {"self_attn.k_proj", "self_attn.v_proj"};
+        const char *sq[] = {"self_attn.q_proj", "self_attn.o_proj"},
+                   *skv[] = {"self_attn.k_proj", "self_attn.v_proj"};
         const char *up[] = {"mlp.gate_proj", "mlp.up_proj"};
         for (int k = 0; k < 2; k++) {
             snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, sq[k]);
@@ -154,11 +157,12 @@ static uint64_t write_synth(const char *dir, double target_bytes, int threads) {
     if (st_write_checkpoint(dir, m.specs, m.n, 0, meta, 1, fill_tensor, &m, &err)) die(dir, &err);
     free(m.buf);
     char config[1024], path[1200];
-    snprintf(config, sizeof config,
-             "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\",\"hidden_size\":%d,"
-             "\"intermediate_size\":%d,\"num_hidden_layers\":%d,\"num_attention_heads\":16,"
-             "\"num_key_value_heads\":2,\"vocab_size\":%d,\"torch_dtype\":\"bfloat16\"}\n",
-             H, FFN, layers, V);
+    snprintf(
+        config, sizeof config,
+        "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\",\"hidden_size\":%d,"
+        "\"intermediate_size\":%d,\"num_hidden_layers\":%d,\"num_attention_heads\":16,"
+        "\"num_key_value_heads\":2,\"vocab_size\":%d,\"torch_dtype\":\"bfloat16\"}\n",
+        H, FFN, layers, V);
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (kv_write_file_atomic(path, config, strlen(config), &err)) die(path, &err);
     return total;
@@ -204,10 +208,11 @@ static void size_report(const char *label, const char *model_dir, int threads) {
     if (kv_bundle_verify(kvb, &r, &err)) die("verify", &err);
     const char *how;
     uint64_t z = zstd19_size(st_path, &how), st = file_size(st_path), b = r.file_bytes;
-    printf("%s: safetensors %llu B   %s %llu B   bundle %llu B (tensor data %llu of %llu raw)   bundle/zstd19 %.3f   bundle/raw %.3f   write %.2f s\n",
+    printf("%s: safetensors %llu B   %s %llu B   bundle %llu B (tensor data %llu of %llu raw)   "
+           "bundle/zstd19 %.3f   bundle/raw %.3f   write %.2f s\n",
            label, (unsigned long long)st, how, (unsigned long long)z, (unsigned long long)b,
-           (unsigned long long)r.stored_bytes, (unsigned long long)r.raw_bytes, (double)b / (double)z,
-           (double)b / (double)r.raw_bytes, t_write);
+           (unsigned long long)r.stored_bytes, (unsigned long long)r.raw_bytes,
+           (double)b / (double)z, (double)b / (double)r.raw_bytes, t_write);
     unlink(kvb);
 }
 
@@ -266,18 +271,21 @@ static void load_report(const char *dir, double gb, int threads) {
     double t_read = 1e9, t_read_sha = 1e9, t_load = 1e9;
     size_t loaded = 0;
     for (int rep = 0; rep < 3; rep++) {
-        double a = read_file_time(st_path, 0), b = read_file_time(st_path, 1), c = bundle_load_time(kvb, threads, &loaded);
+        double a = read_file_time(st_path, 0), b = read_file_time(st_path, 1),
+               c = bundle_load_time(kvb, threads, &loaded);
         t_read = a < t_read ? a : t_read;
         t_read_sha = b < t_read_sha ? b : t_read_sha;
         t_load = c < t_load ? c : t_load;
     }
     const int n_threads = kv_resolve_threads(threads, 1 << 20);
-    printf("load %.2f GB BF16 (%d thread%s): generate %.1f s, bundle %.1f s (%.0f MB/s), bundle %.3f of raw\n",
-           (double)raw / 1e9, n_threads, n_threads == 1 ? "" : "s", t_gen, t_write, (double)raw / t_write / 1e6,
-           (double)file_size(kvb) / (double)raw);
-    printf("load: read safetensors %.3f s (%.2f GB/s)   read+sha256 %.3f s   bundle open+decompress+verify %.3f s (%.2f GB/s)   ratio %.2f (vs read+sha256 %.2f)\n",
-           t_read, (double)file_size(st_path) / t_read / 1e9, t_read_sha, t_load, (double)loaded / t_load / 1e9,
-           t_load / t_read, t_load / t_read_sha);
+    printf("load %.2f GB BF16 (%d thread%s): generate %.1f s, bundle %.1f s (%.0f MB/s), bundle "
+           "%.3f of raw\n",
+           (double)raw / 1e9, n_threads, n_threads == 1 ? "" : "s", t_gen, t_write,
+           (double)raw / t_write / 1e6, (double)file_size(kvb) / (double)raw);
+    printf("load: read safetensors %.3f s (%.2f GB/s)   read+sha256 %.3f s   bundle "
+           "open+decompress+verify %.3f s (%.2f GB/s)   ratio %.2f (vs read+sha256 %.2f)\n",
+           t_read, (double)file_size(st_path) / t_read / 1e9, t_read_sha, t_load,
+           (double)loaded / t_load / 1e9, t_load / t_read, t_load / t_read_sha);
     unlink(kvb);
 }
 
@@ -288,7 +296,8 @@ static void level_sweep(int threads) {
     st_file f;
     kv_error err = {0};
     int have_stories = st_open(&f, STORIES "/model.safetensors", &err) == 0;
-    printf("levels: ratio of stored to raw bytes (2 MiB chunks); p = the default profile (level 1, hash log 8)\n");
+    printf("levels: ratio of stored to raw bytes (2 MiB chunks); p = the default profile (level 1, "
+           "hash log 8)\n");
     for (int level = 0; level <= 19; level++) {
         kv_codec_opts o = {.level = level, .threads = threads};
         kv_encoded e;
@@ -303,8 +312,8 @@ static void level_sweep(int threads) {
             r_st = (double)e.stored_size / (double)f.data_size;
             kv_encoded_free(&e);
         }
-        printf("  level %2d%s: Gaussian BF16 %.4f (%.0f MB/s)   stories260K F32 %.4f\n", level ? level : 1,
-               level ? " " : "p", r_bf, (double)(2 * n) / t / 1e6, r_st);
+        printf("  level %2d%s: Gaussian BF16 %.4f (%.0f MB/s)   stories260K F32 %.4f\n",
+               level ? level : 1, level ? " " : "p", r_bf, (double)(2 * n) / t / 1e6, r_st);
     }
     if (have_stories) st_close(&f);
     free(bf);
@@ -319,7 +328,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--levels")) levels = 1;
         else {
-            fprintf(stderr, "usage: bundle_bench [--load-gb X] [--size-mb N] [--threads T] [--levels]\n");
+            fprintf(stderr,
+                    "usage: bundle_bench [--load-gb X] [--size-mb N] [--threads T] [--levels]\n");
             return 2;
         }
     }
@@ -327,7 +337,8 @@ int main(int argc, char **argv) {
     if (!mkdtemp(root)) die("mkdtemp", NULL);
     char dir[256];
 
-    if (kv_path_exists(STORIES "/model.safetensors")) size_report("stories260K (F32, real weights)", STORIES, threads);
+    if (kv_path_exists(STORIES "/model.safetensors"))
+        size_report("stories260K (F32, real weights)", STORIES, threads);
     else printf("stories260K: fixture %s not found, skipped\n", STORIES);
 
     snprintf(dir, sizeof dir, "%s/gauss_bf16", root);

@@ -73,9 +73,9 @@ typedef enum { VS_CP, VS_CP_SYNC } baseline;
 typedef struct {
     const char *label;
     const char *args[4]; /* transform options for kvconvert */
-    int cold;            /* empty digest cache first */
-    int hash_only;       /* no kvforge run: the sha256 of the source alone, in this process */
-    int sharded;         /* the source in 4 shards of about 600 MB (cp copies their folder) */
+    int cold; /* empty digest cache first */
+    int hash_only; /* no kvforge run: the sha256 of the source alone, in this process */
+    int sharded; /* the source in 4 shards of about 600 MB (cp copies their folder) */
     baseline vs;
     double secs[ROUNDS], base_secs[ROUNDS], ratio[ROUNDS];
     long rss_kb;
@@ -98,9 +98,14 @@ static double time_cp(const char *model, const char *cp_dir, const char *cp_file
 int main(void) {
     const char *bin = getenv("KV_BIN") ? getenv("KV_BIN") : "build/bin";
     const char *tmpdir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    char work[4096], src[4200], model[4300], cp_dir[4200], cp_file[4300], out[4200], synth[4200], conv[4200];
+    char work[4096], src[4200], model[4300], cp_dir[4200], cp_file[4300], out[4200], synth[4200],
+        conv[4200];
     snprintf(work, sizeof work, "%s/kvforge-convert-bench-XXXXXX", tmpdir);
-    if (!mkdtemp(work)) { fprintf(stderr, "convert_bench: cannot create a folder in %s: %s\n", tmpdir, strerror(errno)); return 1; }
+    if (!mkdtemp(work)) {
+        fprintf(stderr, "convert_bench: cannot create a folder in %s: %s\n", tmpdir,
+                strerror(errno));
+        return 1;
+    }
     snprintf(src, sizeof src, "%s/src", work);
     snprintf(model, sizeof model, "%s/model.safetensors", src);
     snprintf(cp_dir, sizeof cp_dir, "%s/cp", work);
@@ -117,45 +122,93 @@ int main(void) {
     printf("convert_bench: writing a synthetic TinyLlama-1.1B BF16 checkpoint (kvsynth)...\n");
     fflush(stdout);
     char *synth_argv[] = {synth, "--preset", "tinyllama-1.1b", src, NULL};
-    if (run(synth_argv, NULL) != 0) { fprintf(stderr, "convert_bench: kvsynth failed\n"); goto done; }
+    if (run(synth_argv, NULL) != 0) {
+        fprintf(stderr, "convert_bench: kvsynth failed\n");
+        goto done;
+    }
     struct stat st;
-    if (stat(model, &st) != 0) { fprintf(stderr, "convert_bench: %s missing\n", model); goto done; }
-    char *shard_argv[] = {conv, "-q", src, sharded, "--map", "identity", "--shard-size", "600M", "--no-sync", NULL};
-    if (run(shard_argv, NULL) != 0) { fprintf(stderr, "convert_bench: sharding the source failed\n"); goto done; }
+    if (stat(model, &st) != 0) {
+        fprintf(stderr, "convert_bench: %s missing\n", model);
+        goto done;
+    }
+    char *shard_argv[] = {conv,       "-q",           src,    sharded,     "--map",
+                          "identity", "--shard-size", "600M", "--no-sync", NULL};
+    if (run(shard_argv, NULL) != 0) {
+        fprintf(stderr, "convert_bench: sharding the source failed\n");
+        goto done;
+    }
 
     convert_case cases[] = {
-        {.label = "swiftkv:11 --no-sync, warm", .args = {"--swiftkv", "11", "--no-sync", NULL}, .cold = 0, .vs = VS_CP},
-        {.label = "lasagna-bottom:11 --no-sync, warm", .args = {"--map", "lasagna-bottom:11", "--no-sync", NULL}, .cold = 0, .vs = VS_CP},
-        {.label = "swiftkv:11 (fsync), warm", .args = {"--swiftkv", "11", NULL, NULL}, .cold = 0, .vs = VS_CP_SYNC},
-        {.label = "lasagna-bottom:11 (fsync), warm", .args = {"--map", "lasagna-bottom:11", NULL, NULL}, .cold = 0, .vs = VS_CP_SYNC},
+        {.label = "swiftkv:11 --no-sync, warm",
+         .args = {"--swiftkv", "11", "--no-sync", NULL},
+         .cold = 0,
+         .vs = VS_CP},
+        {.label = "lasagna-bottom:11 --no-sync, warm",
+         .args = {"--map", "lasagna-bottom:11", "--no-sync", NULL},
+         .cold = 0,
+         .vs = VS_CP},
+        {.label = "swiftkv:11 (fsync), warm",
+         .args = {"--swiftkv", "11", NULL, NULL},
+         .cold = 0,
+         .vs = VS_CP_SYNC},
+        {.label = "lasagna-bottom:11 (fsync), warm",
+         .args = {"--map", "lasagna-bottom:11", NULL, NULL},
+         .cold = 0,
+         .vs = VS_CP_SYNC},
         /* the sharded cold run leaves only the shards' digests in the cache; the cold runs after it
          * put the single file's back before the next round's warm runs */
-        {.label = "4 shards, swiftkv:11 --no-sync, cold", .args = {"--swiftkv", "11", "--no-sync", NULL}, .cold = 1,
-         .vs = VS_CP, .sharded = 1},
-        {.label = "swiftkv:11 --no-sync, cold", .args = {"--swiftkv", "11", "--no-sync", NULL}, .cold = 1, .vs = VS_CP},
-        {.label = "swiftkv:11 (fsync), cold", .args = {"--swiftkv", "11", NULL, NULL}, .cold = 1, .vs = VS_CP_SYNC},
+        {.label = "4 shards, swiftkv:11 --no-sync, cold",
+         .args = {"--swiftkv", "11", "--no-sync", NULL},
+         .cold = 1,
+         .vs = VS_CP,
+         .sharded = 1},
+        {.label = "swiftkv:11 --no-sync, cold",
+         .args = {"--swiftkv", "11", "--no-sync", NULL},
+         .cold = 1,
+         .vs = VS_CP},
+        {.label = "swiftkv:11 (fsync), cold",
+         .args = {"--swiftkv", "11", NULL, NULL},
+         .cold = 1,
+         .vs = VS_CP_SYNC},
         {.label = "sha256 of the source alone", .hash_only = 1, .vs = VS_CP},
     };
     const int n_cases = (int)(sizeof cases / sizeof cases[0]);
     _Static_assert(sizeof cases / sizeof cases[0] <= 8, "cp_secs holds the baselines of 8 cases");
     double cp_secs[ROUNDS * 8], cp_sync_secs[ROUNDS * 8];
     int n_cp = 0, n_cp_sync = 0;
-    if (time_cp(model, cp_dir, cp_file, 0) < 0) { fprintf(stderr, "convert_bench: cp failed\n"); goto done; } /* warm-up */
-    char *prime_argv[] = {conv, "-q", src, out, "--swiftkv", "11", "--no-sync", NULL}; /* fills the digest cache */
-    if (run(prime_argv, NULL) != 0) { fprintf(stderr, "convert_bench: kvconvert failed\n"); goto done; }
+    if (time_cp(model, cp_dir, cp_file, 0) < 0) {
+        fprintf(stderr, "convert_bench: cp failed\n");
+        goto done;
+    } /* warm-up */
+    char *prime_argv[] = {conv,        "-q", src,         out,
+                          "--swiftkv", "11", "--no-sync", NULL}; /* fills the digest cache */
+    if (run(prime_argv, NULL) != 0) {
+        fprintf(stderr, "convert_bench: kvconvert failed\n");
+        goto done;
+    }
     remove_tree(out);
     for (int r = 0; r < ROUNDS; r++) {
         for (int c = 0; c < n_cases; c++) {
             const int durable = cases[c].vs == VS_CP_SYNC;
-            const double base = time_cp(cases[c].sharded ? sharded : model, cp_dir, cp_file, durable);
-            if (base < 0) { fprintf(stderr, "convert_bench: cp failed\n"); goto done; }
+            const double base =
+                time_cp(cases[c].sharded ? sharded : model, cp_dir, cp_file, durable);
+            if (base < 0) {
+                fprintf(stderr, "convert_bench: cp failed\n");
+                goto done;
+            }
             if (durable) cp_sync_secs[n_cp_sync++] = base;
             else cp_secs[n_cp++] = base;
             remove_tree(out);
             if (cases[c].cold) remove_tree(cache);
             sync();
-            char *argv[] = {conv, "-q", cases[c].sharded ? sharded : src, out, (char *)cases[c].args[0],
-                            (char *)cases[c].args[1], (char *)cases[c].args[2], NULL};
+            char *argv[] = {conv,
+                            "-q",
+                            cases[c].sharded ? sharded : src,
+                            out,
+                            (char *)cases[c].args[0],
+                            (char *)cases[c].args[1],
+                            (char *)cases[c].args[2],
+                            NULL};
             long rss = 0;
             char hex[65];
             kv_error err;
@@ -175,9 +228,11 @@ int main(void) {
             remove_tree(out);
         }
     }
-    printf("source: %.2f GB BF16 (22 layers); %d rounds, each kvconvert run paired with a cp run; %ld CPUs online\n",
+    printf("source: %.2f GB BF16 (22 layers); %d rounds, each kvconvert run paired with a cp run; "
+           "%ld CPUs online\n",
            st.st_size / 1e9, ROUNDS, sysconf(_SC_NPROCESSORS_ONLN));
-    printf("medians: cp same bytes %.2f s   cp + fsync %.2f s\n", median(cp_secs, n_cp), median(cp_sync_secs, n_cp_sync));
+    printf("medians: cp same bytes %.2f s   cp + fsync %.2f s\n", median(cp_secs, n_cp),
+           median(cp_sync_secs, n_cp_sync));
     for (int c = 0; c < n_cases; c++) {
         const char *vs = cases[c].vs == VS_CP ? "cp" : "cp+fsync";
         double secs = median(cases[c].secs, ROUNDS), base = median(cases[c].base_secs, ROUNDS);
@@ -186,14 +241,17 @@ int main(void) {
             if (cases[c].ratio[r] < lo) lo = cases[c].ratio[r];
             if (cases[c].ratio[r] > hi) hi = cases[c].ratio[r];
         }
-        printf("%-17s %-36s %.2f s (%-8s %.2f s)   ratio %.2f [%.2f-%.2f]", cases[c].hash_only ? "floor (no copy)" : "convert 1.1B bf16",
-               cases[c].label, secs, vs, base, median(cases[c].ratio, ROUNDS), lo, hi);
+        printf("%-17s %-36s %.2f s (%-8s %.2f s)   ratio %.2f [%.2f-%.2f]",
+               cases[c].hash_only ? "floor (no copy)" : "convert 1.1B bf16", cases[c].label, secs,
+               vs, base, median(cases[c].ratio, ROUNDS), lo, hi);
         if (cases[c].hash_only) printf("\n");
         else printf("   peak RSS %.0f MB\n", cases[c].rss_kb / 1024.0);
     }
     printf("ratio: median of the paired ratios [lowest-highest]\n");
-    printf("goal: ratio <= 1.3 and peak RSS < 300 MB. Cold runs also hash the 2.2 GB source for kvforge.json;\n"
-           "the floor row is that hash alone (one stream: SHA-256 cannot be split), the least any cold run can take;\n"
+    printf("goal: ratio <= 1.3 and peak RSS < 300 MB. Cold runs also hash the 2.2 GB source for "
+           "kvforge.json;\n"
+           "the floor row is that hash alone (one stream: SHA-256 cannot be split), the least any "
+           "cold run can take;\n"
            "see docs/CONVERT.md\n");
     status = 0;
 done:

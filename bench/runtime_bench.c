@@ -25,7 +25,7 @@
 #include "transform/synth/synth.h"
 #include "runtime/forward.h"
 
-#define STORIES260K "../shared/models/stories260K"
+#define STORIES260K  "../shared/models/stories260K"
 #define PREFILL_LONG 1024
 #define LONG_CONTEXT (PREFILL_LONG - 64) /* prompt before 64 decode steps at a long context */
 
@@ -79,7 +79,8 @@ static double read_pass(const uint64_t *buf, size_t n, int n_threads) {
     if (n_threads > 64) n_threads = 64;
     const double t = now();
     for (int k = 0; k < n_threads; k++) {
-        const size_t a = (n * k / n_threads) & ~(size_t)7, b = (n * (k + 1) / n_threads) & ~(size_t)7;
+        const size_t a = (n * k / n_threads) & ~(size_t)7,
+                     b = (n * (k + 1) / n_threads) & ~(size_t)7;
         jobs[k] = (read_job){buf + a, (k == n_threads - 1 ? n : b) - a, 0};
         if (k) pthread_create(&tid[k], NULL, read_part, &jobs[k]);
     }
@@ -116,21 +117,23 @@ static kv_backend cpu;
 /* a model with its state and a fixed pseudo-random prompt */
 typedef struct {
     const kv_model *m;
-    kv_forward_opts opts;    /* prefill options (defaults: last-token logits, skips on) */
+    kv_forward_opts opts; /* prefill options (defaults: last-token logits, skips on) */
     kv_state s;
-    int32_t *ids;            /* [max_seq] ids in [3, vocab) */
-    size_t cache_formula;    /* METHODS.md bytes for max_seq positions */
+    int32_t *ids; /* [max_seq] ids in [3, vocab) */
+    size_t cache_formula; /* METHODS.md bytes for max_seq positions */
 } bench_model;
 
 /* KV-cache bytes by METHODS.md: 2 * (KV layers) * nkv * hd * elem per position; SwiftKV l + (L-l)/g */
 static size_t formula_bytes(const kv_model *m, int max_seq, kv_dtype cache) {
     int slots = 0;
     if (m->cfg.map.kind == KVMAP_SWIFTKV) {
-        slots = m->cfg.map.swiftkv_l + (m->dims.n_layers - m->cfg.map.swiftkv_l) / m->cfg.map.swiftkv_g;
+        slots =
+            m->cfg.map.swiftkv_l + (m->dims.n_layers - m->cfg.map.swiftkv_l) / m->cfg.map.swiftkv_g;
     } else {
         for (int i = 0; i < m->dims.n_layers; i++) slots += m->cfg.map.kv_layer_of[i] == i;
     }
-    return (size_t)2 * slots * m->dims.n_kv_heads * m->dims.head_dim * kv_dtype_size(cache) * (size_t)max_seq;
+    return (size_t)2 * slots * m->dims.n_kv_heads * m->dims.head_dim * kv_dtype_size(cache) *
+           (size_t)max_seq;
 }
 
 static int bm_open(bench_model *b, const kv_model *m, int max_seq, kv_dtype cache) {
@@ -209,8 +212,8 @@ static int alias(st_tensor *out, char *name, const st_checkpoint *ck, const char
     return 0;
 }
 
-static int swift_overlay_init(swift_overlay *o, const st_checkpoint *ck, const kv_tensor_source *base,
-                              int L, int l, int g) {
+static int swift_overlay_init(swift_overlay *o, const st_checkpoint *ck,
+                              const kv_tensor_source *base, int L, int l, int g) {
     int n = 0;
     char from[96];
     snprintf(o->names[n], sizeof o->names[n], "model.norm_swiftkv.weight");
@@ -221,13 +224,15 @@ static int swift_overlay_init(swift_overlay *o, const st_checkpoint *ck, const k
         static const char *proj[] = {"q", "k", "v"};
         for (int p = 0; p < 3; p++) {
             if (p && (j - l) % g) continue;
-            snprintf(o->names[n], sizeof o->names[n], "model.layers.%d.self_attn.%s_proj_swiftkv.weight", j, proj[p]);
+            snprintf(o->names[n], sizeof o->names[n],
+                     "model.layers.%d.self_attn.%s_proj_swiftkv.weight", j, proj[p]);
             snprintf(from, sizeof from, "model.layers.%d.self_attn.%s_proj.weight", j, proj[p]);
             if (alias(&o->items[n], o->names[n], ck, from)) return -1;
             n++;
         }
     }
-    o->table = (kv_tensor_table){.items = o->items, .n_items = n, .base = base, .label = "swiftkv overlay"};
+    o->table = (kv_tensor_table){
+        .items = o->items, .n_items = n, .base = base, .label = "swiftkv overlay"};
     kv_tensor_source_table(&o->src, &o->table);
     return 0;
 }
@@ -287,8 +292,8 @@ static void run_110m(const char *dir) {
     kv_model m, sm[2];
     char path[4096];
     hf_config cfg;
-    if (kv_model_load(&m, dir, &load_opts, &err) || kv_join(path, sizeof path, dir, "config.json", &err) ||
-        hf_config_load(&cfg, path, &err)) {
+    if (kv_model_load(&m, dir, &load_opts, &err) ||
+        kv_join(path, sizeof path, dir, "config.json", &err) || hf_config_load(&cfg, path, &err)) {
         fprintf(stderr, "runtime_bench: %s\n", err.msg);
         failures++;
         return;
@@ -299,7 +304,8 @@ static void run_110m(const char *dir) {
     static swift_overlay ov[2];
     for (int g = 1; g <= n_swift; g++) {
         hf_config sc = cfg;
-        if (kvmap_swiftkv(&sc.map, L, l, g, &err) || swift_overlay_init(&ov[g - 1], m.ckpt, &base, L, l, g) ||
+        if (kvmap_swiftkv(&sc.map, L, l, g, &err) ||
+            swift_overlay_init(&ov[g - 1], m.ckpt, &base, L, l, g) ||
             kv_model_from_source(&sm[g - 1], &sc, &ov[g - 1].src, &load_opts, &err)) {
             fprintf(stderr, "runtime_bench: swiftkv l=%d g=%d: %s\n", l, g, err.msg);
             failures++;
@@ -338,25 +344,29 @@ static void run_110m(const char *dir) {
         }
         bandwidth_sample(1);
         const double gbs = (double)m.step_bytes * decode / 1e9, base = bandwidth();
-        printf("110M shape (L=%d H=%d heads %d FFN %d vocab %d, F32%s, %d thread%s):\n", m.dims.n_layers,
-               m.dims.hidden, m.dims.n_heads, m.dims.ffn, m.dims.vocab, load_opts.copy_f32 ? " copied" : " mapped",
-               kv_kernels_threads(), kv_kernels_threads() == 1 ? "" : "s");
+        printf("110M shape (L=%d H=%d heads %d FFN %d vocab %d, F32%s, %d thread%s):\n",
+               m.dims.n_layers, m.dims.hidden, m.dims.n_heads, m.dims.ffn, m.dims.vocab,
+               load_opts.copy_f32 ? " copied" : " mapped", kv_kernels_threads(),
+               kv_kernels_threads() == 1 ? "" : "s");
         printf("  decode batch 1: %.1f tok/s x %.1f MB of weights per token = %.2f GB/s = %.2f of "
-               "the read loop's %.2f GB/s (goal >= 0.60)\n", decode, m.step_bytes / 1e6, gbs,
-               gbs / base, base);
+               "the read loop's %.2f GB/s (goal >= 0.60)\n",
+               decode, m.step_bytes / 1e6, gbs, gbs / base, base);
         printf("  read loop, best over the run: %.2f GB/s with 1 thread, %.2f GB/s with %d\n",
                bw.best1, bw.bestn, bw.threads);
         printf("  prefill %d tokens: %.3f s = %.1f tok/s (every token through every layer: "
-               "%.3f s)\n", PREFILL_LONG, prefill[0], PREFILL_LONG / prefill[0], prefill[3]);
+               "%.3f s)\n",
+               PREFILL_LONG, prefill[0], PREFILL_LONG / prefill[0], prefill[3]);
         report_cache("original", &b[0]);
         printf("  decode after %d tokens: BF16 KV cache %.1f tok/s / F32 cache %.1f tok/s = %.2f "
-               "(cache bytes %.2f)\n", LONG_CONTEXT, long_decode[1], long_decode[0],
-               long_decode[1] / long_decode[0], (double)b[4].s.cache.bytes / (double)b[0].s.cache.bytes);
+               "(cache bytes %.2f)\n",
+               LONG_CONTEXT, long_decode[1], long_decode[0], long_decode[1] / long_decode[0],
+               (double)b[4].s.cache.bytes / (double)b[0].s.cache.bytes);
         report_cache("original, BF16 KV cache", &b[4]);
         for (int g = 1; g <= n_swift; g++) {
-            printf("  SwiftKV l=%d g=%d: prefill %d tokens %.3f s; / original = %.3f (goal <= 0.55); "
-                   "/ original without the tail skip = %.3f\n", l, g, PREFILL_LONG, prefill[g],
-                   prefill[g] / prefill[0], prefill[g] / prefill[3]);
+            printf(
+                "  SwiftKV l=%d g=%d: prefill %d tokens %.3f s; / original = %.3f (goal <= 0.55); "
+                "/ original without the tail skip = %.3f\n",
+                l, g, PREFILL_LONG, prefill[g], prefill[g] / prefill[0], prefill[g] / prefill[3]);
             char what[48];
             snprintf(what, sizeof what, "SwiftKV l=%d g=%d", l, g);
             report_cache(what, &b[g]);
@@ -378,7 +388,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--keep") && i + 1 < argc) keep = argv[++i];
         else if (!strcmp(argv[i], "--copy-weights")) load_opts.copy_f32 = 1;
         else {
-            fprintf(stderr, "usage: runtime_bench [--threads N] [--repeat N] [--keep DIR] [--copy-weights]\n");
+            fprintf(
+                stderr,
+                "usage: runtime_bench [--threads N] [--repeat N] [--keep DIR] [--copy-weights]\n");
             return 2;
         }
     }

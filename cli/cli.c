@@ -1,6 +1,5 @@
 #include "cli/cli.h"
 
-
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -84,8 +83,10 @@ int cli_parse_double(const char *s, double *out) {
 }
 
 int cli_parse_float_dtype(const char *s, kv_dtype *out) {
-    static const struct { const char *name; kv_dtype type; } types[] = {
-        {"f32", KV_F32}, {"f16", KV_F16}, {"bf16", KV_BF16}};
+    static const struct {
+        const char *name;
+        kv_dtype type;
+    } types[] = {{"f32", KV_F32}, {"f16", KV_F16}, {"bf16", KV_BF16}};
     for (size_t i = 0; s && i < sizeof types / sizeof types[0]; i++)
         if (strcmp(s, types[i].name) == 0) {
             *out = types[i].type;
@@ -139,13 +140,15 @@ void cli_progress_update(cli_progress *p, uint64_t done, const char *extra) {
         int fill = (int)(frac * 30);
         for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '.';
         bar[30] = 0;
-        fprintf(stderr, "\r%s [%s] %5.1f%% %s ETA %.0fs\033[K", p->label, bar, 100 * frac, extra ? extra : "", eta);
+        fprintf(stderr, "\r%s [%s] %5.1f%% %s ETA %.0fs\033[K", p->label, bar, 100 * frac,
+                extra ? extra : "", eta);
         fflush(stderr);
     } else {
         int decile = (int)(frac * 10);
         if (decile == p->last_decile || elapsed < 1.0) return; /* short runs stay quiet */
         p->last_decile = decile;
-        fprintf(stderr, "%s: %3.0f%% %s (%.1fs elapsed)\n", p->label, 100 * frac, extra ? extra : "", elapsed);
+        fprintf(stderr, "%s: %3.0f%% %s (%.1fs elapsed)\n", p->label, 100 * frac,
+                extra ? extra : "", elapsed);
     }
 }
 
@@ -157,9 +160,9 @@ void cli_progress_finish(cli_progress *p) {
 /* ---- model arguments ---- */
 
 #define CLI_MAX_MODEL_ARGS 8
-static char *model_args[CLI_MAX_MODEL_ARGS];  /* resolved paths (freed at exit) */
-static char *model_tmp[CLI_MAX_MODEL_ARGS];   /* temporary folders holding an unpacked bundle */
-static char *model_orig[CLI_MAX_MODEL_ARGS];  /* the bundle's path as given */
+static char *model_args[CLI_MAX_MODEL_ARGS]; /* resolved paths (freed at exit) */
+static char *model_tmp[CLI_MAX_MODEL_ARGS]; /* temporary folders holding an unpacked bundle */
+static char *model_orig[CLI_MAX_MODEL_ARGS]; /* the bundle's path as given */
 static int n_model_args;
 
 static const char *unpacked_name(const char *msg, const char **at, size_t *len) {
@@ -173,7 +176,6 @@ static const char *unpacked_name(const char *msg, const char **at, size_t *len) 
     }
     return NULL;
 }
-
 
 static void model_args_cleanup(void) {
     for (int i = 0; i < n_model_args; i++) {
@@ -209,7 +211,8 @@ const char *cli_model_arg(const char *tool, const char *path, int keep_bundle) {
         char tmpl[4096];
         snprintf(tmpl, sizeof tmpl, "%s/kvforge-bundle-XXXXXX", base && *base ? base : "/tmp");
         if (!mkdtemp(tmpl)) {
-            cli_error(tool, "%s: cannot make a temporary folder to unpack the bundle: %s", tmpl, strerror(errno));
+            cli_error(tool, "%s: cannot make a temporary folder to unpack the bundle: %s", tmpl,
+                      strerror(errno));
             return NULL;
         }
         model_tmp[i] = strdup(tmpl);

@@ -20,100 +20,162 @@
 static const char *TOOL = "kvdistill";
 
 static void usage(void) {
-    printf("Usage: kvdistill train TEACHER_DIR STUDENT_DIR OUT_DIR --data FILE... [OPTIONS]\n"
-           "       kvdistill calibrate TEACHER_DIR --data FILE... [OPTIONS]\n"
-           "       kvdistill student TEACHER_DIR OUT_DIR --map SPEC [--init mean|target]\n"
-           "\n"
-           "train: distil STUDENT_DIR (a kvconvert output, cross-layer or SwiftKV) against\n"
-           "TEACHER_DIR (the original). Trains only the tensors docs/METHODS.md s3 lists; loss\n"
-           "T^2 KL(teacher || student) + w * MSE of the hidden state entering the last layer;\n"
-           "AdamW with warm-up and decay. OUT_DIR gets a complete model directory, report.json,\n"
-           "train_log.jsonl and checkpoint/.\n"
-           "  --data FILE...        training text (blank-line separated) or .bin token ids\n"
-           "  --eval-data FILE      held-out data (repeatable); default: the last --holdout %%\n"
-           "  --holdout PCT         held-out share of --data when no --eval-data (10)\n"
-           "  --eval-seqs N         evaluate on at most N held-out sequences (all)\n"
-           "  --seq-len N           tokens per sequence (128)\n"
-           "  --batch N             sequences per micro-batch (8)\n"
-           "  --accum N             micro-batches per optimiser step (1)\n"
-           "  --steps N | --tokens N   length of the run (e.g. --tokens 2M)\n"
-           "  --lr X                peak learning rate (2e-4)\n"
-           "  --warmup FRAC         warm-up share of the steps (0.05)\n"
-           "  --schedule S          linear | cosine | constant decay after warm-up (linear)\n"
-           "  --beta1 X --beta2 X --adam-eps X --weight-decay X   AdamW (0.9 0.999 1e-8 0)\n"
-           "  --clip X              global gradient-norm clip, 0 off (1.0)\n"
-           "  --temperature X       KL temperature T (2)\n"
-           "  --mse-weight X        weight of the hidden-state MSE (1.0)\n"
-           "  --ce-weight X         weight of the next-token cross-entropy on the data (0: the\n"
-           "                        loss of METHODS.md; hard labels beside the teacher's)\n"
-           "  --passes N            iterative plan for top/middle targets: N passes, the last\n"
-           "                        with gradient (9, as kvrun's iterative prefill)\n"
-           "  --grad-passes B       differentiate the last B passes (LCKV's b): the K/V upward\n"
-           "                        layers read then train through them (1, as METHODS.md)\n"
-           "  --seed N              data order (0)\n"
-           "  --save-every N        checkpoint every N steps (0: at the end only)\n"
-           "  --resume              continue from OUT_DIR/checkpoint (same options and data)\n"
-           "  --force               write into a non-empty OUT_DIR without resuming\n"
-           "Data parallel: mpirun -np N kvdistill train ... runs one process per rank, each\n"
-           "  with batch/N sequences of every micro-batch (N must divide --batch); gradients are\n"
-           "  summed with MPI_Allreduce, so the run equals the single-process one with the same\n"
-           "  options (to float rounding). Rank 0 writes OUT_DIR and prints; --threads defaults\n"
-           "  to the CPUs over the ranks on a host; --device cuda uses GPU local-rank. --resume\n"
-           "  works with any N that divides --batch. (%s)\n"
-           "  --allreduce mpi|nccl  how gradients are summed: nccl (GPU to GPU) for --device\n"
-           "                        cuda in a build with NCCL, else mpi (through host memory)\n"
-           "\n"
-           "calibrate: on calibration text, per-layer cosine similarity of the teacher's hidden\n"
-           "states and of K/V between layers, and for every candidate transform the zero-shot\n"
-           "KL and perplexity against the teacher; a ranked table on stdout.\n"
-           "  --swiftkv RANGE       SwiftKV candidates l in RANGE (\"3\", \"1-4\")\n"
-           "  --groups LIST         AcrossKV group sizes for --swiftkv (1,2,4; invalid ones skipped)\n"
-           "  --cross L             all 9 cross-layer configurations with L KV layers\n"
-           "  --map SPEC            any KV map spec (repeatable): pizza-top:3, cla:2, swiftkv:2,2...\n"
-           "                        (no candidate option: SwiftKV l=1..L-1 x {1,2,4} and the 9\n"
-           "                        configurations at l = ceil(L/2))\n"
-           "  --budget PCT          quality budget for the recommendation: perplexity at most\n"
-           "                        PCT %% above the teacher's (5)\n"
-           "  --seq-len N --batch N --eval-seqs N --passes N   as for train (eval-seqs 64)\n"
-           "  --json                JSON on stdout instead of the table (train: the report)\n"
-           "  --svg FILE            heat map of hidden-state and K/V similarity between layers\n"
-           "\n"
-           "student: write the zero-shot student of one KV map (the initialisation of\n"
-           "docs/METHODS.md s1/s2, as calibration evaluates it).\n"
-           "\n"
-           "Common: --device cpu|cuda  where train and calibrate run (cpu; cuda needs a CUDA\n"
-           "        build), --threads N (all CPUs), --quiet (no progress), -h/--help, --version.\n"
-           "Exit status: 0 ok, 1 failure, 2 usage error.\n",
-           kv_dist_have_mpi() ? (kv_dist_have_nccl() ? "this build has MPI support and NCCL"
-                                                     : "this build has MPI support")
-                              : "this build has no MPI support: rebuild with mpicc on PATH");
+    printf(
+        "Usage: kvdistill train TEACHER_DIR STUDENT_DIR OUT_DIR --data FILE... [OPTIONS]\n"
+        "       kvdistill calibrate TEACHER_DIR --data FILE... [OPTIONS]\n"
+        "       kvdistill student TEACHER_DIR OUT_DIR --map SPEC [--init mean|target]\n"
+        "\n"
+        "train: distil STUDENT_DIR (a kvconvert output, cross-layer or SwiftKV) against\n"
+        "TEACHER_DIR (the original). Trains only the tensors docs/METHODS.md s3 lists; loss\n"
+        "T^2 KL(teacher || student) + w * MSE of the hidden state entering the last layer;\n"
+        "AdamW with warm-up and decay. OUT_DIR gets a complete model directory, report.json,\n"
+        "train_log.jsonl and checkpoint/.\n"
+        "  --data FILE...        training text (blank-line separated) or .bin token ids\n"
+        "  --eval-data FILE      held-out data (repeatable); default: the last --holdout %%\n"
+        "  --holdout PCT         held-out share of --data when no --eval-data (10)\n"
+        "  --eval-seqs N         evaluate on at most N held-out sequences (all)\n"
+        "  --seq-len N           tokens per sequence (128)\n"
+        "  --batch N             sequences per micro-batch (8)\n"
+        "  --accum N             micro-batches per optimiser step (1)\n"
+        "  --steps N | --tokens N   length of the run (e.g. --tokens 2M)\n"
+        "  --lr X                peak learning rate (2e-4)\n"
+        "  --warmup FRAC         warm-up share of the steps (0.05)\n"
+        "  --schedule S          linear | cosine | constant decay after warm-up (linear)\n"
+        "  --beta1 X --beta2 X --adam-eps X --weight-decay X   AdamW (0.9 0.999 1e-8 0)\n"
+        "  --clip X              global gradient-norm clip, 0 off (1.0)\n"
+        "  --temperature X       KL temperature T (2)\n"
+        "  --mse-weight X        weight of the hidden-state MSE (1.0)\n"
+        "  --ce-weight X         weight of the next-token cross-entropy on the data (0: the\n"
+        "                        loss of METHODS.md; hard labels beside the teacher's)\n"
+        "  --passes N            iterative plan for top/middle targets: N passes, the last\n"
+        "                        with gradient (9, as kvrun's iterative prefill)\n"
+        "  --grad-passes B       differentiate the last B passes (LCKV's b): the K/V upward\n"
+        "                        layers read then train through them (1, as METHODS.md)\n"
+        "  --seed N              data order (0)\n"
+        "  --save-every N        checkpoint every N steps (0: at the end only)\n"
+        "  --resume              continue from OUT_DIR/checkpoint (same options and data)\n"
+        "  --force               write into a non-empty OUT_DIR without resuming\n"
+        "Data parallel: mpirun -np N kvdistill train ... runs one process per rank, each\n"
+        "  with batch/N sequences of every micro-batch (N must divide --batch); gradients are\n"
+        "  summed with MPI_Allreduce, so the run equals the single-process one with the same\n"
+        "  options (to float rounding). Rank 0 writes OUT_DIR and prints; --threads defaults\n"
+        "  to the CPUs over the ranks on a host; --device cuda uses GPU local-rank. --resume\n"
+        "  works with any N that divides --batch. (%s)\n"
+        "  --allreduce mpi|nccl  how gradients are summed: nccl (GPU to GPU) for --device\n"
+        "                        cuda in a build with NCCL, else mpi (through host memory)\n"
+        "\n"
+        "calibrate: on calibration text, per-layer cosine similarity of the teacher's hidden\n"
+        "states and of K/V between layers, and for every candidate transform the zero-shot\n"
+        "KL and perplexity against the teacher; a ranked table on stdout.\n"
+        "  --swiftkv RANGE       SwiftKV candidates l in RANGE (\"3\", \"1-4\")\n"
+        "  --groups LIST         AcrossKV group sizes for --swiftkv (1,2,4; invalid ones skipped)\n"
+        "  --cross L             all 9 cross-layer configurations with L KV layers\n"
+        "  --map SPEC            any KV map spec (repeatable): pizza-top:3, cla:2, swiftkv:2,2...\n"
+        "                        (no candidate option: SwiftKV l=1..L-1 x {1,2,4} and the 9\n"
+        "                        configurations at l = ceil(L/2))\n"
+        "  --budget PCT          quality budget for the recommendation: perplexity at most\n"
+        "                        PCT %% above the teacher's (5)\n"
+        "  --seq-len N --batch N --eval-seqs N --passes N   as for train (eval-seqs 64)\n"
+        "  --json                JSON on stdout instead of the table (train: the report)\n"
+        "  --svg FILE            heat map of hidden-state and K/V similarity between layers\n"
+        "\n"
+        "student: write the zero-shot student of one KV map (the initialisation of\n"
+        "docs/METHODS.md s1/s2, as calibration evaluates it).\n"
+        "\n"
+        "Common: --device cpu|cuda  where train and calibrate run (cpu; cuda needs a CUDA\n"
+        "        build), --threads N (all CPUs), --quiet (no progress), -h/--help, --version.\n"
+        "Exit status: 0 ok, 1 failure, 2 usage error.\n",
+        kv_dist_have_mpi() ? (kv_dist_have_nccl() ? "this build has MPI support and NCCL"
+                                                  : "this build has MPI support")
+                           : "this build has no MPI support: rebuild with mpicc on PATH");
 }
 
 enum {
-    O_DATA = 256, O_EVAL_DATA, O_HOLDOUT, O_EVAL_SEQS, O_SEQ_LEN, O_BATCH, O_ACCUM, O_STEPS,
-    O_TOKENS, O_LR, O_WARMUP, O_SCHEDULE, O_BETA1, O_BETA2, O_ADAM_EPS, O_WD, O_CLIP, O_TEMP,
-    O_MSE, O_CE, O_PASSES, O_GRAD_PASSES, O_SEED, O_SAVE_EVERY, O_RESUME, O_FORCE, O_THREADS, O_QUIET, O_VERSION,
-    O_SWIFTKV, O_GROUPS, O_CROSS, O_MAP, O_BUDGET, O_JSON, O_SVG, O_INIT, O_DEVICE, O_ALLREDUCE
+    O_DATA = 256,
+    O_EVAL_DATA,
+    O_HOLDOUT,
+    O_EVAL_SEQS,
+    O_SEQ_LEN,
+    O_BATCH,
+    O_ACCUM,
+    O_STEPS,
+    O_TOKENS,
+    O_LR,
+    O_WARMUP,
+    O_SCHEDULE,
+    O_BETA1,
+    O_BETA2,
+    O_ADAM_EPS,
+    O_WD,
+    O_CLIP,
+    O_TEMP,
+    O_MSE,
+    O_CE,
+    O_PASSES,
+    O_GRAD_PASSES,
+    O_SEED,
+    O_SAVE_EVERY,
+    O_RESUME,
+    O_FORCE,
+    O_THREADS,
+    O_QUIET,
+    O_VERSION,
+    O_SWIFTKV,
+    O_GROUPS,
+    O_CROSS,
+    O_MAP,
+    O_BUDGET,
+    O_JSON,
+    O_SVG,
+    O_INIT,
+    O_DEVICE,
+    O_ALLREDUCE
 };
 
-static const struct option long_opts[] = {
-    {"data", 1, 0, O_DATA}, {"eval-data", 1, 0, O_EVAL_DATA}, {"holdout", 1, 0, O_HOLDOUT},
-    {"eval-seqs", 1, 0, O_EVAL_SEQS}, {"seq-len", 1, 0, O_SEQ_LEN}, {"batch", 1, 0, O_BATCH},
-    {"accum", 1, 0, O_ACCUM}, {"steps", 1, 0, O_STEPS}, {"tokens", 1, 0, O_TOKENS},
-    {"lr", 1, 0, O_LR}, {"warmup", 1, 0, O_WARMUP}, {"schedule", 1, 0, O_SCHEDULE},
-    {"beta1", 1, 0, O_BETA1}, {"beta2", 1, 0, O_BETA2}, {"adam-eps", 1, 0, O_ADAM_EPS},
-    {"weight-decay", 1, 0, O_WD}, {"clip", 1, 0, O_CLIP}, {"temperature", 1, 0, O_TEMP},
-    {"mse-weight", 1, 0, O_MSE}, {"ce-weight", 1, 0, O_CE}, {"passes", 1, 0, O_PASSES}, {"seed", 1, 0, O_SEED},
-    {"grad-passes", 1, 0, O_GRAD_PASSES},
-    {"save-every", 1, 0, O_SAVE_EVERY}, {"resume", 0, 0, O_RESUME}, {"force", 0, 0, O_FORCE},
-    {"threads", 1, 0, O_THREADS}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, 'h'},
-    {"version", 0, 0, O_VERSION}, {"swiftkv", 1, 0, O_SWIFTKV}, {"groups", 1, 0, O_GROUPS},
-    {"cross", 1, 0, O_CROSS}, {"map", 1, 0, O_MAP}, {"budget", 1, 0, O_BUDGET},
-    {"json", 0, 0, O_JSON}, {"svg", 1, 0, O_SVG}, {"init", 1, 0, O_INIT},
-    {"device", 1, 0, O_DEVICE}, {"allreduce", 1, 0, O_ALLREDUCE}, {0, 0, 0, 0}};
+static const struct option long_opts[] = {{"data", 1, 0, O_DATA},
+                                          {"eval-data", 1, 0, O_EVAL_DATA},
+                                          {"holdout", 1, 0, O_HOLDOUT},
+                                          {"eval-seqs", 1, 0, O_EVAL_SEQS},
+                                          {"seq-len", 1, 0, O_SEQ_LEN},
+                                          {"batch", 1, 0, O_BATCH},
+                                          {"accum", 1, 0, O_ACCUM},
+                                          {"steps", 1, 0, O_STEPS},
+                                          {"tokens", 1, 0, O_TOKENS},
+                                          {"lr", 1, 0, O_LR},
+                                          {"warmup", 1, 0, O_WARMUP},
+                                          {"schedule", 1, 0, O_SCHEDULE},
+                                          {"beta1", 1, 0, O_BETA1},
+                                          {"beta2", 1, 0, O_BETA2},
+                                          {"adam-eps", 1, 0, O_ADAM_EPS},
+                                          {"weight-decay", 1, 0, O_WD},
+                                          {"clip", 1, 0, O_CLIP},
+                                          {"temperature", 1, 0, O_TEMP},
+                                          {"mse-weight", 1, 0, O_MSE},
+                                          {"ce-weight", 1, 0, O_CE},
+                                          {"passes", 1, 0, O_PASSES},
+                                          {"seed", 1, 0, O_SEED},
+                                          {"grad-passes", 1, 0, O_GRAD_PASSES},
+                                          {"save-every", 1, 0, O_SAVE_EVERY},
+                                          {"resume", 0, 0, O_RESUME},
+                                          {"force", 0, 0, O_FORCE},
+                                          {"threads", 1, 0, O_THREADS},
+                                          {"quiet", 0, 0, O_QUIET},
+                                          {"help", 0, 0, 'h'},
+                                          {"version", 0, 0, O_VERSION},
+                                          {"swiftkv", 1, 0, O_SWIFTKV},
+                                          {"groups", 1, 0, O_GROUPS},
+                                          {"cross", 1, 0, O_CROSS},
+                                          {"map", 1, 0, O_MAP},
+                                          {"budget", 1, 0, O_BUDGET},
+                                          {"json", 0, 0, O_JSON},
+                                          {"svg", 1, 0, O_SVG},
+                                          {"init", 1, 0, O_INIT},
+                                          {"device", 1, 0, O_DEVICE},
+                                          {"allreduce", 1, 0, O_ALLREDUCE},
+                                          {0, 0, 0, 0}};
 
 #define MAX_FILES 256
-#define MAX_MAPS 256
+#define MAX_MAPS  256
 
 typedef struct {
     distill_opts d;
@@ -121,8 +183,8 @@ typedef struct {
     int n_data, n_eval_data;
     int threads, quiet, json, eval_seqs_set;
     const char *swiftkv_range, *groups, *svg, *init;
-    const char *device;     /* "cpu" (default) or "cuda" */
-    const char *allreduce;  /* "mpi" | "nccl"; NULL: nccl on cuda when built with it */
+    const char *device; /* "cpu" (default) or "cuda" */
+    const char *allreduce; /* "mpi" | "nccl"; NULL: nccl on cuda when built with it */
     int cross_l;
     const char *maps[MAX_MAPS];
     int n_maps;
@@ -203,24 +265,33 @@ static int parse_args(int argc, char **argv, cli_args *a) {
             else return cli_usage_error(TOOL, "--schedule must be linear, cosine or constant");
             break;
         case O_BETA1: rc = parse_double_opt("beta1", optarg, 0, 0.999999, &a->d.adam.beta1); break;
-        case O_BETA2: rc = parse_double_opt("beta2", optarg, 0, 0.999999999, &a->d.adam.beta2); break;
+        case O_BETA2:
+            rc = parse_double_opt("beta2", optarg, 0, 0.999999999, &a->d.adam.beta2);
+            break;
         case O_ADAM_EPS: rc = parse_double_opt("adam-eps", optarg, 0, 1, &a->d.adam.eps); break;
-        case O_WD: rc = parse_double_opt("weight-decay", optarg, 0, 10, &a->d.adam.weight_decay); break;
+        case O_WD:
+            rc = parse_double_opt("weight-decay", optarg, 0, 10, &a->d.adam.weight_decay);
+            break;
         case O_CLIP: rc = parse_double_opt("clip", optarg, 0, 1e12, &a->d.clip); break;
-        case O_TEMP: rc = parse_double_opt("temperature", optarg, 1e-3, 1e3, &a->d.temperature); break;
+        case O_TEMP:
+            rc = parse_double_opt("temperature", optarg, 1e-3, 1e3, &a->d.temperature);
+            break;
         case O_MSE: rc = parse_double_opt("mse-weight", optarg, 0, 1e6, &a->d.mse_weight); break;
         case O_CE: rc = parse_double_opt("ce-weight", optarg, 0, 1e6, &a->d.ce_weight); break;
         case O_PASSES:
             if (!(rc = parse_long_opt("passes", optarg, 1, 1000, &v))) a->d.passes = (int)v;
             break;
         case O_GRAD_PASSES:
-            if (!(rc = parse_long_opt("grad-passes", optarg, 1, 1000, &v))) a->d.grad_passes = (int)v;
+            if (!(rc = parse_long_opt("grad-passes", optarg, 1, 1000, &v)))
+                a->d.grad_passes = (int)v;
             break;
         case O_SEED:
             if (!(rc = parse_long_opt("seed", optarg, 0, 0x7fffffffffffffffL, &v)))
                 a->d.seed = (uint64_t)v;
             break;
-        case O_SAVE_EVERY: rc = parse_long_opt("save-every", optarg, 0, 1L << 40, &a->d.save_every); break;
+        case O_SAVE_EVERY:
+            rc = parse_long_opt("save-every", optarg, 0, 1L << 40, &a->d.save_every);
+            break;
         case O_RESUME: a->d.resume = 1; break;
         case O_FORCE: a->d.force = 1; break;
         case O_THREADS:
@@ -269,7 +340,8 @@ static int parse_args(int argc, char **argv, cli_args *a) {
 
 /* arguments past the expected positionals are further --data files */
 static void extra_positionals_are_data(cli_args *a, int expected) {
-    for (int i = expected; i < a->n_pos && a->n_data < MAX_FILES; i++) a->data[a->n_data++] = a->pos[i];
+    for (int i = expected; i < a->n_pos && a->n_data < MAX_FILES; i++)
+        a->data[a->n_data++] = a->pos[i];
     if (a->n_pos > expected) a->n_pos = expected;
 }
 
@@ -303,10 +375,10 @@ static void train_line(train_ui *ui, const distill_progress *p) {
     const double frac = p->total_steps ? (double)p->step / (double)p->total_steps : 1;
     const int done = p->step >= p->total_steps;
     char eta[32];
-    const long left_tokens = p->step < p->total_steps && p->step > 0
-                                 ? (long)((double)p->tokens / (double)p->step *
-                                          (double)(p->total_steps - p->step))
-                                 : 0;
+    const long left_tokens =
+        p->step < p->total_steps && p->step > 0
+            ? (long)((double)p->tokens / (double)p->step * (double)(p->total_steps - p->step))
+            : 0;
     fmt_eta(eta, sizeof eta, p->tokens_per_s > 0 ? (double)left_tokens / p->tokens_per_s : -1);
     if (done) snprintf(eta, sizeof eta, "0s");
     /* no rate yet (the first steps of a run or of a resumed one): say so, not "0 tok/s ETA ?" */
@@ -325,10 +397,11 @@ static void train_line(train_ui *ui, const distill_progress *p) {
         for (int i = 0; i < 25; i++) bar[i] = i < fill ? '#' : '.';
         bar[25] = 0;
         if (p->tokens_per_s > 0 || done)
-            fprintf(stderr, "\rtrain [%s] step %ld/%ld %s loss %.4f lr %.3g%s\033[K", bar,
-                    p->step, p->total_steps, rate, p->loss, p->lr, eta_part);
+            fprintf(stderr, "\rtrain [%s] step %ld/%ld %s loss %.4f lr %.3g%s\033[K", bar, p->step,
+                    p->total_steps, rate, p->loss, p->lr, eta_part);
         else /* nothing measured yet: no loss, rate or ETA to show */
-            fprintf(stderr, "\rtrain [%s] step %ld/%ld %s\033[K", bar, p->step, p->total_steps, rate);
+            fprintf(stderr, "\rtrain [%s] step %ld/%ld %s\033[K", bar, p->step, p->total_steps,
+                    rate);
         ui->bar_on = 1;
         fflush(stderr);
         return;
@@ -337,8 +410,8 @@ static void train_line(train_ui *ui, const distill_progress *p) {
     if (p->step == 0 || (decile == ui->last_decile && !done)) return;
     ui->last_decile = decile;
     if (p->tokens_per_s > 0 || done)
-        fprintf(stderr, "%s: step %ld/%ld (%3.0f%%) %s loss %.4f lr %.3g%s\n", TOOL,
-                p->step, p->total_steps, 100 * frac, rate, p->loss, p->lr, eta_part);
+        fprintf(stderr, "%s: step %ld/%ld (%3.0f%%) %s loss %.4f lr %.3g%s\n", TOOL, p->step,
+                p->total_steps, 100 * frac, rate, p->loss, p->lr, eta_part);
     else
         fprintf(stderr, "%s: step %ld/%ld (%3.0f%%) resumed; %s\n", TOOL, p->step, p->total_steps,
                 100 * frac, rate);
@@ -402,11 +475,11 @@ bad:
 
 static int cmd_train(cli_args *a) {
     extra_positionals_are_data(a, 3);
-    if (a->n_pos != 3)
-        return cli_usage_error(TOOL, "train needs TEACHER_DIR STUDENT_DIR OUT_DIR");
+    if (a->n_pos != 3) return cli_usage_error(TOOL, "train needs TEACHER_DIR STUDENT_DIR OUT_DIR");
     if (a->n_data < 1) return cli_usage_error(TOOL, "train needs --data FILE");
     if (!a->d.steps && !a->d.tokens) return cli_usage_error(TOOL, "give --steps N or --tokens N");
-    if (a->d.steps && a->d.tokens) return cli_usage_error(TOOL, "give --steps or --tokens, not both");
+    if (a->d.steps && a->d.tokens)
+        return cli_usage_error(TOOL, "give --steps or --tokens, not both");
     if (!(a->pos[0] = cli_model_arg(TOOL, a->pos[0], 0)) ||
         !(a->pos[1] = cli_model_arg(TOOL, a->pos[1], 0)))
         return EXIT_FAIL;
@@ -447,8 +520,8 @@ static int cmd_train(cli_args *a) {
             err = derr;
             rc = drc;
         } else if (!rc && first >= 0) {
-            rc = kv_fail(&err, KV_EIO, "stopped: process %d of %d could not open its device",
-                         first, dist.size);
+            rc = kv_fail(&err, KV_EIO, "stopped: process %d of %d could not open its device", first,
+                         dist.size);
         }
         if (rc) {
             rc = train_fail(&dist, &err);
@@ -463,14 +536,12 @@ static int cmd_train(cli_args *a) {
     a->d.backend = &backend;
     /* GPU-to-GPU gradient sums over the MPI group: NCCL (collective; every rank decides alike) */
     const int on_cuda = a->device && !strcmp(a->device, "cuda");
-    const int want_nccl = a->allreduce ? !strcmp(a->allreduce, "nccl")
-                                       : on_cuda && kv_dist_have_nccl();
+    const int want_nccl =
+        a->allreduce ? !strcmp(a->allreduce, "nccl") : on_cuda && kv_dist_have_nccl();
     kv_dist nccl = {0};
     if (dist.size > 1 && want_nccl) {
-        if (!on_cuda)
-            rc = kv_fail(&err, KV_EINVAL, "--allreduce nccl needs --device cuda");
-        else
-            rc = kv_dist_init_nccl(&nccl, &dist, dist.local_rank, &err);
+        if (!on_cuda) rc = kv_fail(&err, KV_EINVAL, "--allreduce nccl needs --device cuda");
+        else rc = kv_dist_init_nccl(&nccl, &dist, dist.local_rank, &err);
         if (rc) { /* every rank fails alike: the option is the same, init is collective */
             rc = train_fail(&dist, &err);
             kv_backend_free(&backend);
@@ -503,7 +574,9 @@ static int cmd_train(cli_args *a) {
             j = cJSON_ParseWithLength(text, n);
         if (j) line = cJSON_PrintUnformatted(j);
         if (line) printf("%s\n", line);
-        else cli_error(TOOL, "%s: cannot print the report as JSON%s%s", path, err.msg[0] ? ": " : "", err.msg);
+        else
+            cli_error(TOOL, "%s: cannot print the report as JSON%s%s", path, err.msg[0] ? ": " : "",
+                      err.msg);
         cJSON_free(line);
         cJSON_Delete(j);
         free(text);
@@ -542,8 +615,8 @@ static int cmd_student(cli_args *a) {
         cli_error(TOOL, "%s: not empty (use --force)", a->pos[1]);
         return EXIT_FAIL;
     }
-    distill_init_mode mode = a->init && !strcmp(a->init, "target") ? DISTILL_INIT_TARGET
-                                                                   : DISTILL_INIT_MEAN;
+    distill_init_mode mode =
+        a->init && !strcmp(a->init, "target") ? DISTILL_INIT_TARGET : DISTILL_INIT_MEAN;
     if (!(rc = distill_student_init(&s, &t, &map, mode, &err))) {
         rc = kvt_model_save(&s, a->pos[1], NULL, &err);
         kvt_model_free(&s);
@@ -577,8 +650,8 @@ static int parse_range(const char *s, int *lo, int *hi) {
     if (k == 0 || k >= sizeof first) return -1;
     memcpy(first, s, k);
     first[k] = 0;
-    if (cli_parse_int(first, 1, HF_MAX_LAYERS, &a) || cli_parse_int(dash + 1, 1, HF_MAX_LAYERS, &b) ||
-        b < a)
+    if (cli_parse_int(first, 1, HF_MAX_LAYERS, &a) ||
+        cli_parse_int(dash + 1, 1, HF_MAX_LAYERS, &b) || b < a)
         return -1;
     *lo = (int)a, *hi = (int)b;
     return 0;
@@ -618,8 +691,7 @@ static int build_candidates(const cli_args *a, int L, kv_map *maps, int *n) {
             for (int j = 0; j < 3; j++) {
                 char spec[64];
                 snprintf(spec, sizeof spec, "%s-%s:%d", cfgs[i], tgts[j], cl);
-                if (kvmap_parse(&m, spec, L, &err))
-                    return cli_usage_error(TOOL, "%s", err.msg);
+                if (kvmap_parse(&m, spec, L, &err)) return cli_usage_error(TOOL, "%s", err.msg);
                 if (!kvmap_is_identity(&m)) add_map(maps, n, &m);
             }
     }
@@ -645,17 +717,19 @@ static void print_table(const calib_result *r) {
     printf("savings: KV = KV-cache bytes saved; prefill = share of a prompt token's layer FLOPs "
            "skipped (SwiftKV). Quality cost: KL and perplexity vs the teacher, zero-shot "
            "(! = over budget)\n");
-    printf("%4s  %-22s %-8s %8s %7s %8s %10s %10s %8s  %s\n", "rank", "map", "kind", "slots",
-           "KV", "prefill", "KL", "ppl", "ppl +%", "layer_types");
+    printf("%4s  %-22s %-8s %8s %7s %8s %10s %10s %8s  %s\n", "rank", "map", "kind", "slots", "KV",
+           "prefill", "KL", "ppl", "ppl +%", "layer_types");
     for (int c = 0; c < r->n_cand; c++) {
         const calib_candidate *cd = &r->cand[c];
         char types[HF_MAX_LAYERS * 6];
         kvmap_layer_types(&cd->map, types, sizeof types);
         printf("%4d  %-22s %-8s %5d/%-2d %6.1f%% %7.1f%% %10.5f %10.4f %+7.2f%%%s %s\n", c + 1,
-               cd->map.name, cd->map.kind == KVMAP_SWIFTKV ? "swiftkv" : "cross", cd->slots,
-               r->L, 100 * cd->cache_saving, 100 * cd->prefill_saving, cd->kl, cd->ppl,
+               cd->map.name, cd->map.kind == KVMAP_SWIFTKV ? "swiftkv" : "cross", cd->slots, r->L,
+               100 * cd->cache_saving, 100 * cd->prefill_saving, cd->kl, cd->ppl,
                cd->ppl_increase_pct + 0.0, cd->within_budget ? " " : "!",
-               !cd->saves ? "(saves nothing: never recommended)" : cd->map.kind == KVMAP_SWIFTKV ? "-" : types);
+               !cd->saves                      ? "(saves nothing: never recommended)"
+               : cd->map.kind == KVMAP_SWIFTKV ? "-"
+                                               : types);
     }
     printf("\nhidden-state cosine similarity (row i, column j: states entering layers i and j; "
            "last: output)\n     ");
@@ -669,19 +743,21 @@ static void print_table(const calib_result *r) {
     }
     if (r->recommended >= 0) {
         const calib_candidate *cd = &r->cand[r->recommended];
-        printf("\nrecommended: %s (%d of %d KV slots: KV cache saving %.1f%%", cd->map.name, cd->slots,
-               r->L, 100 * cd->cache_saving);
-        if (cd->map.kind == KVMAP_SWIFTKV) printf(", prefill compute saving %.1f%%", 100 * cd->prefill_saving);
-        printf("; zero-shot ppl %+.2f%%, KL %.5f; distil it to recover the rest)\n", cd->ppl_increase_pct + 0.0,
-               cd->kl);
+        printf("\nrecommended: %s (%d of %d KV slots: KV cache saving %.1f%%", cd->map.name,
+               cd->slots, r->L, 100 * cd->cache_saving);
+        if (cd->map.kind == KVMAP_SWIFTKV)
+            printf(", prefill compute saving %.1f%%", 100 * cd->prefill_saving);
+        printf("; zero-shot ppl %+.2f%%, KL %.5f; distil it to recover the rest)\n",
+               cd->ppl_increase_pct + 0.0, cd->kl);
     } else if (r->best_saving >= 0) {
         const calib_candidate *cd = &r->cand[r->best_saving];
         printf("\nrecommended: none: no candidate that saves anything is within +%.1f%% zero-shot. "
-               "The one that costs least quality is %s (KV cache saving %.1f%%", r->budget_pct, cd->map.name,
-               100 * cd->cache_saving);
-        if (cd->map.kind == KVMAP_SWIFTKV) printf(", prefill compute saving %.1f%%", 100 * cd->prefill_saving);
-        printf("; zero-shot ppl %+.2f%%, KL %.5f): distil it, or raise --budget\n", cd->ppl_increase_pct + 0.0,
-               cd->kl);
+               "The one that costs least quality is %s (KV cache saving %.1f%%",
+               r->budget_pct, cd->map.name, 100 * cd->cache_saving);
+        if (cd->map.kind == KVMAP_SWIFTKV)
+            printf(", prefill compute saving %.1f%%", 100 * cd->prefill_saving);
+        printf("; zero-shot ppl %+.2f%%, KL %.5f): distil it, or raise --budget\n",
+               cd->ppl_increase_pct + 0.0, cd->kl);
     } else {
         printf("\nrecommended: none: no candidate saves KV-cache memory or prefill compute\n");
     }

@@ -87,8 +87,8 @@ typedef struct {
     double temperature, top_p;
     unsigned long seed;
     kv_prefill prefill;
-    kv_dtype kv_dtype;   /* KV-cache elements: KV_F32 or KV_BF16; KV_DTYPE_COUNT: as the weights */
-    const char *device;  /* "cpu" or "cuda" (checked by kv_device_parse) */
+    kv_dtype kv_dtype; /* KV-cache elements: KV_F32 or KV_BF16; KV_DTYPE_COUNT: as the weights */
+    const char *device; /* "cpu" or "cuda" (checked by kv_device_parse) */
 } run_args;
 
 /* ---- shared setup ------------------------------------------------------------------------- */
@@ -106,7 +106,8 @@ static kv_bundle *g_bundle;
 static int load_tokenizer(const char *dir, const kv_model *m, kv_tokenizer **tk, kv_error *err) {
     const char *path = dir;
     int rc;
-    if (!g_bundle && kv_path_is_bundle(dir) && (rc = kv_bundle_open(&g_bundle, dir, err))) return rc;
+    if (!g_bundle && kv_path_is_bundle(dir) && (rc = kv_bundle_open(&g_bundle, dir, err)))
+        return rc;
     if ((rc = kv_tokenizer_open_path(tk, g_bundle, dir, err))) return rc;
     if (m && kv_tokenizer_vocab_size(*tk) > m->dims.vocab)
         return kv_fail(err, KV_EFORMAT, "%s: %d tokens but the model's vocab_size is %d", path,
@@ -201,7 +202,8 @@ static int run_prompt(const run_args *a) {
     long max_new = a->max_tokens_set ? a->max_tokens : 256;
     const int ctx_capped = max_new > m.dims.max_pos - n_ids + 1; /* the context ends it first */
     if (ctx_capped) max_new = m.dims.max_pos - n_ids + 1;
-    const int max_seq = n_ids + (int)max_new > m.dims.max_pos ? m.dims.max_pos : n_ids + (int)max_new;
+    const int max_seq =
+        n_ids + (int)max_new > m.dims.max_pos ? m.dims.max_pos : n_ids + (int)max_new;
     const uint64_t seed = a->seed_set ? a->seed : (uint64_t)time(NULL);
     if (kv_state_init(&s, &b, &m, max_seq, (int)a->batch, cache_dtype(a, &m), &err) ||
         kv_sampler_init(&smp, m.dims.vocab, (float)a->temperature, (float)a->top_p, seed, &err))
@@ -213,8 +215,8 @@ static int run_prompt(const run_args *a) {
     if (bos < 0) print_piece(tk, -1, ids[0]);
     for (int i = 1; i < n_ids; i++) print_piece(tk, ids[i - 1], ids[i]);
     stream_ctx sc = {tk};
-    kv_generate_opts go = {.max_new_tokens = (int)max_new, .prefill = a->prefill,
-                           .stop_ids = stops, .n_stop = n_stop};
+    kv_generate_opts go = {
+        .max_new_tokens = (int)max_new, .prefill = a->prefill, .stop_ids = stops, .n_stop = n_stop};
     kv_generate_stats st;
     if (kv_generate(&s, &smp, ids, n_ids, &go, on_token, &sc, NULL, &st, &err)) {
         printf("\n");
@@ -229,10 +231,13 @@ static int run_prompt(const run_args *a) {
         snprintf(why, sizeof why, "; stopped at the context limit (%d positions)", m.dims.max_pos);
     char decode_rate[64] = "";
     if (st.n_generated > 1)
-        snprintf(decode_rate, sizeof decode_rate, " (%.1f tok/s)", (st.n_generated - 1) / (st.decode_s + 1e-12));
-    fprintf(stderr, "kvrun: prompt %d tokens in %.3f s (%.1f tok/s); generated %d tokens in %.3f s"
-            "%s%s\n", st.n_prompt, st.prefill_s, st.n_prompt / (st.prefill_s + 1e-12),
-            st.n_generated, st.decode_s, decode_rate, why);
+        snprintf(decode_rate, sizeof decode_rate, " (%.1f tok/s)",
+                 (st.n_generated - 1) / (st.decode_s + 1e-12));
+    fprintf(stderr,
+            "kvrun: prompt %d tokens in %.3f s (%.1f tok/s); generated %d tokens in %.3f s"
+            "%s%s\n",
+            st.n_prompt, st.prefill_s, st.n_prompt / (st.prefill_s + 1e-12), st.n_generated,
+            st.decode_s, decode_rate, why);
     status = 0;
 fail:
     if (status) cli_fail(TOOL, &err);
@@ -273,7 +278,9 @@ static int run_ppl(const run_args *a) {
         kv_tokenizer_encode(tk, text, n_text, 0, &ids, &n_ids, &err) ||
         kv_state_init(&s, &b, &m, ctx, (int)a->batch, cache_dtype(a, &m), &err))
         goto fail;
-    kv_ppl_opts o = {.ctx = ctx, .bos = m.cfg.bos_token_id, .max_windows = (int)a->max_windows,
+    kv_ppl_opts o = {.ctx = ctx,
+                     .bos = m.cfg.bos_token_id,
+                     .max_windows = (int)a->max_windows,
                      .prefill = a->prefill};
     cli_progress prog;
     const long stride = ctx - 1;
@@ -289,18 +296,20 @@ static int run_ppl(const run_args *a) {
     cli_progress_finish(&prog);
     if (rc) goto fail;
     /* bytes of the text the scored tokens stand for */
-    if (kv_tokenizer_decode_ex(tk, ids, (int)r.n_ids_used, 1, &decoded, &n_decoded, &err)) goto fail;
+    if (kv_tokenizer_decode_ex(tk, ids, (int)r.n_ids_used, 1, &decoded, &n_decoded, &err))
+        goto fail;
     const double nats = r.nats / (double)r.n_scored;
     const double bpb = r.nats / log(2.0) / (double)(n_decoded ? n_decoded : 1);
     if (a->json)
         printf("{\"file\": \"%s\", \"ctx\": %d, \"windows\": %d, \"tokens\": %ld, \"bytes\": %zu, "
                "\"nats_per_token\": %.6f, \"perplexity\": %.6f, \"bits_per_byte\": %.6f, "
-               "\"kv_cache_dtype\": \"%s\", \"seconds\": %.3f}\n", a->ppl_file, ctx, r.n_windows,
-               r.n_scored, n_decoded, nats, exp(nats), bpb, kv_dtype_name(s.cache.dtype), secs);
+               "\"kv_cache_dtype\": \"%s\", \"seconds\": %.3f}\n",
+               a->ppl_file, ctx, r.n_windows, r.n_scored, n_decoded, nats, exp(nats), bpb,
+               kv_dtype_name(s.cache.dtype), secs);
     else
         printf("%s: %ld tokens (%zu bytes) in %d windows of %d: %.6f nats/token, perplexity %.4f, "
-               "%.6f bits/byte\n", a->ppl_file, r.n_scored, n_decoded, r.n_windows, ctx, nats,
-               exp(nats), bpb);
+               "%.6f bits/byte\n",
+               a->ppl_file, r.n_scored, n_decoded, r.n_windows, ctx, nats, exp(nats), bpb);
     status = 0;
 fail:
     if (status) cli_fail(TOOL, &err);
@@ -326,8 +335,8 @@ static int run_bench(const run_args *a) {
     if (open_model(a, &b, &m, &err)) return cli_fail(TOOL, &err);
     const int P = (int)a->prompt_len, G = a->max_tokens_set ? (int)a->max_tokens : 64;
     if (P + G > m.dims.max_pos) {
-        kv_fail(&err, KV_EINVAL, "--prompt-len %d + %d decode steps exceed the context of %d", P,
-                G, m.dims.max_pos);
+        kv_fail(&err, KV_EINVAL, "--prompt-len %d + %d decode steps exceed the context of %d", P, G,
+                m.dims.max_pos);
         goto fail;
     }
     prompt = malloc(sizeof *prompt * (size_t)(P + G));
@@ -361,17 +370,20 @@ static int run_bench(const run_args *a) {
         printf("{\"model\": \"%s\", \"kv_map\": \"%s\", \"device\": \"%s\", \"threads\": %d, "
                "\"blas_core\": \"%s\", \"prompt_tokens\": %d, "
                "\"decode_tokens\": %d, \"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": "
-               "%.2f, \"kv_cache_dtype\": \"%s\", \"kv_cache_bytes\": %zu, \"kv_cache_bytes_per_token\": %zu, "
+               "%.2f, \"kv_cache_dtype\": \"%s\", \"kv_cache_bytes\": %zu, "
+               "\"kv_cache_bytes_per_token\": %zu, "
                "\"weight_bytes_per_token\": %zu, \"decode_weight_gb_per_s\": %.3f, "
                "\"prefill_model_tflop_per_s\": %.4f}\n",
-               a->model_dir, m.cfg.map.name, b.name, kv_kernels_threads(), openblas_get_corename(), P,
-               G, prefill_tps, decode_tps, kv_dtype_name(s.cache.dtype), s.cache.bytes, per_token,
-               m.step_bytes, m.step_bytes * decode_tps / 1e9, prefill_tflops);
+               a->model_dir, m.cfg.map.name, b.name, kv_kernels_threads(), openblas_get_corename(),
+               P, G, prefill_tps, decode_tps, kv_dtype_name(s.cache.dtype), s.cache.bytes,
+               per_token, m.step_bytes, m.step_bytes * decode_tps / 1e9, prefill_tflops);
     else
-        printf("%s (%s, %s, OpenBLAS %s): prefill %d tokens %.1f tok/s (%.3g model TFLOP/s); decode %d tokens %.1f tok/s "
+        printf("%s (%s, %s, OpenBLAS %s): prefill %d tokens %.1f tok/s (%.3g model TFLOP/s); "
+               "decode %d tokens %.1f tok/s "
                "(%.2f GB/s of weights); KV cache %s %zu bytes (%zu per token)\n",
-               a->model_dir, m.cfg.map.name, b.name, openblas_get_corename(), P, prefill_tps, prefill_tflops, G, decode_tps,
-               m.step_bytes * decode_tps / 1e9, kv_dtype_name(s.cache.dtype), s.cache.bytes, per_token);
+               a->model_dir, m.cfg.map.name, b.name, openblas_get_corename(), P, prefill_tps,
+               prefill_tflops, G, decode_tps, m.step_bytes * decode_tps / 1e9,
+               kv_dtype_name(s.cache.dtype), s.cache.bytes, per_token);
     status = 0;
 fail:
     if (status) cli_fail(TOOL, &err);
@@ -433,7 +445,8 @@ static int run_logits(const run_args *a) {
     } else {
         const int bos = m.cfg.bos_token_id;
         if (load_tokenizer(a->model_dir, &m, &tk, &err) ||
-            kv_tokenizer_encode(tk, a->logits_text, strlen(a->logits_text), bos >= 0, &ids, &n, &err))
+            kv_tokenizer_encode(tk, a->logits_text, strlen(a->logits_text), bos >= 0, &ids, &n,
+                                &err))
             goto fail;
         if (bos >= 0) ids[0] = bos;
     }
@@ -453,7 +466,8 @@ static int run_logits(const run_args *a) {
         goto fail;
     }
     const kv_forward_opts fo = {.logits = KV_LOGITS_ALL, .prefill = a->prefill};
-    if (kv_state_init(&s, &b, &m, n, (int)a->batch, cache_dtype(a, &m), &err) || kv_forward(&s, ids, n, &fo, logits, &err))
+    if (kv_state_init(&s, &b, &m, n, (int)a->batch, cache_dtype(a, &m), &err) ||
+        kv_forward(&s, ids, n, &fo, logits, &err))
         goto fail;
     const st_spec specs[2] = {
         {.name = "logits", .dtype = KV_F32, .n_dims = 2, .shape = {n, m.dims.vocab}},
@@ -477,21 +491,49 @@ fail:
 /* ---- options ------------------------------------------------------------------------------ */
 
 int main(int argc, char **argv) {
-    enum { O_PROMPT = 256, O_PPL, O_BENCH, O_LOGITS, O_TOKENIZE, O_TEMP, O_TOPP, O_SEED, O_CTX,
-           O_WINDOWS, O_PLEN, O_REPEAT, O_TEXT, O_TOKENS, O_THREADS, O_PREFILL, O_BATCH, O_JSON,
-           O_VERSION, O_KV_DTYPE, O_DEVICE };
+    enum {
+        O_PROMPT = 256,
+        O_PPL,
+        O_BENCH,
+        O_LOGITS,
+        O_TOKENIZE,
+        O_TEMP,
+        O_TOPP,
+        O_SEED,
+        O_CTX,
+        O_WINDOWS,
+        O_PLEN,
+        O_REPEAT,
+        O_TEXT,
+        O_TOKENS,
+        O_THREADS,
+        O_PREFILL,
+        O_BATCH,
+        O_JSON,
+        O_VERSION,
+        O_KV_DTYPE,
+        O_DEVICE
+    };
     static const struct option opts[] = {
-        {"prompt", 1, 0, O_PROMPT}, {"ppl", 1, 0, O_PPL}, {"bench", 0, 0, O_BENCH},
-        {"logits-out", 1, 0, O_LOGITS}, {"tokenize", 1, 0, O_TOKENIZE},
-        {"max-tokens", 1, 0, 'n'}, {"temperature", 1, 0, O_TEMP}, {"top-p", 1, 0, O_TOPP},
-        {"seed", 1, 0, O_SEED}, {"ctx", 1, 0, O_CTX}, {"max-windows", 1, 0, O_WINDOWS},
-        {"prompt-len", 1, 0, O_PLEN}, {"repeat", 1, 0, O_REPEAT}, {"text", 1, 0, O_TEXT},
-        {"tokens", 1, 0, O_TOKENS}, {"threads", 1, 0, O_THREADS}, {"prefill", 1, 0, O_PREFILL},
-        {"batch", 1, 0, O_BATCH}, {"json", 0, 0, O_JSON}, {"help", 0, 0, 'h'},
-        {"kv-dtype", 1, 0, O_KV_DTYPE}, {"device", 1, 0, O_DEVICE},
-        {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
-    run_args a = {.temperature = 1.0, .top_p = 0.9, .prompt_len = 128, .repeat = 3, .batch = 512,
-                  .prefill = {KV_PREFILL_ITERATIVE, KV_PREFILL_DEFAULT_PASSES}, .kv_dtype = KV_DTYPE_COUNT,
+        {"prompt", 1, 0, O_PROMPT},       {"ppl", 1, 0, O_PPL},
+        {"bench", 0, 0, O_BENCH},         {"logits-out", 1, 0, O_LOGITS},
+        {"tokenize", 1, 0, O_TOKENIZE},   {"max-tokens", 1, 0, 'n'},
+        {"temperature", 1, 0, O_TEMP},    {"top-p", 1, 0, O_TOPP},
+        {"seed", 1, 0, O_SEED},           {"ctx", 1, 0, O_CTX},
+        {"max-windows", 1, 0, O_WINDOWS}, {"prompt-len", 1, 0, O_PLEN},
+        {"repeat", 1, 0, O_REPEAT},       {"text", 1, 0, O_TEXT},
+        {"tokens", 1, 0, O_TOKENS},       {"threads", 1, 0, O_THREADS},
+        {"prefill", 1, 0, O_PREFILL},     {"batch", 1, 0, O_BATCH},
+        {"json", 0, 0, O_JSON},           {"help", 0, 0, 'h'},
+        {"kv-dtype", 1, 0, O_KV_DTYPE},   {"device", 1, 0, O_DEVICE},
+        {"version", 0, 0, O_VERSION},     {0, 0, 0, 0}};
+    run_args a = {.temperature = 1.0,
+                  .top_p = 0.9,
+                  .prompt_len = 128,
+                  .repeat = 3,
+                  .batch = 512,
+                  .prefill = {KV_PREFILL_ITERATIVE, KV_PREFILL_DEFAULT_PASSES},
+                  .kv_dtype = KV_DTYPE_COUNT,
                   .device = "cpu"};
     int c, n_modes = 0;
     long v;
@@ -502,11 +544,30 @@ int main(int argc, char **argv) {
         switch (c) {
         case 'h': usage(); return 0;
         case O_VERSION: cli_version(TOOL); return 0;
-        case O_PROMPT: a.mode = MODE_PROMPT; a.text = optarg; n_modes++; break;
-        case O_PPL: a.mode = MODE_PPL; a.ppl_file = optarg; n_modes++; break;
-        case O_BENCH: a.mode = MODE_BENCH; n_modes++; break;
-        case O_LOGITS: a.mode = MODE_LOGITS; a.logits_out = optarg; n_modes++; break;
-        case O_TOKENIZE: a.mode = MODE_TOKENIZE; a.text = optarg; n_modes++; break;
+        case O_PROMPT:
+            a.mode = MODE_PROMPT;
+            a.text = optarg;
+            n_modes++;
+            break;
+        case O_PPL:
+            a.mode = MODE_PPL;
+            a.ppl_file = optarg;
+            n_modes++;
+            break;
+        case O_BENCH:
+            a.mode = MODE_BENCH;
+            n_modes++;
+            break;
+        case O_LOGITS:
+            a.mode = MODE_LOGITS;
+            a.logits_out = optarg;
+            n_modes++;
+            break;
+        case O_TOKENIZE:
+            a.mode = MODE_TOKENIZE;
+            a.text = optarg;
+            n_modes++;
+            break;
         case O_TEXT: a.logits_text = optarg; break;
         case O_TOKENS: a.logits_ids = optarg; break;
         case O_JSON: a.json = 1; break;

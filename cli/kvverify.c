@@ -59,18 +59,50 @@ static void usage(void) {
            "  --version               print the version\n");
 }
 
-enum { O_JSON = 256, O_SEED, O_ALLOW, O_ATOL, O_BA, O_BB, O_VERSION, O_FILTER, O_DEVICE,
-       O_THREADS, O_EXACT, O_RTOL, O_TEXT, O_CTX, O_WINDOWS, O_KVDTYPE, O_PREFILL, O_MAXKL,
-       O_MINTOP1, O_MAXPPL };
-static const struct option opts[] = {
-    {"json", 0, 0, O_JSON}, {"seed", 1, 0, O_SEED}, {"allow-no-device", 0, 0, O_ALLOW},
-    {"atol", 1, 0, O_ATOL}, {"batch-a", 1, 0, O_BA}, {"batch-b", 1, 0, O_BB},
-    {"filter", 1, 0, O_FILTER}, {"device", 1, 0, O_DEVICE}, {"threads", 1, 0, O_THREADS},
-    {"exact", 0, 0, O_EXACT}, {"rtol", 1, 0, O_RTOL}, {"text", 1, 0, O_TEXT},
-    {"ctx", 1, 0, O_CTX}, {"max-windows", 1, 0, O_WINDOWS}, {"kv-dtype", 1, 0, O_KVDTYPE},
-    {"prefill", 1, 0, O_PREFILL}, {"max-kl", 1, 0, O_MAXKL}, {"min-top1", 1, 0, O_MINTOP1},
-    {"max-ppl-delta", 1, 0, O_MAXPPL},
-    {"help", 0, 0, 'h'}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
+enum {
+    O_JSON = 256,
+    O_SEED,
+    O_ALLOW,
+    O_ATOL,
+    O_BA,
+    O_BB,
+    O_VERSION,
+    O_FILTER,
+    O_DEVICE,
+    O_THREADS,
+    O_EXACT,
+    O_RTOL,
+    O_TEXT,
+    O_CTX,
+    O_WINDOWS,
+    O_KVDTYPE,
+    O_PREFILL,
+    O_MAXKL,
+    O_MINTOP1,
+    O_MAXPPL
+};
+static const struct option opts[] = {{"json", 0, 0, O_JSON},
+                                     {"seed", 1, 0, O_SEED},
+                                     {"allow-no-device", 0, 0, O_ALLOW},
+                                     {"atol", 1, 0, O_ATOL},
+                                     {"batch-a", 1, 0, O_BA},
+                                     {"batch-b", 1, 0, O_BB},
+                                     {"filter", 1, 0, O_FILTER},
+                                     {"device", 1, 0, O_DEVICE},
+                                     {"threads", 1, 0, O_THREADS},
+                                     {"exact", 0, 0, O_EXACT},
+                                     {"rtol", 1, 0, O_RTOL},
+                                     {"text", 1, 0, O_TEXT},
+                                     {"ctx", 1, 0, O_CTX},
+                                     {"max-windows", 1, 0, O_WINDOWS},
+                                     {"kv-dtype", 1, 0, O_KVDTYPE},
+                                     {"prefill", 1, 0, O_PREFILL},
+                                     {"max-kl", 1, 0, O_MAXKL},
+                                     {"min-top1", 1, 0, O_MINTOP1},
+                                     {"max-ppl-delta", 1, 0, O_MAXPPL},
+                                     {"help", 0, 0, 'h'},
+                                     {"version", 0, 0, O_VERSION},
+                                     {0, 0, 0, 0}};
 
 typedef struct {
     int json, allow_no_device, batch_a, batch_b;
@@ -99,33 +131,34 @@ static void json_str(const char *s) {
 static int cmd_kernels(const verify_opts *o) {
     kv_backend dev = {0}, ref = {0};
     kv_error err = {0};
-    int rc = o->cpu ? kv_backend_cpu_init(&dev, o->threads, &err)
-                    : kv_backend_cuda_init(&dev, 0, &err);
+    int rc =
+        o->cpu ? kv_backend_cpu_init(&dev, o->threads, &err) : kv_backend_cuda_init(&dev, 0, &err);
     if (rc) {
         const char *status = rc == KV_EUNSUPPORTED ? "no CUDA device" : "error";
         if (o->json) {
-            printf("{\"command\":\"kernels\",\"status\":\"%s\",\"device\":\"\",\"error\":\"", status);
+            printf("{\"command\":\"kernels\",\"status\":\"%s\",\"device\":\"\",\"error\":\"",
+                   status);
             json_str(err.msg);
             printf("\",\"kernels\":[]}\n");
         } else {
             printf("kernels: %s\n", status);
         }
         if (rc == KV_EUNSUPPORTED && o->allow_no_device) {
-            fprintf(stderr, "%s: note: %s%s (not verified)\n", TOOL,
-                    strstr(err.msg, "no CUDA device found") ? "" : "no CUDA device found: ", err.msg);
+            fprintf(
+                stderr, "%s: note: %s%s (not verified)\n", TOOL,
+                strstr(err.msg, "no CUDA device found") ? "" : "no CUDA device found: ", err.msg);
             return 0;
         }
         if (rc == KV_EUNSUPPORTED && !strstr(err.msg, "no CUDA device found"))
             cli_error(TOOL, "kernels: no CUDA device found: %s", err.msg);
-        else
-            cli_error(TOOL, "kernels: %s", err.msg);
+        else cli_error(TOOL, "kernels: %s", err.msg);
         return EXIT_FAIL;
     }
     /* the CUDA run compares with the CPU on every core; the CPU self-check with 1 thread */
     kv_backend_cpu_init(&ref, o->cpu ? 1 : 0, &err);
     kv_parity_report rep;
-    const kv_parity_opts po = {.seed = (uint64_t)o->seed, .filter = o->filter,
-                               .flags = o->exact ? KV_PARITY_EXACT : 0};
+    const kv_parity_opts po = {
+        .seed = (uint64_t)o->seed, .filter = o->filter, .flags = o->exact ? KV_PARITY_EXACT : 0};
     rc = kv_parity_run(&rep, &dev, &ref, &po, &err);
     const char *status = rc == 0 ? "passed" : rc == KV_EMISMATCH ? "failed" : "error";
     if (rep.cases == 0 && rc == 0) status = "no cases";
@@ -134,15 +167,16 @@ static int cmd_kernels(const verify_opts *o) {
         json_str(rep.device);
         printf("\",\"reference\":\"");
         json_str(rep.reference);
-        printf("\",\"exact\":%s,\"cases\":%d,\"failed\":%d,\"kernels\":[", o->exact ? "true" : "false",
-               rep.cases, rep.failed);
+        printf("\",\"exact\":%s,\"cases\":%d,\"failed\":%d,\"kernels\":[",
+               o->exact ? "true" : "false", rep.cases, rep.failed);
         for (int i = 0; i < rep.n; i++) {
             const kv_parity_result *r = &rep.r[i];
             printf("%s{\"name\":\"", i ? "," : "");
             json_str(r->name);
             printf("\",\"op\":\"%s\",\"n\":%zu,\"bad\":%zu,\"max_abs\":%.6g,\"max_rel\":%.6g,"
-                   "\"atol\":%g,\"rtol\":%g,\"pass\":%s", r->op, r->n, r->bad, r->max_abs,
-                   r->max_rel, r->atol, r->rtol, r->pass ? "true" : "false");
+                   "\"atol\":%g,\"rtol\":%g,\"pass\":%s",
+                   r->op, r->n, r->bad, r->max_abs, r->max_rel, r->atol, r->rtol,
+                   r->pass ? "true" : "false");
             if (r->note[0]) {
                 printf(",\"note\":\"");
                 json_str(r->note);
@@ -180,13 +214,17 @@ static int cmd_bundle(const verify_opts *o, const char *path) {
     int rc = kv_bundle_verify(path, &r, &err);
     if (o->json) {
         printf("{\"command\":\"bundle\",\"file\":\"%s\",\"ok\":%s", path, rc ? "false" : "true");
-        if (!rc) printf(",\"tensors\":%d,\"chunks\":%d,\"zstd_chunks\":%d,\"files\":%d,\"raw_bytes\":%llu,\"bundle_bytes\":%llu",
-                        r.n_tensors, r.n_chunks, r.n_zstd_chunks, r.n_files, (unsigned long long)r.raw_bytes, (unsigned long long)r.file_bytes);
+        if (!rc)
+            printf(",\"tensors\":%d,\"chunks\":%d,\"zstd_chunks\":%d,\"files\":%d,\"raw_bytes\":%"
+                   "llu,\"bundle_bytes\":%llu",
+                   r.n_tensors, r.n_chunks, r.n_zstd_chunks, r.n_files,
+                   (unsigned long long)r.raw_bytes, (unsigned long long)r.file_bytes);
         else printf(",\"error\":\"%s\"", kv_code_name(rc));
         printf("}\n");
     } else if (!rc) {
-        printf("%s: ok: %d tensors in %d chunks (%d zstd), %d files; %llu raw bytes in %llu\n", path, r.n_tensors, r.n_chunks,
-               r.n_zstd_chunks, r.n_files, (unsigned long long)r.raw_bytes, (unsigned long long)r.file_bytes);
+        printf("%s: ok: %d tensors in %d chunks (%d zstd), %d files; %llu raw bytes in %llu\n",
+               path, r.n_tensors, r.n_chunks, r.n_zstd_chunks, r.n_files,
+               (unsigned long long)r.raw_bytes, (unsigned long long)r.file_bytes);
     }
     return rc ? cli_fail(TOOL, &err) : 0;
 }
@@ -197,14 +235,19 @@ static int cmd_logits(const verify_opts *o, const char *a, const char *b) {
     if (kv_logits_compare(&r, a, o->batch_a, b, o->batch_b, &err)) return cli_fail(TOOL, &err);
     int pass = r.max_abs <= o->atol;
     if (o->json)
-        printf("{\"command\":\"logits\",\"positions\":%d,\"vocab\":%d,\"max_abs\":%.6g,\"worst_position\":%d,"
-               "\"mean_kl\":%.6g,\"max_kl\":%.6g,\"argmax_agree\":%d,\"tokens_checked\":%s,\"atol\":%g,\"pass\":%s}\n",
-               r.n_positions, r.vocab, r.max_abs, r.worst_position, r.mean_kl, r.max_kl, r.argmax_agree,
-               r.tokens_checked ? "true" : "false", o->atol, pass ? "true" : "false");
+        printf("{\"command\":\"logits\",\"positions\":%d,\"vocab\":%d,\"max_abs\":%.6g,\"worst_"
+               "position\":%d,"
+               "\"mean_kl\":%.6g,\"max_kl\":%.6g,\"argmax_agree\":%d,\"tokens_checked\":%s,"
+               "\"atol\":%g,\"pass\":%s}\n",
+               r.n_positions, r.vocab, r.max_abs, r.worst_position, r.mean_kl, r.max_kl,
+               r.argmax_agree, r.tokens_checked ? "true" : "false", o->atol,
+               pass ? "true" : "false");
     else
-        printf("positions %d  vocab %d  max|a-b| %.3g (position %d)  KL mean %.3g max %.3g  argmax agree %d/%d%s\nlogits: %s\n",
-               r.n_positions, r.vocab, r.max_abs, r.worst_position, r.mean_kl, r.max_kl, r.argmax_agree, r.n_positions,
-               r.tokens_checked ? "  tokens equal" : "", pass ? "match" : "MISMATCH");
+        printf("positions %d  vocab %d  max|a-b| %.3g (position %d)  KL mean %.3g max %.3g  argmax "
+               "agree %d/%d%s\nlogits: %s\n",
+               r.n_positions, r.vocab, r.max_abs, r.worst_position, r.mean_kl, r.max_kl,
+               r.argmax_agree, r.n_positions, r.tokens_checked ? "  tokens equal" : "",
+               pass ? "match" : "MISMATCH");
     if (!pass) {
         cli_error(TOOL, "%s vs %s: max |a-b| %.3g exceeds --atol %g", a, b, r.max_abs, o->atol);
         return EXIT_FAIL;
@@ -218,21 +261,24 @@ static int cmd_tensors(const verify_opts *o, const char *a, const char *b) {
     /* a bundle is compared as its unpacked directory */
     char dir[4096];
     int is_bundle = 0;
-    if (!kv_model_path_resolve(a, dir, sizeof dir, &is_bundle, NULL) && is_bundle && !(a = cli_model_arg(TOOL, a, 0)))
+    if (!kv_model_path_resolve(a, dir, sizeof dir, &is_bundle, NULL) && is_bundle &&
+        !(a = cli_model_arg(TOOL, a, 0)))
         return EXIT_FAIL;
-    if (!kv_model_path_resolve(b, dir, sizeof dir, &is_bundle, NULL) && is_bundle && !(b = cli_model_arg(TOOL, b, 0)))
+    if (!kv_model_path_resolve(b, dir, sizeof dir, &is_bundle, NULL) && is_bundle &&
+        !(b = cli_model_arg(TOOL, b, 0)))
         return EXIT_FAIL;
     if (kv_tensor_compare(&r, a, b, &err)) return cli_fail(TOOL, &err);
     const int pass = r.max_rel <= o->rtol;
     if (o->json) {
         printf("{\"command\":\"tensors\",\"tensors\":%d,\"differing\":%d,\"values\":%zu,"
-               "\"max_abs\":%.6g,\"max_rel\":%.6g,\"worst\":\"", r.n_tensors, r.n_differing,
-               r.n_values, r.max_abs, r.max_rel);
+               "\"max_abs\":%.6g,\"max_rel\":%.6g,\"worst\":\"",
+               r.n_tensors, r.n_differing, r.n_values, r.max_abs, r.max_rel);
         json_str(r.worst);
         printf("\",\"rtol\":%g,\"pass\":%s}\n", o->rtol, pass ? "true" : "false");
     } else {
         printf("tensors %d (%zu values), %d differ; max|a-b| %.3g; max relative %.3g%s%s\n"
-               "tensors: %s\n", r.n_tensors, r.n_values, r.n_differing, r.max_abs, r.max_rel,
+               "tensors: %s\n",
+               r.n_tensors, r.n_values, r.n_differing, r.max_abs, r.max_rel,
                r.worst[0] ? " in " : "", r.worst, pass ? "match" : "MISMATCH");
     }
     if (!pass) {
@@ -290,7 +336,8 @@ static int model_tokens(const verify_opts *o, const char *path, const opened_mod
 
 static int cmd_model(const verify_opts *o, const char *path_a, const char *path_b) {
     kv_error err = {0};
-    if (!(path_a = cli_model_arg(TOOL, path_a, 1)) || (path_b && !(path_b = cli_model_arg(TOOL, path_b, 1))))
+    if (!(path_a = cli_model_arg(TOOL, path_a, 1)) ||
+        (path_b && !(path_b = cli_model_arg(TOOL, path_b, 1))))
         return EXIT_FAIL;
     const char *device = o->device ? o->device : path_b ? "cpu" : "cuda";
     kv_device dev_kind;
@@ -304,23 +351,24 @@ static int cmd_model(const verify_opts *o, const char *path_a, const char *path_
     /* one model: A on the CPU (reference) and A on the device; two: both on the device */
     if ((rc = kv_backend_init(&dev, device, o->threads, &err))) {
         if (rc == KV_EUNSUPPORTED)
-            cli_error(TOOL, "model: %s%s (not verified)",
-                      strstr(err.msg, "no CUDA device found") ? "" : "no CUDA device found: ", err.msg);
-        else
-            cli_fail(TOOL, &err);
+            cli_error(
+                TOOL, "model: %s%s (not verified)",
+                strstr(err.msg, "no CUDA device found") ? "" : "no CUDA device found: ", err.msg);
+        else cli_fail(TOOL, &err);
         return EXIT_FAIL;
     }
     if (!path_b && (rc = kv_backend_cpu_init(&ref, o->threads, &err))) goto out;
     if ((rc = open_one(&a, path_a, o->threads, &err))) goto out;
     if (path_b && (rc = open_one(&b, path_b, o->threads, &err))) goto out;
     if ((rc = model_tokens(o, path_a, &a, &ids, &n, &err))) goto out;
-    const kv_model_parity_opts po = {.ctx = o->ctx, .bos = a.m.cfg.bos_token_id, .max_windows = o->max_windows,
-                                     .kv_cache_dtype = o->kv_dtype, .prefill = o->prefill};
+    const kv_model_parity_opts po = {.ctx = o->ctx,
+                                     .bos = a.m.cfg.bos_token_id,
+                                     .max_windows = o->max_windows,
+                                     .kv_cache_dtype = o->kv_dtype,
+                                     .prefill = o->prefill};
     kv_model_parity r;
-    if (path_b)
-        rc = kv_model_parity_run(&r, &dev, &a.m, &dev, &b.m, ids, n, &po, &err);
-    else
-        rc = kv_model_parity_run(&r, &ref, &a.m, &dev, &a.m, ids, n, &po, &err);
+    if (path_b) rc = kv_model_parity_run(&r, &dev, &a.m, &dev, &b.m, ids, n, &po, &err);
+    else rc = kv_model_parity_run(&r, &ref, &a.m, &dev, &a.m, ids, n, &po, &err);
     if (rc) goto out;
     const kv_logits_report *l = &r.logits;
     const double atol = o->atol_set ? o->atol : path_b ? -1 : 1e-3;
@@ -365,7 +413,8 @@ static int cmd_model(const verify_opts *o, const char *path_a, const char *path_
         printf("model: %s\n", !gated ? "reported (no tolerance given)" : pass ? "PASS" : "FAIL");
     }
     status = pass ? 0 : EXIT_FAIL;
-    if (!pass) cli_error(TOOL, "model: %s vs %s out of tolerance", path_a, path_b ? path_b : device);
+    if (!pass)
+        cli_error(TOOL, "model: %s vs %s out of tolerance", path_a, path_b ? path_b : device);
 out:
     if (rc) cli_fail(TOOL, &err);
     free(ids);
@@ -377,9 +426,18 @@ out:
 }
 
 int main(int argc, char **argv) {
-    verify_opts o = {.seed = 1, .atol = 1e-4, .batch_a = -1, .batch_b = -1, .threads = 2,
-                     .rtol = 1e-5, .ctx = 128, .max_windows = 8, .kv_dtype = KV_F32,
-                     .max_kl = -1, .min_top1 = -1, .max_ppl_delta = -1};
+    verify_opts o = {.seed = 1,
+                     .atol = 1e-4,
+                     .batch_a = -1,
+                     .batch_b = -1,
+                     .threads = 2,
+                     .rtol = 1e-5,
+                     .ctx = 128,
+                     .max_windows = 8,
+                     .kv_dtype = KV_F32,
+                     .max_kl = -1,
+                     .min_top1 = -1,
+                     .max_ppl_delta = -1};
     int c;
     long v;
     opterr = 0;
@@ -400,23 +458,28 @@ int main(int argc, char **argv) {
             break;
         }
         case O_THREADS:
-            if (cli_parse_int(optarg, 1, 256, &v)) return cli_usage_error(TOOL, "bad --threads '%s'", optarg);
+            if (cli_parse_int(optarg, 1, 256, &v))
+                return cli_usage_error(TOOL, "bad --threads '%s'", optarg);
             o.threads = (int)v;
             break;
         case O_SEED:
-            if (cli_parse_int(optarg, 0, 0x7fffffffL, &o.seed)) return cli_usage_error(TOOL, "bad --seed '%s'", optarg);
+            if (cli_parse_int(optarg, 0, 0x7fffffffL, &o.seed))
+                return cli_usage_error(TOOL, "bad --seed '%s'", optarg);
             break;
         case O_ATOL:
-            if (cli_parse_double(optarg, &o.atol) || o.atol < 0) return cli_usage_error(TOOL, "bad --atol '%s'", optarg);
+            if (cli_parse_double(optarg, &o.atol) || o.atol < 0)
+                return cli_usage_error(TOOL, "bad --atol '%s'", optarg);
             o.atol_set = 1;
             break;
         case O_TEXT: o.text_path = optarg; break;
         case O_CTX:
-            if (cli_parse_int(optarg, 2, 1 << 20, &v)) return cli_usage_error(TOOL, "bad --ctx '%s' (2..1048576)", optarg);
+            if (cli_parse_int(optarg, 2, 1 << 20, &v))
+                return cli_usage_error(TOOL, "bad --ctx '%s' (2..1048576)", optarg);
             o.ctx = (int)v;
             break;
         case O_WINDOWS:
-            if (cli_parse_int(optarg, 0, 1 << 20, &v)) return cli_usage_error(TOOL, "bad --max-windows '%s'", optarg);
+            if (cli_parse_int(optarg, 0, 1 << 20, &v))
+                return cli_usage_error(TOOL, "bad --max-windows '%s'", optarg);
             o.max_windows = (int)v;
             break;
         case O_KVDTYPE:
@@ -428,18 +491,27 @@ int main(int argc, char **argv) {
             if (kv_prefill_parse(&o.prefill, optarg, &e)) return cli_usage_error(TOOL, "%s", e.msg);
             break;
         }
-        case O_MAXKL: case O_MINTOP1: case O_MAXPPL: {
-            double *dst = c == O_MAXKL ? &o.max_kl : c == O_MINTOP1 ? &o.min_top1 : &o.max_ppl_delta;
+        case O_MAXKL:
+        case O_MINTOP1:
+        case O_MAXPPL: {
+            double *dst = c == O_MAXKL     ? &o.max_kl
+                          : c == O_MINTOP1 ? &o.min_top1
+                                           : &o.max_ppl_delta;
             if (cli_parse_double(optarg, dst) || !(*dst >= 0) || (c == O_MINTOP1 && *dst > 1))
                 return cli_usage_error(TOOL, "bad value '%s' for --%s", optarg,
-                                       c == O_MAXKL ? "max-kl" : c == O_MINTOP1 ? "min-top1" : "max-ppl-delta");
+                                       c == O_MAXKL     ? "max-kl"
+                                       : c == O_MINTOP1 ? "min-top1"
+                                                        : "max-ppl-delta");
             break;
         }
         case O_RTOL:
-            if (cli_parse_double(optarg, &o.rtol) || !(o.rtol >= 0)) return cli_usage_error(TOOL, "bad --rtol '%s'", optarg);
+            if (cli_parse_double(optarg, &o.rtol) || !(o.rtol >= 0))
+                return cli_usage_error(TOOL, "bad --rtol '%s'", optarg);
             break;
-        case O_BA: case O_BB:
-            if (cli_parse_int(optarg, 0, 1 << 30, &v)) return cli_usage_error(TOOL, "bad batch row '%s'", optarg);
+        case O_BA:
+        case O_BB:
+            if (cli_parse_int(optarg, 0, 1 << 30, &v))
+                return cli_usage_error(TOOL, "bad batch row '%s'", optarg);
             *(c == O_BA ? &o.batch_a : &o.batch_b) = (int)v;
             break;
         default: return cli_bad_option(TOOL, c, argv);

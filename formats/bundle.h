@@ -16,17 +16,17 @@
 #include "base/error.h"
 #include "formats/safetensors.h"
 
-#define KV_BUNDLE_FORMAT "kvforge-bundle"
-#define KV_BUNDLE_VERSION 1
-#define KV_BUNDLE_ALIGN 64                        /* tensor offsets in the raw stream */
+#define KV_BUNDLE_FORMAT       "kvforge-bundle"
+#define KV_BUNDLE_VERSION      1
+#define KV_BUNDLE_ALIGN        64 /* tensor offsets in the raw stream */
 #define KV_BUNDLE_MAX_MANIFEST ((size_t)256 << 20)
-#define KV_BUNDLE_MAX_FILE ((size_t)256 << 20)    /* config, tokenizer... each */
+#define KV_BUNDLE_MAX_FILE     ((size_t)256 << 20) /* config, tokenizer... each */
 
 typedef struct {
     size_t chunk_size; /* raw bytes per chunk; 0 = KV_CHUNK_DEFAULT_SIZE (2 MiB) */
-    int level;         /* zstd level; 0 = the codec's default profile */
-    int threads;       /* 0 = online CPUs */
-    int check_model;   /* refuse a model kvforge does not run (unsupported config.json schema or
+    int level; /* zstd level; 0 = the codec's default profile */
+    int threads; /* 0 = online CPUs */
+    int check_model; /* refuse a model kvforge does not run (unsupported config.json schema or
                           fields, tensors the config does not describe: hf_config, llama_view)
                           before writing anything; kvconvert bundle sets it */
 } kv_bundle_opts;
@@ -67,16 +67,16 @@ const st_tensor *kv_bundle_find(const kv_bundle *b, const char *name);
 /* An embedded file by name ("config.json", "tokenizer.json", ...): its verified bytes,
  * NUL-terminated, size in *n; NULL if the bundle has none. */
 const char *kv_bundle_file(const kv_bundle *b, const char *name, size_t *n);
-const char *kv_bundle_manifest(const kv_bundle *b);      /* manifest.json text */
-const char *kv_bundle_architecture(const kv_bundle *b);  /* "" when the config names none */
+const char *kv_bundle_manifest(const kv_bundle *b); /* manifest.json text */
+const char *kv_bundle_architecture(const kv_bundle *b); /* "" when the config names none */
 /* Writes the embedded files (not the tensors) into DIR, which must exist. */
 int kv_bundle_extract_files(const kv_bundle *b, const char *dir, kv_error *err);
 
 typedef struct {
     int n_tensors, n_chunks, n_zstd_chunks, n_files;
-    uint64_t raw_bytes;     /* tensor bytes */
-    uint64_t stored_bytes;  /* tensors.bin */
-    uint64_t file_bytes;    /* the bundle file */
+    uint64_t raw_bytes; /* tensor bytes */
+    uint64_t stored_bytes; /* tensors.bin */
+    uint64_t file_bytes; /* the bundle file */
 } kv_bundle_report;
 
 /* Structure, manifest, files and every tensor checksum, with bounded memory (tensors are

@@ -11,12 +11,12 @@
 #include "formats/kvmap.h"
 #include "base/dtype.h"
 
-#define KVB_MANIFEST "manifest.json"
+#define KVB_MANIFEST     "manifest.json"
 #define KVB_MANIFEST_SHA "manifest.json.sha256"
-#define KVB_DATA "tensors.bin"
-#define KVB_MAX_TENSORS (1 << 22)
-#define KVB_MAX_CHUNKS (1 << 28)
-#define KVB_MAX_FILES 16
+#define KVB_DATA         "tensors.bin"
+#define KVB_MAX_TENSORS  (1 << 22)
+#define KVB_MAX_CHUNKS   (1 << 28)
+#define KVB_MAX_FILES    16
 
 /* the model-directory files a bundle may carry, in archive order */
 extern const char *const kvb_file_names[];
@@ -28,50 +28,50 @@ typedef struct {
     kv_dtype dtype;
     int n_dims;
     int64_t shape[ST_MAX_DIMS];
-    uint64_t offset, size;          /* in the raw stream, bytes */
-    uint8_t sha256[32];             /* of the size raw bytes */
-    kv_chunk_transform transform;   /* of its zstd chunks */
-    int first_chunk, n_chunks;      /* into kvb_manifest.chunks */
+    uint64_t offset, size; /* in the raw stream, bytes */
+    uint8_t sha256[32]; /* of the size raw bytes */
+    kv_chunk_transform transform; /* of its zstd chunks */
+    int first_chunk, n_chunks; /* into kvb_manifest.chunks */
 } kvb_tensor;
 
 typedef struct {
-    const char *name;               /* one of kvb_file_names */
-    char entry[64];                 /* archive entry: name, or name + ".zst" when zstd */
+    const char *name; /* one of kvb_file_names */
+    char entry[64]; /* archive entry: name, or name + ".zst" when zstd */
     kv_chunk_codec codec;
     uint64_t size, stored_size;
-    uint8_t sha256[32];             /* of the size original bytes */
+    uint8_t sha256[32]; /* of the size original bytes */
 } kvb_file;
 
 typedef struct {
     char *architecture;
-    uint64_t chunk_size;            /* the writer's setting (informational) */
-    uint64_t raw_size;              /* raw stream bytes: end of the last tensor */
-    uint64_t stored_size;           /* tensors.bin bytes */
+    uint64_t chunk_size; /* the writer's setting (informational) */
+    uint64_t raw_size; /* raw stream bytes: end of the last tensor */
+    uint64_t stored_size; /* tensors.bin bytes */
     int n_tensors;
-    kvb_tensor *tensors;            /* sorted by name */
+    kvb_tensor *tensors; /* sorted by name */
     int n_chunks;
-    kv_chunk *chunks;               /* raw_offset in the raw stream, stored_offset in tensors.bin */
+    kv_chunk *chunks; /* raw_offset in the raw stream, stored_offset in tensors.bin */
     int n_files;
     kvb_file files[KVB_MAX_FILES];
     int n_meta;
     char **meta_keys, **meta_values; /* the source's safetensors __metadata__ */
-    kv_map *map;                    /* the KV map of the manifest's config (equal to its kv_map) */
+    kv_map *map; /* the KV map of the manifest's config (equal to its kv_map) */
 } kvb_manifest;
 
 /* an open bundle (formats/bundle_read.c opens it, bundle_load.c decodes it) */
 struct kv_bundle {
     char *path;
-    const uint8_t *map;          /* the whole file, read-only */
+    const uint8_t *map; /* the whole file, read-only */
     size_t map_size;
-    char *manifest_text;         /* NUL-terminated */
+    char *manifest_text; /* NUL-terminated */
     kvb_manifest m;
-    const uint8_t *stored;       /* tensors.bin: into map, or stored_copy */
+    const uint8_t *stored; /* tensors.bin: into map, or stored_copy */
     uint8_t *stored_copy;
     char *file_data[KVB_MAX_FILES]; /* verified original bytes, NUL-terminated */
-    st_file st;                  /* the tensor table as a one-file checkpoint */
+    st_file st; /* the tensor table as a one-file checkpoint */
     st_checkpoint ck;
-    uint8_t *raw;                /* loaded tensors */
-    size_t raw_map_size;         /* > 0 when raw is the bundle's own mapping */
+    uint8_t *raw; /* loaded tensors */
+    size_t raw_map_size; /* > 0 when raw is the bundle's own mapping */
     int loaded;
 };
 
@@ -80,7 +80,8 @@ struct kv_bundle {
 int kvb_decode_tensors(kv_bundle *b, int t0, int t1, uint8_t *dst, int threads, kv_error *err);
 
 /* validates everything (see docs/BUNDLE.md "Reader checks"); label names the bundle */
-int kvb_manifest_parse(kvb_manifest *m, const char *text, size_t n, const char *label, kv_error *err);
+int kvb_manifest_parse(kvb_manifest *m, const char *text, size_t n, const char *label,
+                       kv_error *err);
 void kvb_manifest_free(kvb_manifest *m);
 /* manifest JSON text (malloc'd). config, kvforge: the parsed files (kvforge may be NULL). */
 char *kvb_manifest_print(const kvb_manifest *m, const cJSON *config, const kv_map *map,

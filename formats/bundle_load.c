@@ -18,9 +18,9 @@
 
 typedef struct {
     const kv_bundle *b;
-    const int *order;   /* tensor indices, largest first */
+    const int *order; /* tensor indices, largest first */
     const uint8_t *dst;
-    uint64_t base;      /* raw offset of dst[0] */
+    uint64_t base; /* raw offset of dst[0] */
 } hash_job;
 
 /* task i hashes tensors order[2i] and order[2i+1] (neighbours in size) together */
@@ -33,11 +33,11 @@ static int hash_tensor_pair(void *ctx, int i, int worker, kv_error *err) {
     if (t[1])
         kv_sha256_x2(j->dst + (t[0]->offset - j->base), (size_t)t[0]->size, d[0],
                      j->dst + (t[1]->offset - j->base), (size_t)t[1]->size, d[1]);
-    else
-        kv_sha256(j->dst + (t[0]->offset - j->base), (size_t)t[0]->size, d[0]);
+    else kv_sha256(j->dst + (t[0]->offset - j->base), (size_t)t[0]->size, d[0]);
     for (int k = 0; k < 2 && t[k]; k++)
         if (memcmp(d[k], t[k]->sha256, 32) != 0)
-            return kv_fail(err, KV_ECHECKSUM, "%s: tensor '%s': sha256 mismatch: the tensor data are corrupted",
+            return kv_fail(err, KV_ECHECKSUM,
+                           "%s: tensor '%s': sha256 mismatch: the tensor data are corrupted",
                            j->b->path, t[k]->name);
     return 0;
 }
@@ -68,7 +68,8 @@ int kvb_decode_tensors(kv_bundle *b, int t0, int t1, uint8_t *dst, int threads, 
     int c0 = m->tensors[t0].first_chunk;
     int c1 = m->tensors[t1 - 1].first_chunk + m->tensors[t1 - 1].n_chunks;
     for (int i = t0; i < t1; i++) /* empty tensors carry first_chunk = their successor's */
-        if (m->tensors[i].n_chunks && m->tensors[i].first_chunk < c0) c0 = m->tensors[i].first_chunk;
+        if (m->tensors[i].n_chunks && m->tensors[i].first_chunk < c0)
+            c0 = m->tensors[i].first_chunk;
     int n_chunks = c1 - c0;
     kv_chunk *chunks = malloc(((size_t)n_chunks + 1) * sizeof *chunks);
     int *order = malloc(((size_t)(t1 - t0) + 2) * sizeof *order);
@@ -89,17 +90,18 @@ int kvb_decode_tensors(kv_bundle *b, int t0, int t1, uint8_t *dst, int threads, 
     }
     threads = kv_resolve_threads(threads, n_chunks > t1 - t0 ? n_chunks : t1 - t0);
     int bad = -1;
-    int rc = kv_chunk_decode(chunks, n_chunks, b->stored, (size_t)m->stored_size, dst, (size_t)(end - base), threads,
-                             &bad, "decode", err);
+    int rc = kv_chunk_decode(chunks, n_chunks, b->stored, (size_t)m->stored_size, dst,
+                             (size_t)(end - base), threads, &bad, "decode", err);
     if (rc && bad >= 0) {
         int t = tensor_of_chunk(m, t0, t1, c0 + bad);
         const kvb_tensor *tt = &m->tensors[t];
         char prefix[64], detail[sizeof err->msg];
         snprintf(prefix, sizeof prefix, "decode: chunk %d: ", bad);
         snprintf(detail, sizeof detail, "%s",
-                 strncmp(err->msg, prefix, strlen(prefix)) == 0 ? err->msg + strlen(prefix) : err->msg);
-        rc = kv_fail(err, rc, "%s: tensor '%s': chunk %d of %d: %s", b->path, tt->name, c0 + bad - tt->first_chunk,
-                     tt->n_chunks, detail);
+                 strncmp(err->msg, prefix, strlen(prefix)) == 0 ? err->msg + strlen(prefix)
+                                                                : err->msg);
+        rc = kv_fail(err, rc, "%s: tensor '%s': chunk %d of %d: %s", b->path, tt->name,
+                     c0 + bad - tt->first_chunk, tt->n_chunks, detail);
     } else if (rc) {
         kv_wrap(err, "%s", b->path);
     }
@@ -109,7 +111,8 @@ int kvb_decode_tensors(kv_bundle *b, int t0, int t1, uint8_t *dst, int threads, 
         order[t1 - t0] = -1; /* an odd count leaves the last one alone */
         hash_job j = {.b = b, .order = order, .dst = dst, .base = base};
         int n_pairs = (t1 - t0 + 1) / 2;
-        rc = kv_pool_run(n_pairs, kv_resolve_threads(threads, n_pairs), hash_tensor_pair, &j, NULL, err);
+        rc = kv_pool_run(n_pairs, kv_resolve_threads(threads, n_pairs), hash_tensor_pair, &j, NULL,
+                         err);
     }
     free(chunks);
     free(order);
@@ -128,15 +131,21 @@ int kv_bundle_load_tensors(kv_bundle *b, void *buf, size_t cap, int threads, kv_
     size_t map_size = 0;
     if (buf) {
         if (cap < raw)
-            return kv_fail(err, KV_EINVAL, "%s: buffer of %zu bytes, the tensors need %zu", b->path, cap, raw);
+            return kv_fail(err, KV_EINVAL, "%s: buffer of %zu bytes, the tensors need %zu", b->path,
+                           cap, raw);
     } else {
         if (raw > physical_memory())
-            return kv_fail(err, KV_ENOMEM, "%s: tensors need %zu bytes, more than this machine's memory", b->path, raw);
+            return kv_fail(err, KV_ENOMEM,
+                           "%s: tensors need %zu bytes, more than this machine's memory", b->path,
+                           raw);
         const size_t huge = (size_t)2 << 20;
         map_size = raw ? (raw + huge - 1) / huge * huge : huge;
         void *p = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED) return kv_fail(err, KV_ENOMEM, "%s: cannot allocate %zu bytes for the tensors", b->path, raw);
-        if (map_size >= ((size_t)64 << 20)) madvise(p, map_size, MADV_HUGEPAGE); /* fewer page faults; a hint only */
+        if (p == MAP_FAILED)
+            return kv_fail(err, KV_ENOMEM, "%s: cannot allocate %zu bytes for the tensors", b->path,
+                           raw);
+        if (map_size >= ((size_t)64 << 20))
+            madvise(p, map_size, MADV_HUGEPAGE); /* fewer page faults; a hint only */
         dst = p;
     }
     int rc = kvb_decode_tensors(b, 0, b->m.n_tensors, dst, threads, err);
@@ -165,7 +174,9 @@ int kv_bundle_verify(const char *path, kv_bundle_report *report, kv_error *err) 
     if (!buf) rc = kv_fail(err, KV_ENOMEM, "%s: no memory for a %zu-byte verify buffer", path, cap);
     for (int t0 = 0; !rc && t0 < m->n_tensors;) {
         int t1 = t0 + 1;
-        while (t1 < m->n_tensors && m->tensors[t1].offset + m->tensors[t1].size - m->tensors[t0].offset <= cap) t1++;
+        while (t1 < m->n_tensors &&
+               m->tensors[t1].offset + m->tensors[t1].size - m->tensors[t0].offset <= cap)
+            t1++;
         rc = kvb_decode_tensors(b, t0, t1, buf, 0, err);
         t0 = t1;
     }
@@ -173,7 +184,8 @@ int kv_bundle_verify(const char *path, kv_bundle_report *report, kv_error *err) 
     if (!rc && report) {
         report->n_tensors = m->n_tensors;
         report->n_chunks = m->n_chunks;
-        for (int c = 0; c < m->n_chunks; c++) report->n_zstd_chunks += m->chunks[c].codec == KV_CODEC_ZSTD;
+        for (int c = 0; c < m->n_chunks; c++)
+            report->n_zstd_chunks += m->chunks[c].codec == KV_CODEC_ZSTD;
         report->n_files = m->n_files;
         report->raw_bytes = m->raw_size;
         report->stored_bytes = m->stored_size;
@@ -184,7 +196,6 @@ int kv_bundle_verify(const char *path, kv_bundle_report *report, kv_error *err) 
 }
 
 /* ---------------- unbundle ---------------- */
-
 
 static int write_hf_dir(kv_bundle *b, const char *dir, kv_error *err) {
     const kvb_manifest *m = &b->m;
@@ -217,7 +228,9 @@ static int write_hf_dir(kv_bundle *b, const char *dir, kv_error *err) {
 int kv_bundle_unbundle(const char *path, const char *dir, kv_error *err) {
     struct stat st;
     if (stat(dir, &st) == 0 && (!S_ISDIR(st.st_mode) || !kv_dir_is_empty(dir)))
-        return kv_fail(err, KV_EINVAL, "%s: exists and is not an empty directory; refusing to unbundle into it", dir);
+        return kv_fail(err, KV_EINVAL,
+                       "%s: exists and is not an empty directory; refusing to unbundle into it",
+                       dir);
     char parent[4096], tmp[4096];
     if (snprintf(parent, sizeof parent, "%s", dir) >= (int)sizeof parent ||
         snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", dir) >= (int)sizeof tmp)
@@ -228,12 +241,15 @@ int kv_bundle_unbundle(const char *path, const char *dir, kv_error *err) {
     kv_bundle *b;
     if ((rc = kv_bundle_open(&b, path, err))) return rc;
     rc = kv_bundle_load_tensors(b, NULL, 0, 0, err);
-    if (!rc && !mkdtemp(tmp)) rc = kv_fail(err, KV_EIO, "%s: cannot create a temporary directory: %s", dir, strerror(errno));
+    if (!rc && !mkdtemp(tmp))
+        rc = kv_fail(err, KV_EIO, "%s: cannot create a temporary directory: %s", dir,
+                     strerror(errno));
     else if (!rc) {
         chmod(tmp, 0755);
         rc = write_hf_dir(b, tmp, err);
         if (!rc && rename(tmp, dir) != 0)
-            rc = kv_fail(err, KV_EIO, "%s: cannot move the unbundled directory into place: %s", dir, strerror(errno));
+            rc = kv_fail(err, KV_EIO, "%s: cannot move the unbundled directory into place: %s", dir,
+                         strerror(errno));
         if (rc) kv_remove_flat_dir(tmp);
     }
     kv_bundle_close(b);

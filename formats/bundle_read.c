@@ -18,14 +18,13 @@
 #include "base/fileio.h"
 #include "base/sha256.h"
 
-
 /* ---------------- archive walk ---------------- */
 
 typedef struct {
     struct archive *a;
     kv_bundle *b;
-    int index;                   /* entries read so far */
-    uint64_t data_end;           /* map offset after the last entry's data; UINT64_MAX unknown */
+    int index; /* entries read so far */
+    uint64_t data_end; /* map offset after the last entry's data; UINT64_MAX unknown */
 } walker;
 
 static int zero_bytes(const uint8_t *p, size_t n) {
@@ -42,7 +41,8 @@ static int check_header_chksum(walker *w, uint64_t pos, const char *name, kv_err
     int ok = h[6] == 0 && h[7] == ' ';
     for (int i = 0; i < 6; i++) ok &= h[i] >= '0' && h[i] <= '7';
     if (!ok)
-        return kv_fail(err, KV_ECHECKSUM, "%s: entry '%s': tar header checksum field altered (corrupted archive)",
+        return kv_fail(err, KV_ECHECKSUM,
+                       "%s: entry '%s': tar header checksum field altered (corrupted archive)",
                        w->b->path, name);
     return 0;
 }
@@ -51,8 +51,10 @@ static int check_header_chksum(walker *w, uint64_t pos, const char *name, kv_err
 static int check_gap(walker *w, uint64_t until, const char *what, kv_error *err) {
     if (w->data_end == UINT64_MAX || until < w->data_end || until > w->b->map_size) return 0;
     if (!zero_bytes(w->b->map + w->data_end, (size_t)(until - w->data_end)))
-        return kv_fail(err, KV_ECHECKSUM, "%s: non-zero bytes in the tar padding before %s (corrupted or altered archive)",
-                       w->b->path, what);
+        return kv_fail(
+            err, KV_ECHECKSUM,
+            "%s: non-zero bytes in the tar padding before %s (corrupted or altered archive)",
+            w->b->path, what);
     return 0;
 }
 
@@ -66,30 +68,41 @@ static int next_entry(walker *w, const char *want, uint64_t max, int exact, cons
     *copy = NULL;
     int rc = archive_read_next_header(w->a, &e);
     if (rc == ARCHIVE_EOF)
-        return kv_fail(err, KV_EFORMAT, "%s: archive ends after %d entries; '%s' is missing (truncated bundle?)",
+        return kv_fail(err, KV_EFORMAT,
+                       "%s: archive ends after %d entries; '%s' is missing (truncated bundle?)",
                        b->path, w->index, want);
     if (rc != ARCHIVE_OK)
         return kv_fail(err, KV_EFORMAT, "%s: entry %d: damaged archive: %s", b->path, w->index,
-                       archive_error_string(w->a) ? archive_error_string(w->a) : "unreadable header");
+                       archive_error_string(w->a) ? archive_error_string(w->a)
+                                                  : "unreadable header");
     const char *name = archive_entry_pathname(e);
-    if (!name) return kv_fail(err, KV_EFORMAT, "%s: entry %d has no readable name", b->path, w->index);
+    if (!name)
+        return kv_fail(err, KV_EFORMAT, "%s: entry %d has no readable name", b->path, w->index);
     if (!kvb_entry_name_safe(name))
-        return kv_fail(err, KV_EFORMAT, "%s: entry '%s': unsafe path (absolute, '..' or control characters), refused",
-                       b->path, name);
-    if (archive_entry_filetype(e) != AE_IFREG || archive_entry_hardlink(e) || archive_entry_symlink(e))
-        return kv_fail(err, KV_EFORMAT, "%s: entry '%s': not a regular file (link, device or directory), refused",
+        return kv_fail(
+            err, KV_EFORMAT,
+            "%s: entry '%s': unsafe path (absolute, '..' or control characters), refused", b->path,
+            name);
+    if (archive_entry_filetype(e) != AE_IFREG || archive_entry_hardlink(e) ||
+        archive_entry_symlink(e))
+        return kv_fail(err, KV_EFORMAT,
+                       "%s: entry '%s': not a regular file (link, device or directory), refused",
                        b->path, name);
     if (strcmp(name, want) != 0)
-        return kv_fail(err, KV_EFORMAT, "%s: entry %d is '%s' where '%s' was expected (entries missing, extra or out of order)",
-                       b->path, w->index, name, want);
+        return kv_fail(
+            err, KV_EFORMAT,
+            "%s: entry %d is '%s' where '%s' was expected (entries missing, extra or out of order)",
+            b->path, w->index, name, want);
     if (!archive_entry_size_is_set(e) || archive_entry_size(e) < 0)
         return kv_fail(err, KV_EFORMAT, "%s: entry '%s' has no size", b->path, name);
     uint64_t size = (uint64_t)archive_entry_size(e);
     if (exact ? size != max : size > max)
-        return kv_fail(err, KV_EFORMAT, "%s: entry '%s' holds %llu bytes, the manifest %s %llu", b->path, name,
-                       (unsigned long long)size, exact ? "says" : "allows at most", (unsigned long long)max);
+        return kv_fail(err, KV_EFORMAT, "%s: entry '%s' holds %llu bytes, the manifest %s %llu",
+                       b->path, name, (unsigned long long)size, exact ? "says" : "allows at most",
+                       (unsigned long long)max);
     if (size > b->map_size)
-        return kv_fail(err, KV_EFORMAT, "%s: entry '%s' claims %llu bytes, more than the file (truncated bundle?)",
+        return kv_fail(err, KV_EFORMAT,
+                       "%s: entry '%s' claims %llu bytes, more than the file (truncated bundle?)",
                        b->path, name, (unsigned long long)size);
     uint64_t header_pos = (uint64_t)archive_read_header_position(w->a);
     if ((rc = check_gap(w, header_pos, name, err))) return rc;
@@ -109,26 +122,29 @@ static int next_entry(walker *w, const char *want, uint64_t max, int exact, cons
             free(*copy);
             *copy = NULL;
             return kv_fail(err, KV_EFORMAT, "%s: entry '%s': %s (truncated bundle?)", b->path, name,
-                           archive_error_string(w->a) ? archive_error_string(w->a) : "cannot read data");
+                           archive_error_string(w->a) ? archive_error_string(w->a)
+                                                      : "cannot read data");
         }
         if (off < 0 || (uint64_t)off != got || n > size - got) {
             free(*copy);
             *copy = NULL;
-            return kv_fail(err, KV_EFORMAT, "%s: entry '%s': data out of sequence (sparse or damaged entry)", b->path, name);
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: entry '%s': data out of sequence (sparse or damaged entry)",
+                           b->path, name);
         }
         const uint8_t *p = blk;
         int in_map = p >= b->map && p + n <= b->map + b->map_size;
         if (got == 0 && in_map) start = p;
         if (start && (!in_map || p != start + got)) { /* not contiguous: fall back to a copy */
             if (!(*copy = malloc(size ? size : 1)))
-                return kv_fail(err, KV_ENOMEM, "%s: entry '%s': no memory for %llu bytes", b->path, name,
-                               (unsigned long long)size);
+                return kv_fail(err, KV_ENOMEM, "%s: entry '%s': no memory for %llu bytes", b->path,
+                               name, (unsigned long long)size);
             memcpy(*copy, start, got);
             start = NULL;
         } else if (!start && !*copy) {
             if (!(*copy = malloc(size ? size : 1)))
-                return kv_fail(err, KV_ENOMEM, "%s: entry '%s': no memory for %llu bytes", b->path, name,
-                               (unsigned long long)size);
+                return kv_fail(err, KV_ENOMEM, "%s: entry '%s': no memory for %llu bytes", b->path,
+                               name, (unsigned long long)size);
         }
         if (*copy) memcpy(*copy + got, p, n);
         got += n;
@@ -136,8 +152,8 @@ static int next_entry(walker *w, const char *want, uint64_t max, int exact, cons
     if (got != size) {
         free(*copy);
         *copy = NULL;
-        return kv_fail(err, KV_EFORMAT, "%s: entry '%s': %llu of %llu bytes (truncated bundle?)", b->path, name,
-                       (unsigned long long)got, (unsigned long long)size);
+        return kv_fail(err, KV_EFORMAT, "%s: entry '%s': %llu of %llu bytes (truncated bundle?)",
+                       b->path, name, (unsigned long long)got, (unsigned long long)size);
     }
     if (start && (uint64_t)(start - b->map) >= header_pos + 1024) { /* pax extended header before */
         if ((rc = check_header_chksum(w, (uint64_t)(start - b->map) - 512, name, err))) return rc;
@@ -154,7 +170,8 @@ static int expect_end(walker *w, kv_error *err) {
     struct archive_entry *e;
     int rc = archive_read_next_header(w->a, &e);
     if (rc == ARCHIVE_OK)
-        return kv_fail(err, KV_EFORMAT, "%s: unexpected extra entry '%s' after the manifest's files", w->b->path,
+        return kv_fail(err, KV_EFORMAT,
+                       "%s: unexpected extra entry '%s' after the manifest's files", w->b->path,
                        archive_entry_pathname(e) ? archive_entry_pathname(e) : "?");
     if (rc != ARCHIVE_EOF)
         return kv_fail(err, KV_EFORMAT, "%s: damaged archive end: %s", w->b->path,
@@ -163,7 +180,9 @@ static int expect_end(walker *w, kv_error *err) {
     if (rc2) return rc2;
     /* the end marker: two zero blocks right after the last entry's padded data */
     if (w->data_end != UINT64_MAX && w->b->map_size != (w->data_end + 511) / 512 * 512 + 1024)
-        return kv_fail(err, KV_EFORMAT, "%s: the archive does not end with exactly its two end blocks (truncated or padded bundle)",
+        return kv_fail(err, KV_EFORMAT,
+                       "%s: the archive does not end with exactly its two end blocks (truncated or "
+                       "padded bundle)",
                        w->b->path);
     return 0;
 }
@@ -199,7 +218,8 @@ static int read_manifest(walker *w, kv_error *err) {
     int same = n == (uint64_t)want_len && memcmp(data, want, (size_t)n) == 0;
     free(copy);
     if (!same)
-        return kv_fail(err, KV_ECHECKSUM, "%s: %s: sha256 mismatch: the manifest is corrupted", b->path, KVB_MANIFEST);
+        return kv_fail(err, KV_ECHECKSUM, "%s: %s: sha256 mismatch: the manifest is corrupted",
+                       b->path, KVB_MANIFEST);
     return kvb_manifest_parse(&b->m, b->manifest_text, manifest_len, b->path, err);
 }
 
@@ -222,8 +242,8 @@ static int read_files(walker *w, kv_error *err) {
         char *out = malloc((size_t)f->size + 1);
         if (!out) {
             free(copy);
-            return kv_fail(err, KV_ENOMEM, "%s: file '%s': no memory for %llu bytes", b->path, f->name,
-                           (unsigned long long)f->size);
+            return kv_fail(err, KV_ENOMEM, "%s: file '%s': no memory for %llu bytes", b->path,
+                           f->name, (unsigned long long)f->size);
         }
         if (f->codec == KV_CODEC_RAW) {
             memcpy(out, data, (size_t)f->size);
@@ -236,8 +256,10 @@ static int read_files(walker *w, kv_error *err) {
             if (rc || ZSTD_isError(got) || got != f->size) {
                 free(out);
                 free(copy);
-                return kv_fail(err, KV_ECHECKSUM, "%s: file '%s': entry '%s' does not decompress to its %llu bytes (corrupted)",
-                               b->path, f->name, f->entry, (unsigned long long)f->size);
+                return kv_fail(
+                    err, KV_ECHECKSUM,
+                    "%s: file '%s': entry '%s' does not decompress to its %llu bytes (corrupted)",
+                    b->path, f->name, f->entry, (unsigned long long)f->size);
             }
         }
         free(copy);
@@ -246,7 +268,9 @@ static int read_files(walker *w, kv_error *err) {
         uint8_t d[32];
         kv_sha256(out, (size_t)f->size, d);
         if (memcmp(d, f->sha256, 32) != 0)
-            return kv_fail(err, KV_ECHECKSUM, "%s: file '%s': sha256 mismatch: the file is corrupted", b->path, f->name);
+            return kv_fail(err, KV_ECHECKSUM,
+                           "%s: file '%s': sha256 mismatch: the file is corrupted", b->path,
+                           f->name);
     }
     return 0;
 }
@@ -260,8 +284,8 @@ static int check_embedded_json(kv_bundle *b, kv_error *err) {
         const size_t n = strlen(f->name);
         const char *nul = memchr(b->file_data[i], 0, (size_t)f->size);
         if (n >= 5 && strcmp(f->name + n - 5, ".json") == 0 && nul)
-            return kv_fail(err, KV_EFORMAT, "%s: file '%s': NUL byte at offset %zu (not JSON text)", b->path,
-                           f->name, (size_t)(nul - b->file_data[i]));
+            return kv_fail(err, KV_EFORMAT, "%s: file '%s': NUL byte at offset %zu (not JSON text)",
+                           b->path, f->name, (size_t)(nul - b->file_data[i]));
     }
     size_t n_config = 0;
     const char *text = kv_bundle_file(b, "config.json", &n_config);
@@ -273,7 +297,8 @@ static int check_embedded_json(kv_bundle *b, kv_error *err) {
     int rc = kvb_kv_map(config, &map, label, err);
     cJSON_Delete(config);
     if (!rc && !kvmap_equal(&map, b->m.map))
-        rc = kv_fail(err, KV_EFORMAT, "%s: file 'config.json' describes another KV map than the manifest", b->path);
+        rc = kv_fail(err, KV_EFORMAT,
+                     "%s: file 'config.json' describes another KV map than the manifest", b->path);
     return rc;
 }
 
@@ -292,7 +317,8 @@ static int build_view(kv_bundle *b, kv_error *err) {
     for (int i = 0; i < m->n_tensors; i++) {
         const kvb_tensor *t = &m->tensors[i];
         st_tensor *o = &s->tensors[i];
-        if (!(o->name = strdup(t->name))) return kv_fail(err, KV_ENOMEM, "%s: out of memory", b->path);
+        if (!(o->name = strdup(t->name)))
+            return kv_fail(err, KV_ENOMEM, "%s: out of memory", b->path);
         s->n_tensors = i + 1;
         o->dtype = t->dtype;
         o->n_dims = t->n_dims;
@@ -308,7 +334,8 @@ static int build_view(kv_bundle *b, kv_error *err) {
         s->meta_keys[i] = strdup(m->meta_keys[i]);
         s->meta_values[i] = strdup(m->meta_values[i]);
         s->n_meta = i + 1;
-        if (!s->meta_keys[i] || !s->meta_values[i]) return kv_fail(err, KV_ENOMEM, "%s: out of memory", b->path);
+        if (!s->meta_keys[i] || !s->meta_values[i])
+            return kv_fail(err, KV_ENOMEM, "%s: out of memory", b->path);
     }
     s->data_size = (size_t)m->raw_size;
     b->ck.n_files = 1;
@@ -327,7 +354,8 @@ static int map_file(kv_bundle *b, kv_error *err) {
     }
     if (st.st_size < 1024) {
         close(fd);
-        return kv_fail(err, KV_EFORMAT, "%s: %lld bytes, too short for a bundle (truncated?)", b->path, (long long)st.st_size);
+        return kv_fail(err, KV_EFORMAT, "%s: %lld bytes, too short for a bundle (truncated?)",
+                       b->path, (long long)st.st_size);
     }
     void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
@@ -398,9 +426,13 @@ int kv_bundle_open(kv_bundle **out, const char *path, kv_error *err) {
 
 size_t kv_bundle_raw_size(const kv_bundle *b) { return (size_t)b->m.raw_size; }
 const st_checkpoint *kv_bundle_checkpoint(const kv_bundle *b) { return &b->ck; }
-const st_tensor *kv_bundle_find(const kv_bundle *b, const char *name) { return st_find(&b->st, name); }
+const st_tensor *kv_bundle_find(const kv_bundle *b, const char *name) {
+    return st_find(&b->st, name);
+}
 const char *kv_bundle_manifest(const kv_bundle *b) { return b->manifest_text; }
-const char *kv_bundle_architecture(const kv_bundle *b) { return b->m.architecture ? b->m.architecture : ""; }
+const char *kv_bundle_architecture(const kv_bundle *b) {
+    return b->m.architecture ? b->m.architecture : "";
+}
 
 const char *kv_bundle_file(const kv_bundle *b, const char *name, size_t *n) {
     for (int i = 0; i < b->m.n_files; i++)

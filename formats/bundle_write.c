@@ -19,7 +19,7 @@
 #define KVB_FILE_LEVEL 19 /* config / tokenizer files: small, compressed hard */
 
 typedef struct {
-    char *bytes[KVB_MAX_FILES];   /* original contents, by position in the manifest file table */
+    char *bytes[KVB_MAX_FILES]; /* original contents, by position in the manifest file table */
     uint8_t *stored[KVB_MAX_FILES]; /* zstd frame when codec is zstd */
     cJSON *config, *kvforge;
     kv_map map;
@@ -46,7 +46,8 @@ static int json_depth_ok(const cJSON *v, int depth) {
     return 1;
 }
 
-static int parse_json_file(cJSON **out, const char *text, size_t n, const char *path, kv_error *err) {
+static int parse_json_file(cJSON **out, const char *text, size_t n, const char *path,
+                           kv_error *err) {
     *out = cJSON_ParseWithLength(text, n);
     if (!*out || !cJSON_IsObject(*out)) {
         cJSON_Delete(*out);
@@ -56,7 +57,8 @@ static int parse_json_file(cJSON **out, const char *text, size_t n, const char *
     if (!json_depth_ok(*out, 1)) {
         cJSON_Delete(*out);
         *out = NULL;
-        return kv_fail(err, KV_EFORMAT, "%s: nested deeper than %d levels", path, KVB_MAX_JSON_DEPTH);
+        return kv_fail(err, KV_EFORMAT, "%s: nested deeper than %d levels", path,
+                       KVB_MAX_JSON_DEPTH);
     }
     return 0;
 }
@@ -92,7 +94,8 @@ static int read_model_files(kvb_manifest *m, model_files *f, const char *dir, kv
             uint8_t *z = malloc(cap);
             if (!z) return kv_fail(err, KV_ENOMEM, "%s: no memory to compress", path);
             size_t got = ZSTD_compress(z, cap, f->bytes[i], n, KVB_FILE_LEVEL);
-            if (!ZSTD_isError(got) && (unsigned long long)got * 100 < (unsigned long long)n * KV_CHUNK_RAW_PERCENT) {
+            if (!ZSTD_isError(got) &&
+                (unsigned long long)got * 100 < (unsigned long long)n * KV_CHUNK_RAW_PERCENT) {
                 f->stored[i] = z;
                 e->codec = KV_CODEC_ZSTD;
                 e->stored_size = got;
@@ -118,7 +121,8 @@ static int read_model_files(kvb_manifest *m, model_files *f, const char *dir, kv
 
 /* the model is one kvforge runs: config.json parses (hf_config: a supported schema) and every
  * tensor binds (llama_view), so an unsupported model is refused before anything is written */
-static int check_model(const model_files *f, const st_checkpoint *ck, const char *dir, kv_error *err) {
+static int check_model(const model_files *f, const st_checkpoint *ck, const char *dir,
+                       kv_error *err) {
     char label[4096];
     snprintf(label, sizeof label, "%s/config.json", dir);
     hf_config *c = malloc(sizeof *c);
@@ -139,7 +143,8 @@ static int encode_tensors(kvb_manifest *m, const st_checkpoint *ck, int data_fd,
                           const kv_bundle_opts *opts, const char *out_path, kv_error *err) {
     m->tensors = calloc((size_t)ck->n_tensors + 1, sizeof *m->tensors);
     if (!m->tensors) return kv_fail(err, KV_ENOMEM, "%s: out of memory", out_path);
-    kv_codec_opts co = {.chunk_size = opts ? opts->chunk_size : 0, .level = opts ? opts->level : 0,
+    kv_codec_opts co = {.chunk_size = opts ? opts->chunk_size : 0,
+                        .level = opts ? opts->level : 0,
                         .threads = opts ? opts->threads : 0};
     m->chunk_size = co.chunk_size ? co.chunk_size : KV_CHUNK_DEFAULT_SIZE;
     int chunk_cap = 0;
@@ -148,7 +153,8 @@ static int encode_tensors(kvb_manifest *m, const st_checkpoint *ck, int data_fd,
         const st_tensor *s = ck->tensors[i];
         kvb_tensor *t = &m->tensors[i];
         m->n_tensors = i + 1;
-        if (!(t->name = strdup(s->name))) return kv_fail(err, KV_ENOMEM, "%s: out of memory", out_path);
+        if (!(t->name = strdup(s->name)))
+            return kv_fail(err, KV_ENOMEM, "%s: out of memory", out_path);
         t->dtype = s->dtype;
         t->n_dims = s->n_dims;
         memcpy(t->shape, s->shape, sizeof t->shape);
@@ -163,7 +169,8 @@ static int encode_tensors(kvb_manifest *m, const st_checkpoint *ck, int data_fd,
         if (rc) return kv_wrap(err, "%s: tensor '%s'", out_path, s->name);
         if (kv_write_all(data_fd, e.stored, e.stored_size) != 0) {
             kv_encoded_free(&e);
-            return kv_fail(err, KV_EIO, "%s: cannot write tensor data to a temporary file: %s", out_path, strerror(errno));
+            return kv_fail(err, KV_EIO, "%s: cannot write tensor data to a temporary file: %s",
+                           out_path, strerror(errno));
         }
         if (m->n_chunks + e.n_chunks > chunk_cap) {
             int cap = chunk_cap ? chunk_cap : 256;
@@ -191,24 +198,28 @@ static int encode_tensors(kvb_manifest *m, const st_checkpoint *ck, int data_fd,
     return 0;
 }
 
-static int copy_meta(kvb_manifest *m, const st_checkpoint *ck, const char *out_path, kv_error *err) {
+static int copy_meta(kvb_manifest *m, const st_checkpoint *ck, const char *out_path,
+                     kv_error *err) {
     if (ck->n_files == 0) return 0;
     const st_file *f = &ck->files[0];
     m->meta_keys = calloc((size_t)f->n_meta + 1, sizeof(char *));
     m->meta_values = calloc((size_t)f->n_meta + 1, sizeof(char *));
-    if (!m->meta_keys || !m->meta_values) return kv_fail(err, KV_ENOMEM, "%s: out of memory", out_path);
+    if (!m->meta_keys || !m->meta_values)
+        return kv_fail(err, KV_ENOMEM, "%s: out of memory", out_path);
     for (int i = 0; i < f->n_meta; i++) {
         m->meta_keys[i] = strdup(f->meta_keys[i]);
         m->meta_values[i] = strdup(f->meta_values[i]);
         m->n_meta++;
-        if (!m->meta_keys[i] || !m->meta_values[i]) return kv_fail(err, KV_ENOMEM, "%s: out of memory", out_path);
+        if (!m->meta_keys[i] || !m->meta_values[i])
+            return kv_fail(err, KV_ENOMEM, "%s: out of memory", out_path);
     }
     return 0;
 }
 
 /* ---- archive ---- */
 
-static int put_header(struct archive *a, const char *name, uint64_t size, const char *out_path, kv_error *err) {
+static int put_header(struct archive *a, const char *name, uint64_t size, const char *out_path,
+                      kv_error *err) {
     struct archive_entry *e = archive_entry_new();
     if (!e) return kv_fail(err, KV_ENOMEM, "%s: out of memory", out_path);
     archive_entry_set_pathname(e, name);
@@ -225,8 +236,8 @@ static int put_header(struct archive *a, const char *name, uint64_t size, const 
     return 0;
 }
 
-static int put_data(struct archive *a, const void *bytes, size_t n, const char *name, const char *out_path,
-                    kv_error *err) {
+static int put_data(struct archive *a, const void *bytes, size_t n, const char *name,
+                    const char *out_path, kv_error *err) {
     const uint8_t *p = bytes;
     while (n > 0) {
         la_ssize_t w = archive_write_data(a, p, n);
@@ -239,13 +250,14 @@ static int put_data(struct archive *a, const void *bytes, size_t n, const char *
     return 0;
 }
 
-static int put_entry(struct archive *a, const char *name, const void *bytes, size_t n, const char *out_path,
-                     kv_error *err) {
+static int put_entry(struct archive *a, const char *name, const void *bytes, size_t n,
+                     const char *out_path, kv_error *err) {
     int rc = put_header(a, name, n, out_path, err);
     return rc ? rc : put_data(a, bytes, n, name, out_path, err);
 }
 
-static int put_tensor_data(struct archive *a, int data_fd, uint64_t size, const char *out_path, kv_error *err) {
+static int put_tensor_data(struct archive *a, int data_fd, uint64_t size, const char *out_path,
+                           kv_error *err) {
     int rc = put_header(a, KVB_DATA, size, out_path, err);
     if (rc) return rc;
     enum { BLOCK = 4 << 20 };
@@ -267,14 +279,17 @@ static int put_tensor_data(struct archive *a, int data_fd, uint64_t size, const 
     return rc;
 }
 
-static int write_archive(int fd, const char *manifest, const kvb_manifest *m, const model_files *f, int data_fd,
-                         const char *out_path, kv_error *err) {
+static int write_archive(int fd, const char *manifest, const kvb_manifest *m, const model_files *f,
+                         int data_fd, const char *out_path, kv_error *err) {
     struct archive *a = archive_write_new();
     if (!a) return kv_fail(err, KV_ENOMEM, "%s: out of memory", out_path);
     int rc = 0;
-    if (archive_write_set_format_pax(a) != ARCHIVE_OK || archive_write_add_filter_none(a) != ARCHIVE_OK ||
-        archive_write_set_bytes_in_last_block(a, 1) != ARCHIVE_OK || archive_write_open_fd(a, fd) != ARCHIVE_OK)
-        rc = kv_fail(err, KV_EIO, "%s: cannot start the archive: %s", out_path, archive_error_string(a));
+    if (archive_write_set_format_pax(a) != ARCHIVE_OK ||
+        archive_write_add_filter_none(a) != ARCHIVE_OK ||
+        archive_write_set_bytes_in_last_block(a, 1) != ARCHIVE_OK ||
+        archive_write_open_fd(a, fd) != ARCHIVE_OK)
+        rc = kv_fail(err, KV_EIO, "%s: cannot start the archive: %s", out_path,
+                     archive_error_string(a));
     size_t manifest_len = strlen(manifest);
     if (!rc) rc = put_entry(a, KVB_MANIFEST, manifest, manifest_len, out_path, err);
     if (!rc) {
@@ -288,11 +303,13 @@ static int write_archive(int fd, const char *manifest, const kvb_manifest *m, co
     if (!rc) rc = put_tensor_data(a, data_fd, m->stored_size, out_path, err);
     for (int i = 0; i < m->n_files && !rc; i++) {
         const kvb_file *e = &m->files[i];
-        const void *bytes = e->codec == KV_CODEC_ZSTD ? (const void *)f->stored[i] : (const void *)f->bytes[i];
+        const void *bytes =
+            e->codec == KV_CODEC_ZSTD ? (const void *)f->stored[i] : (const void *)f->bytes[i];
         rc = put_entry(a, e->entry, bytes, (size_t)e->stored_size, out_path, err);
     }
     if (!rc && archive_write_close(a) != ARCHIVE_OK)
-        rc = kv_fail(err, KV_EIO, "%s: cannot finish the archive: %s", out_path, archive_error_string(a));
+        rc = kv_fail(err, KV_EIO, "%s: cannot finish the archive: %s", out_path,
+                     archive_error_string(a));
     archive_write_free(a);
     return rc;
 }
@@ -305,7 +322,8 @@ int kv_bundle_check_output(const char *out_path, const char *const *dirs, int n_
         struct stat ds;
         if (!dirs[d] || stat(dirs[d], &ds) != 0) continue;
         if (ds.st_dev == os.st_dev && ds.st_ino == os.st_ino)
-            return kv_fail(err, KV_EINVAL, "%s: is the model %s itself; give a new file name for the bundle",
+            return kv_fail(err, KV_EINVAL,
+                           "%s: is the model %s itself; give a new file name for the bundle",
                            out_path, dirs[d]);
         DIR *dh = S_ISDIR(ds.st_mode) ? opendir(dirs[d]) : NULL;
         if (!dh) continue;
@@ -314,24 +332,29 @@ int kv_bundle_check_output(const char *out_path, const char *const *dirs, int n_
         char path[4096];
         while (!clash && (e = readdir(dh))) {
             struct stat fs;
-            if (snprintf(path, sizeof path, "%s/%s", dirs[d], e->d_name) >= (int)sizeof path) continue;
-            if (stat(path, &fs) == 0 && S_ISREG(fs.st_mode) && fs.st_dev == os.st_dev && fs.st_ino == os.st_ino)
+            if (snprintf(path, sizeof path, "%s/%s", dirs[d], e->d_name) >= (int)sizeof path)
+                continue;
+            if (stat(path, &fs) == 0 && S_ISREG(fs.st_mode) && fs.st_dev == os.st_dev &&
+                fs.st_ino == os.st_ino)
                 clash = 1;
         }
         closedir(dh);
         if (clash)
-            return kv_fail(err, KV_EINVAL, "%s: is %s, a file of the model directory %s; give a new file name for the bundle",
-                           out_path, path, dirs[d]);
+            return kv_fail(
+                err, KV_EINVAL,
+                "%s: is %s, a file of the model directory %s; give a new file name for the bundle",
+                out_path, path, dirs[d]);
     }
     if (S_ISDIR(os.st_mode))
-        return kv_fail(err, KV_EINVAL, "%s: is a directory; the bundle is one file (e.g. %s/model.kvb)", out_path,
+        return kv_fail(err, KV_EINVAL,
+                       "%s: is a directory; the bundle is one file (e.g. %s/model.kvb)", out_path,
                        out_path);
-    if (!force)
-        return kv_fail(err, KV_EINVAL, "%s: already exists; --force replaces it", out_path);
+    if (!force) return kv_fail(err, KV_EINVAL, "%s: already exists; --force replaces it", out_path);
     return 0;
 }
 
-int kv_bundle_write(const char *model_dir, const char *out_path, const kv_bundle_opts *opts, kv_error *err) {
+int kv_bundle_write(const char *model_dir, const char *out_path, const kv_bundle_opts *opts,
+                    kv_error *err) {
     {
         const char *dirs[1] = {model_dir};
         const int rc = kv_bundle_check_output(out_path, dirs, 1, 1, err);
@@ -360,7 +383,8 @@ int kv_bundle_write(const char *model_dir, const char *out_path, const kv_bundle
         manifest = kvb_manifest_print(&m, f.config, &f.map, f.kvforge);
         if (!manifest) rc = kv_fail(err, KV_ENOMEM, "%s: cannot build the manifest", out_path);
         else if (strlen(manifest) > KV_BUNDLE_MAX_MANIFEST)
-            rc = kv_fail(err, KV_EUNSUPPORTED, "%s: manifest of %zu bytes exceeds the %zu limit (use larger chunks)",
+            rc = kv_fail(err, KV_EUNSUPPORTED,
+                         "%s: manifest of %zu bytes exceeds the %zu limit (use larger chunks)",
                          out_path, strlen(manifest), KV_BUNDLE_MAX_MANIFEST);
     }
     if (!rc) rc = kv_tmpfile_beside(out_path, out_tmp, sizeof out_tmp, &out_fd, err);

@@ -42,8 +42,13 @@ int kv_transform_parse(const char *name, kv_chunk_transform *out) {
 
 kv_chunk_transform kv_transform_for(kv_dtype t) {
     switch (t) {
-    case KV_F16: case KV_BF16: case KV_I16: case KV_U16: return KV_XFORM_BYTEGROUP2;
-    case KV_F32: case KV_I32: case KV_U32: return KV_XFORM_BYTEPLANE4;
+    case KV_F16:
+    case KV_BF16:
+    case KV_I16:
+    case KV_U16: return KV_XFORM_BYTEGROUP2;
+    case KV_F32:
+    case KV_I32:
+    case KV_U32: return KV_XFORM_BYTEPLANE4;
     default: return KV_XFORM_NONE;
     }
 }
@@ -140,7 +145,8 @@ static void crc_tables_init(void) {
         crc_table[0][i] = c;
     }
     for (uint32_t i = 0; i < 256; i++)
-        for (int t = 1; t < 8; t++) crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xFF];
+        for (int t = 1; t < 8; t++)
+            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xFF];
 }
 
 static uint32_t crc32c_tables(uint32_t crc, const uint8_t *p, size_t n) {
@@ -149,8 +155,9 @@ static uint32_t crc32c_tables(uint32_t crc, const uint8_t *p, size_t n) {
         uint64_t v;
         memcpy(&v, p, 8);
         v ^= crc; /* little-endian: the low 4 bytes absorb the running crc */
-        crc = crc_table[7][v & 0xFF] ^ crc_table[6][(v >> 8) & 0xFF] ^ crc_table[5][(v >> 16) & 0xFF] ^
-              crc_table[4][(v >> 24) & 0xFF] ^ crc_table[3][(v >> 32) & 0xFF] ^ crc_table[2][(v >> 40) & 0xFF] ^
+        crc = crc_table[7][v & 0xFF] ^ crc_table[6][(v >> 8) & 0xFF] ^
+              crc_table[5][(v >> 16) & 0xFF] ^ crc_table[4][(v >> 24) & 0xFF] ^
+              crc_table[3][(v >> 32) & 0xFF] ^ crc_table[2][(v >> 40) & 0xFF] ^
               crc_table[1][(v >> 48) & 0xFF] ^ crc_table[0][v >> 56];
     }
     for (; n; n--) crc = (crc >> 8) ^ crc_table[0][(crc ^ *p++) & 0xFF];
@@ -161,8 +168,8 @@ static uint32_t crc32c_tables(uint32_t crc, const uint8_t *p, size_t n) {
 #include <cpuid.h>
 #include <nmmintrin.h>
 #define KV_CRC_X86 1
-__attribute__((target("sse4.2")))
-static uint32_t crc32c_sse42(uint32_t crc, const uint8_t *p, size_t n) {
+__attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t crc, const uint8_t *p,
+                                                               size_t n) {
     for (; n && ((uintptr_t)p & 7); n--) crc = _mm_crc32_u8(crc, *p++);
     uint64_t c = crc;
     for (; n >= 8; n -= 8, p += 8) {
@@ -217,9 +224,9 @@ typedef struct {
     kv_chunk_transform transform;
     int level, hash_log;
     kv_chunk *chunks;
-    uint8_t **frames;      /* per chunk: its stored bytes (NULL for raw) */
-    uint8_t **scratch;     /* per worker: chunk_size transformed bytes */
-    ZSTD_CCtx **cctx;      /* per worker */
+    uint8_t **frames; /* per chunk: its stored bytes (NULL for raw) */
+    uint8_t **scratch; /* per worker: chunk_size transformed bytes */
+    ZSTD_CCtx **cctx; /* per worker */
 } encode_job;
 
 /* One frame (content size in its header) in which every byte plane starts a new block:
@@ -259,10 +266,12 @@ static int encode_chunk(void *ctx, int i, int worker, kv_error *err) {
     ZSTD_CCtx *cc = j->cctx[worker];
     size_t got = ZSTD_CCtx_reset(cc, ZSTD_reset_session_and_parameters);
     if (!ZSTD_isError(got)) got = ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, j->level);
-    if (!ZSTD_isError(got) && j->hash_log) got = ZSTD_CCtx_setParameter(cc, ZSTD_c_hashLog, j->hash_log);
+    if (!ZSTD_isError(got) && j->hash_log)
+        got = ZSTD_CCtx_setParameter(cc, ZSTD_c_hashLog, j->hash_log);
     if (!ZSTD_isError(got)) got = ZSTD_CCtx_setParameter(cc, ZSTD_c_contentSizeFlag, 1);
     if (!ZSTD_isError(got)) got = ZSTD_CCtx_setPledgedSrcSize(cc, rs);
-    if (!ZSTD_isError(got)) got = compress_planes(cc, frame, cap, input, rs, kv_transform_elem_size(j->transform));
+    if (!ZSTD_isError(got))
+        got = compress_planes(cc, frame, cap, input, rs, kv_transform_elem_size(j->transform));
     if (ZSTD_isError(got)) {
         free(frame);
         return kv_fail(err, KV_EIO, "chunk %d: zstd: %s", i, ZSTD_getErrorName(got));
@@ -300,8 +309,9 @@ int kv_chunk_encode(const void *buf, size_t n, kv_dtype dtype, const kv_codec_op
     size_t esize = kv_dtype_size(dtype);
     if (esize == 0) esize = 1;
     if (n % esize)
-        return kv_fail(err, KV_EINVAL, "chunk encode: %zu bytes is not a whole number of %s elements",
-                       n, kv_dtype_name(dtype));
+        return kv_fail(err, KV_EINVAL,
+                       "chunk encode: %zu bytes is not a whole number of %s elements", n,
+                       kv_dtype_name(dtype));
     size_t cs = opts && opts->chunk_size ? opts->chunk_size : KV_CHUNK_DEFAULT_SIZE;
     if (cs > KV_CHUNK_MAX_SIZE)
         return kv_fail(err, KV_EINVAL, "chunk encode: chunk size %zu above the %zu limit", cs,
@@ -310,7 +320,8 @@ int kv_chunk_encode(const void *buf, size_t n, kv_dtype dtype, const kv_codec_op
     if (cs == 0) cs = esize;
     int level = opts && opts->level ? opts->level : KV_CHUNK_DEFAULT_LEVEL;
     int hash_log = opts && opts->hash_log ? opts->hash_log
-                   : opts && opts->level ? 0 : KV_CHUNK_DEFAULT_HASH_LOG;
+                   : opts && opts->level  ? 0
+                                          : KV_CHUNK_DEFAULT_HASH_LOG;
     if (level < 1 || level > ZSTD_maxCLevel())
         return kv_fail(err, KV_EINVAL, "chunk encode: zstd level %d outside 1..%d", level,
                        ZSTD_maxCLevel());
@@ -324,7 +335,11 @@ int kv_chunk_encode(const void *buf, size_t n, kv_dtype dtype, const kv_codec_op
         return kv_fail(err, KV_EINVAL, "chunk encode: %zu chunks is too many", n_chunks);
     int threads = kv_resolve_threads(opts ? opts->threads : 0, (int)n_chunks);
 
-    encode_job j = {.src = buf, .n = n, .chunk_size = cs, .transform = transform, .level = level,
+    encode_job j = {.src = buf,
+                    .n = n,
+                    .chunk_size = cs,
+                    .transform = transform,
+                    .level = level,
                     .hash_log = hash_log};
     int rc = 0;
     j.chunks = calloc(n_chunks, sizeof *j.chunks);
@@ -386,14 +401,15 @@ done:
 
 /* ---------------- decode ---------------- */
 
-int kv_chunk_table_check(const kv_chunk *chunks, int n_chunks, size_t stored_size,
-                         size_t dst_size, const char *label, kv_error *err) {
+int kv_chunk_table_check(const kv_chunk *chunks, int n_chunks, size_t stored_size, size_t dst_size,
+                         const char *label, kv_error *err) {
     if (n_chunks < 0) return kv_fail(err, KV_EFORMAT, "%s: negative chunk count", label);
     for (int i = 0; i < n_chunks; i++) {
         const kv_chunk *c = &chunks[i];
         uint64_t raw_end, stored_end;
         if (c->codec != KV_CODEC_RAW && c->codec != KV_CODEC_ZSTD)
-            return kv_fail(err, KV_EFORMAT, "%s: chunk %d: unknown codec %d", label, i, (int)c->codec);
+            return kv_fail(err, KV_EFORMAT, "%s: chunk %d: unknown codec %d", label, i,
+                           (int)c->codec);
         if (c->transform != KV_XFORM_NONE && c->transform != KV_XFORM_BYTEGROUP2 &&
             c->transform != KV_XFORM_BYTEPLANE4)
             return kv_fail(err, KV_EFORMAT, "%s: chunk %d: unknown transform %d", label, i,
@@ -405,18 +421,23 @@ int kv_chunk_table_check(const kv_chunk *chunks, int n_chunks, size_t stored_siz
             return kv_fail(err, KV_EFORMAT, "%s: chunk %d: raw size %llu is not whole %s elements",
                            label, i, (unsigned long long)c->raw_size,
                            kv_transform_name(c->transform));
-        if (c->codec == KV_CODEC_RAW && (c->stored_size != c->raw_size || c->transform != KV_XFORM_NONE))
-            return kv_fail(err, KV_EFORMAT, "%s: chunk %d: raw chunk with stored size %llu != raw size %llu or a transform",
-                           label, i, (unsigned long long)c->stored_size, (unsigned long long)c->raw_size);
+        if (c->codec == KV_CODEC_RAW &&
+            (c->stored_size != c->raw_size || c->transform != KV_XFORM_NONE))
+            return kv_fail(
+                err, KV_EFORMAT,
+                "%s: chunk %d: raw chunk with stored size %llu != raw size %llu or a transform",
+                label, i, (unsigned long long)c->stored_size, (unsigned long long)c->raw_size);
         if (c->codec == KV_CODEC_ZSTD && c->stored_size == 0)
             return kv_fail(err, KV_EFORMAT, "%s: chunk %d: empty zstd chunk", label, i);
         if (__builtin_add_overflow(c->raw_offset, c->raw_size, &raw_end) || raw_end > dst_size)
-            return kv_fail(err, KV_EFORMAT, "%s: chunk %d: raw bytes [%llu, +%llu) outside the %zu-byte destination",
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: chunk %d: raw bytes [%llu, +%llu) outside the %zu-byte destination",
                            label, i, (unsigned long long)c->raw_offset,
                            (unsigned long long)c->raw_size, dst_size);
         if (__builtin_add_overflow(c->stored_offset, c->stored_size, &stored_end) ||
             stored_end > stored_size)
-            return kv_fail(err, KV_EFORMAT, "%s: chunk %d: stored bytes [%llu, +%llu) outside the %zu stored bytes",
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: chunk %d: stored bytes [%llu, +%llu) outside the %zu stored bytes",
                            label, i, (unsigned long long)c->stored_offset,
                            (unsigned long long)c->stored_size, stored_size);
     }
@@ -428,8 +449,8 @@ typedef struct {
     const uint8_t *stored;
     uint8_t *dst;
     const char *label;
-    ZSTD_DCtx **dctx;   /* per worker */
-    uint8_t **scratch;  /* per worker, max raw_size of a transformed chunk */
+    ZSTD_DCtx **dctx; /* per worker */
+    uint8_t **scratch; /* per worker, max raw_size of a transformed chunk */
 } decode_job;
 
 static int decode_chunk(void *ctx, int i, int worker, kv_error *err) {
@@ -439,26 +460,31 @@ static int decode_chunk(void *ctx, int i, int worker, kv_error *err) {
     uint8_t *dst = j->dst + c->raw_offset;
     size_t rs = (size_t)c->raw_size, ss = (size_t)c->stored_size;
     if (kv_crc32c(src, ss) != c->stored_crc32c)
-        return kv_fail(err, KV_ECHECKSUM, "%s: chunk %d: stored bytes fail their crc32c (corrupted)", j->label, i);
+        return kv_fail(err, KV_ECHECKSUM,
+                       "%s: chunk %d: stored bytes fail their crc32c (corrupted)", j->label, i);
     if (c->codec == KV_CODEC_RAW) {
         memcpy(dst, src, rs);
         return 0;
     }
     size_t frame = ZSTD_findFrameCompressedSize(src, ss);
     if (ZSTD_isError(frame) || frame != ss)
-        return kv_fail(err, KV_ECHECKSUM, "%s: chunk %d: stored bytes are not one zstd frame of %zu bytes",
-                       j->label, i, ss);
+        return kv_fail(err, KV_ECHECKSUM,
+                       "%s: chunk %d: stored bytes are not one zstd frame of %zu bytes", j->label,
+                       i, ss);
     unsigned long long declared = ZSTD_getFrameContentSize(src, ss);
     if (declared != (unsigned long long)rs)
-        return kv_fail(err, KV_ECHECKSUM, "%s: chunk %d: zstd frame declares %s bytes, chunk table says %zu",
-                       j->label, i,
-                       declared == ZSTD_CONTENTSIZE_UNKNOWN ? "an unknown number of" :
-                       declared == ZSTD_CONTENTSIZE_ERROR ? "an invalid number of" : "a different number of",
+        return kv_fail(err, KV_ECHECKSUM,
+                       "%s: chunk %d: zstd frame declares %s bytes, chunk table says %zu", j->label,
+                       i,
+                       declared == ZSTD_CONTENTSIZE_UNKNOWN ? "an unknown number of"
+                       : declared == ZSTD_CONTENTSIZE_ERROR ? "an invalid number of"
+                                                            : "a different number of",
                        rs);
     uint8_t *out = c->transform == KV_XFORM_NONE ? dst : j->scratch[worker];
     size_t got = ZSTD_decompressDCtx(j->dctx[worker], out, rs, src, ss); /* capacity: exactly rs */
     if (ZSTD_isError(got))
-        return kv_fail(err, KV_ECHECKSUM, "%s: chunk %d: zstd: %s", j->label, i, ZSTD_getErrorName(got));
+        return kv_fail(err, KV_ECHECKSUM, "%s: chunk %d: zstd: %s", j->label, i,
+                       ZSTD_getErrorName(got));
     if (got != rs)
         return kv_fail(err, KV_ECHECKSUM, "%s: chunk %d: decompressed to %zu bytes, expected %zu",
                        j->label, i, got, rs);
@@ -466,9 +492,9 @@ static int decode_chunk(void *ctx, int i, int worker, kv_error *err) {
     return 0;
 }
 
-int kv_chunk_decode(const kv_chunk *chunks, int n_chunks, const uint8_t *stored,
-                    size_t stored_size, void *dst, size_t dst_size, int threads,
-                    int *bad_chunk, const char *label, kv_error *err) {
+int kv_chunk_decode(const kv_chunk *chunks, int n_chunks, const uint8_t *stored, size_t stored_size,
+                    void *dst, size_t dst_size, int threads, int *bad_chunk, const char *label,
+                    kv_error *err) {
     if (bad_chunk) *bad_chunk = -1;
     if (!label) label = "chunks";
     int rc = kv_chunk_table_check(chunks, n_chunks, stored_size, dst_size, label, err);

@@ -10,13 +10,13 @@
 #include "base/fileio.h"
 #include "formats/json_field.h"
 
-#define ARCH_LLAMA "LlamaForCausalLM"
-#define ARCH_SWIFTKV "LlamaSwiftKVForCausalLM"
-#define ARCH_LCKV "LCKVLlamaForCausalLM"
-#define TYPE_LLAMA "llama"
-#define TYPE_SWIFTKV "llama_swiftkv"
-#define TYPE_LCKV "lckv-llama"
-#define LCKV_DEFAULT_FORWARD 7  /* LCKV's m */
+#define ARCH_LLAMA            "LlamaForCausalLM"
+#define ARCH_SWIFTKV          "LlamaSwiftKVForCausalLM"
+#define ARCH_LCKV             "LCKVLlamaForCausalLM"
+#define TYPE_LLAMA            "llama"
+#define TYPE_SWIFTKV          "llama_swiftkv"
+#define TYPE_LCKV             "lckv-llama"
+#define LCKV_DEFAULT_FORWARD  7 /* LCKV's m */
 #define LCKV_DEFAULT_BACKWARD 2 /* LCKV's b */
 
 /* the three schemas kvforge reads: 0 Llama, 1 SwiftKV (Snowflake), 2 LCKV (whyNLP) */
@@ -46,16 +46,16 @@ static int parse_architecture(hf_config *c, const cJSON *root, const char *label
         arch = first->valuestring;
         if (schema_of(arch, arch_names) < 0)
             return kv_fail(err, KV_EUNSUPPORTED,
-                           "%s: architecture '%.200s' is not supported (kvforge reads "
-                           ARCH_LLAMA ", " ARCH_LCKV " and " ARCH_SWIFTKV ")",
+                           "%s: architecture '%.200s' is not supported (kvforge reads " ARCH_LLAMA
+                           ", " ARCH_LCKV " and " ARCH_SWIFTKV ")",
                            label, arch);
     }
     int rc = json_get_string(root, label, "model_type", sizeof c->model_type, &type, err);
     if (rc) return rc;
     if (type && schema_of(type, type_names) < 0)
         return kv_fail(err, KV_EUNSUPPORTED,
-                       "%s: model_type '%s' is not supported (kvforge reads " TYPE_LLAMA ", "
-                       TYPE_LCKV " and " TYPE_SWIFTKV ")",
+                       "%s: model_type '%s' is not supported (kvforge reads " TYPE_LLAMA
+                       ", " TYPE_LCKV " and " TYPE_SWIFTKV ")",
                        label, type);
     if (!arch && !type)
         return kv_fail(err, KV_EFORMAT, "%s: missing field 'architectures' (and 'model_type')",
@@ -74,15 +74,17 @@ static int parse_architecture(hf_config *c, const cJSON *root, const char *label
 static int parse_sizes(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
     int rc;
     if ((rc = json_get_int(root, label, "hidden_size", 1, 0, 1, INT_MAX, &c->hidden_size, err)) ||
-        (rc = json_get_int(root, label, "intermediate_size", 1, 0, 1, INT_MAX, &c->intermediate_size,
-                      err)) ||
-        (rc = json_get_int(root, label, "num_hidden_layers", 1, 0, 1, INT_MAX, &c->n_layers, err)) ||
-        (rc = json_get_int(root, label, "num_attention_heads", 1, 0, 1, INT_MAX, &c->n_heads, err)) ||
+        (rc = json_get_int(root, label, "intermediate_size", 1, 0, 1, INT_MAX,
+                           &c->intermediate_size, err)) ||
+        (rc =
+             json_get_int(root, label, "num_hidden_layers", 1, 0, 1, INT_MAX, &c->n_layers, err)) ||
+        (rc = json_get_int(root, label, "num_attention_heads", 1, 0, 1, INT_MAX, &c->n_heads,
+                           err)) ||
         (rc = json_get_int(root, label, "num_key_value_heads", 0, c->n_heads, 1, INT_MAX,
-                      &c->n_kv_heads, err)) ||
+                           &c->n_kv_heads, err)) ||
         (rc = json_get_int(root, label, "vocab_size", 1, 0, 1, INT_MAX, &c->vocab_size, err)) ||
         (rc = json_get_int(root, label, "max_position_embeddings", 0, 2048, 1, INT_MAX,
-                      &c->max_position_embeddings, err)))
+                           &c->max_position_embeddings, err)))
         return rc;
     if (c->n_layers > HF_MAX_LAYERS)
         return kv_fail(err, KV_EUNSUPPORTED,
@@ -94,7 +96,8 @@ static int parse_sizes(hf_config *c, const cJSON *root, const char *label, kv_er
                        "'num_key_value_heads' (%d)",
                        label, c->n_heads, c->n_kv_heads);
     if (json_field(root, "head_dim")) {
-        if ((rc = json_get_int(root, label, "head_dim", 1, 0, 1, INT_MAX, &c->head_dim, err))) return rc;
+        if ((rc = json_get_int(root, label, "head_dim", 1, 0, 1, INT_MAX, &c->head_dim, err)))
+            return rc;
     } else {
         if (c->hidden_size % c->n_heads != 0)
             return kv_fail(err, KV_EFORMAT,
@@ -121,8 +124,9 @@ static int parse_rope(hf_config *c, const cJSON *root, const char *label, kv_err
     const cJSON *rs = json_field(root, "rope_scaling");
     if (!rs) return 0;
     if (!cJSON_IsObject(rs))
-        return kv_fail(err, KV_EFORMAT, "%s: field 'rope_scaling' is %s, expected an object or null",
-                       label, json_kind(rs));
+        return kv_fail(err, KV_EFORMAT,
+                       "%s: field 'rope_scaling' is %s, expected an object or null", label,
+                       json_kind(rs));
     if ((rc = json_unique_keys(rs, label, "rope_scaling: ", err))) return rc;
     const char *type = NULL, *type_key = "rope_scaling.rope_type";
     if ((rc = json_get_string(rs, label, "rope_type", 64, &type, err))) return rc;
@@ -149,7 +153,7 @@ static int parse_rope(hf_config *c, const cJSON *root, const char *label, kv_err
         return kv_fail(err, KV_EFORMAT,
                        "%s: missing field 'rope_scaling.original_max_position_embeddings'", label);
     if ((rc = json_number_int(orig, label, "rope_scaling.original_max_position_embeddings", 1,
-                            INT_MAX, &c->rope_original_max_position, err)))
+                              INT_MAX, &c->rope_original_max_position, err)))
         return rc;
     if (c->rope_high_freq_factor <= c->rope_low_freq_factor)
         return kv_fail(err, KV_EFORMAT,
@@ -192,8 +196,8 @@ static int parse_activation(const cJSON *root, const char *label, kv_error *err)
     int rc = json_get_string(root, label, "hidden_act", 64, &act, err);
     if (rc) return rc;
     if (act && strcmp(act, "silu") != 0)
-        return kv_fail(err, KV_EUNSUPPORTED, "%s: field 'hidden_act' is '%s', only 'silu' is supported",
-                       label, act);
+        return kv_fail(err, KV_EUNSUPPORTED,
+                       "%s: field 'hidden_act' is '%s', only 'silu' is supported", label, act);
     return 0;
 }
 
@@ -221,9 +225,8 @@ static int parse_kv_map(hf_config *c, const cJSON *root, const char *label, kv_e
     int rc = kvmap_read_config(&c->map, root, c->n_layers, arch_swiftkv, label, err);
     if (rc) return rc;
     if (arch_swiftkv && c->map.kind != KVMAP_SWIFTKV)
-        return kv_fail(err, KV_EFORMAT,
-                       "%s: architecture '%s' contradicts field 'swiftkv' = false", label,
-                       c->architecture);
+        return kv_fail(err, KV_EFORMAT, "%s: architecture '%s' contradicts field 'swiftkv' = false",
+                       label, c->architecture);
     if (strcmp(c->model_type, TYPE_LCKV) == 0 && c->map.kind == KVMAP_SWIFTKV)
         return kv_fail(err, KV_EFORMAT, "%s: model_type '%s' contradicts field 'swiftkv' = true",
                        label, c->model_type);
@@ -273,8 +276,7 @@ int hf_config_parse(hf_config *c, const char *json, const char *label, kv_error 
     double eps = 0;
     int n_bos = 0, bos = -1;
     if ((rc = json_unique_keys(root, label, "", err)) ||
-        (rc = parse_architecture(c, root, label, err)) ||
-        (rc = parse_sizes(c, root, label, err)) ||
+        (rc = parse_architecture(c, root, label, err)) || (rc = parse_sizes(c, root, label, err)) ||
         (rc = json_get_positive(root, label, "rms_norm_eps", 0, 1e-6, &eps, err)) ||
         (rc = parse_rope(c, root, label, err)) ||
         (rc = json_get_bool(root, label, "tie_word_embeddings", 0, &c->tie_word_embeddings, err)) ||
@@ -283,14 +285,12 @@ int hf_config_parse(hf_config *c, const char *json, const char *label, kv_error 
         (rc = parse_token_ids(root, label, "bos_token_id", c->vocab_size, &bos, 1, &n_bos, err)) ||
         (rc = parse_token_ids(root, label, "eos_token_id", c->vocab_size, c->eos_token_ids,
                               HF_MAX_EOS, &c->n_eos, err)) ||
-        (rc = parse_activation(root, label, err)) ||
-        (rc = parse_dtype(c, root, label, err)) ||
-        (rc = parse_kv_map(c, root, label, err)) ||
-        (rc = parse_lckv(c, root, label, err)))
+        (rc = parse_activation(root, label, err)) || (rc = parse_dtype(c, root, label, err)) ||
+        (rc = parse_kv_map(c, root, label, err)) || (rc = parse_lckv(c, root, label, err)))
         goto done;
     if ((float)eps <= 0.0f || eps > 1.0) {
-        rc = kv_fail(err, KV_EFORMAT, "%s: field 'rms_norm_eps' is %g, outside the float range (0, 1]",
-                     label, eps);
+        rc = kv_fail(err, KV_EFORMAT,
+                     "%s: field 'rms_norm_eps' is %g, outside the float range (0, 1]", label, eps);
         goto done;
     }
     c->rms_norm_eps = (float)eps;
@@ -333,19 +333,19 @@ int64_t hf_config_param_count(const hf_config *c) {
     const int64_t kv_rows = (int64_t)c->n_kv_heads * c->head_dim;
     const int ab = c->attention_bias, mb = c->mlp_bias;
     int64_t n = 0;
-    int ok = add_mul(&n, V, H);                                   /* embed_tokens [V, H] */
+    int ok = add_mul(&n, V, H); /* embed_tokens [V, H] */
     for (int i = 0; ok && i < c->n_layers; i++) {
-        ok = ok && add_mul(&n, 2, H);                             /* two RMSNorms [H] */
-        ok = ok && add_mul(&n, q_rows, H + ab);                   /* q (or q_proj_swiftkv) */
+        ok = ok && add_mul(&n, 2, H); /* two RMSNorms [H] */
+        ok = ok && add_mul(&n, q_rows, H + ab); /* q (or q_proj_swiftkv) */
         if (kvmap_is_kv_layer(&c->map, i))
-            ok = ok && add_mul(&n, 2 * kv_rows, H + ab);          /* k, v (or *_swiftkv) */
-        ok = ok && add_mul(&n, H, q_rows + ab);                   /* o [H, nh*hd] */
-        ok = ok && add_mul(&n, 2 * F, H + mb);                    /* gate, up [F, H] */
-        ok = ok && add_mul(&n, H, F + mb);                        /* down [H, F] */
+            ok = ok && add_mul(&n, 2 * kv_rows, H + ab); /* k, v (or *_swiftkv) */
+        ok = ok && add_mul(&n, H, q_rows + ab); /* o [H, nh*hd] */
+        ok = ok && add_mul(&n, 2 * F, H + mb); /* gate, up [F, H] */
+        ok = ok && add_mul(&n, H, F + mb); /* down [H, F] */
     }
-    ok = ok && add_mul(&n, 1, H);                                 /* model.norm */
+    ok = ok && add_mul(&n, 1, H); /* model.norm */
     if (c->map.kind == KVMAP_SWIFTKV) ok = ok && add_mul(&n, 1, H); /* norm_swiftkv */
-    if (!c->tie_word_embeddings) ok = ok && add_mul(&n, V, H);    /* lm_head */
+    if (!c->tie_word_embeddings) ok = ok && add_mul(&n, V, H); /* lm_head */
     return ok ? n : -1;
 }
 
@@ -361,7 +361,8 @@ const char *hf_torch_dtype_name(kv_dtype t) {
 const char *hf_config_schema(const hf_config *c) {
     const int lckv = strcmp(c->model_type, TYPE_LCKV) == 0;
     switch (c->map.kind) {
-    case KVMAP_SWIFTKV: return strcmp(c->model_type, TYPE_SWIFTKV) == 0 ? "llama_swiftkv" : "llama+swiftkv";
+    case KVMAP_SWIFTKV:
+        return strcmp(c->model_type, TYPE_SWIFTKV) == 0 ? "llama_swiftkv" : "llama+swiftkv";
     case KVMAP_CROSS: return lckv ? "lckv-llama" : "llama+layer_types";
     default: return lckv ? "lckv-llama" : "llama";
     }
@@ -371,7 +372,8 @@ const char *hf_config_schema(const hf_config *c) {
 static int set_key(cJSON *obj, const char *key, cJSON *val) {
     if (!val) return 0;
     cJSON *old = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (old) return cJSON_ReplaceItemInObjectCaseSensitive(obj, key, val) ? 1 : (cJSON_Delete(val), 0);
+    if (old)
+        return cJSON_ReplaceItemInObjectCaseSensitive(obj, key, val) ? 1 : (cJSON_Delete(val), 0);
     if (cJSON_AddItemToObject(obj, key, val)) return 1;
     cJSON_Delete(val);
     return 0;

@@ -15,20 +15,20 @@
 #include "formats/kvmap.h"
 
 #define HF_MAX_LAYERS KVMAP_MAX_LAYERS /* 1024 */
-#define HF_MAX_EOS 8
+#define HF_MAX_EOS    8
 
 typedef enum { HF_ROPE_NONE = 0, HF_ROPE_LLAMA3 = 1 } hf_rope_type;
 
 typedef struct {
-    char architecture[64];   /* "LlamaForCausalLM", "LCKVLlamaForCausalLM" or
+    char architecture[64]; /* "LlamaForCausalLM", "LCKVLlamaForCausalLM" or
                                 "LlamaSwiftKVForCausalLM" */
-    char model_type[32];     /* "llama", "lckv-llama" or "llama_swiftkv" */
-    int hidden_size;         /* H */
-    int intermediate_size;   /* FFN */
-    int n_layers;            /* L */
-    int n_heads;             /* nh */
-    int n_kv_heads;          /* nkv (default nh) */
-    int head_dim;            /* hd (default H / nh) */
+    char model_type[32]; /* "llama", "lckv-llama" or "llama_swiftkv" */
+    int hidden_size; /* H */
+    int intermediate_size; /* FFN */
+    int n_layers; /* L */
+    int n_heads; /* nh */
+    int n_kv_heads; /* nkv (default nh) */
+    int head_dim; /* hd (default H / nh) */
     int vocab_size;
     int max_position_embeddings;
     float rms_norm_eps;
@@ -38,11 +38,11 @@ typedef struct {
     int rope_original_max_position;
     int tie_word_embeddings;
     int attention_bias, mlp_bias;
-    int bos_token_id;        /* -1 if absent */
+    int bos_token_id; /* -1 if absent */
     int n_eos;
     int eos_token_ids[HF_MAX_EOS];
-    kv_dtype torch_dtype;    /* F32 when absent */
-    kv_map map;              /* KV sharing from layer_types / the SwiftKV fields, validated
+    kv_dtype torch_dtype; /* F32 when absent */
+    kv_map map; /* KV sharing from layer_types / the SwiftKV fields, validated
                                 (kvmap_read_config); the identity when absent */
     /* LCKV's iteration plan: forward_passes m (>= 0) without gradient, then backward_passes b
      * (>= 1) with it, m + b passes in all (kvforge's --passes N = m + b, --grad-passes = b).
@@ -68,7 +68,7 @@ typedef struct {
  * JSON null counts as absent. Integers may be written
  * 64.0 but not 64.5. Duplicate keys are refused (Python keeps the last, cJSON the first).
  * Errors name LABEL and the field; on failure *c is zeroed. */
-int hf_config_load(hf_config *c, const char *path, kv_error *err);  /* path to config.json */
+int hf_config_load(hf_config *c, const char *path, kv_error *err); /* path to config.json */
 int hf_config_parse(hf_config *c, const char *json, const char *label, kv_error *err);
 /* of the model the config describes (deploy layout: no k/v on non-KV layers, no teacher q/k/v
  * on SwiftKV layers >= l); -1 if it overflows int64 */

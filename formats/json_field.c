@@ -32,8 +32,8 @@ int json_number_int(const cJSON *it, const char *label, const char *name, long l
         return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %g, expected an integer", label, name,
                        d);
     if (d < (double)lo || d > (double)hi)
-        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %.17g, outside [%ld, %ld]", label,
-                       name, d, lo, hi);
+        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %.17g, outside [%ld, %ld]", label, name,
+                       d, lo, hi);
     *out = (int)d;
     return 0;
 }
@@ -81,8 +81,8 @@ int json_get_bool(const cJSON *obj, const char *label, const char *name, int dfl
         return 0;
     }
     if (!cJSON_IsBool(it))
-        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %s, expected true or false", label,
-                       name, json_kind(it));
+        return kv_fail(err, KV_EFORMAT, "%s: field '%s' is %s, expected true or false", label, name,
+                       json_kind(it));
     *out = cJSON_IsTrue(it) ? 1 : 0;
     return 0;
 }

@@ -9,8 +9,8 @@
 
 #include "formats/json_field.h"
 
-#define SPEC_HELP                                                                      \
-    "expected {pizza|sandwich|lasagna}-{bottom|top|middle}:l, cla:F, yoco, lckv:W, " \
+#define SPEC_HELP                                                                                  \
+    "expected {pizza|sandwich|lasagna}-{bottom|top|middle}:l, cla:F, yoco, lckv:W, "               \
     "swiftkv:l[,g], identity, or a layer_types literal such as 0_0_2_2"
 
 typedef enum { CFG_PIZZA, CFG_SANDWICH, CFG_LASAGNA } cross_config;
@@ -64,8 +64,8 @@ static void build_cross(kv_map *m, cross_config cfg, group_target t, int l) {
     if (cfg == CFG_PIZZA) {
         fill_group(m, l - 1, L - 1, t); /* layers 0..l-2 stay KV layers */
     } else if (cfg == CFG_SANDWICH) {
-        int bottom = l / 2;      /* ceil((l-1)/2) */
-        int top = (l - 1) / 2;   /* floor((l-1)/2) */
+        int bottom = l / 2; /* ceil((l-1)/2) */
+        int top = (l - 1) / 2; /* floor((l-1)/2) */
         fill_group(m, bottom, L - 1 - top, t);
     } else {
         int base = L / l, larger = L % l, start = 0;
@@ -96,10 +96,8 @@ static int write_layer_types(const kv_map *m, char *buf, size_t cap);
 static void set_literal_name(kv_map *m) {
     char buf[sizeof m->name];
     int n = write_layer_types(m, buf, sizeof buf);
-    if (n >= 0 && (size_t)n < sizeof buf)
-        memcpy(m->name, buf, sizeof buf);
-    else
-        snprintf(m->name, sizeof m->name, "custom");
+    if (n >= 0 && (size_t)n < sizeof buf) memcpy(m->name, buf, sizeof buf);
+    else snprintf(m->name, sizeof m->name, "custom");
 }
 
 /* kind from the targets (all kv(i) = i: identity), name from the literal */
@@ -123,8 +121,7 @@ static int check_count(int count, int L, const report *r, kv_error *err) {
 
 /* layer_types "kv(0)_kv(1)_..._kv(L-1)" into m: entries of at most 7 decimal digits, exactly L
  * of them; kind and name set, targets not yet validated */
-static int parse_layer_types(kv_map *m, const char *text, int L, const report *r,
-                             kv_error *err) {
+static int parse_layer_types(kv_map *m, const char *text, int L, const report *r, kv_error *err) {
     map_reset(m, KVMAP_CROSS, L);
     int count = 0;
     const char *p = text;
@@ -169,8 +166,7 @@ static int parse_literal(kv_map *m, const char *spec, int L, kv_error *err) {
     return rc ? rc : kvmap_validate(m, err);
 }
 
-static int parse_named_cross(kv_map *m, const char *spec, const char *colon, int L,
-                             kv_error *err) {
+static int parse_named_cross(kv_map *m, const char *spec, const char *colon, int L, kv_error *err) {
     size_t head = (size_t)(colon - spec);
     int cfg = -1, tgt = -1;
     for (int c = 0; c < 3 && cfg < 0; c++) {
@@ -188,8 +184,8 @@ static int parse_named_cross(kv_map *m, const char *spec, const char *colon, int
     if (cfg < 0) return kv_fail(err, KV_EINVAL, "KV map '%.200s': unknown kind; " SPEC_HELP, spec);
     int l;
     if (parse_count(colon + 1, &l))
-        return kv_fail(err, KV_EINVAL,
-                       "KV map '%.200s': '%.40s' is not a number of KV layers", spec, colon + 1);
+        return kv_fail(err, KV_EINVAL, "KV map '%.200s': '%.40s' is not a number of KV layers",
+                       spec, colon + 1);
     if (l < 1)
         return kv_fail(err, KV_EINVAL, "KV map '%.200s': l = %d KV layers, need at least 1", spec,
                        l);
@@ -236,8 +232,8 @@ static int parse_yoco(kv_map *m, int L, kv_error *err) {
 static int parse_lckv(kv_map *m, const char *spec, const char *arg, int L, kv_error *err) {
     int w;
     if (parse_count(arg, &w))
-        return kv_fail(err, KV_EINVAL,
-                       "KV map '%.200s': '%.40s' is not a number of warm-up layers", spec, arg);
+        return kv_fail(err, KV_EINVAL, "KV map '%.200s': '%.40s' is not a number of warm-up layers",
+                       spec, arg);
     if (w + 1 > L)
         return kv_fail(err, KV_EINVAL,
                        "KV map '%.200s': %d warm-up layers need at least %d layers, the model "
@@ -265,15 +261,17 @@ int kvmap_parse(kv_map *m, const char *spec, int n_layers, kv_error *err) {
                                                {"swiftkv", "swiftkv:l[,g]"}};
         for (size_t i = 0; i < sizeof needs / sizeof needs[0]; i++)
             if (!strcmp(spec, needs[i][0]))
-                return kv_fail(err, KV_EINVAL, "KV map '%.200s': missing the number: %s", spec, needs[i][1]);
+                return kv_fail(err, KV_EINVAL, "KV map '%.200s': missing the number: %s", spec,
+                               needs[i][1]);
         for (int c = 0; c < 3; c++)
             for (int t = 0; t < 3; t++) {
                 char name[64];
                 snprintf(name, sizeof name, "%s-%s", config_names[c], target_names[t]);
                 if (!strcmp(spec, name))
-                    return kv_fail(err, KV_EINVAL,
-                                   "KV map '%.200s': missing the number of KV layers: %s:l, e.g. %s:%d", spec,
-                                   name, name, n_layers > 2 ? n_layers / 2 : 1);
+                    return kv_fail(
+                        err, KV_EINVAL,
+                        "KV map '%.200s': missing the number of KV layers: %s:l, e.g. %s:%d", spec,
+                        name, name, n_layers > 2 ? n_layers / 2 : 1);
             }
         return kv_fail(err, KV_EINVAL, "KV map '%.200s': unknown kind; " SPEC_HELP, spec);
     }
@@ -301,13 +299,14 @@ static int build_swiftkv(kv_map *m, int L, int l, int g, const report *r, kv_err
     char lt[96], gt[96];
     if (l < 1 || l >= L)
         return kv_fail(err, r->code, "%s: %s, expected 1..%d (%d layers; l = L changes nothing)",
-                       r->prefix, value_text(lt, sizeof lt, r, "num_key_value_layers", l, 0),
-                       L - 1, L);
+                       r->prefix, value_text(lt, sizeof lt, r, "num_key_value_layers", l, 0), L - 1,
+                       L);
     if (g < 1)
         return kv_fail(err, r->code, "%s: %s, expected >= 1", r->prefix,
                        value_text(gt, sizeof gt, r, "key_value_group_size", g, 0));
     if ((L - l) % g)
-        return kv_fail(err, r->code, "%s: %s does not divide the %d layers from %s to the last (L = %d)",
+        return kv_fail(err, r->code,
+                       "%s: %s does not divide the %d layers from %s to the last (L = %d)",
                        r->prefix, value_text(gt, sizeof gt, r, "key_value_group_size", g, 1), L - l,
                        value_text(lt, sizeof lt, r, "num_key_value_layers", l, 1), L);
     map_reset(m, KVMAP_SWIFTKV, L);
@@ -347,15 +346,14 @@ static int validate_as(const kv_map *m, const report *r, kv_error *err) {
     const char *who = r->prefix;
     const int L = m->n_layers;
     if (L < 1 || L > KVMAP_MAX_LAYERS)
-        return kv_fail(err, r->code, "%s: %d layers, expected 1..%d", who, L,
-                       KVMAP_MAX_LAYERS);
+        return kv_fail(err, r->code, "%s: %d layers, expected 1..%d", who, L, KVMAP_MAX_LAYERS);
     if (m->kind != KVMAP_IDENTITY && m->kind != KVMAP_CROSS && m->kind != KVMAP_SWIFTKV)
         return kv_fail(err, r->code, "%s: unknown kind %d", who, (int)m->kind);
     for (int i = 0; i < L; i++) {
         int t = m->kv_layer_of[i];
         if (t < 0 || t >= L)
-            return kv_fail(err, r->code, "%s: layer %d reads layer %d, outside 0..%d",
-                           who, i, t, L - 1);
+            return kv_fail(err, r->code, "%s: layer %d reads layer %d, outside 0..%d", who, i, t,
+                           L - 1);
     }
     for (int i = 0; i < L; i++) {
         int t = m->kv_layer_of[i];
@@ -368,8 +366,7 @@ static int validate_as(const kv_map *m, const report *r, kv_error *err) {
     if (m->kind == KVMAP_IDENTITY) {
         for (int i = 0; i < L; i++)
             if (m->kv_layer_of[i] != i)
-                return kv_fail(err, r->code,
-                               "%s: marked identity but layer %d reads layer %d", who,
+                return kv_fail(err, r->code, "%s: marked identity but layer %d reads layer %d", who,
                                i, m->kv_layer_of[i]);
     }
     if (m->kind == KVMAP_SWIFTKV) {
@@ -382,9 +379,8 @@ static int validate_as(const kv_map *m, const report *r, kv_error *err) {
         for (int j = 0; j < L; j++) {
             int want = j < l ? j : l + ((j - l) / g) * g;
             if (m->kv_layer_of[j] != want)
-                return kv_fail(err, r->code,
-                               "%s: SwiftKV layer %d reads layer %d, expected %d", who,
-                               j, m->kv_layer_of[j], want);
+                return kv_fail(err, r->code, "%s: SwiftKV layer %d reads layer %d, expected %d",
+                               who, j, m->kv_layer_of[j], want);
         }
     }
     return 0;
@@ -401,8 +397,8 @@ int kvmap_validate(const kv_map *m, kv_error *err) {
 /* layer_types of a config: a string "0_0_2_2_4" or a list of integers is a map (*found = 1);
  * absent, or a list of strings that are all "full_attention" (HF's attention kinds), leaves the
  * identity; other attention kinds are refused */
-static int read_layer_types(kv_map *m, const cJSON *config, int L, const char *label,
-                            int *found, kv_error *err) {
+static int read_layer_types(kv_map *m, const cJSON *config, int L, const char *label, int *found,
+                            kv_error *err) {
     *found = 0;
     kvmap_identity(m, L);
     const cJSON *lt = json_field(config, "layer_types");
@@ -432,7 +428,8 @@ static int read_layer_types(kv_map *m, const cJSON *config, int L, const char *l
         map_reset(m, KVMAP_CROSS, L);
         int i = 0;
         for (const cJSON *e = lt->child; e; e = e->next, i++)
-            if ((rc = json_number_int(e, label, "layer_types", 0, INT_MAX, &m->kv_layer_of[i], err)))
+            if ((rc =
+                     json_number_int(e, label, "layer_types", 0, INT_MAX, &m->kv_layer_of[i], err)))
                 return rc;
         finish_literal(m);
     } else {
@@ -462,7 +459,8 @@ int kvmap_read_config(kv_map *m, const cJSON *config, int n_layers, int swiftkv_
                        "handles one transform at a time",
                        label);
     int l, g;
-    if ((rc = json_get_int(config, label, "num_key_value_layers", 1, 0, INT_MIN, INT_MAX, &l, err)) ||
+    if ((rc = json_get_int(config, label, "num_key_value_layers", 1, 0, INT_MIN, INT_MAX, &l,
+                           err)) ||
         (rc = json_get_int(config, label, "key_value_group_size", 0, 1, INT_MIN, INT_MAX, &g, err)))
         return rc;
     report r = {.code = KV_EFORMAT, .config = 1};
@@ -476,7 +474,8 @@ static int layer_ok(const kv_map *m, int layer) {
 }
 
 int kvmap_is_identity(const kv_map *m) {
-    if (!m || m->kind == KVMAP_SWIFTKV || m->n_layers < 1 || m->n_layers > KVMAP_MAX_LAYERS) return 0;
+    if (!m || m->kind == KVMAP_SWIFTKV || m->n_layers < 1 || m->n_layers > KVMAP_MAX_LAYERS)
+        return 0;
     for (int i = 0; i < m->n_layers; i++)
         if (m->kv_layer_of[i] != i) return 0;
     return 1;
@@ -520,8 +519,7 @@ double kvmap_cache_saving(const kv_map *m) {
 }
 
 int kvmap_equal(const kv_map *a, const kv_map *b) {
-    if (!a || !b || a->n_layers != b->n_layers || a->n_layers < 1 ||
-        a->n_layers > KVMAP_MAX_LAYERS)
+    if (!a || !b || a->n_layers != b->n_layers || a->n_layers < 1 || a->n_layers > KVMAP_MAX_LAYERS)
         return 0;
     const int swift = a->kind == KVMAP_SWIFTKV;
     if (swift != (b->kind == KVMAP_SWIFTKV) ||
@@ -676,18 +674,14 @@ int kvmap_diagram(const kv_map *m, char *buf, size_t cap) {
         out_printf(&o,
                    "KV map %s: %d layers; layers 0..%d unchanged; layers %d..%d take K/V from "
                    "norm_swiftkv(input of layer %d), one slot per group of %d\n",
-                   m->name, L, m->swiftkv_l - 1, m->swiftkv_l, L - 1, m->swiftkv_l,
-                   m->swiftkv_g);
-    else
-        out_printf(&o, "KV map %s: %d layers, %d KV layers\n", m->name, L, slots);
+                   m->name, L, m->swiftkv_l - 1, m->swiftkv_l, L - 1, m->swiftkv_l, m->swiftkv_g);
+    else out_printf(&o, "KV map %s: %d layers, %d KV layers\n", m->name, L, slots);
     for (int i = 0; i < L; i++) {
         const int t = m->kv_layer_of[i];
         const int swift = m->kind == KVMAP_SWIFTKV && i >= m->swiftkv_l;
         char col[32];
-        if (t == i)
-            snprintf(col, sizeof col, "%s", swift ? "KV swiftkv" : "KV");
-        else
-            snprintf(col, sizeof col, "-> %*d", w, t);
+        if (t == i) snprintf(col, sizeof col, "%s", swift ? "KV swiftkv" : "KV");
+        else snprintf(col, sizeof col, "-> %*d", w, t);
         out_printf(&o, "layer %*d  %-10s  slot %*d", w, i, col, sw, kvmap_slot_of(m, i));
         if (t > i) out_printf(&o, "  upward (diagonal masked)");
         if (t == i) {
@@ -699,7 +693,8 @@ int kvmap_diagram(const kv_map *m, char *buf, size_t cap) {
     const int groups = kvmap_n_cyclic_groups(m);
     if (groups > 0) {
         /* LCKV's iteration plan, in order: plain layers once, each cyclic group N times */
-        out_printf(&o, "iterative prefill: %d cyclic group%s, N passes each (N = %d unless "
+        out_printf(&o,
+                   "iterative prefill: %d cyclic group%s, N passes each (N = %d unless "
                    "kvrun --prefill iterative:N / kvdistill --passes N)\n",
                    groups, groups == 1 ? "" : "s", KVMAP_DEFAULT_PASSES);
         int next = 0, lo, hi, g = 0;

@@ -24,7 +24,7 @@
 
 #include "base/error.h"
 
-#define KVMAP_MAX_LAYERS 1024
+#define KVMAP_MAX_LAYERS     1024
 /* passes of the iterative plan per cyclic group (LCKV's m + b = 7 + 2) unless told otherwise */
 #define KVMAP_DEFAULT_PASSES 9
 
@@ -34,11 +34,11 @@ typedef enum { KVMAP_IDENTITY, KVMAP_CROSS, KVMAP_SWIFTKV } kvmap_kind;
 
 typedef struct {
     kvmap_kind kind;
-    int n_layers;                   /* L, 1..KVMAP_MAX_LAYERS */
+    int n_layers; /* L, 1..KVMAP_MAX_LAYERS */
     int kv_layer_of[KVMAP_MAX_LAYERS]; /* cross-layer: kv(i). SwiftKV: i for i < l, else the group
                                        leader l + ((j-l)/g)*g whose swiftkv K/V layer j reads */
-    int swiftkv_l, swiftkv_g;       /* SwiftKV only (0 otherwise) */
-    char name[96];                  /* canonical spec: "sandwich-middle:3", "cla:2", "yoco",
+    int swiftkv_l, swiftkv_g; /* SwiftKV only (0 otherwise) */
+    char name[96]; /* canonical spec: "sandwich-middle:3", "cla:2", "yoco",
                                        "swiftkv:3,1", "identity", a literal when it fits, else
                                        "custom" */
 } kv_map;
@@ -64,14 +64,14 @@ int kvmap_validate(const kv_map *m, kv_error *err);
 int kvmap_read_config(kv_map *m, const struct cJSON *config, int n_layers, int swiftkv_default,
                       const char *label, kv_error *err);
 
-int kvmap_is_identity(const kv_map *m);            /* no sharing and not SwiftKV */
-int kvmap_target(const kv_map *m, int layer);      /* kv(layer); -1 if bad */
+int kvmap_is_identity(const kv_map *m); /* no sharing and not SwiftKV */
+int kvmap_target(const kv_map *m, int layer); /* kv(layer); -1 if bad */
 int kvmap_is_kv_layer(const kv_map *m, int layer); /* owns K/V projections and a cache slot */
 int kvmap_is_swiftkv_layer(const kv_map *m, int layer); /* SwiftKV and layer >= l */
-int kvmap_n_slots(const kv_map *m);                /* KV-cache slots: KV layers, l + (L-l)/g */
-int kvmap_slot_of(const kv_map *m, int layer);     /* slot of the K/V `layer` reads; -1 if bad */
-int kvmap_is_upward(const kv_map *m, int layer);   /* kv(i) > i: diagonal-masked attention */
-double kvmap_cache_saving(const kv_map *m);        /* 1 - slots / L, a fraction in [0, 1) */
+int kvmap_n_slots(const kv_map *m); /* KV-cache slots: KV layers, l + (L-l)/g */
+int kvmap_slot_of(const kv_map *m, int layer); /* slot of the K/V `layer` reads; -1 if bad */
+int kvmap_is_upward(const kv_map *m, int layer); /* kv(i) > i: diagonal-masked attention */
+double kvmap_cache_saving(const kv_map *m); /* 1 - slots / L, a fraction in [0, 1) */
 /* same layers, same kv(i) and, for SwiftKV, the same l and g (names and the identity/cross
  * label aside) */
 int kvmap_equal(const kv_map *a, const kv_map *b);

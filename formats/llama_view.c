@@ -8,7 +8,7 @@
 #include "base/fileio.h"
 
 #define NAME_CAP 160
-#define WHY_CAP 160
+#define WHY_CAP  160
 
 typedef enum { NEED_REQUIRED, NEED_OPTIONAL } need_kind;
 
@@ -17,9 +17,9 @@ typedef struct {
     char name[NAME_CAP];
     int n_dims;
     int64_t shape[2];
-    char why[WHY_CAP];         /* config fields behind the shape */
+    char why[WHY_CAP]; /* config fields behind the shape */
     need_kind need;
-    const st_tensor **slot;    /* NULL: checked if present, then ignored */
+    const st_tensor **slot; /* NULL: checked if present, then ignored */
 } expect;
 
 typedef struct {
@@ -63,12 +63,12 @@ static int expect_capacity(int n_layers) { return 32 * n_layers + 8; }
 
 /* name/why setters kept out of add() so the format strings stay checkable */
 #define SET_NAME(e, ...) snprintf((e)->name, NAME_CAP, __VA_ARGS__)
-#define SET_WHY(e, ...) snprintf((e)->why, WHY_CAP, __VA_ARGS__)
+#define SET_WHY(e, ...)  snprintf((e)->why, WHY_CAP, __VA_ARGS__)
 
 /* a projection weight [rows, cols] and, when with_bias, its bias [rows] */
-static void add_proj(expect_list *l, need_kind need, int layer, const char *block,
-                     const char *proj, const st_tensor **w_slot, const st_tensor **b_slot,
-                     int64_t rows, int64_t cols, const char *why, int with_bias) {
+static void add_proj(expect_list *l, need_kind need, int layer, const char *block, const char *proj,
+                     const st_tensor **w_slot, const st_tensor **b_slot, int64_t rows, int64_t cols,
+                     const char *why, int with_bias) {
     expect *e = add(l, need, w_slot, 2, rows, cols);
     if (e) {
         SET_NAME(e, "model.layers.%d.%s.%s.weight", layer, block, proj);
@@ -96,8 +96,8 @@ static void add_layer(expect_list *l, const hf_config *c, int i, llama_layer_vie
     const int64_t kv_rows = (int64_t)c->n_kv_heads * c->head_dim;
     char why_h[WHY_CAP], why_q[WHY_CAP], why_kv[WHY_CAP], why_o[WHY_CAP], why_f[WHY_CAP];
     snprintf(why_h, sizeof why_h, "hidden_size=%d", c->hidden_size);
-    snprintf(why_q, sizeof why_q, "num_attention_heads=%d, head_dim=%d, hidden_size=%d",
-             c->n_heads, c->head_dim, c->hidden_size);
+    snprintf(why_q, sizeof why_q, "num_attention_heads=%d, head_dim=%d, hidden_size=%d", c->n_heads,
+             c->head_dim, c->hidden_size);
     snprintf(why_kv, sizeof why_kv, "num_key_value_heads=%d, head_dim=%d, hidden_size=%d",
              c->n_kv_heads, c->head_dim, c->hidden_size);
     snprintf(why_o, sizeof why_o, "hidden_size=%d, num_attention_heads=%d, head_dim=%d",
@@ -156,13 +156,13 @@ static void add_layer(expect_list *l, const hf_config *c, int i, llama_layer_vie
 static void add_model(expect_list *l, const hf_config *c, llama_view *v) {
     const int64_t H = c->hidden_size, V = c->vocab_size;
     char why_vh[WHY_CAP], why_h[WHY_CAP];
-    snprintf(why_vh, sizeof why_vh, "vocab_size=%d, hidden_size=%d", c->vocab_size,
-             c->hidden_size);
+    snprintf(why_vh, sizeof why_vh, "vocab_size=%d, hidden_size=%d", c->vocab_size, c->hidden_size);
     snprintf(why_h, sizeof why_h, "hidden_size=%d", c->hidden_size);
     expect *e = add(l, NEED_REQUIRED, &v->embed, 2, V, H);
     if (e) SET_NAME(e, "model.embed_tokens.weight"), SET_WHY(e, "%s", why_vh);
     add_norm(l, &v->norm, "model.norm.weight", H, why_h);
-    if (c->map.kind == KVMAP_SWIFTKV) add_norm(l, &v->norm_swiftkv, "model.norm_swiftkv.weight", H, why_h);
+    if (c->map.kind == KVMAP_SWIFTKV)
+        add_norm(l, &v->norm_swiftkv, "model.norm_swiftkv.weight", H, why_h);
     e = add(l, c->tie_word_embeddings ? NEED_OPTIONAL : NEED_REQUIRED,
             c->tie_word_embeddings ? NULL : &v->lm_head, 2, V, H);
     if (e) SET_NAME(e, "lm_head.weight"), SET_WHY(e, "%s", why_vh);
@@ -227,7 +227,9 @@ void llama_view_free(llama_view *v) {
     memset(v, 0, sizeof *v);
 }
 
-const st_tensor *llama_view_output(const llama_view *v) { return v->lm_head ? v->lm_head : v->embed; }
+const st_tensor *llama_view_output(const llama_view *v) {
+    return v->lm_head ? v->lm_head : v->embed;
+}
 
 int llama_view_bind_source(llama_view *v, const hf_config *c, const kv_tensor_source *src,
                            kv_error *err) {
@@ -296,7 +298,8 @@ int llama_view_bind_source(llama_view *v, const hf_config *c, const kv_tensor_so
     for (int i = 0; i < n; i++) {
         const st_tensor *t = tensor_at(src, order[i]);
         v->n_params += (int64_t)t->n_elements;
-        if ((int)t->dtype >= 0 && t->dtype < KV_DTYPE_COUNT) v->bytes_by_dtype[t->dtype] += t->n_bytes;
+        if ((int)t->dtype >= 0 && t->dtype < KV_DTYPE_COUNT)
+            v->bytes_by_dtype[t->dtype] += t->n_bytes;
         if (!seen[order[i]])
             problem(&p, KV_EFORMAT,
                     "%s: unexpected tensor '%s' (not part of the %s model config.json describes)",
@@ -305,9 +308,9 @@ int llama_view_bind_source(llama_view *v, const hf_config *c, const kv_tensor_so
     if (p.n) {
         rc = p.first.code;
         if (p.n > 1)
-            kv_fail(err, rc, "%s (and %d more problem%s)", p.first.msg, p.n - 1, p.n > 2 ? "s" : "");
-        else
-            kv_fail(err, rc, "%s", p.first.msg);
+            kv_fail(err, rc, "%s (and %d more problem%s)", p.first.msg, p.n - 1,
+                    p.n > 2 ? "s" : "");
+        else kv_fail(err, rc, "%s", p.first.msg);
     }
 done:
     free(l.items);

@@ -40,41 +40,41 @@
 
 /* The sizes every stage derives from config.json, derived once (llama_dims_init). */
 typedef struct {
-    int n_layers, hidden, n_heads, n_kv_heads, head_dim, ffn, vocab;  /* L, H, nh, nkv, hd, F, V */
-    int q_dim, kv_dim;               /* nh*hd, nkv*hd */
-    int max_pos;                     /* max_position_embeddings */
-    float eps;                       /* rms_norm_eps */
-    kv_rope_config rope;             /* rope_theta, rope_scaling */
+    int n_layers, hidden, n_heads, n_kv_heads, head_dim, ffn, vocab; /* L, H, nh, nkv, hd, F, V */
+    int q_dim, kv_dim; /* nh*hd, nkv*hd */
+    int max_pos; /* max_position_embeddings */
+    float eps; /* rms_norm_eps */
+    kv_rope_config rope; /* rope_theta, rope_scaling */
 } llama_dims;
 
 /* from a parsed (validated) config */
 void llama_dims_init(llama_dims *d, const hf_config *c);
 
 typedef struct {
-    const st_tensor *input_norm;            /* [H] */
-    const st_tensor *q, *k, *v, *o;         /* [nh*hd, H], [nkv*hd, H] x2, [H, nh*hd] */
+    const st_tensor *input_norm; /* [H] */
+    const st_tensor *q, *k, *v, *o; /* [nh*hd, H], [nkv*hd, H] x2, [H, nh*hd] */
     const st_tensor *q_bias, *k_bias, *v_bias, *o_bias; /* [nh*hd], [nkv*hd] x2, [H] */
-    const st_tensor *post_norm;             /* [H] */
-    const st_tensor *gate, *up, *down;      /* [F, H] x2, [H, F] */
-    const st_tensor *gate_bias, *up_bias, *down_bias;   /* [F] x2, [H] */
+    const st_tensor *post_norm; /* [H] */
+    const st_tensor *gate, *up, *down; /* [F, H] x2, [H, F] */
+    const st_tensor *gate_bias, *up_bias, *down_bias; /* [F] x2, [H] */
     /* SwiftKV, layers >= l; k/v only on group leaders */
     const st_tensor *q_swiftkv, *k_swiftkv, *v_swiftkv; /* [nh*hd, H], [nkv*hd, H] x2 */
     const st_tensor *q_swiftkv_bias, *k_swiftkv_bias, *v_swiftkv_bias;
 } llama_layer_view;
 
 typedef struct {
-    const hf_config *cfg;          /* borrowed: must outlive the view */
-    const st_checkpoint *ckpt;     /* borrowed, llama_view_bind only (NULL for another source) */
-    const st_tensor *embed;        /* [V, H] */
-    const st_tensor *norm;         /* [H] */
-    const st_tensor *lm_head;      /* [V, H]; NULL when tied: use llama_view_output() */
+    const hf_config *cfg; /* borrowed: must outlive the view */
+    const st_checkpoint *ckpt; /* borrowed, llama_view_bind only (NULL for another source) */
+    const st_tensor *embed; /* [V, H] */
+    const st_tensor *norm; /* [H] */
+    const st_tensor *lm_head; /* [V, H]; NULL when tied: use llama_view_output() */
     const st_tensor *norm_swiftkv; /* [H]; SwiftKV only */
     int n_layers;
-    llama_layer_view *layers;      /* [n_layers] */
-    int n_bound;                   /* tensors bound to a slot */
-    int n_ignored;                 /* tensors present, checked, left unbound */
-    int64_t n_params;              /* elements of every tensor in the checkpoint */
-    int64_t n_params_bound;        /* elements of the bound tensors */
+    llama_layer_view *layers; /* [n_layers] */
+    int n_bound; /* tensors bound to a slot */
+    int n_ignored; /* tensors present, checked, left unbound */
+    int64_t n_params; /* elements of every tensor in the checkpoint */
+    int64_t n_params_bound; /* elements of the bound tensors */
     size_t bytes_by_dtype[KV_DTYPE_COUNT]; /* data bytes of every tensor, per dtype */
 } llama_view;
 
@@ -91,9 +91,22 @@ const st_tensor *llama_view_output(const llama_view *v);
 
 /* A layer's tensors as a forward pass uses them, in this order. */
 typedef enum {
-    LLAMA_ATTN_NORM, LLAMA_Q, LLAMA_Q_BIAS, LLAMA_K, LLAMA_K_BIAS, LLAMA_V, LLAMA_V_BIAS,
-    LLAMA_O, LLAMA_O_BIAS, LLAMA_MLP_NORM, LLAMA_GATE, LLAMA_GATE_BIAS, LLAMA_UP, LLAMA_UP_BIAS,
-    LLAMA_DOWN, LLAMA_DOWN_BIAS,
+    LLAMA_ATTN_NORM,
+    LLAMA_Q,
+    LLAMA_Q_BIAS,
+    LLAMA_K,
+    LLAMA_K_BIAS,
+    LLAMA_V,
+    LLAMA_V_BIAS,
+    LLAMA_O,
+    LLAMA_O_BIAS,
+    LLAMA_MLP_NORM,
+    LLAMA_GATE,
+    LLAMA_GATE_BIAS,
+    LLAMA_UP,
+    LLAMA_UP_BIAS,
+    LLAMA_DOWN,
+    LLAMA_DOWN_BIAS,
     LLAMA_N_ROLES
 } llama_role;
 /* the tensor layer `layer` runs with in `role`: q/k/v (and biases) are the *_swiftkv ones on

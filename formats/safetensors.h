@@ -10,7 +10,7 @@
 #include "base/dtype.h"
 #include "base/error.h"
 
-#define ST_MAX_DIMS 8
+#define ST_MAX_DIMS   8
 #define ST_MAX_HEADER (100u * 1000u * 1000u) /* spec: header at most 100 MB */
 
 typedef struct {
@@ -20,21 +20,21 @@ typedef struct {
     int64_t shape[ST_MAX_DIMS];
     size_t n_elements;
     size_t n_bytes;
-    size_t offset;      /* into the file's data buffer */
-    const void *data;   /* points into the mapping (read-only) */
-    int file_index;     /* which shard (st_checkpoint) */
+    size_t offset; /* into the file's data buffer */
+    const void *data; /* points into the mapping (read-only) */
+    int file_index; /* which shard (st_checkpoint) */
 } st_tensor;
 
 typedef struct {
-    char *path;         /* st_open: the path; st_parse: its label (ST_MEMORY_LABEL when NULL).
+    char *path; /* st_open: the path; st_parse: its label (ST_MEMORY_LABEL when NULL).
                            Never NULL in a file that opened or parsed */
-    void *map;          /* whole file, PROT_READ; NULL for an in-memory parse */
+    void *map; /* whole file, PROT_READ; NULL for an in-memory parse */
     size_t map_size;
     size_t header_len;
     const uint8_t *data;
     size_t data_size;
     int n_tensors;
-    st_tensor *tensors;  /* sorted by name */
+    st_tensor *tensors; /* sorted by name */
     int n_meta;
     char **meta_keys, **meta_values; /* __metadata__, sorted by key */
 } st_file;
@@ -69,14 +69,14 @@ int st_checkpoint_open(st_checkpoint *c, const char *dir, kv_error *err);
  * name) names it in errors; on error nothing is left allocated. */
 typedef struct {
     char *tensor;
-    int shard;      /* into st_index.shards */
+    int shard; /* into st_index.shards */
 } st_index_entry;
 
 typedef struct {
     int n_entries;
     st_index_entry *entries; /* weight_map, sorted by tensor name, names distinct */
     int n_shards;
-    char **shards;           /* the distinct shard file names, sorted */
+    char **shards; /* the distinct shard file names, sorted */
 } st_index;
 
 int st_index_parse(st_index *ix, const char *json, size_t len, const char *label, kv_error *err);
@@ -104,7 +104,8 @@ int st_writer_open(st_writer **w, const char *path, const st_spec *specs, int n_
 /* the same, the header padded with spaces so the data starts at data_residue mod 4096 (a
  * multiple of 8; -1: no padding beyond 8) */
 int st_writer_open_aligned(st_writer **w, const char *path, const st_spec *specs, int n_specs,
-                           const char *const *meta_kv, int n_meta, long data_residue, kv_error *err);
+                           const char *const *meta_kv, int n_meta, long data_residue,
+                           kv_error *err);
 /* name of the tensor whose bytes are expected next (NULL when all written) */
 const char *st_writer_next(const st_writer *w);
 int st_writer_put(st_writer *w, const void *bytes, size_t n, kv_error *err);
@@ -114,7 +115,7 @@ int st_writer_copy(st_writer *w, int src_fd, off_t src_off, size_t n, kv_error *
 /* durable = 0: no fsync at finish (scratch output); set before the first put */
 void st_writer_set_durable(st_writer *w, int durable);
 int st_writer_finish(st_writer *w, kv_error *err); /* frees w */
-void st_writer_abort(st_writer *w);                /* frees w, removes the temp file */
+void st_writer_abort(st_writer *w); /* frees w, removes the temp file */
 
 /* One-shot: writes n tensors (data[i] holds specs[i]'s bytes). meta_kv = {k0,v0,k1,v1...} */
 int st_write_file(const char *path, const st_spec *specs, const void *const *data, int n,
@@ -132,8 +133,8 @@ int st_write_checkpoint(const char *dir, const st_spec *specs, int n, size_t sha
                         kv_error *err);
 #define ST_WRITE_NO_SYNC 1u /* flags: skip the fsyncs (scratch output) */
 /* data_residue: as st_writer_open_aligned, for every file written */
-int st_write_checkpoint_ex(const char *dir, const st_spec *specs, int n, size_t shard_bytes, unsigned flags,
-                           long data_residue, const char *const *meta_kv, int n_meta, st_fill_fn fill,
-                           void *ctx, kv_error *err);
+int st_write_checkpoint_ex(const char *dir, const st_spec *specs, int n, size_t shard_bytes,
+                           unsigned flags, long data_residue, const char *const *meta_kv,
+                           int n_meta, st_fill_fn fill, void *ctx, kv_error *err);
 
 #endif

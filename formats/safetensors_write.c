@@ -16,21 +16,25 @@ struct st_writer {
     char path[4096], tmp[4096];
     int fd;
     int n;
-    st_spec *specs;      /* sorted by name; names borrowed from the caller */
-    size_t *ends;        /* ends[i] = end offset of tensor i in the data buffer */
-    size_t written;      /* data bytes written so far */
-    char *buf;           /* staging buffer for small puts */
+    st_spec *specs; /* sorted by name; names borrowed from the caller */
+    size_t *ends; /* ends[i] = end offset of tensor i in the data buffer */
+    size_t written; /* data bytes written so far */
+    char *buf; /* staging buffer for small puts */
     size_t buf_len;
-    int durable;         /* fsync before the rename (default) */
-    off_t file_pos;      /* bytes in the file (header included) */
-    off_t kicked;        /* writeback started for [0, kicked) */
+    int durable; /* fsync before the rename (default) */
+    off_t file_pos; /* bytes in the file (header included) */
+    off_t kicked; /* writeback started for [0, kicked) */
 };
 
-#define WRITER_BUF (1u << 20)
+#define WRITER_BUF     (1u << 20)
 #define WRITEBACK_STEP ((off_t)32 << 20)
-#define COPY_STEP ((size_t)32 << 20)       /* bytes per copy_file_range call */
+#define COPY_STEP      ((size_t)32 << 20) /* bytes per copy_file_range call */
 
-typedef struct { char *s; size_t len, cap; int oom; } strbuf;
+typedef struct {
+    char *s;
+    size_t len, cap;
+    int oom;
+} strbuf;
 
 static void sb_put(strbuf *b, const char *s, size_t n) {
     if (b->oom) return;
@@ -38,7 +42,10 @@ static void sb_put(strbuf *b, const char *s, size_t n) {
         size_t cap = b->cap ? b->cap : 4096;
         while (cap < b->len + n + 1) cap *= 2;
         char *p = realloc(b->s, cap);
-        if (!p) { b->oom = 1; return; }
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
         b->s = p;
         b->cap = cap;
     }
@@ -51,9 +58,14 @@ static void sb_json_string(strbuf *b, const char *s) {
     sb_put(b, "\"", 1);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         char esc[8];
-        if (*p == '"' || *p == '\\') { esc[0] = '\\'; esc[1] = (char)*p; sb_put(b, esc, 2); }
-        else if (*p < 0x20) { snprintf(esc, sizeof esc, "\\u%04x", *p); sb_put(b, esc, 6); }
-        else sb_put(b, (const char *)p, 1);
+        if (*p == '"' || *p == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)*p;
+            sb_put(b, esc, 2);
+        } else if (*p < 0x20) {
+            snprintf(esc, sizeof esc, "\\u%04x", *p);
+            sb_put(b, esc, 6);
+        } else sb_put(b, (const char *)p, 1);
     }
     sb_put(b, "\"", 1);
 }
@@ -86,7 +98,10 @@ static int flush_buf(st_writer *w) {
 
 void st_writer_abort(st_writer *w) {
     if (!w) return;
-    if (w->fd >= 0) { close(w->fd); unlink(w->tmp); }
+    if (w->fd >= 0) {
+        close(w->fd);
+        unlink(w->tmp);
+    }
     free(w->specs);
     free(w->ends);
     free(w->buf);
@@ -99,7 +114,8 @@ int st_writer_open(st_writer **out, const char *path, const st_spec *specs, int 
 }
 
 int st_writer_open_aligned(st_writer **out, const char *path, const st_spec *specs, int n_specs,
-                           const char *const *meta_kv, int n_meta, long data_residue, kv_error *err) {
+                           const char *const *meta_kv, int n_meta, long data_residue,
+                           kv_error *err) {
     *out = NULL;
     st_writer *w = calloc(1, sizeof *w);
     if (!w) return kv_fail(err, KV_ENOMEM, "%s: out of memory", path);
@@ -110,7 +126,10 @@ int st_writer_open_aligned(st_writer **out, const char *path, const st_spec *spe
     w->specs = malloc(((size_t)n_specs + 1) * sizeof *w->specs);
     w->ends = malloc(((size_t)n_specs + 1) * sizeof *w->ends);
     w->buf = malloc(WRITER_BUF);
-    if (!w->specs || !w->ends || !w->buf) { st_writer_abort(w); return kv_fail(err, KV_ENOMEM, "%s: out of memory", path); }
+    if (!w->specs || !w->ends || !w->buf) {
+        st_writer_abort(w);
+        return kv_fail(err, KV_ENOMEM, "%s: out of memory", path);
+    }
     if (n_specs) memcpy(w->specs, specs, (size_t)n_specs * sizeof *specs);
     qsort(w->specs, (size_t)n_specs, sizeof *w->specs, cmp_spec_name);
     strbuf h = {0};
@@ -130,8 +149,15 @@ int st_writer_open_aligned(st_writer **out, const char *path, const st_spec *spe
     for (int i = 0; i < n_specs && !rc; i++) {
         const st_spec *s = &w->specs[i];
         size_t bytes = st_spec_bytes(s);
-        if (bytes == SIZE_MAX) { rc = kv_fail(err, KV_EINVAL, "%s: tensor '%s': bad dtype, rank or shape", path, s->name); break; }
-        if (i && strcmp(w->specs[i - 1].name, s->name) == 0) { rc = kv_fail(err, KV_EINVAL, "%s: tensor '%s' given twice", path, s->name); break; }
+        if (bytes == SIZE_MAX) {
+            rc =
+                kv_fail(err, KV_EINVAL, "%s: tensor '%s': bad dtype, rank or shape", path, s->name);
+            break;
+        }
+        if (i && strcmp(w->specs[i - 1].name, s->name) == 0) {
+            rc = kv_fail(err, KV_EINVAL, "%s: tensor '%s' given twice", path, s->name);
+            break;
+        }
         if (i || n_meta > 0) sb_str(&h, ",");
         sb_json_string(&h, s->name);
         char num[64];
@@ -153,7 +179,8 @@ int st_writer_open_aligned(st_writer **out, const char *path, const st_spec *spe
     if (data_residue >= 0 && data_residue % 8 == 0)
         while (!h.oom && (8 + h.len) % 4096 != (size_t)data_residue % 4096) sb_str(&h, "        ");
     if (!rc && h.oom) rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", path);
-    if (!rc && h.len > ST_MAX_HEADER) rc = kv_fail(err, KV_EINVAL, "%s: header of %zu bytes exceeds 100 MB", path, h.len);
+    if (!rc && h.len > ST_MAX_HEADER)
+        rc = kv_fail(err, KV_EINVAL, "%s: header of %zu bytes exceeds 100 MB", path, h.len);
     if (!rc) rc = kv_tmpfile_beside(path, w->tmp, sizeof w->tmp, &w->fd, err);
     if (!rc) {
         uint8_t len_le[8];
@@ -164,7 +191,10 @@ int st_writer_open_aligned(st_writer **out, const char *path, const st_spec *spe
             rc = kv_fail(err, KV_EIO, "%s: cannot write header", path);
     }
     free(h.s);
-    if (rc) { st_writer_abort(w); return rc; }
+    if (rc) {
+        st_writer_abort(w);
+        return rc;
+    }
     *out = w;
     return 0;
 }
@@ -180,7 +210,8 @@ void st_writer_set_durable(st_writer *w, int durable) { w->durable = durable; }
 static int check_room(const st_writer *w, size_t n, kv_error *err) {
     size_t total = w->n ? w->ends[w->n - 1] : 0;
     if (n > total - w->written)
-        return kv_fail(err, KV_EINVAL, "%s: %zu more data bytes than the header declares", w->path, n - (total - w->written));
+        return kv_fail(err, KV_EINVAL, "%s: %zu more data bytes than the header declares", w->path,
+                       n - (total - w->written));
     return 0;
 }
 
@@ -194,8 +225,13 @@ int st_writer_put(st_writer *w, const void *bytes, size_t n, kv_error *err) {
         return 0;
     }
     if (flush_buf(w) != 0) return kv_fail(err, KV_EIO, "%s: write failed", w->path);
-    if (n <= WRITER_BUF / 2) { memcpy(w->buf, bytes, n); w->buf_len = n; return 0; }
-    if (write_out(w, bytes, n) != 0) return kv_fail(err, KV_EIO, "%s: write failed: %s", w->path, strerror(errno));
+    if (n <= WRITER_BUF / 2) {
+        memcpy(w->buf, bytes, n);
+        w->buf_len = n;
+        return 0;
+    }
+    if (write_out(w, bytes, n) != 0)
+        return kv_fail(err, KV_EIO, "%s: write failed: %s", w->path, strerror(errno));
     return 0;
 }
 
@@ -208,21 +244,34 @@ static int copy_range(int src_fd, off_t src_off, int dst_fd, off_t dst_off, size
     while (n > 0) {
         ssize_t r = -1;
         if (!buf) {
-            r = copy_file_range(src_fd, &src_off, dst_fd, &dst_off, n < COPY_STEP ? n : COPY_STEP, 0);
+            r = copy_file_range(src_fd, &src_off, dst_fd, &dst_off, n < COPY_STEP ? n : COPY_STEP,
+                                0);
             if (r < 0 && errno == EINTR) continue;
-            if (r < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP || errno == EBADF)) {
+            if (r < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS ||
+                          errno == EOPNOTSUPP || errno == EBADF)) {
                 if (!(buf = malloc(WRITER_BUF))) return ENOMEM;
                 continue;
             }
-            if (r <= 0) { free(buf); return r ? errno : EIO; }
+            if (r <= 0) {
+                free(buf);
+                return r ? errno : EIO;
+            }
         } else {
             r = pread(src_fd, buf, n < WRITER_BUF ? n : WRITER_BUF, src_off);
             if (r < 0 && errno == EINTR) continue;
-            if (r <= 0) { int e = r ? errno : EIO; free(buf); return e; }
+            if (r <= 0) {
+                int e = r ? errno : EIO;
+                free(buf);
+                return e;
+            }
             for (ssize_t done = 0; done < r;) {
                 ssize_t w = pwrite(dst_fd, buf + done, (size_t)(r - done), dst_off + done);
                 if (w < 0 && errno == EINTR) continue;
-                if (w <= 0) { int e = w ? errno : EIO; free(buf); return e; }
+                if (w <= 0) {
+                    int e = w ? errno : EIO;
+                    free(buf);
+                    return e;
+                }
                 done += w;
             }
             src_off += r;
@@ -240,7 +289,8 @@ int st_writer_copy(st_writer *w, int src_fd, off_t src_off, size_t n, kv_error *
     int rc = check_room(w, n, err);
     if (rc) return rc;
     w->written += n;
-    if (flush_buf(w) != 0) return kv_fail(err, KV_EIO, "%s: write failed: %s", w->path, strerror(errno));
+    if (flush_buf(w) != 0)
+        return kv_fail(err, KV_EIO, "%s: write failed: %s", w->path, strerror(errno));
     int e = copy_range(src_fd, src_off, w->fd, w->file_pos, n);
     if (e) return kv_fail(err, KV_EIO, "%s: copy failed: %s", w->path, strerror(e));
     w->file_pos += (off_t)n;
@@ -255,7 +305,9 @@ int st_writer_finish(st_writer *w, kv_error *err) {
     int rc = 0;
     if (w->written != total) {
         const char *next = st_writer_next(w);
-        rc = kv_fail(err, KV_EINVAL, "%s: only %zu of %zu data bytes written (tensor '%s' incomplete)", w->path, w->written, total, next ? next : "?");
+        rc = kv_fail(err, KV_EINVAL,
+                     "%s: only %zu of %zu data bytes written (tensor '%s' incomplete)", w->path,
+                     w->written, total, next ? next : "?");
     } else if (flush_buf(w) != 0) {
         rc = kv_fail(err, KV_EIO, "%s: write failed", w->path);
     } else {
@@ -278,6 +330,9 @@ int st_write_file(const char *path, const st_spec *specs, const void *const *dat
         while (j < n && strcmp(specs[j].name, name) != 0) j++;
         rc = st_writer_put(w, data[j], st_spec_bytes(&specs[j]), err);
     }
-    if (rc) { st_writer_abort(w); return rc; }
+    if (rc) {
+        st_writer_abort(w);
+        return rc;
+    }
     return st_writer_finish(w, err);
 }

@@ -15,16 +15,20 @@ static const char *base_name(const char *path) {
 /* the shard holding t; for a missing tensor the one file, the index, or the directory */
 static const char *checkpoint_where(const void *ctx, const st_tensor *t) {
     const st_checkpoint *ck = ctx;
-    if (t) return t->file_index >= 0 && t->file_index < ck->n_files ? base_name(ck->files[t->file_index].path)
-                                                                    : "checkpoint";
+    if (t)
+        return t->file_index >= 0 && t->file_index < ck->n_files
+                   ? base_name(ck->files[t->file_index].path)
+                   : "checkpoint";
     if (ck->n_files == 1) return base_name(ck->files[0].path);
     if (ck->sharded) return "model.safetensors.index.json";
     return ck->dir ? ck->dir : "checkpoint";
 }
 
 void kv_tensor_source_checkpoint(kv_tensor_source *s, const st_checkpoint *c) {
-    *s = (kv_tensor_source){.n_tensors = c->n_tensors, .tensor = checkpoint_tensor,
-                            .where = checkpoint_where, .ctx = c};
+    *s = (kv_tensor_source){.n_tensors = c->n_tensors,
+                            .tensor = checkpoint_tensor,
+                            .where = checkpoint_where,
+                            .ctx = c};
 }
 
 static const st_tensor *table_tensor(const void *ctx, int i) {
@@ -42,5 +46,7 @@ static const char *table_where(const void *ctx, const st_tensor *x) {
 
 void kv_tensor_source_table(kv_tensor_source *s, const kv_tensor_table *t) {
     *s = (kv_tensor_source){.n_tensors = t->n_items + (t->base ? t->base->n_tensors : 0),
-                            .tensor = table_tensor, .where = table_where, .ctx = t};
+                            .tensor = table_tensor,
+                            .where = table_where,
+                            .ctx = t};
 }

@@ -26,7 +26,7 @@ typedef struct {
     const st_tensor *items;
     int n_items;
     const kv_tensor_source *base;
-    const char *label;           /* names the items in messages */
+    const char *label; /* names the items in messages */
 } kv_tensor_table;
 void kv_tensor_source_table(kv_tensor_source *s, const kv_tensor_table *t);
 

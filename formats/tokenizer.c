@@ -44,7 +44,8 @@ int kv_tokenizer_eos(const kv_tokenizer *t) { return t->eos; }
 
 int kv_tokenizer_set_bos_eos(kv_tokenizer *t, int bos, int eos, kv_error *err) {
     if (bos < -1 || bos >= t->n_ids || eos < -1 || eos >= t->n_ids)
-        return kv_fail(err, KV_EINVAL, "tokenizer: bos %d / eos %d outside the %d ids", bos, eos, t->n_ids);
+        return kv_fail(err, KV_EINVAL, "tokenizer: bos %d / eos %d outside the %d ids", bos, eos,
+                       t->n_ids);
     t->bos = bos;
     t->eos = eos;
     return 0;
@@ -66,8 +67,8 @@ int kv_tokenizer_is_special(const kv_tokenizer *t, int id) {
 
 /* appends s[0..n) to out with every occurrence of pat replaced by with (left to right), in time
  * linear in n (memmem); KV_EUNSUPPORTED, with out left short, once out would pass limit bytes */
-static int replace_all(kv_tok_buf *out, const char *s, size_t n, const kv_tok_str *pat, const kv_tok_str *with,
-                       size_t limit) {
+static int replace_all(kv_tok_buf *out, const char *s, size_t n, const kv_tok_str *pat,
+                       const kv_tok_str *with, size_t limit) {
     size_t i = 0;
     if (n == 0) return kv_tok_buf_add(out, "", 0); /* out->s is non-NULL afterwards, as always */
     while (i < n) {
@@ -142,8 +143,8 @@ int kv_tok_matcher_build(kv_tokenizer *t, kv_tok_matcher *m, int normalized) {
 }
 
 /* leftmost-longest added token in s[from..n): match [*ms, *me) widened by lstrip/rstrip */
-static int find_added(const kv_tokenizer *t, const kv_tok_matcher *m, const char *s, size_t from, size_t n,
-                      size_t *ms, size_t *me, int *id) {
+static int find_added(const kv_tokenizer *t, const kv_tok_matcher *m, const char *s, size_t from,
+                      size_t n, size_t *ms, size_t *me, int *id) {
     if (m->n == 0) return 0;
     const unsigned char *u = (const unsigned char *)s;
     for (size_t i = from; i < n; i++) {
@@ -159,7 +160,8 @@ static int find_added(const kv_tokenizer *t, const kv_tok_matcher *m, const char
         const kv_tok_added *a = &t->added[best];
         size_t start = i, end = best_end, w;
         if (a->lstrip)
-            while (start > from && (w = kv_tok_space_len_before(u + from, start - from))) start -= w;
+            while (start > from && (w = kv_tok_space_len_before(u + from, start - from)))
+                start -= w;
         if (a->rstrip)
             while (end < n && (w = kv_tok_space_len(u + end, n - end))) end += w;
         *ms = start;
@@ -185,9 +187,11 @@ static int oom(kv_error *err) { return kv_fail(err, KV_ENOMEM, "tokenizer: out o
 /* a kv_tok_normalize / replace_all failure: out of memory or past the growth cap */
 static int grow_fail(kv_error *err, int rc, const char *what, size_t n) {
     if (rc != KV_EUNSUPPORTED) return oom(err);
-    return kv_fail(err, KV_EUNSUPPORTED,
-                   "tokenizer: the %s chain grows %zu bytes of text past %d x + %d bytes; such a chain is not "
-                   "supported", what, n, KV_TOK_GROWTH, KV_TOK_GROWTH_SLACK);
+    return kv_fail(
+        err, KV_EUNSUPPORTED,
+        "tokenizer: the %s chain grows %zu bytes of text past %d x + %d bytes; such a chain is not "
+        "supported",
+        what, n, KV_TOK_GROWTH, KV_TOK_GROWTH_SLACK);
 }
 
 /* pre-tokenizer then BPE on one normalized piece; at_start: it begins the original text */
@@ -202,7 +206,8 @@ static int encode_pretok(enc_ctx *c, const char *s, size_t n, int at_start) {
     b->n = 0;
     if (replace_all(b, s, n, &space, rep, SIZE_MAX)) return oom(c->err);
     int starts_rep = b->n >= rep->n && memcmp(b->s, rep->s, rep->n) == 0;
-    int prepend = t->pre.scheme == KV_TOK_PREPEND_ALWAYS || (t->pre.scheme == KV_TOK_PREPEND_FIRST && at_start);
+    int prepend = t->pre.scheme == KV_TOK_PREPEND_ALWAYS ||
+                  (t->pre.scheme == KV_TOK_PREPEND_FIRST && at_start);
     if (prepend && !starts_rep) {
         size_t old = b->n;
         if (kv_tok_buf_add(b, rep->s, rep->n)) return oom(c->err);
@@ -241,12 +246,13 @@ static int encode_section(enc_ctx *c, const char *s, size_t n, int at_start) {
     return encode_pretok(c, ns + pos, nn - pos, at_start && pos == 0);
 }
 
-int kv_tokenizer_encode(const kv_tokenizer *t, const char *text, size_t len, int add_bos, int **ids, int *n_ids,
-                        kv_error *err) {
+int kv_tokenizer_encode(const kv_tokenizer *t, const char *text, size_t len, int add_bos, int **ids,
+                        int *n_ids, kv_error *err) {
     *ids = NULL;
     *n_ids = 0;
     if (!text && len) return kv_fail(err, KV_EINVAL, "tokenizer: NULL text");
-    if (add_bos && t->bos < 0) return kv_fail(err, KV_EINVAL, "tokenizer: BOS requested but the tokenizer has none");
+    if (add_bos && t->bos < 0)
+        return kv_fail(err, KV_EINVAL, "tokenizer: BOS requested but the tokenizer has none");
     kv_tok_ids out = {0};
     enc_ctx c = {.t = t, .scratch = kv_tok_scratch_new(), .out = &out, .err = err};
     int rc = c.scratch ? 0 : oom(err);
@@ -262,7 +268,8 @@ int kv_tokenizer_encode(const kv_tokenizer *t, const char *text, size_t len, int
         if (!rc && kv_tok_ids_push(&out, id)) rc = oom(err);
         pos = me;
     }
-    if (!rc && out.n > (size_t)INT32_MAX) rc = kv_fail(err, KV_EINVAL, "tokenizer: more than 2^31 tokens");
+    if (!rc && out.n > (size_t)INT32_MAX)
+        rc = kv_fail(err, KV_EINVAL, "tokenizer: more than 2^31 tokens");
     if (!rc && !out.v && !(out.v = malloc(sizeof(int)))) rc = oom(err);
     kv_tok_scratch_free(c.scratch);
     free(c.norm.s);
@@ -313,7 +320,10 @@ static int byte_token(const char *s, size_t n, unsigned char *out) {
     int v = 0;
     for (int i = 3; i < 5; i++) {
         char ch = s[i];
-        int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
+        int d = ch >= '0' && ch <= '9'   ? ch - '0'
+                : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                         : -1;
         if (d < 0) return 0;
         v = v * 16 + d;
     }
@@ -330,10 +340,12 @@ static int flush_bytes(tok_list *dst, const unsigned char *bytes, size_t n) {
 }
 
 /* one decoder step; limit: the most bytes dst may hold (KV_EUNSUPPORTED past it) */
-static int apply_step(const kv_tok_dec_step *st, const tok_list *src, tok_list *dst, kv_tok_buf *bytes, size_t limit) {
+static int apply_step(const kv_tok_dec_step *st, const tok_list *src, tok_list *dst,
+                      kv_tok_buf *bytes, size_t limit) {
     list_clear(dst);
     if (st->kind == KV_TOK_DEC_FUSE) {
-        if (kv_tok_buf_add(&dst->text, src->text.s ? src->text.s : "", src->text.n)) return KV_ENOMEM;
+        if (kv_tok_buf_add(&dst->text, src->text.s ? src->text.s : "", src->text.n))
+            return KV_ENOMEM;
         return list_end_token(dst);
     }
     bytes->n = 0;
@@ -351,15 +363,20 @@ static int apply_step(const kv_tok_dec_step *st, const tok_list *src, tok_list *
             if (byte_token(s, n, &b)) {
                 rc = kv_tok_buf_add(bytes, (const char *)&b, 1);
             } else {
-                rc = flush_bytes(dst, (const unsigned char *)bytes->s, bytes->n) || list_push(dst, s, n);
+                rc = flush_bytes(dst, (const unsigned char *)bytes->s, bytes->n) ||
+                     list_push(dst, s, n);
                 bytes->n = 0;
             }
             break;
         }
         case KV_TOK_DEC_STRIP: {
             size_t a = 0, z = n;
-            for (int k = 0; k < st->start && z - a >= st->pat.n && !memcmp(s + a, st->pat.s, st->pat.n); k++) a += st->pat.n;
-            for (int k = 0; k < st->stop && z - a >= st->pat.n && !memcmp(s + z - st->pat.n, st->pat.s, st->pat.n); k++)
+            for (int k = 0;
+                 k < st->start && z - a >= st->pat.n && !memcmp(s + a, st->pat.s, st->pat.n); k++)
+                a += st->pat.n;
+            for (int k = 0; k < st->stop && z - a >= st->pat.n &&
+                            !memcmp(s + z - st->pat.n, st->pat.s, st->pat.n);
+                 k++)
                 z -= st->pat.n;
             rc = list_push(dst, s + a, z - a);
             break;
@@ -368,27 +385,31 @@ static int apply_step(const kv_tok_dec_step *st, const tok_list *src, tok_list *
             /* HF: replacement -> ' ', except that the first token drops all of them when prepending */
             static const kv_tok_str none = {.s = "", .n = 0}, space = {.s = " ", .n = 1};
             const kv_tok_str *with = i == 0 && st->prepend ? &none : &space;
-            rc = replace_all(&dst->text, s, n, &st->pat, with, SIZE_MAX); /* never grows: pat is one character */
+            rc = replace_all(&dst->text, s, n, &st->pat, with,
+                             SIZE_MAX); /* never grows: pat is one character */
             if (!rc) rc = list_end_token(dst);
             break;
         }
-        case KV_TOK_DEC_FUSE:
-            break;
+        case KV_TOK_DEC_FUSE: break;
         }
         if (rc) return rc == KV_EUNSUPPORTED ? rc : KV_ENOMEM;
     }
-    if (st->kind == KV_TOK_DEC_BYTE_FALLBACK && flush_bytes(dst, (const unsigned char *)bytes->s, bytes->n)) return KV_ENOMEM;
+    if (st->kind == KV_TOK_DEC_BYTE_FALLBACK &&
+        flush_bytes(dst, (const unsigned char *)bytes->s, bytes->n))
+        return KV_ENOMEM;
     return 0;
 }
 
-int kv_tokenizer_decode_ex(const kv_tokenizer *t, const int *ids, int n, int skip_special, char **text,
-                           size_t *text_len, kv_error *err) {
+int kv_tokenizer_decode_ex(const kv_tokenizer *t, const int *ids, int n, int skip_special,
+                           char **text, size_t *text_len, kv_error *err) {
     *text = NULL;
     if (text_len) *text_len = 0;
-    if (n < 0 || (n > 0 && !ids)) return kv_fail(err, KV_EINVAL, "tokenizer: bad id list (n=%d)", n);
+    if (n < 0 || (n > 0 && !ids))
+        return kv_fail(err, KV_EINVAL, "tokenizer: bad id list (n=%d)", n);
     for (int i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= t->n_ids)
-            return kv_fail(err, KV_EINVAL, "tokenizer: id %d at position %d outside the %d ids", ids[i], i, t->n_ids);
+            return kv_fail(err, KV_EINVAL, "tokenizer: id %d at position %d outside the %d ids",
+                           ids[i], i, t->n_ids);
     tok_list a = {0}, b = {0};
     kv_tok_buf bytes = {0}, out = {0};
     int rc = 0;
@@ -433,10 +454,14 @@ int kv_tokenizer_decode(const kv_tokenizer *t, const int *ids, int n, char **tex
 /* ---- run.c streaming pieces ---- */
 
 static int hex_digit(char ch) {
-    return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
+    return ch >= '0' && ch <= '9'   ? ch - '0'
+           : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+           : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                    : -1;
 }
 
-const char *kv_tokenizer_piece_runc(const kv_tokenizer *t, int prev, int id, char *buf, size_t cap) {
+const char *kv_tokenizer_piece_runc(const kv_tokenizer *t, int prev, int id, char *buf,
+                                    size_t cap) {
     if (!buf || cap == 0) return "";
     buf[0] = 0;
     if (id < 0 || id >= t->n_ids) return buf;

@@ -27,7 +27,8 @@ typedef struct kv_tokenizer kv_tokenizer;
 
 int kv_tokenizer_load(kv_tokenizer **out, const char *tokenizer_json_path, kv_error *err);
 /* same from an in-memory JSON text; `name` is used in error messages in place of a path */
-int kv_tokenizer_load_json(kv_tokenizer **out, const char *json, size_t len, const char *name, kv_error *err);
+int kv_tokenizer_load_json(kv_tokenizer **out, const char *json, size_t len, const char *name,
+                           kv_error *err);
 void kv_tokenizer_free(kv_tokenizer *t);
 
 /* number of ids (model vocab plus added tokens; ids are dense 0..n-1) */
@@ -51,8 +52,8 @@ int kv_tokenizer_encode(const kv_tokenizer *t, const char *text, size_t len, int
 /* full decode with the tokenizer.json decoder chain, special tokens kept (HF's
  * skip_special_tokens=false); malloc'd NUL-terminated string */
 int kv_tokenizer_decode(const kv_tokenizer *t, const int *ids, int n, char **text, kv_error *err);
-int kv_tokenizer_decode_ex(const kv_tokenizer *t, const int *ids, int n, int skip_special, char **text,
-                           size_t *text_len, kv_error *err);
+int kv_tokenizer_decode_ex(const kv_tokenizer *t, const int *ids, int n, int skip_special,
+                           char **text, size_t *text_len, kv_error *err);
 
 /* streaming piece as llama2.c's run.c prints it: token text with "▁" as space (BOS and EOS
  * print as "\n<s>\n" and "\n</s>\n", as in run.c's exported vocab), a leading space dropped when

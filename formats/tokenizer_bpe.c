@@ -11,7 +11,7 @@
 typedef struct {
     int id;
     int prev, next; /* neighbour indices, -1 at the ends */
-    uint32_t len;   /* bytes covered; 0 once merged into its left neighbour */
+    uint32_t len; /* bytes covered; 0 once merged into its left neighbour */
 } bpe_sym;
 
 /* candidate merge: rank << 32 | position of its left symbol; smaller merges first
@@ -25,9 +25,7 @@ struct kv_tok_scratch {
     size_t n_heap, cap_heap;
 };
 
-kv_tok_scratch *kv_tok_scratch_new(void) {
-    return calloc(1, sizeof(kv_tok_scratch));
-}
+kv_tok_scratch *kv_tok_scratch_new(void) { return calloc(1, sizeof(kv_tok_scratch)); }
 
 void kv_tok_scratch_free(kv_tok_scratch *s) {
     if (!s) return;
@@ -132,7 +130,8 @@ int kv_tok_build_char_pairs(kv_tokenizer *t) {
     t->last_char = malloc((size_t)t->n_ids * sizeof *t->last_char);
     /* sized by the distinct pairs there are (a few thousand in a real vocab), not by the
      * vocab's bytes: the table grows as pairs arrive */
-    if (!t->first_char || !t->last_char || kv_tok_mergemap_init(&t->char_pairs, 0)) return KV_ENOMEM;
+    if (!t->first_char || !t->last_char || kv_tok_mergemap_init(&t->char_pairs, 0))
+        return KV_ENOMEM;
     for (int id = 0; id < t->n_ids; id++) {
         const unsigned char *p = (const unsigned char *)t->piece[id].s;
         size_t n = t->piece[id].n, len = kv_tok_utf8_len(p, n);
@@ -141,7 +140,8 @@ int kv_tok_build_char_pairs(kv_tokenizer *t) {
         for (size_t i = len; i < n; i += len) {
             len = kv_tok_utf8_len(p + i, n - i);
             uint32_t cur = pack_char(p + i, len);
-            if ((t->flags[id] & KV_TOK_F_MODEL) && kv_tok_mergemap_add(&t->char_pairs, (int)prev, (int)cur, 0, 0))
+            if ((t->flags[id] & KV_TOK_F_MODEL) &&
+                kv_tok_mergemap_add(&t->char_pairs, (int)prev, (int)cur, 0, 0))
                 return KV_ENOMEM;
             prev = cur;
         }
@@ -156,15 +156,19 @@ static int can_cut(const kv_tokenizer *t, int a, int b) {
     return !kv_tok_mergemap_get(&t->char_pairs, (int)t->last_char[a], (int)t->first_char[b]);
 }
 
-int kv_tok_bpe_word(const kv_tokenizer *t, const char *w, size_t n, kv_tok_scratch *s, kv_tok_ids *out,
-                    kv_error *err) {
+int kv_tok_bpe_word(const kv_tokenizer *t, const char *w, size_t n, kv_tok_scratch *s,
+                    kv_tok_ids *out, kv_error *err) {
     if (n == 0) return 0;
-    if (n > (size_t)INT_MAX / 4) return kv_fail(err, KV_EINVAL, "tokenizer: word of %zu bytes is too long", n);
+    if (n > (size_t)INT_MAX / 4)
+        return kv_fail(err, KV_EINVAL, "tokenizer: word of %zu bytes is too long", n);
     if (t->ignore_merges) {
         int id = kv_tok_idmap_get(&t->vocab, t->piece, w, n);
-        if (id >= 0) return kv_tok_ids_push(out, id) ? kv_fail(err, KV_ENOMEM, "tokenizer: out of memory") : 0;
+        if (id >= 0)
+            return kv_tok_ids_push(out, id) ? kv_fail(err, KV_ENOMEM, "tokenizer: out of memory")
+                                            : 0;
     }
-    if (scratch_reserve(s, n)) return kv_fail(err, KV_ENOMEM, "tokenizer: out of memory for a %zu-byte word", n);
+    if (scratch_reserve(s, n))
+        return kv_fail(err, KV_ENOMEM, "tokenizer: out of memory for a %zu-byte word", n);
 
     size_t n_sym = 0;
     int unk_pending = 0;
@@ -217,7 +221,8 @@ int kv_tok_bpe_word(const kv_tokenizer *t, const char *w, size_t n, kv_tok_scrat
         merge_range(t, s, 0, n_sym);
     }
     for (size_t i = 0; i < n_sym; i++) {
-        if (s->sym[i].len && kv_tok_ids_push(out, s->sym[i].id)) return kv_fail(err, KV_ENOMEM, "tokenizer: out of memory");
+        if (s->sym[i].len && kv_tok_ids_push(out, s->sym[i].id))
+            return kv_fail(err, KV_ENOMEM, "tokenizer: out of memory");
     }
     return 0;
 }

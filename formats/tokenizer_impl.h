@@ -14,7 +14,11 @@ typedef enum { KV_TOK_MODEL_BPE } kv_tok_model_kind;
 
 /* pre-tokenizers; a ByteLevel kind would go here */
 typedef enum { KV_TOK_PRE_NONE, KV_TOK_PRE_METASPACE } kv_tok_pre_kind;
-typedef enum { KV_TOK_PREPEND_NEVER, KV_TOK_PREPEND_FIRST, KV_TOK_PREPEND_ALWAYS } kv_tok_prepend_scheme;
+typedef enum {
+    KV_TOK_PREPEND_NEVER,
+    KV_TOK_PREPEND_FIRST,
+    KV_TOK_PREPEND_ALWAYS
+} kv_tok_prepend_scheme;
 
 typedef enum { KV_TOK_NORM_PREPEND, KV_TOK_NORM_REPLACE } kv_tok_norm_kind;
 typedef enum {
@@ -33,16 +37,16 @@ typedef struct {
 
 typedef struct {
     kv_tok_norm_kind kind;
-    kv_tok_str pat;  /* REPLACE: text replaced */
+    kv_tok_str pat; /* REPLACE: text replaced */
     kv_tok_str with; /* PREPEND: prefix; REPLACE: replacement */
 } kv_tok_norm_step;
 
 typedef struct {
     kv_tok_dec_kind kind;
-    kv_tok_str pat;  /* REPLACE: text replaced; STRIP: the one character; METASPACE: replacement */
+    kv_tok_str pat; /* REPLACE: text replaced; STRIP: the one character; METASPACE: replacement */
     kv_tok_str with; /* REPLACE: replacement */
     int start, stop; /* STRIP: characters removed at most at each end */
-    int prepend;     /* METASPACE: prepend_scheme != never */
+    int prepend; /* METASPACE: prepend_scheme != never */
 } kv_tok_dec_step;
 
 typedef struct {
@@ -83,9 +87,9 @@ typedef struct {
  * many added tokens share a prefix. */
 typedef struct {
     kv_tok_mergemap edges;
-    int *term;   /* [n_nodes] */
+    int *term; /* [n_nodes] */
     int n_nodes;
-    int n;       /* tokens in the trie */
+    int n; /* tokens in the trie */
 } kv_tok_matcher;
 
 /* longest added-token text (after normalization) accepted at load */
@@ -93,11 +97,11 @@ typedef struct {
 
 struct kv_tokenizer {
     kv_tok_model_kind model;
-    int n_ids;            /* dense ids 0..n_ids-1 */
-    kv_tok_str *piece;    /* [n_ids] token text */
+    int n_ids; /* dense ids 0..n_ids-1 */
+    kv_tok_str *piece; /* [n_ids] token text */
     unsigned char *flags; /* [n_ids] KV_TOK_F_* */
-    kv_tok_idmap vocab;   /* model vocab only */
-    kv_tok_idmap all;     /* model vocab and added tokens */
+    kv_tok_idmap vocab; /* model vocab only */
+    kv_tok_idmap all; /* model vocab and added tokens */
     kv_tok_mergemap merges;
     int n_merges;
     int *merge_new_id; /* [n_merges] rank -> merged id */
@@ -145,11 +149,13 @@ typedef struct kv_tok_scratch kv_tok_scratch;
 /* Text a normalizer or decoder chain produces from n bytes may be at most
  * KV_TOK_GROWTH * n + KV_TOK_GROWTH_SLACK bytes (see tokenizer.h); chains longer than
  * KV_TOK_MAX_STEPS steps are refused at load. */
-#define KV_TOK_GROWTH 16
+#define KV_TOK_GROWTH       16
 #define KV_TOK_GROWTH_SLACK 4096
-#define KV_TOK_MAX_STEPS 256
+#define KV_TOK_MAX_STEPS    256
 static inline size_t kv_tok_growth_cap(size_t n) {
-    return n > (SIZE_MAX - KV_TOK_GROWTH_SLACK) / KV_TOK_GROWTH ? SIZE_MAX : KV_TOK_GROWTH * n + KV_TOK_GROWTH_SLACK;
+    return n > (SIZE_MAX - KV_TOK_GROWTH_SLACK) / KV_TOK_GROWTH
+               ? SIZE_MAX
+               : KV_TOK_GROWTH * n + KV_TOK_GROWTH_SLACK;
 }
 
 /* tokenizer_util.c */
@@ -184,8 +190,8 @@ int kv_tok_build_char_pairs(kv_tokenizer *t);
 /* appends the ids of one pre-tokenized word */
 kv_tok_scratch *kv_tok_scratch_new(void);
 void kv_tok_scratch_free(kv_tok_scratch *s);
-int kv_tok_bpe_word(const kv_tokenizer *t, const char *w, size_t n, kv_tok_scratch *s, kv_tok_ids *out,
-                    kv_error *err);
+int kv_tok_bpe_word(const kv_tokenizer *t, const char *w, size_t n, kv_tok_scratch *s,
+                    kv_tok_ids *out, kv_error *err);
 
 /* tokenizer.c */
 /* runs the normalizer over s[0..n) into out: 0, KV_ENOMEM, or KV_EUNSUPPORTED when the text

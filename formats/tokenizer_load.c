@@ -11,8 +11,8 @@
 #include "formats/tokenizer_impl.h"
 
 #define MAX_JSON_BYTES ((size_t)1 << 30)
-#define MAX_IDS (1 << 24)
-#define MAX_DEPTH 8
+#define MAX_IDS        (1 << 24)
+#define MAX_DEPTH      8
 
 typedef struct {
     const char *file;
@@ -54,17 +54,20 @@ static const char *idx(char *buf, size_t cap, const char *base, int i) {
 }
 
 /* required string member; *out points into the cJSON tree */
-static int get_string(const load_ctx *c, const cJSON *obj, const char *key, const char *field, const char **out) {
+static int get_string(const load_ctx *c, const cJSON *obj, const char *key, const char *field,
+                      const char **out) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     char f[256];
     if (!v) return bad(c, KV_EFORMAT, sub(f, sizeof f, field, key), "missing");
-    if (!cJSON_IsString(v) || !v->valuestring) return bad(c, KV_EFORMAT, sub(f, sizeof f, field, key), "not a string");
+    if (!cJSON_IsString(v) || !v->valuestring)
+        return bad(c, KV_EFORMAT, sub(f, sizeof f, field, key), "not a string");
     *out = v->valuestring;
     return 0;
 }
 
 /* optional bool member (absent or null gives def) */
-static int get_bool(const load_ctx *c, const cJSON *obj, const char *key, const char *field, int def, int *out) {
+static int get_bool(const load_ctx *c, const cJSON *obj, const char *key, const char *field,
+                    int def, int *out) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     char f[256];
     if (!v || cJSON_IsNull(v)) {
@@ -77,12 +80,14 @@ static int get_bool(const load_ctx *c, const cJSON *obj, const char *key, const 
 }
 
 /* integer value in [lo, hi] */
-static int as_int(const load_ctx *c, const cJSON *v, const char *field, long lo, long hi, int *out) {
+static int as_int(const load_ctx *c, const cJSON *v, const char *field, long lo, long hi,
+                  int *out) {
     if (!v) return bad(c, KV_EFORMAT, field, "missing");
     if (!cJSON_IsNumber(v)) return bad(c, KV_EFORMAT, field, "not a number");
     double d = v->valuedouble;
     if (!isfinite(d) || d != floor(d)) return bad(c, KV_EFORMAT, field, "not an integer");
-    if (d < (double)lo || d > (double)hi) return bad(c, KV_EFORMAT, field, "%.0f outside [%ld, %ld]", d, lo, hi);
+    if (d < (double)lo || d > (double)hi)
+        return bad(c, KV_EFORMAT, field, "%.0f outside [%ld, %ld]", d, lo, hi);
     *out = (int)d;
     return 0;
 }
@@ -105,7 +110,8 @@ static int get_pattern(const load_ctx *c, const cJSON *obj, const char *field, k
     sub(f, sizeof f, field, "pattern");
     if (!p) return bad(c, KV_EFORMAT, f, "missing");
     if (!cJSON_IsObject(p)) return bad(c, KV_EFORMAT, f, "not an object");
-    if (cJSON_GetObjectItemCaseSensitive(p, "Regex")) return bad(c, KV_EUNSUPPORTED, f, "Regex patterns are not supported");
+    if (cJSON_GetObjectItemCaseSensitive(p, "Regex"))
+        return bad(c, KV_EUNSUPPORTED, f, "Regex patterns are not supported");
     const char *s;
     int rc = get_string(c, p, "String", f, &s);
     if (rc) return rc;
@@ -114,19 +120,22 @@ static int get_pattern(const load_ctx *c, const cJSON *obj, const char *field, k
 }
 
 /* exactly one UTF-8 character */
-static int get_char(const load_ctx *c, const cJSON *obj, const char *key, const char *field, kv_tok_str *out) {
+static int get_char(const load_ctx *c, const cJSON *obj, const char *key, const char *field,
+                    kv_tok_str *out) {
     const char *s;
     char f[256];
     int rc = get_string(c, obj, key, field, &s);
     if (rc) return rc;
     size_t n = strlen(s);
-    if (n == 0 || !kv_tok_utf8_valid((const unsigned char *)s, n) || kv_tok_utf8_len((const unsigned char *)s, n) != n)
+    if (n == 0 || !kv_tok_utf8_valid((const unsigned char *)s, n) ||
+        kv_tok_utf8_len((const unsigned char *)s, n) != n)
         return bad(c, KV_EFORMAT, sub(f, sizeof f, field, key), "'%s' is not one character", s);
     return str_dup(out, s, n) ? oom(c) : 0;
 }
 
 /* Metaspace prepend_scheme, or the older add_prefix_space flag */
-static int get_prepend_scheme(const load_ctx *c, const cJSON *obj, const char *field, kv_tok_prepend_scheme *out) {
+static int get_prepend_scheme(const load_ctx *c, const cJSON *obj, const char *field,
+                              kv_tok_prepend_scheme *out) {
     char f[256];
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "prepend_scheme");
     if (v && !cJSON_IsNull(v)) {
@@ -161,7 +170,8 @@ static int push_norm(const load_ctx *c, kv_tokenizer *t, kv_tok_norm_step step) 
     return 0;
 }
 
-static int parse_normalizer(const load_ctx *c, kv_tokenizer *t, const cJSON *n, const char *field, int depth) {
+static int parse_normalizer(const load_ctx *c, kv_tokenizer *t, const cJSON *n, const char *field,
+                            int depth) {
     int rc;
     char f[256], g[256];
     if (depth == 0 && (!n || cJSON_IsNull(n))) return 0;
@@ -195,12 +205,14 @@ static int parse_normalizer(const load_ctx *c, kv_tokenizer *t, const cJSON *n, 
         }
         return push_norm(c, t, step);
     }
-    return bad(c, KV_EUNSUPPORTED, sub(f, sizeof f, field, "type"), "normalizer '%s' is not supported", type);
+    return bad(c, KV_EUNSUPPORTED, sub(f, sizeof f, field, "type"),
+               "normalizer '%s' is not supported", type);
 }
 
 static int parse_metaspace(const load_ctx *c, kv_tokenizer *t, const cJSON *p, const char *field) {
     int rc;
-    if (t->pre.kind != KV_TOK_PRE_NONE) return bad(c, KV_EUNSUPPORTED, field, "more than one pre-tokenizer");
+    if (t->pre.kind != KV_TOK_PRE_NONE)
+        return bad(c, KV_EUNSUPPORTED, field, "more than one pre-tokenizer");
     if ((rc = get_char(c, p, "replacement", field, &t->pre.rep))) return rc;
     if ((rc = get_prepend_scheme(c, p, field, &t->pre.scheme))) return rc;
     if ((rc = get_bool(c, p, "split", field, 1, &t->pre.split))) return rc;
@@ -208,7 +220,8 @@ static int parse_metaspace(const load_ctx *c, kv_tokenizer *t, const cJSON *p, c
     return 0;
 }
 
-static int parse_pre_tokenizer(const load_ctx *c, kv_tokenizer *t, const cJSON *p, const char *field, int depth) {
+static int parse_pre_tokenizer(const load_ctx *c, kv_tokenizer *t, const cJSON *p,
+                               const char *field, int depth) {
     int rc;
     char f[256], g[256];
     if (depth == 0 && (!p || cJSON_IsNull(p))) return 0;
@@ -225,7 +238,8 @@ static int parse_pre_tokenizer(const load_ctx *c, kv_tokenizer *t, const cJSON *
         return 0;
     }
     if (!strcmp(type, "Metaspace")) return parse_metaspace(c, t, p, field);
-    return bad(c, KV_EUNSUPPORTED, sub(f, sizeof f, field, "type"), "pre-tokenizer '%s' is not supported", type);
+    return bad(c, KV_EUNSUPPORTED, sub(f, sizeof f, field, "type"),
+               "pre-tokenizer '%s' is not supported", type);
 }
 
 static int push_dec(const load_ctx *c, kv_tokenizer *t, kv_tok_dec_step step) {
@@ -245,7 +259,8 @@ static int push_dec(const load_ctx *c, kv_tokenizer *t, kv_tok_dec_step step) {
     return 0;
 }
 
-static int parse_decoder(const load_ctx *c, kv_tokenizer *t, const cJSON *d, const char *field, int depth) {
+static int parse_decoder(const load_ctx *c, kv_tokenizer *t, const cJSON *d, const char *field,
+                         int depth) {
     int rc;
     char f[256], g[256];
     if (depth == 0 && (!d || cJSON_IsNull(d))) return 0;
@@ -277,10 +292,10 @@ static int parse_decoder(const load_ctx *c, kv_tokenizer *t, const cJSON *d, con
         }
     } else if (!strcmp(type, "Strip")) {
         step.kind = KV_TOK_DEC_STRIP;
-        if ((rc = as_int(c, cJSON_GetObjectItemCaseSensitive(d, "start"), sub(f, sizeof f, field, "start"), 0, 1 << 20,
-                         &step.start)) ||
-            (rc = as_int(c, cJSON_GetObjectItemCaseSensitive(d, "stop"), sub(f, sizeof f, field, "stop"), 0, 1 << 20,
-                         &step.stop)) ||
+        if ((rc = as_int(c, cJSON_GetObjectItemCaseSensitive(d, "start"),
+                         sub(f, sizeof f, field, "start"), 0, 1 << 20, &step.start)) ||
+            (rc = as_int(c, cJSON_GetObjectItemCaseSensitive(d, "stop"),
+                         sub(f, sizeof f, field, "stop"), 0, 1 << 20, &step.stop)) ||
             (rc = get_char(c, d, "content", field, &step.pat)))
             return rc;
     } else if (!strcmp(type, "Metaspace")) {
@@ -290,7 +305,8 @@ static int parse_decoder(const load_ctx *c, kv_tokenizer *t, const cJSON *d, con
         step.prepend = scheme != KV_TOK_PREPEND_NEVER;
         if ((rc = get_char(c, d, "replacement", field, &step.pat))) return rc;
     } else {
-        return bad(c, KV_EUNSUPPORTED, sub(f, sizeof f, field, "type"), "decoder '%s' is not supported", type);
+        return bad(c, KV_EUNSUPPORTED, sub(f, sizeof f, field, "type"),
+                   "decoder '%s' is not supported", type);
     }
     return push_dec(c, t, step);
 }
@@ -299,7 +315,8 @@ static int parse_decoder(const load_ctx *c, kv_tokenizer *t, const cJSON *d, con
 static int parse_vocab(const load_ctx *c, const cJSON *vocab, int *max_id, int *n_entries) {
     int i = 0;
     char f[300];
-    if (!cJSON_IsObject(vocab)) return bad(c, KV_EFORMAT, "model.vocab", vocab ? "not an object" : "missing");
+    if (!cJSON_IsObject(vocab))
+        return bad(c, KV_EFORMAT, "model.vocab", vocab ? "not an object" : "missing");
     for (const cJSON *e = vocab->child; e; e = e->next, i++) {
         int id, rc;
         if (i >= MAX_IDS) return bad(c, KV_EFORMAT, "model.vocab", "more than %d entries", MAX_IDS);
@@ -319,7 +336,8 @@ typedef struct {
     int lstrip, rstrip, normalized, special;
 } added_entry;
 
-static int parse_added(const load_ctx *c, const cJSON *list, added_entry **out, int *n_out, int *max_id) {
+static int parse_added(const load_ctx *c, const cJSON *list, added_entry **out, int *n_out,
+                       int *max_id) {
     *out = NULL;
     *n_out = 0;
     if (!list || cJSON_IsNull(list)) return 0;
@@ -336,7 +354,8 @@ static int parse_added(const load_ctx *c, const cJSON *list, added_entry **out, 
             rc = bad(c, KV_EFORMAT, f, "not an object");
             goto fail;
         }
-        if ((rc = as_int(c, cJSON_GetObjectItemCaseSensitive(e, "id"), sub(g, sizeof g, f, "id"), 0, MAX_IDS - 1, &a[i].id)) ||
+        if ((rc = as_int(c, cJSON_GetObjectItemCaseSensitive(e, "id"), sub(g, sizeof g, f, "id"), 0,
+                         MAX_IDS - 1, &a[i].id)) ||
             (rc = get_string(c, e, "content", f, &a[i].content)) ||
             (rc = get_bool(c, e, "special", f, 0, &a[i].special)) ||
             (rc = get_bool(c, e, "lstrip", f, 0, &a[i].lstrip)) ||
@@ -349,7 +368,8 @@ static int parse_added(const load_ctx *c, const cJSON *list, added_entry **out, 
             goto fail;
         }
         if (single_word) {
-            rc = bad(c, KV_EUNSUPPORTED, sub(g, sizeof g, f, "single_word"), "single_word tokens are not supported");
+            rc = bad(c, KV_EUNSUPPORTED, sub(g, sizeof g, f, "single_word"),
+                     "single_word tokens are not supported");
             goto fail;
         }
         if (a[i].id > *max_id) *max_id = a[i].id;
@@ -363,12 +383,14 @@ fail:
 }
 
 /* fills piece[]/flags[] from vocab and added tokens; checks ids are dense and consistent */
-static int fill_ids(const load_ctx *c, kv_tokenizer *t, const cJSON *vocab, const added_entry *a, int n_added) {
+static int fill_ids(const load_ctx *c, kv_tokenizer *t, const cJSON *vocab, const added_entry *a,
+                    int n_added) {
     char f[300];
     for (const cJSON *e = vocab->child; e; e = e->next) {
         int id = (int)e->valuedouble;
         snprintf(f, sizeof f, "model.vocab[\"%.200s\"]", e->string);
-        if (t->flags[id]) return bad(c, KV_EFORMAT, f, "id %d is also given to '%.200s'", id, t->piece[id].s);
+        if (t->flags[id])
+            return bad(c, KV_EFORMAT, f, "id %d is also given to '%.200s'", id, t->piece[id].s);
         if (str_dup(&t->piece[id], e->string, strlen(e->string))) return oom(c);
         t->flags[id] = KV_TOK_F_MODEL;
         int old = kv_tok_idmap_put(&t->vocab, t->piece, id);
@@ -377,33 +399,42 @@ static int fill_ids(const load_ctx *c, kv_tokenizer *t, const cJSON *vocab, cons
     for (int i = 0; i < n_added; i++) {
         int id = a[i].id;
         snprintf(f, sizeof f, "added_tokens[%d]", i);
-        if (t->flags[id] & KV_TOK_F_ADDED) return bad(c, KV_EFORMAT, f, "id %d is listed twice", id);
+        if (t->flags[id] & KV_TOK_F_ADDED)
+            return bad(c, KV_EFORMAT, f, "id %d is listed twice", id);
         if (t->flags[id] & KV_TOK_F_MODEL) {
             if (strcmp(t->piece[id].s, a[i].content))
-                return bad(c, KV_EFORMAT, f, "'%.200s' has id %d, which model.vocab gives to '%.200s'", a[i].content, id,
-                           t->piece[id].s);
+                return bad(c, KV_EFORMAT, f,
+                           "'%.200s' has id %d, which model.vocab gives to '%.200s'", a[i].content,
+                           id, t->piece[id].s);
         } else if (str_dup(&t->piece[id], a[i].content, strlen(a[i].content))) {
             return oom(c);
         }
         t->flags[id] |= KV_TOK_F_ADDED | (a[i].special ? KV_TOK_F_SPECIAL : 0);
     }
     for (int id = 0; id < t->n_ids; id++) {
-        if (!t->flags[id]) return bad(c, KV_EFORMAT, "model.vocab", "no token has id %d (ids must be 0..%d)", id, t->n_ids - 1);
+        if (!t->flags[id])
+            return bad(c, KV_EFORMAT, "model.vocab", "no token has id %d (ids must be 0..%d)", id,
+                       t->n_ids - 1);
         int old = kv_tok_idmap_put(&t->all, t->piece, id);
-        if (old >= 0) return bad(c, KV_EFORMAT, "added_tokens", "'%.200s' has ids %d and %d", t->piece[id].s, old, id);
+        if (old >= 0)
+            return bad(c, KV_EFORMAT, "added_tokens", "'%.200s' has ids %d and %d", t->piece[id].s,
+                       old, id);
     }
     return 0;
 }
 
-static int find_vocab(const load_ctx *c, const kv_tokenizer *t, const char *s, size_t n, const char *field,
-                      const char *what, int *id) {
+static int find_vocab(const load_ctx *c, const kv_tokenizer *t, const char *s, size_t n,
+                      const char *field, const char *what, int *id) {
     *id = kv_tok_idmap_get(&t->vocab, t->piece, s, n);
-    if (*id < 0) return bad(c, KV_EFORMAT, field, "%s '%.*s' is not in model.vocab", what, (int)(n > 200 ? 200 : n), s);
+    if (*id < 0)
+        return bad(c, KV_EFORMAT, field, "%s '%.*s' is not in model.vocab", what,
+                   (int)(n > 200 ? 200 : n), s);
     return 0;
 }
 
 static int parse_merges(const load_ctx *c, kv_tokenizer *t, const cJSON *merges) {
-    if (!cJSON_IsArray(merges)) return bad(c, KV_EFORMAT, "model.merges", merges ? "not an array" : "missing");
+    if (!cJSON_IsArray(merges))
+        return bad(c, KV_EFORMAT, "model.merges", merges ? "not an array" : "missing");
     int n = cJSON_GetArraySize(merges);
     if (n < 0 || n > MAX_IDS * 4) return bad(c, KV_EFORMAT, "model.merges", "too many merges");
     if (kv_tok_mergemap_init(&t->merges, (size_t)n)) return oom(c);
@@ -417,20 +448,24 @@ static int parse_merges(const load_ctx *c, kv_tokenizer *t, const cJSON *merges)
         if (cJSON_IsString(e)) {
             const char *s = e->valuestring, *sp = strchr(s, ' ');
             if (!sp || sp == s || !sp[1] || strchr(sp + 1, ' '))
-                return bad(c, KV_EFORMAT, f, "'%.200s' is not two tokens separated by one space", s);
+                return bad(c, KV_EFORMAT, f, "'%.200s' is not two tokens separated by one space",
+                           s);
             a = s, na = (size_t)(sp - s), b = sp + 1, nb = strlen(b);
         } else if (cJSON_IsArray(e) && cJSON_GetArraySize(e) == 2 && cJSON_IsString(e->child) &&
                    cJSON_IsString(e->child->next)) {
-            a = e->child->valuestring, na = strlen(a), b = e->child->next->valuestring, nb = strlen(b);
+            a = e->child->valuestring, na = strlen(a), b = e->child->next->valuestring,
+            nb = strlen(b);
             if (!na || !nb) return bad(c, KV_EFORMAT, f, "empty token");
         } else {
             return bad(c, KV_EFORMAT, f, "not a string \"a b\" or a pair [\"a\", \"b\"]");
         }
-        if (na + nb >= sizeof joined) return bad(c, KV_EFORMAT, f, "merged token longer than %zu bytes", sizeof joined - 1);
+        if (na + nb >= sizeof joined)
+            return bad(c, KV_EFORMAT, f, "merged token longer than %zu bytes", sizeof joined - 1);
         int left, right, merged, rc;
         memcpy(joined, a, na);
         memcpy(joined + na, b, nb);
-        if ((rc = find_vocab(c, t, a, na, f, "left part", &left)) || (rc = find_vocab(c, t, b, nb, f, "right part", &right)) ||
+        if ((rc = find_vocab(c, t, a, na, f, "left part", &left)) ||
+            (rc = find_vocab(c, t, b, nb, f, "right part", &right)) ||
             (rc = find_vocab(c, t, joined, na + nb, f, "merged token", &merged)))
             return rc;
         kv_tok_mergemap_put(&t->merges, left, right, rank, merged);
@@ -461,7 +496,9 @@ static int parse_model(const load_ctx *c, kv_tokenizer *t, const cJSON *model) {
     v = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
     if (v && !cJSON_IsNull(v)) {
         if (!cJSON_IsString(v)) return bad(c, KV_EFORMAT, "model.unk_token", "not a string");
-        if ((rc = find_vocab(c, t, v->valuestring, strlen(v->valuestring), "model.unk_token", "token", &t->unk_id))) return rc;
+        if ((rc = find_vocab(c, t, v->valuestring, strlen(v->valuestring), "model.unk_token",
+                             "token", &t->unk_id)))
+            return rc;
     }
     for (int b = 0; b < 256; b++) {
         char name[8];
@@ -472,7 +509,8 @@ static int parse_model(const load_ctx *c, kv_tokenizer *t, const cJSON *model) {
 }
 
 /* BOS from a TemplateProcessing post-processor (possibly inside a Sequence) */
-static int parse_post_processor(const load_ctx *c, kv_tokenizer *t, const cJSON *p, const char *field, int depth) {
+static int parse_post_processor(const load_ctx *c, kv_tokenizer *t, const cJSON *p,
+                                const char *field, int depth) {
     int rc;
     char f[256], g[256];
     if (depth == 0 && (!p || cJSON_IsNull(p))) return 0;
@@ -492,13 +530,15 @@ static int parse_post_processor(const load_ctx *c, kv_tokenizer *t, const cJSON 
     const cJSON *single = cJSON_GetObjectItemCaseSensitive(p, "single");
     sub(f, sizeof f, field, "single");
     if (!cJSON_IsArray(single)) return bad(c, KV_EFORMAT, f, single ? "not an array" : "missing");
-    const cJSON *first = single->child, *st = first ? cJSON_GetObjectItemCaseSensitive(first, "SpecialToken") : NULL;
+    const cJSON *first = single->child,
+                *st = first ? cJSON_GetObjectItemCaseSensitive(first, "SpecialToken") : NULL;
     if (!st) return 0; /* template starts with the sequence: no BOS */
     idx(g, sizeof g, f, 0);
     const char *name;
     if ((rc = get_string(c, st, "id", g, &name))) return rc;
     const cJSON *specials = cJSON_GetObjectItemCaseSensitive(p, "special_tokens");
-    const cJSON *entry = cJSON_IsObject(specials) ? cJSON_GetObjectItemCaseSensitive(specials, name) : NULL;
+    const cJSON *entry =
+        cJSON_IsObject(specials) ? cJSON_GetObjectItemCaseSensitive(specials, name) : NULL;
     if (entry) {
         snprintf(g, sizeof g, "%s.special_tokens[\"%.100s\"].ids", field, name);
         const cJSON *ids = cJSON_GetObjectItemCaseSensitive(entry, "ids");
@@ -538,8 +578,10 @@ static int build_added(const load_ctx *c, kv_tokenizer *t, const added_entry *a,
                 free(b.s);
                 if (rc != KV_EUNSUPPORTED) return oom(c);
                 return bad(c, KV_EUNSUPPORTED, idx(f, sizeof f, "added_tokens", i),
-                           "the normalizer grows its %zu bytes past %d x + %d bytes; such a normalizer is not "
-                           "supported", n, KV_TOK_GROWTH, KV_TOK_GROWTH_SLACK);
+                           "the normalizer grows its %zu bytes past %d x + %d bytes; such a "
+                           "normalizer is not "
+                           "supported",
+                           n, KV_TOK_GROWTH, KV_TOK_GROWTH_SLACK);
             }
             d->match.s = b.s ? b.s : calloc(1, 1);
             d->match.n = b.n;
@@ -549,19 +591,21 @@ static int build_added(const load_ctx *c, kv_tokenizer *t, const added_entry *a,
         }
         if (d->match.n > KV_TOK_MAX_ADDED_BYTES) {
             char f[64];
-            return bad(c, KV_EUNSUPPORTED, idx(f, sizeof f, "added_tokens", i), "%zu bytes%s, more than %d", d->match.n,
+            return bad(c, KV_EUNSUPPORTED, idx(f, sizeof f, "added_tokens", i),
+                       "%zu bytes%s, more than %d", d->match.n,
                        d->normalized ? " once normalized" : "", KV_TOK_MAX_ADDED_BYTES);
         }
     }
-    if (kv_tok_matcher_build(t, &t->match_raw, 0) || kv_tok_matcher_build(t, &t->match_norm, 1)) return oom(c);
+    if (kv_tok_matcher_build(t, &t->match_raw, 0) || kv_tok_matcher_build(t, &t->match_norm, 1))
+        return oom(c);
     return 0;
 }
 
 /* Dense ids 0..max_id need at least max_id + 1 entries. When there are fewer, names the
  * smallest missing id (one below the entry count is missing) using a bitmap sized by the
  * entries: nothing is sized by the ids themselves. */
-static int check_dense(const load_ctx *c, const cJSON *vocab, const added_entry *a, int n_added, int max_id,
-                       int n_vocab) {
+static int check_dense(const load_ctx *c, const cJSON *vocab, const added_entry *a, int n_added,
+                       int max_id, int n_vocab) {
     size_t n_entries = (size_t)n_vocab + (size_t)n_added;
     if ((size_t)max_id < n_entries) return 0;
     unsigned char *seen = calloc(n_entries + 1, 1);
@@ -573,22 +617,28 @@ static int check_dense(const load_ctx *c, const cJSON *vocab, const added_entry 
     size_t missing = 0;
     while (seen[missing]) missing++;
     free(seen);
-    return bad(c, KV_EFORMAT, "model.vocab", "no token has id %zu (ids must be 0..%d)", missing, max_id);
+    return bad(c, KV_EFORMAT, "model.vocab", "no token has id %zu (ids must be 0..%d)", missing,
+               max_id);
 }
 
 static int load_tree(const load_ctx *c, kv_tokenizer *t, const cJSON *root) {
     int rc, max_id = -1, n_added = 0, n_vocab = 0;
     added_entry *added = NULL;
-    if (!cJSON_IsObject(root)) return kv_fail(c->err, KV_EFORMAT, "%s: top level is not a JSON object", c->file);
+    if (!cJSON_IsObject(root))
+        return kv_fail(c->err, KV_EFORMAT, "%s: top level is not a JSON object", c->file);
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (!model) return bad(c, KV_EFORMAT, "model", "missing");
     const char *type = type_of(c, model, "model", &rc);
     if (rc) return rc;
-    if (strcmp(type, "BPE")) return bad(c, KV_EUNSUPPORTED, "model.type", "model '%s' is not supported (only BPE)", type);
+    if (strcmp(type, "BPE"))
+        return bad(c, KV_EUNSUPPORTED, "model.type", "model '%s' is not supported (only BPE)",
+                   type);
     t->model = KV_TOK_MODEL_BPE;
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
     if ((rc = parse_vocab(c, vocab, &max_id, &n_vocab))) return rc;
-    if ((rc = parse_added(c, cJSON_GetObjectItemCaseSensitive(root, "added_tokens"), &added, &n_added, &max_id))) return rc;
+    if ((rc = parse_added(c, cJSON_GetObjectItemCaseSensitive(root, "added_tokens"), &added,
+                          &n_added, &max_id)))
+        return rc;
     /* ids must be dense: checked here, before any table is sized by the largest id */
     if ((rc = check_dense(c, vocab, added, n_added, max_id, n_vocab))) goto done;
     t->n_ids = max_id + 1;
@@ -600,15 +650,21 @@ static int load_tree(const load_ctx *c, kv_tokenizer *t, const cJSON *root) {
         goto done;
     }
     if ((rc = fill_ids(c, t, vocab, added, n_added)) || (rc = parse_model(c, t, model)) ||
-        (rc = parse_normalizer(c, t, cJSON_GetObjectItemCaseSensitive(root, "normalizer"), "normalizer", 0)) ||
-        (rc = parse_pre_tokenizer(c, t, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), "pre_tokenizer", 0)) ||
-        (rc = parse_decoder(c, t, cJSON_GetObjectItemCaseSensitive(root, "decoder"), "decoder", 0)) ||
+        (rc = parse_normalizer(c, t, cJSON_GetObjectItemCaseSensitive(root, "normalizer"),
+                               "normalizer", 0)) ||
+        (rc = parse_pre_tokenizer(c, t, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"),
+                                  "pre_tokenizer", 0)) ||
+        (rc = parse_decoder(c, t, cJSON_GetObjectItemCaseSensitive(root, "decoder"), "decoder",
+                            0)) ||
         (rc = build_added(c, t, added, n_added)))
         goto done;
     t->bos = -1;
-    if ((rc = parse_post_processor(c, t, cJSON_GetObjectItemCaseSensitive(root, "post_processor"), "post_processor", 0)))
+    if ((rc = parse_post_processor(c, t, cJSON_GetObjectItemCaseSensitive(root, "post_processor"),
+                                   "post_processor", 0)))
         goto done;
-    static const char *const bos_names[] = {"<s>", "<|begin_of_text|>"}, *const eos_names[] = {"</s>", "<|end_of_text|>"};
+    static const char *const bos_names[] = {"<s>", "<|begin_of_text|>"}, *const eos_names[] = {
+                                                                             "</s>",
+                                                                             "<|end_of_text|>"};
     if (t->bos < 0) t->bos = first_token_of(t, bos_names, 2);
     t->eos = first_token_of(t, eos_names, 2);
 done:
@@ -616,7 +672,8 @@ done:
     return rc;
 }
 
-int kv_tokenizer_load_json(kv_tokenizer **out, const char *json, size_t len, const char *name, kv_error *err) {
+int kv_tokenizer_load_json(kv_tokenizer **out, const char *json, size_t len, const char *name,
+                           kv_error *err) {
     *out = NULL;
     load_ctx c = {.file = name ? name : "tokenizer.json", .err = err};
     const char *end = NULL;

@@ -98,11 +98,13 @@ void kv_tok_mergemap_put(kv_tok_mergemap *m, int left, int right, int rank, int 
 int kv_tok_mergemap_add(kv_tok_mergemap *m, int left, int right, int rank, int new_id) {
     if (2 * (m->count + 1) > m->mask + 1) { /* keep it at most half full: double and rehash */
         kv_tok_mergemap bigger;
-        if (m->mask + 1 > SIZE_MAX / 4 || kv_tok_mergemap_init(&bigger, m->mask + 1)) return KV_ENOMEM;
+        if (m->mask + 1 > SIZE_MAX / 4 || kv_tok_mergemap_init(&bigger, m->mask + 1))
+            return KV_ENOMEM;
         for (size_t i = 0; i <= m->mask; i++) {
             const kv_tok_merge_slot *s = &m->slots[i];
             if (s->key != UINT64_MAX)
-                kv_tok_mergemap_put(&bigger, (int)(uint32_t)(s->key >> 32), (int)(uint32_t)s->key, s->rank, s->new_id);
+                kv_tok_mergemap_put(&bigger, (int)(uint32_t)(s->key >> 32), (int)(uint32_t)s->key,
+                                    s->rank, s->new_id);
         }
         free(m->slots);
         *m = bigger;
@@ -196,8 +198,8 @@ int kv_tok_utf8_valid(const unsigned char *s, size_t n) {
 
 static int is_white_space(uint32_t c) {
     return (c >= 0x09 && c <= 0x0d) || c == 0x20 || c == 0x85 || c == 0xa0 || c == 0x1680 ||
-           (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f ||
-           c == 0x3000;
+           (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f ||
+           c == 0x205f || c == 0x3000;
 }
 
 size_t kv_tok_space_len(const unsigned char *s, size_t n) {

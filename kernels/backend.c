@@ -22,7 +22,8 @@ int kv_backend_init(kv_backend *b, const char *device, int threads, kv_error *er
 int kv_backend_cuda_init(kv_backend *b, int ordinal, kv_error *err) {
     (void)ordinal;
     *b = (kv_backend){0};
-    return kv_fail(err, KV_EUNSUPPORTED, "cuda: this build has no CUDA support (nvcc was not "
+    return kv_fail(err, KV_EUNSUPPORTED,
+                   "cuda: this build has no CUDA support (nvcc was not "
                    "found when it was built; rebuild with CUDA=1)");
 }
 int kv_cuda_blas_load(kv_error *err) {

@@ -42,26 +42,25 @@ typedef struct kv_backend kv_backend;
  *   w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps), per element in double. */
 typedef struct {
     double beta1, beta2, eps, weight_decay;
-    double lr;  /* this step's learning rate */
-    long t;     /* 1-based step */
+    double lr; /* this step's learning rate */
+    long t; /* 1-based step */
 } kv_adamw_step;
 
 typedef struct {
     /* ---- memory ---- */
     int (*alloc)(kv_backend *b, void **dptr, size_t bytes, kv_error *err); /* zero-filled */
-    void (*free)(kv_backend *b, void *dptr);                                /* NULL is fine */
+    void (*free)(kv_backend *b, void *dptr); /* NULL is fine */
     /* A device view of read-only host data that outlives it (weights): CPU returns host_src
      * itself (no copy); CUDA allocates and copies. Released with unmap. */
-    int (*map)(kv_backend *b, const void **dptr, const void *host_src, size_t bytes,
-               kv_error *err);
+    int (*map)(kv_backend *b, const void **dptr, const void *host_src, size_t bytes, kv_error *err);
     void (*unmap)(kv_backend *b, const void *dptr);
     int (*upload)(kv_backend *b, void *dst, const void *host_src, size_t bytes, kv_error *err);
     int (*download)(kv_backend *b, void *host_dst, const void *src, size_t bytes, kv_error *err);
     int (*zero)(kv_backend *b, void *dst, size_t bytes, kv_error *err);
     int (*copy)(kv_backend *b, void *dst, const void *src, size_t bytes, kv_error *err);
     /* n elements between F32, F16 and BF16 (round to nearest even when narrowing) */
-    int (*convert)(kv_backend *b, void *dst, kv_dtype dst_type, const void *src,
-                   kv_dtype src_type, size_t n, kv_error *err);
+    int (*convert)(kv_backend *b, void *dst, kv_dtype dst_type, const void *src, kv_dtype src_type,
+                   size_t n, kv_error *err);
     int (*sync)(kv_backend *b, kv_error *err);
     /* tears down the backend's context (kv_backend_free calls it); NULL when there is none */
     void (*release)(kv_backend *b);
@@ -101,9 +100,8 @@ typedef struct {
     int (*matmul_backward)(kv_backend *b, float *dx, float *dW, float *dbias, const float *dout,
                            const float *x, const float *W, int T, int n_in, int n_out,
                            kv_error *err);
-    int (*rmsnorm_backward)(kv_backend *b, float *dx, float *dw, const float *dout,
-                            const float *x, const float *w, int T, int dim, float eps,
-                            kv_error *err);
+    int (*rmsnorm_backward)(kv_backend *b, float *dx, float *dw, const float *dout, const float *x,
+                            const float *w, int T, int dim, float eps, kv_error *err);
     /* in place, the inverse rotation (kernels.h: the one backward that does not add) */
     int (*rope_backward)(kv_backend *b, float *dx, int T, int n_heads, const int32_t *pos,
                          const kv_rope_table *table, kv_error *err);
@@ -129,10 +127,10 @@ typedef enum { KV_DEVICE_CPU = 0, KV_DEVICE_CUDA = 1 } kv_device;
 struct kv_backend {
     const kv_backend_ops *ops;
     kv_device device;
-    int unified;       /* device pointers are host pointers */
-    int threads;       /* CPU worker threads (CUDA: the host threads it may use, 1) */
-    char name[128];    /* "cpu (2 threads)", the GPU's name */
-    void *impl;        /* the backend's own state */
+    int unified; /* device pointers are host pointers */
+    int threads; /* CPU worker threads (CUDA: the host threads it may use, 1) */
+    char name[128]; /* "cpu (2 threads)", the GPU's name */
+    void *impl; /* the backend's own state */
 };
 
 /* threads < 1: every online CPU */

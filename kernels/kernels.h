@@ -46,11 +46,11 @@ int kv_parallel_workers(int n_items, double flops);
 
 /* out[T, n_out] = x[T, n_in] @ W[n_out, n_in]^T + bias[n_out] (bias may be NULL).
  * W in HF layout ([out, in]). OpenBLAS sgemv for T == 1, sgemm otherwise. */
-void kv_matmul(float *out, const float *x, const float *W, const float *bias,
-               int T, int n_in, int n_out);
+void kv_matmul(float *out, const float *x, const float *W, const float *bias, int T, int n_in,
+               int n_out);
 /* out[T, n_out] += x @ W^T + bias (bias may be NULL): e.g. o_proj/down_proj into the residual */
-void kv_matmul_acc(float *out, const float *x, const float *W, const float *bias,
-                   int T, int n_in, int n_out);
+void kv_matmul_acc(float *out, const float *x, const float *W, const float *bias, int T, int n_in,
+                   int n_out);
 
 /* HF LlamaRMSNorm: out[t] = w * (x[t] * rsqrt(mean(x[t]^2) + eps)); x, out [T, dim], w [dim].
  * In place allowed (out == x). */
@@ -73,10 +73,10 @@ int kv_embedding(float *out, const float *table, int vocab, int dim, const int32
 int kv_rope_inv_freq(double *inv_freq, int head_dim, const kv_rope_config *c, kv_error *err);
 
 typedef struct {
-    int head_dim;   /* hd */
-    int max_pos;    /* positions 0 .. max_pos-1 */
-    float *cos;     /* [max_pos, hd/2] */
-    float *sin;     /* [max_pos, hd/2] */
+    int head_dim; /* hd */
+    int max_pos; /* positions 0 .. max_pos-1 */
+    float *cos; /* [max_pos, hd/2] */
+    float *sin; /* [max_pos, hd/2] */
 } kv_rope_table;
 int kv_rope_table_init(kv_rope_table *t, int head_dim, int max_pos, const kv_rope_config *c,
                        kv_error *err);
@@ -98,15 +98,14 @@ void kv_rope(float *x, int T, int n_heads, const int32_t *pos, const kv_rope_tab
  * step, with any thread count. Allocates a small scratch per call (about 16*(hd+2)+64 floats
  * per thread). 0, or KV_ENOMEM when that allocation fails. */
 typedef enum { KV_MASK_CAUSAL = 0, KV_MASK_STRICT = 1 } kv_attn_mask;
-int kv_attention(float *out, const float *q, const float *k, const float *v,
-                 int T, int pos0, int S, int n_heads, int n_kv_heads, int head_dim,
-                 kv_attn_mask mask);
+int kv_attention(float *out, const float *q, const float *k, const float *v, int T, int pos0, int S,
+                 int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask);
 /* The same over a BF16 cache (k, v [S, nkv, hd] as BF16 bits): keys and values are widened to
  * F32 (exact) and go through the same arithmetic, so the result equals kv_attention's on the
  * widened values bit for bit. Work items with 4 or more query rows widen each block of 64 keys
  * once into scratch (2*64*hd more floats per thread); smaller ones widen as they read. */
-int kv_attention_bf16(float *out, const float *q, const uint16_t *k, const uint16_t *v,
-                      int T, int pos0, int S, int n_heads, int n_kv_heads, int head_dim,
+int kv_attention_bf16(float *out, const float *q, const uint16_t *k, const uint16_t *v, int T,
+                      int pos0, int S, int n_heads, int n_kv_heads, int head_dim,
                       kv_attn_mask mask);
 
 /* h[n] = silu(gate[n]) * up[n], silu(g) = g / (1 + exp(-g)). h may alias gate or up. */
@@ -140,10 +139,9 @@ void kv_rope_backward(float *dx, int T, int n_heads, const int32_t *pos,
  * query heads sharing a kv head). Nothing is saved by the forward: the probabilities are
  * recomputed from q and k, so q, k, v must be the forward's inputs (k after RoPE).
  * Threads over kv heads. 0, or KV_ENOMEM. */
-int kv_attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                          const float *q, const float *k, const float *v,
-                          int T, int pos0, int S, int n_heads, int n_kv_heads, int head_dim,
-                          kv_attn_mask mask);
+int kv_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                          const float *k, const float *v, int T, int pos0, int S, int n_heads,
+                          int n_kv_heads, int head_dim, kv_attn_mask mask);
 
 /* for h = silu(gate) * up: dgate[n] += dh * up * silu'(gate); dup[n] += dh * silu(gate) */
 void kv_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate,

@@ -46,22 +46,22 @@ int kv_parity_table_check(kv_error *err);
 /* ---- running it ---- */
 
 typedef struct {
-    char name[96];     /* "<case>: <output>", e.g. "attention bf16 gqa4 T=1 S=1200: out" */
-    const char *op;    /* the case's ops */
-    size_t n;          /* elements compared (0: an op failed, see note) */
-    size_t bad;        /* elements outside tolerance */
-    double max_abs;    /* max |dev - ref| */
-    double max_rel;    /* max |dev - ref| / (|ref| + atol) */
+    char name[96]; /* "<case>: <output>", e.g. "attention bf16 gqa4 T=1 S=1200: out" */
+    const char *op; /* the case's ops */
+    size_t n; /* elements compared (0: an op failed, see note) */
+    size_t bad; /* elements outside tolerance */
+    double max_abs; /* max |dev - ref| */
+    double max_rel; /* max |dev - ref| / (|ref| + atol) */
     double atol, rtol;
     int pass;
-    char note[512];    /* the error of an op that failed, or what was expected */
+    char note[512]; /* the error of an op that failed, or what was expected */
 } kv_parity_result;
 
 typedef struct {
     kv_parity_result *r; /* grows as cases run */
     int n, cap;
-    int cases;           /* cases run */
-    int failed;          /* results that did not pass */
+    int cases; /* cases run */
+    int failed; /* results that did not pass */
     char device[128], reference[128]; /* the backends' names */
 } kv_parity_report;
 
@@ -69,7 +69,7 @@ enum { KV_PARITY_EXACT = 1 }; /* pass only on equal bits (tolerances ignored) */
 
 typedef struct {
     uint64_t seed;
-    unsigned flags;     /* KV_PARITY_EXACT */
+    unsigned flags; /* KV_PARITY_EXACT */
     const char *filter; /* run only cases whose name contains this (NULL: all) */
 } kv_parity_opts;
 

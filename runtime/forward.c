@@ -15,8 +15,8 @@ int kv_prefill_parse(kv_prefill *p, const char *spec, kv_error *err) {
     const int block = strncmp(spec, "iterative-block", 15) == 0;
     const char *rest = block ? spec + 15 : strncmp(spec, "iterative", 9) == 0 ? spec + 9 : NULL;
     if (rest && !*rest) {
-        *p = (kv_prefill){.mode = KV_PREFILL_ITERATIVE, .passes = KV_PREFILL_DEFAULT_PASSES,
-                          .block = block};
+        *p = (kv_prefill){
+            .mode = KV_PREFILL_ITERATIVE, .passes = KV_PREFILL_DEFAULT_PASSES, .block = block};
         return 0;
     }
     if (rest && *rest == ':') {
@@ -31,7 +31,8 @@ int kv_prefill_parse(kv_prefill *p, const char *spec, kv_error *err) {
     }
     return kv_fail(err, KV_EINVAL,
                    "prefill mode '%s': expected 'sequential', 'iterative', 'iterative:N', "
-                   "'iterative-block' or 'iterative-block:N' (1 <= N <= 1000000)", spec);
+                   "'iterative-block' or 'iterative-block:N' (1 <= N <= 1000000)",
+                   spec);
 }
 
 /* A device view of `count` floats of host weights (NULL stays NULL). A tensor mapped already
@@ -49,8 +50,9 @@ static int map_weight(kv_state *s, const float **dev, const float *host, size_t 
     kv_backend *b = s->backend;
     const void *d = NULL;
     int rc = b->ops->map(b, &d, host, bytes, err);
-    if (rc) return layer < 0 ? kv_wrap(err, "weights: %s", what)
-                             : kv_wrap(err, "weights: layer %d %s", layer, what);
+    if (rc)
+        return layer < 0 ? kv_wrap(err, "weights: %s", what)
+                         : kv_wrap(err, "weights: layer %d %s", layer, what);
     s->maps[s->n_maps++] = (kv_weight_map){.host = host, .dev = d, .bytes = bytes};
     *dev = d;
     return 0;
@@ -79,14 +81,19 @@ static int map_weights(kv_state *s, const kv_model *m, kv_error *err) {
             const char *what;
         } t[PER_LAYER] = {
             {&v->attn_norm, h->attn_norm, H, "input_layernorm"},
-            {&v->wq, h->wq, Q * H, "q_proj"}, {&v->bq, h->bq, Q, "q_proj bias"},
-            {&v->wk, h->wk, KV * H, "k_proj"}, {&v->bk, h->bk, KV, "k_proj bias"},
-            {&v->wv, h->wv, KV * H, "v_proj"}, {&v->bv, h->bv, KV, "v_proj bias"},
-            {&v->wo, h->wo, H * Q, "o_proj"}, {&v->bo, h->bo, H, "o_proj bias"},
+            {&v->wq, h->wq, Q * H, "q_proj"},
+            {&v->bq, h->bq, Q, "q_proj bias"},
+            {&v->wk, h->wk, KV * H, "k_proj"},
+            {&v->bk, h->bk, KV, "k_proj bias"},
+            {&v->wv, h->wv, KV * H, "v_proj"},
+            {&v->bv, h->bv, KV, "v_proj bias"},
+            {&v->wo, h->wo, H * Q, "o_proj"},
+            {&v->bo, h->bo, H, "o_proj bias"},
             {&v->mlp_norm, h->mlp_norm, H, "post_attention_layernorm"},
             {&v->w_gate, h->w_gate, F * H, "gate_proj"},
             {&v->b_gate, h->b_gate, F, "gate_proj bias"},
-            {&v->w_up, h->w_up, F * H, "up_proj"}, {&v->b_up, h->b_up, F, "up_proj bias"},
+            {&v->w_up, h->w_up, F * H, "up_proj"},
+            {&v->b_up, h->b_up, F, "up_proj bias"},
             {&v->w_down, h->w_down, H * F, "down_proj"},
             {&v->b_down, h->b_down, H, "down_proj bias"},
         };
@@ -104,10 +111,17 @@ static int alloc_activations(kv_state *s, kv_dtype cache_dtype, kv_error *err) {
     const size_t B = (size_t)s->max_batch, H = (size_t)m->dims.hidden, Q = (size_t)m->dims.q_dim,
                  F = (size_t)m->dims.ffn, V = (size_t)m->dims.vocab;
     const int unified = b->unified, bf16 = cache_dtype != KV_F32;
-    const size_t counts[] = {B * H, B * H, B * Q, B * Q, B * F, B * F,
-                             s->has_upward ? B * H : 0, (size_t)s->max_seq,
+    const size_t counts[] = {B * H,
+                             B * H,
+                             B * Q,
+                             B * Q,
+                             B * F,
+                             B * F,
+                             s->has_upward ? B * H : 0,
+                             (size_t)s->max_seq,
                              bf16 ? 2 * B * (size_t)m->dims.kv_dim : 0,
-                             unified ? 0 : B * V, unified ? V : 0};
+                             unified ? 0 : B * V,
+                             unified ? V : 0};
     const size_t elem[] = {4, 4, 4, 4, 4, 4, 4, sizeof(int32_t), 4, 4, 4};
     void *slots[11];
     const int n_buf = (int)(sizeof counts / sizeof counts[0]);
@@ -118,8 +132,8 @@ static int alloc_activations(kv_state *s, kv_dtype cache_dtype, kv_error *err) {
     int rc = b->ops->alloc(b, &s->block, total, err);
     if (rc) return kv_wrap(err, "activations for %d tokens", s->max_batch);
     s->block_bytes = total;
-    const uintptr_t start = ((uintptr_t)s->block + KV_ARENA_ALIGN - 1) &
-                            ~(uintptr_t)(KV_ARENA_ALIGN - 1);
+    const uintptr_t start =
+        ((uintptr_t)s->block + KV_ARENA_ALIGN - 1) & ~(uintptr_t)(KV_ARENA_ALIGN - 1);
     kv_arena carve = {.base = (unsigned char *)start,
                       .size = total - (size_t)(start - (uintptr_t)s->block)};
     for (int i = 0; i < n_buf; i++) slots[i] = kv_arena_take(&carve, counts[i], elem[i]);
@@ -148,8 +162,10 @@ int kv_state_init(kv_state *s, kv_backend *b, const kv_model *m, int max_seq, in
                   kv_dtype cache_dtype, kv_error *err) {
     *s = (kv_state){0};
     if (max_seq < 1 || max_seq > m->dims.max_pos)
-        return kv_fail(err, KV_EINVAL, "context of %d positions: the model allows 1..%d "
-                       "(max_position_embeddings)", max_seq, m->dims.max_pos);
+        return kv_fail(err, KV_EINVAL,
+                       "context of %d positions: the model allows 1..%d "
+                       "(max_position_embeddings)",
+                       max_seq, m->dims.max_pos);
     if (max_batch < 1) return kv_fail(err, KV_EINVAL, "batch of %d tokens", max_batch);
     if (max_batch > max_seq) max_batch = max_seq;
     s->backend = b;
@@ -162,8 +178,8 @@ int kv_state_init(kv_state *s, kv_backend *b, const kv_model *m, int max_seq, in
         if (kv_model_writes_own_kv(m, i)) s->top_kv_writer = i;
     int rc;
     if ((rc = alloc_activations(s, cache_dtype, err)) ||
-        (rc = kv_cache_init(&s->cache, b, &m->cfg.map, m->dims.n_kv_heads, m->dims.head_dim, max_seq,
-                            cache_dtype, err)) ||
+        (rc = kv_cache_init(&s->cache, b, &m->cfg.map, m->dims.n_kv_heads, m->dims.head_dim,
+                            max_seq, cache_dtype, err)) ||
         (rc = kv_rope_table_init(&s->rope_host, m->dims.head_dim, max_seq, &m->dims.rope, err)) ||
         (rc = kv_backend_rope_table(b, &s->rope, &s->rope_host, err)) ||
         (rc = map_weights(s, m, err))) {
@@ -243,8 +259,8 @@ static int attention_output(kv_state *s, int layer, float *x, int T, int pos0, k
     const kv_attn_mask mask = src > layer ? KV_MASK_STRICT : KV_MASK_CAUSAL;
     const void *k = kv_cache_k(&s->cache, layer), *v = kv_cache_v(&s->cache, layer);
     if (!rc)
-        rc = b->ops->attention(b, s->att, s->q, k, v, s->cache.dtype, T, pos0, pos0 + T,
-                               d->n_heads, d->n_kv_heads, d->head_dim, mask, err);
+        rc = b->ops->attention(b, s->att, s->q, k, v, s->cache.dtype, T, pos0, pos0 + T, d->n_heads,
+                               d->n_kv_heads, d->head_dim, mask, err);
     if (!rc)
         rc = b->ops->matmul(b, x, s->att, w->wo, KV_F32, w->bo, T, d->q_dim, d->hidden, 1, err);
     return rc;
@@ -291,8 +307,8 @@ int kv_lm_head(kv_state *s, const float *x, int T, float *logits, kv_error *err)
     const llama_dims *d = &s->model->dims;
     int rc = b->ops->rmsnorm(b, s->xb, x, s->w.final_norm, T, d->hidden, d->eps, err);
     if (!rc)
-        rc = b->ops->matmul(b, logits, s->xb, s->w.lm_head, KV_F32, NULL, T, d->hidden, d->vocab,
-                            0, err);
+        rc = b->ops->matmul(b, logits, s->xb, s->w.lm_head, KV_F32, NULL, T, d->hidden, d->vocab, 0,
+                            err);
     return rc;
 }
 
@@ -358,8 +374,8 @@ static int run_iterative(kv_state *s, float *x, int T, int pos0, int passes, int
 }
 
 /* tokens at pos0 = n_past; logits rows for the wanted tokens into out (host) */
-static int run_pass(kv_state *s, const int32_t *tokens, int T, const kv_forward_opts *o,
-                    float *out, kv_error *err) {
+static int run_pass(kv_state *s, const int32_t *tokens, int T, const kv_forward_opts *o, float *out,
+                    kv_error *err) {
     kv_backend *b = s->backend;
     const kv_model *m = s->model;
     const int H = m->dims.hidden, pos0 = s->n_past;
@@ -394,8 +410,8 @@ static int run_pass(kv_state *s, const int32_t *tokens, int T, const kv_forward_
     return 0;
 }
 
-int kv_forward(kv_state *s, const int32_t *tokens, int T, const kv_forward_opts *o,
-               float *logits, kv_error *err) {
+int kv_forward(kv_state *s, const int32_t *tokens, int T, const kv_forward_opts *o, float *logits,
+               kv_error *err) {
     static const kv_forward_opts defaults = {0};
     if (!o) o = &defaults;
     if (T < 1) return kv_fail(err, KV_EINVAL, "forward: no tokens");

@@ -48,8 +48,8 @@ typedef enum { KV_PREFILL_ITERATIVE = 0, KV_PREFILL_SEQUENTIAL = 1 } kv_prefill_
 
 typedef struct {
     kv_prefill_mode mode;
-    int passes;          /* iterative: N (0 means KV_PREFILL_DEFAULT_PASSES) */
-    int block;           /* iterative: 1 = the single cyclic block instead of one cyclic group at
+    int passes; /* iterative: N (0 means KV_PREFILL_DEFAULT_PASSES) */
+    int block; /* iterative: 1 = the single cyclic block instead of one cyclic group at
                             a time (the plan before LCKV's; kept for comparison) */
 } kv_prefill;
 
@@ -59,61 +59,61 @@ int kv_prefill_parse(kv_prefill *p, const char *spec, kv_error *err);
 
 typedef enum { KV_LOGITS_LAST = 0, KV_LOGITS_ALL = 1, KV_LOGITS_NONE = 2 } kv_logits_want;
 
-typedef struct {          /* all-zero = last-token logits, both skips on, iterative:9 */
+typedef struct { /* all-zero = last-token logits, both skips on, iterative:9 */
     kv_logits_want logits;
-    int no_swiftkv_skip;  /* SwiftKV: run layers >= l for every token */
-    int no_tail_skip;     /* other maps: run the layers above the highest K/V-writing layer for
+    int no_swiftkv_skip; /* SwiftKV: run layers >= l for every token */
+    int no_tail_skip; /* other maps: run the layers above the highest K/V-writing layer for
                              every token, not only those whose logits are wanted */
-    kv_prefill prefill;   /* multi-token passes over maps with upward layers */
+    kv_prefill prefill; /* multi-token passes over maps with upward layers */
 } kv_forward_opts;
 
 /* Device views of a kv_model's weights (b->ops->map of each host tensor, once at init; the CPU
  * backend's map returns the host pointers themselves): the model's fields, shapes and NULLs. */
 typedef struct {
-    const float *embed;        /* [V, H] */
-    const float *final_norm;   /* [H] */
-    const float *lm_head;      /* [V, H] (the embed view when tied) */
+    const float *embed; /* [V, H] */
+    const float *final_norm; /* [H] */
+    const float *lm_head; /* [V, H] (the embed view when tied) */
     const float *norm_swiftkv; /* [H] SwiftKV only, else NULL */
-    kv_layer_weights *layers;  /* [L] (host array of device pointers) */
+    kv_layer_weights *layers; /* [L] (host array of device pointers) */
 } kv_weight_views;
 
-typedef struct {              /* one b->ops->map, unmapped at kv_state_free */
+typedef struct { /* one b->ops->map, unmapped at kv_state_free */
     const void *host, *dev;
     size_t bytes;
 } kv_weight_map;
 
 /* Unless noted, every pointer below is device memory of `backend` ("B" = max_batch rows). */
 typedef struct {
-    kv_backend *backend;  /* runs every op; the buffers below are its memory (the backend is not
+    kv_backend *backend; /* runs every op; the buffers below are its memory (the backend is not
                              the state's: it must outlive it) */
     const kv_model *model;
-    kv_weight_views w;    /* the weights the ops read */
-    kv_weight_map *maps;  /* [n_maps] host array: the distinct tensors mapped */
+    kv_weight_views w; /* the weights the ops read */
+    kv_weight_map *maps; /* [n_maps] host array: the distinct tensors mapped */
     int n_maps;
     kv_cache cache;
-    kv_rope_table rope;   /* device table (kv_backend_rope_table), positions 0 .. max_seq-1 */
+    kv_rope_table rope; /* device table (kv_backend_rope_table), positions 0 .. max_seq-1 */
     kv_rope_table rope_host; /* HOST: the table it was made from */
-    int max_seq;          /* positions the cache holds */
-    int max_batch;        /* tokens per internal pass (longer inputs run in chunks) */
-    int n_past;           /* positions already in the cache */
-    int has_upward;       /* the map has layers with kv(i) > i */
-    int top_kv_writer;    /* highest layer writing K/V from its own input (-1: none) */
+    int max_seq; /* positions the cache holds */
+    int max_batch; /* tokens per internal pass (longer inputs run in chunks) */
+    int n_past; /* positions already in the cache */
+    int has_upward; /* the map has layers with kv(i) > i */
+    int top_kv_writer; /* highest layer writing K/V from its own input (-1: none) */
     int block_lo, block_hi; /* their cyclic block (the span of all cyclic groups) */
-    void *block;          /* the one backend allocation the buffers below are carved from */
-    size_t block_bytes;   /* its size */
-    float *x;             /* [B, H] residual stream */
-    float *xb;            /* [B, H] normed input of the current block */
-    float *q;             /* [B, nh*hd] queries */
-    float *att;           /* [B, nh*hd] attention output */
-    float *gate, *up;     /* [B, FFN] MLP hidden */
-    float *x_block;       /* [B, H] hidden entering the cyclic group (upward maps only) */
-    int32_t *pos;         /* [max_seq] 0, 1, .., max_seq-1 (uploaded at init): the rows at
+    void *block; /* the one backend allocation the buffers below are carved from */
+    size_t block_bytes; /* its size */
+    float *x; /* [B, H] residual stream */
+    float *xb; /* [B, H] normed input of the current block */
+    float *q; /* [B, nh*hd] queries */
+    float *att; /* [B, nh*hd] attention output */
+    float *gate, *up; /* [B, FFN] MLP hidden */
+    float *x_block; /* [B, H] hidden entering the cyclic group (upward maps only) */
+    int32_t *pos; /* [max_seq] 0, 1, .., max_seq-1 (uploaded at init): the rows at
                              pos0.. read pos + pos0 */
-    float *kv_rows;       /* [2 * B * kv_dim]: K [T, kv_dim] then V [T, kv_dim] of the rows in
+    float *kv_rows; /* [2 * B * kv_dim]: K [T, kv_dim] then V [T, kv_dim] of the rows in
                              flight before rounding (BF16 cache only, else NULL) */
-    float *dev_logits;    /* [B, V] the LM head's output before download (non-unified backends
+    float *dev_logits; /* [B, V] the LM head's output before download (non-unified backends
                              only, else NULL: logits go straight to the caller's buffer) */
-    float *logits;        /* HOST [V]: last-token logits when kv_forward gets no output buffer
+    float *logits; /* HOST [V]: last-token logits when kv_forward gets no output buffer
                              (on a unified backend carved from the block, else malloc'd) */
 } kv_state;
 
@@ -123,15 +123,15 @@ typedef struct {
 int kv_state_init(kv_state *s, kv_backend *b, const kv_model *m, int max_seq, int max_batch,
                   kv_dtype cache_dtype, kv_error *err);
 void kv_state_free(kv_state *s);
-void kv_state_reset(kv_state *s);  /* forget the context (n_past = 0) */
+void kv_state_reset(kv_state *s); /* forget the context (n_past = 0) */
 /* bytes of activations + KV cache + RoPE table (the backend's memory, not the weights) */
 size_t kv_state_bytes(const kv_state *s);
 
 /* Runs tokens[T] (host ids) at positions n_past.. and advances n_past. logits: HOST memory (may
  * be NULL: s->logits is used for LAST): [T, V] for KV_LOGITS_ALL, [V] for KV_LOGITS_LAST.
  * o may be NULL (defaults). On error the context is undefined: kv_state_reset before reuse. */
-int kv_forward(kv_state *s, const int32_t *tokens, int T, const kv_forward_opts *o,
-               float *logits, kv_error *err);
+int kv_forward(kv_state *s, const int32_t *tokens, int T, const kv_forward_opts *o, float *logits,
+               kv_error *err);
 
 /* ---- the steps kv_forward is made of ----
  * x [T, H] are device rows at positions pos0 .. pos0+T-1 (pos0 + T <= max_seq, T <= max_batch);

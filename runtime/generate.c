@@ -120,9 +120,10 @@ int kv_generate(kv_state *s, kv_sampler *smp, const int32_t *prompt, int n_promp
     if (n_prompt < 1) return kv_fail(err, KV_EINVAL, "generate: empty prompt");
     if (o->max_new_tokens < 0) return kv_fail(err, KV_EINVAL, "generate: negative token count");
     if (n_prompt + (o->max_new_tokens > 0 ? o->max_new_tokens - 1 : 0) > s->max_seq)
-        return kv_fail(err, KV_EINVAL,
-                       "generate: %d prompt tokens + %d new need %d positions, the context holds %d",
-                       n_prompt, o->max_new_tokens, n_prompt + o->max_new_tokens - 1, s->max_seq);
+        return kv_fail(
+            err, KV_EINVAL,
+            "generate: %d prompt tokens + %d new need %d positions, the context holds %d", n_prompt,
+            o->max_new_tokens, n_prompt + o->max_new_tokens - 1, s->max_seq);
     kv_state_reset(s);
     const kv_forward_opts fo = {.logits = KV_LOGITS_LAST, .prefill = o->prefill};
     double t = now_s();

@@ -16,10 +16,10 @@ typedef struct {
 
 typedef struct {
     int vocab;
-    float temperature;     /* 0: greedy */
-    float top_p;           /* (0, 1): nucleus; otherwise off */
-    uint64_t rng;          /* xorshift64* state, never 0 */
-    kv_candidate *cand;    /* [vocab] top-p scratch */
+    float temperature; /* 0: greedy */
+    float top_p; /* (0, 1): nucleus; otherwise off */
+    uint64_t rng; /* xorshift64* state, never 0 */
+    kv_candidate *cand; /* [vocab] top-p scratch */
 } kv_sampler;
 
 int kv_sampler_init(kv_sampler *s, int vocab, float temperature, float top_p, uint64_t seed,
@@ -34,15 +34,15 @@ float kv_rng_uniform(uint64_t *state); /* [0, 1) */
 typedef int (*kv_token_fn)(void *ctx, int prev, int token);
 
 typedef struct {
-    int max_new_tokens;       /* stop after this many (>= 0) */
-    kv_prefill prefill;       /* for maps with upward layers */
-    const int *stop_ids;      /* generation stops before emitting any of these (EOS, ...) */
+    int max_new_tokens; /* stop after this many (>= 0) */
+    kv_prefill prefill; /* for maps with upward layers */
+    const int *stop_ids; /* generation stops before emitting any of these (EOS, ...) */
     int n_stop;
 } kv_generate_opts;
 
 typedef struct {
     int n_prompt, n_generated;
-    int stopped_on;           /* the stop id that ended generation, or -1 */
+    int stopped_on; /* the stop id that ended generation, or -1 */
     double prefill_s, decode_s; /* seconds in the prompt's forward / in decode steps */
 } kv_generate_stats;
 

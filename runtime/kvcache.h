@@ -15,14 +15,14 @@
 #include "kernels/backend.h"
 
 typedef struct {
-    kv_backend *backend;         /* owns k and v */
+    kv_backend *backend; /* owns k and v */
     int n_slots, max_seq, n_kv_heads, head_dim;
     int slot_of[KVMAP_MAX_LAYERS]; /* layer -> slot of the K/V it reads (kvmap_slot_of) */
-    kv_dtype dtype;              /* KV_F32 or KV_BF16 */
-    size_t elem;                 /* bytes per element: 4 or 2 */
-    size_t slot_stride;          /* elements per slot: max_seq * nkv * hd */
-    void *k, *v;                 /* [n_slots, max_seq, nkv, hd] each, device memory (zeroed) */
-    size_t bytes;                /* bytes of k and v together */
+    kv_dtype dtype; /* KV_F32 or KV_BF16 */
+    size_t elem; /* bytes per element: 4 or 2 */
+    size_t slot_stride; /* elements per slot: max_seq * nkv * hd */
+    void *k, *v; /* [n_slots, max_seq, nkv, hd] each, device memory (zeroed) */
+    size_t bytes; /* bytes of k and v together */
 } kv_cache;
 
 /* dtype KV_F32 or KV_BF16 (anything else is refused); storage from b, which must outlive c */

@@ -34,7 +34,8 @@ static int take(loader *ld, const float **dst, const st_tensor *t) {
     *dst = NULL;
     if (!t) return 0;
     const char *where = ld->src->where(ld->src->ctx, t);
-    if (!t->data) return kv_fail(ld->err, KV_EFORMAT, "%s: tensor '%s' has no data", where, t->name);
+    if (!t->data)
+        return kv_fail(ld->err, KV_EFORMAT, "%s: tensor '%s' has no data", where, t->name);
     if (ld->n == ld->cap) {
         int cap = ld->cap ? 2 * ld->cap : 64;
         binding *p = realloc(ld->items, sizeof *p * (size_t)cap);
@@ -57,9 +58,11 @@ static int take_all(loader *ld, kv_model *m, const llama_view *v) {
         return rc;
     for (int i = 0; i < m->dims.n_layers; i++) {
         kv_layer_weights *w = &m->layers[i];
-        const float **dst[LLAMA_N_ROLES] = { /* llama_role order */
-            &w->attn_norm, &w->wq, &w->bq, &w->wk, &w->bk, &w->wv, &w->bv, &w->wo, &w->bo,
-            &w->mlp_norm, &w->w_gate, &w->b_gate, &w->w_up, &w->b_up, &w->w_down, &w->b_down};
+        const float **dst[LLAMA_N_ROLES] = {/* llama_role order */
+                                            &w->attn_norm, &w->wq,       &w->bq,     &w->wk,
+                                            &w->bk,        &w->wv,       &w->bv,     &w->wo,
+                                            &w->bo,        &w->mlp_norm, &w->w_gate, &w->b_gate,
+                                            &w->w_up,      &w->b_up,     &w->w_down, &w->b_down};
         for (int r = 0; r < LLAMA_N_ROLES; r++)
             if ((rc = take(ld, dst[r], llama_view_used(v, i, (llama_role)r)))) return rc;
     }
@@ -127,7 +130,7 @@ int kv_model_from_source(kv_model *m, const hf_config *cfg, const kv_tensor_sour
     loader ld = {.src = src, .copy_f32 = o && o->copy_f32, .err = err};
     if ((rc = check_config(cfg, err))) goto done;
     llama_dims_init(&m->dims, cfg);
-    {   /* RoPE parameters are checked here, once, rather than at the first forward */
+    { /* RoPE parameters are checked here, once, rather than at the first forward */
         double probe[1];
         kv_rope_config one = m->dims.rope;
         if ((rc = kv_rope_inv_freq(probe, 2, &one, err))) {
@@ -151,7 +154,8 @@ int kv_model_from_source(kv_model *m, const hf_config *cfg, const kv_tensor_sour
         float *p = kv_arena_take(&m->store, b->t->n_elements, sizeof(float));
         if (!p) rc = kv_fail(err, KV_ENOMEM, "model: weight arena too small");
         else if (kv_to_f32(p, b->t->data, b->t->dtype, b->t->n_elements))
-            rc = kv_fail(err, KV_EUNSUPPORTED, "model: cannot convert %s", kv_dtype_name(b->t->dtype));
+            rc = kv_fail(err, KV_EUNSUPPORTED, "model: cannot convert %s",
+                         kv_dtype_name(b->t->dtype));
         *b->dst = p;
     }
     for (int i = 0; !rc && i < ld.n; i++) m->n_params += ld.items[i].t->n_elements;

@@ -21,34 +21,34 @@
 #include "formats/kvmap.h"
 
 typedef struct {
-    const float *attn_norm;          /* [H] input_layernorm */
-    const float *wq, *bq;            /* [nh*hd, H], [nh*hd] (SwiftKV j >= l: q_proj_swiftkv) */
-    const float *wk, *bk, *wv, *bv;  /* [nkv*hd, H], [nkv*hd]; NULL unless the layer computes
+    const float *attn_norm; /* [H] input_layernorm */
+    const float *wq, *bq; /* [nh*hd, H], [nh*hd] (SwiftKV j >= l: q_proj_swiftkv) */
+    const float *wk, *bk, *wv, *bv; /* [nkv*hd, H], [nkv*hd]; NULL unless the layer computes
                                         K/V (KV layer; SwiftKV leader: k/v_proj_swiftkv) */
-    const float *wo, *bo;            /* [H, nh*hd], [H] */
-    const float *mlp_norm;           /* [H] post_attention_layernorm */
-    const float *w_gate, *b_gate;    /* [FFN, H], [FFN] */
-    const float *w_up, *b_up;        /* [FFN, H], [FFN] */
-    const float *w_down, *b_down;    /* [H, FFN], [H] */
-} kv_layer_weights;                  /* biases NULL unless attention_bias / mlp_bias */
+    const float *wo, *bo; /* [H, nh*hd], [H] */
+    const float *mlp_norm; /* [H] post_attention_layernorm */
+    const float *w_gate, *b_gate; /* [FFN, H], [FFN] */
+    const float *w_up, *b_up; /* [FFN, H], [FFN] */
+    const float *w_down, *b_down; /* [H, FFN], [H] */
+} kv_layer_weights; /* biases NULL unless attention_bias / mlp_bias */
 
 typedef struct {
-    hf_config cfg;                   /* cfg.map: the KV map */
-    llama_dims dims;                 /* L, H, nh, nkv, hd, F, V, RoPE (formats/llama_view.h) */
-    const float *embed;              /* [V, H] model.embed_tokens */
-    const float *final_norm;         /* [H] model.norm */
-    const float *lm_head;            /* [V, H] lm_head, or embed when tied */
-    const float *norm_swiftkv;       /* [H] SwiftKV only */
-    kv_layer_weights *layers;        /* [L] */
-    size_t n_params;                 /* elements of all bound weights (tied counted once) */
-    size_t step_bytes;               /* F32 weight bytes one decode step reads: every matrix and
+    hf_config cfg; /* cfg.map: the KV map */
+    llama_dims dims; /* L, H, nh, nkv, hd, F, V, RoPE (formats/llama_view.h) */
+    const float *embed; /* [V, H] model.embed_tokens */
+    const float *final_norm; /* [H] model.norm */
+    const float *lm_head; /* [V, H] lm_head, or embed when tied */
+    const float *norm_swiftkv; /* [H] SwiftKV only */
+    kv_layer_weights *layers; /* [L] */
+    size_t n_params; /* elements of all bound weights (tied counted once) */
+    size_t step_bytes; /* F32 weight bytes one decode step reads: every matrix and
                                         norm, the LM head, one embedding row */
-    kv_arena store;                  /* converted (or copied) weights */
-    st_checkpoint *ckpt;             /* owned when loaded from a directory */
+    kv_arena store; /* converted (or copied) weights */
+    st_checkpoint *ckpt; /* owned when loaded from a directory */
 } kv_model;
 
 typedef struct {
-    int copy_f32;                    /* copy F32 weights into the arena too (default: zero-copy) */
+    int copy_f32; /* copy F32 weights into the arena too (default: zero-copy) */
 } kv_model_opts;
 
 /* HF directory: config.json + model.safetensors (or shards). o may be NULL. */

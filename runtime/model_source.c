@@ -25,14 +25,16 @@ int kv_model_path_resolve(const char *path, char *dir, size_t cap, int *is_bundl
     *is_bundle = 0;
     if (!path || !*path) return kv_fail(err, KV_EINVAL, "empty model path: " KV_MODEL_PATH_HINT);
     if (stat(path, &st) != 0)
-        return kv_fail(err, KV_EIO, "%s: not a model (%s): " KV_MODEL_PATH_HINT, path, strerror(errno));
+        return kv_fail(err, KV_EIO, "%s: not a model (%s): " KV_MODEL_PATH_HINT, path,
+                       strerror(errno));
     if (strlen(path) >= cap) return kv_fail(err, KV_EINVAL, "%s: path too long", path);
     if (S_ISDIR(st.st_mode)) {
         strcpy(dir, path);
         return 0;
     }
     if (!S_ISREG(st.st_mode))
-        return kv_fail(err, KV_EINVAL, "%s: not a model (not a file or directory): " KV_MODEL_PATH_HINT, path);
+        return kv_fail(err, KV_EINVAL,
+                       "%s: not a model (not a file or directory): " KV_MODEL_PATH_HINT, path);
     if (ends_with(path, ".safetensors") || ends_with(path, ".safetensors.index.json") ||
         ends_with(path, "/config.json") || strcmp(path, "config.json") == 0) {
         const char *slash = strrchr(path, '/');
@@ -47,17 +49,21 @@ int kv_model_path_resolve(const char *path, char *dir, size_t cap, int *is_bundl
     /* a bundle is a pax archive: "ustar" at offset 257 of its first header */
     char magic[6] = {0};
     FILE *f = fopen(path, "rb");
-    const int ok = f && fseek(f, 257, SEEK_SET) == 0 && fread(magic, 1, 5, f) == 5 && !memcmp(magic, "ustar", 5);
+    const int ok = f && fseek(f, 257, SEEK_SET) == 0 && fread(magic, 1, 5, f) == 5 &&
+                   !memcmp(magic, "ustar", 5);
     if (f) fclose(f);
     if (!ok)
-        return kv_fail(err, KV_EFORMAT, "%s: not a model (a file that is neither a .kvb bundle nor a "
-                       "safetensors file): " KV_MODEL_PATH_HINT, path);
+        return kv_fail(err, KV_EFORMAT,
+                       "%s: not a model (a file that is neither a .kvb bundle nor a "
+                       "safetensors file): " KV_MODEL_PATH_HINT,
+                       path);
     strcpy(dir, path);
     *is_bundle = 1;
     return 0;
 }
 
-int kv_model_open_path(kv_model *m, kv_bundle **bundle, const char *path, int threads, kv_error *err) {
+int kv_model_open_path(kv_model *m, kv_bundle **bundle, const char *path, int threads,
+                       kv_error *err) {
     *bundle = NULL;
     char dir[4096];
     int is_bundle = 0;
@@ -78,12 +84,16 @@ int kv_model_open_path(kv_model *m, kv_bundle **bundle, const char *path, int th
         kv_tensor_source_checkpoint(&src, kv_bundle_checkpoint(b));
         rc = kv_model_from_source(m, &cfg, &src, NULL, err);
     }
-    if (rc) { kv_bundle_close(b); return rc; }
+    if (rc) {
+        kv_bundle_close(b);
+        return rc;
+    }
     *bundle = b;
     return 0;
 }
 
-int kv_tokenizer_open_path(kv_tokenizer **tk, const kv_bundle *bundle, const char *path, kv_error *err) {
+int kv_tokenizer_open_path(kv_tokenizer **tk, const kv_bundle *bundle, const char *path,
+                           kv_error *err) {
     if (bundle) {
         size_t n = 0;
         const char *json = kv_bundle_file(bundle, "tokenizer.json", &n);

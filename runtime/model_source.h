@@ -15,8 +15,10 @@ int kv_path_is_bundle(const char *path); /* a regular file (not a directory) */
  * "PATH: not a model (...): give a model directory, a .kvb bundle or its model.safetensors". */
 int kv_model_path_resolve(const char *path, char *dir, size_t cap, int *is_bundle, kv_error *err);
 /* *bundle is set (and must be closed after kv_model_free) when path is a bundle, else NULL */
-int kv_model_open_path(kv_model *m, kv_bundle **bundle, const char *path, int threads, kv_error *err);
+int kv_model_open_path(kv_model *m, kv_bundle **bundle, const char *path, int threads,
+                       kv_error *err);
 /* tokenizer.json from the directory or the bundle (bundle may be NULL for a directory) */
-int kv_tokenizer_open_path(kv_tokenizer **tk, const kv_bundle *bundle, const char *path, kv_error *err);
+int kv_tokenizer_open_path(kv_tokenizer **tk, const kv_bundle *bundle, const char *path,
+                           kv_error *err);
 
 #endif

@@ -9,7 +9,8 @@ long kv_ppl_window_count(long n_ids, int ctx, int bos) {
     return bos >= 0 ? (n_ids + stride - 1) / stride : (n_ids - 1 + stride - 1) / stride;
 }
 
-int kv_ppl_window(const int32_t *ids, long n_ids, int ctx, int bos, long w, int32_t *win, long *end) {
+int kv_ppl_window(const int32_t *ids, long n_ids, int ctx, int bos, long w, int32_t *win,
+                  long *end) {
     const long start = w * (ctx - 1);
     int n = 0;
     if (bos >= 0) win[n++] = bos;
@@ -24,7 +25,8 @@ int kv_perplexity(kv_state *s, const int32_t *ids, long n_ids, const kv_ppl_opts
     *r = (kv_ppl_result){0};
     const int V = s->model->dims.vocab, ctx = o->ctx, has_bos = o->bos >= 0;
     if (ctx < 2 || ctx > s->max_seq)
-        return kv_fail(err, KV_EINVAL, "perplexity: window of %d positions (2..%d)", ctx, s->max_seq);
+        return kv_fail(err, KV_EINVAL, "perplexity: window of %d positions (2..%d)", ctx,
+                       s->max_seq);
     if (n_ids < (has_bos ? 1 : 2))
         return kv_fail(err, KV_EINVAL, "perplexity: %ld tokens are too few to score", n_ids);
     long total = kv_ppl_window_count(n_ids, ctx, o->bos);

@@ -40,8 +40,8 @@ static inline size_t bounded_vm_bytes(void) {
  * Returns that status; or -1 when the child was killed (the reason in why: the time cap, or a
  * crash, which may be the memory cap making an allocation fail hard); -2 if fork failed.
  * *secs: the child's wall time. */
-static inline int bounded_run(int (*fn)(void *), void *arg, size_t mem_mb, int max_secs, double *secs, char *why,
-                              size_t why_cap) {
+static inline int bounded_run(int (*fn)(void *), void *arg, size_t mem_mb, int max_secs,
+                              double *secs, char *why, size_t why_cap) {
     struct timespec t0, t1;
     size_t base = bounded_vm_bytes();
     snprintf(why, why_cap, "ok");
@@ -55,7 +55,8 @@ static inline int bounded_run(int (*fn)(void *), void *arg, size_t mem_mb, int m
     if (pid == 0) {
 #ifndef BOUNDED_NO_MEM_CAP
         if (base) {
-            struct rlimit rl = {.rlim_cur = base + mem_mb * 1024 * 1024, .rlim_max = base + mem_mb * 1024 * 1024};
+            struct rlimit rl = {.rlim_cur = base + mem_mb * 1024 * 1024,
+                                .rlim_max = base + mem_mb * 1024 * 1024};
             setrlimit(RLIMIT_AS, &rl);
         }
 #else
@@ -71,8 +72,7 @@ static inline int bounded_run(int (*fn)(void *), void *arg, size_t mem_mb, int m
         _exit(rc & 0x7f);
     }
     int status = 0;
-    while (waitpid(pid, &status, 0) < 0) {
-    }
+    while (waitpid(pid, &status, 0) < 0) {}
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (secs) *secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
     if (WIFEXITED(status)) {

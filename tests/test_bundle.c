@@ -52,7 +52,8 @@ static int read_all(const char *path, char **out, size_t *n) {
 static int files_equal(const char *a, const char *b) {
     char *x = NULL, *y = NULL;
     size_t nx = 0, ny = 0;
-    int ok = read_all(a, &x, &nx) == 0 && read_all(b, &y, &ny) == 0 && nx == ny && memcmp(x, y, nx) == 0;
+    int ok =
+        read_all(a, &x, &nx) == 0 && read_all(b, &y, &ny) == 0 && nx == ny && memcmp(x, y, nx) == 0;
     free(x);
     free(y);
     return ok;
@@ -89,8 +90,13 @@ static void synth_add(synth *s, kv_dtype t, const char *name, int n_dims, const 
     for (size_t i = 0; i < n; i++) {
         float v = gaussian(0.02f);
         if (t == KV_F32) memcpy(b + 4 * i, &v, 4);
-        else if (t == KV_F16) { uint16_t h = kv_f32_to_f16(v); memcpy(b + 2 * i, &h, 2); }
-        else { uint16_t h = kv_f32_to_bf16(v); memcpy(b + 2 * i, &h, 2); }
+        else if (t == KV_F16) {
+            uint16_t h = kv_f32_to_f16(v);
+            memcpy(b + 2 * i, &h, 2);
+        } else {
+            uint16_t h = kv_f32_to_bf16(v);
+            memcpy(b + 2 * i, &h, 2);
+        }
     }
     s->data[s->n++] = b;
 }
@@ -114,19 +120,25 @@ static int make_model(const char *dir, kv_dtype t, size_t shard_bytes, uint64_t 
              "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n"
              "  \"hidden_size\": 32,\n  \"intermediate_size\": 48,\n  \"num_hidden_layers\": 4,\n"
              "  \"num_attention_heads\": 4,\n  \"num_key_value_heads\": 2,\n  \"vocab_size\": 96,\n"
-             "  \"rms_norm_eps\": 1e-05,\n  \"layer_types\": \"0_0_2_2\",\n  \"torch_dtype\": \"%s\"\n}\n",
+             "  \"rms_norm_eps\": 1e-05,\n  \"layer_types\": \"0_0_2_2\",\n  \"torch_dtype\": "
+             "\"%s\"\n}\n",
              dtype_name);
     if (write_text(dir, "config.json", config)) return -1;
     if (write_text(dir, "kvforge.json",
                    "{\"recipe\": {\"method\": \"lasagna-bottom\", \"kv_layers\": 2},\n"
-                   " \"provenance\": {\"source\": \"synthetic test model\", \"tool\": \"test_bundle\"}}\n"))
+                   " \"provenance\": {\"source\": \"synthetic test model\", \"tool\": "
+                   "\"test_bundle\"}}\n"))
         return -1;
-    if (write_text(dir, "tokenizer.json", "{\"version\": \"1.0\", \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}}}\n"))
+    if (write_text(dir, "tokenizer.json",
+                   "{\"version\": \"1.0\", \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, "
+                   "\"b\": 1}}}\n"))
         return -1;
-    if (write_text(dir, "generation_config.json", "{\"bos_token_id\": 1, \"eos_token_id\": 2}\n")) return -1;
+    if (write_text(dir, "generation_config.json", "{\"bos_token_id\": 1, \"eos_token_id\": 2}\n"))
+        return -1;
 
     synth s = {0};
-    int64_t emb[2] = {96, 32}, norm[1] = {32}, q[2] = {32, 32}, kv[2] = {16, 32}, up[2] = {48, 32}, down[2] = {32, 48};
+    int64_t emb[2] = {96, 32}, norm[1] = {32}, q[2] = {32, 32}, kv[2] = {16, 32}, up[2] = {48, 32},
+            down[2] = {32, 48};
     int64_t odd[3] = {3, 7, 5}, one[1] = {1}, big[2] = {300, 100};
     synth_add(&s, t, "model.embed_tokens.weight", 2, emb);
     synth_add(&s, t, "model.norm.weight", 1, norm);
@@ -180,14 +192,18 @@ static int same_tensors(const st_checkpoint *a, const st_checkpoint *b, const ch
 }
 
 /* bundle -> load: tensors equal the source checkpoint's; files equal the source's */
-static void check_bundle_matches(const char *bundle, const char *src_dir, int threads, const char *what) {
+static void check_bundle_matches(const char *bundle, const char *src_dir, int threads,
+                                 const char *what) {
     kv_error err = {0};
     st_checkpoint src;
     CHECK(st_checkpoint_open(&src, src_dir, &err) == 0, "%s: %s", what, err.msg);
     kv_bundle *b = NULL;
     int rc = kv_bundle_open(&b, bundle, &err);
     CHECK(rc == 0, "%s: open: %s", what, err.msg);
-    if (rc) { st_checkpoint_close(&src); return; }
+    if (rc) {
+        st_checkpoint_close(&src);
+        return;
+    }
     const st_checkpoint *view = kv_bundle_checkpoint(b);
     CHECK(view->n_tensors == src.n_tensors && view->n_files == 1, "%s: view before load", what);
     CHECK(view->n_tensors == 0 || view->tensors[0]->data == NULL, "%s: data before load", what);
@@ -196,22 +212,26 @@ static void check_bundle_matches(const char *bundle, const char *src_dir, int th
     if (!rc) {
         same_tensors(&src, view, what);
         for (int i = 0; i < view->n_tensors; i++)
-            CHECK(((uintptr_t)view->tensors[i]->data & 63) == 0, "%s: tensor %d not 64-byte aligned", what, i);
+            CHECK(((uintptr_t)view->tensors[i]->data & 63) == 0,
+                  "%s: tensor %d not 64-byte aligned", what, i);
         const st_tensor *t = kv_bundle_find(b, src.tensors[0]->name);
-        CHECK(t && t->data && memcmp(t->data, src.tensors[0]->data, t->n_bytes) == 0, "%s: find", what);
+        CHECK(t && t->data && memcmp(t->data, src.tensors[0]->data, t->n_bytes) == 0, "%s: find",
+              what);
         CHECK(kv_bundle_find(b, "no.such.tensor") == NULL, "%s: find missing", what);
-        CHECK(kv_bundle_load_tensors(b, NULL, 0, threads, &err) == KV_EINVAL, "%s: second load", what);
+        CHECK(kv_bundle_load_tensors(b, NULL, 0, threads, &err) == KV_EINVAL, "%s: second load",
+              what);
     }
-    const char *names[] = {"config.json", "tokenizer.json", "kvforge.json", "generation_config.json"};
+    const char *names[] = {"config.json", "tokenizer.json", "kvforge.json",
+                           "generation_config.json"};
     for (int i = 0; i < 4; i++) {
         char path[1024], *text = NULL;
         size_t n = 0, got = 0;
         snprintf(path, sizeof path, "%s/%s", src_dir, names[i]);
         const char *inside = kv_bundle_file(b, names[i], &got);
         if (read_all(path, &text, &n) == 0)
-            CHECK(inside && got == n && memcmp(inside, text, n) == 0 && inside[n] == 0, "%s: file %s", what, names[i]);
-        else
-            CHECK(inside == NULL, "%s: file %s should be absent", what, names[i]);
+            CHECK(inside && got == n && memcmp(inside, text, n) == 0 && inside[n] == 0,
+                  "%s: file %s", what, names[i]);
+        else CHECK(inside == NULL, "%s: file %s should be absent", what, names[i]);
         free(text);
     }
     CHECK(strcmp(kv_bundle_architecture(b), "LlamaForCausalLM") == 0, "%s: architecture", what);
@@ -219,28 +239,33 @@ static void check_bundle_matches(const char *bundle, const char *src_dir, int th
     st_checkpoint_close(&src);
 }
 
-static void check_unbundle(const char *bundle, const char *src_dir, const char *out_dir, const char *what) {
+static void check_unbundle(const char *bundle, const char *src_dir, const char *out_dir,
+                           const char *what) {
     kv_error err = {0};
     int rc = kv_bundle_unbundle(bundle, out_dir, &err);
     CHECK(rc == 0, "%s: unbundle: %s", what, err.msg);
     if (rc) return;
     st_checkpoint a, b;
     CHECK(st_checkpoint_open(&a, src_dir, &err) == 0, "%s", err.msg);
-    CHECK(st_checkpoint_open(&b, out_dir, &err) == 0, "%s: unbundled checkpoint: %s", what, err.msg);
+    CHECK(st_checkpoint_open(&b, out_dir, &err) == 0, "%s: unbundled checkpoint: %s", what,
+          err.msg);
     same_tensors(&a, &b, what);
     CHECK(b.n_files == 1 && b.files[0].n_meta == a.files[0].n_meta, "%s: metadata", what);
     st_checkpoint_close(&a);
     st_checkpoint_close(&b);
-    const char *names[] = {"config.json", "tokenizer.json", "kvforge.json", "generation_config.json", "tokenizer.model"};
+    const char *names[] = {"config.json", "tokenizer.json", "kvforge.json",
+                           "generation_config.json", "tokenizer.model"};
     for (int i = 0; i < 5; i++) {
         char x[1024], y[1024];
         snprintf(x, sizeof x, "%s/%s", src_dir, names[i]);
         snprintf(y, sizeof y, "%s/%s", out_dir, names[i]);
-        if (kv_path_exists(x)) CHECK(files_equal(x, y), "%s: %s not byte-identical", what, names[i]);
+        if (kv_path_exists(x))
+            CHECK(files_equal(x, y), "%s: %s not byte-identical", what, names[i]);
         else CHECK(!kv_path_exists(y), "%s: %s appeared", what, names[i]);
     }
     /* a second unbundle into the now non-empty directory is refused */
-    CHECK(kv_bundle_unbundle(bundle, out_dir, &err) == KV_EINVAL, "%s: non-empty target accepted", what);
+    CHECK(kv_bundle_unbundle(bundle, out_dir, &err) == KV_EINVAL, "%s: non-empty target accepted",
+          what);
 }
 
 /* entries in order, regular, owner 0, mtime 0, mode 0644 */
@@ -253,15 +278,18 @@ static void check_layout(const char *bundle, const char *const *want, int n_want
     int i = 0;
     while (ok && archive_read_next_header(a, &e) == ARCHIVE_OK) {
         const char *name = archive_entry_pathname(e);
-        CHECK(i < n_want && strcmp(name, want[i]) == 0, "entry %d is %s, want %s", i, name, i < n_want ? want[i] : "(none)");
-        CHECK(archive_entry_mtime(e) == 0 && archive_entry_uid(e) == 0 && archive_entry_gid(e) == 0 &&
-                  archive_entry_filetype(e) == AE_IFREG && (archive_entry_perm(e) & 0777) == 0644 &&
+        CHECK(i < n_want && strcmp(name, want[i]) == 0, "entry %d is %s, want %s", i, name,
+              i < n_want ? want[i] : "(none)");
+        CHECK(archive_entry_mtime(e) == 0 && archive_entry_uid(e) == 0 &&
+                  archive_entry_gid(e) == 0 && archive_entry_filetype(e) == AE_IFREG &&
+                  (archive_entry_perm(e) & 0777) == 0644 &&
                   (!archive_entry_uname(e) || !archive_entry_uname(e)[0]),
               "entry %s: owner/time/mode not fixed", name);
         i++;
     }
     CHECK(i == n_want, "%d entries, want %d", i, n_want);
-    CHECK(archive_format(a) == ARCHIVE_FORMAT_TAR_USTAR || archive_format(a) == ARCHIVE_FORMAT_TAR_PAX_INTERCHANGE,
+    CHECK(archive_format(a) == ARCHIVE_FORMAT_TAR_USTAR ||
+              archive_format(a) == ARCHIVE_FORMAT_TAR_PAX_INTERCHANGE,
           "format %s", archive_format_name(a));
     archive_read_free(a);
 }
@@ -269,11 +297,16 @@ static void check_layout(const char *bundle, const char *const *want, int n_want
 static void check_manifest_fields(const char *bundle) {
     kv_bundle *b;
     kv_error err = {0};
-    if (kv_bundle_open(&b, bundle, &err)) { CHECK(0, "%s", err.msg); return; }
+    if (kv_bundle_open(&b, bundle, &err)) {
+        CHECK(0, "%s", err.msg);
+        return;
+    }
     const char *m = kv_bundle_manifest(b);
-    CHECK(strstr(m, "\"format\":\"kvforge-bundle\"") && strstr(m, "\"format_version\":1"), "format fields");
+    CHECK(strstr(m, "\"format\":\"kvforge-bundle\"") && strstr(m, "\"format_version\":1"),
+          "format fields");
     CHECK(strstr(m, "\"kv_map\":[0,0,2,2]") != NULL, "kv_map from layer_types");
-    CHECK(strstr(m, "\"recipe\":{\"method\":\"lasagna-bottom\"") != NULL, "recipe from kvforge.json");
+    CHECK(strstr(m, "\"recipe\":{\"method\":\"lasagna-bottom\"") != NULL,
+          "recipe from kvforge.json");
     CHECK(strstr(m, "\"provenance\":{") != NULL, "provenance from kvforge.json");
     CHECK(strstr(m, "\"layer_types\":\"0_0_2_2\"") != NULL, "config embedded");
     kv_bundle_close(b);
@@ -309,23 +342,27 @@ static void check_synthetic(kv_dtype t) {
     kv_bundle_opts o3 = {.chunk_size = 8192, .threads = 3};
     CHECK(kv_bundle_write(src_p, kvb_p, &o1, &err) == 0, "%s: write: %s", what, err.msg);
     CHECK(kv_bundle_write(src_p, kvb2_p, &o3, &err) == 0, "%s: write again: %s", what, err.msg);
-    CHECK(kv_bundle_write(src_sh_p, kvb_sh_p, &o3, &err) == 0, "%s: write sharded: %s", what, err.msg);
+    CHECK(kv_bundle_write(src_sh_p, kvb_sh_p, &o3, &err) == 0, "%s: write sharded: %s", what,
+          err.msg);
     CHECK(files_equal(kvb_p, kvb2_p), "%s: two runs (1 and 3 threads) differ", what);
-    CHECK(files_equal(kvb_p, kvb_sh_p), "%s: sharded and single-file sources give different bundles", what);
+    CHECK(files_equal(kvb_p, kvb_sh_p),
+          "%s: sharded and single-file sources give different bundles", what);
 
     kv_bundle_report r;
     CHECK(kv_bundle_verify(kvb_p, &r, &err) == 0, "%s: verify: %s", what, err.msg);
-    CHECK(r.n_tensors == 37 && r.n_files == 4 && r.n_chunks > r.n_tensors && r.n_zstd_chunks > 0, "%s: report %d tensors %d chunks %d files",
-          what, r.n_tensors, r.n_chunks, r.n_files);
+    CHECK(r.n_tensors == 37 && r.n_files == 4 && r.n_chunks > r.n_tensors && r.n_zstd_chunks > 0,
+          "%s: report %d tensors %d chunks %d files", what, r.n_tensors, r.n_chunks, r.n_files);
     struct stat st;
-    CHECK(stat(kvb_p, &st) == 0 && (uint64_t)st.st_size == r.file_bytes && r.stored_bytes < r.raw_bytes,
+    CHECK(stat(kvb_p, &st) == 0 && (uint64_t)st.st_size == r.file_bytes &&
+              r.stored_bytes < r.raw_bytes,
           "%s: sizes in the report", what);
 
     check_bundle_matches(kvb_p, src_p, 2, what);
     check_unbundle(kvb_p, src_p, out_p, what);
     if (t == KV_BF16) {
-        const char *want[] = {"manifest.json", "manifest.json.sha256", "tensors.bin", "config.json.zst",
-                              "generation_config.json", "kvforge.json.zst", "tokenizer.json"};
+        const char *want[] = {"manifest.json",   "manifest.json.sha256",   "tensors.bin",
+                              "config.json.zst", "generation_config.json", "kvforge.json.zst",
+                              "tokenizer.json"};
         check_layout(kvb_p, want, 7);
         check_manifest_fields(kvb_p);
     }
@@ -360,7 +397,8 @@ static void check_stories(void) {
     CHECK(kv_bundle_load_tensors(b, buf, need - 1, 2, &err) == KV_EINVAL, "small buffer accepted");
     CHECK(kv_bundle_load_tensors(b, buf, need, 2, &err) == 0, "caller buffer: %s", err.msg);
     const st_tensor *t = kv_bundle_find(b, "model.embed_tokens.weight");
-    CHECK(t && t->data == buf && t->n_dims == 2 && t->shape[0] == 512 && t->shape[1] == 64 && t->dtype == KV_F32,
+    CHECK(t && t->data == buf && t->n_dims == 2 && t->shape[0] == 512 && t->shape[1] == 64 &&
+              t->dtype == KV_F32,
           "embed tensor in the caller buffer");
     kv_bundle_close(b);
     free(buf);
@@ -379,33 +417,49 @@ static void check_stories(void) {
 
 /* KV maps from config.json; expected maps derived by hand from METHODS.md */
 static void check_kv_maps(void) {
-    struct { const char *config; int n; int want[8]; } ok[] = {
+    struct {
+        const char *config;
+        int n;
+        int want[8];
+    } ok[] = {
         {"{\"num_hidden_layers\":4}", 4, {0, 1, 2, 3}},
         {"{\"num_hidden_layers\":5,\"layer_types\":\"0_0_2_2_4\"}", 5, {0, 0, 2, 2, 4}},
         {"{\"num_hidden_layers\":4,\"layer_types\":[1,1,3,3]}", 4, {1, 1, 3, 3}},
-        {"{\"num_hidden_layers\":3,\"layer_types\":[\"full_attention\",\"full_attention\",\"full_attention\"]}", 3, {0, 1, 2}},
-        {"{\"num_hidden_layers\":8,\"swiftkv\":true,\"num_key_value_layers\":4,\"key_value_group_size\":2}", 8, {0, 1, 2, 3, 4, 4, 6, 6}},
+        {"{\"num_hidden_layers\":3,\"layer_types\":[\"full_attention\",\"full_attention\",\"full_"
+         "attention\"]}",
+         3,
+         {0, 1, 2}},
+        {"{\"num_hidden_layers\":8,\"swiftkv\":true,\"num_key_value_layers\":4,\"key_value_group_"
+         "size\":2}",
+         8,
+         {0, 1, 2, 3, 4, 4, 6, 6}},
     };
     static kv_map map; /* ~4 KB: keep off the stack */
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         cJSON *c = cJSON_Parse(ok[i].config);
         kv_error err = {0};
         int rc = kvb_kv_map(c, &map, "config.json", &err);
-        CHECK(rc == 0 && map.n_layers == ok[i].n && memcmp(map.kv_layer_of, ok[i].want, (size_t)ok[i].n * sizeof(int)) == 0,
+        CHECK(rc == 0 && map.n_layers == ok[i].n &&
+                  memcmp(map.kv_layer_of, ok[i].want, (size_t)ok[i].n * sizeof(int)) == 0,
               "kv map %zu: %s", i, err.msg);
         cJSON_Delete(c);
     }
     /* SwiftKV beside an integer layer_types: refused, as config.json's reader refuses it */
-    cJSON *both = cJSON_Parse("{\"num_hidden_layers\":4,\"swiftkv\":true,\"num_key_value_layers\":2,\"layer_types\":\"0_0_2_2\"}");
+    cJSON *both = cJSON_Parse("{\"num_hidden_layers\":4,\"swiftkv\":true,\"num_key_value_layers\":"
+                              "2,\"layer_types\":\"0_0_2_2\"}");
     kv_error err = {0};
-    CHECK(kvb_kv_map(both, &map, "config.json", &err) == KV_EUNSUPPORTED && strstr(err.msg, "config.json") &&
-              strstr(err.msg, "layer_types"),
+    CHECK(kvb_kv_map(both, &map, "config.json", &err) == KV_EUNSUPPORTED &&
+              strstr(err.msg, "config.json") && strstr(err.msg, "layer_types"),
           "swiftkv + layer_types: %s", err.msg);
     cJSON_Delete(both);
     const char *bad[] = {
-        "{}", "{\"num_hidden_layers\":4,\"layer_types\":\"0_1_1\"}", "{\"num_hidden_layers\":3,\"layer_types\":\"0_2_1\"}",
-        "{\"num_hidden_layers\":3,\"layer_types\":\"0_0_\"}", "{\"num_hidden_layers\":3,\"layer_types\":[0,0,7]}",
-        "{\"num_hidden_layers\":6,\"swiftkv\":true,\"num_key_value_layers\":2,\"key_value_group_size\":3}",
+        "{}",
+        "{\"num_hidden_layers\":4,\"layer_types\":\"0_1_1\"}",
+        "{\"num_hidden_layers\":3,\"layer_types\":\"0_2_1\"}",
+        "{\"num_hidden_layers\":3,\"layer_types\":\"0_0_\"}",
+        "{\"num_hidden_layers\":3,\"layer_types\":[0,0,7]}",
+        "{\"num_hidden_layers\":6,\"swiftkv\":true,\"num_key_value_layers\":2,\"key_value_group_"
+        "size\":3}",
         "{\"num_hidden_layers\":4,\"swiftkv\":true,\"num_key_value_layers\":4}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -439,7 +493,8 @@ static void check_kv_maps_agree(void) {
         cJSON *c = cJSON_Parse(config);
         int rc = hf_config_parse(&hc, config, "config.json", &err);
         if (!rc) rc = kvb_kv_map(c, &mine, "config.json", &err);
-        CHECK(rc == 0 && kvmap_equal(&mine, &hc.map), "config %zu: bundle and config.json disagree (%s)", i, err.msg);
+        CHECK(rc == 0 && kvmap_equal(&mine, &hc.map),
+              "config %zu: bundle and config.json disagree (%s)", i, err.msg);
         cJSON_Delete(c);
         free(config);
     }

@@ -56,10 +56,12 @@ static int make_model(const char *dir) {
     kv_error err = {0};
     char path[700];
     if (kv_mkdir_p(dir, &err)) return -1;
-    const char *config = "{\"architectures\":[\"LlamaForCausalLM\"],\"num_hidden_layers\":2,\"hidden_size\":16}\n";
+    const char *config =
+        "{\"architectures\":[\"LlamaForCausalLM\"],\"num_hidden_layers\":2,\"hidden_size\":16}\n";
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (kv_write_file_atomic(path, config, strlen(config), &err)) return -1;
-    const char *tok = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"hello\":0,\"world\":1,\"hello world\":2}},\"added_tokens\":[]}\n";
+    const char *tok = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"hello\":0,\"world\":1,\"hello "
+                      "world\":2}},\"added_tokens\":[]}\n";
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     if (kv_write_file_atomic(path, tok, strlen(tok), &err)) return -1;
     st_spec specs[5] = {
@@ -93,11 +95,13 @@ static int open_and_load(const char *path, kv_error *err) {
 }
 
 /* our own walk of the ustar headers (independent of libarchive): data offset of an entry */
-static int find_entry(const uint8_t *t, size_t n, const char *name, size_t *data_off, size_t *size) {
+static int find_entry(const uint8_t *t, size_t n, const char *name, size_t *data_off,
+                      size_t *size) {
     size_t pos = 0;
     while (pos + 512 <= n && t[pos]) {
         size_t sz = 0;
-        for (int i = 124; i < 136 && t[pos + i] >= '0' && t[pos + i] <= '7'; i++) sz = sz * 8 + (size_t)(t[pos + i] - '0');
+        for (int i = 124; i < 136 && t[pos + i] >= '0' && t[pos + i] <= '7'; i++)
+            sz = sz * 8 + (size_t)(t[pos + i] - '0');
         if (strncmp((const char *)t + pos, name, 100) == 0) {
             *data_off = pos + 512;
             *size = sz;
@@ -112,8 +116,8 @@ typedef struct {
     const char *name;
     const void *bytes;
     size_t size;
-    int type;              /* AE_IFREG (0 means regular), AE_IFLNK, AE_IFCHR, AE_IFDIR */
-    const char *link;      /* symlink target */
+    int type; /* AE_IFREG (0 means regular), AE_IFLNK, AE_IFCHR, AE_IFDIR */
+    const char *link; /* symlink target */
     const char *hardlink;
 } entry;
 
@@ -161,12 +165,15 @@ static int good_entries(entry *e, int max) {
     return n;
 }
 
-static void expect_error(const entry *e, int n, int want_code, const char *want_text, const char *what) {
+static void expect_error(const entry *e, int n, int want_code, const char *want_text,
+                         const char *what) {
     kv_error err = {0};
     CHECK(write_archive(bad_path, e, n) == 0, "%s: write archive", what);
     int rc = open_and_load(bad_path, &err);
-    CHECK(rc != 0 && (!want_code || rc == want_code), "%s: rc %d (%s), want %d", what, rc, err.msg, want_code);
-    CHECK(!want_text || strstr(err.msg, want_text), "%s: message '%s' lacks '%s'", what, err.msg, want_text);
+    CHECK(rc != 0 && (!want_code || rc == want_code), "%s: rc %d (%s), want %d", what, rc, err.msg,
+          want_code);
+    CHECK(!want_text || strstr(err.msg, want_text), "%s: message '%s' lacks '%s'", what, err.msg,
+          want_text);
 }
 
 /* ---- the checks ---- */
@@ -177,8 +184,10 @@ static const char *owner_of(cJSON *manifest, size_t stored) {
     cJSON_ArrayForEach(t, cJSON_GetObjectItem(manifest, "tensors")) {
         cJSON *c;
         cJSON_ArrayForEach(c, cJSON_GetObjectItem(t, "chunks")) {
-            size_t off = (size_t)cJSON_GetArrayItem(c, 1)->valuedouble, n = (size_t)cJSON_GetArrayItem(c, 2)->valuedouble;
-            if (stored >= off && stored < off + n) return cJSON_GetObjectItem(t, "name")->valuestring;
+            size_t off = (size_t)cJSON_GetArrayItem(c, 1)->valuedouble,
+                   n = (size_t)cJSON_GetArrayItem(c, 2)->valuedouble;
+            if (stored >= off && stored < off + n)
+                return cJSON_GetObjectItem(t, "name")->valuestring;
         }
     }
     return NULL;
@@ -191,7 +200,8 @@ static void check_every_flip(void) {
     cJSON *manifest = cJSON_ParseWithLength((const char *)good + m_off, m_size);
     CHECK(manifest != NULL, "manifest parses");
     if (!manifest) return;
-    CHECK(d_size > 4 && good[d_off] == 0x28 && good[d_off + 1] == 0xB5, "tensors.bin starts with a zstd frame");
+    CHECK(d_size > 4 && good[d_off] == 0x28 && good[d_off + 1] == 0xB5,
+          "tensors.bin starts with a zstd frame");
 
     uint8_t *bad = malloc(good_size);
     int trials = 0, undetected = 0, misnamed = 0;
@@ -207,7 +217,8 @@ static void check_every_flip(void) {
             fprintf(stderr, "  flip at byte %zu went undetected\n", p);
             continue;
         }
-        if (p >= d_off && p < d_off + d_size) { /* tensor data: a checksum error naming the tensor */
+        if (p >= d_off &&
+            p < d_off + d_size) { /* tensor data: a checksum error naming the tensor */
             const char *name = owner_of(manifest, p - d_off);
             char quoted[128];
             snprintf(quoted, sizeof quoted, "tensor '%s'", name ? name : "?");
@@ -218,15 +229,25 @@ static void check_every_flip(void) {
         }
     }
     CHECK(undetected == 0, "%d of %d flips undetected", undetected, trials);
-    CHECK(misnamed == 0, "%d flips in tensor data not reported as that tensor's checksum error", misnamed);
+    CHECK(misnamed == 0, "%d flips in tensor data not reported as that tensor's checksum error",
+          misnamed);
     CHECK(trials > 100, "only %d flip trials", trials);
     free(bad);
     cJSON_Delete(manifest);
 }
 
 static void check_truncated_and_padded(void) {
-    size_t cuts[] = {0, 100, 511, 512, 1000, good_size / 3, good_size / 2, good_size - 1024 - 1,
-                     good_size - 1024, good_size - 512, good_size - 1};
+    size_t cuts[] = {0,
+                     100,
+                     511,
+                     512,
+                     1000,
+                     good_size / 3,
+                     good_size / 2,
+                     good_size - 1024 - 1,
+                     good_size - 1024,
+                     good_size - 512,
+                     good_size - 1};
     for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
         write_bytes(bad_path, good, cuts[i]);
         kv_error err = {0};
@@ -275,7 +296,8 @@ static void check_entries(void) {
     r[5] = (entry){.name = "extra.txt", .bytes = "x", .size = 1};
     expect_error(r, 6, KV_EFORMAT, "extra entry", "extra trailing entry");
 
-    const char *unsafe[] = {"../tokenizer.json", "/tmp/tokenizer.json", "a/../../tokenizer.json", "./tokenizer.json"};
+    const char *unsafe[] = {"../tokenizer.json", "/tmp/tokenizer.json", "a/../../tokenizer.json",
+                            "./tokenizer.json"};
     for (int i = 0; i < 4; i++) {
         memcpy(r, e, sizeof r);
         r[4].name = unsafe[i];
@@ -303,27 +325,34 @@ static void m_shape(cJSON *m) {
 }
 static void m_stored_offset(cJSON *m) {
     cJSON *t = cJSON_GetArrayItem(cJSON_GetObjectItem(m, "tensors"), 1);
-    cJSON_SetNumberValue(cJSON_GetArrayItem(cJSON_GetArrayItem(cJSON_GetObjectItem(t, "chunks"), 0), 1), 3);
+    cJSON_SetNumberValue(
+        cJSON_GetArrayItem(cJSON_GetArrayItem(cJSON_GetObjectItem(t, "chunks"), 0), 1), 3);
 }
 static void m_order(cJSON *m) { /* names of tensors 0 and 1 swapped */
     cJSON *ts = cJSON_GetObjectItem(m, "tensors");
     cJSON *a = cJSON_GetArrayItem(ts, 0), *b = cJSON_GetArrayItem(ts, 1);
     char *na = strdup(cJSON_GetObjectItem(a, "name")->valuestring);
-    cJSON_ReplaceItemInObject(a, "name", cJSON_CreateString(cJSON_GetObjectItem(b, "name")->valuestring));
+    cJSON_ReplaceItemInObject(a, "name",
+                              cJSON_CreateString(cJSON_GetObjectItem(b, "name")->valuestring));
     cJSON_ReplaceItemInObject(b, "name", cJSON_CreateString(na));
     free(na);
 }
 static void m_huge(cJSON *m) { cJSON_SetNumberValue(cJSON_GetObjectItem(m, "stored_size"), 1e15); }
-static void m_version(cJSON *m) { cJSON_SetNumberValue(cJSON_GetObjectItem(m, "format_version"), 2); }
+static void m_version(cJSON *m) {
+    cJSON_SetNumberValue(cJSON_GetObjectItem(m, "format_version"), 2);
+}
 static void m_file_name(cJSON *m) {
     cJSON *f = cJSON_GetArrayItem(cJSON_GetObjectItem(m, "files"), 1);
     cJSON_ReplaceItemInObject(f, "name", cJSON_CreateString("../../etc/passwd"));
 }
 static void m_bomb(cJSON *m) { /* a chunk claiming more than the 64 MiB chunk bound */
     cJSON *t = cJSON_GetArrayItem(cJSON_GetObjectItem(m, "tensors"), 0);
-    cJSON_SetNumberValue(cJSON_GetArrayItem(cJSON_GetArrayItem(cJSON_GetObjectItem(t, "chunks"), 0), 0), 1e12);
+    cJSON_SetNumberValue(
+        cJSON_GetArrayItem(cJSON_GetArrayItem(cJSON_GetObjectItem(t, "chunks"), 0), 0), 1e12);
 }
-static void m_kv_map(cJSON *m) { cJSON_SetNumberValue(cJSON_GetArrayItem(cJSON_GetObjectItem(m, "kv_map"), 1), 0); }
+static void m_kv_map(cJSON *m) {
+    cJSON_SetNumberValue(cJSON_GetArrayItem(cJSON_GetObjectItem(m, "kv_map"), 1), 0);
+}
 /* the manifest's config says layer 1 reads layer 0, its kv_map agrees; config.json does not */
 static void m_config_map(cJSON *m) {
     cJSON_AddStringToObject(cJSON_GetObjectItem(m, "config"), "layer_types", "0_0");
@@ -359,7 +388,12 @@ static void check_manifest_rewrites(void) {
     entry e[16];
     int n = good_entries(e, 16);
     if (n != 5) return;
-    struct { mutate_fn fn; int code; const char *text; const char *what; } cases[] = {
+    struct {
+        mutate_fn fn;
+        int code;
+        const char *text;
+        const char *what;
+    } cases[] = {
         {m_shape, KV_EFORMAT, "size is not", "shape changed"},
         {m_stored_offset, KV_EFORMAT, "contiguous", "stored offset moved"},
         {m_order, KV_EFORMAT, "name order", "tensors reordered"},
@@ -368,7 +402,8 @@ static void check_manifest_rewrites(void) {
         {m_file_name, KV_EFORMAT, "may carry", "file name with a path"},
         {m_bomb, KV_EFORMAT, "raw size", "chunk size above the bound"},
         {m_kv_map, KV_EFORMAT, "kv_map", "kv_map inconsistent with the config"},
-        {m_config_map, KV_EFORMAT, "another KV map than the manifest", "config.json's map not the manifest's"},
+        {m_config_map, KV_EFORMAT, "another KV map than the manifest",
+         "config.json's map not the manifest's"},
         {m_sha, KV_ECHECKSUM, "tensor 'c.weight': sha256 mismatch", "tensor digest changed"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -393,7 +428,8 @@ static void check_manifest_rewrites(void) {
 }
 
 /* config.json replaced by `bytes` (stored raw), the manifest's entry and digests updated */
-static void expect_config_refused(const char *bytes, size_t n, const char *want_text, const char *what) {
+static void expect_config_refused(const char *bytes, size_t n, const char *want_text,
+                                  const char *what) {
     entry e[16];
     if (good_entries(e, 16) != 5) return;
     int at = -1;
@@ -421,11 +457,14 @@ static void expect_config_refused(const char *bytes, size_t n, const char *want_
 
 /* the embedded config.json is read as text by the runtime: it must say what the manifest says */
 static void check_embedded_config(void) {
-    static const char with_nul[] = "{\"architectures\":[\"LlamaForCausalLM\"],\"num_hidden_layers\":2,"
-                                   "\"hidden_size\":16}\0{\"layer_types\":\"0_0\"}";
-    expect_config_refused(with_nul, sizeof with_nul - 1, "NUL byte at offset 77", "config.json with a NUL byte");
-    static const char other_map[] = "{\"architectures\":[\"LlamaForCausalLM\"],\"num_hidden_layers\":2,"
-                                    "\"hidden_size\":16,\"layer_types\":\"0_0\"}";
+    static const char with_nul[] =
+        "{\"architectures\":[\"LlamaForCausalLM\"],\"num_hidden_layers\":2,"
+        "\"hidden_size\":16}\0{\"layer_types\":\"0_0\"}";
+    expect_config_refused(with_nul, sizeof with_nul - 1, "NUL byte at offset 77",
+                          "config.json with a NUL byte");
+    static const char other_map[] =
+        "{\"architectures\":[\"LlamaForCausalLM\"],\"num_hidden_layers\":2,"
+        "\"hidden_size\":16,\"layer_types\":\"0_0\"}";
     expect_config_refused(other_map, sizeof other_map - 1, "another KV map than the manifest",
                           "config.json with another map than the manifest");
     /* the writer refuses such a config.json in the first place */
@@ -434,7 +473,8 @@ static void check_embedded_config(void) {
     snprintf(dir, sizeof dir, "%s/nul_model", root);
     CHECK(make_model(dir) == 0, "nul model");
     snprintf(path, sizeof path, "%s/config.json", dir);
-    CHECK(kv_write_file_atomic(path, with_nul, sizeof with_nul - 1, &err) == 0, "write config: %s", err.msg);
+    CHECK(kv_write_file_atomic(path, with_nul, sizeof with_nul - 1, &err) == 0, "write config: %s",
+          err.msg);
     snprintf(path, sizeof path, "%s/nul.kvb", root);
     kv_bundle_opts o = {.chunk_size = 4096, .threads = 1};
     CHECK(kv_bundle_write(dir, path, &o, &err) == KV_EFORMAT && strstr(err.msg, "NUL byte"),
@@ -468,8 +508,10 @@ static void check_nothing_left_behind(void) {
     write_bytes(out, bad, good_size);
     free(bad);
     snprintf(target, sizeof target, "%s/model_out", work);
-    CHECK(kv_bundle_unbundle(out, target, &err) == KV_ECHECKSUM, "unbundle of a corrupted bundle: %s", err.msg);
-    CHECK(!kv_path_exists(target) && dir_entries(work) == 1, "unbundle left %d entries", dir_entries(work));
+    CHECK(kv_bundle_unbundle(out, target, &err) == KV_ECHECKSUM,
+          "unbundle of a corrupted bundle: %s", err.msg);
+    CHECK(!kv_path_exists(target) && dir_entries(work) == 1, "unbundle left %d entries",
+          dir_entries(work));
     unlink(out);
 
     /* write from a directory without config.json, or with a broken checkpoint */
@@ -483,7 +525,8 @@ static void check_nothing_left_behind(void) {
     snprintf(path, sizeof path, "%s/model.safetensors", src);
     kv_write_file_atomic(path, "\x10\0\0\0\0\0\0\0{\"a\":1}", 15, &err);
     CHECK(kv_bundle_write(src, out, NULL, &err) != 0, "write from a broken checkpoint succeeded");
-    CHECK(!kv_path_exists(out) && dir_entries(work) == 1, "failed writes left %d entries", dir_entries(work));
+    CHECK(!kv_path_exists(out) && dir_entries(work) == 1, "failed writes left %d entries",
+          dir_entries(work));
 }
 
 int main(void) {
@@ -495,7 +538,8 @@ int main(void) {
     CHECK(make_model(model_dir) == 0, "make model");
     kv_bundle_opts o = {.chunk_size = 4096, .threads = 2};
     CHECK(kv_bundle_write(model_dir, good_path, &o, &err) == 0, "write: %s", err.msg);
-    CHECK(kv_read_file(good_path, (char **)&good, &good_size, 1 << 26, &err) == 0, "read back: %s", err.msg);
+    CHECK(kv_read_file(good_path, (char **)&good, &good_size, 1 << 26, &err) == 0, "read back: %s",
+          err.msg);
     CHECK(open_and_load(good_path, &err) == 0, "good bundle: %s", err.msg);
 
     check_every_flip();

@@ -32,9 +32,13 @@ static uint8_t *make_values(kv_dtype t, size_t n) {
     for (size_t i = 0; i < n; i++) {
         float v = gaussian(0.02f);
         if (t == KV_F32) memcpy(b + 4 * i, &v, 4);
-        else if (t == KV_F16) { uint16_t h = kv_f32_to_f16(v); memcpy(b + 2 * i, &h, 2); }
-        else if (t == KV_BF16) { uint16_t h = kv_f32_to_bf16(v); memcpy(b + 2 * i, &h, 2); }
-        else b[i] = (uint8_t)(int8_t)lrintf(v * 400.0f);
+        else if (t == KV_F16) {
+            uint16_t h = kv_f32_to_f16(v);
+            memcpy(b + 2 * i, &h, 2);
+        } else if (t == KV_BF16) {
+            uint16_t h = kv_f32_to_bf16(v);
+            memcpy(b + 2 * i, &h, 2);
+        } else b[i] = (uint8_t)(int8_t)lrintf(v * 400.0f);
     }
     return b;
 }
@@ -65,8 +69,10 @@ static void check_transform_layout(void) {
         }
     }
     CHECK(bad == 0, "%d transform round trips failed", bad);
-    CHECK(kv_transform_for(KV_BF16) == KV_XFORM_BYTEGROUP2 && kv_transform_for(KV_F16) == KV_XFORM_BYTEGROUP2 &&
-              kv_transform_for(KV_F32) == KV_XFORM_BYTEPLANE4 && kv_transform_for(KV_I8) == KV_XFORM_NONE,
+    CHECK(kv_transform_for(KV_BF16) == KV_XFORM_BYTEGROUP2 &&
+              kv_transform_for(KV_F16) == KV_XFORM_BYTEGROUP2 &&
+              kv_transform_for(KV_F32) == KV_XFORM_BYTEPLANE4 &&
+              kv_transform_for(KV_I8) == KV_XFORM_NONE,
           "transform by dtype");
 }
 
@@ -112,10 +118,10 @@ static void check_round_trips(void) {
         kv_dtype t = types[k];
         round_trip(t, 0, 0, 2, 0);
         round_trip(t, 1, 0, 2, 0);
-        round_trip(t, 8000, 0, 1, 1);            /* one chunk */
-        round_trip(t, 10007, 4099, 3, 1);        /* chunk size not a multiple of the element */
-        round_trip(t, 50000, 16384, 4, 1);       /* many chunks, last one short */
-        round_trip(t, 3, 1, 2, 0);               /* chunk smaller than an element */
+        round_trip(t, 8000, 0, 1, 1); /* one chunk */
+        round_trip(t, 10007, 4099, 3, 1); /* chunk size not a multiple of the element */
+        round_trip(t, 50000, 16384, 4, 1); /* many chunks, last one short */
+        round_trip(t, 3, 1, 2, 0); /* chunk smaller than an element */
     }
     round_trip(KV_BF16, (3u << 20) / 2 + 77, 0, 2, 1); /* default 2 MiB chunks, short tail */
 }
@@ -134,7 +140,8 @@ static void check_determinism(void) {
               memcmp(a.stored, b.stored, a.stored_size) == 0,
           "1 and 4 threads give different output");
     /* Gaussian BF16 with the transform shrinks well below the raw size */
-    CHECK(a.stored_size < 2 * n_elem * 80 / 100, "BF16 stored %zu of %zu", a.stored_size, 2 * n_elem);
+    CHECK(a.stored_size < 2 * n_elem * 80 / 100, "BF16 stored %zu of %zu", a.stored_size,
+          2 * n_elem);
     kv_encoded_free(&a);
     kv_encoded_free(&b);
     free(src);
@@ -154,7 +161,8 @@ static void check_raw_fallback(void) {
                e.chunks[i].stored_size == e.chunks[i].raw_size;
     CHECK(raw == e.n_chunks, "random bytes: %d of %d chunks raw", raw, e.n_chunks);
     CHECK(e.stored_size == n && memcmp(e.stored, src, n) == 0, "raw chunks hold the input bytes");
-    CHECK(kv_chunk_decode(e.chunks, e.n_chunks, e.stored, e.stored_size, dst, n, 2, NULL, "t", &err) == 0 &&
+    CHECK(kv_chunk_decode(e.chunks, e.n_chunks, e.stored, e.stored_size, dst, n, 2, NULL, "t",
+                          &err) == 0 &&
               memcmp(dst, src, n) == 0,
           "raw decode");
     kv_encoded_free(&e);
@@ -188,7 +196,8 @@ static void check_corruption(void) {
     /* frame magic of chunk 2 broken: error naming chunk 2 */
     memcpy(stored, e.stored, e.stored_size);
     stored[e.chunks[2].stored_offset] ^= 0xFF;
-    int rc = kv_chunk_decode(e.chunks, e.n_chunks, stored, e.stored_size, dst, n, 2, &bad, "t", &err);
+    int rc =
+        kv_chunk_decode(e.chunks, e.n_chunks, stored, e.stored_size, dst, n, 2, &bad, "t", &err);
     CHECK(rc == KV_ECHECKSUM && bad == 2, "broken magic: rc %d bad %d (%s)", rc, bad, err.msg);
     CHECK(strstr(err.msg, "chunk 2") != NULL, "message names the chunk: %s", err.msg);
 
@@ -200,7 +209,8 @@ static void check_corruption(void) {
         size_t at = (size_t)(next_u64() % e.stored_size);
         stored[at] ^= (uint8_t)(1u << (next_u64() % 8));
         memset(dst, 0x5A, n + 64);
-        rc = kv_chunk_decode(e.chunks, e.n_chunks, stored, e.stored_size, dst, n, 2, &bad, "t", &err);
+        rc = kv_chunk_decode(e.chunks, e.n_chunks, stored, e.stored_size, dst, n, 2, &bad, "t",
+                             &err);
         if (rc) errors++;
         int tail_ok = 1;
         for (int i = 0; i < 64; i++) tail_ok &= dst[n + i] == 0x5A;
@@ -250,7 +260,8 @@ static void check_corruption(void) {
           "oversized chunk");
     memcpy(t, e.chunks, sizeof t);
     t[0].raw_size += 1;
-    CHECK(kv_chunk_decode(t, 4, e.stored, e.stored_size, dst, n + 64, 1, NULL, "t", &err) == KV_EFORMAT,
+    CHECK(kv_chunk_decode(t, 4, e.stored, e.stored_size, dst, n + 64, 1, NULL, "t", &err) ==
+              KV_EFORMAT,
           "odd size for a 2-byte transform");
 
     /* a frame without a declared content size is refused */
@@ -264,11 +275,16 @@ static void check_corruption(void) {
     size_t left = ZSTD_compressStream2(cc, &out, &in, ZSTD_e_end);
     CHECK(left == 0, "streaming compress");
     ZSTD_freeCCtx(cc);
-    kv_chunk one = {.raw_offset = 0, .raw_size = 500, .stored_offset = 0, .stored_size = out.pos,
-                    .codec = KV_CODEC_ZSTD, .transform = KV_XFORM_NONE,
+    kv_chunk one = {.raw_offset = 0,
+                    .raw_size = 500,
+                    .stored_offset = 0,
+                    .stored_size = out.pos,
+                    .codec = KV_CODEC_ZSTD,
+                    .transform = KV_XFORM_NONE,
                     .stored_crc32c = kv_crc32c(frame, out.pos)};
     rc = kv_chunk_decode(&one, 1, frame, out.pos, dst, 500, 1, &bad, "t", &err);
-    CHECK(rc == KV_ECHECKSUM && strstr(err.msg, "unknown") != NULL, "unknown content size: %s", err.msg);
+    CHECK(rc == KV_ECHECKSUM && strstr(err.msg, "unknown") != NULL, "unknown content size: %s",
+          err.msg);
     free(frame);
 
     kv_encoded_free(&e);
@@ -291,7 +307,8 @@ static void check_bad_args(void) {
 static void check_crc32c(void) {
     const char *check = "123456789"; /* the catalogue check value of CRC-32C */
     int have_hw = kv_crc32c_use_hw(1);
-    CHECK(kv_crc32c(check, 9) == 0xE3069283u, "crc32c check value (hw=%d): %08x", have_hw, kv_crc32c(check, 9));
+    CHECK(kv_crc32c(check, 9) == 0xE3069283u, "crc32c check value (hw=%d): %08x", have_hw,
+          kv_crc32c(check, 9));
     CHECK(kv_crc32c("", 0) == 0, "crc32c of nothing");
     kv_crc32c_use_hw(0);
     CHECK(kv_crc32c(check, 9) == 0xE3069283u, "crc32c check value (tables)");

@@ -30,7 +30,9 @@ static void rm_tree(const char *path) {
     if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", path);
 }
 
-static void tmp_path(char *out, size_t cap, const char *name) { snprintf(out, cap, "%s/%s", tmp_root, name); }
+static void tmp_path(char *out, size_t cap, const char *name) {
+    snprintf(out, cap, "%s/%s", tmp_root, name);
+}
 
 /* a tensor's values as F32 (malloc'd) */
 static float *values(const st_tensor *t) {
@@ -44,7 +46,9 @@ static float *values(const st_tensor *t) {
 
 /* the value the converter must write for one element, given the output dtype */
 static float round_to(float v, kv_dtype t) {
-    return t == KV_F16 ? kv_f16_to_f32(kv_f32_to_f16(v)) : t == KV_BF16 ? kv_bf16_to_f32(kv_f32_to_bf16(v)) : v;
+    return t == KV_F16    ? kv_f16_to_f32(kv_f32_to_f16(v))
+           : t == KV_BF16 ? kv_bf16_to_f32(kv_f32_to_bf16(v))
+                          : v;
 }
 
 static int same_shape(const st_tensor *a, const st_tensor *b) {
@@ -55,12 +59,13 @@ static int same_shape(const st_tensor *a, const st_tensor *b) {
 }
 
 static int same_bytes(const st_tensor *a, const st_tensor *b) {
-    return a->dtype == b->dtype && a->n_bytes == b->n_bytes && same_shape(a, b) && memcmp(a->data, b->data, a->n_bytes) == 0;
+    return a->dtype == b->dtype && a->n_bytes == b->n_bytes && same_shape(a, b) &&
+           memcmp(a->data, b->data, a->n_bytes) == 0;
 }
 
 /* out tensor == mean over src layers' tensors (double sum, ascending, / n, F32, output dtype) */
-static void check_mean(const st_checkpoint *src, const st_checkpoint *out, const char *out_name, const int *layers, int n,
-                       const char *proj_suffix, const char *what) {
+static void check_mean(const st_checkpoint *src, const st_checkpoint *out, const char *out_name,
+                       const int *layers, int n, const char *proj_suffix, const char *what) {
     const st_tensor *o = st_checkpoint_find(out, out_name);
     CHECK(o != NULL, "%s: '%s' missing", what, out_name);
     if (!o) return;
@@ -71,7 +76,11 @@ static void check_mean(const st_checkpoint *src, const st_checkpoint *out, const
         snprintf(name, sizeof name, "model.layers.%d.self_attn.%s", layers[k], proj_suffix);
         const st_tensor *s = st_checkpoint_find(src, name);
         CHECK(s && same_shape(s, o), "%s: source '%s' missing or other shape", what, name);
-        if (!s) { for (int j = 0; j < k; j++) free(v[j]); free(v); return; }
+        if (!s) {
+            for (int j = 0; j < k; j++) free(v[j]);
+            free(v);
+            return;
+        }
         v[k] = values(s);
         count = s->n_elements;
     }
@@ -83,7 +92,8 @@ static void check_mean(const st_checkpoint *src, const st_checkpoint *out, const
         float want = round_to((float)(sum / n), o->dtype);
         if (memcmp(&want, &got[e], sizeof want) != 0) bad++;
     }
-    CHECK(bad == 0, "%s: '%s': %zu of %zu elements differ from the mean of %d layers", what, out_name, bad, count, n);
+    CHECK(bad == 0, "%s: '%s': %zu of %zu elements differ from the mean of %d layers", what,
+          out_name, bad, count, n);
     for (int k = 0; k < n; k++) free(v[k]);
     free(v);
     free(got);
@@ -109,7 +119,8 @@ static void check_copy(const st_tensor *s, const st_tensor *o, const char *what)
     free(b);
 }
 
-static int convert_with(const char *src_dir, const char *dst, const kv_convert_opts *o, char **manifest, kv_error *err) {
+static int convert_with(const char *src_dir, const char *dst, const kv_convert_opts *o,
+                        char **manifest, kv_error *err) {
     convert_source s;
     int rc = convert_source_open(&s, src_dir, err);
     if (rc) return rc;
@@ -127,7 +138,8 @@ static int parse_map(kv_convert_opts *o, const char *spec, int L) {
     memset(o, 0, sizeof *o);
     o->out_dtype = KV_CONVERT_KEEP_DTYPE;
     kv_error err = {0};
-    int rc = strncmp(spec, "swiftkv:", 8) == 0 ? kvmap_parse_swiftkv(&o->map, spec + 8, L, &err) : kvmap_parse(&o->map, spec, L, &err);
+    int rc = strncmp(spec, "swiftkv:", 8) == 0 ? kvmap_parse_swiftkv(&o->map, spec + 8, L, &err)
+                                               : kvmap_parse(&o->map, spec, L, &err);
     CHECK(rc == 0, "map '%s': %s", spec, err.msg);
     return rc;
 }
@@ -136,13 +148,15 @@ static int same_file(const char *a, const char *b);
 
 /* ---- cross-layer maps on stories260K ---- */
 
-static void check_cross(const st_checkpoint *src, const char *spec, const int *want_map, int L, kv_init_mode init,
-                        int out_dtype) {
+static void check_cross(const st_checkpoint *src, const char *spec, const int *want_map, int L,
+                        kv_init_mode init, int out_dtype) {
     kv_convert_opts o;
     if (parse_map(&o, spec, L)) return;
     o.kv_init = init;
     o.out_dtype = out_dtype;
-    for (int i = 0; i < L; i++) CHECK(o.map.kv_layer_of[i] == want_map[i], "%s: kv(%d) = %d, want %d", spec, i, o.map.kv_layer_of[i], want_map[i]);
+    for (int i = 0; i < L; i++)
+        CHECK(o.map.kv_layer_of[i] == want_map[i], "%s: kv(%d) = %d, want %d", spec, i,
+              o.map.kv_layer_of[i], want_map[i]);
     char dst[512];
     tmp_path(dst, sizeof dst, "cross");
     rm_tree(dst);
@@ -154,7 +168,10 @@ static void check_cross(const st_checkpoint *src, const char *spec, const int *w
     st_checkpoint out;
     rc = st_checkpoint_open(&out, dst, &err);
     CHECK(rc == 0, "%s: output: %s", spec, err.msg);
-    if (rc) { free(manifest); return; }
+    if (rc) {
+        free(manifest);
+        return;
+    }
     /* expected set: every source tensor except k/v of layers that read another layer */
     int n_expected = 0, n_kv_layers = 0;
     for (int i = 0; i < L; i++) n_kv_layers += want_map[i] == i;
@@ -162,9 +179,10 @@ static void check_cross(const st_checkpoint *src, const char *spec, const int *w
         const st_tensor *s = src->tensors[k];
         int layer = -1;
         char proj = 0;
-        if (sscanf(s->name, "model.layers.%d.self_attn.%c_proj.weight", &layer, &proj) == 2 && (proj == 'k' || proj == 'v') &&
-            want_map[layer] != layer) {
-            CHECK(st_checkpoint_find(&out, s->name) == NULL, "%s: '%s' should be dropped", spec, s->name);
+        if (sscanf(s->name, "model.layers.%d.self_attn.%c_proj.weight", &layer, &proj) == 2 &&
+            (proj == 'k' || proj == 'v') && want_map[layer] != layer) {
+            CHECK(st_checkpoint_find(&out, s->name) == NULL, "%s: '%s' should be dropped", spec,
+                  s->name);
             continue;
         }
         n_expected++;
@@ -175,7 +193,10 @@ static void check_cross(const st_checkpoint *src, const char *spec, const int *w
             int readers[64], n = 0;
             for (int i = 0; i < L; i++)
                 if (want_map[i] == layer) readers[n++] = i;
-            if (init == KV_INIT_TARGET) { readers[0] = layer; n = 1; }
+            if (init == KV_INIT_TARGET) {
+                readers[0] = layer;
+                n = 1;
+            }
             char suffix[32];
             snprintf(suffix, sizeof suffix, "%c_proj.weight", proj);
             if (n > 1) check_mean(src, &out, s->name, readers, n, suffix, spec);
@@ -184,7 +205,8 @@ static void check_cross(const st_checkpoint *src, const char *spec, const int *w
             check_copy(s, t, spec);
         }
     }
-    CHECK(out.n_tensors == n_expected, "%s: %d output tensors, want %d", spec, out.n_tensors, n_expected);
+    CHECK(out.n_tensors == n_expected, "%s: %d output tensors, want %d", spec, out.n_tensors,
+          n_expected);
     CHECK(n_expected == src->n_tensors - 2 * (L - n_kv_layers), "%s: dropped count", spec);
     /* config.json carries the map */
     char path[600];
@@ -196,25 +218,32 @@ static void check_cross(const st_checkpoint *src, const char *spec, const int *w
         int all_self = 1;
         for (int i = 0; i < L; i++) all_self &= want_map[i] == i;
         CHECK((cfg.map.kind == KVMAP_CROSS) == !all_self, "%s: layer_types presence", spec);
-        for (int i = 0; i < L && cfg.map.kind == KVMAP_CROSS; i++) CHECK(cfg.map.kv_layer_of[i] == want_map[i], "%s: config kv(%d)", spec, i);
+        for (int i = 0; i < L && cfg.map.kind == KVMAP_CROSS; i++)
+            CHECK(cfg.map.kv_layer_of[i] == want_map[i], "%s: config kv(%d)", spec, i);
         /* LCKV's schema for a cross-layer map, a plain Llama for the identity (docs/INTEROP.md) */
-        CHECK(cfg.map.kind != KVMAP_SWIFTKV && !strcmp(cfg.model_type, all_self ? "llama" : "lckv-llama") &&
+        CHECK(cfg.map.kind != KVMAP_SWIFTKV &&
+                  !strcmp(cfg.model_type, all_self ? "llama" : "lckv-llama") &&
                   !strcmp(cfg.architecture, all_self ? "LlamaForCausalLM" : "LCKVLlamaForCausalLM"),
               "%s: model_type %s", spec, cfg.model_type);
-        CHECK(all_self || (cfg.lckv_forward_passes == 7 && cfg.lckv_backward_passes == 2), "%s: LCKV passes %d/%d", spec,
-              cfg.lckv_forward_passes, cfg.lckv_backward_passes);
-        CHECK(cfg.torch_dtype == (out_dtype == KV_CONVERT_KEEP_DTYPE ? KV_F32 : (kv_dtype)out_dtype), "%s: torch_dtype", spec);
-        CHECK(kvmap_n_slots(&cfg.map) == n_kv_layers, "%s: %d slots", spec, kvmap_n_slots(&cfg.map));
+        CHECK(all_self || (cfg.lckv_forward_passes == 7 && cfg.lckv_backward_passes == 2),
+              "%s: LCKV passes %d/%d", spec, cfg.lckv_forward_passes, cfg.lckv_backward_passes);
+        CHECK(cfg.torch_dtype ==
+                  (out_dtype == KV_CONVERT_KEEP_DTYPE ? KV_F32 : (kv_dtype)out_dtype),
+              "%s: torch_dtype", spec);
+        CHECK(kvmap_n_slots(&cfg.map) == n_kv_layers, "%s: %d slots", spec,
+              kvmap_n_slots(&cfg.map));
     }
     /* tokenizer copied */
     char a[600], b[600], ha[65], hb[65];
     snprintf(a, sizeof a, "%s/tokenizer.json", STORIES);
     snprintf(b, sizeof b, "%s/tokenizer.json", dst);
-    CHECK(kv_sha256_file(a, ha, &err) == 0 && kv_sha256_file(b, hb, &err) == 0 && !strcmp(ha, hb), "%s: tokenizer.json", spec);
+    CHECK(kv_sha256_file(a, ha, &err) == 0 && kv_sha256_file(b, hb, &err) == 0 && !strcmp(ha, hb),
+          "%s: tokenizer.json", spec);
     /* manifest: written = returned; source hash; savings */
     char *disk = NULL;
     snprintf(path, sizeof path, "%s/kvforge.json", dst);
-    CHECK(kv_read_file(path, &disk, NULL, 1 << 24, &err) == 0 && manifest && !strncmp(disk, manifest, strlen(manifest)),
+    CHECK(kv_read_file(path, &disk, NULL, 1 << 24, &err) == 0 && manifest &&
+              !strncmp(disk, manifest, strlen(manifest)),
           "%s: kvforge.json differs from the returned manifest", spec);
     cJSON *m = manifest ? cJSON_Parse(manifest) : NULL;
     CHECK(m != NULL, "%s: manifest is not JSON", spec);
@@ -224,17 +253,19 @@ static void check_cross(const st_checkpoint *src, const char *spec, const int *w
         const cJSON *files = cJSON_GetObjectItem(cJSON_GetObjectItem(m, "source"), "files"), *f;
         int found = 0;
         cJSON_ArrayForEach(f, files) {
-            const cJSON *name = cJSON_GetObjectItem(f, "name"), *sha = cJSON_GetObjectItem(f, "sha256");
+            const cJSON *name = cJSON_GetObjectItem(f, "name"),
+                        *sha = cJSON_GetObjectItem(f, "sha256");
             if (cJSON_IsString(name) && !strcmp(name->valuestring, "model.safetensors"))
                 found = cJSON_IsString(sha) && !strcmp(sha->valuestring, ha);
         }
         CHECK(found, "%s: manifest lacks model.safetensors with its sha256", spec);
         const cJSON *kv = cJSON_GetObjectItem(m, "kv_cache");
         double want_saving = 1.0 - (double)n_kv_layers / L;
-        CHECK_NEAR(cJSON_GetNumberValue(cJSON_GetObjectItem(kv, "saving")), want_saving, 1e-6, "KV saving");
+        CHECK_NEAR(cJSON_GetNumberValue(cJSON_GetObjectItem(kv, "saving")), want_saving, 1e-6,
+                   "KV saving");
         size_t elem = out_dtype == KV_CONVERT_KEEP_DTYPE ? 4 : kv_dtype_size((kv_dtype)out_dtype);
-        CHECK_NEAR(cJSON_GetNumberValue(cJSON_GetObjectItem(kv, "bytes_per_token_output")), 2.0 * n_kv_layers * 4 * 8 * elem, 0,
-                   "KV bytes per token");
+        CHECK_NEAR(cJSON_GetNumberValue(cJSON_GetObjectItem(kv, "bytes_per_token_output")),
+                   2.0 * n_kv_layers * 4 * 8 * elem, 0, "KV bytes per token");
         cJSON_Delete(m);
     }
     free(disk);
@@ -257,11 +288,13 @@ static void check_identity_file(void) {
 
 /* ---- SwiftKV on stories260K ---- */
 
-static void check_swiftkv(const st_checkpoint *src, int l, int g, kv_swiftkv_layout layout, kv_init_mode init) {
+static void check_swiftkv(const st_checkpoint *src, int l, int g, kv_swiftkv_layout layout,
+                          kv_init_mode init) {
     const int L = 5;
     char spec[32], what[96];
     snprintf(spec, sizeof spec, "swiftkv:%d,%d", l, g);
-    snprintf(what, sizeof what, "%s %s %s", spec, layout == KV_LAYOUT_DEPLOY ? "deploy" : "hf-swiftkv",
+    snprintf(what, sizeof what, "%s %s %s", spec,
+             layout == KV_LAYOUT_DEPLOY ? "deploy" : "hf-swiftkv",
              init == KV_INIT_MEAN ? "mean" : "target");
     kv_convert_opts o;
     if (parse_map(&o, spec, L)) return;
@@ -283,9 +316,12 @@ static void check_swiftkv(const st_checkpoint *src, int l, int g, kv_swiftkv_lay
         const st_tensor *s = src->tensors[k];
         int layer = -1;
         char proj = 0;
-        int attn = sscanf(s->name, "model.layers.%d.self_attn.%c_proj.weight", &layer, &proj) == 2 && proj != 'o';
+        int attn =
+            sscanf(s->name, "model.layers.%d.self_attn.%c_proj.weight", &layer, &proj) == 2 &&
+            proj != 'o';
         if (attn && layer >= l && layout == KV_LAYOUT_DEPLOY) {
-            CHECK(st_checkpoint_find(&out, s->name) == NULL, "%s: '%s' should be dropped", what, s->name);
+            CHECK(st_checkpoint_find(&out, s->name) == NULL, "%s: '%s' should be dropped", what,
+                  s->name);
             continue;
         }
         n_expected++;
@@ -293,7 +329,8 @@ static void check_swiftkv(const st_checkpoint *src, int l, int g, kv_swiftkv_lay
     }
     char name[160];
     snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-    check_copy(st_checkpoint_find(src, name), st_checkpoint_find(&out, "model.norm_swiftkv.weight"), what);
+    check_copy(st_checkpoint_find(src, name), st_checkpoint_find(&out, "model.norm_swiftkv.weight"),
+               what);
     n_expected++;
     for (int j = 0; j < L; j++) {
         char q[160], oq[160];
@@ -308,7 +345,8 @@ static void check_swiftkv(const st_checkpoint *src, int l, int g, kv_swiftkv_lay
         int leader = (j - l) % g == 0;
         for (int pj = 0; pj < 2; pj++) {
             char on[160], suffix[32];
-            snprintf(on, sizeof on, "model.layers.%d.self_attn.%c_proj_swiftkv.weight", j, "kv"[pj]);
+            snprintf(on, sizeof on, "model.layers.%d.self_attn.%c_proj_swiftkv.weight", j,
+                     "kv"[pj]);
             snprintf(suffix, sizeof suffix, "%c_proj.weight", "kv"[pj]);
             if (!leader) {
                 CHECK(st_checkpoint_find(&out, on) == NULL, "%s: '%s' on a non-leader", what, on);
@@ -321,16 +359,19 @@ static void check_swiftkv(const st_checkpoint *src, int l, int g, kv_swiftkv_lay
             n_expected++;
         }
     }
-    CHECK(out.n_tensors == n_expected, "%s: %d output tensors, want %d", what, out.n_tensors, n_expected);
+    CHECK(out.n_tensors == n_expected, "%s: %d output tensors, want %d", what, out.n_tensors,
+          n_expected);
     char path[600];
     hf_config cfg;
     snprintf(path, sizeof path, "%s/config.json", dst);
     rc = hf_config_load(&cfg, path, &err);
     CHECK(rc == 0, "%s: config: %s", what, err.msg);
     if (!rc) {
-        CHECK(cfg.map.kind == KVMAP_SWIFTKV && cfg.map.swiftkv_l == l && cfg.map.swiftkv_g == g, "%s: swiftkv fields", what);
-        CHECK(!strcmp(cfg.model_type, "llama_swiftkv") && !strcmp(cfg.architecture, "LlamaSwiftKVForCausalLM"), "%s: model_type",
-              what);
+        CHECK(cfg.map.kind == KVMAP_SWIFTKV && cfg.map.swiftkv_l == l && cfg.map.swiftkv_g == g,
+              "%s: swiftkv fields", what);
+        CHECK(!strcmp(cfg.model_type, "llama_swiftkv") &&
+                  !strcmp(cfg.architecture, "LlamaSwiftKVForCausalLM"),
+              "%s: model_type", what);
         /* the parse refuses swiftkv beside an integer layer_types */
         CHECK(cfg.map.kind == KVMAP_SWIFTKV, "%s: layer_types on a SwiftKV model", what);
     }
@@ -349,7 +390,8 @@ static void check_swiftkv(const st_checkpoint *src, int l, int g, kv_swiftkv_lay
 
 static const char *bias_config =
     "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": 16,"
-    " \"intermediate_size\": 24, \"num_hidden_layers\": 4, \"num_attention_heads\": 4, \"num_key_value_heads\": 2,"
+    " \"intermediate_size\": 24, \"num_hidden_layers\": 4, \"num_attention_heads\": 4, "
+    "\"num_key_value_heads\": 2,"
     " \"vocab_size\": 32, \"rms_norm_eps\": 1e-5, \"eos_token_id\": 2, \"attention_bias\": true,"
     " \"tie_word_embeddings\": false, \"torch_dtype\": \"%s\"}";
 
@@ -360,11 +402,12 @@ static int write_bias_model(const char *dir, kv_dtype dt) {
     void *data[64];
     char names[64][96];
     int n = 0;
-#define ADD(NAME_FMT, LAYER, D0, D1)                                                                      \
-    do {                                                                                                  \
-        snprintf(names[n], sizeof names[n], NAME_FMT, LAYER);                                             \
-        specs[n] = (st_spec){.name = names[n], .dtype = dt, .n_dims = (D1) ? 2 : 1, .shape = {(D0), (D1)}}; \
-        n++;                                                                                              \
+#define ADD(NAME_FMT, LAYER, D0, D1)                                                               \
+    do {                                                                                           \
+        snprintf(names[n], sizeof names[n], NAME_FMT, LAYER);                                      \
+        specs[n] = (st_spec){                                                                      \
+            .name = names[n], .dtype = dt, .n_dims = (D1) ? 2 : 1, .shape = {(D0), (D1)}};         \
+        n++;                                                                                       \
     } while (0)
     ADD("model.embed_tokens.weight%.0d", 0, V, H);
     ADD("lm_head.weight%.0d", 0, V, H);
@@ -389,7 +432,8 @@ static int write_bias_model(const char *dir, kv_dtype dt) {
         size_t bytes = st_spec_bytes(&specs[k]), count = bytes / kv_dtype_size(specs[k].dtype);
         data[k] = malloc(bytes);
         float *f = malloc(count * sizeof *f);
-        for (size_t e = 0; e < count; e++) f[e] = (float)((double)((e * 37 + (size_t)k * 11) % 101) * 0.013 - 0.6);
+        for (size_t e = 0; e < count; e++)
+            f[e] = (float)((double)((e * 37 + (size_t)k * 11) % 101) * 0.013 - 0.6);
         kv_dtype_cast(data[k], dt, f, KV_F32, count);
         free(f);
     }
@@ -415,7 +459,10 @@ static void check_bias_model(kv_dtype dt) {
     const char *what = dt == KV_F16 ? "bias F16" : "bias BF16";
     kv_error err = {0};
     st_checkpoint src;
-    if (st_checkpoint_open(&src, src_dir, &err)) { CHECK(0, "%s: %s", what, err.msg); return; }
+    if (st_checkpoint_open(&src, src_dir, &err)) {
+        CHECK(0, "%s: %s", what, err.msg);
+        return;
+    }
     /* cross-layer lasagna-top:2 (kv = 1 1 3 3): biases dropped and averaged like weights */
     kv_convert_opts o;
     parse_map(&o, "lasagna-top:2", 4);
@@ -430,9 +477,12 @@ static void check_bias_model(kv_dtype dt) {
                 for (int b = 0; b < 2; b++) {
                     char name[160], suffix[32];
                     snprintf(suffix, sizeof suffix, "%c_proj.%s", "kv"[pj], b ? "bias" : "weight");
-                    snprintf(name, sizeof name, "model.layers.%d.self_attn.%s", pairs[gi][0], suffix);
-                    CHECK(st_checkpoint_find(&out, name) == NULL, "%s: '%s' not dropped", what, name);
-                    snprintf(name, sizeof name, "model.layers.%d.self_attn.%s", pairs[gi][1], suffix);
+                    snprintf(name, sizeof name, "model.layers.%d.self_attn.%s", pairs[gi][0],
+                             suffix);
+                    CHECK(st_checkpoint_find(&out, name) == NULL, "%s: '%s' not dropped", what,
+                          name);
+                    snprintf(name, sizeof name, "model.layers.%d.self_attn.%s", pairs[gi][1],
+                             suffix);
                     check_mean(&src, &out, name, pairs[gi], 2, suffix, what);
                 }
         CHECK(out.n_tensors == src.n_tensors - 8, "%s: %d tensors", what, out.n_tensors);
@@ -446,12 +496,16 @@ static void check_bias_model(kv_dtype dt) {
     CHECK(rc == 0, "%s swiftkv: %s", what, err.msg);
     if (!rc && !st_checkpoint_open(&out, dst, &err)) {
         int group[2] = {2, 3};
-        check_mean(&src, &out, "model.layers.2.self_attn.k_proj_swiftkv.bias", group, 2, "k_proj.bias", what);
-        check_mean(&src, &out, "model.layers.2.self_attn.v_proj_swiftkv.weight", group, 2, "v_proj.weight", what);
+        check_mean(&src, &out, "model.layers.2.self_attn.k_proj_swiftkv.bias", group, 2,
+                   "k_proj.bias", what);
+        check_mean(&src, &out, "model.layers.2.self_attn.v_proj_swiftkv.weight", group, 2,
+                   "v_proj.weight", what);
         check_copy(st_checkpoint_find(&src, "model.layers.3.self_attn.q_proj.bias"),
                    st_checkpoint_find(&out, "model.layers.3.self_attn.q_proj_swiftkv.bias"), what);
-        CHECK(st_checkpoint_find(&out, "model.layers.3.self_attn.k_proj_swiftkv.bias") == NULL, "%s: non-leader bias", what);
-        CHECK(st_checkpoint_find(&out, "model.layers.2.self_attn.q_proj.bias") == NULL, "%s: deploy keeps a teacher bias", what);
+        CHECK(st_checkpoint_find(&out, "model.layers.3.self_attn.k_proj_swiftkv.bias") == NULL,
+              "%s: non-leader bias", what);
+        CHECK(st_checkpoint_find(&out, "model.layers.2.self_attn.q_proj.bias") == NULL,
+              "%s: deploy keeps a teacher bias", what);
         const st_tensor *e = st_checkpoint_find(&out, "model.embed_tokens.weight");
         CHECK(e && e->dtype == KV_F32, "%s: F32 output", what);
         check_copy(st_checkpoint_find(&src, "model.embed_tokens.weight"), e, what);
@@ -470,7 +524,10 @@ static void check_vanished_source(void) {
     parse_map(&o, "pizza-middle:2", 4);
     kv_error err = {0};
     convert_source s;
-    if (convert_source_open(&s, src_dir, &err)) { CHECK(0, "vanish: %s", err.msg); return; }
+    if (convert_source_open(&s, src_dir, &err)) {
+        CHECK(0, "vanish: %s", err.msg);
+        return;
+    }
     snprintf(path, sizeof path, "%s/model.safetensors", src_dir);
     unlink(path);
     convert_plan p;
@@ -479,7 +536,8 @@ static void check_vanished_source(void) {
     if (!rc) {
         rc = convert_run(&p, dst, NULL, NULL, NULL, &err);
         convert_plan_free(&p);
-        CHECK(rc == KV_EIO && strstr(err.msg, "model.safetensors"), "vanished source: rc %d '%s'", rc, err.msg);
+        CHECK(rc == KV_EIO && strstr(err.msg, "model.safetensors"), "vanished source: rc %d '%s'",
+              rc, err.msg);
         CHECK(!kv_path_exists(dst), "a failed conversion left %s", dst);
     }
     convert_source_close(&s);
@@ -495,7 +553,8 @@ static int read_all(const char *path, char **buf, size_t *n) {
 static int same_file(const char *a, const char *b) {
     char *x = NULL, *y = NULL;
     size_t nx = 0, ny = 0;
-    int same = read_all(a, &x, &nx) == 0 && read_all(b, &y, &ny) == 0 && nx == ny && memcmp(x, y, nx) == 0;
+    int same =
+        read_all(a, &x, &nx) == 0 && read_all(b, &y, &ny) == 0 && nx == ny && memcmp(x, y, nx) == 0;
     free(x);
     free(y);
     return same;
@@ -515,7 +574,10 @@ static void check_sharded(void) {
     CHECK(rc == 0, "synth: %s", err.msg);
     if (rc) return;
     st_checkpoint src;
-    if (st_checkpoint_open(&src, src_dir, &err)) { CHECK(0, "synth open: %s", err.msg); return; }
+    if (st_checkpoint_open(&src, src_dir, &err)) {
+        CHECK(0, "synth open: %s", err.msg);
+        return;
+    }
     CHECK(src.sharded && src.n_files > 2, "synth source not sharded (%d files)", src.n_files);
     kv_convert_opts o;
     parse_map(&o, "sandwich-top:2", 4); /* kv = 0 3 3 3 */
@@ -529,7 +591,8 @@ static void check_sharded(void) {
     if (st_checkpoint_open(&out, d1, &err) == 0) {
         CHECK(out.sharded && out.n_files > 2, "output not sharded (%d files)", out.n_files);
         int group[3] = {1, 2, 3};
-        check_mean(&src, &out, "model.layers.3.self_attn.k_proj.weight", group, 3, "k_proj.weight", "F16 sharded -> BF16");
+        check_mean(&src, &out, "model.layers.3.self_attn.k_proj.weight", group, 3, "k_proj.weight",
+                   "F16 sharded -> BF16");
         check_copy(st_checkpoint_find(&src, "model.layers.1.mlp.up_proj.weight"),
                    st_checkpoint_find(&out, "model.layers.1.mlp.up_proj.weight"), "F16 -> BF16");
         /* same command twice: identical files */
@@ -539,7 +602,8 @@ static void check_sharded(void) {
             snprintf(p2, sizeof p2, "%s/%s", d2, base);
             CHECK(same_file(path, p2), "determinism: %s differs", base);
         }
-        const char *others[] = {"model.safetensors.index.json", "config.json", "kvforge.json", "tokenizer.json"};
+        const char *others[] = {"model.safetensors.index.json", "config.json", "kvforge.json",
+                                "tokenizer.json"};
         for (int i = 0; i < 4; i++) {
             snprintf(path, sizeof path, "%s/%s", d1, others[i]);
             snprintf(p2, sizeof p2, "%s/%s", d2, others[i]);
@@ -552,7 +616,8 @@ static void check_sharded(void) {
     /* a non-empty destination is refused; --force writes one file and removes the old shards */
     o.shard_bytes = 0;
     rc = convert_with(src_dir, d1, &o, NULL, &err);
-    CHECK(rc == KV_EINVAL && strstr(err.msg, "not empty"), "non-empty destination: rc %d '%s'", rc, err.msg);
+    CHECK(rc == KV_EINVAL && strstr(err.msg, "not empty"), "non-empty destination: rc %d '%s'", rc,
+          err.msg);
     snprintf(path, sizeof path, "%s/notes.txt", d1);
     kv_write_file_atomic(path, "keep", 4, &err);
     o.force = 1;
@@ -578,7 +643,8 @@ static void check_sharded(void) {
     snprintf(path, sizeof path, "%s/sub", src_dir);
     CHECK(!kv_path_exists(path), "a refused conversion created %s", path);
     rc = convert_with(src_dir, tmp_root, &o, NULL, &err);
-    CHECK(rc == KV_EINVAL && strstr(err.msg, "contains"), "dst contains src: rc %d '%s'", rc, err.msg);
+    CHECK(rc == KV_EINVAL && strstr(err.msg, "contains"), "dst contains src: rc %d '%s'", rc,
+          err.msg);
     /* no staging folder left behind */
     char cmd[700];
     snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -q tmp-", tmp_root);
@@ -595,10 +661,12 @@ static void check_refusals(void) {
     kv_convert_opts o;
     convert_plan p;
     parse_map(&o, "cla:2", 4); /* wrong layer count */
-    CHECK(convert_plan_build(&p, &s, &o, &err) == KV_EINVAL && strstr(err.msg, "4 layers"), "L mismatch: '%s'", err.msg);
+    CHECK(convert_plan_build(&p, &s, &o, &err) == KV_EINVAL && strstr(err.msg, "4 layers"),
+          "L mismatch: '%s'", err.msg);
     parse_map(&o, "cla:2", 5);
     o.layout = KV_LAYOUT_HF_SWIFTKV;
-    CHECK(convert_plan_build(&p, &s, &o, &err) == KV_EINVAL, "hf-swiftkv with a cross map accepted");
+    CHECK(convert_plan_build(&p, &s, &o, &err) == KV_EINVAL,
+          "hf-swiftkv with a cross map accepted");
     parse_map(&o, "yoco", 6);
     kv_map yoco;
     CHECK(kvmap_parse(&yoco, "yoco", 5, &err) == KV_EINVAL, "yoco on 5 layers accepted");
@@ -606,13 +674,17 @@ static void check_refusals(void) {
     parse_map(&o, "sandwich-middle:3", 5);
     if (convert_plan_build(&p, &s, &o, &err) == 0) {
         char *text = convert_plan_text(&p), *json = convert_plan_json(&p, NULL, 0);
-        CHECK(text && strstr(text, "layer 1  -> 2") && strstr(text, "saving 40.0%") && strstr(text, "2 mean-initialised"),
+        CHECK(text && strstr(text, "layer 1  -> 2") && strstr(text, "saving 40.0%") &&
+                  strstr(text, "2 mean-initialised"),
               "plan text:\n%s", text ? text : "(null)");
         cJSON *j = json ? cJSON_Parse(json) : NULL;
-        CHECK(j && cJSON_GetArraySize(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "tensors"), "dropped")) == 4, "plan json");
-        CHECK(p.kv_bytes_src == 2u * 5 * 4 * 8 * 4 && p.kv_bytes_out == 2u * 3 * 4 * 8 * 4, "KV bytes %zu %zu", p.kv_bytes_src,
-              p.kv_bytes_out);
-        CHECK(p.src_params - p.out_params == 4u * 32 * 64, "parameter saving %llu", (unsigned long long)(p.src_params - p.out_params));
+        CHECK(j && cJSON_GetArraySize(
+                       cJSON_GetObjectItem(cJSON_GetObjectItem(j, "tensors"), "dropped")) == 4,
+              "plan json");
+        CHECK(p.kv_bytes_src == 2u * 5 * 4 * 8 * 4 && p.kv_bytes_out == 2u * 3 * 4 * 8 * 4,
+              "KV bytes %zu %zu", p.kv_bytes_src, p.kv_bytes_out);
+        CHECK(p.src_params - p.out_params == 4u * 32 * 64, "parameter saving %llu",
+              (unsigned long long)(p.src_params - p.out_params));
         cJSON_Delete(j);
         free(text);
         free(json);
@@ -633,20 +705,27 @@ static void check_refusals(void) {
     CHECK(rc == 0, "kv_convert_run: %s", err.msg);
     if (!rc) {
         CHECK(!memcmp(&rep, &planned, sizeof rep), "plan and run reports differ");
-        CHECK(rep.n_dropped == 4 && rep.n_averaged == 4 && rep.n_added == 0 && rep.n_tensors_out == 43, "report counts");
-        CHECK(rep.kv_bytes_before == 2u * 5 * 4 * 8 * 2 && rep.kv_bytes_after == 2u * 3 * 4 * 8 * 2, "report KV bytes");
+        CHECK(rep.n_dropped == 4 && rep.n_averaged == 4 && rep.n_added == 0 &&
+                  rep.n_tensors_out == 43,
+              "report counts");
+        CHECK(rep.kv_bytes_before == 2u * 5 * 4 * 8 * 2 && rep.kv_bytes_after == 2u * 3 * 4 * 8 * 2,
+              "report KV bytes");
         model_info mi;
         rc = model_info_load_dir(&mi, dst, &err);
         CHECK(rc == 0, "model_info of the output: %s", err.msg);
-        CHECK(rc || (mi.n_params == rep.params_after && mi.kv_bytes_per_token == rep.kv_bytes_after &&
-                     mi.bytes_total == rep.bytes_written),
+        CHECK(rc ||
+                  (mi.n_params == rep.params_after && mi.kv_bytes_per_token == rep.kv_bytes_after &&
+                   mi.bytes_total == rep.bytes_written),
               "model_info disagrees with the report");
     }
 }
 
 int main(void) {
     snprintf(tmp_root, sizeof tmp_root, "/tmp/kvforge-test-convert-XXXXXX");
-    if (!mkdtemp(tmp_root)) { CHECK(0, "mkdtemp"); return check_done("test_convert"); }
+    if (!mkdtemp(tmp_root)) {
+        CHECK(0, "mkdtemp");
+        return check_done("test_convert");
+    }
     kv_error err = {0};
     st_checkpoint src;
     int have = st_checkpoint_open(&src, STORIES, &err) == 0;
@@ -657,18 +736,22 @@ int main(void) {
         kv_sha256_file(model, src_hash, &err);
         /* METHODS.md s1 at L=5, l=3, derived by hand: pizza groups [2,4]; sandwich b=1, t=1,
          * group [1,3]; lasagna groups [0,1] [2,3] [4] */
-        static const struct { const char *spec; int map[5]; } cross[] = {
-            {"pizza-bottom:3", {0, 1, 2, 2, 2}},    {"pizza-top:3", {0, 1, 4, 4, 4}},
-            {"pizza-middle:3", {0, 1, 3, 3, 3}},    {"sandwich-bottom:3", {0, 1, 1, 1, 4}},
-            {"sandwich-top:3", {0, 3, 3, 3, 4}},    {"sandwich-middle:3", {0, 2, 2, 2, 4}},
-            {"lasagna-bottom:3", {0, 0, 2, 2, 4}},  {"lasagna-top:3", {1, 1, 3, 3, 4}},
-            {"lasagna-middle:3", {0, 0, 2, 2, 4}},  {"cla:2", {0, 0, 2, 2, 4}},
-            {"lckv:1", {0, 4, 4, 4, 4}},            {"0_1_2_3_4", {0, 1, 2, 3, 4}},
+        static const struct {
+            const char *spec;
+            int map[5];
+        } cross[] = {
+            {"pizza-bottom:3", {0, 1, 2, 2, 2}},   {"pizza-top:3", {0, 1, 4, 4, 4}},
+            {"pizza-middle:3", {0, 1, 3, 3, 3}},   {"sandwich-bottom:3", {0, 1, 1, 1, 4}},
+            {"sandwich-top:3", {0, 3, 3, 3, 4}},   {"sandwich-middle:3", {0, 2, 2, 2, 4}},
+            {"lasagna-bottom:3", {0, 0, 2, 2, 4}}, {"lasagna-top:3", {1, 1, 3, 3, 4}},
+            {"lasagna-middle:3", {0, 0, 2, 2, 4}}, {"cla:2", {0, 0, 2, 2, 4}},
+            {"lckv:1", {0, 4, 4, 4, 4}},           {"0_1_2_3_4", {0, 1, 2, 3, 4}},
             {"2_2_2_3_3", {2, 2, 2, 3, 3}},
         };
         for (size_t i = 0; i < sizeof cross / sizeof *cross; i++)
             check_cross(&src, cross[i].spec, cross[i].map, 5, KV_INIT_MEAN, KV_CONVERT_KEEP_DTYPE);
-        check_cross(&src, "sandwich-middle:3", cross[5].map, 5, KV_INIT_TARGET, KV_CONVERT_KEEP_DTYPE);
+        check_cross(&src, "sandwich-middle:3", cross[5].map, 5, KV_INIT_TARGET,
+                    KV_CONVERT_KEEP_DTYPE);
         check_cross(&src, "pizza-top:3", cross[1].map, 5, KV_INIT_MEAN, KV_BF16);
         check_cross(&src, "lasagna-top:3", cross[7].map, 5, KV_INIT_MEAN, KV_F16);
         check_identity_file();

@@ -111,7 +111,8 @@ static void test_eval_parts(void) {
             distill_eval_sums sum = {0}, p;
             for (int part = 0; part < parts; part++) {
                 CHECK(distill_evaluate_part(&rs, &rt, &seqs, 0, part, parts, &p, NULL, NULL,
-                                            &err) == 0, "%s", err.msg);
+                                            &err) == 0,
+                      "%s", err.msg);
                 sum.nll_s += p.nll_s, sum.nll_t += p.nll_t, sum.kl += p.kl;
                 sum.tokens += p.tokens;
             }

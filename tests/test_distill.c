@@ -22,7 +22,9 @@
 
 static char tmp[256];
 
-static void path(char *out, size_t cap, const char *name) { snprintf(out, cap, "%s/%s", tmp, name); }
+static void path(char *out, size_t cap, const char *name) {
+    snprintf(out, cap, "%s/%s", tmp, name);
+}
 
 static int make_student(const char *spec, const char *name) {
     kv_error err = {0};
@@ -174,7 +176,8 @@ int main(void) {
     cJSON *j = read_json(file);
     CHECK(j != NULL, "report.json parses");
     static const char *const keys[] = {"teacher_ppl", "student_before_ppl", "student_after_ppl",
-                                       "kl_before", "kl_after", "tokens_trained", "seconds"};
+                                       "kl_before",   "kl_after",           "tokens_trained",
+                                       "seconds"};
     for (size_t k = 0; j && k < sizeof keys / sizeof *keys; k++)
         CHECK(cJSON_IsNumber(cJSON_GetObjectItem(j, keys[k])), "report.json: %s", keys[k]);
     if (j) {
@@ -246,13 +249,14 @@ int main(void) {
     CHECK(rc == 0, "run c: %s", err.msg);
     CHECK(rep.kl_after < rep.kl_before, "SwiftKV KL falls: %g -> %g", rep.kl_before, rep.kl_after);
     CHECK(rep.tokens_trained == 6 * 2 * 4 * 32, "accumulated tokens %ld", rep.tokens_trained);
-    static const char *const skv_trainable[] = {
-        "model.norm_swiftkv.weight", "model.layers.3.self_attn.q_proj_swiftkv.weight",
-        "model.layers.4.self_attn.q_proj_swiftkv.weight",
-        "model.layers.3.self_attn.k_proj_swiftkv.weight",
-        "model.layers.3.self_attn.v_proj_swiftkv.weight",
-        "model.layers.4.self_attn.k_proj_swiftkv.weight",
-        "model.layers.4.self_attn.v_proj_swiftkv.weight", NULL};
+    static const char *const skv_trainable[] = {"model.norm_swiftkv.weight",
+                                                "model.layers.3.self_attn.q_proj_swiftkv.weight",
+                                                "model.layers.4.self_attn.q_proj_swiftkv.weight",
+                                                "model.layers.3.self_attn.k_proj_swiftkv.weight",
+                                                "model.layers.3.self_attn.v_proj_swiftkv.weight",
+                                                "model.layers.4.self_attn.k_proj_swiftkv.weight",
+                                                "model.layers.4.self_attn.v_proj_swiftkv.weight",
+                                                NULL};
     check_only_listed("st_skv", "c", skv_trainable);
     free_opts(&o);
 
@@ -297,13 +301,14 @@ int main(void) {
         for (int i = 0; i < 8 && same; i++) same = !strcmp(lines_a[i], lines_b[i]);
         CHECK(same, "%s: step log == the CPU run's (%d lines)", outs[k], nb);
         CHECK(reps[k].student_before_ppl == reps[0].student_before_ppl &&
-              reps[k].student_after_ppl == reps[0].student_after_ppl &&
-              reps[k].teacher_ppl == reps[0].teacher_ppl && reps[k].kl_before == reps[0].kl_before &&
-              reps[k].kl_after == reps[0].kl_after,
+                  reps[k].student_after_ppl == reps[0].student_after_ppl &&
+                  reps[k].teacher_ppl == reps[0].teacher_ppl &&
+                  reps[k].kl_before == reps[0].kl_before && reps[k].kl_after == reps[0].kl_after,
               "%s: report numbers == the CPU run's (ppl after %.9g vs %.9g)", outs[k],
               reps[k].student_after_ppl, reps[0].student_after_ppl);
     }
-    CHECK(reps[2].resumed_from_step == 4, "split run resumed from step %ld", reps[2].resumed_from_step);
+    CHECK(reps[2].resumed_from_step == 4, "split run resumed from step %ld",
+          reps[2].resumed_from_step);
     kv_backend_free(&split);
     CHECK(split_allocations() == 0, "%d device allocations left behind", split_allocations());
 

@@ -65,8 +65,8 @@ int main(void) {
             ok_sym &= fabs(v - r.hidden_sim[j * (L + 1) + i]) < 1e-12;
             if (i == j) ok_diag &= fabs(v - 1) < 1e-6;
         }
-    for (int i = 0; i < L; i++) ok_diag &= fabs(r.k_sim[i * L + i] - 1) < 1e-6 &&
-                                           fabs(r.v_sim[i * L + i] - 1) < 1e-6;
+    for (int i = 0; i < L; i++)
+        ok_diag &= fabs(r.k_sim[i * L + i] - 1) < 1e-6 && fabs(r.v_sim[i * L + i] - 1) < 1e-6;
     CHECK(ok_diag && ok_sym && ok_range, "cosine matrices: unit diagonal, symmetric, in [-1, 1]");
     /* residual streams of neighbouring layers are more alike than the embedding and the output */
     CHECK(r.hidden_sim[3 * (L + 1) + 4] > r.hidden_sim[0 * (L + 1) + L],
@@ -92,7 +92,8 @@ int main(void) {
         if (!rc) rc = calib_run(&os, maps, 4, NULL, NULL, &rs, &err);
         CHECK(rc == 0, "calibrate on the split backend: %s", err.msg);
         if (!rc) {
-            const size_t l1 = (size_t)(L + 1) * (L + 1) * sizeof(double), l2 = (size_t)L * L * sizeof(double);
+            const size_t l1 = (size_t)(L + 1) * (L + 1) * sizeof(double),
+                         l2 = (size_t)L * L * sizeof(double);
             int same = rs.n_cand == r.n_cand && rs.teacher_ppl == r.teacher_ppl &&
                        !memcmp(rs.hidden_sim, r.hidden_sim, l1) && !memcmp(rs.k_sim, r.k_sim, l2) &&
                        !memcmp(rs.v_sim, r.v_sim, l2);

@@ -6,8 +6,16 @@
 #include "base/error.h"
 #include "tests/check.h"
 
-static uint32_t bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-static float from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static uint32_t bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static float from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
 
 int main(void) {
     /* names and sizes */
@@ -52,7 +60,8 @@ int main(void) {
         }
     }
     CHECK(bad_narrow == 0, "%d f32->f16 rounding mismatches vs _Float16", bad_narrow);
-    CHECK(kv_f32_to_f16(65519.0f) == 0x7bff && kv_f32_to_f16(65520.0f) == 0x7c00, "f16 overflow threshold");
+    CHECK(kv_f32_to_f16(65519.0f) == 0x7bff && kv_f32_to_f16(65520.0f) == 0x7c00,
+          "f16 overflow threshold");
     CHECK(kv_f32_to_f16(-INFINITY) == 0xfc00, "-Inf kept");
 
     /* bf16: widening is exact; narrowing of every bf16 value and of its exact midpoints */
@@ -60,7 +69,10 @@ int main(void) {
     for (uint32_t b = 0; b < 65536; b++) {
         float f = kv_bf16_to_f32((uint16_t)b);
         if (bits(f) != b << 16) bad_bf++;
-        if (isnan(f)) { if (!isnan(kv_bf16_to_f32(kv_f32_to_bf16(f)))) bad_bf++; continue; }
+        if (isnan(f)) {
+            if (!isnan(kv_bf16_to_f32(kv_f32_to_bf16(f)))) bad_bf++;
+            continue;
+        }
         if (kv_f32_to_bf16(f) != b) bad_bf++;
         if (isinf(f)) continue;
         /* midpoint to the next pattern: ties to even */
@@ -69,7 +81,8 @@ int main(void) {
         uint16_t want = (b & 1) ? (uint16_t)(b + 1) : (uint16_t)b;
         if (kv_f32_to_bf16(mid) != want) bad_bf_mid++;
         float above = from_bits((b << 16) | 0x8001u), below = from_bits((b << 16) | 0x7fffu);
-        if (kv_f32_to_bf16(above) != (uint16_t)(b + 1) || kv_f32_to_bf16(below) != (uint16_t)b) bad_bf_mid++;
+        if (kv_f32_to_bf16(above) != (uint16_t)(b + 1) || kv_f32_to_bf16(below) != (uint16_t)b)
+            bad_bf_mid++;
     }
     CHECK(bad_bf == 0, "%d bf16 widen/round-trip errors", bad_bf);
     CHECK(bad_bf_mid == 0, "%d bf16 midpoint rounding errors", bad_bf_mid);

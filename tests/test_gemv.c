@@ -75,8 +75,8 @@ static void check_sizes(kv_dtype t, int n_in, int n_out) {
                 }
                 if (worst > max_rel_seen) max_rel_seen = worst;
                 CHECK(worst <= REL, "%s %s n_in %d n_out %d bias %d acc %d: rel error %.3g",
-                      kv_gemv_isa_name((kv_gemv_isa)isa), kv_dtype_name(t), n_in, n_out,
-                      with_bias, acc, worst);
+                      kv_gemv_isa_name((kv_gemv_isa)isa), kv_dtype_name(t), n_in, n_out, with_bias,
+                      acc, worst);
                 CHECK(worst_c <= 2 * REL, "%s vs c, %s n_in %d n_out %d: rel diff %.3g",
                       kv_gemv_isa_name((kv_gemv_isa)isa), kv_dtype_name(t), n_in, n_out, worst_c);
             }

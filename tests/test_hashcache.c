@@ -63,7 +63,8 @@ static void test_cache(void) {
     CHECK(strcmp(got, want) == 0, "cached digest %s, file's %s", got, want);
     CHECK(lookup(other, got) == 0, "another file of the same size: miss");
     store(small);
-    CHECK(lookup(small, got) == 0, "files under %lld bytes are not cached", (long long)KV_HASH_CACHE_MIN_BYTES);
+    CHECK(lookup(small, got) == 0, "files under %lld bytes are not cached",
+          (long long)KV_HASH_CACHE_MIN_BYTES);
 
     /* rewritten in place, same size, mtime set back: ctime still moves, so a miss */
     struct stat before;
@@ -76,7 +77,8 @@ static void test_cache(void) {
     CHECK(lookup(big, got) == 0, "changed file (mtime restored): miss");
     store(big);
     file_hex(big, want);
-    CHECK(lookup(big, got) == 1 && strcmp(got, want) == 0, "rehashed and stored: hit with the new digest");
+    CHECK(lookup(big, got) == 1 && strcmp(got, want) == 0,
+          "rehashed and stored: hit with the new digest");
 
     /* a store whose stat is stale (the file changed while hashed) records nothing */
     struct stat stale;
@@ -88,11 +90,14 @@ static void test_cache(void) {
 
     /* torn and foreign entries: every entry file truncated, then filled with junk */
     char cmd[600];
-    snprintf(cmd, sizeof cmd, "for f in %s/sha256/*; do head -c 40 \"$f\" > \"$f.x\" && mv \"$f.x\" \"$f\"; done", cache);
+    snprintf(cmd, sizeof cmd,
+             "for f in %s/sha256/*; do head -c 40 \"$f\" > \"$f.x\" && mv \"$f.x\" \"$f\"; done",
+             cache);
     CHECK(system(cmd) == 0, "truncating entries");
     CHECK(lookup(big, got) == 0, "torn entry: miss");
     store(big);
-    snprintf(cmd, sizeof cmd, "for f in %s/sha256/*; do sed -i 's/[0-9a-f]$/z/' \"$f\"; done", cache);
+    snprintf(cmd, sizeof cmd, "for f in %s/sha256/*; do sed -i 's/[0-9a-f]$/z/' \"$f\"; done",
+             cache);
     CHECK(system(cmd) == 0, "corrupting entries");
     CHECK(lookup(big, got) == 0, "entry with a malformed digest: miss");
 
@@ -102,7 +107,10 @@ static void test_cache(void) {
     snprintf(cmd, sizeof cmd, "chmod g+w %s/sha256/*", cache);
     CHECK(system(cmd) == 0, "chmod entries");
     CHECK(lookup(big, got) == 0, "group-writable entry: miss");
-    snprintf(cmd, sizeof cmd, "cd %s/sha256 && for f in *; do chmod 600 \"$f\" && mv \"$f\" \"../$f\" && ln -s \"../$f\" \"$f\"; done", cache);
+    snprintf(cmd, sizeof cmd,
+             "cd %s/sha256 && for f in *; do chmod 600 \"$f\" && mv \"$f\" \"../$f\" && ln -s "
+             "\"../$f\" \"$f\"; done",
+             cache);
     CHECK(system(cmd) == 0, "entries replaced by links");
     CHECK(lookup(big, got) == 0, "entry that is a symbolic link: miss");
     snprintf(cmd, sizeof cmd, "rm -f %s/sha256/*", cache);
@@ -111,8 +119,8 @@ static void test_cache(void) {
     CHECK(lookup(big, got) == 1, "stored again: hit");
     struct stat folder;
     snprintf(cmd, sizeof cmd, "%s/sha256", cache);
-    CHECK(stat(cmd, &folder) == 0 && (folder.st_mode & 077) == 0, "cache folder created 0700 (mode %o)",
-          (unsigned)(folder.st_mode & 0777));
+    CHECK(stat(cmd, &folder) == 0 && (folder.st_mode & 077) == 0,
+          "cache folder created 0700 (mode %o)", (unsigned)(folder.st_mode & 0777));
     chmod(cmd, 0777);
     CHECK(lookup(big, got) == 0, "world-writable cache folder: miss");
     chmod(cmd, 0700);
@@ -140,11 +148,15 @@ static void test_writer_copy(const char *src_dir, int durable) {
     int fd = open(src, O_RDONLY);
     int rc = st_writer_open(&w, out, specs, 2, NULL, 0, &err);
     CHECK(rc == 0, "open: %s", err.msg);
-    if (rc) { close(fd); return; }
+    if (rc) {
+        close(fd);
+        return;
+    }
     st_writer_set_durable(w, durable);
     CHECK(st_writer_copy(w, fd, 333, n_a, &err) == 0, "copy a: %s", err.msg);
     CHECK(st_writer_put(w, "x", 1, &err) == 0, "put one byte of b: %s", err.msg);
-    CHECK(st_writer_copy(w, fd, 333 + n_a + 1, n_b - 1, &err) == 0, "copy the rest of b: %s", err.msg);
+    CHECK(st_writer_copy(w, fd, 333 + n_a + 1, n_b - 1, &err) == 0, "copy the rest of b: %s",
+          err.msg);
     CHECK(st_writer_copy(w, fd, 0, 1, &err) != 0, "a byte beyond the header's total is refused");
     CHECK(st_writer_finish(w, &err) == 0, "finish: %s", err.msg);
     close(fd);
@@ -157,8 +169,10 @@ static void test_writer_copy(const char *src_dir, int durable) {
     size_t raw_n;
     kv_read_file(src, &raw, &raw_n, 1u << 30, &err);
     const st_tensor *a = st_find(&f, "a"), *b = st_find(&f, "b");
-    CHECK(a && a->n_bytes == n_a && memcmp(a->data, raw + 333, n_a) == 0, "tensor a = source bytes [333, +%zu)", n_a);
-    CHECK(b && ((const char *)b->data)[0] == 'x' && memcmp((const char *)b->data + 1, raw + 333 + n_a + 1, n_b - 1) == 0,
+    CHECK(a && a->n_bytes == n_a && memcmp(a->data, raw + 333, n_a) == 0,
+          "tensor a = source bytes [333, +%zu)", n_a);
+    CHECK(b && ((const char *)b->data)[0] == 'x' &&
+              memcmp((const char *)b->data + 1, raw + 333 + n_a + 1, n_b - 1) == 0,
           "tensor b = 'x' + source bytes");
     free(raw);
     st_close(&f);
@@ -166,7 +180,10 @@ static void test_writer_copy(const char *src_dir, int durable) {
 }
 
 int main(void) {
-    if (!mkdtemp(dir)) { perror("mkdtemp"); return 1; }
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
     test_cache();
     test_writer_copy(dir, 1);
     test_writer_copy(dir, 0);

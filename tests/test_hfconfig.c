@@ -24,7 +24,7 @@ static const char *BASE =
 
 /* stories260K by hand: embed 512*64 = 32768; per layer 2*64 norms + q 64*64 + k,v 2*32*64 +
  * o 64*64 + gate,up,down 3*172*64 = 128 + 4096 + 4096 + 4096 + 33024 = 45440; final norm 64 */
-#define STORIES_LAYER 45440
+#define STORIES_LAYER  45440
 #define STORIES_PARAMS (32768 + 5 * STORIES_LAYER + 64)
 
 /* BASE with OVERRIDES (a JSON object) merged in; the string "__DELETE__" removes a key */
@@ -42,8 +42,7 @@ static char *edited(const char *overrides) {
         cJSON *copy = cJSON_Duplicate(it, 1);
         if (cJSON_GetObjectItemCaseSensitive(root, it->string))
             cJSON_ReplaceItemInObjectCaseSensitive(root, it->string, copy);
-        else
-            cJSON_AddItemToObject(root, it->string, copy);
+        else cJSON_AddItemToObject(root, it->string, copy);
     }
     char *text = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
@@ -142,8 +141,8 @@ static const bad_case BAD[] = {
     {"{\"architectures\": [\"LlamaSwiftKVForCausalLM\"], \"model_type\": \"llama_swiftkv\","
      " \"swiftkv\": false, \"num_key_value_layers\": 2}",
      NULL, "'swiftkv' = false"},
-    {"{\"architectures\": [\"LlamaSwiftKVForCausalLM\"], \"model_type\": \"llama_swiftkv\"}",
-     NULL, "missing field 'num_key_value_layers'"},
+    {"{\"architectures\": [\"LlamaSwiftKVForCausalLM\"], \"model_type\": \"llama_swiftkv\"}", NULL,
+     "missing field 'num_key_value_layers'"},
     {"{\"architectures\": [\"LlamaSwiftKVForCausalLM\"], \"model_type\": \"llama_swiftkv\","
      " \"swiftkv\": true}",
      NULL, "missing field 'num_key_value_layers'"},
@@ -278,15 +277,16 @@ static void test_files(void) {
 static void test_defaults_and_variants(void) {
     hf_config c;
     kv_error err = {0};
-    int rc = parse_edited(&c,
-                          "{\"num_key_value_heads\": \"__DELETE__\", \"head_dim\": \"__DELETE__\","
-                          " \"rope_theta\": \"__DELETE__\", \"tie_word_embeddings\": \"__DELETE__\","
-                          " \"torch_dtype\": \"__DELETE__\", \"bos_token_id\": \"__DELETE__\","
-                          " \"max_position_embeddings\": \"__DELETE__\", \"rope_scaling\": \"__DELETE__\","
-                          " \"attention_bias\": \"__DELETE__\", \"mlp_bias\": \"__DELETE__\","
-                          " \"rms_norm_eps\": \"__DELETE__\", \"eos_token_id\": \"__DELETE__\","
-                          " \"hidden_act\": \"__DELETE__\"}",
-                          &err);
+    int rc = parse_edited(
+        &c,
+        "{\"num_key_value_heads\": \"__DELETE__\", \"head_dim\": \"__DELETE__\","
+        " \"rope_theta\": \"__DELETE__\", \"tie_word_embeddings\": \"__DELETE__\","
+        " \"torch_dtype\": \"__DELETE__\", \"bos_token_id\": \"__DELETE__\","
+        " \"max_position_embeddings\": \"__DELETE__\", \"rope_scaling\": \"__DELETE__\","
+        " \"attention_bias\": \"__DELETE__\", \"mlp_bias\": \"__DELETE__\","
+        " \"rms_norm_eps\": \"__DELETE__\", \"eos_token_id\": \"__DELETE__\","
+        " \"hidden_act\": \"__DELETE__\"}",
+        &err);
     CHECK(rc == 0, "defaults: %s", err.msg);
     CHECK(c.n_kv_heads == 8 && c.head_dim == 8, "nkv %d hd %d", c.n_kv_heads, c.head_dim);
     CHECK(c.rope_theta == 10000.0 && c.tie_word_embeddings == 0, "theta/tie");
@@ -297,8 +297,9 @@ static void test_defaults_and_variants(void) {
     CHECK(hf_config_param_count(&c) == STORIES_PARAMS + 5 * 4096 + 32768, "params %lld",
           (long long)hf_config_param_count(&c));
 
-    rc = parse_edited(&c, "{\"architectures\": \"__DELETE__\", \"head_dim\": null,"
-                          " \"hidden_size\": 64.0, \"eos_token_id\": [2, 3], \"bos_token_id\": [1]}",
+    rc = parse_edited(&c,
+                      "{\"architectures\": \"__DELETE__\", \"head_dim\": null,"
+                      " \"hidden_size\": 64.0, \"eos_token_id\": [2, 3], \"bos_token_id\": [1]}",
                       &err);
     CHECK(rc == 0, "variants: %s", err.msg);
     CHECK(strcmp(c.architecture, "LlamaForCausalLM") == 0, "arch from model_type");
@@ -318,18 +319,20 @@ static void test_defaults_and_variants(void) {
     /* gate 172 + up 172 + down 64 per layer */
     CHECK(rc == 0 && hf_config_param_count(&c) == STORIES_PARAMS + 5 * 408, "mlp bias");
 
-    rc = parse_edited(&c, "{\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0,"
-                          " \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0,"
-                          " \"original_max_position_embeddings\": 8192}, \"rope_theta\": 500000.0}",
+    rc = parse_edited(&c,
+                      "{\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0,"
+                      " \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0,"
+                      " \"original_max_position_embeddings\": 8192}, \"rope_theta\": 500000.0}",
                       &err);
     CHECK(rc == 0, "llama3 rope: %s", err.msg);
     CHECK(c.rope_type == HF_ROPE_LLAMA3 && c.rope_factor == 8.0 && c.rope_low_freq_factor == 1.0 &&
               c.rope_high_freq_factor == 4.0 && c.rope_original_max_position == 8192 &&
               c.rope_theta == 500000.0,
           "llama3 fields");
-    rc = parse_edited(&c, "{\"rope_scaling\": {\"type\": \"llama3\", \"factor\": 8,"
-                          " \"low_freq_factor\": 1, \"high_freq_factor\": 4,"
-                          " \"original_max_position_embeddings\": 8192}}",
+    rc = parse_edited(&c,
+                      "{\"rope_scaling\": {\"type\": \"llama3\", \"factor\": 8,"
+                      " \"low_freq_factor\": 1, \"high_freq_factor\": 4,"
+                      " \"original_max_position_embeddings\": 8192}}",
                       &err);
     CHECK(rc == 0 && c.rope_type == HF_ROPE_LLAMA3, "legacy 'type' key: %s", err.msg);
     rc = parse_edited(&c, "{\"rope_scaling\": {\"rope_type\": \"default\"}}", &err);
@@ -360,17 +363,20 @@ static void test_kv_maps(void) {
     int rc = parse_edited(&c, "{\"layer_types\": \"1_1_3_3_4\"}", &err);
     CHECK(rc == 0 && c.map.kv_layer_of[0] == 1 && kvmap_n_slots(&c.map) == 3, "upward map: %s",
           err.msg);
-    rc = parse_edited(&c, "{\"layer_types\": [\"full_attention\", \"full_attention\","
-                          " \"full_attention\", \"full_attention\", \"full_attention\"]}",
+    rc = parse_edited(&c,
+                      "{\"layer_types\": [\"full_attention\", \"full_attention\","
+                      " \"full_attention\", \"full_attention\", \"full_attention\"]}",
                       &err);
-    CHECK(rc == 0 && c.map.kind == KVMAP_IDENTITY && kvmap_n_slots(&c.map) == 5, "HF kinds: no map");
+    CHECK(rc == 0 && c.map.kind == KVMAP_IDENTITY && kvmap_n_slots(&c.map) == 5,
+          "HF kinds: no map");
 
     const char *swift = "{\"architectures\": [\"LlamaSwiftKVForCausalLM\"],"
                         " \"model_type\": \"llama_swiftkv\", \"swiftkv\": true,"
                         " \"num_key_value_layers\": 2, \"key_value_group_size\": 3}";
     rc = parse_edited(&c, swift, &err);
     CHECK(rc == 0, "swiftkv: %s", err.msg);
-    CHECK(c.map.kind == KVMAP_SWIFTKV && c.map.swiftkv_l == 2 && c.map.swiftkv_g == 3, "swiftkv fields");
+    CHECK(c.map.kind == KVMAP_SWIFTKV && c.map.swiftkv_l == 2 && c.map.swiftkv_g == 3,
+          "swiftkv fields");
     CHECK(strcmp(c.model_type, "llama_swiftkv") == 0, "model type");
     CHECK(kvmap_n_slots(&c.map) == 2 + 3 / 3, "slots %d", kvmap_n_slots(&c.map));
     CHECK(kvmap_is_swiftkv_layer(&c.map, 2) && kvmap_is_kv_layer(&c.map, 2) &&
@@ -381,18 +387,21 @@ static void test_kv_maps(void) {
      * k/v (as k/v_proj_swiftkv): layers 3,4 lose 4096 each; + norm_swiftkv 64 */
     CHECK(hf_config_param_count(&c) == STORIES_PARAMS - 2 * 4096 + 64, "swiftkv params %lld",
           (long long)hf_config_param_count(&c));
-    rc = parse_edited(&c, "{\"architectures\": [\"LlamaSwiftKVForCausalLM\"],"
-                          " \"model_type\": \"llama_swiftkv\", \"swiftkv\": true,"
-                          " \"num_key_value_layers\": 2}",
+    rc = parse_edited(&c,
+                      "{\"architectures\": [\"LlamaSwiftKVForCausalLM\"],"
+                      " \"model_type\": \"llama_swiftkv\", \"swiftkv\": true,"
+                      " \"num_key_value_layers\": 2}",
                       &err);
     CHECK(rc == 0 && c.map.swiftkv_g == 1 && kvmap_n_slots(&c.map) == 5, "group default 1");
-    rc = parse_edited(&c, "{\"architectures\": [\"LlamaSwiftKVForCausalLM\"],"
-                          " \"model_type\": \"llama_swiftkv\", \"num_key_value_layers\": 3}",
+    rc = parse_edited(&c,
+                      "{\"architectures\": [\"LlamaSwiftKVForCausalLM\"],"
+                      " \"model_type\": \"llama_swiftkv\", \"num_key_value_layers\": 3}",
                       &err);
-    CHECK(rc == 0 && c.map.kind == KVMAP_SWIFTKV && c.map.swiftkv_l == 3, "architecture implies swiftkv: %s",
-          err.msg);
-    rc = parse_edited(&c, "{\"swiftkv\": true, \"num_key_value_layers\": 2,"
-                          " \"key_value_group_size\": 3}",
+    CHECK(rc == 0 && c.map.kind == KVMAP_SWIFTKV && c.map.swiftkv_l == 3,
+          "architecture implies swiftkv: %s", err.msg);
+    rc = parse_edited(&c,
+                      "{\"swiftkv\": true, \"num_key_value_layers\": 2,"
+                      " \"key_value_group_size\": 3}",
                       &err);
     CHECK(rc == 0 && c.map.kind == KVMAP_SWIFTKV && kvmap_n_slots(&c.map) == 3 &&
               strcmp(c.architecture, "LlamaForCausalLM") == 0,
@@ -416,7 +425,8 @@ static void test_write_json(void) {
     CHECK(rc == 0 && out, "write map: %s", err.msg);
     if (!out) return;
     CHECK(hf_config_parse(&back, out, "out", &err) == 0, "reparse: %s", err.msg);
-    CHECK(back.map.kind == KVMAP_CROSS && back.map.kv_layer_of[1] == 0 && back.torch_dtype == KV_BF16,
+    CHECK(back.map.kind == KVMAP_CROSS && back.map.kv_layer_of[1] == 0 &&
+              back.torch_dtype == KV_BF16,
           "map and dtype written");
     CHECK(strstr(out, "\"layer_types\":\t\"0_0_2_2_4\""), "LCKV string in: %s", out);
     CHECK(strstr(out, "\"torch_dtype\":\t\"bfloat16\""), "dtype string");

@@ -23,14 +23,14 @@
 static char tmpdir[] = "/tmp/kvhostile-XXXXXX";
 
 /* in a child: prints why and fails the child */
-#define EXPECT(cond, ...)                                                           \
-    do {                                                                            \
-        if (!(cond)) {                                                              \
-            fprintf(stderr, "FAIL(child) %s:%d: %s: ", __FILE__, __LINE__, #cond);  \
-            fprintf(stderr, __VA_ARGS__);                                           \
-            fputc('\n', stderr);                                                    \
-            return 1;                                                               \
-        }                                                                           \
+#define EXPECT(cond, ...)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "FAIL(child) %s:%d: %s: ", __FILE__, __LINE__, #cond);                 \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+            return 1;                                                                              \
+        }                                                                                          \
     } while (0)
 
 /* runs fn under the caps and counts one CHECK for it */
@@ -75,11 +75,13 @@ __attribute__((format(printf, 2, 3))) static void sb_printf(sbuf *b, const char 
 static char *doubling_tokenizer(int steps, int in_decoder, int added) {
     sbuf b = {0};
     sb_printf(&b, "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1},\"merges\":[]}");
-    if (added) sb_printf(&b, ",\"added_tokens\":[{\"id\":2,\"content\":\"ab\",\"normalized\":true}]");
+    if (added)
+        sb_printf(&b, ",\"added_tokens\":[{\"id\":2,\"content\":\"ab\",\"normalized\":true}]");
     sb_printf(&b, in_decoder ? ",\"decoder\":{\"type\":\"Sequence\",\"decoders\":["
                              : ",\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[");
     for (int i = 0; i < steps; i++)
-        sb_printf(&b, "%s{\"type\":\"Replace\",\"pattern\":{\"String\":\"a\"},\"content\":\"aa\"}", i ? "," : "");
+        sb_printf(&b, "%s{\"type\":\"Replace\",\"pattern\":{\"String\":\"a\"},\"content\":\"aa\"}",
+                  i ? "," : "");
     sb_printf(&b, "]}}");
     return b.s;
 }
@@ -95,7 +97,8 @@ static int normalizer_growth(void *arg) {
     free(json);
     EXPECT(rc == 0, "a doubling normalizer with no normalized added token loads: %s", err.msg);
     rc = kv_tokenizer_encode(t, "ba", 2, 0, &ids, &n, &err);
-    EXPECT(rc == KV_EUNSUPPORTED && ids == NULL && strstr(err.msg, "normalizer") && strstr(err.msg, "16 x"),
+    EXPECT(rc == KV_EUNSUPPORTED && ids == NULL && strstr(err.msg, "normalizer") &&
+               strstr(err.msg, "16 x"),
            "encode through 40 doublings: rc %d '%s'", rc, err.msg);
     /* text the chain does not grow still encodes */
     static char bs[1 << 16];
@@ -109,7 +112,8 @@ static int normalizer_growth(void *arg) {
     json = doubling_tokenizer(40, 0, 1);
     rc = kv_tokenizer_load_json(&t, json, strlen(json), "double.json", &err);
     free(json);
-    EXPECT(rc == KV_EUNSUPPORTED && !t && strstr(err.msg, "double.json") && strstr(err.msg, "added_tokens[0]"),
+    EXPECT(rc == KV_EUNSUPPORTED && !t && strstr(err.msg, "double.json") &&
+               strstr(err.msg, "added_tokens[0]"),
            "normalized added token through 40 doublings: rc %d '%s'", rc, err.msg);
 
     /* within the cap (16 x + 4096 bytes) a growing chain works as before: 3 doublings */
@@ -117,9 +121,10 @@ static int normalizer_growth(void *arg) {
     rc = kv_tokenizer_load_json(&t, json, strlen(json), "double3.json", &err);
     free(json);
     EXPECT(rc == 0, "3 doublings load: %s", err.msg);
-    rc = kv_tokenizer_encode(t, "abb", 3, 0, &ids, &n, &err); /* "aaaaaaaab" "b": the added token, then b */
-    EXPECT(rc == 0 && n == 2 && ids[0] == 2 && ids[1] == 1, "3 doublings: 'abb' -> [2 1], rc %d n %d '%s'", rc, n,
-           err.msg);
+    rc = kv_tokenizer_encode(t, "abb", 3, 0, &ids, &n,
+                             &err); /* "aaaaaaaab" "b": the added token, then b */
+    EXPECT(rc == 0 && n == 2 && ids[0] == 2 && ids[1] == 1,
+           "3 doublings: 'abb' -> [2 1], rc %d n %d '%s'", rc, n, err.msg);
     free(ids);
     kv_tokenizer_free(t);
 
@@ -127,7 +132,8 @@ static int normalizer_growth(void *arg) {
     json = doubling_tokenizer(300, 0, 0);
     rc = kv_tokenizer_load_json(&t, json, strlen(json), "long.json", &err);
     free(json);
-    EXPECT(rc == KV_EUNSUPPORTED && !t && strstr(err.msg, "'normalizer'") && strstr(err.msg, "steps"),
+    EXPECT(rc == KV_EUNSUPPORTED && !t && strstr(err.msg, "'normalizer'") &&
+               strstr(err.msg, "steps"),
            "300 normalizer steps: rc %d '%s'", rc, err.msg);
     return 0;
 }
@@ -142,8 +148,8 @@ static int decoder_growth(void *arg) {
     EXPECT(rc == 0, "doubling decoder loads: %s", err.msg);
     int ids[] = {1, 0, 1};
     rc = kv_tokenizer_decode(t, ids, 3, &text, &err);
-    EXPECT(rc == KV_EUNSUPPORTED && !text && strstr(err.msg, "decoder"), "decode through 40 doublings: rc %d '%s'",
-           rc, err.msg);
+    EXPECT(rc == KV_EUNSUPPORTED && !text && strstr(err.msg, "decoder"),
+           "decode through 40 doublings: rc %d '%s'", rc, err.msg);
     rc = kv_tokenizer_decode(t, ids, 1, &text, &err);
     EXPECT(rc == 0 && text && !strcmp(text, "b"), "decode of 'b': rc %d '%s'", rc, err.msg);
     free(text);
@@ -164,14 +170,18 @@ static int sparse_ids(void *arg) {
     kv_error err = {0};
     kv_tokenizer *t = NULL;
     /* 66 bytes that used to allocate tables for 2^24 ids (262 MB) before finding the gap */
-    static const char json[] = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":16777215},\"merges\":[]}}";
+    static const char json[] =
+        "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":16777215},\"merges\":[]}}";
     int rc = kv_tokenizer_load_json(&t, json, strlen(json), "sparse.json", &err);
-    EXPECT(rc == KV_EFORMAT && !t && strstr(err.msg, "no token has id 0"), "one huge id: rc %d '%s'", rc, err.msg);
+    EXPECT(rc == KV_EFORMAT && !t && strstr(err.msg, "no token has id 0"),
+           "one huge id: rc %d '%s'", rc, err.msg);
     /* the largest id in an added token */
-    static const char json2[] = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1},\"merges\":[]},"
-                                "\"added_tokens\":[{\"id\":16000000,\"content\":\"x\"}]}";
+    static const char json2[] =
+        "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1},\"merges\":[]},"
+        "\"added_tokens\":[{\"id\":16000000,\"content\":\"x\"}]}";
     rc = kv_tokenizer_load_json(&t, json2, strlen(json2), "sparse2.json", &err);
-    EXPECT(rc == KV_EFORMAT && !t && strstr(err.msg, "no token has id 2"), "huge added id: rc %d '%s'", rc, err.msg);
+    EXPECT(rc == KV_EFORMAT && !t && strstr(err.msg, "no token has id 2"),
+           "huge added id: rc %d '%s'", rc, err.msg);
     return 0;
 }
 
@@ -232,7 +242,8 @@ static int added_prefix(void *arg) {
     for (size_t i = 0; i < n; i++) text[i] = line[i % k];
     int *ids = NULL, n_ids = 0;
     rc = kv_tokenizer_encode(t, text, n, 0, &ids, &n_ids, &err);
-    EXPECT(rc == 0 && n_ids == (int)n, "encode: rc %d, %d ids for %zu bytes (byte fallback) '%s'", rc, n_ids, n, err.msg);
+    EXPECT(rc == 0 && n_ids == (int)n, "encode: rc %d, %d ids for %zu bytes (byte fallback) '%s'",
+           rc, n_ids, n, err.msg);
     free(ids);
     /* an added token that is there still matches: "eqqqqq" is token 256 */
     rc = kv_tokenizer_encode(t, "xeqqqqqx", 8, 0, &ids, &n_ids, &err);
@@ -242,13 +253,15 @@ static int added_prefix(void *arg) {
     kv_tokenizer_free(t);
     /* an added token longer than 1024 bytes is refused at load */
     sbuf c = {0};
-    sb_printf(&c, "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"added_tokens\":[{\"id\":1,"
+    sb_printf(&c, "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"added_"
+                  "tokens\":[{\"id\":1,"
                   "\"content\":\"");
     for (int i = 0; i < 1025; i++) sb_printf(&c, "x");
     sb_printf(&c, "\"}]}");
     rc = kv_tokenizer_load_json(&t, c.s, c.n, "long_added.json", &err);
     free(c.s);
-    EXPECT(rc == KV_EUNSUPPORTED && !t && strstr(err.msg, "added_tokens[0]") && strstr(err.msg, "1024"),
+    EXPECT(rc == KV_EUNSUPPORTED && !t && strstr(err.msg, "added_tokens[0]") &&
+               strstr(err.msg, "1024"),
            "1025-byte added token: rc %d '%s'", rc, err.msg);
     return 0;
 }
@@ -264,14 +277,15 @@ static int index_many_shards(void *arg) {
     enum { N = 40000 };
     sbuf b = {0};
     sb_printf(&b, "{\"metadata\":{},\"weight_map\":{");
-    for (int i = N - 1; i >= 0; i--) sb_printf(&b, "\"t.%06d\":\"model-%06d.safetensors\"%s", i, i, i ? "," : "");
+    for (int i = N - 1; i >= 0; i--)
+        sb_printf(&b, "\"t.%06d\":\"model-%06d.safetensors\"%s", i, i, i ? "," : "");
     sb_printf(&b, "}}");
     st_index ix;
     kv_error err = {0};
     int rc = st_index_parse(&ix, b.s, b.n, "many.json", &err);
     EXPECT(rc == 0 && ix.n_entries == N && ix.n_shards == N, "parse: rc %d '%s'", rc, err.msg);
-    EXPECT(!strcmp(ix.shards[0], "model-000000.safetensors") && !strcmp(ix.entries[N - 1].tensor, "t.039999") &&
-               ix.entries[N - 1].shard == N - 1,
+    EXPECT(!strcmp(ix.shards[0], "model-000000.safetensors") &&
+               !strcmp(ix.entries[N - 1].tensor, "t.039999") && ix.entries[N - 1].shard == N - 1,
            "sorted");
     st_index_free(&ix);
     char path[400];
@@ -280,12 +294,15 @@ static int index_many_shards(void *arg) {
     free(b.s);
     st_checkpoint c;
     rc = st_checkpoint_open(&c, idx_dir, &err);
-    EXPECT(rc == KV_EIO && strstr(err.msg, "model-000000.safetensors") && strstr(err.msg, "cannot open"),
+    EXPECT(rc == KV_EIO && strstr(err.msg, "model-000000.safetensors") &&
+               strstr(err.msg, "cannot open"),
            "missing first shard: rc %d '%s'", rc, err.msg);
     /* the same tensor listed twice (cJSON keeps both) */
-    static const char dup[] = "{\"weight_map\":{\"x\":\"a.safetensors\",\"y\":\"a.safetensors\",\"x\":\"b.safetensors\"}}";
+    static const char dup[] = "{\"weight_map\":{\"x\":\"a.safetensors\",\"y\":\"a.safetensors\","
+                              "\"x\":\"b.safetensors\"}}";
     rc = st_index_parse(&ix, dup, strlen(dup), "dup.json", &err);
-    EXPECT(rc == KV_EFORMAT && strstr(err.msg, "dup.json") && strstr(err.msg, "twice") && strstr(err.msg, "'x'"),
+    EXPECT(rc == KV_EFORMAT && strstr(err.msg, "dup.json") && strstr(err.msg, "twice") &&
+               strstr(err.msg, "'x'"),
            "duplicate: rc %d '%s'", rc, err.msg);
     unlink(path);
     return 0;
@@ -303,7 +320,7 @@ static int index_unlisted(void *arg) {
     (void)arg;
     enum { N = 100000 };
     st_spec *specs = calloc(N + 1, sizeof *specs);
-    char (*names)[16] = calloc(N + 1, sizeof *names);
+    char(*names)[16] = calloc(N + 1, sizeof *names);
     EXPECT(specs && names, "calloc");
     for (int i = 0; i <= N; i++) {
         snprintf(names[i], sizeof names[i], "t.%06d", i);
@@ -319,7 +336,8 @@ static int index_unlisted(void *arg) {
     EXPECT(rc == 0, "shard: %s", err.msg);
     sbuf b = {0};
     sb_printf(&b, "{\"weight_map\":{");
-    for (int i = 0; i < N; i++) sb_printf(&b, "%s\"t.%06d\":\"model-1.safetensors\"", i ? "," : "", i);
+    for (int i = 0; i < N; i++)
+        sb_printf(&b, "%s\"t.%06d\":\"model-1.safetensors\"", i ? "," : "", i);
     sb_printf(&b, "}}");
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", idx_dir);
     EXPECT(kv_write_file_atomic(path, b.s, b.n, &err) == 0, "%s", err.msg);
@@ -373,7 +391,8 @@ static int st_many_meta(void *arg) {
     free(buf);
     buf = st_bytes(b.s, 4, &size);
     rc = st_parse(&f, buf, size, "meta.safetensors", &err);
-    EXPECT(rc == KV_EFORMAT && strstr(err.msg, "'k000002' appears twice"), "repeated key: rc %d '%s'", rc, err.msg);
+    EXPECT(rc == KV_EFORMAT && strstr(err.msg, "'k000002' appears twice"),
+           "repeated key: rc %d '%s'", rc, err.msg);
     free(buf);
     free(b.s);
     return 0;
@@ -384,8 +403,9 @@ static int config_many_keys(void *arg) {
     (void)arg;
     enum { N = 200000 };
     sbuf b = {0};
-    sb_printf(&b, "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":8,\"intermediate_size\":16,"
-                  "\"num_hidden_layers\":2,\"num_attention_heads\":2,\"vocab_size\":32");
+    sb_printf(
+        &b, "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":8,\"intermediate_size\":16,"
+            "\"num_hidden_layers\":2,\"num_attention_heads\":2,\"vocab_size\":32");
     for (int i = 0; i < N; i++) sb_printf(&b, ",\"x%06d\":0", i);
     sb_printf(&b, "}");
     hf_config c;
@@ -396,7 +416,8 @@ static int config_many_keys(void *arg) {
     EXPECT(dup != NULL, "x100001 in the text");
     dup[7] = '2'; /* x100001 -> x100002, now there twice */
     rc = hf_config_parse(&c, b.s, "config.json", &err);
-    EXPECT(rc == KV_EFORMAT && strstr(err.msg, "'x100002' appears twice"), "repeated key: rc %d '%s'", rc, err.msg);
+    EXPECT(rc == KV_EFORMAT && strstr(err.msg, "'x100002' appears twice"),
+           "repeated key: rc %d '%s'", rc, err.msg);
     free(b.s);
     return 0;
 }
@@ -405,29 +426,34 @@ static int config_many_keys(void *arg) {
  * file in an error (it used to read a NULL path: a crash) */
 static int st_parse_label(void *arg) {
     (void)arg;
-    static const char header[] = "{\"junk\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
+    static const char header[] =
+        "{\"junk\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
     size_t size;
     uint8_t *buf = st_bytes(header, 4, &size);
     st_file f;
     kv_error err = {0};
-    EXPECT(st_parse(&f, buf, size, "mem.safetensors", &err) == 0 && f.path && !strcmp(f.path, "mem.safetensors"),
+    EXPECT(st_parse(&f, buf, size, "mem.safetensors", &err) == 0 && f.path &&
+               !strcmp(f.path, "mem.safetensors"),
            "labelled parse: path '%s' (%s)", f.path ? f.path : "(null)", err.msg);
     st_close(&f);
     EXPECT(st_parse(&f, buf, size, NULL, &err) == 0 && f.path && !strcmp(f.path, ST_MEMORY_LABEL),
            "unlabelled parse: path '%s' (%s)", f.path ? f.path : "(null)", err.msg);
     /* bound to a config: every tensor is missing and 'junk' is extra; the error names the file */
     hf_config cfg;
-    static const char config[] = "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":8,\"intermediate_size\":16,"
-                                 "\"num_hidden_layers\":1,\"num_attention_heads\":2,\"vocab_size\":4}";
+    static const char config[] =
+        "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":8,\"intermediate_size\":16,"
+        "\"num_hidden_layers\":1,\"num_attention_heads\":2,\"vocab_size\":4}";
     EXPECT(hf_config_parse(&cfg, config, "config.json", &err) == 0, "config: %s", err.msg);
     const st_tensor *sorted[1] = {&f.tensors[0]};
     st_checkpoint ck = {.dir = NULL, .n_files = 1, .files = &f, .n_tensors = 1, .tensors = sorted};
     llama_view v;
     int rc = llama_view_bind(&v, &cfg, &ck, &err);
-    EXPECT(rc != 0 && strstr(err.msg, ST_MEMORY_LABEL), "bind names the memory file: rc %d '%s'", rc, err.msg);
+    EXPECT(rc != 0 && strstr(err.msg, ST_MEMORY_LABEL), "bind names the memory file: rc %d '%s'",
+           rc, err.msg);
     st_close(&f);
     /* a failed parse leaves nothing behind */
-    EXPECT(st_parse(&f, buf, size - 1, "short.safetensors", &err) == KV_EFORMAT && f.path == NULL && f.tensors == NULL,
+    EXPECT(st_parse(&f, buf, size - 1, "short.safetensors", &err) == KV_EFORMAT && f.path == NULL &&
+               f.tensors == NULL,
            "failed parse: %s", err.msg);
     free(buf);
     return 0;
@@ -444,8 +470,10 @@ static void test_bundle_deep_json(void) {
     synth_spec s;
     kv_error err = {0};
     synth_preset(&s, "tiny");
-    s.n_layers = 1, s.hidden = 16, s.n_heads = 2, s.n_kv_heads = 1, s.head_dim = 8, s.ffn = 32, s.vocab = 300;
-    CHECK(kv_mkdir_p(dir, &err) == 0 && synth_write(dir, &s, &err) == 0, "synthetic model: %s", err.msg);
+    s.n_layers = 1, s.hidden = 16, s.n_heads = 2, s.n_kv_heads = 1, s.head_dim = 8, s.ffn = 32,
+    s.vocab = 300;
+    CHECK(kv_mkdir_p(dir, &err) == 0 && synth_write(dir, &s, &err) == 0, "synthetic model: %s",
+          err.msg);
     enum { DEPTH = 999 };
     sbuf b = {0};
     sb_printf(&b, "{\"recipe\":");
@@ -466,11 +494,13 @@ static void test_bundle_deep_json(void) {
     /* a kvforge.json a few levels deep still bundles, and the bundle opens */
     static const char ok[] = "{\"recipe\":{\"method\":\"identity\",\"a\":[[[1]]]}}";
     CHECK(kv_write_file_atomic(path, ok, strlen(ok), &err) == 0, "%s", err.msg);
-    CHECK(kv_bundle_write(dir, out, NULL, &err) == 0 && kv_bundle_open(&bundle, out, &err) == 0, "shallow: %s", err.msg);
+    CHECK(kv_bundle_write(dir, out, NULL, &err) == 0 && kv_bundle_open(&bundle, out, &err) == 0,
+          "shallow: %s", err.msg);
     kv_bundle_close(bundle);
     free(b.s);
     unlink(out);
-    static const char *const names[] = {"config.json", "model.safetensors", "tokenizer.json", "kvforge.json"};
+    static const char *const names[] = {"config.json", "model.safetensors", "tokenizer.json",
+                                        "kvforge.json"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
         unlink(path);
@@ -490,28 +520,41 @@ static int distill_log(void *arg) {
     size_t keep = distill_log_keep(b.s, N);
     EXPECT(keep == b.n, "all %d lines kept: %zu of %zu bytes", N, keep, b.n);
     keep = distill_log_keep(b.s, N / 2);
-    EXPECT(keep > 0 && keep < b.n && b.s[keep - 1] == '\n' && !strncmp(b.s + keep, "{\"step\": 200001,", 16),
+    EXPECT(keep > 0 && keep < b.n && b.s[keep - 1] == '\n' &&
+               !strncmp(b.s + keep, "{\"step\": 200001,", 16),
            "cut after step %d: at %zu", N / 2, keep);
     free(b.s);
     static const char torn[] = "{\"step\": 1}\n{\"step\":2}\n{\"step\": 3";
-    EXPECT(distill_log_keep(torn, 10) == 23, "torn last line dropped: %zu", distill_log_keep(torn, 10));
-    EXPECT(distill_log_keep("{\"step\": x}\n", 10) == 0 && distill_log_keep("{\"step\":\n", 10) == 0, "no number");
+    EXPECT(distill_log_keep(torn, 10) == 23, "torn last line dropped: %zu",
+           distill_log_keep(torn, 10));
+    EXPECT(distill_log_keep("{\"step\": x}\n", 10) == 0 &&
+               distill_log_keep("{\"step\":\n", 10) == 0,
+           "no number");
     return 0;
 }
 
 static void test_distill_state(void) {
     static const char *const cases[][2] = {
-        {"{\"__metadata__\":{\"format\":\"kvforge-distill-state-1\",\"fingerprint\":\"ab\",\"step\":\"3\","
-         "\"tokens_trained\":\"96\",\"seconds\":\"1.5\"},\"param.w\":{\"dtype\":\"F32\",\"shape\":[1],"
-         "\"data_offsets\":[0,4]}}", ""},
+        {"{\"__metadata__\":{\"format\":\"kvforge-distill-state-1\",\"fingerprint\":\"ab\","
+         "\"step\":\"3\","
+         "\"tokens_trained\":\"96\",\"seconds\":\"1.5\"},\"param.w\":{\"dtype\":\"F32\",\"shape\":["
+         "1],"
+         "\"data_offsets\":[0,4]}}",
+         ""},
         {"{\"__metadata__\":{\"format\":\"x\"}}", "not a kvdistill checkpoint"},
-        {"{\"__metadata__\":{\"format\":\"kvforge-distill-state-1\",\"fingerprint\":\"cd\"}}", "other options"},
-        {"{\"__metadata__\":{\"format\":\"kvforge-distill-state-1\",\"fingerprint\":\"ab\",\"step\":\"3x\"}}",
+        {"{\"__metadata__\":{\"format\":\"kvforge-distill-state-1\",\"fingerprint\":\"cd\"}}",
+         "other options"},
+        {"{\"__metadata__\":{\"format\":\"kvforge-distill-state-1\",\"fingerprint\":\"ab\","
+         "\"step\":\"3x\"}}",
          "'step' missing or bad"},
-        {"{\"__metadata__\":{\"format\":\"kvforge-distill-state-1\",\"fingerprint\":\"ab\",\"step\":\"3\","
-         "\"tokens_trained\":\"-1\"}}", "'tokens_trained' missing or bad"},
-        {"{\"__metadata__\":{\"format\":\"kvforge-distill-state-1\",\"fingerprint\":\"ab\",\"step\":\"11\","
-         "\"tokens_trained\":\"1\"}}", "beyond 10"},
+        {"{\"__metadata__\":{\"format\":\"kvforge-distill-state-1\",\"fingerprint\":\"ab\","
+         "\"step\":\"3\","
+         "\"tokens_trained\":\"-1\"}}",
+         "'tokens_trained' missing or bad"},
+        {"{\"__metadata__\":{\"format\":\"kvforge-distill-state-1\",\"fingerprint\":\"ab\","
+         "\"step\":\"11\","
+         "\"tokens_trained\":\"1\"}}",
+         "beyond 10"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         int with_data = strstr(cases[i][0], "param.w") != NULL;
@@ -528,8 +571,10 @@ static void test_distill_state(void) {
         }
         rc = distill_state_read(&f, "ab", 10, &st, &err);
         if (!*cases[i][1]) {
-            CHECK(rc == 0 && st.step == 3 && st.tokens_trained == 96 && st.seconds == 1.5, "case %zu: %s", i, err.msg);
-            CHECK(distill_state_tensor(&f, "param.", "w", 1) && !distill_state_tensor(&f, "param.", "w", 2) &&
+            CHECK(rc == 0 && st.step == 3 && st.tokens_trained == 96 && st.seconds == 1.5,
+                  "case %zu: %s", i, err.msg);
+            CHECK(distill_state_tensor(&f, "param.", "w", 1) &&
+                      !distill_state_tensor(&f, "param.", "w", 2) &&
                       !distill_state_tensor(&f, "adam_m.", "w", 1),
                   "case %zu: tensors", i);
         } else {

@@ -21,7 +21,7 @@
 #include "transform/convert/convert.h"
 
 #define STORIES SHARED_DIR "/models/stories260K"
-#define L12 12
+#define L12     12
 
 static const char *base_config =
     "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": 64,"
@@ -76,31 +76,37 @@ static void check_map_config(const kv_map *map, int m, int b) {
     if (rc) goto done;
     cJSON *o = cJSON_Parse(out);
     const cJSON *archs = cJSON_GetObjectItemCaseSensitive(o, "architectures");
-    const char *arch = cJSON_GetArraySize(archs) == 1 && cJSON_IsString(cJSON_GetArrayItem(archs, 0))
-                           ? cJSON_GetArrayItem(archs, 0)->valuestring
-                           : "";
+    const char *arch =
+        cJSON_GetArraySize(archs) == 1 && cJSON_IsString(cJSON_GetArrayItem(archs, 0))
+            ? cJSON_GetArrayItem(archs, 0)->valuestring
+            : "";
     const char *type = str_field(o, "model_type");
-    const int cross = map->kind == KVMAP_CROSS && !kvmap_is_identity(map), swift = map->kind == KVMAP_SWIFTKV;
+    const int cross = map->kind == KVMAP_CROSS && !kvmap_is_identity(map),
+              swift = map->kind == KVMAP_SWIFTKV;
     if (cross) {
         int kv[KVMAP_MAX_LAYERS];
         const char *lt = str_field(o, "layer_types");
-        CHECK(type && !strcmp(type, "lckv-llama"), "%s: model_type %s", map->name, type ? type : "-");
+        CHECK(type && !strcmp(type, "lckv-llama"), "%s: model_type %s", map->name,
+              type ? type : "-");
         CHECK(!strcmp(arch, "LCKVLlamaForCausalLM"), "%s: architectures %s", map->name, arch);
-        CHECK(lt && lckv_reads(lt, map->n_layers, kv), "%s: layer_types %s", map->name, lt ? lt : "-");
+        CHECK(lt && lckv_reads(lt, map->n_layers, kv), "%s: layer_types %s", map->name,
+              lt ? lt : "-");
         int same = lt != NULL;
         for (int i = 0; same && i < map->n_layers; i++) same = kv[i] == kvmap_target(map, i);
         CHECK(same, "%s: layer_types %s is not the map", map->name, lt ? lt : "-");
         CHECK(int_field(o, "forward_passes", -1) == (b ? m : 7), "%s: forward_passes", map->name);
         CHECK(int_field(o, "backward_passes", -1) == (b ? b : 2), "%s: backward_passes", map->name);
-        CHECK(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(o, "use_sequential")), "%s: use_sequential", map->name);
-        CHECK(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(o, "force_nodiag")), "%s: force_nodiag", map->name);
+        CHECK(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(o, "use_sequential")),
+              "%s: use_sequential", map->name);
+        CHECK(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(o, "force_nodiag")),
+              "%s: force_nodiag", map->name);
         CHECK(!cJSON_GetObjectItemCaseSensitive(o, "swiftkv"), "%s: swiftkv field", map->name);
     } else {
         /* never "llama" for a model a plain Llama loader would run wrongly */
-        CHECK(type && !strcmp(type, swift ? "llama_swiftkv" : "llama"), "%s: model_type %s", map->name,
-              type ? type : "-");
-        CHECK(!strcmp(arch, swift ? "LlamaSwiftKVForCausalLM" : "LlamaForCausalLM"), "%s: architectures %s",
-              map->name, arch);
+        CHECK(type && !strcmp(type, swift ? "llama_swiftkv" : "llama"), "%s: model_type %s",
+              map->name, type ? type : "-");
+        CHECK(!strcmp(arch, swift ? "LlamaSwiftKVForCausalLM" : "LlamaForCausalLM"),
+              "%s: architectures %s", map->name, arch);
         CHECK(!cJSON_GetObjectItemCaseSensitive(o, "forward_passes") &&
                   !cJSON_GetObjectItemCaseSensitive(o, "force_nodiag") &&
                   !cJSON_GetObjectItemCaseSensitive(o, "layer_types"),
@@ -112,9 +118,12 @@ static void check_map_config(const kv_map *map, int m, int b) {
     CHECK(rc == 0, "%s: reparse: %s", map->name, err.msg);
     if (rc) goto done;
     CHECK(kvmap_equal(map, &back->map), "%s: map after the round trip", map->name);
-    CHECK(!cross || (back->lckv_forward_passes == (b ? m : 7) && back->lckv_backward_passes == (b ? b : 2)),
+    CHECK(!cross || (back->lckv_forward_passes == (b ? m : 7) &&
+                     back->lckv_backward_passes == (b ? b : 2)),
           "%s: passes after the round trip", map->name);
-    CHECK(!strcmp(hf_config_schema(back), cross ? "lckv-llama" : swift ? "llama_swiftkv" : "llama"),
+    CHECK(!strcmp(hf_config_schema(back), cross   ? "lckv-llama"
+                                          : swift ? "llama_swiftkv"
+                                                  : "llama"),
           "%s: schema %s", map->name, hf_config_schema(back));
     rc = hf_config_write_json(back, out, "written", &again, &err);
     CHECK(rc == 0 && again && !strcmp(out, again), "%s: written twice differs", map->name);
@@ -151,8 +160,8 @@ static void test_every_map(void) {
         snprintf(spec, sizeof spec, "lckv:%d", w);
         if (!kvmap_parse(&m, spec, L12, &err)) check_map_config(&m, 0, 0), n++;
     }
-    static const char *const more[] = {"yoco", "identity", "0_0_0_3_3_3_11_11_11_11_10_11", "swiftkv:6,2",
-                                       "swiftkv:4", "swiftkv:11"};
+    static const char *const more[] = {"yoco",        "identity",  "0_0_0_3_3_3_11_11_11_11_10_11",
+                                       "swiftkv:6,2", "swiftkv:4", "swiftkv:11"};
     for (size_t k = 0; k < sizeof more / sizeof *more; k++) {
         int rc = !strncmp(more[k], "swiftkv:", 8) ? kvmap_parse_swiftkv(&m, more[k] + 8, L12, &err)
                                                   : kvmap_parse(&m, more[k], L12, &err);
@@ -172,10 +181,12 @@ static const char *lckv_written =
     "{\n  \"architectures\": [\n    \"LCKVLlamaForCausalLM\"\n  ],\n  \"backward_passes\": 3,\n"
     "  \"force_nodiag\": false,\n  \"forward_passes\": 5,\n  \"hidden_size\": 64,\n"
     "  \"intermediate_size\": 128,\n  \"layer_types\": \"0_11_11_11_11_11_11_11_11_11_11_11\",\n"
-    "  \"model_type\": \"lckv-llama\",\n  \"num_attention_heads\": 8,\n  \"num_hidden_layers\": 12,\n"
+    "  \"model_type\": \"lckv-llama\",\n  \"num_attention_heads\": 8,\n  \"num_hidden_layers\": "
+    "12,\n"
     "  \"num_key_value_heads\": 4,\n  \"rms_norm_eps\": 1e-05,\n  \"sliding_window\": 4096,\n"
     "  \"tie_word_embeddings\": true,\n  \"torch_dtype\": \"float32\",\n"
-    "  \"transformers_version\": \"4.46.3\",\n  \"use_sequential\": true,\n  \"vocab_size\": 256\n}\n";
+    "  \"transformers_version\": \"4.46.3\",\n  \"use_sequential\": true,\n  \"vocab_size\": "
+    "256\n}\n";
 
 static void test_lckv_written(void) {
     kv_error err = {0};
@@ -185,18 +196,23 @@ static void test_lckv_written(void) {
     int rc = hf_config_parse(c, lckv_written, "lckv", &err);
     CHECK(rc == 0, "LCKV-written config: %s", err.msg);
     if (rc) goto done;
-    CHECK(c->map.kind == KVMAP_CROSS && kvmap_target(&c->map, 0) == 0 && kvmap_target(&c->map, 5) == 11 &&
-              kvmap_is_upward(&c->map, 1),
+    CHECK(c->map.kind == KVMAP_CROSS && kvmap_target(&c->map, 0) == 0 &&
+              kvmap_target(&c->map, 5) == 11 && kvmap_is_upward(&c->map, 1),
           "LCKV map read");
-    CHECK(c->lckv_forward_passes == 5 && c->lckv_backward_passes == 3 && c->lckv_use_sequential == 1,
-          "LCKV plan read: %d %d %d", c->lckv_forward_passes, c->lckv_backward_passes, c->lckv_use_sequential);
-    CHECK(!strcmp(c->architecture, "LCKVLlamaForCausalLM") && !strcmp(hf_config_schema(c), "lckv-llama"), "LCKV schema");
+    CHECK(c->lckv_forward_passes == 5 && c->lckv_backward_passes == 3 &&
+              c->lckv_use_sequential == 1,
+          "LCKV plan read: %d %d %d", c->lckv_forward_passes, c->lckv_backward_passes,
+          c->lckv_use_sequential);
+    CHECK(!strcmp(c->architecture, "LCKVLlamaForCausalLM") &&
+              !strcmp(hf_config_schema(c), "lckv-llama"),
+          "LCKV schema");
     /* LCKV -> kvforge -> kvforge: the second write changes nothing */
     rc = hf_config_write_json(c, lckv_written, "lckv", &out, &err);
     CHECK(rc == 0, "rewrite: %s", err.msg);
     if (rc) goto done;
     CHECK(strstr(out, "\"sliding_window\":\t4096") && strstr(out, "\"use_sequential\":\ttrue") &&
-              strstr(out, "\"forward_passes\":\t5") && strstr(out, "\"transformers_version\":\t\"4.46.3\""),
+              strstr(out, "\"forward_passes\":\t5") &&
+              strstr(out, "\"transformers_version\":\t\"4.46.3\""),
           "LCKV's fields kept: %s", out);
     rc = hf_config_parse(c2, out, "rewritten", &err);
     CHECK(rc == 0 && kvmap_equal(&c->map, &c2->map), "rewritten map: %s", err.msg);
@@ -205,9 +221,9 @@ static void test_lckv_written(void) {
     /* the identity of an LCKV model is a plain Llama without LCKV's fields */
     kvmap_identity(&c->map, L12);
     rc = hf_config_write_json(c, lckv_written, "lckv", &plain, &err);
-    CHECK(rc == 0 && plain && strstr(plain, "\"model_type\":\t\"llama\"") && !strstr(plain, "sliding_window") &&
-              !strstr(plain, "passes") && !strstr(plain, "layer_types") && !strstr(plain, "nodiag") &&
-              !strstr(plain, "LCKV"),
+    CHECK(rc == 0 && plain && strstr(plain, "\"model_type\":\t\"llama\"") &&
+              !strstr(plain, "sliding_window") && !strstr(plain, "passes") &&
+              !strstr(plain, "layer_types") && !strstr(plain, "nodiag") && !strstr(plain, "LCKV"),
           "identity from LCKV: %s", plain ? plain : err.msg);
     /* an LCKV config without layer_types is LCKV's default, the identity */
     char *text = strdup(lckv_written);
@@ -240,25 +256,31 @@ static void test_refusals(void) {
         int code;
     } cases[] = {
         {"\"layer_types\": \"0_1s_2_3_4_5_6_7_8_9_10_11\"", "layer 1 is '1s'", KV_EUNSUPPORTED},
-        {"\"layer_types\": \"11s_11_11_11_11_11_11_11_11_11_11_11\"", "sliding-window", KV_EUNSUPPORTED},
-        {"\"layer_types\": [\"full_attention\", \"full_attention\", \"sliding_attention\", \"full_attention\","
-         " \"full_attention\", \"full_attention\", \"full_attention\", \"full_attention\", \"full_attention\","
+        {"\"layer_types\": \"11s_11_11_11_11_11_11_11_11_11_11_11\"", "sliding-window",
+         KV_EUNSUPPORTED},
+        {"\"layer_types\": [\"full_attention\", \"full_attention\", \"sliding_attention\", "
+         "\"full_attention\","
+         " \"full_attention\", \"full_attention\", \"full_attention\", \"full_attention\", "
+         "\"full_attention\","
          " \"full_attention\", \"full_attention\", \"full_attention\"]",
-         "different meaning from LCKV's KV map string); layer 2 is 'sliding_attention'", KV_EUNSUPPORTED},
+         "different meaning from LCKV's KV map string); layer 2 is 'sliding_attention'",
+         KV_EUNSUPPORTED},
         {"\"force_nodiag\": true", "field 'force_nodiag' is true", KV_EUNSUPPORTED},
         {"\"backward_passes\": 0", "backward_passes", KV_EFORMAT},
         {"\"forward_passes\": -1", "forward_passes", KV_EFORMAT},
         {"\"use_sequential\": 3", "use_sequential", KV_EFORMAT},
-        {"\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}", "'yarn', only 'llama3'", KV_EUNSUPPORTED},
-        {"\"rope_scaling\": {\"type\": \"dynamic\", \"factor\": 2.0}", "'dynamic'", KV_EUNSUPPORTED},
+        {"\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}", "'yarn', only 'llama3'",
+         KV_EUNSUPPORTED},
+        {"\"rope_scaling\": {\"type\": \"dynamic\", \"factor\": 2.0}", "'dynamic'",
+         KV_EUNSUPPORTED},
     };
     kv_error err;
     hf_config c;
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
         memset(&err, 0, sizeof err);
         int rc = parse_with(&c, cases[k].edit, &err);
-        CHECK(rc == cases[k].code && strstr(err.msg, cases[k].want), "%s: rc %d, message %s", cases[k].edit, rc,
-              err.msg);
+        CHECK(rc == cases[k].code && strstr(err.msg, cases[k].want), "%s: rc %d, message %s",
+              cases[k].edit, rc, err.msg);
     }
     /* other architectures and model types, named */
     static const char *const archs[][2] = {{"MistralForCausalLM", "mistral"},
@@ -267,33 +289,41 @@ static void test_refusals(void) {
                                            {"Gemma2ForCausalLM", "gemma2"}};
     for (int k = 0; k < 4; k++) {
         char text[2048];
-        snprintf(text, sizeof text, "{\"architectures\": [\"%s\"], \"model_type\": \"%s\", \"sliding_window\": 4096, %s",
-                 archs[k][0], archs[k][1], strstr(base_config, "\"hidden_size\""));
+        snprintf(
+            text, sizeof text,
+            "{\"architectures\": [\"%s\"], \"model_type\": \"%s\", \"sliding_window\": 4096, %s",
+            archs[k][0], archs[k][1], strstr(base_config, "\"hidden_size\""));
         memset(&err, 0, sizeof err);
-        CHECK(hf_config_parse(&c, text, "config.json", &err) == KV_EUNSUPPORTED && strstr(err.msg, archs[k][0]),
+        CHECK(hf_config_parse(&c, text, "config.json", &err) == KV_EUNSUPPORTED &&
+                  strstr(err.msg, archs[k][0]),
               "%s: %s", archs[k][0], err.msg);
-        snprintf(text, sizeof text, "{\"model_type\": \"%s\", %s", archs[k][1], strstr(base_config, "\"hidden_size\""));
-        CHECK(hf_config_parse(&c, text, "config.json", &err) == KV_EUNSUPPORTED && strstr(err.msg, archs[k][1]),
+        snprintf(text, sizeof text, "{\"model_type\": \"%s\", %s", archs[k][1],
+                 strstr(base_config, "\"hidden_size\""));
+        CHECK(hf_config_parse(&c, text, "config.json", &err) == KV_EUNSUPPORTED &&
+                  strstr(err.msg, archs[k][1]),
               "%s: %s", archs[k][1], err.msg);
     }
     /* the schemas do not mix */
     char text[2048];
     snprintf(text, sizeof text, "{\"architectures\": [\"LCKVLlamaForCausalLM\"], %s",
              strstr(base_config, "\"model_type\""));
-    CHECK(hf_config_parse(&c, text, "config.json", &err) == KV_EFORMAT && strstr(err.msg, "does not match"),
+    CHECK(hf_config_parse(&c, text, "config.json", &err) == KV_EFORMAT &&
+              strstr(err.msg, "does not match"),
           "LCKV architecture with model_type llama: %s", err.msg);
     snprintf(text, sizeof text,
              "{\"model_type\": \"lckv-llama\", \"swiftkv\": true, \"num_key_value_layers\": 6, %s",
              strstr(base_config, "\"hidden_size\""));
-    CHECK(hf_config_parse(&c, text, "config.json", &err) == KV_EFORMAT && strstr(err.msg, "contradicts"),
+    CHECK(hf_config_parse(&c, text, "config.json", &err) == KV_EFORMAT &&
+              strstr(err.msg, "contradicts"),
           "lckv-llama with swiftkv: %s", err.msg);
     /* all "full_attention" is a plain model, and the kinds stay as written */
-    CHECK(parse_with(&c,
-                     "\"layer_types\": [\"full_attention\", \"full_attention\", \"full_attention\", "
-                     "\"full_attention\", \"full_attention\", \"full_attention\", \"full_attention\", "
-                     "\"full_attention\", \"full_attention\", \"full_attention\", \"full_attention\", "
-                     "\"full_attention\"]",
-                     &err) == 0 &&
+    CHECK(parse_with(
+              &c,
+              "\"layer_types\": [\"full_attention\", \"full_attention\", \"full_attention\", "
+              "\"full_attention\", \"full_attention\", \"full_attention\", \"full_attention\", "
+              "\"full_attention\", \"full_attention\", \"full_attention\", \"full_attention\", "
+              "\"full_attention\"]",
+              &err) == 0 &&
               kvmap_is_identity(&c.map) && !strcmp(hf_config_schema(&c), "llama"),
           "all full_attention: %s", err.msg);
     /* the legacy form kvforge wrote before LCKV's schema is still read, and named as such */
@@ -348,7 +378,8 @@ static void check_swiftkv_tensors(const char *root, int l, int g, kv_swiftkv_lay
     o.no_sync = 1;
     o.no_hash_cache = 1;
     kv_error err = {0};
-    if (kvmap_swiftkv(&o.map, L, l, g, &err) || kv_convert_run(STORIES, dst, &o, NULL, NULL, NULL, &err)) {
+    if (kvmap_swiftkv(&o.map, L, l, g, &err) ||
+        kv_convert_run(STORIES, dst, &o, NULL, NULL, NULL, &err)) {
         CHECK(0, "swiftkv %d,%d %s: %s", l, g, lay, err.msg);
         return;
     }
@@ -364,7 +395,8 @@ static void check_swiftkv_tensors(const char *root, int l, int g, kv_swiftkv_lay
         int j;
         char p;
         load_kind kind = arctic_maps(name, l, &j, &p);
-        CHECK(kind != LOAD_UNKNOWN, "swiftkv %d,%d %s: '%s' is not a tensor the loader maps", l, g, lay, name);
+        CHECK(kind != LOAD_UNKNOWN, "swiftkv %d,%d %s: '%s' is not a tensor the loader maps", l, g,
+              lay, name);
         if (!strcmp(name, "model.norm_swiftkv.weight")) norm_skv++;
         if (j < 0 || j >= L) continue;
         if (kind == LOAD_QKV) qkv[j][p == 'q' ? 0 : p == 'k' ? 1 : 2]++;
@@ -378,18 +410,20 @@ static void check_swiftkv_tensors(const char *root, int l, int g, kv_swiftkv_lay
         CHECK(j >= l || (qkv[j][0] == 1 && qkv[j][1] == 1 && qkv[j][2] == 1),
               "swiftkv %d,%d %s: layer %d qkv_proj shards", l, g, lay, j);
         CHECK(q_skv[j] == (j >= l), "swiftkv %d,%d %s: layer %d q_proj_swiftkv", l, g, lay, j);
-        CHECK(kv_skv[j][0] == leader && kv_skv[j][1] == leader, "swiftkv %d,%d %s: layer %d kv_proj_swiftkv %d/%d",
-              l, g, lay, j, kv_skv[j][0], kv_skv[j][1]);
+        CHECK(kv_skv[j][0] == leader && kv_skv[j][1] == leader,
+              "swiftkv %d,%d %s: layer %d kv_proj_swiftkv %d/%d", l, g, lay, j, kv_skv[j][0],
+              kv_skv[j][1]);
     }
     /* the teacher's projections of layers >= l: only in the interop layout */
-    CHECK(skipped == (layout == KV_LAYOUT_DEPLOY ? 0 : 3 * (L - l)), "swiftkv %d,%d %s: %d teacher tensors", l, g, lay,
-          skipped);
+    CHECK(skipped == (layout == KV_LAYOUT_DEPLOY ? 0 : 3 * (L - l)),
+          "swiftkv %d,%d %s: %d teacher tensors", l, g, lay, skipped);
     st_checkpoint_close(&ck);
     hf_config c;
     char path[600];
     snprintf(path, sizeof path, "%s/config.json", dst);
     CHECK(hf_config_load(&c, path, &err) == 0 && !strcmp(c.model_type, "llama_swiftkv") &&
-              !strcmp(c.architecture, "LlamaSwiftKVForCausalLM") && c.map.swiftkv_l == l && c.map.swiftkv_g == g,
+              !strcmp(c.architecture, "LlamaSwiftKVForCausalLM") && c.map.swiftkv_l == l &&
+              c.map.swiftkv_g == g,
           "swiftkv %d,%d %s: config %s", l, g, lay, err.msg);
 }
 

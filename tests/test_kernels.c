@@ -53,7 +53,8 @@ static void test_matmul(int T, int n_in, int n_out, int with_bias) {
     kv_matmul_acc(acc, x, W, b, T, n_in, n_out);
     double w1 = worst(out, ref, (size_t)T * n_out, 1e-6 * mag + 1e-7, 0);
     double w2 = worst(acc, ref_acc, (size_t)T * n_out, 1e-6 * mag + 1e-7, 0);
-    CHECK(w1 <= 1, "matmul T=%d %dx%d bias=%d: error %.3g x tolerance", T, n_in, n_out, with_bias, w1);
+    CHECK(w1 <= 1, "matmul T=%d %dx%d bias=%d: error %.3g x tolerance", T, n_in, n_out, with_bias,
+          w1);
     CHECK(w2 <= 1, "matmul_acc T=%d %dx%d bias=%d: error %.3g x tolerance", T, n_in, n_out,
           with_bias, w2);
     free(x), free(W), free(b), free(out), free(acc), free(acc0), free(ref), free(ref_acc);
@@ -92,8 +93,9 @@ static void test_embedding(void) {
     kv_error err = {0};
     CHECK(kv_embedding(out, table, V, D, ids, 3, &err) == 0, "embedding: %s", err.msg);
     CHECK(memcmp(out, table + 7 * D, sizeof(float) * D) == 0 &&
-          memcmp(out + D, table, sizeof(float) * D) == 0 &&
-          memcmp(out + 2 * D, table + 9 * D, sizeof(float) * D) == 0, "embedding rows");
+              memcmp(out + D, table, sizeof(float) * D) == 0 &&
+              memcmp(out + 2 * D, table + 9 * D, sizeof(float) * D) == 0,
+          "embedding rows");
     int32_t bad[2] = {3, 10};
     CHECK(kv_embedding(out, table, V, D, bad, 2, &err) == KV_EINVAL, "id 10 of 10 accepted");
     CHECK(strstr(err.msg, "10") && strstr(err.msg, "position 1"), "message: %s", err.msg);
@@ -109,15 +111,19 @@ static void test_rope_freq(void) {
     kv_rope_config plain = {.theta = 10000.0};
     CHECK(kv_rope_inv_freq(f, 8, &plain, &err) == 0, "%s", err.msg);
     const double want_plain[4] = {1.0, 0.1, 0.01, 0.001};
-    for (int i = 0; i < 4; i++) CHECK_NEAR(f[i], want_plain[i], 1e-15 * want_plain[i] + 1e-18, "plain f");
+    for (int i = 0; i < 4; i++)
+        CHECK_NEAR(f[i], want_plain[i], 1e-15 * want_plain[i] + 1e-18, "plain f");
 
     /* llama3, hd = 8, theta = 10000, factor 8, low 1, high 4, original 1024:
      * wavelengths 2*pi/f = 6.28, 62.8, 628.3, 6283.2; hi = 1024/4 = 256, lo = 1024/1 = 1024.
      * f0, f1: wavelength < 256, unchanged. f3: > 1024, 0.001/8 = 0.000125.
      * f2: s = (1024*0.01/(2 pi) - 1)/3 = (1.6297466172 - 1)/3 = 0.2099155391;
      *     (1-s)*0.01/8 + s*0.01 = 0.000987605576 + 0.002099155391 = 0.003086760967 */
-    kv_rope_config l3 = {.theta = 10000.0, .scaling = KV_ROPE_LLAMA3, .factor = 8.0,
-                         .low_freq_factor = 1.0, .high_freq_factor = 4.0,
+    kv_rope_config l3 = {.theta = 10000.0,
+                         .scaling = KV_ROPE_LLAMA3,
+                         .factor = 8.0,
+                         .low_freq_factor = 1.0,
+                         .high_freq_factor = 4.0,
                          .original_max_position = 1024};
     CHECK(kv_rope_inv_freq(f, 8, &l3, &err) == 0, "%s", err.msg);
     CHECK_NEAR(f[0], 1.0, 1e-15, "llama3 f0");
@@ -128,16 +134,20 @@ static void test_rope_freq(void) {
     /* Llama 3.1 settings, hd = 128, theta 500000, factor 8, low 1, high 4, original 8192:
      * base f_i = 500000^(-i/64); wavelength in [2048, 8192] <=> i in 29..34 (by hand:
      * ln f = -0.20503 i; 2 pi/8192 = e^-7.173, 2 pi/2048 = e^-5.787). */
-    kv_rope_config l31 = {.theta = 500000.0, .scaling = KV_ROPE_LLAMA3, .factor = 8.0,
-                          .low_freq_factor = 1.0, .high_freq_factor = 4.0,
+    kv_rope_config l31 = {.theta = 500000.0,
+                          .scaling = KV_ROPE_LLAMA3,
+                          .factor = 8.0,
+                          .low_freq_factor = 1.0,
+                          .high_freq_factor = 4.0,
                           .original_max_position = 8192};
     CHECK(kv_rope_inv_freq(f, 128, &l31, &err) == 0, "%s", err.msg);
     for (int i = 0; i < 64; i++) {
         double base = pow(500000.0, -i / 64.0);
         if (i <= 28) CHECK_NEAR(f[i], base, 1e-14 * base, "llama3.1 high frequency unchanged");
         else if (i >= 35) CHECK_NEAR(f[i], base / 8, 1e-14 * base, "llama3.1 low frequency / 8");
-        else CHECK(f[i] > base / 8 * (1 + 1e-9) && f[i] < base * (1 - 1e-9),
-                   "llama3.1 f[%d] = %g not strictly between %g and %g", i, f[i], base / 8, base);
+        else
+            CHECK(f[i] > base / 8 * (1 + 1e-9) && f[i] < base * (1 - 1e-9),
+                  "llama3.1 f[%d] = %g not strictly between %g and %g", i, f[i], base / 8, base);
     }
 
     CHECK(kv_rope_inv_freq(f, 7, &plain, &err) == KV_EINVAL, "odd head_dim accepted");
@@ -242,8 +252,10 @@ static void test_losses(void) {
     double want = 0;
     for (int t = 0; t < T; t++) {
         double ms = -INFINITY, mt = -INFINITY, zs = 0, zt = 0;
-        for (int i = 0; i < V; i++) ms = fmax(ms, s[t * V + i] / temp), mt = fmax(mt, te[t * V + i] / temp);
-        for (int i = 0; i < V; i++) zs += exp(s[t * V + i] / temp - ms), zt += exp(te[t * V + i] / temp - mt);
+        for (int i = 0; i < V; i++)
+            ms = fmax(ms, s[t * V + i] / temp), mt = fmax(mt, te[t * V + i] / temp);
+        for (int i = 0; i < V; i++)
+            zs += exp(s[t * V + i] / temp - ms), zt += exp(te[t * V + i] / temp - mt);
         for (int i = 0; i < V; i++) {
             double p = exp(te[t * V + i] / temp - mt) / zt, q = exp(s[t * V + i] / temp - ms) / zs;
             want += temp * temp * p * log(p / q);
@@ -257,7 +269,8 @@ static void test_losses(void) {
     /* a constant shift of the student changes nothing */
     float shifted[T * V];
     for (int i = 0; i < T * V; i++) shifted[i] = te[i] + 3.0f;
-    CHECK_NEAR(kv_distill_kl(NULL, shifted, te, T, V, 2.0f, 1.0f), 0.0, 1e-10, "KL shift-invariant");
+    CHECK_NEAR(kv_distill_kl(NULL, shifted, te, T, V, 2.0f, 1.0f), 0.0, 1e-10,
+               "KL shift-invariant");
 
     double mse = 0;
     for (int i = 0; i < T * V; i++) mse += ((double)s[i] - te[i]) * ((double)s[i] - te[i]);

@@ -72,22 +72,22 @@ static void check_case(int T, int pos0, int S, int nh, int nkv, int hd, kv_attn_
     attention_ref(ref, q, k, v, T, pos0, S, nh, nkv, hd, mask);
     CHECK(kv_attention(out, q, k, v, T, pos0, S, nh, nkv, hd, mask) == 0, "attention rc");
     double w = worst(out, ref, (size_t)T * nh * hd, 2e-6, 2e-5);
-    CHECK(w <= 1, "attention T=%d pos0=%d S=%d nh=%d nkv=%d hd=%d mask=%d qscale=%g: %.3g x tol",
-          T, pos0, S, nh, nkv, hd, (int)mask, qscale, w);
+    CHECK(w <= 1, "attention T=%d pos0=%d S=%d nh=%d nkv=%d hd=%d mask=%d qscale=%g: %.3g x tol", T,
+          pos0, S, nh, nkv, hd, (int)mask, qscale, w);
     free(q), free(k), free(v), free(out), free(ref);
 }
 
 static void test_reference(void) {
     for (int mask = 0; mask < 2; mask++) {
-        check_case(1, 0, 1, 4, 2, 8, mask, 1.0f);       /* first decode step */
-        check_case(1, 9, 10, 4, 2, 8, mask, 1.0f);      /* decode */
-        check_case(6, 0, 6, 4, 4, 8, mask, 1.0f);       /* prefill, MHA */
-        check_case(5, 3, 8, 8, 2, 16, mask, 1.0f);      /* prefill after a cached prefix */
+        check_case(1, 0, 1, 4, 2, 8, mask, 1.0f); /* first decode step */
+        check_case(1, 9, 10, 4, 2, 8, mask, 1.0f); /* decode */
+        check_case(6, 0, 6, 4, 4, 8, mask, 1.0f); /* prefill, MHA */
+        check_case(5, 3, 8, 8, 2, 16, mask, 1.0f); /* prefill after a cached prefix */
         check_case(37, 100, 137, 6, 3, 12, mask, 2.0f); /* spans key blocks, odd hd */
-        check_case(70, 0, 70, 2, 1, 32, mask, 1.0f);    /* spans query blocks, MQA */
-        check_case(3, 0, 3, 2, 2, 4, mask, 300.0f);     /* huge logits: stable softmax */
-        check_case(5, 2, 7, 32, 1, 8, mask, 1.0f);      /* group wider than a work item */
-        check_case(21, 0, 21, 12, 4, 8, mask, 1.0f);    /* group 3: rows not a power of 2 */
+        check_case(70, 0, 70, 2, 1, 32, mask, 1.0f); /* spans query blocks, MQA */
+        check_case(3, 0, 3, 2, 2, 4, mask, 300.0f); /* huge logits: stable softmax */
+        check_case(5, 2, 7, 32, 1, 8, mask, 1.0f); /* group wider than a work item */
+        check_case(21, 0, 21, 12, 4, 8, mask, 1.0f); /* group 3: rows not a power of 2 */
     }
     /* strict mask only needs positions < p: a cache one row short is enough */
     check_case(4, 2, 5, 4, 2, 8, KV_MASK_STRICT, 1.0f);
@@ -132,7 +132,8 @@ static void test_masks(void) {
 /* query heads 0,1 read kv head 0; heads 2,3 read kv head 1 (nh=4, nkv=2) */
 static void test_gqa_grouping(void) {
     enum { T = 3, NH = 4, NKV = 2, HD = 8, N = T * NH * HD };
-    float *q = rand_buf(N, 1.0f), *k = rand_buf(T * NKV * HD, 1.0f), *v = rand_buf(T * NKV * HD, 1.0f);
+    float *q = rand_buf(N, 1.0f), *k = rand_buf(T * NKV * HD, 1.0f),
+          *v = rand_buf(T * NKV * HD, 1.0f);
     float a[N], b[N];
     kv_attention(a, q, k, v, T, 0, T, NH, NKV, HD, KV_MASK_CAUSAL);
     for (int s = 0; s < T; s++)
@@ -155,7 +156,8 @@ static void test_gqa_grouping(void) {
  * thread count does not change a bit */
 static void test_prefill_decode_threads(void) {
     enum { T = 150, NH = 4, NKV = 2, HD = 16, W = NH * HD };
-    float *q = rand_buf(T * W, 1.0f), *k = rand_buf(T * NKV * HD, 1.0f), *v = rand_buf(T * NKV * HD, 1.0f);
+    float *q = rand_buf(T * W, 1.0f), *k = rand_buf(T * NKV * HD, 1.0f),
+          *v = rand_buf(T * NKV * HD, 1.0f);
     float *pre = malloc(sizeof(float) * T * W), *dec = malloc(sizeof(float) * T * W);
     float *one = malloc(sizeof(float) * T * W);
     for (int mask = 0; mask < 2; mask++) {
@@ -182,15 +184,16 @@ static void test_prefill_decode_threads(void) {
  * and rows widened as read); prefill == decode */
 static void test_bf16_cache(void) {
     const int shapes[][5] = {/* T, pos0, nh, nkv, hd */
-                             {1, 0, 4, 4, 8}, {70, 0, 8, 2, 16}, {1, 129, 8, 1, 64},
-                             {33, 100, 4, 1, 32}, {130, 0, 16, 2, 8},
-                             {3, 50, 4, 4, 16}, {1, 70, 4, 2, 16}}; /* the last two: < 4 rows per
+                             {1, 0, 4, 4, 8},     {70, 0, 8, 2, 16},  {1, 129, 8, 1, 64},
+                             {33, 100, 4, 1, 32}, {130, 0, 16, 2, 8}, {3, 50, 4, 4, 16},
+                             {1, 70, 4, 2, 16}}; /* the last two: < 4 rows per
                                                                        item, widened as read */
     for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
         const int T = shapes[c][0], pos0 = shapes[c][1], nh = shapes[c][2], nkv = shapes[c][3],
                   hd = shapes[c][4], S = pos0 + T, W = nh * hd;
         const size_t n_kv = (size_t)S * nkv * hd;
-        float *q = rand_buf((size_t)T * W, 2.0f), *k = rand_buf(n_kv, 2.0f), *v = rand_buf(n_kv, 1.0f);
+        float *q = rand_buf((size_t)T * W, 2.0f), *k = rand_buf(n_kv, 2.0f),
+              *v = rand_buf(n_kv, 1.0f);
         uint16_t *k16 = malloc(sizeof *k16 * n_kv), *v16 = malloc(sizeof *v16 * n_kv);
         for (size_t i = 0; i < n_kv; i++) { /* truncate to BF16; k, v keep the widened values */
             uint32_t bk, bv;
@@ -204,13 +207,15 @@ static void test_bf16_cache(void) {
             kv_kernels_set_threads(1 + (int)c % 3);
             kv_attention(want, q, k, v, T, pos0, S, nh, nkv, hd, mask);
             memset(got, 0xff, sizeof(float) * T * W);
-            CHECK(kv_attention_bf16(got, q, k16, v16, T, pos0, S, nh, nkv, hd, mask) == 0, "bf16 rc");
+            CHECK(kv_attention_bf16(got, q, k16, v16, T, pos0, S, nh, nkv, hd, mask) == 0,
+                  "bf16 rc");
             CHECK(memcmp(want, got, sizeof(float) * T * W) == 0,
                   "shape %zu mask %d: BF16 cache != F32 kernel on the same values", c, mask);
             for (int t = 0; t < T; t++) /* decode steps over the BF16 cache */
                 kv_attention_bf16(got + (size_t)t * W, q + (size_t)t * W, k16, v16, 1, pos0 + t,
                                   pos0 + t + 1, nh, nkv, hd, mask);
-            CHECK(memcmp(want, got, sizeof(float) * T * W) == 0, "shape %zu mask %d: BF16 prefill != decode", c, mask);
+            CHECK(memcmp(want, got, sizeof(float) * T * W) == 0,
+                  "shape %zu mask %d: BF16 prefill != decode", c, mask);
         }
         free(q), free(k), free(v), free(k16), free(v16), free(want), free(got);
     }

@@ -60,9 +60,11 @@ static void check_grad(const char *what, double *param, size_t n, const float *g
         if (!(e <= err)) err = e, worst_i = i;
     }
     CHECK(scale > 1e-3, "%s: finite differences all ~0 (%g): the case tests nothing", what, scale);
-    CHECK(err <= rtol * scale, "%s: element %zu: kernel %.9g vs finite difference %.9g "
-          "(max error %.3g, scale %.3g)", what, worst_i,
-          (double)grad[worst_i] - (base ? base[worst_i] : 0.0), fd[worst_i], err, scale);
+    CHECK(err <= rtol * scale,
+          "%s: element %zu: kernel %.9g vs finite difference %.9g "
+          "(max error %.3g, scale %.3g)",
+          what, worst_i, (double)grad[worst_i] - (base ? base[worst_i] : 0.0), fd[worst_i], err,
+          scale);
     free(fd);
 }
 
@@ -92,11 +94,17 @@ static double mm_loss(void *p) {
 
 static void test_matmul_grad(int T, int n_in, int n_out) {
     const size_t nx = (size_t)T * n_in, nw = (size_t)n_out * n_in, ny = (size_t)T * n_out;
-    float *x = rand_buf(nx, 1), *W = rand_buf(nw, 1), *b = rand_buf(n_out, 1), *dout = rand_buf(ny, 1);
+    float *x = rand_buf(nx, 1), *W = rand_buf(nw, 1), *b = rand_buf(n_out, 1),
+          *dout = rand_buf(ny, 1);
     float *dx = rand_buf(nx, 1), *dW = rand_buf(nw, 1), *db = rand_buf(n_out, 1);
     float *dx0 = copy_f(dx, nx), *dW0 = copy_f(dW, nw), *db0 = copy_f(db, n_out);
     kv_matmul_backward(dx, dW, db, dout, x, W, T, n_in, n_out);
-    mm_ctx c = {T, n_in, n_out, to_double(x, nx), to_double(W, nw), to_double(b, n_out),
+    mm_ctx c = {T,
+                n_in,
+                n_out,
+                to_double(x, nx),
+                to_double(W, nw),
+                to_double(b, n_out),
                 to_double(dout, ny)};
     double *dx0d = to_double(dx0, nx), *dW0d = to_double(dW0, nw), *db0d = to_double(db0, n_out);
     check_grad(T == 1 ? "matmul dx (T=1)" : "matmul dx", c.x, nx, dx, dx0d, mm_loss, &c, 1e-5);
@@ -158,7 +166,8 @@ static double rope_loss(void *p) {
         for (int h = 0; h < c->NH; h++)
             for (int i = 0; i < half; i++) {
                 const size_t o = ((size_t)t * c->NH + h) * c->HD;
-                double cs = c->tab->cos[c->pos[t] * half + i], sn = c->tab->sin[c->pos[t] * half + i];
+                double cs = c->tab->cos[c->pos[t] * half + i],
+                       sn = c->tab->sin[c->pos[t] * half + i];
                 double a = c->x[o + i], b = c->x[o + i + half];
                 L += c->dout[o + i] * (a * cs - b * sn) + c->dout[o + i + half] * (b * cs + a * sn);
             }
@@ -205,20 +214,32 @@ static double at_loss(void *p) {
             }
             for (int s = 0; s < n; s++) z += (w[s] = exp(w[s] - m));
             for (int s = 0; s < n; s++)
-                L += w[s] / z * dot_d(c->dout + (t * c->nh + h) * hd, c->v + (s * c->nkv + g) * hd, hd);
+                L += w[s] / z *
+                     dot_d(c->dout + (t * c->nh + h) * hd, c->v + (s * c->nkv + g) * hd, hd);
         }
     return L;
 }
 
-static void test_attention_grad(int T, int pos0, int S, int nh, int nkv, int hd, kv_attn_mask mask) {
+static void test_attention_grad(int T, int pos0, int S, int nh, int nkv, int hd,
+                                kv_attn_mask mask) {
     const size_t nq = (size_t)T * nh * hd, nk = (size_t)S * nkv * hd;
-    float *q = rand_buf(nq, 1.5f), *k = rand_buf(nk, 1.5f), *v = rand_buf(nk, 1), *dout = rand_buf(nq, 1);
+    float *q = rand_buf(nq, 1.5f), *k = rand_buf(nk, 1.5f), *v = rand_buf(nk, 1),
+          *dout = rand_buf(nq, 1);
     float *dq = rand_buf(nq, 1), *dk = rand_buf(nk, 1), *dv = rand_buf(nk, 1);
     double *dq0 = to_double(dq, nq), *dk0 = to_double(dk, nk), *dv0 = to_double(dv, nk);
     CHECK(kv_attention_backward(dq, dk, dv, dout, q, k, v, T, pos0, S, nh, nkv, hd, mask) == 0,
           "attention backward rc");
-    at_ctx c = {T, pos0, S, nh, nkv, hd, mask, to_double(q, nq), to_double(k, nk),
-                to_double(v, nk), to_double(dout, nq)};
+    at_ctx c = {T,
+                pos0,
+                S,
+                nh,
+                nkv,
+                hd,
+                mask,
+                to_double(q, nq),
+                to_double(k, nk),
+                to_double(v, nk),
+                to_double(dout, nq)};
     char what[96];
     snprintf(what, sizeof what, "attention dq (T=%d pos0=%d S=%d %s)", T, pos0, S,
              mask ? "strict" : "causal");
@@ -345,7 +366,8 @@ static void test_ce_grad(void) {
             untouched &= g[k] == (float)g0[k];
         }
     CHECK(untouched, "next-token CE: the last position of a sequence got a gradient");
-    CHECK_NEAR(kv_next_token_ce(NULL, z, tok, B, 1, V, 1.0f), 0.0, 0, "next-token CE, T = 1: nothing scored");
+    CHECK_NEAR(kv_next_token_ce(NULL, z, tok, B, 1, V, 1.0f), 0.0, 0,
+               "next-token CE, T = 1: nothing scored");
     free(z), free(g), free(g0), free(c.z);
 }
 
@@ -391,7 +413,8 @@ static void rope_d(double *x, int T, int nh, const chain_ctx *c) {
         for (int h = 0; h < nh; h++)
             for (int i = 0; i < half; i++) {
                 double *a = x + (t * nh + h) * CHD;
-                double cs = c->tab->cos[c->pos[t] * half + i], sn = c->tab->sin[c->pos[t] * half + i];
+                double cs = c->tab->cos[c->pos[t] * half + i],
+                       sn = c->tab->sin[c->pos[t] * half + i];
                 double x0 = a[i], x1 = a[i + half];
                 a[i] = x0 * cs - x1 * sn;
                 a[i + half] = x1 * cs + x0 * sn;
@@ -464,14 +487,22 @@ static void test_chain(kv_attn_mask mask) {
     kv_matmul_backward(dxn, dWv, NULL, dv, xn, Wv, CT, CH, NK);
     kv_rmsnorm_backward(dx, dnw, dxn, x, nw, CT, CH, 1e-5f);
 
-    chain_ctx c = {to_double(x, CT * CH), to_double(nw, CH), to_double(Wq, NQ * CH),
-                   to_double(Wk, NK * CH), to_double(Wv, NK * CH), to_double(Wo, CH * NQ),
-                   to_double(dout, CT * CH), &tab, pos, mask};
+    chain_ctx c = {to_double(x, CT * CH),
+                   to_double(nw, CH),
+                   to_double(Wq, NQ * CH),
+                   to_double(Wk, NK * CH),
+                   to_double(Wv, NK * CH),
+                   to_double(Wo, CH * NQ),
+                   to_double(dout, CT * CH),
+                   &tab,
+                   pos,
+                   mask};
     double yd = 0;
     for (int i = 0; i < CT * CH; i++) yd += (double)y[i] * dout[i];
     CHECK_NEAR(yd, chain_loss(&c), 1e-4 * (1 + fabs(yd)), "chain forward: kernels vs double");
     const double tol = 5e-5;
-    check_grad(mask ? "chain dx (strict)" : "chain dx", c.x, CT * CH, dx, NULL, chain_loss, &c, tol);
+    check_grad(mask ? "chain dx (strict)" : "chain dx", c.x, CT * CH, dx, NULL, chain_loss, &c,
+               tol);
     check_grad("chain d norm weight", c.nw, CH, dnw, NULL, chain_loss, &c, tol);
     check_grad("chain dWq", c.Wq, NQ * CH, dWq, NULL, chain_loss, &c, tol);
     check_grad("chain dWk", c.Wk, NK * CH, dWk, NULL, chain_loss, &c, tol);
@@ -479,8 +510,8 @@ static void test_chain(kv_attn_mask mask) {
     check_grad("chain dWo", c.Wo, CH * NQ, dWo, NULL, chain_loss, &c, tol);
     kv_rope_table_free(&tab);
     free(x), free(nw), free(Wq), free(Wk), free(Wv), free(Wo), free(dout), free(dWq), free(dWk),
-        free(dWv), free(dWo), free(c.x), free(c.nw), free(c.Wq), free(c.Wk), free(c.Wv),
-        free(c.Wo), free(c.dout);
+        free(dWv), free(dWo), free(c.x), free(c.nw), free(c.Wq), free(c.Wk), free(c.Wv), free(c.Wo),
+        free(c.dout);
 }
 
 int main(void) {
@@ -490,9 +521,9 @@ int main(void) {
     test_rmsnorm_grad();
     test_rope_grad();
     for (int mask = 0; mask < 2; mask++) {
-        test_attention_grad(5, 0, 5, 4, 2, 4, mask);  /* prefill, GQA */
-        test_attention_grad(3, 4, 7, 2, 1, 8, mask);  /* after a cached prefix, MQA */
-        test_attention_grad(1, 6, 7, 3, 3, 4, mask);  /* decode, MHA */
+        test_attention_grad(5, 0, 5, 4, 2, 4, mask); /* prefill, GQA */
+        test_attention_grad(3, 4, 7, 2, 1, 8, mask); /* after a cached prefix, MQA */
+        test_attention_grad(1, 6, 7, 3, 3, 4, mask); /* decode, MHA */
     }
     test_attention_grad(2, 3, 4, 4, 2, 4, KV_MASK_STRICT); /* cache one short: strict needs < p */
     test_swiglu_grad();

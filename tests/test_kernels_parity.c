@@ -40,8 +40,8 @@ static int attention_backward_overwrites(kv_backend *b, float *dq, float *dk, fl
                                          const float *v, int T, int pos0, int S, int nh, int nkv,
                                          int hd, kv_attn_mask mask, kv_error *err) {
     if (dv) memset(dv, 0, sizeof(float) * (size_t)S * nkv * hd);
-    return cpu_ops->attention_backward(b, dq, dk, dv, dout, q, k, v, T, pos0, S, nh, nkv, hd,
-                                       mask, err);
+    return cpu_ops->attention_backward(b, dq, dk, dv, dout, q, k, v, T, pos0, S, nh, nkv, hd, mask,
+                                       err);
 }
 
 static int rmsnorm_refuses(kv_backend *b, float *out, const float *x, const float *w, int T,
@@ -51,8 +51,8 @@ static int rmsnorm_refuses(kv_backend *b, float *out, const float *x, const floa
 }
 
 /* copies the rows of valid ids and never refuses */
-static int embedding_accepts_all(kv_backend *b, float *out, const float *table, int vocab,
-                                 int dim, const int32_t *ids, int T, kv_error *err) {
+static int embedding_accepts_all(kv_backend *b, float *out, const float *table, int vocab, int dim,
+                                 const int32_t *ids, int T, kv_error *err) {
     (void)b, (void)err;
     for (int t = 0; t < T; t++)
         if (ids[t] >= 0 && ids[t] < vocab)
@@ -95,7 +95,8 @@ int main(void) {
     int att = -1, named = 0;
     for (int i = 0; i < kv_parity_n_ops(); i++)
         if (strcmp(kv_parity_op_name(i), "attention") == 0) att = i;
-    for (int c = 0; c < kv_parity_n_cases(); c++) named += strcmp(kv_parity_case_ops(c), "attention") == 0;
+    for (int c = 0; c < kv_parity_n_cases(); c++)
+        named += strcmp(kv_parity_case_ops(c), "attention") == 0;
     CHECK(att >= 0 && kv_parity_op_cases(att) == named, "attention: %d cases named", named);
     CHECK(kv_parity_n_cases() > 16, "%d cases", kv_parity_n_cases());
     CHECK(kv_parity_case_name(kv_parity_n_cases()) == NULL, "past the end");
@@ -131,8 +132,8 @@ int main(void) {
     for (int i = 0; i < rep.n; i++) compared += rep.r[i].n;
     CHECK(compared > 1000000, "%zu elements compared", compared);
     printf("parity table: %d cases, %d results, %zu elements, %s vs %s: bit for bit but %d "
-           "OpenBLAS results\n", rep.cases, rep.n, compared, rep.device, rep.reference,
-           blas_differ);
+           "OpenBLAS results\n",
+           rep.cases, rep.n, compared, rep.device, rep.reference, blas_differ);
     kv_parity_report_free(&rep);
 
     /* the same at one thread on both sides: every result bit for bit, OpenBLAS included */
@@ -154,7 +155,8 @@ int main(void) {
     rc = kv_parity_run(&rep, &dev, &ref, &conv, &err);
     CHECK(rc == 0 && rep.cases >= 6 && rep.cases < kv_parity_n_cases(), "rc %d, %d cases", rc,
           rep.cases);
-    for (int i = 0; i < rep.n; i++) CHECK(strncmp(rep.r[i].name, "convert", 7) == 0, "%s", rep.r[i].name);
+    for (int i = 0; i < rep.n; i++)
+        CHECK(strncmp(rep.r[i].name, "convert", 7) == 0, "%s", rep.r[i].name);
     kv_parity_report_free(&rep);
 
     /* broken backends are caught, and only where they are broken */

@@ -30,8 +30,7 @@ static void expect_map(const char *spec, int L, const int *want, const char *wan
     CHECK(kvmap_n_slots(&map) == slots, "%s: %d slots, want %d", spec, kvmap_n_slots(&map), slots);
     /* the canonical name parses back to the same map */
     kv_map again;
-    CHECK(kvmap_parse(&again, map.name, L, &err) == 0 &&
-              same_array(again.kv_layer_of, want, L),
+    CHECK(kvmap_parse(&again, map.name, L, &err) == 0 && same_array(again.kv_layer_of, want, L),
           "%s: name '%s' does not parse back: %s", spec, map.name, err.msg);
 }
 
@@ -47,8 +46,8 @@ static void expect_swiftkv_refused(int L, int l, int g, const char *needle) {
     kv_error err = {0};
     int rc = kvmap_swiftkv(&map, L, l, g, &err);
     CHECK(rc == KV_EINVAL, "swiftkv L=%d l=%d g=%d accepted", L, l, g);
-    CHECK(strstr(err.msg, needle) != NULL, "swiftkv L=%d l=%d g=%d: message '%s' lacks '%s'", L,
-          l, g, err.msg, needle);
+    CHECK(strstr(err.msg, needle) != NULL, "swiftkv L=%d l=%d g=%d: message '%s' lacks '%s'", L, l,
+          g, err.msg, needle);
 }
 
 static void test_l12_l6(void) {
@@ -78,23 +77,23 @@ static void test_l12_l6(void) {
 static void test_l22_l11(void) {
     /* pizza: 0..9 KV, group [10,21], middle 15. sandwich: b=5 t=5, group [5,16], middle 10.
      * lasagna: 11 groups of 2. */
-    static const int pizza_bottom[22] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+    static const int pizza_bottom[22] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10,
                                          10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10};
-    static const int pizza_top[22] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 21,
+    static const int pizza_top[22] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  21,
                                       21, 21, 21, 21, 21, 21, 21, 21, 21, 21, 21};
-    static const int pizza_middle[22] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 15,
+    static const int pizza_middle[22] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  15,
                                          15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15};
-    static const int sandwich_bottom[22] = {0, 1, 2, 3, 4, 5, 5, 5, 5, 5, 5,
+    static const int sandwich_bottom[22] = {0, 1, 2, 3, 4, 5, 5,  5,  5,  5,  5,
                                             5, 5, 5, 5, 5, 5, 17, 18, 19, 20, 21};
-    static const int sandwich_top[22] = {0, 1, 2, 3, 4, 16, 16, 16, 16, 16, 16,
+    static const int sandwich_top[22] = {0,  1,  2,  3,  4,  16, 16, 16, 16, 16, 16,
                                          16, 16, 16, 16, 16, 16, 17, 18, 19, 20, 21};
-    static const int sandwich_middle[22] = {0, 1, 2, 3, 4, 10, 10, 10, 10, 10, 10,
+    static const int sandwich_middle[22] = {0,  1,  2,  3,  4,  10, 10, 10, 10, 10, 10,
                                             10, 10, 10, 10, 10, 10, 17, 18, 19, 20, 21};
-    static const int lasagna_bottom[22] = {0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10,
+    static const int lasagna_bottom[22] = {0,  0,  2,  2,  4,  4,  6,  6,  8,  8,  10,
                                            10, 12, 12, 14, 14, 16, 16, 18, 18, 20, 20};
-    static const int lasagna_top[22] = {1, 1, 3, 3, 5, 5, 7, 7, 9, 9, 11,
+    static const int lasagna_top[22] = {1,  1,  3,  3,  5,  5,  7,  7,  9,  9,  11,
                                         11, 13, 13, 15, 15, 17, 17, 19, 19, 21, 21};
-    static const int lasagna_middle[22] = {0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10,
+    static const int lasagna_middle[22] = {0,  0,  2,  2,  4,  4,  6,  6,  8,  8,  10,
                                            10, 12, 12, 14, 14, 16, 16, 18, 18, 20, 20};
     expect_map("pizza-bottom:11", 22, pizza_bottom, "pizza-bottom:11");
     expect_map("pizza-top:11", 22, pizza_top, "pizza-top:11");
@@ -146,7 +145,7 @@ static void test_presets(void) {
     static const int yoco2[2] = {0, 1};
     /* LCKV w=2: sandwich-top l=3: b=1 t=1, group [1, L-2]; METHODS' 0_20_20_..._20_21 at L=22 */
     static const int lckv2_12[12] = {0, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 11};
-    static const int lckv2_22[22] = {0, 20, 20, 20, 20, 20, 20, 20, 20, 20, 20,
+    static const int lckv2_22[22] = {0,  20, 20, 20, 20, 20, 20, 20, 20, 20, 20,
                                      20, 20, 20, 20, 20, 20, 20, 20, 20, 20, 21};
     static const int lckv0_12[12] = {11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11};
     static const int lckv1_12[12] = {0, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11};
@@ -317,19 +316,19 @@ static void test_swiftkv(void) {
     CHECK(kvmap_cache_bytes_per_token(&map, 8, 128, 2) == 81920, "swiftkv cache bytes");
 
     /* spec forms */
-    CHECK(kvmap_parse_swiftkv(&map, "16,4", 32, &err) == 0 && kvmap_n_slots(&map) == 20,
-          "16,4: %s", err.msg);
+    CHECK(kvmap_parse_swiftkv(&map, "16,4", 32, &err) == 0 && kvmap_n_slots(&map) == 20, "16,4: %s",
+          err.msg);
     CHECK(kvmap_parse_swiftkv(&map, "16", 32, &err) == 0 && map.swiftkv_g == 1 &&
               kvmap_n_slots(&map) == 32 && !strcmp(map.name, "swiftkv:16,1"),
           "16 -> g=1: %s", err.msg);
     CHECK_NEAR(kvmap_cache_saving(&map), 0.0, 0, "g=1 saves no cache");
     static const int s12[12] = {0, 1, 2, 3, 4, 5, 6, 6, 6, 9, 9, 9};
-    CHECK(kvmap_parse(&map, "swiftkv:6,3", 12, &err) == 0 && same_array(map.kv_layer_of, s12, 12)
-              && kvmap_n_slots(&map) == 8,
+    CHECK(kvmap_parse(&map, "swiftkv:6,3", 12, &err) == 0 && same_array(map.kv_layer_of, s12, 12) &&
+              kvmap_n_slots(&map) == 8,
           "swiftkv:6,3 via kvmap_parse: %s", err.msg);
     static const int s3[12] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
-    CHECK(kvmap_parse(&map, "swiftkv:3,1", 12, &err) == 0 && same_array(map.kv_layer_of, s3, 12)
-              && map.kind == KVMAP_SWIFTKV,
+    CHECK(kvmap_parse(&map, "swiftkv:3,1", 12, &err) == 0 && same_array(map.kv_layer_of, s3, 12) &&
+              map.kind == KVMAP_SWIFTKV,
           "swiftkv:3,1: %s", err.msg);
     CHECK(kvmap_swiftkv(&map, 2, 1, 1, &err) == 0, "smallest swiftkv: %s", err.msg);
 }
@@ -433,14 +432,17 @@ static void test_from_config(void) {
               map.kind == KVMAP_CROSS && same_array(map.kv_layer_of, lb, 12) &&
               !strcmp(map.name, "0_0_2_2_4_4_6_6_8_8_10_10"),
           "layer_types: %s (name %s)", err.msg, map.name);
-    CHECK(from_config("{\"layer_types\": [0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10]}", 12, 0, &err) == 0 &&
+    CHECK(from_config("{\"layer_types\": [0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10]}", 12, 0, &err) ==
+                  0 &&
               map.kind == KVMAP_CROSS && same_array(map.kv_layer_of, lb, 12),
           "layer_types list: %s", err.msg);
     /* layer 3 -> 1, which reads 0 */
-    CHECK(from_config("{\"layer_types\": \"0_0_2_1_4_4_6_6_8_8_10_10\"}", 12, 0, &err) == KV_EFORMAT &&
+    CHECK(from_config("{\"layer_types\": \"0_0_2_1_4_4_6_6_8_8_10_10\"}", 12, 0, &err) ==
+                  KV_EFORMAT &&
               strstr(err.msg, "config.json") && strstr(err.msg, "not a KV layer"),
           "bad layer_types: %s", err.msg);
-    CHECK(from_config("{\"layer_types\": \"0_0_2_40_4_4_6_6_8_8_10_10\"}", 12, 0, &err) == KV_EFORMAT &&
+    CHECK(from_config("{\"layer_types\": \"0_0_2_40_4_4_6_6_8_8_10_10\"}", 12, 0, &err) ==
+                  KV_EFORMAT &&
               strstr(err.msg, "outside 0..11"),
           "layer_types out of range: %s", err.msg);
 
@@ -450,21 +452,25 @@ static void test_from_config(void) {
               strstr(err.msg, "both"),
           "swiftkv + layer_types accepted: %s", err.msg);
     static const int s12[12] = {0, 1, 2, 3, 4, 5, 6, 6, 6, 9, 9, 9};
-    CHECK(from_config("{\"swiftkv\": true, \"num_key_value_layers\": 6, \"key_value_group_size\": 3}",
-                      12, 0, &err) == 0 &&
-              map.kind == KVMAP_SWIFTKV && same_array(map.kv_layer_of, s12, 12),
-          "swiftkv config: %s", err.msg);
-    CHECK(from_config("{\"num_key_value_layers\": 6, \"key_value_group_size\": 3}", 12, 1, &err) == 0 &&
+    CHECK(
+        from_config("{\"swiftkv\": true, \"num_key_value_layers\": 6, \"key_value_group_size\": 3}",
+                    12, 0, &err) == 0 &&
+            map.kind == KVMAP_SWIFTKV && same_array(map.kv_layer_of, s12, 12),
+        "swiftkv config: %s", err.msg);
+    CHECK(from_config("{\"num_key_value_layers\": 6, \"key_value_group_size\": 3}", 12, 1, &err) ==
+                  0 &&
               map.kind == KVMAP_SWIFTKV && same_array(map.kv_layer_of, s12, 12),
           "swiftkv implied by the architecture: %s", err.msg);
     CHECK(from_config("{\"swiftkv\": true, \"num_key_value_layers\": 6}", 12, 0, &err) == 0 &&
               map.swiftkv_g == 1,
           "absent group -> 1: %s", err.msg);
-    CHECK(from_config("{\"swiftkv\": true, \"num_key_value_layers\": 6, \"key_value_group_size\": 4}",
-                      12, 0, &err) == KV_EFORMAT &&
-              strstr(err.msg, "config.json") && strstr(err.msg, "'key_value_group_size' (4)"),
-          "swiftkv 12/6/4: %s", err.msg);
-    CHECK(from_config("{\"swiftkv\": true, \"num_key_value_layers\": 12}", 12, 0, &err) == KV_EFORMAT,
+    CHECK(
+        from_config("{\"swiftkv\": true, \"num_key_value_layers\": 6, \"key_value_group_size\": 4}",
+                    12, 0, &err) == KV_EFORMAT &&
+            strstr(err.msg, "config.json") && strstr(err.msg, "'key_value_group_size' (4)"),
+        "swiftkv 12/6/4: %s", err.msg);
+    CHECK(from_config("{\"swiftkv\": true, \"num_key_value_layers\": 12}", 12, 0, &err) ==
+              KV_EFORMAT,
           "swiftkv l = L accepted");
     CHECK(from_config("{}", 0, 0, &err) == KV_EFORMAT && strstr(err.msg, "num_hidden_layers"),
           "0 layers: %s", err.msg);

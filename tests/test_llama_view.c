@@ -17,7 +17,7 @@
 #include "formats/kvmap.h"
 #include "tests/check.h"
 
-#define SRC SHARED_DIR "/models/stories260K"
+#define SRC            SHARED_DIR "/models/stories260K"
 #define STORIES_PARAMS 260032 /* 1,040,128 F32 data bytes / 4 */
 
 static char tmp[64];
@@ -59,7 +59,8 @@ static int write_variant(const char *dir, const char *config, const char *const 
         data[n++] = t->data;
     }
     for (int e = 0; e < n_edits; e++) {
-        specs[n] = (st_spec){.name = edits[e].name, .dtype = edits[e].dtype, .n_dims = edits[e].n_dims};
+        specs[n] =
+            (st_spec){.name = edits[e].name, .dtype = edits[e].dtype, .n_dims = edits[e].n_dims};
         specs[n].shape[0] = edits[e].shape[0];
         specs[n].shape[1] = edits[e].shape[1];
         owned[n] = calloc(st_spec_bytes(&specs[n]) + 1, 1);
@@ -162,8 +163,10 @@ static void test_stories(void) {
     CHECK(v->norm_swiftkv == NULL, "no swiftkv norm");
     for (int i = 0; i < 5; i++) {
         const llama_layer_view *L = &v->layers[i];
-        CHECK(L->input_norm == find(m, "model.layers.%d.input_layernorm.weight", i), "in norm %d", i);
-        CHECK(L->post_norm == find(m, "model.layers.%d.post_attention_layernorm.weight", i), "post %d", i);
+        CHECK(L->input_norm == find(m, "model.layers.%d.input_layernorm.weight", i), "in norm %d",
+              i);
+        CHECK(L->post_norm == find(m, "model.layers.%d.post_attention_layernorm.weight", i),
+              "post %d", i);
         CHECK(L->q == find(m, "model.layers.%d.self_attn.q_proj.weight", i), "q %d", i);
         CHECK(L->k == find(m, "model.layers.%d.self_attn.k_proj.weight", i), "k %d", i);
         CHECK(L->v == find(m, "model.layers.%d.self_attn.v_proj.weight", i), "v %d", i);
@@ -186,7 +189,8 @@ static void test_stories(void) {
     CHECK(mi.n_params == STORIES_PARAMS && mi.n_params_config == STORIES_PARAMS, "info params");
     CHECK(mi.kv_slots == 5 && mi.kv_bytes_per_token == 1280 && mi.kv_bytes_per_token_full == 1280,
           "kv bytes %zu", mi.kv_bytes_per_token);
-    CHECK(mi.kv_kind == MODEL_KV_IDENTITY && strcmp(mi.kv_map, "0_1_2_3_4") == 0, "map %s", mi.kv_map);
+    CHECK(mi.kv_kind == MODEL_KV_IDENTITY && strcmp(mi.kv_map, "0_1_2_3_4") == 0, "map %s",
+          mi.kv_map);
     CHECK(mi.bytes_total == 1040128 && mi.n_tensors == 47 && mi.n_files == 1, "bytes/tensors");
     char *text = NULL, *json = NULL;
     CHECK(model_info_text(&mi, "stories260K", &text, &err) == 0 && text, "text: %s", err.msg);
@@ -234,14 +238,16 @@ static void test_config_mismatch(void) {
     text = config_replace("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false");
     CHECK(hf_config_parse(&c, text, "config.json", &err) == 0, "untied");
     rc = llama_view_bind(&v, &c, &stories, &err);
-    CHECK(rc == KV_EFORMAT && strcmp(err.msg, "model.safetensors: missing tensor 'lm_head.weight'") == 0,
+    CHECK(rc == KV_EFORMAT &&
+              strcmp(err.msg, "model.safetensors: missing tensor 'lm_head.weight'") == 0,
           "untied: %s", err.msg);
     free(text);
 
     text = config_replace("\"attention_bias\": false", "\"attention_bias\": true");
     CHECK(hf_config_parse(&c, text, "config.json", &err) == 0, "bias");
     rc = llama_view_bind(&v, &c, &stories, &err);
-    CHECK(rc == KV_EFORMAT && strstr(err.msg, "missing tensor 'model.layers.0.self_attn.q_proj.bias'") &&
+    CHECK(rc == KV_EFORMAT &&
+              strstr(err.msg, "missing tensor 'model.layers.0.self_attn.q_proj.bias'") &&
               strstr(err.msg, "(and 19 more problems)"),
           "attention bias: %s", err.msg);
     free(text);
@@ -249,10 +255,11 @@ static void test_config_mismatch(void) {
     text = config_replace("\"intermediate_size\": 172", "\"intermediate_size\": 128");
     CHECK(hf_config_parse(&c, text, "config.json", &err) == 0, "ffn");
     rc = llama_view_bind(&v, &c, &stories, &err);
-    CHECK(rc == KV_EFORMAT && strstr(err.msg, "'model.layers.0.mlp.gate_proj.weight': shape [172, 64] "
-                                              "but config.json implies [128, 64] "
-                                              "(intermediate_size=128, hidden_size=64) "
-                                              "(and 14 more problems)"),
+    CHECK(rc == KV_EFORMAT &&
+              strstr(err.msg, "'model.layers.0.mlp.gate_proj.weight': shape [172, 64] "
+                              "but config.json implies [128, 64] "
+                              "(intermediate_size=128, hidden_size=64) "
+                              "(and 14 more problems)"),
           "ffn: %s", err.msg);
     free(text);
 
@@ -275,15 +282,17 @@ static void test_broken_checkpoints(void) {
     snprintf(dir, sizeof dir, "%s/no_k3", tmp);
     const char *drop_k[] = {"model.layers.3.self_attn.k_proj.weight"};
     if (!write_variant(dir, stories_config, drop_k, 1, NULL, 0))
-        expect_fail(dir, KV_EFORMAT, "missing tensor 'model.layers.3.self_attn.k_proj.weight'", NULL);
+        expect_fail(dir, KV_EFORMAT, "missing tensor 'model.layers.3.self_attn.k_proj.weight'",
+                    NULL);
 
     snprintf(dir, sizeof dir, "%s/bad_q", tmp);
     edit q3 = {"model.layers.2.self_attn.q_proj.weight", 2, {64, 32}, KV_F32};
     if (!write_variant(dir, stories_config, NULL, 0, &q3, 1))
-        expect_fail(dir, KV_EFORMAT,
-                    "tensor 'model.layers.2.self_attn.q_proj.weight': shape [64, 32] but "
-                    "config.json implies [64, 64] (num_attention_heads=8, head_dim=8, hidden_size=64)",
-                    NULL);
+        expect_fail(
+            dir, KV_EFORMAT,
+            "tensor 'model.layers.2.self_attn.q_proj.weight': shape [64, 32] but "
+            "config.json implies [64, 64] (num_attention_heads=8, head_dim=8, hidden_size=64)",
+            NULL);
 
     snprintf(dir, sizeof dir, "%s/norm_2d", tmp);
     edit n2 = {"model.layers.1.input_layernorm.weight", 2, {64, 1}, KV_F32};
@@ -300,14 +309,15 @@ static void test_broken_checkpoints(void) {
     snprintf(dir, sizeof dir, "%s/extra", tmp);
     edit extra = {"model.layers.0.self_attn.rotary_emb.inv_freq", 1, {4, 0}, KV_F32};
     if (!write_variant(dir, stories_config, NULL, 0, &extra, 1))
-        expect_fail(dir, KV_EFORMAT, "unexpected tensor 'model.layers.0.self_attn.rotary_emb.inv_freq'",
-                    NULL);
+        expect_fail(dir, KV_EFORMAT,
+                    "unexpected tensor 'model.layers.0.self_attn.rotary_emb.inv_freq'", NULL);
 
     /* two problems: both counted, the first named */
     snprintf(dir, sizeof dir, "%s/two", tmp);
     const char *drop_two[] = {"model.norm.weight", "model.layers.4.mlp.up_proj.weight"};
     if (!write_variant(dir, stories_config, drop_two, 2, NULL, 0))
-        expect_fail(dir, KV_EFORMAT, "missing tensor 'model.norm.weight' (and 1 more problem)", NULL);
+        expect_fail(dir, KV_EFORMAT, "missing tensor 'model.norm.weight' (and 1 more problem)",
+                    NULL);
 
     /* tied with a stored lm_head: accepted, ignored */
     snprintf(dir, sizeof dir, "%s/tied_head", tmp);
@@ -322,7 +332,8 @@ static void test_broken_checkpoints(void) {
         }
         close_dir(m);
         /* untied: the same file binds it */
-        char *untied = config_replace("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false");
+        char *untied =
+            config_replace("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false");
         char path[256];
         kv_error err = {0};
         snprintf(path, sizeof path, "%s/config.json", dir);
@@ -340,8 +351,8 @@ static void test_broken_checkpoints(void) {
     snprintf(dir, sizeof dir, "%s/tied_bad_head", tmp);
     edit bad_head = {"lm_head.weight", 2, {64, 512}, KV_F32};
     if (!write_variant(dir, stories_config, NULL, 0, &bad_head, 1))
-        expect_fail(dir, KV_EFORMAT, "'lm_head.weight': shape [64, 512] but config.json implies [512, 64]",
-                    NULL);
+        expect_fail(dir, KV_EFORMAT,
+                    "'lm_head.weight': shape [64, 512] but config.json implies [512, 64]", NULL);
 
     /* no config.json / bad config.json: the config error comes through */
     snprintf(dir, sizeof dir, "%s/bad_config", tmp);
@@ -366,10 +377,13 @@ static void test_cross_layer(void) {
         llama_model_dir *m = expect_open(dir);
         if (m) {
             const llama_view *v = &m->view;
-            CHECK(v->n_bound == 43 && v->n_ignored == 4, "bound %d ignored %d", v->n_bound, v->n_ignored);
-            CHECK(v->layers[1].k == NULL && v->layers[1].v == NULL && v->layers[3].k == NULL, "non-KV k/v unbound");
+            CHECK(v->n_bound == 43 && v->n_ignored == 4, "bound %d ignored %d", v->n_bound,
+                  v->n_ignored);
+            CHECK(v->layers[1].k == NULL && v->layers[1].v == NULL && v->layers[3].k == NULL,
+                  "non-KV k/v unbound");
             CHECK(v->layers[2].k && v->layers[2].v && v->layers[0].k, "KV layers bound");
-            CHECK(llama_view_used(v, 1, LLAMA_K) == NULL && llama_view_used(v, 3, LLAMA_V_BIAS) == NULL &&
+            CHECK(llama_view_used(v, 1, LLAMA_K) == NULL &&
+                      llama_view_used(v, 3, LLAMA_V_BIAS) == NULL &&
                       llama_view_used(v, 2, LLAMA_K) == v->layers[2].k &&
                       llama_view_used(v, 1, LLAMA_Q) == v->layers[1].q &&
                       llama_view_used(v, 4, LLAMA_DOWN) == v->layers[4].down,
@@ -378,8 +392,8 @@ static void test_cross_layer(void) {
             kv_error err = {0};
             CHECK(model_info_fill(&mi, v, &err) == 0, "info");
             /* 3 slots: 2 * 3 * 4 * 8 * 4 = 768 */
-            CHECK(mi.kv_kind == MODEL_KV_CROSS && mi.kv_slots == 3 && mi.kv_bytes_per_token == 768 &&
-                      strcmp(mi.kv_map, "0_0_2_2_4") == 0,
+            CHECK(mi.kv_kind == MODEL_KV_CROSS && mi.kv_slots == 3 &&
+                      mi.kv_bytes_per_token == 768 && strcmp(mi.kv_map, "0_0_2_2_4") == 0,
                   "cross info %zu %s", mi.kv_bytes_per_token, mi.kv_map);
             CHECK(mi.n_params == STORIES_PARAMS && mi.n_params_config == STORIES_PARAMS - 8192,
                   "actual vs deploy params");
@@ -388,8 +402,9 @@ static void test_cross_layer(void) {
     }
     /* deploy layout: k/v of non-KV layers gone */
     snprintf(dir, sizeof dir, "%s/cross_deploy", tmp);
-    const char *drop[] = {"model.layers.1.self_attn.k_proj.weight", "model.layers.1.self_attn.v_proj.weight",
-                          "model.layers.3.self_attn.k_proj.weight", "model.layers.3.self_attn.v_proj.weight"};
+    const char *drop[] = {
+        "model.layers.1.self_attn.k_proj.weight", "model.layers.1.self_attn.v_proj.weight",
+        "model.layers.3.self_attn.k_proj.weight", "model.layers.3.self_attn.v_proj.weight"};
     if (!write_variant(dir, cfg, drop, 4, NULL, 0)) {
         llama_model_dir *m = expect_open(dir);
         CHECK(m && m->view.n_bound == 43 && m->view.n_ignored == 0 &&
@@ -401,12 +416,14 @@ static void test_cross_layer(void) {
     snprintf(dir, sizeof dir, "%s/cross_no_k2", tmp);
     const char *drop_k2[] = {"model.layers.2.self_attn.k_proj.weight"};
     if (!write_variant(dir, cfg, drop_k2, 1, NULL, 0))
-        expect_fail(dir, KV_EFORMAT, "missing tensor 'model.layers.2.self_attn.k_proj.weight'", NULL);
+        expect_fail(dir, KV_EFORMAT, "missing tensor 'model.layers.2.self_attn.k_proj.weight'",
+                    NULL);
     /* an ignored k on a non-KV layer is still shape-checked */
     snprintf(dir, sizeof dir, "%s/cross_bad_k1", tmp);
     edit k1 = {"model.layers.1.self_attn.k_proj.weight", 2, {16, 64}, KV_F32};
     if (!write_variant(dir, cfg, NULL, 0, &k1, 1))
-        expect_fail(dir, KV_EFORMAT, "'model.layers.1.self_attn.k_proj.weight': shape [16, 64]", NULL);
+        expect_fail(dir, KV_EFORMAT, "'model.layers.1.self_attn.k_proj.weight': shape [16, 64]",
+                    NULL);
     free(cfg);
 }
 
@@ -427,11 +444,12 @@ static void test_swiftkv_hand_built(void) {
         {"model.layers.2.self_attn.k_proj_swiftkv.weight", 2, {32, 64}, KV_F32},
         {"model.layers.2.self_attn.v_proj_swiftkv.weight", 2, {32, 64}, KV_F32},
     };
-    const char *drop_teacher[] = {"model.layers.2.self_attn.q_proj*", "model.layers.3.self_attn.q_proj*",
-                                  "model.layers.4.self_attn.q_proj*", "model.layers.2.self_attn.k_proj*",
-                                  "model.layers.3.self_attn.k_proj*", "model.layers.4.self_attn.k_proj*",
-                                  "model.layers.2.self_attn.v_proj*", "model.layers.3.self_attn.v_proj*",
-                                  "model.layers.4.self_attn.v_proj*"};
+    const char *drop_teacher[] = {
+        "model.layers.2.self_attn.q_proj*", "model.layers.3.self_attn.q_proj*",
+        "model.layers.4.self_attn.q_proj*", "model.layers.2.self_attn.k_proj*",
+        "model.layers.3.self_attn.k_proj*", "model.layers.4.self_attn.k_proj*",
+        "model.layers.2.self_attn.v_proj*", "model.layers.3.self_attn.v_proj*",
+        "model.layers.4.self_attn.v_proj*"};
     char dir[128];
     snprintf(dir, sizeof dir, "%s/swift_deploy", tmp);
     if (!write_variant(dir, cfg, drop_teacher, 9, add, 6)) {
@@ -449,8 +467,9 @@ static void test_swiftkv_hand_built(void) {
             kv_error err = {0};
             CHECK(model_info_fill(&mi, v, &err) == 0, "info");
             /* slots l + (L-l)/g = 2 + 1 = 3 */
-            CHECK(mi.kv_kind == MODEL_KV_SWIFTKV && mi.kv_slots == 3 && mi.kv_bytes_per_token == 768 &&
-                      strcmp(mi.kv_map, "l=2,g=3") == 0 && mi.swiftkv_group == 3,
+            CHECK(mi.kv_kind == MODEL_KV_SWIFTKV && mi.kv_slots == 3 &&
+                      mi.kv_bytes_per_token == 768 && strcmp(mi.kv_map, "l=2,g=3") == 0 &&
+                      mi.swiftkv_group == 3,
                   "swiftkv info");
         }
         close_dir(m);
@@ -466,7 +485,8 @@ static void test_swiftkv_hand_built(void) {
                   "teacher bound beside swiftkv");
             CHECK(v->n_ignored == 0 && v->n_bound == 47 + 6, "bound %d", v->n_bound);
             CHECK(llama_view_used(v, 3, LLAMA_Q) == v->layers[3].q_swiftkv &&
-                      llama_view_used(v, 3, LLAMA_K) == NULL && llama_view_used(v, 4, LLAMA_V) == NULL &&
+                      llama_view_used(v, 3, LLAMA_K) == NULL &&
+                      llama_view_used(v, 4, LLAMA_V) == NULL &&
                       llama_view_used(v, 2, LLAMA_K) == v->layers[2].k_swiftkv &&
                       llama_view_used(v, 2, LLAMA_V) == v->layers[2].v_swiftkv &&
                       llama_view_used(v, 1, LLAMA_K) == v->layers[1].k &&
@@ -479,15 +499,17 @@ static void test_swiftkv_hand_built(void) {
     /* missing leader k, k on a non-leader, missing norm_swiftkv */
     snprintf(dir, sizeof dir, "%s/swift_no_leader_k", tmp);
     if (!write_variant(dir, cfg, NULL, 0, add, 4))
-        expect_fail(dir, KV_EFORMAT, "missing tensor 'model.layers.2.self_attn.k_proj_swiftkv.weight'",
+        expect_fail(dir, KV_EFORMAT,
+                    "missing tensor 'model.layers.2.self_attn.k_proj_swiftkv.weight'",
                     "(and 1 more problem)");
     edit add_non_leader[7];
     memcpy(add_non_leader, add, sizeof add);
-    add_non_leader[6] = (edit){"model.layers.3.self_attn.k_proj_swiftkv.weight", 2, {32, 64}, KV_F32};
+    add_non_leader[6] =
+        (edit){"model.layers.3.self_attn.k_proj_swiftkv.weight", 2, {32, 64}, KV_F32};
     snprintf(dir, sizeof dir, "%s/swift_non_leader", tmp);
     if (!write_variant(dir, cfg, NULL, 0, add_non_leader, 7))
-        expect_fail(dir, KV_EFORMAT, "unexpected tensor 'model.layers.3.self_attn.k_proj_swiftkv.weight'",
-                    NULL);
+        expect_fail(dir, KV_EFORMAT,
+                    "unexpected tensor 'model.layers.3.self_attn.k_proj_swiftkv.weight'", NULL);
     snprintf(dir, sizeof dir, "%s/swift_no_norm", tmp);
     if (!write_variant(dir, cfg, NULL, 0, add + 1, 5))
         expect_fail(dir, KV_EFORMAT, "missing tensor 'model.norm_swiftkv.weight'", NULL);
@@ -564,7 +586,8 @@ static void test_table_source(void) {
     table = (kv_tensor_table){.items = items, .n_items = 2, .label = "table"};
     kv_tensor_source_table(&src, &table);
     CHECK(llama_view_bind_source(&v, &c, &src, &err) == KV_EFORMAT &&
-              strstr(err.msg, "table: missing tensor 'model.layers.0.input_layernorm.weight'") == err.msg,
+              strstr(err.msg, "table: missing tensor 'model.layers.0.input_layernorm.weight'") ==
+                  err.msg,
           "table alone: %s", err.msg);
     /* a mis-shaped item is named with the table's label too */
     items[0].shape[0] = 32;

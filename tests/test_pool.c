@@ -14,7 +14,7 @@ typedef struct {
     atomic_int hits[N_ITEMS];
     atomic_int bad_worker;
     int n_workers;
-    int nested;            /* items run a kv_parallel_for of their own */
+    int nested; /* items run a kv_parallel_for of their own */
     atomic_int inner_hits;
 } job;
 

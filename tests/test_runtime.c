@@ -21,19 +21,19 @@
 #include "runtime/ppl.h"
 #include "tests/check.h"
 
-#define MODEL_DIR SHARED_DIR "/models/stories260K"
+#define MODEL_DIR     SHARED_DIR "/models/stories260K"
 #define GOLDEN_LOGITS SHARED_DIR "/golden/stories260K_logits.safetensors"
 #define GOLDEN_GREEDY SHARED_DIR "/golden/stories260K_greedy.json"
-#define VAL_TEXT SHARED_DIR "/data/tinystories_val.txt"
+#define VAL_TEXT      SHARED_DIR "/data/tinystories_val.txt"
 
 enum { L = 5, H = 64, V = 512, KVD = 32, SEQ = 64 };
 
 static char tmp_root[256];
-static kv_backend cpu;            /* every state runs on it (kernels/backend.h) */
-static st_checkpoint orig;        /* the original checkpoint, source of every variant */
+static kv_backend cpu; /* every state runs on it (kernels/backend.h) */
+static st_checkpoint orig; /* the original checkpoint, source of every variant */
 static st_file golden;
 static const int32_t *golden_tokens; /* [3, 64] */
-static const float *golden_logits;   /* [3, 64, 512] */
+static const float *golden_logits; /* [3, 64, 512] */
 
 static double max_abs_diff(const float *a, const float *b, size_t n) {
     double m = 0.0;
@@ -51,7 +51,7 @@ typedef struct {
     kv_dtype dtype;
     int n_dims;
     int64_t shape[2];
-    void *data;        /* owned copy */
+    void *data; /* owned copy */
 } wtensor;
 
 typedef struct {
@@ -59,7 +59,8 @@ typedef struct {
     int n;
 } wset;
 
-static void wset_add(wset *w, const char *name, const float *src, int n_dims, int64_t d0, int64_t d1) {
+static void wset_add(wset *w, const char *name, const float *src, int n_dims, int64_t d0,
+                     int64_t d1) {
     wtensor *t = &w->t[w->n++];
     snprintf(t->name, sizeof t->name, "%s", name);
     t->dtype = KV_F32;
@@ -165,7 +166,9 @@ static const char *write_model(const char *name, cJSON *cfg, const wset *w) {
     st_spec specs[160];
     const void *data[160];
     for (int i = 0; i < w->n; i++) {
-        specs[i] = (st_spec){.name = w->t[i].name, .dtype = w->t[i].dtype, .n_dims = w->t[i].n_dims,
+        specs[i] = (st_spec){.name = w->t[i].name,
+                             .dtype = w->t[i].dtype,
+                             .n_dims = w->t[i].n_dims,
                              .shape = {w->t[i].shape[0], w->t[i].shape[1]}};
         data[i] = w->t[i].data;
     }
@@ -183,7 +186,8 @@ typedef struct {
     int ok;
 } runner;
 
-static int runner_open_cache(runner *r, const char *dir, int max_seq, int max_batch, kv_dtype cache) {
+static int runner_open_cache(runner *r, const char *dir, int max_seq, int max_batch,
+                             kv_dtype cache) {
     kv_error err = {0};
     memset(r, 0, sizeof *r);
     int rc = kv_model_load(&r->m, dir, NULL, &err);
@@ -289,10 +293,12 @@ static void test_golden_greedy(void) {
     }
     cJSON *j = cJSON_Parse(txt);
     free(txt);
-    const cJSON *pid = cJSON_GetObjectItem(j, "prompt_ids"), *gid = cJSON_GetObjectItem(j, "greedy_ids");
+    const cJSON *pid = cJSON_GetObjectItem(j, "prompt_ids"),
+                *gid = cJSON_GetObjectItem(j, "greedy_ids");
     const cJSON *prompt = cJSON_GetObjectItem(j, "prompt");
     int n_prompt = cJSON_GetArraySize(pid), n_gen = cJSON_GetArraySize(gid);
-    int32_t ids[16], *want = malloc(sizeof(int32_t) * (size_t)n_gen), *got = calloc((size_t)n_gen, sizeof(int32_t));
+    int32_t ids[16], *want = malloc(sizeof(int32_t) * (size_t)n_gen),
+                     *got = calloc((size_t)n_gen, sizeof(int32_t));
     for (int i = 0; i < n_prompt && i < 16; i++) ids[i] = cJSON_GetArrayItem(pid, i)->valueint;
     for (int i = 0; i < n_gen; i++) want[i] = cJSON_GetArrayItem(gid, i)->valueint;
 
@@ -316,18 +322,20 @@ static void test_golden_greedy(void) {
         CHECK(kv_sampler_init(&smp, V, 0.0f, 0.9f, 1, &err) == 0, "%s", err.msg);
         kv_generate_opts o = {.max_new_tokens = n_gen};
         kv_generate_stats st;
-        CHECK(kv_generate(&r.s, &smp, ids, n_prompt, &o, NULL, NULL, got, &st, &err) == 0, "%s", err.msg);
+        CHECK(kv_generate(&r.s, &smp, ids, n_prompt, &o, NULL, NULL, got, &st, &err) == 0, "%s",
+              err.msg);
         CHECK(st.n_generated == n_gen, "generated %d of %d", st.n_generated, n_gen);
         int first_bad = -1;
         for (int i = 0; i < n_gen && first_bad < 0; i++)
             if (got[i] != want[i]) first_bad = i;
-        CHECK(first_bad < 0, "greedy token %d: %d, run.c %d", first_bad, got[first_bad < 0 ? 0 : first_bad],
-              want[first_bad < 0 ? 0 : first_bad]);
+        CHECK(first_bad < 0, "greedy token %d: %d, run.c %d", first_bad,
+              got[first_bad < 0 ? 0 : first_bad], want[first_bad < 0 ? 0 : first_bad]);
         /* an EOS stop list ends generation before the stop token */
         o.max_new_tokens = n_gen;
         o.stop_ids = &want[10];
         o.n_stop = 1;
-        CHECK(kv_generate(&r.s, &smp, ids, n_prompt, &o, NULL, NULL, got, &st, &err) == 0, "%s", err.msg);
+        CHECK(kv_generate(&r.s, &smp, ids, n_prompt, &o, NULL, NULL, got, &st, &err) == 0, "%s",
+              err.msg);
         int first = 0;
         while (want[first] != want[10]) first++;
         CHECK(st.n_generated == first && st.stopped_on == want[10], "stop: %d tokens (want %d)",
@@ -364,7 +372,8 @@ static const char *make_cross(const char *spec, kv_map *m) {
         int readers[L];
         int n = kvmap_readers(m, j, readers, L);
         for (int kind = 0; kind < 2; kind++) {
-            const char *fmt = kind ? "model.layers.%d.self_attn.v_proj.weight" : "model.layers.%d.self_attn.k_proj.weight";
+            const char *fmt = kind ? "model.layers.%d.self_attn.v_proj.weight"
+                                   : "model.layers.%d.self_attn.k_proj.weight";
             float mean[KVD * H] = {0};
             for (int r = 0; r < n; r++) {
                 const float *src = orig_f32(fmt, readers[r]);
@@ -409,20 +418,24 @@ static const char *make_swiftkv(int l, int g, int interop) {
     swift_ctx c = {l, interop};
     wset_add_all_orig(&w, skip_swift, &c);
     char name[128];
-    wset_add(&w, "model.norm_swiftkv.weight", orig_f32("model.layers.%d.input_layernorm.weight", l), 1, H, 0);
+    wset_add(&w, "model.norm_swiftkv.weight", orig_f32("model.layers.%d.input_layernorm.weight", l),
+             1, H, 0);
     for (int j = l; j < L; j++) {
         snprintf(name, sizeof name, "model.layers.%d.self_attn.q_proj_swiftkv.weight", j);
         wset_add(&w, name, orig_f32("model.layers.%d.self_attn.q_proj.weight", j), 2, H, H);
         if ((j - l) % g) continue;
         for (int kind = 0; kind < 2; kind++) {
-            const char *fmt = kind ? "model.layers.%d.self_attn.v_proj.weight" : "model.layers.%d.self_attn.k_proj.weight";
+            const char *fmt = kind ? "model.layers.%d.self_attn.v_proj.weight"
+                                   : "model.layers.%d.self_attn.k_proj.weight";
             float mean[KVD * H] = {0};
             for (int u = j; u < j + g; u++) {
                 const float *src = orig_f32(fmt, u);
                 for (int e = 0; e < KVD * H; e++) mean[e] += src[e] / (float)g;
             }
-            snprintf(name, sizeof name, kind ? "model.layers.%d.self_attn.v_proj_swiftkv.weight"
-                                             : "model.layers.%d.self_attn.k_proj_swiftkv.weight", j);
+            snprintf(name, sizeof name,
+                     kind ? "model.layers.%d.self_attn.v_proj_swiftkv.weight"
+                          : "model.layers.%d.self_attn.k_proj_swiftkv.weight",
+                     j);
             wset_add(&w, name, mean, 2, KVD, H);
         }
     }
@@ -446,8 +459,10 @@ static const char *make_swiftkv(int l, int g, int interop) {
 static void check_cache_bytes(const runner *r, int kv_layers, const char *what) {
     const size_t want = (size_t)2 * (size_t)kv_layers * 4 /* nkv */ * 8 /* hd */ * 4 /* F32 */ *
                         (size_t)r->s.max_seq;
-    CHECK(r->s.cache.bytes == want, "%s: KV cache %zu bytes, formula %zu", what, r->s.cache.bytes, want);
-    CHECK(r->s.cache.n_slots == kv_layers, "%s: %d slots, want %d", what, r->s.cache.n_slots, kv_layers);
+    CHECK(r->s.cache.bytes == want, "%s: KV cache %zu bytes, formula %zu", what, r->s.cache.bytes,
+          want);
+    CHECK(r->s.cache.n_slots == kv_layers, "%s: %d slots, want %d", what, r->s.cache.n_slots,
+          kv_layers);
 }
 
 /* model FLOPs of a prefill, by hand for stories260K (L 5, H 64, nh 8, nkv 4, hd 8, F 172, V 512):
@@ -457,7 +472,8 @@ static void test_prefill_flops(void) {
     runner r;
     if (runner_open(&r, MODEL_DIR, 8, 8)) return;
     const double want = 2.0 * 5 * 45312 * 2 + 4.0 * 64 * 3 * 5 + 2.0 * 64 * 512;
-    CHECK(kv_model_prefill_flops(&r.m, 2) == want, "prefill flops %.0f, want %.0f", kv_model_prefill_flops(&r.m, 2), want);
+    CHECK(kv_model_prefill_flops(&r.m, 2) == want, "prefill flops %.0f, want %.0f",
+          kv_model_prefill_flops(&r.m, 2), want);
     runner_close(&r);
 }
 
@@ -477,7 +493,8 @@ static void test_identity_map(void) {
         for (int s = 0; s < 3; s++) {
             full_logits(&a, golden_tokens + s * SEQ, SEQ, ITER9, 0, x);
             full_logits(&b, golden_tokens + s * SEQ, SEQ, ITER9, 0, y);
-            CHECK(memcmp(x, y, sizeof(float) * SEQ * V) == 0, "identity map: sequence %d not bit-identical", s);
+            CHECK(memcmp(x, y, sizeof(float) * SEQ * V) == 0,
+                  "identity map: sequence %d not bit-identical", s);
         }
         check_cache_bytes(&b, L, "identity");
         free(x);
@@ -551,8 +568,10 @@ static void check_consistency(runner *r, const char *what, int upward, int swift
         CHECK(kv_forward(&r->s, tok, T, &o, last_all, &err) == 0, "%s", err.msg);
         double d1 = max_abs_diff(last_skip, last_all, V);
         double d2 = max_abs_diff(last_skip, full + (size_t)(T - 1) * V, V);
-        CHECK(d1 <= 2e-5 && d2 <= 2e-5, "%s: skip vs all layers for the last token: %g, %g", what, d1, d2);
-        CHECK(kv_argmax(last_skip, V) == kv_argmax(last_all, V), "%s: skip changes the argmax", what);
+        CHECK(d1 <= 2e-5 && d2 <= 2e-5, "%s: skip vs all layers for the last token: %g, %g", what,
+              d1, d2);
+        CHECK(kv_argmax(last_skip, V) == kv_argmax(last_all, V), "%s: skip changes the argmax",
+              what);
     }
     free(full);
     free(pd);
@@ -560,10 +579,10 @@ static void check_consistency(runner *r, const char *what, int upward, int swift
 }
 
 static void test_cross_maps(void) {
-    static const char *specs[] = {
-        "pizza-bottom:3", "pizza-top:3", "pizza-middle:3", "sandwich-bottom:3", "sandwich-top:3",
-        "sandwich-middle:3", "lasagna-bottom:3", "lasagna-top:3", "lasagna-middle:3",
-        "pizza-top:2", "lasagna-top:2", "sandwich-middle:4"};
+    static const char *specs[] = {"pizza-bottom:3",    "pizza-top:3",    "pizza-middle:3",
+                                  "sandwich-bottom:3", "sandwich-top:3", "sandwich-middle:3",
+                                  "lasagna-bottom:3",  "lasagna-top:3",  "lasagna-middle:3",
+                                  "pizza-top:2",       "lasagna-top:2",  "sandwich-middle:4"};
     for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
         kv_map m;
         const char *dir = make_cross(specs[i], &m);
@@ -594,7 +613,8 @@ static void test_swiftkv(void) {
                 float *a = malloc(sizeof(float) * SEQ * V), *b = malloc(sizeof(float) * SEQ * V);
                 full_logits(&r, golden_tokens, SEQ, ITER9, 1, a);
                 full_logits(&ri, golden_tokens, SEQ, ITER9, 1, b);
-                CHECK(!memcmp(a, b, sizeof(float) * SEQ * V), "%s: interop layout differs from deploy", what);
+                CHECK(!memcmp(a, b, sizeof(float) * SEQ * V),
+                      "%s: interop layout differs from deploy", what);
                 free(a);
                 free(b);
                 runner_close(&ri);
@@ -625,14 +645,16 @@ static void test_table_source(void) {
         for (int p = 0; p < 3; p++) {
             char from[96];
             snprintf(from, sizeof from, "model.layers.%d.self_attn.%c_proj.weight", j, "qkv"[p]);
-            snprintf(names[n], sizeof names[n], "model.layers.%d.self_attn.%c_proj_swiftkv.weight", j, "qkv"[p]);
+            snprintf(names[n], sizeof names[n], "model.layers.%d.self_attn.%c_proj_swiftkv.weight",
+                     j, "qkv"[p]);
             items[n] = *st_checkpoint_find(&orig, from);
             items[n].name = names[n];
             n++;
         }
     kv_tensor_source base, src;
     kv_tensor_source_checkpoint(&base, &orig);
-    kv_tensor_table table = {.items = items, .n_items = n, .base = &base, .label = "swiftkv overlay"};
+    kv_tensor_table table = {
+        .items = items, .n_items = n, .base = &base, .label = "swiftkv overlay"};
     kv_tensor_source_table(&src, &table);
     runner a = {0}, b;
     rc = kv_model_from_source(&a.m, &cfg, &src, NULL, &err);
@@ -640,7 +662,8 @@ static void test_table_source(void) {
     if (rc) return;
     CHECK(a.m.n_params == (size_t)hf_config_param_count(&cfg), "params %zu", a.m.n_params);
     CHECK(a.m.layers[4].wq == items[4].data && a.m.layers[3].wk == items[2].data &&
-              a.m.layers[2].wq == st_checkpoint_find(&orig, "model.layers.2.self_attn.q_proj.weight")->data,
+              a.m.layers[2].wq ==
+                  st_checkpoint_find(&orig, "model.layers.2.self_attn.q_proj.weight")->data,
           "weights in place from the table and the checkpoint");
     if (kv_state_init(&a.s, &cpu, &a.m, 128, 64, KV_F32, &err) == 0) a.ok = 1;
     CHECK(a.ok, "state: %s", err.msg);
@@ -683,8 +706,8 @@ static void test_iterative_close(void) {
         double d9 = max_abs_diff(it, seq, (size_t)SEQ * V);
         full_logits(&r, tok, SEQ, (kv_prefill){.mode = KV_PREFILL_ITERATIVE, .passes = 2}, 0, it);
         double d2 = max_abs_diff(it, seq, (size_t)SEQ * V);
-        printf("iterative vs sequential, T=64, pizza-top:3, sequence %d: N=9 %.4g, N=2 %.4g\n",
-               b, d9, d2);
+        printf("iterative vs sequential, T=64, pizza-top:3, sequence %d: N=9 %.4g, N=2 %.4g\n", b,
+               d9, d2);
         CHECK(d9 <= 0.05, "sequence %d: iterative:9 is %g from sequential", b, d9);
         CHECK(d2 > 1.0, "sequence %d: iterative:2 (%g) should be far from sequential", b, d2);
     }
@@ -733,11 +756,12 @@ static void test_group_plan(void) {
             const double d = max_abs_diff(a, b, (size_t)SEQ * V);
             full_logits(&r, tok, SEQ, block9, 0, b);
             printf("%s, sequence %d, T=64, N=9 vs sequential: per group %.4g (argmax %d/64), "
-                   "block %.4g\n", multi[k], q, d, agree, max_abs_diff(a, b, (size_t)SEQ * V));
+                   "block %.4g\n",
+                   multi[k], q, d, agree, max_abs_diff(a, b, (size_t)SEQ * V));
             CHECK(agree == SEQ, "%s, sequence %d: argmax agrees at %d of 64", multi[k], q, agree);
         }
-        full_logits(&r, golden_tokens, SEQ, (kv_prefill){.mode = KV_PREFILL_ITERATIVE,
-                                                         .passes = SEQ, .block = 1}, 0, b);
+        full_logits(&r, golden_tokens, SEQ,
+                    (kv_prefill){.mode = KV_PREFILL_ITERATIVE, .passes = SEQ, .block = 1}, 0, b);
         full_logits(&r, golden_tokens, SEQ, SEQUENTIAL, 0, a);
         const double d = max_abs_diff(a, b, (size_t)SEQ * V);
         CHECK(d <= 2e-4, "%s: iterative-block:T differs from sequential by %g", multi[k], d);
@@ -828,7 +852,8 @@ static void test_dtypes_and_layouts(void) {
         static const float zeros[256];
         char name[128];
         static const char *proj[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                     "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+                                     "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+                                     "mlp.down_proj"};
         static const int dim[] = {H, KVD, KVD, H, 172, 172, H};
         for (int i = 0; i < L; i++)
             for (int p = 0; p < 7; p++) {
@@ -872,7 +897,8 @@ static void test_dtypes_and_layouts(void) {
         compare_dirs(MODEL_DIR, dir1, 1e-5, "llama3 rope factor 1");
         runner a, b;
         if (runner_open(&a, MODEL_DIR, 64, 64) == 0 && runner_open(&b, dir8, 64, 64) == 0) {
-            CHECK(b.m.dims.rope.scaling == KV_ROPE_LLAMA3 && b.m.dims.rope.factor == 8.0, "llama3 config not bound");
+            CHECK(b.m.dims.rope.scaling == KV_ROPE_LLAMA3 && b.m.dims.rope.factor == 8.0,
+                  "llama3 config not bound");
             float *x = malloc(sizeof(float) * SEQ * V), *y = malloc(sizeof(float) * SEQ * V);
             full_logits(&a, golden_tokens, SEQ, ITER9, 0, x);
             full_logits(&b, golden_tokens, SEQ, ITER9, 0, y);
@@ -893,8 +919,8 @@ static void test_dtypes_and_layouts(void) {
  * was written (1.496337 nats/token). Independent anchors: the nats/token of kv_perplexity equal
  * those from run.c's golden logits on the same ids (below), and the value is close to the nats
  * per token run.c's logits give on golden sequences 1 and 2 (val paragraphs 2 and 4). */
-#define PPL_WINDOWS 20
-#define PPL_CTX 256
+#define PPL_WINDOWS     20
+#define PPL_CTX         256
 #define PPL_STORED_NATS 1.496337
 
 /* ids of the val text (no BOS); count, or -1 with a failed check */
@@ -931,7 +957,8 @@ static void test_perplexity(void) {
         kv_ppl_opts o = {.ctx = SEQ, .bos = -1};
         kv_ppl_result res;
         CHECK(kv_perplexity(&r.s, tok, SEQ, &o, NULL, NULL, &res, &err) == 0, "%s", err.msg);
-        CHECK(res.n_scored == SEQ - 1 && res.n_windows == 1, "scored %ld in %d windows", res.n_scored, res.n_windows);
+        CHECK(res.n_scored == SEQ - 1 && res.n_windows == 1, "scored %ld in %d windows",
+              res.n_scored, res.n_windows);
         CHECK_NEAR(res.nats / res.n_scored, want / (SEQ - 1), 1e-5, "nats/token vs run.c logits");
         golden_nats += want / (SEQ - 1) / 2;
     }
@@ -992,9 +1019,11 @@ static void test_bf16_cache(void) {
         for (int t = 0; t < SEQ; t++)
             agree += kv_argmax(out + (size_t)t * V, V) == kv_argmax(want + (size_t)t * V, V);
     }
-    printf("bf16 cache: logits vs run.c max |diff| %.5f, argmax agrees at %d of %d\n", worst, agree, 3 * SEQ);
+    printf("bf16 cache: logits vs run.c max |diff| %.5f, argmax agrees at %d of %d\n", worst, agree,
+           3 * SEQ);
     CHECK(worst < 0.5, "BF16 cache: logits off run.c's by %g", worst);
-    CHECK(agree >= 3 * SEQ - 3, "BF16 cache: argmax agrees at only %d of %d positions", agree, 3 * SEQ);
+    CHECK(agree >= 3 * SEQ - 3, "BF16 cache: argmax agrees at only %d of %d positions", agree,
+          3 * SEQ);
     /* prefill + decode over a BF16 cache = the one-pass forward (same rounding of the same K/V) */
     if (full_logits(&b, golden_tokens + SEQ, SEQ, ITER9, 0, out) == 0 &&
         prefill_decode_logits(&b, golden_tokens + SEQ, SEQ, 24, ITER9, pd) == 0) {
@@ -1025,7 +1054,8 @@ static void test_bf16_cache(void) {
         const char *dir = swift ? make_swiftkv(3, 1, 0) : make_cross(specs[i], &m);
         if (runner_open_cache(&b, dir, 128, 64, KV_BF16)) continue;
         const size_t want = (size_t)2 * (swift ? 5 : n_kv_layers(&m)) * 4 * 8 * 2 * 128;
-        CHECK(b.s.cache.bytes == want, "%s BF16: %zu bytes, formula %zu", specs[i], b.s.cache.bytes, want);
+        CHECK(b.s.cache.bytes == want, "%s BF16: %zu bytes, formula %zu", specs[i], b.s.cache.bytes,
+              want);
         kv_prefill pf = {.mode = KV_PREFILL_ITERATIVE, .passes = SEQ};
         full_logits(&b, golden_tokens, SEQ, pf, swift, out);
         prefill_decode_logits(&b, golden_tokens, SEQ, 24, SEQUENTIAL, pd);
@@ -1037,7 +1067,8 @@ static void test_bf16_cache(void) {
     kv_model mm;
     if (kv_model_load(&mm, MODEL_DIR, NULL, &err) == 0) {
         kv_state s2;
-        CHECK(kv_state_init(&s2, &cpu, &mm, 16, 8, KV_F16, &err) == KV_EINVAL && strstr(err.msg, "F16"),
+        CHECK(kv_state_init(&s2, &cpu, &mm, 16, 8, KV_F16, &err) == KV_EINVAL &&
+                  strstr(err.msg, "F16"),
               "an F16 cache is refused: '%s'", err.msg);
         kv_model_free(&mm);
     }
@@ -1051,7 +1082,8 @@ static void test_errors(void) {
     kv_error err = {0};
     kv_prefill p;
     CHECK(kv_prefill_parse(&p, "iterative:4", &err) == 0 && p.passes == 4, "iterative:4");
-    CHECK(kv_prefill_parse(&p, "sequential", &err) == 0 && p.mode == KV_PREFILL_SEQUENTIAL, "sequential");
+    CHECK(kv_prefill_parse(&p, "sequential", &err) == 0 && p.mode == KV_PREFILL_SEQUENTIAL,
+          "sequential");
     CHECK(kv_prefill_parse(&p, "iterative", &err) == 0 && p.passes == 9, "iterative");
     CHECK(kv_prefill_parse(&p, "iterative:0", &err) != 0, "iterative:0 accepted");
     CHECK(kv_prefill_parse(&p, "iterative:x", &err) != 0, "iterative:x accepted");
@@ -1077,12 +1109,13 @@ static void test_errors(void) {
     kv_forward_opts all = {.logits = KV_LOGITS_ALL};
     CHECK(kv_forward(&r.s, tok, 1, &all, NULL, &err) == KV_EINVAL, "all logits without a buffer");
     kv_state s2;
-    CHECK(kv_state_init(&s2, &cpu, &r.m, 513, 8, KV_F32, &err) == KV_EINVAL, "context beyond max_position_embeddings");
+    CHECK(kv_state_init(&s2, &cpu, &r.m, 513, 8, KV_F32, &err) == KV_EINVAL,
+          "context beyond max_position_embeddings");
     runner_close(&r);
     kv_model m;
-    CHECK(kv_model_load(&m, SHARED_DIR "/models/llama2-tokenizer", NULL, &err) != 0, "tokenizer-only dir loads");
+    CHECK(kv_model_load(&m, SHARED_DIR "/models/llama2-tokenizer", NULL, &err) != 0,
+          "tokenizer-only dir loads");
 }
-
 
 /* ---- 6. the backend seam -------------------------------------------------------------------- */
 
@@ -1095,32 +1128,49 @@ static void test_errors(void) {
  * unified = 1 the forward may hand an op host memory the backend did not allocate only where
  * backend.h says so: the caller's logits buffer and the RoPE table kv_backend_rope_table
  * returns (the host table itself). */
-enum { TR_ALLOC, TR_FREE, TR_MAP, TR_UNMAP, TR_UPLOAD, TR_DOWNLOAD, TR_ZERO, TR_COPY, TR_CONVERT,
-       TR_SYNC, TR_MATMUL, TR_RMSNORM, TR_ROPE, TR_ATTENTION, TR_SWIGLU, TR_EMBEDDING, TR_N };
+enum {
+    TR_ALLOC,
+    TR_FREE,
+    TR_MAP,
+    TR_UNMAP,
+    TR_UPLOAD,
+    TR_DOWNLOAD,
+    TR_ZERO,
+    TR_COPY,
+    TR_CONVERT,
+    TR_SYNC,
+    TR_MATMUL,
+    TR_RMSNORM,
+    TR_ROPE,
+    TR_ATTENTION,
+    TR_SWIGLU,
+    TR_EMBEDDING,
+    TR_N
+};
 static const char *const tr_names[TR_N] = {
-    "alloc", "free", "map", "unmap", "upload", "download", "zero", "copy", "convert", "sync",
-    "matmul", "rmsnorm", "rope", "attention", "swiglu", "embedding"};
+    "alloc",   "free", "map",    "unmap",   "upload", "download",  "zero",   "copy",
+    "convert", "sync", "matmul", "rmsnorm", "rope",   "attention", "swiglu", "embedding"};
 
 enum { TR_REGIONS = 512, TR_LENT = 4 };
 #define TR_POOL ((size_t)16 << 20) /* stories260K's state and weight copies take about 2 MB */
 
 typedef struct {
-    const kv_backend_ops *cpu;  /* what runs each op */
-    unsigned char *pool;        /* [TR_POOL], handed out page by page, never reused */
+    const kv_backend_ops *cpu; /* what runs each op */
+    unsigned char *pool; /* [TR_POOL], handed out page by page, never reused */
     size_t used;
     struct {
         unsigned char *p;
         size_t bytes;
-    } r[TR_REGIONS];            /* live regions */
+    } r[TR_REGIONS]; /* live regions */
     int n;
     struct {
         const char *p;
         size_t bytes;
-    } lent[TR_LENT];            /* unified only: host memory the forward may pass (see above) */
+    } lent[TR_LENT]; /* unified only: host memory the forward may pass (see above) */
     int n_lent;
     long calls[TR_N];
-    long outside;               /* pointers in no region */
-    char first[200];            /* the first of them */
+    long outside; /* pointers in no region */
+    char first[200]; /* the first of them */
 } tracker;
 
 static tracker *tr_of(kv_backend *b) { return b->impl; }
@@ -1205,12 +1255,12 @@ static int tr_map(kv_backend *b, const void **dptr, const void *host_src, size_t
 
 static void tr_unmap(kv_backend *b, const void *dptr) { tr_drop(b, TR_UNMAP, dptr); }
 
-#define TR_RUN(b, call)               \
-    do {                              \
-        tr_access(b, 1);              \
-        int rc_ = tr_of(b)->cpu->call; \
-        tr_access(b, 0);              \
-        return rc_;                   \
+#define TR_RUN(b, call)                                                                            \
+    do {                                                                                           \
+        tr_access(b, 1);                                                                           \
+        int rc_ = tr_of(b)->cpu->call;                                                             \
+        tr_access(b, 0);                                                                           \
+        return rc_;                                                                                \
     } while (0)
 
 static int tr_upload(kv_backend *b, void *dst, const void *host_src, size_t bytes, kv_error *err) {
@@ -1253,8 +1303,7 @@ static int tr_sync(kv_backend *b, kv_error *err) {
 }
 
 static int tr_matmul(kv_backend *b, float *out, const float *x, const void *W, kv_dtype w_type,
-                     const float *bias, int T, int n_in, int n_out, int accumulate,
-                     kv_error *err) {
+                     const float *bias, int T, int n_in, int n_out, int accumulate, kv_error *err) {
     tr_of(b)->calls[TR_MATMUL]++;
     const size_t rows = (size_t)T, in = (size_t)n_in, o = (size_t)n_out;
     tr_need(b, TR_MATMUL, "out", out, 4 * rows * o);
@@ -1317,11 +1366,22 @@ static int tr_embedding(kv_backend *b, float *out, const float *table, int vocab
 }
 
 /* the forward's ops only: a loss, backward or optimiser call would be a NULL call (a crash) */
-static const kv_backend_ops tracked_ops = {
-    .alloc = tr_alloc, .free = tr_free, .map = tr_map, .unmap = tr_unmap, .upload = tr_upload,
-    .download = tr_download, .zero = tr_zero, .copy = tr_copy, .convert = tr_convert,
-    .sync = tr_sync, .matmul = tr_matmul, .rmsnorm = tr_rmsnorm, .rope = tr_rope,
-    .attention = tr_attention, .swiglu = tr_swiglu, .embedding = tr_embedding};
+static const kv_backend_ops tracked_ops = {.alloc = tr_alloc,
+                                           .free = tr_free,
+                                           .map = tr_map,
+                                           .unmap = tr_unmap,
+                                           .upload = tr_upload,
+                                           .download = tr_download,
+                                           .zero = tr_zero,
+                                           .copy = tr_copy,
+                                           .convert = tr_convert,
+                                           .sync = tr_sync,
+                                           .matmul = tr_matmul,
+                                           .rmsnorm = tr_rmsnorm,
+                                           .rope = tr_rope,
+                                           .attention = tr_attention,
+                                           .swiglu = tr_swiglu,
+                                           .embedding = tr_embedding};
 
 /* SIGSEGV while the guard is on: a probe (faults()) jumps back; anything else is the host
  * touching device memory outside an op, a failure named before the test stops */
@@ -1367,8 +1427,12 @@ static void seam_check(const char *what, const char *dir, kv_dtype cache, int un
         CHECK(0, "%s: cannot map the tracked pool", what);
         return;
     }
-    kv_backend tb = {.ops = &tracked_ops, .device = KV_DEVICE_CPU, .unified = unified,
-                     .threads = cpu.threads, .name = "tracked", .impl = &t};
+    kv_backend tb = {.ops = &tracked_ops,
+                     .device = KV_DEVICE_CPU,
+                     .unified = unified,
+                     .threads = cpu.threads,
+                     .name = "tracked",
+                     .impl = &t};
     kv_error err = {0};
     const char *mode = unified ? "unified" : "discrete";
     runner r;
@@ -1400,7 +1464,8 @@ static void seam_check(const char *what, const char *dir, kv_dtype cache, int un
      * guard costs two mprotect calls an op (about 70 us here), so the discrete run is shorter:
      * iterative:2 (the same ops as :9, fewer times), no sequential prefill (its ops are the
      * decode steps') */
-    const kv_prefill pfs[2] = {unified ? ITER9 : (kv_prefill){.mode = KV_PREFILL_ITERATIVE, .passes = 2}, SEQUENTIAL};
+    const kv_prefill pfs[2] = {
+        unified ? ITER9 : (kv_prefill){.mode = KV_PREFILL_ITERATIVE, .passes = 2}, SEQUENTIAL};
     const int T = unified ? SEQ : 32, P = T - 8;
     for (int k = 0; k < (r.s.has_upward && unified ? 2 : 1); k++) {
         const char *how = k ? "sequential" : unified ? "iterative:9" : "iterative:2";
@@ -1419,7 +1484,8 @@ static void seam_check(const char *what, const char *dir, kv_dtype cache, int un
     kv_state_reset(&r.s);
     kv_state_reset(&tr.s);
     CHECK(kv_forward(&r.s, golden_tokens, 20, &last, NULL, &err) == 0 &&
-          kv_forward(&tr.s, golden_tokens, 20, &last, NULL, &err) == 0, "%s", err.msg);
+              kv_forward(&tr.s, golden_tokens, 20, &last, NULL, &err) == 0,
+          "%s", err.msg);
     CHECK(memcmp(r.s.logits, tr.s.logits, sizeof(float) * V) == 0, "%s: s->logits differ", what);
     /* one 16-token pass, all logits: the ops a layer is made of, counted */
     memset(t.calls, 0, sizeof t.calls);
@@ -1432,13 +1498,13 @@ static void seam_check(const char *what, const char *dir, kv_dtype cache, int un
     printf("\n");
     if (!strcmp(what, "original")) {
         CHECK(t.calls[TR_MATMUL] == 7 * L + 1 && t.calls[TR_RMSNORM] == 2 * L + 1 &&
-              t.calls[TR_ROPE] == 2 * L && t.calls[TR_ATTENTION] == L &&
-              t.calls[TR_SWIGLU] == L && t.calls[TR_EMBEDDING] == 1 &&
-              t.calls[TR_DOWNLOAD] == !unified && t.calls[TR_ALLOC] == 0,
+                  t.calls[TR_ROPE] == 2 * L && t.calls[TR_ATTENTION] == L &&
+                  t.calls[TR_SWIGLU] == L && t.calls[TR_EMBEDDING] == 1 &&
+                  t.calls[TR_DOWNLOAD] == !unified && t.calls[TR_ALLOC] == 0,
               "original: op counts of one pass");
     }
-    CHECK(t.outside == 0, "%s (%s): %ld pointers from outside the backend; first: %s", what,
-          mode, t.outside, t.first);
+    CHECK(t.outside == 0, "%s (%s): %ld pointers from outside the backend; first: %s", what, mode,
+          t.outside, t.first);
     kv_state_free(&tr.s);
     CHECK(t.n == 0, "%s: %d regions left after kv_state_free", what, t.n);
     CHECK(t.calls[TR_UNMAP] == maps, "%s: %ld maps, %ld unmaps", what, maps, t.calls[TR_UNMAP]);

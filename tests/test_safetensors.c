@@ -10,13 +10,14 @@
 #include "formats/safetensors.h"
 #include "tests/check.h"
 
-#define MODEL_DIR SHARED_DIR "/models/stories260K"
+#define MODEL_DIR  SHARED_DIR "/models/stories260K"
 #define MODEL_FILE MODEL_DIR "/model.safetensors"
 
 static char tmpdir[256];
 
 /* builds "u64 len | header | data" in memory */
-static size_t make_file(uint8_t *out, uint64_t declared_len, const char *header, const void *data, size_t n_data) {
+static size_t make_file(uint8_t *out, uint64_t declared_len, const char *header, const void *data,
+                        size_t n_data) {
     size_t h = strlen(header);
     for (int i = 0; i < 8; i++) out[i] = (uint8_t)(declared_len >> (8 * i));
     memcpy(out + 8, header, h);
@@ -38,21 +39,26 @@ static void expect_bad(const char *header, size_t n_data, const char *needle) {
     kv_error err = {0};
     int rc = parse_case(header, n_data, &err);
     CHECK(rc != 0, "accepted: %s", header);
-    CHECK(rc != 0 && strstr(err.msg, needle) != NULL, "message '%s' lacks '%s' for %s", err.msg, needle, header);
+    CHECK(rc != 0 && strstr(err.msg, needle) != NULL, "message '%s' lacks '%s' for %s", err.msg,
+          needle, header);
 }
 
 static int files_equal(const char *a, const char *b) {
     char *x, *y;
     size_t nx, ny;
     kv_error err;
-    if (kv_read_file(a, &x, &nx, 1u << 30, &err) || kv_read_file(b, &y, &ny, 1u << 30, &err)) return 0;
+    if (kv_read_file(a, &x, &nx, 1u << 30, &err) || kv_read_file(b, &y, &ny, 1u << 30, &err))
+        return 0;
     int eq = nx == ny && memcmp(x, y, nx) == 0;
     free(x);
     free(y);
     return eq;
 }
 
-typedef struct { const st_checkpoint *src; const st_spec *specs; } copy_ctx;
+typedef struct {
+    const st_checkpoint *src;
+    const st_spec *specs;
+} copy_ctx;
 static int fill_from_src(void *ctx, int index, st_writer *w, kv_error *err) {
     copy_ctx *c = ctx;
     const st_tensor *t = st_checkpoint_find(c->src, c->specs[index].name);
@@ -67,7 +73,9 @@ static void test_real_model(void) {
     if (rc) return;
     CHECK(f.n_tensors == 47, "47 tensors, got %d", f.n_tensors);
     const st_tensor *emb = st_find(&f, "model.embed_tokens.weight");
-    CHECK(emb && emb->dtype == KV_F32 && emb->n_dims == 2 && emb->shape[0] == 512 && emb->shape[1] == 64, "embedding shape");
+    CHECK(emb && emb->dtype == KV_F32 && emb->n_dims == 2 && emb->shape[0] == 512 &&
+              emb->shape[1] == 64,
+          "embedding shape");
     const st_tensor *k = st_find(&f, "model.layers.4.self_attn.k_proj.weight");
     CHECK(k && k->shape[0] == 32 && k->shape[1] == 64, "k_proj shape");
     CHECK(st_find(&f, "lm_head.weight") == NULL, "no lm_head (tied)");
@@ -94,7 +102,8 @@ static void test_real_model(void) {
     if (rc == 0) {
         int same = 1;
         for (int i = 0; i < f.n_tensors; i++)
-            same &= strcmp(f.tensors[i].name, g.tensors[i].name) == 0 && f.tensors[i].n_bytes == g.tensors[i].n_bytes &&
+            same &= strcmp(f.tensors[i].name, g.tensors[i].name) == 0 &&
+                    f.tensors[i].n_bytes == g.tensors[i].n_bytes &&
                     memcmp(f.tensors[i].data, g.tensors[i].data, f.tensors[i].n_bytes) == 0;
         CHECK(same, "every tensor identical after round trip");
         st_close(&g);
@@ -113,7 +122,8 @@ static void test_real_model(void) {
         snprintf(sharded, sizeof sharded, "%s/sharded", tmpdir);
         kv_mkdir_p(sharded, &err);
         copy_ctx ctx = {&src, specs};
-        rc = st_write_checkpoint(sharded, specs, f.n_tensors, 200000, meta, 1, fill_from_src, &ctx, &err);
+        rc = st_write_checkpoint(sharded, specs, f.n_tensors, 200000, meta, 1, fill_from_src, &ctx,
+                                 &err);
         CHECK(rc == 0, "sharded write: %s", err.msg);
         st_checkpoint sh;
         rc = st_checkpoint_open(&sh, sharded, &err);
@@ -122,8 +132,9 @@ static void test_real_model(void) {
             CHECK(sh.sharded && sh.n_files >= 5, "several shards (%d)", sh.n_files);
             int same = sh.n_tensors == src.n_tensors;
             for (int i = 0; same && i < sh.n_tensors; i++)
-                same = strcmp(sh.tensors[i]->name, src.tensors[i]->name) == 0 &&
-                       memcmp(sh.tensors[i]->data, src.tensors[i]->data, src.tensors[i]->n_bytes) == 0;
+                same =
+                    strcmp(sh.tensors[i]->name, src.tensors[i]->name) == 0 &&
+                    memcmp(sh.tensors[i]->data, src.tensors[i]->data, src.tensors[i]->n_bytes) == 0;
             CHECK(same, "sharded copy holds the same tensors");
             st_checkpoint_close(&sh);
         }
@@ -137,13 +148,17 @@ static void test_real_model(void) {
             {"[1,2]", "not a JSON object"},
             {"{\"metadata\":{}}", "weight_map"},
             {"{\"weight_map\":{\"model.norm.weight\":\"../x.safetensors\"}}", "plain"},
-            {"{\"weight_map\":{\"model.norm.weight\":\"model-00001-of-00009.safetensors\"}}", "cannot open"},
-            {"{\"weight_map\":{\"model.embed_tokens.weight\":\"model-00001-of-00006.safetensors\"}}", "not listed"},
+            {"{\"weight_map\":{\"model.norm.weight\":\"model-00001-of-00009.safetensors\"}}",
+             "cannot open"},
+            {"{\"weight_map\":{\"model.embed_tokens.weight\":\"model-00001-of-00006.safetensors\"}"
+             "}",
+             "not listed"},
         };
         for (size_t i = 0; i < sizeof bad_indexes / sizeof *bad_indexes; i++) {
             kv_write_file_atomic(idx, bad_indexes[i][0], strlen(bad_indexes[i][0]), &err);
             rc = st_checkpoint_open(&sh, sharded, &err);
-            CHECK(rc != 0 && strstr(err.msg, bad_indexes[i][1]), "bad index %zu: rc %d msg '%s'", i, rc, err.msg);
+            CHECK(rc != 0 && strstr(err.msg, bad_indexes[i][1]), "bad index %zu: rc %d msg '%s'", i,
+                  rc, err.msg);
             if (rc == 0) st_checkpoint_close(&sh);
         }
         /* missing tensor: index names one more tensor than the shards hold */
@@ -153,10 +168,12 @@ static void test_real_model(void) {
         if (brace) {
             size_t head = (size_t)(brace - orig) + 1;
             memcpy(extra, orig, head);
-            sprintf(extra + head, "\"model.ghost.weight\": \"model-00001-of-00006.safetensors\",%s", orig + head);
+            sprintf(extra + head, "\"model.ghost.weight\": \"model-00001-of-00006.safetensors\",%s",
+                    orig + head);
             kv_write_file_atomic(idx, extra, strlen(extra), &err);
             rc = st_checkpoint_open(&sh, sharded, &err);
-            CHECK(rc != 0 && strstr(err.msg, "ghost") && strstr(err.msg, "missing"), "missing tensor named: %s", err.msg);
+            CHECK(rc != 0 && strstr(err.msg, "ghost") && strstr(err.msg, "missing"),
+                  "missing tensor named: %s", err.msg);
         } else {
             CHECK(0, "index format unexpected: %.80s", orig);
         }
@@ -173,62 +190,95 @@ static void test_corrupt(void) {
     const char *good = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
     CHECK(parse_case(good, 8, &err) == 0, "the good case parses: %s", err.msg);
     CHECK(parse_case("{}", 0, &err) == 0, "an empty header parses");
-    CHECK(parse_case("{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]},\"b\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4]}}", 4, &err) == 0,
+    CHECK(parse_case("{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]},\"b\":{"
+                     "\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4]}}",
+                     4, &err) == 0,
           "zero-size and scalar tensors: %s", err.msg);
 
     st_file f;
     /* 1: shorter than 8 bytes */
-    CHECK(st_parse(&f, "abc", 3, "t", &err) != 0 && strstr(err.msg, "too short"), "truncated length: %s", err.msg);
+    CHECK(st_parse(&f, "abc", 3, "t", &err) != 0 && strstr(err.msg, "too short"),
+          "truncated length: %s", err.msg);
     /* 2: header length beyond the file */
     size_t n = make_file(buf, 1000, good, NULL, 0);
-    CHECK(st_parse(&f, buf, n, "t", &err) != 0 && strstr(err.msg, "past the end"), "length past end: %s", err.msg);
+    CHECK(st_parse(&f, buf, n, "t", &err) != 0 && strstr(err.msg, "past the end"),
+          "length past end: %s", err.msg);
     /* 3: header > 100 MB */
     n = make_file(buf, 200000000ull, good, NULL, 0);
-    CHECK(st_parse(&f, buf, n, "t", &err) != 0 && strstr(err.msg, "100 MB"), "header too big: %s", err.msg);
+    CHECK(st_parse(&f, buf, n, "t", &err) != 0 && strstr(err.msg, "100 MB"), "header too big: %s",
+          err.msg);
     /* 4: huge length (overflow) */
     n = make_file(buf, UINT64_MAX, good, NULL, 0);
     CHECK(st_parse(&f, buf, n, "t", &err) != 0, "u64 max length");
     /* 5: truncated data (header fine, data short) */
-    CHECK(parse_case(good, 4, &err) != 0 && strstr(err.msg, "truncated"), "truncated data: %s", err.msg);
+    CHECK(parse_case(good, 4, &err) != 0 && strstr(err.msg, "truncated"), "truncated data: %s",
+          err.msg);
     /* 6: truncated header (cut mid-JSON) */
     n = make_file(buf, 20, good, NULL, 0);
     CHECK(st_parse(&f, buf, 28, "t", &err) != 0, "header cut mid-JSON");
 
-    expect_bad("[1,2,3]", 0, "not a JSON object");                                           /* 7 */
-    expect_bad("\"str\"  ", 0, "not a JSON object");                                         /* 8 */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]", 8, "not valid JSON"); /* 9 */
-    expect_bad("{\"a\":{\"dtype\":\"F31\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "unknown dtype"); /* 10 */
-    expect_bad("{\"a\":{\"dtype\":7,\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "dtype");      /* 11 */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[-8,0]}}", 8, "non-negative"); /* 12 */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0.5,8.5]}}", 8, "non-negative integers"); /* 13 */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8, "before begin"); /* 14 */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, "overlap"); /* 15 */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[12,20]}}", 20, "hole"); /* 16 */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, "needs 12"); /* 17 size mismatch */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}", 16, "appears twice"); /* 18 */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,16],\"data_offsets\":[0,8]}}", 8, "overflows"); /* 19 */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2.5],\"data_offsets\":[0,8]}}", 8, "shape[0]"); /* 20 */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, "shape[0]"); /* 21 */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":\"2\",\"data_offsets\":[0,8]}}", 8, "shape"); /* 22 */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0]}}", 8, "two integers"); /* 23 */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8, "data_offsets");             /* 24 */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8],\"x\":1}}", 8, "unexpected"); /* 25 */
-    expect_bad("{\"a\":[1,2]}", 0, "not an object");                                          /* 26 */
-    expect_bad("{\"__metadata__\":{\"k\":1}}", 0, "not a string");                             /* 27 */
-    expect_bad("{\"__metadata__\":[\"k\"]}", 0, "__metadata__");                               /* 28 */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}} x", 8, "trailing"); /* 29 */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 12, "trailing bytes"); /* 30 */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4, "dimensions"); /* 31 */
-    expect_bad("{\"\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "empty name"); /* 32 */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[1e300,8]}}", 8, "integers"); /* 33 */
+    expect_bad("[1,2,3]", 0, "not a JSON object"); /* 7 */
+    expect_bad("\"str\"  ", 0, "not a JSON object"); /* 8 */
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]", 8,
+               "not valid JSON"); /* 9 */
+    expect_bad("{\"a\":{\"dtype\":\"F31\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8,
+               "unknown dtype"); /* 10 */
+    expect_bad("{\"a\":{\"dtype\":7,\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "dtype"); /* 11 */
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[-8,0]}}", 8,
+               "non-negative"); /* 12 */
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0.5,8.5]}}", 8,
+               "non-negative integers"); /* 13 */
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8,
+               "before begin"); /* 14 */
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":"
+               "\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+               12, "overlap"); /* 15 */
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":"
+               "\"F32\",\"shape\":[2],\"data_offsets\":[12,20]}}",
+               20, "hole"); /* 16 */
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8,
+               "needs 12"); /* 17 size mismatch */
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"a\":{\"dtype\":"
+               "\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}",
+               16, "appears twice"); /* 18 */
+    expect_bad(
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,16],\"data_offsets\":[0,8]}}",
+        8, "overflows"); /* 19 */
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2.5],\"data_offsets\":[0,8]}}", 8,
+               "shape[0]"); /* 20 */
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8,
+               "shape[0]"); /* 21 */
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":\"2\",\"data_offsets\":[0,8]}}", 8,
+               "shape"); /* 22 */
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0]}}", 8,
+               "two integers"); /* 23 */
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8, "data_offsets"); /* 24 */
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8],\"x\":1}}", 8,
+               "unexpected"); /* 25 */
+    expect_bad("{\"a\":[1,2]}", 0, "not an object"); /* 26 */
+    expect_bad("{\"__metadata__\":{\"k\":1}}", 0, "not a string"); /* 27 */
+    expect_bad("{\"__metadata__\":[\"k\"]}", 0, "__metadata__"); /* 28 */
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}} x", 8,
+               "trailing"); /* 29 */
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 12,
+               "trailing bytes"); /* 30 */
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}",
+               4, "dimensions"); /* 31 */
+    expect_bad("{\"\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8,
+               "empty name"); /* 32 */
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[1e300,8]}}", 8,
+               "integers"); /* 33 */
 
     /* files on disk: a directory that is not a checkpoint, a missing file */
-    CHECK(st_open(&f, "/nonexistent/x.safetensors", &err) != 0 && strstr(err.msg, "/nonexistent/x.safetensors"), "missing file named: %s", err.msg);
+    CHECK(st_open(&f, "/nonexistent/x.safetensors", &err) != 0 &&
+              strstr(err.msg, "/nonexistent/x.safetensors"),
+          "missing file named: %s", err.msg);
     st_checkpoint c;
     char empty[512];
     snprintf(empty, sizeof empty, "%s/empty", tmpdir);
     kv_mkdir_p(empty, &err);
-    CHECK(st_checkpoint_open(&c, empty, &err) != 0 && strstr(err.msg, "no model.safetensors"), "dir without a checkpoint: %s", err.msg);
+    CHECK(st_checkpoint_open(&c, empty, &err) != 0 && strstr(err.msg, "no model.safetensors"),
+          "dir without a checkpoint: %s", err.msg);
 
     /* writer: incomplete data leaves nothing behind; extra data refused */
     char path[512];
@@ -239,18 +289,22 @@ static void test_corrupt(void) {
     float vals[8] = {0};
     CHECK(st_writer_put(w, vals, 8, &err) == 0, "partial put");
     CHECK(st_writer_put(w, vals, 32, &err) != 0, "put beyond declared size refused");
-    CHECK(st_writer_finish(w, &err) != 0 && strstr(err.msg, "'w' incomplete"), "finish with missing bytes fails: %s", err.msg);
+    CHECK(st_writer_finish(w, &err) != 0 && strstr(err.msg, "'w' incomplete"),
+          "finish with missing bytes fails: %s", err.msg);
     CHECK(!kv_path_exists(path), "no partial file left");
     char cmd[600];
     snprintf(cmd, sizeof cmd, "ls %s | grep -q partial", tmpdir);
     CHECK(system(cmd) != 0, "no temporary file left");
     st_spec dup[2] = {s, s};
-    CHECK(st_writer_open(&w, path, dup, 2, NULL, 0, &err) != 0 && strstr(err.msg, "twice"), "duplicate names refused");
+    CHECK(st_writer_open(&w, path, dup, 2, NULL, 0, &err) != 0 && strstr(err.msg, "twice"),
+          "duplicate names refused");
     /* writer output is deterministic and readable, with a header padded to 8 */
     float v4[4] = {1, 2, 3, 4};
     const void *d1[1] = {v4};
     CHECK(st_write_file(path, &s, d1, 1, NULL, 0, &err) == 0, "small write");
-    CHECK(st_open(&f, path, &err) == 0 && (8 + f.header_len) % 8 == 0 && ((const float *)st_find(&f, "w")->data)[3] == 4.0f, "readback");
+    CHECK(st_open(&f, path, &err) == 0 && (8 + f.header_len) % 8 == 0 &&
+              ((const float *)st_find(&f, "w")->data)[3] == 4.0f,
+          "readback");
     st_close(&f);
 }
 

@@ -17,12 +17,15 @@ static void digest_hex(const void *p, size_t n, char hex[65]) {
 
 /* the FIPS 180-4 example messages and their published digests */
 static void check_vectors(const char *mode) {
-    static const struct { const char *msg, *hex; } v[] = {
+    static const struct {
+        const char *msg, *hex;
+    } v[] = {
         {"", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
         {"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
         {"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
          "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"},
-        {"abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrlmnopqrsmnopqrstnopqrstu",
+        {"abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrl"
+         "mnopqrsmnopqrstnopqrstu",
          "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1"},
     };
     char hex[65];
@@ -112,7 +115,8 @@ static void check_x2(void) {
     kv_sha256_x2("abc", 3, d1, "", 0, d2);
     char hex[65];
     kv_sha256_hex(d1, hex);
-    CHECK(strcmp(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad") == 0, "x2 abc");
+    CHECK(strcmp(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad") == 0,
+          "x2 abc");
 }
 
 static void check_hex_parse(void) {
@@ -152,19 +156,24 @@ static void check_files_in_pairs(void) {
         kv_sha256_use_hw(hw);
         for (int threads = 1; threads <= 6; threads++) { /* pairs on 1-2 threads, singles on 3+ */
             memset(hex, 0, sizeof hex);
-            CHECK(kv_sha256_files(path_ptrs, N, hex, threads, NULL, &err) == 0, "kv_sha256_files: %s", err.msg);
+            CHECK(kv_sha256_files(path_ptrs, N, hex, threads, NULL, &err) == 0,
+                  "kv_sha256_files: %s", err.msg);
             int bad = 0;
             for (int i = 0; i < N; i++) bad += strcmp(hex[i], want[i]) != 0;
-            CHECK(bad == 0, "kv_sha256_files (hw %d, %d threads): %d of %d digests differ", hw, threads, bad, N);
+            CHECK(bad == 0, "kv_sha256_files (hw %d, %d threads): %d of %d digests differ", hw,
+                  threads, bad, N);
         }
     }
     kv_sha256_use_hw(1);
     atomic_int stop = 1;
-    CHECK(kv_sha256_files(path_ptrs, 2, hex, 1, &stop, &err) != 0, "a raised stop flag ends the hashing");
-    CHECK(kv_sha256_files(path_ptrs, N, hex, 3, &stop, &err) != 0, "a raised stop flag ends threaded hashing");
+    CHECK(kv_sha256_files(path_ptrs, 2, hex, 1, &stop, &err) != 0,
+          "a raised stop flag ends the hashing");
+    CHECK(kv_sha256_files(path_ptrs, N, hex, 3, &stop, &err) != 0,
+          "a raised stop flag ends threaded hashing");
     const char *with_missing[2] = {paths[0], "/nonexistent/kv_sha256_pair"};
     CHECK(kv_sha256_files(with_missing, 2, hex, 1, NULL, &err) == KV_EIO &&
-          strstr(err.msg, "/nonexistent/kv_sha256_pair") != NULL, "missing second file named: %s", err.msg);
+              strstr(err.msg, "/nonexistent/kv_sha256_pair") != NULL,
+          "missing second file named: %s", err.msg);
     const char *missing_among[4] = {paths[0], paths[3], "/nonexistent/kv_sha256_threads", paths[4]};
     for (int threads = 1; threads <= 4; threads++)
         CHECK(kv_sha256_files(missing_among, 4, hex, threads, NULL, &err) == KV_EIO &&

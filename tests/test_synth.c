@@ -17,8 +17,11 @@ static void check_model(const char *dir, const synth_spec *s, int expect_sharded
     CHECK(c.n_tensors == expect, "%d tensors, expected %d", c.n_tensors, expect);
     CHECK(c.sharded == expect_sharded, "sharded flag %d", c.sharded);
     const st_tensor *k = st_checkpoint_find(&c, "model.layers.1.self_attn.k_proj.weight");
-    CHECK(k && k->dtype == s->dtype && k->shape[0] == s->n_kv_heads * s->head_dim && k->shape[1] == s->hidden, "k_proj shape/dtype");
-    CHECK((st_checkpoint_find(&c, "lm_head.weight") != NULL) == !s->tied, "lm_head present iff untied");
+    CHECK(k && k->dtype == s->dtype && k->shape[0] == s->n_kv_heads * s->head_dim &&
+              k->shape[1] == s->hidden,
+          "k_proj shape/dtype");
+    CHECK((st_checkpoint_find(&c, "lm_head.weight") != NULL) == !s->tied,
+          "lm_head present iff untied");
     /* values: the stored numbers are synth_gaussian's, rounded to the dtype; std near 0.02 */
     const st_tensor *up = st_checkpoint_find(&c, "model.layers.0.mlp.up_proj.weight");
     if (up) {
@@ -32,7 +35,9 @@ static void check_model(const char *dir, const synth_spec *s, int expect_sharded
             if (d > max_abs) max_abs = d;
             sum2 += (double)got[i] * got[i];
         }
-        double tol = s->dtype == KV_F32 ? 0 : s->dtype == KV_F16 ? 5e-5 : 4e-4; /* half an ulp at |w| < 0.13 */
+        double tol = s->dtype == KV_F32   ? 0
+                     : s->dtype == KV_F16 ? 5e-5
+                                          : 4e-4; /* half an ulp at |w| < 0.13 */
         CHECK(max_abs <= tol, "values reproduce synth_gaussian (max abs err %g)", max_abs);
         double std = sqrt(sum2 / (double)n);
         CHECK(std > 0.019 && std < 0.021, "std %g near 0.02", std);
@@ -50,7 +55,8 @@ static void check_model(const char *dir, const synth_spec *s, int expect_sharded
     rc = kv_tokenizer_load(&t, path, &err);
     CHECK(rc == 0, "tokenizer loads: %s", err.msg);
     if (!rc) {
-        CHECK(kv_tokenizer_vocab_size(t) == s->vocab, "tokenizer vocab %d", kv_tokenizer_vocab_size(t));
+        CHECK(kv_tokenizer_vocab_size(t) == s->vocab, "tokenizer vocab %d",
+              kv_tokenizer_vocab_size(t));
         kv_tokenizer_free(t);
     }
 }
@@ -78,21 +84,26 @@ int main(void) {
     char a[256], b[256], cmd[700];
     snprintf(a, sizeof a, "%s/sa", tmp);
     snprintf(b, sizeof b, "%s/sb", tmp);
-    CHECK(synth_write(a, &s, &err) == 0 && synth_write(b, &s, &err) == 0, "sharded writes: %s", err.msg);
+    CHECK(synth_write(a, &s, &err) == 0 && synth_write(b, &s, &err) == 0, "sharded writes: %s",
+          err.msg);
     check_model(a, &s, 1);
     snprintf(cmd, sizeof cmd, "diff -r %s %s >/dev/null", a, b);
     CHECK(system(cmd) == 0, "same seed, identical files");
     s.seed = 2;
     snprintf(b, sizeof b, "%s/sc", tmp);
     synth_write(b, &s, &err);
-    snprintf(cmd, sizeof cmd, "cmp -s %s/model-00001-of-00005.safetensors %s/model-00001-of-00005.safetensors", a, b);
+    snprintf(cmd, sizeof cmd,
+             "cmp -s %s/model-00001-of-00005.safetensors %s/model-00001-of-00005.safetensors", a,
+             b);
     CHECK(system(cmd) != 0, "another seed, other weights");
     /* the 8B shape for GPU benches: its config as Llama 3.1 has it (here with 2 small layers) */
     CHECK(synth_preset(&s, "llama-3.1-8b") == 0, "8b preset");
-    CHECK(s.n_layers == 32 && s.hidden == 4096 && s.n_heads == 32 && s.n_kv_heads == 8 && s.head_dim == 128 &&
-              s.ffn == 14336 && s.vocab == 128256 && s.dtype == KV_BF16 && s.rope_llama3 && !s.tied,
+    CHECK(s.n_layers == 32 && s.hidden == 4096 && s.n_heads == 32 && s.n_kv_heads == 8 &&
+              s.head_dim == 128 && s.ffn == 14336 && s.vocab == 128256 && s.dtype == KV_BF16 &&
+              s.rope_llama3 && !s.tied,
           "8b shape");
-    s.n_layers = 2, s.hidden = 64, s.n_heads = 4, s.n_kv_heads = 1, s.head_dim = 16, s.ffn = 96, s.vocab = 400;
+    s.n_layers = 2, s.hidden = 64, s.n_heads = 4, s.n_kv_heads = 1, s.head_dim = 16, s.ffn = 96,
+    s.vocab = 400;
     snprintf(b, sizeof b, "%s/s8", tmp);
     CHECK(synth_write(b, &s, &err) == 0, "small 8b-like: %s", err.msg);
     check_model(b, &s, 0);
@@ -100,12 +111,14 @@ int main(void) {
     snprintf(cfg_path, sizeof cfg_path, "%s/config.json", b);
     hf_config cfg;
     CHECK(hf_config_load(&cfg, cfg_path, &err) == 0, "8b config: %s", err.msg);
-    CHECK(cfg.rope_type == HF_ROPE_LLAMA3 && cfg.rope_factor == 8 && cfg.rope_low_freq_factor == 1 &&
-              cfg.rope_high_freq_factor == 4 && cfg.rope_original_max_position == 8192 && cfg.rope_theta == 500000,
+    CHECK(cfg.rope_type == HF_ROPE_LLAMA3 && cfg.rope_factor == 8 &&
+              cfg.rope_low_freq_factor == 1 && cfg.rope_high_freq_factor == 4 &&
+              cfg.rope_original_max_position == 8192 && cfg.rope_theta == 500000,
           "llama3 rope scaling read back");
     synth_preset(&s, "tiny");
     s.n_heads = 7;
-    CHECK(synth_write(b, &s, &err) != 0 && strstr(err.msg, "invalid shape"), "bad shape refused: %s", err.msg);
+    CHECK(synth_write(b, &s, &err) != 0 && strstr(err.msg, "invalid shape"),
+          "bad shape refused: %s", err.msg);
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     if (system(cmd) != 0) return 1;
     return check_done("test_synth");

@@ -12,7 +12,7 @@
 #include "tests/check.h"
 
 #define STORIES_TOK SHARED_DIR "/models/stories260K/tokenizer.json"
-#define LLAMA2_TOK SHARED_DIR "/models/llama2-tokenizer/tokenizer.json"
+#define LLAMA2_TOK  SHARED_DIR "/models/llama2-tokenizer/tokenizer.json"
 
 static char tmpdir[] = "/tmp/kvtok-XXXXXX";
 
@@ -59,9 +59,11 @@ static void test_golden_cases(const kv_tokenizer *stories, const kv_tokenizer *l
         if (next) *next++ = 0;
         if (!*line) continue;
         cJSON *row = cJSON_Parse(line);
-        const cJSON *tok = cJSON_GetObjectItem(row, "tokenizer"), *text = cJSON_GetObjectItem(row, "text"),
+        const cJSON *tok = cJSON_GetObjectItem(row, "tokenizer"),
+                    *text = cJSON_GetObjectItem(row, "text"),
                     *want = cJSON_GetObjectItem(row, "ids");
-        CHECK(cJSON_IsString(tok) && cJSON_IsString(text) && cJSON_IsArray(want), "row %d malformed", rows);
+        CHECK(cJSON_IsString(tok) && cJSON_IsString(text) && cJSON_IsArray(want),
+              "row %d malformed", rows);
         if (!cJSON_IsString(tok) || !cJSON_IsString(text) || !cJSON_IsArray(want)) {
             cJSON_Delete(row);
             continue;
@@ -77,8 +79,8 @@ static void test_golden_cases(const kv_tokenizer *stories, const kv_tokenizer *l
         char *back = n_ids >= 0 ? decode(t, ids, n_ids) : NULL;
         int trip = back && !strcmp(back, text->valuestring);
         round_trips += trip;
-        CHECK(trip, "%s row %d: decode gives '%.60s' for '%.60s'", tok->valuestring, rows, back ? back : "",
-              text->valuestring);
+        CHECK(trip, "%s row %d: decode gives '%.60s' for '%.60s'", tok->valuestring, rows,
+              back ? back : "", text->valuestring);
         free(back);
         free(ids);
         cJSON_Delete(row);
@@ -97,9 +99,11 @@ static void test_runc_stream(const kv_tokenizer *t) {
     CHECK(rc == 0, "%s", err.msg);
     if (rc) return;
     cJSON *g = cJSON_Parse(data);
-    const cJSON *prompt = cJSON_GetObjectItem(g, "prompt_ids"), *greedy = cJSON_GetObjectItem(g, "greedy_ids"),
+    const cJSON *prompt = cJSON_GetObjectItem(g, "prompt_ids"),
+                *greedy = cJSON_GetObjectItem(g, "greedy_ids"),
                 *text = cJSON_GetObjectItem(g, "text");
-    CHECK(cJSON_IsArray(prompt) && cJSON_IsArray(greedy) && cJSON_IsString(text), "greedy golden malformed");
+    CHECK(cJSON_IsArray(prompt) && cJSON_IsArray(greedy) && cJSON_IsString(text),
+          "greedy golden malformed");
     if (cJSON_IsArray(prompt) && cJSON_IsArray(greedy) && cJSON_IsString(text)) {
         char out[8192] = "", buf[64];
         int prev = prompt->child->valueint;
@@ -107,23 +111,31 @@ static void test_runc_stream(const kv_tokenizer *t) {
         for (int part = 0; part < 2; part++) {
             const cJSON *e = part == 0 ? prompt->child->next : greedy->child;
             for (; e; e = e->next) {
-                strncat(out, kv_tokenizer_piece_runc(t, prev, e->valueint, buf, sizeof buf), sizeof out - strlen(out) - 1);
+                strncat(out, kv_tokenizer_piece_runc(t, prev, e->valueint, buf, sizeof buf),
+                        sizeof out - strlen(out) - 1);
                 prev = e->valueint;
             }
         }
-        CHECK(!strcmp(out, text->valuestring), "run.c stream differs:\n got  '%s'\n want '%s'", out, text->valuestring);
+        CHECK(!strcmp(out, text->valuestring), "run.c stream differs:\n got  '%s'\n want '%s'", out,
+              text->valuestring);
     }
     cJSON_Delete(g);
     free(data);
 
     char buf[16];
     int nl = kv_tokenizer_token_id(t, "<0x0A>"), e2 = kv_tokenizer_token_id(t, "<0xE2>");
-    CHECK(!strcmp(kv_tokenizer_piece_runc(t, 5, nl, buf, sizeof buf), "\n"), "<0x0A> prints a newline");
-    CHECK(!strcmp(kv_tokenizer_piece_runc(t, 5, e2, buf, sizeof buf), ""), "<0xE2> alone prints nothing");
-    CHECK(!strcmp(kv_tokenizer_piece_runc(t, 5, 99999, buf, sizeof buf), ""), "bad id prints nothing");
-    CHECK(!strcmp(kv_tokenizer_piece_runc(t, 5, 2, buf, sizeof buf), "\n</s>\n"), "EOS as run.c's vocab has it");
-    int a = kv_tokenizer_token_id(t, "\xE2\x96\x81" "a");
-    CHECK(!strcmp(kv_tokenizer_piece_runc(t, 1, a, buf, sizeof buf), "a"), "space dropped after BOS");
+    CHECK(!strcmp(kv_tokenizer_piece_runc(t, 5, nl, buf, sizeof buf), "\n"),
+          "<0x0A> prints a newline");
+    CHECK(!strcmp(kv_tokenizer_piece_runc(t, 5, e2, buf, sizeof buf), ""),
+          "<0xE2> alone prints nothing");
+    CHECK(!strcmp(kv_tokenizer_piece_runc(t, 5, 99999, buf, sizeof buf), ""),
+          "bad id prints nothing");
+    CHECK(!strcmp(kv_tokenizer_piece_runc(t, 5, 2, buf, sizeof buf), "\n</s>\n"),
+          "EOS as run.c's vocab has it");
+    int a = kv_tokenizer_token_id(t, "\xE2\x96\x81"
+                                     "a");
+    CHECK(!strcmp(kv_tokenizer_piece_runc(t, 1, a, buf, sizeof buf), "a"),
+          "space dropped after BOS");
     CHECK(!strcmp(kv_tokenizer_piece_runc(t, 5, a, buf, sizeof buf), " a"), "space kept elsewhere");
     CHECK(!strcmp(kv_tokenizer_piece_runc(t, 5, a, buf, 2), " "), "truncated to cap-1");
 }
@@ -137,21 +149,24 @@ static void test_added_tokens(const kv_tokenizer *t) {
           "'<s>Hello</s>' is [1] + enc('Hello') + [2]");
     int n = -1;
     kv_error err = {0};
-    CHECK(kv_tokenizer_encode(t, "Hello", 5, 1, &with_bos, &n, &err) == 0 && n == n_hello + 1 && with_bos[0] == 1 &&
-              !memcmp(with_bos + 1, hello, (size_t)n_hello * sizeof(int)),
+    CHECK(kv_tokenizer_encode(t, "Hello", 5, 1, &with_bos, &n, &err) == 0 && n == n_hello + 1 &&
+              with_bos[0] == 1 && !memcmp(with_bos + 1, hello, (size_t)n_hello * sizeof(int)),
           "add_bos prepends 1");
     char *s = decode(t, mixed, n_mixed);
     CHECK(s && !strcmp(s, "<s> Hello</s>"), "decode keeps special tokens: '%s'", s ? s : "");
     free(s);
     size_t len = 0;
-    CHECK(kv_tokenizer_decode_ex(t, mixed, n_mixed, 1, &s, &len, &err) == 0 && !strcmp(s, "Hello") && len == 5,
+    CHECK(kv_tokenizer_decode_ex(t, mixed, n_mixed, 1, &s, &len, &err) == 0 &&
+              !strcmp(s, "Hello") && len == 5,
           "skip_special decode: '%s'", s ? s : "");
     free(s);
     /* a lone invalid byte run decodes to one U+FFFD per byte */
     int bad[] = {kv_tokenizer_token_id(t, "<0xE2>"), kv_tokenizer_token_id(t, "<0x82>"),
-                 kv_tokenizer_token_id(t, "\xE2\x96\x81" "a")};
+                 kv_tokenizer_token_id(t, "\xE2\x96\x81"
+                                          "a")};
     s = decode(t, bad, 3);
-    CHECK(s && !strcmp(s, "\xEF\xBF\xBD\xEF\xBF\xBD a"), "invalid bytes decode to U+FFFD each: '%s'", s ? s : "");
+    CHECK(s && !strcmp(s, "\xEF\xBF\xBD\xEF\xBF\xBD a"),
+          "invalid bytes decode to U+FFFD each: '%s'", s ? s : "");
     free(s);
     int ok_bytes[] = {kv_tokenizer_token_id(t, "<0xE2>"), kv_tokenizer_token_id(t, "<0x82>"),
                       kv_tokenizer_token_id(t, "<0xAC>")};
@@ -159,15 +174,21 @@ static void test_added_tokens(const kv_tokenizer *t) {
     CHECK(s && !strcmp(s, "\xE2\x82\xAC"), "byte run decodes to the euro sign");
     free(s);
     int out_of_range = 70000;
-    CHECK(kv_tokenizer_decode(t, &out_of_range, 1, &s, &err) == KV_EINVAL, "decode rejects bad ids");
+    CHECK(kv_tokenizer_decode(t, &out_of_range, 1, &s, &err) == KV_EINVAL,
+          "decode rejects bad ids");
     int *empty;
     CHECK(encode(t, "", &empty) == 0 && empty, "empty text gives no ids");
     free(empty);
     /* invalid UTF-8 in the text is byte-fallback encoded and decodes to U+FFFD */
     int *inv;
-    int n_inv = encode(t, "a\xff" "b", &inv);
+    int n_inv = encode(t,
+                       "a\xff"
+                       "b",
+                       &inv);
     s = n_inv > 0 ? decode(t, inv, n_inv) : NULL;
-    CHECK(s && !strcmp(s, "a\xEF\xBF\xBD" "b"), "invalid UTF-8 input: '%s'", s ? s : "");
+    CHECK(s && !strcmp(s, "a\xEF\xBF\xBD"
+                          "b"),
+          "invalid UTF-8 input: '%s'", s ? s : "");
     free(s);
     free(inv);
     free(hello);
@@ -186,8 +207,8 @@ static void test_long_text(kv_tokenizer *t) {
     if (rc) return;
     int *ids = NULL, n_ids = 0;
     rc = kv_tokenizer_encode(t, data, n, 0, &ids, &n_ids, &err);
-    CHECK(rc == 0 && n_ids > (int)(n / 8) && n_ids < (int)n, "whole validation text: rc %d, %d ids for %zu bytes", rc,
-          n_ids, n);
+    CHECK(rc == 0 && n_ids > (int)(n / 8) && n_ids < (int)n,
+          "whole validation text: rc %d, %d ids for %zu bytes", rc, n_ids, n);
     char *back = rc ? NULL : decode(t, ids, n_ids);
     CHECK(back && strlen(back) == n && !memcmp(back, data, n), "validation text round trip");
     free(back);
@@ -212,28 +233,35 @@ static void test_metaspace(const kv_tokenizer *ref) {
     cJSON *root = cJSON_Parse(data);
     free(data);
     cJSON_ReplaceItemInObject(root, "normalizer", cJSON_CreateNull());
-    cJSON *meta = cJSON_Parse("{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\",\"prepend_scheme\":\"always\","
-                              "\"split\":false}");
+    cJSON *meta = cJSON_Parse(
+        "{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\",\"prepend_scheme\":\"always\","
+        "\"split\":false}");
     cJSON_ReplaceItemInObject(root, "pre_tokenizer", meta);
     char *json = cJSON_PrintUnformatted(root);
     kv_tokenizer *t = NULL;
     int rc = kv_tokenizer_load_json(&t, json, strlen(json), "metaspace.json", &err);
     CHECK(rc == 0, "metaspace variant: %s", err.msg);
-    static const char *const texts[] = {"Hello world", "Once upon a time, there was a little girl named Lily.",
-                                        "a  b   c", "line one\nline two", "caf\xC3\xA9 \xF0\x9F\x98\x80", "<s>x</s>y"};
+    static const char *const texts[] = {"Hello world",
+                                        "Once upon a time, there was a little girl named Lily.",
+                                        "a  b   c",
+                                        "line one\nline two",
+                                        "caf\xC3\xA9 \xF0\x9F\x98\x80",
+                                        "<s>x</s>y"};
     for (size_t i = 0; t && i < sizeof texts / sizeof *texts; i++) {
         int *a, *b;
         int na = encode(ref, texts[i], &a), nb = encode(t, texts[i], &b);
-        CHECK(na == nb && na >= 0 && !memcmp(a, b, (size_t)na * sizeof(int)), "metaspace 'always' == prepend for '%s'",
-              texts[i]);
+        CHECK(na == nb && na >= 0 && !memcmp(a, b, (size_t)na * sizeof(int)),
+              "metaspace 'always' == prepend for '%s'", texts[i]);
         free(a);
         free(b);
     }
     kv_tokenizer_free(t);
     t = NULL;
     /* Metaspace decoder: replacement -> space, the first token's dropped */
-    cJSON_ReplaceItemInObject(root, "decoder", cJSON_Parse("{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\","
-                                                           "\"prepend_scheme\":\"always\",\"split\":false}"));
+    cJSON_ReplaceItemInObject(
+        root, "decoder",
+        cJSON_Parse("{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\","
+                    "\"prepend_scheme\":\"always\",\"split\":false}"));
     free(json);
     json = cJSON_PrintUnformatted(root);
     rc = kv_tokenizer_load_json(&t, json, strlen(json), "metaspace.json", &err);
@@ -257,7 +285,9 @@ static void test_metaspace(const kv_tokenizer *ref) {
     if (t) {
         int *ids;
         int nids = encode(t, "a</s>a", &ids);
-        int want[] = {kv_tokenizer_token_id(t, "\xE2\x96\x81" "a"), 2, kv_tokenizer_token_id(t, "a")};
+        int want[] = {kv_tokenizer_token_id(t, "\xE2\x96\x81"
+                                               "a"),
+                      2, kv_tokenizer_token_id(t, "a")};
         CHECK(nids == 3 && !memcmp(ids, want, sizeof want), "prepend_scheme first");
         free(ids);
     }
@@ -268,12 +298,15 @@ static void test_metaspace(const kv_tokenizer *ref) {
 
 static void test_small_model(void) {
     /* hand-made: no normalizer, one merge; unknown characters are dropped without unk */
-    const char *json = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"ab\":2,\"<u>\":3},\"merges\":[\"a b\"]}}";
+    const char *json = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"ab\":2,\"<u>\":3}"
+                       ",\"merges\":[\"a b\"]}}";
     kv_tokenizer *t = NULL;
     kv_error err = {0};
-    CHECK(kv_tokenizer_load_json(&t, json, strlen(json), "small.json", &err) == 0, "small: %s", err.msg);
+    CHECK(kv_tokenizer_load_json(&t, json, strlen(json), "small.json", &err) == 0, "small: %s",
+          err.msg);
     if (!t) return;
-    CHECK(kv_tokenizer_vocab_size(t) == 4 && kv_tokenizer_bos(t) == -1 && kv_tokenizer_eos(t) == -1, "small sizes");
+    CHECK(kv_tokenizer_vocab_size(t) == 4 && kv_tokenizer_bos(t) == -1 && kv_tokenizer_eos(t) == -1,
+          "small sizes");
     int *ids;
     int n = encode(t, "aabcb", &ids);
     int want[] = {0, 2, 1};
@@ -283,13 +316,15 @@ static void test_small_model(void) {
     CHECK(s && !strcmp(s, "a ab b"), "no decoder: tokens joined by spaces ('%s')", s ? s : "");
     free(s);
     int n_ids = 0;
-    CHECK(kv_tokenizer_encode(t, "a", 1, 1, &ids, &n_ids, &err) == KV_EINVAL, "add_bos without BOS");
+    CHECK(kv_tokenizer_encode(t, "a", 1, 1, &ids, &n_ids, &err) == KV_EINVAL,
+          "add_bos without BOS");
     kv_tokenizer_free(t);
 
     /* unk fused over unknown characters */
     json = "{\"model\":{\"type\":\"BPE\",\"unk_token\":\"<u>\",\"fuse_unk\":true,"
            "\"vocab\":{\"a\":0,\"b\":1,\"ab\":2,\"<u>\":3},\"merges\":[[\"a\",\"b\"]]}}";
-    CHECK(kv_tokenizer_load_json(&t, json, strlen(json), "unk.json", &err) == 0, "unk: %s", err.msg);
+    CHECK(kv_tokenizer_load_json(&t, json, strlen(json), "unk.json", &err) == 0, "unk: %s",
+          err.msg);
     if (!t) return;
     n = encode(t, "xyab\xC3\xA9z", &ids);
     int want_unk[] = {3, 2, 3};
@@ -302,9 +337,12 @@ static void test_small_model(void) {
     json = "{\"model\":{\"type\":\"BPE\",\"unk_token\":\"<u>\",\"fuse_unk\":true,"
            "\"vocab\":{\"a\":0,\"b\":1,\"ab\":2,\"<u>\":3,\"_\":4},\"merges\":[\"a b\"]},"
            "\"normalizer\":{\"type\":\"Replace\",\"pattern\":{\"String\":\" \"},\"content\":\"_\"},"
-           "\"added_tokens\":[{\"id\":5,\"content\":\"<x>\",\"lstrip\":true,\"rstrip\":true,\"normalized\":false},"
-           "{\"id\":6,\"content\":\"<y>\",\"normalized\":false},{\"id\":7,\"content\":\"p q\",\"normalized\":true}]}";
-    CHECK(kv_tokenizer_load_json(&t, json, strlen(json), "added.json", &err) == 0, "added: %s", err.msg);
+           "\"added_tokens\":[{\"id\":5,\"content\":\"<x>\",\"lstrip\":true,\"rstrip\":true,"
+           "\"normalized\":false},"
+           "{\"id\":6,\"content\":\"<y>\",\"normalized\":false},{\"id\":7,\"content\":\"p "
+           "q\",\"normalized\":true}]}";
+    CHECK(kv_tokenizer_load_json(&t, json, strlen(json), "added.json", &err) == 0, "added: %s",
+          err.msg);
     if (!t) return;
     n = encode(t, "a \t<x>  b", &ids);
     int want_strip[] = {0, 5, 1};
@@ -312,11 +350,13 @@ static void test_small_model(void) {
     free(ids);
     n = encode(t, "a <y> b", &ids);
     int want_plain[] = {0, 4, 6, 4, 1};
-    CHECK(n == 5 && !memcmp(ids, want_plain, sizeof want_plain), "no strip: spaces stay (normalized to _)");
+    CHECK(n == 5 && !memcmp(ids, want_plain, sizeof want_plain),
+          "no strip: spaces stay (normalized to _)");
     free(ids);
     n = encode(t, "ap qb", &ids);
     int want_norm[] = {0, 7, 1};
-    CHECK(n == 3 && !memcmp(ids, want_norm, sizeof want_norm), "normalized added token 'p q' matches 'p_q'");
+    CHECK(n == 3 && !memcmp(ids, want_norm, sizeof want_norm),
+          "normalized added token 'p q' matches 'p_q'");
     free(ids);
     kv_tokenizer_free(t);
 }
@@ -329,7 +369,7 @@ typedef struct {
 
 static void test_malformed(void) {
 #define M(vocab, merges) "{'model':{'type':'BPE','vocab':" vocab ",'merges':" merges "}"
-#define OK_MODEL M("{'a':0,'b':1,'ab':2}", "['a b']")
+#define OK_MODEL         M("{'a':0,'b':1,'ab':2}", "['a b']")
     static const bad_case cases[] = {
         {"", KV_EFORMAT, "not valid JSON"},
         {"{'model':", KV_EFORMAT, "not valid JSON"},
@@ -358,47 +398,63 @@ static void test_malformed(void) {
         {M("{'a':0,'b':1}", "['a b']") "}", KV_EFORMAT, "merged token"},
         {M("{'a':0,'b':1,'ab':2}", "[5]") "}", KV_EFORMAT, "'model.merges[0]'"},
         {M("{'a':0,'b':1,'ab':2}", "[['a']]") "}", KV_EFORMAT, "'model.merges[0]'"},
-        {"{'model':{'type':'BPE','unk_token':'zz','vocab':{'a':0},'merges':[]}}", KV_EFORMAT, "'model.unk_token'"},
-        {"{'model':{'type':'BPE','unk_token':3,'vocab':{'a':0},'merges':[]}}", KV_EFORMAT, "'model.unk_token'"},
+        {"{'model':{'type':'BPE','unk_token':'zz','vocab':{'a':0},'merges':[]}}", KV_EFORMAT,
+         "'model.unk_token'"},
+        {"{'model':{'type':'BPE','unk_token':3,'vocab':{'a':0},'merges':[]}}", KV_EFORMAT,
+         "'model.unk_token'"},
         {"{'model':{'type':'BPE','byte_fallback':'yes','vocab':{'a':0},'merges':[]}}", KV_EFORMAT,
          "'model.byte_fallback'"},
-        {"{'model':{'type':'BPE','dropout':0.1,'vocab':{'a':0},'merges':[]}}", KV_EUNSUPPORTED, "'model.dropout'"},
-        {"{'model':{'type':'BPE','continuing_subword_prefix':'##','vocab':{'a':0},'merges':[]}}", KV_EUNSUPPORTED,
-         "continuing_subword_prefix"},
+        {"{'model':{'type':'BPE','dropout':0.1,'vocab':{'a':0},'merges':[]}}", KV_EUNSUPPORTED,
+         "'model.dropout'"},
+        {"{'model':{'type':'BPE','continuing_subword_prefix':'##','vocab':{'a':0},'merges':[]}}",
+         KV_EUNSUPPORTED, "continuing_subword_prefix"},
         {OK_MODEL ",'added_tokens':{}}", KV_EFORMAT, "'added_tokens'"},
         {OK_MODEL ",'added_tokens':[5]}", KV_EFORMAT, "'added_tokens[0]'"},
         {OK_MODEL ",'added_tokens':[{'content':'x'}]}", KV_EFORMAT, "'added_tokens[0].id'"},
         {OK_MODEL ",'added_tokens':[{'id':3}]}", KV_EFORMAT, "'added_tokens[0].content'"},
-        {OK_MODEL ",'added_tokens':[{'id':3,'content':''}]}", KV_EFORMAT, "'added_tokens[0].content'"},
+        {OK_MODEL ",'added_tokens':[{'id':3,'content':''}]}", KV_EFORMAT,
+         "'added_tokens[0].content'"},
         {OK_MODEL ",'added_tokens':[{'id':0,'content':'zz'}]}", KV_EFORMAT, "'added_tokens[0]'"},
-        {OK_MODEL ",'added_tokens':[{'id':3,'content':'x'},{'id':3,'content':'y'}]}", KV_EFORMAT, "'added_tokens[1]'"},
+        {OK_MODEL ",'added_tokens':[{'id':3,'content':'x'},{'id':3,'content':'y'}]}", KV_EFORMAT,
+         "'added_tokens[1]'"},
         {OK_MODEL ",'added_tokens':[{'id':3,'content':'a'}]}", KV_EFORMAT, "'added_tokens'"},
         {OK_MODEL ",'added_tokens':[{'id':5,'content':'x'}]}", KV_EFORMAT, "no token has id 3"},
-        {OK_MODEL ",'added_tokens':[{'id':3,'content':'x','special':1}]}", KV_EFORMAT, "'added_tokens[0].special'"},
-        {OK_MODEL ",'added_tokens':[{'id':3,'content':'x','single_word':true}]}", KV_EUNSUPPORTED, "single_word"},
+        {OK_MODEL ",'added_tokens':[{'id':3,'content':'x','special':1}]}", KV_EFORMAT,
+         "'added_tokens[0].special'"},
+        {OK_MODEL ",'added_tokens':[{'id':3,'content':'x','single_word':true}]}", KV_EUNSUPPORTED,
+         "single_word"},
         {OK_MODEL ",'normalizer':5}", KV_EFORMAT, "'normalizer'"},
         {OK_MODEL ",'normalizer':{'type':'NFKC'}}", KV_EUNSUPPORTED, "'normalizer.type'"},
         {OK_MODEL ",'normalizer':{'type':'Sequence'}}", KV_EFORMAT, "'normalizer.normalizers'"},
-        {OK_MODEL ",'normalizer':{'type':'Sequence','normalizers':[{'type':'Prepend'}]}}", KV_EFORMAT,
-         "'normalizer.normalizers[0].prepend'"},
-        {OK_MODEL ",'normalizer':{'type':'Replace','pattern':{'Regex':' '},'content':'x'}}", KV_EUNSUPPORTED,
+        {OK_MODEL ",'normalizer':{'type':'Sequence','normalizers':[{'type':'Prepend'}]}}",
+         KV_EFORMAT, "'normalizer.normalizers[0].prepend'"},
+        {OK_MODEL ",'normalizer':{'type':'Replace','pattern':{'Regex':' '},'content':'x'}}",
+         KV_EUNSUPPORTED, "'normalizer.pattern'"},
+        {OK_MODEL ",'normalizer':{'type':'Replace','pattern':' ','content':'x'}}", KV_EFORMAT,
          "'normalizer.pattern'"},
-        {OK_MODEL ",'normalizer':{'type':'Replace','pattern':' ','content':'x'}}", KV_EFORMAT, "'normalizer.pattern'"},
-        {OK_MODEL ",'normalizer':{'type':'Replace','pattern':{'String':' '}}}", KV_EFORMAT, "'normalizer.content'"},
-        {OK_MODEL ",'pre_tokenizer':{'type':'ByteLevel'}}", KV_EUNSUPPORTED, "'pre_tokenizer.type'"},
+        {OK_MODEL ",'normalizer':{'type':'Replace','pattern':{'String':' '}}}", KV_EFORMAT,
+         "'normalizer.content'"},
+        {OK_MODEL ",'pre_tokenizer':{'type':'ByteLevel'}}", KV_EUNSUPPORTED,
+         "'pre_tokenizer.type'"},
         {OK_MODEL ",'pre_tokenizer':{'type':'Metaspace','replacement':'ab'}}", KV_EFORMAT,
          "'pre_tokenizer.replacement'"},
-        {OK_MODEL ",'pre_tokenizer':{'type':'Metaspace','replacement':'_','prepend_scheme':'sometimes'}}", KV_EFORMAT,
-         "'pre_tokenizer.prepend_scheme'"},
+        {OK_MODEL
+         ",'pre_tokenizer':{'type':'Metaspace','replacement':'_','prepend_scheme':'sometimes'}}",
+         KV_EFORMAT, "'pre_tokenizer.prepend_scheme'"},
         {OK_MODEL ",'decoder':[]}", KV_EFORMAT, "'decoder'"},
         {OK_MODEL ",'decoder':{'type':'ByteLevel'}}", KV_EUNSUPPORTED, "'decoder.type'"},
         {OK_MODEL ",'decoder':{'type':'Sequence','decoders':[{'type':'Fuse'},{}]}}", KV_EFORMAT,
          "'decoder.decoders[1].type'"},
-        {OK_MODEL ",'decoder':{'type':'Strip','content':'ab','start':1,'stop':0}}", KV_EFORMAT, "'decoder.content'"},
-        {OK_MODEL ",'decoder':{'type':'Strip','content':' ','start':-1,'stop':0}}", KV_EFORMAT, "'decoder.start'"},
-        {OK_MODEL ",'decoder':{'type':'Strip','content':' ','start':1}}", KV_EFORMAT, "'decoder.stop'"},
-        {OK_MODEL ",'post_processor':{'type':'TemplateProcessing'}}", KV_EFORMAT, "'post_processor.single'"},
-        {OK_MODEL ",'post_processor':{'type':'TemplateProcessing','single':[{'SpecialToken':{'id':'<zz>'}}]}}",
+        {OK_MODEL ",'decoder':{'type':'Strip','content':'ab','start':1,'stop':0}}", KV_EFORMAT,
+         "'decoder.content'"},
+        {OK_MODEL ",'decoder':{'type':'Strip','content':' ','start':-1,'stop':0}}", KV_EFORMAT,
+         "'decoder.start'"},
+        {OK_MODEL ",'decoder':{'type':'Strip','content':' ','start':1}}", KV_EFORMAT,
+         "'decoder.stop'"},
+        {OK_MODEL ",'post_processor':{'type':'TemplateProcessing'}}", KV_EFORMAT,
+         "'post_processor.single'"},
+        {OK_MODEL ",'post_processor':{'type':'TemplateProcessing','single':[{'SpecialToken':{'id':'"
+                  "<zz>'}}]}}",
          KV_EFORMAT, "'post_processor.single[0]'"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -409,9 +465,10 @@ static void test_malformed(void) {
         kv_tokenizer *t = (kv_tokenizer *)1;
         kv_error err = {0};
         int rc = kv_tokenizer_load_json(&t, json, strlen(json), "bad.json", &err);
-        CHECK(rc == cases[i].code && t == NULL, "case %zu (%s): rc %d (%s), want %d", i, json, rc, err.msg, cases[i].code);
-        CHECK(strstr(err.msg, "bad.json") && strstr(err.msg, cases[i].field), "case %zu (%s): message '%s' lacks '%s'", i,
-              json, err.msg, cases[i].field);
+        CHECK(rc == cases[i].code && t == NULL, "case %zu (%s): rc %d (%s), want %d", i, json, rc,
+              err.msg, cases[i].code);
+        CHECK(strstr(err.msg, "bad.json") && strstr(err.msg, cases[i].field),
+              "case %zu (%s): message '%s' lacks '%s'", i, json, err.msg, cases[i].field);
     }
     /* the base of the cases above is valid */
     char json[256];
@@ -420,7 +477,8 @@ static void test_malformed(void) {
         if (*p == '\'') *p = '"';
     kv_tokenizer *t = NULL;
     kv_error err = {0};
-    CHECK(kv_tokenizer_load_json(&t, json, strlen(json), "ok.json", &err) == 0, "base case loads: %s", err.msg);
+    CHECK(kv_tokenizer_load_json(&t, json, strlen(json), "ok.json", &err) == 0,
+          "base case loads: %s", err.msg);
     kv_tokenizer_free(t);
 #undef M
 #undef OK_MODEL
@@ -453,7 +511,8 @@ static void test_corrupted_files(void) {
         failures += rc < 0 && !t && strstr(err.msg, path) != NULL;
         kv_tokenizer_free(t);
     }
-    CHECK(failures == cuts, "%d of %d truncated files rejected with the path in the message", failures, cuts);
+    CHECK(failures == cuts, "%d of %d truncated files rejected with the path in the message",
+          failures, cuts);
     unlink(path);
 
     uint32_t seed = 12345;
@@ -468,7 +527,8 @@ static void test_corrupted_files(void) {
             loaded++;
             int *ids = NULL, n_ids = 0;
             char *text = NULL;
-            if (kv_tokenizer_encode(t, "Hello, world! <s> caf\xC3\xA9", 21, 1, &ids, &n_ids, &err) == 0)
+            if (kv_tokenizer_encode(t, "Hello, world! <s> caf\xC3\xA9", 21, 1, &ids, &n_ids,
+                                    &err) == 0)
                 kv_tokenizer_decode(t, ids, n_ids, &text, &err);
             free(ids);
             free(text);
@@ -477,7 +537,8 @@ static void test_corrupted_files(void) {
             rejected += t == NULL && strstr(err.msg, "flip.json") != NULL;
         }
     }
-    CHECK(loaded + rejected == 300, "corrupted copies: %d loaded, %d rejected cleanly of 300", loaded, rejected);
+    CHECK(loaded + rejected == 300, "corrupted copies: %d loaded, %d rejected cleanly of 300",
+          loaded, rejected);
     free(copy);
     free(data);
 }
@@ -503,8 +564,8 @@ static void test_synthetic(int vocab_size) {
     CHECK(rc == 0, "load synthetic %d: %s", vocab_size, err.msg);
     unlink(path);
     if (rc) return;
-    CHECK(kv_tokenizer_vocab_size(t) == vocab_size, "synthetic has %d ids, want %d", kv_tokenizer_vocab_size(t),
-          vocab_size);
+    CHECK(kv_tokenizer_vocab_size(t) == vocab_size, "synthetic has %d ids, want %d",
+          kv_tokenizer_vocab_size(t), vocab_size);
     CHECK(kv_tokenizer_bos(t) == 1 && kv_tokenizer_eos(t) == 2, "synthetic bos/eos");
     CHECK(kv_tokenizer_token_id(t, "<0x00>") == 3 && kv_tokenizer_token_id(t, "<0xFF>") == 258 &&
               kv_tokenizer_token_id(t, "\xE2\x96\x81") == 259,
@@ -513,7 +574,9 @@ static void test_synthetic(int vocab_size) {
         "Once upon a time, there was a little girl named Lily.",
         "  two leading, trailing two  ",
         "tabs\tand\nnewlines\r\n",
-        "Gr\xC3\xBC\xC3\x9F" "e, \xE4\xB8\x96\xE7\x95\x8C! \xF0\x9F\x98\x80 \xD0\x9F\xD1\x80\xD0\xB8\xD0\xB2\xD0\xB5\xD1\x82",
+        "Gr\xC3\xBC\xC3\x9F"
+        "e, \xE4\xB8\x96\xE7\x95\x8C! \xF0\x9F\x98\x80 "
+        "\xD0\x9F\xD1\x80\xD0\xB8\xD0\xB2\xD0\xB5\xD1\x82",
         "x",
         "",
     };
@@ -524,8 +587,8 @@ static void test_synthetic(int vocab_size) {
         for (int k = 0; k < n; k++) in_range &= ids[k] >= 0 && ids[k] < vocab_size;
         CHECK(in_range, "synthetic %d ids in range", vocab_size);
         char *back = n >= 0 ? decode(t, ids, n) : NULL;
-        CHECK(back && !strcmp(back, texts[i]), "synthetic %d round trip '%s' -> '%s'", vocab_size, texts[i],
-              back ? back : "");
+        CHECK(back && !strcmp(back, texts[i]), "synthetic %d round trip '%s' -> '%s'", vocab_size,
+              texts[i], back ? back : "");
         free(back);
         free(ids);
     }
@@ -548,10 +611,12 @@ int main(void) {
     CHECK(kv_tokenizer_load(&stories, STORIES_TOK, &err) == 0, "%s", err.msg);
     CHECK(kv_tokenizer_load(&llama2, LLAMA2_TOK, &err) == 0, "%s", err.msg);
     if (stories && llama2) {
-        CHECK(kv_tokenizer_vocab_size(stories) == 512 && kv_tokenizer_vocab_size(llama2) == 32000, "vocab sizes");
+        CHECK(kv_tokenizer_vocab_size(stories) == 512 && kv_tokenizer_vocab_size(llama2) == 32000,
+              "vocab sizes");
         CHECK(kv_tokenizer_bos(stories) == 1 && kv_tokenizer_eos(stories) == 2, "stories bos/eos");
         CHECK(kv_tokenizer_bos(llama2) == 1 && kv_tokenizer_eos(llama2) == 2, "llama2 bos/eos");
-        CHECK(kv_tokenizer_is_special(llama2, 1) && !kv_tokenizer_is_special(llama2, 3), "special flags");
+        CHECK(kv_tokenizer_is_special(llama2, 1) && !kv_tokenizer_is_special(llama2, 3),
+              "special flags");
         test_golden_cases(stories, llama2);
         test_runc_stream(stories);
         test_added_tokens(llama2);
@@ -567,7 +632,8 @@ int main(void) {
     test_synthetic(512);
     test_synthetic(32000);
     test_synthetic(128256);
-    CHECK(kv_tokenizer_write_synthetic("/tmp/never.json", 259, &err) == KV_EINVAL, "vocab 259 refused");
+    CHECK(kv_tokenizer_write_synthetic("/tmp/never.json", 259, &err) == KV_EINVAL,
+          "vocab 259 refused");
     kv_tokenizer_free(stories);
     kv_tokenizer_free(llama2);
     rmdir(tmpdir);

@@ -69,8 +69,8 @@ static int write_tiny(const char *dir, const tiny_shape *t) {
     if (!t->tied) add_tensor(&s, "lm_head.weight", t->V, t->H, 1.0, 0);
     for (int i = 0; i < t->L; i++) {
         const int Q = t->nh * t->hd, KV = t->nkv * t->hd;
-#define T2(fmt, d0, d1, sc)                                          \
-    snprintf(name, sizeof name, "model.layers.%d." fmt, i);          \
+#define T2(fmt, d0, d1, sc)                                                                        \
+    snprintf(name, sizeof name, "model.layers.%d." fmt, i);                                        \
     add_tensor(&s, name, d0, d1, sc, 0)
         T2("input_layernorm.weight", t->H, 0, 0.3);
         for (int k = 0; k < t->H; k++) s.data[s.n - 1][k] += 1;
@@ -116,16 +116,16 @@ static int write_tiny(const char *dir, const tiny_shape *t) {
 
 typedef struct {
     const kvt_model *m;
-    double **w;           /* [n_params] double copy of every bound tensor, else NULL */
+    double **w; /* [n_params] double copy of every bound tensor, else NULL */
     int B, T, N, passes, grad_passes;
     const int32_t *tokens;
-    double **k, **v;      /* [slots] this pass, [N, KV] */
-    double **kp, **vp;    /* [slots] previous pass */
-    double **kc, **vc;    /* [slots] entering the first differentiated pass (constants) */
+    double **k, **v; /* [slots] this pass, [N, KV] */
+    double **kp, **vp; /* [slots] previous pass */
+    double **kc, **vc; /* [slots] entering the first differentiated pass (constants) */
     double *t_logits, *t_h; /* teacher outputs */
     double temp, mse_w, ce_w;
     /* scratch */
-    double **xin;         /* [L+1] residual entering each layer, [L] = after the last */
+    double **xin; /* [L+1] residual entering each layer, [L] = after the last */
     double *xn, *q, *att, *g, *u, *s, *logits;
 } ref_ctx;
 
@@ -142,8 +142,8 @@ static void r_rmsnorm(double *out, const double *x, const double *w, int N, int 
     }
 }
 
-static void r_matmul(double *out, const double *x, const double *W, const double *b, int N,
-                     int nin, int nout) {
+static void r_matmul(double *out, const double *x, const double *W, const double *b, int N, int nin,
+                     int nout) {
     for (int r = 0; r < N; r++)
         for (int o = 0; o < nout; o++) {
             double s = b ? b[o] : 0;
@@ -264,14 +264,18 @@ static void r_forward(ref_ctx *c, int set_prev) {
                 for (int s = s0; s < s1; s++) memset(c->kp[s], 0, kvb), memset(c->vp[s], 0, kvb);
                 for (int p = 1; p <= c->passes - c->grad_passes; p++) {
                     for (int i = lo; i <= hi; i++) r_layer(c, i);
-                    for (int s = s0; s < s1; s++) memcpy(c->kp[s], c->k[s], kvb), memcpy(c->vp[s], c->v[s], kvb);
+                    for (int s = s0; s < s1; s++)
+                        memcpy(c->kp[s], c->k[s], kvb), memcpy(c->vp[s], c->v[s], kvb);
                 }
-                for (int s = s0; s < s1; s++) memcpy(c->kc[s], c->kp[s], kvb), memcpy(c->vc[s], c->vp[s], kvb);
+                for (int s = s0; s < s1; s++)
+                    memcpy(c->kc[s], c->kp[s], kvb), memcpy(c->vc[s], c->vp[s], kvb);
             }
-            for (int s = s0; s < s1; s++) memcpy(c->kp[s], c->kc[s], kvb), memcpy(c->vp[s], c->vc[s], kvb);
+            for (int s = s0; s < s1; s++)
+                memcpy(c->kp[s], c->kc[s], kvb), memcpy(c->vp[s], c->vc[s], kvb);
             for (int p = 1; p < c->grad_passes; p++) {
                 for (int i = lo; i <= hi; i++) r_layer(c, i);
-                for (int s = s0; s < s1; s++) memcpy(c->kp[s], c->k[s], kvb), memcpy(c->vp[s], c->v[s], kvb);
+                for (int s = s0; s < s1; s++)
+                    memcpy(c->kp[s], c->k[s], kvb), memcpy(c->vp[s], c->v[s], kvb);
             }
             for (int i = lo; i <= hi; i++) r_layer(c, i);
             next = hi + 1;
@@ -296,7 +300,8 @@ static double r_loss(ref_ctx *c) {
             if (zs[i] / c->temp > ms) ms = zs[i] / c->temp;
             if (zt[i] / c->temp > mt) mt = zt[i] / c->temp;
         }
-        for (int i = 0; i < V; i++) ss += exp(zs[i] / c->temp - ms), st += exp(zt[i] / c->temp - mt);
+        for (int i = 0; i < V; i++)
+            ss += exp(zs[i] / c->temp - ms), st += exp(zt[i] / c->temp - mt);
         for (int i = 0; i < V; i++) {
             double lp = zt[i] / c->temp - mt - log(st), lq = zs[i] / c->temp - ms - log(ss);
             kl += exp(lp) * (lp - lq);
@@ -344,8 +349,9 @@ static void ref_init(ref_ctx *c, const kvt_model *m, int B, int T, int passes, i
         for (size_t k = 0; k < p->n; k++) c->w[i][k] = p->w[k];
     }
     const int S = kvmap_n_slots(&m->cfg.map), N = c->N;
-    const size_t big = (size_t)N * (size_t)(m->dims.ffn > m->dims.vocab ? m->dims.ffn : m->dims.vocab) +
-                       (size_t)N * (m->dims.q_dim > m->dims.hidden ? m->dims.q_dim : m->dims.hidden);
+    const size_t big =
+        (size_t)N * (size_t)(m->dims.ffn > m->dims.vocab ? m->dims.ffn : m->dims.vocab) +
+        (size_t)N * (m->dims.q_dim > m->dims.hidden ? m->dims.q_dim : m->dims.hidden);
     c->k = alloc_rows(S, (size_t)N * m->dims.kv_dim);
     c->v = alloc_rows(S, (size_t)N * m->dims.kv_dim);
     c->kp = alloc_rows(S, (size_t)N * m->dims.kv_dim);
@@ -377,8 +383,8 @@ static void ref_free(ref_ctx *c) {
 
 static const char *tmpdir;
 
-static void run_case(const char *label, const tiny_shape *shape, const char *map_spec,
-                     int passes, int grad_passes, int all_trainable) {
+static void run_case(const char *label, const tiny_shape *shape, const char *map_spec, int passes,
+                     int grad_passes, int all_trainable) {
     kv_error err = {0};
     char dir[512];
     snprintf(dir, sizeof dir, "%s/%s", tmpdir, label);
@@ -421,7 +427,7 @@ static void run_case(const char *label, const tiny_shape *shape, const char *map
     kvt_run rs2, rt2;
     CHECK(split_backend_init(&split, 0, &err) == 0, "%s: split backend: %s", label, err.msg);
     CHECK(kvt_run_init_grad(&rs2, &split, &student, B, T, passes, grad_passes, 1, &err) == 0 &&
-          kvt_run_init(&rt2, &split, &teacher, B, T, passes, 0, &err) == 0,
+              kvt_run_init(&rt2, &split, &teacher, B, T, passes, 0, &err) == 0,
           "%s: split runs: %s", label, err.msg);
     kvt_loss loss, loss2;
     const kvt_loss_weights lw = {2.0f, 0.7f, 0.3f};
@@ -465,8 +471,8 @@ static void run_case(const char *label, const tiny_shape *shape, const char *map
     ref_ctx tc, sc;
     ref_init(&tc, &teacher, B, T, 1, 1, tokens);
     r_forward(&tc, 1);
-    ref_init(&sc, &student, B, T, passes, kvmap_cyclic_block(&map, &(int){0}, &(int){0}) > 0 ? grad_passes : 1,
-             tokens);
+    ref_init(&sc, &student, B, T, passes,
+             kvmap_cyclic_block(&map, &(int){0}, &(int){0}) > 0 ? grad_passes : 1, tokens);
     sc.temp = lw.temp, sc.mse_w = lw.mse_weight, sc.ce_w = lw.ce_weight;
     sc.t_logits = malloc(sizeof(double) * N * shape->V);
     sc.t_h = malloc(sizeof(double) * N * shape->H);
@@ -476,8 +482,8 @@ static void run_case(const char *label, const tiny_shape *shape, const char *map
     const double ref = r_loss(&sc);
     CHECK(fabs(ref - loss.loss) <= 1e-4 * fabs(ref) + 1e-6, "%s: loss %.9g vs double %.9g", label,
           loss.loss, ref);
-    CHECK(loss.kl > 1e-4 && loss.mse > 1e-5 && loss.ce > 1e-2, "%s: degenerate loss kl %g mse %g ce %g",
-          label, loss.kl, loss.mse, loss.ce);
+    CHECK(loss.kl > 1e-4 && loss.mse > 1e-5 && loss.ce > 1e-2,
+          "%s: degenerate loss kl %g mse %g ce %g", label, loss.kl, loss.mse, loss.ce);
 
     int n_checked = 0;
     for (int i = 0; i < student.n_params; i++) {
@@ -503,8 +509,10 @@ static void run_case(const char *label, const tiny_shape *shape, const char *map
             if (e > worst) worst = e, worst_k = k;
         }
         CHECK(scale > 1e-6, "%s: %s: finite differences all ~0 (%g)", label, p->name, scale);
-        CHECK(worst <= 2e-3 * scale + 1e-7, "%s: %s[%zu]: backward %.9g vs finite difference %.9g"
-              " (scale %.3g)", label, p->name, worst_k, (double)g[worst_k], fd[worst_k], scale);
+        CHECK(worst <= 2e-3 * scale + 1e-7,
+              "%s: %s[%zu]: backward %.9g vs finite difference %.9g"
+              " (scale %.3g)",
+              label, p->name, worst_k, (double)g[worst_k], fd[worst_k], scale);
         free(fd);
         n_checked++;
     }
@@ -528,10 +536,10 @@ int main(void) {
     tmpdir = mkdtemp(tmpl);
     if (!tmpdir) return 1;
     kv_kernels_set_threads(2);
-    const tiny_shape plain = {.L = 4, .H = 8, .nh = 2, .nkv = 1, .hd = 4, .F = 12, .V = 16,
-                              .bias = 0, .tied = 0};
-    const tiny_shape biased = {.L = 5, .H = 8, .nh = 4, .nkv = 2, .hd = 2, .F = 10, .V = 12,
-                               .bias = 1, .tied = 1};
+    const tiny_shape plain = {
+        .L = 4, .H = 8, .nh = 2, .nkv = 1, .hd = 4, .F = 12, .V = 16, .bias = 0, .tied = 0};
+    const tiny_shape biased = {
+        .L = 5, .H = 8, .nh = 4, .nkv = 2, .hd = 2, .F = 10, .V = 12, .bias = 1, .tied = 1};
     /* every op's backward in the composition (all tensors but the embedding trainable) */
     run_case("all-pizza-bottom", &plain, "pizza-bottom:2", 1, 1, 1);
     run_case("all-lasagna-top", &plain, "lasagna-top:2", 3, 1, 1);

@@ -25,8 +25,12 @@ static kv_backend cpu; /* the CPU backend: device pointers are host pointers */
 static void adamw_update(float *w, const float *g, float *m, float *v, size_t n,
                          const adamw_hparams *h, long t, double lr) {
     kv_error err = {0};
-    const kv_adamw_step step = {.beta1 = h->beta1, .beta2 = h->beta2, .eps = h->eps,
-                                .weight_decay = h->weight_decay, .lr = lr, .t = t};
+    const kv_adamw_step step = {.beta1 = h->beta1,
+                                .beta2 = h->beta2,
+                                .eps = h->eps,
+                                .weight_decay = h->weight_decay,
+                                .lr = lr,
+                                .t = t};
     CHECK(cpu.ops->adamw(&cpu, w, g, m, v, n, &step, &err) == 0, "adamw: %s", err.msg);
 }
 
@@ -136,7 +140,8 @@ static void test_data(void) {
         int f1 = mkstemps(p1, 4), f2 = mkstemps(p2, 4);
         CHECK(f1 >= 0 && f2 >= 0, "temp files");
         if (f1 >= 0 && f2 >= 0) {
-            CHECK(write(f1, bin, sizeof bin) == sizeof bin && write(f2, bad, sizeof bad) == sizeof bad,
+            CHECK(write(f1, bin, sizeof bin) == sizeof bin &&
+                      write(f2, bad, sizeof bad) == sizeof bad,
                   "write");
             close(f1), close(f2);
             distill_tokens b = {0};
@@ -177,14 +182,17 @@ static void test_data(void) {
     int perm = 1;
     for (int i = 0; i < 50; i++) perm &= seen[i] == 1;
     CHECK(perm, "epoch 0 is a permutation");
-    for (long k = 149; k >= 0; k--) same &= distill_sampler_get(&a, k) == distill_sampler_get(&b, k);
-    for (long k = 0; k < 50; k++) differs |= distill_sampler_get(&a, k) != distill_sampler_get(&a, k + 50);
+    for (long k = 149; k >= 0; k--)
+        same &= distill_sampler_get(&a, k) == distill_sampler_get(&b, k);
+    for (long k = 0; k < 50; k++)
+        differs |= distill_sampler_get(&a, k) != distill_sampler_get(&a, k + 50);
     CHECK(same, "same seed, same order (any access order)");
     CHECK(differs, "epochs are shuffled differently");
     distill_sampler_free(&b);
     distill_sampler_init(&b, 50, 8, &err);
     differs = 0;
-    for (long k = 0; k < 50; k++) differs |= distill_sampler_get(&a, k) != distill_sampler_get(&b, k);
+    for (long k = 0; k < 50; k++)
+        differs |= distill_sampler_get(&a, k) != distill_sampler_get(&b, k);
     CHECK(differs, "another seed, another order");
     distill_sampler_free(&a), distill_sampler_free(&b);
     distill_tokens_free(&d);
@@ -215,12 +223,13 @@ static void test_init(const kvt_model *t) {
         kvt_param *v3 = kvt_model_find(&s, "model.layers.3.self_attn.v_proj_swiftkv.weight");
         CHECK(k3 && v3, "leader 3 has k/v_proj_swiftkv");
         double e = 0;
-        for (size_t i = 0; v3 && i < v3->n; i++) e = fmax(e, fabs(v3->w[i] - 0.5 * (a->w[i] + b->w[i])));
+        for (size_t i = 0; v3 && i < v3->n; i++)
+            e = fmax(e, fabs(v3->w[i] - 0.5 * (a->w[i] + b->w[i])));
         CHECK(e < 1e-7, "v_proj_swiftkv = mean of the group's v_proj (%g)", e);
         CHECK(!kvt_model_find(&s, "model.layers.4.self_attn.k_proj_swiftkv.weight"),
               "non-leader has no k_proj_swiftkv");
         CHECK(!kvt_model_find(&s, "model.layers.2.self_attn.q_proj.weight") &&
-              kvt_model_find(&s, "model.layers.0.self_attn.q_proj.weight"),
+                  kvt_model_find(&s, "model.layers.0.self_attn.q_proj.weight"),
               "deployable: teacher q of layers >= l dropped, < l kept");
         kvt_param *ns = kvt_model_find(&s, "model.norm_swiftkv.weight");
         kvt_param *n1 = kvt_model_find(t, "model.layers.1.input_layernorm.weight");
@@ -236,7 +245,7 @@ static void test_init(const kvt_model *t) {
     CHECK(rc == 0, "cross init: %s", err.msg);
     if (!rc) {
         CHECK(!kvt_model_find(&s, "model.layers.0.self_attn.k_proj.weight") &&
-              !kvt_model_find(&s, "model.layers.3.self_attn.v_proj.weight"),
+                  !kvt_model_find(&s, "model.layers.3.self_attn.v_proj.weight"),
               "non-KV layers lose k/v");
         kvt_param *k2 = kvt_model_find(&s, "model.layers.2.self_attn.k_proj.weight");
         double e = 0;

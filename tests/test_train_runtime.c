@@ -81,13 +81,15 @@ static void compare(const char *spec, kv_swiftkv_layout layout, const kvt_model 
     if (!rc && !(rc = kvt_forward(&run, tokens, &err))) {
         double worst = 0;
         for (int b = 0; b < n_seq && !rc; b++) {
-            kv_forward_opts fo = {.logits = KV_LOGITS_ALL, .no_swiftkv_skip = 1,
+            kv_forward_opts fo = {.logits = KV_LOGITS_ALL,
+                                  .no_swiftkv_skip = 1,
                                   .prefill = {.mode = KV_PREFILL_ITERATIVE, .passes = 9}};
             kv_state_reset(&st);
             rc = kv_forward(&st, tokens + (size_t)b * T, T, &fo, logits, &err);
             CHECK(rc == 0, "%s: runtime forward: %s", spec, err.msg);
             if (!rc) {
-                double d = max_diff(run.logits + (size_t)b * T * s.dims.vocab, logits, (size_t)T * s.dims.vocab);
+                double d = max_diff(run.logits + (size_t)b * T * s.dims.vocab, logits,
+                                    (size_t)T * s.dims.vocab);
                 if (d > worst) worst = d;
             }
         }
@@ -118,9 +120,9 @@ int main(void) {
         return check_done("test_train_runtime");
     }
     const int32_t *tokens = st_find(&g, "tokens")->data; /* [3, 64] */
-    static const char *const specs[] = {"identity", "swiftkv:3", "swiftkv:1,2", "pizza-bottom:3",
-                                        "lasagna-top:3", "sandwich-middle:3", "pizza-top:2",
-                                        "cla:2"};
+    static const char *const specs[] = {"identity",       "swiftkv:3",     "swiftkv:1,2",
+                                        "pizza-bottom:3", "lasagna-top:3", "sandwich-middle:3",
+                                        "pizza-top:2",    "cla:2"};
     for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
         compare(specs[i], KV_LAYOUT_DEPLOY, &teacher, tokens, 1, 64);
         compare(specs[i], KV_LAYOUT_DEPLOY, &teacher, tokens, 3, 64);

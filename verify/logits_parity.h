@@ -7,11 +7,11 @@
 
 typedef struct {
     int n_positions, vocab;
-    double max_abs;          /* max |a - b| over all logits */
-    int worst_position;      /* position of max_abs */
-    double mean_kl, max_kl;  /* KL(softmax(a) || softmax(b)) in nats per position */
-    int argmax_agree;        /* positions whose argmax is the same */
-    int tokens_checked;      /* 1 when both files carry token ids and they were compared */
+    double max_abs; /* max |a - b| over all logits */
+    int worst_position; /* position of max_abs */
+    double mean_kl, max_kl; /* KL(softmax(a) || softmax(b)) in nats per position */
+    int argmax_agree; /* positions whose argmax is the same */
+    int tokens_checked; /* 1 when both files carry token ids and they were compared */
 } kv_logits_report;
 
 /* adds T more positions of a and b [T, V] (host) to r: max_abs, worst_position (counted from

@@ -5,22 +5,23 @@
 #include <string.h>
 
 int kv_model_parity_run(kv_model_parity *r, kv_backend *ba, const kv_model *a, kv_backend *bb,
-                        const kv_model *b, const int32_t *ids, int n,
-                        const kv_model_parity_opts *o, kv_error *err) {
+                        const kv_model *b, const int32_t *ids, int n, const kv_model_parity_opts *o,
+                        kv_error *err) {
     memset(r, 0, sizeof *r);
     const int V = a->dims.vocab;
     if (b->dims.vocab != V)
         return kv_fail(err, KV_EMISMATCH, "the models' vocabularies differ (%d and %d tokens)", V,
                        b->dims.vocab);
-    if (n < (o->bos >= 0 ? 1 : 2)) return kv_fail(err, KV_EINVAL, "%d tokens are too few to score", n);
+    if (n < (o->bos >= 0 ? 1 : 2))
+        return kv_fail(err, KV_EINVAL, "%d tokens are too few to score", n);
     const int ctx = o->ctx;
     if (ctx < 2 || ctx > a->dims.max_pos || ctx > b->dims.max_pos)
         return kv_fail(err, KV_EINVAL, "window of %d tokens: the models take 2..%d", ctx,
                        a->dims.max_pos < b->dims.max_pos ? a->dims.max_pos : b->dims.max_pos);
     for (int i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= V)
-            return kv_fail(err, KV_EINVAL, "token %d at position %d is outside the vocabulary of %d",
-                           ids[i], i, V);
+            return kv_fail(err, KV_EINVAL,
+                           "token %d at position %d is outside the vocabulary of %d", ids[i], i, V);
     long windows = kv_ppl_window_count(n, ctx, o->bos);
     if (o->max_windows > 0 && windows > o->max_windows) windows = o->max_windows;
     const int batch = o->max_batch > 0 ? o->max_batch : ctx;
@@ -29,7 +30,8 @@ int kv_model_parity_run(kv_model_parity *r, kv_backend *ba, const kv_model *a, k
     float *la = malloc(sizeof(float) * (size_t)ctx * (size_t)V);
     float *lb = malloc(sizeof(float) * (size_t)ctx * (size_t)V);
     int rc = 0;
-    if (!la || !lb || !win) rc = kv_fail(err, KV_ENOMEM, "out of memory for 2 x %d x %d logits", ctx, V);
+    if (!la || !lb || !win)
+        rc = kv_fail(err, KV_ENOMEM, "out of memory for 2 x %d x %d logits", ctx, V);
     if (!rc) rc = kv_state_init(&sa, ba, a, ctx, batch, o->kv_cache_dtype, err);
     if (!rc) rc = kv_state_init(&sb, bb, b, ctx, batch, o->kv_cache_dtype, err);
     const kv_forward_opts fo = {.logits = KV_LOGITS_ALL, .prefill = o->prefill};

@@ -14,19 +14,19 @@
 #include "verify/logits_parity.h"
 
 typedef struct {
-    int ctx;                   /* window length in positions (>= 2, <= both models' context) */
-    int bos;                   /* BOS id opening each window, or -1 */
-    int max_windows;           /* 0: every window */
-    int max_batch;             /* tokens per pass (0: the whole window) */
-    kv_dtype kv_cache_dtype;   /* KV_F32 or KV_BF16, both models */
-    kv_prefill prefill;        /* multi-token passes over maps with upward layers */
+    int ctx; /* window length in positions (>= 2, <= both models' context) */
+    int bos; /* BOS id opening each window, or -1 */
+    int max_windows; /* 0: every window */
+    int max_batch; /* tokens per pass (0: the whole window) */
+    kv_dtype kv_cache_dtype; /* KV_F32 or KV_BF16, both models */
+    kv_prefill prefill; /* multi-token passes over maps with upward layers */
 } kv_model_parity_opts;
 
 typedef struct {
-    kv_logits_report logits;   /* a vs b over every position of every window */
+    kv_logits_report logits; /* a vs b over every position of every window */
     int windows;
-    long n_predicted;          /* positions with a next token in their window */
-    double nll_a, nll_b;       /* mean next-token negative log-likelihood, nats (as kvrun --ppl) */
+    long n_predicted; /* positions with a next token in their window */
+    double nll_a, nll_b; /* mean next-token negative log-likelihood, nats (as kvrun --ppl) */
 } kv_model_parity;
 
 /* ids[n] (host, without BOS) split into the windows kvrun --ppl scores (runtime/ppl.h: with a
@@ -34,7 +34,7 @@ typedef struct {
  * model a runs on backend ba, b on bb (the two may be one backend). The models must share the
  * vocabulary size. Errors name the model and window. */
 int kv_model_parity_run(kv_model_parity *r, kv_backend *ba, const kv_model *a, kv_backend *bb,
-                        const kv_model *b, const int32_t *ids, int n,
-                        const kv_model_parity_opts *o, kv_error *err);
+                        const kv_model *b, const int32_t *ids, int n, const kv_model_parity_opts *o,
+                        kv_error *err);
 
 #endif

@@ -59,8 +59,7 @@ static const float *as_f32(const st_tensor *t, float **buf) {
     return *buf;
 }
 
-static int compare_one(kv_tensor_report *r, const st_tensor *a, const st_tensor *b,
-                       kv_error *err) {
+static int compare_one(kv_tensor_report *r, const st_tensor *a, const st_tensor *b, kv_error *err) {
     if (a->dtype != b->dtype || a->n_dims != b->n_dims ||
         memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->n_dims))
         return kv_fail(err, KV_EMISMATCH, "tensor '%s': dtype or shape differs", a->name);
@@ -112,8 +111,7 @@ int kv_tensor_compare(kv_tensor_report *r, const char *path_a, const char *path_
             rc = kv_fail(err, KV_EMISMATCH, "tensor '%s' is in %s only", a.t[i]->name, path_a);
         else if (c > 0)
             rc = kv_fail(err, KV_EMISMATCH, "tensor '%s' is in %s only", b.t[j]->name, path_b);
-        else
-            rc = compare_one(r, a.t[i++], b.t[j++], err);
+        else rc = compare_one(r, a.t[i++], b.t[j++], err);
     }
     side_close(&a);
     side_close(&b);

@@ -9,14 +9,14 @@
 #include "base/error.h"
 
 typedef struct {
-    int n_tensors;           /* compared (every tensor of both) */
-    int n_differing;         /* tensors with at least one differing value */
-    size_t n_values;         /* values compared */
-    double max_abs;          /* max |a - b| over every value */
+    int n_tensors; /* compared (every tensor of both) */
+    int n_differing; /* tensors with at least one differing value */
+    size_t n_values; /* values compared */
+    double max_abs; /* max |a - b| over every value */
     /* the worst tensor by relative difference: max |a - b| / max |b| within one tensor (0 when
      * equal; max |a - b| when b is all zeros) */
     double max_rel;
-    char worst[128];         /* its name ("" when every tensor is equal) */
+    char worst[128]; /* its name ("" when every tensor is equal) */
 } kv_tensor_report;
 
 /* a, b: safetensors files or model directories (every *.safetensors shard); float tensors

@@ -29,18 +29,21 @@ static inline float attn_widen(uint16_t h) {
 /* dot product of a with an F32 (b) or BF16 (bh) row, 8 running partial sums (vectorizable, fixed
  * order: both row types give the same result on the same values) */
 static inline __attribute__((always_inline)) float attn_dot_row(const float *a, const float *b,
-                                                               const uint16_t *bh, int bf16, int n) {
+                                                                const uint16_t *bh, int bf16,
+                                                                int n) {
     float part[8] = {0};
     int i = 0;
     for (; i + 8 <= n; i += 8)
         for (int u = 0; u < 8; u++) part[u] += a[i + u] * ATTN_AT(bf16, b, bh, i + u);
-    float s = ((part[0] + part[1]) + (part[2] + part[3])) +
-              ((part[4] + part[5]) + (part[6] + part[7]));
+    float s =
+        ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
     for (; i < n; i++) s += a[i] * ATTN_AT(bf16, b, bh, i);
     return s;
 }
 
-static inline float attn_dot(const float *a, const float *b, int n) { return attn_dot_row(a, b, NULL, 0, n); }
+static inline float attn_dot(const float *a, const float *b, int n) {
+    return attn_dot_row(a, b, NULL, 0, n);
+}
 
 enum { ROWS = 16, KB = 64 }; /* about ROWS query rows per work item, KB keys per block */
 
@@ -50,13 +53,13 @@ typedef struct {
     const uint16_t *k16, *v16; /* BF16 cache instead of k, v (both NULL for F32) */
     int T, pos0, S, nh, nkv, hd;
     kv_attn_mask mask;
-    int group;        /* query heads per kv head */
-    int tokens;       /* tokens per work item; rows per item = tokens * group */
+    int group; /* query heads per kv head */
+    int tokens; /* tokens per work item; rows per item = tokens * group */
     int n_tblocks;
     float scale;
     size_t scratch_per_worker;
-    int stage;        /* BF16 rows widened once per block into scratch (rows per item >= 4) */
-    float *scratch;   /* per worker: acc [rows, hd], m [rows], l [rows], scores [KB];
+    int stage; /* BF16 rows widened once per block into scratch (rows per item >= 4) */
+    float *scratch; /* per worker: acc [rows, hd], m [rows], l [rows], scores [KB];
                          staging: then K, V of one block of head g as F32 [KB, hd] each */
 } attn_job;
 
@@ -73,7 +76,7 @@ static void attn_stage(float *blk, const uint16_t *bf16, int s0, int e, int g, s
 /* item = (token block, kv head g): the rows are every query head reading g for every token of
  * the block, so each K/V block is loaded once for all of them */
 static inline __attribute__((always_inline)) void attn_item_rows(const attn_job *j, int item,
-                                                                   int worker, int bf16) {
+                                                                 int worker, int bf16) {
     const int hd = j->hd, g = item % j->nkv, tb = item / j->nkv, group = j->group;
     const int t0 = tb * j->tokens, t1 = t0 + j->tokens < j->T ? t0 + j->tokens : j->T;
     const int rows = (t1 - t0) * group;
@@ -142,7 +145,9 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
 /* each compiled with its loads inlined: F32 rows (an F32 cache, or BF16 staged per block), and
  * BF16 rows widened as they are read (few rows per item: staging would not pay) */
 static void attn_item(void *ctx, int item, int worker) { attn_item_rows(ctx, item, worker, 0); }
-static void attn_item_bf16(void *ctx, int item, int worker) { attn_item_rows(ctx, item, worker, 1); }
+static void attn_item_bf16(void *ctx, int item, int worker) {
+    attn_item_rows(ctx, item, worker, 1);
+}
 
 static int attention_run(attn_job j, int T, int pos0, int S, int n_heads, int n_kv_heads,
                          int head_dim) {
@@ -165,8 +170,8 @@ static int attention_run(attn_job j, int T, int pos0, int S, int n_heads, int n_
     return 0;
 }
 
-int kv_attention(float *out, const float *q, const float *k, const float *v, int T, int pos0,
-                 int S, int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask) {
+int kv_attention(float *out, const float *q, const float *k, const float *v, int T, int pos0, int S,
+                 int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask) {
     const attn_job j = {.out = out, .q = q, .k = k, .v = v, .mask = mask};
     return attention_run(j, T, pos0, S, n_heads, n_kv_heads, head_dim);
 }
@@ -246,9 +251,20 @@ int kv_attention_backward(float *dq, float *dk, float *dv, const float *dout, co
                           const float *k, const float *v, int T, int pos0, int S, int n_heads,
                           int n_kv_heads, int head_dim, kv_attn_mask mask) {
     if (!dq && !dk && !dv) return 0;
-    attn_grad_job j = {.dq = dq, .dk = dk, .dv = dv, .dout = dout, .q = q, .k = k, .v = v,
-                       .T = T, .pos0 = pos0, .S = S, .nh = n_heads, .nkv = n_kv_heads,
-                       .hd = head_dim, .mask = mask,
+    attn_grad_job j = {.dq = dq,
+                       .dk = dk,
+                       .dv = dv,
+                       .dout = dout,
+                       .q = q,
+                       .k = k,
+                       .v = v,
+                       .T = T,
+                       .pos0 = pos0,
+                       .S = S,
+                       .nh = n_heads,
+                       .nkv = n_kv_heads,
+                       .hd = head_dim,
+                       .mask = mask,
                        .scale = (float)(1.0 / sqrt((double)head_dim))};
     const double flops = 8.0 * n_heads * (double)T * (S < pos0 + T ? S : pos0 + T) * head_dim;
     const int workers = kv_parallel_workers(n_kv_heads, flops);

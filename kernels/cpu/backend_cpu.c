@@ -151,18 +151,18 @@ static int cpu_embedding(kv_backend *b, float *out, const float *table, int voca
     return kv_embedding(out, table, vocab, dim, host_ids, T, err);
 }
 
-static int cpu_distill_kl(kv_backend *b, double *host_loss, float *dstudent,
-                          const float *student, const float *teacher, int T, int V, float temp,
-                          float grad_scale, kv_error *err) {
+static int cpu_distill_kl(kv_backend *b, double *host_loss, float *dstudent, const float *student,
+                          const float *teacher, int T, int V, float temp, float grad_scale,
+                          kv_error *err) {
     (void)b, (void)err;
     double loss = kv_distill_kl(dstudent, student, teacher, T, V, temp, grad_scale);
     if (host_loss) *host_loss = loss;
     return 0;
 }
 
-static int cpu_next_token_ce(kv_backend *b, double *host_loss, float *dlogits,
-                             const float *logits, const int32_t *tokens, int B, int T, int V,
-                             float grad_scale, kv_error *err) {
+static int cpu_next_token_ce(kv_backend *b, double *host_loss, float *dlogits, const float *logits,
+                             const int32_t *tokens, int B, int T, int V, float grad_scale,
+                             kv_error *err) {
     (void)b, (void)err;
     double loss = kv_next_token_ce(dlogits, logits, tokens, B, T, V, grad_scale);
     if (host_loss) *host_loss = loss;
@@ -177,9 +177,9 @@ static int cpu_mse(kv_backend *b, double *host_loss, float *dstudent, const floa
     return 0;
 }
 
-static int cpu_matmul_backward(kv_backend *b, float *dx, float *dW, float *dbias,
-                               const float *dout, const float *x, const float *W, int T, int n_in,
-                               int n_out, kv_error *err) {
+static int cpu_matmul_backward(kv_backend *b, float *dx, float *dW, float *dbias, const float *dout,
+                               const float *x, const float *W, int T, int n_in, int n_out,
+                               kv_error *err) {
     (void)b, (void)err;
     kv_matmul_backward(dx, dW, dbias, dout, x, W, T, n_in, n_out);
     return 0;
@@ -200,11 +200,10 @@ static int cpu_rope_backward(kv_backend *b, float *dx, int T, int n_heads, const
     return 0;
 }
 
-static int cpu_attention_backward(kv_backend *b, float *dq, float *dk, float *dv,
-                                  const float *dout, const float *q, const float *k,
-                                  const float *v, int T, int pos0, int S, int n_heads,
-                                  int n_kv_heads, int head_dim, kv_attn_mask mask,
-                                  kv_error *err) {
+static int cpu_attention_backward(kv_backend *b, float *dq, float *dk, float *dv, const float *dout,
+                                  const float *q, const float *k, const float *v, int T, int pos0,
+                                  int S, int n_heads, int n_kv_heads, int head_dim,
+                                  kv_attn_mask mask, kv_error *err) {
     (void)b;
     int rc = kv_attention_backward(dq, dk, dv, dout, q, k, v, T, pos0, S, n_heads, n_kv_heads,
                                    head_dim, mask);
@@ -219,8 +218,7 @@ static int cpu_swiglu_backward(kv_backend *b, float *dgate, float *dup, const fl
     return 0;
 }
 
-static int cpu_sumsq(kv_backend *b, double *host_sumsq, const float *x, size_t n,
-                     kv_error *err) {
+static int cpu_sumsq(kv_backend *b, double *host_sumsq, const float *x, size_t n, kv_error *err) {
     (void)b, (void)err;
     *host_sumsq = kv_sumsq(*host_sumsq, x, n);
     return 0;
@@ -279,8 +277,8 @@ static const kv_backend_ops cpu_ops = {
 int kv_backend_cpu_init(kv_backend *b, int threads, kv_error *err) {
     (void)err;
     if (threads >= 1) kv_kernels_set_threads(threads);
-    *b = (kv_backend){.ops = &cpu_ops, .device = KV_DEVICE_CPU, .unified = 1,
-                      .threads = kv_kernels_threads()};
+    *b = (kv_backend){
+        .ops = &cpu_ops, .device = KV_DEVICE_CPU, .unified = 1, .threads = kv_kernels_threads()};
     snprintf(b->name, sizeof b->name, "cpu (%d thread%s)", b->threads, b->threads == 1 ? "" : "s");
     return 0;
 }

@@ -63,7 +63,7 @@ __attribute__((target("avx2,fma"))) static __m256 bf16x8_avx2(const uint16_t *p)
 }
 
 __attribute__((target("avx2,fma"))) static float dot_f32_avx2(const float *w, const float *x,
-                                                             int n) {
+                                                              int n) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int i = 0;
     for (; i + 32 <= n; i += 32) {
@@ -84,7 +84,7 @@ __attribute__((target("avx2,fma"))) static float dot_f32_avx2(const float *w, co
 }
 
 __attribute__((target("avx2,fma"))) static float dot_bf16_avx2(const uint16_t *w, const float *x,
-                                                              int n) {
+                                                               int n) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int i = 0;
     for (; i + 32 <= n; i += 32) {
@@ -93,8 +93,7 @@ __attribute__((target("avx2,fma"))) static float dot_bf16_avx2(const uint16_t *w
         a2 = _mm256_fmadd_ps(bf16x8_avx2(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
         a3 = _mm256_fmadd_ps(bf16x8_avx2(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
     }
-    for (; i + 8 <= n; i += 8)
-        a0 = _mm256_fmadd_ps(bf16x8_avx2(w + i), _mm256_loadu_ps(x + i), a0);
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(bf16x8_avx2(w + i), _mm256_loadu_ps(x + i), a0);
     if (i < n) {
         uint16_t wt[8] = {0};
         float xt[8] = {0};
@@ -132,7 +131,7 @@ static int head_to_align(const void *w, size_t elem, size_t align, int n) {
 }
 
 __attribute__((target("avx512f"))) static float dot_f32_avx512(const float *w, const float *x,
-                                                              int n) {
+                                                               int n) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int i = head_to_align(w, sizeof(float), 64, n);
     if (i) { /* the head, zero-padded: W's loads below are aligned */
@@ -158,8 +157,8 @@ __attribute__((target("avx512f"))) static float dot_f32_avx512(const float *w, c
     return hsum512(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
-__attribute__((target("avx512f"))) static float dot_bf16_avx512(const uint16_t *w,
-                                                               const float *x, int n) {
+__attribute__((target("avx512f"))) static float dot_bf16_avx512(const uint16_t *w, const float *x,
+                                                                int n) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int i = head_to_align(w, sizeof(uint16_t), 32, n);
     if (i) {
@@ -196,17 +195,21 @@ typedef float (*dot_bf16_fn)(const uint16_t *, const float *, int);
 static const dot_f32_fn dot_f32[KV_GEMV_N_ISA] = {
     dot_f32_c,
 #if KV_GEMV_X86
-    dot_f32_avx2, dot_f32_avx512,
+    dot_f32_avx2,
+    dot_f32_avx512,
 #else
-    dot_f32_c, dot_f32_c,
+    dot_f32_c,
+    dot_f32_c,
 #endif
 };
 static const dot_bf16_fn dot_bf16[KV_GEMV_N_ISA] = {
     dot_bf16_c,
 #if KV_GEMV_X86
-    dot_bf16_avx2, dot_bf16_avx512,
+    dot_bf16_avx2,
+    dot_bf16_avx512,
 #else
-    dot_bf16_c, dot_bf16_c,
+    dot_bf16_c,
+    dot_bf16_c,
 #endif
 };
 
@@ -303,8 +306,15 @@ int kv_gemv(float *y, const float *x, const void *W, kv_dtype w_type, const floa
             int n_out, int accumulate) {
     if (w_type != KV_F32 && w_type != KV_BF16) return -1;
     if (n_out <= 0) return 0;
-    gemv_job j = {.isa = kv_gemv_isa_active(), .y = y, .x = x, .bias = bias, .W = W,
-                  .w_type = w_type, .n_in = n_in, .n_out = n_out, .accumulate = accumulate};
+    gemv_job j = {.isa = kv_gemv_isa_active(),
+                  .y = y,
+                  .x = x,
+                  .bias = bias,
+                  .W = W,
+                  .w_type = w_type,
+                  .n_in = n_in,
+                  .n_out = n_out,
+                  .accumulate = accumulate};
     const int items = (n_out + GEMV_ROWS_PER_ITEM - 1) / GEMV_ROWS_PER_ITEM;
     const int workers = kv_parallel_workers(items, 2.0 * n_in * n_out);
     if (workers <= 1) kv_gemv_rows(j.isa, y, x, W, w_type, bias, n_in, 0, n_out, accumulate);

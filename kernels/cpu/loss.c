@@ -17,7 +17,8 @@ static double scaled_lse(const float *x, int n, double inv_temp) {
 double kv_distill_kl(float *dstudent, const float *student, const float *teacher, int T, int V,
                      float temp, float grad_scale) {
     const double inv_temp = 1.0 / (double)temp, tt = (double)temp * temp;
-    const double gscale = (double)grad_scale * temp / T; /* d(temp^2 KL / T)/dz = temp (q - p) / T */
+    const double gscale =
+        (double)grad_scale * temp / T; /* d(temp^2 KL / T)/dz = temp (q - p) / T */
     double total = 0.0;
     for (int t = 0; t < T; t++) {
         const float *zs = student + (size_t)t * V, *zt = teacher + (size_t)t * V;

@@ -10,8 +10,8 @@ static void gemm_xwt(float *out, const float *x, const float *W, int T, int n_in
     if (T == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, n_out, n_in, 1.0f, W, n_in, x, 1, beta, out, 1);
     else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n_out, n_in, 1.0f, x, n_in, W,
-                    n_in, beta, out, n_out);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n_out, n_in, 1.0f, x, n_in, W, n_in,
+                    beta, out, n_out);
 }
 
 static void add_bias(float *out, const float *bias, int T, int n_out) {
@@ -31,8 +31,8 @@ void kv_matmul(float *out, const float *x, const float *W, const float *bias, in
     }
 }
 
-void kv_matmul_acc(float *out, const float *x, const float *W, const float *bias, int T,
-                   int n_in, int n_out) {
+void kv_matmul_acc(float *out, const float *x, const float *W, const float *bias, int T, int n_in,
+                   int n_out) {
     gemm_xwt(out, x, W, T, n_in, n_out, 1.0f);
     if (bias) add_bias(out, bias, T, n_out);
 }
@@ -43,16 +43,16 @@ void kv_matmul_backward(float *dx, float *dW, float *dbias, const float *dout, c
         if (T == 1) /* dx[n_in] += W^T dout */
             cblas_sgemv(CblasRowMajor, CblasTrans, n_out, n_in, 1.0f, W, n_in, dout, 1, 1.0f, dx,
                         1);
-        else        /* dx[T, n_in] += dout[T, n_out] @ W[n_out, n_in] */
+        else /* dx[T, n_in] += dout[T, n_out] @ W[n_out, n_in] */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, n_in, n_out, 1.0f, dout,
                         n_out, W, n_in, 1.0f, dx, n_in);
     }
     if (dW) {
         if (T == 1) /* dW += dout x^T (rank one) */
             cblas_sger(CblasRowMajor, n_out, n_in, 1.0f, dout, 1, x, 1, dW, n_in);
-        else        /* dW[n_out, n_in] += dout^T @ x */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n_out, n_in, T, 1.0f, dout,
-                        n_out, x, n_in, 1.0f, dW, n_in);
+        else /* dW[n_out, n_in] += dout^T @ x */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n_out, n_in, T, 1.0f, dout, n_out,
+                        x, n_in, 1.0f, dW, n_in);
     }
     if (dbias) {
         for (int o = 0; o < n_out; o++) {

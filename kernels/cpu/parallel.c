@@ -4,7 +4,7 @@
 #include <cblas.h>
 #include <unistd.h>
 
-#define KV_MAX_THREADS 256
+#define KV_MAX_THREADS      256
 /* below this much work per extra worker, starting a thread costs more than it saves */
 #define KV_FLOPS_PER_WORKER 4.0e5
 

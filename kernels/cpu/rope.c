@@ -15,12 +15,14 @@ int kv_rope_inv_freq(double *inv_freq, int head_dim, const kv_rope_config *c, kv
             return kv_fail(err, KV_EINVAL,
                            "rope_scaling (llama3): factor %g, low_freq_factor %g, "
                            "high_freq_factor %g, original_max_position_embeddings %d must all be "
-                           "positive", c->factor, c->low_freq_factor, c->high_freq_factor,
+                           "positive",
+                           c->factor, c->low_freq_factor, c->high_freq_factor,
                            c->original_max_position);
         if (!(c->high_freq_factor > c->low_freq_factor))
             return kv_fail(err, KV_EINVAL,
                            "rope_scaling (llama3): high_freq_factor %g must exceed "
-                           "low_freq_factor %g", c->high_freq_factor, c->low_freq_factor);
+                           "low_freq_factor %g",
+                           c->high_freq_factor, c->low_freq_factor);
     } else if (c->scaling != KV_ROPE_PLAIN) {
         return kv_fail(err, KV_EUNSUPPORTED, "rope: unknown scaling kind %d", (int)c->scaling);
     }
@@ -31,7 +33,7 @@ int kv_rope_inv_freq(double *inv_freq, int head_dim, const kv_rope_config *c, kv
         if (c->scaling == KV_ROPE_LLAMA3) {
             double ctx = c->original_max_position;
             double wavelen = 2.0 * pi / f;
-            double low_wavelen = ctx / c->low_freq_factor;   /* longer: fully scaled */
+            double low_wavelen = ctx / c->low_freq_factor; /* longer: fully scaled */
             double high_wavelen = ctx / c->high_freq_factor; /* shorter: unchanged */
             if (wavelen > low_wavelen) {
                 f = f / c->factor;

@@ -9,8 +9,8 @@ typedef enum { ROW_RMSNORM, ROW_SWIGLU, ROW_ROPE } row_op;
 typedef struct {
     row_op op;
     float *out;
-    const float *a, *b;      /* rmsnorm: x, w; swiglu: gate, up; rope: - */
-    int T, n;                /* rows, row length (rope: heads) */
+    const float *a, *b; /* rmsnorm: x, w; swiglu: gate, up; rope: - */
+    int T, n; /* rows, row length (rope: heads) */
     float eps;
     const int32_t *pos;
     const kv_rope_table *table;

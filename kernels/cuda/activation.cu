@@ -18,16 +18,15 @@ int kv_cuda_swiglu(kv_backend *b, float *h, const float *gate, const float *up, 
                    kv_error *err) {
     if (T <= 0 || n <= 0) return 0;
     const size_t total = (size_t)T * n;
-    swiglu_kernel<<<kv_cuda_grid(total), KV_CUDA_BLOCK, 0, kv_cuda_stream(b)>>>(h, gate, up,
-                                                                                 total);
+    swiglu_kernel<<<kv_cuda_grid(total), KV_CUDA_BLOCK, 0, kv_cuda_stream(b)>>>(h, gate, up, total);
     char what[64];
     snprintf(what, sizeof what, "swiglu [%d x %d]", T, n);
     return kv_cuda_launched(what, err);
 }
 
 // silu'(g) = sig(g) * (1 + g * (1 - sig(g)))
-__global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *dh,
-                                       const float *gate, const float *up, size_t n) {
+__global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *dh, const float *gate,
+                                       const float *up, size_t n) {
     KV_CUDA_FOR(i, n) {
         const float g = gate[i], sg = sigmoidf(g);
         if (dgate) dgate[i] += dh[i] * up[i] * sg * (1.0f + g * (1.0f - sg));
@@ -38,8 +37,8 @@ __global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *dh
 int kv_cuda_swiglu_backward(kv_backend *b, float *dgate, float *dup, const float *dh,
                             const float *gate, const float *up, size_t n, kv_error *err) {
     if (n == 0 || (!dgate && !dup)) return 0;
-    swiglu_backward_kernel<<<kv_cuda_grid(n), KV_CUDA_BLOCK, 0, kv_cuda_stream(b)>>>(
-        dgate, dup, dh, gate, up, n);
+    swiglu_backward_kernel<<<kv_cuda_grid(n), KV_CUDA_BLOCK, 0, kv_cuda_stream(b)>>>(dgate, dup, dh,
+                                                                                     gate, up, n);
     char what[64];
     snprintf(what, sizeof what, "swiglu_backward [%zu]", n);
     return kv_cuda_launched(what, err);

@@ -17,8 +17,8 @@
 #include "kernels/cuda/kv_cuda.h"
 
 #define ATT_MAX_HD 256
-#define ATT_J (ATT_MAX_HD / 32) /* dims per lane */
-#define ATT_WARPS 4
+#define ATT_J      (ATT_MAX_HD / 32) /* dims per lane */
+#define ATT_WARPS  4
 
 // number of keys visible to the query at position p in a cache of S
 __device__ __forceinline__ int kv_attn_visible(int p, int S, int strict) {
@@ -38,9 +38,7 @@ __device__ __forceinline__ void qk_and_dov(const float *q, const float *dout, co
     *dov = b;
 }
 __device__ __forceinline__ float att_ld(const float *p, size_t i) { return p[i]; }
-__device__ __forceinline__ float att_ld(const uint16_t *p, size_t i) {
-    return kv_bf16_widen(p[i]);
-}
+__device__ __forceinline__ float att_ld(const uint16_t *p, size_t i) { return kv_bf16_widen(p[i]); }
 
 template <typename KV>
 __global__ void attention_kernel(float *out, const float *q, const KV *k, const KV *v, int T,
@@ -49,7 +47,7 @@ __global__ void attention_kernel(float *out, const float *q, const KV *k, const 
     __shared__ float qs[ATT_WARPS][ATT_MAX_HD];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const long row = (long)blockIdx.x * ATT_WARPS + warp; // t * nh + h
-    if (row >= (long)T * nh) return;                      // warp-uniform
+    if (row >= (long)T * nh) return; // warp-uniform
     const int t = (int)(row / nh), h = (int)(row % nh), g = h / (nh / nkv);
     const float *qr = q + (size_t)row * hd;
     for (int d = lane; d < hd; d += 32) qs[warp][d] = qr[d];
@@ -125,9 +123,9 @@ int kv_cuda_attention(kv_backend *b, float *out, const float *q, const void *k, 
     const int strict = mask == KV_MASK_STRICT;
     cudaStream_t st = kv_cuda_stream(b);
     if (cache_type == KV_F32)
-        attention_kernel<float><<<blocks, 32 * ATT_WARPS, 0, st>>>(
-            out, q, (const float *)k, (const float *)v, T, pos0, S, n_heads, n_kv_heads,
-            head_dim, strict, scale);
+        attention_kernel<float>
+            <<<blocks, 32 * ATT_WARPS, 0, st>>>(out, q, (const float *)k, (const float *)v, T, pos0,
+                                                S, n_heads, n_kv_heads, head_dim, strict, scale);
     else
         attention_kernel<uint16_t><<<blocks, 32 * ATT_WARPS, 0, st>>>(
             out, q, (const uint16_t *)k, (const uint16_t *)v, T, pos0, S, n_heads, n_kv_heads,
@@ -267,11 +265,11 @@ __global__ void attn_dkv_kernel(float *dk, float *dv, const float *stats, const 
 
 int kv_cuda_attention_backward(kv_backend *b, float *dq, float *dk, float *dv, const float *dout,
                                const float *q, const float *k, const float *v, int T, int pos0,
-                               int S, int n_heads, int n_kv_heads, int head_dim,
-                               kv_attn_mask mask, kv_error *err) {
+                               int S, int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask,
+                               kv_error *err) {
     char what[128];
-    snprintf(what, sizeof what, "attention_backward (T %d at %d, S %d, %d/%d heads of %d)", T,
-             pos0, S, n_heads, n_kv_heads, head_dim);
+    snprintf(what, sizeof what, "attention_backward (T %d at %d, S %d, %d/%d heads of %d)", T, pos0,
+             S, n_heads, n_kv_heads, head_dim);
     int rc = attn_check(what, T, S, n_heads, n_kv_heads, head_dim, err);
     if (rc || (!dq && !dk && !dv)) return rc;
     const long rows = (long)T * n_heads;

@@ -145,7 +145,7 @@ static int cuda_sync(kv_backend *b, kv_error *err) {
 __device__ __forceinline__ uint16_t cv_f32_to_bf16(float f) {
     const uint32_t u = __float_as_uint(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u); // quiet NaN
-    const uint32_t round = 0x7fffu + ((u >> 16) & 1u);                             // nearest even
+    const uint32_t round = 0x7fffu + ((u >> 16) & 1u); // nearest even
     return (uint16_t)((u + round) >> 16);
 }
 
@@ -193,7 +193,7 @@ __device__ __forceinline__ uint16_t cv_f32_to_f16(float f) {
 __global__ void convert_kernel(void *dst, int dst_t, const void *src, int src_t, size_t n) {
     KV_CUDA_FOR(i, n) {
         const uint16_t *s16 = (const uint16_t *)src;
-        const float v = src_t == KV_F32 ? ((const float *)src)[i]
+        const float v = src_t == KV_F32   ? ((const float *)src)[i]
                         : src_t == KV_F16 ? cv_f16_to_f32(s16[i])
                                           : kv_bf16_widen(s16[i]);
         if (dst_t == KV_F32) ((float *)dst)[i] = v;
@@ -211,7 +211,7 @@ static int cuda_convert(kv_backend *b, void *dst, kv_dtype dst_type, const void 
     if (!n) return 0;
     if (dst_type == src_type) return cuda_copy(b, dst, src, n * kv_dtype_size(src_type), err);
     convert_kernel<<<kv_cuda_grid(n), KV_CUDA_BLOCK, 0, kv_cuda_stream(b)>>>(dst, dst_type, src,
-                                                                              src_type, n);
+                                                                             src_type, n);
     char what[96];
     snprintf(what, sizeof what, "convert %s -> %s (%zu elements)", kv_dtype_name(src_type),
              kv_dtype_name(dst_type), n);
@@ -290,8 +290,7 @@ int kv_backend_cuda_init(kv_backend *b, int ordinal, kv_error *err) {
     if (e == cudaSuccess) e = cudaGetDeviceProperties(&prop, ordinal);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        return kv_fail(err, KV_EUNSUPPORTED, "cuda: device %d: %s", ordinal,
-                       cudaGetErrorString(e));
+        return kv_fail(err, KV_EUNSUPPORTED, "cuda: device %d: %s", ordinal, cudaGetErrorString(e));
     }
     kv_cuda_impl *c = (kv_cuda_impl *)calloc(1, sizeof *c);
     if (!c) return kv_fail(err, KV_ENOMEM, "cuda: backend state");
@@ -304,8 +303,9 @@ int kv_backend_cuda_init(kv_backend *b, int ordinal, kv_error *err) {
     if (!rc) rc = kv_cublas_status(kv_cublas.create(&c->blas), "creating a handle", err);
     if (!rc) rc = kv_cublas_status(kv_cublas.set_stream(c->blas, c->stream), "set stream", err);
     // FP32 GEMMs stay FP32 (no TF32); BF16 GEMMs use tensor cores with FP32 accumulation
-    if (!rc) rc = kv_cublas_status(kv_cublas.set_math_mode(c->blas, CUBLAS_DEFAULT_MATH), "math mode",
-                                   err);
+    if (!rc)
+        rc = kv_cublas_status(kv_cublas.set_math_mode(c->blas, CUBLAS_DEFAULT_MATH), "math mode",
+                              err);
     if (rc) {
         cuda_release(b);
         *b = kv_backend{};

@@ -8,7 +8,7 @@
 #include "kernels/cuda/kv_cuda.h"
 
 #define KV_STR2(x) #x
-#define KV_STR(x) KV_STR2(x)
+#define KV_STR(x)  KV_STR2(x)
 #ifndef KV_CUBLAS_DIR
 #define KV_CUBLAS_DIR "/usr/local/cuda/lib64"
 #endif

@@ -67,8 +67,8 @@ int kv_cublas_load(kv_error *err);
 
 static inline int kv_cublas_status(cublasStatus_t s, const char *what, kv_error *err) {
     if (s == CUBLAS_STATUS_SUCCESS) return 0;
-    return kv_fail(err, s == CUBLAS_STATUS_ALLOC_FAILED ? KV_ENOMEM : KV_EIO, "cublas %s: %s",
-                   what, kv_cublas.status_string ? kv_cublas.status_string(s) : "error");
+    return kv_fail(err, s == CUBLAS_STATUS_ALLOC_FAILED ? KV_ENOMEM : KV_EIO, "cublas %s: %s", what,
+                   kv_cublas.status_string ? kv_cublas.status_string(s) : "error");
 }
 
 /* threads per block of the element-wise and row kernels (a multiple of 32, at most 1024) */
@@ -80,8 +80,8 @@ static inline unsigned kv_cuda_grid(size_t n) {
     return (unsigned)(blocks < 1 ? 1 : blocks > 65535 ? 65535 : blocks);
 }
 
-#define KV_CUDA_FOR(i, n)                                                                      \
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);                   \
+#define KV_CUDA_FOR(i, n)                                                                          \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);                        \
          i += (size_t)gridDim.x * blockDim.x)
 
 /* BF16 bits -> float (exact) */
@@ -138,9 +138,8 @@ int kv_cuda_matmul_backward(kv_backend *b, float *dx, float *dW, float *dbias, c
 /* norm.cu <-> cpu/norm.c */
 int kv_cuda_rmsnorm(kv_backend *b, float *out, const float *x, const float *w, int T, int dim,
                     float eps, kv_error *err);
-int kv_cuda_rmsnorm_backward(kv_backend *b, float *dx, float *dw, const float *dout,
-                             const float *x, const float *w, int T, int dim, float eps,
-                             kv_error *err);
+int kv_cuda_rmsnorm_backward(kv_backend *b, float *dx, float *dw, const float *dout, const float *x,
+                             const float *w, int T, int dim, float eps, kv_error *err);
 int kv_cuda_embedding(kv_backend *b, float *out, const float *table, int vocab, int dim,
                       const int32_t *host_ids, int T, kv_error *err);
 
@@ -156,8 +155,8 @@ int kv_cuda_attention(kv_backend *b, float *out, const float *q, const void *k, 
                       int head_dim, kv_attn_mask mask, kv_error *err);
 int kv_cuda_attention_backward(kv_backend *b, float *dq, float *dk, float *dv, const float *dout,
                                const float *q, const float *k, const float *v, int T, int pos0,
-                               int S, int n_heads, int n_kv_heads, int head_dim,
-                               kv_attn_mask mask, kv_error *err);
+                               int S, int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask,
+                               kv_error *err);
 
 /* activation.cu <-> cpu/activation.c */
 int kv_cuda_swiglu(kv_backend *b, float *h, const float *gate, const float *up, int T, int n,

@@ -54,8 +54,8 @@ int kv_cuda_distill_kl(kv_backend *b, double *host_loss, float *dstudent, const 
     if (rc) return rc;
     const double inv_temp = 1.0 / (double)temp, tt = (double)temp * temp;
     const double gscale = (double)grad_scale * temp / T;
-    distill_kl_kernel<<<T, KV_CUDA_BLOCK, 0, kv_cuda_stream(b)>>>(
-        (double *)rows, dstudent, student, teacher, V, inv_temp, tt, gscale);
+    distill_kl_kernel<<<T, KV_CUDA_BLOCK, 0, kv_cuda_stream(b)>>>((double *)rows, dstudent, student,
+                                                                  teacher, V, inv_temp, tt, gscale);
     rc = kv_cuda_launched(what, err);
     double total = 0.0;
     if (!rc) rc = rows_sum(b, &total, (const double *)rows, T, what, err);
@@ -118,9 +118,8 @@ int kv_cuda_next_token_ce(kv_backend *b, double *host_loss, float *dlogits, cons
     rc = kv_cuda_launched(what, err);
     int host_bad = 0;
     if (!rc)
-        rc = kv_cuda_status(cudaMemcpyAsync(&host_bad, bad, sizeof(int), cudaMemcpyDeviceToHost,
-                                            st),
-                            what, err);
+        rc = kv_cuda_status(
+            cudaMemcpyAsync(&host_bad, bad, sizeof(int), cudaMemcpyDeviceToHost, st), what, err);
     double total = 0.0;
     if (!rc) rc = rows_sum(b, &total, rows, (int)n_pred, what, err); // waits for the stream
     if (rc) return rc;

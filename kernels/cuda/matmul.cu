@@ -67,11 +67,11 @@ static void matvec(cudaStream_t st, float *out, const float *x, const WT *W, con
     const int per16 = 16 / (int)sizeof(WT);
     const bool vec = n_in % per16 == 0 && ((uintptr_t)W % 16) == 0 && ((uintptr_t)x % 16) == 0;
     if (vec)
-        matvec_kernel<WT, true><<<blocks, 32 * MV_WARPS, 0, st>>>(out, x, W, bias, n_in, n_out,
-                                                                  accumulate);
+        matvec_kernel<WT, true>
+            <<<blocks, 32 * MV_WARPS, 0, st>>>(out, x, W, bias, n_in, n_out, accumulate);
     else
-        matvec_kernel<WT, false><<<blocks, 32 * MV_WARPS, 0, st>>>(out, x, W, bias, n_in, n_out,
-                                                                   accumulate);
+        matvec_kernel<WT, false>
+            <<<blocks, 32 * MV_WARPS, 0, st>>>(out, x, W, bias, n_in, n_out, accumulate);
 }
 
 __global__ void add_bias_kernel(float *out, const float *bias, size_t n, int n_out) {
@@ -91,18 +91,16 @@ __global__ void to_bf16_kernel(uint16_t *dst, const float *src, size_t n) {
 int kv_cuda_matmul(kv_backend *b, float *out, const float *x, const void *W, kv_dtype w_type,
                    const float *bias, int T, int n_in, int n_out, int accumulate, kv_error *err) {
     char what[96];
-    snprintf(what, sizeof what, "matmul %s [%d x %d] x [%d x %d]^T", kv_dtype_name(w_type), T,
-             n_in, n_out, n_in);
+    snprintf(what, sizeof what, "matmul %s [%d x %d] x [%d x %d]^T", kv_dtype_name(w_type), T, n_in,
+             n_out, n_in);
     if (w_type != KV_F32 && w_type != KV_BF16)
         return kv_fail(err, KV_EUNSUPPORTED, "cuda %s: weights must be F32 or BF16", what);
     if (T <= 0 || n_out <= 0) return 0;
     if (n_in <= 0) return kv_fail(err, KV_EINVAL, "cuda %s: n_in must be positive", what);
     cudaStream_t st = kv_cuda_stream(b);
     if (T == 1) {
-        if (w_type == KV_F32)
-            matvec(st, out, x, (const float *)W, bias, n_in, n_out, accumulate);
-        else
-            matvec(st, out, x, (const uint16_t *)W, bias, n_in, n_out, accumulate);
+        if (w_type == KV_F32) matvec(st, out, x, (const float *)W, bias, n_in, n_out, accumulate);
+        else matvec(st, out, x, (const uint16_t *)W, bias, n_in, n_out, accumulate);
         return kv_cuda_launched(what, err);
     }
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
@@ -119,10 +117,10 @@ int kv_cuda_matmul(kv_backend *b, float *out, const float *x, const void *W, kv_
         B = xb;
         ab_type = CUDA_R_16BF;
     }
-    int rc = kv_cublas_status(kv_cublas.gemm_ex(kv_cuda(b)->blas, CUBLAS_OP_T, CUBLAS_OP_N, n_out, T,
-                                           n_in, &one, W, ab_type, n_in, B, ab_type, n_in, &beta,
-                                           out, CUDA_R_32F, n_out, CUBLAS_COMPUTE_32F,
-                                           CUBLAS_GEMM_DEFAULT),
+    int rc = kv_cublas_status(kv_cublas.gemm_ex(kv_cuda(b)->blas, CUBLAS_OP_T, CUBLAS_OP_N, n_out,
+                                                T, n_in, &one, W, ab_type, n_in, B, ab_type, n_in,
+                                                &beta, out, CUDA_R_32F, n_out, CUBLAS_COMPUTE_32F,
+                                                CUBLAS_GEMM_DEFAULT),
                               what, err);
     if (rc || !bias) return rc;
     const size_t n = (size_t)T * n_out;
@@ -151,18 +149,18 @@ int kv_cuda_matmul_backward(kv_backend *b, float *dx, float *dW, float *dbias, c
     // dx[T, n_in] += dout[T, n_out] @ W[n_out, n_in]: column-major dx^T (n_in x T) +=
     // W^T' (n_in x n_out, ld n_in) * dout^T (n_out x T, ld n_out)
     if (dx)
-        rc = kv_cublas_status(kv_cublas.gemm_ex(h, CUBLAS_OP_N, CUBLAS_OP_N, n_in, T, n_out, &one, W,
-                                           CUDA_R_32F, n_in, dout, CUDA_R_32F, n_out, &one, dx,
-                                           CUDA_R_32F, n_in, CUBLAS_COMPUTE_32F,
-                                           CUBLAS_GEMM_DEFAULT),
+        rc = kv_cublas_status(kv_cublas.gemm_ex(h, CUBLAS_OP_N, CUBLAS_OP_N, n_in, T, n_out, &one,
+                                                W, CUDA_R_32F, n_in, dout, CUDA_R_32F, n_out, &one,
+                                                dx, CUDA_R_32F, n_in, CUBLAS_COMPUTE_32F,
+                                                CUBLAS_GEMM_DEFAULT),
                               what, err);
     // dW[n_out, n_in] += dout^T @ x: column-major dW^T (n_in x n_out, ld n_in) +=
     // x^T (n_in x T, ld n_in) * dout (as stored n_out x T, ld n_out; op T)
     if (!rc && dW)
-        rc = kv_cublas_status(kv_cublas.gemm_ex(h, CUBLAS_OP_N, CUBLAS_OP_T, n_in, n_out, T, &one, x,
-                                           CUDA_R_32F, n_in, dout, CUDA_R_32F, n_out, &one, dW,
-                                           CUDA_R_32F, n_in, CUBLAS_COMPUTE_32F,
-                                           CUBLAS_GEMM_DEFAULT),
+        rc = kv_cublas_status(kv_cublas.gemm_ex(h, CUBLAS_OP_N, CUBLAS_OP_T, n_in, n_out, T, &one,
+                                                x, CUDA_R_32F, n_in, dout, CUDA_R_32F, n_out, &one,
+                                                dW, CUDA_R_32F, n_in, CUBLAS_COMPUTE_32F,
+                                                CUBLAS_GEMM_DEFAULT),
                               what, err);
     if (!rc && dbias) {
         bias_grad_kernel<<<(unsigned)((n_out + KV_CUDA_BLOCK - 1) / KV_CUDA_BLOCK), KV_CUDA_BLOCK,

@@ -58,9 +58,8 @@ __global__ void rmsnorm_dw_kernel(float *dw, const float *rs, const float *dout,
     dw[i] = acc;
 }
 
-int kv_cuda_rmsnorm_backward(kv_backend *b, float *dx, float *dw, const float *dout,
-                             const float *x, const float *w, int T, int dim, float eps,
-                             kv_error *err) {
+int kv_cuda_rmsnorm_backward(kv_backend *b, float *dx, float *dw, const float *dout, const float *x,
+                             const float *w, int T, int dim, float eps, kv_error *err) {
     if (T <= 0 || dim <= 0 || (!dx && !dw)) return 0;
     char what[64];
     snprintf(what, sizeof what, "rmsnorm_backward [%d x %d]", T, dim);
@@ -72,8 +71,8 @@ int kv_cuda_rmsnorm_backward(kv_backend *b, float *dx, float *dw, const float *d
     }
     rmsnorm_dx_kernel<<<T, KV_CUDA_BLOCK, 0, st>>>(dx, (float *)rs, dout, x, w, dim, eps);
     if (dw)
-        rmsnorm_dw_kernel<<<(unsigned)((dim + KV_CUDA_BLOCK - 1) / KV_CUDA_BLOCK), KV_CUDA_BLOCK,
-                            0, st>>>(dw, (const float *)rs, dout, x, T, dim);
+        rmsnorm_dw_kernel<<<(unsigned)((dim + KV_CUDA_BLOCK - 1) / KV_CUDA_BLOCK), KV_CUDA_BLOCK, 0,
+                            st>>>(dw, (const float *)rs, dout, x, T, dim);
     return kv_cuda_launched(what, err);
 }
 
@@ -99,9 +98,8 @@ int kv_cuda_embedding(kv_backend *b, float *out, const float *table, int vocab, 
     int rc = kv_cuda_scratch(b, &ids, sizeof(int32_t) * T, what, err);
     if (rc) return rc;
     // synchronous: host_ids may change once the call returns
-    rc = kv_cuda_status(cudaMemcpyAsync(ids, host_ids, sizeof(int32_t) * T,
-                                        cudaMemcpyHostToDevice, st),
-                        what, err);
+    rc = kv_cuda_status(
+        cudaMemcpyAsync(ids, host_ids, sizeof(int32_t) * T, cudaMemcpyHostToDevice, st), what, err);
     if (!rc) rc = kv_cuda_status(cudaStreamSynchronize(st), what, err);
     if (rc) return rc;
     const size_t n = (size_t)T * dim;

@@ -57,7 +57,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     kv_bundle *b = NULL;
     kv_error err = {0};
     if (kv_bundle_open(&b, path, &err) == 0) {
-        static const char *const names[] = {"config.json", "tokenizer.json", "kvforge.json", "generation_config.json",
+        static const char *const names[] = {"config.json",     "tokenizer.json",
+                                            "kvforge.json",    "generation_config.json",
                                             "tokenizer.model", "nothing.json"};
         for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
             size_t n = 0;

@@ -11,7 +11,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (st_parse(&f, data, size, "state.safetensors", &err) == 0) {
         distill_state st;
         if (distill_state_read(&f, FINGERPRINT, 1000, &st, &err) == 0)
-            FUZZ_CHECK(st.step >= 0 && st.step <= 1000 && st.tokens_trained >= 0, "state %ld %ld", st.step, st.tokens_trained);
+            FUZZ_CHECK(st.step >= 0 && st.step <= 1000 && st.tokens_trained >= 0, "state %ld %ld",
+                       st.step, st.tokens_trained);
         static const char *const kinds[] = {"param.", "adam_m.", "adam_v."};
         for (int k = 0; k < 3; k++) {
             const st_tensor *t = distill_state_tensor(&f, kinds[k], "w", 2);

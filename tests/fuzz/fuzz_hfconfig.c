@@ -12,7 +12,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         FUZZ_CHECK(c.n_layers >= 1 && c.n_layers <= HF_MAX_LAYERS, "layers %d", c.n_layers);
         (void)hf_config_param_count(&c);
         FUZZ_CHECK(kvmap_validate(&c.map, &err) == 0, "parsed an invalid map: %s", err.msg);
-        FUZZ_CHECK(c.map.n_layers == c.n_layers, "map of %d layers, config %d", c.map.n_layers, c.n_layers);
+        FUZZ_CHECK(c.map.n_layers == c.n_layers, "map of %d layers, config %d", c.map.n_layers,
+                   c.n_layers);
         const int slots = kvmap_n_slots(&c.map);
         FUZZ_CHECK(slots >= 1 && slots <= c.n_layers, "slots %d of %d", slots, c.n_layers);
         for (int i = 0; i < c.n_layers; i++) {
@@ -26,7 +27,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         char *out = NULL;
         if (hf_config_write_json(&c, json, "fuzz.config.json", &out, &err) == 0) {
             hf_config back;
-            FUZZ_CHECK(hf_config_parse(&back, out, "written", &err) == 0, "written config does not parse: %s", err.msg);
+            FUZZ_CHECK(hf_config_parse(&back, out, "written", &err) == 0,
+                       "written config does not parse: %s", err.msg);
             FUZZ_CHECK(back.n_layers == c.n_layers && kvmap_equal(&back.map, &c.map),
                        "written config differs");
         }

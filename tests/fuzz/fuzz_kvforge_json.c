@@ -23,7 +23,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         cJSON_Delete(kvforge);
         return 0;
     }
-    cJSON *config = cJSON_Parse("{\"architectures\":[\"LlamaForCausalLM\"],\"num_hidden_layers\":2}");
+    cJSON *config =
+        cJSON_Parse("{\"architectures\":[\"LlamaForCausalLM\"],\"num_hidden_layers\":2}");
     kv_map map;
     kv_error err = {0};
     FUZZ_CHECK(config && kvb_kv_map(config, &map, "config.json", &err) == 0, "config: %s", err.msg);
@@ -32,7 +33,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     m.architecture = "LlamaForCausalLM";
     m.chunk_size = 4096;
     m.n_files = 1;
-    m.files[0] = (kvb_file){.name = "config.json", .entry = "config.json", .codec = KV_CODEC_RAW, .size = 2, .stored_size = 2};
+    m.files[0] = (kvb_file){.name = "config.json",
+                            .entry = "config.json",
+                            .codec = KV_CODEC_RAW,
+                            .size = 2,
+                            .stored_size = 2};
     char *text = kvb_manifest_print(&m, config, &map, kvforge);
     FUZZ_CHECK(text != NULL, "manifest not printed");
     kvb_manifest back;

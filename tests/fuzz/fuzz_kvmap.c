@@ -33,16 +33,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         static char buf[1 << 16];
         char tiny[5];
         int n = kvmap_layer_types(&m, buf, sizeof buf);
-        FUZZ_CHECK(n >= 0 && (size_t)n < sizeof buf && strlen(buf) == (size_t)n, "layer_types length %d", n);
-        FUZZ_CHECK(kvmap_layer_types(&m, tiny, sizeof tiny) == n && strlen(tiny) < sizeof tiny, "truncated layer_types");
+        FUZZ_CHECK(n >= 0 && (size_t)n < sizeof buf && strlen(buf) == (size_t)n,
+                   "layer_types length %d", n);
+        FUZZ_CHECK(kvmap_layer_types(&m, tiny, sizeof tiny) == n && strlen(tiny) < sizeof tiny,
+                   "truncated layer_types");
         n = kvmap_diagram(&m, buf, sizeof buf);
-        FUZZ_CHECK(n >= 0 && (size_t)n < sizeof buf && strlen(buf) == (size_t)n, "diagram length %d", n);
-        FUZZ_CHECK(kvmap_diagram(&m, tiny, sizeof tiny) == n && strlen(tiny) < sizeof tiny, "truncated diagram");
+        FUZZ_CHECK(n >= 0 && (size_t)n < sizeof buf && strlen(buf) == (size_t)n,
+                   "diagram length %d", n);
+        FUZZ_CHECK(kvmap_diagram(&m, tiny, sizeof tiny) == n && strlen(tiny) < sizeof tiny,
+                   "truncated diagram");
         /* the canonical name parses back to the same map (unless it is "custom") */
         kv_map again;
         if (strcmp(m.name, "custom") != 0) {
-            FUZZ_CHECK(kvmap_parse(&again, m.name, L, &err) == 0, "name '%s' does not parse: %s", m.name, err.msg);
-            FUZZ_CHECK(!memcmp(again.kv_layer_of, m.kv_layer_of, sizeof(int) * (size_t)L), "name '%s' gives another map", m.name);
+            FUZZ_CHECK(kvmap_parse(&again, m.name, L, &err) == 0, "name '%s' does not parse: %s",
+                       m.name, err.msg);
+            FUZZ_CHECK(!memcmp(again.kv_layer_of, m.kv_layer_of, sizeof(int) * (size_t)L),
+                       "name '%s' gives another map", m.name);
         }
     }
     free(spec);

@@ -46,7 +46,8 @@ static void small_model(const char *dir, size_t shard_bytes) {
     synth_spec s;
     kv_error err = {0};
     synth_preset(&s, "tiny");
-    s.n_layers = 2, s.hidden = 16, s.n_heads = 2, s.n_kv_heads = 1, s.head_dim = 8, s.ffn = 32, s.vocab = 300;
+    s.n_layers = 2, s.hidden = 16, s.n_heads = 2, s.n_kv_heads = 1, s.head_dim = 8, s.ffn = 32,
+    s.vocab = 300;
     s.max_pos = 64, s.tied = 1, s.dtype = KV_BF16, s.shard_bytes = shard_bytes;
     if (synth_write(dir, &s, &err)) die(dir, &err);
 }
@@ -85,8 +86,9 @@ int main(int argc, char **argv) {
     put_file("index", "synth.index.json", path);
 
     /* bundle (with a kvforge.json, small chunks so tensors have several) and its manifest */
-    static const char kvforge[] = "{\"tool\":\"kvconvert\",\"kvforge_version\":\"0\",\"recipe\":{\"method\":\"identity\"},"
-                                  "\"source\":{\"sha256\":\"00\"}}";
+    static const char kvforge[] =
+        "{\"tool\":\"kvconvert\",\"kvforge_version\":\"0\",\"recipe\":{\"method\":\"identity\"},"
+        "\"source\":{\"sha256\":\"00\"}}";
     snprintf(path, sizeof path, "%s/kvforge.json", model);
     if (kv_write_file_atomic_ex(path, kvforge, strlen(kvforge), 0, &err)) die(path, &err);
     put("kvforge_json", "kvconvert.json", kvforge, strlen(kvforge));
@@ -106,8 +108,12 @@ int main(int argc, char **argv) {
     st_spec specs[2] = {{.name = "param.w", .dtype = KV_F32, .n_dims = 1, .shape = {2}},
                         {.name = "adam_m.w", .dtype = KV_F32, .n_dims = 1, .shape = {2}}};
     const void *data[2] = {w, w + 2};
-    const char *meta[] = {"format", DISTILL_STATE_FORMAT, "step", "3", "tokens_trained", "96", "seconds", "1.5",
-                          "fingerprint", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"};
+    const char *meta[] = {
+        "format",         DISTILL_STATE_FORMAT,
+        "step",           "3",
+        "tokens_trained", "96",
+        "seconds",        "1.5",
+        "fingerprint",    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"};
     snprintf(path, sizeof path, "%s/state.safetensors", work);
     if (st_write_file(path, specs, data, 2, meta, 5, &err)) die(path, &err);
     put_file("distill_state", "state.safetensors", path);

@@ -49,19 +49,21 @@ static int tok_variants(char *out[TOK_N_VARIANTS]) {
         cJSON *root = cJSON_ParseWithLength(text, n);
         if (!root) abort();
         cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
-        static const char meta_pre[] = "{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":\"first\",\"split\":true}";
+        static const char meta_pre[] = "{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\","
+                                       "\"prepend_scheme\":\"first\",\"split\":true}";
         switch (v) {
-        case TOK_SP:
-            break;
+        case TOK_SP: break;
         case TOK_METASPACE:
             cJSON_DeleteItemFromObject(root, "normalizer");
             cJSON_DeleteItemFromObject(root, "pre_tokenizer");
             cJSON_AddItemToObject(root, "pre_tokenizer", tv_obj(meta_pre));
             cJSON_DeleteItemFromObject(root, "decoder");
-            cJSON_AddItemToObject(root, "decoder",
-                                  tv_obj("{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Metaspace\",\"replacement\":"
-                                         "\"\\u2581\",\"prepend_scheme\":\"first\"},{\"type\":\"ByteFallback\"},"
-                                         "{\"type\":\"Fuse\"}]}"));
+            cJSON_AddItemToObject(
+                root, "decoder",
+                tv_obj(
+                    "{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Metaspace\",\"replacement\":"
+                    "\"\\u2581\",\"prepend_scheme\":\"first\"},{\"type\":\"ByteFallback\"},"
+                    "{\"type\":\"Fuse\"}]}"));
             break;
         case TOK_UNK: {
             cJSON_ReplaceItemInObject(model, "byte_fallback", cJSON_CreateFalse());
@@ -71,10 +73,13 @@ static int tok_variants(char *out[TOK_N_VARIANTS]) {
             cJSON_AddTrueToObject(model, "ignore_merges");
             cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
             char tok[160];
-            snprintf(tok, sizeof tok, "{\"id\":%d,\"content\":\"<|sep|>\",\"lstrip\":true,\"rstrip\":true,\"special\":true}",
+            snprintf(tok, sizeof tok,
+                     "{\"id\":%d,\"content\":\"<|sep|>\",\"lstrip\":true,\"rstrip\":true,"
+                     "\"special\":true}",
                      TOK_VARIANT_VOCAB);
             cJSON_AddItemToArray(added, tv_obj(tok));
-            snprintf(tok, sizeof tok, "{\"id\":%d,\"content\":\" the\",\"normalized\":true,\"special\":false}",
+            snprintf(tok, sizeof tok,
+                     "{\"id\":%d,\"content\":\" the\",\"normalized\":true,\"special\":false}",
                      TOK_VARIANT_VOCAB + 1);
             cJSON_AddItemToArray(added, tv_obj(tok));
             break;
@@ -82,9 +87,10 @@ static int tok_variants(char *out[TOK_N_VARIANTS]) {
         case TOK_NODEC:
             cJSON_DeleteItemFromObject(root, "normalizer");
             cJSON_DeleteItemFromObject(root, "pre_tokenizer");
-            cJSON_AddItemToObject(root, "pre_tokenizer",
-                                  tv_obj("{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":"
-                                         "\"always\",\"split\":false}"));
+            cJSON_AddItemToObject(
+                root, "pre_tokenizer",
+                tv_obj("{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":"
+                       "\"always\",\"split\":false}"));
             cJSON_DeleteItemFromObject(root, "decoder");
             break;
         }

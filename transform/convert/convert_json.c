@@ -21,18 +21,24 @@ static const char *dtype_arg(int t) {
 static cJSON *recipe_json(const convert_plan *p) {
     const kv_map *m = &p->opt.map;
     cJSON *r = cJSON_CreateObject();
-    cJSON_AddStringToObject(r, "kind", m->kind == KVMAP_SWIFTKV ? "swiftkv" : m->kind == KVMAP_CROSS ? "cross-layer" : "identity");
+    cJSON_AddStringToObject(r, "kind",
+                            m->kind == KVMAP_SWIFTKV ? "swiftkv"
+                            : m->kind == KVMAP_CROSS ? "cross-layer"
+                                                     : "identity");
     cJSON_AddStringToObject(r, "map", m->name);
     char lt[HF_MAX_LAYERS * 5 + 1];
     if (kvmap_layer_types(m, lt, sizeof lt) >= 0) cJSON_AddStringToObject(r, "layer_types", lt);
     if (m->kind == KVMAP_SWIFTKV) {
         cJSON_AddNumberToObject(r, "num_key_value_layers", m->swiftkv_l);
         cJSON_AddNumberToObject(r, "key_value_group_size", m->swiftkv_g);
-        cJSON_AddStringToObject(r, "layout", p->opt.layout == KV_LAYOUT_DEPLOY ? "deploy" : "hf-swiftkv");
+        cJSON_AddStringToObject(r, "layout",
+                                p->opt.layout == KV_LAYOUT_DEPLOY ? "deploy" : "hf-swiftkv");
     }
     cJSON_AddStringToObject(r, "kv_init", p->opt.kv_init == KV_INIT_MEAN ? "mean" : "target");
     if (p->opt.kv_init == KV_INIT_MEAN)
-        cJSON_AddStringToObject(r, "mean_rule", "sum in double over the reading layers in ascending order, / count, rounded to F32, then to the output dtype");
+        cJSON_AddStringToObject(r, "mean_rule",
+                                "sum in double over the reading layers in ascending order, / "
+                                "count, rounded to F32, then to the output dtype");
     cJSON_AddStringToObject(r, "dtype", dtype_arg(p->opt.out_dtype));
     cJSON_AddNumberToObject(r, "shard_size", (double)p->opt.shard_bytes);
     return r;
@@ -50,7 +56,10 @@ static cJSON *tensors_json(const convert_plan *p) {
     cJSON_AddNumberToObject(t, "output", p->n_out);
     size_t cap = (size_t)p->n_out + (size_t)p->n_dropped + HF_MAX_LAYERS;
     const char **names = malloc(cap * sizeof *names);
-    if (!names) { cJSON_Delete(t); return NULL; }
+    if (!names) {
+        cJSON_Delete(t);
+        return NULL;
+    }
     for (int i = 0; i < p->n_dropped; i++) names[i] = p->dropped[i]->name;
     cJSON_AddItemToObject(t, "dropped", names_json(names, p->n_dropped));
     int n = 0;
@@ -110,7 +119,8 @@ char *convert_plan_json(const convert_plan *p, const convert_file_hash *hashes, 
     cJSON_AddNumberToObject(kv, "saving", fraction(p->kv_bytes_src, p->kv_bytes_out));
     if (p->opt.map.kind == KVMAP_SWIFTKV) /* share of a prompt token's layer FLOPs prefill skips */
         cJSON_AddNumberToObject(root, "prefill_compute_saving",
-                                model_swiftkv_prefill_saving(&p->source->cfg, p->opt.map.swiftkv_l, p->opt.map.swiftkv_g));
+                                model_swiftkv_prefill_saving(&p->source->cfg, p->opt.map.swiftkv_l,
+                                                             p->opt.map.swiftkv_g));
 
     char *text = tensors ? cJSON_Print(root) : NULL;
     cJSON_Delete(root);

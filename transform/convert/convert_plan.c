@@ -56,8 +56,10 @@ static char attn_proj(const char *rest, int *is_bias) {
     return p;
 }
 
-static void layer_tensor_name(char *out, size_t cap, int layer, char proj, const char *suffix, int is_bias) {
-    snprintf(out, cap, "model.layers.%d.self_attn.%c_proj%s.%s", layer, proj, suffix, is_bias ? "bias" : "weight");
+static void layer_tensor_name(char *out, size_t cap, int layer, char proj, const char *suffix,
+                              int is_bias) {
+    snprintf(out, cap, "model.layers.%d.self_attn.%c_proj%s.%s", layer, proj, suffix,
+             is_bias ? "bias" : "weight");
 }
 
 static int is_float(kv_dtype t) { return t == KV_F32 || t == KV_F16 || t == KV_BF16; }
@@ -70,7 +72,8 @@ typedef struct {
     kv_error *err;
 } builder;
 
-static int add_out(builder *b, const char *name, const st_tensor *const *src, int n_src, int added) {
+static int add_out(builder *b, const char *name, const st_tensor *const *src, int n_src,
+                   int added) {
     convert_plan *p = b->p;
     if (p->n_out == b->cap_out) {
         int cap = b->cap_out ? 2 * b->cap_out : 64;
@@ -83,7 +86,11 @@ static int add_out(builder *b, const char *name, const st_tensor *const *src, in
     memset(t, 0, sizeof *t);
     t->name = strdup(name);
     t->src = malloc((size_t)n_src * sizeof *t->src);
-    if (!t->name || !t->src) { free(t->name); free(t->src); return kv_fail(b->err, KV_ENOMEM, "out of memory"); }
+    if (!t->name || !t->src) {
+        free(t->name);
+        free(t->src);
+        return kv_fail(b->err, KV_ENOMEM, "out of memory");
+    }
     p->n_out++;
     memcpy(t->src, src, (size_t)n_src * sizeof *src);
     t->n_src = n_src;
@@ -93,7 +100,9 @@ static int add_out(builder *b, const char *name, const st_tensor *const *src, in
     t->spec.name = t->name;
     t->spec.n_dims = s0->n_dims;
     memcpy(t->spec.shape, s0->shape, sizeof t->spec.shape);
-    t->spec.dtype = is_float(s0->dtype) && p->opt.out_dtype != KV_CONVERT_KEEP_DTYPE ? (kv_dtype)p->opt.out_dtype : s0->dtype;
+    t->spec.dtype = is_float(s0->dtype) && p->opt.out_dtype != KV_CONVERT_KEEP_DTYPE
+                        ? (kv_dtype)p->opt.out_dtype
+                        : s0->dtype;
     return 0;
 }
 
@@ -117,12 +126,14 @@ static int need_tensor(const convert_source *s, const char *name, int64_t rows, 
     if (!t) return kv_fail(err, KV_EFORMAT, "%s: tensor '%s' is missing", s->dir, name);
     int want_dims = cols ? 2 : 1;
     if (t->n_dims != want_dims || t->shape[0] != rows || (cols && t->shape[1] != cols))
-        return kv_fail(err, KV_EFORMAT, "%s: tensor '%s': shape [%lld%s%lld] but config.json implies [%lld%s%lld]",
+        return kv_fail(err, KV_EFORMAT,
+                       "%s: tensor '%s': shape [%lld%s%lld] but config.json implies [%lld%s%lld]",
                        s->dir, name, (long long)t->shape[0], t->n_dims > 1 ? ", " : "",
-                       t->n_dims > 1 ? (long long)t->shape[1] : 0LL, (long long)rows, cols ? ", " : "", (long long)cols);
+                       t->n_dims > 1 ? (long long)t->shape[1] : 0LL, (long long)rows,
+                       cols ? ", " : "", (long long)cols);
     if (!is_float(t->dtype))
-        return kv_fail(err, KV_EUNSUPPORTED, "%s: tensor '%s': dtype %s, expected F32, F16 or BF16", s->dir, name,
-                       kv_dtype_name(t->dtype));
+        return kv_fail(err, KV_EUNSUPPORTED, "%s: tensor '%s': dtype %s, expected F32, F16 or BF16",
+                       s->dir, name, kv_dtype_name(t->dtype));
     *out = t;
     return 0;
 }
@@ -132,10 +143,17 @@ static int need_tensor(const convert_source *s, const char *name, int64_t rows, 
 static int check_source(const convert_source *s, kv_error *err) {
     const hf_config *c = &s->cfg;
     if (c->map.kind == KVMAP_SWIFTKV)
-        return kv_fail(err, KV_EUNSUPPORTED, "%s: already transformed (config.json describes a SwiftKV model); convert the original", s->dir);
+        return kv_fail(
+            err, KV_EUNSUPPORTED,
+            "%s: already transformed (config.json describes a SwiftKV model); convert the original",
+            s->dir);
     if (c->map.kind == KVMAP_CROSS)
-        return kv_fail(err, KV_EUNSUPPORTED, "%s: already transformed (config.json has a layer_types KV map); convert the original", s->dir);
-    const int64_t H = c->hidden_size, q_rows = (int64_t)c->n_heads * c->head_dim, kv_rows = (int64_t)c->n_kv_heads * c->head_dim;
+        return kv_fail(
+            err, KV_EUNSUPPORTED,
+            "%s: already transformed (config.json has a layer_types KV map); convert the original",
+            s->dir);
+    const int64_t H = c->hidden_size, q_rows = (int64_t)c->n_heads * c->head_dim,
+                  kv_rows = (int64_t)c->n_kv_heads * c->head_dim;
     for (int i = 0; i < c->n_layers; i++)
         for (int pj = 0; pj < 3; pj++) {
             char proj = "qkv"[pj], name[160];
@@ -143,26 +161,37 @@ static int check_source(const convert_source *s, kv_error *err) {
             const st_tensor *t;
             int rc;
             layer_tensor_name(name, sizeof name, i, proj, "", 0);
-            if (pj > 0 && !st_checkpoint_find(&s->ckpt, name)) /* a cross-layer model posing as plain */
-                return kv_fail(err, KV_EFORMAT,
-                               "%s: tensor '%s' is missing: layer %d has no %c_proj, but config.json (model_type '%s', "
-                               "no layer_types map) describes a model in which every layer computes its own K/V; a "
-                               "checkpoint whose layers share K/V must say so (model_type 'lckv-llama' with "
-                               "layer_types, docs/INTEROP.md)",
-                               s->dir, name, i, proj, c->model_type);
+            if (pj > 0 &&
+                !st_checkpoint_find(&s->ckpt, name)) /* a cross-layer model posing as plain */
+                return kv_fail(
+                    err, KV_EFORMAT,
+                    "%s: tensor '%s' is missing: layer %d has no %c_proj, but config.json "
+                    "(model_type '%s', "
+                    "no layer_types map) describes a model in which every layer computes its own "
+                    "K/V; a "
+                    "checkpoint whose layers share K/V must say so (model_type 'lckv-llama' with "
+                    "layer_types, docs/INTEROP.md)",
+                    s->dir, name, i, proj, c->model_type);
             if ((rc = need_tensor(s, name, rows, H, &t, err))) return rc;
             layer_tensor_name(name, sizeof name, i, proj, "", 1);
             if (c->attention_bias && (rc = need_tensor(s, name, rows, 0, &t, err))) return rc;
             if (!c->attention_bias && st_checkpoint_find(&s->ckpt, name))
-                return kv_fail(err, KV_EFORMAT, "%s: tensor '%s' present but config.json has attention_bias false", s->dir, name);
+                return kv_fail(err, KV_EFORMAT,
+                               "%s: tensor '%s' present but config.json has attention_bias false",
+                               s->dir, name);
         }
     for (int k = 0; k < s->ckpt.n_tensors; k++) {
         const char *name = s->ckpt.tensors[k]->name, *rest;
         int layer = split_layer_name(name, &rest);
         if (layer >= c->n_layers)
-            return kv_fail(err, KV_EFORMAT, "%s: tensor '%s' belongs to layer %d but config.json has %d layers", s->dir, name, layer, c->n_layers);
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: tensor '%s' belongs to layer %d but config.json has %d layers",
+                           s->dir, name, layer, c->n_layers);
         if (strstr(name, "_swiftkv"))
-            return kv_fail(err, KV_EUNSUPPORTED, "%s: tensor '%s': already transformed (SwiftKV tensors); convert the original", s->dir, name);
+            return kv_fail(
+                err, KV_EUNSUPPORTED,
+                "%s: tensor '%s': already transformed (SwiftKV tensors); convert the original",
+                s->dir, name);
     }
     return 0;
 }
@@ -181,9 +210,15 @@ static int gather_group(const convert_source *s, const int *layers, int n, char 
 
 /* the layers whose K/V `target` serves: all of them for mean, the target alone otherwise */
 static int init_group(const convert_plan *p, int target, int *layers) {
-    if (p->opt.kv_init == KV_INIT_TARGET) { layers[0] = target; return 1; }
+    if (p->opt.kv_init == KV_INIT_TARGET) {
+        layers[0] = target;
+        return 1;
+    }
     int n = kvmap_readers(&p->opt.map, target, layers, HF_MAX_LAYERS);
-    if (n < 1) { layers[0] = target; return 1; }
+    if (n < 1) {
+        layers[0] = target;
+        return 1;
+    }
     return n;
 }
 
@@ -198,14 +233,21 @@ static int plan_tensors(builder *b) {
     const int swift = m->kind == KVMAP_SWIFTKV, l = m->swiftkv_l;
     int *layers = malloc(HF_MAX_LAYERS * sizeof *layers);
     const st_tensor **group = malloc(HF_MAX_LAYERS * sizeof *group);
-    if (!layers || !group) { free(layers); free(group); return kv_fail(b->err, KV_ENOMEM, "out of memory"); }
+    if (!layers || !group) {
+        free(layers);
+        free(group);
+        return kv_fail(b->err, KV_ENOMEM, "out of memory");
+    }
     int rc = 0;
     for (int k = 0; k < s->ckpt.n_tensors && !rc; k++) {
         const st_tensor *t = s->ckpt.tensors[k];
         const char *rest;
         int layer = split_layer_name(t->name, &rest), is_bias = 0;
         char proj = layer >= 0 ? attn_proj(rest, &is_bias) : 0;
-        if (!proj) { rc = add_out(b, t->name, &t, 1, 0); continue; }
+        if (!proj) {
+            rc = add_out(b, t->name, &t, 1, 0);
+            continue;
+        }
         if (swift) {
             if (layer >= l && p->opt.layout == KV_LAYOUT_DEPLOY) rc = add_dropped(b, t);
             else rc = add_out(b, t->name, &t, 1, 0);
@@ -234,7 +276,7 @@ static int plan_tensors(builder *b) {
                 if (rc || !kvmap_is_kv_layer(m, j)) continue;
                 int n = init_group(p, j, layers);
                 for (int pj = 1; pj < 3 && !rc; pj++) {
-                    rc = gather_group(s, layers, n, "qkv"[pj], is_bias, group, b->err);
+                    rc = gather_group(s, layers, n, "qkv"[pj], is_bias, group, b -> err);
                     layer_tensor_name(name, sizeof name, j, "qkv"[pj], "_swiftkv", is_bias);
                     if (!rc) rc = add_out(b, name, group, n, 1);
                 }
@@ -256,7 +298,8 @@ void convert_plan_free(convert_plan *p) {
     memset(p, 0, sizeof *p);
 }
 
-int convert_plan_build(convert_plan *p, const convert_source *s, const kv_convert_opts *o, kv_error *err) {
+int convert_plan_build(convert_plan *p, const convert_source *s, const kv_convert_opts *o,
+                       kv_error *err) {
     memset(p, 0, sizeof *p);
     p->source = s;
     p->opt = *o;
@@ -264,18 +307,22 @@ int convert_plan_build(convert_plan *p, const convert_source *s, const kv_conver
     int rc = kvmap_validate(&o->map, err);
     if (rc) return rc;
     if (o->map.n_layers != c->n_layers)
-        return kv_fail(err, KV_EINVAL, "KV map '%s' is for %d layers but %s/config.json has %d", o->map.name,
-                       o->map.n_layers, s->dir, c->n_layers);
+        return kv_fail(err, KV_EINVAL, "KV map '%s' is for %d layers but %s/config.json has %d",
+                       o->map.name, o->map.n_layers, s->dir, c->n_layers);
     if (o->out_dtype != KV_CONVERT_KEEP_DTYPE && !is_float((kv_dtype)o->out_dtype))
         return kv_fail(err, KV_EINVAL, "output dtype must be F32, F16 or BF16");
     if (o->layout == KV_LAYOUT_HF_SWIFTKV && o->map.kind != KVMAP_SWIFTKV)
-        return kv_fail(err, KV_EINVAL, "layout hf-swiftkv needs a SwiftKV transform, not KV map '%s'", o->map.name);
+        return kv_fail(err, KV_EINVAL,
+                       "layout hf-swiftkv needs a SwiftKV transform, not KV map '%s'", o->map.name);
     if ((rc = check_source(s, err))) return rc;
     llama_view view; /* every tensor named, shaped and typed as the config implies */
     if ((rc = llama_view_bind(&view, c, &s->ckpt, err))) return rc;
     llama_view_free(&view);
     builder b = {.p = p, .err = err};
-    if ((rc = plan_tensors(&b))) { convert_plan_free(p); return rc; }
+    if ((rc = plan_tensors(&b))) {
+        convert_plan_free(p);
+        return rc;
+    }
 
     p->out_cfg = *c;
     hf_config *oc = &p->out_cfg;
@@ -319,7 +366,11 @@ void convert_plan_report(const convert_plan *p, kv_convert_report *rep) {
 
 /* ---- text ---- */
 
-typedef struct { char *s; size_t len, cap; int oom; } text_buf;
+typedef struct {
+    char *s;
+    size_t len, cap;
+    int oom;
+} text_buf;
 
 __attribute__((format(printf, 2, 3))) static void tb_printf(text_buf *t, const char *fmt, ...) {
     if (t->oom) return;
@@ -328,12 +379,21 @@ __attribute__((format(printf, 2, 3))) static void tb_printf(text_buf *t, const c
         va_start(ap, fmt);
         int n = vsnprintf(t->s ? t->s + t->len : NULL, t->s ? t->cap - t->len : 0, fmt, ap);
         va_end(ap);
-        if (n < 0) { t->oom = 1; return; }
-        if (t->s && t->len + (size_t)n < t->cap) { t->len += (size_t)n; return; }
+        if (n < 0) {
+            t->oom = 1;
+            return;
+        }
+        if (t->s && t->len + (size_t)n < t->cap) {
+            t->len += (size_t)n;
+            return;
+        }
         size_t cap = t->cap ? t->cap : 1024;
         while (cap <= t->len + (size_t)n) cap *= 2;
         char *s = realloc(t->s, cap);
-        if (!s) { t->oom = 1; return; }
+        if (!s) {
+            t->oom = 1;
+            return;
+        }
         t->s = s;
         t->cap = cap;
     }
@@ -360,24 +420,32 @@ char *convert_plan_text(const convert_plan *p) {
     }
     char c1[48], c2[48];
     tb_printf(&t, "KV cache per token (%s): %zu -> %zu bytes (%s)\n", kv_dtype_name(p->cache_dtype),
-              p->kv_bytes_src, p->kv_bytes_out, change(p->kv_bytes_src, p->kv_bytes_out, c1, sizeof c1));
+              p->kv_bytes_src, p->kv_bytes_out,
+              change(p->kv_bytes_src, p->kv_bytes_out, c1, sizeof c1));
     if (p->opt.map.kind == KVMAP_SWIFTKV) {
         const kv_map *m = &p->opt.map;
         const int L = p->source->cfg.n_layers;
-        tb_printf(&t, "SwiftKV prefill: skips %.1f%% of a prompt token's layer FLOPs (layers %d..%d run only "
-                      "the K/V projections of %d group leader%s)\n",
-                  100.0 * model_swiftkv_prefill_saving(&p->source->cfg, m->swiftkv_l, m->swiftkv_g), m->swiftkv_l,
-                  L - 1, (L - m->swiftkv_l + m->swiftkv_g - 1) / m->swiftkv_g,
-                  (L - m->swiftkv_l + m->swiftkv_g - 1) / m->swiftkv_g == 1 ? "" : "s");
+        tb_printf(
+            &t,
+            "SwiftKV prefill: skips %.1f%% of a prompt token's layer FLOPs (layers %d..%d run only "
+            "the K/V projections of %d group leader%s)\n",
+            100.0 * model_swiftkv_prefill_saving(&p->source->cfg, m->swiftkv_l, m->swiftkv_g),
+            m->swiftkv_l, L - 1, (L - m->swiftkv_l + m->swiftkv_g - 1) / m->swiftkv_g,
+            (L - m->swiftkv_l + m->swiftkv_g - 1) / m->swiftkv_g == 1 ? "" : "s");
         tb_printf(&t, "AcrossKV (g=%d): saves %.1f%% of the KV cache%s\n", m->swiftkv_g,
                   100.0 * (1.0 - (double)p->slots_out / L),
                   m->swiftkv_g == 1 ? " (g = 1: SingleInputKV saves compute, not memory)" : "");
     }
     tb_printf(&t, "parameters: %llu -> %llu (%s)\n", (unsigned long long)p->src_params,
-              (unsigned long long)p->out_params, change(p->src_params, p->out_params, c2, sizeof c2));
-    tb_printf(&t, "weights: %llu -> %llu bytes\n", (unsigned long long)p->src_bytes, (unsigned long long)p->out_bytes);
-    tb_printf(&t, "tensors: %d -> %d (%d dropped, %d added, %d mean-initialised)\n", p->source->ckpt.n_tensors,
-              p->n_out, p->n_dropped, n_added, n_mean);
-    if (t.oom) { free(t.s); return NULL; }
+              (unsigned long long)p->out_params,
+              change(p->src_params, p->out_params, c2, sizeof c2));
+    tb_printf(&t, "weights: %llu -> %llu bytes\n", (unsigned long long)p->src_bytes,
+              (unsigned long long)p->out_bytes);
+    tb_printf(&t, "tensors: %d -> %d (%d dropped, %d added, %d mean-initialised)\n",
+              p->source->ckpt.n_tensors, p->n_out, p->n_dropped, n_added, n_mean);
+    if (t.oom) {
+        free(t.s);
+        return NULL;
+    }
     return t.s;
 }

@@ -18,11 +18,17 @@
 #include "base/sha256.h"
 #include "transform/convert/convert.h"
 
-const char *const convert_side_files[] = {
-    "added_tokens.json", "generation_config.json", "merges.txt", "special_tokens_map.json",
-    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", NULL};
+const char *const convert_side_files[] = {"added_tokens.json",
+                                          "generation_config.json",
+                                          "merges.txt",
+                                          "special_tokens_map.json",
+                                          "tokenizer.json",
+                                          "tokenizer.model",
+                                          "tokenizer_config.json",
+                                          "vocab.json",
+                                          NULL};
 
-#define CHUNK_ELEMS ((size_t)1 << 20)      /* elements per converted chunk */
+#define CHUNK_ELEMS ((size_t)1 << 20) /* elements per converted chunk */
 
 /* ---- paths ---- */
 
@@ -36,7 +42,8 @@ static const char *base_name(const char *path) {
 static int resolve_path(const char *path, char *out, kv_error *err) {
     char head[PATH_MAX], tail[PATH_MAX] = "";
     size_t n = strlen(path);
-    if (n == 0 || n >= sizeof head) return kv_fail(err, KV_EINVAL, "'%.200s': path empty or too long", path);
+    if (n == 0 || n >= sizeof head)
+        return kv_fail(err, KV_EINVAL, "'%.200s': path empty or too long", path);
     memcpy(head, path, n + 1);
     while (!realpath(head, out)) {
         if (errno != ENOENT) return kv_fail(err, KV_EIO, "%s: %s", path, strerror(errno));
@@ -48,9 +55,16 @@ static int resolve_path(const char *path, char *out, kv_error *err) {
         memmove(tail + ll + 1, tail, tl + 1);
         tail[0] = '/';
         memcpy(tail + 1, last, ll);
-        if (!slash) { memcpy(head, ".", 2); n = 1; }
-        else if (slash == head) { head[1] = 0; n = 1; }
-        else { *slash = 0; n = (size_t)(slash - head); }
+        if (!slash) {
+            memcpy(head, ".", 2);
+            n = 1;
+        } else if (slash == head) {
+            head[1] = 0;
+            n = 1;
+        } else {
+            *slash = 0;
+            n = (size_t)(slash - head);
+        }
     }
     size_t len = strlen(out);
     if (len == 1 && tail[0]) len = 0; /* "/" + "/x" */
@@ -71,7 +85,8 @@ static int cmp_hash_name(const void *a, const void *b) {
     return strcmp(((const convert_file_hash *)a)->name, ((const convert_file_hash *)b)->name);
 }
 
-static int add_file(const char *dir, const char *name, convert_file_hash *out, int *n, kv_error *err) {
+static int add_file(const char *dir, const char *name, convert_file_hash *out, int *n,
+                    kv_error *err) {
     char path[4096];
     int rc = kv_join(path, sizeof path, dir, name, err);
     if (rc) return rc;
@@ -85,19 +100,24 @@ static int add_file(const char *dir, const char *name, convert_file_hash *out, i
 }
 
 /* config.json, the weight files (and index), the side files present; sorted by name */
-static int list_source_files(const convert_source *s, convert_file_hash **out, int *n_out, kv_error *err) {
+static int list_source_files(const convert_source *s, convert_file_hash **out, int *n_out,
+                             kv_error *err) {
     int cap = s->ckpt.n_files + 16, n = 0;
     convert_file_hash *f = calloc((size_t)cap, sizeof *f);
     if (!f) return kv_fail(err, KV_ENOMEM, "out of memory");
     int rc = add_file(s->dir, "config.json", f, &n, err);
     if (!rc && s->ckpt.sharded) rc = add_file(s->dir, "model.safetensors.index.json", f, &n, err);
-    for (int i = 0; i < s->ckpt.n_files && !rc; i++) rc = add_file(s->dir, base_name(s->ckpt.files[i].path), f, &n, err);
+    for (int i = 0; i < s->ckpt.n_files && !rc; i++)
+        rc = add_file(s->dir, base_name(s->ckpt.files[i].path), f, &n, err);
     for (int i = 0; convert_side_files[i] && !rc; i++) {
         char path[4096];
         rc = kv_join(path, sizeof path, s->dir, convert_side_files[i], err);
         if (!rc && kv_path_exists(path)) rc = add_file(s->dir, convert_side_files[i], f, &n, err);
     }
-    if (rc) { free(f); return rc; }
+    if (rc) {
+        free(f);
+        return rc;
+    }
     qsort(f, (size_t)n, sizeof *f, cmp_hash_name);
     *out = f;
     *n_out = n;
@@ -107,17 +127,17 @@ static int list_source_files(const convert_source *s, convert_file_hash **out, i
 typedef struct {
     const char *dir;
     convert_file_hash *files;
-    int use_cache;       /* formats/hashcache: reuse digests of unchanged files */
+    int use_cache; /* formats/hashcache: reuse digests of unchanged files */
     int n, rc;
-    atomic_int stop;     /* set by the writer when it failed: hashing is pointless then */
+    atomic_int stop; /* set by the writer when it failed: hashing is pointless then */
     kv_error err;
 } hash_job;
 
 typedef struct {
     char path[4096];
     struct stat st;
-    int has_stat;   /* st is valid (the cache is in use and stat worked) */
-    int todo;       /* index among the files to hash, -1 when the cache had the digest */
+    int has_stat; /* st is valid (the cache is in use and stat worked) */
+    int todo; /* index among the files to hash, -1 when the cache had the digest */
 } hash_item;
 
 /* the digests of the source files: from the cache where a file is unchanged, else hashed (on
@@ -126,7 +146,7 @@ static void hash_sources(hash_job *j) {
     const size_t n = (size_t)(j->n > 0 ? j->n : 1);
     hash_item *items = calloc(n, sizeof *items);
     const char **todo = calloc(n, sizeof *todo);
-    char (*hex)[65] = calloc(n, sizeof *hex);
+    char(*hex)[65] = calloc(n, sizeof *hex);
     if (!items || !todo || !hex) {
         j->rc = kv_fail(&j->err, KV_ENOMEM, "out of memory");
         goto done;
@@ -144,7 +164,8 @@ static void hash_sources(hash_job *j) {
     /* the shards of a sharded source in parallel, one thread per CPU (up to 8) beside the
      * writer: on the 2-vCPU dev VM a 4-shard 2.2 GB cold conversion took 1.8-1.95 s this way
      * against 2.1-2.3 s with one hashing thread */
-    if (!j->rc) j->rc = kv_sha256_files(todo, n_todo, hex, kv_resolve_threads(0, 8), &j->stop, &j->err);
+    if (!j->rc)
+        j->rc = kv_sha256_files(todo, n_todo, hex, kv_resolve_threads(0, 8), &j->stop, &j->err);
     for (int i = 0; i < j->n && !j->rc; i++) {
         const hash_item *it = &items[i];
         if (it->todo < 0) continue;
@@ -167,11 +188,11 @@ typedef struct {
     kv_convert_progress_fn progress;
     void *progress_ctx;
     size_t done;
-    int *fds;          /* [n_files] source descriptors, -1 until opened */
-    float *f32;        /* [CHUNK_ELEMS] one source chunk widened */
-    double *acc;       /* [CHUNK_ELEMS] mean accumulator */
-    void *out;         /* [CHUNK_ELEMS * 4] output chunk */
-    void *in;          /* [CHUNK_ELEMS * 4] source chunk as stored */
+    int *fds; /* [n_files] source descriptors, -1 until opened */
+    float *f32; /* [CHUNK_ELEMS] one source chunk widened */
+    double *acc; /* [CHUNK_ELEMS] mean accumulator */
+    void *out; /* [CHUNK_ELEMS * 4] output chunk */
+    void *in; /* [CHUNK_ELEMS * 4] source chunk as stored */
 } fill_ctx;
 
 /* the descriptor of t's source file, opened on first use */
@@ -196,7 +217,8 @@ static off_t source_pos(fill_ctx *c, const st_tensor *t) {
 }
 
 /* bytes [off, off+n) of tensor t into dst */
-static int read_source(fill_ctx *c, const st_tensor *t, size_t off, size_t n, void *dst, kv_error *err) {
+static int read_source(fill_ctx *c, const st_tensor *t, size_t off, size_t n, void *dst,
+                       kv_error *err) {
     const st_file *f = &c->p->source->ckpt.files[t->file_index];
     int *fd = &c->fds[t->file_index];
     int rc = source_fd(c, t, err);
@@ -205,7 +227,9 @@ static int read_source(fill_ctx *c, const st_tensor *t, size_t off, size_t n, vo
     for (size_t got = 0; got < n;) {
         ssize_t r = pread(*fd, (uint8_t *)dst + got, n - got, pos + (off_t)got);
         if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return kv_fail(err, KV_EIO, "%s: tensor '%s': read failed: %s", f->path, t->name, r < 0 ? strerror(errno) : "file shrank");
+        if (r <= 0)
+            return kv_fail(err, KV_EIO, "%s: tensor '%s': read failed: %s", f->path, t->name,
+                           r < 0 ? strerror(errno) : "file shrank");
         got += (size_t)r;
     }
     return 0;
@@ -221,7 +245,8 @@ static int widen(fill_ctx *c, const st_tensor *t, size_t first, size_t n, kv_err
     size_t es = kv_dtype_size(t->dtype);
     int rc = read_source(c, t, first * es, n * es, c->in, err);
     if (!rc && (rc = kv_to_f32(c->f32, c->in, t->dtype, n)))
-        rc = kv_fail(err, rc, "tensor '%s': cannot read %s as F32", t->name, kv_dtype_name(t->dtype));
+        rc = kv_fail(err, rc, "tensor '%s': cannot read %s as F32", t->name,
+                     kv_dtype_name(t->dtype));
     return rc;
 }
 
@@ -239,7 +264,8 @@ static int fill_copy(fill_ctx *c, const convert_tensor *ct, st_writer *w, kv_err
         size_t n = t->n_elements - first < CHUNK_ELEMS ? t->n_elements - first : CHUNK_ELEMS;
         rc = widen(c, t, first, n, err);
         if (!rc && (rc = kv_dtype_cast(c->out, ct->spec.dtype, c->f32, KV_F32, n)))
-            rc = kv_fail(err, rc, "tensor '%s': cannot convert to %s", t->name, kv_dtype_name(ct->spec.dtype));
+            rc = kv_fail(err, rc, "tensor '%s': cannot convert to %s", t->name,
+                         kv_dtype_name(ct->spec.dtype));
         if (!rc) rc = st_writer_put(w, c->out, n * os, err);
         report(c, n * os);
     }
@@ -260,7 +286,8 @@ static int fill_mean(fill_ctx *c, const convert_tensor *ct, st_writer *w, kv_err
         if (rc) break;
         for (size_t e = 0; e < n; e++) c->f32[e] = (float)(c->acc[e] / count);
         if ((rc = kv_dtype_cast(c->out, ct->spec.dtype, c->f32, KV_F32, n)))
-            rc = kv_fail(err, rc, "tensor '%s': cannot convert to %s", ct->name, kv_dtype_name(ct->spec.dtype));
+            rc = kv_fail(err, rc, "tensor '%s': cannot convert to %s", ct->name,
+                         kv_dtype_name(ct->spec.dtype));
         if (!rc) rc = st_writer_put(w, c->out, n * os, err);
         report(c, n * os);
     }
@@ -273,8 +300,8 @@ static int fill_tensor(void *ctx, int index, st_writer *w, kv_error *err) {
     return ct->op == CONVERT_MEAN ? fill_mean(c, ct, w, err) : fill_copy(c, ct, w, err);
 }
 
-static int write_weights(const convert_plan *p, const char *dir, kv_convert_progress_fn progress, void *progress_ctx,
-                         kv_error *err) {
+static int write_weights(const convert_plan *p, const char *dir, kv_convert_progress_fn progress,
+                         void *progress_ctx, kv_error *err) {
     const int n_files = p->source->ckpt.n_files;
     fill_ctx c = {.p = p, .progress = progress, .progress_ctx = progress_ctx};
     st_spec *specs = malloc(((size_t)p->n_out + 1) * sizeof *specs);
@@ -284,7 +311,8 @@ static int write_weights(const convert_plan *p, const char *dir, kv_convert_prog
     c.out = malloc(CHUNK_ELEMS * 4);
     c.in = malloc(CHUNK_ELEMS * 4);
     int rc = 0;
-    if (!specs || !c.fds || !c.f32 || !c.acc || !c.out || !c.in) rc = kv_fail(err, KV_ENOMEM, "out of memory");
+    if (!specs || !c.fds || !c.f32 || !c.acc || !c.out || !c.in)
+        rc = kv_fail(err, KV_ENOMEM, "out of memory");
     for (int i = 0; i < n_files && c.fds; i++) c.fds[i] = -1;
     for (int i = 0; i < p->n_out && !rc; i++) specs[i] = p->out[i].spec;
     static const char *const meta[] = {"format", "pt"};
@@ -293,8 +321,9 @@ static int write_weights(const convert_plan *p, const char *dir, kv_convert_prog
     const st_file *first = &p->source->ckpt.files[0];
     const long residue = (long)((size_t)(first->data - (const uint8_t *)first->map) % 4096);
     if (!rc)
-        rc = st_write_checkpoint_ex(dir, specs, p->n_out, p->opt.shard_bytes, p->opt.no_sync ? ST_WRITE_NO_SYNC : 0,
-                                    residue, meta, 1, fill_tensor, &c, err);
+        rc = st_write_checkpoint_ex(dir, specs, p->n_out, p->opt.shard_bytes,
+                                    p->opt.no_sync ? ST_WRITE_NO_SYNC : 0, residue, meta, 1,
+                                    fill_tensor, &c, err);
     for (int i = 0; i < n_files && c.fds; i++)
         if (c.fds[i] >= 0) close(c.fds[i]);
     free(specs);
@@ -328,7 +357,8 @@ static void fsync_path(const char *path) {
     closedir(d);
 }
 
-static int write_text(const char *dir, const char *name, const char *text, int durable, kv_error *err) {
+static int write_text(const char *dir, const char *name, const char *text, int durable,
+                      kv_error *err) {
     char path[4096];
     int rc = kv_join(path, sizeof path, dir, name, err);
     if (rc) return rc;
@@ -344,7 +374,8 @@ static int write_text(const char *dir, const char *name, const char *text, int d
 
 static int is_checkpoint_file(const char *name) {
     size_t n = strlen(name);
-    return strcmp(name, "model.safetensors.index.json") == 0 || (n > 12 && strcmp(name + n - 12, ".safetensors") == 0);
+    return strcmp(name, "model.safetensors.index.json") == 0 ||
+           (n > 12 && strcmp(name + n - 12, ".safetensors") == 0);
 }
 
 /* --force into a non-empty DST: each staged file renamed over its namesake */
@@ -358,7 +389,8 @@ static int move_files_into(const char *stage, const char *dst, kv_error *err) {
         char from[4096], to[4096];
         rc = kv_join(from, sizeof from, stage, e->d_name, err);
         if (!rc) rc = kv_join(to, sizeof to, dst, e->d_name, err);
-        if (!rc && rename(from, to) != 0) rc = kv_fail(err, KV_EIO, "%s: cannot move into place: %s", to, strerror(errno));
+        if (!rc && rename(from, to) != 0)
+            rc = kv_fail(err, KV_EIO, "%s: cannot move into place: %s", to, strerror(errno));
     }
     closedir(d);
     return rc;
@@ -405,7 +437,8 @@ static int remove_stale(const char *dst, char **keep, int n_keep, kv_error *err)
         if (kept) continue;
         char path[4096];
         rc = kv_join(path, sizeof path, dst, e->d_name, err);
-        if (!rc && unlink(path) != 0) rc = kv_fail(err, KV_EIO, "%s: cannot remove stale file: %s", path, strerror(errno));
+        if (!rc && unlink(path) != 0)
+            rc = kv_fail(err, KV_EIO, "%s: cannot remove stale file: %s", path, strerror(errno));
     }
     closedir(d);
     return rc;
@@ -415,7 +448,9 @@ static int commit_stage(const char *stage, const char *dst, int durable, kv_erro
     struct stat st;
     if (stat(dst, &st) != 0 || (S_ISDIR(st.st_mode) && kv_dir_is_empty(dst))) {
         /* rename replaces an empty folder in one step */
-        if (rename(stage, dst) != 0) return kv_fail(err, KV_EIO, "%s: cannot move %s into place: %s", dst, stage, strerror(errno));
+        if (rename(stage, dst) != 0)
+            return kv_fail(err, KV_EIO, "%s: cannot move %s into place: %s", dst, stage,
+                           strerror(errno));
         char parent[4096];
         snprintf(parent, sizeof parent, "%s", dst);
         char *slash = strrchr(parent, '/');
@@ -441,13 +476,20 @@ static int check_destination(const convert_plan *p, const char *dst, kv_error *e
     int rc = resolve_path(p->source->dir, src_real, err);
     if (!rc) rc = resolve_path(dst, dst_real, err);
     if (rc) return rc;
-    if (strcmp(src_real, dst_real) == 0) return kv_fail(err, KV_EINVAL, "%s: destination is the source folder", dst);
-    if (is_within(dst_real, src_real)) return kv_fail(err, KV_EINVAL, "%s: destination lies inside the source folder %s", dst, p->source->dir);
-    if (is_within(src_real, dst_real)) return kv_fail(err, KV_EINVAL, "%s: destination contains the source folder %s", dst, p->source->dir);
+    if (strcmp(src_real, dst_real) == 0)
+        return kv_fail(err, KV_EINVAL, "%s: destination is the source folder", dst);
+    if (is_within(dst_real, src_real))
+        return kv_fail(err, KV_EINVAL, "%s: destination lies inside the source folder %s", dst,
+                       p->source->dir);
+    if (is_within(src_real, dst_real))
+        return kv_fail(err, KV_EINVAL, "%s: destination contains the source folder %s", dst,
+                       p->source->dir);
     struct stat st;
     if (stat(dst, &st) == 0) {
-        if (!S_ISDIR(st.st_mode)) return kv_fail(err, KV_EINVAL, "%s: exists and is not a folder", dst);
-        if (!p->opt.force && !kv_dir_is_empty(dst)) return kv_fail(err, KV_EINVAL, "%s: not empty (use --force to write into it)", dst);
+        if (!S_ISDIR(st.st_mode))
+            return kv_fail(err, KV_EINVAL, "%s: exists and is not a folder", dst);
+        if (!p->opt.force && !kv_dir_is_empty(dst))
+            return kv_fail(err, KV_EINVAL, "%s: not empty (use --force to write into it)", dst);
     } else if (errno != ENOENT) {
         return kv_fail(err, KV_EIO, "%s: %s", dst, strerror(errno));
     }
@@ -479,7 +521,8 @@ static int write_model(const convert_job *j, kv_error *err) {
         char from[4096], to[4096];
         rc = kv_join(from, sizeof from, p->source->dir, convert_side_files[i], err);
         if (!rc) rc = kv_join(to, sizeof to, j->stage, convert_side_files[i], err);
-        if (!rc && kv_path_exists(from)) rc = kv_copy_file_atomic_ex(from, to, !p->opt.no_sync, err);
+        if (!rc && kv_path_exists(from))
+            rc = kv_copy_file_atomic_ex(from, to, !p->opt.no_sync, err);
     }
     return rc;
 }
@@ -497,12 +540,13 @@ static int convert_task(void *ctx, int i, int worker, kv_error *err) {
     return j->hash->rc;
 }
 
-int convert_run(const convert_plan *p, const char *dst_in, kv_convert_progress_fn progress, void *progress_ctx,
-                char **manifest_out, kv_error *err) {
+int convert_run(const convert_plan *p, const char *dst_in, kv_convert_progress_fn progress,
+                void *progress_ctx, char **manifest_out, kv_error *err) {
     if (manifest_out) *manifest_out = NULL;
     char dst[4096], stage[4200];
     int n = snprintf(dst, sizeof dst, "%s", dst_in);
-    if (n <= 0 || (size_t)n >= sizeof dst) return kv_fail(err, KV_EINVAL, "destination path empty or too long");
+    if (n <= 0 || (size_t)n >= sizeof dst)
+        return kv_fail(err, KV_EINVAL, "destination path empty or too long");
     while (n > 1 && dst[n - 1] == '/') dst[--n] = 0;
     int rc = check_destination(p, dst, err);
     if (rc) return rc;
@@ -514,20 +558,28 @@ int convert_run(const convert_plan *p, const char *dst_in, kv_convert_progress_f
         if ((rc = kv_mkdir_p(parent, err))) return rc;
     }
     snprintf(stage, sizeof stage, "%s.tmp-XXXXXX", dst);
-    if (!mkdtemp(stage)) return kv_fail(err, KV_EIO, "%s: cannot create a staging folder beside it: %s", dst, strerror(errno));
+    if (!mkdtemp(stage))
+        return kv_fail(err, KV_EIO, "%s: cannot create a staging folder beside it: %s", dst,
+                       strerror(errno));
     chmod(stage, 0755);
 
     convert_file_hash *files = NULL;
     int n_files = 0;
     rc = list_source_files(p->source, &files, &n_files, err);
-    hash_job job = {.dir = p->source->dir, .files = files, .n = n_files, .use_cache = !p->opt.no_hash_cache};
-    convert_job cj = {.p = p, .dst = dst, .stage = stage, .progress = progress,
-                      .progress_ctx = progress_ctx, .hash = &job};
+    hash_job job = {
+        .dir = p->source->dir, .files = files, .n = n_files, .use_cache = !p->opt.no_hash_cache};
+    convert_job cj = {.p = p,
+                      .dst = dst,
+                      .stage = stage,
+                      .progress = progress,
+                      .progress_ctx = progress_ctx,
+                      .hash = &job};
     /* task 0 writes the model, task 1 hashes the source beside it (one after the other when a
      * second thread cannot be started); a writer's failure is the one reported */
     if (!rc) rc = kv_pool_run(2, 2, convert_task, &cj, NULL, err);
     char *manifest = NULL;
-    if (!rc && !(manifest = convert_plan_json(p, files, n_files))) rc = kv_fail(err, KV_ENOMEM, "out of memory");
+    if (!rc && !(manifest = convert_plan_json(p, files, n_files)))
+        rc = kv_fail(err, KV_ENOMEM, "out of memory");
     if (!rc) rc = write_text(stage, "kvforge.json", manifest, !p->opt.no_sync, err);
     free(files);
     if (!rc) rc = commit_stage(stage, dst, !p->opt.no_sync, err);
@@ -543,7 +595,8 @@ int convert_run(const convert_plan *p, const char *dst_in, kv_convert_progress_f
 
 /* ---- one-call API ---- */
 
-int kv_convert_plan(const char *src_dir, const kv_convert_opts *o, kv_convert_report *rep, kv_error *err) {
+int kv_convert_plan(const char *src_dir, const kv_convert_opts *o, kv_convert_report *rep,
+                    kv_error *err) {
     convert_source s;
     int rc = convert_source_open(&s, src_dir, err);
     if (rc) return rc;
@@ -557,8 +610,9 @@ int kv_convert_plan(const char *src_dir, const kv_convert_opts *o, kv_convert_re
     return rc;
 }
 
-int kv_convert_run(const char *src_dir, const char *dst_dir, const kv_convert_opts *o, kv_convert_report *rep,
-                   kv_convert_progress_fn progress, void *progress_ctx, kv_error *err) {
+int kv_convert_run(const char *src_dir, const char *dst_dir, const kv_convert_opts *o,
+                   kv_convert_report *rep, kv_convert_progress_fn progress, void *progress_ctx,
+                   kv_error *err) {
     convert_source s;
     int rc = convert_source_open(&s, src_dir, err);
     if (rc) return rc;

@@ -15,10 +15,13 @@ const char *model_kv_kind_name(model_kv_kind k) {
 
 const char *model_info_schema_note(const char *schema) {
     if (!strcmp(schema, "llama")) return "plain Hugging Face Llama: every Llama loader and kvforge";
-    if (!strcmp(schema, "lckv-llama")) return "LCKV's cross-layer Llama: whyNLP/LCKV's code and kvforge";
-    if (!strcmp(schema, "llama_swiftkv")) return "Snowflake's SwiftKV: ArcticInference (vLLM) and kvforge";
+    if (!strcmp(schema, "lckv-llama"))
+        return "LCKV's cross-layer Llama: whyNLP/LCKV's code and kvforge";
+    if (!strcmp(schema, "llama_swiftkv"))
+        return "Snowflake's SwiftKV: ArcticInference (vLLM) and kvforge";
     if (!strcmp(schema, "llama+layer_types"))
-        return "non-standard (kvforge before LCKV's schema): only kvforge reads it right, a plain Llama "
+        return "non-standard (kvforge before LCKV's schema): only kvforge reads it right, a plain "
+               "Llama "
                "loader would ignore layer_types";
     return "non-standard (swiftkv under LlamaForCausalLM): only kvforge reads it right";
 }
@@ -36,7 +39,8 @@ static size_t kv_bytes(int slots, int n_kv_heads, int head_dim, size_t elem) {
 double model_swiftkv_prefill_saving(const hf_config *c, int l, int g) {
     const int L = c->n_layers;
     if (l >= L || l < 0 || g < 1 || L < 1) return 0.0;
-    const double H = c->hidden_size, q = H * c->n_heads * c->head_dim, kv = 2.0 * H * c->n_kv_heads * c->head_dim,
+    const double H = c->hidden_size, q = H * c->n_heads * c->head_dim,
+                 kv = 2.0 * H * c->n_kv_heads * c->head_dim,
                  o = (double)c->n_heads * c->head_dim * H, mlp = 3.0 * H * c->intermediate_size;
     const double layer = q + kv + o + mlp, leaders = (double)((L - l + g - 1) / g);
     /* the original as kvrun runs it: a prompt token's last layer computes only its K/V (the rest
@@ -49,7 +53,8 @@ const char *model_change_text(double before, double after, char *buf, size_t cap
     const double pct = before != 0 ? 100.0 * (after - before) / before : 0.0;
     if (pct >= 0.05) snprintf(buf, cap, "growth %.1f%%", pct);
     else if (pct <= -0.05) snprintf(buf, cap, "saving %.1f%%", -pct);
-    else if (after != before) snprintf(buf, cap, "%s under 0.1%%", after < before ? "saving" : "growth");
+    else if (after != before)
+        snprintf(buf, cap, "%s under 0.1%%", after < before ? "saving" : "growth");
     else snprintf(buf, cap, "no change");
     return buf;
 }
@@ -152,33 +157,39 @@ int model_info_text(const model_info *mi, const char *label, char **out, kv_erro
     fprintf(f, "  vocab          %d%s\n", mi->vocab_size, mi->tied ? " (tied embeddings)" : "");
     fprintf(f, "  context        %d positions\n", mi->max_position);
     if (mi->rope_type == HF_ROPE_LLAMA3)
-        fprintf(f, "  RoPE           theta %g; rope_scaling llama3 (factor %g, low_freq_factor %g, "
-                   "high_freq_factor %g, original_max_position_embeddings %d)\n",
-                mi->rope_theta, mi->rope_factor, mi->rope_low_freq_factor, mi->rope_high_freq_factor,
-                mi->rope_original_max_position);
-    else
-        fprintf(f, "  RoPE           theta %g; rope_scaling none\n", mi->rope_theta);
+        fprintf(f,
+                "  RoPE           theta %g; rope_scaling llama3 (factor %g, low_freq_factor %g, "
+                "high_freq_factor %g, original_max_position_embeddings %d)\n",
+                mi->rope_theta, mi->rope_factor, mi->rope_low_freq_factor,
+                mi->rope_high_freq_factor, mi->rope_original_max_position);
+    else fprintf(f, "  RoPE           theta %g; rope_scaling none\n", mi->rope_theta);
     human(h, sizeof h, (double)mi->n_params);
-    fprintf(f, "  parameters     %lld (%s) in %d tensors, %d file%s\n", (long long)mi->n_params,
-            h, mi->n_tensors, mi->n_files, mi->n_files == 1 ? "" : "s");
+    fprintf(f, "  parameters     %lld (%s) in %d tensors, %d file%s\n", (long long)mi->n_params, h,
+            mi->n_tensors, mi->n_files, mi->n_files == 1 ? "" : "s");
     if (mi->n_params_config != mi->n_params)
         fprintf(f, "                 %lld in the deploy layout the config describes\n",
                 (long long)mi->n_params_config);
     for (int t = 0; t < KV_DTYPE_COUNT; t++) {
         if (!mi->bytes_by_dtype[t]) continue;
         human(h, sizeof h, (double)mi->bytes_by_dtype[t]);
-        fprintf(f, "  bytes %-8s %zu (%sB)\n", kv_dtype_name((kv_dtype)t), mi->bytes_by_dtype[t], h);
+        fprintf(f, "  bytes %-8s %zu (%sB)\n", kv_dtype_name((kv_dtype)t), mi->bytes_by_dtype[t],
+                h);
     }
     fprintf(f, "  KV map         %s %s\n", model_kv_kind_name(mi->kv_kind), mi->kv_map);
     char ch[48];
-    model_change_text((double)mi->kv_bytes_per_token_full, (double)mi->kv_bytes_per_token, ch, sizeof ch);
-    fprintf(f, "  KV cache       %zu bytes/token in %s (%d of %d slots; the original's %d in %s: %zu, "
-               "%s)\n",
-            mi->kv_bytes_per_token, kv_dtype_name(model_info_cache_dtype(mi)), mi->kv_slots, mi->n_layers,
-            mi->n_layers, kv_dtype_name(model_info_cache_dtype(mi)), mi->kv_bytes_per_token_full, ch);
+    model_change_text((double)mi->kv_bytes_per_token_full, (double)mi->kv_bytes_per_token, ch,
+                      sizeof ch);
+    fprintf(f,
+            "  KV cache       %zu bytes/token in %s (%d of %d slots; the original's %d in %s: %zu, "
+            "%s)\n",
+            mi->kv_bytes_per_token, kv_dtype_name(model_info_cache_dtype(mi)), mi->kv_slots,
+            mi->n_layers, mi->n_layers, kv_dtype_name(model_info_cache_dtype(mi)),
+            mi->kv_bytes_per_token_full, ch);
     if (mi->kv_kind == MODEL_KV_SWIFTKV) {
-        fprintf(f, "  SwiftKV        prefill skips %.1f%% of a prompt token's layer FLOPs (layers %d..%d run "
-                   "only K/V projections); AcrossKV (g=%d) saves %.1f%% of the KV cache%s\n",
+        fprintf(f,
+                "  SwiftKV        prefill skips %.1f%% of a prompt token's layer FLOPs (layers "
+                "%d..%d run "
+                "only K/V projections); AcrossKV (g=%d) saves %.1f%% of the KV cache%s\n",
                 100.0 * mi->prefill_saving, mi->swiftkv_layers, mi->n_layers - 1, mi->swiftkv_group,
                 100.0 * (1.0 - (double)mi->kv_slots / mi->n_layers),
                 mi->swiftkv_group == 1 ? " (g = 1: SingleInputKV saves compute, not memory)" : "");
@@ -241,7 +252,8 @@ int model_info_json(const model_info *mi, char **out, kv_error *err) {
              cJSON_AddNumberToObject(rs, "factor", mi->rope_factor) &&
              cJSON_AddNumberToObject(rs, "low_freq_factor", mi->rope_low_freq_factor) &&
              cJSON_AddNumberToObject(rs, "high_freq_factor", mi->rope_high_freq_factor) &&
-             cJSON_AddNumberToObject(rs, "original_max_position_embeddings", mi->rope_original_max_position);
+             cJSON_AddNumberToObject(rs, "original_max_position_embeddings",
+                                     mi->rope_original_max_position);
         if (ok) ok = cJSON_AddItemToObject(o, "rope_scaling", rs);
         else cJSON_Delete(rs);
     } else {
@@ -251,7 +263,8 @@ int model_info_json(const model_info *mi, char **out, kv_error *err) {
     STR("kv_cache_dtype", kv_dtype_name(model_info_cache_dtype(mi)));
     NUM("kv_cache_bytes_per_token", mi->kv_bytes_per_token);
     NUM("kv_cache_bytes_per_token_full", mi->kv_bytes_per_token_full);
-    NUM("kv_cache_saving", ((double)mi->kv_bytes_per_token_full - (double)mi->kv_bytes_per_token) / (double)mi->kv_bytes_per_token_full);
+    NUM("kv_cache_saving", ((double)mi->kv_bytes_per_token_full - (double)mi->kv_bytes_per_token) /
+                               (double)mi->kv_bytes_per_token_full);
 #undef NUM
 #undef STR
     char *text = ok ? cJSON_PrintUnformatted(o) : NULL;

@@ -16,27 +16,27 @@ typedef enum { MODEL_KV_IDENTITY, MODEL_KV_CROSS, MODEL_KV_SWIFTKV } model_kv_ki
 typedef struct {
     char architecture[64];
     char model_type[32];
-    const char *schema;                    /* hf_config_schema: "llama", "lckv-llama", ... */
-    const char *swiftkv_layout;            /* SwiftKV: "deploy" or "hf-swiftkv" (teacher's q/k/v
+    const char *schema; /* hf_config_schema: "llama", "lckv-llama", ... */
+    const char *swiftkv_layout; /* SwiftKV: "deploy" or "hf-swiftkv" (teacher's q/k/v
                                               kept on layers >= l); NULL otherwise */
     int n_layers, n_heads, n_kv_heads, head_dim;
     int hidden_size, ffn_size, vocab_size, max_position;
     int tied;
-    kv_dtype dtype;                        /* config torch_dtype: the KV-cache element type */
-    int64_t n_params;                      /* elements of every tensor in the checkpoint */
-    int64_t n_params_config;               /* hf_config_param_count (deploy layout) */
+    kv_dtype dtype; /* config torch_dtype: the KV-cache element type */
+    int64_t n_params; /* elements of every tensor in the checkpoint */
+    int64_t n_params_config; /* hf_config_param_count (deploy layout) */
     int n_tensors, n_files;
     size_t bytes_by_dtype[KV_DTYPE_COUNT]; /* tensor data bytes per dtype */
     size_t bytes_total;
     model_kv_kind kv_kind;
-    int kv_slots;                          /* L, KV layers, or l + (L - l)/g */
-    int swiftkv_layers, swiftkv_group;     /* SwiftKV l, g (0 otherwise) */
-    size_t kv_bytes_per_token;             /* 2 * kv_slots * nkv * hd * sizeof(dtype) */
-    size_t kv_bytes_per_token_full;        /* the same with L slots */
-    char kv_map[HF_MAX_LAYERS * 5 + 32];   /* "0_0_2_2_4"; identity "0_1_2_3_4"; SwiftKV "l=2,g=3" */
-    double prefill_saving;                 /* SwiftKV: model_swiftkv_prefill_saving; else 0 */
+    int kv_slots; /* L, KV layers, or l + (L - l)/g */
+    int swiftkv_layers, swiftkv_group; /* SwiftKV l, g (0 otherwise) */
+    size_t kv_bytes_per_token; /* 2 * kv_slots * nkv * hd * sizeof(dtype) */
+    size_t kv_bytes_per_token_full; /* the same with L slots */
+    char kv_map[HF_MAX_LAYERS * 5 + 32]; /* "0_0_2_2_4"; identity "0_1_2_3_4"; SwiftKV "l=2,g=3" */
+    double prefill_saving; /* SwiftKV: model_swiftkv_prefill_saving; else 0 */
     double rope_theta;
-    hf_rope_type rope_type;                /* rope_scaling: none or llama3 (+ its factors) */
+    hf_rope_type rope_type; /* rope_scaling: none or llama3 (+ its factors) */
     double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int rope_original_max_position;
 } model_info;

@@ -11,22 +11,33 @@
 
 #define CHUNK_ELEMS (1u << 20)
 
-static const struct { const char *name; synth_spec s; } presets[] = {
+static const struct {
+    const char *name;
+    synth_spec s;
+} presets[] = {
     {"tiny", {4, 64, 8, 4, 8, 172, 512, 512, 1, KV_F32, 10000.0, 1, 0, 0.02f, 0}},
     {"stories260k", {5, 64, 8, 4, 8, 172, 512, 512, 1, KV_F32, 10000.0, 1, 0, 0.02f, 0}},
     {"stories110m", {12, 768, 12, 12, 64, 2048, 32000, 1024, 0, KV_F32, 10000.0, 1, 0, 0.02f, 0}},
-    {"tinyllama-1.1b", {22, 2048, 32, 4, 64, 5632, 32000, 2048, 0, KV_BF16, 10000.0, 1, 0, 0.02f, 0}},
-    {"llama-3.2-1b", {16, 2048, 32, 8, 64, 8192, 128256, 2048, 1, KV_BF16, 500000.0, 1, 0, 0.02f, 0}},
-    {"llama-3.1-8b", {32, 4096, 32, 8, 128, 14336, 128256, 131072, 0, KV_BF16, 500000.0, 1, 0, 0.02f, 1}},
+    {"tinyllama-1.1b",
+     {22, 2048, 32, 4, 64, 5632, 32000, 2048, 0, KV_BF16, 10000.0, 1, 0, 0.02f, 0}},
+    {"llama-3.2-1b",
+     {16, 2048, 32, 8, 64, 8192, 128256, 2048, 1, KV_BF16, 500000.0, 1, 0, 0.02f, 0}},
+    {"llama-3.1-8b",
+     {32, 4096, 32, 8, 128, 14336, 128256, 131072, 0, KV_BF16, 500000.0, 1, 0, 0.02f, 1}},
 };
 
 int synth_preset(synth_spec *s, const char *name) {
     for (size_t i = 0; i < sizeof presets / sizeof *presets; i++)
-        if (strcmp(presets[i].name, name) == 0) { *s = presets[i].s; return 0; }
+        if (strcmp(presets[i].name, name) == 0) {
+            *s = presets[i].s;
+            return 0;
+        }
     return -1;
 }
 
-const char *synth_preset_names(void) { return "tiny|stories260k|stories110m|tinyllama-1.1b|llama-3.2-1b|llama-3.1-8b"; }
+const char *synth_preset_names(void) {
+    return "tiny|stories260k|stories110m|tinyllama-1.1b|llama-3.2-1b|llama-3.1-8b";
+}
 
 /* splitmix64: a counter-based stream, so any element can be generated independently */
 static uint64_t splitmix64(uint64_t x) {
@@ -43,7 +54,8 @@ static uint64_t name_hash(const char *s) {
 }
 
 /* element i of a tensor: Box-Muller on the pair (i/2), cosine for even i, sine for odd i */
-void synth_gaussian(float *out, size_t n, size_t first, uint64_t seed, const char *name, float std) {
+void synth_gaussian(float *out, size_t n, size_t first, uint64_t seed, const char *name,
+                    float std) {
     uint64_t key = splitmix64(name_hash(name) ^ splitmix64(seed));
     for (size_t k = 0; k < n; k++) {
         size_t i = first + k, pair = i / 2;
@@ -70,7 +82,8 @@ static int fill_tensor(void *vctx, int index, st_writer *w, kv_error *err) {
     size_t n = st_spec_bytes(sp) / kv_dtype_size(sp->dtype);
     for (size_t first = 0; first < n; first += CHUNK_ELEMS) {
         size_t count = n - first < CHUNK_ELEMS ? n - first : CHUNK_ELEMS;
-        if (is_norm(sp->name)) for (size_t k = 0; k < count; k++) c->f32[k] = 1.0f;
+        if (is_norm(sp->name))
+            for (size_t k = 0; k < count; k++) c->f32[k] = 1.0f;
         else synth_gaussian(c->f32, count, first, c->s->seed, sp->name, c->s->std);
         kv_dtype_cast(c->converted, sp->dtype, c->f32, KV_F32, count);
         int rc = st_writer_put(w, c->converted, count * kv_dtype_size(sp->dtype), err);
@@ -79,17 +92,22 @@ static int fill_tensor(void *vctx, int index, st_writer *w, kv_error *err) {
     return 0;
 }
 
-static int add_spec(st_spec *specs, char (*names)[96], int *n, const char *name, kv_dtype t, int64_t rows, int64_t cols) {
+static int add_spec(st_spec *specs, char (*names)[96], int *n, const char *name, kv_dtype t,
+                    int64_t rows, int64_t cols) {
     snprintf(names[*n], 96, "%s", name);
-    specs[*n] = (st_spec){.name = names[*n], .dtype = t, .n_dims = cols ? 2 : 1, .shape = {rows, cols}};
+    specs[*n] =
+        (st_spec){.name = names[*n], .dtype = t, .n_dims = cols ? 2 : 1, .shape = {rows, cols}};
     (*n)++;
     return 0;
 }
 
 static int write_config(const char *dir, const synth_spec *s, kv_error *err) {
-    const char *dtype = s->dtype == KV_BF16 ? "bfloat16" : s->dtype == KV_F16 ? "float16" : "float32";
+    const char *dtype = s->dtype == KV_BF16  ? "bfloat16"
+                        : s->dtype == KV_F16 ? "float16"
+                                             : "float32";
     char text[2048], path[4096];
-    int n = snprintf(text, sizeof text,
+    int n = snprintf(
+        text, sizeof text,
         "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n"
         "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n"
         "  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n  \"head_dim\": %d,\n"
@@ -98,8 +116,8 @@ static int write_config(const char *dir, const synth_spec *s, kv_error *err) {
         "  \"hidden_act\": \"silu\",\n  \"attention_bias\": false,\n  \"mlp_bias\": false,\n"
         "  \"torch_dtype\": \"%s\",\n  \"bos_token_id\": 1,\n  \"eos_token_id\": 2,\n"
         "  \"kvforge_synthetic\": {\"seed\": %llu, \"std\": %g}\n}\n",
-        s->hidden, s->ffn, s->n_layers, s->n_heads, s->n_kv_heads, s->head_dim, s->vocab, s->max_pos,
-        s->rope_theta,
+        s->hidden, s->ffn, s->n_layers, s->n_heads, s->n_kv_heads, s->head_dim, s->vocab,
+        s->max_pos, s->rope_theta,
         s->rope_llama3 ? "{\"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
                          "\"original_max_position_embeddings\": 8192, \"rope_type\": \"llama3\"}"
                        : "null",
@@ -110,31 +128,44 @@ static int write_config(const char *dir, const synth_spec *s, kv_error *err) {
 }
 
 int synth_write(const char *dir, const synth_spec *s, kv_error *err) {
-    if (s->n_layers < 1 || s->n_layers > 1024 || s->hidden < 1 || s->n_heads < 1 || s->n_kv_heads < 1 ||
-        s->head_dim < 1 || s->ffn < 1 || s->vocab < 300 || s->n_heads % s->n_kv_heads || s->max_pos < 1)
-        return kv_fail(err, KV_EINVAL, "synthetic model: invalid shape (layers %d, hidden %d, heads %d/%d, head_dim %d, ffn %d, vocab %d >= 300)",
-                       s->n_layers, s->hidden, s->n_heads, s->n_kv_heads, s->head_dim, s->ffn, s->vocab);
+    if (s->n_layers < 1 || s->n_layers > 1024 || s->hidden < 1 || s->n_heads < 1 ||
+        s->n_kv_heads < 1 || s->head_dim < 1 || s->ffn < 1 || s->vocab < 300 ||
+        s->n_heads % s->n_kv_heads || s->max_pos < 1)
+        return kv_fail(err, KV_EINVAL,
+                       "synthetic model: invalid shape (layers %d, hidden %d, heads %d/%d, "
+                       "head_dim %d, ffn %d, vocab %d >= 300)",
+                       s->n_layers, s->hidden, s->n_heads, s->n_kv_heads, s->head_dim, s->ffn,
+                       s->vocab);
     if (s->dtype != KV_F32 && !kv_dtype_is_float16(s->dtype))
         return kv_fail(err, KV_EINVAL, "synthetic model: dtype must be F32, F16 or BF16");
     int rc = kv_mkdir_p(dir, err);
     if (rc) return rc;
     int max_specs = 9 * s->n_layers + 3;
     st_spec *specs = calloc((size_t)max_specs, sizeof *specs);
-    char (*names)[96] = calloc((size_t)max_specs, sizeof *names);
-    fill_ctx ctx = {s, specs, malloc(CHUNK_ELEMS * sizeof(float)), malloc(CHUNK_ELEMS * sizeof(float))};
-    if (!specs || !names || !ctx.f32 || !ctx.converted) { rc = kv_fail(err, KV_ENOMEM, "out of memory"); goto done; }
+    char(*names)[96] = calloc((size_t)max_specs, sizeof *names);
+    fill_ctx ctx = {s, specs, malloc(CHUNK_ELEMS * sizeof(float)),
+                    malloc(CHUNK_ELEMS * sizeof(float))};
+    if (!specs || !names || !ctx.f32 || !ctx.converted) {
+        rc = kv_fail(err, KV_ENOMEM, "out of memory");
+        goto done;
+    }
     int n = 0;
-    int64_t H = s->hidden, q_rows = (int64_t)s->n_heads * s->head_dim, kv_rows = (int64_t)s->n_kv_heads * s->head_dim;
+    int64_t H = s->hidden, q_rows = (int64_t)s->n_heads * s->head_dim,
+            kv_rows = (int64_t)s->n_kv_heads * s->head_dim;
     char name[96];
     add_spec(specs, names, &n, "model.embed_tokens.weight", s->dtype, s->vocab, H);
     add_spec(specs, names, &n, "model.norm.weight", s->dtype, H, 0);
     if (!s->tied) add_spec(specs, names, &n, "lm_head.weight", s->dtype, s->vocab, H);
     for (int i = 0; i < s->n_layers; i++) {
-        const struct { const char *suffix; int64_t rows, cols; } layer[] = {
-            {"input_layernorm.weight", H, 0}, {"post_attention_layernorm.weight", H, 0},
-            {"self_attn.q_proj.weight", q_rows, H}, {"self_attn.k_proj.weight", kv_rows, H},
+        const struct {
+            const char *suffix;
+            int64_t rows, cols;
+        } layer[] = {
+            {"input_layernorm.weight", H, 0},        {"post_attention_layernorm.weight", H, 0},
+            {"self_attn.q_proj.weight", q_rows, H},  {"self_attn.k_proj.weight", kv_rows, H},
             {"self_attn.v_proj.weight", kv_rows, H}, {"self_attn.o_proj.weight", H, q_rows},
-            {"mlp.gate_proj.weight", s->ffn, H}, {"mlp.up_proj.weight", s->ffn, H}, {"mlp.down_proj.weight", H, s->ffn},
+            {"mlp.gate_proj.weight", s->ffn, H},     {"mlp.up_proj.weight", s->ffn, H},
+            {"mlp.down_proj.weight", H, s->ffn},
         };
         for (size_t k = 0; k < sizeof layer / sizeof *layer; k++) {
             snprintf(name, sizeof name, "model.layers.%d.%s", i, layer[k].suffix);

@@ -11,13 +11,13 @@
 
 typedef struct {
     int n_layers, hidden, n_heads, n_kv_heads, head_dim, ffn, vocab, max_pos;
-    int tied;             /* tie_word_embeddings */
-    kv_dtype dtype;       /* F32, F16 or BF16 */
+    int tied; /* tie_word_embeddings */
+    kv_dtype dtype; /* F32, F16 or BF16 */
     double rope_theta;
     uint64_t seed;
-    size_t shard_bytes;   /* 0: one model.safetensors */
-    float std;            /* 0.02 */
-    int rope_llama3;      /* rope_scaling llama3 (factor 8, low 1, high 4, original 8192) */
+    size_t shard_bytes; /* 0: one model.safetensors */
+    float std; /* 0.02 */
+    int rope_llama3; /* rope_scaling llama3 (factor 8, low 1, high 4, original 8192) */
 } synth_spec;
 
 /* named shapes: "tiny" (L=4,H=64,8/4 heads,FFN 172,V 512), "stories260k", "stories110m",

@@ -11,12 +11,13 @@
 #include "base/fileio.h"
 #include "formats/tokenizer.h"
 
-#define META "\xE2\x96\x81" /* U+2581 "▁" */
-#define FIRST_PIECE 259        /* "▁" */
+#define META        "\xE2\x96\x81" /* U+2581 "▁" */
+#define FIRST_PIECE 259 /* "▁" */
 
 /* the 94 printable non-space ASCII characters, frequent English letters first */
 static void build_alphabet(char out[95]) {
-    static const char lead[] = "etaoinshrdlcumwfgypbvkjxqzETAOINSHRDLCUMWFGYPBVKJXQZ0123456789.,'\"!?;:-()";
+    static const char lead[] =
+        "etaoinshrdlcumwfgypbvkjxqzETAOINSHRDLCUMWFGYPBVKJXQZ0123456789.,'\"!?;:-()";
     int n = 0;
     for (const char *p = lead; *p; p++) out[n++] = *p;
     for (int ch = 33; ch <= 126; ch++)
@@ -69,18 +70,22 @@ static void add_pipeline(cJSON *root) {
     cJSON_AddNullToObject(root, "pre_tokenizer");
 
     cJSON *post = typed("TemplateProcessing");
-    cJSON *single = cJSON_AddArrayToObject(post, "single"), *bos = cJSON_CreateObject(), *seq = cJSON_CreateObject();
-    cJSON *bos_tok = cJSON_AddObjectToObject(bos, "SpecialToken"), *seq_a = cJSON_AddObjectToObject(seq, "Sequence");
+    cJSON *single = cJSON_AddArrayToObject(post, "single"), *bos = cJSON_CreateObject(),
+          *seq = cJSON_CreateObject();
+    cJSON *bos_tok = cJSON_AddObjectToObject(bos, "SpecialToken"),
+          *seq_a = cJSON_AddObjectToObject(seq, "Sequence");
     cJSON_AddStringToObject(bos_tok, "id", "<s>");
     cJSON_AddNumberToObject(bos_tok, "type_id", 0);
     cJSON_AddStringToObject(seq_a, "id", "A");
     cJSON_AddNumberToObject(seq_a, "type_id", 0);
     cJSON_AddItemToArray(single, bos);
     cJSON_AddItemToArray(single, seq);
-    cJSON *sp = cJSON_AddObjectToObject(post, "special_tokens"), *sp_bos = cJSON_AddObjectToObject(sp, "<s>");
+    cJSON *sp = cJSON_AddObjectToObject(post, "special_tokens"),
+          *sp_bos = cJSON_AddObjectToObject(sp, "<s>");
     cJSON_AddStringToObject(sp_bos, "id", "<s>");
     cJSON_AddItemToObject(sp_bos, "ids", cJSON_CreateIntArray((const int[]){1}, 1));
-    cJSON_AddItemToObject(sp_bos, "tokens", cJSON_CreateStringArray((const char *const[]){"<s>"}, 1));
+    cJSON_AddItemToObject(sp_bos, "tokens",
+                          cJSON_CreateStringArray((const char *const[]){"<s>"}, 1));
     cJSON_AddItemToObject(root, "post_processor", post);
 
     cJSON *dec = typed("Sequence"), *decs = cJSON_AddArrayToObject(dec, "decoders");
@@ -101,7 +106,8 @@ static void add_pipeline(cJSON *root) {
 static int add_model(cJSON *root, int vocab_size, char **pieces) {
     char alphabet[95], name[8];
     build_alphabet(alphabet);
-    const int n_alpha = (int)strlen(alphabet), first_level1 = FIRST_PIECE, end_level1 = FIRST_PIECE + 1 + n_alpha;
+    const int n_alpha = (int)strlen(alphabet), first_level1 = FIRST_PIECE,
+              end_level1 = FIRST_PIECE + 1 + n_alpha;
     cJSON *model = cJSON_AddObjectToObject(root, "model");
     cJSON_AddStringToObject(model, "type", "BPE");
     cJSON_AddNullToObject(model, "dropout");
@@ -110,7 +116,8 @@ static int add_model(cJSON *root, int vocab_size, char **pieces) {
     cJSON_AddNullToObject(model, "end_of_word_suffix");
     cJSON_AddBoolToObject(model, "fuse_unk", 1);
     cJSON_AddBoolToObject(model, "byte_fallback", 1);
-    cJSON *vocab = cJSON_AddObjectToObject(model, "vocab"), *merges = cJSON_AddArrayToObject(model, "merges");
+    cJSON *vocab = cJSON_AddObjectToObject(model, "vocab"),
+          *merges = cJSON_AddArrayToObject(model, "merges");
     if (!vocab || !merges) return KV_ENOMEM;
     static const char *const specials[] = {"<unk>", "<s>", "</s>"};
     for (int i = 0; i < 3; i++) cJSON_AddNumberToObject(vocab, specials[i], i);
@@ -157,8 +164,8 @@ static int add_model(cJSON *root, int vocab_size, char **pieces) {
 
 int kv_tokenizer_write_synthetic(const char *path, int vocab_size, kv_error *err) {
     if (vocab_size < FIRST_PIECE + 1 || vocab_size > KV_TOKENIZER_SYNTH_MAX)
-        return kv_fail(err, KV_EINVAL, "%s: synthetic tokenizer vocab_size %d outside [%d, %d]", path, vocab_size,
-                       FIRST_PIECE + 1, KV_TOKENIZER_SYNTH_MAX);
+        return kv_fail(err, KV_EINVAL, "%s: synthetic tokenizer vocab_size %d outside [%d, %d]",
+                       path, vocab_size, FIRST_PIECE + 1, KV_TOKENIZER_SYNTH_MAX);
     char **pieces = calloc((size_t)vocab_size, sizeof *pieces);
     cJSON *root = cJSON_CreateObject();
     char *json = NULL;
@@ -169,7 +176,8 @@ int kv_tokenizer_write_synthetic(const char *path, int vocab_size, kv_error *err
     }
     if (!rc && !(json = cJSON_PrintUnformatted(root))) rc = KV_ENOMEM;
     if (rc) {
-        rc = kv_fail(err, KV_ENOMEM, "%s: out of memory building a %d-token tokenizer", path, vocab_size);
+        rc = kv_fail(err, KV_ENOMEM, "%s: out of memory building a %d-token tokenizer", path,
+                     vocab_size);
     } else {
         /* self-check before writing: the file must load and hold exactly vocab_size ids */
         kv_tokenizer *t = NULL;

@@ -115,8 +115,8 @@ static int cmp_kl(const void *a, const void *b) {
     return (x->kl > y->kl) - (x->kl < y->kl);
 }
 
-int calib_run(const calib_opts *o, const kv_map *maps, int n_maps,
-              void (*tick)(void *, int, int), void *tick_ctx, calib_result *res, kv_error *err) {
+int calib_run(const calib_opts *o, const kv_map *maps, int n_maps, void (*tick)(void *, int, int),
+              void *tick_ctx, calib_result *res, kv_error *err) {
     memset(res, 0, sizeof *res);
     res->recommended = -1;
     res->best_saving = -1;
@@ -182,9 +182,10 @@ int calib_run(const calib_opts *o, const kv_map *maps, int n_maps,
         cd->map = maps[c];
         cd->slots = kvmap_n_slots(&maps[c]);
         cd->cache_saving = kvmap_cache_saving(&maps[c]);
-        cd->prefill_saving = maps[c].kind == KVMAP_SWIFTKV
-                                 ? model_swiftkv_prefill_saving(&teacher.cfg, maps[c].swiftkv_l, maps[c].swiftkv_g)
-                                 : 0.0;
+        cd->prefill_saving =
+            maps[c].kind == KVMAP_SWIFTKV
+                ? model_swiftkv_prefill_saving(&teacher.cfg, maps[c].swiftkv_l, maps[c].swiftkv_g)
+                : 0.0;
         cd->saves = cd->slots < L || cd->prefill_saving > 0;
         cd->ppl = ev.student_ppl;
         cd->kl = ev.kl;
@@ -202,7 +203,8 @@ int calib_run(const calib_opts *o, const kv_map *maps, int n_maps,
         if (res->best_saving < 0) res->best_saving = c; /* sorted by KL */
         if (!cd->within_budget) continue;
         const calib_candidate *best = res->recommended >= 0 ? &res->cand[res->recommended] : NULL;
-        if (!best || cd->slots < best->slots) res->recommended = c; /* sorted by KL: ties keep
+        if (!best || cd->slots < best->slots)
+            res->recommended = c; /* sorted by KL: ties keep
                                                                        the lower KL */
     }
 out:
@@ -254,8 +256,7 @@ char *calib_json(const calib_result *r) {
     }
     if (r->recommended >= 0)
         cJSON_AddStringToObject(j, "recommended", r->cand[r->recommended].map.name);
-    else
-        cJSON_AddNullToObject(j, "recommended");
+    else cJSON_AddNullToObject(j, "recommended");
     if (r->recommended < 0 && r->best_saving >= 0) /* nothing saving fits the budget */
         cJSON_AddStringToObject(j, "best_saving_over_budget", r->cand[r->best_saving].map.name);
     char *text = cJSON_Print(j);
@@ -316,38 +317,52 @@ static void color_of(double v, double lo, int *r, int *g, int *b) {
 static void svg_panel(sbuf *s, const char *title, const char *subtitle, const double *m, int n,
                       double x0, double y0, double cell, const char *last_label, double lo) {
     sb_printf(s, "<g class=\"panel\">\n");
-    sb_printf(s, "<text class=\"title\" x=\"%.1f\" y=\"%.1f\" font-size=\"14\" font-weight=\"bold\">%s</text>\n",
+    sb_printf(s,
+              "<text class=\"title\" x=\"%.1f\" y=\"%.1f\" font-size=\"14\" "
+              "font-weight=\"bold\">%s</text>\n",
               x0, y0 - 34, title);
-    sb_printf(s, "<text class=\"subtitle\" x=\"%.1f\" y=\"%.1f\" font-size=\"11\" fill=\"#444\">%s</text>\n",
-              x0, y0 - 18, subtitle);
+    sb_printf(
+        s,
+        "<text class=\"subtitle\" x=\"%.1f\" y=\"%.1f\" font-size=\"11\" fill=\"#444\">%s</text>\n",
+        x0, y0 - 18, subtitle);
     const int step = cell >= 14 ? 1 : (int)ceil(14.0 / cell);
     for (int i = 0; i < n; i++) {
         char label[32];
         if (i == n - 1 && last_label) snprintf(label, sizeof label, "%s", last_label);
         else snprintf(label, sizeof label, "%d", i);
         if (i % step == 0 || (i == n - 1 && last_label)) {
-            sb_printf(s, "<text class=\"ylabel\" x=\"%.1f\" y=\"%.1f\" font-size=\"10\" text-anchor=\"end\">%s</text>\n",
+            sb_printf(s,
+                      "<text class=\"ylabel\" x=\"%.1f\" y=\"%.1f\" font-size=\"10\" "
+                      "text-anchor=\"end\">%s</text>\n",
                       x0 - 4, y0 + (i + 0.5) * cell + 3.5, label);
-            sb_printf(s, "<text class=\"xlabel\" x=\"%.1f\" y=\"%.1f\" font-size=\"10\" text-anchor=\"middle\">%s</text>\n",
+            sb_printf(s,
+                      "<text class=\"xlabel\" x=\"%.1f\" y=\"%.1f\" font-size=\"10\" "
+                      "text-anchor=\"middle\">%s</text>\n",
                       x0 + (i + 0.5) * cell, y0 + n * cell + 13, label);
         }
         for (int j = 0; j < n; j++) {
             int r, g, b;
             const double v = m[i * n + j];
             color_of(v, lo, &r, &g, &b);
-            sb_printf(s, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" "
+            sb_printf(s,
+                      "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" "
                       "fill=\"rgb(%d,%d,%d)\"><title>%d,%d: %.4f</title></rect>\n",
                       x0 + j * cell, y0 + i * cell, cell, cell, r, g, b, i, j, v);
             if (n <= 16 && cell >= 24)
-                sb_printf(s, "<text class=\"value\" x=\"%.1f\" y=\"%.1f\" font-size=\"%.0f\" text-anchor=\"middle\" "
-                          "fill=\"%s\">%.2f</text>\n", x0 + (j + 0.5) * cell,
-                          y0 + (i + 0.6) * cell, cell / 4 > 12 ? 12 : cell / 4,
-                          g < 140 ? "white" : "black", v);
+                sb_printf(s,
+                          "<text class=\"value\" x=\"%.1f\" y=\"%.1f\" font-size=\"%.0f\" "
+                          "text-anchor=\"middle\" "
+                          "fill=\"%s\">%.2f</text>\n",
+                          x0 + (j + 0.5) * cell, y0 + (i + 0.6) * cell,
+                          cell / 4 > 12 ? 12 : cell / 4, g < 140 ? "white" : "black", v);
         }
     }
-    sb_printf(s, "<text class=\"axis\" x=\"%.1f\" y=\"%.1f\" font-size=\"11\" text-anchor=\"middle\">layer j</text>\n",
+    sb_printf(s,
+              "<text class=\"axis\" x=\"%.1f\" y=\"%.1f\" font-size=\"11\" "
+              "text-anchor=\"middle\">layer j</text>\n",
               x0 + n * cell / 2, y0 + n * cell + 28);
-    sb_printf(s, "<text class=\"axis\" x=\"%.1f\" y=\"%.1f\" font-size=\"11\" text-anchor=\"middle\" "
+    sb_printf(s,
+              "<text class=\"axis\" x=\"%.1f\" y=\"%.1f\" font-size=\"11\" text-anchor=\"middle\" "
               "transform=\"rotate(-90 %.1f %.1f)\">layer i</text>\n",
               x0 - 26, y0 + n * cell / 2, x0 - 26, y0 + n * cell / 2);
     sb_printf(s, "</g>\n");
@@ -356,21 +371,27 @@ static void svg_panel(sbuf *s, const char *title, const char *subtitle, const do
 /* the shared colour scale: a vertical bar from lo (white) to 1 (blue) with ticks */
 static void svg_colorbar(sbuf *s, double x0, double y0, double h, double lo) {
     const int steps = 50;
-    sb_printf(s, "<g class=\"colorbar\">\n<text x=\"%.1f\" y=\"%.1f\" font-size=\"11\">cosine</text>\n", x0,
-              y0 - 8);
+    sb_printf(
+        s, "<g class=\"colorbar\">\n<text x=\"%.1f\" y=\"%.1f\" font-size=\"11\">cosine</text>\n",
+        x0, y0 - 8);
     for (int k = 0; k < steps; k++) {
         const double v = 1 - (1 - lo) * (k + 0.5) / steps;
         int r, g, b;
         color_of(v, lo, &r, &g, &b);
-        sb_printf(s, "<rect class=\"bar\" x=\"%.1f\" y=\"%.2f\" width=\"16\" height=\"%.2f\" fill=\"rgb(%d,%d,%d)\"/>\n",
+        sb_printf(s,
+                  "<rect class=\"bar\" x=\"%.1f\" y=\"%.2f\" width=\"16\" height=\"%.2f\" "
+                  "fill=\"rgb(%d,%d,%d)\"/>\n",
                   x0, y0 + h * k / steps, h / steps + 0.05, r, g, b);
     }
-    sb_printf(s, "<rect class=\"frame\" x=\"%.1f\" y=\"%.1f\" width=\"16\" height=\"%.1f\" fill=\"none\" "
-              "stroke=\"#888\"/>\n", x0, y0, h);
+    sb_printf(
+        s,
+        "<rect class=\"frame\" x=\"%.1f\" y=\"%.1f\" width=\"16\" height=\"%.1f\" fill=\"none\" "
+        "stroke=\"#888\"/>\n",
+        x0, y0, h);
     for (int k = 0; k <= 4; k++) {
         const double v = 1 - (1 - lo) * k / 4.0;
-        sb_printf(s, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" font-size=\"10\">%.3f</text>\n", x0 + 20,
-                  y0 + h * k / 4.0 + 3.5, v);
+        sb_printf(s, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" font-size=\"10\">%.3f</text>\n",
+                  x0 + 20, y0 + h * k / 4.0 + 3.5, v);
     }
     sb_printf(s, "</g>\n");
 }
@@ -387,13 +408,14 @@ int calib_write_svg(const calib_result *r, const char *path, kv_error *err) {
     }
     if (lo > 0.999) lo = 0.999;
     static const char *const titles[3] = {"Hidden states", "Keys (K)", "Values (V)"};
-    static const char *const subtitles[3] = {"entering layer i vs j; out = final", "layer i vs layer j",
-                                             "layer i vs layer j"};
+    static const char *const subtitles[3] = {"entering layer i vs j; out = final",
+                                             "layer i vs layer j", "layer i vs layer j"};
     const int sizes[3] = {L + 1, L, L};
     /* each panel as wide as its grid or its title, whichever is wider, so titles never overlap */
     double x[3], w[3], xpos = 56;
     for (int p = 0; p < 3; p++) {
-        const double tw = fmax(strlen(titles[p]) * 14 * SVG_CHAR_W, strlen(subtitles[p]) * 11 * SVG_CHAR_W);
+        const double tw =
+            fmax(strlen(titles[p]) * 14 * SVG_CHAR_W, strlen(subtitles[p]) * 11 * SVG_CHAR_W);
         w[p] = fmax(sizes[p] * cell, tw);
         x[p] = xpos;
         xpos += w[p] + 64;
@@ -401,11 +423,15 @@ int calib_write_svg(const calib_result *r, const char *path, kv_error *err) {
     const double top = 84, grid = (L + 1) * cell;
     const double width = xpos + 40, height = top + grid + 48;
     sbuf s = {0};
-    sb_printf(&s, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
-              "font-family=\"sans-serif\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
-              width, height);
-    sb_printf(&s, "<text class=\"heading\" x=\"%.1f\" y=\"22\" font-size=\"15\" font-weight=\"bold\">"
-              "Teacher layer similarity (cosine), %ld calibration tokens</text>\n", x[0], r->tokens);
+    sb_printf(
+        &s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
+        "font-family=\"sans-serif\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
+        width, height);
+    sb_printf(&s,
+              "<text class=\"heading\" x=\"%.1f\" y=\"22\" font-size=\"15\" font-weight=\"bold\">"
+              "Teacher layer similarity (cosine), %ld calibration tokens</text>\n",
+              x[0], r->tokens);
     svg_panel(&s, titles[0], subtitles[0], r->hidden_sim, L + 1, x[0], top, cell, "out", lo);
     svg_panel(&s, titles[1], subtitles[1], r->k_sim, L, x[1], top, cell, NULL, lo);
     svg_panel(&s, titles[2], subtitles[2], r->v_sim, L, x[2], top, cell, NULL, lo);

@@ -17,12 +17,12 @@ typedef struct {
     const char *teacher_dir;
     const char *const *data;
     int n_data;
-    int seq_len;            /* 128 */
-    int batch;              /* 8 */
-    int passes;             /* iterative plan for upward maps, 9 */
-    long max_seqs;          /* calibration sequences used, 64 */
-    double budget_pct;      /* 5 */
-    kv_backend *backend;    /* where the runs live (not owned); NULL: a CPU backend at the
+    int seq_len; /* 128 */
+    int batch; /* 8 */
+    int passes; /* iterative plan for upward maps, 9 */
+    long max_seqs; /* calibration sequences used, 64 */
+    double budget_pct; /* 5 */
+    kv_backend *backend; /* where the runs live (not owned); NULL: a CPU backend at the
                                kernels' current thread count */
 } calib_opts;
 
@@ -30,11 +30,11 @@ void calib_opts_default(calib_opts *o);
 
 typedef struct {
     kv_map map;
-    int slots;              /* KV-cache slots */
-    double cache_saving;    /* 1 - slots / L */
-    double prefill_saving;  /* SwiftKV: share of a prompt token's layer FLOPs prefill skips
+    int slots; /* KV-cache slots */
+    double cache_saving; /* 1 - slots / L */
+    double prefill_saving; /* SwiftKV: share of a prompt token's layer FLOPs prefill skips
                                (model_swiftkv_prefill_saving); 0 for cross-layer maps */
-    int saves;              /* cache_saving > 0 or prefill_saving > 0 */
+    int saves; /* cache_saving > 0 or prefill_saving > 0 */
     double ppl, kl;
     double ppl_increase_pct;
     int within_budget;
@@ -42,20 +42,20 @@ typedef struct {
 
 typedef struct {
     int L;
-    double *hidden_sim;     /* [(L+1) * (L+1)]: states 0..L-1 enter layers, L leaves the last */
-    double *k_sim, *v_sim;  /* [L * L] */
+    double *hidden_sim; /* [(L+1) * (L+1)]: states 0..L-1 enter layers, L leaves the last */
+    double *k_sim, *v_sim; /* [L * L] */
     double teacher_ppl;
-    long tokens;            /* calibration tokens */
+    long tokens; /* calibration tokens */
     int n_cand;
-    calib_candidate *cand;  /* ranked, lowest KL first */
-    int recommended;        /* index into cand, -1 when no saving candidate is within budget */
-    int best_saving;        /* the saving candidate of lowest KL (budget or not), -1 if none */
+    calib_candidate *cand; /* ranked, lowest KL first */
+    int recommended; /* index into cand, -1 when no saving candidate is within budget */
+    int best_saving; /* the saving candidate of lowest KL (budget or not), -1 if none */
     double budget_pct;
 } calib_result;
 
 /* tick(ctx, done, total) after each candidate (may be NULL) */
-int calib_run(const calib_opts *o, const kv_map *maps, int n_maps,
-              void (*tick)(void *, int, int), void *tick_ctx, calib_result *r, kv_error *err);
+int calib_run(const calib_opts *o, const kv_map *maps, int n_maps, void (*tick)(void *, int, int),
+              void *tick_ctx, calib_result *r, kv_error *err);
 void calib_result_free(calib_result *r);
 
 /* JSON text (malloc'd, NULL on allocation failure) */

@@ -33,10 +33,12 @@ static int single_barrier(kv_dist *d, kv_error *err) {
     return 0;
 }
 
-static const kv_dist_ops SINGLE_OPS = {
-    .allreduce_f32 = single_allreduce_f32, .allreduce_f64 = single_allreduce_f64,
-    .bcast = single_bcast, .fail_any = single_fail_any, .barrier = single_barrier,
-    .release = NULL};
+static const kv_dist_ops SINGLE_OPS = {.allreduce_f32 = single_allreduce_f32,
+                                       .allreduce_f64 = single_allreduce_f64,
+                                       .bcast = single_bcast,
+                                       .fail_any = single_fail_any,
+                                       .barrier = single_barrier,
+                                       .release = NULL};
 
 void kv_dist_init_single(kv_dist *d) {
     memset(d, 0, sizeof *d);
@@ -55,11 +57,11 @@ static int env_count(const char *name) {
 }
 
 int kv_dist_launcher_size(void) {
-    int n = env_count("OMPI_COMM_WORLD_SIZE");          /* Open MPI's mpirun */
-    if (!n) n = env_count("PMI_SIZE");                 /* MPICH's hydra, srun --mpi=pmi2 */
+    int n = env_count("OMPI_COMM_WORLD_SIZE"); /* Open MPI's mpirun */
+    if (!n) n = env_count("PMI_SIZE"); /* MPICH's hydra, srun --mpi=pmi2 */
     if (!n) n = env_count("PMIX_SIZE");
     if (!n && getenv("PMIX_RANK")) n = env_count("SLURM_NTASKS"); /* srun --mpi=pmix, PRRTE */
-    if (!n && getenv("PMIX_RANK")) n = -1;             /* started by PMIx, size unknown here */
+    if (!n && getenv("PMIX_RANK")) n = -1; /* started by PMIx, size unknown here */
     return n;
 }
 
@@ -75,9 +77,11 @@ int kv_dist_init(kv_dist *d, kv_error *err) {
         return 0;
     }
     kv_dist_init_single(d);
-    return kv_fail(err, KV_EUNSUPPORTED, "started by an MPI launcher (%s processes) but this "
+    return kv_fail(err, KV_EUNSUPPORTED,
+                   "started by an MPI launcher (%s processes) but this "
                    "build has no MPI support: rebuild with mpicc on PATH (make MPI=1; 'make "
-                   "setup' installs Open MPI)", n > 0 ? "several" : "an unknown number of");
+                   "setup' installs Open MPI)",
+                   n > 0 ? "several" : "an unknown number of");
 }
 
 void kv_dist_free(kv_dist *d) {

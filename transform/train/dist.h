@@ -59,11 +59,11 @@ typedef struct {
 
 struct kv_dist {
     const kv_dist_ops *ops;
-    int rank, size;           /* this process, the group's processes (>= 1) */
+    int rank, size; /* this process, the group's processes (>= 1) */
     int local_rank, local_size; /* among the group's processes on this host (GPU ordinal) */
-    int device_buffers;       /* allreduce_f32 takes device pointers (NCCL); 0: host memory */
-    int broken;               /* a collective failed: the group cannot be relied on any more */
-    char name[64];            /* "single process", "mpi (2 processes)" */
+    int device_buffers; /* allreduce_f32 takes device pointers (NCCL); 0: host memory */
+    int broken; /* a collective failed: the group cannot be relied on any more */
+    char name[64]; /* "single process", "mpi (2 processes)" */
     void *impl;
 };
 

@@ -11,7 +11,7 @@
 int kv_dist_have_mpi(void) { return 1; }
 
 typedef struct {
-    int finalize;  /* MPI was initialised here: finalise it on release */
+    int finalize; /* MPI was initialised here: finalise it on release */
 } mpi_state;
 
 static mpi_state MPI_STATE;
@@ -20,7 +20,8 @@ static mpi_state MPI_STATE;
 static int mpi_fail(kv_error *err, const char *what, int code) {
     char msg[MPI_MAX_ERROR_STRING];
     int len = 0;
-    if (MPI_Error_string(code, msg, &len) != MPI_SUCCESS) snprintf(msg, sizeof msg, "code %d", code);
+    if (MPI_Error_string(code, msg, &len) != MPI_SUCCESS)
+        snprintf(msg, sizeof msg, "code %d", code);
     return kv_fail(err, KV_EIO, "%s: %s", what, msg);
 }
 
@@ -44,8 +45,8 @@ static int mpi_allreduce_f64(kv_dist *d, double *buf, size_t n, kv_error *err) {
     (void)d;
     for (size_t off = 0; off < n; off += PIECE) {
         const size_t c = n - off < PIECE ? n - off : PIECE;
-        const int rc = MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)c, MPI_DOUBLE, MPI_SUM,
-                                     MPI_COMM_WORLD);
+        const int rc =
+            MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)c, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
         if (rc != MPI_SUCCESS) return mpi_fail(err, "MPI_Allreduce", rc);
     }
     return 0;
@@ -85,9 +86,12 @@ static void mpi_release(kv_dist *d) {
     if (s && s->finalize && !finalized && !d->broken) MPI_Finalize();
 }
 
-static const kv_dist_ops MPI_OPS = {
-    .allreduce_f32 = mpi_allreduce_f32, .allreduce_f64 = mpi_allreduce_f64, .bcast = mpi_bcast,
-    .fail_any = mpi_fail_any, .barrier = mpi_barrier, .release = mpi_release};
+static const kv_dist_ops MPI_OPS = {.allreduce_f32 = mpi_allreduce_f32,
+                                    .allreduce_f64 = mpi_allreduce_f64,
+                                    .bcast = mpi_bcast,
+                                    .fail_any = mpi_fail_any,
+                                    .barrier = mpi_barrier,
+                                    .release = mpi_release};
 
 int kv_dist_init_mpi(kv_dist *d, kv_error *err) {
     kv_dist_init_single(d);
@@ -128,7 +132,8 @@ int kv_dist_have_mpi(void) { return 0; }
 
 int kv_dist_init_mpi(kv_dist *d, kv_error *err) {
     kv_dist_init_single(d);
-    return kv_fail(err, KV_EUNSUPPORTED, "this build has no MPI support (rebuild with mpicc on "
+    return kv_fail(err, KV_EUNSUPPORTED,
+                   "this build has no MPI support (rebuild with mpicc on "
                    "PATH: make MPI=1)");
 }
 

@@ -15,9 +15,9 @@
 int kv_dist_have_nccl(void) { return 1; }
 
 typedef struct {
-    kv_dist *mpi;         /* the MPI group: scalars, status, broadcasts (not owned) */
+    kv_dist *mpi; /* the MPI group: scalars, status, broadcasts (not owned) */
     ncclComm_t comm;
-    cudaStream_t stream;  /* the sums run on it; waited for before returning */
+    cudaStream_t stream; /* the sums run on it; waited for before returning */
 } nccl_state;
 
 static int nccl_fail(kv_error *err, const char *what, ncclResult_t r) {
@@ -75,10 +75,12 @@ static void nccl_release(kv_dist *d) {
     d->impl = NULL;
 }
 
-static const kv_dist_ops NCCL_OPS = {
-    .allreduce_f32 = nccl_allreduce_f32, .allreduce_f64 = nccl_allreduce_f64,
-    .bcast = nccl_bcast, .fail_any = nccl_fail_any, .barrier = nccl_barrier,
-    .release = nccl_release};
+static const kv_dist_ops NCCL_OPS = {.allreduce_f32 = nccl_allreduce_f32,
+                                     .allreduce_f64 = nccl_allreduce_f64,
+                                     .bcast = nccl_bcast,
+                                     .fail_any = nccl_fail_any,
+                                     .barrier = nccl_barrier,
+                                     .release = nccl_release};
 
 /* the collective status check of the set-up: every process learns whether all succeeded */
 static int all_ok(kv_dist *mpi, int rc, kv_error *err) {
@@ -150,7 +152,8 @@ int kv_dist_have_nccl(void) { return 0; }
 int kv_dist_init_nccl(kv_dist *d, kv_dist *mpi, int device, kv_error *err) {
     (void)mpi, (void)device;
     kv_dist_init_single(d);
-    return kv_fail(err, KV_EUNSUPPORTED, "this build has no NCCL support (it needs CUDA, MPI and "
+    return kv_fail(err, KV_EUNSUPPORTED,
+                   "this build has no NCCL support (it needs CUDA, MPI and "
                    "nccl.h at build time)");
 }
 

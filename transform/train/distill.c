@@ -45,7 +45,7 @@ static double now_s(void) {
 
 typedef struct {
     const distill_opts *o;
-    kv_backend own_backend;   /* when o->backend is NULL */
+    kv_backend own_backend; /* when o->backend is NULL */
     kv_backend *b;
     kvt_model teacher, student;
     kv_tokenizer *tok;
@@ -54,7 +54,7 @@ typedef struct {
     kvt_run rs, rt;
     kvt_optim opt;
     long total_steps, warmup, step, tokens_trained;
-    double prior_seconds;     /* from the checkpoint */
+    double prior_seconds; /* from the checkpoint */
     char fingerprint[65];
     char ckpt_dir[4096], ckpt_path[4096], log_path[4096];
     distill_log log;
@@ -62,12 +62,12 @@ typedef struct {
     void *progress_ctx;
     double t0;
     distill_progress pr;
-    kv_dist *d;               /* the processes (o->dist, or a group of one) */
-    int root;                 /* rank 0: reads and writes OUT_DIR, reports progress */
-    int stopped;              /* a status check saw a failure: no more collectives */
-    int local_batch;          /* sequences of each micro-batch this process runs: batch / P */
+    kv_dist *d; /* the processes (o->dist, or a group of one) */
+    int root; /* rank 0: reads and writes OUT_DIR, reports progress */
+    int stopped; /* a status check saw a failure: no more collectives */
+    int local_batch; /* sequences of each micro-batch this process runs: batch / P */
     int resuming;
-    int32_t *tokens;          /* [local_batch * seq_len] host ids of a micro-batch */
+    int32_t *tokens; /* [local_batch * seq_len] host ids of a micro-batch */
 } run_state;
 
 static void run_free(run_state *r) {
@@ -86,15 +86,19 @@ static void run_free(run_state *r) {
 
 static int check_pair(const kvt_model *t, const kvt_model *s, kv_error *err) {
     if (!kvmap_is_identity(&t->cfg.map))
-        return kv_fail(err, KV_EINVAL, "%s: the teacher must be an original model (its KV map "
-                       "is %s)", t->dir, t->cfg.map.name);
+        return kv_fail(err, KV_EINVAL,
+                       "%s: the teacher must be an original model (its KV map "
+                       "is %s)",
+                       t->dir, t->cfg.map.name);
     const llama_dims *a = &t->dims, *b = &s->dims;
     if (a->n_layers != b->n_layers || a->hidden != b->hidden || a->n_heads != b->n_heads ||
         a->n_kv_heads != b->n_kv_heads || a->head_dim != b->head_dim || a->ffn != b->ffn ||
         a->vocab != b->vocab)
-        return kv_fail(err, KV_EINVAL, "%s and %s: teacher and student shapes differ (layers "
-                       "%d/%d, hidden %d/%d, vocab %d/%d)", t->dir, s->dir, a->n_layers,
-                       b->n_layers, a->hidden, b->hidden, a->vocab, b->vocab);
+        return kv_fail(err, KV_EINVAL,
+                       "%s and %s: teacher and student shapes differ (layers "
+                       "%d/%d, hidden %d/%d, vocab %d/%d)",
+                       t->dir, s->dir, a->n_layers, b->n_layers, a->hidden, b->hidden, a->vocab,
+                       b->vocab);
     return 0;
 }
 
@@ -131,15 +135,18 @@ static int load_data(run_state *r, kv_error *err) {
         }
     }
     if (!rc && (r->train.n < 1 || r->eval.n < 1))
-        rc = kv_fail(err, KV_EINVAL, "data: %ld training and %ld held-out sequences of %d tokens; "
-                     "need at least one of each", r->train.n, r->eval.n, o->seq_len);
+        rc = kv_fail(err, KV_EINVAL,
+                     "data: %ld training and %ld held-out sequences of %d tokens; "
+                     "need at least one of each",
+                     r->train.n, r->eval.n, o->seq_len);
 out:
     distill_tokens_free(&d);
     return rc;
 }
 
 static int save_checkpoint(run_state *r, kv_error *err) {
-    const distill_ckpt_meta meta = {.step = r->step, .tokens_trained = r->tokens_trained,
+    const distill_ckpt_meta meta = {.step = r->step,
+                                    .tokens_trained = r->tokens_trained,
                                     .seconds = r->prior_seconds + now_s() - r->t0};
     return distill_ckpt_save(r->ckpt_dir, r->ckpt_path, r->fingerprint, &r->opt, &meta, err);
 }
@@ -201,11 +208,10 @@ static int evaluate(run_state *r, distill_eval_result *ev, kv_error *err) {
     if (r->d->size > 1) {
         double v[4] = {sums.nll_s, sums.nll_t, sums.kl, (double)sums.tokens};
         if ((rc = kv_dist_allreduce_f64(r->d, v, 4, err))) return rc;
-        sums = (distill_eval_sums){.nll_s = v[0], .nll_t = v[1], .kl = v[2],
-                                   .tokens = (long)llround(v[3])};
+        sums = (distill_eval_sums){
+            .nll_s = v[0], .nll_t = v[1], .kl = v[2], .tokens = (long)llround(v[3])};
     }
-    distill_evaluate_finish(&sums, distill_eval_count(&r->eval, o->eval_max_seqs), r->rs.T, 1,
-                            ev);
+    distill_evaluate_finish(&sums, distill_eval_count(&r->eval, o->eval_max_seqs), r->rs.T, 1, ev);
     return 0;
 }
 
@@ -234,10 +240,11 @@ static int check_replicas(run_state *r, kv_error *err) {
     memcpy(root, mine, sizeof root);
     if ((rc = kv_dist_bcast(r->d, root, sizeof root, 0, err))) return rc;
     if (memcmp(root, mine, sizeof root))
-        return kv_fail(err, KV_EMISMATCH, "process %d of %d: its trained weights differ from "
+        return kv_fail(err, KV_EMISMATCH,
+                       "process %d of %d: its trained weights differ from "
                        "process 0's after step %ld (the replicas diverged: the gradient sums "
-                       "were not the same bits on every process)", r->d->rank, r->d->size,
-                       r->step);
+                       "were not the same bits on every process)",
+                       r->d->rank, r->d->size, r->step);
     return 0;
 }
 
@@ -283,8 +290,10 @@ static int train_step(run_state *r, kv_error *err) {
     double norm;
     if ((rc = kvt_optim_grad_norm(&r->opt, &norm, err))) return rc;
     if (!isfinite(norm))
-        return kv_fail(err, KV_EINVAL, "step %ld: the gradient is not finite (loss %g); lower "
-                       "--lr", r->step + 1, sum.loss);
+        return kv_fail(err, KV_EINVAL,
+                       "step %ld: the gradient is not finite (loss %g); lower "
+                       "--lr",
+                       r->step + 1, sum.loss);
     if (o->clip > 0 && norm > o->clip &&
         (rc = kvt_optim_scale_grads(&r->opt, (float)(o->clip / norm), err)))
         return rc;
@@ -301,8 +310,13 @@ static int train_step(run_state *r, kv_error *err) {
     r->pr.lr = lr;
     r->pr.grad_norm = norm;
     if (!r->root) return 0;
-    const distill_log_entry e = {.step = r->step, .loss = sum.loss, .kl = sum.kl, .mse = sum.mse,
-                                 .ce = sum.ce, .lr = lr, .grad_norm = norm,
+    const distill_log_entry e = {.step = r->step,
+                                 .loss = sum.loss,
+                                 .kl = sum.kl,
+                                 .mse = sum.mse,
+                                 .ce = sum.ce,
+                                 .lr = lr,
+                                 .grad_norm = norm,
                                  .tokens = r->tokens_trained,
                                  .seconds = r->prior_seconds + now_s() - r->t0};
     return distill_log_append(&r->log, &e, err);
@@ -321,7 +335,8 @@ static int check_opts(const distill_opts *o, kv_error *err) {
     if (!(o->lr > 0) || !(o->warmup_frac >= 0 && o->warmup_frac <= 1) || !(o->clip >= 0) ||
         !(o->temperature > 0) || !(o->mse_weight >= 0) || !(o->ce_weight >= 0) ||
         !(o->eval_frac >= 0 && o->eval_frac < 1))
-        return kv_fail(err, KV_EINVAL, "distill: lr, temperature > 0; warm-up in [0, 1]; clip, "
+        return kv_fail(err, KV_EINVAL,
+                       "distill: lr, temperature > 0; warm-up in [0, 1]; clip, "
                        "mse-weight, ce-weight >= 0; held-out fraction in [0, 1)");
     return 0;
 }
@@ -333,10 +348,11 @@ static int run(run_state *r, distill_report *rep, kv_error *err) {
     int rc = check_opts(o, err);
     if (rc) return rc;
     if (o->batch % P)
-        return kv_fail(err, KV_EINVAL, "distill: --batch %d does not split over %d processes: "
+        return kv_fail(err, KV_EINVAL,
+                       "distill: --batch %d does not split over %d processes: "
                        "each runs batch/%d sequences of every micro-batch, so the batch must be "
-                       "a multiple of %d (e.g. --batch %d)", o->batch, P, P, P,
-                       (o->batch / P + 1) * P);
+                       "a multiple of %d (e.g. --batch %d)",
+                       o->batch, P, P, P, (o->batch / P + 1) * P);
     r->local_batch = o->batch / P;
     if ((rc = kv_join(r->ckpt_dir, sizeof r->ckpt_dir, o->out_dir, "checkpoint", err)) ||
         (rc = kv_join(r->ckpt_path, sizeof r->ckpt_path, r->ckpt_dir, "state.safetensors", err)) ||
@@ -345,8 +361,10 @@ static int run(run_state *r, distill_report *rep, kv_error *err) {
     if (r->root) { /* OUT_DIR is rank 0's */
         r->resuming = o->resume && kv_path_exists(r->ckpt_path);
         if (!o->resume && !o->force && !kv_dir_is_empty(o->out_dir))
-            return kv_fail(err, KV_EINVAL, "%s: not empty; use --resume to continue a run there "
-                           "or --force to overwrite", o->out_dir);
+            return kv_fail(err, KV_EINVAL,
+                           "%s: not empty; use --resume to continue a run there "
+                           "or --force to overwrite",
+                           o->out_dir);
     }
     r->b = o->backend;
     if (!r->b) {
@@ -422,8 +440,8 @@ static int run(run_state *r, distill_report *rep, kv_error *err) {
         if (o->stop_after > 0 && r->step - first_step >= o->stop_after) return 0; /* "killed" */
     }
     rep->train_seconds = now_s() - train_t0;
-    rep->tokens_per_s = rep->train_seconds > 0
-                            ? (double)(r->step - first_step) * per_step / rep->train_seconds : 0;
+    rep->tokens_per_s =
+        rep->train_seconds > 0 ? (double)(r->step - first_step) * per_step / rep->train_seconds : 0;
     if (P > 1 && (rc = check_replicas(r, err))) return rc;
     if (r->root && (rc = save_checkpoint(r, err))) return rc;
 
@@ -462,8 +480,12 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
         kv_dist_init_single(&single);
         d = &single;
     }
-    run_state r = {.o = o, .d = d, .root = d->rank == 0, .progress = d->rank == 0 ? progress : NULL,
-                   .progress_ctx = progress_ctx, .t0 = now_s()};
+    run_state r = {.o = o,
+                   .d = d,
+                   .root = d->rank == 0,
+                   .progress = d->rank == 0 ? progress : NULL,
+                   .progress_ctx = progress_ctx,
+                   .t0 = now_s()};
     int rc = run(&r, rep, err);
     kv_error close_err = {0};
     const int crc = distill_log_close(&r.log, rc ? &close_err : err);

@@ -24,39 +24,39 @@
 
 typedef struct {
     const char *teacher_dir, *student_dir, *out_dir;
-    const char *const *data;       /* training files */
+    const char *const *data; /* training files */
     int n_data;
-    const char *const *eval_data;  /* held-out files; none: the last eval_frac of data */
+    const char *const *eval_data; /* held-out files; none: the last eval_frac of data */
     int n_eval_data;
-    double eval_frac;              /* 0.1 */
-    long eval_max_seqs;            /* 0: every held-out sequence */
-    int seq_len;                   /* 128 */
-    int batch;                     /* sequences per micro-batch, 8 */
-    int accum;                     /* micro-batches per optimiser step, 1 */
-    long steps;                    /* optimiser steps; 0: from tokens */
-    long tokens;                   /* training tokens when steps is 0 */
-    uint64_t seed;                 /* 0 */
-    double lr;                     /* 2e-4 */
-    double warmup_frac;            /* 0.05 of the steps */
-    lr_decay decay;                /* linear */
-    adamw_hparams adam;            /* 0.9, 0.999, 1e-8, 0 */
-    double clip;                   /* global gradient norm limit, 1.0; 0: none */
-    double temperature;            /* 2 */
-    double mse_weight;             /* 1 */
-    double ce_weight;              /* next-token cross-entropy on the data; 0 (METHODS.md's loss) */
-    int passes;                    /* iterative plan for upward maps, train and eval: 9 */
-    int grad_passes;               /* trailing passes with gradient (LCKV's b): 1, as METHODS.md */
-    long save_every;               /* checkpoint every this many steps, 0: only at the end */
-    int resume;                    /* continue from OUT_DIR/checkpoint when it exists */
-    int force;                     /* write into a non-empty OUT_DIR without resuming */
-    long stop_after;               /* test hook: return after this many steps of this run, as a
+    double eval_frac; /* 0.1 */
+    long eval_max_seqs; /* 0: every held-out sequence */
+    int seq_len; /* 128 */
+    int batch; /* sequences per micro-batch, 8 */
+    int accum; /* micro-batches per optimiser step, 1 */
+    long steps; /* optimiser steps; 0: from tokens */
+    long tokens; /* training tokens when steps is 0 */
+    uint64_t seed; /* 0 */
+    double lr; /* 2e-4 */
+    double warmup_frac; /* 0.05 of the steps */
+    lr_decay decay; /* linear */
+    adamw_hparams adam; /* 0.9, 0.999, 1e-8, 0 */
+    double clip; /* global gradient norm limit, 1.0; 0: none */
+    double temperature; /* 2 */
+    double mse_weight; /* 1 */
+    double ce_weight; /* next-token cross-entropy on the data; 0 (METHODS.md's loss) */
+    int passes; /* iterative plan for upward maps, train and eval: 9 */
+    int grad_passes; /* trailing passes with gradient (LCKV's b): 1, as METHODS.md */
+    long save_every; /* checkpoint every this many steps, 0: only at the end */
+    int resume; /* continue from OUT_DIR/checkpoint when it exists */
+    int force; /* write into a non-empty OUT_DIR without resuming */
+    long stop_after; /* test hook: return after this many steps of this run, as a
                                       killed process would (no final checkpoint/output); 0 off */
-    kv_backend *backend;           /* where the runs and the optimiser live (not owned); NULL: a
+    kv_backend *backend; /* where the runs and the optimiser live (not owned); NULL: a
                                       CPU backend at the kernels' current thread count */
-    kv_dist *dist;                 /* the processes of a data-parallel run (not owned; see
+    kv_dist *dist; /* the processes of a data-parallel run (not owned; see
                                       "Data parallel" below); NULL: this process alone */
-    int test_fail_rank;            /* test hook: the process of this rank fails with an error */
-    long test_fail_step;           /* ... at this step (1-based), -1 at set-up; 0 off */
+    int test_fail_rank; /* test hook: the process of this rank fails with an error */
+    long test_fail_step; /* ... at this step (1-based), -1 at set-up; 0 off */
 } distill_opts;
 
 void distill_opts_default(distill_opts *o);
@@ -65,24 +65,24 @@ typedef enum { DISTILL_EVAL_BEFORE, DISTILL_TRAIN, DISTILL_EVAL_AFTER, DISTILL_S
 
 typedef struct {
     distill_phase phase;
-    long step, total_steps;        /* step = steps done */
-    long tokens;                   /* trained so far */
+    long step, total_steps; /* step = steps done */
+    long tokens; /* trained so far */
     double loss, kl, mse, ce, lr, grad_norm;
-    double seconds;                /* wall time of this process so far */
-    double tokens_per_s;           /* over this process's steps */
-    long eval_done, eval_total;    /* evaluation progress (sequences) */
+    double seconds; /* wall time of this process so far */
+    double tokens_per_s; /* over this process's steps */
+    long eval_done, eval_total; /* evaluation progress (sequences) */
 } distill_progress;
 
 typedef void (*distill_progress_fn)(void *ctx, const distill_progress *p);
 
 typedef struct {
     double teacher_ppl, student_before_ppl, student_after_ppl;
-    double kl_before, kl_after;    /* mean per-token KL(teacher || student), T = 1, nats */
+    double kl_before, kl_after; /* mean per-token KL(teacher || student), T = 1, nats */
     long tokens_trained, steps, resumed_from_step, eval_tokens, trainable_params;
     long train_tokens_available;
     double seconds, train_seconds, tokens_per_s;
-    int processes;                 /* data-parallel processes (1: a single process) */
-    char map_name[96];             /* "pizza-bottom:3" when the map is a named configuration */
+    int processes; /* data-parallel processes (1: a single process) */
+    char map_name[96]; /* "pizza-bottom:3" when the map is a named configuration */
     char layer_types[HF_MAX_LAYERS * 6];
 } distill_report;
 
@@ -112,7 +112,7 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
  * may be NULL. progress is called with phase set by the caller's context. (distill_eval.c) */
 typedef struct {
     double student_ppl, teacher_ppl, kl;
-    long tokens;                   /* positions scored for perplexity */
+    long tokens; /* positions scored for perplexity */
 } distill_eval_result;
 int distill_evaluate(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_seqs,
                      distill_eval_result *out, void (*tick)(void *, long, long), void *tick_ctx,
@@ -123,15 +123,15 @@ int distill_evaluate(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_
  * added (in any order) and finished give distill_evaluate's result up to summation order. tick
  * gets the sequences all parts have done, assuming they go at one pace. */
 typedef struct {
-    double nll_s, nll_t;           /* summed next-token negative log-likelihoods */
-    double kl;                     /* summed per-token KL (mean of a batch times its tokens) */
-    long tokens;                   /* positions scored */
+    double nll_s, nll_t; /* summed next-token negative log-likelihoods */
+    double kl; /* summed per-token KL (mean of a batch times its tokens) */
+    long tokens; /* positions scored */
 } distill_eval_sums;
 /* the held-out sequences evaluated: all, or max_seqs when that is fewer */
 long distill_eval_count(const distill_seqs *seqs, long max_seqs);
-int distill_evaluate_part(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_seqs,
-                          int part, int parts, distill_eval_sums *sums,
-                          void (*tick)(void *, long, long), void *tick_ctx, kv_error *err);
+int distill_evaluate_part(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_seqs, int part,
+                          int parts, distill_eval_sums *sums, void (*tick)(void *, long, long),
+                          void *tick_ctx, kv_error *err);
 void distill_evaluate_finish(const distill_eval_sums *sums, long n_seqs, int T, int teacher,
                              distill_eval_result *out);
 

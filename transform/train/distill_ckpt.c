@@ -52,7 +52,7 @@ int distill_ckpt_save(const char *dir, const char *path, const char *fingerprint
     kv_backend *b = o->b;
     st_spec *specs = calloc((size_t)n + 1, sizeof *specs);
     const void **data = calloc((size_t)n + 1, sizeof *data);
-    char (*names)[KVT_NAME_MAX + 16] = calloc((size_t)n + 1, sizeof *names);
+    char(*names)[KVT_NAME_MAX + 16] = calloc((size_t)n + 1, sizeof *names);
     /* host copies of the device state, unless device pointers are host pointers */
     float *host = b->unified ? NULL : malloc(sizeof(float) * (3 * o->count + 1));
     int rc = 0;
@@ -82,8 +82,9 @@ int distill_ckpt_save(const char *dir, const char *path, const char *fingerprint
     snprintf(step, sizeof step, "%ld", meta->step);
     snprintf(tokens, sizeof tokens, "%ld", meta->tokens_trained);
     snprintf(secs, sizeof secs, "%.17g", meta->seconds);
-    const char *kv[] = {"format", DISTILL_STATE_FORMAT, "step", step, "tokens_trained", tokens,
-                        "seconds", secs, "fingerprint", fingerprint};
+    const char *kv[] = {
+        "format", DISTILL_STATE_FORMAT, "step",     step, "tokens_trained", tokens, "seconds",
+        secs,     "fingerprint",        fingerprint};
     if (!(rc = kv_mkdir_p(dir, err))) rc = st_write_file(path, specs, data, n, kv, 5, err);
 out:
     free(host);

@@ -11,9 +11,9 @@
 #include "transform/train/optim.h"
 
 typedef struct {
-    long step;            /* optimiser steps done */
+    long step; /* optimiser steps done */
     long tokens_trained;
-    double seconds;       /* wall time of the run so far, all processes */
+    double seconds; /* wall time of the run so far, all processes */
 } distill_ckpt_meta;
 
 /* sha256 (64 hex digits) of everything the trajectory depends on: the options, total and

@@ -48,7 +48,8 @@ static int is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == 
 
 int distill_tokens_from_text(distill_tokens *d, const char *text, size_t len,
                              const kv_tokenizer *tok, const char *label, kv_error *err) {
-    if (!tok) return kv_fail(err, KV_EINVAL, "%s: text data needs the model's tokenizer.json", label);
+    if (!tok)
+        return kv_fail(err, KV_EINVAL, "%s: text data needs the model's tokenizer.json", label);
     const int bos = kv_tokenizer_bos(tok);
     size_t at = 0;
     while (at < len) {
@@ -152,7 +153,8 @@ int distill_split(distill_seqs *train, distill_seqs *eval, const distill_seqs *a
                   kv_error *err) {
     memset(train, 0, sizeof *train);
     memset(eval, 0, sizeof *eval);
-    if (!(frac >= 0 && frac < 1)) return kv_fail(err, KV_EINVAL, "data: held-out fraction %g", frac);
+    if (!(frac >= 0 && frac < 1))
+        return kv_fail(err, KV_EINVAL, "data: held-out fraction %g", frac);
     long n_eval = (long)llround(frac * (double)all->n);
     if (frac > 0 && n_eval < 1) n_eval = 1;
     if (all->n - n_eval < 1)

@@ -34,7 +34,7 @@ int distill_tokens_from_text(distill_tokens *d, const char *text, size_t len,
 void distill_tokens_free(distill_tokens *d);
 
 typedef struct {
-    int32_t *ids;   /* [n, T] */
+    int32_t *ids; /* [n, T] */
     long n;
     int T;
 } distill_seqs;
@@ -54,8 +54,8 @@ void distill_seqs_free(distill_seqs *s);
 typedef struct {
     long n;
     uint64_t seed;
-    long epoch;       /* of the cached permutation, -1 none */
-    long *perm;       /* [n] */
+    long epoch; /* of the cached permutation, -1 none */
+    long *perm; /* [n] */
 } distill_sampler;
 
 int distill_sampler_init(distill_sampler *s, long n, uint64_t seed, kv_error *err);

@@ -13,9 +13,9 @@ long distill_eval_count(const distill_seqs *seqs, long max_seqs) {
     return n;
 }
 
-int distill_evaluate_part(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_seqs,
-                          int part, int parts, distill_eval_sums *sums,
-                          void (*tick)(void *, long, long), void *tick_ctx, kv_error *err) {
+int distill_evaluate_part(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_seqs, int part,
+                          int parts, distill_eval_sums *sums, void (*tick)(void *, long, long),
+                          void *tick_ctx, kv_error *err) {
     memset(sums, 0, sizeof *sums);
     const int B = s->B, T = s->T, V = s->m->dims.vocab;
     kv_backend *b = s->b;
@@ -45,8 +45,8 @@ int distill_evaluate_part(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long
         if ((rc = kvt_forward(s, tokens, err)) || (t && (rc = kvt_forward(t, tokens, err)))) break;
         const float *ls = NULL, *lt = NULL;
         if ((rc = kvt_run_host_view(s, &ls, s->logits, scratch, nv, err)) ||
-            (t && (rc = kvt_run_host_view(t, &lt, t->logits, scratch ? scratch + nv : NULL, nv,
-                                          err))))
+            (t &&
+             (rc = kvt_run_host_view(t, &lt, t->logits, scratch ? scratch + nv : NULL, nv, err))))
             break;
         for (int k = 0; k < real; k++)
             for (int p = 0; p + 1 < T; p++) {

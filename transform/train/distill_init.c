@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 /* is teacher tensor `name` dropped by the transform? (k/v of non-KV layers; SwiftKV: q/k/v of
  * layers >= l) */
 static int dropped(const kv_map *map, const char *name) {
@@ -70,8 +69,8 @@ static const kvt_param *teacher_tensor(const kvt_model *t, int layer, const char
 }
 
 /* mean of `what` ("self_attn.k_proj.weight") over layers[0..n) into new tensor `out_name` */
-static int add_mean_over(param_list *l, const kvt_model *t, const char *out_name,
-                         const char *what, const int *layers, int n, kv_error *err) {
+static int add_mean_over(param_list *l, const kvt_model *t, const char *out_name, const char *what,
+                         const int *layers, int n, kv_error *err) {
     const kvt_param *srcs[HF_MAX_LAYERS];
     for (int i = 0; i < n; i++) {
         srcs[i] = teacher_tensor(t, layers[i], what);
@@ -82,8 +81,8 @@ static int add_mean_over(param_list *l, const kvt_model *t, const char *out_name
     return add_mean(l, out_name, srcs, n, err);
 }
 
-static int add_cross(param_list *l, const kvt_model *t, const kv_map *map,
-                     distill_init_mode mode, kv_error *err) {
+static int add_cross(param_list *l, const kvt_model *t, const kv_map *map, distill_init_mode mode,
+                     kv_error *err) {
     static const char *const kv_names[] = {"self_attn.k_proj.weight", "self_attn.v_proj.weight",
                                            "self_attn.k_proj.bias", "self_attn.v_proj.bias"};
     const int n_kv = t->cfg.attention_bias ? 4 : 2;
@@ -183,7 +182,8 @@ int distill_student_init(kvt_model *s, const kvt_model *t, const kv_map *map,
         p->g = NULL;
         p->used = 0;
     }
-    rc = map->kind == KVMAP_SWIFTKV ? add_swiftkv(&l, t, map, err) : add_cross(&l, t, map, mode, err);
+    rc = map->kind == KVMAP_SWIFTKV ? add_swiftkv(&l, t, map, err)
+                                    : add_cross(&l, t, map, mode, err);
     if (rc) goto fail;
     s->params = l.p;
     s->n_params = l.n;
@@ -191,8 +191,10 @@ int distill_student_init(kvt_model *s, const kvt_model *t, const kv_map *map,
     qsort(s->params, (size_t)s->n_params, sizeof *s->params, cmp_param);
     for (int i = 1; i < s->n_params; i++)
         if (!strcmp(s->params[i].name, s->params[i - 1].name)) {
-            rc = kv_fail(err, KV_EFORMAT, "student: tensor '%s' twice (teacher already has "
-                         "SwiftKV tensors?)", s->params[i].name);
+            rc = kv_fail(err, KV_EFORMAT,
+                         "student: tensor '%s' twice (teacher already has "
+                         "SwiftKV tensors?)",
+                         s->params[i].name);
             goto fail;
         }
     if (!(s->layers = calloc((size_t)s->dims.n_layers, sizeof *s->layers))) {

@@ -15,9 +15,10 @@ int distill_log_open(distill_log *l, const char *path, int append, kv_error *err
 }
 
 int distill_log_append(distill_log *l, const distill_log_entry *e, kv_error *err) {
-    fprintf(l->f, "{\"step\": %ld, \"loss\": %.9g, \"kl\": %.9g, \"mse\": %.9g, \"ce\": %.9g, "
-            "\"lr\": %.9g, \"grad_norm\": %.9g, \"tokens\": %ld, \"seconds\": %.3f}\n", e->step,
-            e->loss, e->kl, e->mse, e->ce, e->lr, e->grad_norm, e->tokens, e->seconds);
+    fprintf(l->f,
+            "{\"step\": %ld, \"loss\": %.9g, \"kl\": %.9g, \"mse\": %.9g, \"ce\": %.9g, "
+            "\"lr\": %.9g, \"grad_norm\": %.9g, \"tokens\": %ld, \"seconds\": %.3f}\n",
+            e->step, e->loss, e->kl, e->mse, e->ce, e->lr, e->grad_norm, e->tokens, e->seconds);
     if (fflush(l->f)) return kv_fail(err, KV_EIO, "%s: write failed", l->path);
     return 0;
 }

@@ -13,10 +13,10 @@ typedef struct {
 } distill_log;
 
 typedef struct {
-    long step;                               /* steps done */
+    long step; /* steps done */
     double loss, kl, mse, ce, lr, grad_norm; /* the step's (kvt_loss, schedule, before clipping) */
-    long tokens;                             /* trained so far */
-    double seconds;                          /* wall time of the run so far, all processes */
+    long tokens; /* trained so far */
+    double seconds; /* wall time of the run so far, all processes */
 } distill_log_entry;
 
 /* append: keep the lines there (resume); else start the file empty */

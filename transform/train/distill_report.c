@@ -27,15 +27,14 @@ void distill_map_name(const kv_map *m, char *out, size_t cap) {
         }
 }
 
-int distill_report_write(const distill_opts *o, long warmup_steps, const kv_map *map,
-                         int n_layers, const distill_report *rep, kv_error *err) {
+int distill_report_write(const distill_opts *o, long warmup_steps, const kv_map *map, int n_layers,
+                         const distill_report *rep, kv_error *err) {
     cJSON *j = cJSON_CreateObject();
     if (!j) return kv_fail(err, KV_ENOMEM, "report: out of memory");
     cJSON_AddStringToObject(j, "teacher", o->teacher_dir);
     cJSON_AddStringToObject(j, "student", o->student_dir);
     cJSON_AddStringToObject(j, "map", rep->map_name);
-    if (map->kind == KVMAP_CROSS)
-        cJSON_AddStringToObject(j, "layer_types", rep->layer_types);
+    if (map->kind == KVMAP_CROSS) cJSON_AddStringToObject(j, "layer_types", rep->layer_types);
     cJSON_AddNumberToObject(j, "kv_slots", kvmap_n_slots(map));
     cJSON_AddNumberToObject(j, "layers", n_layers);
     cJSON_AddNumberToObject(j, "teacher_ppl", rep->teacher_ppl);
@@ -62,8 +61,10 @@ int distill_report_write(const distill_opts *o, long warmup_steps, const kv_map 
     cJSON_AddNumberToObject(opt, "accum", o->accum);
     cJSON_AddNumberToObject(opt, "lr", o->lr);
     cJSON_AddNumberToObject(opt, "warmup_steps", (double)warmup_steps);
-    cJSON_AddStringToObject(opt, "decay", o->decay == LR_COSINE ? "cosine"
-                                          : o->decay == LR_CONSTANT ? "constant" : "linear");
+    cJSON_AddStringToObject(opt, "decay",
+                            o->decay == LR_COSINE     ? "cosine"
+                            : o->decay == LR_CONSTANT ? "constant"
+                                                      : "linear");
     cJSON_AddNumberToObject(opt, "clip", o->clip);
     cJSON_AddNumberToObject(opt, "temperature", o->temperature);
     cJSON_AddNumberToObject(opt, "mse_weight", o->mse_weight);

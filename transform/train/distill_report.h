@@ -13,7 +13,7 @@ void distill_map_name(const kv_map *m, char *out, size_t cap);
 
 /* rep with the run's options (o, warmup_steps) and the student's map and layer count, written
  * atomically to o->out_dir/report.json */
-int distill_report_write(const distill_opts *o, long warmup_steps, const kv_map *map,
-                         int n_layers, const distill_report *rep, kv_error *err);
+int distill_report_write(const distill_opts *o, long warmup_steps, const kv_map *map, int n_layers,
+                         const distill_report *rep, kv_error *err);
 
 #endif

@@ -21,11 +21,12 @@ typedef struct {
  * kvdistill checkpoint"), fingerprint equal to `fingerprint` (KV_EINVAL: other options, data or
  * student), step and tokens_trained decimal integers >= 0 (KV_EFORMAT), step <= total_steps
  * (KV_EFORMAT). Errors name f->path. */
-int distill_state_read(const st_file *f, const char *fingerprint, long total_steps, distill_state *out,
-                       kv_error *err);
+int distill_state_read(const st_file *f, const char *fingerprint, long total_steps,
+                       distill_state *out, kv_error *err);
 
 /* the tensor "<kind><name>" if it is F32 with exactly n elements, else NULL */
-const st_tensor *distill_state_tensor(const st_file *f, const char *kind, const char *name, size_t n);
+const st_tensor *distill_state_tensor(const st_file *f, const char *kind, const char *name,
+                                      size_t n);
 
 /* train_log.jsonl (NUL-terminated): the length of its prefix of whole lines that each begin
  * {"step": N with N <= step. A torn last line and the lines of a killed run past its checkpoint

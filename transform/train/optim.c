@@ -93,8 +93,12 @@ int kvt_optim_scale_grads(const kvt_optim *o, float k, kv_error *err) {
 }
 
 int kvt_optim_adamw(const kvt_optim *o, const adamw_hparams *h, long t, double lr, kv_error *err) {
-    const kv_adamw_step step = {.beta1 = h->beta1, .beta2 = h->beta2, .eps = h->eps,
-                                .weight_decay = h->weight_decay, .lr = lr, .t = t};
+    const kv_adamw_step step = {.beta1 = h->beta1,
+                                .beta2 = h->beta2,
+                                .eps = h->eps,
+                                .weight_decay = h->weight_decay,
+                                .lr = lr,
+                                .t = t};
     for (int i = 0; i < o->n; i++) {
         int rc = o->b->ops->adamw(o->b, o->w[i], o->g[i], o->m[i], o->v[i], o->p[i]->n, &step, err);
         if (rc) return rc;
@@ -116,8 +120,8 @@ int kvt_optim_dist_prepare(kvt_optim *o, const kv_dist *d, kv_error *err) {
 static int download_all(kvt_optim *o, float *const *arrays, kv_error *err) {
     size_t off = 0;
     for (int i = 0; i < o->n; i++) {
-        int rc = o->b->ops->download(o->b, o->host + off, arrays[i],
-                                     sizeof(float) * o->counts[i], err);
+        int rc =
+            o->b->ops->download(o->b, o->host + off, arrays[i], sizeof(float) * o->counts[i], err);
         if (rc) return rc;
         off += o->counts[i];
     }
@@ -127,8 +131,8 @@ static int download_all(kvt_optim *o, float *const *arrays, kv_error *err) {
 static int upload_all(kvt_optim *o, float *const *arrays, kv_error *err) {
     size_t off = 0;
     for (int i = 0; i < o->n; i++) {
-        int rc = o->b->ops->upload(o->b, arrays[i], o->host + off, sizeof(float) * o->counts[i],
-                                   err);
+        int rc =
+            o->b->ops->upload(o->b, arrays[i], o->host + off, sizeof(float) * o->counts[i], err);
         if (rc) return rc;
         off += o->counts[i];
     }
@@ -138,7 +142,8 @@ static int upload_all(kvt_optim *o, float *const *arrays, kv_error *err) {
 /* the staging buffer exists: kvt_optim_dist_prepare runs at set-up, before a status check, so a
  * process that could not allocate it has already stopped the run; missing here is a caller's bug */
 static int need_host(const kvt_optim *o, kv_error *err) {
-    return o->host ? 0 : kv_fail(err, KV_EINVAL, "optimiser: kvt_optim_dist_prepare was not called");
+    return o->host ? 0
+                   : kv_fail(err, KV_EINVAL, "optimiser: kvt_optim_dist_prepare was not called");
 }
 
 int kvt_optim_allreduce_grads(kvt_optim *o, kv_dist *d, kv_error *err) {
@@ -178,8 +183,8 @@ int kvt_optim_bcast_state(kvt_optim *o, kv_dist *d, int root, kv_error *err) {
     if (o->b->unified) {
         for (int k = 0; k < 3; k++)
             for (int i = 0; i < o->n; i++)
-                if ((rc = kv_dist_bcast(d, state_kind(o, k)[i], sizeof(float) * o->counts[i],
-                                        root, err)))
+                if ((rc = kv_dist_bcast(d, state_kind(o, k)[i], sizeof(float) * o->counts[i], root,
+                                        err)))
                     return rc;
         return 0;
     }

@@ -14,15 +14,15 @@
 #include "transform/train/train_forward.h"
 
 typedef struct {
-    kv_backend *b;          /* the run's */
-    int n;                  /* trainable tensors, in the model's (name) order */
-    kvt_param **p;          /* [n] host tensors: name, element count p[i]->n, host values */
-    float **w, **g;         /* [n] device values and gradients [p[i]->n] (the run's views) */
-    float **m, **v;         /* [n] device AdamW moments [p[i]->n], carved from arena */
-    size_t count;           /* trainable elements, all tensors */
-    void *arena;            /* one backend allocation: the moments, zeroed */
-    size_t *counts;         /* [n] p[i]->n (the collectives' counts) */
-    float *host;            /* [count] host staging for the collectives when the backend is not
+    kv_backend *b; /* the run's */
+    int n; /* trainable tensors, in the model's (name) order */
+    kvt_param **p; /* [n] host tensors: name, element count p[i]->n, host values */
+    float **w, **g; /* [n] device values and gradients [p[i]->n] (the run's views) */
+    float **m, **v; /* [n] device AdamW moments [p[i]->n], carved from arena */
+    size_t count; /* trainable elements, all tensors */
+    void *arena; /* one backend allocation: the moments, zeroed */
+    size_t *counts; /* [n] p[i]->n (the collectives' counts) */
+    float *host; /* [count] host staging for the collectives when the backend is not
                                unified; allocated on first use */
 } kvt_optim;
 

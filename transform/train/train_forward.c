@@ -7,14 +7,14 @@
 
 /* an op of r's backend: OP(matmul, out, x, ...) */
 #define OP(name, ...) (r->b->ops->name(r->b, __VA_ARGS__))
-#define TRY(call)                                                                                 \
-    do {                                                                                          \
-        int rc_ = (call);                                                                         \
-        if (rc_) return rc_;                                                                      \
+#define TRY(call)                                                                                  \
+    do {                                                                                           \
+        int rc_ = (call);                                                                          \
+        if (rc_) return rc_;                                                                       \
     } while (0)
 /* device views of a model tensor (NULL tensor: NULL) */
-#define W(p) ((p) ? r->dp[(p) - r->m->params].w : NULL)
-#define G(p) ((p) ? r->dp[(p) - r->m->params].g : NULL)
+#define W(p) ((p) ? r->dp[(p)-r->m->params].w : NULL)
+#define G(p) ((p) ? r->dp[(p)-r->m->params].g : NULL)
 
 static size_t rows(const kvt_run *r, int width) { return (size_t)r->N * (size_t)width; }
 static size_t rows_bytes(const kvt_run *r, int width) { return sizeof(float) * rows(r, width); }
@@ -27,9 +27,9 @@ static int slot_has_upward_reader(const kvt_model *m, int slot) {
 }
 
 static int any_trainable_in_layer(const kvt_layer *ly) {
-    const kvt_param *ps[] = {ly->attn_norm, ly->q, ly->q_b, ly->k, ly->k_b, ly->v, ly->v_b,
-                             ly->o, ly->o_b, ly->mlp_norm, ly->gate, ly->gate_b, ly->up,
-                             ly->up_b, ly->down, ly->down_b};
+    const kvt_param *ps[] = {ly->attn_norm, ly->q,    ly->q_b,  ly->k,        ly->k_b,  ly->v,
+                             ly->v_b,       ly->o,    ly->o_b,  ly->mlp_norm, ly->gate, ly->gate_b,
+                             ly->up,        ly->up_b, ly->down, ly->down_b};
     for (size_t i = 0; i < sizeof ps / sizeof *ps; i++)
         if (ps[i] && ps[i]->trainable) return 1;
     return 0;
@@ -65,13 +65,13 @@ static int slot_made_in_block(const kvt_model *m, int s, int lo, int hi) {
 /* kvt_layer_acts's arrays in declaration order, and their widths */
 enum { N_ACT = 9 };
 static float **act_field(kvt_layer_acts *a, int f) {
-    float **fields[N_ACT] = {&a->x_in, &a->xn1, &a->q, &a->att, &a->x_mid,
-                             &a->xn2, &a->gate, &a->up, &a->act};
+    float **fields[N_ACT] = {&a->x_in, &a->xn1,  &a->q,  &a->att, &a->x_mid,
+                             &a->xn2,  &a->gate, &a->up, &a->act};
     return fields[f];
 }
 static int act_width(const llama_dims *d, int f) {
     const int width[N_ACT] = {d->hidden, d->hidden, d->q_dim, d->q_dim, d->hidden,
-                              d->hidden, d->ffn, d->ffn, d->ffn};
+                              d->hidden, d->ffn,    d->ffn,   d->ffn};
     return width[f];
 }
 
@@ -79,26 +79,42 @@ static int act_width(const llama_dims *d, int f) {
  * POS/TOKENS). S slots, P of them read by upward layers, E = grad_passes - 1 earlier
  * differentiated passes over the nb layers of the cyclic groups (all groups together). */
 enum {
-    BUF_ACT,                              /* N_ACT arrays [L, N, width]: layer i at i*N*width */
-    BUF_K = BUF_ACT + N_ACT, BUF_V,       /* [S, N, KV] this pass */
-    BUF_K_PREV, BUF_V_PREV,               /* [P, N, KV] the previous pass */
-    BUF_S_NORM, BUF_X_OUT, BUF_XN_OUT,    /* [N, H] */
-    BUF_LOGITS,                           /* [N, V] */
-    BUF_POS, BUF_TOKENS,                  /* [N] int32 */
+    BUF_ACT, /* N_ACT arrays [L, N, width]: layer i at i*N*width */
+    BUF_K = BUF_ACT + N_ACT,
+    BUF_V, /* [S, N, KV] this pass */
+    BUF_K_PREV,
+    BUF_V_PREV, /* [P, N, KV] the previous pass */
+    BUF_S_NORM,
+    BUF_X_OUT,
+    BUF_XN_OUT, /* [N, H] */
+    BUF_LOGITS, /* [N, V] */
+    BUF_POS,
+    BUF_TOKENS, /* [N] int32 */
     /* want_grad */
-    BUF_DLOGITS,                          /* [N, V] */
-    BUF_DH_LAST, BUF_DX, BUF_DXN, BUF_DS, /* [N, H] */
-    BUF_DQ, BUF_DATT,                     /* [N, Q] */
-    BUF_DGATE, BUF_DUP, BUF_DACT,         /* [N, F] */
-    BUF_DK, BUF_DV,                       /* [S, N, KV] */
+    BUF_DLOGITS, /* [N, V] */
+    BUF_DH_LAST,
+    BUF_DX,
+    BUF_DXN,
+    BUF_DS, /* [N, H] */
+    BUF_DQ,
+    BUF_DATT, /* [N, Q] */
+    BUF_DGATE,
+    BUF_DUP,
+    BUF_DACT, /* [N, F] */
+    BUF_DK,
+    BUF_DV, /* [S, N, KV] */
     /* E > 0 */
-    BUF_EACT,                             /* N_ACT arrays [E, nb, N, width] (x_in: nb - G
+    BUF_EACT, /* N_ACT arrays [E, nb, N, width] (x_in: nb - G
                                              layers, each of the G groups' first input is
                                              shared) */
-    BUF_K_MADE = BUF_EACT + N_ACT, BUF_V_MADE, /* [E, S, N, KV] */
-    BUF_K_READ, BUF_V_READ,               /* [P, N, KV] what pass 0 reads */
-    BUF_DK_PREV, BUF_DV_PREV,             /* [P, N, KV] */
-    BUF_X_SPILL, BUF_DX_BLOCK,            /* [N, H] */
+    BUF_K_MADE = BUF_EACT + N_ACT,
+    BUF_V_MADE, /* [E, S, N, KV] */
+    BUF_K_READ,
+    BUF_V_READ, /* [P, N, KV] what pass 0 reads */
+    BUF_DK_PREV,
+    BUF_DV_PREV, /* [P, N, KV] */
+    BUF_X_SPILL,
+    BUF_DX_BLOCK, /* [N, H] */
     N_BUF
 };
 _Static_assert(sizeof(float) == 4 && sizeof(int32_t) == 4, "buffers hold 4-byte elements");
@@ -586,8 +602,8 @@ int kvt_forward(kvt_run *r, const int32_t *tokens, kv_error *err) {
     TRY(OP(embedding, r->acts[0].x_in, W(m->embed), d->vocab, d->hidden, tokens, r->N, err));
     TRY(r->has_upward ? iterative_forward(r, err) : layers_forward(r, 0, d->n_layers - 1, err));
     TRY(OP(rmsnorm, r->xn_out, r->x_out, W(m->final_norm), r->N, d->hidden, d->eps, err));
-    TRY(OP(matmul, r->logits, r->xn_out, W(m->lm_head), KV_F32, NULL, r->N, d->hidden, d->vocab,
-           0, err));
+    TRY(OP(matmul, r->logits, r->xn_out, W(m->lm_head), KV_F32, NULL, r->N, d->hidden, d->vocab, 0,
+           err));
     if (r->want_grad) {
         TRY(OP(zero, r->dlogits, rows_bytes(r, d->vocab), err));
         TRY(OP(zero, r->dh_last, rows_bytes(r, d->hidden), err));
@@ -611,14 +627,14 @@ static int layer_backward(kvt_run *r, int i, kv_error *err) {
 
     /* MLP: x_out = x_mid + act Wd^T */
     TRY(zero(r, r->dact, F, err));
-    TRY(OP(matmul_backward, r->dact, G(ly->down), G(ly->down_b), r->dx, a->act, W(ly->down), N,
-           F, H, err));
+    TRY(OP(matmul_backward, r->dact, G(ly->down), G(ly->down_b), r->dx, a->act, W(ly->down), N, F,
+           H, err));
     TRY(zero(r, r->dgate, F, err));
     TRY(zero(r, r->dup, F, err));
     TRY(OP(swiglu_backward, r->dgate, r->dup, r->dact, a->gate, a->up, rows(r, F), err));
     TRY(zero(r, r->dxn, H, err));
-    TRY(OP(matmul_backward, r->dxn, G(ly->gate), G(ly->gate_b), r->dgate, a->xn2, W(ly->gate), N,
-           H, F, err));
+    TRY(OP(matmul_backward, r->dxn, G(ly->gate), G(ly->gate_b), r->dgate, a->xn2, W(ly->gate), N, H,
+           F, err));
     TRY(OP(matmul_backward, r->dxn, G(ly->up), G(ly->up_b), r->dup, a->xn2, W(ly->up), N, H, F,
            err));
     TRY(OP(rmsnorm_backward, r->dx, G(ly->mlp_norm), r->dxn, a->x_mid, W(ly->mlp_norm), N, H,
@@ -645,10 +661,10 @@ static int layer_backward(kvt_run *r, int i, kv_error *err) {
     if (kvt_layer_writes_own_kv(m, i)) {
         /* every reader with a gradient sits at or above i: dK/dV are complete here */
         TRY(OP(rope_backward, r->dk[slot], N, d->n_kv_heads, r->pos, &r->rope, err));
-        TRY(OP(matmul_backward, r->dxn, G(ly->k), G(ly->k_b), r->dk[slot], a->xn1, W(ly->k), N,
-               H, KV, err));
-        TRY(OP(matmul_backward, r->dxn, G(ly->v), G(ly->v_b), r->dv[slot], a->xn1, W(ly->v), N,
-               H, KV, err));
+        TRY(OP(matmul_backward, r->dxn, G(ly->k), G(ly->k_b), r->dk[slot], a->xn1, W(ly->k), N, H,
+               KV, err));
+        TRY(OP(matmul_backward, r->dxn, G(ly->v), G(ly->v_b), r->dv[slot], a->xn1, W(ly->v), N, H,
+               KV, err));
     }
     return OP(rmsnorm_backward, r->dx, G(ly->attn_norm), r->dxn, a->x_in, W(ly->attn_norm), N, H,
               d->eps, err);
@@ -670,8 +686,8 @@ static int swiftkv_backward(kvt_run *r, kv_error *err) {
         TRY(OP(matmul_backward, r->ds, G(ly->v), G(ly->v_b), r->dv[s], r->s_norm, W(ly->v), N, H,
                KV, err));
     }
-    return OP(rmsnorm_backward, r->dx, G(m->norm_swiftkv), r->ds, r->acts[m->cfg.map.swiftkv_l].x_in,
-              W(m->norm_swiftkv), N, H, d->eps, err);
+    return OP(rmsnorm_backward, r->dx, G(m->norm_swiftkv), r->ds,
+              r->acts[m->cfg.map.swiftkv_l].x_in, W(m->norm_swiftkv), N, H, d->eps, err);
 }
 
 /* one earlier pass e's backward of the group [lo, hi] (r's tables already pointing at pass e) */
@@ -747,15 +763,16 @@ int kvt_backward(kvt_run *r, kv_error *err) {
     r->read_grad = r->grad_passes > 1;
     TRY(zero(r, r->dxn, H, err));
     TRY(zero(r, r->dx, H, err));
-    TRY(OP(matmul_backward, r->dxn, m->lm_head == m->embed ? NULL : G(m->lm_head), NULL,
-           r->dlogits, r->xn_out, W(m->lm_head), N, H, d->vocab, err));
+    TRY(OP(matmul_backward, r->dxn, m->lm_head == m->embed ? NULL : G(m->lm_head), NULL, r->dlogits,
+           r->xn_out, W(m->lm_head), N, H, d->vocab, err));
     TRY(OP(rmsnorm_backward, r->dx, G(m->final_norm), r->dxn, r->x_out, W(m->final_norm), N, H,
            d->eps, err));
     for (int i = d->n_layers - 1; i >= r->grad_lo; i--) {
         TRY(layer_backward(r, i, err));
         /* dh_last is never -0 (zeroed, then added into): dev_add is exactly dx + dh_last */
         if (i == d->n_layers - 1) TRY(dev_add(r, r->dx, r->dh_last, rows(r, H), err));
-        if (m->cfg.map.kind == KVMAP_SWIFTKV && i == m->cfg.map.swiftkv_l) TRY(swiftkv_backward(r, err));
+        if (m->cfg.map.kind == KVMAP_SWIFTKV && i == m->cfg.map.swiftkv_l)
+            TRY(swiftkv_backward(r, err));
         for (int g = 0; r->grad_passes > 1 && g < r->n_groups; g++)
             if (i == r->group_lo[g]) TRY(early_passes_backward(r, i, r->group_hi[g], err));
     }

@@ -42,68 +42,68 @@
 
 /* one layer's saved activations (device) */
 typedef struct {
-    float *x_in;      /* [N, H] residual entering the layer */
-    float *xn1;       /* [N, H] input_layernorm(x_in) */
-    float *q;         /* [N, nh*hd] queries after RoPE */
-    float *att;       /* [N, nh*hd] attention output */
-    float *x_mid;     /* [N, H] residual after attention */
-    float *xn2;       /* [N, H] post_attention_layernorm(x_mid) */
+    float *x_in; /* [N, H] residual entering the layer */
+    float *xn1; /* [N, H] input_layernorm(x_in) */
+    float *q; /* [N, nh*hd] queries after RoPE */
+    float *att; /* [N, nh*hd] attention output */
+    float *x_mid; /* [N, H] residual after attention */
+    float *xn2; /* [N, H] post_attention_layernorm(x_mid) */
     float *gate, *up; /* [N, FFN] */
-    float *act;       /* [N, FFN] silu(gate) * up */
+    float *act; /* [N, FFN] silu(gate) * up */
 } kvt_layer_acts;
 
 /* device views of one model tensor (kvt_param), all [p->n] floats */
 typedef struct {
-    const float *w;   /* what the ops read; NULL when the forward does not use the tensor */
-    float *wt;        /* the same array, writable: trainable tensors of a run with gradients */
-    float *g;         /* gradient (trainable, run with gradients), else NULL */
+    const float *w; /* what the ops read; NULL when the forward does not use the tensor */
+    float *wt; /* the same array, writable: trainable tensors of a run with gradients */
+    float *g; /* gradient (trainable, run with gradients), else NULL */
 } kvt_dparam;
 
 typedef struct {
-    kv_backend *b;            /* not owned */
+    kv_backend *b; /* not owned */
     const kvt_model *m;
-    kvt_dparam *dp;           /* [m->n_params] device views, indexed like m->params */
-    int B, T, N;              /* sequences, tokens per sequence, rows N = B*T */
-    int passes;               /* iterative plan (upward maps), >= 1 */
-    int grad_passes;          /* trailing passes differentiated, 1..passes (1 without upward) */
+    kvt_dparam *dp; /* [m->n_params] device views, indexed like m->params */
+    int B, T, N; /* sequences, tokens per sequence, rows N = B*T */
+    int passes; /* iterative plan (upward maps), >= 1 */
+    int grad_passes; /* trailing passes differentiated, 1..passes (1 without upward) */
     int has_upward, block_lo, block_hi; /* block: the span of all cyclic groups */
-    int n_groups;             /* the iterative plan's cyclic groups (kvmap_cyclic_group), or the
+    int n_groups; /* the iterative plan's cyclic groups (kvmap_cyclic_group), or the
                                  single block (kvt_run_init_plan with block = 1) */
     int *group_lo, *group_hi; /* [n_groups] host: their layers, ascending */
     int n_slots;
     int want_grad;
-    int grad_lo;              /* lowest layer the backward visits (L: none) */
-    kv_rope_table rope_host;  /* positions 0 .. T-1, host arrays */
-    kv_rope_table rope;       /* the same on the device (kv_backend_rope_table) */
-    int32_t *pos;             /* [N] device: row r is at position r % T */
-    int32_t *tokens;          /* [N] device token ids (next-token cross-entropy) */
-    kvt_layer_acts *acts;     /* [L] */
-    float **k, **v;           /* [slots] -> [N, nkv*hd] this pass (K after RoPE) */
+    int grad_lo; /* lowest layer the backward visits (L: none) */
+    kv_rope_table rope_host; /* positions 0 .. T-1, host arrays */
+    kv_rope_table rope; /* the same on the device (kv_backend_rope_table) */
+    int32_t *pos; /* [N] device: row r is at position r % T */
+    int32_t *tokens; /* [N] device token ids (next-token cross-entropy) */
+    kvt_layer_acts *acts; /* [L] */
+    float **k, **v; /* [slots] -> [N, nkv*hd] this pass (K after RoPE) */
     float **k_prev, **v_prev; /* [slots] previous pass; only targets of upward layers */
-    float *s_norm;            /* [N, H] SwiftKV norm_swiftkv(h_l) */
-    float *x_out;             /* [N, H] residual after the last layer */
-    float *xn_out;            /* [N, H] model.norm(x_out) */
-    float *logits;            /* [N, V] */
+    float *s_norm; /* [N, H] SwiftKV norm_swiftkv(h_l) */
+    float *x_out; /* [N, H] residual after the last layer */
+    float *xn_out; /* [N, H] model.norm(x_out) */
+    float *logits; /* [N, V] */
     /* backward (want_grad) */
-    float *dlogits;           /* [N, V] d loss / d logits, filled by the caller */
-    float *dh_last;           /* [N, H] d loss / d (input of layer L-1), added by the caller */
-    float *dx, *dxn;          /* [N, H] */
-    float *dq, *datt;         /* [N, nh*hd] */
-    float *dgate, *dup, *dact;/* [N, FFN] */
-    float **dk, **dv;         /* [slots] -> [N, nkv*hd] */
-    float *ds;                /* [N, H] SwiftKV */
+    float *dlogits; /* [N, V] d loss / d logits, filled by the caller */
+    float *dh_last; /* [N, H] d loss / d (input of layer L-1), added by the caller */
+    float *dx, *dxn; /* [N, H] */
+    float *dq, *datt; /* [N, nh*hd] */
+    float *dgate, *dup, *dact; /* [N, FFN] */
+    float **dk, **dv; /* [slots] -> [N, nkv*hd] */
+    float *ds; /* [N, H] SwiftKV */
     /* grad_passes > 1 (want_grad): earlier differentiated passes e = 0 .. grad_passes-2 */
     kvt_layer_acts *acts_early; /* [(grad_passes-1) * L] group layers' activations of pass e */
-    float **k_read, **v_read;   /* [(grad_passes-1) * slots] K/V pass e's upward layers read
+    float **k_read, **v_read; /* [(grad_passes-1) * slots] K/V pass e's upward layers read
                                    (for e > 0 the same buffers as pass e-1's k_made/v_made) */
-    float **k_made, **v_made;   /* [(grad_passes-1) * slots] K/V pass e wrote */
+    float **k_made, **v_made; /* [(grad_passes-1) * slots] K/V pass e wrote */
     float **dk_prev, **dv_prev; /* [slots] d loss / d (K/V read by upward layers), per pass */
-    float *x_spill;             /* [N, H] output of a group's top layer in pass e (unused) */
-    float *dx_block;            /* [N, H] d loss / d group input, summed over the passes */
-    float **k_mix, **v_mix;     /* [slots] backward of pass e: pass e's K/V for the group's
+    float *x_spill; /* [N, H] output of a group's top layer in pass e (unused) */
+    float *dx_block; /* [N, H] d loss / d group input, summed over the passes */
+    float **k_mix, **v_mix; /* [slots] backward of pass e: pass e's K/V for the group's
                                    slots, the final ones for the others */
-    int read_grad;              /* backward: upward layers add into dk_prev/dv_prev */
-    void *arena;                /* the one backend allocation every device buffer is carved from */
+    int read_grad; /* backward: upward layers add into dk_prev/dv_prev */
+    void *arena; /* the one backend allocation every device buffer is carved from */
     size_t arena_bytes;
 } kvt_run;
 
@@ -141,16 +141,16 @@ int kvt_run_host_view(const kvt_run *r, const float **out, const float *src, flo
                       size_t n, kv_error *err);
 
 typedef struct {
-    double loss;  /* kl + mse_weight * mse + ce_weight * ce */
-    double kl;    /* temp^2 * KL(teacher || student) averaged over the N tokens */
-    double mse;   /* mean squared difference of the inputs of layer L-1 */
-    double ce;    /* next-token cross-entropy on the data (0 when ce_weight is 0: not computed) */
+    double loss; /* kl + mse_weight * mse + ce_weight * ce */
+    double kl; /* temp^2 * KL(teacher || student) averaged over the N tokens */
+    double mse; /* mean squared difference of the inputs of layer L-1 */
+    double ce; /* next-token cross-entropy on the data (0 when ce_weight is 0: not computed) */
 } kvt_loss;
 
 typedef struct {
-    float temp;       /* KL temperature (METHODS.md: 2) */
+    float temp; /* KL temperature (METHODS.md: 2) */
     float mse_weight; /* METHODS.md: 1 */
-    float ce_weight;  /* hard-label term, not in METHODS.md: 0 leaves the loss as specified */
+    float ce_weight; /* hard-label term, not in METHODS.md: 0 leaves the loss as specified */
 } kvt_loss_weights;
 
 /* One distillation micro-batch: teacher and student forward on host tokens [N] (runs of the same

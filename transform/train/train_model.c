@@ -31,15 +31,15 @@ int kvt_model_dims(kvt_model *m, kv_error *err) {
     const hf_config *c = &m->cfg;
     llama_dims_init(&m->dims, c);
     if (m->cfg.map.n_layers != m->dims.n_layers)
-        return kv_fail(err, KV_EINVAL, "KV map has %d layers, config %d", m->cfg.map.n_layers, m->dims.n_layers);
+        return kv_fail(err, KV_EINVAL, "KV map has %d layers, config %d", m->cfg.map.n_layers,
+                       m->dims.n_layers);
     return 0;
 }
 
 /* loads param's F32 values from its source bytes (zero-copy for aligned F32) */
 static int load_values(kvt_param *p, const char *label, kv_error *err) {
     if (p->w) return 0;
-    if (!p->src)
-        return kv_fail(err, KV_EINVAL, "%s: tensor '%s' has no data", label, p->name);
+    if (!p->src) return kv_fail(err, KV_EINVAL, "%s: tensor '%s' has no data", label, p->name);
     kv_dtype t = p->src->dtype;
     if (t != KV_F32 && t != KV_F16 && t != KV_BF16)
         return kv_fail(err, KV_EUNSUPPORTED, "%s: tensor '%s': dtype %s, expected F32/F16/BF16",
@@ -62,7 +62,8 @@ static int use(kvt_model *m, kvt_param **out, const st_tensor *t, const char *la
     *out = NULL;
     if (!t) return 0;
     kvt_param *p = kvt_model_find(m, t->name);
-    if (!p) return kv_fail(err, KV_EINVAL, "%s: tensor '%s' is not one of the model's", label, t->name);
+    if (!p)
+        return kv_fail(err, KV_EINVAL, "%s: tensor '%s' is not one of the model's", label, t->name);
     int rc = load_values(p, label, err);
     if (rc) return rc;
     p->used = 1;
@@ -80,9 +81,11 @@ static int use_all(kvt_model *m, const llama_view *v, const char *label, kv_erro
         return rc;
     for (int i = 0; i < m->dims.n_layers; i++) {
         kvt_layer *ly = &m->layers[i];
-        kvt_param **dst[LLAMA_N_ROLES] = { /* llama_role order */
-            &ly->attn_norm, &ly->q, &ly->q_b, &ly->k, &ly->k_b, &ly->v, &ly->v_b, &ly->o, &ly->o_b,
-            &ly->mlp_norm, &ly->gate, &ly->gate_b, &ly->up, &ly->up_b, &ly->down, &ly->down_b};
+        kvt_param **dst[LLAMA_N_ROLES] = {/* llama_role order */
+                                          &ly->attn_norm, &ly->q,        &ly->q_b,  &ly->k,
+                                          &ly->k_b,       &ly->v,        &ly->v_b,  &ly->o,
+                                          &ly->o_b,       &ly->mlp_norm, &ly->gate, &ly->gate_b,
+                                          &ly->up,        &ly->up_b,     &ly->down, &ly->down_b};
         for (int r = 0; r < LLAMA_N_ROLES; r++)
             if ((rc = use(m, dst[r], llama_view_used(v, i, (llama_role)r), label, err))) return rc;
     }
@@ -96,8 +99,11 @@ int kvt_model_bind(kvt_model *m, const char *label, kv_error *err) {
     for (int i = 0; i < m->n_params; i++) {
         kvt_param *p = &m->params[i];
         recs[i] = p->src ? *p->src
-                         : (st_tensor){.dtype = KV_F32, .n_elements = p->n, .data = p->w,
-                                       .n_bytes = p->n * sizeof(float), .file_index = -1};
+                         : (st_tensor){.dtype = KV_F32,
+                                       .n_elements = p->n,
+                                       .data = p->w,
+                                       .n_bytes = p->n * sizeof(float),
+                                       .file_index = -1};
         recs[i].name = p->name;
         recs[i].n_dims = p->n_dims;
         memcpy(recs[i].shape, p->shape, sizeof recs[i].shape);
@@ -125,8 +131,7 @@ int kvt_model_load(kvt_model *m, const char *dir, kv_error *err) {
     int rc = path_in(path, sizeof path, dir, "config.json", err);
     if (rc) return rc;
     if ((rc = kv_read_file(path, &m->config_json, &len, HF_MAX_CONFIG_BYTES, err)) ||
-        (rc = hf_config_parse(&m->cfg, m->config_json, path, err)) ||
-        (rc = kvt_model_dims(m, err)))
+        (rc = hf_config_parse(&m->cfg, m->config_json, path, err)) || (rc = kvt_model_dims(m, err)))
         goto fail;
     if (!(m->dir = strdup(dir)) || !(m->ckpt = calloc(1, sizeof *m->ckpt))) {
         rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", dir);
@@ -214,7 +219,8 @@ long kvt_model_set_trainable_distill(kvt_model *m, kv_error *err) {
         for (int i = 0; i < m->dims.n_layers && !rc; i++) {
             kvt_layer *ly = &m->layers[i];
             if (!kvmap_is_kv_layer(&m->cfg.map, i)) {
-                if (!(rc = make_trainable(ly->q, &count, err))) rc = make_trainable(ly->q_b, &count, err);
+                if (!(rc = make_trainable(ly->q, &count, err)))
+                    rc = make_trainable(ly->q_b, &count, err);
                 continue;
             }
             int readers[HF_MAX_LAYERS];
@@ -224,7 +230,8 @@ long kvt_model_set_trainable_distill(kvt_model *m, kv_error *err) {
                 rc = make_trainable(ps[j], &count, err);
         }
     } else {
-        return kv_fail(err, KV_EINVAL, "the student's KV map is the identity: nothing to train "
+        return kv_fail(err, KV_EINVAL,
+                       "the student's KV map is the identity: nothing to train "
                        "(give a kvconvert output as the student)");
     }
     return rc ? rc : count;

@@ -25,42 +25,42 @@
 #define KVT_NAME_MAX 96
 
 typedef struct {
-    char name[KVT_NAME_MAX];       /* HF name */
+    char name[KVT_NAME_MAX]; /* HF name */
     int n_dims;
     int64_t shape[ST_MAX_DIMS];
-    size_t n;                      /* elements */
-    kv_dtype file_dtype;           /* dtype written on save */
-    const st_tensor *src;          /* bytes in the source checkpoint, or NULL */
-    float *w;                      /* [n] F32 values; NULL when unused by the forward */
-    int owned;                     /* w is a private allocation */
-    int used;                      /* bound to the forward pass */
+    size_t n; /* elements */
+    kv_dtype file_dtype; /* dtype written on save */
+    const st_tensor *src; /* bytes in the source checkpoint, or NULL */
+    float *w; /* [n] F32 values; NULL when unused by the forward */
+    int owned; /* w is a private allocation */
+    int used; /* bound to the forward pass */
     int trainable;
-    float *g;                      /* [n] gradient when trainable, else NULL */
+    float *g; /* [n] gradient when trainable, else NULL */
 } kvt_param;
 
 typedef struct {
-    kvt_param *attn_norm;                    /* [H] input_layernorm */
-    kvt_param *q, *q_b;                      /* [nh*hd, H] (SwiftKV j >= l: q_proj_swiftkv) */
-    kvt_param *k, *k_b, *v, *v_b;            /* [nkv*hd, H]: on layers that compute K/V */
-    kvt_param *o, *o_b;                      /* [H, nh*hd] */
-    kvt_param *mlp_norm;                     /* [H] post_attention_layernorm */
-    kvt_param *gate, *gate_b, *up, *up_b;    /* [FFN, H] */
-    kvt_param *down, *down_b;                /* [H, FFN] */
-} kvt_layer;                                 /* biases NULL unless attention_bias / mlp_bias */
+    kvt_param *attn_norm; /* [H] input_layernorm */
+    kvt_param *q, *q_b; /* [nh*hd, H] (SwiftKV j >= l: q_proj_swiftkv) */
+    kvt_param *k, *k_b, *v, *v_b; /* [nkv*hd, H]: on layers that compute K/V */
+    kvt_param *o, *o_b; /* [H, nh*hd] */
+    kvt_param *mlp_norm; /* [H] post_attention_layernorm */
+    kvt_param *gate, *gate_b, *up, *up_b; /* [FFN, H] */
+    kvt_param *down, *down_b; /* [H, FFN] */
+} kvt_layer; /* biases NULL unless attention_bias / mlp_bias */
 
 typedef struct {
-    hf_config cfg;                 /* cfg.map: the KV map */
-    llama_dims dims;               /* L, H, nh, nkv, hd, F, V, RoPE (formats/llama_view.h) */
+    hf_config cfg; /* cfg.map: the KV map */
+    llama_dims dims; /* L, H, nh, nkv, hd, F, V, RoPE (formats/llama_view.h) */
     int n_params;
-    kvt_param *params;             /* sorted by name */
-    kvt_param *embed;              /* [V, H] frozen always */
-    kvt_param *final_norm;         /* [H] */
-    kvt_param *lm_head;            /* [V, H]; the embedding when tied */
-    kvt_param *norm_swiftkv;       /* [H], SwiftKV only */
-    kvt_layer *layers;             /* [L] */
-    char *config_json;             /* config.json text written on save */
-    char *dir;                     /* source directory (tokenizer files are copied from it) */
-    st_checkpoint *ckpt;           /* owned when loaded from a directory */
+    kvt_param *params; /* sorted by name */
+    kvt_param *embed; /* [V, H] frozen always */
+    kvt_param *final_norm; /* [H] */
+    kvt_param *lm_head; /* [V, H]; the embedding when tied */
+    kvt_param *norm_swiftkv; /* [H], SwiftKV only */
+    kvt_layer *layers; /* [L] */
+    char *config_json; /* config.json text written on save */
+    char *dir; /* source directory (tokenizer files are copied from it) */
+    st_checkpoint *ckpt; /* owned when loaded from a directory */
 } kvt_model;
 
 /* HF directory: config.json + safetensors, every tensor checked against the config. */
