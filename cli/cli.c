@@ -229,3 +229,12 @@ const char *cli_model_arg(const char *tool, const char *path, int keep_bundle) {
     if (!model_args[i]) cli_error(tool, "out of memory");
     return model_args[i];
 }
+
+void cli_warn_swiftkv_serving(const char *tool, const kv_map *m, kv_swiftkv_layout layout) {
+    char why[1024];
+    if (kvmap_swiftkv_serving_limits(m, layout, why, sizeof why) <= 0) return;
+    for (char *line = why, *next; line; line = next) {
+        if ((next = strchr(line, '\n'))) *next++ = 0;
+        fprintf(stderr, "%s: warning: %s\n", tool, line);
+    }
+}

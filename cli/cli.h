@@ -10,6 +10,7 @@
 #include "base/error.h"
 
 #include "base/version.h"
+#include "formats/kvmap.h"
 #define KVFORGE_VERSION KVFORGE_VERSION_STRING
 
 enum { EXIT_FAIL = 1, EXIT_USAGE = 2 };
@@ -21,6 +22,9 @@ int cli_fail(const char *tool, const kv_error *err);
 /* usage error: message + "Try 'TOOL --help'." ; returns EXIT_USAGE */
 int cli_usage_error(const char *tool, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void cli_version(const char *tool);
+/* "TOOL: warning: ..." on stderr, one line per limitation of SwiftKV map M in LAYOUT that the
+ * reference server cannot load (kvmap_swiftkv_serving_limits); nothing for other maps */
+void cli_warn_swiftkv_serving(const char *tool, const kv_map *m, kv_swiftkv_layout layout);
 /* the one usage error for what getopt_long returned as '?' or ':' (call with opterr = 0 and an
  * optstring that starts with ':'): "unknown option 'X'" or "option 'X' needs a value" */
 int cli_bad_option(const char *tool, int c, char **argv);

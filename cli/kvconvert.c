@@ -37,8 +37,9 @@ static void usage(void) {
         "Options:\n"
         "  --kv-init mean|target     served K/V projections: mean over the layers that read\n"
         "                            them (default) or the serving layer's own\n"
-        "  --layout deploy|hf-swiftkv  SwiftKV: drop the replaced q/k/v_proj of layers >= l\n"
-        "                            (default) or keep them (Snowflake's llama_swiftkv layout)\n"
+        "  --layout hf-swiftkv|deploy  SwiftKV: keep the teacher's q/k/v_proj of layers >= l\n"
+        "                            (default; Snowflake's layout, which every ArcticInference\n"
+        "                            version loads) or drop them (smaller; warns whom it fails)\n"
         "  --dtype f32|f16|bf16      output type of float tensors (default: as in the source)\n"
         "  --shard-size SIZE         shard the weights (e.g. 2G; default 5G; 0 = one file)\n"
         "  --force                   write into a non-empty DST_DIR (its *.safetensors and\n"
@@ -150,6 +151,7 @@ static int cmd_transform(cli_opts *o, const char *src_dir, const char *dst) {
         convert_source_close(&src);
         return cli_fail(TOOL, &err);
     }
+    cli_warn_swiftkv_serving(TOOL, &o->conv.map, o->conv.layout);
     int status = 0;
     if (!dst) {
         char *text = o->json ? convert_plan_json(&plan, NULL, 0) : convert_plan_text(&plan);

@@ -24,6 +24,7 @@ static void usage(void) {
         "Usage: kvdistill train TEACHER_DIR STUDENT_DIR OUT_DIR --data FILE... [OPTIONS]\n"
         "       kvdistill calibrate TEACHER_DIR --data FILE... [OPTIONS]\n"
         "       kvdistill student TEACHER_DIR OUT_DIR --map SPEC [--init mean|target]\n"
+        "                 [--layout hf-swiftkv|deploy]\n"
         "\n"
         "train: distil STUDENT_DIR (a kvconvert output, cross-layer or SwiftKV) against\n"
         "TEACHER_DIR (the original). Trains only the tensors docs/METHODS.md s3 lists; loss\n"
@@ -80,7 +81,9 @@ static void usage(void) {
         "  --svg FILE            heat map of hidden-state and K/V similarity between layers\n"
         "\n"
         "student: write the zero-shot student of one KV map (the initialisation of\n"
-        "docs/METHODS.md s1/s2, as calibration evaluates it).\n"
+        "docs/METHODS.md s1/s2, as calibration evaluates it). SwiftKV: --layout hf-swiftkv\n"
+        "(default) keeps the teacher's q/k/v_proj of layers >= l, deploy drops them (as\n"
+        "kvconvert --layout).\n"
         "\n"
         "Common: --device cpu|cuda  where train and calibrate run (cpu; cuda needs a CUDA\n"
         "        build), --threads N (all CPUs), --quiet (no progress), -h/--help, --version.\n"
@@ -128,6 +131,7 @@ enum {
     O_JSON,
     O_SVG,
     O_INIT,
+    O_LAYOUT,
     O_DEVICE,
     O_ALLREDUCE
 };
@@ -170,6 +174,7 @@ static const struct option long_opts[] = {{"data", 1, 0, O_DATA},
                                           {"json", 0, 0, O_JSON},
                                           {"svg", 1, 0, O_SVG},
                                           {"init", 1, 0, O_INIT},
+                                          {"layout", 1, 0, O_LAYOUT},
                                           {"device", 1, 0, O_DEVICE},
                                           {"allreduce", 1, 0, O_ALLREDUCE},
                                           {0, 0, 0, 0}};
@@ -182,7 +187,7 @@ typedef struct {
     const char *data[MAX_FILES], *eval_data[MAX_FILES];
     int n_data, n_eval_data;
     int threads, quiet, json, eval_seqs_set;
-    const char *swiftkv_range, *groups, *svg, *init;
+    const char *swiftkv_range, *groups, *svg, *init, *layout;
     const char *device; /* "cpu" (default) or "cuda" */
     const char *allreduce; /* "mpi" | "nccl"; NULL: nccl on cuda when built with it */
     int cross_l;
@@ -326,6 +331,12 @@ static int parse_args(int argc, char **argv, cli_args *a) {
             if (strcmp(optarg, "mean") && strcmp(optarg, "target"))
                 return cli_usage_error(TOOL, "--init must be mean or target");
             a->init = optarg;
+            break;
+        case O_LAYOUT:
+            if (strcmp(optarg, "hf-swiftkv") && strcmp(optarg, "deploy"))
+                return cli_usage_error(TOOL, "--layout must be hf-swiftkv or deploy, not '%s'",
+                                       optarg);
+            a->layout = optarg;
             break;
         default: return cli_bad_option(TOOL, c, argv);
         }
@@ -615,9 +626,16 @@ static int cmd_student(cli_args *a) {
         cli_error(TOOL, "%s: not empty (use --force)", a->pos[1]);
         return EXIT_FAIL;
     }
+    if (a->layout && map.kind != KVMAP_SWIFTKV) {
+        kvt_model_free(&t);
+        return cli_usage_error(TOOL, "--layout applies to SwiftKV only, not KV map '%s'", map.name);
+    }
     distill_init_mode mode =
         a->init && !strcmp(a->init, "target") ? DISTILL_INIT_TARGET : DISTILL_INIT_MEAN;
-    if (!(rc = distill_student_init(&s, &t, &map, mode, &err))) {
+    const kv_swiftkv_layout layout =
+        a->layout && !strcmp(a->layout, "deploy") ? KV_LAYOUT_DEPLOY : KV_LAYOUT_HF_SWIFTKV;
+    cli_warn_swiftkv_serving(TOOL, &map, layout);
+    if (!(rc = distill_student_init_layout(&s, &t, &map, mode, layout, &err))) {
         rc = kvt_model_save(&s, a->pos[1], NULL, &err);
         kvt_model_free(&s);
     }

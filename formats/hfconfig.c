@@ -224,9 +224,29 @@ static int parse_kv_map(hf_config *c, const cJSON *root, const char *label, kv_e
     const int arch_swiftkv = strcmp(c->architecture, ARCH_SWIFTKV) == 0;
     int rc = kvmap_read_config(&c->map, root, c->n_layers, arch_swiftkv, label, err);
     if (rc) return rc;
-    if (arch_swiftkv && c->map.kind != KVMAP_SWIFTKV)
-        return kv_fail(err, KV_EFORMAT, "%s: architecture '%s' contradicts field 'swiftkv' = false",
-                       label, c->architecture);
+    if (arch_swiftkv && c->map.kind != KVMAP_SWIFTKV) {
+        /* "swiftkv": false (teacher mode): any integer layer_types is refused, the SwiftKV
+         * fields must still describe a valid SwiftKV map of this model */
+        if (!kvmap_is_identity(&c->map))
+            return kv_fail(err, KV_EUNSUPPORTED,
+                           "%s: field 'layer_types' sets a cross-layer map on a %s checkpoint "
+                           "saved with 'swiftkv' = false",
+                           label, c->architecture);
+        int l, g;
+        kv_map skv;
+        if ((rc = json_get_int(root, label, "num_key_value_layers", 1, 0, INT_MIN, INT_MAX, &l,
+                               err)) ||
+            (rc = json_get_int(root, label, "key_value_group_size", 0, 1, INT_MIN, INT_MAX, &g,
+                               err)))
+            return rc;
+        if (kvmap_swiftkv(&skv, c->n_layers, l, g, err))
+            return kv_wrap(err,
+                           "%s: fields 'num_key_value_layers' / 'key_value_group_size' "
+                           "(read with 'swiftkv' = false)",
+                           label);
+        c->swiftkv_off_l = l;
+        c->swiftkv_off_g = g;
+    }
     if (strcmp(c->model_type, TYPE_LCKV) == 0 && c->map.kind == KVMAP_SWIFTKV)
         return kv_fail(err, KV_EFORMAT, "%s: model_type '%s' contradicts field 'swiftkv' = true",
                        label, c->model_type);
@@ -364,7 +384,9 @@ const char *hf_config_schema(const hf_config *c) {
     case KVMAP_SWIFTKV:
         return strcmp(c->model_type, TYPE_SWIFTKV) == 0 ? "llama_swiftkv" : "llama+swiftkv";
     case KVMAP_CROSS: return lckv ? "lckv-llama" : "llama+layer_types";
-    default: return lckv ? "lckv-llama" : "llama";
+    default:
+        if (c->swiftkv_off_l > 0) return "llama_swiftkv-off";
+        return lckv ? "lckv-llama" : "llama";
     }
 }
 

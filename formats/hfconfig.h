@@ -49,6 +49,11 @@ typedef struct {
      * Both 0 when the config has neither; hf_config_write_json then writes LCKV's defaults. */
     int lckv_forward_passes, lckv_backward_passes;
     int lckv_use_sequential; /* LCKV's use_sequential (token-by-token prefill), kept as read */
+    /* a LlamaSwiftKV checkpoint saved with "swiftkv": false (ArcticTraining's teacher mode):
+     * map is the identity (the teacher runs on every layer's own q/k/v_proj) and these hold its
+     * num_key_value_layers / key_value_group_size, whose *_swiftkv tensors are accepted unused;
+     * both 0 otherwise */
+    int swiftkv_off_l, swiftkv_off_g;
 } hf_config;
 
 #define HF_MAX_CONFIG_BYTES (16u * 1024u * 1024u)
@@ -57,7 +62,8 @@ typedef struct {
  * and architectures or model_type. Everything else takes the HF LlamaConfig default
  * (max_position_embeddings 2048, rms_norm_eps 1e-6, rope_theta 10000, no biases, untied); an
  * absent eos_token_id gives n_eos = 0, an absent bos -1. hidden_act, when given, must be silu.
- * SwiftKV: the LlamaSwiftKV architecture implies swiftkv unless it says false (refused); swiftkv
+ * SwiftKV: the LlamaSwiftKV architecture implies swiftkv unless it says false: then it is read
+ * as its teacher (identity map, swiftkv_off_l/g set, SwiftKV fields validated); swiftkv
  * true under LlamaForCausalLM is read as SwiftKV (architecture/model_type kept as written).
  * LCKV: "lckv-llama" / LCKVLlamaForCausalLM with its layer_types (absent: the identity, as
  * LCKV); forward_passes / backward_passes / use_sequential read into the lckv_* fields;
@@ -75,7 +81,8 @@ int hf_config_parse(hf_config *c, const char *json, const char *label, kv_error 
 int64_t hf_config_param_count(const hf_config *c);
 
 /* which schema the config follows: "llama" (plain HF Llama), "lckv-llama" (LCKV's, whatever
- * the map), "llama_swiftkv" (Snowflake's), or the two forms no reference loader reads right:
+ * the map), "llama_swiftkv" (Snowflake's), "llama_swiftkv-off" (Snowflake's saved with swiftkv
+ * false: read as its teacher), or the two forms no reference loader reads right:
  * "llama+layer_types" (a cross-layer map under model_type "llama", as kvforge wrote before it
  * used LCKV's schema) and "llama+swiftkv" (swiftkv true under LlamaForCausalLM) */
 const char *hf_config_schema(const hf_config *c);

@@ -710,3 +710,38 @@ int kvmap_diagram(const kv_map *m, char *buf, size_t cap) {
                100.0 * kvmap_cache_saving(m));
     return out_finish(&o);
 }
+
+const char *kvmap_layout_name(kv_swiftkv_layout layout) {
+    return layout == KV_LAYOUT_DEPLOY ? "deploy" : "hf-swiftkv";
+}
+
+int kvmap_swiftkv_serving_limits(const kv_map *m, kv_swiftkv_layout layout, char *why, size_t cap) {
+    if (why && cap) why[0] = 0;
+    if (!m || m->kind != KVMAP_SWIFTKV) return 0;
+    int n = 0;
+    size_t used = 0;
+    char line[320];
+    for (int k = 0; k < 2; k++) {
+        if (k == 0 && layout != KV_LAYOUT_DEPLOY) continue;
+        if (k == 1 && m->swiftkv_g <= 1) continue;
+        if (k == 0)
+            snprintf(line, sizeof line,
+                     "layout 'deploy' drops q/k/v_proj of layers >= %d: versions of "
+                     "ArcticInference's llama_swiftkv that build those projections on every "
+                     "layer cannot load it (the default layout hf-swiftkv keeps them)",
+                     m->swiftkv_l);
+        else
+            snprintf(line, sizeof line,
+                     "AcrossKV (key_value_group_size %d > 1) is not served by every version of "
+                     "ArcticInference's llama_swiftkv: versions that split the fused K/V "
+                     "projection per layer rather than per group compute wrong K/V; g = 1 is "
+                     "served by all",
+                     m->swiftkv_g);
+        if (why && cap > used + 1) {
+            int w = snprintf(why + used, cap - used, "%s%s", n ? "\n" : "", line);
+            if (w > 0) used += (size_t)w < cap - used ? (size_t)w : cap - used - 1;
+        }
+        n++;
+    }
+    return n;
+}

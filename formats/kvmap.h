@@ -44,6 +44,20 @@ typedef struct {
 } kv_map;
 
 int kvmap_identity(kv_map *m, int n_layers);
+
+/* Which tensors a SwiftKV checkpoint holds on layers j >= l (docs/INTEROP.md):
+ *   hf-swiftkv (default): the teacher's q/k/v_proj kept beside the *_swiftkv projections, as
+ *     Snowflake's checkpoints are; every version of ArcticInference's llama_swiftkv loads it;
+ *   deploy: the teacher's q/k/v_proj dropped (smaller; kvforge reads it, loader versions that
+ *     build those projections on every layer do not). */
+typedef enum { KV_LAYOUT_HF_SWIFTKV = 0, KV_LAYOUT_DEPLOY = 1 } kv_swiftkv_layout;
+const char *kvmap_layout_name(kv_swiftkv_layout layout); /* "hf-swiftkv" or "deploy" */
+/* What the reference server (ArcticInference's llama_swiftkv) cannot load of SwiftKV map M
+ * written in LAYOUT: the deploy layout, and AcrossKV (g > 1), which loader versions that split
+ * the fused K/V projection per layer serve wrongly. Returns how many limitations apply (0 for a
+ * non-SwiftKV map) and writes them, one sentence each separated by "\n", into WHY (may be
+ * NULL). */
+int kvmap_swiftkv_serving_limits(const kv_map *m, kv_swiftkv_layout layout, char *why, size_t cap);
 int kvmap_parse(kv_map *m, const char *spec, int n_layers, kv_error *err);
 /* SwiftKV: 1 <= l < L, g >= 1, (L - l) % g == 0 */
 int kvmap_swiftkv(kv_map *m, int n_layers, int l, int g, kv_error *err);

@@ -144,6 +144,17 @@ static void add_layer(expect_list *l, const hf_config *c, int i, llama_layer_vie
                      &lv->v_swiftkv_bias, kv_rows, H, why_kv, ab);
         }
     }
+    const int off_l = c->swiftkv_off_l, off_g = c->swiftkv_off_g;
+    if (!swift && off_l > 0 && i >= off_l) { /* "swiftkv": false: checked if present, unused */
+        add_proj(l, NEED_OPTIONAL, i, "self_attn", "q_proj_swiftkv", NULL, NULL, q_rows, H, why_q,
+                 ab);
+        if ((i - off_l) % off_g == 0) {
+            add_proj(l, NEED_OPTIONAL, i, "self_attn", "k_proj_swiftkv", NULL, NULL, kv_rows, H,
+                     why_kv, ab);
+            add_proj(l, NEED_OPTIONAL, i, "self_attn", "v_proj_swiftkv", NULL, NULL, kv_rows, H,
+                     why_kv, ab);
+        }
+    }
     /* MLP */
     add_proj(l, NEED_REQUIRED, i, "mlp", "gate_proj", &lv->gate, &lv->gate_bias, F, H, why_f, mb);
     add_proj(l, NEED_REQUIRED, i, "mlp", "up_proj", &lv->up, &lv->up_bias, F, H, why_f, mb);
@@ -163,6 +174,8 @@ static void add_model(expect_list *l, const hf_config *c, llama_view *v) {
     add_norm(l, &v->norm, "model.norm.weight", H, why_h);
     if (c->map.kind == KVMAP_SWIFTKV)
         add_norm(l, &v->norm_swiftkv, "model.norm_swiftkv.weight", H, why_h);
+    else if (c->swiftkv_off_l > 0 && (e = add(l, NEED_OPTIONAL, NULL, 1, H, 0)))
+        SET_NAME(e, "model.norm_swiftkv.weight"), SET_WHY(e, "%s", why_h);
     e = add(l, c->tie_word_embeddings ? NEED_OPTIONAL : NEED_REQUIRED,
             c->tie_word_embeddings ? NULL : &v->lm_head, 2, V, H);
     if (e) SET_NAME(e, "lm_head.weight"), SET_WHY(e, "%s", why_vh);

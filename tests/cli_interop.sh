@@ -170,7 +170,7 @@ refused "$TMP/nokv" "plain llama without k_proj" "model.layers.2.self_attn.k_pro
 
 # --- SwiftKV as Snowflake writes it: hf-swiftkv layout, no explicit "swiftkv" key ---
 for lg in 3 1,2; do
-    expect_rc 0 "swiftkv $lg deploy" -- "$C" "$S" "$TMP/skv_d$lg" --swiftkv "$lg" -q --no-sync
+    expect_rc 0 "swiftkv $lg deploy" -- "$C" "$S" "$TMP/skv_d$lg" --swiftkv "$lg" --layout deploy -q --no-sync
     expect_rc 0 "swiftkv $lg hf-swiftkv" -- "$C" "$S" "$TMP/skv_h$lg" --swiftkv "$lg" --layout hf-swiftkv -q --no-sync
     expect_grep '"model_type":	"llama_swiftkv"' "$TMP/skv_h$lg/config.json" "swiftkv $lg model_type"
     expect_grep '"architectures":	\["LlamaSwiftKVForCausalLM"\]' "$TMP/skv_h$lg/config.json" "swiftkv $lg architecture"

@@ -491,6 +491,7 @@ static void check_bias_model(kv_dtype dt) {
     /* SwiftKV 2,2 with biases, F32 output: q_proj_swiftkv.bias copied, k/v biases averaged */
     parse_map(&o, "swiftkv:2,2", 4);
     o.out_dtype = KV_F32;
+    o.layout = KV_LAYOUT_DEPLOY;
     rm_tree(dst);
     rc = convert_with(src_dir, dst, &o, NULL, &err);
     CHECK(rc == 0, "%s swiftkv: %s", what, err.msg);
@@ -664,9 +665,9 @@ static void check_refusals(void) {
     CHECK(convert_plan_build(&p, &s, &o, &err) == KV_EINVAL && strstr(err.msg, "4 layers"),
           "L mismatch: '%s'", err.msg);
     parse_map(&o, "cla:2", 5);
-    o.layout = KV_LAYOUT_HF_SWIFTKV;
-    CHECK(convert_plan_build(&p, &s, &o, &err) == KV_EINVAL,
-          "hf-swiftkv with a cross map accepted");
+    o.layout = (kv_swiftkv_layout)7;
+    CHECK(convert_plan_build(&p, &s, &o, &err) == KV_EINVAL && strstr(err.msg, "layout 7"),
+          "layout 7 accepted: '%s'", err.msg);
     parse_map(&o, "yoco", 6);
     kv_map yoco;
     CHECK(kvmap_parse(&yoco, "yoco", 5, &err) == KV_EINVAL, "yoco on 5 layers accepted");

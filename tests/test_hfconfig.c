@@ -139,7 +139,13 @@ static const bad_case BAD[] = {
     {"{\"layer_types\": 5}", NULL, "'layer_types' is a number"},
     {"{\"swiftkv\": true}", NULL, "missing field 'num_key_value_layers'"},
     {"{\"architectures\": [\"LlamaSwiftKVForCausalLM\"], \"model_type\": \"llama_swiftkv\","
-     " \"swiftkv\": false, \"num_key_value_layers\": 2}",
+     " \"swiftkv\": false, \"num_key_value_layers\": 5}",
+     NULL, "'swiftkv' = false"},
+    {"{\"architectures\": [\"LlamaSwiftKVForCausalLM\"], \"model_type\": \"llama_swiftkv\","
+     " \"swiftkv\": false}",
+     NULL, "missing field 'num_key_value_layers'"},
+    {"{\"architectures\": [\"LlamaSwiftKVForCausalLM\"], \"model_type\": \"llama_swiftkv\","
+     " \"swiftkv\": false, \"num_key_value_layers\": 2, \"layer_types\": \"0_0_2_2_4\"}",
      NULL, "'swiftkv' = false"},
     {"{\"architectures\": [\"LlamaSwiftKVForCausalLM\"], \"model_type\": \"llama_swiftkv\"}", NULL,
      "missing field 'num_key_value_layers'"},
@@ -342,6 +348,17 @@ static void test_defaults_and_variants(void) {
 static void test_kv_maps(void) {
     hf_config c;
     kv_error err = {0};
+    /* ArcticTraining's teacher mode: a SwiftKV checkpoint saved with swiftkv false reads as its
+     * teacher, the SwiftKV fields kept */
+    int rc0 = parse_edited(&c,
+                           "{\"architectures\": [\"LlamaSwiftKVForCausalLM\"], \"model_type\": "
+                           "\"llama_swiftkv\", \"swiftkv\": false, \"num_key_value_layers\": 1, "
+                           "\"key_value_group_size\": 2}",
+                           &err);
+    CHECK(rc0 == 0 && kvmap_is_identity(&c.map) && c.swiftkv_off_l == 1 && c.swiftkv_off_g == 2 &&
+              !strcmp(hf_config_schema(&c), "llama_swiftkv-off"),
+          "swiftkv false: %s", err.msg);
+    CHECK(rc0 || hf_config_param_count(&c) == STORIES_PARAMS, "swiftkv false counts the teacher");
     static const int lasagna[5] = {0, 0, 2, 2, 4};
     const char *forms[] = {"{\"layer_types\": \"0_0_2_2_4\"}",
                            "{\"layer_types\": [0, 0, 2, 2, 4]}"};

@@ -7,7 +7,8 @@
  *   - what kvforge does not support is refused by name: LCKV's 's' suffix, force_nodiag, HF's
  *     attention kinds in layer_types, other architectures, unknown rope_scaling types;
  *   - SwiftKV outputs (g = 1 and g = 2, deploy and hf-swiftkv layouts) hold exactly the tensors
- *     the llama_swiftkv loader of ArcticInference maps, layer by layer. */
+ *     the llama_swiftkv loader of ArcticInference maps, layer by layer, and the serving warning
+ *     (kvmap_swiftkv_serving_limits) names exactly what one of its versions cannot load. */
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -417,6 +418,23 @@ static void check_swiftkv_tensors(const char *root, int l, int g, kv_swiftkv_lay
     /* the teacher's projections of layers >= l: only in the interop layout */
     CHECK(skipped == (layout == KV_LAYOUT_DEPLOY ? 0 : 3 * (L - l)),
           "swiftkv %d,%d %s: %d teacher tensors", l, g, lay, skipped);
+    /* loader versions that build q/k/v_proj on every layer need all of them; versions that
+     * split the fused K/V per layer serve only g = 1. A limitation is warned about exactly when
+     * one of them fails on what was written. */
+    const int every_layer_qkv = skipped == 3 * (L - l);
+    const int per_layer_split_ok = g == 1;
+    kv_map m;
+    kv_error e2 = {0};
+    char why[1024];
+    int n_lim = kvmap_swiftkv(&m, L, l, g, &e2)
+                    ? -1
+                    : kvmap_swiftkv_serving_limits(&m, layout, why, sizeof why);
+    CHECK(n_lim == !every_layer_qkv + !per_layer_split_ok,
+          "swiftkv %d,%d %s: %d serving limitations ('%s')", l, g, lay, n_lim, why);
+    CHECK(every_layer_qkv || strstr(why, "layout 'deploy'"), "swiftkv %d,%d %s: deploy warning", l,
+          g, lay);
+    CHECK(per_layer_split_ok || strstr(why, "AcrossKV"), "swiftkv %d,%d %s: AcrossKV warning", l, g,
+          lay);
     st_checkpoint_close(&ck);
     hf_config c;
     char path[600];

@@ -27,7 +27,6 @@
 #include "formats/kvmap.h"
 
 typedef enum { KV_INIT_MEAN = 0, KV_INIT_TARGET = 1 } kv_init_mode;
-typedef enum { KV_LAYOUT_DEPLOY = 0, KV_LAYOUT_HF_SWIFTKV = 1 } kv_swiftkv_layout;
 
 #define KV_CONVERT_KEEP_DTYPE    (-1)
 #define KV_CONVERT_DEFAULT_SHARD ((size_t)5000000000u) /* kvconvert's default: 5 GB, as HF */
@@ -35,7 +34,8 @@ typedef enum { KV_LAYOUT_DEPLOY = 0, KV_LAYOUT_HF_SWIFTKV = 1 } kv_swiftkv_layou
 typedef struct {
     kv_map map; /* the transform (identity allowed); n_layers = the model's */
     kv_init_mode kv_init; /* served K/V: mean over readers (default) or the target's own */
-    kv_swiftkv_layout layout; /* SwiftKV: drop replaced q/k/v of layers >= l (deploy) or keep */
+    kv_swiftkv_layout layout; /* SwiftKV: keep the teacher's q/k/v of layers >= l (hf-swiftkv,
+                                the default) or drop them (deploy); formats/kvmap.h */
     int out_dtype; /* KV_CONVERT_KEEP_DTYPE (each tensor's own) or KV_F32/F16/BF16 */
     size_t shard_bytes; /* 0: one model.safetensors */
     int force; /* allow a non-empty destination */

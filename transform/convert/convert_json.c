@@ -31,8 +31,15 @@ static cJSON *recipe_json(const convert_plan *p) {
     if (m->kind == KVMAP_SWIFTKV) {
         cJSON_AddNumberToObject(r, "num_key_value_layers", m->swiftkv_l);
         cJSON_AddNumberToObject(r, "key_value_group_size", m->swiftkv_g);
-        cJSON_AddStringToObject(r, "layout",
-                                p->opt.layout == KV_LAYOUT_DEPLOY ? "deploy" : "hf-swiftkv");
+        cJSON_AddStringToObject(r, "layout", kvmap_layout_name(p->opt.layout));
+        char why[1024];
+        if (kvmap_swiftkv_serving_limits(m, p->opt.layout, why, sizeof why) > 0) {
+            cJSON *lim = cJSON_AddArrayToObject(r, "serving_limits");
+            for (char *line = why, *next; lim && line; line = next) {
+                if ((next = strchr(line, '\n'))) *next++ = 0;
+                cJSON_AddItemToArray(lim, cJSON_CreateString(line));
+            }
+        }
     }
     cJSON_AddStringToObject(r, "kv_init", p->opt.kv_init == KV_INIT_MEAN ? "mean" : "target");
     if (p->opt.kv_init == KV_INIT_MEAN)

@@ -139,7 +139,8 @@ static int need_tensor(const convert_source *s, const char *name, int64_t rows, 
 }
 
 /* every layer's q/k/v projections (and biases when attention_bias) exist with the config's
- * shapes; no layer index beyond the config; nothing already SwiftKV */
+ * shapes; no layer index beyond the config; nothing already SwiftKV (but the unused SwiftKV
+ * tensors of a checkpoint saved with "swiftkv": false, which the plan drops) */
 static int check_source(const convert_source *s, kv_error *err) {
     const hf_config *c = &s->cfg;
     if (c->map.kind == KVMAP_SWIFTKV)
@@ -187,7 +188,7 @@ static int check_source(const convert_source *s, kv_error *err) {
             return kv_fail(err, KV_EFORMAT,
                            "%s: tensor '%s' belongs to layer %d but config.json has %d layers",
                            s->dir, name, layer, c->n_layers);
-        if (strstr(name, "_swiftkv"))
+        if (strstr(name, "_swiftkv") && c->swiftkv_off_l == 0) /* teacher mode: dropped */
             return kv_fail(
                 err, KV_EUNSUPPORTED,
                 "%s: tensor '%s': already transformed (SwiftKV tensors); convert the original",
@@ -244,6 +245,10 @@ static int plan_tensors(builder *b) {
         const char *rest;
         int layer = split_layer_name(t->name, &rest), is_bias = 0;
         char proj = layer >= 0 ? attn_proj(rest, &is_bias) : 0;
+        if (s->cfg.swiftkv_off_l > 0 && strstr(t->name, "_swiftkv.")) {
+            rc = add_dropped(b, t); /* "swiftkv": false source: its unused SwiftKV tensors */
+            continue;
+        }
         if (!proj) {
             rc = add_out(b, t->name, &t, 1, 0);
             continue;
@@ -311,9 +316,9 @@ int convert_plan_build(convert_plan *p, const convert_source *s, const kv_conver
                        o->map.name, o->map.n_layers, s->dir, c->n_layers);
     if (o->out_dtype != KV_CONVERT_KEEP_DTYPE && !is_float((kv_dtype)o->out_dtype))
         return kv_fail(err, KV_EINVAL, "output dtype must be F32, F16 or BF16");
-    if (o->layout == KV_LAYOUT_HF_SWIFTKV && o->map.kind != KVMAP_SWIFTKV)
-        return kv_fail(err, KV_EINVAL,
-                       "layout hf-swiftkv needs a SwiftKV transform, not KV map '%s'", o->map.name);
+    if (o->layout != KV_LAYOUT_HF_SWIFTKV && o->layout != KV_LAYOUT_DEPLOY)
+        return kv_fail(err, KV_EINVAL, "SwiftKV layout %d is neither hf-swiftkv nor deploy",
+                       (int)o->layout);
     if ((rc = check_source(s, err))) return rc;
     llama_view view; /* every tensor named, shaped and typed as the config implies */
     if ((rc = llama_view_bind(&view, c, &s->ckpt, err))) return rc;

@@ -19,6 +19,10 @@ const char *model_info_schema_note(const char *schema) {
         return "LCKV's cross-layer Llama: whyNLP/LCKV's code and kvforge";
     if (!strcmp(schema, "llama_swiftkv"))
         return "Snowflake's SwiftKV: ArcticInference (vLLM) and kvforge";
+    if (!strcmp(schema, "llama_swiftkv-off"))
+        return "Snowflake's SwiftKV saved with swiftkv false (ArcticTraining's teacher mode): runs "
+               "as the teacher on every layer's own q/k/v_proj; set swiftkv true in config.json to "
+               "run its SwiftKV projections";
     if (!strcmp(schema, "llama+layer_types"))
         return "non-standard (kvforge before LCKV's schema): only kvforge reads it right, a plain "
                "Llama "

@@ -5,16 +5,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* is teacher tensor `name` dropped by the transform? (k/v of non-KV layers; SwiftKV: q/k/v of
- * layers >= l) */
-static int dropped(const kv_map *map, const char *name) {
+/* is teacher tensor `name` dropped by the transform? (k/v of non-KV layers; SwiftKV deploy
+ * layout: q/k/v of layers >= l; a teacher saved with "swiftkv": false: its unused SwiftKV
+ * tensors, which the student gets afresh) */
+static int dropped(const kv_map *map, kv_swiftkv_layout layout, const char *name) {
+    if (strstr(name, "_swiftkv.")) return 1;
     int layer, off = 0;
     if (sscanf(name, "model.layers.%d.self_attn.%n", &layer, &off) != 1 || !off) return 0;
     if (layer < 0 || layer >= map->n_layers) return 0;
     const char *rest = name + off;
     int is_kv = !strncmp(rest, "k_proj.", 7) || !strncmp(rest, "v_proj.", 7);
     int is_q = !strncmp(rest, "q_proj.", 7);
-    if (map->kind == KVMAP_SWIFTKV) return layer >= map->swiftkv_l && (is_kv || is_q);
+    if (map->kind == KVMAP_SWIFTKV)
+        return layout == KV_LAYOUT_DEPLOY && layer >= map->swiftkv_l && (is_kv || is_q);
     return is_kv && !kvmap_is_kv_layer(map, layer);
 }
 
@@ -137,6 +140,11 @@ static int cmp_param(const void *a, const void *b) {
 
 int distill_student_init(kvt_model *s, const kvt_model *t, const kv_map *map,
                          distill_init_mode mode, kv_error *err) {
+    return distill_student_init_layout(s, t, map, mode, KV_LAYOUT_DEPLOY, err);
+}
+
+int distill_student_init_layout(kvt_model *s, const kvt_model *t, const kv_map *map,
+                                distill_init_mode mode, kv_swiftkv_layout layout, kv_error *err) {
     memset(s, 0, sizeof *s);
     if (!kvmap_is_identity(&t->cfg.map))
         return kv_fail(err, KV_EINVAL, "teacher: already transformed (KV map %s)", t->cfg.map.name);
@@ -164,7 +172,7 @@ int distill_student_init(kvt_model *s, const kvt_model *t, const kv_map *map,
     }
     for (int i = 0; i < t->n_params; i++) {
         const kvt_param *tp = &t->params[i];
-        if (dropped(map, tp->name)) continue;
+        if (dropped(map, layout, tp->name)) continue;
         /* KV layers' k/v are rebuilt below (cross layer) */
         int layer, off = 0;
         if (map->kind == KVMAP_CROSS &&
