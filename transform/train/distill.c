@@ -269,7 +269,7 @@ static int train_step(run_state *r, kv_error *err) {
         const kvt_loss_weights w = {(float)o->temperature, (float)o->mse_weight,
                                     (float)o->ce_weight};
         /* a mean over this process's b*T tokens: 1/P of it is its part of the global mean */
-        if ((rc = kvt_distill_microbatch(&r->rs, &r->rt, r->tokens, &w,
+        if ((rc = kvt_distill_microbatch(&r->rs, &r->rt, r->tokens, NULL, &w,
                                          1.0f / (float)(o->accum * P), &l, err)))
             break;
         sum.loss += l.loss / o->accum;
