@@ -110,8 +110,8 @@ static int lex_string(parser *p, size_t *pos, int line) {
     return push(p, TK_STR, out, n, 0, line);
 }
 
-/* the expression tokens of one tag from *pos up to its closing "}}" / "%}"; sets *strip_after
- * when it ends with "-" */
+/* the expression tokens of one tag from *pos up to its closing "}}" / "%}"; *strip_after: 1 when
+ * it ends with "-", 2 with "+", else 0 */
 static int lex_tag(parser *p, size_t *pos, char close, int *strip_after) {
     size_t i = *pos;
     for (;;) {
@@ -122,8 +122,9 @@ static int lex_tag(parser *p, size_t *pos, char close, int *strip_after) {
                            line);
         const char *s = p->src + i;
         const size_t left = p->len - i;
-        if (left >= 3 && s[0] == '-' && s[1] == close && s[2] == '}') {
-            *strip_after = 1, *pos = i + 3;
+        if (left >= 3 && (s[0] == '-' || s[0] == '+') && s[1] == close && s[2] == '}') {
+            *strip_after = s[0] == '-' ? 1 : 2; /* 2: "+%}" keeps the newline */
+            *pos = i + 3;
             return 0;
         }
         if (left >= 2 && s[0] == close && s[1] == '}') {
@@ -223,7 +224,8 @@ static int lex(parser *p) {
             if ((rc = lex_tag(p, &pos, out ? '}' : '%', &strip_next))) return rc;
             if ((rc = push(p, out ? TK_OUT_END : TK_STMT_END, NULL, 0, 0, line_at(p, pos))))
                 return rc;
-            trim_newline = !out;
+            trim_newline = !out && strip_next != 2;
+            strip_next = strip_next == 1;
         }
     }
     return push(p, TK_EOF, NULL, 0, 0, line_at(p, p->len));

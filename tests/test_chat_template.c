@@ -177,10 +177,10 @@ static void test_jinja_details(void) {
            conv2, 0, "True2", NULL);
     expect("whitespace control", "a  {{- 'b' -}}  c {%- if true %} d{% endif -%}\n\n e", conv2, 0,
            "abc de", NULL);
-    expect(
-        "trim_blocks and lstrip_blocks",
-        "line\n    {% if true %}\n  x\n    {% endif %}\n{# note #}\nend{%+ if true %}!{% endif %}",
-        conv2, 0, "line\n  x\nend!", NULL);
+    expect("trim_blocks and lstrip_blocks",
+           "line\n    {% if true %}\n  x\n    {% endif %}\n{# note #}\nend{%+ if true %}!{% endif "
+           "+%}\n.",
+           conv2, 0, "line\n  x\nend!\n.", NULL);
     expect("provenance through filters and methods",
            "{% for m in messages %}[{{ m.content | trim | upper }}|{{ m['content'].strip() "
            "}}|{{ m.content[1:] }}]{% endfor %}",
