@@ -61,12 +61,12 @@ static int bench(const char *label, const char *dir, const char *spec, int B, in
     kvt_loss loss;
     const kvt_loss_weights weights = {2.0f, 1.0f, 0.0f};
     kvt_optim_zero_grads(&opt, &err);
-    kvt_distill_microbatch(&rs, &rt, tokens, &weights, 1.0f, &loss, &err); /* warm-up */
+    kvt_distill_microbatch(&rs, &rt, tokens, NULL, &weights, 1.0f, &loss, &err); /* warm-up */
     t0 = now_s();
     for (int k = 0; k < steps; k++) {
         double norm = 0;
         if (kvt_optim_zero_grads(&opt, &err) ||
-            kvt_distill_microbatch(&rs, &rt, tokens, &weights, 1.0f, &loss, &err) ||
+            kvt_distill_microbatch(&rs, &rt, tokens, NULL, &weights, 1.0f, &loss, &err) ||
             kvt_optim_grad_norm(&opt, &norm, &err) ||
             (norm > 1.0 && kvt_optim_scale_grads(&opt, (float)(1.0 / norm), &err)) ||
             kvt_optim_adamw(&opt, &h, k + 1, 1e-4, &err)) {

@@ -31,7 +31,16 @@ static void usage(void) {
         "T^2 KL(teacher || student) + w * MSE of the hidden state entering the last layer;\n"
         "AdamW with warm-up and decay. OUT_DIR gets a complete model directory, report.json,\n"
         "train_log.jsonl and checkpoint/.\n"
-        "  --data FILE...        training text (blank-line separated) or .bin token ids\n"
+        "  --data FILE...        training text (blank-line separated), .bin token ids, or\n"
+        "                        .jsonl conversations ({\"messages\": [{role, content}...]})\n"
+        "  --data-format F       auto | text | chat: how --data/--eval-data files are read\n"
+        "                        (auto: chat for names ending in .jsonl, else text)\n"
+        "  --chat-template T     auto | fallback | FILE: how conversations become text (auto:\n"
+        "                        chat_template of tokenizer_config.json, else the fallback\n"
+        "                        \"<|role|>\\ncontent\\n\" format; see docs/DISTILL.md)\n"
+        "  --loss-tokens W       assistant | all: the KL on the positions predicting assistant\n"
+        "                        tokens, or on every position (default: assistant for chat\n"
+        "                        data, all for text; the MSE is always on every position)\n"
         "  --eval-data FILE      held-out data (repeatable); default: the last --holdout %%\n"
         "  --holdout PCT         held-out share of --data when no --eval-data (10)\n"
         "  --eval-seqs N         evaluate on at most N held-out sequences (all)\n"
@@ -114,6 +123,9 @@ enum {
     O_TEMP,
     O_MSE,
     O_CE,
+    O_DATA_FORMAT,
+    O_CHAT_TEMPLATE,
+    O_LOSS_TOKENS,
     O_PASSES,
     O_GRAD_PASSES,
     O_SEED,
@@ -156,6 +168,9 @@ static const struct option long_opts[] = {{"data", 1, 0, O_DATA},
                                           {"temperature", 1, 0, O_TEMP},
                                           {"mse-weight", 1, 0, O_MSE},
                                           {"ce-weight", 1, 0, O_CE},
+                                          {"data-format", 1, 0, O_DATA_FORMAT},
+                                          {"chat-template", 1, 0, O_CHAT_TEMPLATE},
+                                          {"loss-tokens", 1, 0, O_LOSS_TOKENS},
                                           {"passes", 1, 0, O_PASSES},
                                           {"seed", 1, 0, O_SEED},
                                           {"grad-passes", 1, 0, O_GRAD_PASSES},
@@ -283,6 +298,18 @@ static int parse_args(int argc, char **argv, cli_args *a) {
             break;
         case O_MSE: rc = parse_double_opt("mse-weight", optarg, 0, 1e6, &a->d.mse_weight); break;
         case O_CE: rc = parse_double_opt("ce-weight", optarg, 0, 1e6, &a->d.ce_weight); break;
+        case O_DATA_FORMAT:
+            if (!strcmp(optarg, "auto")) a->d.data_format = DISTILL_DATA_AUTO;
+            else if (!strcmp(optarg, "text")) a->d.data_format = DISTILL_DATA_TEXT;
+            else if (!strcmp(optarg, "chat")) a->d.data_format = DISTILL_DATA_CHAT;
+            else return cli_usage_error(TOOL, "--data-format must be auto, text or chat");
+            break;
+        case O_CHAT_TEMPLATE: a->d.chat_template = optarg; break;
+        case O_LOSS_TOKENS:
+            if (!strcmp(optarg, "assistant")) a->d.loss_tokens = DISTILL_LOSS_ASSISTANT;
+            else if (!strcmp(optarg, "all")) a->d.loss_tokens = DISTILL_LOSS_ALL;
+            else return cli_usage_error(TOOL, "--loss-tokens must be assistant or all");
+            break;
         case O_PASSES:
             if (!(rc = parse_long_opt("passes", optarg, 1, 1000, &v))) a->d.passes = (int)v;
             break;
@@ -599,6 +626,9 @@ static int cmd_train(cli_args *a) {
     else
         printf("map %s: %ld steps, %ld tokens (no step left to train in this run)\n", rep.map_name,
                rep.steps, rep.tokens_trained);
+    if (rep.chat)
+        printf("chat data (template: %s): the KL trained on %ld %s positions\n", rep.chat_template,
+               rep.loss_tokens_trained, rep.loss_assistant ? "assistant" : "(all)");
     printf("held-out perplexity: teacher %.4f, student %.4f -> %.4f (KL %.4f -> %.4f)\n",
            rep.teacher_ppl, rep.student_before_ppl, rep.student_after_ppl, rep.kl_before,
            rep.kl_after);

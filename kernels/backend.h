@@ -86,9 +86,10 @@ typedef struct {
                      const int32_t *host_ids, int T, kv_error *err);
 
     /* ---- losses: *host_loss gets the value (as the kernels.h function returns it) ---- */
+    /* weights: device [T] per-row weights or NULL (kv_distill_kl) */
     int (*distill_kl)(kv_backend *b, double *host_loss, float *dstudent, const float *student,
-                      const float *teacher, int T, int V, float temp, float grad_scale,
-                      kv_error *err);
+                      const float *teacher, const float *weights, int T, int V, float temp,
+                      float grad_scale, kv_error *err);
     /* tokens: device ids [B*T] */
     int (*next_token_ce)(kv_backend *b, double *host_loss, float *dlogits, const float *logits,
                          const int32_t *tokens, int B, int T, int V, float grad_scale,

@@ -149,12 +149,14 @@ void kv_swiglu_backward(float *dgate, float *dup, const float *dh, const float *
 
 /* ---- losses ----------------------------------------------------------------------------- */
 
-/* Distillation loss, averaged over the T tokens:
- *   loss = (1/T) sum_t temp^2 * KL(softmax(teacher[t]/temp) || softmax(student[t]/temp))
+/* Distillation loss, averaged over the T tokens with per-row weights w[T] (NULL: all 1):
+ *   loss = (1/T) sum_t w_t temp^2 * KL(softmax(teacher[t]/temp) || softmax(student[t]/temp))
  * student, teacher [T, V] logits. Returns loss (nats). If dstudent [T, V] is not NULL it gets
- * dstudent += grad_scale * d(loss)/d(student) = grad_scale * temp * (q - p) / T. */
-double kv_distill_kl(float *dstudent, const float *student, const float *teacher, int T, int V,
-                     float temp, float grad_scale);
+ * dstudent += grad_scale * d(loss)/d(student) = grad_scale * w_t * temp * (q - p) / T. A row with
+ * w_t = 0 is skipped: it adds nothing to the loss and leaves its gradient row untouched.
+ * (A mean over the rows with w_t = 1 only: w_t = T / count for those, 0 for the others.) */
+double kv_distill_kl(float *dstudent, const float *student, const float *teacher,
+                     const float *weights, int T, int V, float temp, float grad_scale);
 
 /* Next-token cross-entropy on the data (the hard labels), for B sequences of T tokens:
  *   loss = mean over the B*(T-1) positions t < T-1 of -log softmax(logits[b,t])[tokens[b,t+1]]

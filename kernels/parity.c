@@ -575,19 +575,26 @@ static int case_embedding(prun *p, const pcase *c) {
     return cmp_f32(p, "out (unchanged)", O, n);
 }
 
-/* c->acc: the gradient starts random (checks that it adds) instead of zero */
+/* c->acc: the gradient starts random (checks that it adds) instead of zero; c->bias: per-row
+ * weights, every third row 0 (an assistant-token mask: skipped rows keep their gradient), the
+ * others T / (rows kept) */
 static int case_distill_kl(prun *p, const pcase *c) {
     const size_t n = (size_t)c->T * c->V;
     float *st = hrand(p, n, 6.0f), *te = hrand(p, n, 6.0f);
     float *g = c->acc ? hrand(p, n, 1e-3f) : halloc(p, sizeof(float) * n);
-    if (!st || !te || !g) return oom(p, "inputs");
-    pbuf *S, *Te, *G;
+    float *w = halloc(p, sizeof(float) * (size_t)c->T);
+    if (!st || !te || !g || !w) return oom(p, "inputs");
+    int kept = 0;
+    for (int t = 0; t < c->T; t++) kept += t % 3 != 0;
+    for (int t = 0; t < c->T; t++) w[t] = t % 3 != 0 ? (float)c->T / (float)kept : 0.0f;
+    pbuf *S, *Te, *G, *Wt;
     TRY(dbuf(p, &S, st, sizeof(float) * n));
     TRY(dbuf(p, &Te, te, sizeof(float) * n));
     TRY(dbuf(p, &G, g, sizeof(float) * n));
+    TRY(dbuf(p, &Wt, w, sizeof(float) * (size_t)c->T));
     double loss[2] = {0, 0};
-    BOTH("distill_kl",
-         distill_kl(b, &loss[s], WANT(G_A, G), F(S), F(Te), c->T, c->V, c->f1, c->f2, p->err));
+    BOTH("distill_kl", distill_kl(b, &loss[s], WANT(G_A, G), F(S), F(Te), c->bias ? F(Wt) : NULL,
+                                  c->T, c->V, c->f1, c->f2, p->err));
     TRY(cmp_scalar(p, "loss", loss[0], loss[1]));
     return cmp_f32(p, c->grads & G_A ? "dstudent" : "dstudent (not wanted: unchanged)", G, n);
 }
@@ -1075,6 +1082,18 @@ static const pcase cases[] = {
      .f2 = 0.5f,
      .grads = G_A,
      .acc = 1,
+     .atol = 1e-9,
+     .rtol = 1e-5},
+    {.name = "distill_kl T=10 V=3000 temp 2 row weights (mask) adds",
+     .ops = "distill_kl",
+     .run = case_distill_kl,
+     .T = 10,
+     .V = 3000,
+     .f1 = 2.0f,
+     .f2 = 0.5f,
+     .grads = G_A,
+     .acc = 1,
+     .bias = 1,
      .atol = 1e-9,
      .rtol = 1e-5},
     {.name = "distill_kl T=4 odd V=1001 temp .7 no grad",

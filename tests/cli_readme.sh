@@ -8,6 +8,7 @@ ROOT=$PWD
 expect_rc 0 "demo model" -- "$BIN/kvsynth" --preset tiny --layers 8 "$TMP/base"
 awk 'BEGIN { srand(7); for (i = 0; i < 400; i++) { s = ""; for (j = 0; j < 12; j++) s = s sprintf("%c", 97 + int(rand() * 26)); printf "%s the %s.\n\n", s, substr(s, 1, 5) } }' > "$TMP/text.txt"
 cp "$TMP/text.txt" "$TMP/train.txt"; cp "$TMP/text.txt" "$TMP/calib.txt"
+awk 'BEGIN { for (i = 0; i < 100; i++) printf "{\"messages\": [{\"role\": \"user\", \"content\": \"Tell me about cat %d.\"}, {\"role\": \"assistant\", \"content\": \"Cat %d sat on the mat.\"}]}\n", i, i }' > "$TMP/chat.jsonl"
 # the fenced block after "## Using it", commands only (comments and continuation lines dropped)
 awk '/^## Using it/ { u = 1 } u && /^```sh/ { b = 1; next } b && /^```/ { exit } b' README.md |
     grep '^\$B/' | sed 's/  *#.*$//' > "$TMP/cmds"

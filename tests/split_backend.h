@@ -119,9 +119,9 @@ SPLIT_OP(embedding,
           kv_error *e),
          (b, o, t, V, dim, ids, T, e))
 SPLIT_OP(distill_kl,
-         (kv_backend * b, double *l, float *ds, const float *s, const float *t, int T, int V,
-          float temp, float gs, kv_error *e),
-         (b, l, ds, s, t, T, V, temp, gs, e))
+         (kv_backend * b, double *l, float *ds, const float *s, const float *t, const float *w,
+          int T, int V, float temp, float gs, kv_error *e),
+         (b, l, ds, s, t, w, T, V, temp, gs, e))
 SPLIT_OP(next_token_ce,
          (kv_backend * b, double *l, float *dl, const float *lg, const int32_t *tk, int B, int T,
           int V, float gs, kv_error *e),

@@ -262,14 +262,14 @@ static void test_losses(void) {
         }
     }
     want /= T;
-    double kl = kv_distill_kl(NULL, s, te, T, V, (float)temp, 1.0f);
+    double kl = kv_distill_kl(NULL, s, te, NULL, T, V, (float)temp, 1.0f);
     CHECK_NEAR(kl, want, 1e-10 * fabs(want), "distill KL");
     CHECK(kl > 0, "KL of different distributions is %g", kl);
-    CHECK_NEAR(kv_distill_kl(NULL, s, s, T, V, 2.0f, 1.0f), 0.0, 1e-12, "KL of equal logits");
+    CHECK_NEAR(kv_distill_kl(NULL, s, s, NULL, T, V, 2.0f, 1.0f), 0.0, 1e-12, "KL of equal logits");
     /* a constant shift of the student changes nothing */
     float shifted[T * V];
     for (int i = 0; i < T * V; i++) shifted[i] = te[i] + 3.0f;
-    CHECK_NEAR(kv_distill_kl(NULL, shifted, te, T, V, 2.0f, 1.0f), 0.0, 1e-10,
+    CHECK_NEAR(kv_distill_kl(NULL, shifted, te, NULL, T, V, 2.0f, 1.0f), 0.0, 1e-10,
                "KL shift-invariant");
 
     double mse = 0;

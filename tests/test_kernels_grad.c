@@ -316,14 +316,14 @@ static void test_kl_grad(void) {
     float *s = rand_buf(N, 3), *te = rand_buf(N, 3), *g = rand_buf(N, 1);
     double *g0 = to_double(g, N);
     const float scale = 0.7f;
-    double loss = kv_distill_kl(g, s, te, T, V, 2.0f, scale);
+    double loss = kv_distill_kl(g, s, te, NULL, T, V, 2.0f, scale);
     kl_ctx c = {T, V, 2.0, scale, to_double(s, N), to_double(te, N)};
     CHECK_NEAR(loss * scale, kl_loss(&c), 1e-12, "KL value");
     check_grad("distill KL dstudent", c.s, N, g, g0, kl_loss, &c, 1e-5);
     /* temperature 1 too */
     c.temp = 1.0;
     float *g1 = calloc(N, sizeof(float));
-    kv_distill_kl(g1, s, te, T, V, 1.0f, scale);
+    kv_distill_kl(g1, s, te, NULL, T, V, 1.0f, scale);
     check_grad("distill KL dstudent (temp 1)", c.s, N, g1, NULL, kl_loss, &c, 1e-5);
     free(s), free(te), free(g), free(g0), free(g1), free(c.s), free(c.t);
 }

@@ -431,9 +431,9 @@ static void run_case(const char *label, const tiny_shape *shape, const char *map
           "%s: split runs: %s", label, err.msg);
     kvt_loss loss, loss2;
     const kvt_loss_weights lw = {2.0f, 0.7f, 0.3f};
-    rc = kvt_distill_microbatch(&rs, &rt, tokens, &lw, 1.0f, &loss, &err);
+    rc = kvt_distill_microbatch(&rs, &rt, tokens, NULL, &lw, 1.0f, &loss, &err);
     CHECK(rc == 0, "%s: step: %s", label, err.msg);
-    rc = kvt_distill_microbatch(&rs2, &rt2, tokens, &lw, 1.0f, &loss2, &err);
+    rc = kvt_distill_microbatch(&rs2, &rt2, tokens, NULL, &lw, 1.0f, &loss2, &err);
     CHECK(rc == 0 && !memcmp(&loss, &loss2, sizeof loss), "%s: split backend: loss %.9g vs %.9g %s",
           label, loss2.loss, loss.loss, err.msg);
     for (int i = 0; i < student.n_params && !rc; i++) {
@@ -456,7 +456,7 @@ static void run_case(const char *label, const tiny_shape *shape, const char *map
         kvt_run rb;
         kvt_loss lb;
         rc = kvt_run_init_plan(&rb, &cpu, &student, B, T, passes, 1, 1, 0, &err);
-        if (!rc) rc = kvt_distill_microbatch(&rb, &rt, tokens, &lw, 0.0f, &lb, &err);
+        if (!rc) rc = kvt_distill_microbatch(&rb, &rt, tokens, NULL, &lw, 0.0f, &lb, &err);
         CHECK(rc == 0, "%s: block plan: %s", label, err.msg);
         if (kvmap_n_cyclic_groups(&map) == 1)
             CHECK(rc == 0 && !memcmp(&lb, &loss, sizeof lb), "%s: block plan loss %.9g vs %.9g",

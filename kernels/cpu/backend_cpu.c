@@ -152,10 +152,10 @@ static int cpu_embedding(kv_backend *b, float *out, const float *table, int voca
 }
 
 static int cpu_distill_kl(kv_backend *b, double *host_loss, float *dstudent, const float *student,
-                          const float *teacher, int T, int V, float temp, float grad_scale,
-                          kv_error *err) {
+                          const float *teacher, const float *weights, int T, int V, float temp,
+                          float grad_scale, kv_error *err) {
     (void)b, (void)err;
-    double loss = kv_distill_kl(dstudent, student, teacher, T, V, temp, grad_scale);
+    double loss = kv_distill_kl(dstudent, student, teacher, weights, T, V, temp, grad_scale);
     if (host_loss) *host_loss = loss;
     return 0;
 }

@@ -14,13 +14,15 @@ static double scaled_lse(const float *x, int n, double inv_temp) {
     return m + log(s);
 }
 
-double kv_distill_kl(float *dstudent, const float *student, const float *teacher, int T, int V,
-                     float temp, float grad_scale) {
+double kv_distill_kl(float *dstudent, const float *student, const float *teacher,
+                     const float *weights, int T, int V, float temp, float grad_scale) {
     const double inv_temp = 1.0 / (double)temp, tt = (double)temp * temp;
     const double gscale =
         (double)grad_scale * temp / T; /* d(temp^2 KL / T)/dz = temp (q - p) / T */
     double total = 0.0;
     for (int t = 0; t < T; t++) {
+        const double w = weights ? (double)weights[t] : 1.0;
+        if (w == 0.0) continue; /* no loss, no gradient */
         const float *zs = student + (size_t)t * V, *zt = teacher + (size_t)t * V;
         const double lse_s = scaled_lse(zs, V, inv_temp);
         const double lse_t = scaled_lse(zt, V, inv_temp);
@@ -31,9 +33,10 @@ double kv_distill_kl(float *dstudent, const float *student, const float *teacher
             const double log_q = (double)zs[i] * inv_temp - lse_s; /* student */
             const double p = exp(log_p);
             kl += p * (log_p - log_q);
-            if (g) g[i] += (float)(gscale * (exp(log_q) - p));
+            if (g && weights) g[i] += (float)(gscale * w * (exp(log_q) - p));
+            else if (g) g[i] += (float)(gscale * (exp(log_q) - p));
         }
-        total += tt * kl;
+        total += weights ? w * tt * kl : tt * kl;
     }
     return total / T;
 }

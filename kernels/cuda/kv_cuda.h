@@ -166,8 +166,8 @@ int kv_cuda_swiglu_backward(kv_backend *b, float *dgate, float *dup, const float
 
 /* loss.cu <-> cpu/loss.c */
 int kv_cuda_distill_kl(kv_backend *b, double *host_loss, float *dstudent, const float *student,
-                       const float *teacher, int T, int V, float temp, float grad_scale,
-                       kv_error *err);
+                       const float *teacher, const float *weights, int T, int V, float temp,
+                       float grad_scale, kv_error *err);
 int kv_cuda_next_token_ce(kv_backend *b, double *host_loss, float *dlogits, const float *logits,
                           const int32_t *tokens, int B, int T, int V, float grad_scale,
                           kv_error *err);

@@ -17,10 +17,16 @@ __device__ __forceinline__ double scaled_lse(const float *x, int n, double inv_t
     return m + log(kv_block_sum(s));
 }
 
-// row t: row_loss[t] = temp^2 KL(p_t || q_t); grad[t] += gscale (q - p) when grad != NULL
+// row t: row_loss[t] = w_t temp^2 KL(p_t || q_t); grad[t] += gscale w_t (q - p) when grad != NULL;
+// weights NULL: w_t = 1 (and the unweighted arithmetic); a row with w_t = 0 is skipped
 __global__ void distill_kl_kernel(double *row_loss, float *grad, const float *student,
-                                  const float *teacher, int V, double inv_temp, double tt,
-                                  double gscale) {
+                                  const float *teacher, const float *weights, int V,
+                                  double inv_temp, double tt, double gscale) {
+    const double w = weights ? (double)weights[blockIdx.x] : 1.0;
+    if (w == 0.0) { // block-uniform
+        if (threadIdx.x == 0) row_loss[blockIdx.x] = 0.0;
+        return;
+    }
     const size_t off = (size_t)blockIdx.x * V;
     const float *zs = student + off, *zt = teacher + off;
     const double lse_s = scaled_lse(zs, V, inv_temp);
@@ -31,10 +37,11 @@ __global__ void distill_kl_kernel(double *row_loss, float *grad, const float *st
         const double log_q = (double)zs[i] * inv_temp - lse_s; // student
         const double p = exp(log_p);
         kl += p * (log_p - log_q);
-        if (grad) grad[off + i] += (float)(gscale * (exp(log_q) - p));
+        if (grad && weights) grad[off + i] += (float)(gscale * w * (exp(log_q) - p));
+        else if (grad) grad[off + i] += (float)(gscale * (exp(log_q) - p));
     }
     kl = kv_block_sum(kl);
-    if (threadIdx.x == 0) row_loss[blockIdx.x] = tt * kl;
+    if (threadIdx.x == 0) row_loss[blockIdx.x] = weights ? w * tt * kl : tt * kl;
 }
 
 // downloads rows[n] and returns their sum in row order through *sum
@@ -44,8 +51,8 @@ static int rows_sum(kv_backend *b, double *sum, const double *rows, int n, const
 }
 
 int kv_cuda_distill_kl(kv_backend *b, double *host_loss, float *dstudent, const float *student,
-                       const float *teacher, int T, int V, float temp, float grad_scale,
-                       kv_error *err) {
+                       const float *teacher, const float *weights, int T, int V, float temp,
+                       float grad_scale, kv_error *err) {
     char what[80];
     snprintf(what, sizeof what, "distill_kl [%d x %d] at temperature %g", T, V, (double)temp);
     if (T <= 0 || V <= 0) return kv_fail(err, KV_EINVAL, "cuda %s: empty logits", what);
@@ -54,8 +61,8 @@ int kv_cuda_distill_kl(kv_backend *b, double *host_loss, float *dstudent, const 
     if (rc) return rc;
     const double inv_temp = 1.0 / (double)temp, tt = (double)temp * temp;
     const double gscale = (double)grad_scale * temp / T;
-    distill_kl_kernel<<<T, KV_CUDA_BLOCK, 0, kv_cuda_stream(b)>>>((double *)rows, dstudent, student,
-                                                                  teacher, V, inv_temp, tt, gscale);
+    distill_kl_kernel<<<T, KV_CUDA_BLOCK, 0, kv_cuda_stream(b)>>>(
+        (double *)rows, dstudent, student, teacher, weights, V, inv_temp, tt, gscale);
     rc = kv_cuda_launched(what, err);
     double total = 0.0;
     if (!rc) rc = rows_sum(b, &total, (const double *)rows, T, what, err);

@@ -11,6 +11,7 @@
 
 #include "base/fileio.h"
 #include "formats/tokenizer.h"
+#include "transform/train/distill_chat.h"
 #include "transform/train/distill_ckpt.h"
 #include "transform/train/distill_log.h"
 #include "transform/train/distill_report.h"
@@ -35,6 +36,10 @@ void distill_opts_default(distill_opts *o) {
     o->grad_passes = 1;
 }
 
+int distill_uses_mask(const distill_opts *o, const distill_seqs *train) {
+    return train->kl_mask && o->loss_tokens != DISTILL_LOSS_ALL;
+}
+
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -49,6 +54,8 @@ typedef struct {
     kv_backend *b;
     kvt_model teacher, student;
     kv_tokenizer *tok;
+    distill_chat_format chat; /* when chat data is read */
+    int chat_loaded;
     distill_seqs train, eval;
     distill_sampler sampler;
     kvt_run rs, rt;
@@ -68,10 +75,17 @@ typedef struct {
     int local_batch; /* sequences of each micro-batch this process runs: batch / P */
     int resuming;
     int32_t *tokens; /* [local_batch * seq_len] host ids of a micro-batch */
+    int use_mask; /* distill_uses_mask */
+    float *row_weight; /* [local_batch * seq_len] the KL's weights of a micro-batch */
+    long *batch_seqs; /* [local_batch] the training sequences of a micro-batch */
+    long loss_tokens_trained; /* positions the KL trained on, all processes */
 } run_state;
 
 static void run_free(run_state *r) {
     free(r->tokens);
+    free(r->row_weight);
+    free(r->batch_seqs);
+    distill_chat_format_free(&r->chat);
     kvt_optim_free(&r->opt);
     kvt_run_free(&r->rs);
     kvt_run_free(&r->rt);
@@ -107,10 +121,38 @@ static int load_tokenizer(run_state *r, kv_error *err) {
     return distill_tokenizer_load(&r->tok, dirs, 2, &r->teacher.cfg, err);
 }
 
-static int load_files(distill_tokens *d, const char *const *files, int n, const run_state *r,
+static int ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}
+
+static int is_chat_file(const distill_opts *o, const char *path) {
+    return o->data_format == DISTILL_DATA_CHAT ||
+           (o->data_format == DISTILL_DATA_AUTO && ends_with(path, ".jsonl"));
+}
+
+static int load_chat_file(distill_tokens *d, const char *path, run_state *r, kv_error *err) {
+    int rc;
+    if (!r->chat_loaded) {
+        const char *dirs[] = {r->o->teacher_dir, r->o->student_dir};
+        if ((rc = distill_chat_format_load(&r->chat, r->o->chat_template, dirs, 2, r->tok, err)))
+            return rc;
+        r->chat_loaded = 1;
+    }
+    char *buf = NULL;
+    size_t len = 0;
+    if ((rc = kv_read_file(path, &buf, &len, (size_t)8 << 30, err))) return rc;
+    rc = distill_tokens_from_chat(d, buf, len, r->tok, &r->chat, path, err);
+    free(buf);
+    return rc;
+}
+
+static int load_files(distill_tokens *d, const char *const *files, int n, run_state *r,
                       kv_error *err) {
     for (int i = 0; i < n; i++) {
-        int rc = distill_tokens_load(d, files[i], r->tok, r->teacher.dims.vocab, err);
+        int rc = is_chat_file(r->o, files[i])
+                     ? load_chat_file(d, files[i], r, err)
+                     : distill_tokens_load(d, files[i], r->tok, r->teacher.dims.vocab, err);
         if (rc) return rc;
     }
     return 0;
@@ -139,9 +181,44 @@ static int load_data(run_state *r, kv_error *err) {
                      "data: %ld training and %ld held-out sequences of %d tokens; "
                      "need at least one of each",
                      r->train.n, r->eval.n, o->seq_len);
+    if (!rc && o->loss_tokens == DISTILL_LOSS_ASSISTANT && !r->train.kl_mask)
+        rc = kv_fail(err, KV_EINVAL,
+                     "--loss-tokens assistant needs chat data (a .jsonl --data file or "
+                     "--data-format chat)");
+    r->use_mask = !rc && distill_uses_mask(o, &r->train);
 out:
     distill_tokens_free(&d);
     return rc;
+}
+
+/* the k-th training sequence's KL positions */
+static long seq_loss_tokens(const run_state *r, long seq) {
+    const int T = r->o->seq_len;
+    if (!r->use_mask) return T;
+    long c = 0;
+    for (int t = 0; t < T; t++) c += r->train.kl_mask[(size_t)seq * T + t];
+    return c;
+}
+
+/* KL positions of optimiser step s (0-based) over every process */
+static long step_loss_tokens(run_state *r, long s) {
+    const distill_opts *o = r->o;
+    long c = 0;
+    for (long k = s * o->accum * o->batch; k < (s + 1) * o->accum * o->batch; k++)
+        c += seq_loss_tokens(r, distill_sampler_get(&r->sampler, k));
+    return c;
+}
+
+/* the KL weights of the micro-batch of local sequences seqs[b]: T*b/count on the positions the
+ * mask keeps, 0 elsewhere (a mean over them; all 0 when there are none) */
+static void fill_row_weight(run_state *r, const long *seqs, int b) {
+    const int T = r->o->seq_len;
+    long count = 0;
+    for (int i = 0; i < b; i++) count += seq_loss_tokens(r, seqs[i]);
+    const float w = count ? (float)((double)b * T / (double)count) : 0.0f;
+    for (int i = 0; i < b; i++)
+        for (int t = 0; t < T; t++)
+            r->row_weight[(size_t)i * T + t] = r->train.kl_mask[(size_t)seqs[i] * T + t] ? w : 0.0f;
 }
 
 static int save_checkpoint(run_state *r, kv_error *err) {
@@ -258,18 +335,22 @@ static int train_step(run_state *r, kv_error *err) {
     const int B = o->batch, b = r->local_batch, T = o->seq_len, P = r->d->size, rank = r->d->rank;
     int rc = kvt_optim_zero_grads(&r->opt, err);
     kvt_loss sum = {0};
+    long *seqs = r->batch_seqs;
     for (int a = 0; a < o->accum && !rc; a++) {
         for (int i = 0; i < b; i++) {
             const long k = (r->step * o->accum + a) * B + (long)rank * b + i;
             const long seq = distill_sampler_get(&r->sampler, k);
             memcpy(r->tokens + (size_t)i * T, r->train.ids + (size_t)seq * T,
                    sizeof(int32_t) * (size_t)T);
+            seqs[i] = seq;
         }
+        if (r->use_mask) fill_row_weight(r, seqs, b);
         kvt_loss l;
         const kvt_loss_weights w = {(float)o->temperature, (float)o->mse_weight,
                                     (float)o->ce_weight};
         /* a mean over this process's b*T tokens: 1/P of it is its part of the global mean */
-        if ((rc = kvt_distill_microbatch(&r->rs, &r->rt, r->tokens, &w,
+        if ((rc = kvt_distill_microbatch(&r->rs, &r->rt, r->tokens,
+                                         r->use_mask ? r->row_weight : NULL, &w,
                                          1.0f / (float)(o->accum * P), &l, err)))
             break;
         sum.loss += l.loss / o->accum;
@@ -299,6 +380,7 @@ static int train_step(run_state *r, kv_error *err) {
         return rc;
     const double lr = lr_at(r->step, r->total_steps, r->warmup, o->lr, o->decay);
     if ((rc = kvt_optim_adamw(&r->opt, &o->adam, r->step + 1, lr, err))) return rc;
+    r->loss_tokens_trained += step_loss_tokens(r, r->step);
     r->step++;
     r->tokens_trained += (long)o->accum * B * T;
     r->pr.step = r->step;
@@ -421,8 +503,11 @@ static int run(run_state *r, distill_report *rep, kv_error *err) {
     }
     if ((rc = status_check(r, 0, err)) || (rc = share_start(r, err))) return rc;
     rep->resumed_from_step = r->step;
-    if (!(r->tokens = malloc(sizeof(int32_t) * (size_t)r->local_batch * o->seq_len)))
+    if (!(r->tokens = malloc(sizeof(int32_t) * (size_t)r->local_batch * o->seq_len)) ||
+        !(r->row_weight = malloc(sizeof(float) * (size_t)r->local_batch * o->seq_len)) ||
+        !(r->batch_seqs = malloc(sizeof(long) * (size_t)r->local_batch)))
         return kv_fail(err, KV_ENOMEM, "out of memory");
+    for (long s = 0; s < r->step; s++) r->loss_tokens_trained += step_loss_tokens(r, s);
     r->pr.phase = DISTILL_TRAIN;
     r->pr.step = r->step;
     r->pr.tokens = r->tokens_trained;
@@ -453,6 +538,10 @@ static int run(run_state *r, distill_report *rep, kv_error *err) {
     rep->kl_after = ev.kl;
     rep->tokens_trained = r->tokens_trained;
     rep->steps = r->step;
+    rep->chat = r->chat_loaded;
+    rep->loss_assistant = r->use_mask;
+    rep->loss_tokens_trained = r->loss_tokens_trained;
+    snprintf(rep->chat_template, sizeof rep->chat_template, "%s", r->chat.source);
     if (!r->root) return 0;
     r->pr.phase = DISTILL_SAVE;
     report_progress(r);

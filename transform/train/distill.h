@@ -22,6 +22,18 @@
 #include "transform/train/distill_data.h"
 #include "transform/train/train_forward.h"
 
+typedef enum {
+    DISTILL_DATA_AUTO, /* chat for files named *.jsonl, else text (.bin: token ids) */
+    DISTILL_DATA_TEXT,
+    DISTILL_DATA_CHAT, /* JSONL conversations (distill_chat.h) */
+} distill_data_format;
+
+typedef enum {
+    DISTILL_LOSS_AUTO, /* assistant when chat data was read, else all */
+    DISTILL_LOSS_ALL, /* the KL on every position (METHODS.md) */
+    DISTILL_LOSS_ASSISTANT, /* the KL on the positions that predict assistant tokens */
+} distill_loss_tokens;
+
 typedef struct {
     const char *teacher_dir, *student_dir, *out_dir;
     const char *const *data; /* training files */
@@ -44,6 +56,9 @@ typedef struct {
     double temperature; /* 2 */
     double mse_weight; /* 1 */
     double ce_weight; /* next-token cross-entropy on the data; 0 (METHODS.md's loss) */
+    distill_data_format data_format; /* of --data and --eval-data files: auto */
+    const char *chat_template; /* NULL or "auto", "fallback", a Jinja file (distill_chat.h) */
+    distill_loss_tokens loss_tokens; /* auto */
     int passes; /* iterative plan for upward maps, train and eval: 9 */
     int grad_passes; /* trailing passes with gradient (LCKV's b): 1, as METHODS.md */
     long save_every; /* checkpoint every this many steps, 0: only at the end */
@@ -60,6 +75,9 @@ typedef struct {
 } distill_opts;
 
 void distill_opts_default(distill_opts *o);
+
+/* whether a run with o over train masks the KL (train->kl_mask set when chat data was read) */
+int distill_uses_mask(const distill_opts *o, const distill_seqs *train);
 
 typedef enum { DISTILL_EVAL_BEFORE, DISTILL_TRAIN, DISTILL_EVAL_AFTER, DISTILL_SAVE } distill_phase;
 
@@ -84,6 +102,10 @@ typedef struct {
     int processes; /* data-parallel processes (1: a single process) */
     char map_name[96]; /* "pizza-bottom:3" when the map is a named configuration */
     char layer_types[HF_MAX_LAYERS * 6];
+    int chat; /* chat data was read: the fields below are set (and go into report.json) */
+    int loss_assistant; /* the KL was masked to assistant tokens */
+    long loss_tokens_trained; /* positions the KL trained on (all: tokens_trained) */
+    char chat_template[4200]; /* where the template came from, "fallback" */
 } distill_report;
 
 /* the whole run; progress may be NULL. rep is also written as OUT_DIR/report.json.

@@ -37,6 +37,10 @@ void distill_fingerprint(char out[65], const distill_opts *o, long total_steps, 
     kv_sha256_init(&c);
     kv_sha256_update(&c, buf, (size_t)len);
     kv_sha256_update(&c, train->ids, sizeof(int32_t) * (size_t)(train->n * train->T));
+    if (distill_uses_mask(o, train)) { /* text runs keep their old fingerprint */
+        kv_sha256_update(&c, "kl_mask", 7);
+        kv_sha256_update(&c, train->kl_mask, (size_t)(train->n * train->T));
+    }
     for (int i = 0; i < opt->n; i++) {
         kv_sha256_update(&c, opt->p[i]->name, strlen(opt->p[i]->name));
         kv_sha256_update(&c, opt->p[i]->w, sizeof(float) * opt->p[i]->n);

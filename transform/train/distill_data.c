@@ -10,7 +10,7 @@
 
 #define DATA_MAX_BYTES ((size_t)8 << 30)
 
-static int reserve(distill_tokens *d, long more, const char *label, kv_error *err) {
+int distill_tokens_reserve(distill_tokens *d, long more, const char *label, kv_error *err) {
     if (d->n + more <= d->cap) return 0;
     long cap = d->cap ? d->cap : 4096;
     while (cap < d->n + more) {
@@ -20,8 +20,30 @@ static int reserve(distill_tokens *d, long more, const char *label, kv_error *er
     int32_t *p = realloc(d->ids, sizeof(int32_t) * (size_t)cap);
     if (!p) return kv_fail(err, KV_ENOMEM, "%s: out of memory for %ld tokens", label, cap);
     d->ids = p;
+    if (d->kl_mask) {
+        uint8_t *m = realloc(d->kl_mask, (size_t)cap);
+        if (!m) return kv_fail(err, KV_ENOMEM, "%s: out of memory for %ld tokens", label, cap);
+        d->kl_mask = m;
+    }
     d->cap = cap;
     return 0;
+}
+
+int distill_tokens_want_mask(distill_tokens *d, const char *label, kv_error *err) {
+    if (d->kl_mask) return 0;
+    d->kl_mask = malloc(d->cap ? (size_t)d->cap : 1);
+    if (!d->kl_mask) return kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
+    memset(d->kl_mask, 1, (size_t)d->n);
+    return 0;
+}
+
+static int reserve(distill_tokens *d, long more, const char *label, kv_error *err) {
+    return distill_tokens_reserve(d, more, label, err);
+}
+
+/* the mask of n tokens appended from text or .bin files: they count wholly */
+static void mask_all(distill_tokens *d, long from, long n) {
+    if (d->kl_mask) memset(d->kl_mask + from, 1, (size_t)n);
 }
 
 int distill_tokenizer_load(kv_tokenizer **out, const char *const *dirs, int n_dirs,
@@ -66,6 +88,7 @@ int distill_tokens_from_text(distill_tokens *d, const char *text, size_t len,
             rc = reserve(d, n, label, err);
             if (!rc) {
                 for (int i = 0; i < n; i++) d->ids[d->n + i] = ids[i];
+                mask_all(d, d->n, n);
                 d->n += n;
             }
             free(ids);
@@ -116,6 +139,7 @@ int distill_tokens_load(distill_tokens *d, const char *path, const kv_tokenizer 
         }
         d->ids[d->n + i] = (int32_t)v;
     }
+    mask_all(d, d->n, n);
     d->n += n;
     free(buf);
     return 0;
@@ -123,6 +147,7 @@ int distill_tokens_load(distill_tokens *d, const char *path, const kv_tokenizer 
 
 void distill_tokens_free(distill_tokens *d) {
     free(d->ids);
+    free(d->kl_mask);
     memset(d, 0, sizeof *d);
 }
 
@@ -136,6 +161,14 @@ int distill_pack(distill_seqs *s, const distill_tokens *d, long from, long to, i
     s->ids = malloc(sizeof(int32_t) * (size_t)(s->n ? s->n * T : 1));
     if (!s->ids) return kv_fail(err, KV_ENOMEM, "data: out of memory for %ld sequences", s->n);
     memcpy(s->ids, d->ids + from, sizeof(int32_t) * (size_t)(s->n * T));
+    if (d->kl_mask) {
+        s->kl_mask = malloc((size_t)(s->n ? s->n * T : 1));
+        if (!s->kl_mask) {
+            distill_seqs_free(s);
+            return kv_fail(err, KV_ENOMEM, "data: out of memory for %ld sequences", s->n);
+        }
+        memcpy(s->kl_mask, d->kl_mask + from, (size_t)(s->n * T));
+    }
     return 0;
 }
 
@@ -146,6 +179,11 @@ static int copy_range(distill_seqs *dst, const distill_seqs *src, long from, lon
     dst->ids = malloc(sizeof(int32_t) * (size_t)(n ? n * src->T : 1));
     if (!dst->ids) return kv_fail(err, KV_ENOMEM, "data: out of memory");
     memcpy(dst->ids, src->ids + from * src->T, sizeof(int32_t) * (size_t)(n * src->T));
+    if (src->kl_mask) {
+        dst->kl_mask = malloc((size_t)(n ? n * src->T : 1));
+        if (!dst->kl_mask) return kv_fail(err, KV_ENOMEM, "data: out of memory");
+        memcpy(dst->kl_mask, src->kl_mask + from * src->T, (size_t)(n * src->T));
+    }
     return 0;
 }
 
@@ -168,6 +206,7 @@ int distill_split(distill_seqs *train, distill_seqs *eval, const distill_seqs *a
 
 void distill_seqs_free(distill_seqs *s) {
     free(s->ids);
+    free(s->kl_mask);
     memset(s, 0, sizeof *s);
 }
 

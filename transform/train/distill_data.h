@@ -22,12 +22,19 @@ int distill_tokenizer_load(kv_tokenizer **out, const char *const *dirs, int n_di
 
 typedef struct {
     int32_t *ids;
+    /* [cap] the KL mask of chat data (distill_chat.h): kl_mask[i] = 1 when the logits at
+     * position i predict an assistant token (ids[i + 1] is one); NULL: no chat data was read */
+    uint8_t *kl_mask;
     long n, cap;
 } distill_tokens;
 
 /* appends the tokens of one file; tok may be NULL for .bin files */
 int distill_tokens_load(distill_tokens *d, const char *path, const kv_tokenizer *tok, int vocab,
                         kv_error *err);
+/* room for more tokens (the mask too, when there is one) */
+int distill_tokens_reserve(distill_tokens *d, long more, const char *label, kv_error *err);
+/* allocates kl_mask when absent, the tokens already read counting wholly (1) */
+int distill_tokens_want_mask(distill_tokens *d, const char *label, kv_error *err);
 /* appends ids encoded from text in memory (blocks as for text files); label names it */
 int distill_tokens_from_text(distill_tokens *d, const char *text, size_t len,
                              const kv_tokenizer *tok, const char *label, kv_error *err);
@@ -35,6 +42,7 @@ void distill_tokens_free(distill_tokens *d);
 
 typedef struct {
     int32_t *ids; /* [n, T] */
+    uint8_t *kl_mask; /* [n, T] the tokens' kl_mask, NULL when they have none */
     long n;
     int T;
 } distill_seqs;

@@ -58,8 +58,8 @@ int distill_evaluate_part(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long
             }
         if (t) {
             double kl_batch = 0; /* mean over the real rows, temperature 1, no gradient */
-            if ((rc = b->ops->distill_kl(b, &kl_batch, NULL, s->logits, t->logits, real * T, V,
-                                         1.0f, 0.0f, err)))
+            if ((rc = b->ops->distill_kl(b, &kl_batch, NULL, s->logits, t->logits, NULL, real * T,
+                                         V, 1.0f, 0.0f, err)))
                 break;
             kl += kl_batch * real * T;
         }

@@ -55,6 +55,11 @@ int distill_report_write(const distill_opts *o, long warmup_steps, const kv_map 
     cJSON_AddNumberToObject(j, "eval_tokens", (double)rep->eval_tokens);
     cJSON_AddNumberToObject(j, "train_tokens_available", (double)rep->train_tokens_available);
     cJSON_AddNumberToObject(j, "trainable_params", (double)rep->trainable_params);
+    if (rep->chat) { /* text runs keep their report */
+        cJSON_AddStringToObject(j, "loss_tokens", rep->loss_assistant ? "assistant" : "all");
+        cJSON_AddNumberToObject(j, "loss_tokens_trained", (double)rep->loss_tokens_trained);
+        cJSON_AddStringToObject(j, "chat_template", rep->chat_template);
+    }
     cJSON *opt = cJSON_AddObjectToObject(j, "options");
     cJSON_AddNumberToObject(opt, "seq_len", o->seq_len);
     cJSON_AddNumberToObject(opt, "batch", o->batch);

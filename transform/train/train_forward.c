@@ -90,6 +90,7 @@ enum {
     BUF_LOGITS, /* [N, V] */
     BUF_POS,
     BUF_TOKENS, /* [N] int32 */
+    BUF_ROW_WEIGHT, /* [N] the KL's per-position weights */
     /* want_grad */
     BUF_DLOGITS, /* [N, V] */
     BUF_DH_LAST,
@@ -141,7 +142,7 @@ static void run_sizes(size_t size[N_BUF], const kvt_run *r, int n_prev) {
     size[BUF_K_PREV] = size[BUF_V_PREV] = P * nkv;
     size[BUF_S_NORM] = size[BUF_X_OUT] = size[BUF_XN_OUT] = nh;
     size[BUF_LOGITS] = nv;
-    size[BUF_POS] = size[BUF_TOKENS] = (size_t)r->N;
+    size[BUF_POS] = size[BUF_TOKENS] = size[BUF_ROW_WEIGHT] = (size_t)r->N;
     size[BUF_DLOGITS] = g * nv;
     size[BUF_DH_LAST] = size[BUF_DX] = size[BUF_DXN] = size[BUF_DS] = g * nh;
     size[BUF_DQ] = size[BUF_DATT] = g * nq;
@@ -227,6 +228,7 @@ static void point_tables(kvt_run *r, float *const base[N_BUF], const int *prev) 
     r->logits = base[BUF_LOGITS];
     r->pos = (int32_t *)base[BUF_POS];
     r->tokens = (int32_t *)base[BUF_TOKENS];
+    r->row_weight = base[BUF_ROW_WEIGHT];
     r->dlogits = base[BUF_DLOGITS];
     r->dh_last = base[BUF_DH_LAST];
     r->dx = base[BUF_DX];
@@ -780,8 +782,8 @@ int kvt_backward(kvt_run *r, kv_error *err) {
 }
 
 int kvt_distill_microbatch(kvt_run *student, kvt_run *teacher, const int32_t *tokens,
-                           const kvt_loss_weights *w, float grad_scale, kvt_loss *out,
-                           kv_error *err) {
+                           const float *row_weight, const kvt_loss_weights *w, float grad_scale,
+                           kvt_loss *out, kv_error *err) {
     const kvt_model *m = student->m;
     const llama_dims *d = &m->dims;
     kv_backend *b = student->b;
@@ -793,8 +795,12 @@ int kvt_distill_microbatch(kvt_run *student, kvt_run *teacher, const int32_t *to
     TRY(kvt_forward(student, tokens, err));
     const int backward = grad_scale > 0 && student->want_grad;
     const size_t nh = (size_t)student->N * (size_t)d->hidden;
+    if (row_weight)
+        TRY(b->ops->upload(b, student->row_weight, row_weight, sizeof(float) * (size_t)student->N,
+                           err));
     TRY(b->ops->distill_kl(b, &out->kl, backward ? student->dlogits : NULL, student->logits,
-                           teacher->logits, student->N, d->vocab, w->temp, grad_scale, err));
+                           teacher->logits, row_weight ? student->row_weight : NULL, student->N,
+                           d->vocab, w->temp, grad_scale, err));
     TRY(b->ops->mse(b, &out->mse, backward && w->mse_weight != 0 ? student->dh_last : NULL,
                     kvt_last_layer_input(student), kvt_last_layer_input(teacher), nh,
                     grad_scale * w->mse_weight, err));

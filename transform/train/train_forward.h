@@ -77,6 +77,7 @@ typedef struct {
     kv_rope_table rope; /* the same on the device (kv_backend_rope_table) */
     int32_t *pos; /* [N] device: row r is at position r % T */
     int32_t *tokens; /* [N] device token ids (next-token cross-entropy) */
+    float *row_weight; /* [N] device: the KL's per-position weights (kvt_distill_microbatch) */
     kvt_layer_acts *acts; /* [L] */
     float **k, **v; /* [slots] -> [N, nkv*hd] this pass (K after RoPE) */
     float **k_prev, **v_prev; /* [slots] previous pass; only targets of upward layers */
@@ -142,7 +143,7 @@ int kvt_run_host_view(const kvt_run *r, const float **out, const float *src, flo
 
 typedef struct {
     double loss; /* kl + mse_weight * mse + ce_weight * ce */
-    double kl; /* temp^2 * KL(teacher || student) averaged over the N tokens */
+    double kl; /* temp^2 * KL(teacher || student) averaged over the N tokens (row-weighted) */
     double mse; /* mean squared difference of the inputs of layer L-1 */
     double ce; /* next-token cross-entropy on the data (0 when ce_weight is 0: not computed) */
 } kvt_loss;
@@ -155,9 +156,11 @@ typedef struct {
 
 /* One distillation micro-batch: teacher and student forward on host tokens [N] (runs of the same
  * B, T and backend), the loss, and (when grad_scale > 0 and the student run has gradients) the
- * backward, adding grad_scale * d loss / d w into the student's gradients. */
+ * backward, adding grad_scale * d loss / d w into the student's gradients. row_weight: host [N]
+ * per-position weights of the KL term (kv_distill_kl: a mean over the positions with weight 1
+ * when the others are T/count and 0), NULL: every position 1; the MSE and CE terms ignore it. */
 int kvt_distill_microbatch(kvt_run *student, kvt_run *teacher, const int32_t *tokens,
-                           const kvt_loss_weights *w, float grad_scale, kvt_loss *out,
-                           kv_error *err);
+                           const float *row_weight, const kvt_loss_weights *w, float grad_scale,
+                           kvt_loss *out, kv_error *err);
 
 #endif
