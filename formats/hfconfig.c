@@ -117,10 +117,178 @@ static int parse_sizes(hf_config *c, const cJSON *root, const char *label, kv_er
     return 0;
 }
 
+/* the keys rope_scaling may hold for each kind (besides rope_type / type) */
+static const char *const rope_keys[][9] = {
+    [KV_ROPE_LLAMA3] = {"factor", "low_freq_factor", "high_freq_factor",
+                        "original_max_position_embeddings"},
+    [KV_ROPE_LINEAR] = {"factor"},
+    [KV_ROPE_DYNAMIC] = {"factor", "original_max_position_embeddings"},
+    [KV_ROPE_YARN] = {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
+                      "mscale", "mscale_all_dim", "attention_factor", "truncate"},
+    [KV_ROPE_LONGROPE] = {"short_factor", "long_factor", "factor", "attention_factor",
+                          "original_max_position_embeddings"},
+};
+
+static int rope_key_known(kv_rope_scaling kind, const char *key) {
+    if (strcmp(key, "rope_type") == 0 || strcmp(key, "type") == 0) return 1;
+    for (int k = 0; k < 9 && rope_keys[kind][k]; k++)
+        if (strcmp(key, rope_keys[kind][k]) == 0) return 1;
+    return 0;
+}
+
+/* rope_scaling.NAME: a finite number >= lo (lo_open: > lo); dflt when absent or null */
+static int rope_number(const cJSON *rs, const char *label, const char *name, double lo, int lo_open,
+                       double dflt, double *out, kv_error *err) {
+    const cJSON *it = json_field(rs, name);
+    *out = dflt;
+    if (!it) return 0;
+    if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) ||
+        (lo_open ? !(it->valuedouble > lo) : !(it->valuedouble >= lo)))
+        return kv_fail(
+            err, KV_EFORMAT, "%s: field 'rope_scaling.%s' is %s, expected a number %s %g", label,
+            name, cJSON_IsNumber(it) ? "out of range" : json_kind(it), lo_open ? ">" : ">=", lo);
+    *out = it->valuedouble;
+    return 0;
+}
+
+static int rope_required(const cJSON *rs, const char *label, const char *name, kv_error *err) {
+    if (json_field(rs, name)) return 0;
+    return kv_fail(err, KV_EFORMAT, "%s: missing field 'rope_scaling.%s'", label, name);
+}
+
+/* rope_scaling.original_max_position_embeddings (else the top-level field of that name, else
+ * max_position_embeddings), an integer >= 1 */
+static int rope_original_max(const cJSON *root, const cJSON *rs, const char *label, int dflt,
+                             int *out, kv_error *err) {
+    const cJSON *it = json_field(rs, "original_max_position_embeddings");
+    const char *name = "rope_scaling.original_max_position_embeddings";
+    if (!it) {
+        it = json_field(root, "original_max_position_embeddings");
+        name = "original_max_position_embeddings";
+    }
+    *out = dflt;
+    return it ? json_number_int(it, label, name, 1, INT_MAX, out, err) : 0;
+}
+
+/* longrope's short_factor / long_factor: numbers > 0, head_dim/2 of them */
+static int rope_factor_list(const cJSON *rs, const char *label, const char *name, int want,
+                            double *out, kv_error *err) {
+    const cJSON *it = json_field(rs, name);
+    if (!it) return kv_fail(err, KV_EFORMAT, "%s: missing field 'rope_scaling.%s'", label, name);
+    if (!cJSON_IsArray(it))
+        return kv_fail(err, KV_EFORMAT, "%s: field 'rope_scaling.%s' is %s, expected a list", label,
+                       name, json_kind(it));
+    int n = cJSON_GetArraySize(it);
+    if (n != want)
+        return kv_fail(err, KV_EFORMAT,
+                       "%s: field 'rope_scaling.%s' lists %d numbers, head_dim/2 = %d expected",
+                       label, name, n, want);
+    int i = 0;
+    for (const cJSON *e = it->child; e; e = e->next, i++) {
+        if (!cJSON_IsNumber(e) || !(e->valuedouble > 0.0) || !isfinite(e->valuedouble))
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: field 'rope_scaling.%s[%d]' is %s, expected a number > 0", label,
+                           name, i, cJSON_IsNumber(e) ? "not positive" : json_kind(e));
+        out[i] = e->valuedouble;
+    }
+    return 0;
+}
+
+static int parse_rope_kind(hf_config *c, const cJSON *root, const cJSON *rs, const char *label,
+                           kv_error *err) {
+    kv_rope_config *r = &c->rope;
+    const kv_rope_scaling kind = r->scaling;
+    const int maxpos = c->max_position_embeddings;
+    int rc = 0;
+    if (kind != KV_ROPE_LONGROPE && (rc = rope_required(rs, label, "factor", err))) return rc;
+    switch (kind) {
+    case KV_ROPE_LLAMA3: {
+        static const char *const names[] = {"factor", "low_freq_factor", "high_freq_factor"};
+        double *dst[] = {&r->factor, &r->low_freq_factor, &r->high_freq_factor};
+        for (int i = 0; i < 3; i++) {
+            char full[64];
+            snprintf(full, sizeof full, "rope_scaling.%s", names[i]);
+            const cJSON *it = json_field(rs, names[i]);
+            if (!it) return kv_fail(err, KV_EFORMAT, "%s: missing field '%s'", label, full);
+            if ((rc = json_number_positive(it, label, full, dst[i], err))) return rc;
+        }
+        const cJSON *orig = json_field(rs, "original_max_position_embeddings");
+        if (!orig)
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: missing field 'rope_scaling.original_max_position_embeddings'",
+                           label);
+        if ((rc = json_number_int(orig, label, "rope_scaling.original_max_position_embeddings", 1,
+                                  INT_MAX, &r->original_max_position, err)))
+            return rc;
+        if (r->high_freq_factor <= r->low_freq_factor)
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: field 'rope_scaling.high_freq_factor' (%g) must exceed "
+                           "'rope_scaling.low_freq_factor' (%g)",
+                           label, r->high_freq_factor, r->low_freq_factor);
+        return 0;
+    }
+    case KV_ROPE_LINEAR: return rope_number(rs, label, "factor", 1.0, 0, 1.0, &r->factor, err);
+    case KV_ROPE_DYNAMIC:
+        if ((rc = rope_number(rs, label, "factor", 1.0, 0, 1.0, &r->factor, err))) return rc;
+        return json_field(rs, "original_max_position_embeddings")
+                   ? json_number_int(json_field(rs, "original_max_position_embeddings"), label,
+                                     "rope_scaling.original_max_position_embeddings", 1, INT_MAX,
+                                     &r->original_max_position, err)
+                   : (r->original_max_position = maxpos, 0);
+    case KV_ROPE_YARN: {
+        int truncate = 1;
+        if ((rc = rope_number(rs, label, "factor", 1.0, 0, 1.0, &r->factor, err)) ||
+            (rc = json_field(rs, "original_max_position_embeddings")
+                      ? json_number_int(json_field(rs, "original_max_position_embeddings"), label,
+                                        "rope_scaling.original_max_position_embeddings", 1, INT_MAX,
+                                        &r->original_max_position, err)
+                      : (r->original_max_position = maxpos, 0)) ||
+            (rc = rope_number(rs, label, "beta_fast", 0.0, 1, 32.0, &r->beta_fast, err)) ||
+            (rc = rope_number(rs, label, "beta_slow", 0.0, 1, 1.0, &r->beta_slow, err)) ||
+            (rc = rope_number(rs, label, "mscale", 0.0, 0, 0.0, &r->mscale, err)) ||
+            (rc = rope_number(rs, label, "mscale_all_dim", 0.0, 0, 0.0, &r->mscale_all_dim, err)) ||
+            (rc = rope_number(rs, label, "attention_factor", 0.0, 1, 0.0, &r->attention_factor,
+                              err)) ||
+            (rc = json_get_bool(rs, label, "truncate", 1, &truncate, err)))
+            return rc;
+        r->truncate = truncate;
+        if (r->beta_fast < r->beta_slow)
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: field 'rope_scaling.beta_fast' (%g) is below "
+                           "'rope_scaling.beta_slow' (%g)",
+                           label, r->beta_fast, r->beta_slow);
+        return 0;
+    }
+    case KV_ROPE_LONGROPE: {
+        const int half = c->head_dim / 2;
+        if (half > KV_ROPE_MAX_FACTORS)
+            return kv_fail(err, KV_EUNSUPPORTED,
+                           "%s: longrope with head_dim %d: at most %d factors are supported", label,
+                           c->head_dim, KV_ROPE_MAX_FACTORS);
+        r->n_factors = half;
+        if ((rc = rope_factor_list(rs, label, "short_factor", half, r->short_factor, err)) ||
+            (rc = rope_factor_list(rs, label, "long_factor", half, r->long_factor, err)) ||
+            (rc = rope_original_max(root, rs, label, maxpos, &r->original_max_position, err)) ||
+            (rc = rope_number(rs, label, "factor", 0.0, 1,
+                              (double)maxpos / r->original_max_position, &r->factor, err)) ||
+            (rc = rope_number(rs, label, "attention_factor", 0.0, 1, 0.0, &r->attention_factor,
+                              err)))
+            return rc;
+        if (r->original_max_position < 2)
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: longrope needs 'original_max_position_embeddings' >= 2, got %d",
+                           label, r->original_max_position);
+        return 0;
+    }
+    default: return 0;
+    }
+}
+
 static int parse_rope(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
-    int rc = json_get_positive(root, label, "rope_theta", 0, 10000.0, &c->rope_theta, err);
+    memset(&c->rope, 0, sizeof c->rope);
+    int rc = json_get_positive(root, label, "rope_theta", 0, 10000.0, &c->rope.theta, err);
     if (rc) return rc;
-    c->rope_type = HF_ROPE_NONE;
+    c->rope.scaling = KV_ROPE_PLAIN;
     const cJSON *rs = json_field(root, "rope_scaling");
     if (!rs) return 0;
     if (!cJSON_IsObject(rs))
@@ -136,31 +304,25 @@ static int parse_rope(hf_config *c, const cJSON *root, const char *label, kv_err
     }
     if (!type) return kv_fail(err, KV_EFORMAT, "%s: missing field 'rope_scaling.rope_type'", label);
     if (strcmp(type, "default") == 0) return 0;
-    if (strcmp(type, "llama3") != 0)
-        return kv_fail(err, KV_EUNSUPPORTED, "%s: field '%s' is '%s', only 'llama3' is supported",
+    kv_rope_scaling kind = KV_ROPE_PLAIN;
+    for (int k = KV_ROPE_LLAMA3; k <= KV_ROPE_LONGROPE; k++)
+        if (strcmp(type, kv_rope_scaling_name((kv_rope_scaling)k)) == 0) kind = (kv_rope_scaling)k;
+    if (kind == KV_ROPE_PLAIN)
+        return kv_fail(err, KV_EUNSUPPORTED,
+                       "%s: field '%s' is '%s', supported: default, llama3, linear, dynamic, "
+                       "yarn, longrope",
                        label, type_key, type);
-    static const char *const names[] = {"factor", "low_freq_factor", "high_freq_factor"};
-    double *dst[] = {&c->rope_factor, &c->rope_low_freq_factor, &c->rope_high_freq_factor};
-    for (int i = 0; i < 3; i++) {
-        char full[64];
-        snprintf(full, sizeof full, "rope_scaling.%s", names[i]);
-        const cJSON *it = json_field(rs, names[i]);
-        if (!it) return kv_fail(err, KV_EFORMAT, "%s: missing field '%s'", label, full);
-        if ((rc = json_number_positive(it, label, full, dst[i], err))) return rc;
+    for (const cJSON *it = rs->child; it; it = it->next)
+        if (!rope_key_known(kind, it->string))
+            return kv_fail(err, KV_EUNSUPPORTED,
+                           "%s: field 'rope_scaling.%s' is not read for rope_type '%s'", label,
+                           it->string, type);
+    c->rope.scaling = kind;
+    if ((rc = parse_rope_kind(c, root, rs, label, err))) return rc;
+    if ((rc = kv_rope_check(c->head_dim, &c->rope, err))) {
+        kv_wrap(err, "%s", label);
+        return err ? (err->code = KV_EFORMAT) : KV_EFORMAT;
     }
-    const cJSON *orig = json_field(rs, "original_max_position_embeddings");
-    if (!orig)
-        return kv_fail(err, KV_EFORMAT,
-                       "%s: missing field 'rope_scaling.original_max_position_embeddings'", label);
-    if ((rc = json_number_int(orig, label, "rope_scaling.original_max_position_embeddings", 1,
-                              INT_MAX, &c->rope_original_max_position, err)))
-        return rc;
-    if (c->rope_high_freq_factor <= c->rope_low_freq_factor)
-        return kv_fail(err, KV_EFORMAT,
-                       "%s: field 'rope_scaling.high_freq_factor' (%g) must exceed "
-                       "'rope_scaling.low_freq_factor' (%g)",
-                       label, c->rope_high_freq_factor, c->rope_low_freq_factor);
-    c->rope_type = HF_ROPE_LLAMA3;
     return 0;
 }
 

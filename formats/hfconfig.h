@@ -12,12 +12,11 @@
 
 #include "base/dtype.h"
 #include "base/error.h"
+#include "base/rope_config.h"
 #include "formats/kvmap.h"
 
 #define HF_MAX_LAYERS KVMAP_MAX_LAYERS /* 1024 */
 #define HF_MAX_EOS    8
-
-typedef enum { HF_ROPE_NONE = 0, HF_ROPE_LLAMA3 = 1 } hf_rope_type;
 
 typedef struct {
     char architecture[64]; /* "LlamaForCausalLM", "LCKVLlamaForCausalLM" or
@@ -32,10 +31,7 @@ typedef struct {
     int vocab_size;
     int max_position_embeddings;
     float rms_norm_eps;
-    double rope_theta;
-    hf_rope_type rope_type;
-    double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
-    int rope_original_max_position;
+    kv_rope_config rope; /* rope_theta (.theta) and rope_scaling, validated (kv_rope_check) */
     int tie_word_embeddings;
     int attention_bias, mlp_bias;
     int bos_token_id; /* -1 if absent */

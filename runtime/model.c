@@ -131,9 +131,7 @@ int kv_model_from_source(kv_model *m, const hf_config *cfg, const kv_tensor_sour
     if ((rc = check_config(cfg, err))) goto done;
     llama_dims_init(&m->dims, cfg);
     { /* RoPE parameters are checked here, once, rather than at the first forward */
-        double probe[1];
-        kv_rope_config one = m->dims.rope;
-        if ((rc = kv_rope_inv_freq(probe, 2, &one, err))) {
+        if ((rc = kv_rope_check(m->dims.head_dim, &m->dims.rope, err))) {
             kv_wrap(err, "config.json");
             goto done;
         }

@@ -269,10 +269,10 @@ static void test_refusals(void) {
         {"\"backward_passes\": 0", "backward_passes", KV_EFORMAT},
         {"\"forward_passes\": -1", "forward_passes", KV_EFORMAT},
         {"\"use_sequential\": 3", "use_sequential", KV_EFORMAT},
-        {"\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}", "'yarn', only 'llama3'",
-         KV_EUNSUPPORTED},
-        {"\"rope_scaling\": {\"type\": \"dynamic\", \"factor\": 2.0}", "'dynamic'",
-         KV_EUNSUPPORTED},
+        {"\"rope_scaling\": {\"rope_type\": \"su\", \"factor\": 4.0}",
+         "'su', supported:", KV_EUNSUPPORTED},
+        {"\"rope_scaling\": {\"type\": \"dynamic\", \"factor\": 2.0, \"mscale\": 1}",
+         "'rope_scaling.mscale' is not read for rope_type 'dynamic'", KV_EUNSUPPORTED},
     };
     kv_error err;
     hf_config c;

@@ -111,9 +111,9 @@ int main(void) {
     snprintf(cfg_path, sizeof cfg_path, "%s/config.json", b);
     hf_config cfg;
     CHECK(hf_config_load(&cfg, cfg_path, &err) == 0, "8b config: %s", err.msg);
-    CHECK(cfg.rope_type == HF_ROPE_LLAMA3 && cfg.rope_factor == 8 &&
-              cfg.rope_low_freq_factor == 1 && cfg.rope_high_freq_factor == 4 &&
-              cfg.rope_original_max_position == 8192 && cfg.rope_theta == 500000,
+    CHECK(cfg.rope.scaling == KV_ROPE_LLAMA3 && cfg.rope.factor == 8 &&
+              cfg.rope.low_freq_factor == 1 && cfg.rope.high_freq_factor == 4 &&
+              cfg.rope.original_max_position == 8192 && cfg.rope.theta == 500000,
           "llama3 rope scaling read back");
     synth_preset(&s, "tiny");
     s.n_heads = 7;

@@ -35,10 +35,7 @@ typedef struct {
     size_t kv_bytes_per_token_full; /* the same with L slots */
     char kv_map[HF_MAX_LAYERS * 5 + 32]; /* "0_0_2_2_4"; identity "0_1_2_3_4"; SwiftKV "l=2,g=3" */
     double prefill_saving; /* SwiftKV: model_swiftkv_prefill_saving; else 0 */
-    double rope_theta;
-    hf_rope_type rope_type; /* rope_scaling: none or llama3 (+ its factors) */
-    double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
-    int rope_original_max_position;
+    kv_rope_config rope; /* rope_theta, rope_scaling (kind and parameters) */
 } model_info;
 
 /* SwiftKV (l, g) on the model C describes: the share of a prompt token's layer FLOPs (the weight
