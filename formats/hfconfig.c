@@ -10,23 +10,46 @@
 #include "base/fileio.h"
 #include "formats/json_field.h"
 
-#define ARCH_LLAMA            "LlamaForCausalLM"
-#define ARCH_SWIFTKV          "LlamaSwiftKVForCausalLM"
-#define ARCH_LCKV             "LCKVLlamaForCausalLM"
-#define TYPE_LLAMA            "llama"
-#define TYPE_SWIFTKV          "llama_swiftkv"
-#define TYPE_LCKV             "lckv-llama"
-#define LCKV_DEFAULT_FORWARD  7 /* LCKV's m */
-#define LCKV_DEFAULT_BACKWARD 2 /* LCKV's b */
+#define ARCH_LLAMA             "LlamaForCausalLM"
+#define ARCH_SWIFTKV           "LlamaSwiftKVForCausalLM"
+#define ARCH_LCKV              "LCKVLlamaForCausalLM"
+#define ARCH_MISTRAL           "MistralForCausalLM"
+#define ARCH_QWEN2             "Qwen2ForCausalLM"
+#define ARCH_QWEN2_SWIFTKV     "Qwen2SwiftKVForCausalLM"
+#define TYPE_LLAMA             "llama"
+#define TYPE_SWIFTKV           "llama_swiftkv"
+#define TYPE_LCKV              "lckv-llama"
+#define TYPE_MISTRAL           "mistral"
+#define TYPE_QWEN2             "qwen2"
+#define TYPE_QWEN2_SWIFTKV     "qwen2_swiftkv"
+#define LCKV_DEFAULT_FORWARD   7 /* LCKV's m */
+#define LCKV_DEFAULT_BACKWARD  2 /* LCKV's b */
+#define MISTRAL_DEFAULT_WINDOW 4096 /* MistralConfig's sliding_window default */
 
-/* the three schemas kvforge reads: 0 Llama, 1 SwiftKV (Snowflake), 2 LCKV (whyNLP) */
-static const char *const arch_names[] = {ARCH_LLAMA, ARCH_SWIFTKV, ARCH_LCKV};
-static const char *const type_names[] = {TYPE_LLAMA, TYPE_SWIFTKV, TYPE_LCKV};
+/* the schemas kvforge reads: 0 Llama, 1 SwiftKV (Snowflake), 2 LCKV (whyNLP), 3 Mistral,
+ * 4 Qwen2, 5 Qwen2 SwiftKV (Snowflake's ArcticTraining) */
+enum { S_LLAMA, S_SWIFTKV, S_LCKV, S_MISTRAL, S_QWEN2, S_QWEN2_SWIFTKV, N_SCHEMAS };
+static const char *const arch_names[] = {ARCH_LLAMA,   ARCH_SWIFTKV, ARCH_LCKV,
+                                         ARCH_MISTRAL, ARCH_QWEN2,   ARCH_QWEN2_SWIFTKV};
+static const char *const type_names[] = {TYPE_LLAMA,   TYPE_SWIFTKV, TYPE_LCKV,
+                                         TYPE_MISTRAL, TYPE_QWEN2,   TYPE_QWEN2_SWIFTKV};
+static const hf_family schema_family[] = {HF_FAMILY_LLAMA,   HF_FAMILY_LLAMA, HF_FAMILY_LLAMA,
+                                          HF_FAMILY_MISTRAL, HF_FAMILY_QWEN2, HF_FAMILY_QWEN2};
+#define READ_ARCHS                                                                                 \
+    ARCH_LLAMA ", " ARCH_LCKV ", " ARCH_SWIFTKV ", " ARCH_MISTRAL ", " ARCH_QWEN2                  \
+               " and " ARCH_QWEN2_SWIFTKV
+#define READ_TYPES                                                                                 \
+    TYPE_LLAMA ", " TYPE_LCKV ", " TYPE_SWIFTKV ", " TYPE_MISTRAL ", " TYPE_QWEN2                  \
+               " and " TYPE_QWEN2_SWIFTKV
 
 static int schema_of(const char *name, const char *const *names) {
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < N_SCHEMAS; k++)
         if (strcmp(name, names[k]) == 0) return k;
     return -1;
+}
+
+static int is_swiftkv_arch(const char *arch) {
+    return strcmp(arch, ARCH_SWIFTKV) == 0 || strcmp(arch, ARCH_QWEN2_SWIFTKV) == 0;
 }
 
 /* ---- sections ---- */
@@ -46,17 +69,16 @@ static int parse_architecture(hf_config *c, const cJSON *root, const char *label
         arch = first->valuestring;
         if (schema_of(arch, arch_names) < 0)
             return kv_fail(err, KV_EUNSUPPORTED,
-                           "%s: architecture '%.200s' is not supported (kvforge reads " ARCH_LLAMA
-                           ", " ARCH_LCKV " and " ARCH_SWIFTKV ")",
+                           "%s: architecture '%.200s' is not supported (kvforge reads " READ_ARCHS
+                           ")",
                            label, arch);
     }
     int rc = json_get_string(root, label, "model_type", sizeof c->model_type, &type, err);
     if (rc) return rc;
     if (type && schema_of(type, type_names) < 0)
         return kv_fail(err, KV_EUNSUPPORTED,
-                       "%s: model_type '%s' is not supported (kvforge reads " TYPE_LLAMA
-                       ", " TYPE_LCKV " and " TYPE_SWIFTKV ")",
-                       label, type);
+                       "%s: model_type '%s' is not supported (kvforge reads " READ_TYPES ")", label,
+                       type);
     if (!arch && !type)
         return kv_fail(err, KV_EFORMAT, "%s: missing field 'architectures' (and 'model_type')",
                        label);
@@ -68,6 +90,43 @@ static int parse_architecture(hf_config *c, const cJSON *root, const char *label
                        label, arch, type);
     snprintf(c->architecture, sizeof c->architecture, "%s", arch);
     snprintf(c->model_type, sizeof c->model_type, "%s", type);
+    c->family = schema_family[kind];
+    return 0;
+}
+
+/* Mistral and Qwen2 run as Llama only without a sliding window: Mistral's sliding_window null
+ * or >= max_position_embeddings (absent: MistralConfig's 4096); Qwen2's use_sliding_window false
+ * (then sliding_window and max_window_layers mean nothing). Biases: Qwen2 has q/k/v biases and
+ * no o_proj or MLP bias (Qwen2Attention / Qwen2MLP), whatever attention_bias says. */
+static int parse_family(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
+    int rc, window = 0, use_window = 0;
+    c->o_bias = c->attention_bias;
+    if (c->family == HF_FAMILY_MISTRAL) {
+        const cJSON *sw = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
+        if (sw && cJSON_IsNull(sw)) return 0;
+        if ((rc = json_get_int(root, label, "sliding_window", 0, MISTRAL_DEFAULT_WINDOW, 1, INT_MAX,
+                               &window, err)))
+            return rc;
+        if (window < c->max_position_embeddings)
+            return kv_fail(err, KV_EUNSUPPORTED,
+                           "%s: field 'sliding_window' is %d%s, below 'max_position_embeddings' "
+                           "(%d): sliding-window attention is not supported (null or >= "
+                           "max_position_embeddings is read as full attention)",
+                           label, window, sw ? "" : " (MistralConfig's default when absent)",
+                           c->max_position_embeddings);
+    } else if (c->family == HF_FAMILY_QWEN2) {
+        if ((rc = json_get_bool(root, label, "use_sliding_window", 0, &use_window, err))) return rc;
+        if (use_window)
+            return kv_fail(err, KV_EUNSUPPORTED,
+                           "%s: field 'use_sliding_window' is true: sliding-window attention is "
+                           "not supported",
+                           label);
+        if (c->mlp_bias)
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: field 'mlp_bias' is true, but Qwen2's MLP has no biases", label);
+        c->attention_bias = 1; /* q/k/v */
+        c->o_bias = 0;
+    }
     return 0;
 }
 
@@ -383,7 +442,7 @@ static int parse_dtype(hf_config *c, const cJSON *root, const char *label, kv_er
 
 /* layer_types / SwiftKV fields (kvmap_read_config); a SwiftKV architecture implies swiftkv */
 static int parse_kv_map(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
-    const int arch_swiftkv = strcmp(c->architecture, ARCH_SWIFTKV) == 0;
+    const int arch_swiftkv = is_swiftkv_arch(c->architecture);
     int rc = kvmap_read_config(&c->map, root, c->n_layers, arch_swiftkv, label, err);
     if (rc) return rc;
     if (arch_swiftkv && c->map.kind != KVMAP_SWIFTKV)
@@ -448,7 +507,8 @@ int hf_config_parse(hf_config *c, const char *json, const char *label, kv_error 
         (rc = parse_token_ids(root, label, "eos_token_id", c->vocab_size, c->eos_token_ids,
                               HF_MAX_EOS, &c->n_eos, err)) ||
         (rc = parse_activation(root, label, err)) || (rc = parse_dtype(c, root, label, err)) ||
-        (rc = parse_kv_map(c, root, label, err)) || (rc = parse_lckv(c, root, label, err)))
+        (rc = parse_family(c, root, label, err)) || (rc = parse_kv_map(c, root, label, err)) ||
+        (rc = parse_lckv(c, root, label, err)))
         goto done;
     if ((float)eps <= 0.0f || eps > 1.0) {
         rc = kv_fail(err, KV_EFORMAT,
@@ -493,7 +553,7 @@ int64_t hf_config_param_count(const hf_config *c) {
     const int64_t H = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
     const int64_t q_rows = (int64_t)c->n_heads * c->head_dim;
     const int64_t kv_rows = (int64_t)c->n_kv_heads * c->head_dim;
-    const int ab = c->attention_bias, mb = c->mlp_bias;
+    const int ab = c->attention_bias, ob = c->o_bias, mb = c->mlp_bias;
     int64_t n = 0;
     int ok = add_mul(&n, V, H); /* embed_tokens [V, H] */
     for (int i = 0; ok && i < c->n_layers; i++) {
@@ -501,7 +561,7 @@ int64_t hf_config_param_count(const hf_config *c) {
         ok = ok && add_mul(&n, q_rows, H + ab); /* q (or q_proj_swiftkv) */
         if (kvmap_is_kv_layer(&c->map, i))
             ok = ok && add_mul(&n, 2 * kv_rows, H + ab); /* k, v (or *_swiftkv) */
-        ok = ok && add_mul(&n, H, q_rows + ab); /* o [H, nh*hd] */
+        ok = ok && add_mul(&n, H, q_rows + ob); /* o [H, nh*hd] */
         ok = ok && add_mul(&n, 2 * F, H + mb); /* gate, up [F, H] */
         ok = ok && add_mul(&n, H, F + mb); /* down [H, F] */
     }
@@ -522,11 +582,16 @@ const char *hf_torch_dtype_name(kv_dtype t) {
 
 const char *hf_config_schema(const hf_config *c) {
     const int lckv = strcmp(c->model_type, TYPE_LCKV) == 0;
+    const int qwen2 = c->family == HF_FAMILY_QWEN2, mistral = c->family == HF_FAMILY_MISTRAL;
     switch (c->map.kind) {
     case KVMAP_SWIFTKV:
-        return strcmp(c->model_type, TYPE_SWIFTKV) == 0 ? "llama_swiftkv" : "llama+swiftkv";
-    case KVMAP_CROSS: return lckv ? "lckv-llama" : "llama+layer_types";
-    default: return lckv ? "lckv-llama" : "llama";
+        if (strcmp(c->model_type, TYPE_SWIFTKV) == 0) return "llama_swiftkv";
+        if (strcmp(c->model_type, TYPE_QWEN2_SWIFTKV) == 0) return "qwen2_swiftkv";
+        return qwen2 ? "qwen2+swiftkv" : mistral ? "mistral+swiftkv" : "llama+swiftkv";
+    case KVMAP_CROSS:
+        if (lckv) return "lckv-llama";
+        return qwen2 ? "qwen2+layer_types" : mistral ? "mistral+layer_types" : "llama+layer_types";
+    default: return lckv ? "lckv-llama" : qwen2 ? "qwen2" : mistral ? "mistral" : "llama";
     }
 }
 
@@ -590,7 +655,16 @@ int hf_config_write_json(const hf_config *c, const char *src_json, const char *l
     } else if (is_integer_layer_types(cJSON_GetObjectItemCaseSensitive(root, "layer_types"))) {
         drop_key(root, "layer_types");
     }
-    const int kind = swift ? 1 : cross ? 2 : 0;
+    /* Qwen2 keeps its schema (SwiftKV: ArcticTraining's qwen2_swiftkv; cross-layer: kvforge's
+     * layer_types under qwen2, as LCKV has no Qwen2 model); Mistral without a sliding window is
+     * a Llama, written in Llama's SwiftKV / LCKV schemas (and as mistral when unchanged) */
+    const hf_family fam = c->family;
+    const int kind = fam == HF_FAMILY_QWEN2     ? (swift ? S_QWEN2_SWIFTKV : S_QWEN2)
+                     : swift                    ? S_SWIFTKV
+                     : cross                    ? S_LCKV
+                     : fam == HF_FAMILY_MISTRAL ? S_MISTRAL
+                                                : S_LLAMA;
+    if (fam == HF_FAMILY_MISTRAL && kind != S_MISTRAL) drop_key(root, "sliding_window");
     const char *arch_name = arch_names[kind];
     cJSON *archs = cJSON_CreateStringArray(&arch_name, 1);
     ok = ok && set_key(root, "architectures", archs);

@@ -133,7 +133,8 @@ static void add_layer(expect_list *l, const hf_config *c, int i, llama_layer_vie
         add_proj(l, NEED_OPTIONAL, i, "self_attn", "k_proj", NULL, NULL, kv_rows, H, why_kv, ab);
         add_proj(l, NEED_OPTIONAL, i, "self_attn", "v_proj", NULL, NULL, kv_rows, H, why_kv, ab);
     }
-    add_proj(l, NEED_REQUIRED, i, "self_attn", "o_proj", &lv->o, &lv->o_bias, H, q_rows, why_o, ab);
+    add_proj(l, NEED_REQUIRED, i, "self_attn", "o_proj", &lv->o, &lv->o_bias, H, q_rows, why_o,
+             c->o_bias);
     if (swift) {
         add_proj(l, NEED_REQUIRED, i, "self_attn", "q_proj_swiftkv", &lv->q_swiftkv,
                  &lv->q_swiftkv_bias, q_rows, H, why_q, ab);

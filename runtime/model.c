@@ -114,7 +114,8 @@ static size_t count_step_bytes(const kv_model *m) {
         const kv_layer_weights *w = &m->layers[i];
         n += 2 * H + Q * H + H * Q + 3 * F * H;
         if (w->wk) n += 2 * KV * H;
-        if (w->bq) n += Q + H + (w->bk ? 2 * KV : 0);
+        if (w->bq) n += Q + (w->bk ? 2 * KV : 0);
+        if (w->bo) n += H;
         if (w->b_gate) n += 2 * F + H;
     }
     return n * sizeof(float);

@@ -78,8 +78,28 @@ static const bad_case BAD[] = {
     {"{\"num_key_value_heads\": 3}", NULL, "'num_key_value_heads' (3)"},
     {"{\"head_dim\": 7}", NULL, "'head_dim'"},
     {"{\"head_dim\": \"__DELETE__\", \"hidden_size\": 60}", NULL, "'hidden_size' (60)"},
+    {"{\"architectures\": [\"MixtralForCausalLM\"]}", NULL,
+     "config.json: architecture 'MixtralForCausalLM' is not supported"},
     {"{\"architectures\": [\"MistralForCausalLM\"]}", NULL,
-     "config.json: architecture 'MistralForCausalLM' is not supported"},
+     "config.json: architecture 'MistralForCausalLM' does not match model_type 'llama'"},
+    {"{\"architectures\": [\"MistralForCausalLM\"], \"model_type\": \"mistral\", "
+     "\"sliding_window\": 256}",
+     NULL, "field 'sliding_window' is 256, below 'max_position_embeddings' (512)"},
+    {"{\"architectures\": [\"MistralForCausalLM\"], \"model_type\": \"mistral\", "
+     "\"max_position_embeddings\": 8192}",
+     NULL, "field 'sliding_window' is 4096 (MistralConfig's default when absent)"},
+    {"{\"architectures\": [\"MistralForCausalLM\"], \"model_type\": \"mistral\", "
+     "\"sliding_window\": \"x\"}",
+     NULL, "'sliding_window' is a string"},
+    {"{\"architectures\": [\"Qwen2ForCausalLM\"], \"model_type\": \"qwen2\", "
+     "\"use_sliding_window\": true}",
+     NULL, "field 'use_sliding_window' is true"},
+    {"{\"architectures\": [\"Qwen2ForCausalLM\"], \"model_type\": \"qwen2\", "
+     "\"mlp_bias\": true}",
+     NULL, "field 'mlp_bias' is true, but Qwen2"},
+    {"{\"architectures\": [\"Qwen2SwiftKVForCausalLM\"], \"model_type\": \"qwen2_swiftkv\", "
+     "\"swiftkv\": false}",
+     NULL, "contradicts field 'swiftkv' = false"},
     {"{\"architectures\": \"LlamaForCausalLM\"}", NULL, "'architectures'"},
     {"{\"architectures\": []}", NULL, "'architectures'"},
     {"{\"architectures\": [7]}", NULL, "'architectures[0]'"},
@@ -230,12 +250,13 @@ static void test_bad_cases(void) {
     printf("%d malformed configs refused\n", n);
     kv_error err = {0};
     hf_config c;
-    CHECK(parse_edited(&c, "{\"architectures\": [\"MistralForCausalLM\"]}", &err) ==
+    CHECK(parse_edited(&c, "{\"architectures\": [\"MixtralForCausalLM\"]}", &err) ==
               KV_EUNSUPPORTED,
           "unsupported architecture gives KV_EUNSUPPORTED");
-    CHECK(strcmp(err.msg, "config.json: architecture 'MistralForCausalLM' is not supported "
-                          "(kvforge reads LlamaForCausalLM, LCKVLlamaForCausalLM and "
-                          "LlamaSwiftKVForCausalLM)") == 0,
+    CHECK(strcmp(err.msg, "config.json: architecture 'MixtralForCausalLM' is not supported "
+                          "(kvforge reads LlamaForCausalLM, LCKVLlamaForCausalLM, "
+                          "LlamaSwiftKVForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and "
+                          "Qwen2SwiftKVForCausalLM)") == 0,
           "exact message: %s", err.msg);
 }
 

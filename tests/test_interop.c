@@ -283,8 +283,8 @@ static void test_refusals(void) {
               cases[k].edit, rc, err.msg);
     }
     /* other architectures and model types, named */
-    static const char *const archs[][2] = {{"MistralForCausalLM", "mistral"},
-                                           {"Qwen2ForCausalLM", "qwen2"},
+    static const char *const archs[][2] = {{"Phi3ForCausalLM", "phi3"},
+                                           {"Qwen3ForCausalLM", "qwen3"},
                                            {"MixtralForCausalLM", "mixtral"},
                                            {"Gemma2ForCausalLM", "gemma2"}};
     for (int k = 0; k < 4; k++) {

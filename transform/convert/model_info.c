@@ -15,15 +15,23 @@ const char *model_kv_kind_name(model_kv_kind k) {
 
 const char *model_info_schema_note(const char *schema) {
     if (!strcmp(schema, "llama")) return "plain Hugging Face Llama: every Llama loader and kvforge";
+    if (!strcmp(schema, "mistral"))
+        return "Hugging Face Mistral without a sliding window: every Mistral loader and kvforge";
+    if (!strcmp(schema, "qwen2")) return "Hugging Face Qwen2: every Qwen2 loader and kvforge";
     if (!strcmp(schema, "lckv-llama"))
         return "LCKV's cross-layer Llama: whyNLP/LCKV's code and kvforge";
     if (!strcmp(schema, "llama_swiftkv"))
         return "Snowflake's SwiftKV: ArcticInference (vLLM) and kvforge";
-    if (!strcmp(schema, "llama+layer_types"))
+    if (!strcmp(schema, "qwen2_swiftkv"))
+        return "Snowflake's Qwen2 SwiftKV (ArcticTraining's qwen2_swiftkv) and kvforge";
+    if (!strcmp(schema, "qwen2+layer_types"))
+        return "kvforge's cross-layer Qwen2 (LCKV has no Qwen2 model): only kvforge reads it "
+               "right, a plain Qwen2 loader would ignore layer_types";
+    if (!strcmp(schema, "llama+layer_types") || !strcmp(schema, "mistral+layer_types"))
         return "non-standard (kvforge before LCKV's schema): only kvforge reads it right, a plain "
                "Llama "
                "loader would ignore layer_types";
-    return "non-standard (swiftkv under LlamaForCausalLM): only kvforge reads it right";
+    return "non-standard (swiftkv under a plain architecture): only kvforge reads it right";
 }
 
 /* 2 * slots * nkv * hd * elem; 0 on overflow */
