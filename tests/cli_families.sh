@@ -37,6 +37,9 @@ expect_rc 0 "qwen2-tiny" -- "$S" "$Q" --preset qwen2-tiny
 expect_rc 0 "qwen2 via --arch" -- "$S" "$TMP/qwen2b" --preset tiny --arch qwen2
 expect_rc 0 "qwen2 info" -- "$C" info "$Q" --json
 expect_grep '"schema":"qwen2"' "$TMP/out" "qwen2 schema"
+expect_grep '"biases":"q/k/v"' "$TMP/out" "info: Qwen2's q/k/v biases"
+expect_rc 0 "qwen2 info text" -- "$C" info "$Q"
+expect_grep "biases  *q/k/v$" "$TMP/out" "info text names the biases"
 expect_rc 0 "qwen2 runs" -- "$R" "$Q" --logits-out "$TMP/q.st" --tokens "$T"
 expect_rc 0 "qwen2 deterministic" -- "$R" "$Q" --logits-out "$TMP/q2.st" --tokens "$T"
 expect_rc 0 "qwen2 two runs" -- "$V" logits "$TMP/q.st" "$TMP/q2.st" --json

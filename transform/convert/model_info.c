@@ -90,6 +90,9 @@ int model_info_fill(model_info *mi, const llama_view *v, kv_error *err) {
     mi->vocab_size = c->vocab_size;
     mi->max_position = c->max_position_embeddings;
     mi->tied = c->tie_word_embeddings;
+    snprintf(mi->biases, sizeof mi->biases, "%s%s%s%s", c->attention_bias ? "q/k/v" : "",
+             c->o_bias ? "/o" : "", c->mlp_bias && c->attention_bias ? ", " : "",
+             c->mlp_bias ? "mlp" : "");
     mi->dtype = c->torch_dtype;
     mi->n_params = v->n_params;
     mi->n_params_config = hf_config_param_count(c);
@@ -209,6 +212,7 @@ int model_info_text(const model_info *mi, const char *label, char **out, kv_erro
     fprintf(f, "  hidden         %d (ffn %d)\n", mi->hidden_size, mi->ffn_size);
     fprintf(f, "  heads          %d query, %d key/value, head_dim %d\n", mi->n_heads,
             mi->n_kv_heads, mi->head_dim);
+    if (mi->biases[0]) fprintf(f, "  biases         %s\n", mi->biases);
     fprintf(f, "  vocab          %d%s\n", mi->vocab_size, mi->tied ? " (tied embeddings)" : "");
     fprintf(f, "  context        %d positions\n", mi->max_position);
     print_rope(f, &mi->rope);
@@ -272,6 +276,7 @@ int model_info_json(const model_info *mi, char **out, kv_error *err) {
     NUM("vocab_size", mi->vocab_size);
     NUM("max_position_embeddings", mi->max_position);
     ok = ok && cJSON_AddBoolToObject(o, "tied", mi->tied);
+    if (mi->biases[0]) STR("biases", mi->biases);
     STR("dtype", kv_dtype_name(mi->dtype));
     NUM("parameters", mi->n_params);
     NUM("parameters_config", mi->n_params_config);
