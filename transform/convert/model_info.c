@@ -31,6 +31,8 @@ const char *model_info_schema_note(const char *schema) {
         return "non-standard (kvforge before LCKV's schema): only kvforge reads it right, a plain "
                "Llama "
                "loader would ignore layer_types";
+    if (!strcmp(schema, "llama+swiftkv"))
+        return "non-standard (swiftkv under LlamaForCausalLM): only kvforge reads it right";
     return "non-standard (swiftkv under a plain architecture): only kvforge reads it right";
 }
 
