@@ -12,8 +12,9 @@ static const char *TOOL = "kvsynth";
 static void usage(void) {
     printf(
         "Usage: kvsynth [OPTIONS] OUT_DIR\n"
-        "Write a synthetic HF Llama checkpoint (config.json, safetensors, tokenizer.json) with\n"
-        "reproducible Gaussian weights (std 0.02; norms 1.0) for demos, tests and benchmarks.\n\n"
+        "Write a synthetic HF Llama (or Mistral, Qwen2) checkpoint (config.json, safetensors,\n"
+        "tokenizer.json) with reproducible Gaussian weights (std 0.02; norms 1.0) for demos,\n"
+        "tests and benchmarks.\n\n"
         "  --preset NAME        start from a named shape: %s (default tiny)\n"
         "  --layers N           num_hidden_layers\n"
         "  --hidden N           hidden_size\n"
