@@ -27,10 +27,10 @@ static const char *TOOL = "kvrun";
 
 static void usage(void) {
     printf("Usage: kvrun [OPTIONS] MODEL\n"
-           "Run a Llama model on the CPU or a GPU. MODEL is a HuggingFace directory (config.json,\n"
-           "*.safetensors, tokenizer.json; or its model.safetensors file) or a kvforge bundle\n"
-           "(.kvb): an original model or one converted for cross-layer KV sharing or SwiftKV;\n"
-           "the KV map is honoured exactly.\n\n"
+           "Run a Llama model (or Mistral without sliding window, Qwen2) on the CPU or a GPU.\n"
+           "MODEL is a HuggingFace directory (config.json, *.safetensors, tokenizer.json; or\n"
+           "its model.safetensors file) or a kvforge bundle (.kvb): an original model or one\n"
+           "converted for cross-layer KV sharing or SwiftKV; the KV map is honoured exactly.\n\n"
            "Modes (exactly one):\n"
            "  --prompt TEXT          generate: print TEXT and its continuation on stdout\n"
            "  --ppl FILE             perplexity of a text file (nats/token, bits/byte)\n"

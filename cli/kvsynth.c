@@ -12,8 +12,9 @@ static const char *TOOL = "kvsynth";
 static void usage(void) {
     printf(
         "Usage: kvsynth [OPTIONS] OUT_DIR\n"
-        "Write a synthetic HF Llama checkpoint (config.json, safetensors, tokenizer.json) with\n"
-        "reproducible Gaussian weights (std 0.02; norms 1.0) for demos, tests and benchmarks.\n\n"
+        "Write a synthetic HF Llama (or Mistral, Qwen2) checkpoint (config.json, safetensors,\n"
+        "tokenizer.json) with reproducible Gaussian weights (std 0.02; norms 1.0) for demos,\n"
+        "tests and benchmarks.\n\n"
         "  --preset NAME        start from a named shape: %s (default tiny)\n"
         "  --layers N           num_hidden_layers\n"
         "  --hidden N           hidden_size\n"
@@ -27,6 +28,12 @@ static void usage(void) {
         "  --dtype f32|f16|bf16 weight type\n"
         "  --shard-size SIZE    shard the weights (e.g. 500M); default one file\n"
         "  --seed N             random seed (default 1)\n"
+        "  --arch NAME          config family: llama (default), mistral (MistralForCausalLM),\n"
+        "                       qwen2 (Qwen2ForCausalLM: q/k/v biases, use_sliding_window false)\n"
+        "  --sliding-window N   mistral/qwen2: the sliding_window field (default: mistral null,\n"
+        "                       qwen2 max-pos); kvforge refuses a window below max-pos\n"
+        "  --rope-scaling JSON  the rope_scaling object, e.g. '{\"rope_type\": \"yarn\",\n"
+        "                       \"factor\": 4}' (checked: kvforge must read it)\n"
         "  --force              write into a non-empty OUT_DIR\n"
         "  -h, --help           this help\n"
         "  --version            print the version\n",
@@ -50,18 +57,32 @@ int main(int argc, char **argv) {
         O_SHARD,
         O_SEED,
         O_FORCE,
-        O_VERSION
+        O_VERSION,
+        O_ARCH,
+        O_WINDOW,
+        O_ROPE_SCALING
     };
-    static const struct option opts[] = {
-        {"preset", 1, 0, O_PRESET},     {"layers", 1, 0, O_LAYERS},
-        {"hidden", 1, 0, O_HIDDEN},     {"heads", 1, 0, O_HEADS},
-        {"kv-heads", 1, 0, O_KV_HEADS}, {"head-dim", 1, 0, O_HEAD_DIM},
-        {"ffn", 1, 0, O_FFN},           {"vocab", 1, 0, O_VOCAB},
-        {"max-pos", 1, 0, O_MAXPOS},    {"tied", 0, 0, O_TIED},
-        {"untied", 0, 0, O_UNTIED},     {"dtype", 1, 0, O_DTYPE},
-        {"shard-size", 1, 0, O_SHARD},  {"seed", 1, 0, O_SEED},
-        {"force", 0, 0, O_FORCE},       {"help", 0, 0, 'h'},
-        {"version", 0, 0, O_VERSION},   {0, 0, 0, 0}};
+    static const struct option opts[] = {{"preset", 1, 0, O_PRESET},
+                                         {"layers", 1, 0, O_LAYERS},
+                                         {"hidden", 1, 0, O_HIDDEN},
+                                         {"heads", 1, 0, O_HEADS},
+                                         {"kv-heads", 1, 0, O_KV_HEADS},
+                                         {"head-dim", 1, 0, O_HEAD_DIM},
+                                         {"ffn", 1, 0, O_FFN},
+                                         {"vocab", 1, 0, O_VOCAB},
+                                         {"max-pos", 1, 0, O_MAXPOS},
+                                         {"tied", 0, 0, O_TIED},
+                                         {"untied", 0, 0, O_UNTIED},
+                                         {"dtype", 1, 0, O_DTYPE},
+                                         {"shard-size", 1, 0, O_SHARD},
+                                         {"seed", 1, 0, O_SEED},
+                                         {"force", 0, 0, O_FORCE},
+                                         {"help", 0, 0, 'h'},
+                                         {"version", 0, 0, O_VERSION},
+                                         {"arch", 1, 0, O_ARCH},
+                                         {"sliding-window", 1, 0, O_WINDOW},
+                                         {"rope-scaling", 1, 0, O_ROPE_SCALING},
+                                         {0, 0, 0, 0}};
     synth_spec s;
     synth_preset(&s, "tiny");
     int force = 0, head_dim_set = 0, shape_set = 0, c;
@@ -117,6 +138,18 @@ int main(int argc, char **argv) {
             s.shard_bytes = (size_t)b;
             continue;
         }
+        case O_ARCH:
+            if (strcmp(optarg, "llama") == 0) s.arch = SYNTH_LLAMA;
+            else if (strcmp(optarg, "mistral") == 0) s.arch = SYNTH_MISTRAL;
+            else if (strcmp(optarg, "qwen2") == 0) s.arch = SYNTH_QWEN2;
+            else return cli_usage_error(TOOL, "--arch must be llama, mistral or qwen2");
+            continue;
+        case O_ROPE_SCALING: s.rope_scaling = optarg; continue;
+        case O_WINDOW:
+            if (cli_parse_int(optarg, 1, 1 << 30, &v))
+                return cli_usage_error(TOOL, "bad --sliding-window '%s'", optarg);
+            s.sliding_window = (int)v;
+            continue;
         case O_SEED:
             if (cli_parse_int(optarg, 0, 0x7fffffffL, &v))
                 return cli_usage_error(TOOL, "bad --seed '%s'", optarg);
@@ -137,6 +170,8 @@ int main(int argc, char **argv) {
         s.head_dim = s.hidden / s.n_heads;
     }
     if (s.n_kv_heads > s.n_heads) s.n_kv_heads = s.n_heads;
+    if (s.sliding_window && s.arch == SYNTH_LLAMA)
+        return cli_usage_error(TOOL, "--sliding-window needs --arch mistral or qwen2");
     const char *dir = argv[optind];
     if (!force && !kv_dir_is_empty(dir)) {
         cli_error(TOOL, "%s: not empty (use --force)", dir);

@@ -10,23 +10,46 @@
 #include "base/fileio.h"
 #include "formats/json_field.h"
 
-#define ARCH_LLAMA            "LlamaForCausalLM"
-#define ARCH_SWIFTKV          "LlamaSwiftKVForCausalLM"
-#define ARCH_LCKV             "LCKVLlamaForCausalLM"
-#define TYPE_LLAMA            "llama"
-#define TYPE_SWIFTKV          "llama_swiftkv"
-#define TYPE_LCKV             "lckv-llama"
-#define LCKV_DEFAULT_FORWARD  7 /* LCKV's m */
-#define LCKV_DEFAULT_BACKWARD 2 /* LCKV's b */
+#define ARCH_LLAMA             "LlamaForCausalLM"
+#define ARCH_SWIFTKV           "LlamaSwiftKVForCausalLM"
+#define ARCH_LCKV              "LCKVLlamaForCausalLM"
+#define ARCH_MISTRAL           "MistralForCausalLM"
+#define ARCH_QWEN2             "Qwen2ForCausalLM"
+#define ARCH_QWEN2_SWIFTKV     "Qwen2SwiftKVForCausalLM"
+#define TYPE_LLAMA             "llama"
+#define TYPE_SWIFTKV           "llama_swiftkv"
+#define TYPE_LCKV              "lckv-llama"
+#define TYPE_MISTRAL           "mistral"
+#define TYPE_QWEN2             "qwen2"
+#define TYPE_QWEN2_SWIFTKV     "qwen2_swiftkv"
+#define LCKV_DEFAULT_FORWARD   7 /* LCKV's m */
+#define LCKV_DEFAULT_BACKWARD  2 /* LCKV's b */
+#define MISTRAL_DEFAULT_WINDOW 4096 /* MistralConfig's sliding_window default */
 
-/* the three schemas kvforge reads: 0 Llama, 1 SwiftKV (Snowflake), 2 LCKV (whyNLP) */
-static const char *const arch_names[] = {ARCH_LLAMA, ARCH_SWIFTKV, ARCH_LCKV};
-static const char *const type_names[] = {TYPE_LLAMA, TYPE_SWIFTKV, TYPE_LCKV};
+/* the schemas kvforge reads: 0 Llama, 1 SwiftKV (Snowflake), 2 LCKV (whyNLP), 3 Mistral,
+ * 4 Qwen2, 5 Qwen2 SwiftKV (Snowflake's ArcticTraining) */
+enum { S_LLAMA, S_SWIFTKV, S_LCKV, S_MISTRAL, S_QWEN2, S_QWEN2_SWIFTKV, N_SCHEMAS };
+static const char *const arch_names[] = {ARCH_LLAMA,   ARCH_SWIFTKV, ARCH_LCKV,
+                                         ARCH_MISTRAL, ARCH_QWEN2,   ARCH_QWEN2_SWIFTKV};
+static const char *const type_names[] = {TYPE_LLAMA,   TYPE_SWIFTKV, TYPE_LCKV,
+                                         TYPE_MISTRAL, TYPE_QWEN2,   TYPE_QWEN2_SWIFTKV};
+static const hf_family schema_family[] = {HF_FAMILY_LLAMA,   HF_FAMILY_LLAMA, HF_FAMILY_LLAMA,
+                                          HF_FAMILY_MISTRAL, HF_FAMILY_QWEN2, HF_FAMILY_QWEN2};
+#define READ_ARCHS                                                                                 \
+    ARCH_LLAMA ", " ARCH_LCKV ", " ARCH_SWIFTKV ", " ARCH_MISTRAL ", " ARCH_QWEN2                  \
+               " and " ARCH_QWEN2_SWIFTKV
+#define READ_TYPES                                                                                 \
+    TYPE_LLAMA ", " TYPE_LCKV ", " TYPE_SWIFTKV ", " TYPE_MISTRAL ", " TYPE_QWEN2                  \
+               " and " TYPE_QWEN2_SWIFTKV
 
 static int schema_of(const char *name, const char *const *names) {
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < N_SCHEMAS; k++)
         if (strcmp(name, names[k]) == 0) return k;
     return -1;
+}
+
+static int is_swiftkv_arch(const char *arch) {
+    return strcmp(arch, ARCH_SWIFTKV) == 0 || strcmp(arch, ARCH_QWEN2_SWIFTKV) == 0;
 }
 
 /* ---- sections ---- */
@@ -46,17 +69,16 @@ static int parse_architecture(hf_config *c, const cJSON *root, const char *label
         arch = first->valuestring;
         if (schema_of(arch, arch_names) < 0)
             return kv_fail(err, KV_EUNSUPPORTED,
-                           "%s: architecture '%.200s' is not supported (kvforge reads " ARCH_LLAMA
-                           ", " ARCH_LCKV " and " ARCH_SWIFTKV ")",
+                           "%s: architecture '%.200s' is not supported (kvforge reads " READ_ARCHS
+                           ")",
                            label, arch);
     }
     int rc = json_get_string(root, label, "model_type", sizeof c->model_type, &type, err);
     if (rc) return rc;
     if (type && schema_of(type, type_names) < 0)
         return kv_fail(err, KV_EUNSUPPORTED,
-                       "%s: model_type '%s' is not supported (kvforge reads " TYPE_LLAMA
-                       ", " TYPE_LCKV " and " TYPE_SWIFTKV ")",
-                       label, type);
+                       "%s: model_type '%s' is not supported (kvforge reads " READ_TYPES ")", label,
+                       type);
     if (!arch && !type)
         return kv_fail(err, KV_EFORMAT, "%s: missing field 'architectures' (and 'model_type')",
                        label);
@@ -68,6 +90,43 @@ static int parse_architecture(hf_config *c, const cJSON *root, const char *label
                        label, arch, type);
     snprintf(c->architecture, sizeof c->architecture, "%s", arch);
     snprintf(c->model_type, sizeof c->model_type, "%s", type);
+    c->family = schema_family[kind];
+    return 0;
+}
+
+/* Mistral and Qwen2 run as Llama only without a sliding window: Mistral's sliding_window null
+ * or >= max_position_embeddings (absent: MistralConfig's 4096); Qwen2's use_sliding_window false
+ * (then sliding_window and max_window_layers mean nothing). Biases: Qwen2 has q/k/v biases and
+ * no o_proj or MLP bias (Qwen2Attention / Qwen2MLP), whatever attention_bias says. */
+static int parse_family(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
+    int rc, window = 0, use_window = 0;
+    c->o_bias = c->attention_bias;
+    if (c->family == HF_FAMILY_MISTRAL) {
+        const cJSON *sw = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
+        if (sw && cJSON_IsNull(sw)) return 0;
+        if ((rc = json_get_int(root, label, "sliding_window", 0, MISTRAL_DEFAULT_WINDOW, 1, INT_MAX,
+                               &window, err)))
+            return rc;
+        if (window < c->max_position_embeddings)
+            return kv_fail(err, KV_EUNSUPPORTED,
+                           "%s: field 'sliding_window' is %d%s, below 'max_position_embeddings' "
+                           "(%d): sliding-window attention is not supported (null or >= "
+                           "max_position_embeddings is read as full attention)",
+                           label, window, sw ? "" : " (MistralConfig's default when absent)",
+                           c->max_position_embeddings);
+    } else if (c->family == HF_FAMILY_QWEN2) {
+        if ((rc = json_get_bool(root, label, "use_sliding_window", 0, &use_window, err))) return rc;
+        if (use_window)
+            return kv_fail(err, KV_EUNSUPPORTED,
+                           "%s: field 'use_sliding_window' is true: sliding-window attention is "
+                           "not supported",
+                           label);
+        if (c->mlp_bias)
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: field 'mlp_bias' is true, but Qwen2's MLP has no biases", label);
+        c->attention_bias = 1; /* q/k/v */
+        c->o_bias = 0;
+    }
     return 0;
 }
 
@@ -117,10 +176,178 @@ static int parse_sizes(hf_config *c, const cJSON *root, const char *label, kv_er
     return 0;
 }
 
+/* the keys rope_scaling may hold for each kind (besides rope_type / type) */
+static const char *const rope_keys[][9] = {
+    [KV_ROPE_LLAMA3] = {"factor", "low_freq_factor", "high_freq_factor",
+                        "original_max_position_embeddings"},
+    [KV_ROPE_LINEAR] = {"factor"},
+    [KV_ROPE_DYNAMIC] = {"factor", "original_max_position_embeddings"},
+    [KV_ROPE_YARN] = {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
+                      "mscale", "mscale_all_dim", "attention_factor", "truncate"},
+    [KV_ROPE_LONGROPE] = {"short_factor", "long_factor", "factor", "attention_factor",
+                          "original_max_position_embeddings"},
+};
+
+static int rope_key_known(kv_rope_scaling kind, const char *key) {
+    if (strcmp(key, "rope_type") == 0 || strcmp(key, "type") == 0) return 1;
+    for (int k = 0; k < 9 && rope_keys[kind][k]; k++)
+        if (strcmp(key, rope_keys[kind][k]) == 0) return 1;
+    return 0;
+}
+
+/* rope_scaling.NAME: a finite number >= lo (lo_open: > lo); dflt when absent or null */
+static int rope_number(const cJSON *rs, const char *label, const char *name, double lo, int lo_open,
+                       double dflt, double *out, kv_error *err) {
+    const cJSON *it = json_field(rs, name);
+    *out = dflt;
+    if (!it) return 0;
+    if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) ||
+        (lo_open ? !(it->valuedouble > lo) : !(it->valuedouble >= lo)))
+        return kv_fail(
+            err, KV_EFORMAT, "%s: field 'rope_scaling.%s' is %s, expected a number %s %g", label,
+            name, cJSON_IsNumber(it) ? "out of range" : json_kind(it), lo_open ? ">" : ">=", lo);
+    *out = it->valuedouble;
+    return 0;
+}
+
+static int rope_required(const cJSON *rs, const char *label, const char *name, kv_error *err) {
+    if (json_field(rs, name)) return 0;
+    return kv_fail(err, KV_EFORMAT, "%s: missing field 'rope_scaling.%s'", label, name);
+}
+
+/* rope_scaling.original_max_position_embeddings (else the top-level field of that name, else
+ * max_position_embeddings), an integer >= 1 */
+static int rope_original_max(const cJSON *root, const cJSON *rs, const char *label, int dflt,
+                             int *out, kv_error *err) {
+    const cJSON *it = json_field(rs, "original_max_position_embeddings");
+    const char *name = "rope_scaling.original_max_position_embeddings";
+    if (!it) {
+        it = json_field(root, "original_max_position_embeddings");
+        name = "original_max_position_embeddings";
+    }
+    *out = dflt;
+    return it ? json_number_int(it, label, name, 1, INT_MAX, out, err) : 0;
+}
+
+/* longrope's short_factor / long_factor: numbers > 0, head_dim/2 of them */
+static int rope_factor_list(const cJSON *rs, const char *label, const char *name, int want,
+                            double *out, kv_error *err) {
+    const cJSON *it = json_field(rs, name);
+    if (!it) return kv_fail(err, KV_EFORMAT, "%s: missing field 'rope_scaling.%s'", label, name);
+    if (!cJSON_IsArray(it))
+        return kv_fail(err, KV_EFORMAT, "%s: field 'rope_scaling.%s' is %s, expected a list", label,
+                       name, json_kind(it));
+    int n = cJSON_GetArraySize(it);
+    if (n != want)
+        return kv_fail(err, KV_EFORMAT,
+                       "%s: field 'rope_scaling.%s' lists %d numbers, head_dim/2 = %d expected",
+                       label, name, n, want);
+    int i = 0;
+    for (const cJSON *e = it->child; e; e = e->next, i++) {
+        if (!cJSON_IsNumber(e) || !(e->valuedouble > 0.0) || !isfinite(e->valuedouble))
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: field 'rope_scaling.%s[%d]' is %s, expected a number > 0", label,
+                           name, i, cJSON_IsNumber(e) ? "not positive" : json_kind(e));
+        out[i] = e->valuedouble;
+    }
+    return 0;
+}
+
+static int parse_rope_kind(hf_config *c, const cJSON *root, const cJSON *rs, const char *label,
+                           kv_error *err) {
+    kv_rope_config *r = &c->rope;
+    const kv_rope_scaling kind = r->scaling;
+    const int maxpos = c->max_position_embeddings;
+    int rc = 0;
+    if (kind != KV_ROPE_LONGROPE && (rc = rope_required(rs, label, "factor", err))) return rc;
+    switch (kind) {
+    case KV_ROPE_LLAMA3: {
+        static const char *const names[] = {"factor", "low_freq_factor", "high_freq_factor"};
+        double *dst[] = {&r->factor, &r->low_freq_factor, &r->high_freq_factor};
+        for (int i = 0; i < 3; i++) {
+            char full[64];
+            snprintf(full, sizeof full, "rope_scaling.%s", names[i]);
+            const cJSON *it = json_field(rs, names[i]);
+            if (!it) return kv_fail(err, KV_EFORMAT, "%s: missing field '%s'", label, full);
+            if ((rc = json_number_positive(it, label, full, dst[i], err))) return rc;
+        }
+        const cJSON *orig = json_field(rs, "original_max_position_embeddings");
+        if (!orig)
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: missing field 'rope_scaling.original_max_position_embeddings'",
+                           label);
+        if ((rc = json_number_int(orig, label, "rope_scaling.original_max_position_embeddings", 1,
+                                  INT_MAX, &r->original_max_position, err)))
+            return rc;
+        if (r->high_freq_factor <= r->low_freq_factor)
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: field 'rope_scaling.high_freq_factor' (%g) must exceed "
+                           "'rope_scaling.low_freq_factor' (%g)",
+                           label, r->high_freq_factor, r->low_freq_factor);
+        return 0;
+    }
+    case KV_ROPE_LINEAR: return rope_number(rs, label, "factor", 1.0, 0, 1.0, &r->factor, err);
+    case KV_ROPE_DYNAMIC:
+        if ((rc = rope_number(rs, label, "factor", 1.0, 0, 1.0, &r->factor, err))) return rc;
+        return json_field(rs, "original_max_position_embeddings")
+                   ? json_number_int(json_field(rs, "original_max_position_embeddings"), label,
+                                     "rope_scaling.original_max_position_embeddings", 1, INT_MAX,
+                                     &r->original_max_position, err)
+                   : (r->original_max_position = maxpos, 0);
+    case KV_ROPE_YARN: {
+        int truncate = 1;
+        if ((rc = rope_number(rs, label, "factor", 1.0, 0, 1.0, &r->factor, err)) ||
+            (rc = json_field(rs, "original_max_position_embeddings")
+                      ? json_number_int(json_field(rs, "original_max_position_embeddings"), label,
+                                        "rope_scaling.original_max_position_embeddings", 1, INT_MAX,
+                                        &r->original_max_position, err)
+                      : (r->original_max_position = maxpos, 0)) ||
+            (rc = rope_number(rs, label, "beta_fast", 0.0, 1, 32.0, &r->beta_fast, err)) ||
+            (rc = rope_number(rs, label, "beta_slow", 0.0, 1, 1.0, &r->beta_slow, err)) ||
+            (rc = rope_number(rs, label, "mscale", 0.0, 0, 0.0, &r->mscale, err)) ||
+            (rc = rope_number(rs, label, "mscale_all_dim", 0.0, 0, 0.0, &r->mscale_all_dim, err)) ||
+            (rc = rope_number(rs, label, "attention_factor", 0.0, 1, 0.0, &r->attention_factor,
+                              err)) ||
+            (rc = json_get_bool(rs, label, "truncate", 1, &truncate, err)))
+            return rc;
+        r->truncate = truncate;
+        if (r->beta_fast < r->beta_slow)
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: field 'rope_scaling.beta_fast' (%g) is below "
+                           "'rope_scaling.beta_slow' (%g)",
+                           label, r->beta_fast, r->beta_slow);
+        return 0;
+    }
+    case KV_ROPE_LONGROPE: {
+        const int half = c->head_dim / 2;
+        if (half > KV_ROPE_MAX_FACTORS)
+            return kv_fail(err, KV_EUNSUPPORTED,
+                           "%s: longrope with head_dim %d: at most %d factors are supported", label,
+                           c->head_dim, KV_ROPE_MAX_FACTORS);
+        r->n_factors = half;
+        if ((rc = rope_factor_list(rs, label, "short_factor", half, r->short_factor, err)) ||
+            (rc = rope_factor_list(rs, label, "long_factor", half, r->long_factor, err)) ||
+            (rc = rope_original_max(root, rs, label, maxpos, &r->original_max_position, err)) ||
+            (rc = rope_number(rs, label, "factor", 0.0, 1,
+                              (double)maxpos / r->original_max_position, &r->factor, err)) ||
+            (rc = rope_number(rs, label, "attention_factor", 0.0, 1, 0.0, &r->attention_factor,
+                              err)))
+            return rc;
+        if (r->original_max_position < 2)
+            return kv_fail(err, KV_EFORMAT,
+                           "%s: longrope needs 'original_max_position_embeddings' >= 2, got %d",
+                           label, r->original_max_position);
+        return 0;
+    }
+    default: return 0;
+    }
+}
+
 static int parse_rope(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
-    int rc = json_get_positive(root, label, "rope_theta", 0, 10000.0, &c->rope_theta, err);
+    memset(&c->rope, 0, sizeof c->rope);
+    int rc = json_get_positive(root, label, "rope_theta", 0, 10000.0, &c->rope.theta, err);
     if (rc) return rc;
-    c->rope_type = HF_ROPE_NONE;
+    c->rope.scaling = KV_ROPE_PLAIN;
     const cJSON *rs = json_field(root, "rope_scaling");
     if (!rs) return 0;
     if (!cJSON_IsObject(rs))
@@ -136,31 +363,25 @@ static int parse_rope(hf_config *c, const cJSON *root, const char *label, kv_err
     }
     if (!type) return kv_fail(err, KV_EFORMAT, "%s: missing field 'rope_scaling.rope_type'", label);
     if (strcmp(type, "default") == 0) return 0;
-    if (strcmp(type, "llama3") != 0)
-        return kv_fail(err, KV_EUNSUPPORTED, "%s: field '%s' is '%s', only 'llama3' is supported",
+    kv_rope_scaling kind = KV_ROPE_PLAIN;
+    for (int k = KV_ROPE_LLAMA3; k <= KV_ROPE_LONGROPE; k++)
+        if (strcmp(type, kv_rope_scaling_name((kv_rope_scaling)k)) == 0) kind = (kv_rope_scaling)k;
+    if (kind == KV_ROPE_PLAIN)
+        return kv_fail(err, KV_EUNSUPPORTED,
+                       "%s: field '%s' is '%s', supported: default, llama3, linear, dynamic, "
+                       "yarn, longrope",
                        label, type_key, type);
-    static const char *const names[] = {"factor", "low_freq_factor", "high_freq_factor"};
-    double *dst[] = {&c->rope_factor, &c->rope_low_freq_factor, &c->rope_high_freq_factor};
-    for (int i = 0; i < 3; i++) {
-        char full[64];
-        snprintf(full, sizeof full, "rope_scaling.%s", names[i]);
-        const cJSON *it = json_field(rs, names[i]);
-        if (!it) return kv_fail(err, KV_EFORMAT, "%s: missing field '%s'", label, full);
-        if ((rc = json_number_positive(it, label, full, dst[i], err))) return rc;
+    for (const cJSON *it = rs->child; it; it = it->next)
+        if (!rope_key_known(kind, it->string))
+            return kv_fail(err, KV_EUNSUPPORTED,
+                           "%s: field 'rope_scaling.%s' is not read for rope_type '%s'", label,
+                           it->string, type);
+    c->rope.scaling = kind;
+    if ((rc = parse_rope_kind(c, root, rs, label, err))) return rc;
+    if ((rc = kv_rope_check(c->head_dim, &c->rope, err))) {
+        kv_wrap(err, "%s", label);
+        return err ? (err->code = KV_EFORMAT) : KV_EFORMAT;
     }
-    const cJSON *orig = json_field(rs, "original_max_position_embeddings");
-    if (!orig)
-        return kv_fail(err, KV_EFORMAT,
-                       "%s: missing field 'rope_scaling.original_max_position_embeddings'", label);
-    if ((rc = json_number_int(orig, label, "rope_scaling.original_max_position_embeddings", 1,
-                              INT_MAX, &c->rope_original_max_position, err)))
-        return rc;
-    if (c->rope_high_freq_factor <= c->rope_low_freq_factor)
-        return kv_fail(err, KV_EFORMAT,
-                       "%s: field 'rope_scaling.high_freq_factor' (%g) must exceed "
-                       "'rope_scaling.low_freq_factor' (%g)",
-                       label, c->rope_high_freq_factor, c->rope_low_freq_factor);
-    c->rope_type = HF_ROPE_LLAMA3;
     return 0;
 }
 
@@ -221,7 +442,7 @@ static int parse_dtype(hf_config *c, const cJSON *root, const char *label, kv_er
 
 /* layer_types / SwiftKV fields (kvmap_read_config); a SwiftKV architecture implies swiftkv */
 static int parse_kv_map(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
-    const int arch_swiftkv = strcmp(c->architecture, ARCH_SWIFTKV) == 0;
+    const int arch_swiftkv = is_swiftkv_arch(c->architecture);
     int rc = kvmap_read_config(&c->map, root, c->n_layers, arch_swiftkv, label, err);
     if (rc) return rc;
     if (arch_swiftkv && c->map.kind != KVMAP_SWIFTKV) {
@@ -306,7 +527,8 @@ int hf_config_parse(hf_config *c, const char *json, const char *label, kv_error 
         (rc = parse_token_ids(root, label, "eos_token_id", c->vocab_size, c->eos_token_ids,
                               HF_MAX_EOS, &c->n_eos, err)) ||
         (rc = parse_activation(root, label, err)) || (rc = parse_dtype(c, root, label, err)) ||
-        (rc = parse_kv_map(c, root, label, err)) || (rc = parse_lckv(c, root, label, err)))
+        (rc = parse_family(c, root, label, err)) || (rc = parse_kv_map(c, root, label, err)) ||
+        (rc = parse_lckv(c, root, label, err)))
         goto done;
     if ((float)eps <= 0.0f || eps > 1.0) {
         rc = kv_fail(err, KV_EFORMAT,
@@ -351,7 +573,7 @@ int64_t hf_config_param_count(const hf_config *c) {
     const int64_t H = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
     const int64_t q_rows = (int64_t)c->n_heads * c->head_dim;
     const int64_t kv_rows = (int64_t)c->n_kv_heads * c->head_dim;
-    const int ab = c->attention_bias, mb = c->mlp_bias;
+    const int ab = c->attention_bias, ob = c->o_bias, mb = c->mlp_bias;
     int64_t n = 0;
     int ok = add_mul(&n, V, H); /* embed_tokens [V, H] */
     for (int i = 0; ok && i < c->n_layers; i++) {
@@ -359,7 +581,7 @@ int64_t hf_config_param_count(const hf_config *c) {
         ok = ok && add_mul(&n, q_rows, H + ab); /* q (or q_proj_swiftkv) */
         if (kvmap_is_kv_layer(&c->map, i))
             ok = ok && add_mul(&n, 2 * kv_rows, H + ab); /* k, v (or *_swiftkv) */
-        ok = ok && add_mul(&n, H, q_rows + ab); /* o [H, nh*hd] */
+        ok = ok && add_mul(&n, H, q_rows + ob); /* o [H, nh*hd] */
         ok = ok && add_mul(&n, 2 * F, H + mb); /* gate, up [F, H] */
         ok = ok && add_mul(&n, H, F + mb); /* down [H, F] */
     }
@@ -380,13 +602,18 @@ const char *hf_torch_dtype_name(kv_dtype t) {
 
 const char *hf_config_schema(const hf_config *c) {
     const int lckv = strcmp(c->model_type, TYPE_LCKV) == 0;
+    const int qwen2 = c->family == HF_FAMILY_QWEN2, mistral = c->family == HF_FAMILY_MISTRAL;
     switch (c->map.kind) {
     case KVMAP_SWIFTKV:
-        return strcmp(c->model_type, TYPE_SWIFTKV) == 0 ? "llama_swiftkv" : "llama+swiftkv";
-    case KVMAP_CROSS: return lckv ? "lckv-llama" : "llama+layer_types";
+        if (strcmp(c->model_type, TYPE_SWIFTKV) == 0) return "llama_swiftkv";
+        if (strcmp(c->model_type, TYPE_QWEN2_SWIFTKV) == 0) return "qwen2_swiftkv";
+        return qwen2 ? "qwen2+swiftkv" : mistral ? "mistral+swiftkv" : "llama+swiftkv";
+    case KVMAP_CROSS:
+        if (lckv) return "lckv-llama";
+        return qwen2 ? "qwen2+layer_types" : mistral ? "mistral+layer_types" : "llama+layer_types";
     default:
-        if (c->swiftkv_off_l > 0) return "llama_swiftkv-off";
-        return lckv ? "lckv-llama" : "llama";
+        if (c->swiftkv_off_l > 0) return qwen2 ? "qwen2_swiftkv-off" : "llama_swiftkv-off";
+        return lckv ? "lckv-llama" : qwen2 ? "qwen2" : mistral ? "mistral" : "llama";
     }
 }
 
@@ -450,7 +677,16 @@ int hf_config_write_json(const hf_config *c, const char *src_json, const char *l
     } else if (is_integer_layer_types(cJSON_GetObjectItemCaseSensitive(root, "layer_types"))) {
         drop_key(root, "layer_types");
     }
-    const int kind = swift ? 1 : cross ? 2 : 0;
+    /* Qwen2 keeps its schema (SwiftKV: ArcticTraining's qwen2_swiftkv; cross-layer: kvforge's
+     * layer_types under qwen2, as LCKV has no Qwen2 model); Mistral without a sliding window is
+     * a Llama, written in Llama's SwiftKV / LCKV schemas (and as mistral when unchanged) */
+    const hf_family fam = c->family;
+    const int kind = fam == HF_FAMILY_QWEN2     ? (swift ? S_QWEN2_SWIFTKV : S_QWEN2)
+                     : swift                    ? S_SWIFTKV
+                     : cross                    ? S_LCKV
+                     : fam == HF_FAMILY_MISTRAL ? S_MISTRAL
+                                                : S_LLAMA;
+    if (fam == HF_FAMILY_MISTRAL && kind != S_MISTRAL) drop_key(root, "sliding_window");
     const char *arch_name = arch_names[kind];
     cJSON *archs = cJSON_CreateStringArray(&arch_name, 1);
     ok = ok && set_key(root, "architectures", archs);

@@ -3,7 +3,10 @@
  * as the parsed KV map (formats/kvmap.h). Three schemas are read and written (docs/INTEROP.md):
  * plain Llama (LlamaForCausalLM / "llama"), LCKV's cross-layer Llama (LCKVLlamaForCausalLM /
  * "lckv-llama": layer_types, forward_passes, backward_passes, use_sequential, force_nodiag) and
- * Snowflake's SwiftKV (LlamaSwiftKVForCausalLM / "llama_swiftkv"). */
+ * Snowflake's SwiftKV (LlamaSwiftKVForCausalLM / "llama_swiftkv"). Two more families run as
+ * Llama: Mistral without a sliding window (MistralForCausalLM / "mistral") and Qwen2
+ * (Qwen2ForCausalLM / "qwen2", q/k/v biases; its SwiftKV form is ArcticTraining's
+ * Qwen2SwiftKVForCausalLM / "qwen2_swiftkv"). */
 #ifndef KV_HFCONFIG_H
 #define KV_HFCONFIG_H
 
@@ -12,17 +15,21 @@
 
 #include "base/dtype.h"
 #include "base/error.h"
+#include "base/rope_config.h"
 #include "formats/kvmap.h"
 
 #define HF_MAX_LAYERS KVMAP_MAX_LAYERS /* 1024 */
 #define HF_MAX_EOS    8
 
-typedef enum { HF_ROPE_NONE = 0, HF_ROPE_LLAMA3 = 1 } hf_rope_type;
+/* the model family: which HF modeling code the checkpoint comes from (all run as Llama) */
+typedef enum { HF_FAMILY_LLAMA = 0, HF_FAMILY_MISTRAL = 1, HF_FAMILY_QWEN2 = 2 } hf_family;
 
 typedef struct {
-    char architecture[64]; /* "LlamaForCausalLM", "LCKVLlamaForCausalLM" or
-                                "LlamaSwiftKVForCausalLM" */
-    char model_type[32]; /* "llama", "lckv-llama" or "llama_swiftkv" */
+    char architecture[64]; /* "LlamaForCausalLM", "LCKVLlamaForCausalLM",
+                                "LlamaSwiftKVForCausalLM", "MistralForCausalLM",
+                                "Qwen2ForCausalLM" or "Qwen2SwiftKVForCausalLM" */
+    char model_type[32]; /* "llama", "lckv-llama", "llama_swiftkv", "mistral", "qwen2",
+                                "qwen2_swiftkv" */
     int hidden_size; /* H */
     int intermediate_size; /* FFN */
     int n_layers; /* L */
@@ -32,12 +39,12 @@ typedef struct {
     int vocab_size;
     int max_position_embeddings;
     float rms_norm_eps;
-    double rope_theta;
-    hf_rope_type rope_type;
-    double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
-    int rope_original_max_position;
+    kv_rope_config rope; /* rope_theta (.theta) and rope_scaling, validated (kv_rope_check) */
     int tie_word_embeddings;
-    int attention_bias, mlp_bias;
+    hf_family family; /* from the architecture / model_type */
+    int attention_bias; /* q/k/v_proj (and *_swiftkv) biases: attention_bias, or Qwen2 */
+    int o_bias; /* o_proj bias: attention_bias (never for Qwen2) */
+    int mlp_bias;
     int bos_token_id; /* -1 if absent */
     int n_eos;
     int eos_token_ids[HF_MAX_EOS];
@@ -69,8 +76,13 @@ typedef struct {
  * LCKV); forward_passes / backward_passes / use_sequential read into the lckv_* fields;
  * force_nodiag true and layer_types with LCKV's 's' (sliding window) suffix are refused
  * (KV_EUNSUPPORTED, naming the field or layer), as are other architectures and model_types
- * (Mistral, Qwen2, Mixtral, ...: KV_EUNSUPPORTED naming them), rope_scaling types other than
- * llama3/default and layer_types lists of HF attention kinds other than "full_attention".
+ * (Mixtral, Gemma, Phi-3, Qwen3, ...: KV_EUNSUPPORTED naming them), rope_scaling kinds other
+ * than default/llama3/linear/dynamic/yarn/longrope or with keys the kind does not use, and
+ * layer_types lists of HF attention kinds other than "full_attention".
+ * Mistral: sliding_window null or >= max_position_embeddings (absent: MistralConfig's 4096);
+ * smaller is refused naming the field. Qwen2: use_sliding_window true refused (false:
+ * sliding_window / max_window_layers ignored); attention_bias = 1 (q/k/v), o_bias = 0 whatever
+ * the config says; mlp_bias true refused.
  * JSON null counts as absent. Integers may be written
  * 64.0 but not 64.5. Duplicate keys are refused (Python keeps the last, cJSON the first).
  * Errors name LABEL and the field; on failure *c is zeroed. */
@@ -99,6 +111,11 @@ const char *hf_torch_dtype_name(kv_dtype t);
  *   - a SwiftKV map: swiftkv / num_key_value_layers / key_value_group_size + model_type
  *     "llama_swiftkv" + architectures ["LlamaSwiftKVForCausalLM"];
  *   - the identity: a plain Llama, "llama" / ["LlamaForCausalLM"];
+ * for a Mistral source the same, except that the identity stays "mistral" and the SwiftKV /
+ * cross-layer outputs lose sliding_window (null or >= max_position_embeddings: no window);
+ * for a Qwen2 source: SwiftKV "qwen2_swiftkv" / ["Qwen2SwiftKVForCausalLM"] (ArcticTraining's),
+ * cross-layer and identity "qwen2" / ["Qwen2ForCausalLM"] (a cross-layer map as a layer_types
+ * string with LCKV's plan fields: LCKV has no Qwen2 model, so only kvforge reads it right);
  * the fields of the other schemas are removed (an integer layer_types, the SwiftKV fields, the
  * LCKV fields; sliding_window too when the source was "lckv-llama"); torch_dtype (and dtype, if
  * present) from C->torch_dtype. Other keys keep their values and order; new keys are appended.

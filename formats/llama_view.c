@@ -133,7 +133,8 @@ static void add_layer(expect_list *l, const hf_config *c, int i, llama_layer_vie
         add_proj(l, NEED_OPTIONAL, i, "self_attn", "k_proj", NULL, NULL, kv_rows, H, why_kv, ab);
         add_proj(l, NEED_OPTIONAL, i, "self_attn", "v_proj", NULL, NULL, kv_rows, H, why_kv, ab);
     }
-    add_proj(l, NEED_REQUIRED, i, "self_attn", "o_proj", &lv->o, &lv->o_bias, H, q_rows, why_o, ab);
+    add_proj(l, NEED_REQUIRED, i, "self_attn", "o_proj", &lv->o, &lv->o_bias, H, q_rows, why_o,
+             c->o_bias);
     if (swift) {
         add_proj(l, NEED_REQUIRED, i, "self_attn", "q_proj_swiftkv", &lv->q_swiftkv,
                  &lv->q_swiftkv_bias, q_rows, H, why_q, ab);
@@ -389,24 +390,16 @@ void llama_view_close_dir(llama_model_dir *m) {
 }
 
 void llama_dims_init(llama_dims *d, const hf_config *c) {
-    *d = (llama_dims){
-        .n_layers = c->n_layers,
-        .hidden = c->hidden_size,
-        .n_heads = c->n_heads,
-        .n_kv_heads = c->n_kv_heads,
-        .head_dim = c->head_dim,
-        .ffn = c->intermediate_size,
-        .vocab = c->vocab_size,
-        .q_dim = c->n_heads * c->head_dim,
-        .kv_dim = c->n_kv_heads * c->head_dim,
-        .max_pos = c->max_position_embeddings,
-        .eps = c->rms_norm_eps,
-        .rope = {.theta = c->rope_theta,
-                 .scaling = c->rope_type == HF_ROPE_LLAMA3 ? KV_ROPE_LLAMA3 : KV_ROPE_PLAIN}};
-    if (c->rope_type == HF_ROPE_LLAMA3) {
-        d->rope.factor = c->rope_factor;
-        d->rope.low_freq_factor = c->rope_low_freq_factor;
-        d->rope.high_freq_factor = c->rope_high_freq_factor;
-        d->rope.original_max_position = c->rope_original_max_position;
-    }
+    *d = (llama_dims){.n_layers = c->n_layers,
+                      .hidden = c->hidden_size,
+                      .n_heads = c->n_heads,
+                      .n_kv_heads = c->n_kv_heads,
+                      .head_dim = c->head_dim,
+                      .ffn = c->intermediate_size,
+                      .vocab = c->vocab_size,
+                      .q_dim = c->n_heads * c->head_dim,
+                      .kv_dim = c->n_kv_heads * c->head_dim,
+                      .max_pos = c->max_position_embeddings,
+                      .eps = c->rms_norm_eps,
+                      .rope = c->rope};
 }

@@ -63,15 +63,35 @@ int kv_embedding(float *out, const float *table, int vocab, int dim, const int32
 
 /* RoPE, HF rotate-half layout: for a head vector x[hd] at position p, with h = hd/2 and
  * i < h: x'[i] = x[i]*cos(p*f_i) - x[i+h]*sin(p*f_i); x'[i+h] = x[i+h]*cos(p*f_i) + x[i]*sin(p*f_i).
- * Inverse frequencies f_i = theta^(-2i/hd) in double; with HF "llama3" scaling
- * (c = original_max_position, wl_i = 2*pi/f_i, lo = c/low_freq_factor, hi = c/high_freq_factor):
- * wl_i < hi: f_i;  wl_i > lo: f_i/factor;  otherwise, with
- * s = (c/wl_i - low_freq_factor)/(high_freq_factor - low_freq_factor): (1-s)*f_i/factor + s*f_i.
- * Angles p*f_i are computed in double, then cos/sin rounded to float. */
+ * Inverse frequencies f_i = theta^(-2i/hd) in double, then by rope_scaling (HF
+ * modeling_rope_utils; L = sequence length, c = original_max_position):
+ *   llama3 (wl_i = 2*pi/f_i, lo = c/low_freq_factor, hi = c/high_freq_factor): wl_i < hi: f_i;
+ *     wl_i > lo: f_i/factor; otherwise, with s = (c/wl_i - low_freq_factor)/(high_freq_factor -
+ *     low_freq_factor): (1-s)*f_i/factor + s*f_i;
+ *   linear: f_i/factor;
+ *   dynamic (NTK): L <= c: f_i; L > c: theta replaced by
+ *     theta * (factor*L/c - (factor-1))^(hd/(hd-2));
+ *   yarn: d(r) = hd*ln(c/(2*pi*r))/(2*ln theta), lo = d(beta_fast), hi = d(beta_slow) (floor /
+ *     ceil when truncate), clamped to [0, hd-1] (hi += 0.001 if equal); ramp_i = clamp((i-lo)/
+ *     (hi-lo), 0, 1): f_i/factor*ramp_i + f_i*(1-ramp_i); attention factor: attention_factor if
+ *     given, else m(factor, mscale)/m(factor, mscale_all_dim) if both given, else m(factor, 1),
+ *     m(s, k) = 0.1*k*ln(s) + 1 (1 for s <= 1);
+ *   longrope: f_i / e_i with e = long_factor when L > c, else short_factor; attention factor:
+ *     attention_factor if given, else 1 for factor <= 1, else sqrt(1 + ln(factor)/ln(c)).
+ * The attention factor multiplies cos and sin (so q.k by its square). Angles p*f_i are computed
+ * in double, then cos/sin (times the attention factor) rounded to float. */
 
-/* inv_freq[hd/2] (double). KV_EINVAL for an odd or non-positive hd or bad parameters. */
+/* (kv_rope_check, kv_rope_scaling_name, kv_rope_attention_factor: base/rope_config.h) */
+/* inv_freq[hd/2] (double) for a sequence of seq_len tokens (only dynamic and longrope depend on
+ * it). KV_EINVAL for an odd or non-positive hd or bad parameters (kv_rope_check). */
+int kv_rope_inv_freq_at(double *inv_freq, int head_dim, const kv_rope_config *c, long seq_len,
+                        kv_error *err);
+/* the same at seq_len 0: the frequencies up to original_max_position */
 int kv_rope_inv_freq(double *inv_freq, int head_dim, const kv_rope_config *c, kv_error *err);
 
+/* The table: row p holds the angles of position p. For dynamic and longrope the frequencies of
+ * row p are those of a sequence of p+1 tokens (HF's when it generates token by token: the
+ * length-dependent scaling takes effect once position p >= original_max_position). */
 typedef struct {
     int head_dim; /* hd */
     int max_pos; /* positions 0 .. max_pos-1 */

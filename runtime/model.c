@@ -114,7 +114,8 @@ static size_t count_step_bytes(const kv_model *m) {
         const kv_layer_weights *w = &m->layers[i];
         n += 2 * H + Q * H + H * Q + 3 * F * H;
         if (w->wk) n += 2 * KV * H;
-        if (w->bq) n += Q + H + (w->bk ? 2 * KV : 0);
+        if (w->bq) n += Q + (w->bk ? 2 * KV : 0);
+        if (w->bo) n += H;
         if (w->b_gate) n += 2 * F + H;
     }
     return n * sizeof(float);
@@ -131,9 +132,7 @@ int kv_model_from_source(kv_model *m, const hf_config *cfg, const kv_tensor_sour
     if ((rc = check_config(cfg, err))) goto done;
     llama_dims_init(&m->dims, cfg);
     { /* RoPE parameters are checked here, once, rather than at the first forward */
-        double probe[1];
-        kv_rope_config one = m->dims.rope;
-        if ((rc = kv_rope_inv_freq(probe, 2, &one, err))) {
+        if ((rc = kv_rope_check(m->dims.head_dim, &m->dims.rope, err))) {
             kv_wrap(err, "config.json");
             goto done;
         }

@@ -149,18 +149,21 @@ refused "$TMP/kinds" "layer_types attention kinds" "different meaning.*layer 1 i
 sed 's/"model_type": "llama",/"model_type": "llama", "layer_types": ["full_attention", "full_attention", "full_attention", "full_attention", "full_attention"],/' \
     "$S/config.json" | with_config "$TMP/allfull"
 expect_rc 0 "all full_attention is a plain model" -- "$C" info "$TMP/allfull"
-sed 's/"LlamaForCausalLM"/"MistralForCausalLM"/; s/"model_type": "llama",/"model_type": "mistral", "sliding_window": 4096,/' \
+sed 's/"LlamaForCausalLM"/"MistralForCausalLM"/; s/"model_type": "llama",/"model_type": "mistral", "sliding_window": 256,/' \
     "$S/config.json" | with_config "$TMP/mistral"
-refused "$TMP/mistral" "Mistral" "architecture 'MistralForCausalLM' is not supported"
-sed 's/"LlamaForCausalLM"/"Qwen2ForCausalLM"/; s/"model_type": "llama",/"model_type": "qwen2",/' \
+refused "$TMP/mistral" "Mistral with a sliding window" "field 'sliding_window' is 256, below 'max_position_embeddings' (512)"
+sed 's/"LlamaForCausalLM"/"Qwen2ForCausalLM"/; s/"model_type": "llama",/"model_type": "qwen2", "use_sliding_window": true,/' \
     "$S/config.json" | with_config "$TMP/qwen2"
-refused "$TMP/qwen2" "Qwen2" "architecture 'Qwen2ForCausalLM' is not supported"
+refused "$TMP/qwen2" "Qwen2 with use_sliding_window" "field 'use_sliding_window' is true"
+sed 's/"LlamaForCausalLM"/"Qwen3ForCausalLM"/; s/"model_type": "llama",/"model_type": "qwen3",/' \
+    "$S/config.json" | with_config "$TMP/qwen3"
+refused "$TMP/qwen3" "Qwen3" "architecture 'Qwen3ForCausalLM' is not supported"
 sed 's/"architectures": \[/"architectures_": [/; s/"model_type": "llama",/"model_type": "mixtral", "num_local_experts": 8,/' \
     "$S/config.json" | with_config "$TMP/mixtral"
 refused "$TMP/mixtral" "Mixtral" "model_type 'mixtral' is not supported"
-sed 's/"rope_scaling": null,/"rope_scaling": {"rope_type": "yarn", "factor": 4.0},/' \
-    "$S/config.json" | with_config "$TMP/yarn"
-refused "$TMP/yarn" "rope_scaling yarn" "rope_scaling.rope_type' is 'yarn'"
+sed 's/"rope_scaling": null,/"rope_scaling": {"rope_type": "su", "factor": 4.0},/' \
+    "$S/config.json" | with_config "$TMP/su"
+refused "$TMP/su" "rope_scaling su" "rope_scaling.rope_type' is 'su'"
 
 # --- a plain llama config over weights without k_proj/v_proj on some layers ---
 mkdir -p "$TMP/nokv"

@@ -78,8 +78,28 @@ static const bad_case BAD[] = {
     {"{\"num_key_value_heads\": 3}", NULL, "'num_key_value_heads' (3)"},
     {"{\"head_dim\": 7}", NULL, "'head_dim'"},
     {"{\"head_dim\": \"__DELETE__\", \"hidden_size\": 60}", NULL, "'hidden_size' (60)"},
+    {"{\"architectures\": [\"MixtralForCausalLM\"]}", NULL,
+     "config.json: architecture 'MixtralForCausalLM' is not supported"},
     {"{\"architectures\": [\"MistralForCausalLM\"]}", NULL,
-     "config.json: architecture 'MistralForCausalLM' is not supported"},
+     "config.json: architecture 'MistralForCausalLM' does not match model_type 'llama'"},
+    {"{\"architectures\": [\"MistralForCausalLM\"], \"model_type\": \"mistral\", "
+     "\"sliding_window\": 256}",
+     NULL, "field 'sliding_window' is 256, below 'max_position_embeddings' (512)"},
+    {"{\"architectures\": [\"MistralForCausalLM\"], \"model_type\": \"mistral\", "
+     "\"max_position_embeddings\": 8192}",
+     NULL, "field 'sliding_window' is 4096 (MistralConfig's default when absent)"},
+    {"{\"architectures\": [\"MistralForCausalLM\"], \"model_type\": \"mistral\", "
+     "\"sliding_window\": \"x\"}",
+     NULL, "'sliding_window' is a string"},
+    {"{\"architectures\": [\"Qwen2ForCausalLM\"], \"model_type\": \"qwen2\", "
+     "\"use_sliding_window\": true}",
+     NULL, "field 'use_sliding_window' is true"},
+    {"{\"architectures\": [\"Qwen2ForCausalLM\"], \"model_type\": \"qwen2\", "
+     "\"mlp_bias\": true}",
+     NULL, "field 'mlp_bias' is true, but Qwen2"},
+    {"{\"architectures\": [\"Qwen2SwiftKVForCausalLM\"], \"model_type\": \"qwen2_swiftkv\", "
+     "\"swiftkv\": false}",
+     NULL, "missing field 'num_key_value_layers'"},
     {"{\"architectures\": \"LlamaForCausalLM\"}", NULL, "'architectures'"},
     {"{\"architectures\": []}", NULL, "'architectures'"},
     {"{\"architectures\": [7]}", NULL, "'architectures[0]'"},
@@ -122,8 +142,44 @@ static const bad_case BAD[] = {
     {"{\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 4.0,"
      " \"high_freq_factor\": 1.0, \"original_max_position_embeddings\": 8192}}",
      NULL, "'rope_scaling.high_freq_factor'"},
-    {"{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 2.0}}", NULL,
-     "'rope_scaling.type' is 'yarn'"},
+    {"{\"rope_scaling\": {\"type\": \"su\", \"factor\": 2.0}}", NULL,
+     "'rope_scaling.type' is 'su', supported"},
+    {"{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 0.5}}", NULL,
+     "'rope_scaling.factor' is out of range"},
+    {"{\"rope_scaling\": {\"type\": \"yarn\"}}", NULL, "missing field 'rope_scaling.factor'"},
+    {"{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4, \"beta_fast\": 1, "
+     "\"beta_slow\": 2}}",
+     NULL, "'rope_scaling.beta_fast' (1) is below"},
+    {"{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4, \"beta_fast\": \"32\"}}", NULL,
+     "'rope_scaling.beta_fast' is a string"},
+    {"{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4, \"truncate\": 1}}", NULL,
+     "'truncate'"},
+    {"{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4, \"mscale\": -1}}", NULL,
+     "'rope_scaling.mscale' is out of range"},
+    {"{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4, \"low_freq_factor\": 1}}", NULL,
+     "'rope_scaling.low_freq_factor' is not read for rope_type 'yarn'"},
+    {"{\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2, "
+     "\"original_max_position_embeddings\": 8}}",
+     NULL, "'rope_scaling.original_max_position_embeddings' is not read for rope_type 'linear'"},
+    {"{\"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": -2}}", NULL,
+     "'rope_scaling.factor' is out of range"},
+    {"{\"rope_scaling\": {\"rope_type\": \"dynamic\", \"factor\": 2, "
+     "\"original_max_position_embeddings\": 0}}",
+     NULL, "'rope_scaling.original_max_position_embeddings'"},
+    {"{\"rope_scaling\": {\"rope_type\": \"longrope\", \"short_factor\": [1, 1, 1, 1], "
+     "\"long_factor\": [1, 2, 3]}}",
+     NULL, "'rope_scaling.long_factor' lists 3 numbers, head_dim/2 = 4"},
+    {"{\"rope_scaling\": {\"rope_type\": \"longrope\", \"short_factor\": [1, 1, 0, 1], "
+     "\"long_factor\": [1, 2, 3, 4]}}",
+     NULL, "'rope_scaling.short_factor[2]' is not positive"},
+    {"{\"rope_scaling\": {\"rope_type\": \"longrope\", \"short_factor\": [1, 1, 1, 1], "
+     "\"long_factor\": {}}}",
+     NULL, "'rope_scaling.long_factor' is an object"},
+    {"{\"rope_scaling\": {\"rope_type\": \"longrope\", \"long_factor\": [1, 1, 1, 1]}}", NULL,
+     "missing field 'rope_scaling.short_factor'"},
+    {"{\"rope_scaling\": {\"rope_type\": \"longrope\", \"short_factor\": [1, 1, 1, 1], "
+     "\"long_factor\": [1, 2, 3, 4]}, \"original_max_position_embeddings\": 1.5}",
+     NULL, "'original_max_position_embeddings' is 1.5"},
     {"{\"rope_scaling\": {\"factor\": 2.0}}", NULL, "'rope_scaling.rope_type'"},
     {"{\"layer_types\": \"0_0_2_2\"}", NULL, "'layer_types' has 4 entries"},
     {"{\"layer_types\": \"0_0_2_2_4_4\"}", NULL, "'layer_types' has more than"},
@@ -200,12 +256,13 @@ static void test_bad_cases(void) {
     printf("%d malformed configs refused\n", n);
     kv_error err = {0};
     hf_config c;
-    CHECK(parse_edited(&c, "{\"architectures\": [\"MistralForCausalLM\"]}", &err) ==
+    CHECK(parse_edited(&c, "{\"architectures\": [\"MixtralForCausalLM\"]}", &err) ==
               KV_EUNSUPPORTED,
           "unsupported architecture gives KV_EUNSUPPORTED");
-    CHECK(strcmp(err.msg, "config.json: architecture 'MistralForCausalLM' is not supported "
-                          "(kvforge reads LlamaForCausalLM, LCKVLlamaForCausalLM and "
-                          "LlamaSwiftKVForCausalLM)") == 0,
+    CHECK(strcmp(err.msg, "config.json: architecture 'MixtralForCausalLM' is not supported "
+                          "(kvforge reads LlamaForCausalLM, LCKVLlamaForCausalLM, "
+                          "LlamaSwiftKVForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and "
+                          "Qwen2SwiftKVForCausalLM)") == 0,
           "exact message: %s", err.msg);
 }
 
@@ -226,8 +283,8 @@ static void test_stories260K(void) {
     CHECK(c.vocab_size == 512, "V %d", c.vocab_size);
     CHECK(c.max_position_embeddings == 512, "maxpos %d", c.max_position_embeddings);
     CHECK(c.rms_norm_eps == 1e-5f, "eps %g", c.rms_norm_eps);
-    CHECK(c.rope_theta == 10000.0, "theta %g", c.rope_theta);
-    CHECK(c.rope_type == HF_ROPE_NONE, "rope type %d", c.rope_type);
+    CHECK(c.rope.theta == 10000.0, "theta %g", c.rope.theta);
+    CHECK(c.rope.scaling == KV_ROPE_PLAIN, "rope type %d", (int)c.rope.scaling);
     CHECK(c.tie_word_embeddings == 1, "tied");
     CHECK(c.attention_bias == 0 && c.mlp_bias == 0, "biases");
     CHECK(c.torch_dtype == KV_F32, "dtype %d", c.torch_dtype);
@@ -295,7 +352,7 @@ static void test_defaults_and_variants(void) {
         &err);
     CHECK(rc == 0, "defaults: %s", err.msg);
     CHECK(c.n_kv_heads == 8 && c.head_dim == 8, "nkv %d hd %d", c.n_kv_heads, c.head_dim);
-    CHECK(c.rope_theta == 10000.0 && c.tie_word_embeddings == 0, "theta/tie");
+    CHECK(c.rope.theta == 10000.0 && c.tie_word_embeddings == 0, "theta/tie");
     CHECK(c.torch_dtype == KV_F32 && c.bos_token_id == -1, "dtype/bos");
     CHECK(c.max_position_embeddings == 2048, "maxpos default %d", c.max_position_embeddings);
     CHECK(c.rms_norm_eps == 1e-6f && c.n_eos == 0, "eps default %g, no eos", c.rms_norm_eps);
@@ -331,18 +388,18 @@ static void test_defaults_and_variants(void) {
                       " \"original_max_position_embeddings\": 8192}, \"rope_theta\": 500000.0}",
                       &err);
     CHECK(rc == 0, "llama3 rope: %s", err.msg);
-    CHECK(c.rope_type == HF_ROPE_LLAMA3 && c.rope_factor == 8.0 && c.rope_low_freq_factor == 1.0 &&
-              c.rope_high_freq_factor == 4.0 && c.rope_original_max_position == 8192 &&
-              c.rope_theta == 500000.0,
+    CHECK(c.rope.scaling == KV_ROPE_LLAMA3 && c.rope.factor == 8.0 &&
+              c.rope.low_freq_factor == 1.0 && c.rope.high_freq_factor == 4.0 &&
+              c.rope.original_max_position == 8192 && c.rope.theta == 500000.0,
           "llama3 fields");
     rc = parse_edited(&c,
                       "{\"rope_scaling\": {\"type\": \"llama3\", \"factor\": 8,"
                       " \"low_freq_factor\": 1, \"high_freq_factor\": 4,"
                       " \"original_max_position_embeddings\": 8192}}",
                       &err);
-    CHECK(rc == 0 && c.rope_type == HF_ROPE_LLAMA3, "legacy 'type' key: %s", err.msg);
+    CHECK(rc == 0 && c.rope.scaling == KV_ROPE_LLAMA3, "legacy 'type' key: %s", err.msg);
     rc = parse_edited(&c, "{\"rope_scaling\": {\"rope_type\": \"default\"}}", &err);
-    CHECK(rc == 0 && c.rope_type == HF_ROPE_NONE, "default rope type");
+    CHECK(rc == 0 && c.rope.scaling == KV_ROPE_PLAIN, "default rope type");
 }
 
 static void test_kv_maps(void) {

@@ -270,10 +270,10 @@ static void test_refusals(void) {
         {"\"backward_passes\": 0", "backward_passes", KV_EFORMAT},
         {"\"forward_passes\": -1", "forward_passes", KV_EFORMAT},
         {"\"use_sequential\": 3", "use_sequential", KV_EFORMAT},
-        {"\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}", "'yarn', only 'llama3'",
-         KV_EUNSUPPORTED},
-        {"\"rope_scaling\": {\"type\": \"dynamic\", \"factor\": 2.0}", "'dynamic'",
-         KV_EUNSUPPORTED},
+        {"\"rope_scaling\": {\"rope_type\": \"su\", \"factor\": 4.0}",
+         "'su', supported:", KV_EUNSUPPORTED},
+        {"\"rope_scaling\": {\"type\": \"dynamic\", \"factor\": 2.0, \"mscale\": 1}",
+         "'rope_scaling.mscale' is not read for rope_type 'dynamic'", KV_EUNSUPPORTED},
     };
     kv_error err;
     hf_config c;
@@ -284,8 +284,8 @@ static void test_refusals(void) {
               cases[k].edit, rc, err.msg);
     }
     /* other architectures and model types, named */
-    static const char *const archs[][2] = {{"MistralForCausalLM", "mistral"},
-                                           {"Qwen2ForCausalLM", "qwen2"},
+    static const char *const archs[][2] = {{"Phi3ForCausalLM", "phi3"},
+                                           {"Qwen3ForCausalLM", "qwen3"},
                                            {"MixtralForCausalLM", "mixtral"},
                                            {"Gemma2ForCausalLM", "gemma2"}};
     for (int k = 0; k < 4; k++) {

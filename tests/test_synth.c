@@ -1,4 +1,5 @@
 /* kvsynth's generator: valid checkpoints of any shape/dtype, sharded or not, reproducible */
+#include <stdlib.h>
 #include <string.h>
 
 #include "formats/hfconfig.h"
@@ -61,6 +62,42 @@ static void check_model(const char *dir, const synth_spec *s, int expect_sharded
     }
 }
 
+/* the Qwen2 presets: Qwen2.5-0.5B's published shape and parameter count (494,032,768 with tied
+ * embeddings and q/k/v biases), and the tiny one written and read back with its biases */
+static void test_qwen2_presets(const char *tmp) {
+    synth_spec s;
+    kv_error err = {0};
+    hf_config c;
+    CHECK(synth_preset(&s, "qwen2-0.5b") == 0, "qwen2-0.5b preset");
+    char *text = synth_config_json(&s);
+    CHECK(text && hf_config_parse(&c, text, "qwen2-0.5b", &err) == 0, "config: %s", err.msg);
+    CHECK(c.family == HF_FAMILY_QWEN2 && c.n_layers == 24 && c.hidden_size == 896 &&
+              c.n_heads == 14 && c.n_kv_heads == 2 && c.head_dim == 64 &&
+              c.intermediate_size == 4864 && c.vocab_size == 151936 && c.tie_word_embeddings &&
+              c.rope.theta == 1e6 && c.attention_bias && !c.o_bias && c.torch_dtype == KV_BF16,
+          "qwen2-0.5b shape");
+    CHECK(hf_config_param_count(&c) == 494032768LL, "qwen2-0.5b params %lld",
+          (long long)hf_config_param_count(&c));
+    free(text);
+    char dir[300], path[400];
+    snprintf(dir, sizeof dir, "%s/qwen2", tmp);
+    CHECK(synth_preset(&s, "qwen2-tiny") == 0, "qwen2-tiny preset");
+    CHECK(synth_write(dir, &s, &err) == 0, "qwen2-tiny: %s", err.msg);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    st_file f;
+    CHECK(st_open(&f, path, &err) == 0, "%s", err.msg);
+    CHECK(st_find(&f, "model.layers.3.self_attn.k_proj.bias") != NULL &&
+              st_find(&f, "model.layers.0.self_attn.q_proj.bias") != NULL &&
+              st_find(&f, "model.layers.0.self_attn.o_proj.bias") == NULL,
+          "qwen2-tiny has q/k/v biases and no o bias");
+    st_close(&f);
+    s.sliding_window = 100; /* below max_pos: refused before anything is written */
+    s.arch = SYNTH_MISTRAL;
+    snprintf(dir, sizeof dir, "%s/mistral-window", tmp);
+    CHECK(synth_write(dir, &s, &err) == KV_EUNSUPPORTED && strstr(err.msg, "sliding_window"),
+          "a window below max_pos: %s", err.msg);
+}
+
 int main(void) {
     char tmp[] = "/tmp/kvtest-synth-XXXXXX";
     if (!mkdtemp(tmp)) return 1;
@@ -68,6 +105,7 @@ int main(void) {
     synth_spec s;
     CHECK(synth_preset(&s, "tiny") == 0, "tiny preset");
     CHECK(synth_preset(&s, "nope") != 0, "unknown preset");
+    test_qwen2_presets(tmp);
     const kv_dtype types[] = {KV_F32, KV_F16, KV_BF16};
     for (int i = 0; i < 3; i++) {
         synth_preset(&s, "tiny");
@@ -111,9 +149,9 @@ int main(void) {
     snprintf(cfg_path, sizeof cfg_path, "%s/config.json", b);
     hf_config cfg;
     CHECK(hf_config_load(&cfg, cfg_path, &err) == 0, "8b config: %s", err.msg);
-    CHECK(cfg.rope_type == HF_ROPE_LLAMA3 && cfg.rope_factor == 8 &&
-              cfg.rope_low_freq_factor == 1 && cfg.rope_high_freq_factor == 4 &&
-              cfg.rope_original_max_position == 8192 && cfg.rope_theta == 500000,
+    CHECK(cfg.rope.scaling == KV_ROPE_LLAMA3 && cfg.rope.factor == 8 &&
+              cfg.rope.low_freq_factor == 1 && cfg.rope.high_freq_factor == 4 &&
+              cfg.rope.original_max_position == 8192 && cfg.rope.theta == 500000,
           "llama3 rope scaling read back");
     synth_preset(&s, "tiny");
     s.n_heads = 7;

@@ -1,7 +1,7 @@
 /* Whole student steps against central finite differences of an independent double-precision
  * forward written here (naive loops): for tiny random models (original, cross-layer with bottom,
  * top and middle targets under the iterative plan, SwiftKV with and without AcrossKV, with and
- * without biases, tied and untied heads), the gradient of
+ * without biases, Qwen2's q/k/v-only biases, tied and untied heads), the gradient of
  *   loss = T^2 KL(teacher || student) + w * MSE(h_{L-1})
  * that kvt_distill_microbatch leaves in every trainable tensor must equal d loss / d w of the
  * double forward, and the float loss must equal the double loss. The previous iterative pass's
@@ -35,7 +35,7 @@ static double urand(void) { /* [-1, 1) */
 }
 
 typedef struct {
-    int L, H, nh, nkv, hd, F, V, bias, tied;
+    int L, H, nh, nkv, hd, F, V, bias, tied; /* bias 1: every projection; 2: Qwen2 (q/k/v) */
 } tiny_shape;
 
 typedef struct {
@@ -87,6 +87,8 @@ static int write_tiny(const char *dir, const tiny_shape *t) {
             T2("self_attn.q_proj.bias", Q, 0, 0.2);
             T2("self_attn.k_proj.bias", KV, 0, 0.2);
             T2("self_attn.v_proj.bias", KV, 0, 0.2);
+        }
+        if (t->bias == 1) {
             T2("self_attn.o_proj.bias", t->H, 0, 0.2);
             T2("mlp.gate_proj.bias", t->F, 0, 0.2);
             T2("mlp.up_proj.bias", t->F, 0, 0.2);
@@ -99,15 +101,17 @@ static int write_tiny(const char *dir, const tiny_shape *t) {
     int rc = st_write_file(path, s.spec, (const void *const *)s.data, s.n, NULL, 0, &err);
     for (int i = 0; i < s.n; i++) free(s.data[i]);
     if (rc) return fprintf(stderr, "%s\n", err.msg), rc;
+    const int qwen2 = t->bias == 2;
     snprintf(cfg, sizeof cfg,
-             "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", "
+             "{\"architectures\": [\"%s\"], \"model_type\": \"%s\", "
              "\"hidden_size\": %d, \"intermediate_size\": %d, \"num_hidden_layers\": %d, "
              "\"num_attention_heads\": %d, \"num_key_value_heads\": %d, \"head_dim\": %d, "
              "\"vocab_size\": %d, \"max_position_embeddings\": 64, \"rms_norm_eps\": 1e-5, "
              "\"rope_theta\": 10000.0, \"tie_word_embeddings\": %s, \"attention_bias\": %s, "
              "\"mlp_bias\": %s, \"bos_token_id\": 1, \"eos_token_id\": 2}",
-             t->H, t->F, t->L, t->nh, t->nkv, t->hd, t->V, t->tied ? "true" : "false",
-             t->bias ? "true" : "false", t->bias ? "true" : "false");
+             qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM", qwen2 ? "qwen2" : "llama", t->H, t->F,
+             t->L, t->nh, t->nkv, t->hd, t->V, t->tied ? "true" : "false",
+             t->bias == 1 ? "true" : "false", t->bias == 1 ? "true" : "false");
     snprintf(path, sizeof path, "%s/config.json", dir);
     return kv_write_file_atomic(path, cfg, strlen(cfg), &err);
 }
@@ -559,6 +563,12 @@ int main(void) {
     run_case("all-sandwich-middle-b2", &biased, "sandwich-middle:3", 4, 2, 1);
     run_case("literal-inner-kv-b2", &biased, "0_3_2_3_4", 3, 2, 1);
     run_case("bottom-map-b2-ignored", &plain, "cla:2", 2, 2, 0);
+    /* Qwen2: q/k/v biases, no o_proj or MLP bias (SwiftKV's *_swiftkv biases too) */
+    const tiny_shape qwen2 = {
+        .L = 4, .H = 8, .nh = 4, .nkv = 2, .hd = 2, .F = 10, .V = 12, .bias = 2, .tied = 1};
+    run_case("all-qwen2-swiftkv", &qwen2, "swiftkv:2", 1, 1, 1);
+    run_case("qwen2-swiftkv-acrosskv", &qwen2, "swiftkv:1,3", 1, 1, 0);
+    run_case("all-qwen2-sandwich-middle", &qwen2, "sandwich-middle:2", 2, 1, 1);
 
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

@@ -15,19 +15,29 @@ const char *model_kv_kind_name(model_kv_kind k) {
 
 const char *model_info_schema_note(const char *schema) {
     if (!strcmp(schema, "llama")) return "plain Hugging Face Llama: every Llama loader and kvforge";
+    if (!strcmp(schema, "mistral"))
+        return "Hugging Face Mistral without a sliding window: every Mistral loader and kvforge";
+    if (!strcmp(schema, "qwen2")) return "Hugging Face Qwen2: every Qwen2 loader and kvforge";
     if (!strcmp(schema, "lckv-llama"))
         return "LCKV's cross-layer Llama: whyNLP/LCKV's code and kvforge";
     if (!strcmp(schema, "llama_swiftkv"))
         return "Snowflake's SwiftKV: ArcticInference (vLLM) and kvforge";
-    if (!strcmp(schema, "llama_swiftkv-off"))
+    if (!strcmp(schema, "llama_swiftkv-off") || !strcmp(schema, "qwen2_swiftkv-off"))
         return "Snowflake's SwiftKV saved with swiftkv false (ArcticTraining's teacher mode): runs "
                "as the teacher on every layer's own q/k/v_proj; set swiftkv true in config.json to "
                "run its SwiftKV projections";
-    if (!strcmp(schema, "llama+layer_types"))
+    if (!strcmp(schema, "qwen2_swiftkv"))
+        return "Snowflake's Qwen2 SwiftKV (ArcticTraining's qwen2_swiftkv) and kvforge";
+    if (!strcmp(schema, "qwen2+layer_types"))
+        return "kvforge's cross-layer Qwen2 (LCKV has no Qwen2 model): only kvforge reads it "
+               "right, a plain Qwen2 loader would ignore layer_types";
+    if (!strcmp(schema, "llama+layer_types") || !strcmp(schema, "mistral+layer_types"))
         return "non-standard (kvforge before LCKV's schema): only kvforge reads it right, a plain "
                "Llama "
                "loader would ignore layer_types";
-    return "non-standard (swiftkv under LlamaForCausalLM): only kvforge reads it right";
+    if (!strcmp(schema, "llama+swiftkv"))
+        return "non-standard (swiftkv under LlamaForCausalLM): only kvforge reads it right";
+    return "non-standard (swiftkv under a plain architecture): only kvforge reads it right";
 }
 
 /* 2 * slots * nkv * hd * elem; 0 on overflow */
@@ -86,6 +96,9 @@ int model_info_fill(model_info *mi, const llama_view *v, kv_error *err) {
     mi->vocab_size = c->vocab_size;
     mi->max_position = c->max_position_embeddings;
     mi->tied = c->tie_word_embeddings;
+    snprintf(mi->biases, sizeof mi->biases, "%s%s%s%s", c->attention_bias ? "q/k/v" : "",
+             c->o_bias ? "/o" : "", c->mlp_bias && c->attention_bias ? ", " : "",
+             c->mlp_bias ? "mlp" : "");
     mi->dtype = c->torch_dtype;
     mi->n_params = v->n_params;
     mi->n_params_config = hf_config_param_count(c);
@@ -101,12 +114,7 @@ int model_info_fill(model_info *mi, const llama_view *v, kv_error *err) {
     mi->kv_bytes_per_token_full = kv_bytes(c->n_layers, c->n_kv_heads, c->head_dim, elem);
     if (!mi->kv_bytes_per_token || !mi->kv_bytes_per_token_full)
         return kv_fail(err, KV_ENOMEM, "model info: KV-cache bytes per token overflow");
-    mi->rope_theta = c->rope_theta;
-    mi->rope_type = c->rope_type;
-    mi->rope_factor = c->rope_factor;
-    mi->rope_low_freq_factor = c->rope_low_freq_factor;
-    mi->rope_high_freq_factor = c->rope_high_freq_factor;
-    mi->rope_original_max_position = c->rope_original_max_position;
+    mi->rope = c->rope;
     if (c->map.kind == KVMAP_SWIFTKV) {
         mi->kv_kind = MODEL_KV_SWIFTKV;
         mi->prefill_saving = model_swiftkv_prefill_saving(c, c->map.swiftkv_l, c->map.swiftkv_g);
@@ -135,6 +143,58 @@ int model_info_load_dir(model_info *mi, const char *dir, kv_error *err) {
     return rc;
 }
 
+/* "  RoPE  theta ..; rope_scaling KIND (parameters)" */
+static void print_rope(FILE *f, const kv_rope_config *r) {
+    const char *kind = kv_rope_scaling_name(r->scaling);
+    fprintf(f, "  RoPE           theta %g; rope_scaling ", r->theta);
+    switch (r->scaling) {
+    case KV_ROPE_LLAMA3:
+        fprintf(f,
+                "llama3 (factor %g, low_freq_factor %g, high_freq_factor %g, "
+                "original_max_position_embeddings %d)\n",
+                r->factor, r->low_freq_factor, r->high_freq_factor, r->original_max_position);
+        break;
+    case KV_ROPE_LINEAR: fprintf(f, "linear (factor %g)\n", r->factor); break;
+    case KV_ROPE_DYNAMIC:
+    case KV_ROPE_LONGROPE:
+        fprintf(f, "%s (factor %g, original_max_position_embeddings %d, attention factor %g)\n",
+                kind, r->factor, r->original_max_position, kv_rope_attention_factor(r));
+        break;
+    case KV_ROPE_YARN:
+        fprintf(f,
+                "yarn (factor %g, original_max_position_embeddings %d, beta_fast %g, beta_slow "
+                "%g, attention factor %g)\n",
+                r->factor, r->original_max_position, r->beta_fast, r->beta_slow,
+                kv_rope_attention_factor(r));
+        break;
+    default: fprintf(f, "none\n"); break;
+    }
+}
+
+/* rope_scaling as HF writes it, plus the attention factor in effect */
+static cJSON *rope_json(const kv_rope_config *r) {
+    cJSON *rs = cJSON_CreateObject();
+    int ok = rs && cJSON_AddStringToObject(rs, "rope_type", kv_rope_scaling_name(r->scaling)) &&
+             cJSON_AddNumberToObject(rs, "factor", r->factor);
+    if (r->scaling == KV_ROPE_LLAMA3)
+        ok = ok && cJSON_AddNumberToObject(rs, "low_freq_factor", r->low_freq_factor) &&
+             cJSON_AddNumberToObject(rs, "high_freq_factor", r->high_freq_factor);
+    if (r->scaling != KV_ROPE_LINEAR)
+        ok = ok && cJSON_AddNumberToObject(rs, "original_max_position_embeddings",
+                                           r->original_max_position);
+    if (r->scaling == KV_ROPE_YARN)
+        ok = ok && cJSON_AddNumberToObject(rs, "beta_fast", r->beta_fast) &&
+             cJSON_AddNumberToObject(rs, "beta_slow", r->beta_slow) &&
+             cJSON_AddBoolToObject(rs, "truncate", r->truncate);
+    if (r->scaling == KV_ROPE_YARN || r->scaling == KV_ROPE_LONGROPE)
+        ok = ok && cJSON_AddNumberToObject(rs, "attention_factor", kv_rope_attention_factor(r));
+    if (!ok) {
+        cJSON_Delete(rs);
+        return NULL;
+    }
+    return rs;
+}
+
 /* "1.23 M"-style helper for the text form */
 static void human(char *out, size_t cap, double x) {
     if (x >= 1e9) snprintf(out, cap, "%.2f G", x / 1e9);
@@ -158,15 +218,10 @@ int model_info_text(const model_info *mi, const char *label, char **out, kv_erro
     fprintf(f, "  hidden         %d (ffn %d)\n", mi->hidden_size, mi->ffn_size);
     fprintf(f, "  heads          %d query, %d key/value, head_dim %d\n", mi->n_heads,
             mi->n_kv_heads, mi->head_dim);
+    if (mi->biases[0]) fprintf(f, "  biases         %s\n", mi->biases);
     fprintf(f, "  vocab          %d%s\n", mi->vocab_size, mi->tied ? " (tied embeddings)" : "");
     fprintf(f, "  context        %d positions\n", mi->max_position);
-    if (mi->rope_type == HF_ROPE_LLAMA3)
-        fprintf(f,
-                "  RoPE           theta %g; rope_scaling llama3 (factor %g, low_freq_factor %g, "
-                "high_freq_factor %g, original_max_position_embeddings %d)\n",
-                mi->rope_theta, mi->rope_factor, mi->rope_low_freq_factor,
-                mi->rope_high_freq_factor, mi->rope_original_max_position);
-    else fprintf(f, "  RoPE           theta %g; rope_scaling none\n", mi->rope_theta);
+    print_rope(f, &mi->rope);
     human(h, sizeof h, (double)mi->n_params);
     fprintf(f, "  parameters     %lld (%s) in %d tensors, %d file%s\n", (long long)mi->n_params, h,
             mi->n_tensors, mi->n_files, mi->n_files == 1 ? "" : "s");
@@ -227,6 +282,7 @@ int model_info_json(const model_info *mi, char **out, kv_error *err) {
     NUM("vocab_size", mi->vocab_size);
     NUM("max_position_embeddings", mi->max_position);
     ok = ok && cJSON_AddBoolToObject(o, "tied", mi->tied);
+    if (mi->biases[0]) STR("biases", mi->biases);
     STR("dtype", kv_dtype_name(mi->dtype));
     NUM("parameters", mi->n_params);
     NUM("parameters_config", mi->n_params_config);
@@ -249,17 +305,11 @@ int model_info_json(const model_info *mi, char **out, kv_error *err) {
         NUM("across_kv_saving", (double)(mi->n_layers - mi->kv_slots) / mi->n_layers);
         NUM("prefill_compute_saving", mi->prefill_saving);
     }
-    NUM("rope_theta", mi->rope_theta);
-    if (mi->rope_type == HF_ROPE_LLAMA3) {
-        cJSON *rs = cJSON_CreateObject();
-        ok = ok && rs && cJSON_AddStringToObject(rs, "rope_type", "llama3") &&
-             cJSON_AddNumberToObject(rs, "factor", mi->rope_factor) &&
-             cJSON_AddNumberToObject(rs, "low_freq_factor", mi->rope_low_freq_factor) &&
-             cJSON_AddNumberToObject(rs, "high_freq_factor", mi->rope_high_freq_factor) &&
-             cJSON_AddNumberToObject(rs, "original_max_position_embeddings",
-                                     mi->rope_original_max_position);
-        if (ok) ok = cJSON_AddItemToObject(o, "rope_scaling", rs);
-        else cJSON_Delete(rs);
+    NUM("rope_theta", mi->rope.theta);
+    if (mi->rope.scaling != KV_ROPE_PLAIN) {
+        cJSON *rs = rope_json(&mi->rope);
+        if (rs && ok) ok = cJSON_AddItemToObject(o, "rope_scaling", rs);
+        else ok = 0, cJSON_Delete(rs);
     } else {
         ok = ok && cJSON_AddNullToObject(o, "rope_scaling");
     }

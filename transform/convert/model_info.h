@@ -22,6 +22,7 @@ typedef struct {
     int n_layers, n_heads, n_kv_heads, head_dim;
     int hidden_size, ffn_size, vocab_size, max_position;
     int tied;
+    char biases[32]; /* "q/k/v", "q/k/v/o", "q/k/v/o, mlp", "mlp" or "" (no bias) */
     kv_dtype dtype; /* config torch_dtype: the KV-cache element type */
     int64_t n_params; /* elements of every tensor in the checkpoint */
     int64_t n_params_config; /* hf_config_param_count (deploy layout) */
@@ -35,10 +36,7 @@ typedef struct {
     size_t kv_bytes_per_token_full; /* the same with L slots */
     char kv_map[HF_MAX_LAYERS * 5 + 32]; /* "0_0_2_2_4"; identity "0_1_2_3_4"; SwiftKV "l=2,g=3" */
     double prefill_saving; /* SwiftKV: model_swiftkv_prefill_saving; else 0 */
-    double rope_theta;
-    hf_rope_type rope_type; /* rope_scaling: none or llama3 (+ its factors) */
-    double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
-    int rope_original_max_position;
+    kv_rope_config rope; /* rope_theta, rope_scaling (kind and parameters) */
 } model_info;
 
 /* SwiftKV (l, g) on the model C describes: the share of a prompt token's layer FLOPs (the weight
@@ -69,10 +67,11 @@ const char *model_info_schema_note(const char *schema);
 
 /* malloc'd JSON object, one line (cJSON_PrintUnformatted); keys: architecture, model_type,
  * schema, schema_note (+ swiftkv_layout for SwiftKV), layers, hidden_size, intermediate_size, heads, kv_heads, head_dim, vocab_size,
- * max_position_embeddings, tied, dtype, parameters, parameters_config, tensors, files,
+ * max_position_embeddings, tied (+ biases when the model has any: "q/k/v", "q/k/v/o", ...), dtype, parameters, parameters_config, tensors, files,
  * bytes_total, bytes_per_dtype {DTYPE: bytes}, kv_map_kind, kv_map, kv_slots,
  * kv_cache_dtype, kv_cache_bytes_per_token, kv_cache_bytes_per_token_full, kv_cache_saving,
- * rope_theta, rope_scaling (null or {rope_type, factor, ...}) (+ swiftkv_layers, swiftkv_group,
+ * rope_theta, rope_scaling (null or {rope_type, factor, ..., and for yarn / longrope the
+ * attention_factor in effect}) (+ swiftkv_layers, swiftkv_group,
  * across_kv_saving, prefill_compute_saving for SwiftKV) */
 int model_info_json(const model_info *mi, char **out, kv_error *err);
 

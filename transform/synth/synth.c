@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "base/fileio.h"
+#include "formats/hfconfig.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 
@@ -15,15 +16,27 @@ static const struct {
     const char *name;
     synth_spec s;
 } presets[] = {
-    {"tiny", {4, 64, 8, 4, 8, 172, 512, 512, 1, KV_F32, 10000.0, 1, 0, 0.02f, 0}},
-    {"stories260k", {5, 64, 8, 4, 8, 172, 512, 512, 1, KV_F32, 10000.0, 1, 0, 0.02f, 0}},
-    {"stories110m", {12, 768, 12, 12, 64, 2048, 32000, 1024, 0, KV_F32, 10000.0, 1, 0, 0.02f, 0}},
+    {"tiny",
+     {4, 64, 8, 4, 8, 172, 512, 512, 1, KV_F32, 10000.0, 1, 0, 0.02f, 0, NULL, SYNTH_LLAMA, 0}},
+    {"stories260k",
+     {5, 64, 8, 4, 8, 172, 512, 512, 1, KV_F32, 10000.0, 1, 0, 0.02f, 0, NULL, SYNTH_LLAMA, 0}},
+    {"stories110m",
+     {12, 768, 12, 12, 64, 2048, 32000, 1024, 0, KV_F32, 10000.0, 1, 0, 0.02f, 0, NULL, SYNTH_LLAMA,
+      0}},
     {"tinyllama-1.1b",
-     {22, 2048, 32, 4, 64, 5632, 32000, 2048, 0, KV_BF16, 10000.0, 1, 0, 0.02f, 0}},
+     {22, 2048, 32, 4, 64, 5632, 32000, 2048, 0, KV_BF16, 10000.0, 1, 0, 0.02f, 0, NULL,
+      SYNTH_LLAMA, 0}},
     {"llama-3.2-1b",
-     {16, 2048, 32, 8, 64, 8192, 128256, 2048, 1, KV_BF16, 500000.0, 1, 0, 0.02f, 0}},
+     {16, 2048, 32, 8, 64, 8192, 128256, 2048, 1, KV_BF16, 500000.0, 1, 0, 0.02f, 0, NULL,
+      SYNTH_LLAMA, 0}},
     {"llama-3.1-8b",
-     {32, 4096, 32, 8, 128, 14336, 128256, 131072, 0, KV_BF16, 500000.0, 1, 0, 0.02f, 1}},
+     {32, 4096, 32, 8, 128, 14336, 128256, 131072, 0, KV_BF16, 500000.0, 1, 0, 0.02f, 1, NULL,
+      SYNTH_LLAMA, 0}},
+    {"qwen2-0.5b",
+     {24, 896, 14, 2, 64, 4864, 151936, 32768, 1, KV_BF16, 1000000.0, 1, 0, 0.02f, 0, NULL,
+      SYNTH_QWEN2, 0}},
+    {"qwen2-tiny",
+     {4, 64, 4, 2, 16, 96, 512, 512, 1, KV_F32, 1000000.0, 1, 0, 0.02f, 0, NULL, SYNTH_QWEN2, 0}},
 };
 
 int synth_preset(synth_spec *s, const char *name) {
@@ -36,7 +49,8 @@ int synth_preset(synth_spec *s, const char *name) {
 }
 
 const char *synth_preset_names(void) {
-    return "tiny|stories260k|stories110m|tinyllama-1.1b|llama-3.2-1b|llama-3.1-8b";
+    return "tiny|stories260k|stories110m|tinyllama-1.1b|llama-3.2-1b|llama-3.1-8b|qwen2-0.5b|"
+           "qwen2-tiny";
 }
 
 /* splitmix64: a counter-based stream, so any element can be generated independently */
@@ -101,30 +115,66 @@ static int add_spec(st_spec *specs, char (*names)[96], int *n, const char *name,
     return 0;
 }
 
-static int write_config(const char *dir, const synth_spec *s, kv_error *err) {
+static const char *const llama3_scaling =
+    "{\"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+    "\"original_max_position_embeddings\": 8192, \"rope_type\": \"llama3\"}";
+
+char *synth_config_json(const synth_spec *s) {
     const char *dtype = s->dtype == KV_BF16  ? "bfloat16"
                         : s->dtype == KV_F16 ? "float16"
                                              : "float32";
-    char text[2048], path[4096];
+    const char *rs = s->rope_scaling ? s->rope_scaling : s->rope_llama3 ? llama3_scaling : "null";
+    static const char *const archs[] = {"LlamaForCausalLM", "MistralForCausalLM",
+                                        "Qwen2ForCausalLM"};
+    static const char *const types[] = {"llama", "mistral", "qwen2"};
+    const int a = s->arch == SYNTH_MISTRAL ? 1 : s->arch == SYNTH_QWEN2 ? 2 : 0;
+    char window[160] = "";
+    if (a == 1 && s->sliding_window)
+        snprintf(window, sizeof window, "  \"sliding_window\": %d,\n", s->sliding_window);
+    else if (a == 1) snprintf(window, sizeof window, "  \"sliding_window\": null,\n");
+    else if (a == 2) /* as Qwen2 checkpoints ship it: a window that is switched off */
+        snprintf(window, sizeof window,
+                 "  \"use_sliding_window\": false,\n  \"sliding_window\": %d,\n"
+                 "  \"max_window_layers\": %d,\n",
+                 s->sliding_window ? s->sliding_window : s->max_pos, s->n_layers);
+    const char *biases = a == 2 ? "" : "  \"attention_bias\": false,\n  \"mlp_bias\": false,\n";
+    const size_t cap = 4096 + strlen(rs);
+    char *text = malloc(cap);
+    if (!text) return NULL;
     int n = snprintf(
-        text, sizeof text,
-        "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n"
+        text, cap,
+        "{\n  \"architectures\": [\"%s\"],\n  \"model_type\": \"%s\",\n"
         "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n"
         "  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n  \"head_dim\": %d,\n"
         "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": 1e-05,\n"
         "  \"rope_theta\": %.1f,\n  \"rope_scaling\": %s,\n  \"tie_word_embeddings\": %s,\n"
-        "  \"hidden_act\": \"silu\",\n  \"attention_bias\": false,\n  \"mlp_bias\": false,\n"
+        "%s  \"hidden_act\": \"silu\",\n%s"
         "  \"torch_dtype\": \"%s\",\n  \"bos_token_id\": 1,\n  \"eos_token_id\": 2,\n"
         "  \"kvforge_synthetic\": {\"seed\": %llu, \"std\": %g}\n}\n",
-        s->hidden, s->ffn, s->n_layers, s->n_heads, s->n_kv_heads, s->head_dim, s->vocab,
-        s->max_pos, s->rope_theta,
-        s->rope_llama3 ? "{\"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
-                         "\"original_max_position_embeddings\": 8192, \"rope_type\": \"llama3\"}"
-                       : "null",
-        s->tied ? "true" : "false", dtype, (unsigned long long)s->seed, (double)s->std);
-    if (n < 0 || (size_t)n >= sizeof text) return kv_fail(err, KV_EINVAL, "config.json too long");
-    int rc = kv_join(path, sizeof path, dir, "config.json", err);
-    return rc ? rc : kv_write_file_atomic(path, text, (size_t)n, err);
+        archs[a], types[a], s->hidden, s->ffn, s->n_layers, s->n_heads, s->n_kv_heads, s->head_dim,
+        s->vocab, s->max_pos, s->rope_theta, rs, s->tied ? "true" : "false", window, biases, dtype,
+        (unsigned long long)s->seed, (double)s->std);
+    if (n < 0 || (size_t)n >= cap) {
+        free(text);
+        return NULL;
+    }
+    return text;
+}
+
+/* the config text, checked to be one kvforge reads (a bad --rope-scaling text or a sliding
+ * window it refuses fails here, naming the field, before anything is written) */
+static int make_config(const synth_spec *s, char **out, kv_error *err) {
+    *out = synth_config_json(s);
+    if (!*out) return kv_fail(err, KV_ENOMEM, "config.json: out of memory");
+    hf_config *check = malloc(sizeof *check);
+    int rc = check ? hf_config_parse(check, *out, "synthetic config.json", err)
+                   : kv_fail(err, KV_ENOMEM, "config.json: out of memory");
+    free(check);
+    if (rc) {
+        free(*out);
+        *out = NULL;
+    }
+    return rc;
 }
 
 int synth_write(const char *dir, const synth_spec *s, kv_error *err) {
@@ -138,9 +188,14 @@ int synth_write(const char *dir, const synth_spec *s, kv_error *err) {
                        s->vocab);
     if (s->dtype != KV_F32 && !kv_dtype_is_float16(s->dtype))
         return kv_fail(err, KV_EINVAL, "synthetic model: dtype must be F32, F16 or BF16");
-    int rc = kv_mkdir_p(dir, err);
-    if (rc) return rc;
-    int max_specs = 9 * s->n_layers + 3;
+    char *config = NULL;
+    int rc = make_config(s, &config, err);
+    if (!rc) rc = kv_mkdir_p(dir, err);
+    if (rc) {
+        free(config);
+        return rc;
+    }
+    int max_specs = 12 * s->n_layers + 3;
     st_spec *specs = calloc((size_t)max_specs, sizeof *specs);
     char(*names)[96] = calloc((size_t)max_specs, sizeof *names);
     fill_ctx ctx = {s, specs, malloc(CHUNK_ELEMS * sizeof(float)),
@@ -171,14 +226,20 @@ int synth_write(const char *dir, const synth_spec *s, kv_error *err) {
             snprintf(name, sizeof name, "model.layers.%d.%s", i, layer[k].suffix);
             add_spec(specs, names, &n, name, s->dtype, layer[k].rows, layer[k].cols);
         }
+        for (int k = 0; s->arch == SYNTH_QWEN2 && k < 3; k++) { /* q/k/v biases */
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.%c_proj.bias", i, "qkv"[k]);
+            add_spec(specs, names, &n, name, s->dtype, k ? kv_rows : q_rows, 0);
+        }
     }
     const char *meta[] = {"format", "pt"};
     rc = st_write_checkpoint(dir, specs, n, s->shard_bytes, meta, 1, fill_tensor, &ctx, err);
-    if (!rc) rc = write_config(dir, s, err);
     char path[4096];
+    if (!rc) rc = kv_join(path, sizeof path, dir, "config.json", err);
+    if (!rc) rc = kv_write_file_atomic(path, config, strlen(config), err);
     if (!rc) rc = kv_join(path, sizeof path, dir, "tokenizer.json", err);
     if (!rc) rc = kv_tokenizer_write_synthetic(path, s->vocab, err);
 done:
+    free(config);
     free(specs);
     free(names);
     free(ctx.f32);
