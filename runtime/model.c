@@ -23,6 +23,7 @@ typedef struct {
     binding *items;
     int n, cap;
     int copy_weights;
+    int release_source; /* drop the source's mapped pages of each tensor once copied */
     kv_error *err;
 } loader;
 
@@ -125,6 +126,8 @@ static int bind_all(kv_model *m, const loader *ld, kv_error *err) {
         else if (kv_dtype_cast(p, h, b->t->data, b->t->dtype, b->t->n_elements))
             rc = kv_fail(err, KV_EUNSUPPORTED, "model: tensor '%s': cannot convert %s to %s",
                          b->t->name, kv_dtype_name(b->t->dtype), kv_dtype_name(h));
+        else if (ld->release_source)
+            kv_release_mapped(b->t->data, b->t->n_elements * kv_dtype_size(b->t->dtype));
         *b->dst = p;
     }
     for (int i = 0; !rc && i < ld->n; i++) {
@@ -195,7 +198,10 @@ int kv_model_from_source(kv_model *m, const hf_config *cfg, const kv_tensor_sour
     llama_view view;
     int rc = llama_view_bind_source(&view, &m->cfg, src, err);
     if (rc) return rc;
-    loader ld = {.src = src, .copy_weights = o && o->copy_weights, .err = err};
+    loader ld = {.src = src,
+                 .copy_weights = o && o->copy_weights,
+                 .release_source = o && o->copy_weights && o->map_file < 0,
+                 .err = err};
     if ((rc = check_config(cfg, err))) goto done;
     llama_dims_init(&m->dims, cfg);
     { /* RoPE parameters are checked here, once, rather than at the first forward */
@@ -242,7 +248,11 @@ int kv_model_load(kv_model *m, const char *dir, const kv_model_opts *o, kv_error
     }
     kv_tensor_source src;
     kv_tensor_source_checkpoint(&src, ck);
-    if ((rc = kv_model_from_source(m, &cfg, &src, o, err))) {
+    /* copied into the arena, the file's pages dropped behind (map_file < 0 says so to
+     * kv_model_from_source), unless asked to map */
+    kv_model_opts use = o ? *o : (kv_model_opts){0};
+    if (!use.map_file) use.copy_weights = 1, use.map_file = -1;
+    if ((rc = kv_model_from_source(m, &cfg, &src, &use, err))) {
         st_checkpoint_close(ck);
         free(ck);
         return rc;

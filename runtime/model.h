@@ -2,12 +2,18 @@
  * bound over a tensor source (formats/llama_view.h, formats/tensor_source.h).
  *
  * Weight matrices (the embedding, the LM head and every projection) stay in their stored dtype
- * when they are all BF16: used in place (zero-copy from the checkpoint's mapping or the bundle's
- * decoded tensors), so a model's memory is about its file. Otherwise (F32, F16, or a mix) every
- * matrix is F32: F32 tensors in place, F16/BF16 ones widened once into one arena (F16 has no
- * kernels of its own). mat_type says which. Norms and biases are always F32 (widened when
- * stored narrower; they are small). A tensor whose data is not aligned to its element size is
- * copied into the arena, as is every weight when opts ask (copy_weights).
+ * when they are all BF16; otherwise (F32, F16, or a mix) every matrix is held as F32, F16/BF16
+ * ones widened once (F16 has no kernels of its own). mat_type says which. Norms and biases are
+ * always F32 (widened when stored narrower; they are small).
+ *
+ * Where they live: kv_model_from_source uses each tensor in place when it is held as stored
+ * (zero-copy: the bundle's decoded tensors, a caller's table) and converts or copies the rest
+ * into one arena (64-byte aligned, huge pages advised). kv_model_load copies every weight of the
+ * checkpoint's files into that arena and drops the file's pages from the resident set as it
+ * goes (peak: the weights once, plus one tensor): streaming weights from a file mapping ran
+ * 10-20x slower than from anonymous memory on the VMs here (docs/RESULTS.md); map_file keeps
+ * them in the mapping instead. A tensor whose data is not aligned to its element size is always
+ * copied.
  *
  * Which projections a layer has depends on the map (METHODS.md):
  *  - original / cross-layer: q, o on every layer; k, v only on KV layers (kv(i) = i). A k/v left
@@ -60,8 +66,11 @@ typedef struct {
 } kv_model;
 
 typedef struct {
-    int copy_weights; /* copy every weight into the arena (default: zero-copy where the stored
-                         dtype is the one held) */
+    int copy_weights; /* kv_model_from_source: copy every weight into the arena (default:
+                         zero-copy where the stored dtype is the one held) */
+    int map_file; /* kv_model_load: > 0 uses the file's mapping in place (default 0: copy).
+                     < 0 (kv_model_load passes it on with copy_weights): the source is a
+                     read-only file mapping whose pages may be dropped once copied */
     int widen_f32; /* hold BF16 matrices as F32 too (mat_type KV_F32; tests, benches) */
 } kv_model_opts;
 
