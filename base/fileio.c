@@ -4,9 +4,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -207,4 +209,12 @@ void kv_remove_flat_dir(const char *dir) {
         closedir(d);
     }
     rmdir(dir);
+}
+
+void kv_release_mapped(const void *p, size_t bytes) {
+    const long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0 || !p) return;
+    const uintptr_t lo = ((uintptr_t)p + (uintptr_t)page - 1) & ~(uintptr_t)(page - 1);
+    const uintptr_t hi = ((uintptr_t)p + bytes) & ~(uintptr_t)(page - 1);
+    if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }

@@ -32,4 +32,9 @@ int kv_join(char *out, size_t cap, const char *dir, const char *name, kv_error *
  * filled: no recursion); errors are ignored */
 void kv_remove_flat_dir(const char *dir);
 
+/* drops this process's pages of the whole pages inside [p, p + bytes) of a read-only file
+ * mapping (madvise MADV_DONTNEED: they leave the resident set; a later read maps them again from
+ * the page cache). Only for mappings never written. A hint: failures are ignored. */
+void kv_release_mapped(const void *p, size_t bytes);
+
 #endif

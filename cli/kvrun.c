@@ -13,6 +13,7 @@
 
 #include "cli/cli.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/baseline.h"
 #include "runtime/model_source.h"
 #include "base/fileio.h"
 #include "formats/safetensors.h"
@@ -26,55 +27,59 @@ static const char *TOOL = "kvrun";
 #define SMALL_MODEL_BYTES ((size_t)16 << 20) /* default to one thread below this (weights/token) */
 
 static void usage(void) {
-    printf("Usage: kvrun [OPTIONS] MODEL\n"
-           "Run a Llama model (or Mistral without sliding window, Qwen2) on the CPU or a GPU.\n"
-           "MODEL is a HuggingFace directory (config.json, *.safetensors, tokenizer.json; or\n"
-           "its model.safetensors file) or a kvforge bundle (.kvb): an original model or one\n"
-           "converted for cross-layer KV sharing or SwiftKV; the KV map is honoured exactly.\n\n"
-           "Modes (exactly one):\n"
-           "  --prompt TEXT          generate: print TEXT and its continuation on stdout\n"
-           "  --ppl FILE             perplexity of a text file (nats/token, bits/byte)\n"
-           "  --bench                prefill and decode tokens/s, decode GB/s of weights, prefill\n"
-           "                         model TFLOP/s (every token through every layer) and KV bytes\n"
-           "  --logits-out FILE      write every position's logits [T, vocab] (F32) and the token\n"
-           "                         ids to FILE, a safetensors file (the name is used as given,\n"
-           "                         e.g. out.safetensors); input from --text or --tokens\n"
-           "  --tokenize TEXT        print the token ids of TEXT (no BOS); MODEL may hold only\n"
-           "                         tokenizer files\n\n"
-           "Generation:\n"
-           "  -n, --max-tokens N     tokens to generate (default 256; bench: decode steps, 64)\n"
-           "  --temperature T        0 = greedy (default 1.0)\n"
-           "  --top-p P              nucleus sampling in (0, 1); 0 or 1 = off (default 0.9)\n"
-           "  --seed N               random seed (default: the time)\n"
-           "  Generation stops at an EOS token (config.json eos_token_id) or BOS, as llama2.c's\n"
-           "  run does, or at the end of the model's context; stderr says which. The prompt gets\n"
-           "  a BOS first.\n"
-           "Perplexity:\n"
-           "  --ctx N                window in positions: BOS + N-1 tokens (default min(512,\n"
-           "                         max_position_embeddings))\n"
-           "  --max-windows N        score only the first N windows\n"
-           "Bench:\n"
-           "  --prompt-len N         prompt tokens (default 128)\n"
-           "  --repeat N             runs; the fastest counts (default 3)\n"
-           "Logits:\n"
-           "  --text TEXT            input text (BOS prepended)\n"
-           "  --tokens IDS           input ids, comma-separated, used as given\n"
-           "Common:\n"
-           "  --device D             cpu (default) or cuda (the first GPU; needs a build with\n"
-           "                         CUDA and a GPU)\n"
-           "  --threads N            CPU worker threads (default: all online CPUs; 1 for models\n"
-           "                         under 16 MB of weights)\n"
-           "  --prefill MODE         sequential | iterative[:N], for maps with upward layers\n"
-           "                         (default iterative:9)\n"
-           "  --batch N              tokens per forward pass (default 512)\n"
-           "  --kv-dtype T           KV-cache element type: f32 (the reference) or bf16 (half the\n"
-           "                         bytes; K/V rounded as they are cached). Default: the model's\n"
-           "                         weight type (config.json torch_dtype), as kvconvert info and\n"
-           "                         plan count KV bytes: bf16 for a BF16 model, else f32 (there\n"
-           "                         is no f16 cache: an F16 model's cache takes twice its count)\n"
-           "  --json                 --ppl and --bench print JSON\n"
-           "  -h, --help             this help\n"
-           "  --version              print the version\n");
+    printf(
+        "Usage: kvrun [OPTIONS] MODEL\n"
+        "Run a Llama model (or Mistral without sliding window, Qwen2) on the CPU or a GPU.\n"
+        "MODEL is a HuggingFace directory (config.json, *.safetensors, tokenizer.json; or\n"
+        "its model.safetensors file) or a kvforge bundle (.kvb): an original model or one\n"
+        "converted for cross-layer KV sharing or SwiftKV; the KV map is honoured exactly.\n\n"
+        "Modes (exactly one):\n"
+        "  --prompt TEXT          generate: print TEXT and its continuation on stdout\n"
+        "  --ppl FILE             perplexity of a text file (nats/token, bits/byte)\n"
+        "  --bench                prefill and decode tokens/s, decode GB/s of weights, prefill\n"
+        "                         model TFLOP/s (every token through every layer) and KV bytes;\n"
+        "                         on the CPU also decode GB/s (weights + K/V read per token)\n"
+        "                         over a read loop and prefill GFLOP/s over a 1024^3 GEMM,\n"
+        "                         both measured in the same run\n"
+        "  --logits-out FILE      write every position's logits [T, vocab] (F32) and the token\n"
+        "                         ids to FILE, a safetensors file (the name is used as given,\n"
+        "                         e.g. out.safetensors); input from --text or --tokens\n"
+        "  --tokenize TEXT        print the token ids of TEXT (no BOS); MODEL may hold only\n"
+        "                         tokenizer files\n\n"
+        "Generation:\n"
+        "  -n, --max-tokens N     tokens to generate (default 256; bench: decode steps, 64)\n"
+        "  --temperature T        0 = greedy (default 1.0)\n"
+        "  --top-p P              nucleus sampling in (0, 1); 0 or 1 = off (default 0.9)\n"
+        "  --seed N               random seed (default: the time)\n"
+        "  Generation stops at an EOS token (config.json eos_token_id) or BOS, as llama2.c's\n"
+        "  run does, or at the end of the model's context; stderr says which. The prompt gets\n"
+        "  a BOS first.\n"
+        "Perplexity:\n"
+        "  --ctx N                window in positions: BOS + N-1 tokens (default min(512,\n"
+        "                         max_position_embeddings))\n"
+        "  --max-windows N        score only the first N windows\n"
+        "Bench:\n"
+        "  --prompt-len N         prompt tokens (default 128)\n"
+        "  --repeat N             runs; the fastest counts (default 3)\n"
+        "Logits:\n"
+        "  --text TEXT            input text (BOS prepended)\n"
+        "  --tokens IDS           input ids, comma-separated, used as given\n"
+        "Common:\n"
+        "  --device D             cpu (default) or cuda (the first GPU; needs a build with\n"
+        "                         CUDA and a GPU)\n"
+        "  --threads N            CPU worker threads (default: all online CPUs; 1 for models\n"
+        "                         under 16 MB of weights)\n"
+        "  --prefill MODE         sequential | iterative[:N], for maps with upward layers\n"
+        "                         (default iterative:9)\n"
+        "  --batch N              tokens per forward pass (default 512)\n"
+        "  --kv-dtype T           KV-cache element type: f32 (the reference) or bf16 (half the\n"
+        "                         bytes; K/V rounded as they are cached). Default: the model's\n"
+        "                         weight type (config.json torch_dtype), as kvconvert info and\n"
+        "                         plan count KV bytes: bf16 for a BF16 model, else f32 (there\n"
+        "                         is no f16 cache: an F16 model's cache takes twice its count)\n"
+        "  --json                 --ppl and --bench print JSON\n"
+        "  -h, --help             this help\n"
+        "  --version              print the version\n");
 }
 
 typedef enum { MODE_NONE, MODE_PROMPT, MODE_PPL, MODE_BENCH, MODE_LOGITS, MODE_TOKENIZE } run_mode;
@@ -325,6 +330,10 @@ fail:
 
 /* ---- --bench ------------------------------------------------------------------------------ */
 
+/* the baselines' sizes: a read loop well past the caches, a GEMM large enough for full speed */
+#define BENCH_READ_BYTES ((size_t)512 << 20)
+#define BENCH_GEMM_N     1024
+
 static int run_bench(const run_args *a) {
     kv_error err = {0};
     kv_backend b;
@@ -351,6 +360,13 @@ static int run_bench(const run_args *a) {
     }
     double best_prefill = 1e30, best_decode = 1e30;
     const kv_forward_opts fo = {.logits = KV_LOGITS_LAST, .prefill = a->prefill};
+    /* CPU baselines of the same run: a read loop (sampled before and after the timings, the
+     * best counts) and a large F32 GEMM */
+    const int cpu = b.device == KV_DEVICE_CPU;
+    double read_gbps = 0, read2 = 0, gemm_gflops = 0;
+    if (cpu && (kv_read_loop_gbps(&read_gbps, BENCH_READ_BYTES, 3, &err) ||
+                kv_gemm_gflops(&gemm_gflops, BENCH_GEMM_N, 3, &err)))
+        goto fail;
     for (long r = 0; r < a->repeat; r++) {
         kv_state_reset(&s);
         double t = cli_now();
@@ -363,9 +379,17 @@ static int run_bench(const run_args *a) {
         dt = cli_now() - t;
         if (dt < best_decode) best_decode = dt;
     }
+    if (cpu && kv_read_loop_gbps(&read2, BENCH_READ_BYTES, 3, &err)) goto fail;
+    if (read2 > read_gbps) read_gbps = read2;
     const double prefill_tps = P / best_prefill, decode_tps = G / best_decode;
     const double prefill_tflops = kv_model_prefill_flops(&m, P) / best_prefill / 1e12;
     const size_t per_token = s.cache.bytes / (size_t)s.max_seq;
+    /* bytes one decode step reads: the weights, and every layer's K and V rows of the positions
+     * it sees (P + 1 .. P + G, on average P + (G + 1) / 2) */
+    const double kv_read =
+        2.0 * m.dims.n_layers * m.dims.kv_dim * (double)s.cache.elem * (P + (G + 1) / 2.0);
+    const double step_read = (double)m.step_bytes + kv_read;
+    const double decode_gbps = step_read * decode_tps / 1e9, prefill_gflops = prefill_tflops * 1e3;
     if (a->json)
         printf("{\"model\": \"%s\", \"kv_map\": \"%s\", \"device\": \"%s\", \"threads\": %d, "
                "\"blas_core\": \"%s\", \"prompt_tokens\": %d, "
@@ -373,10 +397,17 @@ static int run_bench(const run_args *a) {
                "%.2f, \"kv_cache_dtype\": \"%s\", \"kv_cache_bytes\": %zu, "
                "\"kv_cache_bytes_per_token\": %zu, "
                "\"weight_bytes_per_token\": %zu, \"decode_weight_gb_per_s\": %.3f, "
-               "\"prefill_model_tflop_per_s\": %.4f}\n",
+               "\"prefill_model_tflop_per_s\": %.4f, \"weight_dtype\": \"%s\", "
+               "\"decode_bytes_per_token\": %.0f, \"decode_gb_per_s\": %.3f, "
+               "\"read_loop_gb_per_s\": %.3f, \"decode_read_loop_ratio\": %.4f, "
+               "\"prefill_gflop_per_s\": %.3f, \"gemm_gflop_per_s\": %.3f, "
+               "\"prefill_gemm_ratio\": %.4f}\n",
                a->model_dir, m.cfg.map.name, b.name, kv_kernels_threads(), openblas_get_corename(),
                P, G, prefill_tps, decode_tps, kv_dtype_name(s.cache.dtype), s.cache.bytes,
-               per_token, m.step_bytes, m.step_bytes * decode_tps / 1e9, prefill_tflops);
+               per_token, m.step_bytes, m.step_bytes * decode_tps / 1e9, prefill_tflops,
+               kv_dtype_name(m.mat_type), step_read, decode_gbps, read_gbps,
+               read_gbps > 0 ? decode_gbps / read_gbps : 0.0, prefill_gflops, gemm_gflops,
+               gemm_gflops > 0 ? prefill_gflops / gemm_gflops : 0.0);
     else
         printf("%s (%s, %s, OpenBLAS %s): prefill %d tokens %.1f tok/s (%.3g model TFLOP/s); "
                "decode %d tokens %.1f tok/s "
@@ -384,6 +415,12 @@ static int run_bench(const run_args *a) {
                a->model_dir, m.cfg.map.name, b.name, openblas_get_corename(), P, prefill_tps,
                prefill_tflops, G, decode_tps, m.step_bytes * decode_tps / 1e9,
                kv_dtype_name(s.cache.dtype), s.cache.bytes, per_token);
+    if (!a->json && cpu)
+        printf("  decode reads %.0f bytes/token: %.2f GB/s = %.2f x the read loop (%.2f GB/s); "
+               "prefill %.1f GFLOP/s = %.2f x a %d^3 GEMM (%.1f GFLOP/s)\n",
+               step_read, decode_gbps, read_gbps > 0 ? decode_gbps / read_gbps : 0.0, read_gbps,
+               prefill_gflops, gemm_gflops > 0 ? prefill_gflops / gemm_gflops : 0.0, BENCH_GEMM_N,
+               gemm_gflops);
     status = 0;
 fail:
     if (status) cli_fail(TOOL, &err);

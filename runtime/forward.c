@@ -35,13 +35,13 @@ int kv_prefill_parse(kv_prefill *p, const char *spec, kv_error *err) {
                    spec);
 }
 
-/* A device view of `count` floats of host weights (NULL stays NULL). A tensor mapped already
- * (the tied LM head is the embedding) gets its first view. */
-static int map_weight(kv_state *s, const float **dev, const float *host, size_t count,
+/* A device view of `count` elements of `elem` bytes of host weights (NULL stays NULL). A tensor
+ * mapped already (the tied LM head is the embedding) gets its first view. */
+static int map_weight(kv_state *s, const void **dev, const void *host, size_t count, size_t elem,
                       const char *what, int layer, kv_error *err) {
     *dev = NULL;
     if (!host) return 0;
-    const size_t bytes = sizeof(float) * count;
+    const size_t bytes = elem * count;
     for (int i = 0; i < s->n_maps; i++)
         if (s->maps[i].host == host && s->maps[i].bytes == bytes) {
             *dev = s->maps[i].dev;
@@ -68,37 +68,43 @@ static int map_weights(kv_state *s, const kv_model *m, kv_error *err) {
     s->maps = calloc(L * PER_LAYER + GLOBAL, sizeof *s->maps);
     if (!s->w.layers || !s->maps)
         return kv_fail(err, KV_ENOMEM, "weights: out of memory for %zu layer views", L);
-    int rc = map_weight(s, &s->w.embed, m->embed, V * H, "embed_tokens", -1, err);
-    if (!rc) rc = map_weight(s, &s->w.final_norm, m->final_norm, H, "norm", -1, err);
-    if (!rc) rc = map_weight(s, &s->w.lm_head, m->lm_head, V * H, "lm_head", -1, err);
-    if (!rc) rc = map_weight(s, &s->w.norm_swiftkv, m->norm_swiftkv, H, "norm_swiftkv", -1, err);
+    const size_t me = kv_dtype_size(m->mat_type), fe = sizeof(float);
+    int rc = map_weight(s, &s->w.embed, m->embed, V * H, me, "embed_tokens", -1, err);
+    if (!rc)
+        rc = map_weight(s, (const void **)&s->w.final_norm, m->final_norm, H, fe, "norm", -1, err);
+    if (!rc) rc = map_weight(s, &s->w.lm_head, m->lm_head, V * H, me, "lm_head", -1, err);
+    if (!rc)
+        rc = map_weight(s, (const void **)&s->w.norm_swiftkv, m->norm_swiftkv, H, fe,
+                        "norm_swiftkv", -1, err);
     for (int i = 0; !rc && i < (int)L; i++) {
         const kv_layer_weights *h = &m->layers[i];
         kv_layer_weights *v = &s->w.layers[i];
+#define VEC(p) (const void **)&(p)
         const struct {
-            const float **dev, *host;
-            size_t count;
+            const void **dev, *host;
+            size_t count, elem;
             const char *what;
         } t[PER_LAYER] = {
-            {&v->attn_norm, h->attn_norm, H, "input_layernorm"},
-            {&v->wq, h->wq, Q * H, "q_proj"},
-            {&v->bq, h->bq, Q, "q_proj bias"},
-            {&v->wk, h->wk, KV * H, "k_proj"},
-            {&v->bk, h->bk, KV, "k_proj bias"},
-            {&v->wv, h->wv, KV * H, "v_proj"},
-            {&v->bv, h->bv, KV, "v_proj bias"},
-            {&v->wo, h->wo, H * Q, "o_proj"},
-            {&v->bo, h->bo, H, "o_proj bias"},
-            {&v->mlp_norm, h->mlp_norm, H, "post_attention_layernorm"},
-            {&v->w_gate, h->w_gate, F * H, "gate_proj"},
-            {&v->b_gate, h->b_gate, F, "gate_proj bias"},
-            {&v->w_up, h->w_up, F * H, "up_proj"},
-            {&v->b_up, h->b_up, F, "up_proj bias"},
-            {&v->w_down, h->w_down, H * F, "down_proj"},
-            {&v->b_down, h->b_down, H, "down_proj bias"},
+            {VEC(v->attn_norm), h->attn_norm, H, fe, "input_layernorm"},
+            {&v->wq, h->wq, Q * H, me, "q_proj"},
+            {VEC(v->bq), h->bq, Q, fe, "q_proj bias"},
+            {&v->wk, h->wk, KV * H, me, "k_proj"},
+            {VEC(v->bk), h->bk, KV, fe, "k_proj bias"},
+            {&v->wv, h->wv, KV * H, me, "v_proj"},
+            {VEC(v->bv), h->bv, KV, fe, "v_proj bias"},
+            {&v->wo, h->wo, H * Q, me, "o_proj"},
+            {VEC(v->bo), h->bo, H, fe, "o_proj bias"},
+            {VEC(v->mlp_norm), h->mlp_norm, H, fe, "post_attention_layernorm"},
+            {&v->w_gate, h->w_gate, F * H, me, "gate_proj"},
+            {VEC(v->b_gate), h->b_gate, F, fe, "gate_proj bias"},
+            {&v->w_up, h->w_up, F * H, me, "up_proj"},
+            {VEC(v->b_up), h->b_up, F, fe, "up_proj bias"},
+            {&v->w_down, h->w_down, H * F, me, "down_proj"},
+            {VEC(v->b_down), h->b_down, H, fe, "down_proj bias"},
         };
+#undef VEC
         for (int j = 0; !rc && j < PER_LAYER; j++)
-            rc = map_weight(s, t[j].dev, t[j].host, t[j].count, t[j].what, i, err);
+            rc = map_weight(s, t[j].dev, t[j].host, t[j].count, t[j].elem, t[j].what, i, err);
     }
     return rc;
 }
@@ -220,13 +226,14 @@ static int write_kv(kv_state *s, int layer, const kv_layer_weights *w, const flo
                     int pos0, kv_error *err) {
     kv_backend *b = s->backend;
     const llama_dims *d = &s->model->dims;
+    const kv_dtype wt = s->model->mat_type;
     const size_t row = (size_t)d->kv_dim, offset = (size_t)pos0 * row * s->cache.elem;
     char *k_dst = (char *)kv_cache_k(&s->cache, layer) + offset;
     char *v_dst = (char *)kv_cache_v(&s->cache, layer) + offset;
     float *k = s->kv_rows ? s->kv_rows : (float *)k_dst;
     float *v = s->kv_rows ? s->kv_rows + (size_t)T * row : (float *)v_dst;
-    int rc = b->ops->matmul(b, k, xb, w->wk, KV_F32, w->bk, T, d->hidden, d->kv_dim, 0, err);
-    if (!rc) rc = b->ops->matmul(b, v, xb, w->wv, KV_F32, w->bv, T, d->hidden, d->kv_dim, 0, err);
+    int rc = b->ops->matmul(b, k, xb, w->wk, wt, w->bk, T, d->hidden, d->kv_dim, 0, err);
+    if (!rc) rc = b->ops->matmul(b, v, xb, w->wv, wt, w->bv, T, d->hidden, d->kv_dim, 0, err);
     if (!rc) rc = b->ops->rope(b, k, T, d->n_kv_heads, s->pos + pos0, &s->rope, err);
     if (!rc && s->kv_rows) {
         rc = b->ops->convert(b, k_dst, s->cache.dtype, k, KV_F32, (size_t)T * row, err);
@@ -253,7 +260,8 @@ static int attention_output(kv_state *s, int layer, float *x, int T, int pos0, k
     const kv_model *m = s->model;
     const llama_dims *d = &m->dims;
     const kv_layer_weights *w = &s->w.layers[layer];
-    int rc = b->ops->matmul(b, s->q, s->xb, w->wq, KV_F32, w->bq, T, d->hidden, d->q_dim, 0, err);
+    const kv_dtype wt = m->mat_type;
+    int rc = b->ops->matmul(b, s->q, s->xb, w->wq, wt, w->bq, T, d->hidden, d->q_dim, 0, err);
     if (!rc) rc = b->ops->rope(b, s->q, T, d->n_heads, s->pos + pos0, &s->rope, err);
     const int src = kvmap_target(&m->cfg.map, layer); /* the layer whose K/V these queries read */
     const kv_attn_mask mask = src > layer ? KV_MASK_STRICT : KV_MASK_CAUSAL;
@@ -261,8 +269,7 @@ static int attention_output(kv_state *s, int layer, float *x, int T, int pos0, k
     if (!rc)
         rc = b->ops->attention(b, s->att, s->q, k, v, s->cache.dtype, T, pos0, pos0 + T, d->n_heads,
                                d->n_kv_heads, d->head_dim, mask, err);
-    if (!rc)
-        rc = b->ops->matmul(b, x, s->att, w->wo, KV_F32, w->bo, T, d->q_dim, d->hidden, 1, err);
+    if (!rc) rc = b->ops->matmul(b, x, s->att, w->wo, wt, w->bo, T, d->q_dim, d->hidden, 1, err);
     return rc;
 }
 
@@ -276,11 +283,12 @@ int kv_layer_mlp(kv_state *s, int layer, float *x, int T, kv_error *err) {
     const kv_model *m = s->model;
     const kv_layer_weights *w = &s->w.layers[layer];
     const int H = m->dims.hidden, F = m->dims.ffn;
+    const kv_dtype wt = m->mat_type;
     int rc = b->ops->rmsnorm(b, s->xb, x, w->mlp_norm, T, H, m->dims.eps, err);
-    if (!rc) rc = b->ops->matmul(b, s->gate, s->xb, w->w_gate, KV_F32, w->b_gate, T, H, F, 0, err);
-    if (!rc) rc = b->ops->matmul(b, s->up, s->xb, w->w_up, KV_F32, w->b_up, T, H, F, 0, err);
+    if (!rc) rc = b->ops->matmul(b, s->gate, s->xb, w->w_gate, wt, w->b_gate, T, H, F, 0, err);
+    if (!rc) rc = b->ops->matmul(b, s->up, s->xb, w->w_up, wt, w->b_up, T, H, F, 0, err);
     if (!rc) rc = b->ops->swiglu(b, s->gate, s->gate, s->up, T, F, err);
-    if (!rc) rc = b->ops->matmul(b, x, s->gate, w->w_down, KV_F32, w->b_down, T, F, H, 1, err);
+    if (!rc) rc = b->ops->matmul(b, x, s->gate, w->w_down, wt, w->b_down, T, F, H, 1, err);
     return rc;
 }
 
@@ -307,8 +315,8 @@ int kv_lm_head(kv_state *s, const float *x, int T, float *logits, kv_error *err)
     const llama_dims *d = &s->model->dims;
     int rc = b->ops->rmsnorm(b, s->xb, x, s->w.final_norm, T, d->hidden, d->eps, err);
     if (!rc)
-        rc = b->ops->matmul(b, logits, s->xb, s->w.lm_head, KV_F32, NULL, T, d->hidden, d->vocab, 0,
-                            err);
+        rc = b->ops->matmul(b, logits, s->xb, s->w.lm_head, s->model->mat_type, NULL, T, d->hidden,
+                            d->vocab, 0, err);
     return rc;
 }
 
@@ -373,6 +381,26 @@ static int run_iterative(kv_state *s, float *x, int T, int pos0, int passes, int
     return rc ? rc : run_tail(s, next, x, T, pos0, rows, prune, err);
 }
 
+/* x[T, H] = the embedding rows of tokens: the backend's lookup for an F32 table; a BF16 table's
+ * rows widened one by one (exact) by the backend's convert */
+static int embed_tokens(kv_state *s, float *x, const int32_t *tokens, int T, kv_error *err) {
+    kv_backend *b = s->backend;
+    const kv_model *m = s->model;
+    const int H = m->dims.hidden, V = m->dims.vocab;
+    if (m->mat_type == KV_F32) return b->ops->embedding(b, x, s->w.embed, V, H, tokens, T, err);
+    for (int t = 0; t < T; t++)
+        if (tokens[t] < 0 || tokens[t] >= V)
+            return kv_fail(err, KV_EINVAL, "embedding: token id %d at position %d outside [0, %d)",
+                           (int)tokens[t], t, V);
+    const size_t row = (size_t)H * kv_dtype_size(m->mat_type);
+    for (int t = 0; t < T; t++) {
+        const char *src = (const char *)s->w.embed + (size_t)tokens[t] * row;
+        int rc = b->ops->convert(b, x + (size_t)t * H, KV_F32, src, m->mat_type, (size_t)H, err);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 /* tokens at pos0 = n_past; logits rows for the wanted tokens into out (host) */
 static int run_pass(kv_state *s, const int32_t *tokens, int T, const kv_forward_opts *o, float *out,
                     kv_error *err) {
@@ -380,7 +408,7 @@ static int run_pass(kv_state *s, const int32_t *tokens, int T, const kv_forward_
     const kv_model *m = s->model;
     const int H = m->dims.hidden, pos0 = s->n_past;
     float *x = s->x;
-    int rc = b->ops->embedding(b, x, s->w.embed, m->dims.vocab, H, tokens, T, err);
+    int rc = embed_tokens(s, x, tokens, T, err);
     if (rc) return rc;
     int rows = o->logits == KV_LOGITS_ALL ? T : o->logits == KV_LOGITS_LAST ? 1 : 0;
     if (m->cfg.map.kind == KVMAP_SWIFTKV) {

@@ -70,9 +70,9 @@ typedef struct { /* all-zero = last-token logits, both skips on, iterative:9 */
 /* Device views of a kv_model's weights (b->ops->map of each host tensor, once at init; the CPU
  * backend's map returns the host pointers themselves): the model's fields, shapes and NULLs. */
 typedef struct {
-    const float *embed; /* [V, H] */
+    const void *embed; /* [V, H] as the model's mat_type */
     const float *final_norm; /* [H] */
-    const float *lm_head; /* [V, H] (the embed view when tied) */
+    const void *lm_head; /* [V, H] as mat_type (the embed view when tied) */
     const float *norm_swiftkv; /* [H] SwiftKV only, else NULL */
     kv_layer_weights *layers; /* [L] (host array of device pointers) */
 } kv_weight_views;

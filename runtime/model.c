@@ -10,27 +10,35 @@
 #include "base/fileio.h"
 #include "formats/llama_view.h"
 
-/* one weight to take: where the pointer goes, the tensor it comes from */
+/* one weight to take: where the pointer goes, the tensor it comes from, whether it is a matrix
+ * (held as the model's mat_type) or a vector (held as F32) */
 typedef struct {
-    const float **dst;
+    const void **dst;
     const st_tensor *t;
+    int matrix;
 } binding;
 
 typedef struct {
     const kv_tensor_source *src;
     binding *items;
     int n, cap;
-    size_t store_bytes; /* arena bytes the conversions need */
-    int copy_f32;
+    int copy_weights;
+    int release_source; /* drop the source's mapped pages of each tensor once copied */
     kv_error *err;
 } loader;
 
-static int needs_store(const loader *ld, const st_tensor *t) {
-    return t->dtype != KV_F32 || ld->copy_f32 || ((uintptr_t)t->data % sizeof(float)) != 0;
+/* the dtype a tensor is held as */
+static kv_dtype held_type(const binding *b, kv_dtype mat_type) {
+    return b->matrix ? mat_type : KV_F32;
+}
+
+static int needs_store(const loader *ld, const binding *b, kv_dtype mat_type) {
+    const kv_dtype h = held_type(b, mat_type);
+    return b->t->dtype != h || ld->copy_weights || ((uintptr_t)b->t->data % kv_dtype_size(h)) != 0;
 }
 
 /* queues t for *dst; a NULL t (the model has no such tensor) leaves *dst NULL */
-static int take(loader *ld, const float **dst, const st_tensor *t) {
+static int take(loader *ld, const void **dst, const st_tensor *t, int matrix) {
     *dst = NULL;
     if (!t) return 0;
     const char *where = ld->src->where(ld->src->ctx, t);
@@ -43,30 +51,91 @@ static int take(loader *ld, const float **dst, const st_tensor *t) {
         ld->items = p;
         ld->cap = cap;
     }
-    ld->items[ld->n++] = (binding){.dst = dst, .t = t};
-    if (needs_store(ld, t) && kv_arena_reserve(&ld->store_bytes, t->n_elements, sizeof(float)))
-        return kv_fail(ld->err, KV_ENOMEM, "%s: weights too large", where);
+    ld->items[ld->n++] = (binding){.dst = dst, .t = t, .matrix = matrix};
     return 0;
 }
 
 /* every tensor the forward pass runs with (formats/llama_view.h) */
 static int take_all(loader *ld, kv_model *m, const llama_view *v) {
     int rc;
-    if ((rc = take(ld, &m->embed, v->embed)) || (rc = take(ld, &m->final_norm, v->norm)) ||
-        (rc = take(ld, &m->lm_head, v->lm_head)) ||
-        (rc = take(ld, &m->norm_swiftkv, v->norm_swiftkv)))
+    if ((rc = take(ld, &m->embed, v->embed, 1)) ||
+        (rc = take(ld, (const void **)&m->final_norm, v->norm, 0)) ||
+        (rc = take(ld, &m->lm_head, v->lm_head, 1)) ||
+        (rc = take(ld, (const void **)&m->norm_swiftkv, v->norm_swiftkv, 0)))
         return rc;
     for (int i = 0; i < m->dims.n_layers; i++) {
         kv_layer_weights *w = &m->layers[i];
-        const float **dst[LLAMA_N_ROLES] = {/* llama_role order */
-                                            &w->attn_norm, &w->wq,       &w->bq,     &w->wk,
-                                            &w->bk,        &w->wv,       &w->bv,     &w->wo,
-                                            &w->bo,        &w->mlp_norm, &w->w_gate, &w->b_gate,
-                                            &w->w_up,      &w->b_up,     &w->w_down, &w->b_down};
-        for (int r = 0; r < LLAMA_N_ROLES; r++)
-            if ((rc = take(ld, dst[r], llama_view_used(v, i, (llama_role)r)))) return rc;
+        const void **dst[LLAMA_N_ROLES] = {/* llama_role order */
+                                           (const void **)&w->attn_norm,
+                                           &w->wq,
+                                           (const void **)&w->bq,
+                                           &w->wk,
+                                           (const void **)&w->bk,
+                                           &w->wv,
+                                           (const void **)&w->bv,
+                                           &w->wo,
+                                           (const void **)&w->bo,
+                                           (const void **)&w->mlp_norm,
+                                           &w->w_gate,
+                                           (const void **)&w->b_gate,
+                                           &w->w_up,
+                                           (const void **)&w->b_up,
+                                           &w->w_down,
+                                           (const void **)&w->b_down};
+        for (int r = 0; r < LLAMA_N_ROLES; r++) {
+            const st_tensor *t = llama_view_used(v, i, (llama_role)r);
+            if ((rc = take(ld, dst[r], t, t && t->n_dims == 2))) return rc;
+        }
     }
     return 0;
+}
+
+/* BF16 when every matrix is stored BF16 (and not asked to widen), else F32 */
+static kv_dtype pick_mat_type(const loader *ld, int widen_f32) {
+    if (widen_f32) return KV_F32;
+    int any = 0;
+    for (int i = 0; i < ld->n; i++)
+        if (ld->items[i].matrix) {
+            if (ld->items[i].t->dtype != KV_BF16) return KV_F32;
+            any = 1;
+        }
+    return any ? KV_BF16 : KV_F32;
+}
+
+/* every binding's pointer: in place, or converted (copied) into m->store */
+static int bind_all(kv_model *m, const loader *ld, kv_error *err) {
+    size_t store_bytes = 0;
+    for (int i = 0; i < ld->n; i++) {
+        const binding *b = &ld->items[i];
+        if (needs_store(ld, b, m->mat_type) &&
+            kv_arena_reserve(&store_bytes, b->t->n_elements,
+                             kv_dtype_size(held_type(b, m->mat_type))))
+            return kv_fail(err, KV_ENOMEM, "%s: weights too large",
+                           ld->src->where(ld->src->ctx, b->t));
+    }
+    int rc = kv_arena_init(&m->store, store_bytes, "model weights", err);
+    for (int i = 0; !rc && i < ld->n; i++) {
+        const binding *b = &ld->items[i];
+        const kv_dtype h = held_type(b, m->mat_type);
+        if (!needs_store(ld, b, m->mat_type)) {
+            *b->dst = b->t->data;
+            continue;
+        }
+        void *p = kv_arena_take(&m->store, b->t->n_elements, kv_dtype_size(h));
+        if (!p) rc = kv_fail(err, KV_ENOMEM, "model: weight arena too small");
+        else if (kv_dtype_cast(p, h, b->t->data, b->t->dtype, b->t->n_elements))
+            rc = kv_fail(err, KV_EUNSUPPORTED, "model: tensor '%s': cannot convert %s to %s",
+                         b->t->name, kv_dtype_name(b->t->dtype), kv_dtype_name(h));
+        else if (ld->release_source)
+            kv_release_mapped(b->t->data, b->t->n_elements * kv_dtype_size(b->t->dtype));
+        *b->dst = p;
+    }
+    for (int i = 0; !rc && i < ld->n; i++) {
+        m->n_params += ld->items[i].t->n_elements;
+        m->weight_bytes +=
+            ld->items[i].t->n_elements * kv_dtype_size(held_type(&ld->items[i], m->mat_type));
+    }
+    return rc;
 }
 
 /* the sizes every kernel trusts, checked once here */
@@ -108,17 +177,19 @@ int kv_model_writes_own_kv(const kv_model *m, int layer) {
 static size_t count_step_bytes(const kv_model *m) {
     const size_t H = (size_t)m->dims.hidden, Q = (size_t)m->dims.q_dim, KV = (size_t)m->dims.kv_dim,
                  F = (size_t)m->dims.ffn;
-    size_t n = H + (size_t)m->dims.vocab * H + H; /* embedding row, LM head, final norm */
-    if (m->norm_swiftkv) n += H;
+    size_t mat = H + (size_t)m->dims.vocab * H; /* matrix elements: embedding row, LM head */
+    size_t vec = H; /* F32 elements: final norm */
+    if (m->norm_swiftkv) vec += H;
     for (int i = 0; i < m->dims.n_layers; i++) {
         const kv_layer_weights *w = &m->layers[i];
-        n += 2 * H + Q * H + H * Q + 3 * F * H;
-        if (w->wk) n += 2 * KV * H;
-        if (w->bq) n += Q + (w->bk ? 2 * KV : 0);
-        if (w->bo) n += H;
-        if (w->b_gate) n += 2 * F + H;
+        mat += Q * H + H * Q + 3 * F * H;
+        vec += 2 * H;
+        if (w->wk) mat += 2 * KV * H;
+        if (w->bq) vec += Q + (w->bk ? 2 * KV : 0);
+        if (w->bo) vec += H;
+        if (w->b_gate) vec += 2 * F + H;
     }
-    return n * sizeof(float);
+    return mat * kv_dtype_size(m->mat_type) + vec * sizeof(float);
 }
 
 int kv_model_from_source(kv_model *m, const hf_config *cfg, const kv_tensor_source *src,
@@ -128,7 +199,10 @@ int kv_model_from_source(kv_model *m, const hf_config *cfg, const kv_tensor_sour
     llama_view view;
     int rc = llama_view_bind_source(&view, &m->cfg, src, err);
     if (rc) return rc;
-    loader ld = {.src = src, .copy_f32 = o && o->copy_f32, .err = err};
+    loader ld = {.src = src,
+                 .copy_weights = o && o->copy_weights,
+                 .release_source = o && o->copy_weights && o->map_file < 0,
+                 .err = err};
     if ((rc = check_config(cfg, err))) goto done;
     llama_dims_init(&m->dims, cfg);
     { /* RoPE parameters are checked here, once, rather than at the first forward */
@@ -143,21 +217,10 @@ int kv_model_from_source(kv_model *m, const hf_config *cfg, const kv_tensor_sour
         goto done;
     }
     rc = take_all(&ld, m, &view);
-    if (!rc) rc = kv_arena_init(&m->store, ld.store_bytes, "model weights", err);
-    for (int i = 0; !rc && i < ld.n; i++) {
-        const binding *b = &ld.items[i];
-        if (!needs_store(&ld, b->t)) {
-            *b->dst = b->t->data;
-            continue;
-        }
-        float *p = kv_arena_take(&m->store, b->t->n_elements, sizeof(float));
-        if (!p) rc = kv_fail(err, KV_ENOMEM, "model: weight arena too small");
-        else if (kv_to_f32(p, b->t->data, b->t->dtype, b->t->n_elements))
-            rc = kv_fail(err, KV_EUNSUPPORTED, "model: cannot convert %s",
-                         kv_dtype_name(b->t->dtype));
-        *b->dst = p;
+    if (!rc) {
+        m->mat_type = pick_mat_type(&ld, o && o->widen_f32);
+        rc = bind_all(m, &ld, err);
     }
-    for (int i = 0; !rc && i < ld.n; i++) m->n_params += ld.items[i].t->n_elements;
 done:
     free(ld.items);
     llama_view_free(&view);
@@ -184,7 +247,11 @@ int kv_model_load(kv_model *m, const char *dir, const kv_model_opts *o, kv_error
     }
     kv_tensor_source src;
     kv_tensor_source_checkpoint(&src, ck);
-    if ((rc = kv_model_from_source(m, &cfg, &src, o, err))) {
+    /* copied into the arena, the file's pages dropped behind (map_file < 0 says so to
+     * kv_model_from_source), unless asked to map */
+    kv_model_opts use = o ? *o : (kv_model_opts){0};
+    if (!use.map_file) use.copy_weights = 1, use.map_file = -1;
+    if ((rc = kv_model_from_source(m, &cfg, &src, &use, err))) {
         st_checkpoint_close(ck);
         free(ck);
         return rc;

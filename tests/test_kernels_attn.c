@@ -1,12 +1,15 @@
 /* Attention: against a naive double-precision reference (both masks, GQA, cache offsets),
  * zero output at t = 0 under the diagonal mask, GQA head grouping, numerical stability,
  * prefill == decode bit for bit, results independent of the thread count, and the BF16-cache
- * variant equal to the F32 kernel on the same values. */
+ * variant equal to the F32 kernel on the same values; every ISA variant (C, AVX2) identical to
+ * the C reference bit for bit. */
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cpu/gemv.h"
 #include "kernels/kernels.h"
 #include "tests/check.h"
 
@@ -222,8 +225,55 @@ static void test_bf16_cache(void) {
     kv_kernels_set_threads(2);
 }
 
+/* every variant this CPU runs against the C reference, bit for bit: odd head dims and lengths,
+ * GQA ratios 1..5, both masks, F32 and BF16 caches (staged and widened as read), 1 and 2 threads */
+static void test_isa_variants(void) {
+    const int shapes[][5] = {/* T, pos0, nh, nkv, hd */
+                             {1, 0, 3, 3, 7},    {1, 77, 5, 1, 13},   {1, 200, 8, 2, 64},
+                             {2, 9, 4, 4, 17},   {37, 0, 6, 2, 9},    {65, 3, 10, 2, 24},
+                             {130, 0, 4, 1, 31}, {1, 129, 32, 4, 64}, {19, 64, 6, 3, 40}};
+    for (int isa = KV_GEMV_AVX2; isa < KV_GEMV_N_ISA; isa++) {
+        if (!kv_gemv_isa_supported((kv_gemv_isa)isa)) {
+            printf("skip: %s attention (CPU lacks it)\n", kv_gemv_isa_name((kv_gemv_isa)isa));
+            continue;
+        }
+        int compared = 0;
+        for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+            const int T = shapes[c][0], pos0 = shapes[c][1], nh = shapes[c][2], nkv = shapes[c][3],
+                      hd = shapes[c][4], S = pos0 + T, W = nh * hd;
+            const size_t n_kv = (size_t)S * nkv * hd, n_out = (size_t)T * W;
+            float *q = rand_buf(n_out, 2.0f), *k = rand_buf(n_kv, 2.0f), *v = rand_buf(n_kv, 1.0f);
+            uint16_t *k16 = malloc(sizeof *k16 * n_kv), *v16 = malloc(sizeof *v16 * n_kv);
+            for (size_t i = 0; i < n_kv; i++)
+                k16[i] = kv_f32_to_bf16(k[i]), v16[i] = kv_f32_to_bf16(v[i]);
+            float *want = malloc(sizeof(float) * n_out), *got = malloc(sizeof(float) * n_out);
+            for (int cache = 0; cache < 2; cache++)
+                for (int mask = 0; mask < 2; mask++) {
+                    kv_kernels_set_threads(1 + (int)(c + mask) % 2);
+                    kv_gemv_force(KV_GEMV_C);
+                    if (cache) kv_attention_bf16(want, q, k16, v16, T, pos0, S, nh, nkv, hd, mask);
+                    else kv_attention(want, q, k, v, T, pos0, S, nh, nkv, hd, mask);
+                    kv_gemv_force((kv_gemv_isa)isa);
+                    memset(got, 0xff, sizeof(float) * n_out);
+                    if (cache) kv_attention_bf16(got, q, k16, v16, T, pos0, S, nh, nkv, hd, mask);
+                    else kv_attention(got, q, k, v, T, pos0, S, nh, nkv, hd, mask);
+                    CHECK(memcmp(want, got, sizeof(float) * n_out) == 0,
+                          "%s attention != C: T %d pos0 %d heads %d/%d hd %d mask %d %s cache",
+                          kv_gemv_isa_name((kv_gemv_isa)isa), T, pos0, nh, nkv, hd, mask,
+                          cache ? "BF16" : "F32");
+                    compared++;
+                }
+            free(q), free(k), free(v), free(k16), free(v16), free(want), free(got);
+        }
+        CHECK(compared == 36, "%d comparisons", compared);
+    }
+    kv_gemv_force(KV_GEMV_N_ISA);
+    kv_kernels_set_threads(2);
+}
+
 int main(void) {
     kv_kernels_set_threads(2);
+    test_isa_variants();
     test_bf16_cache();
     test_reference();
     test_masks();

@@ -1,12 +1,27 @@
 /* Causal / diagonal-masked GQA attention over a KV cache, forward and backward.
  * Forward: blocked online softmax (flash style). Keys are visited in blocks of KB, the same
  * blocks in the same order for every query row, so a row's result does not depend on T, on how
- * rows are grouped into work items, or on threads. */
+ * rows are grouped into work items, or on threads.
+ *
+ * The forward has two variants: portable C (the reference) and AVX2, picked at run time with the
+ * matrix-vector kernels' choice (kernels/cpu/gemv.h: KV_CPU_ISA; AVX-512 runs AVX2 here). The
+ * AVX2 variant does the reference's arithmetic in the reference's order (8 partial sums, lane u
+ * = element i % 8, combined pairwise; multiplies and adds rounded separately, never fused), so
+ * the two give identical bits (tests/test_kernels_attn.c checks it). */
 #include "kernels/kernels.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "kernels/cpu/gemv.h"
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define KV_ATTN_X86 1
+#include <immintrin.h>
+#else
+#define KV_ATTN_X86 0
+#endif
 
 /* number of keys 0 .. n-1 visible to the query at position p in a cache of S positions */
 static int attn_visible(int p, int S, kv_attn_mask mask) {
@@ -45,6 +60,57 @@ static inline float attn_dot(const float *a, const float *b, int n) {
     return attn_dot_row(a, b, NULL, 0, n);
 }
 
+/* ar[d] = ar[d] * corr (corr != 1), then ar[d] += p * row[d] for the rows of one block: the
+ * reference loops, and their AVX2 twins below */
+static inline __attribute__((always_inline)) void attn_axpy_row(float *ar, float p, const float *b,
+                                                                const uint16_t *bh, int bf16,
+                                                                int n) {
+    for (int d = 0; d < n; d++) ar[d] += p * ATTN_AT(bf16, b, bh, d);
+}
+
+#if KV_ATTN_X86
+__attribute__((target("avx2"))) static inline __m256 attn_load8(const float *b, const uint16_t *bh,
+                                                                int bf16, int i) {
+    if (!bf16) return _mm256_loadu_ps(b + i);
+    const __m128i h = _mm_loadu_si128((const __m128i *)(bh + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+/* attn_dot_row's sums: lane u of one vector is part[u] */
+__attribute__((target("avx2"))) static inline float attn_dot_row_avx2(const float *a,
+                                                                      const float *b,
+                                                                      const uint16_t *bh, int bf16,
+                                                                      int n) {
+    __m256 acc = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(a + i), attn_load8(b, bh, bf16, i)));
+    float part[8];
+    _mm256_storeu_ps(part, acc);
+    float s =
+        ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    for (; i < n; i++) s += a[i] * ATTN_AT(bf16, b, bh, i);
+    return s;
+}
+
+__attribute__((target("avx2"))) static inline void attn_axpy_row_avx2(float *ar, float p,
+                                                                      const float *b,
+                                                                      const uint16_t *bh, int bf16,
+                                                                      int n) {
+    const __m256 pv = _mm256_set1_ps(p);
+    int d = 0;
+    for (; d + 8 <= n; d += 8)
+        _mm256_storeu_ps(ar + d, _mm256_add_ps(_mm256_loadu_ps(ar + d),
+                                               _mm256_mul_ps(pv, attn_load8(b, bh, bf16, d))));
+    for (; d < n; d++) ar[d] += p * ATTN_AT(bf16, b, bh, d);
+}
+#define ATTN_DOT(avx2, ...)  ((avx2) ? attn_dot_row_avx2(__VA_ARGS__) : attn_dot_row(__VA_ARGS__))
+#define ATTN_AXPY(avx2, ...) ((avx2) ? attn_axpy_row_avx2(__VA_ARGS__) : attn_axpy_row(__VA_ARGS__))
+#else
+#define ATTN_DOT(avx2, ...)  attn_dot_row(__VA_ARGS__)
+#define ATTN_AXPY(avx2, ...) attn_axpy_row(__VA_ARGS__)
+#endif
+
 enum { ROWS = 16, KB = 64 }; /* about ROWS query rows per work item, KB keys per block */
 
 typedef struct {
@@ -76,7 +142,7 @@ static void attn_stage(float *blk, const uint16_t *bf16, int s0, int e, int g, s
 /* item = (token block, kv head g): the rows are every query head reading g for every token of
  * the block, so each K/V block is loaded once for all of them */
 static inline __attribute__((always_inline)) void attn_item_rows(const attn_job *j, int item,
-                                                                 int worker, int bf16) {
+                                                                 int worker, int bf16, int avx2) {
     const int hd = j->hd, g = item % j->nkv, tb = item / j->nkv, group = j->group;
     const int t0 = tb * j->tokens, t1 = t0 + j->tokens < j->T ? t0 + j->tokens : j->T;
     const int rows = (t1 - t0) * group;
@@ -112,8 +178,9 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
             float mb = m[r];
             for (int s = s0; s < e; s++) {
                 const size_t at = (size_t)(s - base) * st;
-                float x = attn_dot_row(qr, bf16 ? NULL : kf + at, bf16 ? kh + at : NULL, bf16, hd) *
-                          j->scale; /* only the row in use is offset: the other pointer is NULL */
+                float x =
+                    ATTN_DOT(avx2, qr, bf16 ? NULL : kf + at, bf16 ? kh + at : NULL, bf16, hd) *
+                    j->scale; /* only the row in use is offset: the other pointer is NULL */
                 score[s - s0] = x;
                 if (x > mb) mb = x;
             }
@@ -127,7 +194,7 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
                 const size_t at = (size_t)(s - base) * st;
                 const float *vs = bf16 ? NULL : vf + at;
                 const uint16_t *vsh = bf16 ? vh + at : NULL;
-                for (int d = 0; d < hd; d++) ar[d] += p * ATTN_AT(bf16, vs, vsh, d);
+                ATTN_AXPY(avx2, ar, p, vs, vsh, bf16, hd);
             }
             l[r] = l[r] * corr + lsum;
             m[r] = mb;
@@ -143,11 +210,22 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
 }
 
 /* each compiled with its loads inlined: F32 rows (an F32 cache, or BF16 staged per block), and
- * BF16 rows widened as they are read (few rows per item: staging would not pay) */
-static void attn_item(void *ctx, int item, int worker) { attn_item_rows(ctx, item, worker, 0); }
+ * BF16 rows widened as they are read (few rows per item: staging would not pay); C and AVX2 */
+static void attn_item(void *ctx, int item, int worker) { attn_item_rows(ctx, item, worker, 0, 0); }
 static void attn_item_bf16(void *ctx, int item, int worker) {
-    attn_item_rows(ctx, item, worker, 1);
+    attn_item_rows(ctx, item, worker, 1, 0);
 }
+#if KV_ATTN_X86
+__attribute__((target("avx2"))) static void attn_item_avx2(void *ctx, int item, int worker) {
+    attn_item_rows(ctx, item, worker, 0, 1);
+}
+__attribute__((target("avx2"))) static void attn_item_bf16_avx2(void *ctx, int item, int worker) {
+    attn_item_rows(ctx, item, worker, 1, 1);
+}
+#else
+#define attn_item_avx2      attn_item
+#define attn_item_bf16_avx2 attn_item_bf16
+#endif
 
 static int attention_run(attn_job j, int T, int pos0, int S, int n_heads, int n_kv_heads,
                          int head_dim) {
@@ -165,7 +243,12 @@ static int attention_run(attn_job j, int T, int pos0, int S, int n_heads, int n_
     const int workers = kv_parallel_workers(n_items, flops);
     j.scratch = malloc(sizeof(float) * workers * j.scratch_per_worker);
     if (!j.scratch) return KV_ENOMEM;
-    kv_parallel_for(n_items, workers, j.k16 && !j.stage ? attn_item_bf16 : attn_item, &j);
+    const int avx2 = kv_gemv_isa_active() >= KV_GEMV_AVX2;
+    const int widen = j.k16 && !j.stage;
+    kv_parallel_for(n_items, workers,
+                    avx2 ? (widen ? attn_item_bf16_avx2 : attn_item_avx2)
+                         : (widen ? attn_item_bf16 : attn_item),
+                    &j);
     free(j.scratch);
     return 0;
 }

@@ -61,23 +61,50 @@ static int cpu_sync(kv_backend *b, kv_error *err) {
     return 0;
 }
 
-/* BF16 weights: rows of W widened into scratch, a block at a time, then the F32 product of the
- * block's outputs. The F32 path is kv_matmul itself. */
-enum { BF16_BLOCK_ROWS = 256 };
+/* BF16 weights, T > 1: blocks of rows of W widened into F32 scratch (exact; the rows split over
+ * the kernel threads), then sgemm of the block's outputs. Blocks of about BF16_BLOCK_FLOATS
+ * (16 MiB of F32, at least 256 rows): few sgemm calls per matrix. The scratch is kept per calling
+ * thread and grows as needed (no page faults per call). */
+enum { BF16_BLOCK_FLOATS = 1 << 22, BF16_MIN_ROWS = 256, WIDEN_ROWS_PER_ITEM = 16 };
+
+static _Thread_local float *bf16_scratch;
+static _Thread_local size_t bf16_scratch_floats;
+
+typedef struct {
+    float *dst;
+    const uint16_t *src;
+    int n_in, rows;
+} widen_job;
+
+static void widen_item(void *ctx, int item, int worker) {
+    (void)worker;
+    const widen_job *j = ctx;
+    const int r0 = item * WIDEN_ROWS_PER_ITEM;
+    const int nr = j->rows - r0 < WIDEN_ROWS_PER_ITEM ? j->rows - r0 : WIDEN_ROWS_PER_ITEM;
+    const size_t off = (size_t)r0 * (size_t)j->n_in;
+    kv_dtype_cast(j->dst + off, KV_F32, j->src + off, KV_BF16, (size_t)nr * (size_t)j->n_in);
+}
 
 static int matmul_bf16(float *out, const float *x, const uint16_t *W, const float *bias, int T,
                        int n_in, int n_out, int accumulate, kv_error *err) {
-    const int rows = n_out < BF16_BLOCK_ROWS ? n_out : BF16_BLOCK_ROWS;
-    float *wide = malloc(sizeof(float) * (size_t)rows * (size_t)n_in);
-    float *part = malloc(sizeof(float) * (size_t)T * (size_t)rows);
-    if (!wide || !part) {
-        free(wide);
-        free(part);
-        return kv_fail(err, KV_ENOMEM, "cpu: matmul bf16 [%d x %d]: out of memory", n_out, n_in);
+    int rows = BF16_BLOCK_FLOATS / (n_in > 0 ? n_in : 1);
+    if (rows < BF16_MIN_ROWS) rows = BF16_MIN_ROWS;
+    if (rows > n_out) rows = n_out;
+    const size_t need = (size_t)rows * (size_t)n_in + (size_t)T * (size_t)rows;
+    if (need > bf16_scratch_floats) {
+        float *p = realloc(bf16_scratch, sizeof(float) * need);
+        if (!p)
+            return kv_fail(err, KV_ENOMEM, "cpu: matmul bf16 [%d x %d]: out of memory", n_out,
+                           n_in);
+        bf16_scratch = p;
+        bf16_scratch_floats = need;
     }
+    float *wide = bf16_scratch, *part = bf16_scratch + (size_t)rows * (size_t)n_in;
     for (int o0 = 0; o0 < n_out; o0 += rows) {
         const int nr = n_out - o0 < rows ? n_out - o0 : rows;
-        kv_dtype_cast(wide, KV_F32, W + (size_t)o0 * n_in, KV_BF16, (size_t)nr * n_in);
+        widen_job j = {.dst = wide, .src = W + (size_t)o0 * n_in, .n_in = n_in, .rows = nr};
+        const int items = (nr + WIDEN_ROWS_PER_ITEM - 1) / WIDEN_ROWS_PER_ITEM;
+        kv_parallel_for(items, kv_parallel_workers(items, 4.0 * nr * (double)n_in), widen_item, &j);
         kv_matmul(part, x, wide, bias ? bias + o0 : NULL, T, n_in, nr);
         for (int t = 0; t < T; t++) {
             float *dst = out + (size_t)t * n_out + o0;
@@ -85,8 +112,6 @@ static int matmul_bf16(float *out, const float *x, const uint16_t *W, const floa
             for (int o = 0; o < nr; o++) dst[o] = accumulate ? dst[o] + src[o] : src[o];
         }
     }
-    free(wide);
-    free(part);
     return 0;
 }
 

@@ -185,6 +185,62 @@ __attribute__((target("avx512f"))) static float dot_bf16_avx512(const uint16_t *
     }
     return hsum512(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
+
+/* ---- AVX512_BF16: vdpbf16ps against x split into BF16 parts hi + mid + lo == x (gemv.h) ---- */
+
+/* xs [3, n]: hi, mid, lo, each the nearest-even BF16 of what the parts before leave of x; the
+ * remainders are exact in F32, and the third takes the last 8 significant bits whole */
+static void split_x3(uint16_t *xs, const float *x, int n) {
+    for (int i = 0; i < n; i++) {
+        const uint16_t hi = kv_f32_to_bf16(x[i]);
+        const float r = x[i] - kv_bf16_to_f32(hi);
+        const uint16_t mid = kv_f32_to_bf16(r);
+        xs[i] = hi, xs[n + i] = mid, xs[2 * n + i] = kv_f32_to_bf16(r - kv_bf16_to_f32(mid));
+    }
+}
+
+__attribute__((target("avx512f,avx512bf16"))) static __m512bh bf16x32(const uint16_t *p) {
+    return (__m512bh)_mm512_loadu_si512((const void *)p);
+}
+
+/* w[n] . (hi + mid + lo)[n]; xs from split_x3 */
+__attribute__((target("avx512f,avx512bf16"))) static float dot_bf16_dp(const uint16_t *w,
+                                                                       const uint16_t *xs, int n) {
+    const uint16_t *xh = xs, *xm = xs + n, *xl = xs + 2 * (size_t)n;
+    __m512 ah = _mm512_setzero_ps(), am = ah, al = ah;
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m512bh wv = bf16x32(w + i);
+        ah = _mm512_dpbf16_ps(ah, wv, bf16x32(xh + i));
+        am = _mm512_dpbf16_ps(am, wv, bf16x32(xm + i));
+        al = _mm512_dpbf16_ps(al, wv, bf16x32(xl + i));
+    }
+    if (i < n) { /* the tail, zero-padded */
+        uint16_t wt[32] = {0}, ht[32] = {0}, mt[32] = {0}, lt[32] = {0};
+        const size_t k = sizeof(uint16_t) * (size_t)(n - i);
+        memcpy(wt, w + i, k), memcpy(ht, xh + i, k), memcpy(mt, xm + i, k), memcpy(lt, xl + i, k);
+        const __m512bh wv = bf16x32(wt);
+        ah = _mm512_dpbf16_ps(ah, wv, bf16x32(ht));
+        am = _mm512_dpbf16_ps(am, wv, bf16x32(mt));
+        al = _mm512_dpbf16_ps(al, wv, bf16x32(lt));
+    }
+    return hsum512(_mm512_add_ps(_mm512_add_ps(al, am), ah));
+}
+
+/* the split x of the calling thread, grown as needed */
+static _Thread_local uint16_t *split_buf;
+static _Thread_local size_t split_cap;
+
+static const uint16_t *split_x(const float *x, int n) {
+    const size_t need = 3 * (size_t)n;
+    if (need > split_cap) {
+        uint16_t *p = realloc(split_buf, sizeof *p * need);
+        if (!p) return NULL;
+        split_buf = p, split_cap = need;
+    }
+    split_x3(split_buf, x, n);
+    return split_buf;
+}
 #endif
 
 /* ---- dispatch ---- */
@@ -197,7 +253,9 @@ static const dot_f32_fn dot_f32[KV_GEMV_N_ISA] = {
 #if KV_GEMV_X86
     dot_f32_avx2,
     dot_f32_avx512,
+    dot_f32_avx512,
 #else
+    dot_f32_c,
     dot_f32_c,
     dot_f32_c,
 #endif
@@ -205,15 +263,15 @@ static const dot_f32_fn dot_f32[KV_GEMV_N_ISA] = {
 static const dot_bf16_fn dot_bf16[KV_GEMV_N_ISA] = {
     dot_bf16_c,
 #if KV_GEMV_X86
-    dot_bf16_avx2,
-    dot_bf16_avx512,
+    dot_bf16_avx2, dot_bf16_avx512, dot_bf16_avx512, /* unused: kv_gemv_rows runs dot_bf16_dp */
 #else
+    dot_bf16_c,
     dot_bf16_c,
     dot_bf16_c,
 #endif
 };
 
-static const char *const isa_names[KV_GEMV_N_ISA] = {"c", "avx2", "avx512"};
+static const char *const isa_names[KV_GEMV_N_ISA] = {"c", "avx2", "avx512", "avx512bf16"};
 
 const char *kv_gemv_isa_name(kv_gemv_isa isa) {
     return (int)isa >= 0 && isa < KV_GEMV_N_ISA ? isa_names[isa] : "?";
@@ -245,6 +303,7 @@ static void probe(void) {
     __builtin_cpu_init();
     cpu_has[KV_GEMV_AVX2] = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     cpu_has[KV_GEMV_AVX512] = cpu_has[KV_GEMV_AVX2] && __builtin_cpu_supports("avx512f");
+    cpu_has[KV_GEMV_AVX512BF16] = cpu_has[KV_GEMV_AVX512] && __builtin_cpu_supports("avx512bf16");
 #endif
     /* AVX2 unless asked: on the Zen 5 machines here the AVX-512 variants streamed weights about
      * 10-30% slower than AVX2's (aligned or not, 1 thread; decode is bandwidth-bound) */
@@ -272,6 +331,20 @@ kv_gemv_isa kv_gemv_force(kv_gemv_isa isa) {
 
 void kv_gemv_rows(kv_gemv_isa isa, float *y, const float *x, const void *W, kv_dtype w_type,
                   const float *bias, int n_in, int o0, int o1, int accumulate) {
+#if KV_GEMV_X86
+    const uint16_t *xs = NULL;
+    if (isa == KV_GEMV_AVX512BF16 && w_type == KV_BF16 && o1 > o0 && !(xs = split_x(x, n_in)))
+        isa = KV_GEMV_AVX512; /* no memory for the split: the widening variant */
+    if (xs) {
+        for (int o = o0; o < o1; o++) {
+            float s = dot_bf16_dp((const uint16_t *)W + (size_t)o * (size_t)n_in, xs, n_in);
+            if (accumulate) s = y[o] + s;
+            if (bias) s += bias[o];
+            y[o] = s;
+        }
+        return;
+    }
+#endif
     for (int o = o0; o < o1; o++) {
         const size_t off = (size_t)o * (size_t)n_in;
         float s = w_type == KV_BF16 ? dot_bf16[isa]((const uint16_t *)W + off, x, n_in)

@@ -8,22 +8,33 @@
  * results do not depend on the thread count or on how rows are split. Variants differ from each
  * other only in the order of the F32 additions (and FMA's single rounding): for every variant
  * |y - exact| <= 1e-6 * (sum_i |W[o,i] x[i]| + |bias[o]| + |y0[o]|) on the sizes tests/test_gemv.c
- * covers (n_in up to 1001); in general the bound grows like n_in / lanes * 2^-24. */
+ * covers (n_in up to 1001); in general the bound grows like n_in / lanes * 2^-24.
+ *
+ * avx512bf16: vdpbf16ps multiplies BF16 pairs, so x is split once per call into three BF16 parts
+ * hi + mid + lo that add up to x exactly (round to nearest even, then the remainders); each
+ * weight meets each part in an exact product, so x is still never rounded, and the error is
+ * that of the F32 accumulation as above (three accumulators, added smallest first). */
 #ifndef KV_CPU_GEMV_H
 #define KV_CPU_GEMV_H
 
 #include "base/dtype.h"
 
-typedef enum { KV_GEMV_C = 0, KV_GEMV_AVX2 = 1, KV_GEMV_AVX512 = 2, KV_GEMV_N_ISA = 3 } kv_gemv_isa;
+typedef enum {
+    KV_GEMV_C = 0,
+    KV_GEMV_AVX2 = 1,
+    KV_GEMV_AVX512 = 2,
+    KV_GEMV_AVX512BF16 = 3, /* BF16 weights by vdpbf16ps (AVX512_BF16); F32 weights as AVX512 */
+    KV_GEMV_N_ISA = 4
+} kv_gemv_isa;
 
-/* "c", "avx2", "avx512" */
+/* "c", "avx2", "avx512", "avx512bf16" */
 const char *kv_gemv_isa_name(kv_gemv_isa isa);
 /* 0 and *isa set for one of the names above; -1 otherwise */
 int kv_gemv_isa_parse(kv_gemv_isa *isa, const char *s);
 /* 1 when this CPU runs the variant (C: always) */
 int kv_gemv_isa_supported(kv_gemv_isa isa);
 /* The variant kv_gemv uses: kv_gemv_force's choice, else the environment's KV_CPU_ISA
- * (c | avx2 | avx512), else AVX2 where the CPU has it (AVX-512 measured slower for this
+ * (c | avx2 | avx512 | avx512bf16), else AVX2 where the CPU has it (AVX-512 measured slower for this
  * bandwidth-bound loop on Zen 5: opt in with KV_CPU_ISA=avx512), else C. A choice the CPU does
  * not run falls back to the best supported variant below it; an unknown name counts as unset. */
 kv_gemv_isa kv_gemv_isa_active(void);

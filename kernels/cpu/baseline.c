@@ -1,0 +1,101 @@
+/* Read-loop and GEMM baselines (baseline.h). */
+#include "kernels/cpu/baseline.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "base/arena.h"
+#include "kernels/kernels.h"
+
+static double seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+enum { READ_ITEMS = 64 }; /* parts of the buffer handed to the threads */
+
+typedef struct {
+    const uint64_t *p;
+    size_t n; /* words */
+    uint64_t sums[READ_ITEMS];
+} read_job;
+
+typedef uint64_t u64x4 __attribute__((vector_size(32)));
+
+static void read_item(void *ctx, int item, int worker) {
+    (void)worker;
+    read_job *j = ctx;
+    /* part boundaries on 32-word (256-byte) multiples */
+    const size_t a = (j->n * (size_t)item / READ_ITEMS) & ~(size_t)31,
+                 b = item == READ_ITEMS - 1
+                         ? j->n
+                         : (j->n * (size_t)(item + 1) / READ_ITEMS) & ~(size_t)31;
+    const u64x4 *v = (const u64x4 *)(j->p + a);
+    u64x4 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+    const size_t blocks = (b - a) / 16;
+    for (size_t i = 0; i < blocks; i++) {
+        s0 += v[4 * i];
+        s1 += v[4 * i + 1];
+        s2 += v[4 * i + 2];
+        s3 += v[4 * i + 3];
+    }
+    const u64x4 s = s0 + s1 + s2 + s3;
+    uint64_t sum = s[0] + s[1] + s[2] + s[3];
+    for (size_t i = a + blocks * 16; i < b; i++) sum += j->p[i];
+    j->sums[item] = sum;
+}
+
+int kv_read_loop_gbps(double *gbps, size_t bytes, int passes, kv_error *err) {
+    kv_arena a;
+    const size_t n = bytes / sizeof(uint64_t);
+    int rc = kv_arena_init(&a, n * sizeof(uint64_t), "read loop", err);
+    if (rc) return rc;
+    read_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        kv_arena_free(&a);
+        return kv_fail(err, KV_ENOMEM, "read loop: out of memory");
+    }
+    uint64_t *p = (uint64_t *)a.base;
+    for (size_t i = 0; i < n; i++) p[i] = i;
+    j->p = p, j->n = n;
+    const int workers = kv_kernels_threads() < READ_ITEMS ? kv_kernels_threads() : READ_ITEMS;
+    double best = 0;
+    for (int r = 0; r < passes; r++) {
+        const double t = seconds();
+        kv_parallel_for(READ_ITEMS, workers, read_item, j);
+        const double dt = seconds() - t;
+        if (dt > 0 && (double)n * sizeof(uint64_t) / dt / 1e9 > best)
+            best = (double)n * sizeof(uint64_t) / dt / 1e9;
+    }
+    free(j);
+    kv_arena_free(&a);
+    *gbps = best;
+    return 0;
+}
+
+int kv_gemm_gflops(double *gflops, int n, int passes, kv_error *err) {
+    const size_t nn = (size_t)n * (size_t)n;
+    float *x = malloc(sizeof(float) * nn), *w = malloc(sizeof(float) * nn),
+          *out = malloc(sizeof(float) * nn);
+    if (!x || !w || !out) {
+        free(x), free(w), free(out);
+        return kv_fail(err, KV_ENOMEM, "gemm baseline [%d x %d]: out of memory", n, n);
+    }
+    for (size_t i = 0; i < nn; i++) {
+        x[i] = (float)(i % 97) * 0.01f;
+        w[i] = (float)(i % 89) * 0.01f;
+    }
+    double best = 0;
+    for (int r = 0; r < passes; r++) {
+        const double t = seconds();
+        kv_matmul(out, x, w, NULL, n, n, n);
+        const double dt = seconds() - t;
+        if (dt > 0 && 2.0 * (double)nn * n / dt / 1e9 > best)
+            best = 2.0 * (double)nn * n / dt / 1e9;
+    }
+    free(x), free(w), free(out);
+    *gflops = best;
+    return 0;
+}
