@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,11 @@
 #include "base/fileio.h"
 #include "formats/bundle.h"
 #include "runtime/model_source.h"
+
+/* Every tool starts with SIGXFSZ ignored: past a file-size limit (ulimit -f) a write then fails
+ * with EFBIG and the normal error path names the file and removes its temporary, instead of the
+ * signal killing the process mid-write. Runs before main in each tool (cli.c links into all). */
+__attribute__((constructor)) static void cli_ignore_sigxfsz(void) { signal(SIGXFSZ, SIG_IGN); }
 
 void cli_error(const char *tool, const char *fmt, ...) {
     /* one write of the whole line: the lines of processes sharing stderr (mpirun) do not mix */

@@ -232,8 +232,7 @@ int kv_bundle_unbundle(const char *path, const char *dir, kv_error *err) {
                        "%s: exists and is not an empty directory; refusing to unbundle into it",
                        dir);
     char parent[4096], tmp[4096];
-    if (snprintf(parent, sizeof parent, "%s", dir) >= (int)sizeof parent ||
-        snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", dir) >= (int)sizeof tmp)
+    if (snprintf(parent, sizeof parent, "%s", dir) >= (int)sizeof parent)
         return kv_fail(err, KV_EINVAL, "%s: path too long", dir);
     int rc = kv_mkdir_p(dirname(parent), err);
     if (rc) return rc;
@@ -241,16 +240,14 @@ int kv_bundle_unbundle(const char *path, const char *dir, kv_error *err) {
     kv_bundle *b;
     if ((rc = kv_bundle_open(&b, path, err))) return rc;
     rc = kv_bundle_load_tensors(b, NULL, 0, 0, err);
-    if (!rc && !mkdtemp(tmp))
-        rc = kv_fail(err, KV_EIO, "%s: cannot create a temporary directory: %s", dir,
-                     strerror(errno));
-    else if (!rc) {
-        chmod(tmp, 0755);
+    int tmp_lock = -1;
+    if (!rc && !(rc = kv_tmpdir_beside(dir, tmp, sizeof tmp, &tmp_lock, err))) {
         rc = write_hf_dir(b, tmp, err);
         if (!rc && rename(tmp, dir) != 0)
             rc = kv_fail(err, KV_EIO, "%s: cannot move the unbundled directory into place: %s", dir,
                          strerror(errno));
         if (rc) kv_remove_flat_dir(tmp);
+        if (tmp_lock >= 0) close(tmp_lock);
     }
     kv_bundle_close(b);
     if (!rc) { /* make the rename durable */

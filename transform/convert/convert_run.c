@@ -557,11 +557,8 @@ int convert_run(const convert_plan *p, const char *dst_in, kv_convert_progress_f
         *slash = 0;
         if ((rc = kv_mkdir_p(parent, err))) return rc;
     }
-    snprintf(stage, sizeof stage, "%s.tmp-XXXXXX", dst);
-    if (!mkdtemp(stage))
-        return kv_fail(err, KV_EIO, "%s: cannot create a staging folder beside it: %s", dst,
-                       strerror(errno));
-    chmod(stage, 0755);
+    int stage_lock;
+    if ((rc = kv_tmpdir_beside(dst, stage, sizeof stage, &stage_lock, err))) return rc;
 
     convert_file_hash *files = NULL;
     int n_files = 0;
@@ -583,8 +580,9 @@ int convert_run(const convert_plan *p, const char *dst_in, kv_convert_progress_f
     if (!rc) rc = write_text(stage, "kvforge.json", manifest, !p->opt.no_sync, err);
     free(files);
     if (!rc) rc = commit_stage(stage, dst, !p->opt.no_sync, err);
+    if (rc) remove_stage(stage);
+    if (stage_lock >= 0) close(stage_lock);
     if (rc) {
-        remove_stage(stage);
         free(manifest);
         return rc;
     }
