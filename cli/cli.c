@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "base/fileio.h"
+#include "base/membudget.h"
 #include "formats/bundle.h"
 #include "runtime/model_source.h"
 
@@ -114,6 +115,18 @@ int cli_parse_size(const char *s, uint64_t *out) {
     if (*end == 'B') end++;
     if (*end || v * mult > 1.8e19) return -1;
     *out = (uint64_t)(v * mult);
+    return 0;
+}
+
+int cli_memory_budget(const char *tool, const char *opt) {
+    const char *env = getenv("KVFORGE_MAX_MEMORY");
+    const char *s = opt ? opt : env && *env ? env : NULL;
+    if (!s) return 0;
+    uint64_t bytes;
+    if (cli_parse_size(s, &bytes) != 0 || bytes == 0)
+        return cli_usage_error(tool, "%s '%s': expected a size such as 4G, 512M or 1000000",
+                               opt ? "--max-memory" : "KVFORGE_MAX_MEMORY", s);
+    kv_mem_set_budget(bytes, opt ? "--max-memory" : "KVFORGE_MAX_MEMORY");
     return 0;
 }
 

@@ -26,55 +26,59 @@ static const char *TOOL = "kvrun";
 #define SMALL_MODEL_BYTES ((size_t)16 << 20) /* default to one thread below this (weights/token) */
 
 static void usage(void) {
-    printf("Usage: kvrun [OPTIONS] MODEL\n"
-           "Run a Llama model on the CPU or a GPU. MODEL is a HuggingFace directory (config.json,\n"
-           "*.safetensors, tokenizer.json; or its model.safetensors file) or a kvforge bundle\n"
-           "(.kvb): an original model or one converted for cross-layer KV sharing or SwiftKV;\n"
-           "the KV map is honoured exactly.\n\n"
-           "Modes (exactly one):\n"
-           "  --prompt TEXT          generate: print TEXT and its continuation on stdout\n"
-           "  --ppl FILE             perplexity of a text file (nats/token, bits/byte)\n"
-           "  --bench                prefill and decode tokens/s, decode GB/s of weights, prefill\n"
-           "                         model TFLOP/s (every token through every layer) and KV bytes\n"
-           "  --logits-out FILE      write every position's logits [T, vocab] (F32) and the token\n"
-           "                         ids to FILE, a safetensors file (the name is used as given,\n"
-           "                         e.g. out.safetensors); input from --text or --tokens\n"
-           "  --tokenize TEXT        print the token ids of TEXT (no BOS); MODEL may hold only\n"
-           "                         tokenizer files\n\n"
-           "Generation:\n"
-           "  -n, --max-tokens N     tokens to generate (default 256; bench: decode steps, 64)\n"
-           "  --temperature T        0 = greedy (default 1.0)\n"
-           "  --top-p P              nucleus sampling in (0, 1); 0 or 1 = off (default 0.9)\n"
-           "  --seed N               random seed (default: the time)\n"
-           "  Generation stops at an EOS token (config.json eos_token_id) or BOS, as llama2.c's\n"
-           "  run does, or at the end of the model's context; stderr says which. The prompt gets\n"
-           "  a BOS first.\n"
-           "Perplexity:\n"
-           "  --ctx N                window in positions: BOS + N-1 tokens (default min(512,\n"
-           "                         max_position_embeddings))\n"
-           "  --max-windows N        score only the first N windows\n"
-           "Bench:\n"
-           "  --prompt-len N         prompt tokens (default 128)\n"
-           "  --repeat N             runs; the fastest counts (default 3)\n"
-           "Logits:\n"
-           "  --text TEXT            input text (BOS prepended)\n"
-           "  --tokens IDS           input ids, comma-separated, used as given\n"
-           "Common:\n"
-           "  --device D             cpu (default) or cuda (the first GPU; needs a build with\n"
-           "                         CUDA and a GPU)\n"
-           "  --threads N            CPU worker threads (default: all online CPUs; 1 for models\n"
-           "                         under 16 MB of weights)\n"
-           "  --prefill MODE         sequential | iterative[:N], for maps with upward layers\n"
-           "                         (default iterative:9)\n"
-           "  --batch N              tokens per forward pass (default 512)\n"
-           "  --kv-dtype T           KV-cache element type: f32 (the reference) or bf16 (half the\n"
-           "                         bytes; K/V rounded as they are cached). Default: the model's\n"
-           "                         weight type (config.json torch_dtype), as kvconvert info and\n"
-           "                         plan count KV bytes: bf16 for a BF16 model, else f32 (there\n"
-           "                         is no f16 cache: an F16 model's cache takes twice its count)\n"
-           "  --json                 --ppl and --bench print JSON\n"
-           "  -h, --help             this help\n"
-           "  --version              print the version\n");
+    printf(
+        "Usage: kvrun [OPTIONS] MODEL\n"
+        "Run a Llama model on the CPU or a GPU. MODEL is a HuggingFace directory (config.json,\n"
+        "*.safetensors, tokenizer.json; or its model.safetensors file) or a kvforge bundle\n"
+        "(.kvb): an original model or one converted for cross-layer KV sharing or SwiftKV;\n"
+        "the KV map is honoured exactly.\n\n"
+        "Modes (exactly one):\n"
+        "  --prompt TEXT          generate: print TEXT and its continuation on stdout\n"
+        "  --ppl FILE             perplexity of a text file (nats/token, bits/byte)\n"
+        "  --bench                prefill and decode tokens/s, decode GB/s of weights, prefill\n"
+        "                         model TFLOP/s (every token through every layer) and KV bytes\n"
+        "  --logits-out FILE      write every position's logits [T, vocab] (F32) and the token\n"
+        "                         ids to FILE, a safetensors file (the name is used as given,\n"
+        "                         e.g. out.safetensors); input from --text or --tokens\n"
+        "  --tokenize TEXT        print the token ids of TEXT (no BOS); MODEL may hold only\n"
+        "                         tokenizer files\n\n"
+        "Generation:\n"
+        "  -n, --max-tokens N     tokens to generate (default 256; bench: decode steps, 64)\n"
+        "  --temperature T        0 = greedy (default 1.0)\n"
+        "  --top-p P              nucleus sampling in (0, 1); 0 or 1 = off (default 0.9)\n"
+        "  --seed N               random seed (default: the time)\n"
+        "  Generation stops at an EOS token (config.json eos_token_id) or BOS, as llama2.c's\n"
+        "  run does, or at the end of the model's context; stderr says which. The prompt gets\n"
+        "  a BOS first.\n"
+        "Perplexity:\n"
+        "  --ctx N                window in positions: BOS + N-1 tokens (default min(512,\n"
+        "                         max_position_embeddings))\n"
+        "  --max-windows N        score only the first N windows\n"
+        "Bench:\n"
+        "  --prompt-len N         prompt tokens (default 128)\n"
+        "  --repeat N             runs; the fastest counts (default 3)\n"
+        "Logits:\n"
+        "  --text TEXT            input text (BOS prepended)\n"
+        "  --tokens IDS           input ids, comma-separated, used as given\n"
+        "Common:\n"
+        "  --device D             cpu (default) or cuda (the first GPU; needs a build with\n"
+        "                         CUDA and a GPU)\n"
+        "  --threads N            CPU worker threads (default: all online CPUs; 1 for models\n"
+        "                         under 16 MB of weights)\n"
+        "  --prefill MODE         sequential | iterative[:N], for maps with upward layers\n"
+        "                         (default iterative:9)\n"
+        "  --batch N              tokens per forward pass (default 512)\n"
+        "  --kv-dtype T           KV-cache element type: f32 (the reference) or bf16 (half the\n"
+        "                         bytes; K/V rounded as they are cached). Default: the model's\n"
+        "                         weight type (config.json torch_dtype), as kvconvert info and\n"
+        "                         plan count KV bytes: bf16 for a BF16 model, else f32 (there\n"
+        "                         is no f16 cache: an F16 model's cache takes twice its count)\n"
+        "  --max-memory SIZE      memory budget (e.g. 4G): a run that plans more (weights widened\n"
+        "                         to F32, KV cache, activations) is refused before it\n"
+        "                         allocates. Default: $KVFORGE_MAX_MEMORY, else physical RAM\n"
+        "  --json                 --ppl and --bench print JSON\n"
+        "  -h, --help             this help\n"
+        "  --version              print the version\n");
 }
 
 typedef enum { MODE_NONE, MODE_PROMPT, MODE_PPL, MODE_BENCH, MODE_LOGITS, MODE_TOKENIZE } run_mode;
@@ -512,21 +516,34 @@ int main(int argc, char **argv) {
         O_JSON,
         O_VERSION,
         O_KV_DTYPE,
-        O_DEVICE
+        O_DEVICE,
+        O_MAX_MEMORY
     };
-    static const struct option opts[] = {
-        {"prompt", 1, 0, O_PROMPT},       {"ppl", 1, 0, O_PPL},
-        {"bench", 0, 0, O_BENCH},         {"logits-out", 1, 0, O_LOGITS},
-        {"tokenize", 1, 0, O_TOKENIZE},   {"max-tokens", 1, 0, 'n'},
-        {"temperature", 1, 0, O_TEMP},    {"top-p", 1, 0, O_TOPP},
-        {"seed", 1, 0, O_SEED},           {"ctx", 1, 0, O_CTX},
-        {"max-windows", 1, 0, O_WINDOWS}, {"prompt-len", 1, 0, O_PLEN},
-        {"repeat", 1, 0, O_REPEAT},       {"text", 1, 0, O_TEXT},
-        {"tokens", 1, 0, O_TOKENS},       {"threads", 1, 0, O_THREADS},
-        {"prefill", 1, 0, O_PREFILL},     {"batch", 1, 0, O_BATCH},
-        {"json", 0, 0, O_JSON},           {"help", 0, 0, 'h'},
-        {"kv-dtype", 1, 0, O_KV_DTYPE},   {"device", 1, 0, O_DEVICE},
-        {"version", 0, 0, O_VERSION},     {0, 0, 0, 0}};
+    static const struct option opts[] = {{"prompt", 1, 0, O_PROMPT},
+                                         {"ppl", 1, 0, O_PPL},
+                                         {"bench", 0, 0, O_BENCH},
+                                         {"logits-out", 1, 0, O_LOGITS},
+                                         {"tokenize", 1, 0, O_TOKENIZE},
+                                         {"max-tokens", 1, 0, 'n'},
+                                         {"temperature", 1, 0, O_TEMP},
+                                         {"top-p", 1, 0, O_TOPP},
+                                         {"seed", 1, 0, O_SEED},
+                                         {"ctx", 1, 0, O_CTX},
+                                         {"max-windows", 1, 0, O_WINDOWS},
+                                         {"prompt-len", 1, 0, O_PLEN},
+                                         {"repeat", 1, 0, O_REPEAT},
+                                         {"text", 1, 0, O_TEXT},
+                                         {"tokens", 1, 0, O_TOKENS},
+                                         {"threads", 1, 0, O_THREADS},
+                                         {"prefill", 1, 0, O_PREFILL},
+                                         {"batch", 1, 0, O_BATCH},
+                                         {"json", 0, 0, O_JSON},
+                                         {"help", 0, 0, 'h'},
+                                         {"kv-dtype", 1, 0, O_KV_DTYPE},
+                                         {"device", 1, 0, O_DEVICE},
+                                         {"version", 0, 0, O_VERSION},
+                                         {"max-memory", 1, 0, O_MAX_MEMORY},
+                                         {0, 0, 0, 0}};
     run_args a = {.temperature = 1.0,
                   .top_p = 0.9,
                   .prompt_len = 128,
@@ -536,6 +553,7 @@ int main(int argc, char **argv) {
                   .kv_dtype = KV_DTYPE_COUNT,
                   .device = "cpu"};
     int c, n_modes = 0;
+    const char *max_memory = NULL;
     long v;
     double d;
     kv_error err = {0};
@@ -631,9 +649,11 @@ int main(int argc, char **argv) {
             a.device = optarg;
             break;
         }
+        case O_MAX_MEMORY: max_memory = optarg; break;
         default: return cli_bad_option(TOOL, c, argv);
         }
     }
+    if (cli_memory_budget(TOOL, max_memory)) return EXIT_USAGE;
     if (optind != argc - 1) return cli_usage_error(TOOL, "expected one MODEL directory");
     if (n_modes != 1)
         return cli_usage_error(TOOL, "give exactly one of --prompt, --ppl, --bench, --logits-out, "

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "base/fileio.h"
+#include "base/membudget.h"
 #include "formats/llama_view.h"
 
 /* one weight to take: where the pointer goes, the tensor it comes from */
@@ -144,6 +145,10 @@ int kv_model_from_source(kv_model *m, const hf_config *cfg, const kv_tensor_sour
         goto done;
     }
     rc = take_all(&ld, m, &view);
+    /* F16/BF16 weights widened to F32 (and copied F32 ones): the budget first */
+    const kv_mem_item widened = {"weights", ld.store_bytes};
+    if (!rc && !(rc = kv_mem_reserve("the model", &widened, 1, err)))
+        m->mem_reserved = ld.store_bytes;
     if (!rc) rc = kv_arena_init(&m->store, ld.store_bytes, "model weights", err);
     for (int i = 0; !rc && i < ld.n; i++) {
         const binding *b = &ld.items[i];
@@ -198,6 +203,8 @@ void kv_model_free(kv_model *m) {
     if (!m) return;
     free(m->layers);
     kv_arena_free(&m->store);
+    const kv_mem_item widened = {"weights", m->mem_reserved};
+    if (m->mem_reserved) kv_mem_release(&widened, 1);
     if (m->ckpt) {
         st_checkpoint_close(m->ckpt);
         free(m->ckpt);

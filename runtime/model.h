@@ -13,6 +13,7 @@
 #define KV_MODEL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "formats/hfconfig.h"
 #include "formats/llama_view.h"
@@ -44,6 +45,7 @@ typedef struct {
     size_t step_bytes; /* F32 weight bytes one decode step reads: every matrix and
                                         norm, the LM head, one embedding row */
     kv_arena store; /* converted (or copied) weights */
+    uint64_t mem_reserved; /* bytes of store in the memory budget (base/membudget.h) */
     st_checkpoint *ckpt; /* owned when loaded from a directory */
 } kv_model;
 
