@@ -12,6 +12,7 @@
 
 #include "formats/bundle_internal.h"
 #include "base/fileio.h"
+#include "base/membudget.h"
 #include "base/sha256.h"
 
 #define KVB_VERIFY_BATCH ((size_t)256 << 20) /* raw bytes decoded at a time by verify */
@@ -119,11 +120,6 @@ int kvb_decode_tensors(kv_bundle *b, int t0, int t1, uint8_t *dst, int threads, 
     return rc;
 }
 
-static size_t physical_memory(void) {
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    return pages > 0 && page > 0 ? (size_t)pages * (size_t)page : SIZE_MAX;
-}
-
 int kv_bundle_load_tensors(kv_bundle *b, void *buf, size_t cap, int threads, kv_error *err) {
     if (b->loaded) return kv_fail(err, KV_EINVAL, "%s: tensors already loaded", b->path);
     size_t raw = (size_t)b->m.raw_size;
@@ -134,23 +130,29 @@ int kv_bundle_load_tensors(kv_bundle *b, void *buf, size_t cap, int threads, kv_
             return kv_fail(err, KV_EINVAL, "%s: buffer of %zu bytes, the tensors need %zu", b->path,
                            cap, raw);
     } else {
-        if (raw > physical_memory())
-            return kv_fail(err, KV_ENOMEM,
-                           "%s: tensors need %zu bytes, more than this machine's memory", b->path,
-                           raw);
+        /* the decoded tensors: in the memory budget (base/membudget.h) before the mapping */
+        const kv_mem_item decoded = {"bundle tensors", raw};
+        int rc = kv_mem_reserve(b->path, &decoded, 1, err);
+        if (rc) return rc;
         const size_t huge = (size_t)2 << 20;
         map_size = raw ? (raw + huge - 1) / huge * huge : huge;
         void *p = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED)
+        if (p == MAP_FAILED) {
+            kv_mem_release(&decoded, 1);
             return kv_fail(err, KV_ENOMEM, "%s: cannot allocate %zu bytes for the tensors", b->path,
                            raw);
+        }
         if (map_size >= ((size_t)64 << 20))
             madvise(p, map_size, MADV_HUGEPAGE); /* fewer page faults; a hint only */
         dst = p;
     }
     int rc = kvb_decode_tensors(b, 0, b->m.n_tensors, dst, threads, err);
     if (rc) {
-        if (map_size) munmap(dst, map_size);
+        if (map_size) {
+            munmap(dst, map_size);
+            const kv_mem_item decoded = {"bundle tensors", raw};
+            kv_mem_release(&decoded, 1);
+        }
         return rc;
     }
     b->raw = dst;

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Resource limits (docs/RUNTIME.md "Memory budget"): --max-memory SIZE and KVFORGE_MAX_MEMORY on
-# kvrun, kvdistill train/calibrate and kvverify model. A budget below what a small synthetic
-# model needs is refused with exit 1 and the breakdown; one above works; the option wins over
-# the environment; a bad SIZE is a usage error (exit 2). Absurd lengths and thread counts are
+# kvrun, kvdistill train/calibrate, kvverify model and kvconvert (decoded bundles). A budget
+# below what a small synthetic model needs is refused with exit 1 and the breakdown; one above
+# works; the option wins over the environment; a bad SIZE is a usage error (exit 2). Absurd lengths and thread counts are
 # refused, and under ulimit -v a run far past the budget is refused by the budget, before any
 # large allocation. Synthetic models only: runs without ../shared.
 . tests/lib.sh
@@ -86,6 +86,15 @@ expect_rc 1 "kvdistill calibrate under a 100K budget" -- "$KD" calibrate "$TMP/m
 expect_grep "over the 100 kB memory budget" "$TMP/err" "calibrate budget message"
 expect_rc 0 "kvdistill calibrate under a 1G budget" -- "$KD" calibrate "$TMP/m" --data "$TMP/data.txt" \
     --seq-len 16 --batch 2 --eval-seqs 2 --map cla:2 --quiet --threads 1 --max-memory 1G
+
+# ---- bundles: the decoded tensors count (kvrun on a .kvb, kvconvert unbundle) ----
+"$BIN/kvconvert" bundle "$TMP/m" "$TMP/m.kvb" -q >/dev/null 2>&1 && ok || bad "bundle"
+expect_rc 1 "kvrun on a bundle under a 500K budget" -- "$KR" "$TMP/m.kvb" --prompt hi -n 2 --max-memory 500K
+expect_grep "m.kvb needs .* (bundle tensors .*), over the 500 kB memory budget" "$TMP/err" "bundle budget message"
+expect_rc 1 "unbundle under a 500K budget" -- "$BIN/kvconvert" unbundle "$TMP/m.kvb" "$TMP/ub" --max-memory 500K
+[ ! -e "$TMP/ub" ] && ok || bad "a refused unbundle left $TMP/ub"
+expect_rc 0 "unbundle under a 1G budget" -- "$BIN/kvconvert" unbundle "$TMP/m.kvb" "$TMP/ub" --max-memory 1G
+expect_rc 2 "kvconvert --max-memory junk" -- "$BIN/kvconvert" unbundle "$TMP/m.kvb" "$TMP/ub2" --max-memory junk
 
 # ---- kvverify model ----
 expect_rc 1 "kvverify model under a 50K budget" -- "$KV" model "$TMP/m" "$TMP/s" --ctx 32 --max-windows 1 --max-memory 50K
