@@ -248,7 +248,14 @@ int kv_bundle_unbundle(const char *path, const char *dir, kv_error *err) {
         if (!rc && rename(tmp, dir) != 0)
             rc = kv_fail(err, KV_EIO, "%s: cannot move the unbundled directory into place: %s", dir,
                          strerror(errno));
-        if (rc) kv_remove_flat_dir(tmp);
+        if (rc) {
+            kv_remove_flat_dir(tmp);
+            /* a file in the temporary folder is named as it would have been called */
+            char from[4200], to[4200];
+            snprintf(from, sizeof from, "%s/", tmp);
+            snprintf(to, sizeof to, "%s/", dir);
+            kv_error_replace(err, from, to);
+        }
         if (tmp_lock >= 0) close(tmp_lock);
     }
     kv_bundle_close(b);

@@ -169,7 +169,10 @@ full_disk() {
     "$@" >/dev/null 2>"$TMP/err"
     rc=$?
     [ "$rc" = 1 ] && ok || bad "$name: exit $rc, wanted 1; stderr: $(head -c 300 "$TMP/err")"
-    grep -q "$(basename "$dst")" "$TMP/err" && ok || bad "$name: the error does not name $dst: $(head -c 300 "$TMP/err")"
+    # DST itself ("DST: ...") or a file under it ("DST/model.safetensors: ..."), not a temporary
+    if grep -qF "$dst: " "$TMP/err" || grep -qF "$dst/" "$TMP/err"; then ok; else
+        bad "$name: the error does not name $dst: $(head -c 300 "$TMP/err")"
+    fi
     grep -qi "space\|too large" "$TMP/err" && ok || bad "$name: the error does not say why: $(head -c 300 "$TMP/err")"
     [ ! -e "$dst" ] && ok || bad "$name: $dst exists after the failure"
     left=$(leftovers)
