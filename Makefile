@@ -76,10 +76,14 @@ CLI_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(filter-out cli/kv%.c,$(wildcard cli/*.c
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCHES := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
 LIB     := $(BUILD)/libkvforge.a
+# LD_PRELOAD fault shim of the crash tests (tests/fault/fault_shim.c, tests/cli_crash.sh): built
+# for the tests only, never linked into the tools, and without sanitizers (it runs inside the
+# sanitized tools of make asan, which tests/cli_crash.sh starts with verify_asan_link_order=0)
+SHIM    := $(BUILD)/tests/fault_shim.so
 
 .PHONY: all test test-gpu asan bench demo setup clean cuda-note format lint fuzz fuzz-build
 .SECONDARY:
-all: cuda-note $(TOOLS) $(TESTS) $(BENCHES)
+all: cuda-note $(TOOLS) $(TESTS) $(BENCHES) $(SHIM)
 
 cuda-note:
 ifeq ($(CUDA),0)
@@ -113,6 +117,10 @@ $(BUILD)/bin/%: $(BUILD)/cli/%.o $(CLI_OBJ) $(LIB)
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(SHIM): tests/fault/fault_shim.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O2 -Wall -Wextra -Werror -fPIC -shared $< -o $@ -ldl
 
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIB)
 	@mkdir -p $(dir $@)

@@ -46,3 +46,22 @@ const char *kv_code_name(int code) {
     default: return "unknown";
     }
 }
+
+void kv_error_replace(kv_error *err, const char *from, const char *to) {
+    if (!err || !from || !*from || !to) return;
+    char out[sizeof err->msg];
+    size_t n = 0, nf = strlen(from), nt = strlen(to);
+    const char *p = err->msg;
+    while (*p && n + 1 < sizeof out) {
+        if (strncmp(p, from, nf) == 0) {
+            size_t k = nt < sizeof out - 1 - n ? nt : sizeof out - 1 - n;
+            memcpy(out + n, to, k);
+            n += k;
+            p += nf;
+        } else {
+            out[n++] = *p++;
+        }
+    }
+    out[n] = 0;
+    memcpy(err->msg, out, n + 1);
+}

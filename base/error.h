@@ -27,6 +27,9 @@ typedef struct {
 int kv_fail(kv_error *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* prefixes an existing message: "context: old message" */
 int kv_wrap(kv_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* replaces every "from" in err's message by "to" (a staging path by the final one); a result
+ * longer than the message buffer is cut */
+void kv_error_replace(kv_error *err, const char *from, const char *to);
 const char *kv_code_name(int code);
 
 #ifdef __cplusplus

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -67,14 +68,66 @@ static int fsync_dir_of(const char *path) {
     return rc;
 }
 
+/* 1 when name is base + ".tmp-" + 6 characters */
+static int is_tmp_name_of(const char *name, const char *base) {
+    size_t nb = strlen(base);
+    return strncmp(name, base, nb) == 0 && strncmp(name + nb, ".tmp-", 5) == 0 &&
+           strlen(name + nb + 5) == 6 && !strchr(name + nb + 5, '/');
+}
+
+void kv_remove_stale_tmp(const char *path) {
+    char dir_buf[4096], base_buf[4096];
+    if (snprintf(dir_buf, sizeof dir_buf, "%s", path) >= (int)sizeof dir_buf ||
+        snprintf(base_buf, sizeof base_buf, "%s", path) >= (int)sizeof base_buf)
+        return;
+    size_t n = strlen(base_buf);
+    while (n > 1 && base_buf[n - 1] == '/') base_buf[--n] = 0; /* "out/" names out */
+    const char *dir = dirname(dir_buf), *base = basename(base_buf);
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!is_tmp_name_of(e->d_name, base)) continue;
+        char entry[4096];
+        if (snprintf(entry, sizeof entry, "%s/%s", dir, e->d_name) >= (int)sizeof entry) continue;
+        int fd = open(entry, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) continue;
+        struct stat st;
+        /* a live writer holds the lock: its temporary is not a leftover */
+        if (fstat(fd, &st) == 0 && flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            if (S_ISDIR(st.st_mode)) kv_remove_flat_dir(entry);
+            else if (S_ISREG(st.st_mode)) unlink(entry);
+        }
+        close(fd);
+    }
+    closedir(d);
+}
+
 int kv_tmpfile_beside(const char *path, char *tmp_out, size_t tmp_cap, int *fd_out, kv_error *err) {
     int n = snprintf(tmp_out, tmp_cap, "%s.tmp-XXXXXX", path);
     if (n < 0 || (size_t)n >= tmp_cap) return kv_fail(err, KV_EINVAL, "%s: path too long", path);
+    kv_remove_stale_tmp(path);
     int fd = mkostemp(tmp_out, O_CLOEXEC);
     if (fd < 0)
         return kv_fail(err, KV_EIO, "%s: cannot create temporary file: %s", path, strerror(errno));
     fchmod(fd, 0644);
+    flock(fd, LOCK_EX | LOCK_NB); /* released when fd closes (commit, abort or death) */
     *fd_out = fd;
+    return 0;
+}
+
+int kv_tmpdir_beside(const char *path, char *tmp_out, size_t tmp_cap, int *lock_fd, kv_error *err) {
+    *lock_fd = -1;
+    int n = snprintf(tmp_out, tmp_cap, "%s.tmp-XXXXXX", path);
+    if (n < 0 || (size_t)n >= tmp_cap) return kv_fail(err, KV_EINVAL, "%s: path too long", path);
+    kv_remove_stale_tmp(path);
+    if (!mkdtemp(tmp_out))
+        return kv_fail(err, KV_EIO, "%s: cannot create a staging folder beside it: %s", path,
+                       strerror(errno));
+    chmod(tmp_out, 0755);
+    int fd = open(tmp_out, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) flock(fd, LOCK_EX | LOCK_NB);
+    *lock_fd = fd;
     return 0;
 }
 
@@ -89,12 +142,16 @@ int kv_commit_tmpfile_ex(int fd, const char *tmp, const char *path, int durable,
         unlink(tmp);
         return kv_fail(err, KV_EIO, "%s: fsync failed: %s", path, strerror(e));
     }
-    if (close(fd) != 0 || rename(tmp, path) != 0) {
+    /* renamed before the close: the lock keeps the temporary from kv_remove_stale_tmp until
+     * it has its final name */
+    if (rename(tmp, path) != 0) {
         int e = errno;
+        close(fd);
         unlink(tmp);
         return kv_fail(err, KV_EIO, "%s: cannot rename temporary file into place: %s", path,
                        strerror(e));
     }
+    if (close(fd) != 0) return kv_fail(err, KV_EIO, "%s: close failed: %s", path, strerror(errno));
     if (durable) fsync_dir_of(path);
     return 0;
 }

@@ -12,8 +12,20 @@ int kv_read_file(const char *path, char **out, size_t *n_out, size_t max_bytes, 
 int kv_write_file_atomic(const char *path, const void *bytes, size_t n, kv_error *err);
 int kv_write_file_atomic_ex(const char *path, const void *bytes, size_t n, int durable,
                             kv_error *err);
-/* creates "<path>.tmp-XXXXXX" beside path; fd and temp name returned */
+/* Crash safety: every temporary name is "<path>.tmp-XXXXXX" (X: mkstemp's 6 characters) beside
+ * the final path, and its writer holds an flock(2) on it while it lives. A writer killed
+ * mid-write (SIGKILL, power loss) leaves such a name behind, never a partial file under path;
+ * the next write of the same path removes it (kv_remove_stale_tmp). */
+
+/* removes the leftovers "<path>.tmp-XXXXXX" (files, or flat folders of a staged output) of
+ * killed writers: those no live process holds locked; errors are ignored */
+void kv_remove_stale_tmp(const char *path);
+/* creates "<path>.tmp-XXXXXX" beside path (after kv_remove_stale_tmp), locked; fd and temp name
+ * returned */
 int kv_tmpfile_beside(const char *path, char *tmp_out, size_t tmp_cap, int *fd_out, kv_error *err);
+/* creates the folder "<path>.tmp-XXXXXX" (mode 0755) beside path (after kv_remove_stale_tmp) and
+ * locks it: *lock_fd holds the lock until the caller closes it (after renaming or removing it) */
+int kv_tmpdir_beside(const char *path, char *tmp_out, size_t tmp_cap, int *lock_fd, kv_error *err);
 /* fsync fd, close, rename tmp -> path, fsync the folder; on failure unlinks tmp */
 int kv_commit_tmpfile(int fd, const char *tmp, const char *path, kv_error *err);
 /* durable = 0: no fsync (scratch output: atomic for readers, not across a crash) */

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,8 +12,14 @@
 #include <unistd.h>
 
 #include "base/fileio.h"
+#include "base/membudget.h"
 #include "formats/bundle.h"
 #include "runtime/model_source.h"
+
+/* Every tool starts with SIGXFSZ ignored: past a file-size limit (ulimit -f) a write then fails
+ * with EFBIG and the normal error path names the file and removes its temporary, instead of the
+ * signal killing the process mid-write. Runs before main in each tool (cli.c links into all). */
+__attribute__((constructor)) static void cli_ignore_sigxfsz(void) { signal(SIGXFSZ, SIG_IGN); }
 
 void cli_error(const char *tool, const char *fmt, ...) {
     /* one write of the whole line: the lines of processes sharing stderr (mpirun) do not mix */
@@ -108,6 +115,18 @@ int cli_parse_size(const char *s, uint64_t *out) {
     if (*end == 'B') end++;
     if (*end || v * mult > 1.8e19) return -1;
     *out = (uint64_t)(v * mult);
+    return 0;
+}
+
+int cli_memory_budget(const char *tool, const char *opt) {
+    const char *env = getenv("KVFORGE_MAX_MEMORY");
+    const char *s = opt ? opt : env && *env ? env : NULL;
+    if (!s) return 0;
+    uint64_t bytes;
+    if (cli_parse_size(s, &bytes) != 0 || bytes == 0)
+        return cli_usage_error(tool, "%s '%s': expected a size such as 4G, 512M or 1000000",
+                               opt ? "--max-memory" : "KVFORGE_MAX_MEMORY", s);
+    kv_mem_set_budget(bytes, opt ? "--max-memory" : "KVFORGE_MAX_MEMORY");
     return 0;
 }
 

@@ -40,6 +40,10 @@ int cli_parse_int(const char *s, long min, long max, long *out);
 int cli_parse_double(const char *s, double *out);
 /* sizes like 500M, 2G, 4096 (bytes) */
 int cli_parse_size(const char *s, uint64_t *out);
+/* the memory budget (base/membudget.h) from --max-memory SIZE (opt, NULL when not given), else
+ * the environment variable KVFORGE_MAX_MEMORY, else physical RAM: 0, or EXIT_USAGE after the
+ * message when the SIZE is bad (not a size, or 0) */
+int cli_memory_budget(const char *tool, const char *opt);
 /* a float type as options spell it: f32, f16 or bf16; 0 or -1 */
 int cli_parse_float_dtype(const char *s, kv_dtype *out);
 

@@ -26,7 +26,9 @@ static void usage(void) {
         "read as Llama models (docs/INTEROP.md: the schemas written for each). RoPE scalings:\n"
         "llama3, linear, dynamic, yarn, longrope. The source is only read; DST_DIR is built in a\n"
         "staging folder beside it and moved into place. It holds the weights, config.json with\n"
-        "the KV map, the tokenizer files and kvforge.json (recipe, source sha256, savings).\n\n"
+        "the KV map, the tokenizer files and kvforge.json (recipe, source sha256, savings).\n"
+        "A killed run leaves no partial output; rerunning the command removes its leftover\n"
+        "DST_DIR.tmp-XXXXXX (docs/CONVERT.md, crash safety).\n\n"
         "Maps (--map):\n"
         "  pizza|sandwich|lasagna-bottom|top|middle:l   l KV layers, e.g. sandwich-middle:3, "
         "pizza-top:6\n"
@@ -51,6 +53,9 @@ static void usage(void) {
         "                            but a crash may lose it)\n"
         "  --no-hash-cache           hash every source file for kvforge.json even when an\n"
         "                            unchanged file's digest is cached (see docs/CONVERT.md)\n"
+        "  --max-memory SIZE         memory budget for decoding a .kvb source or unbundle\n"
+        "                            (default: $KVFORGE_MAX_MEMORY, else physical RAM;\n"
+        "                            conversion itself streams in 20 MB chunks)\n"
         "  --bundle OUT.kvb          also pack the converted model into a bundle\n"
         "  --level N                 bundle: zstd level (default: the codec's profile)\n"
         "  --json                    machine-readable summary on stdout (plan, convert, info)\n"
@@ -213,7 +218,8 @@ int main(int argc, char **argv) {
         O_BUNDLE,
         O_LEVEL,
         O_NO_SYNC,
-        O_NO_CACHE
+        O_NO_CACHE,
+        O_MAX_MEMORY
     };
     static const struct option opts[] = {{"map", 1, 0, O_MAP},
                                          {"swiftkv", 1, 0, O_SWIFT},
@@ -232,11 +238,12 @@ int main(int argc, char **argv) {
                                          {"level", 1, 0, O_LEVEL},
                                          {"no-sync", 0, 0, O_NO_SYNC},
                                          {"no-hash-cache", 0, 0, O_NO_CACHE},
+                                         {"max-memory", 1, 0, O_MAX_MEMORY},
                                          {0, 0, 0, 0}};
     cli_opts o = {0};
     o.conv.out_dtype = KV_CONVERT_KEEP_DTYPE;
     o.conv.shard_bytes = KV_CONVERT_DEFAULT_SHARD;
-    const char *plan_dir = NULL, *info_dir = NULL;
+    const char *plan_dir = NULL, *info_dir = NULL, *max_memory = NULL;
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":hq", opts, NULL)) != -1) {
@@ -250,6 +257,7 @@ int main(int argc, char **argv) {
         case O_NO_CACHE: o.conv.no_hash_cache = 1; break;
         case O_PLAN: plan_dir = optarg; break;
         case O_INFO: info_dir = optarg; break;
+        case O_MAX_MEMORY: max_memory = optarg; break;
         case O_BUNDLE: o.bundle_out = optarg; break;
         case O_LEVEL: {
             long level;
@@ -296,6 +304,7 @@ int main(int argc, char **argv) {
         default: return cli_bad_option(TOOL, c, argv);
         }
     }
+    if (cli_memory_budget(TOOL, max_memory)) return EXIT_USAGE;
     char **args = argv + optind;
     int n = argc - optind;
     int has_map = o.map_spec || o.swiftkv_spec;

@@ -96,6 +96,9 @@ static void usage(void) {
         "\n"
         "Common: --device cpu|cuda  where train and calibrate run (cpu; cuda needs a CUDA\n"
         "        build), --threads N (all CPUs), --quiet (no progress), -h/--help, --version.\n"
+        "        --max-memory SIZE  memory budget (e.g. 4G): a run that plans more (weights,\n"
+        "        gradients, AdamW moments, activations, KV) is refused before it allocates;\n"
+        "        default $KVFORGE_MAX_MEMORY, else physical RAM.\n"
         "Exit status: 0 ok, 1 failure, 2 usage error.\n",
         kv_dist_have_mpi() ? (kv_dist_have_nccl() ? "this build has MPI support and NCCL"
                                                   : "this build has MPI support")
@@ -145,7 +148,8 @@ enum {
     O_INIT,
     O_LAYOUT,
     O_DEVICE,
-    O_ALLREDUCE
+    O_ALLREDUCE,
+    O_MAX_MEMORY
 };
 
 static const struct option long_opts[] = {{"data", 1, 0, O_DATA},
@@ -192,6 +196,7 @@ static const struct option long_opts[] = {{"data", 1, 0, O_DATA},
                                           {"layout", 1, 0, O_LAYOUT},
                                           {"device", 1, 0, O_DEVICE},
                                           {"allreduce", 1, 0, O_ALLREDUCE},
+                                          {"max-memory", 1, 0, O_MAX_MEMORY},
                                           {0, 0, 0, 0}};
 
 #define MAX_FILES 256
@@ -205,6 +210,7 @@ typedef struct {
     const char *swiftkv_range, *groups, *svg, *init, *layout;
     const char *device; /* "cpu" (default) or "cuda" */
     const char *allreduce; /* "mpi" | "nccl"; NULL: nccl on cuda when built with it */
+    const char *max_memory; /* --max-memory SIZE (NULL: KVFORGE_MAX_MEMORY or physical RAM) */
     int cross_l;
     const char *maps[MAX_MAPS];
     int n_maps;
@@ -342,6 +348,7 @@ static int parse_args(int argc, char **argv, cli_args *a) {
                 return cli_usage_error(TOOL, "--allreduce must be mpi or nccl");
             a->allreduce = optarg;
             break;
+        case O_MAX_MEMORY: a->max_memory = optarg; break;
         case O_SWIFTKV: a->swiftkv_range = optarg; break;
         case O_GROUPS: a->groups = optarg; break;
         case O_CROSS:
@@ -369,6 +376,7 @@ static int parse_args(int argc, char **argv, cli_args *a) {
         }
     }
     if (rc) return rc;
+    if (cli_memory_budget(TOOL, a->max_memory)) return EXIT_USAGE;
     for (int i = optind; i < argc; i++) {
         if (a->n_pos < 8) a->pos[a->n_pos++] = argv[i];
         else if (a->n_data < MAX_FILES) a->data[a->n_data++] = argv[i];

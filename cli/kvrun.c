@@ -77,6 +77,9 @@ static void usage(void) {
         "                         weight type (config.json torch_dtype), as kvconvert info and\n"
         "                         plan count KV bytes: bf16 for a BF16 model, else f32 (there\n"
         "                         is no f16 cache: an F16 model's cache takes twice its count)\n"
+        "  --max-memory SIZE      memory budget (e.g. 4G): a run that plans more (weights widened\n"
+        "                         to F32, KV cache, activations) is refused before it\n"
+        "                         allocates. Default: $KVFORGE_MAX_MEMORY, else physical RAM\n"
         "  --json                 --ppl and --bench print JSON\n"
         "  -h, --help             this help\n"
         "  --version              print the version\n");
@@ -549,21 +552,34 @@ int main(int argc, char **argv) {
         O_JSON,
         O_VERSION,
         O_KV_DTYPE,
-        O_DEVICE
+        O_DEVICE,
+        O_MAX_MEMORY
     };
-    static const struct option opts[] = {
-        {"prompt", 1, 0, O_PROMPT},       {"ppl", 1, 0, O_PPL},
-        {"bench", 0, 0, O_BENCH},         {"logits-out", 1, 0, O_LOGITS},
-        {"tokenize", 1, 0, O_TOKENIZE},   {"max-tokens", 1, 0, 'n'},
-        {"temperature", 1, 0, O_TEMP},    {"top-p", 1, 0, O_TOPP},
-        {"seed", 1, 0, O_SEED},           {"ctx", 1, 0, O_CTX},
-        {"max-windows", 1, 0, O_WINDOWS}, {"prompt-len", 1, 0, O_PLEN},
-        {"repeat", 1, 0, O_REPEAT},       {"text", 1, 0, O_TEXT},
-        {"tokens", 1, 0, O_TOKENS},       {"threads", 1, 0, O_THREADS},
-        {"prefill", 1, 0, O_PREFILL},     {"batch", 1, 0, O_BATCH},
-        {"json", 0, 0, O_JSON},           {"help", 0, 0, 'h'},
-        {"kv-dtype", 1, 0, O_KV_DTYPE},   {"device", 1, 0, O_DEVICE},
-        {"version", 0, 0, O_VERSION},     {0, 0, 0, 0}};
+    static const struct option opts[] = {{"prompt", 1, 0, O_PROMPT},
+                                         {"ppl", 1, 0, O_PPL},
+                                         {"bench", 0, 0, O_BENCH},
+                                         {"logits-out", 1, 0, O_LOGITS},
+                                         {"tokenize", 1, 0, O_TOKENIZE},
+                                         {"max-tokens", 1, 0, 'n'},
+                                         {"temperature", 1, 0, O_TEMP},
+                                         {"top-p", 1, 0, O_TOPP},
+                                         {"seed", 1, 0, O_SEED},
+                                         {"ctx", 1, 0, O_CTX},
+                                         {"max-windows", 1, 0, O_WINDOWS},
+                                         {"prompt-len", 1, 0, O_PLEN},
+                                         {"repeat", 1, 0, O_REPEAT},
+                                         {"text", 1, 0, O_TEXT},
+                                         {"tokens", 1, 0, O_TOKENS},
+                                         {"threads", 1, 0, O_THREADS},
+                                         {"prefill", 1, 0, O_PREFILL},
+                                         {"batch", 1, 0, O_BATCH},
+                                         {"json", 0, 0, O_JSON},
+                                         {"help", 0, 0, 'h'},
+                                         {"kv-dtype", 1, 0, O_KV_DTYPE},
+                                         {"device", 1, 0, O_DEVICE},
+                                         {"version", 0, 0, O_VERSION},
+                                         {"max-memory", 1, 0, O_MAX_MEMORY},
+                                         {0, 0, 0, 0}};
     run_args a = {.temperature = 1.0,
                   .top_p = 0.9,
                   .prompt_len = 128,
@@ -573,6 +589,7 @@ int main(int argc, char **argv) {
                   .kv_dtype = KV_DTYPE_COUNT,
                   .device = "cpu"};
     int c, n_modes = 0;
+    const char *max_memory = NULL;
     long v;
     double d;
     kv_error err = {0};
@@ -668,9 +685,11 @@ int main(int argc, char **argv) {
             a.device = optarg;
             break;
         }
+        case O_MAX_MEMORY: max_memory = optarg; break;
         default: return cli_bad_option(TOOL, c, argv);
         }
     }
+    if (cli_memory_budget(TOOL, max_memory)) return EXIT_USAGE;
     if (optind != argc - 1) return cli_usage_error(TOOL, "expected one MODEL directory");
     if (n_modes != 1)
         return cli_usage_error(TOOL, "give exactly one of --prompt, --ppl, --bench, --logits-out, "

@@ -49,6 +49,8 @@ static void usage(void) {
            "      --min-top1 F        fail when top-1 agreement < F (a fraction, 0..1)\n"
            "      --max-ppl-delta F   fail when ppl(B) / ppl(A) - 1 > F\n"
            "      --threads N         CPU threads (default 2)\n"
+           "      --max-memory SIZE   memory budget (e.g. 4G; default $KVFORGE_MAX_MEMORY,\n"
+           "                          else physical RAM): a plan over it is refused\n"
            "  tensors A B             compare two checkpoints tensor by tensor (model\n"
            "                          directories or .safetensors files): same names and\n"
            "                          shapes; per tensor max|a-b| / max|b| within --rtol\n"
@@ -79,7 +81,8 @@ enum {
     O_PREFILL,
     O_MAXKL,
     O_MINTOP1,
-    O_MAXPPL
+    O_MAXPPL,
+    O_MAX_MEMORY
 };
 static const struct option opts[] = {{"json", 0, 0, O_JSON},
                                      {"seed", 1, 0, O_SEED},
@@ -100,6 +103,7 @@ static const struct option opts[] = {{"json", 0, 0, O_JSON},
                                      {"max-kl", 1, 0, O_MAXKL},
                                      {"min-top1", 1, 0, O_MINTOP1},
                                      {"max-ppl-delta", 1, 0, O_MAXPPL},
+                                     {"max-memory", 1, 0, O_MAX_MEMORY},
                                      {"help", 0, 0, 'h'},
                                      {"version", 0, 0, O_VERSION},
                                      {0, 0, 0, 0}};
@@ -440,6 +444,7 @@ int main(int argc, char **argv) {
                      .max_ppl_delta = -1};
     int c;
     long v;
+    const char *max_memory = NULL;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
@@ -472,6 +477,7 @@ int main(int argc, char **argv) {
             o.atol_set = 1;
             break;
         case O_TEXT: o.text_path = optarg; break;
+        case O_MAX_MEMORY: max_memory = optarg; break;
         case O_CTX:
             if (cli_parse_int(optarg, 2, 1 << 20, &v))
                 return cli_usage_error(TOOL, "bad --ctx '%s' (2..1048576)", optarg);
@@ -517,6 +523,7 @@ int main(int argc, char **argv) {
         default: return cli_bad_option(TOOL, c, argv);
         }
     }
+    if (cli_memory_budget(TOOL, max_memory)) return EXIT_USAGE;
     int n_args = argc - optind;
     if (n_args < 1) return cli_usage_error(TOOL, "missing COMMAND");
     const char *cmd = argv[optind];

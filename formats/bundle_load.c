@@ -12,6 +12,7 @@
 
 #include "formats/bundle_internal.h"
 #include "base/fileio.h"
+#include "base/membudget.h"
 #include "base/sha256.h"
 
 #define KVB_VERIFY_BATCH ((size_t)256 << 20) /* raw bytes decoded at a time by verify */
@@ -119,11 +120,6 @@ int kvb_decode_tensors(kv_bundle *b, int t0, int t1, uint8_t *dst, int threads, 
     return rc;
 }
 
-static size_t physical_memory(void) {
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    return pages > 0 && page > 0 ? (size_t)pages * (size_t)page : SIZE_MAX;
-}
-
 int kv_bundle_load_tensors(kv_bundle *b, void *buf, size_t cap, int threads, kv_error *err) {
     if (b->loaded) return kv_fail(err, KV_EINVAL, "%s: tensors already loaded", b->path);
     size_t raw = (size_t)b->m.raw_size;
@@ -134,23 +130,29 @@ int kv_bundle_load_tensors(kv_bundle *b, void *buf, size_t cap, int threads, kv_
             return kv_fail(err, KV_EINVAL, "%s: buffer of %zu bytes, the tensors need %zu", b->path,
                            cap, raw);
     } else {
-        if (raw > physical_memory())
-            return kv_fail(err, KV_ENOMEM,
-                           "%s: tensors need %zu bytes, more than this machine's memory", b->path,
-                           raw);
+        /* the decoded tensors: in the memory budget (base/membudget.h) before the mapping */
+        const kv_mem_item decoded = {"bundle tensors", raw};
+        int rc = kv_mem_reserve(b->path, &decoded, 1, err);
+        if (rc) return rc;
         const size_t huge = (size_t)2 << 20;
         map_size = raw ? (raw + huge - 1) / huge * huge : huge;
         void *p = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED)
+        if (p == MAP_FAILED) {
+            kv_mem_release(&decoded, 1);
             return kv_fail(err, KV_ENOMEM, "%s: cannot allocate %zu bytes for the tensors", b->path,
                            raw);
+        }
         if (map_size >= ((size_t)64 << 20))
             madvise(p, map_size, MADV_HUGEPAGE); /* fewer page faults; a hint only */
         dst = p;
     }
     int rc = kvb_decode_tensors(b, 0, b->m.n_tensors, dst, threads, err);
     if (rc) {
-        if (map_size) munmap(dst, map_size);
+        if (map_size) {
+            munmap(dst, map_size);
+            const kv_mem_item decoded = {"bundle tensors", raw};
+            kv_mem_release(&decoded, 1);
+        }
         return rc;
     }
     b->raw = dst;
@@ -232,8 +234,7 @@ int kv_bundle_unbundle(const char *path, const char *dir, kv_error *err) {
                        "%s: exists and is not an empty directory; refusing to unbundle into it",
                        dir);
     char parent[4096], tmp[4096];
-    if (snprintf(parent, sizeof parent, "%s", dir) >= (int)sizeof parent ||
-        snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", dir) >= (int)sizeof tmp)
+    if (snprintf(parent, sizeof parent, "%s", dir) >= (int)sizeof parent)
         return kv_fail(err, KV_EINVAL, "%s: path too long", dir);
     int rc = kv_mkdir_p(dirname(parent), err);
     if (rc) return rc;
@@ -241,16 +242,21 @@ int kv_bundle_unbundle(const char *path, const char *dir, kv_error *err) {
     kv_bundle *b;
     if ((rc = kv_bundle_open(&b, path, err))) return rc;
     rc = kv_bundle_load_tensors(b, NULL, 0, 0, err);
-    if (!rc && !mkdtemp(tmp))
-        rc = kv_fail(err, KV_EIO, "%s: cannot create a temporary directory: %s", dir,
-                     strerror(errno));
-    else if (!rc) {
-        chmod(tmp, 0755);
+    int tmp_lock = -1;
+    if (!rc && !(rc = kv_tmpdir_beside(dir, tmp, sizeof tmp, &tmp_lock, err))) {
         rc = write_hf_dir(b, tmp, err);
         if (!rc && rename(tmp, dir) != 0)
             rc = kv_fail(err, KV_EIO, "%s: cannot move the unbundled directory into place: %s", dir,
                          strerror(errno));
-        if (rc) kv_remove_flat_dir(tmp);
+        if (rc) {
+            kv_remove_flat_dir(tmp);
+            /* a file in the temporary folder is named as it would have been called */
+            char from[4200], to[4200];
+            snprintf(from, sizeof from, "%s/", tmp);
+            snprintf(to, sizeof to, "%s/", dir);
+            kv_error_replace(err, from, to);
+        }
+        if (tmp_lock >= 0) close(tmp_lock);
     }
     kv_bundle_close(b);
     if (!rc) { /* make the rename durable */

@@ -16,6 +16,7 @@
 
 #include "formats/bundle_internal.h"
 #include "base/fileio.h"
+#include "base/membudget.h"
 #include "base/sha256.h"
 
 /* ---------------- archive walk ---------------- */
@@ -368,7 +369,11 @@ static int map_file(kv_bundle *b, kv_error *err) {
 
 void kv_bundle_close(kv_bundle *b) {
     if (!b) return;
-    if (b->raw_map_size) munmap(b->raw, b->raw_map_size);
+    if (b->raw_map_size) {
+        munmap(b->raw, b->raw_map_size);
+        const kv_mem_item decoded = {"bundle tensors", (uint64_t)b->m.raw_size};
+        kv_mem_release(&decoded, 1);
+    }
     for (int i = 0; i < b->st.n_tensors; i++) free(b->st.tensors[i].name);
     free(b->st.tensors);
     for (int i = 0; i < b->st.n_meta; i++) {

@@ -218,6 +218,16 @@ static int copy_meta(kvb_manifest *m, const st_checkpoint *ck, const char *out_p
 
 /* ---- archive ---- */
 
+/* libarchive's message, with the system error when there is one ("Write error: No space left
+ * on device") */
+static const char *archive_why(struct archive *a, char *buf, size_t cap) {
+    const char *msg = archive_error_string(a) ? archive_error_string(a) : "write failed";
+    int e = archive_errno(a);
+    if (e > 0 && !strstr(msg, strerror(e))) snprintf(buf, cap, "%s: %s", msg, strerror(e));
+    else snprintf(buf, cap, "%s", msg);
+    return buf;
+}
+
 static int put_header(struct archive *a, const char *name, uint64_t size, const char *out_path,
                       kv_error *err) {
     struct archive_entry *e = archive_entry_new();
@@ -231,19 +241,22 @@ static int put_header(struct archive *a, const char *name, uint64_t size, const 
     archive_entry_set_gid(e, 0);
     int rc = archive_write_header(a, e);
     archive_entry_free(e);
+    char why[512];
     if (rc != ARCHIVE_OK)
-        return kv_fail(err, KV_EIO, "%s: entry '%s': %s", out_path, name, archive_error_string(a));
+        return kv_fail(err, KV_EIO, "%s: entry '%s': %s", out_path, name,
+                       archive_why(a, why, sizeof why));
     return 0;
 }
 
 static int put_data(struct archive *a, const void *bytes, size_t n, const char *name,
                     const char *out_path, kv_error *err) {
     const uint8_t *p = bytes;
+    char why[512];
     while (n > 0) {
         la_ssize_t w = archive_write_data(a, p, n);
         if (w <= 0)
             return kv_fail(err, KV_EIO, "%s: entry '%s': %s", out_path, name,
-                           archive_error_string(a) ? archive_error_string(a) : "write failed");
+                           archive_why(a, why, sizeof why));
         p += w;
         n -= (size_t)w;
     }
@@ -307,9 +320,10 @@ static int write_archive(int fd, const char *manifest, const kvb_manifest *m, co
             e->codec == KV_CODEC_ZSTD ? (const void *)f->stored[i] : (const void *)f->bytes[i];
         rc = put_entry(a, e->entry, bytes, (size_t)e->stored_size, out_path, err);
     }
+    char why[512];
     if (!rc && archive_write_close(a) != ARCHIVE_OK)
         rc = kv_fail(err, KV_EIO, "%s: cannot finish the archive: %s", out_path,
-                     archive_error_string(a));
+                     archive_why(a, why, sizeof why));
     archive_write_free(a);
     return rc;
 }

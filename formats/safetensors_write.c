@@ -188,7 +188,7 @@ int st_writer_open_aligned(st_writer **out, const char *path, const st_spec *spe
         memcpy(w->buf, len_le, 8);
         w->buf_len = 8;
         if (flush_buf(w) != 0 || write_out(w, h.s, h.len) != 0)
-            rc = kv_fail(err, KV_EIO, "%s: cannot write header", path);
+            rc = kv_fail(err, KV_EIO, "%s: cannot write header: %s", path, strerror(errno));
     }
     free(h.s);
     if (rc) {
@@ -224,7 +224,8 @@ int st_writer_put(st_writer *w, const void *bytes, size_t n, kv_error *err) {
         w->buf_len += n;
         return 0;
     }
-    if (flush_buf(w) != 0) return kv_fail(err, KV_EIO, "%s: write failed", w->path);
+    if (flush_buf(w) != 0)
+        return kv_fail(err, KV_EIO, "%s: write failed: %s", w->path, strerror(errno));
     if (n <= WRITER_BUF / 2) {
         memcpy(w->buf, bytes, n);
         w->buf_len = n;
@@ -309,7 +310,7 @@ int st_writer_finish(st_writer *w, kv_error *err) {
                      "%s: only %zu of %zu data bytes written (tensor '%s' incomplete)", w->path,
                      w->written, total, next ? next : "?");
     } else if (flush_buf(w) != 0) {
-        rc = kv_fail(err, KV_EIO, "%s: write failed", w->path);
+        rc = kv_fail(err, KV_EIO, "%s: write failed: %s", w->path, strerror(errno));
     } else {
         rc = kv_commit_tmpfile_ex(w->fd, w->tmp, w->path, w->durable, err);
         w->fd = -1; /* commit closed (and on failure removed) it */

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/membudget.h"
+
 /* ---- setup ------------------------------------------------------------------------------ */
 
 int kv_prefill_parse(kv_prefill *p, const char *spec, kv_error *err) {
@@ -135,7 +137,20 @@ static int alloc_activations(kv_state *s, kv_dtype cache_dtype, kv_error *err) {
     for (int i = 0; i < n_buf; i++)
         if (kv_arena_reserve(&total, counts[i], elem[i]))
             return kv_fail(err, KV_ENOMEM, "activations for %d tokens overflow", s->max_batch);
-    int rc = b->ops->alloc(b, &s->block, total, err);
+    /* the budget first, for everything kv_state_init allocates: these activations (with the
+     * host logits and the RoPE tables), the KV cache */
+    uint64_t act = (uint64_t)total + (unified ? 0 : 4 * (uint64_t)V) +
+                   2 * 2 * sizeof(float) * (uint64_t)s->max_seq * (uint64_t)(m->dims.head_dim / 2);
+    const size_t per_token = kvmap_cache_bytes_per_token(
+        &m->cfg.map, m->dims.n_kv_heads, m->dims.head_dim, kv_dtype_size(cache_dtype));
+    uint64_t cache = UINT64_MAX;
+    if (per_token <= UINT64_MAX / (uint64_t)s->max_seq) cache = per_token * (uint64_t)s->max_seq;
+    const kv_mem_item items[2] = {{"KV cache", cache}, {"activations", act}};
+    int rc = kv_mem_reserve("the run", items, 2, err);
+    if (rc) return rc;
+    s->mem_cache = cache;
+    s->mem_act = act;
+    rc = b->ops->alloc(b, &s->block, total, err);
     if (rc) return kv_wrap(err, "activations for %d tokens", s->max_batch);
     s->block_bytes = total;
     const uintptr_t start =
@@ -204,6 +219,8 @@ void kv_state_free(kv_state *s) {
         if (!b->unified) free(s->logits);
         b->ops->free(b, s->block);
     }
+    const kv_mem_item items[2] = {{"KV cache", s->mem_cache}, {"activations", s->mem_act}};
+    kv_mem_release(items, 2);
     kv_rope_table_free(&s->rope_host);
     free(s->maps);
     free(s->w.layers);

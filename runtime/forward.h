@@ -101,6 +101,8 @@ typedef struct {
     int block_lo, block_hi; /* their cyclic block (the span of all cyclic groups) */
     void *block; /* the one backend allocation the buffers below are carved from */
     size_t block_bytes; /* its size */
+    uint64_t mem_act, mem_cache; /* bytes held in the memory budget (base/membudget.h):
+                                    activations with the RoPE table and host logits; KV cache */
     float *x; /* [B, H] residual stream */
     float *xb; /* [B, H] normed input of the current block */
     float *q; /* [B, nh*hd] queries */

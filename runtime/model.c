@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "base/fileio.h"
+#include "base/membudget.h"
 #include "formats/llama_view.h"
 
 /* one weight to take: where the pointer goes, the tensor it comes from, whether it is a matrix
@@ -113,7 +114,11 @@ static int bind_all(kv_model *m, const loader *ld, kv_error *err) {
             return kv_fail(err, KV_ENOMEM, "%s: weights too large",
                            ld->src->where(ld->src->ctx, b->t));
     }
-    int rc = kv_arena_init(&m->store, store_bytes, "model weights", err);
+    /* weights copied or widened into the arena: the memory budget first */
+    const kv_mem_item held = {"weights", store_bytes};
+    int rc = kv_mem_reserve("the model", &held, 1, err);
+    if (!rc) m->mem_reserved = store_bytes;
+    if (!rc) rc = kv_arena_init(&m->store, store_bytes, "model weights", err);
     for (int i = 0; !rc && i < ld->n; i++) {
         const binding *b = &ld->items[i];
         const kv_dtype h = held_type(b, m->mat_type);
@@ -264,6 +269,8 @@ void kv_model_free(kv_model *m) {
     if (!m) return;
     free(m->layers);
     kv_arena_free(&m->store);
+    const kv_mem_item widened = {"weights", m->mem_reserved};
+    if (m->mem_reserved) kv_mem_release(&widened, 1);
     if (m->ckpt) {
         st_checkpoint_close(m->ckpt);
         free(m->ckpt);

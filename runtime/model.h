@@ -25,6 +25,7 @@
 #define KV_MODEL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "formats/hfconfig.h"
 #include "formats/llama_view.h"
@@ -62,6 +63,7 @@ typedef struct {
                                         norm, the LM head, one embedding row */
     size_t weight_bytes; /* bytes of every distinct weight as held (tied counted once) */
     kv_arena store; /* converted (or copied) weights */
+    uint64_t mem_reserved; /* bytes of store in the memory budget (base/membudget.h) */
     st_checkpoint *ckpt; /* owned when loaded from a directory */
 } kv_model;
 

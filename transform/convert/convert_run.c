@@ -557,11 +557,8 @@ int convert_run(const convert_plan *p, const char *dst_in, kv_convert_progress_f
         *slash = 0;
         if ((rc = kv_mkdir_p(parent, err))) return rc;
     }
-    snprintf(stage, sizeof stage, "%s.tmp-XXXXXX", dst);
-    if (!mkdtemp(stage))
-        return kv_fail(err, KV_EIO, "%s: cannot create a staging folder beside it: %s", dst,
-                       strerror(errno));
-    chmod(stage, 0755);
+    int stage_lock;
+    if ((rc = kv_tmpdir_beside(dst, stage, sizeof stage, &stage_lock, err))) return rc;
 
     convert_file_hash *files = NULL;
     int n_files = 0;
@@ -585,6 +582,14 @@ int convert_run(const convert_plan *p, const char *dst_in, kv_convert_progress_f
     if (!rc) rc = commit_stage(stage, dst, !p->opt.no_sync, err);
     if (rc) {
         remove_stage(stage);
+        /* a file in the staging folder is named as it would have been called */
+        char from[4300], to[4300];
+        snprintf(from, sizeof from, "%s/", stage);
+        snprintf(to, sizeof to, "%s/", dst);
+        kv_error_replace(err, from, to);
+    }
+    if (stage_lock >= 0) close(stage_lock);
+    if (rc) {
         free(manifest);
         return rc;
     }

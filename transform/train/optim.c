@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/membudget.h"
 #include "base/sha256.h"
 
 enum { MOMENT_ALIGN = 256 }; /* bytes: each tensor's moments start on it */
@@ -43,7 +44,14 @@ int kvt_optim_init(kvt_optim *o, const kvt_run *student, kv_error *err) {
         floats += 2 * aligned_floats(m->params[i].n);
         j++;
     }
-    int rc = o->b->ops->alloc(o->b, &o->arena, sizeof(float) * floats, err);
+    const kv_mem_item moments = {"AdamW moments", sizeof(float) * (uint64_t)floats};
+    int rc = kv_mem_reserve("training", &moments, 1, err);
+    if (rc) {
+        kvt_optim_free(o);
+        return rc;
+    }
+    o->mem_reserved = moments.bytes;
+    rc = o->b->ops->alloc(o->b, &o->arena, sizeof(float) * floats, err);
     if (rc) {
         kv_wrap(err, "optimiser: AdamW moments of %zu parameters", o->count);
         kvt_optim_free(o);
@@ -61,6 +69,8 @@ int kvt_optim_init(kvt_optim *o, const kvt_run *student, kv_error *err) {
 
 void kvt_optim_free(kvt_optim *o) {
     if (o->arena) o->b->ops->free(o->b, o->arena);
+    const kv_mem_item moments = {"AdamW moments", o->mem_reserved};
+    kv_mem_release(&moments, 1);
     free(o->p), free(o->w), free(o->g), free(o->m), free(o->v);
     free(o->counts), free(o->host);
     memset(o, 0, sizeof *o);

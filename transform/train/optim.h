@@ -21,6 +21,7 @@ typedef struct {
     float **m, **v; /* [n] device AdamW moments [p[i]->n], carved from arena */
     size_t count; /* trainable elements, all tensors */
     void *arena; /* one backend allocation: the moments, zeroed */
+    uint64_t mem_reserved; /* its bytes held in the memory budget (base/membudget.h) */
     size_t *counts; /* [n] p[i]->n (the collectives' counts) */
     float *host; /* [count] host staging for the collectives when the backend is not
                                unified; allocated on first use */

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/membudget.h"
+
 /* an op of r's backend: OP(matmul, out, x, ...) */
 #define OP(name, ...) (r->b->ops->name(r->b, __VA_ARGS__))
 #define TRY(call)                                                                                  \
@@ -159,7 +161,11 @@ static size_t align_up(size_t bytes) { return (bytes + BUF_ALIGN - 1) / BUF_ALIG
 static int carve(kvt_run *r, const size_t size[N_BUF], float *base[N_BUF], kv_error *err) {
     size_t total = 0;
     for (int i = 0; i < N_BUF; i++) total += align_up(size[i] * sizeof(float));
-    int rc = OP(alloc, &r->arena, total, err);
+    const kv_mem_item act = {"training activations", total};
+    int rc = kv_mem_reserve("training", &act, 1, err);
+    if (rc) return rc;
+    r->mem_reserved = total;
+    rc = OP(alloc, &r->arena, total, err);
     if (rc) {
         kv_wrap(err, "train: activations for %d rows (%zu MB)", r->N, total >> 20);
         return rc;
@@ -430,6 +436,8 @@ void kvt_run_free(kvt_run *r) {
         kv_backend_rope_table_free(r->b, &r->rope);
         if (r->arena) r->b->ops->free(r->b, r->arena);
     }
+    const kv_mem_item act = {"training activations", r->mem_reserved};
+    kv_mem_release(&act, 1);
     kv_rope_table_free(&r->rope_host);
     free(r->dp);
     free(r->acts);

@@ -106,6 +106,7 @@ typedef struct {
     int read_grad; /* backward: upward layers add into dk_prev/dv_prev */
     void *arena; /* the one backend allocation every device buffer is carved from */
     size_t arena_bytes;
+    uint64_t mem_reserved; /* arena_bytes once held in the memory budget (base/membudget.h) */
 } kvt_run;
 
 /* passes: iterative prefill passes for maps with upward layers (ignored otherwise), >= 1.

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "base/fileio.h"
+#include "base/membudget.h"
 
 static int cmp_param(const void *a, const void *b) {
     return strcmp(((const kvt_param *)a)->name, ((const kvt_param *)b)->name);
@@ -37,7 +38,7 @@ int kvt_model_dims(kvt_model *m, kv_error *err) {
 }
 
 /* loads param's F32 values from its source bytes (zero-copy for aligned F32) */
-static int load_values(kvt_param *p, const char *label, kv_error *err) {
+static int load_values(kvt_model *m, kvt_param *p, const char *label, kv_error *err) {
     if (p->w) return 0;
     if (!p->src) return kv_fail(err, KV_EINVAL, "%s: tensor '%s' has no data", label, p->name);
     kv_dtype t = p->src->dtype;
@@ -49,6 +50,10 @@ static int load_values(kvt_param *p, const char *label, kv_error *err) {
         p->owned = 0;
         return 0;
     }
+    const kv_mem_item widened = {"weights", sizeof(float) * (uint64_t)p->n};
+    int rc = kv_mem_reserve("the model", &widened, 1, err);
+    if (rc) return rc;
+    m->mem_weights += widened.bytes;
     p->w = malloc(sizeof(float) * (p->n ? p->n : 1));
     if (!p->w) return kv_fail(err, KV_ENOMEM, "%s: tensor '%s': out of memory", label, p->name);
     p->owned = 1;
@@ -64,7 +69,7 @@ static int use(kvt_model *m, kvt_param **out, const st_tensor *t, const char *la
     kvt_param *p = kvt_model_find(m, t->name);
     if (!p)
         return kv_fail(err, KV_EINVAL, "%s: tensor '%s' is not one of the model's", label, t->name);
-    int rc = load_values(p, label, err);
+    int rc = load_values(m, p, label, err);
     if (rc) return rc;
     p->used = 1;
     *out = p;
@@ -177,6 +182,8 @@ void kvt_model_free(kvt_model *m) {
         if (m->params[i].owned) free(m->params[i].w);
         free(m->params[i].g);
     }
+    const kv_mem_item held[2] = {{"weights", m->mem_weights}, {"gradients", m->mem_grads}};
+    kv_mem_release(held, 2);
     free(m->params);
     free(m->layers);
     free(m->config_json);
@@ -188,8 +195,15 @@ void kvt_model_free(kvt_model *m) {
     memset(m, 0, sizeof *m);
 }
 
-static int make_trainable(kvt_param *p, long *count, kv_error *err) {
+static int make_trainable(kvt_model *m, kvt_param *p, long *count, kv_error *err) {
     if (!p || p->trainable) return 0;
+    /* a writable copy (unless owned already) and the gradient: the budget first */
+    const kv_mem_item items[2] = {{"weights", p->owned ? 0 : sizeof(float) * (uint64_t)p->n},
+                                  {"gradients", sizeof(float) * (uint64_t)p->n}};
+    int rc = kv_mem_reserve("training", items, 2, err);
+    if (rc) return rc;
+    m->mem_weights += items[0].bytes;
+    m->mem_grads += items[1].bytes;
     if (!p->owned) {
         float *copy = malloc(sizeof(float) * (p->n ? p->n : 1));
         if (!copy) return kv_fail(err, KV_ENOMEM, "tensor '%s': out of memory", p->name);
@@ -208,26 +222,26 @@ long kvt_model_set_trainable_distill(kvt_model *m, kv_error *err) {
     long count = 0;
     int rc = 0;
     if (m->cfg.map.kind == KVMAP_SWIFTKV) {
-        rc = make_trainable(m->norm_swiftkv, &count, err);
+        rc = make_trainable(m, m->norm_swiftkv, &count, err);
         for (int i = m->cfg.map.swiftkv_l; i < m->dims.n_layers && !rc; i++) {
             kvt_layer *ly = &m->layers[i];
             kvt_param *ps[] = {ly->q, ly->q_b, ly->k, ly->k_b, ly->v, ly->v_b};
             for (size_t j = 0; j < sizeof ps / sizeof *ps && !rc; j++)
-                rc = make_trainable(ps[j], &count, err);
+                rc = make_trainable(m, ps[j], &count, err);
         }
     } else if (m->cfg.map.kind == KVMAP_CROSS) {
         for (int i = 0; i < m->dims.n_layers && !rc; i++) {
             kvt_layer *ly = &m->layers[i];
             if (!kvmap_is_kv_layer(&m->cfg.map, i)) {
-                if (!(rc = make_trainable(ly->q, &count, err)))
-                    rc = make_trainable(ly->q_b, &count, err);
+                if (!(rc = make_trainable(m, ly->q, &count, err)))
+                    rc = make_trainable(m, ly->q_b, &count, err);
                 continue;
             }
             int readers[HF_MAX_LAYERS];
             if (kvmap_readers(&m->cfg.map, i, readers, HF_MAX_LAYERS) < 2) continue;
             kvt_param *ps[] = {ly->k, ly->k_b, ly->v, ly->v_b};
             for (size_t j = 0; j < sizeof ps / sizeof *ps && !rc; j++)
-                rc = make_trainable(ps[j], &count, err);
+                rc = make_trainable(m, ps[j], &count, err);
         }
     } else {
         return kv_fail(err, KV_EINVAL,
@@ -242,7 +256,7 @@ long kvt_model_set_trainable_all(kvt_model *m, kv_error *err) {
     for (int i = 0; i < m->n_params; i++) {
         kvt_param *p = &m->params[i];
         if (!p->used || p == m->embed) continue;
-        int rc = make_trainable(p, &count, err);
+        int rc = make_trainable(m, p, &count, err);
         if (rc) return rc;
     }
     return count;

@@ -61,6 +61,8 @@ typedef struct {
     char *config_json; /* config.json text written on save */
     char *dir; /* source directory (tokenizer files are copied from it) */
     st_checkpoint *ckpt; /* owned when loaded from a directory */
+    uint64_t mem_weights, mem_grads; /* bytes held in the memory budget (base/membudget.h):
+                                         widened or copied weights; gradients */
 } kvt_model;
 
 /* HF directory: config.json + safetensors, every tensor checked against the config. */
