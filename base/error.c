@@ -47,6 +47,13 @@ const char *kv_code_name(int code) {
     }
 }
 
+void kv_error_replace_dir(kv_error *err, const char *from_dir, const char *to_dir) {
+    char from[4352], to[4352];
+    snprintf(from, sizeof from, "%s/", from_dir);
+    snprintf(to, sizeof to, "%s/", to_dir);
+    kv_error_replace(err, from, to);
+}
+
 void kv_error_replace(kv_error *err, const char *from, const char *to) {
     if (!err || !from || !*from || !to) return;
     char out[sizeof err->msg];

@@ -30,6 +30,9 @@ int kv_wrap(kv_error *err, const char *fmt, ...) __attribute__((format(printf, 2
 /* replaces every "from" in err's message by "to" (a staging path by the final one); a result
  * longer than the message buffer is cut */
 void kv_error_replace(kv_error *err, const char *from, const char *to);
+/* the same for folder paths: "from_dir/" becomes "to_dir/" (a file in a staging folder is named
+ * as it will be called) */
+void kv_error_replace_dir(kv_error *err, const char *from_dir, const char *to_dir);
 const char *kv_code_name(int code);
 
 #ifdef __cplusplus

@@ -250,11 +250,7 @@ int kv_bundle_unbundle(const char *path, const char *dir, kv_error *err) {
                          strerror(errno));
         if (rc) {
             kv_remove_flat_dir(tmp);
-            /* a file in the temporary folder is named as it would have been called */
-            char from[4200], to[4200];
-            snprintf(from, sizeof from, "%s/", tmp);
-            snprintf(to, sizeof to, "%s/", dir);
-            kv_error_replace(err, from, to);
+            kv_error_replace_dir(err, tmp, dir);
         }
         if (tmp_lock >= 0) close(tmp_lock);
     }

@@ -85,6 +85,10 @@ int main(void) {
     CHECK(!strcmp(e.msg, "dst/x: write failed; dst/y too"), "replace: %s", e.msg);
     kv_error_replace(&e, "", "z");
     CHECK(!strcmp(e.msg, "dst/x: write failed; dst/y too"), "empty pattern: %s", e.msg);
+    snprintf(e.msg, sizeof e.msg, "out/.tmp-q1/model.safetensors: short write (out/.tmp-q1x kept)");
+    kv_error_replace_dir(&e, "out/.tmp-q1", "out/m");
+    CHECK(!strcmp(e.msg, "out/m/model.safetensors: short write (out/.tmp-q1x kept)"),
+          "replace_dir: %s", e.msg);
 
     close(live);
     char cmd[4200];

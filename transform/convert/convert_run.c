@@ -582,11 +582,7 @@ int convert_run(const convert_plan *p, const char *dst_in, kv_convert_progress_f
     if (!rc) rc = commit_stage(stage, dst, !p->opt.no_sync, err);
     if (rc) {
         remove_stage(stage);
-        /* a file in the staging folder is named as it would have been called */
-        char from[4300], to[4300];
-        snprintf(from, sizeof from, "%s/", stage);
-        snprintf(to, sizeof to, "%s/", dst);
-        kv_error_replace(err, from, to);
+        kv_error_replace_dir(err, stage, dst);
     }
     if (stage_lock >= 0) close(stage_lock);
     if (rc) {
