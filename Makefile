@@ -156,7 +156,8 @@ FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fn
 FUZZ_CFLAGS  := -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -I. -g -O1 -MMD -MP $(FUZZ_SAN)
 FUZZ_LDLIBS  := -lcjson -lzstd -larchive -lpthread -lm
 # only what the targets reach (no kernels, runtime or trainer)
-FUZZ_LIB_SRC := $(sort $(wildcard base/*.c formats/*.c transform/synth/*.c)) transform/train/distill_state.c
+FUZZ_LIB_SRC := $(sort $(wildcard base/*.c formats/*.c transform/synth/*.c)) transform/train/distill_state.c \
+                transform/train/distill_data.c transform/train/distill_chat.c
 FUZZ_LIB     := $(FUZZ_BUILD)/libkvforge-fuzz.a
 FUZZ_ALL     := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_TARGETS ?= $(FUZZ_ALL)
