@@ -16,9 +16,11 @@
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 #include "transform/synth/synth.h"
+#include "transform/train/distill_chat.h"
 #include "transform/train/distill_state.h"
 #include "tests/bounded.h"
 #include "tests/check.h"
+#include "tests/fuzz/tok_variants.h"
 
 static char tmpdir[] = "/tmp/kvhostile-XXXXXX";
 
@@ -533,6 +535,99 @@ static int distill_log(void *arg) {
     return 0;
 }
 
+/* one JSONL line: a conversation of n_messages alternating user/assistant turns of content_len
+ * bytes each */
+static void chat_line(sbuf *b, int n_messages, int content_len) {
+    char *content = malloc((size_t)content_len + 1);
+    if (!content) abort();
+    for (int c = 0; c < content_len; c++) content[c] = c % 5 == 4 ? ' ' : (char)('a' + c % 7);
+    content[content_len] = 0;
+    sb_printf(b, "{\"messages\": [");
+    for (int m = 0; m < n_messages; m++)
+        sb_printf(b, "%s{\"role\": \"%s\", \"content\": \"%s\"}", m ? ", " : "",
+                  m % 2 ? "assistant" : "user", content);
+    sb_printf(b, "]}\n");
+    free(content);
+}
+
+static kv_tokenizer *chat_tokenizer(void) {
+    char *json[TOK_N_VARIANTS];
+    kv_tokenizer *tok = NULL;
+    kv_error err = {0};
+    if (tok_variants(json)) return NULL;
+    if (kv_tokenizer_load_json(&tok, json[TOK_SP], strlen(json[TOK_SP]), "sp", &err)) tok = NULL;
+    for (int v = 0; v < TOK_N_VARIANTS; v++) free(json[v]);
+    return tok;
+}
+
+/* 8 lines of 1 MB (4096 turns of ~250 bytes): parsed, rendered (fallback and a ChatML template)
+ * and tokenized in time and memory proportional to the 8 MB */
+static int chat_data_big(void *arg) {
+    (void)arg;
+    kv_tokenizer *tok = chat_tokenizer();
+    EXPECT(tok, "tokenizer");
+    sbuf b = {0};
+    for (int line = 0; line < 8; line++) chat_line(&b, DISTILL_CHAT_MAX_MESSAGES, 220);
+    EXPECT(b.n > ((size_t)7 << 20), "%zu bytes", b.n);
+    static const char chatml[] = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + "
+                                 "m['content'] + '<|im_end|>\\n' }}{% endfor %}";
+    distill_chat_format fmt[2];
+    kv_error err = {0};
+    EXPECT(!distill_chat_format_load(&fmt[0], "fallback", NULL, 0, tok, &err), "%s", err.msg);
+    fmt[1] = fmt[0];
+    EXPECT(!kv_chat_template_parse(&fmt[1].tpl, chatml, strlen(chatml), "chatml", &err), "%s",
+           err.msg);
+    for (int f = 0; f < 2; f++) {
+        distill_tokens d = {0};
+        int rc = distill_tokens_from_chat(&d, b.s, b.n, tok, &fmt[f], "big.jsonl", &err);
+        EXPECT(rc == 0 && d.n > (long)(b.n / 8), "format %d: rc %d, %ld tokens: %s", f, rc, d.n,
+               err.msg);
+        distill_tokens_free(&d);
+    }
+    /* one line over the cap is refused by its length, naming the line */
+    sbuf over = {0};
+    chat_line(&over, 2, (int)DISTILL_CHAT_MAX_LINE);
+    distill_tokens d = {0};
+    int rc = distill_tokens_from_chat(&d, over.s, over.n, tok, &fmt[0], "over.jsonl", &err);
+    EXPECT(rc && strstr(err.msg, "over.jsonl:1") && strstr(err.msg, "bytes"), "rc %d: %s", rc,
+           err.msg);
+    distill_tokens_free(&d);
+    kv_chat_template_free(fmt[1].tpl);
+    distill_chat_format_free(&fmt[0]);
+    kv_tokenizer_free(tok);
+    free(over.s);
+    free(b.s);
+    return 0;
+}
+
+/* a template whose loops nest three deep over a 4096-turn conversation (6.9e10 iterations) stops
+ * at the evaluation-step cap with a message, in time independent of the iterations asked for */
+static int chat_template_runaway(void *arg) {
+    (void)arg;
+    sbuf b = {0};
+    chat_line(&b, DISTILL_CHAT_MAX_MESSAGES, 8);
+    cJSON *conv = cJSON_Parse(b.s);
+    EXPECT(conv, "conversation parses");
+    static const char loops[] = "{% for a in messages %}{% for b in messages %}{% for c in "
+                                "messages %}{{ c['content'] }}{% endfor %}{% endfor %}{% endfor %}";
+    kv_chat_template *t = NULL;
+    kv_error err = {0};
+    EXPECT(!kv_chat_template_parse(&t, loops, strlen(loops), "loops", &err), "%s", err.msg);
+    kv_chat_vars vars = {0};
+    char *text = NULL;
+    unsigned char *asst = NULL;
+    size_t len = 0;
+    int rc = kv_chat_template_render(t, cJSON_GetObjectItem(conv, "messages"), &vars, &text, &asst,
+                                     &len, &err);
+    EXPECT(rc && strstr(err.msg, "loops") && strstr(err.msg, "steps"), "rc %d: %s", rc, err.msg);
+    free(text);
+    free(asst);
+    kv_chat_template_free(t);
+    cJSON_Delete(conv);
+    free(b.s);
+    return 0;
+}
+
 static void test_distill_state(void) {
     static const char *const cases[][2] = {
         {"{\"__metadata__\":{\"format\":\"kvforge-distill-state-1\",\"fingerprint\":\"ab\","
@@ -609,6 +704,8 @@ int main(void) {
     bounded("safetensors: parsed from memory, bound to a config", st_parse_label, NULL, 64, 20);
     bounded("config.json: 200k keys", config_many_keys, NULL, 256, 5);
     bounded("distill: 400k-line train log trimmed", distill_log, NULL, 256, 5);
+    bounded("chat data: 8 MB of JSONL, 4096-turn lines", chat_data_big, NULL, 512, 60);
+    bounded("chat template: loops 3 deep over 4096 turns", chat_template_runaway, NULL, 128, 20);
     test_distill_state();
     test_bundle_deep_json();
     /* whatever a child killed at its cap left behind goes too */
