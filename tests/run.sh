@@ -31,15 +31,15 @@ for t in "$BUILD"/tests/test_* tests/cli_*.sh; do
         echo "  $name: crashed or printed no RESULT (exit $rc)"
     fi
     set -- $line
-    echo "  $2: $3 passed, $4 failed (${secs}s)"
     if [ "$no_fixtures" = 1 ] && { [ "$4" != 0 ] || [ "$rc" != 0 ]; } &&
        grep '^FAIL' "$log" | grep -q '\.\./shared' &&
        ! grep '^FAIL' "$log" | grep -qv '\.\./shared'; then
-        echo "    (skipped: needs ../shared fixtures)"
+        echo "  $2: skipped, needs ../shared fixtures ($3 passed before that, ${secs}s)"
         skipped_suites="$skipped_suites $name"
         total_pass=$(( ${total_pass:-0} + $3 ))
         continue
     fi
+    echo "  $2: $3 passed, $4 failed (${secs}s)"
     if [ "$4" != 0 ] || [ "$rc" != 0 ]; then
         grep -v '^RESULT ' "$log" | tail -n 40 | sed 's/^/    | /'
         failed_suites="$failed_suites $name"
