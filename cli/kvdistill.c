@@ -640,6 +640,11 @@ static int cmd_train(cli_args *a) {
     printf("held-out perplexity: teacher %.4f, student %.4f -> %.4f (KL %.4f -> %.4f)\n",
            rep.teacher_ppl, rep.student_before_ppl, rep.student_after_ppl, rep.kl_before,
            rep.kl_after);
+    if (rep.chat && rep.asst_eval_tokens > 0)
+        printf("held-out on %ld assistant positions: teacher %.4f, student %.4f -> %.4f (KL %.4f "
+               "-> %.4f)\n",
+               rep.asst_eval_tokens, rep.asst_teacher_ppl, rep.asst_student_before_ppl,
+               rep.asst_student_after_ppl, rep.asst_kl_before, rep.asst_kl_after);
     printf("wrote %s\n", a->d.out_dir);
     return 0;
 }

@@ -28,10 +28,13 @@ expect_grep '"chat_template":"fallback"' "$TMP/out" "--json names the fallback"
 n_fb=$(sed -n 's/.*"loss_tokens_trained":\([0-9]*\).*/\1/p' "$TMP/out")
 [ -n "$n_fb" ] && [ "$n_fb" -gt 0 ] && [ "$n_fb" -lt 192 ] && ok || bad "assistant positions trained: '$n_fb' (of 192)"
 expect_grep '"loss_tokens_trained":	' "$TMP/fb/report.json" "report.json has the count"
+expect_grep '"assistant_eval":	{' "$TMP/fb/report.json" "report.json has the held-out assistant figures"
+expect_grep '"kl_after":	[0-9]' "$TMP/fb/report.json" "assistant KL after"
 expect_rc 0 "chat data, all tokens" -- train "$TMP/all" --steps 3 --loss-tokens all
 expect_grep '"loss_tokens":	"all"' "$TMP/all/report.json" "--loss-tokens all recorded"
 expect_grep '"loss_tokens_trained":	192' "$TMP/all/report.json" "all positions counted"
 expect_grep "the KL trained on 192 (all) positions" "$TMP/out" "table line"
+expect_grep "held-out on [0-9]* assistant positions: teacher" "$TMP/out" "held-out assistant line"
 cmp -s "$TMP/fb/model.safetensors" "$TMP/all/model.safetensors" && bad "masking changed nothing" || ok
 # a chat template in tokenizer_config.json (Zephyr's), used by default
 cp -r "$TMP/t" "$TMP/tz"

@@ -14,6 +14,7 @@
 #include "formats/kvmap.h"
 #include "tests/check.h"
 #include "transform/synth/synth.h"
+#include "transform/train/distill.h"
 #include "transform/train/distill_chat.h"
 #include "transform/train/distill_init.h"
 #include "transform/train/train_forward.h"
@@ -195,6 +196,45 @@ static double row_kl(const float *zs, const float *zt, int V, double temp) {
     return temp * temp * kl;
 }
 
+/* held-out evaluation of chat data: the assistant figures are the KL and perplexity over the
+ * masked positions, computed here from the runs' logits; without a mask there are none */
+static void test_masked_eval(kvt_run *rs, kvt_run *rt, distill_tokens *d, int V) {
+    const int B = rs->B, T = rs->T;
+    distill_seqs seqs = {.ids = d->ids, .kl_mask = d->kl_mask, .n = B, .T = T};
+    distill_eval_result ev, plain;
+    kv_error err = {0};
+    int rc = distill_evaluate(rs, rt, &seqs, 0, &ev, NULL, NULL, &err);
+    CHECK(rc == 0, "evaluate: %s", err.msg);
+    if (rc) return;
+    double kl = 0, nll_s = 0, nll_t = 0;
+    long rows = 0, pred = 0;
+    for (int k = 0; k < B; k++)
+        for (int p = 0; p < T; p++) {
+            const size_t row = (size_t)k * T + p;
+            if (!d->kl_mask[row]) continue;
+            kl += row_kl(rs->logits + row * V, rt->logits + row * V, V, 1.0), rows++;
+            if (p + 1 == T) continue;
+            nll_s += kv_cross_entropy(rs->logits + row * V, V, d->ids[row + 1]);
+            nll_t += kv_cross_entropy(rt->logits + row * V, V, d->ids[row + 1]);
+            pred++;
+        }
+    CHECK(ev.asst_kl_rows == rows && ev.asst_tokens == pred && pred > 0 && pred < ev.tokens,
+          "assistant rows %ld (want %ld), positions %ld (want %ld of %ld)", ev.asst_kl_rows, rows,
+          ev.asst_tokens, pred, ev.tokens);
+    CHECK_NEAR(ev.asst_kl, kl / rows, 1e-5 * kl / rows, "assistant KL");
+    CHECK_NEAR(ev.asst_student_ppl, exp(nll_s / pred), 1e-9 * exp(nll_s / pred),
+               "assistant student perplexity");
+    CHECK_NEAR(ev.asst_teacher_ppl, exp(nll_t / pred), 1e-9 * exp(nll_t / pred),
+               "assistant teacher perplexity");
+    CHECK(fabs(ev.asst_kl - ev.kl) > 1e-3 * ev.kl, "assistant KL %g = overall %g", ev.asst_kl,
+          ev.kl);
+    seqs.kl_mask = NULL;
+    rc = distill_evaluate(rs, rt, &seqs, 0, &plain, NULL, NULL, &err);
+    CHECK(rc == 0 && plain.asst_tokens == 0 && plain.asst_kl_rows == 0 && isnan(plain.asst_kl) &&
+              plain.kl == ev.kl && plain.student_ppl == ev.student_ppl,
+          "without a mask: no assistant figures, the same overall ones (%s)", err.msg);
+}
+
 static void test_masked_kl(const kv_tokenizer *tok, const distill_chat_format *fmt,
                            const char *model) {
     /* chat tokens: a few conversations packed */
@@ -274,6 +314,7 @@ static void test_masked_kl(const kv_tokenizer *tok, const distill_chat_format *f
     CHECK_NEAR(all.kl, ref_all, 1e-9 * ref_all, "unmasked KL = mean over every position");
     rc = kvt_distill_microbatch(&rs, &rt, d.ids, ones, &lw, 0.0f, &all_ones, &err);
     CHECK(rc == 0 && all_ones.kl == all.kl, "weights of 1: %.17g vs %.17g", all_ones.kl, all.kl);
+    test_masked_eval(&rs, &rt, &d, V);
     kvt_run_free(&rs);
     kvt_run_free(&rt);
     kv_backend_free(&cpu);

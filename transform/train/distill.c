@@ -283,10 +283,25 @@ static int evaluate(run_state *r, distill_eval_result *ev, kv_error *err) {
                                    r->d->size, &sums, eval_tick, r, err);
     if ((rc = status_check(r, rc, err))) return rc;
     if (r->d->size > 1) {
-        double v[4] = {sums.nll_s, sums.nll_t, sums.kl, (double)sums.tokens};
-        if ((rc = kv_dist_allreduce_f64(r->d, v, 4, err))) return rc;
-        sums = (distill_eval_sums){
-            .nll_s = v[0], .nll_t = v[1], .kl = v[2], .tokens = (long)llround(v[3])};
+        double v[9] = {sums.nll_s,
+                       sums.nll_t,
+                       sums.kl,
+                       (double)sums.tokens,
+                       sums.asst_nll_s,
+                       sums.asst_nll_t,
+                       sums.asst_kl,
+                       (double)sums.asst_tokens,
+                       (double)sums.asst_kl_rows};
+        if ((rc = kv_dist_allreduce_f64(r->d, v, 9, err))) return rc;
+        sums = (distill_eval_sums){.nll_s = v[0],
+                                   .nll_t = v[1],
+                                   .kl = v[2],
+                                   .tokens = (long)llround(v[3]),
+                                   .asst_nll_s = v[4],
+                                   .asst_nll_t = v[5],
+                                   .asst_kl = v[6],
+                                   .asst_tokens = (long)llround(v[7]),
+                                   .asst_kl_rows = (long)llround(v[8])};
     }
     distill_evaluate_finish(&sums, distill_eval_count(&r->eval, o->eval_max_seqs), r->rs.T, 1, ev);
     return 0;
@@ -490,6 +505,10 @@ static int run(run_state *r, distill_report *rep, kv_error *err) {
     rep->student_before_ppl = ev.student_ppl;
     rep->kl_before = ev.kl;
     rep->eval_tokens = ev.tokens;
+    rep->asst_teacher_ppl = ev.asst_teacher_ppl;
+    rep->asst_student_before_ppl = ev.asst_student_ppl;
+    rep->asst_kl_before = ev.asst_kl;
+    rep->asst_eval_tokens = ev.asst_tokens;
 
     /* resume or start */
     if (r->root) {
@@ -536,6 +555,8 @@ static int run(run_state *r, distill_report *rep, kv_error *err) {
     if ((rc = evaluate(r, &ev, err))) return rc;
     rep->student_after_ppl = ev.student_ppl;
     rep->kl_after = ev.kl;
+    rep->asst_student_after_ppl = ev.asst_student_ppl;
+    rep->asst_kl_after = ev.asst_kl;
     rep->tokens_trained = r->tokens_trained;
     rep->steps = r->step;
     rep->chat = r->chat_loaded;

@@ -106,6 +106,10 @@ typedef struct {
     int loss_assistant; /* the KL was masked to assistant tokens */
     long loss_tokens_trained; /* positions the KL trained on (all: tokens_trained) */
     char chat_template[4200]; /* where the template came from, "fallback" */
+    /* chat data: held-out figures over the assistant positions (distill_eval_result's asst_*) */
+    double asst_teacher_ppl, asst_student_before_ppl, asst_student_after_ppl;
+    double asst_kl_before, asst_kl_after;
+    long asst_eval_tokens;
 } distill_report;
 
 /* the whole run; progress may be NULL. rep is also written as OUT_DIR/report.json.
@@ -129,12 +133,18 @@ int distill_train(const distill_opts *o, distill_progress_fn progress, void *pro
 
 /* Held-out evaluation of a student (and teacher, when t is not NULL) on seqs: perplexity of
  * next-token prediction within each sequence (positions 1 .. T-1 scored), and the mean
- * per-token KL(teacher || student) at temperature 1 over all positions. Runs must have
+ * per-token KL(teacher || student) at temperature 1 over all positions, and both again over
+ * the assistant positions when seqs has a kl_mask (chat data). Runs must have
  * the same B, backend and T = seqs->T; a short last batch is padded and not counted. Outputs
  * may be NULL. progress is called with phase set by the caller's context. (distill_eval.c) */
 typedef struct {
     double student_ppl, teacher_ppl, kl;
     long tokens; /* positions scored for perplexity */
+    /* the same over the assistant positions of chat data (seqs->kl_mask: the positions whose
+     * next token is an assistant token; perplexity over those of them that predict within the
+     * sequence); asst_tokens = asst_kl_rows = 0 and NANs when the data has no mask */
+    double asst_student_ppl, asst_teacher_ppl, asst_kl;
+    long asst_tokens, asst_kl_rows;
 } distill_eval_result;
 int distill_evaluate(kvt_run *s, kvt_run *t, const distill_seqs *seqs, long max_seqs,
                      distill_eval_result *out, void (*tick)(void *, long, long), void *tick_ctx,
@@ -148,6 +158,8 @@ typedef struct {
     double nll_s, nll_t; /* summed next-token negative log-likelihoods */
     double kl; /* summed per-token KL (mean of a batch times its tokens) */
     long tokens; /* positions scored */
+    double asst_nll_s, asst_nll_t, asst_kl; /* the same over assistant positions (kl_mask) */
+    long asst_tokens, asst_kl_rows;
 } distill_eval_sums;
 /* the held-out sequences evaluated: all, or max_seqs when that is fewer */
 long distill_eval_count(const distill_seqs *seqs, long max_seqs);

@@ -59,6 +59,15 @@ int distill_report_write(const distill_opts *o, long warmup_steps, const kv_map 
         cJSON_AddStringToObject(j, "loss_tokens", rep->loss_assistant ? "assistant" : "all");
         cJSON_AddNumberToObject(j, "loss_tokens_trained", (double)rep->loss_tokens_trained);
         cJSON_AddStringToObject(j, "chat_template", rep->chat_template);
+        cJSON *a = rep->asst_eval_tokens > 0 ? cJSON_AddObjectToObject(j, "assistant_eval") : NULL;
+        if (a) { /* held-out figures over the assistant positions */
+            cJSON_AddNumberToObject(a, "tokens", (double)rep->asst_eval_tokens);
+            cJSON_AddNumberToObject(a, "teacher_ppl", rep->asst_teacher_ppl);
+            cJSON_AddNumberToObject(a, "student_before_ppl", rep->asst_student_before_ppl);
+            cJSON_AddNumberToObject(a, "student_after_ppl", rep->asst_student_after_ppl);
+            cJSON_AddNumberToObject(a, "kl_before", rep->asst_kl_before);
+            cJSON_AddNumberToObject(a, "kl_after", rep->asst_kl_after);
+        }
     }
     cJSON *opt = cJSON_AddObjectToObject(j, "options");
     cJSON_AddNumberToObject(opt, "seq_len", o->seq_len);
