@@ -285,7 +285,7 @@ static int attention_output(kv_state *s, int layer, float *x, int T, int pos0, k
     const void *k = kv_cache_k(&s->cache, layer), *v = kv_cache_v(&s->cache, layer);
     if (!rc)
         rc = b->ops->attention(b, s->att, s->q, k, v, s->cache.dtype, T, pos0, pos0 + T, d->n_heads,
-                               d->n_kv_heads, d->head_dim, mask, err);
+                               d->n_kv_heads, d->head_dim, mask, 0, 0, err);
     if (!rc) rc = b->ops->matmul(b, x, s->att, w->wo, wt, w->bo, T, d->q_dim, d->hidden, 1, err);
     return rc;
 }

@@ -471,7 +471,7 @@ static void test_chain(kv_attn_mask mask) {
     kv_matmul(v, xn, Wv, NULL, CT, CH, NK);
     kv_rope(q, CT, CNH, pos, &tab);
     kv_rope(k, CT, CNKV, pos, &tab);
-    kv_attention(att, q, k, v, CT, 0, CT, CNH, CNKV, CHD, mask);
+    kv_attention(att, q, k, v, CT, 0, CT, CNH, CNKV, CHD, mask, 0, 0);
     kv_matmul(y, att, Wo, NULL, CT, NQ, CH);
     /* backward */
     float datt[CT * NQ] = {0}, dq[CT * NQ] = {0}, dk[CT * NK] = {0}, dv[CT * NK] = {0};
