@@ -69,14 +69,18 @@ int kvmap_validate(const kv_map *m, kv_error *err);
  *   "swiftkv": true (absent: swiftkv_default, set when the architecture implies SwiftKV) ->
  *     SwiftKV with l = num_key_value_layers (required), g = key_value_group_size (default 1);
  *   else an integer "layer_types", "0_0_2_2_4" or [0, 0, 2, 2, 4] -> that map (named by its
- *     literal); a list of strings (HF's attention kinds) is no KV map: all "full_attention"
- *     is the identity, any other kind ("sliding_attention") is refused (KV_EUNSUPPORTED,
- *     naming the layer); LCKV's 's' suffix (sliding window, "0_1s_2") likewise;
+ *     literal); a list of strings (HF's attention kinds, one per layer) is no KV map: the
+ *     identity, with "sliding_attention" layers marked in SLIDING and kinds other than that and
+ *     "full_attention" refused (KV_EUNSUPPORTED, naming the layer); LCKV's 's' suffix
+ *     ("0_1s_2") marks its layer in SLIDING too;
  *   else the identity.
+ * SLIDING [n_layers] gets 1 for the layers marked sliding-window, 0 for the others (may be NULL:
+ * not reported; the window itself is the config's sliding_window, read by hf_config). A KV map
+ * given as a kvmap_parse literal refuses the 's' suffix.
  * SwiftKV together with an integer layer_types is refused (KV_EUNSUPPORTED); other errors are
  * KV_EFORMAT and name LABEL and the field. JSON null counts as absent. */
 int kvmap_read_config(kv_map *m, const struct cJSON *config, int n_layers, int swiftkv_default,
-                      const char *label, kv_error *err);
+                      unsigned char *sliding, const char *label, kv_error *err);
 
 int kvmap_is_identity(const kv_map *m); /* no sharing and not SwiftKV */
 int kvmap_target(const kv_map *m, int layer); /* kv(layer); -1 if bad */

@@ -256,15 +256,19 @@ static void test_refusals(void) {
         const char *edit, *want;
         int code;
     } cases[] = {
-        {"\"layer_types\": \"0_1s_2_3_4_5_6_7_8_9_10_11\"", "layer 1 is '1s'", KV_EUNSUPPORTED},
-        {"\"layer_types\": \"11s_11_11_11_11_11_11_11_11_11_11_11\"", "sliding-window",
-         KV_EUNSUPPORTED},
-        {"\"layer_types\": [\"full_attention\", \"full_attention\", \"sliding_attention\", "
+        /* windowed layers without a width (only LCKV's schema defaults it) */
+        {"\"layer_types\": \"0_1s_2_3_4_5_6_7_8_9_10_11\"",
+         "layer 1 attends over a sliding window (field 'layer_types') but field 'sliding_window' "
+         "is missing",
+         KV_EFORMAT},
+        {"\"layer_types\": \"11s_11_11_11_11_11_11_11_11_11_11_11\", \"sliding_window\": null",
+         "layer 0 attends over a sliding window but field 'sliding_window' is null", KV_EFORMAT},
+        {"\"layer_types\": [\"full_attention\", \"full_attention\", \"chunked_attention\", "
          "\"full_attention\","
          " \"full_attention\", \"full_attention\", \"full_attention\", \"full_attention\", "
          "\"full_attention\","
          " \"full_attention\", \"full_attention\", \"full_attention\"]",
-         "different meaning from LCKV's KV map string); layer 2 is 'sliding_attention'",
+         "different meaning from LCKV's KV map string); layer 2 is 'chunked_attention'",
          KV_EUNSUPPORTED},
         {"\"force_nodiag\": true", "field 'force_nodiag' is true", KV_EUNSUPPORTED},
         {"\"backward_passes\": 0", "backward_passes", KV_EFORMAT},
