@@ -120,6 +120,15 @@ int kvmap_layer_types(const kv_map *m, char *buf, size_t cap);
 /* 2 * slots * nkv * hd * elem_bytes; 0 on bad arguments or overflow */
 size_t kvmap_cache_bytes_per_token(const kv_map *m, int n_kv_heads, int head_dim,
                                    size_t elem_bytes);
+/* Bytes of a KV cache of MAP for max_seq positions run in passes of up to max_batch tokens, with
+ * per-layer sliding windows WINDOW [n_layers] (NULL or all 0: none): a slot that only windowed
+ * layers read keeps a ring of (its readers' widest window) + max_batch - 1 rows when that is
+ * below max_seq, every other slot max_seq rows; K and V, elem bytes each element (runtime/
+ * kvcache.h). RING [n_slots] (may be NULL) gets each slot's ring rows (0: none). 0 on bad
+ * arguments or overflow. Without windows: kvmap_cache_bytes_per_token(...) * max_seq. */
+size_t kvmap_cache_bytes_windowed(const kv_map *m, const int *window, int max_batch, int n_kv_heads,
+                                  int head_dim, int max_seq, size_t elem, int *ring);
+#define KVMAP_RUN_BATCH 512 /* kvrun's default --batch: the passes info / plan count with */
 /* per-layer diagram, one line per layer, the iterative prefill plan of a map with upward layers
  * (its steps: layers run once, cyclic groups run N times), then "KV cache: X of L slots
  * (saving Y%)".

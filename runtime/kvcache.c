@@ -1,32 +1,9 @@
 #include "runtime/kvcache.h"
 
-#include <stdint.h>
-
 size_t kv_cache_bytes_for(const kv_map *map, const int *window, int max_batch, int n_kv_heads,
                           int head_dim, int max_seq, size_t elem, int *ring) {
-    const int n_slots = kvmap_n_slots(map);
-    if (n_slots < 1 || n_kv_heads < 1 || head_dim < 1 || max_seq < 1 || max_batch < 1 || !elem)
-        return 0;
-    /* per slot: the widest window of its readers, -1 once a full-attention layer reads it */
-    int widest[KVMAP_MAX_LAYERS] = {0};
-    for (int i = 0; i < map->n_layers; i++) {
-        const int s = kvmap_slot_of(map, i), w = window ? window[i] : 0;
-        if (s < 0) return 0;
-        if (w <= 0) widest[s] = -1;
-        else if (widest[s] >= 0 && w > widest[s]) widest[s] = w;
-    }
-    const int batch = max_batch < max_seq ? max_batch : max_seq;
-    size_t rows = 0, bytes;
-    for (int s = 0; s < n_slots; s++) {
-        int r = 0; /* a ring only when it is smaller than the context */
-        if (widest[s] > 0 && (int64_t)widest[s] + batch - 1 < max_seq) r = widest[s] + batch - 1;
-        if (ring) ring[s] = r;
-        rows += (size_t)(r ? r : max_seq);
-    }
-    if (__builtin_mul_overflow(rows, (size_t)n_kv_heads * (size_t)head_dim, &bytes) ||
-        __builtin_mul_overflow(bytes, 2 * elem, &bytes))
-        return 0;
-    return bytes;
+    return kvmap_cache_bytes_windowed(map, window, max_batch, n_kv_heads, head_dim, max_seq, elem,
+                                      ring);
 }
 
 int kv_cache_init(kv_cache *c, kv_backend *b, const kv_map *map, const int *window, int max_batch,

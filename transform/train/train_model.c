@@ -34,6 +34,13 @@ int kvt_model_dims(kvt_model *m, kv_error *err) {
     if (m->cfg.map.n_layers != m->dims.n_layers)
         return kv_fail(err, KV_EINVAL, "KV map has %d layers, config %d", m->cfg.map.n_layers,
                        m->dims.n_layers);
+    for (int i = 0; i < c->n_layers; i++)
+        if (c->layer_window[i] > 0)
+            return kv_fail(err, KV_EUNSUPPORTED,
+                           "layer %d attends over a sliding window of %d positions: training "
+                           "(kvdistill) does not support sliding-window attention (kvrun runs "
+                           "such models; docs/DISTILL.md)",
+                           i, c->layer_window[i]);
     return 0;
 }
 
@@ -136,8 +143,12 @@ int kvt_model_load(kvt_model *m, const char *dir, kv_error *err) {
     int rc = path_in(path, sizeof path, dir, "config.json", err);
     if (rc) return rc;
     if ((rc = kv_read_file(path, &m->config_json, &len, HF_MAX_CONFIG_BYTES, err)) ||
-        (rc = hf_config_parse(&m->cfg, m->config_json, path, err)) || (rc = kvt_model_dims(m, err)))
+        (rc = hf_config_parse(&m->cfg, m->config_json, path, err)))
         goto fail;
+    if ((rc = kvt_model_dims(m, err))) {
+        kv_wrap(err, "%s", path);
+        goto fail;
+    }
     if (!(m->dir = strdup(dir)) || !(m->ckpt = calloc(1, sizeof *m->ckpt))) {
         rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", dir);
         goto fail;
