@@ -29,7 +29,7 @@ static const char *TOOL = "kvrun";
 static void usage(void) {
     printf(
         "Usage: kvrun [OPTIONS] MODEL\n"
-        "Run a Llama model (or Mistral without sliding window, Qwen2) on the CPU or a GPU.\n"
+        "Run a Llama model (or Mistral, Qwen2; sliding windows honoured) on the CPU or a GPU.\n"
         "MODEL is a HuggingFace directory (config.json, *.safetensors, tokenizer.json; or\n"
         "its model.safetensors file) or a kvforge bundle (.kvb): an original model or one\n"
         "converted for cross-layer KV sharing or SwiftKV; the KV map is honoured exactly.\n\n"

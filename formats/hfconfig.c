@@ -673,8 +673,8 @@ int hf_config_write_json(const hf_config *c, const char *src_json, const char *l
         drop_key(root, "layer_types");
     }
     /* Qwen2 keeps its schema (SwiftKV: ArcticTraining's qwen2_swiftkv; cross-layer: kvforge's
-     * layer_types under qwen2, as LCKV has no Qwen2 model); Mistral without a sliding window is
-     * a Llama, written in Llama's SwiftKV / LCKV schemas (and as mistral when unchanged) */
+     * layer_types under qwen2, as LCKV has no Qwen2 model); Mistral is a Llama, written in
+     * Llama's SwiftKV / LCKV schemas (its window as LCKV's 's'; mistral when unchanged) */
     const hf_family fam = c->family;
     const int kind = fam == HF_FAMILY_QWEN2     ? (swift ? S_QWEN2_SWIFTKV : S_QWEN2)
                      : swift                    ? S_SWIFTKV

@@ -4,7 +4,7 @@
  * plain Llama (LlamaForCausalLM / "llama"), LCKV's cross-layer Llama (LCKVLlamaForCausalLM /
  * "lckv-llama": layer_types, forward_passes, backward_passes, use_sequential, force_nodiag) and
  * Snowflake's SwiftKV (LlamaSwiftKVForCausalLM / "llama_swiftkv"). Two more families run as
- * Llama: Mistral without a sliding window (MistralForCausalLM / "mistral") and Qwen2
+ * Llama: Mistral (MistralForCausalLM / "mistral") and Qwen2
  * (Qwen2ForCausalLM / "qwen2", q/k/v biases; its SwiftKV form is ArcticTraining's
  * Qwen2SwiftKVForCausalLM / "qwen2_swiftkv"). */
 #ifndef KV_HFCONFIG_H

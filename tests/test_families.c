@@ -1,4 +1,4 @@
-/* Mistral (without a sliding window) and Qwen2 configs (docs/INTEROP.md): read as Llama-family
+/* Mistral and Qwen2 configs (docs/INTEROP.md): read as Llama-family
  * models with their biases and window fields checked; the schemas their SwiftKV and cross-layer
  * outputs are written in (Mistral: llama_swiftkv / lckv-llama without sliding_window, mistral
  * when unchanged; Qwen2: qwen2_swiftkv / qwen2 + layer_types, qwen2 when unchanged), read back

@@ -4,8 +4,9 @@
  *     the same map with LCKV's own parsing rules, and writes back byte-identical;
  *   - configs as LCKV's code saves them are read, their fields kept; the identity is a plain
  *     Llama again;
- *   - what kvforge does not support is refused by name: LCKV's 's' suffix, force_nodiag, HF's
- *     attention kinds in layer_types, other architectures, unknown rope_scaling types;
+ *   - what kvforge does not support is refused by name: sliding-window layers without a width,
+ *     force_nodiag, HF attention kinds other than full / sliding in layer_types, other
+ *     architectures, unknown rope_scaling types (windows themselves: tests/test_hfwindow.c);
  *   - SwiftKV outputs (g = 1 and g = 2, deploy and hf-swiftkv layouts) hold exactly the tensors
  *     the llama_swiftkv loader of ArcticInference maps, layer by layer, and the serving warning
  *     (kvmap_swiftkv_serving_limits) names exactly what one of its versions cannot load. */

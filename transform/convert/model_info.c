@@ -15,8 +15,7 @@ const char *model_kv_kind_name(model_kv_kind k) {
 
 const char *model_info_schema_note(const char *schema) {
     if (!strcmp(schema, "llama")) return "plain Hugging Face Llama: every Llama loader and kvforge";
-    if (!strcmp(schema, "mistral"))
-        return "Hugging Face Mistral without a sliding window: every Mistral loader and kvforge";
+    if (!strcmp(schema, "mistral")) return "Hugging Face Mistral: every Mistral loader and kvforge";
     if (!strcmp(schema, "qwen2")) return "Hugging Face Qwen2: every Qwen2 loader and kvforge";
     if (!strcmp(schema, "lckv-llama"))
         return "LCKV's cross-layer Llama: whyNLP/LCKV's code and kvforge";
