@@ -110,7 +110,7 @@ typedef struct {
     int (*attention_backward)(kv_backend *b, float *dq, float *dk, float *dv, const float *dout,
                               const float *q, const float *k, const float *v, int T, int pos0,
                               int S, int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask,
-                              kv_error *err);
+                              int window, kv_error *err);
     int (*swiglu_backward)(kv_backend *b, float *dgate, float *dup, const float *dh,
                            const float *gate, const float *up, size_t n, kv_error *err);
 

@@ -163,14 +163,14 @@ void kv_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x
 void kv_rope_backward(float *dx, int T, int n_heads, const int32_t *pos,
                       const kv_rope_table *table);
 
-/* for out = kv_attention(q, k, v, ...) with the same sizes and mask:
+/* for out = kv_attention(q, k, v, ...) with the same sizes, mask and window (no ring):
  * dq[T, nh, hd] +=, dk[S, nkv, hd] +=, dv[S, nkv, hd] += (each may be NULL; dk/dv sum over the
  * query heads sharing a kv head). Nothing is saved by the forward: the probabilities are
  * recomputed from q and k, so q, k, v must be the forward's inputs (k after RoPE).
  * Threads over kv heads. 0, or KV_ENOMEM. */
 int kv_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                           const float *k, const float *v, int T, int pos0, int S, int n_heads,
-                          int n_kv_heads, int head_dim, kv_attn_mask mask);
+                          int n_kv_heads, int head_dim, kv_attn_mask mask, int window);
 
 /* for h = silu(gate) * up: dgate[n] += dh * up * silu'(gate); dup[n] += dh * silu(gate) */
 void kv_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate,

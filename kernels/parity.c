@@ -505,7 +505,8 @@ static int case_attention_backward(prun *p, const pcase *c) {
     TRY(dbuf(p, &GV, gv, sizeof(float) * nk));
     BOTH("attention_backward",
          attention_backward(b, WANT(G_A, GQ), WANT(G_B, GK), WANT(G_C, GV), F(DY), F(Q), F(K),
-                            F(Vd), c->T, c->pos0, c->S, c->nh, c->nkv, c->hd, c->mask, p->err));
+                            F(Vd), c->T, c->pos0, c->S, c->nh, c->nkv, c->hd, c->mask, c->window,
+                            p->err));
     TRY(cmp_f32(p, c->grads & G_A ? "dq" : "dq (not wanted: unchanged)", GQ, nq));
     TRY(cmp_f32(p, c->grads & G_B ? "dk" : "dk (not wanted: unchanged)", GK, nk));
     return cmp_f32(p, c->grads & G_C ? "dv" : "dv (not wanted: unchanged)", GV, nk);
@@ -1324,6 +1325,32 @@ static const pcase cases[] = {
      .llama3 = 1,
      .atol = 1e-5,
      .rtol = 1e-5},
+    {.name = "attention_backward gqa2 causal window 5 T=40 at 90",
+     .ops = "attention_backward",
+     .run = case_attention_backward,
+     .T = 40,
+     .pos0 = 90,
+     .S = 130,
+     .nh = 4,
+     .nkv = 2,
+     .hd = 64,
+     .window = 5,
+     .grads = G_ALL,
+     .atol = 2e-5,
+     .rtol = 1e-4},
+    {.name = "attention_backward mha strict window 2 T=24 from 0",
+     .ops = "attention_backward",
+     .run = case_attention_backward,
+     .T = 24,
+     .S = 24,
+     .nh = 2,
+     .nkv = 2,
+     .hd = 33,
+     .mask = STRICT,
+     .window = 2,
+     .grads = G_ALL,
+     .atol = 2e-5,
+     .rtol = 1e-4},
     {.name = "attention_backward mha causal T=17",
      .ops = "attention_backward",
      .run = case_attention_backward,

@@ -3,7 +3,8 @@
 #   - a Mistral with window 8 gives the windowless twin's logits bit for bit on prompts of up to
 #     8 tokens and different ones past it; one pass, chunks of 3 and single steps agree;
 #   - info / plan count the ring KV cache; a cross-layer map keeps the windows (LCKV's 's'),
-#     runs, and survives a bundle round trip; SwiftKV and kvdistill refuse windows by name;
+#     runs, and survives a bundle round trip; SwiftKV refuses windows by name; kvdistill trains
+#     a windowed student (the windows kept) and calibrates without SwiftKV candidates;
 #   - Qwen2 with use_sliding_window / max_window_layers reads and runs.
 . tests/lib.sh
 S="$BIN/kvsynth"; C="$BIN/kvconvert"; R="$BIN/kvrun"; V="$BIN/kvverify"; KD="$BIN/kvdistill"
@@ -39,13 +40,20 @@ expect_rc 0 "cla:2 unbundle" -- "$C" unbundle "$TMP/cla.kvb" "$TMP/cla_back"
 cmp -s "$TMP/w8cla/config.json" "$TMP/cla_back/config.json" && ok || bad "unbundled config differs"
 expect_rc 0 "bundle runs" -- "$R" "$TMP/cla.kvb" --logits-out "$TMP/clab.st" --tokens "$LONG"
 expect_rc 0 "bundle logits" -- "$V" logits "$TMP/cla.st" "$TMP/clab.st" --atol 0
-# refused by name: SwiftKV over windows, training
+# refused by name: SwiftKV over windows
 expect_rc 1 "swiftkv refused" -- "$C" "$TMP/w8" "$TMP/never" --swiftkv 2
 expect_grep "does not run SwiftKV with sliding windows" "$TMP/err" "swiftkv message"
 [ -e "$TMP/never" ] && bad "swiftkv output written" || ok
-printf 'Once upon a time there was a cat.\n\nThe dog ran to the park.\n' >"$TMP/data.txt"
-expect_rc 1 "kvdistill refused" -- "$KD" train "$TMP/w8" "$TMP/w8cla" "$TMP/never" --data "$TMP/data.txt" --steps 1 --seq-len 8 --batch 1 --quiet
-expect_grep "training (kvdistill) does not support sliding-window attention" "$TMP/err" "kvdistill message"
+# training: a windowed student distils, keeps its windows, runs
+printf 'Once upon a time there was a cat.\n\nThe dog ran to the park and played with a ball.\n' >"$TMP/data.txt"
+expect_rc 0 "kvdistill a windowed student" -- "$KD" train "$TMP/w8" "$TMP/w8cla" "$TMP/trained" --data "$TMP/data.txt" \
+    --steps 2 --seq-len 16 --batch 1 --eval-seqs 1 --quiet --threads 1
+expect_grep '"layer_types":	"0s_0s_2s_2s"' "$TMP/trained/config.json" "trained student keeps its windows"
+expect_rc 0 "trained student runs" -- "$R" "$TMP/trained" --prompt "Once" -n 12 --temperature 0
+expect_rc 1 "kvdistill swiftkv student of a windowed teacher" -- "$KD" student "$TMP/w8" "$TMP/never" --map swiftkv:2
+[ -e "$TMP/never" ] && bad "swiftkv student written" || ok
+expect_rc 0 "calibrate a windowed teacher" -- "$KD" calibrate "$TMP/w8" --data "$TMP/data.txt" --seq-len 16 --json
+grep -q '"kind":"swiftkv"' "$TMP/out" && bad "calibrate ranked SwiftKV candidates" || ok
 # Qwen2: layers >= max_window_layers
 expect_rc 0 "qwen2 window" -- "$S" "$TMP/q" --preset qwen2-tiny --sliding-window 6 --window-layers 2
 expect_rc 0 "qwen2 info" -- "$C" info "$TMP/q"

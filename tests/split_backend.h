@@ -145,8 +145,8 @@ SPLIT_OP(rope_backward,
 SPLIT_OP(attention_backward,
          (kv_backend * b, float *dq, float *dk, float *dv, const float *dout, const float *q,
           const float *k, const float *v, int T, int p0, int S, int nh, int nkv, int hd,
-          kv_attn_mask m, kv_error *e),
-         (b, dq, dk, dv, dout, q, k, v, T, p0, S, nh, nkv, hd, m, e))
+          kv_attn_mask m, int w, kv_error *e),
+         (b, dq, dk, dv, dout, q, k, v, T, p0, S, nh, nkv, hd, m, w, e))
 SPLIT_OP(swiglu_backward,
          (kv_backend * b, float *dg, float *du, const float *dh, const float *g, const float *u,
           size_t n, kv_error *e),

@@ -297,6 +297,7 @@ typedef struct {
     const float *dout, *q, *k, *v;
     int T, pos0, S, nh, nkv, hd;
     kv_attn_mask mask;
+    int window; /* keys s > p - window (0: all) */
     float scale;
     float *scratch; /* per worker: p [S], dp [S] */
 } attn_grad_job;
@@ -309,28 +310,29 @@ static void attn_grad_item(void *ctx, int g, int worker) {
     for (int h = g * group; h < (g + 1) * group; h++) {
         for (int t = 0; t < j->T; t++) {
             const int n = attn_visible(j->pos0 + t, j->S, j->mask);
-            if (n <= 0) continue; /* zero output: no gradient flows */
+            const int lo = attn_first(j->pos0 + t, j->window); /* keys lo .. n-1 */
+            if (n <= lo) continue; /* zero output: no gradient flows */
             const size_t qoff = (size_t)t * q_stride + (size_t)h * hd;
             const float *qr = j->q + qoff, *go = j->dout + qoff;
             float mx = -INFINITY;
-            for (int s = 0; s < n; s++) {
+            for (int s = lo; s < n; s++) {
                 p[s] = attn_dot(qr, j->k + (size_t)s * kv_stride + (size_t)g * hd, hd) * j->scale;
                 if (p[s] > mx) mx = p[s];
             }
             double sum = 0.0;
-            for (int s = 0; s < n; s++) {
+            for (int s = lo; s < n; s++) {
                 p[s] = expf(p[s] - mx);
                 sum += p[s];
             }
             const float inv = (float)(1.0 / sum);
             double pdp = 0.0;
-            for (int s = 0; s < n; s++) {
+            for (int s = lo; s < n; s++) {
                 p[s] *= inv;
                 dp[s] = attn_dot(go, j->v + (size_t)s * kv_stride + (size_t)g * hd, hd);
                 pdp += (double)p[s] * dp[s];
             }
             float *dqr = j->dq ? j->dq + qoff : NULL;
-            for (int s = 0; s < n; s++) {
+            for (int s = lo; s < n; s++) {
                 const size_t kvoff = (size_t)s * kv_stride + (size_t)g * hd;
                 const float ds = p[s] * (dp[s] - (float)pdp) * j->scale;
                 if (dqr) {
@@ -352,8 +354,9 @@ static void attn_grad_item(void *ctx, int g, int worker) {
 
 int kv_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                           const float *k, const float *v, int T, int pos0, int S, int n_heads,
-                          int n_kv_heads, int head_dim, kv_attn_mask mask) {
+                          int n_kv_heads, int head_dim, kv_attn_mask mask, int window) {
     if (!dq && !dk && !dv) return 0;
+    if (window < 0) return KV_EINVAL;
     attn_grad_job j = {.dq = dq,
                        .dk = dk,
                        .dv = dv,
@@ -368,6 +371,7 @@ int kv_attention_backward(float *dq, float *dk, float *dv, const float *dout, co
                        .nkv = n_kv_heads,
                        .hd = head_dim,
                        .mask = mask,
+                       .window = window,
                        .scale = (float)(1.0 / sqrt((double)head_dim))};
     const double flops = 8.0 * n_heads * (double)T * (S < pos0 + T ? S : pos0 + T) * head_dim;
     const int workers = kv_parallel_workers(n_kv_heads, flops);

@@ -34,13 +34,6 @@ int kvt_model_dims(kvt_model *m, kv_error *err) {
     if (m->cfg.map.n_layers != m->dims.n_layers)
         return kv_fail(err, KV_EINVAL, "KV map has %d layers, config %d", m->cfg.map.n_layers,
                        m->dims.n_layers);
-    for (int i = 0; i < c->n_layers; i++)
-        if (c->layer_window[i] > 0)
-            return kv_fail(err, KV_EUNSUPPORTED,
-                           "layer %d attends over a sliding window of %d positions: training "
-                           "(kvdistill) does not support sliding-window attention (kvrun runs "
-                           "such models; docs/DISTILL.md)",
-                           i, c->layer_window[i]);
     return 0;
 }
 

@@ -89,8 +89,7 @@ long kvt_model_set_trainable_all(kvt_model *m, kv_error *err);
  * aux_dir when given) when present. Atomic per file; DIR is created. */
 int kvt_model_save(const kvt_model *m, const char *dir, const char *aux_dir, kv_error *err);
 
-/* internal to the transform/ files: fills the derived sizes from cfg (checks cfg.map's layers;
- * sliding-window layers are refused, KV_EUNSUPPORTED: training does not support them) */
+/* internal to the transform/ files: fills the derived sizes from cfg (checks cfg.map's layers) */
 int kvt_model_dims(kvt_model *m, kv_error *err);
 /* binds the per-layer pointers (after params are filled) from a llama_view of the params:
  * names, shapes and dtypes checked there, every param accounted for; LABEL names the model in
