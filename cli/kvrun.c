@@ -29,7 +29,7 @@ static const char *TOOL = "kvrun";
 static void usage(void) {
     printf(
         "Usage: kvrun [OPTIONS] MODEL\n"
-        "Run a Llama model (or Mistral without sliding window, Qwen2) on the CPU or a GPU.\n"
+        "Run a Llama model (or Mistral, Qwen2; sliding windows honoured) on the CPU or a GPU.\n"
         "MODEL is a HuggingFace directory (config.json, *.safetensors, tokenizer.json; or\n"
         "its model.safetensors file) or a kvforge bundle (.kvb): an original model or one\n"
         "converted for cross-layer KV sharing or SwiftKV; the KV map is honoured exactly.\n\n"
@@ -388,9 +388,13 @@ static int run_bench(const run_args *a) {
     const double prefill_tflops = kv_model_prefill_flops(&m, P) / best_prefill / 1e12;
     const size_t per_token = s.cache.bytes / (size_t)s.max_seq;
     /* bytes one decode step reads: the weights, and every layer's K and V rows of the positions
-     * it sees (P + 1 .. P + G, on average P + (G + 1) / 2) */
-    const double kv_read =
-        2.0 * m.dims.n_layers * m.dims.kv_dim * (double)s.cache.elem * (P + (G + 1) / 2.0);
+     * it sees (P + 1 .. P + G, on average P + (G + 1) / 2; at most W with a sliding window) */
+    const double seen = P + (G + 1) / 2.0;
+    double kv_read = 0.0;
+    for (int i = 0; i < m.dims.n_layers; i++) {
+        const int w = m.cfg.layer_window[i];
+        kv_read += 2.0 * m.dims.kv_dim * (double)s.cache.elem * (w > 0 && w < seen ? w : seen);
+    }
     const double step_read = (double)m.step_bytes + kv_read;
     const double decode_gbps = step_read * decode_tps / 1e9, prefill_gflops = prefill_tflops * 1e3;
     if (a->json)

@@ -31,7 +31,10 @@ static void usage(void) {
         "  --arch NAME          config family: llama (default), mistral (MistralForCausalLM),\n"
         "                       qwen2 (Qwen2ForCausalLM: q/k/v biases, use_sliding_window false)\n"
         "  --sliding-window N   mistral/qwen2: the sliding_window field (default: mistral null,\n"
-        "                       qwen2 max-pos); kvforge refuses a window below max-pos\n"
+        "                       qwen2 max-pos); below max-pos it is a sliding-window model\n"
+        "                       (Mistral: every layer; Qwen2: with --window-layers)\n"
+        "  --window-layers K    qwen2: use_sliding_window true, max_window_layers K (layers\n"
+        "                       >= K attend over the window)\n"
         "  --rope-scaling JSON  the rope_scaling object, e.g. '{\"rope_type\": \"yarn\",\n"
         "                       \"factor\": 4}' (checked: kvforge must read it)\n"
         "  --force              write into a non-empty OUT_DIR\n"
@@ -60,7 +63,8 @@ int main(int argc, char **argv) {
         O_VERSION,
         O_ARCH,
         O_WINDOW,
-        O_ROPE_SCALING
+        O_ROPE_SCALING,
+        O_WINDOW_LAYERS
     };
     static const struct option opts[] = {{"preset", 1, 0, O_PRESET},
                                          {"layers", 1, 0, O_LAYERS},
@@ -81,6 +85,7 @@ int main(int argc, char **argv) {
                                          {"version", 0, 0, O_VERSION},
                                          {"arch", 1, 0, O_ARCH},
                                          {"sliding-window", 1, 0, O_WINDOW},
+                                         {"window-layers", 1, 0, O_WINDOW_LAYERS},
                                          {"rope-scaling", 1, 0, O_ROPE_SCALING},
                                          {0, 0, 0, 0}};
     synth_spec s;
@@ -150,6 +155,11 @@ int main(int argc, char **argv) {
                 return cli_usage_error(TOOL, "bad --sliding-window '%s'", optarg);
             s.sliding_window = (int)v;
             continue;
+        case O_WINDOW_LAYERS:
+            if (cli_parse_int(optarg, 0, 1 << 20, &v))
+                return cli_usage_error(TOOL, "bad --window-layers '%s'", optarg);
+            s.window_layers = (int)v + 1; /* 0 stays "not given" */
+            continue;
         case O_SEED:
             if (cli_parse_int(optarg, 0, 0x7fffffffL, &v))
                 return cli_usage_error(TOOL, "bad --seed '%s'", optarg);
@@ -172,6 +182,8 @@ int main(int argc, char **argv) {
     if (s.n_kv_heads > s.n_heads) s.n_kv_heads = s.n_heads;
     if (s.sliding_window && s.arch == SYNTH_LLAMA)
         return cli_usage_error(TOOL, "--sliding-window needs --arch mistral or qwen2");
+    if (s.window_layers && s.arch != SYNTH_QWEN2)
+        return cli_usage_error(TOOL, "--window-layers needs --arch qwen2");
     const char *dir = argv[optind];
     if (!force && !kv_dir_is_empty(dir)) {
         cli_error(TOOL, "%s: not empty (use --force)", dir);

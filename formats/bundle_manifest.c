@@ -59,7 +59,7 @@ int kvb_kv_map(const cJSON *config, kv_map *map, const char *label, kv_error *er
         cJSON_IsString(arch)
             ? strcmp(arch->valuestring, "LlamaSwiftKVForCausalLM") == 0
             : cJSON_IsString(type) && strcmp(type->valuestring, "llama_swiftkv") == 0;
-    return kvmap_read_config(map, config, (int)n_layers, swiftkv, label, err);
+    return kvmap_read_config(map, config, (int)n_layers, swiftkv, NULL, label, err);
 }
 
 /* ---------------- printing ---------------- */

@@ -8,23 +8,23 @@
 #include <string.h>
 
 #include "base/fileio.h"
+#include "formats/hfwindow.h"
 #include "formats/json_field.h"
 
-#define ARCH_LLAMA             "LlamaForCausalLM"
-#define ARCH_SWIFTKV           "LlamaSwiftKVForCausalLM"
-#define ARCH_LCKV              "LCKVLlamaForCausalLM"
-#define ARCH_MISTRAL           "MistralForCausalLM"
-#define ARCH_QWEN2             "Qwen2ForCausalLM"
-#define ARCH_QWEN2_SWIFTKV     "Qwen2SwiftKVForCausalLM"
-#define TYPE_LLAMA             "llama"
-#define TYPE_SWIFTKV           "llama_swiftkv"
-#define TYPE_LCKV              "lckv-llama"
-#define TYPE_MISTRAL           "mistral"
-#define TYPE_QWEN2             "qwen2"
-#define TYPE_QWEN2_SWIFTKV     "qwen2_swiftkv"
-#define LCKV_DEFAULT_FORWARD   7 /* LCKV's m */
-#define LCKV_DEFAULT_BACKWARD  2 /* LCKV's b */
-#define MISTRAL_DEFAULT_WINDOW 4096 /* MistralConfig's sliding_window default */
+#define ARCH_LLAMA            "LlamaForCausalLM"
+#define ARCH_SWIFTKV          "LlamaSwiftKVForCausalLM"
+#define ARCH_LCKV             "LCKVLlamaForCausalLM"
+#define ARCH_MISTRAL          "MistralForCausalLM"
+#define ARCH_QWEN2            "Qwen2ForCausalLM"
+#define ARCH_QWEN2_SWIFTKV    "Qwen2SwiftKVForCausalLM"
+#define TYPE_LLAMA            "llama"
+#define TYPE_SWIFTKV          "llama_swiftkv"
+#define TYPE_LCKV             "lckv-llama"
+#define TYPE_MISTRAL          "mistral"
+#define TYPE_QWEN2            "qwen2"
+#define TYPE_QWEN2_SWIFTKV    "qwen2_swiftkv"
+#define LCKV_DEFAULT_FORWARD  7 /* LCKV's m */
+#define LCKV_DEFAULT_BACKWARD 2 /* LCKV's b */
 
 /* the schemas kvforge reads: 0 Llama, 1 SwiftKV (Snowflake), 2 LCKV (whyNLP), 3 Mistral,
  * 4 Qwen2, 5 Qwen2 SwiftKV (Snowflake's ArcticTraining) */
@@ -94,33 +94,12 @@ static int parse_architecture(hf_config *c, const cJSON *root, const char *label
     return 0;
 }
 
-/* Mistral and Qwen2 run as Llama only without a sliding window: Mistral's sliding_window null
- * or >= max_position_embeddings (absent: MistralConfig's 4096); Qwen2's use_sliding_window false
- * (then sliding_window and max_window_layers mean nothing). Biases: Qwen2 has q/k/v biases and
- * no o_proj or MLP bias (Qwen2Attention / Qwen2MLP), whatever attention_bias says. */
+/* Biases: Qwen2 has q/k/v biases and no o_proj or MLP bias (Qwen2Attention / Qwen2MLP),
+ * whatever attention_bias says. (Windows: hf_parse_windows, once the map is read.) */
 static int parse_family(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
-    int rc, window = 0, use_window = 0;
+    (void)root;
     c->o_bias = c->attention_bias;
-    if (c->family == HF_FAMILY_MISTRAL) {
-        const cJSON *sw = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
-        if (sw && cJSON_IsNull(sw)) return 0;
-        if ((rc = json_get_int(root, label, "sliding_window", 0, MISTRAL_DEFAULT_WINDOW, 1, INT_MAX,
-                               &window, err)))
-            return rc;
-        if (window < c->max_position_embeddings)
-            return kv_fail(err, KV_EUNSUPPORTED,
-                           "%s: field 'sliding_window' is %d%s, below 'max_position_embeddings' "
-                           "(%d): sliding-window attention is not supported (null or >= "
-                           "max_position_embeddings is read as full attention)",
-                           label, window, sw ? "" : " (MistralConfig's default when absent)",
-                           c->max_position_embeddings);
-    } else if (c->family == HF_FAMILY_QWEN2) {
-        if ((rc = json_get_bool(root, label, "use_sliding_window", 0, &use_window, err))) return rc;
-        if (use_window)
-            return kv_fail(err, KV_EUNSUPPORTED,
-                           "%s: field 'use_sliding_window' is true: sliding-window attention is "
-                           "not supported",
-                           label);
+    if (c->family == HF_FAMILY_QWEN2) {
         if (c->mlp_bias)
             return kv_fail(err, KV_EFORMAT,
                            "%s: field 'mlp_bias' is true, but Qwen2's MLP has no biases", label);
@@ -440,10 +419,13 @@ static int parse_dtype(hf_config *c, const cJSON *root, const char *label, kv_er
     return 0;
 }
 
-/* layer_types / SwiftKV fields (kvmap_read_config); a SwiftKV architecture implies swiftkv */
+/* layer_types / SwiftKV fields (kvmap_read_config); a SwiftKV architecture implies swiftkv;
+ * then the sliding windows (hf_parse_windows) */
 static int parse_kv_map(hf_config *c, const cJSON *root, const char *label, kv_error *err) {
     const int arch_swiftkv = is_swiftkv_arch(c->architecture);
-    int rc = kvmap_read_config(&c->map, root, c->n_layers, arch_swiftkv, label, err);
+    unsigned char sliding[HF_MAX_LAYERS];
+    int rc = kvmap_read_config(&c->map, root, c->n_layers, arch_swiftkv, sliding, label, err);
+    if (!rc) rc = hf_parse_windows(c, root, sliding, label, err);
     if (rc) return rc;
     if (arch_swiftkv && c->map.kind != KVMAP_SWIFTKV) {
         /* "swiftkv": false (teacher mode): any integer layer_types is refused, the SwiftKV
@@ -661,32 +643,58 @@ int hf_config_write_json(const hf_config *c, const char *src_json, const char *l
     char *map = NULL;
     /* a "cross-layer" map in which every layer reads itself is the plain model */
     const int swift = c->map.kind == KVMAP_SWIFTKV;
-    const int cross = c->map.kind == KVMAP_CROSS && !kvmap_is_identity(&c->map);
+    const int windows = hf_has_windows(c);
+    if (swift && windows) {
+        cJSON_Delete(root);
+        return kv_fail(err, KV_EUNSUPPORTED,
+                       "%s: a SwiftKV map on a model with sliding-window layers (window %d) "
+                       "cannot be written: kvforge does not run SwiftKV with windows",
+                       label, c->sliding_window);
+    }
+    /* windows on a Llama / LCKV model: LCKV's schema (its 's' suffix), even for the identity */
+    const int lckv_windows = windows && c->family == HF_FAMILY_LLAMA;
+    const int cross = (c->map.kind == KVMAP_CROSS && !kvmap_is_identity(&c->map)) || lckv_windows;
     const cJSON *src_type = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     const int src_lckv = cJSON_IsString(src_type) && strcmp(src_type->valuestring, TYPE_LCKV) == 0;
     const int b = c->lckv_backward_passes >= 1 ? c->lckv_backward_passes : LCKV_DEFAULT_BACKWARD;
     const int m = c->lckv_backward_passes >= 1 ? c->lckv_forward_passes : LCKV_DEFAULT_FORWARD;
     if (cross) {
         int n = kvmap_layer_types(&c->map, NULL, 0);
-        if (n < 0 || !(map = malloc((size_t)n + 1))) {
+        /* Mistral's and Qwen2's windows stay in their own fields; Llama's go in the suffix */
+        if (lckv_windows) map = hf_layer_types_with_windows(c);
+        else if (n >= 0 && (map = malloc((size_t)n + 1)))
+            kvmap_layer_types(&c->map, map, (size_t)n + 1);
+        if (!map) {
             rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
             goto done;
         }
-        kvmap_layer_types(&c->map, map, (size_t)n + 1);
         ok = ok && set_key(root, "layer_types", cJSON_CreateString(map));
     } else if (is_integer_layer_types(cJSON_GetObjectItemCaseSensitive(root, "layer_types"))) {
         drop_key(root, "layer_types");
     }
     /* Qwen2 keeps its schema (SwiftKV: ArcticTraining's qwen2_swiftkv; cross-layer: kvforge's
-     * layer_types under qwen2, as LCKV has no Qwen2 model); Mistral without a sliding window is
-     * a Llama, written in Llama's SwiftKV / LCKV schemas (and as mistral when unchanged) */
+     * layer_types under qwen2, as LCKV has no Qwen2 model); Mistral is a Llama, written in
+     * Llama's SwiftKV / LCKV schemas (its window as LCKV's 's'; mistral when unchanged) */
     const hf_family fam = c->family;
     const int kind = fam == HF_FAMILY_QWEN2     ? (swift ? S_QWEN2_SWIFTKV : S_QWEN2)
                      : swift                    ? S_SWIFTKV
                      : cross                    ? S_LCKV
                      : fam == HF_FAMILY_MISTRAL ? S_MISTRAL
                                                 : S_LLAMA;
-    if (fam == HF_FAMILY_MISTRAL && kind != S_MISTRAL) drop_key(root, "sliding_window");
+    /* a Mistral written as LCKV keeps its window on every layer: 's' suffixes (below) */
+    const int mistral_lckv = fam == HF_FAMILY_MISTRAL && kind == S_LCKV && windows;
+    if (fam == HF_FAMILY_MISTRAL && kind != S_MISTRAL && !mistral_lckv)
+        drop_key(root, "sliding_window");
+    if (mistral_lckv) {
+        free(map);
+        if (!(map = hf_layer_types_with_windows(c))) {
+            rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", label);
+            goto done;
+        }
+        ok = ok && set_key(root, "layer_types", cJSON_CreateString(map));
+    }
+    if (kind == S_LCKV && windows)
+        ok = ok && set_key(root, "sliding_window", cJSON_CreateNumber(c->sliding_window));
     const char *arch_name = arch_names[kind];
     cJSON *archs = cJSON_CreateStringArray(&arch_name, 1);
     ok = ok && set_key(root, "architectures", archs);
@@ -733,6 +741,8 @@ int hf_config_write_json(const hf_config *c, const char *src_json, const char *l
     if (rc) {
         kv_wrap(err, "%s: written config does not parse", label);
     } else if (!kvmap_equal(&c->map, &check->map) || c->torch_dtype != check->torch_dtype ||
+               memcmp(c->layer_window, check->layer_window, sizeof(int) * (size_t)c->n_layers) !=
+                   0 ||
                (cross && (check->lckv_forward_passes != m || check->lckv_backward_passes != b))) {
         rc = kv_fail(err, KV_EINVAL, "%s: written config does not carry the requested KV settings",
                      label);

@@ -4,7 +4,7 @@
  * plain Llama (LlamaForCausalLM / "llama"), LCKV's cross-layer Llama (LCKVLlamaForCausalLM /
  * "lckv-llama": layer_types, forward_passes, backward_passes, use_sequential, force_nodiag) and
  * Snowflake's SwiftKV (LlamaSwiftKVForCausalLM / "llama_swiftkv"). Two more families run as
- * Llama: Mistral without a sliding window (MistralForCausalLM / "mistral") and Qwen2
+ * Llama: Mistral (MistralForCausalLM / "mistral") and Qwen2
  * (Qwen2ForCausalLM / "qwen2", q/k/v biases; its SwiftKV form is ArcticTraining's
  * Qwen2SwiftKVForCausalLM / "qwen2_swiftkv"). */
 #ifndef KV_HFCONFIG_H
@@ -61,6 +61,13 @@ typedef struct {
      * num_key_value_layers / key_value_group_size, whose *_swiftkv tensors are accepted unused;
      * both 0 otherwise */
     int swiftkv_off_l, swiftkv_off_g;
+    /* Sliding-window attention (formats/hfwindow.h has the rules per family): the query at
+     * position p of layer i sees only keys s > p - layer_window[i] (0: every earlier key). The
+     * one place kvforge keeps windows: the runtime, KV cache, convert and info read them here.
+     * sliding_window = W of the windowed layers (0 when none has one: also when the config's
+     * window reaches every position, W >= max_position_embeddings) */
+    int sliding_window;
+    int layer_window[HF_MAX_LAYERS];
 } hf_config;
 
 #define HF_MAX_CONFIG_BYTES (16u * 1024u * 1024u)
@@ -74,15 +81,16 @@ typedef struct {
  * true under LlamaForCausalLM is read as SwiftKV (architecture/model_type kept as written).
  * LCKV: "lckv-llama" / LCKVLlamaForCausalLM with its layer_types (absent: the identity, as
  * LCKV); forward_passes / backward_passes / use_sequential read into the lckv_* fields;
- * force_nodiag true and layer_types with LCKV's 's' (sliding window) suffix are refused
- * (KV_EUNSUPPORTED, naming the field or layer), as are other architectures and model_types
- * (Mixtral, Gemma, Phi-3, Qwen3, ...: KV_EUNSUPPORTED naming them), rope_scaling kinds other
- * than default/llama3/linear/dynamic/yarn/longrope or with keys the kind does not use, and
- * layer_types lists of HF attention kinds other than "full_attention".
- * Mistral: sliding_window null or >= max_position_embeddings (absent: MistralConfig's 4096);
- * smaller is refused naming the field. Qwen2: use_sliding_window true refused (false:
- * sliding_window / max_window_layers ignored); attention_bias = 1 (q/k/v), o_bias = 0 whatever
- * the config says; mlp_bias true refused.
+ * force_nodiag true is refused (KV_EUNSUPPORTED, naming the field), as are other architectures
+ * and model_types (Mixtral, Gemma, Phi-3, Qwen3, ...: KV_EUNSUPPORTED naming them), rope_scaling
+ * kinds other than default/llama3/linear/dynamic/yarn/longrope or with keys the kind does not
+ * use, and layer_types lists of HF attention kinds other than "full_attention" and
+ * "sliding_attention".
+ * Sliding windows (sliding_window, layer_window): Mistral's sliding_window (absent: 4096, null:
+ * none) on every layer; Qwen2's with use_sliding_window true on layers >= max_window_layers (or
+ * those an HF layer_types list marks); LCKV's 's' suffix and HF's "sliding_attention" kinds
+ * with sliding_window (hfwindow.h). Qwen2: attention_bias = 1 (q/k/v), o_bias = 0 whatever the
+ * config says; mlp_bias true refused.
  * JSON null counts as absent. Integers may be written
  * 64.0 but not 64.5. Duplicate keys are refused (Python keeps the last, cJSON the first).
  * Errors name LABEL and the field; on failure *c is zeroed. */
@@ -112,7 +120,12 @@ const char *hf_torch_dtype_name(kv_dtype t);
  *     "llama_swiftkv" + architectures ["LlamaSwiftKVForCausalLM"];
  *   - the identity: a plain Llama, "llama" / ["LlamaForCausalLM"];
  * for a Mistral source the same, except that the identity stays "mistral" and the SwiftKV /
- * cross-layer outputs lose sliding_window (null or >= max_position_embeddings: no window);
+ * cross-layer outputs lose sliding_window when it gives no window;
+ * sliding windows (C->layer_window): LCKV's schema carries them as the 's' suffix with
+ * sliding_window = C->sliding_window, so a model with windows and a map that would be written
+ * as plain Llama (the identity of a Llama / LCKV source) is written in LCKV's schema; Mistral
+ * and Qwen2 keep their own window fields as they were; a SwiftKV map with windows is refused
+ * (KV_EUNSUPPORTED);
  * for a Qwen2 source: SwiftKV "qwen2_swiftkv" / ["Qwen2SwiftKVForCausalLM"] (ArcticTraining's),
  * cross-layer and identity "qwen2" / ["Qwen2ForCausalLM"] (a cross-layer map as a layer_types
  * string with LCKV's plan fields: LCKV has no Qwen2 model, so only kvforge reads it right);

@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "formats/json_field.h"
@@ -120,8 +121,10 @@ static int check_count(int count, int L, const report *r, kv_error *err) {
 }
 
 /* layer_types "kv(0)_kv(1)_..._kv(L-1)" into m: entries of at most 7 decimal digits, exactly L
- * of them; kind and name set, targets not yet validated */
-static int parse_layer_types(kv_map *m, const char *text, int L, const report *r, kv_error *err) {
+ * of them; kind and name set, targets not yet validated. LCKV's 's' suffix (sliding window,
+ * "0_1s_2") sets sliding[i] = 1, or is refused when sliding is NULL. */
+static int parse_layer_types(kv_map *m, const char *text, int L, const report *r,
+                             unsigned char *sliding, kv_error *err) {
     map_reset(m, KVMAP_CROSS, L);
     int count = 0;
     const char *p = text;
@@ -139,11 +142,16 @@ static int parse_layer_types(kv_map *m, const char *text, int L, const report *r
                            "%s: entry %d is %s, expected a layer number "
                            "(layer_types is kv(0)_kv(1)_..._kv(L-1))",
                            r->prefix, count, (*p == '_' || !*p) ? "empty" : "not a number");
-        if (*p == 's' && (p[1] == '_' || p[1] == '\0'))
-            return kv_fail(err, KV_EUNSUPPORTED,
-                           "%s: layer %d is '%.*s': LCKV's 's' suffix asks for sliding-window "
-                           "attention, which kvforge does not support (docs/INTEROP.md)",
-                           r->prefix, count, (int)(p + 1 - start), start);
+        if (*p == 's' && (p[1] == '_' || p[1] == '\0')) {
+            if (!sliding)
+                return kv_fail(err, KV_EUNSUPPORTED,
+                               "%s: layer %d is '%.*s': LCKV's 's' suffix (sliding-window "
+                               "attention) belongs in a config's layer_types, not in a KV map "
+                               "(docs/INTEROP.md)",
+                               r->prefix, count, (int)(p + 1 - start), start);
+            if (count < L) sliding[count] = 1;
+            p++;
+        }
         if (*p != '_' && *p != '\0')
             return kv_fail(err, r->code,
                            "%s: unexpected character '%c' in entry %d "
@@ -162,7 +170,7 @@ static int parse_layer_types(kv_map *m, const char *text, int L, const report *r
 static int parse_literal(kv_map *m, const char *spec, int L, kv_error *err) {
     report r = {.code = KV_EINVAL};
     snprintf(r.prefix, sizeof r.prefix, "KV map '%.200s'", spec);
-    int rc = parse_layer_types(m, spec, L, &r, err);
+    int rc = parse_layer_types(m, spec, L, &r, NULL, err);
     return rc ? rc : kvmap_validate(m, err);
 }
 
@@ -398,29 +406,33 @@ int kvmap_validate(const kv_map *m, kv_error *err) {
  * absent, or a list of strings that are all "full_attention" (HF's attention kinds), leaves the
  * identity; other attention kinds are refused */
 static int read_layer_types(kv_map *m, const cJSON *config, int L, const char *label, int *found,
-                            kv_error *err) {
+                            unsigned char *sliding, kv_error *err) {
     *found = 0;
     kvmap_identity(m, L);
+    memset(sliding, 0, (size_t)L);
     const cJSON *lt = json_field(config, "layer_types");
     if (!lt) return 0;
     report r = {.code = KV_EFORMAT, .config = 1};
     snprintf(r.prefix, sizeof r.prefix, "%s: field 'layer_types'", label);
     int rc;
     if (cJSON_IsString(lt)) {
-        if ((rc = parse_layer_types(m, lt->valuestring, L, &r, err))) return rc;
+        if ((rc = parse_layer_types(m, lt->valuestring, L, &r, sliding, err))) return rc;
     } else if (cJSON_IsArray(lt)) {
         int n = cJSON_GetArraySize(lt), n_str = 0;
         for (const cJSON *e = lt->child; e; e = e->next) n_str += cJSON_IsString(e) ? 1 : 0;
         if (n > 0 && n_str == n) { /* HF's attention kinds, not a KV map */
+            if ((rc = check_count(n, L, &r, err))) return rc;
             int i = 0;
-            for (const cJSON *e = lt->child; e; e = e->next, i++)
-                if (strcmp(e->valuestring, "full_attention") != 0)
+            for (const cJSON *e = lt->child; e; e = e->next, i++) {
+                if (strcmp(e->valuestring, "sliding_attention") == 0) sliding[i] = 1;
+                else if (strcmp(e->valuestring, "full_attention") != 0)
                     return kv_fail(err, KV_EUNSUPPORTED,
                                    "%s is a list of strings, Hugging Face's per-layer attention "
                                    "kinds (a different meaning from LCKV's KV map string); layer "
                                    "%d is '%.64s', which kvforge does not support (only "
-                                   "'full_attention' everywhere, i.e. no sharing)",
+                                   "'full_attention' and 'sliding_attention')",
                                    r.prefix, i, e->valuestring);
+            }
             return 0;
         }
         if (n_str > 0) return kv_fail(err, r.code, "%s mixes strings and other values", r.prefix);
@@ -441,7 +453,9 @@ static int read_layer_types(kv_map *m, const cJSON *config, int L, const char *l
 }
 
 int kvmap_read_config(kv_map *m, const cJSON *config, int n_layers, int swiftkv_default,
-                      const char *label, kv_error *err) {
+                      unsigned char *sliding, const char *label, kv_error *err) {
+    unsigned char unused[KVMAP_MAX_LAYERS];
+    if (!sliding) sliding = unused;
     if (!label) label = "config.json";
     if (!m || !cJSON_IsObject(config))
         return kv_fail(err, KV_EINVAL, "%s: no config object or no output map", label);
@@ -449,7 +463,7 @@ int kvmap_read_config(kv_map *m, const cJSON *config, int n_layers, int swiftkv_
         return kv_fail(err, KV_EFORMAT, "%s: field 'num_hidden_layers' is %d, expected 1..%d",
                        label, n_layers, KVMAP_MAX_LAYERS);
     int has_map, swift, rc;
-    if ((rc = read_layer_types(m, config, n_layers, label, &has_map, err)) ||
+    if ((rc = read_layer_types(m, config, n_layers, label, &has_map, sliding, err)) ||
         (rc = json_get_bool(config, label, "swiftkv", swiftkv_default, &swift, err)))
         return rc;
     if (!swift) return 0;
@@ -654,6 +668,35 @@ size_t kvmap_cache_bytes_per_token(const kv_map *m, int n_kv_heads, int head_dim
         __builtin_mul_overflow(n, elem_bytes, &n))
         return 0;
     return n;
+}
+
+size_t kvmap_cache_bytes_windowed(const kv_map *map, const int *window, int max_batch,
+                                  int n_kv_heads, int head_dim, int max_seq, size_t elem,
+                                  int *ring) {
+    if (kvmap_validate(map, NULL)) return 0;
+    const int n_slots = kvmap_n_slots(map);
+    if (n_slots < 1 || n_kv_heads < 1 || head_dim < 1 || max_seq < 1 || max_batch < 1 || !elem)
+        return 0;
+    /* per slot: the widest window of its readers, -1 once a full-attention layer reads it */
+    int widest[KVMAP_MAX_LAYERS] = {0};
+    for (int i = 0; i < map->n_layers; i++) {
+        const int s = kvmap_slot_of(map, i), w = window ? window[i] : 0;
+        if (s < 0) return 0;
+        if (w <= 0) widest[s] = -1;
+        else if (widest[s] >= 0 && w > widest[s]) widest[s] = w;
+    }
+    const int batch = max_batch < max_seq ? max_batch : max_seq;
+    size_t rows = 0, bytes;
+    for (int s = 0; s < n_slots; s++) {
+        int r = 0; /* a ring only when it is smaller than the context */
+        if (widest[s] > 0 && (int64_t)widest[s] + batch - 1 < max_seq) r = widest[s] + batch - 1;
+        if (ring) ring[s] = r;
+        rows += (size_t)(r ? r : max_seq);
+    }
+    if (__builtin_mul_overflow(rows, (size_t)n_kv_heads * (size_t)head_dim, &bytes) ||
+        __builtin_mul_overflow(bytes, 2 * elem, &bytes))
+        return 0;
+    return bytes;
 }
 
 static int digits(int v) {

@@ -69,14 +69,18 @@ int kvmap_validate(const kv_map *m, kv_error *err);
  *   "swiftkv": true (absent: swiftkv_default, set when the architecture implies SwiftKV) ->
  *     SwiftKV with l = num_key_value_layers (required), g = key_value_group_size (default 1);
  *   else an integer "layer_types", "0_0_2_2_4" or [0, 0, 2, 2, 4] -> that map (named by its
- *     literal); a list of strings (HF's attention kinds) is no KV map: all "full_attention"
- *     is the identity, any other kind ("sliding_attention") is refused (KV_EUNSUPPORTED,
- *     naming the layer); LCKV's 's' suffix (sliding window, "0_1s_2") likewise;
+ *     literal); a list of strings (HF's attention kinds, one per layer) is no KV map: the
+ *     identity, with "sliding_attention" layers marked in SLIDING and kinds other than that and
+ *     "full_attention" refused (KV_EUNSUPPORTED, naming the layer); LCKV's 's' suffix
+ *     ("0_1s_2") marks its layer in SLIDING too;
  *   else the identity.
+ * SLIDING [n_layers] gets 1 for the layers marked sliding-window, 0 for the others (may be NULL:
+ * not reported; the window itself is the config's sliding_window, read by hf_config). A KV map
+ * given as a kvmap_parse literal refuses the 's' suffix.
  * SwiftKV together with an integer layer_types is refused (KV_EUNSUPPORTED); other errors are
  * KV_EFORMAT and name LABEL and the field. JSON null counts as absent. */
 int kvmap_read_config(kv_map *m, const struct cJSON *config, int n_layers, int swiftkv_default,
-                      const char *label, kv_error *err);
+                      unsigned char *sliding, const char *label, kv_error *err);
 
 int kvmap_is_identity(const kv_map *m); /* no sharing and not SwiftKV */
 int kvmap_target(const kv_map *m, int layer); /* kv(layer); -1 if bad */
@@ -116,6 +120,15 @@ int kvmap_layer_types(const kv_map *m, char *buf, size_t cap);
 /* 2 * slots * nkv * hd * elem_bytes; 0 on bad arguments or overflow */
 size_t kvmap_cache_bytes_per_token(const kv_map *m, int n_kv_heads, int head_dim,
                                    size_t elem_bytes);
+/* Bytes of a KV cache of MAP for max_seq positions run in passes of up to max_batch tokens, with
+ * per-layer sliding windows WINDOW [n_layers] (NULL or all 0: none): a slot that only windowed
+ * layers read keeps a ring of (its readers' widest window) + max_batch - 1 rows when that is
+ * below max_seq, every other slot max_seq rows; K and V, elem bytes each element (runtime/
+ * kvcache.h). RING [n_slots] (may be NULL) gets each slot's ring rows (0: none). 0 on bad
+ * arguments or overflow. Without windows: kvmap_cache_bytes_per_token(...) * max_seq. */
+size_t kvmap_cache_bytes_windowed(const kv_map *m, const int *window, int max_batch, int n_kv_heads,
+                                  int head_dim, int max_seq, size_t elem, int *ring);
+#define KVMAP_RUN_BATCH 512 /* kvrun's default --batch: the passes info / plan count with */
 /* per-layer diagram, one line per layer, the iterative prefill plan of a map with upward layers
  * (its steps: layers run once, cyclic groups run N times), then "KV cache: X of L slots
  * (saving Y%)".

@@ -74,10 +74,11 @@ typedef struct {
     /* table: a device table from kv_backend_rope_table */
     int (*rope)(kv_backend *b, float *x, int T, int n_heads, const int32_t *pos,
                 const kv_rope_table *table, kv_error *err);
-    /* k, v [S, nkv, hd] as cache_type (F32 or BF16) */
+    /* k, v [S, nkv, hd] as cache_type (F32 or BF16), or [ring, nkv, hd] with a ring; window
+     * and ring as kv_attention's (kernels.h) */
     int (*attention)(kv_backend *b, float *out, const float *q, const void *k, const void *v,
                      kv_dtype cache_type, int T, int pos0, int S, int n_heads, int n_kv_heads,
-                     int head_dim, kv_attn_mask mask, kv_error *err);
+                     int head_dim, kv_attn_mask mask, int window, int ring, kv_error *err);
     /* h[T, n] = silu(gate) * up; h may alias gate or up */
     int (*swiglu)(kv_backend *b, float *h, const float *gate, const float *up, int T, int n,
                   kv_error *err);
@@ -109,7 +110,7 @@ typedef struct {
     int (*attention_backward)(kv_backend *b, float *dq, float *dk, float *dv, const float *dout,
                               const float *q, const float *k, const float *v, int T, int pos0,
                               int S, int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask,
-                              kv_error *err);
+                              int window, kv_error *err);
     int (*swiglu_backward)(kv_backend *b, float *dgate, float *dup, const float *dh,
                            const float *gate, const float *up, size_t n, kv_error *err);
 

@@ -111,22 +111,31 @@ void kv_rope(float *x, int T, int n_heads, const int32_t *pos, const kv_rope_tab
  * Visible keys of the query at position p (only s < S are ever read):
  *   KV_MASK_CAUSAL: s <= p (diagonal included);
  *   KV_MASK_STRICT: s <  p (diagonal masked: METHODS.md "upward" layers) — at p = 0 nothing is
- *                   visible and the output row is the zero vector.
+ *                   visible and the output row is the zero vector;
+ * and, with a sliding window of W >= 1 positions (window = W; 0: none), only s > p - W: the
+ * last W positions up to p (causal), or the W - 1 before p (strict). ring = R >= 1 keeps the
+ * keys in a ring of R rows (key s is row s % R of k and v, which hold R rows, not S; it needs a
+ * window and R >= W + T - 1, so that every key a row of this call reads is still there); 0: key
+ * s is row s. Without a window, or with one no row reaches past (W > pos0 + T - 1), the result
+ * is the windowless one bit for bit.
  * Blocked online softmax (flash style); threads over (kv head, block of tokens), every query
  * head of a GQA group in the same work item so K/V are read once per group. A query's result is
  * bit-identical whether it runs in a prefill of T tokens, a chunk of one, or alone as a decode
- * step, with any thread count. Allocates a small scratch per call (about 16*(hd+2)+64 floats
- * per thread). 0, or KV_ENOMEM when that allocation fails. */
+ * step, with any thread count (with or without a window: keys are visited in blocks aligned
+ * to multiples of 64 positions). Allocates a small scratch per call (about 16*(hd+2)+64 floats
+ * per thread). 0, KV_EINVAL for a negative window or ring or a ring as above it does not meet,
+ * or KV_ENOMEM when the scratch allocation fails. */
 typedef enum { KV_MASK_CAUSAL = 0, KV_MASK_STRICT = 1 } kv_attn_mask;
 int kv_attention(float *out, const float *q, const float *k, const float *v, int T, int pos0, int S,
-                 int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask);
-/* The same over a BF16 cache (k, v [S, nkv, hd] as BF16 bits): keys and values are widened to
+                 int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask, int window,
+                 int ring);
+/* The same over a BF16 cache (k, v [S or R, nkv, hd] as BF16 bits): keys and values are widened to
  * F32 (exact) and go through the same arithmetic, so the result equals kv_attention's on the
  * widened values bit for bit. Work items with 4 or more query rows widen each block of 64 keys
  * once into scratch (2*64*hd more floats per thread); smaller ones widen as they read. */
 int kv_attention_bf16(float *out, const float *q, const uint16_t *k, const uint16_t *v, int T,
-                      int pos0, int S, int n_heads, int n_kv_heads, int head_dim,
-                      kv_attn_mask mask);
+                      int pos0, int S, int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask,
+                      int window, int ring);
 
 /* h[n] = silu(gate[n]) * up[n], silu(g) = g / (1 + exp(-g)). h may alias gate or up. */
 void kv_swiglu(float *h, const float *gate, const float *up, size_t n);
@@ -154,14 +163,14 @@ void kv_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x
 void kv_rope_backward(float *dx, int T, int n_heads, const int32_t *pos,
                       const kv_rope_table *table);
 
-/* for out = kv_attention(q, k, v, ...) with the same sizes and mask:
+/* for out = kv_attention(q, k, v, ...) with the same sizes, mask and window (no ring):
  * dq[T, nh, hd] +=, dk[S, nkv, hd] +=, dv[S, nkv, hd] += (each may be NULL; dk/dv sum over the
  * query heads sharing a kv head). Nothing is saved by the forward: the probabilities are
  * recomputed from q and k, so q, k, v must be the forward's inputs (k after RoPE).
  * Threads over kv heads. 0, or KV_ENOMEM. */
 int kv_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                           const float *k, const float *v, int T, int pos0, int S, int n_heads,
-                          int n_kv_heads, int head_dim, kv_attn_mask mask);
+                          int n_kv_heads, int head_dim, kv_attn_mask mask, int window);
 
 /* for h = silu(gate) * up: dgate[n] += dh * up * silu'(gate); dup[n] += dh * silu(gate) */
 void kv_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate,

@@ -93,6 +93,7 @@ struct pcase {
     size_t n; /* element-wise ops */
     kv_dtype dt, src_dt; /* weights / cache / convert's destination; convert's source */
     kv_attn_mask mask;
+    int window, ring; /* attention: sliding window, ring rows (kernels.h); 0: none */
     int acc, bias, inplace, llama3, bad_id;
     unsigned grads; /* G_* */
     float f1, f2; /* temperature & grad scale; scale k; lr & weight decay; ... */
@@ -465,7 +466,8 @@ static int case_rope(prun *p, const pcase *c) { return rope_case(p, c, 0); }
 static int case_rope_backward(prun *p, const pcase *c) { return rope_case(p, c, 1); }
 
 static int case_attention(prun *p, const pcase *c) {
-    const size_t nq = (size_t)c->T * c->nh * c->hd, nk = (size_t)c->S * c->nkv * c->hd;
+    const size_t rows = (size_t)(c->ring ? c->ring : c->S); /* of k and v */
+    const size_t nq = (size_t)c->T * c->nh * c->hd, nk = rows * c->nkv * c->hd;
     float *q = hrand(p, nq, c->f1 > 0 ? c->f1 : 1.5f), *k = hrand(p, nk, 1.5f);
     float *v = hrand(p, nk, 1.0f), *o = hrand(p, nq, 1.0f);
     uint16_t *kb = halloc(p, sizeof(uint16_t) * nk), *vb = halloc(p, sizeof(uint16_t) * nk);
@@ -483,7 +485,7 @@ static int case_attention(prun *p, const pcase *c) {
     TRY(dbuf(p, &Vd, vc, es * nk));
     TRY(dbuf(p, &O, o, sizeof(float) * nq)); /* overwritten */
     BOTH("attention", attention(b, F(O), F(Q), D(K), D(Vd), c->dt, c->T, c->pos0, c->S, c->nh,
-                                c->nkv, c->hd, c->mask, p->err));
+                                c->nkv, c->hd, c->mask, c->window, c->ring, p->err));
     return cmp_f32(p, "out", O, nq);
 }
 
@@ -503,7 +505,8 @@ static int case_attention_backward(prun *p, const pcase *c) {
     TRY(dbuf(p, &GV, gv, sizeof(float) * nk));
     BOTH("attention_backward",
          attention_backward(b, WANT(G_A, GQ), WANT(G_B, GK), WANT(G_C, GV), F(DY), F(Q), F(K),
-                            F(Vd), c->T, c->pos0, c->S, c->nh, c->nkv, c->hd, c->mask, p->err));
+                            F(Vd), c->T, c->pos0, c->S, c->nh, c->nkv, c->hd, c->mask, c->window,
+                            p->err));
     TRY(cmp_f32(p, c->grads & G_A ? "dq" : "dq (not wanted: unchanged)", GQ, nq));
     TRY(cmp_f32(p, c->grads & G_B ? "dk" : "dk (not wanted: unchanged)", GK, nk));
     return cmp_f32(p, c->grads & G_C ? "dv" : "dv (not wanted: unchanged)", GV, nk);
@@ -967,6 +970,71 @@ static const pcase cases[] = {
      .f1 = 12.0f,
      .atol = 2e-5,
      .rtol = 1e-4},
+    {.name = "attention f32 gqa4 causal window 7 T=40 at 90",
+     .ops = "attention",
+     .run = case_attention,
+     .T = 40,
+     .pos0 = 90,
+     .S = 130,
+     .nh = 8,
+     .nkv = 2,
+     .hd = 64,
+     .window = 7,
+     .atol = 2e-5,
+     .rtol = 1e-4},
+    {.name = "attention f32 gqa2 strict window 2 T=33 from 0",
+     .ops = "attention",
+     .run = case_attention,
+     .T = 33,
+     .S = 33,
+     .nh = 6,
+     .nkv = 3,
+     .hd = 33,
+     .mask = STRICT,
+     .window = 2,
+     .atol = 2e-5,
+     .rtol = 1e-4},
+    {.name = "attention f32 gqa8 causal window 100 ring 100 T=1 S=1500",
+     .ops = "attention",
+     .run = case_attention,
+     .T = 1,
+     .pos0 = 1499,
+     .S = 1500,
+     .nh = 8,
+     .nkv = 1,
+     .hd = 96,
+     .window = 100,
+     .ring = 100,
+     .atol = 2e-5,
+     .rtol = 1e-4},
+    {.name = "attention bf16 gqa2 causal window 70 ring 90 T=21 at 300",
+     .ops = "attention",
+     .run = case_attention,
+     .T = 21,
+     .pos0 = 300,
+     .S = 321,
+     .nh = 4,
+     .nkv = 2,
+     .hd = 128,
+     .dt = KV_BF16,
+     .window = 70,
+     .ring = 90,
+     .atol = 2e-5,
+     .rtol = 1e-4},
+    {.name = "attention bf16 mha strict window 1 T=9 at 5",
+     .ops = "attention",
+     .run = case_attention,
+     .T = 9,
+     .pos0 = 5,
+     .S = 14,
+     .nh = 2,
+     .nkv = 2,
+     .hd = 16,
+     .dt = KV_BF16,
+     .mask = STRICT,
+     .window = 1,
+     .atol = 0,
+     .rtol = 0},
     {.name = "attention bf16 gqa4 causal T=1 S=1200",
      .ops = "attention",
      .run = case_attention,
@@ -1257,6 +1325,32 @@ static const pcase cases[] = {
      .llama3 = 1,
      .atol = 1e-5,
      .rtol = 1e-5},
+    {.name = "attention_backward gqa2 causal window 5 T=40 at 90",
+     .ops = "attention_backward",
+     .run = case_attention_backward,
+     .T = 40,
+     .pos0 = 90,
+     .S = 130,
+     .nh = 4,
+     .nkv = 2,
+     .hd = 64,
+     .window = 5,
+     .grads = G_ALL,
+     .atol = 2e-5,
+     .rtol = 1e-4},
+    {.name = "attention_backward mha strict window 2 T=24 from 0",
+     .ops = "attention_backward",
+     .run = case_attention_backward,
+     .T = 24,
+     .S = 24,
+     .nh = 2,
+     .nkv = 2,
+     .hd = 33,
+     .mask = STRICT,
+     .window = 2,
+     .grads = G_ALL,
+     .atol = 2e-5,
+     .rtol = 1e-4},
     {.name = "attention_backward mha causal T=17",
      .ops = "attention_backward",
      .run = case_attention_backward,

@@ -118,7 +118,10 @@ static int alloc_activations(kv_state *s, kv_dtype cache_dtype, kv_error *err) {
     kv_backend *b = s->backend;
     const size_t B = (size_t)s->max_batch, H = (size_t)m->dims.hidden, Q = (size_t)m->dims.q_dim,
                  F = (size_t)m->dims.ffn, V = (size_t)m->dims.vocab;
-    const int unified = b->unified, bf16 = cache_dtype != KV_F32;
+    /* kv_rows: a BF16 cache, or rings (sliding windows) that a pass's rows may wrap around */
+    int staged = cache_dtype != KV_F32;
+    for (int i = 0; i < m->dims.n_layers; i++) staged |= m->cfg.layer_window[i] > 0;
+    const int unified = b->unified;
     const size_t counts[] = {B * H,
                              B * H,
                              B * Q,
@@ -127,7 +130,7 @@ static int alloc_activations(kv_state *s, kv_dtype cache_dtype, kv_error *err) {
                              B * F,
                              s->has_upward ? B * H : 0,
                              (size_t)s->max_seq,
-                             bf16 ? 2 * B * (size_t)m->dims.kv_dim : 0,
+                             staged ? 2 * B * (size_t)m->dims.kv_dim : 0,
                              unified ? 0 : B * V,
                              unified ? V : 0};
     const size_t elem[] = {4, 4, 4, 4, 4, 4, 4, sizeof(int32_t), 4, 4, 4};
@@ -141,10 +144,10 @@ static int alloc_activations(kv_state *s, kv_dtype cache_dtype, kv_error *err) {
      * host logits and the RoPE tables), the KV cache */
     uint64_t act = (uint64_t)total + (unified ? 0 : 4 * (uint64_t)V) +
                    2 * 2 * sizeof(float) * (uint64_t)s->max_seq * (uint64_t)(m->dims.head_dim / 2);
-    const size_t per_token = kvmap_cache_bytes_per_token(
-        &m->cfg.map, m->dims.n_kv_heads, m->dims.head_dim, kv_dtype_size(cache_dtype));
-    uint64_t cache = UINT64_MAX;
-    if (per_token <= UINT64_MAX / (uint64_t)s->max_seq) cache = per_token * (uint64_t)s->max_seq;
+    const size_t cache_bytes =
+        kv_cache_bytes_for(&m->cfg.map, m->cfg.layer_window, s->max_batch, m->dims.n_kv_heads,
+                           m->dims.head_dim, s->max_seq, kv_dtype_size(cache_dtype), NULL);
+    const uint64_t cache = cache_bytes ? (uint64_t)cache_bytes : UINT64_MAX;
     const kv_mem_item items[2] = {{"KV cache", cache}, {"activations", act}};
     int rc = kv_mem_reserve("the run", items, 2, err);
     if (rc) return rc;
@@ -166,7 +169,7 @@ static int alloc_activations(kv_state *s, kv_dtype cache_dtype, kv_error *err) {
     s->up = slots[5];
     s->x_block = s->has_upward ? slots[6] : NULL;
     s->pos = slots[7];
-    s->kv_rows = bf16 ? slots[8] : NULL;
+    s->kv_rows = staged ? slots[8] : NULL;
     s->dev_logits = unified ? NULL : slots[9];
     s->logits = unified ? slots[10] : calloc((size_t)V, sizeof(float));
     if (!s->logits) return kv_fail(err, KV_ENOMEM, "logits: out of memory for %zu floats", V);
@@ -199,8 +202,8 @@ int kv_state_init(kv_state *s, kv_backend *b, const kv_model *m, int max_seq, in
         if (kv_model_writes_own_kv(m, i)) s->top_kv_writer = i;
     int rc;
     if ((rc = alloc_activations(s, cache_dtype, err)) ||
-        (rc = kv_cache_init(&s->cache, b, &m->cfg.map, m->dims.n_kv_heads, m->dims.head_dim,
-                            max_seq, cache_dtype, err)) ||
+        (rc = kv_cache_init(&s->cache, b, &m->cfg.map, m->cfg.layer_window, max_batch,
+                            m->dims.n_kv_heads, m->dims.head_dim, max_seq, cache_dtype, err)) ||
         (rc = kv_rope_table_init(&s->rope_host, m->dims.head_dim, max_seq, &m->dims.rope, err)) ||
         (rc = kv_backend_rope_table(b, &s->rope, &s->rope_host, err)) ||
         (rc = map_weights(s, m, err))) {
@@ -236,25 +239,38 @@ size_t kv_state_bytes(const kv_state *s) {
 
 /* ---- the steps of one layer ------------------------------------------------------------- */
 
-/* K/V of T tokens from their normed input xb[T, H] into the rows pos0.. of the slot `layer`
- * reads (K rotated before it is cached; a BF16 cache gets them rounded to nearest even from F32
- * rows computed in kv_rows) */
+/* K/V of T tokens from their normed input xb[T, H] into the rows of positions pos0.. of the
+ * slot `layer` reads (K rotated before it is cached). They are computed for all T rows at once,
+ * straight into the cache, or into kv_rows first and then copied: a BF16 cache (rounded to
+ * nearest even from the F32 rows) and a ring whose rows wrap within the pass (two runs; the
+ * same values a full cache gets, bit for bit). */
 static int write_kv(kv_state *s, int layer, const kv_layer_weights *w, const float *xb, int T,
                     int pos0, kv_error *err) {
     kv_backend *b = s->backend;
     const llama_dims *d = &s->model->dims;
     const kv_dtype wt = s->model->mat_type;
-    const size_t row = (size_t)d->kv_dim, offset = (size_t)pos0 * row * s->cache.elem;
-    char *k_dst = (char *)kv_cache_k(&s->cache, layer) + offset;
-    char *v_dst = (char *)kv_cache_v(&s->cache, layer) + offset;
-    float *k = s->kv_rows ? s->kv_rows : (float *)k_dst;
-    float *v = s->kv_rows ? s->kv_rows + (size_t)T * row : (float *)v_dst;
+    const size_t row = (size_t)d->kv_dim, elem = s->cache.elem;
+    int first[2], rows[2], count[2];
+    const int runs = kv_cache_runs(&s->cache, layer, pos0, T, first, rows, count);
+    char *k_cache = kv_cache_k(&s->cache, layer), *v_cache = kv_cache_v(&s->cache, layer);
+    const int staged = s->kv_rows && (s->cache.dtype != KV_F32 || runs > 1);
+    float *k = staged ? s->kv_rows : (float *)(k_cache + (size_t)rows[0] * row * elem);
+    float *v =
+        staged ? s->kv_rows + (size_t)T * row : (float *)(v_cache + (size_t)rows[0] * row * elem);
     int rc = b->ops->matmul(b, k, xb, w->wk, wt, w->bk, T, d->hidden, d->kv_dim, 0, err);
     if (!rc) rc = b->ops->matmul(b, v, xb, w->wv, wt, w->bv, T, d->hidden, d->kv_dim, 0, err);
     if (!rc) rc = b->ops->rope(b, k, T, d->n_kv_heads, s->pos + pos0, &s->rope, err);
-    if (!rc && s->kv_rows) {
-        rc = b->ops->convert(b, k_dst, s->cache.dtype, k, KV_F32, (size_t)T * row, err);
-        if (!rc) rc = b->ops->convert(b, v_dst, s->cache.dtype, v, KV_F32, (size_t)T * row, err);
+    for (int j = 0; !rc && staged && j < runs; j++) {
+        const size_t at = (size_t)rows[j] * row * elem, from = (size_t)(first[j] - pos0) * row,
+                     n = (size_t)count[j] * row;
+        if (s->cache.dtype == KV_F32) {
+            rc = b->ops->copy(b, k_cache + at, k + from, n * sizeof(float), err);
+            if (!rc) rc = b->ops->copy(b, v_cache + at, v + from, n * sizeof(float), err);
+        } else {
+            rc = b->ops->convert(b, k_cache + at, s->cache.dtype, k + from, KV_F32, n, err);
+            if (!rc)
+                rc = b->ops->convert(b, v_cache + at, s->cache.dtype, v + from, KV_F32, n, err);
+        }
     }
     return rc;
 }
@@ -285,7 +301,8 @@ static int attention_output(kv_state *s, int layer, float *x, int T, int pos0, k
     const void *k = kv_cache_k(&s->cache, layer), *v = kv_cache_v(&s->cache, layer);
     if (!rc)
         rc = b->ops->attention(b, s->att, s->q, k, v, s->cache.dtype, T, pos0, pos0 + T, d->n_heads,
-                               d->n_kv_heads, d->head_dim, mask, err);
+                               d->n_kv_heads, d->head_dim, mask, m->cfg.layer_window[layer],
+                               kv_cache_ring(&s->cache, layer), err);
     if (!rc) rc = b->ops->matmul(b, x, s->att, w->wo, wt, w->bo, T, d->q_dim, d->hidden, 1, err);
     return rc;
 }

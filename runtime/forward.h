@@ -13,7 +13,10 @@
  *                     KV layer:   K, V of slot(i) at these positions = RoPE(xb Wk^T), xb Wv^T
  *                     q = RoPE(xb Wq^T);  src = kv(i)
  *                     att = attention(q, K/V of slot(src)), causal when src <= i, diagonal
- *                           masked when src > i ("upward": zero output at position 0)
+ *                           masked when src > i ("upward": zero output at position 0);
+ *                           layer i's sliding window (cfg.layer_window[i] = W > 0): only
+ *                           keys s > p - W (the slot a ring when only windowed layers
+ *                           read it: runtime/kvcache.h)
  *                     x += att Wo^T
  *   MLP block         xb = rmsnorm(x, post_attention_layernorm_i)
  *                     x += (silu(xb Wgate^T) * xb Wup^T) Wdown^T
@@ -112,7 +115,8 @@ typedef struct {
     int32_t *pos; /* [max_seq] 0, 1, .., max_seq-1 (uploaded at init): the rows at
                              pos0.. read pos + pos0 */
     float *kv_rows; /* [2 * B * kv_dim]: K [T, kv_dim] then V [T, kv_dim] of the rows in
-                             flight before rounding (BF16 cache only, else NULL) */
+                             flight before rounding or a ring's wrap (BF16 cache or
+                             sliding windows only, else NULL) */
     float *dev_logits; /* [B, V] the LM head's output before download (non-unified backends
                              only, else NULL: logits go straight to the caller's buffer) */
     float *logits; /* HOST [V]: last-token logits when kv_forward gets no output buffer

@@ -115,7 +115,7 @@ expect_grep '"forward_passes":	8' "$TMP/ptop_out/config.json" "default plan m = 
 expect_grep '"backward_passes":	1' "$TMP/ptop_out/config.json" "default plan b = 1"
 expect_rc 0 "kvrun trained" -- "$R" "$TMP/lckv_out" --prompt "Once" -n 4
 
-# --- refused: LCKV's sliding-window suffix, HF attention kinds, other architectures ---
+# --- refused: force_nodiag, HF attention kinds without a window width, other architectures ---
 refused() { # DIR WHAT PATTERN: every tool refuses DIR, exit 1, naming PATTERN; nothing written
     expect_rc 1 "$2: kvconvert info" -- "$C" info "$1"
     expect_grep "$3" "$TMP/err" "$2: info message"
@@ -127,10 +127,13 @@ refused() { # DIR WHAT PATTERN: every tool refuses DIR, exit 1, naming PATTERN; 
     expect_rc 1 "$2: bundle" -- "$C" bundle "$1" "$TMP/never.kvb"
     [ -e "$TMP/never.kvb" ] && bad "$2: bundle written" || ok
 }
+# LCKV's 's' suffix is read (sliding windows: tests/cli_window.sh); its 4096 here reaches past
+# the 512 positions, so it is full attention: the unsuffixed model's logits bit for bit
 mkdir -p "$TMP/swa"
 cp "$TMP/ptop/model.safetensors" "$TMP/ptop/tokenizer.json" "$TMP/swa/"
 lckv_config 0_1s_4_4_4 >"$TMP/swa/config.json"
-refused "$TMP/swa" "LCKV 's' suffix" "layer 1 is '1s'.*sliding-window"
+expect_rc 0 "LCKV 's' suffix read" -- "$R" "$TMP/swa" --logits-out "$TMP/swa.st" --text "$TEXT"
+expect_rc 0 "window 4096 >= 512 positions: same logits" -- "$V" logits "$TMP/ptop.st" "$TMP/swa.st" --atol 0
 expect_rc 2 "'s' in a --map literal" -- "$C" --plan "$S" --map 0_0s_2_2_4
 expect_grep "sliding-window" "$TMP/err" "literal 's' message"
 mkdir -p "$TMP/nodiag"
@@ -145,16 +148,15 @@ with_config() { # DIR: stories260K's weights with config.json from stdin
 }
 sed 's/"model_type": "llama",/"model_type": "llama", "layer_types": ["full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention"],/' \
     "$S/config.json" | with_config "$TMP/kinds"
-refused "$TMP/kinds" "layer_types attention kinds" "different meaning.*layer 1 is 'sliding_attention'"
+refused "$TMP/kinds" "layer_types attention kinds" "layer 1 attends over a sliding window (field 'layer_types') but field 'sliding_window' is missing"
 sed 's/"model_type": "llama",/"model_type": "llama", "layer_types": ["full_attention", "full_attention", "full_attention", "full_attention", "full_attention"],/' \
     "$S/config.json" | with_config "$TMP/allfull"
 expect_rc 0 "all full_attention is a plain model" -- "$C" info "$TMP/allfull"
 sed 's/"LlamaForCausalLM"/"MistralForCausalLM"/; s/"model_type": "llama",/"model_type": "mistral", "sliding_window": 256,/' \
     "$S/config.json" | with_config "$TMP/mistral"
-refused "$TMP/mistral" "Mistral with a sliding window" "field 'sliding_window' is 256, below 'max_position_embeddings' (512)"
-sed 's/"LlamaForCausalLM"/"Qwen2ForCausalLM"/; s/"model_type": "llama",/"model_type": "qwen2", "use_sliding_window": true,/' \
-    "$S/config.json" | with_config "$TMP/qwen2"
-refused "$TMP/qwen2" "Qwen2 with use_sliding_window" "field 'use_sliding_window' is true"
+expect_rc 0 "Mistral with a sliding window: info" -- "$C" info "$TMP/mistral"
+expect_grep "sliding window 256 positions on 5 of 5 layers" "$TMP/out" "Mistral window read"
+expect_rc 0 "Mistral with a sliding window runs" -- "$R" "$TMP/mistral" --prompt "Once" -n 2
 sed 's/"LlamaForCausalLM"/"Qwen3ForCausalLM"/; s/"model_type": "llama",/"model_type": "qwen3",/' \
     "$S/config.json" | with_config "$TMP/qwen3"
 refused "$TMP/qwen3" "Qwen3" "architecture 'Qwen3ForCausalLM' is not supported"

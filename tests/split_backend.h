@@ -109,8 +109,8 @@ SPLIT_OP(rope,
          (b, x, T, nh, pos, t, e))
 SPLIT_OP(attention,
          (kv_backend * b, float *o, const float *q, const void *k, const void *v, kv_dtype ct,
-          int T, int p0, int S, int nh, int nkv, int hd, kv_attn_mask m, kv_error *e),
-         (b, o, q, k, v, ct, T, p0, S, nh, nkv, hd, m, e))
+          int T, int p0, int S, int nh, int nkv, int hd, kv_attn_mask m, int w, int r, kv_error *e),
+         (b, o, q, k, v, ct, T, p0, S, nh, nkv, hd, m, w, r, e))
 SPLIT_OP(swiglu,
          (kv_backend * b, float *h, const float *g, const float *u, int T, int n, kv_error *e),
          (b, h, g, u, T, n, e))
@@ -145,8 +145,8 @@ SPLIT_OP(rope_backward,
 SPLIT_OP(attention_backward,
          (kv_backend * b, float *dq, float *dk, float *dv, const float *dout, const float *q,
           const float *k, const float *v, int T, int p0, int S, int nh, int nkv, int hd,
-          kv_attn_mask m, kv_error *e),
-         (b, dq, dk, dv, dout, q, k, v, T, p0, S, nh, nkv, hd, m, e))
+          kv_attn_mask m, int w, kv_error *e),
+         (b, dq, dk, dv, dout, q, k, v, T, p0, S, nh, nkv, hd, m, w, e))
 SPLIT_OP(swiglu_backward,
          (kv_backend * b, float *dg, float *du, const float *dh, const float *g, const float *u,
           size_t n, kv_error *e),

@@ -4,8 +4,9 @@
  *     the same map with LCKV's own parsing rules, and writes back byte-identical;
  *   - configs as LCKV's code saves them are read, their fields kept; the identity is a plain
  *     Llama again;
- *   - what kvforge does not support is refused by name: LCKV's 's' suffix, force_nodiag, HF's
- *     attention kinds in layer_types, other architectures, unknown rope_scaling types;
+ *   - what kvforge does not support is refused by name: sliding-window layers without a width,
+ *     force_nodiag, HF attention kinds other than full / sliding in layer_types, other
+ *     architectures, unknown rope_scaling types (windows themselves: tests/test_hfwindow.c);
  *   - SwiftKV outputs (g = 1 and g = 2, deploy and hf-swiftkv layouts) hold exactly the tensors
  *     the llama_swiftkv loader of ArcticInference maps, layer by layer, and the serving warning
  *     (kvmap_swiftkv_serving_limits) names exactly what one of its versions cannot load. */
@@ -256,15 +257,19 @@ static void test_refusals(void) {
         const char *edit, *want;
         int code;
     } cases[] = {
-        {"\"layer_types\": \"0_1s_2_3_4_5_6_7_8_9_10_11\"", "layer 1 is '1s'", KV_EUNSUPPORTED},
-        {"\"layer_types\": \"11s_11_11_11_11_11_11_11_11_11_11_11\"", "sliding-window",
-         KV_EUNSUPPORTED},
-        {"\"layer_types\": [\"full_attention\", \"full_attention\", \"sliding_attention\", "
+        /* windowed layers without a width (only LCKV's schema defaults it) */
+        {"\"layer_types\": \"0_1s_2_3_4_5_6_7_8_9_10_11\"",
+         "layer 1 attends over a sliding window (field 'layer_types') but field 'sliding_window' "
+         "is missing",
+         KV_EFORMAT},
+        {"\"layer_types\": \"11s_11_11_11_11_11_11_11_11_11_11_11\", \"sliding_window\": null",
+         "layer 0 attends over a sliding window but field 'sliding_window' is null", KV_EFORMAT},
+        {"\"layer_types\": [\"full_attention\", \"full_attention\", \"chunked_attention\", "
          "\"full_attention\","
          " \"full_attention\", \"full_attention\", \"full_attention\", \"full_attention\", "
          "\"full_attention\","
          " \"full_attention\", \"full_attention\", \"full_attention\"]",
-         "different meaning from LCKV's KV map string); layer 2 is 'sliding_attention'",
+         "different meaning from LCKV's KV map string); layer 2 is 'chunked_attention'",
          KV_EUNSUPPORTED},
         {"\"force_nodiag\": true", "field 'force_nodiag' is true", KV_EUNSUPPORTED},
         {"\"backward_passes\": 0", "backward_passes", KV_EFORMAT},

@@ -73,7 +73,7 @@ static void check_case(int T, int pos0, int S, int nh, int nkv, int hd, kv_attn_
     float *out = rand_buf((size_t)T * nh * hd, 1e3f); /* garbage to be overwritten */
     double *ref = malloc(sizeof(double) * T * nh * hd);
     attention_ref(ref, q, k, v, T, pos0, S, nh, nkv, hd, mask);
-    CHECK(kv_attention(out, q, k, v, T, pos0, S, nh, nkv, hd, mask) == 0, "attention rc");
+    CHECK(kv_attention(out, q, k, v, T, pos0, S, nh, nkv, hd, mask, 0, 0) == 0, "attention rc");
     double w = worst(out, ref, (size_t)T * nh * hd, 2e-6, 2e-5);
     CHECK(w <= 1, "attention T=%d pos0=%d S=%d nh=%d nkv=%d hd=%d mask=%d qscale=%g: %.3g x tol", T,
           pos0, S, nh, nkv, hd, (int)mask, qscale, w);
@@ -105,14 +105,14 @@ static void test_masks(void) {
     for (int s = 0; s < T; s++)
         for (int i = 0; i < HD; i++) v[s * HD + i] = (float)(s + 1); /* v_s = s+1 everywhere */
     /* causal: t = 0 sees only itself -> exactly v_0 */
-    kv_attention(out, q, k, v, T, 0, T, NH, NKV, HD, KV_MASK_CAUSAL);
+    kv_attention(out, q, k, v, T, 0, T, NH, NKV, HD, KV_MASK_CAUSAL, 0, 0);
     CHECK(out[0] == 1.0f && out[HD] == 1.0f, "causal t=0 must equal v_0: %g %g", out[0], out[HD]);
     int in_range = 1;
     for (int t = 0; t < T; t++)
         for (int i = 0; i < NH * HD; i++) in_range &= out[t * NH * HD + i] <= t + 1 + 1e-6f;
     CHECK(in_range, "causal output mixes in future values");
     /* strict: t = 0 is the zero vector, t = 1 is exactly v_0 */
-    kv_attention(out, q, k, v, T, 0, T, NH, NKV, HD, KV_MASK_STRICT);
+    kv_attention(out, q, k, v, T, 0, T, NH, NKV, HD, KV_MASK_STRICT, 0, 0);
     int zero = 1, first = 1;
     for (int i = 0; i < NH * HD; i++) zero &= out[i] == 0.0f;
     for (int i = 0; i < NH * HD; i++) first &= out[NH * HD + i] == 1.0f;
@@ -125,7 +125,7 @@ static void test_masks(void) {
     /* strict decode at position 0 with an empty cache */
     float o1[NH * HD];
     for (int i = 0; i < NH * HD; i++) o1[i] = 7.0f;
-    kv_attention(o1, q, k, v, 1, 0, 0, NH, NKV, HD, KV_MASK_STRICT);
+    kv_attention(o1, q, k, v, 1, 0, 0, NH, NKV, HD, KV_MASK_STRICT, 0, 0);
     zero = 1;
     for (int i = 0; i < NH * HD; i++) zero &= o1[i] == 0.0f;
     CHECK(zero, "strict mask, empty cache: output not zero");
@@ -138,13 +138,13 @@ static void test_gqa_grouping(void) {
     float *q = rand_buf(N, 1.0f), *k = rand_buf(T * NKV * HD, 1.0f),
           *v = rand_buf(T * NKV * HD, 1.0f);
     float a[N], b[N];
-    kv_attention(a, q, k, v, T, 0, T, NH, NKV, HD, KV_MASK_CAUSAL);
+    kv_attention(a, q, k, v, T, 0, T, NH, NKV, HD, KV_MASK_CAUSAL, 0, 0);
     for (int s = 0; s < T; s++)
         for (int i = 0; i < HD; i++) {
             k[(s * NKV + 1) * HD + i] = frand();
             v[(s * NKV + 1) * HD + i] = frand() + 5.0f;
         }
-    kv_attention(b, q, k, v, T, 0, T, NH, NKV, HD, KV_MASK_CAUSAL);
+    kv_attention(b, q, k, v, T, 0, T, NH, NKV, HD, KV_MASK_CAUSAL, 0, 0);
     int same01 = 1, changed23 = 1;
     for (int t = 0; t < T; t++) {
         same01 &= memcmp(a + t * NH * HD, b + t * NH * HD, sizeof(float) * 2 * HD) == 0;
@@ -165,17 +165,18 @@ static void test_prefill_decode_threads(void) {
     float *one = malloc(sizeof(float) * T * W);
     for (int mask = 0; mask < 2; mask++) {
         kv_kernels_set_threads(4);
-        kv_attention(pre, q, k, v, T, 0, T, NH, NKV, HD, mask);
+        kv_attention(pre, q, k, v, T, 0, T, NH, NKV, HD, mask, 0, 0);
         for (int t = 0; t < T; t++)
-            kv_attention(dec + t * W, q + t * W, k, v, 1, t, mask ? t : t + 1, NH, NKV, HD, mask);
+            kv_attention(dec + t * W, q + t * W, k, v, 1, t, mask ? t : t + 1, NH, NKV, HD, mask, 0,
+                         0);
         kv_kernels_set_threads(1);
-        kv_attention(one, q, k, v, T, 0, T, NH, NKV, HD, mask);
+        kv_attention(one, q, k, v, T, 0, T, NH, NKV, HD, mask, 0, 0);
         CHECK(memcmp(pre, dec, sizeof(float) * T * W) == 0, "mask %d: prefill != decode", mask);
         CHECK(memcmp(pre, one, sizeof(float) * T * W) == 0, "mask %d: 4 threads != 1", mask);
         /* a chunked prefill (two calls) matches too */
         kv_kernels_set_threads(3);
-        kv_attention(one, q, k, v, 61, 0, mask ? 60 : 61, NH, NKV, HD, mask);
-        kv_attention(one + 61 * W, q + 61 * W, k, v, T - 61, 61, T, NH, NKV, HD, mask);
+        kv_attention(one, q, k, v, 61, 0, mask ? 60 : 61, NH, NKV, HD, mask, 0, 0);
+        kv_attention(one + 61 * W, q + 61 * W, k, v, T - 61, 61, T, NH, NKV, HD, mask, 0, 0);
         CHECK(memcmp(pre, one, sizeof(float) * T * W) == 0, "mask %d: chunked prefill", mask);
     }
     kv_kernels_set_threads(2);
@@ -208,15 +209,15 @@ static void test_bf16_cache(void) {
         float *want = malloc(sizeof(float) * T * W), *got = malloc(sizeof(float) * T * W);
         for (int mask = 0; mask < 2; mask++) {
             kv_kernels_set_threads(1 + (int)c % 3);
-            kv_attention(want, q, k, v, T, pos0, S, nh, nkv, hd, mask);
+            kv_attention(want, q, k, v, T, pos0, S, nh, nkv, hd, mask, 0, 0);
             memset(got, 0xff, sizeof(float) * T * W);
-            CHECK(kv_attention_bf16(got, q, k16, v16, T, pos0, S, nh, nkv, hd, mask) == 0,
+            CHECK(kv_attention_bf16(got, q, k16, v16, T, pos0, S, nh, nkv, hd, mask, 0, 0) == 0,
                   "bf16 rc");
             CHECK(memcmp(want, got, sizeof(float) * T * W) == 0,
                   "shape %zu mask %d: BF16 cache != F32 kernel on the same values", c, mask);
             for (int t = 0; t < T; t++) /* decode steps over the BF16 cache */
                 kv_attention_bf16(got + (size_t)t * W, q + (size_t)t * W, k16, v16, 1, pos0 + t,
-                                  pos0 + t + 1, nh, nkv, hd, mask);
+                                  pos0 + t + 1, nh, nkv, hd, mask, 0, 0);
             CHECK(memcmp(want, got, sizeof(float) * T * W) == 0,
                   "shape %zu mask %d: BF16 prefill != decode", c, mask);
         }
@@ -251,12 +252,14 @@ static void test_isa_variants(void) {
                 for (int mask = 0; mask < 2; mask++) {
                     kv_kernels_set_threads(1 + (int)(c + mask) % 2);
                     kv_gemv_force(KV_GEMV_C);
-                    if (cache) kv_attention_bf16(want, q, k16, v16, T, pos0, S, nh, nkv, hd, mask);
-                    else kv_attention(want, q, k, v, T, pos0, S, nh, nkv, hd, mask);
+                    if (cache)
+                        kv_attention_bf16(want, q, k16, v16, T, pos0, S, nh, nkv, hd, mask, 0, 0);
+                    else kv_attention(want, q, k, v, T, pos0, S, nh, nkv, hd, mask, 0, 0);
                     kv_gemv_force((kv_gemv_isa)isa);
                     memset(got, 0xff, sizeof(float) * n_out);
-                    if (cache) kv_attention_bf16(got, q, k16, v16, T, pos0, S, nh, nkv, hd, mask);
-                    else kv_attention(got, q, k, v, T, pos0, S, nh, nkv, hd, mask);
+                    if (cache)
+                        kv_attention_bf16(got, q, k16, v16, T, pos0, S, nh, nkv, hd, mask, 0, 0);
+                    else kv_attention(got, q, k, v, T, pos0, S, nh, nkv, hd, mask, 0, 0);
                     CHECK(memcmp(want, got, sizeof(float) * n_out) == 0,
                           "%s attention != C: T %d pos0 %d heads %d/%d hd %d mask %d %s cache",
                           kv_gemv_isa_name((kv_gemv_isa)isa), T, pos0, nh, nkv, hd, mask,

@@ -194,6 +194,7 @@ static void test_rope_grad(void) {
 typedef struct {
     int T, pos0, S, nh, nkv, hd;
     kv_attn_mask mask;
+    int window; /* keys s > p - window (0: all) */
     double *q, *k, *v, *dout;
 } at_ctx;
 
@@ -206,28 +207,30 @@ static double at_loss(void *p) {
             const int g = h / (c->nh / c->nkv), pp = c->pos0 + t;
             int n = c->mask == KV_MASK_CAUSAL ? pp + 1 : pp;
             if (n > c->S) n = c->S;
+            const int lo = c->window > 0 && pp - c->window + 1 > 0 ? pp - c->window + 1 : 0;
             double m = -INFINITY, z = 0;
-            for (int s = 0; s < n; s++) {
+            for (int s = lo; s < n; s++) {
                 w[s] = dot_d(c->q + (t * c->nh + h) * hd, c->k + (s * c->nkv + g) * hd, hd) /
                        sqrt((double)hd);
                 m = fmax(m, w[s]);
             }
-            for (int s = 0; s < n; s++) z += (w[s] = exp(w[s] - m));
-            for (int s = 0; s < n; s++)
+            for (int s = lo; s < n; s++) z += (w[s] = exp(w[s] - m));
+            for (int s = lo; s < n; s++)
                 L += w[s] / z *
                      dot_d(c->dout + (t * c->nh + h) * hd, c->v + (s * c->nkv + g) * hd, hd);
         }
     return L;
 }
 
-static void test_attention_grad(int T, int pos0, int S, int nh, int nkv, int hd,
-                                kv_attn_mask mask) {
+static void test_attention_grad(int T, int pos0, int S, int nh, int nkv, int hd, kv_attn_mask mask,
+                                int window) {
     const size_t nq = (size_t)T * nh * hd, nk = (size_t)S * nkv * hd;
     float *q = rand_buf(nq, 1.5f), *k = rand_buf(nk, 1.5f), *v = rand_buf(nk, 1),
           *dout = rand_buf(nq, 1);
     float *dq = rand_buf(nq, 1), *dk = rand_buf(nk, 1), *dv = rand_buf(nk, 1);
     double *dq0 = to_double(dq, nq), *dk0 = to_double(dk, nk), *dv0 = to_double(dv, nk);
-    CHECK(kv_attention_backward(dq, dk, dv, dout, q, k, v, T, pos0, S, nh, nkv, hd, mask) == 0,
+    CHECK(kv_attention_backward(dq, dk, dv, dout, q, k, v, T, pos0, S, nh, nkv, hd, mask, window) ==
+              0,
           "attention backward rc");
     at_ctx c = {T,
                 pos0,
@@ -236,13 +239,14 @@ static void test_attention_grad(int T, int pos0, int S, int nh, int nkv, int hd,
                 nkv,
                 hd,
                 mask,
+                window,
                 to_double(q, nq),
                 to_double(k, nk),
                 to_double(v, nk),
                 to_double(dout, nq)};
     char what[96];
-    snprintf(what, sizeof what, "attention dq (T=%d pos0=%d S=%d %s)", T, pos0, S,
-             mask ? "strict" : "causal");
+    snprintf(what, sizeof what, "attention dq (T=%d pos0=%d S=%d %s W=%d)", T, pos0, S,
+             mask ? "strict" : "causal", window);
     check_grad(what, c.q, nq, dq, dq0, at_loss, &c, 2e-5);
     what[10] = 'k';
     check_grad(what, c.k, nk, dk, dk0, at_loss, &c, 2e-5);
@@ -257,7 +261,7 @@ static void test_attention_grad(int T, int pos0, int S, int nh, int nkv, int hd,
     float *dk1 = copy_f(dk, nk);
     for (size_t i = 0; i < nk; i++) dk[i] = (float)dk0[i];
     kv_kernels_set_threads(4);
-    kv_attention_backward(NULL, dk, NULL, dout, q, k, v, T, pos0, S, nh, nkv, hd, mask);
+    kv_attention_backward(NULL, dk, NULL, dout, q, k, v, T, pos0, S, nh, nkv, hd, mask, window);
     kv_kernels_set_threads(2);
     CHECK(memcmp(dk, dk1, sizeof(float) * nk) == 0, "attention dk alone / threaded differs");
     free(q), free(k), free(v), free(dout), free(dq), free(dk), free(dv), free(dq0), free(dk0),
@@ -471,7 +475,7 @@ static void test_chain(kv_attn_mask mask) {
     kv_matmul(v, xn, Wv, NULL, CT, CH, NK);
     kv_rope(q, CT, CNH, pos, &tab);
     kv_rope(k, CT, CNKV, pos, &tab);
-    kv_attention(att, q, k, v, CT, 0, CT, CNH, CNKV, CHD, mask);
+    kv_attention(att, q, k, v, CT, 0, CT, CNH, CNKV, CHD, mask, 0, 0);
     kv_matmul(y, att, Wo, NULL, CT, NQ, CH);
     /* backward */
     float datt[CT * NQ] = {0}, dq[CT * NQ] = {0}, dk[CT * NK] = {0}, dv[CT * NK] = {0};
@@ -479,7 +483,7 @@ static void test_chain(kv_attn_mask mask) {
     float *dWq = calloc(NQ * CH, 4), *dWk = calloc(NK * CH, 4), *dWv = calloc(NK * CH, 4),
           *dWo = calloc(CH * NQ, 4);
     kv_matmul_backward(datt, dWo, NULL, dout, att, Wo, CT, NQ, CH);
-    kv_attention_backward(dq, dk, dv, datt, q, k, v, CT, 0, CT, CNH, CNKV, CHD, mask);
+    kv_attention_backward(dq, dk, dv, datt, q, k, v, CT, 0, CT, CNH, CNKV, CHD, mask, 0);
     kv_rope_backward(dq, CT, CNH, pos, &tab);
     kv_rope_backward(dk, CT, CNKV, pos, &tab);
     kv_matmul_backward(dxn, dWq, NULL, dq, xn, Wq, CT, CH, NQ);
@@ -521,11 +525,16 @@ int main(void) {
     test_rmsnorm_grad();
     test_rope_grad();
     for (int mask = 0; mask < 2; mask++) {
-        test_attention_grad(5, 0, 5, 4, 2, 4, mask); /* prefill, GQA */
-        test_attention_grad(3, 4, 7, 2, 1, 8, mask); /* after a cached prefix, MQA */
-        test_attention_grad(1, 6, 7, 3, 3, 4, mask); /* decode, MHA */
+        test_attention_grad(5, 0, 5, 4, 2, 4, mask, 0); /* prefill, GQA */
+        test_attention_grad(3, 4, 7, 2, 1, 8, mask, 0); /* after a cached prefix, MQA */
+        test_attention_grad(1, 6, 7, 3, 3, 4, mask, 0); /* decode, MHA */
+        /* sliding windows over 7 positions (from 2 keys: one key has no q/k gradient, and the
+         * strict mask sees one fewer) */
+        for (int w = 2 + mask; w <= 4; w++) test_attention_grad(7, 0, 7, 4, 2, 4, mask, w);
+        test_attention_grad(3, 4, 7, 2, 1, 8, mask, 3); /* windowed, after a prefix */
     }
-    test_attention_grad(2, 3, 4, 4, 2, 4, KV_MASK_STRICT); /* cache one short: strict needs < p */
+    test_attention_grad(2, 3, 4, 4, 2, 4, KV_MASK_STRICT,
+                        0); /* cache one short: strict needs < p */
     test_swiglu_grad();
     test_kl_grad();
     test_ce_grad();

@@ -38,10 +38,10 @@ static int matmul_nudged(kv_backend *b, float *out, const float *x, const void *
 static int attention_backward_overwrites(kv_backend *b, float *dq, float *dk, float *dv,
                                          const float *dout, const float *q, const float *k,
                                          const float *v, int T, int pos0, int S, int nh, int nkv,
-                                         int hd, kv_attn_mask mask, kv_error *err) {
+                                         int hd, kv_attn_mask mask, int window, kv_error *err) {
     if (dv) memset(dv, 0, sizeof(float) * (size_t)S * nkv * hd);
     return cpu_ops->attention_backward(b, dq, dk, dv, dout, q, k, v, T, pos0, S, nh, nkv, hd, mask,
-                                       err);
+                                       window, err);
 }
 
 static int rmsnorm_refuses(kv_backend *b, float *out, const float *x, const float *w, int T,

@@ -416,7 +416,7 @@ static void test_queries(void) {
 /* kvmap_read_config of a config.json text for L layers */
 static int from_config(const char *json, int L, int swiftkv_default, kv_error *err) {
     cJSON *c = cJSON_Parse(json);
-    int rc = kvmap_read_config(&map, c, L, swiftkv_default, "config.json", err);
+    int rc = kvmap_read_config(&map, c, L, swiftkv_default, NULL, "config.json", err);
     cJSON_Delete(c);
     return rc;
 }

@@ -1394,16 +1394,16 @@ static int tr_rope(kv_backend *b, float *x, int T, int n_heads, const int32_t *p
 
 static int tr_attention(kv_backend *b, float *out, const float *q, const void *k, const void *v,
                         kv_dtype cache_type, int T, int pos0, int S, int n_heads, int n_kv_heads,
-                        int head_dim, kv_attn_mask mask, kv_error *err) {
+                        int head_dim, kv_attn_mask mask, int window, int ring, kv_error *err) {
     tr_of(b)->calls[TR_ATTENTION]++;
     const size_t qb = 4 * (size_t)T * n_heads * head_dim;
-    const size_t kb = kv_dtype_size(cache_type) * (size_t)S * n_kv_heads * head_dim;
+    const size_t kb = kv_dtype_size(cache_type) * (size_t)(ring ? ring : S) * n_kv_heads * head_dim;
     tr_need(b, TR_ATTENTION, "out", out, qb);
     tr_need(b, TR_ATTENTION, "q", q, qb);
     tr_need(b, TR_ATTENTION, "k", k, kb);
     tr_need(b, TR_ATTENTION, "v", v, kb);
     TR_RUN(b, attention(b, out, q, k, v, cache_type, T, pos0, S, n_heads, n_kv_heads, head_dim,
-                        mask, err));
+                        mask, window, ring, err));
 }
 
 static int tr_swiglu(kv_backend *b, float *h, const float *gate, const float *up, int T, int n,

@@ -91,11 +91,16 @@ static void test_qwen2_presets(const char *tmp) {
               st_find(&f, "model.layers.0.self_attn.o_proj.bias") == NULL,
           "qwen2-tiny has q/k/v biases and no o bias");
     st_close(&f);
-    s.sliding_window = 100; /* below max_pos: refused before anything is written */
+    s.sliding_window = 100; /* below max_pos: a sliding-window Mistral */
     s.arch = SYNTH_MISTRAL;
     snprintf(dir, sizeof dir, "%s/mistral-window", tmp);
-    CHECK(synth_write(dir, &s, &err) == KV_EUNSUPPORTED && strstr(err.msg, "sliding_window"),
-          "a window below max_pos: %s", err.msg);
+    CHECK(synth_write(dir, &s, &err) == 0, "a window below max_pos: %s", err.msg);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    hf_config *w = malloc(sizeof *w);
+    CHECK(w && hf_config_load(w, path, &err) == 0 && w->sliding_window == 100 &&
+              w->layer_window[0] == 100 && w->layer_window[w->n_layers - 1] == 100,
+          "mistral-window reads back with window 100 on every layer: %s", err.msg);
+    free(w);
 }
 
 int main(void) {

@@ -36,6 +36,7 @@ static double urand(void) { /* [-1, 1) */
 
 typedef struct {
     int L, H, nh, nkv, hd, F, V, bias, tied; /* bias 1: every projection; 2: Qwen2 (q/k/v) */
+    int window; /* > 0: a Mistral with this sliding_window on every layer */
 } tiny_shape;
 
 typedef struct {
@@ -101,16 +102,23 @@ static int write_tiny(const char *dir, const tiny_shape *t) {
     int rc = st_write_file(path, s.spec, (const void *const *)s.data, s.n, NULL, 0, &err);
     for (int i = 0; i < s.n; i++) free(s.data[i]);
     if (rc) return fprintf(stderr, "%s\n", err.msg), rc;
-    const int qwen2 = t->bias == 2;
+    const int qwen2 = t->bias == 2, mistral = t->window > 0;
+    char window[64] = "";
+    if (mistral) snprintf(window, sizeof window, ", \"sliding_window\": %d", t->window);
     snprintf(cfg, sizeof cfg,
-             "{\"architectures\": [\"%s\"], \"model_type\": \"%s\", "
+             "{\"architectures\": [\"%s\"], \"model_type\": \"%s\"%s, "
              "\"hidden_size\": %d, \"intermediate_size\": %d, \"num_hidden_layers\": %d, "
              "\"num_attention_heads\": %d, \"num_key_value_heads\": %d, \"head_dim\": %d, "
              "\"vocab_size\": %d, \"max_position_embeddings\": 64, \"rms_norm_eps\": 1e-5, "
              "\"rope_theta\": 10000.0, \"tie_word_embeddings\": %s, \"attention_bias\": %s, "
              "\"mlp_bias\": %s, \"bos_token_id\": 1, \"eos_token_id\": 2}",
-             qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM", qwen2 ? "qwen2" : "llama", t->H, t->F,
-             t->L, t->nh, t->nkv, t->hd, t->V, t->tied ? "true" : "false",
+             qwen2     ? "Qwen2ForCausalLM"
+             : mistral ? "MistralForCausalLM"
+                       : "LlamaForCausalLM",
+             qwen2     ? "qwen2"
+             : mistral ? "mistral"
+                       : "llama",
+             window, t->H, t->F, t->L, t->nh, t->nkv, t->hd, t->V, t->tied ? "true" : "false",
              t->bias == 1 ? "true" : "false", t->bias == 1 ? "true" : "false");
     snprintf(path, sizeof path, "%s/config.json", dir);
     return kv_write_file_atomic(path, cfg, strlen(cfg), &err);
@@ -174,7 +182,7 @@ static void r_rope(double *x, int N, int T, int heads, int hd, double theta) {
 
 /* per sequence, GQA, causal or strict */
 static void r_attention(double *out, const double *q, const double *K, const double *V, int B,
-                        int T, int nh, int nkv, int hd, int strict) {
+                        int T, int nh, int nkv, int hd, int strict, int window) {
     const int Q = nh * hd, KVd = nkv * hd, grp = nh / nkv;
     double sc[256];
     for (int b = 0; b < B; b++)
@@ -184,17 +192,18 @@ static void r_attention(double *out, const double *q, const double *K, const dou
                 double *o = out + ((size_t)(b * T + t)) * Q + h * hd;
                 for (int d = 0; d < hd; d++) o[d] = 0;
                 const int kh = h / grp, n_vis = strict ? t : t + 1;
-                if (n_vis == 0) continue;
+                const int lo = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0; /* s > t-W */
+                if (n_vis <= lo) continue;
                 double mx = -1e300, sum = 0;
-                for (int s = 0; s < n_vis; s++) {
+                for (int s = lo; s < n_vis; s++) {
                     const double *kv = K + ((size_t)(b * T + s)) * KVd + kh * hd;
                     double d = 0;
                     for (int k = 0; k < hd; k++) d += qv[k] * kv[k];
                     sc[s] = d / sqrt((double)hd);
                     if (sc[s] > mx) mx = sc[s];
                 }
-                for (int s = 0; s < n_vis; s++) sum += (sc[s] = exp(sc[s] - mx));
-                for (int s = 0; s < n_vis; s++) {
+                for (int s = lo; s < n_vis; s++) sum += (sc[s] = exp(sc[s] - mx));
+                for (int s = lo; s < n_vis; s++) {
                     const double *vv = V + ((size_t)(b * T + s)) * KVd + kh * hd;
                     for (int d = 0; d < hd; d++) o[d] += sc[s] / sum * vv[d];
                 }
@@ -230,7 +239,7 @@ static void r_layer(ref_ctx *c, int i) {
     }
     const int up = m->cfg.map.kv_layer_of[i] > i && m->cfg.map.kind != KVMAP_SWIFTKV;
     r_attention(c->att, c->q, up ? c->kp[sl] : c->k[sl], up ? c->vp[sl] : c->v[sl], c->B, c->T,
-                m->dims.n_heads, m->dims.n_kv_heads, m->dims.head_dim, up);
+                m->dims.n_heads, m->dims.n_kv_heads, m->dims.head_dim, up, m->cfg.layer_window[i]);
     double *mid = malloc(sizeof(double) * N * H), *tmp = malloc(sizeof(double) * N * H);
     r_matmul(tmp, c->att, W_of(c, ly->o), W_of(c, ly->o_b), N, Q, H);
     for (int k = 0; k < N * H; k++) mid[k] = x[k] + tmp[k];
@@ -569,6 +578,12 @@ int main(void) {
     run_case("all-qwen2-swiftkv", &qwen2, "swiftkv:2", 1, 1, 1);
     run_case("qwen2-swiftkv-acrosskv", &qwen2, "swiftkv:1,3", 1, 1, 0);
     run_case("all-qwen2-sandwich-middle", &qwen2, "sandwich-middle:2", 2, 1, 1);
+    /* sliding windows (a Mistral, window 3 of T = 5): every layer's attention sees the last 3 */
+    tiny_shape windowed = plain;
+    windowed.window = 3;
+    run_case("all-window-sandwich-middle", &windowed, "sandwich-middle:3", 2, 1, 1);
+    run_case("window-cla", &windowed, "cla:2", 1, 1, 0);
+    run_case("all-window-pizza-top-b2", &windowed, "pizza-top:2", 3, 2, 1);
 
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

@@ -29,6 +29,13 @@ static int attn_visible(int p, int S, kv_attn_mask mask) {
     return n < S ? n : S;
 }
 
+/* first key visible to the query at position p under a window of W positions (0: none): keys
+ * s > p - W */
+static int attn_first(int p, int W) { return W > 0 && p >= W ? p - W + 1 : 0; }
+
+/* row of k / v holding key s: s % R in a ring of R rows, s without one (R = 0) */
+static inline int attn_row(int s, int ring) { return ring ? s % ring : s; }
+
 /* BF16 bits -> F32 (exact: the BF16 value is the F32 with the low 16 mantissa bits zero) */
 static inline float attn_widen(uint16_t h) {
     const uint32_t bits = (uint32_t)h << 16;
@@ -119,6 +126,7 @@ typedef struct {
     const uint16_t *k16, *v16; /* BF16 cache instead of k, v (both NULL for F32) */
     int T, pos0, S, nh, nkv, hd;
     kv_attn_mask mask;
+    int window, ring; /* keys s > p - window (0: all); key s at row s % ring (0: row s) */
     int group; /* query heads per kv head */
     int tokens; /* tokens per work item; rows per item = tokens * group */
     int n_tblocks;
@@ -129,11 +137,11 @@ typedef struct {
                          staging: then K, V of one block of head g as F32 [KB, hd] each */
 } attn_job;
 
-/* BF16 rows s0 .. e-1 of kv head g widened into blk [e-s0, hd] */
+/* BF16 keys s0 .. e-1 of kv head g (rows attn_row(s, ring)) widened into blk [e-s0, hd] */
 static void attn_stage(float *blk, const uint16_t *bf16, int s0, int e, int g, size_t kv_stride,
-                       int hd) {
+                       int hd, int ring) {
     for (int s = s0; s < e; s++) {
-        const uint16_t *src = bf16 + (size_t)s * kv_stride + (size_t)g * hd;
+        const uint16_t *src = bf16 + (size_t)attn_row(s, ring) * kv_stride + (size_t)g * hd;
         float *dst = blk + (size_t)(s - s0) * hd;
         for (int d = 0; d < hd; d++) dst[d] = attn_widen(src[d]);
     }
@@ -155,29 +163,34 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
     }
     for (size_t i = 0; i < (size_t)rows * hd; i++) acc[i] = 0.0f;
     const int s_end = attn_visible(j->pos0 + t1 - 1, j->S, j->mask); /* the last sees most */
+    const int s_first = attn_first(j->pos0 + t0, j->window); /* the first sees the earliest */
     float *k_blk = score + KB, *v_blk = k_blk + (size_t)KB * hd;
-    for (int s0 = 0; s0 < s_end; s0 += KB) {
+    /* blocks aligned to multiples of KB whatever the window, so a row meets the same blocks in
+     * any grouping (a block before a row's first key is skipped for it) */
+    for (int s0 = s_first / KB * KB; s0 < s_end; s0 += KB) {
         /* row s of this block: F32 at kf/vf + (s - base) * st, or (bf16) BF16 at kh/vh + ... */
         const size_t head = (size_t)g * hd;
         const float *kf = j->k ? j->k + head : NULL, *vf = j->v ? j->v + head : NULL;
         const uint16_t *kh = j->k16 ? j->k16 + head : NULL, *vh = j->v16 ? j->v16 + head : NULL;
         size_t st = kv_stride;
-        int base = 0;
+        int base = 0, ring = j->ring;
         if (!bf16 && j->stage) {
-            const int e = s0 + KB < s_end ? s0 + KB : s_end;
-            attn_stage(k_blk, j->k16, s0, e, g, kv_stride, hd);
-            attn_stage(v_blk, j->v16, s0, e, g, kv_stride, hd);
-            kf = k_blk, vf = v_blk, st = (size_t)hd, base = s0;
+            const int b = s0 > s_first ? s0 : s_first, e = s0 + KB < s_end ? s0 + KB : s_end;
+            const size_t skip = (size_t)(b - s0) * hd; /* keys no row of the item sees */
+            attn_stage(k_blk + skip, j->k16, b, e, g, kv_stride, hd, ring);
+            attn_stage(v_blk + skip, j->v16, b, e, g, kv_stride, hd, ring);
+            kf = k_blk, vf = v_blk, st = (size_t)hd, base = s0, ring = 0;
         }
         for (int r = 0; r < rows; r++) {
             const int t = t0 + r / group, h = g * group + r % group;
             const int n_vis = attn_visible(j->pos0 + t, j->S, j->mask);
-            const int e = s0 + KB < n_vis ? s0 + KB : n_vis;
-            if (e <= s0) continue;
+            const int lo = attn_first(j->pos0 + t, j->window);
+            const int b = s0 > lo ? s0 : lo, e = s0 + KB < n_vis ? s0 + KB : n_vis;
+            if (e <= b) continue;
             const float *qr = j->q + (size_t)t * q_stride + (size_t)h * hd;
             float mb = m[r];
-            for (int s = s0; s < e; s++) {
-                const size_t at = (size_t)(s - base) * st;
+            for (int s = b; s < e; s++) {
+                const size_t at = (size_t)attn_row(s - base, ring) * st;
                 float x =
                     ATTN_DOT(avx2, qr, bf16 ? NULL : kf + at, bf16 ? kh + at : NULL, bf16, hd) *
                     j->scale; /* only the row in use is offset: the other pointer is NULL */
@@ -188,10 +201,10 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
             float *ar = acc + (size_t)r * hd;
             float lsum = 0.0f;
             for (int d = 0; d < hd; d++) ar[d] *= corr;
-            for (int s = s0; s < e; s++) {
+            for (int s = b; s < e; s++) {
                 const float p = expf(score[s - s0] - mb);
                 lsum += p;
-                const size_t at = (size_t)(s - base) * st;
+                const size_t at = (size_t)attn_row(s - base, ring) * st;
                 const float *vs = bf16 ? NULL : vf + at;
                 const uint16_t *vsh = bf16 ? vh + at : NULL;
                 ATTN_AXPY(avx2, ar, p, vs, vsh, bf16, hd);
@@ -229,6 +242,8 @@ __attribute__((target("avx2"))) static void attn_item_bf16_avx2(void *ctx, int i
 
 static int attention_run(attn_job j, int T, int pos0, int S, int n_heads, int n_kv_heads,
                          int head_dim) {
+    if (j.window < 0 || j.ring < 0 || (j.ring && (!j.window || j.ring < j.window + T - 1)))
+        return KV_EINVAL;
     j.T = T, j.pos0 = pos0, j.S = S, j.nh = n_heads, j.nkv = n_kv_heads, j.hd = head_dim;
     j.group = n_heads / n_kv_heads;
     j.scale = (float)(1.0 / sqrt((double)head_dim));
@@ -239,7 +254,9 @@ static int attention_run(attn_job j, int T, int pos0, int S, int n_heads, int n_
     j.stage = j.k16 && (size_t)(T < j.tokens ? T : j.tokens) * j.group >= 4;
     j.scratch_per_worker = rows * (head_dim + 2) + KB + (j.stage ? 2 * (size_t)KB * head_dim : 0);
     const int n_items = j.n_tblocks * n_kv_heads;
-    const double flops = 4.0 * n_heads * (double)T * (S < pos0 + T ? S : pos0 + T) * head_dim;
+    int keys = S < pos0 + T ? S : pos0 + T; /* per query row, at most */
+    if (j.window && j.window < keys) keys = j.window;
+    const double flops = 4.0 * n_heads * (double)T * keys * head_dim;
     const int workers = kv_parallel_workers(n_items, flops);
     j.scratch = malloc(sizeof(float) * workers * j.scratch_per_worker);
     if (!j.scratch) return KV_ENOMEM;
@@ -254,15 +271,18 @@ static int attention_run(attn_job j, int T, int pos0, int S, int n_heads, int n_
 }
 
 int kv_attention(float *out, const float *q, const float *k, const float *v, int T, int pos0, int S,
-                 int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask) {
-    const attn_job j = {.out = out, .q = q, .k = k, .v = v, .mask = mask};
+                 int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask, int window,
+                 int ring) {
+    const attn_job j = {
+        .out = out, .q = q, .k = k, .v = v, .mask = mask, .window = window, .ring = ring};
     return attention_run(j, T, pos0, S, n_heads, n_kv_heads, head_dim);
 }
 
 int kv_attention_bf16(float *out, const float *q, const uint16_t *k, const uint16_t *v, int T,
-                      int pos0, int S, int n_heads, int n_kv_heads, int head_dim,
-                      kv_attn_mask mask) {
-    const attn_job j = {.out = out, .q = q, .k16 = k, .v16 = v, .mask = mask};
+                      int pos0, int S, int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask,
+                      int window, int ring) {
+    const attn_job j = {
+        .out = out, .q = q, .k16 = k, .v16 = v, .mask = mask, .window = window, .ring = ring};
     return attention_run(j, T, pos0, S, n_heads, n_kv_heads, head_dim);
 }
 
@@ -277,6 +297,7 @@ typedef struct {
     const float *dout, *q, *k, *v;
     int T, pos0, S, nh, nkv, hd;
     kv_attn_mask mask;
+    int window; /* keys s > p - window (0: all) */
     float scale;
     float *scratch; /* per worker: p [S], dp [S] */
 } attn_grad_job;
@@ -289,28 +310,29 @@ static void attn_grad_item(void *ctx, int g, int worker) {
     for (int h = g * group; h < (g + 1) * group; h++) {
         for (int t = 0; t < j->T; t++) {
             const int n = attn_visible(j->pos0 + t, j->S, j->mask);
-            if (n <= 0) continue; /* zero output: no gradient flows */
+            const int lo = attn_first(j->pos0 + t, j->window); /* keys lo .. n-1 */
+            if (n <= lo) continue; /* zero output: no gradient flows */
             const size_t qoff = (size_t)t * q_stride + (size_t)h * hd;
             const float *qr = j->q + qoff, *go = j->dout + qoff;
             float mx = -INFINITY;
-            for (int s = 0; s < n; s++) {
+            for (int s = lo; s < n; s++) {
                 p[s] = attn_dot(qr, j->k + (size_t)s * kv_stride + (size_t)g * hd, hd) * j->scale;
                 if (p[s] > mx) mx = p[s];
             }
             double sum = 0.0;
-            for (int s = 0; s < n; s++) {
+            for (int s = lo; s < n; s++) {
                 p[s] = expf(p[s] - mx);
                 sum += p[s];
             }
             const float inv = (float)(1.0 / sum);
             double pdp = 0.0;
-            for (int s = 0; s < n; s++) {
+            for (int s = lo; s < n; s++) {
                 p[s] *= inv;
                 dp[s] = attn_dot(go, j->v + (size_t)s * kv_stride + (size_t)g * hd, hd);
                 pdp += (double)p[s] * dp[s];
             }
             float *dqr = j->dq ? j->dq + qoff : NULL;
-            for (int s = 0; s < n; s++) {
+            for (int s = lo; s < n; s++) {
                 const size_t kvoff = (size_t)s * kv_stride + (size_t)g * hd;
                 const float ds = p[s] * (dp[s] - (float)pdp) * j->scale;
                 if (dqr) {
@@ -332,8 +354,9 @@ static void attn_grad_item(void *ctx, int g, int worker) {
 
 int kv_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                           const float *k, const float *v, int T, int pos0, int S, int n_heads,
-                          int n_kv_heads, int head_dim, kv_attn_mask mask) {
+                          int n_kv_heads, int head_dim, kv_attn_mask mask, int window) {
     if (!dq && !dk && !dv) return 0;
+    if (window < 0) return KV_EINVAL;
     attn_grad_job j = {.dq = dq,
                        .dk = dk,
                        .dv = dv,
@@ -348,6 +371,7 @@ int kv_attention_backward(float *dq, float *dk, float *dv, const float *dout, co
                        .nkv = n_kv_heads,
                        .hd = head_dim,
                        .mask = mask,
+                       .window = window,
                        .scale = (float)(1.0 / sqrt((double)head_dim))};
     const double flops = 8.0 * n_heads * (double)T * (S < pos0 + T ? S : pos0 + T) * head_dim;
     const int workers = kv_parallel_workers(n_kv_heads, flops);

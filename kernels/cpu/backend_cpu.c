@@ -149,16 +149,21 @@ static int cpu_rope(kv_backend *b, float *x, int T, int n_heads, const int32_t *
 
 static int cpu_attention(kv_backend *b, float *out, const float *q, const void *k, const void *v,
                          kv_dtype cache_type, int T, int pos0, int S, int n_heads, int n_kv_heads,
-                         int head_dim, kv_attn_mask mask, kv_error *err) {
+                         int head_dim, kv_attn_mask mask, int window, int ring, kv_error *err) {
     (void)b;
     int rc;
     if (cache_type == KV_F32)
-        rc = kv_attention(out, q, k, v, T, pos0, S, n_heads, n_kv_heads, head_dim, mask);
+        rc = kv_attention(out, q, k, v, T, pos0, S, n_heads, n_kv_heads, head_dim, mask, window,
+                          ring);
     else if (cache_type == KV_BF16)
-        rc = kv_attention_bf16(out, q, k, v, T, pos0, S, n_heads, n_kv_heads, head_dim, mask);
+        rc = kv_attention_bf16(out, q, k, v, T, pos0, S, n_heads, n_kv_heads, head_dim, mask,
+                               window, ring);
     else
         return kv_fail(err, KV_EUNSUPPORTED, "cpu: attention over a %s cache (F32 or BF16)",
                        kv_dtype_name(cache_type));
+    if (rc == KV_EINVAL)
+        return kv_fail(err, rc, "cpu: attention (T %d): window %d with a ring of %d rows", T,
+                       window, ring);
     if (rc) return kv_fail(err, rc, "cpu: attention (T %d, S %d): out of memory", T, S);
     return 0;
 }
@@ -228,10 +233,11 @@ static int cpu_rope_backward(kv_backend *b, float *dx, int T, int n_heads, const
 static int cpu_attention_backward(kv_backend *b, float *dq, float *dk, float *dv, const float *dout,
                                   const float *q, const float *k, const float *v, int T, int pos0,
                                   int S, int n_heads, int n_kv_heads, int head_dim,
-                                  kv_attn_mask mask, kv_error *err) {
+                                  kv_attn_mask mask, int window, kv_error *err) {
     (void)b;
     int rc = kv_attention_backward(dq, dk, dv, dout, q, k, v, T, pos0, S, n_heads, n_kv_heads,
-                                   head_dim, mask);
+                                   head_dim, mask, window);
+    if (rc == KV_EINVAL) return kv_fail(err, rc, "cpu: attention backward: window %d", window);
     if (rc) return kv_fail(err, rc, "cpu: attention backward (T %d, S %d): out of memory", T, S);
     return 0;
 }

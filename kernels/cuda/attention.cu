@@ -1,6 +1,7 @@
 // GQA attention over a KV cache, forward and backward, twin of kernels/cpu/attention.c.
 // Masks as kv_attn_visible below (kernels.h): causal sees s <= p, strict s < p (a query at
-// position 0 sees nothing and outputs zeros); only s < S is read. head_dim <= 256.
+// position 0 sees nothing and outputs zeros); only s < S is read. Both directions take kernels.h's
+// sliding window (s > p - W); the forward also its ring (key s at row s % R). head_dim <= 256.
 //
 // Forward: one warp per (query token, head); keys in chunks of 32 (one per lane), online
 // softmax; each lane owns output dims lane, lane+32, ... F32 or BF16 cache (widened on load).
@@ -25,6 +26,14 @@ __device__ __forceinline__ int kv_attn_visible(int p, int S, int strict) {
     const int n = strict ? p : p + 1;
     return n < S ? n : S;
 }
+// first key visible to the query at position p with a window of W positions (0: none)
+__device__ __forceinline__ int kv_attn_first(int p, int W) {
+    return W > 0 && p >= W ? p - W + 1 : 0;
+}
+// row of k / v holding key s: s % ring in a ring, s without one (ring 0)
+__device__ __forceinline__ size_t kv_attn_row(int s, int ring) {
+    return (size_t)(ring ? s % ring : s);
+}
 
 // the two dot products attention backward needs per key s: q.k_s and dO.v_s
 __device__ __forceinline__ void qk_and_dov(const float *q, const float *dout, const float *ks,
@@ -42,8 +51,8 @@ __device__ __forceinline__ float att_ld(const uint16_t *p, size_t i) { return kv
 
 template <typename KV>
 __global__ void attention_kernel(float *out, const float *q, const KV *k, const KV *v, int T,
-                                 int pos0, int S, int nh, int nkv, int hd, int strict,
-                                 float scale) {
+                                 int pos0, int S, int nh, int nkv, int hd, int strict, int window,
+                                 int ring, float scale) {
     __shared__ float qs[ATT_WARPS][ATT_MAX_HD];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const long row = (long)blockIdx.x * ATT_WARPS + warp; // t * nh + h
@@ -52,17 +61,17 @@ __global__ void attention_kernel(float *out, const float *q, const KV *k, const 
     const float *qr = q + (size_t)row * hd;
     for (int d = lane; d < hd; d += 32) qs[warp][d] = qr[d];
     __syncwarp();
-    const int n = kv_attn_visible(pos0 + t, S, strict);
+    const int n = kv_attn_visible(pos0 + t, S, strict), lo = kv_attn_first(pos0 + t, window);
     const size_t kv_stride = (size_t)nkv * hd;
     const KV *kg = k + (size_t)g * hd, *vg = v + (size_t)g * hd;
     float m = -INFINITY, l = 0.0f, acc[ATT_J];
 #pragma unroll
     for (int j = 0; j < ATT_J; j++) acc[j] = 0.0f;
-    for (int s0 = 0; s0 < n; s0 += 32) {
+    for (int s0 = lo; s0 < n; s0 += 32) {
         const int s = s0 + lane;
         float x = -INFINITY;
         if (s < n) {
-            const KV *ks = kg + (size_t)s * kv_stride;
+            const KV *ks = kg + kv_attn_row(s, ring) * kv_stride;
             float dot = 0.0f;
             for (int d = 0; d < hd; d++) dot += qs[warp][d] * att_ld(ks, d);
             x = dot * scale;
@@ -76,7 +85,7 @@ __global__ void attention_kernel(float *out, const float *q, const KV *k, const 
         for (int j = 0; j < ATT_J; j++) acc[j] *= corr;
         for (int i = 0; i < cnt; i++) {
             const float pi = __shfl_sync(0xffffffffu, pl, i);
-            const KV *vs = vg + (size_t)(s0 + i) * kv_stride;
+            const KV *vs = vg + kv_attn_row(s0 + i, ring) * kv_stride;
 #pragma unroll
             for (int j = 0; j < ATT_J; j++) {
                 const int d = lane + 32 * j;
@@ -108,14 +117,18 @@ static int attn_check(const char *what, int T, int S, int n_heads, int n_kv_head
 
 int kv_cuda_attention(kv_backend *b, float *out, const float *q, const void *k, const void *v,
                       kv_dtype cache_type, int T, int pos0, int S, int n_heads, int n_kv_heads,
-                      int head_dim, kv_attn_mask mask, kv_error *err) {
-    char what[128];
-    snprintf(what, sizeof what, "attention (%s cache, T %d at %d, S %d, %d/%d heads of %d)",
-             kv_dtype_name(cache_type), T, pos0, S, n_heads, n_kv_heads, head_dim);
+                      int head_dim, kv_attn_mask mask, int window, int ring, kv_error *err) {
+    char what[160];
+    snprintf(what, sizeof what,
+             "attention (%s cache, T %d at %d, S %d, %d/%d heads of %d, window %d, ring %d)",
+             kv_dtype_name(cache_type), T, pos0, S, n_heads, n_kv_heads, head_dim, window, ring);
     if (cache_type != KV_F32 && cache_type != KV_BF16)
         return kv_fail(err, KV_EUNSUPPORTED, "cuda %s: the cache must be F32 or BF16", what);
     int rc = attn_check(what, T, S, n_heads, n_kv_heads, head_dim, err);
     if (rc) return rc;
+    if (window < 0 || ring < 0 || (ring && (!window || ring < window + T - 1)))
+        return kv_fail(err, KV_EINVAL, "cuda %s: a ring needs a window and >= window + T - 1 rows",
+                       what);
     const long rows = (long)T * n_heads;
     if (rows <= 0) return 0;
     const float scale = (float)(1.0 / sqrt((double)head_dim));
@@ -123,13 +136,13 @@ int kv_cuda_attention(kv_backend *b, float *out, const float *q, const void *k, 
     const int strict = mask == KV_MASK_STRICT;
     cudaStream_t st = kv_cuda_stream(b);
     if (cache_type == KV_F32)
-        attention_kernel<float>
-            <<<blocks, 32 * ATT_WARPS, 0, st>>>(out, q, (const float *)k, (const float *)v, T, pos0,
-                                                S, n_heads, n_kv_heads, head_dim, strict, scale);
+        attention_kernel<float><<<blocks, 32 * ATT_WARPS, 0, st>>>(
+            out, q, (const float *)k, (const float *)v, T, pos0, S, n_heads, n_kv_heads, head_dim,
+            strict, window, ring, scale);
     else
         attention_kernel<uint16_t><<<blocks, 32 * ATT_WARPS, 0, st>>>(
             out, q, (const uint16_t *)k, (const uint16_t *)v, T, pos0, S, n_heads, n_kv_heads,
-            head_dim, strict, scale);
+            head_dim, strict, window, ring, scale);
     return kv_cuda_launched(what, err);
 }
 
@@ -138,7 +151,7 @@ int kv_cuda_attention(kv_backend *b, float *out, const float *q, const void *k, 
 // pass 1: one warp per query row; stats[row] = (m, l, D) for pass 2; dq (if any) added
 __global__ void attn_dq_kernel(float *dq, float *stats, const float *dout, const float *q,
                                const float *k, const float *v, int T, int pos0, int S, int nh,
-                               int nkv, int hd, int strict, float scale) {
+                               int nkv, int hd, int strict, int window, float scale) {
     __shared__ float qs[ATT_WARPS][ATT_MAX_HD], os[ATT_WARPS][ATT_MAX_HD];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const long row = (long)blockIdx.x * ATT_WARPS + warp;
@@ -149,11 +162,11 @@ __global__ void attn_dq_kernel(float *dq, float *stats, const float *dout, const
         os[warp][d] = dout[(size_t)row * hd + d];
     }
     __syncwarp();
-    const int n = kv_attn_visible(pos0 + t, S, strict);
+    const int n = kv_attn_visible(pos0 + t, S, strict), lo = kv_attn_first(pos0 + t, window);
     const size_t kv_stride = (size_t)nkv * hd;
     const float *kg = k + (size_t)g * hd, *vg = v + (size_t)g * hd;
     float m = -INFINITY, l = 0.0f, a = 0.0f; // a = sum_s e^(x_s - m) dP_s
-    for (int s0 = 0; s0 < n; s0 += 32) {
+    for (int s0 = lo; s0 < n; s0 += 32) {
         const int s = s0 + lane;
         float x = -INFINITY, dp = 0.0f;
         if (s < n) {
@@ -176,12 +189,12 @@ __global__ void attn_dq_kernel(float *dq, float *stats, const float *dout, const
         stats[3 * row + 1] = l;
         stats[3 * row + 2] = D;
     }
-    if (!dq || n <= 0) return; // nothing visible: no gradient flows
+    if (!dq || n <= lo) return; // nothing visible: no gradient flows
     float acc[ATT_J];
 #pragma unroll
     for (int j = 0; j < ATT_J; j++) acc[j] = 0.0f;
     const float inv_l = 1.0f / l;
-    for (int s0 = 0; s0 < n; s0 += 32) {
+    for (int s0 = lo; s0 < n; s0 += 32) {
         const int s = s0 + lane;
         float ds = 0.0f;
         if (s < n) {
@@ -213,7 +226,8 @@ __global__ void attn_dq_kernel(float *dq, float *stats, const float *dout, const
 // pass 2: one warp per key row (s, g), over every query row that sees key s
 __global__ void attn_dkv_kernel(float *dk, float *dv, const float *stats, const float *dout,
                                 const float *q, const float *k, const float *v, int T, int pos0,
-                                int S, int nh, int nkv, int hd, int strict, float scale) {
+                                int S, int nh, int nkv, int hd, int strict, int window,
+                                float scale) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const long idx = (long)blockIdx.x * ATT_WARPS + warp;
     if (idx >= (long)S * nkv) return; // warp-uniform
@@ -230,7 +244,10 @@ __global__ void attn_dkv_kernel(float *dk, float *dv, const float *stats, const 
     // first token that sees s: its position p needs s <= p (causal) or s < p (strict)
     int t0 = s - pos0 + (strict ? 1 : 0);
     if (t0 < 0) t0 = 0;
-    for (int t = t0; t < T; t++)
+    // past the last token that sees s under a window: its position p needs p < s + W
+    long t_end = T;
+    if (window > 0 && (long)s + window - pos0 < t_end) t_end = (long)s + window - pos0;
+    for (int t = t0; t < t_end; t++)
         for (int h = g * group; h < (g + 1) * group; h++) {
             const size_t row = (size_t)t * nh + h;
             const float *qr = q + row * hd, *go = dout + row * hd;
@@ -266,11 +283,13 @@ __global__ void attn_dkv_kernel(float *dk, float *dv, const float *stats, const 
 int kv_cuda_attention_backward(kv_backend *b, float *dq, float *dk, float *dv, const float *dout,
                                const float *q, const float *k, const float *v, int T, int pos0,
                                int S, int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask,
-                               kv_error *err) {
-    char what[128];
-    snprintf(what, sizeof what, "attention_backward (T %d at %d, S %d, %d/%d heads of %d)", T, pos0,
-             S, n_heads, n_kv_heads, head_dim);
+                               int window, kv_error *err) {
+    char what[160];
+    snprintf(what, sizeof what,
+             "attention_backward (T %d at %d, S %d, %d/%d heads of %d, window %d)", T, pos0, S,
+             n_heads, n_kv_heads, head_dim, window);
     int rc = attn_check(what, T, S, n_heads, n_kv_heads, head_dim, err);
+    if (!rc && window < 0) rc = kv_fail(err, KV_EINVAL, "cuda %s: negative window", what);
     if (rc || (!dq && !dk && !dv)) return rc;
     const long rows = (long)T * n_heads;
     if (rows <= 0 || S <= 0) return 0;
@@ -282,12 +301,12 @@ int kv_cuda_attention_backward(kv_backend *b, float *dq, float *dk, float *dv, c
     cudaStream_t st = kv_cuda_stream(b);
     attn_dq_kernel<<<(unsigned)((rows + ATT_WARPS - 1) / ATT_WARPS), 32 * ATT_WARPS, 0, st>>>(
         dq, (float *)stats, dout, q, k, v, T, pos0, S, n_heads, n_kv_heads, head_dim, strict,
-        scale);
+        window, scale);
     rc = kv_cuda_launched(what, err);
     if (rc || (!dk && !dv)) return rc;
     const long keys = (long)S * n_kv_heads;
     attn_dkv_kernel<<<(unsigned)((keys + ATT_WARPS - 1) / ATT_WARPS), 32 * ATT_WARPS, 0, st>>>(
         dk, dv, (const float *)stats, dout, q, k, v, T, pos0, S, n_heads, n_kv_heads, head_dim,
-        strict, scale);
+        strict, window, scale);
     return kv_cuda_launched(what, err);
 }

@@ -1,5 +1,8 @@
 /* config.json through the public API (hf_config_parse), then everything derived from it: the
- * parameter count, the KV map and its slots and layer_types string, and the write-back */
+ * parameter count, the KV map and its slots and layer_types string, and the write-back (the
+ * same map and sliding windows read back) */
+#include <string.h>
+
 #include "formats/hfconfig.h"
 #include "formats/kvmap.h"
 #include "tests/fuzz/fuzz.h"
@@ -31,6 +34,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                        "written config does not parse: %s", err.msg);
             FUZZ_CHECK(back.n_layers == c.n_layers && kvmap_equal(&back.map, &c.map),
                        "written config differs");
+            FUZZ_CHECK(
+                back.sliding_window == c.sliding_window &&
+                    !memcmp(back.layer_window, c.layer_window, sizeof(int) * (size_t)c.n_layers),
+                "written config has other sliding windows");
         }
         free(out);
     }

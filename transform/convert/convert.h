@@ -100,6 +100,9 @@ typedef struct {
     kv_dtype cache_dtype; /* element type of the KV-cache figures (the output's) */
     size_t kv_bytes_src, kv_bytes_out; /* KV-cache bytes per token */
     int slots_src, slots_out;
+    /* sliding windows (source hf_config.layer_window; 0 without): bytes the KV cache holds at
+     * max_position_embeddings positions in passes of KVMAP_RUN_BATCH tokens (rings included) */
+    size_t kv_ctx_src, kv_ctx_out;
 } convert_plan;
 
 /* Checks the map against the config and the tensors against the config (names, shapes, float

@@ -124,6 +124,10 @@ char *convert_plan_json(const convert_plan *p, const convert_file_hash *hashes, 
     cJSON_AddNumberToObject(kv, "bytes_per_token_source", (double)p->kv_bytes_src);
     cJSON_AddNumberToObject(kv, "bytes_per_token_output", (double)p->kv_bytes_out);
     cJSON_AddNumberToObject(kv, "saving", fraction(p->kv_bytes_src, p->kv_bytes_out));
+    if (p->kv_ctx_src) { /* sliding windows: what the cache holds at the full context */
+        cJSON_AddNumberToObject(kv, "bytes_at_context_source", (double)p->kv_ctx_src);
+        cJSON_AddNumberToObject(kv, "bytes_at_context_output", (double)p->kv_ctx_out);
+    }
     if (p->opt.map.kind == KVMAP_SWIFTKV) /* share of a prompt token's layer FLOPs prefill skips */
         cJSON_AddNumberToObject(root, "prefill_compute_saving",
                                 model_swiftkv_prefill_saving(&p->source->cfg, p->opt.map.swiftkv_l,

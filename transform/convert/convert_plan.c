@@ -320,6 +320,12 @@ int convert_plan_build(convert_plan *p, const convert_source *s, const kv_conver
         return kv_fail(err, KV_EINVAL, "SwiftKV layout %d is neither hf-swiftkv nor deploy",
                        (int)o->layout);
     if ((rc = check_source(s, err))) return rc;
+    for (int i = 0; o->map.kind == KVMAP_SWIFTKV && i < c->n_layers; i++)
+        if (c->layer_window[i] > 0)
+            return kv_fail(err, KV_EUNSUPPORTED,
+                           "%s/config.json: layer %d attends over a sliding window of %d "
+                           "positions: kvforge does not run SwiftKV with sliding windows",
+                           s->dir, i, c->layer_window[i]);
     llama_view view; /* every tensor named, shaped and typed as the config implies */
     if ((rc = llama_view_bind(&view, c, &s->ckpt, err))) return rc;
     llama_view_free(&view);
@@ -350,6 +356,15 @@ int convert_plan_build(convert_plan *p, const convert_source *s, const kv_conver
     p->kv_bytes_out = kvmap_cache_bytes_per_token(&o->map, c->n_kv_heads, c->head_dim, elem);
     p->slots_src = c->n_layers;
     p->slots_out = kvmap_n_slots(&o->map);
+    int windows = 0;
+    for (int i = 0; i < c->n_layers; i++) windows |= c->layer_window[i] > 0;
+    if (windows) {
+        const int ctx = c->max_position_embeddings;
+        p->kv_ctx_src = kvmap_cache_bytes_windowed(&id, c->layer_window, KVMAP_RUN_BATCH,
+                                                   c->n_kv_heads, c->head_dim, ctx, elem, NULL);
+        p->kv_ctx_out = kvmap_cache_bytes_windowed(&o->map, c->layer_window, KVMAP_RUN_BATCH,
+                                                   c->n_kv_heads, c->head_dim, ctx, elem, NULL);
+    }
     return 0;
 }
 
@@ -427,6 +442,12 @@ char *convert_plan_text(const convert_plan *p) {
     tb_printf(&t, "KV cache per token (%s): %zu -> %zu bytes (%s)\n", kv_dtype_name(p->cache_dtype),
               p->kv_bytes_src, p->kv_bytes_out,
               change(p->kv_bytes_src, p->kv_bytes_out, c1, sizeof c1));
+    if (p->kv_ctx_src)
+        tb_printf(&t,
+                  "KV cache at %d positions with sliding-window rings (batch %d): %zu -> %zu "
+                  "bytes (%s)\n",
+                  p->source->cfg.max_position_embeddings, KVMAP_RUN_BATCH, p->kv_ctx_src,
+                  p->kv_ctx_out, change(p->kv_ctx_src, p->kv_ctx_out, c2, sizeof c2));
     if (p->opt.map.kind == KVMAP_SWIFTKV) {
         const kv_map *m = &p->opt.map;
         const int L = p->source->cfg.n_layers;

@@ -15,8 +15,7 @@ const char *model_kv_kind_name(model_kv_kind k) {
 
 const char *model_info_schema_note(const char *schema) {
     if (!strcmp(schema, "llama")) return "plain Hugging Face Llama: every Llama loader and kvforge";
-    if (!strcmp(schema, "mistral"))
-        return "Hugging Face Mistral without a sliding window: every Mistral loader and kvforge";
+    if (!strcmp(schema, "mistral")) return "Hugging Face Mistral: every Mistral loader and kvforge";
     if (!strcmp(schema, "qwen2")) return "Hugging Face Qwen2: every Qwen2 loader and kvforge";
     if (!strcmp(schema, "lckv-llama"))
         return "LCKV's cross-layer Llama: whyNLP/LCKV's code and kvforge";
@@ -115,6 +114,20 @@ int model_info_fill(model_info *mi, const llama_view *v, kv_error *err) {
     if (!mi->kv_bytes_per_token || !mi->kv_bytes_per_token_full)
         return kv_fail(err, KV_ENOMEM, "model info: KV-cache bytes per token overflow");
     mi->rope = c->rope;
+    for (int i = 0; i < c->n_layers; i++) mi->window_layers += c->layer_window[i] > 0;
+    if (mi->window_layers) {
+        int ring[HF_MAX_LAYERS];
+        const int ctx = c->max_position_embeddings;
+        mi->sliding_window = c->sliding_window;
+        mi->kv_bytes_context = kvmap_cache_bytes_windowed(
+            &c->map, c->layer_window, KVMAP_RUN_BATCH, c->n_kv_heads, c->head_dim, ctx, elem, ring);
+        mi->kv_bytes_context_full = kvmap_cache_bytes_windowed(
+            &c->map, NULL, KVMAP_RUN_BATCH, c->n_kv_heads, c->head_dim, ctx, elem, NULL);
+        if (!mi->kv_bytes_context || !mi->kv_bytes_context_full)
+            return kv_fail(err, KV_ENOMEM, "model info: KV-cache bytes at %d positions overflow",
+                           ctx);
+        for (int s = 0; s < mi->kv_slots; s++) mi->ring_slots += ring[s] > 0;
+    }
     if (c->map.kind == KVMAP_SWIFTKV) {
         mi->kv_kind = MODEL_KV_SWIFTKV;
         mi->prefill_saving = model_swiftkv_prefill_saving(c, c->map.swiftkv_l, c->map.swiftkv_g);
@@ -244,6 +257,18 @@ int model_info_text(const model_info *mi, const char *label, char **out, kv_erro
             mi->kv_bytes_per_token, kv_dtype_name(model_info_cache_dtype(mi)), mi->kv_slots,
             mi->n_layers, mi->n_layers, kv_dtype_name(model_info_cache_dtype(mi)),
             mi->kv_bytes_per_token_full, ch);
+    if (mi->window_layers) {
+        char cw[48];
+        model_change_text((double)mi->kv_bytes_context_full, (double)mi->kv_bytes_context, cw,
+                          sizeof cw);
+        fprintf(f,
+                "  sliding window %d positions on %d of %d layers; %d of %d slots are rings of "
+                "window + batch - 1 rows: at %d positions (batch %d) the KV cache holds %zu "
+                "bytes, %zu without rings (%s)\n",
+                mi->sliding_window, mi->window_layers, mi->n_layers, mi->ring_slots, mi->kv_slots,
+                mi->max_position, KVMAP_RUN_BATCH, mi->kv_bytes_context, mi->kv_bytes_context_full,
+                cw);
+    }
     if (mi->kv_kind == MODEL_KV_SWIFTKV) {
         fprintf(f,
                 "  SwiftKV        prefill skips %.1f%% of a prompt token's layer FLOPs (layers "
@@ -319,6 +344,13 @@ int model_info_json(const model_info *mi, char **out, kv_error *err) {
     NUM("kv_cache_bytes_per_token_full", mi->kv_bytes_per_token_full);
     NUM("kv_cache_saving", ((double)mi->kv_bytes_per_token_full - (double)mi->kv_bytes_per_token) /
                                (double)mi->kv_bytes_per_token_full);
+    if (mi->window_layers) {
+        NUM("sliding_window", mi->sliding_window);
+        NUM("sliding_window_layers", mi->window_layers);
+        NUM("kv_ring_slots", mi->ring_slots);
+        NUM("kv_cache_bytes_at_context", mi->kv_bytes_context);
+        NUM("kv_cache_bytes_at_context_without_rings", mi->kv_bytes_context_full);
+    }
 #undef NUM
 #undef STR
     char *text = ok ? cJSON_PrintUnformatted(o) : NULL;

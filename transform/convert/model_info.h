@@ -37,6 +37,12 @@ typedef struct {
     char kv_map[HF_MAX_LAYERS * 5 + 32]; /* "0_0_2_2_4"; identity "0_1_2_3_4"; SwiftKV "l=2,g=3" */
     double prefill_saving; /* SwiftKV: model_swiftkv_prefill_saving; else 0 */
     kv_rope_config rope; /* rope_theta, rope_scaling (kind and parameters) */
+    /* sliding windows (hf_config.layer_window), all 0 without: window W, how many layers use it,
+     * KV-cache slots kept as rings; the cache's bytes at the full context (max_position_
+     * embeddings positions, passes of KVMAP_RUN_BATCH tokens: what kvrun holds there) and what
+     * it would hold with no ring */
+    int sliding_window, window_layers, ring_slots;
+    size_t kv_bytes_context, kv_bytes_context_full;
 } model_info;
 
 /* SwiftKV (l, g) on the model C describes: the share of a prompt token's layer FLOPs (the weight
@@ -72,7 +78,9 @@ const char *model_info_schema_note(const char *schema);
  * kv_cache_dtype, kv_cache_bytes_per_token, kv_cache_bytes_per_token_full, kv_cache_saving,
  * rope_theta, rope_scaling (null or {rope_type, factor, ..., and for yarn / longrope the
  * attention_factor in effect}) (+ swiftkv_layers, swiftkv_group,
- * across_kv_saving, prefill_compute_saving for SwiftKV) */
+ * across_kv_saving, prefill_compute_saving for SwiftKV) (+ sliding_window,
+ * sliding_window_layers, kv_ring_slots, kv_cache_bytes_at_context,
+ * kv_cache_bytes_at_context_without_rings for a model with sliding windows) */
 int model_info_json(const model_info *mi, char **out, kv_error *err);
 
 #endif

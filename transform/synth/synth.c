@@ -17,26 +17,27 @@ static const struct {
     synth_spec s;
 } presets[] = {
     {"tiny",
-     {4, 64, 8, 4, 8, 172, 512, 512, 1, KV_F32, 10000.0, 1, 0, 0.02f, 0, NULL, SYNTH_LLAMA, 0}},
+     {4, 64, 8, 4, 8, 172, 512, 512, 1, KV_F32, 10000.0, 1, 0, 0.02f, 0, NULL, SYNTH_LLAMA, 0, 0}},
     {"stories260k",
-     {5, 64, 8, 4, 8, 172, 512, 512, 1, KV_F32, 10000.0, 1, 0, 0.02f, 0, NULL, SYNTH_LLAMA, 0}},
+     {5, 64, 8, 4, 8, 172, 512, 512, 1, KV_F32, 10000.0, 1, 0, 0.02f, 0, NULL, SYNTH_LLAMA, 0, 0}},
     {"stories110m",
      {12, 768, 12, 12, 64, 2048, 32000, 1024, 0, KV_F32, 10000.0, 1, 0, 0.02f, 0, NULL, SYNTH_LLAMA,
-      0}},
+      0, 0}},
     {"tinyllama-1.1b",
      {22, 2048, 32, 4, 64, 5632, 32000, 2048, 0, KV_BF16, 10000.0, 1, 0, 0.02f, 0, NULL,
-      SYNTH_LLAMA, 0}},
+      SYNTH_LLAMA, 0, 0}},
     {"llama-3.2-1b",
      {16, 2048, 32, 8, 64, 8192, 128256, 2048, 1, KV_BF16, 500000.0, 1, 0, 0.02f, 0, NULL,
-      SYNTH_LLAMA, 0}},
+      SYNTH_LLAMA, 0, 0}},
     {"llama-3.1-8b",
      {32, 4096, 32, 8, 128, 14336, 128256, 131072, 0, KV_BF16, 500000.0, 1, 0, 0.02f, 1, NULL,
-      SYNTH_LLAMA, 0}},
+      SYNTH_LLAMA, 0, 0}},
     {"qwen2-0.5b",
      {24, 896, 14, 2, 64, 4864, 151936, 32768, 1, KV_BF16, 1000000.0, 1, 0, 0.02f, 0, NULL,
-      SYNTH_QWEN2, 0}},
+      SYNTH_QWEN2, 0, 0}},
     {"qwen2-tiny",
-     {4, 64, 4, 2, 16, 96, 512, 512, 1, KV_F32, 1000000.0, 1, 0, 0.02f, 0, NULL, SYNTH_QWEN2, 0}},
+     {4, 64, 4, 2, 16, 96, 512, 512, 1, KV_F32, 1000000.0, 1, 0, 0.02f, 0, NULL, SYNTH_QWEN2, 0,
+      0}},
 };
 
 int synth_preset(synth_spec *s, const char *name) {
@@ -132,11 +133,13 @@ char *synth_config_json(const synth_spec *s) {
     if (a == 1 && s->sliding_window)
         snprintf(window, sizeof window, "  \"sliding_window\": %d,\n", s->sliding_window);
     else if (a == 1) snprintf(window, sizeof window, "  \"sliding_window\": null,\n");
-    else if (a == 2) /* as Qwen2 checkpoints ship it: a window that is switched off */
+    else if (a == 2) /* as Qwen2 checkpoints ship it: a window switched off, unless asked */
         snprintf(window, sizeof window,
-                 "  \"use_sliding_window\": false,\n  \"sliding_window\": %d,\n"
+                 "  \"use_sliding_window\": %s,\n  \"sliding_window\": %d,\n"
                  "  \"max_window_layers\": %d,\n",
-                 s->sliding_window ? s->sliding_window : s->max_pos, s->n_layers);
+                 s->window_layers ? "true" : "false",
+                 s->sliding_window ? s->sliding_window : s->max_pos,
+                 s->window_layers ? s->window_layers - 1 : s->n_layers);
     const char *biases = a == 2 ? "" : "  \"attention_bias\": false,\n  \"mlp_bias\": false,\n";
     const size_t cap = 4096 + strlen(rs);
     char *text = malloc(cap);
@@ -161,8 +164,8 @@ char *synth_config_json(const synth_spec *s) {
     return text;
 }
 
-/* the config text, checked to be one kvforge reads (a bad --rope-scaling text or a sliding
- * window it refuses fails here, naming the field, before anything is written) */
+/* the config text, checked to be one kvforge reads (a bad --rope-scaling text fails here,
+ * naming the field, before anything is written) */
 static int make_config(const synth_spec *s, char **out, kv_error *err) {
     *out = synth_config_json(s);
     if (!*out) return kv_fail(err, KV_ENOMEM, "config.json: out of memory");

@@ -25,6 +25,8 @@ typedef struct {
     const char *rope_scaling; /* rope_scaling as JSON text (overrides rope_llama3); NULL: none */
     synth_arch arch;
     int sliding_window; /* Mistral / Qwen2: sliding_window; 0 writes null (Qwen2: max_pos) */
+    int window_layers; /* Qwen2: K + 1 writes use_sliding_window true, max_window_layers K;
+                              0: use_sliding_window false, max_window_layers L */
 } synth_spec;
 
 /* named shapes: "tiny" (L=4,H=64,8/4 heads,FFN 172,V 512), "stories260k", "stories110m",

@@ -165,10 +165,13 @@ int calib_run(const calib_opts *o, const kv_map *maps, int n_maps, void (*tick)(
     if ((rc = kvt_run_init(&rt, b, &teacher, o->batch, o->seq_len, 1, 0, err)) ||
         (rc = similarity(res, &rt, &seqs, seqs.n, err)))
         goto out;
+    int windows = 0; /* sliding windows: SwiftKV does not run with them, its candidates skipped */
+    for (int i = 0; i < L; i++) windows |= teacher.cfg.layer_window[i] > 0;
     for (int c = 0; c < n_maps && !rc; c++) {
         kvt_model student;
         kvt_run rs;
         distill_eval_result ev;
+        if (windows && maps[c].kind == KVMAP_SWIFTKV) continue;
         if ((rc = distill_student_init(&student, &teacher, &maps[c], DISTILL_INIT_MEAN, err)))
             break;
         rc = kvt_run_init(&rs, b, &student, o->batch, o->seq_len, o->passes, 0, err);

@@ -532,7 +532,8 @@ static int layer_forward(kvt_run *r, int i, kv_error *err) {
     for (int b = 0; b < r->B; b++) {
         const size_t qo = (size_t)b * T * Q, ko = (size_t)b * T * KV;
         TRY(OP(attention, a->att + qo, a->q + qo, K + ko, V + ko, KV_F32, T, 0, T, d->n_heads,
-               d->n_kv_heads, d->head_dim, up ? KV_MASK_STRICT : KV_MASK_CAUSAL, err));
+               d->n_kv_heads, d->head_dim, up ? KV_MASK_STRICT : KV_MASK_CAUSAL,
+               m->cfg.layer_window[i], 0, err));
     }
     TRY(OP(copy, a->x_mid, a->x_in, rows_bytes(r, H), err));
     TRY(OP(matmul, a->x_mid, a->att, W(ly->o), KV_F32, W(ly->o_b), N, Q, H, 1, err));
@@ -663,7 +664,7 @@ static int layer_backward(kvt_run *r, int i, kv_error *err) {
         const size_t qo = (size_t)b * T * Q, ko = (size_t)b * T * KV;
         TRY(OP(attention_backward, r->dq + qo, dK ? dK + ko : NULL, dV ? dV + ko : NULL,
                r->datt + qo, a->q + qo, K + ko, V + ko, T, 0, T, d->n_heads, d->n_kv_heads,
-               d->head_dim, up ? KV_MASK_STRICT : KV_MASK_CAUSAL, err));
+               d->head_dim, up ? KV_MASK_STRICT : KV_MASK_CAUSAL, m->cfg.layer_window[i], err));
     }
     TRY(OP(rope_backward, r->dq, N, d->n_heads, r->pos, &r->rope, err));
     TRY(zero(r, r->dxn, H, err));

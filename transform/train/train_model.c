@@ -136,8 +136,12 @@ int kvt_model_load(kvt_model *m, const char *dir, kv_error *err) {
     int rc = path_in(path, sizeof path, dir, "config.json", err);
     if (rc) return rc;
     if ((rc = kv_read_file(path, &m->config_json, &len, HF_MAX_CONFIG_BYTES, err)) ||
-        (rc = hf_config_parse(&m->cfg, m->config_json, path, err)) || (rc = kvt_model_dims(m, err)))
+        (rc = hf_config_parse(&m->cfg, m->config_json, path, err)))
         goto fail;
+    if ((rc = kvt_model_dims(m, err))) {
+        kv_wrap(err, "%s", path);
+        goto fail;
+    }
     if (!(m->dir = strdup(dir)) || !(m->ckpt = calloc(1, sizeof *m->ckpt))) {
         rc = kv_fail(err, KV_ENOMEM, "%s: out of memory", dir);
         goto fail;
