@@ -7,19 +7,8 @@
 
 #include "kernels/kernels.h"
 #include "tests/check.h"
+#include "tests/rand.h"
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static float frand(void) { /* uniform in [-1, 1) */
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((rng_state >> 40) * (2.0 / 16777216.0) - 1.0);
-}
-static float *rand_buf(size_t n, float scale) {
-    float *p = malloc(sizeof(float) * n);
-    for (size_t i = 0; i < n; i++) p[i] = scale * frand();
-    return p;
-}
 /* max over i of |a - b| / (atol + rtol * |b|): <= 1 means within tolerance */
 static double worst(const float *a, const double *b, size_t n, double atol, double rtol) {
     double w = 0.0;

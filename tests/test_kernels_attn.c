@@ -12,19 +12,8 @@
 #include "kernels/cpu/gemv.h"
 #include "kernels/kernels.h"
 #include "tests/check.h"
-
-static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-static float frand(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((rng_state >> 40) * (2.0 / 16777216.0) - 1.0);
-}
-static float *rand_buf(size_t n, float scale) {
-    float *p = malloc(sizeof(float) * n);
-    for (size_t i = 0; i < n; i++) p[i] = scale * frand();
-    return p;
-}
+#define TEST_RAND_SEED 0x2545f4914f6cdd1dull
+#include "tests/rand.h"
 
 /* the definition, in double: out [T, nh*hd] */
 static void attention_ref(double *out, const float *q, const float *k, const float *v, int T,

@@ -9,19 +9,9 @@
 
 #include "kernels/kernels.h"
 #include "tests/check.h"
+#define TEST_RAND_SEED 0xd1b54a32d192ed03ull
+#include "tests/rand.h"
 
-static uint64_t rng_state = 0xd1b54a32d192ed03ull;
-static float frand(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((rng_state >> 40) * (2.0 / 16777216.0) - 1.0);
-}
-static float *rand_buf(size_t n, float scale) {
-    float *p = malloc(sizeof(float) * n);
-    for (size_t i = 0; i < n; i++) p[i] = scale * frand();
-    return p;
-}
 static double *to_double(const float *x, size_t n) {
     double *d = malloc(sizeof(double) * n);
     for (size_t i = 0; i < n; i++) d[i] = x[i];

@@ -15,19 +15,7 @@
 #include "kernels/cpu/gemv.h"
 #include "kernels/kernels.h"
 #include "tests/check.h"
-
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static float frand(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((rng_state >> 40) * (2.0 / 16777216.0) - 1.0);
-}
-static float *rand_buf(size_t n, float scale) {
-    float *p = malloc(sizeof(float) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) p[i] = scale * frand();
-    return p;
-}
+#include "tests/rand.h"
 
 /* the definition, in double, out [T, nh*hd]: the query at p = pos0 + t sees the keys s < S with
  * s <= p (causal) or s < p (strict) and, with W > 0, s > p - W; softmax over exactly those */
