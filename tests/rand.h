@@ -1,8 +1,10 @@
-/* Deterministic test data for the kernel tests: xorshift64, uniform floats in [-1, 1).
- * A test file picks its own stream by defining TEST_RAND_SEED before including this header. */
+/* Deterministic test data for the kernel tests (xorshift64, uniform floats in [-1, 1)) and
+ * their tolerance measure. A test file picks its own stream by defining TEST_RAND_SEED before
+ * including this header. */
 #ifndef KV_TESTS_RAND_H
 #define KV_TESTS_RAND_H
 
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -26,6 +28,18 @@ static inline float *rand_buf(size_t n, float scale) {
     if (!p) abort();
     for (size_t i = 0; i < n; i++) p[i] = scale * frand();
     return p;
+}
+
+/* max over i of |a[i] - b[i]| / (atol + rtol |b[i]|) against a double reference: <= 1 means
+ * every element is within tolerance; a NaN anywhere gives INFINITY */
+static inline double worst(const float *a, const double *b, size_t n, double atol, double rtol) {
+    double w = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - b[i]) / (atol + rtol * fabs(b[i]));
+        if (isnan(e)) return INFINITY;
+        if (e > w) w = e;
+    }
+    return w;
 }
 
 #endif

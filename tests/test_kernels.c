@@ -9,16 +9,6 @@
 #include "tests/check.h"
 #include "tests/rand.h"
 
-/* max over i of |a - b| / (atol + rtol * |b|): <= 1 means within tolerance */
-static double worst(const float *a, const double *b, size_t n, double atol, double rtol) {
-    double w = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double e = fabs((double)a[i] - b[i]) / (atol + rtol * fabs(b[i]));
-        if (!(e <= w)) w = e; /* NaN propagates as failure */
-    }
-    return w;
-}
-
 static void test_matmul(int T, int n_in, int n_out, int with_bias) {
     float *x = rand_buf((size_t)T * n_in, 1.0f), *W = rand_buf((size_t)n_out * n_in, 0.5f);
     float *b = with_bias ? rand_buf(n_out, 1.0f) : NULL;

@@ -44,15 +44,6 @@ static void attention_ref(double *out, const float *q, const float *k, const flo
     free(w);
 }
 
-static double worst(const float *a, const double *b, size_t n, double atol, double rtol) {
-    double w = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double e = fabs((double)a[i] - b[i]) / (atol + rtol * fabs(b[i]));
-        if (!(e <= w)) w = e;
-    }
-    return w;
-}
-
 /* K/V buffers hold exactly S rows, so ASan catches any read past the cache */
 static void check_case(int T, int pos0, int S, int nh, int nkv, int hd, kv_attn_mask mask,
                        float qscale) {

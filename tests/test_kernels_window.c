@@ -65,15 +65,6 @@ static void *ring_of(const void *full, size_t elem, int S, int R, int first, siz
     return r;
 }
 
-static double worst(const float *a, const double *b, size_t n, double atol, double rtol) {
-    double w = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double e = fabs((double)a[i] - b[i]) / (atol + rtol * fabs(b[i]));
-        if (!(e <= w)) w = e;
-    }
-    return w;
-}
-
 /* one shape: F32 and BF16 caches against the reference; window >= every p == no window bit
  * for bit; a ring of W + T - 1 (and a roomier one) == the full cache bit for bit */
 static void check_window(int T, int pos0, int nh, int nkv, int hd, int W, float qscale) {
