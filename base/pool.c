@@ -1,11 +1,13 @@
 /* The thread pool (pool.h): items handed out by an atomic counter, a stop flag after the first
  * failure, the lowest failing index recorded under a lock. kv_parallel_for runs on helpers that
- * stay parked between calls. */
+ * stay parked between calls (spinning a while first), one contiguous share of items per worker. */
 #include "base/pool.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <time.h>
+#include <sched.h>
 #include <unistd.h>
 
 int kv_resolve_threads(int threads, int n_tasks) {
@@ -100,51 +102,121 @@ static int run_infallible(void *ctx, int i, int worker, kv_error *err) {
     return 0;
 }
 
-/* kv_parallel_for's helpers: started on first need, kept parked on a condition variable between
- * calls (a decode step runs hundreds of short kernels: no thread start per call). One call at a
- * time uses them; a call that finds them busy (nested, or from another thread) runs on
- * kv_pool_run's threads instead. Helper h (1-based) is worker h of every job it joins. */
+/* kv_parallel_for's helpers: started on first need, then between jobs they spin for up to
+ * PARK_SPIN_NS watching for the next job before sleeping on a condition variable (a decode step
+ * runs about a hundred short kernels back to back: waking a sleeping thread cost 10-20 us per
+ * call on the 2-core VMs, and a helper woken late leaves the caller most of a 768 x 768 F32
+ * matrix, about 50 us of streaming). One call at a time uses them; a call that finds them busy
+ * (nested, or from another thread) runs on kv_pool_run's threads instead. Helper h (1-based) is
+ * worker h of every job it joins.
+ *
+ * Items are split into one contiguous share per worker (worker w: [w n / W, (w + 1) n / W)), each
+ * handed out in order from its own counter; a worker done with its share takes items from the
+ * others' counters in turn, so a late or slow thread's rows are done by the rest. A worker
+ * streams its own block of rows (of a weight matrix, say), and the counters sit on cache lines of
+ * their own. Which worker runs an item never changes what the item computes. */
+enum { PARK_SPIN_NS = 100000, PARK_LINE = 64 }; /* ns; bytes */
+
+typedef struct {
+    _Alignas(PARK_LINE) atomic_int next; /* the share's next item to hand out */
+    int end; /* one past its last item */
+} park_share;
+
 static struct {
     pthread_mutex_t lock;
     pthread_cond_t wake, done;
     int started; /* helpers running */
-    unsigned gen; /* bumped for every job */
-    kv_task_fn fn; /* the job: items [0, n) to helpers 1..helpers and the caller */
+    int sleepers; /* helpers waiting on wake (under lock) */
+    int caller_waiting; /* the caller waits on done (under lock) */
+    /* the job: gen << 16 | helpers, gen bumped for every job (never 0); helpers 1..helpers join */
+    _Atomic unsigned long long word;
+    unsigned gen;
+    kv_task_fn fn; /* set before word is published, read by the job's workers only */
     void *ctx;
-    int n, helpers;
-    int active; /* helpers of this job not finished */
-    atomic_int next;
+    int workers; /* helpers + the caller */
+    _Alignas(PARK_LINE) atomic_int active; /* helpers of this job not finished */
+    park_share shares[KV_POOL_MAX_THREADS];
 } park = {.lock = PTHREAD_MUTEX_INITIALIZER,
           .wake = PTHREAD_COND_INITIALIZER,
           .done = PTHREAD_COND_INITIALIZER};
 static atomic_flag park_busy = ATOMIC_FLAG_INIT;
 static pthread_once_t park_atfork_once = PTHREAD_ONCE_INIT;
 
-static void park_run_items(kv_task_fn fn, void *ctx, int n, int worker) {
-    for (;;) {
-        int i = atomic_fetch_add_explicit(&park.next, 1, memory_order_relaxed);
-        if (i >= n) break;
-        fn(ctx, i, worker);
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static long long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* spun_ = 1 once cond holds, spinning up to PARK_SPIN_NS; 0 when the time ran out first. The
+ * spin yields the CPU every 64 pauses: on a loaded machine the thread it waits for may share
+ * this CPU (spinning without yielding cost 0.4 ms per call there) */
+#define SPIN_UNTIL(cond)                                                                           \
+    do {                                                                                           \
+        const long long deadline_ = now_ns() + PARK_SPIN_NS;                                       \
+        for (unsigned spins_ = 1;; spins_++) {                                                     \
+            if (cond) {                                                                            \
+                spun_ = 1;                                                                         \
+                break;                                                                             \
+            }                                                                                      \
+            cpu_relax();                                                                           \
+            if (!(spins_ & 63)) {                                                                  \
+                if (now_ns() > deadline_) break;                                                   \
+                sched_yield();                                                                     \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+
+static unsigned word_gen(unsigned long long w) { return (unsigned)(w >> 16); }
+
+/* the job word once its gen differs from seen: spinning first, then asleep */
+static unsigned long long park_next_job(unsigned seen) {
+    unsigned long long w = 0;
+    int spun_ = 0;
+    SPIN_UNTIL(word_gen(w = atomic_load_explicit(&park.word, memory_order_acquire)) != seen);
+    if (spun_) return w;
+    pthread_mutex_lock(&park.lock);
+    park.sleepers++;
+    while (word_gen(w = atomic_load_explicit(&park.word, memory_order_acquire)) == seen)
+        pthread_cond_wait(&park.wake, &park.lock);
+    park.sleepers--;
+    pthread_mutex_unlock(&park.lock);
+    return w;
+}
+
+/* worker's share first, then the others' in turn */
+static void park_run_items(kv_task_fn fn, void *ctx, int workers, int worker) {
+    for (int k = 0; k < workers; k++) {
+        park_share *sh = &park.shares[(worker + k) % workers];
+        for (;;) {
+            const int i = atomic_fetch_add_explicit(&sh->next, 1, memory_order_relaxed);
+            if (i >= sh->end) break;
+            fn(ctx, i, worker);
+        }
     }
 }
 
 static void *park_helper_main(void *arg) {
     const int me = (int)(intptr_t)arg;
-    pthread_mutex_lock(&park.lock);
     /* none seen yet (gen skips 0): the job that started this helper is its first, and no job
      * it belongs to can finish before it joins */
     unsigned seen = 0;
     for (;;) {
-        while (park.gen == seen) pthread_cond_wait(&park.wake, &park.lock);
-        seen = park.gen;
-        if (me > park.helpers) continue;
-        kv_task_fn fn = park.fn;
-        void *ctx = park.ctx;
-        int n = park.n;
-        pthread_mutex_unlock(&park.lock);
-        park_run_items(fn, ctx, n, me);
-        pthread_mutex_lock(&park.lock);
-        if (--park.active == 0) pthread_cond_signal(&park.done);
+        const unsigned long long w = park_next_job(seen);
+        seen = word_gen(w);
+        if (me > (int)(w & 0xffff)) continue;
+        park_run_items(park.fn, park.ctx, park.workers, me);
+        if (atomic_fetch_sub_explicit(&park.active, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&park.lock);
+            if (park.caller_waiting) pthread_cond_signal(&park.done);
+            pthread_mutex_unlock(&park.lock);
+        }
     }
     return NULL;
 }
@@ -155,6 +227,8 @@ static void park_atfork_child(void) {
     pthread_cond_init(&park.wake, NULL);
     pthread_cond_init(&park.done, NULL);
     park.started = 0;
+    park.sleepers = 0;
+    park.caller_waiting = 0;
     atomic_flag_clear(&park_busy);
 }
 
@@ -182,18 +256,31 @@ void kv_parallel_for(int n_items, int n_workers, kv_task_fn fn, void *ctx) {
         park.started++;
     }
     const int helpers = park.started < n_workers - 1 ? park.started : n_workers - 1;
+    const int workers = helpers + 1;
     park.fn = fn;
     park.ctx = ctx;
-    park.n = n_items;
-    park.helpers = helpers;
-    park.active = helpers;
-    atomic_store_explicit(&park.next, 0, memory_order_relaxed);
+    park.workers = workers;
+    for (int w = 0; w < workers; w++) {
+        atomic_store_explicit(&park.shares[w].next, (int)((long long)n_items * w / workers),
+                              memory_order_relaxed);
+        park.shares[w].end = (int)((long long)n_items * (w + 1) / workers);
+    }
+    atomic_store_explicit(&park.active, helpers, memory_order_relaxed);
     if (++park.gen == 0) park.gen = 1;
-    if (helpers) pthread_cond_broadcast(&park.wake);
+    atomic_store_explicit(&park.word, (unsigned long long)park.gen << 16 | (unsigned)helpers,
+                          memory_order_release);
+    if (helpers && park.sleepers) pthread_cond_broadcast(&park.wake);
     pthread_mutex_unlock(&park.lock);
-    park_run_items(fn, ctx, n_items, 0);
-    pthread_mutex_lock(&park.lock);
-    while (park.active) pthread_cond_wait(&park.done, &park.lock);
-    pthread_mutex_unlock(&park.lock);
+    park_run_items(fn, ctx, workers, 0);
+    int spun_ = 0;
+    SPIN_UNTIL(atomic_load_explicit(&park.active, memory_order_acquire) == 0);
+    if (!spun_) {
+        pthread_mutex_lock(&park.lock);
+        park.caller_waiting = 1;
+        while (atomic_load_explicit(&park.active, memory_order_acquire))
+            pthread_cond_wait(&park.done, &park.lock);
+        park.caller_waiting = 0;
+        pthread_mutex_unlock(&park.lock);
+    }
     atomic_flag_clear(&park_busy);
 }

@@ -26,8 +26,10 @@ int kv_resolve_threads(int threads, int n_tasks);
 
 /* The same pool for work that cannot fail (kernels): fn(ctx, item, worker) for every item in
  * [0, n_items) on min(n_workers, n_items) workers. Its helper threads are started once and stay
- * parked between calls (no thread start per call); a call made while another is running on them
- * (nested, or from another thread) gets threads of its own as kv_pool_run does. */
+ * parked between calls (no thread start per call; they spin up to 0.1 ms for the next call before
+ * sleeping); a call made while another is running on them (nested, or from another thread) gets
+ * threads of its own as kv_pool_run does. Each worker starts on a contiguous share of the items
+ * (worker w of W: [w n / W, (w + 1) n / W), in order), then helps with the others' rest. */
 typedef void (*kv_task_fn)(void *ctx, int item, int worker);
 void kv_parallel_for(int n_items, int n_workers, kv_task_fn fn, void *ctx);
 

@@ -8,43 +8,53 @@
 #   prefill 512 GFLOP/s / a 1024^3 F32 GEMM of the same run                            [>= 0.6]
 #   prefill 512 tok/s with 2 threads / 1 thread                                        [>= 1.7]
 #   decode tok/s after 512 tokens / after 1                                            [>= 0.85]
-# KEEP=DIR reuses (or keeps) the two models there; REPEAT=N runs per case (default 3).
+# KEEP=DIR reuses (or keeps) the models there; REPEAT=N runs per case (default 3). SHAPES picks
+# the kvsynth presets (default stories110m; SHAPES="stories110m tinyllama-1.1b" adds the 1.1B
+# rows, 4.4 GB of F32 and 2.2 GB of BF16 weights, models kept under DIR/1.1b-f32 and -bf16).
 BIN=${KV_BIN:-$PWD/${BUILD:-build}/bin}
 REPEAT=${REPEAT:-3}
 if [ -n "$KEEP" ]; then DIR=$KEEP; mkdir -p "$DIR" || exit 1; else
     DIR=$(mktemp -d) || exit 1
     trap 'rm -rf "$DIR"' EXIT
 fi
-for dt in f32 bf16; do
-    [ -f "$DIR/$dt/model.safetensors" ] ||
-        "$BIN/kvsynth" --preset stories110m --dtype $dt --force "$DIR/$dt" >/dev/null || exit 1
-done
+SHAPES=${SHAPES:-stories110m}
 field() { sed -n "s/.*\"$1\": \"*\([0-9.a-zA-Z]*\).*/\1/p" "$2"; }
-for dt in f32 bf16; do
-    for t in 1 2; do
-        for p in 1 512; do
-            OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell} "$BIN/kvrun" "$DIR/$dt" --bench --json \
-                --prompt-len $p -n 32 --repeat "$REPEAT" --threads $t >"$DIR/$dt.t$t.p$p.json" ||
-                exit 1
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
+for shape in $SHAPES; do
+    case $shape in
+    stories110m) tag=110M pre= ;;
+    tinyllama-1.1b) tag=1.1B pre=1.1b- ;;
+    *) tag=$shape pre=$shape- ;;
+    esac
+    for dt in f32 bf16; do
+        [ -f "$DIR/$pre$dt/model.safetensors" ] ||
+            "$BIN/kvsynth" --preset "$shape" --dtype $dt --force "$DIR/$pre$dt" >/dev/null || exit 1
+    done
+    for dt in f32 bf16; do
+        for t in 1 2; do
+            for p in 1 512; do
+                OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell} "$BIN/kvrun" "$DIR/$pre$dt" --bench \
+                    --json --prompt-len $p -n 32 --repeat "$REPEAT" --threads $t \
+                    >"$DIR/$pre$dt.t$t.p$p.json" || exit 1
+            done
         done
     done
-done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
-J=$DIR
-for dt in f32 bf16; do
-    for t in 1 2; do
-        f=$J/$dt.t$t.p512.json
-        echo "110M $dt ${t}t: decode@512 $(field decode_gb_per_s "$f") GB/s / read loop" \
-            "$(field read_loop_gb_per_s "$f") GB/s = $(field decode_read_loop_ratio "$f") [>= 0.85];" \
-            "prefill 512 $(field prefill_gflop_per_s "$f") GFLOP/s / GEMM" \
-            "$(field gemm_gflop_per_s "$f") = $(field prefill_gemm_ratio "$f") [>= 0.6];" \
-            "decode@512 / decode@1 = $(ratio "$(field decode_tokens_per_s "$f")" \
-                "$(field decode_tokens_per_s "$J/$dt.t$t.p1.json")") [>= 0.85]"
+    J=$DIR
+    for dt in f32 bf16; do
+        for t in 1 2; do
+            f=$J/$pre$dt.t$t.p512.json
+            echo "$tag $dt ${t}t: decode@512 $(field decode_gb_per_s "$f") GB/s / read loop" \
+                "$(field read_loop_gb_per_s "$f") GB/s = $(field decode_read_loop_ratio "$f") [>= 0.85];" \
+                "prefill 512 $(field prefill_gflop_per_s "$f") GFLOP/s / GEMM" \
+                "$(field gemm_gflop_per_s "$f") = $(field prefill_gemm_ratio "$f") [>= 0.6];" \
+                "decode@512 / decode@1 = $(ratio "$(field decode_tokens_per_s "$f")" \
+                    "$(field decode_tokens_per_s "$J/$pre$dt.t$t.p1.json")") [>= 0.85]"
+        done
+        echo "$tag $dt: prefill 512 2 threads / 1 = $(ratio "$(field prefill_tokens_per_s \
+            "$J/$pre$dt.t2.p512.json")" "$(field prefill_tokens_per_s "$J/$pre$dt.t1.p512.json")") [>= 1.7]"
     done
-    echo "110M $dt: prefill 512 2 threads / 1 = $(ratio "$(field prefill_tokens_per_s \
-        "$J/$dt.t2.p512.json")" "$(field prefill_tokens_per_s "$J/$dt.t1.p512.json")") [>= 1.7]"
-done
-for t in 1 2; do
-    echo "110M ${t}t: BF16 decode@512 / F32 = $(ratio "$(field decode_tokens_per_s \
-        "$J/bf16.t$t.p512.json")" "$(field decode_tokens_per_s "$J/f32.t$t.p512.json")") [>= 1.8]"
+    for t in 1 2; do
+        echo "$tag ${t}t: BF16 decode@512 / F32 = $(ratio "$(field decode_tokens_per_s \
+            "$J/${pre}bf16.t$t.p512.json")" "$(field decode_tokens_per_s "$J/${pre}f32.t$t.p512.json")") [>= 1.8]"
+    done
 done

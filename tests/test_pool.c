@@ -5,6 +5,7 @@
 
 #include <stdatomic.h>
 #include <string.h>
+#include <time.h>
 
 #include "base/pool.h"
 
@@ -43,6 +44,40 @@ static int run(int n_items, int n_workers, int nested) {
     return ok;
 }
 
+/* each worker's items in the order it ran them: within one share (the contiguous blocks of
+ * pool.h, handed out in order whoever takes them) they ascend */
+enum { ORDER_ITEMS = 600, ORDER_W = 3 };
+
+typedef struct {
+    int seq[ORDER_W][ORDER_ITEMS];
+    int count[ORDER_W];
+    atomic_int hits[ORDER_ITEMS];
+} order_job;
+
+static void order_item(void *ctx, int item, int worker) {
+    order_job *j = ctx;
+    j->seq[worker][j->count[worker]++] = item; /* a worker's own row: no race */
+    atomic_fetch_add(&j->hits[item], 1);
+    for (volatile int spin = 0; spin < 200; spin++) {}
+}
+
+static int shares_in_order(int n_workers) {
+    static order_job j;
+    memset(&j, 0, sizeof j);
+    kv_parallel_for(ORDER_ITEMS, n_workers, order_item, &j);
+    int ok = 1;
+    for (int i = 0; i < ORDER_ITEMS; i++) ok &= atomic_load(&j.hits[i]) == 1;
+    for (int w = 0; w < n_workers; w++)
+        for (int k = 1; k < j.count[w]; k++) {
+            const int a = j.seq[w][k - 1], b = j.seq[w][k];
+            const int share_a = (int)((long long)a * n_workers / ORDER_ITEMS),
+                      share_b = (int)((long long)b * n_workers / ORDER_ITEMS);
+            /* share of item i: the w with w n / W <= i < (w + 1) n / W */
+            if (share_a == share_b && b <= a) ok = 0;
+        }
+    return ok;
+}
+
 static int from_pool_task(void *ctx, int i, int worker, kv_error *err) {
     (void)worker, (void)err;
     int *ok = ctx;
@@ -64,5 +99,15 @@ int main(void) {
     CHECK(kv_pool_run(2, 2, from_pool_task, ok, NULL, &err) == 0, "kv_pool_run");
     CHECK(ok[0] && ok[1], "kv_parallel_for from two kv_pool_run threads at once");
     CHECK(run(N_ITEMS, 2, 0), "after the concurrent calls");
+    CHECK(shares_in_order(2) && shares_in_order(3),
+          "each worker runs the items of a share in ascending order");
+    /* helpers that spun out and went to sleep between calls are woken for the next */
+    int slept = 1;
+    for (int round = 0; round < 5; round++) {
+        struct timespec pause = {0, 2000000}; /* 2 ms: longer than the helpers spin */
+        nanosleep(&pause, NULL);
+        slept &= run(N_ITEMS, 2 + round % 2, 0);
+    }
+    CHECK(slept, "calls 2 ms apart (helpers asleep in between)");
     return check_done("test_pool");
 }

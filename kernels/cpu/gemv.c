@@ -329,22 +329,42 @@ kv_gemv_isa kv_gemv_force(kv_gemv_isa isa) {
     return kv_gemv_isa_active();
 }
 
+/* rows [o0, o1) against x split by split_x (AVX512_BF16, BF16 weights); without x86, never called */
+static void rows_split(float *y, const uint16_t *xs, const uint16_t *W, const float *bias, int n_in,
+                       int o0, int o1, int accumulate) {
+#if KV_GEMV_X86
+    for (int o = o0; o < o1; o++) {
+        float s = dot_bf16_dp(W + (size_t)o * (size_t)n_in, xs, n_in);
+        if (accumulate) s = y[o] + s;
+        if (bias) s += bias[o];
+        y[o] = s;
+    }
+#else
+    (void)y, (void)xs, (void)W, (void)bias, (void)n_in, (void)o0, (void)o1, (void)accumulate;
+#endif
+}
+
+/* x split for the AVX512_BF16 variant (the calling thread's buffer), or NULL when isa does not
+ * take one or there is no memory for it (*isa then falls back to the widening AVX-512) */
+static const uint16_t *split_for(kv_gemv_isa *isa, kv_dtype w_type, const float *x, int n_in) {
+#if KV_GEMV_X86
+    if (*isa != KV_GEMV_AVX512BF16 || w_type != KV_BF16) return NULL;
+    const uint16_t *xs = split_x(x, n_in);
+    if (!xs) *isa = KV_GEMV_AVX512;
+    return xs;
+#else
+    (void)isa, (void)w_type, (void)x, (void)n_in;
+    return NULL;
+#endif
+}
+
 void kv_gemv_rows(kv_gemv_isa isa, float *y, const float *x, const void *W, kv_dtype w_type,
                   const float *bias, int n_in, int o0, int o1, int accumulate) {
-#if KV_GEMV_X86
-    const uint16_t *xs = NULL;
-    if (isa == KV_GEMV_AVX512BF16 && w_type == KV_BF16 && o1 > o0 && !(xs = split_x(x, n_in)))
-        isa = KV_GEMV_AVX512; /* no memory for the split: the widening variant */
+    const uint16_t *xs = o1 > o0 ? split_for(&isa, w_type, x, n_in) : NULL;
     if (xs) {
-        for (int o = o0; o < o1; o++) {
-            float s = dot_bf16_dp((const uint16_t *)W + (size_t)o * (size_t)n_in, xs, n_in);
-            if (accumulate) s = y[o] + s;
-            if (bias) s += bias[o];
-            y[o] = s;
-        }
+        rows_split(y, xs, W, bias, n_in, o0, o1, accumulate);
         return;
     }
-#endif
     for (int o = o0; o < o1; o++) {
         const size_t off = (size_t)o * (size_t)n_in;
         float s = w_type == KV_BF16 ? dot_bf16[isa]((const uint16_t *)W + off, x, n_in)
@@ -362,6 +382,7 @@ typedef struct {
     kv_gemv_isa isa;
     float *y;
     const float *x, *bias;
+    const uint16_t *xs; /* x split once by the caller (AVX512_BF16), read by every worker */
     const void *W;
     kv_dtype w_type;
     int n_in, n_out, accumulate;
@@ -372,7 +393,8 @@ static void gemv_item(void *ctx, int item, int worker) {
     const gemv_job *j = ctx;
     const int o0 = item * GEMV_ROWS_PER_ITEM;
     const int o1 = j->n_out - o0 < GEMV_ROWS_PER_ITEM ? j->n_out : o0 + GEMV_ROWS_PER_ITEM;
-    kv_gemv_rows(j->isa, j->y, j->x, j->W, j->w_type, j->bias, j->n_in, o0, o1, j->accumulate);
+    if (j->xs) rows_split(j->y, j->xs, j->W, j->bias, j->n_in, o0, o1, j->accumulate);
+    else kv_gemv_rows(j->isa, j->y, j->x, j->W, j->w_type, j->bias, j->n_in, o0, o1, j->accumulate);
 }
 
 int kv_gemv(float *y, const float *x, const void *W, kv_dtype w_type, const float *bias, int n_in,
@@ -390,7 +412,12 @@ int kv_gemv(float *y, const float *x, const void *W, kv_dtype w_type, const floa
                   .accumulate = accumulate};
     const int items = (n_out + GEMV_ROWS_PER_ITEM - 1) / GEMV_ROWS_PER_ITEM;
     const int workers = kv_parallel_workers(items, 2.0 * n_in * n_out);
-    if (workers <= 1) kv_gemv_rows(j.isa, y, x, W, w_type, bias, n_in, 0, n_out, accumulate);
-    else kv_parallel_for(items, workers, gemv_item, &j);
+    if (workers <= 1) {
+        kv_gemv_rows(j.isa, y, x, W, w_type, bias, n_in, 0, n_out, accumulate);
+        return 0;
+    }
+    /* once per call, not per block of rows (per block it cost as much as the rows at 2 threads) */
+    j.xs = split_for(&j.isa, w_type, x, n_in);
+    kv_parallel_for(items, workers, gemv_item, &j);
     return 0;
 }

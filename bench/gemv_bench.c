@@ -1,0 +1,116 @@
+/* Decode's matrix-vector products alone, against a read loop of the same run: every weight matrix
+ * of one stories110M decode step (12 layers of q, k, v, o [768 x 768], gate, up [2048 x 768],
+ * down [768 x 2048], then the LM head [32000 x 768]; 438 MB F32, 219 MB BF16) through kv_gemv,
+ * for each gemv variant this CPU runs (KV_CPU_ISA's names), F32 and BF16 weights, 1 thread and
+ * --threads N (default 2). Prints the best pass of --repeat N (default 15) in ms and GB/s, its
+ * ratio to the read loop over 512 MiB on as many threads, and the cost of one empty
+ * kv_parallel_for call on the kernel threads (what every parallel kernel of a decode step pays).
+ * Usage: gemv_bench [--threads N] [--repeat N] */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "base/pool.h"
+#include "kernels/cpu/baseline.h"
+#include "kernels/cpu/gemv.h"
+#include "kernels/kernels.h"
+
+enum { LAYERS = 12, HIDDEN = 768, FFN = 2048, VOCAB = 32000, EMPTY_CALLS = 20000 };
+
+static double seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* elements of all the step's matrices */
+static size_t step_elems(void) {
+    return (size_t)LAYERS * (4 * (size_t)HIDDEN * HIDDEN + 3 * (size_t)FFN * HIDDEN) +
+           (size_t)VOCAB * HIDDEN;
+}
+
+/* one decode step's products over W (the matrices back to back); y [VOCAB], x [FFN] */
+static void step(float *y, const float *x, const char *W, kv_dtype dt) {
+    const size_t es = kv_dtype_size(dt);
+    for (int l = 0; l < LAYERS; l++) {
+        const int shape[7][2] = {{HIDDEN, HIDDEN}, {HIDDEN, HIDDEN}, {HIDDEN, HIDDEN},
+                                 {HIDDEN, HIDDEN}, {HIDDEN, FFN},    {HIDDEN, FFN},
+                                 {FFN, HIDDEN}}; /* {n_in, n_out} */
+        for (int m = 0; m < 7; m++) {
+            kv_gemv(y, x, W, dt, NULL, shape[m][0], shape[m][1], 0);
+            W += (size_t)shape[m][0] * (size_t)shape[m][1] * es;
+        }
+    }
+    kv_gemv(y, x, W, dt, NULL, HIDDEN, VOCAB, 0);
+}
+
+static void nothing(void *ctx, int item, int worker) { (void)ctx, (void)item, (void)worker; }
+
+int main(int argc, char **argv) {
+    int threads = 2, repeat = 15;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--repeat") && i + 1 < argc) repeat = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: gemv_bench [--threads N] [--repeat N]\n");
+            return 2;
+        }
+    }
+    if (threads < 1 || repeat < 1) {
+        fprintf(stderr, "gemv_bench: --threads and --repeat take N >= 1\n");
+        return 2;
+    }
+    const size_t n = step_elems();
+    char *W = malloc(n * sizeof(float));
+    float *x = malloc(sizeof(float) * FFN), *y = malloc(sizeof(float) * VOCAB);
+    if (!W || !x || !y) {
+        fprintf(stderr, "gemv_bench: out of memory\n");
+        return 1;
+    }
+    for (int i = 0; i < FFN; i++) x[i] = 0.01f * (float)(i % 13) - 0.05f;
+    const int counts[2] = {1, threads};
+    for (int c = 0; c < (threads > 1 ? 2 : 1); c++) {
+        kv_kernels_set_threads(counts[c]);
+        double loop = 0;
+        kv_error err = {0};
+        if (kv_read_loop_gbps(&loop, (size_t)512 << 20, 5, &err)) {
+            fprintf(stderr, "gemv_bench: %s\n", err.msg);
+            return 1;
+        }
+        const double t0 = seconds();
+        for (int i = 0; i < EMPTY_CALLS; i++) kv_parallel_for(counts[c], counts[c], nothing, NULL);
+        const double empty_us = (seconds() - t0) / EMPTY_CALLS * 1e6;
+        printf("%d thread(s): read loop %.1f GB/s; empty kv_parallel_for %.2f us\n", counts[c],
+               loop, empty_us);
+        for (int d = 0; d < 2; d++) {
+            const kv_dtype dt = d ? KV_BF16 : KV_F32;
+            if (dt == KV_BF16) { /* BF16 values near the F32 ones', every pattern of low bits */
+                uint16_t *p = (uint16_t *)W;
+                for (size_t i = 0; i < n; i++) p[i] = (uint16_t)(0x3c00 + (i * 2654435761u >> 20));
+            } else {
+                float *p = (float *)W;
+                for (size_t i = 0; i < n; i++) p[i] = 1.0f / (float)(1 + (i & 7));
+            }
+            const double bytes = (double)n * (double)kv_dtype_size(dt);
+            for (int isa = 0; isa < KV_GEMV_N_ISA; isa++) {
+                if (!kv_gemv_isa_supported((kv_gemv_isa)isa)) continue;
+                kv_gemv_force((kv_gemv_isa)isa);
+                double best = 1e30;
+                for (int r = 0; r < repeat; r++) {
+                    const double s = seconds();
+                    step(y, x, W, dt);
+                    const double dt_s = seconds() - s;
+                    if (dt_s < best) best = dt_s;
+                }
+                printf("  %-4s %-10s %7.2f ms  %6.1f GB/s  = %.2f x the read loop\n",
+                       kv_dtype_name(dt), kv_gemv_isa_name((kv_gemv_isa)isa), best * 1e3,
+                       bytes / best / 1e9, bytes / best / 1e9 / loop);
+            }
+            kv_gemv_force(KV_GEMV_N_ISA);
+        }
+    }
+    free(W), free(x), free(y);
+    return 0;
+}
