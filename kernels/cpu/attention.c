@@ -112,6 +112,13 @@ __attribute__((target("avx2"))) static inline void attn_axpy_row_avx2(float *ar,
     for (; d < n; d++) ar[d] += p * ATTN_AT(bf16, b, bh, d);
 }
 
+enum { ATTN_PF_KEYS = 16 }; /* keys ahead whose K rows the AVX2 row pass prefetches */
+
+/* every 64-byte line of [p, p + bytes) towards L1 (a hint: no fault, no result) */
+static inline void attn_prefetch(const void *p, size_t bytes) {
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)p + o);
+}
+
 /* the pairwise combination of attn_dot_row for eight keys at once: a[u] holds key u's eight
  * partial sums; lane u of the result is ((p0+p1)+(p2+p3))+((p4+p5)+(p6+p7)) of key u (hadd adds
  * neighbours, the last add joins the two 128-bit halves) */
@@ -136,8 +143,19 @@ attn_row_block_avx2(float *ar, float *m, float *l, float *score, const float *qr
     float mb = *m;
     __m256 mbv = _mm256_set1_ps(mb);
     const __m256 scalev = _mm256_set1_ps(scale);
+    const size_t row_bytes = (size_t)hd * (bf16 ? sizeof(uint16_t) : sizeof(float));
     int s = b;
     for (; s + 8 <= e; s += 8) {
+        /* in decode the cache rows come from DRAM (the weights stream evicts them), one head's row
+         * every kv_stride bytes: fetch the K rows ATTN_PF_KEYS ahead and this group's V rows */
+        for (int u = 0; u < 8; u++) {
+            const size_t at = (size_t)attn_row(s + u - base, ring) * st;
+            attn_prefetch(bf16 ? (const void *)(vh + at) : (const void *)(vf + at), row_bytes);
+            if (s + u + ATTN_PF_KEYS < e) {
+                const size_t ak = (size_t)attn_row(s + u + ATTN_PF_KEYS - base, ring) * st;
+                attn_prefetch(bf16 ? (const void *)(kh + ak) : (const void *)(kf + ak), row_bytes);
+            }
+        }
         const float *kr[8] = {0};
         const uint16_t *kr16[8] = {0};
         for (int u = 0; u < 8; u++) {
