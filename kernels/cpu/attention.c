@@ -111,6 +111,129 @@ __attribute__((target("avx2"))) static inline void attn_axpy_row_avx2(float *ar,
                                                _mm256_mul_ps(pv, attn_load8(b, bh, bf16, d))));
     for (; d < n; d++) ar[d] += p * ATTN_AT(bf16, b, bh, d);
 }
+
+enum { ATTN_PF_KEYS = 16 }; /* keys ahead whose K rows the AVX2 row pass prefetches */
+
+/* every 64-byte line of [p, p + bytes) towards L1 (a hint: no fault, no result) */
+static inline void attn_prefetch(const void *p, size_t bytes) {
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)p + o);
+}
+
+/* the pairwise combination of attn_dot_row for eight keys at once: a[u] holds key u's eight
+ * partial sums; lane u of the result is ((p0+p1)+(p2+p3))+((p4+p5)+(p6+p7)) of key u (hadd adds
+ * neighbours, the last add joins the two 128-bit halves) */
+__attribute__((target("avx2"))) static inline __m256 attn_hsum8(__m256 a0, __m256 a1, __m256 a2,
+                                                                __m256 a3, __m256 a4, __m256 a5,
+                                                                __m256 a6, __m256 a7) {
+    const __m256 k0123 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    const __m256 k4567 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+    return _mm256_add_ps(_mm256_permute2f128_ps(k0123, k4567, 0x20),
+                         _mm256_permute2f128_ps(k0123, k4567, 0x31));
+}
+
+/* one query row qr [hd] over keys b .. e-1 of the block starting at s0, for hd % 8 == 0: the
+ * reference's per-row step (scores, running max, rescale, exp, weighted sum of values) with its
+ * arithmetic in its order. Eight keys' dot products run interleaved; the row's accumulator stays
+ * in registers across the keys, 32 dims at a time. Key s is row attn_row(s - base, ring) * st of
+ * kf / vf (F32) or kh / vh (BF16). */
+__attribute__((target("avx2"))) static inline void
+attn_row_block_avx2(float *ar, float *m, float *l, float *score, const float *qr, const float *kf,
+                    const float *vf, const uint16_t *kh, const uint16_t *vh, int bf16, size_t st,
+                    int base, int ring, int s0, int b, int e, int hd, float scale) {
+    float mb = *m;
+    __m256 mbv = _mm256_set1_ps(mb);
+    const __m256 scalev = _mm256_set1_ps(scale);
+    const size_t row_bytes = (size_t)hd * (bf16 ? sizeof(uint16_t) : sizeof(float));
+    int s = b;
+    for (; s + 8 <= e; s += 8) {
+        /* in decode the cache rows come from DRAM (the weights stream evicts them), one head's row
+         * every kv_stride bytes: fetch the K rows ATTN_PF_KEYS ahead and this group's V rows */
+        for (int u = 0; u < 8; u++) {
+            const size_t at = (size_t)attn_row(s + u - base, ring) * st;
+            attn_prefetch(bf16 ? (const void *)(vh + at) : (const void *)(vf + at), row_bytes);
+            if (s + u + ATTN_PF_KEYS < e) {
+                const size_t ak = (size_t)attn_row(s + u + ATTN_PF_KEYS - base, ring) * st;
+                attn_prefetch(bf16 ? (const void *)(kh + ak) : (const void *)(kf + ak), row_bytes);
+            }
+        }
+        const float *kr[8] = {0};
+        const uint16_t *kr16[8] = {0};
+        for (int u = 0; u < 8; u++) {
+            const size_t at = (size_t)attn_row(s + u - base, ring) * st;
+            if (bf16) kr16[u] = kh + at;
+            else kr[u] = kf + at;
+        }
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
+               a7 = a0;
+        for (int i = 0; i < hd; i += 8) {
+            const __m256 qv = _mm256_loadu_ps(qr + i);
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(qv, attn_load8(kr[0], kr16[0], bf16, i)));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(qv, attn_load8(kr[1], kr16[1], bf16, i)));
+            a2 = _mm256_add_ps(a2, _mm256_mul_ps(qv, attn_load8(kr[2], kr16[2], bf16, i)));
+            a3 = _mm256_add_ps(a3, _mm256_mul_ps(qv, attn_load8(kr[3], kr16[3], bf16, i)));
+            a4 = _mm256_add_ps(a4, _mm256_mul_ps(qv, attn_load8(kr[4], kr16[4], bf16, i)));
+            a5 = _mm256_add_ps(a5, _mm256_mul_ps(qv, attn_load8(kr[5], kr16[5], bf16, i)));
+            a6 = _mm256_add_ps(a6, _mm256_mul_ps(qv, attn_load8(kr[6], kr16[6], bf16, i)));
+            a7 = _mm256_add_ps(a7, _mm256_mul_ps(qv, attn_load8(kr[7], kr16[7], bf16, i)));
+        }
+        const __m256 x = _mm256_mul_ps(attn_hsum8(a0, a1, a2, a3, a4, a5, a6, a7), scalev);
+        _mm256_storeu_ps(score + (s - s0), x);
+        mbv = _mm256_max_ps(x, mbv); /* a NaN x keeps mbv, as "x > mb" does */
+    }
+    float lane[8];
+    _mm256_storeu_ps(lane, mbv);
+    for (int u = 0; u < 8; u++)
+        if (lane[u] > mb) mb = lane[u];
+    for (; s < e; s++) {
+        const size_t at = (size_t)attn_row(s - base, ring) * st;
+        const float x = attn_dot_row_avx2(qr, bf16 ? NULL : kf + at, bf16 ? kh + at : NULL, bf16,
+                                          hd) *
+                        scale;
+        score[s - s0] = x;
+        if (x > mb) mb = x;
+    }
+    const float corr = expf(*m - mb); /* 0 on the first block: m = -inf */
+    float lsum = 0.0f;
+    for (s = b; s < e; s++) {
+        const float p = expf(score[s - s0] - mb);
+        lsum += p;
+        score[s - s0] = p;
+    }
+    const __m256 corrv = _mm256_set1_ps(corr);
+    int d = 0;
+    for (; d + 32 <= hd; d += 32) {
+        __m256 c0 = _mm256_mul_ps(_mm256_loadu_ps(ar + d), corrv);
+        __m256 c1 = _mm256_mul_ps(_mm256_loadu_ps(ar + d + 8), corrv);
+        __m256 c2 = _mm256_mul_ps(_mm256_loadu_ps(ar + d + 16), corrv);
+        __m256 c3 = _mm256_mul_ps(_mm256_loadu_ps(ar + d + 24), corrv);
+        for (s = b; s < e; s++) {
+            const size_t at = (size_t)attn_row(s - base, ring) * st;
+            const float *vr = bf16 ? NULL : vf + at;
+            const uint16_t *vr16 = bf16 ? vh + at : NULL;
+            const __m256 pv = _mm256_set1_ps(score[s - s0]);
+            c0 = _mm256_add_ps(c0, _mm256_mul_ps(pv, attn_load8(vr, vr16, bf16, d)));
+            c1 = _mm256_add_ps(c1, _mm256_mul_ps(pv, attn_load8(vr, vr16, bf16, d + 8)));
+            c2 = _mm256_add_ps(c2, _mm256_mul_ps(pv, attn_load8(vr, vr16, bf16, d + 16)));
+            c3 = _mm256_add_ps(c3, _mm256_mul_ps(pv, attn_load8(vr, vr16, bf16, d + 24)));
+        }
+        _mm256_storeu_ps(ar + d, c0);
+        _mm256_storeu_ps(ar + d + 8, c1);
+        _mm256_storeu_ps(ar + d + 16, c2);
+        _mm256_storeu_ps(ar + d + 24, c3);
+    }
+    for (; d < hd; d += 8) {
+        __m256 c0 = _mm256_mul_ps(_mm256_loadu_ps(ar + d), corrv);
+        for (s = b; s < e; s++) {
+            const size_t at = (size_t)attn_row(s - base, ring) * st;
+            const __m256 pv = _mm256_set1_ps(score[s - s0]);
+            c0 = _mm256_add_ps(c0, _mm256_mul_ps(pv, attn_load8(bf16 ? NULL : vf + at,
+                                                                bf16 ? vh + at : NULL, bf16, d)));
+        }
+        _mm256_storeu_ps(ar + d, c0);
+    }
+    *l = *l * corr + lsum;
+    *m = mb;
+}
 #define ATTN_DOT(avx2, ...)  ((avx2) ? attn_dot_row_avx2(__VA_ARGS__) : attn_dot_row(__VA_ARGS__))
 #define ATTN_AXPY(avx2, ...) ((avx2) ? attn_axpy_row_avx2(__VA_ARGS__) : attn_axpy_row(__VA_ARGS__))
 #else
@@ -188,6 +311,13 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
             const int b = s0 > lo ? s0 : lo, e = s0 + KB < n_vis ? s0 + KB : n_vis;
             if (e <= b) continue;
             const float *qr = j->q + (size_t)t * q_stride + (size_t)h * hd;
+#if KV_ATTN_X86
+            if (avx2 && hd % 8 == 0) {
+                attn_row_block_avx2(acc + (size_t)r * hd, m + r, l + r, score, qr, kf, vf, kh, vh,
+                                    bf16, st, base, ring, s0, b, e, hd, j->scale);
+                continue;
+            }
+#endif
             float mb = m[r];
             for (int s = b; s < e; s++) {
                 const size_t at = (size_t)attn_row(s - base, ring) * st;

@@ -48,6 +48,11 @@ static float dot_bf16_c(const uint16_t *w, const float *x, int n) {
 }
 
 #if KV_GEMV_X86
+/* the line KV_STREAM_PREFETCH_BYTES (+ off) past p, into L1 (a hint: never faults, also past
+ * the end of W) */
+#define GEMV_PREFETCH(p, off)                                                                      \
+    _mm_prefetch((const char *)(p) + KV_STREAM_PREFETCH_BYTES + (off), _MM_HINT_T0)
+
 /* ---- AVX2 + FMA: 4 accumulators of 8 lanes; the tail (< 8) zero-padded through a buffer ---- */
 
 __attribute__((target("avx2,fma"))) static float hsum256(__m256 v) {
@@ -67,6 +72,8 @@ __attribute__((target("avx2,fma"))) static float dot_f32_avx2(const float *w, co
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int i = 0;
     for (; i + 32 <= n; i += 32) {
+        GEMV_PREFETCH(w + i, 0);
+        GEMV_PREFETCH(w + i, 64);
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
         a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
         a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
@@ -88,6 +95,7 @@ __attribute__((target("avx2,fma"))) static float dot_bf16_avx2(const uint16_t *w
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int i = 0;
     for (; i + 32 <= n; i += 32) {
+        GEMV_PREFETCH(w + i, 0);
         a0 = _mm256_fmadd_ps(bf16x8_avx2(w + i), _mm256_loadu_ps(x + i), a0);
         a1 = _mm256_fmadd_ps(bf16x8_avx2(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
         a2 = _mm256_fmadd_ps(bf16x8_avx2(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
@@ -141,6 +149,8 @@ __attribute__((target("avx512f"))) static float dot_f32_avx512(const float *w, c
         a3 = _mm512_fmadd_ps(_mm512_loadu_ps(wt), _mm512_loadu_ps(xt), a3);
     }
     for (; i + 64 <= n; i += 64) {
+        GEMV_PREFETCH(w + i, 0), GEMV_PREFETCH(w + i, 64);
+        GEMV_PREFETCH(w + i, 128), GEMV_PREFETCH(w + i, 192);
         a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
         a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
         a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
@@ -169,6 +179,7 @@ __attribute__((target("avx512f"))) static float dot_bf16_avx512(const uint16_t *
         a3 = _mm512_fmadd_ps(bf16x16_avx512(wt), _mm512_loadu_ps(xt), a3);
     }
     for (; i + 64 <= n; i += 64) {
+        GEMV_PREFETCH(w + i, 0), GEMV_PREFETCH(w + i, 64);
         a0 = _mm512_fmadd_ps(bf16x16_avx512(w + i), _mm512_loadu_ps(x + i), a0);
         a1 = _mm512_fmadd_ps(bf16x16_avx512(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
         a2 = _mm512_fmadd_ps(bf16x16_avx512(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
@@ -210,6 +221,7 @@ __attribute__((target("avx512f,avx512bf16"))) static float dot_bf16_dp(const uin
     __m512 ah = _mm512_setzero_ps(), am = ah, al = ah;
     int i = 0;
     for (; i + 32 <= n; i += 32) {
+        GEMV_PREFETCH(w + i, 0);
         const __m512bh wv = bf16x32(w + i);
         ah = _mm512_dpbf16_ps(ah, wv, bf16x32(xh + i));
         am = _mm512_dpbf16_ps(am, wv, bf16x32(xm + i));
