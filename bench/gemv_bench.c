@@ -88,7 +88,7 @@ int main(int argc, char **argv) {
             const kv_dtype dt = d ? KV_BF16 : KV_F32;
             if (dt == KV_BF16) { /* normal BF16 values of either sign in [2^-7, 2): every
                                    * mantissa pattern; no subnormal, Inf or NaN, which real weights
-                                   * do not hold and which slow FMA several-fold on Zen 5 */
+                                   * do not hold and which slowed FMA 3x on the Xeon VM */
                 uint16_t *p = (uint16_t *)W;
                 for (size_t i = 0; i < n; i++) {
                     const size_t h = i * 2654435761u >> 20;

@@ -20,9 +20,10 @@
 #include "base/dtype.h"
 
 /* Bytes ahead of the current weight row position that the AVX2 / AVX-512 loops (and the read
- * loop, kernels/cpu/baseline.c) prefetch, one line per 64 bytes read. On the Zen 5 VMs here
- * (DRAM-bound decode, 1 thread): F32 13.0 -> 15.3 GB/s, BF16 9.7 -> 13.3 GB/s on a 200k x 768
- * matrix; 2 KB gave about the same, 256 B nothing (docs/RESULTS.md). */
+ * loop, kernels/cpu/baseline.c) prefetch, one line per 64 bytes read. Measured on the 2-core
+ * Intel Xeon VM of 2026-12-06 (DRAM-bound, 1 thread, a 200k x 768 matrix): F32 13.0 -> 15.3 GB/s,
+ * BF16 9.7 -> 13.8 GB/s; 2 KB about the same, 256 B nothing. An earlier try on a loaded Zen 5
+ * VM found prefetching slower (docs/RESULTS.md). */
 enum { KV_STREAM_PREFETCH_BYTES = 4096 };
 
 typedef enum {
