@@ -3,6 +3,7 @@
  * independent of the thread count; the CPU backend's T == 1 matmul on this path. */
 #include "tests/check.h"
 
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -136,7 +137,7 @@ static void check_backend(kv_dtype t) {
     CHECK(W != NULL, "out of memory");
     if (!W) return;
     CHECK(b.ops->matmul(&b, y, x, W, t, NULL, 1, n_in, n_out, 0, &err) == 0, "%s", err.msg);
-    kv_gemv_rows(kv_gemv_isa_active(), yr, x, W, t, NULL, n_in, 0, n_out, 0);
+    kv_gemv_rows(kv_gemv_isa_for(t), yr, x, W, t, NULL, n_in, 0, n_out, 0);
     CHECK(!memcmp(y, yr, sizeof y), "%s: backend T=1 is not the gemv path", kv_dtype_name(t));
     CHECK(b.ops->matmul(&b, y2, x, W, t, NULL, 2, n_in, n_out, 0, &err) == 0, "%s", err.msg);
     double worst = 0;
@@ -165,6 +166,19 @@ int main(void) {
     for (int i = 0; i < KV_GEMV_N_ISA; i++)
         if (kv_gemv_isa_supported((kv_gemv_isa)i)) printf(" %s", kv_gemv_isa_name((kv_gemv_isa)i));
     printf("\n");
+    /* BF16 weights default to avx512 where it runs; F32 and any explicit choice are left alone */
+    if (!getenv("KV_CPU_ISA")) {
+        const kv_gemv_isa active = kv_gemv_isa_active();
+        const kv_gemv_isa bf16_want = active == KV_GEMV_AVX2 && kv_gemv_isa_supported(KV_GEMV_AVX512)
+                                          ? KV_GEMV_AVX512
+                                          : active;
+        CHECK(kv_gemv_isa_for(KV_F32) == active, "F32 takes the active variant");
+        CHECK(kv_gemv_isa_for(KV_BF16) == bf16_want, "BF16 default %s, want %s",
+              kv_gemv_isa_name(kv_gemv_isa_for(KV_BF16)), kv_gemv_isa_name(bf16_want));
+        kv_gemv_force(KV_GEMV_AVX2);
+        CHECK(kv_gemv_isa_for(KV_BF16) == KV_GEMV_AVX2, "a forced variant holds for BF16");
+        kv_gemv_force(KV_GEMV_N_ISA);
+    }
     for (int d = 0; d < 2; d++) {
         kv_dtype t = d ? KV_BF16 : KV_F32;
         for (size_t a = 0; a < sizeof n_ins / sizeof *n_ins; a++)

@@ -135,11 +135,12 @@ __attribute__((target("avx2"))) static inline __m256 attn_hsum8(__m256 a0, __m25
  * reference's per-row step (scores, running max, rescale, exp, weighted sum of values) with its
  * arithmetic in its order. Eight keys' dot products run interleaved; the row's accumulator stays
  * in registers across the keys, 32 dims at a time. Key s is row attn_row(s - base, ring) * st of
- * kf / vf (F32) or kh / vh (BF16). */
+ * kf / vf (F32) or kh / vh (BF16); K rows are prefetched up to key pf_end - 1 (past the block when
+ * the rows are the cache's, so the next block's first keys are on their way). */
 __attribute__((target("avx2"))) static inline void
 attn_row_block_avx2(float *ar, float *m, float *l, float *score, const float *qr, const float *kf,
                     const float *vf, const uint16_t *kh, const uint16_t *vh, int bf16, size_t st,
-                    int base, int ring, int s0, int b, int e, int hd, float scale) {
+                    int base, int ring, int s0, int b, int e, int pf_end, int hd, float scale) {
     float mb = *m;
     __m256 mbv = _mm256_set1_ps(mb);
     const __m256 scalev = _mm256_set1_ps(scale);
@@ -151,7 +152,7 @@ attn_row_block_avx2(float *ar, float *m, float *l, float *score, const float *qr
         for (int u = 0; u < 8; u++) {
             const size_t at = (size_t)attn_row(s + u - base, ring) * st;
             attn_prefetch(bf16 ? (const void *)(vh + at) : (const void *)(vf + at), row_bytes);
-            if (s + u + ATTN_PF_KEYS < e) {
+            if (s + u + ATTN_PF_KEYS < pf_end) {
                 const size_t ak = (size_t)attn_row(s + u + ATTN_PF_KEYS - base, ring) * st;
                 attn_prefetch(bf16 ? (const void *)(kh + ak) : (const void *)(kf + ak), row_bytes);
             }
@@ -297,7 +298,8 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
         const uint16_t *kh = j->k16 ? j->k16 + head : NULL, *vh = j->v16 ? j->v16 + head : NULL;
         size_t st = kv_stride;
         int base = 0, ring = j->ring;
-        if (!bf16 && j->stage) {
+        const int staged = !bf16 && j->stage;
+        if (staged) {
             const int b = s0 > s_first ? s0 : s_first, e = s0 + KB < s_end ? s0 + KB : s_end;
             const size_t skip = (size_t)(b - s0) * hd; /* keys no row of the item sees */
             attn_stage(k_blk + skip, j->k16, b, e, g, kv_stride, hd, ring);
@@ -314,7 +316,8 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
 #if KV_ATTN_X86
             if (avx2 && hd % 8 == 0) {
                 attn_row_block_avx2(acc + (size_t)r * hd, m + r, l + r, score, qr, kf, vf, kh, vh,
-                                    bf16, st, base, ring, s0, b, e, hd, j->scale);
+                                    bf16, st, base, ring, s0, b, e, staged ? e : n_vis, hd,
+                                    j->scale);
                 continue;
             }
 #endif

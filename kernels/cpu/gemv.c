@@ -197,6 +197,57 @@ __attribute__((target("avx512f"))) static float dot_bf16_avx512(const uint16_t *
     return hsum512(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
+/* ---- AVX-512F, BF16 weights, x de-interleaved once per call (gemv.h): a 64-byte load of 32
+ * weights is 16 dwords, dword k holding w[2k] in its low half and w[2k+1] in its high half; a
+ * shift by 16 makes the evens F32 and a mask the odds, each multiplied by x's matching half, so
+ * a line costs one load, two integer ops and two FMAs (no cross-lane widening) ---- */
+
+/* xd [n]: per full block of 32 at b, xd[b + k] = x[b + 2k], xd[b + 16 + k] = x[b + 2k + 1]
+ * (k < 16); the last n % 32 as in x */
+static void deinterleave_x(float *xd, const float *x, int n) {
+    int b = 0;
+    for (; b + 32 <= n; b += 32)
+        for (int k = 0; k < 16; k++) xd[b + k] = x[b + 2 * k], xd[b + 16 + k] = x[b + 2 * k + 1];
+    for (; b < n; b++) xd[b] = x[b];
+}
+
+__attribute__((target("avx512f"))) static float dot_bf16_evenodd(const uint16_t *w, const float *xd,
+                                                                 int n) {
+    const __m512i odd = _mm512_set1_epi32((int)0xffff0000u);
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        GEMV_PREFETCH(w + i, 0), GEMV_PREFETCH(w + i, 64);
+        const __m512i v0 = _mm512_loadu_si512((const void *)(w + i));
+        const __m512i v1 = _mm512_loadu_si512((const void *)(w + i + 32));
+        a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)),
+                             _mm512_loadu_ps(xd + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, odd)),
+                             _mm512_loadu_ps(xd + i + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)),
+                             _mm512_loadu_ps(xd + i + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v1, odd)),
+                             _mm512_loadu_ps(xd + i + 48), a3);
+    }
+    if (i + 32 <= n) {
+        const __m512i v0 = _mm512_loadu_si512((const void *)(w + i));
+        a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)),
+                             _mm512_loadu_ps(xd + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, odd)),
+                             _mm512_loadu_ps(xd + i + 16), a1);
+        i += 32;
+    }
+    if (i < n) { /* the tail (< 32), in x's order, widened and zero-padded */
+        uint16_t wt[32] = {0};
+        float xt[32] = {0};
+        memcpy(wt, w + i, sizeof(uint16_t) * (size_t)(n - i));
+        memcpy(xt, xd + i, sizeof(float) * (size_t)(n - i));
+        a2 = _mm512_fmadd_ps(bf16x16_avx512(wt), _mm512_loadu_ps(xt), a2);
+        a3 = _mm512_fmadd_ps(bf16x16_avx512(wt + 16), _mm512_loadu_ps(xt + 16), a3);
+    }
+    return hsum512(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
 /* ---- AVX512_BF16: vdpbf16ps against x split into BF16 parts hi + mid + lo == x (gemv.h) ---- */
 
 /* xs [3, n]: hi, mid, lo, each the nearest-even BF16 of what the parts before leave of x; the
@@ -239,19 +290,17 @@ __attribute__((target("avx512f,avx512bf16"))) static float dot_bf16_dp(const uin
     return hsum512(_mm512_add_ps(_mm512_add_ps(al, am), ah));
 }
 
-/* the split x of the calling thread, grown as needed */
-static _Thread_local uint16_t *split_buf;
-static _Thread_local size_t split_cap;
+/* the calling thread's prepared x (split or de-interleaved), grown as needed */
+static _Thread_local void *prep_buf;
+static _Thread_local size_t prep_cap;
 
-static const uint16_t *split_x(const float *x, int n) {
-    const size_t need = 3 * (size_t)n;
-    if (need > split_cap) {
-        uint16_t *p = realloc(split_buf, sizeof *p * need);
+static void *prep_space(size_t bytes) {
+    if (bytes > prep_cap) {
+        void *p = realloc(prep_buf, bytes);
         if (!p) return NULL;
-        split_buf = p, split_cap = need;
+        prep_buf = p, prep_cap = bytes;
     }
-    split_x3(split_buf, x, n);
-    return split_buf;
+    return prep_buf;
 }
 #endif
 
@@ -275,7 +324,7 @@ static const dot_f32_fn dot_f32[KV_GEMV_N_ISA] = {
 static const dot_bf16_fn dot_bf16[KV_GEMV_N_ISA] = {
     dot_bf16_c,
 #if KV_GEMV_X86
-    dot_bf16_avx2, dot_bf16_avx512, dot_bf16_avx512, /* unused: kv_gemv_rows runs dot_bf16_dp */
+    dot_bf16_avx2, dot_bf16_avx512, dot_bf16_avx512, /* when prep_for has no memory for x */
 #else
     dot_bf16_c,
     dot_bf16_c,
@@ -300,6 +349,7 @@ int kv_gemv_isa_parse(kv_gemv_isa *isa, const char *s) {
 
 static int cpu_has[KV_GEMV_N_ISA];
 static kv_gemv_isa env_isa; /* the environment's choice (or the best), resolved once */
+static int env_named;       /* KV_CPU_ISA named a variant */
 static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
 static atomic_int forced = KV_GEMV_N_ISA;
 
@@ -321,7 +371,8 @@ static void probe(void) {
      * 10-30% slower than AVX2's (aligned or not, 1 thread; decode is bandwidth-bound) */
     kv_gemv_isa want = KV_GEMV_AVX2;
     const char *e = getenv("KV_CPU_ISA");
-    if (e && *e && kv_gemv_isa_parse(&want, e)) want = KV_GEMV_AVX2;
+    env_named = e && *e && !kv_gemv_isa_parse(&want, e);
+    if (!env_named) want = KV_GEMV_AVX2;
     env_isa = best_at_most(want);
 }
 
@@ -336,34 +387,55 @@ kv_gemv_isa kv_gemv_isa_active(void) {
     return f >= 0 && f < KV_GEMV_N_ISA ? best_at_most((kv_gemv_isa)f) : env_isa;
 }
 
+kv_gemv_isa kv_gemv_isa_for(kv_dtype w_type) {
+    const kv_gemv_isa isa = kv_gemv_isa_active();
+    const int chosen = env_named || atomic_load_explicit(&forced, memory_order_relaxed) <
+                                        (int)KV_GEMV_N_ISA;
+    return w_type == KV_BF16 && !chosen && isa == KV_GEMV_AVX2 && cpu_has[KV_GEMV_AVX512]
+               ? KV_GEMV_AVX512
+               : isa;
+}
+
 kv_gemv_isa kv_gemv_force(kv_gemv_isa isa) {
     atomic_store(&forced, (int)isa >= 0 && isa < KV_GEMV_N_ISA ? (int)isa : (int)KV_GEMV_N_ISA);
     return kv_gemv_isa_active();
 }
 
-/* rows [o0, o1) against x split by split_x (AVX512_BF16, BF16 weights); without x86, never called */
-static void rows_split(float *y, const uint16_t *xs, const uint16_t *W, const float *bias, int n_in,
-                       int o0, int o1, int accumulate) {
+/* rows [o0, o1) of BF16 W against x prepared by prep_for for isa (AVX512: de-interleaved,
+ * AVX512_BF16: split); without x86, never called */
+static void rows_prepared(kv_gemv_isa isa, float *y, const void *xp, const uint16_t *W,
+                          const float *bias, int n_in, int o0, int o1, int accumulate) {
 #if KV_GEMV_X86
     for (int o = o0; o < o1; o++) {
-        float s = dot_bf16_dp(W + (size_t)o * (size_t)n_in, xs, n_in);
+        const uint16_t *w = W + (size_t)o * (size_t)n_in;
+        float s = isa == KV_GEMV_AVX512BF16 ? dot_bf16_dp(w, xp, n_in)
+                                            : dot_bf16_evenodd(w, xp, n_in);
         if (accumulate) s = y[o] + s;
         if (bias) s += bias[o];
         y[o] = s;
     }
 #else
-    (void)y, (void)xs, (void)W, (void)bias, (void)n_in, (void)o0, (void)o1, (void)accumulate;
+    (void)isa, (void)y, (void)xp, (void)W, (void)bias, (void)n_in, (void)o0, (void)o1;
+    (void)accumulate;
 #endif
 }
 
-/* x split for the AVX512_BF16 variant (the calling thread's buffer), or NULL when isa does not
- * take one or there is no memory for it (*isa then falls back to the widening AVX-512) */
-static const uint16_t *split_for(kv_gemv_isa *isa, kv_dtype w_type, const float *x, int n_in) {
+/* x prepared for BF16 weights under AVX512 (de-interleaved) or AVX512_BF16 (split into three
+ * BF16 parts), in the calling thread's buffer; NULL when isa takes x as it is or there is no
+ * memory (*isa then falls back: AVX512_BF16 to AVX512's widening, AVX512 to AVX2) */
+static const void *prep_for(kv_gemv_isa *isa, kv_dtype w_type, const float *x, int n_in) {
 #if KV_GEMV_X86
-    if (*isa != KV_GEMV_AVX512BF16 || w_type != KV_BF16) return NULL;
-    const uint16_t *xs = split_x(x, n_in);
-    if (!xs) *isa = KV_GEMV_AVX512;
-    return xs;
+    if (w_type != KV_BF16 || *isa < KV_GEMV_AVX512) return NULL;
+    if (*isa == KV_GEMV_AVX512BF16) {
+        uint16_t *xs = prep_space(sizeof(uint16_t) * 3 * (size_t)n_in);
+        if (xs) split_x3(xs, x, n_in);
+        else *isa = KV_GEMV_AVX512;
+        return xs;
+    }
+    float *xd = prep_space(sizeof(float) * (size_t)n_in);
+    if (xd) deinterleave_x(xd, x, n_in);
+    else *isa = KV_GEMV_AVX2;
+    return xd;
 #else
     (void)isa, (void)w_type, (void)x, (void)n_in;
     return NULL;
@@ -372,9 +444,9 @@ static const uint16_t *split_for(kv_gemv_isa *isa, kv_dtype w_type, const float 
 
 void kv_gemv_rows(kv_gemv_isa isa, float *y, const float *x, const void *W, kv_dtype w_type,
                   const float *bias, int n_in, int o0, int o1, int accumulate) {
-    const uint16_t *xs = o1 > o0 ? split_for(&isa, w_type, x, n_in) : NULL;
-    if (xs) {
-        rows_split(y, xs, W, bias, n_in, o0, o1, accumulate);
+    const void *xp = o1 > o0 ? prep_for(&isa, w_type, x, n_in) : NULL;
+    if (xp) {
+        rows_prepared(isa, y, xp, W, bias, n_in, o0, o1, accumulate);
         return;
     }
     for (int o = o0; o < o1; o++) {
@@ -394,7 +466,7 @@ typedef struct {
     kv_gemv_isa isa;
     float *y;
     const float *x, *bias;
-    const uint16_t *xs; /* x split once by the caller (AVX512_BF16), read by every worker */
+    const void *xp; /* x prepared once by the caller (prep_for), read by every worker */
     const void *W;
     kv_dtype w_type;
     int n_in, n_out, accumulate;
@@ -405,7 +477,7 @@ static void gemv_item(void *ctx, int item, int worker) {
     const gemv_job *j = ctx;
     const int o0 = item * GEMV_ROWS_PER_ITEM;
     const int o1 = j->n_out - o0 < GEMV_ROWS_PER_ITEM ? j->n_out : o0 + GEMV_ROWS_PER_ITEM;
-    if (j->xs) rows_split(j->y, j->xs, j->W, j->bias, j->n_in, o0, o1, j->accumulate);
+    if (j->xp) rows_prepared(j->isa, j->y, j->xp, j->W, j->bias, j->n_in, o0, o1, j->accumulate);
     else kv_gemv_rows(j->isa, j->y, j->x, j->W, j->w_type, j->bias, j->n_in, o0, o1, j->accumulate);
 }
 
@@ -413,7 +485,7 @@ int kv_gemv(float *y, const float *x, const void *W, kv_dtype w_type, const floa
             int n_out, int accumulate) {
     if (w_type != KV_F32 && w_type != KV_BF16) return -1;
     if (n_out <= 0) return 0;
-    gemv_job j = {.isa = kv_gemv_isa_active(),
+    gemv_job j = {.isa = kv_gemv_isa_for(w_type),
                   .y = y,
                   .x = x,
                   .bias = bias,
@@ -429,7 +501,7 @@ int kv_gemv(float *y, const float *x, const void *W, kv_dtype w_type, const floa
         return 0;
     }
     /* once per call, not per block of rows (per block it cost as much as the rows at 2 threads) */
-    j.xs = split_for(&j.isa, w_type, x, n_in);
+    j.xp = prep_for(&j.isa, w_type, x, n_in);
     kv_parallel_for(items, workers, gemv_item, &j);
     return 0;
 }

@@ -10,6 +10,10 @@
  * |y - exact| <= 1e-6 * (sum_i |W[o,i] x[i]| + |bias[o]| + |y0[o]|) on the sizes tests/test_gemv.c
  * covers (n_in up to 1001); in general the bound grows like n_in / lanes * 2^-24.
  *
+ * avx512, BF16 weights: x is de-interleaved once per call (evens and odds of each block of 32),
+ * so that a line of 32 weights is widened by one shift (evens) and one mask (odds) in place of a
+ * cross-lane widening; the same exact products, added in another order.
+ *
  * avx512bf16: vdpbf16ps multiplies BF16 pairs, so x is split once per call into three BF16 parts
  * hi + mid + lo that add up to x exactly (round to nearest even, then the remainders); each
  * weight meets each part in an exact product, so x is still never rounded, and the error is
@@ -45,6 +49,10 @@ int kv_gemv_isa_supported(kv_gemv_isa isa);
  * bandwidth-bound loop on Zen 5: opt in with KV_CPU_ISA=avx512), else C. A choice the CPU does
  * not run falls back to the best supported variant below it; an unknown name counts as unset. */
 kv_gemv_isa kv_gemv_isa_active(void);
+/* The variant kv_gemv runs for weights of w_type: kv_gemv_isa_active's, except that when neither
+ * kv_gemv_force nor KV_CPU_ISA chose one, BF16 weights take avx512 where the CPU has it (on the
+ * Xeon VM of 2026-12-06 its even/odd loop streamed 15.0 GB/s against AVX2's 13.5, F32's 15.4). */
+kv_gemv_isa kv_gemv_isa_for(kv_dtype w_type);
 /* forces a variant for later calls (tests, benches); KV_GEMV_N_ISA clears the choice. Returns
  * the variant now active. Not thread-safe against running kernels. */
 kv_gemv_isa kv_gemv_force(kv_gemv_isa isa);
