@@ -169,9 +169,9 @@ int main(void) {
     /* BF16 weights default to avx512 where it runs; F32 and any explicit choice are left alone */
     if (!getenv("KV_CPU_ISA")) {
         const kv_gemv_isa active = kv_gemv_isa_active();
-        const kv_gemv_isa bf16_want = active == KV_GEMV_AVX2 && kv_gemv_isa_supported(KV_GEMV_AVX512)
-                                          ? KV_GEMV_AVX512
-                                          : active;
+        const kv_gemv_isa bf16_want =
+            active == KV_GEMV_AVX2 && kv_gemv_isa_supported(KV_GEMV_AVX512) ? KV_GEMV_AVX512
+                                                                            : active;
         CHECK(kv_gemv_isa_for(KV_F32) == active, "F32 takes the active variant");
         CHECK(kv_gemv_isa_for(KV_BF16) == bf16_want, "BF16 default %s, want %s",
               kv_gemv_isa_name(kv_gemv_isa_for(KV_BF16)), kv_gemv_isa_name(bf16_want));

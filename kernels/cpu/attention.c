@@ -137,10 +137,10 @@ __attribute__((target("avx2"))) static inline __m256 attn_hsum8(__m256 a0, __m25
  * in registers across the keys, 32 dims at a time. Key s is row attn_row(s - base, ring) * st of
  * kf / vf (F32) or kh / vh (BF16); K rows are prefetched up to key pf_end - 1 (past the block when
  * the rows are the cache's, so the next block's first keys are on their way). */
-__attribute__((target("avx2"))) static inline void
-attn_row_block_avx2(float *ar, float *m, float *l, float *score, const float *qr, const float *kf,
-                    const float *vf, const uint16_t *kh, const uint16_t *vh, int bf16, size_t st,
-                    int base, int ring, int s0, int b, int e, int pf_end, int hd, float scale) {
+__attribute__((target("avx2"))) static inline void attn_row_block_avx2(
+    float *ar, float *m, float *l, float *score, const float *qr, const float *kf, const float *vf,
+    const uint16_t *kh, const uint16_t *vh, int bf16, size_t st, int base, int ring, int s0, int b,
+    int e, int pf_end, int hd, float scale) {
     float mb = *m;
     __m256 mbv = _mm256_set1_ps(mb);
     const __m256 scalev = _mm256_set1_ps(scale);
@@ -187,9 +187,8 @@ attn_row_block_avx2(float *ar, float *m, float *l, float *score, const float *qr
         if (lane[u] > mb) mb = lane[u];
     for (; s < e; s++) {
         const size_t at = (size_t)attn_row(s - base, ring) * st;
-        const float x = attn_dot_row_avx2(qr, bf16 ? NULL : kf + at, bf16 ? kh + at : NULL, bf16,
-                                          hd) *
-                        scale;
+        const float x =
+            attn_dot_row_avx2(qr, bf16 ? NULL : kf + at, bf16 ? kh + at : NULL, bf16, hd) * scale;
         score[s - s0] = x;
         if (x > mb) mb = x;
     }

@@ -349,7 +349,7 @@ int kv_gemv_isa_parse(kv_gemv_isa *isa, const char *s) {
 
 static int cpu_has[KV_GEMV_N_ISA];
 static kv_gemv_isa env_isa; /* the environment's choice (or the best), resolved once */
-static int env_named;       /* KV_CPU_ISA named a variant */
+static int env_named; /* KV_CPU_ISA named a variant */
 static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
 static atomic_int forced = KV_GEMV_N_ISA;
 
@@ -389,8 +389,8 @@ kv_gemv_isa kv_gemv_isa_active(void) {
 
 kv_gemv_isa kv_gemv_isa_for(kv_dtype w_type) {
     const kv_gemv_isa isa = kv_gemv_isa_active();
-    const int chosen = env_named || atomic_load_explicit(&forced, memory_order_relaxed) <
-                                        (int)KV_GEMV_N_ISA;
+    const int chosen =
+        env_named || atomic_load_explicit(&forced, memory_order_relaxed) < (int)KV_GEMV_N_ISA;
     return w_type == KV_BF16 && !chosen && isa == KV_GEMV_AVX2 && cpu_has[KV_GEMV_AVX512]
                ? KV_GEMV_AVX512
                : isa;
@@ -408,8 +408,8 @@ static void rows_prepared(kv_gemv_isa isa, float *y, const void *xp, const uint1
 #if KV_GEMV_X86
     for (int o = o0; o < o1; o++) {
         const uint16_t *w = W + (size_t)o * (size_t)n_in;
-        float s = isa == KV_GEMV_AVX512BF16 ? dot_bf16_dp(w, xp, n_in)
-                                            : dot_bf16_evenodd(w, xp, n_in);
+        float s =
+            isa == KV_GEMV_AVX512BF16 ? dot_bf16_dp(w, xp, n_in) : dot_bf16_evenodd(w, xp, n_in);
         if (accumulate) s = y[o] + s;
         if (bias) s += bias[o];
         y[o] = s;
