@@ -14,6 +14,7 @@
 #include "cli/cli.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/baseline.h"
+#include "kernels/cpu/gemv.h"
 #include "runtime/model_source.h"
 #include "base/fileio.h"
 #include "formats/safetensors.h"
@@ -397,9 +398,11 @@ static int run_bench(const run_args *a) {
     }
     const double step_read = (double)m.step_bytes + kv_read;
     const double decode_gbps = step_read * decode_tps / 1e9, prefill_gflops = prefill_tflops * 1e3;
+    /* the matrix-vector variant a CPU decode step runs for the held weights (gemv.h) */
+    const char *decode_kernel = cpu ? kv_gemv_isa_name(kv_gemv_isa_for(m.mat_type)) : "cuda";
     if (a->json)
         printf("{\"model\": \"%s\", \"kv_map\": \"%s\", \"device\": \"%s\", \"threads\": %d, "
-               "\"blas_core\": \"%s\", \"prompt_tokens\": %d, "
+               "\"blas_core\": \"%s\", \"decode_kernel\": \"%s\", \"prompt_tokens\": %d, "
                "\"decode_tokens\": %d, \"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": "
                "%.2f, \"kv_cache_dtype\": \"%s\", \"kv_cache_bytes\": %zu, "
                "\"kv_cache_bytes_per_token\": %zu, "
@@ -410,17 +413,18 @@ static int run_bench(const run_args *a) {
                "\"prefill_gflop_per_s\": %.3f, \"gemm_gflop_per_s\": %.3f, "
                "\"prefill_gemm_ratio\": %.4f}\n",
                a->model_dir, m.cfg.map.name, b.name, kv_kernels_threads(), openblas_get_corename(),
-               P, G, prefill_tps, decode_tps, kv_dtype_name(s.cache.dtype), s.cache.bytes,
-               per_token, m.step_bytes, m.step_bytes * decode_tps / 1e9, prefill_tflops,
-               kv_dtype_name(m.mat_type), step_read, decode_gbps, read_gbps,
+               decode_kernel, P, G, prefill_tps, decode_tps, kv_dtype_name(s.cache.dtype),
+               s.cache.bytes, per_token, m.step_bytes, m.step_bytes * decode_tps / 1e9,
+               prefill_tflops, kv_dtype_name(m.mat_type), step_read, decode_gbps, read_gbps,
                read_gbps > 0 ? decode_gbps / read_gbps : 0.0, prefill_gflops, gemm_gflops,
                gemm_gflops > 0 ? prefill_gflops / gemm_gflops : 0.0);
     else
-        printf("%s (%s, %s, OpenBLAS %s): prefill %d tokens %.1f tok/s (%.3g model TFLOP/s); "
+        printf("%s (%s, %s, OpenBLAS %s, decode kernel %s): prefill %d tokens %.1f tok/s (%.3g "
+               "model TFLOP/s); "
                "decode %d tokens %.1f tok/s "
                "(%.2f GB/s of weights); KV cache %s %zu bytes (%zu per token)\n",
-               a->model_dir, m.cfg.map.name, b.name, openblas_get_corename(), P, prefill_tps,
-               prefill_tflops, G, decode_tps, m.step_bytes * decode_tps / 1e9,
+               a->model_dir, m.cfg.map.name, b.name, openblas_get_corename(), decode_kernel, P,
+               prefill_tps, prefill_tflops, G, decode_tps, m.step_bytes * decode_tps / 1e9,
                kv_dtype_name(s.cache.dtype), s.cache.bytes, per_token);
     if (!a->json && cpu)
         printf("  decode reads %.0f bytes/token: %.2f GB/s = %.2f x the read loop (%.2f GB/s); "

@@ -15,6 +15,13 @@ done
 F=$TMP/f32.json B=$TMP/bf16.json
 expect_grep '"weight_dtype": "F32"' "$F" "f32 weights held as F32"
 expect_grep '"weight_dtype": "BF16"' "$B" "bf16 weights held as BF16"
+# the variant decode runs: named, and KV_CPU_ISA's choice when it names one
+for f in "$F" "$B"; do
+    grep -Eq '"decode_kernel": "(c|avx2|avx512|avx512bf16)"' "$f" && ok || bad "$f: no decode_kernel"
+done
+KV_CPU_ISA=c "$BIN/kvrun" "$TMP/bf16" --bench --json --prompt-len 8 -n 2 --repeat 1 --threads 1 \
+    >"$TMP/c.json" 2>/dev/null
+expect_grep '"decode_kernel": "c"' "$TMP/c.json" "KV_CPU_ISA=c reaches the bf16 decode kernel"
 # K/V read per step: 2 (K, V) * 2 layers * 32 * elem * 10.5 = 5376 (F32 cache), 2688 (BF16)
 kv_f=$(awk -v d="$(field decode_bytes_per_token "$F")" -v w="$(field weight_bytes_per_token "$F")" 'BEGIN { print d - w }')
 kv_b=$(awk -v d="$(field decode_bytes_per_token "$B")" -v w="$(field weight_bytes_per_token "$B")" 'BEGIN { print d - w }')
