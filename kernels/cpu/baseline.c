@@ -25,9 +25,9 @@ typedef struct {
 
 typedef uint64_t u64x4 __attribute__((vector_size(32)));
 
-static void read_item(void *ctx, int item, int worker) {
-    (void)worker;
-    read_job *j = ctx;
+/* one part's sum; inlined into a portable and an AVX2 build of the item (32-byte adds in one
+ * instruction rather than two SSE2 halves), picked at run time */
+static inline __attribute__((always_inline)) void read_part(read_job *j, int item) {
     /* part boundaries on 32-word (256-byte) multiples */
     const size_t a = (j->n * (size_t)item / READ_ITEMS) & ~(size_t)31,
                  b = item == READ_ITEMS - 1
@@ -51,6 +51,20 @@ static void read_item(void *ctx, int item, int worker) {
     j->sums[item] = sum;
 }
 
+static void read_item(void *ctx, int item, int worker) {
+    (void)worker;
+    read_part(ctx, item);
+}
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx2"))) static void read_item_avx2(void *ctx, int item, int worker) {
+    (void)worker;
+    read_part(ctx, item);
+}
+#else
+#define read_item_avx2 read_item
+#endif
+
 int kv_read_loop_gbps(double *gbps, size_t bytes, int passes, kv_error *err) {
     kv_arena a;
     const size_t n = bytes / sizeof(uint64_t);
@@ -68,7 +82,8 @@ int kv_read_loop_gbps(double *gbps, size_t bytes, int passes, kv_error *err) {
     double best = 0;
     for (int r = 0; r < passes; r++) {
         const double t = seconds();
-        kv_parallel_for(READ_ITEMS, workers, read_item, j);
+        kv_parallel_for(READ_ITEMS, workers,
+                        kv_gemv_isa_supported(KV_GEMV_AVX2) ? read_item_avx2 : read_item, j);
         const double dt = seconds() - t;
         if (dt > 0 && (double)n * sizeof(uint64_t) / dt / 1e9 > best)
             best = (double)n * sizeof(uint64_t) / dt / 1e9;
