@@ -147,22 +147,20 @@ __attribute__((target("avx2"))) static inline void attn_row_block_avx2(
     const size_t row_bytes = (size_t)hd * (bf16 ? sizeof(uint16_t) : sizeof(float));
     int s = b;
     for (; s + 8 <= e; s += 8) {
-        /* in decode the cache rows come from DRAM (the weights stream evicts them), one head's row
-         * every kv_stride bytes: fetch the K rows ATTN_PF_KEYS ahead and this group's V rows */
-        for (int u = 0; u < 8; u++) {
-            const size_t at = (size_t)attn_row(s + u - base, ring) * st;
-            attn_prefetch(bf16 ? (const void *)(vh + at) : (const void *)(vf + at), row_bytes);
-            if (s + u + ATTN_PF_KEYS < pf_end) {
-                const size_t ak = (size_t)attn_row(s + u + ATTN_PF_KEYS - base, ring) * st;
-                attn_prefetch(bf16 ? (const void *)(kh + ak) : (const void *)(kf + ak), row_bytes);
-            }
-        }
+        /* the group's K rows; in decode the cache rows come from DRAM (the weights stream evicts
+         * them), one head's row every kv_stride bytes: fetch the K rows ATTN_PF_KEYS ahead and
+         * this group's V rows */
         const float *kr[8] = {0};
         const uint16_t *kr16[8] = {0};
         for (int u = 0; u < 8; u++) {
             const size_t at = (size_t)attn_row(s + u - base, ring) * st;
             if (bf16) kr16[u] = kh + at;
             else kr[u] = kf + at;
+            attn_prefetch(bf16 ? (const void *)(vh + at) : (const void *)(vf + at), row_bytes);
+            if (s + u + ATTN_PF_KEYS < pf_end) {
+                const size_t ak = (size_t)attn_row(s + u + ATTN_PF_KEYS - base, ring) * st;
+                attn_prefetch(bf16 ? (const void *)(kh + ak) : (const void *)(kf + ak), row_bytes);
+            }
         }
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
                a7 = a0;

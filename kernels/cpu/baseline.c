@@ -79,11 +79,12 @@ int kv_read_loop_gbps(double *gbps, size_t bytes, int passes, kv_error *err) {
     for (size_t i = 0; i < n; i++) p[i] = i;
     j->p = p, j->n = n;
     const int workers = kv_kernels_threads() < READ_ITEMS ? kv_kernels_threads() : READ_ITEMS;
+    void (*item_fn)(void *, int, int) =
+        kv_gemv_isa_supported(KV_GEMV_AVX2) ? read_item_avx2 : read_item;
     double best = 0;
     for (int r = 0; r < passes; r++) {
         const double t = seconds();
-        kv_parallel_for(READ_ITEMS, workers,
-                        kv_gemv_isa_supported(KV_GEMV_AVX2) ? read_item_avx2 : read_item, j);
+        kv_parallel_for(READ_ITEMS, workers, item_fn, j);
         const double dt = seconds() - t;
         if (dt > 0 && (double)n * sizeof(uint64_t) / dt / 1e9 > best)
             best = (double)n * sizeof(uint64_t) / dt / 1e9;

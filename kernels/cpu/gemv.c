@@ -401,23 +401,30 @@ kv_gemv_isa kv_gemv_force(kv_gemv_isa isa) {
     return kv_gemv_isa_active();
 }
 
-/* rows [o0, o1) of BF16 W against x prepared by prep_for for isa (AVX512: de-interleaved,
+/* a BF16 row w [n] against x prepared by prep_for for isa (AVX512: de-interleaved,
  * AVX512_BF16: split); without x86, never called */
-static void rows_prepared(kv_gemv_isa isa, float *y, const void *xp, const uint16_t *W,
-                          const float *bias, int n_in, int o0, int o1, int accumulate) {
+static float dot_prepared(kv_gemv_isa isa, const uint16_t *w, const void *xp, int n) {
 #if KV_GEMV_X86
+    return isa == KV_GEMV_AVX512BF16 ? dot_bf16_dp(w, xp, n) : dot_bf16_evenodd(w, xp, n);
+#else
+    (void)isa, (void)w, (void)xp, (void)n;
+    return 0.0f;
+#endif
+}
+
+/* rows [o0, o1) of y (+)= W x (+ bias) with isa: BF16 rows against xp when prep_for gave one,
+ * else each row's dot product from the tables */
+static void rows_run(kv_gemv_isa isa, float *y, const float *x, const void *xp, const void *W,
+                     kv_dtype w_type, const float *bias, int n_in, int o0, int o1, int accumulate) {
     for (int o = o0; o < o1; o++) {
-        const uint16_t *w = W + (size_t)o * (size_t)n_in;
-        float s =
-            isa == KV_GEMV_AVX512BF16 ? dot_bf16_dp(w, xp, n_in) : dot_bf16_evenodd(w, xp, n_in);
+        const size_t off = (size_t)o * (size_t)n_in;
+        float s = xp                  ? dot_prepared(isa, (const uint16_t *)W + off, xp, n_in)
+                  : w_type == KV_BF16 ? dot_bf16[isa]((const uint16_t *)W + off, x, n_in)
+                                      : dot_f32[isa]((const float *)W + off, x, n_in);
         if (accumulate) s = y[o] + s;
         if (bias) s += bias[o];
         y[o] = s;
     }
-#else
-    (void)isa, (void)y, (void)xp, (void)W, (void)bias, (void)n_in, (void)o0, (void)o1;
-    (void)accumulate;
-#endif
 }
 
 /* x prepared for BF16 weights under AVX512 (de-interleaved) or AVX512_BF16 (split into three
@@ -445,18 +452,7 @@ static const void *prep_for(kv_gemv_isa *isa, kv_dtype w_type, const float *x, i
 void kv_gemv_rows(kv_gemv_isa isa, float *y, const float *x, const void *W, kv_dtype w_type,
                   const float *bias, int n_in, int o0, int o1, int accumulate) {
     const void *xp = o1 > o0 ? prep_for(&isa, w_type, x, n_in) : NULL;
-    if (xp) {
-        rows_prepared(isa, y, xp, W, bias, n_in, o0, o1, accumulate);
-        return;
-    }
-    for (int o = o0; o < o1; o++) {
-        const size_t off = (size_t)o * (size_t)n_in;
-        float s = w_type == KV_BF16 ? dot_bf16[isa]((const uint16_t *)W + off, x, n_in)
-                                    : dot_f32[isa]((const float *)W + off, x, n_in);
-        if (accumulate) s = y[o] + s;
-        if (bias) s += bias[o];
-        y[o] = s;
-    }
+    rows_run(isa, y, x, xp, W, w_type, bias, n_in, o0, o1, accumulate);
 }
 
 /* rows handed out in blocks; each row is one thread's dot product whatever the split */
@@ -477,8 +473,8 @@ static void gemv_item(void *ctx, int item, int worker) {
     const gemv_job *j = ctx;
     const int o0 = item * GEMV_ROWS_PER_ITEM;
     const int o1 = j->n_out - o0 < GEMV_ROWS_PER_ITEM ? j->n_out : o0 + GEMV_ROWS_PER_ITEM;
-    if (j->xp) rows_prepared(j->isa, j->y, j->xp, j->W, j->bias, j->n_in, o0, o1, j->accumulate);
-    else kv_gemv_rows(j->isa, j->y, j->x, j->W, j->w_type, j->bias, j->n_in, o0, o1, j->accumulate);
+    /* x prepared once by kv_gemv (or, where that failed, isa already lowered to take x as is) */
+    rows_run(j->isa, j->y, j->x, j->xp, j->W, j->w_type, j->bias, j->n_in, o0, o1, j->accumulate);
 }
 
 int kv_gemv(float *y, const float *x, const void *W, kv_dtype w_type, const float *bias, int n_in,
