@@ -131,6 +131,81 @@ __attribute__((target("avx2"))) static inline __m256 attn_hsum8(__m256 a0, __m25
                          _mm256_permute2f128_ps(k0123, k4567, 0x31));
 }
 
+/* ar[0 .. 8 nv - 1] = ar * corr, then ar += p_s * row_s[d ..] for keys s = b .. e-1 in order
+ * (p_s = score[s - b]; row s at attn_row(s - base, ring) * st of vf (F32) or vh (BF16)): nv
+ * (a constant: 8, 4 or 1) accumulators of 8 dims stay in registers across the keys */
+__attribute__((target("avx2"))) static inline __attribute__((always_inline)) void attn_v_avx2(
+    float *ar, const float *score, const float *vf, const uint16_t *vh, int bf16, int d, size_t st,
+    int base, int ring, int b, int e, __m256 corrv, const int nv) {
+    __m256 c[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < nv; i++) c[i] = _mm256_mul_ps(_mm256_loadu_ps(ar + 8 * i), corrv);
+    for (int s = b; s < e; s++) {
+        const size_t at = (size_t)attn_row(s - base, ring) * st;
+        const float *vr = bf16 ? NULL : vf + at;
+        const uint16_t *vr16 = bf16 ? vh + at : NULL;
+        const __m256 pv = _mm256_set1_ps(score[s - b]);
+#pragma GCC unroll 8
+        for (int i = 0; i < nv; i++)
+            c[i] = _mm256_add_ps(c[i], _mm256_mul_ps(pv, attn_load8(vr, vr16, bf16, d + 8 * i)));
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < nv; i++) _mm256_storeu_ps(ar + 8 * i, c[i]);
+}
+
+/* ar[0..63] = ar * corr, then ar += p_s * row_s for keys s = b .. e-1 in order (p_s =
+ * score[s - b]; row s: BF16 at vh + attn_row(s - base, ring) * st): the reference's arithmetic,
+ * with each 32-byte load of 16 BF16 widened by a shift (even dims) and a mask (odd dims), so the
+ * accumulators hold dims d, d+2, .. and d+1, d+3, ..: de-interleaved on entry, interleaved back
+ * on exit (the order of operations per dim is the reference's) */
+__attribute__((target("avx2"))) static inline void attn_v64_bf16_avx2(float *ar, const float *score,
+                                                                      const uint16_t *vh, size_t st,
+                                                                      int base, int ring, int b,
+                                                                      int e, __m256 corrv) {
+    __m256 ev[4], od[4];
+    for (int c = 0; c < 4; c++) {
+        const __m256 lo = _mm256_loadu_ps(ar + 16 * c), hi = _mm256_loadu_ps(ar + 16 * c + 8);
+        /* [lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6] -> quads 0 2 1 3: [lo0 lo2 lo4 lo6 hi0 hi2 hi4 hi6] */
+        const __m256 e4 = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+        const __m256 o4 = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
+        ev[c] = _mm256_mul_ps(_mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e4), 0xd8)),
+                              corrv);
+        od[c] = _mm256_mul_ps(_mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o4), 0xd8)),
+                              corrv);
+    }
+    const __m256i odd_mask = _mm256_set1_epi32((int)0xffff0000u);
+    __m256 e0 = ev[0], e1 = ev[1], e2 = ev[2], e3 = ev[3], o0 = od[0], o1 = od[1], o2 = od[2],
+           o3 = od[3];
+    for (int s = b; s < e; s++) {
+        const uint16_t *vr = vh + (size_t)attn_row(s - base, ring) * st;
+        const __m256 pv = _mm256_set1_ps(score[s - b]);
+        const __m256i r0 = _mm256_loadu_si256((const __m256i *)vr);
+        const __m256i r1 = _mm256_loadu_si256((const __m256i *)(vr + 16));
+        const __m256i r2 = _mm256_loadu_si256((const __m256i *)(vr + 32));
+        const __m256i r3 = _mm256_loadu_si256((const __m256i *)(vr + 48));
+        e0 = _mm256_add_ps(e0, _mm256_mul_ps(pv, _mm256_castsi256_ps(_mm256_slli_epi32(r0, 16))));
+        o0 = _mm256_add_ps(o0,
+                           _mm256_mul_ps(pv, _mm256_castsi256_ps(_mm256_and_si256(r0, odd_mask))));
+        e1 = _mm256_add_ps(e1, _mm256_mul_ps(pv, _mm256_castsi256_ps(_mm256_slli_epi32(r1, 16))));
+        o1 = _mm256_add_ps(o1,
+                           _mm256_mul_ps(pv, _mm256_castsi256_ps(_mm256_and_si256(r1, odd_mask))));
+        e2 = _mm256_add_ps(e2, _mm256_mul_ps(pv, _mm256_castsi256_ps(_mm256_slli_epi32(r2, 16))));
+        o2 = _mm256_add_ps(o2,
+                           _mm256_mul_ps(pv, _mm256_castsi256_ps(_mm256_and_si256(r2, odd_mask))));
+        e3 = _mm256_add_ps(e3, _mm256_mul_ps(pv, _mm256_castsi256_ps(_mm256_slli_epi32(r3, 16))));
+        o3 = _mm256_add_ps(o3,
+                           _mm256_mul_ps(pv, _mm256_castsi256_ps(_mm256_and_si256(r3, odd_mask))));
+    }
+    ev[0] = e0, ev[1] = e1, ev[2] = e2, ev[3] = e3, od[0] = o0, od[1] = o1, od[2] = o2, od[3] = o3;
+    for (int c = 0; c < 4; c++) {
+        /* back: quads 0 2 1 3 again, then pairs (even, odd) of each 128-bit half */
+        const __m256 e4 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev[c]), 0xd8));
+        const __m256 o4 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(od[c]), 0xd8));
+        _mm256_storeu_ps(ar + 16 * c, _mm256_unpacklo_ps(e4, o4));
+        _mm256_storeu_ps(ar + 16 * c + 8, _mm256_unpackhi_ps(e4, o4));
+    }
+}
+
 /* one query row qr [hd] over keys b .. e-1 of the block starting at s0, for hd % 8 == 0: the
  * reference's per-row step (scores, running max, rescale, exp, weighted sum of values) with its
  * arithmetic in its order. Eight keys' dot products run interleaved; the row's accumulator stays
@@ -199,36 +274,15 @@ __attribute__((target("avx2"))) static inline void attn_row_block_avx2(
     }
     const __m256 corrv = _mm256_set1_ps(corr);
     int d = 0;
-    for (; d + 32 <= hd; d += 32) {
-        __m256 c0 = _mm256_mul_ps(_mm256_loadu_ps(ar + d), corrv);
-        __m256 c1 = _mm256_mul_ps(_mm256_loadu_ps(ar + d + 8), corrv);
-        __m256 c2 = _mm256_mul_ps(_mm256_loadu_ps(ar + d + 16), corrv);
-        __m256 c3 = _mm256_mul_ps(_mm256_loadu_ps(ar + d + 24), corrv);
-        for (s = b; s < e; s++) {
-            const size_t at = (size_t)attn_row(s - base, ring) * st;
-            const float *vr = bf16 ? NULL : vf + at;
-            const uint16_t *vr16 = bf16 ? vh + at : NULL;
-            const __m256 pv = _mm256_set1_ps(score[s - s0]);
-            c0 = _mm256_add_ps(c0, _mm256_mul_ps(pv, attn_load8(vr, vr16, bf16, d)));
-            c1 = _mm256_add_ps(c1, _mm256_mul_ps(pv, attn_load8(vr, vr16, bf16, d + 8)));
-            c2 = _mm256_add_ps(c2, _mm256_mul_ps(pv, attn_load8(vr, vr16, bf16, d + 16)));
-            c3 = _mm256_add_ps(c3, _mm256_mul_ps(pv, attn_load8(vr, vr16, bf16, d + 24)));
-        }
-        _mm256_storeu_ps(ar + d, c0);
-        _mm256_storeu_ps(ar + d + 8, c1);
-        _mm256_storeu_ps(ar + d + 16, c2);
-        _mm256_storeu_ps(ar + d + 24, c3);
-    }
-    for (; d < hd; d += 8) {
-        __m256 c0 = _mm256_mul_ps(_mm256_loadu_ps(ar + d), corrv);
-        for (s = b; s < e; s++) {
-            const size_t at = (size_t)attn_row(s - base, ring) * st;
-            const __m256 pv = _mm256_set1_ps(score[s - s0]);
-            c0 = _mm256_add_ps(c0, _mm256_mul_ps(pv, attn_load8(bf16 ? NULL : vf + at,
-                                                                bf16 ? vh + at : NULL, bf16, d)));
-        }
-        _mm256_storeu_ps(ar + d, c0);
-    }
+    if (bf16)
+        for (; d + 64 <= hd; d += 64)
+            attn_v64_bf16_avx2(ar + d, score + (b - s0), vh + d, st, base, ring, b, e, corrv);
+    for (; d + 64 <= hd; d += 64)
+        attn_v_avx2(ar + d, score + (b - s0), vf, vh, bf16, d, st, base, ring, b, e, corrv, 8);
+    for (; d + 32 <= hd; d += 32)
+        attn_v_avx2(ar + d, score + (b - s0), vf, vh, bf16, d, st, base, ring, b, e, corrv, 4);
+    for (; d < hd; d += 8)
+        attn_v_avx2(ar + d, score + (b - s0), vf, vh, bf16, d, st, base, ring, b, e, corrv, 1);
     *l = *l * corr + lsum;
     *m = mb;
 }
