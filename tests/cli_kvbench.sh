@@ -41,7 +41,17 @@ for f in "$F" "$B"; do
         -v b="$(field read_loop_gb_per_s "$f")" 'BEGIN { d = r - a / b; exit !(d < 0.002 && d > -0.002) }' &&
         ok || bad "$f: decode_read_loop_ratio is not decode_gb_per_s / read_loop_gb_per_s"
 done
+# decode from context 1, timed in the same run: the context ratio is the quotient of the two
+# speeds, and with a 1-token prompt the main case is that case (ratio exactly 1)
+for f in "$F" "$B"; do
+    awk -v r="$(field decode_context_ratio "$f")" -v a="$(field decode_tokens_per_s "$f")" \
+        -v b="$(field decode_at_1_tokens_per_s "$f")" 'BEGIN { d = r - a / b; exit !(b > 0 && d < 0.002 && d > -0.002) }' &&
+        ok || bad "$f: decode_context_ratio is not decode_tokens_per_s / decode_at_1_tokens_per_s"
+done
+"$BIN/kvrun" "$TMP/f32" --bench --json --prompt-len 1 -n 3 --repeat 2 --threads 1 >"$TMP/p1.json" 2>/dev/null
+expect_grep '"decode_context_ratio": 1.0000' "$TMP/p1.json" "a 1-token prompt is its own context-1 case"
 expect_rc 0 "bench text" -- "$BIN/kvrun" "$TMP/bf16" --bench --prompt-len 8 -n 4 --repeat 1 --threads 1
 expect_grep "x the read loop" "$TMP/out" "text names the read loop ratio"
 expect_grep "x a 1024^3 GEMM" "$TMP/out" "text names the GEMM ratio"
+expect_grep "from context 1 .* tok/s (ratio " "$TMP/out" "text names decode from context 1"
 done_tests cli_kvbench
