@@ -33,7 +33,8 @@ extern "C" {
 
 /* ---- threads ---------------------------------------------------------------------------- */
 
-/* Worker threads for the kernels here (attention) and for OpenBLAS; n < 1 means 1.
+/* Worker threads for the kernels here (attention, matrix products: OpenBLAS single-threaded on
+ * blocks of output rows); n < 1 means 1.
  * Default: the number of online CPUs. Not thread-safe: call it before running kernels. */
 void kv_kernels_set_threads(int n);
 int kv_kernels_threads(void);
@@ -45,7 +46,8 @@ int kv_parallel_workers(int n_items, double flops);
 /* ---- forward ------------------------------------------------------------------------------ */
 
 /* out[T, n_out] = x[T, n_in] @ W[n_out, n_in]^T + bias[n_out] (bias may be NULL).
- * W in HF layout ([out, in]). OpenBLAS sgemv for T == 1, sgemm otherwise. */
+ * W in HF layout ([out, in]). OpenBLAS sgemv for T == 1, sgemm otherwise on blocks of rows of
+ * out run by the kernel threads (kernels/cpu/matmul.c). */
 void kv_matmul(float *out, const float *x, const float *W, const float *bias, int T, int n_in,
                int n_out);
 /* out[T, n_out] += x @ W^T + bias (bias may be NULL): e.g. o_proj/down_proj into the residual */

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cblas.h>
+
 #include "kernels/kernels.h"
 #include "tests/check.h"
 #include "tests/rand.h"
@@ -37,6 +39,44 @@ static void test_matmul(int T, int n_in, int n_out, int with_bias) {
     CHECK(w2 <= 1, "matmul_acc T=%d %dx%d bias=%d: error %.3g x tolerance", T, n_in, n_out,
           with_bias, w2);
     free(x), free(W), free(b), free(out), free(acc), free(acc0), free(ref), free(ref_acc);
+}
+
+/* matrix products run as one block of output rows per kernel thread, cut at multiples of 48
+ * rows (kernels/cpu/matmul.c): under OpenBLAS's Haswell kernels (the CI's OPENBLAS_CORETYPE) the
+ * bits of one unsplit single-threaded call, so the same at 1 and 3 threads, forward and backward.
+ * Other OpenBLAS kernels block differently (SkylakeX's change bits at such cuts for some shapes,
+ * as OpenBLAS's own threads did), so there only the error bound of test_matmul holds. */
+static void test_matmul_threads(int T, int n_in, int n_out) {
+    if (strcmp(openblas_get_corename(), "Haswell") != 0) return;
+    const size_t nx = (size_t)T * n_in, nw = (size_t)n_out * n_in, no = (size_t)T * n_out;
+    float *x = rand_buf(nx, 1.0f), *W = rand_buf(nw, 0.5f), *dout = rand_buf(no, 1.0f);
+    float *out[2], *dx[2], *dW[2];
+    for (int r = 0; r < 2; r++) {
+        kv_kernels_set_threads(r ? 3 : 1);
+        out[r] = malloc(sizeof(float) * no);
+        dx[r] = calloc(nx, sizeof(float));
+        dW[r] = calloc(nw, sizeof(float));
+        kv_matmul(out[r], x, W, NULL, T, n_in, n_out);
+        kv_matmul_backward(dx[r], dW[r], NULL, dout, x, W, T, n_in, n_out);
+    }
+    kv_kernels_set_threads(1);
+    CHECK(memcmp(out[0], out[1], sizeof(float) * no) == 0, "matmul T=%d: 3 threads != 1", T);
+    CHECK(memcmp(dx[0], dx[1], sizeof(float) * nx) == 0, "matmul dx T=%d: 3 threads != 1", T);
+    CHECK(memcmp(dW[0], dW[1], sizeof(float) * nw) == 0, "matmul dW T=%d: 3 threads != 1", T);
+    float *one = malloc(sizeof(float) * no), *one_dx = calloc(nx, sizeof(float)),
+          *one_dW = calloc(nw, sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n_out, n_in, 1.0f, x, n_in, W, n_in,
+                0.0f, one, n_out);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, n_in, n_out, 1.0f, dout, n_out, W,
+                n_in, 1.0f, one_dx, n_in);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n_out, n_in, T, 1.0f, dout, n_out, x, n_in,
+                1.0f, one_dW, n_in);
+    CHECK(memcmp(out[1], one, sizeof(float) * no) == 0, "matmul T=%d != one sgemm call", T);
+    CHECK(memcmp(dx[1], one_dx, sizeof(float) * nx) == 0, "dx T=%d != one sgemm call", T);
+    CHECK(memcmp(dW[1], one_dW, sizeof(float) * nw) == 0, "dW T=%d != one sgemm call", T);
+    free(one), free(one_dx), free(one_dW);
+    for (int r = 0; r < 2; r++) free(out[r]), free(dx[r]), free(dW[r]);
+    free(x), free(W), free(dout);
 }
 
 static void test_rmsnorm(void) {
@@ -266,6 +306,9 @@ int main(void) {
     test_matmul(5, 37, 23, 0);
     test_matmul(7, 64, 172, 1);
     test_matmul(130, 96, 80, 1);
+    test_matmul_threads(301, 64, 512);
+    test_matmul_threads(513, 72, 200);
+    test_matmul_threads(97, 288, 130);
     test_rmsnorm();
     test_embedding();
     test_rope_freq();

@@ -1,17 +1,77 @@
-/* Linear layers on OpenBLAS: out = x @ W^T (+ bias), W in HF [out, in] layout, and its gradients. */
+/* Linear layers on OpenBLAS: out = x @ W^T (+ bias), W in HF [out, in] layout, and its gradients.
+ *
+ * OpenBLAS runs single-threaded. A matrix product with more than one worker is cut into one
+ * block of rows of its output per worker (row-major; OpenBLAS's N), each a multiple of
+ * ROW_ALIGN rows but the last, run on the kernels' pool (kv_parallel_for), one OpenBLAS call per
+ * block. Under OpenBLAS's Haswell kernels (OPENBLAS_CORETYPE=Haswell, as the tests and CI run)
+ * such a cut leaves every output's bits those of one unsplit call, so they do not depend on the
+ * thread count (tests/test_kernels.c checks it); cutting at other rows, or cutting the columns,
+ * changes bits, and other OpenBLAS kernels may block differently. With OpenBLAS's own threads
+ * prefill's bits did depend on the thread count, and after each threaded call its threads spin
+ * on sched_yield for about 2^28 cycles (its THREAD_TIMEOUT, about 0.1 s), which on a machine
+ * with as many cores as kernel threads took that time from the decode steps after a prefill.
+ * Matrix-vector products and rank-one updates (T = 1, rare here: decode has its own kernels)
+ * are single calls. */
 #include "kernels/kernels.h"
 
 #include <cblas.h>
+#include <stdatomic.h>
 #include <string.h>
+
+enum { ROW_ALIGN = 48 }; /* 4 x 12: OpenBLAS Haswell sgemm's column blocks (N) */
+
+/* C[m, n] (+)= op(A)[m, k] @ op(B)[k, n], row-major; item i: rows i * rows .. of C */
+typedef struct {
+    CBLAS_TRANSPOSE ta, tb;
+    int m, n, k, lda, ldb, ldc, rows;
+    const float *a, *b;
+    float *c;
+    float beta;
+} gemm_job;
+
+static void gemm_rows(void *ctx, int item, int worker) {
+    (void)worker;
+    const gemm_job *j = ctx;
+    const int r0 = item * j->rows, m = j->m - r0 < j->rows ? j->m - r0 : j->rows;
+    const float *a = j->a + (j->ta == CblasNoTrans ? (size_t)r0 * j->lda : (size_t)r0);
+    cblas_sgemm(CblasRowMajor, j->ta, j->tb, m, j->n, j->k, 1.0f, a, j->lda, j->b, j->ldb, j->beta,
+                j->c + (size_t)r0 * j->ldc, j->ldc);
+}
+
+/* OpenBLAS held to one thread, once, before its first use here */
+static void blas_single(void) {
+    static atomic_flag set = ATOMIC_FLAG_INIT;
+    if (!atomic_flag_test_and_set(&set)) openblas_set_num_threads(1);
+}
+
+static void gemm_run(gemm_job j) {
+    blas_single();
+    const int blocks = (j.m + ROW_ALIGN - 1) / ROW_ALIGN;
+    const int workers = kv_parallel_workers(blocks, 2.0 * j.m * (double)j.n * j.k);
+    j.rows = (blocks + workers - 1) / workers * ROW_ALIGN; /* one block per worker */
+    const int items = (j.m + j.rows - 1) / j.rows;
+    kv_parallel_for(items, workers, gemm_rows, &j);
+}
 
 /* out[T, n_out] = x @ W^T + beta * out */
 static void gemm_xwt(float *out, const float *x, const float *W, int T, int n_in, int n_out,
                      float beta) {
-    if (T == 1)
+    if (T == 1) {
+        blas_single();
         cblas_sgemv(CblasRowMajor, CblasNoTrans, n_out, n_in, 1.0f, W, n_in, x, 1, beta, out, 1);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n_out, n_in, 1.0f, x, n_in, W, n_in,
-                    beta, out, n_out);
+    } else
+        gemm_run((gemm_job){.ta = CblasNoTrans,
+                            .tb = CblasTrans,
+                            .m = T,
+                            .n = n_out,
+                            .k = n_in,
+                            .lda = n_in,
+                            .ldb = n_in,
+                            .ldc = n_out,
+                            .a = x,
+                            .b = W,
+                            .c = out,
+                            .beta = beta});
 }
 
 static void add_bias(float *out, const float *bias, int T, int n_out) {
@@ -39,20 +99,41 @@ void kv_matmul_acc(float *out, const float *x, const float *W, const float *bias
 
 void kv_matmul_backward(float *dx, float *dW, float *dbias, const float *dout, const float *x,
                         const float *W, int T, int n_in, int n_out) {
+    if (T == 1) blas_single();
     if (dx) {
         if (T == 1) /* dx[n_in] += W^T dout */
             cblas_sgemv(CblasRowMajor, CblasTrans, n_out, n_in, 1.0f, W, n_in, dout, 1, 1.0f, dx,
                         1);
         else /* dx[T, n_in] += dout[T, n_out] @ W[n_out, n_in] */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, n_in, n_out, 1.0f, dout,
-                        n_out, W, n_in, 1.0f, dx, n_in);
+            gemm_run((gemm_job){.ta = CblasNoTrans,
+                                .tb = CblasNoTrans,
+                                .m = T,
+                                .n = n_in,
+                                .k = n_out,
+                                .lda = n_out,
+                                .ldb = n_in,
+                                .ldc = n_in,
+                                .a = dout,
+                                .b = W,
+                                .c = dx,
+                                .beta = 1.0f});
     }
     if (dW) {
         if (T == 1) /* dW += dout x^T (rank one) */
             cblas_sger(CblasRowMajor, n_out, n_in, 1.0f, dout, 1, x, 1, dW, n_in);
         else /* dW[n_out, n_in] += dout^T @ x */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n_out, n_in, T, 1.0f, dout, n_out,
-                        x, n_in, 1.0f, dW, n_in);
+            gemm_run((gemm_job){.ta = CblasTrans,
+                                .tb = CblasNoTrans,
+                                .m = n_out,
+                                .n = n_in,
+                                .k = T,
+                                .lda = n_out,
+                                .ldb = n_in,
+                                .ldc = n_in,
+                                .a = dout,
+                                .b = x,
+                                .c = dW,
+                                .beta = 1.0f});
     }
     if (dbias) {
         for (int o = 0; o < n_out; o++) {

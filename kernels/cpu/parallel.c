@@ -1,7 +1,7 @@
-/* Thread count for the kernels and OpenBLAS (the work runs on base/pool.h). */
+/* Thread count for the kernels (the work runs on base/pool.h; OpenBLAS runs single-threaded
+ * inside it: kernels/cpu/matmul.c). */
 #include "kernels/kernels.h"
 
-#include <cblas.h>
 #include <unistd.h>
 
 #define KV_MAX_THREADS      256
@@ -14,7 +14,6 @@ void kv_kernels_set_threads(int n) {
     if (n < 1) n = 1;
     if (n > KV_MAX_THREADS) n = KV_MAX_THREADS;
     kernel_threads = n;
-    openblas_set_num_threads(n);
 }
 
 int kv_kernels_threads(void) {
