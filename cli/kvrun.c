@@ -443,7 +443,8 @@ static int run_bench(const run_args *a) {
                "bytes (%zu per token)\n",
                a->model_dir, m.cfg.map.name, b.name, openblas_get_corename(), decode_kernel, P,
                prefill_tps, prefill_tflops, G, decode_tps, m.step_bytes * decode_tps / 1e9,
-               start_tps, decode_tps / start_tps, kv_dtype_name(s.cache.dtype), s.cache.bytes, per_token);
+               start_tps, decode_tps / start_tps, kv_dtype_name(s.cache.dtype), s.cache.bytes,
+               per_token);
     if (!a->json && cpu)
         printf("  decode reads %.0f bytes/token: %.2f GB/s = %.2f x the read loop (%.2f GB/s); "
                "prefill %.1f GFLOP/s = %.2f x a %d^3 GEMM (%.1f GFLOP/s)\n",
