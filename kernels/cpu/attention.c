@@ -174,29 +174,18 @@ __attribute__((target("avx2"))) static inline void attn_v64_bf16_avx2(float *ar,
                               corrv);
     }
     const __m256i odd_mask = _mm256_set1_epi32((int)0xffff0000u);
-    __m256 e0 = ev[0], e1 = ev[1], e2 = ev[2], e3 = ev[3], o0 = od[0], o1 = od[1], o2 = od[2],
-           o3 = od[3];
     for (int s = b; s < e; s++) {
         const uint16_t *vr = vh + (size_t)attn_row(s - base, ring) * st;
         const __m256 pv = _mm256_set1_ps(score[s - b]);
-        const __m256i r0 = _mm256_loadu_si256((const __m256i *)vr);
-        const __m256i r1 = _mm256_loadu_si256((const __m256i *)(vr + 16));
-        const __m256i r2 = _mm256_loadu_si256((const __m256i *)(vr + 32));
-        const __m256i r3 = _mm256_loadu_si256((const __m256i *)(vr + 48));
-        e0 = _mm256_add_ps(e0, _mm256_mul_ps(pv, _mm256_castsi256_ps(_mm256_slli_epi32(r0, 16))));
-        o0 = _mm256_add_ps(o0,
-                           _mm256_mul_ps(pv, _mm256_castsi256_ps(_mm256_and_si256(r0, odd_mask))));
-        e1 = _mm256_add_ps(e1, _mm256_mul_ps(pv, _mm256_castsi256_ps(_mm256_slli_epi32(r1, 16))));
-        o1 = _mm256_add_ps(o1,
-                           _mm256_mul_ps(pv, _mm256_castsi256_ps(_mm256_and_si256(r1, odd_mask))));
-        e2 = _mm256_add_ps(e2, _mm256_mul_ps(pv, _mm256_castsi256_ps(_mm256_slli_epi32(r2, 16))));
-        o2 = _mm256_add_ps(o2,
-                           _mm256_mul_ps(pv, _mm256_castsi256_ps(_mm256_and_si256(r2, odd_mask))));
-        e3 = _mm256_add_ps(e3, _mm256_mul_ps(pv, _mm256_castsi256_ps(_mm256_slli_epi32(r3, 16))));
-        o3 = _mm256_add_ps(o3,
-                           _mm256_mul_ps(pv, _mm256_castsi256_ps(_mm256_and_si256(r3, odd_mask))));
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            const __m256i r = _mm256_loadu_si256((const __m256i *)(vr + 16 * c));
+            const __m256 even = _mm256_castsi256_ps(_mm256_slli_epi32(r, 16));
+            const __m256 odd = _mm256_castsi256_ps(_mm256_and_si256(r, odd_mask));
+            ev[c] = _mm256_add_ps(ev[c], _mm256_mul_ps(pv, even));
+            od[c] = _mm256_add_ps(od[c], _mm256_mul_ps(pv, odd));
+        }
     }
-    ev[0] = e0, ev[1] = e1, ev[2] = e2, ev[3] = e3, od[0] = o0, od[1] = o1, od[2] = o2, od[3] = o3;
     for (int c = 0; c < 4; c++) {
         /* back: quads 0 2 1 3 again, then pairs (even, odd) of each 128-bit half */
         const __m256 e4 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev[c]), 0xd8));

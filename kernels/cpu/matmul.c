@@ -44,13 +44,26 @@ static void blas_single(void) {
     if (!atomic_flag_test_and_set(&set)) openblas_set_num_threads(1);
 }
 
-static void gemm_run(gemm_job j) {
+/* C = op(A) @ op(B) + beta C as cblas_sgemm (row-major, alpha 1), on the kernel threads */
+static void gemm_par(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, const float *a,
+                     int lda, const float *b, int ldb, float beta, float *c, int ldc) {
     blas_single();
-    const int blocks = (j.m + ROW_ALIGN - 1) / ROW_ALIGN;
-    const int workers = kv_parallel_workers(blocks, 2.0 * j.m * (double)j.n * j.k);
+    gemm_job j = {.ta = ta,
+                  .tb = tb,
+                  .m = m,
+                  .n = n,
+                  .k = k,
+                  .lda = lda,
+                  .ldb = ldb,
+                  .ldc = ldc,
+                  .a = a,
+                  .b = b,
+                  .c = c,
+                  .beta = beta};
+    const int blocks = (m + ROW_ALIGN - 1) / ROW_ALIGN;
+    const int workers = kv_parallel_workers(blocks, 2.0 * m * (double)n * k);
     j.rows = (blocks + workers - 1) / workers * ROW_ALIGN; /* one block per worker */
-    const int items = (j.m + j.rows - 1) / j.rows;
-    kv_parallel_for(items, workers, gemm_rows, &j);
+    kv_parallel_for((m + j.rows - 1) / j.rows, workers, gemm_rows, &j);
 }
 
 /* out[T, n_out] = x @ W^T + beta * out */
@@ -59,19 +72,9 @@ static void gemm_xwt(float *out, const float *x, const float *W, int T, int n_in
     if (T == 1) {
         blas_single();
         cblas_sgemv(CblasRowMajor, CblasNoTrans, n_out, n_in, 1.0f, W, n_in, x, 1, beta, out, 1);
-    } else
-        gemm_run((gemm_job){.ta = CblasNoTrans,
-                            .tb = CblasTrans,
-                            .m = T,
-                            .n = n_out,
-                            .k = n_in,
-                            .lda = n_in,
-                            .ldb = n_in,
-                            .ldc = n_out,
-                            .a = x,
-                            .b = W,
-                            .c = out,
-                            .beta = beta});
+    } else {
+        gemm_par(CblasNoTrans, CblasTrans, T, n_out, n_in, x, n_in, W, n_in, beta, out, n_out);
+    }
 }
 
 static void add_bias(float *out, const float *bias, int T, int n_out) {
@@ -105,35 +108,15 @@ void kv_matmul_backward(float *dx, float *dW, float *dbias, const float *dout, c
             cblas_sgemv(CblasRowMajor, CblasTrans, n_out, n_in, 1.0f, W, n_in, dout, 1, 1.0f, dx,
                         1);
         else /* dx[T, n_in] += dout[T, n_out] @ W[n_out, n_in] */
-            gemm_run((gemm_job){.ta = CblasNoTrans,
-                                .tb = CblasNoTrans,
-                                .m = T,
-                                .n = n_in,
-                                .k = n_out,
-                                .lda = n_out,
-                                .ldb = n_in,
-                                .ldc = n_in,
-                                .a = dout,
-                                .b = W,
-                                .c = dx,
-                                .beta = 1.0f});
+            gemm_par(CblasNoTrans, CblasNoTrans, T, n_in, n_out, dout, n_out, W, n_in, 1.0f, dx,
+                     n_in);
     }
     if (dW) {
         if (T == 1) /* dW += dout x^T (rank one) */
             cblas_sger(CblasRowMajor, n_out, n_in, 1.0f, dout, 1, x, 1, dW, n_in);
         else /* dW[n_out, n_in] += dout^T @ x */
-            gemm_run((gemm_job){.ta = CblasTrans,
-                                .tb = CblasNoTrans,
-                                .m = n_out,
-                                .n = n_in,
-                                .k = T,
-                                .lda = n_out,
-                                .ldb = n_in,
-                                .ldc = n_in,
-                                .a = dout,
-                                .b = x,
-                                .c = dW,
-                                .beta = 1.0f});
+            gemm_par(CblasTrans, CblasNoTrans, n_out, n_in, T, dout, n_out, x, n_in, 1.0f, dW,
+                     n_in);
     }
     if (dbias) {
         for (int o = 0; o < n_out; o++) {
