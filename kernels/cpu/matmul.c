@@ -15,7 +15,7 @@
 #include "kernels/kernels.h"
 
 #include <cblas.h>
-#include <stdatomic.h>
+#include <pthread.h>
 #include <string.h>
 
 enum { ROW_ALIGN = 48 }; /* 4 x 12: OpenBLAS Haswell sgemm's column blocks (N) */
@@ -38,11 +38,11 @@ static void gemm_rows(void *ctx, int item, int worker) {
                 j->c + (size_t)r0 * j->ldc, j->ldc);
 }
 
-/* OpenBLAS held to one thread, once, before its first use here */
-static void blas_single(void) {
-    static atomic_flag set = ATOMIC_FLAG_INIT;
-    if (!atomic_flag_test_and_set(&set)) openblas_set_num_threads(1);
-}
+/* OpenBLAS held to one thread before its first use here (once, whichever thread comes first;
+ * the others wait for it) */
+static pthread_once_t blas_single_once = PTHREAD_ONCE_INIT;
+static void blas_single_set(void) { openblas_set_num_threads(1); }
+static void blas_single(void) { pthread_once(&blas_single_once, blas_single_set); }
 
 /* C = op(A) @ op(B) + beta C as cblas_sgemm (row-major, alpha 1), on the kernel threads */
 static void gemm_par(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, const float *a,
