@@ -1,5 +1,5 @@
 /* kernels/cpu/gemv.h: every variant the CPU runs against an exact (double) sum and against the C
- * reference, on odd sizes, F32 and BF16 weights, with and without bias and accumulate; results
+ * reference, on odd sizes, F32, BF16 and F16 weights, with and without bias and accumulate; results
  * independent of the thread count; the CPU backend's T == 1 matmul on this path. */
 #include "tests/check.h"
 
@@ -22,15 +22,18 @@ static float urand(void) { /* [-1, 1) */
 }
 
 static double weight(const void *W, kv_dtype t, size_t i) {
-    return t == KV_BF16 ? (double)kv_bf16_to_f32(((const uint16_t *)W)[i]) : ((const float *)W)[i];
+    if (t == KV_BF16) return kv_bf16_to_f32(((const uint16_t *)W)[i]);
+    if (t == KV_F16) return kv_f16_to_f32(((const uint16_t *)W)[i]);
+    return ((const float *)W)[i];
 }
 
 /* W [n_out, n_in] as t, random; returns malloc'd storage */
 static void *make_w(kv_dtype t, int n_out, int n_in) {
     size_t n = (size_t)n_out * n_in;
-    if (t == KV_BF16) {
+    if (t == KV_BF16 || t == KV_F16) {
         uint16_t *w = malloc(sizeof *w * n);
-        for (size_t i = 0; w && i < n; i++) w[i] = kv_f32_to_bf16(urand());
+        for (size_t i = 0; w && i < n; i++)
+            w[i] = t == KV_BF16 ? kv_f32_to_bf16(urand()) : kv_f32_to_f16(urand());
         return w;
     }
     float *w = malloc(sizeof *w * n);
@@ -160,7 +163,7 @@ int main(void) {
     CHECK(kv_gemv_isa_parse(&p, "sse") == -1, "parse sse");
     CHECK(kv_gemv_isa_supported(KV_GEMV_C), "c always runs");
     CHECK(kv_gemv_force(KV_GEMV_C) == KV_GEMV_C, "force c");
-    CHECK(kv_gemv(NULL, NULL, NULL, KV_F16, NULL, 1, 1, 0) == -1, "F16 refused");
+    CHECK(kv_gemv(NULL, NULL, NULL, KV_I32, NULL, 1, 1, 0) == -1, "I32 refused");
     kv_gemv_force(KV_GEMV_N_ISA);
     printf("gemv: active variant %s; this CPU runs:", kv_gemv_isa_name(kv_gemv_isa_active()));
     for (int i = 0; i < KV_GEMV_N_ISA; i++)
@@ -179,8 +182,9 @@ int main(void) {
         CHECK(kv_gemv_isa_for(KV_BF16) == KV_GEMV_AVX2, "a forced variant holds for BF16");
         kv_gemv_force(KV_GEMV_N_ISA);
     }
-    for (int d = 0; d < 2; d++) {
-        kv_dtype t = d ? KV_BF16 : KV_F32;
+    static const kv_dtype types[] = {KV_F32, KV_BF16, KV_F16};
+    for (int d = 0; d < 3; d++) {
+        const kv_dtype t = types[d];
         for (size_t a = 0; a < sizeof n_ins / sizeof *n_ins; a++)
             for (size_t c = 0; c < sizeof n_outs / sizeof *n_outs; c++)
                 check_sizes(t, n_ins[a], n_outs[c]);

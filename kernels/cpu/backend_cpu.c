@@ -61,8 +61,8 @@ static int cpu_sync(kv_backend *b, kv_error *err) {
     return 0;
 }
 
-/* BF16 weights, T > 1: blocks of rows of W widened into F32 scratch (exact; the rows split over
- * the kernel threads), then sgemm of the block's outputs. Blocks of about BF16_BLOCK_FLOATS
+/* BF16 or F16 weights, T > 1: blocks of rows of W widened into F32 scratch (exact; the rows split
+ * over the kernel threads), then sgemm of the block's outputs. Blocks of about BF16_BLOCK_FLOATS
  * (16 MiB of F32, at least 256 rows): few sgemm calls per matrix. The scratch is kept per calling
  * thread and grows as needed (no page faults per call). */
 enum { BF16_BLOCK_FLOATS = 1 << 22, BF16_MIN_ROWS = 256, WIDEN_ROWS_PER_ITEM = 16 };
@@ -73,6 +73,7 @@ static _Thread_local size_t bf16_scratch_floats;
 typedef struct {
     float *dst;
     const uint16_t *src;
+    kv_dtype src_type; /* KV_BF16 or KV_F16 */
     int n_in, rows;
 } widen_job;
 
@@ -82,11 +83,12 @@ static void widen_item(void *ctx, int item, int worker) {
     const int r0 = item * WIDEN_ROWS_PER_ITEM;
     const int nr = j->rows - r0 < WIDEN_ROWS_PER_ITEM ? j->rows - r0 : WIDEN_ROWS_PER_ITEM;
     const size_t off = (size_t)r0 * (size_t)j->n_in;
-    kv_dtype_cast(j->dst + off, KV_F32, j->src + off, KV_BF16, (size_t)nr * (size_t)j->n_in);
+    kv_dtype_cast(j->dst + off, KV_F32, j->src + off, j->src_type, (size_t)nr * (size_t)j->n_in);
 }
 
-static int matmul_bf16(float *out, const float *x, const uint16_t *W, const float *bias, int T,
-                       int n_in, int n_out, int accumulate, kv_error *err) {
+static int matmul_half(float *out, const float *x, const uint16_t *W, kv_dtype w_type,
+                       const float *bias, int T, int n_in, int n_out, int accumulate,
+                       kv_error *err) {
     int rows = BF16_BLOCK_FLOATS / (n_in > 0 ? n_in : 1);
     if (rows < BF16_MIN_ROWS) rows = BF16_MIN_ROWS;
     if (rows > n_out) rows = n_out;
@@ -94,15 +96,19 @@ static int matmul_bf16(float *out, const float *x, const uint16_t *W, const floa
     if (need > bf16_scratch_floats) {
         float *p = realloc(bf16_scratch, sizeof(float) * need);
         if (!p)
-            return kv_fail(err, KV_ENOMEM, "cpu: matmul bf16 [%d x %d]: out of memory", n_out,
-                           n_in);
+            return kv_fail(err, KV_ENOMEM, "cpu: matmul %s [%d x %d]: out of memory",
+                           kv_dtype_name(w_type), n_out, n_in);
         bf16_scratch = p;
         bf16_scratch_floats = need;
     }
     float *wide = bf16_scratch, *part = bf16_scratch + (size_t)rows * (size_t)n_in;
     for (int o0 = 0; o0 < n_out; o0 += rows) {
         const int nr = n_out - o0 < rows ? n_out - o0 : rows;
-        widen_job j = {.dst = wide, .src = W + (size_t)o0 * n_in, .n_in = n_in, .rows = nr};
+        widen_job j = {.dst = wide,
+                       .src = W + (size_t)o0 * n_in,
+                       .src_type = w_type,
+                       .n_in = n_in,
+                       .rows = nr};
         const int items = (nr + WIDEN_ROWS_PER_ITEM - 1) / WIDEN_ROWS_PER_ITEM;
         kv_parallel_for(items, kv_parallel_workers(items, 4.0 * nr * (double)n_in), widen_item, &j);
         kv_matmul(part, x, wide, bias ? bias + o0 : NULL, T, n_in, nr);
@@ -119,15 +125,16 @@ static int cpu_matmul(kv_backend *b, float *out, const float *x, const void *W, 
                       const float *bias, int T, int n_in, int n_out, int accumulate,
                       kv_error *err) {
     (void)b;
-    /* decode: own matrix-vector kernels (gemv.h) for F32 and BF16 weights */
-    if (T == 1 && (w_type == KV_F32 || w_type == KV_BF16)) {
+    const int half = w_type == KV_BF16 || w_type == KV_F16;
+    if (w_type != KV_F32 && !half)
+        return kv_fail(err, KV_EUNSUPPORTED, "cpu: matmul with %s weights (F32, BF16 or F16)",
+                       kv_dtype_name(w_type));
+    /* decode: own matrix-vector kernels (gemv.h) */
+    if (T == 1) {
         kv_gemv(out, x, W, w_type, bias, n_in, n_out, accumulate);
         return 0;
     }
-    if (w_type == KV_BF16) return matmul_bf16(out, x, W, bias, T, n_in, n_out, accumulate, err);
-    if (w_type != KV_F32)
-        return kv_fail(err, KV_EUNSUPPORTED, "cpu: matmul with %s weights (F32 or BF16)",
-                       kv_dtype_name(w_type));
+    if (half) return matmul_half(out, x, W, w_type, bias, T, n_in, n_out, accumulate, err);
     if (accumulate) kv_matmul_acc(out, x, W, bias, T, n_in, n_out);
     else kv_matmul(out, x, W, bias, T, n_in, n_out);
     return 0;

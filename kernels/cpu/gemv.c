@@ -11,6 +11,7 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define KV_GEMV_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
 #else
 #define KV_GEMV_X86 0
@@ -44,6 +45,15 @@ static float dot_bf16_c(const uint16_t *w, const float *x, int n) {
     for (; i + 8 <= n; i += 8)
         for (int l = 0; l < 8; l++) a[l] += bf16_widen(w[i + l]) * x[i + l];
     for (int l = 0; i + l < n; l++) a[l] += bf16_widen(w[i + l]) * x[i + l];
+    return sum8(a);
+}
+
+static float dot_f16_c(const uint16_t *w, const float *x, int n) {
+    float a[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) a[l] += kv_f16_to_f32(w[i + l]) * x[i + l];
+    for (int l = 0; i + l < n; l++) a[l] += kv_f16_to_f32(w[i + l]) * x[i + l];
     return sum8(a);
 }
 
@@ -90,26 +100,48 @@ __attribute__((target("avx2,fma"))) static float dot_f32_avx2(const float *w, co
     return hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
 }
 
-__attribute__((target("avx2,fma"))) static float dot_bf16_avx2(const uint16_t *w, const float *x,
-                                                               int n) {
+/* 8 F16 weights as F32 (exact: vcvtph2ps) */
+__attribute__((target("avx2,fma,f16c"))) static __m256 f16x8_avx2(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* a row of 16-bit weights, BF16 (f16 = 0) or F16 (f16 = 1, a constant where inlined) */
+__attribute__((target("avx2,fma,f16c"))) static inline __attribute__((always_inline)) __m256
+half8_avx2(const uint16_t *p, int f16) {
+    return f16 ? f16x8_avx2(p) : bf16x8_avx2(p);
+}
+
+__attribute__((target("avx2,fma,f16c"))) static inline __attribute__((always_inline)) float
+dot_half_avx2(const uint16_t *w, const float *x, int n, int f16) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int i = 0;
     for (; i + 32 <= n; i += 32) {
         GEMV_PREFETCH(w + i, 0);
-        a0 = _mm256_fmadd_ps(bf16x8_avx2(w + i), _mm256_loadu_ps(x + i), a0);
-        a1 = _mm256_fmadd_ps(bf16x8_avx2(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-        a2 = _mm256_fmadd_ps(bf16x8_avx2(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
-        a3 = _mm256_fmadd_ps(bf16x8_avx2(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+        a0 = _mm256_fmadd_ps(half8_avx2(w + i, f16), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(half8_avx2(w + i + 8, f16), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(half8_avx2(w + i + 16, f16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(half8_avx2(w + i + 24, f16), _mm256_loadu_ps(x + i + 24), a3);
     }
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(bf16x8_avx2(w + i), _mm256_loadu_ps(x + i), a0);
+    for (; i + 8 <= n; i += 8)
+        a0 = _mm256_fmadd_ps(half8_avx2(w + i, f16), _mm256_loadu_ps(x + i), a0);
     if (i < n) {
         uint16_t wt[8] = {0};
         float xt[8] = {0};
         memcpy(wt, w + i, sizeof(uint16_t) * (size_t)(n - i));
         memcpy(xt, x + i, sizeof(float) * (size_t)(n - i));
-        a1 = _mm256_fmadd_ps(bf16x8_avx2(wt), _mm256_loadu_ps(xt), a1);
+        a1 = _mm256_fmadd_ps(half8_avx2(wt, f16), _mm256_loadu_ps(xt), a1);
     }
     return hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+}
+
+__attribute__((target("avx2,fma,f16c"))) static float dot_bf16_avx2(const uint16_t *w,
+                                                                    const float *x, int n) {
+    return dot_half_avx2(w, x, n, 0);
+}
+
+__attribute__((target("avx2,fma,f16c"))) static float dot_f16_avx2(const uint16_t *w,
+                                                                   const float *x, int n) {
+    return dot_half_avx2(w, x, n, 1);
 }
 
 /* ---- AVX-512F: 4 accumulators of 16 lanes; the tail (< 16) zero-padded through a buffer ---- */
@@ -167,8 +199,19 @@ __attribute__((target("avx512f"))) static float dot_f32_avx512(const float *w, c
     return hsum512(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
-__attribute__((target("avx512f"))) static float dot_bf16_avx512(const uint16_t *w, const float *x,
-                                                                int n) {
+/* 16 F16 weights as F32 (exact: vcvtph2ps) */
+__attribute__((target("avx512f"))) static __m512 f16x16_avx512(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
+__attribute__((target("avx512f"))) static inline __attribute__((always_inline)) __m512
+half16_avx512(const uint16_t *p, int f16) {
+    return f16 ? f16x16_avx512(p) : bf16x16_avx512(p);
+}
+
+/* a row of 16-bit weights, BF16 (f16 = 0) or F16 (f16 = 1, a constant where inlined) */
+__attribute__((target("avx512f"))) static inline __attribute__((always_inline)) float
+dot_half_avx512(const uint16_t *w, const float *x, int n, int f16) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int i = head_to_align(w, sizeof(uint16_t), 32, n);
     if (i) {
@@ -176,25 +219,35 @@ __attribute__((target("avx512f"))) static float dot_bf16_avx512(const uint16_t *
         float xt[16] = {0};
         memcpy(wt, w, sizeof(uint16_t) * (size_t)i);
         memcpy(xt, x, sizeof(float) * (size_t)i);
-        a3 = _mm512_fmadd_ps(bf16x16_avx512(wt), _mm512_loadu_ps(xt), a3);
+        a3 = _mm512_fmadd_ps(half16_avx512(wt, f16), _mm512_loadu_ps(xt), a3);
     }
     for (; i + 64 <= n; i += 64) {
         GEMV_PREFETCH(w + i, 0), GEMV_PREFETCH(w + i, 64);
-        a0 = _mm512_fmadd_ps(bf16x16_avx512(w + i), _mm512_loadu_ps(x + i), a0);
-        a1 = _mm512_fmadd_ps(bf16x16_avx512(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
-        a2 = _mm512_fmadd_ps(bf16x16_avx512(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
-        a3 = _mm512_fmadd_ps(bf16x16_avx512(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+        a0 = _mm512_fmadd_ps(half16_avx512(w + i, f16), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(half16_avx512(w + i + 16, f16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(half16_avx512(w + i + 32, f16), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(half16_avx512(w + i + 48, f16), _mm512_loadu_ps(x + i + 48), a3);
     }
     for (; i + 16 <= n; i += 16)
-        a0 = _mm512_fmadd_ps(bf16x16_avx512(w + i), _mm512_loadu_ps(x + i), a0);
+        a0 = _mm512_fmadd_ps(half16_avx512(w + i, f16), _mm512_loadu_ps(x + i), a0);
     if (i < n) {
         uint16_t wt[16] = {0};
         float xt[16] = {0};
         memcpy(wt, w + i, sizeof(uint16_t) * (size_t)(n - i));
         memcpy(xt, x + i, sizeof(float) * (size_t)(n - i));
-        a1 = _mm512_fmadd_ps(bf16x16_avx512(wt), _mm512_loadu_ps(xt), a1);
+        a1 = _mm512_fmadd_ps(half16_avx512(wt, f16), _mm512_loadu_ps(xt), a1);
     }
     return hsum512(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+__attribute__((target("avx512f"))) static float dot_bf16_avx512(const uint16_t *w, const float *x,
+                                                                int n) {
+    return dot_half_avx512(w, x, n, 0);
+}
+
+__attribute__((target("avx512f"))) static float dot_f16_avx512(const uint16_t *w, const float *x,
+                                                               int n) {
+    return dot_half_avx512(w, x, n, 1);
 }
 
 /* ---- AVX-512F, BF16 weights, x de-interleaved once per call (gemv.h): a 64-byte load of 32
@@ -332,6 +385,17 @@ static const dot_bf16_fn dot_bf16[KV_GEMV_N_ISA] = {
 #endif
 };
 
+static const dot_bf16_fn dot_f16[KV_GEMV_N_ISA] = {
+    dot_f16_c,
+#if KV_GEMV_X86
+    dot_f16_avx2, dot_f16_avx512, dot_f16_avx512, /* vdpbf16ps has no F16 twin: the AVX-512 loop */
+#else
+    dot_f16_c,
+    dot_f16_c,
+    dot_f16_c,
+#endif
+};
+
 static const char *const isa_names[KV_GEMV_N_ISA] = {"c", "avx2", "avx512", "avx512bf16"};
 
 const char *kv_gemv_isa_name(kv_gemv_isa isa) {
@@ -363,7 +427,9 @@ static void probe(void) {
     cpu_has[KV_GEMV_C] = 1;
 #if KV_GEMV_X86
     __builtin_cpu_init();
-    cpu_has[KV_GEMV_AVX2] = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    unsigned eax, ebx, ecx = 0, edx;
+    const int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C); /* F16 loads */
+    cpu_has[KV_GEMV_AVX2] = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
     cpu_has[KV_GEMV_AVX512] = cpu_has[KV_GEMV_AVX2] && __builtin_cpu_supports("avx512f");
     cpu_has[KV_GEMV_AVX512BF16] = cpu_has[KV_GEMV_AVX512] && __builtin_cpu_supports("avx512bf16");
 #endif
@@ -420,6 +486,7 @@ static void rows_run(kv_gemv_isa isa, float *y, const float *x, const void *xp, 
         const size_t off = (size_t)o * (size_t)n_in;
         float s = xp                  ? dot_prepared(isa, (const uint16_t *)W + off, xp, n_in)
                   : w_type == KV_BF16 ? dot_bf16[isa]((const uint16_t *)W + off, x, n_in)
+                  : w_type == KV_F16  ? dot_f16[isa]((const uint16_t *)W + off, x, n_in)
                                       : dot_f32[isa]((const float *)W + off, x, n_in);
         if (accumulate) s = y[o] + s;
         if (bias) s += bias[o];
@@ -479,7 +546,7 @@ static void gemv_item(void *ctx, int item, int worker) {
 
 int kv_gemv(float *y, const float *x, const void *W, kv_dtype w_type, const float *bias, int n_in,
             int n_out, int accumulate) {
-    if (w_type != KV_F32 && w_type != KV_BF16) return -1;
+    if (w_type != KV_F32 && w_type != KV_BF16 && w_type != KV_F16) return -1;
     if (n_out <= 0) return 0;
     gemv_job j = {.isa = kv_gemv_isa_for(w_type),
                   .y = y,

@@ -1,10 +1,10 @@
 /* Matrix-vector products for decode (one token): y[n_out] (+)= W[n_out, n_in] x[n_in] (+ bias),
- * W in HF layout ([out, in]), F32 or BF16, x and y F32.
+ * W in HF layout ([out, in]), F32, BF16 or F16, x and y F32.
  *
  * Variants: portable C (the reference), AVX2+FMA and AVX-512F, each compiled for its ISA with
  * target attributes and chosen at run time from the CPU's features (the build stays portable).
- * BF16 weights are widened in registers (exact: a 16-bit shift) and multiplied in F32; x is
- * never rounded. Each output row is one dot product computed by one thread in a fixed order, so
+ * BF16 weights are widened in registers (exact: a 16-bit shift), F16 weights by vcvtph2ps (F16C,
+ * exact; AVX2 requires it here), and multiplied in F32; x is never rounded. Each output row is one dot product computed by one thread in a fixed order, so
  * results do not depend on the thread count or on how rows are split. Variants differ from each
  * other only in the order of the F32 additions (and FMA's single rounding): for every variant
  * |y - exact| <= 1e-6 * (sum_i |W[o,i] x[i]| + |bias[o]| + |y0[o]|) on the sizes tests/test_gemv.c
@@ -58,12 +58,12 @@ kv_gemv_isa kv_gemv_isa_for(kv_dtype w_type);
 kv_gemv_isa kv_gemv_force(kv_gemv_isa isa);
 
 /* rows [o0, o1) of y = W x (+ bias) with one variant, on the calling thread; accumulate: y +=.
- * w_type KV_F32 or KV_BF16 (W then points to uint16_t bf16 bits); isa must be supported. */
+ * w_type KV_F32, KV_BF16 or KV_F16 (W then points to uint16_t bits); isa must be supported. */
 void kv_gemv_rows(kv_gemv_isa isa, float *y, const float *x, const void *W, kv_dtype w_type,
                   const float *bias, int n_in, int o0, int o1, int accumulate);
 
 /* all n_out rows with the active variant, rows split over the kernel threads (kernels.h's
- * kv_parallel_workers / kv_parallel_for). 0, or -1 for a w_type other than F32/BF16. */
+ * kv_parallel_workers / kv_parallel_for). 0, or -1 for a w_type other than F32/BF16/F16. */
 int kv_gemv(float *y, const float *x, const void *W, kv_dtype w_type, const float *bias, int n_in,
             int n_out, int accumulate);
 
