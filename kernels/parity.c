@@ -364,8 +364,8 @@ static int case_matmul(prun *p, const pcase *c) {
     uint16_t *Wb = halloc(p, sizeof(uint16_t) * (size_t)n_out * n_in);
     if (!x || !W || !bias || !y || !Wb) return oom(p, "inputs");
     const void *w = W;
-    if (c->dt == KV_BF16) {
-        kv_dtype_cast(Wb, KV_BF16, W, KV_F32, (size_t)n_out * n_in);
+    if (c->dt == KV_BF16 || c->dt == KV_F16) {
+        kv_dtype_cast(Wb, c->dt, W, KV_F32, (size_t)n_out * n_in);
         w = Wb;
     }
     pbuf *X, *Wd, *Bd = NULL, *Y;
@@ -825,6 +825,39 @@ static const pcase cases[] = {
      .dt = KV_BF16,
      .atol = 2e-2,
      .rtol = 1e-2},
+    /* F16 weights: widened exactly on both sides (CUDA T > 1: F32 GEMM on widened blocks), so
+     * F32 tolerances */
+    {.name = "matmul f16 T=1 512x300 bias",
+     .ops = "matmul",
+     .run = case_matmul,
+     .T = 1,
+     .n_in = 512,
+     .n_out = 300,
+     .dt = KV_F16,
+     .bias = 1,
+     .atol = 1e-4,
+     .rtol = 1e-4},
+    {.name = "matmul f16 T=1 odd 129x77 acc",
+     .ops = "matmul",
+     .run = case_matmul,
+     .T = 1,
+     .n_in = 129,
+     .n_out = 77,
+     .dt = KV_F16,
+     .acc = 1,
+     .atol = 1e-4,
+     .rtol = 1e-4},
+    {.name = "matmul f16 T=37 256x200 acc bias",
+     .ops = "matmul",
+     .run = case_matmul,
+     .T = 37,
+     .n_in = 256,
+     .n_out = 200,
+     .dt = KV_F16,
+     .acc = 1,
+     .bias = 1,
+     .atol = 1e-4,
+     .rtol = 1e-4},
 
     /* rmsnorm: x U(-3,3) */
     {.name = "rmsnorm T=1 64",

@@ -91,16 +91,17 @@ static int take_all(loader *ld, kv_model *m, const llama_view *v) {
     return 0;
 }
 
-/* BF16 when every matrix is stored BF16 (and not asked to widen), else F32 */
+/* BF16 (F16) when every matrix is stored BF16 (F16) and not asked to widen, else F32 */
 static kv_dtype pick_mat_type(const loader *ld, int widen_f32) {
     if (widen_f32) return KV_F32;
-    int any = 0;
+    kv_dtype held = KV_F32;
     for (int i = 0; i < ld->n; i++)
         if (ld->items[i].matrix) {
-            if (ld->items[i].t->dtype != KV_BF16) return KV_F32;
-            any = 1;
+            const kv_dtype t = ld->items[i].t->dtype;
+            if ((t != KV_BF16 && t != KV_F16) || (held != KV_F32 && t != held)) return KV_F32;
+            held = t;
         }
-    return any ? KV_BF16 : KV_F32;
+    return held;
 }
 
 /* every binding's pointer: in place, or converted (copied) into m->store */

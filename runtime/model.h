@@ -2,9 +2,9 @@
  * bound over a tensor source (formats/llama_view.h, formats/tensor_source.h).
  *
  * Weight matrices (the embedding, the LM head and every projection) stay in their stored dtype
- * when they are all BF16; otherwise (F32, F16, or a mix) every matrix is held as F32, F16/BF16
- * ones widened once (F16 has no kernels of its own). mat_type says which. Norms and biases are
- * always F32 (widened when stored narrower; they are small).
+ * when they are all BF16 or all F16; otherwise (F32, or a mix) every matrix is held as F32,
+ * F16/BF16 ones widened once. mat_type says which. Norms and biases are always F32 (widened when
+ * stored narrower; they are small).
  *
  * Where they live: kv_model_from_source uses each tensor in place when it is held as stored
  * (zero-copy: the bundle's decoded tensors, a caller's table) and converts or copies the rest
@@ -52,7 +52,7 @@ typedef struct {
 typedef struct {
     hf_config cfg; /* cfg.map: the KV map */
     llama_dims dims; /* L, H, nh, nkv, hd, F, V, RoPE (formats/llama_view.h) */
-    kv_dtype mat_type; /* every weight matrix: KV_F32 or KV_BF16 */
+    kv_dtype mat_type; /* every weight matrix: KV_F32, KV_BF16 or KV_F16 */
     const void *embed; /* [V, H] model.embed_tokens as mat_type */
     const float *final_norm; /* [H] model.norm */
     const void *lm_head; /* [V, H] lm_head as mat_type, or embed when tied */
@@ -73,7 +73,7 @@ typedef struct {
     int map_file; /* kv_model_load: > 0 uses the file's mapping in place (default 0: copy).
                      < 0 (kv_model_load passes it on with copy_weights): the source is a
                      read-only file mapping whose pages may be dropped once copied */
-    int widen_f32; /* hold BF16 matrices as F32 too (mat_type KV_F32; tests, benches) */
+    int widen_f32; /* hold BF16 / F16 matrices as F32 too (mat_type KV_F32; tests, benches) */
 } kv_model_opts;
 
 /* HF directory: config.json + model.safetensors (or shards). o may be NULL. */

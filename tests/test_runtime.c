@@ -829,20 +829,20 @@ static void test_dtypes_and_layouts(void) {
         const char *half = write_model(k ? "bf16" : "f16", cfg, &w);
         wset_free(&w);
         cJSON_Delete(cfg);
-        /* F16: widened to F32 once at load, exactly the F32 model holding the rounded values.
-         * BF16: held as BF16 (own kernels widen in registers; the prefill's blocked products add
-         * in another order): within 1e-4 of it */
-        compare_dirs(ref, half, k ? 1e-4 : 0.0, kv_dtype_name(dt));
+        /* F16 and BF16: held as stored (own kernels widen in registers, exactly; the prefill's
+         * blocked products add in another order): within 1e-4 of the F32 model holding the
+         * rounded values */
+        compare_dirs(ref, half, 1e-4, kv_dtype_name(dt));
         kv_model hm, fm;
         kv_error err = {0};
         if (kv_model_load(&hm, half, NULL, &err) == 0) {
-            CHECK(hm.mat_type == (k ? KV_BF16 : KV_F32), "%s model holds %s matrices",
-                  kv_dtype_name(dt), kv_dtype_name(hm.mat_type));
+            CHECK(hm.mat_type == dt, "%s model holds %s matrices", kv_dtype_name(dt),
+                  kv_dtype_name(hm.mat_type));
             if (kv_model_load(&fm, ref, NULL, &err) == 0) {
-                /* BF16: matrices at 2 bytes, copied as they are into the arena (no F32 copy) */
-                CHECK(!k || (hm.step_bytes < fm.step_bytes * 0.55 &&
-                             hm.weight_bytes < fm.weight_bytes * 0.55 &&
-                             hm.store.size < fm.weight_bytes * 0.6),
+                /* matrices at 2 bytes, copied as they are into the arena (no F32 copy) */
+                CHECK(hm.step_bytes < fm.step_bytes * 0.55 &&
+                          hm.weight_bytes < fm.weight_bytes * 0.55 &&
+                          hm.store.size < fm.weight_bytes * 0.6,
                       "%s: step bytes %zu vs F32 %zu, weights %zu vs %zu, arena %zu",
                       kv_dtype_name(dt), hm.step_bytes, fm.step_bytes, hm.weight_bytes,
                       fm.weight_bytes, hm.store.size);
@@ -850,11 +850,11 @@ static void test_dtypes_and_layouts(void) {
             }
             kv_model_free(&hm);
         }
-        /* map_file: BF16 matrices in place in the file's mapping, only the vectors in the arena */
+        /* map_file: the matrices in place in the file's mapping, only the vectors in the arena */
         const kv_model_opts mapped = {.map_file = 1};
-        if (k && kv_model_load(&hm, half, &mapped, &err) == 0) {
-            CHECK(hm.mat_type == KV_BF16 && hm.store.size < hm.weight_bytes / 16,
-                  "mapped BF16: %s matrices, arena %zu of %zu weight bytes",
+        if (kv_model_load(&hm, half, &mapped, &err) == 0) {
+            CHECK(hm.mat_type == dt && hm.store.size < hm.weight_bytes / 16,
+                  "mapped %s: %s matrices, arena %zu of %zu weight bytes", kv_dtype_name(dt),
                   kv_dtype_name(hm.mat_type), hm.store.size, hm.weight_bytes);
             kv_model_free(&hm);
         }

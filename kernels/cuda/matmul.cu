@@ -5,12 +5,18 @@
 //    registers), x stays F32, F32 sums.
 //  T > 1, F32 W: cublasGemmEx, all types CUDA_R_32F, CUBLAS_COMPUTE_32F (true FP32: the handle's
 //    math mode is CUBLAS_DEFAULT_MATH, so no TF32).
+//  T == 1, F16 W: the same kernel, halves widened by __half2float (exact).
+//  T > 1, F16 W: x is not rounded to F16 (its range ends at 65504, activations can pass it): blocks
+//    of W's rows are widened to F32 into scratch (exact) and multiplied by FP32 GemmEx, as the CPU
+//    does for BF16 and F16.
 //  T > 1, BF16 W: cublasGemmEx takes A and B of one type, so x is rounded to BF16 (nearest even)
 //    into scratch: A = W CUDA_R_16BF, B = x CUDA_R_16BF, C = out CUDA_R_32F, CUBLAS_COMPUTE_32F
 //    (tensor cores, FP32 accumulation). Rounding x costs about 2^-9 relative per product: the
 //    parity cases allow for it (the CPU widens W and keeps x F32).
 //  Backward (W is F32): two FP32 GemmEx with beta = 1 (the gradients add), dbias by a column-sum
 //    kernel in double.
+#include <cuda_fp16.h>
+#include <type_traits>
 #include <stdio.h>
 
 #include "kernels/cuda/kv_cuda.h"
@@ -22,8 +28,18 @@
 
 __device__ __forceinline__ float mv_ld(const float *w, size_t i) { return w[i]; }
 __device__ __forceinline__ float mv_ld(const uint16_t *w, size_t i) { return kv_bf16_widen(w[i]); }
+__device__ __forceinline__ float mv_ld(const __half *w, size_t i) { return __half2float(w[i]); }
 
-// vec: rows start 16-byte aligned and n_in is a multiple of 8 (BF16) / 4 (F32)
+// a . (8 halves packed in p): the F16 twin of the BF16 sums below
+__device__ __forceinline__ float mv_dot8(const float4 a, const float4 c, const uint4 p) {
+    const __half2 *h = (const __half2 *)&p;
+    const float2 f0 = __half22float2(h[0]), f1 = __half22float2(h[1]), f2 = __half22float2(h[2]),
+                 f3 = __half22float2(h[3]);
+    return a.x * f0.x + a.y * f0.y + a.z * f1.x + a.w * f1.y + c.x * f2.x + c.y * f2.y +
+           c.z * f3.x + c.w * f3.y;
+}
+
+// vec: rows start 16-byte aligned and n_in is a multiple of 8 (BF16, F16) / 4 (F32)
 template <typename WT, bool vec>
 __global__ void matvec_kernel(float *out, const float *x, const WT *W, const float *bias, int n_in,
                               int n_out, int accumulate) {
@@ -32,7 +48,11 @@ __global__ void matvec_kernel(float *out, const float *x, const WT *W, const flo
     if (row >= n_out) return; // warp-uniform
     const WT *w = W + (size_t)row * n_in;
     float s = 0.0f;
-    if (vec && sizeof(WT) == 2) {
+    if (vec && std::is_same<WT, __half>::value) {
+        const uint4 *w8 = (const uint4 *)w;
+        const float4 *x4 = (const float4 *)x;
+        for (int i = lane; i < n_in / 8; i += 32) s += mv_dot8(x4[2 * i], x4[2 * i + 1], w8[i]);
+    } else if (vec && sizeof(WT) == 2) {
         const uint4 *w8 = (const uint4 *)w;
         const float4 *x4 = (const float4 *)x;
         for (int i = lane; i < n_in / 8; i += 32) {
@@ -74,6 +94,10 @@ static void matvec(cudaStream_t st, float *out, const float *x, const WT *W, con
             <<<blocks, 32 * MV_WARPS, 0, st>>>(out, x, W, bias, n_in, n_out, accumulate);
 }
 
+__global__ void f16_widen_kernel(float *dst, const __half *src, size_t n) {
+    KV_CUDA_FOR(i, n) dst[i] = __half2float(src[i]);
+}
+
 __global__ void add_bias_kernel(float *out, const float *bias, size_t n, int n_out) {
     KV_CUDA_FOR(i, n) out[i] += bias[i % n_out];
 }
@@ -93,17 +117,46 @@ int kv_cuda_matmul(kv_backend *b, float *out, const float *x, const void *W, kv_
     char what[96];
     snprintf(what, sizeof what, "matmul %s [%d x %d] x [%d x %d]^T", kv_dtype_name(w_type), T, n_in,
              n_out, n_in);
-    if (w_type != KV_F32 && w_type != KV_BF16)
-        return kv_fail(err, KV_EUNSUPPORTED, "cuda %s: weights must be F32 or BF16", what);
+    if (w_type != KV_F32 && w_type != KV_BF16 && w_type != KV_F16)
+        return kv_fail(err, KV_EUNSUPPORTED, "cuda %s: weights must be F32, BF16 or F16", what);
     if (T <= 0 || n_out <= 0) return 0;
     if (n_in <= 0) return kv_fail(err, KV_EINVAL, "cuda %s: n_in must be positive", what);
     cudaStream_t st = kv_cuda_stream(b);
     if (T == 1) {
         if (w_type == KV_F32) matvec(st, out, x, (const float *)W, bias, n_in, n_out, accumulate);
+        else if (w_type == KV_F16)
+            matvec(st, out, x, (const __half *)W, bias, n_in, n_out, accumulate);
         else matvec(st, out, x, (const uint16_t *)W, bias, n_in, n_out, accumulate);
         return kv_cuda_launched(what, err);
     }
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    if (w_type == KV_F16) {
+        // blocks of at least F16_MIN_ROWS rows of W, about F16_BLOCK_FLOATS widened at a time
+        const size_t F16_BLOCK_FLOATS = (size_t)1 << 24;
+        const int F16_MIN_ROWS = 256;
+        int rows = (int)(F16_BLOCK_FLOATS / (size_t)n_in);
+        if (rows < F16_MIN_ROWS) rows = F16_MIN_ROWS;
+        if (rows > n_out) rows = n_out;
+        void *wide = NULL;
+        int rc = kv_cuda_scratch(b, &wide, sizeof(float) * (size_t)rows * n_in, what, err);
+        for (int o0 = 0; !rc && o0 < n_out; o0 += rows) {
+            const int nr = n_out - o0 < rows ? n_out - o0 : rows;
+            const size_t n = (size_t)nr * n_in;
+            f16_widen_kernel<<<kv_cuda_grid(n), KV_CUDA_BLOCK, 0, st>>>(
+                (float *)wide, (const __half *)W + (size_t)o0 * n_in, n);
+            rc = kv_cuda_launched(what, err);
+            if (!rc)
+                rc = kv_cublas_status(
+                    kv_cublas.gemm_ex(kv_cuda(b)->blas, CUBLAS_OP_T, CUBLAS_OP_N, nr, T, n_in, &one,
+                                      wide, CUDA_R_32F, n_in, x, CUDA_R_32F, n_in, &beta, out + o0,
+                                      CUDA_R_32F, n_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                    what, err);
+        }
+        if (rc || !bias) return rc;
+        const size_t n = (size_t)T * n_out;
+        add_bias_kernel<<<kv_cuda_grid(n), KV_CUDA_BLOCK, 0, st>>>(out, bias, n, n_out);
+        return kv_cuda_launched(what, err);
+    }
     const void *B = x;
     cudaDataType ab_type = CUDA_R_32F;
     if (w_type == KV_BF16) {
