@@ -47,6 +47,7 @@ static void blas_single(void) { pthread_once(&blas_single_once, blas_single_set)
 /* C = op(A) @ op(B) + beta C as cblas_sgemm (row-major, alpha 1), on the kernel threads */
 static void gemm_par(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, const float *a,
                      int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    if (m <= 0) return;
     blas_single();
     gemm_job j = {.ta = ta,
                   .tb = tb,
