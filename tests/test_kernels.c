@@ -306,6 +306,11 @@ int main(void) {
     test_matmul(5, 37, 23, 0);
     test_matmul(7, 64, 172, 1);
     test_matmul(130, 96, 80, 1);
+    { /* no outputs (n_out 0): dW has no rows, dx gets nothing added */
+        float x[12] = {1}, dx[12] = {2}, dx0[12] = {2}, dout[1] = {0}, W[1] = {0}, dW[1] = {7};
+        kv_matmul_backward(dx, dW, NULL, dout, x, W, 3, 4, 0);
+        CHECK(!memcmp(dx, dx0, sizeof dx) && dW[0] == 7, "n_out 0: dx or dW changed");
+    }
     test_matmul_threads(301, 64, 512);
     test_matmul_threads(513, 72, 200);
     test_matmul_threads(97, 288, 130);
