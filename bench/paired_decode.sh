@@ -4,6 +4,7 @@
 # kvrun --bench --json on the stories110m shape (kvsynth --preset stories110m), F32 and BF16
 # weights, 1 and 2 threads, a 512-token prompt then 32 decode steps (MODELS=DIR reuses the
 # models of bench/kvrun_bench.sh's KEEP=DIR, DIR/f32 and DIR/bf16). Prints per case the medians
+# (a field one build does not print, such as decode_context_ratio before it existed, is left out)
 # and the median of the per-round new/old ratios (> 1: the new build is faster); the raw rows
 # go to stderr as they come.
 OLD=$1 NEW=$2 ROUNDS=${3:-5}
@@ -28,7 +29,8 @@ for r in $(seq "$ROUNDS"); do
                 OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell} "$B/kvrun" "$M/$dt" --bench --json \
                     --prompt-len 512 -n 32 --repeat 1 --threads $th >"$W/b.json" 2>/dev/null ||
                     echo "FAILED: $B/kvrun $M/$dt --threads $th" >&2
-                for f in decode_tokens_per_s decode_read_loop_ratio prefill_tokens_per_s; do
+                for f in decode_tokens_per_s decode_read_loop_ratio decode_context_ratio \
+                    prefill_tokens_per_s; do
                     echo "$r $v ${dt}_t${th}_$f $(field $f "$W/b.json")" | tee -a "$out" >&2
                 done
             done
@@ -47,7 +49,7 @@ END {
     for (c = 1; c <= n; c++) {
         name = order[c]; k = 0
         for (r = 1; r <= rounds; r++) {
-            if (!((name, "old", r) in v) || !((name, "new", r) in v) || v[name, "old", r] == 0) continue
+            if (v[name, "old", r] == "" || v[name, "new", r] == "" || v[name, "old", r] + 0 == 0) continue
             k++; o[k] = v[name, "old", r]; w[k] = v[name, "new", r]; q[k] = w[k] / o[k]
         }
         if (!k) continue
