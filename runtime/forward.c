@@ -144,9 +144,9 @@ static int alloc_activations(kv_state *s, kv_dtype cache_dtype, kv_error *err) {
      * host logits and the RoPE tables), the KV cache */
     uint64_t act = (uint64_t)total + (unified ? 0 : 4 * (uint64_t)V) +
                    2 * 2 * sizeof(float) * (uint64_t)s->max_seq * (uint64_t)(m->dims.head_dim / 2);
-    const size_t cache_bytes =
-        kv_cache_bytes_for(&m->cfg.map, m->cfg.layer_window, s->max_batch, m->dims.n_kv_heads,
-                           m->dims.head_dim, s->max_seq, kv_dtype_size(cache_dtype), NULL);
+    const size_t cache_bytes = kvmap_cache_bytes_windowed(
+        &m->cfg.map, m->cfg.layer_window, s->max_batch, m->dims.n_kv_heads, m->dims.head_dim,
+        s->max_seq, kv_dtype_size(cache_dtype), NULL);
     const uint64_t cache = cache_bytes ? (uint64_t)cache_bytes : UINT64_MAX;
     const kv_mem_item items[2] = {{"KV cache", cache}, {"activations", act}};
     int rc = kv_mem_reserve("the run", items, 2, err);

@@ -1,11 +1,5 @@
 #include "runtime/kvcache.h"
 
-size_t kv_cache_bytes_for(const kv_map *map, const int *window, int max_batch, int n_kv_heads,
-                          int head_dim, int max_seq, size_t elem, int *ring) {
-    return kvmap_cache_bytes_windowed(map, window, max_batch, n_kv_heads, head_dim, max_seq, elem,
-                                      ring);
-}
-
 int kv_cache_init(kv_cache *c, kv_backend *b, const kv_map *map, const int *window, int max_batch,
                   int n_kv_heads, int head_dim, int max_seq, kv_dtype dtype, kv_error *err) {
     *c = (kv_cache){0};
@@ -17,8 +11,8 @@ int kv_cache_init(kv_cache *c, kv_backend *b, const kv_map *map, const int *wind
     int rc = kvmap_validate(map, err);
     if (rc) return rc;
     const size_t elem = kv_dtype_size(dtype);
-    const size_t bytes =
-        kv_cache_bytes_for(map, window, max_batch, n_kv_heads, head_dim, max_seq, elem, c->ring);
+    const size_t bytes = kvmap_cache_bytes_windowed(map, window, max_batch, n_kv_heads, head_dim,
+                                                    max_seq, elem, c->ring);
     if (bytes == 0)
         return kv_fail(err, KV_ENOMEM, "KV cache: size overflows (%d positions)", max_seq);
     c->backend = b;

@@ -31,14 +31,9 @@ typedef struct {
     size_t bytes; /* bytes of k and v together */
 } kv_cache;
 
-/* Bytes the cache of MAP holds for max_seq positions and passes of up to max_batch tokens, with
- * WINDOW [n_layers] per-layer sliding windows (NULL or all 0: none; hf_config.layer_window);
- * RING [n_slots] (may be NULL) gets each slot's ring rows (0: none). 0 on overflow or a bad map.
- * Without windows: kvmap_cache_bytes_per_token(...) * max_seq. */
-size_t kv_cache_bytes_for(const kv_map *map, const int *window, int max_batch, int n_kv_heads,
-                          int head_dim, int max_seq, size_t elem, int *ring);
 /* dtype KV_F32 or KV_BF16 (anything else is refused); storage from b, which must outlive c;
- * window and max_batch as kv_cache_bytes_for */
+ * WINDOW [n_layers] per-layer sliding windows (NULL or all 0: none; hf_config.layer_window) and
+ * max_batch size the rings, and the bytes, as kvmap_cache_bytes_windowed (formats/kvmap.h) */
 int kv_cache_init(kv_cache *c, kv_backend *b, const kv_map *map, const int *window, int max_batch,
                   int n_kv_heads, int head_dim, int max_seq, kv_dtype dtype, kv_error *err);
 void kv_cache_free(kv_cache *c);

@@ -2,7 +2,7 @@
  *   - a window no position reaches past gives the windowless model's logits bit for bit, and
  *     the KV cache is then the full one;
  *   - a longer prompt gives different logits; the KV cache of windowed slots is a ring of
- *     W + batch - 1 rows (bytes as kv_cache_bytes_for), and a ring run equals, bit for bit, the
+ *     W + batch - 1 rows (bytes as kvmap_cache_bytes_windowed), and a ring run equals, bit for bit, the
  *     same passes over a full cache (the same model with a batch too large for a ring);
  *   - one pass, chunks of 3 and single decode steps agree (to rounding: different matmul
  *     shapes), F32 and BF16 caches;
@@ -113,8 +113,8 @@ static void test_short_prompt_and_ring(void) {
     if (open_runner(&rw, win, 128, 4, KV_F32) || open_runner(&rf, full, 128, 4, KV_F32)) goto out;
     /* a ring of W + 4 - 1 rows per slot (4 slots, 4 kv heads of 8, F32, K and V) */
     CHECK(rw.s.cache.bytes == (size_t)4 * (W + 3) * 4 * 8 * 4 * 2 &&
-              rw.s.cache.bytes ==
-                  kv_cache_bytes_for(&rw.m.cfg.map, rw.m.cfg.layer_window, 4, 4, 8, 128, 4, NULL),
+              rw.s.cache.bytes == kvmap_cache_bytes_windowed(&rw.m.cfg.map, rw.m.cfg.layer_window,
+                                                             4, 4, 8, 128, 4, NULL),
           "ring cache %zu bytes", rw.s.cache.bytes);
     CHECK(rf.s.cache.bytes == (size_t)4 * 128 * 4 * 8 * 4 * 2, "full cache %zu bytes",
           rf.s.cache.bytes);
