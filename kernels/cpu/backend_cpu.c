@@ -62,13 +62,13 @@ static int cpu_sync(kv_backend *b, kv_error *err) {
 }
 
 /* BF16 or F16 weights, T > 1: blocks of rows of W widened into F32 scratch (exact; the rows split
- * over the kernel threads), then sgemm of the block's outputs. Blocks of about BF16_BLOCK_FLOATS
+ * over the kernel threads), then sgemm of the block's outputs. Blocks of about HALF_BLOCK_FLOATS
  * (16 MiB of F32, at least 256 rows): few sgemm calls per matrix. The scratch is kept per calling
  * thread and grows as needed (no page faults per call). */
-enum { BF16_BLOCK_FLOATS = 1 << 22, BF16_MIN_ROWS = 256, WIDEN_ROWS_PER_ITEM = 16 };
+enum { HALF_BLOCK_FLOATS = 1 << 22, HALF_MIN_ROWS = 256, WIDEN_ROWS_PER_ITEM = 16 };
 
-static _Thread_local float *bf16_scratch;
-static _Thread_local size_t bf16_scratch_floats;
+static _Thread_local float *half_scratch;
+static _Thread_local size_t half_scratch_floats;
 
 typedef struct {
     float *dst;
@@ -89,19 +89,19 @@ static void widen_item(void *ctx, int item, int worker) {
 static int matmul_half(float *out, const float *x, const uint16_t *W, kv_dtype w_type,
                        const float *bias, int T, int n_in, int n_out, int accumulate,
                        kv_error *err) {
-    int rows = BF16_BLOCK_FLOATS / (n_in > 0 ? n_in : 1);
-    if (rows < BF16_MIN_ROWS) rows = BF16_MIN_ROWS;
+    int rows = HALF_BLOCK_FLOATS / (n_in > 0 ? n_in : 1);
+    if (rows < HALF_MIN_ROWS) rows = HALF_MIN_ROWS;
     if (rows > n_out) rows = n_out;
     const size_t need = (size_t)rows * (size_t)n_in + (size_t)T * (size_t)rows;
-    if (need > bf16_scratch_floats) {
-        float *p = realloc(bf16_scratch, sizeof(float) * need);
+    if (need > half_scratch_floats) {
+        float *p = realloc(half_scratch, sizeof(float) * need);
         if (!p)
             return kv_fail(err, KV_ENOMEM, "cpu: matmul %s [%d x %d]: out of memory",
                            kv_dtype_name(w_type), n_out, n_in);
-        bf16_scratch = p;
-        bf16_scratch_floats = need;
+        half_scratch = p;
+        half_scratch_floats = need;
     }
-    float *wide = bf16_scratch, *part = bf16_scratch + (size_t)rows * (size_t)n_in;
+    float *wide = half_scratch, *part = half_scratch + (size_t)rows * (size_t)n_in;
     for (int o0 = 0; o0 < n_out; o0 += rows) {
         const int nr = n_out - o0 < rows ? n_out - o0 : rows;
         widen_job j = {.dst = wide,

@@ -39,23 +39,22 @@ static float dot_f32_c(const float *w, const float *x, int n) {
     return sum8(a);
 }
 
-static float dot_bf16_c(const uint16_t *w, const float *x, int n) {
+/* a row of 16-bit weights, BF16 (f16 = 0) or F16 (f16 = 1, a constant where inlined), widened
+ * exactly */
+static inline __attribute__((always_inline)) float dot_half_c(const uint16_t *w, const float *x,
+                                                              int n, int f16) {
     float a[8] = {0};
     int i = 0;
     for (; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++) a[l] += bf16_widen(w[i + l]) * x[i + l];
-    for (int l = 0; i + l < n; l++) a[l] += bf16_widen(w[i + l]) * x[i + l];
+        for (int l = 0; l < 8; l++)
+            a[l] += (f16 ? kv_f16_to_f32(w[i + l]) : bf16_widen(w[i + l])) * x[i + l];
+    for (int l = 0; i + l < n; l++)
+        a[l] += (f16 ? kv_f16_to_f32(w[i + l]) : bf16_widen(w[i + l])) * x[i + l];
     return sum8(a);
 }
 
-static float dot_f16_c(const uint16_t *w, const float *x, int n) {
-    float a[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++) a[l] += kv_f16_to_f32(w[i + l]) * x[i + l];
-    for (int l = 0; i + l < n; l++) a[l] += kv_f16_to_f32(w[i + l]) * x[i + l];
-    return sum8(a);
-}
+static float dot_bf16_c(const uint16_t *w, const float *x, int n) { return dot_half_c(w, x, n, 0); }
+static float dot_f16_c(const uint16_t *w, const float *x, int n) { return dot_half_c(w, x, n, 1); }
 
 #if KV_GEMV_X86
 /* the line KV_STREAM_PREFETCH_BYTES (+ off) past p, into L1 (a hint: never faults, also past
@@ -360,7 +359,7 @@ static void *prep_space(size_t bytes) {
 /* ---- dispatch ---- */
 
 typedef float (*dot_f32_fn)(const float *, const float *, int);
-typedef float (*dot_bf16_fn)(const uint16_t *, const float *, int);
+typedef float (*dot_half_fn)(const uint16_t *, const float *, int); /* BF16 or F16 rows */
 
 static const dot_f32_fn dot_f32[KV_GEMV_N_ISA] = {
     dot_f32_c,
@@ -374,7 +373,7 @@ static const dot_f32_fn dot_f32[KV_GEMV_N_ISA] = {
     dot_f32_c,
 #endif
 };
-static const dot_bf16_fn dot_bf16[KV_GEMV_N_ISA] = {
+static const dot_half_fn dot_bf16[KV_GEMV_N_ISA] = {
     dot_bf16_c,
 #if KV_GEMV_X86
     dot_bf16_avx2, dot_bf16_avx512, dot_bf16_avx512, /* when prep_for has no memory for x */
@@ -385,7 +384,7 @@ static const dot_bf16_fn dot_bf16[KV_GEMV_N_ISA] = {
 #endif
 };
 
-static const dot_bf16_fn dot_f16[KV_GEMV_N_ISA] = {
+static const dot_half_fn dot_f16[KV_GEMV_N_ISA] = {
     dot_f16_c,
 #if KV_GEMV_X86
     dot_f16_avx2, dot_f16_avx512, dot_f16_avx512, /* vdpbf16ps has no F16 twin: the AVX-512 loop */
