@@ -33,6 +33,13 @@ static int attn_visible(int p, int S, kv_attn_mask mask) {
  * s > p - W */
 static int attn_first(int p, int W) { return W > 0 && p >= W ? p - W + 1 : 0; }
 
+/* keys one query row of a call reads, at most: the positions up to the last query's (capped at
+ * S), or the window (the threads' work estimate) */
+static int attn_keys_per_row(int T, int pos0, int S, int W) {
+    const int keys = S < pos0 + T ? S : pos0 + T;
+    return W > 0 && W < keys ? W : keys;
+}
+
 /* row of k / v holding key s: s % R in a ring of R rows, s without one (R = 0) */
 static inline int attn_row(int s, int ring) { return ring ? s % ring : s; }
 
@@ -198,7 +205,7 @@ __attribute__((target("avx2"))) static inline void attn_v64_bf16_avx2(float *ar,
 /* one query row qr [hd] over keys b .. e-1 of the block starting at s0, for hd % 8 == 0: the
  * reference's per-row step (scores, running max, rescale, exp, weighted sum of values) with its
  * arithmetic in its order. Eight keys' dot products run interleaved; the row's accumulator stays
- * in registers across the keys, 32 dims at a time. Key s is row attn_row(s - base, ring) * st of
+ * in registers across the keys, up to 64 dims at a time. Key s is row attn_row(s - base, ring) * st of
  * kf / vf (F32) or kh / vh (BF16); K rows are prefetched up to key pf_end - 1 (past the block when
  * the rows are the cache's, so the next block's first keys are on their way). */
 __attribute__((target("avx2"))) static inline void attn_row_block_avx2(
@@ -427,9 +434,8 @@ static int attention_run(attn_job j, int T, int pos0, int S, int n_heads, int n_
     j.stage = j.k16 && (size_t)(T < j.tokens ? T : j.tokens) * j.group >= 4;
     j.scratch_per_worker = rows * (head_dim + 2) + KB + (j.stage ? 2 * (size_t)KB * head_dim : 0);
     const int n_items = j.n_tblocks * n_kv_heads;
-    int keys = S < pos0 + T ? S : pos0 + T; /* per query row, at most */
-    if (j.window && j.window < keys) keys = j.window;
-    const double flops = 4.0 * n_heads * (double)T * keys * head_dim;
+    const double flops =
+        4.0 * n_heads * (double)T * attn_keys_per_row(T, pos0, S, j.window) * head_dim;
     const int workers = kv_parallel_workers(n_items, flops);
     j.scratch = malloc(sizeof(float) * workers * j.scratch_per_worker);
     if (!j.scratch) return KV_ENOMEM;
@@ -546,7 +552,8 @@ int kv_attention_backward(float *dq, float *dk, float *dv, const float *dout, co
                        .mask = mask,
                        .window = window,
                        .scale = (float)(1.0 / sqrt((double)head_dim))};
-    const double flops = 8.0 * n_heads * (double)T * (S < pos0 + T ? S : pos0 + T) * head_dim;
+    const double flops =
+        8.0 * n_heads * (double)T * attn_keys_per_row(T, pos0, S, window) * head_dim;
     const int workers = kv_parallel_workers(n_kv_heads, flops);
     j.scratch = malloc(sizeof(float) * (size_t)workers * 2 * (size_t)(S > 0 ? S : 1));
     if (!j.scratch) return KV_ENOMEM;
