@@ -339,6 +339,23 @@ fail:
 #define BENCH_READ_BYTES ((size_t)512 << 20)
 #define BENCH_GEMM_N     1024
 
+/* a fresh run of the state: prefill of P tokens, then G decode steps of one token each, the
+ * fastest so far of each kept in *best_prefill / *best_decode (seconds) */
+static int bench_pass(kv_state *s, const int32_t *tokens, int P, int G, const kv_forward_opts *fo,
+                      double *best_prefill, double *best_decode, kv_error *err) {
+    kv_state_reset(s);
+    double t = cli_now();
+    if (kv_forward(s, tokens, P, fo, NULL, err)) return -1;
+    double dt = cli_now() - t;
+    if (dt < *best_prefill) *best_prefill = dt;
+    t = cli_now();
+    for (int i = 0; i < G; i++)
+        if (kv_forward(s, tokens + P + i, 1, fo, NULL, err)) return -1;
+    dt = cli_now() - t;
+    if (dt < *best_decode) *best_decode = dt;
+    return 0;
+}
+
 static int run_bench(const run_args *a) {
     kv_error err = {0};
     kv_backend b;
@@ -375,28 +392,11 @@ static int run_bench(const run_args *a) {
     /* decode from context 1 (a 1-token prompt, then the same G steps) is timed in every repeat
      * next to the main case, so the context ratio pairs timings of one run, under the same
      * machine load; with P = 1 the main case is that case */
-    double best_start = 1e30;
-    for (long r = 0; r < a->repeat; r++) {
-        if (P > 1) {
-            kv_state_reset(&s);
-            if (kv_forward(&s, prompt, 1, &fo, NULL, &err)) goto fail;
-            const double t = cli_now();
-            for (int i = 0; i < G; i++)
-                if (kv_forward(&s, prompt + 1 + i, 1, &fo, NULL, &err)) goto fail;
-            const double dt = cli_now() - t;
-            if (dt < best_start) best_start = dt;
-        }
-        kv_state_reset(&s);
-        double t = cli_now();
-        if (kv_forward(&s, prompt, P, &fo, NULL, &err)) goto fail;
-        double dt = cli_now() - t;
-        if (dt < best_prefill) best_prefill = dt;
-        t = cli_now();
-        for (int i = 0; i < G; i++)
-            if (kv_forward(&s, prompt + P + i, 1, &fo, NULL, &err)) goto fail;
-        dt = cli_now() - t;
-        if (dt < best_decode) best_decode = dt;
-    }
+    double best_start = 1e30, prefill_1 = 1e30;
+    for (long r = 0; r < a->repeat; r++)
+        if ((P > 1 && bench_pass(&s, prompt, 1, G, &fo, &prefill_1, &best_start, &err)) ||
+            bench_pass(&s, prompt, P, G, &fo, &best_prefill, &best_decode, &err))
+            goto fail;
     if (cpu && kv_read_loop_gbps(&read2, BENCH_READ_BYTES, 3, &err)) goto fail;
     if (read2 > read_gbps) read_gbps = read2;
     const double prefill_tps = P / best_prefill, decode_tps = G / best_decode;
