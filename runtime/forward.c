@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "base/membudget.h"
+#include "formats/hfwindow.h"
 
 /* ---- setup ------------------------------------------------------------------------------ */
 
@@ -119,8 +120,7 @@ static int alloc_activations(kv_state *s, kv_dtype cache_dtype, kv_error *err) {
     const size_t B = (size_t)s->max_batch, H = (size_t)m->dims.hidden, Q = (size_t)m->dims.q_dim,
                  F = (size_t)m->dims.ffn, V = (size_t)m->dims.vocab;
     /* kv_rows: a BF16 cache, or rings (sliding windows) that a pass's rows may wrap around */
-    int staged = cache_dtype != KV_F32;
-    for (int i = 0; i < m->dims.n_layers; i++) staged |= m->cfg.layer_window[i] > 0;
+    const int staged = cache_dtype != KV_F32 || hf_has_windows(&m->cfg);
     const int unified = b->unified;
     const size_t counts[] = {B * H,
                              B * H,

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "base/fileio.h"
+#include "formats/hfwindow.h"
 #include "formats/llama_view.h"
 #include "transform/convert/convert.h"
 #include "transform/convert/model_info.h"
@@ -356,9 +357,7 @@ int convert_plan_build(convert_plan *p, const convert_source *s, const kv_conver
     p->kv_bytes_out = kvmap_cache_bytes_per_token(&o->map, c->n_kv_heads, c->head_dim, elem);
     p->slots_src = c->n_layers;
     p->slots_out = kvmap_n_slots(&o->map);
-    int windows = 0;
-    for (int i = 0; i < c->n_layers; i++) windows |= c->layer_window[i] > 0;
-    if (windows) {
+    if (hf_has_windows(c)) {
         const int ctx = c->max_position_embeddings;
         p->kv_ctx_src = kvmap_cache_bytes_windowed(&id, c->layer_window, KVMAP_RUN_BATCH,
                                                    c->n_kv_heads, c->head_dim, ctx, elem, NULL);

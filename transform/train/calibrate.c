@@ -1,6 +1,7 @@
 /* Calibration: layer similarity, zero-shot candidates, ranking, JSON and SVG. */
 #include "transform/train/calibrate.h"
 #include "transform/convert/model_info.h"
+#include "formats/hfwindow.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -165,8 +166,8 @@ int calib_run(const calib_opts *o, const kv_map *maps, int n_maps, void (*tick)(
     if ((rc = kvt_run_init(&rt, b, &teacher, o->batch, o->seq_len, 1, 0, err)) ||
         (rc = similarity(res, &rt, &seqs, seqs.n, err)))
         goto out;
-    int windows = 0; /* sliding windows: SwiftKV does not run with them, its candidates skipped */
-    for (int i = 0; i < L; i++) windows |= teacher.cfg.layer_window[i] > 0;
+    /* sliding windows: SwiftKV does not run with them, its candidates skipped */
+    const int windows = hf_has_windows(&teacher.cfg);
     for (int c = 0; c < n_maps && !rc; c++) {
         kvt_model student;
         kvt_run rs;
