@@ -1,5 +1,5 @@
 /* Deterministic test data for the kernel tests (xorshift64, uniform floats in [-1, 1)) and
- * their tolerance measure. A test file picks its own stream by defining TEST_RAND_SEED before
+ * their tolerance measures. A test file picks its own stream by defining TEST_RAND_SEED before
  * including this header. */
 #ifndef KV_TESTS_RAND_H
 #define KV_TESTS_RAND_H
@@ -10,6 +10,16 @@
 
 #ifndef TEST_RAND_SEED
 #define TEST_RAND_SEED 0x9e3779b97f4a7c15ull
+/* max over i of |a[i] - b[i]|, in double; a NaN anywhere gives NaN (never a small number) */
+static inline double max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        const double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= m)) m = d;
+    }
+    return m;
+}
+
 #endif
 
 static uint64_t rng_state = TEST_RAND_SEED;

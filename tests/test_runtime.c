@@ -20,6 +20,7 @@
 #include "runtime/generate.h"
 #include "runtime/ppl.h"
 #include "tests/check.h"
+#include "tests/rand.h"
 
 #define MODEL_DIR     SHARED_DIR "/models/stories260K"
 #define GOLDEN_LOGITS SHARED_DIR "/golden/stories260K_logits.safetensors"
@@ -34,15 +35,6 @@ static st_checkpoint orig; /* the original checkpoint, source of every variant *
 static st_file golden;
 static const int32_t *golden_tokens; /* [3, 64] */
 static const float *golden_logits; /* [3, 64, 512] */
-
-static double max_abs_diff(const float *a, const float *b, size_t n) {
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        if (!(d <= m)) m = d; /* NaN propagates */
-    }
-    return m;
-}
 
 /* ---- building checkpoints ----------------------------------------------------------------- */
 

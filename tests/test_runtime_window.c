@@ -19,6 +19,7 @@
 #include "base/fileio.h"
 #include "runtime/forward.h"
 #include "tests/check.h"
+#include "tests/rand.h"
 #include "transform/synth/synth.h"
 
 static kv_backend cpu;
@@ -85,15 +86,6 @@ static int run_logits(runner *r, const int32_t *tokens, int T, int chunk, kv_pre
     return 0;
 }
 
-static double max_diff(const float *a, const float *b, size_t n) {
-    double w = 0;
-    for (size_t i = 0; i < n; i++) {
-        const double d = fabs((double)a[i] - b[i]);
-        if (!(d <= w)) w = d;
-    }
-    return w;
-}
-
 static void make_tokens(int32_t *tok, int T, int V) {
     uint32_t x = 12345;
     for (int t = 0; t < T; t++) {
@@ -125,7 +117,7 @@ static void test_short_prompt_and_ring(void) {
     run_logits(&rw, tok, T, 4, KV_PREFILL_ITERATIVE, a);
     run_logits(&rf, tok, T, 4, KV_PREFILL_ITERATIVE, b);
     CHECK(memcmp(a, b, sizeof(float) * W * V) == 0, "first %d positions != no window", W);
-    CHECK(max_diff(a + (size_t)W * V, b + (size_t)W * V, (size_t)(T - W) * V) > 1e-3,
+    CHECK(max_abs_diff(a + (size_t)W * V, b + (size_t)W * V, (size_t)(T - W) * V) > 1e-3,
           "positions past the window equal the windowless ones");
     close_runner(&rf);
     /* the same passes (4 tokens each) over a full cache: W + 64 - 1 rows would not be smaller
@@ -136,22 +128,22 @@ static void test_short_prompt_and_ring(void) {
     CHECK(memcmp(a, c, sizeof(float) * T * V) == 0, "ring cache != full cache, bit for bit");
     /* one pass, chunks of 3, decode steps: the same to rounding */
     run_logits(&rf, tok, T, 0, KV_PREFILL_ITERATIVE, c);
-    CHECK(max_diff(a, c, (size_t)T * V) < 1e-5, "one pass vs chunks of 4: %g",
-          max_diff(a, c, (size_t)T * V));
+    CHECK(max_abs_diff(a, c, (size_t)T * V) < 1e-5, "one pass vs chunks of 4: %g",
+          max_abs_diff(a, c, (size_t)T * V));
     run_logits(&rw, tok, T, 3, KV_PREFILL_ITERATIVE, c);
-    CHECK(max_diff(a, c, (size_t)T * V) < 1e-5, "chunks of 3 vs 4: %g",
-          max_diff(a, c, (size_t)T * V));
+    CHECK(max_abs_diff(a, c, (size_t)T * V) < 1e-5, "chunks of 3 vs 4: %g",
+          max_abs_diff(a, c, (size_t)T * V));
     run_logits(&rw, tok, T, 1, KV_PREFILL_ITERATIVE, c);
-    CHECK(max_diff(a, c, (size_t)T * V) < 1e-5, "decode steps vs chunks of 4: %g",
-          max_diff(a, c, (size_t)T * V));
+    CHECK(max_abs_diff(a, c, (size_t)T * V) < 1e-5, "decode steps vs chunks of 4: %g",
+          max_abs_diff(a, c, (size_t)T * V));
     close_runner(&rw);
     /* BF16 cache: a ring too, close to F32 */
     if (open_runner(&rw, win, 128, 4, KV_BF16)) goto out;
     CHECK(rw.s.cache.bytes == (size_t)4 * (W + 3) * 4 * 8 * 2 * 2, "BF16 ring %zu bytes",
           rw.s.cache.bytes);
     run_logits(&rw, tok, T, 4, KV_PREFILL_ITERATIVE, c);
-    CHECK(max_diff(a, c, (size_t)T * V) < 2e-2, "BF16 ring vs F32: %g",
-          max_diff(a, c, (size_t)T * V));
+    CHECK(max_abs_diff(a, c, (size_t)T * V) < 2e-2, "BF16 ring vs F32: %g",
+          max_abs_diff(a, c, (size_t)T * V));
 out:
     close_runner(&rw);
     close_runner(&rf);
@@ -172,7 +164,7 @@ static void test_naive_reference(void) {
             run_logits(&r, tok, T, 0, KV_PREFILL_ITERATIVE, a);
             for (int n = W; n <= W + 1; n++) {
                 run_logits(&f, tok + T - n, n, 0, KV_PREFILL_ITERATIVE, b);
-                const double d = max_diff(a + (size_t)(T - 1) * V, b + (size_t)(n - 1) * V, V);
+                const double d = max_abs_diff(a + (size_t)(T - 1) * V, b + (size_t)(n - 1) * V, V);
                 if (n == W) CHECK(d < 1e-4, "last row vs the last %d tokens alone: %g", n, d);
                 else CHECK(d > 1e-3, "the last %d tokens (W + 1) give the same row: %g", n, d);
             }

@@ -11,6 +11,7 @@
 #include "formats/safetensors.h"
 #include "kernels/backend.h"
 #include "tests/check.h"
+#include "tests/rand.h"
 #include "transform/train/adamw.h"
 #include "transform/train/distill_data.h"
 #include "transform/train/distill_init.h"
@@ -199,12 +200,6 @@ static void test_data(void) {
     kv_tokenizer_free(tok);
 }
 
-static double max_diff(const float *a, const float *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i]));
-    return m;
-}
-
 static void test_init(const kvt_model *t) {
     kv_error err = {0};
     kv_map map;
@@ -216,7 +211,7 @@ static void test_init(const kvt_model *t) {
     if (!rc) {
         kvt_param *q3 = kvt_model_find(&s, "model.layers.3.self_attn.q_proj_swiftkv.weight");
         kvt_param *tq3 = kvt_model_find(t, "model.layers.3.self_attn.q_proj.weight");
-        CHECK(q3 && tq3 && max_diff(q3->w, tq3->w, q3->n) == 0, "q_proj_swiftkv = q_proj");
+        CHECK(q3 && tq3 && max_abs_diff(q3->w, tq3->w, q3->n) == 0, "q_proj_swiftkv = q_proj");
         kvt_param *k3 = kvt_model_find(&s, "model.layers.3.self_attn.k_proj_swiftkv.weight");
         kvt_param *a = kvt_model_find(t, "model.layers.3.self_attn.v_proj.weight");
         kvt_param *b = kvt_model_find(t, "model.layers.4.self_attn.v_proj.weight");
@@ -233,7 +228,8 @@ static void test_init(const kvt_model *t) {
               "deployable: teacher q of layers >= l dropped, < l kept");
         kvt_param *ns = kvt_model_find(&s, "model.norm_swiftkv.weight");
         kvt_param *n1 = kvt_model_find(t, "model.layers.1.input_layernorm.weight");
-        CHECK(ns && max_diff(ns->w, n1->w, ns->n) == 0, "norm_swiftkv = layers[l].input_layernorm");
+        CHECK(ns && max_abs_diff(ns->w, n1->w, ns->n) == 0,
+              "norm_swiftkv = layers[l].input_layernorm");
         long n_train = kvt_model_set_trainable_distill(&s, &err);
         /* norm 64 + q 4 x 64x64 + k/v 2 leaders x 2 x 32x64 */
         CHECK(n_train == 64 + 4 * 4096 + 4 * 2048, "SwiftKV trainable elements %ld", n_train);
@@ -272,7 +268,7 @@ static void test_init(const kvt_model *t) {
     if (!rc) {
         kvt_param *k4 = kvt_model_find(&s, "model.layers.4.self_attn.k_proj.weight");
         kvt_param *tk4 = kvt_model_find(t, "model.layers.4.self_attn.k_proj.weight");
-        CHECK(max_diff(k4->w, tk4->w, k4->n) == 0, "target init keeps the target's own k_proj");
+        CHECK(max_abs_diff(k4->w, tk4->w, k4->n) == 0, "target init keeps the target's own k_proj");
         kvt_model_free(&s);
     }
     kvmap_identity(&map, 5);
@@ -291,7 +287,7 @@ static void test_golden_forward(const kvt_model *t) {
     rc = kvt_run_init(&r, &cpu, t, 3, 64, 1, 0, &err);
     CHECK(rc == 0, "run: %s", err.msg);
     if (!rc && kvt_forward(&r, (const int32_t *)tok->data, &err) == 0) {
-        double e = max_diff(r.logits, (const float *)lg->data, lg->n_elements);
+        double e = max_abs_diff(r.logits, (const float *)lg->data, lg->n_elements);
         CHECK(e < 1e-4, "logits vs run.c golden: max abs diff %g", e);
     }
     kvt_run_free(&r);
