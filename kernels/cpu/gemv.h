@@ -28,7 +28,7 @@
  * Intel Xeon VM of 2026-12-06 (DRAM-bound, 1 thread, a 200k x 768 matrix): F32 13.0 -> 15.3 GB/s,
  * BF16 9.7 -> 13.8 GB/s; 2 KB about the same, 256 B nothing. An earlier try on a loaded Zen 5
  * VM found prefetching slower (docs/RESULTS.md). */
-enum { KV_STREAM_PREFETCH_BYTES = 4096 };
+enum { KV_STREAM_PREFETCH_BYTES = 2048 };
 
 typedef enum {
     KV_GEMV_C = 0,
