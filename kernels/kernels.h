@@ -42,6 +42,9 @@ int kv_kernels_threads(void);
 /* how many workers are worth starting for n_items items costing about `flops` in all
  * (1 for small work; never more than kv_kernels_threads() or n_items) */
 int kv_parallel_workers(int n_items, double flops);
+/* cut[0..parts]: m rows in parts (1 <= parts <= ceil(m / align)) split at the multiples of align
+ * nearest to equal shares, none empty (the last may be shorter than align) */
+void kv_row_cuts(int *cut, int m, int parts, int align);
 
 /* ---- forward ------------------------------------------------------------------------------ */
 

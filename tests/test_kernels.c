@@ -79,6 +79,28 @@ static void test_matmul_threads(int T, int n_in, int n_out) {
     free(x), free(W), free(dout);
 }
 
+/* every m up to 700, every parts the rows allow: aligned, increasing, none empty, and no part
+ * longer than the equal share plus align / 2 (plus the short last block) */
+static void test_row_cuts(void) {
+    enum { ALIGN = 48 };
+    int cut[40], bad = 0;
+    for (int m = 1; m <= 700; m++) {
+        const int blocks = (m + ALIGN - 1) / ALIGN;
+        for (int parts = 1; parts <= blocks && parts < 39; parts++) {
+            kv_row_cuts(cut, m, parts, ALIGN);
+            bad += cut[0] != 0 || cut[parts] != m;
+            for (int i = 1; i <= parts; i++) {
+                bad += cut[i] <= cut[i - 1];
+                bad += i < parts && cut[i] % ALIGN != 0;
+                bad += cut[i] - cut[i - 1] > (m + parts - 1) / parts + ALIGN;
+            }
+        }
+    }
+    CHECK(bad == 0, "kv_row_cuts: %d violations", bad);
+    kv_row_cuts(cut, 512, 2, ALIGN);
+    CHECK(cut[1] == 240, "512 rows on 2 workers cut at %d, not 240", cut[1]);
+}
+
 static void test_rmsnorm(void) {
     enum { T = 3, D = 67 };
     float *x = rand_buf(T * D, 3.0f), *w = rand_buf(D, 1.0f), out[T * D], inplace[T * D];
@@ -314,6 +336,7 @@ int main(void) {
     test_matmul_threads(301, 64, 512);
     test_matmul_threads(513, 72, 200);
     test_matmul_threads(97, 288, 130);
+    test_row_cuts();
     test_rmsnorm();
     test_embedding();
     test_rope_freq();

@@ -10,7 +10,8 @@
  * prefill's bits did depend on the thread count, and after each threaded call its threads spin
  * on sched_yield for about 2^28 cycles (its THREAD_TIMEOUT, about 0.1 s), which on a machine
  * with as many cores as kernel threads took that time from the decode steps after a prefill.
- * Matrix-vector products and rank-one updates (T = 1, rare here: decode has its own kernels)
+ * The cuts fall at the multiples of ROW_ALIGN nearest to equal shares (512 rows on 2 workers:
+ * 240 + 272, where whole blocks per worker gave 288 + 224). Matrix-vector products and rank-one updates (T = 1, rare here: decode has its own kernels)
  * are single calls. */
 #include "kernels/kernels.h"
 
@@ -20,10 +21,13 @@
 
 enum { ROW_ALIGN = 48 }; /* 4 x 12: OpenBLAS Haswell sgemm's column blocks (N) */
 
-/* C[m, n] (+)= op(A)[m, k] @ op(B)[k, n], row-major; item i: rows i * rows .. of C */
+enum { MAX_CUTS = 257 }; /* workers + 1 (kernels' thread cap + 1) */
+
+/* C[m, n] (+)= op(A)[m, k] @ op(B)[k, n], row-major; item i: rows cut[i] .. cut[i + 1] - 1 of C */
 typedef struct {
     CBLAS_TRANSPOSE ta, tb;
-    int m, n, k, lda, ldb, ldc, rows;
+    int m, n, k, lda, ldb, ldc;
+    int cut[MAX_CUTS];
     const float *a, *b;
     float *c;
     float beta;
@@ -32,7 +36,7 @@ typedef struct {
 static void gemm_rows(void *ctx, int item, int worker) {
     (void)worker;
     const gemm_job *j = ctx;
-    const int r0 = item * j->rows, m = j->m - r0 < j->rows ? j->m - r0 : j->rows;
+    const int r0 = j->cut[item], m = j->cut[item + 1] - r0;
     const float *a = j->a + (j->ta == CblasNoTrans ? (size_t)r0 * j->lda : (size_t)r0);
     cblas_sgemm(CblasRowMajor, j->ta, j->tb, m, j->n, j->k, 1.0f, a, j->lda, j->b, j->ldb, j->beta,
                 j->c + (size_t)r0 * j->ldc, j->ldc);
@@ -62,9 +66,22 @@ static void gemm_par(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k
                   .c = c,
                   .beta = beta};
     const int blocks = (m + ROW_ALIGN - 1) / ROW_ALIGN;
-    const int workers = kv_parallel_workers(blocks, 2.0 * m * (double)n * k);
-    j.rows = (blocks + workers - 1) / workers * ROW_ALIGN; /* one block per worker */
-    kv_parallel_for((m + j.rows - 1) / j.rows, workers, gemm_rows, &j);
+    int workers = kv_parallel_workers(blocks, 2.0 * m * (double)n * k);
+    if (workers > MAX_CUTS - 1) workers = MAX_CUTS - 1;
+    kv_row_cuts(j.cut, m, workers, ROW_ALIGN);
+    kv_parallel_for(workers, workers, gemm_rows, &j);
+}
+
+void kv_row_cuts(int *cut, int m, int parts, int align) {
+    cut[0] = 0;
+    for (int i = 1; i < parts; i++) {
+        const double share = (double)m * i / parts; /* rows before part i at equal shares */
+        int c = (int)(share / align + 0.5) * align;
+        /* no empty part; the last may be short of align */
+        const int lo = cut[i - 1] + align, hi = (m - 1 - (parts - i - 1) * align) / align * align;
+        cut[i] = c < lo ? lo : c > hi ? hi : c;
+    }
+    cut[parts] = m;
 }
 
 /* out[T, n_out] = x @ W^T + beta * out */
