@@ -25,9 +25,12 @@
 
 /* Bytes ahead of the current weight row position that the AVX2 / AVX-512 loops (and the read
  * loop, kernels/cpu/baseline.c) prefetch, one line per 64 bytes read. Measured on the 2-core
- * Intel Xeon VM of 2026-12-06 (DRAM-bound, 1 thread, a 200k x 768 matrix): F32 13.0 -> 15.3 GB/s,
- * BF16 9.7 -> 13.8 GB/s; 2 KB about the same, 256 B nothing. An earlier try on a loaded Zen 5
- * VM found prefetching slower (docs/RESULTS.md). */
+ * Intel Xeon VM of 2026-12-06 (model 207; DRAM-bound, 1 thread, a 200k x 768 matrix): none
+ * -> 4 KB: F32 13.0 -> 15.3 GB/s, BF16 9.7 -> 13.8 GB/s; 2 KB about the same as 4, 256 B
+ * nothing. On a second Xeon VM (model 167, a later session) 2 KB beat 4 KB: gemv_bench
+ * on huge pages, 1 thread, F32 15.5-16.0 -> 17.0-17.4 GB/s, BF16 15.5-16.3 -> 16.9-18.1, and
+ * 1 KB / 8 KB were slower than 2 KB (docs/RESULTS.md). An earlier try on a loaded Zen 5 VM found
+ * prefetching slower. */
 enum { KV_STREAM_PREFETCH_BYTES = 2048 };
 
 typedef enum {
