@@ -111,14 +111,11 @@ half8_avx2(const uint16_t *p, int f16) {
 }
 
 __attribute__((target("avx2,fma,f16c"))) static inline __attribute__((always_inline)) float
-dot_half_avx2(const uint16_t *w, const float *x, int n, int f16) {
+dot_half_avx2(const uint16_t *w, const float *x, int n, int f16, int prefetch) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int i = 0;
     for (; i + 32 <= n; i += 32) {
-        /* BF16 runs this loop only where there is no AVX-512 (kv_gemv_isa_for): there, on Zen 3,
-         * the hardware prefetcher alone measured 1.02-1.10x faster (docs/RESULTS.md, round 6);
-         * F16 runs it on AVX-512 machines too, where the hint was measured to help F32 */
-        if (f16) GEMV_PREFETCH(w + i, 0);
+        if (prefetch) GEMV_PREFETCH(w + i, 0);
         a0 = _mm256_fmadd_ps(half8_avx2(w + i, f16), _mm256_loadu_ps(x + i), a0);
         a1 = _mm256_fmadd_ps(half8_avx2(w + i + 8, f16), _mm256_loadu_ps(x + i + 8), a1);
         a2 = _mm256_fmadd_ps(half8_avx2(w + i + 16, f16), _mm256_loadu_ps(x + i + 16), a2);
@@ -136,14 +133,23 @@ dot_half_avx2(const uint16_t *w, const float *x, int n, int f16) {
     return hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
 }
 
+/* Without the prefetch hint where there is no AVX-512: there (Zen 3) the hardware prefetcher
+ * alone decoded 1.04-1.13x faster for BF16 and F16 (docs/RESULTS.md, round 6). BF16 runs this
+ * loop only on such machines (kv_gemv_isa_for); F16 runs it on AVX-512 machines too, with the
+ * hint, as measured there for the F32 loop (f16_dot picks). */
 __attribute__((target("avx2,fma,f16c"))) static float dot_bf16_avx2(const uint16_t *w,
                                                                     const float *x, int n) {
-    return dot_half_avx2(w, x, n, 0);
+    return dot_half_avx2(w, x, n, 0, 0);
 }
 
 __attribute__((target("avx2,fma,f16c"))) static float dot_f16_avx2(const uint16_t *w,
                                                                    const float *x, int n) {
-    return dot_half_avx2(w, x, n, 1);
+    return dot_half_avx2(w, x, n, 1, 1);
+}
+
+__attribute__((target("avx2,fma,f16c"))) static float dot_f16_avx2_hw(const uint16_t *w,
+                                                                      const float *x, int n) {
+    return dot_half_avx2(w, x, n, 1, 0);
 }
 
 /* ---- AVX-512F: 4 accumulators of 16 lanes; the tail (< 16) zero-padded through a buffer ---- */
@@ -480,6 +486,14 @@ static float dot_prepared(kv_gemv_isa isa, const uint16_t *w, const void *xp, in
 #endif
 }
 
+/* the F16 dot product for isa: AVX2's without the prefetch hint where there is no AVX-512 */
+static dot_half_fn f16_dot(kv_gemv_isa isa) {
+#if KV_GEMV_X86
+    if (isa == KV_GEMV_AVX2 && !cpu_has[KV_GEMV_AVX512]) return dot_f16_avx2_hw;
+#endif
+    return dot_f16[isa];
+}
+
 /* rows [o0, o1) of y (+)= W x (+ bias) with isa: BF16 rows against xp when prep_for gave one,
  * else each row's dot product from the tables */
 static void rows_run(kv_gemv_isa isa, float *y, const float *x, const void *xp, const void *W,
@@ -488,7 +502,7 @@ static void rows_run(kv_gemv_isa isa, float *y, const float *x, const void *xp, 
         const size_t off = (size_t)o * (size_t)n_in;
         float s = xp                  ? dot_prepared(isa, (const uint16_t *)W + off, xp, n_in)
                   : w_type == KV_BF16 ? dot_bf16[isa]((const uint16_t *)W + off, x, n_in)
-                  : w_type == KV_F16  ? dot_f16[isa]((const uint16_t *)W + off, x, n_in)
+                  : w_type == KV_F16  ? f16_dot(isa)((const uint16_t *)W + off, x, n_in)
                                       : dot_f32[isa]((const float *)W + off, x, n_in);
         if (accumulate) s = y[o] + s;
         if (bias) s += bias[o];
