@@ -133,12 +133,16 @@ dot_half_avx2(const uint16_t *w, const float *x, int n, int f16, int prefetch) {
     return hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
 }
 
-/* Without the prefetch hint where there is no AVX-512: there (Zen 3) the hardware prefetcher
- * alone decoded 1.04-1.13x faster for BF16 and F16 (docs/RESULTS.md, round 6). BF16 runs this
- * loop only on such machines (kv_gemv_isa_for); F16 runs it on AVX-512 machines too, with the
- * hint, as measured there for the F32 loop (f16_dot picks). */
+/* with the prefetch hint (the tables), and without it (_hw: the hardware prefetcher alone) for
+ * machines without AVX-512, where on Zen 3 it decoded 1.04-1.13x faster for BF16 and F16
+ * (docs/RESULTS.md, round 6); half_dot picks */
 __attribute__((target("avx2,fma,f16c"))) static float dot_bf16_avx2(const uint16_t *w,
                                                                     const float *x, int n) {
+    return dot_half_avx2(w, x, n, 0, 1);
+}
+
+__attribute__((target("avx2,fma,f16c"))) static float dot_bf16_avx2_hw(const uint16_t *w,
+                                                                       const float *x, int n) {
     return dot_half_avx2(w, x, n, 0, 0);
 }
 
@@ -486,24 +490,27 @@ static float dot_prepared(kv_gemv_isa isa, const uint16_t *w, const void *xp, in
 #endif
 }
 
-/* the F16 dot product for isa: AVX2's without the prefetch hint where there is no AVX-512 */
-static dot_half_fn f16_dot(kv_gemv_isa isa) {
+/* the dot product of a BF16 or F16 row for isa: AVX2's without the prefetch hint where there is
+ * no AVX-512 */
+static dot_half_fn half_dot(kv_gemv_isa isa, kv_dtype w_type) {
 #if KV_GEMV_X86
-    if (isa == KV_GEMV_AVX2 && !cpu_has[KV_GEMV_AVX512]) return dot_f16_avx2_hw;
+    if (isa == KV_GEMV_AVX2 && !cpu_has[KV_GEMV_AVX512])
+        return w_type == KV_BF16 ? dot_bf16_avx2_hw : dot_f16_avx2_hw;
 #endif
-    return dot_f16[isa];
+    return w_type == KV_BF16 ? dot_bf16[isa] : dot_f16[isa];
 }
 
 /* rows [o0, o1) of y (+)= W x (+ bias) with isa: BF16 rows against xp when prep_for gave one,
  * else each row's dot product from the tables */
 static void rows_run(kv_gemv_isa isa, float *y, const float *x, const void *xp, const void *W,
                      kv_dtype w_type, const float *bias, int n_in, int o0, int o1, int accumulate) {
+    const dot_half_fn dot_half =
+        w_type == KV_BF16 || w_type == KV_F16 ? half_dot(isa, w_type) : NULL;
     for (int o = o0; o < o1; o++) {
         const size_t off = (size_t)o * (size_t)n_in;
-        float s = xp                  ? dot_prepared(isa, (const uint16_t *)W + off, xp, n_in)
-                  : w_type == KV_BF16 ? dot_bf16[isa]((const uint16_t *)W + off, x, n_in)
-                  : w_type == KV_F16  ? f16_dot(isa)((const uint16_t *)W + off, x, n_in)
-                                      : dot_f32[isa]((const float *)W + off, x, n_in);
+        float s = xp         ? dot_prepared(isa, (const uint16_t *)W + off, xp, n_in)
+                  : dot_half ? dot_half((const uint16_t *)W + off, x, n_in)
+                             : dot_f32[isa]((const float *)W + off, x, n_in);
         if (accumulate) s = y[o] + s;
         if (bias) s += bias[o];
         y[o] = s;
