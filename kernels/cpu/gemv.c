@@ -361,9 +361,11 @@ static _Thread_local size_t prep_cap;
 
 static void *prep_space(size_t bytes) {
     if (bytes > prep_cap) {
-        void *p = realloc(prep_buf, bytes);
+        const size_t cap = (bytes + 63) / 64 * 64;
+        void *p = aligned_alloc(64, cap);
         if (!p) return NULL;
-        prep_buf = p, prep_cap = bytes;
+        free(prep_buf);
+        prep_buf = p, prep_cap = cap;
     }
     return prep_buf;
 }
