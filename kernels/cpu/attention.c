@@ -262,12 +262,10 @@ __attribute__((target("avx2"))) static inline void attn_row_block_avx2(
         if (x > mb) mb = x;
     }
     const float corr = expf(*m - mb); /* 0 on the first block: m = -inf */
+    /* the exps, then their sum in the same order: nothing but mb stays live across the calls */
+    for (s = b; s < e; s++) score[s - s0] = expf(score[s - s0] - mb);
     float lsum = 0.0f;
-    for (s = b; s < e; s++) {
-        const float p = expf(score[s - s0] - mb);
-        lsum += p;
-        score[s - s0] = p;
-    }
+    for (s = b; s < e; s++) lsum += score[s - s0];
     const __m256 corrv = _mm256_set1_ps(corr);
     int d = 0;
     if (bf16)
