@@ -61,6 +61,10 @@ typedef struct {
     /* n elements between F32, F16 and BF16 (round to nearest even when narrowing) */
     int (*convert)(kv_backend *b, void *dst, kv_dtype dst_type, const void *src, kv_dtype src_type,
                    size_t n, kv_error *err);
+    /* src F32 [T, n_heads, hd] into dst head by head: row t of head g at element g * head_pitch +
+     * t * hd of dst, as dst_type (F32, or BF16 rounded as convert rounds); the KV cache's write */
+    int (*store_heads)(kv_backend *b, void *dst, kv_dtype dst_type, size_t head_pitch,
+                       const float *src, int T, int n_heads, int head_dim, kv_error *err);
     int (*sync)(kv_backend *b, kv_error *err);
     /* tears down the backend's context (kv_backend_free calls it); NULL when there is none */
     void (*release)(kv_backend *b);
@@ -74,11 +78,13 @@ typedef struct {
     /* table: a device table from kv_backend_rope_table */
     int (*rope)(kv_backend *b, float *x, int T, int n_heads, const int32_t *pos,
                 const kv_rope_table *table, kv_error *err);
-    /* k, v [S, nkv, hd] as cache_type (F32 or BF16), or [ring, nkv, hd] with a ring; window
-     * and ring as kv_attention's (kernels.h) */
+    /* k, v [S, nkv, hd] as cache_type (F32 or BF16), or [ring, nkv, hd] with a ring; or, with
+     * head_rows > 0, [nkv, head_rows, hd] (a head's rows contiguous, the KV cache's layout);
+     * window, ring and head_rows as kv_attention_cache's (kernels.h) */
     int (*attention)(kv_backend *b, float *out, const float *q, const void *k, const void *v,
-                     kv_dtype cache_type, int T, int pos0, int S, int n_heads, int n_kv_heads,
-                     int head_dim, kv_attn_mask mask, int window, int ring, kv_error *err);
+                     kv_dtype cache_type, int head_rows, int T, int pos0, int S, int n_heads,
+                     int n_kv_heads, int head_dim, kv_attn_mask mask, int window, int ring,
+                     kv_error *err);
     /* h[T, n] = silu(gate) * up; h may alias gate or up */
     int (*swiglu)(kv_backend *b, float *h, const float *gate, const float *up, int T, int n,
                   kv_error *err);

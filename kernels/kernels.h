@@ -27,6 +27,7 @@
 extern "C" {
 #endif
 
+#include "base/dtype.h"
 #include "base/error.h"
 #include "base/pool.h"
 #include "base/rope_config.h"
@@ -141,6 +142,15 @@ int kv_attention(float *out, const float *q, const float *k, const float *v, int
 int kv_attention_bf16(float *out, const float *q, const uint16_t *k, const uint16_t *v, int T,
                       int pos0, int S, int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask,
                       int window, int ring);
+/* Either of the two over a cache laid out head by head: k, v [nkv, head_rows, hd] of cache_type
+ * (KV_F32 or KV_BF16), key s of kv head g at row attn row (s, or s % R) of head g's head_rows
+ * rows, which must cover them (head_rows >= R with a ring, >= S without); head_rows = 0 is the
+ * [S or R, nkv, hd] layout above. A head's keys are contiguous, so decode streams them. The
+ * result is the same as on the same keys in the other layout, bit for bit. KV_EINVAL also for a
+ * dtype other than F32 / BF16 or too few head_rows. */
+int kv_attention_cache(float *out, const float *q, const void *k, const void *v,
+                       kv_dtype cache_type, int head_rows, int T, int pos0, int S, int n_heads,
+                       int n_kv_heads, int head_dim, kv_attn_mask mask, int window, int ring);
 
 /* h[n] = silu(gate[n]) * up[n], silu(g) = g / (1 + exp(-g)). h may alias gate or up. */
 void kv_swiglu(float *h, const float *gate, const float *up, size_t n);

@@ -24,6 +24,7 @@ static const struct {
     OP(zero),
     OP(copy),
     OP(convert),
+    OP(store_heads),
     OP(sync),
     OP(release),
     OP(matmul),
@@ -94,6 +95,7 @@ struct pcase {
     kv_dtype dt, src_dt; /* weights / cache / convert's destination; convert's source */
     kv_attn_mask mask;
     int window, ring; /* attention: sliding window, ring rows (kernels.h); 0: none */
+    int head_rows; /* attention: k, v [nkv, head_rows, hd] (the KV cache's layout); 0: [S, nkv, hd] */
     int acc, bias, inplace, llama3, bad_id;
     unsigned grads; /* G_* */
     float f1, f2; /* temperature & grad scale; scale k; lr & weight decay; ... */
@@ -357,6 +359,22 @@ static int case_convert(prun *p, const pcase *c) {
     return cmp_buf(p, "out", O, c->dt, n);
 }
 
+/* src [T, nh, hd] U(-4, 4) into a head-major buffer of head_rows rows per head at row pos0 */
+static int case_store_heads(prun *p, const pcase *c) {
+    const size_t nsrc = (size_t)c->T * c->nh * c->hd, pitch = (size_t)c->head_rows * c->hd;
+    const size_t ndst = (size_t)c->nh * pitch, es = kv_dtype_size(c->dt);
+    float *src = hrand(p, nsrc, 4.0f);
+    unsigned char *dst = halloc(p, ndst * es);
+    if (!src || !dst) return oom(p, "inputs");
+    memset(dst, 0x5a, ndst * es); /* rows it does not write keep this */
+    pbuf *S, *O;
+    TRY(dbuf(p, &S, src, sizeof(float) * nsrc));
+    TRY(dbuf(p, &O, dst, ndst * es));
+    BOTH("store_heads", store_heads(b, (char *)D(O) + (size_t)c->pos0 * c->hd * es, c->dt, pitch,
+                                    F(S), c->T, c->nh, c->hd, p->err));
+    return cmp_buf(p, "out", O, c->dt, ndst);
+}
+
 static int case_matmul(prun *p, const pcase *c) {
     const int T = c->T, n_in = c->n_in, n_out = c->n_out;
     float *x = hrand(p, (size_t)T * n_in, 1.0f), *W = hrand(p, (size_t)n_out * n_in, 0.5f);
@@ -466,7 +484,7 @@ static int case_rope(prun *p, const pcase *c) { return rope_case(p, c, 0); }
 static int case_rope_backward(prun *p, const pcase *c) { return rope_case(p, c, 1); }
 
 static int case_attention(prun *p, const pcase *c) {
-    const size_t rows = (size_t)(c->ring ? c->ring : c->S); /* of k and v */
+    const size_t rows = (size_t)(c->head_rows ? c->head_rows : c->ring ? c->ring : c->S);
     const size_t nq = (size_t)c->T * c->nh * c->hd, nk = rows * c->nkv * c->hd;
     float *q = hrand(p, nq, c->f1 > 0 ? c->f1 : 1.5f), *k = hrand(p, nk, 1.5f);
     float *v = hrand(p, nk, 1.0f), *o = hrand(p, nq, 1.0f);
@@ -484,8 +502,8 @@ static int case_attention(prun *p, const pcase *c) {
     TRY(dbuf(p, &K, kc, es * nk));
     TRY(dbuf(p, &Vd, vc, es * nk));
     TRY(dbuf(p, &O, o, sizeof(float) * nq)); /* overwritten */
-    BOTH("attention", attention(b, F(O), F(Q), D(K), D(Vd), c->dt, c->T, c->pos0, c->S, c->nh,
-                                c->nkv, c->hd, c->mask, c->window, c->ring, p->err));
+    BOTH("attention", attention(b, F(O), F(Q), D(K), D(Vd), c->dt, c->head_rows, c->T, c->pos0,
+                                c->S, c->nh, c->nkv, c->hd, c->mask, c->window, c->ring, p->err));
     return cmp_f32(p, "out", O, nq);
 }
 
@@ -709,6 +727,23 @@ static const pcase cases[] = {
      .f1 = 0.5f},
 
     /* convert (exact) */
+    {.name = "store_heads F32 T=5 at 3 of 16 rows, 3 heads of 40",
+     .ops = "store_heads",
+     .run = case_store_heads,
+     .T = 5,
+     .pos0 = 3,
+     .nh = 3,
+     .hd = 40,
+     .head_rows = 16,
+     .dt = KV_F32},
+    {.name = "store_heads BF16 T=33 at 0 of 40 rows, 4 heads of 64",
+     .ops = "store_heads",
+     .run = case_store_heads,
+     .T = 33,
+     .nh = 4,
+     .hd = 64,
+     .head_rows = 40,
+     .dt = KV_BF16},
     {.name = "convert F32 -> BF16",
      .ops = "convert",
      .run = case_convert,
@@ -1102,6 +1137,60 @@ static const pcase cases[] = {
      .nkv = 2,
      .hd = 128,
      .dt = KV_BF16,
+     .atol = 2e-5,
+     .rtol = 1e-4},
+    /* the KV cache's layout, head by head: rows beyond the keys (head_rows > S or the ring) */
+    {.name = "attention f32 mha causal T=1 S=700 head rows 800",
+     .ops = "attention",
+     .run = case_attention,
+     .T = 1,
+     .pos0 = 699,
+     .S = 700,
+     .nh = 6,
+     .nkv = 6,
+     .hd = 64,
+     .head_rows = 800,
+     .atol = 2e-5,
+     .rtol = 1e-4},
+    {.name = "attention f32 gqa4 strict T=40 at 90 head rows 130",
+     .ops = "attention",
+     .run = case_attention,
+     .T = 40,
+     .pos0 = 90,
+     .S = 130,
+     .nh = 8,
+     .nkv = 2,
+     .hd = 64,
+     .mask = STRICT,
+     .head_rows = 130,
+     .atol = 2e-5,
+     .rtol = 1e-4},
+    {.name = "attention bf16 gqa2 causal window 70 ring 90 T=21 at 300 head rows 96",
+     .ops = "attention",
+     .run = case_attention,
+     .T = 21,
+     .pos0 = 300,
+     .S = 321,
+     .nh = 4,
+     .nkv = 2,
+     .hd = 128,
+     .dt = KV_BF16,
+     .window = 70,
+     .ring = 90,
+     .head_rows = 96,
+     .atol = 2e-5,
+     .rtol = 1e-4},
+    {.name = "attention bf16 mha causal T=64 S=1064 head rows 1100",
+     .ops = "attention",
+     .run = case_attention,
+     .T = 64,
+     .pos0 = 1000,
+     .S = 1064,
+     .nh = 4,
+     .nkv = 4,
+     .hd = 64,
+     .dt = KV_BF16,
+     .head_rows = 1100,
      .atol = 2e-5,
      .rtol = 1e-4},
     {.name = "attention bf16 gqa8 strict T=5 S=1030",

@@ -119,8 +119,6 @@ static int alloc_activations(kv_state *s, kv_dtype cache_dtype, kv_error *err) {
     kv_backend *b = s->backend;
     const size_t B = (size_t)s->max_batch, H = (size_t)m->dims.hidden, Q = (size_t)m->dims.q_dim,
                  F = (size_t)m->dims.ffn, V = (size_t)m->dims.vocab;
-    /* kv_rows: a BF16 cache, or rings (sliding windows) that a pass's rows may wrap around */
-    const int staged = cache_dtype != KV_F32 || hf_has_windows(&m->cfg);
     const int unified = b->unified;
     const size_t counts[] = {B * H,
                              B * H,
@@ -130,7 +128,7 @@ static int alloc_activations(kv_state *s, kv_dtype cache_dtype, kv_error *err) {
                              B * F,
                              s->has_upward ? B * H : 0,
                              (size_t)s->max_seq,
-                             staged ? 2 * B * (size_t)m->dims.kv_dim : 0,
+                             2 * B * (size_t)m->dims.kv_dim,
                              unified ? 0 : B * V,
                              unified ? V : 0};
     const size_t elem[] = {4, 4, 4, 4, 4, 4, 4, sizeof(int32_t), 4, 4, 4};
@@ -169,7 +167,7 @@ static int alloc_activations(kv_state *s, kv_dtype cache_dtype, kv_error *err) {
     s->up = slots[5];
     s->x_block = s->has_upward ? slots[6] : NULL;
     s->pos = slots[7];
-    s->kv_rows = staged ? slots[8] : NULL;
+    s->kv_rows = slots[8];
     s->dev_logits = unified ? NULL : slots[9];
     s->logits = unified ? slots[10] : calloc((size_t)V, sizeof(float));
     if (!s->logits) return kv_fail(err, KV_ENOMEM, "logits: out of memory for %zu floats", V);
@@ -240,37 +238,31 @@ size_t kv_state_bytes(const kv_state *s) {
 /* ---- the steps of one layer ------------------------------------------------------------- */
 
 /* K/V of T tokens from their normed input xb[T, H] into the rows of positions pos0.. of the
- * slot `layer` reads (K rotated before it is cached). They are computed for all T rows at once,
- * straight into the cache, or into kv_rows first and then copied: a BF16 cache (rounded to
- * nearest even from the F32 rows) and a ring whose rows wrap within the pass (two runs; the
- * same values a full cache gets, bit for bit). */
+ * slot `layer` reads (K rotated before it is cached). They are computed for all T rows at once
+ * into kv_rows [T, nkv, hd], then stored head by head (kvcache.h), as the cache's dtype (BF16
+ * rounded to nearest even), in one run or, where a ring wraps within the pass, two (the same
+ * values a full cache gets, bit for bit). */
 static int write_kv(kv_state *s, int layer, const kv_layer_weights *w, const float *xb, int T,
                     int pos0, kv_error *err) {
     kv_backend *b = s->backend;
     const llama_dims *d = &s->model->dims;
     const kv_dtype wt = s->model->mat_type;
-    const size_t row = (size_t)d->kv_dim, elem = s->cache.elem;
+    const size_t row = (size_t)d->kv_dim, elem = s->cache.elem, hd = (size_t)d->head_dim;
+    const size_t head_pitch = (size_t)kv_cache_head_rows(&s->cache, layer) * hd;
     int first[2], rows[2], count[2];
     const int runs = kv_cache_runs(&s->cache, layer, pos0, T, first, rows, count);
     char *k_cache = kv_cache_k(&s->cache, layer), *v_cache = kv_cache_v(&s->cache, layer);
-    const int staged = s->kv_rows && (s->cache.dtype != KV_F32 || runs > 1);
-    float *k = staged ? s->kv_rows : (float *)(k_cache + (size_t)rows[0] * row * elem);
-    float *v =
-        staged ? s->kv_rows + (size_t)T * row : (float *)(v_cache + (size_t)rows[0] * row * elem);
+    float *k = s->kv_rows, *v = s->kv_rows + (size_t)T * row;
     int rc = b->ops->matmul(b, k, xb, w->wk, wt, w->bk, T, d->hidden, d->kv_dim, 0, err);
     if (!rc) rc = b->ops->matmul(b, v, xb, w->wv, wt, w->bv, T, d->hidden, d->kv_dim, 0, err);
     if (!rc) rc = b->ops->rope(b, k, T, d->n_kv_heads, s->pos + pos0, &s->rope, err);
-    for (int j = 0; !rc && staged && j < runs; j++) {
-        const size_t at = (size_t)rows[j] * row * elem, from = (size_t)(first[j] - pos0) * row,
-                     n = (size_t)count[j] * row;
-        if (s->cache.dtype == KV_F32) {
-            rc = b->ops->copy(b, k_cache + at, k + from, n * sizeof(float), err);
-            if (!rc) rc = b->ops->copy(b, v_cache + at, v + from, n * sizeof(float), err);
-        } else {
-            rc = b->ops->convert(b, k_cache + at, s->cache.dtype, k + from, KV_F32, n, err);
-            if (!rc)
-                rc = b->ops->convert(b, v_cache + at, s->cache.dtype, v + from, KV_F32, n, err);
-        }
+    for (int j = 0; !rc && j < runs; j++) {
+        const size_t at = (size_t)rows[j] * hd * elem, from = (size_t)(first[j] - pos0) * row;
+        rc = b->ops->store_heads(b, k_cache + at, s->cache.dtype, head_pitch, k + from, count[j],
+                                 d->n_kv_heads, d->head_dim, err);
+        if (!rc)
+            rc = b->ops->store_heads(b, v_cache + at, s->cache.dtype, head_pitch, v + from,
+                                     count[j], d->n_kv_heads, d->head_dim, err);
     }
     return rc;
 }
@@ -300,7 +292,8 @@ static int attention_output(kv_state *s, int layer, float *x, int T, int pos0, k
     const kv_attn_mask mask = src > layer ? KV_MASK_STRICT : KV_MASK_CAUSAL;
     const void *k = kv_cache_k(&s->cache, layer), *v = kv_cache_v(&s->cache, layer);
     if (!rc)
-        rc = b->ops->attention(b, s->att, s->q, k, v, s->cache.dtype, T, pos0, pos0 + T, d->n_heads,
+        rc = b->ops->attention(b, s->att, s->q, k, v, s->cache.dtype,
+                               kv_cache_head_rows(&s->cache, layer), T, pos0, pos0 + T, d->n_heads,
                                d->n_kv_heads, d->head_dim, mask, m->cfg.layer_window[layer],
                                kv_cache_ring(&s->cache, layer), err);
     if (!rc) rc = b->ops->matmul(b, x, s->att, w->wo, wt, w->bo, T, d->q_dim, d->hidden, 1, err);

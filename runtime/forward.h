@@ -115,8 +115,7 @@ typedef struct {
     int32_t *pos; /* [max_seq] 0, 1, .., max_seq-1 (uploaded at init): the rows at
                              pos0.. read pos + pos0 */
     float *kv_rows; /* [2 * B * kv_dim]: K [T, kv_dim] then V [T, kv_dim] of the rows in
-                             flight before rounding or a ring's wrap (BF16 cache or
-                             sliding windows only, else NULL) */
+                             flight, before they are stored head by head in the cache */
     float *dev_logits; /* [B, V] the LM head's output before download (non-unified backends
                              only, else NULL: logits go straight to the caller's buffer) */
     float *logits; /* HOST [V]: last-token logits when kv_forward gets no output buffer

@@ -58,6 +58,11 @@ void *kv_cache_v(const kv_cache *c, int layer) {
 
 int kv_cache_ring(const kv_cache *c, int layer) { return c->ring[c->slot_of[layer]]; }
 
+int kv_cache_head_rows(const kv_cache *c, int layer) {
+    const int r = kv_cache_ring(c, layer);
+    return r ? r : c->max_seq;
+}
+
 int kv_cache_row(const kv_cache *c, int layer, int pos) {
     const int r = kv_cache_ring(c, layer);
     return r ? pos % r : pos;
@@ -74,14 +79,17 @@ int kv_cache_runs(const kv_cache *c, int layer, int pos0, int n, int first[2], i
 }
 
 int kv_cache_zero(kv_cache *c, int layer, int pos0, int n, kv_error *err) {
-    const size_t row_bytes = (size_t)c->n_kv_heads * c->head_dim * c->elem; /* 0 is +0.0 in both */
+    const size_t row_bytes = (size_t)c->head_dim * c->elem; /* one head's; 0 is +0.0 in both */
+    const size_t head_bytes = (size_t)kv_cache_head_rows(c, layer) * row_bytes;
     kv_backend *b = c->backend;
     int first[2], row[2], count[2], rc = 0;
     const int runs = kv_cache_runs(c, layer, pos0, n, first, row, count);
-    for (int j = 0; !rc && j < runs; j++) {
-        const size_t offset = (size_t)row[j] * row_bytes, bytes = row_bytes * (size_t)count[j];
-        rc = b->ops->zero(b, (char *)kv_cache_k(c, layer) + offset, bytes, err);
-        if (!rc) rc = b->ops->zero(b, (char *)kv_cache_v(c, layer) + offset, bytes, err);
-    }
+    for (int g = 0; g < c->n_kv_heads; g++)
+        for (int j = 0; !rc && j < runs; j++) {
+            const size_t offset = (size_t)g * head_bytes + (size_t)row[j] * row_bytes,
+                         bytes = row_bytes * (size_t)count[j];
+            rc = b->ops->zero(b, (char *)kv_cache_k(c, layer) + offset, bytes, err);
+            if (!rc) rc = b->ops->zero(b, (char *)kv_cache_v(c, layer) + offset, bytes, err);
+        }
     return rc;
 }

@@ -107,10 +107,15 @@ SPLIT_OP(rope,
          (kv_backend * b, float *x, int T, int nh, const int32_t *pos, const kv_rope_table *t,
           kv_error *e),
          (b, x, T, nh, pos, t, e))
+SPLIT_OP(store_heads,
+         (kv_backend * b, void *d, kv_dtype dt, size_t hp, const float *s, int T, int nh, int hd,
+          kv_error *e),
+         (b, d, dt, hp, s, T, nh, hd, e))
 SPLIT_OP(attention,
          (kv_backend * b, float *o, const float *q, const void *k, const void *v, kv_dtype ct,
-          int T, int p0, int S, int nh, int nkv, int hd, kv_attn_mask m, int w, int r, kv_error *e),
-         (b, o, q, k, v, ct, T, p0, S, nh, nkv, hd, m, w, r, e))
+          int hr, int T, int p0, int S, int nh, int nkv, int hd, kv_attn_mask m, int w, int r,
+          kv_error *e),
+         (b, o, q, k, v, ct, hr, T, p0, S, nh, nkv, hd, m, w, r, e))
 SPLIT_OP(swiglu,
          (kv_backend * b, float *h, const float *g, const float *u, int T, int n, kv_error *e),
          (b, h, g, u, T, n, e))
@@ -173,7 +178,8 @@ static int split_backend_init(kv_backend *b, int threads, kv_error *err) {
     split_ops.map = split_map;
     split_ops.unmap = split_unmap;
 #define SET(name) split_ops.name = split_##name
-    SET(upload), SET(download), SET(zero), SET(copy), SET(convert), SET(matmul), SET(rmsnorm);
+    SET(upload), SET(download), SET(zero), SET(copy), SET(convert), SET(store_heads);
+    SET(matmul), SET(rmsnorm);
     SET(rope), SET(attention), SET(swiglu), SET(embedding), SET(distill_kl), SET(next_token_ce);
     SET(mse), SET(matmul_backward), SET(rmsnorm_backward), SET(rope_backward);
     SET(attention_backward), SET(swiglu_backward), SET(sumsq), SET(scale), SET(add), SET(adamw);

@@ -2,7 +2,8 @@
  * zero output at t = 0 under the diagonal mask, GQA head grouping, numerical stability,
  * prefill == decode bit for bit, results independent of the thread count, and the BF16-cache
  * variant equal to the F32 kernel on the same values; every ISA variant (C, AVX2) identical to
- * the C reference bit for bit. */
+ * the C reference bit for bit; the head-by-head layout (kv_attention_cache) equal to the
+ * position-major one on the same keys bit for bit. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -255,8 +256,94 @@ static void test_isa_variants(void) {
     kv_kernels_set_threads(2);
 }
 
+/* k [rows, nkv, hd] of elem bytes into hm [nkv, head_rows, hd] (rows <= head_rows; the rest
+ * keeps hm's fill) */
+static void to_heads(void *hm, const void *k, int rows, int nkv, int hd, int head_rows,
+                     size_t elem) {
+    for (int g = 0; g < nkv; g++)
+        for (int r = 0; r < rows; r++)
+            memcpy((char *)hm + (((size_t)g * head_rows + r) * hd) * elem,
+                   (const char *)k + (((size_t)r * nkv + g) * hd) * elem, elem * hd);
+}
+
+/* kv_attention_cache head by head == position-major, bit for bit: every ISA variant, F32 and
+ * BF16 caches, GQA, both masks, windows with and without a ring, spare rows per head (filled
+ * with NaN: a read past a head's keys shows), 1 and 2 threads; and its argument checks */
+static void test_head_layout(void) {
+    const int shapes[][8] = {/* T, pos0, nh, nkv, hd, window, ring, spare rows */
+                             {1, 0, 3, 3, 7, 0, 0, 5},       {1, 200, 8, 2, 64, 0, 0, 56},
+                             {37, 0, 6, 2, 9, 0, 0, 0},      {65, 3, 10, 2, 24, 0, 0, 3},
+                             {1, 129, 12, 12, 64, 0, 0, 31}, {19, 64, 6, 3, 40, 0, 0, 1},
+                             {21, 300, 4, 2, 32, 70, 90, 6}, {1, 700, 8, 1, 64, 100, 100, 0},
+                             {9, 70, 4, 4, 8, 20, 28, 4}};
+    int compared = 0;
+    for (int isa = KV_GEMV_C; isa < KV_GEMV_N_ISA; isa++) {
+        if (!kv_gemv_isa_supported((kv_gemv_isa)isa)) continue;
+        kv_gemv_force((kv_gemv_isa)isa);
+        for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+            const int T = shapes[c][0], pos0 = shapes[c][1], nh = shapes[c][2], nkv = shapes[c][3],
+                      hd = shapes[c][4], window = shapes[c][5], ring = shapes[c][6];
+            const int S = pos0 + T, rows = ring ? ring : S, head_rows = rows + shapes[c][7];
+            const size_t n_kv = (size_t)rows * nkv * hd, n_hm = (size_t)head_rows * nkv * hd;
+            const size_t n_out = (size_t)T * nh * hd;
+            float *q = rand_buf(n_out, 2.0f), *k = rand_buf(n_kv, 2.0f), *v = rand_buf(n_kv, 1.0f);
+            uint16_t *k16 = malloc(2 * n_kv), *v16 = malloc(2 * n_kv);
+            for (size_t i = 0; i < n_kv; i++)
+                k16[i] = kv_f32_to_bf16(k[i]), v16[i] = kv_f32_to_bf16(v[i]);
+            float *kh = malloc(4 * n_hm), *vh = malloc(4 * n_hm);
+            uint16_t *kh16 = malloc(2 * n_hm), *vh16 = malloc(2 * n_hm);
+            memset(kh, 0xff, 4 * n_hm), memset(vh, 0xff, 4 * n_hm); /* NaN */
+            memset(kh16, 0xff, 2 * n_hm), memset(vh16, 0xff, 2 * n_hm);
+            to_heads(kh, k, rows, nkv, hd, head_rows, 4),
+                to_heads(vh, v, rows, nkv, hd, head_rows, 4);
+            to_heads(kh16, k16, rows, nkv, hd, head_rows, 2);
+            to_heads(vh16, v16, rows, nkv, hd, head_rows, 2);
+            float *want = malloc(4 * n_out), *got = malloc(4 * n_out);
+            for (int bf16 = 0; bf16 < 2; bf16++)
+                for (int mask = 0; mask < 2; mask++) {
+                    kv_kernels_set_threads(1 + (int)(c + mask) % 2);
+                    const kv_dtype dt = bf16 ? KV_BF16 : KV_F32;
+                    CHECK(kv_attention_cache(want, q, bf16 ? (void *)k16 : k,
+                                             bf16 ? (void *)v16 : v, dt, 0, T, pos0, S, nh, nkv, hd,
+                                             mask, window, ring) == 0,
+                          "rc, position-major");
+                    memset(got, 0xff, 4 * n_out);
+                    CHECK(kv_attention_cache(got, q, bf16 ? (void *)kh16 : kh,
+                                             bf16 ? (void *)vh16 : vh, dt, head_rows, T, pos0, S,
+                                             nh, nkv, hd, mask, window, ring) == 0,
+                          "rc, head by head");
+                    CHECK(memcmp(want, got, 4 * n_out) == 0,
+                          "%s: head-by-head != position-major: T %d pos0 %d heads %d/%d hd %d "
+                          "window %d ring %d rows/head %d mask %d %s",
+                          kv_gemv_isa_name((kv_gemv_isa)isa), T, pos0, nh, nkv, hd, window, ring,
+                          head_rows, mask, bf16 ? "BF16" : "F32");
+                    compared++;
+                }
+            free(q), free(k), free(v), free(k16), free(v16), free(kh), free(vh), free(kh16);
+            free(vh16), free(want), free(got);
+        }
+    }
+    CHECK(compared >= 36, "%d comparisons", compared);
+    kv_gemv_force(KV_GEMV_N_ISA);
+    kv_kernels_set_threads(2);
+    float q[8] = {0}, kv[8 * 4] = {0}, out[8];
+    CHECK(kv_attention_cache(out, q, kv, kv, KV_F32, 3, 1, 3, 4, 1, 1, 8, KV_MASK_CAUSAL, 0, 0) ==
+              KV_EINVAL,
+          "3 rows per head for 4 keys accepted");
+    CHECK(kv_attention_cache(out, q, kv, kv, KV_F32, -1, 1, 0, 1, 1, 1, 8, KV_MASK_CAUSAL, 0, 0) ==
+              KV_EINVAL,
+          "negative rows per head accepted");
+    CHECK(kv_attention_cache(out, q, kv, kv, KV_F16, 0, 1, 0, 1, 1, 1, 8, KV_MASK_CAUSAL, 0, 0) ==
+              KV_EINVAL,
+          "an F16 cache accepted");
+    CHECK(kv_attention_cache(out, q, kv, kv, KV_F32, 4, 1, 3, 4, 1, 1, 8, KV_MASK_CAUSAL, 0, 0) ==
+              0,
+          "4 rows per head for 4 keys refused");
+}
+
 int main(void) {
     kv_kernels_set_threads(2);
+    test_head_layout();
     test_isa_variants();
     test_bf16_cache();
     test_reference();

@@ -1189,6 +1189,7 @@ enum {
     TR_ZERO,
     TR_COPY,
     TR_CONVERT,
+    TR_STORE_HEADS,
     TR_SYNC,
     TR_MATMUL,
     TR_RMSNORM,
@@ -1199,8 +1200,9 @@ enum {
     TR_N
 };
 static const char *const tr_names[TR_N] = {
-    "alloc",   "free", "map",    "unmap",   "upload", "download",  "zero",   "copy",
-    "convert", "sync", "matmul", "rmsnorm", "rope",   "attention", "swiglu", "embedding"};
+    "alloc",   "free", "map",       "unmap",       "upload",   "download",
+    "zero",    "copy", "convert",   "store_heads", "sync",     "matmul",
+    "rmsnorm", "rope", "attention", "swiglu",      "embedding"};
 
 enum { TR_REGIONS = 512, TR_LENT = 4 };
 #define TR_POOL ((size_t)16 << 20) /* stories260K's state and weight copies take about 2 MB */
@@ -1348,6 +1350,17 @@ static int tr_convert(kv_backend *b, void *dst, kv_dtype dst_type, const void *s
     TR_RUN(b, convert(b, dst, dst_type, src, src_type, n, err));
 }
 
+static int tr_store_heads(kv_backend *b, void *dst, kv_dtype dst_type, size_t head_pitch,
+                          const float *src, int T, int n_heads, int head_dim, kv_error *err) {
+    tr_of(b)->calls[TR_STORE_HEADS]++;
+    const size_t hd = (size_t)head_dim;
+    if (n_heads > 0 && T > 0)
+        tr_need(b, TR_STORE_HEADS, "dst", dst,
+                kv_dtype_size(dst_type) * ((size_t)(n_heads - 1) * head_pitch + (size_t)T * hd));
+    tr_need(b, TR_STORE_HEADS, "src", src, sizeof(float) * (size_t)T * n_heads * hd);
+    TR_RUN(b, store_heads(b, dst, dst_type, head_pitch, src, T, n_heads, head_dim, err));
+}
+
 static int tr_sync(kv_backend *b, kv_error *err) {
     tr_of(b)->calls[TR_SYNC]++;
     return tr_of(b)->cpu->sync(b, err);
@@ -1385,17 +1398,19 @@ static int tr_rope(kv_backend *b, float *x, int T, int n_heads, const int32_t *p
 }
 
 static int tr_attention(kv_backend *b, float *out, const float *q, const void *k, const void *v,
-                        kv_dtype cache_type, int T, int pos0, int S, int n_heads, int n_kv_heads,
-                        int head_dim, kv_attn_mask mask, int window, int ring, kv_error *err) {
+                        kv_dtype cache_type, int head_rows, int T, int pos0, int S, int n_heads,
+                        int n_kv_heads, int head_dim, kv_attn_mask mask, int window, int ring,
+                        kv_error *err) {
     tr_of(b)->calls[TR_ATTENTION]++;
     const size_t qb = 4 * (size_t)T * n_heads * head_dim;
-    const size_t kb = kv_dtype_size(cache_type) * (size_t)(ring ? ring : S) * n_kv_heads * head_dim;
+    const size_t rows = (size_t)(head_rows ? head_rows : ring ? ring : S);
+    const size_t kb = kv_dtype_size(cache_type) * rows * n_kv_heads * head_dim;
     tr_need(b, TR_ATTENTION, "out", out, qb);
     tr_need(b, TR_ATTENTION, "q", q, qb);
     tr_need(b, TR_ATTENTION, "k", k, kb);
     tr_need(b, TR_ATTENTION, "v", v, kb);
-    TR_RUN(b, attention(b, out, q, k, v, cache_type, T, pos0, S, n_heads, n_kv_heads, head_dim,
-                        mask, window, ring, err));
+    TR_RUN(b, attention(b, out, q, k, v, cache_type, head_rows, T, pos0, S, n_heads, n_kv_heads,
+                        head_dim, mask, window, ring, err));
 }
 
 static int tr_swiglu(kv_backend *b, float *h, const float *gate, const float *up, int T, int n,
@@ -1426,6 +1441,7 @@ static const kv_backend_ops tracked_ops = {.alloc = tr_alloc,
                                            .zero = tr_zero,
                                            .copy = tr_copy,
                                            .convert = tr_convert,
+                                           .store_heads = tr_store_heads,
                                            .sync = tr_sync,
                                            .matmul = tr_matmul,
                                            .rmsnorm = tr_rmsnorm,

@@ -219,7 +219,7 @@ __attribute__((target("avx2"))) static inline void attn_row_block_avx2(
     int s = b;
     for (; s + 8 <= e; s += 8) {
         /* the group's K rows; in decode the cache rows come from DRAM (the weights stream evicts
-         * them), one head's row every kv_stride bytes: fetch the K rows ATTN_PF_KEYS ahead and
+         * them), one head's row every pos_stride elements: fetch the K rows ATTN_PF_KEYS ahead and
          * this group's V rows */
         const float *kr[8] = {0};
         const uint16_t *kr16[8] = {0};
@@ -296,6 +296,9 @@ typedef struct {
     int T, pos0, S, nh, nkv, hd;
     kv_attn_mask mask;
     int window, ring; /* keys s > p - window (0: all); key s at row s % ring (0: row s) */
+    int head_rows; /* k, v [nkv, head_rows, hd] (0: [rows, nkv, hd]) */
+    size_t pos_stride,
+        head_stride; /* elements from a key row to the next, from a head to the next */
     int group; /* query heads per kv head */
     int tokens; /* tokens per work item; rows per item = tokens * group */
     int n_tblocks;
@@ -307,10 +310,11 @@ typedef struct {
 } attn_job;
 
 /* BF16 keys s0 .. e-1 of kv head g (rows attn_row(s, ring)) widened into blk [e-s0, hd] */
-static void attn_stage(float *blk, const uint16_t *bf16, int s0, int e, int g, size_t kv_stride,
-                       int hd, int ring) {
+static void attn_stage(float *blk, const uint16_t *bf16, int s0, int e, int g, size_t pos_stride,
+                       size_t head_stride, int hd, int ring) {
     for (int s = s0; s < e; s++) {
-        const uint16_t *src = bf16 + (size_t)attn_row(s, ring) * kv_stride + (size_t)g * hd;
+        const uint16_t *src =
+            bf16 + (size_t)attn_row(s, ring) * pos_stride + (size_t)g * head_stride;
         float *dst = blk + (size_t)(s - s0) * hd;
         for (int d = 0; d < hd; d++) dst[d] = attn_widen(src[d]);
     }
@@ -323,7 +327,7 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
     const int hd = j->hd, g = item % j->nkv, tb = item / j->nkv, group = j->group;
     const int t0 = tb * j->tokens, t1 = t0 + j->tokens < j->T ? t0 + j->tokens : j->T;
     const int rows = (t1 - t0) * group;
-    const size_t q_stride = (size_t)j->nh * hd, kv_stride = (size_t)j->nkv * hd;
+    const size_t q_stride = (size_t)j->nh * hd;
     float *acc = j->scratch + (size_t)worker * j->scratch_per_worker;
     float *m = acc + (size_t)rows * hd, *l = m + rows, *score = l + rows;
     for (int r = 0; r < rows; r++) {
@@ -338,17 +342,17 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
      * any grouping (a block before a row's first key is skipped for it) */
     for (int s0 = s_first / KB * KB; s0 < s_end; s0 += KB) {
         /* row s of this block: F32 at kf/vf + (s - base) * st, or (bf16) BF16 at kh/vh + ... */
-        const size_t head = (size_t)g * hd;
+        const size_t head = (size_t)g * j->head_stride;
         const float *kf = j->k ? j->k + head : NULL, *vf = j->v ? j->v + head : NULL;
         const uint16_t *kh = j->k16 ? j->k16 + head : NULL, *vh = j->v16 ? j->v16 + head : NULL;
-        size_t st = kv_stride;
+        size_t st = j->pos_stride;
         int base = 0, ring = j->ring;
         const int staged = !bf16 && j->stage;
         if (staged) {
             const int b = s0 > s_first ? s0 : s_first, e = s0 + KB < s_end ? s0 + KB : s_end;
             const size_t skip = (size_t)(b - s0) * hd; /* keys no row of the item sees */
-            attn_stage(k_blk + skip, j->k16, b, e, g, kv_stride, hd, ring);
-            attn_stage(v_blk + skip, j->v16, b, e, g, kv_stride, hd, ring);
+            attn_stage(k_blk + skip, j->k16, b, e, g, j->pos_stride, j->head_stride, hd, ring);
+            attn_stage(v_blk + skip, j->v16, b, e, g, j->pos_stride, j->head_stride, hd, ring);
             kf = k_blk, vf = v_blk, st = (size_t)hd, base = s0, ring = 0;
         }
         for (int r = 0; r < rows; r++) {
@@ -420,8 +424,11 @@ __attribute__((target("avx2"))) static void attn_item_bf16_avx2(void *ctx, int i
 
 static int attention_run(attn_job j, int T, int pos0, int S, int n_heads, int n_kv_heads,
                          int head_dim) {
-    if (j.window < 0 || j.ring < 0 || (j.ring && (!j.window || j.ring < j.window + T - 1)))
+    if (j.window < 0 || j.ring < 0 || (j.ring && (!j.window || j.ring < j.window + T - 1)) ||
+        j.head_rows < 0 || (j.head_rows && j.head_rows < (j.ring ? j.ring : S)))
         return KV_EINVAL;
+    j.pos_stride = j.head_rows ? (size_t)head_dim : (size_t)n_kv_heads * head_dim;
+    j.head_stride = j.head_rows ? (size_t)j.head_rows * head_dim : (size_t)head_dim;
     j.T = T, j.pos0 = pos0, j.S = S, j.nh = n_heads, j.nkv = n_kv_heads, j.hd = head_dim;
     j.group = n_heads / n_kv_heads;
     j.scale = (float)(1.0 / sqrt((double)head_dim));
@@ -460,6 +467,17 @@ int kv_attention_bf16(float *out, const float *q, const uint16_t *k, const uint1
                       int window, int ring) {
     const attn_job j = {
         .out = out, .q = q, .k16 = k, .v16 = v, .mask = mask, .window = window, .ring = ring};
+    return attention_run(j, T, pos0, S, n_heads, n_kv_heads, head_dim);
+}
+
+int kv_attention_cache(float *out, const float *q, const void *k, const void *v,
+                       kv_dtype cache_type, int head_rows, int T, int pos0, int S, int n_heads,
+                       int n_kv_heads, int head_dim, kv_attn_mask mask, int window, int ring) {
+    attn_job j = {
+        .out = out, .q = q, .mask = mask, .window = window, .ring = ring, .head_rows = head_rows};
+    if (cache_type == KV_F32) j.k = k, j.v = v;
+    else if (cache_type == KV_BF16) j.k16 = k, j.v16 = v;
+    else return KV_EINVAL;
     return attention_run(j, T, pos0, S, n_heads, n_kv_heads, head_dim);
 }
 

@@ -56,6 +56,20 @@ static int cpu_convert(kv_backend *b, void *dst, kv_dtype dst_type, const void *
     return 0;
 }
 
+static int cpu_store_heads(kv_backend *b, void *dst, kv_dtype dst_type, size_t head_pitch,
+                           const float *src, int T, int n_heads, int head_dim, kv_error *err) {
+    (void)b;
+    if (dst_type != KV_F32 && dst_type != KV_BF16)
+        return kv_fail(err, KV_EUNSUPPORTED, "cpu: store_heads into %s (F32 or BF16)",
+                       kv_dtype_name(dst_type));
+    const size_t es = kv_dtype_size(dst_type), hd = (size_t)head_dim;
+    for (int g = 0; g < n_heads; g++)
+        for (int t = 0; t < T; t++)
+            (void)kv_dtype_cast((char *)dst + ((size_t)g * head_pitch + (size_t)t * hd) * es,
+                                dst_type, src + ((size_t)t * n_heads + g) * hd, KV_F32, hd);
+    return 0;
+}
+
 static int cpu_sync(kv_backend *b, kv_error *err) {
     (void)b, (void)err;
     return 0;
@@ -155,22 +169,20 @@ static int cpu_rope(kv_backend *b, float *x, int T, int n_heads, const int32_t *
 }
 
 static int cpu_attention(kv_backend *b, float *out, const float *q, const void *k, const void *v,
-                         kv_dtype cache_type, int T, int pos0, int S, int n_heads, int n_kv_heads,
-                         int head_dim, kv_attn_mask mask, int window, int ring, kv_error *err) {
+                         kv_dtype cache_type, int head_rows, int T, int pos0, int S, int n_heads,
+                         int n_kv_heads, int head_dim, kv_attn_mask mask, int window, int ring,
+                         kv_error *err) {
     (void)b;
-    int rc;
-    if (cache_type == KV_F32)
-        rc = kv_attention(out, q, k, v, T, pos0, S, n_heads, n_kv_heads, head_dim, mask, window,
-                          ring);
-    else if (cache_type == KV_BF16)
-        rc = kv_attention_bf16(out, q, k, v, T, pos0, S, n_heads, n_kv_heads, head_dim, mask,
-                               window, ring);
-    else
+    if (cache_type != KV_F32 && cache_type != KV_BF16)
         return kv_fail(err, KV_EUNSUPPORTED, "cpu: attention over a %s cache (F32 or BF16)",
                        kv_dtype_name(cache_type));
+    const int rc = kv_attention_cache(out, q, k, v, cache_type, head_rows, T, pos0, S, n_heads,
+                                      n_kv_heads, head_dim, mask, window, ring);
     if (rc == KV_EINVAL)
-        return kv_fail(err, rc, "cpu: attention (T %d): window %d with a ring of %d rows", T,
-                       window, ring);
+        return kv_fail(err, rc,
+                       "cpu: attention (T %d, S %d): window %d with a ring of %d rows, %d rows "
+                       "per head",
+                       T, S, window, ring, head_rows);
     if (rc) return kv_fail(err, rc, "cpu: attention (T %d, S %d): out of memory", T, S);
     return 0;
 }
@@ -291,6 +303,7 @@ static const kv_backend_ops cpu_ops = {
     .zero = cpu_zero,
     .copy = cpu_copy,
     .convert = cpu_convert,
+    .store_heads = cpu_store_heads,
     .sync = cpu_sync,
     .matmul = cpu_matmul,
     .rmsnorm = cpu_rmsnorm,

@@ -52,7 +52,7 @@ __device__ __forceinline__ float att_ld(const uint16_t *p, size_t i) { return kv
 template <typename KV>
 __global__ void attention_kernel(float *out, const float *q, const KV *k, const KV *v, int T,
                                  int pos0, int S, int nh, int nkv, int hd, int strict, int window,
-                                 int ring, float scale) {
+                                 int ring, size_t pos_stride, size_t head_stride, float scale) {
     __shared__ float qs[ATT_WARPS][ATT_MAX_HD];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const long row = (long)blockIdx.x * ATT_WARPS + warp; // t * nh + h
@@ -62,8 +62,7 @@ __global__ void attention_kernel(float *out, const float *q, const KV *k, const 
     for (int d = lane; d < hd; d += 32) qs[warp][d] = qr[d];
     __syncwarp();
     const int n = kv_attn_visible(pos0 + t, S, strict), lo = kv_attn_first(pos0 + t, window);
-    const size_t kv_stride = (size_t)nkv * hd;
-    const KV *kg = k + (size_t)g * hd, *vg = v + (size_t)g * hd;
+    const KV *kg = k + (size_t)g * head_stride, *vg = v + (size_t)g * head_stride;
     float m = -INFINITY, l = 0.0f, acc[ATT_J];
 #pragma unroll
     for (int j = 0; j < ATT_J; j++) acc[j] = 0.0f;
@@ -71,7 +70,7 @@ __global__ void attention_kernel(float *out, const float *q, const KV *k, const 
         const int s = s0 + lane;
         float x = -INFINITY;
         if (s < n) {
-            const KV *ks = kg + kv_attn_row(s, ring) * kv_stride;
+            const KV *ks = kg + kv_attn_row(s, ring) * pos_stride;
             float dot = 0.0f;
             for (int d = 0; d < hd; d++) dot += qs[warp][d] * att_ld(ks, d);
             x = dot * scale;
@@ -85,7 +84,7 @@ __global__ void attention_kernel(float *out, const float *q, const KV *k, const 
         for (int j = 0; j < ATT_J; j++) acc[j] *= corr;
         for (int i = 0; i < cnt; i++) {
             const float pi = __shfl_sync(0xffffffffu, pl, i);
-            const KV *vs = vg + kv_attn_row(s0 + i, ring) * kv_stride;
+            const KV *vs = vg + kv_attn_row(s0 + i, ring) * pos_stride;
 #pragma unroll
             for (int j = 0; j < ATT_J; j++) {
                 const int d = lane + 32 * j;
@@ -116,12 +115,15 @@ static int attn_check(const char *what, int T, int S, int n_heads, int n_kv_head
 }
 
 int kv_cuda_attention(kv_backend *b, float *out, const float *q, const void *k, const void *v,
-                      kv_dtype cache_type, int T, int pos0, int S, int n_heads, int n_kv_heads,
-                      int head_dim, kv_attn_mask mask, int window, int ring, kv_error *err) {
-    char what[160];
+                      kv_dtype cache_type, int head_rows, int T, int pos0, int S, int n_heads,
+                      int n_kv_heads, int head_dim, kv_attn_mask mask, int window, int ring,
+                      kv_error *err) {
+    char what[192];
     snprintf(what, sizeof what,
-             "attention (%s cache, T %d at %d, S %d, %d/%d heads of %d, window %d, ring %d)",
-             kv_dtype_name(cache_type), T, pos0, S, n_heads, n_kv_heads, head_dim, window, ring);
+             "attention (%s cache, T %d at %d, S %d, %d/%d heads of %d, window %d, ring %d, "
+             "%d rows per head)",
+             kv_dtype_name(cache_type), T, pos0, S, n_heads, n_kv_heads, head_dim, window, ring,
+             head_rows);
     if (cache_type != KV_F32 && cache_type != KV_BF16)
         return kv_fail(err, KV_EUNSUPPORTED, "cuda %s: the cache must be F32 or BF16", what);
     int rc = attn_check(what, T, S, n_heads, n_kv_heads, head_dim, err);
@@ -129,6 +131,11 @@ int kv_cuda_attention(kv_backend *b, float *out, const float *q, const void *k, 
     if (window < 0 || ring < 0 || (ring && (!window || ring < window + T - 1)))
         return kv_fail(err, KV_EINVAL, "cuda %s: a ring needs a window and >= window + T - 1 rows",
                        what);
+    if (head_rows < 0 || (head_rows && head_rows < (ring ? ring : S)))
+        return kv_fail(err, KV_EINVAL, "cuda %s: fewer rows per head than keys", what);
+    // key s of kv head g at g * head_stride + row(s) * pos_stride (kernels.h: kv_attention_cache)
+    const size_t pos_stride = head_rows ? (size_t)head_dim : (size_t)n_kv_heads * head_dim;
+    const size_t head_stride = head_rows ? (size_t)head_rows * head_dim : (size_t)head_dim;
     const long rows = (long)T * n_heads;
     if (rows <= 0) return 0;
     const float scale = (float)(1.0 / sqrt((double)head_dim));
@@ -138,11 +145,11 @@ int kv_cuda_attention(kv_backend *b, float *out, const float *q, const void *k, 
     if (cache_type == KV_F32)
         attention_kernel<float><<<blocks, 32 * ATT_WARPS, 0, st>>>(
             out, q, (const float *)k, (const float *)v, T, pos0, S, n_heads, n_kv_heads, head_dim,
-            strict, window, ring, scale);
+            strict, window, ring, pos_stride, head_stride, scale);
     else
         attention_kernel<uint16_t><<<blocks, 32 * ATT_WARPS, 0, st>>>(
             out, q, (const uint16_t *)k, (const uint16_t *)v, T, pos0, S, n_heads, n_kv_heads,
-            head_dim, strict, window, ring, scale);
+            head_dim, strict, window, ring, pos_stride, head_stride, scale);
     return kv_cuda_launched(what, err);
 }
 

@@ -218,6 +218,35 @@ static int cuda_convert(kv_backend *b, void *dst, kv_dtype dst_type, const void 
     return kv_cuda_launched(what, err);
 }
 
+// src [T, nh, hd] -> dst head by head (backend.h: store_heads); element i of src is (t, g, d)
+__global__ void store_heads_kernel(void *dst, int bf16, size_t head_pitch, const float *src, int nh,
+                                   int hd, size_t n) {
+    KV_CUDA_FOR(i, n) {
+        const size_t d = i % (size_t)hd, g = i / (size_t)hd % (size_t)nh,
+                     t = i / ((size_t)hd * (size_t)nh);
+        const size_t at = g * head_pitch + t * (size_t)hd + d;
+        if (bf16) ((uint16_t *)dst)[at] = cv_f32_to_bf16(src[i]);
+        else ((float *)dst)[at] = src[i];
+    }
+}
+
+static int cuda_store_heads(kv_backend *b, void *dst, kv_dtype dst_type, size_t head_pitch,
+                            const float *src, int T, int n_heads, int head_dim, kv_error *err) {
+    if (dst_type != KV_F32 && dst_type != KV_BF16)
+        return kv_fail(err, KV_EUNSUPPORTED, "cuda: store_heads into %s (F32 or BF16)",
+                       kv_dtype_name(dst_type));
+    if (T < 0 || n_heads < 0 || head_dim < 0)
+        return kv_fail(err, KV_EINVAL, "cuda: store_heads of a negative size");
+    const size_t n = (size_t)T * (size_t)n_heads * (size_t)head_dim;
+    if (!n) return 0;
+    store_heads_kernel<<<kv_cuda_grid(n), KV_CUDA_BLOCK, 0, kv_cuda_stream(b)>>>(
+        dst, dst_type == KV_BF16, head_pitch, src, n_heads, head_dim, n);
+    char what[96];
+    snprintf(what, sizeof what, "store_heads %s (T %d, %d heads of %d)", kv_dtype_name(dst_type), T,
+             n_heads, head_dim);
+    return kv_cuda_launched(what, err);
+}
+
 // ---- lifetime -----------------------------------------------------------------------------------
 
 static void cuda_release(kv_backend *b) {
@@ -244,6 +273,7 @@ static constexpr kv_backend_ops cuda_ops_table(void) {
     o.zero = cuda_zero;
     o.copy = cuda_copy;
     o.convert = cuda_convert;
+    o.store_heads = cuda_store_heads;
     o.sync = cuda_sync;
     o.release = cuda_release;
     o.matmul = kv_cuda_matmul;
@@ -269,7 +299,7 @@ static constexpr kv_backend_ops cuda_ops_table(void) {
 static constexpr kv_backend_ops cuda_ops = cuda_ops_table(); // constant-initialised
 // every member set above: a member added to kv_backend_ops must be added here (and a case to
 // kernels/parity.c); the size check is the reminder
-static_assert(sizeof(kv_backend_ops) == 29 * sizeof(void (*)(void)),
+static_assert(sizeof(kv_backend_ops) == 30 * sizeof(void (*)(void)),
               "kv_backend_ops changed: update cuda_ops_table (and kernels/parity.c)");
 
 int kv_backend_cuda_init(kv_backend *b, int ordinal, kv_error *err) {

@@ -151,8 +151,9 @@ int kv_cuda_rope_backward(kv_backend *b, float *dx, int T, int n_heads, const in
 
 /* attention.cu <-> cpu/attention.c */
 int kv_cuda_attention(kv_backend *b, float *out, const float *q, const void *k, const void *v,
-                      kv_dtype cache_type, int T, int pos0, int S, int n_heads, int n_kv_heads,
-                      int head_dim, kv_attn_mask mask, int window, int ring, kv_error *err);
+                      kv_dtype cache_type, int head_rows, int T, int pos0, int S, int n_heads,
+                      int n_kv_heads, int head_dim, kv_attn_mask mask, int window, int ring,
+                      kv_error *err);
 int kv_cuda_attention_backward(kv_backend *b, float *dq, float *dk, float *dv, const float *dout,
                                const float *q, const float *k, const float *v, int T, int pos0,
                                int S, int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask,

@@ -531,7 +531,7 @@ static int layer_forward(kvt_run *r, int i, kv_error *err) {
     const float *K = up ? r->k_prev[slot] : r->k[slot], *V = up ? r->v_prev[slot] : r->v[slot];
     for (int b = 0; b < r->B; b++) {
         const size_t qo = (size_t)b * T * Q, ko = (size_t)b * T * KV;
-        TRY(OP(attention, a->att + qo, a->q + qo, K + ko, V + ko, KV_F32, T, 0, T, d->n_heads,
+        TRY(OP(attention, a->att + qo, a->q + qo, K + ko, V + ko, KV_F32, 0, T, 0, T, d->n_heads,
                d->n_kv_heads, d->head_dim, up ? KV_MASK_STRICT : KV_MASK_CAUSAL,
                m->cfg.layer_window[i], 0, err));
     }
