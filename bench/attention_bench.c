@@ -45,8 +45,8 @@ static double best_pass(float *out, const float *q, const char *k, const char *v
         const double t0 = seconds();
         for (int l = 0; l < layers; l++)
             kv_attention_cache(out, q, k + (size_t)l * layer_bytes, v + (size_t)l * layer_bytes, dt,
-                               head_rows, 1, keys - 1, keys, HEADS, HEADS, HEAD_DIM,
-                               KV_MASK_CAUSAL, 0, 0);
+                               head_rows, 1, keys - 1, keys, HEADS, HEADS, HEAD_DIM, KV_MASK_CAUSAL,
+                               0, 0);
         const double t = seconds() - t0;
         if (t < best) best = t;
     }
@@ -56,7 +56,7 @@ static double best_pass(float *out, const float *q, const char *k, const char *v
 int main(int argc, char **argv) {
     int threads = 2, repeat = 6, keys = 512, layers = 96;
     for (int i = 1; i < argc; i++) {
-        int *opt = !strcmp(argv[i], "--threads") ? &threads
+        int *opt = !strcmp(argv[i], "--threads")  ? &threads
                    : !strcmp(argv[i], "--repeat") ? &repeat
                    : !strcmp(argv[i], "--keys")   ? &keys
                    : !strcmp(argv[i], "--layers") ? &layers
