@@ -151,6 +151,11 @@ int kv_attention_bf16(float *out, const float *q, const uint16_t *k, const uint1
 int kv_attention_cache(float *out, const float *q, const void *k, const void *v,
                        kv_dtype cache_type, int head_rows, int T, int pos0, int S, int n_heads,
                        int n_kv_heads, int head_dim, kv_attn_mask mask, int window, int ring);
+/* the layout kv_attention_cache reads (the CUDA twin reads it too): key s of kv head g at
+ * g * *head_stride + row(s) * *pos_stride elements; 0, or KV_EINVAL for head_rows < 0 or fewer
+ * rows per head than keys (ring's R, or S) */
+int kv_attention_strides(int head_rows, int ring, int S, int n_kv_heads, int head_dim,
+                         size_t *pos_stride, size_t *head_stride);
 
 /* h[n] = silu(gate[n]) * up[n], silu(g) = g / (1 + exp(-g)). h may alias gate or up. */
 void kv_swiglu(float *h, const float *gate, const float *up, size_t n);

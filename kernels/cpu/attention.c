@@ -296,9 +296,9 @@ typedef struct {
     int T, pos0, S, nh, nkv, hd;
     kv_attn_mask mask;
     int window, ring; /* keys s > p - window (0: all); key s at row s % ring (0: row s) */
-    int head_rows; /* k, v [nkv, head_rows, hd] (0: [rows, nkv, hd]) */
-    size_t pos_stride,
-        head_stride; /* elements from a key row to the next, from a head to the next */
+    /* elements from a key row to the next of a head, and from a head to the next
+     * (kv_attention_strides) */
+    size_t pos_stride, head_stride;
     int group; /* query heads per kv head */
     int tokens; /* tokens per work item; rows per item = tokens * group */
     int n_tblocks;
@@ -422,13 +422,20 @@ __attribute__((target("avx2"))) static void attn_item_bf16_avx2(void *ctx, int i
 #define attn_item_bf16_avx2 attn_item_bf16
 #endif
 
-static int attention_run(attn_job j, int T, int pos0, int S, int n_heads, int n_kv_heads,
-                         int head_dim) {
+int kv_attention_strides(int head_rows, int ring, int S, int n_kv_heads, int head_dim,
+                         size_t *pos_stride, size_t *head_stride) {
+    if (head_rows < 0 || (head_rows && head_rows < (ring ? ring : S))) return KV_EINVAL;
+    *pos_stride = head_rows ? (size_t)head_dim : (size_t)n_kv_heads * head_dim;
+    *head_stride = head_rows ? (size_t)head_rows * head_dim : (size_t)head_dim;
+    return 0;
+}
+
+static int attention_run(attn_job j, int head_rows, int T, int pos0, int S, int n_heads,
+                         int n_kv_heads, int head_dim) {
     if (j.window < 0 || j.ring < 0 || (j.ring && (!j.window || j.ring < j.window + T - 1)) ||
-        j.head_rows < 0 || (j.head_rows && j.head_rows < (j.ring ? j.ring : S)))
+        kv_attention_strides(head_rows, j.ring, S, n_kv_heads, head_dim, &j.pos_stride,
+                             &j.head_stride))
         return KV_EINVAL;
-    j.pos_stride = j.head_rows ? (size_t)head_dim : (size_t)n_kv_heads * head_dim;
-    j.head_stride = j.head_rows ? (size_t)j.head_rows * head_dim : (size_t)head_dim;
     j.T = T, j.pos0 = pos0, j.S = S, j.nh = n_heads, j.nkv = n_kv_heads, j.hd = head_dim;
     j.group = n_heads / n_kv_heads;
     j.scale = (float)(1.0 / sqrt((double)head_dim));
@@ -454,31 +461,28 @@ static int attention_run(attn_job j, int T, int pos0, int S, int n_heads, int n_
     return 0;
 }
 
+int kv_attention_cache(float *out, const float *q, const void *k, const void *v,
+                       kv_dtype cache_type, int head_rows, int T, int pos0, int S, int n_heads,
+                       int n_kv_heads, int head_dim, kv_attn_mask mask, int window, int ring) {
+    attn_job j = {.out = out, .q = q, .mask = mask, .window = window, .ring = ring};
+    if (cache_type == KV_F32) j.k = k, j.v = v;
+    else if (cache_type == KV_BF16) j.k16 = k, j.v16 = v;
+    else return KV_EINVAL;
+    return attention_run(j, head_rows, T, pos0, S, n_heads, n_kv_heads, head_dim);
+}
+
 int kv_attention(float *out, const float *q, const float *k, const float *v, int T, int pos0, int S,
                  int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask, int window,
                  int ring) {
-    const attn_job j = {
-        .out = out, .q = q, .k = k, .v = v, .mask = mask, .window = window, .ring = ring};
-    return attention_run(j, T, pos0, S, n_heads, n_kv_heads, head_dim);
+    return kv_attention_cache(out, q, k, v, KV_F32, 0, T, pos0, S, n_heads, n_kv_heads, head_dim,
+                              mask, window, ring);
 }
 
 int kv_attention_bf16(float *out, const float *q, const uint16_t *k, const uint16_t *v, int T,
                       int pos0, int S, int n_heads, int n_kv_heads, int head_dim, kv_attn_mask mask,
                       int window, int ring) {
-    const attn_job j = {
-        .out = out, .q = q, .k16 = k, .v16 = v, .mask = mask, .window = window, .ring = ring};
-    return attention_run(j, T, pos0, S, n_heads, n_kv_heads, head_dim);
-}
-
-int kv_attention_cache(float *out, const float *q, const void *k, const void *v,
-                       kv_dtype cache_type, int head_rows, int T, int pos0, int S, int n_heads,
-                       int n_kv_heads, int head_dim, kv_attn_mask mask, int window, int ring) {
-    attn_job j = {
-        .out = out, .q = q, .mask = mask, .window = window, .ring = ring, .head_rows = head_rows};
-    if (cache_type == KV_F32) j.k = k, j.v = v;
-    else if (cache_type == KV_BF16) j.k16 = k, j.v16 = v;
-    else return KV_EINVAL;
-    return attention_run(j, T, pos0, S, n_heads, n_kv_heads, head_dim);
+    return kv_attention_cache(out, q, k, v, KV_BF16, 0, T, pos0, S, n_heads, n_kv_heads, head_dim,
+                              mask, window, ring);
 }
 
 /* ---- backward ---------------------------------------------------------------------------

@@ -131,11 +131,9 @@ int kv_cuda_attention(kv_backend *b, float *out, const float *q, const void *k, 
     if (window < 0 || ring < 0 || (ring && (!window || ring < window + T - 1)))
         return kv_fail(err, KV_EINVAL, "cuda %s: a ring needs a window and >= window + T - 1 rows",
                        what);
-    if (head_rows < 0 || (head_rows && head_rows < (ring ? ring : S)))
+    size_t pos_stride, head_stride; // the CPU's layout rule (kernels.h)
+    if (kv_attention_strides(head_rows, ring, S, n_kv_heads, head_dim, &pos_stride, &head_stride))
         return kv_fail(err, KV_EINVAL, "cuda %s: fewer rows per head than keys", what);
-    // key s of kv head g at g * head_stride + row(s) * pos_stride (kernels.h: kv_attention_cache)
-    const size_t pos_stride = head_rows ? (size_t)head_dim : (size_t)n_kv_heads * head_dim;
-    const size_t head_stride = head_rows ? (size_t)head_rows * head_dim : (size_t)head_dim;
     const long rows = (long)T * n_heads;
     if (rows <= 0) return 0;
     const float scale = (float)(1.0 / sqrt((double)head_dim));
