@@ -12,42 +12,25 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <time.h>
 
+#include "base/arena.h"
+#include "bench/bench.h"
 #include "kernels/cpu/baseline.h"
 #include "kernels/kernels.h"
 
-enum { HEADS = 12, HEAD_DIM = 64, HUGE_PAGE = 2 << 20 };
-
-static double seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-/* bytes on 2 MiB boundaries with transparent huge pages advised, as the runtime's arena */
-static void *huge_alloc(size_t bytes) {
-    void *p = NULL;
-    const size_t rounded = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
-    if (posix_memalign(&p, HUGE_PAGE, rounded)) return NULL;
-#ifdef MADV_HUGEPAGE
-    (void)madvise(p, rounded, MADV_HUGEPAGE);
-#endif
-    return p;
-}
+enum { HEADS = 12, HEAD_DIM = 64 };
 
 /* the best of repeat passes over every layer's cache: seconds per pass */
 static double best_pass(float *out, const float *q, const char *k, const char *v, kv_dtype dt,
                         int head_rows, int keys, int layers, size_t layer_bytes, int repeat) {
     double best = 1e30;
     for (int r = 0; r < repeat; r++) {
-        const double t0 = seconds();
+        const double t0 = bench_seconds();
         for (int l = 0; l < layers; l++)
             kv_attention_cache(out, q, k + (size_t)l * layer_bytes, v + (size_t)l * layer_bytes, dt,
                                head_rows, 1, keys - 1, keys, HEADS, HEADS, HEAD_DIM, KV_MASK_CAUSAL,
                                0, 0);
-        const double t = seconds() - t0;
+        const double t = bench_seconds() - t0;
         if (t < best) best = t;
     }
     return best;
@@ -74,30 +57,33 @@ int main(int argc, char **argv) {
         return 2;
     }
     const size_t per_layer = (size_t)keys * HEADS * HEAD_DIM; /* elements of K (and of V) */
-    const size_t f32_bytes = per_layer * sizeof(float) * (size_t)layers;
-    float *k = huge_alloc(f32_bytes), *v = huge_alloc(f32_bytes);
-    uint16_t *k16 = huge_alloc(f32_bytes / 2), *v16 = huge_alloc(f32_bytes / 2);
-    float q[HEADS * HEAD_DIM], out[HEADS * HEAD_DIM];
-    if (!k || !v || !k16 || !v16) {
-        fprintf(stderr, "attention_bench: out of memory for %zu bytes\n", 3 * f32_bytes);
+    const size_t n = per_layer * (size_t)layers;
+    /* the caches in one arena, as the runtime's (huge pages advised) */
+    size_t total = 0;
+    kv_arena a;
+    kv_error err = {0};
+    if (kv_arena_reserve(&total, n, sizeof(float)) || kv_arena_reserve(&total, n, sizeof(float)) ||
+        kv_arena_reserve(&total, n, sizeof(uint16_t)) ||
+        kv_arena_reserve(&total, n, sizeof(uint16_t)) ||
+        kv_arena_init(&a, total, "attention_bench caches", &err)) {
+        fprintf(stderr, "attention_bench: %s\n", err.msg[0] ? err.msg : "sizes overflow");
         return 1;
     }
-    for (size_t i = 0; i < per_layer * (size_t)layers; i++) { /* U(-0.5, 0.5), no subnormals */
+    float *k = kv_arena_take(&a, n, sizeof(float)), *v = kv_arena_take(&a, n, sizeof(float));
+    uint16_t *k16 = kv_arena_take(&a, n, sizeof(uint16_t));
+    uint16_t *v16 = kv_arena_take(&a, n, sizeof(uint16_t));
+    float q[HEADS * HEAD_DIM], out[HEADS * HEAD_DIM];
+    for (size_t i = 0; i < n; i++) { /* U(-0.5, 0.5), no subnormals */
         k[i] = (float)(i * 2654435761u >> 16 & 1023) / 1024.0f - 0.5f;
         v[i] = (float)(i * 40503u >> 8 & 1023) / 1024.0f - 0.5f;
     }
-    kv_dtype_cast(k16, KV_BF16, k, KV_F32, per_layer * (size_t)layers);
-    kv_dtype_cast(v16, KV_BF16, v, KV_F32, per_layer * (size_t)layers);
+    kv_dtype_cast(k16, KV_BF16, k, KV_F32, n);
+    kv_dtype_cast(v16, KV_BF16, v, KV_F32, n);
     for (int i = 0; i < HEADS * HEAD_DIM; i++) q[i] = 0.01f * (float)(i % 17) - 0.08f;
     const int counts[2] = {1, threads};
     for (int c = 0; c < (threads > 1 ? 2 : 1); c++) {
-        kv_kernels_set_threads(counts[c]);
         double loop = 0;
-        kv_error err = {0};
-        if (kv_read_loop_gbps(&loop, (size_t)512 << 20, 5, &err)) {
-            fprintf(stderr, "attention_bench: %s\n", err.msg);
-            return 1;
-        }
+        if (bench_read_loop("attention_bench", counts[c], &loop)) return 1;
         printf("%d thread(s), %d keys x %d layers: read loop %.1f GB/s\n", counts[c], keys, layers,
                loop);
         for (int d = 0; d < 2; d++) {
@@ -118,6 +104,6 @@ int main(int argc, char **argv) {
                    t[0] / t[1]);
         }
     }
-    free(k), free(v), free(k16), free(v16);
+    kv_arena_free(&a);
     return 0;
 }

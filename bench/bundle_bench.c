@@ -16,10 +16,10 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 #include <zstd.h>
 
+#include "bench/bench.h"
 #include "formats/bundle.h"
 #include "formats/chunkcodec.h"
 #include "base/dtype.h"
@@ -28,12 +28,6 @@
 #include "base/sha256.h"
 
 #define STORIES "../shared/models/stories260K"
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 static uint64_t file_size(const char *path) {
     struct stat st;
@@ -201,9 +195,9 @@ static void size_report(const char *label, const char *model_dir, int threads) {
     snprintf(kvb, sizeof kvb, "%s.kvb", model_dir);
     kv_error err = {0};
     kv_bundle_opts o = {.threads = threads};
-    double t0 = now();
+    double t0 = bench_seconds();
     if (kv_bundle_write(model_dir, kvb, &o, &err)) die("bundle", &err);
-    double t_write = now() - t0;
+    double t_write = bench_seconds() - t0;
     kv_bundle_report r;
     if (kv_bundle_verify(kvb, &r, &err)) die("verify", &err);
     const char *how;
@@ -219,7 +213,7 @@ static void size_report(const char *label, const char *model_dir, int threads) {
 /* read() of a whole file into a fresh buffer allocated as the bundle loader allocates its own
  * (anonymous mapping, transparent huge pages advised); optionally sha256 of it */
 static double read_file_time(const char *path, int with_sha) {
-    double t0 = now();
+    double t0 = bench_seconds();
     int fd = open(path, O_RDONLY);
     if (fd < 0) die(path, NULL);
     size_t n = (size_t)file_size(path), got = 0;
@@ -237,35 +231,35 @@ static double read_file_time(const char *path, int with_sha) {
         uint8_t d[32];
         kv_sha256(buf, n, d);
     }
-    double t = now() - t0;
+    double t = bench_seconds() - t0;
     munmap(buf, map_size);
     return t;
 }
 
 static double bundle_load_time(const char *kvb, int threads, size_t *raw) {
     kv_error err = {0};
-    double t0 = now();
+    double t0 = bench_seconds();
     kv_bundle *b;
     if (kv_bundle_open(&b, kvb, &err)) die("open", &err);
     if (kv_bundle_load_tensors(b, NULL, 0, threads, &err)) die("load", &err);
-    double t = now() - t0;
+    double t = bench_seconds() - t0;
     *raw = kv_bundle_raw_size(b);
     kv_bundle_close(b);
     return t;
 }
 
 static void load_report(const char *dir, double gb, int threads) {
-    double t0 = now();
+    double t0 = bench_seconds();
     uint64_t raw = write_synth(dir, gb * 1e9, threads);
-    double t_gen = now() - t0;
+    double t_gen = bench_seconds() - t0;
     char st_path[1200], kvb[1200];
     snprintf(st_path, sizeof st_path, "%s/model.safetensors", dir);
     snprintf(kvb, sizeof kvb, "%s.kvb", dir);
     kv_error err = {0};
     kv_bundle_opts o = {.threads = threads};
-    t0 = now();
+    t0 = bench_seconds();
     if (kv_bundle_write(dir, kvb, &o, &err)) die("bundle", &err);
-    double t_write = now() - t0;
+    double t_write = bench_seconds() - t0;
     sync(); /* no writeback in flight while timing */
     /* best of 3 each, interleaved; both files are in the page cache (just written) */
     double t_read = 1e9, t_read_sha = 1e9, t_load = 1e9;
@@ -301,9 +295,9 @@ static void level_sweep(int threads) {
     for (int level = 0; level <= 19; level++) {
         kv_codec_opts o = {.level = level, .threads = threads};
         kv_encoded e;
-        double t0 = now();
+        double t0 = bench_seconds();
         if (kv_chunk_encode(bf, 2 * n, KV_BF16, &o, &e, &err)) die("encode", &err);
-        double t = now() - t0;
+        double t = bench_seconds() - t0;
         double r_bf = (double)e.stored_size / (double)(2 * n);
         kv_encoded_free(&e);
         double r_st = 0;

@@ -17,18 +17,12 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "bench/bench.h"
 #include "base/sha256.h"
 
 #define ROUNDS 5
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* runs argv, waits; returns the exit status (-1 if it could not run), peak RSS in KB */
 static int run(char *const argv[], long *maxrss_kb) {
@@ -88,9 +82,9 @@ static double time_cp(const char *model, const char *cp_dir, const char *cp_file
     remove_tree(cp_dir);
     mkdir(cp_dir, 0755);
     sync();
-    double t = now();
+    double t = bench_seconds();
     if (run(argv, NULL) != 0 || (durable && fsync_file(cp_file) != 0)) return -1;
-    t = now() - t;
+    t = bench_seconds() - t;
     remove_tree(cp_dir);
     return t;
 }
@@ -212,7 +206,7 @@ int main(void) {
             long rss = 0;
             char hex[65];
             kv_error err;
-            double t = now();
+            double t = bench_seconds();
             if (cases[c].hash_only && kv_sha256_file(model, hex, &err) != 0) {
                 fprintf(stderr, "convert_bench: %s\n", err.msg);
                 goto done;
@@ -221,7 +215,7 @@ int main(void) {
                 fprintf(stderr, "convert_bench: kvconvert %s failed\n", cases[c].label);
                 goto done;
             }
-            cases[c].secs[r] = now() - t;
+            cases[c].secs[r] = bench_seconds() - t;
             cases[c].base_secs[r] = base;
             cases[c].ratio[r] = cases[c].secs[r] / base;
             if (rss > cases[c].rss_kb) cases[c].rss_kb = rss;

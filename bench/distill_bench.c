@@ -6,9 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "bench/bench.h"
 #include "transform/synth/synth.h"
 #include "kernels/kernels.h"
 #include "kernels/backend.h"
@@ -17,12 +17,6 @@
 #include "transform/train/optim.h"
 #include "transform/train/train_forward.h"
 #include "transform/train/train_model.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int bench(const char *label, const char *dir, const char *spec, int B, int T, int passes,
                  int steps) {
@@ -54,15 +48,15 @@ static int bench(const char *label, const char *dir, const char *spec, int B, in
     const adamw_hparams h = {0.9, 0.999, 1e-8, 0};
     /* baseline: the teacher forward alone */
     kvt_forward(&rt, tokens, &err); /* warm-up */
-    double t0 = now_s();
+    double t0 = bench_seconds();
     for (int k = 0; k < steps; k++) kvt_forward(&rt, tokens, &err);
-    const double fwd = (now_s() - t0) / steps;
+    const double fwd = (bench_seconds() - t0) / steps;
     /* whole steps: METHODS.md's loss */
     kvt_loss loss;
     const kvt_loss_weights weights = {2.0f, 1.0f, 0.0f};
     kvt_optim_zero_grads(&opt, &err);
     kvt_distill_microbatch(&rs, &rt, tokens, NULL, &weights, 1.0f, &loss, &err); /* warm-up */
-    t0 = now_s();
+    t0 = bench_seconds();
     for (int k = 0; k < steps; k++) {
         double norm = 0;
         if (kvt_optim_zero_grads(&opt, &err) ||
@@ -74,7 +68,7 @@ static int bench(const char *label, const char *dir, const char *spec, int B, in
             return 1;
         }
     }
-    const double step = (now_s() - t0) / steps;
+    const double step = (bench_seconds() - t0) / steps;
     long trainable = (long)opt.count, all = 0;
     for (int i = 0; i < s.n_params; i++) all += (long)s.params[i].n;
     printf("distill %-18s %-18s T=%d B=%d: %8.0f tokens/s (step %.3f s)   teacher forward %8.0f "

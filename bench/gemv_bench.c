@@ -10,20 +10,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "bench/bench.h"
 #include "base/pool.h"
 #include "kernels/cpu/baseline.h"
 #include "kernels/cpu/gemv.h"
 #include "kernels/kernels.h"
 
 enum { LAYERS = 12, HIDDEN = 768, FFN = 2048, VOCAB = 32000, EMPTY_CALLS = 20000 };
-
-static double seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 /* elements of all the step's matrices */
 static size_t step_elems(void) {
@@ -76,16 +70,11 @@ int main(int argc, char **argv) {
     for (int i = 0; i < FFN; i++) x[i] = 0.01f * (float)(i % 13) - 0.05f;
     const int counts[2] = {1, threads};
     for (int c = 0; c < (threads > 1 ? 2 : 1); c++) {
-        kv_kernels_set_threads(counts[c]);
         double loop = 0;
-        kv_error err = {0};
-        if (kv_read_loop_gbps(&loop, (size_t)512 << 20, 5, &err)) {
-            fprintf(stderr, "gemv_bench: %s\n", err.msg);
-            return 1;
-        }
-        const double t0 = seconds();
+        if (bench_read_loop("gemv_bench", counts[c], &loop)) return 1;
+        const double t0 = bench_seconds();
         for (int i = 0; i < EMPTY_CALLS; i++) kv_parallel_for(counts[c], counts[c], nothing, NULL);
-        const double empty_us = (seconds() - t0) / EMPTY_CALLS * 1e6;
+        const double empty_us = (bench_seconds() - t0) / EMPTY_CALLS * 1e6;
         printf("%d thread(s): read loop %.1f GB/s; empty kv_parallel_for %.2f us\n", counts[c],
                loop, empty_us);
         for (int d = 0; d < 2; d++) {
@@ -108,9 +97,9 @@ int main(int argc, char **argv) {
                 kv_gemv_force((kv_gemv_isa)isa);
                 double best = 1e30;
                 for (int r = 0; r < repeat; r++) {
-                    const double s = seconds();
+                    const double s = bench_seconds();
                     step(y, x, W, dt);
-                    const double dt_s = seconds() - s;
+                    const double dt_s = bench_seconds() - s;
                     if (dt_s < best) best = dt_s;
                 }
                 printf("  %-4s %-10s %7.2f ms  %6.1f GB/s  = %.2f x the read loop\n",

@@ -17,9 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "bench/bench.h"
 #include "base/fileio.h"
 #include "formats/hfconfig.h"
 #include "transform/synth/synth.h"
@@ -34,12 +34,6 @@ static int repeat = 3;
  * model streams from the same kind of memory); --map-weights: used in the file's mapping */
 static kv_model_opts load_opts = {.copy_weights = 1};
 static int failures;
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static double minimum(double a, double b) { return a < b ? a : b; }
 static double maximum(double a, double b) { return a > b ? a : b; }
@@ -79,7 +73,7 @@ static double read_pass(const uint64_t *buf, size_t n, int n_threads) {
     pthread_t tid[64];
     read_job jobs[64];
     if (n_threads > 64) n_threads = 64;
-    const double t = now();
+    const double t = bench_seconds();
     for (int k = 0; k < n_threads; k++) {
         const size_t a = (n * k / n_threads) & ~(size_t)7,
                      b = (n * (k + 1) / n_threads) & ~(size_t)7;
@@ -88,7 +82,7 @@ static double read_pass(const uint64_t *buf, size_t n, int n_threads) {
     }
     read_part(&jobs[0]);
     for (int k = 1; k < n_threads; k++) pthread_join(tid[k], NULL);
-    const double dt = now() - t;
+    const double dt = bench_seconds() - t;
     for (int k = 0; k < n_threads; k++) sink += jobs[k].sum;
     return (double)n * sizeof(uint64_t) / dt / 1e9;
 }
@@ -164,26 +158,26 @@ static void bm_close(bench_model *b) {
 static double bm_prefill(bench_model *b, int n) {
     kv_error err = {0};
     kv_state_reset(&b->s);
-    const double t0 = now();
+    const double t0 = bench_seconds();
     if (kv_forward(&b->s, b->ids, n, &b->opts, NULL, &err)) {
         fprintf(stderr, "runtime_bench: forward: %s\n", err.msg);
         return -1.0;
     }
-    return now() - t0;
+    return bench_seconds() - t0;
 }
 
 /* decode tokens/s over `steps` steps after a prompt of n tokens, or -1 */
 static double bm_decode(bench_model *b, int n, int steps) {
     kv_error err = {0};
     if (bm_prefill(b, n) < 0) return -1.0;
-    const double t0 = now();
+    const double t0 = bench_seconds();
     for (int i = 0; i < steps; i++) {
         if (kv_forward(&b->s, b->ids + n + i, 1, NULL, NULL, &err)) {
             fprintf(stderr, "runtime_bench: decode: %s\n", err.msg);
             return -1.0;
         }
     }
-    return steps / (now() - t0);
+    return steps / (bench_seconds() - t0);
 }
 
 static void report_cache(const char *what, const bench_model *b) {
@@ -278,12 +272,12 @@ static int write_110m(const char *dir) {
     synth_spec spec;
     kv_error err = {0};
     synth_preset(&spec, "stories110m");
-    const double t0 = now();
+    const double t0 = bench_seconds();
     if (synth_write(dir, &spec, &err)) {
         fprintf(stderr, "runtime_bench: %s\n", err.msg);
         return -1;
     }
-    printf("110M-shape synthetic model written to %s in %.1f s\n", dir, now() - t0);
+    printf("110M-shape synthetic model written to %s in %.1f s\n", dir, bench_seconds() - t0);
     return 0;
 }
 
