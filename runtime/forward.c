@@ -120,15 +120,16 @@ static int alloc_activations(kv_state *s, kv_dtype cache_dtype, kv_error *err) {
     const size_t B = (size_t)s->max_batch, H = (size_t)m->dims.hidden, Q = (size_t)m->dims.q_dim,
                  F = (size_t)m->dims.ffn, V = (size_t)m->dims.vocab;
     const int unified = b->unified;
+    const size_t KV = (size_t)m->dims.kv_dim;
     const size_t counts[] = {B * H,
                              B * H,
+                             B * Q > Q + 2 * KV ? B * Q : Q + 2 * KV,
                              B * Q,
-                             B * Q,
-                             B * F,
+                             B > 2 ? B * F : 2 * F,
                              B * F,
                              s->has_upward ? B * H : 0,
                              (size_t)s->max_seq,
-                             2 * B * (size_t)m->dims.kv_dim,
+                             2 * B * KV,
                              unified ? 0 : B * V,
                              unified ? V : 0};
     const size_t elem[] = {4, 4, 4, 4, 4, 4, 4, sizeof(int32_t), 4, 4, 4};
@@ -237,25 +238,20 @@ size_t kv_state_bytes(const kv_state *s) {
 
 /* ---- the steps of one layer ------------------------------------------------------------- */
 
-/* K/V of T tokens from their normed input xb[T, H] into the rows of positions pos0.. of the
- * slot `layer` reads (K rotated before it is cached). They are computed for all T rows at once
- * into kv_rows [T, nkv, hd], then stored head by head (kvcache.h), as the cache's dtype (BF16
- * rounded to nearest even), in one run or, where a ring wraps within the pass, two (the same
- * values a full cache gets, bit for bit). */
-static int write_kv(kv_state *s, int layer, const kv_layer_weights *w, const float *xb, int T,
-                    int pos0, kv_error *err) {
+/* K [T, kv_dim] (rotated here) and V [T, kv_dim] of the tokens at positions pos0.. into the rows
+ * of the slot `layer` reads: stored head by head (kvcache.h), as the cache's dtype (BF16 rounded
+ * to nearest even), in one run or, where a ring wraps within the pass, two (the same values a
+ * full cache gets, bit for bit) */
+static int store_kv(kv_state *s, int layer, float *k, const float *v, int T, int pos0,
+                    kv_error *err) {
     kv_backend *b = s->backend;
     const llama_dims *d = &s->model->dims;
-    const kv_dtype wt = s->model->mat_type;
     const size_t row = (size_t)d->kv_dim, elem = s->cache.elem, hd = (size_t)d->head_dim;
     const size_t head_pitch = (size_t)kv_cache_head_rows(&s->cache, layer) * hd;
     int first[2], rows[2], count[2];
     const int runs = kv_cache_runs(&s->cache, layer, pos0, T, first, rows, count);
     char *k_cache = kv_cache_k(&s->cache, layer), *v_cache = kv_cache_v(&s->cache, layer);
-    float *k = s->kv_rows, *v = s->kv_rows + (size_t)T * row;
-    int rc = b->ops->matmul(b, k, xb, w->wk, wt, w->bk, T, d->hidden, d->kv_dim, 0, err);
-    if (!rc) rc = b->ops->matmul(b, v, xb, w->wv, wt, w->bv, T, d->hidden, d->kv_dim, 0, err);
-    if (!rc) rc = b->ops->rope(b, k, T, d->n_kv_heads, s->pos + pos0, &s->rope, err);
+    int rc = b->ops->rope(b, k, T, d->n_kv_heads, s->pos + pos0, &s->rope, err);
     for (int j = 0; !rc && j < runs; j++) {
         const size_t at = (size_t)rows[j] * hd * elem, from = (size_t)(first[j] - pos0) * row;
         rc = b->ops->store_heads(b, k_cache + at, s->cache.dtype, head_pitch, k + from, count[j],
@@ -267,26 +263,80 @@ static int write_kv(kv_state *s, int layer, const kv_layer_weights *w, const flo
     return rc;
 }
 
-/* xb = rmsnorm(x, input_layernorm); K/V of the rows when `layer` writes its own */
+/* K/V of T tokens from their normed input xb[T, H], computed for all T rows at once into
+ * kv_rows [T, nkv, hd], then stored (store_kv) */
+static int write_kv(kv_state *s, int layer, const kv_layer_weights *w, const float *xb, int T,
+                    int pos0, kv_error *err) {
+    kv_backend *b = s->backend;
+    const llama_dims *d = &s->model->dims;
+    const kv_dtype wt = s->model->mat_type;
+    float *k = s->kv_rows, *v = s->kv_rows + (size_t)T * d->kv_dim;
+    int rc = b->ops->matmul(b, k, xb, w->wk, wt, w->bk, T, d->hidden, d->kv_dim, 0, err);
+    if (!rc) rc = b->ops->matmul(b, v, xb, w->wv, wt, w->bv, T, d->hidden, d->kv_dim, 0, err);
+    return rc ? rc : store_kv(s, layer, k, v, T, pos0, err);
+}
+
+/* whether `count` elements of `elem` bytes at a end exactly where b starts, so that the two
+ * matrices are the rows of one (the model's arena holds a layer's weights in that order) */
+static int back_to_back(const void *a, size_t count, size_t elem, const void *b) {
+    return a && b && (const char *)a + count * elem == (const char *)b;
+}
+
+/* Decode (one token) runs a layer's q, k and v projections as one matrix-vector pass when wq,
+ * wk and wv lie back to back without biases: each output row is the same dot product either
+ * way, so the values are the same bits, in one pass over the weights instead of three (on the
+ * CPU each pass pays for starting its threads and their memory streams). Unified backends only:
+ * there the views are the model's own arena, laid out by the loader in that order; a device's
+ * separate copies meet only by chance. */
+static int decode_qkv(const kv_state *s, const kv_layer_weights *w, int T) {
+    const llama_dims *d = &s->model->dims;
+    const size_t H = (size_t)d->hidden, es = kv_dtype_size(s->model->mat_type);
+    return T == 1 && s->backend->unified && !w->bq && !w->bk && !w->bv &&
+           back_to_back(w->wq, (size_t)d->q_dim * H, es, w->wk) &&
+           back_to_back(w->wk, (size_t)d->kv_dim * H, es, w->wv);
+}
+
+/* the same for gate_proj and up_proj */
+static int decode_gate_up(const kv_state *s, const kv_layer_weights *w, int T) {
+    const llama_dims *d = &s->model->dims;
+    const size_t es = kv_dtype_size(s->model->mat_type);
+    return T == 1 && s->backend->unified && !w->b_gate && !w->b_up &&
+           back_to_back(w->w_gate, (size_t)d->ffn * d->hidden, es, w->w_up);
+}
+
+/* xb = rmsnorm(x, input_layernorm); K/V of the rows when `layer` writes its own, and with them
+ * the queries into s->q when one pass gives all three (*q_done = 1) */
 static int attention_input(kv_state *s, int layer, const float *x, int T, int pos0, int write,
-                           kv_error *err) {
+                           int *q_done, kv_error *err) {
     kv_backend *b = s->backend;
     const kv_model *m = s->model;
+    const llama_dims *d = &m->dims;
     const kv_layer_weights *w = &s->w.layers[layer];
-    int rc = b->ops->rmsnorm(b, s->xb, x, w->attn_norm, T, m->dims.hidden, m->dims.eps, err);
-    if (!rc && write && kv_model_writes_own_kv(m, layer))
-        rc = write_kv(s, layer, w, s->xb, T, pos0, err);
+    *q_done = 0;
+    int rc = b->ops->rmsnorm(b, s->xb, x, w->attn_norm, T, d->hidden, d->eps, err);
+    if (rc || !write || !kv_model_writes_own_kv(m, layer)) return rc;
+    if (!decode_qkv(s, w, T)) return write_kv(s, layer, w, s->xb, T, pos0, err);
+    /* s->q = [q | k | v] of the token */
+    float *k = s->q + d->q_dim, *v = k + d->kv_dim;
+    rc = b->ops->matmul(b, s->q, s->xb, w->wq, m->mat_type, NULL, 1, d->hidden,
+                        d->q_dim + 2 * d->kv_dim, 0, err);
+    if (!rc) rc = store_kv(s, layer, k, v, 1, pos0, err);
+    *q_done = !rc;
     return rc;
 }
 
-/* the rest of the attention block, from xb: queries, attention over slot(kv(layer)), o_proj */
-static int attention_output(kv_state *s, int layer, float *x, int T, int pos0, kv_error *err) {
+/* the rest of the attention block, from xb: queries (unless q_done), attention over
+ * slot(kv(layer)), o_proj */
+static int attention_output(kv_state *s, int layer, float *x, int T, int pos0, int q_done,
+                            kv_error *err) {
     kv_backend *b = s->backend;
     const kv_model *m = s->model;
     const llama_dims *d = &m->dims;
     const kv_layer_weights *w = &s->w.layers[layer];
     const kv_dtype wt = m->mat_type;
-    int rc = b->ops->matmul(b, s->q, s->xb, w->wq, wt, w->bq, T, d->hidden, d->q_dim, 0, err);
+    int rc = q_done
+                 ? 0
+                 : b->ops->matmul(b, s->q, s->xb, w->wq, wt, w->bq, T, d->hidden, d->q_dim, 0, err);
     if (!rc) rc = b->ops->rope(b, s->q, T, d->n_heads, s->pos + pos0, &s->rope, err);
     const int src = kvmap_target(&m->cfg.map, layer); /* the layer whose K/V these queries read */
     const kv_attn_mask mask = src > layer ? KV_MASK_STRICT : KV_MASK_CAUSAL;
@@ -301,8 +351,9 @@ static int attention_output(kv_state *s, int layer, float *x, int T, int pos0, k
 }
 
 int kv_layer_attention(kv_state *s, int layer, float *x, int T, int pos0, kv_error *err) {
-    int rc = attention_input(s, layer, x, T, pos0, 1, err);
-    return rc ? rc : attention_output(s, layer, x, T, pos0, err);
+    int q_done;
+    int rc = attention_input(s, layer, x, T, pos0, 1, &q_done, err);
+    return rc ? rc : attention_output(s, layer, x, T, pos0, q_done, err);
 }
 
 int kv_layer_mlp(kv_state *s, int layer, float *x, int T, kv_error *err) {
@@ -311,10 +362,16 @@ int kv_layer_mlp(kv_state *s, int layer, float *x, int T, kv_error *err) {
     const kv_layer_weights *w = &s->w.layers[layer];
     const int H = m->dims.hidden, F = m->dims.ffn;
     const kv_dtype wt = m->mat_type;
+    /* one token with gate_proj and up_proj back to back: s->gate = [gate | up], one pass */
+    const int joint = decode_gate_up(s, w, T);
+    float *up = joint ? s->gate + F : s->up;
     int rc = b->ops->rmsnorm(b, s->xb, x, w->mlp_norm, T, H, m->dims.eps, err);
-    if (!rc) rc = b->ops->matmul(b, s->gate, s->xb, w->w_gate, wt, w->b_gate, T, H, F, 0, err);
-    if (!rc) rc = b->ops->matmul(b, s->up, s->xb, w->w_up, wt, w->b_up, T, H, F, 0, err);
-    if (!rc) rc = b->ops->swiglu(b, s->gate, s->gate, s->up, T, F, err);
+    if (!rc && joint)
+        rc = b->ops->matmul(b, s->gate, s->xb, w->w_gate, wt, NULL, 1, H, 2 * F, 0, err);
+    if (!rc && !joint)
+        rc = b->ops->matmul(b, s->gate, s->xb, w->w_gate, wt, w->b_gate, T, H, F, 0, err);
+    if (!rc && !joint) rc = b->ops->matmul(b, s->up, s->xb, w->w_up, wt, w->b_up, T, H, F, 0, err);
+    if (!rc) rc = b->ops->swiglu(b, s->gate, s->gate, up, T, F, err);
     if (!rc) rc = b->ops->matmul(b, x, s->gate, w->w_down, wt, w->b_down, T, F, H, 1, err);
     return rc;
 }
@@ -362,12 +419,13 @@ static int run_tail(kv_state *s, int from, float *x, int T, int pos0, int rows, 
     const int pr = pos0 + T - rows;
     int rc = 0;
     if (top >= from) {
+        int q_done;
         if ((rc = kv_layers_run(s, from, top, x, T, pos0, err)) ||
-            (rc = attention_input(s, top, x, T, pos0, 1, err))) /* K/V of every row */
+            (rc = attention_input(s, top, x, T, pos0, 1, &q_done, err))) /* K/V of every row */
             return rc;
         if (rows == 0) return 0;
-        if ((rc = attention_input(s, top, xr, rows, pr, 0, err)) ||
-            (rc = attention_output(s, top, xr, rows, pr, err)) ||
+        if ((rc = attention_input(s, top, xr, rows, pr, 0, &q_done, err)) ||
+            (rc = attention_output(s, top, xr, rows, pr, q_done, err)) ||
             (rc = kv_layer_mlp(s, top, xr, rows, err)))
             return rc;
         from = top + 1;

@@ -108,9 +108,11 @@ typedef struct {
                                     activations with the RoPE table and host logits; KV cache */
     float *x; /* [B, H] residual stream */
     float *xb; /* [B, H] normed input of the current block */
-    float *q; /* [B, nh*hd] queries */
+    float *q; /* [B, nh*hd] queries; at least nh*hd + 2 kv_dim: one token's q, k, v when they
+                 come from one pass (forward.c, decode_qkv) */
     float *att; /* [B, nh*hd] attention output */
-    float *gate, *up; /* [B, FFN] MLP hidden */
+    float *gate, *up; /* [B, FFN] MLP hidden; gate at least 2 FFN: one token's gate then up when
+                         they come from one pass (forward.c, decode_gate_up) */
     float *x_block; /* [B, H] hidden entering the cyclic group (upward maps only) */
     int32_t *pos; /* [max_seq] 0, 1, .., max_seq-1 (uploaded at init): the rows at
                              pos0.. read pos + pos0 */
