@@ -48,12 +48,10 @@ static void ct_unmap(kv_backend *b, const void *dptr) {
 }
 
 static int ct_matmul(kv_backend *b, float *out, const float *x, const void *W, kv_dtype w_type,
-                     const float *bias, int T, int n_in, int n_out, int accumulate,
-                     kv_error *err) {
+                     const float *bias, int T, int n_in, int n_out, int accumulate, kv_error *err) {
     counter *c = counter_of(b);
     c->matmuls++;
-    return c->cpu->matmul(c->cpu_backend, out, x, W, w_type, bias, T, n_in, n_out, accumulate,
-                          err);
+    return c->cpu->matmul(c->cpu_backend, out, x, W, w_type, bias, T, n_in, n_out, accumulate, err);
 }
 
 /* the CPU's table with map, unmap and matmul of the counter */
@@ -124,8 +122,12 @@ static void test_model(const char *what, const char *dir, long joined_per_layer)
             const kv_backend_ops ops = counted_ops(cpu.ops);
             counter c_joined = {.cpu = cpu.ops, .cpu_backend = &cpu},
                     c_apart = {.cpu = cpu.ops, .cpu_backend = &cpu, .scatter = 1};
-            kv_backend bj = {.ops = &ops, .device = KV_DEVICE_CPU, .unified = 1,
-                             .threads = threads, .name = "counted", .impl = &c_joined};
+            kv_backend bj = {.ops = &ops,
+                             .device = KV_DEVICE_CPU,
+                             .unified = 1,
+                             .threads = threads,
+                             .name = "counted",
+                             .impl = &c_joined};
             kv_backend ba = bj;
             ba.impl = &c_apart;
             long steps_joined = 0, steps_apart = 0;
