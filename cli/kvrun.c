@@ -42,7 +42,9 @@ static void usage(void) {
         "                         on the CPU also decode GB/s (weights + K/V read per token)\n"
         "                         over a read loop and prefill GFLOP/s over a 1024^3 GEMM,\n"
         "                         both measured in the same run, and decode from context 1\n"
-        "                         timed in each repeat (the context ratio pairs them)\n"
+        "                         timed in each repeat (the context ratio pairs them); the\n"
+        "                         read loop also runs over each repeat's decode bytes just\n"
+        "                         before its decode steps (the paired ratio, a median)\n"
         "  --logits-out FILE      write every position's logits [T, vocab] (F32) and the token\n"
         "                         ids to FILE, a safetensors file (the name is used as given,\n"
         "                         e.g. out.safetensors); input from --text or --tokens\n"
@@ -340,9 +342,10 @@ fail:
 #define BENCH_GEMM_N     1024
 
 /* a fresh run of the state: prefill of P tokens, then G decode steps of one token each, the
- * fastest so far of each kept in *best_prefill / *best_decode (seconds) */
+ * fastest so far of each kept in *best_prefill / *best_decode (seconds), this run's decode time
+ * in *decode_s when not NULL */
 static int bench_pass(kv_state *s, const int32_t *tokens, int P, int G, const kv_forward_opts *fo,
-                      double *best_prefill, double *best_decode, kv_error *err) {
+                      double *best_prefill, double *best_decode, double *decode_s, kv_error *err) {
     kv_state_reset(s);
     double t = cli_now();
     if (kv_forward(s, tokens, P, fo, NULL, err)) return -1;
@@ -353,7 +356,19 @@ static int bench_pass(kv_state *s, const int32_t *tokens, int P, int G, const kv
         if (kv_forward(s, tokens + P + i, 1, fo, NULL, err)) return -1;
     dt = cli_now() - t;
     if (dt < *best_decode) *best_decode = dt;
+    if (decode_s) *decode_s = dt;
     return 0;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* the median of v [n] (n >= 1; sorts v) */
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 static int run_bench(const run_args *a) {
@@ -363,6 +378,8 @@ static int run_bench(const run_args *a) {
     kv_state s = {0};
     int status = EXIT_FAIL;
     int32_t *prompt = NULL;
+    kv_read_loop *rl = NULL;
+    double *paired_loop = NULL, *paired_ratio = NULL; /* [repeat] */
     if (open_model(a, &b, &m, &err)) return cli_fail(TOOL, &err);
     const int P = (int)a->prompt_len, G = a->max_tokens_set ? (int)a->max_tokens : 64;
     if (P + G > m.dims.max_pos) {
@@ -382,27 +399,6 @@ static int run_bench(const run_args *a) {
     }
     double best_prefill = 1e30, best_decode = 1e30;
     const kv_forward_opts fo = {.logits = KV_LOGITS_LAST, .prefill = a->prefill};
-    /* CPU baselines of the same run: a read loop (sampled before and after the timings, the
-     * best counts) and a large F32 GEMM */
-    const int cpu = b.device == KV_DEVICE_CPU;
-    double read_gbps = 0, read2 = 0, gemm_gflops = 0;
-    if (cpu && (kv_read_loop_gbps(&read_gbps, BENCH_READ_BYTES, 3, &err) ||
-                kv_gemm_gflops(&gemm_gflops, BENCH_GEMM_N, 3, &err)))
-        goto fail;
-    /* decode from context 1 (a 1-token prompt, then the same G steps) is timed in every repeat
-     * next to the main case, so the context ratio pairs timings of one run, under the same
-     * machine load; with P = 1 the main case is that case */
-    double best_start = 1e30, prefill_1 = 1e30;
-    for (long r = 0; r < a->repeat; r++)
-        if ((P > 1 && bench_pass(&s, prompt, 1, G, &fo, &prefill_1, &best_start, &err)) ||
-            bench_pass(&s, prompt, P, G, &fo, &best_prefill, &best_decode, &err))
-            goto fail;
-    if (cpu && kv_read_loop_gbps(&read2, BENCH_READ_BYTES, 3, &err)) goto fail;
-    if (read2 > read_gbps) read_gbps = read2;
-    const double prefill_tps = P / best_prefill, decode_tps = G / best_decode;
-    const double start_tps = G / (P > 1 ? best_start : best_decode);
-    const double prefill_tflops = kv_model_prefill_flops(&m, P) / best_prefill / 1e12;
-    const size_t per_token = s.cache.bytes / (size_t)s.max_seq;
     /* bytes one decode step reads: the weights, and every layer's K and V rows of the positions
      * it sees (P + 1 .. P + G, on average P + (G + 1) / 2; at most W with a sliding window) */
     const double seen = P + (G + 1) / 2.0;
@@ -412,6 +408,52 @@ static int run_bench(const run_args *a) {
         kv_read += 2.0 * m.dims.kv_dim * (double)s.cache.elem * (w > 0 && w < seen ? w : seen);
     }
     const double step_read = (double)m.step_bytes + kv_read;
+    /* CPU baselines of the same run: a read loop (best of 512 MiB passes before and after the
+     * timings) and a large F32 GEMM; and, paired with each repeat, the read loop over as many
+     * bytes as its decode steps read, just before them (bandwidth that comes and goes on a
+     * shared machine then meets both alike) */
+    const int cpu = b.device == KV_DEVICE_CPU;
+    double read_gbps = 0, gemm_gflops = 0;
+    const int sweeps = (int)(G * step_read / (double)BENCH_READ_BYTES + 0.5) > 0
+                           ? (int)(G * step_read / (double)BENCH_READ_BYTES + 0.5)
+                           : 1;
+    paired_loop = calloc((size_t)a->repeat, sizeof(double));
+    paired_ratio = calloc((size_t)a->repeat, sizeof(double));
+    if (!paired_loop || !paired_ratio) {
+        kv_fail(&err, KV_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if (cpu && (kv_read_loop_init(&rl, BENCH_READ_BYTES, &err) ||
+                kv_gemm_gflops(&gemm_gflops, BENCH_GEMM_N, 3, &err)))
+        goto fail;
+    for (int r = 0; cpu && r < 3; r++) {
+        const double g = kv_read_loop_run(rl, 1);
+        if (g > read_gbps) read_gbps = g;
+    }
+    /* decode from context 1 (a 1-token prompt, then the same G steps) is timed in every repeat
+     * next to the main case, so the context ratio pairs timings of one run, under the same
+     * machine load; with P = 1 the main case is that case */
+    double best_start = 1e30, prefill_1 = 1e30;
+    for (long r = 0; r < a->repeat; r++) {
+        double decode_s = 0;
+        if (P > 1 && bench_pass(&s, prompt, 1, G, &fo, &prefill_1, &best_start, NULL, &err))
+            goto fail;
+        if (cpu) paired_loop[r] = kv_read_loop_run(rl, sweeps);
+        if (bench_pass(&s, prompt, P, G, &fo, &best_prefill, &best_decode, &decode_s, &err))
+            goto fail;
+        if (cpu && paired_loop[r] > 0 && decode_s > 0)
+            paired_ratio[r] = step_read * G / decode_s / 1e9 / paired_loop[r];
+    }
+    for (int r = 0; cpu && r < 3; r++) {
+        const double g = kv_read_loop_run(rl, 1);
+        if (g > read_gbps) read_gbps = g;
+    }
+    const double paired_gbps = cpu ? median(paired_loop, (int)a->repeat) : 0.0;
+    const double paired = cpu ? median(paired_ratio, (int)a->repeat) : 0.0;
+    const double prefill_tps = P / best_prefill, decode_tps = G / best_decode;
+    const double start_tps = G / (P > 1 ? best_start : best_decode);
+    const double prefill_tflops = kv_model_prefill_flops(&m, P) / best_prefill / 1e12;
+    const size_t per_token = s.cache.bytes / (size_t)s.max_seq;
     const double decode_gbps = step_read * decode_tps / 1e9, prefill_gflops = prefill_tflops * 1e3;
     /* the matrix-vector variant a CPU decode step runs for the held weights (gemv.h) */
     const char *decode_kernel = cpu ? kv_gemv_isa_name(kv_gemv_isa_for(m.mat_type)) : "cuda";
@@ -427,14 +469,15 @@ static int run_bench(const run_args *a) {
                "\"read_loop_gb_per_s\": %.3f, \"decode_read_loop_ratio\": %.4f, "
                "\"prefill_gflop_per_s\": %.3f, \"gemm_gflop_per_s\": %.3f, "
                "\"prefill_gemm_ratio\": %.4f, \"decode_at_1_tokens_per_s\": %.2f, "
-               "\"decode_context_ratio\": %.4f}\n",
+               "\"decode_context_ratio\": %.4f, \"read_loop_paired_gb_per_s\": %.3f, "
+               "\"decode_read_loop_paired_ratio\": %.4f}\n",
                a->model_dir, m.cfg.map.name, b.name, kv_kernels_threads(), openblas_get_corename(),
                decode_kernel, P, G, prefill_tps, decode_tps, kv_dtype_name(s.cache.dtype),
                s.cache.bytes, per_token, m.step_bytes, m.step_bytes * decode_tps / 1e9,
                prefill_tflops, kv_dtype_name(m.mat_type), step_read, decode_gbps, read_gbps,
                read_gbps > 0 ? decode_gbps / read_gbps : 0.0, prefill_gflops, gemm_gflops,
                gemm_gflops > 0 ? prefill_gflops / gemm_gflops : 0.0, start_tps,
-               decode_tps / start_tps);
+               decode_tps / start_tps, paired_gbps, paired);
     else
         printf("%s (%s, %s, OpenBLAS %s, decode kernel %s): prefill %d tokens %.1f tok/s (%.3g "
                "model TFLOP/s); "
@@ -451,9 +494,16 @@ static int run_bench(const run_args *a) {
                step_read, decode_gbps, read_gbps > 0 ? decode_gbps / read_gbps : 0.0, read_gbps,
                prefill_gflops, gemm_gflops > 0 ? prefill_gflops / gemm_gflops : 0.0, BENCH_GEMM_N,
                gemm_gflops);
+    if (!a->json && cpu)
+        printf("  paired: the read loop over each repeat's decode bytes just before its decode "
+               "steps, %.2f GB/s (median); decode over it %.2f (median of %ld)\n",
+               paired_gbps, paired, a->repeat);
     status = 0;
 fail:
     if (status) cli_fail(TOOL, &err);
+    kv_read_loop_free(rl);
+    free(paired_loop);
+    free(paired_ratio);
     free(prompt);
     if (s.model) kv_state_free(&s);
     kv_model_free(&m);

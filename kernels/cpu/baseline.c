@@ -65,32 +65,56 @@ __attribute__((target("avx2"))) static void read_item_avx2(void *ctx, int item, 
 #define read_item_avx2 read_item
 #endif
 
-int kv_read_loop_gbps(double *gbps, size_t bytes, int passes, kv_error *err) {
-    kv_arena a;
+struct kv_read_loop {
+    kv_arena arena;
+    read_job job;
+    int workers;
+    void (*item_fn)(void *, int, int);
+};
+
+int kv_read_loop_init(kv_read_loop **out, size_t bytes, kv_error *err) {
+    *out = NULL;
+    kv_read_loop *rl = calloc(1, sizeof *rl);
+    if (!rl) return kv_fail(err, KV_ENOMEM, "read loop: out of memory");
     const size_t n = bytes / sizeof(uint64_t);
-    int rc = kv_arena_init(&a, n * sizeof(uint64_t), "read loop", err);
-    if (rc) return rc;
-    read_job *j = calloc(1, sizeof *j);
-    if (!j) {
-        kv_arena_free(&a);
-        return kv_fail(err, KV_ENOMEM, "read loop: out of memory");
+    int rc = kv_arena_init(&rl->arena, n * sizeof(uint64_t), "read loop", err);
+    if (rc) {
+        free(rl);
+        return rc;
     }
-    uint64_t *p = (uint64_t *)a.base;
+    uint64_t *p = (uint64_t *)rl->arena.base;
     for (size_t i = 0; i < n; i++) p[i] = i;
-    j->p = p, j->n = n;
-    const int workers = kv_kernels_threads() < READ_ITEMS ? kv_kernels_threads() : READ_ITEMS;
-    void (*item_fn)(void *, int, int) =
-        kv_gemv_isa_supported(KV_GEMV_AVX2) ? read_item_avx2 : read_item;
+    rl->job.p = p, rl->job.n = n;
+    rl->workers = kv_kernels_threads() < READ_ITEMS ? kv_kernels_threads() : READ_ITEMS;
+    rl->item_fn = kv_gemv_isa_supported(KV_GEMV_AVX2) ? read_item_avx2 : read_item;
+    *out = rl;
+    return 0;
+}
+
+double kv_read_loop_run(kv_read_loop *rl, int sweeps) {
+    const double t = seconds();
+    for (int s = 0; s < sweeps; s++)
+        kv_parallel_for(READ_ITEMS, rl->workers, rl->item_fn, &rl->job);
+    const double dt = seconds() - t;
+    return dt > 0 ? (double)sweeps * (double)rl->job.n * sizeof(uint64_t) / dt / 1e9 : 0.0;
+}
+
+void kv_read_loop_free(kv_read_loop *rl) {
+    if (!rl) return;
+    kv_arena_free(&rl->arena);
+    free(rl);
+}
+
+int kv_read_loop_gbps(double *gbps, size_t bytes, int passes, kv_error *err) {
+    kv_read_loop *rl;
+    int rc = kv_read_loop_init(&rl, bytes, err);
+    if (rc) return rc;
     double best = 0;
     for (int r = 0; r < passes; r++) {
-        const double t = seconds();
-        kv_parallel_for(READ_ITEMS, workers, item_fn, j);
-        const double dt = seconds() - t;
-        if (dt > 0 && (double)n * sizeof(uint64_t) / dt / 1e9 > best)
-            best = (double)n * sizeof(uint64_t) / dt / 1e9;
+        const double g = kv_read_loop_run(rl, 1);
+        if (g > best) best = g;
     }
-    free(j);
-    kv_arena_free(&a);
+    kv_read_loop_free(rl);
     *gbps = best;
     return 0;
 }

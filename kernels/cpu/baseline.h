@@ -12,6 +12,14 @@
  * written once first) split over the kernel threads; 0, or KV_ENOMEM */
 int kv_read_loop_gbps(double *gbps, size_t bytes, int passes, kv_error *err);
 
+/* The same loop kept for samples of any length: init writes the buffer once; kv_read_loop_run
+ * times `sweeps` passes over it back to back and gives their GB/s (one figure for the whole
+ * stretch, as a decode run of as many bytes gives one); free releases it. */
+typedef struct kv_read_loop kv_read_loop;
+int kv_read_loop_init(kv_read_loop **rl, size_t bytes, kv_error *err);
+double kv_read_loop_run(kv_read_loop *rl, int sweeps);
+void kv_read_loop_free(kv_read_loop *rl);
+
 /* best GFLOP/s (2 n^3 per product) of `passes` F32 products [n, n] x [n, n]^T through kv_matmul
  * (OpenBLAS sgemm on the kernel threads); 0, or KV_ENOMEM */
 int kv_gemm_gflops(double *gflops, int n, int passes, kv_error *err);
