@@ -4,7 +4,8 @@
  * for each gemv variant this CPU runs (KV_CPU_ISA's names), F32 and BF16 weights, 1 thread and
  * --threads N (default 2). Prints the best pass of --repeat N (default 15) in ms and GB/s, its
  * ratio to the read loop over 512 MiB on as many threads, and the cost of one empty
- * kv_parallel_for call on the kernel threads (what every parallel kernel of a decode step pays).
+ * kv_parallel_for call on the kernel threads (what every parallel kernel of a decode step pays),
+ * then decode's pass shapes one at a time with the default variant (one_shape_rows).
  * Usage: gemv_bench [--threads N] [--repeat N] */
 #include <stdint.h>
 #include <stdio.h>
@@ -18,6 +19,10 @@
 #include "kernels/kernels.h"
 
 enum { LAYERS = 12, HIDDEN = 768, FFN = 2048, VOCAB = 32000, EMPTY_CALLS = 20000 };
+enum {
+    FFN_1B = 5632,
+    X_LEN = FFN_1B
+}; /* TinyLlama-1.1B's intermediate size; x holds the longest row */
 
 /* elements of all the step's matrices */
 static size_t step_elems(void) {
@@ -25,7 +30,7 @@ static size_t step_elems(void) {
            (size_t)VOCAB * HIDDEN;
 }
 
-/* one decode step's products over W (the matrices back to back); y [VOCAB], x [FFN] */
+/* one decode step's products over W (the matrices back to back); y [VOCAB], x [X_LEN] */
 static void step(float *y, const float *x, const char *W, kv_dtype dt) {
     const size_t es = kv_dtype_size(dt);
     for (int l = 0; l < LAYERS; l++) {
@@ -41,6 +46,41 @@ static void step(float *y, const float *x, const char *W, kv_dtype dt) {
 }
 
 static void nothing(void *ctx, int item, int worker) { (void)ctx, (void)item, (void)worker; }
+
+/* One shape at a time, the default variant: as many matrices of the shape as fill SHAPE_BYTES of
+ * W, back to back (each pass from memory, one after another as a decode step reads them); the
+ * best of `repeat` over the read loop. On 2 threads each pass pays for starting its workers and
+ * their streams, so short passes read less of the loop than long ones (docs/RESULTS.md, round 8):
+ * the shapes of decode's passes, 110M's (q|k|v, gate|up joined) and 1.1B's down_proj. */
+enum { SHAPE_BYTES = 256 << 20 };
+
+static void one_shape_rows(float *y, const float *x, const char *W, kv_dtype dt, int repeat,
+                           double loop) {
+    static const struct {
+        int n_out, n_in;
+        const char *what;
+    } shapes[] = {{HIDDEN, HIDDEN, "o_proj"},
+                  {3 * HIDDEN, HIDDEN, "q|k|v"},
+                  {2 * FFN, HIDDEN, "gate|up"},
+                  {HIDDEN, FFN, "down_proj"},
+                  {FFN, FFN_1B, "1.1B down_proj"}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        const size_t each = (size_t)shapes[k].n_out * (size_t)shapes[k].n_in * kv_dtype_size(dt);
+        const size_t count = SHAPE_BYTES / each;
+        double best = 1e30;
+        for (int r = 0; r < repeat; r++) {
+            const double s = bench_seconds();
+            for (size_t m = 0; m < count; m++)
+                kv_gemv(y, x, W + m * each, dt, NULL, shapes[k].n_in, shapes[k].n_out, 0);
+            const double dt_s = bench_seconds() - s;
+            if (dt_s < best) best = dt_s;
+        }
+        const double gbps = (double)(count * each) / best / 1e9;
+        printf("  %-4s %5d x %-5d %-15s %6.1f GB/s  = %.2f x the read loop (%.2f MB a pass)\n",
+               kv_dtype_name(dt), shapes[k].n_out, shapes[k].n_in, shapes[k].what, gbps,
+               gbps / loop, (double)each / 1e6);
+    }
+}
 
 int main(int argc, char **argv) {
     int threads = 2, repeat = 15;
@@ -62,12 +102,12 @@ int main(int argc, char **argv) {
     char *W = NULL;
     float *x = NULL, *y = NULL;
     if (posix_memalign((void **)&W, 64, n * sizeof(float)) ||
-        posix_memalign((void **)&x, 64, sizeof(float) * FFN) ||
+        posix_memalign((void **)&x, 64, sizeof(float) * X_LEN) ||
         posix_memalign((void **)&y, 64, sizeof(float) * VOCAB)) {
         fprintf(stderr, "gemv_bench: out of memory\n");
         return 1;
     }
-    for (int i = 0; i < FFN; i++) x[i] = 0.01f * (float)(i % 13) - 0.05f;
+    for (int i = 0; i < X_LEN; i++) x[i] = 0.01f * (float)(i % 13) - 0.05f;
     const int counts[2] = {1, threads};
     for (int c = 0; c < (threads > 1 ? 2 : 1); c++) {
         double loop = 0;
@@ -107,6 +147,7 @@ int main(int argc, char **argv) {
                        bytes / best / 1e9, bytes / best / 1e9 / loop);
             }
             kv_gemv_force(KV_GEMV_N_ISA);
+            one_shape_rows(y, x, W, dt, repeat, loop);
         }
     }
     free(W), free(x), free(y);
