@@ -277,13 +277,21 @@ static void deinterleave_x(float *xd, const float *x, int n) {
     for (; b < n; b++) xd[b] = x[b];
 }
 
+/* The even/odd loop's prefetch: 3 KB ahead, non-temporal (each weight line is read once per
+ * token). On the Zen 5 VM of 2026-12-06, alternating in one process over 256 MiB of BF16
+ * matrices, against the T0 hint 2 KB ahead the other loops use: 1.05-1.12x on 1 thread and
+ * 1.04-1.23x on 2 for every decode shape of 110M and 1.1B (docs/RESULTS.md, round 8); 4 KB was
+ * slower on rows of 2048. A hint: results are the same bits. */
+enum { EVENODD_PREFETCH_BYTES = 3072 };
+
 __attribute__((target("avx512f"))) static float dot_bf16_evenodd(const uint16_t *w, const float *xd,
                                                                  int n) {
     const __m512i odd = _mm512_set1_epi32((int)0xffff0000u);
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int i = 0;
     for (; i + 64 <= n; i += 64) {
-        GEMV_PREFETCH(w + i, 0), GEMV_PREFETCH(w + i, 64);
+        _mm_prefetch((const char *)(w + i) + EVENODD_PREFETCH_BYTES, _MM_HINT_NTA);
+        _mm_prefetch((const char *)(w + i) + EVENODD_PREFETCH_BYTES + 64, _MM_HINT_NTA);
         const __m512i v0 = _mm512_loadu_si512((const void *)(w + i));
         const __m512i v1 = _mm512_loadu_si512((const void *)(w + i + 32));
         a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)),
