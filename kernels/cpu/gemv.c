@@ -63,6 +63,17 @@ static float dot_f16_c(const uint16_t *w, const float *x, int n) { return dot_ha
 #define GEMV_PREFETCH(p, off)                                                                      \
     _mm_prefetch((const char *)(p) + KV_STREAM_PREFETCH_BYTES + (off), _MM_HINT_T0)
 
+/* The default loops on AVX-512 machines (F32 by AVX2, BF16 by the even/odd loop) prefetch 3 KB
+ * ahead with the non-temporal hint instead: each weight line is read once per token. Measured on
+ * Zen 5 only; machines without AVX-512 keep the T0 hint. On the Zen 5
+ * VM of 2026-12-06, alternating in one process over 256 MiB of matrices of each decode shape of
+ * 110M and 1.1B, against the T0 hint 2 KB ahead: BF16 1.05-1.12x on 1 thread and 1.04-1.23x on
+ * 2, F32 1.07-1.11x and 1.09-1.34x (docs/RESULTS.md, round 8); 4 KB ahead was slower on rows of
+ * 2048. A hint: the results are the same bits. */
+#define GEMV_NTA_BYTES 3072
+#define GEMV_PREFETCH_NTA(p, off)                                                                  \
+    _mm_prefetch((const char *)(p) + GEMV_NTA_BYTES + (off), _MM_HINT_NTA)
+
 /* ---- AVX2 + FMA: 4 accumulators of 8 lanes; the tail (< 8) zero-padded through a buffer ---- */
 
 __attribute__((target("avx2,fma"))) static float hsum256(__m256 v) {
@@ -77,13 +88,14 @@ __attribute__((target("avx2,fma"))) static __m256 bf16x8_avx2(const uint16_t *p)
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-__attribute__((target("avx2,fma"))) static float dot_f32_avx2(const float *w, const float *x,
-                                                              int n) {
+/* nta: the non-temporal prefetch 3 KB ahead (a constant where inlined), else T0 2 KB ahead */
+__attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) float
+dot_f32_avx2_pf(const float *w, const float *x, int n, int nta) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int i = 0;
     for (; i + 32 <= n; i += 32) {
-        GEMV_PREFETCH(w + i, 0);
-        GEMV_PREFETCH(w + i, 64);
+        if (nta) GEMV_PREFETCH_NTA(w + i, 0), GEMV_PREFETCH_NTA(w + i, 64);
+        else GEMV_PREFETCH(w + i, 0), GEMV_PREFETCH(w + i, 64);
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
         a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
         a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
@@ -98,6 +110,18 @@ __attribute__((target("avx2,fma"))) static float dot_f32_avx2(const float *w, co
         a1 = _mm256_fmadd_ps(_mm256_loadu_ps(wt), _mm256_loadu_ps(xt), a1);
     }
     return hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+}
+
+/* T0 2 KB ahead where there is no AVX-512 (measured best on the Xeon VM, round 5); the
+ * non-temporal hint where there is (f32_dot picks) */
+__attribute__((target("avx2,fma"))) static float dot_f32_avx2(const float *w, const float *x,
+                                                              int n) {
+    return dot_f32_avx2_pf(w, x, n, 0);
+}
+
+__attribute__((target("avx2,fma"))) static float dot_f32_avx2_nta(const float *w, const float *x,
+                                                                  int n) {
+    return dot_f32_avx2_pf(w, x, n, 1);
 }
 
 /* 8 F16 weights as F32 (exact: vcvtph2ps) */
@@ -277,21 +301,13 @@ static void deinterleave_x(float *xd, const float *x, int n) {
     for (; b < n; b++) xd[b] = x[b];
 }
 
-/* The even/odd loop's prefetch: 3 KB ahead, non-temporal (each weight line is read once per
- * token). On the Zen 5 VM of 2026-12-06, alternating in one process over 256 MiB of BF16
- * matrices, against the T0 hint 2 KB ahead the other loops use: 1.05-1.12x on 1 thread and
- * 1.04-1.23x on 2 for every decode shape of 110M and 1.1B (docs/RESULTS.md, round 8); 4 KB was
- * slower on rows of 2048. A hint: results are the same bits. */
-enum { EVENODD_PREFETCH_BYTES = 3072 };
-
 __attribute__((target("avx512f"))) static float dot_bf16_evenodd(const uint16_t *w, const float *xd,
                                                                  int n) {
     const __m512i odd = _mm512_set1_epi32((int)0xffff0000u);
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int i = 0;
     for (; i + 64 <= n; i += 64) {
-        _mm_prefetch((const char *)(w + i) + EVENODD_PREFETCH_BYTES, _MM_HINT_NTA);
-        _mm_prefetch((const char *)(w + i) + EVENODD_PREFETCH_BYTES + 64, _MM_HINT_NTA);
+        GEMV_PREFETCH_NTA(w + i, 0), GEMV_PREFETCH_NTA(w + i, 64);
         const __m512i v0 = _mm512_loadu_si512((const void *)(w + i));
         const __m512i v1 = _mm512_loadu_si512((const void *)(w + i + 32));
         a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)),
@@ -511,17 +527,27 @@ static dot_half_fn half_dot(kv_gemv_isa isa, kv_dtype w_type) {
     return w_type == KV_BF16 ? dot_bf16[isa] : dot_f16[isa];
 }
 
+/* the dot product of an F32 row for isa: AVX2's with the non-temporal prefetch where the CPU has
+ * AVX-512 */
+static dot_f32_fn f32_dot(kv_gemv_isa isa) {
+#if KV_GEMV_X86
+    if (isa == KV_GEMV_AVX2 && cpu_has[KV_GEMV_AVX512]) return dot_f32_avx2_nta;
+#endif
+    return dot_f32[isa];
+}
+
 /* rows [o0, o1) of y (+)= W x (+ bias) with isa: BF16 rows against xp when prep_for gave one,
  * else each row's dot product from the tables */
 static void rows_run(kv_gemv_isa isa, float *y, const float *x, const void *xp, const void *W,
                      kv_dtype w_type, const float *bias, int n_in, int o0, int o1, int accumulate) {
     const dot_half_fn dot_half =
         w_type == KV_BF16 || w_type == KV_F16 ? half_dot(isa, w_type) : NULL;
+    const dot_f32_fn dot = dot_half ? NULL : f32_dot(isa);
     for (int o = o0; o < o1; o++) {
         const size_t off = (size_t)o * (size_t)n_in;
         float s = xp         ? dot_prepared(isa, (const uint16_t *)W + off, xp, n_in)
                   : dot_half ? dot_half((const uint16_t *)W + off, x, n_in)
-                             : dot_f32[isa]((const float *)W + off, x, n_in);
+                             : dot((const float *)W + off, x, n_in);
         if (accumulate) s = y[o] + s;
         if (bias) s += bias[o];
         y[o] = s;
