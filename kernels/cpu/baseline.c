@@ -99,6 +99,15 @@ double kv_read_loop_run(kv_read_loop *rl, int sweeps) {
     return dt > 0 ? (double)sweeps * (double)rl->job.n * sizeof(uint64_t) / dt / 1e9 : 0.0;
 }
 
+double kv_read_loop_best(kv_read_loop *rl, int passes) {
+    double best = 0;
+    for (int r = 0; r < passes; r++) {
+        const double g = kv_read_loop_run(rl, 1);
+        if (g > best) best = g;
+    }
+    return best;
+}
+
 void kv_read_loop_free(kv_read_loop *rl) {
     if (!rl) return;
     kv_arena_free(&rl->arena);
@@ -109,13 +118,8 @@ int kv_read_loop_gbps(double *gbps, size_t bytes, int passes, kv_error *err) {
     kv_read_loop *rl;
     int rc = kv_read_loop_init(&rl, bytes, err);
     if (rc) return rc;
-    double best = 0;
-    for (int r = 0; r < passes; r++) {
-        const double g = kv_read_loop_run(rl, 1);
-        if (g > best) best = g;
-    }
+    *gbps = kv_read_loop_best(rl, passes);
     kv_read_loop_free(rl);
-    *gbps = best;
     return 0;
 }
 

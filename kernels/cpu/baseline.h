@@ -18,6 +18,8 @@ int kv_read_loop_gbps(double *gbps, size_t bytes, int passes, kv_error *err);
 typedef struct kv_read_loop kv_read_loop;
 int kv_read_loop_init(kv_read_loop **rl, size_t bytes, kv_error *err);
 double kv_read_loop_run(kv_read_loop *rl, int sweeps);
+/* the best GB/s of `passes` runs of one sweep each */
+double kv_read_loop_best(kv_read_loop *rl, int passes);
 void kv_read_loop_free(kv_read_loop *rl);
 
 /* best GFLOP/s (2 n^3 per product) of `passes` F32 products [n, n] x [n, n]^T through kv_matmul

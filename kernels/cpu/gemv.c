@@ -64,12 +64,12 @@ static float dot_f16_c(const uint16_t *w, const float *x, int n) { return dot_ha
     _mm_prefetch((const char *)(p) + KV_STREAM_PREFETCH_BYTES + (off), _MM_HINT_T0)
 
 /* The default loops on AVX-512 machines (F32 by AVX2, BF16 by the even/odd loop) prefetch 3 KB
- * ahead with the non-temporal hint instead: each weight line is read once per token. Measured on
- * Zen 5 only; machines without AVX-512 keep the T0 hint. On the Zen 5
+ * ahead with the non-temporal hint instead: each weight line is read once per token. On the Zen 5
  * VM of 2026-12-06, alternating in one process over 256 MiB of matrices of each decode shape of
  * 110M and 1.1B, against the T0 hint 2 KB ahead: BF16 1.05-1.12x on 1 thread and 1.04-1.23x on
  * 2, F32 1.07-1.11x and 1.09-1.34x (docs/RESULTS.md, round 8); 4 KB ahead was slower on rows of
- * 2048. A hint: the results are the same bits. */
+ * 2048. Measured on Zen 5 only: machines without AVX-512 keep the T0 hint. A hint: the results
+ * are the same bits. */
 #define GEMV_NTA_BYTES 3072
 #define GEMV_PREFETCH_NTA(p, off)                                                                  \
     _mm_prefetch((const char *)(p) + GEMV_NTA_BYTES + (off), _MM_HINT_NTA)
@@ -588,8 +588,9 @@ enum { GEMV_ROWS_PER_ITEM = 16 };
 /* The worker to start on the next call's first rows: the one that took the last rows of this
  * call. A decode step reads its matrices in the order they lie in the model's arena, one after
  * another, so that worker's memory stream carries on into the next matrix instead of starting
- * cold (at 2 threads a 768 x 768 BF16 matrix streamed at about 0.7 of the read loop with every
- * worker starting afresh, 0.8 with each going on: bench/gemv_bench). A hint only. */
+ * cold (at 2 threads 768 x 768 BF16 passes streamed at 0.68 of the read loop with every worker
+ * starting afresh, 0.80-0.83 with each going on; this lead gains 1-4%: docs/RESULTS.md, round
+ * 8). A hint only. */
 static atomic_int gemv_lead;
 
 typedef struct {
