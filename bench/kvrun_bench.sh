@@ -5,7 +5,8 @@
 # as ratios (goal in brackets):
 #   decode@512 GB/s (weights + KV cache read per token) / the read loop of the same run [>= 0.85]
 #     (and, paired, the median over repeats of a repeat's decode GB/s over the read loop run
-#     across as many bytes just before it)
+#     across as many bytes just before it; and the same over the read loop across the very bytes
+#     a decode step reads, its weights and K/V rows, "step")
 #   BF16 decode tok/s / F32 decode tok/s at 512                                        [>= 1.8]
 #   prefill 512 GFLOP/s / a 1024^3 F32 GEMM of the same run                            [>= 0.6]
 #   prefill 512 tok/s with 2 threads / 1 thread                                        [>= 1.7]
@@ -45,7 +46,8 @@ for shape in $SHAPES; do
             f=$J/$pre$dt.t$t.p512.json
             echo "$tag $dt ${t}t: decode@512 $(field decode_gb_per_s "$f") GB/s / read loop" \
                 "$(field read_loop_gb_per_s "$f") GB/s = $(field decode_read_loop_ratio "$f") [>= 0.85]" \
-                "(paired: $(field decode_read_loop_paired_ratio "$f") of $(field read_loop_paired_gb_per_s "$f") GB/s);" \
+                "(paired: $(field decode_read_loop_paired_ratio "$f") of $(field read_loop_paired_gb_per_s "$f") GB/s;" \
+                "step: $(field decode_step_read_loop_ratio "$f") of $(field step_read_loop_gb_per_s "$f") GB/s);" \
                 "prefill 512 $(field prefill_gflop_per_s "$f") GFLOP/s / GEMM" \
                 "$(field gemm_gflop_per_s "$f") = $(field prefill_gemm_ratio "$f") [>= 0.6];" \
                 "decode@512 / decode@1 = $(field decode_context_ratio "$f") [>= 0.85]"

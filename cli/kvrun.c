@@ -44,7 +44,9 @@ static void usage(void) {
         "                         both measured in the same run, and decode from context 1\n"
         "                         timed in each repeat (the context ratio pairs them); the\n"
         "                         read loop also runs over each repeat's decode bytes just\n"
-        "                         before its decode steps (the paired ratio, a median)\n"
+        "                         before its decode steps (the paired ratio, a median), and\n"
+        "                         over the very bytes a decode step reads (its weights and\n"
+        "                         K/V rows), G sweeps before them (the step ratio, a median)\n"
         "  --logits-out FILE      write every position's logits [T, vocab] (F32) and the token\n"
         "                         ids to FILE, a safetensors file (the name is used as given,\n"
         "                         e.g. out.safetensors); input from --text or --tokens\n"
@@ -371,6 +373,40 @@ static double median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+/* what a decode step at context ctx reads, as spans of host memory: every weight matrix it runs
+ * (each layer's projections, the LM head) and, layer by layer, each KV head's K and V rows of
+ * the positions it sees (at most its window, or its ring); *spans malloc'd, NULL on failure */
+static kv_span *step_spans(const kv_model *m, const kv_state *s, int ctx, int *n_spans) {
+    const int L = m->dims.n_layers, nkv = m->dims.n_kv_heads;
+    const size_t H = (size_t)m->dims.hidden, Q = (size_t)m->dims.q_dim, KV = (size_t)m->dims.kv_dim,
+                 F = (size_t)m->dims.ffn, es = kv_dtype_size(m->mat_type);
+    kv_span *sp = malloc(sizeof *sp * ((size_t)L * (7 + 2 * (size_t)nkv) + 1));
+    int n = 0;
+    if (!sp) return NULL;
+    sp[n++] = (kv_span){m->lm_head, (size_t)m->dims.vocab * H * es};
+    const size_t row_bytes = (size_t)m->dims.head_dim * s->cache.elem;
+    for (int i = 0; i < L; i++) {
+        const kv_layer_weights *w = &m->layers[i];
+        sp[n++] = (kv_span){w->wq, Q * H * es};
+        if (w->wk) sp[n++] = (kv_span){w->wk, KV * H * es};
+        if (w->wv) sp[n++] = (kv_span){w->wv, KV * H * es};
+        sp[n++] = (kv_span){w->wo, H * Q * es};
+        sp[n++] = (kv_span){w->w_gate, F * H * es};
+        sp[n++] = (kv_span){w->w_up, F * H * es};
+        sp[n++] = (kv_span){w->w_down, H * F * es};
+        const int rows_held = kv_cache_head_rows(&s->cache, i), win = m->cfg.layer_window[i];
+        int rows = ctx < rows_held ? ctx : rows_held;
+        if (win > 0 && win < rows) rows = win;
+        for (int g = 0; g < nkv; g++) {
+            const size_t at = (size_t)g * rows_held * row_bytes;
+            sp[n++] = (kv_span){(const char *)kv_cache_k(&s->cache, i) + at, rows * row_bytes};
+            sp[n++] = (kv_span){(const char *)kv_cache_v(&s->cache, i) + at, rows * row_bytes};
+        }
+    }
+    *n_spans = n;
+    return sp;
+}
+
 static int run_bench(const run_args *a) {
     kv_error err = {0};
     kv_backend b;
@@ -378,8 +414,10 @@ static int run_bench(const run_args *a) {
     kv_state s = {0};
     int status = EXIT_FAIL;
     int32_t *prompt = NULL;
-    kv_read_loop *rl = NULL;
-    double *paired_loop = NULL, *paired_ratio = NULL; /* [repeat] */
+    kv_read_loop *rl = NULL, *step_loop = NULL;
+    kv_span *spans = NULL;
+    /* [repeat] each */
+    double *paired_loop = NULL, *paired_ratio = NULL, *step_gbps = NULL, *step_ratio = NULL;
     if (open_model(a, &b, &m, &err)) return cli_fail(TOOL, &err);
     const int P = (int)a->prompt_len, G = a->max_tokens_set ? (int)a->max_tokens : 64;
     if (P + G > m.dims.max_pos) {
@@ -418,7 +456,9 @@ static int run_bench(const run_args *a) {
     const int sweeps = nearest_sweeps > 0 ? nearest_sweeps : 1;
     paired_loop = calloc((size_t)a->repeat, sizeof(double));
     paired_ratio = calloc((size_t)a->repeat, sizeof(double));
-    if (!paired_loop || !paired_ratio) {
+    step_gbps = calloc((size_t)a->repeat, sizeof(double));
+    step_ratio = calloc((size_t)a->repeat, sizeof(double));
+    if (!paired_loop || !paired_ratio || !step_gbps || !step_ratio) {
         kv_fail(&err, KV_ENOMEM, "out of memory");
         goto fail;
     }
@@ -426,6 +466,15 @@ static int run_bench(const run_args *a) {
                 kv_gemm_gflops(&gemm_gflops, BENCH_GEMM_N, 3, &err)))
         goto fail;
     if (cpu) read_gbps = kv_read_loop_best(rl, 3);
+    /* and the read loop over the very bytes a decode step reads (its weights, its K/V rows at
+     * the mid context), G sweeps just before each repeat's decode: the same pages, so where
+     * memory lands (huge pages or not, in the VM's host) meets both alike */
+    int n_spans = 0;
+    if (cpu && !(spans = step_spans(&m, &s, (int)seen, &n_spans))) {
+        kv_fail(&err, KV_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if (cpu && kv_read_loop_init_spans(&step_loop, spans, n_spans, &err)) goto fail;
     /* decode from context 1 (a 1-token prompt, then the same G steps) is timed in every repeat
      * next to the main case, so the context ratio pairs timings of one run, under the same
      * machine load; with P = 1 the main case is that case */
@@ -435,10 +484,13 @@ static int run_bench(const run_args *a) {
         if (P > 1 && bench_pass(&s, prompt, 1, G, &fo, &prefill_1, &best_start, NULL, &err))
             goto fail;
         if (cpu) paired_loop[r] = kv_read_loop_run(rl, sweeps);
+        if (cpu) step_gbps[r] = kv_read_loop_run(step_loop, G);
         if (bench_pass(&s, prompt, P, G, &fo, &best_prefill, &best_decode, &decode_s, &err))
             goto fail;
         if (cpu && paired_loop[r] > 0 && decode_s > 0)
             paired_ratio[r] = step_read * G / decode_s / 1e9 / paired_loop[r];
+        if (cpu && step_gbps[r] > 0 && decode_s > 0)
+            step_ratio[r] = step_read * G / decode_s / 1e9 / step_gbps[r];
     }
     if (cpu) {
         const double after = kv_read_loop_best(rl, 3);
@@ -446,6 +498,8 @@ static int run_bench(const run_args *a) {
     }
     const double paired_gbps = cpu ? median(paired_loop, (int)a->repeat) : 0.0;
     const double paired = cpu ? median(paired_ratio, (int)a->repeat) : 0.0;
+    const double step_loop_gbps = cpu ? median(step_gbps, (int)a->repeat) : 0.0;
+    const double step_loop_ratio = cpu ? median(step_ratio, (int)a->repeat) : 0.0;
     const double prefill_tps = P / best_prefill, decode_tps = G / best_decode;
     const double start_tps = G / (P > 1 ? best_start : best_decode);
     const double prefill_tflops = kv_model_prefill_flops(&m, P) / best_prefill / 1e12;
@@ -466,14 +520,15 @@ static int run_bench(const run_args *a) {
                "\"prefill_gflop_per_s\": %.3f, \"gemm_gflop_per_s\": %.3f, "
                "\"prefill_gemm_ratio\": %.4f, \"decode_at_1_tokens_per_s\": %.2f, "
                "\"decode_context_ratio\": %.4f, \"read_loop_paired_gb_per_s\": %.3f, "
-               "\"decode_read_loop_paired_ratio\": %.4f}\n",
+               "\"decode_read_loop_paired_ratio\": %.4f, \"step_read_loop_gb_per_s\": %.3f, "
+               "\"decode_step_read_loop_ratio\": %.4f}\n",
                a->model_dir, m.cfg.map.name, b.name, kv_kernels_threads(), openblas_get_corename(),
                decode_kernel, P, G, prefill_tps, decode_tps, kv_dtype_name(s.cache.dtype),
                s.cache.bytes, per_token, m.step_bytes, m.step_bytes * decode_tps / 1e9,
                prefill_tflops, kv_dtype_name(m.mat_type), step_read, decode_gbps, read_gbps,
                read_gbps > 0 ? decode_gbps / read_gbps : 0.0, prefill_gflops, gemm_gflops,
                gemm_gflops > 0 ? prefill_gflops / gemm_gflops : 0.0, start_tps,
-               decode_tps / start_tps, paired_gbps, paired);
+               decode_tps / start_tps, paired_gbps, paired, step_loop_gbps, step_loop_ratio);
     else
         printf("%s (%s, %s, OpenBLAS %s, decode kernel %s): prefill %d tokens %.1f tok/s (%.3g "
                "model TFLOP/s); "
@@ -494,12 +549,21 @@ static int run_bench(const run_args *a) {
         printf("  paired: the read loop over each repeat's decode bytes just before its decode "
                "steps, %.2f GB/s (median); decode over it %.2f (median of %ld)\n",
                paired_gbps, paired, a->repeat);
+    if (!a->json && cpu)
+        printf("  step loop: the read loop over the bytes a decode step reads (its weights and K/V "
+               "rows), G sweeps just before its decode steps, %.2f GB/s (median); decode over it "
+               "%.2f (median of %ld)\n",
+               step_loop_gbps, step_loop_ratio, a->repeat);
     status = 0;
 fail:
     if (status) cli_fail(TOOL, &err);
     kv_read_loop_free(rl);
+    kv_read_loop_free(step_loop);
+    free(spans);
     free(paired_loop);
     free(paired_ratio);
+    free(step_gbps);
+    free(step_ratio);
     free(prompt);
     if (s.model) kv_state_free(&s);
     kv_model_free(&m);

@@ -34,7 +34,7 @@ awk -v b="$(field weight_bytes_per_token "$B")" -v f="$(field weight_bytes_per_t
 for f in "$F" "$B"; do
     for k in read_loop_gb_per_s gemm_gflop_per_s decode_gb_per_s prefill_gflop_per_s \
         decode_read_loop_ratio prefill_gemm_ratio read_loop_paired_gb_per_s \
-        decode_read_loop_paired_ratio; do
+        decode_read_loop_paired_ratio step_read_loop_gb_per_s decode_step_read_loop_ratio; do
         awk -v x="$(field $k "$f")" 'BEGIN { exit !(x > 0) }' && ok || bad "$f: $k '$(field $k "$f")' not > 0"
     done
     # the ratios are the quotients of the fields printed
@@ -45,6 +45,9 @@ for f in "$F" "$B"; do
     awk -v r="$(field decode_read_loop_paired_ratio "$f")" -v a="$(field decode_gb_per_s "$f")" \
         -v b="$(field read_loop_paired_gb_per_s "$f")" 'BEGIN { d = r - a / b; exit !(d < 0.002 && d > -0.002) }' &&
         ok || bad "$f: decode_read_loop_paired_ratio is not decode_gb_per_s / read_loop_paired_gb_per_s"
+    awk -v r="$(field decode_step_read_loop_ratio "$f")" -v a="$(field decode_gb_per_s "$f")" \
+        -v b="$(field step_read_loop_gb_per_s "$f")" 'BEGIN { d = r - a / b; exit !(d < 0.002 && d > -0.002) }' &&
+        ok || bad "$f: decode_step_read_loop_ratio is not decode_gb_per_s / step_read_loop_gb_per_s"
 done
 # decode from context 1, timed in the same run: the context ratio is the quotient of the two
 # speeds, and with a 1-token prompt the main case is that case (ratio exactly 1)
@@ -60,4 +63,5 @@ expect_grep "x the read loop" "$TMP/out" "text names the read loop ratio"
 expect_grep "x a 1024^3 GEMM" "$TMP/out" "text names the GEMM ratio"
 expect_grep "from context 1 .* tok/s (ratio " "$TMP/out" "text names decode from context 1"
 expect_grep "paired: the read loop over each repeat's decode bytes" "$TMP/out" "text names the paired read loop"
+expect_grep "step loop: the read loop over the bytes a decode step reads" "$TMP/out" "text names the step read loop"
 done_tests cli_kvbench
