@@ -29,12 +29,12 @@ int main(void) {
     for (size_t i = 0; i < WORDS; i++) buf[i] = i * 0x9e3779b97f4a7c15ull + 1;
     const char *b = (const char *)buf;
     const kv_span spans[] = {
-        {b, 1000},                       /* aligned, a partial last block */
-        {b + 8, 4096},                   /* starts 24 bytes before a 32-byte boundary */
-        {b + 40, 100},                   /* shorter than one block after aligning: nothing */
-        {b + 64, 0},                     /* empty */
+        {b, 1000}, /* aligned, a partial last block */
+        {b + 8, 4096}, /* starts 24 bytes before a 32-byte boundary */
+        {b + 40, 100}, /* shorter than one block after aligning: nothing */
+        {b + 64, 0}, /* empty */
         {b + 4096, sizeof(uint64_t) * WORDS - 4096}, /* long: several chunks */
-        {b + 1, 3 * 128 + 31},           /* an odd start */
+        {b + 1, 3 * 128 + 31}, /* an odd start */
     };
     const int n = (int)(sizeof spans / sizeof spans[0]);
     size_t want_bytes = 0;

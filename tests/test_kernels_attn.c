@@ -271,11 +271,20 @@ static void to_heads(void *hm, const void *k, int rows, int nkv, int hd, int hea
  * with NaN: a read past a head's keys shows), 1 and 2 threads; and its argument checks */
 static void test_head_layout(void) {
     const int shapes[][8] = {/* T, pos0, nh, nkv, hd, window, ring, spare rows */
-                             {1, 0, 3, 3, 7, 0, 0, 5},       {1, 200, 8, 2, 64, 0, 0, 56},
-                             {37, 0, 6, 2, 9, 0, 0, 0},      {65, 3, 10, 2, 24, 0, 0, 3},
-                             {1, 129, 12, 12, 64, 0, 0, 31}, {19, 64, 6, 3, 40, 0, 0, 1},
-                             {21, 300, 4, 2, 32, 70, 90, 6}, {1, 700, 8, 1, 64, 100, 100, 0},
-                             {9, 70, 4, 4, 8, 20, 28, 4}};
+                             {1, 0, 3, 3, 7, 0, 0, 5},
+                             {1, 200, 8, 2, 64, 0, 0, 56},
+                             {37, 0, 6, 2, 9, 0, 0, 0},
+                             {65, 3, 10, 2, 24, 0, 0, 3},
+                             {1, 129, 12, 12, 64, 0, 0, 31},
+                             {19, 64, 6, 3, 40, 0, 0, 1},
+                             {21, 300, 4, 2, 32, 70, 90, 6},
+                             {1, 700, 8, 1, 64, 100, 100, 0},
+                             {9, 70, 4, 4, 8, 20, 28, 4},
+                             /* decode's BF16 rows of 64 dims (their own pass): across a block
+                                edge, fewer keys than a group of 8, a window without a ring */
+                             {3, 62, 4, 4, 64, 0, 0, 2},
+                             {1, 5, 2, 2, 64, 0, 0, 0},
+                             {2, 150, 4, 4, 64, 40, 0, 3}};
     int compared = 0;
     for (int isa = KV_GEMV_C; isa < KV_GEMV_N_ISA; isa++) {
         if (!kv_gemv_isa_supported((kv_gemv_isa)isa)) continue;

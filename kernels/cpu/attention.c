@@ -208,10 +208,10 @@ __attribute__((target("avx2"))) static inline void attn_v64_bf16_avx2(float *ar,
  * in registers across the keys, up to 64 dims at a time. Key s is row attn_row(s - base, ring) * st of
  * kf / vf (F32) or kh / vh (BF16); K rows are prefetched up to key pf_end - 1 (past the block when
  * the rows are the cache's, so the next block's first keys are on their way). */
-__attribute__((target("avx2"))) static inline void attn_row_block_avx2(
-    float *ar, float *m, float *l, float *score, const float *qr, const float *kf, const float *vf,
-    const uint16_t *kh, const uint16_t *vh, int bf16, size_t st, int base, int ring, int s0, int b,
-    int e, int pf_end, int hd, float scale) {
+__attribute__((target("avx2"))) static inline __attribute__((always_inline)) void
+attn_row_block_body(float *ar, float *m, float *l, float *score, const float *qr, const float *kf,
+                    const float *vf, const uint16_t *kh, const uint16_t *vh, int bf16, size_t st,
+                    int base, int ring, int s0, int b, int e, int pf_end, int hd, float scale) {
     float mb = *m;
     __m256 mbv = _mm256_set1_ps(mb);
     const __m256 scalev = _mm256_set1_ps(scale);
@@ -279,6 +279,24 @@ __attribute__((target("avx2"))) static inline void attn_row_block_avx2(
         attn_v_avx2(ar + d, score + (b - s0), vf, vh, bf16, d, st, base, ring, b, e, corrv, 1);
     *l = *l * corr + lsum;
     *m = mb;
+}
+
+/* the row pass for any rows (F32 or BF16, any stride, a ring or none) */
+__attribute__((target("avx2"))) static void attn_row_block_avx2(
+    float *ar, float *m, float *l, float *score, const float *qr, const float *kf, const float *vf,
+    const uint16_t *kh, const uint16_t *vh, int bf16, size_t st, int base, int ring, int s0, int b,
+    int e, int pf_end, int hd, float scale) {
+    attn_row_block_body(ar, m, l, score, qr, kf, vf, kh, vh, bf16, st, base, ring, s0, b, e, pf_end,
+                        hd, scale);
+}
+
+/* the same for decode's usual rows: BF16, 64 dims, a head's rows back to back (the cache's
+ * layout), no ring; the constants fold every key's row address into one pointer and an offset */
+__attribute__((target("avx2"))) static void attn_row_block_bf16_64(
+    float *ar, float *m, float *l, float *score, const float *qr, const uint16_t *kh,
+    const uint16_t *vh, int base, int s0, int b, int e, int pf_end, float scale) {
+    attn_row_block_body(ar, m, l, score, qr, NULL, NULL, kh, vh, 1, 64, base, 0, s0, b, e, pf_end,
+                        64, scale);
 }
 #define ATTN_DOT(avx2, ...)  ((avx2) ? attn_dot_row_avx2(__VA_ARGS__) : attn_dot_row(__VA_ARGS__))
 #define ATTN_AXPY(avx2, ...) ((avx2) ? attn_axpy_row_avx2(__VA_ARGS__) : attn_axpy_row(__VA_ARGS__))
@@ -363,6 +381,11 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
             if (e <= b) continue;
             const float *qr = j->q + (size_t)t * q_stride + (size_t)h * hd;
 #if KV_ATTN_X86
+            if (avx2 && bf16 && hd == 64 && st == 64 && !ring) {
+                attn_row_block_bf16_64(acc + (size_t)r * hd, m + r, l + r, score, qr, kh, vh, base,
+                                       s0, b, e, n_vis, j->scale);
+                continue;
+            }
             if (avx2 && hd % 8 == 0) {
                 attn_row_block_avx2(acc + (size_t)r * hd, m + r, l + r, score, qr, kf, vf, kh, vh,
                                     bf16, st, base, ring, s0, b, e, staged ? e : n_vis, hd,
