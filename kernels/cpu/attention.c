@@ -4,10 +4,12 @@
  * rows are grouped into work items, or on threads.
  *
  * The forward has two variants: portable C (the reference) and AVX2, picked at run time with the
- * matrix-vector kernels' choice (kernels/cpu/gemv.h: KV_CPU_ISA; AVX-512 runs AVX2 here). The
- * AVX2 variant does the reference's arithmetic in the reference's order (8 partial sums, lane u
- * = element i % 8, combined pairwise; multiplies and adds rounded separately, never fused), so
- * the two give identical bits (tests/test_kernels_attn.c checks it). */
+ * matrix-vector kernels' choice (kernels/cpu/gemv.h: KV_CPU_ISA; AVX-512 runs AVX2 here, except
+ * decode's usual rows, BF16 of 64 dims head by head, which take an AVX-512 pass where BF16
+ * matrix-vector products run AVX-512). Every variant does the reference's arithmetic in the
+ * reference's order (8 partial sums, lane u = element i % 8, combined pairwise; multiplies and
+ * adds rounded separately, never fused), so they give identical bits (tests/test_kernels_attn.c
+ * checks it). */
 #include "kernels/kernels.h"
 
 #include <math.h>
@@ -202,6 +204,42 @@ __attribute__((target("avx2"))) static inline void attn_v64_bf16_avx2(float *ar,
     }
 }
 
+/* mb against the eight lanes of mbv (a group pass's running maxima) */
+__attribute__((target("avx2"))) static inline float attn_max8(__m256 mbv, float mb) {
+    float lane[8];
+    _mm256_storeu_ps(lane, mbv);
+    for (int u = 0; u < 8; u++)
+        if (lane[u] > mb) mb = lane[u];
+    return mb;
+}
+
+/* the scores of keys s .. e-1 one at a time (fewer than a group left), mb carried on: rows as
+ * attn_row_block_body's */
+__attribute__((target("avx2"))) static inline __attribute__((always_inline)) float attn_tail_scores(
+    float *score, const float *qr, const float *kf, const uint16_t *kh, int bf16, size_t st,
+    int base, int ring, int s0, int s, int e, int hd, float scale, float mb) {
+    for (; s < e; s++) {
+        const size_t at = (size_t)attn_row(s - base, ring) * st;
+        const float x =
+            attn_dot_row_avx2(qr, bf16 ? NULL : kf + at, bf16 ? kh + at : NULL, bf16, hd) * scale;
+        score[s - s0] = x;
+        if (x > mb) mb = x;
+    }
+    return mb;
+}
+
+/* scores of keys b .. e-1 replaced by their exps against the new max mb, and their sum in key
+ * order; *corr = exp(m_old - mb) rescales what came before (0 on the first block: m = -inf) */
+static inline float attn_block_exps(float *score, int s0, int b, int e, float m_old, float mb,
+                                    float *corr) {
+    *corr = expf(m_old - mb);
+    /* the exps, then their sum in the same order: nothing but mb stays live across the calls */
+    for (int s = b; s < e; s++) score[s - s0] = expf(score[s - s0] - mb);
+    float lsum = 0.0f;
+    for (int s = b; s < e; s++) lsum += score[s - s0];
+    return lsum;
+}
+
 /* one query row qr [hd] over keys b .. e-1 of the block starting at s0, for hd % 8 == 0: the
  * reference's per-row step (scores, running max, rescale, exp, weighted sum of values) with its
  * arithmetic in its order. Eight keys' dot products run interleaved; the row's accumulator stays
@@ -250,22 +288,10 @@ attn_row_block_body(float *ar, float *m, float *l, float *score, const float *qr
         _mm256_storeu_ps(score + (s - s0), x);
         mbv = _mm256_max_ps(x, mbv); /* a NaN x keeps mbv, as "x > mb" does */
     }
-    float lane[8];
-    _mm256_storeu_ps(lane, mbv);
-    for (int u = 0; u < 8; u++)
-        if (lane[u] > mb) mb = lane[u];
-    for (; s < e; s++) {
-        const size_t at = (size_t)attn_row(s - base, ring) * st;
-        const float x =
-            attn_dot_row_avx2(qr, bf16 ? NULL : kf + at, bf16 ? kh + at : NULL, bf16, hd) * scale;
-        score[s - s0] = x;
-        if (x > mb) mb = x;
-    }
-    const float corr = expf(*m - mb); /* 0 on the first block: m = -inf */
-    /* the exps, then their sum in the same order: nothing but mb stays live across the calls */
-    for (s = b; s < e; s++) score[s - s0] = expf(score[s - s0] - mb);
-    float lsum = 0.0f;
-    for (s = b; s < e; s++) lsum += score[s - s0];
+    mb = attn_tail_scores(score, qr, kf, kh, bf16, st, base, ring, s0, s, e, hd, scale,
+                          attn_max8(mbv, mb));
+    float corr;
+    const float lsum = attn_block_exps(score, s0, b, e, *m, mb, &corr);
     const __m256 corrv = _mm256_set1_ps(corr);
     int d = 0;
     if (bf16)
@@ -298,6 +324,116 @@ __attribute__((target("avx2"))) static void attn_row_block_bf16_64(
     attn_row_block_body(ar, m, l, score, qr, NULL, NULL, kh, vh, 1, 64, base, 0, s0, b, e, pf_end,
                         64, scale);
 }
+
+/* ---- AVX-512F: the same rows (BF16, 64 dims, back to back, no ring) in 512-bit vectors. The dot
+ * products hold two keys' eight partial sums per vector (lanes 0-7 key u, 8-15 key u + 1), the
+ * weighted sum 32 dims per vector; every element sees the reference's operations in its order,
+ * so the bits are attn_row_block_bf16_64's ---- */
+
+/* q[i .. i+7] in both halves */
+__attribute__((target("avx512f"))) static inline __m512 attn_q_twice(const float *q) {
+    const __m256d h = _mm256_castps_pd(_mm256_loadu_ps(q));
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(h), h, 1));
+}
+
+/* dims i .. i+7 of the BF16 rows a (lanes 0-7) and b (lanes 8-15) as F32 */
+__attribute__((target("avx512f"))) static inline __m512 attn_pair_bf16(const uint16_t *a,
+                                                                       const uint16_t *b) {
+    const __m256i h =
+        _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)a)),
+                                _mm_loadu_si128((const __m128i *)b), 1);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+__attribute__((target("avx512f"))) static inline __m256 attn_lo(__m512 v) {
+    return _mm512_castps512_ps256(v);
+}
+__attribute__((target("avx512f"))) static inline __m256 attn_hi(__m512 v) {
+    return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+}
+
+/* ar[0..63] = ar * corr, then ar += p_s * row_s for keys s = b .. e-1 (p_s = score[s - b], row s
+ * at vh + (s - base) * 64): a 64-byte load is 32 dims, dword k holding dim 2k low and 2k + 1
+ * high; a shift makes the even dims F32, a mask the odd (accumulators of dims 0-31 and 32-63,
+ * evens and odds apart: de-interleaved on entry, interleaved back on exit) */
+__attribute__((target("avx512f"))) static void attn_v64_bf16_avx512(float *ar, const float *score,
+                                                                    const uint16_t *vh, int base,
+                                                                    int b, int e, float corr) {
+    const __m512i even_of =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd_of =
+        _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512i lo_of = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi_of =
+        _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512 corrv = _mm512_set1_ps(corr);
+    const __m512i odd_mask = _mm512_set1_epi32((int)0xffff0000u);
+    __m512 ev[2], od[2];
+    for (int c = 0; c < 2; c++) {
+        const __m512 lo = _mm512_loadu_ps(ar + 32 * c), hi = _mm512_loadu_ps(ar + 32 * c + 16);
+        ev[c] = _mm512_mul_ps(_mm512_permutex2var_ps(lo, even_of, hi), corrv);
+        od[c] = _mm512_mul_ps(_mm512_permutex2var_ps(lo, odd_of, hi), corrv);
+    }
+    for (int s = b; s < e; s++) {
+        const uint16_t *vr = vh + (size_t)(s - base) * 64;
+        const __m512 pv = _mm512_set1_ps(score[s - b]);
+        for (int c = 0; c < 2; c++) {
+            const __m512i r = _mm512_loadu_si512((const void *)(vr + 32 * c));
+            ev[c] = _mm512_add_ps(ev[c],
+                                  _mm512_mul_ps(pv, _mm512_castsi512_ps(_mm512_slli_epi32(r, 16))));
+            od[c] = _mm512_add_ps(
+                od[c], _mm512_mul_ps(pv, _mm512_castsi512_ps(_mm512_and_si512(r, odd_mask))));
+        }
+    }
+    for (int c = 0; c < 2; c++) {
+        _mm512_storeu_ps(ar + 32 * c, _mm512_permutex2var_ps(ev[c], lo_of, od[c]));
+        _mm512_storeu_ps(ar + 32 * c + 16, _mm512_permutex2var_ps(ev[c], hi_of, od[c]));
+    }
+}
+
+/* attn_row_block_bf16_64 in 512-bit vectors (above) */
+__attribute__((target("avx512f"))) static void attn_row_block_bf16_64_avx512(
+    float *ar, float *m, float *l, float *score, const float *qr, const uint16_t *kh,
+    const uint16_t *vh, int base, int s0, int b, int e, int pf_end, float scale) {
+    __m512 q2[8];
+    for (int c = 0; c < 8; c++) q2[c] = attn_q_twice(qr + 8 * c);
+    float mb = *m;
+    __m256 mbv = _mm256_set1_ps(mb);
+    const __m256 scalev = _mm256_set1_ps(scale);
+    int s = b;
+    for (; s + 8 <= e; s += 8) {
+        const uint16_t *k = kh + (size_t)(s - base) * 64; /* the group's 8 rows, 128 bytes each */
+        attn_prefetch(vh + (size_t)(s - base) * 64, 8 * 128);
+        if (s + ATTN_PF_KEYS < pf_end) /* the rows ATTN_PF_KEYS ahead, up to the last key */
+            attn_prefetch(k + ATTN_PF_KEYS * 64,
+                          (size_t)(pf_end - s - ATTN_PF_KEYS < 8 ? pf_end - s - ATTN_PF_KEYS : 8) *
+                              128);
+        __m512 p01 = _mm512_setzero_ps(), p23 = p01, p45 = p01, p67 = p01;
+        for (int c = 0; c < 8; c++) {
+            const int i = 8 * c;
+            p01 = _mm512_add_ps(p01, _mm512_mul_ps(q2[c], attn_pair_bf16(k + i, k + 64 + i)));
+            p23 =
+                _mm512_add_ps(p23, _mm512_mul_ps(q2[c], attn_pair_bf16(k + 128 + i, k + 192 + i)));
+            p45 =
+                _mm512_add_ps(p45, _mm512_mul_ps(q2[c], attn_pair_bf16(k + 256 + i, k + 320 + i)));
+            p67 =
+                _mm512_add_ps(p67, _mm512_mul_ps(q2[c], attn_pair_bf16(k + 384 + i, k + 448 + i)));
+        }
+        const __m256 x =
+            _mm256_mul_ps(attn_hsum8(attn_lo(p01), attn_hi(p01), attn_lo(p23), attn_hi(p23),
+                                     attn_lo(p45), attn_hi(p45), attn_lo(p67), attn_hi(p67)),
+                          scalev);
+        _mm256_storeu_ps(score + (s - s0), x);
+        mbv = _mm256_max_ps(x, mbv); /* a NaN x keeps mbv, as "x > mb" does */
+    }
+    mb = attn_tail_scores(score, qr, NULL, kh, 1, 64, base, 0, s0, s, e, 64, scale,
+                          attn_max8(mbv, mb));
+    float corr;
+    const float lsum = attn_block_exps(score, s0, b, e, *m, mb, &corr);
+    attn_v64_bf16_avx512(ar, score + (b - s0), vh, base, b, e, corr);
+    *l = *l * corr + lsum;
+    *m = mb;
+}
 #define ATTN_DOT(avx2, ...)  ((avx2) ? attn_dot_row_avx2(__VA_ARGS__) : attn_dot_row(__VA_ARGS__))
 #define ATTN_AXPY(avx2, ...) ((avx2) ? attn_axpy_row_avx2(__VA_ARGS__) : attn_axpy_row(__VA_ARGS__))
 #else
@@ -323,6 +459,7 @@ typedef struct {
     float scale;
     size_t scratch_per_worker;
     int stage; /* BF16 rows widened once per block into scratch (rows per item >= 4) */
+    int avx512; /* BF16 rows of 64 dims by the AVX-512 pass (the BF16 matrix-vector choice) */
     float *scratch; /* per worker: acc [rows, hd], m [rows], l [rows], scores [KB];
                          staging: then K, V of one block of head g as F32 [KB, hd] each */
 } attn_job;
@@ -381,6 +518,11 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
             if (e <= b) continue;
             const float *qr = j->q + (size_t)t * q_stride + (size_t)h * hd;
 #if KV_ATTN_X86
+            if (avx2 && bf16 && hd == 64 && st == 64 && !ring && j->avx512) {
+                attn_row_block_bf16_64_avx512(acc + (size_t)r * hd, m + r, l + r, score, qr, kh, vh,
+                                              base, s0, b, e, n_vis, j->scale);
+                continue;
+            }
             if (avx2 && bf16 && hd == 64 && st == 64 && !ring) {
                 attn_row_block_bf16_64(acc + (size_t)r * hd, m + r, l + r, score, qr, kh, vh, base,
                                        s0, b, e, n_vis, j->scale);
@@ -475,6 +617,7 @@ static int attention_run(attn_job j, int head_rows, int T, int pos0, int S, int 
     j.scratch = malloc(sizeof(float) * workers * j.scratch_per_worker);
     if (!j.scratch) return KV_ENOMEM;
     const int avx2 = kv_gemv_isa_active() >= KV_GEMV_AVX2;
+    j.avx512 = avx2 && kv_gemv_isa_for(KV_BF16) >= KV_GEMV_AVX512;
     const int widen = j.k16 && !j.stage;
     kv_parallel_for(n_items, workers,
                     avx2 ? (widen ? attn_item_bf16_avx2 : attn_item_avx2)
