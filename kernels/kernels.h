@@ -54,6 +54,10 @@ void kv_row_cuts(int *cut, int m, int parts, int align);
  * out run by the kernel threads (kernels/cpu/matmul.c). */
 void kv_matmul(float *out, const float *x, const float *W, const float *bias, int T, int n_in,
                int n_out);
+/* the same into rows ld_out floats apart (ld_out >= n_out): row t at out + t * ld_out, the
+ * floats between rows untouched; every output the bits of kv_matmul's */
+void kv_matmul_strided(float *out, int ld_out, const float *x, const float *W, const float *bias,
+                       int T, int n_in, int n_out);
 /* out[T, n_out] += x @ W^T + bias (bias may be NULL): e.g. o_proj/down_proj into the residual */
 void kv_matmul_acc(float *out, const float *x, const float *W, const float *bias, int T, int n_in,
                    int n_out);

@@ -100,6 +100,21 @@ static void widen_item(void *ctx, int item, int worker) {
     kv_dtype_cast(j->dst + off, KV_F32, j->src + off, j->src_type, (size_t)nr * (size_t)j->n_in);
 }
 
+/* out[t, 0 .. cols-1] += part[t, ..] for row t (rows ld_out and cols floats apart) */
+typedef struct {
+    float *out;
+    const float *part;
+    int ld_out, cols;
+} add_job;
+
+static void add_rows(void *ctx, int t, int worker) {
+    (void)worker;
+    const add_job *a = ctx;
+    float *dst = a->out + (size_t)t * a->ld_out;
+    const float *src = a->part + (size_t)t * a->cols;
+    for (int o = 0; o < a->cols; o++) dst[o] += src[o];
+}
+
 static int matmul_half(float *out, const float *x, const uint16_t *W, kv_dtype w_type,
                        const float *bias, int T, int n_in, int n_out, int accumulate,
                        kv_error *err) {
@@ -125,12 +140,15 @@ static int matmul_half(float *out, const float *x, const uint16_t *W, kv_dtype w
                        .rows = nr};
         const int items = (nr + WIDEN_ROWS_PER_ITEM - 1) / WIDEN_ROWS_PER_ITEM;
         kv_parallel_for(items, kv_parallel_workers(items, 4.0 * nr * (double)n_in), widen_item, &j);
-        kv_matmul(part, x, wide, bias ? bias + o0 : NULL, T, n_in, nr);
-        for (int t = 0; t < T; t++) {
-            float *dst = out + (size_t)t * n_out + o0;
-            const float *src = part + (size_t)t * nr;
-            for (int o = 0; o < nr; o++) dst[o] = accumulate ? dst[o] + src[o] : src[o];
+        const float *b = bias ? bias + o0 : NULL;
+        if (!accumulate) { /* straight into out's columns o0 .. o0 + nr - 1 */
+            kv_matmul_strided(out + o0, n_out, x, wide, b, T, n_in, nr);
+            continue;
         }
+        /* the block's product apart, then added: out + (x W^T + bias), as the F32 path rounds */
+        kv_matmul(part, x, wide, b, T, n_in, nr);
+        add_job a = {.out = out + o0, .part = part, .ld_out = n_out, .cols = nr};
+        kv_parallel_for(T, kv_parallel_workers(T, (double)T * nr), add_rows, &a);
     }
     return 0;
 }

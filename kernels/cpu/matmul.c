@@ -84,14 +84,14 @@ void kv_row_cuts(int *cut, int m, int parts, int align) {
     cut[parts] = m;
 }
 
-/* out[T, n_out] = x @ W^T + beta * out */
-static void gemm_xwt(float *out, const float *x, const float *W, int T, int n_in, int n_out,
-                     float beta) {
+/* out[T, n_out] (rows ld_out apart) = x @ W^T + beta * out */
+static void gemm_xwt(float *out, int ld_out, const float *x, const float *W, int T, int n_in,
+                     int n_out, float beta) {
     if (T == 1) {
         blas_single();
         cblas_sgemv(CblasRowMajor, CblasNoTrans, n_out, n_in, 1.0f, W, n_in, x, 1, beta, out, 1);
     } else {
-        gemm_par(CblasNoTrans, CblasTrans, T, n_out, n_in, x, n_in, W, n_in, beta, out, n_out);
+        gemm_par(CblasNoTrans, CblasTrans, T, n_out, n_in, x, n_in, W, n_in, beta, out, ld_out);
     }
 }
 
@@ -102,19 +102,24 @@ static void add_bias(float *out, const float *bias, int T, int n_out) {
     }
 }
 
+void kv_matmul_strided(float *out, int ld_out, const float *x, const float *W, const float *bias,
+                       int T, int n_in, int n_out) {
+    if (bias) {
+        for (int t = 0; t < T; t++) memcpy(out + (size_t)t * ld_out, bias, sizeof(float) * n_out);
+        gemm_xwt(out, ld_out, x, W, T, n_in, n_out, 1.0f);
+    } else {
+        gemm_xwt(out, ld_out, x, W, T, n_in, n_out, 0.0f);
+    }
+}
+
 void kv_matmul(float *out, const float *x, const float *W, const float *bias, int T, int n_in,
                int n_out) {
-    if (bias) {
-        for (int t = 0; t < T; t++) memcpy(out + (size_t)t * n_out, bias, sizeof(float) * n_out);
-        gemm_xwt(out, x, W, T, n_in, n_out, 1.0f);
-    } else {
-        gemm_xwt(out, x, W, T, n_in, n_out, 0.0f);
-    }
+    kv_matmul_strided(out, n_out, x, W, bias, T, n_in, n_out);
 }
 
 void kv_matmul_acc(float *out, const float *x, const float *W, const float *bias, int T, int n_in,
                    int n_out) {
-    gemm_xwt(out, x, W, T, n_in, n_out, 1.0f);
+    gemm_xwt(out, n_out, x, W, T, n_in, n_out, 1.0f);
     if (bias) add_bias(out, bias, T, n_out);
 }
 
