@@ -88,28 +88,42 @@ __attribute__((target("avx2,fma"))) static __m256 bf16x8_avx2(const uint16_t *p)
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-/* nta: the non-temporal prefetch 3 KB ahead (a constant where inlined), else T0 2 KB ahead */
+/* a[0..3] += the 32 weights at w against x [32] */
+__attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) void f32_step_avx2(
+    __m256 *a, const float *w, const float *x) {
+    a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(w), _mm256_loadu_ps(x), a[0]);
+    a[1] = _mm256_fmadd_ps(_mm256_loadu_ps(w + 8), _mm256_loadu_ps(x + 8), a[1]);
+    a[2] = _mm256_fmadd_ps(_mm256_loadu_ps(w + 16), _mm256_loadu_ps(x + 16), a[2]);
+    a[3] = _mm256_fmadd_ps(_mm256_loadu_ps(w + 24), _mm256_loadu_ps(x + 24), a[3]);
+}
+
+/* a row's end after its 32-weight steps up to i: blocks of 8 into a[0], the tail (< 8)
+ * zero-padded into a[1], then the sum */
 __attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) float
-dot_f32_avx2_pf(const float *w, const float *x, int n, int nta) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int i = 0;
-    for (; i + 32 <= n; i += 32) {
-        if (nta) GEMV_PREFETCH_NTA(w + i, 0), GEMV_PREFETCH_NTA(w + i, 64);
-        else GEMV_PREFETCH(w + i, 0), GEMV_PREFETCH(w + i, 64);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
-    }
+f32_finish_avx2(__m256 *a, const float *w, const float *x, int i, int n) {
     for (; i + 8 <= n; i += 8)
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+        a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a[0]);
     if (i < n) {
         float wt[8] = {0}, xt[8] = {0};
         memcpy(wt, w + i, sizeof(float) * (size_t)(n - i));
         memcpy(xt, x + i, sizeof(float) * (size_t)(n - i));
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(wt), _mm256_loadu_ps(xt), a1);
+        a[1] = _mm256_fmadd_ps(_mm256_loadu_ps(wt), _mm256_loadu_ps(xt), a[1]);
     }
-    return hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    return hsum256(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+}
+
+/* nta: the non-temporal prefetch 3 KB ahead (a constant where inlined), else T0 2 KB ahead */
+__attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) float
+dot_f32_avx2_pf(const float *w, const float *x, int n, int nta) {
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        if (nta) GEMV_PREFETCH_NTA(w + i, 0), GEMV_PREFETCH_NTA(w + i, 64);
+        else GEMV_PREFETCH(w + i, 0), GEMV_PREFETCH(w + i, 64);
+        f32_step_avx2(a, w + i, x + i);
+    }
+    return f32_finish_avx2(a, w, x, i, n);
 }
 
 /* T0 2 KB ahead where there is no AVX-512 (measured best on the Xeon VM, round 5); the
@@ -122,6 +136,48 @@ __attribute__((target("avx2,fma"))) static float dot_f32_avx2(const float *w, co
 __attribute__((target("avx2,fma"))) static float dot_f32_avx2_nta(const float *w, const float *x,
                                                                   int n) {
     return dot_f32_avx2_pf(w, x, n, 1);
+}
+
+/* Long rows run two at a time, x's loads shared between them: at GEMV_PAIR_MIN_IN weights or
+ * more x (de-interleaved for BF16) is 16 KB or more, and one row at a time streamed 15-25%
+ * slower than rows of 2048 (docs/RESULTS.md, rounds 8 and 9); two rows meet each x line once.
+ * The prefetch runs GEMV_NTA_BYTES ahead in each row and past a row's end into the next pair's
+ * rows (whole rows later: a hint). Each row keeps its own operations in its own order, so the
+ * bits are those of the row alone (tests/test_gemv.c). */
+enum { GEMV_PAIR_MIN_IN = 4096 };
+
+/* the next GEMV_NTA_BYTES-ahead line of a row pair's row at byte off (of row_bytes), past the
+ * row's end the same distance into the row next_row (the next pair's): a prefetch address */
+static inline const char *pair_ahead(const void *row, const void *next_row, size_t off,
+                                     size_t row_bytes) {
+    const size_t ahead = off + GEMV_NTA_BYTES;
+    return ahead < row_bytes ? (const char *)row + ahead
+                             : (const char *)next_row + (ahead - row_bytes);
+}
+
+/* F32 rows w and u = w + n together, each with dot_f32_avx2_nta's operations in its order (the
+ * same bits), x's loads shared, as dot2_bf16_evenodd does for BF16 (rows of 5632 at 1 thread
+ * 21.9-22.9 -> 26.2-28.4 GB/s, 4096 20.7 -> 22.9, 2048 0.96x; same VM and day) */
+__attribute__((target("avx2,fma"))) static void dot2_f32_avx2_nta(float *sw, float *su,
+                                                                  const float *w, const float *x,
+                                                                  int n) {
+    const float *u = w + n;
+    const float *wn = w + 2 * (size_t)n, *un = u + 2 * (size_t)n;
+    const size_t row_bytes = sizeof(float) * (size_t)n;
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+    __m256 b[4] = {a[0], a[1], a[2], a[3]};
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const size_t off = sizeof(float) * (size_t)i;
+        const char *pw = pair_ahead(w, wn, off, row_bytes), *pu = pair_ahead(u, un, off, row_bytes);
+        _mm_prefetch(pw, _MM_HINT_NTA), _mm_prefetch(pw + 64, _MM_HINT_NTA);
+        _mm_prefetch(pu, _MM_HINT_NTA), _mm_prefetch(pu + 64, _MM_HINT_NTA);
+        f32_step_avx2(a, w + i, x + i);
+        f32_step_avx2(b, u + i, x + i);
+    }
+    *sw = f32_finish_avx2(a, w, x, i, n);
+    *su = f32_finish_avx2(b, u, x, i, n);
 }
 
 /* 8 F16 weights as F32 (exact: vcvtph2ps) */
@@ -350,30 +406,25 @@ __attribute__((target("avx512f"))) static float dot_bf16_evenodd(const uint16_t 
     return evenodd_finish(a, w, xd, i, n, odd);
 }
 
-/* Rows w and u = w + n together, each with dot_bf16_evenodd's operations in its order (the same
- * bits), x's loads shared: rows of GEMV_PAIR_MIN_IN or more weights streamed 1.12-1.2x faster so
- * (x de-interleaved is then 16 KB or more, and two rows' lines meet each x line once; one
- * thread, Zen 5 VM, 2026-12-06: rows of 5632 22.6-24.0 -> 26.6-29.6 GB/s, 4096 27.6 -> 30.9;
- * 2816 the same, 2048 0.96x, 768 0.78x). The prefetch runs GEMV_NTA_BYTES ahead in each row and
- * past a row's end into the next pair's rows, wn and un (whole rows later: a hint). */
-enum { GEMV_PAIR_MIN_IN = 4096 };
+/* BF16 rows w and u = w + n together (GEMV_PAIR_MIN_IN), each with dot_bf16_evenodd's
+ * operations in its order (the same bits), x's loads shared (one thread, Zen 5 VM, 2026-12-06:
+ * rows of 5632 22.6-24.0 -> 26.6-29.6 GB/s, 4096 27.6 -> 30.9; 2816 the same, 2048 0.96x, 768
+ * 0.78x) */
 
 __attribute__((target("avx512f"))) static void dot2_bf16_evenodd(float *sw, float *su,
                                                                  const uint16_t *w, const float *xd,
                                                                  int n) {
     const __m512i odd = _mm512_set1_epi32((int)0xffff0000u);
     const uint16_t *u = w + n;
-    const char *wb = (const char *)w, *ub = (const char *)u;
-    const char *wn = (const char *)(w + 2 * (size_t)n), *un = (const char *)(u + 2 * (size_t)n);
+    const uint16_t *wn = w + 2 * (size_t)n, *un = u + 2 * (size_t)n;
     const size_t row_bytes = sizeof(uint16_t) * (size_t)n;
     __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
                    _mm512_setzero_ps()};
     __m512 b[4] = {a[0], a[1], a[2], a[3]};
     int i = 0;
     for (; i + 64 <= n; i += 64) {
-        const size_t ahead = sizeof(uint16_t) * (size_t)i + GEMV_NTA_BYTES;
-        const char *pw = ahead < row_bytes ? wb + ahead : wn + (ahead - row_bytes);
-        const char *pu = ahead < row_bytes ? ub + ahead : un + (ahead - row_bytes);
+        const size_t off = sizeof(uint16_t) * (size_t)i;
+        const char *pw = pair_ahead(w, wn, off, row_bytes), *pu = pair_ahead(u, un, off, row_bytes);
         _mm_prefetch(pw, _MM_HINT_NTA), _mm_prefetch(pw + 64, _MM_HINT_NTA);
         _mm_prefetch(pu, _MM_HINT_NTA), _mm_prefetch(pu + 64, _MM_HINT_NTA);
         evenodd_step(a, w + i, xd + i, odd);
@@ -590,11 +641,15 @@ static void rows_run(kv_gemv_isa isa, float *y, const float *x, const void *xp, 
     const dot_f32_fn dot = dot_half ? NULL : f32_dot(isa);
     int o = o0;
 #if KV_GEMV_X86
-    if (xp && isa == KV_GEMV_AVX512 && n_in >= GEMV_PAIR_MIN_IN) /* long BF16 rows in pairs */
+    /* long rows in pairs: BF16 on AVX-512, F32 by the AVX2 loop where the CPU has AVX-512 */
+    const int bf16_pairs = xp && isa == KV_GEMV_AVX512;
+    const int f32_pairs = w_type == KV_F32 && isa == KV_GEMV_AVX2 && cpu_has[KV_GEMV_AVX512];
+    if ((bf16_pairs || f32_pairs) && n_in >= GEMV_PAIR_MIN_IN)
         for (; o + 2 <= o1; o += 2) {
             float s[2];
-            dot2_bf16_evenodd(&s[0], &s[1], (const uint16_t *)W + (size_t)o * (size_t)n_in, xp,
-                              n_in);
+            const size_t off = (size_t)o * (size_t)n_in;
+            if (bf16_pairs) dot2_bf16_evenodd(&s[0], &s[1], (const uint16_t *)W + off, xp, n_in);
+            else dot2_f32_avx2_nta(&s[0], &s[1], (const float *)W + off, x, n_in);
             for (int k = 0; k < 2; k++) {
                 if (accumulate) s[k] = y[o + k] + s[k];
                 if (bias) s[k] += bias[o + k];
