@@ -20,9 +20,11 @@
 
 enum { LAYERS = 12, HIDDEN = 768, FFN = 2048, VOCAB = 32000, EMPTY_CALLS = 20000 };
 enum {
+    HIDDEN_1B = 2048,
+    KV_1B = 256, /* 4 kv heads of 64 */
     FFN_1B = 5632,
     X_LEN = FFN_1B
-}; /* TinyLlama-1.1B's intermediate size; x holds the longest row */
+}; /* TinyLlama-1.1B's sizes; x holds the longest row */
 
 /* elements of all the step's matrices */
 static size_t step_elems(void) {
@@ -51,7 +53,7 @@ static void nothing(void *ctx, int item, int worker) { (void)ctx, (void)item, (v
  * W, back to back (each pass from memory, one after another as a decode step reads them); the
  * best of `repeat` over the read loop. On 2 threads each pass pays for starting its workers and
  * their streams, so short passes read less of the loop than long ones (docs/RESULTS.md, round 8):
- * the shapes of decode's passes, 110M's (q|k|v, gate|up joined) and 1.1B's down_proj. */
+ * the shapes of decode's passes, 110M's and 1.1B's (q|k|v, gate|up joined). */
 enum { SHAPE_BYTES = 256 << 20 };
 
 static void one_shape_rows(float *y, const float *x, const char *W, kv_dtype dt, int repeat,
@@ -63,7 +65,10 @@ static void one_shape_rows(float *y, const float *x, const char *W, kv_dtype dt,
                   {3 * HIDDEN, HIDDEN, "q|k|v"},
                   {2 * FFN, HIDDEN, "gate|up"},
                   {HIDDEN, FFN, "down_proj"},
-                  {FFN, FFN_1B, "1.1B down_proj"}};
+                  {HIDDEN_1B, HIDDEN_1B, "1.1B o_proj"},
+                  {HIDDEN_1B + 2 * KV_1B, HIDDEN_1B, "1.1B q|k|v"},
+                  {2 * FFN_1B, HIDDEN_1B, "1.1B gate|up"},
+                  {HIDDEN_1B, FFN_1B, "1.1B down_proj"}};
     for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
         const size_t each = (size_t)shapes[k].n_out * (size_t)shapes[k].n_in * kv_dtype_size(dt);
         const size_t count = SHAPE_BYTES / each;
