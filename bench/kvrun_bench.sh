@@ -11,9 +11,13 @@
 #   prefill 512 GFLOP/s / a 1024^3 F32 GEMM of the same run                            [>= 0.6]
 #   prefill 512 tok/s with 2 threads / 1 thread                                        [>= 1.7]
 #   decode tok/s after 512 tokens / after 1 (both timed in each repeat of one run)     [>= 0.85]
-# KEEP=DIR reuses (or keeps) the models there; REPEAT=N runs per case (default 3). SHAPES picks
-# the kvsynth presets (default stories110m; SHAPES="stories110m tinyllama-1.1b" adds the 1.1B
-# rows, 4.4 GB of F32 and 2.2 GB of BF16 weights, models kept under DIR/1.1b-f32 and -bf16).
+# Paired: REPEAT rounds (default 3), each running the four cases (F32 and BF16, 1 and 2 threads)
+# one after another with --repeat 1; a case's figures are the medians over the rounds, and the
+# ratios between cases (BF16 over F32, 2 threads over 1) the medians of each round's ratio, so
+# machine load that comes and goes meets both sides of a ratio alike.
+# KEEP=DIR reuses (or keeps) the models and the JSON there. SHAPES picks the kvsynth presets
+# (default stories110m; SHAPES="stories110m tinyllama-1.1b" adds the 1.1B rows, 4.4 GB of F32
+# and 2.2 GB of BF16 weights, models kept under DIR/1.1b-f32 and -bf16).
 BIN=${KV_BIN:-$PWD/${BUILD:-build}/bin}
 REPEAT=${REPEAT:-3}
 if [ -n "$KEEP" ]; then DIR=$KEEP; mkdir -p "$DIR" || exit 1; else
@@ -22,7 +26,18 @@ if [ -n "$KEEP" ]; then DIR=$KEEP; mkdir -p "$DIR" || exit 1; else
 fi
 SHAPES=${SHAPES:-stories110m}
 field() { sed -n "s/.*\"$1\": \"*\([0-9.a-zA-Z]*\).*/\1/p" "$2"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
+# median of the numbers on stdin, %.4f
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) { print "n/a"; exit }
+    printf "%.4f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# median over the rounds of field $1 of case $2 (files $2.r1.json ..)
+med() { for r in $(seq "$REPEAT"); do field "$1" "$2.r$r.json"; done | median; }
+# median over the rounds of field $1 of case $2 over the same field of case $3
+med_ratio() {
+    for r in $(seq "$REPEAT"); do
+        awk -v a="$(field "$1" "$2.r$r.json")" -v b="$(field "$1" "$3.r$r.json")" \
+            'BEGIN { if (b > 0) print a / b }'
+    done | median
+}
 for shape in $SHAPES; do
     case $shape in
     stories110m) tag=110M pre= ;;
@@ -33,30 +48,32 @@ for shape in $SHAPES; do
         [ -f "$DIR/$pre$dt/model.safetensors" ] ||
             "$BIN/kvsynth" --preset "$shape" --dtype $dt --force "$DIR/$pre$dt" >/dev/null || exit 1
     done
-    for dt in f32 bf16; do
-        for t in 1 2; do
-            OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell} "$BIN/kvrun" "$DIR/$pre$dt" --bench \
-                --json --prompt-len 512 -n 32 --repeat "$REPEAT" --threads $t \
-                >"$DIR/$pre$dt.t$t.p512.json" || exit 1
+    for r in $(seq "$REPEAT"); do
+        for dt in f32 bf16; do
+            for t in 1 2; do
+                OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell} "$BIN/kvrun" "$DIR/$pre$dt" --bench \
+                    --json --prompt-len 512 -n 32 --repeat 1 --threads $t \
+                    >"$DIR/$pre$dt.t$t.p512.r$r.json" || exit 1
+            done
         done
     done
-    J=$DIR
     for dt in f32 bf16; do
         for t in 1 2; do
-            f=$J/$pre$dt.t$t.p512.json
-            echo "$tag $dt ${t}t: decode@512 $(field decode_gb_per_s "$f") GB/s / read loop" \
-                "$(field read_loop_gb_per_s "$f") GB/s = $(field decode_read_loop_ratio "$f") [>= 0.85]" \
-                "(paired: $(field decode_read_loop_paired_ratio "$f") of $(field read_loop_paired_gb_per_s "$f") GB/s;" \
-                "step: $(field decode_step_read_loop_ratio "$f") of $(field step_read_loop_gb_per_s "$f") GB/s);" \
-                "prefill 512 $(field prefill_gflop_per_s "$f") GFLOP/s / GEMM" \
-                "$(field gemm_gflop_per_s "$f") = $(field prefill_gemm_ratio "$f") [>= 0.6];" \
-                "decode@512 / decode@1 = $(field decode_context_ratio "$f") [>= 0.85]"
+            c=$DIR/$pre$dt.t$t.p512
+            echo "$tag $dt ${t}t: decode@512 $(med decode_gb_per_s "$c") GB/s / read loop" \
+                "$(med read_loop_gb_per_s "$c") GB/s = $(med decode_read_loop_ratio "$c") [>= 0.85]" \
+                "(paired: $(med decode_read_loop_paired_ratio "$c") of $(med read_loop_paired_gb_per_s "$c") GB/s;" \
+                "step: $(med decode_step_read_loop_ratio "$c") of $(med step_read_loop_gb_per_s "$c") GB/s);" \
+                "prefill 512 $(med prefill_gflop_per_s "$c") GFLOP/s / GEMM" \
+                "$(med gemm_gflop_per_s "$c") = $(med prefill_gemm_ratio "$c") [>= 0.6];" \
+                "decode@512 / decode@1 = $(med decode_context_ratio "$c") [>= 0.85]"
         done
-        echo "$tag $dt: prefill 512 2 threads / 1 = $(ratio "$(field prefill_tokens_per_s \
-            "$J/$pre$dt.t2.p512.json")" "$(field prefill_tokens_per_s "$J/$pre$dt.t1.p512.json")") [>= 1.7]"
+        echo "$tag $dt: prefill 512 2 threads / 1 = $(med_ratio prefill_tokens_per_s \
+            "$DIR/$pre$dt.t2.p512" "$DIR/$pre$dt.t1.p512") [>= 1.7]"
     done
     for t in 1 2; do
-        echo "$tag ${t}t: BF16 decode@512 / F32 = $(ratio "$(field decode_tokens_per_s \
-            "$J/${pre}bf16.t$t.p512.json")" "$(field decode_tokens_per_s "$J/${pre}f32.t$t.p512.json")") [>= 1.8]"
+        echo "$tag ${t}t: BF16 decode@512 / F32 = $(med_ratio decode_tokens_per_s \
+            "$DIR/${pre}bf16.t$t.p512" "$DIR/${pre}f32.t$t.p512") [>= 1.8]"
     done
+    echo "$tag: medians over $REPEAT rounds (each round the four cases one after another)"
 done
