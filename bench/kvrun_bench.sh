@@ -11,6 +11,8 @@
 #   prefill 512 GFLOP/s / a 1024^3 F32 GEMM of the same run                            [>= 0.6]
 #   prefill 512 tok/s with 2 threads / 1 thread                                        [>= 1.7]
 #   decode tok/s after 512 tokens / after 1 (both timed in each repeat of one run)     [>= 0.85]
+#   peak RSS of a generation (a prompt of about 520 tokens, 32 new, 2 threads) / (the weights
+#     files + its KV cache)                                                            [<= 1.1]
 # Paired: REPEAT rounds (default 3), each running the four cases (F32 and BF16, 1 and 2 threads)
 # one after another with --repeat 1; a case's figures are the medians over the rounds, and the
 # ratios between cases (BF16 over F32, 2 threads over 1) the medians of each round's ratio, so
@@ -76,4 +78,16 @@ for shape in $SHAPES; do
             "$DIR/${pre}bf16.t$t.p512" "$DIR/${pre}f32.t$t.p512") [>= 1.8]"
     done
     echo "$tag: medians over $REPEAT rounds (each round the four cases one after another)"
+    prompt=$(i=0; while [ $i -lt 40 ]; do printf 'Once upon a time there was '; i=$((i + 1)); done)
+    for dt in f32 bf16; do
+        line=$(OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell} "$BIN/kvrun" "$DIR/$pre$dt" \
+            --prompt "$prompt" -n 32 --threads 2 --temperature 0 2>&1 >/dev/null | tail -n 1)
+        files=$(cat "$DIR/$pre$dt"/*.safetensors | wc -c)
+        echo "$line" | awk -v f="$files" -v tag="$tag $dt" '{
+            for (i = 1; i <= NF; i++) { if ($i == "RSS") rss = $(i + 1) * 1024; if ($i == "cache") kv = $(i + 1) }
+            if (rss > 0 && f + kv > 0)
+                printf "%s: peak RSS %.1f MB / (weights files %.1f MB + KV cache %.1f MB) = %.3f [<= 1.1]\n",
+                    tag, rss / 1e6, f / 1e6, kv / 1e6, rss / (f + kv)
+            else print tag ": no peak RSS in kvrun'"'"'s statistics" }'
+    done
 done

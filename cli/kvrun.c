@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cblas.h>
@@ -247,11 +248,13 @@ static int run_prompt(const run_args *a) {
     if (st.n_generated > 1)
         snprintf(decode_rate, sizeof decode_rate, " (%.1f tok/s)",
                  (st.n_generated - 1) / (st.decode_s + 1e-12));
+    struct rusage ru;
+    const long peak_kb = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : 0; /* KiB on Linux */
     fprintf(stderr,
             "kvrun: prompt %d tokens in %.3f s (%.1f tok/s); generated %d tokens in %.3f s"
-            "%s%s\n",
+            "%s%s; peak RSS %ld KiB, KV cache %zu bytes\n",
             st.n_prompt, st.prefill_s, st.n_prompt / (st.prefill_s + 1e-12), st.n_generated,
-            st.decode_s, decode_rate, why);
+            st.decode_s, decode_rate, why, peak_kb, s.cache.bytes);
     status = 0;
 fail:
     if (status) cli_fail(TOOL, &err);
