@@ -490,10 +490,9 @@ static int run_bench(const run_args *a) {
         if (cpu) step_gbps[r] = kv_read_loop_run(step_loop, G);
         if (bench_pass(&s, prompt, P, G, &fo, &best_prefill, &best_decode, &decode_s, &err))
             goto fail;
-        if (cpu && paired_loop[r] > 0 && decode_s > 0)
-            paired_ratio[r] = step_read * G / decode_s / 1e9 / paired_loop[r];
-        if (cpu && step_gbps[r] > 0 && decode_s > 0)
-            step_ratio[r] = step_read * G / decode_s / 1e9 / step_gbps[r];
+        const double run_gbps = decode_s > 0 ? step_read * G / decode_s / 1e9 : 0.0;
+        if (cpu && paired_loop[r] > 0) paired_ratio[r] = run_gbps / paired_loop[r];
+        if (cpu && step_gbps[r] > 0) step_ratio[r] = run_gbps / step_gbps[r];
     }
     if (cpu) {
         const double after = kv_read_loop_best(rl, 3);

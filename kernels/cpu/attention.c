@@ -518,14 +518,13 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
             if (e <= b) continue;
             const float *qr = j->q + (size_t)t * q_stride + (size_t)h * hd;
 #if KV_ATTN_X86
-            if (avx2 && bf16 && hd == 64 && st == 64 && !ring && j->avx512) {
-                attn_row_block_bf16_64_avx512(acc + (size_t)r * hd, m + r, l + r, score, qr, kh, vh,
-                                              base, s0, b, e, n_vis, j->scale);
-                continue;
-            }
-            if (avx2 && bf16 && hd == 64 && st == 64 && !ring) {
-                attn_row_block_bf16_64(acc + (size_t)r * hd, m + r, l + r, score, qr, kh, vh, base,
-                                       s0, b, e, n_vis, j->scale);
+            if (avx2 && bf16 && hd == 64 && st == 64 && !ring) { /* decode's usual rows */
+                if (j->avx512)
+                    attn_row_block_bf16_64_avx512(acc + (size_t)r * hd, m + r, l + r, score, qr, kh,
+                                                  vh, base, s0, b, e, n_vis, j->scale);
+                else
+                    attn_row_block_bf16_64(acc + (size_t)r * hd, m + r, l + r, score, qr, kh, vh,
+                                           base, s0, b, e, n_vis, j->scale);
                 continue;
             }
             if (avx2 && hd % 8 == 0) {

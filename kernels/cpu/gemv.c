@@ -148,11 +148,23 @@ enum { GEMV_PAIR_MIN_IN = 4096 };
 
 /* the next GEMV_NTA_BYTES-ahead line of a row pair's row at byte off (of row_bytes), past the
  * row's end the same distance into the row next_row (the next pair's): a prefetch address */
-static inline const char *pair_ahead(const void *row, const void *next_row, size_t off,
-                                     size_t row_bytes) {
+static inline __attribute__((always_inline)) const char *pair_ahead(const void *row,
+                                                                    const void *next_row,
+                                                                    size_t off, size_t row_bytes) {
     const size_t ahead = off + GEMV_NTA_BYTES;
     return ahead < row_bytes ? (const char *)row + ahead
                              : (const char *)next_row + (ahead - row_bytes);
+}
+
+/* the two lines GEMV_NTA_BYTES ahead of byte off in each row of the pair w, u = w + row_bytes,
+ * non-temporal (a hint; past a row's end, the next pair's rows) */
+static inline __attribute__((always_inline)) void pair_prefetch(const void *w, size_t off,
+                                                                size_t row_bytes) {
+    const char *u = (const char *)w + row_bytes;
+    const char *pw = pair_ahead(w, u + row_bytes, off, row_bytes),
+               *pu = pair_ahead(u, u + 2 * row_bytes, off, row_bytes);
+    _mm_prefetch(pw, _MM_HINT_NTA), _mm_prefetch(pw + 64, _MM_HINT_NTA);
+    _mm_prefetch(pu, _MM_HINT_NTA), _mm_prefetch(pu + 64, _MM_HINT_NTA);
 }
 
 /* F32 rows w and u = w + n together, each with dot_f32_avx2_nta's operations in its order (the
@@ -162,17 +174,12 @@ __attribute__((target("avx2,fma"))) static void dot2_f32_avx2_nta(float *sw, flo
                                                                   const float *w, const float *x,
                                                                   int n) {
     const float *u = w + n;
-    const float *wn = w + 2 * (size_t)n, *un = u + 2 * (size_t)n;
-    const size_t row_bytes = sizeof(float) * (size_t)n;
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                    _mm256_setzero_ps()};
     __m256 b[4] = {a[0], a[1], a[2], a[3]};
     int i = 0;
     for (; i + 32 <= n; i += 32) {
-        const size_t off = sizeof(float) * (size_t)i;
-        const char *pw = pair_ahead(w, wn, off, row_bytes), *pu = pair_ahead(u, un, off, row_bytes);
-        _mm_prefetch(pw, _MM_HINT_NTA), _mm_prefetch(pw + 64, _MM_HINT_NTA);
-        _mm_prefetch(pu, _MM_HINT_NTA), _mm_prefetch(pu + 64, _MM_HINT_NTA);
+        pair_prefetch(w, sizeof(float) * (size_t)i, sizeof(float) * (size_t)n);
         f32_step_avx2(a, w + i, x + i);
         f32_step_avx2(b, u + i, x + i);
     }
@@ -410,23 +417,17 @@ __attribute__((target("avx512f"))) static float dot_bf16_evenodd(const uint16_t 
  * operations in its order (the same bits), x's loads shared (one thread, Zen 5 VM, 2026-12-06:
  * rows of 5632 22.6-24.0 -> 26.6-29.6 GB/s, 4096 27.6 -> 30.9; 2816 the same, 2048 0.96x, 768
  * 0.78x) */
-
 __attribute__((target("avx512f"))) static void dot2_bf16_evenodd(float *sw, float *su,
                                                                  const uint16_t *w, const float *xd,
                                                                  int n) {
     const __m512i odd = _mm512_set1_epi32((int)0xffff0000u);
     const uint16_t *u = w + n;
-    const uint16_t *wn = w + 2 * (size_t)n, *un = u + 2 * (size_t)n;
-    const size_t row_bytes = sizeof(uint16_t) * (size_t)n;
     __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
                    _mm512_setzero_ps()};
     __m512 b[4] = {a[0], a[1], a[2], a[3]};
     int i = 0;
     for (; i + 64 <= n; i += 64) {
-        const size_t off = sizeof(uint16_t) * (size_t)i;
-        const char *pw = pair_ahead(w, wn, off, row_bytes), *pu = pair_ahead(u, un, off, row_bytes);
-        _mm_prefetch(pw, _MM_HINT_NTA), _mm_prefetch(pw + 64, _MM_HINT_NTA);
-        _mm_prefetch(pu, _MM_HINT_NTA), _mm_prefetch(pu + 64, _MM_HINT_NTA);
+        pair_prefetch(w, sizeof(uint16_t) * (size_t)i, sizeof(uint16_t) * (size_t)n);
         evenodd_step(a, w + i, xd + i, odd);
         evenodd_step(b, u + i, xd + i, odd);
     }
@@ -632,6 +633,13 @@ static dot_f32_fn f32_dot(kv_gemv_isa isa) {
     return dot_f32[isa];
 }
 
+/* y[o] = s, after y[o] + s when accumulating, then + bias[o] */
+static inline void row_out(float *y, int o, float s, const float *bias, int accumulate) {
+    if (accumulate) s = y[o] + s;
+    if (bias) s += bias[o];
+    y[o] = s;
+}
+
 /* rows [o0, o1) of y (+)= W x (+ bias) with isa: BF16 rows against xp when prep_for gave one,
  * else each row's dot product from the tables */
 static void rows_run(kv_gemv_isa isa, float *y, const float *x, const void *xp, const void *W,
@@ -650,11 +658,8 @@ static void rows_run(kv_gemv_isa isa, float *y, const float *x, const void *xp, 
             const size_t off = (size_t)o * (size_t)n_in;
             if (bf16_pairs) dot2_bf16_evenodd(&s[0], &s[1], (const uint16_t *)W + off, xp, n_in);
             else dot2_f32_avx2_nta(&s[0], &s[1], (const float *)W + off, x, n_in);
-            for (int k = 0; k < 2; k++) {
-                if (accumulate) s[k] = y[o + k] + s[k];
-                if (bias) s[k] += bias[o + k];
-                y[o + k] = s[k];
-            }
+            row_out(y, o, s[0], bias, accumulate);
+            row_out(y, o + 1, s[1], bias, accumulate);
         }
 #endif
     for (; o < o1; o++) {
@@ -662,9 +667,7 @@ static void rows_run(kv_gemv_isa isa, float *y, const float *x, const void *xp, 
         float s = xp         ? dot_prepared(isa, (const uint16_t *)W + off, xp, n_in)
                   : dot_half ? dot_half((const uint16_t *)W + off, x, n_in)
                              : dot((const float *)W + off, x, n_in);
-        if (accumulate) s = y[o] + s;
-        if (bias) s += bias[o];
-        y[o] = s;
+        row_out(y, o, s, bias, accumulate);
     }
 }
 
