@@ -112,7 +112,9 @@ typedef struct {
                  come from one pass (forward.c, decode_qkv) */
     float *att; /* [B, nh*hd] attention output */
     float *gate, *up; /* [B, FFN] MLP hidden; gate at least 2 FFN: one token's gate then up when
-                         they come from one pass (forward.c, decode_gate_up) */
+                         they come from one pass (forward.c, decode_gate_up). They share their
+                         memory with q, att and kv_rows (an attention block's buffers are dead
+                         in the MLP and the other way round) */
     float *x_block; /* [B, H] hidden entering the cyclic group (upward maps only) */
     int32_t *pos; /* [max_seq] 0, 1, .., max_seq-1 (uploaded at init): the rows at
                              pos0.. read pos + pos0 */

@@ -21,6 +21,7 @@
 #include "runtime/ppl.h"
 #include "tests/check.h"
 #include "tests/rand.h"
+#include "transform/synth/synth.h"
 
 #define MODEL_DIR     SHARED_DIR "/models/stories260K"
 #define GOLDEN_LOGITS SHARED_DIR "/golden/stories260K_logits.safetensors"
@@ -1594,6 +1595,52 @@ static void test_backend_seam(void) {
     guard_signal(0);
 }
 
+/* Weights copied into the arena 4 MiB of the file at a time (runtime/model.c, copy_tensor): an
+ * embedding of several chunks, not a whole number of them, as stored (F32, BF16) and widened
+ * (BF16 -> F32), holds the values the file's mapping holds, at every element. */
+static void test_chunked_copy(void) {
+    for (int k = 0; k < 2; k++) {
+        synth_spec s;
+        synth_preset(&s, "tiny");
+        s.vocab = 70001; /* embedding 70001 x 64: 17.9 MB of F32, 9.0 MB of BF16 */
+        s.tied = 0;
+        s.dtype = k ? KV_BF16 : KV_F32;
+        char dir[300];
+        snprintf(dir, sizeof dir, "%s/chunked-%s", tmp_root, kv_dtype_name(s.dtype));
+        kv_error err = {0};
+        if (synth_write(dir, &s, &err)) {
+            CHECK(0, "synth %s: %s", dir, err.msg);
+            continue;
+        }
+        const kv_model_opts mapped_opts = {.map_file = 1}, widen_opts = {.widen_f32 = 1};
+        kv_model mapped, copied, widened;
+        if (kv_model_load(&mapped, dir, &mapped_opts, &err)) {
+            CHECK(0, "load %s mapped: %s", dir, err.msg);
+            continue;
+        }
+        const size_t n = (size_t)s.vocab * (size_t)s.hidden, es = kv_dtype_size(s.dtype);
+        if (kv_model_load(&copied, dir, NULL, &err) == 0) {
+            CHECK(copied.embed != mapped.embed && copied.lm_head != mapped.lm_head &&
+                      !memcmp(copied.embed, mapped.embed, n * es) &&
+                      !memcmp(copied.lm_head, mapped.lm_head, n * es),
+                  "%s: copied embedding and head = the file's", kv_dtype_name(s.dtype));
+            kv_model_free(&copied);
+        } else CHECK(0, "load %s: %s", dir, err.msg);
+        if (k && kv_model_load(&widened, dir, &widen_opts, &err) == 0) {
+            float *want = malloc(n * sizeof *want);
+            CHECK(want && widened.mat_type == KV_F32 &&
+                      !kv_dtype_cast(want, KV_F32, mapped.embed, KV_BF16, n) &&
+                      !memcmp(widened.embed, want, n * sizeof *want) &&
+                      !kv_dtype_cast(want, KV_F32, mapped.lm_head, KV_BF16, n) &&
+                      !memcmp(widened.lm_head, want, n * sizeof *want),
+                  "BF16 widened in chunks = the file's values widened");
+            free(want);
+            kv_model_free(&widened);
+        } else if (k) CHECK(0, "load %s widened: %s", dir, err.msg);
+        kv_model_free(&mapped);
+    }
+}
+
 int main(void) {
     kv_error err = {0};
     kv_backend_cpu_init(&cpu, 2, &err);
@@ -1619,6 +1666,7 @@ int main(void) {
     test_iterative_close();
     test_group_plan();
     test_dtypes_and_layouts();
+    test_chunked_copy();
     test_perplexity();
     test_bf16_cache();
     test_errors();

@@ -77,9 +77,11 @@ static int cpu_sync(kv_backend *b, kv_error *err) {
 
 /* BF16 or F16 weights, T > 1: blocks of rows of W widened into F32 scratch (exact; the rows split
  * over the kernel threads), then sgemm of the block's outputs. Blocks of about HALF_BLOCK_FLOATS
- * (16 MiB of F32, at least 256 rows): few sgemm calls per matrix. The scratch is kept per calling
- * thread and grows as needed (no page faults per call). */
-enum { HALF_BLOCK_FLOATS = 1 << 22, HALF_MIN_ROWS = 256, WIDEN_ROWS_PER_ITEM = 16 };
+ * (1 MiB of F32, at least 128 rows): prefill of 512 tokens ran as fast as with 16 MiB blocks of
+ * at least 256 rows on the 110M and 1.1B shapes (docs/RESULTS.md, round 10), in 1.7 MiB of
+ * scratch where those took 10.5 at 110M. The scratch is kept per calling thread and grows as needed (no page
+ * faults per call). */
+enum { HALF_BLOCK_FLOATS = 1 << 18, HALF_MIN_ROWS = 128, WIDEN_ROWS_PER_ITEM = 16 };
 
 static _Thread_local float *half_scratch;
 static _Thread_local size_t half_scratch_floats;
