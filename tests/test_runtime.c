@@ -994,6 +994,37 @@ static int val_text_ids(int **ids) {
     return n_ids;
 }
 
+/* kv_argmax = the one-pass loop (the first i with x[i] > x[best] so far) on every length 0..40
+ * and a vocabulary's, with ties (values from a set of 5), NaNs, infinities and signed zeros */
+static int argmax_loop(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+static void test_argmax(void) {
+    enum { N_MAX = 32003 };
+    static float x[N_MAX];
+    const float values[] = {NAN, INFINITY, -INFINITY, 0.0f, -0.0f, 1.5f, -2.0f};
+    int mismatches = 0, cases = 0;
+    for (int trial = 0; trial < 400; trial++) {
+        const int n = trial < 300 ? trial % 41 : N_MAX - trial % 7;
+        const int kind = trial % 4; /* 0: distinct, 1: ties, 2: specials, 3: ties + specials */
+        for (int i = 0; i < n; i++) {
+            const float r = frand();
+            x[i] = kind == 0   ? r
+                   : kind == 1 ? (float)(int)(2.5f * r)
+                               : values[(int)((r + 1.0f) * 3.5f) % 7];
+            if (kind == 3 && i % 3) x[i] = (float)(int)(2.5f * r);
+        }
+        mismatches += kv_argmax(x, n) != argmax_loop(x, n);
+        cases++;
+    }
+    CHECK(mismatches == 0, "kv_argmax differs from the one-pass loop in %d of %d arrays",
+          mismatches, cases);
+}
+
 static void test_perplexity(void) {
     kv_error err = {0};
     /* the nats/token of golden sequences 1 and 2 (TinyStories val paragraphs) from run.c's own
@@ -1667,6 +1698,7 @@ int main(void) {
     test_group_plan();
     test_dtypes_and_layouts();
     test_chunked_copy();
+    test_argmax();
     test_perplexity();
     test_bf16_cache();
     test_errors();
