@@ -78,9 +78,10 @@ static int cpu_sync(kv_backend *b, kv_error *err) {
 /* BF16 or F16 weights, T > 1: blocks of rows of W widened into F32 scratch (exact; the rows split
  * over the kernel threads), then sgemm of the block's outputs. Blocks of about HALF_BLOCK_FLOATS
  * (1 MiB of F32, at least 128 rows): prefill of 512 tokens ran as fast as with 16 MiB blocks of
- * at least 256 rows on the 110M and 1.1B shapes (docs/RESULTS.md, round 10), in 1.7 MiB of
- * scratch where those took 10.5 at 110M. The scratch is kept per calling thread and grows as needed (no page
- * faults per call). */
+ * at least 256 rows on the 110M and 1.1B shapes, in 1.7 MiB of scratch where those took 10.5 at
+ * 110M (docs/RESULTS.md, round 10). The block split sets sgemm's order of operations: the same
+ * bits at any thread count, not across block sizes. The scratch is kept per calling thread and
+ * grows as needed (no page faults per call). */
 enum { HALF_BLOCK_FLOATS = 1 << 18, HALF_MIN_ROWS = 128, WIDEN_ROWS_PER_ITEM = 16 };
 
 static _Thread_local float *half_scratch;
