@@ -675,6 +675,8 @@ done:
     return rc;
 }
 
+enum { TRIM_JSON_BYTES = 256 << 10 }; /* tokenizer.json from here on: the heap trimmed after it */
+
 int kv_tokenizer_load_json(kv_tokenizer **out, const char *json, size_t len, const char *name,
                            kv_error *err) {
     *out = NULL;
@@ -694,7 +696,8 @@ int kv_tokenizer_load_json(kv_tokenizer **out, const char *json, size_t len, con
     int rc = load_tree(&c, t, root);
     cJSON_Delete(root);
 #ifdef __GLIBC__
-    malloc_trim(0); /* the freed tree's pages (some 4 MB at 32k tokens) leave the resident set */
+    /* a large tree's freed pages (some 4 MB at 32k tokens) leave the resident set */
+    if (len >= TRIM_JSON_BYTES) malloc_trim(0);
 #endif
     if (rc) {
         kv_tokenizer_free(t);
