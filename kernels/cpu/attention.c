@@ -128,6 +128,17 @@ static inline void attn_prefetch(const void *p, size_t bytes) {
     for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)p + o);
 }
 
+/* The weighted sum of a BF16 block of 64 dims reads V rows its scores pass fetched; the memory
+ * would idle through it. Each of its keys s fetches the K row of key s + next_from instead (while
+ * that is below next_end: 0 for none), the next block's keys past the ones the scores pass
+ * fetches ATTN_PF_KEYS ahead. attention_bench, BF16 head by head from DRAM: 1 thread 0.0765-0.0776
+ * -> 0.0715-0.0726 ms a layer; F32 rows (4 lines a key) ran slower with it and go without
+ * (docs/RESULTS.md, round 10). */
+static inline void attn_prefetch_next_k(const uint16_t *kh, size_t st, int base, int ring, int key,
+                                        int next_end) {
+    if (key < next_end) attn_prefetch(kh + (size_t)attn_row(key - base, ring) * st, 64 * 2);
+}
+
 /* the pairwise combination of attn_dot_row for eight keys at once: a[u] holds key u's eight
  * partial sums; lane u of the result is ((p0+p1)+(p2+p3))+((p4+p5)+(p6+p7)) of key u (hadd adds
  * neighbours, the last add joins the two 128-bit halves) */
@@ -167,10 +178,9 @@ __attribute__((target("avx2"))) static inline __attribute__((always_inline)) voi
  * with each 32-byte load of 16 BF16 widened by a shift (even dims) and a mask (odd dims), so the
  * accumulators hold dims d, d+2, .. and d+1, d+3, ..: de-interleaved on entry, interleaved back
  * on exit (the order of operations per dim is the reference's) */
-__attribute__((target("avx2"))) static inline void attn_v64_bf16_avx2(float *ar, const float *score,
-                                                                      const uint16_t *vh, size_t st,
-                                                                      int base, int ring, int b,
-                                                                      int e, __m256 corrv) {
+__attribute__((target("avx2"))) static inline void attn_v64_bf16_avx2(
+    float *ar, const float *score, const uint16_t *vh, size_t st, int base, int ring, int b, int e,
+    __m256 corrv, const uint16_t *kh, int next_from, int next_end) {
     __m256 ev[4], od[4];
     for (int c = 0; c < 4; c++) {
         const __m256 lo = _mm256_loadu_ps(ar + 16 * c), hi = _mm256_loadu_ps(ar + 16 * c + 8);
@@ -185,6 +195,7 @@ __attribute__((target("avx2"))) static inline void attn_v64_bf16_avx2(float *ar,
     const __m256i odd_mask = _mm256_set1_epi32((int)0xffff0000u);
     for (int s = b; s < e; s++) {
         const uint16_t *vr = vh + (size_t)attn_row(s - base, ring) * st;
+        attn_prefetch_next_k(kh, st, base, ring, s + next_from, next_end);
         const __m256 pv = _mm256_set1_ps(score[s - b]);
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++) {
@@ -245,11 +256,13 @@ static inline float attn_block_exps(float *score, int s0, int b, int e, float m_
  * arithmetic in its order. Eight keys' dot products run interleaved; the row's accumulator stays
  * in registers across the keys, up to 64 dims at a time. Key s is row attn_row(s - base, ring) * st of
  * kf / vf (F32) or kh / vh (BF16); K rows are prefetched up to key pf_end - 1 (past the block when
- * the rows are the cache's, so the next block's first keys are on their way). */
+ * the rows are the cache's, so the next block's first keys are on their way); the weighted sum
+ * fetches K rows on up to key next_end - 1 (attn_prefetch_next_k). */
 __attribute__((target("avx2"))) static inline __attribute__((always_inline)) void
 attn_row_block_body(float *ar, float *m, float *l, float *score, const float *qr, const float *kf,
                     const float *vf, const uint16_t *kh, const uint16_t *vh, int bf16, size_t st,
-                    int base, int ring, int s0, int b, int e, int pf_end, int hd, float scale) {
+                    int base, int ring, int s0, int b, int e, int pf_end, int next_end, int hd,
+                    float scale) {
     float mb = *m;
     __m256 mbv = _mm256_set1_ps(mb);
     const __m256 scalev = _mm256_set1_ps(scale);
@@ -294,9 +307,10 @@ attn_row_block_body(float *ar, float *m, float *l, float *score, const float *qr
     const float lsum = attn_block_exps(score, s0, b, e, *m, mb, &corr);
     const __m256 corrv = _mm256_set1_ps(corr);
     int d = 0;
-    if (bf16)
-        for (; d + 64 <= hd; d += 64)
-            attn_v64_bf16_avx2(ar + d, score + (b - s0), vh + d, st, base, ring, b, e, corrv);
+    if (bf16) /* the first 64 dims' pass fetches the next K rows */
+        for (; d + 64 <= hd; d += 64, next_end = 0)
+            attn_v64_bf16_avx2(ar + d, score + (b - s0), vh + d, st, base, ring, b, e, corrv, kh,
+                               e + ATTN_PF_KEYS - b, next_end);
     for (; d + 64 <= hd; d += 64)
         attn_v_avx2(ar + d, score + (b - s0), vf, vh, bf16, d, st, base, ring, b, e, corrv, 8);
     for (; d + 32 <= hd; d += 32)
@@ -311,18 +325,18 @@ attn_row_block_body(float *ar, float *m, float *l, float *score, const float *qr
 __attribute__((target("avx2"))) static void attn_row_block_avx2(
     float *ar, float *m, float *l, float *score, const float *qr, const float *kf, const float *vf,
     const uint16_t *kh, const uint16_t *vh, int bf16, size_t st, int base, int ring, int s0, int b,
-    int e, int pf_end, int hd, float scale) {
+    int e, int pf_end, int next_end, int hd, float scale) {
     attn_row_block_body(ar, m, l, score, qr, kf, vf, kh, vh, bf16, st, base, ring, s0, b, e, pf_end,
-                        hd, scale);
+                        next_end, hd, scale);
 }
 
 /* the same for decode's usual rows: BF16, 64 dims, a head's rows back to back (the cache's
  * layout), no ring; the constants fold every key's row address into one pointer and an offset */
 __attribute__((target("avx2"))) static void attn_row_block_bf16_64(
     float *ar, float *m, float *l, float *score, const float *qr, const uint16_t *kh,
-    const uint16_t *vh, int base, int s0, int b, int e, int pf_end, float scale) {
+    const uint16_t *vh, int base, int s0, int b, int e, int pf_end, int next_end, float scale) {
     attn_row_block_body(ar, m, l, score, qr, NULL, NULL, kh, vh, 1, 64, base, 0, s0, b, e, pf_end,
-                        64, scale);
+                        next_end, 64, scale);
 }
 
 /* ---- AVX-512F: the same rows (BF16, 64 dims, back to back, no ring) in 512-bit vectors. The dot
@@ -358,7 +372,9 @@ __attribute__((target("avx512f"))) static inline __m256 attn_hi(__m512 v) {
  * evens and odds apart: de-interleaved on entry, interleaved back on exit) */
 __attribute__((target("avx512f"))) static void attn_v64_bf16_avx512(float *ar, const float *score,
                                                                     const uint16_t *vh, int base,
-                                                                    int b, int e, float corr) {
+                                                                    int b, int e, float corr,
+                                                                    const uint16_t *kh,
+                                                                    int next_end) {
     const __m512i even_of =
         _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd_of =
@@ -374,8 +390,10 @@ __attribute__((target("avx512f"))) static void attn_v64_bf16_avx512(float *ar, c
         ev[c] = _mm512_mul_ps(_mm512_permutex2var_ps(lo, even_of, hi), corrv);
         od[c] = _mm512_mul_ps(_mm512_permutex2var_ps(lo, odd_of, hi), corrv);
     }
+    const int next_from = e + ATTN_PF_KEYS - b;
     for (int s = b; s < e; s++) {
         const uint16_t *vr = vh + (size_t)(s - base) * 64;
+        attn_prefetch_next_k(kh, 64, base, 0, s + next_from, next_end);
         const __m512 pv = _mm512_set1_ps(score[s - b]);
         for (int c = 0; c < 2; c++) {
             const __m512i r = _mm512_loadu_si512((const void *)(vr + 32 * c));
@@ -394,7 +412,7 @@ __attribute__((target("avx512f"))) static void attn_v64_bf16_avx512(float *ar, c
 /* attn_row_block_bf16_64 in 512-bit vectors (above) */
 __attribute__((target("avx512f"))) static void attn_row_block_bf16_64_avx512(
     float *ar, float *m, float *l, float *score, const float *qr, const uint16_t *kh,
-    const uint16_t *vh, int base, int s0, int b, int e, int pf_end, float scale) {
+    const uint16_t *vh, int base, int s0, int b, int e, int pf_end, int next_end, float scale) {
     __m512 q2[8];
     for (int c = 0; c < 8; c++) q2[c] = attn_q_twice(qr + 8 * c);
     float mb = *m;
@@ -430,7 +448,7 @@ __attribute__((target("avx512f"))) static void attn_row_block_bf16_64_avx512(
                           attn_max8(mbv, mb));
     float corr;
     const float lsum = attn_block_exps(score, s0, b, e, *m, mb, &corr);
-    attn_v64_bf16_avx512(ar, score + (b - s0), vh, base, b, e, corr);
+    attn_v64_bf16_avx512(ar, score + (b - s0), vh, base, b, e, corr, kh, next_end);
     *l = *l * corr + lsum;
     *m = mb;
 }
@@ -510,6 +528,9 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
             attn_stage(v_blk + skip, j->v16, b, e, g, j->pos_stride, j->head_stride, hd, ring);
             kf = k_blk, vf = v_blk, st = (size_t)hd, base = s0, ring = 0;
         }
+        /* the block's first row to run fetches the next block's K rows (the others find them
+         * cached): up to the item's last visible key, none from staged rows */
+        int next_end = staged ? 0 : s_end;
         for (int r = 0; r < rows; r++) {
             const int t = t0 + r / group, h = g * group + r % group;
             const int n_vis = attn_visible(j->pos0 + t, j->S, j->mask);
@@ -517,23 +538,26 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
             const int b = s0 > lo ? s0 : lo, e = s0 + KB < n_vis ? s0 + KB : n_vis;
             if (e <= b) continue;
             const float *qr = j->q + (size_t)t * q_stride + (size_t)h * hd;
+            const int next = next_end;
+            next_end = 0;
 #if KV_ATTN_X86
             if (avx2 && bf16 && hd == 64 && st == 64 && !ring) { /* decode's usual rows */
                 if (j->avx512)
                     attn_row_block_bf16_64_avx512(acc + (size_t)r * hd, m + r, l + r, score, qr, kh,
-                                                  vh, base, s0, b, e, n_vis, j->scale);
+                                                  vh, base, s0, b, e, n_vis, next, j->scale);
                 else
                     attn_row_block_bf16_64(acc + (size_t)r * hd, m + r, l + r, score, qr, kh, vh,
-                                           base, s0, b, e, n_vis, j->scale);
+                                           base, s0, b, e, n_vis, next, j->scale);
                 continue;
             }
             if (avx2 && hd % 8 == 0) {
                 attn_row_block_avx2(acc + (size_t)r * hd, m + r, l + r, score, qr, kf, vf, kh, vh,
-                                    bf16, st, base, ring, s0, b, e, staged ? e : n_vis, hd,
+                                    bf16, st, base, ring, s0, b, e, staged ? e : n_vis, next, hd,
                                     j->scale);
                 continue;
             }
 #endif
+            (void)next;
             float mb = m[r];
             for (int s = b; s < e; s++) {
                 const size_t at = (size_t)attn_row(s - base, ring) * st;
