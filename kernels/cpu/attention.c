@@ -131,9 +131,9 @@ static inline void attn_prefetch(const void *p, size_t bytes) {
 /* The weighted sum of a BF16 block of 64 dims reads V rows its scores pass fetched; the memory
  * would idle through it. Each of its keys s fetches the K row of key s + next_from instead (while
  * that is below next_end: 0 for none), the next block's keys past the ones the scores pass
- * fetches ATTN_PF_KEYS ahead. attention_bench, BF16 head by head from DRAM: 1 thread 0.0765-0.0776
- * -> 0.0715-0.0726 ms a layer; F32 rows (4 lines a key) ran slower with it and go without
- * (docs/RESULTS.md, round 10). */
+ * fetches ATTN_PF_KEYS ahead. attention_bench, BF16 head by head from DRAM, the same binary with
+ * and without it: time 0.887x at 1 thread, 0.947x at 2 (medians of 8 rounds); F32 rows (4 lines a
+ * key) ran slower with it and go without (docs/RESULTS.md, round 10). */
 static inline void attn_prefetch_next_k(const uint16_t *kh, size_t st, int base, int ring, int key,
                                         int next_end) {
     if (key < next_end) attn_prefetch(kh + (size_t)attn_row(key - base, ring) * st, 64 * 2);
