@@ -14,9 +14,11 @@
 #   peak RSS of a generation (a prompt of about 520 tokens, 32 new, 2 threads) / (the weights
 #     files + its KV cache)                                                            [<= 1.1]
 # Paired: REPEAT rounds (default 3), each running the four cases (F32 and BF16, 1 and 2 threads)
-# one after another with --repeat 1; a case's figures are the medians over the rounds, and the
-# ratios between cases (BF16 over F32, 2 threads over 1) the medians of each round's ratio, so
-# machine load that comes and goes meets both sides of a ratio alike.
+# one after another with --repeat 1, every other round in reverse order (on the VMs here the
+# first run of a series ran slower by itself: docs/RESULTS.md, round 10); a case's figures are
+# the medians over the rounds, and the ratios between cases (BF16 over F32, 2 threads over 1)
+# the medians of each round's ratio, so machine load that comes and goes meets both sides of a
+# ratio alike.
 # KEEP=DIR reuses (or keeps) the models and the JSON there. SHAPES picks the kvsynth presets
 # (default stories110m; SHAPES="stories110m tinyllama-1.1b" adds the 1.1B rows, 4.4 GB of F32
 # and 2.2 GB of BF16 weights, models kept under DIR/1.1b-f32 and -bf16).
@@ -51,8 +53,10 @@ for shape in $SHAPES; do
             "$BIN/kvsynth" --preset "$shape" --dtype $dt --force "$DIR/$pre$dt" >/dev/null || exit 1
     done
     for r in $(seq "$REPEAT"); do
-        for dt in f32 bf16; do
-            for t in 1 2; do
+        dts="f32 bf16" ths="1 2"
+        [ $((r % 2)) = 0 ] && dts="bf16 f32" ths="2 1" # every other round in reverse order
+        for dt in $dts; do
+            for t in $ths; do
                 OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell} "$BIN/kvrun" "$DIR/$pre$dt" --bench \
                     --json --prompt-len 512 -n 32 --repeat 1 --threads $t \
                     >"$DIR/$pre$dt.t$t.p512.r$r.json" || exit 1

@@ -1,6 +1,7 @@
 #!/bin/sh
 # bench/paired_decode.sh OLD_BIN NEW_BIN [ROUNDS]: decode and prefill speed of two builds of
-# kvforge run alternately ROUNDS times (default 5), so that machine noise hits both alike:
+# kvforge run alternately ROUNDS times (default 5; old first in odd rounds, new first in even
+# ones, as the first run of a pair ran slower by itself), so that machine noise hits both alike:
 # kvrun --bench --json on the stories110m shape (kvsynth --preset stories110m), F32 and BF16
 # weights, 1 and 2 threads, a 512-token prompt then 32 decode steps (MODELS=DIR reuses the
 # models of bench/kvrun_bench.sh's KEEP=DIR, DIR/f32 and DIR/bf16). Prints per case the medians
@@ -21,9 +22,11 @@ field() { sed -n "s/.*\"$1\": \"*\([0-9.]*\).*/\1/p" "$2"; }
 out="$W/results.txt"
 : >"$out"
 for r in $(seq "$ROUNDS"); do
+    builds="old new"
+    [ $((r % 2)) = 0 ] && builds="new old" # the first run of a pair ran slower by itself
     for dt in f32 bf16; do
         for th in 1 2; do
-            for v in old new; do
+            for v in $builds; do
                 B=$OLD
                 [ $v = new ] && B=$NEW
                 OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell} "$B/kvrun" "$M/$dt" --bench --json \

@@ -128,17 +128,16 @@ static inline void attn_prefetch(const void *p, size_t bytes) {
     for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)p + o);
 }
 
-/* The weighted sum of a block reads V rows its scores pass fetched; the memory would idle
- * through it. Each of its keys s fetches `bytes` of the K row of key s + next_from instead (while
+/* The weighted sum of a BF16 block of 64 dims reads V rows its scores pass fetched; the memory
+ * would idle through it. Each of its keys s fetches the K row of key s + next_from instead (while
  * that is below next_end: 0 for none), the next block's keys past the ones the scores pass
- * fetches ATTN_PF_KEYS ahead; rows of kh (BF16) when given, else of kf. attention_bench, head by
- * head from DRAM, the same binary with and without it (medians of 6-8 rounds): BF16 time 0.887x
- * at 1 thread, 0.947x at 2; F32 0.962x, 0.948x (docs/RESULTS.md, round 10). */
-static inline void attn_prefetch_next_k(const float *kf, const uint16_t *kh, size_t st, int base,
-                                        int ring, int key, int next_end, size_t bytes) {
-    if (key >= next_end) return;
-    const size_t at = (size_t)attn_row(key - base, ring) * st;
-    attn_prefetch(kh ? (const void *)(kh + at) : (const void *)(kf + at), bytes);
+ * fetches ATTN_PF_KEYS ahead. attention_bench, BF16 head by head from DRAM, the same binary with
+ * and without it, the order alternating: time 0.939x at 1 thread (0.88-0.995 in 8 rounds), 0.983x
+ * at 2; F32 rows (4 lines a key) gained nothing (1.014x, 1.026x) and go without (docs/RESULTS.md,
+ * round 10). */
+static inline void attn_prefetch_next_k(const uint16_t *kh, size_t st, int base, int ring, int key,
+                                        int next_end) {
+    if (key < next_end) attn_prefetch(kh + (size_t)attn_row(key - base, ring) * st, 64 * 2);
 }
 
 /* the pairwise combination of attn_dot_row for eight keys at once: a[u] holds key u's eight
@@ -155,12 +154,10 @@ __attribute__((target("avx2"))) static inline __m256 attn_hsum8(__m256 a0, __m25
 
 /* ar[0 .. 8 nv - 1] = ar * corr, then ar += p_s * row_s[d ..] for keys s = b .. e-1 in order
  * (p_s = score[s - b]; row s at attn_row(s - base, ring) * st of vf (F32) or vh (BF16)): nv
- * (a constant: 8, 4 or 1) accumulators of 8 dims stay in registers across the keys; F32 K rows
- * of kf fetched as attn_prefetch_next_k says (next_end 0: none) */
+ * (a constant: 8, 4 or 1) accumulators of 8 dims stay in registers across the keys */
 __attribute__((target("avx2"))) static inline __attribute__((always_inline)) void attn_v_avx2(
     float *ar, const float *score, const float *vf, const uint16_t *vh, int bf16, int d, size_t st,
-    int base, int ring, int b, int e, __m256 corrv, const int nv, const float *kf, int next_end) {
-    const int next_from = e + ATTN_PF_KEYS - b;
+    int base, int ring, int b, int e, __m256 corrv, const int nv) {
     __m256 c[8];
 #pragma GCC unroll 8
     for (int i = 0; i < nv; i++) c[i] = _mm256_mul_ps(_mm256_loadu_ps(ar + 8 * i), corrv);
@@ -168,8 +165,6 @@ __attribute__((target("avx2"))) static inline __attribute__((always_inline)) voi
         const size_t at = (size_t)attn_row(s - base, ring) * st;
         const float *vr = bf16 ? NULL : vf + at;
         const uint16_t *vr16 = bf16 ? vh + at : NULL;
-        attn_prefetch_next_k(kf, NULL, st, base, ring, s + next_from, next_end,
-                             sizeof(float) * 8 * (size_t)nv);
         const __m256 pv = _mm256_set1_ps(score[s - b]);
 #pragma GCC unroll 8
         for (int i = 0; i < nv; i++)
@@ -201,7 +196,7 @@ __attribute__((target("avx2"))) static inline void attn_v64_bf16_avx2(
     const __m256i odd_mask = _mm256_set1_epi32((int)0xffff0000u);
     for (int s = b; s < e; s++) {
         const uint16_t *vr = vh + (size_t)attn_row(s - base, ring) * st;
-        attn_prefetch_next_k(NULL, kh, st, base, ring, s + next_from, next_end, 64 * 2);
+        attn_prefetch_next_k(kh, st, base, ring, s + next_from, next_end);
         const __m256 pv = _mm256_set1_ps(score[s - b]);
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++) {
@@ -313,24 +308,16 @@ attn_row_block_body(float *ar, float *m, float *l, float *score, const float *qr
     const float lsum = attn_block_exps(score, s0, b, e, *m, mb, &corr);
     const __m256 corrv = _mm256_set1_ps(corr);
     int d = 0;
-    if (bf16) /* the first 64 dims' pass fetches the next K rows (F32 rows: the first pass) */
+    if (bf16) /* the first 64 dims' pass fetches the next K rows */
         for (; d + 64 <= hd; d += 64, next_end = 0)
             attn_v64_bf16_avx2(ar + d, score + (b - s0), vh + d, st, base, ring, b, e, corrv, kh,
                                e + ATTN_PF_KEYS - b, next_end);
-    else if (next_end && hd >= 64) {
-        attn_v_avx2(ar, score + (b - s0), vf, vh, 0, 0, st, base, ring, b, e, corrv, 8, kf,
-                    next_end);
-        d = 64;
-    }
     for (; d + 64 <= hd; d += 64)
-        attn_v_avx2(ar + d, score + (b - s0), vf, vh, bf16, d, st, base, ring, b, e, corrv, 8, NULL,
-                    0);
+        attn_v_avx2(ar + d, score + (b - s0), vf, vh, bf16, d, st, base, ring, b, e, corrv, 8);
     for (; d + 32 <= hd; d += 32)
-        attn_v_avx2(ar + d, score + (b - s0), vf, vh, bf16, d, st, base, ring, b, e, corrv, 4, NULL,
-                    0);
+        attn_v_avx2(ar + d, score + (b - s0), vf, vh, bf16, d, st, base, ring, b, e, corrv, 4);
     for (; d < hd; d += 8)
-        attn_v_avx2(ar + d, score + (b - s0), vf, vh, bf16, d, st, base, ring, b, e, corrv, 1, NULL,
-                    0);
+        attn_v_avx2(ar + d, score + (b - s0), vf, vh, bf16, d, st, base, ring, b, e, corrv, 1);
     *l = *l * corr + lsum;
     *m = mb;
 }
@@ -407,7 +394,7 @@ __attribute__((target("avx512f"))) static void attn_v64_bf16_avx512(float *ar, c
     const int next_from = e + ATTN_PF_KEYS - b;
     for (int s = b; s < e; s++) {
         const uint16_t *vr = vh + (size_t)(s - base) * 64;
-        attn_prefetch_next_k(NULL, kh, 64, base, 0, s + next_from, next_end, 64 * 2);
+        attn_prefetch_next_k(kh, 64, base, 0, s + next_from, next_end);
         const __m512 pv = _mm512_set1_ps(score[s - b]);
         for (int c = 0; c < 2; c++) {
             const __m512i r = _mm512_loadu_si512((const void *)(vr + 32 * c));
