@@ -478,6 +478,8 @@ static int run_bench(const run_args *a) {
         goto fail;
     }
     if (cpu && kv_read_loop_init_spans(&step_loop, spans, n_spans, &err)) goto fail;
+    free(spans); /* the loop keeps its own chunks */
+    spans = NULL;
     /* decode from context 1 (a 1-token prompt, then the same G steps) is timed in every repeat
      * next to the main case, so the context ratio pairs timings of one run, under the same
      * machine load; with P = 1 the main case is that case */

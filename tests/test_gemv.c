@@ -128,8 +128,8 @@ out:
     free(W), free(x), free(bias), free(y1), free(y2), free(yr);
 }
 
-/* long rows (4096 weights or more) run two at a time where the variant has such a loop
- * (AVX-512 BF16): each row's bits are those of the row computed alone (a call of one row), with
+/* long rows (4096 weights or more) run two at a time where the variant has such a loop (BF16
+ * on AVX-512, F32 by the AVX2 loop where the CPU has AVX-512): each row's bits are those of the row computed alone (a call of one row), with
  * bias and accumulate, an odd row count (the last row alone), tails of 32 and of fewer */
 static void check_long_rows(kv_dtype t) {
     static const int n_ins[] = {4096, 4133, 4165, 5632};

@@ -181,7 +181,7 @@ __attribute__((target("avx2"))) static inline __attribute__((always_inline)) voi
  * on exit (the order of operations per dim is the reference's) */
 __attribute__((target("avx2"))) static inline void attn_v64_bf16_avx2(
     float *ar, const float *score, const uint16_t *vh, size_t st, int base, int ring, int b, int e,
-    __m256 corrv, const uint16_t *kh, int next_from, int next_end) {
+    __m256 corrv, const uint16_t *kh, int next_end) {
     __m256 ev[4], od[4];
     for (int c = 0; c < 4; c++) {
         const __m256 lo = _mm256_loadu_ps(ar + 16 * c), hi = _mm256_loadu_ps(ar + 16 * c + 8);
@@ -194,6 +194,7 @@ __attribute__((target("avx2"))) static inline void attn_v64_bf16_avx2(
                               corrv);
     }
     const __m256i odd_mask = _mm256_set1_epi32((int)0xffff0000u);
+    const int next_from = e + ATTN_PF_KEYS - b;
     for (int s = b; s < e; s++) {
         const uint16_t *vr = vh + (size_t)attn_row(s - base, ring) * st;
         attn_prefetch_next_k(kh, st, base, ring, s + next_from, next_end);
@@ -311,7 +312,7 @@ attn_row_block_body(float *ar, float *m, float *l, float *score, const float *qr
     if (bf16) /* the first 64 dims' pass fetches the next K rows */
         for (; d + 64 <= hd; d += 64, next_end = 0)
             attn_v64_bf16_avx2(ar + d, score + (b - s0), vh + d, st, base, ring, b, e, corrv, kh,
-                               e + ATTN_PF_KEYS - b, next_end);
+                               next_end);
     for (; d + 64 <= hd; d += 64)
         attn_v_avx2(ar + d, score + (b - s0), vf, vh, bf16, d, st, base, ring, b, e, corrv, 8);
     for (; d + 32 <= hd; d += 32)
