@@ -165,9 +165,11 @@ static void test_prefill_decode_threads(void) {
 }
 
 /* BF16 cache: equal bit for bit to the F32 kernel on the widened values (shapes across the
- * 64-key block edge, both masks, GQA groups of 1, 2, 4 and 8, offsets, threads; blocks staged
- * and rows widened as read); prefill == decode */
-static void test_bf16_cache(void) {
+ * 64-key block edge, both masks, GQA groups of 1, 2, 4 and 8, offsets, threads; rows widened as
+ * read by the default variant, blocks staged by the portable one at 4 rows per item or more);
+ * prefill == decode */
+static void test_bf16_cache_variant(kv_gemv_isa isa) {
+    kv_gemv_force(isa);
     const int shapes[][5] = {/* T, pos0, nh, nkv, hd */
                              {1, 0, 4, 4, 8},     {70, 0, 8, 2, 16},  {1, 129, 8, 1, 64},
                              {33, 100, 4, 1, 32}, {130, 0, 16, 2, 8}, {3, 50, 4, 4, 16},
@@ -195,16 +197,24 @@ static void test_bf16_cache(void) {
             CHECK(kv_attention_bf16(got, q, k16, v16, T, pos0, S, nh, nkv, hd, mask, 0, 0) == 0,
                   "bf16 rc");
             CHECK(memcmp(want, got, sizeof(float) * T * W) == 0,
-                  "shape %zu mask %d: BF16 cache != F32 kernel on the same values", c, mask);
+                  "%s: shape %zu mask %d: BF16 cache != F32 kernel on the same values",
+                  kv_gemv_isa_name(kv_gemv_isa_active()), c, mask);
             for (int t = 0; t < T; t++) /* decode steps over the BF16 cache */
                 kv_attention_bf16(got + (size_t)t * W, q + (size_t)t * W, k16, v16, 1, pos0 + t,
                                   pos0 + t + 1, nh, nkv, hd, mask, 0, 0);
             CHECK(memcmp(want, got, sizeof(float) * T * W) == 0,
-                  "shape %zu mask %d: BF16 prefill != decode", c, mask);
+                  "%s: shape %zu mask %d: BF16 prefill != decode",
+                  kv_gemv_isa_name(kv_gemv_isa_active()), c, mask);
         }
         free(q), free(k), free(v), free(k16), free(v16), free(want), free(got);
     }
+    kv_gemv_force(KV_GEMV_N_ISA);
     kv_kernels_set_threads(2);
+}
+
+static void test_bf16_cache(void) {
+    test_bf16_cache_variant(KV_GEMV_N_ISA); /* the default */
+    test_bf16_cache_variant(KV_GEMV_C);
 }
 
 /* every variant this CPU runs against the C reference, bit for bit: odd head dims and lengths,

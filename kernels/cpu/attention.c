@@ -478,7 +478,7 @@ typedef struct {
     int n_tblocks;
     float scale;
     size_t scratch_per_worker;
-    int stage; /* BF16 rows widened once per block into scratch (rows per item >= 4) */
+    int stage; /* BF16 rows widened once per block into scratch (portable loops, rows per item >= 4) */
     int avx512; /* BF16 rows of 64 dims by the AVX-512 pass (the BF16 matrix-vector choice) */
     float *scratch; /* per worker: acc [rows, hd], m [rows], l [rows], scores [KB];
                          staging: then K, V of one block of head g as F32 [KB, hd] each */
@@ -632,8 +632,14 @@ static int attention_run(attn_job j, int head_rows, int T, int pos0, int S, int 
     j.tokens = ROWS / j.group > 0 ? ROWS / j.group : 1;
     j.n_tblocks = (T + j.tokens - 1) / j.tokens;
     const size_t rows = (size_t)j.tokens * j.group;
-    /* measured on decode: GQA 32/4 staged 1.1x the F32 kernel, 1.5x not; MHA 1.0x not, 1.5x staged */
-    j.stage = j.k16 && (size_t)(T < j.tokens ? T : j.tokens) * j.group >= 4;
+    const int avx2 = kv_gemv_isa_active() >= KV_GEMV_AVX2;
+    /* Staging pays only where rows are read by the portable loops: the vector passes widen a BF16
+     * row in registers (a shift and a mask) faster than attn_stage writes it out. Zen 5 VM,
+     * 2026-12-07, one thread, the same bits either way (docs/RESULTS.md, round 11): decode at 512
+     * keys, GQA 32/4, 64 dims: AVX-512 247 -> 123 us a layer, AVX2 248 -> 135; 32/8 of 128 dims
+     * 628 -> 273 (AVX-512); prefill of 64 rows, MHA 12/12: AVX2 4.4 -> 3.0 ms, AVX-512 4.6 -> 2.6;
+     * portable C 11.6 staged against 12.8 not. */
+    j.stage = !avx2 && j.k16 && (size_t)(T < j.tokens ? T : j.tokens) * j.group >= 4;
     j.scratch_per_worker = rows * (head_dim + 2) + KB + (j.stage ? 2 * (size_t)KB * head_dim : 0);
     const int n_items = j.n_tblocks * n_kv_heads;
     const double flops =
@@ -641,7 +647,6 @@ static int attention_run(attn_job j, int head_rows, int T, int pos0, int S, int 
     const int workers = kv_parallel_workers(n_items, flops);
     j.scratch = malloc(sizeof(float) * workers * j.scratch_per_worker);
     if (!j.scratch) return KV_ENOMEM;
-    const int avx2 = kv_gemv_isa_active() >= KV_GEMV_AVX2;
     j.avx512 = avx2 && kv_gemv_isa_for(KV_BF16) >= KV_GEMV_AVX512;
     const int widen = j.k16 && !j.stage;
     kv_parallel_for(n_items, workers,
