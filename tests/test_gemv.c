@@ -128,12 +128,13 @@ out:
     free(W), free(x), free(bias), free(y1), free(y2), free(yr);
 }
 
-/* long rows (4096 weights or more) run two at a time where the variant has such a loop (BF16
- * on AVX-512, F32 by the AVX2 loop where the CPU has AVX-512): each row's bits are those of the row computed alone (a call of one row), with
- * bias and accumulate, an odd row count (the last row alone), tails of 32 and of fewer */
+/* long rows (4096 weights or more) run four at a time (BF16 on AVX-512, then a pair and one
+ * alone) or two at a time (F32 by the AVX2 loop where the CPU has AVX-512): each row's bits are
+ * those of the row computed alone (a call of one row), with bias and accumulate, 11 rows (two
+ * fours, a pair, one alone), tails of 32 and of fewer */
 static void check_long_rows(kv_dtype t) {
     static const int n_ins[] = {4096, 4133, 4165, 5632};
-    const int n_out = 9;
+    const int n_out = 11;
     for (size_t a = 0; a < sizeof n_ins / sizeof *n_ins; a++) {
         const int n_in = n_ins[a];
         void *W = make_w(t, n_out, n_in);

@@ -435,6 +435,37 @@ __attribute__((target("avx512f"))) static void dot2_bf16_evenodd(float *sw, floa
     *su = evenodd_finish(b, u, xd, i, n, odd);
 }
 
+/* Four BF16 rows w + k n (k < 4) together, each with dot_bf16_evenodd's operations in its order
+ * (the same bits), x's loads shared four ways: rows of GEMV_PAIR_MIN_IN or more read a 16 KB or
+ * larger x once per row, and a matrix-vector loop over such rows streamed slower than over rows
+ * of 2048 (xd's lines leave L1 between uses: wrapping the same loop over the first 8 KB of x gave
+ * rows of 5632 the speed of rows of 2048). Four rows take one x line per four weight lines;
+ * gemv_bench, 1.1B down_proj [2048 x 5632], one binary, 6 rounds in alternating order, against
+ * pairs: 1.06x at 1 thread and 1.065x at 2 (medians of the per-round ratios; docs/RESULTS.md,
+ * round 11). The prefetch runs GEMV_NTA_BYTES ahead in each row and past a row's end into the
+ * next four's rows (a hint). */
+__attribute__((target("avx512f"))) static void dot4_bf16_evenodd(float s[4], const uint16_t *w,
+                                                                 const float *xd, int n) {
+    const __m512i odd = _mm512_set1_epi32((int)0xffff0000u);
+    const size_t row_bytes = sizeof(uint16_t) * (size_t)n;
+    const __m512 z = _mm512_setzero_ps();
+    __m512 a[4][4] = {{z, z, z, z}, {z, z, z, z}, {z, z, z, z}, {z, z, z, z}};
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        const size_t ahead = sizeof(uint16_t) * (size_t)i + GEMV_NTA_BYTES;
+        const char *p = ahead < row_bytes ? (const char *)w + ahead
+                                          : (const char *)w + 4 * row_bytes + (ahead - row_bytes);
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            _mm_prefetch(p + k * row_bytes, _MM_HINT_NTA);
+            _mm_prefetch(p + k * row_bytes + 64, _MM_HINT_NTA);
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) evenodd_step(a[k], w + (size_t)k * n + i, xd + i, odd);
+    }
+    for (int k = 0; k < 4; k++) s[k] = evenodd_finish(a[k], w + (size_t)k * n, xd, i, n, odd);
+}
+
 /* ---- AVX512_BF16: vdpbf16ps against x split into BF16 parts hi + mid + lo == x (gemv.h) ---- */
 
 /* xs [3, n]: hi, mid, lo, each the nearest-even BF16 of what the parts before leave of x; the
@@ -649,9 +680,16 @@ static void rows_run(kv_gemv_isa isa, float *y, const float *x, const void *xp, 
     const dot_f32_fn dot = dot_half ? NULL : f32_dot(isa);
     int o = o0;
 #if KV_GEMV_X86
-    /* long rows in pairs: BF16 on AVX-512, F32 by the AVX2 loop where the CPU has AVX-512 */
+    /* long rows four (BF16 on AVX-512) or two at a time (F32 by the AVX2 loop where the CPU has
+     * AVX-512: its 16 registers hold two rows' accumulators, not four) */
     const int bf16_pairs = xp && isa == KV_GEMV_AVX512;
     const int f32_pairs = w_type == KV_F32 && isa == KV_GEMV_AVX2 && cpu_has[KV_GEMV_AVX512];
+    if (bf16_pairs && n_in >= GEMV_PAIR_MIN_IN) /* fours first, then a pair, then one */
+        for (; o + 4 <= o1; o += 4) {
+            float s[4];
+            dot4_bf16_evenodd(s, (const uint16_t *)W + (size_t)o * (size_t)n_in, xp, n_in);
+            for (int k = 0; k < 4; k++) row_out(y, o + k, s[k], bias, accumulate);
+        }
     if ((bf16_pairs || f32_pairs) && n_in >= GEMV_PAIR_MIN_IN)
         for (; o + 2 <= o1; o += 2) {
             float s[2];
