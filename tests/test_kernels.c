@@ -7,6 +7,8 @@
 
 #include <cblas.h>
 
+#include "kernels/cpu/gemv.h"
+#include "kernels/cpu/vexp.h"
 #include "kernels/kernels.h"
 #include "tests/check.h"
 #include "tests/rand.h"
@@ -286,6 +288,137 @@ static void test_activations(void) {
     free(g), free(u), free(x);
 }
 
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx2,fma"))) static void expf8_avx2_store(float out[8], const float *x) {
+    _mm256_storeu_ps(out, kv_expf8_avx2(_mm256_loadu_ps(x)));
+}
+__attribute__((target("avx512f"))) static void expf16_avx512_store(float out[16], const float *x) {
+    _mm512_storeu_ps(out, kv_expf16_avx512(_mm512_loadu_ps(x)));
+}
+#endif
+
+/* |got - want| in units in the last place of want as an F32 (want normal) */
+static double ulps(float got, double want) {
+    int e;
+    frexp(want, &e);
+    return fabs((double)got - want) / ldexp(1.0, e - 24);
+}
+
+/* a float from a random 32-bit pattern (NaNs, infinities, subnormals included) */
+static float any_float(void) {
+    uint32_t bits = (uint32_t)(frand() * 65536.0f) << 16 ^ (uint32_t)((frand() + 1.0f) * 32768.0f);
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* kv_expf against exp in double (<= 2 ulp wherever the result is normal, 0 below KV_EXP_LO,
+ * inf above KV_EXP_HI, NaN through), and its AVX2 and AVX-512 twins bit for bit */
+static void test_expf(void) {
+    double worst_ulps = 0.0;
+    int bad_edges = 0;
+    for (float x = -110.0f; x < 90.0f; x += 0.00390625f * (1.0f + fabsf(x))) {
+        const float got = kv_expf(x);
+        const double want = exp((double)x);
+        if (want >= 0x1p-126 && want <= 0x1.fffffep127) {
+            const double u = ulps(got, want);
+            if (u > worst_ulps) worst_ulps = u;
+        } else if (x < KV_EXP_LO) {
+            bad_edges += got != 0.0f;
+        } else if (x > KV_EXP_HI) {
+            bad_edges += !isinf(got);
+        } else { /* subnormal: within one subnormal step */
+            bad_edges += fabs((double)got - want) > 0x1p-149;
+        }
+    }
+    CHECK(worst_ulps <= 2.0, "kv_expf: %.3f ulp", worst_ulps);
+    CHECK(bad_edges == 0, "kv_expf: %d results off past the normal range", bad_edges);
+    CHECK(kv_expf(0.0f) == 1.0f && kv_expf(-0.0f) == 1.0f, "exp(0) != 1");
+    CHECK(kv_expf(-INFINITY) == 0.0f && isinf(kv_expf(INFINITY)), "exp(+-inf)");
+    CHECK(isnan(kv_expf(NAN)), "exp(NaN) not NaN");
+    enum { N = 4096 };
+    static float x[N];
+    for (int i = 0; i < N; i++) x[i] = i % 2 ? any_float() : 120.0f * frand() - 10.0f;
+    const float edges[] = {KV_EXP_LO,
+                           KV_EXP_HI,
+                           nextafterf(KV_EXP_LO, -200.0f),
+                           nextafterf(KV_EXP_HI, 200.0f),
+                           -87.5f,
+                           -103.9f,
+                           88.72f,
+                           0.0f,
+                           -0.0f,
+                           INFINITY,
+                           -INFINITY,
+                           NAN,
+                           1e-30f,
+                           -1e-30f,
+                           0x1p-149f};
+    memcpy(x, edges, sizeof edges);
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    if (kv_gemv_isa_supported(KV_GEMV_AVX2)) {
+        int differ = 0;
+        for (int i = 0; i < N; i += 8) {
+            float v[8];
+            expf8_avx2_store(v, x + i);
+            for (int k = 0; k < 8; k++) {
+                const float c = kv_expf(x[i + k]);
+                differ += memcmp(&c, &v[k], sizeof c) != 0;
+            }
+        }
+        CHECK(differ == 0, "AVX2 exp differs from kv_expf on %d of %d", differ, N);
+    }
+    if (kv_gemv_isa_supported(KV_GEMV_AVX512)) {
+        int differ = 0;
+        for (int i = 0; i < N; i += 16) {
+            float v[16];
+            expf16_avx512_store(v, x + i);
+            for (int k = 0; k < 16; k++) {
+                const float c = kv_expf(x[i + k]);
+                differ += memcmp(&c, &v[k], sizeof c) != 0;
+            }
+        }
+        CHECK(differ == 0, "AVX-512 exp differs from kv_expf on %d of %d", differ, N);
+    }
+#endif
+}
+
+/* a and b [n] bit for bit, where both are NaN whatever their sign and payload */
+static int same_bits(const float *a, const float *b, int n) {
+    for (int i = 0; i < n; i++)
+        if (memcmp(&a[i], &b[i], sizeof *a) && !(isnan(a[i]) && isnan(b[i]))) return 0;
+    return 1;
+}
+
+/* SwiGLU: every variant this CPU runs gives the portable loop's bits (odd lengths, gates past
+ * exp's range, infinities, NaN: a NaN wherever the loop gives one) */
+static void test_swiglu_variants(void) {
+    enum { N = 1037 };
+    float *g = rand_buf(N, 12.0f), *u = rand_buf(N, 3.0f), want[N], got[N];
+    const float odd_gates[] = {-120.0f, 120.0f, -88.9f, 88.9f, INFINITY, -INFINITY, NAN, 0.0f};
+    memcpy(g, odd_gates, sizeof odd_gates);
+    const int lengths[] = {1, 7, 8, 9, 31, N};
+    for (int isa = KV_GEMV_AVX2; isa < KV_GEMV_N_ISA; isa++) {
+        if (!kv_gemv_isa_supported((kv_gemv_isa)isa)) continue;
+        for (size_t k = 0; k < sizeof lengths / sizeof *lengths; k++) {
+            const int n = lengths[k];
+            kv_gemv_force(KV_GEMV_C);
+            kv_swiglu(want, g + N - n, u, (size_t)n);
+            kv_gemv_force((kv_gemv_isa)isa);
+            kv_swiglu(got, g + N - n, u, (size_t)n);
+            CHECK(same_bits(want, got, n), "%s swiglu n %d != C",
+                  kv_gemv_isa_name((kv_gemv_isa)isa), n);
+            kv_swiglu(got, g, u, (size_t)n); /* the odd gates at the start */
+            kv_gemv_force(KV_GEMV_C);
+            kv_swiglu(want, g, u, (size_t)n);
+            CHECK(same_bits(want, got, n), "%s swiglu n %d (odd gates)",
+                  kv_gemv_isa_name((kv_gemv_isa)isa), n);
+        }
+    }
+    kv_gemv_force(KV_GEMV_N_ISA);
+    free(g), free(u);
+}
+
 static void test_losses(void) {
     enum { T = 3, V = 40 };
     float *s = rand_buf(T * V, 4.0f), *te = rand_buf(T * V, 4.0f);
@@ -342,6 +475,8 @@ int main(void) {
     test_rope_freq();
     test_rope_apply();
     test_activations();
+    test_expf();
+    test_swiglu_variants();
     test_losses();
     return check_done("test_kernels");
 }

@@ -8,8 +8,8 @@
  * decode's usual rows, BF16 of 64 dims head by head, which take an AVX-512 pass where BF16
  * matrix-vector products run AVX-512). Every variant does the reference's arithmetic in the
  * reference's order (8 partial sums, lane u = element i % 8, combined pairwise; multiplies and
- * adds rounded separately, never fused), so they give identical bits (tests/test_kernels_attn.c
- * checks it). */
+ * adds rounded separately, never fused; exp by kv_expf, kernels/cpu/vexp.h, whose vector twins
+ * give its bits), so they give identical bits (tests/test_kernels_attn.c checks it). */
 #include "kernels/kernels.h"
 
 #include <math.h>
@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "kernels/cpu/gemv.h"
+#include "kernels/cpu/vexp.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define KV_ATTN_X86 1
@@ -82,6 +83,30 @@ static inline __attribute__((always_inline)) void attn_axpy_row(float *ar, float
                                                                 const uint16_t *bh, int bf16,
                                                                 int n) {
     for (int d = 0; d < n; d++) ar[d] += p * ATTN_AT(bf16, b, bh, d);
+}
+
+/* The sum of x [n] as the dot products sum: 8 running partial sums (lane u = element i % 8),
+ * combined pairwise, then the last n % 8 in order */
+static inline float attn_sum8(const float *x, int n) {
+    float part[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int u = 0; u < 8; u++) part[u] += x[i + u];
+    float s =
+        ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    for (; i < n; i++) s += x[i];
+    return s;
+}
+
+/* scores of keys b .. e-1 (at score + b - s0) replaced by their exps against the new max mb
+ * (kv_expf: vexp.h), and their sum (attn_sum8); *corr = exp(m_old - mb) rescales what came
+ * before (0 on the first block: m = -inf). The reference; the vector twins below give its bits. */
+static inline float attn_block_exps(float *score, int s0, int b, int e, float m_old, float mb,
+                                    float *corr) {
+    *corr = kv_expf(m_old - mb);
+    float *x = score + (b - s0);
+    for (int i = 0; i < e - b; i++) x[i] = kv_expf(x[i] - mb);
+    return attn_sum8(x, e - b);
 }
 
 #if KV_ATTN_X86
@@ -226,6 +251,37 @@ __attribute__((target("avx2"))) static inline float attn_max8(__m256 mbv, float 
     return mb;
 }
 
+/* the pairwise combination of attn_sum8's partial sums in lanes 0-7 of acc, then x's last
+ * elements from i to n in order */
+__attribute__((target("avx2"))) static inline float attn_sum8_finish(__m256 acc, const float *x,
+                                                                     int i, int n) {
+    float part[8];
+    _mm256_storeu_ps(part, acc);
+    float s =
+        ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    for (; i < n; i++) s += x[i];
+    return s;
+}
+
+/* attn_block_exps, 8 keys at a time (the same bits) */
+__attribute__((target("avx2,fma"))) static float attn_block_exps_avx2(float *score, int s0, int b,
+                                                                      int e, float m_old, float mb,
+                                                                      float *corr) {
+    *corr = kv_expf(m_old - mb);
+    float *x = score + (b - s0);
+    const int n = e - b;
+    const __m256 mbv = _mm256_set1_ps(mb);
+    __m256 acc = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 p = kv_expf8_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), mbv));
+        _mm256_storeu_ps(x + i, p);
+        acc = _mm256_add_ps(acc, p);
+    }
+    for (int k = i; k < n; k++) x[k] = kv_expf(x[k] - mb);
+    return attn_sum8_finish(acc, x, i, n);
+}
+
 /* the scores of keys s .. e-1 one at a time (fewer than a group left), mb carried on: rows as
  * attn_row_block_body's */
 __attribute__((target("avx2"))) static inline __attribute__((always_inline)) float attn_tail_scores(
@@ -239,18 +295,6 @@ __attribute__((target("avx2"))) static inline __attribute__((always_inline)) flo
         if (x > mb) mb = x;
     }
     return mb;
-}
-
-/* scores of keys b .. e-1 replaced by their exps against the new max mb, and their sum in key
- * order; *corr = exp(m_old - mb) rescales what came before (0 on the first block: m = -inf) */
-static inline float attn_block_exps(float *score, int s0, int b, int e, float m_old, float mb,
-                                    float *corr) {
-    *corr = expf(m_old - mb);
-    /* the exps, then their sum in the same order: nothing but mb stays live across the calls */
-    for (int s = b; s < e; s++) score[s - s0] = expf(score[s - s0] - mb);
-    float lsum = 0.0f;
-    for (int s = b; s < e; s++) lsum += score[s - s0];
-    return lsum;
 }
 
 /* one query row qr [hd] over keys b .. e-1 of the block starting at s0, for hd % 8 == 0: the
@@ -306,7 +350,7 @@ attn_row_block_body(float *ar, float *m, float *l, float *score, const float *qr
     mb = attn_tail_scores(score, qr, kf, kh, bf16, st, base, ring, s0, s, e, hd, scale,
                           attn_max8(mbv, mb));
     float corr;
-    const float lsum = attn_block_exps(score, s0, b, e, *m, mb, &corr);
+    const float lsum = attn_block_exps_avx2(score, s0, b, e, *m, mb, &corr);
     const __m256 corrv = _mm256_set1_ps(corr);
     int d = 0;
     if (bf16) /* the first 64 dims' pass fetches the next K rows */
@@ -411,6 +455,31 @@ __attribute__((target("avx512f"))) static void attn_v64_bf16_avx512(float *ar, c
     }
 }
 
+/* attn_block_exps, 16 keys at a time (the same bits: the sum takes each 16 as two eights, in
+ * order) */
+__attribute__((target("avx512f"))) static float attn_block_exps_avx512(float *score, int s0, int b,
+                                                                       int e, float m_old, float mb,
+                                                                       float *corr) {
+    *corr = kv_expf(m_old - mb);
+    float *x = score + (b - s0);
+    const int n = e - b;
+    const __m512 mbv = _mm512_set1_ps(mb);
+    __m256 acc = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 p = kv_expf16_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + i), mbv));
+        _mm512_storeu_ps(x + i, p);
+        acc = _mm256_add_ps(_mm256_add_ps(acc, attn_lo(p)), attn_hi(p));
+    }
+    if (i < n) { /* the last n - i < 16, masked */
+        const __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        const __m512 p = kv_expf16_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), mbv));
+        _mm512_mask_storeu_ps(x + i, k, p);
+        if (i + 8 <= n) acc = _mm256_add_ps(acc, attn_lo(p)), i += 8;
+    }
+    return attn_sum8_finish(acc, x, i, n);
+}
+
 /* attn_row_block_bf16_64 in 512-bit vectors (above) */
 __attribute__((target("avx512f"))) static void attn_row_block_bf16_64_avx512(
     float *ar, float *m, float *l, float *score, const float *qr, const uint16_t *kh,
@@ -449,7 +518,7 @@ __attribute__((target("avx512f"))) static void attn_row_block_bf16_64_avx512(
     mb = attn_tail_scores(score, qr, NULL, kh, 1, 64, base, 0, s0, s, e, 64, scale,
                           attn_max8(mbv, mb));
     float corr;
-    const float lsum = attn_block_exps(score, s0, b, e, *m, mb, &corr);
+    const float lsum = attn_block_exps_avx512(score, s0, b, e, *m, mb, &corr);
     attn_v64_bf16_avx512(ar, score + (b - s0), vh, base, b, e, corr, kh, next_end);
     *l = *l * corr + lsum;
     *m = mb;
@@ -569,13 +638,12 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
                 score[s - s0] = x;
                 if (x > mb) mb = x;
             }
-            const float corr = expf(m[r] - mb); /* 0 on the first block: m = -inf */
+            float corr;
+            const float lsum = attn_block_exps(score, s0, b, e, m[r], mb, &corr);
             float *ar = acc + (size_t)r * hd;
-            float lsum = 0.0f;
             for (int d = 0; d < hd; d++) ar[d] *= corr;
             for (int s = b; s < e; s++) {
-                const float p = expf(score[s - s0] - mb);
-                lsum += p;
+                const float p = score[s - s0];
                 const size_t at = (size_t)attn_row(s - base, ring) * st;
                 const float *vs = bf16 ? NULL : vf + at;
                 const uint16_t *vsh = bf16 ? vh + at : NULL;
@@ -716,7 +784,7 @@ static void attn_grad_item(void *ctx, int g, int worker) {
             }
             double sum = 0.0;
             for (int s = lo; s < n; s++) {
-                p[s] = expf(p[s] - mx);
+                p[s] = kv_expf(p[s] - mx);
                 sum += p[s];
             }
             const float inv = (float)(1.0 / sum);
