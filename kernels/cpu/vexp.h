@@ -64,8 +64,7 @@ __attribute__((target("avx2,fma"))) static inline __m256 kv_expf8_avx2(__m256 x)
     const __m256 lo = _mm256_set1_ps(KV_EXP_LO), hi = _mm256_set1_ps(KV_EXP_HI);
     const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi); /* NaN lanes: hi (replaced) */
     const __m256 round = _mm256_set1_ps(KV_EXP_ROUND);
-    const __m256 n =
-        _mm256_sub_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(KV_EXP_LOG2E), round), round);
+    const __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(KV_EXP_LOG2E), round), round);
     __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-KV_EXP_LN2_HI), xc);
     r = _mm256_fmadd_ps(n, _mm256_set1_ps(-KV_EXP_LN2_LO), r);
     __m256 p = _mm256_set1_ps(KV_EXP_P0);
@@ -92,8 +91,7 @@ __attribute__((target("avx512f"))) static inline __m512 kv_expf16_avx512(__m512 
     const __m512 lo = _mm512_set1_ps(KV_EXP_LO), hi = _mm512_set1_ps(KV_EXP_HI);
     const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
     const __m512 round = _mm512_set1_ps(KV_EXP_ROUND);
-    const __m512 n =
-        _mm512_sub_ps(_mm512_fmadd_ps(xc, _mm512_set1_ps(KV_EXP_LOG2E), round), round);
+    const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(xc, _mm512_set1_ps(KV_EXP_LOG2E), round), round);
     __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-KV_EXP_LN2_HI), xc);
     r = _mm512_fmadd_ps(n, _mm512_set1_ps(-KV_EXP_LN2_LO), r);
     __m512 p = _mm512_set1_ps(KV_EXP_P0);
