@@ -356,11 +356,19 @@ __attribute__((target("avx512f"))) static float dot_f16_avx512(const uint16_t *w
  * a line costs one load, two integer ops and two FMAs (no cross-lane widening) ---- */
 
 /* xd [n]: per full block of 32 at b, xd[b + k] = x[b + 2k], xd[b + 16 + k] = x[b + 2k + 1]
- * (k < 16); the last n % 32 as in x */
-static void deinterleave_x(float *xd, const float *x, int n) {
+ * (k < 16), by two permutes a block; the last n % 32 as in x */
+__attribute__((target("avx512f"))) static void deinterleave_x_avx512(float *xd, const float *x,
+                                                                     int n) {
+    const __m512i evens =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odds =
+        _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     int b = 0;
-    for (; b + 32 <= n; b += 32)
-        for (int k = 0; k < 16; k++) xd[b + k] = x[b + 2 * k], xd[b + 16 + k] = x[b + 2 * k + 1];
+    for (; b + 32 <= n; b += 32) {
+        const __m512 lo = _mm512_loadu_ps(x + b), hi = _mm512_loadu_ps(x + b + 16);
+        _mm512_storeu_ps(xd + b, _mm512_permutex2var_ps(lo, evens, hi));
+        _mm512_storeu_ps(xd + b + 16, _mm512_permutex2var_ps(lo, odds, hi));
+    }
     for (; b < n; b++) xd[b] = x[b];
 }
 
@@ -722,7 +730,7 @@ static const void *prep_for(kv_gemv_isa *isa, kv_dtype w_type, const float *x, i
         return xs;
     }
     float *xd = prep_space(sizeof(float) * (size_t)n_in);
-    if (xd) deinterleave_x(xd, x, n_in);
+    if (xd) deinterleave_x_avx512(xd, x, n_in);
     else *isa = KV_GEMV_AVX2;
     return xd;
 #else
