@@ -56,17 +56,48 @@ static int cpu_convert(kv_backend *b, void *dst, kv_dtype dst_type, const void *
     return 0;
 }
 
+/* rows of src [T, n_heads, head_dim] into a head-major cache: head g's row t at
+ * (g head_pitch + t head_dim) elements of dst; items are (head, block of STORE_TOKENS tokens), so
+ * a prompt's rows go over the kernel threads (each element is cast alone: the same bits) */
+enum { STORE_TOKENS = 64 };
+
+typedef struct {
+    char *dst;
+    kv_dtype dst_type;
+    size_t head_pitch;
+    const float *src;
+    int T, n_heads, head_dim, t_blocks;
+} store_job;
+
+static void store_item(void *ctx, int item, int worker) {
+    (void)worker;
+    const store_job *j = ctx;
+    const int g = item / j->t_blocks, t0 = item % j->t_blocks * STORE_TOKENS;
+    const int t1 = j->T - t0 < STORE_TOKENS ? j->T : t0 + STORE_TOKENS;
+    const size_t es = kv_dtype_size(j->dst_type), hd = (size_t)j->head_dim;
+    for (int t = t0; t < t1; t++)
+        (void)kv_dtype_cast(j->dst + ((size_t)g * j->head_pitch + (size_t)t * hd) * es, j->dst_type,
+                            j->src + ((size_t)t * j->n_heads + g) * hd, KV_F32, hd);
+}
+
 static int cpu_store_heads(kv_backend *b, void *dst, kv_dtype dst_type, size_t head_pitch,
                            const float *src, int T, int n_heads, int head_dim, kv_error *err) {
     (void)b;
     if (dst_type != KV_F32 && dst_type != KV_BF16)
         return kv_fail(err, KV_EUNSUPPORTED, "cpu: store_heads into %s (F32 or BF16)",
                        kv_dtype_name(dst_type));
-    const size_t es = kv_dtype_size(dst_type), hd = (size_t)head_dim;
-    for (int g = 0; g < n_heads; g++)
-        for (int t = 0; t < T; t++)
-            (void)kv_dtype_cast((char *)dst + ((size_t)g * head_pitch + (size_t)t * hd) * es,
-                                dst_type, src + ((size_t)t * n_heads + g) * hd, KV_F32, hd);
+    store_job j = {.dst = dst,
+                   .dst_type = dst_type,
+                   .head_pitch = head_pitch,
+                   .src = src,
+                   .T = T,
+                   .n_heads = n_heads,
+                   .head_dim = head_dim,
+                   .t_blocks = (T + STORE_TOKENS - 1) / STORE_TOKENS};
+    const int items = n_heads * j.t_blocks;
+    /* about 4 operations an element by the work estimate: one token's rows stay on the caller */
+    kv_parallel_for(items, kv_parallel_workers(items, 4.0 * T * n_heads * (double)head_dim),
+                    store_item, &j);
     return 0;
 }
 
