@@ -523,6 +523,142 @@ __attribute__((target("avx512f"))) static void attn_row_block_bf16_64_avx512(
     *l = *l * corr + lsum;
     *m = mb;
 }
+
+/* ---- AVX-512F, GQA: R query rows of one token reading one kv head (R = 2 or 4, a constant
+ * where inlined), each K and V row loaded and widened once for all of them. Row r's operations
+ * are attn_row_block_bf16_64_avx512's in its order, so its bits are that pass's; the K and V
+ * prefetches run once. Row r's accumulator is acc + 64 r, its query q + 64 r (consecutive heads),
+ * its scores score + KB r. ---- */
+
+enum { KB_ROWS = 64 }; /* KB (below): the stride of the rows' score arrays */
+
+/* attn_v64_bf16_avx512 for R rows: p_s of row r at score[KB_ROWS r + s - s0] */
+__attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void
+attn_v64_bf16_rows_avx512(const int R, float *acc, const float *score, int s0, const uint16_t *vh,
+                          int base, int b, int e, const float *corr, const uint16_t *kh,
+                          int next_end) {
+    const __m512i even_of =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd_of =
+        _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512i lo_of = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi_of =
+        _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512i odd_mask = _mm512_set1_epi32((int)0xffff0000u);
+    __m512 ev[4][2], od[4][2];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        const __m512 corrv = _mm512_set1_ps(corr[r]);
+        for (int c = 0; c < 2; c++) {
+            const float *ar = acc + 64 * r + 32 * c;
+            const __m512 lo = _mm512_loadu_ps(ar), hi = _mm512_loadu_ps(ar + 16);
+            ev[r][c] = _mm512_mul_ps(_mm512_permutex2var_ps(lo, even_of, hi), corrv);
+            od[r][c] = _mm512_mul_ps(_mm512_permutex2var_ps(lo, odd_of, hi), corrv);
+        }
+    }
+    const int next_from = e + ATTN_PF_KEYS - b;
+    for (int s = b; s < e; s++) {
+        const uint16_t *vr = vh + (size_t)(s - base) * 64;
+        attn_prefetch_next_k(kh, 64, base, 0, s + next_from, next_end);
+        const __m512i r0 = _mm512_loadu_si512((const void *)vr),
+                      r1 = _mm512_loadu_si512((const void *)(vr + 32));
+        const __m512 e0 = _mm512_castsi512_ps(_mm512_slli_epi32(r0, 16)),
+                     o0 = _mm512_castsi512_ps(_mm512_and_si512(r0, odd_mask)),
+                     e1 = _mm512_castsi512_ps(_mm512_slli_epi32(r1, 16)),
+                     o1 = _mm512_castsi512_ps(_mm512_and_si512(r1, odd_mask));
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const __m512 pv = _mm512_set1_ps(score[KB_ROWS * r + s - s0]);
+            ev[r][0] = _mm512_add_ps(ev[r][0], _mm512_mul_ps(pv, e0));
+            od[r][0] = _mm512_add_ps(od[r][0], _mm512_mul_ps(pv, o0));
+            ev[r][1] = _mm512_add_ps(ev[r][1], _mm512_mul_ps(pv, e1));
+            od[r][1] = _mm512_add_ps(od[r][1], _mm512_mul_ps(pv, o1));
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < 2; c++) {
+            float *ar = acc + 64 * r + 32 * c;
+            _mm512_storeu_ps(ar, _mm512_permutex2var_ps(ev[r][c], lo_of, od[r][c]));
+            _mm512_storeu_ps(ar + 16, _mm512_permutex2var_ps(ev[r][c], hi_of, od[r][c]));
+        }
+}
+
+/* attn_row_block_bf16_64_avx512 for R rows (above) */
+__attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void
+attn_rows_block_bf16_64_avx512(const int R, float *acc, float *m, float *l, float *score,
+                               const float *q, const uint16_t *kh, const uint16_t *vh, int base,
+                               int s0, int b, int e, int pf_end, int next_end, float scale) {
+    __m512 q2[4][8];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < 8; c++) q2[r][c] = attn_q_twice(q + 64 * r + 8 * c);
+    __m256 mbv[4];
+    for (int r = 0; r < R; r++) mbv[r] = _mm256_set1_ps(m[r]);
+    const __m256 scalev = _mm256_set1_ps(scale);
+    int s = b;
+    for (; s + 8 <= e; s += 8) {
+        const uint16_t *k = kh + (size_t)(s - base) * 64; /* the group's 8 rows, 128 bytes each */
+        attn_prefetch(vh + (size_t)(s - base) * 64, 8 * 128);
+        if (s + ATTN_PF_KEYS < pf_end) /* the rows ATTN_PF_KEYS ahead, up to the last key */
+            attn_prefetch(k + ATTN_PF_KEYS * 64,
+                          (size_t)(pf_end - s - ATTN_PF_KEYS < 8 ? pf_end - s - ATTN_PF_KEYS : 8) *
+                              128);
+        __m512 p[4][4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+            for (int u = 0; u < 4; u++) p[r][u] = _mm512_setzero_ps();
+        for (int c = 0; c < 8; c++) {
+            const int i = 8 * c;
+            const __m512 k01 = attn_pair_bf16(k + i, k + 64 + i),
+                         k23 = attn_pair_bf16(k + 128 + i, k + 192 + i),
+                         k45 = attn_pair_bf16(k + 256 + i, k + 320 + i),
+                         k67 = attn_pair_bf16(k + 384 + i, k + 448 + i);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                p[r][0] = _mm512_add_ps(p[r][0], _mm512_mul_ps(q2[r][c], k01));
+                p[r][1] = _mm512_add_ps(p[r][1], _mm512_mul_ps(q2[r][c], k23));
+                p[r][2] = _mm512_add_ps(p[r][2], _mm512_mul_ps(q2[r][c], k45));
+                p[r][3] = _mm512_add_ps(p[r][3], _mm512_mul_ps(q2[r][c], k67));
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const __m256 x = _mm256_mul_ps(
+                attn_hsum8(attn_lo(p[r][0]), attn_hi(p[r][0]), attn_lo(p[r][1]), attn_hi(p[r][1]),
+                           attn_lo(p[r][2]), attn_hi(p[r][2]), attn_lo(p[r][3]), attn_hi(p[r][3])),
+                scalev);
+            _mm256_storeu_ps(score + KB_ROWS * r + (s - s0), x);
+            mbv[r] = _mm256_max_ps(x, mbv[r]); /* a NaN x keeps mbv, as "x > mb" does */
+        }
+    }
+    float corr[4], lsum[4], mb[4];
+    for (int r = 0; r < R; r++) {
+        mb[r] = attn_tail_scores(score + KB_ROWS * r, q + 64 * r, NULL, kh, 1, 64, base, 0, s0, s,
+                                 e, 64, scale, attn_max8(mbv[r], m[r]));
+        lsum[r] = attn_block_exps_avx512(score + KB_ROWS * r, s0, b, e, m[r], mb[r], &corr[r]);
+    }
+    attn_v64_bf16_rows_avx512(R, acc, score, s0, vh, base, b, e, corr, kh, next_end);
+    for (int r = 0; r < R; r++) {
+        l[r] = l[r] * corr[r] + lsum[r];
+        m[r] = mb[r];
+    }
+}
+
+/* R = 4 and 2, compiled apart */
+__attribute__((target("avx512f"))) static void attn_rows4_bf16_64_avx512(
+    float *acc, float *m, float *l, float *score, const float *q, const uint16_t *kh,
+    const uint16_t *vh, int base, int s0, int b, int e, int pf_end, int next_end, float scale) {
+    attn_rows_block_bf16_64_avx512(4, acc, m, l, score, q, kh, vh, base, s0, b, e, pf_end, next_end,
+                                   scale);
+}
+__attribute__((target("avx512f"))) static void attn_rows2_bf16_64_avx512(
+    float *acc, float *m, float *l, float *score, const float *q, const uint16_t *kh,
+    const uint16_t *vh, int base, int s0, int b, int e, int pf_end, int next_end, float scale) {
+    attn_rows_block_bf16_64_avx512(2, acc, m, l, score, q, kh, vh, base, s0, b, e, pf_end, next_end,
+                                   scale);
+}
+
 #define ATTN_DOT(avx2, ...)  ((avx2) ? attn_dot_row_avx2(__VA_ARGS__) : attn_dot_row(__VA_ARGS__))
 #define ATTN_AXPY(avx2, ...) ((avx2) ? attn_axpy_row_avx2(__VA_ARGS__) : attn_axpy_row(__VA_ARGS__))
 #else
@@ -531,6 +667,7 @@ __attribute__((target("avx512f"))) static void attn_row_block_bf16_64_avx512(
 #endif
 
 enum { ROWS = 16, KB = 64 }; /* about ROWS query rows per work item, KB keys per block */
+_Static_assert((int)KB == (int)KB_ROWS, "the GQA rows pass strides the score rows by KB");
 
 typedef struct {
     float *out;
@@ -549,7 +686,7 @@ typedef struct {
     size_t scratch_per_worker;
     int stage; /* BF16 rows widened once per block into scratch (portable loops, rows per item >= 4) */
     int avx512; /* BF16 rows of 64 dims by the AVX-512 pass (the BF16 matrix-vector choice) */
-    float *scratch; /* per worker: acc [rows, hd], m [rows], l [rows], scores [KB];
+    float *scratch; /* per worker: acc [rows, hd], m [rows], l [rows], scores [rows, KB];
                          staging: then K, V of one block of head g as F32 [KB, hd] each */
 } attn_job;
 
@@ -573,7 +710,7 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
     const int rows = (t1 - t0) * group;
     const size_t q_stride = (size_t)j->nh * hd;
     float *acc = j->scratch + (size_t)worker * j->scratch_per_worker;
-    float *m = acc + (size_t)rows * hd, *l = m + rows, *score = l + rows;
+    float *m = acc + (size_t)rows * hd, *l = m + rows, *score = l + rows; /* [rows, KB] */
     for (int r = 0; r < rows; r++) {
         m[r] = -INFINITY;
         l[r] = 0.0f;
@@ -581,7 +718,7 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
     for (size_t i = 0; i < (size_t)rows * hd; i++) acc[i] = 0.0f;
     const int s_end = attn_visible(j->pos0 + t1 - 1, j->S, j->mask); /* the last sees most */
     const int s_first = attn_first(j->pos0 + t0, j->window); /* the first sees the earliest */
-    float *k_blk = score + KB, *v_blk = k_blk + (size_t)KB * hd;
+    float *k_blk = score + (size_t)rows * KB, *v_blk = k_blk + (size_t)KB * hd;
     /* blocks aligned to multiples of KB whatever the window, so a row meets the same blocks in
      * any grouping (a block before a row's first key is skipped for it) */
     for (int s0 = s_first / KB * KB; s0 < s_end; s0 += KB) {
@@ -612,6 +749,16 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
             const int next = next_end;
             next_end = 0;
 #if KV_ATTN_X86
+            /* query heads of one token reading kv head g: 4 or 2 at a time */
+            const int same_token = group - r % group;
+            if (avx2 && bf16 && hd == 64 && st == 64 && !ring && j->avx512 && same_token >= 2) {
+                const int R = same_token >= 4 ? 4 : 2;
+                (R == 4 ? attn_rows4_bf16_64_avx512
+                        : attn_rows2_bf16_64_avx512)(acc + (size_t)r * hd, m + r, l + r, score, qr,
+                                                     kh, vh, base, s0, b, e, n_vis, next, j->scale);
+                r += R - 1;
+                continue;
+            }
             if (avx2 && bf16 && hd == 64 && st == 64 && !ring) { /* decode's usual rows */
                 if (j->avx512)
                     attn_row_block_bf16_64_avx512(acc + (size_t)r * hd, m + r, l + r, score, qr, kh,
@@ -708,7 +855,7 @@ static int attention_run(attn_job j, int head_rows, int T, int pos0, int S, int 
      * 628 -> 273 (AVX-512); prefill of 64 rows, MHA 12/12: AVX2 4.4 -> 3.0 ms, AVX-512 4.6 -> 2.6;
      * portable C 11.6 staged against 12.8 not. */
     j.stage = !avx2 && j.k16 && (size_t)(T < j.tokens ? T : j.tokens) * j.group >= 4;
-    j.scratch_per_worker = rows * (head_dim + 2) + KB + (j.stage ? 2 * (size_t)KB * head_dim : 0);
+    j.scratch_per_worker = rows * (head_dim + 2 + KB) + (j.stage ? 2 * (size_t)KB * head_dim : 0);
     const int n_items = j.n_tblocks * n_kv_heads;
     const double flops =
         4.0 * n_heads * (double)T * attn_keys_per_row(T, pos0, S, j.window) * head_dim;
