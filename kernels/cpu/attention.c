@@ -412,49 +412,6 @@ __attribute__((target("avx512f"))) static inline __m256 attn_hi(__m512 v) {
     return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
 }
 
-/* ar[0..63] = ar * corr, then ar += p_s * row_s for keys s = b .. e-1 (p_s = score[s - b], row s
- * at vh + (s - base) * 64): a 64-byte load is 32 dims, dword k holding dim 2k low and 2k + 1
- * high; a shift makes the even dims F32, a mask the odd (accumulators of dims 0-31 and 32-63,
- * evens and odds apart: de-interleaved on entry, interleaved back on exit) */
-__attribute__((target("avx512f"))) static void attn_v64_bf16_avx512(float *ar, const float *score,
-                                                                    const uint16_t *vh, int base,
-                                                                    int b, int e, float corr,
-                                                                    const uint16_t *kh,
-                                                                    int next_end) {
-    const __m512i even_of =
-        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd_of =
-        _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    const __m512i lo_of = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i hi_of =
-        _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    const __m512 corrv = _mm512_set1_ps(corr);
-    const __m512i odd_mask = _mm512_set1_epi32((int)0xffff0000u);
-    __m512 ev[2], od[2];
-    for (int c = 0; c < 2; c++) {
-        const __m512 lo = _mm512_loadu_ps(ar + 32 * c), hi = _mm512_loadu_ps(ar + 32 * c + 16);
-        ev[c] = _mm512_mul_ps(_mm512_permutex2var_ps(lo, even_of, hi), corrv);
-        od[c] = _mm512_mul_ps(_mm512_permutex2var_ps(lo, odd_of, hi), corrv);
-    }
-    const int next_from = e + ATTN_PF_KEYS - b;
-    for (int s = b; s < e; s++) {
-        const uint16_t *vr = vh + (size_t)(s - base) * 64;
-        attn_prefetch_next_k(kh, 64, base, 0, s + next_from, next_end);
-        const __m512 pv = _mm512_set1_ps(score[s - b]);
-        for (int c = 0; c < 2; c++) {
-            const __m512i r = _mm512_loadu_si512((const void *)(vr + 32 * c));
-            ev[c] = _mm512_add_ps(ev[c],
-                                  _mm512_mul_ps(pv, _mm512_castsi512_ps(_mm512_slli_epi32(r, 16))));
-            od[c] = _mm512_add_ps(
-                od[c], _mm512_mul_ps(pv, _mm512_castsi512_ps(_mm512_and_si512(r, odd_mask))));
-        }
-    }
-    for (int c = 0; c < 2; c++) {
-        _mm512_storeu_ps(ar + 32 * c, _mm512_permutex2var_ps(ev[c], lo_of, od[c]));
-        _mm512_storeu_ps(ar + 32 * c + 16, _mm512_permutex2var_ps(ev[c], hi_of, od[c]));
-    }
-}
-
 /* attn_block_exps, 16 keys at a time (the same bits: the sum takes each 16 as two eights, in
  * order) */
 __attribute__((target("avx512f"))) static float attn_block_exps_avx512(float *score, int s0, int b,
@@ -480,59 +437,19 @@ __attribute__((target("avx512f"))) static float attn_block_exps_avx512(float *sc
     return attn_sum8_finish(acc, x, i, n);
 }
 
-/* attn_row_block_bf16_64 in 512-bit vectors (above) */
-__attribute__((target("avx512f"))) static void attn_row_block_bf16_64_avx512(
-    float *ar, float *m, float *l, float *score, const float *qr, const uint16_t *kh,
-    const uint16_t *vh, int base, int s0, int b, int e, int pf_end, int next_end, float scale) {
-    __m512 q2[8];
-    for (int c = 0; c < 8; c++) q2[c] = attn_q_twice(qr + 8 * c);
-    float mb = *m;
-    __m256 mbv = _mm256_set1_ps(mb);
-    const __m256 scalev = _mm256_set1_ps(scale);
-    int s = b;
-    for (; s + 8 <= e; s += 8) {
-        const uint16_t *k = kh + (size_t)(s - base) * 64; /* the group's 8 rows, 128 bytes each */
-        attn_prefetch(vh + (size_t)(s - base) * 64, 8 * 128);
-        if (s + ATTN_PF_KEYS < pf_end) /* the rows ATTN_PF_KEYS ahead, up to the last key */
-            attn_prefetch(k + ATTN_PF_KEYS * 64,
-                          (size_t)(pf_end - s - ATTN_PF_KEYS < 8 ? pf_end - s - ATTN_PF_KEYS : 8) *
-                              128);
-        __m512 p01 = _mm512_setzero_ps(), p23 = p01, p45 = p01, p67 = p01;
-        for (int c = 0; c < 8; c++) {
-            const int i = 8 * c;
-            p01 = _mm512_add_ps(p01, _mm512_mul_ps(q2[c], attn_pair_bf16(k + i, k + 64 + i)));
-            p23 =
-                _mm512_add_ps(p23, _mm512_mul_ps(q2[c], attn_pair_bf16(k + 128 + i, k + 192 + i)));
-            p45 =
-                _mm512_add_ps(p45, _mm512_mul_ps(q2[c], attn_pair_bf16(k + 256 + i, k + 320 + i)));
-            p67 =
-                _mm512_add_ps(p67, _mm512_mul_ps(q2[c], attn_pair_bf16(k + 384 + i, k + 448 + i)));
-        }
-        const __m256 x =
-            _mm256_mul_ps(attn_hsum8(attn_lo(p01), attn_hi(p01), attn_lo(p23), attn_hi(p23),
-                                     attn_lo(p45), attn_hi(p45), attn_lo(p67), attn_hi(p67)),
-                          scalev);
-        _mm256_storeu_ps(score + (s - s0), x);
-        mbv = _mm256_max_ps(x, mbv); /* a NaN x keeps mbv, as "x > mb" does */
-    }
-    mb = attn_tail_scores(score, qr, NULL, kh, 1, 64, base, 0, s0, s, e, 64, scale,
-                          attn_max8(mbv, mb));
-    float corr;
-    const float lsum = attn_block_exps_avx512(score, s0, b, e, *m, mb, &corr);
-    attn_v64_bf16_avx512(ar, score + (b - s0), vh, base, b, e, corr, kh, next_end);
-    *l = *l * corr + lsum;
-    *m = mb;
-}
-
-/* ---- AVX-512F, GQA: R query rows of one token reading one kv head (R = 2 or 4, a constant
- * where inlined), each K and V row loaded and widened once for all of them. Row r's operations
- * are attn_row_block_bf16_64_avx512's in its order, so its bits are that pass's; the K and V
- * prefetches run once. Row r's accumulator is acc + 64 r, its query q + 64 r (consecutive heads),
- * its scores score + KB r. ---- */
+/* R query rows of one token that read one kv head (R = 1, 2 or 4, a constant where inlined:
+ * GQA's heads of a group together), each K and V row loaded and widened once for all of them;
+ * each row's operations are those of the row alone, in its order (the same bits for any R). Row
+ * r's accumulator is acc + 64 r, its query q + 64 r (consecutive heads), its scores
+ * score + KB r; the K and V prefetches run once. */
 
 enum { KB_ROWS = 64 }; /* KB (below): the stride of the rows' score arrays */
 
-/* attn_v64_bf16_avx512 for R rows: p_s of row r at score[KB_ROWS r + s - s0] */
+/* ar[0..63] = ar * corr[r], then ar += p_s * row_s for keys s = b .. e-1 and each row's ar (p_s
+ * of row r at score[KB_ROWS r + s - s0], row s at vh + (s - base) * 64): a 64-byte load is 32
+ * dims, dword k holding dim 2k low and 2k + 1 high; a shift makes the even dims F32, a mask the
+ * odd (accumulators of dims 0-31 and 32-63, evens and odds apart: de-interleaved on entry,
+ * interleaved back on exit). Each key fetches the next block's K row (attn_prefetch_next_k). */
 __attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void
 attn_v64_bf16_rows_avx512(const int R, float *acc, const float *score, int s0, const uint16_t *vh,
                           int base, int b, int e, const float *corr, const uint16_t *kh,
@@ -584,7 +501,7 @@ attn_v64_bf16_rows_avx512(const int R, float *acc, const float *score, int s0, c
         }
 }
 
-/* attn_row_block_bf16_64_avx512 for R rows (above) */
+/* attn_row_block_bf16_64 in 512-bit vectors for R rows (above) */
 __attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void
 attn_rows_block_bf16_64_avx512(const int R, float *acc, float *m, float *l, float *score,
                                const float *q, const uint16_t *kh, const uint16_t *vh, int base,
@@ -645,7 +562,7 @@ attn_rows_block_bf16_64_avx512(const int R, float *acc, float *m, float *l, floa
     }
 }
 
-/* R = 4 and 2, compiled apart */
+/* R = 4, 2 and 1, compiled apart */
 __attribute__((target("avx512f"))) static void attn_rows4_bf16_64_avx512(
     float *acc, float *m, float *l, float *score, const float *q, const uint16_t *kh,
     const uint16_t *vh, int base, int s0, int b, int e, int pf_end, int next_end, float scale) {
@@ -656,6 +573,12 @@ __attribute__((target("avx512f"))) static void attn_rows2_bf16_64_avx512(
     float *acc, float *m, float *l, float *score, const float *q, const uint16_t *kh,
     const uint16_t *vh, int base, int s0, int b, int e, int pf_end, int next_end, float scale) {
     attn_rows_block_bf16_64_avx512(2, acc, m, l, score, q, kh, vh, base, s0, b, e, pf_end, next_end,
+                                   scale);
+}
+__attribute__((target("avx512f"))) static void attn_rows1_bf16_64_avx512(
+    float *acc, float *m, float *l, float *score, const float *q, const uint16_t *kh,
+    const uint16_t *vh, int base, int s0, int b, int e, int pf_end, int next_end, float scale) {
+    attn_rows_block_bf16_64_avx512(1, acc, m, l, score, q, kh, vh, base, s0, b, e, pf_end, next_end,
                                    scale);
 }
 
@@ -749,23 +672,20 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
             const int next = next_end;
             next_end = 0;
 #if KV_ATTN_X86
-            /* query heads of one token reading kv head g: 4 or 2 at a time */
-            const int same_token = group - r % group;
-            if (avx2 && bf16 && hd == 64 && st == 64 && !ring && j->avx512 && same_token >= 2) {
-                const int R = same_token >= 4 ? 4 : 2;
-                (R == 4 ? attn_rows4_bf16_64_avx512
-                        : attn_rows2_bf16_64_avx512)(acc + (size_t)r * hd, m + r, l + r, score, qr,
-                                                     kh, vh, base, s0, b, e, n_vis, next, j->scale);
-                r += R - 1;
-                continue;
-            }
             if (avx2 && bf16 && hd == 64 && st == 64 && !ring) { /* decode's usual rows */
-                if (j->avx512)
-                    attn_row_block_bf16_64_avx512(acc + (size_t)r * hd, m + r, l + r, score, qr, kh,
-                                                  vh, base, s0, b, e, n_vis, next, j->scale);
-                else
+                if (j->avx512) { /* the heads of this token reading g: 4, 2 or 1 at a time */
+                    const int same_token = group - r % group;
+                    const int R = same_token >= 4 ? 4 : same_token >= 2 ? 2 : 1;
+                    (R == 4   ? attn_rows4_bf16_64_avx512
+                     : R == 2 ? attn_rows2_bf16_64_avx512
+                              : attn_rows1_bf16_64_avx512)(acc + (size_t)r * hd, m + r, l + r,
+                                                           score, qr, kh, vh, base, s0, b, e, n_vis,
+                                                           next, j->scale);
+                    r += R - 1;
+                } else {
                     attn_row_block_bf16_64(acc + (size_t)r * hd, m + r, l + r, score, qr, kh, vh,
                                            base, s0, b, e, n_vis, next, j->scale);
+                }
                 continue;
             }
             if (avx2 && hd % 8 == 0) {
