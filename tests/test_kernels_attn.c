@@ -225,8 +225,10 @@ static void test_isa_variants(void) {
                              {2, 9, 4, 4, 17},    {37, 0, 6, 2, 9},    {65, 3, 10, 2, 24},
                              {130, 0, 4, 1, 31},  {1, 129, 32, 4, 64}, {19, 64, 6, 3, 40},
                              {1, 300, 4, 2, 128}, {9, 70, 4, 4, 8}, /* AVX2 row pass: 4 x 32, 8 */
-                             {3, 100, 12, 2, 64}, {1, 65, 6, 2, 64},   {2, 31, 8, 8, 64}};
-    /* the last three: the GQA rows pass, heads of one token 4 then 2 (and one alone) at a time */
+                             {3, 100, 12, 2, 64}, {1, 65, 6, 2, 64},   {2, 31, 8, 8, 64},
+                             {20, 150, 4, 4, 64}, {9, 200, 8, 2, 64}};
+    /* the last five: rows together, heads of one token 4 then 2 (and one alone) at a time, and
+     * with one head per kv head a prompt's tokens over the blocks they all see */
     for (int isa = KV_GEMV_AVX2; isa < KV_GEMV_N_ISA; isa++) {
         if (!kv_gemv_isa_supported((kv_gemv_isa)isa)) {
             printf("skip: %s attention (CPU lacks it)\n", kv_gemv_isa_name((kv_gemv_isa)isa));
@@ -262,7 +264,7 @@ static void test_isa_variants(void) {
                 }
             free(q), free(k), free(v), free(k16), free(v16), free(want), free(got);
         }
-        CHECK(compared == 56, "%d comparisons", compared);
+        CHECK(compared == 64, "%d comparisons", compared);
     }
     kv_gemv_force(KV_GEMV_N_ISA);
     kv_kernels_set_threads(2);

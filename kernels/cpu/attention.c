@@ -437,11 +437,11 @@ __attribute__((target("avx512f"))) static float attn_block_exps_avx512(float *sc
     return attn_sum8_finish(acc, x, i, n);
 }
 
-/* R query rows of one token that read one kv head (R = 1, 2 or 4, a constant where inlined:
- * GQA's heads of a group together), each K and V row loaded and widened once for all of them;
- * each row's operations are those of the row alone, in its order (the same bits for any R). Row
- * r's accumulator is acc + 64 r, its query q + 64 r (consecutive heads), its scores
- * score + KB r; the K and V prefetches run once. */
+/* R query rows that read one kv head over the same keys of a block (R = 1, 2 or 4, a constant
+ * where inlined: GQA's heads of one token, or one head's consecutive tokens in a prompt), each
+ * K and V row loaded and widened once for all of them; each row's operations are those of the
+ * row alone, in its order (the same bits for any R). Row r's accumulator is acc + 64 r, its
+ * query q + q_step r, its scores score + KB r; the K and V prefetches run once. */
 
 enum { KB_ROWS = 64 }; /* KB (below): the stride of the rows' score arrays */
 
@@ -504,12 +504,13 @@ attn_v64_bf16_rows_avx512(const int R, float *acc, const float *score, int s0, c
 /* attn_row_block_bf16_64 in 512-bit vectors for R rows (above) */
 __attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void
 attn_rows_block_bf16_64_avx512(const int R, float *acc, float *m, float *l, float *score,
-                               const float *q, const uint16_t *kh, const uint16_t *vh, int base,
-                               int s0, int b, int e, int pf_end, int next_end, float scale) {
+                               const float *q, size_t q_step, const uint16_t *kh,
+                               const uint16_t *vh, int base, int s0, int b, int e, int pf_end,
+                               int next_end, float scale) {
     __m512 q2[4][8];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
-        for (int c = 0; c < 8; c++) q2[r][c] = attn_q_twice(q + 64 * r + 8 * c);
+        for (int c = 0; c < 8; c++) q2[r][c] = attn_q_twice(q + q_step * r + 8 * c);
     __m256 mbv[4];
     for (int r = 0; r < R; r++) mbv[r] = _mm256_set1_ps(m[r]);
     const __m256 scalev = _mm256_set1_ps(scale);
@@ -551,8 +552,8 @@ attn_rows_block_bf16_64_avx512(const int R, float *acc, float *m, float *l, floa
     }
     float corr[4], lsum[4], mb[4];
     for (int r = 0; r < R; r++) {
-        mb[r] = attn_tail_scores(score + KB_ROWS * r, q + 64 * r, NULL, kh, 1, 64, base, 0, s0, s,
-                                 e, 64, scale, attn_max8(mbv[r], m[r]));
+        mb[r] = attn_tail_scores(score + KB_ROWS * r, q + q_step * r, NULL, kh, 1, 64, base, 0, s0,
+                                 s, e, 64, scale, attn_max8(mbv[r], m[r]));
         lsum[r] = attn_block_exps_avx512(score + KB_ROWS * r, s0, b, e, m[r], mb[r], &corr[r]);
     }
     attn_v64_bf16_rows_avx512(R, acc, score, s0, vh, base, b, e, corr, kh, next_end);
@@ -564,22 +565,22 @@ attn_rows_block_bf16_64_avx512(const int R, float *acc, float *m, float *l, floa
 
 /* R = 4, 2 and 1, compiled apart */
 __attribute__((target("avx512f"))) static void attn_rows4_bf16_64_avx512(
-    float *acc, float *m, float *l, float *score, const float *q, const uint16_t *kh,
+    float *acc, float *m, float *l, float *score, const float *q, size_t q_step, const uint16_t *kh,
     const uint16_t *vh, int base, int s0, int b, int e, int pf_end, int next_end, float scale) {
-    attn_rows_block_bf16_64_avx512(4, acc, m, l, score, q, kh, vh, base, s0, b, e, pf_end, next_end,
-                                   scale);
+    attn_rows_block_bf16_64_avx512(4, acc, m, l, score, q, q_step, kh, vh, base, s0, b, e, pf_end,
+                                   next_end, scale);
 }
 __attribute__((target("avx512f"))) static void attn_rows2_bf16_64_avx512(
-    float *acc, float *m, float *l, float *score, const float *q, const uint16_t *kh,
+    float *acc, float *m, float *l, float *score, const float *q, size_t q_step, const uint16_t *kh,
     const uint16_t *vh, int base, int s0, int b, int e, int pf_end, int next_end, float scale) {
-    attn_rows_block_bf16_64_avx512(2, acc, m, l, score, q, kh, vh, base, s0, b, e, pf_end, next_end,
-                                   scale);
+    attn_rows_block_bf16_64_avx512(2, acc, m, l, score, q, q_step, kh, vh, base, s0, b, e, pf_end,
+                                   next_end, scale);
 }
 __attribute__((target("avx512f"))) static void attn_rows1_bf16_64_avx512(
-    float *acc, float *m, float *l, float *score, const float *q, const uint16_t *kh,
+    float *acc, float *m, float *l, float *score, const float *q, size_t q_step, const uint16_t *kh,
     const uint16_t *vh, int base, int s0, int b, int e, int pf_end, int next_end, float scale) {
-    attn_rows_block_bf16_64_avx512(1, acc, m, l, score, q, kh, vh, base, s0, b, e, pf_end, next_end,
-                                   scale);
+    attn_rows_block_bf16_64_avx512(1, acc, m, l, score, q, q_step, kh, vh, base, s0, b, e, pf_end,
+                                   next_end, scale);
 }
 
 #define ATTN_DOT(avx2, ...)  ((avx2) ? attn_dot_row_avx2(__VA_ARGS__) : attn_dot_row(__VA_ARGS__))
@@ -623,6 +624,30 @@ static void attn_stage(float *blk, const uint16_t *bf16, int s0, int e, int g, s
         for (int d = 0; d < hd; d++) dst[d] = attn_widen(src[d]);
     }
 }
+
+#if KV_ATTN_X86
+/* how many of an item's rows from r on (of rows, token t0 first) run together over block s0,
+ * whose keys b .. e-1 row r reads: 4, 2 or 1. With GQA the heads of r's token (their queries hd
+ * apart); with one head per kv head the next tokens while they read the same keys (queries a
+ * token apart): in a prompt every block but the one holding their own positions. *q_step: the
+ * elements from one row's query to the next's. */
+static int attn_rows_together(const attn_job *j, int r, int rows, int t0, int s0, int b, int e,
+                              size_t *q_step) {
+    int n = 1;
+    if (j->group > 1) {
+        *q_step = (size_t)j->hd;
+        n = j->group - r % j->group;
+    } else {
+        *q_step = (size_t)j->nh * j->hd;
+        for (; n < 4 && r + n < rows; n++) {
+            const int p = j->pos0 + t0 + r + n, n_vis = attn_visible(p, j->S, j->mask),
+                      lo = attn_first(p, j->window);
+            if ((s0 > lo ? s0 : lo) != b || (s0 + KB < n_vis ? s0 + KB : n_vis) != e) break;
+        }
+    }
+    return n >= 4 ? 4 : n >= 2 ? 2 : 1;
+}
+#endif
 
 /* item = (token block, kv head g): the rows are every query head reading g for every token of
  * the block, so each K/V block is loaded once for all of them */
@@ -673,14 +698,14 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
             next_end = 0;
 #if KV_ATTN_X86
             if (avx2 && bf16 && hd == 64 && st == 64 && !ring) { /* decode's usual rows */
-                if (j->avx512) { /* the heads of this token reading g: 4, 2 or 1 at a time */
-                    const int same_token = group - r % group;
-                    const int R = same_token >= 4 ? 4 : same_token >= 2 ? 2 : 1;
+                if (j->avx512) { /* 4, 2 or 1 rows at a time (attn_rows_together) */
+                    size_t q_step;
+                    const int R = attn_rows_together(j, r, rows, t0, s0, b, e, &q_step);
                     (R == 4   ? attn_rows4_bf16_64_avx512
                      : R == 2 ? attn_rows2_bf16_64_avx512
                               : attn_rows1_bf16_64_avx512)(acc + (size_t)r * hd, m + r, l + r,
-                                                           score, qr, kh, vh, base, s0, b, e, n_vis,
-                                                           next, j->scale);
+                                                           score, qr, q_step, kh, vh, base, s0, b,
+                                                           e, n_vis, next, j->scale);
                     r += R - 1;
                 } else {
                     attn_row_block_bf16_64(acc + (size_t)r * hd, m + r, l + r, score, qr, kh, vh,
