@@ -501,12 +501,52 @@ attn_v64_bf16_rows_avx512(const int R, float *acc, const float *score, int s0, c
         }
 }
 
-/* attn_row_block_bf16_64 in 512-bit vectors for R rows (above) */
+/* dims i .. i+7 of the F32 rows a (lanes 0-7) and b (lanes 8-15) */
+__attribute__((target("avx512f"))) static inline __m512 attn_pair_f32(const float *a,
+                                                                      const float *b) {
+    const __m256d lo = _mm256_castps_pd(_mm256_loadu_ps(a)),
+                  hi = _mm256_castps_pd(_mm256_loadu_ps(b));
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(lo), hi, 1));
+}
+
+/* attn_v64_bf16_rows_avx512 for F32 rows (vf + (s - base) * 64): the accumulators in the rows'
+ * order, no next-K prefetch (F32 rows gained nothing from it, round 10) */
 __attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void
-attn_rows_block_bf16_64_avx512(const int R, float *acc, float *m, float *l, float *score,
-                               const float *q, size_t q_step, const uint16_t *kh,
-                               const uint16_t *vh, int base, int s0, int b, int e, int pf_end,
-                               int next_end, float scale) {
+attn_v64_f32_rows_avx512(const int R, float *acc, const float *score, int s0, const float *vf,
+                         int base, int b, int e, const float *corr) {
+    __m512 a[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        const __m512 corrv = _mm512_set1_ps(corr[r]);
+        for (int c = 0; c < 4; c++)
+            a[r][c] = _mm512_mul_ps(_mm512_loadu_ps(acc + 64 * r + 16 * c), corrv);
+    }
+    for (int s = b; s < e; s++) {
+        const float *vr = vf + (size_t)(s - base) * 64;
+        const __m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16),
+                     v2 = _mm512_loadu_ps(vr + 32), v3 = _mm512_loadu_ps(vr + 48);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const __m512 pv = _mm512_set1_ps(score[KB_ROWS * r + s - s0]);
+            a[r][0] = _mm512_add_ps(a[r][0], _mm512_mul_ps(pv, v0));
+            a[r][1] = _mm512_add_ps(a[r][1], _mm512_mul_ps(pv, v1));
+            a[r][2] = _mm512_add_ps(a[r][2], _mm512_mul_ps(pv, v2));
+            a[r][3] = _mm512_add_ps(a[r][3], _mm512_mul_ps(pv, v3));
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < 4; c++) _mm512_storeu_ps(acc + 64 * r + 16 * c, a[r][c]);
+}
+
+/* attn_row_block_bf16_64 in 512-bit vectors for R rows (above), over BF16 rows (kh, vh) or, f32
+ * (a constant where inlined), F32 rows (kf, vf): rows of 64 dims back to back from base */
+__attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void
+attn_rows_block_64_avx512(const int R, const int f32, float *acc, float *m, float *l, float *score,
+                          const float *q, size_t q_step, const float *kf, const float *vf,
+                          const uint16_t *kh, const uint16_t *vh, int base, int s0, int b, int e,
+                          int pf_end, int next_end, float scale) {
+    const size_t row_bytes = f32 ? 64 * sizeof(float) : 64 * sizeof(uint16_t);
     __m512 q2[4][8];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
@@ -516,22 +556,30 @@ attn_rows_block_bf16_64_avx512(const int R, float *acc, float *m, float *l, floa
     const __m256 scalev = _mm256_set1_ps(scale);
     int s = b;
     for (; s + 8 <= e; s += 8) {
-        const uint16_t *k = kh + (size_t)(s - base) * 64; /* the group's 8 rows, 128 bytes each */
-        attn_prefetch(vh + (size_t)(s - base) * 64, 8 * 128);
+        /* the group's 8 rows */
+        const size_t at = (size_t)(s - base) * 64;
+        const float *k = f32 ? kf + at : NULL;
+        const uint16_t *k16 = f32 ? NULL : kh + at;
+        attn_prefetch(f32 ? (const void *)(vf + at) : (const void *)(vh + at), 8 * row_bytes);
         if (s + ATTN_PF_KEYS < pf_end) /* the rows ATTN_PF_KEYS ahead, up to the last key */
-            attn_prefetch(k + ATTN_PF_KEYS * 64,
+            attn_prefetch(f32 ? (const void *)(k + ATTN_PF_KEYS * 64)
+                              : (const void *)(k16 + ATTN_PF_KEYS * 64),
                           (size_t)(pf_end - s - ATTN_PF_KEYS < 8 ? pf_end - s - ATTN_PF_KEYS : 8) *
-                              128);
+                              row_bytes);
         __m512 p[4][4];
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++)
             for (int u = 0; u < 4; u++) p[r][u] = _mm512_setzero_ps();
         for (int c = 0; c < 8; c++) {
             const int i = 8 * c;
-            const __m512 k01 = attn_pair_bf16(k + i, k + 64 + i),
-                         k23 = attn_pair_bf16(k + 128 + i, k + 192 + i),
-                         k45 = attn_pair_bf16(k + 256 + i, k + 320 + i),
-                         k67 = attn_pair_bf16(k + 384 + i, k + 448 + i);
+            const __m512 k01 = f32 ? attn_pair_f32(k + i, k + 64 + i)
+                                   : attn_pair_bf16(k16 + i, k16 + 64 + i),
+                         k23 = f32 ? attn_pair_f32(k + 128 + i, k + 192 + i)
+                                   : attn_pair_bf16(k16 + 128 + i, k16 + 192 + i),
+                         k45 = f32 ? attn_pair_f32(k + 256 + i, k + 320 + i)
+                                   : attn_pair_bf16(k16 + 256 + i, k16 + 320 + i),
+                         k67 = f32 ? attn_pair_f32(k + 384 + i, k + 448 + i)
+                                   : attn_pair_bf16(k16 + 384 + i, k16 + 448 + i);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 p[r][0] = _mm512_add_ps(p[r][0], _mm512_mul_ps(q2[r][c], k01));
@@ -552,36 +600,42 @@ attn_rows_block_bf16_64_avx512(const int R, float *acc, float *m, float *l, floa
     }
     float corr[4], lsum[4], mb[4];
     for (int r = 0; r < R; r++) {
-        mb[r] = attn_tail_scores(score + KB_ROWS * r, q + q_step * r, NULL, kh, 1, 64, base, 0, s0,
-                                 s, e, 64, scale, attn_max8(mbv[r], m[r]));
+        mb[r] =
+            attn_tail_scores(score + KB_ROWS * r, q + q_step * r, f32 ? kf : NULL, f32 ? NULL : kh,
+                             !f32, 64, base, 0, s0, s, e, 64, scale, attn_max8(mbv[r], m[r]));
         lsum[r] = attn_block_exps_avx512(score + KB_ROWS * r, s0, b, e, m[r], mb[r], &corr[r]);
     }
-    attn_v64_bf16_rows_avx512(R, acc, score, s0, vh, base, b, e, corr, kh, next_end);
+    if (f32) attn_v64_f32_rows_avx512(R, acc, score, s0, vf, base, b, e, corr);
+    else attn_v64_bf16_rows_avx512(R, acc, score, s0, vh, base, b, e, corr, kh, next_end);
     for (int r = 0; r < R; r++) {
         l[r] = l[r] * corr[r] + lsum[r];
         m[r] = mb[r];
     }
 }
 
-/* R = 4, 2 and 1, compiled apart */
-__attribute__((target("avx512f"))) static void attn_rows4_bf16_64_avx512(
-    float *acc, float *m, float *l, float *score, const float *q, size_t q_step, const uint16_t *kh,
-    const uint16_t *vh, int base, int s0, int b, int e, int pf_end, int next_end, float scale) {
-    attn_rows_block_bf16_64_avx512(4, acc, m, l, score, q, q_step, kh, vh, base, s0, b, e, pf_end,
-                                   next_end, scale);
-}
-__attribute__((target("avx512f"))) static void attn_rows2_bf16_64_avx512(
-    float *acc, float *m, float *l, float *score, const float *q, size_t q_step, const uint16_t *kh,
-    const uint16_t *vh, int base, int s0, int b, int e, int pf_end, int next_end, float scale) {
-    attn_rows_block_bf16_64_avx512(2, acc, m, l, score, q, q_step, kh, vh, base, s0, b, e, pf_end,
-                                   next_end, scale);
-}
-__attribute__((target("avx512f"))) static void attn_rows1_bf16_64_avx512(
-    float *acc, float *m, float *l, float *score, const float *q, size_t q_step, const uint16_t *kh,
-    const uint16_t *vh, int base, int s0, int b, int e, int pf_end, int next_end, float scale) {
-    attn_rows_block_bf16_64_avx512(1, acc, m, l, score, q, q_step, kh, vh, base, s0, b, e, pf_end,
-                                   next_end, scale);
-}
+/* the pass for R = 4, 2, 1 rows of BF16 or F32, compiled apart; attn_rows_pass[f32][0, 1, 2] */
+typedef void (*attn_rows_fn)(float *acc, float *m, float *l, float *score, const float *q,
+                             size_t q_step, const float *kf, const float *vf, const uint16_t *kh,
+                             const uint16_t *vh, int base, int s0, int b, int e, int pf_end,
+                             int next_end, float scale);
+#define ATTN_ROWS_FN(name, R, F32)                                                                 \
+    __attribute__((target("avx512f"))) static void name(                                           \
+        float *acc, float *m, float *l, float *score, const float *q, size_t q_step,               \
+        const float *kf, const float *vf, const uint16_t *kh, const uint16_t *vh, int base,        \
+        int s0, int b, int e, int pf_end, int next_end, float scale) {                             \
+        attn_rows_block_64_avx512(R, F32, acc, m, l, score, q, q_step, kf, vf, kh, vh, base, s0,   \
+                                  b, e, pf_end, next_end, scale);                                  \
+    }
+ATTN_ROWS_FN(attn_rows4_bf16, 4, 0)
+ATTN_ROWS_FN(attn_rows2_bf16, 2, 0)
+ATTN_ROWS_FN(attn_rows1_bf16, 1, 0)
+ATTN_ROWS_FN(attn_rows4_f32, 4, 1)
+ATTN_ROWS_FN(attn_rows2_f32, 2, 1)
+ATTN_ROWS_FN(attn_rows1_f32, 1, 1)
+#undef ATTN_ROWS_FN
+static const attn_rows_fn attn_rows_pass[2][3] = {
+    {attn_rows4_bf16, attn_rows2_bf16, attn_rows1_bf16},
+    {attn_rows4_f32, attn_rows2_f32, attn_rows1_f32}};
 
 #define ATTN_DOT(avx2, ...)  ((avx2) ? attn_dot_row_avx2(__VA_ARGS__) : attn_dot_row(__VA_ARGS__))
 #define ATTN_AXPY(avx2, ...) ((avx2) ? attn_axpy_row_avx2(__VA_ARGS__) : attn_axpy_row(__VA_ARGS__))
@@ -697,20 +751,21 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
             const int next = next_end;
             next_end = 0;
 #if KV_ATTN_X86
+            /* rows of 64 dims back to back, AVX-512: 4, 2 or 1 at a time (attn_rows_together) */
+            if (avx2 && j->avx512 && hd == 64 && st == 64 && !ring && !staged) {
+                size_t q_step;
+                const int R = attn_rows_together(j, r, rows, t0, s0, b, e, &q_step);
+                attn_rows_pass[!bf16][R == 4   ? 0
+                                      : R == 2 ? 1
+                                               : 2](acc + (size_t)r * hd, m + r, l + r, score, qr,
+                                                    q_step, kf, vf, kh, vh, base, s0, b, e, n_vis,
+                                                    bf16 ? next : 0, j->scale);
+                r += R - 1;
+                continue;
+            }
             if (avx2 && bf16 && hd == 64 && st == 64 && !ring) { /* decode's usual rows */
-                if (j->avx512) { /* 4, 2 or 1 rows at a time (attn_rows_together) */
-                    size_t q_step;
-                    const int R = attn_rows_together(j, r, rows, t0, s0, b, e, &q_step);
-                    (R == 4   ? attn_rows4_bf16_64_avx512
-                     : R == 2 ? attn_rows2_bf16_64_avx512
-                              : attn_rows1_bf16_64_avx512)(acc + (size_t)r * hd, m + r, l + r,
-                                                           score, qr, q_step, kh, vh, base, s0, b,
-                                                           e, n_vis, next, j->scale);
-                    r += R - 1;
-                } else {
-                    attn_row_block_bf16_64(acc + (size_t)r * hd, m + r, l + r, score, qr, kh, vh,
-                                           base, s0, b, e, n_vis, next, j->scale);
-                }
+                attn_row_block_bf16_64(acc + (size_t)r * hd, m + r, l + r, score, qr, kh, vh, base,
+                                       s0, b, e, n_vis, next, j->scale);
                 continue;
             }
             if (avx2 && hd % 8 == 0) {
