@@ -58,6 +58,13 @@ static inline float attn_widen(uint16_t h) {
  * this is inlined, so the choice folds away and the loops stay vectorized */
 #define ATTN_AT(bf16, b, bh, i) ((bf16) ? attn_widen((bh)[i]) : (b)[i])
 
+/* 8 partial sums combined pairwise: ((p0+p1)+(p2+p3))+((p4+p5)+(p6+p7)), the order of every
+ * sum of the reference */
+static inline float attn_pairwise8(const float part[8]) {
+    return ((part[0] + part[1]) + (part[2] + part[3])) +
+           ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
 /* dot product of a with an F32 (b) or BF16 (bh) row, 8 running partial sums (vectorizable, fixed
  * order: both row types give the same result on the same values) */
 static inline __attribute__((always_inline)) float attn_dot_row(const float *a, const float *b,
@@ -67,8 +74,7 @@ static inline __attribute__((always_inline)) float attn_dot_row(const float *a, 
     int i = 0;
     for (; i + 8 <= n; i += 8)
         for (int u = 0; u < 8; u++) part[u] += a[i + u] * ATTN_AT(bf16, b, bh, i + u);
-    float s =
-        ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    float s = attn_pairwise8(part);
     for (; i < n; i++) s += a[i] * ATTN_AT(bf16, b, bh, i);
     return s;
 }
@@ -92,8 +98,7 @@ static inline float attn_sum8(const float *x, int n) {
     int i = 0;
     for (; i + 8 <= n; i += 8)
         for (int u = 0; u < 8; u++) part[u] += x[i + u];
-    float s =
-        ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    float s = attn_pairwise8(part);
     for (; i < n; i++) s += x[i];
     return s;
 }
@@ -128,8 +133,7 @@ __attribute__((target("avx2"))) static inline float attn_dot_row_avx2(const floa
         acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(a + i), attn_load8(b, bh, bf16, i)));
     float part[8];
     _mm256_storeu_ps(part, acc);
-    float s =
-        ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    float s = attn_pairwise8(part);
     for (; i < n; i++) s += a[i] * ATTN_AT(bf16, b, bh, i);
     return s;
 }
@@ -257,8 +261,7 @@ __attribute__((target("avx2"))) static inline float attn_sum8_finish(__m256 acc,
                                                                      int i, int n) {
     float part[8];
     _mm256_storeu_ps(part, acc);
-    float s =
-        ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    float s = attn_pairwise8(part);
     for (; i < n; i++) s += x[i];
     return s;
 }
@@ -663,7 +666,7 @@ typedef struct {
     float scale;
     size_t scratch_per_worker;
     int stage; /* BF16 rows widened once per block into scratch (portable loops, rows per item >= 4) */
-    int avx512; /* BF16 rows of 64 dims by the AVX-512 pass (the BF16 matrix-vector choice) */
+    int avx512; /* rows of 64 dims by the AVX-512 rows pass (the BF16 matrix-vector choice) */
     float *scratch; /* per worker: acc [rows, hd], m [rows], l [rows], scores [rows, KB];
                          staging: then K, V of one block of head g as F32 [KB, hd] each */
 } attn_job;
@@ -739,8 +742,9 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
             kf = k_blk, vf = v_blk, st = (size_t)hd, base = s0, ring = 0;
         }
         /* the block's first row to run fetches the next block's K rows (the others find them
-         * cached): up to the item's last visible key, none from staged rows */
-        int next_end = staged ? 0 : s_end;
+         * cached): up to the item's last visible key (the portable loops, the only ones that
+         * stage, fetch nothing) */
+        int next_end = s_end;
         for (int r = 0; r < rows; r++) {
             const int t = t0 + r / group, h = g * group + r % group;
             const int n_vis = attn_visible(j->pos0 + t, j->S, j->mask);
@@ -752,7 +756,7 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
             next_end = 0;
 #if KV_ATTN_X86
             /* rows of 64 dims back to back, AVX-512: 4, 2 or 1 at a time (attn_rows_together) */
-            if (avx2 && j->avx512 && hd == 64 && st == 64 && !ring && !staged) {
+            if (avx2 && j->avx512 && hd == 64 && st == 64 && !ring) {
                 size_t q_step;
                 const int R = attn_rows_together(j, r, rows, t0, s0, b, e, &q_step);
                 attn_rows_pass[!bf16][R == 4   ? 0
@@ -770,8 +774,7 @@ static inline __attribute__((always_inline)) void attn_item_rows(const attn_job 
             }
             if (avx2 && hd % 8 == 0) {
                 attn_row_block_avx2(acc + (size_t)r * hd, m + r, l + r, score, qr, kf, vf, kh, vh,
-                                    bf16, st, base, ring, s0, b, e, staged ? e : n_vis, next, hd,
-                                    j->scale);
+                                    bf16, st, base, ring, s0, b, e, n_vis, next, hd, j->scale);
                 continue;
             }
 #endif

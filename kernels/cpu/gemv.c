@@ -460,9 +460,8 @@ __attribute__((target("avx512f"))) static void dot4_bf16_evenodd(float s[4], con
     __m512 a[4][4] = {{z, z, z, z}, {z, z, z, z}, {z, z, z, z}, {z, z, z, z}};
     int i = 0;
     for (; i + 64 <= n; i += 64) {
-        const size_t ahead = sizeof(uint16_t) * (size_t)i + GEMV_NTA_BYTES;
-        const char *p = ahead < row_bytes ? (const char *)w + ahead
-                                          : (const char *)w + 4 * row_bytes + (ahead - row_bytes);
+        const char *p = pair_ahead(w, (const char *)w + 4 * row_bytes, sizeof(uint16_t) * (size_t)i,
+                                   row_bytes); /* row 0's; row k's is k rows on */
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++) {
             _mm_prefetch(p + k * row_bytes, _MM_HINT_NTA);
