@@ -43,6 +43,9 @@ int kv_kernels_threads(void);
 /* how many workers are worth starting for n_items items costing about `flops` in all
  * (1 for small work; never more than kv_kernels_threads() or n_items) */
 int kv_parallel_workers(int n_items, double flops);
+/* Rows of a matrix product's output (tokens) cut at multiples of this keep every output's bits
+ * those of one unsplit OpenBLAS call under its Haswell kernels (kernels/cpu/matmul.c) */
+enum { KV_GEMM_ROW_ALIGN = 12 };
 /* cut[0..parts]: m rows in parts (1 <= parts <= ceil(m / align)) split at the multiples of align
  * nearest to equal shares, none empty (the last may be shorter than align) */
 void kv_row_cuts(int *cut, int m, int parts, int align);
@@ -58,6 +61,10 @@ void kv_matmul(float *out, const float *x, const float *W, const float *bias, in
  * floats between rows untouched; every output the bits of kv_matmul's */
 void kv_matmul_strided(float *out, int ld_out, const float *x, const float *W, const float *bias,
                        int T, int n_in, int n_out);
+/* kv_matmul_strided (T > 1) as one OpenBLAS call on the calling thread: for a worker running
+ * its own part of a product (rows cut at multiples of KV_GEMM_ROW_ALIGN keep kv_matmul's bits) */
+void kv_matmul_serial(float *out, int ld_out, const float *x, const float *W, const float *bias,
+                      int T, int n_in, int n_out);
 /* out[T, n_out] += x @ W^T + bias (bias may be NULL): e.g. o_proj/down_proj into the residual */
 void kv_matmul_acc(float *out, const float *x, const float *W, const float *bias, int T, int n_in,
                    int n_out);

@@ -145,7 +145,7 @@ static int alloc_activations(kv_state *s, kv_dtype cache_dtype, kv_error *err) {
     const kv_model *m = s->model;
     kv_backend *b = s->backend;
     const size_t B = (size_t)s->max_batch, H = (size_t)m->dims.hidden, Q = (size_t)m->dims.q_dim,
-                 F = (size_t)m->dims.ffn, V = (size_t)m->dims.vocab;
+                 F = (size_t)m->dims.ffn, V = (size_t)m->dims.vocab, BM = (size_t)s->mlp_rows;
     const int unified = b->unified;
     const size_t KV = (size_t)m->dims.kv_dim;
     const size_t counts[N_ACT] = {[ACT_X] = B * H,
@@ -153,8 +153,8 @@ static int alloc_activations(kv_state *s, kv_dtype cache_dtype, kv_error *err) {
                                   [ACT_Q] = B * Q > Q + 2 * KV ? B * Q : Q + 2 * KV,
                                   [ACT_ATT] = B * Q,
                                   [ACT_KV_ROWS] = 2 * B * KV,
-                                  [ACT_GATE] = B > 2 ? B * F : 2 * F,
-                                  [ACT_UP] = B * F,
+                                  [ACT_GATE] = BM > 2 ? BM * F : 2 * F,
+                                  [ACT_UP] = BM * F,
                                   [ACT_X_BLOCK] = s->has_upward ? B * H : 0,
                                   [ACT_POS] = (size_t)s->max_seq,
                                   [ACT_DEV_LOGITS] = unified ? 0 : B * V,
@@ -231,6 +231,17 @@ int kv_state_init(kv_state *s, kv_backend *b, const kv_model *m, int max_seq, in
     s->model = m;
     s->max_seq = max_seq;
     s->max_batch = max_batch;
+    /* With BF16 or F16 weights the CPU runs a long batch's MLP in two passes: gate and up
+     * [B, FFN] were 8 of the 11 MB of activations of stories110M at B = 512, whose peak RSS is
+     * the tightest over its weights (docs/RESULTS.md, round 12). The products' rows cut at a
+     * multiple of KV_GEMM_ROW_ALIGN keep every output's bits (kernels/cpu/matmul.c). Each pass
+     * widens and packs the weights again: prefill 2-3% slower at 110M; F32 weights, packed per
+     * worker, lost about 5% and keep one pass. */
+    s->mlp_rows = max_batch;
+    if (b->device == KV_DEVICE_CPU && m->mat_type != KV_F32 && max_batch > 4 * KV_GEMM_ROW_ALIGN) {
+        const int half = (max_batch + 1) / 2;
+        s->mlp_rows = (half + KV_GEMM_ROW_ALIGN - 1) / KV_GEMM_ROW_ALIGN * KV_GEMM_ROW_ALIGN;
+    }
     s->has_upward = kvmap_cyclic_block(&m->cfg.map, &s->block_lo, &s->block_hi) > 0;
     s->top_kv_writer = -1;
     for (int i = 0; i < m->dims.n_layers; i++)
@@ -402,13 +413,16 @@ int kv_layer_mlp(kv_state *s, int layer, float *x, int T, kv_error *err) {
     const int joint = decode_gate_up(s, w, T);
     float *up = joint ? s->gate + F : s->up;
     int rc = b->ops->rmsnorm(b, s->xb, x, w->mlp_norm, T, H, m->dims.eps, err);
-    if (!rc && joint)
-        rc = b->ops->matmul(b, s->gate, s->xb, w->w_gate, wt, NULL, 1, H, 2 * F, 0, err);
-    if (!rc && !joint)
-        rc = b->ops->matmul(b, s->gate, s->xb, w->w_gate, wt, w->b_gate, T, H, F, 0, err);
-    if (!rc && !joint) rc = b->ops->matmul(b, s->up, s->xb, w->w_up, wt, w->b_up, T, H, F, 0, err);
-    if (!rc) rc = b->ops->swiglu(b, s->gate, s->gate, up, T, F, err);
-    if (!rc) rc = b->ops->matmul(b, x, s->gate, w->w_down, wt, w->b_down, T, F, H, 1, err);
+    for (int t0 = 0; !rc && t0 < T; t0 += s->mlp_rows) { /* passes of mlp_rows tokens */
+        const int n = T - t0 < s->mlp_rows ? T - t0 : s->mlp_rows;
+        const float *xb = s->xb + (size_t)t0 * H;
+        float *xr = x + (size_t)t0 * H;
+        if (joint) rc = b->ops->matmul(b, s->gate, xb, w->w_gate, wt, NULL, 1, H, 2 * F, 0, err);
+        else rc = b->ops->matmul(b, s->gate, xb, w->w_gate, wt, w->b_gate, n, H, F, 0, err);
+        if (!rc && !joint) rc = b->ops->matmul(b, s->up, xb, w->w_up, wt, w->b_up, n, H, F, 0, err);
+        if (!rc) rc = b->ops->swiglu(b, s->gate, s->gate, up, n, F, err);
+        if (!rc) rc = b->ops->matmul(b, xr, s->gate, w->w_down, wt, w->b_down, n, F, H, 1, err);
+    }
     return rc;
 }
 

@@ -98,6 +98,9 @@ typedef struct {
     kv_rope_table rope_host; /* HOST: the table it was made from */
     int max_seq; /* positions the cache holds */
     int max_batch; /* tokens per internal pass (longer inputs run in chunks) */
+    int mlp_rows; /* tokens per MLP pass within one (max_batch, or on the CPU with 16-bit
+                     weights about half of a long batch, a multiple of KV_GEMM_ROW_ALIGN: half
+                     the MLP's buffers, the same bits) */
     int n_past; /* positions already in the cache */
     int has_upward; /* the map has layers with kv(i) > i */
     int top_kv_writer; /* highest layer writing K/V from its own input (-1: none) */
@@ -111,7 +114,8 @@ typedef struct {
     float *q; /* [B, nh*hd] queries; at least nh*hd + 2 kv_dim: one token's q, k, v when they
                  come from one pass (forward.c, decode_qkv) */
     float *att; /* [B, nh*hd] attention output */
-    float *gate, *up; /* [B, FFN] MLP hidden; gate at least 2 FFN: one token's gate then up when
+    float *gate,
+        *up; /* [mlp_rows, FFN] MLP hidden; gate at least 2 FFN: one token's gate then up when
                          they come from one pass (forward.c, decode_gate_up). They share their
                          memory with q, att and kv_rows (an attention block's buffers are dead
                          in the MLP and the other way round) */

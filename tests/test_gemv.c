@@ -3,6 +3,8 @@
  * independent of the thread count; the CPU backend's T == 1 matmul on this path. */
 #include "tests/check.h"
 
+#include <cblas.h>
+
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
@@ -205,6 +207,68 @@ static void check_backend(kv_dtype t) {
     kv_backend_free(&b);
 }
 
+/* The backend's T > 1 product of BF16/F16 weights (backend_cpu.c matmul_half): blocks of rows of
+ * W (1 MiB of F32, at least 128 rows) widened and each one sgemm over all T tokens, parts of the
+ * (block, token) work cut per worker. Under OpenBLAS's Haswell kernels every output has the bits
+ * of that per-block sgemm at 1, 2 and 3 threads, with bias and accumulating; shapes whose blocks
+ * and cuts fall unevenly. Elsewhere the bound of check_backend's T = 2 rows. */
+static void check_backend_prefill(kv_dtype t, int T, int n_in, int n_out) {
+    const int haswell = strcmp(openblas_get_corename(), "Haswell") == 0;
+    int rows = (1 << 18) / n_in;
+    if (rows < 128) rows = 128;
+    if (rows > n_out) rows = n_out;
+    const size_t nw = (size_t)n_out * n_in, ny = (size_t)T * n_out;
+    void *W = make_w(t, n_out, n_in);
+    float *wide = malloc(sizeof(float) * nw), *x = malloc(sizeof(float) * (size_t)T * n_in);
+    float *bias = malloc(sizeof(float) * n_out), *y0 = malloc(sizeof(float) * ny);
+    float *ref = malloc(sizeof(float) * ny), *prod = malloc(sizeof(float) * ny);
+    float *y = malloc(sizeof(float) * ny);
+    CHECK(W && wide && x && bias && y0 && ref && prod && y, "out of memory");
+    if (!(W && wide && x && bias && y0 && ref && prod && y)) return;
+    kv_dtype_cast(wide, KV_F32, W, t, nw);
+    for (size_t i = 0; i < (size_t)T * n_in; i++) x[i] = urand();
+    for (int o = 0; o < n_out; o++) bias[o] = urand();
+    for (size_t i = 0; i < ny; i++) y0[i] = urand();
+    for (int acc = 0; acc < 2; acc++)
+        for (int with_bias = 0; with_bias < 2; with_bias++) {
+            /* the reference: per block, out = x W_b^T (+ bias) by one sgemm, then y0 + it */
+            for (int o0 = 0; o0 < n_out; o0 += rows) {
+                const int nr = n_out - o0 < rows ? n_out - o0 : rows;
+                for (int r = 0; with_bias && r < T; r++)
+                    memcpy(prod + (size_t)r * n_out + o0, bias + o0, sizeof(float) * nr);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, nr, n_in, 1.0f, x, n_in,
+                            wide + (size_t)o0 * n_in, n_in, with_bias ? 1.0f : 0.0f, prod + o0,
+                            n_out);
+            }
+            for (size_t i = 0; i < ny; i++) ref[i] = acc ? y0[i] + prod[i] : prod[i];
+            for (int threads = 1; threads <= 3; threads++) {
+                kv_backend b;
+                kv_error err = {0};
+                CHECK(kv_backend_cpu_init(&b, threads, &err) == 0, "cpu init: %s", err.msg);
+                memcpy(y, y0, sizeof(float) * ny);
+                CHECK(b.ops->matmul(&b, y, x, W, t, with_bias ? bias : NULL, T, n_in, n_out, acc,
+                                    &err) == 0,
+                      "%s", err.msg);
+                double worst = 0;
+                for (size_t i = 0; i < ny; i++) {
+                    const double e = fabs((double)y[i] - ref[i]) / (1.0 + fabs(ref[i]));
+                    if (e > worst) worst = e;
+                }
+                if (haswell)
+                    CHECK(!memcmp(y, ref, sizeof(float) * ny),
+                          "%s T=%d [%d x %d] acc %d bias %d, %d threads: not the per-block sgemm "
+                          "bits (max rel %.3g)",
+                          kv_dtype_name(t), T, n_out, n_in, acc, with_bias, threads, worst);
+                else
+                    CHECK(worst <= 1e-4, "%s T=%d [%d x %d]: rel diff %.3g", kv_dtype_name(t), T,
+                          n_out, n_in, worst);
+                kv_backend_free(&b);
+            }
+        }
+    kv_kernels_set_threads(1);
+    free(W), free(wide), free(x), free(bias), free(y0), free(ref), free(prod), free(y);
+}
+
 int main(void) {
     static const int n_ins[] = {1, 7, 15, 16, 17, 33, 100, 1001};
     static const int n_outs[] = {1, 3, 64, 257};
@@ -241,6 +305,12 @@ int main(void) {
         check_threads(t);
         check_long_rows(t);
         check_backend(t);
+        if (t != KV_F32) { /* blocks of 873 + 127, 128 + 128 + 44, 4096 + 904; 13 tokens */
+            check_backend_prefill(t, 37, 300, 1000);
+            check_backend_prefill(t, 130, 2100, 300);
+            check_backend_prefill(t, 25, 64, 5000);
+            check_backend_prefill(t, 13, 96, 700);
+        }
     }
     printf("gemv: max relative error against the exact sum %.3g (bound %g)\n", max_rel_seen, REL);
     return check_done("test_gemv");

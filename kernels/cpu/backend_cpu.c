@@ -3,6 +3,8 @@
  * Device pointers are host pointers. */
 #include "kernels/backend.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,47 +108,114 @@ static int cpu_sync(kv_backend *b, kv_error *err) {
     return 0;
 }
 
-/* BF16 or F16 weights, T > 1: blocks of rows of W widened into F32 scratch (exact; the rows split
- * over the kernel threads), then sgemm of the block's outputs. Blocks of about HALF_BLOCK_FLOATS
- * (1 MiB of F32, at least 128 rows): prefill of 512 tokens ran as fast as with 16 MiB blocks of
- * at least 256 rows on the 110M and 1.1B shapes, in 1.7 MiB of scratch where those took 10.5 at
- * 110M (docs/RESULTS.md, round 10). The block split sets sgemm's order of operations: the same
- * bits at any thread count, not across block sizes. The scratch is kept per calling thread and
- * grows as needed (no page faults per call). */
-enum { HALF_BLOCK_FLOATS = 1 << 18, HALF_MIN_ROWS = 128, WIDEN_ROWS_PER_ITEM = 16 };
+/* BF16 or F16 weights, T > 1: blocks of rows of W widened into F32 scratch (exact), then sgemm
+ * of the block's outputs. Blocks of about HALF_BLOCK_FLOATS (1 MiB of F32, at least 128 rows):
+ * prefill of 512 tokens ran as fast as with 16 MiB blocks of at least 256 rows on the 110M and
+ * 1.1B shapes, in 1.7 MiB of scratch where those took 10.5 at 110M (docs/RESULTS.md, round 10).
+ *
+ * The work, (block, token) in block-major order, is cut into one contiguous part per worker of
+ * about equal products, the cuts at multiples of KV_GEMM_ROW_ALIGN tokens within a block; each
+ * worker widens the blocks its part touches into scratch of its own and runs their sgemm over
+ * its tokens. So each block is widened and packed by OpenBLAS once (twice for a block two parts
+ * share), on the core that reads it, with no wait between the widening and the product; the
+ * tokens' rows are split as matmul.c splits them, so every output has the bits of one sgemm of
+ * its block over all T tokens: the same at any thread count (not across block sizes). Each
+ * thread's scratch is kept and grows as needed (no page faults per call; freed when the thread
+ * ends). */
+enum { HALF_BLOCK_FLOATS = 1 << 18, HALF_MIN_ROWS = 128, HALF_MAX_PARTS = 256 };
 
 static _Thread_local float *half_scratch;
 static _Thread_local size_t half_scratch_floats;
+static pthread_key_t half_scratch_key; /* its destructor frees a thread's scratch at its end */
+static int half_scratch_keyed;
+static pthread_once_t half_scratch_once = PTHREAD_ONCE_INIT;
 
-typedef struct {
-    float *dst;
-    const uint16_t *src;
-    kv_dtype src_type; /* KV_BF16 or KV_F16 */
-    int n_in, rows;
-} widen_job;
-
-static void widen_item(void *ctx, int item, int worker) {
-    (void)worker;
-    const widen_job *j = ctx;
-    const int r0 = item * WIDEN_ROWS_PER_ITEM;
-    const int nr = j->rows - r0 < WIDEN_ROWS_PER_ITEM ? j->rows - r0 : WIDEN_ROWS_PER_ITEM;
-    const size_t off = (size_t)r0 * (size_t)j->n_in;
-    kv_dtype_cast(j->dst + off, KV_F32, j->src + off, j->src_type, (size_t)nr * (size_t)j->n_in);
+static void half_scratch_key_make(void) {
+    half_scratch_keyed = pthread_key_create(&half_scratch_key, free) == 0;
 }
 
-/* out[t, 0 .. cols-1] += part[t, ..] for row t (rows ld_out and cols floats apart) */
+/* the calling thread's scratch of at least `floats` floats, NULL when out of memory */
+static float *half_space(size_t floats) {
+    if (floats <= half_scratch_floats) return half_scratch;
+    pthread_once(&half_scratch_once, half_scratch_key_make);
+    float *p = realloc(half_scratch, sizeof(float) * floats);
+    if (!p) return NULL;
+    half_scratch = p;
+    half_scratch_floats = floats;
+    if (half_scratch_keyed) pthread_setspecific(half_scratch_key, p);
+    return p;
+}
+
 typedef struct {
     float *out;
-    const float *part;
-    int ld_out, cols;
-} add_job;
+    const float *x, *bias;
+    const uint16_t *W;
+    kv_dtype w_type; /* KV_BF16 or KV_F16 */
+    int T, n_in, n_out, rows, accumulate; /* rows: a block's (the last may be short) */
+    int granules; /* KV_GEMM_ROW_ALIGN-token steps a block's tokens take: ceil(T / align) */
+    int cut[HALF_MAX_PARTS + 1]; /* part i: units cut[i] .. cut[i+1] - 1, unit = block * granules
+                                    + granule */
+    atomic_int failed; /* a worker found no memory for its scratch */
+} half_job;
 
-static void add_rows(void *ctx, int t, int worker) {
+/* cut[0..parts] over the (block, granule) units: the products' sizes (block width x tokens)
+ * before each cut as near as the granules allow to equal shares, never decreasing */
+static void half_cuts(half_job *j, int parts) {
+    const int blocks = (j->n_out + j->rows - 1) / j->rows, G = j->granules;
+    const double total = (double)j->n_out * j->T;
+    int b = 0;
+    double before = 0; /* products of the blocks before b */
+    j->cut[0] = 0;
+    for (int i = 1; i < parts; i++) {
+        const double target = total * i / parts;
+        int width = j->n_out - b * j->rows < j->rows ? j->n_out - b * j->rows : j->rows;
+        while (b < blocks - 1 && before + (double)width * j->T <= target) {
+            before += (double)width * j->T;
+            b++;
+            width = j->n_out - b * j->rows < j->rows ? j->n_out - b * j->rows : j->rows;
+        }
+        int g = (int)((target - before) / width / KV_GEMM_ROW_ALIGN + 0.5);
+        if (g > G) g = G;
+        int unit = b * G + g;
+        if (unit < j->cut[i - 1]) unit = j->cut[i - 1];
+        j->cut[i] = unit;
+    }
+    j->cut[parts] = blocks * G;
+}
+
+static void half_part(void *ctx, int part, int worker) {
     (void)worker;
-    const add_job *a = ctx;
-    float *dst = a->out + (size_t)t * a->ld_out;
-    const float *src = a->part + (size_t)t * a->cols;
-    for (int o = 0; o < a->cols; o++) dst[o] += src[o];
+    half_job *j = ctx;
+    const int G = j->granules, u0 = j->cut[part], u1 = j->cut[part + 1];
+    if (u0 >= u1) return;
+    const int n_in = j->n_in;
+    for (int b = u0 / G; b <= (u1 - 1) / G; b++) {
+        const int o0 = b * j->rows, nr = j->n_out - o0 < j->rows ? j->n_out - o0 : j->rows;
+        const int g0 = b == u0 / G ? u0 % G : 0, g1 = b == (u1 - 1) / G ? (u1 - 1) % G + 1 : G;
+        const int t0 = g0 * KV_GEMM_ROW_ALIGN;
+        const int t1 = g1 * KV_GEMM_ROW_ALIGN < j->T ? g1 * KV_GEMM_ROW_ALIGN : j->T;
+        const size_t wide_floats = (size_t)nr * (size_t)n_in;
+        float *wide = half_space(wide_floats + (j->accumulate ? (size_t)(t1 - t0) * nr : 0));
+        if (!wide) {
+            atomic_store(&j->failed, 1);
+            return;
+        }
+        kv_dtype_cast(wide, KV_F32, j->W + (size_t)o0 * n_in, j->w_type, wide_floats);
+        const float *x = j->x + (size_t)t0 * n_in, *bias = j->bias ? j->bias + o0 : NULL;
+        if (!j->accumulate) { /* straight into out's columns o0 .. o0 + nr - 1 */
+            kv_matmul_serial(j->out + (size_t)t0 * j->n_out + o0, j->n_out, x, wide, bias, t1 - t0,
+                             n_in, nr);
+            continue;
+        }
+        /* the block's product apart, then added: out + (x W^T + bias), as the F32 path rounds */
+        float *prod = wide + wide_floats;
+        kv_matmul_serial(prod, nr, x, wide, bias, t1 - t0, n_in, nr);
+        for (int t = t0; t < t1; t++) {
+            float *dst = j->out + (size_t)t * j->n_out + o0;
+            const float *src = prod + (size_t)(t - t0) * nr;
+            for (int o = 0; o < nr; o++) dst[o] += src[o];
+        }
+    }
 }
 
 static int matmul_half(float *out, const float *x, const uint16_t *W, kv_dtype w_type,
@@ -155,35 +224,26 @@ static int matmul_half(float *out, const float *x, const uint16_t *W, kv_dtype w
     int rows = HALF_BLOCK_FLOATS / (n_in > 0 ? n_in : 1);
     if (rows < HALF_MIN_ROWS) rows = HALF_MIN_ROWS;
     if (rows > n_out) rows = n_out;
-    const size_t need = (size_t)rows * (size_t)n_in + (size_t)T * (size_t)rows;
-    if (need > half_scratch_floats) {
-        float *p = realloc(half_scratch, sizeof(float) * need);
-        if (!p)
-            return kv_fail(err, KV_ENOMEM, "cpu: matmul %s [%d x %d]: out of memory",
-                           kv_dtype_name(w_type), n_out, n_in);
-        half_scratch = p;
-        half_scratch_floats = need;
-    }
-    float *wide = half_scratch, *part = half_scratch + (size_t)rows * (size_t)n_in;
-    for (int o0 = 0; o0 < n_out; o0 += rows) {
-        const int nr = n_out - o0 < rows ? n_out - o0 : rows;
-        widen_job j = {.dst = wide,
-                       .src = W + (size_t)o0 * n_in,
-                       .src_type = w_type,
-                       .n_in = n_in,
-                       .rows = nr};
-        const int items = (nr + WIDEN_ROWS_PER_ITEM - 1) / WIDEN_ROWS_PER_ITEM;
-        kv_parallel_for(items, kv_parallel_workers(items, 4.0 * nr * (double)n_in), widen_item, &j);
-        const float *b = bias ? bias + o0 : NULL;
-        if (!accumulate) { /* straight into out's columns o0 .. o0 + nr - 1 */
-            kv_matmul_strided(out + o0, n_out, x, wide, b, T, n_in, nr);
-            continue;
-        }
-        /* the block's product apart, then added: out + (x W^T + bias), as the F32 path rounds */
-        kv_matmul(part, x, wide, b, T, n_in, nr);
-        add_job a = {.out = out + o0, .part = part, .ld_out = n_out, .cols = nr};
-        kv_parallel_for(T, kv_parallel_workers(T, (double)T * nr), add_rows, &a);
-    }
+    half_job j = {.out = out,
+                  .x = x,
+                  .bias = bias,
+                  .W = W,
+                  .w_type = w_type,
+                  .T = T,
+                  .n_in = n_in,
+                  .n_out = n_out,
+                  .rows = rows,
+                  .accumulate = accumulate,
+                  .granules = (T + KV_GEMM_ROW_ALIGN - 1) / KV_GEMM_ROW_ALIGN};
+    atomic_init(&j.failed, 0);
+    const int units = (n_out + rows - 1) / rows * j.granules;
+    int parts = kv_parallel_workers(units, 2.0 * T * (double)n_out * n_in);
+    if (parts > HALF_MAX_PARTS) parts = HALF_MAX_PARTS;
+    half_cuts(&j, parts);
+    kv_parallel_for(parts, parts, half_part, &j);
+    if (atomic_load(&j.failed))
+        return kv_fail(err, KV_ENOMEM, "cpu: matmul %s [%d x %d]: out of memory",
+                       kv_dtype_name(w_type), n_out, n_in);
     return 0;
 }
 

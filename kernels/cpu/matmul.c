@@ -22,7 +22,7 @@
 #include <pthread.h>
 #include <string.h>
 
-enum { ROW_ALIGN = 12 }; /* OpenBLAS Haswell sgemm's column block (N): 12 floats */
+enum { ROW_ALIGN = KV_GEMM_ROW_ALIGN };
 
 enum { MAX_CUTS = 257 }; /* workers + 1 (kernels' thread cap + 1) */
 
@@ -113,6 +113,16 @@ void kv_matmul_strided(float *out, int ld_out, const float *x, const float *W, c
     } else {
         gemm_xwt(out, ld_out, x, W, T, n_in, n_out, 0.0f);
     }
+}
+
+void kv_matmul_serial(float *out, int ld_out, const float *x, const float *W, const float *bias,
+                      int T, int n_in, int n_out) {
+    if (T <= 0) return;
+    blas_single();
+    if (bias)
+        for (int t = 0; t < T; t++) memcpy(out + (size_t)t * ld_out, bias, sizeof(float) * n_out);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n_out, n_in, 1.0f, x, n_in, W, n_in,
+                bias ? 1.0f : 0.0f, out, ld_out);
 }
 
 void kv_matmul(float *out, const float *x, const float *W, const float *bias, int T, int n_in,
