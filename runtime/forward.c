@@ -231,14 +231,17 @@ int kv_state_init(kv_state *s, kv_backend *b, const kv_model *m, int max_seq, in
     s->model = m;
     s->max_seq = max_seq;
     s->max_batch = max_batch;
-    /* With BF16 or F16 weights the CPU runs a long batch's MLP in two passes: gate and up
-     * [B, FFN] were 8 of the 11 MB of activations of stories110M at B = 512, whose peak RSS is
-     * the tightest over its weights (docs/RESULTS.md, round 12). The products' rows cut at a
-     * multiple of KV_GEMM_ROW_ALIGN keep every output's bits (kernels/cpu/matmul.c). Each pass
-     * widens and packs the weights again: prefill 2-3% slower at 110M; F32 weights, packed per
-     * worker, lost about 5% and keep one pass. */
+    /* With BF16 or F16 weights the CPU runs a long batch's MLP in two passes where its hidden
+     * buffers (gate and up, [B, FFN]) would pass 1/64 of the weights: 8 of the 11 MB of
+     * activations of stories110M at B = 512, whose peak RSS is the tightest over its weights
+     * (docs/RESULTS.md, round 12), against 23 MB of TinyLlama-1.1B's 2.2 GB. The products' rows
+     * cut at a multiple of KV_GEMM_ROW_ALIGN keep every output's bits (kernels/cpu/matmul.c).
+     * Each pass widens and packs the weights again: prefill 2-6% slower at 110M; F32 weights,
+     * packed per worker, lost 2-13% and keep one pass. */
     s->mlp_rows = max_batch;
-    if (b->device == KV_DEVICE_CPU && m->mat_type != KV_F32 && max_batch > 4 * KV_GEMM_ROW_ALIGN) {
+    const double mlp_bytes = 2.0 * sizeof(float) * max_batch * (double)m->dims.ffn;
+    if (b->device == KV_DEVICE_CPU && m->mat_type != KV_F32 && max_batch > 4 * KV_GEMM_ROW_ALIGN &&
+        64.0 * mlp_bytes > (double)m->step_bytes) {
         const int half = (max_batch + 1) / 2;
         s->mlp_rows = (half + KV_GEMM_ROW_ALIGN - 1) / KV_GEMM_ROW_ALIGN * KV_GEMM_ROW_ALIGN;
     }
