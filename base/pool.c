@@ -134,7 +134,6 @@ static struct {
     kv_task_fn fn; /* set before word is published, read by the job's workers only */
     void *ctx;
     int workers; /* helpers + the caller */
-    int lead; /* the worker on share 0 (worker w starts on share (w - lead) mod workers) */
     _Alignas(PARK_LINE) atomic_int active; /* helpers of this job not finished */
     park_share shares[KV_POOL_MAX_THREADS];
 } park = {.lock = PTHREAD_MUTEX_INITIALIZER,
@@ -192,10 +191,9 @@ static unsigned long long park_next_job(unsigned seen) {
 }
 
 /* worker's share first, then the others' in turn */
-static void park_run_items(kv_task_fn fn, void *ctx, int workers, int lead, int worker) {
-    const int own = (worker - lead + workers) % workers;
+static void park_run_items(kv_task_fn fn, void *ctx, int workers, int worker) {
     for (int k = 0; k < workers; k++) {
-        park_share *sh = &park.shares[(own + k) % workers];
+        park_share *sh = &park.shares[(worker + k) % workers];
         for (;;) {
             const int i = atomic_fetch_add_explicit(&sh->next, 1, memory_order_relaxed);
             if (i >= sh->end) break;
@@ -213,7 +211,7 @@ static void *park_helper_main(void *arg) {
         const unsigned long long w = park_next_job(seen);
         seen = word_gen(w);
         if (me > (int)(w & 0xffff)) continue;
-        park_run_items(park.fn, park.ctx, park.workers, park.lead, me);
+        park_run_items(park.fn, park.ctx, park.workers, me);
         if (atomic_fetch_sub_explicit(&park.active, 1, memory_order_acq_rel) == 1) {
             pthread_mutex_lock(&park.lock);
             if (park.caller_waiting) pthread_cond_signal(&park.done);
@@ -237,10 +235,6 @@ static void park_atfork_child(void) {
 static void park_register_atfork(void) { pthread_atfork(NULL, NULL, park_atfork_child); }
 
 void kv_parallel_for(int n_items, int n_workers, kv_task_fn fn, void *ctx) {
-    kv_parallel_for_lead(n_items, n_workers, 0, fn, ctx);
-}
-
-void kv_parallel_for_lead(int n_items, int n_workers, int lead, kv_task_fn fn, void *ctx) {
     if (n_workers > n_items) n_workers = n_items;
     if (n_workers > KV_POOL_MAX_THREADS) n_workers = KV_POOL_MAX_THREADS;
     if (n_workers <= 1) {
@@ -266,8 +260,6 @@ void kv_parallel_for_lead(int n_items, int n_workers, int lead, kv_task_fn fn, v
     park.fn = fn;
     park.ctx = ctx;
     park.workers = workers;
-    lead = lead >= 0 ? lead % workers : 0;
-    park.lead = lead;
     for (int w = 0; w < workers; w++) {
         atomic_store_explicit(&park.shares[w].next, (int)((long long)n_items * w / workers),
                               memory_order_relaxed);
@@ -279,7 +271,7 @@ void kv_parallel_for_lead(int n_items, int n_workers, int lead, kv_task_fn fn, v
                           memory_order_release);
     if (helpers && park.sleepers) pthread_cond_broadcast(&park.wake);
     pthread_mutex_unlock(&park.lock);
-    park_run_items(fn, ctx, workers, lead, 0);
+    park_run_items(fn, ctx, workers, 0);
     int spun_ = 0;
     SPIN_UNTIL(atomic_load_explicit(&park.active, memory_order_acquire) == 0);
     if (!spun_) {

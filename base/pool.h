@@ -32,11 +32,6 @@ int kv_resolve_threads(int threads, int n_tasks);
  * (worker w of W: [w n / W, (w + 1) n / W), in order), then helps with the others' rest. */
 typedef void (*kv_task_fn)(void *ctx, int item, int worker);
 void kv_parallel_for(int n_items, int n_workers, kv_task_fn fn, void *ctx);
-/* The same with the shares turned: worker (lead + s) % W starts on share s (kv_parallel_for: lead
- * 0). A caller streaming memory in order across calls picks as lead the worker that took the last
- * share of the call before, so that worker's stream goes on where it stopped (on a run of
- * matrices back to back). Which worker runs an item still never changes what it computes. */
-void kv_parallel_for_lead(int n_items, int n_workers, int lead, kv_task_fn fn, void *ctx);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,6 @@
 /* base/pool.h's kv_parallel_for on its parked helpers: every item once, worker ids in range,
  * many calls in a row with changing worker counts, a call nested inside another (and from a
- * thread of kv_pool_run) falling back to threads of its own, shares turned by a lead. */
+ * thread of kv_pool_run) falling back to threads of its own, each worker on its own share first. */
 #include "tests/check.h"
 
 #include <stdatomic.h>
@@ -63,10 +63,10 @@ static void order_item(void *ctx, int item, int worker) {
 
 static order_job order;
 
-static int shares_in_order(int n_workers, int lead) {
+static int shares_in_order(int n_workers) {
     order_job *j = &order;
     memset(j, 0, sizeof *j);
-    kv_parallel_for_lead(ORDER_ITEMS, n_workers, lead, order_item, j);
+    kv_parallel_for(ORDER_ITEMS, n_workers, order_item, j);
     int ok = 1;
     for (int i = 0; i < ORDER_ITEMS; i++) ok &= atomic_load(&j->hits[i]) == 1;
     for (int w = 0; w < n_workers; w++)
@@ -89,25 +89,27 @@ static int from_pool_task(void *ctx, int i, int worker, kv_error *err) {
 
 int main(void) {
     /* first, while only one helper exists (more threads than the 2 cores here would leave it
-     * late): with lead 1 of 2 workers, the helper starts on share 0, so it runs item 0 first
+     * late): of 2 workers the helper starts on share 1, so it runs item ORDER_ITEMS / 2 first
      * unless it came so late that the caller had done its own share (about 60 us) and taken it.
      * A new thread may share the caller's CPU for its first tens of ms (it then runs only when
      * the caller waits), so calls go on until the helper has taken part in one (at most 5 s). */
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (double waited = 0; waited < 5.0;) {
-        shares_in_order(2, 0);
+        shares_in_order(2);
         if (order.count[1] > 0) break;
         clock_gettime(CLOCK_MONOTONIC, &t1);
         waited = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
     }
-    int lead_first = 0;
+    int own_first = 0;
     for (int round = 0; round < 10; round++) {
-        shares_in_order(2, 0);
-        shares_in_order(2, 1);
-        lead_first += order.count[1] > 0 && order.seq[1][0] == 0;
+        shares_in_order(2);
+        own_first += order.count[1] > 0 && order.seq[1][0] == ORDER_ITEMS / 2;
     }
-    CHECK(lead_first >= 5, "lead 1 of 2 workers ran item 0 first in %d of 10 calls", lead_first);
+    CHECK(own_first >= 5,
+          "the helper of 2 workers ran its share's first item first in %d of 10 "
+          "calls",
+          own_first);
     int all = 1;
     for (int round = 0; round < 300; round++) {
         int w = 1 + round % MAX_W, n = round % 7 == 0 ? round % 5 : N_ITEMS - round;
@@ -121,12 +123,9 @@ int main(void) {
     CHECK(kv_pool_run(2, 2, from_pool_task, ok, NULL, &err) == 0, "kv_pool_run");
     CHECK(ok[0] && ok[1], "kv_parallel_for from two kv_pool_run threads at once");
     CHECK(run(N_ITEMS, 2, 0), "after the concurrent calls");
-    CHECK(shares_in_order(2, 0) && shares_in_order(3, 0),
-          "each worker runs the items of a share in ascending order");
     int in_order = 1;
-    for (int lead = 0; lead < 7; lead++)
-        in_order &= shares_in_order(3, lead) && shares_in_order(2, lead);
-    CHECK(in_order, "with a lead: every item once, each share's items in ascending order");
+    for (int round = 0; round < 7; round++) in_order &= shares_in_order(3) && shares_in_order(2);
+    CHECK(in_order, "every item once, each worker runs the items of a share in ascending order");
     /* helpers that spun out and went to sleep between calls are woken for the next */
     int slept = 1;
     for (int round = 0; round < 5; round++) {

@@ -744,16 +744,14 @@ void kv_gemv_rows(kv_gemv_isa isa, float *y, const float *x, const void *W, kv_d
     rows_run(isa, y, x, xp, W, w_type, bias, n_in, o0, o1, accumulate);
 }
 
-/* rows handed out in blocks; each row is one thread's dot product whatever the split */
+/* Rows handed out in blocks; each row is one thread's dot product whatever the split. Worker w
+ * starts on the same share of a matrix every token (kv_parallel_for), so the rows a core read
+ * last token are the ones it reads again: on the 110M shape, whose 219 MB of BF16 weights partly
+ * stay in the last-level cache from one token to the next, that decoded 5-20% faster at 2
+ * threads than turning the shares per call so that a worker's stream carried on into the next
+ * matrix (round 8's lead; 49 calls a token flipped every share each token), and the same on
+ * 1.1B (docs/RESULTS.md, round 12). */
 enum { GEMV_ROWS_PER_ITEM = 16 };
-
-/* The worker to start on the next call's first rows: the one that took the last rows of this
- * call. A decode step reads its matrices in the order they lie in the model's arena, one after
- * another, so that worker's memory stream carries on into the next matrix instead of starting
- * cold (at 2 threads 768 x 768 BF16 passes streamed at 0.68 of the read loop with every worker
- * starting afresh, 0.80-0.83 with each going on; this lead gains 1-4%: docs/RESULTS.md, round
- * 8). A hint only. */
-static atomic_int gemv_lead;
 
 typedef struct {
     kv_gemv_isa isa;
@@ -795,8 +793,6 @@ int kv_gemv(float *y, const float *x, const void *W, kv_dtype w_type, const floa
     }
     /* once per call, not per block of rows (per block it cost as much as the rows at 2 threads) */
     j.xp = prep_for(&j.isa, w_type, x, n_in);
-    const int lead = atomic_load_explicit(&gemv_lead, memory_order_relaxed) % workers;
-    kv_parallel_for_lead(items, workers, lead, gemv_item, &j);
-    atomic_store_explicit(&gemv_lead, (lead + workers - 1) % workers, memory_order_relaxed);
+    kv_parallel_for(items, workers, gemv_item, &j);
     return 0;
 }
