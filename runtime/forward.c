@@ -406,26 +406,38 @@ int kv_layer_attention(kv_state *s, int layer, float *x, int T, int pos0, kv_err
     return rc ? rc : attention_output(s, layer, x, T, pos0, q_done, err);
 }
 
-int kv_layer_mlp(kv_state *s, int layer, float *x, int T, kv_error *err) {
+/* the MLP of tokens t0 .. t0 + n - 1 (their normed rows in s->xb), added into x's rows */
+static int mlp_pass(kv_state *s, const kv_layer_weights *w, float *x, int t0, int n, int joint,
+                    kv_error *err) {
     kv_backend *b = s->backend;
+    const int H = s->model->dims.hidden, F = s->model->dims.ffn;
+    const kv_dtype wt = s->model->mat_type;
+    const float *xb = s->xb + (size_t)t0 * H;
+    float *up = joint ? s->gate + F : s->up;
+    int rc = joint ? b->ops->matmul(b, s->gate, xb, w->w_gate, wt, NULL, 1, H, 2 * F, 0, err)
+                   : b->ops->matmul(b, s->gate, xb, w->w_gate, wt, w->b_gate, n, H, F, 0, err);
+    if (!rc && !joint) rc = b->ops->matmul(b, s->up, xb, w->w_up, wt, w->b_up, n, H, F, 0, err);
+    if (!rc) rc = b->ops->swiglu(b, s->gate, s->gate, up, n, F, err);
+    if (!rc)
+        rc = b->ops->matmul(b, x + (size_t)t0 * H, s->gate, w->w_down, wt, w->b_down, n, F, H, 1,
+                            err);
+    return rc;
+}
+
+int kv_layer_mlp(kv_state *s, int layer, float *x, int T, kv_error *err) {
     const kv_model *m = s->model;
     const kv_layer_weights *w = &s->w.layers[layer];
-    const int H = m->dims.hidden, F = m->dims.ffn;
-    const kv_dtype wt = m->mat_type;
     /* one token with gate_proj and up_proj back to back: s->gate = [gate | up], one pass */
     const int joint = decode_gate_up(s, w, T);
-    float *up = joint ? s->gate + F : s->up;
-    int rc = b->ops->rmsnorm(b, s->xb, x, w->mlp_norm, T, H, m->dims.eps, err);
-    for (int t0 = 0; !rc && t0 < T; t0 += s->mlp_rows) { /* passes of mlp_rows tokens */
-        const int n = T - t0 < s->mlp_rows ? T - t0 : s->mlp_rows;
-        const float *xb = s->xb + (size_t)t0 * H;
-        float *xr = x + (size_t)t0 * H;
-        if (joint) rc = b->ops->matmul(b, s->gate, xb, w->w_gate, wt, NULL, 1, H, 2 * F, 0, err);
-        else rc = b->ops->matmul(b, s->gate, xb, w->w_gate, wt, w->b_gate, n, H, F, 0, err);
-        if (!rc && !joint) rc = b->ops->matmul(b, s->up, xb, w->w_up, wt, w->b_up, n, H, F, 0, err);
-        if (!rc) rc = b->ops->swiglu(b, s->gate, s->gate, up, n, F, err);
-        if (!rc) rc = b->ops->matmul(b, xr, s->gate, w->w_down, wt, w->b_down, n, F, H, 1, err);
-    }
+    int rc = s->backend->ops->rmsnorm(s->backend, s->xb, x, w->mlp_norm, T, m->dims.hidden,
+                                      m->dims.eps, err);
+    /* more than mlp_rows tokens: two passes cut at the multiple of KV_GEMM_ROW_ALIGN nearest
+     * T / 2 (each then at most mlp_rows and at least 7 tokens: never one token, which would take
+     * the matrix-vector kernels and their bits) */
+    const int cut =
+        T > s->mlp_rows ? (int)(T / 2.0 / KV_GEMM_ROW_ALIGN + 0.5) * KV_GEMM_ROW_ALIGN : T;
+    if (!rc) rc = mlp_pass(s, w, x, 0, cut, joint, err);
+    if (!rc && cut < T) rc = mlp_pass(s, w, x, cut, T - cut, joint, err);
     return rc;
 }
 

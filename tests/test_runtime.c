@@ -5,6 +5,7 @@
  * sequential, iterative:9 close to sequential at T = 64, KV-cache bytes = the formula;
  * F16/BF16 loading, untied heads, biases, llama3 RoPE plumbing; perplexity; the forward reaches
  * memory and compute only through its backend (an instrumented second backend). */
+#include <cblas.h>
 #include <cjson/cJSON.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -826,6 +827,31 @@ static void test_dtypes_and_layouts(void) {
          * blocked products add in another order): within 1e-4 of the F32 model holding the
          * rounded values */
         compare_dirs(ref, half, 1e-4, kv_dtype_name(dt));
+        /* a batch's MLP in two passes (16-bit weights on the CPU with more tokens than mlp_rows:
+         * runtime/forward.c) gives the one pass's bits under OpenBLAS's Haswell kernels */
+        runner one, two;
+        if (runner_open(&one, half, 8 * SEQ, 8 * SEQ) == 0) {
+            if (runner_open(&two, half, SEQ, SEQ) == 0) {
+                CHECK(two.s.mlp_rows < SEQ && one.s.mlp_rows >= SEQ, "mlp_rows %d and %d",
+                      two.s.mlp_rows, one.s.mlp_rows);
+                float *x = malloc(sizeof(float) * SEQ * V), *y = malloc(sizeof(float) * SEQ * V);
+                if (x && y && !full_logits(&one, golden_tokens, SEQ, ITER9, 0, x) &&
+                    !full_logits(&two, golden_tokens, SEQ, ITER9, 0, y)) {
+                    const double d = max_abs_diff(x, y, (size_t)SEQ * V);
+                    if (strcmp(openblas_get_corename(), "Haswell") == 0)
+                        CHECK(!memcmp(x, y, sizeof(float) * SEQ * V),
+                              "%s: the MLP in two passes changed the logits (max %g)",
+                              kv_dtype_name(dt), d);
+                    else
+                        CHECK(d <= 1e-4, "%s: the MLP in two passes: logits off by %g",
+                              kv_dtype_name(dt), d);
+                }
+                free(x);
+                free(y);
+                runner_close(&two);
+            }
+            runner_close(&one);
+        }
         kv_model hm, fm;
         kv_error err = {0};
         if (kv_model_load(&hm, half, NULL, &err) == 0) {
