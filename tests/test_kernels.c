@@ -295,6 +295,22 @@ __attribute__((target("avx2,fma"))) static void expf8_avx2_store(float out[8], c
 __attribute__((target("avx512f"))) static void expf16_avx512_store(float out[16], const float *x) {
     _mm512_storeu_ps(out, kv_expf16_avx512(_mm512_loadu_ps(x)));
 }
+
+/* the elements of x [n] (n a multiple of width <= 16) where a vector exp, `store` of width
+ * lanes, differs from kv_expf in any bit */
+static int vector_exp_differs(void (*store)(float *, const float *), int width, const float *x,
+                              int n) {
+    int differ = 0;
+    for (int i = 0; i < n; i += width) {
+        float v[16];
+        store(v, x + i);
+        for (int k = 0; k < width; k++) {
+            const float c = kv_expf(x[i + k]);
+            differ += memcmp(&c, &v[k], sizeof c) != 0;
+        }
+    }
+    return differ;
+}
 #endif
 
 /* |got - want| in units in the last place of want as an F32 (want normal) */
@@ -357,27 +373,11 @@ static void test_expf(void) {
     memcpy(x, edges, sizeof edges);
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
     if (kv_gemv_isa_supported(KV_GEMV_AVX2)) {
-        int differ = 0;
-        for (int i = 0; i < N; i += 8) {
-            float v[8];
-            expf8_avx2_store(v, x + i);
-            for (int k = 0; k < 8; k++) {
-                const float c = kv_expf(x[i + k]);
-                differ += memcmp(&c, &v[k], sizeof c) != 0;
-            }
-        }
+        const int differ = vector_exp_differs(expf8_avx2_store, 8, x, N);
         CHECK(differ == 0, "AVX2 exp differs from kv_expf on %d of %d", differ, N);
     }
     if (kv_gemv_isa_supported(KV_GEMV_AVX512)) {
-        int differ = 0;
-        for (int i = 0; i < N; i += 16) {
-            float v[16];
-            expf16_avx512_store(v, x + i);
-            for (int k = 0; k < 16; k++) {
-                const float c = kv_expf(x[i + k]);
-                differ += memcmp(&c, &v[k], sizeof c) != 0;
-            }
-        }
+        const int differ = vector_exp_differs(expf16_avx512_store, 16, x, N);
         CHECK(differ == 0, "AVX-512 exp differs from kv_expf on %d of %d", differ, N);
     }
 #endif

@@ -91,6 +91,13 @@ static inline __attribute__((always_inline)) void attn_axpy_row(float *ar, float
     for (int d = 0; d < n; d++) ar[d] += p * ATTN_AT(bf16, b, bh, d);
 }
 
+/* 8 partial sums combined pairwise, then x's elements from i to n in order */
+static inline float attn_sum8_finish(const float part[8], const float *x, int i, int n) {
+    float s = attn_pairwise8(part);
+    for (; i < n; i++) s += x[i];
+    return s;
+}
+
 /* The sum of x [n] as the dot products sum: 8 running partial sums (lane u = element i % 8),
  * combined pairwise, then the last n % 8 in order */
 static inline float attn_sum8(const float *x, int n) {
@@ -98,9 +105,7 @@ static inline float attn_sum8(const float *x, int n) {
     int i = 0;
     for (; i + 8 <= n; i += 8)
         for (int u = 0; u < 8; u++) part[u] += x[i + u];
-    float s = attn_pairwise8(part);
-    for (; i < n; i++) s += x[i];
-    return s;
+    return attn_sum8_finish(part, x, i, n);
 }
 
 /* scores of keys b .. e-1 (at score + b - s0) replaced by their exps against the new max mb
@@ -255,15 +260,13 @@ __attribute__((target("avx2"))) static inline float attn_max8(__m256 mbv, float 
     return mb;
 }
 
-/* the pairwise combination of attn_sum8's partial sums in lanes 0-7 of acc, then x's last
- * elements from i to n in order */
-__attribute__((target("avx2"))) static inline float attn_sum8_finish(__m256 acc, const float *x,
-                                                                     int i, int n) {
+/* attn_sum8_finish of the partial sums in lanes 0-7 of acc */
+__attribute__((target("avx2"))) static inline float attn_sum8_finish_avx2(__m256 acc,
+                                                                          const float *x, int i,
+                                                                          int n) {
     float part[8];
     _mm256_storeu_ps(part, acc);
-    float s = attn_pairwise8(part);
-    for (; i < n; i++) s += x[i];
-    return s;
+    return attn_sum8_finish(part, x, i, n);
 }
 
 /* attn_block_exps, 8 keys at a time (the same bits) */
@@ -282,7 +285,7 @@ __attribute__((target("avx2,fma"))) static float attn_block_exps_avx2(float *sco
         acc = _mm256_add_ps(acc, p);
     }
     for (int k = i; k < n; k++) x[k] = kv_expf(x[k] - mb);
-    return attn_sum8_finish(acc, x, i, n);
+    return attn_sum8_finish_avx2(acc, x, i, n);
 }
 
 /* the scores of keys s .. e-1 one at a time (fewer than a group left), mb carried on: rows as
@@ -437,7 +440,7 @@ __attribute__((target("avx512f"))) static float attn_block_exps_avx512(float *sc
         _mm512_mask_storeu_ps(x + i, k, p);
         if (i + 8 <= n) acc = _mm256_add_ps(acc, attn_lo(p)), i += 8;
     }
-    return attn_sum8_finish(acc, x, i, n);
+    return attn_sum8_finish_avx2(acc, x, i, n);
 }
 
 /* R query rows that read one kv head over the same keys of a block (R = 1, 2 or 4, a constant

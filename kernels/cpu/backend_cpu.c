@@ -158,6 +158,11 @@ typedef struct {
     atomic_int failed; /* a worker found no memory for its scratch */
 } half_job;
 
+/* the rows of W in block b (the last may be short) */
+static int half_width(const half_job *j, int b) {
+    return j->n_out - b * j->rows < j->rows ? j->n_out - b * j->rows : j->rows;
+}
+
 /* cut[0..parts] over the (block, granule) units: the products' sizes (block width x tokens)
  * before each cut as near as the granules allow to equal shares, never decreasing */
 static void half_cuts(half_job *j, int parts) {
@@ -168,13 +173,9 @@ static void half_cuts(half_job *j, int parts) {
     j->cut[0] = 0;
     for (int i = 1; i < parts; i++) {
         const double target = total * i / parts;
-        int width = j->n_out - b * j->rows < j->rows ? j->n_out - b * j->rows : j->rows;
-        while (b < blocks - 1 && before + (double)width * j->T <= target) {
-            before += (double)width * j->T;
-            b++;
-            width = j->n_out - b * j->rows < j->rows ? j->n_out - b * j->rows : j->rows;
-        }
-        int g = (int)((target - before) / width / KV_GEMM_ROW_ALIGN + 0.5);
+        while (b < blocks - 1 && before + (double)half_width(j, b) * j->T <= target)
+            before += (double)half_width(j, b++) * j->T;
+        int g = (int)((target - before) / half_width(j, b) / KV_GEMM_ROW_ALIGN + 0.5);
         if (g > G) g = G;
         int unit = b * G + g;
         if (unit < j->cut[i - 1]) unit = j->cut[i - 1];
@@ -190,7 +191,7 @@ static void half_part(void *ctx, int part, int worker) {
     if (u0 >= u1) return;
     const int n_in = j->n_in;
     for (int b = u0 / G; b <= (u1 - 1) / G; b++) {
-        const int o0 = b * j->rows, nr = j->n_out - o0 < j->rows ? j->n_out - o0 : j->rows;
+        const int o0 = b * j->rows, nr = half_width(j, b);
         const int g0 = b == u0 / G ? u0 % G : 0, g1 = b == (u1 - 1) / G ? (u1 - 1) % G + 1 : G;
         const int t0 = g0 * KV_GEMM_ROW_ALIGN;
         const int t1 = g1 * KV_GEMM_ROW_ALIGN < j->T ? g1 * KV_GEMM_ROW_ALIGN : j->T;
